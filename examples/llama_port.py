@@ -1,0 +1,210 @@
+"""A Llama / Mistral / Qwen2 / Qwen3 written from scratch in plain PyTorch: a port to check.
+
+It loads a HuggingFace model directory's config.json and model.safetensors,
+computes the forward pass its own way (unbatched heads, einsum attention), and
+exposes the values no module returns through parity Probes. `TAPS` tells parity
+where each canonical checkpoint lives in this model:
+
+    parity check path/to/model examples/llama_port.py:build --tokens 1,2,3
+
+`Bugs` plants the mistakes ports really make, so that you can see how parity
+reports each one: `build(path, bugs=Bugs(rope_layout="adjacent"))`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from parity.capture.probe import Probe
+
+TAPS = {
+    "embed": "embed",
+    "blocks.{i}.attn_norm": "layers.{i}.attn_norm",
+    "blocks.{i}.attn.q_proj": "layers.{i}.q",
+    "blocks.{i}.attn.k_proj": "layers.{i}.k",
+    "blocks.{i}.attn.v_proj": "layers.{i}.v",
+    "blocks.{i}.attn.q_norm": "layers.{i}.q_norm",
+    "blocks.{i}.attn.k_norm": "layers.{i}.k_norm",
+    "blocks.{i}.attn.q_rope": "layers.{i}.q_rope",
+    "blocks.{i}.attn.k_rope": "layers.{i}.k_rope",
+    "blocks.{i}.attn.probs": "layers.{i}.attn_probs",
+    "blocks.{i}.attn.o_proj:input": "layers.{i}.attn_ctx",
+    "blocks.{i}.attn.o_proj": "layers.{i}.attn_out",
+    "blocks.{i}.mlp_norm:input": "layers.{i}.resid_mid",
+    "blocks.{i}.mlp_norm": "layers.{i}.mlp_norm",
+    "blocks.{i}.mlp.gate_proj": "layers.{i}.mlp_gate",
+    "blocks.{i}.mlp.up_proj": "layers.{i}.mlp_up",
+    "blocks.{i}.mlp.down_proj:input": "layers.{i}.mlp_act",
+    "blocks.{i}.mlp": "layers.{i}.mlp_out",
+    "blocks.{i}": "layers.{i}.out",
+    "final_norm": "final_norm",
+    "lm_head": "logits",
+}
+
+
+@dataclass(frozen=True)
+class Bugs:
+    """Mistakes to plant. The defaults plant none."""
+
+    rope_layout: str = "half"            # "adjacent": rotate (0,1),(2,3).. pairs instead of (i, i+hd/2)
+    rope_offset: int = 0                 # start positions at this offset
+    norm_eps: float | None = None        # every RMSNorm uses this epsilon instead of the config's
+    gqa_order: str = "interleave"        # "tile": query head h reads KV head h % Hkv instead of h // group
+    causal_mask: bool = True             # False: every position attends to the future too
+    missing_residual_layer: int | None = None  # this layer drops its attention residual
+    nan_layer: int | None = None         # this layer's MLP output gets a NaN at the last position
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, width: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def rope_tables(head_dim: int, theta: float, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # (hd/2,)
+    angles = positions.float()[:, None] * inv_freq[None, :]                                       # (T, hd/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str) -> torch.Tensor:
+    """x: (T, H, hd). 'half' pairs dimension i with i + hd/2, as HF Llama does."""
+    cos, sin = cos[:, None, :], sin[:, None, :]                 # (T, 1, hd/2)
+    if layout == "adjacent":
+        even, odd = x[..., 0::2].float(), x[..., 1::2].float()
+        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+        return rotated.flatten(-2).to(x.dtype)
+    first, second = x[..., : x.shape[-1] // 2].float(), x[..., x.shape[-1] // 2 :].float()
+    return torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: dict, bugs: Bugs) -> None:
+        super().__init__()
+        width, self.heads, self.kv_heads = config["hidden_size"], config["num_attention_heads"], config["num_key_value_heads"]
+        self.head_dim = config.get("head_dim") or width // self.heads
+        qwen2 = config["model_type"] == "qwen2"  # Qwen2: biases on q, k, v only
+        qkv_bias, o_bias = qwen2 or config.get("attention_bias", False), not qwen2 and config.get("attention_bias", False)
+        self.q_proj = nn.Linear(width, self.heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(width, self.kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(width, self.kv_heads * self.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, width, bias=o_bias)
+        self.qk_norm = config["model_type"] == "qwen3"
+        if self.qk_norm:
+            eps = bugs.norm_eps or config["rms_norm_eps"]
+            self.q_norm, self.k_norm = RMSNorm(self.head_dim, eps), RMSNorm(self.head_dim, eps)
+        self.q_rope, self.k_rope, self.probs = Probe(), Probe(), Probe()
+        self.bugs = bugs
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        T = x.shape[1]
+        q = self.q_proj(x)[0].view(T, self.heads, self.head_dim)        # (T, H, hd)
+        k = self.k_proj(x)[0].view(T, self.kv_heads, self.head_dim)     # (T, Hkv, hd)
+        v = self.v_proj(x)[0].view(T, self.kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = self.q_rope(apply_rope(q, cos, sin, self.bugs.rope_layout))
+        k = self.k_rope(apply_rope(k, cos, sin, self.bugs.rope_layout))
+        group = self.heads // self.kv_heads
+        if self.bugs.gqa_order == "tile":
+            k, v = k.repeat(1, group, 1), v.repeat(1, group, 1)
+        else:
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (T, H, hd)
+        scores = torch.einsum("thd,shd->hts", q, k) / math.sqrt(self.head_dim)        # (H, T, S)
+        if self.bugs.causal_mask:
+            future = torch.ones(T, T, dtype=torch.bool).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        probs = self.probs(torch.softmax(scores.float(), dim=-1).to(q.dtype))
+        context = torch.einsum("hts,shd->thd", probs, v).reshape(1, T, -1)            # (1, T, H*hd)
+        return self.o_proj(context)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: dict, index: int, bugs: Bugs) -> None:
+        super().__init__()
+        self.index, self.bugs = index, bugs
+        width, hidden = config["hidden_size"], config["intermediate_size"]
+        self.gate_proj = nn.Linear(width, hidden, bias=False)
+        self.up_proj = nn.Linear(width, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.bugs.nan_layer == self.index:
+            out = out.clone()
+            out[0, -1, 0] = float("nan")
+        return out
+
+
+class Block(nn.Module):
+    def __init__(self, config: dict, index: int, bugs: Bugs) -> None:
+        super().__init__()
+        eps = bugs.norm_eps or config["rms_norm_eps"]
+        self.attn_norm, self.mlp_norm = RMSNorm(config["hidden_size"], eps), RMSNorm(config["hidden_size"], eps)
+        self.attn, self.mlp = Attention(config, bugs), MLP(config, index, bugs)
+        self.index, self.bugs = index, bugs
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        attended = self.attn(self.attn_norm(x), cos, sin)
+        x = attended if self.bugs.missing_residual_layer == self.index else x + attended
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class LlamaPort(nn.Module):
+    def __init__(self, config: dict, bugs: Bugs = Bugs()) -> None:
+        super().__init__()
+        self.config, self.bugs = config, bugs
+        self.embed = nn.Embedding(config["vocab_size"], config["hidden_size"])
+        self.blocks = nn.ModuleList(Block(config, i, bugs) for i in range(config["num_hidden_layers"]))
+        self.final_norm = RMSNorm(config["hidden_size"], bugs.norm_eps or config["rms_norm_eps"])
+        self.lm_head = nn.Linear(config["hidden_size"], config["vocab_size"], bias=False)
+        self.parity_taps = TAPS
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.shape[1]
+        positions = torch.arange(T) + self.bugs.rope_offset
+        head_dim = self.blocks[0].attn.head_dim
+        cos, sin = rope_tables(head_dim, self.config.get("rope_theta", 10000.0), positions)
+        x = self.embed(input_ids)                                                  # (1, T, D)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        return self.lm_head(self.final_norm(x))                                   # (1, T, V)
+
+    def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> "LlamaPort":
+        renames = {"embed_tokens.": "embed.", "layers.": "blocks.", "input_layernorm": "attn_norm",
+                   "post_attention_layernorm": "mlp_norm", "self_attn.": "attn."}
+        renamed = {}
+        for name, tensor in state.items():
+            name = name.removeprefix("model.")
+            name = "final_norm.weight" if name == "norm.weight" else name
+            for old, new in renames.items():
+                name = name.replace(old, new)
+            renamed[name] = tensor
+        if self.config.get("tie_word_embeddings") or "lm_head.weight" not in renamed:
+            renamed["lm_head.weight"] = renamed["embed.weight"]
+        self.load_state_dict(renamed, strict=True)
+        return self
+
+
+def build(path: str | Path, bugs: Bugs = Bugs(), dtype: torch.dtype = torch.float32) -> LlamaPort:
+    """Load the port from a HuggingFace model directory (config.json + model.safetensors)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config = json.loads((path / "config.json").read_text())
+    state = {}
+    for file in sorted(path.glob("*.safetensors")):
+        state.update(load_file(file))
+    return LlamaPort(config, bugs).load_hf_state_dict(state).to(dtype).eval()

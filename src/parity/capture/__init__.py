@@ -1,0 +1,1 @@
+"""Adapters that turn a model or a runtime into a Trace."""

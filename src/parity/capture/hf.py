@@ -1,0 +1,140 @@
+"""The reference: a HuggingFace transformers model, traced through its own modules.
+
+MODEL is a local model directory (config.json plus weights) or a `.gguf` file,
+which transformers dequantizes on load. Attention runs through transformers'
+eager implementation, so that the probabilities exist to be recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from parity.capture.torch_module import trace_module
+from parity.core.errors import CaptureError, OptionError, require
+from parity.core.names import FAMILY_TAPS, MODEL_TYPE_FAMILY
+from parity.core.trace import Trace
+
+DTYPES = ("float64", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class HFModel:
+    """A loaded transformers causal LM, its tokenizer (loaded on first use) and its family."""
+
+    path: Path
+    model: Any
+    family: str
+    dtype: str
+    _tokenizer: Any = None
+
+    def __repr__(self) -> str:
+        return f"<HFModel {self.family} {self.dtype} from {self.path}>"
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.path)
+        return self._tokenizer
+
+    def tokenize(self, prompt: str) -> list[int]:
+        """Token ids of `prompt` as the model's tokenizer makes them (BOS included if it adds one)."""
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def capture(self, tokens: list[int], *, checkpoints: str | None = None, prompt: str | None = None) -> Trace:
+        import transformers
+
+        if not tokens:
+            raise OptionError("no tokens to run: give a non-empty --prompt or --tokens")
+        vocab = self.model.config.vocab_size
+        if max(tokens) >= vocab or min(tokens) < 0:
+            raise OptionError(f"token id {max(tokens)} is outside the vocabulary of {self.path} (size {vocab})")
+        metadata = {
+            "arch": self.model.config.model_type,
+            "producer": f"transformers {transformers.__version__}",
+            "dtype": self.dtype,
+            "prompt": prompt,
+            "config": json.loads(self.model.config.to_json_string(use_diff=False)),
+        }
+        return trace_module(self.model, tokens, taps=FAMILY_TAPS[self.family], checkpoints=checkpoints, metadata=metadata)
+
+
+def _from_pretrained_args(path: Path) -> tuple[str, dict]:
+    if path.suffix == ".gguf":
+        require("gguf", extra="hf", purpose="loading a .gguf file in transformers")
+        return str(path.parent), {"gguf_file": path.name}
+    if not (path / "config.json").exists():
+        raise CaptureError(
+            f"{path}: not a model directory (no config.json) nor a .gguf file; "
+            "give a local HuggingFace model directory or a .gguf file"
+        )
+    return str(path), {}
+
+
+def load_model(path: str | Path, *, dtype: str = "float32") -> HFModel:
+    """Load a local model directory or .gguf file as a causal LM in `dtype`, eager attention."""
+    torch = require("torch", extra="hf", purpose="capturing a reference")
+    transformers = require("transformers", extra="hf", purpose="capturing a reference")
+    if dtype not in DTYPES:
+        raise OptionError(f"--dtype {dtype} is not supported; choose one of {', '.join(DTYPES)}")
+    path = Path(path)
+    if not path.exists():
+        raise CaptureError(f"{path}: no such model directory or .gguf file")
+    location, extra = _from_pretrained_args(path)
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            location, dtype=getattr(torch, dtype), attn_implementation="eager", local_files_only=True, **extra
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise CaptureError(f"{path}: transformers could not load this model: {_first_line(error)}") from error
+    model.eval()
+    model_type = model.config.model_type
+    if model_type not in MODEL_TYPE_FAMILY:
+        raise CaptureError(
+            f"{path}: model type '{model_type}' has no built-in checkpoint mapping "
+            f"(supported: {', '.join(MODEL_TYPE_FAMILY)}); trace it with parity.trace_module and your own taps"
+        )
+    return HFModel(path=path, model=model, family=MODEL_TYPE_FAMILY[model_type], dtype=dtype)
+
+
+def load_tokenizer(path: str | Path):
+    transformers = require("transformers", extra="hf", purpose="tokenizing a prompt")
+    path = Path(path)
+    location, extra = _from_pretrained_args(path)
+    try:
+        return transformers.AutoTokenizer.from_pretrained(location, local_files_only=True, **extra)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CaptureError(
+            f"{path}: no usable tokenizer ({_first_line(error)}); pass token ids with --tokens instead"
+        ) from error
+
+
+def capture_hf(
+    path: str | Path,
+    *,
+    prompt: str | None = None,
+    tokens: list[int] | None = None,
+    dtype: str = "float32",
+    checkpoints: str | None = None,
+) -> Trace:
+    """Trace one forward pass of a transformers model over `tokens`, or over `prompt` tokenized."""
+    if (prompt is None) == (tokens is None):
+        raise OptionError("give exactly one of a prompt or token ids")
+    model = load_model(path, dtype=dtype)
+    ids = tokens if tokens is not None else model.tokenize(prompt)
+    return model.capture(ids, checkpoints=checkpoints, prompt=prompt)
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' load progress bars and advisory warnings (for the CLI, whose
+    own progress display says what is happening)."""
+    transformers = require("transformers", extra="hf", purpose="capturing a reference")
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,285 @@
+"""parity: find where a port of a transformer LM first parts ways with its reference.
+
+Exit codes: 0 parity holds, 1 a divergence was found, 2 unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+
+from parity.core.compare import CompareConfig, compare
+from parity.core.errors import OptionError, ParityError
+from parity.core.results import Comparison
+from parity.core.tolerances import user_tolerance
+from parity.core.trace import Trace, load_trace, save_trace
+
+EXIT_PASS, EXIT_DIVERGED, EXIT_UNUSABLE = 0, 1, 2
+DTYPES = ("float64", "float32", "bfloat16", "float16")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line and exit code 2."""
+
+    def error(self, message: str) -> None:
+        raise OptionError(f"{message} (see '{self.prog} --help')")
+
+
+def _progress():
+    """Steps of long work: a spinner on a terminal, one line per step otherwise."""
+    from parity.report.progress import Progress
+
+    return Progress()
+
+
+# --- capture ----------------------------------------------------------------------
+
+
+def cmd_capture(args) -> int:
+    """Capture a reference trace from a transformers model directory or .gguf file.
+
+    Runs one forward pass over --prompt (tokenized by the model's tokenizer) or
+    --tokens (fed as given, no BOS added) and writes every canonical checkpoint
+    to a parity-trace/1 safetensors file.
+    """
+    tokens = _tokens(args.tokens)
+    with _progress() as progress:
+        trace = _capture_reference(args.model, args.prompt, tokens, args.dtype, args.checkpoints, progress)
+        progress.step(f"writing {args.output}")
+        save_trace(trace, args.output, overwrite=args.force)
+    print(f"wrote {len(trace.tensors)} checkpoints over {len(trace.tokens or [])} tokens to {args.output}")
+    return EXIT_PASS
+
+
+def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, progress) -> Trace:
+    from parity.capture.hf import load_model, quiet_transformers
+
+    _need_one_input(prompt, tokens)
+    quiet_transformers()
+    progress.step(f"loading {model} ({dtype})")
+    reference = load_model(model, dtype=dtype)
+    ids = tokens if tokens is not None else reference.tokenize(prompt)
+    progress.step(f"capturing the reference over {len(ids)} tokens")
+    return reference.capture(ids, checkpoints=checkpoints, prompt=prompt)
+
+
+# --- compare ----------------------------------------------------------------------
+
+
+def cmd_compare(args) -> int:
+    """Compare two traces checkpoint by checkpoint and report where they first part ways.
+
+    REF and CAND are traces: .safetensors, .npz, or a directory of .npy files
+    with manifest.json (see docs/trace-format.md).
+    """
+    config = _compare_config(args)
+    reference, candidate = load_trace(args.reference), load_trace(args.candidate)
+    return _report(compare(reference, candidate, config=config), args)
+
+
+def _compare_config(args) -> CompareConfig:
+    return CompareConfig(tolerance=user_tolerance(args.atol, args.rtol), checkpoints=args.checkpoints)
+
+
+def _report(comparison: Comparison, args) -> int:
+    from parity.report import console, json
+
+    if args.json:
+        json.write(comparison, args.json, overwrite=args.force)
+    if args.json != "-":
+        console.print_report(comparison)
+    return EXIT_PASS if comparison.passed else EXIT_DIVERGED
+
+
+# --- check ------------------------------------------------------------------------
+
+
+def cmd_check(args) -> int:
+    """Capture the reference from MODEL and compare a candidate with it in one go.
+
+    CANDIDATE is a trace file, or `FILE.py:FACTORY` / `package.module:FACTORY`
+    naming a function that returns a torch.nn.Module taking (1, T) token ids.
+    The factory receives MODEL's path if it takes an argument. Where the
+    checkpoints live in that module comes from --taps, else from the module's
+    `parity_taps` attribute, else from its naming (transformers or nanoGPT).
+    """
+    tokens = _tokens(args.tokens)
+    config = _compare_config(args)
+    with _progress() as progress:
+        reference = _capture_reference(args.model, args.prompt, tokens, args.dtype, args.checkpoints, progress)
+        candidate = _candidate_trace(args.candidate, reference, args, progress)
+        if args.save_traces:
+            _save_pair(reference, candidate, Path(args.save_traces), args.force, progress)
+        progress.step("comparing")
+        comparison = compare(reference, candidate, config=config)
+    return _report(comparison, args)
+
+
+def _candidate_trace(spec: str, reference: Trace, args, progress) -> Trace:
+    path = Path(spec)
+    if path.exists() and not spec.endswith(".py"):
+        progress.step(f"reading {spec}")
+        return load_trace(path)
+    if ":" not in spec:
+        raise OptionError(f"candidate '{spec}' is neither an existing trace nor MODULE:FACTORY (e.g. my_port.py:build)")
+    from parity.capture.torch_module import trace_module
+
+    progress.step(f"building the candidate from {spec}")
+    model = _call_factory(spec, args.model)
+    taps = args.taps or getattr(model, "parity_taps", None) or _infer_taps(model, spec)
+    progress.step(f"capturing the candidate over {len(reference.tokens)} tokens")
+    return trace_module(model, reference.tokens, taps=taps, checkpoints=args.checkpoints)
+
+
+def _call_factory(spec: str, model_path: str):
+    module_name, _, factory_name = spec.rpartition(":")
+    module = _import(module_name)
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise OptionError(f"{module_name} has no function '{factory_name}'; name a factory that returns the model")
+    takes_path = any(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        for p in inspect.signature(factory).parameters.values()
+    )
+    model = factory(model_path) if takes_path else factory()
+    if not hasattr(model, "named_modules"):
+        raise OptionError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _import(name: str):
+    if name.endswith(".py"):
+        path = Path(name)
+        if not path.exists():
+            raise OptionError(f"{name}: no such file")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
+        return module
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        raise OptionError(f"cannot import '{name}' ({error}); give FILE.py:FACTORY or an importable module") from None
+
+
+def _infer_taps(model, spec: str) -> str:
+    names = {name for name, _ in model.named_modules()}
+    if "model.layers.0" in names:
+        return "hf"
+    if "transformer.h.0" in names:
+        return "nanogpt"
+    raise OptionError(
+        f"parity cannot tell where the checkpoints live in {spec}: set a `parity_taps` attribute on the "
+        "model or pass --taps (see docs/capture.md)"
+    )
+
+
+def _save_pair(reference: Trace, candidate: Trace, directory: Path, overwrite: bool, progress) -> None:
+    progress.step(f"saving both traces to {directory}")
+    save_trace(reference, directory / "reference.safetensors", overwrite=overwrite)
+    save_trace(candidate, directory / "candidate.safetensors", overwrite=overwrite)
+
+
+# --- arguments ----------------------------------------------------------------------
+
+
+def _tokens(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        tokens = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise OptionError(f"--tokens must be comma-separated integers like 1,2,3, got '{text}'") from None
+    if not tokens:
+        raise OptionError("--tokens is empty; give at least one token id")
+    return tokens
+
+
+def _need_one_input(prompt, tokens) -> None:
+    if (prompt is None) == (tokens is None):
+        raise OptionError("give exactly one of --prompt TEXT or --tokens 1,2,3")
+
+
+def _add_tolerance_options(parser) -> None:
+    parser.add_argument("--atol", type=float, help="absolute tolerance for every checkpoint (needs --rtol)")
+    parser.add_argument("--rtol", type=float, help="relative tolerance for every checkpoint (needs --atol)")
+    parser.add_argument("--checkpoints", metavar="GLOB", help="only these checkpoints, e.g. 'layers.*.q,logits'")
+    parser.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
+    parser.add_argument("--force", action="store_true", help="replace output files that exist")
+
+
+def _add_input_options(parser) -> None:
+    parser.add_argument("--prompt", help="text to tokenize with the model's tokenizer")
+    parser.add_argument("--tokens", help="token ids, fed as given: 1,2,3")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="reference precision (default float32)")
+
+
+def _command(subparsers, name: str, handler) -> argparse.ArgumentParser:
+    summary = inspect.getdoc(handler).split("\n\n")[0]
+    description = inspect.getdoc(handler)
+    parser = subparsers.add_parser(name, help=summary, description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="parity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"parity {_version()}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+
+    capture = _command(subparsers, "capture", cmd_capture)
+    capture.add_argument("model", metavar="MODEL", help="model directory or .gguf file")
+    _add_input_options(capture)
+    capture.add_argument("-o", "--output", required=True, help="trace to write (.safetensors)")
+    capture.add_argument("--checkpoints", metavar="GLOB", help="only these checkpoints, e.g. 'layers.*.q,logits'")
+    capture.add_argument("--force", action="store_true", help="replace the output file if it exists")
+
+    compare_parser = _command(subparsers, "compare", cmd_compare)
+    compare_parser.add_argument("reference", metavar="REF", help="the reference trace")
+    compare_parser.add_argument("candidate", metavar="CAND", help="the candidate trace")
+    _add_tolerance_options(compare_parser)
+
+    check = _command(subparsers, "check", cmd_check)
+    check.add_argument("model", metavar="MODEL", help="reference model directory or .gguf file")
+    check.add_argument("candidate", metavar="CANDIDATE", help="trace file, or FILE.py:FACTORY / module:FACTORY")
+    _add_input_options(check)
+    _add_tolerance_options(check)
+    check.add_argument("--taps", help="built-in checkpoint mapping for a module candidate: hf, nanogpt, llama, gpt2")
+    check.add_argument("--save-traces", metavar="DIR", help="also write reference.safetensors and candidate.safetensors here")
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("parity")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not hasattr(args, "handler"):
+            parser.print_help()
+            return EXIT_UNUSABLE
+        return args.handler(args)
+    except ParityError as error:
+        print(f"parity: error: {error}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except KeyboardInterrupt:
+        print("parity: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pure core: traces, checkpoint names, metrics, tolerances, comparison. numpy only."""

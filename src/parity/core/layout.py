@@ -1,0 +1,75 @@
+"""Aligning a candidate tensor stored in another layout with the reference's.
+
+Ports store tensors their own way: heads unflattened (`[T, H, hd]` for `[T, H*hd]`),
+attention probabilities as `[T, H, S]`, head-major q as `[H, T, hd]`. When the
+shapes differ, every axis permutation of the candidate, optionally followed by
+flattening its trailing axes, that yields the reference's shape is a possible
+layout; the comparison keeps the one that agrees best and says which it was.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+_MAX_PERMUTED_AXES = 5  # 120 permutations; traces have at most 4 axes
+
+
+@dataclass(frozen=True)
+class Alignment:
+    candidate: np.ndarray            # in the reference's shape
+    permutation: tuple[int, ...]     # applied to the candidate's axes first
+    flattened: bool                  # trailing axes were then merged
+    unit_axes: bool = False          # only axes of size 1 differ (a batch or a one-token axis)
+
+    def __repr__(self) -> str:
+        return f"<Alignment {self.describe()}>"
+
+    def describe(self) -> str:
+        steps = []
+        if self.permutation != tuple(range(len(self.permutation))):
+            steps.append(f"axes permuted {self.permutation}")
+        if self.flattened:
+            steps.append("trailing axes flattened")
+        if self.unit_axes:
+            steps.append("axes of size 1 dropped")
+        return " then ".join(steps) or "as stored"
+
+
+def alignments(reference_shape: tuple[int, ...], candidate: np.ndarray) -> Iterator[Alignment]:
+    """Every distinct way to read `candidate` in `reference_shape`, identity first when it fits."""
+    if candidate.shape == reference_shape:
+        yield Alignment(candidate, tuple(range(candidate.ndim)), False)
+        return
+    if candidate.size != int(np.prod(reference_shape, dtype=np.int64)) or candidate.ndim > _MAX_PERMUTED_AXES:
+        return
+    if _without_unit_axes(candidate.shape) == _without_unit_axes(reference_shape):
+        yield Alignment(candidate.reshape(reference_shape), tuple(range(candidate.ndim)), False, unit_axes=True)
+        return
+    seen: set[tuple[int, ...]] = set()
+    for permutation in itertools.permutations(range(candidate.ndim)):
+        permuted_shape = tuple(candidate.shape[axis] for axis in permutation)
+        flattened = _flattens_to(permuted_shape, reference_shape)
+        if permuted_shape != reference_shape and not flattened:
+            continue
+        key = permutation  # distinct permutations of equal-sized axes read the data differently
+        if key in seen:
+            continue
+        seen.add(key)
+        aligned = np.transpose(candidate, permutation).reshape(reference_shape)
+        yield Alignment(aligned, permutation, flattened and permuted_shape != reference_shape)
+
+
+def _without_unit_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(size for size in shape if size != 1)
+
+
+def _flattens_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """True when merging trailing axes of `shape` gives `target` (leading axes kept)."""
+    if len(shape) <= len(target) or not target:
+        return False
+    keep = len(target) - 1
+    return shape[:keep] == target[:keep] and int(np.prod(shape[keep:], dtype=np.int64)) == target[-1]

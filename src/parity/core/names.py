@@ -1,0 +1,197 @@
+"""Canonical checkpoint names, their data-flow order, and the per-family mappings.
+
+A checkpoint is one named intermediate tensor of a decoder-only forward pass.
+Global checkpoints sit before and after the blocks; per-layer ones are written
+`layers.{i}.<kind>`. Everything that orders, parses or maps a name lives here,
+so that a new family or a new runtime touches one table.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+
+# Per-layer kinds in the order data flows through a block. Each family produces
+# a subset (GPT-2 has no RoPE and a plain MLP; Llama has no q_norm).
+LAYER_KINDS: tuple[str, ...] = (
+    "attn_norm",   # input norm of the block                      [T, D]
+    "q",           # q projection, before any norm or RoPE         [T, H*hd]
+    "k",           #                                               [T, Hkv*hd]
+    "v",           #                                               [T, Hkv*hd]
+    "q_norm",      # per-head RMSNorm on q (Qwen3 and others)      [T, H*hd]
+    "k_norm",      #                                               [T, Hkv*hd]
+    "q_rope",      # after rotary embedding                        [T, H*hd]
+    "k_rope",      #                                               [T, Hkv*hd]
+    "attn_probs",  # softmax attention probabilities               [H, T, S]
+    "attn_ctx",    # attention output before the output projection [T, H*hd]
+    "attn_out",    # after the output projection                   [T, D]
+    "resid_mid",   # hidden state after the attention residual     [T, D]
+    "mlp_norm",    # post-attention norm                           [T, D]
+    "mlp_gate",    # gated MLPs: gate projection                   [T, F]
+    "mlp_up",      # gated MLPs: up projection                     [T, F]
+    "mlp_fc",      # GPT-2: the single input projection            [T, F]
+    "mlp_act",     # input of the down projection                  [T, F]
+    "mlp_out",     # MLP output                                    [T, D]
+    "out",         # block output                                  [T, D]
+)
+BEFORE_LAYERS: tuple[str, ...] = ("embed",)
+AFTER_LAYERS: tuple[str, ...] = ("final_norm", "logits")
+GLOBAL_KINDS = BEFORE_LAYERS + AFTER_LAYERS
+
+# Kinds whose per-token tensors carry heads, flattened to [T, heads*head_dim].
+HEAD_KINDS = frozenset({"q", "k", "v", "q_norm", "k_norm", "q_rope", "k_rope", "attn_ctx"})
+
+_LAYER_NAME = re.compile(r"^layers\.(\d+)\.([a-z_]+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A parsed checkpoint name: `layers.7.mlp_act` -> layer 7, kind 'mlp_act'."""
+
+    name: str
+    kind: str
+    layer: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<Checkpoint {self.name}>"
+
+    @property
+    def token_axis(self) -> int:
+        """The axis that indexes token positions: attn_probs is [H, T, S]."""
+        return 1 if self.kind == "attn_probs" else 0
+
+
+def parse(name: str) -> Checkpoint | None:
+    """Parse a canonical name; None for a name that is not canonical."""
+    if name in GLOBAL_KINDS:
+        return Checkpoint(name=name, kind=name)
+    match = _LAYER_NAME.match(name)
+    if match and match.group(2) in LAYER_KINDS:
+        return Checkpoint(name=name, kind=match.group(2), layer=int(match.group(1)))
+    return None
+
+
+def is_canonical(name: str) -> bool:
+    return parse(name) is not None
+
+
+def order_key(name: str) -> tuple:
+    """Sort key for data-flow order: embed, layer 0 .. L-1 in block order, final_norm, logits.
+
+    Names that are not canonical sort last, alphabetically, so that nothing is dropped.
+    """
+    checkpoint = parse(name)
+    if checkpoint is None:
+        return (3, 0, 0, name)
+    if checkpoint.kind in BEFORE_LAYERS:
+        return (0, 0, BEFORE_LAYERS.index(checkpoint.kind), name)
+    if checkpoint.kind in AFTER_LAYERS:
+        return (2, 0, AFTER_LAYERS.index(checkpoint.kind), name)
+    return (1, checkpoint.layer, LAYER_KINDS.index(checkpoint.kind), name)
+
+
+def in_flow_order(names) -> list[str]:
+    return sorted(set(names), key=order_key)
+
+
+def select(names, patterns: str | None) -> list[str]:
+    """Names matching any of the comma-separated globs (`layers.*.q,logits`); all if None."""
+    if not patterns:
+        return list(names)
+    globs = [pattern.strip() for pattern in patterns.split(",") if pattern.strip()]
+    return [name for name in names if any(fnmatch.fnmatchcase(name, glob) for glob in globs)]
+
+
+# --- Where each family's checkpoints come from --------------------------------
+#
+# A tap reads one module's output (or its first positional input) and files it
+# under one canonical name, or under several when the output is a fused
+# projection split evenly along its last axis. `{i}` stands for the layer index.
+# An "attention" tap files (query after RoPE, key after RoPE, probabilities) of
+# an HF attention module; an empty name skips that part.
+# The q_rope, k_rope and attn_probs checkpoints of HF models are recorded from
+# transformers' own eager attention function instead (see capture/hf_attention.py),
+# because RoPE and softmax are functions, not modules.
+
+
+@dataclass(frozen=True)
+class Tap:
+    module: str                 # module path pattern, e.g. "model.layers.{i}.mlp.down_proj"
+    names: tuple[str, ...]      # canonical name(s), e.g. ("layers.{i}.mlp_act",)
+    io: str = "output"          # "output", "input" (the first positional argument) or "attention"
+
+    def __repr__(self) -> str:
+        return f"<Tap {self.module}:{self.io} -> {','.join(self.names)}>"
+
+
+def _taps(*rows: tuple) -> tuple[Tap, ...]:
+    taps = []
+    for module, names, *io in rows:
+        names = (names,) if isinstance(names, str) else tuple(names)
+        taps.append(Tap(module=module, names=names, io=io[0] if io else "output"))
+    return tuple(taps)
+
+
+_LLAMA_LAYER = "model.layers.{i}"
+LLAMA_TAPS = _taps(
+    ("model.embed_tokens", "embed"),
+    (f"{_LLAMA_LAYER}.input_layernorm", "layers.{i}.attn_norm"),
+    (f"{_LLAMA_LAYER}.self_attn.q_proj", "layers.{i}.q"),
+    (f"{_LLAMA_LAYER}.self_attn.k_proj", "layers.{i}.k"),
+    (f"{_LLAMA_LAYER}.self_attn.v_proj", "layers.{i}.v"),
+    (f"{_LLAMA_LAYER}.self_attn.q_norm", "layers.{i}.q_norm"),
+    (f"{_LLAMA_LAYER}.self_attn.k_norm", "layers.{i}.k_norm"),
+    (f"{_LLAMA_LAYER}.self_attn", ("layers.{i}.q_rope", "layers.{i}.k_rope", "layers.{i}.attn_probs"), "attention"),
+    (f"{_LLAMA_LAYER}.self_attn.o_proj", "layers.{i}.attn_ctx", "input"),
+    (f"{_LLAMA_LAYER}.self_attn.o_proj", "layers.{i}.attn_out"),
+    (f"{_LLAMA_LAYER}.post_attention_layernorm", "layers.{i}.resid_mid", "input"),
+    (f"{_LLAMA_LAYER}.post_attention_layernorm", "layers.{i}.mlp_norm"),
+    (f"{_LLAMA_LAYER}.mlp.gate_proj", "layers.{i}.mlp_gate"),
+    (f"{_LLAMA_LAYER}.mlp.up_proj", "layers.{i}.mlp_up"),
+    (f"{_LLAMA_LAYER}.mlp.down_proj", "layers.{i}.mlp_act", "input"),
+    (f"{_LLAMA_LAYER}.mlp", "layers.{i}.mlp_out"),
+    (_LLAMA_LAYER, "layers.{i}.out"),
+    ("model.norm", "final_norm"),
+    ("lm_head", "logits"),
+)
+
+# GPT-2 in transformers and nanoGPT share module names: `transformer.drop` is the
+# sum of token and position embeddings (dropout is the identity in eval mode).
+_GPT2_LAYER = "transformer.h.{i}"
+GPT2_TAPS = _taps(
+    ("transformer.drop", "embed"),
+    (f"{_GPT2_LAYER}.ln_1", "layers.{i}.attn_norm"),
+    (f"{_GPT2_LAYER}.attn.c_attn", ("layers.{i}.q", "layers.{i}.k", "layers.{i}.v")),
+    (f"{_GPT2_LAYER}.attn", ("", "", "layers.{i}.attn_probs"), "attention"),
+    (f"{_GPT2_LAYER}.attn.c_proj", "layers.{i}.attn_ctx", "input"),
+    (f"{_GPT2_LAYER}.attn.c_proj", "layers.{i}.attn_out"),
+    (f"{_GPT2_LAYER}.ln_2", "layers.{i}.resid_mid", "input"),
+    (f"{_GPT2_LAYER}.ln_2", "layers.{i}.mlp_norm"),
+    (f"{_GPT2_LAYER}.mlp.c_fc", "layers.{i}.mlp_fc"),
+    (f"{_GPT2_LAYER}.mlp.c_proj", "layers.{i}.mlp_act", "input"),
+    (f"{_GPT2_LAYER}.mlp", "layers.{i}.mlp_out"),
+    (_GPT2_LAYER, "layers.{i}.out"),
+    ("transformer.ln_f", "final_norm"),
+    ("lm_head", "logits"),
+)
+
+# Built-in mappings by name. "hf" covers every HF Llama-style family.
+FAMILY_TAPS: dict[str, tuple[Tap, ...]] = {
+    "llama": LLAMA_TAPS,
+    "qwen2": LLAMA_TAPS,
+    "qwen3": LLAMA_TAPS,
+    "gpt2": GPT2_TAPS,
+    "hf": LLAMA_TAPS,
+    "nanogpt": GPT2_TAPS,
+}
+
+# transformers' config.model_type -> family. Mistral, SmolLM and TinyLlama are
+# Llama-family checkpoints with model_type "llama" or "mistral".
+MODEL_TYPE_FAMILY: dict[str, str] = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gpt2": "gpt2",
+}

@@ -1,0 +1,143 @@
+"""The report model: what a comparison found, as frozen dataclasses.
+
+Reports (console, JSON, HTML) read these and never compute. `bool(result)`
+means passed; `repr(result)` is one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PASS, FAIL, NOT_COMPARABLE = "pass", "fail", "not_comparable"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Elementwise bound |candidate - reference| <= atol + rtol * |reference|.
+
+    `atol` is absolute, in the tensor's units; `basis` says where it came from
+    (a dtype default scaled by the reference's RMS, or the user's option).
+    """
+
+    atol: float
+    rtol: float
+    basis: str
+
+    def __repr__(self) -> str:
+        return f"<Tolerance atol={self.atol:.3g} rtol={self.rtol:.3g} ({self.basis})>"
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Error of a candidate tensor against its reference, computed in float64."""
+
+    numel: int
+    max_abs: float
+    mean_abs: float
+    rel_l2: float               # ||candidate - reference|| / ||reference||
+    cosine: float               # of the flattened tensors, over finite elements
+    max_rel: float              # max |c - r| / |r| over elements where r != 0
+    mismatched: int             # elements outside the tolerance (non-finite mismatches included)
+    nan_reference: int
+    nan_candidate: int
+    inf_reference: int
+    inf_candidate: int
+    worst_index: tuple[int, ...] | None   # index of the largest absolute error
+    worst_position: int | None            # its token position
+
+    def __repr__(self) -> str:
+        return (
+            f"<Metrics max_abs={self.max_abs:.3g} rel_l2={self.rel_l2:.3g} "
+            f"cosine={self.cosine:.6f} mismatched={self.mismatched}/{self.numel}>"
+        )
+
+    @property
+    def mismatched_fraction(self) -> float:
+        return self.mismatched / self.numel if self.numel else 0.0
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    name: str
+    status: str                          # "pass" | "fail" | "not_comparable"
+    shape_reference: tuple[int, ...]
+    shape_candidate: tuple[int, ...]
+    metrics: Metrics | None = None
+    tolerance: Tolerance | None = None
+    layout: str | None = None            # how the candidate was aligned, when it was
+    reason: str | None = None            # why it failed or could not be compared
+
+    def __repr__(self) -> str:
+        detail = f" rel_l2={self.metrics.rel_l2:.3g}" if self.metrics else ""
+        return f"<CheckpointResult {self.name} {self.status}{detail}>"
+
+    def __bool__(self) -> bool:
+        return self.status != FAIL
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAIL
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where the candidate first parts ways with the reference, in data-flow order."""
+
+    checkpoint: str
+    layer: int | None
+    kind: str
+    position: int | None    # token position with the largest error
+
+    def __repr__(self) -> str:
+        return f"<Divergence {self.checkpoint} position={self.position}>"
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A likely cause, named from evidence in the tensors."""
+
+    cause: str
+    checkpoint: str
+    message: str
+
+    def __repr__(self) -> str:
+        return f"<Diagnosis {self.cause} at {self.checkpoint}>"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    checkpoints: tuple[CheckpointResult, ...]
+    missing: tuple[str, ...]             # in the reference, not the candidate
+    extra: tuple[str, ...]               # in the candidate, not the reference
+    first_divergence: Divergence | None
+    diagnoses: tuple[Diagnosis, ...] = ()
+    notes: tuple[str, ...] = ()          # findings outside any one checkpoint
+    reference_metadata: dict[str, Any] = field(default_factory=dict)
+    candidate_metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __repr__(self) -> str:
+        where = f", first divergence at {self.first_divergence.checkpoint}" if self.first_divergence else ""
+        return f"<Comparison {self.passed_count}/{len(self.checkpoints)} passed{where}>"
+
+    @property
+    def passed(self) -> bool:
+        return not any(result.failed for result in self.checkpoints)
+
+    @property
+    def verdict(self) -> str:
+        return PASS if self.passed else FAIL
+
+    @property
+    def passed_count(self) -> int:
+        return sum(result.status == PASS for result in self.checkpoints)
+
+    @property
+    def failed_count(self) -> int:
+        return sum(result.failed for result in self.checkpoints)
+
+    def result(self, name: str) -> CheckpointResult | None:
+        return next((result for result in self.checkpoints if result.name == name), None)

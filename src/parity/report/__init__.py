@@ -1,0 +1,1 @@
+"""Renderers: read a Comparison, never compute one."""

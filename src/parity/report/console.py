@@ -1,0 +1,221 @@
+"""The console report: a per-layer grid, the verdict, and the first divergence in numbers.
+
+Readable at 100 columns: one row per layer, one narrow column per checkpoint kind
+present in either trace, one symbol per cell.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+from parity.core.errors import require
+from parity.core.names import AFTER_LAYERS, BEFORE_LAYERS, LAYER_KINDS, parse
+from parity.core.results import FAIL, NOT_COMPARABLE, PASS, CheckpointResult, Comparison
+
+# kind -> column header; the legend under the grid spells them out.
+SHORT_NAMES = {
+    "attn_norm": "an", "q": "q", "k": "k", "v": "v", "q_norm": "qn", "k_norm": "kn",
+    "q_rope": "qr", "k_rope": "kr", "attn_probs": "pr", "attn_ctx": "ctx", "attn_out": "ao",
+    "resid_mid": "rm", "mlp_norm": "mn", "mlp_gate": "g", "mlp_up": "u", "mlp_fc": "fc",
+    "mlp_act": "act", "mlp_out": "mo", "out": "out",
+}
+CELLS = {  # status -> (symbol, style)
+    PASS: ("✓", "green"),
+    FAIL: ("✗", "bold red"),
+    NOT_COMPARABLE: ("~", "yellow"),
+    None: ("·", "dim"),  # held by one trace only, or by neither
+}
+NONFINITE_CELL = ("!", "bold magenta")
+
+
+def renderables(comparison: Comparison) -> list:
+    require("rich", extra="cli", purpose="the console report")
+    from rich.text import Text
+
+    parts = [_header(comparison), _grid(comparison), _globals_line(comparison), _legend(comparison)]
+    parts += [_verdict(comparison)]
+    if comparison.first_divergence is not None:
+        parts.append(_divergence_details(comparison))
+    parts += [Text(f"note: {note}", style="yellow") for note in comparison.notes]
+    parts += [
+        Text.assemble(("diagnosis ", "bold"), (f"{d.cause}", "bold cyan"), f" at {d.checkpoint}: {d.message}")
+        for d in comparison.diagnoses
+    ]
+    if comparison.missing or comparison.extra:
+        parts.append(_missing_and_extra(comparison))
+    return [part for part in parts if part is not None]
+
+
+def render(comparison: Comparison, *, width: int = 100, color: bool = False) -> str:
+    """The report as text, for tests and logs."""
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, force_terminal=color, color_system="standard" if color else None)
+    for part in renderables(comparison):
+        console.print(part)
+    return buffer.getvalue()
+
+
+def print_report(comparison: Comparison, console=None) -> None:
+    from rich.console import Console
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # pipes and CI logs: rich would assume 80 columns
+            console = Console(width=100)
+    for part in renderables(comparison):
+        console.print(part)
+
+
+def _describe(metadata: dict) -> str:
+    what = metadata.get("producer") or "unknown producer"
+    details = [metadata[key] for key in ("arch", "dtype") if metadata.get(key)]
+    return what + (f" ({', '.join(details)})" if details else "")
+
+
+def _header(comparison: Comparison):
+    from rich.text import Text
+
+    tokens = comparison.reference_metadata.get("tokens")
+    count = f", {len(tokens)} tokens" if tokens else ""
+    return Text.assemble(
+        ("reference ", "bold"), _describe(comparison.reference_metadata), count, "\n",
+        ("candidate ", "bold"), _describe(comparison.candidate_metadata),
+    )
+
+
+def _cell(result: CheckpointResult | None) -> tuple[str, str]:
+    if result is None:
+        return CELLS[None]
+    metrics = result.metrics
+    if result.status == FAIL and metrics and (metrics.nan_candidate or metrics.inf_candidate):
+        return NONFINITE_CELL
+    return CELLS[result.status]
+
+
+def _layer_table(comparison: Comparison) -> tuple[list[str], dict[int, dict[str, CheckpointResult | None]]]:
+    """Kinds present (as columns) and, per layer, each kind's result (None when one trace lacks it)."""
+    kinds, layers = set(), {}
+    for name in [r.name for r in comparison.checkpoints] + list(comparison.missing) + list(comparison.extra):
+        checkpoint = parse(name)
+        if checkpoint is not None and checkpoint.layer is not None:
+            kinds.add(checkpoint.kind)
+            layers.setdefault(checkpoint.layer, {})[checkpoint.kind] = None
+    for result in comparison.checkpoints:
+        checkpoint = parse(result.name)
+        if checkpoint is not None and checkpoint.layer is not None:
+            layers[checkpoint.layer][checkpoint.kind] = result
+    return [kind for kind in LAYER_KINDS if kind in kinds], layers
+
+
+def _grid(comparison: Comparison):
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    kinds, layers = _layer_table(comparison)
+    if not layers:
+        return None
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False)
+    table.add_column("layer", justify="right", style="bold")
+    for kind in kinds:
+        table.add_column(SHORT_NAMES[kind], justify="center", no_wrap=True)
+    table.add_column("max rel_l2", justify="right")
+    for layer in sorted(layers):
+        row = layers[layer]
+        cells = [Text(*_cell(row.get(kind))) if kind in row else Text(" ") for kind in kinds]
+        worst = _worst_rel_l2(result for result in row.values() if result is not None)
+        table.add_row(str(layer), *cells, worst)
+    return table
+
+
+def _worst_rel_l2(results) -> str:
+    values = [r.metrics.rel_l2 for r in results if r.metrics is not None]
+    if not values:
+        return "-"
+    worst = max(values, key=lambda v: math.inf if math.isnan(v) else v)
+    return f"{worst:.1e}" if math.isfinite(worst) else "inf"
+
+
+def _globals_line(comparison: Comparison):
+    from rich.text import Text
+
+    line = Text()
+    for name in BEFORE_LAYERS + AFTER_LAYERS:
+        result = comparison.result(name)
+        if result is None and name not in comparison.missing and name not in comparison.extra:
+            continue
+        symbol, style = _cell(result)
+        metrics = result.metrics if result is not None else None
+        rel = f" {metrics.rel_l2:.1e}" if metrics is not None and math.isfinite(metrics.rel_l2) else ""
+        line.append(f"{name} ", style="bold").append(symbol, style=style).append(f"{rel}   ")
+    return line if line.plain else None
+
+
+def _legend(comparison: Comparison):
+    from rich.text import Text
+
+    kinds, _ = _layer_table(comparison)
+    if not kinds:
+        return None
+    names = "  ".join(f"{SHORT_NAMES[kind]}={kind}" for kind in kinds if SHORT_NAMES[kind] != kind)
+    return Text(f"✓ within tolerance  ✗ outside  ! non-finite  ~ not comparable  · absent\n{names}", style="dim")
+
+
+def _verdict(comparison: Comparison):
+    from rich.text import Text
+
+    total = len(comparison.checkpoints)
+    if comparison.passed:
+        skipped = total - comparison.passed_count
+        tail = f" ({skipped} not comparable)" if skipped else ""
+        return Text.assemble(("PASS", "bold green"), f"  {comparison.passed_count}/{total} checkpoints within tolerance{tail}")
+    divergence = comparison.first_divergence
+    position = f", worst at token {divergence.position}" if divergence.position is not None else ""
+    return Text.assemble(
+        ("FAIL", "bold red"),
+        f"  {comparison.failed_count}/{total} checkpoints outside tolerance; first divergence at ",
+        (divergence.checkpoint, "bold"), position,
+    )
+
+
+def _divergence_details(comparison: Comparison):
+    from rich.text import Text
+
+    result = comparison.result(comparison.first_divergence.checkpoint)
+    lines = []
+    metrics, tolerance = result.metrics, result.tolerance
+    if result.reason and (metrics is None or result.layout):
+        lines.append(result.reason)
+    if metrics is not None:
+        lines.append(
+            f"Mismatched elements: {metrics.mismatched} / {metrics.numel} ({100 * metrics.mismatched_fraction:.1f}%)"
+        )
+        allowed = f" (up to {tolerance.atol:.3g} + {tolerance.rtol:.3g}·|ref| allowed)" if tolerance else ""
+        lines.append(f"Greatest absolute difference: {metrics.max_abs:.4g} at index {metrics.worst_index}{allowed}")
+        lines.append(f"rel_l2 {metrics.rel_l2:.3g}   cosine {metrics.cosine:.6f}   mean_abs {metrics.mean_abs:.3g}")
+        if metrics.nan_candidate or metrics.inf_candidate or metrics.nan_reference or metrics.inf_reference:
+            lines.append(
+                f"non-finite: candidate {metrics.nan_candidate} NaN, {metrics.inf_candidate} Inf; "
+                f"reference {metrics.nan_reference} NaN, {metrics.inf_reference} Inf"
+            )
+    if result.layout:
+        lines.append(f"layout: {result.layout}")
+    return Text("\n".join("  " + line for line in lines))
+
+
+def _missing_and_extra(comparison: Comparison):
+    from rich.text import Text
+
+    def listing(names: tuple[str, ...]) -> str:
+        shown = ", ".join(names[:8])
+        return shown + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+
+    lines = []
+    if comparison.missing:
+        lines.append(f"only in reference: {listing(comparison.missing)}")
+    if comparison.extra:
+        lines.append(f"only in candidate: {listing(comparison.extra)}")
+    return Text("\n".join(lines), style="dim")

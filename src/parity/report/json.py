@@ -1,0 +1,121 @@
+"""The JSON report (schema in docs/report-schema.md): a plain rendering of a Comparison.
+
+JSON has no NaN or infinity: non-finite metric values are written as null; the
+NaN and Inf counts beside them say what they were.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from parity.core.errors import OptionError
+from parity.core.names import parse
+from parity.core.results import NOT_COMPARABLE, CheckpointResult, Comparison, Metrics, Tolerance
+
+SCHEMA = "parity-report/1"
+
+
+def to_dict(comparison: Comparison) -> dict[str, Any]:
+    divergence = comparison.first_divergence
+    return {
+        "schema": SCHEMA,
+        "verdict": comparison.verdict,
+        "first_divergence": None if divergence is None else {
+            "checkpoint": divergence.checkpoint,
+            "layer": divergence.layer,
+            "kind": divergence.kind,
+            "position": divergence.position,
+        },
+        "summary": {
+            "compared": len(comparison.checkpoints),
+            "passed": comparison.passed_count,
+            "failed": comparison.failed_count,
+            "not_comparable": sum(result.status == NOT_COMPARABLE for result in comparison.checkpoints),
+            "missing": len(comparison.missing),
+            "extra": len(comparison.extra),
+        },
+        "checkpoints": [_checkpoint(result) for result in comparison.checkpoints],
+        "missing": list(comparison.missing),
+        "extra": list(comparison.extra),
+        "diagnoses": [
+            {"cause": d.cause, "checkpoint": d.checkpoint, "message": d.message} for d in comparison.diagnoses
+        ],
+        "notes": list(comparison.notes),
+        "reference": _json_safe(comparison.reference_metadata),
+        "candidate": _json_safe(comparison.candidate_metadata),
+    }
+
+
+def _checkpoint(result: CheckpointResult) -> dict[str, Any]:
+    checkpoint = parse(result.name)
+    return {
+        "name": result.name,
+        "layer": checkpoint.layer if checkpoint else None,
+        "kind": checkpoint.kind if checkpoint else None,
+        "status": result.status,
+        "metrics": _metrics(result.metrics),
+        "tolerance": _tolerance(result.tolerance),
+        "shape_ref": list(result.shape_reference),
+        "shape_cand": list(result.shape_candidate),
+        "layout": result.layout,
+        "reason": result.reason,
+    }
+
+
+def _metrics(metrics: Metrics | None) -> dict[str, Any] | None:
+    if metrics is None:
+        return None
+    return {
+        "max_abs": _number(metrics.max_abs),
+        "mean_abs": _number(metrics.mean_abs),
+        "rel_l2": _number(metrics.rel_l2),
+        "cosine": _number(metrics.cosine),
+        "max_rel": _number(metrics.max_rel),
+        "mismatched": metrics.mismatched,
+        "numel": metrics.numel,
+        "nan_ref": metrics.nan_reference,
+        "nan_cand": metrics.nan_candidate,
+        "inf_ref": metrics.inf_reference,
+        "inf_cand": metrics.inf_candidate,
+        "worst_index": list(metrics.worst_index) if metrics.worst_index is not None else None,
+        "worst_position": metrics.worst_position,
+    }
+
+
+def _tolerance(tolerance: Tolerance | None) -> dict[str, Any] | None:
+    if tolerance is None:
+        return None
+    return {"atol": _number(tolerance.atol), "rtol": _number(tolerance.rtol), "basis": tolerance.basis}
+
+
+def _number(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return _number(value)
+    if isinstance(value, dict):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def dumps(comparison: Comparison) -> str:
+    return json.dumps(to_dict(comparison), indent=2, allow_nan=False)
+
+
+def write(comparison: Comparison, path: str | Path, *, overwrite: bool = False) -> None:
+    """Write the report to `path` ("-" for standard output); never replaces a file unless told."""
+    if str(path) == "-":
+        print(dumps(comparison))
+        return
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OptionError(f"{path} exists; choose another --json path or pass --force to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dumps(comparison) + "\n", encoding="utf-8")

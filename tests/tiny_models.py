@@ -1,0 +1,53 @@
+"""Tiny random-weight transformers models, built from configs on the fly (no hub access).
+
+Norm weights and every bias are moved away from 1 and 0, so that a port which
+ignores one of them shows a difference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+VOCAB = 96
+
+
+def config(family: str, **overrides):
+    import transformers
+
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  rms_norm_eps=1e-6, tie_word_embeddings=False)
+    if family == "llama":
+        return transformers.LlamaConfig(**{**common, **overrides})
+    if family == "mistral":
+        return transformers.MistralConfig(**{**common, "sliding_window": None, **overrides})
+    if family == "qwen2":
+        return transformers.Qwen2Config(**{**common, **overrides})
+    if family == "qwen3":
+        return transformers.Qwen3Config(**{**common, "head_dim": 16, **overrides})
+    if family == "gpt2":
+        return transformers.GPT2Config(**{**dict(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=128,
+                                                 layer_norm_epsilon=1e-5), **overrides})
+    raise ValueError(family)
+
+
+def build(family: str, seed: int = 0, **overrides):
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config(family, **overrides), attn_implementation="eager")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.copy_(0.1 * torch.randn_like(parameter))
+            elif "norm" in name or ".ln_" in name:
+                parameter.copy_(1.0 + 0.2 * torch.randn_like(parameter))
+    return model.eval()
+
+
+def save(family: str, directory: Path, seed: int = 0, **overrides) -> Path:
+    model = build(family, seed, **overrides)
+    model.save_pretrained(directory)
+    return directory
