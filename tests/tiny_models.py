@@ -17,7 +17,7 @@ def config(family: str, **overrides):
 
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                  rms_norm_eps=1e-6, tie_word_embeddings=False)
+                  rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=0, eos_token_id=1)
     if family == "llama":
         return transformers.LlamaConfig(**{**common, **overrides})
     if family == "mistral":
@@ -28,7 +28,7 @@ def config(family: str, **overrides):
         return transformers.Qwen3Config(**{**common, "head_dim": 16, **overrides})
     if family == "gpt2":
         return transformers.GPT2Config(**{**dict(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=128,
-                                                 layer_norm_epsilon=1e-5), **overrides})
+                                                 layer_norm_epsilon=1e-5, bos_token_id=0, eos_token_id=1), **overrides})
     raise ValueError(family)
 
 
@@ -50,4 +50,20 @@ def build(family: str, seed: int = 0, **overrides):
 def save(family: str, directory: Path, seed: int = 0, **overrides) -> Path:
     model = build(family, seed, **overrides)
     model.save_pretrained(directory)
+    return directory
+
+
+WORDS = ["<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(VOCAB - 3)]
+
+
+def save_tokenizer(directory: Path) -> Path:
+    """A word-level tokenizer over `WORDS` that prepends <s>, saved as tokenizer.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel({word: i for i, word in enumerate(WORDS)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(directory)
     return directory

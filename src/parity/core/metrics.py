@@ -25,7 +25,8 @@ def measure(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance, 
     agreeing_nonfinite = (nan_reference & nan_candidate) | (inf_reference & (reference == candidate))
     disagreeing = ~finite & ~agreeing_nonfinite
 
-    abs_error = np.where(finite, np.abs(candidate - reference), 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite elements are replaced below
+        abs_error = np.where(finite, np.abs(candidate - reference), 0.0)
     abs_error[disagreeing] = np.inf
     bound = tolerance.atol + tolerance.rtol * np.abs(np.where(finite, reference, 0.0))
     mismatched = int(np.count_nonzero(abs_error > bound))

@@ -144,15 +144,15 @@ def load_trace(path: str | Path) -> Trace:
 
 def _check_is_trace(trace: Trace, path: Path) -> None:
     declared = trace.metadata.get("format")
-    if declared is not None and declared != FORMAT:
-        raise TraceError(f"{path}: format is '{declared}', expected '{FORMAT}'; see docs/trace-format.md")
-    if declared is None and trace.tensors and not any(is_canonical(name) for name in trace.tensors):
+    if declared != FORMAT and trace.tensors and not any(is_canonical(name) for name in trace.tensors):
         example = ", ".join(sorted(trace.tensors)[:3])
         raise TraceError(
             f"{path}: not a parity trace: no canonical checkpoint names (found {example}, ...; "
             "expected names like 'embed', 'layers.0.q', 'logits'); is this a weights file? "
             "See docs/trace-format.md"
         )
+    if declared is not None and declared != FORMAT:
+        raise TraceError(f"{path}: format is '{declared}', expected '{FORMAT}'; see docs/trace-format.md")
 
 
 def _read_safetensors(path: Path) -> Trace:

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from parity.core.errors import OptionError
+from parity.core.tolerances import DTYPE_FACTOR, KIND_FACTOR, default_tolerance, lowest_precision, user_tolerance
+
+
+def test_a_half_specified_tolerance_is_refused():
+    with pytest.raises(OptionError, match="--atol was given without --rtol"):
+        user_tolerance(1e-5, None)
+    with pytest.raises(OptionError, match="--rtol was given without --atol"):
+        user_tolerance(None, 1e-5)
+
+
+def test_negative_or_nonfinite_tolerances_are_refused():
+    for atol, rtol in [(-1.0, 0.0), (0.0, float("nan")), (float("inf"), 0.0)]:
+        with pytest.raises(OptionError):
+            user_tolerance(atol, rtol)
+
+
+def test_user_tolerance_is_absolute():
+    tolerance = user_tolerance(1e-3, 1e-2)
+    assert (tolerance.atol, tolerance.rtol, tolerance.basis) == (1e-3, 1e-2, "user")
+    assert user_tolerance(None, None) is None
+
+
+def test_default_atol_follows_the_tensor_scale_and_kind():
+    small, large = np.full(10, 0.01), np.full(10, 100.0)
+    assert default_tolerance("out", "float32", large).atol == pytest.approx(1e4 * default_tolerance("out", "float32", small).atol)
+    logits = default_tolerance("logits", "float32", small)
+    norm = default_tolerance("attn_norm", "float32", small)
+    assert logits.rtol == KIND_FACTOR["logits"] * norm.rtol
+
+
+def test_lower_precision_gets_looser_defaults():
+    values = np.ones(4)
+    rtols = [default_tolerance("q", dtype, values).rtol for dtype in ("float64", "float32", "float16", "bfloat16")]
+    assert rtols == sorted(rtols)
+    assert set(DTYPE_FACTOR) == {"float64", "float32", "float16", "bfloat16"}
+
+
+def test_lowest_precision_of_two_sides():
+    assert lowest_precision("float64", "bfloat16") == "bfloat16"
+    assert lowest_precision("float64", "float32", None) == "float32"
+    assert lowest_precision(None, "int64") == "float32"

@@ -1,0 +1,129 @@
+"""The `parity` command end to end, in a subprocess, as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+from conftest import ROOT, TOKENS  # noqa: E402
+
+TOKEN_ARG = ",".join(map(str, TOKENS))
+
+
+def parity(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "parity", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def assert_unusable(result, message):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("parity: error: ") and message in lines[-1], result.stderr
+
+
+@pytest.fixture(scope="module")
+def captured(model_dirs, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "reference.safetensors"
+    result = parity("capture", model_dirs["llama"], "--tokens", TOKEN_ARG, "-o", path)
+    assert result.returncode == 0, result.stderr
+    assert f"wrote 51 checkpoints over {len(TOKENS)} tokens" in result.stdout
+    return path
+
+
+def test_compare_a_trace_with_itself_passes(captured, tmp_path):
+    report = tmp_path / "report.json"
+    result = parity("compare", captured, captured, "--json", report)
+    assert result.returncode == 0, result.stderr
+    assert "PASS  51/51 checkpoints within tolerance" in result.stdout
+    assert json.loads(report.read_text())["verdict"] == "pass"
+
+
+def test_check_a_correct_port_passes(model_dirs):
+    result = parity("check", model_dirs["qwen3"], ROOT / "examples/llama_port.py:build", "--tokens", TOKEN_ARG)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS  57/57" in result.stdout
+
+
+def test_check_a_buggy_port_exits_1_and_names_the_checkpoint(model_dirs, tmp_path):
+    factory = tmp_path / "buggy.py"
+    factory.write_text(
+        "import llama_port\n"
+        "def build(path):\n"
+        "    return llama_port.build(path, llama_port.Bugs(gqa_order='tile'))\n"
+    )
+    report = tmp_path / "r.json"
+    result = parity("check", model_dirs["llama"], f"{factory}:build", "--tokens", TOKEN_ARG, "--json", report,
+                    "--save-traces", tmp_path / "traces", cwd=ROOT / "examples")
+    assert result.returncode == 1, result.stderr
+    assert "first divergence at layers.0.attn_probs" in result.stdout
+    assert json.loads(report.read_text())["first_divergence"]["checkpoint"] == "layers.0.attn_probs"
+    again = parity("compare", tmp_path / "traces/reference.safetensors", tmp_path / "traces/candidate.safetensors")
+    assert again.returncode == 1 and "first divergence at layers.0.attn_probs" in again.stdout
+
+
+def test_check_a_gpt2_port_with_the_builtin_nanogpt_mapping(model_dirs):
+    result = parity("check", model_dirs["gpt2"], ROOT / "examples/gpt2_port.py:build", "--tokens", TOKEN_ARG)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_check_with_a_prompt_and_a_trace_candidate(model_dirs, captured):
+    result = parity("check", model_dirs["llama"], captured, "--prompt", "w1 w2 w3")
+    assert result.returncode == 1  # the trace was made from other tokens
+    assert "the traces were made from different token ids" in result.stdout
+
+
+def test_json_to_stdout_prints_only_json(captured):
+    result = parity("compare", captured, captured, "--json", "-")
+    assert result.returncode == 0 and json.loads(result.stdout)["verdict"] == "pass"
+
+
+def test_npz_and_directory_traces_compare_like_safetensors(captured, tmp_path):
+    from parity.core.trace import load_trace
+
+    trace = load_trace(captured)
+    np.savez(tmp_path / "c.npz", **trace.tensors, __metadata__=np.array(json.dumps({"tokens": trace.tokens})))
+    directory = tmp_path / "npy"
+    directory.mkdir()
+    for name, tensor in trace.tensors.items():
+        np.save(directory / f"{name}.npy", tensor)
+    (directory / "manifest.json").write_text(json.dumps({"format": "parity-trace/1", "metadata": {"tokens": trace.tokens}}))
+    for candidate in (tmp_path / "c.npz", directory):
+        result = parity("compare", captured, candidate)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_unusable_input_exits_2_with_one_line(captured, tmp_path, model_dirs):
+    assert_unusable(parity("compare", tmp_path / "nope.safetensors", captured), "no such file or directory")
+    assert_unusable(parity("compare", model_dirs["llama"] / "model.safetensors", captured), "not a parity trace")
+    assert_unusable(parity("compare", captured, captured, "--atol", "1e-3"), "--atol was given without --rtol")
+    assert_unusable(parity("compare", captured), "the following arguments are required: CAND")
+    assert_unusable(parity("capture", model_dirs["llama"], "--tokens", "1,x", "-o", tmp_path / "t.safetensors"), "comma-separated integers")
+    assert_unusable(parity("capture", model_dirs["llama"], "-o", tmp_path / "t.safetensors"), "exactly one of --prompt")
+    assert_unusable(parity("capture", tmp_path, "--tokens", "1", "-o", tmp_path / "t.safetensors"), "no config.json")
+    assert_unusable(parity("check", model_dirs["llama"], "no_such_thing", "--tokens", "1"), "neither an existing trace")
+    assert_unusable(parity("check", model_dirs["llama"], f"{ROOT / 'examples/llama_port.py'}:nope", "--tokens", "1"), "no function 'nope'")
+    assert_unusable(parity("frobnicate"), "invalid choice")
+
+
+def test_existing_outputs_are_never_overwritten_without_force(captured, tmp_path, model_dirs):
+    mine = tmp_path / "mine.safetensors"
+    mine.write_text("precious")
+    assert_unusable(parity("capture", model_dirs["llama"], "--tokens", "1,2", "-o", mine), "pass --force")
+    report = tmp_path / "report.json"
+    report.write_text("precious")
+    assert_unusable(parity("compare", captured, captured, "--json", report), "pass --force")
+    assert mine.read_text() == "precious" and report.read_text() == "precious"
+    assert parity("compare", captured, captured, "--json", report, "--force").returncode == 0
+    assert json.loads(report.read_text())["verdict"] == "pass"
+
+
+def test_help_is_each_commands_docstring():
+    result = parity("compare", "--help")
+    assert result.returncode == 0
+    assert "Compare two traces checkpoint by checkpoint" in result.stdout
+    assert "Exit codes: 0 parity holds, 1 a divergence was found, 2 unusable input." in parity("--help").stdout

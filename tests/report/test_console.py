@@ -1,0 +1,52 @@
+import numpy as np
+
+from parity.core.compare import compare
+from parity.core.trace import make_trace
+from parity.report.console import render
+
+RNG = np.random.default_rng(4)
+
+
+def trace_with_layers(layers=30):
+    tensors = {"embed": RNG.standard_normal((3, 8)), "logits": RNG.standard_normal((3, 8))}
+    for i in range(layers):
+        for kind in ("attn_norm", "q", "k", "v", "q_rope", "k_rope", "attn_ctx", "attn_out", "resid_mid", "mlp_norm",
+                     "mlp_gate", "mlp_up", "mlp_act", "mlp_out", "out"):
+            tensors[f"layers.{i}.{kind}"] = RNG.standard_normal((3, 8))
+        tensors[f"layers.{i}.attn_probs"] = RNG.random((2, 3, 3))
+    return tensors
+
+
+def test_grid_has_a_row_per_layer_and_fits_100_columns():
+    tensors = trace_with_layers()
+    candidate = dict(tensors)
+    candidate["layers.7.mlp_act"] = tensors["layers.7.mlp_act"] + 1.0
+    text = render(compare(make_trace(tensors), make_trace(candidate)), width=100)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    grid_rows = [line for line in lines if line.strip().split(" ")[0].isdigit()]
+    assert len(grid_rows) == 30
+    row7 = next(line for line in grid_rows if line.split()[0] == "7")
+    assert row7.split()[1:15].count("✓") == 13 and "✗" in row7
+    assert "FAIL  1/482 checkpoints outside tolerance; first divergence at layers.7.mlp_act" in text
+    assert "Mismatched elements: 24 / 24 (100.0%)" in text
+    assert "Greatest absolute difference:" in text
+
+
+def test_pass_line_and_nonfinite_cell():
+    tensors = trace_with_layers(2)
+    assert "PASS  " in render(compare(make_trace(tensors), make_trace(tensors)))
+    candidate = dict(tensors)
+    candidate["layers.1.out"] = tensors["layers.1.out"].copy()
+    candidate["layers.1.out"][0, 0] = np.inf
+    text = render(compare(make_trace(tensors), make_trace(candidate)))
+    assert "!" in next(line for line in text.splitlines() if line.strip().startswith("1 "))
+    assert "non-finite: candidate 0 NaN, 1 Inf" in text
+
+
+def test_missing_checkpoints_show_as_absent_and_are_listed():
+    tensors = trace_with_layers(2)
+    candidate = {k: v for k, v in tensors.items() if not k.endswith("q_rope")}
+    text = render(compare(make_trace(tensors), make_trace(candidate)))
+    assert "only in reference: layers.0.q_rope, layers.1.q_rope" in text
+    assert "·" in next(line for line in text.splitlines() if line.strip().startswith("0 "))
