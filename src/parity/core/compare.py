@@ -15,6 +15,7 @@ from parity.core.metrics import measure
 from parity.core.names import Checkpoint, in_flow_order, parse, select
 from parity.core.results import (
     FAIL,
+    NOT_COMPARABLE,
     PASS,
     CheckpointResult,
     Comparison,
@@ -39,17 +40,32 @@ class CompareConfig:
 def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = CompareConfig()) -> Comparison:
     reference_names = select(reference.tensors, config.checkpoints)
     candidate_names = select(candidate.tensors, config.checkpoints)
-    common = in_flow_order(set(reference_names) & set(candidate_names))
-    results = tuple(_compare_checkpoint(name, reference, candidate, config) for name in common)
+    declared = _declared_not_comparable(candidate, set(reference_names) - set(candidate_names))
+    common = set(reference_names) & set(candidate_names)
+    results = tuple(
+        declared[name] if name in declared else _compare_checkpoint(name, reference, candidate, config)
+        for name in in_flow_order(common | set(declared))
+    )
     return Comparison(
         checkpoints=results,
-        missing=tuple(in_flow_order(set(reference_names) - set(candidate_names))),
+        missing=tuple(in_flow_order(set(reference_names) - set(candidate_names) - set(declared))),
         extra=tuple(in_flow_order(set(candidate_names) - set(reference_names))),
         first_divergence=first_divergence(results),
         notes=tuple(_trace_notes(reference, candidate)),
         reference_metadata=dict(reference.metadata),
         candidate_metadata=dict(candidate.metadata),
     )
+
+
+def _declared_not_comparable(candidate: Trace, absent: set[str]) -> dict[str, CheckpointResult]:
+    """Checkpoints the candidate's producer could not align exactly, with its reasons
+    (trace metadata `not_comparable`: name -> reason)."""
+    reasons = candidate.metadata.get("not_comparable") or {}
+    return {
+        name: CheckpointResult(name, NOT_COMPARABLE, shape_reference=(), shape_candidate=(), reason=str(reason))
+        for name, reason in reasons.items()
+        if name in absent
+    }
 
 
 def first_divergence(results: tuple[CheckpointResult, ...]) -> Divergence | None:

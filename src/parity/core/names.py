@@ -195,3 +195,34 @@ MODEL_TYPE_FAMILY: dict[str, str] = {
     "qwen3": "qwen3",
     "gpt2": "gpt2",
 }
+
+
+# llama.cpp's compute graph: (tensor name pattern, ops) -> canonical name. The
+# graph reuses a name for successive steps (Qcur-N is the q projection, then
+# its reshape, then RoPE applied), so the op tells them apart; when several
+# tensors match one row, the last in graph order wins (Qcur-N after its bias
+# add rather than the bare matmul). None as ops matches any op.
+LLAMACPP_GRAPH_NAMES: tuple[tuple[str, frozenset[str] | None, str], ...] = (
+    ("embd", None, "embed"),
+    ("inp_embd", None, "embed"),
+    ("attn_norm-{i}", None, "layers.{i}.attn_norm"),
+    ("Qcur-{i}", frozenset({"MUL_MAT", "ADD"}), "layers.{i}.q"),
+    ("Kcur-{i}", frozenset({"MUL_MAT", "ADD"}), "layers.{i}.k"),
+    ("Vcur-{i}", frozenset({"MUL_MAT", "ADD"}), "layers.{i}.v"),
+    ("Qcur_normed-{i}", None, "layers.{i}.q_norm"),
+    ("Kcur_normed-{i}", None, "layers.{i}.k_norm"),
+    ("Qcur-{i}", frozenset({"ROPE"}), "layers.{i}.q_rope"),
+    ("Kcur-{i}", frozenset({"ROPE"}), "layers.{i}.k_rope"),
+    ("kq_soft_max-{i}", None, "layers.{i}.attn_probs"),
+    ("kqv_out-{i}", None, "layers.{i}.attn_ctx"),
+    ("attn_out-{i}", None, "layers.{i}.attn_out"),
+    ("ffn_inp-{i}", None, "layers.{i}.resid_mid"),
+    ("ffn_norm-{i}", None, "layers.{i}.mlp_norm"),
+    ("ffn_gate-{i}", None, "layers.{i}.mlp_gate"),
+    ("ffn_up-{i}", None, "layers.{i}.mlp_up"),
+    ("ffn_swiglu-{i}", None, "layers.{i}.mlp_act"),
+    ("ffn_out-{i}", None, "layers.{i}.mlp_out"),
+    ("l_out-{i}", None, "layers.{i}.out"),
+    ("result_norm", None, "final_norm"),
+    ("result_output", None, "logits"),
+)
