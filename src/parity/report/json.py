@@ -14,6 +14,7 @@ from typing import Any
 from parity.core.errors import OptionError
 from parity.core.names import parse
 from parity.core.results import NOT_COMPARABLE, CheckpointResult, Comparison, Metrics, Tolerance
+from parity.core.sequence import PositionResult, SequenceComparison
 
 SCHEMA = "parity-report/1"
 
@@ -105,11 +106,50 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def dumps(comparison: Comparison) -> str:
-    return json.dumps(to_dict(comparison), indent=2, allow_nan=False)
+def sequence_to_dict(comparison: SequenceComparison) -> dict[str, Any]:
+    """A token-level comparison: same top-level verdict, first_divergence, diagnoses and notes."""
+    first = comparison.first_divergence
+    return {
+        "schema": SCHEMA,
+        "kind": "tokens",
+        "verdict": "pass" if comparison else "fail",
+        "first_divergence": None if first is None else {"position": first.index, "offset": first.offset,
+                                                        "token": first.piece, "generated": first.generated},
+        "summary": {"compared": len(comparison.positions), "agreeing": comparison.agreeing,
+                    "unaligned": comparison.unaligned, "mean_kl_topk": _optional(comparison.mean_kl)},
+        "positions": [_position(position) for position in comparison.positions],
+        "diagnoses": [{"cause": d.cause, "checkpoint": d.checkpoint, "message": d.message} for d in comparison.diagnoses],
+        "notes": list(comparison.notes),
+        "candidate_text": comparison.candidate_text,
+    }
 
 
-def write(comparison: Comparison, path: str | Path, *, overwrite: bool = False) -> None:
+def _position(position: PositionResult) -> dict[str, Any]:
+    return {
+        "position": position.index,
+        "offset": position.offset,
+        "token": position.piece,
+        "generated": position.generated,
+        "agrees": position.agrees,
+        "near_tie": position.near_tie,
+        "reference_top": [{"token": piece, "probability": probability} for piece, probability in position.reference_top],
+        "candidate_top1": position.candidate_top1,
+        "reference_prob_of_token": position.reference_prob_of_piece,
+        "margin_nats": _number(position.margin_nats),
+        "kl_topk": _optional(position.kl_topk),
+    }
+
+
+def _optional(value: float | None) -> float | None:
+    return None if value is None else _number(value)
+
+
+def dumps(comparison: Comparison | SequenceComparison) -> str:
+    as_dict = sequence_to_dict(comparison) if isinstance(comparison, SequenceComparison) else to_dict(comparison)
+    return json.dumps(as_dict, indent=2, allow_nan=False)
+
+
+def write(comparison: Comparison | SequenceComparison, path: str | Path, *, overwrite: bool = False) -> None:
     """Write the report to `path` ("-" for standard output); never replaces a file unless told."""
     if str(path) == "-":
         print(dumps(comparison))
