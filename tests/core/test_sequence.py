@@ -1,0 +1,79 @@
+import math
+
+import numpy as np
+import pytest
+
+from parity.core.sequence import CandidateTokens, ReferenceTokens, align_offsets, compare_sequences
+
+VOCAB = ("<s>", "A", " b", " c", " d", " e", "!")
+
+
+def reference_over(pieces, predictions, margin=3.0):
+    """Reference tokens whose row j puts most mass on predictions[j], `margin` nats above the rest."""
+    offsets = np.cumsum([0] + [len(p) for p in pieces[:-1]]).tolist()
+    logits = np.zeros((len(pieces), len(VOCAB)))
+    for row, piece in enumerate(predictions):
+        logits[row, VOCAB.index(piece)] = margin
+    logprobs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return ReferenceTokens(tuple(pieces), tuple(offsets), logprobs, VOCAB)
+
+
+def candidate_over(pieces, rows, first_generated):
+    offsets = np.cumsum([0] + [len(p) for p in pieces[:-1]]).tolist()
+    tops = tuple(None if row is None else {row: 0.0, " e": -3.0} for row in rows)  # as peaked as the reference
+    return CandidateTokens("".join(pieces), tuple(pieces), tuple(offsets), (None,) * len(pieces), tops, first_generated)
+
+
+PIECES = ["A", " b", " c", " d"]
+PREDICTIONS = [" b", " c", " d", "!"]   # reference row j predicts token j + 1
+
+
+def test_a_candidate_that_agrees_everywhere_passes():
+    reference = reference_over(PIECES, PREDICTIONS)
+    candidate = candidate_over(PIECES, [None, " b", " c", " d"], first_generated=3)
+    comparison = compare_sequences(reference, candidate)
+    assert comparison and comparison.agreeing == 3 and comparison.first_divergence is None
+    assert [p.generated for p in comparison.positions] == [False, False, True]
+    assert comparison.positions[0].kl_topk < 1e-9
+    assert not comparison.diagnoses
+
+
+def test_a_generated_token_the_reference_would_not_pick_is_the_first_divergence():
+    reference = reference_over(PIECES, [" b", " c", " e", "!"])
+    candidate = candidate_over(PIECES, [None, " b", " c", " d"], first_generated=3)
+    comparison = compare_sequences(reference, candidate)
+    assert not comparison
+    first = comparison.first_divergence
+    assert (first.index, first.piece, first.generated) == (3, " d", True)
+    assert first.reference_top[0][0] == " e" and not first.near_tie
+
+
+def test_a_flip_at_a_near_tie_is_not_a_divergence():
+    reference = reference_over(PIECES, [" b", " c", " e", "!"], margin=0.2)
+    candidate = candidate_over(PIECES, [None, " b", " c", " d"], first_generated=3)
+    comparison = compare_sequences(reference, candidate)
+    assert comparison and not comparison.positions[-1].agrees and comparison.positions[-1].near_tie
+
+
+def test_rows_reported_one_token_late_are_named_a_token_shift():
+    pieces = ["A", " b", " c", " d", " e"]
+    reference = reference_over(pieces, [" b", " c", " d", " e", "!"])
+    shifted = [None, " c", " d", " e", "!"]   # row k holds the prediction that follows token k
+    comparison = compare_sequences(reference, candidate_over(pieces, shifted, first_generated=5))
+    assert not comparison
+    assert [d.cause for d in comparison.diagnoses] == ["token_shift"]
+    assert "prediction for token k+1" in comparison.diagnoses[0].message
+
+
+def test_alignment_is_by_offset_and_text():
+    reference = reference_over(["A", " b", " cd"], [" b", " c", "!"])
+    candidate = candidate_over(["A", " b", " c", "d"], [None, " b", " c", None], first_generated=4)
+    assert align_offsets(reference, candidate) == {0: 0, 1: 1}
+    comparison = compare_sequences(reference, candidate)
+    assert comparison.unaligned == 2 and "tokenizations differ" in comparison.notes[-1]
+
+
+def test_reference_probability_of_the_candidate_token():
+    reference = reference_over(PIECES, PREDICTIONS, margin=math.log(10))
+    comparison = compare_sequences(reference, candidate_over(PIECES, [None, " b", " c", " d"], first_generated=3))
+    assert comparison.positions[0].reference_prob_of_piece == pytest.approx(10 / (10 + len(VOCAB) - 1))

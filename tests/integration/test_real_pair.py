@@ -1,0 +1,40 @@
+"""The embedded default end to end: SmolLM2 in transformers against the same GGUF in llama.cpp."""
+
+import json
+import subprocess
+import sys
+
+from conftest import need
+
+
+def parity(*args):
+    return subprocess.run([sys.executable, "-m", "parity", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def test_default_check_compares_every_layer_and_explains_the_differences(smollm2_gguf, tmp_path):
+    need("llama_cpp")
+    report = tmp_path / "report.json"
+    result = parity("check", "--json", report)
+    assert "Traceback" not in result.stderr, result.stderr
+    grid_rows = [line for line in result.stdout.splitlines() if line.strip().split(" ")[0].isdigit()]
+    assert len(grid_rows) == 30
+    data = json.loads(report.read_text())
+    assert data["summary"]["compared"] == 483 and not data["missing"] and not data["extra"]
+    assert data["reference"]["producer"].startswith("transformers")
+    assert data["candidate"]["producer"].startswith("llama.cpp")
+    causes = [d["cause"] for d in data["diagnoses"]]
+    assert causes == ["precision_noise"], (causes, data["notes"])
+    assert "precision_noise" in result.stdout
+
+
+def test_capture_from_llamacpp_then_compare(smollm2_gguf, tmp_path):
+    need("llama_cpp")
+    candidate = tmp_path / "llamacpp.safetensors"
+    captured = parity("capture", f"llamacpp:{smollm2_gguf}", "--prompt", "Hello there", "-o", candidate,
+                      "--checkpoints", "layers.0.*,logits")
+    assert captured.returncode == 0, captured.stderr
+    reference = tmp_path / "reference.safetensors"
+    assert parity("capture", smollm2_gguf, "--prompt", "Hello there", "-o", reference).returncode == 0
+    result = parity("compare", reference, candidate, "--json", "-")
+    report = json.loads(result.stdout)
+    assert report["summary"]["compared"] == 17 and len(report["missing"]) == 483 - 17
