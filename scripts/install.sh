@@ -13,7 +13,8 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 LLAMA_CPP_VERSION=0.3.36
 CACHE=${PARITY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/parity}
 # llama.cpp's AMX matrix path segfaults on every decode when built natively on AMX
-# CPUs (llama.cpp issue 20824): build a portable binary with AMX off.
+# CPUs (llama.cpp issue 20824): build a portable binary with AMX off. --no-cache-dir
+# because pip's wheel cache ignores CMAKE_ARGS and could hand back a native build.
 LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 
 step() { printf '==> %s\n' "$*"; }
@@ -35,8 +36,8 @@ else
     log="$CACHE/llama-cpp-python-build.log"
     step "building llama-cpp-python $LLAMA_CPP_VERSION without AMX (once; several minutes on 2 cores; log: $log)"
     if ! CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc 2>/dev/null || echo 2) \
-         "$PYTHON" -m pip wheel --no-deps -v -w "$CACHE/wheels" "llama-cpp-python==$LLAMA_CPP_VERSION" 2>&1 \
-         | tee "$log" | grep --line-buffered -oE '^ *\[ *[0-9]+%\] Built target [A-Za-z0-9_-]+' | sed 's/^ */    /'; then
+         "$PYTHON" -m pip wheel --no-deps --no-cache-dir -v -w "$CACHE/wheels" "llama-cpp-python==$LLAMA_CPP_VERSION" 2>&1 \
+         | tee "$log" | { grep --line-buffered -oE '^ *\[ *[0-9]+%\] Built target [A-Za-z0-9_-]+' || true; } | sed 's/^ */    /'; then
       echo "parity: building llama-cpp-python failed; see $log" >&2
       exit 1
     fi
