@@ -37,7 +37,8 @@ else
     step "building llama-cpp-python $LLAMA_CPP_VERSION without AMX (once; several minutes on 2 cores; log: $log)"
     if ! CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc 2>/dev/null || echo 2) \
          "$PYTHON" -m pip wheel --no-deps --no-cache-dir -v -w "$CACHE/wheels" "llama-cpp-python==$LLAMA_CPP_VERSION" 2>&1 \
-         | tee "$log" | { grep --line-buffered -oE '^ *\[ *[0-9]+%\] Built target [A-Za-z0-9_-]+' || true; } | sed 's/^ */    /'; then
+         | tee "$log" | { grep --line-buffered -oE '^ *\[[0-9]+/[0-9]+\]' || true; } \
+         | awk -F'[][/]' '$2 % 20 == 0 || $2 == $3 { printf "    compiled %s of %s\n", $2, $3; fflush() }'; then
       echo "parity: building llama-cpp-python failed; see $log" >&2
       exit 1
     fi

@@ -1,0 +1,74 @@
+"""Time the embedded default job (`parity check` with no arguments) and its phases.
+
+    python benchmarks/default_check.py [--repeat N]
+
+Prints wall-clock seconds for the whole command (a fresh process, as a user runs
+it) and, in one process, for each phase: loading SmolLM2 in transformers from the
+GGUF, the reference capture, llama.cpp's load and capture, comparison and diagnosis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def time_command(repeat: int) -> list[float]:
+    seconds = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "parity", "check"], capture_output=True, check=False)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def time_phases() -> dict[str, float]:
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from parity.capture.hf import load_model, quiet_transformers
+    from parity.capture.llamacpp import LlamaCppRunner
+    from parity.capture.smollm2 import DEFAULT_PROMPT, gguf_path
+    from parity.core.compare import compare
+    from parity.diagnose import diagnose
+
+    quiet_transformers()
+    phases, clock = {}, time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name] = now - clock
+        clock = now
+
+    path = gguf_path()
+    reference_model = load_model(path)
+    lap("load transformers (dequantize GGUF)")
+    tokens = reference_model.tokenize(DEFAULT_PROMPT)
+    lap("load tokenizer, tokenize")
+    reference = reference_model.capture(tokens)
+    lap(f"capture reference ({len(tokens)} tokens, {len(reference.tensors)} checkpoints)")
+    with LlamaCppRunner(path) as runner:
+        lap("load llama.cpp")
+        candidate = runner.capture(tokens)
+        lap("capture llama.cpp")
+    diagnose(compare(reference, candidate), reference, candidate)
+    lap("compare and diagnose")
+    return phases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    runs = time_command(args.repeat)
+    print(f"parity check (default job), {args.repeat} runs: median {statistics.median(runs):.1f} s, "
+          f"min {min(runs):.1f} s, max {max(runs):.1f} s on {os.cpu_count()} CPUs")
+    for name, seconds in time_phases().items():
+        print(f"  {name:<55} {seconds:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()
