@@ -6,13 +6,17 @@ names the first that fails. A divergence is a result, never an exception.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from parity.core.calibrate import NoiseFloor, calibrated_tolerance
 from parity.core.layout import alignments
 from parity.core.metrics import measure
 from parity.core.names import Checkpoint, in_flow_order, parse, select
+from parity.core.positions import layer_position_matrix, per_head_rel_l2, position_profile
+from parity.core.propagation import attribute, origin
 from parity.core.results import (
     FAIL,
     NOT_COMPARABLE,
@@ -29,12 +33,15 @@ from parity.core.trace import Trace
 
 @dataclass(frozen=True)
 class CompareConfig:
-    tolerance: Tolerance | None = None   # the user's; None uses the per-dtype, per-kind table
+    tolerance: Tolerance | None = None   # the user's; None uses calibration or the per-dtype, per-kind table
     checkpoints: str | None = None       # comma-separated globs of names to compare
     dtype: str | None = None             # precision for default tolerances; inferred when None
+    noise: Mapping[str, NoiseFloor] | None = None  # calibrated noise floors (core/calibrate.py)
+    noise_dtype: str = "float32"         # the precision the noise floors were measured at
 
     def __repr__(self) -> str:
-        return f"<CompareConfig tolerance={self.tolerance!r} checkpoints={self.checkpoints!r} dtype={self.dtype!r}>"
+        calibrated = f" calibrated at {self.noise_dtype}" if self.noise else ""
+        return f"<CompareConfig tolerance={self.tolerance!r} checkpoints={self.checkpoints!r}{calibrated}>"
 
 
 def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = CompareConfig()) -> Comparison:
@@ -46,14 +53,21 @@ def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = Compa
         declared[name] if name in declared else _compare_checkpoint(name, reference, candidate, config)
         for name in in_flow_order(common | set(declared))
     )
+    attributions = attribute(results, config.noise)
+    first = next((result for result in results if result.failed), None)
+    introduced_at = origin(results, attributions) if first is not None else None
     return Comparison(
         checkpoints=results,
         missing=tuple(in_flow_order(set(reference_names) - set(candidate_names) - set(declared))),
         extra=tuple(in_flow_order(set(candidate_names) - set(reference_names))),
-        first_divergence=first_divergence(results),
+        first_divergence=_divergence(first, reference, candidate),
         notes=tuple(_trace_notes(reference, candidate)),
         reference_metadata=dict(reference.metadata),
         candidate_metadata=dict(candidate.metadata),
+        origin=_divergence(next((r for r in results if r.name == introduced_at), None), reference, candidate),
+        attributions=attributions,
+        position_matrix=layer_position_matrix(reference, candidate),
+        calibrated=bool(config.noise),
     )
 
 
@@ -68,14 +82,19 @@ def _declared_not_comparable(candidate: Trace, absent: set[str]) -> dict[str, Ch
     }
 
 
-def first_divergence(results: tuple[CheckpointResult, ...]) -> Divergence | None:
-    """The earliest failing checkpoint; `results` are already in data-flow order."""
-    for result in results:
-        if result.failed:
-            checkpoint = parse(result.name) or Checkpoint(name=result.name, kind=result.name)
-            position = result.metrics.worst_position if result.metrics else None
-            return Divergence(result.name, checkpoint.layer, checkpoint.kind, position)
-    return None
+def _divergence(result: CheckpointResult | None, reference: Trace, candidate: Trace) -> Divergence | None:
+    """Where `result` sits, with its error per token position and per head."""
+    if result is None:
+        return None
+    checkpoint = parse(result.name) or Checkpoint(name=result.name, kind=result.name)
+    return Divergence(
+        checkpoint=result.name,
+        layer=checkpoint.layer,
+        kind=checkpoint.kind,
+        position=result.metrics.worst_position if result.metrics else None,
+        per_position=position_profile(result.name, reference, candidate),
+        per_head=per_head_rel_l2(result.name, reference, candidate),
+    )
 
 
 def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: CompareConfig) -> CheckpointResult:
@@ -85,7 +104,11 @@ def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: C
         reference.metadata.get("dtype"), candidate.metadata.get("dtype"),
         reference.dtype_of(name), candidate.dtype_of(name),
     )
-    tolerance = config.tolerance or default_tolerance(checkpoint.kind, dtype, reference_tensor)
+    tolerance = config.tolerance
+    if tolerance is None and config.noise and name in config.noise:
+        tolerance = calibrated_tolerance(config.noise[name], config.noise_dtype)
+    if tolerance is None:
+        tolerance = default_tolerance(checkpoint.kind, dtype, reference_tensor)
     shapes = {"shape_reference": tuple(reference_tensor.shape), "shape_candidate": tuple(candidate_tensor.shape)}
 
     best: tuple[Metrics, str] | None = None
@@ -98,10 +121,13 @@ def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: C
         return CheckpointResult(name, FAIL, tolerance=tolerance, reason=reason, **shapes)
 
     metrics, layout = best
-    status = PASS if metrics.mismatched == 0 else FAIL
+    status = PASS if tolerance.admits(metrics) else FAIL
     reshaped = reference_tensor.shape != candidate_tensor.shape
     reason = None
-    if status == FAIL:
+    if status == FAIL and tolerance.calibrated:
+        reason = (f"rel_l2 {metrics.rel_l2:.3g} (worst position {metrics.position_rel_l2:.3g}) against a noise floor "
+                  f"of {tolerance.noise_rel_l2:.3g}: {metrics.rel_l2 / max(tolerance.noise_rel_l2, 1e-300):.3g}x")
+    elif status == FAIL:
         reason = f"{metrics.mismatched}/{metrics.numel} elements outside tolerance"
         if reshaped:
             reason += f" in the best alignment of shape {list(candidate_tensor.shape)} ({layout})"
@@ -111,7 +137,7 @@ def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: C
 
 
 def _better(metrics: Metrics, incumbent: Metrics) -> bool:
-    return (metrics.mismatched, _finite_or_inf(metrics.rel_l2)) < (incumbent.mismatched, _finite_or_inf(incumbent.rel_l2))
+    return (_finite_or_inf(metrics.rel_l2), metrics.mismatched) < (_finite_or_inf(incumbent.rel_l2), incumbent.mismatched)
 
 
 def _finite_or_inf(value: float) -> float:

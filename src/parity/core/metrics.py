@@ -51,7 +51,24 @@ def measure(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance, 
         inf_candidate=int(inf_candidate.sum()),
         worst_index=worst_index,
         worst_position=worst_position,
+        position_rel_l2=float(per_position_rel_l2(reference, candidate, token_axis).max(initial=0.0)),
+        reference_rms=rms(reference),
     )
+
+
+def per_position_rel_l2(reference: np.ndarray, candidate: np.ndarray, token_axis: int = 0) -> np.ndarray:
+    """rel_l2 of each token position (over the finite elements of both): (T,)."""
+    if reference.ndim == 0 or reference.size == 0:
+        return np.zeros(0)
+    reference = np.moveaxis(np.asarray(reference, np.float64), token_axis, 0).reshape(reference.shape[token_axis], -1)
+    candidate = np.moveaxis(np.asarray(candidate, np.float64), token_axis, 0).reshape(reference.shape)
+    finite = np.isfinite(reference) & np.isfinite(candidate)
+    reference = np.where(finite, reference, 0.0)
+    error = np.where(finite, candidate, 0.0) - reference
+    error_norm, reference_norm = np.linalg.norm(error, axis=1), np.linalg.norm(reference, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(reference_norm > 0, error_norm / reference_norm, np.where(error_norm > 0, np.inf, 0.0))
+    return ratio
 
 
 def rel_l2(reference: np.ndarray, candidate: np.ndarray) -> float:

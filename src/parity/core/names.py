@@ -42,6 +42,24 @@ GLOBAL_KINDS = BEFORE_LAYERS + AFTER_LAYERS
 # Kinds whose per-token tensors carry heads, flattened to [T, heads*head_dim].
 HEAD_KINDS = frozenset({"q", "k", "v", "q_norm", "k_norm", "q_rope", "k_rope", "attn_ctx"})
 
+# What feeds each kind, as groups of alternatives (the first present in a group
+# is used; "<in>" is the block's input: embed, or the previous layer's out).
+FEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "attn_norm": (("<in>",),),
+    "q": (("attn_norm",),), "k": (("attn_norm",),), "v": (("attn_norm",),),
+    "q_norm": (("q",),), "k_norm": (("k",),),
+    "q_rope": (("q_norm", "q"),), "k_rope": (("k_norm", "k"),),
+    "attn_probs": (("q_rope", "q_norm", "q"), ("k_rope", "k_norm", "k")),
+    "attn_ctx": (("attn_probs",), ("v",)),
+    "attn_out": (("attn_ctx",),),
+    "resid_mid": (("<in>",), ("attn_out",)),
+    "mlp_norm": (("resid_mid",),),
+    "mlp_gate": (("mlp_norm",),), "mlp_up": (("mlp_norm",),), "mlp_fc": (("mlp_norm",),),
+    "mlp_act": (("mlp_gate", "mlp_fc"), ("mlp_up",)),
+    "mlp_out": (("mlp_act",),),
+    "out": (("resid_mid",), ("mlp_out",)),
+}
+
 _LAYER_NAME = re.compile(r"^layers\.(\d+)\.([a-z_]+)$")
 
 
@@ -93,6 +111,28 @@ def order_key(name: str) -> tuple:
 
 def in_flow_order(names) -> list[str]:
     return sorted(set(names), key=order_key)
+
+
+def inputs_of(name: str, available) -> list[str]:
+    """The checkpoints among `available` that feed `name`, by the FEEDS table."""
+    checkpoint = parse(name)
+    if checkpoint is None or checkpoint.kind == "embed":
+        return []
+    available = set(available)
+    if checkpoint.kind in AFTER_LAYERS:
+        if checkpoint.kind == "logits":
+            return ["final_norm"] if "final_norm" in available else []
+        layers = [c.layer for c in map(parse, available) if c is not None and c.kind == "out"]
+        return [f"layers.{max(layers)}.out"] if layers else []
+    block_input = "embed" if checkpoint.layer == 0 else f"layers.{checkpoint.layer - 1}.out"
+    found = []
+    for group in FEEDS[checkpoint.kind]:
+        for kind in group:
+            candidate = block_input if kind == "<in>" else f"layers.{checkpoint.layer}.{kind}"
+            if candidate in available:
+                found.append(candidate)
+                break
+    return found
 
 
 def select(names, patterns: str | None) -> list[str]:

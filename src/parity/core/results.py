@@ -6,8 +6,12 @@ means passed; `repr(result)` is one line.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from parity.core.propagation import Attribution
 
 PASS, FAIL, NOT_COMPARABLE = "pass", "fail", "not_comparable"
 
@@ -23,9 +27,27 @@ class Tolerance:
     atol: float
     rtol: float
     basis: str
+    # Calibrated tolerances (see core/calibrate.py) bound the error norms instead of each element:
+    max_rel_l2: float | None = None           # bound on the whole tensor's rel_l2
+    max_position_rel_l2: float | None = None  # bound on the worst token position's rel_l2
+    noise_rel_l2: float | None = None         # the noise floor measured at this checkpoint
 
     def __repr__(self) -> str:
+        if self.calibrated:
+            return f"<Tolerance rel_l2<={self.max_rel_l2:.3g} (noise {self.noise_rel_l2:.3g}, {self.basis})>"
         return f"<Tolerance atol={self.atol:.3g} rtol={self.rtol:.3g} ({self.basis})>"
+
+    @property
+    def calibrated(self) -> bool:
+        return self.max_rel_l2 is not None
+
+    def admits(self, metrics: "Metrics") -> bool:
+        """Whether the candidate's error at a checkpoint is within this tolerance."""
+        if not self.calibrated:
+            return metrics.mismatched == 0
+        new_nonfinite = (metrics.nan_candidate + metrics.inf_candidate) > (metrics.nan_reference + metrics.inf_reference)
+        return (not new_nonfinite and metrics.rel_l2 <= self.max_rel_l2
+                and metrics.position_rel_l2 <= self.max_position_rel_l2)
 
 
 @dataclass(frozen=True)
@@ -45,6 +67,8 @@ class Metrics:
     inf_candidate: int
     worst_index: tuple[int, ...] | None   # index of the largest absolute error
     worst_position: int | None            # its token position
+    position_rel_l2: float = 0.0          # the largest rel_l2 of any one token position
+    reference_rms: float = 0.0            # the reference tensor's scale
 
     def __repr__(self) -> str:
         return (
@@ -87,7 +111,9 @@ class Divergence:
     checkpoint: str
     layer: int | None
     kind: str
-    position: int | None    # token position with the largest error
+    position: int | None                  # token position with the largest error
+    per_position: tuple[float, ...] = ()  # rel_l2 of each token position
+    per_head: tuple[float, ...] = ()      # rel_l2 of each head (attention checkpoints)
 
     def __repr__(self) -> str:
         return f"<Divergence {self.checkpoint} position={self.position}>"
@@ -115,6 +141,11 @@ class Comparison:
     notes: tuple[str, ...] = ()          # findings outside any one checkpoint
     reference_metadata: dict[str, Any] = field(default_factory=dict)
     candidate_metadata: dict[str, Any] = field(default_factory=dict)
+    origin: Divergence | None = None     # the first op that adds more error than its tolerance allows
+    attributions: Mapping[str, Attribution] = field(default_factory=dict)  # introduced vs inherited error
+    position_matrix: tuple[tuple[float, ...], ...] = ()  # rel_l2 of layers.{i}.out per token position
+    local_rel_l2: Mapping[str, float] = field(default_factory=dict)  # replay: each op's error on the reference's inputs
+    calibrated: bool = False
 
     def __bool__(self) -> bool:
         return self.passed

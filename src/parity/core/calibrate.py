@@ -1,0 +1,81 @@
+"""Tolerances calibrated to the noise floor of the candidate's precision.
+
+Three traces over the same tokens:
+  REF       the reference at high precision (float64, or float32 for a quantized candidate);
+  REF_LOWP  the same reference run at the candidate's precision (bfloat16, or with
+            llama.cpp's activation quantization emulated);
+  CAND      the candidate.
+At every checkpoint, the error of REF_LOWP against REF is what this precision
+alone costs there: the noise floor. The candidate passes a checkpoint when
+
+    rel_l2(CAND, REF)            <= MULTIPLE * rel_l2(REF_LOWP, REF)            + FLOOR[dtype]
+    worst position's rel_l2      <= MULTIPLE * worst position's rel_l2 of noise + FLOOR[dtype]
+
+Rounding is random: two implementations at one precision land at different
+points of the same cloud, each about one noise radius from the exact value, so
+their errors differ by a small factor; a bug adds error of its own, many times
+the noise. The floor keeps a checkpoint that this precision computes exactly
+(an embedding lookup) from demanding exactness of the candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parity.core.metrics import per_position_rel_l2, rel_l2
+from parity.core.names import Checkpoint, parse
+from parity.core.results import Tolerance
+from parity.core.trace import Trace
+
+MULTIPLE = 3.0
+FLOOR: dict[str, float] = {   # unit roundoff of each precision: one rounding of the output
+    "float64": 2.0**-53,
+    "float32": 2.0**-24,
+    "float16": 2.0**-11,
+    "bfloat16": 2.0**-8,
+}
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """What the candidate's precision alone costs at one checkpoint."""
+
+    rel_l2: float
+    position_rel_l2: float  # the worst token position's
+
+    def __repr__(self) -> str:
+        return f"<NoiseFloor rel_l2={self.rel_l2:.3g} worst position {self.position_rel_l2:.3g}>"
+
+
+def noise_floors(reference: Trace, reference_lowp: Trace) -> dict[str, NoiseFloor]:
+    """Per checkpoint, the error of the low-precision reference run against the reference."""
+    floors = {}
+    for name in reference.names:
+        if name not in reference_lowp or reference[name].shape != reference_lowp[name].shape:
+            continue
+        checkpoint = parse(name) or Checkpoint(name=name, kind=name)
+        positions = per_position_rel_l2(reference[name], reference_lowp[name], checkpoint.token_axis)
+        floors[name] = NoiseFloor(rel_l2(reference[name], reference_lowp[name]), float(positions.max(initial=0.0)))
+    return floors
+
+
+def calibrated_tolerance(noise: NoiseFloor, dtype: str) -> Tolerance:
+    floor = FLOOR.get(dtype, FLOOR["float32"])
+    return Tolerance(
+        atol=0.0,
+        rtol=0.0,
+        basis=f"calibrated: {MULTIPLE:g}x the {dtype} noise floor + {floor:.2g}",
+        max_rel_l2=MULTIPLE * noise.rel_l2 + floor,
+        max_position_rel_l2=MULTIPLE * noise.position_rel_l2 + floor,
+        noise_rel_l2=noise.rel_l2,
+    )
+
+
+def check_same_tokens(reference: Trace, reference_lowp: Trace) -> None:
+    from parity.core.errors import OptionError
+
+    if reference.tokens is not None and reference_lowp.tokens is not None and reference.tokens != reference_lowp.tokens:
+        raise OptionError(
+            "the calibration trace was made from other token ids than the reference; "
+            "capture both over the same --tokens or --prompt"
+        )
