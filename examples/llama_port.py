@@ -59,6 +59,12 @@ class Bugs:
     causal_mask: bool = True             # False: every position attends to the future too
     missing_residual_layer: int | None = None  # this layer drops its attention residual
     nan_layer: int | None = None         # this layer's MLP output gets a NaN at the last position
+    activation: str = "silu"             # "gelu": the gated MLP uses GELU instead of SiLU
+    negate_k_layer: int | None = None    # this layer's key projection weights have their sign flipped
+    overflow_layer: int | None = None    # this layer's MLP output overflows to infinity
+    swap_qk: bool = False                # q and k swapped when splitting a fused QKV output (equal widths only)
+    extra_bos: bool = False              # a BOS token is prepended to the input the model is given
+    probs_layout: str = "HTS"            # how the attention probabilities are written: "THS", "HST"
 
 
 class RMSNorm(nn.Module):
@@ -71,6 +77,15 @@ class RMSNorm(nn.Module):
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * normed.to(x.dtype)
+
+
+def _written_as(probs: torch.Tensor, layout: str) -> torch.Tensor:
+    """probs (H, T, S) as a port would store it: "THS" or "HST" for the layout bugs."""
+    if layout == "THS":
+        return probs.transpose(0, 1)
+    if layout == "HST":
+        return probs.transpose(1, 2)
+    return probs
 
 
 def rope_tables(head_dim: int, theta: float, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,8 +106,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: st
 
 
 class Attention(nn.Module):
-    def __init__(self, config: dict, bugs: Bugs) -> None:
+    def __init__(self, config: dict, index: int, bugs: Bugs) -> None:
         super().__init__()
+        self.index = index
         width, self.heads, self.kv_heads = config["hidden_size"], config["num_attention_heads"], config["num_key_value_heads"]
         self.head_dim = config.get("head_dim") or width // self.heads
         qwen2 = config["model_type"] == "qwen2"  # Qwen2: biases on q, k, v only
@@ -110,8 +126,11 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         T = x.shape[1]
-        q = self.q_proj(x)[0].view(T, self.heads, self.head_dim)        # (T, H, hd)
-        k = self.k_proj(x)[0].view(T, self.kv_heads, self.head_dim)     # (T, Hkv, hd)
+        q_flat, k_flat = self.q_proj(x)[0], self.k_proj(x)[0]                # (T, H*hd), (T, Hkv*hd)
+        if self.bugs.swap_qk:
+            q_flat, k_flat = k_flat, q_flat
+        q = q_flat.view(T, self.heads, self.head_dim)                        # (T, H, hd)
+        k = k_flat.view(T, self.kv_heads, self.head_dim)                     # (T, Hkv, hd)
         v = self.v_proj(x)[0].view(T, self.kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -126,7 +145,8 @@ class Attention(nn.Module):
         if self.bugs.causal_mask:
             future = torch.ones(T, T, dtype=torch.bool).triu(1)
             scores = scores.masked_fill(future, float("-inf"))
-        probs = self.probs(torch.softmax(scores.float(), dim=-1).to(q.dtype))
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        self.probs(_written_as(probs, self.bugs.probs_layout))
         context = torch.einsum("hts,shd->thd", probs, v).reshape(1, T, -1)            # (1, T, H*hd)
         return self.o_proj(context)
 
@@ -141,10 +161,13 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(hidden, width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+        activation = nn.functional.gelu if self.bugs.activation == "gelu" else nn.functional.silu
+        out = self.down_proj(activation(self.gate_proj(x)) * self.up_proj(x))
         if self.bugs.nan_layer == self.index:
             out = out.clone()
             out[0, -1, 0] = float("nan")
+        if self.bugs.overflow_layer == self.index:
+            out = out * torch.finfo(out.dtype).max  # every value beyond about 1 overflows
         return out
 
 
@@ -153,7 +176,7 @@ class Block(nn.Module):
         super().__init__()
         eps = bugs.norm_eps or config["rms_norm_eps"]
         self.attn_norm, self.mlp_norm = RMSNorm(config["hidden_size"], eps), RMSNorm(config["hidden_size"], eps)
-        self.attn, self.mlp = Attention(config, bugs), MLP(config, index, bugs)
+        self.attn, self.mlp = Attention(config, index, bugs), MLP(config, index, bugs)
         self.index, self.bugs = index, bugs
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -173,6 +196,9 @@ class LlamaPort(nn.Module):
         self.parity_taps = TAPS
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.bugs.extra_bos:
+            bos = torch.full_like(input_ids[:, :1], self.config.get("bos_token_id") or 0)
+            input_ids = torch.cat([bos, input_ids], dim=1)
         T = input_ids.shape[1]
         positions = torch.arange(T) + self.bugs.rope_offset
         head_dim = self.blocks[0].attn.head_dim
@@ -207,4 +233,11 @@ def build(path: str | Path, bugs: Bugs = Bugs(), dtype: torch.dtype = torch.floa
     state = {}
     for file in sorted(path.glob("*.safetensors")):
         state.update(load_file(file))
-    return LlamaPort(config, bugs).load_hf_state_dict(state).to(dtype).eval()
+    port = LlamaPort(config, bugs).load_hf_state_dict(state)
+    if bugs.negate_k_layer is not None:
+        with torch.no_grad():
+            attention = port.blocks[bugs.negate_k_layer].attn
+            attention.k_proj.weight.neg_()
+            if attention.k_proj.bias is not None:
+                attention.k_proj.bias.neg_()
+    return port.to(dtype).eval()

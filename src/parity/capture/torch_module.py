@@ -30,9 +30,13 @@ _IO_SUFFIXES = ("input", "output", "attention")
 
 def resolve_taps(taps: TapsLike) -> tuple[Tap, ...]:
     """Turn a family name, a {pattern: name(s)} mapping, Tap objects, or a list
-    mixing them (`["nanogpt", {"h.{i}.attn.probs": "layers.{i}.attn_probs"}]`) into Taps."""
+    mixing them (`["nanogpt", {"h.{i}.attn.probs": "layers.{i}.attn_probs"}]`) into Taps.
+    In a list, a later entry for the same module and io replaces an earlier one,
+    and an entry with no names (`"h.{i}.attn.c_attn": ()`) removes it."""
     if isinstance(taps, (list, tuple)) and not all(isinstance(tap, Tap) for tap in taps):
-        return tuple(tap for part in taps for tap in resolve_taps(part))
+        # later entries for the same module and io replace earlier ones; no names removes a tap
+        merged = {(tap.module, tap.io): tap for part in taps for tap in resolve_taps(part)}
+        return tuple(tap for tap in merged.values() if tap.names)
     if isinstance(taps, Tap):
         return (taps,)
     if isinstance(taps, str):
