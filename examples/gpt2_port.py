@@ -97,7 +97,7 @@ class MLP(nn.Module):
             out = out.clone()
             out[0, -1, 0] = float("nan")
         if self.bugs.overflow_layer == self.index:
-            out = out * torch.finfo(out.dtype).max  # every value beyond about 1 overflows
+            out = out.sign() * torch.exp(out.abs() * 1e4)  # an exponential that overflows to infinity
         return out
 
 

@@ -40,8 +40,10 @@ def build(family: str, seed: int = 0, **overrides):
     model = transformers.AutoModelForCausalLM.from_config(config(family, **overrides), attn_implementation="eager")
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.endswith(("embed_tokens.weight", "wte.weight", "wpe.weight")):
+            if name.endswith(("embed_tokens.weight", "wte.weight")):
                 parameter.mul_(0.5)  # std 0.01, as in trained Llama embeddings: norm epsilons matter
+            elif name.endswith("wpe.weight"):
+                parameter.mul_(0.25)  # position embeddings smaller than token embeddings
             elif name.endswith("bias"):
                 parameter.copy_(0.1 * torch.randn_like(parameter))
             elif "norm" in name or ".ln_" in name:

@@ -14,8 +14,15 @@ from collections.abc import Callable, Iterable
 from parity.core.results import Comparison, Diagnosis
 from parity.core.trace import Trace
 
-Detector = Callable[[Comparison, Trace, Trace], Iterable[Diagnosis | str]]
+Detector = Callable[["Context"], Iterable[Diagnosis | str]]
 DETECTORS: dict[str, Detector] = {}
+# Causes that describe a symptom that specific causes also produce (a wrong norm
+# epsilon rescales rows; a missing residual leaves the branch's tensor in place):
+# reported only where no specific cause explains the checkpoint.
+GENERIC = frozenset({"scale_factor", "swapped"})
+# A cause that explains another's evidence at the same checkpoint: probabilities
+# stored transposed put weight above the diagonal without any mask being wrong.
+SUPERSEDES = {"layout_permuted": frozenset({"causal_mask"})}
 
 
 def register(cause: str) -> Callable[[Detector], Detector]:
@@ -30,10 +37,27 @@ def register(cause: str) -> Callable[[Detector], Detector]:
 
 def diagnose(comparison: Comparison, reference: Trace, candidate: Trace) -> Comparison:
     """The comparison with the diagnoses and notes of every detector that applies."""
-    from parity.diagnose import noise  # noqa: F401  (registers its detector)
+    from parity.diagnose import attention, layers, noise, values  # noqa: F401  (register their detectors)
+    from parity.diagnose.context import Context, model_config
 
+    context = Context(comparison, reference, candidate, model_config(reference))
     diagnoses, notes = list(comparison.diagnoses), list(comparison.notes)
     for detector in DETECTORS.values():
-        for finding in detector(comparison, reference, candidate):
+        for finding in detector(context):
             (notes if isinstance(finding, str) else diagnoses).append(finding)
+    diagnoses = _without_superseded(diagnoses)
     return dataclasses.replace(comparison, diagnoses=tuple(diagnoses), notes=tuple(notes))
+
+
+def _without_superseded(diagnoses: list[Diagnosis]) -> list[Diagnosis]:
+    at = {}
+    for diagnosis in diagnoses:
+        at.setdefault(diagnosis.checkpoint, set()).add(diagnosis.cause)
+
+    def superseded(diagnosis: Diagnosis) -> bool:
+        others = at[diagnosis.checkpoint] - {diagnosis.cause}
+        if diagnosis.cause in GENERIC and others - GENERIC:
+            return True
+        return any(diagnosis.cause in SUPERSEDES.get(other, ()) for other in others)
+
+    return [diagnosis for diagnosis in diagnoses if not superseded(diagnosis)]

@@ -15,19 +15,31 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from parity.core.calibrate import MULTIPLE
 from parity.core.names import parse
-from parity.core.results import Comparison, Diagnosis
+from parity.core.results import Diagnosis
 from parity.core.trace import Trace
 from parity.diagnose import register
+from parity.diagnose.context import Context
 
 MIN_COSINE = 0.99          # noise keeps every checkpoint's direction; planted bugs reached 0.93 and below
 MAX_ALONG_VALUES = 0.9     # |cos(error, value)| per row: a rescaling reads ~1.0, Q8 activation noise <= 0.61
 
 
 @register("precision_noise")
-def precision_noise(comparison: Comparison, reference: Trace, candidate: Trace) -> Iterator[Diagnosis | str]:
+def precision_noise(context: Context) -> Iterator[Diagnosis | str]:
+    comparison, reference, candidate = context.comparison, context.reference, context.candidate
     failed = [result for result in comparison.checkpoints if result.failed]
-    if not failed:
+    if comparison.calibrated and not failed and comparison.checkpoints:
+        worst = max((r for r in comparison.checkpoints if r.metrics is not None and r.tolerance is not None
+                     and r.tolerance.calibrated), key=lambda r: r.metrics.rel_l2 / r.tolerance.max_rel_l2, default=None)
+        if worst is not None:
+            yield Diagnosis("precision_noise", worst.name,
+                            f"every checkpoint's error is within {MULTIPLE:g}x the noise the candidate's precision "
+                            f"alone produces; closest to its bound: {worst.name}, rel_l2 {worst.metrics.rel_l2:.3g} "
+                            f"against a noise floor of {worst.tolerance.noise_rel_l2:.3g}")
+        return
+    if not failed or comparison.calibrated:
         return
     if any(result.metrics is None for result in failed):
         return  # a shape mismatch is never noise

@@ -1,0 +1,158 @@
+"""Detectors for attention: causal_mask, gqa_head_mapping, rope_layout, rope_position_offset.
+
+The RoPE and GQA detectors recompute the step from the reference's own inputs to
+it (q and k before RoPE; q and k after RoPE) under the alternative hypothesis,
+and report only when that reproduces the candidate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parity.core.names import parse
+from parity.core.results import Diagnosis
+from parity.diagnose import register
+from parity.diagnose.context import Context, matches, reproduces
+
+MAX_OFFSET = 4
+FUTURE_MASS = 1e-3  # attention probability above the diagonal that is more than rounding
+
+
+@register("causal_mask")
+def causal_mask(context: Context):
+    """Future positions attended: probability above the diagonal where the reference has none."""
+    for name in context.focus:
+        checkpoint = parse(name)
+        pair = context.pair(name)
+        if checkpoint is None or checkpoint.kind != "attn_probs" or pair is None:
+            continue
+        reference, candidate = pair                                     # (H, T, S)
+        future = np.triu(np.ones(reference.shape[-2:], dtype=bool), k=1 + reference.shape[-1] - reference.shape[-2])
+        if np.abs(reference[:, future]).max(initial=0.0) > FUTURE_MASS:
+            continue  # the reference itself is not causal here
+        mass = (candidate * future).sum(-1)                             # (H, T) probability on future keys
+        if mass.max(initial=0.0) > FUTURE_MASS:
+            head, position = np.unravel_index(int(np.argmax(mass)), mass.shape)
+            yield Diagnosis("causal_mask", name,
+                            f"the candidate attends to future positions: up to {mass.max():.3g} of the probability "
+                            f"(head {head}, query position {position}) lies above the diagonal, where the "
+                            "reference has none; the causal mask is missing or misplaced")
+            return
+
+
+def apply_rope(x: np.ndarray, head_dim: int, theta: float, positions: np.ndarray, layout: str) -> np.ndarray:
+    """RoPE on (T, heads*head_dim): 'half' rotates dimension i with i + hd/2 (transformers), 'adjacent' (2i, 2i+1)."""
+    count = x.shape[0]
+    heads = x.reshape(count, -1, head_dim)                                              # (T, H, hd)
+    inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (hd/2,)
+    angles = positions[:, None].astype(np.float64) * inv_freq[None, :]                  # (T, hd/2)
+    cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+    if layout == "adjacent":
+        even, odd = heads[..., 0::2], heads[..., 1::2]
+        rotated = np.stack((even * cos - odd * sin, even * sin + odd * cos), axis=-1).reshape(heads.shape)
+    else:
+        first, second = heads[..., : head_dim // 2], heads[..., head_dim // 2:]
+        rotated = np.concatenate((first * cos - second * sin, first * sin + second * cos), axis=-1)
+    return rotated.reshape(count, -1)
+
+
+def _rope_input(context: Context, name: str) -> np.ndarray | None:
+    checkpoint = parse(name)
+    prefix = f"layers.{checkpoint.layer}.{checkpoint.kind[0]}"           # q or k
+    for source in (f"{prefix}_norm", prefix):
+        if source in context.reference:
+            return context.reference[source].astype(np.float64)
+    return None
+
+
+def _rope_focus(context: Context):
+    config = context.config
+    if not config.rope_theta or not config.head_dim:
+        return
+    for name in context.focus:
+        checkpoint = parse(name)
+        pair = context.pair(name)
+        if checkpoint is not None and checkpoint.kind in ("q_rope", "k_rope") and pair is not None:
+            source = _rope_input(context, name)
+            if source is not None and source.shape == pair[0].shape:
+                yield name, source, pair
+
+
+@register("rope_layout")
+def rope_layout(context: Context):
+    config = context.config
+    for name, source, (reference, candidate) in _rope_focus(context):
+        positions = np.arange(reference.shape[0])
+        for layout, other in (("adjacent", "half"), ("half", "adjacent")):
+            if not reproduces(reference, apply_rope(source, config.head_dim, config.rope_theta, positions, other)):
+                continue  # the reference does not use `other`
+            hypothesis = apply_rope(source, config.head_dim, config.rope_theta, positions, layout)
+            residual = matches(candidate, hypothesis, reference)
+            if residual is not None:
+                described = {"adjacent": "adjacent pairs (2i, 2i+1)", "half": "halves (i, i + head_dim/2)"}
+                yield Diagnosis("rope_layout", name,
+                                f"the candidate's {name} is the reference's input rotated in {described[layout]} where "
+                                f"the reference rotates {described[other]} (rel error {residual:.2g}); a GGUF or "
+                                "checkpoint conversion permutes q/k rows for exactly this reason")
+                return
+
+
+@register("rope_position_offset")
+def rope_position_offset(context: Context):
+    config = context.config
+    for name, source, (reference, candidate) in _rope_focus(context):
+        positions = np.arange(reference.shape[0])
+        for offset in sorted(range(-MAX_OFFSET, MAX_OFFSET + 1), key=abs):
+            if offset == 0:
+                continue
+            hypothesis = apply_rope(source, config.head_dim, config.rope_theta, positions + offset, "half")
+            residual = matches(candidate, hypothesis, reference)
+            if residual is not None:
+                yield Diagnosis("rope_position_offset", name,
+                                f"the candidate rotates position t as t{offset:+d} (rel error {residual:.2g}); "
+                                "positions start at the wrong index (a cache offset, or an extra token counted)")
+                return
+
+
+def attention_probabilities(q: np.ndarray, k: np.ndarray, heads: int, kv_heads: int, head_dim: int,
+                            kv_of_head) -> np.ndarray:
+    """Causal softmax(q k^T / sqrt(hd)) from (T, H*hd) and (S, Hkv*hd), query head h reading KV head kv_of_head(h)."""
+    count = q.shape[0]
+    q = q.reshape(count, heads, head_dim)
+    k = k.reshape(k.shape[0], kv_heads, head_dim)
+    scores = np.stack([q[:, h] @ k[:, kv_of_head(h)].T for h in range(heads)]) / np.sqrt(head_dim)  # (H, T, S)
+    scores = np.where(np.triu(np.ones(scores.shape[-2:], dtype=bool), k=1), -np.inf, scores)
+    scores -= scores.max(-1, keepdims=True)
+    weights = np.exp(scores)
+    return weights / weights.sum(-1, keepdims=True)
+
+
+@register("gqa_head_mapping")
+def gqa_head_mapping(context: Context):
+    """Query heads read the wrong KV heads: h % Hkv (tiled) instead of h // group (interleaved)."""
+    config = context.config
+    if not config.heads or not config.kv_heads or config.kv_heads == config.heads or not config.head_dim:
+        return
+    group = config.heads // config.kv_heads
+    mappings = {"interleaved (head h reads KV head h // group)": lambda h: h // group,
+                "tiled (head h reads KV head h % kv_heads)": lambda h: h % config.kv_heads}
+    for name in context.focus:
+        checkpoint = parse(name)
+        pair = context.pair(name)
+        if checkpoint is None or checkpoint.kind != "attn_probs" or pair is None:
+            continue
+        q, k = (context.reference.tensors.get(f"layers.{checkpoint.layer}.{kind}_rope") for kind in "qk")
+        if q is None or k is None:
+            continue
+        reference, candidate = pair
+        found = {label: attention_probabilities(q.astype(np.float64), k.astype(np.float64), config.heads,
+                                                config.kv_heads, config.head_dim, mapping)
+                 for label, mapping in mappings.items()}
+        reference_mapping = next((label for label, p in found.items() if reproduces(reference, p)), None)
+        for label, probabilities in found.items():
+            if label != reference_mapping and reference_mapping and matches(candidate, probabilities, reference) is not None:
+                yield Diagnosis("gqa_head_mapping", name,
+                                f"the candidate expands its {config.kv_heads} KV heads to {config.heads} query heads "
+                                f"{label.split(' (')[0]} where the reference is {reference_mapping.split(' (')[0]}: "
+                                f"{label.split('(')[1].rstrip(')')}")
+                return

@@ -1,0 +1,95 @@
+"""What every detector sees: the comparison, both traces, the model's configuration,
+and one rule for "the candidate matches this hypothesis"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from parity.core.metrics import rel_l2
+from parity.core.results import Comparison
+from parity.core.trace import Trace
+
+EXPLAINED = 0.2   # a hypothesis must leave at most this share of the candidate's error ...
+CLOSE = 0.05      # ... and match the candidate to this rel_l2, to count as strong evidence
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What detectors need to know of the reference model, read from its trace's `config`."""
+
+    heads: int | None = None
+    kv_heads: int | None = None
+    head_dim: int | None = None
+    rope_theta: float | None = None
+    norm_eps: float | None = None
+    norm: str = "rms"            # "rms" or "layer"
+    activation: str | None = None  # "silu", "gelu_tanh", "gelu"
+
+    def __repr__(self) -> str:
+        return f"<ModelConfig heads={self.heads}/{self.kv_heads} head_dim={self.head_dim} eps={self.norm_eps}>"
+
+
+def model_config(trace: Trace) -> ModelConfig:
+    config: dict[str, Any] = trace.metadata.get("config") or {}
+    heads = config.get("num_attention_heads") or config.get("n_head")
+    width = config.get("hidden_size") or config.get("n_embd")
+    rope = config.get("rope_parameters") or {}
+    rope_type = rope.get("rope_type", (config.get("rope_scaling") or {}).get("rope_type", "default"))
+    gpt2 = config.get("model_type") == "gpt2"
+    activation = config.get("hidden_act") or config.get("activation_function")
+    return ModelConfig(
+        heads=heads,
+        kv_heads=config.get("num_key_value_heads") or heads,
+        head_dim=config.get("head_dim") or (width // heads if width and heads else None),
+        rope_theta=None if gpt2 or rope_type != "default" else rope.get("rope_theta", config.get("rope_theta", 10000.0)),
+        norm_eps=config.get("rms_norm_eps") or config.get("layer_norm_epsilon"),
+        norm="layer" if gpt2 else "rms",
+        activation={"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}.get(activation, activation),
+    )
+
+
+@dataclass(frozen=True)
+class Context:
+    comparison: Comparison
+    reference: Trace
+    candidate: Trace
+    config: ModelConfig = field(default_factory=ModelConfig)
+
+    def __repr__(self) -> str:
+        return f"<Context {self.comparison!r}>"
+
+    @property
+    def focus(self) -> list[str]:
+        """The checkpoints worth explaining: where the error was introduced and where it first shows."""
+        names = []
+        for divergence in (self.comparison.origin, self.comparison.first_divergence):
+            if divergence is not None and divergence.checkpoint not in names:
+                names.append(divergence.checkpoint)
+        return names
+
+    def pair(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(reference, candidate) in float64 when both hold `name` in the same shape."""
+        if name not in self.reference or name not in self.candidate:
+            return None
+        reference, candidate = self.reference[name], self.candidate[name]
+        if reference.shape != candidate.shape:
+            return None
+        return reference.astype(np.float64), candidate.astype(np.float64)
+
+
+def matches(candidate: np.ndarray, hypothesis: np.ndarray, reference: np.ndarray) -> float | None:
+    """rel_l2 of candidate against a hypothesis when the hypothesis explains the candidate
+    (it leaves at most EXPLAINED of the error against the reference, and at most CLOSE); else None."""
+    if hypothesis.shape != candidate.shape or not np.all(np.isfinite(hypothesis)):
+        return None
+    residual = rel_l2(hypothesis, candidate)
+    error = rel_l2(reference, candidate)
+    return residual if residual <= min(CLOSE, EXPLAINED * error) else None
+
+
+def reproduces(reference: np.ndarray, model: np.ndarray) -> bool:
+    """Does a model of the reference's own step reproduce it (so that an alternative can be trusted)?"""
+    return model.shape == reference.shape and bool(np.all(np.isfinite(model))) and rel_l2(reference, model) <= CLOSE

@@ -1,0 +1,177 @@
+"""Detectors for the rest of a block: norm_epsilon, activation_variant, missing_residual, nonfinite."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from parity.core.metrics import rel_l2
+from parity.core.names import inputs_of, parse
+from parity.core.results import Diagnosis
+from parity.diagnose import register
+from parity.diagnose.context import Context, matches, reproduces
+
+NORM_KINDS = ("attn_norm", "mlp_norm", "final_norm", "q_norm", "k_norm")
+EPS_SPREAD = 0.25  # per-row epsilon estimates must agree this closely to name one epsilon
+
+
+@register("norm_epsilon")
+def norm_epsilon(context: Context):
+    """A norm with another epsilon (or epsilon outside the square root), recovered from the per-row scale."""
+    config = context.config
+    if config.norm_eps is None:
+        return
+    for name in context.focus:
+        checkpoint = parse(name)
+        pair = context.pair(name)
+        if checkpoint is None or checkpoint.kind not in NORM_KINDS or pair is None:
+            continue
+        source = inputs_of(name, context.reference.tensors)
+        if not source:
+            continue
+        x = context.reference[source[0]].astype(np.float64)
+        reference, candidate = pair
+        rows = _norm_rows(x, reference, candidate, context.config, checkpoint.kind)
+        if rows is None:
+            continue
+        centred, y_reference, y_candidate = rows                          # (N, width) each
+        found = _fit_epsilon(centred, y_reference, y_candidate, config.norm_eps, config.norm == "layer")
+        if found is not None:
+            epsilon, inside = found
+            where = "" if inside else ", added outside the square root"
+            yield Diagnosis("norm_epsilon", name,
+                            f"the candidate normalizes with epsilon {epsilon:.3g}{where} where the reference uses "
+                            f"{config.norm_eps:.3g}")
+            return
+
+
+def _norm_rows(x, reference, candidate, config, kind):
+    if kind in ("q_norm", "k_norm"):  # per-head norms: one row per (token, head)
+        if not config.head_dim or x.shape != reference.shape:
+            return None
+        x, reference, candidate = (a.reshape(-1, config.head_dim) for a in (x, reference, candidate))
+    if x.shape != reference.shape:
+        return None
+    centred = x - x.mean(-1, keepdims=True) if config.norm == "layer" else x
+    return centred, reference, candidate
+
+
+def _fit_epsilon(centred, y_reference, y_candidate, eps_reference, layer_norm):
+    """Recover the candidate's epsilon from y = gamma * centred * c_row + beta, c_row = 1 / sqrt(ms + eps)."""
+    ms = np.mean(centred * centred, axis=-1)                                    # (N,)
+    normalized = centred / np.sqrt(ms + eps_reference)[:, None]
+    gamma, beta = _fit_affine(normalized, y_reference, layer_norm)              # per feature
+    if gamma is None:
+        return None
+    unscaled = (y_candidate - beta) / gamma                                     # = centred * c_row
+    scale = np.sum(unscaled * centred, axis=-1) / np.sum(centred * centred, axis=-1)   # c_row per row
+    if np.any(scale <= 0):
+        return None
+    for inside in (True, False):
+        estimates = 1 / scale**2 - ms if inside else 1 / scale - np.sqrt(ms)
+        epsilon = float(np.median(estimates))
+        if epsilon <= 0 or math.isclose(epsilon, eps_reference, rel_tol=0.05):
+            continue
+        if np.std(estimates) > EPS_SPREAD * abs(epsilon):
+            continue
+        root = np.sqrt(ms + epsilon) if inside else np.sqrt(ms) + epsilon
+        hypothesis = gamma * centred / root[:, None] + beta
+        if matches(y_candidate, hypothesis, y_reference) is not None:
+            return epsilon, inside
+    return None
+
+
+def _fit_affine(normalized, y, with_bias):
+    """Per-feature gamma (and beta for LayerNorm) from the reference's own output; None if it does not fit."""
+    if with_bias:
+        mean_n, mean_y = normalized.mean(0), y.mean(0)
+        variance = ((normalized - mean_n) ** 2).sum(0)
+        if np.any(variance == 0):
+            return None, None
+        gamma = ((normalized - mean_n) * (y - mean_y)).sum(0) / variance
+        beta = mean_y - gamma * mean_n
+    else:
+        energy = (normalized * normalized).sum(0)
+        if np.any(energy == 0):
+            return None, None
+        gamma, beta = (normalized * y).sum(0) / energy, np.zeros(y.shape[-1])
+    if np.any(gamma == 0) or not reproduces(y, gamma * normalized + beta):
+        return None, None
+    return gamma, beta
+
+
+ACTIVATIONS = {
+    "silu": lambda x: x / (1 + np.exp(-x)),
+    "gelu": lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2))),
+    "gelu_tanh": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
+    "relu": lambda x: np.maximum(x, 0),
+}
+
+
+@register("activation_variant")
+def activation_variant(context: Context):
+    """The MLP activation is another function (SiLU for GELU, erf-GELU for tanh-GELU, ...)."""
+    for name in context.focus:
+        checkpoint = parse(name)
+        pair = context.pair(name)
+        if checkpoint is None or checkpoint.kind != "mlp_act" or pair is None:
+            continue
+        layer = f"layers.{checkpoint.layer}"
+        gate = context.reference.tensors.get(f"{layer}.mlp_gate", context.reference.tensors.get(f"{layer}.mlp_fc"))
+        if gate is None:
+            continue
+        up = context.reference.tensors.get(f"{layer}.mlp_up")
+        reference, candidate = pair
+        outputs = {label: f(gate.astype(np.float64)) * (1.0 if up is None else up.astype(np.float64))
+                   for label, f in ACTIVATIONS.items()}
+        used = min(outputs, key=lambda label: rel_l2(reference, outputs[label]))
+        if not reproduces(reference, outputs[used]):
+            continue
+        for label, output in outputs.items():
+            if label != used and matches(candidate, output, reference) is not None:
+                yield Diagnosis("activation_variant", name,
+                                f"the candidate's MLP applies {label} where the reference applies {used}")
+                return
+
+
+@register("missing_residual")
+def missing_residual(context: Context):
+    """The block output (or the state after attention) lacks the residual input."""
+    for name in context.focus:
+        checkpoint = parse(name)
+        pair = context.pair(name)
+        if checkpoint is None or checkpoint.kind not in ("resid_mid", "out") or pair is None:
+            continue
+        branch = f"layers.{checkpoint.layer}." + ("attn_out" if checkpoint.kind == "resid_mid" else "mlp_out")
+        if branch not in context.reference:
+            continue
+        reference, candidate = pair
+        if matches(candidate, context.reference[branch].astype(np.float64), reference) is not None:
+            which = "attention" if checkpoint.kind == "resid_mid" else "MLP"
+            yield Diagnosis("missing_residual", name,
+                            f"the candidate's {name} equals the {which} branch alone ({branch}): the residual "
+                            f"connection around the {which} is missing")
+            return
+
+
+@register("nonfinite")
+def nonfinite(context: Context):
+    """Where the first NaN or Inf appears, and whether it is an overflow."""
+    for result in context.comparison.checkpoints:
+        metrics = result.metrics
+        if metrics is None or metrics.nan_candidate + metrics.inf_candidate <= metrics.nan_reference + metrics.inf_reference:
+            continue
+        candidate = context.candidate[result.name].astype(np.float64)
+        bad = ~np.isfinite(candidate)
+        checkpoint = parse(result.name)
+        axis = checkpoint.token_axis if checkpoint else 0
+        positions = sorted({int(p) for p in np.argwhere(bad)[:, axis]}) if candidate.ndim > axis else []
+        overflow = metrics.inf_candidate > 0
+        largest = float(np.abs(candidate[np.isfinite(candidate)]).max(initial=0.0))
+        cause = (f"an overflow: {metrics.inf_candidate} values are infinite (largest finite magnitude {largest:.3g})"
+                 if overflow else f"{metrics.nan_candidate} NaN values, with no infinity before them (0/0, the root "
+                 "of a negative, or a NaN in the weights)")
+        yield Diagnosis("nonfinite", result.name,
+                        f"the first non-finite values appear at {result.name}, token positions {positions[:8]}: {cause}")
+        return

@@ -1,0 +1,157 @@
+"""Detectors that compare the candidate's tensor with transformed reference tensors:
+token_shift, layout_permuted, swapped, sign_flip, scale_factor."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from parity.core.metrics import rel_l2
+from parity.core.names import parse
+from parity.core.results import Diagnosis
+from parity.diagnose import register
+from parity.diagnose.context import Context, matches
+
+MAX_SHIFT = 3
+
+
+@register("token_shift")
+def token_shift(context: Context):
+    """An extra or missing token: candidate position t + k holds the reference's position t."""
+    for name in context.focus:
+        checkpoint = parse(name)
+        if checkpoint is None or name not in context.candidate or checkpoint.kind == "attn_probs":
+            continue
+        reference, candidate = context.reference[name].astype(np.float64), context.candidate[name].astype(np.float64)
+        if reference.ndim != 2 or candidate.ndim != 2 or reference.shape[1] != candidate.shape[1]:
+            continue
+        for shift in sorted(range(-MAX_SHIFT, MAX_SHIFT + 1), key=abs):
+            if shift == 0 or not _aligned_tail(reference, candidate, shift):
+                continue
+            extra = candidate.shape[0] - reference.shape[0]
+            what = (f"{extra} extra token(s) at the start" if shift > 0 and extra == shift
+                    else f"{-extra} token(s) missing at the start" if shift < 0 and extra == shift
+                    else "the positions are offset")
+            yield Diagnosis("token_shift", name,
+                            f"candidate position t{shift:+d} holds the reference's position t "
+                            f"(reference {reference.shape[0]} tokens, candidate {candidate.shape[0]}): {what}; "
+                            "a doubled or missing BOS, or another tokenization")
+            return
+
+
+def _aligned_tail(reference: np.ndarray, candidate: np.ndarray, shift: int) -> bool:
+    """Does candidate[t + shift] hold reference[t] wherever both exist (at least 2 positions)?
+
+    Exactly, for a token embedding. When the lengths differ by exactly the shift
+    (the candidate has that many tokens more or fewer), it is enough that the
+    shifted rows point the same way while the unshifted ones do not: learned
+    position embeddings (GPT-2) make an embedding shift-dependent."""
+    shifted = _overlap_rows(reference, candidate, shift)
+    if shifted is None:
+        return False
+    if rel_l2(*shifted) < 1e-2:
+        return True
+    unshifted = _overlap_rows(reference, candidate, 0)
+    if candidate.shape[0] - reference.shape[0] != shift or unshifted is None:
+        return False
+    return _row_cosine(*shifted) >= SHIFTED_COSINE and _row_cosine(*shifted) - _row_cosine(*unshifted) >= COSINE_GAP
+
+
+SHIFTED_COSINE, COSINE_GAP = 0.7, 0.3  # GPT-2 test model: 0.78 shifted, 0.29 unshifted
+
+
+def _overlap_rows(reference: np.ndarray, candidate: np.ndarray, shift: int):
+    start_reference, start_candidate = max(0, -shift), max(0, shift)
+    count = min(reference.shape[0] - start_reference, candidate.shape[0] - start_candidate)
+    if count < 2:
+        return None
+    return reference[start_reference:start_reference + count], candidate[start_candidate:start_candidate + count]
+
+
+def _row_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean cosine between matching rows."""
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
+    return float(np.mean(np.sum(reference * candidate, axis=1) / np.where(norms > 0, norms, 1.0)))
+
+
+@register("layout_permuted")
+def layout_permuted(context: Context):
+    """Same values, axes in another order: aligned by the comparison, or of equal sizes and so not."""
+    for result in context.comparison.checkpoints:
+        if result.layout and result.status == "pass":
+            yield Diagnosis("layout_permuted", result.name,
+                            f"the candidate stores {result.name} as {list(result.shape_candidate)}; it matches the "
+                            f"reference's {list(result.shape_reference)} with {result.layout} (compared after aligning)")
+    for name in context.focus:
+        pair = context.pair(name)
+        if pair is None or pair[0].ndim < 2:
+            continue
+        reference, candidate = pair
+        for permutation in itertools.permutations(range(reference.ndim)):
+            if permutation == tuple(range(reference.ndim)) or reference.transpose(permutation).shape != reference.shape:
+                continue
+            if matches(candidate, reference.transpose(permutation), reference) is not None:
+                yield Diagnosis("layout_permuted", name,
+                                f"the candidate's {name} is the reference's with axes permuted {permutation} "
+                                f"(axes of equal size, so the layout cannot be told from the shape)")
+                return
+
+
+@register("swapped")
+def swapped(context: Context):
+    """The candidate's tensor is another checkpoint of the reference (q and k swapped, say)."""
+    for name in context.focus:
+        pair = context.pair(name)
+        checkpoint = parse(name)
+        if pair is None or checkpoint is None or checkpoint.layer is None:
+            continue
+        reference, candidate = pair
+        for other in context.reference.names:
+            other_checkpoint = parse(other)
+            if (other == name or other_checkpoint is None or other_checkpoint.layer != checkpoint.layer
+                    or context.reference[other].shape != candidate.shape):
+                continue
+            if matches(candidate, context.reference[other].astype(np.float64), reference) is not None:
+                yield Diagnosis("swapped", name, f"the candidate's {name} holds the reference's {other}: "
+                                                 f"{checkpoint.kind} and {other_checkpoint.kind} are swapped")
+                return
+
+
+@register("sign_flip")
+def sign_flip(context: Context):
+    for name in context.focus:
+        pair = context.pair(name)
+        if pair is not None and matches(pair[1], -pair[0], pair[0]) is not None:
+            yield Diagnosis("sign_flip", name, f"the candidate's {name} is the reference's negated")
+            return
+
+
+@register("scale_factor")
+def scale_factor(context: Context):
+    """candidate = c * reference for one constant c (not -1: that is sign_flip)."""
+    for name in context.focus:
+        pair = context.pair(name)
+        if pair is None:
+            continue
+        reference, candidate = pair
+        denominator = float(np.sum(reference * reference))
+        if denominator == 0 or not np.all(np.isfinite(candidate)):
+            continue
+        factor = float(np.sum(candidate * reference)) / denominator
+        if abs(factor + 1) < 0.05 or abs(factor - 1) < 1e-3:
+            continue
+        if matches(candidate, factor * reference, reference) is not None:
+            yield Diagnosis("scale_factor", name, f"the candidate's {name} is the reference's times {factor:.4g}"
+                                                  f"{_known_factor(factor, context)}")
+            return
+
+
+def _known_factor(factor: float, context: Context) -> str:
+    head_dim = context.config.head_dim
+    if head_dim:
+        for value, label in ((head_dim ** 0.5, "sqrt(head_dim)"), (head_dim ** -0.5, "1/sqrt(head_dim)"),
+                             (head_dim, "head_dim"), (1 / head_dim, "1/head_dim")):
+            if abs(factor / value - 1) < 0.02:
+                return f" = {label}: an attention scale applied twice or not at all?"
+    return ""
