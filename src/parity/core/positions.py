@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 
 from parity.core.metrics import per_position_rel_l2, rel_l2
 from parity.core.names import HEAD_KINDS, parse

@@ -54,7 +54,11 @@ def _without_superseded(diagnoses: list[Diagnosis]) -> list[Diagnosis]:
     for diagnosis in diagnoses:
         at.setdefault(diagnosis.checkpoint, set()).add(diagnosis.cause)
 
+    named = {d.cause for d in diagnoses} - {"precision_noise"}
+
     def superseded(diagnosis: Diagnosis) -> bool:
+        if diagnosis.cause == "precision_noise" and named:
+            return True  # a named cause explains the failure better than "it looks like noise"
         others = at[diagnosis.checkpoint] - {diagnosis.cause}
         if diagnosis.cause in GENERIC and others - GENERIC:
             return True

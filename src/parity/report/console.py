@@ -80,10 +80,15 @@ def _header(comparison: Comparison):
 
     tokens = comparison.reference_metadata.get("tokens")
     count = f", {len(tokens)} tokens" if tokens else ""
-    return Text.assemble(
+    header = Text.assemble(
         ("reference ", "bold"), _describe(comparison.reference_metadata), count, "\n",
         ("candidate ", "bold"), _describe(comparison.candidate_metadata),
     )
+    if comparison.calibrated:
+        basis = next((r.tolerance.basis for r in comparison.checkpoints if r.tolerance and r.tolerance.calibrated), "")
+        header.append(f"\ntolerances: {basis.removeprefix('calibrated: ')}, measured by running the reference "
+                      "at the candidate's precision", style="dim")
+    return header
 
 
 def _cell(result: CheckpointResult | None) -> tuple[str, str]:
@@ -122,13 +127,24 @@ def _grid(comparison: Comparison):
     table.add_column("layer", justify="right", style="bold")
     for kind in kinds:
         table.add_column(SHORT_NAMES[kind], justify="center", no_wrap=True)
-    table.add_column("max rel_l2", justify="right")
+    table.add_column("err/noise" if comparison.calibrated else "max rel_l2", justify="right")
     for layer in sorted(layers):
         row = layers[layer]
         cells = [Text(*_cell(row.get(kind))) if kind in row else Text(" ") for kind in kinds]
-        worst = _worst_rel_l2(result for result in row.values() if result is not None)
+        results = [result for result in row.values() if result is not None]
+        worst = _worst_noise_ratio(results) if comparison.calibrated else _worst_rel_l2(results)
         table.add_row(str(layer), *cells, worst)
     return table
+
+
+def _worst_noise_ratio(results) -> str:
+    """The largest rel_l2 / noise floor of a layer's checkpoints."""
+    ratios = [r.metrics.rel_l2 / r.tolerance.noise_rel_l2 for r in results
+              if r.metrics is not None and r.tolerance is not None and r.tolerance.calibrated and r.tolerance.noise_rel_l2]
+    if not ratios:
+        return "-"
+    worst = max(ratios)
+    return f"{worst:.2g}x" if math.isfinite(worst) else "inf"
 
 
 def _worst_rel_l2(results) -> str:
@@ -174,11 +190,20 @@ def _verdict(comparison: Comparison):
         return Text.assemble(("PASS", "bold green"), f"  {comparison.passed_count}/{total} checkpoints within tolerance{tail}")
     divergence = comparison.first_divergence
     position = f", worst at token {divergence.position}" if divergence.position is not None else ""
-    return Text.assemble(
+    verdict = Text.assemble(
         ("FAIL", "bold red"),
         f"  {comparison.failed_count}/{total} checkpoints outside tolerance; first divergence at ",
         (divergence.checkpoint, "bold"), position,
     )
+    origin = comparison.origin
+    if origin is not None and origin.checkpoint != divergence.checkpoint:
+        attribution = comparison.attributions.get(origin.checkpoint)
+        verdict.append(f"\nthe error is introduced at ")
+        verdict.append(origin.checkpoint, style="bold")
+        if attribution is not None:
+            verdict.append(f": it adds rel_l2 {attribution.introduced_rel_l2:.3g} to the "
+                           f"{attribution.inherited_rel_l2:.3g} its inputs carried")
+    return verdict
 
 
 def _divergence_details(comparison: Comparison):
@@ -203,7 +228,21 @@ def _divergence_details(comparison: Comparison):
             )
     if result.layout:
         lines.append(f"layout: {result.layout}")
+    attribution = comparison.attributions.get(result.name)
+    if attribution is not None and attribution.inputs:
+        lines.append(f"introduced here: rel_l2 {attribution.introduced_rel_l2:.3g}; inherited from "
+                     f"{', '.join(attribution.inputs)}: {attribution.inherited_rel_l2:.3g}")
+    divergence = comparison.first_divergence
+    if divergence.per_position:
+        lines.append("rel_l2 by token position: " + _profile(divergence.per_position))
+    if divergence.per_head:
+        lines.append("rel_l2 by head: " + _profile(divergence.per_head))
     return Text("\n".join("  " + line for line in lines))
+
+
+def _profile(values: tuple[float, ...], limit: int = 12) -> str:
+    shown = "  ".join(f"{i}:{v:.2g}" for i, v in enumerate(values[:limit]))
+    return shown + (f"  ... ({len(values)} in all)" if len(values) > limit else "")
 
 
 def _missing_and_extra(comparison: Comparison):

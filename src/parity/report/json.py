@@ -20,16 +20,12 @@ SCHEMA = "parity-report/1"
 
 
 def to_dict(comparison: Comparison) -> dict[str, Any]:
-    divergence = comparison.first_divergence
     return {
         "schema": SCHEMA,
         "verdict": comparison.verdict,
-        "first_divergence": None if divergence is None else {
-            "checkpoint": divergence.checkpoint,
-            "layer": divergence.layer,
-            "kind": divergence.kind,
-            "position": divergence.position,
-        },
+        "calibrated": comparison.calibrated,
+        "first_divergence": _divergence(comparison.first_divergence),
+        "origin": _divergence(comparison.origin),
         "summary": {
             "compared": len(comparison.checkpoints),
             "passed": comparison.passed_count,
@@ -38,7 +34,9 @@ def to_dict(comparison: Comparison) -> dict[str, Any]:
             "missing": len(comparison.missing),
             "extra": len(comparison.extra),
         },
-        "checkpoints": [_checkpoint(result) for result in comparison.checkpoints],
+        "checkpoints": [_checkpoint(result, comparison.attributions.get(result.name)) for result in comparison.checkpoints],
+        "position_matrix": {"checkpoint": "layers.{i}.out",
+                            "rel_l2": [[_number(v) for v in row] for row in comparison.position_matrix]},
         "missing": list(comparison.missing),
         "extra": list(comparison.extra),
         "diagnoses": [
@@ -50,7 +48,20 @@ def to_dict(comparison: Comparison) -> dict[str, Any]:
     }
 
 
-def _checkpoint(result: CheckpointResult) -> dict[str, Any]:
+def _divergence(divergence) -> dict[str, Any] | None:
+    if divergence is None:
+        return None
+    return {
+        "checkpoint": divergence.checkpoint,
+        "layer": divergence.layer,
+        "kind": divergence.kind,
+        "position": divergence.position,
+        "per_position": [_number(v) for v in divergence.per_position],
+        "per_head": [_number(v) for v in divergence.per_head],
+    }
+
+
+def _checkpoint(result: CheckpointResult, attribution) -> dict[str, Any]:
     checkpoint = parse(result.name)
     return {
         "name": result.name,
@@ -63,6 +74,8 @@ def _checkpoint(result: CheckpointResult) -> dict[str, Any]:
         "shape_cand": list(result.shape_candidate),
         "layout": result.layout,
         "reason": result.reason,
+        "introduced_rel_l2": None if attribution is None else _number(attribution.introduced_rel_l2),
+        "inherited_rel_l2": None if attribution is None else _number(attribution.inherited_rel_l2),
     }
 
 
@@ -83,13 +96,21 @@ def _metrics(metrics: Metrics | None) -> dict[str, Any] | None:
         "inf_cand": metrics.inf_candidate,
         "worst_index": list(metrics.worst_index) if metrics.worst_index is not None else None,
         "worst_position": metrics.worst_position,
+        "position_rel_l2": _number(metrics.position_rel_l2),
     }
 
 
 def _tolerance(tolerance: Tolerance | None) -> dict[str, Any] | None:
     if tolerance is None:
         return None
-    return {"atol": _number(tolerance.atol), "rtol": _number(tolerance.rtol), "basis": tolerance.basis}
+    return {
+        "atol": _number(tolerance.atol),
+        "rtol": _number(tolerance.rtol),
+        "basis": tolerance.basis,
+        "max_rel_l2": _optional(tolerance.max_rel_l2),
+        "max_position_rel_l2": _optional(tolerance.max_position_rel_l2),
+        "noise_rel_l2": _optional(tolerance.noise_rel_l2),
+    }
 
 
 def _number(value: float) -> float | None:

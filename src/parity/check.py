@@ -1,0 +1,230 @@
+"""parity check: capture the reference, obtain the candidate, calibrate, compare, diagnose.
+
+A candidate is one of:
+  - a trace file;                    its metadata tells its precision
+  - `llamacpp:FILE.gguf`;             llama.cpp run layer by layer
+  - `FILE.py:FACTORY` / `module:FACTORY`; a torch.nn.Module, whose parameters tell its precision
+  - `http(s)://HOST:PORT`;            an OpenAI-compatible server, compared token by token
+
+When the candidate's precision is known, the check calibrates by itself: the
+reference runs at high precision (float64; float32 for llama.cpp) and once more
+at the candidate's precision (for llama.cpp: with its activation rounding
+emulated), and each checkpoint is held to the noise that precision produces.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from parity.core.calibrate import check_same_tokens, noise_floors
+from parity.core.compare import CompareConfig, compare
+from parity.core.errors import OptionError
+from parity.core.results import Comparison, Tolerance
+from parity.core.sequence import SequenceComparison
+from parity.core.trace import Trace, load_trace, save_trace
+
+LLAMACPP_PREFIX = "llamacpp:"
+SERVER_PREFIXES = ("http://", "https://")
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    model: str                          # reference: model directory or .gguf file
+    candidate: str                      # see the module docstring
+    prompt: str | None = None
+    tokens: list[int] | None = None
+    dtype: str | None = None            # reference precision; None: float64 to calibrate, else float32
+    calibrate: bool = True
+    checkpoints: str | None = None
+    tolerance: Tolerance | None = None  # the user's; disables calibration
+    taps: str | None = None
+    save_traces: Path | None = None
+    overwrite: bool = False
+    max_tokens: int = 16                # server candidates
+    timeout_s: float = 60.0
+    server_model: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<CheckOptions {self.model} vs {self.candidate}>"
+
+
+class _Silent:
+    def step(self, message: str) -> None:
+        pass
+
+
+def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComparison:
+    progress = progress or _Silent()
+    if options.candidate.startswith(SERVER_PREFIXES):
+        return _check_server(options, progress)
+    if (options.prompt is None) == (options.tokens is None):
+        raise OptionError("give exactly one of --prompt TEXT or --tokens 1,2,3")
+    from parity.capture.hf import load_model, quiet_transformers
+
+    quiet_transformers()
+    candidate_source = _candidate_source(options, progress)
+    calibrating = options.calibrate and options.tolerance is None and candidate_source.precision is not None
+    reference_dtype = options.dtype or ("float64" if calibrating and not candidate_source.is_llamacpp else "float32")
+    progress.step(f"loading {options.model} ({reference_dtype})")
+    reference_model = load_model(options.model, dtype=reference_dtype)
+    tokens = options.tokens if options.tokens is not None else reference_model.tokenize(options.prompt)
+    progress.step(f"capturing the reference over {len(tokens)} tokens")
+    reference = reference_model.capture(tokens, checkpoints=options.checkpoints, prompt=options.prompt)
+    candidate = candidate_source.trace(reference, options, progress)
+    config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints)
+    if calibrating and candidate_source.precision != reference_dtype:
+        config = _calibrated(config, reference, reference_model, candidate_source, options, progress)
+    if options.save_traces:
+        progress.step(f"saving both traces to {options.save_traces}")
+        save_trace(reference, Path(options.save_traces) / "reference.safetensors", overwrite=options.overwrite)
+        save_trace(candidate, Path(options.save_traces) / "candidate.safetensors", overwrite=options.overwrite)
+    progress.step("comparing")
+    return compare_and_diagnose(reference, candidate, config)
+
+
+def compare_and_diagnose(reference: Trace, candidate: Trace, config: CompareConfig) -> Comparison:
+    from parity.diagnose import diagnose
+
+    return diagnose(compare(reference, candidate, config=config), reference, candidate)
+
+
+def _calibrated(config, reference, reference_model, source, options, progress) -> CompareConfig:
+    """The comparison config with noise floors from a run of the reference at the candidate's precision."""
+    from parity.capture.hf import load_model
+
+    if source.is_llamacpp:
+        from parity.capture.llamacpp_numerics import llamacpp_activation_rounding
+
+        progress.step("calibrating: the reference with llama.cpp's activation rounding")
+        with llamacpp_activation_rounding(reference_model.model, source.gguf):
+            lowp = reference_model.capture(reference.tokens, checkpoints=options.checkpoints)
+        return CompareConfig(tolerance=config.tolerance, checkpoints=config.checkpoints,
+                             noise=noise_floors(reference, lowp), noise_dtype="float32",
+                             noise_label="llama.cpp's activation rounding")
+    progress.step(f"calibrating: the reference in {source.precision}")
+    lowp_model = load_model(options.model, dtype=source.precision)
+    lowp = lowp_model.capture(reference.tokens, checkpoints=options.checkpoints)
+    check_same_tokens(reference, lowp)
+    return CompareConfig(tolerance=config.tolerance, checkpoints=config.checkpoints,
+                         noise=noise_floors(reference, lowp), noise_dtype=source.precision)
+
+
+# --- candidates -------------------------------------------------------------------
+
+
+@dataclass
+class _CandidateSource:
+    spec: str
+    precision: str | None = None     # the candidate's dtype, when known
+    gguf: Path | None = None         # llama.cpp candidates
+    model: object | None = None      # torch candidates
+    loaded: Trace | None = None      # trace candidates
+
+    @property
+    def is_llamacpp(self) -> bool:
+        return self.gguf is not None
+
+    def trace(self, reference: Trace, options: CheckOptions, progress) -> Trace:
+        if self.loaded is not None:
+            return self.loaded
+        if self.gguf is not None:
+            from parity.capture.llamacpp import LlamaCppRunner
+
+            progress.step(f"running {self.gguf.name} in llama.cpp over {len(reference.tokens)} tokens")
+            with LlamaCppRunner(self.gguf) as runner:
+                return runner.capture(reference.tokens, checkpoints=options.checkpoints, prompt=options.prompt)
+        from parity.capture.torch_module import trace_module
+
+        taps = options.taps or getattr(self.model, "parity_taps", None) or _infer_taps(self.model, self.spec)
+        progress.step(f"capturing the candidate over {len(reference.tokens)} tokens")
+        return trace_module(self.model, reference.tokens, taps=taps, checkpoints=options.checkpoints)
+
+
+def _candidate_source(options: CheckOptions, progress) -> _CandidateSource:
+    spec = options.candidate
+    if spec.startswith(LLAMACPP_PREFIX):
+        path = Path(spec.removeprefix(LLAMACPP_PREFIX))
+        if not path.is_file():
+            raise OptionError(f"{path}: no such .gguf file for the llama.cpp candidate")
+        return _CandidateSource(spec, precision="llama.cpp", gguf=path)
+    if Path(spec).exists() and not spec.endswith(".py"):
+        progress.step(f"reading {spec}")
+        trace = load_trace(spec)
+        return _CandidateSource(spec, precision=trace.metadata.get("dtype"), loaded=trace)
+    if ":" not in spec:
+        raise OptionError(f"candidate '{spec}' is neither an existing trace nor MODULE:FACTORY (e.g. my_port.py:build)")
+    progress.step(f"building the candidate from {spec}")
+    model = _call_factory(spec, options.model)
+    dtype = next((str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()), None)
+    return _CandidateSource(spec, precision=dtype, model=model)
+
+
+def _call_factory(spec: str, model_path: str):
+    module_name, _, factory_name = spec.rpartition(":")
+    module = _import(module_name)
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise OptionError(f"{module_name} has no function '{factory_name}'; name a factory that returns the model")
+    takes_path = any(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        for p in inspect.signature(factory).parameters.values()
+    )
+    model = factory(model_path) if takes_path else factory()
+    if not hasattr(model, "named_modules"):
+        raise OptionError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _import(name: str):
+    if name.endswith(".py"):
+        path = Path(name)
+        if not path.exists():
+            raise OptionError(f"{name}: no such file")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
+        return module
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        raise OptionError(f"cannot import '{name}' ({error}); give FILE.py:FACTORY or an importable module") from None
+
+
+def _infer_taps(model, spec: str) -> str:
+    names = {name for name, _ in model.named_modules()}
+    if "model.layers.0" in names:
+        return "hf"
+    if "transformer.h.0" in names:
+        return "nanogpt"
+    raise OptionError(
+        f"parity cannot tell where the checkpoints live in {spec}: set a `parity_taps` attribute on the "
+        "model or pass --taps (see docs/capture.md)"
+    )
+
+
+# --- servers ----------------------------------------------------------------------
+
+
+def _check_server(options: CheckOptions, progress) -> SequenceComparison:
+    from parity.capture.hf import load_model, quiet_transformers
+    from parity.capture.openai_server import OpenAIServer
+    from parity.core.sequence import compare_sequences
+
+    if options.prompt is None:
+        raise OptionError("a server candidate needs --prompt TEXT (it tokenizes the text itself)")
+    quiet_transformers()
+    server = OpenAIServer(options.candidate, model=options.server_model, timeout_s=options.timeout_s)
+    progress.step(f"asking {server.completions_url} for {options.max_tokens} greedy tokens with log-probabilities")
+    candidate = server.complete(options.prompt, max_tokens=options.max_tokens)
+    dtype = options.dtype or "float32"
+    progress.step(f"loading {options.model} ({dtype})")
+    reference = load_model(options.model, dtype=dtype)
+    progress.step("scoring the candidate's text with the reference")
+    return compare_sequences(reference.reference_tokens(candidate.text), candidate)

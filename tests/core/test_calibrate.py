@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from parity.core.calibrate import FLOOR, MULTIPLE, calibrated_tolerance, check_same_tokens, noise_floors
+from parity.core.compare import CompareConfig, compare
+from parity.core.errors import OptionError
+from parity.core.trace import make_trace
+
+RNG = np.random.default_rng(5)
+REFERENCE = {"layers.0.q": RNG.standard_normal((6, 16)), "layers.0.out": RNG.standard_normal((6, 16))}
+
+
+def noisy(scale, seed):
+    rng = np.random.default_rng(seed)
+    return {name: value * (1 + scale * rng.standard_normal(value.shape)) for name, value in REFERENCE.items()}
+
+
+def test_noise_floor_is_the_low_precision_runs_error():
+    floors = noise_floors(make_trace(REFERENCE), make_trace(noisy(1e-3, 1)))
+    assert set(floors) == set(REFERENCE)
+    assert 5e-4 < floors["layers.0.q"].rel_l2 < 2e-3
+    assert floors["layers.0.q"].position_rel_l2 >= floors["layers.0.q"].rel_l2
+
+
+def test_a_candidate_with_noise_like_the_calibration_run_passes_and_ten_times_more_fails():
+    config = CompareConfig(noise=noise_floors(make_trace(REFERENCE), make_trace(noisy(1e-3, 1))), noise_dtype="bfloat16")
+    assert compare(make_trace(REFERENCE), make_trace(noisy(1e-3, 2)), config=config)
+    failing = compare(make_trace(REFERENCE), make_trace(noisy(1e-1, 2)), config=config)
+    assert not failing
+    result = failing.result("layers.0.q")
+    assert result.tolerance.calibrated and "against a noise floor" in result.reason
+
+
+def test_a_bug_at_one_position_fails_even_when_the_whole_tensor_is_within_bounds():
+    reference_lowp = noisy(1e-3, 1)
+    candidate = noisy(1e-3, 2)
+    candidate["layers.0.out"] = candidate["layers.0.out"].copy()
+    candidate["layers.0.out"][5] *= 1.02  # 2% at one token: under 3x the whole-tensor noise, far above one position's
+    config = CompareConfig(noise=noise_floors(make_trace(REFERENCE), make_trace(reference_lowp)), noise_dtype="float32")
+    comparison = compare(make_trace(REFERENCE), make_trace(candidate), config=config)
+    assert comparison.result("layers.0.out").failed and comparison.first_divergence.position == 5
+
+
+def test_calibrated_tolerance_bounds():
+    from parity.core.calibrate import NoiseFloor
+
+    tolerance = calibrated_tolerance(NoiseFloor(0.01, 0.03), "bfloat16")
+    assert tolerance.max_rel_l2 == MULTIPLE * 0.01 + FLOOR["bfloat16"]
+    assert tolerance.max_position_rel_l2 == MULTIPLE * 0.03 + FLOOR["bfloat16"]
+    assert "noise of bfloat16" in tolerance.basis
+
+
+def test_exact_checkpoints_get_the_floor():
+    config = CompareConfig(noise=noise_floors(make_trace(REFERENCE), make_trace(dict(REFERENCE))), noise_dtype="float32")
+    assert compare(make_trace(REFERENCE), make_trace({k: v * (1 + 1e-8) for k, v in REFERENCE.items()}), config=config)
+    assert not compare(make_trace(REFERENCE), make_trace({k: v * (1 + 1e-4) for k, v in REFERENCE.items()}), config=config)
+
+
+def test_calibration_runs_must_share_the_tokens():
+    with pytest.raises(OptionError, match="other token ids"):
+        check_same_tokens(make_trace(REFERENCE, {"tokens": [1, 2]}), make_trace(REFERENCE, {"tokens": [1, 3]}))

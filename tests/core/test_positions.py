@@ -1,0 +1,29 @@
+import numpy as np
+
+from parity.core.positions import layer_position_matrix, per_head_rel_l2, position_profile
+from parity.core.trace import make_trace
+
+RNG = np.random.default_rng(7)
+
+
+def test_per_head_error_of_attention_probabilities_and_projections():
+    reference = {"layers.0.attn_probs": RNG.random((4, 3, 3)), "layers.0.q": RNG.standard_normal((3, 8)),
+                 "layers.0.k": RNG.standard_normal((3, 4))}
+    candidate = {name: value.copy() for name, value in reference.items()}
+    candidate["layers.0.attn_probs"][2] *= 1.5
+    candidate["layers.0.k"][:, 2:] *= -1            # the second of 2 KV heads (head_dim 2)
+    reference_trace, candidate_trace = make_trace(reference), make_trace(candidate)
+    assert [h > 0 for h in per_head_rel_l2("layers.0.attn_probs", reference_trace, candidate_trace)] == [False, False, True, False]
+    assert [h > 0 for h in per_head_rel_l2("layers.0.k", reference_trace, candidate_trace)] == [False, True]
+    assert len(per_head_rel_l2("layers.0.q", reference_trace, candidate_trace)) == 4
+
+
+def test_position_profile_and_layer_matrix():
+    reference = {f"layers.{i}.out": RNG.standard_normal((5, 6)) for i in range(3)}
+    candidate = {name: value.copy() for name, value in reference.items()}
+    candidate["layers.1.out"][4] += 1.0
+    reference_trace, candidate_trace = make_trace(reference), make_trace(candidate)
+    profile = position_profile("layers.1.out", reference_trace, candidate_trace)
+    assert len(profile) == 5 and profile[4] > 0 and max(profile[:4]) == 0
+    matrix = layer_position_matrix(reference_trace, candidate_trace)
+    assert len(matrix) == 3 and matrix[1][4] > 0 and max(matrix[0]) == 0

@@ -1,0 +1,49 @@
+import numpy as np
+
+from helpers import causes, diagnoses, rng
+
+R = rng(1)
+BASE = {"embed": R.standard_normal((6, 32)), "layers.0.q": R.standard_normal((6, 32)),
+        "layers.0.k": R.standard_normal((6, 32)), "layers.0.attn_probs": R.random((4, 6, 6))}
+
+
+def with_(**changes):
+    return {**BASE, **{name.replace("__", "."): value for name, value in changes.items()}}
+
+
+def test_token_shift_an_extra_token_at_the_start():
+    candidate = with_(embed=np.vstack([R.standard_normal((1, 32)), BASE["embed"]]))
+    assert diagnoses(BASE, candidate) == [("token_shift", "embed")]
+
+
+def test_token_shift_needs_the_shifted_rows_to_match():
+    assert "token_shift" not in causes(BASE, with_(embed=R.standard_normal((7, 32))))
+
+
+def test_layout_permuted_same_shape_axes_transposed():
+    candidate = with_(layers__0__attn_probs=BASE["layers.0.attn_probs"].transpose(0, 2, 1).copy())
+    assert ("layout_permuted", "layers.0.attn_probs") in diagnoses(BASE, candidate)
+
+
+def test_layout_permuted_reported_for_an_aligned_layout_that_passes():
+    candidate = with_(layers__0__attn_probs=BASE["layers.0.attn_probs"].transpose(1, 0, 2).copy())
+    found = diagnoses(BASE, candidate)
+    assert ("layout_permuted", "layers.0.attn_probs") in found
+
+
+def test_swapped_q_and_k():
+    candidate = with_(layers__0__q=BASE["layers.0.k"], layers__0__k=BASE["layers.0.q"])
+    assert diagnoses(BASE, candidate) == [("swapped", "layers.0.q")]
+
+
+def test_sign_flip():
+    assert diagnoses(BASE, with_(layers__0__k=-BASE["layers.0.k"])) == [("sign_flip", "layers.0.k")]
+
+
+def test_scale_factor_names_the_factor():
+    found = diagnoses(BASE, with_(layers__0__q=BASE["layers.0.q"] * 8 ** 0.5))
+    assert found == [("scale_factor", "layers.0.q")]
+
+
+def test_no_cause_for_unrelated_noise():
+    assert causes(BASE, with_(layers__0__q=BASE["layers.0.q"] + 0.3 * R.standard_normal((6, 32)))) == set()
