@@ -174,14 +174,23 @@ def _call_factory(spec: str, model_path: str):
         p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
         for p in inspect.signature(factory).parameters.values()
     )
-    model = factory(model_path) if takes_path else factory()
+    try:
+        model = factory(model_path) if takes_path else factory()
+    except Exception as error:  # the user's code: say where it failed, in one line
+        raise OptionError(f"{spec} failed: {_where(error)}") from error
     if not hasattr(model, "named_modules"):
         raise OptionError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
 def _import(name: str):
-    if name.endswith(".py"):
+    """Import FILE.py as a script would run (its directory and the working directory importable), or a module."""
+    for directory in ([str(Path(name).resolve().parent)] if name.endswith(".py") else []) + [str(Path.cwd())]:
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+    try:
+        if not name.endswith(".py"):
+            return importlib.import_module(name)
         path = Path(name)
         if not path.exists():
             raise OptionError(f"{name}: no such file")
@@ -190,11 +199,19 @@ def _import(name: str):
         sys.modules[path.stem] = module
         spec.loader.exec_module(module)
         return module
-    sys.path.insert(0, str(Path.cwd()))
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        raise OptionError(f"cannot import '{name}' ({error}); give FILE.py:FACTORY or an importable module") from None
+    except OptionError:
+        raise
+    except Exception as error:
+        raise OptionError(f"importing {name} failed: {_where(error)}") from error
+
+
+def _where(error: BaseException) -> str:
+    """'ExceptionType: message (at file:line)', the line being the innermost frame of the user's code."""
+    import traceback
+
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__) if "/parity/" not in frame.filename]
+    at = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {error}{at}"
 
 
 def _infer_taps(model, spec: str) -> str:

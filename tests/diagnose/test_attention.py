@@ -1,6 +1,6 @@
 import numpy as np
 
-from helpers import CONFIG, causes, diagnoses, rng
+from detector_cases import CONFIG, causes, diagnoses, rng
 from parity.diagnose.attention import apply_rope, attention_probabilities
 
 R = rng(2)

@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 
-from helpers import CONFIG, causes, diagnoses, rng
+from detector_cases import CONFIG, causes, diagnoses, rng
 from parity.diagnose.layers import ACTIVATIONS
 
 R = rng(3)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from helpers import causes, diagnoses, rng
+from detector_cases import causes, diagnoses, rng
 
 R = rng(1)
 BASE = {"embed": R.standard_normal((6, 32)), "layers.0.q": R.standard_normal((6, 32)),

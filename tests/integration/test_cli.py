@@ -126,3 +126,64 @@ def test_help_is_each_commands_docstring():
     assert result.returncode == 0
     assert "Compare two traces checkpoint by checkpoint" in result.stdout
     assert "Exit codes: 0 parity holds, 1 a divergence was found, 2 unusable input." in parity("--help").stdout
+
+
+BF16_FACTORY = (
+    "import torch, llama_port\n"
+    "def correct(path):\n"
+    "    return llama_port.build(path, dtype=torch.bfloat16)\n"
+    "def wrong_eps(path):\n"
+    "    return llama_port.build(path, llama_port.Bugs(norm_eps=1e-5), dtype=torch.bfloat16)\n"
+)
+
+
+def test_check_calibrates_a_bfloat16_port_by_itself(model_dirs, tmp_path):
+    factory = tmp_path / "bf16_port.py"
+    factory.write_text(BF16_FACTORY)
+    report = tmp_path / "r.json"
+    result = parity("check", model_dirs["qwen3"], f"{factory}:correct", "--tokens", TOKEN_ARG, "--json", report,
+                    cwd=ROOT / "examples")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tolerances: 3x the noise of bfloat16" in result.stdout and "err/noise" in result.stdout
+    data = json.loads(report.read_text())
+    assert data["calibrated"] and data["reference"]["dtype"] == "float64"
+    entry = next(c for c in data["checkpoints"] if c["name"] == "layers.1.out")
+    assert entry["tolerance"]["noise_rel_l2"] > 0 and entry["metrics"]["rel_l2"] <= entry["tolerance"]["max_rel_l2"]
+
+
+def test_check_finds_and_names_a_bug_in_a_bfloat16_port(model_dirs, tmp_path):
+    factory = tmp_path / "bf16_port.py"
+    factory.write_text(BF16_FACTORY)
+    report = tmp_path / "r.json"
+    result = parity("check", model_dirs["llama"], f"{factory}:wrong_eps", "--tokens", TOKEN_ARG, "--json", report,
+                    cwd=ROOT / "examples")
+    assert result.returncode == 1
+    assert "diagnosis norm_epsilon" in result.stdout
+    data = json.loads(report.read_text())
+    assert data["first_divergence"]["checkpoint"] == "layers.0.attn_norm"
+    assert len(data["first_divergence"]["per_position"]) == len(TOKENS)
+    assert len(data["position_matrix"]["rel_l2"]) == 3
+    assert any(d["cause"] == "norm_epsilon" for d in data["diagnoses"])
+    uncalibrated = parity("check", model_dirs["llama"], f"{factory}:wrong_eps", "--tokens", TOKEN_ARG, "--no-calibrate",
+                          "--json", "-", cwd=ROOT / "examples")
+    assert json.loads(uncalibrated.stdout)["calibrated"] is False
+
+
+def test_compare_with_a_calibration_trace(model_dirs, tmp_path):
+    traces = tmp_path / "traces"
+    factory = tmp_path / "bf16_port.py"
+    factory.write_text(BF16_FACTORY)
+    parity("check", model_dirs["llama"], f"{factory}:correct", "--tokens", TOKEN_ARG, "--save-traces", traces,
+           "--no-calibrate", "--dtype", "float64", cwd=ROOT / "examples")
+    lowp = tmp_path / "lowp.safetensors"
+    assert parity("capture", model_dirs["llama"], "--tokens", TOKEN_ARG, "--dtype", "bfloat16", "-o", lowp).returncode == 0
+    result = parity("compare", traces / "reference.safetensors", traces / "candidate.safetensors", "--calibrate", lowp)
+    assert result.returncode == 0, result.stdout
+    assert "noise of bfloat16" in result.stdout
+    assert_unusable(parity("compare", traces / "reference.safetensors", traces / "candidate.safetensors",
+                           "--calibrate", lowp, "--atol", "1", "--rtol", "1"), "drop --atol/--rtol")
+
+
+def test_emulating_llamacpp_needs_the_gguf(model_dirs, tmp_path):
+    assert_unusable(parity("capture", model_dirs["llama"], "--tokens", "1,2", "--emulate", "llamacpp",
+                           "-o", tmp_path / "x.safetensors"), "needs MODEL to be the .gguf file")

@@ -26,10 +26,14 @@ def failing_comparison():
 
 def test_report_has_the_documented_top_level_schema():
     report = to_dict(failing_comparison())
-    assert set(report) == {"schema", "verdict", "first_divergence", "summary", "checkpoints", "missing", "extra",
-                           "diagnoses", "notes", "reference", "candidate"}
-    assert report["schema"] == SCHEMA and report["verdict"] == "fail"
-    assert report["first_divergence"] == {"checkpoint": "layers.0.out", "layer": 0, "kind": "out", "position": 1}
+    assert set(report) == {"schema", "verdict", "calibrated", "first_divergence", "origin", "summary", "checkpoints",
+                           "position_matrix", "missing", "extra", "diagnoses", "notes", "reference", "candidate"}
+    assert report["schema"] == SCHEMA and report["verdict"] == "fail" and report["calibrated"] is False
+    divergence = report["first_divergence"]
+    assert {k: divergence[k] for k in ("checkpoint", "layer", "kind", "position")} == {
+        "checkpoint": "layers.0.out", "layer": 0, "kind": "out", "position": 1}
+    assert len(divergence["per_position"]) == 3 and divergence["per_head"] == []
+    assert report["position_matrix"]["checkpoint"] == "layers.{i}.out" and len(report["position_matrix"]["rel_l2"]) == 1
     assert report["missing"] == ["layers.0.q"] and report["extra"] == ["layers.0.k"]
     assert report["diagnoses"] == [] and report["reference"]["tokens"] == [1, 2, 3]
     assert report["candidate"]["producer"] == "port"
@@ -40,11 +44,12 @@ def test_checkpoint_entries_carry_metrics_tolerance_and_shapes_in_flow_order():
     report = to_dict(failing_comparison())
     assert [c["name"] for c in report["checkpoints"]] == ["embed", "layers.0.out", "logits"]
     entry = report["checkpoints"][1]
-    assert set(entry) == {"name", "layer", "kind", "status", "metrics", "tolerance", "shape_ref", "shape_cand", "layout", "reason"}
+    assert set(entry) == {"name", "layer", "kind", "status", "metrics", "tolerance", "shape_ref", "shape_cand", "layout", "reason",
+                          "introduced_rel_l2", "inherited_rel_l2"}
     assert entry["status"] == "fail" and entry["shape_ref"] == [3, 4] and entry["shape_cand"] == [3, 4]
     assert set(entry["metrics"]) == {"max_abs", "mean_abs", "rel_l2", "cosine", "max_rel", "mismatched", "numel", "nan_ref",
-                                     "nan_cand", "inf_ref", "inf_cand", "worst_index", "worst_position"}
-    assert set(entry["tolerance"]) == {"atol", "rtol", "basis"}
+                                     "nan_cand", "inf_ref", "inf_cand", "worst_index", "worst_position", "position_rel_l2"}
+    assert set(entry["tolerance"]) == {"atol", "rtol", "basis", "max_rel_l2", "max_position_rel_l2", "noise_rel_l2"}
 
 
 def test_nonfinite_metrics_become_null_so_the_output_is_strict_json():

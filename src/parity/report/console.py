@@ -123,7 +123,7 @@ def _grid(comparison: Comparison):
     kinds, layers = _layer_table(comparison)
     if not layers:
         return None
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False, collapse_padding=True)
     table.add_column("layer", justify="right", style="bold")
     for kind in kinds:
         table.add_column(SHORT_NAMES[kind], justify="center", no_wrap=True)
