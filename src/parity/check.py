@@ -45,6 +45,7 @@ class CheckOptions:
     taps: str | None = None
     save_traces: Path | None = None
     overwrite: bool = False
+    replay: bool = False                # torch candidates: also run each block and op on the reference's inputs
     max_tokens: int = 16                # server candidates
     timeout_s: float = 60.0
     server_model: str | None = None
@@ -84,7 +85,32 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
         save_trace(reference, Path(options.save_traces) / "reference.safetensors", overwrite=options.overwrite)
         save_trace(candidate, Path(options.save_traces) / "candidate.safetensors", overwrite=options.overwrite)
     progress.step("comparing")
-    return compare_and_diagnose(reference, candidate, config)
+    comparison = compare_and_diagnose(reference, candidate, config)
+    if options.replay:
+        comparison = _with_replay(comparison, reference, candidate_source, options, progress)
+    return comparison
+
+
+def _with_replay(comparison: Comparison, reference: Trace, source, options: CheckOptions, progress) -> Comparison:
+    """The comparison with each block's and each op's own error, measured on the reference's inputs."""
+    import dataclasses
+
+    from parity.capture.replay import replay_module
+    from parity.core.names import parse
+
+    if source.model is None:
+        raise OptionError("--replay needs a PyTorch candidate (FILE.py:FACTORY): it reruns the candidate's modules")
+    progress.step("replaying each block and op on the reference's inputs")
+    replay = replay_module(source.model, reference, taps=source.taps(options), checkpoints=options.checkpoints)
+    config = CompareConfig(tolerance=Tolerance(0.0, 0.0, "replay"), checkpoints=options.checkpoints)
+    ops = compare(reference, replay.ops, config=config)
+    blocks = compare(reference, replay.blocks, config=config)
+    return dataclasses.replace(
+        comparison,
+        local_rel_l2={r.name: r.metrics.rel_l2 for r in ops.checkpoints if r.metrics is not None},
+        block_local_rel_l2={parse(r.name).layer: r.metrics.rel_l2 for r in blocks.checkpoints
+                            if r.metrics is not None and parse(r.name) and parse(r.name).kind == "out"},
+    )
 
 
 def compare_and_diagnose(reference: Trace, candidate: Trace, config: CompareConfig) -> Comparison:
@@ -140,9 +166,11 @@ class _CandidateSource:
                 return runner.capture(reference.tokens, checkpoints=options.checkpoints, prompt=options.prompt)
         from parity.capture.torch_module import trace_module
 
-        taps = options.taps or getattr(self.model, "parity_taps", None) or _infer_taps(self.model, self.spec)
         progress.step(f"capturing the candidate over {len(reference.tokens)} tokens")
-        return trace_module(self.model, reference.tokens, taps=taps, checkpoints=options.checkpoints)
+        return trace_module(self.model, reference.tokens, taps=self.taps(options), checkpoints=options.checkpoints)
+
+    def taps(self, options: CheckOptions):
+        return options.taps or getattr(self.model, "parity_taps", None) or _infer_taps(self.model, self.spec)
 
 
 def _candidate_source(options: CheckOptions, progress) -> _CandidateSource:

@@ -173,7 +173,7 @@ def cmd_check(args) -> int:
         dtype=args.dtype, calibrate=not args.no_calibrate, checkpoints=args.checkpoints,
         tolerance=user_tolerance(args.atol, args.rtol), taps=args.taps,
         save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
-        max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model,
+        max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model, replay=args.replay,
     )
     with _progress() as progress:
         comparison = run_check(options, progress)
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(check)
     _add_tolerance_options(check)
     check.add_argument("--no-calibrate", action="store_true", help="use the dtype tables, not a calibration run")
+    check.add_argument("--replay", action="store_true",
+                       help="torch candidates: rerun each block and op on the reference's inputs (local vs propagated error)")
     check.add_argument("--taps", help="built-in checkpoint mapping for a module candidate: hf, nanogpt, llama, gpt2")
     check.add_argument("--save-traces", metavar="DIR", help="also write reference.safetensors and candidate.safetensors here")
     check.add_argument("-n", "--max-tokens", type=int, default=16, help="server candidates: greedy tokens to generate")

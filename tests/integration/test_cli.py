@@ -187,3 +187,17 @@ def test_compare_with_a_calibration_trace(model_dirs, tmp_path):
 def test_emulating_llamacpp_needs_the_gguf(model_dirs, tmp_path):
     assert_unusable(parity("capture", model_dirs["llama"], "--tokens", "1,2", "--emulate", "llamacpp",
                            "-o", tmp_path / "x.safetensors"), "needs MODEL to be the .gguf file")
+
+
+def test_check_replay_shows_local_against_propagated_error(model_dirs, tmp_path):
+    factory = tmp_path / "residual.py"
+    factory.write_text("import llama_port\ndef build(path):\n"
+                       "    return llama_port.build(path, llama_port.Bugs(missing_residual_layer=1))\n")
+    report = tmp_path / "r.json"
+    result = parity("check", model_dirs["llama"], f"{factory}:build", "--tokens", TOKEN_ARG, "--replay",
+                    "--json", report, cwd=ROOT / "examples")
+    assert result.returncode == 1 and "local/propagated" in result.stdout
+    blocks = {b["layer"]: b for b in json.loads(report.read_text())["replay"]["blocks"]}
+    assert blocks[2]["local_rel_l2"] < 1e-5 < blocks[2]["propagated_rel_l2"]
+    assert_unusable(parity("check", model_dirs["llama"], report.parent / "nope", "--tokens", "1", "--replay"),
+                    "neither an existing trace")

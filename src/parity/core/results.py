@@ -145,6 +145,7 @@ class Comparison:
     attributions: Mapping[str, Attribution] = field(default_factory=dict)  # introduced vs inherited error
     position_matrix: tuple[tuple[float, ...], ...] = ()  # rel_l2 of layers.{i}.out per token position
     local_rel_l2: Mapping[str, float] = field(default_factory=dict)  # replay: each op's error on the reference's inputs
+    block_local_rel_l2: Mapping[int, float] = field(default_factory=dict)  # replay: each block's, on its reference input
     calibrated: bool = False
 
     def __bool__(self) -> bool:

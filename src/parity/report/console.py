@@ -127,14 +127,27 @@ def _grid(comparison: Comparison):
     table.add_column("layer", justify="right", style="bold")
     for kind in kinds:
         table.add_column(SHORT_NAMES[kind], justify="center", no_wrap=True)
-    table.add_column("err/noise" if comparison.calibrated else "max rel_l2", justify="right")
+    replayed = bool(comparison.block_local_rel_l2)
+    table.add_column("local/propagated" if replayed else "err/noise" if comparison.calibrated else "max rel_l2",
+                     justify="right")
     for layer in sorted(layers):
         row = layers[layer]
         cells = [Text(*_cell(row.get(kind))) if kind in row else Text(" ") for kind in kinds]
         results = [result for result in row.values() if result is not None]
-        worst = _worst_noise_ratio(results) if comparison.calibrated else _worst_rel_l2(results)
-        table.add_row(str(layer), *cells, worst)
+        if replayed:
+            last = _local_and_propagated(layer, row, comparison)
+        else:
+            last = _worst_noise_ratio(results) if comparison.calibrated else _worst_rel_l2(results)
+        table.add_row(str(layer), *cells, last)
     return table
+
+
+def _local_and_propagated(layer: int, row: dict, comparison: Comparison) -> str:
+    """The block output's own error (replayed on the reference's input) and its error in the normal run."""
+    local = comparison.block_local_rel_l2.get(layer)
+    out = row.get("out")
+    propagated = out.metrics.rel_l2 if out is not None and out.metrics is not None else None
+    return "/".join("-" if value is None else f"{value:.0e}" for value in (local, propagated))
 
 
 def _worst_noise_ratio(results) -> str:

@@ -39,6 +39,12 @@ def to_dict(comparison: Comparison) -> dict[str, Any]:
                             "rel_l2": [[_number(v) for v in row] for row in comparison.position_matrix]},
         "missing": list(comparison.missing),
         "extra": list(comparison.extra),
+        "replay": None if not comparison.block_local_rel_l2 else {
+            "blocks": [{"layer": layer, "local_rel_l2": _number(value),
+                        "propagated_rel_l2": _propagated(comparison, layer)}
+                       for layer, value in sorted(comparison.block_local_rel_l2.items())],
+            "checkpoints": {name: _number(value) for name, value in comparison.local_rel_l2.items()},
+        },
         "diagnoses": [
             {"cause": d.cause, "checkpoint": d.checkpoint, "message": d.message} for d in comparison.diagnoses
         ],
@@ -46,6 +52,11 @@ def to_dict(comparison: Comparison) -> dict[str, Any]:
         "reference": _json_safe(comparison.reference_metadata),
         "candidate": _json_safe(comparison.candidate_metadata),
     }
+
+
+def _propagated(comparison: Comparison, layer: int) -> float | None:
+    result = comparison.result(f"layers.{layer}.out")
+    return None if result is None or result.metrics is None else _number(result.metrics.rel_l2)
 
 
 def _divergence(divergence) -> dict[str, Any] | None:
