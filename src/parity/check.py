@@ -14,6 +14,7 @@ emulated), and each checkpoint is held to the noise that precision produces.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import inspect
@@ -82,8 +83,11 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
         config = _calibrated(config, reference, reference_model, candidate_source, options, progress)
     if options.save_traces:
         progress.step(f"saving both traces to {options.save_traces}")
-        save_trace(reference, Path(options.save_traces) / "reference.safetensors", overwrite=options.overwrite)
-        save_trace(candidate, Path(options.save_traces) / "candidate.safetensors", overwrite=options.overwrite)
+        reference, candidate = (
+            dataclasses.replace(trace, source=str(save_trace(trace, Path(options.save_traces) / f"{role}.safetensors",
+                                                             overwrite=options.overwrite)))
+            for role, trace in (("reference", reference), ("candidate", candidate))
+        )
     progress.step("comparing")
     comparison = compare_and_diagnose(reference, candidate, config)
     if options.replay:
@@ -93,8 +97,6 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
 
 def _with_replay(comparison: Comparison, reference: Trace, source, options: CheckOptions, progress) -> Comparison:
     """The comparison with each block's and each op's own error, measured on the reference's inputs."""
-    import dataclasses
-
     from parity.capture.replay import replay_module
     from parity.core.names import parse
 

@@ -180,6 +180,28 @@ def cmd_check(args) -> int:
     return _report(comparison, args)
 
 
+# --- repro ----------------------------------------------------------------------
+
+
+def cmd_repro(args) -> int:
+    """Write the first divergent op alone as a test: its reference inputs, weights, expected output.
+
+    Reads a JSON report (parity check --json OUT --save-traces DIR records where its
+    traces are), takes the checkpoint where the error was introduced (else the first
+    divergence, or --checkpoint), and writes to -o DIR the reference's inputs to it,
+    its parameters (with --model), its expected output and a pytest file that runs
+    a function of yours (PARITY_REPRO_OP=module:function) on them.
+    """
+    from parity.repro import write_repro
+
+    repro = write_repro(Path(args.report), Path(args.output), reference_path=args.reference, model=args.model,
+                        checkpoint=args.checkpoint, overwrite=args.force)
+    print(f"wrote {repro.checkpoint} alone to {repro.directory}: inputs {', '.join(repro.inputs)}; "
+          f"weights {', '.join(repro.weights) or 'none'}; run: PARITY_REPRO_OP=module:function "
+          f"pytest {repro.directory / 'test_repro.py'}")
+    return EXIT_PASS
+
+
 # --- arguments ----------------------------------------------------------------------
 
 
@@ -256,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-n", "--max-tokens", type=int, default=16, help="server candidates: greedy tokens to generate")
     check.add_argument("--timeout", type=float, default=60.0, help="server candidates: seconds to wait for an answer")
     check.add_argument("--server-model", help="server candidates: the 'model' field to send")
+    repro = _command(subparsers, "repro", cmd_repro)
+    repro.add_argument("report", metavar="REPORT", help="a JSON report of parity check or compare")
+    repro.add_argument("-o", "--output", required=True, help="directory to write")
+    repro.add_argument("--reference", help="the reference trace (default: the path the report records)")
+    repro.add_argument("--model", help="the reference model, to export the op's weights")
+    repro.add_argument("--checkpoint", help="reproduce this checkpoint instead of the report's divergence")
+    repro.add_argument("--force", action="store_true", help="write into a directory that is not empty")
     return parser
 
 
