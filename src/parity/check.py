@@ -47,6 +47,7 @@ class CheckOptions:
     save_traces: Path | None = None
     overwrite: bool = False
     replay: bool = False                # torch candidates: also run each block and op on the reference's inputs
+    weights: bool = False               # also capture each tapped module's parameters (weight_mismatch)
     max_tokens: int = 16                # server candidates
     timeout_s: float = 60.0
     server_model: str | None = None
@@ -76,7 +77,8 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
     reference_model = load_model(options.model, dtype=reference_dtype)
     tokens = options.tokens if options.tokens is not None else reference_model.tokenize(options.prompt)
     progress.step(f"capturing the reference over {len(tokens)} tokens")
-    reference = reference_model.capture(tokens, checkpoints=options.checkpoints, prompt=options.prompt)
+    reference = reference_model.capture(tokens, checkpoints=options.checkpoints, prompt=options.prompt,
+                                        weights=options.weights)
     candidate = candidate_source.trace(reference, options, progress)
     config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints)
     if calibrating and candidate_source.precision != reference_dtype:
@@ -169,7 +171,8 @@ class _CandidateSource:
         from parity.capture.torch_module import trace_module
 
         progress.step(f"capturing the candidate over {len(reference.tokens)} tokens")
-        return trace_module(self.model, reference.tokens, taps=self.taps(options), checkpoints=options.checkpoints)
+        return trace_module(self.model, reference.tokens, taps=self.taps(options), checkpoints=options.checkpoints,
+                            weights=options.weights)
 
     def taps(self, options: CheckOptions):
         return options.taps or getattr(self.model, "parity_taps", None) or _infer_taps(self.model, self.spec)

@@ -50,14 +50,15 @@ def cmd_capture(args) -> int:
             trace = _capture_llamacpp(args.model, args.prompt, tokens, args.checkpoints, progress)
         else:
             trace = _capture_reference(args.model, args.prompt, tokens, args.dtype or "float32", args.checkpoints,
-                                       progress, emulate=args.emulate)
+                                       progress, emulate=args.emulate, weights=args.weights)
         progress.step(f"writing {args.output}")
         save_trace(trace, args.output, overwrite=args.force)
     print(f"wrote {len(trace.tensors)} checkpoints over {len(trace.tokens or [])} tokens to {args.output}")
     return EXIT_PASS
 
 
-def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, progress, emulate=None) -> Trace:
+def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, progress, emulate=None,
+                       weights: bool = False) -> Trace:
     from contextlib import nullcontext
 
     from parity.capture.hf import load_model, quiet_transformers
@@ -76,7 +77,7 @@ def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, prog
         rounding = llamacpp_activation_rounding(reference.model, model)
     progress.step(f"capturing the reference over {len(ids)} tokens" + (" with llama.cpp's rounding" if emulate else ""))
     with rounding:
-        trace = reference.capture(ids, checkpoints=checkpoints, prompt=prompt)
+        trace = reference.capture(ids, checkpoints=checkpoints, prompt=prompt, weights=weights)
     return trace if not emulate else make_trace(trace.tensors, {**trace.metadata, "emulates": emulate}, source=trace.source)
 
 
@@ -174,6 +175,7 @@ def cmd_check(args) -> int:
         tolerance=user_tolerance(args.atol, args.rtol), taps=args.taps,
         save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
         max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model, replay=args.replay,
+        weights=args.weights,
     )
     with _progress() as progress:
         comparison = run_check(options, progress)
@@ -257,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--checkpoints", metavar="GLOB", help="only these checkpoints, e.g. 'layers.*.q,logits'")
     capture.add_argument("--force", action="store_true", help="replace the output file if it exists")
     capture.add_argument("--emulate", choices=("llamacpp",), help="round activations as llama.cpp does (a calibration run)")
+    capture.add_argument("--weights", action="store_true", help="also store each tapped module's parameters")
 
     compare_parser = _command(subparsers, "compare", cmd_compare)
     compare_parser.add_argument("reference", metavar="REF", help="the reference trace")
@@ -271,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(check)
     _add_tolerance_options(check)
     check.add_argument("--no-calibrate", action="store_true", help="use the dtype tables, not a calibration run")
+    check.add_argument("--weights", action="store_true",
+                       help="also capture each tapped module's parameters, to tell a weight mismatch")
     check.add_argument("--replay", action="store_true",
                        help="torch candidates: rerun each block and op on the reference's inputs (local vs propagated error)")
     check.add_argument("--taps", help="built-in checkpoint mapping for a module candidate: hf, nanogpt, llama, gpt2")

@@ -108,3 +108,11 @@ def test_heads_are_flattened_and_the_batch_axis_dropped():
 
     trace = trace_module(Heads(), [1, 2, 3, 4, 5], taps={"q": "layers.0.q"}, checkpoints="layers.*")
     assert trace["layers.0.q"].shape == (5, 12)
+
+
+def test_weights_of_tapped_modules_are_recorded_on_request():
+    model = Tiny()
+    trace = trace_module(model, [1, 2], taps=TAPS, weights=True)
+    np.testing.assert_array_equal(trace["layers.0.attn_norm.weight"], model.blocks[0].norm.weight.detach().numpy())
+    assert "layers.0.attn_norm.bias" in trace and "embed.weight" in trace
+    assert "layers.0.attn_norm.weight" not in trace_module(model, [1, 2], taps=TAPS)

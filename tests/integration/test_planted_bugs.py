@@ -79,3 +79,19 @@ def test_nan_is_reported_with_its_position(model_dirs, reference_traces):
     result = comparison.result("layers.1.mlp_out")
     assert result.metrics.nan_candidate == 1
     assert comparison.first_divergence.position == len(TOKENS) - 1
+
+
+def test_a_wrongly_converted_weight_is_named_when_both_traces_carry_weights(model_dirs):
+    from parity.capture.hf import load_model
+    from parity.diagnose import diagnose
+
+    reference_model = load_model(model_dirs["llama"])
+    reference = reference_model.capture(TOKENS, weights=True)
+    converted = load_model(model_dirs["llama"]).model
+    with torch.no_grad():
+        converted.model.layers[1].self_attn.k_proj.weight.neg_()
+    candidate = trace_module(converted, TOKENS, taps="hf", weights=True)
+    comparison = diagnose(compare(reference, candidate), reference, candidate)
+    assert comparison.first_divergence.checkpoint == "layers.1.k"
+    found = {(d.cause, d.checkpoint): d.message for d in comparison.diagnoses}
+    assert "it is negated" in found[("weight_mismatch", "layers.1.k")]

@@ -67,7 +67,8 @@ class HFModel:
         logprobs = torch.log_softmax(logits, dim=-1).numpy()
         return ReferenceTokens(pieces, offsets, logprobs, self.vocab_pieces())
 
-    def capture(self, tokens: list[int], *, checkpoints: str | None = None, prompt: str | None = None) -> Trace:
+    def capture(self, tokens: list[int], *, checkpoints: str | None = None, prompt: str | None = None,
+                weights: bool = False) -> Trace:
         import transformers
 
         if not tokens:
@@ -82,7 +83,8 @@ class HFModel:
             "prompt": prompt,
             "config": json.loads(self.model.config.to_json_string(use_diff=False)),
         }
-        return trace_module(self.model, tokens, taps=FAMILY_TAPS[self.family], checkpoints=checkpoints, metadata=metadata)
+        return trace_module(self.model, tokens, taps=FAMILY_TAPS[self.family], checkpoints=checkpoints,
+                            metadata=metadata, weights=weights)
 
 
 def _from_pretrained_args(path: Path) -> tuple[str, dict]:

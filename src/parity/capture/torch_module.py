@@ -70,10 +70,11 @@ class ModuleTracer:
         tensors = tracer.tensors
     """
 
-    def __init__(self, model, taps: TapsLike, *, checkpoints: str | None = None) -> None:
+    def __init__(self, model, taps: TapsLike, *, checkpoints: str | None = None, weights: bool = False) -> None:
         self.model = model
         self.taps = resolve_taps(taps)
         self.checkpoints = checkpoints
+        self.weights = weights  # also record each output-tapped module's own parameters
         self.tensors: dict[str, Any] = {}
         self.matched: set[Tap] = set()
         self._stack = ExitStack()
@@ -95,6 +96,9 @@ class ModuleTracer:
                         attention_listeners[id(module)] = self._attention_listener(names)
                     else:
                         self._hook(module, tap.io, names)
+                    if self.weights and tap.io == "output" and len(names) == 1 and self._wanted(names[0]):
+                        for parameter, value in module.named_parameters(recurse=False):
+                            self.tensors.setdefault(f"{names[0]}.{parameter}", value.detach().to("cpu").clone())
             if attention_listeners:
                 from parity.capture.hf_attention import is_hf_model, recording_attention
 
@@ -189,11 +193,13 @@ def trace_module(
     checkpoints: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     forward: Callable | None = None,
+    weights: bool = False,
 ) -> Trace:
     """Run one forward pass of `model` over `tokens` and return the checkpoints `taps` name.
 
     `tokens` is a list of ids or a (1, T) tensor; `forward(model, input_ids)` replaces
-    `model(input_ids)` for models with another calling convention. When no tap
+    `model(input_ids)` for models with another calling convention; `weights` also
+    records each tapped module's own parameters (`layers.3.q.weight`). When no tap
     records `logits`, the forward's return value (a tensor, a tuple's first
     tensor, or `.logits`) is used.
     """
@@ -203,7 +209,7 @@ def trace_module(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), ModuleTracer(model, taps, checkpoints=checkpoints) as tracer:
+        with torch.no_grad(), ModuleTracer(model, taps, checkpoints=checkpoints, weights=weights) as tracer:
             output = forward(model, input_ids) if forward else model(input_ids)
     except (RuntimeError, TypeError, ValueError, IndexError) as error:
         raise CaptureError(f"the forward pass of {type(model).__name__} failed: {error}") from error

@@ -94,11 +94,28 @@ def is_canonical(name: str) -> bool:
     return parse(name) is not None
 
 
+# A trace may also carry the parameters of the op that produces a checkpoint:
+# `layers.3.q.weight`, `layers.3.q.bias` (as the module stores them).
+WEIGHT_SUFFIXES = (".weight", ".bias")
+
+
+def weight_of(name: str) -> tuple[str, str] | None:
+    """('layers.3.q', 'weight') for a parameter name; None for anything else."""
+    for suffix in WEIGHT_SUFFIXES:
+        if name.endswith(suffix) and parse(name[: -len(suffix)]) is not None:
+            return name[: -len(suffix)], suffix[1:]
+    return None
+
+
 def order_key(name: str) -> tuple:
     """Sort key for data-flow order: embed, layer 0 .. L-1 in block order, final_norm, logits.
 
-    Names that are not canonical sort last, alphabetically, so that nothing is dropped.
+    A parameter sorts right after its checkpoint. Names that are not canonical sort
+    last, alphabetically, so that nothing is dropped.
     """
+    weight = weight_of(name)
+    if weight is not None:
+        return order_key(weight[0])[:3] + (name,)
     checkpoint = parse(name)
     if checkpoint is None:
         return (3, 0, 0, name)

@@ -1,0 +1,45 @@
+"""weight_mismatch: when both traces carry the weights, the first that differ, and how."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parity.core.metrics import rel_l2
+from parity.core.names import in_flow_order, weight_of
+from parity.core.results import Diagnosis
+from parity.diagnose import register
+from parity.diagnose.context import Context
+
+SAME = 1e-6  # weights loaded from one file agree to float32 conversion
+
+
+@register("weight_mismatch")
+def weight_mismatch(context: Context):
+    shared = [name for name in in_flow_order(set(context.reference.tensors) & set(context.candidate.tensors))
+              if weight_of(name) is not None]
+    for name in shared:
+        reference = context.reference[name].astype(np.float64)
+        candidate = context.candidate[name].astype(np.float64)
+        how = _how_they_differ(reference, candidate)
+        if how is not None:
+            checkpoint, parameter = weight_of(name)
+            yield Diagnosis("weight_mismatch", checkpoint,
+                            f"the candidate's {parameter} for {checkpoint} is not the reference's: {how}; "
+                            "it loaded other weights or converted them wrongly")
+            return
+
+
+def _how_they_differ(reference: np.ndarray, candidate: np.ndarray) -> str | None:
+    if reference.shape == candidate.shape and rel_l2(reference, candidate) <= SAME:
+        return None
+    if reference.ndim == 2 and candidate.shape == reference.T.shape and rel_l2(reference.T, candidate) <= SAME:
+        return f"it is transposed ({list(candidate.shape)} for {list(reference.shape)})"
+    if reference.shape != candidate.shape:
+        return f"shape {list(candidate.shape)} where the reference's is {list(reference.shape)}"
+    if rel_l2(-reference, candidate) <= SAME:
+        return "it is negated"
+    denominator = float(np.sum(reference * reference))
+    factor = float(np.sum(candidate * reference)) / denominator if denominator else 0.0
+    if factor and rel_l2(factor * reference, candidate) <= SAME:
+        return f"it is scaled by {factor:.4g}"
+    return f"rel_l2 {rel_l2(reference, candidate):.3g} between them"
