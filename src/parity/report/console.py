@@ -211,7 +211,7 @@ def _verdict(comparison: Comparison):
     origin = comparison.origin
     if origin is not None and origin.checkpoint != divergence.checkpoint:
         attribution = comparison.attributions.get(origin.checkpoint)
-        verdict.append(f"\nthe error is introduced at ")
+        verdict.append("\nthe error is introduced at ")
         verdict.append(origin.checkpoint, style="bold")
         if attribution is not None:
             verdict.append(f": it adds rel_l2 {attribution.introduced_rel_l2:.3g} to the "
