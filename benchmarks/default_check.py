@@ -4,7 +4,8 @@
 
 Prints wall-clock seconds for the whole command (a fresh process, as a user runs
 it) and, in one process, for each phase: loading SmolLM2 in transformers from the
-GGUF, the reference capture, llama.cpp's load and capture, comparison and diagnosis.
+GGUF, the reference capture, the calibration run, llama.cpp's load and capture,
+comparison and diagnosis.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ def time_phases() -> dict[str, float]:
     os.environ.setdefault("TQDM_DISABLE", "1")
     from parity.capture.hf import load_model, quiet_transformers
     from parity.capture.llamacpp import LlamaCppRunner
+    from parity.capture.llamacpp_numerics import llamacpp_activation_rounding
     from parity.capture.smollm2 import DEFAULT_PROMPT, gguf_path
-    from parity.core.compare import compare
+    from parity.core.calibrate import noise_floors
+    from parity.core.compare import CompareConfig, compare
     from parity.diagnose import diagnose
 
     quiet_transformers()
@@ -50,12 +53,16 @@ def time_phases() -> dict[str, float]:
     lap("load tokenizer, tokenize")
     reference = reference_model.capture(tokens)
     lap(f"capture reference ({len(tokens)} tokens, {len(reference.tensors)} checkpoints)")
+    with llamacpp_activation_rounding(reference_model.model, path):
+        lowp = reference_model.capture(tokens)
+    lap("capture calibration run (llama.cpp rounding emulated)")
     with LlamaCppRunner(path) as runner:
         lap("load llama.cpp")
         candidate = runner.capture(tokens)
         lap("capture llama.cpp")
-    diagnose(compare(reference, candidate), reference, candidate)
-    lap("compare and diagnose")
+    config = CompareConfig(noise=noise_floors(reference, lowp))
+    diagnose(compare(reference, candidate, config=config), reference, candidate)
+    lap("compare (calibrated) and diagnose")
     return phases
 
 

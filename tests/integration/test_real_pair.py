@@ -25,6 +25,17 @@ def test_default_check_compares_every_layer_and_explains_the_differences(smollm2
     causes = [d["cause"] for d in data["diagnoses"]]
     assert causes == ["precision_noise"], (causes, data["notes"])
     assert "precision_noise" in result.stdout
+    # Calibrated to llama.cpp's own activation rounding, every checkpoint is within 3x its noise: exit 0.
+    assert result.returncode == 0 and data["verdict"] == "pass" and data["calibrated"]
+    assert "noise of llama.cpp's activation rounding" in result.stdout
+
+
+def test_default_check_with_fixed_tolerances_fails_and_reads_the_numbers_as_noise(smollm2_gguf):
+    need("llama_cpp")
+    result = parity("check", "--no-calibrate", "--json", "-")
+    data = json.loads(result.stdout)
+    assert result.returncode == 1 and data["first_divergence"]["checkpoint"] == "layers.0.q"
+    assert [d["cause"] for d in data["diagnoses"]] == ["precision_noise"]
 
 
 def test_capture_from_llamacpp_then_compare(smollm2_gguf, tmp_path):
