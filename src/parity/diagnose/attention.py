@@ -21,12 +21,7 @@ FUTURE_MASS = 1e-3  # attention probability above the diagonal that is more than
 @register("causal_mask")
 def causal_mask(context: Context):
     """Future positions attended: probability above the diagonal where the reference has none."""
-    for name in context.focus:
-        checkpoint = parse(name)
-        pair = context.pair(name)
-        if checkpoint is None or checkpoint.kind != "attn_probs" or pair is None:
-            continue
-        reference, candidate = pair                                     # (H, T, S)
+    for name, _, reference, candidate in context.focused("attn_probs"):  # (H, T, S)
         future = np.triu(np.ones(reference.shape[-2:], dtype=bool), k=1 + reference.shape[-1] - reference.shape[-2])
         if np.abs(reference[:, future]).max(initial=0.0) > FUTURE_MASS:
             continue  # the reference itself is not causal here
@@ -69,13 +64,10 @@ def _rope_focus(context: Context):
     config = context.config
     if not config.rope_theta or not config.head_dim:
         return
-    for name in context.focus:
-        checkpoint = parse(name)
-        pair = context.pair(name)
-        if checkpoint is not None and checkpoint.kind in ("q_rope", "k_rope") and pair is not None:
-            source = _rope_input(context, name)
-            if source is not None and source.shape == pair[0].shape:
-                yield name, source, pair
+    for name, _, reference, candidate in context.focused("q_rope", "k_rope"):
+        source = _rope_input(context, name)
+        if source is not None and source.shape == reference.shape:
+            yield name, source, (reference, candidate)
 
 
 @register("rope_layout")
@@ -136,15 +128,10 @@ def gqa_head_mapping(context: Context):
     group = config.heads // config.kv_heads
     mappings = {"interleaved (head h reads KV head h // group)": lambda h: h // group,
                 "tiled (head h reads KV head h % kv_heads)": lambda h: h % config.kv_heads}
-    for name in context.focus:
-        checkpoint = parse(name)
-        pair = context.pair(name)
-        if checkpoint is None or checkpoint.kind != "attn_probs" or pair is None:
-            continue
+    for name, checkpoint, reference, candidate in context.focused("attn_probs"):
         q, k = (context.reference.tensors.get(f"layers.{checkpoint.layer}.{kind}_rope") for kind in "qk")
         if q is None or k is None:
             continue
-        reference, candidate = pair
         found = {label: attention_probabilities(q.astype(np.float64), k.astype(np.float64), config.heads,
                                                 config.kv_heads, config.head_dim, mapping)
                  for label, mapping in mappings.items()}

@@ -70,6 +70,17 @@ class Context:
                 names.append(divergence.checkpoint)
         return names
 
+    def focused(self, *kinds: str):
+        """(name, checkpoint, reference, candidate) for each focus checkpoint that both traces hold
+        in one shape, of the given kinds (any kind when none is given)."""
+        from parity.core.names import parse
+
+        for name in self.focus:
+            checkpoint = parse(name)
+            pair = self.pair(name)
+            if checkpoint is not None and pair is not None and (not kinds or checkpoint.kind in kinds):
+                yield (name, checkpoint, *pair)
+
     def pair(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(reference, candidate) in float64 when both hold `name` in the same shape."""
         if name not in self.reference or name not in self.candidate:

@@ -22,16 +22,11 @@ def norm_epsilon(context: Context):
     config = context.config
     if config.norm_eps is None:
         return
-    for name in context.focus:
-        checkpoint = parse(name)
-        pair = context.pair(name)
-        if checkpoint is None or checkpoint.kind not in NORM_KINDS or pair is None:
-            continue
+    for name, checkpoint, reference, candidate in context.focused(*NORM_KINDS):
         source = inputs_of(name, context.reference.tensors)
         if not source:
             continue
         x = context.reference[source[0]].astype(np.float64)
-        reference, candidate = pair
         rows = _norm_rows(x, reference, candidate, context.config, checkpoint.kind)
         if rows is None:
             continue
@@ -112,17 +107,12 @@ ACTIVATIONS = {
 @register("activation_variant")
 def activation_variant(context: Context):
     """The MLP activation is another function (SiLU for GELU, erf-GELU for tanh-GELU, ...)."""
-    for name in context.focus:
-        checkpoint = parse(name)
-        pair = context.pair(name)
-        if checkpoint is None or checkpoint.kind != "mlp_act" or pair is None:
-            continue
+    for name, checkpoint, reference, candidate in context.focused("mlp_act"):
         layer = f"layers.{checkpoint.layer}"
         gate = context.reference.tensors.get(f"{layer}.mlp_gate", context.reference.tensors.get(f"{layer}.mlp_fc"))
         if gate is None:
             continue
         up = context.reference.tensors.get(f"{layer}.mlp_up")
-        reference, candidate = pair
         outputs = {label: f(gate.astype(np.float64)) * (1.0 if up is None else up.astype(np.float64))
                    for label, f in ACTIVATIONS.items()}
         used = min(outputs, key=lambda label: rel_l2(reference, outputs[label]))
@@ -138,15 +128,10 @@ def activation_variant(context: Context):
 @register("missing_residual")
 def missing_residual(context: Context):
     """The block output (or the state after attention) lacks the residual input."""
-    for name in context.focus:
-        checkpoint = parse(name)
-        pair = context.pair(name)
-        if checkpoint is None or checkpoint.kind not in ("resid_mid", "out") or pair is None:
-            continue
+    for name, checkpoint, reference, candidate in context.focused("resid_mid", "out"):
         branch = f"layers.{checkpoint.layer}." + ("attn_out" if checkpoint.kind == "resid_mid" else "mlp_out")
         if branch not in context.reference:
             continue
-        reference, candidate = pair
         if matches(candidate, context.reference[branch].astype(np.float64), reference) is not None:
             which = "attention" if checkpoint.kind == "resid_mid" else "MLP"
             yield Diagnosis("missing_residual", name,

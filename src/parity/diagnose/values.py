@@ -83,11 +83,9 @@ def layout_permuted(context: Context):
             yield Diagnosis("layout_permuted", result.name,
                             f"the candidate stores {result.name} as {list(result.shape_candidate)}; it matches the "
                             f"reference's {list(result.shape_reference)} with {result.layout} (compared after aligning)")
-    for name in context.focus:
-        pair = context.pair(name)
-        if pair is None or pair[0].ndim < 2:
+    for name, _, reference, candidate in context.focused():
+        if reference.ndim < 2:
             continue
-        reference, candidate = pair
         for permutation in itertools.permutations(range(reference.ndim)):
             if permutation == tuple(range(reference.ndim)) or reference.transpose(permutation).shape != reference.shape:
                 continue
@@ -101,12 +99,9 @@ def layout_permuted(context: Context):
 @register("swapped")
 def swapped(context: Context):
     """The candidate's tensor is another checkpoint of the reference (q and k swapped, say)."""
-    for name in context.focus:
-        pair = context.pair(name)
-        checkpoint = parse(name)
-        if pair is None or checkpoint is None or checkpoint.layer is None:
+    for name, checkpoint, reference, candidate in context.focused():
+        if checkpoint.layer is None:
             continue
-        reference, candidate = pair
         for other in context.reference.names:
             other_checkpoint = parse(other)
             if (other == name or other_checkpoint is None or other_checkpoint.layer != checkpoint.layer
@@ -120,9 +115,8 @@ def swapped(context: Context):
 
 @register("sign_flip")
 def sign_flip(context: Context):
-    for name in context.focus:
-        pair = context.pair(name)
-        if pair is not None and matches(pair[1], -pair[0], pair[0]) is not None:
+    for name, _, reference, candidate in context.focused():
+        if matches(candidate, -reference, reference) is not None:
             yield Diagnosis("sign_flip", name, f"the candidate's {name} is the reference's negated")
             return
 
@@ -130,11 +124,7 @@ def sign_flip(context: Context):
 @register("scale_factor")
 def scale_factor(context: Context):
     """candidate = c * reference for one constant c (not -1: that is sign_flip)."""
-    for name in context.focus:
-        pair = context.pair(name)
-        if pair is None:
-            continue
-        reference, candidate = pair
+    for name, _, reference, candidate in context.focused():
         denominator = float(np.sum(reference * reference))
         if denominator == 0 or not np.all(np.isfinite(candidate)):
             continue
