@@ -71,3 +71,22 @@ def save_tokenizer(directory: Path) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     fast.save_pretrained(directory)
     return directory
+
+
+def save_sentencepiece_tokenizer(directory: Path) -> Path:
+    """A SentencePiece-style BPE tokenizer ('▁' word prefixes, BOS added, a <|user|> special token),
+    trained on a few sentences: standalone '▁' tokens appear before newlines, as in Llama's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>", "<|user|>"],
+                                  initial_alphabet=list("▁\n<|>"))
+    tokenizer.train_from_iterator(["hello world", "the model says hello", "user asks the model", "world of llamas"] * 10,
+                                  trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                            additional_special_tokens=["<|user|>"]).save_pretrained(directory)
+    return directory

@@ -125,12 +125,14 @@ def _compare_config(args) -> CompareConfig:
 
 def _report(comparison, args) -> int:
     from parity.core.sequence import SequenceComparison
-    from parity.report import console, json, tokens
+    from parity.core.tokenization import TokenizerComparison
+    from parity.report import console, json, tokenizer, tokens
 
     if args.json:
         json.write(comparison, args.json, overwrite=args.force)
     if args.json != "-":
-        (tokens if isinstance(comparison, SequenceComparison) else console).print_report(comparison)
+        renderer = {SequenceComparison: tokens, TokenizerComparison: tokenizer}.get(type(comparison), console)
+        renderer.print_report(comparison)
     return EXIT_PASS if comparison else EXIT_DIVERGED
 
 
@@ -180,6 +182,60 @@ def cmd_check(args) -> int:
     with _progress() as progress:
         comparison = run_check(options, progress)
     return _report(comparison, args)
+
+
+# --- tokens ---------------------------------------------------------------------
+
+
+def cmd_tokens(args) -> int:
+    """Compare a candidate tokenizer's token ids with the reference's, and name what differs.
+
+    MODEL's tokenizer (a model directory or .gguf, loaded by transformers) is the
+    reference. CANDIDATE is llamacpp:FILE.gguf (llama.cpp's tokenizer), or
+    FILE.py:FUNCTION / module:FUNCTION (text -> ids); or give --ids (the ids
+    another program produced for --prompt or --file). The texts are --prompt,
+    --file (one text), or a built-in corpus of hard cases: spaces, newlines, tabs,
+    accents, CJK, emoji, digits, code, special tokens written in text, the chat
+    template. With no arguments: SmolLM2 in transformers against llama.cpp.
+    Exit 1 on any difference.
+    """
+    from parity.capture.smollm2 import gguf_path
+    from parity.capture.tokenizers import FixedIds, FunctionTokenizer, HFTokenizer, LlamaCppTokenizer, read_ids
+    from parity.tokens import compare_tokenizers, corpus
+
+    if args.model is None:
+        args.model = str(gguf_path())
+        args.candidate = args.candidate or f"{LLAMACPP_PREFIX}{args.model}"
+    texts = _token_texts(args)
+    if (args.candidate is None) == (args.ids is None):
+        raise OptionError("give a CANDIDATE tokenizer or --ids, not both and not neither")
+    from parity.capture.hf import quiet_transformers
+
+    quiet_transformers()
+    reference = HFTokenizer(Path(args.model))
+    if args.ids is not None:
+        if texts is None:
+            raise OptionError("--ids are for one text: give it with --prompt or --file")
+        candidate = FixedIds(read_ids(args.ids), reference.vocabulary)
+    elif args.candidate.startswith(LLAMACPP_PREFIX):
+        candidate = LlamaCppTokenizer(Path(args.candidate.removeprefix(LLAMACPP_PREFIX)))
+    else:
+        candidate = FunctionTokenizer(args.candidate, reference.vocabulary)
+    comparison = compare_tokenizers(reference, candidate, texts if texts is not None else corpus(reference))
+    return _report(comparison, args)
+
+
+def _token_texts(args) -> list[tuple[str, str]] | None:
+    if args.prompt is not None and args.file is not None:
+        raise OptionError("give --prompt or --file, not both")
+    if args.prompt is not None:
+        return [("prompt", args.prompt)]
+    if args.file is not None:
+        path = Path(args.file)
+        if not path.exists():
+            raise OptionError(f"{path}: no such file")
+        return [(path.name, path.read_text(encoding="utf-8"))]
+    return None
 
 
 # --- repro ----------------------------------------------------------------------
@@ -283,6 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-n", "--max-tokens", type=int, default=16, help="server candidates: greedy tokens to generate")
     check.add_argument("--timeout", type=float, default=60.0, help="server candidates: seconds to wait for an answer")
     check.add_argument("--server-model", help="server candidates: the 'model' field to send")
+    tokens = _command(subparsers, "tokens", cmd_tokens)
+    tokens.add_argument("model", metavar="MODEL", nargs="?", help="reference tokenizer: model directory or .gguf")
+    tokens.add_argument("candidate", metavar="CANDIDATE", nargs="?", help="llamacpp:FILE.gguf or FILE.py:FUNCTION")
+    tokens.add_argument("--prompt", help="one text to tokenize")
+    tokens.add_argument("--file", help="a file holding one text to tokenize")
+    tokens.add_argument("--ids", help="the candidate's ids for that text: 1,2,3 or @file")
+    tokens.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
+    tokens.add_argument("--force", action="store_true", help="replace output files that exist")
+
     repro = _command(subparsers, "repro", cmd_repro)
     repro.add_argument("report", metavar="REPORT", help="a JSON report of parity check or compare")
     repro.add_argument("-o", "--output", required=True, help="directory to write")

@@ -49,3 +49,12 @@ def test_capture_from_llamacpp_then_compare(smollm2_gguf, tmp_path):
     result = parity("compare", reference, candidate, "--json", "-")
     report = json.loads(result.stdout)
     assert report["summary"]["compared"] == 17 and len(report["missing"]) == 483 - 17
+
+
+def test_smollm2_tokenizers_agree_on_the_hard_cases(smollm2_gguf):
+    need("llama_cpp")
+    result = parity("tokens", "--json", "-")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, [t for t in report["texts"] if not t["agrees"]]
+    names = {text["name"] for text in report["texts"]}
+    assert {"emoji", "CJK", "special tokens in text", "chat template", "leading space"} <= names

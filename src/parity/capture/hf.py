@@ -128,7 +128,9 @@ def load_model(path: str | Path, *, dtype: str = "float32") -> HFModel:
 def load_tokenizer(path: str | Path):
     transformers = require("transformers", extra="hf", purpose="tokenizing a prompt")
     path = Path(path)
-    location, extra = _from_pretrained_args(path)
+    if not path.exists():
+        raise CaptureError(f"{path}: no such model directory or .gguf file")
+    location, extra = (str(path.parent), {"gguf_file": path.name}) if path.suffix == ".gguf" else (str(path), {})
     try:
         return transformers.AutoTokenizer.from_pretrained(location, local_files_only=True, **extra)
     except (OSError, ValueError, KeyError, TypeError) as error:

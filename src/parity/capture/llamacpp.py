@@ -155,6 +155,16 @@ class LlamaCppRunner:
             raise CaptureError(f"llama.cpp could not tokenize {text[:40]!r}")
         return list(buffer[:count])
 
+    def special_id(self, which: str) -> int | None:
+        """The BOS or EOS id, None when the vocabulary has none."""
+        token = {"bos": self._llama.llama_vocab_bos, "eos": self._llama.llama_vocab_eos}[which](self._vocab)
+        return token if token >= 0 else None
+
+    def control_ids(self) -> frozenset[int]:
+        """Ids of control (special) tokens."""
+        is_control = self._llama.llama_vocab_is_control
+        return frozenset(i for i in range(self.vocab_size) if is_control(self._vocab, i))
+
     def piece(self, token: int) -> str:
         buffer = ctypes.create_string_buffer(256)
         length = self._llama.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, True)

@@ -15,6 +15,7 @@ from parity.core.errors import OptionError
 from parity.core.names import parse
 from parity.core.results import NOT_COMPARABLE, CheckpointResult, Comparison, Metrics, Tolerance
 from parity.core.sequence import PositionResult, SequenceComparison
+from parity.core.tokenization import TokenizerComparison
 
 SCHEMA = "parity-report/1"
 
@@ -176,12 +177,41 @@ def _optional(value: float | None) -> float | None:
     return None if value is None else _number(value)
 
 
-def dumps(comparison: Comparison | SequenceComparison) -> str:
-    as_dict = sequence_to_dict(comparison) if isinstance(comparison, SequenceComparison) else to_dict(comparison)
+def tokenizer_to_dict(comparison: TokenizerComparison) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "kind": "tokenizer",
+        "verdict": "pass" if comparison else "fail",
+        "reference": comparison.reference,
+        "candidate": comparison.candidate,
+        "patterns": comparison.patterns,
+        "texts": [
+            {
+                "name": text.name, "text": text.text, "agrees": bool(text),
+                "reference_ids": list(text.reference_ids), "candidate_ids": list(text.candidate_ids),
+                "differences": [
+                    {"pattern": d.pattern, "reference_start": d.reference_start, "candidate_start": d.candidate_start,
+                     "reference": [[token, piece] for token, piece in d.reference],
+                     "candidate": [[token, piece] for token, piece in d.candidate]}
+                    for d in text.differences
+                ],
+            }
+            for text in comparison.texts
+        ],
+    }
+
+
+def dumps(comparison) -> str:
+    if isinstance(comparison, SequenceComparison):
+        as_dict = sequence_to_dict(comparison)
+    elif isinstance(comparison, TokenizerComparison):
+        as_dict = tokenizer_to_dict(comparison)
+    else:
+        as_dict = to_dict(comparison)
     return json.dumps(as_dict, indent=2, allow_nan=False)
 
 
-def write(comparison: Comparison | SequenceComparison, path: str | Path, *, overwrite: bool = False) -> None:
+def write(comparison, path: str | Path, *, overwrite: bool = False) -> None:
     """Write the report to `path` ("-" for standard output); never replaces a file unless told."""
     if str(path) == "-":
         print(dumps(comparison))

@@ -1,0 +1,137 @@
+"""Tokenizers to compare: transformers', llama.cpp's, a Python function, or ids from any program.
+
+Each side answers `encode(text) -> ids` and describes its vocabulary (the text of
+each id, BOS, EOS, special ids) for naming the patterns of a difference.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from parity.core.errors import OptionError
+from parity.core.tokenization import Vocabulary
+
+
+@dataclass
+class HFTokenizer:
+    path: Path
+
+    def __post_init__(self) -> None:
+        from parity.capture.hf import load_tokenizer
+
+        self._tokenizer = load_tokenizer(self.path)
+
+    def __repr__(self) -> str:
+        return f"<HFTokenizer {self.path}>"
+
+    @property
+    def label(self) -> str:
+        return f"transformers tokenizer of {Path(self.path).name}"
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tokenizer(text)["input_ids"])
+
+    @functools.cached_property
+    def vocabulary(self) -> Vocabulary:
+        tokenizer = self._tokenizer
+        return Vocabulary(piece=lambda i: tokenizer.decode([i]), bos=tokenizer.bos_token_id,
+                          eos=tokenizer.eos_token_id, special=frozenset(tokenizer.all_special_ids))
+
+    def special_texts(self) -> list[str]:
+        return [token for token in self._tokenizer.all_special_tokens if token]
+
+    def chat(self, messages: list[dict]) -> str | None:
+        if not getattr(self._tokenizer, "chat_template", None):
+            return None
+        return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@dataclass
+class LlamaCppTokenizer:
+    gguf: Path
+
+    def __post_init__(self) -> None:
+        from parity.capture.llamacpp import LlamaCppRunner
+
+        self._runner = LlamaCppRunner(self.gguf).__enter__()
+
+    def __repr__(self) -> str:
+        return f"<LlamaCppTokenizer {self.gguf}>"
+
+    def close(self) -> None:
+        self._runner.__exit__(None, None, None)
+
+    @property
+    def label(self) -> str:
+        return f"llama.cpp tokenizer of {Path(self.gguf).name}"
+
+    def encode(self, text: str) -> list[int]:
+        return self._runner.tokenize(text, add_special=True, parse_special=True)
+
+    @functools.cached_property
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary(piece=self._runner.piece, bos=self._runner.special_id("bos"),
+                          eos=self._runner.special_id("eos"), special=self._runner.control_ids())
+
+
+@dataclass
+class FunctionTokenizer:
+    """A Python function text -> ids (`module:function` or `file.py:function`); its ids read with the
+    reference's vocabulary, which it is meant to share."""
+
+    spec: str
+    vocabulary: Vocabulary
+
+    def __post_init__(self) -> None:
+        from parity.check import _import
+
+        module_name, _, function_name = self.spec.rpartition(":")
+        self._function = getattr(_import(module_name), function_name, None)
+        if not callable(self._function):
+            raise OptionError(f"{module_name} has no function '{function_name}' that takes a text and returns ids")
+
+    def __repr__(self) -> str:
+        return f"<FunctionTokenizer {self.spec}>"
+
+    @property
+    def label(self) -> str:
+        return self.spec
+
+    def encode(self, text: str) -> list[int]:
+        ids = self._function(text)
+        try:
+            return [int(i) for i in ids]
+        except (TypeError, ValueError):
+            raise OptionError(f"{self.spec} returned {type(ids).__name__}, not a list of token ids") from None
+
+
+@dataclass
+class FixedIds:
+    """Ids another program wrote, for one text."""
+
+    ids: list[int]
+    vocabulary: Vocabulary
+    label: str = "ids given"
+
+    def __repr__(self) -> str:
+        return f"<FixedIds {len(self.ids)} ids>"
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.ids)
+
+
+def read_ids(spec: str) -> list[int]:
+    """'1,2,3', or '@file' holding a JSON list or whitespace/comma-separated integers."""
+    text = spec
+    if spec.startswith("@"):
+        path = Path(spec[1:])
+        if not path.exists():
+            raise OptionError(f"{path}: no such file of token ids")
+        text = path.read_text(encoding="utf-8")
+    cleaned = text.strip().strip("[]").replace(",", " ").split()
+    try:
+        return [int(part) for part in cleaned]
+    except ValueError:
+        raise OptionError(f"token ids must be integers (comma- or space-separated, or a JSON list), got {text[:40]!r}") from None
