@@ -126,12 +126,14 @@ def _compare_config(args) -> CompareConfig:
 def _report(comparison, args) -> int:
     from parity.core.sequence import SequenceComparison
     from parity.core.tokenization import TokenizerComparison
-    from parity.report import console, json, tokenizer, tokens
+    from parity.core.generation import GenerationComparison
+    from parity.report import console, generation, json, tokenizer, tokens
 
     if args.json:
         json.write(comparison, args.json, overwrite=args.force)
     if args.json != "-":
-        renderer = {SequenceComparison: tokens, TokenizerComparison: tokenizer}.get(type(comparison), console)
+        renderer = {SequenceComparison: tokens, TokenizerComparison: tokenizer,
+                    GenerationComparison: generation}.get(type(comparison), console)
         renderer.print_report(comparison)
     return EXIT_PASS if comparison else EXIT_DIVERGED
 
@@ -238,6 +240,42 @@ def _token_texts(args) -> list[tuple[str, str]] | None:
     return None
 
 
+# --- generate -------------------------------------------------------------------
+
+
+def cmd_generate(args) -> int:
+    """Greedy-decode with the reference and a candidate, and compare what they generate.
+
+    Reports the first step where the two pick different tokens, with the
+    reference's top-5 and the margin between its top two there, so that a near
+    tie (a flip noise can cause) is told apart from a real divergence. Then
+    scores the reference's continuation on both sides (teacher-forced): per
+    position KL divergence and top-1 / top-5 agreement. With --sampler
+    FILE.py:FUNCTION(logits, temperature, top_k, top_p) -> probabilities, also
+    compares the candidate's sampler with the reference sampler on the same logits.
+    CANDIDATE is llamacpp:FILE.gguf, a model directory or .gguf, or FILE.py:FACTORY.
+    With no arguments: SmolLM2 in transformers against llama.cpp, 32 tokens.
+    """
+    from parity.capture.smollm2 import DEFAULT_PROMPT, gguf_path
+    from parity.generate import GenerateOptions, run_generate
+
+    if args.model is None:
+        args.model = str(gguf_path())
+        args.candidate = args.candidate or f"{LLAMACPP_PREFIX}{args.model}"
+        if args.prompt is None and args.tokens is None:
+            args.prompt = DEFAULT_PROMPT
+    if args.candidate is None:
+        raise OptionError("give a CANDIDATE to compare with MODEL (or neither, for the embedded default)")
+    if args.temperature <= 0:
+        raise OptionError("--temperature must be positive")
+    options = GenerateOptions(model=args.model, candidate=args.candidate, prompt=args.prompt,
+                              tokens=_tokens(args.tokens), count=args.max_tokens, dtype=args.dtype or "float32",
+                              sampler=args.sampler, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    with _progress() as progress:
+        comparison = run_generate(options, progress)
+    return _report(comparison, args)
+
+
 # --- repro ----------------------------------------------------------------------
 
 
@@ -339,6 +377,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-n", "--max-tokens", type=int, default=16, help="server candidates: greedy tokens to generate")
     check.add_argument("--timeout", type=float, default=60.0, help="server candidates: seconds to wait for an answer")
     check.add_argument("--server-model", help="server candidates: the 'model' field to send")
+    generate = _command(subparsers, "generate", cmd_generate)
+    generate.add_argument("model", metavar="MODEL", nargs="?", help="reference model directory or .gguf file")
+    generate.add_argument("candidate", metavar="CANDIDATE", nargs="?",
+                          help="llamacpp:FILE.gguf, a model directory or .gguf, or FILE.py:FACTORY")
+    _add_input_options(generate)
+    generate.add_argument("-n", "--max-tokens", type=int, default=32, help="tokens to generate (default 32)")
+    generate.add_argument("--sampler", help="FILE.py:FUNCTION(logits, temperature, top_k, top_p) -> probabilities")
+    generate.add_argument("--temperature", type=float, default=1.0, help="for the sampler check")
+    generate.add_argument("--top-k", type=int, help="for the sampler check")
+    generate.add_argument("--top-p", type=float, help="for the sampler check")
+    generate.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
+    generate.add_argument("--force", action="store_true", help="replace output files that exist")
+
     tokens = _command(subparsers, "tokens", cmd_tokens)
     tokens.add_argument("model", metavar="MODEL", nargs="?", help="reference tokenizer: model directory or .gguf")
     tokens.add_argument("candidate", metavar="CANDIDATE", nargs="?", help="llamacpp:FILE.gguf or FILE.py:FUNCTION")

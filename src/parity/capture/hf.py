@@ -67,6 +67,13 @@ class HFModel:
         logprobs = torch.log_softmax(logits, dim=-1).numpy()
         return ReferenceTokens(pieces, offsets, logprobs, self.vocab_pieces())
 
+    def logits(self, tokens: list[int]):
+        """Logits at every position of one forward pass over `tokens`: (T, V), float64 numpy."""
+        import torch
+
+        with torch.no_grad():
+            return self.model(torch.tensor([tokens])).logits[0].double().numpy()
+
     def capture(self, tokens: list[int], *, checkpoints: str | None = None, prompt: str | None = None,
                 weights: bool = False) -> Trace:
         import transformers

@@ -197,6 +197,12 @@ class LlamaCppRunner:
         }
         return make_trace(tensors, metadata, source=str(self.path))
 
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        """Logits at every position of one batch over `tokens`: (T, V); no tensors recorded."""
+        if not tokens or max(tokens) >= self.vocab_size or min(tokens) < 0:
+            raise OptionError(f"token ids must be within the vocabulary of {self.path.name} ({self.vocab_size})")
+        return self._decode(tokens)
+
     def _decode(self, tokens: list[int]) -> np.ndarray:
         llama, count = self._llama, len(tokens)
         params = llama.llama_context_default_params()

@@ -202,7 +202,12 @@ def tokenizer_to_dict(comparison: TokenizerComparison) -> dict[str, Any]:
 
 
 def dumps(comparison) -> str:
-    if isinstance(comparison, SequenceComparison):
+    from parity.core.generation import GenerationComparison
+    from parity.report import generation
+
+    if isinstance(comparison, GenerationComparison):
+        as_dict = generation.to_dict(comparison)
+    elif isinstance(comparison, SequenceComparison):
         as_dict = sequence_to_dict(comparison)
     elif isinstance(comparison, TokenizerComparison):
         as_dict = tokenizer_to_dict(comparison)

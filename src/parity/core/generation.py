@@ -1,0 +1,178 @@
+"""Generation parity: greedy decoding, teacher-forced agreement, and samplers.
+
+- Greedy: both sides decode N tokens; the first step where they pick different
+  tokens is reported with the reference's top-k and the margin between its top
+  two. A flip where that margin is under NEAR_TIE_NATS is a near tie that noise
+  can flip, told apart from a real divergence.
+- Teacher-forced: both sides score the reference's continuation in one pass;
+  per position, KL(reference || candidate) over the full vocabulary and whether
+  the candidate's top-1 is the reference's top-1 (and within its top 5), the
+  figures llama.cpp's perplexity --kl-divergence reports.
+- Sampler: a candidate's sampler and the reference sampler applied to the same
+  logits, per step: KL and total variation; when they differ, the temperature
+  that would explain the candidate's distribution is fitted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from parity.core.sequence import NEAR_TIE_NATS
+
+TOP_K = 5
+SAMPLER_TV = 1e-3   # samplers applied to the same logits agree to rounding
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+@dataclass(frozen=True)
+class GreedyDivergence:
+    step: int                                    # index into the continuation
+    reference_token: int
+    candidate_token: int
+    reference_top: tuple[tuple[int, float], ...]  # the reference's top-k (id, probability) at that step
+    margin_nats: float                           # the reference's top-1 minus top-2 log-probability
+    candidate_rank: int | None                   # where the candidate's token stands in the reference's order
+
+    def __repr__(self) -> str:
+        return f"<GreedyDivergence step {self.step}: {self.reference_token} vs {self.candidate_token}>"
+
+    @property
+    def near_tie(self) -> bool:
+        return self.margin_nats < NEAR_TIE_NATS and self.candidate_rank == 1
+
+
+@dataclass(frozen=True)
+class TeacherForced:
+    kl: tuple[float, ...]          # per generated position, KL(reference || candidate) in nats
+    top1: tuple[bool, ...]         # candidate's top-1 == reference's top-1
+    top5: tuple[bool, ...]         # candidate's top-1 within the reference's top 5
+    margins: tuple[float, ...]     # the reference's top-1 minus top-2 log-probability
+
+    def __repr__(self) -> str:
+        return f"<TeacherForced mean KL {self.mean_kl:.4g}, top-1 {sum(self.top1)}/{len(self.top1)}>"
+
+    @property
+    def mean_kl(self) -> float:
+        return float(np.mean(self.kl)) if self.kl else 0.0
+
+    @property
+    def real_disagreements(self) -> list[int]:
+        """Positions whose top-1 differs where the reference is not near a tie."""
+        return [i for i, (same, margin) in enumerate(zip(self.top1, self.margins)) if not same and margin >= NEAR_TIE_NATS]
+
+
+@dataclass(frozen=True)
+class SamplerCheck:
+    kl: tuple[float, ...]
+    total_variation: tuple[float, ...]
+    first_step: int | None               # first step where the two samplers' distributions differ
+    fitted_temperature: float | None     # the temperature that explains the candidate's distribution there
+
+    def __repr__(self) -> str:
+        return f"<SamplerCheck first difference at {self.first_step}>"
+
+    def __bool__(self) -> bool:
+        return self.first_step is None
+
+
+@dataclass(frozen=True)
+class GenerationComparison:
+    prompt: tuple[int, ...]
+    reference_tokens: tuple[int, ...]            # the reference's greedy continuation
+    candidate_tokens: tuple[int, ...]
+    divergence: GreedyDivergence | None
+    teacher_forced: TeacherForced
+    sampler: SamplerCheck | None = None
+    pieces: tuple[str, ...] = ()                 # token id -> text, for reports
+
+    def __repr__(self) -> str:
+        where = f", diverges at step {self.divergence.step}" if self.divergence else ""
+        return f"<GenerationComparison {len(self.reference_tokens)} tokens{where}>"
+
+    def __bool__(self) -> bool:
+        greedy_ok = self.divergence is None or self.divergence.near_tie
+        return greedy_ok and not self.teacher_forced.real_disagreements and (self.sampler is None or bool(self.sampler))
+
+
+def greedy(logits_of, prompt: list[int], count: int) -> tuple[list[int], list[np.ndarray]]:
+    """Greedy continuation of `prompt`; `logits_of(ids)` returns (T, V). Also each step's last-row log-probs."""
+    tokens, rows = list(prompt), []
+    for _ in range(count):
+        row = log_softmax(logits_of(tokens)[-1])
+        rows.append(row)
+        tokens.append(int(np.argmax(row)))
+    return tokens[len(prompt):], rows
+
+
+def first_divergence(reference_tokens, candidate_tokens, reference_rows) -> GreedyDivergence | None:
+    for step, (reference_token, candidate_token) in enumerate(zip(reference_tokens, candidate_tokens)):
+        if reference_token != candidate_token:
+            row = reference_rows[step]
+            order = np.argsort(row)[::-1]
+            rank = int(np.nonzero(order == candidate_token)[0][0]) if candidate_token < row.size else None
+            return GreedyDivergence(step, reference_token, candidate_token,
+                                    tuple((int(i), float(np.exp(row[i]))) for i in order[:TOP_K]),
+                                    float(row[order[0]] - row[order[1]]), rank)
+    return None
+
+
+def teacher_forced(reference_logits: np.ndarray, candidate_logits: np.ndarray, start: int) -> TeacherForced:
+    """Compare the rows that predict positions start.. (row t predicts token t + 1)."""
+    reference = log_softmax(reference_logits[start - 1:-1])
+    candidate = log_softmax(candidate_logits[start - 1:-1])
+    kl = np.sum(np.exp(reference) * (reference - candidate), axis=-1)
+    reference_order = np.argsort(reference, axis=-1)[:, ::-1]
+    candidate_top1 = np.argmax(candidate, axis=-1)
+    top1 = reference_order[:, 0] == candidate_top1
+    top5 = np.array([c in row[:TOP_K] for c, row in zip(candidate_top1, reference_order)])
+    margins = np.take_along_axis(reference, reference_order[:, :2], axis=-1)
+    return TeacherForced(tuple(map(float, kl)), tuple(map(bool, top1)), tuple(map(bool, top5)),
+                         tuple(float(a - b) for a, b in margins))
+
+
+def reference_sampler(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None) -> np.ndarray:
+    """Probabilities of the standard sampler: temperature, then top-k, then top-p (nucleus), renormalized."""
+    probabilities = np.exp(log_softmax(np.asarray(logits, np.float64) / temperature))
+    order = np.argsort(probabilities)[::-1]
+    keep = np.zeros_like(probabilities, dtype=bool)
+    kept = order[:top_k] if top_k else order
+    if top_p is not None and top_p < 1.0:
+        cumulative = np.cumsum(probabilities[kept])
+        kept = kept[: int(np.searchsorted(cumulative, top_p) + 1)]
+    keep[kept] = True
+    filtered = np.where(keep, probabilities, 0.0)
+    return filtered / filtered.sum()
+
+
+def check_sampler(sampler, rows: np.ndarray, temperature: float, top_k: int | None, top_p: float | None) -> SamplerCheck:
+    """The candidate's `sampler(logits, temperature, top_k, top_p) -> probabilities` against the reference
+    sampler, both on the same logits rows."""
+    kls, tvs = [], []
+    for logits in rows:
+        expected = reference_sampler(logits, temperature, top_k, top_p)
+        actual = np.asarray(sampler(np.array(logits), temperature, top_k, top_p), dtype=np.float64).reshape(-1)
+        actual = actual / actual.sum()
+        support = expected > 0
+        with np.errstate(divide="ignore"):
+            kls.append(float(np.sum(expected[support] * (np.log(expected[support]) - np.log(actual[support])))))
+        tvs.append(float(0.5 * np.abs(expected - actual).sum()))
+    first = next((step for step, tv in enumerate(tvs) if tv > SAMPLER_TV), None)
+    fitted = _fit_temperature(sampler, rows[first], temperature, top_k, top_p) if first is not None else None
+    return SamplerCheck(tuple(kls), tuple(tvs), first, fitted)
+
+
+def _fit_temperature(sampler, logits, temperature, top_k, top_p) -> float | None:
+    """The temperature at which the reference sampler reproduces the candidate's distribution, if one does."""
+    actual = np.asarray(sampler(np.array(logits), temperature, top_k, top_p), dtype=np.float64).reshape(-1)
+    actual = actual / actual.sum()
+    candidates = np.exp(np.linspace(np.log(0.05), np.log(5.0), 400))
+    errors = [0.5 * np.abs(reference_sampler(logits, t, top_k, top_p) - actual).sum() for t in candidates]
+    best = int(np.argmin(errors))
+    return float(candidates[best]) if errors[best] < 0.02 else None

@@ -1,0 +1,101 @@
+"""Console report of a generation comparison: the two greedy continuations, the first divergence
+with the reference's top-k and margin, teacher-forced KL and agreement, and the sampler."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from parity.core.generation import GenerationComparison
+
+
+def _text(comparison: GenerationComparison, tokens) -> str:
+    pieces = comparison.pieces
+    return "".join(pieces[t] if t < len(pieces) else f"<{t}>" for t in tokens)
+
+
+def renderables(comparison: GenerationComparison) -> list:
+    from rich.text import Text
+
+    parts = [
+        Text.assemble(("prompt     ", "bold"), repr(_text(comparison, comparison.prompt))),
+        Text.assemble(("reference  ", "bold"), repr(_text(comparison, comparison.reference_tokens))),
+        Text.assemble(("candidate  ", "bold"), repr(_text(comparison, comparison.candidate_tokens))),
+    ]
+    divergence = comparison.divergence
+    if divergence is None:
+        parts.append(Text(f"greedy: the {len(comparison.reference_tokens)} tokens are the same"))
+    else:
+        pieces = comparison.pieces
+        top = ", ".join(f"{pieces[i]!r} {p:.3f}" for i, p in divergence.reference_top)
+        kind = "a near tie, which noise can flip" if divergence.near_tie else "not a near tie: a real divergence"
+        parts.append(Text(
+            f"greedy: first different token at step {divergence.step}: reference {pieces[divergence.reference_token]!r}, "
+            f"candidate {pieces[divergence.candidate_token]!r} (the reference's choice no. {divergence.candidate_rank + 1 if divergence.candidate_rank is not None else '?'})\n"
+            f"  the reference's top-5 there: {top}\n"
+            f"  margin between its top two: {divergence.margin_nats:.3f} nats: {kind}"))
+    forced = comparison.teacher_forced
+    parts.append(Text(
+        f"teacher-forced over the reference's {len(forced.kl)} tokens: mean KL {forced.mean_kl:.4g} nats "
+        f"(max {max(forced.kl, default=0):.4g}), top-1 agrees {sum(forced.top1)}/{len(forced.top1)}, "
+        f"within the reference's top 5 {sum(forced.top5)}/{len(forced.top5)}"
+        + (f"; disagreements that are not near ties at positions {forced.real_disagreements}" if forced.real_disagreements else "")))
+    if comparison.sampler is not None:
+        sampler = comparison.sampler
+        if sampler:
+            parts.append(Text(f"sampler: same distribution as the reference sampler at every step "
+                              f"(largest total variation {max(sampler.total_variation, default=0):.2g})"))
+        else:
+            fitted = (f"; it samples as if at temperature {sampler.fitted_temperature:.3g}"
+                      if sampler.fitted_temperature else "")
+            parts.append(Text(f"sampler: differs from the reference sampler from step {sampler.first_step}: total "
+                              f"variation {sampler.total_variation[sampler.first_step]:.3g}, KL "
+                              f"{sampler.kl[sampler.first_step]:.3g}{fitted}", style="bold red"))
+    verdict = ("PASS", "bold green") if comparison else ("FAIL", "bold red")
+    parts.append(Text.assemble(verdict, "  generation"))
+    return parts
+
+
+def render(comparison: GenerationComparison, *, width: int = 100) -> str:
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None)
+    for part in renderables(comparison):
+        console.print(part)
+    return buffer.getvalue()
+
+
+def print_report(comparison: GenerationComparison) -> None:
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=100)
+    for part in renderables(comparison):
+        console.print(part)
+
+
+def to_dict(comparison: GenerationComparison) -> dict:
+    divergence, forced, sampler = comparison.divergence, comparison.teacher_forced, comparison.sampler
+    finite = lambda value: value if np.isfinite(value) else None  # noqa: E731
+    return {
+        "schema": "parity-report/1",
+        "kind": "generation",
+        "verdict": "pass" if comparison else "fail",
+        "prompt": list(comparison.prompt),
+        "reference_tokens": list(comparison.reference_tokens),
+        "candidate_tokens": list(comparison.candidate_tokens),
+        "first_divergence": None if divergence is None else {
+            "step": divergence.step, "reference_token": divergence.reference_token,
+            "candidate_token": divergence.candidate_token, "margin_nats": finite(divergence.margin_nats),
+            "near_tie": divergence.near_tie, "candidate_rank": divergence.candidate_rank,
+            "reference_top": [{"token": token, "probability": p} for token, p in divergence.reference_top],
+        },
+        "teacher_forced": {"kl": [finite(v) for v in forced.kl], "top1": list(forced.top1), "top5": list(forced.top5),
+                           "mean_kl": finite(forced.mean_kl), "margins_nats": [finite(v) for v in forced.margins]},
+        "sampler": None if sampler is None else {
+            "kl": [finite(v) for v in sampler.kl], "total_variation": list(sampler.total_variation),
+            "first_step": sampler.first_step, "fitted_temperature": sampler.fitted_temperature},
+    }

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+from parity.core.generation import (check_sampler, first_divergence, greedy, log_softmax, reference_sampler,
+                                    teacher_forced)
+
+VOCAB = 6
+
+
+def table_model(next_of: dict[int, list[float]]):
+    """logits(ids) -> (T, V): each row's logits depend on that position's token only."""
+    def logits(ids):
+        return np.array([next_of.get(token, [0.0] * VOCAB) for token in ids])
+    return logits
+
+
+REFERENCE = table_model({0: [0, 5, 0, 0, 0, 0], 1: [0, 0, 5, 0, 0, 0], 2: [0, 0, 0, 5, 4.9, 0], 3: [9, 0, 0, 0, 0, 0]})
+
+
+def test_greedy_follows_each_argmax():
+    tokens, rows = greedy(REFERENCE, [0], 3)
+    assert tokens == [1, 2, 3] and len(rows) == 3
+
+
+def test_a_flip_between_the_top_two_within_the_margin_is_a_near_tie():
+    reference_tokens, rows = greedy(REFERENCE, [0], 3)
+    divergence = first_divergence(reference_tokens, [1, 2, 4], rows)
+    assert (divergence.step, divergence.reference_token, divergence.candidate_token) == (2, 3, 4)
+    assert divergence.candidate_rank == 1 and divergence.near_tie and divergence.margin_nats == pytest.approx(0.1)
+
+
+def test_a_flip_to_an_unlikely_token_is_a_real_divergence():
+    reference_tokens, rows = greedy(REFERENCE, [0], 3)
+    divergence = first_divergence(reference_tokens, [5, 2, 3], rows)
+    assert divergence.step == 0 and not divergence.near_tie
+
+
+def test_teacher_forced_kl_and_agreement():
+    sequence = [0, 1, 2, 3]
+    reference = REFERENCE(sequence)
+    same = teacher_forced(reference, reference, start=1)
+    assert same.kl == (0.0, 0.0, 0.0) and all(same.top1) and same.real_disagreements == []
+    shuffled = reference.copy()
+    shuffled[1] = [5, 0, 0, 0, 0, 0]   # predicts 0 where the reference predicts 2
+    different = teacher_forced(reference, shuffled, start=1)
+    assert different.top1 == (True, False, True) and different.real_disagreements == [1]
+    assert different.kl[1] > 1
+
+
+def test_reference_sampler_top_k_and_top_p():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    np.testing.assert_allclose(reference_sampler(logits, 1.0, None, None), [0.5, 0.3, 0.15, 0.05])
+    np.testing.assert_allclose(reference_sampler(logits, 1.0, 2, None), [0.625, 0.375, 0, 0])
+    np.testing.assert_allclose(reference_sampler(logits, 1.0, None, 0.7), [0.625, 0.375, 0, 0])
+    assert reference_sampler(logits, 0.5, None, None)[0] > 0.5
+
+
+def test_a_sampler_with_the_wrong_temperature_is_caught_and_its_temperature_fitted():
+    rows = np.random.default_rng(0).standard_normal((4, 50)) * 3
+    assert check_sampler(reference_sampler, rows, 0.7, None, None)
+    squared = lambda logits, t, k, p: reference_sampler(logits, t * t, k, p)  # noqa: E731
+    result = check_sampler(squared, rows, 0.7, None, None)
+    assert not result and result.first_step == 0
+    assert result.fitted_temperature == pytest.approx(0.49, rel=0.02)
+
+
+def test_log_softmax_is_normalized():
+    assert np.exp(log_softmax(np.array([1.0, 2.0, 3.0]))).sum() == pytest.approx(1.0)
