@@ -65,6 +65,30 @@ class Bugs:
     swap_qk: bool = False                # q and k swapped when splitting a fused QKV output (equal widths only)
     extra_bos: bool = False              # a BOS token is prepended to the input the model is given
     probs_layout: str = "HTS"            # how the attention probabilities are written: "THS", "HST"
+    kv_cache_offset: bool = False        # decoding writes each new key/value one slot past where it belongs
+    skip_rope_cached: bool = False       # the cache keeps keys before RoPE, and decoding uses them unrotated
+
+
+class KVCache:
+    """What decoding keeps of the positions seen so far, per layer: keys and values, (S, Hkv, hd) each."""
+
+    def __init__(self) -> None:
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+
+    def length(self, layer: int) -> int:
+        return self.keys[layer].shape[0] if layer in self.keys else 0
+
+    def append(self, layer: int, stored_key, current_key, value, offset: bool = False):
+        """Keep this step's keys (as `stored_key`) and values; return the keys and values to attend over:
+        the cached keys as stored, then this step's `current_key`."""
+        if offset:  # the bug: a zero slot, then the new entries one position late
+            stored_key, current_key, value = (torch.cat([torch.zeros_like(t[:1]), t]) for t in (stored_key, current_key, value))
+        previous = self.keys.get(layer, stored_key[:0])
+        attend = torch.cat([previous, current_key])
+        self.keys[layer] = torch.cat([previous, stored_key])
+        self.values[layer] = torch.cat([self.values.get(layer, value[:0]), value])
+        return attend, self.values[layer]
 
 
 class RMSNorm(nn.Module):
@@ -125,7 +149,7 @@ class Attention(nn.Module):
         self.q_rope, self.k_rope, self.probs = Probe(), Probe(), Probe()
         self.bugs = bugs
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: "KVCache | None" = None) -> torch.Tensor:
         T = x.shape[1]
         q_flat, k_flat = self.q_proj(x)[0], self.k_proj(x)[0]                # (T, H*hd), (T, Hkv*hd)
         if self.bugs.swap_qk:
@@ -136,7 +160,11 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q = self.q_rope(apply_rope(q, cos, sin, self.bugs.rope_layout))
-        k = self.k_rope(apply_rope(k, cos, sin, self.bugs.rope_layout))
+        unrotated, k = k, self.k_rope(apply_rope(k, cos, sin, self.bugs.rope_layout))
+        if cache is not None:                                                     # keys and values so far
+            start = cache.length(self.index)
+            stored = unrotated if self.bugs.skip_rope_cached else k
+            k, v = cache.append(self.index, stored, k, v, offset=self.bugs.kv_cache_offset and start > 0)  # (S, Hkv, hd)
         group = self.heads // self.kv_heads
         if self.bugs.gqa_order == "tile":
             k, v = k.repeat(1, group, 1), v.repeat(1, group, 1)
@@ -144,7 +172,8 @@ class Attention(nn.Module):
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (T, H, hd)
         scores = torch.einsum("thd,shd->hts", q, k) / math.sqrt(self.head_dim)        # (H, T, S)
         if self.bugs.causal_mask:
-            future = torch.ones(T, T, dtype=torch.bool).triu(1)
+            S = k.shape[0]
+            future = torch.ones(T, S, dtype=torch.bool).triu(1 + S - T)                  # query t sees keys <= start + t
             scores = scores.masked_fill(future, float("-inf"))
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
         self.probs(_written_as(probs, self.bugs.probs_layout))
@@ -180,8 +209,8 @@ class Block(nn.Module):
         self.attn, self.mlp = Attention(config, index, bugs), MLP(config, index, bugs)
         self.index, self.bugs = index, bugs
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        attended = self.attn(self.attn_norm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None) -> torch.Tensor:
+        attended = self.attn(self.attn_norm(x), cos, sin, cache)
         x = attended if self.bugs.missing_residual_layer == self.index else x + attended
         return x + self.mlp(self.mlp_norm(x))
 
@@ -196,18 +225,22 @@ class LlamaPort(nn.Module):
         self.lm_head = nn.Linear(config["hidden_size"], config["vocab_size"], bias=False)
         self.parity_taps = TAPS
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        if self.bugs.extra_bos:
+    def forward(self, input_ids: torch.Tensor, past_key_values: "KVCache | None" = None, use_cache: bool = False):
+        """Logits (1, T, V); with use_cache, (logits, cache) and decoding continues from `past_key_values`."""
+        if self.bugs.extra_bos and past_key_values is None:
             bos = torch.full_like(input_ids[:, :1], self.config.get("bos_token_id") or 0)
             input_ids = torch.cat([bos, input_ids], dim=1)
+        cache = past_key_values if past_key_values is not None else (KVCache() if use_cache else None)
+        start = cache.length(0) if cache is not None else 0
         T = input_ids.shape[1]
-        positions = torch.arange(T) + self.bugs.rope_offset
+        positions = torch.arange(start, start + T) + self.bugs.rope_offset
         head_dim = self.blocks[0].attn.head_dim
         cos, sin = rope_tables(head_dim, self.config.get("rope_theta", 10000.0), positions)
         x = self.embed(input_ids)                                                  # (1, T, D)
         for block in self.blocks:
-            x = block(x, cos, sin)
-        return self.lm_head(self.final_norm(x))                                   # (1, T, V)
+            x = block(x, cos, sin, cache)
+        logits = self.lm_head(self.final_norm(x))                                 # (1, T, V)
+        return (logits, cache) if use_cache else logits
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> "LlamaPort":
         renames = {"embed_tokens.": "embed.", "layers.": "blocks.", "input_layernorm": "attn_norm",

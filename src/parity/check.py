@@ -47,6 +47,7 @@ class CheckOptions:
     save_traces: Path | None = None
     overwrite: bool = False
     replay: bool = False                # torch candidates: also run each block and op on the reference's inputs
+    decode_steps: int = 4               # candidates that decode: token-by-token decoding and greedy, this many tokens
     weights: bool = False               # also capture each tapped module's parameters (weight_mismatch)
     max_tokens: int = 16                # server candidates
     timeout_s: float = 60.0
@@ -94,7 +95,63 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
     comparison = compare_and_diagnose(reference, candidate, config)
     if options.replay:
         comparison = _with_replay(comparison, reference, candidate_source, options, progress)
+    if options.decode_steps > 0 and candidate_source.decodes:
+        comparison = _with_decoding(comparison, reference, reference_model, candidate_source, options, progress)
     return comparison
+
+
+def _with_decoding(comparison: Comparison, reference: Trace, reference_model, source, options, progress) -> Comparison:
+    """The comparison with a short greedy run and token-by-token decoding checked against the full pass."""
+    from parity.capture import decoding
+    from parity.core.calibrate import FLOOR, MULTIPLE
+    from parity.core.decoding import compare_decode
+    from parity.core.generation import GenerationComparison, first_divergence, greedy, teacher_forced
+    from parity.core.metrics import rel_l2
+    from parity.core.tolerances import DTYPE_FACTOR, KIND_FACTOR
+
+    prompt = list(reference.tokens)
+    progress.step(f"greedy decoding {options.decode_steps} tokens on both sides")
+    continuation, reference_rows = greedy(reference_model.logits, prompt, options.decode_steps)
+    sequence = prompt + continuation
+    with source.logits_function() as candidate_logits:
+        candidate_tokens, _ = greedy(candidate_logits, prompt, options.decode_steps)
+        full = candidate_logits(sequence)
+        progress.step("decoding token by token through the candidate's cache")
+        if source.is_llamacpp:
+            rows, steps = source.runner.incremental_logits(prompt, continuation), []
+        else:
+            rows, steps = decoding.incremental(source.model, prompt, continuation, taps=source.taps(options))
+    reference_logits = reference_model.logits(sequence)
+    generation = GenerationComparison(tuple(prompt), tuple(continuation), tuple(candidate_tokens),
+                                      first_divergence(continuation, candidate_tokens, reference_rows),
+                                      teacher_forced(reference_logits, full, len(prompt)), None,
+                                      reference_model.vocab_pieces())
+    positions = range(len(prompt) - 1, len(sequence))
+    if source.is_llamacpp:
+        from parity.capture.llamacpp_numerics import llamacpp_activation_rounding
+
+        with llamacpp_activation_rounding(reference_model.model, source.gguf):
+            emulated = reference_model.logits(sequence)
+        bounds = [MULTIPLE * rel_l2(reference_logits[p], emulated[p]) + FLOOR["float32"] for p in positions]
+        basis = f"{MULTIPLE:g}x the noise of llama.cpp's activation rounding at each position"
+    else:
+        dtype = source.precision if source.precision in DTYPE_FACTOR else "float32"
+        bound = 2 * DTYPE_FACTOR[dtype] * KIND_FACTOR["logits"]
+        bounds, basis = [bound] * len(positions), f"{dtype} default for logits"
+    decode = compare_decode([full[p] for p in positions], rows, bounds, prompt_length=len(prompt), basis=basis)
+    if decode.first_step is not None and steps:
+        from parity.capture.torch_module import trace_module
+
+        from parity.diagnose.context import model_config
+        from parity.diagnose.decoding import diagnose_decode
+
+        full_trace = trace_module(source.model, sequence, taps=source.taps(options))
+        step = steps[decode.first_step]
+        where = decoding.first_checkpoint(full_trace, step, decode.position, decode.bounds[decode.first_step])
+        decode = dataclasses.replace(decode, first_checkpoint=where)
+        causes = diagnose_decode(full_trace, step, decode.position, where, model_config(reference))
+        comparison = dataclasses.replace(comparison, diagnoses=tuple(comparison.diagnoses) + tuple(causes))
+    return dataclasses.replace(comparison, decode=decode, generation=generation)
 
 
 def _with_replay(comparison: Comparison, reference: Trace, source, options: CheckOptions, progress) -> Comparison:
@@ -158,6 +215,34 @@ class _CandidateSource:
     @property
     def is_llamacpp(self) -> bool:
         return self.gguf is not None
+
+    @property
+    def decodes(self) -> bool:
+        """Can this candidate decode token by token through a cache?"""
+        if self.is_llamacpp:
+            return True
+        from parity.capture.decoding import can_decode
+
+        return self.model is not None and can_decode(self.model)
+
+    def logits_function(self):
+        """A context manager giving logits(ids) -> (T, V) for the candidate."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def opened():
+            if self.is_llamacpp:
+                from parity.capture.llamacpp import LlamaCppRunner
+
+                with LlamaCppRunner(self.gguf) as runner:
+                    self.runner = runner
+                    yield runner.logits
+            else:
+                from parity.capture.decoding import full_logits
+
+                yield lambda ids: full_logits(self.model, ids)
+
+        return opened()
 
     def trace(self, reference: Trace, options: CheckOptions, progress) -> Trace:
         if self.loaded is not None:

@@ -179,7 +179,7 @@ def cmd_check(args) -> int:
         tolerance=user_tolerance(args.atol, args.rtol), taps=args.taps,
         save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
         max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model, replay=args.replay,
-        weights=args.weights,
+        weights=args.weights, decode_steps=args.decode_steps,
     )
     with _progress() as progress:
         comparison = run_check(options, progress)
@@ -368,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(check)
     _add_tolerance_options(check)
     check.add_argument("--no-calibrate", action="store_true", help="use the dtype tables, not a calibration run")
+    check.add_argument("--decode-steps", type=int, default=4, metavar="N",
+                       help="candidates that decode: greedy and token-by-token decoding for N tokens (0: skip)")
     check.add_argument("--weights", action="store_true",
                        help="also capture each tapped module's parameters, to tell a weight mismatch")
     check.add_argument("--replay", action="store_true",

@@ -66,3 +66,14 @@ def test_a_sampler_with_the_wrong_temperature_is_caught_and_its_temperature_fitt
 
 def test_log_softmax_is_normalized():
     assert np.exp(log_softmax(np.array([1.0, 2.0, 3.0]))).sum() == pytest.approx(1.0)
+
+
+def test_decode_consistency_first_step_over_its_bound():
+    from parity.core.decoding import compare_decode
+
+    full = np.eye(4)
+    incremental = full.copy()
+    incremental[2, 0] = 0.5
+    result = compare_decode(full, incremental, [1e-3] * 4, prompt_length=5, basis="test")
+    assert not result and result.first_step == 2 and result.position == 6
+    assert compare_decode(full, full, [1e-3] * 4, prompt_length=5, basis="test")

@@ -203,6 +203,37 @@ class LlamaCppRunner:
             raise OptionError(f"token ids must be within the vocabulary of {self.path.name} ({self.vocab_size})")
         return self._decode(tokens)
 
+    def incremental_logits(self, prompt: list[int], continuation: list[int]) -> np.ndarray:
+        """Prefill `prompt` in one batch, then decode `continuation` one token at a time through the
+        KV cache: the logits of the last prompt position and of each decoded token, (1 + N, V)."""
+        llama, vocab = self._llama, self.vocab_size
+        params = llama.llama_context_default_params()
+        params.n_ctx = params.n_batch = params.n_ubatch = max(len(prompt) + len(continuation), 32)
+        params.n_threads = params.n_threads_batch = self.threads
+        params.flash_attn_type = 0  # as in the full pass, so that only the decode path differs
+        context = llama.llama_init_from_model(self._model, params)
+        if not context:
+            raise CaptureError("llama.cpp could not create a context")
+        rows = []
+        try:
+            for start, chunk in [(0, prompt)] + [(len(prompt) + i, [t]) for i, t in enumerate(continuation)]:
+                batch = llama.llama_batch_init(len(chunk), 0, 1)
+                try:
+                    for offset, token in enumerate(chunk):
+                        batch.token[offset], batch.pos[offset] = token, start + offset
+                        batch.n_seq_id[offset], batch.seq_id[offset][0] = 1, 0
+                        batch.logits[offset] = offset == len(chunk) - 1
+                    batch.n_tokens = len(chunk)
+                    if llama.llama_decode(context, batch) != 0:
+                        raise CaptureError(f"llama.cpp failed to decode at position {start}")
+                    row = llama.llama_get_logits_ith(context, len(chunk) - 1)
+                    rows.append(np.ctypeslib.as_array(row, shape=(vocab,)).copy())
+                finally:
+                    llama.llama_batch_free(batch)
+        finally:
+            llama.llama_free(context)
+        return np.stack(rows)                                                      # (1 + N, V)
+
     def _decode(self, tokens: list[int]) -> np.ndarray:
         llama, count = self._llama, len(tokens)
         params = llama.llama_context_default_params()

@@ -147,6 +147,8 @@ class Comparison:
     local_rel_l2: Mapping[str, float] = field(default_factory=dict)  # replay: each op's error on the reference's inputs
     block_local_rel_l2: Mapping[int, float] = field(default_factory=dict)  # replay: each block's, on its reference input
     calibrated: bool = False
+    decode: Any = None        # DecodeConsistency: token-by-token decoding against the full pass
+    generation: Any = None    # GenerationComparison: a short greedy run
 
     def __bool__(self) -> bool:
         return self.passed
@@ -157,7 +159,8 @@ class Comparison:
 
     @property
     def passed(self) -> bool:
-        return not any(result.failed for result in self.checkpoints)
+        beyond_one_pass = all(part is None or bool(part) for part in (self.decode, self.generation))
+        return beyond_one_pass and not any(result.failed for result in self.checkpoints)
 
     @property
     def verdict(self) -> str:

@@ -34,7 +34,7 @@ def renderables(comparison: Comparison) -> list:
     from rich.text import Text
 
     parts = [_header(comparison), _grid(comparison), _globals_line(comparison), _legend(comparison)]
-    parts += [_verdict(comparison)]
+    parts += [_beyond_one_pass(comparison), _verdict(comparison)]
     if comparison.first_divergence is not None:
         parts.append(_divergence_details(comparison))
     parts += [Text(f"note: {note}", style="yellow") for note in comparison.notes]
@@ -193,11 +193,43 @@ def _legend(comparison: Comparison):
     return Text(f"✓ within tolerance  ✗ outside  ! non-finite  ~ not comparable  · absent\n{names}", style="dim")
 
 
+def _beyond_one_pass(comparison: Comparison):
+    """One line for token-by-token decoding, one for the short greedy run."""
+    from rich.text import Text
+
+    lines = Text()
+    decode = comparison.decode
+    if decode is not None:
+        if decode:
+            lines.append(f"decode: token-by-token logits after a {decode.prompt_length}-token prefill match the full "
+                         f"pass at {len(decode.rel_l2)}/{len(decode.rel_l2)} steps (largest rel_l2 "
+                         f"{max(decode.rel_l2):.2g}; bound: {decode.basis})\n")
+        else:
+            where = f"; inside the step, first at {decode.first_checkpoint}" if decode.first_checkpoint else ""
+            lines.append(f"decode: parts from the full pass at step {decode.first_step} (position {decode.position}): "
+                         f"rel_l2 {decode.rel_l2[decode.first_step]:.3g} > {decode.bounds[decode.first_step]:.3g}"
+                         f"{where}\n", style="bold red")
+    generation = comparison.generation
+    if generation is not None:
+        divergence = generation.divergence
+        if divergence is None:
+            lines.append(f"greedy: the same {len(generation.reference_tokens)} tokens\n")
+        else:
+            kind = "a near tie" if divergence.near_tie else "not a near tie"
+            lines.append(f"greedy: first different token at step {divergence.step} "
+                         f"(reference margin {divergence.margin_nats:.3f} nats: {kind})\n",
+                         style=None if divergence.near_tie else "bold red")
+    lines.rstrip()
+    return lines if lines.plain else None
+
+
 def _verdict(comparison: Comparison):
     from rich.text import Text
 
     total = len(comparison.checkpoints)
-    if comparison.passed:
+    if comparison.passed or comparison.first_divergence is None:
+        if not comparison.passed:
+            return Text.assemble(("FAIL", "bold red"), f"  every checkpoint within tolerance, but decoding parts (above)")
         skipped = total - comparison.passed_count
         tail = f" ({skipped} not comparable)" if skipped else ""
         return Text.assemble(("PASS", "bold green"), f"  {comparison.passed_count}/{total} checkpoints within tolerance{tail}")

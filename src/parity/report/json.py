@@ -46,6 +46,8 @@ def to_dict(comparison: Comparison) -> dict[str, Any]:
                        for layer, value in sorted(comparison.block_local_rel_l2.items())],
             "checkpoints": {name: _number(value) for name, value in comparison.local_rel_l2.items()},
         },
+        "decode": _decode(comparison.decode),
+        "generation": _generation(comparison.generation),
         "diagnoses": [
             {"cause": d.cause, "checkpoint": d.checkpoint, "message": d.message} for d in comparison.diagnoses
         ],
@@ -53,6 +55,23 @@ def to_dict(comparison: Comparison) -> dict[str, Any]:
         "reference": _json_safe(comparison.reference_metadata),
         "candidate": _json_safe(comparison.candidate_metadata),
     }
+
+
+def _decode(decode) -> dict[str, Any] | None:
+    if decode is None:
+        return None
+    return {"passed": bool(decode), "prompt_length": decode.prompt_length, "first_step": decode.first_step,
+            "position": decode.position, "first_checkpoint": decode.first_checkpoint, "basis": decode.basis,
+            "rel_l2": [_number(v) for v in decode.rel_l2], "bounds": [_number(v) for v in decode.bounds]}
+
+
+def _generation(generation) -> dict[str, Any] | None:
+    if generation is None:
+        return None
+    from parity.report.generation import to_dict as generation_dict
+
+    as_dict = generation_dict(generation)
+    return {key: value for key, value in as_dict.items() if key not in ("schema", "kind")}
 
 
 def _propagated(comparison: Comparison, layer: int) -> float | None:
