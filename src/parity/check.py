@@ -139,6 +139,8 @@ def _with_decoding(comparison: Comparison, reference: Trace, reference_model, so
         bound = 2 * DTYPE_FACTOR[dtype] * KIND_FACTOR["logits"]
         bounds, basis = [bound] * len(positions), f"{dtype} default for logits"
     decode = compare_decode([full[p] for p in positions], rows, bounds, prompt_length=len(prompt), basis=basis)
+    if not source.is_llamacpp:
+        decode = _with_prefill_variants(decode, reference_model, source.model, prompt, full, bounds[0])
     if decode.first_step is not None and steps:
         from parity.capture.torch_module import trace_module
 
@@ -178,6 +180,23 @@ def compare_and_diagnose(reference: Trace, candidate: Trace, config: CompareConf
     from parity.diagnose import diagnose
 
     return diagnose(compare(reference, candidate, config=config), reference, candidate)
+
+
+def _with_prefill_variants(decode, reference_model, model, prompt: list[int], full, bound: float):
+    """Chunked prefill, padded batches and the KV cache itself, for a PyTorch candidate."""
+    from parity.capture import decoding
+    from parity.core.decoding import compare_caches
+    from parity.core.metrics import rel_l2
+
+    cache = compare_caches(decoding.prefill_cache(reference_model.model, prompt), decoding.prefill_cache(model, prompt),
+                           bound)
+    chunked = rel_l2(full[len(prompt) - 1], decoding.chunked_prefill_logits(model, prompt)) if len(prompt) > 1 else None
+    batch = []
+    for side in ("left", "right"):
+        rows = decoding.padded_batch_logits(model, prompt, prompt[: max(1, len(prompt) // 2)], prompt[0], side)
+        if rows is not None:
+            batch.append((side, max(rel_l2(full[p], rows[p]) for p in range(len(prompt)))))
+    return dataclasses.replace(decode, cache=cache, chunked_rel_l2=chunked, batch_rel_l2=tuple(batch))
 
 
 def _calibrated(config, reference, reference_model, source, options, progress) -> CompareConfig:

@@ -56,3 +56,14 @@ def test_a_broken_decode_path_is_caught_at_its_first_step_with_its_cause(model_d
     assert decode["first_step"] == 1 and decode["position"] == len(TOKEN_ARG.split(","))  # ... the first decoded token is not
     assert decode["first_checkpoint"] == "layers.0.attn_probs"
     assert cause in [d["cause"] for d in report["diagnoses"]]
+
+
+def test_the_kv_cache_and_prefill_variants(model_dirs, ports):
+    _, correct = check(model_dirs["llama"], ports, "correct")
+    assert correct["decode"]["cache"]["passed"] and correct["decode"]["chunked_prefill_rel_l2"] < 1e-5
+    _, hf = check(model_dirs["llama"], ports, "transformers_model")
+    assert set(hf["decode"]["batch_rel_l2"]) == {"left", "right"} and max(hf["decode"]["batch_rel_l2"].values()) < 1e-4
+    _, unrotated = check(model_dirs["llama"], ports, "cached_keys_not_rotated")
+    cache = unrotated["decode"]["cache"]
+    assert not cache["passed"] and cache["first"][:2] == ["keys", 0]
+    assert unrotated["decode"]["chunked_prefill_rel_l2"] > max(unrotated["decode"]["bounds"])

@@ -71,3 +71,56 @@ def first_checkpoint(full_trace, step: dict, position: int, bound: float) -> str
         if not rel_l2(row.reshape(-1), value.reshape(-1)) <= bound:
             return name
     return None
+
+
+def cache_tensors(cache) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """layer -> (keys, values), each (S, Hkv, hd), from a transformers cache (`.layers[i].keys`, or a
+    tuple of (k, v) pairs, (B, Hkv, S, hd)) or a cache with `keys`/`values` dicts of (S, Hkv, hd)."""
+    if hasattr(cache, "layers"):
+        pairs = {i: (layer.keys, layer.values) for i, layer in enumerate(cache.layers)}
+        return {i: tuple(t[0].transpose(0, 1).float().numpy() for t in pair) for i, pair in pairs.items()}
+    if isinstance(cache, (tuple, list)):
+        return {i: tuple(t[0].transpose(0, 1).float().numpy() for t in pair) for i, pair in enumerate(cache)}
+    if isinstance(getattr(cache, "keys", None), dict):
+        return {i: (cache.keys[i].float().numpy(), cache.values[i].float().numpy()) for i in cache.keys}
+    return {}
+
+
+def prefill_cache(model, prompt: list[int]):
+    """The cache a model holds after prefilling `prompt`, as cache_tensors()."""
+    import torch
+
+    with torch.no_grad():
+        _, cache = _split(model(torch.tensor([prompt]), past_key_values=None, use_cache=True))
+    return cache_tensors(cache)
+
+
+def chunked_prefill_logits(model, prompt: list[int]) -> np.ndarray:
+    """The last prompt position's logits when the prompt is prefilled in two chunks."""
+    import torch
+
+    half = max(1, len(prompt) // 2)
+    with torch.no_grad():
+        _, cache = _split(model(torch.tensor([prompt[:half]]), past_key_values=None, use_cache=True))
+        logits, _ = _split(model(torch.tensor([prompt[half:]]), past_key_values=cache, use_cache=True))
+    return logits[0, -1].double().numpy()
+
+
+def padded_batch_logits(model, prompt: list[int], other: list[int], pad: int, side: str) -> np.ndarray | None:
+    """The prompt's logits rows when it runs in a batch with `other`, padded on `side`; None for models
+    without an attention mask."""
+    import torch
+
+    if "attention_mask" not in inspect.signature(model.forward).parameters:
+        return None
+    width = max(len(prompt), len(other))
+    ids, mask = [], []
+    for sequence in (prompt, other):
+        padding = [pad] * (width - len(sequence))
+        ids.append(padding + sequence if side == "left" else sequence + padding)
+        ones, zeros = [1] * len(sequence), [0] * len(padding)
+        mask.append(zeros + ones if side == "left" else ones + zeros)
+    with torch.no_grad():
+        logits = _first_tensor(model(torch.tensor(ids), attention_mask=torch.tensor(mask)))
+    rows = logits[0].double().numpy()                                                  # (width, V)
+    return rows[width - len(prompt):] if side == "left" else rows[: len(prompt)]

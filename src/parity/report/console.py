@@ -200,7 +200,7 @@ def _beyond_one_pass(comparison: Comparison):
     lines = Text()
     decode = comparison.decode
     if decode is not None:
-        if decode:
+        if decode.first_step is None:
             lines.append(f"decode: token-by-token logits after a {decode.prompt_length}-token prefill match the full "
                          f"pass at {len(decode.rel_l2)}/{len(decode.rel_l2)} steps (largest rel_l2 "
                          f"{max(decode.rel_l2):.2g}; bound: {decode.basis})\n")
@@ -209,6 +209,20 @@ def _beyond_one_pass(comparison: Comparison):
             lines.append(f"decode: parts from the full pass at step {decode.first_step} (position {decode.position}): "
                          f"rel_l2 {decode.rel_l2[decode.first_step]:.3g} > {decode.bounds[decode.first_step]:.3g}"
                          f"{where}\n", style="bold red")
+        if decode.cache is not None:
+            if decode.cache:
+                lines.append("KV cache: matches the reference's after the prefill, every layer and head\n")
+            else:
+                part, layer, head = decode.cache.first
+                lines.append(f"KV cache: the {part} of layer {layer}, head {head} differ from the reference's after "
+                             "the prefill\n", style="bold red")
+        variants = ([("chunked prefill", decode.chunked_rel_l2)] if decode.chunked_rel_l2 is not None else []) + \
+            [(f"batched with {side} padding", error) for side, error in decode.batch_rel_l2]
+        if variants:
+            bound = max(decode.bounds)
+            lines.append("prefill variants: " + ", ".join(
+                f"{label} {'matches' if error <= bound else 'differs'} (rel_l2 {error:.2g})" for label, error in variants)
+                + "\n", style=None if all(error <= bound for _, error in variants) else "bold red")
     generation = comparison.generation
     if generation is not None:
         divergence = generation.divergence

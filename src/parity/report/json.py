@@ -60,9 +60,16 @@ def to_dict(comparison: Comparison) -> dict[str, Any]:
 def _decode(decode) -> dict[str, Any] | None:
     if decode is None:
         return None
+    cache = decode.cache
     return {"passed": bool(decode), "prompt_length": decode.prompt_length, "first_step": decode.first_step,
             "position": decode.position, "first_checkpoint": decode.first_checkpoint, "basis": decode.basis,
-            "rel_l2": [_number(v) for v in decode.rel_l2], "bounds": [_number(v) for v in decode.bounds]}
+            "rel_l2": [_number(v) for v in decode.rel_l2], "bounds": [_number(v) for v in decode.bounds],
+            "cache": None if cache is None else {
+                "passed": bool(cache), "first": list(cache.first) if cache.first else None,
+                "keys_rel_l2": [[_number(v) for v in layer] for layer in cache.keys],
+                "values_rel_l2": [[_number(v) for v in layer] for layer in cache.values]},
+            "chunked_prefill_rel_l2": _optional(decode.chunked_rel_l2),
+            "batch_rel_l2": {side: _number(error) for side, error in decode.batch_rel_l2}}
 
 
 def _generation(generation) -> dict[str, Any] | None:
