@@ -163,16 +163,9 @@ def cmd_check(args) -> int:
     precision and every checkpoint is held to the noise it produces (see
     docs/tolerances.md); --no-calibrate, or --atol/--rtol, turn this off.
     """
-    from parity.capture.smollm2 import DEFAULT_PROMPT, gguf_path
-    from parity.check import LLAMACPP_PREFIX, CheckOptions, run_check
+    from parity.check import CheckOptions, run_check
 
-    if args.model is None:
-        args.model = str(gguf_path())
-        args.candidate = args.candidate or f"{LLAMACPP_PREFIX}{args.model}"
-        if args.prompt is None and args.tokens is None:
-            args.prompt = DEFAULT_PROMPT
-    if args.candidate is None:
-        raise OptionError("give a CANDIDATE to compare with MODEL (or neither, for the embedded default)")
+    _default_pair(args)
     options = CheckOptions(
         model=args.model, candidate=args.candidate, prompt=args.prompt, tokens=_tokens(args.tokens),
         dtype=args.dtype, calibrate=not args.no_calibrate, checkpoints=args.checkpoints,
@@ -256,16 +249,9 @@ def cmd_generate(args) -> int:
     CANDIDATE is llamacpp:FILE.gguf, a model directory or .gguf, or FILE.py:FACTORY.
     With no arguments: SmolLM2 in transformers against llama.cpp, 32 tokens.
     """
-    from parity.capture.smollm2 import DEFAULT_PROMPT, gguf_path
     from parity.generate import GenerateOptions, run_generate
 
-    if args.model is None:
-        args.model = str(gguf_path())
-        args.candidate = args.candidate or f"{LLAMACPP_PREFIX}{args.model}"
-        if args.prompt is None and args.tokens is None:
-            args.prompt = DEFAULT_PROMPT
-    if args.candidate is None:
-        raise OptionError("give a CANDIDATE to compare with MODEL (or neither, for the embedded default)")
+    _default_pair(args)
     if args.temperature <= 0:
         raise OptionError("--temperature must be positive")
     options = GenerateOptions(model=args.model, candidate=args.candidate, prompt=args.prompt,
@@ -296,6 +282,19 @@ def cmd_repro(args) -> int:
           f"weights {', '.join(repro.weights) or 'none'}; run: PARITY_REPRO_OP=module:function "
           f"pytest {repro.directory / 'test_repro.py'}")
     return EXIT_PASS
+
+
+def _default_pair(args) -> None:
+    """No MODEL: the embedded default, SmolLM2 in transformers against the same GGUF in llama.cpp."""
+    from parity.capture.smollm2 import DEFAULT_PROMPT, gguf_path
+
+    if args.model is None:
+        args.model = str(gguf_path())
+        args.candidate = args.candidate or f"{LLAMACPP_PREFIX}{args.model}"
+        if args.prompt is None and args.tokens is None:
+            args.prompt = DEFAULT_PROMPT
+    if args.candidate is None:
+        raise OptionError("give a CANDIDATE to compare with MODEL (or neither, for the embedded default)")
 
 
 # --- arguments ----------------------------------------------------------------------

@@ -6,12 +6,12 @@ present in either trace, one symbol per cell.
 
 from __future__ import annotations
 
-import io
 import math
 
 from parity.core.errors import require
 from parity.core.names import AFTER_LAYERS, BEFORE_LAYERS, LAYER_KINDS, parse
 from parity.core.results import FAIL, NOT_COMPARABLE, PASS, CheckpointResult, Comparison
+from parity.report import output
 
 # kind -> column header; the legend under the grid spells them out.
 SHORT_NAMES = {
@@ -49,24 +49,11 @@ def renderables(comparison: Comparison) -> list:
 
 def render(comparison: Comparison, *, width: int = 100, color: bool = False) -> str:
     """The report as text, for tests and logs."""
-    from rich.console import Console
-
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=width, force_terminal=color, color_system="standard" if color else None)
-    for part in renderables(comparison):
-        console.print(part)
-    return buffer.getvalue()
+    return output.render(renderables(comparison), width=width, color=color)
 
 
 def print_report(comparison: Comparison, console=None) -> None:
-    from rich.console import Console
-
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # pipes and CI logs: rich would assume 80 columns
-            console = Console(width=100)
-    for part in renderables(comparison):
-        console.print(part)
+    output.show(renderables(comparison), console)
 
 
 def _describe(metadata: dict) -> str:
@@ -243,7 +230,7 @@ def _verdict(comparison: Comparison):
     total = len(comparison.checkpoints)
     if comparison.passed or comparison.first_divergence is None:
         if not comparison.passed:
-            return Text.assemble(("FAIL", "bold red"), f"  every checkpoint within tolerance, but decoding parts (above)")
+            return Text.assemble(("FAIL", "bold red"), "  every checkpoint within tolerance, but decoding parts (above)")
         skipped = total - comparison.passed_count
         tail = f" ({skipped} not comparable)" if skipped else ""
         return Text.assemble(("PASS", "bold green"), f"  {comparison.passed_count}/{total} checkpoints within tolerance{tail}")

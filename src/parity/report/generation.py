@@ -3,11 +3,10 @@ with the reference's top-k and margin, teacher-forced KL and agreement, and the 
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
 from parity.core.generation import GenerationComparison
+from parity.report import output
 
 
 def _text(comparison: GenerationComparison, tokens) -> str:
@@ -58,23 +57,11 @@ def renderables(comparison: GenerationComparison) -> list:
 
 
 def render(comparison: GenerationComparison, *, width: int = 100) -> str:
-    from rich.console import Console
-
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=width, color_system=None)
-    for part in renderables(comparison):
-        console.print(part)
-    return buffer.getvalue()
+    return output.render(renderables(comparison), width=width)
 
 
 def print_report(comparison: GenerationComparison) -> None:
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=100)
-    for part in renderables(comparison):
-        console.print(part)
+    output.show(renderables(comparison))
 
 
 def to_dict(comparison: GenerationComparison) -> dict:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import io
-
 from parity.core.tokenization import TokenDifference, TokenizerComparison, describe
+from parity.report import output
 
 MAX_SHOWN = 6  # tokens of a run shown before "..."
 
@@ -46,20 +45,8 @@ def _difference(difference: TokenDifference):
 
 
 def render(comparison: TokenizerComparison, *, width: int = 100) -> str:
-    from rich.console import Console
-
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=width, color_system=None)
-    for part in renderables(comparison):
-        console.print(part)
-    return buffer.getvalue()
+    return output.render(renderables(comparison), width=width)
 
 
 def print_report(comparison: TokenizerComparison) -> None:
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=100)
-    for part in renderables(comparison):
-        console.print(part)
+    output.show(renderables(comparison))

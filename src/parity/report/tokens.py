@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import io
-
 from parity.core.sequence import PositionResult, SequenceComparison
+from parity.report import output
 
 
 def renderables(comparison: SequenceComparison) -> list:
@@ -69,20 +68,8 @@ def _divergence(position: PositionResult):
 
 
 def render(comparison: SequenceComparison, *, width: int = 100) -> str:
-    from rich.console import Console
-
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=width, color_system=None)
-    for part in renderables(comparison):
-        console.print(part)
-    return buffer.getvalue()
+    return output.render(renderables(comparison), width=width)
 
 
 def print_report(comparison: SequenceComparison) -> None:
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=100)
-    for part in renderables(comparison):
-        console.print(part)
+    output.show(renderables(comparison))
