@@ -18,8 +18,6 @@ from parity.core.results import CheckpointResult, Comparison, Diagnosis, Diverge
 from parity.core.trace import FORMAT, Trace, load_trace, make_trace, save_trace
 
 __all__ = [
-    "FORMAT",
-    "LAYER_KINDS",
     "CaptureError",
     "Checkpoint",
     "CheckpointResult",
@@ -27,6 +25,8 @@ __all__ = [
     "Comparison",
     "Diagnosis",
     "Divergence",
+    "FORMAT",
+    "LAYER_KINDS",
     "Metrics",
     "MissingDependency",
     "OptionError",
