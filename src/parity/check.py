@@ -230,6 +230,7 @@ class _CandidateSource:
     gguf: Path | None = None         # llama.cpp candidates
     model: object | None = None      # torch candidates
     loaded: Trace | None = None      # trace candidates
+    runner: object | None = None     # llama.cpp candidates: the runner open inside logits_function()
 
     @property
     def is_llamacpp(self) -> bool:

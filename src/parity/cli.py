@@ -10,13 +10,13 @@ import inspect
 import sys
 from pathlib import Path
 
+from parity.check import LLAMACPP_PREFIX
 from parity.core.compare import CompareConfig
 from parity.core.errors import OptionError, ParityError
 from parity.core.tolerances import user_tolerance
 from parity.core.trace import Trace, load_trace, make_trace, save_trace
 
 EXIT_PASS, EXIT_DIVERGED, EXIT_UNUSABLE = 0, 1, 2
-LLAMACPP_PREFIX = "llamacpp:"  # as in parity.check, which the CLI imports only when a command needs it
 DTYPES = ("float64", "float32", "bfloat16", "float16")
 
 

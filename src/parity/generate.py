@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
+from parity.check import LLAMACPP_PREFIX
 from parity.core.errors import OptionError
 from parity.core.generation import (GenerationComparison, check_sampler, first_divergence, greedy,
                                     teacher_forced)
 
-LLAMACPP_PREFIX = "llamacpp:"
 
 
 @dataclass(frozen=True)
@@ -87,22 +86,14 @@ class _candidate_logits:
             return load_model(spec, dtype=self.options.dtype).logits
         from parity.check import _call_factory
 
+        from parity.capture.decoding import full_logits
+
         model = _call_factory(spec, self.options.model)
-        return lambda ids: _module_logits(model, ids)
+        return lambda ids: full_logits(model, ids)
 
     def __exit__(self, *exc_info) -> None:
         if self._close:
             self._close()
-
-
-def _module_logits(model, ids: list[int]) -> np.ndarray:
-    import torch
-
-    from parity.capture.torch_module import _first_tensor
-
-    with torch.no_grad():
-        output = _first_tensor(model(torch.tensor([ids])))
-    return output.reshape(len(ids), -1).double().numpy()
 
 
 def _function(spec: str):

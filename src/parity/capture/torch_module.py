@@ -168,7 +168,7 @@ def _first_tensor(output):
         return output
     if isinstance(output, (tuple, list)):
         return next((item for item in output if isinstance(item, torch.Tensor)), None)
-    return getattr(output, "logits", None) if hasattr(output, "logits") else None
+    return getattr(output, "logits", None)
 
 
 def _canonical_layout(name: str, tensor):

@@ -120,7 +120,7 @@ def compare_sequences(reference: ReferenceTokens, candidate: CandidateTokens) ->
         positions.append(_position(index, row, candidate.top_logprobs[index], candidate, reference, pieces_to_ids))
     first = next((p for p in positions if not p.agrees and not p.near_tie), None)
     diagnoses, notes = [], []
-    shift = detect_shift(reference, candidate, alignment, pieces_to_ids)
+    shift = detect_shift(reference, candidate, alignment)
     if shift is not None:
         diagnoses.append(shift)
     if candidate.first_generated == 0 or all(row is None for row in candidate.top_logprobs[1:candidate.first_generated]):
@@ -192,7 +192,7 @@ def _kl_topk(row: np.ndarray, candidate_row: Mapping[str, float] | None, pieces_
     return float(np.sum(np.exp(reference_logp) * (reference_logp - candidate_logp)))
 
 
-def _row_agreement(reference, candidate, alignment, pieces_to_ids, shift: int) -> tuple[int, int]:
+def _row_agreement(reference, candidate, alignment, shift: int) -> tuple[int, int]:
     """How many candidate rows k have the top-1 of the reference's prediction for token k + shift."""
     agree = total = 0
     for index, row in enumerate(candidate.top_logprobs):
@@ -205,13 +205,13 @@ def _row_agreement(reference, candidate, alignment, pieces_to_ids, shift: int) -
     return agree, total
 
 
-def detect_shift(reference, candidate, alignment, pieces_to_ids) -> Diagnosis | None:
+def detect_shift(reference, candidate, alignment) -> Diagnosis | None:
     """token_shift: the candidate's rows match the reference's predictions one token off."""
-    as_specified = _row_agreement(reference, candidate, alignment, pieces_to_ids, 0)
+    as_specified = _row_agreement(reference, candidate, alignment, 0)
     if as_specified[1] == 0 or as_specified[0] / as_specified[1] >= SHIFT_AGREEMENT:
         return None
     for shift in (1, -1):
-        agree, total = _row_agreement(reference, candidate, alignment, pieces_to_ids, shift)
+        agree, total = _row_agreement(reference, candidate, alignment, shift)
         if total and agree / total >= SHIFT_AGREEMENT:
             direction = "after" if shift > 0 else "before"
             return Diagnosis(

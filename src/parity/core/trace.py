@@ -26,7 +26,6 @@ from parity.core.errors import OptionError, TraceError
 from parity.core.names import in_flow_order, is_canonical, parse
 
 FORMAT = "parity-trace/1"
-METADATA_KEYS = ("format", "arch", "producer", "dtype", "tokens", "prompt", "config", "not_comparable")
 _JSON_KEYS = ("tokens", "config", "not_comparable")
 
 # safetensors dtype tag -> (numpy storage dtype, name parity reports)
