@@ -6,6 +6,7 @@ divergence is never an exception: it is a `Comparison` result.
     ParityError                 anything the user can fix; the CLI exits 2
     ├── TraceError              a file is not a readable parity trace
     ├── OptionError             an option or argument is unusable
+    │   └── OutputError         an output file cannot be written
     ├── CaptureError            a model could not be loaded or traced
     └── MissingDependency       an optional package is not installed
 """
@@ -27,6 +28,10 @@ class OptionError(ParityError):
 
 class CaptureError(ParityError):
     """A model could not be loaded, run or traced."""
+
+
+class OutputError(OptionError):
+    """An output path cannot be written (exists, read-only, not a directory, disk full)."""
 
 
 class MissingDependency(ParityError):

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from parity.core.errors import OptionError, TraceError
+from parity.core.files import write_atomically
 from parity.core.names import in_flow_order, is_canonical, parse
 
 FORMAT = "parity-trace/1"
@@ -280,8 +281,6 @@ def _manifest_files(manifest: dict, path: Path) -> dict[str, str]:
 def save_trace(trace: Trace, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write `trace` as a parity-trace/1 safetensors file. Refuses to replace a file unless told."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OptionError(f"{path} exists; choose another output path or pass --force to replace it")
     if path.suffix != ".safetensors":
         raise OptionError(f"{path}: traces are written as .safetensors; name the output '*.safetensors'")
     header: dict[str, Any] = {"__metadata__": _metadata_strings(trace.metadata)}
@@ -294,13 +293,14 @@ def save_trace(trace: Trace, path: str | Path, *, overwrite: bool = False) -> Pa
         offset += len(raw)
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the body starts 8-byte aligned
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as file:
+
+    def write(file) -> None:
         file.write(struct.pack("<Q", len(encoded)))
         file.write(encoded)
         for raw in chunks:
             file.write(raw)
-    return path
+
+    return write_atomically(path, write, overwrite=overwrite)
 
 
 def _storage(array: np.ndarray, dtype: str | None) -> tuple[np.ndarray, str]:

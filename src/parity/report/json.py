@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from parity.core.errors import OptionError
+from parity.core.files import write_atomically
 from parity.core.names import parse
 from parity.core.results import NOT_COMPARABLE, CheckpointResult, Comparison, Metrics, Tolerance
 from parity.core.sequence import PositionResult, SequenceComparison
@@ -247,8 +247,4 @@ def write(comparison, path: str | Path, *, overwrite: bool = False) -> None:
     if str(path) == "-":
         print(dumps(comparison))
         return
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OptionError(f"{path} exists; choose another --json path or pass --force to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps(comparison) + "\n", encoding="utf-8")
+    write_atomically(path, dumps(comparison) + "\n", overwrite=overwrite, option="--json")

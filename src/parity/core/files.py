@@ -1,0 +1,96 @@
+"""Writing output files: checked first, written atomically, never replaced unless told.
+
+Every file parity writes (traces, JSON, HTML, JUnit, Markdown, repro files) goes
+through `write_atomically`: the bytes go to a temporary file in the target's own
+directory, are flushed to disk, and only then renamed over the target. A run that
+is killed at any moment leaves the previous file or none, never a partial one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+from parity.core.errors import OutputError
+
+_TEMPORARY_PREFIX = ".parity-tmp-"
+
+
+def check_output_path(path: str | Path, *, overwrite: bool, option: str = "output") -> Path:
+    """The path to write, after checking it can be written; raises OutputError saying how to fix it."""
+    if str(path) == "":
+        raise OutputError(f"the {option} path is empty; give a file name")
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; give a file name for the {option}")
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise OutputError(f"{path} exists; choose another {option} path or pass --force to replace it")
+        if not path.is_file():
+            raise OutputError(f"{path} is not a regular file; choose another {option} path")
+    parent = _existing_parent(path)
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {path}: {parent} is not a directory; choose another {option} path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: {parent} is not writable; choose another {option} path")
+    return path
+
+
+def write_atomically(path: str | Path, content: bytes | str | Callable[[BinaryIO], None], *,
+                     overwrite: bool = False, option: str = "output") -> Path:
+    """Write `content` (bytes, text, or a function writing to a binary file) to `path` atomically."""
+    path = check_output_path(path, overwrite=overwrite, option=option)
+    with atomic_file(path, option=option) as file:
+        if callable(content):
+            content(file)
+        else:
+            file.write(content.encode("utf-8") if isinstance(content, str) else content)
+    return path
+
+
+@contextmanager
+def atomic_file(path: Path, *, option: str = "output") -> Iterator[BinaryIO]:
+    """A binary file that becomes `path` only when the block ends without an exception."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(prefix=_TEMPORARY_PREFIX, suffix=".part", dir=path.parent)
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error}; choose another {option} path") from None
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except OSError as error:
+        _remove(temporary)
+        raise OutputError(f"cannot write {path}: {error.strerror or error}; "
+                          f"check the free space and permissions, or choose another {option} path") from None
+    except BaseException:
+        _remove(temporary)
+        raise
+
+
+def _existing_parent(path: Path) -> Path:
+    """The nearest ancestor of `path` that exists (the directories below it will be made)."""
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
