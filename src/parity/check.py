@@ -19,6 +19,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -375,7 +376,8 @@ def _check_server(options: CheckOptions, progress) -> SequenceComparison:
     if options.prompt is None:
         raise OptionError("a server candidate needs --prompt TEXT (it tokenizes the text itself)")
     quiet_transformers()
-    server = OpenAIServer(options.candidate, model=options.server_model, timeout_s=options.timeout_s)
+    server = OpenAIServer(options.candidate, model=options.server_model, timeout_s=options.timeout_s,
+                          run_deadline=time.monotonic() + options.timeout_s)
     progress.step(f"asking {server.completions_url} for {options.max_tokens} greedy tokens with log-probabilities")
     candidate = server.complete(options.prompt, max_tokens=options.max_tokens)
     dtype = options.dtype or "float32"

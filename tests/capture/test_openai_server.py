@@ -103,13 +103,104 @@ def garbage_server():
 
 def test_a_server_that_answers_garbage_is_a_clear_error(garbage_server):
     url = f"http://127.0.0.1:{garbage_server.server_port}"
-    garbage_server.answers += [b"<html>hello</html>", json.dumps({"choices": [{"text": "x"}]}).encode(), b"500 overloaded"]
+    garbage_server.answers += [b"<html>hello</html>", json.dumps({"choices": [{"text": PROMPT}]}).encode(), b"500 overloaded"]
     with pytest.raises(CaptureError, match="something that is not JSON: '<html>hello</html>'"):
         OpenAIServer(url).complete(PROMPT, max_tokens=2)
     with pytest.raises(CaptureError, match="not a completion with logprobs"):
         OpenAIServer(url).complete(PROMPT, max_tokens=2)
     with pytest.raises(CaptureError, match="answered HTTP 500"):
         OpenAIServer(url).complete(PROMPT, max_tokens=2)
+
+
+# --- a server that misbehaves on purpose, on loopback ----------------------------
+
+FAULTS = {  # scenario -> what the one-line error must say
+    "drip": "did not finish answering within 3 s",
+    "silent": "did not finish answering within 3 s",
+    "endless": "sent more than 33,554,432 bytes",
+    "endless_chunked": "sent more than 33,554,432 bytes",
+    "huge_length": "announced a 1,000,000,000,000-byte answer",
+    "bad_status": "bad HTTP status line 'HTTP/1.1 OK-ish",
+    "not_http": "bad HTTP status line 'SSH-2.0",
+    "many_headers": "got more than 100 headers",
+    "long_header": "header or status line over 65,536 bytes",
+    "deep_json": "JSON nested too deeply",
+    "text_int": "choices[0].text = 5, expected a string",
+    "logprobs_str": "token_logprobs[1] = 'high', expected a log-probability",
+    "logprobs_positive": "token_logprobs[1] = 3.0, expected a log-probability",
+    "offsets_float": "text_offset[1] = 2.5, expected an integer character offset",
+    "offsets_beyond": "text_offset[3] = 1000000000, expected an integer character offset from 0 to 11",
+    "top_row_list": "top_logprobs[1] = [[[1]]], expected null or an object",
+    "lengths_differ": "lists of different lengths (tokens 1, text_offset 4",
+    "no_choices": "empty choices list",
+    "no_logprobs": "without choices[0].logprobs",
+    "no_echo": "did not echo the prompt",
+    "truncated": "closed the connection after 117 bytes of its answer (118 more were due)",
+    "reset": "failed: Connection reset by peer",
+    "close_at_once": "closed the connection without answering",
+    "not_json": r"not JSON: '<html><body>\x1b[31mhello",  # escaped: no terminal control codes
+    "not_utf8": "not JSON",
+    "http_500": r"answered HTTP 500 Internal Server Error: 'model overloaded\nretry later'",
+    "http_404": "answered HTTP 404 Not Found",
+    "redirect": "HTTP 302 Found, a redirect to 'http://example.com/v1/completions'; give the address",
+}
+
+
+@pytest.fixture(scope="module")
+def misbehaving():
+    from misbehaving_server import MisbehavingServer
+
+    server = MisbehavingServer()
+    yield server
+    server.close()
+
+
+def test_the_misbehaving_servers_good_answer_is_read(misbehaving):
+    from misbehaving_server import PROMPT as SHORT
+
+    candidate = OpenAIServer(misbehaving.url("good"), timeout_s=3).complete(SHORT, max_tokens=1)
+    assert candidate.pieces == ("w1", " w2", " w3", " w4") and candidate.first_generated == 3
+
+
+@pytest.mark.parametrize("scenario", sorted(FAULTS))
+def test_each_server_fault_is_one_line_naming_the_server_in_bounded_time_and_memory(misbehaving, scenario):
+    import tracemalloc
+
+    from misbehaving_server import PROMPT as SHORT
+
+    url = misbehaving.url(scenario)
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(CaptureError) as raised:
+            OpenAIServer(url, timeout_s=3).complete(SHORT, max_tokens=1)
+        elapsed_s = time.monotonic() - started
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    message = str(raised.value)
+    assert "\n" not in message and "\x1b" not in message and f"{url}/v1/completions" in message
+    assert FAULTS[scenario] in message, message
+    assert elapsed_s < 4.0
+    assert peak_bytes < 3 * 33_554_432   # the answer is capped at 32 MiB however much the server sends
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1, float("nan"), float("inf")])
+def test_a_timeout_that_is_not_a_positive_number_is_refused(timeout_s):
+    from parity.core.errors import OptionError
+
+    with pytest.raises(OptionError, match="positive number of seconds"):
+        OpenAIServer("http://127.0.0.1:1", timeout_s=timeout_s)
+
+
+def test_the_run_deadline_bounds_a_request_with_a_longer_timeout(misbehaving):
+    from misbehaving_server import PROMPT as SHORT
+
+    started = time.monotonic()
+    server = OpenAIServer(misbehaving.url("drip"), timeout_s=30, run_deadline=time.monotonic() + 1.5)
+    with pytest.raises(CaptureError, match="did not finish answering within 1.5 s"):
+        server.complete(SHORT, max_tokens=1)
+    assert time.monotonic() - started < 2.5
 
 
 def test_a_server_that_never_answers_times_out():
@@ -119,7 +210,7 @@ def test_a_server_that_never_answers_times_out():
     try:
         url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         started = time.monotonic()
-        with pytest.raises(CaptureError, match="did not answer within 1 s"):
+        with pytest.raises(CaptureError, match="did not finish answering within 1 s"):
             OpenAIServer(url, timeout_s=1).complete(PROMPT, max_tokens=2)
         assert time.monotonic() - started < 10
     finally:

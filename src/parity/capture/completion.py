@@ -1,0 +1,153 @@
+"""Reading an OpenAI completions answer (echo + logprobs) and checking every field it holds.
+
+A server is untrusted input: each field read is checked for its type and range,
+and a fault is one line naming the field, what the server sent there, and what
+was expected. The shape read:
+
+    {"choices": [{"text": str,
+                  "logprobs": {"tokens": [str, ...],
+                               "text_offset": [int, ...],         0 <= offset <= len(text), non-decreasing
+                               "token_logprobs": [float|null, ...],   <= 0 (a log-probability)
+                               "top_logprobs": [{str: float}|null, ...] | null}}]}
+"""
+
+from __future__ import annotations
+
+import math
+import reprlib
+from typing import Any
+
+from parity.core.errors import CaptureError
+from parity.core.sequence import CandidateTokens
+
+MAX_TOKENS = 1_000_000
+MAX_TOP = 1_000              # entries in one top_logprobs row
+_LOGPROB_SLACK = 1e-3        # servers round; a log-probability a hair above 0 is still one
+_SHOWN = 60
+
+
+def parse_completion(answer: Any, prompt: str, where: str) -> CandidateTokens:
+    """The echoed prompt and continuation with their log-probabilities; raises CaptureError naming the field."""
+    choice = _index(_field(answer, "choices", list, where, "the answer"), 0, dict, where, "choices")
+    text = _field(choice, "text", str, where, "choices[0]")
+    if not text.startswith(prompt):
+        raise CaptureError(f"{where} did not echo the prompt (its text starts {_shown(text)}); parity needs 'echo' "
+                           "to compare prompt positions")
+    logprobs = _field(choice, "logprobs", dict, where, "choices[0]",
+                      hint="does the server support logprobs with echo?")
+    path = "choices[0].logprobs"
+    pieces = _list_of(logprobs, "tokens", where, path, _piece)
+    offsets = _list_of(logprobs, "text_offset", where, path, _offset(len(text)))
+    token_logprobs = _list_of(logprobs, "token_logprobs", where, path, _logprob)
+    top = logprobs.get("top_logprobs")
+    top_logprobs = (tuple([None] * len(pieces)) if top is None
+                    else _list_of(logprobs, "top_logprobs", where, path, _top_row))
+    lengths = {len(pieces), len(offsets), len(token_logprobs), len(top_logprobs)}
+    if len(lengths) != 1:
+        raise CaptureError(f"{where} answered logprobs lists of different lengths (tokens {len(pieces)}, text_offset "
+                           f"{len(offsets)}, token_logprobs {len(token_logprobs)}, top_logprobs {len(top_logprobs)})")
+    descending = next((i for i in range(1, len(offsets)) if offsets[i] < offsets[i - 1]), None)
+    if descending is not None:
+        raise CaptureError(f"{where} answered text_offset[{descending}] = {offsets[descending]}, before the offset of "
+                           f"the token ahead of it ({offsets[descending - 1]}); offsets must not decrease")
+    first_generated = next((i for i, offset in enumerate(offsets) if offset >= len(prompt)), len(pieces))
+    return CandidateTokens(text, pieces, offsets, token_logprobs, top_logprobs, first_generated)
+
+
+# --- one field ------------------------------------------------------------------
+
+
+def _field(container: dict, key: str, kind: type, where: str, path: str, hint: str = "") -> Any:
+    if not isinstance(container, dict):
+        named = "" if path == "the answer" else f"{path} = "
+        raise CaptureError(f"{where} answered {named}{_shown(container)}, not a JSON object; "
+                           "is it an OpenAI-compatible /v1/completions endpoint?")
+    if key not in container:
+        raise CaptureError(f"{where} answered JSON without {path}.{key}, so it is not a completion with logprobs "
+                           f"(expected choices[0].logprobs with tokens, text_offset, token_logprobs)"
+                           + (f"; {hint}" if hint else ""))
+    value = container[key]
+    if not isinstance(value, kind):
+        raise CaptureError(f"{where} answered {path}.{key} = {_shown(value)}, expected a {_KIND_NAMES[kind]}"
+                           + (f"; {hint}" if hint else ""))
+    return value
+
+
+def _index(items: list, index: int, kind: type, where: str, path: str) -> Any:
+    if len(items) <= index:
+        raise CaptureError(f"{where} answered an empty {path} list; is the prompt accepted?")
+    if not isinstance(items[index], kind):
+        raise CaptureError(f"{where} answered {path}[{index}] = {_shown(items[index])}, expected a {_KIND_NAMES[kind]}")
+    return items[index]
+
+
+def _list_of(container: dict, key: str, where: str, path: str, check) -> tuple:
+    items = _field(container, key, list, where, path)
+    if len(items) > MAX_TOKENS:
+        raise CaptureError(f"{where} answered {len(items):,} entries in {path}.{key}, more than {MAX_TOKENS:,}")
+    checked = []
+    for index, item in enumerate(items):
+        value, expected = check(item)
+        if expected:
+            raise CaptureError(f"{where} answered {path}.{key}[{index}] = {_shown(item)}, expected {expected}")
+        checked.append(value)
+    return tuple(checked)
+
+
+def _piece(item) -> tuple[Any, str]:
+    return (item, "") if isinstance(item, str) else (None, "a string (the token's text)")
+
+
+def _offset(text_length: int):
+    def check(item) -> tuple[Any, str]:
+        if _is_int(item) and 0 <= item <= text_length:
+            return item, ""
+        return None, f"an integer character offset from 0 to {text_length} (the length of the answer's text)"
+
+    return check
+
+
+def _logprob(item) -> tuple[Any, str]:
+    if item is None:
+        return None, ""
+    value = _log_probability(item)
+    return (value, "") if value is not None else (None, "a log-probability (a number <= 0) or null")
+
+
+def _top_row(item) -> tuple[Any, str]:
+    if item is None:
+        return None, ""
+    expected = f"null or an object of at most {MAX_TOP} token text -> log-probability (a number <= 0)"
+    if not isinstance(item, dict) or len(item) > MAX_TOP:
+        return None, expected
+    row = {}
+    for piece, value in item.items():
+        logprob = _log_probability(value)
+        if logprob is None:
+            return None, f"{expected}; its entry {_shown(piece)} is {_shown(value)}"
+        row[piece] = logprob
+    return row, ""
+
+
+def _log_probability(value) -> float | None:
+    if not (_is_int(value) or isinstance(value, float)):
+        return None
+    value = float(value)
+    if math.isnan(value) or value > _LOGPROB_SLACK:
+        return None
+    return min(value, 0.0)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value) -> str:
+    """What the server sent, on one line, shortened (reprlib stops at depth 3, so deep nesting is cheap)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 4, 4, _SHOWN, _SHOWN
+_KIND_NAMES = {list: "JSON list", dict: "JSON object", str: "string"}
