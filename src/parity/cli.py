@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
+import warnings
 from pathlib import Path
 
+from parity import arguments
 from parity.check import LLAMACPP_PREFIX
 from parity.core.compare import CompareConfig
 from parity.core.errors import OptionError, ParityError
@@ -129,12 +131,12 @@ def _report(comparison, args) -> int:
     from parity.core.generation import GenerationComparison
     from parity.report import console, generation, json, tokenizer, tokens
 
-    if args.json:
-        json.write(comparison, args.json, overwrite=args.force)
     if args.json != "-":
         renderer = {SequenceComparison: tokens, TokenizerComparison: tokenizer,
                     GenerationComparison: generation}.get(type(comparison), console)
         renderer.print_report(comparison)
+    if args.json is not None:   # after the console report, which a failed write then does not lose
+        json.write(comparison, args.json, overwrite=args.force)
     return EXIT_PASS if comparison else EXIT_DIVERGED
 
 
@@ -226,10 +228,9 @@ def _token_texts(args) -> list[tuple[str, str]] | None:
     if args.prompt is not None:
         return [("prompt", args.prompt)]
     if args.file is not None:
-        path = Path(args.file)
-        if not path.exists():
-            raise OptionError(f"{path}: no such file")
-        return [(path.name, path.read_text(encoding="utf-8"))]
+        from parity.core.text_input import read_text
+
+        return [(Path(args.file).name, read_text(args.file, what="--file"))]
     return None
 
 
@@ -252,8 +253,6 @@ def cmd_generate(args) -> int:
     from parity.generate import GenerateOptions, run_generate
 
     _default_pair(args)
-    if args.temperature <= 0:
-        raise OptionError("--temperature must be positive")
     options = GenerateOptions(model=args.model, candidate=args.candidate, prompt=args.prompt,
                               tokens=_tokens(args.tokens), count=args.max_tokens, dtype=args.dtype or "float32",
                               sampler=args.sampler, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -301,15 +300,7 @@ def _default_pair(args) -> None:
 
 
 def _tokens(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        tokens = [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise OptionError(f"--tokens must be comma-separated integers like 1,2,3, got '{text}'") from None
-    if not tokens:
-        raise OptionError("--tokens is empty; give at least one token id")
-    return tokens
+    return arguments.token_ids(text)
 
 
 def _need_one_input(prompt, tokens) -> None:
@@ -318,8 +309,8 @@ def _need_one_input(prompt, tokens) -> None:
 
 
 def _add_tolerance_options(parser) -> None:
-    parser.add_argument("--atol", type=float, help="absolute tolerance for every checkpoint (needs --rtol)")
-    parser.add_argument("--rtol", type=float, help="relative tolerance for every checkpoint (needs --atol)")
+    parser.add_argument("--atol", type=arguments.tolerance, help="absolute tolerance for every checkpoint (needs --rtol)")
+    parser.add_argument("--rtol", type=arguments.tolerance, help="relative tolerance for every checkpoint (needs --atol)")
     parser.add_argument("--checkpoints", metavar="GLOB", help="only these checkpoints, e.g. 'layers.*.q,logits'")
     parser.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
     parser.add_argument("--force", action="store_true", help="replace output files that exist")
@@ -353,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--force", action="store_true", help="replace the output file if it exists")
     capture.add_argument("--emulate", choices=("llamacpp",), help="round activations as llama.cpp does (a calibration run)")
     capture.add_argument("--weights", action="store_true", help="also store each tapped module's parameters")
+    capture.set_defaults(output_kind="trace")
 
     compare_parser = _command(subparsers, "compare", cmd_compare)
     compare_parser.add_argument("reference", metavar="REF", help="the reference trace")
@@ -367,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(check)
     _add_tolerance_options(check)
     check.add_argument("--no-calibrate", action="store_true", help="use the dtype tables, not a calibration run")
-    check.add_argument("--decode-steps", type=int, default=4, metavar="N",
+    check.add_argument("--decode-steps", type=arguments.count, default=4, metavar="N",
                        help="candidates that decode: greedy and token-by-token decoding for N tokens (0: skip)")
     check.add_argument("--weights", action="store_true",
                        help="also capture each tapped module's parameters, to tell a weight mismatch")
@@ -375,19 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="torch candidates: rerun each block and op on the reference's inputs (local vs propagated error)")
     check.add_argument("--taps", help="built-in checkpoint mapping for a module candidate: hf, nanogpt, llama, gpt2")
     check.add_argument("--save-traces", metavar="DIR", help="also write reference.safetensors and candidate.safetensors here")
-    check.add_argument("-n", "--max-tokens", type=int, default=16, help="server candidates: greedy tokens to generate")
-    check.add_argument("--timeout", type=float, default=60.0, help="server candidates: seconds to wait for an answer")
+    check.add_argument("-n", "--max-tokens", type=arguments.positive_int, default=16, help="server candidates: greedy tokens to generate")
+    check.add_argument("--timeout", type=arguments.seconds, default=60.0,
+                       help="server candidates: seconds the whole exchange may take (total, not per read)")
     check.add_argument("--server-model", help="server candidates: the 'model' field to send")
     generate = _command(subparsers, "generate", cmd_generate)
     generate.add_argument("model", metavar="MODEL", nargs="?", help="reference model directory or .gguf file")
     generate.add_argument("candidate", metavar="CANDIDATE", nargs="?",
                           help="llamacpp:FILE.gguf, a model directory or .gguf, or FILE.py:FACTORY")
     _add_input_options(generate)
-    generate.add_argument("-n", "--max-tokens", type=int, default=32, help="tokens to generate (default 32)")
+    generate.add_argument("-n", "--max-tokens", type=arguments.positive_int, default=32, help="tokens to generate (default 32)")
     generate.add_argument("--sampler", help="FILE.py:FUNCTION(logits, temperature, top_k, top_p) -> probabilities")
-    generate.add_argument("--temperature", type=float, default=1.0, help="for the sampler check")
-    generate.add_argument("--top-k", type=int, help="for the sampler check")
-    generate.add_argument("--top-p", type=float, help="for the sampler check")
+    generate.add_argument("--temperature", type=arguments.positive, default=1.0, help="for the sampler check")
+    generate.add_argument("--top-k", type=arguments.positive_int, help="for the sampler check")
+    generate.add_argument("--top-p", type=arguments.probability, help="for the sampler check")
     generate.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
     generate.add_argument("--force", action="store_true", help="replace output files that exist")
 
@@ -407,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--model", help="the reference model, to export the op's weights")
     repro.add_argument("--checkpoint", help="reproduce this checkpoint instead of the report's divergence")
     repro.add_argument("--force", action="store_true", help="write into a directory that is not empty")
+    repro.set_defaults(output_kind="directory")
     return parser
 
 
@@ -426,7 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "handler"):
             parser.print_help()
             return EXIT_UNUSABLE
-        return args.handler(args)
+        arguments.check_outputs(args)   # before the long work, not after it
+        with warnings.catch_warnings():
+            # numpy's RuntimeWarnings (overflow, invalid value) are not for the user: parity counts
+            # non-finite values itself and reports them as results.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return args.handler(args)
     except ParityError as error:
         print(f"parity: error: {error}", file=sys.stderr)
         return EXIT_UNUSABLE

@@ -14,14 +14,17 @@ first divergence) and write to a directory:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from parity.core.errors import OptionError, TraceError
+from parity.core.files import check_output_directory, write_atomically
 from parity.core.metrics import rms
 from parity.core.names import FAMILY_TAPS, MODEL_TYPE_FAMILY, inputs_of, parse
+from parity.core.text_input import read_text
 from parity.core.trace import Trace, load_trace, make_trace, save_trace
 
 
@@ -41,54 +44,89 @@ def write_repro(report_path: Path, directory: Path, *, reference_path: Path | No
                 checkpoint: str | None = None, overwrite: bool = False) -> Repro:
     report = _read_report(report_path)
     name = checkpoint or _target(report, report_path)
-    entry = next((c for c in report["checkpoints"] if c["name"] == name), None)
+    entry = next((c for c in report["checkpoints"] if c["name"] == name), None)   # each checked by _read_report
     if entry is None:
         raise OptionError(f"{report_path}: no checkpoint '{name}' in this report")
     reference = _reference_trace(report, report_path, reference_path)
+    if name not in reference.tensors:
+        raise OptionError(f"the reference trace of {report_path} has no tensor '{name}'; pass the trace it was "
+                          "compared with as --reference")
     sources = inputs_of(name, reference.tensors)
     if not sources:
         raise OptionError(f"the reference trace holds none of the inputs of {name}; it cannot be reproduced alone")
-    _prepare(directory, overwrite)
-    save_trace(make_trace({s: reference[s] for s in sources}, {"tokens": reference.tokens}), directory / "inputs.safetensors")
-    save_trace(make_trace({name: reference[name]}, {"tokens": reference.tokens}), directory / "expected.safetensors")
-    candidate_path = report.get("candidate", {}).get("source")
+    check_output_directory(directory, overwrite=overwrite, option="-o")
+    weights = _weights(model, name) if model else {}
+    files = {"inputs.safetensors": make_trace({s: reference[s] for s in sources}, {"tokens": reference.tokens}),
+             "expected.safetensors": make_trace({name: reference[name]}, {"tokens": reference.tokens})}
+    candidate_path = _field(report, ("candidate", "source"), str, report_path)
     if candidate_path and Path(candidate_path).exists():
         candidate = load_trace(candidate_path)
         if name in candidate:
-            save_trace(make_trace({name: candidate[name]}), directory / "candidate.safetensors")
-    weights = _weights(model, name) if model else {}
+            files["candidate.safetensors"] = make_trace({name: candidate[name]})
     if weights:
-        save_trace(make_trace(weights, {}), directory / "weights.safetensors")
-    bound = _rel_l2_bound(entry, reference[name])
-    (directory / "test_repro.py").write_text(_TEST.format(checkpoint=name, inputs=", ".join(sources),
-                                                          weights=", ".join(weights) or "none", bound=bound))
-    (directory / "README.md").write_text(_README.format(checkpoint=name, inputs=", ".join(sources),
-                                                        weights=", ".join(weights) or "none (give --model)",
-                                                        bound=bound, directory=directory))
+        files["weights.safetensors"] = make_trace(weights, {})
+    for file_name, trace in files.items():
+        save_trace(trace, directory / file_name, overwrite=overwrite)
+    bound = _rel_l2_bound(entry, reference[name], report_path)
+    write_atomically(directory / "test_repro.py", _TEST.format(checkpoint=name, inputs=", ".join(sources),
+                                                               weights=", ".join(weights) or "none", bound=bound),
+                     overwrite=overwrite, option="-o")
+    write_atomically(directory / "README.md", _README.format(checkpoint=name, inputs=", ".join(sources),
+                                                             weights=", ".join(weights) or "none (give --model)",
+                                                             bound=bound, directory=directory),
+                     overwrite=overwrite, option="-o")
     return Repro(directory, name, tuple(sources), tuple(weights), bound)
 
 
 def _read_report(path: Path) -> dict:
     try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise OptionError(f"{path}: no such report") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        report = json.loads(read_text(path, what="the report"))
+    except (ValueError, RecursionError):
         raise OptionError(f"{path}: not a JSON report (write one with --json)") from None
     if not isinstance(report, dict) or report.get("schema") != "parity-report/1" or "checkpoints" not in report:
         raise OptionError(f"{path}: not a parity layer report (schema parity-report/1 with checkpoints)")
+    checkpoints = _field(report, ("checkpoints",), list, path)
+    for index, entry in enumerate(checkpoints):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise OptionError(f"{path}: checkpoints[{index}] is {_shown(entry)}, not an object with a string 'name'; "
+                              "write the report again with --json")
     return report
 
 
+def _field(report: dict, keys: tuple[str, ...], kind: type, path: Path):
+    """report[keys[0]][keys[1]]..., None where absent, else of type `kind` or an OptionError naming the field."""
+    value = report
+    for depth, key in enumerate(keys):
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise OptionError(f"{path}: '{'.'.join(keys[:depth])}' is {_shown(value)}, not an object; "
+                              "write the report again with --json")
+        value = value.get(key)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
+        raise OptionError(f"{path}: '{'.'.join(keys)}' is {_shown(value)}, not a {_KIND_NAMES[kind]}; "
+                          "write the report again with --json")
+    return value
+
+
+_KIND_NAMES = {str: "string", dict: "JSON object", list: "JSON list", (int, float): "number"}
+
+
+def _shown(value) -> str:
+    text = json.dumps(value)[:60] if not isinstance(value, (dict, list)) else type(value).__name__
+    return text
+
+
 def _target(report: dict, path: Path) -> str:
-    divergence = report.get("origin") or report.get("first_divergence")
-    if divergence is None:
+    name = (_field(report, ("origin", "checkpoint"), str, path)
+            or _field(report, ("first_divergence", "checkpoint"), str, path))
+    if name is None:
         raise OptionError(f"{path}: the comparison passed; there is no divergence to reproduce (name one with --checkpoint)")
-    return divergence["checkpoint"]
+    return name
 
 
 def _reference_trace(report: dict, report_path: Path, given: Path | None) -> Trace:
-    path = given or report.get("reference", {}).get("source")
+    path = given or _field(report, ("reference", "source"), str, report_path)
     if not path:
         raise OptionError(f"{report_path} does not say where the reference trace is: pass --reference "
                           "(parity check --save-traces DIR keeps both traces)")
@@ -96,12 +134,6 @@ def _reference_trace(report: dict, report_path: Path, given: Path | None) -> Tra
         return load_trace(path)
     except TraceError as error:
         raise OptionError(f"the reference trace of {report_path}: {error}") from None
-
-
-def _prepare(directory: Path, overwrite: bool) -> None:
-    if directory.exists() and any(directory.iterdir()) and not overwrite:
-        raise OptionError(f"{directory} exists and is not empty; choose another -o or pass --force")
-    directory.mkdir(parents=True, exist_ok=True)
 
 
 def _weights(model: str, name: str) -> dict[str, np.ndarray]:
@@ -127,13 +159,18 @@ def _weights(model: str, name: str) -> dict[str, np.ndarray]:
     return {}
 
 
-def _rel_l2_bound(entry: dict, expected: np.ndarray) -> float:
+def _rel_l2_bound(entry: dict, expected: np.ndarray, path: Path) -> float:
     """The report's tolerance for this checkpoint, as a bound on rel_l2."""
-    tolerance = entry.get("tolerance") or {}
-    if tolerance.get("max_rel_l2") is not None:
-        return float(tolerance["max_rel_l2"])
+    where = f"{path}: checkpoint {entry['name']}"
+    tolerance = _field(entry, ("tolerance",), dict, where) or {}
+    bounds = {key: _field(tolerance, (key,), (int, float), where) for key in ("max_rel_l2", "rtol", "atol")}
+    if any(value is not None and not (math.isfinite(value) and value >= 0) for value in bounds.values()):
+        raise OptionError(f"{where}: its tolerance holds a negative or non-finite bound; write the report again with --json")
+    if bounds["max_rel_l2"] is not None:
+        return float(bounds["max_rel_l2"])
     scale = rms(expected)
-    return float(tolerance.get("rtol", 1e-4)) + (float(tolerance.get("atol", 0.0)) / scale if scale > 0 else 0.0)
+    rtol, atol = bounds["rtol"], bounds["atol"]
+    return float(1e-4 if rtol is None else rtol) + (float(atol or 0.0) / scale if scale > 0 else 0.0)
 
 
 _TEST = '''"""Reproduces {checkpoint} alone, from the reference's inputs to it (written by parity repro).

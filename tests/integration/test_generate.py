@@ -46,4 +46,4 @@ def test_a_sampler_with_the_wrong_temperature(model_dirs, tmp_path):
     report = json.loads(result.stdout)
     assert result.returncode == 1
     assert report["sampler"]["first_step"] == 0 and abs(report["sampler"]["fitted_temperature"] - 0.49) < 0.02
-    assert_unusable(parity(*common, "--temperature", "0"), "--temperature must be positive")
+    assert_unusable(parity(*common, "--temperature", "0"), "argument --temperature: must be a positive number")

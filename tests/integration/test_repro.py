@@ -50,7 +50,7 @@ def test_repro_of_a_norm_epsilon_bug_round_trip(model_dirs, tmp_path):
     assert unset.returncode == 1 and "set PARITY_REPRO_OP" in unset.stdout
 
     assert_unusable(parity("repro", report, "-o", directory), "not empty")
-    assert_unusable(parity("repro", tmp_path / "nope.json", "-o", tmp_path / "x"), "no such report")
+    assert_unusable(parity("repro", tmp_path / "nope.json", "-o", tmp_path / "x"), "no such file (given as the report)")
 
 
 def test_repro_needs_to_know_where_the_reference_is(model_dirs, tmp_path):

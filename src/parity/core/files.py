@@ -39,6 +39,32 @@ def check_output_path(path: str | Path, *, overwrite: bool, option: str = "outpu
     return path
 
 
+def check_output_directory(path: str | Path, *, overwrite: bool, option: str = "output") -> Path:
+    """A directory to write files into, after checking it can be; non-empty only with `overwrite`."""
+    if str(path) == "":
+        raise OutputError(f"the {option} directory is empty; give a directory name")
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise OutputError(f"{path} exists and is not a directory; choose another {option} directory")
+        try:
+            occupied = any(path.iterdir())
+        except OSError as error:
+            raise OutputError(f"cannot write into {path}: {error.strerror or error}; "
+                              f"choose another {option} directory") from None
+        if occupied and not overwrite:
+            raise OutputError(f"{path} exists and is not empty; choose another {option} directory "
+                              "or pass --force to write into it")
+        writable = path
+    else:
+        writable = _existing_parent(path)
+        if not writable.is_dir():
+            raise OutputError(f"cannot write {path}: {writable} is not a directory; choose another {option} directory")
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: {writable} is not writable; choose another {option} directory")
+    return path
+
+
 def write_atomically(path: str | Path, content: bytes | str | Callable[[BinaryIO], None], *,
                      overwrite: bool = False, option: str = "output") -> Path:
     """Write `content` (bytes, text, or a function writing to a binary file) to `path` atomically."""

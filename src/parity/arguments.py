@@ -1,0 +1,134 @@
+"""The command line's values, checked before any work starts.
+
+Each `type=` function below turns one option's text into its value or raises
+argparse.ArgumentTypeError, which the parser prints as one line naming the
+option ("argument --top-p: must be a number in (0, 1], got 2"). `check_outputs`
+checks every path a command will write, right after parsing, so that a check that
+loads a model for a minute does not fail only when it comes to write its report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from parity.core.errors import OptionError
+from parity.core.files import check_output_directory, check_output_path
+
+# --- one value ------------------------------------------------------------------
+
+
+def _number(text: str, kind: type = float):
+    try:
+        value = kind(text)
+    except ValueError:
+        noun = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"must be {noun}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A count of one or more (tokens to generate, top-k)."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def count(text: str) -> int:
+    """A count of zero or more (0 turns the step off)."""
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A positive, finite number of seconds."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def positive(text: str) -> float:
+    """A positive, finite number (a temperature)."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A probability mass in (0, 1] (top-p)."""
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
+
+
+def tolerance(text: str) -> float:
+    """An absolute or relative tolerance: finite, 0 or more."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
+def token_ids(text: str | None, option: str = "--tokens") -> list[int] | None:
+    """'1,2,3' as ids; a negative id is named."""
+    if text is None:
+        return None
+    parts = [part for part in text.replace(" ", "").split(",") if part]
+    try:
+        ids = [int(part) for part in parts]
+    except ValueError:
+        bad = next(part for part in parts if not _is_int(part))
+        raise OptionError(f"{option} must be comma-separated integers like 1,2,3; {bad[:40]!r} is not an "
+                          "integer") from None
+    if not ids:
+        raise OptionError(f"{option} is empty; give at least one token id")
+    negative = next((i for i in ids if i < 0), None)
+    if negative is not None:
+        raise OptionError(f"{option} holds the negative id {negative}; token ids are 0 or more")
+    return ids
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+# --- the paths a command writes -----------------------------------------------------
+
+
+def check_outputs(args) -> None:
+    """Check every output of the parsed command before it runs; raises OutputError saying how to fix it."""
+    overwrite = bool(getattr(args, "force", False))
+    json_path = getattr(args, "json", None)
+    if json_path is not None and json_path != "-":
+        check_output_path(json_path, overwrite=overwrite, option="--json")
+    kind = getattr(args, "output_kind", None)
+    if kind == "trace":
+        check_trace_output(args.output, overwrite=overwrite, option="-o")
+    elif kind == "directory":
+        check_output_directory(args.output, overwrite=overwrite, option="-o")
+    save_traces = getattr(args, "save_traces", None)
+    if save_traces is not None:
+        if save_traces == "":
+            raise OptionError("--save-traces is empty; give a directory to write the two traces in")
+        check_output_directory(save_traces, overwrite=True, option="--save-traces")
+        for role in ("reference", "candidate"):
+            check_output_path(Path(save_traces) / f"{role}.safetensors", overwrite=overwrite, option="--save-traces")
+
+
+def check_trace_output(path: str, *, overwrite: bool, option: str) -> Path:
+    if path and Path(path).suffix != ".safetensors" and not Path(path).is_dir():
+        raise OptionError(f"{path}: traces are written as .safetensors; name the {option} file '*.safetensors'")
+    return check_output_path(path, overwrite=overwrite, option=option)
