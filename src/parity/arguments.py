@@ -78,6 +78,35 @@ def tolerance(text: str) -> float:
     return value
 
 
+def checkpoint_globs(text: str) -> str:
+    """Comma-separated globs, each matching some canonical checkpoint name ('layers.*.q,logits')."""
+    from parity.core.names import GLOBAL_KINDS, LAYER_KINDS, WEIGHT_SUFFIXES, parse, select
+
+    globs = [glob.strip() for glob in text.split(",") if glob.strip()]
+    if not globs:
+        raise argparse.ArgumentTypeError("is empty; give checkpoint names or globs, e.g. 'layers.*.q,logits'")
+    names = [*GLOBAL_KINDS, *(f"layers.{i}.{kind}" for i in range(_LAYERS_NAMED) for kind in LAYER_KINDS)]
+    for glob in globs:
+        bare = next((glob[: -len(suffix)] for suffix in WEIGHT_SUFFIXES if glob.endswith(suffix)), glob)
+        if not select(names, bare) and parse(bare) is None:
+            raise argparse.ArgumentTypeError(f"{glob!r} matches no checkpoint name; names are like embed, "
+                                             "layers.0.q, layers.3.mlp_out, logits (see docs/trace-format.md)")
+    return text
+
+
+_LAYERS_NAMED = 128   # layers whose names a glob is tried against (a literal name of any layer passes too)
+
+
+def require_selection(names, globs: str | None, where: str) -> None:
+    """Refuse --checkpoints that select none of the names a trace holds (comparing nothing is no pass)."""
+    from parity.core.names import in_flow_order, select
+
+    if globs is not None and names and not select(names, globs):
+        held = in_flow_order(names)
+        raise OptionError(f"--checkpoints {globs!r} selects none of the {len(held)} checkpoints in {where} "
+                          f"({', '.join(held[:3])}, ...); give globs that match some of them")
+
+
 def token_ids(text: str | None, option: str = "--tokens") -> list[int] | None:
     """'1,2,3' as ids; a negative id is named."""
     if text is None:

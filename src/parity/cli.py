@@ -111,6 +111,7 @@ def cmd_compare(args) -> int:
 
     config = _compare_config(args)
     reference, candidate = load_trace(args.reference), load_trace(args.candidate)
+    arguments.require_selection(reference.tensors, args.checkpoints, args.reference)
     if args.calibrate:
         if config.tolerance is not None:
             raise OptionError("--calibrate sets the tolerances itself; drop --atol/--rtol")
@@ -311,7 +312,8 @@ def _need_one_input(prompt, tokens) -> None:
 def _add_tolerance_options(parser) -> None:
     parser.add_argument("--atol", type=arguments.tolerance, help="absolute tolerance for every checkpoint (needs --rtol)")
     parser.add_argument("--rtol", type=arguments.tolerance, help="relative tolerance for every checkpoint (needs --atol)")
-    parser.add_argument("--checkpoints", metavar="GLOB", help="only these checkpoints, e.g. 'layers.*.q,logits'")
+    parser.add_argument("--checkpoints", metavar="GLOB", type=arguments.checkpoint_globs,
+                        help="only these checkpoints, e.g. 'layers.*.q,logits'")
     parser.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
     parser.add_argument("--force", action="store_true", help="replace output files that exist")
 
@@ -340,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("model", metavar="MODEL", help="model directory or .gguf file (transformers), or llamacpp:FILE.gguf")
     _add_input_options(capture)
     capture.add_argument("-o", "--output", required=True, help="trace to write (.safetensors)")
-    capture.add_argument("--checkpoints", metavar="GLOB", help="only these checkpoints, e.g. 'layers.*.q,logits'")
+    capture.add_argument("--checkpoints", metavar="GLOB", type=arguments.checkpoint_globs,
+                         help="only these checkpoints, e.g. 'layers.*.q,logits'")
     capture.add_argument("--force", action="store_true", help="replace the output file if it exists")
     capture.add_argument("--emulate", choices=("llamacpp",), help="round activations as llama.cpp does (a calibration run)")
     capture.add_argument("--weights", action="store_true", help="also store each tapped module's parameters")

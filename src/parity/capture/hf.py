@@ -81,8 +81,10 @@ class HFModel:
         if not tokens:
             raise OptionError("no tokens to run: give a non-empty --prompt or --tokens")
         vocab = self.model.config.vocab_size
-        if max(tokens) >= vocab or min(tokens) < 0:
-            raise OptionError(f"token id {max(tokens)} is outside the vocabulary of {self.path} (size {vocab})")
+        outside = next((token for token in tokens if not 0 <= token < vocab), None)
+        if outside is not None:
+            raise OptionError(f"token id {outside} is outside the vocabulary of {self.path} (ids 0 to {vocab - 1}); "
+                              "give ids within it")
         metadata = {
             "arch": self.model.config.model_type,
             "producer": f"transformers {transformers.__version__}",
@@ -116,12 +118,15 @@ def load_model(path: str | Path, *, dtype: str = "float32") -> HFModel:
     if not path.exists():
         raise CaptureError(f"{path}: no such model directory or .gguf file")
     location, extra = _from_pretrained_args(path)
+    config = _load_config(transformers, path, location, extra)
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            location, dtype=getattr(torch, dtype), attn_implementation="eager", local_files_only=True, **extra
+            location, config=config, dtype=getattr(torch, dtype), attn_implementation="eager", local_files_only=True,
+            **extra
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise CaptureError(f"{path}: transformers could not load this model: {_first_line(error)}") from error
+    except Exception as error:   # transformers and safetensors raise many kinds; each is the model files' fault
+        raise CaptureError(f"{_weights_file(path)}: transformers could not load the weights: {_first_line(error)}; "
+                           "the file may be truncated or damaged: copy or save it again") from error
     model.eval()
     model_type = model.config.model_type
     if model_type not in MODEL_TYPE_FAMILY:
@@ -130,6 +135,35 @@ def load_model(path: str | Path, *, dtype: str = "float32") -> HFModel:
             f"(supported: {', '.join(MODEL_TYPE_FAMILY)}); trace it with parity.trace_module and your own taps"
         )
     return HFModel(path=path, model=model, family=MODEL_TYPE_FAMILY[model_type], dtype=dtype)
+
+
+def _load_config(transformers, path: Path, location: str, extra: dict):
+    """The model's configuration, with any fault in it named as config.json's (or the .gguf's)."""
+    config_file = path if path.suffix == ".gguf" else path / "config.json"
+    if path.suffix != ".gguf":
+        from parity.core.text_input import read_text
+
+        try:
+            document = json.loads(read_text(config_file, what="the model's config.json"))
+        except (OptionError, ValueError, RecursionError) as error:
+            reason = str(error) if isinstance(error, OptionError) else f"{config_file} is not valid JSON"
+            raise CaptureError(f"{reason}; fix it or save the model again") from None
+        if not isinstance(document, dict):
+            raise CaptureError(f"{config_file} holds a JSON {type(document).__name__}, not an object; "
+                               "fix it or save the model again")
+    try:
+        return transformers.AutoConfig.from_pretrained(location, local_files_only=True, **extra)
+    except Exception as error:   # a wrong-typed field raises TypeError, ValueError or a validation error
+        raise CaptureError(f"{config_file}: transformers could not read the model's configuration: "
+                           f"{_first_line(error)}; fix the file or save the model again") from error
+
+
+def _weights_file(path: Path) -> Path | str:
+    """The weights file to name in an error: the .gguf, the one .safetensors file, or the directory's weights."""
+    if path.suffix == ".gguf" or not path.is_dir():
+        return path
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    return files[0] if len(files) == 1 else f"{path} (its weights files)"
 
 
 def load_tokenizer(path: str | Path):
@@ -172,5 +206,6 @@ def quiet_transformers() -> None:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
+    """The error's message on one line (a validation error's detail is on its second line)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return " ".join(lines[:2])[:300]

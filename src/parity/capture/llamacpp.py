@@ -176,8 +176,10 @@ class LlamaCppRunner:
         """Run one batch over `tokens` (logits at every position) and return the trace."""
         if not tokens:
             raise OptionError("no tokens to run: give a non-empty --prompt or --tokens")
-        if max(tokens) >= self.vocab_size or min(tokens) < 0:
-            raise OptionError(f"token id {max(tokens)} is outside the vocabulary of {self.path.name} ({self.vocab_size})")
+        outside = next((token for token in tokens if not 0 <= token < self.vocab_size), None)
+        if outside is not None:
+            raise OptionError(f"token id {outside} is outside the vocabulary of {self.path.name} "
+                              f"(ids 0 to {self.vocab_size - 1}); give ids within it")
         self._recording = _Recording(checkpoints)
         try:
             logits = self._decode(tokens)

@@ -37,7 +37,7 @@ class HFTokenizer:
     def vocabulary(self) -> Vocabulary:
         tokenizer = self._tokenizer
         return Vocabulary(piece=lambda i: tokenizer.decode([i]), bos=tokenizer.bos_token_id,
-                          eos=tokenizer.eos_token_id, special=frozenset(tokenizer.all_special_ids))
+                          eos=tokenizer.eos_token_id, special=frozenset(tokenizer.all_special_ids), size=len(tokenizer))
 
     def special_texts(self) -> list[str]:
         return [token for token in self._tokenizer.all_special_tokens if token]
@@ -73,7 +73,8 @@ class LlamaCppTokenizer:
     @functools.cached_property
     def vocabulary(self) -> Vocabulary:
         return Vocabulary(piece=self._runner.piece, bos=self._runner.special_id("bos"),
-                          eos=self._runner.special_id("eos"), special=self._runner.control_ids())
+                          eos=self._runner.special_id("eos"), special=self._runner.control_ids(),
+                          size=self._runner.vocab_size)
 
 
 @dataclass
@@ -102,9 +103,10 @@ class FunctionTokenizer:
     def encode(self, text: str) -> list[int]:
         ids = self._function(text)
         try:
-            return [int(i) for i in ids]
+            ids = [int(i) for i in ids]
         except (TypeError, ValueError):
             raise OptionError(f"{self.spec} returned {type(ids).__name__}, not a list of token ids") from None
+        return check_ids(ids, self.vocabulary, f"{self.spec} returned")
 
 
 @dataclass
@@ -118,20 +120,37 @@ class FixedIds:
     def __repr__(self) -> str:
         return f"<FixedIds {len(self.ids)} ids>"
 
+    def __post_init__(self) -> None:
+        check_ids(self.ids, self.vocabulary, "--ids holds")
+
     def encode(self, text: str) -> list[int]:
         return list(self.ids)
 
 
+def check_ids(ids: list[int], vocabulary: Vocabulary, source: str) -> list[int]:
+    """`ids`, after checking each is in the vocabulary; the first one outside it is named."""
+    size = vocabulary.size
+    outside = next((i for i in ids if i < 0 or (size is not None and i >= size)), None)
+    if outside is not None:
+        within = f"ids 0 to {size - 1}" if size is not None else "ids are 0 or more"
+        raise OptionError(f"{source} the id {outside}, outside the reference's vocabulary ({within}); "
+                          "give ids of the reference's tokenizer")
+    return ids
+
+
 def read_ids(spec: str) -> list[int]:
     """'1,2,3', or '@file' holding a JSON list or whitespace/comma-separated integers."""
-    text = spec
-    if spec.startswith("@"):
-        path = Path(spec[1:])
-        if not path.exists():
-            raise OptionError(f"{path}: no such file of token ids")
-        text = path.read_text(encoding="utf-8")
+    from parity.core.text_input import read_text
+
+    text = read_text(spec[1:], what="--ids @FILE") if spec.startswith("@") else spec
     cleaned = text.strip().strip("[]").replace(",", " ").split()
     try:
-        return [int(part) for part in cleaned]
+        ids = [int(part) for part in cleaned]
     except ValueError:
-        raise OptionError(f"token ids must be integers (comma- or space-separated, or a JSON list), got {text[:40]!r}") from None
+        raise OptionError(f"--ids must be integers (comma- or space-separated, or a JSON list), got {text[:40]!r}") from None
+    if not ids:
+        raise OptionError("--ids is empty; give the candidate's token ids, e.g. --ids 1,2,3 or --ids @ids.json")
+    negative = next((i for i in ids if i < 0), None)
+    if negative is not None:
+        raise OptionError(f"--ids holds the negative id {negative}; token ids are 0 or more")
+    return ids

@@ -34,8 +34,7 @@ def check_output_path(path: str | Path, *, overwrite: bool, option: str = "outpu
     parent = _existing_parent(path)
     if not parent.is_dir():
         raise OutputError(f"cannot write {path}: {parent} is not a directory; choose another {option} path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {path}: {parent} is not writable; choose another {option} path")
+    _probe(parent, path, f"choose another {option} path")
     return path
 
 
@@ -60,8 +59,7 @@ def check_output_directory(path: str | Path, *, overwrite: bool, option: str = "
         writable = _existing_parent(path)
         if not writable.is_dir():
             raise OutputError(f"cannot write {path}: {writable} is not a directory; choose another {option} directory")
-    if not os.access(writable, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {path}: {writable} is not writable; choose another {option} directory")
+    _probe(writable, path, f"choose another {option} directory")
     return path
 
 
@@ -99,6 +97,17 @@ def atomic_file(path: Path, *, option: str = "output") -> Iterator[BinaryIO]:
     except BaseException:
         _remove(temporary)
         raise
+
+
+def _probe(directory: Path, path: Path, fix: str) -> None:
+    """Create and remove a temporary file in `directory`: the one test of writability that holds for root,
+    read-only mounts, full disks' inode tables, ACLs and /proc alike (os.access does not)."""
+    try:
+        descriptor, temporary = tempfile.mkstemp(prefix=_TEMPORARY_PREFIX, suffix=".probe", dir=directory)
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {directory} is not writable ({error.strerror or error}); {fix}") from None
+    os.close(descriptor)
+    _remove(temporary)
 
 
 def _existing_parent(path: Path) -> Path:

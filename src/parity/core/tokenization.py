@@ -80,6 +80,7 @@ class Vocabulary:
     bos: int | None = None
     eos: int | None = None
     special: frozenset[int] = frozenset()
+    size: int | None = None        # ids run from 0 to size - 1, where known
 
     def __repr__(self) -> str:
         return f"<Vocabulary bos={self.bos} eos={self.eos} {len(self.special)} special>"
