@@ -116,13 +116,12 @@ def token_ids(text: str | None, option: str = "--tokens") -> list[int] | None:
         ids = [int(part) for part in parts]
     except ValueError:
         bad = next(part for part in parts if not _is_int(part))
-        raise OptionError(f"{option} must be comma-separated integers like 1,2,3; {bad[:40]!r} is not an "
-                          "integer") from None
+        raise OptionError(f"{option}: {bad[:40]!r} is not an integer; give comma-separated integers like 1,2,3") from None
     if not ids:
         raise OptionError(f"{option} is empty; give at least one token id")
     negative = next((i for i in ids if i < 0), None)
     if negative is not None:
-        raise OptionError(f"{option} holds the negative id {negative}; token ids are 0 or more")
+        raise OptionError(f"{option} holds the negative id {negative}; give token ids of 0 or more")
     return ids
 
 

@@ -207,6 +207,7 @@ def cmd_tokens(args) -> int:
     texts = _token_texts(args)
     if (args.candidate is None) == (args.ids is None):
         raise OptionError("give a CANDIDATE tokenizer or --ids, not both and not neither")
+    ids = read_ids(args.ids) if args.ids is not None else None   # before the tokenizer loads
     from parity.capture.hf import quiet_transformers
 
     quiet_transformers()
@@ -214,7 +215,7 @@ def cmd_tokens(args) -> int:
     if args.ids is not None:
         if texts is None:
             raise OptionError("--ids are for one text: give it with --prompt or --file")
-        candidate = FixedIds(read_ids(args.ids), reference.vocabulary)
+        candidate = FixedIds(ids, reference.vocabulary)
     elif args.candidate.startswith(LLAMACPP_PREFIX):
         candidate = LlamaCppTokenizer(Path(args.candidate.removeprefix(LLAMACPP_PREFIX)))
     else:

@@ -54,6 +54,7 @@ def write_repro(report_path: Path, directory: Path, *, reference_path: Path | No
     sources = inputs_of(name, reference.tensors)
     if not sources:
         raise OptionError(f"the reference trace holds none of the inputs of {name}; it cannot be reproduced alone")
+    bound = _rel_l2_bound(entry, reference[name], report_path)   # every field checked before anything is written
     check_output_directory(directory, overwrite=overwrite, option="-o")
     weights = _weights(model, name) if model else {}
     files = {"inputs.safetensors": make_trace({s: reference[s] for s in sources}, {"tokens": reference.tokens}),
@@ -67,7 +68,6 @@ def write_repro(report_path: Path, directory: Path, *, reference_path: Path | No
         files["weights.safetensors"] = make_trace(weights, {})
     for file_name, trace in files.items():
         save_trace(trace, directory / file_name, overwrite=overwrite)
-    bound = _rel_l2_bound(entry, reference[name], report_path)
     write_atomically(directory / "test_repro.py", _TEST.format(checkpoint=name, inputs=", ".join(sources),
                                                                weights=", ".join(weights) or "none", bound=bound),
                      overwrite=overwrite, option="-o")

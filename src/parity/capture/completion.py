@@ -24,6 +24,7 @@ MAX_TOKENS = 1_000_000
 MAX_TOP = 1_000              # entries in one top_logprobs row
 _LOGPROB_SLACK = 1e-3        # servers round; a log-probability a hair above 0 is still one
 _SHOWN = 60
+_FIX = "check that it is an OpenAI-compatible /v1/completions endpoint that supports echo and logprobs"
 
 
 def parse_completion(answer: Any, prompt: str, where: str) -> CandidateTokens:
@@ -45,11 +46,12 @@ def parse_completion(answer: Any, prompt: str, where: str) -> CandidateTokens:
     lengths = {len(pieces), len(offsets), len(token_logprobs), len(top_logprobs)}
     if len(lengths) != 1:
         raise CaptureError(f"{where} answered logprobs lists of different lengths (tokens {len(pieces)}, text_offset "
-                           f"{len(offsets)}, token_logprobs {len(token_logprobs)}, top_logprobs {len(top_logprobs)})")
+                           f"{len(offsets)}, token_logprobs {len(token_logprobs)}, top_logprobs {len(top_logprobs)}); "
+                           f"{_FIX}")
     descending = next((i for i in range(1, len(offsets)) if offsets[i] < offsets[i - 1]), None)
     if descending is not None:
         raise CaptureError(f"{where} answered text_offset[{descending}] = {offsets[descending]}, before the offset of "
-                           f"the token ahead of it ({offsets[descending - 1]}); offsets must not decrease")
+                           f"the token ahead of it ({offsets[descending - 1]}); offsets must not decrease: {_FIX}")
     first_generated = next((i for i, offset in enumerate(offsets) if offset >= len(prompt)), len(pieces))
     return CandidateTokens(text, pieces, offsets, token_logprobs, top_logprobs, first_generated)
 
@@ -68,8 +70,8 @@ def _field(container: dict, key: str, kind: type, where: str, path: str, hint: s
                            + (f"; {hint}" if hint else ""))
     value = container[key]
     if not isinstance(value, kind):
-        raise CaptureError(f"{where} answered {path}.{key} = {_shown(value)}, expected a {_KIND_NAMES[kind]}"
-                           + (f"; {hint}" if hint else ""))
+        raise CaptureError(f"{where} answered {path}.{key} = {_shown(value)}, expected a {_KIND_NAMES[kind]}; "
+                           + (hint or _FIX))
     return value
 
 
@@ -77,19 +79,21 @@ def _index(items: list, index: int, kind: type, where: str, path: str) -> Any:
     if len(items) <= index:
         raise CaptureError(f"{where} answered an empty {path} list; is the prompt accepted?")
     if not isinstance(items[index], kind):
-        raise CaptureError(f"{where} answered {path}[{index}] = {_shown(items[index])}, expected a {_KIND_NAMES[kind]}")
+        raise CaptureError(f"{where} answered {path}[{index}] = {_shown(items[index])}, expected a {_KIND_NAMES[kind]}; "
+                           f"{_FIX}")
     return items[index]
 
 
 def _list_of(container: dict, key: str, where: str, path: str, check) -> tuple:
     items = _field(container, key, list, where, path)
     if len(items) > MAX_TOKENS:
-        raise CaptureError(f"{where} answered {len(items):,} entries in {path}.{key}, more than {MAX_TOKENS:,}")
+        raise CaptureError(f"{where} answered {len(items):,} entries in {path}.{key}, more than {MAX_TOKENS:,}; "
+                           "ask for fewer tokens with -n")
     checked = []
     for index, item in enumerate(items):
         value, expected = check(item)
         if expected:
-            raise CaptureError(f"{where} answered {path}.{key}[{index}] = {_shown(item)}, expected {expected}")
+            raise CaptureError(f"{where} answered {path}.{key}[{index}] = {_shown(item)}, expected {expected}; {_FIX}")
         checked.append(value)
     return tuple(checked)
 

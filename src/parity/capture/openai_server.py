@@ -60,7 +60,7 @@ class OpenAIServer:
             return json.loads(raw.decode("utf-8"))
         except RecursionError:
             raise CaptureError(f"the server at {self.completions_url} answered JSON nested too deeply to be a "
-                               f"completion: {preview(raw)}") from None
+                               f"completion: {preview(raw)}; check that it is an OpenAI-compatible endpoint") from None
         except (ValueError, UnicodeDecodeError):
             raise CaptureError(f"the server at {self.completions_url} answered with something that is not JSON: "
                                f"{preview(raw)}; is it an OpenAI-compatible /v1/completions endpoint?") from None

@@ -152,5 +152,5 @@ def read_ids(spec: str) -> list[int]:
         raise OptionError("--ids is empty; give the candidate's token ids, e.g. --ids 1,2,3 or --ids @ids.json")
     negative = next((i for i in ids if i < 0), None)
     if negative is not None:
-        raise OptionError(f"--ids holds the negative id {negative}; token ids are 0 or more")
+        raise OptionError(f"--ids holds the negative id {negative}; give token ids of 0 or more")
     return ids

@@ -80,6 +80,12 @@ def atomic_file(path: Path, *, option: str = "output") -> Iterator[BinaryIO]:
     """A binary file that becomes `path` only when the block ends without an exception."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:   # an ancestor is a file, not a directory
+        raise OutputError(f"cannot write {path}: {_existing_parent(path)} is not a directory; "
+                          f"choose another {option} path") from None
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error}; choose another {option} path") from None
+    try:
         descriptor, temporary = tempfile.mkstemp(prefix=_TEMPORARY_PREFIX, suffix=".part", dir=path.parent)
     except OSError as error:
         raise OutputError(f"cannot write {path}: {error.strerror or error}; choose another {option} path") from None
