@@ -263,7 +263,7 @@ def test_a_misbehaving_server_is_one_line_in_bounded_time_and_memory(work, tmp_p
                                                      cwd=tmp_path)
     line = assert_one_line_error(returncode, stderr, SERVER_FAULTS[scenario])
     assert f"the server at {url}/v1/completions" in line
-    assert elapsed_s < start_up_s + 3 + 1.5   # the 3 s total deadline, over the CLI's own start-up
+    assert elapsed_s < start_up_s + 3 + 3   # the 3 s total deadline over the CLI's own start-up, with slack for a busy machine
     assert peak_mib < 1024                     # the answer is capped at 32 MiB, whatever the server sends
 
 
