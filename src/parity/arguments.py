@@ -107,6 +107,26 @@ def require_selection(names, globs: str | None, where: str) -> None:
                           f"({', '.join(held[:3])}, ...); give globs that match some of them")
 
 
+def taps_name(text: str) -> str:
+    """A built-in checkpoint mapping's name."""
+    from parity.core.names import FAMILY_TAPS
+
+    if text not in FAMILY_TAPS:
+        raise argparse.ArgumentTypeError(f"no built-in mapping named {text!r}; choose one of {', '.join(FAMILY_TAPS)}")
+    return text
+
+
+def function_spec(text: str) -> str:
+    """FILE.py:FUNCTION or package.module:FUNCTION; a .py file must exist."""
+    target, colon, name = text.rpartition(":")
+    if not colon or not target or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not FILE.py:FUNCTION or module:FUNCTION; "
+                                         "give it as, e.g., my_sampler.py:sample")
+    if target.endswith(".py") and not Path(target).is_file():
+        raise argparse.ArgumentTypeError(f"{target}: no such file; give an existing FILE.py:FUNCTION")
+    return text
+
+
 def token_ids(text: str | None, option: str = "--tokens") -> list[int] | None:
     """'1,2,3' as ids; a negative id is named."""
     if text is None:

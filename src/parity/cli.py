@@ -66,6 +66,9 @@ def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, prog
     from parity.capture.hf import load_model, quiet_transformers
 
     _need_one_input(prompt, tokens)
+    if emulate == "llamacpp" and not str(model).endswith(".gguf"):
+        raise OptionError("--emulate llamacpp needs MODEL to be the .gguf file (its weight types set the rounding); "
+                          "give the .gguf as MODEL")
     quiet_transformers()
     progress.step(f"loading {model} ({dtype})")
     reference = load_model(model, dtype=dtype)
@@ -74,8 +77,6 @@ def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, prog
     if emulate == "llamacpp":
         from parity.capture.llamacpp_numerics import llamacpp_activation_rounding
 
-        if not str(model).endswith(".gguf"):
-            raise OptionError("--emulate llamacpp needs MODEL to be the .gguf file (its weight types set the rounding)")
         rounding = llamacpp_activation_rounding(reference.model, model)
     progress.step(f"capturing the reference over {len(ids)} tokens" + (" with llama.cpp's rounding" if emulate else ""))
     with rounding:
@@ -369,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also capture each tapped module's parameters, to tell a weight mismatch")
     check.add_argument("--replay", action="store_true",
                        help="torch candidates: rerun each block and op on the reference's inputs (local vs propagated error)")
-    check.add_argument("--taps", help="built-in checkpoint mapping for a module candidate: hf, nanogpt, llama, gpt2")
+    check.add_argument("--taps", type=arguments.taps_name, help="built-in checkpoint mapping for a module candidate: hf, nanogpt, llama, gpt2")
     check.add_argument("--save-traces", metavar="DIR", help="also write reference.safetensors and candidate.safetensors here")
     check.add_argument("-n", "--max-tokens", type=arguments.positive_int, default=16, help="server candidates: greedy tokens to generate")
     check.add_argument("--timeout", type=arguments.seconds, default=60.0,
@@ -381,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="llamacpp:FILE.gguf, a model directory or .gguf, or FILE.py:FACTORY")
     _add_input_options(generate)
     generate.add_argument("-n", "--max-tokens", type=arguments.positive_int, default=32, help="tokens to generate (default 32)")
-    generate.add_argument("--sampler", help="FILE.py:FUNCTION(logits, temperature, top_k, top_p) -> probabilities")
+    generate.add_argument("--sampler", type=arguments.function_spec, help="FILE.py:FUNCTION(logits, temperature, top_k, top_p) -> probabilities")
     generate.add_argument("--temperature", type=arguments.positive, default=1.0, help="for the sampler check")
     generate.add_argument("--top-k", type=arguments.positive_int, help="for the sampler check")
     generate.add_argument("--top-p", type=arguments.probability, help="for the sampler check")

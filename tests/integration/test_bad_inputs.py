@@ -143,6 +143,11 @@ CASES = {
     "checkpoints_empty": ("compare {trace} {trace} --checkpoints ''", "argument --checkpoints: is empty"),
     "checkpoints_no_name": ("compare {trace} {trace} --checkpoints zzz", "'zzz' matches no checkpoint name"),
     "checkpoints_select_none": ("compare {trace} {trace} --checkpoints layers.200.q", "selects none of the 51"),
+    "taps_unknown": ("check {model} {trace} --tokens 1,2 --taps bogus", "no built-in mapping named 'bogus'"),
+    "sampler_no_file": ("generate {model} {model} --tokens 1,2 --sampler nope.py:sample", "nope.py: no such file"),
+    "sampler_no_function": ("generate {model} {model} --tokens 1,2 --sampler sampler", "is not FILE.py:FUNCTION"),
+    "emulate_without_gguf": ("capture {model} --tokens 1,2 --emulate llamacpp -o t.safetensors",
+                             "--emulate llamacpp needs MODEL to be the .gguf file"),
     # token ids
     "tokens_negative": ("capture {model} --tokens=-1,2 -o t.safetensors", "--tokens holds the negative id -1"),
     "tokens_not_integers": ("capture {model} --tokens 1,x -o t.safetensors", "'x' is not an integer"),
