@@ -284,6 +284,59 @@ def cmd_repro(args) -> int:
     return EXIT_PASS
 
 
+# --- sanity ---------------------------------------------------------------------
+
+
+def cmd_sanity(args) -> int:
+    """Run 11 component tests of a hand-written causal LM against transformers' own implementation.
+
+    CANDIDATE is FILE.py:FACTORY or module:FACTORY, returning a torch.nn.Module
+    with transformers' causal-LM interface (input_ids, labels, past_key_values /
+    use_cache, .config) and transformers' module names. The reference is
+    transformers' class for its config with the candidate's weights (or, with
+    --reference DIR, that model, whose weights are loaded into the candidate).
+    Tests: structure, norm, rope, attention, mlp, decoder_layer, forward, loss,
+    kv_cache, gradients, stability. Exit 0 when all 11 pass, 1 otherwise.
+    """
+    from parity.report import sanity as report
+    from parity.sanity import SanityConfig, run_sanity
+    from parity.user_code import build_module
+
+    tolerance = user_tolerance(args.atol, args.rtol)
+    if args.batch_size < 1 or args.seq_length < 2:
+        raise OptionError("--batch-size must be at least 1 and --seq-length at least 2")
+    settings = SanityConfig(batch_size=args.batch_size, seq_length=args.seq_length, dtype=args.dtype or "float32",
+                            device=_torch_device(args.device), seed=args.seed,
+                            rtol=tolerance.rtol if tolerance else None, atol=tolerance.atol if tolerance else None)
+    if args.output:
+        from parity.core.files import check_output_path
+
+        check_output_path(args.output, overwrite=args.force, option="-o")
+    with _progress() as progress:
+        progress.step(f"building the candidate from {args.candidate}")
+        candidate = build_module(args.candidate, args.reference)
+        result = run_sanity(candidate, settings, reference=args.reference, progress=progress,
+                            labels={"candidate": args.candidate, "reference": args.reference or "transformers"})
+    if args.output:
+        report.write(result, args.output, overwrite=args.force)
+    print(report.table(result, args.output) if args.verbose else report.line(result, args.output))
+    return EXIT_PASS if result else EXIT_DIVERGED
+
+
+def _torch_device(device: str | None) -> str:
+    """The device asked for, checked: 'cpu', 'cuda', 'cuda:1', 'mps'."""
+    import torch
+
+    device = device or "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise OptionError(f"--device {device} is not a torch device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    return device
+
+
 def _default_pair(args) -> None:
     """No MODEL: the embedded default, SmolLM2 in transformers against the same GGUF in llama.cpp."""
     from parity.capture.smollm2 import DEFAULT_PROMPT, gguf_path
@@ -407,6 +460,20 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--model", help="the reference model, to export the op's weights")
     repro.add_argument("--checkpoint", help="reproduce this checkpoint instead of the report's divergence")
     repro.add_argument("--force", action="store_true", help="write into a directory that is not empty")
+    sanity = _command(subparsers, "sanity", cmd_sanity)
+    sanity.add_argument("candidate", metavar="CANDIDATE", help="FILE.py:FACTORY or module:FACTORY returning the model")
+    sanity.add_argument("--reference", metavar="MODEL", help="a transformers model directory (default: transformers' "
+                        "class for the candidate's config, with the candidate's weights)")
+    sanity.add_argument("-o", "--output", metavar="OUT.json", help="write the results as JSON here")
+    sanity.add_argument("-v", "--verbose", action="store_true", help="a table of every test, not one line")
+    sanity.add_argument("--dtype", choices=DTYPES, help="both models at this precision (default float32)")
+    sanity.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    sanity.add_argument("--batch-size", type=int, default=2, help="random inputs' batch (default 2)")
+    sanity.add_argument("--seq-length", type=int, default=32, help="random inputs' length (default 32)")
+    sanity.add_argument("--rtol", type=float, help="relative tolerance (default 1e-3 in float32; needs --atol)")
+    sanity.add_argument("--atol", type=float, help="absolute tolerance (default 1e-4 in float32; needs --rtol)")
+    sanity.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    sanity.add_argument("--force", action="store_true", help="replace the output file if it exists")
     return parser
 
 
