@@ -337,6 +337,65 @@ def _torch_device(device: str | None) -> str:
     return device
 
 
+# --- kernel ---------------------------------------------------------------------
+
+
+def cmd_kernel(args) -> int:
+    """Check one kernel of a port against its torch.nn.functional reference in float64, forward and backward.
+
+    OP is one of rms_norm, layer_norm, softmax, silu, gelu, gelu_tanh, linear,
+    embedding, cross_entropy, attention (as scaled_dot_product_attention), rope
+    (rotate-half; x (B, H, T, hd), cos and sin (B, T, hd)), swiglu. CANDIDATE is
+    FILE.py:FUNCTION, called with the arguments of the function it replaces.
+    Every length x dtype x condition ("normal", and "extreme": values that
+    overflow a naive exp, large magnitudes, fully masked rows, -1e20 floors);
+    tolerances calibrated per dtype by running the reference at that dtype. An
+    output without grad_fn is named a broken autograd. Exit 0 when every case
+    passes, 1 otherwise.
+    """
+    from parity.kernel import KernelOptions, run_kernel
+    from parity.kernel.ops import get_op
+    from parity.report import kernel as report
+    from parity.user_code import load_function
+
+    get_op(args.op)
+    options = KernelOptions(lengths=_int_list(args.lengths, "--lengths"), dtypes=_dtype_list(args.dtypes),
+                            backward=not args.no_backward, bench=args.bench, device=_torch_device(args.device))
+    if args.json and args.json != "-":
+        from parity.core.files import check_output_path
+
+        check_output_path(args.json, overwrite=args.force, option="--json")
+    candidate = load_function(args.candidate, what=f"a function with the arguments of {args.op}")
+    with _progress() as progress:
+        result = run_kernel(args.op, candidate, options, label=args.candidate, progress=progress)
+    if args.json == "-":
+        print(report.dumps(result))
+    else:
+        if args.json:
+            report.write(result, args.json, overwrite=args.force)
+        print(report.render(result))
+    return EXIT_PASS if result else EXIT_DIVERGED
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise OptionError(f"{option} must be comma-separated integers like 1,13,64, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise OptionError(f"{option} needs positive integers, got '{text}'")
+    return values
+
+
+def _dtype_list(text: str) -> tuple[str, ...]:
+    dtypes = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [dtype for dtype in dtypes if dtype not in ("float32", "bfloat16", "float16", "float64")]
+    if unknown or not dtypes:
+        raise OptionError(f"--dtypes: unknown {', '.join(unknown) or 'empty list'}; choose from float32, bfloat16, "
+                          "float16, float64")
+    return dtypes
+
+
 def _default_pair(args) -> None:
     """No MODEL: the embedded default, SmolLM2 in transformers against the same GGUF in llama.cpp."""
     from parity.capture.smollm2 import DEFAULT_PROMPT, gguf_path
@@ -474,6 +533,17 @@ def build_parser() -> argparse.ArgumentParser:
     sanity.add_argument("--atol", type=float, help="absolute tolerance (default 1e-4 in float32; needs --rtol)")
     sanity.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     sanity.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    kernel = _command(subparsers, "kernel", cmd_kernel)
+    kernel.add_argument("op", metavar="OP", help="rms_norm, layer_norm, softmax, silu, gelu, gelu_tanh, linear, "
+                        "embedding, cross_entropy, attention, rope, swiglu")
+    kernel.add_argument("candidate", metavar="CANDIDATE", help="FILE.py:FUNCTION or module:FUNCTION")
+    kernel.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
+    kernel.add_argument("--lengths", default="1,13,64,127,257", help="sequence lengths (default 1,13,64,127,257)")
+    kernel.add_argument("--dtypes", default="float32,bfloat16,float16", help="default float32,bfloat16,float16")
+    kernel.add_argument("--no-backward", action="store_true", help="forward only")
+    kernel.add_argument("--bench", action="store_true", help="also time the candidate against torch (longest length)")
+    kernel.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    kernel.add_argument("--force", action="store_true", help="replace the output file if it exists")
     return parser
 
 
