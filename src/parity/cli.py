@@ -396,6 +396,52 @@ def _dtype_list(text: str) -> tuple[str, ...]:
     return dtypes
 
 
+# --- bench ----------------------------------------------------------------------
+
+
+def cmd_bench(args) -> int:
+    """Time prefill and decode (tokens/s) and peak memory of a candidate against the reference.
+
+    MODEL is the reference (a model directory or .gguf, in transformers at
+    --dtype). CANDIDATE is llamacpp:FILE.gguf, FILE.py:FACTORY (a torch module
+    taking past_key_values/use_cache; the factory gets MODEL's path), or another
+    model directory. Each side runs in its own process with the same threads and
+    the same token ids; medians after warm-up. With no arguments: SmolLM2 in
+    transformers against the same GGUF in llama.cpp.
+    """
+    from parity.bench import BenchOptions, run_bench
+    from parity.report import bench as report
+
+    if args.model is None:
+        from parity.capture.smollm2 import gguf_path
+
+        args.model = str(gguf_path())
+        args.candidate = args.candidate or f"{LLAMACPP_PREFIX}{args.model}"
+    if args.candidate is None:
+        raise OptionError("give a CANDIDATE to time against MODEL (or neither, for the embedded default)")
+    for name in ("prompt_tokens", "decode_tokens", "repeats", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise OptionError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0:
+        raise OptionError("--warmup must be 0 or more")
+    if args.json and args.json != "-":
+        from parity.core.files import check_output_path
+
+        check_output_path(args.json, overwrite=args.force, option="--json")
+    options = BenchOptions(prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens, repeats=args.repeats,
+                           warmup=args.warmup, dtype=args.dtype or "float32", device=_torch_device(args.device),
+                           **({"threads": args.threads} if args.threads else {}))
+    with _progress() as progress:
+        result = run_bench(args.model, args.candidate, options, progress)
+    if args.json == "-":
+        print(report.dumps(result))
+        return EXIT_PASS
+    if args.json:
+        report.write(result, args.json, overwrite=args.force)
+    print(report.render(result))
+    return EXIT_PASS
+
+
 def _default_pair(args) -> None:
     """No MODEL: the embedded default, SmolLM2 in transformers against the same GGUF in llama.cpp."""
     from parity.capture.smollm2 import DEFAULT_PROMPT, gguf_path
@@ -544,6 +590,19 @@ def build_parser() -> argparse.ArgumentParser:
     kernel.add_argument("--bench", action="store_true", help="also time the candidate against torch (longest length)")
     kernel.add_argument("--device", help="cpu (default), cuda, cuda:N")
     kernel.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    bench = _command(subparsers, "bench", cmd_bench)
+    bench.add_argument("model", metavar="MODEL", nargs="?", help="reference model directory or .gguf file")
+    bench.add_argument("candidate", metavar="CANDIDATE", nargs="?",
+                       help="llamacpp:FILE.gguf, FILE.py:FACTORY, or a model directory or .gguf")
+    bench.add_argument("--prompt-tokens", type=int, default=128, help="prefill length (default 128)")
+    bench.add_argument("--decode-tokens", type=int, default=32, help="tokens decoded one at a time (default 32)")
+    bench.add_argument("--repeats", type=int, default=5, help="timed repeats (default 5; the median is reported)")
+    bench.add_argument("--warmup", type=int, default=1, help="untimed repeats first (default 1)")
+    bench.add_argument("--threads", type=int, help="threads for both sides (default: every core)")
+    bench.add_argument("--dtype", choices=DTYPES, help="the transformers side's precision (default float32)")
+    bench.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    bench.add_argument("--json", metavar="OUT", help="also write the JSON here ('-' for stdout only)")
+    bench.add_argument("--force", action="store_true", help="replace the output file if it exists")
     return parser
 
 
