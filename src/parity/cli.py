@@ -325,9 +325,10 @@ def cmd_sanity(args) -> int:
 
 def _torch_device(device: str | None) -> str:
     """The device asked for, checked: 'cpu', 'cuda', 'cuda:1', 'mps'."""
+    if device is None or device == "cpu":
+        return "cpu"
     import torch
 
-    device = device or "cpu"
     try:
         parsed = torch.device(device)
     except RuntimeError:

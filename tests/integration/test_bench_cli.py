@@ -43,8 +43,7 @@ def test_speedup_is_candidate_over_reference():
 
 
 def test_a_missing_gguf_exits_2_in_one_line(tmp_path):
-    model = tiny_models.save("llama", tmp_path / "model")
-    result = parity("bench", model, f"llamacpp:{tmp_path / 'none.gguf'}", "--repeats", "1", "--prompt-tokens", "4",
+    result = parity("bench", tmp_path, f"llamacpp:{tmp_path / 'none.gguf'}", "--repeats", "1", "--prompt-tokens", "4",
                     "--decode-tokens", "1", "--threads", "1")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "none.gguf: no such .gguf file" in result.stderr.strip().splitlines()[-1]
