@@ -166,6 +166,8 @@ def cmd_check(args) -> int:
     from parity.check import CheckOptions, run_check
 
     _default_pair(args)
+    if args.gradients:
+        return _check_gradients(args)
     options = CheckOptions(
         model=args.model, candidate=args.candidate, prompt=args.prompt, tokens=_tokens(args.tokens),
         dtype=args.dtype, calibrate=not args.no_calibrate, checkpoints=args.checkpoints,
@@ -177,6 +179,30 @@ def cmd_check(args) -> int:
     with _progress() as progress:
         comparison = run_check(options, progress)
     return _report(comparison, args)
+
+
+def _check_gradients(args) -> int:
+    """parity check --gradients: the next-token loss's gradients, checkpoint by checkpoint and per parameter."""
+    import json as json_module
+
+    from parity.core.files import write_atomically
+    from parity.gradients import render, run_gradients
+
+    if args.json and args.json != "-":
+        from parity.core.files import check_output_path
+
+        check_output_path(args.json, overwrite=args.force, option="--json")
+    _need_one_input(args.prompt, args.tokens)
+    with _progress() as progress:
+        comparison = run_gradients(args.model, args.candidate, _tokens(args.tokens), args.prompt, args.taps, progress)
+    text = json_module.dumps(comparison.to_dict(), indent=2, default=str)
+    if args.json == "-":
+        print(text)
+    else:
+        if args.json:
+            write_atomically(args.json, text + "\n", overwrite=args.force, option="--json")
+        print(render(comparison))
+    return EXIT_PASS if comparison else EXIT_DIVERGED
 
 
 # --- tokens ---------------------------------------------------------------------
@@ -532,6 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also capture each tapped module's parameters, to tell a weight mismatch")
     check.add_argument("--replay", action="store_true",
                        help="torch candidates: rerun each block and op on the reference's inputs (local vs propagated error)")
+    check.add_argument("--gradients", action="store_true",
+                       help="PyTorch candidates: backward on the next-token loss; every checkpoint's and parameter's gradient")
     check.add_argument("--taps", help="built-in checkpoint mapping for a module candidate: hf, nanogpt, llama, gpt2")
     check.add_argument("--save-traces", metavar="DIR", help="also write reference.safetensors and candidate.safetensors here")
     check.add_argument("-n", "--max-tokens", type=int, default=16, help="server candidates: greedy tokens to generate")
