@@ -51,7 +51,7 @@ class GradientComparison:
 
     def __repr__(self) -> str:
         first = self.first_divergence
-        return f"<GradientComparison {'pass' if self else 'FAIL'}{f', first divergence at {first.name}' if first else ''}>"
+        return f"<GradientComparison {'pass' if self else 'FAIL'}{f', first divergence at {first.name}' if first is not None else ''}>"
 
     @property
     def first_divergence(self) -> GradientResult | None:
@@ -60,7 +60,7 @@ class GradientComparison:
     def to_dict(self) -> dict:
         first = self.first_divergence
         return {"verdict": "pass" if self else "fail", "loss_reference": self.loss_reference,
-                "loss_candidate": self.loss_candidate, "first_divergence": first.name if first else None,
+                "loss_candidate": self.loss_candidate, "first_divergence": first.name if first is not None else None,
                 "without_gradient": list(self.without_gradient), "missing": list(self.missing),
                 "trainable_parameters": self.trainable,
                 "checkpoints": [result.__dict__ for result in self.checkpoints],
@@ -143,5 +143,5 @@ def render(comparison: GradientComparison) -> str:
     lines.append(f"{verdict}  {sum(map(bool, comparison.checkpoints))}/{len(comparison.checkpoints)} checkpoint "
                  f"gradients and {sum(map(bool, comparison.parameters))}/{len(comparison.parameters)} parameter "
                  f"gradients within rel_l2 {bound:.0e}"
-                 + (f"; largest {worst.name} {worst.rel_l2:.3g}" if worst else ""))
+                 + (f"; largest {worst.name} {worst.rel_l2:.3g}" if worst is not None else ""))
     return "\n".join(lines)

@@ -81,6 +81,7 @@ def test_a_wrong_backward_is_found_where_it_starts(model_dirs, factories):
     comparison = gradients(model_dirs["llama"], f"{factories}:wrong_backward")
     assert not comparison and not comparison.without_gradient
     assert comparison.first_divergence.name == "layers.1.mlp_gate"
+    assert comparison.to_dict()["first_divergence"] == "layers.1.mlp_gate"
     passed = [result.name for result in comparison.checkpoints if result.passed]
     assert "layers.1.mlp_act" in passed and "layers.2.out" in passed  # upstream of the op, in backward order
 
