@@ -21,6 +21,7 @@ import inspect
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from parity.core.calibrate import check_same_tokens, noise_floors
 from parity.core.compare import CompareConfig, compare
@@ -36,7 +37,7 @@ SERVER_PREFIXES = ("http://", "https://")
 @dataclass(frozen=True)
 class CheckOptions:
     model: str                          # reference: model directory or .gguf file
-    candidate: str                      # see the module docstring
+    candidate: Any                      # see the module docstring; or a torch.nn.Module (Python API)
     prompt: str | None = None
     tokens: list[int] | None = None
     dtype: str | None = None            # reference precision; None: float64 to calibrate, else float32
@@ -54,7 +55,8 @@ class CheckOptions:
     server_model: str | None = None
 
     def __repr__(self) -> str:
-        return f"<CheckOptions {self.model} vs {self.candidate}>"
+        candidate = self.candidate if isinstance(self.candidate, str) else type(self.candidate).__name__
+        return f"<CheckOptions {self.model} vs {candidate}>"
 
 
 class _Silent:
@@ -64,7 +66,7 @@ class _Silent:
 
 def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComparison:
     progress = progress or _Silent()
-    if options.candidate.startswith(SERVER_PREFIXES):
+    if isinstance(options.candidate, str) and options.candidate.startswith(SERVER_PREFIXES):
         return _check_server(options, progress)
     if (options.prompt is None) == (options.tokens is None):
         raise OptionError("give exactly one of --prompt TEXT or --tokens 1,2,3")
@@ -285,6 +287,8 @@ class _CandidateSource:
 
 def _candidate_source(options: CheckOptions, progress) -> _CandidateSource:
     spec = options.candidate
+    if hasattr(spec, "named_modules"):  # the Python API (parity.testing) passes a torch.nn.Module itself
+        return _module_source(spec, type(spec).__name__)
     if spec.startswith(LLAMACPP_PREFIX):
         path = Path(spec.removeprefix(LLAMACPP_PREFIX))
         if not path.is_file():
@@ -297,7 +301,10 @@ def _candidate_source(options: CheckOptions, progress) -> _CandidateSource:
     if ":" not in spec:
         raise OptionError(f"candidate '{spec}' is neither an existing trace nor MODULE:FACTORY (e.g. my_port.py:build)")
     progress.step(f"building the candidate from {spec}")
-    model = _call_factory(spec, options.model)
+    return _module_source(_call_factory(spec, options.model), spec)
+
+
+def _module_source(model, spec: str) -> _CandidateSource:
     dtype = next((str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()), None)
     return _CandidateSource(spec, precision=dtype, model=model)
 

@@ -131,6 +131,7 @@ def _report(comparison, args) -> int:
 
     if args.json:
         json.write(comparison, args.json, overwrite=args.force)
+    _write_report_files(comparison, args)
     if args.json != "-":
         renderer = {SequenceComparison: tokens, TokenizerComparison: tokenizer,
                     GenerationComparison: generation}.get(type(comparison), console)
@@ -323,6 +324,28 @@ def _add_tolerance_options(parser) -> None:
     parser.add_argument("--checkpoints", metavar="GLOB", help="only these checkpoints, e.g. 'layers.*.q,logits'")
     parser.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
     parser.add_argument("--force", action="store_true", help="replace output files that exist")
+    _add_report_files(parser)
+
+
+def _add_report_files(parser) -> None:
+    """--html, --junit, --markdown: report files beside the console (see parity.report.outputs)."""
+    parser.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML report here")
+    parser.add_argument("--junit", metavar="OUT.xml", help="also write a JUnit XML report here (for CI)")
+    parser.add_argument("--markdown", metavar="OUT.md", help="also write a short Markdown summary here (CI step summary, PR comment)")
+
+
+def _check_report_files(args) -> None:
+    """Fail now, before any long work, if a report file (--json, --html, ...) could not be written."""
+    from parity.report import outputs
+
+    paths = {option: getattr(args, option, None) for option in ("json", *outputs.FORMATS)}
+    outputs.check(paths, overwrite=getattr(args, "force", False))
+
+
+def _write_report_files(result, args) -> None:
+    from parity.report import outputs
+
+    outputs.write(result, {option: getattr(args, option, None) for option in outputs.FORMATS}, overwrite=args.force)
 
 
 def _add_input_options(parser) -> None:
@@ -390,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float, help="for the sampler check")
     generate.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
     generate.add_argument("--force", action="store_true", help="replace output files that exist")
+    _add_report_files(generate)
 
     tokens = _command(subparsers, "tokens", cmd_tokens)
     tokens.add_argument("model", metavar="MODEL", nargs="?", help="reference tokenizer: model directory or .gguf")
@@ -399,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("--ids", help="the candidate's ids for that text: 1,2,3 or @file")
     tokens.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
     tokens.add_argument("--force", action="store_true", help="replace output files that exist")
+    _add_report_files(tokens)
 
     repro = _command(subparsers, "repro", cmd_repro)
     repro.add_argument("report", metavar="REPORT", help="a JSON report of parity check or compare")
@@ -426,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "handler"):
             parser.print_help()
             return EXIT_UNUSABLE
+        _check_report_files(args)
         return args.handler(args)
     except ParityError as error:
         print(f"parity: error: {error}", file=sys.stderr)
