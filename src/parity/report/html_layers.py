@@ -108,7 +108,8 @@ def _metric_rows(result: CheckpointResult, comparison: Comparison) -> list[list[
             ["shape", escape_html(f"reference {list(result.shape_reference)}, candidate {list(result.shape_candidate)}")]]
     metrics, tolerance = result.metrics, result.tolerance
     if metrics is not None:
-        allowed = f" (up to {number(tolerance.atol)} + {number(tolerance.rtol)}·|ref| allowed)" if tolerance else ""
+        allowed = (f" (up to {number(tolerance.atol)} + {number(tolerance.rtol)}·|ref| allowed)"
+                   if tolerance is not None and not tolerance.calibrated else "")
         rows += [
             ["mismatched elements", escape_html(f"{metrics.mismatched} / {metrics.numel} "
                                                 f"({100 * metrics.mismatched_fraction:.1f}%)")],
