@@ -17,7 +17,8 @@ from parity.core.results import Comparison
 from parity.report.text import number, printable
 
 MAX_ROWS = 25   # failing checkpoints listed before "... and N more"
-_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_\[\]{}()#+!|~>-])")
+# Inline markup only: the text never starts a line (it follows "- " or "| "), so block markers can stay.
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_\[\]|~])")
 
 
 def text(value: object, *, limit: int | None = 300) -> str:
@@ -40,7 +41,7 @@ def render(result) -> str:
     if isinstance(result, Comparison):
         lines = _comparison(result)
     elif isinstance(result, GenerationComparison):
-        lines = _heading(bool(result), "generation") + _generation_lines(result)
+        lines = _heading(bool(result), "generation") + [f"- {line}" for line in _generation_lines(result)]
     elif isinstance(result, SequenceComparison):
         lines = _sequence(result)
     elif isinstance(result, TokenizerComparison):
