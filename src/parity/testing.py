@@ -98,8 +98,9 @@ def explain_comparison(op: str, left, right) -> list[str] | None:
     if not results:
         return None
     lines = [f"{left!r} {op} {right!r}"]
+    lines += [f"{side}: {'passed' if value else 'failed'}" for side, value in results]  # pytest shows ~8 lines
     for side, value in results:
-        lines += [f"{side}: {'passed' if value else 'failed'}", *summary(value).splitlines()]
+        lines += ["", f"{side}:", *summary(value).splitlines()]
     return lines
 
 
