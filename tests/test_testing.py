@@ -6,7 +6,7 @@ import report_cases
 from conftest import TOKENS
 from parity.core.errors import OptionError
 from parity.core.trace import make_trace, save_trace
-from parity.testing import ParityAssertionError, ReferenceCache, assert_parity, report_path
+from parity.testing import ParityAssertionError, ReferenceCache, assert_parity, report_path, write_report
 
 META = {"producer": "test", "dtype": "float32", "tokens": list(range(6))}
 
@@ -60,6 +60,13 @@ def test_unusable_arguments_are_parity_errors_not_assertions():
 def test_report_path_is_a_safe_file_name(tmp_path):
     path = report_path(tmp_path, "tests/test_x.py::test_y[a/b c]")
     assert path.parent == tmp_path and path.name == "tests_test_x.py_test_y_a_b_c.html"
+
+
+def test_write_report_replaces_a_report_only_when_told(tmp_path):
+    comparison = report_cases.calibrated_failure()
+    assert write_report(comparison, tmp_path, "t::x") == f"t::x: {tmp_path / 't_x.html'}"
+    assert "exists; pass --parity-report-force" in write_report(comparison, tmp_path, "t::x")
+    assert write_report(comparison, tmp_path, "t::x", overwrite=True) == f"t::x: {tmp_path / 't_x.html'}"
 
 
 # --- with real transformers models ------------------------------------------------------
