@@ -79,3 +79,20 @@ def test_shapes_must_match():
 def test_rms_ignores_nonfinite_values():
     assert rms(np.array([3.0, -3.0, np.nan, np.inf])) == 3.0
     assert rms(np.array([])) == 0.0
+
+
+def test_worst_elements_are_the_largest_differences_largest_first():
+    from parity.core.metrics import WORST_ELEMENTS, measure
+    from parity.core.results import Tolerance
+
+    reference = np.zeros((3, 4))
+    candidate = reference.copy()
+    candidate[2, 1], candidate[0, 3], candidate[1, 0] = 5.0, -7.0, 0.5
+    candidate[1, 1] = np.nan
+    metrics = measure(reference, candidate, Tolerance(0.0, 0.0, "exact"))
+    assert len(metrics.worst_elements) == WORST_ELEMENTS
+    (first, r0, c0, d0), (second, _, c1, d1), (third, _, c2, d2) = metrics.worst_elements[:3]
+    assert first == (1, 1) and np.isnan(c0) and d0 == np.inf          # a NaN facing a number: infinite
+    assert (second, c1, d1) == ((0, 3), -7.0, 7.0) and (third, c2, d2) == ((2, 1), 5.0, 5.0)
+    assert metrics.worst_elements[0][0] == metrics.worst_index
+    assert measure(np.zeros(2), np.zeros(2), Tolerance(0.0, 0.0, "exact")).worst_elements[0][3] == 0.0

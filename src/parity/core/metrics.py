@@ -11,6 +11,8 @@ import numpy as np
 
 from parity.core.results import Metrics, Tolerance
 
+WORST_ELEMENTS = 5  # how many of the largest errors a checkpoint's metrics list, for reports
+
 
 def measure(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance, *, token_axis: int = 0) -> Metrics:
     """Metrics of `candidate` against `reference` (same shape) under `tolerance`."""
@@ -53,7 +55,20 @@ def measure(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance, 
         worst_position=worst_position,
         position_rel_l2=float(per_position_rel_l2(reference, candidate, token_axis).max(initial=0.0)),
         reference_rms=rms(reference),
+        worst_elements=_worst_elements(reference, candidate, abs_error),
     )
+
+
+def _worst_elements(reference: np.ndarray, candidate: np.ndarray, abs_error: np.ndarray) -> tuple:
+    """The WORST_ELEMENTS largest absolute errors, largest first, with both sides' values."""
+    flat = abs_error.ravel()
+    count = min(WORST_ELEMENTS, flat.size)
+    if count == 0:
+        return ()
+    largest = np.argpartition(flat, flat.size - count)[flat.size - count:]
+    largest = largest[np.argsort(-flat[largest], kind="stable")]
+    return tuple((tuple(int(i) for i in np.unravel_index(int(k), reference.shape)), float(reference.flat[k]),
+                  float(candidate.flat[k]), float(flat[k])) for k in largest)
 
 
 def per_position_rel_l2(reference: np.ndarray, candidate: np.ndarray, token_axis: int = 0) -> np.ndarray:

@@ -69,6 +69,8 @@ class Metrics:
     worst_position: int | None            # its token position
     position_rel_l2: float = 0.0          # the largest rel_l2 of any one token position
     reference_rms: float = 0.0            # the reference tensor's scale
+    # the largest absolute errors, largest first: (index, reference value, candidate value, |difference|)
+    worst_elements: tuple[tuple[tuple[int, ...], float, float, float], ...] = ()
 
     def __repr__(self) -> str:
         return (

@@ -95,12 +95,25 @@ def _divergence(comparison: Comparison) -> str:
     parts = []
     if result is not None:
         parts.append(table(None, _metric_rows(result, comparison)))
+    if result is not None and result.metrics is not None and result.metrics.worst_elements:
+        parts.append("<h3>The largest differences</h3>" + table(
+            ["index", "token", "reference", "candidate", "|difference|"],
+            [[escape_html(list(index)), escape_html(_token_of(index, divergence)), escape_html(number(r, 6)),
+              escape_html(number(c, 6)), escape_html(number(d, 4))] for index, r, c, d in result.metrics.worst_elements],
+            numeric={2, 3, 4}))
     if divergence.per_position:
         bound = result.tolerance.max_position_rel_l2 if result is not None and result.tolerance else None
         parts.append(_profile(divergence.per_position, "token", "rel_l2 by token position", bound, divergence.position))
     if divergence.per_head:
         parts.append(_profile(divergence.per_head, "head", "rel_l2 by head", None, None))
     return section(f"First divergence: {divergence.checkpoint}", *parts, anchor="divergence")
+
+
+def _token_of(index: tuple[int, ...], divergence) -> str:
+    """The token position of an element's index (core's names know each kind's token axis)."""
+    checkpoint = parse(divergence.checkpoint)
+    axis = checkpoint.token_axis if checkpoint is not None else 0
+    return str(index[axis]) if len(index) > axis else "-"
 
 
 def _metric_rows(result: CheckpointResult, comparison: Comparison) -> list[list[str]]:

@@ -135,6 +135,8 @@ def _metrics(metrics: Metrics | None) -> dict[str, Any] | None:
         "worst_index": list(metrics.worst_index) if metrics.worst_index is not None else None,
         "worst_position": metrics.worst_position,
         "position_rel_l2": _number(metrics.position_rel_l2),
+        "worst_elements": [{"index": list(index), "reference": _number(r), "candidate": _number(c),
+                            "abs_diff": _number(d)} for index, r, c, d in metrics.worst_elements],
     }
 
 
