@@ -177,12 +177,12 @@ def _trace(value, role: str) -> Trace:
 def _candidate_trace(candidate, reference: Trace, taps, checkpoints) -> Trace:
     if hasattr(candidate, "named_modules"):
         from parity.capture.torch_module import trace_module
-        from parity.check import _infer_taps
+        from parity.capture.candidates import infer_taps
 
         if reference.tokens is None:
             raise OptionError("the reference trace records no tokens to run the candidate module on; "
                               "capture it with parity (or give a model path as the reference)")
-        taps = taps or getattr(candidate, "parity_taps", None) or _infer_taps(candidate, type(candidate).__name__)
+        taps = taps or getattr(candidate, "parity_taps", None) or infer_taps(candidate, type(candidate).__name__)
         return trace_module(candidate, list(reference.tokens), taps=taps, checkpoints=checkpoints)
     if isinstance(candidate, str) and ":" in candidate and not Path(candidate).exists():
         raise OptionError(f"candidate {candidate!r} needs a model as the reference (a directory or .gguf), "

@@ -20,6 +20,9 @@ def test_a_failing_comparison_shows_verdict_divergence_heatmap_depth_and_diagnos
     assert 'id="depth"' in page and page.count('class="chart panel"') == 16   # one panel per layer kind
     assert "<b>activation_variant</b> at <code>layers.2.mlp_act</code>" in page
     assert "rel_l2 by token position" in page and "a note from the comparison" in page
+    largest = comparison.first_divergence.worst_elements
+    assert len(largest) == 5 and "<h3>The largest differences</h3>" in page
+    assert f"<td>{list(largest[0][0])}</td>" in page
     # the hover details of the divergent cell: its numbers against the noise floor
     tip = re.search(r'data-tip="(layers\.2\.mlp_act: fail[^"]*)"', page).group(1)
     assert "x the noise" in tip and "bound" in tip

@@ -69,8 +69,6 @@ class Metrics:
     worst_position: int | None            # its token position
     position_rel_l2: float = 0.0          # the largest rel_l2 of any one token position
     reference_rms: float = 0.0            # the reference tensor's scale
-    # the largest absolute errors, largest first: (index, reference value, candidate value, |difference|)
-    worst_elements: tuple[tuple[tuple[int, ...], float, float, float], ...] = ()
 
     def __repr__(self) -> str:
         return (
@@ -116,6 +114,8 @@ class Divergence:
     position: int | None                  # token position with the largest error
     per_position: tuple[float, ...] = ()  # rel_l2 of each token position
     per_head: tuple[float, ...] = ()      # rel_l2 of each head (attention checkpoints)
+    # the largest absolute differences, largest first: (index, reference value, candidate value, |difference|)
+    worst_elements: tuple[tuple[tuple[int, ...], float, float, float], ...] = ()
 
     def __repr__(self) -> str:
         return f"<Divergence {self.checkpoint} position={self.position}>"

@@ -95,11 +95,11 @@ def _divergence(comparison: Comparison) -> str:
     parts = []
     if result is not None:
         parts.append(table(None, _metric_rows(result, comparison)))
-    if result is not None and result.metrics is not None and result.metrics.worst_elements:
+    if divergence.worst_elements:
         parts.append("<h3>The largest differences</h3>" + table(
             ["index", "token", "reference", "candidate", "|difference|"],
             [[escape_html(list(index)), escape_html(_token_of(index, divergence)), escape_html(number(r, 6)),
-              escape_html(number(c, 6)), escape_html(number(d, 4))] for index, r, c, d in result.metrics.worst_elements],
+              escape_html(number(c, 6)), escape_html(number(d, 4))] for index, r, c, d in divergence.worst_elements],
             numeric={2, 3, 4}))
     if divergence.per_position:
         bound = result.tolerance.max_position_rel_l2 if result is not None and result.tolerance else None

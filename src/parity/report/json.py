@@ -96,6 +96,8 @@ def _divergence(divergence) -> dict[str, Any] | None:
         "position": divergence.position,
         "per_position": [_number(v) for v in divergence.per_position],
         "per_head": [_number(v) for v in divergence.per_head],
+        "worst_elements": [{"index": list(index), "reference": _number(r), "candidate": _number(c),
+                            "abs_diff": _number(d)} for index, r, c, d in divergence.worst_elements],
     }
 
 
@@ -135,8 +137,6 @@ def _metrics(metrics: Metrics | None) -> dict[str, Any] | None:
         "worst_index": list(metrics.worst_index) if metrics.worst_index is not None else None,
         "worst_position": metrics.worst_position,
         "position_rel_l2": _number(metrics.position_rel_l2),
-        "worst_elements": [{"index": list(index), "reference": _number(r), "candidate": _number(c),
-                            "abs_diff": _number(d)} for index, r, c, d in metrics.worst_elements],
     }
 
 
