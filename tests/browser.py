@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import STRICT
+from conftest import STRICT, need
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -45,6 +45,7 @@ def screenshot(page: Path, png: Path, *, width: int = 1280, height: int = 1800) 
 
 def colours(png: Path) -> tuple[int, float]:
     """(distinct colours, share of pixels that are not white) of a screenshot."""
+    need("PIL")  # Pillow, from the test extra
     from PIL import Image
 
     with Image.open(png) as image:
