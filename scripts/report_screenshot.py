@@ -8,6 +8,7 @@ the report; Chromium screenshots its top. Run: python scripts/report_screenshot.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,7 @@ def main() -> None:
         page = work / "report.html"
         subprocess.run([sys.executable, "-m", "parity", "check", work / "model", f"{work / 'port.py'}:build",
                         "--tokens", "0,17,5,40,8,9,31,22,64,3", "--decode-steps", "0", "--html", page],
-                       cwd=ROOT / "examples", env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+                       cwd=ROOT / "examples", env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
         shot = work / "report.png"
         subprocess.run(["chromium", *FLAGS, f"--user-data-dir={work / 'profile'}", "--window-size=1100,1500",
                         f"--screenshot={shot}", page.as_uri()], check=True, capture_output=True)

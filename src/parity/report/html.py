@@ -41,7 +41,7 @@ code,.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px}
  font-family:ui-monospace,monospace;font-size:12.5px;white-space:pre}
 .tokens span.diff{background:#fdecea;border-color:#b3261e} .tokens span.same{background:#eef7ee}
 svg text{font:10px system-ui,sans-serif;fill:#333} svg text.title{font-weight:600;font-size:11px}
-svg text.mark{font-size:11px;font-weight:700;fill:#000;pointer-events:none}
+svg text.mark{font-size:11px;font-weight:700;pointer-events:none}
 svg .grid{stroke:#e4e4e4} svg polyline.error{stroke:#b3261e;stroke-width:1.6}
 svg polyline.noise{stroke:#2e7d32;stroke-dasharray:4 3;stroke-width:1.3}
 svg polyline.bound{stroke:#555;stroke-dasharray:1 3;stroke-width:1.3}

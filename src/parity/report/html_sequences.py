@@ -27,7 +27,7 @@ def decode_section(decode) -> str:
             for i, (v, b) in enumerate(zip(decode.rel_l2, decode.bounds))]
     parts = [verdict, svg.bars(list(decode.rel_l2), [str(i) for i in range(steps)], tips=tips,
                                bound=max(decode.bounds, default=None), highlight=decode.first_step,
-                               title="rel_l2 of each decode step's logits against the full pass", width=360)]
+                               title="rel_l2 of each decode step's logits against the full pass", width=420)]
     rows = [[escape_html(label), escape_html(number(error)),
              "matches" if error <= max(decode.bounds, default=0.0) else "<b>differs</b>"]
             for label, error in ([("chunked prefill", decode.chunked_rel_l2)] if decode.chunked_rel_l2 is not None else [])

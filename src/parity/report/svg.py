@@ -69,7 +69,7 @@ def _tip(tip: str) -> str:
 def heatmap(rows: list[str], columns: list[str], cells: dict[tuple[int, int], Cell], *,
             cell_w: int = 26, cell_h: int = 16) -> str:
     """A grid with `rows` down the left and `columns` across the top; missing cells are left blank."""
-    left, top = 64, 58
+    left, top = 64, min(58, 14 + 6 * max((len(c) for c in columns), default=0))
     width, height = left + cell_w * len(columns) + 8, top + cell_h * len(rows) + 8
     parts = [f'<svg class="chart heatmap" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img">']
@@ -86,11 +86,18 @@ def heatmap(rows: list[str], columns: list[str], cells: dict[tuple[int, int], Ce
         parts.append(f'<g class="cell"{_tip(cell.tip)}><title>{escape_html(cell.tip)}</title>'
                      f'<rect x="{x}" y="{y}" width="{cell_w}" height="{cell_h}" fill="{cell.fill}"{stroke}/>')
         if cell.mark:
+            ink = ' style="fill:#fff"' if _dark(cell.fill) else ""
             parts.append(f'<text x="{x + cell_w / 2}" y="{y + cell_h - 4}" text-anchor="middle" '
-                         f'class="mark">{escape_html(cell.mark)}</text>')
+                         f'class="mark"{ink}>{escape_html(cell.mark)}</text>')
         parts.append("</g>")
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _dark(fill: str) -> bool:
+    """Whether a #rrggbb fill needs light text on it."""
+    red, green, blue = (int(fill[i:i + 2], 16) for i in (1, 3, 5))
+    return 0.299 * red + 0.587 * green + 0.114 * blue < 110
 
 
 def colour_legend(scale: LogScale, label: str, *, marks: list[tuple[float, str]] = ()) -> str:
