@@ -121,3 +121,18 @@ def test_the_browser_check_sees_errors_and_blank_pages(tmp_path):
     screenshot(page, tmp_path / "blank.png")
     distinct, inked = colours(tmp_path / "blank.png")
     assert distinct <= 2 and inked < 0.01
+
+
+def test_hovering_a_heatmap_cell_shows_its_numbers_in_chromium(tmp_path):
+    """The page's own script, driven by a mouseover on a cell (a probe script appended to the page logs the tip)."""
+    page = html.render(report_cases.calibrated_failure())
+    probe = ("<script>var cell = document.querySelector('.heatmap [data-tip] rect');"
+             "cell.dispatchEvent(new MouseEvent('mouseover', {bubbles: true, clientX: 50, clientY: 50}));"
+             "var tip = document.getElementById('tip');"
+             "console.log('TIP ' + (tip.hidden ? 'hidden' : 'shown') + ' | ' + tip.textContent.replace(/\\n/g, ' | '));"
+             "</script>")
+    path = tmp_path / "probe.html"
+    path.write_text(page.replace("</body>", probe + "</body>"))
+    messages = screenshot(path, tmp_path / "probe.png", width=800, height=600)
+    assert len(messages) == 1 and "TIP shown | layers.0.attn_norm: pass | rel_l2 " in messages[0], messages
+    assert "x the noise" in messages[0]
