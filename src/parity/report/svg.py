@@ -191,7 +191,8 @@ def bars(values: list[float], labels: list[str], *, tips: list[str], bound: floa
                          f'class="axis">{escape_html(label)}</text>')
     if bound:
         y = top + plot_h - plot_h * bound / peak
+        label_y = y - 3 if y > top + 12 else y + 11   # below the line when it runs along the top
         parts.append(f'<line class="bound" x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}"/>'
-                     f'<text x="{left + plot_w}" y="{y - 3:.1f}" text-anchor="end" class="axis">bound {number(bound, 2)}</text>')
+                     f'<text x="{left + plot_w}" y="{label_y:.1f}" text-anchor="end" class="axis">bound {number(bound, 2)}</text>')
     parts.append("</svg>")
     return "".join(parts)
