@@ -264,6 +264,8 @@ def _input_ids(tokens, model):
     ids = tokens if isinstance(tokens, torch.Tensor) else torch.tensor(list(tokens), dtype=torch.long)
     ids = ids.reshape(1, -1)  # (T,) -> (1, T)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if device.type == "meta":  # weights offloaded by accelerate: its hooks move inputs where each module runs
+        device = torch.device("cpu")
     return ids.to(device)
 
 
