@@ -50,7 +50,8 @@ def cmd_capture(args) -> int:
             trace = _capture_llamacpp(args.model, args.prompt, tokens, args.checkpoints, progress)
         else:
             trace = _capture_reference(args.model, args.prompt, tokens, args.dtype or "float32", args.checkpoints,
-                                       progress, emulate=args.emulate, weights=args.weights)
+                                       progress, emulate=args.emulate, weights=args.weights,
+                                       placement=_placement(args))
         progress.step(f"writing {args.output}")
         save_trace(trace, args.output, overwrite=args.force)
     print(f"wrote {len(trace.tensors)} checkpoints over {len(trace.tokens or [])} tokens to {args.output}")
@@ -58,7 +59,7 @@ def cmd_capture(args) -> int:
 
 
 def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, progress, emulate=None,
-                       weights: bool = False) -> Trace:
+                       weights: bool = False, placement=None) -> Trace:
     from contextlib import nullcontext
 
     from parity.capture.hf import load_model, quiet_transformers
@@ -66,7 +67,7 @@ def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, prog
     _need_one_input(prompt, tokens)
     quiet_transformers()
     progress.step(f"loading {model} ({dtype})")
-    reference = load_model(model, dtype=dtype)
+    reference = load_model(model, dtype=dtype, placement=placement)
     ids = tokens if tokens is not None else reference.tokenize(prompt)
     rounding = nullcontext()
     if emulate == "llamacpp":
@@ -173,7 +174,7 @@ def cmd_check(args) -> int:
         tolerance=user_tolerance(args.atol, args.rtol), taps=args.taps,
         save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
         max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model, replay=args.replay,
-        weights=args.weights, decode_steps=args.decode_steps,
+        weights=args.weights, decode_steps=args.decode_steps, placement=_placement(args),
     )
     with _progress() as progress:
         comparison = run_check(options, progress)
@@ -351,6 +352,15 @@ def _add_input_options(parser) -> None:
     parser.add_argument("--prompt", help="text to tokenize with the model's tokenizer")
     parser.add_argument("--tokens", help="token ids, fed as given: 1,2,3")
     parser.add_argument("--dtype", choices=DTYPES, help="reference precision (default float32; check: float64 to calibrate)")
+    parser.add_argument("--device-map", help="reference: accelerate's device map (auto, balanced, sequential, cpu, cuda:0)")
+    parser.add_argument("--max-memory", help="reference: memory per device, e.g. cpu=2GiB,0=20GiB (implies --device-map auto)")
+    parser.add_argument("--offload-dir", help="reference: where weights beyond --max-memory are offloaded to disk")
+
+
+def _placement(args):
+    from parity.capture.placement import placement_from_options
+
+    return placement_from_options(args.device_map, args.max_memory, args.offload_dir)
 
 
 def _command(subparsers, name: str, handler) -> argparse.ArgumentParser:
