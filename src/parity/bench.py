@@ -24,9 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from parity.capture.candidates import LLAMACPP_PREFIX
 from parity.core.errors import CaptureError, OptionError
-
-LLAMACPP_PREFIX = "llamacpp:"
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,7 @@ class _Torch:
         torch.set_num_threads(options.threads)
         self.torch, self.device = torch, options.device
         if kind == "factory":
-            from parity.user_code import build_module
+            from parity.capture.factory import build_module
 
             self.model = build_module(spec, model).to(device=options.device).eval()
         else:

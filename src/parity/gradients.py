@@ -95,7 +95,7 @@ def run_gradients(model_path: str, candidate_spec: str, tokens: list[int] | None
     from parity.capture.hf import load_model, quiet_transformers
     from parity.core.errors import OptionError
     from parity.core.names import FAMILY_TAPS
-    from parity.user_code import build_module
+    from parity.capture.factory import build_module
 
     if ":" not in candidate_spec or candidate_spec.startswith(("llamacpp:", "http://", "https://")):
         raise OptionError("--gradients needs a PyTorch candidate, FILE.py:FACTORY or module:FACTORY")
@@ -109,9 +109,9 @@ def run_gradients(model_path: str, candidate_spec: str, tokens: list[int] | None
     ids = tokens if tokens is not None else reference.tokenize(prompt)
     if len(ids) < 2:
         raise OptionError("--gradients needs at least 2 tokens: the loss predicts each next token")
-    from parity.check import _infer_taps
+    from parity.capture.candidates import infer_taps
 
-    candidate_taps = taps or getattr(candidate, "parity_taps", None) or _infer_taps(candidate, candidate_spec)
+    candidate_taps = taps or getattr(candidate, "parity_taps", None) or infer_taps(candidate, candidate_spec)
     progress.step(f"backward on the reference over {len(ids)} tokens")
     reference_record = record_gradients(reference.model, ids, FAMILY_TAPS[reference.family])
     progress.step("backward on the candidate")
