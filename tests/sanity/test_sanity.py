@@ -85,3 +85,25 @@ def test_json_shape():
     assert data["test_config"]["batch_size"] == 2 and data["test_config"]["seq_length"] == 32
     assert data["test_config"]["rtol"] == pytest.approx(1e-3) and data["test_config"]["atol"] == pytest.approx(1e-4)
     assert all(set(result) == {"name", "status", "message", "metrics"} for result in data["results"])
+
+
+def test_a_reference_directory_gives_its_weights_to_the_candidate(tmp_path):
+    import torch
+    import transformers
+
+    torch.manual_seed(3)
+    transformers.LlamaForCausalLM(small_config()).save_pretrained(tmp_path)
+    candidate = default_model(config=small_config(), seed=1)                 # other weights than the reference's
+    report = run_sanity(candidate, SanityConfig(), reference=str(tmp_path))
+    assert report, [result for result in report.results if not result]
+    saved = transformers.LlamaForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(candidate.model.layers[1].mlp.up_proj.weight, saved.model.layers[1].mlp.up_proj.weight)
+
+
+def test_a_candidate_without_config_is_refused():
+    import torch
+
+    from parity.core.errors import OptionError
+
+    with pytest.raises(OptionError, match="has no .config"):
+        run_sanity(torch.nn.Linear(2, 2), SanityConfig())
