@@ -22,6 +22,19 @@ def test_a_correct_kernel_passes_every_case_forward_and_backward(op):
     assert all(case.backward["checked"] and case.backward["passed"] for case in report.cases)
 
 
+TORCH = {"rms_norm": "rms_norm", "layer_norm": "layer_norm", "softmax": "softmax", "silu": "silu", "gelu": "gelu",
+         "gelu_tanh": "gelu", "linear": "linear", "embedding": "embedding", "cross_entropy": "cross_entropy",
+         "attention": "scaled_dot_product_attention"}
+
+
+@pytest.mark.parametrize("op", sorted(TORCH))
+def test_torchs_own_function_is_called_as_it_expects_and_passes(op):
+    import torch
+
+    function = getattr(torch.nn.functional, TORCH[op])
+    assert run_kernel(op, function, KernelOptions(lengths=(13, 64), dtypes=("float32", "bfloat16")))
+
+
 def test_a_tiled_kernel_that_drops_the_tail_fails_at_lengths_off_the_tile():
     report = run_kernel("rms_norm", kernels.rms_norm_tiled)
     assert report.verdict == "failed"

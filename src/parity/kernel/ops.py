@@ -129,9 +129,9 @@ def _gelu_case(approximate: str):
 
 
 register(Op("gelu", "gelu(x, approximate='none')", lambda x, approximate: F.gelu(x, approximate=approximate),
-            _gelu_case("none"), ("x", "approximate")))
+            _gelu_case("none"), ("x",)))  # approximate by keyword: torch's gelu takes it no other way
 register(Op("gelu_tanh", "gelu(x, approximate='tanh')", lambda x, approximate: F.gelu(x, approximate=approximate),
-            _gelu_case("tanh"), ("x", "approximate")))
+            _gelu_case("tanh"), ("x",)))
 
 
 def _linear_case(T: int, condition: str, generator: torch.Generator) -> Case:
