@@ -32,7 +32,7 @@ def test_the_correct_model_passes_all_eleven_tests():
 
 
 @pytest.mark.parametrize("bugs, test, words", [
-    (Bugs(norm="no_mean"), "norm", "norm modules differ"),
+    (Bugs(norm="no_mean"), "norm", "norm modules x 2 input scales) differ; first model.layers.0.input_layernorm"),
     (Bugs(rope_base="hidden"), "rope", "tables differ; first cos"),
     (Bugs(gqa="tile"), "attention", "GQA head mapping"),
     (Bugs(loss_shift=False), "loss", "labels are not shifted"),

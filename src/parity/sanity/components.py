@@ -61,7 +61,9 @@ def test_norm(pair: Pair) -> TestResult:
             x = pair.hidden(salt=1, scale=scale)
             with torch.no_grad():
                 results[f"{name} (x{scale:g})"] = pair.compare(reference(x), candidate(x))
-    return _verdict("norm", results, "norm modules", missing_reason="the candidate has none of the reference's norms")
+    modules = len({key.rsplit(" ", 1)[0] for key in results})
+    return _verdict("norm", results, f"comparisons ({modules} norm modules x 2 input scales)",
+                    missing_reason="the candidate has none of the reference's norms")
 
 
 def test_rope(pair: Pair) -> TestResult:
@@ -91,9 +93,11 @@ def test_rope(pair: Pair) -> TestResult:
     result = _verdict("rope", results, "tables")
     if problems:
         return TestResult("rope", FAILED, "; ".join(problems), result.metrics)
-    if result and rotation is None:
-        return TestResult("rope", PASSED, result.message + "; the rotation itself is checked by the attention test "
-                          "(the candidate's module has no apply_rotary_pos_emb)", result.metrics)
+    if result:
+        largest = max(value["rel_l2"] for value in results.values())
+        checked = "cos, sin and apply_rotary_pos_emb match" if rotation is not None else \
+            "cos and sin match (the rotation is checked within attention: the candidate's module has no apply_rotary_pos_emb)"
+        return TestResult("rope", PASSED, f"{checked}; largest rel_l2 {largest:.2g}", result.metrics)
     return result
 
 
@@ -139,7 +143,7 @@ def test_attention(pair: Pair) -> TestResult:
         results[f"{name} causal"] = earlier
         if not results[name]["passed"] and _tiled_matches(pair, name, x, candidate):
             results[name]["gqa"] = "tiled"
-    result = _verdict("attention", results, "checks", missing_reason="the candidate has no model.layers.N.self_attn")
+    result = _verdict("attention", results, "checks (projections, outputs, causality)", missing_reason="the candidate has no model.layers.N.self_attn")
     causal = [key for key, value in results.items() if key.endswith("causal") and not value["passed"]]
     tiled = [key for key, value in results.items() if value.get("gqa") == "tiled"]
     if causal:

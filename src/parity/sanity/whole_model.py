@@ -22,7 +22,11 @@ def test_forward(pair: Pair) -> TestResult:
     ids = pair.token_ids(salt=40)
     with torch.no_grad():
         reference, candidate = logits_of(pair.reference(input_ids=ids)), logits_of(pair.candidate(input_ids=ids))
-    return _verdict("forward", {"logits": pair.compare(reference, candidate)}, "logits")
+    result = _verdict("forward", {"logits": pair.compare(reference, candidate)}, "logits")
+    if result:
+        return TestResult("forward", PASSED, f"logits {tuple(candidate.shape)} match the reference's, rel_l2 "
+                          f"{result.metrics['compared']['logits']['rel_l2']:.2g}", result.metrics)
+    return result
 
 
 def labels_for(ids: torch.Tensor) -> torch.Tensor:
