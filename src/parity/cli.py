@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from parity import arguments
-from parity.check import LLAMACPP_PREFIX
+from parity.capture.candidates import LLAMACPP_PREFIX
 from parity.core.compare import CompareConfig
 from parity.core.errors import OptionError, ParityError
 from parity.core.tolerances import user_tolerance
@@ -52,7 +52,8 @@ def cmd_capture(args) -> int:
             trace = _capture_llamacpp(args.model, args.prompt, tokens, args.checkpoints, progress)
         else:
             trace = _capture_reference(args.model, args.prompt, tokens, args.dtype or "float32", args.checkpoints,
-                                       progress, emulate=args.emulate, weights=args.weights)
+                                       progress, emulate=args.emulate, weights=args.weights,
+                                       placement=_placement(args))
         progress.step(f"writing {args.output}")
         save_trace(trace, args.output, overwrite=args.force)
     print(f"wrote {len(trace.tensors)} checkpoints over {len(trace.tokens or [])} tokens to {args.output}")
@@ -60,7 +61,7 @@ def cmd_capture(args) -> int:
 
 
 def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, progress, emulate=None,
-                       weights: bool = False) -> Trace:
+                       weights: bool = False, placement=None) -> Trace:
     from contextlib import nullcontext
 
     from parity.capture.hf import load_model, quiet_transformers
@@ -71,7 +72,7 @@ def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, prog
                           "give the .gguf as MODEL")
     quiet_transformers()
     progress.step(f"loading {model} ({dtype})")
-    reference = load_model(model, dtype=dtype)
+    reference = load_model(model, dtype=dtype, placement=placement)
     ids = tokens if tokens is not None else reference.tokenize(prompt)
     rounding = nullcontext()
     if emulate == "llamacpp":
@@ -139,6 +140,7 @@ def _report(comparison, args) -> int:
         renderer.print_report(comparison)
     if args.json is not None:   # after the console report, which a failed write then does not lose
         json.write(comparison, args.json, overwrite=args.force)
+    _write_report_files(comparison, args)
     return EXIT_PASS if comparison else EXIT_DIVERGED
 
 
@@ -170,17 +172,43 @@ def cmd_check(args) -> int:
     from parity.check import CheckOptions, run_check
 
     _default_pair(args)
+    if args.gradients:
+        return _check_gradients(args)
     options = CheckOptions(
         model=args.model, candidate=args.candidate, prompt=args.prompt, tokens=_tokens(args.tokens),
         dtype=args.dtype, calibrate=not args.no_calibrate, checkpoints=args.checkpoints,
         tolerance=user_tolerance(args.atol, args.rtol), taps=args.taps,
         save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
         max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model, replay=args.replay,
-        weights=args.weights, decode_steps=args.decode_steps,
+        weights=args.weights, decode_steps=args.decode_steps, placement=_placement(args),
     )
     with _progress() as progress:
         comparison = run_check(options, progress)
     return _report(comparison, args)
+
+
+def _check_gradients(args) -> int:
+    """parity check --gradients: the next-token loss's gradients, checkpoint by checkpoint and per parameter."""
+    import json as json_module
+
+    from parity.core.files import write_atomically
+    from parity.gradients import render, run_gradients
+
+    if args.json and args.json != "-":
+        from parity.core.files import check_output_path
+
+        check_output_path(args.json, overwrite=args.force, option="--json")
+    _need_one_input(args.prompt, args.tokens)
+    with _progress() as progress:
+        comparison = run_gradients(args.model, args.candidate, _tokens(args.tokens), args.prompt, args.taps, progress)
+    text = json_module.dumps(comparison.to_dict(), indent=2, default=str)
+    if args.json == "-":
+        print(text)
+    else:
+        if args.json:
+            write_atomically(args.json, text + "\n", overwrite=args.force, option="--json")
+        print(render(comparison))
+    return EXIT_PASS if comparison else EXIT_DIVERGED
 
 
 # --- tokens ---------------------------------------------------------------------
@@ -190,8 +218,9 @@ def cmd_tokens(args) -> int:
     """Compare a candidate tokenizer's token ids with the reference's, and name what differs.
 
     MODEL's tokenizer (a model directory or .gguf, loaded by transformers) is the
-    reference. CANDIDATE is llamacpp:FILE.gguf (llama.cpp's tokenizer), or
-    FILE.py:FUNCTION / module:FUNCTION (text -> ids); or give --ids (the ids
+    reference. CANDIDATE is llamacpp:FILE.gguf (llama.cpp's tokenizer), a model
+    directory or .gguf (transformers'), or FILE.py:FUNCTION / module:FUNCTION
+    (text -> ids); or give --ids (the ids
     another program produced for --prompt or --file). The texts are --prompt,
     --file (one text), or a built-in corpus of hard cases: spaces, newlines, tabs,
     accents, CJK, emoji, digits, code, special tokens written in text, the chat
@@ -199,7 +228,7 @@ def cmd_tokens(args) -> int:
     Exit 1 on any difference.
     """
     from parity.capture.smollm2 import gguf_path
-    from parity.capture.tokenizers import FixedIds, FunctionTokenizer, HFTokenizer, LlamaCppTokenizer, read_ids
+    from parity.capture.tokenizers import FixedIds, HFTokenizer, candidate_tokenizer, read_ids
     from parity.tokens import compare_tokenizers, corpus
 
     if args.model is None:
@@ -217,10 +246,8 @@ def cmd_tokens(args) -> int:
         if texts is None:
             raise OptionError("--ids are for one text: give it with --prompt or --file")
         candidate = FixedIds(ids, reference.vocabulary)
-    elif args.candidate.startswith(LLAMACPP_PREFIX):
-        candidate = LlamaCppTokenizer(Path(args.candidate.removeprefix(LLAMACPP_PREFIX)))
     else:
-        candidate = FunctionTokenizer(args.candidate, reference.vocabulary)
+        candidate = candidate_tokenizer(args.candidate, reference.vocabulary)
     comparison = compare_tokenizers(reference, candidate, texts if texts is not None else corpus(reference))
     return _report(comparison, args)
 
@@ -286,6 +313,165 @@ def cmd_repro(args) -> int:
     return EXIT_PASS
 
 
+# --- sanity ---------------------------------------------------------------------
+
+
+def cmd_sanity(args) -> int:
+    """Run 11 component tests of a hand-written causal LM against transformers' own implementation.
+
+    CANDIDATE is FILE.py:FACTORY or module:FACTORY, returning a torch.nn.Module
+    with transformers' causal-LM interface (input_ids, labels, past_key_values /
+    use_cache, .config) and transformers' module names. The reference is
+    transformers' class for its config with the candidate's weights (or, with
+    --reference DIR, that model, whose weights are loaded into the candidate).
+    Tests: structure, norm, rope, attention, mlp, decoder_layer, forward, loss,
+    kv_cache, gradients, stability. Exit 0 when all 11 pass, 1 otherwise.
+    """
+    from parity.report import sanity as report
+    from parity.sanity import SanityConfig, run_sanity
+    from parity.capture.factory import build_module
+
+    tolerance = user_tolerance(args.atol, args.rtol)
+    if args.batch_size < 1 or args.seq_length < 2:
+        raise OptionError("--batch-size must be at least 1 and --seq-length at least 2")
+    settings = SanityConfig(batch_size=args.batch_size, seq_length=args.seq_length, dtype=args.dtype or "float32",
+                            device=_torch_device(args.device), seed=args.seed,
+                            rtol=tolerance.rtol if tolerance else None, atol=tolerance.atol if tolerance else None)
+    if args.output:
+        from parity.core.files import check_output_path
+
+        check_output_path(args.output, overwrite=args.force, option="-o")
+    with _progress() as progress:
+        progress.step(f"building the candidate from {args.candidate}")
+        candidate = build_module(args.candidate, args.reference)
+        result = run_sanity(candidate, settings, reference=args.reference, progress=progress,
+                            labels={"candidate": args.candidate, "reference": args.reference or "transformers"})
+    if args.output:
+        report.write(result, args.output, overwrite=args.force)
+    print(report.table(result, args.output) if args.verbose else report.line(result, args.output))
+    return EXIT_PASS if result else EXIT_DIVERGED
+
+
+def _torch_device(device: str | None) -> str:
+    """The device asked for, checked: 'cpu', 'cuda', 'cuda:1', 'mps'."""
+    if device is None or device == "cpu":
+        return "cpu"
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise OptionError(f"--device {device} is not a torch device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    return device
+
+
+# --- kernel ---------------------------------------------------------------------
+
+
+def cmd_kernel(args) -> int:
+    """Check one kernel of a port against its torch.nn.functional reference in float64, forward and backward.
+
+    OP is one of rms_norm, layer_norm, softmax, silu, gelu, gelu_tanh, linear,
+    embedding, cross_entropy, attention (as scaled_dot_product_attention), rope
+    (rotate-half; x (B, H, T, hd), cos and sin (B, T, hd)), swiglu. CANDIDATE is
+    FILE.py:FUNCTION, called with the arguments of the function it replaces.
+    Every length x dtype x condition ("normal", and "extreme": values that
+    overflow a naive exp, large magnitudes, fully masked rows, -1e20 floors);
+    tolerances calibrated per dtype by running the reference at that dtype. An
+    output without grad_fn is named a broken autograd. Exit 0 when every case
+    passes, 1 otherwise.
+    """
+    from parity.kernel import KernelOptions, run_kernel
+    from parity.kernel.ops import get_op
+    from parity.report import kernel as report
+    from parity.capture.factory import load_factory
+
+    get_op(args.op)
+    options = KernelOptions(lengths=_int_list(args.lengths, "--lengths"), dtypes=_dtype_list(args.dtypes),
+                            backward=not args.no_backward, bench=args.bench, device=_torch_device(args.device))
+    if args.json and args.json != "-":
+        from parity.core.files import check_output_path
+
+        check_output_path(args.json, overwrite=args.force, option="--json")
+    candidate = load_factory(args.candidate, what=f"a function with the arguments of {args.op}")
+    with _progress() as progress:
+        result = run_kernel(args.op, candidate, options, label=args.candidate, progress=progress)
+    if args.json == "-":
+        print(report.dumps(result))
+    else:
+        if args.json:
+            report.write(result, args.json, overwrite=args.force)
+        print(report.render(result))
+    return EXIT_PASS if result else EXIT_DIVERGED
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise OptionError(f"{option} must be comma-separated integers like 1,13,64, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise OptionError(f"{option} needs positive integers, got '{text}'")
+    return values
+
+
+def _dtype_list(text: str) -> tuple[str, ...]:
+    dtypes = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [dtype for dtype in dtypes if dtype not in ("float32", "bfloat16", "float16", "float64")]
+    if unknown or not dtypes:
+        raise OptionError(f"--dtypes: unknown {', '.join(unknown) or 'empty list'}; choose from float32, bfloat16, "
+                          "float16, float64")
+    return dtypes
+
+
+# --- bench ----------------------------------------------------------------------
+
+
+def cmd_bench(args) -> int:
+    """Time prefill and decode (tokens/s) and peak memory of a candidate against the reference.
+
+    MODEL is the reference (a model directory or .gguf, in transformers at
+    --dtype). CANDIDATE is llamacpp:FILE.gguf, FILE.py:FACTORY (a torch module
+    taking past_key_values/use_cache; the factory gets MODEL's path), or another
+    model directory. Each side runs in its own process with the same threads and
+    the same token ids; medians after warm-up. With no arguments: SmolLM2 in
+    transformers against the same GGUF in llama.cpp.
+    """
+    from parity.bench import BenchOptions, run_bench
+    from parity.report import bench as report
+
+    if args.model is None:
+        from parity.capture.smollm2 import gguf_path
+
+        args.model = str(gguf_path())
+        args.candidate = args.candidate or f"{LLAMACPP_PREFIX}{args.model}"
+    if args.candidate is None:
+        raise OptionError("give a CANDIDATE to time against MODEL (or neither, for the embedded default)")
+    for name in ("prompt_tokens", "decode_tokens", "repeats", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise OptionError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0:
+        raise OptionError("--warmup must be 0 or more")
+    if args.json and args.json != "-":
+        from parity.core.files import check_output_path
+
+        check_output_path(args.json, overwrite=args.force, option="--json")
+    options = BenchOptions(prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens, repeats=args.repeats,
+                           warmup=args.warmup, dtype=args.dtype or "float32", device=_torch_device(args.device),
+                           **({"threads": args.threads} if args.threads else {}))
+    with _progress() as progress:
+        result = run_bench(args.model, args.candidate, options, progress)
+    if args.json == "-":
+        print(report.dumps(result))
+        return EXIT_PASS
+    if args.json:
+        report.write(result, args.json, overwrite=args.force)
+    print(report.render(result))
+    return EXIT_PASS
+
+
 def _default_pair(args) -> None:
     """No MODEL: the embedded default, SmolLM2 in transformers against the same GGUF in llama.cpp."""
     from parity.capture.smollm2 import DEFAULT_PROMPT, gguf_path
@@ -318,12 +504,43 @@ def _add_tolerance_options(parser) -> None:
                         help="only these checkpoints, e.g. 'layers.*.q,logits'")
     parser.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
     parser.add_argument("--force", action="store_true", help="replace output files that exist")
+    _add_report_files(parser)
+
+
+def _add_report_files(parser) -> None:
+    """--html, --junit, --markdown: report files beside the console (see parity.report.outputs)."""
+    parser.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML report here")
+    parser.add_argument("--junit", metavar="OUT.xml", help="also write a JUnit XML report here (for CI)")
+    parser.add_argument("--markdown", metavar="OUT.md", help="also write a short Markdown summary here (CI step summary, PR comment)")
+
+
+def _check_report_files(args) -> None:
+    """Fail now, before any long work, if a report file (--json, --html, ...) could not be written."""
+    from parity.report import outputs
+
+    paths = {option: getattr(args, option, None) for option in ("json", *outputs.FORMATS)}
+    outputs.check(paths, overwrite=getattr(args, "force", False))
+
+
+def _write_report_files(result, args) -> None:
+    from parity.report import outputs
+
+    outputs.write(result, {option: getattr(args, option, None) for option in outputs.FORMATS}, overwrite=args.force)
 
 
 def _add_input_options(parser) -> None:
     parser.add_argument("--prompt", help="text to tokenize with the model's tokenizer")
     parser.add_argument("--tokens", help="token ids, fed as given: 1,2,3")
     parser.add_argument("--dtype", choices=DTYPES, help="reference precision (default float32; check: float64 to calibrate)")
+    parser.add_argument("--device-map", help="reference: accelerate's device map (auto, balanced, sequential, cpu, cuda:0)")
+    parser.add_argument("--max-memory", help="reference: memory per device, e.g. cpu=2GiB,0=20GiB (implies --device-map auto)")
+    parser.add_argument("--offload-dir", help="reference: where weights beyond --max-memory are offloaded to disk")
+
+
+def _placement(args):
+    from parity.capture.placement import placement_from_options
+
+    return placement_from_options(args.device_map, args.max_memory, args.offload_dir)
 
 
 def _command(subparsers, name: str, handler) -> argparse.ArgumentParser:
@@ -370,6 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also capture each tapped module's parameters, to tell a weight mismatch")
     check.add_argument("--replay", action="store_true",
                        help="torch candidates: rerun each block and op on the reference's inputs (local vs propagated error)")
+    check.add_argument("--gradients", action="store_true",
+                       help="PyTorch candidates: backward on the next-token loss; every checkpoint's and parameter's gradient")
     check.add_argument("--taps", type=arguments.taps_name, help="built-in checkpoint mapping for a module candidate: hf, nanogpt, llama, gpt2")
     check.add_argument("--save-traces", metavar="DIR", help="also write reference.safetensors and candidate.safetensors here")
     check.add_argument("-n", "--max-tokens", type=arguments.positive_int, default=16, help="server candidates: greedy tokens to generate")
@@ -388,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=arguments.probability, help="for the sampler check")
     generate.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
     generate.add_argument("--force", action="store_true", help="replace output files that exist")
+    _add_report_files(generate)
 
     tokens = _command(subparsers, "tokens", cmd_tokens)
     tokens.add_argument("model", metavar="MODEL", nargs="?", help="reference tokenizer: model directory or .gguf")
@@ -397,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("--ids", help="the candidate's ids for that text: 1,2,3 or @file")
     tokens.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
     tokens.add_argument("--force", action="store_true", help="replace output files that exist")
+    _add_report_files(tokens)
 
     repro = _command(subparsers, "repro", cmd_repro)
     repro.add_argument("report", metavar="REPORT", help="a JSON report of parity check or compare")
@@ -406,6 +627,44 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--checkpoint", help="reproduce this checkpoint instead of the report's divergence")
     repro.add_argument("--force", action="store_true", help="write into a directory that is not empty")
     repro.set_defaults(output_kind="directory")
+    sanity = _command(subparsers, "sanity", cmd_sanity)
+    sanity.add_argument("candidate", metavar="CANDIDATE", help="FILE.py:FACTORY or module:FACTORY returning the model")
+    sanity.add_argument("--reference", metavar="MODEL", help="a transformers model directory (default: transformers' "
+                        "class for the candidate's config, with the candidate's weights)")
+    sanity.add_argument("-o", "--output", metavar="OUT.json", help="write the results as JSON here")
+    sanity.add_argument("-v", "--verbose", action="store_true", help="a table of every test, not one line")
+    sanity.add_argument("--dtype", choices=DTYPES, help="both models at this precision (default float32)")
+    sanity.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    sanity.add_argument("--batch-size", type=arguments.positive_int, default=2, help="random inputs' batch (default 2)")
+    sanity.add_argument("--seq-length", type=arguments.positive_int, default=32, help="random inputs' length (default 32)")
+    sanity.add_argument("--rtol", type=arguments.tolerance, help="relative tolerance (default 1e-3 in float32; needs --atol)")
+    sanity.add_argument("--atol", type=arguments.tolerance, help="absolute tolerance (default 1e-4 in float32; needs --rtol)")
+    sanity.add_argument("--seed", type=arguments.count, default=0, help="seed of the random inputs")
+    sanity.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    kernel = _command(subparsers, "kernel", cmd_kernel)
+    kernel.add_argument("op", metavar="OP", help="rms_norm, layer_norm, softmax, silu, gelu, gelu_tanh, linear, "
+                        "embedding, cross_entropy, attention, rope, swiglu")
+    kernel.add_argument("candidate", metavar="CANDIDATE", help="FILE.py:FUNCTION or module:FUNCTION")
+    kernel.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
+    kernel.add_argument("--lengths", default="1,13,64,127,257", help="sequence lengths (default 1,13,64,127,257)")
+    kernel.add_argument("--dtypes", default="float32,bfloat16,float16", help="default float32,bfloat16,float16")
+    kernel.add_argument("--no-backward", action="store_true", help="forward only")
+    kernel.add_argument("--bench", action="store_true", help="also time the candidate against torch (longest length)")
+    kernel.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    kernel.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    bench = _command(subparsers, "bench", cmd_bench)
+    bench.add_argument("model", metavar="MODEL", nargs="?", help="reference model directory or .gguf file")
+    bench.add_argument("candidate", metavar="CANDIDATE", nargs="?",
+                       help="llamacpp:FILE.gguf, FILE.py:FACTORY, or a model directory or .gguf")
+    bench.add_argument("--prompt-tokens", type=arguments.positive_int, default=128, help="prefill length (default 128)")
+    bench.add_argument("--decode-tokens", type=arguments.count, default=32, help="tokens decoded one at a time (default 32)")
+    bench.add_argument("--repeats", type=arguments.positive_int, default=5, help="timed repeats (default 5; the median is reported)")
+    bench.add_argument("--warmup", type=arguments.count, default=1, help="untimed repeats first (default 1)")
+    bench.add_argument("--threads", type=arguments.positive_int, help="threads for both sides (default: every core)")
+    bench.add_argument("--dtype", choices=DTYPES, help="the transformers side's precision (default float32)")
+    bench.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    bench.add_argument("--json", metavar="OUT", help="also write the JSON here ('-' for stdout only)")
+    bench.add_argument("--force", action="store_true", help="replace the output file if it exists")
     return parser
 
 
@@ -425,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "handler"):
             parser.print_help()
             return EXIT_UNUSABLE
+        _check_report_files(args)
         arguments.check_outputs(args)   # before the long work, not after it
         with warnings.catch_warnings():
             # numpy's RuntimeWarnings (overflow, invalid value) are not for the user: parity counts
