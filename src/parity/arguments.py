@@ -167,6 +167,8 @@ def check_outputs(args) -> None:
         check_trace_output(args.output, overwrite=overwrite, option="-o")
     elif kind == "directory":
         check_output_directory(args.output, overwrite=overwrite, option="-o")
+    elif kind == "file" and args.output is not None:
+        check_output_path(args.output, overwrite=overwrite, option="-o")
     save_traces = getattr(args, "save_traces", None)
     if save_traces is not None:
         if save_traces == "":

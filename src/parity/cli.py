@@ -632,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     sanity.add_argument("--reference", metavar="MODEL", help="a transformers model directory (default: transformers' "
                         "class for the candidate's config, with the candidate's weights)")
     sanity.add_argument("-o", "--output", metavar="OUT.json", help="write the results as JSON here")
+    sanity.set_defaults(output_kind="file")
     sanity.add_argument("-v", "--verbose", action="store_true", help="a table of every test, not one line")
     sanity.add_argument("--dtype", choices=DTYPES, help="both models at this precision (default float32)")
     sanity.add_argument("--device", help="cpu (default), cuda, cuda:N")

@@ -172,9 +172,12 @@ def open_candidate(spec: str, *, model_path: str | None = None, dtype: str = "fl
 
 def _open(spec: str, kind: str, *, model_path, dtype, server_model, timeout_s, step) -> CandidateSource:
     if kind == "server":
+        import time
+
         from parity.capture.openai_server import OpenAIServer
 
-        return CandidateSource(spec, kind, server=OpenAIServer(spec, model=server_model, timeout_s=timeout_s))
+        server = OpenAIServer(spec, model=server_model, timeout_s=timeout_s, run_deadline=time.monotonic() + timeout_s)
+        return CandidateSource(spec, kind, server=server)
     if kind == "llamacpp":
         path = Path(spec.removeprefix(LLAMACPP_PREFIX))
         if not path.is_file():
