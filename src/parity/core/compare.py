@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from parity.core.calibrate import NoiseFloor, calibrated_tolerance
-from parity.core.layout import alignments
+from parity.core.layout import alignments, last_positions, last_rows
 from parity.core.metrics import measure
 from parity.core.names import Checkpoint, in_flow_order, parse, select
 from parity.core.positions import layer_position_matrix, per_head_rel_l2, position_profile
@@ -29,6 +29,12 @@ from parity.core.results import (
 )
 from parity.core.tolerances import default_tolerance, lowest_precision
 from parity.core.trace import Trace
+
+
+# Checkpoints a port may compute for the last positions only (nanoGPT's forward returns the last
+# position's logits at inference): compared with the reference's last rows, with a note. Only the
+# output: a hidden state with fewer positions is a token-count bug, which must stay visible.
+TRUNCATABLE = frozenset({"logits"})
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = Compa
         missing=tuple(in_flow_order(set(reference_names) - set(candidate_names) - set(declared))),
         extra=tuple(in_flow_order(set(candidate_names) - set(reference_names))),
         first_divergence=_divergence(first, reference, candidate),
-        notes=tuple(_trace_notes(reference, candidate)),
+        notes=tuple(_trace_notes(reference, candidate)) + tuple(_truncation_notes(results)),
         reference_metadata={**reference.metadata, **({"source": reference.source} if reference.source else {})},
         candidate_metadata={**candidate.metadata, **({"source": candidate.source} if candidate.source else {})},
         origin=_divergence(next((r for r in results if r.name == introduced_at), None), reference, candidate),
@@ -111,6 +117,9 @@ def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: C
     if tolerance is None:
         tolerance = default_tolerance(checkpoint.kind, dtype, reference_tensor)
     shapes = {"shape_reference": tuple(reference_tensor.shape), "shape_candidate": tuple(candidate_tensor.shape)}
+    kept = last_positions(reference_tensor.shape, candidate_tensor.shape) if name in TRUNCATABLE else 0
+    if kept:  # the candidate holds the last position(s) only: compare those
+        reference_tensor = last_rows(reference_tensor, kept, checkpoint.token_axis)
 
     best: tuple[Metrics, str] | None = None
     for alignment in alignments(reference_tensor.shape, candidate_tensor):
@@ -153,6 +162,17 @@ def _trace_notes(reference: Trace, candidate: Trace) -> list[str]:
             f"candidate {len(candidate.tokens)}; first difference at position "
             f"{_first_difference(reference.tokens, candidate.tokens)}"
         )
+    return notes
+
+
+def _truncation_notes(results) -> list[str]:
+    notes = []
+    for result in results:
+        kept = last_positions(result.shape_reference, result.shape_candidate) if result.name in TRUNCATABLE else 0
+        if kept:
+            notes.append(f"the candidate's {result.name} holds the last {kept} of {result.shape_reference[0]} "
+                         f"positions ({list(result.shape_candidate)} for {list(result.shape_reference)}): compared "
+                         f"with the reference's last {'row' if kept == 1 else f'{kept} rows'} only")
     return notes
 
 

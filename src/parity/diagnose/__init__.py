@@ -38,6 +38,7 @@ def register(cause: str) -> Callable[[Detector], Detector]:
 def diagnose(comparison: Comparison, reference: Trace, candidate: Trace) -> Comparison:
     """The comparison with the diagnoses and notes of every detector that applies."""
     from parity.diagnose import attention, layers, noise, values, weights  # noqa: F401  (register their detectors)
+    from parity.diagnose import attention_math, embeddings, ops  # noqa: F401
     from parity.diagnose.context import Context, model_config
 
     context = Context(comparison, reference, candidate, model_config(reference))
@@ -46,6 +47,11 @@ def diagnose(comparison: Comparison, reference: Trace, candidate: Trace) -> Comp
         for finding in detector(context):
             (notes if isinstance(finding, str) else diagnoses).append(finding)
     diagnoses = _without_superseded(diagnoses)
+    if comparison.first_divergence is not None and not diagnoses:
+        from parity.diagnose.unexplained import no_known_cause
+
+        unexplained = no_known_cause(context)  # the evidence, never "precision noise", for a failure
+        diagnoses += [unexplained] if unexplained is not None else []
     return dataclasses.replace(comparison, diagnoses=tuple(diagnoses), notes=tuple(notes))
 
 

@@ -19,9 +19,15 @@ MAX_SHIFT = 3
 @register("token_shift")
 def token_shift(context: Context):
     """An extra or missing token: candidate position t + k holds the reference's position t."""
+    from parity.diagnose.embeddings import token_shift_from_tokens
+
+    found = list(token_shift_from_tokens(context))  # the token ids differ, or the positions run longer
+    if found:
+        yield from found
+        return
     for name in context.focus:
         checkpoint = parse(name)
-        if checkpoint is None or name not in context.candidate or checkpoint.kind == "attn_probs":
+        if checkpoint is None or name not in context.candidate or checkpoint.kind in ("attn_probs", "pos_embed"):
             continue
         reference, candidate = context.reference[name].astype(np.float64), context.candidate[name].astype(np.float64)
         if reference.ndim != 2 or candidate.ndim != 2 or reference.shape[1] != candidate.shape[1]:
