@@ -40,7 +40,7 @@ class Bugs:
     position_offset: int = 0                 # wpe read at position t + offset
     final_norm_weight: bool = True           # False: ln_f normalizes but ignores its weight
     extra_bos: bool = False                  # <|endoftext|> prepended to the input the model is given
-    skip_mlp_norm_layer: int | None = None   # this layer feeds its MLP the un-normalized residual stream
+    skip_mlp_norm_layer: int | None = None   # this layer's ln_2 is never applied (an identity)
     position_embeddings: str = "once"        # "none": wpe left out; "twice": added twice
 
 
@@ -110,12 +110,12 @@ class Block(nn.Module):
         super().__init__()
         self.ln_1, self.ln_2 = LayerNorm(config.n_embd, config.eps), LayerNorm(config.n_embd, config.eps)
         self.attn, self.mlp = CausalSelfAttention(config, bugs), MLP(config)
-        self.skip_mlp_norm = bugs.skip_mlp_norm_layer == index
+        if bugs.skip_mlp_norm_layer == index:
+            self.ln_2.forward = lambda x: x   # the norm forgotten; its weights still load
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
-        normed = self.ln_2(x)
-        return x + self.mlp(x if self.skip_mlp_norm else normed)
+        return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
