@@ -154,3 +154,14 @@ def causal_mask_from_context(context: Context):
                             f"reproduces the candidate's {name} (rel error {residual:.2g}): every position "
                             "attends to the future; the mask is missing (is_causal=False, or no mask passed)")
             return
+
+
+@register("probabilities_absent")
+def probabilities_absent(context: Context):
+    """A note, not a cause: the reference records attention probabilities and the candidate none."""
+    absent = [name for name in context.comparison.missing if name.endswith(".attn_probs")]
+    if absent:
+        yield (f"the candidate records no attention probabilities ({absent[0]} and {len(absent) - 1} more are "
+               "missing): a fused kernel (scaled_dot_product_attention, flash attention) never materializes them. "
+               "To compare them, run the manual attention path and wrap the softmax's output in a Probe "
+               "(`att = self.probs(F.softmax(att, dim=-1))`) mapped to layers.{i}.attn_probs; see docs/capture.md")
