@@ -22,7 +22,9 @@ DETECTORS: dict[str, Detector] = {}
 GENERIC = frozenset({"scale_factor", "swapped"})
 # A cause that explains another's evidence at the same checkpoint: probabilities
 # stored transposed put weight above the diagonal without any mask being wrong.
-SUPERSEDES = {"layout_permuted": frozenset({"causal_mask"})}
+SUPERSEDES = {"layout_permuted": frozenset({"causal_mask"}),
+              # a residual add left out is the specific case of that op skipped
+              "missing_residual": frozenset({"op_skipped"})}
 
 
 def register(cause: str) -> Callable[[Detector], Detector]:
