@@ -108,6 +108,11 @@ def _token_difference(reference: list[int], candidate: list[int]) -> str:
             return f"the candidate's ids are the reference's with {candidate[:shift]} prepended (an extra BOS?)"
         if reference[shift:] == candidate:
             return f"the candidate's ids lack the reference's first {reference[:shift]} (a missing BOS?)"
+        if len(candidate) == len(reference) and candidate[shift:] == reference[:-shift]:
+            return (f"the candidate's ids are the reference's with {candidate[:shift]} prepended and as many "
+                    "dropped at the end (an extra BOS, cut to the same length?)")
+        if len(candidate) == len(reference) and reference[shift:] == candidate[:-shift]:
+            return f"the candidate's ids are the reference's shifted left by {shift} (a missing BOS?)"
     first = next((i for i, (r, c) in enumerate(zip(reference, candidate)) if r != c), min(len(reference), len(candidate)))
     return (f"reference {len(reference)} tokens, candidate {len(candidate)}; first difference at position {first} "
             f"(reference {reference[first:first + 3]}, candidate {candidate[first:first + 3]})")

@@ -45,9 +45,10 @@ def _rows(tensor: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _shares(energy: np.ndarray) -> tuple[np.ndarray, float]:
-    """Indices of the TOP largest entries and the share of the total they hold."""
+    """Indices of the (at most TOP) largest entries that hold a visible share, and the share they hold."""
     total = float(energy.sum()) or 1.0
     top = np.argsort(energy)[::-1][:TOP]
+    top = top[: max(1, int(np.sum(energy[top] >= 0.05 * total)))]
     return top, float(energy[top].sum()) / total
 
 
@@ -105,15 +106,21 @@ def _fits(reference: np.ndarray, candidate: np.ndarray) -> str:
 
 
 def _correlated(error: np.ndarray, name: str, context: Context) -> str:
-    """The reference's checkpoints of the same shape that the error points along (|cosine|)."""
+    """The reference's checkpoints of the same shape that the error points along (|cosine| over the
+    token positions that carry the error, so that an error at one position is not diluted)."""
+    checkpoint = parse(name)
+    axis = checkpoint.token_axis if checkpoint is not None and error.ndim > 1 else 0
+    energy = (_rows(error, axis) ** 2).sum(1)
+    carrying = energy >= 0.01 * energy.max(initial=0.0)
+    error = _rows(error, axis)[carrying]
     norm = float(np.linalg.norm(error))
     if norm == 0:
         return ""
     found = []
     for other in in_flow_order(context.reference.names):
-        if other == name or parse(other) is None or context.reference[other].shape != error.shape:
+        if other == name or parse(other) is None or context.reference[other].shape != context.reference[name].shape:
             continue
-        tensor = context.reference[other].astype(np.float64)
+        tensor = _rows(context.reference[other].astype(np.float64), axis)[carrying]
         other_norm = float(np.linalg.norm(tensor))
         if other_norm:
             found.append((abs(float(np.sum(error * tensor))) / (norm * other_norm), other))
