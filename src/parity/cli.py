@@ -10,7 +10,7 @@ import inspect
 import sys
 from pathlib import Path
 
-from parity.check import LLAMACPP_PREFIX
+from parity.capture.candidates import LLAMACPP_PREFIX
 from parity.core.compare import CompareConfig
 from parity.core.errors import OptionError, ParityError
 from parity.core.tolerances import user_tolerance
@@ -186,8 +186,9 @@ def cmd_tokens(args) -> int:
     """Compare a candidate tokenizer's token ids with the reference's, and name what differs.
 
     MODEL's tokenizer (a model directory or .gguf, loaded by transformers) is the
-    reference. CANDIDATE is llamacpp:FILE.gguf (llama.cpp's tokenizer), or
-    FILE.py:FUNCTION / module:FUNCTION (text -> ids); or give --ids (the ids
+    reference. CANDIDATE is llamacpp:FILE.gguf (llama.cpp's tokenizer), a model
+    directory or .gguf (transformers'), or FILE.py:FUNCTION / module:FUNCTION
+    (text -> ids); or give --ids (the ids
     another program produced for --prompt or --file). The texts are --prompt,
     --file (one text), or a built-in corpus of hard cases: spaces, newlines, tabs,
     accents, CJK, emoji, digits, code, special tokens written in text, the chat
@@ -195,7 +196,7 @@ def cmd_tokens(args) -> int:
     Exit 1 on any difference.
     """
     from parity.capture.smollm2 import gguf_path
-    from parity.capture.tokenizers import FixedIds, FunctionTokenizer, HFTokenizer, LlamaCppTokenizer, read_ids
+    from parity.capture.tokenizers import FixedIds, HFTokenizer, candidate_tokenizer, read_ids
     from parity.tokens import compare_tokenizers, corpus
 
     if args.model is None:
@@ -212,10 +213,8 @@ def cmd_tokens(args) -> int:
         if texts is None:
             raise OptionError("--ids are for one text: give it with --prompt or --file")
         candidate = FixedIds(read_ids(args.ids), reference.vocabulary)
-    elif args.candidate.startswith(LLAMACPP_PREFIX):
-        candidate = LlamaCppTokenizer(Path(args.candidate.removeprefix(LLAMACPP_PREFIX)))
     else:
-        candidate = FunctionTokenizer(args.candidate, reference.vocabulary)
+        candidate = candidate_tokenizer(args.candidate, reference.vocabulary)
     comparison = compare_tokenizers(reference, candidate, texts if texts is not None else corpus(reference))
     return _report(comparison, args)
 
