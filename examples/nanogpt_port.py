@@ -42,6 +42,7 @@ class Bugs:
     extra_bos: bool = False                  # <|endoftext|> prepended to the input the model is given
     skip_mlp_norm_layer: int | None = None   # this layer's ln_2 is never applied (an identity)
     position_embeddings: str = "once"        # "none": wpe left out; "twice": added twice
+    attention_bias: bool = True              # False: c_attn's bias not loaded (built with bias=False)
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,9 @@ class GPT(nn.Module):
                 if name.endswith(("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")):
                     tensor = tensor.t()
                 ours[name].copy_(tensor)
+            if not bugs.attention_bias:
+                for block in model.transformer.h:
+                    block.attn.c_attn.bias.zero_()
             if bugs.untied_lm_head:
                 torch.manual_seed(1234)
                 model.lm_head.weight.normal_(0.0, 0.02)

@@ -38,6 +38,7 @@ BUGS = {  # bug -> (planted, checkpoint where it is planted, a right cause)
     "ln_2 skipped": (B(skip_mlp_norm_layer=1), "layers.1.mlp_norm", "op_skipped"),
     "position embeddings left out": (B(position_embeddings="none"), "embed", "position_embedding"),
     "position embeddings added twice": (B(position_embeddings="twice"), "embed", "position_embedding"),
+    "c_attn bias not loaded": (B(attention_bias=False), "layers.0.q", "missing_bias"),
 }
 SHARPNESS = 4.0  # q and k weights times this: mean top attention probability 0.40 instead of 0.15
 

@@ -24,7 +24,10 @@ GENERIC = frozenset({"scale_factor", "swapped"})
 # stored transposed put weight above the diagonal without any mask being wrong.
 SUPERSEDES = {"layout_permuted": frozenset({"causal_mask"}),
               # a residual add left out is the specific case of that op skipped
-              "missing_residual": frozenset({"op_skipped"})}
+              "missing_residual": frozenset({"op_skipped"}),
+              # a norm's bias left out is the specific case of a constant offset; so is a bias on the logits
+              "norm_affine": frozenset({"missing_bias"}),
+              "missing_bias": frozenset({"output_projection"})}
 
 
 def register(cause: str) -> Callable[[Detector], Detector]:
@@ -40,7 +43,7 @@ def register(cause: str) -> Callable[[Detector], Detector]:
 def diagnose(comparison: Comparison, reference: Trace, candidate: Trace) -> Comparison:
     """The comparison with the diagnoses and notes of every detector that applies."""
     from parity.diagnose import attention, layers, noise, values, weights  # noqa: F401  (register their detectors)
-    from parity.diagnose import attention_math, embeddings, ops  # noqa: F401
+    from parity.diagnose import attention_math, biases, embeddings, ops, rope_base  # noqa: F401
     from parity.diagnose.context import Context, model_config
 
     context = Context(comparison, reference, candidate, model_config(reference))
