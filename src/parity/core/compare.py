@@ -15,7 +15,7 @@ from parity.core.calibrate import NoiseFloor, calibrated_tolerance
 from parity.core.layout import alignments, last_positions, last_rows
 from parity.core.metrics import Measurement, measure_pair
 from parity.core.names import Checkpoint, in_flow_order, parse, select
-from parity.core.positions import MATRIX_KIND, per_head_rel_l2
+from parity.core.positions import MATRIX_KIND, largest_differences, per_head_rel_l2
 from parity.core.propagation import attribute, origin
 from parity.core.results import (
     FAIL,
@@ -109,6 +109,7 @@ def _divergence(result: CheckpointResult | None, reference: Trace, candidate: Tr
         position=result.metrics.worst_position if result.metrics else None,
         per_position=positions.get(result.name, ()),
         per_head=per_head_rel_l2(result.name, reference, candidate),
+        worst_elements=largest_differences(result.name, reference, candidate),
     )
 
 
