@@ -17,17 +17,15 @@ from parity.core.trace import Trace
 Detector = Callable[["Context"], Iterable[Diagnosis | str]]
 DETECTORS: dict[str, Detector] = {}
 # Causes that describe a symptom that specific causes also produce (a wrong norm
-# epsilon rescales rows; a missing residual leaves the branch's tensor in place):
+# epsilon rescales rows; a missing residual leaves the branch's tensor in place; a
+# norm without its bias, or a slightly different activation, shifts by a constant row):
 # reported only where no specific cause explains the checkpoint.
-GENERIC = frozenset({"scale_factor", "swapped"})
+GENERIC = frozenset({"scale_factor", "swapped", "missing_bias"})
 # A cause that explains another's evidence at the same checkpoint: probabilities
 # stored transposed put weight above the diagonal without any mask being wrong.
 SUPERSEDES = {"layout_permuted": frozenset({"causal_mask"}),
               # a residual add left out is the specific case of that op skipped
-              "missing_residual": frozenset({"op_skipped"}),
-              # a norm's bias left out is the specific case of a constant offset; so is a bias on the logits
-              "norm_affine": frozenset({"missing_bias"}),
-              "missing_bias": frozenset({"output_projection"})}
+              "missing_residual": frozenset({"op_skipped"})}
 
 
 def register(cause: str) -> Callable[[Detector], Detector]:
