@@ -102,7 +102,9 @@ def _check(options: CheckOptions, candidate_source: CandidateSource, progress) -
         comparison = _with_replay(comparison, reference, candidate_source, options, progress)
     if options.decode_steps > 0 and candidate_source.decodes:
         comparison = _with_decoding(comparison, reference, reference_model, candidate_source, options, progress)
-    return comparison
+    from parity.diagnose import without_noise_on_failure
+
+    return without_noise_on_failure(comparison)
 
 
 def _with_decoding(comparison: Comparison, reference: Trace, reference_model, source, options, progress) -> Comparison:

@@ -46,3 +46,28 @@ def test_a_failing_comparison_that_looks_like_rounding_is_not_called_noise():
     assert not comparison
     assert [d.cause for d in comparison.diagnoses] == ["no_known_cause"]
     assert any("look like rounding" in note for note in comparison.notes)
+
+
+def test_noise_is_not_claimed_when_decoding_fails_after_a_passing_forward_pass():
+    import dataclasses
+
+    from parity.core.decoding import compare_decode
+    from parity.diagnose import without_noise_on_failure
+
+    x = R.standard_normal((T, WIDTH))
+    reference_trace = make_trace({"layers.0.out": x}, {"dtype": "float32", "config": CONFIG})
+    passing = diagnose(compare(reference_trace, reference_trace, config=_calibrated(x)), reference_trace,
+                       reference_trace)
+    assert [d.cause for d in passing.diagnoses] == ["precision_noise"]
+    decode = compare_decode([x[-1]], [x[-1] + 1.0], [1e-3], prompt_length=T, basis="test")
+    failed = without_noise_on_failure(dataclasses.replace(passing, decode=decode))
+    assert not failed and "precision_noise" not in [d.cause for d in failed.diagnoses]
+    assert without_noise_on_failure(passing) == passing
+
+
+def _calibrated(x):
+    from parity.core.calibrate import noise_floors
+    from parity.core.compare import CompareConfig
+
+    lowp = make_trace({"layers.0.out": x + 1e-6 * R.standard_normal(x.shape)}, {"dtype": "float32"})
+    return CompareConfig(noise=noise_floors(make_trace({"layers.0.out": x}, {}), lowp), noise_dtype="bfloat16")

@@ -58,6 +58,16 @@ def diagnose(comparison: Comparison, reference: Trace, candidate: Trace) -> Comp
     return dataclasses.replace(comparison, diagnoses=tuple(diagnoses), notes=tuple(notes))
 
 
+def without_noise_on_failure(comparison: Comparison) -> Comparison:
+    """The comparison without a precision_noise diagnosis when any part of it failed (decoding
+    checked after the forward pass, say): noise is said only of a run that passes throughout."""
+    if comparison.passed or not any(d.cause == "precision_noise" for d in comparison.diagnoses):
+        return comparison
+    kept = tuple(d for d in comparison.diagnoses if d.cause != "precision_noise")
+    return dataclasses.replace(comparison, diagnoses=kept, notes=tuple(comparison.notes) + (
+        "every checkpoint of the forward pass is within its noise floor, but the run failed after it (see above)",))
+
+
 def _without_superseded(diagnoses: list[Diagnosis]) -> list[Diagnosis]:
     at = {}
     for diagnosis in diagnoses:
