@@ -41,7 +41,7 @@ def test_a_recorded_bias_is_matched_with_the_offset():
     from parity.diagnose.context import Context, model_config
 
     x, bias = R.standard_normal((T, 32)), 0.5 * R.standard_normal(32)
-    base = {"layers.0.q": x + bias, "layers.0.q.bias": bias}
+    base = {"layers.0.attn_norm": R.standard_normal((T, 32)), "layers.0.q": x + bias, "layers.0.q.bias": bias}
     reference = make_trace(base, {"dtype": "float32", "config": CONFIG})
     candidate = make_trace({**base, "layers.0.q": x, "layers.0.q.bias": np.zeros(32)}, {"dtype": "float32"})
     comparison = diagnose(compare(reference, candidate), reference, candidate)
@@ -55,3 +55,13 @@ def test_an_error_that_varies_by_position_is_not_a_bias():
     x = R.standard_normal((T, 32))
     base = {"layers.0.q": x}
     assert "missing_bias" not in {cause for cause, _ in diagnoses(base, {"layers.0.q": x + R.standard_normal((T, 32))})}
+
+
+def test_a_constant_offset_over_inputs_that_barely_vary_is_no_evidence_of_a_bias():
+    """Rows that share most of their energy turn any weight error into a near-constant offset."""
+    shared = R.standard_normal(32)
+    x = shared + 0.05 * R.standard_normal((T, 32))
+    weight = R.standard_normal((32, 32))
+    base = {"layers.0.attn_norm": x, "layers.0.q": x @ weight.T}
+    candidate = {**base, "layers.0.q": x @ (weight + 0.5 * R.standard_normal((32, 32))).T}
+    assert "missing_bias" not in {cause for cause, _ in diagnoses(base, candidate)}

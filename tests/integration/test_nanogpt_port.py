@@ -129,3 +129,28 @@ def test_cli_check_of_the_port_with_weights(gpt2_dir, tmp_path):
     report = json.loads(passed.stdout)
     assert [d["cause"] for d in report["diagnoses"]] == ["precision_noise"]
     assert any("last 1 of 10 positions" in note for note in report["notes"])
+
+
+def test_a_trace_made_from_other_token_ids_is_a_token_shift(gpt2_dir, setup):
+    """GPT-2 run with an extra BOS in its input ids: the traces' token ids say so."""
+    config, reference = setup("float32")
+    port = nanogpt_port.build(gpt2_dir)
+    candidate = trace_module(port, [tiny_models.VOCAB - 1] + TOKENS, taps="nanogpt")
+    comparison = compare_and_diagnose(reference, candidate, config)
+    found = [d for d in comparison.diagnoses if d.cause == "token_shift"]
+    assert not comparison and found and "prepended" in found[0].message
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_bug_no_detector_knows_is_no_known_cause_with_evidence(gpt2_dir, setup, dtype):
+    """Corrupted c_fc weights in one layer: localized, not explained, and never called noise."""
+    config, reference = setup(dtype)
+    port = nanogpt_port.build(gpt2_dir, dtype=getattr(torch, dtype))
+    with torch.no_grad():
+        weight = port.transformer.h[1].mlp.c_fc.weight
+        weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)).to(weight.dtype) * 0.02)
+    comparison = compare_and_diagnose(reference, trace_module(port, TOKENS, taps="nanogpt"), config)
+    assert comparison.first_divergence.checkpoint == "layers.1.mlp_fc"
+    assert [(d.cause, d.checkpoint) for d in comparison.diagnoses] == [("no_known_cause", "layers.1.mlp_fc")]
+    message = comparison.diagnoses[0].message
+    assert "per position" in message and "per channel" in message and "best affine fit" in message
