@@ -1,6 +1,6 @@
 import numpy as np
 
-from detector_cases import CONFIG, diagnoses, rng
+from detector_cases import diagnoses, rng
 from parity.core.compare import compare
 from parity.core.trace import make_trace
 from parity.diagnose import diagnose

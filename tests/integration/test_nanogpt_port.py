@@ -154,3 +154,4 @@ def test_a_bug_no_detector_knows_is_no_known_cause_with_evidence(gpt2_dir, setup
     assert [(d.cause, d.checkpoint) for d in comparison.diagnoses] == [("no_known_cause", "layers.1.mlp_fc")]
     message = comparison.diagnoses[0].message
     assert "per position" in message and "per channel" in message and "best affine fit" in message
+    assert "its input layers.1.mlp_norm passes" in message

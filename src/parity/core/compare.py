@@ -182,7 +182,7 @@ def _truncation_notes(results) -> list[str]:
     for result in results:
         kept = last_positions(result.shape_reference, result.shape_candidate) if result.name in TRUNCATABLE else 0
         if kept:
-            notes.append(f"the candidate's {result.name} holds the last {kept} of {result.shape_reference[0]} "
+            notes.append(f"the candidate's {result.name} tensor holds the last {kept} of {result.shape_reference[0]} "
                          f"positions ({list(result.shape_candidate)} for {list(result.shape_reference)}): compared "
                          f"with the reference's last {'row' if kept == 1 else f'{kept} rows'} only")
     return notes

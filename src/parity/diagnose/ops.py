@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from parity.core.metrics import rel_l2
 from parity.core.names import in_flow_order, inputs_of, parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from parity.core.metrics import rel_l2
-from parity.core.names import HEAD_KINDS, in_flow_order, parse
+from parity.core.names import HEAD_KINDS, in_flow_order, inputs_of, parse
 from parity.core.results import Diagnosis
 from parity.diagnose.context import Context
 
@@ -35,9 +34,22 @@ def no_known_cause(context: Context) -> Diagnosis | None:
     reference, candidate = pair
     checkpoint = parse(name)
     error = candidate - reference
-    parts += [_per_position(error, checkpoint), _per_head(error, checkpoint, context), _per_channel(error, checkpoint),
+    parts += [_inputs(context, name), _per_position(error, checkpoint), _per_head(error, checkpoint, context), _per_channel(error, checkpoint),
               _fits(reference, candidate), _correlated(error, name, context)]
     return Diagnosis("no_known_cause", name, "; ".join(part for part in parts if part))
+
+
+def _inputs(context: Context, name: str) -> str:
+    """Whether the checkpoint's inputs pass: then the error starts in the op that makes it."""
+    results = [context.comparison.result(source) for source in inputs_of(name, context.reference.tensors)]
+    results = [result for result in results if result is not None]
+    if not results:
+        return ""
+    failed = [result.name for result in results if not result]
+    if failed:
+        return f"its input {', '.join(failed)} fails too"
+    return (f"its input {', '.join(r.name for r in results)} passes: the error starts in the op that makes "
+            f"{name} (its weights or their conversion; --weights compares them)")
 
 
 def _rows(tensor: np.ndarray, axis: int) -> np.ndarray:
@@ -94,13 +106,13 @@ def _per_channel(error: np.ndarray, checkpoint) -> str:
 
 def _fits(reference: np.ndarray, candidate: np.ndarray) -> str:
     """How much of the error the best candidate ~ c * reference and candidate ~ a * reference + b leave."""
-    before = rel_l2(reference, candidate)
-    energy = float(np.sum(reference * reference)) or 1.0
-    scale = float(np.sum(candidate * reference)) / energy
-    scalar = rel_l2(scale * reference, candidate)
+    norm = float(np.linalg.norm(reference)) or 1.0
+    before = float(np.linalg.norm(candidate - reference)) / norm          # every residual relative to ||reference||
+    scale = float(np.sum(candidate * reference)) / norm**2
+    scalar = float(np.linalg.norm(candidate - scale * reference)) / norm
     design = np.stack([reference.ravel(), np.ones(reference.size)], axis=1)
     (slope, intercept), *_ = np.linalg.lstsq(design, candidate.ravel(), rcond=None)
-    affine = rel_l2(slope * reference + intercept, candidate)
+    affine = float(np.linalg.norm(candidate - slope * reference - intercept)) / norm
     return (f"best scalar fit candidate = {scale:.4g} x reference leaves rel_l2 {scalar:.3g} of {before:.3g}; "
             f"best affine fit {slope:.4g} x reference {intercept:+.3g} leaves {affine:.3g}")
 
