@@ -338,7 +338,8 @@ class _Sums:
         )
 
     def _cosine(self) -> float:
-        reference_norm, candidate_norm = np.sqrt(self.reference_squares_both), np.sqrt(self.candidate_squares_both)
+        # sum c^2 is assembled from sum r^2 + 2 sum r(c - r) + sum (c - r)^2: rounding can leave it just below 0
+        reference_norm, candidate_norm = np.sqrt(self.reference_squares_both), np.sqrt(max(self.candidate_squares_both, 0.0))
         if reference_norm == 0.0 and candidate_norm == 0.0:
             return 1.0
         if reference_norm == 0.0 or candidate_norm == 0.0:
