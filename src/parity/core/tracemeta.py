@@ -1,0 +1,95 @@
+"""Trace metadata, every field read checked for its type.
+
+Metadata comes from a file parity did not write. Each field parity reads has one
+accepted type; anything else is a TraceError naming the file and field and saying
+what to write instead. Fields parity does not read are kept as they are (JSON values,
+already bounded in size and depth by the reader).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from parity.core import boundedjson
+from parity.core.errors import TraceError
+from parity.core.printable import is_printable
+
+MAX_METADATA_BYTES = 16 * 1024 * 1024    # one metadata document (manifest.json, an .npz's __metadata__)
+MAX_TOKENS = 10_000_000
+MAX_TENSOR_NAME_CHARS = 255
+JSON_FIELDS = ("tokens", "config", "not_comparable")   # stored as JSON text in safetensors' string map
+_STRING_FIELDS = ("format", "arch", "producer", "dtype", "prompt", "emulates")
+_DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8",
+                "uint64", "uint32", "uint16", "uint8", "bool")
+
+
+def parse_metadata(raw: Any, path: Path | str, *, where: str = "metadata") -> dict[str, Any]:
+    """The metadata as parity uses it; TraceError for a field of the wrong type."""
+    if not isinstance(raw, Mapping):
+        raise TraceError(f"{path}: {where} is a {_kind(raw)}, not an object; write a JSON object of fields")
+    metadata: dict[str, Any] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise TraceError(f"{path}: {where} has a key that is not a string")
+        if key in JSON_FIELDS and isinstance(value, str):
+            try:
+                value = boundedjson.loads(value, max_bytes=MAX_METADATA_BYTES, what=f"{where} '{key}'")
+            except ValueError as error:
+                raise TraceError(f"{path}: {error}; write it as JSON text") from None
+        metadata[key] = value
+    for key in _STRING_FIELDS:
+        if key in metadata and not isinstance(metadata[key], str):
+            raise TraceError(f"{path}: {where} '{key}' is a {_kind(metadata[key])}; write it as a string")
+    _check_tokens(metadata.get("tokens"), path, where)
+    if metadata.get("config") is not None and not isinstance(metadata["config"], dict):
+        raise TraceError(f"{path}: {where} 'config' is a {_kind(metadata['config'])}; write the model "
+                         "configuration as a JSON object")
+    not_comparable = metadata.get("not_comparable")
+    if not_comparable is not None and not (isinstance(not_comparable, dict)
+                                           and all(isinstance(v, str) for v in not_comparable.values())):
+        raise TraceError(f"{path}: {where} 'not_comparable' must be a JSON object of checkpoint name -> reason "
+                         f"(text), not a {_kind(not_comparable)}")
+    return metadata
+
+
+def _check_tokens(tokens: Any, path: Path | str, where: str) -> None:
+    if tokens is None:
+        return
+    if not (isinstance(tokens, list) and len(tokens) <= MAX_TOKENS
+            and all(type(token) is int and 0 <= token < 2**63 for token in tokens)):
+        raise TraceError(f"{path}: {where} 'tokens' must be a JSON list of integers (non-negative token ids), "
+                         f"not {_kind(tokens)}")
+
+
+def check_dtypes(dtypes: Any, path: Path | str, names: set[str]) -> dict[str, str]:
+    """A manifest's `dtypes`: tensor name -> one of parity's dtype names."""
+    if dtypes is None:
+        return {}
+    if not isinstance(dtypes, dict):
+        raise TraceError(f"{path}: 'dtypes' is a {_kind(dtypes)}; write an object of tensor name -> dtype name")
+    for name, dtype in dtypes.items():
+        if dtype not in _DTYPE_NAMES:
+            raise TraceError(f"{path}: 'dtypes' gives {name!r} the dtype {str(dtype)[:40]!r}; "
+                             f"use one of {', '.join(_DTYPE_NAMES)}")
+    return {name: dtype for name, dtype in dtypes.items() if name in names}
+
+
+def check_tensor_name(name: Any, path: Path | str) -> str:
+    """A tensor name that can be printed and used as a key."""
+    if not isinstance(name, str) or not name or len(name) > MAX_TENSOR_NAME_CHARS:
+        raise TraceError(f"{path}: a tensor name is {_kind(name)}; names are 1 to {MAX_TENSOR_NAME_CHARS} characters")
+    if not is_printable(name):
+        raise TraceError(f"{path}: tensor name {name.encode('unicode_escape', 'replace')[:60]!r} holds control "
+                         "characters; use canonical names like 'layers.0.q'")
+    return name
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return f"string {value[:30]!r}" if is_printable(value[:30]) else "string"
+    return {int: "integer", float: "number", list: "list", dict: "object", type(None): "null"}.get(type(value),
+                                                                                                    type(value).__name__)
