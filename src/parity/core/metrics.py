@@ -58,8 +58,8 @@ def measure(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance, 
 
 def per_position_rel_l2(reference: np.ndarray, candidate: np.ndarray, token_axis: int = 0) -> np.ndarray:
     """rel_l2 of each token position (over the finite elements of both): (T,)."""
-    if reference.ndim == 0 or reference.size == 0:
-        return np.zeros(0)
+    if reference.ndim <= token_axis or reference.size == 0:
+        return np.zeros(0)  # no position axis (a 1-d tensor where [H, T, S] was expected): no per-position view
     reference = np.moveaxis(np.asarray(reference, np.float64), token_axis, 0).reshape(reference.shape[token_axis], -1)
     candidate = np.moveaxis(np.asarray(candidate, np.float64), token_axis, 0).reshape(reference.shape)
     finite = np.isfinite(reference) & np.isfinite(candidate)

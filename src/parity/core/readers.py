@@ -28,6 +28,7 @@ from parity.core.tracemeta import MAX_METADATA_BYTES, check_dtypes, check_tensor
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024   # the safetensors library's own limit
 MAX_TENSORS = 65_536
+_NPY_FIX = "write it with np.save, or by hand as docs/trace-format.md shows"
 
 # safetensors dtype tag -> (numpy storage dtype, name parity reports)
 SAFETENSORS_DTYPES: dict[str, tuple[str, str]] = {
@@ -115,7 +116,7 @@ def read_npz(path: Path) -> tuple[dict[str, TensorSource], Any]:
     try:
         members = npz.members(archive)
     except ValueError as error:
-        raise TraceError(f"{path}: not a readable .npz ({error})") from None
+        raise TraceError(f"{path}: not a readable .npz ({error}); write it with np.savez (see docs/trace-format.md)") from None
     _check_count(len(members), path)
     sources, metadata = {}, {}
     for member in members:
@@ -144,7 +145,7 @@ def _npz_source(archive: FileRef, member: npz.Member, name: str) -> TensorSource
             try:
                 buffer = npz.inflate(archive, member)
             except ValueError as error:
-                raise TraceError(f"{where}: {error}") from None
+                raise TraceError(f"{where}: {error}; the .npz is damaged, write it again") from None
             array = np.frombuffer(buffer, header.dtype, math.prod(header.shape), header.data_offset)
             array = array.reshape(header.shape, order="F" if header.fortran_order else "C")
         return _drop_batch_axis(array)
@@ -158,7 +159,7 @@ def _npz_header(archive: FileRef, member: npz.Member, where: str, *, text: bool 
         head = archive.read(member.data_offset, length) if member.method == 0 else _inflate_head(archive, member, length)
         return npy.parse_header(head, member.size, text=text)
     except ValueError as error:
-        raise TraceError(f"{where}: {error}") from None
+        raise TraceError(f"{where}: {error}; {_NPY_FIX}") from None
 
 
 def _inflate_head(archive: FileRef, member: npz.Member, length: int) -> bytes:
@@ -194,7 +195,7 @@ def _npz_metadata(archive: FileRef, member: npz.Member) -> Any:
         if member.method == 0:
             npz.check_crc(data, member)
     except ValueError as error:
-        raise TraceError(f"{where}: {error}") from None
+        raise TraceError(f"{where}: {error}; the .npz is damaged, write it again") from None
     codec = "utf-32-be" if header.dtype.byteorder == ">" else "utf-32-le"
     try:
         text = bytes(data[header.data_offset:]).decode(codec).rstrip("\x00")
@@ -229,7 +230,7 @@ def read_directory(path: Path) -> tuple[dict[str, TensorSource], Any, Any]:
         manifest = boundedjson.loads(manifest_file.read(0, manifest_file.size), max_bytes=MAX_METADATA_BYTES,
                                      what="manifest.json")
     except ValueError as error:
-        raise TraceError(f"{manifest_path}: {error}") from None
+        raise TraceError(f"{manifest_path}: {error}; write the manifest as docs/trace-format.md shows") from None
     if not isinstance(manifest, dict):
         raise TraceError(f"{manifest_path}: is not a JSON object; see docs/trace-format.md")
     files = _manifest_files(manifest.get("tensors"), path, manifest_path)
@@ -265,7 +266,7 @@ def _npy_source(file: FileRef) -> TensorSource:
     try:
         header = npy.parse_header(file.read(0, min(file.size, npy.PREAMBLE_BYTES + npy.MAX_HEADER_BYTES)), file.size)
     except ValueError as error:
-        raise TraceError(f"{file.shown}: {error}") from None
+        raise TraceError(f"{file.shown}: {error}; {_NPY_FIX}") from None
 
     def load() -> np.ndarray:
         return _drop_batch_axis(mapped(file, header.data_offset, header.dtype, header.shape,

@@ -8,13 +8,14 @@ already bounded in size and depth by the reader).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from parity.core import boundedjson
 from parity.core.errors import TraceError
-from parity.core.printable import is_printable
+from parity.core.printable import is_printable, printable
 
 MAX_METADATA_BYTES = 16 * 1024 * 1024    # one metadata document (manifest.json, an .npz's __metadata__)
 MAX_TOKENS = 10_000_000
@@ -28,7 +29,7 @@ _DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16", "int64", "int32", "
 def parse_metadata(raw: Any, path: Path | str, *, where: str = "metadata") -> dict[str, Any]:
     """The metadata as parity uses it; TraceError for a field of the wrong type."""
     if not isinstance(raw, Mapping):
-        raise TraceError(f"{path}: {where} is a {_kind(raw)}, not an object; write a JSON object of fields")
+        raise TraceError(f"{path}: {where} is {_kind(raw)}, not an object; write a JSON object of fields")
     metadata: dict[str, Any] = {}
     for key, value in raw.items():
         if not isinstance(key, str):
@@ -41,16 +42,16 @@ def parse_metadata(raw: Any, path: Path | str, *, where: str = "metadata") -> di
         metadata[key] = value
     for key in _STRING_FIELDS:
         if key in metadata and not isinstance(metadata[key], str):
-            raise TraceError(f"{path}: {where} '{key}' is a {_kind(metadata[key])}; write it as a string")
+            raise TraceError(f"{path}: {where} '{key}' is {_kind(metadata[key])}; write it as a string")
     _check_tokens(metadata.get("tokens"), path, where)
     if metadata.get("config") is not None and not isinstance(metadata["config"], dict):
-        raise TraceError(f"{path}: {where} 'config' is a {_kind(metadata['config'])}; write the model "
+        raise TraceError(f"{path}: {where} 'config' is {_kind(metadata['config'])}; write the model "
                          "configuration as a JSON object")
     not_comparable = metadata.get("not_comparable")
     if not_comparable is not None and not (isinstance(not_comparable, dict)
                                            and all(isinstance(v, str) for v in not_comparable.values())):
         raise TraceError(f"{path}: {where} 'not_comparable' must be a JSON object of checkpoint name -> reason "
-                         f"(text), not a {_kind(not_comparable)}")
+                         f"(text), not {_kind(not_comparable)}")
     return metadata
 
 
@@ -68,7 +69,7 @@ def check_dtypes(dtypes: Any, path: Path | str, names: set[str]) -> dict[str, st
     if dtypes is None:
         return {}
     if not isinstance(dtypes, dict):
-        raise TraceError(f"{path}: 'dtypes' is a {_kind(dtypes)}; write an object of tensor name -> dtype name")
+        raise TraceError(f"{path}: 'dtypes' is {_kind(dtypes)}; write an object of tensor name -> dtype name")
     for name, dtype in dtypes.items():
         if dtype not in _DTYPE_NAMES:
             raise TraceError(f"{path}: 'dtypes' gives {name!r} the dtype {str(dtype)[:40]!r}; "
@@ -87,9 +88,11 @@ def check_tensor_name(name: Any, path: Path | str) -> str:
 
 
 def _kind(value: Any) -> str:
+    """What a JSON value is, with its article, for messages: 'an integer', "a string 'x'"."""
     if isinstance(value, bool):
-        return "boolean"
+        return "a boolean"
     if isinstance(value, str):
-        return f"string {value[:30]!r}" if is_printable(value[:30]) else "string"
-    return {int: "integer", float: "number", list: "list", dict: "object", type(None): "null"}.get(type(value),
-                                                                                                    type(value).__name__)
+        return f"a string {value[:30]!r}" if is_printable(value[:30]) else "a string"
+    if isinstance(value, list):
+        return f"a list {printable(json.dumps(value[:4]))[:40]}" if len(value) <= 4 else "a list"
+    return {int: "an integer", float: "a number", dict: "an object", type(None): "null"}.get(type(value), "a value")

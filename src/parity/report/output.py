@@ -14,7 +14,8 @@ from parity.core.printable import printable
 
 
 class _Printable:
-    """A renderable whose text segments are sanitised after layout; styles and control segments kept."""
+    """A renderable whose text segments are sanitised after layout; styles, control segments and
+    line breaks kept (a line break moves no cursor backwards; a carriage return does, and is replaced)."""
 
     def __init__(self, part) -> None:
         self.part = part
@@ -26,7 +27,7 @@ class _Printable:
             if segment.control or segment.text == "\n":
                 yield segment
             else:
-                yield Segment(printable(segment.text), segment.style)
+                yield Segment("\n".join(map(printable, segment.text.split("\n"))), segment.style)
 
 
 def render(parts: list, *, width: int = 100, color: bool = False) -> str:
