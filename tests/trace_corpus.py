@@ -70,8 +70,9 @@ def npy_with_header(header: str, data: bytes = b"", version: tuple[int, int] = (
 def npz_bytes(members: dict[str, bytes], *, compress: bool = False) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
+        for name, data in members.items():  # a fixed date: the corpus is byte-for-byte reproducible
+            info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+            archive.writestr(info, data, zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED)
     return buffer.getvalue()
 
 
@@ -208,7 +209,8 @@ def _npz_cases() -> dict[str, bytes]:
         "bad-npz-structured.npz": npz_bytes({"embed.npy": npy_bytes(np.zeros(3, dtype=[("a", "<f4"), ("b", "<i4")]))}),
         "bad-npz-unicode.npz": npz_bytes({"embed.npy": npy_bytes(np.array(["a", "bc"]))}),
         "bad-npz-complex.npz": npz_bytes({"embed.npy": npy_bytes(np.ones((T, D), np.complex64))}),
-        "bad-npz-float128.npz": npz_bytes({"embed.npy": npy_bytes(np.ones((T, D), np.longdouble))}),
+        "bad-npz-float128.npz": npz_bytes({"embed.npy": npy_with_header(
+            "{'descr': '<f16', 'fortran_order': False, 'shape': (4, 8), }\n", bytes(16 * T * D))}),
         "bad-npz-shape-past-data.npz": npz_bytes({"embed.npy": npy_with_header(
             "{'descr': '<f4', 'fortran_order': False, 'shape': (1048576, 1048576), }\n", b"\0" * 16)}),
         "bad-npz-metadata-not-json.npz": npz_bytes(good_members(**{"__metadata__.npy": npy_bytes(np.array("{x"))})),
@@ -305,8 +307,10 @@ def write_special(directory: Path) -> list[Path]:
         file.write(struct.pack("<Q", len(header)) + header)
         file.truncate(3 * 2**30)
 
-    bomb = directory / "odd-npz-bomb-1gb.npz"  # 1 GiB of zeros, declared honestly, ~1 MB compressed
-    _write_bomb(bomb, 2**30)
+    write_bomb(directory / "odd-npz-bomb-1gb.npz", 2**30)  # 1 GiB of zeros, declared honestly, ~1 MB compressed
+    write_bomb(directory / "bad-npz-bomb-1gb-declared-1kb.npz", 2**30, declared=1024)  # lies about its size
+    write_bomb(directory / "bad-npz-bomb-1gb-as-embed.npz", 2**30, declared=256,  # lies, and matches the reference
+               header_says="{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (T, D))
 
     os.mkfifo(directory / "bad-fifo.safetensors")
     fifo_dir = write_directory(directory / "bad-dir-npy-fifo", ok)
@@ -331,16 +335,29 @@ def write_special(directory: Path) -> list[Path]:
     return cases(directory)
 
 
-def _write_bomb(path: Path, size: int) -> None:
-    header = npy_with_header(("{'descr': '|u1', 'fortran_order': False, 'shape': (%d,), }" % (size - 128)).ljust(117)
-                             + "\n")
-    assert len(header) == 128
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, archive.open("embed.npy", "w", force_zip64=True) as member:
-        member.write(header)
-        zeros = bytes(2**24)
-        for _ in range((size - 128) // len(zeros)):
-            member.write(zeros)
-        member.write(bytes((size - 128) % len(zeros)))
+def write_bomb(path: Path, size: int, *, declared: int | None = None, header_says: str | None = None) -> None:
+    """An .npz whose one member inflates to `size` bytes of zeros (after a 128-byte .npy header)
+    from about size/1000 compressed, declaring `declared` (default: honestly). Each 16 MiB block is
+    compressed once and repeated: after a full flush deflate restarts, so the blocks are identical."""
+    header = npy_with_header((header_says or "{'descr': '|u1', 'fortran_order': False, 'shape': (%d,), }" % size)
+                             .ljust(117) + "\n")
+    block = bytes(2**24)
+    assert len(header) == 128 and size % len(block) == 0
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    first = compressor.compress(header) + compressor.flush(zlib.Z_FULL_FLUSH)
+    repeated = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    data = first + repeated * (size // len(block)) + compressor.flush()
+    crc = zlib.crc32(header)
+    for _ in range(size // len(block)):
+        crc = zlib.crc32(block, crc)
+    total = 128 + size if declared is None else declared
+    name = b"embed.npy"
+    fields = struct.pack("<HHHHHIII", 20, 0, 8, 0, 0, crc, len(data), total)
+    local = b"PK\x03\x04" + fields + struct.pack("<HH", len(name), 0) + name
+    central = (b"PK\x01\x02" + struct.pack("<H", 20) + fields + struct.pack("<HHHHHII", len(name), 0, 0, 0, 0, 0, 0)
+               + name)
+    end = b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 1, 1, len(central), len(local) + len(data), 0)
+    path.write_bytes(local + data + central + end)
 
 
 def cases(directory: Path) -> list[Path]:

@@ -73,14 +73,14 @@ def read_safetensors(path: Path) -> tuple[dict[str, TensorSource], Any]:
 def _safetensors_source(file: FileRef, name: str, entry: Any, body_offset: int, body_size: int) -> TensorSource:
     where = f"{file.shown}: tensor '{name}'"
     if not isinstance(entry, dict):
-        raise TraceError(f"{where}: its header entry is not an object with dtype, shape and data_offsets")
+        raise TraceError(f"{where}: its header entry is not an object; write dtype, shape and data_offsets")
     tag, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if not isinstance(tag, str) or tag not in SAFETENSORS_DTYPES:
         raise TraceError(f"{where} has dtype {str(tag)[:20]!r}, which parity does not read; "
                          f"write one of {', '.join(SAFETENSORS_DTYPES)}")
     shape = _checked_shape(shape, where)
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_size(value) for value in offsets)):
-        raise TraceError(f"{where}: data_offsets must be two non-negative integers [begin, end]")
+        raise TraceError(f"{where}: data_offsets is {str(offsets)[:40]}; write two non-negative integers [begin, end]")
     begin, end = offsets
     storage, dtype = SAFETENSORS_DTYPES[tag]
     needed = math.prod(shape) * np.dtype(storage).itemsize
@@ -99,8 +99,8 @@ def _safetensors_source(file: FileRef, name: str, entry: Any, body_offset: int, 
 
 def _checked_shape(shape: Any, where: str) -> tuple[int, ...]:
     if not (isinstance(shape, list) and len(shape) <= npy.MAX_DIMS and all(_is_size(size) for size in shape)):
-        raise TraceError(f"{where}: shape must be a list of at most {npy.MAX_DIMS} non-negative integers, "
-                         f"got {str(shape)[:40]}")
+        raise TraceError(f"{where}: shape is {str(shape)[:40]}; write a list of at most {npy.MAX_DIMS} "
+                         "non-negative integers")
     return tuple(shape)
 
 
@@ -255,11 +255,12 @@ def _manifest_files(listed: Any, path: Path, manifest_path: Path) -> dict[Any, A
         return {name.removesuffix(".npy"): name for name in names[:MAX_TENSORS + 1]}
     if isinstance(listed, list):
         if not all(isinstance(name, str) for name in listed):
-            raise TraceError(f"{manifest_path}: 'tensors' must list names as strings")
+            raise TraceError(f"{manifest_path}: 'tensors' lists something other than names; list names as strings")
         return {name: f"{name}.npy" for name in listed}
     if isinstance(listed, dict):
         return dict(listed)
-    raise TraceError(f"{manifest_path}: 'tensors' must be a list of names or a name -> file object")
+    raise TraceError(f"{manifest_path}: 'tensors' is neither a list of names nor a name -> file object; "
+                     "write one of the two (see docs/trace-format.md)")
 
 
 def _npy_source(file: FileRef) -> TensorSource:

@@ -50,8 +50,8 @@ def parse_metadata(raw: Any, path: Path | str, *, where: str = "metadata") -> di
     not_comparable = metadata.get("not_comparable")
     if not_comparable is not None and not (isinstance(not_comparable, dict)
                                            and all(isinstance(v, str) for v in not_comparable.values())):
-        raise TraceError(f"{path}: {where} 'not_comparable' must be a JSON object of checkpoint name -> reason "
-                         f"(text), not {_kind(not_comparable)}")
+        raise TraceError(f"{path}: {where} 'not_comparable' is {_kind(not_comparable)}; write a JSON object of "
+                         "checkpoint name -> reason (text)")
     return metadata
 
 
@@ -60,8 +60,8 @@ def _check_tokens(tokens: Any, path: Path | str, where: str) -> None:
         return
     if not (isinstance(tokens, list) and len(tokens) <= MAX_TOKENS
             and all(type(token) is int and 0 <= token < 2**63 for token in tokens)):
-        raise TraceError(f"{path}: {where} 'tokens' must be a JSON list of integers (non-negative token ids), "
-                         f"not {_kind(tokens)}")
+        raise TraceError(f"{path}: {where} 'tokens' is {_kind(tokens)}; write a JSON list of the input token ids "
+                         "(non-negative integers)")
 
 
 def check_dtypes(dtypes: Any, path: Path | str, names: set[str]) -> dict[str, str]:
