@@ -128,3 +128,14 @@ def test_a_symlink_inside_the_trace_directory_is_followed(tmp_path):
 def test_checkpoints_glob_matching_nothing_is_an_option_error(capsys):
     code, _, err = run_compare(capsys, REFERENCE, REFERENCE, "--checkpoints", "nothing.*")
     assert code == 2 and "--checkpoints 'nothing.*' matches none" in err and len(err.splitlines()) == 1
+
+
+def test_the_first_rows_of_a_tensor_are_read_alone(tmp_path):
+    values = np.arange(1 * 50 * 4, dtype=np.float32).reshape(1, 50, 4)  # a batch axis, dropped on read
+    trace = load_trace(save_trace(make_trace({"embed": values}), tmp_path / "t.safetensors"))
+    head = trace.head("embed", 3)
+    np.testing.assert_array_equal(head, values[0, :3])
+    assert head.base is not None and head.base.size == 3 * 4  # only 3 rows mapped, not 50
+    np.save(tmp_path / "embed.npy", values[0])
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": FORMAT, "tensors": ["embed"]}))
+    np.testing.assert_array_equal(load_trace(tmp_path).head("embed", 60), values[0])  # clipped to the rows there are

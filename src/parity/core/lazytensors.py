@@ -29,6 +29,7 @@ class TensorSource:
     shape: tuple[int, ...]          # as the caller sees it (a leading batch axis of 1 dropped)
     dtype: str                      # as produced: float32, bfloat16, ...
     load: Callable[[], np.ndarray]  # returns the array in `shape`
+    load_head: Callable[[int], np.ndarray] | None = None  # the first n rows alone, where the layout allows
 
     def __repr__(self) -> str:
         return f"<TensorSource {self.dtype}{list(self.shape)}>"
@@ -70,6 +71,13 @@ class LazyTensors(Mapping):
         """The tensor's shape, without reading its data."""
         return self._sources[name].shape
 
+    def head(self, name: str, count: int) -> np.ndarray:
+        """The first `count` rows (along axis 0) of a tensor, reading only those where the file allows."""
+        source = self._sources[name]
+        if name in self._kept or source.load_head is None or not source.shape:
+            return self[name][:count]
+        return source.load_head(min(count, source.shape[0]))
+
     def dtypes(self) -> dict[str, str]:
         return {name: source.dtype for name, source in self._sources.items()}
 
@@ -77,6 +85,18 @@ class LazyTensors(Mapping):
 def drop_batch_axis(shape: tuple[int, ...]) -> tuple[int, ...]:
     """A leading batch axis of size 1 is dropped on read: [1, T, D] is [T, D]."""
     return shape[1:] if len(shape) >= 3 and shape[0] == 1 else shape
+
+
+def head_of(load_rows: Callable[[int, tuple[int, ...]], np.ndarray], stored_shape: tuple[int, ...]):
+    """A `load_head` for a C-ordered stored tensor: its first rows are a prefix of its bytes, also when a
+    leading batch axis of 1 is dropped. `load_rows(count, shape)` maps that prefix in `shape`."""
+    batch = drop_batch_axis(stored_shape) != stored_shape
+
+    def load_head(count: int) -> np.ndarray:
+        rest = stored_shape[2:] if batch else stored_shape[1:]
+        return load_rows(count, (count, *rest))
+
+    return load_head
 
 
 def mapped(file_ref, offset: int, dtype: np.dtype, shape: tuple[int, ...], *, fortran: bool = False) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 
 from parity.core import boundedjson, npy, npz
 from parity.core.errors import TraceError
-from parity.core.lazytensors import TensorSource, drop_batch_axis, mapped
+from parity.core.lazytensors import TensorSource, drop_batch_axis, head_of, mapped
 from parity.core.tracefiles import FileRef
 from parity.core.tracemeta import MAX_METADATA_BYTES, check_dtypes, check_tensor_name
 
@@ -88,13 +88,16 @@ def _safetensors_source(file: FileRef, name: str, entry: Any, body_offset: int, 
         raise TraceError(f"{where}: data offsets [{begin}, {end}] do not match its shape {list(shape)} and dtype {tag} "
                          f"({needed:,} bytes) within the {body_size:,} bytes of data; the file is damaged or truncated")
 
-    def load() -> np.ndarray:
-        array = mapped(file, body_offset + begin, np.dtype(storage), shape)
-        if dtype == "bfloat16":
-            array = (array.astype(np.uint32) << 16).view(np.float32)
-        return _drop_batch_axis(array)
+    def widened(array: np.ndarray) -> np.ndarray:
+        return (array.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else array
 
-    return TensorSource(drop_batch_axis(shape), dtype, load)
+    def load() -> np.ndarray:
+        return _drop_batch_axis(widened(mapped(file, body_offset + begin, np.dtype(storage), shape)))
+
+    def load_rows(count: int, rows_shape: tuple[int, ...]) -> np.ndarray:
+        return widened(mapped(file, body_offset + begin, np.dtype(storage), rows_shape))
+
+    return TensorSource(drop_batch_axis(shape), dtype, load, head_of(load_rows, shape))
 
 
 def _checked_shape(shape: Any, where: str) -> tuple[int, ...]:
@@ -273,7 +276,11 @@ def _npy_source(file: FileRef) -> TensorSource:
         return _drop_batch_axis(mapped(file, header.data_offset, header.dtype, header.shape,
                                        fortran=header.fortran_order))
 
-    return TensorSource(drop_batch_axis(header.shape), header.dtype_name, load)
+    def load_rows(count: int, rows_shape: tuple[int, ...]) -> np.ndarray:
+        return mapped(file, header.data_offset, header.dtype, rows_shape)
+
+    rows = None if header.fortran_order else head_of(load_rows, header.shape)
+    return TensorSource(drop_batch_axis(header.shape), header.dtype_name, load, rows)
 
 
 # --- shared -----------------------------------------------------------------------

@@ -77,6 +77,11 @@ class Trace:
     def dtype_of(self, name: str) -> str:
         return self.dtypes.get(name) or str(self.tensors[name].dtype)
 
+    def head(self, name: str, count: int) -> np.ndarray:
+        """The first `count` rows of a tensor; a loaded trace reads only those where it can."""
+        head = getattr(self.tensors, "head", None)
+        return head(name, count) if head is not None else self.tensors[name][:count]
+
     def shape_of(self, name: str) -> tuple[int, ...]:
         """The tensor's shape, without reading its data when the trace was loaded from disk."""
         shape_of = getattr(self.tensors, "shape_of", None)

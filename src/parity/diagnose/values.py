@@ -27,8 +27,8 @@ def token_shift(context: Context):
         if len(reference_shape) != 2 or len(candidate_shape) != 2 or reference_shape[1] != candidate_shape[1]:
             continue
         rows = min(reference_shape[0], candidate_shape[0]) + MAX_SHIFT + 1  # enough for every shift; lengths
-        reference = context.reference[name][:rows].astype(np.float64)     # differing by more stay unequal
-        candidate = context.candidate[name][:rows].astype(np.float64)
+        reference = context.reference.head(name, rows).astype(np.float64)  # differing by more stay unequal
+        candidate = context.candidate.head(name, rows).astype(np.float64)
         for shift in sorted(range(-MAX_SHIFT, MAX_SHIFT + 1), key=abs):
             if shift == 0 or not _aligned_tail(reference, candidate, shift):
                 continue
