@@ -20,6 +20,7 @@ import numpy as np
 from parity.core.errors import TraceError
 
 _KEPT = 2  # tensors kept per trace after a lookup: the one being compared and one more
+_READ_BELOW_BYTES = 1 << 20  # smaller tensors are read, larger ones memory-mapped
 
 
 @dataclass(frozen=True)
@@ -100,10 +101,14 @@ def head_of(load_rows: Callable[[int, tuple[int, ...]], np.ndarray], stored_shap
 
 
 def mapped(file_ref, offset: int, dtype: np.dtype, shape: tuple[int, ...], *, fortran: bool = False) -> np.ndarray:
-    """The array stored at `offset` of a checked file, memory-mapped read-only (no copy)."""
+    """The array stored at `offset` of a checked file, read-only: memory-mapped (no copy) when large,
+    read when small (a map holds a file descriptor for as long as the array lives)."""
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes == 0:
         return np.zeros(shape, dtype)
+    if nbytes <= _READ_BELOW_BYTES:
+        array = np.frombuffer(file_ref.read(offset, nbytes), dtype).reshape(shape, order="F" if fortran else "C")
+        return array  # read-only: a view of immutable bytes
     try:
         with file_ref.open() as file:
             array = np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
