@@ -184,14 +184,17 @@ def _atheris(args, reference: Path, scratch: Path) -> int:
     fuzzer.counts.clear()
     fuzzer.started = time.monotonic()
 
-    def report() -> None:
-        print("engine atheris (coverage-guided, libFuzzer mutations from the valid seeds)")
-        print(fuzzer.summary())
-        sys.stdout.flush()
+    def test_one_input(data: bytes) -> None:
+        fuzzer.run_one(bytes(data))
+        total = sum(fuzzer.counts.values())
+        if total % 1000 == 0 or total == args.count:  # libFuzzer exits without running Python's atexit
+            print(f"engine atheris (coverage-guided, libFuzzer mutations of the valid seeds), after {total} inputs")
+            print(fuzzer.summary(), flush=True)
+        if total == args.count:
+            shutil.rmtree(scratch, ignore_errors=True)
 
-    atexit.register(report)
     atheris.Setup([sys.argv[0], f"-runs={args.count}", "-max_len=65536", f"-seed={args.seed or 1}", str(corpus)],
-                  lambda data: fuzzer.run_one(bytes(data)) and None)
+                  test_one_input)
     atheris.Fuzz()
     return 0
 

@@ -13,8 +13,6 @@ import random
 import struct
 from pathlib import Path
 
-import numpy as np
-
 import trace_corpus
 
 SEPARATOR = b"\n--8<--\n"
@@ -108,7 +106,3 @@ def random_input(rng: random.Random, seed_inputs: list[bytes]) -> bytes:
     if rng.random() < 0.05:
         return bytes([rng.randrange(3)]) + rng.randbytes(rng.randint(0, 256))
     return mutate(rng.choice(seed_inputs), rng)
-
-
-def reference_seed() -> np.ndarray:
-    return trace_corpus.REFERENCE_TENSORS["embed"]
