@@ -153,10 +153,6 @@ def load_trace(path: str | Path) -> Trace:
 
 
 def _check_is_trace(trace: Trace, path: Path) -> None:
-    declared = trace.metadata.get("format")
-    if declared is not None and declared != FORMAT:
-        raise TraceError(f"{path}: format is {printable(declared)[:40]!r}, expected '{FORMAT}'; "
-                         "see docs/trace-format.md")
     if not trace.tensors:
         raise TraceError(f"{path}: the trace holds no tensors, so there is nothing to compare; "
                          "write at least one checkpoint (see docs/trace-format.md)")
@@ -167,6 +163,10 @@ def _check_is_trace(trace: Trace, path: Path) -> None:
             "expected names like 'embed', 'layers.0.q', 'logits'); is this a weights file? "
             "See docs/trace-format.md"
         )
+    declared = trace.metadata.get("format")
+    if declared is not None and declared != FORMAT:
+        raise TraceError(f"{path}: format is {printable(declared)[:40]!r}, expected '{FORMAT}'; "
+                         "see docs/trace-format.md")
 
 
 # --- Writing --------------------------------------------------------------------
