@@ -159,6 +159,8 @@ def _safetensors_cases() -> dict[str, bytes]:
         "bad-st-config-int.safetensors": safetensors_of({"embed": embed}, {**meta, "config": "5"}),
         "bad-st-config-list.safetensors": safetensors_of({"embed": embed}, {**meta, "config": "[1, 2]"}),
         "bad-st-config-not-json.safetensors": safetensors_of({"embed": embed}, {**meta, "config": "{oops"}),
+        "bad-st-config-heads-string.safetensors": safetensors_of(
+            {"embed": embed}, {**meta, "config": '{"hidden_size": 8, "num_attention_heads": "2"}'}),
         "bad-st-config-deep.safetensors": safetensors_of({"embed": embed}, {**meta, "config": deep}),
         "bad-st-not-comparable-list.safetensors": safetensors_of({"embed": embed}, {**meta, "not_comparable": "[1]"}),
         "bad-st-not-comparable-string.safetensors": safetensors_of({"embed": embed}, {**meta, "not_comparable": '"x"'}),

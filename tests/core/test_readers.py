@@ -147,3 +147,14 @@ def test_the_first_rows_of_a_tensor_are_read_alone(tmp_path):
     np.save(tmp_path / "embed.npy", values[0])
     (tmp_path / "manifest.json").write_text(json.dumps({"format": FORMAT, "tensors": ["embed"]}))
     np.testing.assert_array_equal(load_trace(tmp_path).head("embed", 60), values[0])  # clipped to the rows there are
+
+
+@pytest.mark.parametrize("config", [{"num_attention_heads": "8"}, {"hidden_size": True}, {"head_dim": -4},
+                                    {"rope_parameters": 5}, {"rope_scaling": {"rope_type": 3}},
+                                    {"rms_norm_eps": [1e-5]}])
+def test_config_fields_parity_computes_with_are_type_checked(tmp_path, config):
+    path = tmp_path / "t.npz"
+    np.savez(path, embed=np.zeros((2, 2), np.float32),
+             __metadata__=np.array(json.dumps({"format": FORMAT, "config": {"hidden_size": 8, **config}})))
+    with pytest.raises(TraceError, match="'config' field"):
+        load_trace(path)

@@ -22,6 +22,14 @@ MAX_TOKENS = 10_000_000
 MAX_TENSOR_NAME_CHARS = 255
 JSON_FIELDS = ("tokens", "config", "not_comparable")   # stored as JSON text in safetensors' string map
 _STRING_FIELDS = ("format", "arch", "producer", "dtype", "prompt", "emulates")
+# The configuration fields parity reads (diagnose/context.py), with the type each must have.
+_CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
+    "num_attention_heads": (int,), "n_head": (int,), "num_key_value_heads": (int,), "hidden_size": (int,),
+    "n_embd": (int,), "head_dim": (int,), "rope_theta": (int, float), "rms_norm_eps": (int, float),
+    "layer_norm_epsilon": (int, float), "model_type": (str,), "hidden_act": (str,),
+    "activation_function": (str,), "rope_parameters": (dict,), "rope_scaling": (dict,),
+}
+_ROPE_FIELDS: dict[str, tuple[type, ...]] = {"rope_type": (str,), "rope_theta": (int, float)}
 _DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8",
                 "uint64", "uint32", "uint16", "uint8", "bool")
 
@@ -47,12 +55,28 @@ def parse_metadata(raw: Any, path: Path | str, *, where: str = "metadata") -> di
     if metadata.get("config") is not None and not isinstance(metadata["config"], dict):
         raise TraceError(f"{path}: {where} 'config' is {_kind(metadata['config'])}; write the model "
                          "configuration as a JSON object")
+    if metadata.get("config"):
+        _check_config(metadata["config"], path, where)
     not_comparable = metadata.get("not_comparable")
     if not_comparable is not None and not (isinstance(not_comparable, dict)
                                            and all(isinstance(v, str) for v in not_comparable.values())):
         raise TraceError(f"{path}: {where} 'not_comparable' is {_kind(not_comparable)}; write a JSON object of "
                          "checkpoint name -> reason (text)")
     return metadata
+
+
+def _check_config(config: dict, path: Path | str, where: str) -> None:
+    """The fields parity reads from a model configuration: numbers where it computes with them."""
+    checks = [(key, config.get(key), types) for key, types in _CONFIG_FIELDS.items()]
+    for rope in ("rope_parameters", "rope_scaling"):
+        if isinstance(config.get(rope), dict):
+            checks += [(f"{rope}.{key}", config[rope].get(key), types) for key, types in _ROPE_FIELDS.items()]
+    for key, value, types in checks:
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)
+                                  or (isinstance(value, (int, float)) and not 0 < value < 2**53)):
+            raise TraceError(f"{path}: {where} 'config' field '{key}' is {_kind(value)}; write "
+                             f"{'a positive number' if int in types else 'text' if str in types else 'an object'} "
+                             "as the model's config.json has it")
 
 
 def _check_tokens(tokens: Any, path: Path | str, where: str) -> None:
