@@ -44,3 +44,18 @@ def test_nothing_outside_the_trace_directory_is_read(special):
         if "symlink" in case.name and "inside" not in case.name:
             run = run_parity(["compare", str(reference), str(case)])
             assert run.code == 2 and "outside the trace directory" in run.err, run
+
+
+def test_the_fuzzing_script_runs_and_finds_nothing(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "fuzz_traces.py"
+    result = subprocess.run([sys.executable, str(script), "--count", "40", "--seed", "3", "--crashes",
+                             str(tmp_path / "crashes")], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "40 inputs" in result.stdout
+    assert "failures: tracebacks 0, hangs 0, multi-line 0, noisy 0, outside 0" in result.stdout, result.stdout
