@@ -185,6 +185,8 @@ def cmd_check(args) -> int:
     from parity.check import CheckOptions, run_check
 
     _default_pair(args)
+    if args.gradients:
+        return _check_gradients(args)
     options = CheckOptions(
         model=args.model, candidate=args.candidate, prompt=args.prompt, tokens=_tokens(args.tokens),
         dtype=args.dtype, calibrate=not args.no_calibrate, checkpoints=args.checkpoints,
@@ -196,6 +198,30 @@ def cmd_check(args) -> int:
     with _progress() as progress:
         comparison = run_check(options, progress)
     return _report(comparison, args)
+
+
+def _check_gradients(args) -> int:
+    """parity check --gradients: the next-token loss's gradients, checkpoint by checkpoint and per parameter."""
+    import json as json_module
+
+    from parity.core.files import write_atomically
+    from parity.gradients import render, run_gradients
+
+    if args.json and args.json != "-":
+        from parity.core.files import check_output_path
+
+        check_output_path(args.json, overwrite=args.force, option="--json")
+    _need_one_input(args.prompt, args.tokens)
+    with _progress() as progress:
+        comparison = run_gradients(args.model, args.candidate, _tokens(args.tokens), args.prompt, args.taps, progress)
+    text = json_module.dumps(comparison.to_dict(), indent=2, default=str)
+    if args.json == "-":
+        print(text)
+    else:
+        if args.json:
+            write_atomically(args.json, text + "\n", overwrite=args.force, option="--json")
+        print(render(comparison))
+    return EXIT_PASS if comparison else EXIT_DIVERGED
 
 
 # --- tokens ---------------------------------------------------------------------
@@ -299,6 +325,165 @@ def cmd_repro(args) -> int:
     print(f"wrote {repro.checkpoint} alone to {repro.directory}: inputs {', '.join(repro.inputs)}; "
           f"weights {', '.join(repro.weights) or 'none'}; run: PARITY_REPRO_OP=module:function "
           f"pytest {repro.directory / 'test_repro.py'}")
+    return EXIT_PASS
+
+
+# --- sanity ---------------------------------------------------------------------
+
+
+def cmd_sanity(args) -> int:
+    """Run 11 component tests of a hand-written causal LM against transformers' own implementation.
+
+    CANDIDATE is FILE.py:FACTORY or module:FACTORY, returning a torch.nn.Module
+    with transformers' causal-LM interface (input_ids, labels, past_key_values /
+    use_cache, .config) and transformers' module names. The reference is
+    transformers' class for its config with the candidate's weights (or, with
+    --reference DIR, that model, whose weights are loaded into the candidate).
+    Tests: structure, norm, rope, attention, mlp, decoder_layer, forward, loss,
+    kv_cache, gradients, stability. Exit 0 when all 11 pass, 1 otherwise.
+    """
+    from parity.report import sanity as report
+    from parity.sanity import SanityConfig, run_sanity
+    from parity.capture.factory import build_module
+
+    tolerance = user_tolerance(args.atol, args.rtol)
+    if args.batch_size < 1 or args.seq_length < 2:
+        raise OptionError("--batch-size must be at least 1 and --seq-length at least 2")
+    settings = SanityConfig(batch_size=args.batch_size, seq_length=args.seq_length, dtype=args.dtype or "float32",
+                            device=_torch_device(args.device), seed=args.seed,
+                            rtol=tolerance.rtol if tolerance else None, atol=tolerance.atol if tolerance else None)
+    if args.output:
+        from parity.core.files import check_output_path
+
+        check_output_path(args.output, overwrite=args.force, option="-o")
+    with _progress() as progress:
+        progress.step(f"building the candidate from {args.candidate}")
+        candidate = build_module(args.candidate, args.reference)
+        result = run_sanity(candidate, settings, reference=args.reference, progress=progress,
+                            labels={"candidate": args.candidate, "reference": args.reference or "transformers"})
+    if args.output:
+        report.write(result, args.output, overwrite=args.force)
+    print(report.table(result, args.output) if args.verbose else report.line(result, args.output))
+    return EXIT_PASS if result else EXIT_DIVERGED
+
+
+def _torch_device(device: str | None) -> str:
+    """The device asked for, checked: 'cpu', 'cuda', 'cuda:1', 'mps'."""
+    if device is None or device == "cpu":
+        return "cpu"
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise OptionError(f"--device {device} is not a torch device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    return device
+
+
+# --- kernel ---------------------------------------------------------------------
+
+
+def cmd_kernel(args) -> int:
+    """Check one kernel of a port against its torch.nn.functional reference in float64, forward and backward.
+
+    OP is one of rms_norm, layer_norm, softmax, silu, gelu, gelu_tanh, linear,
+    embedding, cross_entropy, attention (as scaled_dot_product_attention), rope
+    (rotate-half; x (B, H, T, hd), cos and sin (B, T, hd)), swiglu. CANDIDATE is
+    FILE.py:FUNCTION, called with the arguments of the function it replaces.
+    Every length x dtype x condition ("normal", and "extreme": values that
+    overflow a naive exp, large magnitudes, fully masked rows, -1e20 floors);
+    tolerances calibrated per dtype by running the reference at that dtype. An
+    output without grad_fn is named a broken autograd. Exit 0 when every case
+    passes, 1 otherwise.
+    """
+    from parity.kernel import KernelOptions, run_kernel
+    from parity.kernel.ops import get_op
+    from parity.report import kernel as report
+    from parity.capture.factory import load_factory
+
+    get_op(args.op)
+    options = KernelOptions(lengths=_int_list(args.lengths, "--lengths"), dtypes=_dtype_list(args.dtypes),
+                            backward=not args.no_backward, bench=args.bench, device=_torch_device(args.device))
+    if args.json and args.json != "-":
+        from parity.core.files import check_output_path
+
+        check_output_path(args.json, overwrite=args.force, option="--json")
+    candidate = load_factory(args.candidate, what=f"a function with the arguments of {args.op}")
+    with _progress() as progress:
+        result = run_kernel(args.op, candidate, options, label=args.candidate, progress=progress)
+    if args.json == "-":
+        print(report.dumps(result))
+    else:
+        if args.json:
+            report.write(result, args.json, overwrite=args.force)
+        print(report.render(result))
+    return EXIT_PASS if result else EXIT_DIVERGED
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise OptionError(f"{option} must be comma-separated integers like 1,13,64, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise OptionError(f"{option} needs positive integers, got '{text}'")
+    return values
+
+
+def _dtype_list(text: str) -> tuple[str, ...]:
+    dtypes = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [dtype for dtype in dtypes if dtype not in ("float32", "bfloat16", "float16", "float64")]
+    if unknown or not dtypes:
+        raise OptionError(f"--dtypes: unknown {', '.join(unknown) or 'empty list'}; choose from float32, bfloat16, "
+                          "float16, float64")
+    return dtypes
+
+
+# --- bench ----------------------------------------------------------------------
+
+
+def cmd_bench(args) -> int:
+    """Time prefill and decode (tokens/s) and peak memory of a candidate against the reference.
+
+    MODEL is the reference (a model directory or .gguf, in transformers at
+    --dtype). CANDIDATE is llamacpp:FILE.gguf, FILE.py:FACTORY (a torch module
+    taking past_key_values/use_cache; the factory gets MODEL's path), or another
+    model directory. Each side runs in its own process with the same threads and
+    the same token ids; medians after warm-up. With no arguments: SmolLM2 in
+    transformers against the same GGUF in llama.cpp.
+    """
+    from parity.bench import BenchOptions, run_bench
+    from parity.report import bench as report
+
+    if args.model is None:
+        from parity.capture.smollm2 import gguf_path
+
+        args.model = str(gguf_path())
+        args.candidate = args.candidate or f"{LLAMACPP_PREFIX}{args.model}"
+    if args.candidate is None:
+        raise OptionError("give a CANDIDATE to time against MODEL (or neither, for the embedded default)")
+    for name in ("prompt_tokens", "decode_tokens", "repeats", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise OptionError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0:
+        raise OptionError("--warmup must be 0 or more")
+    if args.json and args.json != "-":
+        from parity.core.files import check_output_path
+
+        check_output_path(args.json, overwrite=args.force, option="--json")
+    options = BenchOptions(prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens, repeats=args.repeats,
+                           warmup=args.warmup, dtype=args.dtype or "float32", device=_torch_device(args.device),
+                           **({"threads": args.threads} if args.threads else {}))
+    with _progress() as progress:
+        result = run_bench(args.model, args.candidate, options, progress)
+    if args.json == "-":
+        print(report.dumps(result))
+        return EXIT_PASS
+    if args.json:
+        report.write(result, args.json, overwrite=args.force)
+    print(report.render(result))
     return EXIT_PASS
 
 
@@ -422,6 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also capture each tapped module's parameters, to tell a weight mismatch")
     check.add_argument("--replay", action="store_true",
                        help="torch candidates: rerun each block and op on the reference's inputs (local vs propagated error)")
+    check.add_argument("--gradients", action="store_true",
+                       help="PyTorch candidates: backward on the next-token loss; every checkpoint's and parameter's gradient")
     check.add_argument("--taps", help="built-in checkpoint mapping for a module candidate: hf, nanogpt, llama, gpt2")
     check.add_argument("--save-traces", metavar="DIR", help="also write reference.safetensors and candidate.safetensors here")
     check.add_argument("-n", "--max-tokens", type=int, default=16, help="server candidates: greedy tokens to generate")
@@ -458,6 +645,44 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--model", help="the reference model, to export the op's weights")
     repro.add_argument("--checkpoint", help="reproduce this checkpoint instead of the report's divergence")
     repro.add_argument("--force", action="store_true", help="write into a directory that is not empty")
+    sanity = _command(subparsers, "sanity", cmd_sanity)
+    sanity.add_argument("candidate", metavar="CANDIDATE", help="FILE.py:FACTORY or module:FACTORY returning the model")
+    sanity.add_argument("--reference", metavar="MODEL", help="a transformers model directory (default: transformers' "
+                        "class for the candidate's config, with the candidate's weights)")
+    sanity.add_argument("-o", "--output", metavar="OUT.json", help="write the results as JSON here")
+    sanity.add_argument("-v", "--verbose", action="store_true", help="a table of every test, not one line")
+    sanity.add_argument("--dtype", choices=DTYPES, help="both models at this precision (default float32)")
+    sanity.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    sanity.add_argument("--batch-size", type=int, default=2, help="random inputs' batch (default 2)")
+    sanity.add_argument("--seq-length", type=int, default=32, help="random inputs' length (default 32)")
+    sanity.add_argument("--rtol", type=float, help="relative tolerance (default 1e-3 in float32; needs --atol)")
+    sanity.add_argument("--atol", type=float, help="absolute tolerance (default 1e-4 in float32; needs --rtol)")
+    sanity.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    sanity.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    kernel = _command(subparsers, "kernel", cmd_kernel)
+    kernel.add_argument("op", metavar="OP", help="rms_norm, layer_norm, softmax, silu, gelu, gelu_tanh, linear, "
+                        "embedding, cross_entropy, attention, rope, swiglu")
+    kernel.add_argument("candidate", metavar="CANDIDATE", help="FILE.py:FUNCTION or module:FUNCTION")
+    kernel.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
+    kernel.add_argument("--lengths", default="1,13,64,127,257", help="sequence lengths (default 1,13,64,127,257)")
+    kernel.add_argument("--dtypes", default="float32,bfloat16,float16", help="default float32,bfloat16,float16")
+    kernel.add_argument("--no-backward", action="store_true", help="forward only")
+    kernel.add_argument("--bench", action="store_true", help="also time the candidate against torch (longest length)")
+    kernel.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    kernel.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    bench = _command(subparsers, "bench", cmd_bench)
+    bench.add_argument("model", metavar="MODEL", nargs="?", help="reference model directory or .gguf file")
+    bench.add_argument("candidate", metavar="CANDIDATE", nargs="?",
+                       help="llamacpp:FILE.gguf, FILE.py:FACTORY, or a model directory or .gguf")
+    bench.add_argument("--prompt-tokens", type=int, default=128, help="prefill length (default 128)")
+    bench.add_argument("--decode-tokens", type=int, default=32, help="tokens decoded one at a time (default 32)")
+    bench.add_argument("--repeats", type=int, default=5, help="timed repeats (default 5; the median is reported)")
+    bench.add_argument("--warmup", type=int, default=1, help="untimed repeats first (default 1)")
+    bench.add_argument("--threads", type=int, help="threads for both sides (default: every core)")
+    bench.add_argument("--dtype", choices=DTYPES, help="the transformers side's precision (default float32)")
+    bench.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    bench.add_argument("--json", metavar="OUT", help="also write the JSON here ('-' for stdout only)")
+    bench.add_argument("--force", action="store_true", help="replace the output file if it exists")
     return parser
 
 

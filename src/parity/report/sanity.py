@@ -1,0 +1,52 @@
+"""`parity sanity` on the console (one line, or a table with -v) and as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from parity.core.files import write_atomically
+from parity.report.json import _json_safe
+from parity.sanity.results import PASSED, SKIPPED, SanityReport
+
+_MARK = {"passed": "✓", "failed": "✗", "skipped": "-"}
+
+
+def line(report: SanityReport, output: str | None = None) -> str:
+    """'All 11 tests passed - results in OUT', or what failed and what was not checked."""
+    where = f" - results in {output}" if output else ""
+    total = len(report.results)
+    if report:
+        return f"All {total} tests passed{where}"
+    failed = [result.name for result in report.results if result.status not in (PASSED, SKIPPED)]
+    skipped = [result.name for result in report.results if result.status == SKIPPED]
+    parts = [f"{len(failed)}/{total} tests failed ({', '.join(failed)})"] if failed else []
+    parts += [f"{len(skipped)} not checked ({', '.join(skipped)})"] if skipped else []
+    return "; ".join(parts) + where
+
+
+def table(report: SanityReport, output: str | None = None) -> str:
+    """Every test with its status and message, then the environment and the one-line summary."""
+    width = max(len(result.name) for result in report.results)
+    environment = report.environment
+    rows = [f"parity sanity: {report.test_config.get('candidate', 'candidate')} against "
+            f"{report.test_config.get('reference', 'transformers')}",
+            f"device {environment['device']}, torch {environment['pytorch_version']}, "
+            f"transformers {environment['transformers_version']}, {report.test_config['dtype']}, "
+            f"batch {report.test_config['batch_size']} x {report.test_config['seq_length']} tokens, "
+            f"rtol {report.test_config['rtol']:g} atol {report.test_config['atol']:g}", ""]
+    for result in report.results:
+        rows.append(f"{_MARK.get(result.status, '?')} {result.name:<{width}}  {result.status:<7}  {result.message}")
+    summary = report.summary
+    rows += ["", f"{summary['passed']}/{summary['total_tests']} passed ({summary['success_rate']}), "
+                 f"{summary['failed']} failed, {summary['skipped']} not checked: {summary['overall_status']}",
+             line(report, output)]
+    return "\n".join(rows)
+
+
+def dumps(report: SanityReport) -> str:
+    return json.dumps(_json_safe(report.to_dict()), indent=2)
+
+
+def write(report: SanityReport, path: str | Path, *, overwrite: bool = False) -> None:
+    write_atomically(path, dumps(report) + "\n", overwrite=overwrite, option="-o")

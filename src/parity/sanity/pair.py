@@ -1,0 +1,187 @@
+"""The candidate and its reference, side by side, with what the component tests need of them.
+
+The reference is transformers' own class for the candidate's config, holding the
+candidate's weights (loaded by name); or, with --reference DIR, that model with
+its own weights, loaded into the candidate by name. Components are found by
+transformers' module names (`model.layers.0.self_attn`, ...) on both sides.
+
+A component is called the way its own model calls it: one forward pass records
+each component's arguments (forward pre-hooks), and a test calls it again with
+the hidden states replaced by its own inputs, the other arguments (position
+embeddings, masks) as the model made them. So a candidate's attention may take
+any signature its author chose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from parity.core.errors import OptionError
+from parity.core.metrics import measure
+from parity.core.results import Tolerance
+
+# Tolerances per dtype, when the user gives none: (rtol, atol).
+DEFAULT_TOLERANCES = {
+    "float64": (1e-3, 1e-4),   # the course script's defaults; any bug is far above them
+    "float32": (1e-3, 1e-4),   # the course script's defaults
+    "float16": (1e-2, 1e-2),   # 10 mantissa bits: each op's output rounding is ~5e-4, a layer adds up to ~1e-3
+    "bfloat16": (5e-2, 5e-2),  # 8 mantissa bits: each rounding is ~4e-3
+}
+
+
+@dataclass(frozen=True)
+class SanityConfig:
+    """How the tests run. Batch, length and tolerances are the course script's defaults."""
+
+    batch_size: int = 2
+    seq_length: int = 32
+    rtol: float | None = None        # None: DEFAULT_TOLERANCES for the dtype
+    atol: float | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    seed: int = 0
+    long_length: int = 512           # stability: the long sequence (capped at max_position_embeddings)
+    large_scale: float = 1e3         # stability: hidden states and lm_head weights scaled by this
+
+    @property
+    def tolerance(self) -> Tolerance:
+        rtol, atol = DEFAULT_TOLERANCES.get(self.dtype, DEFAULT_TOLERANCES["float32"])
+        return Tolerance(atol=self.atol if self.atol is not None else atol,
+                         rtol=self.rtol if self.rtol is not None else rtol, basis=self.dtype)
+
+
+@dataclass
+class Pair:
+    """The two models, their config, and the inputs shared by every test."""
+
+    candidate: Any
+    reference: Any
+    config: Any
+    settings: SanityConfig
+    missing: list[str] = field(default_factory=list)      # reference parameters the candidate lacks
+    unexpected: list[str] = field(default_factory=list)   # candidate parameters the reference lacks
+    mismatched: list[str] = field(default_factory=list)   # same name, other shape
+    _calls: dict[str, dict[str, tuple]] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"<Pair {type(self.candidate).__name__} vs {type(self.reference).__name__}>"
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.settings.device)
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(self.settings.seed * 1000 + salt)
+
+    def token_ids(self, length: int | None = None, batch: int | None = None, salt: int = 0) -> torch.Tensor:
+        shape = (batch or self.settings.batch_size, length or self.settings.seq_length)
+        return torch.randint(0, self.config.vocab_size, shape, generator=self.generator(salt)).to(self.device)
+
+    def hidden(self, salt: int = 0, scale: float = 1.0) -> torch.Tensor:
+        """Random hidden states (B, T, D), at the run's dtype and device."""
+        shape = (self.settings.batch_size, self.settings.seq_length, self.config.hidden_size)
+        values = torch.randn(shape, generator=self.generator(salt)) * scale
+        return values.to(device=self.device, dtype=getattr(torch, self.settings.dtype))
+
+    def module(self, side: str, name: str):
+        """The submodule `name` of the candidate or the reference; None when it has none."""
+        model = self.candidate if side == "candidate" else self.reference
+        return dict(model.named_modules()).get(name)
+
+    def call(self, side: str, name: str, hidden: torch.Tensor, module=None) -> torch.Tensor:
+        """Module `name` (or `module` in its place) called as its model calls it, on `hidden` in place of
+        its hidden states."""
+        args, kwargs = self._recorded(side, name)
+        if args and isinstance(args[0], torch.Tensor):
+            args = (hidden, *args[1:])
+        elif "hidden_states" in kwargs:
+            kwargs = {**kwargs, "hidden_states": hidden}
+        else:
+            raise OptionError(f"the {side}'s {name} was called without hidden states as its first argument")
+        return first_tensor((module or self.module(side, name))(*args, **kwargs))
+
+    def recorded_output(self, side: str, name: str):
+        return self._recorded(side, name, output=True)
+
+    def _recorded(self, side: str, name: str, output: bool = False):
+        if side not in self._calls:
+            self._calls[side] = record_calls(self.candidate if side == "candidate" else self.reference,
+                                             self.token_ids())
+        if name not in self._calls[side]:
+            raise OptionError(f"the {side}'s {name} is never called by its forward pass")
+        args, kwargs, result = self._calls[side][name]
+        return result if output else (args, kwargs)
+
+    def compare(self, reference: torch.Tensor, candidate: torch.Tensor, tolerance: Tolerance | None = None) -> dict:
+        """Metrics of `candidate` against `reference` (same shape), and whether it is within the tolerance."""
+        tolerance = tolerance or self.settings.tolerance
+        if tuple(reference.shape) != tuple(candidate.shape):
+            return {"passed": False, "shape_reference": list(reference.shape), "shape_candidate": list(candidate.shape)}
+        metrics = measure(to_numpy(reference), to_numpy(candidate), tolerance)
+        return {"passed": metrics.mismatched == 0, "max_abs": metrics.max_abs, "rel_l2": metrics.rel_l2,
+                "mismatched": metrics.mismatched, "numel": metrics.numel,
+                "nonfinite_candidate": metrics.nan_candidate + metrics.inf_candidate,
+                "nonfinite_reference": metrics.nan_reference + metrics.inf_reference}
+
+
+def record_calls(model, input_ids: torch.Tensor) -> dict[str, tuple]:
+    """Each submodule's (args, kwargs, output) of its first call in one forward pass over `input_ids`."""
+    calls: dict[str, tuple] = {}
+    handles = []
+
+    def hooks(name: str):
+        def before(module, args, kwargs):
+            calls.setdefault(name, [args, kwargs, None])
+
+        def after(module, args, kwargs, output):
+            if calls[name][2] is None:
+                calls[name][2] = output
+        return before, after
+
+    try:
+        for name, module in model.named_modules():
+            if name:
+                before, after = hooks(name)
+                handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
+                handles.append(module.register_forward_hook(after, with_kwargs=True))
+        with torch.no_grad():
+            model(input_ids=input_ids, use_cache=False)  # a cache would grow with each replayed call
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: tuple(call) for name, call in calls.items()}
+
+
+def first_tensor(output) -> torch.Tensor:
+    """A module's main output: the tensor itself, or the first element of a tuple."""
+    while isinstance(output, (tuple, list)):
+        output = output[0]
+    return output
+
+
+def logits_of(output) -> torch.Tensor:
+    if hasattr(output, "logits"):
+        return output.logits
+    return first_tensor(output)
+
+
+def to_numpy(tensor: torch.Tensor):
+    return tensor.detach().to("cpu", torch.float64).numpy()
+
+
+@contextlib.contextmanager
+def scaled_parameter(model, name: str, factor: float):
+    """The parameter `name` multiplied by `factor` inside the block, restored after."""
+    parameter = dict(model.named_parameters())[name]
+    original = parameter.detach().clone()
+    with torch.no_grad():
+        parameter.mul_(factor)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            parameter.copy_(original)

@@ -1,0 +1,205 @@
+"""Tests 7-11: the whole model: forward, loss, KV cache, gradients, numerical stability."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import torch
+
+from parity.core.results import Tolerance
+from parity.sanity.components import _verdict
+from parity.sanity.pair import Pair, logits_of, scaled_parameter, to_numpy
+from parity.sanity.results import FAILED, PASSED, TestResult
+
+IGNORE_INDEX = -100
+SHARPEN = 20.0  # lm_head's weights times this, for peaked logits in the loss test
+
+
+def test_forward(pair: Pair) -> TestResult:
+    """The logits on random token ids: shape (B, T, V), finite, and the reference's."""
+    ids = pair.token_ids(salt=40)
+    with torch.no_grad():
+        reference, candidate = logits_of(pair.reference(input_ids=ids)), logits_of(pair.candidate(input_ids=ids))
+    result = _verdict("forward", {"logits": pair.compare(reference, candidate)}, "logits")
+    if result:
+        return TestResult("forward", PASSED, f"logits {tuple(candidate.shape)} match the reference's, rel_l2 "
+                          f"{result.metrics['compared']['logits']['rel_l2']:.2g}", result.metrics)
+    return result
+
+
+def labels_for(ids: torch.Tensor) -> torch.Tensor:
+    """Labels as a trainer makes them: the ids themselves (the model shifts), a few ignored."""
+    labels = ids.clone()
+    labels[0, :3] = IGNORE_INDEX
+    return labels
+
+
+def test_loss(pair: Pair) -> TestResult:
+    """Cross-entropy with shifted labels and ignore_index -100: the reference's value, within a plausible range.
+
+    Also with lm_head's weights sharpened (x SHARPEN): near-uniform logits (random weights)
+    give about ln V for any labelling, shifted or not, so only peaked ones tell.
+    """
+    ids = pair.token_ids(salt=50)
+    labels = labels_for(ids)
+    losses, uniform = {}, math.log(pair.config.vocab_size)
+    for label, factor in (("as given", 1.0), (f"lm_head x{SHARPEN:g}", SHARPEN)):
+        scaling = scaled_parameter(pair.reference, "lm_head.weight", factor) if factor != 1.0 else contextlib.nullcontext()
+        candidate_scaling = scaled_parameter(pair.candidate, "lm_head.weight", factor) if factor != 1.0 else contextlib.nullcontext()
+        if factor != 1.0 and "lm_head.weight" not in dict(pair.candidate.named_parameters()):
+            continue
+        with scaling, candidate_scaling, torch.no_grad():
+            reference = pair.reference(input_ids=ids, labels=labels).loss
+            candidate = getattr(pair.candidate(input_ids=ids, labels=labels), "loss", None)
+            if candidate is None:
+                return TestResult("loss", FAILED, "given labels, the candidate returned no .loss")
+            unshifted = _unshifted_loss(pair, ids, labels)
+        losses[label] = {"reference": reference.item(), "candidate": candidate.item(), "unshifted": unshifted,
+                         **pair.compare(reference.float().reshape(1), candidate.float().reshape(1))}
+    metrics = {"losses": losses, "uniform_loss": uniform, "plausible_range": [0.0, 3 * uniform]}
+    value, expected = losses["as given"]["candidate"], losses["as given"]["reference"]
+    if not math.isfinite(value) or not 0.0 < value <= 3 * uniform:
+        return TestResult("loss", FAILED, f"loss {value:.4g} is outside the plausible range (0, {3 * uniform:.3g}] "
+                          f"(ln V = {uniform:.3g})", metrics)
+    for label, loss in losses.items():
+        if not loss["passed"]:
+            hint = ": the reference's loss without the label shift, so labels are not shifted" \
+                if abs(loss["unshifted"] - loss["candidate"]) <= 1e-3 * abs(loss["unshifted"]) + 1e-4 else ""
+            return TestResult("loss", FAILED, f"loss ({label}) {loss['candidate']:.6g}, the reference's "
+                              f"{loss['reference']:.6g}{hint}", metrics)
+    return TestResult("loss", PASSED, f"loss {value:.6g} equals the reference's {expected:.6g} (ln V = {uniform:.3g}), "
+                      f"and with peaked logits too", metrics)
+
+
+def _unshifted_loss(pair: Pair, ids: torch.Tensor, labels: torch.Tensor) -> float:
+    """The reference's cross-entropy of the logits at t against the label at t: the unshifted mistake."""
+    with torch.no_grad():
+        logits = logits_of(pair.reference(input_ids=ids)).float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                             ignore_index=IGNORE_INDEX).item()
+
+
+def test_kv_cache(pair: Pair) -> TestResult:
+    """Prefill half the sequence with use_cache, decode the rest one token at a time: the full pass's logits."""
+    ids = pair.token_ids(salt=60)
+    T = ids.shape[1]
+    prefill = T // 2
+    results = {}
+    with torch.no_grad():
+        full = logits_of(pair.candidate(input_ids=ids))
+        output = pair.candidate(input_ids=ids[:, :prefill], use_cache=True)
+        results[f"prefill 0..{prefill - 1}"] = pair.compare(full[:, :prefill], logits_of(output))
+        for t in range(prefill, T):
+            cache = getattr(output, "past_key_values", None)
+            if cache is None:
+                return TestResult("kv_cache", FAILED, f"with use_cache=True the candidate returned no past_key_values "
+                                  f"(after {t} tokens)")
+            output = pair.candidate(input_ids=ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+            results[f"step {t}"] = pair.compare(full[:, t:t + 1], logits_of(output))
+    result = _verdict("kv_cache", results, "steps")
+    if not result:
+        return TestResult("kv_cache", FAILED, "decoding through the cache differs from the full pass: " +
+                          result.message.split(" first ", 1)[-1], result.metrics)
+    return result
+
+
+def test_gradients(pair: Pair) -> TestResult:
+    """Backward on the loss: every trainable parameter gets a finite gradient, the reference's within tolerance.
+
+    Each parameter's gradient is held to rtol x |reference| + rtol x max|reference|: gradients
+    differ in scale by orders of magnitude between parameters, so a fixed atol would not mean anything.
+    """
+    ids = pair.token_ids(salt=70)
+    labels = labels_for(ids)
+    gradients = {}
+    for side, model in (("reference", pair.reference), ("candidate", pair.candidate)):
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            model(input_ids=ids, labels=labels).loss.backward()
+        gradients[side] = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    rtol = pair.settings.tolerance.rtol
+    none = [name for name, grad in gradients["candidate"].items() if grad is None]
+    nonfinite = [name for name, grad in gradients["candidate"].items() if grad is not None and not torch.isfinite(grad).all()]
+    results = {}
+    for name, grad in gradients["candidate"].items():
+        reference = gradients["reference"].get(name)
+        if grad is None or reference is None or reference.shape != grad.shape:
+            continue
+        scale = float(reference.abs().max())
+        results[name] = pair.compare(reference, grad, Tolerance(atol=rtol * scale, rtol=rtol, basis="gradient"))
+    for model in (pair.reference, pair.candidate):
+        model.zero_grad(set_to_none=True)
+    metrics = {"parameters": len(gradients["candidate"]), "without_gradient": none, "nonfinite": nonfinite}
+    if none:
+        return TestResult("gradients", FAILED, f"{len(none)} parameter(s) got no gradient: {', '.join(none[:3])}: "
+                          "broken autograd (used through .detach(), under no_grad, or outside PyTorch)", metrics)
+    if nonfinite:
+        return TestResult("gradients", FAILED, f"NaN/Inf gradient in {', '.join(nonfinite[:3])}", metrics)
+    result = _verdict("gradients", results, "parameter gradients")
+    return TestResult("gradients", result.status, result.message, {**metrics, **result.metrics})
+
+
+def test_stability(pair: Pair) -> TestResult:
+    """Repeated runs identical; large activations, a long sequence and large logits give no NaN/Inf the reference lacks."""
+    checks, problems = {}, []
+    ids = pair.token_ids(salt=80)
+    with torch.no_grad():
+        first, second = logits_of(pair.candidate(input_ids=ids)), logits_of(pair.candidate(input_ids=ids))
+    checks["repeatable"] = bool(torch.equal(first, second))
+    if not checks["repeatable"]:
+        problems.append(f"two runs on the same input differ (max_abs {(first - second).abs().max().item():.3g})")
+    scale = pair.settings.large_scale
+    if pair.module("candidate", "model.layers.0") is not None:
+        x = pair.hidden(salt=81, scale=scale)
+        with torch.no_grad():
+            outputs = [pair.call(side, "model.layers.0", x) for side in ("reference", "candidate")]
+        checks["large_activations"] = _new_nonfinite(*outputs)
+        if checks["large_activations"]:
+            problems.append(f"hidden states of size {scale:g} into model.layers.0 give "
+                            f"{checks['large_activations']} NaN/Inf the reference does not")
+    else:
+        checks["large_activations"] = "not checked: no model.layers.0"
+    length = min(pair.settings.long_length, getattr(pair.config, "max_position_embeddings", 512))
+    long_ids = pair.token_ids(length=length, batch=1, salt=82)
+    with torch.no_grad():
+        outputs = [logits_of(model(input_ids=long_ids)) for model in (pair.reference, pair.candidate)]
+    checks[f"long_sequence_{length}"] = _new_nonfinite(*outputs)
+    if checks[f"long_sequence_{length}"]:
+        problems.append(f"a {length}-token sequence gives {checks[f'long_sequence_{length}']} NaN/Inf logits")
+    checks["large_logits"] = _large_logits(pair, ids, scale)
+    if isinstance(checks["large_logits"], str) and not checks["large_logits"].startswith("not checked"):
+        problems.append(checks["large_logits"])
+    if problems:
+        return TestResult("stability", FAILED, "; ".join(problems), checks)
+    unchecked = [name for name, value in checks.items() if isinstance(value, str)]
+    note = f" ({', '.join(unchecked)} not checked)" if unchecked else ""
+    return TestResult("stability", PASSED, f"repeatable; no NaN/Inf with large activations, {length} tokens or "
+                      f"large logits{note}", checks)
+
+
+def _large_logits(pair: Pair, ids: torch.Tensor, scale: float):
+    """lm_head's weights times `scale` on both sides: the loss must stay finite where the reference's does."""
+    name = "lm_head.weight"
+    if name not in dict(pair.candidate.named_parameters()) or name not in dict(pair.reference.named_parameters()):
+        return "not checked: no lm_head.weight to scale"
+    losses = {}
+    labels = labels_for(ids)
+    for side, model in (("reference", pair.reference), ("candidate", pair.candidate)):
+        with scaled_parameter(model, name, scale), torch.no_grad():
+            output = model(input_ids=ids, labels=labels)
+            losses[side] = (output.loss.item(), float(logits_of(output).abs().max()))
+    if math.isfinite(losses["reference"][0]) and not math.isfinite(losses["candidate"][0]):
+        return (f"with logits up to {losses['reference'][1]:.3g} the loss is {losses['candidate'][0]} "
+                f"(the reference's {losses['reference'][0]:.4g}): a cross-entropy that overflows")
+    return 0
+
+
+def _new_nonfinite(reference: torch.Tensor, candidate: torch.Tensor) -> int:
+    """NaN/Inf elements in `candidate` where `reference` is finite."""
+    reference, candidate = to_numpy(reference), to_numpy(candidate)
+    if reference.shape != candidate.shape:
+        return int(np.count_nonzero(~np.isfinite(candidate)))
+    return int(np.count_nonzero(np.isfinite(reference) & ~np.isfinite(candidate)))
+
