@@ -23,7 +23,7 @@ from pathlib import Path
 from parity.capture.candidates import CandidateSource, kind_of, open_candidate
 from parity.capture.placement import Placement
 from parity.core.calibrate import check_same_tokens, noise_floors
-from parity.core.compare import CompareConfig, compare
+from parity.core.compare import CompareConfig, compare, require_compared
 from parity.core.errors import OptionError
 from parity.core.results import Comparison, Tolerance
 from parity.core.sequence import SequenceComparison
@@ -185,7 +185,9 @@ def _with_replay(comparison: Comparison, reference: Trace, source, options: Chec
 def compare_and_diagnose(reference: Trace, candidate: Trace, config: CompareConfig) -> Comparison:
     from parity.diagnose import diagnose
 
-    return diagnose(compare(reference, candidate, config=config), reference, candidate)
+    comparison = compare(reference, candidate, config=config)
+    require_compared(comparison, reference, candidate, config)
+    return diagnose(comparison, reference, candidate)
 
 
 def _with_prefill_variants(decode, reference_model, model, prompt: list[int], full, bound: float):

@@ -6,12 +6,14 @@ names the first that fails. A divergence is a result, never an exception.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from parity.core.calibrate import NoiseFloor, calibrated_tolerance
+from parity.core.errors import OptionError, TraceError
 from parity.core.layout import alignments, last_positions, last_rows
 from parity.core.metrics import Measurement, measure_pair
 from parity.core.names import Checkpoint, in_flow_order, parse, select
@@ -80,6 +82,22 @@ def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = Compa
     )
 
 
+def require_compared(comparison: Comparison, reference: Trace, candidate: Trace, config: CompareConfig) -> None:
+    """Raise when no checkpoint was compared: a comparison of nothing is never a pass."""
+    if any(result.status != NOT_COMPARABLE for result in comparison.checkpoints):
+        return
+    where = f"{candidate.source or 'the candidate'} against {reference.source or 'the reference'}"
+    reference_names = ", ".join(in_flow_order(reference.tensors)[:4]) or "none"
+    candidate_names = ", ".join(in_flow_order(candidate.tensors)[:4]) or "none"
+    shared = set(reference.tensors) & set(candidate.tensors)
+    if config.checkpoints and shared:
+        raise OptionError(f"--checkpoints '{config.checkpoints}' matches none of the {len(shared)} checkpoints "
+                              f"both traces hold ({', '.join(in_flow_order(shared)[:4])}, ...); widen the pattern")
+    declared = f" ({len(comparison.checkpoints)} declared not comparable)" if comparison.checkpoints else ""
+    raise TraceError(f"{where}: no checkpoint could be compared{declared}: the reference holds {reference_names}, "
+                     f"the candidate {candidate_names}; name the candidate's tensors as docs/trace-format.md lists")
+
+
 def _declared_not_comparable(candidate: Trace, absent: set[str]) -> dict[str, CheckpointResult]:
     """Checkpoints the candidate's producer could not align exactly, with its reasons
     (trace metadata `not_comparable`: name -> reason)."""
@@ -115,6 +133,13 @@ def _divergence(result: CheckpointResult | None, reference: Trace, candidate: Tr
 
 def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: CompareConfig,
                         positions: dict[str, tuple[float, ...]]) -> CheckpointResult:
+    reference_shape, candidate_shape = reference.shape_of(name), candidate.shape_of(name)
+    truncated = name in TRUNCATABLE and last_positions(reference_shape, candidate_shape)
+    if math.prod(reference_shape) != math.prod(candidate_shape) and not truncated:
+        # no layout can align them: decided from the headers, neither tensor is read
+        reason = f"shape mismatch: reference {list(reference_shape)}, candidate {list(candidate_shape)}"
+        return CheckpointResult(name, FAIL, shape_reference=reference_shape, shape_candidate=candidate_shape,
+                                reason=reason)
     reference_tensor, candidate_tensor = reference[name], candidate[name]
     checkpoint = parse(name) or Checkpoint(name=name, kind=name)
     dtype = config.dtype or lowest_precision(

@@ -88,8 +88,11 @@ class Context:
         from parity.core.compare import TRUNCATABLE
         from parity.core.layout import last_positions, last_rows
 
+        reference_shape, candidate_shape = self.reference.shape_of(name), self.candidate.shape_of(name)
+        kept = last_positions(reference_shape, candidate_shape) if name in TRUNCATABLE else 0
+        if not kept and reference_shape != candidate_shape:
+            return None  # decided from the headers: neither tensor is read
         reference, candidate = self.reference[name], self.candidate[name]
-        kept = last_positions(reference.shape, candidate.shape) if name in TRUNCATABLE else 0
         if kept:  # the candidate computes the last position(s) only, as the comparison noted
             reference = last_rows(reference, kept)
         if reference.shape != candidate.shape:

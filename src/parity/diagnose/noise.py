@@ -89,7 +89,7 @@ def error_along_values(reference: np.ndarray, candidate: np.ndarray, checkpoint)
 
 
 def _top1_agreement(reference: Trace, candidate: Trace) -> tuple[int, int] | None:
-    if "logits" not in reference or "logits" not in candidate or reference["logits"].shape != candidate["logits"].shape:
+    if "logits" not in reference or "logits" not in candidate or reference.shape_of("logits") != candidate.shape_of("logits"):
         return None
     agree = reference["logits"].argmax(-1) == candidate["logits"].argmax(-1)
     return int(agree.sum()), int(agree.size)

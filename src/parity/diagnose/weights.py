@@ -19,6 +19,14 @@ def weight_mismatch(context: Context):
     shared = [name for name in in_flow_order(set(context.reference.tensors) & set(context.candidate.tensors))
               if weight_of(name) is not None]
     for name in shared:
+        shapes = context.reference.shape_of(name), context.candidate.shape_of(name)
+        if shapes[0] != shapes[1] and shapes[1] != shapes[0][::-1]:  # decided from the headers, nothing read
+            checkpoint, parameter = weight_of(name)
+            yield Diagnosis("weight_mismatch", checkpoint,
+                            f"the candidate's {parameter} for {checkpoint} is not the reference's: shape "
+                            f"{list(shapes[1])} where the reference's is {list(shapes[0])}; "
+                            "it loaded other weights or converted them wrongly")
+            return
         reference = context.reference[name].astype(np.float64)
         candidate = context.candidate[name].astype(np.float64)
         same = max([SAME] + [ROUNDED.get(trace.dtype_of(name), 0.0) for trace in (context.reference, context.candidate)])
