@@ -273,6 +273,7 @@ def _directory_cases(directory: Path) -> None:
     write_directory(directory / "bad-dir-npy-structured", ok, {"embed.npy": npy_bytes(np.zeros(2, "i4,f4"))})
     write_directory(directory / "bad-dir-npy-is-directory", {"format": FORMAT, "tensors": {"embed": "sub"}})
     (directory / "bad-dir-npy-is-directory" / "sub").mkdir(exist_ok=True)
+    (directory / "bad-dir-npy-is-directory" / "sub" / "keep").write_text("a directory where a tensor file is named\n")
     write_directory(directory / "odd-dir-bom-manifest", b"\xef\xbb\xbf" + json.dumps(ok).encode(), {"embed.npy": embed})
     write_directory(directory / "odd-dir-listed-by-glob", {"format": FORMAT}, {"embed.npy": embed})
 
