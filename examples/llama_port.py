@@ -67,6 +67,8 @@ class Bugs:
     probs_layout: str = "HTS"            # how the attention probabilities are written: "THS", "HST"
     kv_cache_offset: bool = False        # decoding writes each new key/value one slot past where it belongs
     skip_rope_cached: bool = False       # the cache keeps keys before RoPE, and decoding uses them unrotated
+    rope_theta: float | None = None      # RoPE base used instead of the config's (a default left in place)
+    drop_qkv_bias: bool = False          # Qwen2's q, k, v biases not loaded (left at zero)
 
 
 class KVCache:
@@ -235,7 +237,8 @@ class LlamaPort(nn.Module):
         T = input_ids.shape[1]
         positions = torch.arange(start, start + T) + self.bugs.rope_offset
         head_dim = self.blocks[0].attn.head_dim
-        cos, sin = rope_tables(head_dim, self.config.get("rope_theta", 10000.0), positions)
+        theta = self.bugs.rope_theta or self.config.get("rope_theta") or (self.config.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+        cos, sin = rope_tables(head_dim, theta, positions)
         x = self.embed(input_ids)                                                  # (1, T, D)
         for block in self.blocks:
             x = block(x, cos, sin, cache)
@@ -268,6 +271,12 @@ def build(path: str | Path, bugs: Bugs = Bugs(), dtype: torch.dtype = torch.floa
     for file in sorted(path.glob("*.safetensors")):
         state.update(load_file(file))
     port = LlamaPort(config, bugs).load_hf_state_dict(state)
+    if bugs.drop_qkv_bias:
+        with torch.no_grad():
+            for block in port.blocks:
+                for projection in (block.attn.q_proj, block.attn.k_proj, block.attn.v_proj):
+                    if projection.bias is not None:
+                        projection.bias.zero_()
     if bugs.negate_k_layer is not None:
         with torch.no_grad():
             attention = port.blocks[bugs.negate_k_layer].attn

@@ -21,7 +21,7 @@ def diagnoses(reference: dict, candidate: dict, config: dict = CONFIG) -> list[t
 
 
 def causes(reference: dict, candidate: dict, config: dict = CONFIG) -> set[str]:
-    return {cause for cause, _ in diagnoses(reference, candidate, config)} - {"precision_noise"}
+    return {cause for cause, _ in diagnoses(reference, candidate, config)} - {"precision_noise", "no_known_cause"}
 
 
 def rng(seed: int = 0) -> np.random.Generator:

@@ -23,7 +23,7 @@ from pathlib import Path
 from parity.capture.candidates import CandidateSource, kind_of, open_candidate
 from parity.capture.placement import Placement
 from parity.core.calibrate import check_same_tokens, noise_floors
-from parity.core.compare import CompareConfig, compare
+from parity.core.compare import CompareConfig, compare, require_compared
 from parity.core.errors import OptionError
 from parity.core.results import Comparison, Tolerance
 from parity.core.sequence import SequenceComparison
@@ -102,7 +102,9 @@ def _check(options: CheckOptions, candidate_source: CandidateSource, progress) -
         comparison = _with_replay(comparison, reference, candidate_source, options, progress)
     if options.decode_steps > 0 and candidate_source.decodes:
         comparison = _with_decoding(comparison, reference, reference_model, candidate_source, options, progress)
-    return comparison
+    from parity.diagnose import without_noise_on_failure
+
+    return without_noise_on_failure(comparison)
 
 
 def _with_decoding(comparison: Comparison, reference: Trace, reference_model, source, options, progress) -> Comparison:
@@ -183,7 +185,9 @@ def _with_replay(comparison: Comparison, reference: Trace, source, options: Chec
 def compare_and_diagnose(reference: Trace, candidate: Trace, config: CompareConfig) -> Comparison:
     from parity.diagnose import diagnose
 
-    return diagnose(compare(reference, candidate, config=config), reference, candidate)
+    comparison = compare(reference, candidate, config=config)
+    require_compared(comparison, reference, candidate, config)
+    return diagnose(comparison, reference, candidate)
 
 
 def _with_prefill_variants(decode, reference_model, model, prompt: list[int], full, bound: float):

@@ -15,6 +15,7 @@ from parity import arguments
 from parity.capture.candidates import LLAMACPP_PREFIX
 from parity.core.compare import CompareConfig
 from parity.core.errors import OptionError, ParityError
+from parity.core.printable import printable
 from parity.core.tolerances import user_tolerance
 from parity.core.trace import Trace, load_trace, make_trace, save_trace
 
@@ -114,14 +115,30 @@ def cmd_compare(args) -> int:
     config = _compare_config(args)
     reference, candidate = load_trace(args.reference), load_trace(args.candidate)
     arguments.require_selection(reference.tensors, args.checkpoints, args.reference)
-    if args.calibrate:
-        if config.tolerance is not None:
-            raise OptionError("--calibrate sets the tolerances itself; drop --atol/--rtol")
-        lowp = load_trace(args.calibrate)
-        check_same_tokens(reference, lowp)
-        config = CompareConfig(checkpoints=config.checkpoints, noise=noise_floors(reference, lowp),
-                               noise_dtype=lowp.metadata.get("dtype") or "float32")
-    return _report(compare_and_diagnose(reference, candidate, config), args)
+    with _numeric_warnings_off():  # non-finite values are counted in the report, not warned about
+        if args.calibrate:
+            if config.tolerance is not None:
+                raise OptionError("--calibrate sets the tolerances itself; drop --atol/--rtol")
+            lowp = load_trace(args.calibrate)
+            check_same_tokens(reference, lowp)
+            config = CompareConfig(checkpoints=config.checkpoints, noise=noise_floors(reference, lowp),
+                                   noise_dtype=lowp.metadata.get("dtype") or "float32")
+        comparison = compare_and_diagnose(reference, candidate, config)
+    return _report(comparison, args)
+
+
+def _numeric_warnings_off():
+    """numpy's overflow and invalid-value RuntimeWarnings silenced: they would print before the report."""
+    import contextlib
+    import warnings
+
+    import numpy as np
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore", RuntimeWarning)
+    stack.enter_context(np.errstate(all="ignore"))
+    return stack
 
 
 def _compare_config(args) -> CompareConfig:
@@ -693,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore", RuntimeWarning)
             return args.handler(args)
     except ParityError as error:
-        print(f"parity: error: {error}", file=sys.stderr)
+        print(f"parity: error: {printable(error)}", file=sys.stderr)  # one line: newlines and escapes replaced
         return EXIT_UNUSABLE
     except KeyboardInterrupt:
         print("parity: interrupted", file=sys.stderr)

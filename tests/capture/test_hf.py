@@ -37,7 +37,7 @@ def test_every_checkpoint_of_the_family_is_captured(family, reference_traces):
     kinds = {name.split(".")[-1] for name in reference_traces[family].names}
     expected = {"embed", "attn_norm", "q", "k", "v", "attn_probs", "attn_ctx", "attn_out", "resid_mid",
                 "mlp_norm", "mlp_act", "mlp_out", "out", "final_norm", "logits"}
-    expected |= {"mlp_fc"} if family == "gpt2" else {"mlp_gate", "mlp_up", "q_rope", "k_rope"}
+    expected |= {"mlp_fc", "pos_embed"} if family == "gpt2" else {"mlp_gate", "mlp_up", "q_rope", "k_rope"}
     expected |= {"q_norm", "k_norm"} if family == "qwen3" else set()
     assert kinds == expected
 

@@ -140,7 +140,7 @@ def test_directory_without_manifest_and_missing_npy_are_explained(tmp_path):
 def test_tokens_metadata_must_be_a_list_of_ints(tmp_path):
     path = tmp_path / "t.npz"
     np.savez(path, embed=np.zeros((2, 2)), __metadata__=np.array(json.dumps({"tokens": [1, "two"]})))
-    with pytest.raises(TraceError, match="list of integers"):
+    with pytest.raises(TraceError, match="write a JSON list of the input token ids"):
         load_trace(path)
 
 

@@ -33,6 +33,7 @@ LLAMA_FAMILY_BUGS = {  # bug -> (planted, checkpoint, cause)
     "extra BOS": (L(extra_bos=True), "embed", "token_shift"),
     "overflow to inf": (L(overflow_layer=1), "layers.1.mlp_out", "nonfinite"),
     "probabilities transposed": (L(probs_layout="HST"), "layers.0.attn_probs", "layout_permuted"),
+    "RoPE base left at another value": (L(rope_theta=1e6), "layers.0.q_rope", "rope_theta"),
 }
 GPT2_BUGS = {
     "wrong norm epsilon": (G(norm_eps=1e-6), "layers.0.attn_norm", "norm_epsilon"),
@@ -40,7 +41,7 @@ GPT2_BUGS = {
     "GELU -> SiLU": (G(gelu="silu"), "layers.0.mlp_act", "activation_variant"),
     "missing residual": (G(missing_residual_layer=1), "layers.1.resid_mid", "missing_residual"),
     "negated key projection": (G(negate_k_layer=1), "layers.1.k", "sign_flip"),
-    "extra BOS": (G(extra_bos=True), "embed", "token_shift"),
+    "extra BOS": (G(extra_bos=True), "pos_embed", "token_shift"),  # the position table runs one row longer
     "overflow to inf": (G(overflow_layer=1), "layers.1.mlp_out", "nonfinite"),
     "q/k swapped in the fused QKV split": (G(swap_qk=True), "layers.0.q", "swapped"),
     "probabilities transposed": (G(probs_layout="HST"), "layers.0.attn_probs", "layout_permuted"),
@@ -122,3 +123,11 @@ def test_tanh_gelu_for_erf_gelu_is_below_the_bfloat16_noise_floor(setup):
     difference cannot be seen in bfloat16 outputs, and parity must not claim a bug it cannot see."""
     comparison = run(setup, "gpt2", "bfloat16", G(gelu="erf"))
     assert comparison and [d.cause for d in comparison.diagnoses] == ["precision_noise"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_qwen2_qkv_biases_not_loaded(setup, dtype):
+    """Qwen2 has biases on q, k and v that Llama-shaped loaders skip: every token is off by one vector."""
+    comparison = run(setup, "qwen2", dtype, llama_port.Bugs(drop_qkv_bias=True))
+    assert comparison.first_divergence.checkpoint == "layers.0.q"
+    assert ("missing_bias", "layers.0.q") in [(d.cause, d.checkpoint) for d in comparison.diagnoses]

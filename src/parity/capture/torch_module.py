@@ -103,7 +103,7 @@ class ModuleTracer:
                         self._hook(module, tap.io, names)
                     if self.weights and tap.io == "output" and len(names) == 1 and self._wanted(names[0]):
                         for parameter, value in module.named_parameters(recurse=False):
-                            self.tensors.setdefault(f"{names[0]}.{parameter}", value.detach().to("cpu").clone())
+                            self.tensors.setdefault(f"{names[0]}.{parameter}", _as_linear(module, parameter, value))
             if attention_listeners:
                 from parity.capture.hf_attention import is_hf_model, recording_attention
 
@@ -170,6 +170,20 @@ class ModuleTracer:
                 self._store(probabilities_name, probabilities)  # (B, H, T, S)
 
         return listen
+
+
+# Modules that store a matmul's weight as (in, out) where torch.nn.Linear stores (out, in):
+# transformers' Conv1D (GPT-2). Their weights are recorded as nn.Linear's, so that a port
+# written with nn.Linear compares with them as it should.
+IN_OUT_STORAGE = frozenset({"Conv1D"})
+
+
+def _as_linear(module, parameter: str, value):
+    """A parameter as nn.Linear would store it: (out, in) for a weight."""
+    value = value.detach().to("cpu")
+    if parameter == "weight" and type(module).__name__ in IN_OUT_STORAGE and value.ndim == 2:
+        value = value.t()
+    return value.contiguous().clone()
 
 
 def _fill(name: str, match: re.Match) -> str:

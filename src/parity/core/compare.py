@@ -6,13 +6,15 @@ names the first that fails. A divergence is a result, never an exception.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from parity.core.calibrate import NoiseFloor, calibrated_tolerance
-from parity.core.layout import alignments
+from parity.core.errors import OptionError, TraceError
+from parity.core.layout import alignments, last_positions, last_rows
 from parity.core.metrics import Measurement, measure_pair
 from parity.core.names import Checkpoint, in_flow_order, parse, select
 from parity.core.positions import MATRIX_KIND, largest_differences, per_head_rel_l2
@@ -29,6 +31,12 @@ from parity.core.results import (
 )
 from parity.core.tolerances import default_tolerance_rule, lowest_precision
 from parity.core.trace import Trace, layer_count
+
+
+# Checkpoints a port may compute for the last positions only (nanoGPT's forward returns the last
+# position's logits at inference): compared with the reference's last rows, with a note. Only the
+# output: a hidden state with fewer positions is a token-count bug, which must stay visible.
+TRUNCATABLE = frozenset({"logits"})
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,7 @@ def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = Compa
         missing=tuple(in_flow_order(set(reference_names) - set(candidate_names) - set(declared))),
         extra=tuple(in_flow_order(set(candidate_names) - set(reference_names))),
         first_divergence=_divergence(first, reference, candidate, positions),
-        notes=tuple(_trace_notes(reference, candidate)),
+        notes=tuple(_trace_notes(reference, candidate)) + tuple(_truncation_notes(results)),
         reference_metadata={**reference.metadata, **({"source": reference.source} if reference.source else {})},
         candidate_metadata={**candidate.metadata, **({"source": candidate.source} if candidate.source else {})},
         origin=_divergence(next((r for r in results if r.name == introduced_at), None), reference, candidate,
@@ -72,6 +80,22 @@ def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = Compa
         position_matrix=_layer_position_matrix(reference, positions),
         calibrated=bool(config.noise),
     )
+
+
+def require_compared(comparison: Comparison, reference: Trace, candidate: Trace, config: CompareConfig) -> None:
+    """Raise when no checkpoint was compared: a comparison of nothing is never a pass."""
+    if any(result.status != NOT_COMPARABLE for result in comparison.checkpoints):
+        return
+    where = f"{candidate.source or 'the candidate'} against {reference.source or 'the reference'}"
+    reference_names = ", ".join(in_flow_order(reference.tensors)[:4]) or "none"
+    candidate_names = ", ".join(in_flow_order(candidate.tensors)[:4]) or "none"
+    shared = set(reference.tensors) & set(candidate.tensors)
+    if config.checkpoints and shared:
+        raise OptionError(f"--checkpoints '{config.checkpoints}' matches none of the {len(shared)} checkpoints "
+                              f"both traces hold ({', '.join(in_flow_order(shared)[:4])}, ...); widen the pattern")
+    declared = f" ({len(comparison.checkpoints)} declared not comparable)" if comparison.checkpoints else ""
+    raise TraceError(f"{where}: no checkpoint could be compared{declared}: the reference holds {reference_names}, "
+                     f"the candidate {candidate_names}; name the candidate's tensors as docs/trace-format.md lists")
 
 
 def _declared_not_comparable(candidate: Trace, absent: set[str]) -> dict[str, CheckpointResult]:
@@ -109,6 +133,13 @@ def _divergence(result: CheckpointResult | None, reference: Trace, candidate: Tr
 
 def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: CompareConfig,
                         positions: dict[str, tuple[float, ...]]) -> CheckpointResult:
+    reference_shape, candidate_shape = reference.shape_of(name), candidate.shape_of(name)
+    truncated = name in TRUNCATABLE and last_positions(reference_shape, candidate_shape)
+    if math.prod(reference_shape) != math.prod(candidate_shape) and not truncated:
+        # no layout can align them: decided from the headers, neither tensor is read
+        reason = f"shape mismatch: reference {list(reference_shape)}, candidate {list(candidate_shape)}"
+        return CheckpointResult(name, FAIL, shape_reference=reference_shape, shape_candidate=candidate_shape,
+                                reason=reason)
     reference_tensor, candidate_tensor = reference[name], candidate[name]
     checkpoint = parse(name) or Checkpoint(name=name, kind=name)
     dtype = config.dtype or lowest_precision(
@@ -120,6 +151,9 @@ def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: C
         tolerance = calibrated_tolerance(config.noise[name], config.noise_dtype, config.noise_label)
     rule = tolerance if tolerance is not None else default_tolerance_rule(checkpoint.kind, dtype)
     shapes = {"shape_reference": tuple(reference_tensor.shape), "shape_candidate": tuple(candidate_tensor.shape)}
+    kept = last_positions(reference_tensor.shape, candidate_tensor.shape) if name in TRUNCATABLE else 0
+    if kept:  # the candidate holds the last position(s) only: compare those
+        reference_tensor = last_rows(reference_tensor, kept, checkpoint.token_axis)
 
     best: tuple[Measurement, str] | None = None
     for alignment in alignments(reference_tensor.shape, candidate_tensor):
@@ -132,7 +166,7 @@ def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: C
 
     measurement, layout = best
     metrics, tolerance = measurement.metrics, measurement.tolerance
-    if reference_tensor.shape == candidate_tensor.shape:
+    if reference_tensor.shape == candidate_tensor.shape and not kept:
         positions[name] = tuple(float(value) for value in measurement.per_position)
     status = PASS if tolerance.admits(metrics) else FAIL
     reshaped = reference_tensor.shape != candidate_tensor.shape
@@ -165,6 +199,17 @@ def _trace_notes(reference: Trace, candidate: Trace) -> list[str]:
             f"candidate {len(candidate.tokens)}; first difference at position "
             f"{_first_difference(reference.tokens, candidate.tokens)}"
         )
+    return notes
+
+
+def _truncation_notes(results) -> list[str]:
+    notes = []
+    for result in results:
+        kept = last_positions(result.shape_reference, result.shape_candidate) if result.name in TRUNCATABLE else 0
+        if kept:
+            notes.append(f"the candidate's {result.name} tensor holds the last {kept} of {result.shape_reference[0]} "
+                         f"positions ({list(result.shape_candidate)} for {list(result.shape_reference)}): compared "
+                         f"with the reference's last {'row' if kept == 1 else f'{kept} rows'} only")
     return notes
 
 

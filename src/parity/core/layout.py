@@ -73,3 +73,19 @@ def _flattens_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
         return False
     keep = len(target) - 1
     return shape[:keep] == target[:keep] and int(np.prod(shape[keep:], dtype=np.int64)) == target[-1]
+
+
+def last_positions(reference_shape: tuple[int, ...], candidate_shape: tuple[int, ...], token_axis: int = 0) -> int:
+    """How many of the reference's last token positions the candidate holds, when it holds fewer
+    positions and is otherwise of the same shape (nanoGPT's forward returns the last position's
+    logits only); 0 when it is not such a truncation."""
+    if len(reference_shape) != len(candidate_shape) or len(reference_shape) <= token_axis:
+        return 0
+    others_equal = all(r == c for axis, (r, c) in enumerate(zip(reference_shape, candidate_shape)) if axis != token_axis)
+    kept = candidate_shape[token_axis]
+    return kept if others_equal and 0 < kept < reference_shape[token_axis] else 0
+
+
+def last_rows(tensor: np.ndarray, count: int, token_axis: int = 0) -> np.ndarray:
+    """The last `count` token positions of `tensor`."""
+    return np.take(tensor, range(tensor.shape[token_axis] - count, tensor.shape[token_axis]), axis=token_axis)

@@ -35,7 +35,7 @@ LAYER_KINDS: tuple[str, ...] = (
     "mlp_out",     # MLP output                                    [T, D]
     "out",         # block output                                  [T, D]
 )
-BEFORE_LAYERS: tuple[str, ...] = ("embed",)
+BEFORE_LAYERS: tuple[str, ...] = ("pos_embed", "embed")   # pos_embed: learned position rows (GPT-2) [T, D]
 AFTER_LAYERS: tuple[str, ...] = ("final_norm", "logits")
 GLOBAL_KINDS = BEFORE_LAYERS + AFTER_LAYERS
 
@@ -133,9 +133,11 @@ def in_flow_order(names) -> list[str]:
 def inputs_of(name: str, available) -> list[str]:
     """The checkpoints among `available` that feed `name`, by the FEEDS table."""
     checkpoint = parse(name)
-    if checkpoint is None or checkpoint.kind == "embed":
+    if checkpoint is None or checkpoint.kind == "pos_embed":
         return []
     available = set(available)
+    if checkpoint.kind == "embed":
+        return ["pos_embed"] if "pos_embed" in available else []
     if checkpoint.kind in AFTER_LAYERS:
         if checkpoint.kind == "logits":
             return ["final_norm"] if "final_norm" in available else []
@@ -217,6 +219,7 @@ LLAMA_TAPS = _taps(
 # sum of token and position embeddings (dropout is the identity in eval mode).
 _GPT2_LAYER = "transformer.h.{i}"
 GPT2_TAPS = _taps(
+    ("transformer.wpe", "pos_embed"),
     ("transformer.drop", "embed"),
     (f"{_GPT2_LAYER}.ln_1", "layers.{i}.attn_norm"),
     (f"{_GPT2_LAYER}.attn.c_attn", ("layers.{i}.q", "layers.{i}.k", "layers.{i}.v")),

@@ -16,8 +16,10 @@ WORST_ELEMENTS = 5   # the largest differences listed at the first divergence
 def per_head_rel_l2(name: str, reference: Trace, candidate: Trace) -> tuple[float, ...]:
     """rel_l2 of each head, for attention checkpoints whose head count is known."""
     checkpoint = parse(name)
-    if checkpoint is None or name not in candidate or reference[name].shape != candidate[name].shape:
+    if checkpoint is None or name not in candidate or reference.shape_of(name) != candidate.shape_of(name):
         return ()
+    if not reference.shape_of(name):
+        return ()  # a scalar has no heads
     reference_tensor, candidate_tensor = reference[name], candidate[name]
     if checkpoint.kind == "attn_probs":
         return tuple(rel_l2(reference_tensor[h], candidate_tensor[h]) for h in range(reference_tensor.shape[0]))
@@ -36,7 +38,8 @@ def largest_differences(name: str, reference: Trace, candidate: Trace,
     """The `count` largest |candidate - reference| at a checkpoint, largest first, with both values.
 
     A NaN or infinity facing anything but itself counts as an infinite difference."""
-    if name not in candidate or reference[name].shape != candidate[name].shape or reference[name].size == 0:
+    shape = reference.shape_of(name)
+    if name not in candidate or shape != candidate.shape_of(name) or 0 in shape:  # from the headers: nothing read
         return ()
     reference_tensor = np.asarray(reference[name], np.float64)
     candidate_tensor = np.asarray(candidate[name], np.float64)
@@ -57,19 +60,22 @@ def _heads(name: str, checkpoint, reference: Trace) -> int | None:
     probs = f"layers.{checkpoint.layer}.attn_probs"
     if probs not in reference:
         return None
-    heads = reference[probs].shape[0]
+    probs_shape = reference.shape_of(probs)
+    heads = probs_shape[0] if probs_shape else 0
+    if not heads:
+        return None
     if checkpoint.kind in ("k", "v", "k_norm", "k_rope"):
         query = f"layers.{checkpoint.layer}.q"
-        if query not in reference:
+        if query not in reference or not reference.shape_of(query):
             return None
-        head_dim = reference[query].shape[-1] // heads
-        return reference[name].shape[-1] // head_dim if head_dim else None
+        head_dim = reference.shape_of(query)[-1] // heads
+        return reference.shape_of(name)[-1] // head_dim if head_dim else None
     return heads
 
 
 def position_profile(name: str, reference: Trace, candidate: Trace) -> tuple[float, ...]:
     checkpoint = parse(name)
-    if checkpoint is None or name not in candidate or reference[name].shape != candidate[name].shape:
+    if checkpoint is None or name not in candidate or reference.shape_of(name) != candidate.shape_of(name):
         return ()
     return tuple(float(v) for v in per_position_rel_l2(reference[name], candidate[name], checkpoint.token_axis))
 

@@ -35,6 +35,7 @@ DTYPE_FACTOR: dict[str, float] = {
 # the checkpoint and the previous one.
 KIND_FACTOR: dict[str, float] = {
     "embed": 1.0,        # a table lookup: any difference is a cast or a bug
+    "pos_embed": 1.0,    # the same, for learned position rows
     "q": 2.0, "k": 2.0, "v": 2.0,          # one matmul each
     "attn_probs": 2.0,   # exp() turns a small score error into a relative one
     "attn_ctx": 2.0,     # a second matmul, over S

@@ -17,12 +17,15 @@ from parity.core.trace import Trace
 Detector = Callable[["Context"], Iterable[Diagnosis | str]]
 DETECTORS: dict[str, Detector] = {}
 # Causes that describe a symptom that specific causes also produce (a wrong norm
-# epsilon rescales rows; a missing residual leaves the branch's tensor in place):
+# epsilon rescales rows; a missing residual leaves the branch's tensor in place; a
+# norm without its bias, or a slightly different activation, shifts by a constant row):
 # reported only where no specific cause explains the checkpoint.
-GENERIC = frozenset({"scale_factor", "swapped"})
+GENERIC = frozenset({"scale_factor", "swapped", "missing_bias"})
 # A cause that explains another's evidence at the same checkpoint: probabilities
 # stored transposed put weight above the diagonal without any mask being wrong.
-SUPERSEDES = {"layout_permuted": frozenset({"causal_mask"})}
+SUPERSEDES = {"layout_permuted": frozenset({"causal_mask"}),
+              # a residual add left out is the specific case of that op skipped
+              "missing_residual": frozenset({"op_skipped"})}
 
 
 def register(cause: str) -> Callable[[Detector], Detector]:
@@ -38,6 +41,7 @@ def register(cause: str) -> Callable[[Detector], Detector]:
 def diagnose(comparison: Comparison, reference: Trace, candidate: Trace) -> Comparison:
     """The comparison with the diagnoses and notes of every detector that applies."""
     from parity.diagnose import attention, layers, noise, values, weights  # noqa: F401  (register their detectors)
+    from parity.diagnose import attention_math, biases, embeddings, ops, rope_base  # noqa: F401
     from parity.diagnose.context import Context, model_config
 
     context = Context(comparison, reference, candidate, model_config(reference))
@@ -46,7 +50,22 @@ def diagnose(comparison: Comparison, reference: Trace, candidate: Trace) -> Comp
         for finding in detector(context):
             (notes if isinstance(finding, str) else diagnoses).append(finding)
     diagnoses = _without_superseded(diagnoses)
+    if comparison.first_divergence is not None and not diagnoses:
+        from parity.diagnose.unexplained import no_known_cause
+
+        unexplained = no_known_cause(context)  # the evidence, never "precision noise", for a failure
+        diagnoses += [unexplained] if unexplained is not None else []
     return dataclasses.replace(comparison, diagnoses=tuple(diagnoses), notes=tuple(notes))
+
+
+def without_noise_on_failure(comparison: Comparison) -> Comparison:
+    """The comparison without a precision_noise diagnosis when any part of it failed (decoding
+    checked after the forward pass, say): noise is said only of a run that passes throughout."""
+    if comparison.passed or not any(d.cause == "precision_noise" for d in comparison.diagnoses):
+        return comparison
+    kept = tuple(d for d in comparison.diagnoses if d.cause != "precision_noise")
+    return dataclasses.replace(comparison, diagnoses=kept, notes=tuple(comparison.notes) + (
+        "every checkpoint of the forward pass is within its noise floor, but the run failed after it (see above)",))
 
 
 def _without_superseded(diagnoses: list[Diagnosis]) -> list[Diagnosis]:

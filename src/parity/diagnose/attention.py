@@ -33,6 +33,9 @@ def causal_mask(context: Context):
                             f"(head {head}, query position {position}) lies above the diagonal, where the "
                             "reference has none; the causal mask is missing or misplaced")
             return
+    from parity.diagnose.attention_math import causal_mask_from_context
+
+    yield from causal_mask_from_context(context)  # only attn_ctx visible (a fused attention kernel)
 
 
 def apply_rope(x: np.ndarray, head_dim: int, theta: float, positions: np.ndarray, layout: str) -> np.ndarray:

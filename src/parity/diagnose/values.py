@@ -19,13 +19,22 @@ MAX_SHIFT = 3
 @register("token_shift")
 def token_shift(context: Context):
     """An extra or missing token: candidate position t + k holds the reference's position t."""
+    from parity.diagnose.embeddings import token_shift_from_tokens
+
+    found = list(token_shift_from_tokens(context))  # the token ids differ, or the positions run longer
+    if found:
+        yield from found
+        return
     for name in context.focus:
         checkpoint = parse(name)
-        if checkpoint is None or name not in context.candidate or checkpoint.kind == "attn_probs":
+        if checkpoint is None or name not in context.candidate or checkpoint.kind in ("attn_probs", "pos_embed"):
             continue
-        reference, candidate = context.reference[name].astype(np.float64), context.candidate[name].astype(np.float64)
-        if reference.ndim != 2 or candidate.ndim != 2 or reference.shape[1] != candidate.shape[1]:
+        reference_shape, candidate_shape = context.reference.shape_of(name), context.candidate.shape_of(name)
+        if len(reference_shape) != 2 or len(candidate_shape) != 2 or reference_shape[1] != candidate_shape[1]:
             continue
+        rows = min(reference_shape[0], candidate_shape[0]) + MAX_SHIFT + 1  # enough for every shift; lengths
+        reference = context.reference.head(name, rows).astype(np.float64)  # differing by more stay unequal
+        candidate = context.candidate.head(name, rows).astype(np.float64)
         for shift in sorted(range(-MAX_SHIFT, MAX_SHIFT + 1), key=abs):
             if shift == 0 or not _aligned_tail(reference, candidate, shift):
                 continue
@@ -35,7 +44,7 @@ def token_shift(context: Context):
                     else "the positions are offset")
             yield Diagnosis("token_shift", name,
                             f"candidate position t{shift:+d} holds the reference's position t "
-                            f"(reference {reference.shape[0]} tokens, candidate {candidate.shape[0]}): {what}; "
+                            f"(reference {reference_shape[0]} tokens, candidate {candidate_shape[0]}): {what}; "
                             "a doubled or missing BOS, or another tokenization")
             return
 
@@ -105,7 +114,7 @@ def swapped(context: Context):
         for other in context.reference.names:
             other_checkpoint = parse(other)
             if (other == name or other_checkpoint is None or other_checkpoint.layer != checkpoint.layer
-                    or context.reference[other].shape != candidate.shape):
+                    or context.reference.shape_of(other) != candidate.shape):
                 continue
             if matches(candidate, context.reference[other].astype(np.float64), reference) is not None:
                 yield Diagnosis("swapped", name, f"the candidate's {name} holds the reference's {other}: "

@@ -10,7 +10,8 @@ from parity.core.results import Diagnosis
 from parity.diagnose import register
 from parity.diagnose.context import Context
 
-SAME = 1e-6  # weights loaded from one file agree to float32 conversion
+SAME = 1e-6  # weights loaded from one file agree to float32 conversion ...
+ROUNDED = {"float16": 1e-3, "bfloat16": 8e-3}  # ... or to one rounding to a lower precision (rel_l2 of it)
 
 
 @register("weight_mismatch")
@@ -18,9 +19,18 @@ def weight_mismatch(context: Context):
     shared = [name for name in in_flow_order(set(context.reference.tensors) & set(context.candidate.tensors))
               if weight_of(name) is not None]
     for name in shared:
+        shapes = context.reference.shape_of(name), context.candidate.shape_of(name)
+        if shapes[0] != shapes[1] and shapes[1] != shapes[0][::-1]:  # decided from the headers, nothing read
+            checkpoint, parameter = weight_of(name)
+            yield Diagnosis("weight_mismatch", checkpoint,
+                            f"the candidate's {parameter} for {checkpoint} is not the reference's: shape "
+                            f"{list(shapes[1])} where the reference's is {list(shapes[0])}; "
+                            "it loaded other weights or converted them wrongly")
+            return
         reference = context.reference[name].astype(np.float64)
         candidate = context.candidate[name].astype(np.float64)
-        how = _how_they_differ(reference, candidate)
+        same = max([SAME] + [ROUNDED.get(trace.dtype_of(name), 0.0) for trace in (context.reference, context.candidate)])
+        how = _how_they_differ(reference, candidate, same)
         if how is not None:
             checkpoint, parameter = weight_of(name)
             yield Diagnosis("weight_mismatch", checkpoint,
@@ -29,17 +39,17 @@ def weight_mismatch(context: Context):
             return
 
 
-def _how_they_differ(reference: np.ndarray, candidate: np.ndarray) -> str | None:
-    if reference.shape == candidate.shape and rel_l2(reference, candidate) <= SAME:
+def _how_they_differ(reference: np.ndarray, candidate: np.ndarray, same: float = SAME) -> str | None:
+    if reference.shape == candidate.shape and rel_l2(reference, candidate) <= same:
         return None
-    if reference.ndim == 2 and candidate.shape == reference.T.shape and rel_l2(reference.T, candidate) <= SAME:
+    if reference.ndim == 2 and candidate.shape == reference.T.shape and rel_l2(reference.T, candidate) <= same:
         return f"it is transposed ({list(candidate.shape)} for {list(reference.shape)})"
     if reference.shape != candidate.shape:
         return f"shape {list(candidate.shape)} where the reference's is {list(reference.shape)}"
-    if rel_l2(-reference, candidate) <= SAME:
+    if rel_l2(-reference, candidate) <= same:
         return "it is negated"
     denominator = float(np.sum(reference * reference))
     factor = float(np.sum(candidate * reference)) / denominator if denominator else 0.0
-    if factor and rel_l2(factor * reference, candidate) <= SAME:
+    if factor and rel_l2(factor * reference, candidate) <= same:
         return f"it is scaled by {factor:.4g}"
     return f"rel_l2 {rel_l2(reference, candidate):.3g} between them"

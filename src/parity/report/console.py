@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from parity.core.errors import require
-from parity.core.names import AFTER_LAYERS, BEFORE_LAYERS, LAYER_KINDS, parse
+from parity.core.names import AFTER_LAYERS, BEFORE_LAYERS, LAYER_KINDS, parse, weight_of
 from parity.core.results import FAIL, NOT_COMPARABLE, PASS, CheckpointResult, Comparison
 from parity.report import output
 
@@ -235,7 +235,8 @@ def _verdict(comparison: Comparison):
         tail = f" ({skipped} not comparable)" if skipped else ""
         return Text.assemble(("PASS", "bold green"), f"  {comparison.passed_count}/{total} checkpoints within tolerance{tail}")
     divergence = comparison.first_divergence
-    position = f", worst at token {divergence.position}" if divergence.position is not None else ""
+    unit = "row" if weight_of(divergence.checkpoint) else "token"  # a weight's first axis is its output rows
+    position = f", worst at {unit} {divergence.position}" if divergence.position is not None else ""
     verdict = Text.assemble(
         ("FAIL", "bold red"),
         f"  {comparison.failed_count}/{total} checkpoints outside tolerance; first divergence at ",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 import time
 
+from parity.core.printable import printable
+
 
 class Progress:
     def __init__(self, stream=None) -> None:
@@ -29,6 +31,7 @@ class Progress:
             self._status.stop()
 
     def step(self, message: str) -> None:
+        message = printable(message)  # it may name a model or file another program wrote
         elapsed = time.monotonic() - self._started
         if self._status is not None:
             self._status.update(f"{message} ({elapsed:.0f}s)")

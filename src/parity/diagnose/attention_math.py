@@ -1,0 +1,185 @@
+"""Detectors that recompute attention from the reference's own q, k and v under another
+hypothesis: attention_scale (a softmax temperature), swapped_operands (q and k, or k and v,
+used in each other's place), and the causal mask when only attn_ctx is visible.
+
+Each works at attn_probs when the candidate records them and at attn_ctx otherwise
+(nanoGPT's flash path hides the probabilities). The reference's own tensors must
+reproduce the reference under the standard hypothesis before an alternative is trusted.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from parity.core.metrics import rel_l2
+from parity.core.results import Diagnosis
+from parity.diagnose import register
+from parity.diagnose.context import Context, matches, reproduces
+
+SCALE_STEPS = 241   # log-spaced scales searched, from head_dim^-2 to head_dim
+SCALE_SAME = 0.02   # a fitted scale within 2% of the reference's is the reference's
+WITHIN_NOISE = 0.5  # a hypothesis inside the calibrated tolerance must also halve the error
+
+
+def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray | None, *, heads: int, kv_heads: int, head_dim: int,
+           scale: float, causal: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """softmax(scale q k^T) and its product with v, from (T, H*hd), (S, Hkv*hd), (S, Hkv*hd):
+    (probs (H, T, S), context (T, H*hd) or None). Query head h reads KV head h // (H / Hkv)."""
+    count, group = q.shape[0], heads // kv_heads
+    q_heads = q.reshape(count, heads, head_dim).transpose(1, 0, 2)                            # (H, T, hd)
+    k_heads = np.repeat(k.reshape(k.shape[0], kv_heads, head_dim).transpose(1, 0, 2), group, axis=0)  # (H, S, hd)
+    scores = scale * q_heads @ k_heads.transpose(0, 2, 1)                                      # (H, T, S)
+    if causal:
+        scores = np.where(np.triu(np.ones(scores.shape[-2:], dtype=bool), k=1 + scores.shape[-1] - count),
+                          -np.inf, scores)
+    scores = scores - scores.max(-1, keepdims=True)
+    probs = np.exp(scores)
+    probs /= probs.sum(-1, keepdims=True)
+    if v is None:
+        return probs, None
+    v_heads = np.repeat(v.reshape(v.shape[0], kv_heads, head_dim).transpose(1, 0, 2), group, axis=0)  # (H, S, hd)
+    return probs, (probs @ v_heads).transpose(1, 0, 2).reshape(count, heads * head_dim)        # (T, H*hd)
+
+
+class _Attention:
+    """The reference's q, k, v of one layer (after RoPE where there is one) and the model's shape."""
+
+    def __init__(self, context: Context, layer: int) -> None:
+        tensors, config = context.reference.tensors, context.config
+        self.q, self.k, self.v = (next((tensors[f"layers.{layer}.{kind}"].astype(np.float64)
+                                        for kind in (f"{x}_rope", f"{x}_norm", x) if f"layers.{layer}.{kind}" in tensors),
+                                       None) for x in "qkv")
+        self.heads, self.kv_heads, self.head_dim = config.heads, config.kv_heads, config.head_dim
+
+    @property
+    def usable(self) -> bool:
+        return (all(x is not None for x in (self.q, self.k, self.v, self.heads, self.kv_heads, self.head_dim))
+                and self.q.shape[-1] == self.heads * self.head_dim and self.k.shape == self.v.shape)
+
+    def output(self, kind: str, *, q=None, k=None, v=None, scale: float | None = None, causal: bool = True):
+        """attn_probs or attn_ctx under a hypothesis (the reference's tensors where none is given)."""
+        q, k, v = (self.q if q is None else q), (self.k if k is None else k), (self.v if v is None else v)
+        scale = self.head_dim ** -0.5 if scale is None else scale
+        probs, ctx = attend(q, k, v, heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
+                            scale=scale, causal=causal)
+        return probs if kind == "attn_probs" else ctx
+
+
+def _explains(context: Context, name: str, candidate: np.ndarray, hypothesis: np.ndarray,
+              reference: np.ndarray) -> float | None:
+    """rel_l2 of the candidate against the hypothesis when it explains the candidate: by the common
+    rule, or, with a calibrated tolerance, when the hypothesis is within it and the reference is not
+    (an attention bug whose effect is a few times the bfloat16 noise)."""
+    residual = matches(candidate, hypothesis, reference)
+    if residual is not None:
+        return residual
+    result = context.comparison.result(name)
+    tolerance = result.tolerance if result is not None else None
+    if tolerance is None or not tolerance.calibrated or hypothesis.shape != candidate.shape:
+        return None
+    residual, error = rel_l2(hypothesis, candidate), rel_l2(reference, candidate)
+    return residual if residual <= tolerance.max_rel_l2 < error and residual <= WITHIN_NOISE * error else None
+
+
+def _attention_focus(context: Context):
+    """(name, kind, attention, reference, candidate) at the focus attn_probs/attn_ctx whose reference
+    the standard attention of the reference's own q, k, v reproduces."""
+    for name, checkpoint, reference, candidate in context.focused("attn_probs", "attn_ctx"):
+        attention = _Attention(context, checkpoint.layer)
+        if attention.usable and reproduces(reference, attention.output(checkpoint.kind)):
+            yield name, checkpoint.kind, attention, reference, candidate
+
+
+@register("attention_scale")
+def attention_scale(context: Context):
+    """The scores are scaled by another factor (1/head_dim for 1/sqrt(head_dim)): a softmax temperature."""
+    for name, kind, attention, reference, candidate in _attention_focus(context):
+        standard = attention.head_dim ** -0.5
+        scale, residual = _fit_scale(lambda s: attention.output(kind, scale=s), candidate, attention.head_dim)
+        if abs(scale / standard - 1) <= SCALE_SAME:
+            continue
+        if _explains(context, name, candidate, attention.output(kind, scale=scale), reference) is None:
+            continue
+        yield Diagnosis("attention_scale", name,
+                        f"recomputing attention from the reference's q, k and v with the scores scaled by "
+                        f"{scale:.4g}{_scale_label(scale, attention.head_dim)} instead of "
+                        f"1/sqrt(head_dim) = {standard:.4g} reproduces the candidate's {name} (rel error "
+                        f"{residual:.2g}): a softmax temperature of {standard / scale:.3g}")
+        return
+
+
+def _fit_scale(output, candidate: np.ndarray, head_dim: int) -> tuple[float, float]:
+    """The score scale whose attention is closest to the candidate: a log-spaced search, then a refinement."""
+    def error(log_scale: float) -> float:
+        hypothesis = output(math.exp(log_scale))
+        return float(np.linalg.norm(hypothesis - candidate)) if np.all(np.isfinite(hypothesis)) else math.inf
+
+    grid = np.linspace(-2 * math.log(head_dim), math.log(head_dim), SCALE_STEPS)
+    errors = [error(x) for x in grid]
+    best = int(np.argmin(errors))
+    low, high = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    for _ in range(30):  # golden-section search between the best grid point's neighbours
+        a, b = high - 0.618 * (high - low), low + 0.618 * (high - low)
+        low, high = (low, b) if error(a) < error(b) else (a, high)
+    log_scale = (low + high) / 2
+    norm = float(np.linalg.norm(candidate)) or 1.0
+    return math.exp(log_scale), error(log_scale) / norm
+
+
+def _scale_label(scale: float, head_dim: int) -> str:
+    for value, label in ((1 / head_dim, "1/head_dim: divided by head_dim, or by sqrt(head_dim) twice"),
+                         (1.0, "1: no scaling"), (head_dim ** 0.5, "sqrt(head_dim): multiplied instead of divided"),
+                         (head_dim ** -0.25, "1/head_dim^(1/4): sqrt(head_dim) applied to q and k each")):
+        if abs(scale / value - 1) <= SCALE_SAME:
+            return f" = {label},"
+    return ""
+
+
+SWAPS = (("q", "k"), ("k", "v"), ("q", "v"))
+
+
+@register("swapped_operands")
+def swapped_operands(context: Context):
+    """Two of q, k, v used in each other's place (a fused projection split in the wrong order, with
+    the checkpoints tapped before the mistake): recomputed from the reference's own tensors."""
+    for name, kind, attention, reference, candidate in _attention_focus(context):
+        tensors = {"q": attention.q, "k": attention.k, "v": attention.v}
+        for first, second in SWAPS:
+            if tensors[first].shape != tensors[second].shape or (kind == "attn_probs" and "v" in (first, second)):
+                continue
+            swapped = {**tensors, first: tensors[second], second: tensors[first]}
+            residual = _explains(context, name, candidate, attention.output(kind, **swapped), reference)
+            if residual is not None:
+                yield Diagnosis("swapped_operands", name,
+                                f"attention recomputed from the reference's tensors with {first} and {second} "
+                                f"exchanged reproduces the candidate's {name} (rel error {residual:.2g}): the "
+                                f"candidate uses {second} as {first} and {first} as {second}, e.g. a fused QKV "
+                                "output split in the wrong order after the point where it is recorded")
+                return
+
+
+def causal_mask_from_context(context: Context):
+    """No causal mask, seen in attn_ctx alone: unmasked attention of the reference's q, k, v reproduces it."""
+    for name, kind, attention, reference, candidate in _attention_focus(context):
+        if kind != "attn_ctx":
+            continue
+        residual = _explains(context, name, candidate, attention.output(kind, causal=False), reference)
+        if residual is not None:
+            yield Diagnosis("causal_mask", name,
+                            f"attention recomputed from the reference's q, k and v without the causal mask "
+                            f"reproduces the candidate's {name} (rel error {residual:.2g}): every position "
+                            "attends to the future; the mask is missing (is_causal=False, or no mask passed)")
+            return
+
+
+@register("probabilities_absent")
+def probabilities_absent(context: Context):
+    """A note, not a cause: the reference records attention probabilities and the candidate none."""
+    absent = [name for name in context.comparison.missing if name.endswith(".attn_probs")]
+    if absent:
+        yield (f"the candidate records no attention probabilities ({absent[0]} and {len(absent) - 1} more are "
+               "missing): a fused kernel (scaled_dot_product_attention, flash attention) never materializes them. "
+               "To compare them, run the manual attention path and wrap the softmax's output in a Probe "
+               "(`att = self.probs(F.softmax(att, dim=-1))`) mapped to layers.{i}.attn_probs; see docs/capture.md")

@@ -1,0 +1,73 @@
+"""A failure no detector explains is reported as no_known_cause with its evidence, never as noise."""
+
+import numpy as np
+
+from detector_cases import CONFIG, rng
+from parity.core.compare import compare
+from parity.core.trace import make_trace
+from parity.diagnose import diagnose
+
+R = rng(13)
+T, WIDTH = 8, 32
+
+
+def diagnosed(reference: dict, candidate: dict):
+    reference_trace = make_trace(reference, {"dtype": "float32", "config": CONFIG})
+    candidate_trace = make_trace(candidate, {"dtype": "float32"})
+    return diagnose(compare(reference_trace, candidate_trace), reference_trace, candidate_trace)
+
+
+def test_an_unexplained_error_gets_its_structure_fits_and_correlations():
+    x = R.standard_normal((T, WIDTH))
+    mlp_out = R.standard_normal((T, WIDTH))
+    base = {"layers.0.resid_mid": x, "layers.0.mlp_out": mlp_out, "layers.0.out": x + mlp_out}
+    error = np.zeros((T, WIDTH))
+    error[5, :] = 0.5 * x[5]          # one position, along the residual stream
+    comparison = diagnosed(base, {**base, "layers.0.out": base["layers.0.out"] + error})
+    assert [(d.cause, d.checkpoint) for d in comparison.diagnoses] == [("no_known_cause", "layers.0.out")]
+    message = comparison.diagnoses[0].message
+    assert "concentrated at positions [5" in message
+    assert "best scalar fit" in message and "best affine fit" in message
+    assert "points along layers.0.resid_mid" in message
+
+
+def test_an_error_in_one_head_is_said_to_be_in_that_head():
+    q = R.standard_normal((T, 4 * 8))
+    candidate = q.copy()
+    candidate[:, 16:24] = R.standard_normal((T, 8))  # head 2
+    comparison = diagnosed({"layers.0.q": q}, {"layers.0.q": candidate})
+    assert "head 2 holds" in comparison.diagnoses[0].message
+
+
+def test_a_failing_comparison_that_looks_like_rounding_is_not_called_noise():
+    x = R.standard_normal((T, WIDTH))
+    noisy = x + 1e-3 * R.standard_normal((T, WIDTH))  # fails float32's fixed tolerance, looks like rounding
+    comparison = diagnosed({"layers.0.out": x}, {"layers.0.out": noisy})
+    assert not comparison
+    assert [d.cause for d in comparison.diagnoses] == ["no_known_cause"]
+    assert any("look like rounding" in note for note in comparison.notes)
+
+
+def test_noise_is_not_claimed_when_decoding_fails_after_a_passing_forward_pass():
+    import dataclasses
+
+    from parity.core.decoding import compare_decode
+    from parity.diagnose import without_noise_on_failure
+
+    x = R.standard_normal((T, WIDTH))
+    reference_trace = make_trace({"layers.0.out": x}, {"dtype": "float32", "config": CONFIG})
+    passing = diagnose(compare(reference_trace, reference_trace, config=_calibrated(x)), reference_trace,
+                       reference_trace)
+    assert [d.cause for d in passing.diagnoses] == ["precision_noise"]
+    decode = compare_decode([x[-1]], [x[-1] + 1.0], [1e-3], prompt_length=T, basis="test")
+    failed = without_noise_on_failure(dataclasses.replace(passing, decode=decode))
+    assert not failed and "precision_noise" not in [d.cause for d in failed.diagnoses]
+    assert without_noise_on_failure(passing) == passing
+
+
+def _calibrated(x):
+    from parity.core.calibrate import noise_floors
+    from parity.core.compare import CompareConfig
+
+    lowp = make_trace({"layers.0.out": x + 1e-6 * R.standard_normal(x.shape)}, {"dtype": "float32"})
+    return CompareConfig(noise=noise_floors(make_trace({"layers.0.out": x}, {}), lowp), noise_dtype="bfloat16")
