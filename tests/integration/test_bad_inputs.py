@@ -269,7 +269,7 @@ def test_a_misbehaving_server_is_one_line_in_bounded_time_and_memory(work, tmp_p
     line = assert_one_line_error(returncode, stderr, SERVER_FAULTS[scenario])
     assert f"the server at {url}/v1/completions" in line
     assert elapsed_s < start_up_s + 3 + 3   # the 3 s total deadline over the CLI's own start-up, with slack for a busy machine
-    assert peak_mib < 1024                     # the answer is capped at 32 MiB, whatever the server sends
+    assert peak_mib < 300   # the answer is capped at 32 MiB, whatever the server sends (measured: 95 MiB at most)
 
 
 # --- outputs that cannot be written, for real -------------------------------------------------
@@ -375,3 +375,28 @@ def test_real_write_faults_after_the_checks_are_one_line(tmp_path):
                 file.write(b"{}")
         assert "\n" not in str(raised.value) and "choose another" in str(raised.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "became_a_directory"]
+
+
+_WRITE_PAST_THE_CHECKS = """
+import sys
+from pathlib import Path
+from parity.core.errors import OutputError
+from parity.core.files import atomic_file
+try:
+    with atomic_file(Path(sys.argv[1])) as file:
+        file.write(b"{}")
+except OutputError as error:
+    print(error)
+"""
+
+
+def test_read_only_and_permission_faults_from_the_write_itself_are_one_line(tmp_path, read_only_directory):
+    """EROFS and EACCES raised by the write (as when a path turns read-only after the checks)."""
+    mount_point, wrap = _in_own_mount(tmp_path, "ro,size=1m")
+    for prefix, target, preexec_fn, says in (
+            (wrap, mount_point / "r.json", None, "Read-only file system"),
+            ((), read_only_directory / "r.json", _without_root_privileges(), "Permission denied")):
+        written = subprocess.run([*prefix, sys.executable, "-c", _WRITE_PAST_THE_CHECKS, str(target)],
+                                 capture_output=True, text=True, preexec_fn=preexec_fn, timeout=60)
+        assert written.returncode == 0 and "Traceback" not in written.stderr, written.stderr
+        assert says in written.stdout and written.stdout.count("\n") == 1, written.stdout
