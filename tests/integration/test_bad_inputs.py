@@ -26,26 +26,39 @@ ADVICE = ("give", "choose", "pass", "fix", "check", "name", "drop", "ask", "writ
           "does the server", "make", "use")
 
 
+# Runs the CLI and, at exit, writes the process's own peak resident memory (VmHWM, which belongs to
+# the process image: getrusage's maxrss would also count the memory of the test process it forked from).
+_MEASURED_CLI = ("import atexit, os, sys; from parity.cli import main\n"
+                 "def peak():\n"
+                 "    line = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+                 "    open(os.environ['PARITY_TEST_PEAK'], 'w').write(line.split()[1])\n"
+                 "atexit.register(peak)\n"
+                 "sys.exit(main(sys.argv[1:]))\n")
+
+
 def run(*args, cwd, preexec_fn=None, wrap=()):
     """The CLI in a subprocess: its exit code, stdout, stderr, wall time and peak resident memory (MiB)."""
     import tempfile
     import threading
 
-    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr, \
+            tempfile.NamedTemporaryFile("r") as peak:
         started = time.monotonic()
-        process = subprocess.Popen([*wrap, sys.executable, "-m", "parity", *map(str, args)], cwd=cwd,
+        process = subprocess.Popen([*wrap, sys.executable, "-c", _MEASURED_CLI, *map(str, args)], cwd=cwd,
                                    stdout=stdout, stderr=stderr, preexec_fn=preexec_fn,
-                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                   env={**os.environ, "OMP_NUM_THREADS": "1", "PARITY_TEST_PEAK": peak.name})
         watchdog = threading.Timer(120, process.kill)
         watchdog.start()
         try:
-            _, status, usage = os.wait4(process.pid, 0)   # wait4: this child's own peak memory
+            _, status = os.waitpid(process.pid, 0)
         finally:
             watchdog.cancel()
         process.returncode = os.waitstatus_to_exitcode(status)
         elapsed_s = time.monotonic() - started
         stdout.seek(0), stderr.seek(0)
-        return process.returncode, stdout.read(), stderr.read(), elapsed_s, usage.ru_maxrss / 1024
+        peak_kib = peak.read().strip()
+        return (process.returncode, stdout.read(), stderr.read(), elapsed_s,
+                int(peak_kib) / 1024 if peak_kib else float("inf"))
 
 
 def assert_one_line_error(returncode, stderr, says):
