@@ -70,13 +70,23 @@ def store(gguf: Path, model: Any, tokenizer_loader: Callable[[], Any]) -> Path |
 
 
 def _save_weights(model: Any, directory: Path) -> None:
-    """config.json and model.safetensors (transformers will not save a model it read from a GGUF itself)."""
-    from safetensors.torch import save_model
+    """config.json and model.safetensors in float32, which holds every dequantized value exactly
+    (transformers will not save a model it read from a GGUF itself). A tensor shared by two names
+    (tied embeddings) is stored once; transformers ties it again on load."""
+    import torch
+    from safetensors.torch import save_file
 
     config = model.config.to_dict()
     config.pop("quantization_config", None)
+    config["dtype"] = "float32"
     model.config.__class__.from_dict(config).save_pretrained(directory)
-    save_model(model, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    tensors, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        tensors[name] = tensor.detach().to(torch.float32).contiguous()
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _key(gguf: Path) -> str:

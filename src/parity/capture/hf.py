@@ -131,7 +131,8 @@ def load_model(path: str | Path, *, dtype: str = "float32", placement: Placement
     except Exception as error:   # transformers and safetensors raise many kinds; each is the model files' fault
         raise CaptureError(f"{_weights_file(path)}: transformers could not load the weights: {_first_line(error)}; "
                            "the file may be truncated or damaged: copy or save it again") from error
-    if path.suffix == ".gguf" and not cached and dtype == "float32" and not placement:  # float32 holds every dequantized value
+    if path.suffix == ".gguf" and not cached and dtype in ("float32", "float64") and not placement:
+        # both hold every dequantized value exactly; the copy is stored in float32
         gguf_cache.store(path, model, lambda: load_tokenizer(path))
     model.eval()
     model_type = model.config.model_type
