@@ -37,7 +37,7 @@ def config(family: str, **overrides):
         return transformers.GemmaConfig(**{**gemma, **overrides})
     if family == "gemma2":  # layer 0 sliding, layer 1 global; both soft-caps on
         return transformers.Gemma2Config(**{**gemma, "sliding_window": WINDOW, "attn_logit_softcapping": 20.0,
-                                            "final_logit_softcapping": 10.0, **overrides})
+                                            "final_logit_softcapping": 1.0, **overrides})
     if family == "gemma3":
         return transformers.Gemma3TextConfig(**{**gemma, "sliding_window": WINDOW,
                                                 "layer_types": ["sliding_attention", "full_attention"], **overrides})

@@ -42,7 +42,7 @@ def cmd_capture(args) -> int:
 
     Runs one forward pass over --prompt (tokenized by the model's tokenizer) or
     --tokens (fed as given, no BOS added) and writes every canonical checkpoint
-    to a parity-trace/1 safetensors file.
+    to a parity-trace/2 safetensors file.
     """
     tokens = _tokens(args.tokens)
     with _progress() as progress:
