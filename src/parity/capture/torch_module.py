@@ -151,7 +151,7 @@ class ModuleTracer:
             raise OptionError(f"tap io must be one of {', '.join(TAP_IOS)}, got '{tap.io}'")
 
     def _store_split(self, names: tuple[str, ...], tensor, sizes: tuple[int, ...] = ()) -> None:
-        if tensor is None:
+        if tensor is None or not names:
             return
         if len(names) == 1:
             self._store(names[0], tensor)

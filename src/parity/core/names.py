@@ -276,7 +276,7 @@ _GPT2_LAYER = "transformer.h.{i}"
 GPT2_TAPS = _taps(
     ("transformer.drop", "embed"),
     (f"{_GPT2_LAYER}.ln_1", "layers.{i}.attn_norm"),
-    (f"{_GPT2_LAYER}.attn.c_attn", ("layers.{i}.q", "layers.{i}.k", "layers.{i}.v")),
+    (f"{_GPT2_LAYER}.attn.c_attn", ("layers.{i}.qkv", "layers.{i}.q", "layers.{i}.k", "layers.{i}.v"), "split"),
     (f"{_GPT2_LAYER}.attn", ("", "", "layers.{i}.attn_probs"), "attention"),
     (f"{_GPT2_LAYER}.attn.c_proj", "layers.{i}.attn_ctx", "input"),
     (f"{_GPT2_LAYER}.attn.c_proj", "layers.{i}.attn_out"),
