@@ -115,7 +115,7 @@ def _weights(model: str, name: str) -> dict[str, np.ndarray]:
     taps = loaded.mapping.taps
     modules = dict(loaded.model.named_modules())
     for tap in taps:
-        if tap.io != "output" or len(tap.names) != 1:
+        if not (tap.io == "heads" or (tap.io == "output" and len(tap.names) == 1)):
             continue
         pattern = tap.names[0].replace("{i}", str(checkpoint.layer)) if checkpoint.layer is not None else tap.names[0]
         if pattern != name:

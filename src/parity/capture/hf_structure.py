@@ -218,9 +218,12 @@ def _attention_taps(name: str, attention, config, has_rope: bool, tap, refuse, i
     head_dim = getattr(attention, "head_dim", None) or getattr(config, "head_dim", None) or hidden // heads
     taps = [tap(name, ("q_rope", "k_rope", "attn_probs") if has_rope else ("", "", "attn_probs"), "attention")]
     parts = {role: _child(attention, names)[0] for role, names in ATTENTION_PARTS.items()}
-    for role in ("q", "k", "v", "q_norm", "k_norm"):
+    for role in ("q", "k", "v"):
         if parts[role]:
             taps.append(tap(f"{name}.{parts[role]}", role))
+    for role in ("q_norm", "k_norm"):  # Qwen3 norms (B, T, H, hd), Gemma 3 (B, H, T, hd), OLMo 2 (B, T, H*hd)
+        if parts[role]:
+            taps.append(tap(f"{name}.{parts[role]}", (role, role[0]), "heads"))
     if parts["qkv"] and not parts["q"]:
         sizes = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
         taps.append(tap(f"{name}.{parts['qkv']}", ("qkv", "q", "k", "v"), "split", sizes))

@@ -73,12 +73,13 @@ class ModuleTracer:
     """
 
     def __init__(self, model, taps: TapsLike, *, checkpoints: str | None = None, weights: bool = False,
-                 raw: bool = False) -> None:
+                 raw: bool = False, token_count: int | None = None) -> None:
         self.model = model
         self.taps = resolve_taps(taps)
         self.checkpoints = checkpoints
         self.weights = weights  # also record each output-tapped module's own parameters
         self.raw = raw          # also record every module no tap names, as raw.<path>
+        self.token_count = token_count  # T, to tell a head-major per-head tensor from a token-major one
         self.tensors: dict[str, Any] = {}
         self.matched: set[Tap] = set()
         self._stack = ExitStack()
@@ -100,7 +101,7 @@ class ModuleTracer:
                         attention_listeners[id(module)] = self._attention_listener(names)
                     elif any(names):
                         self._hook(module, tap, names)
-                    if self.weights and tap.io == "output" and len(names) == 1 and self._wanted(names[0]):
+                    if self.weights and (tap.io == "heads" or (tap.io == "output" and len(names) == 1)) and self._wanted(names[0]):
                         for parameter, value in module.named_parameters(recurse=False):
                             self.tensors.setdefault(f"{names[0]}.{parameter}", value.detach().to("cpu").clone())
                 if self.raw and not found and path and not _computes_nothing(module):
@@ -137,6 +138,12 @@ class ModuleTracer:
                     value = torch.nn.functional.embedding(value, hooked.weight)
                 self._store_split(names, value)
             self._stack.callback(module.register_forward_pre_hook(on_input, with_kwargs=True).remove)
+        elif tap.io == "heads":
+            def on_heads(_module, args, output):
+                output = _first_tensor(output)
+                if output is not None and args:
+                    self._store(names[0], self._token_major(output, args[0], names[1] if len(names) > 1 else ""))
+            self._stack.callback(module.register_forward_hook(on_heads).remove)
         elif tap.io in ("output", "split", "router"):
             def on_output(_module, _args, output):
                 if tap.io == "router":
@@ -166,6 +173,23 @@ class ModuleTracer:
         parts = tensor.split(list(sizes), dim=-1) if sizes else tensor.chunk(len(names), dim=-1)
         for name, part in zip(names, parts):
             self._store(name, part)
+
+    def _token_major(self, output, module_input, projection: str):
+        """A per-head (B, A, C, hd) output as (B, T, H, hd): the axis of length T is the tokens';
+        when both are, the input is compared with the flat projection recorded before."""
+        if output.ndim != 4 or self.token_count is None:
+            return output
+        tokens, first, second = self.token_count, output.shape[1], output.shape[2]
+        if first == tokens and second != tokens:
+            return output
+        if second == tokens and first != tokens:
+            return output.transpose(1, 2)
+        recorded = self.tensors.get(projection)
+        if recorded is not None and recorded.shape == (tokens, first * output.shape[3]):
+            head_major = module_input.transpose(1, 2).reshape(recorded.shape).to(recorded.dtype)
+            if not module_input[0].reshape(recorded.shape).to(recorded.dtype).equal(recorded) and head_major.equal(recorded):
+                return output.transpose(1, 2)
+        return output
 
     def _store_routing(self, names: tuple[str, ...], output) -> None:
         """An MoE router's (logits, top-k weights, top-k ids): the logits; the ids chosen per
@@ -281,7 +305,8 @@ def trace_module(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), ModuleTracer(model, taps, checkpoints=checkpoints, weights=weights, raw=raw) as tracer:
+        with torch.no_grad(), ModuleTracer(model, taps, checkpoints=checkpoints, weights=weights, raw=raw,
+                                                  token_count=input_ids.shape[-1]) as tracer:
             output = forward(model, input_ids) if forward else model(input_ids)
     except (RuntimeError, TypeError, ValueError, IndexError) as error:
         raise CaptureError(f"the forward pass of {type(model).__name__} failed: {error}") from error

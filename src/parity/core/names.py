@@ -236,6 +236,8 @@ TAP_IOS: dict[str, str] = {
     "attention": "query and key after RoPE, and the probabilities, from transformers' attention function",
     "router": "an MoE router's (logits, top-k weights, top-k ids): names router_logits, experts, weights",
     "lookup": "an embedding's table lookup weight[ids], before any scaling its forward applies",
+    "heads": "a per-head output, token-major (B, T, H, hd) or head-major (B, H, T, hd), recorded token-major; "
+             "when H == T, the layout is read off the projection recorded under the second name",
 }
 
 
@@ -302,11 +304,10 @@ FAMILY_TAPS: dict[str, tuple[Tap, ...]] = {
 }
 
 # Per model_type corrections to the mapping found from a transformers model's
-# structure, merged over it (a tap with no names removes one). StableLM's per-head
-# q/k LayerNorms return (B, H, T, hd), not the canonical (B, T, H*hd).
-HF_OVERRIDES: dict[str, tuple[Tap, ...]] = {
-    "stablelm": _taps(("model.layers.{i}.self_attn.q_layernorm", ()), ("model.layers.{i}.self_attn.k_layernorm", ())),
-}
+# structure, merged over it: an override replaces the taps of the same module and
+# io (`{i}` matches any layer); one with no names keeps the module out of the
+# trace, raw capture included. None is needed by the families tested today.
+HF_OVERRIDES: dict[str, tuple[Tap, ...]] = {}
 
 # transformers' config.model_type -> family, for the families mapped by hand
 # before the mapping was found from the structure (kept for callers that name them).

@@ -1,0 +1,60 @@
+"""router: an MoE block routed tokens to other experts.
+
+moe_experts is compared as agreement (core/routing.py). When it is where the
+error first shows, say which part of the routing went wrong: the router's
+logits already differ (its input or weights), or they agree and the choice
+made from them differs (top-k over the wrong axis, a softmax or normalisation
+in the wrong place, another k).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parity.core.results import Diagnosis
+from parity.diagnose import register
+from parity.diagnose.context import Context
+
+
+@register("router")
+def router(context: Context):
+    for name, checkpoint, _, _ in _focused_experts(context):
+        result = context.comparison.result(name)
+        if result is None or not result.failed:
+            continue
+        logits_name = f"layers.{checkpoint.layer}.moe_router_logits"
+        logits = context.comparison.result(logits_name)
+        reference, candidate = context.reference[name], context.candidate[name]
+        if reference.shape != candidate.shape:
+            yield Diagnosis("router", name, f"the candidate chooses {candidate.shape[-1]} experts per token, "
+                                            f"the reference {reference.shape[-1]}: another top-k")
+        elif logits is not None and logits.failed:
+            yield Diagnosis("router", name, f"{result.reason}; the router logits already differ ({logits_name} "
+                                            "fails): the router's input or weights")
+        elif logits is not None:
+            hint = _wrong_axis(context.candidate[logits_name], candidate)
+            yield Diagnosis("router", name, f"{result.reason}, although the router logits agree: the choice made "
+                                            f"from them is wrong{hint}")
+        else:
+            yield Diagnosis("router", name, result.reason or "the experts chosen differ")
+
+
+def _focused_experts(context: Context):
+    from parity.core.names import parse
+
+    for name in context.focus:
+        checkpoint = parse(name)
+        if checkpoint is not None and checkpoint.kind == "moe_experts" and name in context.candidate:
+            yield name, checkpoint, None, None
+
+
+def _wrong_axis(logits: np.ndarray, chosen: np.ndarray) -> str:
+    """' (top-k taken over tokens ...)' when the ids chosen are what top-k along the token axis gives."""
+    logits = np.asarray(logits, dtype=np.float64)
+    k = chosen.shape[-1]
+    if logits.ndim != 2 or logits.shape[0] < k:
+        return ""
+    over_tokens = np.argsort(-logits, axis=0)[:k].T                        # (E, k): token ids, per expert
+    if over_tokens.shape == chosen.shape and np.array_equal(np.sort(over_tokens, axis=-1), chosen):
+        return " (top-k was taken over the token axis, not over the experts)"
+    return ""
