@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import gemma3_port  # noqa: E402
+import mixtral_port  # noqa: E402
 import tiny_models  # noqa: E402
 from conftest import ROOT, TOKENS  # noqa: E402
 from parity.capture.hf import capture_hf  # noqa: E402
@@ -65,6 +66,32 @@ def test_the_window_diagnosis_gives_both_widths(gemma3):
     comparison = diagnose(compare(reference, candidate), reference, candidate)
     message = next(d.message for d in comparison.diagnoses if d.cause == "sliding_window")
     assert "window 4" in message and "at most 4 keys" in message and "up to 5" in message and "off by one" in message
+
+
+@pytest.fixture(scope="module")
+def mixtral(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("mixtral")
+    tiny_models.save("mixtral", directory)
+    return directory, capture_hf(directory, tokens=TOKENS)
+
+
+def test_the_correct_mixtral_port_agrees_on_routing_and_everything_else(mixtral):
+    directory, reference = mixtral
+    port = mixtral_port.build(directory)
+    comparison = compare(reference, trace_module(port, TOKENS, taps=port.parity_taps))
+    assert comparison and not comparison.missing and not comparison.extra
+    assert comparison.result("layers.1.moe_experts").metrics.mismatched == 0
+
+
+def test_experts_chosen_from_the_wrong_axis_are_named(mixtral):
+    directory, reference = mixtral
+    port = mixtral_port.build(directory, mixtral_port.Bugs(router_softmax_axis="tokens"))
+    candidate = trace_module(port, TOKENS, taps=port.parity_taps)
+    comparison = diagnose(compare(reference, candidate), reference, candidate)
+    assert comparison.first_divergence.checkpoint == "layers.0.moe_experts"
+    assert comparison.result("layers.0.moe_router_logits").status == "pass"
+    message = next(d.message for d in comparison.diagnoses if d.cause == "router")
+    assert "router logits agree" in message and "experts chosen from the wrong axis" in message
 
 
 FACTORY = (

@@ -49,12 +49,16 @@ def _focused_experts(context: Context):
 
 
 def _wrong_axis(logits: np.ndarray, chosen: np.ndarray) -> str:
-    """' (top-k taken over tokens ...)' when the ids chosen are what top-k along the token axis gives."""
+    """' (softmax over the tokens ...)' when the ids chosen are the per-token top-k of the
+    router logits normalised over the token axis instead of over the experts."""
     logits = np.asarray(logits, dtype=np.float64)
     k = chosen.shape[-1]
-    if logits.ndim != 2 or logits.shape[0] < k:
+    if logits.ndim != 2 or logits.shape[0] != chosen.shape[0] or k >= logits.shape[1]:
         return ""
-    over_tokens = np.argsort(-logits, axis=0)[:k].T                        # (E, k): token ids, per expert
-    if over_tokens.shape == chosen.shape and np.array_equal(np.sort(over_tokens, axis=-1), chosen):
-        return " (top-k was taken over the token axis, not over the experts)"
+    shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
+    over_tokens = shifted / shifted.sum(axis=0, keepdims=True)                 # each expert's column sums to 1
+    picked = np.sort(np.argsort(-over_tokens, axis=-1)[:, :k], axis=-1)
+    if np.array_equal(picked, np.sort(chosen, axis=-1)):
+        return (": they are the top-k of the router's softmax taken over the token axis, "
+                "not over the experts (experts chosen from the wrong axis)")
     return ""
