@@ -18,34 +18,32 @@ from parity.diagnose.context import Context
 
 @register("router")
 def router(context: Context):
-    for name, checkpoint, _, _ in _focused_experts(context):
-        result = context.comparison.result(name)
-        if result is None or not result.failed:
-            continue
+    for name, checkpoint in _focused_routing(context):
+        experts_name = f"layers.{checkpoint.layer}.moe_experts"
         logits_name = f"layers.{checkpoint.layer}.moe_router_logits"
-        logits = context.comparison.result(logits_name)
-        reference, candidate = context.reference[name], context.candidate[name]
+        experts, logits = context.comparison.result(experts_name), context.comparison.result(logits_name)
+        if experts is None or not experts.failed:
+            continue
+        reference, candidate = context.reference[experts_name], context.candidate[experts_name]
         if reference.shape != candidate.shape:
-            yield Diagnosis("router", name, f"the candidate chooses {candidate.shape[-1]} experts per token, "
-                                            f"the reference {reference.shape[-1]}: another top-k")
+            yield Diagnosis("router", experts_name, f"the candidate chooses {candidate.shape[-1]} experts per token, "
+                                                    f"the reference {reference.shape[-1]}: another top-k")
         elif logits is not None and logits.failed:
-            yield Diagnosis("router", name, f"{result.reason}; the router logits already differ ({logits_name} "
-                                            "fails): the router's input or weights")
+            yield Diagnosis("router", name, f"the router logits differ ({logits_name} fails), and so {experts.reason}: "
+                                            "look at the router's input and weights")
         elif logits is not None:
             hint = _wrong_axis(context.candidate[logits_name], candidate)
-            yield Diagnosis("router", name, f"{result.reason}, although the router logits agree: the choice made "
-                                            f"from them is wrong{hint}")
-        else:
-            yield Diagnosis("router", name, result.reason or "the experts chosen differ")
+            yield Diagnosis("router", experts_name, f"{experts.reason}, although the router logits agree: the choice "
+                                                    f"made from them is wrong{hint}")
 
 
-def _focused_experts(context: Context):
+def _focused_routing(context: Context):
     from parity.core.names import parse
 
     for name in context.focus:
         checkpoint = parse(name)
-        if checkpoint is not None and checkpoint.kind == "moe_experts" and name in context.candidate:
-            yield name, checkpoint, None, None
+        if checkpoint is not None and checkpoint.kind in ("moe_experts", "moe_router_logits"):
+            yield name, checkpoint
 
 
 def _wrong_axis(logits: np.ndarray, chosen: np.ndarray) -> str:
