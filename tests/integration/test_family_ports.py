@@ -117,4 +117,32 @@ def test_parity_check_names_the_window_bug_end_to_end(gemma3, tmp_path):
     assert "diagnosis sliding_window at layers.0.attn_probs" in failed.stdout
     data = json.loads(report.read_text())
     assert data["first_divergence"]["checkpoint"] == "layers.0.attn_probs"
-    assert data["raw"]["compared"] == 0 and data["raw"]["unpaired"] > 0  # the port has no raw modules: counted apart
+    assert data["raw"] == {"compared": 0, "failed": [], "unpaired": 0}  # a hand-written port: no raw capture at all
+
+
+TRANSFORMERS_FACTORY = (
+    "import torch, transformers\n"
+    "def shared_gate_tripled(path):\n"
+    "    model = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation='eager')\n"
+    "    with torch.no_grad():\n"
+    "        model.model.layers[0].mlp.shared_expert_gate.weight.mul_(3.0)\n"
+    "    return model\n"
+)
+
+
+@pytest.mark.slow
+def test_two_transformers_models_are_compared_module_by_module(tmp_path):
+    directory = tmp_path / "qwen2_moe"
+    tiny_models.save("qwen2_moe", directory)
+    factory = tmp_path / "modified.py"
+    factory.write_text(TRANSFORMERS_FACTORY)
+    report = tmp_path / "r.json"
+    result = subprocess.run([sys.executable, "-m", "parity", "check", str(directory), f"{factory}:shared_gate_tripled",
+                             "--tokens", ",".join(map(str, TOKENS)), "--json", str(report), "--decode-steps", "0"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stdout + result.stderr
+    data = json.loads(report.read_text())
+    assert data["first_divergence"]["checkpoint"] == "layers.0.mlp_out"
+    assert data["raw"]["compared"] > 5 and data["raw"]["unpaired"] == 0
+    assert "raw.model.layers.0.mlp.shared_expert_gate" in data["raw"]["failed"]
+    assert "raw modules (no canonical role):" in result.stdout and "shared_expert_gate" in result.stdout

@@ -2,7 +2,8 @@
 
 MODEL is a local model directory (config.json plus weights) or a `.gguf` file,
 which transformers dequantizes on load. Attention runs through transformers'
-eager implementation, so that the probabilities exist to be recorded. Where
+eager implementation, so that the probabilities exist to be recorded, and MoE
+experts through the eager per-expert loop (the grouped kernel refuses float64). Where
 each checkpoint lives is found from the model's structure (hf_structure.py),
 before the weights are read; every module with no checkpoint of its own is
 recorded too, as `raw.<module path>`, unless `raw=False`.
@@ -124,7 +125,8 @@ def load_model(path: str | Path, *, dtype: str = "float32") -> HFModel:
     map_config(_load_config(transformers, path, location, extra), where=str(path))  # refuse before reading weights
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            location, dtype=getattr(torch, dtype), attn_implementation="eager", local_files_only=True, **extra
+            location, dtype=getattr(torch, dtype), attn_implementation="eager", local_files_only=True,
+            experts_implementation="eager", **extra  # MoE: the per-expert loop, which runs in float64 too
         )
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise CaptureError(f"{path}: transformers could not load this model: {_first_line(error)}") from error
