@@ -53,7 +53,9 @@ def cmd_capture(args) -> int:
                                        progress, emulate=args.emulate, weights=args.weights, raw=not args.no_raw)
         progress.step(f"writing {args.output}")
         save_trace(trace, args.output, overwrite=args.force)
-    print(f"wrote {len(trace.tensors)} checkpoints over {len(trace.tokens or [])} tokens to {args.output}")
+    raw = sum(name.startswith("raw.") for name in trace.tensors)
+    modules = f" and {raw} raw module outputs" if raw else ""
+    print(f"wrote {len(trace.tensors) - raw} checkpoints{modules} over {len(trace.tokens or [])} tokens to {args.output}")
     return EXIT_PASS
 
 
