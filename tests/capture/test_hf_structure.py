@@ -246,3 +246,16 @@ def test_fused_outputs_are_split_by_the_split_suffix():
 
     (tap,) = resolve_taps({"blocks.{i}.qkv:split": ["layers.{i}.qkv", "layers.{i}.q", "layers.{i}.k", "layers.{i}.v"]})
     assert (tap.module, tap.io, len(tap.names)) == ("blocks.{i}.qkv", "split", 4)
+
+
+def test_a_per_model_type_override_replaces_what_the_structure_gives(monkeypatch, families):
+    from parity.capture import hf_structure
+    from parity.core.names import Tap
+
+    model, _ = families["llama"]
+    override = Tap("model.layers.{i}.mlp.down_proj", ("layers.{i}.mlp_out",))   # record mlp_out at down_proj
+    monkeypatch.setitem(hf_structure.HF_OVERRIDES, "llama", (override,))
+    taps = map_model(model).taps
+    assert override in taps
+    assert not any(t.module == "model.layers.0.mlp.down_proj" and t.io == "output" for t in taps)
+    assert any(t.module == "model.layers.0.mlp.down_proj" and t.io == "input" for t in taps)  # mlp_act kept
