@@ -45,6 +45,7 @@ class CheckOptions:
     replay: bool = False                # torch candidates: also run each block and op on the reference's inputs
     decode_steps: int = 4               # candidates that decode: token-by-token decoding and greedy, this many tokens
     weights: bool = False               # also capture each tapped module's parameters (weight_mismatch)
+    raw: bool = True                    # also capture raw.<module> outputs, where the candidate can have them too
     max_tokens: int = 16                # server candidates
     timeout_s: float = 60.0
     server_model: str | None = None
@@ -83,9 +84,10 @@ def _check(options: CheckOptions, candidate_source: CandidateSource, progress) -
     tokens = options.tokens if options.tokens is not None else reference_model.tokenize(options.prompt)
     progress.step(f"capturing the reference over {len(tokens)} tokens")
     reference = reference_model.capture(tokens, checkpoints=options.checkpoints, prompt=options.prompt,
-                                        weights=options.weights)
+                                        weights=options.weights, raw=options.raw and candidate_source.may_have_raw)
     candidate = candidate_source.trace(reference.tokens, checkpoints=options.checkpoints, taps=options.taps,
-                                       weights=options.weights, prompt=options.prompt, progress=progress)
+                                       weights=options.weights, prompt=options.prompt, progress=progress,
+                                       raw=options.raw)
     config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints)
     if calibrating and candidate_source.precision != reference_dtype:
         config = _calibrated(config, reference, reference_model, candidate_source, options, progress)
@@ -216,13 +218,14 @@ def _calibrated(config, reference, reference_model, source, options, progress) -
 
         progress.step("calibrating: the reference with llama.cpp's activation rounding")
         with llamacpp_activation_rounding(reference_model.model, source.gguf):
-            lowp = reference_model.capture(reference.tokens, checkpoints=options.checkpoints)
+            lowp = reference_model.capture(reference.tokens, checkpoints=options.checkpoints, raw=False)
         return CompareConfig(tolerance=config.tolerance, checkpoints=config.checkpoints,
                              noise=noise_floors(reference, lowp), noise_dtype="float32",
                              noise_label="llama.cpp's activation rounding")
     progress.step(f"calibrating: the reference in {source.precision}")
     lowp_model = load_model(options.model, dtype=source.precision, placement=options.placement)
-    lowp = lowp_model.capture(reference.tokens, checkpoints=options.checkpoints)
+    lowp = lowp_model.capture(reference.tokens, checkpoints=options.checkpoints,
+                              raw=options.raw and source.may_have_raw)
     check_same_tokens(reference, lowp)
     return CompareConfig(tolerance=config.tolerance, checkpoints=config.checkpoints,
                          noise=noise_floors(reference, lowp), noise_dtype=source.precision)

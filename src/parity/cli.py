@@ -45,7 +45,7 @@ def cmd_capture(args) -> int:
 
     Runs one forward pass over --prompt (tokenized by the model's tokenizer) or
     --tokens (fed as given, no BOS added) and writes every canonical checkpoint
-    to a parity-trace/1 safetensors file.
+    to a parity-trace/2 safetensors file.
     """
     tokens = _tokens(args.tokens)
     with _progress() as progress:
@@ -54,15 +54,17 @@ def cmd_capture(args) -> int:
         else:
             trace = _capture_reference(args.model, args.prompt, tokens, args.dtype or "float32", args.checkpoints,
                                        progress, emulate=args.emulate, weights=args.weights,
-                                       placement=_placement(args))
+                                       placement=_placement(args), raw=not args.no_raw)
         progress.step(f"writing {args.output}")
         save_trace(trace, args.output, overwrite=args.force)
-    print(f"wrote {len(trace.tensors)} checkpoints over {len(trace.tokens or [])} tokens to {args.output}")
+    raw = sum(name.startswith("raw.") for name in trace.tensors)
+    modules = f" and {raw} raw module outputs" if raw else ""
+    print(f"wrote {len(trace.tensors) - raw} checkpoints{modules} over {len(trace.tokens or [])} tokens to {args.output}")
     return EXIT_PASS
 
 
 def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, progress, emulate=None,
-                       weights: bool = False, placement=None) -> Trace:
+                       weights: bool = False, placement=None, raw: bool = True) -> Trace:
     from contextlib import nullcontext
 
     from parity.capture.hf import load_model, quiet_transformers
@@ -82,7 +84,7 @@ def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, prog
         rounding = llamacpp_activation_rounding(reference.model, model)
     progress.step(f"capturing the reference over {len(ids)} tokens" + (" with llama.cpp's rounding" if emulate else ""))
     with rounding:
-        trace = reference.capture(ids, checkpoints=checkpoints, prompt=prompt, weights=weights)
+        trace = reference.capture(ids, checkpoints=checkpoints, prompt=prompt, weights=weights, raw=raw)
     return trace if not emulate else make_trace(trace.tensors, {**trace.metadata, "emulates": emulate}, source=trace.source)
 
 
@@ -197,7 +199,7 @@ def cmd_check(args) -> int:
         tolerance=user_tolerance(args.atol, args.rtol), taps=args.taps,
         save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
         max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model, replay=args.replay,
-        weights=args.weights, decode_steps=args.decode_steps, placement=_placement(args),
+        weights=args.weights, decode_steps=args.decode_steps, placement=_placement(args), raw=not args.no_raw,
     )
     with _progress() as progress:
         comparison = run_check(options, progress)
@@ -584,6 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--emulate", choices=("llamacpp",), help="round activations as llama.cpp does (a calibration run)")
     capture.add_argument("--weights", action="store_true", help="also store each tapped module's parameters")
     capture.set_defaults(output_kind="trace")
+    capture.add_argument("--no-raw", action="store_true",
+                         help="leave out raw.<module> outputs (modules with no canonical checkpoint)")
 
     compare_parser = _command(subparsers, "compare", cmd_compare)
     compare_parser.add_argument("reference", metavar="REF", help="the reference trace")
@@ -602,6 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="candidates that decode: greedy and token-by-token decoding for N tokens (0: skip)")
     check.add_argument("--weights", action="store_true",
                        help="also capture each tapped module's parameters, to tell a weight mismatch")
+    check.add_argument("--no-raw", action="store_true",
+                       help="leave out raw.<module> outputs (captured only where the candidate can hold them too)")
     check.add_argument("--replay", action="store_true",
                        help="torch candidates: rerun each block and op on the reference's inputs (local vs propagated error)")
     check.add_argument("--gradients", action="store_true",

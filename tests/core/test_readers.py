@@ -127,7 +127,7 @@ def test_a_symlink_inside_the_trace_directory_is_followed(tmp_path):
 
 def test_checkpoints_glob_matching_nothing_is_an_option_error(capsys):
     code, _, err = run_compare(capsys, REFERENCE, REFERENCE, "--checkpoints", "nothing.*")
-    assert code == 2 and "--checkpoints 'nothing.*' matches none" in err and len(err.splitlines()) == 1
+    assert code == 2 and "'nothing.*' matches no checkpoint name" in err and len(err.splitlines()) == 1
 
 
 def underlying_bytes(array: np.ndarray) -> int:

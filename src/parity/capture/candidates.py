@@ -93,6 +93,15 @@ class CandidateSource:
         return self._runner
 
     @property
+    def may_have_raw(self) -> bool:
+        """Can this candidate hold raw.<module> outputs: a trace that has some, a transformers model?"""
+        from parity.core.names import is_raw
+
+        if self.loaded is not None:
+            return any(is_raw(name) for name in self.loaded.tensors)
+        return self.hf is not None or (self.model is not None and is_transformers(self.model))
+
+    @property
     def decodes(self) -> bool:
         """Can this candidate decode token by token through a cache?"""
         if self.is_llamacpp:
@@ -113,8 +122,9 @@ class CandidateSource:
         return full_logits(self.model, ids)
 
     def trace(self, tokens: list[int], *, checkpoints: str | None = None, taps=None, weights: bool = False,
-              prompt: str | None = None, progress=None) -> Trace:
-        """The candidate's checkpoints over `tokens` (a trace candidate: the trace it holds)."""
+              prompt: str | None = None, progress=None, raw: bool = True) -> Trace:
+        """The candidate's checkpoints over `tokens` (a trace candidate: the trace it holds); `raw`: also
+        the raw.<module> outputs of a transformers model mapped from its structure."""
         step = progress.step if progress is not None else (lambda message: None)
         if self.loaded is not None:
             return self.loaded
@@ -123,13 +133,14 @@ class CandidateSource:
             return self.runner.capture(tokens, checkpoints=checkpoints, prompt=prompt)
         if self.hf is not None and taps is None:
             step(f"capturing the candidate {self.path.name} over {len(tokens)} tokens")
-            return self.hf.capture(tokens, checkpoints=checkpoints, prompt=prompt, weights=weights)
+            return self.hf.capture(tokens, checkpoints=checkpoints, prompt=prompt, weights=weights, raw=raw)
         if self.model is None:
             raise OptionError(f"{self.spec} is {_DESCRIBED[self.kind]}: it has no checkpoints to trace")
         from parity.capture.torch_module import trace_module
 
         step(f"capturing the candidate over {len(tokens)} tokens")
-        return trace_module(self.model, tokens, taps=self.taps(taps), checkpoints=checkpoints, weights=weights)
+        raw = raw and not taps and not getattr(self.model, "parity_taps", None) and is_transformers(self.model)
+        return trace_module(self.model, tokens, taps=self.taps(taps), checkpoints=checkpoints, weights=weights, raw=raw)
 
     def taps(self, taps=None):
         """Where the checkpoints live in the candidate's module: `taps` if given, else its `parity_taps`
@@ -139,9 +150,7 @@ class CandidateSource:
         if getattr(self.model, "parity_taps", None):
             return self.model.parity_taps
         if self.hf is not None:
-            from parity.core.names import FAMILY_TAPS
-
-            return FAMILY_TAPS[self.hf.family]
+            return self.hf.mapping.taps
         return infer_taps(self.model, self.spec)
 
     def close(self) -> None:
@@ -204,8 +213,19 @@ def _open(spec: str, kind: str, *, model_path, dtype, server_model, timeout_s, s
     return CandidateSource(spec, kind, precision=dtype, model=model)
 
 
-def infer_taps(model, spec: str) -> str:
-    """The built-in mapping a module's naming implies: transformers' Llama-likes or nanoGPT."""
+def is_transformers(model) -> bool:
+    from parity.capture.hf_attention import is_hf_model
+
+    return hasattr(model, "config") and is_hf_model(model)
+
+
+def infer_taps(model, spec: str):
+    """A transformers model (a modified one, another version) mapped from its structure; else the
+    built-in mapping a module's naming implies: Llama-likes or nanoGPT."""
+    if is_transformers(model):
+        from parity.capture.hf_structure import map_model
+
+        return map_model(model, where=str(spec)).taps
     names = {name for name, _ in model.named_modules()}
     if "model.layers.0" in names:
         return "hf"

@@ -2,7 +2,11 @@
 
 MODEL is a local model directory (config.json plus weights) or a `.gguf` file,
 which transformers dequantizes on load. Attention runs through transformers'
-eager implementation, so that the probabilities exist to be recorded.
+eager implementation, so that the probabilities exist to be recorded, and MoE
+experts through the eager per-expert loop (the grouped kernel refuses float64). Where
+each checkpoint lives is found from the model's structure (hf_structure.py),
+before the weights are read; every module with no checkpoint of its own is
+recorded too, as `raw.<module path>`, unless `raw=False`.
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from parity.capture import gguf_cache
+from parity.capture.hf_structure import ModelMap, map_config, map_model
 from parity.capture.placement import Placement
 from parity.capture.torch_module import trace_module
 from parity.core.errors import CaptureError, OptionError, require
-from parity.core.names import FAMILY_TAPS, MODEL_TYPE_FAMILY
 from parity.core.sequence import ReferenceTokens
 from parity.core.trace import Trace
 
@@ -26,12 +30,13 @@ DTYPES = ("float64", "float32", "bfloat16", "float16")
 
 @dataclass
 class HFModel:
-    """A loaded transformers causal LM, its tokenizer (loaded on first use) and its family."""
+    """A loaded transformers causal LM, its tokenizer (loaded on first use) and where its checkpoints live."""
 
     path: Path
     model: Any
-    family: str
+    family: str          # config.model_type
     dtype: str
+    mapping: ModelMap | None = None
     _tokenizer: Any = None
     _vocab_pieces: tuple[str, ...] | None = None
 
@@ -77,7 +82,7 @@ class HFModel:
             return self.model(torch.tensor([tokens])).logits[0].double().numpy()
 
     def capture(self, tokens: list[int], *, checkpoints: str | None = None, prompt: str | None = None,
-                weights: bool = False) -> Trace:
+                weights: bool = False, raw: bool = True) -> Trace:
         import transformers
 
         if not tokens:
@@ -93,9 +98,10 @@ class HFModel:
             "dtype": self.dtype,
             "prompt": prompt,
             "config": json.loads(self.model.config.to_json_string(use_diff=False)),
+            "architecture": self.mapping.architecture,
         }
-        return trace_module(self.model, tokens, taps=FAMILY_TAPS[self.family], checkpoints=checkpoints,
-                            metadata=metadata, weights=weights)
+        return trace_module(self.model, tokens, taps=self.mapping.taps, checkpoints=checkpoints,
+                            metadata=metadata, weights=weights, raw=raw)
 
 
 def _from_pretrained_args(path: Path) -> tuple[str, dict]:
@@ -123,10 +129,12 @@ def load_model(path: str | Path, *, dtype: str = "float32", placement: Placement
     cached = gguf_cache.cached_directory(path) if path.suffix == ".gguf" else None
     location, extra = (str(cached), {}) if cached else _from_pretrained_args(path)
     config = _load_config(transformers, path, location, extra)
+    map_config(config, where=str(path))  # refuse a model that cannot be mapped before reading its weights
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
             location, config=config, dtype=getattr(torch, dtype), attn_implementation="eager", local_files_only=True,
-            **extra, **(placement.from_pretrained_kwargs() if placement else {}),
+            experts_implementation="eager", **extra,  # MoE: the per-expert loop, which runs in float64 too
+            **(placement.from_pretrained_kwargs() if placement else {}),
         )
     except Exception as error:   # transformers and safetensors raise many kinds; each is the model files' fault
         raise CaptureError(f"{_weights_file(path)}: transformers could not load the weights: {_first_line(error)}; "
@@ -135,13 +143,8 @@ def load_model(path: str | Path, *, dtype: str = "float32", placement: Placement
         # both hold every dequantized value exactly; the copy is stored in float32
         gguf_cache.store(path, model, lambda: load_tokenizer(path))
     model.eval()
-    model_type = model.config.model_type
-    if model_type not in MODEL_TYPE_FAMILY:
-        raise CaptureError(
-            f"{path}: model type '{model_type}' has no built-in checkpoint mapping "
-            f"(supported: {', '.join(MODEL_TYPE_FAMILY)}); trace it with parity.trace_module and your own taps"
-        )
-    return HFModel(path=path, model=model, family=MODEL_TYPE_FAMILY[model_type], dtype=dtype)
+    return HFModel(path=path, model=model, family=model.config.model_type, dtype=dtype,
+                   mapping=map_model(model, where=str(path)))
 
 
 def _load_config(transformers, path: Path, location: str, extra: dict):

@@ -1,7 +1,7 @@
 """Trace: the tensors one forward pass produced, under canonical names.
 
 Three on-disk forms are read (see docs/trace-format.md):
-  - a `.safetensors` file whose `__metadata__` holds `format = parity-trace/1`;
+  - a `.safetensors` file whose `__metadata__` holds `format = parity-trace/2` (or /1);
   - an `.npz` file, metadata as JSON in an optional `__metadata__` entry;
   - a directory with `manifest.json` and one `.npy` file per tensor.
 Only safetensors is written. Nothing is ever unpickled.
@@ -28,11 +28,13 @@ from parity.core import readers
 from parity.core.errors import OptionError, TraceError
 from parity.core.files import write_atomically
 from parity.core.lazytensors import LazyTensors
-from parity.core.names import in_flow_order, is_canonical, parse
+from parity.core.names import RAW_PREFIX, in_flow_order, is_canonical, parse
 from parity.core.printable import printable
 from parity.core.tracemeta import parse_metadata
 
-FORMAT = "parity-trace/1"
+FORMAT = "parity-trace/2"
+# Versions read: /2 added checkpoint kinds (post norms, MoE routing, raw.<module>) and changed none.
+READABLE_FORMATS = ("parity-trace/1", "parity-trace/2")
 _NUMPY_TO_SAFETENSORS = {
     np.dtype("<f8"): "F64",
     np.dtype("<f4"): "F32",
@@ -156,24 +158,24 @@ def _check_is_trace(trace: Trace, path: Path) -> None:
     if not trace.tensors:
         raise TraceError(f"{path}: the trace holds no tensors, so there is nothing to compare; "
                          "write at least one checkpoint (see docs/trace-format.md)")
-    if not any(is_canonical(name) for name in trace.tensors):
+    declared = trace.metadata.get("format")
+    if declared is not None and declared not in READABLE_FORMATS:
+        raise TraceError(f"{path}: format is {printable(declared)[:40]!r}, expected '{FORMAT}' (or an older "
+                         f"{', '.join(READABLE_FORMATS[:-1])}); see docs/trace-format.md")
+    if not any(is_canonical(name) or name.startswith(RAW_PREFIX) for name in trace.tensors):
         example = ", ".join(sorted(trace.tensors)[:3])
         raise TraceError(
             f"{path}: not a parity trace: no canonical checkpoint names (found {example}, ...; "
             "expected names like 'embed', 'layers.0.q', 'logits'); is this a weights file? "
             "See docs/trace-format.md"
         )
-    declared = trace.metadata.get("format")
-    if declared is not None and declared != FORMAT:
-        raise TraceError(f"{path}: format is {printable(declared)[:40]!r}, expected '{FORMAT}'; "
-                         "see docs/trace-format.md")
 
 
 # --- Writing --------------------------------------------------------------------
 
 
 def save_trace(trace: Trace, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write `trace` as a parity-trace/1 safetensors file. Refuses to replace a file unless told."""
+    """Write `trace` as a parity-trace/2 safetensors file. Refuses to replace a file unless told."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise OptionError(f"{path}: traces are written as .safetensors; name the output '*.safetensors'")

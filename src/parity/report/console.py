@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 
 from parity.core.errors import require
-from parity.core.names import AFTER_LAYERS, BEFORE_LAYERS, LAYER_KINDS, parse, weight_of
+from parity.core.names import AFTER_LAYERS, BEFORE_LAYERS, LAYER_KINDS, is_raw, parse, weight_of
 from parity.core.results import FAIL, NOT_COMPARABLE, PASS, CheckpointResult, Comparison
 from parity.report import output
+from parity.report.raw import raw_line
 
 # kind -> column header; the legend under the grid spells them out.
 SHORT_NAMES = {
@@ -19,6 +20,8 @@ SHORT_NAMES = {
     "q_rope": "qr", "k_rope": "kr", "attn_probs": "pr", "attn_ctx": "ctx", "attn_out": "ao",
     "resid_mid": "rm", "mlp_norm": "mn", "mlp_gate": "g", "mlp_up": "u", "mlp_fc": "fc",
     "mlp_act": "act", "mlp_out": "mo", "out": "out",
+    "qkv": "qkv", "attn_post_norm": "apn", "moe_router_logits": "rl", "moe_experts": "ex", "moe_weights": "rw",
+    "mlp_gate_up": "gu", "moe_routed": "rt", "moe_shared": "sh", "mlp_post_norm": "mpn",
 }
 CELLS = {  # status -> (symbol, style)
     PASS: ("✓", "green"),
@@ -44,6 +47,7 @@ def renderables(comparison: Comparison) -> list:
     ]
     if comparison.missing or comparison.extra:
         parts.append(_missing_and_extra(comparison))
+    parts.append(raw_line(comparison))
     return [part for part in parts if part is not None]
 
 
@@ -227,21 +231,21 @@ def _beyond_one_pass(comparison: Comparison):
 def _verdict(comparison: Comparison):
     from rich.text import Text
 
-    total = len(comparison.checkpoints)
+    canonical = [result for result in comparison.checkpoints if not is_raw(result.name)]  # raw: their own line
+    total, passed = len(canonical), sum(result.status == PASS for result in canonical)
+    failed = sum(result.failed for result in canonical)
     if comparison.passed or comparison.first_divergence is None:
         if not comparison.passed:
             return Text.assemble(("FAIL", "bold red"), "  every checkpoint within tolerance, but decoding parts (above)")
-        skipped = total - comparison.passed_count
+        skipped = total - passed
         tail = f" ({skipped} not comparable)" if skipped else ""
-        return Text.assemble(("PASS", "bold green"), f"  {comparison.passed_count}/{total} checkpoints within tolerance{tail}")
+        return Text.assemble(("PASS", "bold green"), f"  {passed}/{total} checkpoints within tolerance{tail}")
     divergence = comparison.first_divergence
     unit = "row" if weight_of(divergence.checkpoint) else "token"  # a weight's first axis is its output rows
     position = f", worst at {unit} {divergence.position}" if divergence.position is not None else ""
-    verdict = Text.assemble(
-        ("FAIL", "bold red"),
-        f"  {comparison.failed_count}/{total} checkpoints outside tolerance; first divergence at ",
-        (divergence.checkpoint, "bold"), position,
-    )
+    what = (f"  {failed}/{total} checkpoints outside tolerance; first divergence at " if failed else
+            "  every checkpoint within tolerance, but raw module outputs are not; first at ")
+    verdict = Text.assemble(("FAIL", "bold red"), what, (divergence.checkpoint, "bold"), position)
     origin = comparison.origin
     if origin is not None and origin.checkpoint != divergence.checkpoint:
         attribution = comparison.attributions.get(origin.checkpoint)
