@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+# Families llama.cpp's converter handles beyond FAMILIES (see tests/gguf_models.py).
+GGUF_FAMILIES = FAMILIES + ("gemma", "gemma2", "gemma3", "phi3", "olmo2", "granite", "mixtral", "qwen2_moe")
 VOCAB = 96
 
 
@@ -29,6 +31,31 @@ def config(family: str, **overrides):
     if family == "gpt2":
         return transformers.GPT2Config(**{**dict(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=128,
                                                  layer_norm_epsilon=1e-5, bos_token_id=0, eos_token_id=1), **overrides})
+    gemma = dict(common, vocab_size=128, head_dim=16, hidden_activation="gelu_pytorch_tanh",
+                 query_pre_attn_scalar=16, bos_token_id=2, eos_token_id=1, pad_token_id=0)
+    if family == "gemma":
+        return transformers.GemmaConfig(**{**gemma, **overrides})
+    if family == "gemma2":
+        return transformers.Gemma2Config(**{**gemma, "sliding_window": 4, "attn_logit_softcapping": 50.0,
+                                            "final_logit_softcapping": 30.0, **overrides})
+    if family == "gemma3":
+        return transformers.Gemma3TextConfig(**{**gemma, "sliding_window": 4, "sliding_window_pattern": 2,
+                                                "layer_types": ["sliding_attention", "full_attention",
+                                                                "sliding_attention"], **overrides})
+    if family == "phi3":
+        return transformers.Phi3Config(**{**common, "pad_token_id": 2, **overrides})
+    if family == "olmo2":
+        return transformers.Olmo2Config(**{**common, "pad_token_id": 2, **overrides})
+    if family == "granite":
+        return transformers.GraniteConfig(**{**common, "embedding_multiplier": 2.0, "residual_multiplier": 0.5,
+                                             "attention_multiplier": 0.2, "logits_scaling": 4.0, **overrides})
+    if family == "mixtral":
+        return transformers.MixtralConfig(**{**common, "num_local_experts": 4, "num_experts_per_tok": 2,
+                                             "sliding_window": None, **overrides})
+    if family == "qwen2_moe":
+        return transformers.Qwen2MoeConfig(**{**common, "num_experts": 4, "num_experts_per_tok": 2,
+                                              "moe_intermediate_size": 48, "shared_expert_intermediate_size": 64,
+                                              "decoder_sparse_step": 1, "mlp_only_layers": [], **overrides})
     raise ValueError(family)
 
 
