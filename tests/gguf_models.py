@@ -32,7 +32,7 @@ OUTTYPES = ("f32", "f16", "q8_0")
 BPE_FAMILIES = {"gpt2", "olmo2", "qwen2_moe"}
 CONVERTER_KEYS = {"gpt2": {"n_ctx": 128}}  # what the converter reads that transformers 5 no longer writes
 SPM_VOCAB = 64          # SentencePiece pieces; the models' vocabularies are larger (padding tokens fill the rest)
-RECIPE = 1              # bump when this file changes what it writes
+RECIPE = 3              # bump when this file changes what it writes
 
 
 def cache_root() -> Path:
@@ -75,9 +75,10 @@ def convert(model_dir: Path, outfile: Path, outtype: str, *, pre_tokenizer: str 
 
 
 def save_spm_tokenizer(directory: Path) -> Path:
-    """A SentencePiece BPE model (`tokenizer.model`, <unk>, <s>, </s> at 0, 1, 2) for the converter, beside
+    """A SentencePiece BPE model (`tokenizer.model`, <s>, </s>, <unk> at 0, 1, 2 as in `tiny_models.WORDS`) for the converter, beside
     the word-level `tokenizer.json` of `tiny_models` for transformers (which would need protobuf to read
-    a SentencePiece model). The checks run on token ids: only their number matters."""
+    a SentencePiece model). The checks run on token ids: only their number matters. "<|endoftext|>" is
+    there because llama.cpp looks it up by name when it loads a Phi-3 vocabulary."""
     import io
 
     import sentencepiece as spm
@@ -86,8 +87,8 @@ def save_spm_tokenizer(directory: Path) -> Path:
     text = ["the model says hello world", "a user asks the model", "hello again world of small models"] * 20
     buffer = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=buffer, vocab_size=SPM_VOCAB,
-                                   model_type="bpe", character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0,
-                                   pad_id=-1, minloglevel=2)
+                                   model_type="bpe", character_coverage=1.0, bos_id=0, eos_id=1, unk_id=2,
+                                   pad_id=-1, minloglevel=2, user_defined_symbols=["<|endoftext|>"])
     (directory / "tokenizer.model").write_bytes(buffer.getvalue())
     return directory
 

@@ -32,7 +32,7 @@ def config(family: str, **overrides):
         return transformers.GPT2Config(**{**dict(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=128,
                                                  layer_norm_epsilon=1e-5, bos_token_id=0, eos_token_id=1), **overrides})
     gemma = dict(common, vocab_size=128, head_dim=16, hidden_activation="gelu_pytorch_tanh",
-                 query_pre_attn_scalar=16, bos_token_id=2, eos_token_id=1, pad_token_id=0)
+                 query_pre_attn_scalar=16, pad_token_id=2)
     if family == "gemma":
         return transformers.GemmaConfig(**{**gemma, **overrides})
     if family == "gemma2":
