@@ -7,9 +7,10 @@ A candidate is one of:
   - `http(s)://HOST:PORT`;            an OpenAI-compatible server, compared token by token
 
 When the candidate's precision is known, the check calibrates by itself: the
-reference runs at high precision (float64; float32 for llama.cpp) and once more
-at the candidate's precision (for llama.cpp: with its activation rounding
-emulated), and each checkpoint is held to the noise that precision produces.
+reference runs at high precision (float64) and once more at the candidate's
+precision (for llama.cpp: a float32 copy with its activation rounding, KV cache
+type and GELU table emulated), and each checkpoint is held to the noise that
+precision produces.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class CheckOptions:
     max_tokens: int = 16                # server candidates
     timeout_s: float = 60.0
     server_model: str | None = None
+    kv_type: str = "f16"                # llama.cpp candidates: the KV cache type
 
     def __repr__(self) -> str:
         return f"<CheckOptions {self.model} vs {self.candidate}>"
@@ -73,7 +75,7 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
     quiet_transformers()
     candidate_source = _candidate_source(options, progress)
     calibrating = options.calibrate and options.tolerance is None and candidate_source.precision is not None
-    reference_dtype = options.dtype or ("float64" if calibrating and not candidate_source.is_llamacpp else "float32")
+    reference_dtype = options.dtype or ("float64" if calibrating else "float32")
     progress.step(f"loading {options.model} ({reference_dtype})")
     reference_model = load_model(options.model, dtype=reference_dtype)
     tokens = options.tokens if options.tokens is not None else reference_model.tokenize(options.prompt)
@@ -128,12 +130,13 @@ def _with_decoding(comparison: Comparison, reference: Trace, reference_model, so
                                       reference_model.vocab_pieces())
     positions = range(len(prompt) - 1, len(sequence))
     if source.is_llamacpp:
-        from parity.capture.llamacpp_numerics import llamacpp_activation_rounding
+        from parity.capture.llamacpp_numerics import llamacpp_numerics
 
-        with llamacpp_activation_rounding(reference_model.model, source.gguf):
-            emulated = reference_model.logits(sequence)
+        lowp = _llamacpp_lowp(reference_model, source)
+        with llamacpp_numerics(lowp.model, source.gguf, kv_type=options.kv_type):
+            emulated = lowp.logits(sequence)
         bounds = [MULTIPLE * rel_l2(reference_logits[p], emulated[p]) + FLOOR["float32"] for p in positions]
-        basis = f"{MULTIPLE:g}x the noise of llama.cpp's activation rounding at each position"
+        basis = f"{MULTIPLE:g}x the noise of llama.cpp's numerics at each position"
     else:
         dtype = source.precision if source.precision in DTYPE_FACTOR else "float32"
         bound = 2 * DTYPE_FACTOR[dtype] * KIND_FACTOR["logits"]
@@ -204,20 +207,32 @@ def _calibrated(config, reference, reference_model, source, options, progress) -
     from parity.capture.hf import load_model
 
     if source.is_llamacpp:
-        from parity.capture.llamacpp_numerics import llamacpp_activation_rounding
+        from parity.capture.llamacpp_numerics import llamacpp_numerics
 
-        progress.step("calibrating: the reference with llama.cpp's activation rounding")
-        with llamacpp_activation_rounding(reference_model.model, source.gguf):
-            lowp = reference_model.capture(reference.tokens, checkpoints=options.checkpoints)
+        kv_type = source.kv_type or options.kv_type
+        progress.step(f"calibrating: the reference in float32 with llama.cpp's numerics (KV cache {kv_type})")
+        model = _llamacpp_lowp(reference_model, source)
+        with llamacpp_numerics(model.model, source.gguf, kv_type=kv_type):
+            lowp = model.capture(reference.tokens, checkpoints=options.checkpoints)
         return CompareConfig(tolerance=config.tolerance, checkpoints=config.checkpoints,
                              noise=noise_floors(reference, lowp), noise_dtype="float32",
-                             noise_label="llama.cpp's activation rounding")
+                             noise_label=f"llama.cpp's numerics (float32, activation rounding, {kv_type} KV cache)")
     progress.step(f"calibrating: the reference in {source.precision}")
     lowp_model = load_model(options.model, dtype=source.precision)
     lowp = lowp_model.capture(reference.tokens, checkpoints=options.checkpoints)
     check_same_tokens(reference, lowp)
     return CompareConfig(tolerance=config.tolerance, checkpoints=config.checkpoints,
                          noise=noise_floors(reference, lowp), noise_dtype=source.precision)
+
+
+def _llamacpp_lowp(reference_model, source):
+    """A float32 copy of the reference model, made once per check: llama.cpp computes in float32."""
+    import copy
+
+    if source.lowp_model is None:
+        source.lowp_model = reference_model if reference_model.dtype == "float32" else dataclasses.replace(
+            reference_model, model=copy.deepcopy(reference_model.model).float(), dtype="float32")
+    return source.lowp_model
 
 
 # --- candidates -------------------------------------------------------------------
@@ -231,6 +246,8 @@ class _CandidateSource:
     model: object | None = None      # torch candidates
     loaded: Trace | None = None      # trace candidates
     runner: object | None = None     # llama.cpp candidates: the runner open inside logits_function()
+    kv_type: str | None = None       # llama.cpp candidates: the KV cache type the graph read K in
+    lowp_model: object | None = None  # llama.cpp candidates: the float32 reference that emulates it
 
     @property
     def is_llamacpp(self) -> bool:
@@ -254,7 +271,7 @@ class _CandidateSource:
             if self.is_llamacpp:
                 from parity.capture.llamacpp import LlamaCppRunner
 
-                with LlamaCppRunner(self.gguf) as runner:
+                with LlamaCppRunner(self.gguf, kv_type=self.kv_type or "f16") as runner:
                     self.runner = runner
                     yield runner.logits
             else:
@@ -271,8 +288,10 @@ class _CandidateSource:
             from parity.capture.llamacpp import LlamaCppRunner
 
             progress.step(f"running {self.gguf.name} in llama.cpp over {len(reference.tokens)} tokens")
-            with LlamaCppRunner(self.gguf) as runner:
-                return runner.capture(reference.tokens, checkpoints=options.checkpoints, prompt=options.prompt)
+            with LlamaCppRunner(self.gguf, kv_type=options.kv_type) as runner:
+                trace = runner.capture(reference.tokens, checkpoints=options.checkpoints, prompt=options.prompt)
+            self.kv_type = trace.metadata.get("kv_type") or options.kv_type
+            return trace
         from parity.capture.torch_module import trace_module
 
         progress.step(f"capturing the candidate over {len(reference.tokens)} tokens")

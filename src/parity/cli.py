@@ -172,7 +172,7 @@ def cmd_check(args) -> int:
         tolerance=user_tolerance(args.atol, args.rtol), taps=args.taps,
         save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
         max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model, replay=args.replay,
-        weights=args.weights, decode_steps=args.decode_steps,
+        weights=args.weights, decode_steps=args.decode_steps, kv_type=args.kv_type,
     )
     with _progress() as progress:
         comparison = run_check(options, progress)
@@ -378,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-n", "--max-tokens", type=int, default=16, help="server candidates: greedy tokens to generate")
     check.add_argument("--timeout", type=float, default=60.0, help="server candidates: seconds to wait for an answer")
     check.add_argument("--server-model", help="server candidates: the 'model' field to send")
+    check.add_argument("--kv-type", choices=("f16", "f32", "bf16"), default="f16",
+                       help="llama.cpp candidates: the KV cache type (default f16, as llama.cpp's)")
     generate = _command(subparsers, "generate", cmd_generate)
     generate.add_argument("model", metavar="MODEL", nargs="?", help="reference model directory or .gguf file")
     generate.add_argument("candidate", metavar="CANDIDATE", nargs="?",
