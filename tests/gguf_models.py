@@ -30,7 +30,9 @@ import tiny_models
 CONVERTER_VERSION = "0.3.36"
 OUTTYPES = ("f32", "f16", "q8_0")
 BPE_FAMILIES = {"gpt2", "olmo2", "qwen2_moe"}
-CONVERTER_KEYS = {"gpt2": {"n_ctx": 128}}  # what the converter reads that transformers 5 no longer writes
+# GPT-2: the converter reads n_ctx, which transformers 5 no longer writes; transformers' GGUF loader
+# ignores the context length and builds 1024 position embeddings, so the tiny model has as many.
+CONVERTER_KEYS = {"gpt2": {"n_ctx": 1024, "n_positions": 1024}}
 SPM_VOCAB = 64          # SentencePiece pieces; the models' vocabularies are larger (padding tokens fill the rest)
 RECIPE = 3              # bump when this file changes what it writes
 

@@ -226,12 +226,15 @@ def _calibrated(config, reference, reference_model, source, options, progress) -
 
 
 def _llamacpp_lowp(reference_model, source):
-    """A float32 copy of the reference model, made once per check: llama.cpp computes in float32."""
+    """A float32 copy of the reference model, made once per check: llama.cpp computes in float32.
+    (nn.Module's own cast: transformers refuses `.float()` on a model it dequantized from a GGUF.)"""
     import copy
+
+    import torch
 
     if source.lowp_model is None:
         source.lowp_model = reference_model if reference_model.dtype == "float32" else dataclasses.replace(
-            reference_model, model=copy.deepcopy(reference_model.model).float(), dtype="float32")
+            reference_model, model=torch.nn.Module.float(copy.deepcopy(reference_model.model)), dtype="float32")
     return source.lowp_model
 
 
