@@ -83,6 +83,8 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
     reference = reference_model.capture(tokens, checkpoints=options.checkpoints, prompt=options.prompt,
                                         weights=options.weights)
     candidate = candidate_source.trace(reference, options, progress)
+    if candidate_source.is_llamacpp and not _same_file(options.model, candidate_source.gguf):
+        candidate = _with_weight_rounding(candidate, reference_model, candidate_source.gguf, progress)
     config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints)
     if calibrating and candidate_source.precision != reference_dtype:
         config = _calibrated(config, reference, reference_model, candidate_source, options, progress)
@@ -223,6 +225,20 @@ def _calibrated(config, reference, reference_model, source, options, progress) -
     check_same_tokens(reference, lowp)
     return CompareConfig(tolerance=config.tolerance, checkpoints=config.checkpoints,
                          noise=noise_floors(reference, lowp), noise_dtype=source.precision)
+
+
+def _same_file(model: str, gguf: Path) -> bool:
+    return Path(model).resolve() == Path(gguf).resolve()
+
+
+def _with_weight_rounding(candidate: Trace, reference_model, gguf: Path, progress) -> Trace:
+    """The candidate's trace with each GGUF weight's measured rounding against the reference's weights."""
+    from parity.capture.gguf_weights import measure_weight_rounding
+
+    progress.step(f"measuring how {gguf.name}'s weights are rounded from the reference's")
+    measured = measure_weight_rounding(reference_model.model, gguf)
+    metadata = {**candidate.metadata, "weight_rounding": [tensor.as_dict() for tensor in measured] or None}
+    return dataclasses.replace(candidate, metadata=metadata)
 
 
 def _llamacpp_lowp(reference_model, source):

@@ -23,6 +23,9 @@ GENERIC = frozenset({"scale_factor", "swapped"})
 # A cause that explains another's evidence at the same checkpoint: probabilities
 # stored transposed put weight above the diagonal without any mask being wrong.
 SUPERSEDES = {"layout_permuted": frozenset({"causal_mask"})}
+# Rounded weights change every tensor from the embedding on: heuristic readings of the same numbers
+# (a rescaled row, a noisy one) are that rounding, seen from inside.
+SUPERSEDES["weight_rounding"] = frozenset({"scale_factor", "swapped", "norm_epsilon", "activation_variant"})
 
 
 def register(cause: str) -> Callable[[Detector], Detector]:
@@ -37,7 +40,7 @@ def register(cause: str) -> Callable[[Detector], Detector]:
 
 def diagnose(comparison: Comparison, reference: Trace, candidate: Trace) -> Comparison:
     """The comparison with the diagnoses and notes of every detector that applies."""
-    from parity.diagnose import attention, layers, noise, values, weights  # noqa: F401  (register their detectors)
+    from parity.diagnose import attention, layers, noise, rounding, values, weights  # noqa: F401  (register them)
     from parity.diagnose.context import Context, model_config
 
     context = Context(comparison, reference, candidate, model_config(reference))
