@@ -70,11 +70,11 @@ def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, prog
     ids = tokens if tokens is not None else reference.tokenize(prompt)
     rounding = nullcontext()
     if emulate == "llamacpp":
-        from parity.capture.llamacpp_numerics import llamacpp_activation_rounding
+        from parity.capture.llamacpp_numerics import llamacpp_numerics
 
         if not str(model).endswith(".gguf"):
             raise OptionError("--emulate llamacpp needs MODEL to be the .gguf file (its weight types set the rounding)")
-        rounding = llamacpp_activation_rounding(reference.model, model)
+        rounding = llamacpp_numerics(reference.model, model)
     progress.step(f"capturing the reference over {len(ids)} tokens" + (" with llama.cpp's rounding" if emulate else ""))
     with rounding:
         trace = reference.capture(ids, checkpoints=checkpoints, prompt=prompt, weights=weights)
@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("-o", "--output", required=True, help="trace to write (.safetensors)")
     capture.add_argument("--checkpoints", metavar="GLOB", help="only these checkpoints, e.g. 'layers.*.q,logits'")
     capture.add_argument("--force", action="store_true", help="replace the output file if it exists")
-    capture.add_argument("--emulate", choices=("llamacpp",), help="round activations as llama.cpp does (a calibration run)")
+    capture.add_argument("--emulate", choices=("llamacpp",), help="round as llama.cpp does: activations, F16 KV cache, GELU table (a calibration run)")
     capture.add_argument("--weights", action="store_true", help="also store each tapped module's parameters")
 
     compare_parser = _command(subparsers, "compare", cmd_compare)
