@@ -22,7 +22,7 @@ from parity.capture.probe import Probe
 TAPS = [
     "nanogpt",
     {   # this port records q, k, v after its own split of the fused projection
-        "transformer.h.{i}.attn.c_attn": (),
+        "transformer.h.{i}.attn.c_attn:split": "layers.{i}.qkv",  # the fused output, whole
         "transformer.h.{i}.attn.q": "layers.{i}.q",
         "transformer.h.{i}.attn.k": "layers.{i}.k",
         "transformer.h.{i}.attn.v": "layers.{i}.v",

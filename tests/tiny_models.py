@@ -9,9 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
-# Families llama.cpp's converter handles beyond FAMILIES (see tests/gguf_models.py).
-GGUF_FAMILIES = FAMILIES + ("gemma", "gemma2", "gemma3", "phi3", "olmo2", "granite", "mixtral", "qwen2_moe")
+# Every family whose structure the capture maps; the ones above are also saved to
+# disk once per test session (conftest.model_dirs).
+MORE_FAMILIES = ("gemma", "gemma2", "gemma3", "phi3", "olmo2", "granite", "mixtral", "qwen2_moe", "stablelm")
+ALL_FAMILIES = FAMILIES + MORE_FAMILIES
 VOCAB = 96
+WINDOW = 4  # sliding window of the families that have one: shorter than the test prompts
 
 
 def config(family: str, **overrides):
@@ -28,34 +31,36 @@ def config(family: str, **overrides):
         return transformers.Qwen2Config(**{**common, **overrides})
     if family == "qwen3":
         return transformers.Qwen3Config(**{**common, "head_dim": 16, **overrides})
+    small = dict(common, intermediate_size=64, num_hidden_layers=2, pad_token_id=2)
+    gemma = dict(small, head_dim=16, hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=16)
+    if family == "gemma":
+        return transformers.GemmaConfig(**{**gemma, **overrides})
+    if family == "gemma2":  # layer 0 sliding, layer 1 global; both soft-caps on
+        return transformers.Gemma2Config(**{**gemma, "sliding_window": WINDOW, "attn_logit_softcapping": 20.0,
+                                            "final_logit_softcapping": 1.0, **overrides})
+    if family == "gemma3":
+        return transformers.Gemma3TextConfig(**{**gemma, "sliding_window": WINDOW,
+                                                "layer_types": ["sliding_attention", "full_attention"], **overrides})
+    if family == "phi3":  # fused qkv_proj and gate_up_proj; rotary on half of each head
+        return transformers.Phi3Config(**{**small, "partial_rotary_factor": 0.5, **overrides})
+    if family == "olmo2":
+        return transformers.Olmo2Config(**{**small, **overrides})
+    if family == "granite":
+        return transformers.GraniteConfig(**{**small, "embedding_multiplier": 12.0, "residual_multiplier": 0.25,
+                                             "logits_scaling": 4.0, "attention_multiplier": 0.2, **overrides})
+    if family == "mixtral":
+        return transformers.MixtralConfig(**{**small, "num_local_experts": 4, "num_experts_per_tok": 2,
+                                             "sliding_window": None, **overrides})
+    if family == "qwen2_moe":  # layer 1 keeps a dense MLP
+        return transformers.Qwen2MoeConfig(**{**small, "num_experts": 4, "num_experts_per_tok": 2,
+                                              "moe_intermediate_size": 32, "shared_expert_intermediate_size": 48,
+                                              "mlp_only_layers": [1], **overrides})
+    if family == "stablelm":  # parallel attention + MLP, LayerNorms, rotary on a quarter of each head
+        return transformers.StableLmConfig(**{**small, "partial_rotary_factor": 0.25, "use_parallel_residual": True,
+                                              "layer_norm_eps": 1e-5, **overrides})
     if family == "gpt2":
         return transformers.GPT2Config(**{**dict(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=128,
                                                  layer_norm_epsilon=1e-5, bos_token_id=0, eos_token_id=1), **overrides})
-    gemma = dict(common, vocab_size=128, head_dim=16, hidden_activation="gelu_pytorch_tanh",
-                 query_pre_attn_scalar=16, pad_token_id=2)
-    if family == "gemma":
-        return transformers.GemmaConfig(**{**gemma, **overrides})
-    if family == "gemma2":
-        return transformers.Gemma2Config(**{**gemma, "sliding_window": 4, "attn_logit_softcapping": 50.0,
-                                            "final_logit_softcapping": 30.0, **overrides})
-    if family == "gemma3":
-        return transformers.Gemma3TextConfig(**{**gemma, "sliding_window": 4, "sliding_window_pattern": 2,
-                                                "layer_types": ["sliding_attention", "full_attention",
-                                                                "sliding_attention"], **overrides})
-    if family == "phi3":
-        return transformers.Phi3Config(**{**common, "pad_token_id": 2, **overrides})
-    if family == "olmo2":
-        return transformers.Olmo2Config(**{**common, "pad_token_id": 2, **overrides})
-    if family == "granite":
-        return transformers.GraniteConfig(**{**common, "embedding_multiplier": 2.0, "residual_multiplier": 0.5,
-                                             "attention_multiplier": 0.2, "logits_scaling": 4.0, **overrides})
-    if family == "mixtral":
-        return transformers.MixtralConfig(**{**common, "num_local_experts": 4, "num_experts_per_tok": 2,
-                                             "sliding_window": None, **overrides})
-    if family == "qwen2_moe":
-        return transformers.Qwen2MoeConfig(**{**common, "num_experts": 4, "num_experts_per_tok": 2,
-                                              "moe_intermediate_size": 48, "shared_expert_intermediate_size": 64,
-                                              "decoder_sparse_step": 1, "mlp_only_layers": [], **overrides})
     raise ValueError(family)
 
 
@@ -75,6 +80,8 @@ def build(family: str, seed: int = 0, **overrides):
                 parameter.copy_(0.1 * torch.randn_like(parameter))
             elif "norm" in name or ".ln_" in name:
                 parameter.copy_(1.0 + 0.2 * torch.randn_like(parameter))
+            elif name.endswith("mlp.gate.weight"):  # MoE routers: decisive, not near-ties
+                parameter.copy_(torch.randn_like(parameter))
     return model.eval()
 
 

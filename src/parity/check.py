@@ -50,6 +50,7 @@ class CheckOptions:
     replay: bool = False                # torch candidates: also run each block and op on the reference's inputs
     decode_steps: int = 4               # candidates that decode: token-by-token decoding and greedy, this many tokens
     weights: bool = False               # also capture each tapped module's parameters (weight_mismatch)
+    raw: bool = True                    # also capture raw.<module> outputs, where the candidate can have them too
     max_tokens: int = 16                # server candidates
     timeout_s: float = 60.0
     server_model: str | None = None
@@ -81,7 +82,7 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
     tokens = options.tokens if options.tokens is not None else reference_model.tokenize(options.prompt)
     progress.step(f"capturing the reference over {len(tokens)} tokens")
     reference = reference_model.capture(tokens, checkpoints=options.checkpoints, prompt=options.prompt,
-                                        weights=options.weights)
+                                        weights=options.weights, raw=options.raw and candidate_source.may_have_raw)
     candidate = candidate_source.trace(reference, options, progress)
     if candidate_source.is_llamacpp and not _same_file(options.model, candidate_source.gguf):
         candidate = _with_weight_rounding(candidate, reference_model, candidate_source.gguf, progress)
@@ -215,13 +216,14 @@ def _calibrated(config, reference, reference_model, source, options, progress) -
         progress.step(f"calibrating: the reference in float32 with llama.cpp's numerics (KV cache {kv_type})")
         model = _llamacpp_lowp(reference_model, source)
         with llamacpp_numerics(model.model, source.gguf, kv_type=kv_type):
-            lowp = model.capture(reference.tokens, checkpoints=options.checkpoints)
+            lowp = model.capture(reference.tokens, checkpoints=options.checkpoints, raw=False)
         return CompareConfig(tolerance=config.tolerance, checkpoints=config.checkpoints,
                              noise=noise_floors(reference, lowp), noise_dtype="float32",
                              noise_label=f"llama.cpp's numerics (float32, activation rounding, {kv_type} KV cache)")
     progress.step(f"calibrating: the reference in {source.precision}")
     lowp_model = load_model(options.model, dtype=source.precision)
-    lowp = lowp_model.capture(reference.tokens, checkpoints=options.checkpoints)
+    lowp = lowp_model.capture(reference.tokens, checkpoints=options.checkpoints,
+                              raw=options.raw and source.may_have_raw)
     check_same_tokens(reference, lowp)
     return CompareConfig(tolerance=config.tolerance, checkpoints=config.checkpoints,
                          noise=noise_floors(reference, lowp), noise_dtype=source.precision)
@@ -273,6 +275,15 @@ class _CandidateSource:
         return self.gguf is not None
 
     @property
+    def may_have_raw(self) -> bool:
+        """Can this candidate hold raw.<module> outputs (a trace that has some, a transformers model)?"""
+        from parity.core.names import is_raw
+
+        if self.loaded is not None:
+            return any(is_raw(name) for name in self.loaded.tensors)
+        return self.model is not None and _is_transformers(self.model)
+
+    @property
     def decodes(self) -> bool:
         """Can this candidate decode token by token through a cache?"""
         if self.is_llamacpp:
@@ -315,7 +326,7 @@ class _CandidateSource:
 
         progress.step(f"capturing the candidate over {len(reference.tokens)} tokens")
         return trace_module(self.model, reference.tokens, taps=self.taps(options), checkpoints=options.checkpoints,
-                            weights=options.weights)
+                            weights=options.weights, raw=options.raw and self.may_have_raw and not options.taps)
 
     def taps(self, options: CheckOptions):
         return options.taps or getattr(self.model, "parity_taps", None) or _infer_taps(self.model, self.spec)
@@ -390,7 +401,17 @@ def _where(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}{at}"
 
 
-def _infer_taps(model, spec: str) -> str:
+def _is_transformers(model) -> bool:
+    from parity.capture.hf_attention import is_hf_model
+
+    return hasattr(model, "config") and is_hf_model(model)
+
+
+def _infer_taps(model, spec: str):
+    if _is_transformers(model):  # a transformers model (a modified one, another version): mapped from its structure
+        from parity.capture.hf_structure import map_model
+
+        return map_model(model, where=spec).taps
     names = {name for name, _ in model.named_modules()}
     if "model.layers.0" in names:
         return "hf"

@@ -42,7 +42,7 @@ def cmd_capture(args) -> int:
 
     Runs one forward pass over --prompt (tokenized by the model's tokenizer) or
     --tokens (fed as given, no BOS added) and writes every canonical checkpoint
-    to a parity-trace/1 safetensors file.
+    to a parity-trace/2 safetensors file.
     """
     tokens = _tokens(args.tokens)
     with _progress() as progress:
@@ -50,7 +50,7 @@ def cmd_capture(args) -> int:
             trace = _capture_llamacpp(args.model, args.prompt, tokens, args.checkpoints, progress)
         else:
             trace = _capture_reference(args.model, args.prompt, tokens, args.dtype or "float32", args.checkpoints,
-                                       progress, emulate=args.emulate, weights=args.weights)
+                                       progress, emulate=args.emulate, weights=args.weights, raw=not args.no_raw)
         progress.step(f"writing {args.output}")
         save_trace(trace, args.output, overwrite=args.force)
     print(f"wrote {len(trace.tensors)} checkpoints over {len(trace.tokens or [])} tokens to {args.output}")
@@ -58,7 +58,7 @@ def cmd_capture(args) -> int:
 
 
 def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, progress, emulate=None,
-                       weights: bool = False) -> Trace:
+                       weights: bool = False, raw: bool = True) -> Trace:
     from contextlib import nullcontext
 
     from parity.capture.hf import load_model, quiet_transformers
@@ -77,7 +77,7 @@ def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, prog
         rounding = llamacpp_numerics(reference.model, model)
     progress.step(f"capturing the reference over {len(ids)} tokens" + (" with llama.cpp's rounding" if emulate else ""))
     with rounding:
-        trace = reference.capture(ids, checkpoints=checkpoints, prompt=prompt, weights=weights)
+        trace = reference.capture(ids, checkpoints=checkpoints, prompt=prompt, weights=weights, raw=raw)
     return trace if not emulate else make_trace(trace.tensors, {**trace.metadata, "emulates": emulate}, source=trace.source)
 
 
@@ -173,6 +173,7 @@ def cmd_check(args) -> int:
         save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
         max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model, replay=args.replay,
         weights=args.weights, decode_steps=args.decode_steps, kv_type=args.kv_type,
+        raw=not args.no_raw,
     )
     with _progress() as progress:
         comparison = run_check(options, progress)
@@ -353,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--force", action="store_true", help="replace the output file if it exists")
     capture.add_argument("--emulate", choices=("llamacpp",), help="round as llama.cpp does: activations, F16 KV cache, GELU table (a calibration run)")
     capture.add_argument("--weights", action="store_true", help="also store each tapped module's parameters")
+    capture.add_argument("--no-raw", action="store_true",
+                         help="leave out raw.<module> outputs (modules with no canonical checkpoint)")
 
     compare_parser = _command(subparsers, "compare", cmd_compare)
     compare_parser.add_argument("reference", metavar="REF", help="the reference trace")
@@ -371,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="candidates that decode: greedy and token-by-token decoding for N tokens (0: skip)")
     check.add_argument("--weights", action="store_true",
                        help="also capture each tapped module's parameters, to tell a weight mismatch")
+    check.add_argument("--no-raw", action="store_true",
+                       help="leave out raw.<module> outputs (captured only where the candidate can hold them too)")
     check.add_argument("--replay", action="store_true",
                        help="torch candidates: rerun each block and op on the reference's inputs (local vs propagated error)")
     check.add_argument("--taps", help="built-in checkpoint mapping for a module candidate: hf, nanogpt, llama, gpt2")

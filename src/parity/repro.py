@@ -21,7 +21,7 @@ import numpy as np
 
 from parity.core.errors import OptionError, TraceError
 from parity.core.metrics import rms
-from parity.core.names import FAMILY_TAPS, MODEL_TYPE_FAMILY, inputs_of, parse
+from parity.core.names import inputs_of, parse
 from parity.core.trace import Trace, load_trace, make_trace, save_trace
 
 
@@ -112,10 +112,10 @@ def _weights(model: str, name: str) -> dict[str, np.ndarray]:
     quiet_transformers()
     loaded = load_model(model)
     checkpoint = parse(name)
-    taps = FAMILY_TAPS[MODEL_TYPE_FAMILY[loaded.model.config.model_type]]
+    taps = loaded.mapping.taps
     modules = dict(loaded.model.named_modules())
     for tap in taps:
-        if tap.io != "output" or len(tap.names) != 1:
+        if not (tap.io == "heads" or (tap.io == "output" and len(tap.names) == 1)):
             continue
         pattern = tap.names[0].replace("{i}", str(checkpoint.layer)) if checkpoint.layer is not None else tap.names[0]
         if pattern != name:

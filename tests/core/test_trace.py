@@ -117,7 +117,7 @@ def test_another_format_tag_is_refused(tmp_path):
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
     path = tmp_path / "t.safetensors"
     safetensors_numpy.save_file({"embed": np.zeros((2, 2), np.float32)}, str(path), metadata={"format": "pt"})
-    with pytest.raises(TraceError, match="expected 'parity-trace/1'"):
+    with pytest.raises(TraceError, match="expected 'parity-trace/2'"):
         load_trace(path)
 
 
@@ -157,3 +157,10 @@ def test_saving_never_replaces_an_existing_file_unless_told(tmp_path):
 def test_layer_count():
     assert layer_count(make_trace({"layers.0.q": np.zeros((2, 2)), "layers.6.out": np.zeros((2, 2))})) == 7
     assert layer_count(make_trace({"logits": np.zeros((2, 2))})) == 0
+
+
+def test_version_1_traces_are_still_read(tmp_path):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    path = tmp_path / "t.safetensors"
+    safetensors_numpy.save_file({"embed": np.ones((2, 2), np.float32)}, str(path), metadata={"format": "parity-trace/1"})
+    assert load_trace(path).names == ["embed"]

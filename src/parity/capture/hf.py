@@ -2,7 +2,11 @@
 
 MODEL is a local model directory (config.json plus weights) or a `.gguf` file,
 which transformers dequantizes on load. Attention runs through transformers'
-eager implementation, so that the probabilities exist to be recorded.
+eager implementation, so that the probabilities exist to be recorded, and MoE
+experts through the eager per-expert loop (the grouped kernel refuses float64). Where
+each checkpoint lives is found from the model's structure (hf_structure.py),
+before the weights are read; every module with no checkpoint of its own is
+recorded too, as `raw.<module path>`, unless `raw=False`.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from parity.capture.hf_structure import ModelMap, map_config, map_model
 from parity.capture.torch_module import trace_module
 from parity.core.errors import CaptureError, OptionError, require
-from parity.core.names import FAMILY_TAPS, MODEL_TYPE_FAMILY
 from parity.core.sequence import ReferenceTokens
 from parity.core.trace import Trace
 
@@ -24,12 +28,13 @@ DTYPES = ("float64", "float32", "bfloat16", "float16")
 
 @dataclass
 class HFModel:
-    """A loaded transformers causal LM, its tokenizer (loaded on first use) and its family."""
+    """A loaded transformers causal LM, its tokenizer (loaded on first use) and where its checkpoints live."""
 
     path: Path
     model: Any
-    family: str
+    family: str          # config.model_type
     dtype: str
+    mapping: ModelMap | None = None
     _tokenizer: Any = None
     _vocab_pieces: tuple[str, ...] | None = None
 
@@ -75,7 +80,7 @@ class HFModel:
             return self.model(torch.tensor([tokens])).logits[0].double().numpy()
 
     def capture(self, tokens: list[int], *, checkpoints: str | None = None, prompt: str | None = None,
-                weights: bool = False) -> Trace:
+                weights: bool = False, raw: bool = True) -> Trace:
         import transformers
 
         if not tokens:
@@ -89,9 +94,10 @@ class HFModel:
             "dtype": self.dtype,
             "prompt": prompt,
             "config": json.loads(self.model.config.to_json_string(use_diff=False)),
+            "architecture": self.mapping.architecture,
         }
-        return trace_module(self.model, tokens, taps=FAMILY_TAPS[self.family], checkpoints=checkpoints,
-                            metadata=metadata, weights=weights)
+        return trace_module(self.model, tokens, taps=self.mapping.taps, checkpoints=checkpoints,
+                            metadata=metadata, weights=weights, raw=raw)
 
 
 def _from_pretrained_args(path: Path) -> tuple[str, dict]:
@@ -119,20 +125,24 @@ def load_model(path: str | Path, *, dtype: str = "float32") -> HFModel:
     if not path.exists():
         raise CaptureError(f"{path}: no such model directory or .gguf file")
     location, extra = _from_pretrained_args(path)
+    map_config(_load_config(transformers, path, location, extra), where=str(path))  # refuse before reading weights
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            location, dtype=getattr(torch, dtype), attn_implementation="eager", local_files_only=True, **extra
+            location, dtype=getattr(torch, dtype), attn_implementation="eager", local_files_only=True,
+            experts_implementation="eager", **extra  # MoE: the per-expert loop, which runs in float64 too
         )
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise CaptureError(f"{path}: transformers could not load this model: {_first_line(error)}") from error
     model.eval()
-    model_type = model.config.model_type
-    if model_type not in MODEL_TYPE_FAMILY:
-        raise CaptureError(
-            f"{path}: model type '{model_type}' has no built-in checkpoint mapping "
-            f"(supported: {', '.join(MODEL_TYPE_FAMILY)}); trace it with parity.trace_module and your own taps"
-        )
-    return HFModel(path=path, model=model, family=MODEL_TYPE_FAMILY[model_type], dtype=dtype)
+    return HFModel(path=path, model=model, family=model.config.model_type, dtype=dtype,
+                   mapping=map_model(model, where=str(path)))
+
+
+def _load_config(transformers, path: Path, location: str, extra: dict):
+    try:
+        return transformers.AutoConfig.from_pretrained(location, local_files_only=True, **extra)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise CaptureError(f"{path}: transformers could not read this model's configuration: {_first_line(error)}") from error
 
 
 def load_tokenizer(path: str | Path):

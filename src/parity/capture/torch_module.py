@@ -10,7 +10,9 @@
 
 A pattern is a module path in which `{i}` matches the layer index and `*` any
 one path segment, or a regular expression after `re:` with a group named `i`.
-A `:input` suffix records the module's first positional input instead of its output.
+A `:input` suffix records the module's first positional input instead of its output;
+the other suffixes are listed in core/names.py (TAP_IOS). With `raw=True`, every
+module no tap names is recorded too, under `raw.<module path>`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from contextlib import ExitStack
 from typing import Any
 
 from parity.core.errors import CaptureError, OptionError
-from parity.core.names import FAMILY_TAPS, HEAD_KINDS, Tap, parse, select
+from parity.core.names import FAMILY_TAPS, HEAD_KINDS, RAW_PREFIX, TAP_IOS, Tap, parse, select
 from parity.core.trace import Trace, make_trace
 
 TapsLike = str | Mapping[str, str | Sequence[str]] | Sequence[Tap]
-_IO_SUFFIXES = ("input", "output", "attention")
+_IO_SUFFIXES = tuple(TAP_IOS)
 
 
 def resolve_taps(taps: TapsLike) -> tuple[Tap, ...]:
@@ -70,11 +72,14 @@ class ModuleTracer:
         tensors = tracer.tensors
     """
 
-    def __init__(self, model, taps: TapsLike, *, checkpoints: str | None = None, weights: bool = False) -> None:
+    def __init__(self, model, taps: TapsLike, *, checkpoints: str | None = None, weights: bool = False,
+                 raw: bool = False, token_count: int | None = None) -> None:
         self.model = model
         self.taps = resolve_taps(taps)
         self.checkpoints = checkpoints
         self.weights = weights  # also record each output-tapped module's own parameters
+        self.raw = raw          # also record every module no tap names, as raw.<path>
+        self.token_count = token_count  # T, to tell a head-major per-head tensor from a token-major one
         self.tensors: dict[str, Any] = {}
         self.matched: set[Tap] = set()
         self._stack = ExitStack()
@@ -85,20 +90,22 @@ class ModuleTracer:
     def __enter__(self) -> "ModuleTracer":
         try:
             attention_listeners = {}
+            exact, patterns = _index(self.taps)
             for path, module in self.model.named_modules():
-                for tap in self.taps:
-                    match = _compile(tap.module).match(path)
-                    if match is None:
-                        continue
+                found = False
+                for tap, match in _matches(path, exact, patterns):
+                    found = True
                     names = tuple(_fill(name, match) for name in tap.names)
                     self.matched.add(tap)
                     if tap.io == "attention":
                         attention_listeners[id(module)] = self._attention_listener(names)
-                    else:
-                        self._hook(module, tap.io, names)
-                    if self.weights and tap.io == "output" and len(names) == 1 and self._wanted(names[0]):
+                    elif any(names):
+                        self._hook(module, tap, names)
+                    if self.weights and (tap.io == "heads" or (tap.io == "output" and len(names) == 1)) and self._wanted(names[0]):
                         for parameter, value in module.named_parameters(recurse=False):
                             self.tensors.setdefault(f"{names[0]}.{parameter}", value.detach().to("cpu").clone())
+                if self.raw and not found and path and not _computes_nothing(module):
+                    self._hook(module, Tap(path, (RAW_PREFIX + path,)), (RAW_PREFIX + path,))
             if attention_listeners:
                 from parity.capture.hf_attention import is_hf_model, recording_attention
 
@@ -116,34 +123,92 @@ class ModuleTracer:
         return bool(name) and bool(select([name], self.checkpoints))
 
     def _store(self, name: str, tensor) -> None:
-        if self._wanted(name) and name not in self.tensors:  # first call wins if a module runs twice
+        if tensor is not None and self._wanted(name) and name not in self.tensors:  # first call wins if a module runs twice
             self.tensors[name] = _canonical_layout(name, tensor.detach().to("cpu").clone())
 
-    def _hook(self, module, io: str, names: tuple[str, ...]) -> None:
-        if io == "input":
-            def on_input(_module, args):
-                if args:
-                    self._store_split(names, args[0])
-            self._stack.callback(module.register_forward_pre_hook(on_input).remove)
-        elif io == "output":
+    def _hook(self, module, tap: Tap, names: tuple[str, ...]) -> None:
+        if tap.io in ("input", "lookup"):
+            def on_input(hooked, args, kwargs):
+                value = args[0] if args else kwargs.get("hidden_states", kwargs.get("input_ids"))
+                if value is None:
+                    return
+                if tap.io == "lookup":  # the table row of each id, before any scaling the forward adds
+                    import torch
+
+                    value = torch.nn.functional.embedding(value, hooked.weight)
+                self._store_split(names, value)
+            self._stack.callback(module.register_forward_pre_hook(on_input, with_kwargs=True).remove)
+        elif tap.io == "heads":
+            def on_heads(_module, args, output):
+                output = _first_tensor(output)
+                if output is not None and args:
+                    self._store(names[0], self._token_major(output, args[0], names[1] if len(names) > 1 else ""))
+            self._stack.callback(module.register_forward_hook(on_heads).remove)
+        elif tap.io in ("output", "split", "router"):
             def on_output(_module, _args, output):
-                self._store_split(names, _first_tensor(output))
+                if tap.io == "router":
+                    self._store_routing(names, output)
+                elif tap.io == "split":
+                    self._store(names[0], _first_tensor(output))
+                    self._store_split(names[1:], _first_tensor(output), tap.sizes)
+                else:
+                    self._store_split(names, _first_tensor(output), tap.sizes)
             self._stack.callback(module.register_forward_hook(on_output).remove)
         else:
-            raise OptionError(f"tap io must be 'input', 'output' or 'attention', got '{io}'")
+            raise OptionError(f"tap io must be one of {', '.join(TAP_IOS)}, got '{tap.io}'")
 
-    def _store_split(self, names: tuple[str, ...], tensor) -> None:
-        if tensor is None:
+    def _store_split(self, names: tuple[str, ...], tensor, sizes: tuple[int, ...] = ()) -> None:
+        if tensor is None or not names:
             return
         if len(names) == 1:
             self._store(names[0], tensor)
             return
-        if tensor.shape[-1] % len(names):
+        if sizes and (len(sizes) != len(names) or sum(sizes) != tensor.shape[-1]):
+            raise CaptureError(f"cannot split a fused output of width {tensor.shape[-1]} into {', '.join(names)} "
+                               f"of widths {', '.join(map(str, sizes))}")
+        if not sizes and tensor.shape[-1] % len(names):
             raise CaptureError(
                 f"cannot split a fused output of width {tensor.shape[-1]} evenly into {', '.join(names)}"
             )
-        for name, part in zip(names, tensor.chunk(len(names), dim=-1)):
+        parts = tensor.split(list(sizes), dim=-1) if sizes else tensor.chunk(len(names), dim=-1)
+        for name, part in zip(names, parts):
             self._store(name, part)
+
+    def _token_major(self, output, module_input, projection: str):
+        """A per-head (B, A, C, hd) output as (B, T, H, hd): the axis of length T is the tokens';
+        when both are, the input is compared with the flat projection recorded before."""
+        if output.ndim != 4 or self.token_count is None:
+            return output
+        tokens, first, second = self.token_count, output.shape[1], output.shape[2]
+        if first == tokens and second != tokens:
+            return output
+        if second == tokens and first != tokens:
+            return output.transpose(1, 2)
+        recorded = self.tensors.get(projection)
+        if recorded is not None and recorded.shape == (tokens, first * output.shape[3]):
+            head_major = module_input.transpose(1, 2).reshape(recorded.shape).to(recorded.dtype)
+            if not module_input[0].reshape(recorded.shape).to(recorded.dtype).equal(recorded) and head_major.equal(recorded):
+                return output.transpose(1, 2)
+        return output
+
+    def _store_routing(self, names: tuple[str, ...], output) -> None:
+        """An MoE router's (logits, top-k weights, top-k ids): the logits; the ids chosen per
+        token, ascending; and the weights as a dense (T, E) table, zero for experts not chosen."""
+        import torch
+
+        logits_name, experts_name, weights_name = (names + ("", "", ""))[:3]
+        if isinstance(output, torch.Tensor):
+            self._store(logits_name, output)
+            return
+        logits, weights, experts = (list(output) + [None, None, None])[:3]
+        self._store(logits_name, logits)
+        if experts is None or weights is None:
+            return
+        logits = logits.reshape(-1, logits.shape[-1])                          # (T, E)
+        experts, weights = experts.reshape(logits.shape[0], -1), weights.reshape(logits.shape[0], -1)  # (T, k)
+        dense = torch.zeros(logits.shape, dtype=weights.dtype, device=weights.device).scatter(1, experts, weights)
+        self._store(experts_name, experts.sort(dim=-1).values.to(torch.int64))
+        self._store(weights_name, dense)
 
     def _attention_listener(self, names: tuple[str, ...]) -> Callable:
         query_name, key_name, probabilities_name = (names + ("", "", ""))[:3]
@@ -157,8 +222,37 @@ class ModuleTracer:
         return listen
 
 
-def _fill(name: str, match: re.Match) -> str:
-    return name.replace("{i}", match.group("i")) if "{i}" in name else name
+def _fill(name: str, match: re.Match | None) -> str:
+    return name.replace("{i}", match.group("i")) if match is not None and "{i}" in name else name
+
+
+def _index(taps: tuple[Tap, ...]):
+    """Taps by literal module path, and the compiled patterns of the others
+    (a transformers model mapped from its structure has hundreds of literal taps)."""
+    exact: dict[str, list[Tap]] = {}
+    patterns = []
+    for tap in taps:
+        if tap.module.startswith("re:") or "{i}" in tap.module or "*" in tap.module:
+            patterns.append((tap, _compile(tap.module)))
+        else:
+            exact.setdefault(tap.module, []).append(tap)
+    return exact, patterns
+
+
+def _matches(path: str, exact, patterns):
+    for tap in exact.get(path, ()):
+        yield tap, None
+    for tap, pattern in patterns:
+        match = pattern.match(path)
+        if match is not None:
+            yield tap, match
+
+
+def _computes_nothing(module) -> bool:
+    """Containers (never called) and modules that are the identity in eval mode."""
+    import torch
+
+    return isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Dropout, torch.nn.Identity))
 
 
 def _first_tensor(output):
@@ -194,12 +288,14 @@ def trace_module(
     metadata: Mapping[str, Any] | None = None,
     forward: Callable | None = None,
     weights: bool = False,
+    raw: bool = False,
 ) -> Trace:
     """Run one forward pass of `model` over `tokens` and return the checkpoints `taps` name.
 
     `tokens` is a list of ids or a (1, T) tensor; `forward(model, input_ids)` replaces
     `model(input_ids)` for models with another calling convention; `weights` also
-    records each tapped module's own parameters (`layers.3.q.weight`). When no tap
+    records each tapped module's own parameters (`layers.3.q.weight`); `raw` records
+    every module no tap names, under `raw.<module path>`. When no tap
     records `logits`, the forward's return value (a tensor, a tuple's first
     tensor, or `.logits`) is used.
     """
@@ -209,7 +305,8 @@ def trace_module(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), ModuleTracer(model, taps, checkpoints=checkpoints, weights=weights) as tracer:
+        with torch.no_grad(), ModuleTracer(model, taps, checkpoints=checkpoints, weights=weights, raw=raw,
+                                                  token_count=input_ids.shape[-1]) as tracer:
             output = forward(model, input_ids) if forward else model(input_ids)
     except (RuntimeError, TypeError, ValueError, IndexError) as error:
         raise CaptureError(f"the forward pass of {type(model).__name__} failed: {error}") from error

@@ -14,9 +14,10 @@ import numpy as np
 from parity.core.calibrate import NoiseFloor, calibrated_tolerance
 from parity.core.layout import alignments
 from parity.core.metrics import measure
-from parity.core.names import Checkpoint, in_flow_order, parse, select
+from parity.core.names import INDEX_KINDS, Checkpoint, in_flow_order, is_raw, parse, select
 from parity.core.positions import layer_position_matrix, per_head_rel_l2, position_profile
 from parity.core.propagation import attribute, origin
+from parity.core.routing import compare_experts
 from parity.core.results import (
     FAIL,
     NOT_COMPARABLE,
@@ -57,10 +58,13 @@ def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = Compa
     attributions = attribute(results, config.noise)
     first = next((result for result in results if result.failed), None)
     introduced_at = origin(results, attributions) if first is not None else None
+    missing = set(reference_names) - set(candidate_names) - set(declared)
+    extra = set(candidate_names) - set(reference_names)
     return Comparison(
         checkpoints=results,
-        missing=tuple(in_flow_order(set(reference_names) - set(candidate_names) - set(declared))),
-        extra=tuple(in_flow_order(set(candidate_names) - set(reference_names))),
+        missing=tuple(in_flow_order(name for name in missing if not is_raw(name))),
+        extra=tuple(in_flow_order(name for name in extra if not is_raw(name))),
+        raw_unpaired=tuple(in_flow_order(name for name in missing | extra if is_raw(name))),
         first_divergence=_divergence(first, reference, candidate),
         notes=tuple(_trace_notes(reference, candidate)),
         reference_metadata={**reference.metadata, **({"source": reference.source} if reference.source else {})},
@@ -99,8 +103,10 @@ def _divergence(result: CheckpointResult | None, reference: Trace, candidate: Tr
 
 
 def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: CompareConfig) -> CheckpointResult:
-    reference_tensor, candidate_tensor = reference[name], candidate[name]
     checkpoint = parse(name) or Checkpoint(name=name, kind=name)
+    if checkpoint.kind in INDEX_KINDS:  # integer ids: agreement, not a norm of a difference
+        return compare_experts(name, reference, candidate)
+    reference_tensor, candidate_tensor = reference[name], candidate[name]
     dtype = config.dtype or lowest_precision(
         reference.metadata.get("dtype"), candidate.metadata.get("dtype"),
         reference.dtype_of(name), candidate.dtype_of(name),

@@ -13,51 +13,88 @@ import re
 from dataclasses import dataclass
 
 # Per-layer kinds in the order data flows through a block. Each family produces
-# a subset (GPT-2 has no RoPE and a plain MLP; Llama has no q_norm).
+# a subset (GPT-2 has no RoPE and a plain MLP; Llama has no q_norm; only Gemma 2/3
+# and OLMo 2 norm the branches' outputs; only MoE blocks route).
 LAYER_KINDS: tuple[str, ...] = (
-    "attn_norm",   # input norm of the block                      [T, D]
-    "q",           # q projection, before any norm or RoPE         [T, H*hd]
-    "k",           #                                               [T, Hkv*hd]
-    "v",           #                                               [T, Hkv*hd]
-    "q_norm",      # per-head RMSNorm on q (Qwen3 and others)      [T, H*hd]
-    "k_norm",      #                                               [T, Hkv*hd]
-    "q_rope",      # after rotary embedding                        [T, H*hd]
-    "k_rope",      #                                               [T, Hkv*hd]
-    "attn_probs",  # softmax attention probabilities               [H, T, S]
-    "attn_ctx",    # attention output before the output projection [T, H*hd]
-    "attn_out",    # after the output projection                   [T, D]
-    "resid_mid",   # hidden state after the attention residual     [T, D]
-    "mlp_norm",    # post-attention norm                           [T, D]
-    "mlp_gate",    # gated MLPs: gate projection                   [T, F]
-    "mlp_up",      # gated MLPs: up projection                     [T, F]
-    "mlp_fc",      # GPT-2: the single input projection            [T, F]
-    "mlp_act",     # input of the down projection                  [T, F]
-    "mlp_out",     # MLP output                                    [T, D]
-    "out",         # block output                                  [T, D]
+    "attn_norm",         # input norm of the block                       [T, D]
+    "qkv",               # a fused q|k|v projection (Phi-3, GPT-2)        [T, (H+2Hkv)*hd]
+    "q",                 # q projection, before any norm or RoPE          [T, H*hd]
+    "k",                 #                                                [T, Hkv*hd]
+    "v",                 #                                                [T, Hkv*hd]
+    "q_norm",            # per-head RMSNorm on q (Qwen3, Gemma 3, OLMo 2)  [T, H*hd]
+    "k_norm",            #                                                [T, Hkv*hd]
+    "q_rope",            # after rotary embedding (partial: the rest as is) [T, H*hd]
+    "k_rope",            #                                                [T, Hkv*hd]
+    "attn_probs",        # softmax attention probabilities                [H, T, S]
+    "attn_ctx",          # attention output before the output projection  [T, H*hd]
+    "attn_out",          # after the output projection                    [T, D]
+    "attn_post_norm",    # norm of the attention branch's output (Gemma 2/3, OLMo 2) [T, D]
+    "resid_mid",         # hidden state after the attention residual      [T, D]
+    "mlp_norm",          # the MLP's input norm                           [T, D]
+    "moe_router_logits", # MoE: the router's logits                       [T, E]
+    "moe_experts",       # MoE: the experts chosen, ids ascending (int)   [T, k]
+    "moe_weights",       # MoE: each expert's routing weight, 0 if unchosen [T, E]
+    "mlp_gate_up",       # a fused gate|up projection (Phi-3)             [T, 2F]
+    "mlp_gate",          # gated MLPs: gate projection                    [T, F]
+    "mlp_up",            # gated MLPs: up projection                      [T, F]
+    "mlp_fc",            # GPT-2: the single input projection             [T, F]
+    "mlp_act",           # input of the down projection                   [T, F]
+    "moe_routed",        # MoE: the routed experts' weighted sum          [T, D]
+    "moe_shared",        # MoE: the shared expert's output, before its gate [T, D]
+    "mlp_out",           # MLP (or MoE block) output                      [T, D]
+    "mlp_post_norm",     # norm of the MLP branch's output (Gemma 2/3, OLMo 2) [T, D]
+    "out",               # block output                                   [T, D]
 )
-BEFORE_LAYERS: tuple[str, ...] = ("embed",)
-AFTER_LAYERS: tuple[str, ...] = ("final_norm", "logits")
+# embed_tokens: the table lookup alone, recorded where the model scales it
+# (Gemma: x sqrt(D); Granite: x embedding_multiplier); embed is what enters layer 0.
+BEFORE_LAYERS: tuple[str, ...] = ("embed_tokens", "embed")
+# lm_head_out: the output head's own result, recorded where the model then caps or
+# scales it (Gemma 2/3: final logit soft-capping; Granite: / logits_scaling).
+AFTER_LAYERS: tuple[str, ...] = ("final_norm", "lm_head_out", "logits")
 GLOBAL_KINDS = BEFORE_LAYERS + AFTER_LAYERS
 
 # Kinds whose per-token tensors carry heads, flattened to [T, heads*head_dim].
 HEAD_KINDS = frozenset({"q", "k", "v", "q_norm", "k_norm", "q_rope", "k_rope", "attn_ctx"})
+# Kinds that hold integer ids, compared as agreement rather than by rel_l2.
+INDEX_KINDS = frozenset({"moe_experts"})
+
+# A module with no canonical role is still recorded, as `raw.<module path>`.
+RAW_PREFIX = "raw."
+
+
+def is_raw(name: str) -> bool:
+    return name.startswith(RAW_PREFIX)
+
 
 # What feeds each kind, as groups of alternatives (the first present in a group
 # is used; "<in>" is the block's input: embed, or the previous layer's out).
+# Parallel blocks (attention and MLP on the same input) have no resid_mid: their
+# MLP reads the block input's norm, and out adds both branches to the input.
 FEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "attn_norm": (("<in>",),),
-    "q": (("attn_norm",),), "k": (("attn_norm",),), "v": (("attn_norm",),),
+    "qkv": (("attn_norm", "<in>"),),
+    "q": (("attn_norm", "<in>"),), "k": (("attn_norm", "<in>"),), "v": (("attn_norm", "<in>"),),
     "q_norm": (("q",),), "k_norm": (("k",),),
     "q_rope": (("q_norm", "q"),), "k_rope": (("k_norm", "k"),),
     "attn_probs": (("q_rope", "q_norm", "q"), ("k_rope", "k_norm", "k")),
     "attn_ctx": (("attn_probs",), ("v",)),
     "attn_out": (("attn_ctx",),),
-    "resid_mid": (("<in>",), ("attn_out",)),
-    "mlp_norm": (("resid_mid",),),
-    "mlp_gate": (("mlp_norm",),), "mlp_up": (("mlp_norm",),), "mlp_fc": (("mlp_norm",),),
+    "attn_post_norm": (("attn_out",),),
+    "resid_mid": (("<in>",), ("attn_post_norm", "attn_out")),
+    "mlp_norm": (("resid_mid", "<in>"),),
+    "moe_router_logits": (("mlp_norm", "resid_mid", "attn_norm"),),
+    "moe_experts": (("moe_router_logits",),),
+    "moe_weights": (("moe_router_logits",),),
+    "mlp_gate_up": (("mlp_norm", "resid_mid", "attn_norm"),),
+    "mlp_gate": (("mlp_norm", "resid_mid", "attn_norm"),),
+    "mlp_up": (("mlp_norm", "resid_mid", "attn_norm"),),
+    "mlp_fc": (("mlp_norm", "resid_mid", "attn_norm"),),
     "mlp_act": (("mlp_gate", "mlp_fc"), ("mlp_up",)),
-    "mlp_out": (("mlp_act",),),
-    "out": (("resid_mid",), ("mlp_out",)),
+    "moe_routed": (("moe_weights",), ("mlp_norm", "resid_mid")),
+    "moe_shared": (("mlp_norm", "resid_mid"),),
+    "mlp_out": (("mlp_act", "moe_routed", "moe_weights"), ("moe_shared",)),
+    "mlp_post_norm": (("mlp_out",),),
+    "out": (("resid_mid", "<in>"), ("mlp_post_norm", "mlp_out"), ("attn_post_norm", "attn_out")),
 }
 
 _LAYER_NAME = re.compile(r"^layers\.(\d+)\.([a-z_]+)$")
@@ -118,12 +155,17 @@ def order_key(name: str) -> tuple:
         return order_key(weight[0])[:3] + (name,)
     checkpoint = parse(name)
     if checkpoint is None:
-        return (3, 0, 0, name)
+        return (3, 0, 0, _natural(name))
     if checkpoint.kind in BEFORE_LAYERS:
         return (0, 0, BEFORE_LAYERS.index(checkpoint.kind), name)
     if checkpoint.kind in AFTER_LAYERS:
         return (2, 0, AFTER_LAYERS.index(checkpoint.kind), name)
     return (1, checkpoint.layer, LAYER_KINDS.index(checkpoint.kind), name)
+
+
+def _natural(name: str) -> tuple:
+    """`raw.model.layers.10.mlp` after `raw.model.layers.2.mlp`."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split("."))
 
 
 def in_flow_order(names) -> list[str]:
@@ -133,11 +175,15 @@ def in_flow_order(names) -> list[str]:
 def inputs_of(name: str, available) -> list[str]:
     """The checkpoints among `available` that feed `name`, by the FEEDS table."""
     checkpoint = parse(name)
-    if checkpoint is None or checkpoint.kind == "embed":
+    if checkpoint is None or checkpoint.kind == "embed_tokens":
         return []
     available = set(available)
+    if checkpoint.kind == "embed":
+        return ["embed_tokens"] if "embed_tokens" in available else []
     if checkpoint.kind in AFTER_LAYERS:
         if checkpoint.kind == "logits":
+            return [name for name in ("lm_head_out", "final_norm") if name in available][:1]
+        if checkpoint.kind == "lm_head_out":
             return ["final_norm"] if "final_norm" in available else []
         layers = [c.layer for c in map(parse, available) if c is not None and c.kind == "out"]
         return [f"layers.{max(layers)}.out"] if layers else []
@@ -176,10 +222,23 @@ def select(names, patterns: str | None) -> list[str]:
 class Tap:
     module: str                 # module path pattern, e.g. "model.layers.{i}.mlp.down_proj"
     names: tuple[str, ...]      # canonical name(s), e.g. ("layers.{i}.mlp_act",)
-    io: str = "output"          # "output", "input" (the first positional argument) or "attention"
+    io: str = "output"          # see TAP_IOS
+    sizes: tuple[int, ...] = () # widths of a fused output's parts, when they differ (q|k|v with GQA)
 
     def __repr__(self) -> str:
         return f"<Tap {self.module}:{self.io} -> {','.join(self.names)}>"
+
+
+# What a tap reads from its module.
+TAP_IOS: dict[str, str] = {
+    "output": "the output (a tuple's first tensor)",
+    "input": "the first positional input (or the hidden_states keyword)",
+    "attention": "query and key after RoPE, and the probabilities, from transformers' attention function",
+    "router": "an MoE router's (logits, top-k weights, top-k ids): names router_logits, experts, weights",
+    "lookup": "an embedding's table lookup weight[ids], before any scaling its forward applies",
+    "heads": "a per-head output, token-major (B, T, H, hd) or head-major (B, H, T, hd), recorded token-major; "
+             "when H == T, the layout is read off the projection recorded under the second name",
+}
 
 
 def _taps(*rows: tuple) -> tuple[Tap, ...]:
@@ -219,7 +278,7 @@ _GPT2_LAYER = "transformer.h.{i}"
 GPT2_TAPS = _taps(
     ("transformer.drop", "embed"),
     (f"{_GPT2_LAYER}.ln_1", "layers.{i}.attn_norm"),
-    (f"{_GPT2_LAYER}.attn.c_attn", ("layers.{i}.q", "layers.{i}.k", "layers.{i}.v")),
+    (f"{_GPT2_LAYER}.attn.c_attn", ("layers.{i}.qkv", "layers.{i}.q", "layers.{i}.k", "layers.{i}.v"), "split"),
     (f"{_GPT2_LAYER}.attn", ("", "", "layers.{i}.attn_probs"), "attention"),
     (f"{_GPT2_LAYER}.attn.c_proj", "layers.{i}.attn_ctx", "input"),
     (f"{_GPT2_LAYER}.attn.c_proj", "layers.{i}.attn_out"),
@@ -233,7 +292,8 @@ GPT2_TAPS = _taps(
     ("lm_head", "logits"),
 )
 
-# Built-in mappings by name. "hf" covers every HF Llama-style family.
+# Built-in mappings by name, for trace_module(taps=...). transformers models are
+# mapped from their structure (capture/hf_structure.py); "hf" is the Llama layout.
 FAMILY_TAPS: dict[str, tuple[Tap, ...]] = {
     "llama": LLAMA_TAPS,
     "qwen2": LLAMA_TAPS,
@@ -243,8 +303,14 @@ FAMILY_TAPS: dict[str, tuple[Tap, ...]] = {
     "nanogpt": GPT2_TAPS,
 }
 
-# transformers' config.model_type -> family. Mistral, SmolLM and TinyLlama are
-# Llama-family checkpoints with model_type "llama" or "mistral".
+# Per model_type corrections to the mapping found from a transformers model's
+# structure, merged over it: an override replaces the taps of the same module and
+# io (`{i}` matches any layer); one with no names keeps the module out of the
+# trace, raw capture included. None is needed by the families tested today.
+HF_OVERRIDES: dict[str, tuple[Tap, ...]] = {}
+
+# transformers' config.model_type -> family, for the families mapped by hand
+# before the mapping was found from the structure (kept for callers that name them).
 MODEL_TYPE_FAMILY: dict[str, str] = {
     "llama": "llama",
     "mistral": "llama",

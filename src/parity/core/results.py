@@ -137,6 +137,7 @@ class Comparison:
     missing: tuple[str, ...]             # in the reference, not the candidate
     extra: tuple[str, ...]               # in the candidate, not the reference
     first_divergence: Divergence | None
+    raw_unpaired: tuple[str, ...] = ()   # raw.<module> outputs held by one side only (not compared)
     diagnoses: tuple[Diagnosis, ...] = ()
     notes: tuple[str, ...] = ()          # findings outside any one checkpoint
     reference_metadata: dict[str, Any] = field(default_factory=dict)

@@ -26,7 +26,9 @@ from parity.core.errors import OptionError, TraceError
 from parity.core.files import write_atomically
 from parity.core.names import in_flow_order, is_canonical, parse
 
-FORMAT = "parity-trace/1"
+FORMAT = "parity-trace/2"
+# Versions read: /2 added checkpoint kinds (post norms, MoE routing, raw.<module>) and changed none.
+READABLE_FORMATS = ("parity-trace/1", "parity-trace/2")
 _JSON_KEYS = ("tokens", "config", "not_comparable")
 
 # safetensors dtype tag -> (numpy storage dtype, name parity reports)
@@ -144,15 +146,16 @@ def load_trace(path: str | Path) -> Trace:
 
 def _check_is_trace(trace: Trace, path: Path) -> None:
     declared = trace.metadata.get("format")
-    if declared != FORMAT and trace.tensors and not any(is_canonical(name) for name in trace.tensors):
+    if declared not in READABLE_FORMATS and trace.tensors and not any(is_canonical(name) for name in trace.tensors):
         example = ", ".join(sorted(trace.tensors)[:3])
         raise TraceError(
             f"{path}: not a parity trace: no canonical checkpoint names (found {example}, ...; "
             "expected names like 'embed', 'layers.0.q', 'logits'); is this a weights file? "
             "See docs/trace-format.md"
         )
-    if declared is not None and declared != FORMAT:
-        raise TraceError(f"{path}: format is '{declared}', expected '{FORMAT}'; see docs/trace-format.md")
+    if declared is not None and declared not in READABLE_FORMATS:
+        raise TraceError(f"{path}: format is '{declared}', expected '{FORMAT}' (or an older "
+                         f"{', '.join(READABLE_FORMATS[:-1])}); see docs/trace-format.md")
 
 
 def _read_safetensors(path: Path) -> Trace:
@@ -279,7 +282,7 @@ def _manifest_files(manifest: dict, path: Path) -> dict[str, str]:
 
 
 def save_trace(trace: Trace, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write `trace` as a parity-trace/1 safetensors file. Refuses to replace a file unless told."""
+    """Write `trace` as a parity-trace/2 safetensors file. Refuses to replace a file unless told."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise OptionError(f"{path}: traces are written as .safetensors; name the output '*.safetensors'")

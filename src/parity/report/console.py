@@ -12,6 +12,7 @@ from parity.core.errors import require
 from parity.core.names import AFTER_LAYERS, BEFORE_LAYERS, LAYER_KINDS, parse
 from parity.core.results import FAIL, NOT_COMPARABLE, PASS, CheckpointResult, Comparison
 from parity.report import output
+from parity.report.raw import raw_line
 
 # kind -> column header; the legend under the grid spells them out.
 SHORT_NAMES = {
@@ -19,6 +20,8 @@ SHORT_NAMES = {
     "q_rope": "qr", "k_rope": "kr", "attn_probs": "pr", "attn_ctx": "ctx", "attn_out": "ao",
     "resid_mid": "rm", "mlp_norm": "mn", "mlp_gate": "g", "mlp_up": "u", "mlp_fc": "fc",
     "mlp_act": "act", "mlp_out": "mo", "out": "out",
+    "qkv": "qkv", "attn_post_norm": "apn", "moe_router_logits": "rl", "moe_experts": "ex", "moe_weights": "rw",
+    "mlp_gate_up": "gu", "moe_routed": "rt", "moe_shared": "sh", "mlp_post_norm": "mpn",
 }
 CELLS = {  # status -> (symbol, style)
     PASS: ("✓", "green"),
@@ -44,6 +47,7 @@ def renderables(comparison: Comparison) -> list:
     ]
     if comparison.missing or comparison.extra:
         parts.append(_missing_and_extra(comparison))
+    parts.append(raw_line(comparison))
     return [part for part in parts if part is not None]
 
 

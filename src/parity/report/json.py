@@ -16,6 +16,7 @@ from parity.core.names import parse
 from parity.core.results import NOT_COMPARABLE, CheckpointResult, Comparison, Metrics, Tolerance
 from parity.core.sequence import PositionResult, SequenceComparison
 from parity.core.tokenization import TokenizerComparison
+from parity.report.raw import raw_summary
 
 SCHEMA = "parity-report/1"
 
@@ -40,6 +41,7 @@ def to_dict(comparison: Comparison) -> dict[str, Any]:
                             "rel_l2": [[_number(v) for v in row] for row in comparison.position_matrix]},
         "missing": list(comparison.missing),
         "extra": list(comparison.extra),
+        "raw": raw_summary(comparison),
         "replay": None if not comparison.block_local_rel_l2 else {
             "blocks": [{"layer": layer, "local_rel_l2": _number(value),
                         "propagated_rel_l2": _propagated(comparison, layer)}

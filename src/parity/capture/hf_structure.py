@@ -1,0 +1,311 @@
+"""Where each checkpoint of a transformers causal LM lives, found from its structure.
+
+No table per family: the decoder layer list is the ModuleList with one entry per
+layer; in each layer the attention and MLP modules, their projections and the
+norms are told apart by their names (the vocabulary below covers Llama, Mistral,
+Qwen2/3, Qwen2/3-MoE, Mixtral, OLMo 2, OLMoE, Gemma 1/2/3, Granite, Phi-3,
+StableLM and GPT-2), and a norm's role by the norms beside it. `HF_OVERRIDES`
+in core/names.py corrects the result per model type. Works on the meta device,
+so a model that cannot be mapped is refused before its weights are read:
+
+    mapping = map_model(model)          # ModelMap: taps, per-layer attention facts
+    mapping = map_config(config)        # the same, from a config, without weights
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from parity.core.errors import CaptureError
+from parity.core.names import HF_OVERRIDES, Tap
+
+ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
+MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe")
+FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_norm", "norm_f")
+
+# Children of an attention module, by role. A fused q|k|v is [q | k | v] along the
+# output axis; NeoX's `query_key_value` interleaves heads and is left to raw capture.
+ATTENTION_PARTS: dict[str, tuple[str, ...]] = {
+    "q": ("q_proj", "query", "wq"),
+    "k": ("k_proj", "key", "wk"),
+    "v": ("v_proj", "value", "wv"),
+    "qkv": ("qkv_proj", "c_attn", "Wqkv", "wqkv"),
+    "o": ("o_proj", "out_proj", "c_proj", "dense", "wo"),
+    "q_norm": ("q_norm", "q_layernorm"),
+    "k_norm": ("k_norm", "k_layernorm"),
+}
+# Children of a dense MLP, by role. A fused gate|up is [gate | up].
+MLP_PARTS: dict[str, tuple[str, ...]] = {
+    "gate": ("gate_proj", "w1"),
+    "up": ("up_proj", "w3"),
+    "gate_up": ("gate_up_proj",),
+    "fc": ("c_fc", "fc1", "fc_in", "dense_h_to_4h"),
+    "down": ("down_proj", "w2", "c_proj", "fc2", "fc_out", "dense_4h_to_h"),
+}
+ROUTER_NAMES = ("gate", "router")
+SHARED_EXPERT_NAMES = ("shared_expert", "shared_experts")
+
+# Norms of a decoder layer, by name. `post_attention_layernorm` is the MLP's input
+# norm in Llama-style blocks, but the attention branch's output norm in blocks that
+# also norm the MLP's output (Gemma 2/3, OLMo 2): see _norm_roles.
+ATTN_NORM_NAMES = ("input_layernorm", "ln_1", "attention_norm", "ln_attn", "norm1", "attn_norm")
+MLP_NORM_NAMES = ("pre_feedforward_layernorm", "ln_2", "ffn_norm", "norm2", "ln_mlp", "pre_mlp_layernorm")
+ATTN_POST_NAMES = ("post_attn_norm", "post_attention_norm")
+MLP_POST_NAMES = ("post_feedforward_layernorm", "post_mlp_layernorm", "post_ffn_norm")
+AMBIGUOUS_NORM = "post_attention_layernorm"
+
+
+@dataclass(frozen=True)
+class ModelMap:
+    """The taps of one model, and what its attention does per layer (trace metadata)."""
+
+    model_type: str
+    taps: tuple[Tap, ...]
+    architecture: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"<ModelMap {self.model_type}: {len(self.taps)} taps>"
+
+
+def map_config(config, *, where: str = "this model") -> ModelMap:
+    """Build the model on the meta device (no memory, no weights) and map it."""
+    import torch
+    import transformers
+
+    try:
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as error:
+        raise CaptureError(
+            f"{where}: transformers has no causal LM for model type '{config.model_type}' ({str(error).splitlines()[0][:200]}); "
+            "give a decoder-only language model"
+        ) from error
+    return map_model(model, where=where)
+
+
+def map_model(model, *, where: str = "this model") -> ModelMap:
+    """The taps of every checkpoint `model` has, or a CaptureError naming what is missing."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    model_type = model.config.model_type
+    paths = {id(module): path for path, module in model.named_modules()}
+
+    def refuse(what: str) -> CaptureError:
+        return CaptureError(
+            f"{where}: model type '{model_type}' has no checkpoint mapping: {what}; "
+            "trace it with parity.trace_module and your own taps (docs/capture.md)"
+        )
+
+    layers_path, layers = _layer_list(model, config)
+    if layers_path is None:
+        raise refuse(f"no list of {_layer_count(config)} decoder layers found")
+    taps: list[Tap] = []
+    taps += _embedding_taps(model, config, paths, layers_path)
+    has_rope = any("Rotary" in type(module).__name__ for module in model.modules())
+    layer_facts = []
+    for i, layer in enumerate(layers):
+        layer_taps, facts = _layer_taps(f"{layers_path}.{i}", i, layer, config, has_rope, refuse)
+        taps += layer_taps
+        layer_facts.append(facts)
+    taps += _head_taps(model, config, paths, layers_path, refuse)
+    taps = _merge(taps, HF_OVERRIDES.get(model_type, ()))
+    architecture = {"layers": layer_facts, **_global_facts(model, config)}
+    return ModelMap(model_type=model_type, taps=tuple(taps), architecture=architecture)
+
+
+def _layer_count(config) -> int | None:
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    return None
+
+
+def _layer_list(model, config):
+    import torch
+
+    count = _layer_count(config)
+    for path, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count and count:
+            return path, list(module)
+    return None, []
+
+
+def _child(module, names: tuple[str, ...]):
+    children = dict(module.named_children())
+    for name in names:
+        if children.get(name) is not None:
+            return name, children[name]
+    return None, None
+
+
+def _is_norm(module) -> bool:
+    return "Norm" in type(module).__name__
+
+
+def _embedding_taps(model, config, paths, layers_path) -> list[Tap]:
+    taps = [Tap(f"{layers_path}.0", ("embed",), "input")]  # what enters the first block: scaled, positions added
+    embedding = model.get_input_embeddings()
+    scaled = hasattr(embedding, "embed_scale") or getattr(config, "embedding_multiplier", 1.0) not in (None, 1.0)
+    if embedding is not None and id(embedding) in paths:
+        taps.append(Tap(paths[id(embedding)], ("embed_tokens",) if scaled else (), "lookup"))
+    return taps
+
+
+def _head_taps(model, config, paths, layers_path, refuse) -> list[Tap]:
+    taps = []
+    parent = model.get_submodule(layers_path.rsplit(".", 1)[0]) if "." in layers_path else model
+    name, norm = _child(parent, FINAL_NORM_NAMES)
+    if norm is not None:
+        prefix = layers_path.rsplit(".", 1)[0] + "." if "." in layers_path else ""
+        taps.append(Tap(prefix + name, ("final_norm",)))
+    head = model.get_output_embeddings()
+    if head is None or id(head) not in paths:
+        raise refuse("no output head (get_output_embeddings() is None)")
+    # Logits that the model caps or scales after the head come from its return value.
+    post_processed = getattr(config, "final_logit_softcapping", None) or getattr(config, "logits_scaling", 1.0) != 1.0
+    taps.append(Tap(paths[id(head)], ("lm_head_out",) if post_processed else ("logits",)))
+    return taps
+
+
+def _norm_roles(layer) -> dict[str, str]:
+    """name -> role of the layer's norm children; unknown names are left to raw capture."""
+    norms = [name for name, child in layer.named_children() if child is not None and _is_norm(child)]
+    has_mlp_post = any(name in MLP_POST_NAMES for name in norms)
+    roles = {}
+    for name in norms:
+        if name in ATTN_NORM_NAMES:
+            roles[name] = "attn_norm"
+        elif name in MLP_NORM_NAMES:
+            roles[name] = "mlp_norm"
+        elif name in MLP_POST_NAMES:
+            roles[name] = "mlp_post_norm"
+        elif name in ATTN_POST_NAMES or (name == AMBIGUOUS_NORM and has_mlp_post):
+            roles[name] = "attn_post_norm"
+        elif name == AMBIGUOUS_NORM:
+            roles[name] = "mlp_norm"
+    return roles
+
+
+def _layer_taps(prefix: str, i: int, layer, config, has_rope: bool, refuse) -> tuple[list[Tap], dict]:
+    def tap(path: str, kinds, io: str = "output", sizes=()) -> Tap:
+        kinds = (kinds,) if isinstance(kinds, str) else kinds
+        return Tap(f"{prefix}.{path}" if path else prefix, tuple(f"layers.{i}.{k}" if k else "" for k in kinds), io, sizes)
+
+    attention_name, attention = _child(layer, ATTENTION_NAMES)
+    if attention is None:
+        raise refuse(f"no attention module in layer {i} (children: {', '.join(n for n, _ in layer.named_children())})")
+    mlp_name, mlp = _child(layer, MLP_NAMES)
+    if mlp is None:
+        raise refuse(f"no MLP module in layer {i} (children: {', '.join(n for n, _ in layer.named_children())})")
+    parallel = bool(getattr(layer, "use_parallel_residual", False) or getattr(config, "parallel_attn", False))
+    taps = [tap("", "out")]
+    roles = _norm_roles(layer)
+    for name, role in roles.items():
+        taps.append(tap(name, role))
+    mlp_norm = next((name for name, role in roles.items() if role == "mlp_norm"), None)
+    if not parallel:  # the attention residual is what enters the MLP's norm, or the MLP itself
+        taps.append(tap(mlp_norm, "resid_mid", "input") if mlp_norm else tap(mlp_name, "resid_mid", "input"))
+    attention_taps, head_dim = _attention_taps(attention_name, attention, config, has_rope, tap, refuse, i)
+    taps += attention_taps
+    taps += _mlp_taps(mlp_name, mlp, tap)
+    return taps, _layer_facts(i, attention, config, head_dim, parallel, mlp)
+
+
+def _attention_taps(name: str, attention, config, has_rope: bool, tap, refuse, i: int):
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    head_dim = getattr(attention, "head_dim", None) or getattr(config, "head_dim", None) or hidden // heads
+    taps = [tap(name, ("q_rope", "k_rope", "attn_probs") if has_rope else ("", "", "attn_probs"), "attention")]
+    parts = {role: _child(attention, names)[0] for role, names in ATTENTION_PARTS.items()}
+    for role in ("q", "k", "v"):
+        if parts[role]:
+            taps.append(tap(f"{name}.{parts[role]}", role))
+    for role in ("q_norm", "k_norm"):  # Qwen3 norms (B, T, H, hd), Gemma 3 (B, H, T, hd), OLMo 2 (B, T, H*hd)
+        if parts[role]:
+            taps.append(tap(f"{name}.{parts[role]}", (role, role[0]), "heads"))
+    if parts["qkv"] and not parts["q"]:
+        sizes = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
+        taps.append(tap(f"{name}.{parts['qkv']}", ("qkv", "q", "k", "v"), "split", sizes))
+    if not parts["o"]:
+        raise refuse(f"no output projection in layer {i}'s attention (one of {', '.join(ATTENTION_PARTS['o'])})")
+    taps.append(tap(f"{name}.{parts['o']}", "attn_ctx", "input"))
+    taps.append(tap(f"{name}.{parts['o']}", "attn_out"))
+    return taps, head_dim
+
+
+def _mlp_taps(name: str, mlp, tap) -> list[Tap]:
+    taps = [tap(name, "mlp_out")]
+    _, experts = _child(mlp, ("experts",))
+    if experts is not None:  # a Mixture-of-Experts block
+        router_name, _ = _child(mlp, ROUTER_NAMES)
+        if router_name:
+            taps.append(tap(f"{name}.{router_name}", ("moe_router_logits", "moe_experts", "moe_weights"), "router"))
+        shared_name, _ = _child(mlp, SHARED_EXPERT_NAMES)
+        if shared_name:
+            taps.append(tap(f"{name}.{shared_name}", "moe_shared"))
+        # Without a shared expert the routed sum is the block's output: recorded once, as mlp_out.
+        taps.append(tap(f"{name}.experts", "moe_routed" if shared_name else ()))
+        return taps
+    parts = {role: _child(mlp, names)[0] for role, names in MLP_PARTS.items()}
+    for role, kind in (("gate", "mlp_gate"), ("up", "mlp_up"), ("fc", "mlp_fc")):
+        if parts[role]:
+            taps.append(tap(f"{name}.{parts[role]}", kind))
+    if parts["gate_up"]:
+        taps.append(tap(f"{name}.{parts['gate_up']}", ("mlp_gate_up", "mlp_gate", "mlp_up"), "split"))
+    if parts["down"]:
+        taps.append(tap(f"{name}.{parts['down']}", "mlp_act", "input"))
+    return taps
+
+
+def _layer_facts(i: int, attention, config, head_dim: int, parallel: bool, mlp) -> dict[str, Any]:
+    """What a port must match that no tensor shows directly: window, soft-cap, rotary width."""
+    layer_types = getattr(config, "layer_types", None)
+    window = getattr(config, "sliding_window", None)
+    if layer_types:
+        window = window if layer_types[i] == "sliding_attention" else None
+    rope = getattr(config, "rope_parameters", None) or {}
+    if isinstance(rope, dict) and layer_types and layer_types[i] in rope and isinstance(rope[layer_types[i]], dict):
+        rope = rope[layer_types[i]]  # Gemma 3: one set of RoPE parameters per layer type
+    factor = (rope.get("partial_rotary_factor") if isinstance(rope, dict) else None) \
+        or getattr(config, "partial_rotary_factor", None) or 1.0
+    facts = {
+        "sliding_window": window,
+        "attn_logit_softcapping": getattr(attention, "attn_logit_softcapping", None),
+        "head_dim": head_dim,
+        "rotary_dim": getattr(attention, "rotary_ndims", None) or int(head_dim * factor),
+        "parallel": parallel,
+        "moe": any(name == "experts" for name, _ in mlp.named_children()),
+    }
+    scaling = getattr(attention, "scaling", None)
+    if isinstance(scaling, (int, float)):
+        facts["attn_scaling"] = float(scaling)
+    return facts
+
+
+def _global_facts(model, config) -> dict[str, Any]:
+    embedding = model.get_input_embeddings()
+    scale = getattr(embedding, "scalar_embed_scale", None) or getattr(config, "embedding_multiplier", None)
+    return {
+        "embed_scale": float(scale) if scale is not None else None,
+        "final_logit_softcapping": getattr(config, "final_logit_softcapping", None),
+        "logits_scaling": getattr(config, "logits_scaling", None),
+        "residual_multiplier": getattr(config, "residual_multiplier", None),
+    }
+
+
+def _merge(taps: list[Tap], overrides) -> list[Tap]:
+    """Overrides replace the taps of the same module and io; `{i}` in an override matches any layer."""
+    import re
+
+    merged = list(taps)
+    for override in overrides:
+        pattern = re.compile(re.escape(override.module).replace(r"\{i\}", r"(?P<i>\d+)") + r"\Z")
+        kept = []
+        for tap in merged:
+            match = pattern.match(tap.module)
+            if match and tap.io == override.io:
+                continue
+            kept.append(tap)
+        merged = kept + [override]
+    return merged

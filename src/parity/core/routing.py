@@ -1,0 +1,73 @@
+"""The experts an MoE router chose, compared as agreement rather than by rel_l2.
+
+`layers.{i}.moe_experts` holds integer ids, (T, k), ascending per token. A token
+agrees when both sides chose the same set. A token that disagrees is admitted
+only as a near-tie: the reference's k-th and (k+1)-th router logits are closer
+than twice the largest difference between the two sides' logits at that token,
+and that difference is itself small (under TIE_SHIFT of the logits' RMS: the
+noise of a low precision, not a wrong router). Anything else
+is a routing bug: experts picked from the wrong axis, a wrong top-k, a router
+fed the wrong input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parity.core.results import FAIL, PASS, CheckpointResult, Metrics, Tolerance
+from parity.core.trace import Trace
+
+TIE_SHIFT = 0.01  # bfloat16 rounds each logit by up to 0.4%; a wrong router moves them by O(1)
+AGREEMENT = Tolerance(atol=0.0, rtol=0.0, basis="experts chosen: the same set at every token, near-ties admitted")
+
+
+def compare_experts(name: str, reference: Trace, candidate: Trace) -> CheckpointResult:
+    chosen_reference = np.asarray(reference[name]).astype(np.int64)
+    chosen_candidate = np.asarray(candidate[name]).astype(np.int64)
+    shapes = {"shape_reference": tuple(chosen_reference.shape), "shape_candidate": tuple(chosen_candidate.shape)}
+    if chosen_reference.shape != chosen_candidate.shape:
+        reason = (f"shape mismatch: reference chose {list(chosen_reference.shape)} experts, "
+                  f"candidate {list(chosen_candidate.shape)} (another top-k?)")
+        return CheckpointResult(name, FAIL, tolerance=AGREEMENT, reason=reason, **shapes)
+    chosen_reference, chosen_candidate = chosen_reference.reshape(-1, chosen_reference.shape[-1]), \
+        chosen_candidate.reshape(-1, chosen_candidate.shape[-1])
+    differ = np.array([set(r) != set(c) for r, c in zip(chosen_reference, chosen_candidate)], dtype=bool)
+    ties = _near_ties(name, reference, candidate, chosen_reference.shape[-1], len(differ))
+    unexplained = differ & ~ties
+    positions = np.flatnonzero(unexplained)
+    tokens = len(differ)
+    metrics = Metrics(
+        numel=tokens, max_abs=float(max((len(set(r) - set(c)) for r, c in zip(chosen_reference, chosen_candidate)),
+                                        default=0)),
+        mean_abs=float(differ.mean()) if tokens else 0.0,
+        rel_l2=float(differ.mean()) if tokens else 0.0,   # the fraction of tokens routed differently
+        cosine=1.0 - (float(differ.mean()) if tokens else 0.0),
+        max_rel=float(differ.any()), mismatched=int(unexplained.sum()),
+        nan_reference=0, nan_candidate=0, inf_reference=0, inf_candidate=0,
+        worst_index=(int(positions[0]), 0) if len(positions) else None,
+        worst_position=int(positions[0]) if len(positions) else None,
+        position_rel_l2=float(unexplained.any()), reference_rms=0.0,
+    )
+    if not len(positions):
+        note = f"{int(differ.sum())} near-tie flip(s) admitted" if differ.any() else None
+        return CheckpointResult(name, PASS, metrics=metrics, tolerance=AGREEMENT, reason=note, **shapes)
+    first = int(positions[0])
+    reason = (f"{len(positions)}/{tokens} tokens routed to other experts (first at position {first}: "
+              f"reference {chosen_reference[first].tolist()}, candidate {chosen_candidate[first].tolist()})")
+    return CheckpointResult(name, FAIL, metrics=metrics, tolerance=AGREEMENT, reason=reason, **shapes)
+
+
+def _near_ties(name: str, reference: Trace, candidate: Trace, top_k: int, tokens: int) -> np.ndarray:
+    logits_name = name.rsplit(".", 1)[0] + ".moe_router_logits"
+    if logits_name not in reference or logits_name not in candidate:
+        return np.zeros(tokens, dtype=bool)
+    logits_reference = np.asarray(reference[logits_name], dtype=np.float64).reshape(tokens, -1)
+    logits_candidate = np.asarray(candidate[logits_name], dtype=np.float64)
+    if logits_candidate.size != logits_reference.size or top_k >= logits_reference.shape[-1]:
+        return np.zeros(tokens, dtype=bool)
+    logits_candidate = logits_candidate.reshape(tokens, -1)
+    ordered = -np.sort(-logits_reference, axis=-1)
+    gap = ordered[:, top_k - 1] - ordered[:, top_k]                          # (T,)
+    shift = np.abs(logits_candidate - logits_reference).max(axis=-1)          # (T,)
+    scale = float(np.sqrt(np.mean(logits_reference ** 2)))
+    return (gap <= 2.0 * shift) & (shift <= TIE_SHIFT * scale)

@@ -1,0 +1,36 @@
+"""The raw.<module> outputs of a comparison, reported apart from the canonical checkpoints.
+
+A module with no canonical role is still captured from transformers models; two
+implementations of the same classes compare there module by module. Ports rarely
+have them, so what only one side holds is counted, not listed as missing.
+"""
+
+from __future__ import annotations
+
+from parity.core.names import is_raw
+from parity.core.results import Comparison
+
+
+def raw_summary(comparison: Comparison) -> dict:
+    results = [result for result in comparison.checkpoints if is_raw(result.name)]
+    return {
+        "compared": len(results),
+        "failed": [result.name for result in results if result.failed],
+        "unpaired": len(comparison.raw_unpaired),
+    }
+
+
+def raw_line(comparison: Comparison):
+    """One dim line, or None when neither trace has raw module outputs."""
+    from rich.text import Text
+
+    summary = raw_summary(comparison)
+    if not summary["compared"] and not summary["unpaired"]:
+        return None
+    failed = summary["failed"]
+    text = f"raw modules (no canonical role): {summary['compared']} compared, {len(failed)} failed"
+    if failed:
+        text += " (" + ", ".join(failed[:4]) + (f", ... {len(failed)} in all" if len(failed) > 4 else "") + ")"
+    if summary["unpaired"]:
+        text += f"; {summary['unpaired']} held by one trace only, not compared"
+    return Text(text, style="bold red" if failed else "dim")
