@@ -32,7 +32,17 @@ OUTTYPES = ("f32", "f16", "q8_0")
 BPE_FAMILIES = {"gpt2", "olmo2", "qwen2_moe"}
 # GPT-2: the converter reads n_ctx, which transformers 5 no longer writes; transformers' GGUF loader
 # ignores the context length and builds 1024 position embeddings, so the tiny model has as many.
-CONVERTER_KEYS = {"gpt2": {"n_ctx": 1024, "n_positions": 1024}}
+# Qwen2-MoE: the converter maps no dense MLP in a MoE model, so every layer is sparse.
+# Gemma: the converter drops lm_head (Gemma ties it to the embedding), so the tiny models tie it too.
+# Gemma 3: the converter writes no sliding-window pattern and llama.cpp then takes every sixth layer
+# as global, so the tiny model has six layers, the last global.
+_TIED = {"tie_word_embeddings": True}
+CONVERTER_KEYS = {
+    "gpt2": {"n_ctx": 1024, "n_positions": 1024},
+    "qwen2_moe": {"mlp_only_layers": []},
+    "gemma": _TIED, "gemma2": _TIED,
+    "gemma3": {**_TIED, "num_hidden_layers": 6, "layer_types": ["sliding_attention"] * 5 + ["full_attention"]},
+}
 SPM_VOCAB = 64          # SentencePiece pieces; the models' vocabularies are larger (padding tokens fill the rest)
 RECIPE = 3              # bump when this file changes what it writes
 

@@ -9,7 +9,8 @@ tensor quantized and dequantized by gguf-py, llama.cpp's own quantizer). A file
 whose tensors are as far as their format makes them is rounded, not wrong.
 
 The converter stores tensors in its own layout: rows of Llama-style q/k
-projections permuted within each head, GPT-2's Conv1D weights transposed. Each
+projections permuted within each head, GPT-2's Conv1D weights transposed,
+Gemma's RMSNorm weights as 1 + w. Each
 tensor is compared in the layout that brings it closest, among those.
 """
 
@@ -46,8 +47,10 @@ def _rel_l2(reference: np.ndarray, candidate: np.ndarray) -> float:
 
 
 def _layouts(tensor: np.ndarray, heads: tuple[int, ...]):
-    """The reference tensor in each layout the converter may have stored it in."""
+    """The reference tensor in each layout the converter may have stored it in (Gemma's norms as 1 + w)."""
     yield tensor
+    if tensor.ndim == 1:
+        yield tensor + 1
     if tensor.ndim == 2:
         yield tensor.T
     for count in heads:

@@ -323,6 +323,10 @@ class LlamaCppRunner:
         canonical = self._names.canonical(name, op, recording.layer)
         if name.startswith("kqv_out-"):
             recording.produced[pointer] = "attn_ctx"
+        elif name == "result_norm":
+            recording.produced[pointer] = "final_norm"
+        elif op == "GET_ROWS" and tensor.src[0] in recording.produced:  # the last layer's output rows
+            recording.produced[pointer] = recording.produced[tensor.src[0]]
         elif canonical is None and recording.layer is not None:
             canonical = self._by_structure(tensor, op, recording)
         if canonical is not None and parse(canonical).kind in ("attn_out", "resid_mid"):
@@ -331,9 +335,11 @@ class LlamaCppRunner:
 
     def _by_structure(self, tensor: GgmlTensor, op: str, recording: _Recording) -> str | None:
         """Unnamed nodes: the matmul consuming kqv_out (and its bias add) is attn_out; the add of
-        attn_out and anything but a bias is resid_mid."""
+        attn_out and anything but a bias is resid_mid; the matmul consuming result_norm is lm_head_out."""
         inputs = [recording.produced.get(tensor.src[k]) for k in (0, 1)]
         layer = recording.layer
+        if op == "MUL_MAT" and inputs[1] == "final_norm":
+            return "lm_head_out"
         if op == "MUL_MAT" and inputs[1] == "attn_ctx":
             return f"layers.{layer}.attn_out"
         if op == "ADD" and "attn_out" in inputs:

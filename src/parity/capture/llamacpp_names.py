@@ -14,10 +14,12 @@ A name written with `{L}` carries no layer index in the graph (Gemma 2 and
 OLMo 2 call `cb(cur, "ffn_post_norm", -1)`): it belongs to the layer of the
 last indexed node before it.
 
-Two checkpoints are unnamed in most graphs and are found by structure instead
+Three checkpoints are unnamed in most graphs and are found by structure instead
 (see `LlamaCppRunner`): the output projection is the matmul that consumes
-`kqv_out-N` (plus its bias add), and the attention residual is the add that
-consumes that projection.
+`kqv_out-N` (plus its bias add), the attention residual is the add that
+consumes that projection, and the output head's own result (`lm_head_out`,
+before Gemma's soft-capping or Granite's scaling) is an unnamed matmul that
+consumes `result_norm`.
 """
 
 from __future__ import annotations
@@ -30,17 +32,22 @@ Row = tuple[str, frozenset[str] | None, str | None]
 _PROJECTION = frozenset({"MUL_MAT", "ADD", "VIEW"})   # VIEW: a slice of a fused QKV projection
 
 SHARED: tuple[Row, ...] = (
+    ("wqkv-{i}", None, "layers.{i}.qkv"), ("wqkv_b-{i}", None, "layers.{i}.qkv"),
     ("Qcur-{i}", _PROJECTION, "layers.{i}.q"),
     ("Kcur-{i}", _PROJECTION, "layers.{i}.k"),
     ("Vcur-{i}", _PROJECTION, "layers.{i}.v"),
+    ("attn_post_norm-{i}", None, "layers.{i}.attn_post_norm"),
     ("sa_out-{i}", None, "layers.{i}.resid_mid"),               # Gemma's name for the attention residual
     ("ffn_geglu-{i}", None, "layers.{i}.mlp_act"),
     ("ffn_gelu-{i}", None, "layers.{i}.mlp_act"),
-    ("attn_post_norm-{i}", None, "layers.{i}.post_attn_norm"),
-    ("ffn_post_norm-{i}", None, "layers.{i}.post_mlp_norm"),
-    ("ffn_post_norm", None, "layers.{L}.post_mlp_norm"),
+    ("ffn_moe_logits-{i}", None, "layers.{i}.moe_router_logits"),
+    ("ffn_moe_out-{i}", None, "layers.{i}.mlp_out"),
+    ("ffn_shexp-{i}", None, "layers.{i}.moe_shared"),
+    ("ffn_post_norm-{i}", None, "layers.{i}.mlp_post_norm"),
+    ("ffn_post_norm", None, "layers.{L}.mlp_post_norm"),
 ) + LLAMACPP_GRAPH_NAMES
 
+_GEMMA = (("inp_scaled", None, "embed"), ("embd", None, "embed_tokens"))
 # What differs from the shared rows, per GGUF `general.architecture`.
 ARCH_ROWS: dict[str, tuple[Row, ...]] = {
     # GPT-2: token + position embeddings are `inpL`; one input projection (with its bias).
@@ -48,14 +55,16 @@ ARCH_ROWS: dict[str, tuple[Row, ...]] = {
         ("inpL", None, "embed"), ("embd", None, None), ("inp_embd", None, None),
         ("ffn_up-{i}", None, "layers.{i}.mlp_fc"), ("ffn_up_b-{i}", None, "layers.{i}.mlp_fc"),
     ),
-    # Gemma 3 scales the embedding inside its embedding module; Gemma 1/2 after it (in the model).
-    "gemma3": (("inp_scaled", None, "embed"), ("embd", None, None)),
-    # Granite's `embd` is the embedding times its multiplier; transformers' embedding module gives the
-    # lookup alone, which is the graph's first node, unnamed.
-    "granite": (("node_0", frozenset({"GET_ROWS"}), "embed"), ("embd", None, None)),
+    # Gemma scales the embedding by sqrt(D): `embd` is the lookup, `inp_scaled` enters layer 0.
+    "gemma": _GEMMA, "gemma2": _GEMMA, "gemma3": _GEMMA,
+    # Granite's `embd` is the lookup times its multiplier; the lookup is the graph's first node, unnamed.
+    "granite": (("node_0", frozenset({"GET_ROWS"}), "embed_tokens"),),
     # Phi-3 scales q after RoPE under the same name (only the ROPE node is q_rope), and fuses gate and
-    # up into `ffn_up` (split inside SWIGLU): neither is transformers' gate or up.
-    "phi3": (("Qcur-{i}", frozenset({"SCALE"}), None), ("ffn_up-{i}", None, None)),
+    # up into `ffn_up` (split inside SWIGLU).
+    "phi3": (("Qcur-{i}", frozenset({"SCALE"}), None), ("ffn_up-{i}", None, "layers.{i}.mlp_gate_up")),
+    # Qwen2-MoE: the routed experts' sum is `ffn_moe_out`; `ffn_out` adds the gated shared expert.
+    # The shared expert's own gate/up/act reuse the dense MLP's names: not the block's mlp_*.
+    "qwen2moe": (("ffn_moe_out-{i}", None, "layers.{i}.moe_routed"),),
 }
 
 
