@@ -43,6 +43,16 @@ CONVERTER_KEYS = {
     "gemma": _TIED, "gemma2": _TIED,
     "gemma3": {**_TIED, "num_hidden_layers": 6, "layer_types": ["sliding_attention"] * 5 + ["full_attention"]},
 }
+# transformers' GGUF loader reads fewer settings than llama.cpp writes: it builds Qwen3 heads of 128,
+# Gemma 2/3 with query_pre_attn_scalar 256 and Gemma 2's soft-caps 50 and 30 whatever the file says,
+# and Phi-3 with RoPE on whole heads. A GGUF that is to be the reference keeps to those values.
+LOADABLE = {
+    "qwen3": {"head_dim": 128},
+    "gemma2": {"head_dim": 256, "query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0,
+               "final_logit_softcapping": 30.0},
+    "gemma3": {"head_dim": 256, "query_pre_attn_scalar": 256},
+    "phi3": {"partial_rotary_factor": 1.0},
+}
 SPM_VOCAB = 64          # SentencePiece pieces; the models' vocabularies are larger (padding tokens fill the rest)
 RECIPE = 3              # bump when this file changes what it writes
 
