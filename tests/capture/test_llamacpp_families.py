@@ -15,8 +15,15 @@ from conftest import STRICT, need
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.slow]
 
-# Families whose reference transformers can capture today and whose llama.cpp graph is mapped.
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+# Every family llama.cpp's converter and transformers both handle (StableLM: not yet mapped in llama.cpp).
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "gemma2", "gemma3", "phi3", "olmo2", "granite",
+            "mixtral", "qwen2_moe")
+# transformers' GGUF loader cannot read gemma, olmo2 and granite GGUFs, and misreads MoE ones.
+GGUF_REFERENCE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma2", "gemma3", "phi3")
+# What llama.cpp's graph has no tensor for: Phi-3's gate and up are one matmul; the experts chosen and
+# their weights are not read out yet (see docs/capture.md).
+NOT_IN_GRAPH = {"phi3": ("mlp_gate", "mlp_up"), "mixtral": ("moe_experts", "moe_weights"),
+                "qwen2_moe": ("moe_experts", "moe_weights")}
 TOKENS = [0, 17, 5, 40, 8, 9, 31, 22, 64, 3]
 
 
@@ -48,22 +55,20 @@ def test_f32_build_passes_against_the_model_directory(family):
     directory, gguf = _gguf(family, "f32")
     comparison = _check(directory, gguf)
     assert comparison, comparison.first_divergence
-    assert comparison.calibrated and _compared(comparison) >= 3 * 12 + 3
-    assert not comparison.missing
+    assert comparison.calibrated and _compared(comparison) >= 2 * 12 + 3
+    assert {name.rsplit(".", 1)[-1] for name in comparison.missing} <= set(NOT_IN_GRAPH.get(family, ()))
     assert comparison.candidate_metadata["kv_type"] == "f16"
 
 
-# transformers' GGUF loader builds Qwen3 heads of 128 whatever the file says (see test below).
-LOADABLE = {"qwen3": {"head_dim": 128}}
-
-
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", GGUF_REFERENCE_FAMILIES)
 @pytest.mark.parametrize("outtype", ["f16", "q8_0"])
 def test_rounded_builds_pass_against_the_gguf_itself(family, outtype):
-    _, gguf = _gguf(family, outtype, **LOADABLE.get(family, {}))
+    import gguf_models
+
+    _, gguf = _gguf(family, outtype, **gguf_models.LOADABLE.get(family, {}))
     comparison = _check(gguf, gguf)
     assert comparison, comparison.first_divergence
-    assert _compared(comparison) >= 3 * 12 + 3
+    assert _compared(comparison) >= 2 * 12 + 3
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -79,6 +84,7 @@ def test_rounded_builds_against_the_directory_name_the_weights_rounding(family, 
     tensors = comparison.candidate_metadata["weight_rounding"]
     rounded = [t for t in tensors if t["type"] == outtype.upper()]
     assert rounded and all(0 < t["rel_l2"] <= 1.5 * t["expected_rel_l2"] for t in rounded)
+    assert all(t["rel_l2"] < 1e-7 for t in tensors if t["type"] == "F32")
 
 
 def test_an_f32_kv_cache_is_read_back_and_calibrated_without_cache_rounding():
@@ -132,3 +138,11 @@ def test_a_qwen3_gguf_transformers_cannot_load_is_refused_in_one_line(capsys):
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "ignores qwen3.attention.key_length (heads of 16) and builds heads of 128" in error
     assert "original model directory" in error
+
+
+def test_a_mixtral_gguf_transformers_would_read_as_dense_is_refused(capsys):
+    from parity.cli import main
+
+    _, gguf = _gguf("mixtral", "f16")
+    assert main(["check", str(gguf), f"llamacpp:{gguf}", "--tokens", "0,5"]) == 2
+    assert "reads this mixture of 4 experts" in capsys.readouterr().err

@@ -4,7 +4,8 @@ transformers builds the model's config from a GGUF's metadata through a table
 per architecture (`transformers.integrations.ggml.GGUF_CONFIG_MAPPING`). Where
 that table has no entry for `attention.key_length`, the config keeps its
 class's default head size (Qwen3: 128), and a file whose heads are another size
-fails to load with a size mismatch on every attention weight.
+fails to load with a size mismatch on every attention weight. A Mixtral GGUF
+(architecture `llama` with experts) loads as a dense Llama.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ def check_gguf_loadable(path: Path) -> None:
 
     reader = gguf.GGUFReader(str(path))
     arch = _text(reader, "general.architecture")
+    experts = _number(reader, f"{arch}.expert_count")
+    if arch == "llama" and experts:
+        raise CaptureError(
+            f"{path}: transformers' GGUF loader reads this mixture of {experts} experts (architecture llama, "
+            "as Mixtral converts) as a dense Llama; give the original model directory as the reference instead")
     mapping = GGUF_CONFIG_MAPPING.get(arch or "")
     head_size = _number(reader, f"{arch}.attention.key_length")
     if mapping is None or head_size is None or "attention.key_length" in mapping or arch not in CONFIG_MAPPING:
