@@ -10,7 +10,7 @@ import inspect
 import sys
 from pathlib import Path
 
-from parity.check import LLAMACPP_PREFIX
+from parity.capture.candidates import LLAMACPP_PREFIX
 from parity.core.compare import CompareConfig
 from parity.core.errors import OptionError, ParityError
 from parity.core.tolerances import user_tolerance
@@ -50,15 +50,18 @@ def cmd_capture(args) -> int:
             trace = _capture_llamacpp(args.model, args.prompt, tokens, args.checkpoints, progress)
         else:
             trace = _capture_reference(args.model, args.prompt, tokens, args.dtype or "float32", args.checkpoints,
-                                       progress, emulate=args.emulate, weights=args.weights, raw=not args.no_raw)
+                                       progress, emulate=args.emulate, weights=args.weights, raw=not args.no_raw,
+                                       placement=_placement(args))
         progress.step(f"writing {args.output}")
         save_trace(trace, args.output, overwrite=args.force)
-    print(f"wrote {len(trace.tensors)} checkpoints over {len(trace.tokens or [])} tokens to {args.output}")
+    raw = sum(name.startswith("raw.") for name in trace.tensors)
+    modules = f" and {raw} raw module outputs" if raw else ""
+    print(f"wrote {len(trace.tensors) - raw} checkpoints{modules} over {len(trace.tokens or [])} tokens to {args.output}")
     return EXIT_PASS
 
 
 def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, progress, emulate=None,
-                       weights: bool = False, raw: bool = True) -> Trace:
+                       weights: bool = False, raw: bool = True, placement=None) -> Trace:
     from contextlib import nullcontext
 
     from parity.capture.hf import load_model, quiet_transformers
@@ -66,7 +69,7 @@ def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, prog
     _need_one_input(prompt, tokens)
     quiet_transformers()
     progress.step(f"loading {model} ({dtype})")
-    reference = load_model(model, dtype=dtype)
+    reference = load_model(model, dtype=dtype, placement=placement)
     ids = tokens if tokens is not None else reference.tokenize(prompt)
     rounding = nullcontext()
     if emulate == "llamacpp":
@@ -131,6 +134,7 @@ def _report(comparison, args) -> int:
 
     if args.json:
         json.write(comparison, args.json, overwrite=args.force)
+    _write_report_files(comparison, args)
     if args.json != "-":
         renderer = {SequenceComparison: tokens, TokenizerComparison: tokenizer,
                     GenerationComparison: generation}.get(type(comparison), console)
@@ -173,7 +177,7 @@ def cmd_check(args) -> int:
         save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
         max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model, replay=args.replay,
         weights=args.weights, decode_steps=args.decode_steps, kv_type=args.kv_type,
-        raw=not args.no_raw,
+        raw=not args.no_raw, placement=_placement(args),
     )
     with _progress() as progress:
         comparison = run_check(options, progress)
@@ -187,8 +191,9 @@ def cmd_tokens(args) -> int:
     """Compare a candidate tokenizer's token ids with the reference's, and name what differs.
 
     MODEL's tokenizer (a model directory or .gguf, loaded by transformers) is the
-    reference. CANDIDATE is llamacpp:FILE.gguf (llama.cpp's tokenizer), or
-    FILE.py:FUNCTION / module:FUNCTION (text -> ids); or give --ids (the ids
+    reference. CANDIDATE is llamacpp:FILE.gguf (llama.cpp's tokenizer), a model
+    directory or .gguf (transformers'), or FILE.py:FUNCTION / module:FUNCTION
+    (text -> ids); or give --ids (the ids
     another program produced for --prompt or --file). The texts are --prompt,
     --file (one text), or a built-in corpus of hard cases: spaces, newlines, tabs,
     accents, CJK, emoji, digits, code, special tokens written in text, the chat
@@ -196,7 +201,7 @@ def cmd_tokens(args) -> int:
     Exit 1 on any difference.
     """
     from parity.capture.smollm2 import gguf_path
-    from parity.capture.tokenizers import FixedIds, FunctionTokenizer, HFTokenizer, LlamaCppTokenizer, read_ids
+    from parity.capture.tokenizers import FixedIds, HFTokenizer, candidate_tokenizer, read_ids
     from parity.tokens import compare_tokenizers, corpus
 
     if args.model is None:
@@ -213,10 +218,8 @@ def cmd_tokens(args) -> int:
         if texts is None:
             raise OptionError("--ids are for one text: give it with --prompt or --file")
         candidate = FixedIds(read_ids(args.ids), reference.vocabulary)
-    elif args.candidate.startswith(LLAMACPP_PREFIX):
-        candidate = LlamaCppTokenizer(Path(args.candidate.removeprefix(LLAMACPP_PREFIX)))
     else:
-        candidate = FunctionTokenizer(args.candidate, reference.vocabulary)
+        candidate = candidate_tokenizer(args.candidate, reference.vocabulary)
     comparison = compare_tokenizers(reference, candidate, texts if texts is not None else corpus(reference))
     return _report(comparison, args)
 
@@ -324,12 +327,43 @@ def _add_tolerance_options(parser) -> None:
     parser.add_argument("--checkpoints", metavar="GLOB", help="only these checkpoints, e.g. 'layers.*.q,logits'")
     parser.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
     parser.add_argument("--force", action="store_true", help="replace output files that exist")
+    _add_report_files(parser)
+
+
+def _add_report_files(parser) -> None:
+    """--html, --junit, --markdown: report files beside the console (see parity.report.outputs)."""
+    parser.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML report here")
+    parser.add_argument("--junit", metavar="OUT.xml", help="also write a JUnit XML report here (for CI)")
+    parser.add_argument("--markdown", metavar="OUT.md", help="also write a short Markdown summary here (CI step summary, PR comment)")
+
+
+def _check_report_files(args) -> None:
+    """Fail now, before any long work, if a report file (--json, --html, ...) could not be written."""
+    from parity.report import outputs
+
+    paths = {option: getattr(args, option, None) for option in ("json", *outputs.FORMATS)}
+    outputs.check(paths, overwrite=getattr(args, "force", False))
+
+
+def _write_report_files(result, args) -> None:
+    from parity.report import outputs
+
+    outputs.write(result, {option: getattr(args, option, None) for option in outputs.FORMATS}, overwrite=args.force)
 
 
 def _add_input_options(parser) -> None:
     parser.add_argument("--prompt", help="text to tokenize with the model's tokenizer")
     parser.add_argument("--tokens", help="token ids, fed as given: 1,2,3")
     parser.add_argument("--dtype", choices=DTYPES, help="reference precision (default float32; check: float64 to calibrate)")
+    parser.add_argument("--device-map", help="reference: accelerate's device map (auto, balanced, sequential, cpu, cuda:0)")
+    parser.add_argument("--max-memory", help="reference: memory per device, e.g. cpu=2GiB,0=20GiB (implies --device-map auto)")
+    parser.add_argument("--offload-dir", help="reference: where weights beyond --max-memory are offloaded to disk")
+
+
+def _placement(args):
+    from parity.capture.placement import placement_from_options
+
+    return placement_from_options(args.device_map, args.max_memory, args.offload_dir)
 
 
 def _command(subparsers, name: str, handler) -> argparse.ArgumentParser:
@@ -397,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float, help="for the sampler check")
     generate.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
     generate.add_argument("--force", action="store_true", help="replace output files that exist")
+    _add_report_files(generate)
 
     tokens = _command(subparsers, "tokens", cmd_tokens)
     tokens.add_argument("model", metavar="MODEL", nargs="?", help="reference tokenizer: model directory or .gguf")
@@ -406,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("--ids", help="the candidate's ids for that text: 1,2,3 or @file")
     tokens.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
     tokens.add_argument("--force", action="store_true", help="replace output files that exist")
+    _add_report_files(tokens)
 
     repro = _command(subparsers, "repro", cmd_repro)
     repro.add_argument("report", metavar="REPORT", help="a JSON report of parity check or compare")
@@ -433,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "handler"):
             parser.print_help()
             return EXIT_UNUSABLE
+        _check_report_files(args)
         return args.handler(args)
     except ParityError as error:
         print(f"parity: error: {error}", file=sys.stderr)

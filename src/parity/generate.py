@@ -8,14 +8,11 @@ or `FILE.py:FACTORY` / `module:FACTORY` returning a torch.nn.Module that maps
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-
-from parity.check import LLAMACPP_PREFIX
+from parity.capture.candidates import open_candidate
 from parity.core.errors import OptionError
 from parity.core.generation import (GenerationComparison, check_sampler, first_divergence, greedy,
                                     teacher_forced)
-
 
 
 @dataclass(frozen=True)
@@ -46,7 +43,9 @@ def run_generate(options: GenerateOptions, progress) -> GenerationComparison:
     progress.step(f"loading {options.model} ({options.dtype})")
     reference = load_model(options.model, dtype=options.dtype)
     prompt = options.tokens if options.tokens is not None else reference.tokenize(options.prompt)
-    with _candidate_logits(options, progress) as candidate_logits:
+    with open_candidate(options.candidate, model_path=options.model, dtype=options.dtype,
+                        accept=("llamacpp", "model", "factory"), progress=progress) as source:
+        candidate_logits = source.logits
         progress.step(f"greedy decoding {options.count} tokens with the reference")
         reference_tokens, reference_rows = greedy(reference.logits, prompt, options.count)
         progress.step(f"greedy decoding {options.count} tokens with the candidate")
@@ -65,42 +64,7 @@ def run_generate(options: GenerateOptions, progress) -> GenerationComparison:
                                 reference.vocab_pieces())
 
 
-class _candidate_logits:
-    """A context manager giving `logits(ids) -> (T, V)` for the candidate."""
-
-    def __init__(self, options: GenerateOptions, progress) -> None:
-        self.options, self.progress, self._close = options, progress, None
-
-    def __enter__(self):
-        spec = self.options.candidate
-        if spec.startswith(LLAMACPP_PREFIX):
-            from parity.capture.llamacpp import LlamaCppRunner
-
-            runner = LlamaCppRunner(Path(spec.removeprefix(LLAMACPP_PREFIX))).__enter__()
-            self._close = lambda: runner.__exit__(None, None, None)
-            return runner.logits
-        if Path(spec).exists() and not spec.endswith(".py"):
-            from parity.capture.hf import load_model
-
-            self.progress.step(f"loading {spec} as the candidate")
-            return load_model(spec, dtype=self.options.dtype).logits
-        from parity.check import _call_factory
-
-        from parity.capture.decoding import full_logits
-
-        model = _call_factory(spec, self.options.model)
-        return lambda ids: full_logits(model, ids)
-
-    def __exit__(self, *exc_info) -> None:
-        if self._close:
-            self._close()
-
-
 def _function(spec: str):
-    from parity.check import _import
+    from parity.capture.factory import load_factory
 
-    module_name, _, name = spec.rpartition(":")
-    function = getattr(_import(module_name), name, None)
-    if not callable(function):
-        raise OptionError(f"{module_name} has no sampler function '{name}'")
-    return function
+    return load_factory(spec, what="a sampler function (logits, temperature, top_k, top_p) -> probabilities")

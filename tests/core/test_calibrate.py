@@ -45,8 +45,8 @@ def test_calibrated_tolerance_bounds():
     from parity.core.calibrate import NoiseFloor
 
     tolerance = calibrated_tolerance(NoiseFloor(0.01, 0.03), "bfloat16")
-    assert tolerance.max_rel_l2 == MULTIPLE * 0.01 + FLOOR["bfloat16"]
-    assert tolerance.max_position_rel_l2 == MULTIPLE * 0.03 + FLOOR["bfloat16"]
+    assert tolerance.max_rel_l2 == pytest.approx(MULTIPLE * 0.01 + FLOOR["bfloat16"], rel=1e-12)
+    assert tolerance.max_position_rel_l2 == pytest.approx(MULTIPLE * 0.03 + FLOOR["bfloat16"], rel=1e-12)
     assert "noise of bfloat16" in tolerance.basis
 
 

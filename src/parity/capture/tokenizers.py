@@ -85,12 +85,9 @@ class FunctionTokenizer:
     vocabulary: Vocabulary
 
     def __post_init__(self) -> None:
-        from parity.check import _import
+        from parity.capture.factory import load_factory
 
-        module_name, _, function_name = self.spec.rpartition(":")
-        self._function = getattr(_import(module_name), function_name, None)
-        if not callable(self._function):
-            raise OptionError(f"{module_name} has no function '{function_name}' that takes a text and returns ids")
+        self._function = load_factory(self.spec, what="a function that takes a text and returns ids")
 
     def __repr__(self) -> str:
         return f"<FunctionTokenizer {self.spec}>"
@@ -120,6 +117,22 @@ class FixedIds:
 
     def encode(self, text: str) -> list[int]:
         return list(self.ids)
+
+
+def candidate_tokenizer(spec: str, vocabulary: Vocabulary):
+    """The tokenizer a CANDIDATE spec names: llama.cpp's (llamacpp:FILE.gguf), transformers' (a model
+    directory or .gguf) or a function text -> ids (FILE.py:FUNCTION), read with `vocabulary` (the reference's)."""
+    from parity.capture.candidates import LLAMACPP_PREFIX, kind_of
+
+    kind = kind_of(spec)
+    if kind == "llamacpp":
+        return LlamaCppTokenizer(Path(spec.removeprefix(LLAMACPP_PREFIX)))
+    if kind == "model":
+        return HFTokenizer(Path(spec))
+    if kind == "factory":
+        return FunctionTokenizer(spec, vocabulary)
+    raise OptionError(f"candidate '{spec}' is not a tokenizer: give llamacpp:FILE.gguf, a model directory or .gguf, "
+                      "or FILE.py:FUNCTION (text -> ids)")
 
 
 def read_ids(spec: str) -> list[int]:
