@@ -80,7 +80,8 @@ def test_rounded_builds_against_the_directory_name_the_weights_rounding(family, 
     causes = {d.cause: d for d in comparison.diagnoses}
     assert "weight_rounding" in causes, comparison.diagnoses
     assert causes["weight_rounding"].checkpoint == comparison.first_divergence.checkpoint
-    assert "rounded to " + outtype.upper() in causes["weight_rounding"].message
+    formats = causes["weight_rounding"].message.split("rounded to ")[1].split(":")[0].split("/")
+    assert outtype.upper() in formats    # Q8_0 files keep some small tensors in F16
     tensors = comparison.candidate_metadata["weight_rounding"]
     rounded = [t for t in tensors if t["type"] == outtype.upper()]
     assert rounded and all(0 < t["rel_l2"] <= 1.5 * t["expected_rel_l2"] for t in rounded)
