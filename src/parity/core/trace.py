@@ -29,7 +29,7 @@ from parity.core.names import in_flow_order, is_canonical, parse
 FORMAT = "parity-trace/2"
 # Versions read: /2 added checkpoint kinds (post norms, MoE routing, raw.<module>) and changed none.
 READABLE_FORMATS = ("parity-trace/1", "parity-trace/2")
-_JSON_KEYS = ("tokens", "config", "not_comparable")
+_JSON_KEYS = ("tokens", "config", "not_comparable", "architecture", "weight_rounding")
 
 # safetensors dtype tag -> (numpy storage dtype, name parity reports)
 _SAFETENSORS_DTYPES: dict[str, tuple[str, str]] = {
