@@ -46,12 +46,12 @@ class CheckOptions:
     replay: bool = False                # torch candidates: also run each block and op on the reference's inputs
     decode_steps: int = 4               # candidates that decode: token-by-token decoding and greedy, this many tokens
     weights: bool = False               # also capture each tapped module's parameters (weight_mismatch)
+    raw: bool = True                    # also capture raw.<module> outputs, where the candidate can have them too
     max_tokens: int = 16                # server candidates
     timeout_s: float = 60.0
     server_model: str | None = None
     placement: Placement | None = None  # the reference's devices and offload (accelerate)
     kv_type: str = "f16"                # llama.cpp candidates: the KV cache type
-    raw: bool = True                    # also capture raw.<module> outputs, where the candidate can have them too
 
     def __repr__(self) -> str:
         return f"<CheckOptions {self.model} vs {self.candidate}>"
@@ -90,7 +90,7 @@ def _check(options: CheckOptions, candidate_source: CandidateSource, progress) -
                                         weights=options.weights, raw=options.raw and candidate_source.may_have_raw)
     candidate = candidate_source.trace(reference.tokens, checkpoints=options.checkpoints, taps=options.taps,
                                        weights=options.weights, prompt=options.prompt, progress=progress,
-                                       raw=options.raw and candidate_source.may_have_raw and not options.taps)
+                                       raw=options.raw)
     if candidate_source.is_llamacpp and not _same_file(options.model, candidate_source.gguf):
         candidate = _with_weight_rounding(candidate, reference_model, candidate_source.gguf, progress)
     config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints)

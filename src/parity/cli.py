@@ -50,8 +50,8 @@ def cmd_capture(args) -> int:
             trace = _capture_llamacpp(args.model, args.prompt, tokens, args.checkpoints, progress)
         else:
             trace = _capture_reference(args.model, args.prompt, tokens, args.dtype or "float32", args.checkpoints,
-                                       progress, emulate=args.emulate, weights=args.weights, raw=not args.no_raw,
-                                       placement=_placement(args))
+                                       progress, emulate=args.emulate, weights=args.weights,
+                                       placement=_placement(args), raw=not args.no_raw)
         progress.step(f"writing {args.output}")
         save_trace(trace, args.output, overwrite=args.force)
     raw = sum(name.startswith("raw.") for name in trace.tensors)
@@ -61,7 +61,7 @@ def cmd_capture(args) -> int:
 
 
 def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, progress, emulate=None,
-                       weights: bool = False, raw: bool = True, placement=None) -> Trace:
+                       weights: bool = False, placement=None, raw: bool = True) -> Trace:
     from contextlib import nullcontext
 
     from parity.capture.hf import load_model, quiet_transformers
@@ -176,8 +176,8 @@ def cmd_check(args) -> int:
         tolerance=user_tolerance(args.atol, args.rtol), taps=args.taps,
         save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
         max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model, replay=args.replay,
-        weights=args.weights, decode_steps=args.decode_steps, kv_type=args.kv_type,
-        raw=not args.no_raw, placement=_placement(args),
+        weights=args.weights, decode_steps=args.decode_steps, placement=_placement(args), raw=not args.no_raw,
+        kv_type=args.kv_type,
     )
     with _progress() as progress:
         comparison = run_check(options, progress)

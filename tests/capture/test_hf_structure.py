@@ -228,3 +228,34 @@ def test_a_flip_at_a_near_tie_of_the_router_logits_is_admitted(families):
     result = compare(reference_trace, make_trace({"layers.0.moe_router_logits": nudged,
                                                   "layers.0.moe_experts": far}, {})).result("layers.0.moe_experts")
     assert result.failed and result.metrics.mismatched == 1 and "position 5" in result.reason
+
+
+@pytest.mark.parametrize("tokens", [TOKENS, TOKENS[:4]])  # 4 tokens = 4 heads: the layout is read off q itself
+def test_per_head_norms_are_recorded_token_major_in_every_layout(tokens, families):
+    model, _ = families["gemma3"]   # Gemma 3 norms q after moving heads first: (B, H, T, hd)
+    hf = HFModel(path=None, model=model, family="gemma3_text", dtype="float32", mapping=map_model(model))
+    trace = hf.capture(tokens)
+    attention = model.model.layers[0].self_attn
+    q = torch.from_numpy(trace["layers.0.q"]).view(len(tokens), -1, 16)           # (T, H, hd)
+    expected = attention.q_norm(q).reshape(len(tokens), -1).detach().numpy()
+    np.testing.assert_allclose(trace["layers.0.q_norm"], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_fused_outputs_are_split_by_the_split_suffix():
+    from parity.capture.torch_module import resolve_taps
+
+    (tap,) = resolve_taps({"blocks.{i}.qkv:split": ["layers.{i}.qkv", "layers.{i}.q", "layers.{i}.k", "layers.{i}.v"]})
+    assert (tap.module, tap.io, len(tap.names)) == ("blocks.{i}.qkv", "split", 4)
+
+
+def test_a_per_model_type_override_replaces_what_the_structure_gives(monkeypatch, families):
+    from parity.capture import hf_structure
+    from parity.core.names import Tap
+
+    model, _ = families["llama"]
+    override = Tap("model.layers.{i}.mlp.down_proj", ("layers.{i}.mlp_out",))   # record mlp_out at down_proj
+    monkeypatch.setitem(hf_structure.HF_OVERRIDES, "llama", (override,))
+    taps = map_model(model).taps
+    assert override in taps
+    assert not any(t.module == "model.layers.0.mlp.down_proj" and t.io == "output" for t in taps)
+    assert any(t.module == "model.layers.0.mlp.down_proj" and t.io == "input" for t in taps)  # mlp_act kept

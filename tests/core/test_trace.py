@@ -164,3 +164,10 @@ def test_version_1_traces_are_still_read(tmp_path):
     path = tmp_path / "t.safetensors"
     safetensors_numpy.save_file({"embed": np.ones((2, 2), np.float32)}, str(path), metadata={"format": "parity-trace/1"})
     assert load_trace(path).names == ["embed"]
+
+
+def test_the_architecture_metadata_survives_a_round_trip(tmp_path):
+    architecture = {"embed_scale": 8.0, "layers": [{"sliding_window": 4}, {"sliding_window": None}]}
+    trace = make_trace({"embed": np.ones((2, 2), np.float32)}, {"architecture": architecture})
+    path = save_trace(trace, tmp_path / "t.safetensors")
+    assert load_trace(path).metadata["architecture"] == architecture

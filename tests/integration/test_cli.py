@@ -30,7 +30,7 @@ def captured(model_dirs, tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "reference.safetensors"
     result = parity("capture", model_dirs["llama"], "--tokens", TOKEN_ARG, "-o", path)
     assert result.returncode == 0, result.stderr
-    assert f"wrote 51 checkpoints over {len(TOKENS)} tokens" in result.stdout
+    assert f"wrote 51 checkpoints and 4 raw module outputs over {len(TOKENS)} tokens" in result.stdout
     return path
 
 

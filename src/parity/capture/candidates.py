@@ -96,12 +96,12 @@ class CandidateSource:
 
     @property
     def may_have_raw(self) -> bool:
-        """Can this candidate hold raw.<module> outputs (a trace that has some, a transformers model)?"""
+        """Can this candidate hold raw.<module> outputs: a trace that has some, a transformers model?"""
         from parity.core.names import is_raw
 
         if self.loaded is not None:
             return any(is_raw(name) for name in self.loaded.tensors)
-        return self.model is not None and _is_transformers(self.model)
+        return self.hf is not None or (self.model is not None and is_transformers(self.model))
 
     @property
     def decodes(self) -> bool:
@@ -124,8 +124,9 @@ class CandidateSource:
         return full_logits(self.model, ids)
 
     def trace(self, tokens: list[int], *, checkpoints: str | None = None, taps=None, weights: bool = False,
-              prompt: str | None = None, progress=None, raw: bool = False) -> Trace:
-        """The candidate's checkpoints over `tokens` (a trace candidate: the trace it holds)."""
+              prompt: str | None = None, progress=None, raw: bool = True) -> Trace:
+        """The candidate's checkpoints over `tokens` (a trace candidate: the trace it holds); `raw`: also
+        the raw.<module> outputs of a transformers model mapped from its structure."""
         step = progress.step if progress is not None else (lambda message: None)
         if self.loaded is not None:
             return self.loaded
@@ -142,8 +143,8 @@ class CandidateSource:
         from parity.capture.torch_module import trace_module
 
         step(f"capturing the candidate over {len(tokens)} tokens")
-        return trace_module(self.model, tokens, taps=self.taps(taps), checkpoints=checkpoints, weights=weights,
-                            raw=raw)
+        raw = raw and not taps and not getattr(self.model, "parity_taps", None) and is_transformers(self.model)
+        return trace_module(self.model, tokens, taps=self.taps(taps), checkpoints=checkpoints, weights=weights, raw=raw)
 
     def taps(self, taps=None):
         """Where the checkpoints live in the candidate's module: `taps` if given, else its `parity_taps`
@@ -213,19 +214,19 @@ def _open(spec: str, kind: str, *, model_path, dtype, server_model, timeout_s, s
     return CandidateSource(spec, kind, precision=dtype, model=model)
 
 
-def _is_transformers(model) -> bool:
+def is_transformers(model) -> bool:
     from parity.capture.hf_attention import is_hf_model
 
     return hasattr(model, "config") and is_hf_model(model)
 
 
 def infer_taps(model, spec: str):
-    """Where the checkpoints live in a module: a transformers model is mapped from its structure;
-    otherwise the built-in mapping its naming implies (transformers' Llama-likes or nanoGPT)."""
-    if _is_transformers(model):  # a modified transformers model, another version: mapped from its structure
+    """A transformers model (a modified one, another version) mapped from its structure; else the
+    built-in mapping a module's naming implies: Llama-likes or nanoGPT."""
+    if is_transformers(model):
         from parity.capture.hf_structure import map_model
 
-        return map_model(model, where=spec).taps
+        return map_model(model, where=str(spec)).taps
     names = {name for name, _ in model.named_modules()}
     if "model.layers.0" in names:
         return "hf"

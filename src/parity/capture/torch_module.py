@@ -318,10 +318,10 @@ def trace_module(
     input_ids = _input_ids(tokens, model)
     # Record the forward's own tensors without copying them; if the forward changed one in
     # place after it was recorded, run it again copying each as it arrives.
-    options = dict(raw=raw, token_count=input_ids.shape[-1])
-    tracer, output = _traced_forward(model, input_ids, taps, checkpoints, weights, forward, copy=False, **options)
+    options = dict(checkpoints=checkpoints, weights=weights, raw=raw, token_count=input_ids.shape[-1])
+    tracer, output = _traced_forward(model, input_ids, taps, forward, copy=False, **options)
     if tracer.overwritten():
-        tracer, output = _traced_forward(model, input_ids, taps, checkpoints, weights, forward, copy=True, **options)
+        tracer, output = _traced_forward(model, input_ids, taps, forward, copy=True, **options)
     tensors = dict(tracer.tensors)
     logits = _first_tensor(output)
     if "logits" not in tensors and logits is not None and select(["logits"], checkpoints):
@@ -339,15 +339,13 @@ def trace_module(
     return make_trace(tensors, {**base, **(metadata or {})})
 
 
-def _traced_forward(model, input_ids, taps, checkpoints, weights, forward, *, copy: bool, raw: bool = False,
-                    token_count: int | None = None):
+def _traced_forward(model, input_ids, taps, forward, *, copy: bool, **options):
     import torch
 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), ModuleTracer(model, taps, checkpoints=checkpoints, weights=weights, copy=copy, raw=raw,
-                                           token_count=token_count) as tracer:
+        with torch.no_grad(), ModuleTracer(model, taps, copy=copy, **options) as tracer:
             output = forward(model, input_ids) if forward else model(input_ids)
     except (RuntimeError, TypeError, ValueError, IndexError) as error:
         raise CaptureError(f"the forward pass of {type(model).__name__} failed: {error}") from error

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 
 # Per-layer kinds in the order data flows through a block. Each family produces
 # a subset (GPT-2 has no RoPE and a plain MLP; Llama has no q_norm; only Gemma 2/3
-# and OLMo 2 norm the branches' outputs; only MoE blocks route).
+# and OLMo 2 norm the branches' outputs; only MoE blocks route). A fused
+# projection's whole output sorts after its parts, so that a divergence is named
+# at the part that differs (k, not qkv).
 LAYER_KINDS: tuple[str, ...] = (
     "attn_norm",         # input norm of the block                       [T, D]
-    "qkv",               # a fused q|k|v projection (Phi-3, GPT-2)        [T, (H+2Hkv)*hd]
     "q",                 # q projection, before any norm or RoPE          [T, H*hd]
     "k",                 #                                                [T, Hkv*hd]
     "v",                 #                                                [T, Hkv*hd]
+    "qkv",               # a fused q|k|v projection, whole (Phi-3, GPT-2) [T, (H+2Hkv)*hd]
     "q_norm",            # per-head RMSNorm on q (Qwen3, Gemma 3, OLMo 2)  [T, H*hd]
     "k_norm",            #                                                [T, Hkv*hd]
     "q_rope",            # after rotary embedding (partial: the rest as is) [T, H*hd]
@@ -34,9 +36,9 @@ LAYER_KINDS: tuple[str, ...] = (
     "moe_router_logits", # MoE: the router's logits                       [T, E]
     "moe_experts",       # MoE: the experts chosen, ids ascending (int)   [T, k]
     "moe_weights",       # MoE: each expert's routing weight, 0 if unchosen [T, E]
-    "mlp_gate_up",       # a fused gate|up projection (Phi-3)             [T, 2F]
     "mlp_gate",          # gated MLPs: gate projection                    [T, F]
     "mlp_up",            # gated MLPs: up projection                      [T, F]
+    "mlp_gate_up",       # a fused gate|up projection, whole (Phi-3)      [T, 2F]
     "mlp_fc",            # GPT-2: the single input projection             [T, F]
     "mlp_act",           # input of the down projection                   [T, F]
     "moe_routed",        # MoE: the routed experts' weighted sum          [T, D]
@@ -234,6 +236,7 @@ TAP_IOS: dict[str, str] = {
     "output": "the output (a tuple's first tensor)",
     "input": "the first positional input (or the hidden_states keyword)",
     "attention": "query and key after RoPE, and the probabilities, from transformers' attention function",
+    "split": "a fused output: whole under the first name, its parts (widths `sizes`, else equal) under the others",
     "router": "an MoE router's (logits, top-k weights, top-k ids): names router_logits, experts, weights",
     "lookup": "an embedding's table lookup weight[ids], before any scaling its forward applies",
     "heads": "a per-head output, token-major (B, T, H, hd) or head-major (B, H, T, hd), recorded token-major; "

@@ -41,7 +41,13 @@ KIND_FACTOR: dict[str, float] = {
     "attn_out": 2.0,     # the output projection
     "mlp_gate": 2.0, "mlp_up": 2.0, "mlp_fc": 2.0, "mlp_out": 2.0,
     "logits": 4.0,       # the widest matmul, vocabulary-sized output
+    "embed_tokens": 1.0,  # a table lookup
+    "qkv": 2.0, "mlp_gate_up": 2.0,      # fused projections: one matmul
+    "moe_router_logits": 2.0, "moe_weights": 2.0,  # a matmul; a softmax over its output
+    "moe_routed": 2.0, "moe_shared": 2.0,  # expert MLPs: matmuls
+    "lm_head_out": 4.0,  # the output head before capping or scaling
 }
+# moe_experts holds integer ids: compared as agreement (core/routing.py), never by these.
 DEFAULT_KIND_FACTOR = 1.0  # norms, RoPE, activations, residual adds: elementwise ops
 
 # The precision that bounds a comparison is the lower of the two sides.

@@ -18,8 +18,8 @@ RATIO_CLOSE = 0.01  # the measured ratio must be within 1% of the scale's power 
 
 
 def _embed_scale(context: Context) -> float | None:
-    architecture = context.reference.metadata.get("architecture") or {}
-    scale = architecture.get("embed_scale")
+    architecture = context.reference.metadata.get("architecture")
+    scale = architecture.get("embed_scale") if isinstance(architecture, dict) else None
     return float(scale) if isinstance(scale, (int, float)) and scale not in (0, 1) else None
 
 

@@ -30,7 +30,8 @@ def post_norm_skipped(context: Context):
         residual, branch = context.pair(residual_name), context.pair(branch_name)
         if residual is None or branch is None:
             continue
-        scale = (context.reference.metadata.get("architecture") or {}).get("residual_multiplier") or 1.0
+        architecture = context.reference.metadata.get("architecture")
+        scale = (architecture.get("residual_multiplier") if isinstance(architecture, dict) else None) or 1.0
         hypothesis = residual[1] + scale * branch[1]   # the candidate's own input plus its un-normed branch
         if matches(candidate, hypothesis, reference) is not None:
             absent = " (the candidate records no " + norm_name + ")" if norm_name not in context.candidate else ""

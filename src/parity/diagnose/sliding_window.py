@@ -32,7 +32,8 @@ def reach(probs: np.ndarray) -> int:
 
 
 def _windows(context: Context) -> list | None:
-    layers = (context.reference.metadata.get("architecture") or {}).get("layers")
+    architecture = context.reference.metadata.get("architecture")
+    layers = architecture.get("layers") if isinstance(architecture, dict) else None
     return [layer.get("sliding_window") for layer in layers] if isinstance(layers, list) else None
 
 

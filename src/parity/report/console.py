@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from parity.core.errors import require
-from parity.core.names import AFTER_LAYERS, BEFORE_LAYERS, LAYER_KINDS, parse
+from parity.core.names import AFTER_LAYERS, BEFORE_LAYERS, LAYER_KINDS, is_raw, parse
 from parity.core.results import FAIL, NOT_COMPARABLE, PASS, CheckpointResult, Comparison
 from parity.report import output
 from parity.report.raw import raw_line
@@ -231,20 +231,20 @@ def _beyond_one_pass(comparison: Comparison):
 def _verdict(comparison: Comparison):
     from rich.text import Text
 
-    total = len(comparison.checkpoints)
+    canonical = [result for result in comparison.checkpoints if not is_raw(result.name)]  # raw: their own line
+    total, passed = len(canonical), sum(result.status == PASS for result in canonical)
+    failed = sum(result.failed for result in canonical)
     if comparison.passed or comparison.first_divergence is None:
         if not comparison.passed:
             return Text.assemble(("FAIL", "bold red"), "  every checkpoint within tolerance, but decoding parts (above)")
-        skipped = total - comparison.passed_count
+        skipped = total - passed
         tail = f" ({skipped} not comparable)" if skipped else ""
-        return Text.assemble(("PASS", "bold green"), f"  {comparison.passed_count}/{total} checkpoints within tolerance{tail}")
+        return Text.assemble(("PASS", "bold green"), f"  {passed}/{total} checkpoints within tolerance{tail}")
     divergence = comparison.first_divergence
     position = f", worst at token {divergence.position}" if divergence.position is not None else ""
-    verdict = Text.assemble(
-        ("FAIL", "bold red"),
-        f"  {comparison.failed_count}/{total} checkpoints outside tolerance; first divergence at ",
-        (divergence.checkpoint, "bold"), position,
-    )
+    what = (f"  {failed}/{total} checkpoints outside tolerance; first divergence at " if failed else
+            "  every checkpoint within tolerance, but raw module outputs are not; first at ")
+    verdict = Text.assemble(("FAIL", "bold red"), what, (divergence.checkpoint, "bold"), position)
     origin = comparison.origin
     if origin is not None and origin.checkpoint != divergence.checkpoint:
         attribution = comparison.attributions.get(origin.checkpoint)
