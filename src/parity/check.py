@@ -9,9 +9,10 @@ A candidate is one of:
 (opened by parity.capture.candidates).
 
 When the candidate's precision is known, the check calibrates by itself: the
-reference runs at high precision (float64; float32 for llama.cpp) and once more
-at the candidate's precision (for llama.cpp: with its activation rounding
-emulated), and each checkpoint is held to the noise that precision produces.
+reference runs at high precision (float64) and once more at the candidate's
+precision (for llama.cpp: a float32 copy with its activation rounding, KV cache
+type and GELU table emulated), and each checkpoint is held to the noise that
+precision produces.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class CheckOptions:
     timeout_s: float = 60.0
     server_model: str | None = None
     placement: Placement | None = None  # the reference's devices and offload (accelerate)
+    kv_type: str = "f16"                # llama.cpp candidates: the KV cache type
 
     def __repr__(self) -> str:
         return f"<CheckOptions {self.model} vs {self.candidate}>"
@@ -78,7 +80,8 @@ def _check(options: CheckOptions, candidate_source: CandidateSource, progress) -
     from parity.capture.hf import load_model
 
     calibrating = options.calibrate and options.tolerance is None and candidate_source.precision is not None
-    reference_dtype = options.dtype or ("float64" if calibrating and not candidate_source.is_llamacpp else "float32")
+    reference_dtype = options.dtype or ("float64" if calibrating else "float32")
+    candidate_source.kv_type = options.kv_type
     progress.step(f"loading {options.model} ({reference_dtype})")
     reference_model = load_model(options.model, dtype=reference_dtype, placement=options.placement)
     tokens = options.tokens if options.tokens is not None else reference_model.tokenize(options.prompt)
@@ -88,6 +91,8 @@ def _check(options: CheckOptions, candidate_source: CandidateSource, progress) -
     candidate = candidate_source.trace(reference.tokens, checkpoints=options.checkpoints, taps=options.taps,
                                        weights=options.weights, prompt=options.prompt, progress=progress,
                                        raw=options.raw)
+    if candidate_source.is_llamacpp and not _same_file(options.model, candidate_source.gguf):
+        candidate = _with_weight_rounding(candidate, reference_model, candidate_source.gguf, progress)
     config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints)
     if calibrating and candidate_source.precision != reference_dtype:
         config = _calibrated(config, reference, reference_model, candidate_source, options, progress)
@@ -136,12 +141,13 @@ def _with_decoding(comparison: Comparison, reference: Trace, reference_model, so
                                       reference_model.vocab_pieces())
     positions = range(len(prompt) - 1, len(sequence))
     if source.is_llamacpp:
-        from parity.capture.llamacpp_numerics import llamacpp_activation_rounding
+        from parity.capture.llamacpp_numerics import llamacpp_numerics
 
-        with llamacpp_activation_rounding(reference_model.model, source.gguf):
-            emulated = reference_model.logits(sequence)
+        lowp = _llamacpp_lowp(reference_model, source)
+        with llamacpp_numerics(lowp.model, source.gguf, kv_type=source.kv_type):
+            emulated = lowp.logits(sequence)
         bounds = [MULTIPLE * rel_l2(reference_logits[p], emulated[p]) + FLOOR["float32"] for p in positions]
-        basis = f"{MULTIPLE:g}x the noise of llama.cpp's activation rounding at each position"
+        basis = f"{MULTIPLE:g}x the noise of llama.cpp's numerics at each position"
     else:
         dtype = source.precision if source.precision in DTYPE_FACTOR else "float32"
         bound = 2 * DTYPE_FACTOR[dtype] * KIND_FACTOR["logits"]
@@ -214,14 +220,16 @@ def _calibrated(config, reference, reference_model, source, options, progress) -
     from parity.capture.hf import load_model
 
     if source.is_llamacpp:
-        from parity.capture.llamacpp_numerics import llamacpp_activation_rounding
+        from parity.capture.llamacpp_numerics import llamacpp_numerics
 
-        progress.step("calibrating: the reference with llama.cpp's activation rounding")
-        with llamacpp_activation_rounding(reference_model.model, source.gguf):
-            lowp = reference_model.capture(reference.tokens, checkpoints=options.checkpoints, raw=False)
+        kv_type = source.kv_type
+        progress.step(f"calibrating: the reference in float32 with llama.cpp's numerics (KV cache {kv_type})")
+        model = _llamacpp_lowp(reference_model, source)
+        with llamacpp_numerics(model.model, source.gguf, kv_type=kv_type):
+            lowp = model.capture(reference.tokens, checkpoints=options.checkpoints, raw=False)
         return CompareConfig(tolerance=config.tolerance, checkpoints=config.checkpoints,
                              noise=noise_floors(reference, lowp), noise_dtype="float32",
-                             noise_label="llama.cpp's activation rounding")
+                             noise_label=f"llama.cpp's numerics (float32, activation rounding, {kv_type} KV cache)")
     progress.step(f"calibrating: the reference in {source.precision}")
     lowp_model = load_model(options.model, dtype=source.precision, placement=options.placement)
     lowp = lowp_model.capture(reference.tokens, checkpoints=options.checkpoints,
@@ -229,6 +237,33 @@ def _calibrated(config, reference, reference_model, source, options, progress) -
     check_same_tokens(reference, lowp)
     return CompareConfig(tolerance=config.tolerance, checkpoints=config.checkpoints,
                          noise=noise_floors(reference, lowp), noise_dtype=source.precision)
+
+
+def _same_file(model: str, gguf: Path) -> bool:
+    return Path(model).resolve() == Path(gguf).resolve()
+
+
+def _with_weight_rounding(candidate: Trace, reference_model, gguf: Path, progress) -> Trace:
+    """The candidate's trace with each GGUF weight's measured rounding against the reference's weights."""
+    from parity.capture.gguf_weights import measure_weight_rounding
+
+    progress.step(f"measuring how {gguf.name}'s weights are rounded from the reference's")
+    measured = measure_weight_rounding(reference_model.model, gguf)
+    metadata = {**candidate.metadata, "weight_rounding": [tensor.as_dict() for tensor in measured] or None}
+    return dataclasses.replace(candidate, metadata=metadata)
+
+
+def _llamacpp_lowp(reference_model, source):
+    """A float32 copy of the reference model, made once per check: llama.cpp computes in float32.
+    (nn.Module's own cast: transformers refuses `.float()` on a model it dequantized from a GGUF.)"""
+    import copy
+
+    import torch
+
+    if source.lowp_model is None:
+        source.lowp_model = reference_model if reference_model.dtype == "float32" else dataclasses.replace(
+            reference_model, model=torch.nn.Module.float(copy.deepcopy(reference_model.model)), dtype="float32")
+    return source.lowp_model
 
 
 # --- servers ----------------------------------------------------------------------

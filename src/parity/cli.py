@@ -79,9 +79,9 @@ def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, prog
     ids = tokens if tokens is not None else reference.tokenize(prompt)
     rounding = nullcontext()
     if emulate == "llamacpp":
-        from parity.capture.llamacpp_numerics import llamacpp_activation_rounding
+        from parity.capture.llamacpp_numerics import llamacpp_numerics
 
-        rounding = llamacpp_activation_rounding(reference.model, model)
+        rounding = llamacpp_numerics(reference.model, model)
     progress.step(f"capturing the reference over {len(ids)} tokens" + (" with llama.cpp's rounding" if emulate else ""))
     with rounding:
         trace = reference.capture(ids, checkpoints=checkpoints, prompt=prompt, weights=weights, raw=raw)
@@ -200,6 +200,7 @@ def cmd_check(args) -> int:
         save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
         max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model, replay=args.replay,
         weights=args.weights, decode_steps=args.decode_steps, placement=_placement(args), raw=not args.no_raw,
+        kv_type=args.kv_type,
     )
     with _progress() as progress:
         comparison = run_check(options, progress)
@@ -583,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--checkpoints", metavar="GLOB", type=arguments.checkpoint_globs,
                          help="only these checkpoints, e.g. 'layers.*.q,logits'")
     capture.add_argument("--force", action="store_true", help="replace the output file if it exists")
-    capture.add_argument("--emulate", choices=("llamacpp",), help="round activations as llama.cpp does (a calibration run)")
+    capture.add_argument("--emulate", choices=("llamacpp",), help="round as llama.cpp does: activations, F16 KV cache, GELU table (a calibration run)")
     capture.add_argument("--weights", action="store_true", help="also store each tapped module's parameters")
     capture.set_defaults(output_kind="trace")
     capture.add_argument("--no-raw", action="store_true",
@@ -618,6 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--timeout", type=arguments.seconds, default=60.0,
                        help="server candidates: seconds the whole exchange may take (total, not per read)")
     check.add_argument("--server-model", help="server candidates: the 'model' field to send")
+    check.add_argument("--kv-type", choices=("f16", "f32", "bf16"), default="f16",
+                       help="llama.cpp candidates: the KV cache type (default f16, as llama.cpp's)")
     generate = _command(subparsers, "generate", cmd_generate)
     generate.add_argument("model", metavar="MODEL", nargs="?", help="reference model directory or .gguf file")
     generate.add_argument("candidate", metavar="CANDIDATE", nargs="?",

@@ -68,7 +68,7 @@ def test_aligned_checkpoints_match_the_reference_in_direction(pair):
     comparison = compare(reference, candidate)
     assert not comparison.missing and not comparison.extra
     cosines = {r.name: r.metrics.cosine for r in comparison.checkpoints}
-    assert len(cosines) == len(reference.tensors)
+    assert len(cosines) == sum(not name.startswith("raw.") for name in reference.tensors)  # raw.*: not llama.cpp's
     assert min(cosines.values()) > 0.99, min(cosines, key=cosines.get)
 
 

@@ -44,3 +44,23 @@ def test_hooks_cover_every_quantized_matmul_of_smollm2_and_come_off(smollm2_refe
     with llamacpp_activation_rounding(model, smollm2_gguf) as count:
         assert count == 30 * 7 + 1          # q, k, v, o, gate, up, down per layer, and the tied output
     assert not any(module._forward_pre_hooks for module in model.modules())
+
+
+def test_every_family_gets_its_projections_rounded_through_gguf_names():
+    """GPT-2's Conv1D projections (not nn.Linear, not Llama-named) are hooked, and its GELU gets the table."""
+    from conftest import need
+
+    need("llama_cpp")
+    import gguf_models
+    from parity.capture.hf import load_model
+    from parity.capture.llamacpp_numerics import llamacpp_numerics
+
+    if gguf_models.converter_dir() is None:
+        pytest.skip("llama.cpp's converter is not in the parity cache")
+    path = gguf_models.gguf("gpt2", "q8_0")
+    model = load_model(gguf_models.model_dir("gpt2")).model
+    with llamacpp_numerics(model, path) as emulated:
+        assert emulated["activation rounding"] == 3 * 4 + 1      # c_attn, c_proj, c_fc, mlp.c_proj; lm_head
+        assert emulated["gelu table"] == 3 and emulated["kv cache f16"] == 3
+    assert not any(module._forward_pre_hooks or module._forward_hooks for module in model.modules())
+    assert "forward" not in model.transformer.h[0].attn.__dict__

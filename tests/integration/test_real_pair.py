@@ -27,7 +27,7 @@ def test_default_check_compares_every_layer_and_explains_the_differences(smollm2
     assert "precision_noise" in result.stdout
     # Calibrated to llama.cpp's own activation rounding, every checkpoint is within 3x its noise: exit 0.
     assert result.returncode == 0 and data["verdict"] == "pass" and data["calibrated"]
-    assert "noise of llama.cpp's activation rounding" in result.stdout
+    assert "noise of llama.cpp's numerics" in result.stdout
     # llama.cpp decoding token by token through its KV cache agrees with its own full pass (to its noise)
     assert data["decode"]["passed"] and data["generation"]["reference_tokens"]
 

@@ -67,6 +67,8 @@ class CandidateSource:
     hf: Any = None                    # model: the loaded HFModel (its tokenizer, its family's taps)
     loaded: Trace | None = None       # trace
     server: Any = None                # server: the OpenAIServer
+    kv_type: str = "f16"              # llama.cpp: the KV cache type to run with; then the one it ran with
+    lowp_model: Any = None            # llama.cpp: the float32 reference copy that emulates it (parity check)
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
     _runner: Any = field(default=None, repr=False)
 
@@ -89,7 +91,7 @@ class CandidateSource:
         if self._runner is None:
             from parity.capture.llamacpp import LlamaCppRunner
 
-            self._runner = self._stack.enter_context(LlamaCppRunner(self.path))
+            self._runner = self._stack.enter_context(LlamaCppRunner(self.path, kv_type=self.kv_type))
         return self._runner
 
     @property
@@ -130,7 +132,9 @@ class CandidateSource:
             return self.loaded
         if self.is_llamacpp:
             step(f"running {self.path.name} in llama.cpp over {len(tokens)} tokens")
-            return self.runner.capture(tokens, checkpoints=checkpoints, prompt=prompt)
+            trace = self.runner.capture(tokens, checkpoints=checkpoints, prompt=prompt)
+            self.kv_type = trace.metadata.get("kv_type") or self.kv_type
+            return trace
         if self.hf is not None and taps is None:
             step(f"capturing the candidate {self.path.name} over {len(tokens)} tokens")
             return self.hf.capture(tokens, checkpoints=checkpoints, prompt=prompt, weights=weights, raw=raw)

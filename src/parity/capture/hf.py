@@ -107,6 +107,9 @@ class HFModel:
 def _from_pretrained_args(path: Path) -> tuple[str, dict]:
     if path.suffix == ".gguf":
         require("gguf", extra="hf", purpose="loading a .gguf file in transformers")
+        from parity.capture.gguf_limits import check_gguf_loadable
+
+        check_gguf_loadable(path)
         return str(path.parent), {"gguf_file": path.name}
     if not (path / "config.json").exists():
         raise CaptureError(

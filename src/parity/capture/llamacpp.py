@@ -4,8 +4,13 @@ llama.cpp builds a compute graph per batch and, when a context is created with
 an eval callback (`cb_eval`), asks the callback about each graph node before it
 runs ("do you want this one?") and hands it each wanted node after it ran. The
 callback reads the node's name, op, type, shape and data through ggml's C API
-(ctypes), and the names are mapped to canonical checkpoints by
-`names.LLAMACPP_GRAPH_NAMES`.
+(ctypes), and the names are mapped to canonical checkpoints per architecture by
+`llamacpp_names` (the output projection and the attention residual, unnamed in
+most graphs, by what they consume).
+
+The KV cache's type is a setting (`kv_type`, F16 by default as in llama.cpp);
+the type the attention actually read K in is taken from the graph and written
+to the trace's metadata (`kv_type`), for the calibration to emulate.
 
 Layouts are undone, never guessed:
   - ggml orders dimensions innermost first: ne = [D, T] is numpy (T, D).
@@ -33,12 +38,15 @@ from pathlib import Path
 import numpy as np
 
 from parity.core.errors import CaptureError, OptionError, require
-from parity.core.names import LLAMACPP_GRAPH_NAMES, parse, select
+from parity.capture.llamacpp_names import GraphNames, layer_of
+from parity.core.names import parse, select
 from parity.core.trace import Trace, make_trace
 
 GGML_MAX_DIMS, GGML_MAX_SRC, GGML_MAX_OP_PARAMS, GGML_MAX_NAME = 4, 10, 64, 64
 GGML_TYPES = {0: np.float32, 1: np.float16}  # ggml_type -> numpy; bf16 (30) widened by hand
 GGML_TYPE_BF16 = 30
+KV_TYPE_IDS = {"f32": 0, "f16": 1, "bf16": 30}   # KV cache types that run without flash attention
+GGML_TYPE_NAMES = {0: "f32", 1: "f16", 8: "q8_0", 30: "bf16"}
 LLAMA_ROPE_TYPE_NORM = 0  # rotate adjacent pairs: the GGUF rows of q and k were permuted
 QK_KINDS = ("q", "k", "q_rope", "k_rope")
 
@@ -62,14 +70,6 @@ class GgmlTensor(ctypes.Structure):
         ("extra", ctypes.c_void_p),
         ("padding", ctypes.c_char * 8),
     ]
-
-
-def _graph_patterns() -> list[tuple[re.Pattern, frozenset | None, str]]:
-    patterns = []
-    for graph_name, ops, canonical in LLAMACPP_GRAPH_NAMES:
-        regex = re.escape(graph_name).replace(r"\{i\}", r"(?P<i>\d+)")
-        patterns.append((re.compile(regex + r"\Z"), ops, canonical))
-    return patterns
 
 
 def _ggml_library(llama_cpp):
@@ -98,6 +98,10 @@ class _Recording:
     not_comparable: dict[str, str] = field(default_factory=dict)
     head_dims: dict[str, int] = field(default_factory=dict)  # "q"/"k" -> head_dim seen on RoPE
     graph_names: list[str] = field(default_factory=list)
+    wanted: dict[int, str] = field(default_factory=dict)      # node address -> canonical, decided when asked
+    produced: dict[int, str] = field(default_factory=dict)    # node address -> kind, for structural matches
+    layer: int | None = None                                  # the layer of the last indexed node
+    kv_type: str | None = None                                # the type K was read in by q @ K^T
 
 
 class LlamaCppRunner:
@@ -107,15 +111,19 @@ class LlamaCppRunner:
             trace = runner.capture(runner.tokenize("Hello"))
     """
 
-    def __init__(self, gguf: str | Path, *, threads: int | None = None, undo_qk_permutation: bool = True) -> None:
+    def __init__(self, gguf: str | Path, *, threads: int | None = None, undo_qk_permutation: bool = True,
+                 kv_type: str = "f16") -> None:
+        if kv_type not in KV_TYPE_IDS:
+            raise OptionError(f"--kv-type {kv_type} is not supported; choose one of {', '.join(KV_TYPE_IDS)}")
         self.path = Path(gguf)
         self.threads = threads or os.cpu_count() or 1
         self.undo_qk_permutation = undo_qk_permutation
+        self.kv_type = kv_type
         self._llama = require("llama_cpp", extra="llamacpp", package="llama-cpp-python",
                               purpose="running a model in llama.cpp")
         self._model = None
         self._recording: _Recording | None = None
-        self._patterns = _graph_patterns()
+        self._names: GraphNames | None = None
         self._callback = self._llama.ggml_backend_sched_eval_callback(self._on_node)  # kept alive with self
 
     def __repr__(self) -> str:
@@ -132,6 +140,7 @@ class LlamaCppRunner:
         if not self._model:
             raise CaptureError(f"{self.path}: llama.cpp could not load this file (is it a GGUF model?)")
         self._vocab = llama.llama_model_get_vocab(self._model)
+        self._names = GraphNames(self._meta("general.architecture"))
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -196,6 +205,7 @@ class LlamaCppRunner:
             "tokens": list(tokens),
             "prompt": prompt,
             "not_comparable": recording.not_comparable or None,
+            "kv_type": recording.kv_type,
         }
         return make_trace(tensors, metadata, source=str(self.path))
 
@@ -213,6 +223,7 @@ class LlamaCppRunner:
         params.n_ctx = params.n_batch = params.n_ubatch = max(len(prompt) + len(continuation), 32)
         params.n_threads = params.n_threads_batch = self.threads
         params.flash_attn_type = 0  # as in the full pass, so that only the decode path differs
+        params.type_k = params.type_v = KV_TYPE_IDS[self.kv_type]
         context = llama.llama_init_from_model(self._model, params)
         if not context:
             raise CaptureError("llama.cpp could not create a context")
@@ -242,6 +253,7 @@ class LlamaCppRunner:
         params.n_ctx = params.n_batch = params.n_ubatch = max(count, 32)
         params.n_threads = params.n_threads_batch = self.threads
         params.flash_attn_type = 0  # off: the attention probabilities must exist to be compared
+        params.type_k = params.type_v = KV_TYPE_IDS[self.kv_type]
         params.cb_eval = self._callback
         context = llama.llama_init_from_model(self._model, params)
         if not context:
@@ -282,27 +294,60 @@ class LlamaCppRunner:
             if recording is None:
                 return not ask
             tensor = ctypes.cast(pointer, ctypes.POINTER(GgmlTensor)).contents
-            name = tensor.name.decode("utf-8", errors="replace")
-            op = self._ggml.ggml_op_desc(pointer).decode()
-            canonical = self._canonical(name, op)
             if ask:
-                return canonical is not None and bool(select([canonical], recording.checkpoints))
-            recording.graph_names.append(name)
-            if op == "ROPE" and canonical is not None:
-                recording.head_dims[parse(canonical).kind[0]] = int(tensor.ne[0])
+                canonical = self._classify(pointer, tensor, recording)
+                wanted = canonical is not None and bool(select([canonical], recording.checkpoints))
+                if wanted:
+                    recording.wanted[pointer] = canonical
+                return wanted
+            canonical = recording.wanted.get(pointer)
+            recording.graph_names.append(tensor.name.decode("utf-8", errors="replace"))
             if canonical is not None:
+                if self._ggml.ggml_op_desc(pointer).decode() == "ROPE":
+                    recording.head_dims[parse(canonical).kind[0]] = int(tensor.ne[0])
                 self._read(pointer, tensor, canonical, recording)
             return True
         except Exception as error:  # an exception must not cross into C
             if self._recording is not None:
                 self._recording.not_comparable.setdefault("_callback", f"reading a tensor failed: {error}")
-            return True
+            return not ask
 
-    def _canonical(self, name: str, op: str) -> str | None:
-        for pattern, ops, canonical in self._patterns:
-            match = pattern.match(name)
-            if match and (ops is None or op in ops):
-                return canonical.replace("{i}", match.group("i")) if "{i}" in canonical else canonical
+    def _classify(self, pointer, tensor: GgmlTensor, recording: _Recording) -> str | None:
+        """The canonical name of a node, from its name and op, or from what it consumes."""
+        name = tensor.name.decode("utf-8", errors="replace")
+        op = self._ggml.ggml_op_desc(pointer).decode()
+        layer = layer_of(name)
+        if layer is not None:
+            recording.layer = layer
+        if op == "MUL_MAT" and name.startswith("kq-") and tensor.src[0]:
+            source = ctypes.cast(tensor.src[0], ctypes.POINTER(GgmlTensor)).contents
+            recording.kv_type = GGML_TYPE_NAMES.get(source.type, str(source.type))
+        canonical = self._names.canonical(name, op, recording.layer)
+        if name.startswith("kqv_out-"):
+            recording.produced[pointer] = "attn_ctx"
+        elif name == "result_norm":
+            recording.produced[pointer] = "final_norm"
+        elif op == "GET_ROWS" and tensor.src[0] in recording.produced:  # the last layer's output rows
+            recording.produced[pointer] = recording.produced[tensor.src[0]]
+        elif canonical is None and recording.layer is not None:
+            canonical = self._by_structure(tensor, op, recording)
+        if canonical is not None and parse(canonical).kind in ("attn_out", "resid_mid"):
+            recording.produced[pointer] = parse(canonical).kind
+        return canonical
+
+    def _by_structure(self, tensor: GgmlTensor, op: str, recording: _Recording) -> str | None:
+        """Unnamed nodes: the matmul consuming kqv_out (and its bias add) is attn_out; the add of
+        attn_out and anything but a bias is resid_mid; the matmul consuming result_norm is lm_head_out."""
+        inputs = [recording.produced.get(tensor.src[k]) for k in (0, 1)]
+        layer = recording.layer
+        if op == "MUL_MAT" and inputs[1] == "final_norm":
+            return "lm_head_out"
+        if op == "MUL_MAT" and inputs[1] == "attn_ctx":
+            return f"layers.{layer}.attn_out"
+        if op == "ADD" and "attn_out" in inputs:
+            other = tensor.src[1 if inputs[0] == "attn_out" else 0]
+            other_name = ctypes.cast(other, ctypes.POINTER(GgmlTensor)).contents.name if other else b""
+            return f"layers.{layer}.{'attn_out' if other_name.endswith(b'.bias') else 'resid_mid'}"
         return None
 
     def _read(self, pointer, tensor: GgmlTensor, canonical: str, recording: _Recording) -> None:
@@ -384,10 +429,11 @@ def _silence_llama_logs(llama) -> None:
 
 
 def capture_llamacpp(gguf: str | Path, *, prompt: str | None = None, tokens: list[int] | None = None,
-                     checkpoints: str | None = None, undo_qk_permutation: bool = True) -> Trace:
+                     checkpoints: str | None = None, undo_qk_permutation: bool = True,
+                     kv_type: str = "f16") -> Trace:
     """Trace one forward pass of a GGUF model in llama.cpp."""
     if (prompt is None) == (tokens is None):
         raise OptionError("give exactly one of a prompt or token ids")
-    with LlamaCppRunner(gguf, undo_qk_permutation=undo_qk_permutation) as runner:
+    with LlamaCppRunner(gguf, undo_qk_permutation=undo_qk_permutation, kv_type=kv_type) as runner:
         ids = tokens if tokens is not None else runner.tokenize(prompt)
         return runner.capture(ids, checkpoints=checkpoints, prompt=prompt)

@@ -25,7 +25,10 @@ GENERIC = frozenset({"scale_factor", "swapped", "missing_bias"})
 # stored transposed put weight above the diagonal without any mask being wrong.
 SUPERSEDES = {"layout_permuted": frozenset({"causal_mask"}),
               # a residual add left out is the specific case of that op skipped
-              "missing_residual": frozenset({"op_skipped"})}
+              "missing_residual": frozenset({"op_skipped"}),
+              # Rounded weights change every tensor from the embedding on: heuristic readings of the same
+              # numbers (a rescaled row, a noisy one) are that rounding, seen from inside.
+              "weight_rounding": frozenset({"scale_factor", "swapped", "norm_epsilon", "activation_variant"})}
 
 
 def register(cause: str) -> Callable[[Detector], Detector]:
@@ -40,7 +43,7 @@ def register(cause: str) -> Callable[[Detector], Detector]:
 
 def diagnose(comparison: Comparison, reference: Trace, candidate: Trace) -> Comparison:
     """The comparison with the diagnoses and notes of every detector that applies."""
-    from parity.diagnose import attention, layers, noise, values, weights  # noqa: F401  (register their detectors)
+    from parity.diagnose import attention, layers, noise, rounding, values, weights  # noqa: F401  (register them)
     from parity.diagnose import attention_math, biases, embeddings, ops, rope_base  # noqa: F401
     from parity.diagnose import embedding, post_norm, router, sliding_window  # noqa: F401  (family-specific causes)
     from parity.diagnose.context import Context, model_config
