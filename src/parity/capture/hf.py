@@ -47,9 +47,12 @@ class HFModel:
         return list(self.tokenizer(prompt)["input_ids"])
 
     def vocab_pieces(self) -> tuple[str, ...]:
-        """The text of every token id, decoded alone."""
+        """The text of every token id, decoded alone; () without a usable tokenizer (reports then show ids)."""
         if self._vocab_pieces is None:
-            decode = self.tokenizer.decode
+            try:
+                decode = self.tokenizer.decode
+            except CaptureError:
+                return ()
             self._vocab_pieces = tuple(decode([i]) for i in range(self.model.config.vocab_size))
         return self._vocab_pieces
 
@@ -67,6 +70,22 @@ class HFModel:
         logprobs = torch.log_softmax(logits, dim=-1).numpy()
         return ReferenceTokens(pieces, offsets, logprobs, self.vocab_pieces())
 
+    def position_limit(self) -> tuple[str, int] | None:
+        """(config field, value) of the most positions the model takes, when its config says."""
+        fields = self.model.config.to_dict()  # as config.json spells them (GPT-2: n_positions)
+        for field in ("n_positions", "max_position_embeddings"):
+            value = fields.get(field)
+            if isinstance(value, int) and value > 0:
+                return field, value
+        return None
+
+    def check_length(self, count: int, *, what: str = "the prompt") -> None:
+        """Refuse `count` positions beyond the model's limit, before any forward pass."""
+        limit = self.position_limit()
+        if limit is not None and count > limit[1]:
+            raise OptionError(f"{what} is {count} tokens, more than {self.path} takes ({limit[0]} = {limit[1]}); "
+                              "give a shorter --prompt or --tokens")
+
     def logits(self, tokens: list[int]):
         """Logits at every position of one forward pass over `tokens`: (T, V), float64 numpy."""
         import torch
@@ -83,6 +102,7 @@ class HFModel:
         vocab = self.model.config.vocab_size
         if max(tokens) >= vocab or min(tokens) < 0:
             raise OptionError(f"token id {max(tokens)} is outside the vocabulary of {self.path} (size {vocab})")
+        self.check_length(len(tokens))
         metadata = {
             "arch": self.model.config.model_type,
             "producer": f"transformers {transformers.__version__}",
@@ -139,11 +159,17 @@ def load_tokenizer(path: str | Path):
         raise CaptureError(f"{path}: no such model directory or .gguf file")
     location, extra = (str(path.parent), {"gguf_file": path.name}) if path.suffix == ".gguf" else (str(path), {})
     try:
-        return transformers.AutoTokenizer.from_pretrained(location, local_files_only=True, **extra)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(location, local_files_only=True, **extra)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CaptureError(
-            f"{path}: no usable tokenizer ({_first_line(error)}); pass token ids with --tokens instead"
+            f"{path}: no usable tokenizer ({_first_line(error)}); pass token ids with --tokens 1,2,3 instead, "
+            "or add the model's tokenizer files"
         ) from error
+    if len(tokenizer.get_vocab()) <= len(set(tokenizer.all_special_ids)):  # transformers built one from nothing
+        raise CaptureError(f"{path}: its tokenizer is empty (no tokenizer files with a vocabulary), so a prompt "
+                           "cannot be tokenized; pass token ids with --tokens 1,2,3 instead, or add the model's "
+                           "tokenizer files (tokenizer.json)")
+    return tokenizer
 
 
 def capture_hf(

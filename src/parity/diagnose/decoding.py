@@ -16,6 +16,8 @@ from parity.core.trace import Trace
 from parity.diagnose.attention import apply_rope, attention_probabilities
 from parity.diagnose.context import ModelConfig, reproduces
 
+CAUSES = frozenset({"kv_cache_offset", "decode_rope"})
+
 
 def diagnose_decode(full: Trace, step: dict, position: int, name: str | None, config: ModelConfig) -> list[Diagnosis]:
     checkpoint = parse(name) if name else None
