@@ -85,19 +85,22 @@ def full_logits(model, ids: list[int]) -> np.ndarray:
 
 def first_checkpoint(full_trace, step: dict, position: int, bound: float) -> str | None:
     """The first checkpoint (in data-flow order) where a decode step's tensors part from the full
-    pass's at the same position."""
+    pass's at the same position. A step's tensor holds this position's row, or (keys that transformers
+    hands to attention) the rows of every position read from the cache, 0..position: those are held to
+    the full pass's rows 0..position."""
     for name in in_flow_order(step):
         if name not in full_trace or name == "logits":
             continue
         checkpoint = parse(name)
-        full = full_trace[name]
+        full, value = full_trace[name], step[name]
         if checkpoint is not None and checkpoint.kind == "attn_probs":   # (H, T, S): this query's row, its keys
             row = full[:, position, : position + 1]
+        elif value.shape[0] == position + 1 and position > 0:
+            row = full[: position + 1]
         else:
             row = full[position]
-        value = step[name]
         if value.size != row.size:
-            return name  # a cache that grew by another number of positions
+            return name  # a cache that grew by another number of positions, or was not read
         if not rel_l2(row.reshape(-1), value.reshape(-1)) <= bound:
             return name
     return None
