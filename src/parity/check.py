@@ -24,7 +24,7 @@ from parity.capture.candidates import CandidateSource, kind_of, open_candidate
 from parity.core.calibrate import check_same_tokens, noise_floors
 from parity.core.compare import CompareConfig, compare
 from parity.core.errors import OptionError
-from parity.core.results import Comparison, NotChecked, Tolerance
+from parity.core.results import NOT_ASKED, Comparison, NotChecked, Tolerance
 from parity.core.sequence import SequenceComparison
 from parity.core.trace import Trace, load_trace, save_trace
 
@@ -119,12 +119,12 @@ def _with_not_checked(comparison: Comparison, candidate: Trace, source, options:
         skipped.append(NotChecked("calibration", "the candidate's precision is unknown (a trace without a dtype in "
                                                  "its metadata): the dtype tables' tolerances were used"))
     if not options.weights:
-        skipped.append(NotChecked("weights", "not asked for (--weights compares each tapped module's parameters)"))
+        skipped.append(NotChecked("weights", f"{NOT_ASKED}: --weights compares each tapped module's parameters"))
     elif not any(name.endswith(".weight") for name in candidate.names):
         skipped.append(NotChecked("weights", f"the candidate ({source.kind_description}) gave no parameters"))
     if not options.replay:
-        skipped.append(NotChecked("replay", "not asked for (--replay reruns each block and op on the reference's "
-                                            "inputs)"))
+        skipped.append(NotChecked("replay", f"{NOT_ASKED}: --replay reruns each block and op on the reference's "
+                                            "inputs"))
     return dataclasses.replace(comparison, not_checked=tuple(skipped) + tuple(comparison.not_checked))
 
 

@@ -71,7 +71,8 @@ def test_checks_not_run_are_listed_by_reason():
     tensors = trace_with_layers(1)
     comparison = dataclasses.replace(compare(make_trace(tensors), make_trace(tensors)), not_checked=(
         NotChecked("decode", "--decode-steps 0"), NotChecked("kv_cache", "--decode-steps 0"),
-        NotChecked("replay", "not asked for (--replay)")))
+        NotChecked("replay", "not asked for: --replay reruns each block"),
+        NotChecked("weights", "not asked for: --weights compares parameters")))
     text = render(comparison)
     assert "not checked: decode, KV cache: --decode-steps 0" in text
-    assert "not checked: replay: not asked for (--replay)" in text
+    assert "not checked: replay, weights: not asked for\n" in text

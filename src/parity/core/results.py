@@ -142,6 +142,8 @@ class NotChecked:
         return f"<NotChecked {self.check}: {self.reason}>"
 
 
+NOT_ASKED = "not asked for"   # the reason of an opt-in check left off, followed by ": " and what it does
+
 # The checks beyond one forward pass that `parity check` runs when it can, in report order.
 CHECKS = ("calibration", "weights", "replay", "greedy", "decode", "kv_cache", "chunked_prefill", "padding")
 

@@ -10,7 +10,7 @@ import math
 
 from parity.core.errors import require
 from parity.core.names import AFTER_LAYERS, BEFORE_LAYERS, LAYER_KINDS, parse
-from parity.core.results import FAIL, NOT_COMPARABLE, PASS, CheckpointResult, Comparison
+from parity.core.results import FAIL, NOT_ASKED, NOT_COMPARABLE, PASS, CheckpointResult, Comparison
 from parity.report import output
 
 # kind -> column header; the legend under the grid spells them out.
@@ -233,7 +233,8 @@ def _not_checked(comparison: Comparison):
 
     by_reason: dict[str, list[str]] = {}
     for item in comparison.not_checked:
-        by_reason.setdefault(item.reason, []).append(CHECK_LABELS.get(item.check, item.check))
+        reason = NOT_ASKED if item.reason.startswith(NOT_ASKED) else item.reason   # opt-ins: one line
+        by_reason.setdefault(reason, []).append(CHECK_LABELS.get(item.check, item.check))
     lines = [f"not checked: {', '.join(checks)}: {reason}" for reason, checks in by_reason.items()]
     return Text("\n".join(lines), style="yellow") if lines else None
 
