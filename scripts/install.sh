@@ -49,6 +49,18 @@ else
   pip "diskcache>=5.6.1" "jinja2>=2.11.3" "typing-extensions>=4.5.0" "numpy>=1.20.0"
 fi
 
+# The HTML report's tests render it in a real browser: Debian's chromium (the set-up runs as root).
+if command -v chromium >/dev/null 2>&1; then
+  step "chromium is installed; keeping it"
+elif command -v apt-get >/dev/null 2>&1; then
+  step "installing chromium (apt-get), for the HTML report's browser tests"
+  as_root=$([ "$(id -u)" -eq 0 ] && echo "" || echo "sudo")
+  $as_root apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -q chromium >/dev/null
+else
+  echo "parity: no chromium and no apt-get: install chromium for the HTML report's browser tests" >&2
+fi
+
 step "installing parity with its transformers and test extras"
 pip -e ".[hf,test]"
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from parity.capture.candidates import CandidateSource, kind_of, open_candidate
+from parity.capture.placement import Placement
 from parity.core.calibrate import check_same_tokens, noise_floors
 from parity.core.compare import CompareConfig, compare
 from parity.core.errors import OptionError
@@ -47,6 +48,7 @@ class CheckOptions:
     max_tokens: int = 16                # server candidates
     timeout_s: float = 60.0
     server_model: str | None = None
+    placement: Placement | None = None  # the reference's devices and offload (accelerate)
 
     def __repr__(self) -> str:
         return f"<CheckOptions {self.model} vs {self.candidate}>"
@@ -79,7 +81,7 @@ def _check(options: CheckOptions, candidate_source: CandidateSource, progress) -
     calibrating = options.calibrate and options.tolerance is None and candidate_source.precision is not None
     reference_dtype = options.dtype or ("float64" if calibrating and not candidate_source.is_llamacpp else "float32")
     progress.step(f"loading {options.model} ({reference_dtype})")
-    reference_model = load_model(options.model, dtype=reference_dtype)
+    reference_model = load_model(options.model, dtype=reference_dtype, placement=options.placement)
     tokens = options.tokens if options.tokens is not None else reference_model.tokenize(options.prompt)
     reference_model.check_length(len(tokens))
     if options.decode_steps > 0 and (candidate_source.model is not None or candidate_source.is_llamacpp):
@@ -168,7 +170,7 @@ def _calibrated(config, reference, reference_model, source, options, progress) -
                              noise=noise_floors(reference, lowp), noise_dtype="float32",
                              noise_label="llama.cpp's activation rounding")
     progress.step(f"calibrating: the reference in {source.precision}")
-    lowp_model = load_model(options.model, dtype=source.precision)
+    lowp_model = load_model(options.model, dtype=source.precision, placement=options.placement)
     lowp = lowp_model.capture(reference.tokens, checkpoints=options.checkpoints)
     check_same_tokens(reference, lowp)
     return CompareConfig(tolerance=config.tolerance, checkpoints=config.checkpoints,

@@ -50,7 +50,8 @@ def cmd_capture(args) -> int:
             trace = _capture_llamacpp(args.model, args.prompt, tokens, args.checkpoints, progress)
         else:
             trace = _capture_reference(args.model, args.prompt, tokens, args.dtype or "float32", args.checkpoints,
-                                       progress, emulate=args.emulate, weights=args.weights)
+                                       progress, emulate=args.emulate, weights=args.weights,
+                                       placement=_placement(args))
         progress.step(f"writing {args.output}")
         save_trace(trace, args.output, overwrite=args.force)
     print(f"wrote {len(trace.tensors)} checkpoints over {len(trace.tokens or [])} tokens to {args.output}")
@@ -58,7 +59,7 @@ def cmd_capture(args) -> int:
 
 
 def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, progress, emulate=None,
-                       weights: bool = False) -> Trace:
+                       weights: bool = False, placement=None) -> Trace:
     from contextlib import nullcontext
 
     from parity.capture.hf import load_model, quiet_transformers
@@ -66,7 +67,7 @@ def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, prog
     _need_one_input(prompt, tokens)
     quiet_transformers()
     progress.step(f"loading {model} ({dtype})")
-    reference = load_model(model, dtype=dtype)
+    reference = load_model(model, dtype=dtype, placement=placement)
     ids = tokens if tokens is not None else reference.tokenize(prompt)
     rounding = nullcontext()
     if emulate == "llamacpp":
@@ -131,6 +132,7 @@ def _report(comparison, args) -> int:
 
     if args.json:
         json.write(comparison, args.json, overwrite=args.force)
+    _write_report_files(comparison, args)
     if args.json != "-":
         renderer = {SequenceComparison: tokens, TokenizerComparison: tokenizer,
                     GenerationComparison: generation}.get(type(comparison), console)
@@ -172,7 +174,7 @@ def cmd_check(args) -> int:
         tolerance=user_tolerance(args.atol, args.rtol), taps=args.taps,
         save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
         max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model, replay=args.replay,
-        weights=args.weights, decode_steps=args.decode_steps,
+        weights=args.weights, decode_steps=args.decode_steps, placement=_placement(args),
     )
     with _progress() as progress:
         comparison = run_check(options, progress)
@@ -322,12 +324,43 @@ def _add_tolerance_options(parser) -> None:
     parser.add_argument("--checkpoints", metavar="GLOB", help="only these checkpoints, e.g. 'layers.*.q,logits'")
     parser.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
     parser.add_argument("--force", action="store_true", help="replace output files that exist")
+    _add_report_files(parser)
+
+
+def _add_report_files(parser) -> None:
+    """--html, --junit, --markdown: report files beside the console (see parity.report.outputs)."""
+    parser.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML report here")
+    parser.add_argument("--junit", metavar="OUT.xml", help="also write a JUnit XML report here (for CI)")
+    parser.add_argument("--markdown", metavar="OUT.md", help="also write a short Markdown summary here (CI step summary, PR comment)")
+
+
+def _check_report_files(args) -> None:
+    """Fail now, before any long work, if a report file (--json, --html, ...) could not be written."""
+    from parity.report import outputs
+
+    paths = {option: getattr(args, option, None) for option in ("json", *outputs.FORMATS)}
+    outputs.check(paths, overwrite=getattr(args, "force", False))
+
+
+def _write_report_files(result, args) -> None:
+    from parity.report import outputs
+
+    outputs.write(result, {option: getattr(args, option, None) for option in outputs.FORMATS}, overwrite=args.force)
 
 
 def _add_input_options(parser) -> None:
     parser.add_argument("--prompt", help="text to tokenize with the model's tokenizer")
     parser.add_argument("--tokens", help="token ids, fed as given: 1,2,3")
     parser.add_argument("--dtype", choices=DTYPES, help="reference precision (default float32; check: float64 to calibrate)")
+    parser.add_argument("--device-map", help="reference: accelerate's device map (auto, balanced, sequential, cpu, cuda:0)")
+    parser.add_argument("--max-memory", help="reference: memory per device, e.g. cpu=2GiB,0=20GiB (implies --device-map auto)")
+    parser.add_argument("--offload-dir", help="reference: where weights beyond --max-memory are offloaded to disk")
+
+
+def _placement(args):
+    from parity.capture.placement import placement_from_options
+
+    return placement_from_options(args.device_map, args.max_memory, args.offload_dir)
 
 
 def _command(subparsers, name: str, handler) -> argparse.ArgumentParser:
@@ -389,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float, help="for the sampler check")
     generate.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
     generate.add_argument("--force", action="store_true", help="replace output files that exist")
+    _add_report_files(generate)
 
     tokens = _command(subparsers, "tokens", cmd_tokens)
     tokens.add_argument("model", metavar="MODEL", nargs="?", help="reference tokenizer: model directory or .gguf")
@@ -398,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("--ids", help="the candidate's ids for that text: 1,2,3 or @file")
     tokens.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for stdout only)")
     tokens.add_argument("--force", action="store_true", help="replace output files that exist")
+    _add_report_files(tokens)
 
     repro = _command(subparsers, "repro", cmd_repro)
     repro.add_argument("report", metavar="REPORT", help="a JSON report of parity check or compare")
@@ -425,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "handler"):
             parser.print_help()
             return EXIT_UNUSABLE
+        _check_report_files(args)
         return args.handler(args)
     except ParityError as error:
         print(f"parity: error: {error}", file=sys.stderr)

@@ -116,3 +116,24 @@ def test_weights_of_tapped_modules_are_recorded_on_request():
     np.testing.assert_array_equal(trace["layers.0.attn_norm.weight"], model.blocks[0].norm.weight.detach().numpy())
     assert "layers.0.attn_norm.bias" in trace and "embed.weight" in trace
     assert "layers.0.attn_norm.weight" not in trace_module(model, [1, 2], taps=TAPS)
+
+
+def test_a_tensor_the_forward_changes_in_place_after_it_is_recorded_keeps_its_recorded_value():
+    import torch
+
+    class InPlace(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+            self.norm = torch.nn.LayerNorm(4)
+            self.head = torch.nn.Linear(4, 10)
+
+        def forward(self, ids):
+            hidden = self.norm(self.embed(ids))
+            expected.append(hidden.detach().clone())
+            hidden.mul_(3.0)  # after the norm's hook has seen it
+            return self.head(hidden)
+
+    expected = []
+    trace = trace_module(InPlace(), [1, 2, 3], taps={"norm": "layers.0.attn_norm", "embed": "embed"})
+    np.testing.assert_array_equal(trace["layers.0.attn_norm"], expected[-1][0].numpy())

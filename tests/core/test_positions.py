@@ -27,3 +27,22 @@ def test_position_profile_and_layer_matrix():
     assert len(profile) == 5 and profile[4] > 0 and max(profile[:4]) == 0
     matrix = layer_position_matrix(reference_trace, candidate_trace)
     assert len(matrix) == 3 and matrix[1][4] > 0 and max(matrix[0]) == 0
+
+
+def test_largest_differences_are_listed_largest_first_with_both_values():
+    from parity.core.positions import WORST_ELEMENTS, largest_differences
+    from parity.core.trace import make_trace
+
+    reference = np.zeros((3, 4))
+    candidate = reference.copy()
+    candidate[2, 1], candidate[0, 3], candidate[1, 0] = 5.0, -7.0, 0.5
+    candidate[1, 1] = np.nan
+    found = largest_differences("layers.0.out", make_trace({"layers.0.out": reference}),
+                                make_trace({"layers.0.out": candidate}))
+    assert len(found) == WORST_ELEMENTS
+    (first, _, c0, d0), second, third = found[:3]
+    assert first == (1, 1) and np.isnan(c0) and d0 == np.inf    # a NaN facing a number: infinitely far
+    assert second == ((0, 3), 0.0, -7.0, 7.0) and third == ((2, 1), 0.0, 5.0, 5.0)   # exact: differences of 0.0
+    assert found[3] == ((1, 0), 0.0, 0.5, 0.5) and found[4][3] == 0.0
+    assert largest_differences("layers.0.out", make_trace({"layers.0.out": reference}),
+                               make_trace({"layers.0.out": candidate[:2]})) == ()   # shapes differ: not aligned here

@@ -40,6 +40,8 @@ _DESCRIBED = {"trace": "a trace file", "llamacpp": "llamacpp:FILE.gguf", "server
 
 def kind_of(spec: str) -> str:
     """Which of KINDS a CANDIDATE spec names (see the module docstring); OptionError when none."""
+    if hasattr(spec, "named_modules"):  # the Python API (parity.testing) passes a torch.nn.Module itself
+        return "factory"
     if spec.startswith(SERVER_PREFIXES):
         return "server"
     if spec.startswith(LLAMACPP_PREFIX):
@@ -201,8 +203,11 @@ def _open(spec: str, kind: str, *, model_path, dtype, server_model, timeout_s, s
         step(f"loading {spec} as the candidate ({dtype})")
         hf = load_model(spec, dtype=dtype)
         return CandidateSource(spec, kind, precision=dtype, path=Path(spec), model=hf.model, hf=hf)
-    step(f"building the candidate from {spec}")
-    model = build_module(spec, model_path)
+    if hasattr(spec, "named_modules"):
+        model, spec = spec, type(spec).__name__
+    else:
+        step(f"building the candidate from {spec}")
+        model = build_module(spec, model_path)
     dtype = next((str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()), None)
     return CandidateSource(spec, kind, precision=dtype, model=model)
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from parity.capture import gguf_cache
+from parity.capture.placement import Placement
 from parity.capture.torch_module import trace_module
 from parity.core.errors import CaptureError, OptionError, require
 from parity.core.names import FAMILY_TAPS, MODEL_TYPE_FAMILY
@@ -126,8 +128,9 @@ def _from_pretrained_args(path: Path) -> tuple[str, dict]:
     return str(path), {}
 
 
-def load_model(path: str | Path, *, dtype: str = "float32") -> HFModel:
-    """Load a local model directory or .gguf file as a causal LM in `dtype`, eager attention."""
+def load_model(path: str | Path, *, dtype: str = "float32", placement: Placement | None = None) -> HFModel:
+    """Load a local model directory or .gguf file as a causal LM in `dtype`, eager attention;
+    `placement` spreads it over devices and the disk (accelerate's big-model inference)."""
     torch = require("torch", extra="hf", purpose="capturing a reference")
     transformers = require("transformers", extra="hf", purpose="capturing a reference")
     if dtype not in DTYPES:
@@ -135,13 +138,17 @@ def load_model(path: str | Path, *, dtype: str = "float32") -> HFModel:
     path = Path(path)
     if not path.exists():
         raise CaptureError(f"{path}: no such model directory or .gguf file")
-    location, extra = _from_pretrained_args(path)
+    cached = gguf_cache.cached_directory(path) if path.suffix == ".gguf" else None
+    location, extra = (str(cached), {}) if cached else _from_pretrained_args(path)
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            location, dtype=getattr(torch, dtype), attn_implementation="eager", local_files_only=True, **extra
+            location, dtype=getattr(torch, dtype), attn_implementation="eager", local_files_only=True, **extra,
+            **(placement.from_pretrained_kwargs() if placement else {}),
         )
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise CaptureError(f"{path}: transformers could not load this model: {_first_line(error)}") from error
+    if path.suffix == ".gguf" and not cached and dtype == "float32" and not placement:  # float32 holds every dequantized value
+        gguf_cache.store(path, model, lambda: load_tokenizer(path))
     model.eval()
     model_type = model.config.model_type
     if model_type not in MODEL_TYPE_FAMILY:
@@ -158,6 +165,9 @@ def load_tokenizer(path: str | Path):
     if not path.exists():
         raise CaptureError(f"{path}: no such model directory or .gguf file")
     location, extra = (str(path.parent), {"gguf_file": path.name}) if path.suffix == ".gguf" else (str(path), {})
+    cached = gguf_cache.cached_directory(path) if path.suffix == ".gguf" else None
+    if cached is not None and (cached / "tokenizer_config.json").is_file():
+        location, extra = str(cached), {}
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(location, local_files_only=True, **extra)
     except (OSError, ValueError, KeyError, TypeError) as error:

@@ -70,12 +70,17 @@ class ModuleTracer:
         tensors = tracer.tensors
     """
 
-    def __init__(self, model, taps: TapsLike, *, checkpoints: str | None = None, weights: bool = False) -> None:
+    def __init__(self, model, taps: TapsLike, *, checkpoints: str | None = None, weights: bool = False,
+                 copy: bool = True) -> None:
         self.model = model
         self.taps = resolve_taps(taps)
         self.checkpoints = checkpoints
         self.weights = weights  # also record each output-tapped module's own parameters
+        # copy=False keeps each recorded tensor as the forward made it, with its version counter;
+        # `overwritten()` then names any that the forward changed in place after it was recorded.
+        self.copy = copy
         self.tensors: dict[str, Any] = {}
+        self._versions: dict[str, int] = {}
         self.matched: set[Tap] = set()
         self._stack = ExitStack()
 
@@ -116,8 +121,18 @@ class ModuleTracer:
         return bool(name) and bool(select([name], self.checkpoints))
 
     def _store(self, name: str, tensor) -> None:
-        if self._wanted(name) and name not in self.tensors:  # first call wins if a module runs twice
-            self.tensors[name] = _canonical_layout(name, tensor.detach().to("cpu").clone())
+        if not self._wanted(name) or name in self.tensors:  # first call wins if a module runs twice
+            return
+        recorded = tensor.detach()
+        copied = self.copy or recorded.device.type != "cpu"
+        stored = _canonical_layout(name, recorded.to("cpu", copy=True) if copied else recorded)
+        if not copied:
+            self._versions[name] = stored._version  # a view shares it with the tensor the forward goes on using
+        self.tensors[name] = stored
+
+    def overwritten(self) -> list[str]:
+        """Checkpoints recorded without a copy whose tensor the forward then changed in place."""
+        return [name for name, version in self._versions.items() if self.tensors[name]._version != version]
 
     def _hook(self, module, io: str, names: tuple[str, ...]) -> None:
         if io == "input":
@@ -206,15 +221,11 @@ def trace_module(
     import torch
 
     input_ids = _input_ids(tokens, model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), ModuleTracer(model, taps, checkpoints=checkpoints, weights=weights) as tracer:
-            output = forward(model, input_ids) if forward else model(input_ids)
-    except (RuntimeError, TypeError, ValueError, IndexError) as error:
-        raise CaptureError(f"the forward pass of {type(model).__name__} failed: {error}") from error
-    finally:
-        model.train(was_training)
+    # Record the forward's own tensors without copying them; if the forward changed one in
+    # place after it was recorded, run it again copying each as it arrives.
+    tracer, output = _traced_forward(model, input_ids, taps, checkpoints, weights, forward, copy=False)
+    if tracer.overwritten():
+        tracer, output = _traced_forward(model, input_ids, taps, checkpoints, weights, forward, copy=True)
     tensors = dict(tracer.tensors)
     logits = _first_tensor(output)
     if "logits" not in tensors and logits is not None and select(["logits"], checkpoints):
@@ -232,12 +243,29 @@ def trace_module(
     return make_trace(tensors, {**base, **(metadata or {})})
 
 
+def _traced_forward(model, input_ids, taps, checkpoints, weights, forward, *, copy: bool):
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), ModuleTracer(model, taps, checkpoints=checkpoints, weights=weights, copy=copy) as tracer:
+            output = forward(model, input_ids) if forward else model(input_ids)
+    except (RuntimeError, TypeError, ValueError, IndexError) as error:
+        raise CaptureError(f"the forward pass of {type(model).__name__} failed: {error}") from error
+    finally:
+        model.train(was_training)
+    return tracer, output
+
+
 def _input_ids(tokens, model):
     import torch
 
     ids = tokens if isinstance(tokens, torch.Tensor) else torch.tensor(list(tokens), dtype=torch.long)
     ids = ids.reshape(1, -1)  # (T,) -> (1, T)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if device.type == "meta":  # weights offloaded by accelerate: its hooks move inputs where each module runs
+        device = torch.device("cpu")
     return ids.to(device)
 
 

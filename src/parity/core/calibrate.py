@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parity.core.metrics import per_position_rel_l2, rel_l2
+from parity.core.metrics import measure_pair
 from parity.core.names import Checkpoint, parse
 from parity.core.results import Tolerance
 from parity.core.trace import Trace
@@ -54,9 +54,12 @@ def noise_floors(reference: Trace, reference_lowp: Trace) -> dict[str, NoiseFloo
         if name not in reference_lowp or reference[name].shape != reference_lowp[name].shape:
             continue
         checkpoint = parse(name) or Checkpoint(name=name, kind=name)
-        positions = per_position_rel_l2(reference[name], reference_lowp[name], checkpoint.token_axis)
-        floors[name] = NoiseFloor(rel_l2(reference[name], reference_lowp[name]), float(positions.max(initial=0.0)))
+        metrics = measure_pair(reference[name], reference_lowp[name], _ANY, token_axis=checkpoint.token_axis).metrics
+        floors[name] = NoiseFloor(metrics.rel_l2, metrics.position_rel_l2)
     return floors
+
+
+_ANY = Tolerance(atol=float("inf"), rtol=0.0, basis="none: only the norms are read")
 
 
 def calibrated_tolerance(noise: NoiseFloor, dtype: str, label: str | None = None) -> Tolerance:

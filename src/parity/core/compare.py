@@ -13,9 +13,9 @@ import numpy as np
 
 from parity.core.calibrate import NoiseFloor, calibrated_tolerance
 from parity.core.layout import alignments
-from parity.core.metrics import measure
+from parity.core.metrics import Measurement, measure_pair
 from parity.core.names import Checkpoint, in_flow_order, parse, select
-from parity.core.positions import layer_position_matrix, per_head_rel_l2, position_profile
+from parity.core.positions import MATRIX_KIND, largest_differences, per_head_rel_l2
 from parity.core.propagation import attribute, origin
 from parity.core.results import (
     FAIL,
@@ -27,8 +27,8 @@ from parity.core.results import (
     Metrics,
     Tolerance,
 )
-from parity.core.tolerances import default_tolerance, lowest_precision
-from parity.core.trace import Trace
+from parity.core.tolerances import default_tolerance_rule, lowest_precision
+from parity.core.trace import Trace, layer_count
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,9 @@ def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = Compa
     candidate_names = select(candidate.tensors, config.checkpoints)
     declared = _declared_not_comparable(candidate, set(reference_names) - set(candidate_names))
     common = set(reference_names) & set(candidate_names)
+    positions: dict[str, tuple[float, ...]] = {}  # rel_l2 per token position, from the same pass as the metrics
     results = tuple(
-        declared[name] if name in declared else _compare_checkpoint(name, reference, candidate, config)
+        declared[name] if name in declared else _compare_checkpoint(name, reference, candidate, config, positions)
         for name in in_flow_order(common | set(declared))
     )
     attributions = attribute(results, config.noise)
@@ -61,13 +62,14 @@ def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = Compa
         checkpoints=results,
         missing=tuple(in_flow_order(set(reference_names) - set(candidate_names) - set(declared))),
         extra=tuple(in_flow_order(set(candidate_names) - set(reference_names))),
-        first_divergence=_divergence(first, reference, candidate),
+        first_divergence=_divergence(first, reference, candidate, positions),
         notes=tuple(_trace_notes(reference, candidate)),
         reference_metadata={**reference.metadata, **({"source": reference.source} if reference.source else {})},
         candidate_metadata={**candidate.metadata, **({"source": candidate.source} if candidate.source else {})},
-        origin=_divergence(next((r for r in results if r.name == introduced_at), None), reference, candidate),
+        origin=_divergence(next((r for r in results if r.name == introduced_at), None), reference, candidate,
+                           positions),
         attributions=attributions,
-        position_matrix=layer_position_matrix(reference, candidate),
+        position_matrix=_layer_position_matrix(reference, positions),
         calibrated=bool(config.noise),
     )
 
@@ -83,7 +85,13 @@ def _declared_not_comparable(candidate: Trace, absent: set[str]) -> dict[str, Ch
     }
 
 
-def _divergence(result: CheckpointResult | None, reference: Trace, candidate: Trace) -> Divergence | None:
+def _layer_position_matrix(reference: Trace, positions: Mapping[str, tuple[float, ...]]):
+    """rel_l2 of each block output per token position: (layers, T); empty rows where a layer is absent."""
+    return tuple(positions.get(f"layers.{i}.{MATRIX_KIND}", ()) for i in range(layer_count(reference)))
+
+
+def _divergence(result: CheckpointResult | None, reference: Trace, candidate: Trace,
+                positions: Mapping[str, tuple[float, ...]]) -> Divergence | None:
     """Where `result` sits, with its error per token position and per head."""
     if result is None:
         return None
@@ -93,12 +101,14 @@ def _divergence(result: CheckpointResult | None, reference: Trace, candidate: Tr
         layer=checkpoint.layer,
         kind=checkpoint.kind,
         position=result.metrics.worst_position if result.metrics else None,
-        per_position=position_profile(result.name, reference, candidate),
+        per_position=positions.get(result.name, ()),
         per_head=per_head_rel_l2(result.name, reference, candidate),
+        worst_elements=largest_differences(result.name, reference, candidate),
     )
 
 
-def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: CompareConfig) -> CheckpointResult:
+def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: CompareConfig,
+                        positions: dict[str, tuple[float, ...]]) -> CheckpointResult:
     reference_tensor, candidate_tensor = reference[name], candidate[name]
     checkpoint = parse(name) or Checkpoint(name=name, kind=name)
     dtype = config.dtype or lowest_precision(
@@ -108,20 +118,22 @@ def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: C
     tolerance = config.tolerance
     if tolerance is None and config.noise and name in config.noise:
         tolerance = calibrated_tolerance(config.noise[name], config.noise_dtype, config.noise_label)
-    if tolerance is None:
-        tolerance = default_tolerance(checkpoint.kind, dtype, reference_tensor)
+    rule = tolerance if tolerance is not None else default_tolerance_rule(checkpoint.kind, dtype)
     shapes = {"shape_reference": tuple(reference_tensor.shape), "shape_candidate": tuple(candidate_tensor.shape)}
 
-    best: tuple[Metrics, str] | None = None
+    best: tuple[Measurement, str] | None = None
     for alignment in alignments(reference_tensor.shape, candidate_tensor):
-        metrics = measure(reference_tensor, alignment.candidate, tolerance, token_axis=checkpoint.token_axis)
-        if best is None or _better(metrics, best[0]):
-            best = (metrics, alignment.describe())
+        measurement = measure_pair(reference_tensor, alignment.candidate, rule, token_axis=checkpoint.token_axis)
+        if best is None or _better(measurement.metrics, best[0].metrics):
+            best = (measurement, alignment.describe())
     if best is None:
         reason = f"shape mismatch: reference {list(reference_tensor.shape)}, candidate {list(candidate_tensor.shape)}"
         return CheckpointResult(name, FAIL, tolerance=tolerance, reason=reason, **shapes)
 
-    metrics, layout = best
+    measurement, layout = best
+    metrics, tolerance = measurement.metrics, measurement.tolerance
+    if reference_tensor.shape == candidate_tensor.shape:
+        positions[name] = tuple(float(value) for value in measurement.per_position)
     status = PASS if tolerance.admits(metrics) else FAIL
     reshaped = reference_tensor.shape != candidate_tensor.shape
     reason = None

@@ -1,108 +1,383 @@
-"""Pure metric maths: one float64 pass over a reference/candidate pair of equal shape.
+"""Pure metric maths: one fused, chunked float64 pass over a reference/candidate pair.
+
+The pair is read in chunks small enough to stay in the CPU's cache (memory-mapped
+traces are paged in one chunk at a time). Each chunk is widened to float64 once,
+into buffers allocated once per pass, and every metric, the per-position error
+norms and the reference's RMS accumulate from it. Peak memory is a few chunks,
+whatever the tensor's size.
 
 Non-finite values: a NaN facing a NaN, or an infinity facing the same infinity,
 counts as agreement; any other non-finite element is a mismatch of infinite size.
 The norm-based metrics (rel_l2, cosine) use only the elements finite on both sides.
+A chunk whose sums of squares are finite holds no non-finite element, so the
+elementwise bookkeeping for them runs only on the chunks that need it.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
 from parity.core.results import Metrics, Tolerance
 
+# 16K elements: the float64 buffers of one chunk (128 KiB each) stay in L2 and come from one allocation.
+CHUNK_ELEMENTS = 1 << 17
 
-def measure(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance, *, token_axis: int = 0) -> Metrics:
+ToleranceRule = Tolerance | Callable[[float], Tolerance]  # fixed, or made from the reference's RMS
+
+# Below this mean square (an RMS of 1e-15) float32 squares lose precision to underflow: redo in float64.
+_SMALLEST_SQUARES = 1e-30
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The metrics of one pair, the tolerance they were held to, and the error per token position."""
+
+    metrics: Metrics
+    tolerance: Tolerance
+    per_position: np.ndarray  # (T,) rel_l2 of each token position
+
+    def __repr__(self) -> str:
+        return f"<Measurement {self.metrics!r}>"
+
+
+def measure(reference: np.ndarray, candidate: np.ndarray, tolerance: ToleranceRule, *,
+            token_axis: int | None = 0) -> Metrics:
     """Metrics of `candidate` against `reference` (same shape) under `tolerance`."""
+    return measure_pair(reference, candidate, tolerance, token_axis=token_axis).metrics
+
+
+def measure_pair(reference: np.ndarray, candidate: np.ndarray, tolerance: ToleranceRule, *,
+                 token_axis: int | None = 0) -> Measurement:
+    """One pass over the pair: metrics, the tolerance applied, and the per-position rel_l2.
+
+    A tolerance made from the reference's RMS is known only after the pass; the
+    elements outside it are then counted in a second pass, only when the largest
+    error exceeds its atol (otherwise none can be outside)."""
     if reference.shape != candidate.shape:
         raise ValueError(f"shapes differ: {reference.shape} vs {candidate.shape}")
-    reference = reference.astype(np.float64, copy=False)
-    candidate = candidate.astype(np.float64, copy=False)
-    numel = reference.size
-    nan_reference, nan_candidate = np.isnan(reference), np.isnan(candidate)
-    inf_reference, inf_candidate = np.isinf(reference), np.isinf(candidate)
-    finite = np.isfinite(reference) & np.isfinite(candidate)
-    agreeing_nonfinite = (nan_reference & nan_candidate) | (inf_reference & (reference == candidate))
-    disagreeing = ~finite & ~agreeing_nonfinite
-
-    with np.errstate(invalid="ignore", over="ignore"):  # non-finite elements are replaced below
-        abs_error = np.where(finite, np.abs(candidate - reference), 0.0)
-    abs_error[disagreeing] = np.inf
-    bound = tolerance.atol + tolerance.rtol * np.abs(np.where(finite, reference, 0.0))
-    mismatched = int(np.count_nonzero(abs_error > bound))
-
-    worst_index, worst_position = None, None
-    if numel:
-        flat = int(np.argmax(abs_error))
-        worst_index = tuple(int(i) for i in np.unravel_index(flat, reference.shape))
-        if reference.ndim > token_axis:
-            worst_position = worst_index[token_axis]
-    return Metrics(
-        numel=numel,
-        max_abs=float(abs_error.max()) if numel else 0.0,
-        mean_abs=float(abs_error.mean()) if numel else 0.0,
-        rel_l2=_rel_l2(reference[finite], candidate[finite]),
-        cosine=_cosine(reference[finite], candidate[finite]),
-        max_rel=_max_rel(reference[finite], candidate[finite]),
-        mismatched=mismatched,
-        nan_reference=int(nan_reference.sum()),
-        nan_candidate=int(nan_candidate.sum()),
-        inf_reference=int(inf_reference.sum()),
-        inf_candidate=int(inf_candidate.sum()),
-        worst_index=worst_index,
-        worst_position=worst_position,
-        position_rel_l2=float(per_position_rel_l2(reference, candidate, token_axis).max(initial=0.0)),
-        reference_rms=rms(reference),
-    )
+    _check_numeric(reference)
+    _check_numeric(candidate)
+    token_axis = token_axis if token_axis is not None and 0 <= token_axis < reference.ndim else None
+    known = tolerance if isinstance(tolerance, Tolerance) else None
+    sums = _Sums(reference.shape, token_axis)
+    workspace, precise = _workspace(_compute_dtype(reference, candidate)), _workspace(np.float64)
+    for chunk in _chunks(reference.shape):
+        if not sums.add(*workspace.load(chunk, reference, candidate), known):
+            sums.add(*precise.load(chunk, reference, candidate), known)
+    if known is None:
+        known = tolerance(sums.reference_rms())
+        if sums.max_abs > known.atol:
+            sums.mismatched = sum(_mismatched_in(*precise.load(chunk, reference, candidate), known)
+                                  for chunk in _chunks(reference.shape))
+    return Measurement(sums.metrics(), known, sums.per_position())
 
 
 def per_position_rel_l2(reference: np.ndarray, candidate: np.ndarray, token_axis: int = 0) -> np.ndarray:
     """rel_l2 of each token position (over the finite elements of both): (T,)."""
     if reference.ndim == 0 or reference.size == 0:
         return np.zeros(0)
-    reference = np.moveaxis(np.asarray(reference, np.float64), token_axis, 0).reshape(reference.shape[token_axis], -1)
-    candidate = np.moveaxis(np.asarray(candidate, np.float64), token_axis, 0).reshape(reference.shape)
-    finite = np.isfinite(reference) & np.isfinite(candidate)
-    reference = np.where(finite, reference, 0.0)
-    error = np.where(finite, candidate, 0.0) - reference
-    error_norm, reference_norm = np.linalg.norm(error, axis=1), np.linalg.norm(reference, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(reference_norm > 0, error_norm / reference_norm, np.where(error_norm > 0, np.inf, 0.0))
-    return ratio
+    return measure_pair(reference, candidate, _ANY, token_axis=token_axis).per_position
 
 
 def rel_l2(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """||candidate - reference|| / ||reference||, in float64."""
-    return _rel_l2(np.asarray(reference, np.float64).ravel(), np.asarray(candidate, np.float64).ravel())
-
-
-def _rel_l2(reference: np.ndarray, candidate: np.ndarray) -> float:
-    error_norm = float(np.linalg.norm(candidate - reference))
+    """||candidate - reference|| / ||reference||, in float64; NaN or inf when either holds a non-finite value
+    (detectors test hypotheses with it, and a hypothesis that makes NaN must not look close)."""
+    reference = np.asarray(reference, np.float64).ravel()
+    error_norm = float(np.linalg.norm(np.asarray(candidate, np.float64).ravel() - reference))
     reference_norm = float(np.linalg.norm(reference))
     if reference_norm == 0.0:
         return 0.0 if error_norm == 0.0 else float("inf")
     return error_norm / reference_norm
 
 
-def _cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
-    reference_norm, candidate_norm = np.linalg.norm(reference), np.linalg.norm(candidate)
-    if reference_norm == 0.0 and candidate_norm == 0.0:
-        return 1.0
-    if reference_norm == 0.0 or candidate_norm == 0.0:
-        return 0.0
-    cosine = float(np.dot(reference.ravel(), candidate.ravel()) / (reference_norm * candidate_norm))
-    return min(1.0, max(-1.0, cosine))  # rounding can step just past +-1
-
-
-def _max_rel(reference: np.ndarray, candidate: np.ndarray) -> float:
-    nonzero = reference != 0.0
-    if not nonzero.any():
-        return 0.0
-    return float(np.max(np.abs(candidate[nonzero] - reference[nonzero]) / np.abs(reference[nonzero])))
-
-
 def rms(array: np.ndarray) -> float:
     """Root mean square over finite elements; 0.0 for an empty or all-non-finite tensor."""
-    values = np.asarray(array, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    return float(np.sqrt(np.mean(values * values))) if values.size else 0.0
+    array = np.asarray(array)
+    return measure_pair(array, array, _ANY, token_axis=None).metrics.reference_rms
+
+
+_ANY = Tolerance(atol=float("inf"), rtol=0.0, basis="none: only the norms are read")
+
+
+def _compute_dtype(reference: np.ndarray, candidate: np.ndarray) -> type:
+    """float32 where both sides are float32 or narrower (the chunk's sums still accumulate in
+    float64, and a chunk float32 would not hold exactly is redone in float64); float64 otherwise."""
+    narrow = all(array.dtype.kind == "f" and array.dtype.itemsize <= 4 for array in (reference, candidate))
+    return np.float32 if narrow else np.float64
+
+
+def _check_numeric(array: np.ndarray) -> None:
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"cannot measure a tensor of dtype {array.dtype}: only real numeric tensors are compared")
+
+
+# --- chunks -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """`array[prefix][start:stop]`: a run along axis len(prefix), with every axis after it whole."""
+
+    prefix: tuple[int, ...]
+    start: int
+    stop: int
+    shape: tuple[int, ...]   # the chunk's own shape: (stop - start, *shape[len(prefix) + 1:])
+
+    def of(self, array: np.ndarray) -> np.ndarray:
+        return array[self.prefix][self.start:self.stop] if array.ndim else array.reshape(1)
+
+    def index(self, local: tuple[int, ...]) -> tuple[int, ...]:
+        """The index in the whole tensor of an element at `local` in the chunk."""
+        return (*self.prefix, self.start + local[0], *local[1:])
+
+
+def _chunks(shape: tuple[int, ...], prefix: tuple[int, ...] = ()) -> Iterator[_Chunk]:
+    """Chunks of at most CHUNK_ELEMENTS elements covering a tensor of `shape`, in memory order."""
+    if not shape:
+        yield _Chunk((), 0, 1, (1,))
+        return
+    rest = shape[len(prefix):]
+    row = int(np.prod(rest[1:], dtype=np.int64))
+    if row <= CHUNK_ELEMENTS or len(rest) == 1:
+        step = max(1, CHUNK_ELEMENTS // max(row, 1))
+        for start in range(0, rest[0], step):
+            stop = min(start + step, rest[0])
+            yield _Chunk(prefix, start, stop, (stop - start, *rest[1:]))
+        return
+    for index in range(rest[0]):
+        yield from _chunks(shape, (*prefix, index))
+
+
+_WORKSPACES = threading.local()
+
+
+def _workspace(dtype: type) -> "_Workspace":
+    """This thread's buffers of `dtype`, made on first use and kept: a pass allocates nothing per chunk."""
+    cached = getattr(_WORKSPACES, np.dtype(dtype).name, None)
+    if cached is None:
+        cached = _Workspace(dtype)
+        setattr(_WORKSPACES, np.dtype(dtype).name, cached)
+    return cached
+
+
+class _Workspace:
+    """Buffers of one compute dtype, reused for every chunk of a pass (fresh ones would page-fault)."""
+
+    def __init__(self, dtype: type) -> None:
+        self.dtype = np.dtype(dtype)
+        self.buffers = [np.empty(CHUNK_ELEMENTS, dtype) for _ in range(4)] + [np.empty(CHUNK_ELEMENTS, bool)]
+
+    def load(self, chunk: _Chunk, reference: np.ndarray, candidate: np.ndarray):
+        """(chunk, reference, candidate, error, scratch, mask) in the compute dtype, shaped as the chunk;
+        a side already in that dtype is used where it lies, without a copy."""
+        size = int(np.prod(chunk.shape))
+        views = [buffer[:size].reshape(chunk.shape) for buffer in self.buffers]
+        sides = [self._side(chunk.of(array).reshape(chunk.shape), view)
+                 for array, view in ((reference, views[0]), (candidate, views[1]))]
+        return (chunk, *sides, *views[2:])
+
+    def _side(self, values: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+        if values.dtype == self.dtype:
+            return values
+        np.copyto(buffer, values, casting="unsafe")
+        return buffer
+
+
+# --- the pass -----------------------------------------------------------------------
+
+
+class _Sums:
+    """What the pass accumulates: float64 scalars, and float64 sums of squares per position."""
+
+    def __init__(self, shape: tuple[int, ...], token_axis: int | None) -> None:
+        self.shape, self.token_axis = shape, token_axis
+        self.numel = 0
+        self.error_squares = self.reference_squares_both = self.candidate_squares_both = self.dot = 0.0
+        self.abs_sum, self.max_abs, self.max_rel = 0.0, -1.0, 0.0
+        self.worst: tuple[int, ...] | None = None
+        self.mismatched = 0
+        self.nan_reference = self.nan_candidate = self.inf_reference = self.inf_candidate = 0
+        self.reference_squares, self.reference_finite = 0.0, 0   # over the reference's finite elements (its RMS)
+        positions = shape[token_axis] if token_axis is not None else 0
+        self.position_error, self.position_reference = np.zeros(positions), np.zeros(positions)
+
+    def add(self, chunk: _Chunk, reference, candidate, error, scratch, mask, tolerance: Tolerance | None) -> bool:
+        """Add one chunk; False (nothing added) when float32 cannot hold its sums exactly enough:
+        a non-finite or overflowing square, or values so small that their squares underflow."""
+        with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+            np.subtract(candidate, reference, out=error)
+            position_error = self._position_squares(chunk, error)
+            position_reference = self._position_squares(chunk, reference)
+            error_total, reference_total = float(position_error.sum()), float(position_reference.sum())
+        finite = np.isfinite(error_total + reference_total)
+        if error.dtype != np.float64 and (not finite or reference_total < _SMALLEST_SQUARES * reference.size):
+            return False
+        if not finite:  # a NaN or an infinity in the chunk
+            self._add_with_nonfinite(chunk, reference, candidate, error, scratch, mask, tolerance)
+            return True
+        cross = _dot(reference, error)  # sum r*(c - r): with the squares, gives sum c^2 and sum r*c
+        self.numel += reference.size
+        self.error_squares += error_total
+        self.reference_squares_both += reference_total
+        self.reference_squares += reference_total
+        self.reference_finite += reference.size
+        self.candidate_squares_both += reference_total + 2.0 * cross + error_total
+        self.dot += reference_total + cross
+        np.abs(error, out=error)
+        self._add_errors(chunk, reference, error, scratch, mask, tolerance)
+        self._add_positions(chunk, position_error, position_reference)
+        return True
+
+    def _add_with_nonfinite(self, chunk, reference, candidate, error, scratch, mask, tolerance) -> None:
+        """The same sums over the elements finite on both sides, with the non-finite ones counted."""
+        self.numel += reference.size
+        nan_reference, nan_candidate = np.isnan(reference), np.isnan(candidate)
+        inf_reference, inf_candidate = np.isinf(reference), np.isinf(candidate)
+        self.nan_reference += int(nan_reference.sum())
+        self.nan_candidate += int(nan_candidate.sum())
+        self.inf_reference += int(inf_reference.sum())
+        self.inf_candidate += int(inf_candidate.sum())
+        finite_reference = np.isfinite(reference)
+        finite = finite_reference & np.isfinite(candidate)
+        agreeing = (nan_reference & nan_candidate) | (inf_reference & (reference == candidate))
+        reference_values = np.where(finite_reference, reference, 0.0)
+        self.reference_squares += _dot(reference_values, reference_values)
+        self.reference_finite += int(finite_reference.sum())
+        reference_both, candidate_both = np.where(finite, reference, 0.0), np.where(finite, candidate, 0.0)
+        np.subtract(candidate_both, reference_both, out=error)
+        position_error = self._position_squares(chunk, error)
+        position_reference = self._position_squares(chunk, reference_both)
+        self.error_squares += float(position_error.sum())
+        self.reference_squares_both += float(position_reference.sum())
+        self.candidate_squares_both += _dot(candidate_both, candidate_both)
+        self.dot += _dot(reference_both, candidate_both)
+        np.abs(error, out=error)
+        error[~finite & ~agreeing] = np.inf
+        self._add_errors(chunk, reference_both, error, scratch, mask, tolerance)
+        self._add_positions(chunk, position_error, position_reference)
+
+    def _add_errors(self, chunk, reference, abs_error, scratch, mask, tolerance) -> None:
+        """max_abs and where, mean_abs, max_rel and the mismatches, from |c - r| (inf where they disagree)."""
+        index = int(np.argmax(abs_error))
+        largest = float(abs_error.reshape(-1)[index])
+        if largest > self.max_abs:
+            self.max_abs = largest
+            self.worst = chunk.index(tuple(int(i) for i in np.unravel_index(index, chunk.shape)))
+        self.abs_sum += float(abs_error.sum())
+        np.abs(reference, out=scratch)                      # scratch = |r|
+        np.greater(scratch, 0.0, out=mask)                  # where a relative error is defined
+        if self.nan_candidate + self.inf_candidate + self.nan_reference + self.inf_reference:
+            mask &= np.isfinite(abs_error)
+        if tolerance is not None and self.max_abs > tolerance.atol:  # else no element can be outside
+            self.mismatched += _mismatched(abs_error, scratch, tolerance)
+        if mask.all():
+            np.divide(abs_error, scratch, out=scratch)
+        else:
+            np.divide(abs_error, scratch, out=scratch, where=mask)
+            scratch[~mask] = 0.0
+        self.max_rel = max(self.max_rel, float(scratch.max(initial=0.0)))
+
+    def _position_squares(self, chunk: _Chunk, values: np.ndarray) -> np.ndarray:
+        """Sums of squares of the chunk: per row when the chunk runs along the token axis,
+        per position when the token axis is inside it, else one total."""
+        axis = len(chunk.prefix)
+        if self.token_axis is None or self.token_axis < axis:
+            flat = values.reshape(1, -1)
+            return np.einsum("ij,ij->i", flat, flat)
+        if self.token_axis == axis:
+            rows = values.reshape(values.shape[0], -1)
+            return np.einsum("ij,ij->i", rows, rows)
+        letters = "abcdefghijklmnopqrstuvwxyz"[:values.ndim]
+        return np.einsum(f"{letters},{letters}->{letters[self.token_axis - axis]}", values, values)
+
+    def _add_positions(self, chunk: _Chunk, position_error: np.ndarray, position_reference: np.ndarray) -> None:
+        axis = len(chunk.prefix)
+        if self.token_axis is None:
+            return
+        if self.token_axis < axis:
+            where = slice(chunk.prefix[self.token_axis], chunk.prefix[self.token_axis] + 1)
+        elif self.token_axis == axis:
+            where = slice(chunk.start, chunk.stop)
+        else:
+            where = slice(None)
+        self.position_error[where] += position_error
+        self.position_reference[where] += position_reference
+
+    # --- results ---
+
+    def reference_rms(self) -> float:
+        return float(np.sqrt(self.reference_squares / self.reference_finite)) if self.reference_finite else 0.0
+
+    def per_position(self) -> np.ndarray:
+        return _ratio(np.sqrt(self.position_error), np.sqrt(self.position_reference))
+
+    def metrics(self) -> Metrics:
+        worst_index = self.worst if self.numel else None
+        if worst_index is not None and not self.shape:
+            worst_index = ()
+        return Metrics(
+            numel=self.numel,
+            max_abs=max(self.max_abs, 0.0),
+            mean_abs=self.abs_sum / self.numel if self.numel else 0.0,
+            rel_l2=float(_ratio(np.sqrt(self.error_squares), np.sqrt(self.reference_squares_both))),
+            cosine=self._cosine(),
+            max_rel=self.max_rel,
+            mismatched=self.mismatched,
+            nan_reference=self.nan_reference,
+            nan_candidate=self.nan_candidate,
+            inf_reference=self.inf_reference,
+            inf_candidate=self.inf_candidate,
+            worst_index=worst_index,
+            worst_position=worst_index[self.token_axis] if worst_index and self.token_axis is not None else None,
+            position_rel_l2=float(self.per_position().max(initial=0.0)),
+            reference_rms=self.reference_rms(),
+        )
+
+    def _cosine(self) -> float:
+        reference_norm, candidate_norm = np.sqrt(self.reference_squares_both), np.sqrt(self.candidate_squares_both)
+        if reference_norm == 0.0 and candidate_norm == 0.0:
+            return 1.0
+        if reference_norm == 0.0 or candidate_norm == 0.0:
+            return 0.0
+        if self.error_squares == 0.0:
+            return 1.0  # equal on every finite element: exactly 1, whatever the summation order
+        return min(1.0, max(-1.0, self.dot / (reference_norm * candidate_norm)))  # rounding can step past +-1
+
+
+def _dot(left: np.ndarray, right: np.ndarray) -> float:
+    """Sum of products, without BLAS (whose threads cost more than the sum on a chunk)."""
+    return float(np.einsum("i,i->", left.reshape(-1), right.reshape(-1)))
+
+
+def _mismatched(abs_error: np.ndarray, abs_reference: np.ndarray, tolerance: Tolerance) -> int:
+    if tolerance.rtol == 0.0:
+        return int(np.count_nonzero(abs_error > tolerance.atol))
+    bound = abs_reference * tolerance.rtol
+    bound += tolerance.atol
+    return int(np.count_nonzero(abs_error > bound))
+
+
+def _mismatched_in(chunk, reference, candidate, error, scratch, mask, tolerance: Tolerance) -> int:
+    """The second pass's count for one chunk (non-finite disagreements count as mismatches)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.subtract(candidate, reference, out=error)
+    np.abs(error, out=error)
+    finite = np.isfinite(reference) & np.isfinite(candidate)
+    if not finite.all():
+        agreeing = (np.isnan(reference) & np.isnan(candidate)) | (np.isinf(reference) & (reference == candidate))
+        error[:] = np.where(finite, error, np.where(agreeing, 0.0, np.inf))
+        reference = np.where(finite, reference, 0.0)
+    np.abs(reference, out=scratch)
+    return _mismatched(error, scratch, tolerance)
+
+
+def _ratio(error_norm, reference_norm):
+    """error / reference, with 0/0 -> 0 and x/0 -> inf."""
+    error_norm, reference_norm = np.asarray(error_norm, np.float64), np.asarray(reference_norm, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(reference_norm > 0, error_norm / np.where(reference_norm > 0, reference_norm, 1.0),
+                        np.where(error_norm > 0, np.inf, 0.0))

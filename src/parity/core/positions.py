@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 
+import numpy as np
+
 from parity.core.metrics import per_position_rel_l2, rel_l2
 from parity.core.names import HEAD_KINDS, parse
 from parity.core.trace import Trace, layer_count
 
 MATRIX_KIND = "out"  # the layer x position matrix is of block outputs
+WORST_ELEMENTS = 5   # the largest differences listed at the first divergence
 
 
 def per_head_rel_l2(name: str, reference: Trace, candidate: Trace) -> tuple[float, ...]:
@@ -26,6 +29,27 @@ def per_head_rel_l2(name: str, reference: Trace, candidate: Trace) -> tuple[floa
         rel_l2(reference_tensor[..., h * width:(h + 1) * width], candidate_tensor[..., h * width:(h + 1) * width])
         for h in range(heads)
     )
+
+
+def largest_differences(name: str, reference: Trace, candidate: Trace,
+                        count: int = WORST_ELEMENTS) -> tuple[tuple[tuple[int, ...], float, float, float], ...]:
+    """The `count` largest |candidate - reference| at a checkpoint, largest first, with both values.
+
+    A NaN or infinity facing anything but itself counts as an infinite difference."""
+    if name not in candidate or reference[name].shape != candidate[name].shape or reference[name].size == 0:
+        return ()
+    reference_tensor = np.asarray(reference[name], np.float64)
+    candidate_tensor = np.asarray(candidate[name], np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        difference = np.abs(candidate_tensor - reference_tensor).ravel()
+    same = (reference_tensor == candidate_tensor) | (np.isnan(reference_tensor) & np.isnan(candidate_tensor))
+    difference = np.where(same.ravel(), 0.0, np.where(np.isfinite(difference), difference, np.inf))
+    count = min(count, difference.size)
+    largest = np.argpartition(difference, difference.size - count)[difference.size - count:]
+    largest = largest[np.argsort(-difference[largest], kind="stable")]
+    return tuple((tuple(int(i) for i in np.unravel_index(int(k), reference_tensor.shape)),
+                  float(reference_tensor.flat[k]), float(candidate_tensor.flat[k]), float(difference[k]))
+                 for k in largest)
 
 
 def _heads(name: str, checkpoint, reference: Trace) -> int | None:

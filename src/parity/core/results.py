@@ -114,6 +114,8 @@ class Divergence:
     position: int | None                  # token position with the largest error
     per_position: tuple[float, ...] = ()  # rel_l2 of each token position
     per_head: tuple[float, ...] = ()      # rel_l2 of each head (attention checkpoints)
+    # the largest absolute differences, largest first: (index, reference value, candidate value, |difference|)
+    worst_elements: tuple[tuple[tuple[int, ...], float, float, float], ...] = ()
 
     def __repr__(self) -> str:
         return f"<Divergence {self.checkpoint} position={self.position}>"

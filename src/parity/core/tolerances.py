@@ -13,6 +13,8 @@ checkpoint, and must be given together.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from parity.core.errors import OptionError
@@ -55,8 +57,17 @@ def lowest_precision(*dtypes: str | None) -> str:
 
 
 def default_tolerance(kind: str, dtype: str, reference: np.ndarray) -> Tolerance:
+    return default_tolerance_rule(kind, dtype)(rms(reference))
+
+
+def default_tolerance_rule(kind: str, dtype: str) -> Callable[[float], Tolerance]:
+    """The default tolerance as a function of the reference's RMS, which the metrics pass measures."""
     factor = DTYPE_FACTOR.get(dtype, DTYPE_FACTOR["float32"]) * KIND_FACTOR.get(kind, DEFAULT_KIND_FACTOR)
-    return Tolerance(atol=factor * rms(reference), rtol=factor, basis=f"{dtype} default, atol x rms")
+
+    def tolerance(reference_rms: float) -> Tolerance:
+        return Tolerance(atol=factor * reference_rms, rtol=factor, basis=f"{dtype} default, atol x rms")
+
+    return tolerance
 
 
 def user_tolerance(atol: float | None, rtol: float | None) -> Tolerance | None:

@@ -97,6 +97,8 @@ def _divergence(divergence) -> dict[str, Any] | None:
         "position": divergence.position,
         "per_position": [_number(v) for v in divergence.per_position],
         "per_head": [_number(v) for v in divergence.per_head],
+        "worst_elements": [{"index": list(index), "reference": _number(r), "candidate": _number(c),
+                            "abs_diff": _number(d)} for index, r, c, d in divergence.worst_elements],
     }
 
 

@@ -1,0 +1,183 @@
+"""The Markdown summary: a few lines for a CI step summary ($GITHUB_STEP_SUMMARY) or a pull-request comment.
+
+The verdict, the first divergence in numbers, the diagnoses, the decode and
+greedy lines, and the failing checkpoints folded in a <details> block. Hosts
+render HTML inside Markdown, so every piece of text is stripped of control
+characters, HTML-escaped, and has Markdown's own punctuation escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+from parity.core.files import write_atomically
+from parity.core.results import Comparison
+from parity.report.text import number, printable
+
+MAX_ROWS = 25   # failing checkpoints listed before "... and N more"
+# Inline markup only: the text never starts a line (it follows "- " or "| "), so block markers can stay.
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_\[\]|~])")
+
+
+def text(value: object, *, limit: int | None = 300) -> str:
+    """Plain text that renders as itself: no HTML, no emphasis, no table breaks, on one line."""
+    flat = " ".join(printable(value, limit=limit).split())
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", html.escape(flat, quote=False))
+
+
+def code(value: object) -> str:
+    """A name in a code span (backticks and pipes cannot close it or break a table)."""
+    flat = " ".join(printable(value, limit=200).split()).replace("`", "'").replace("|", "\\|")
+    return f"`{flat}`"
+
+
+def render(result) -> str:
+    from parity.core.generation import GenerationComparison
+    from parity.core.sequence import SequenceComparison
+    from parity.core.tokenization import TokenizerComparison
+
+    if isinstance(result, Comparison):
+        lines = _comparison(result)
+    elif isinstance(result, GenerationComparison):
+        lines = _heading(bool(result), "generation") + [f"- {line}" for line in _generation_lines(result)]
+    elif isinstance(result, SequenceComparison):
+        lines = _sequence(result)
+    elif isinstance(result, TokenizerComparison):
+        lines = _tokenizer(result)
+    else:
+        raise TypeError(f"no Markdown report for {type(result).__name__}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write(result, path: str | Path, *, overwrite: bool = False) -> Path:
+    return write_atomically(path, render(result), overwrite=overwrite, option="--markdown")
+
+
+def _heading(passed: bool, what: str) -> list[str]:
+    return [f"### {'✅ parity PASS' if passed else '❌ parity FAIL'}: {text(what)}", ""]
+
+
+def _describe(metadata: dict) -> str:
+    details = [str(metadata[key]) for key in ("arch", "dtype") if metadata.get(key)]
+    return str(metadata.get("producer") or "unknown producer") + (f" ({', '.join(details)})" if details else "")
+
+
+def _comparison(comparison: Comparison) -> list[str]:
+    total = len(comparison.checkpoints)
+    divergence = comparison.first_divergence
+    if divergence is None:
+        what = f"{comparison.passed_count}/{total} checkpoints within tolerance"
+    else:
+        what = f"{comparison.failed_count}/{total} checkpoints outside tolerance"
+    lines = _heading(comparison.passed, what) + [
+        "| | |", "|---|---|",
+        f"| reference | {text(_describe(comparison.reference_metadata))} |",
+        f"| candidate | {text(_describe(comparison.candidate_metadata))} |",
+    ]
+    bases = list(dict.fromkeys(r.tolerance.basis for r in comparison.checkpoints if r.tolerance is not None))
+    if bases:
+        lines.append(f"| tolerances | {text(bases[0])}{' (and others)' if len(bases) > 1 else ''} |")
+    if divergence is not None:
+        position = f", worst at token {divergence.position}" if divergence.position is not None else ""
+        lines.append(f"| first divergence | {code(divergence.checkpoint)}{text(position)}: "
+                     f"{text(_numbers(comparison.result(divergence.checkpoint)))} |")
+    origin = comparison.origin
+    if origin is not None and (divergence is None or origin.checkpoint != divergence.checkpoint):
+        lines.append(f"| error introduced at | {code(origin.checkpoint)} |")
+    if comparison.missing or comparison.extra:
+        lines.append(f"| not compared | {len(comparison.missing)} only in the reference, "
+                     f"{len(comparison.extra)} only in the candidate |")
+    lines.append("")
+    lines += [f"- **{text(d.cause)}** at {code(d.checkpoint)}: {text(d.message, limit=600)}" for d in comparison.diagnoses]
+    lines += [f"- decode: {text(line)}" for line in _decode_lines(comparison.decode)]
+    if comparison.generation is not None:
+        lines += [f"- {line}" for line in _generation_lines(comparison.generation)]
+    lines += [f"- note: {text(note)}" for note in comparison.notes]
+    return lines + [""] + _failing_table(comparison)
+
+
+def _numbers(result) -> str:
+    if result is None or result.metrics is None:
+        return (result.reason or "not compared") if result is not None else "not compared"
+    metrics, tolerance = result.metrics, result.tolerance
+    parts = [f"rel_l2 {number(metrics.rel_l2)}"]
+    if tolerance is not None and tolerance.calibrated:
+        noise = tolerance.noise_rel_l2
+        parts[0] += (f" ({number(metrics.rel_l2 / noise, 2)}x the noise floor {number(noise)}; "
+                     f"bound {number(tolerance.max_rel_l2)})" if noise else f" (bound {number(tolerance.max_rel_l2)})")
+    parts.append(f"{metrics.mismatched}/{metrics.numel} elements mismatched")
+    parts.append(f"greatest absolute difference {number(metrics.max_abs, 4)} at {list(metrics.worst_index or ())}")
+    parts.append(f"cosine {number(metrics.cosine, 6)}")
+    return "; ".join(parts)
+
+
+def _failing_table(comparison: Comparison) -> list[str]:
+    failing = [result for result in comparison.checkpoints if result.failed]
+    if not failing:
+        return []
+    lines = [f"<details><summary>Failing checkpoints ({len(failing)})</summary>", "",
+             "| checkpoint | rel_l2 | noise floor | bound | cosine |", "|---|---:|---:|---:|---:|"]
+    for result in failing[:MAX_ROWS]:
+        metrics, tolerance = result.metrics, result.tolerance
+        lines.append(f"| {code(result.name)} | {number(metrics.rel_l2) if metrics else '-'} | "
+                     f"{number(tolerance.noise_rel_l2) if tolerance else '-'} | "
+                     f"{number(tolerance.max_rel_l2) if tolerance else '-'} | "
+                     f"{number(metrics.cosine, 6) if metrics else '-'} |")
+    if len(failing) > MAX_ROWS:
+        lines.append(f"| ... and {len(failing) - MAX_ROWS} more | | | | |")
+    return lines + ["", "</details>"]
+
+
+def _decode_lines(decode) -> list[str]:
+    if decode is None:
+        return []
+    steps = len(decode.rel_l2)
+    if decode.first_step is None:
+        lines = [f"token-by-token logits match the full pass at {steps}/{steps} steps (bound: {decode.basis})"]
+    else:
+        lines = [f"parts from the full pass at step {decode.first_step} (position {decode.position}): rel_l2 "
+                 f"{number(decode.rel_l2[decode.first_step])} > {number(decode.bounds[decode.first_step])}"
+                 + (f", first at {decode.first_checkpoint}" if decode.first_checkpoint else "")]
+    if decode.cache is not None and decode.cache.first is not None:
+        part, layer, head = decode.cache.first
+        lines.append(f"the KV cache's {part} of layer {layer}, head {head} differ from the reference's")
+    return lines
+
+
+def _generation_lines(generation) -> list[str]:
+    divergence, forced = generation.divergence, generation.teacher_forced
+    if divergence is None:
+        greedy = f"greedy: the same {len(generation.reference_tokens)} tokens"
+    else:
+        kind = "a near tie" if divergence.near_tie else "not a near tie"
+        greedy = (f"greedy: first different token at step {divergence.step} (reference margin "
+                  f"{number(divergence.margin_nats)} nats: {kind})")
+    lines = [text(greedy), text(f"teacher-forced: mean KL {number(forced.mean_kl, 4)} nats, top-1 agrees "
+                                f"{sum(forced.top1)}/{len(forced.top1)}")]
+    sampler = generation.sampler
+    if sampler is not None:
+        lines.append(text("sampler: matches the reference sampler" if sampler.first_step is None else
+                          f"sampler: differs from the reference sampler from step {sampler.first_step}"))
+    return lines
+
+
+def _sequence(comparison) -> list[str]:
+    first = comparison.first_divergence
+    lines = _heading(bool(comparison), f"{comparison.agreeing}/{len(comparison.positions)} token positions agree")
+    if first is not None:
+        lines.append(f"- first divergence at token {first.index} ({code(repr(first.piece))}): the reference's top-1 is "
+                     f"{code(repr(first.reference_top[0][0]))}, margin {number(first.margin_nats)} nats")
+    if comparison.mean_kl is not None:
+        lines.append(f"- mean KL over the top-k: {number(comparison.mean_kl, 4)}")
+    lines += [f"- **{text(d.cause)}**: {text(d.message, limit=600)}" for d in comparison.diagnoses]
+    return lines + [f"- note: {text(note)}" for note in comparison.notes]
+
+
+def _tokenizer(comparison) -> list[str]:
+    agreeing = sum(map(bool, comparison.texts))
+    lines = _heading(bool(comparison), f"{agreeing}/{len(comparison.texts)} texts tokenize identically")
+    lines += [f"- {code(t.name)}: " + ", ".join(text(d.pattern) for d in t.differences)
+              for t in comparison.texts if not t]
+    return lines
