@@ -45,6 +45,12 @@ def chatty(path):
 
 def plain(path):
     return transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+
+
+def negated_head(path):
+    model = plain(path)
+    model.lm_head.weight.data.neg_()
+    return model
 '''
 
 
@@ -130,6 +136,13 @@ def test_no_tokenizer_does_not_stop_a_run_given_token_ids(untokenized, ports, ca
     code, report = check(capsys, untokenized["llama"], f"{ports}:wrapped", "--tokens", TOKEN_ARG)
     assert code == 0 and report["decode"]["passed"] and report["generation"]["first_divergence"] is None
     assert report["generation"]["candidate_tokens"] == report["generation"]["reference_tokens"]
+
+
+def test_generate_without_a_tokenizer_shows_token_ids(untokenized, ports, capsys):
+    code, out, err = parity(capsys, "generate", untokenized["llama"], f"{ports}:negated_head", "--tokens", TOKEN_ARG,
+                            "-n", "4")
+    assert code == 1 and "Traceback" not in err, err
+    assert "greedy: first different token at step 0: reference '<" in out
 
 
 @pytest.mark.parametrize("family, what", [("llama", "no usable tokenizer"), ("gpt2", "its tokenizer is empty")])
