@@ -26,7 +26,7 @@ from parity.capture.placement import Placement
 from parity.core.calibrate import check_same_tokens, noise_floors
 from parity.core.compare import CompareConfig, compare, require_compared
 from parity.core.errors import OptionError
-from parity.core.results import Comparison, Tolerance
+from parity.core.results import NOT_ASKED, Comparison, NotChecked, Tolerance
 from parity.core.sequence import SequenceComparison
 from parity.core.trace import Trace, load_trace, save_trace
 
@@ -68,9 +68,11 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
         return _check_server(options, progress)
     if (options.prompt is None) == (options.tokens is None):
         raise OptionError("give exactly one of --prompt TEXT or --tokens 1,2,3")
-    from parity.capture.hf import quiet_transformers
+    from parity.capture.hf import load_tokenizer, quiet_transformers
 
     quiet_transformers()
+    if options.prompt is not None:
+        load_tokenizer(options.model)  # up front: a missing or empty tokenizer is said before any work
     with open_candidate(options.candidate, model_path=options.model, dtype=options.dtype or "float32",
                         progress=progress) as candidate_source:
         return _check(options, candidate_source, progress)
@@ -85,6 +87,10 @@ def _check(options: CheckOptions, candidate_source: CandidateSource, progress) -
     progress.step(f"loading {options.model} ({reference_dtype})")
     reference_model = load_model(options.model, dtype=reference_dtype, placement=options.placement)
     tokens = options.tokens if options.tokens is not None else reference_model.tokenize(options.prompt)
+    reference_model.check_length(len(tokens))
+    if options.decode_steps > 0 and (candidate_source.model is not None or candidate_source.is_llamacpp):
+        reference_model.check_length(len(tokens) + options.decode_steps,
+                                     what=f"the prompt ({len(tokens)} tokens) with --decode-steps {options.decode_steps}")
     progress.step(f"capturing the reference over {len(tokens)} tokens")
     reference = reference_model.capture(tokens, checkpoints=options.checkpoints, prompt=options.prompt,
                                         weights=options.weights, raw=options.raw and candidate_source.may_have_raw)
@@ -107,67 +113,30 @@ def _check(options: CheckOptions, candidate_source: CandidateSource, progress) -
     comparison = compare_and_diagnose(reference, candidate, config)
     if options.replay:
         comparison = _with_replay(comparison, reference, candidate_source, options, progress)
-    if options.decode_steps > 0 and candidate_source.decodes:
-        comparison = _with_decoding(comparison, reference, reference_model, candidate_source, options, progress)
+    from parity.check_decoding import with_decoding
+
+    comparison = with_decoding(comparison, reference, reference_model, candidate_source, steps=options.decode_steps,
+                               taps=options.taps, progress=progress)
     from parity.diagnose import without_noise_on_failure
 
-    return without_noise_on_failure(comparison)
+    return without_noise_on_failure(_with_not_checked(comparison, candidate, candidate_source, options, calibrating))
 
 
-def _with_decoding(comparison: Comparison, reference: Trace, reference_model, source, options, progress) -> Comparison:
-    """The comparison with a short greedy run and token-by-token decoding checked against the full pass."""
-    from parity.capture import decoding
-    from parity.core.calibrate import FLOOR, MULTIPLE
-    from parity.core.decoding import compare_decode
-    from parity.core.generation import GenerationComparison, first_divergence, greedy, teacher_forced
-    from parity.core.metrics import rel_l2
-    from parity.core.tolerances import DTYPE_FACTOR, KIND_FACTOR
-
-    prompt = list(reference.tokens)
-    progress.step(f"greedy decoding {options.decode_steps} tokens on both sides")
-    continuation, reference_rows = greedy(reference_model.logits, prompt, options.decode_steps)
-    sequence = prompt + continuation
-    candidate_tokens, _ = greedy(source.logits, prompt, options.decode_steps)
-    full = source.logits(sequence)
-    progress.step("decoding token by token through the candidate's cache")
-    if source.is_llamacpp:
-        rows, steps = source.runner.incremental_logits(prompt, continuation), []
-    else:
-        rows, steps = decoding.incremental(source.model, prompt, continuation, taps=source.taps(options.taps))
-    reference_logits = reference_model.logits(sequence)
-    generation = GenerationComparison(tuple(prompt), tuple(continuation), tuple(candidate_tokens),
-                                      first_divergence(continuation, candidate_tokens, reference_rows),
-                                      teacher_forced(reference_logits, full, len(prompt)), None,
-                                      reference_model.vocab_pieces())
-    positions = range(len(prompt) - 1, len(sequence))
-    if source.is_llamacpp:
-        from parity.capture.llamacpp_numerics import llamacpp_numerics
-
-        lowp = _llamacpp_lowp(reference_model, source)
-        with llamacpp_numerics(lowp.model, source.gguf, kv_type=source.kv_type):
-            emulated = lowp.logits(sequence)
-        bounds = [MULTIPLE * rel_l2(reference_logits[p], emulated[p]) + FLOOR["float32"] for p in positions]
-        basis = f"{MULTIPLE:g}x the noise of llama.cpp's numerics at each position"
-    else:
-        dtype = source.precision if source.precision in DTYPE_FACTOR else "float32"
-        bound = 2 * DTYPE_FACTOR[dtype] * KIND_FACTOR["logits"]
-        bounds, basis = [bound] * len(positions), f"{dtype} default for logits"
-    decode = compare_decode([full[p] for p in positions], rows, bounds, prompt_length=len(prompt), basis=basis)
-    if not source.is_llamacpp:
-        decode = _with_prefill_variants(decode, reference_model, source.model, prompt, full, bounds[0])
-    if decode.first_step is not None and steps:
-        from parity.capture.torch_module import trace_module
-
-        from parity.diagnose.context import model_config
-        from parity.diagnose.decoding import diagnose_decode
-
-        full_trace = trace_module(source.model, sequence, taps=source.taps(options.taps))
-        step = steps[decode.first_step]
-        where = decoding.first_checkpoint(full_trace, step, decode.position, decode.bounds[decode.first_step])
-        decode = dataclasses.replace(decode, first_checkpoint=where)
-        causes = diagnose_decode(full_trace, step, decode.position, where, model_config(reference))
-        comparison = dataclasses.replace(comparison, diagnoses=tuple(comparison.diagnoses) + tuple(causes))
-    return dataclasses.replace(comparison, decode=decode, generation=generation)
+def _with_not_checked(comparison: Comparison, candidate: Trace, source, options: CheckOptions,
+                      calibrating: bool) -> Comparison:
+    """The comparison listing the one-pass checks that did not run, and why."""
+    skipped = []
+    if options.calibrate and options.tolerance is None and not calibrating:
+        skipped.append(NotChecked("calibration", "the candidate's precision is unknown (a trace without a dtype in "
+                                                 "its metadata): the dtype tables' tolerances were used"))
+    if not options.weights:
+        skipped.append(NotChecked("weights", f"{NOT_ASKED}: --weights compares each tapped module's parameters"))
+    elif not any(name.endswith(".weight") for name in candidate.names):
+        skipped.append(NotChecked("weights", f"the candidate ({source.kind_description}) gave no parameters"))
+    if not options.replay:
+        skipped.append(NotChecked("replay", f"{NOT_ASKED}: --replay reruns each block and op on the reference's "
+                                            "inputs"))
+    return dataclasses.replace(comparison, not_checked=tuple(skipped) + tuple(comparison.not_checked))
 
 
 def _with_replay(comparison: Comparison, reference: Trace, source, options: CheckOptions, progress) -> Comparison:
@@ -198,33 +167,17 @@ def compare_and_diagnose(reference: Trace, candidate: Trace, config: CompareConf
     return diagnose(comparison, reference, candidate)
 
 
-def _with_prefill_variants(decode, reference_model, model, prompt: list[int], full, bound: float):
-    """Chunked prefill, padded batches and the KV cache itself, for a PyTorch candidate."""
-    from parity.capture import decoding
-    from parity.core.decoding import compare_caches
-    from parity.core.metrics import rel_l2
-
-    cache = compare_caches(decoding.prefill_cache(reference_model.model, prompt), decoding.prefill_cache(model, prompt),
-                           bound)
-    chunked = rel_l2(full[len(prompt) - 1], decoding.chunked_prefill_logits(model, prompt)) if len(prompt) > 1 else None
-    batch = []
-    for side in ("left", "right"):
-        rows = decoding.padded_batch_logits(model, prompt, prompt[: max(1, len(prompt) // 2)], prompt[0], side)
-        if rows is not None:
-            batch.append((side, max(rel_l2(full[p], rows[p]) for p in range(len(prompt)))))
-    return dataclasses.replace(decode, cache=cache, chunked_rel_l2=chunked, batch_rel_l2=tuple(batch))
-
-
 def _calibrated(config, reference, reference_model, source, options, progress) -> CompareConfig:
     """The comparison config with noise floors from a run of the reference at the candidate's precision."""
     from parity.capture.hf import load_model
 
     if source.is_llamacpp:
         from parity.capture.llamacpp_numerics import llamacpp_numerics
+        from parity.check_decoding import llamacpp_lowp
 
         kv_type = source.kv_type
         progress.step(f"calibrating: the reference in float32 with llama.cpp's numerics (KV cache {kv_type})")
-        model = _llamacpp_lowp(reference_model, source)
+        model = llamacpp_lowp(reference_model, source)
         with llamacpp_numerics(model.model, source.gguf, kv_type=kv_type):
             lowp = model.capture(reference.tokens, checkpoints=options.checkpoints, raw=False)
         return CompareConfig(tolerance=config.tolerance, checkpoints=config.checkpoints,
@@ -251,19 +204,6 @@ def _with_weight_rounding(candidate: Trace, reference_model, gguf: Path, progres
     measured = measure_weight_rounding(reference_model.model, gguf)
     metadata = {**candidate.metadata, "weight_rounding": [tensor.as_dict() for tensor in measured] or None}
     return dataclasses.replace(candidate, metadata=metadata)
-
-
-def _llamacpp_lowp(reference_model, source):
-    """A float32 copy of the reference model, made once per check: llama.cpp computes in float32.
-    (nn.Module's own cast: transformers refuses `.float()` on a model it dequantized from a GGUF.)"""
-    import copy
-
-    import torch
-
-    if source.lowp_model is None:
-        source.lowp_model = reference_model if reference_model.dtype == "float32" else dataclasses.replace(
-            reference_model, model=torch.nn.Module.float(copy.deepcopy(reference_model.model)), dtype="float32")
-    return source.lowp_model
 
 
 # --- servers ----------------------------------------------------------------------

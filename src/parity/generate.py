@@ -43,6 +43,7 @@ def run_generate(options: GenerateOptions, progress) -> GenerationComparison:
     progress.step(f"loading {options.model} ({options.dtype})")
     reference = load_model(options.model, dtype=options.dtype)
     prompt = options.tokens if options.tokens is not None else reference.tokenize(options.prompt)
+    reference.check_length(len(prompt) + options.count, what=f"the prompt with -n {options.count}")
     with open_candidate(options.candidate, model_path=options.model, dtype=options.dtype,
                         accept=("llamacpp", "model", "factory"), progress=progress) as source:
         candidate_logits = source.logits

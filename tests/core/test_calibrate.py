@@ -28,7 +28,15 @@ def test_a_candidate_with_noise_like_the_calibration_run_passes_and_ten_times_mo
     failing = compare(make_trace(REFERENCE), make_trace(noisy(1e-1, 2)), config=config)
     assert not failing
     result = failing.result("layers.0.q")
-    assert result.tolerance.calibrated and "against a noise floor" in result.reason
+    assert result.tolerance.calibrated and "over the bound" in result.reason and "x the noise" in result.reason
+    assert f"{result.tolerance.max_rel_l2:.3g}" in result.reason          # the bound actually applied
+
+
+def test_a_noise_floor_of_zero_is_said_as_such_not_as_a_huge_ratio():
+    config = CompareConfig(noise=noise_floors(make_trace(REFERENCE), make_trace(REFERENCE)), noise_dtype="float32")
+    result = compare(make_trace(REFERENCE), make_trace(noisy(1e-3, 2)), config=config).result("layers.0.q")
+    assert result.failed and "noise floor 0:" in result.reason and "computes this checkpoint exactly" in result.reason
+    assert "e+" not in result.reason and f"{FLOOR['float32']:.3g}" in result.reason   # the bound: the floor alone
 
 
 def test_a_bug_at_one_position_fails_even_when_the_whole_tensor_is_within_bounds():

@@ -67,3 +67,102 @@ def test_the_kv_cache_and_prefill_variants(model_dirs, ports):
     cache = unrotated["decode"]["cache"]
     assert not cache["passed"] and cache["first"][:2] == ["keys", 0]
     assert unrotated["decode"]["chunked_prefill_rel_l2"] > max(unrotated["decode"]["bounds"])
+
+
+# Decode bugs in candidates built on transformers' own Llama, whose forward takes **kwargs (as patched and
+# wrapped models do): decoding is found by trying, and each step's checkpoints come from transformers' hooks,
+# where k_rope holds every key the step reads from the cache.
+LLAMA_PORTS = '''import transformers
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+SLOTS = 64
+
+
+class LateWriteLayer(DynamicLayer):
+    """A preallocated cache whose decode writes land one slot past the position they belong to, while
+    reads cover the positions seen: slot p still holds zeros when position p reads it."""
+
+    def lazy_initialization(self, key_states, value_states):
+        super().lazy_initialization(key_states, value_states)
+        batch, heads, _, width = key_states.shape
+        self.key_slots = key_states.new_zeros(batch, heads, SLOTS, width)
+        self.value_slots = value_states.new_zeros(batch, heads, SLOTS, width)
+        self.seen = 0
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        count = key_states.shape[-2]
+        at = self.seen + (1 if self.seen else 0)                  # the bug: one slot late after the prefill
+        self.key_slots[..., at:at + count, :] = key_states
+        self.value_slots[..., at:at + count, :] = value_states
+        self.seen += count
+        self.keys, self.values = self.key_slots[..., :self.seen, :], self.value_slots[..., :self.seen, :]
+        return self.keys, self.values
+
+
+class LateCacheWrite(transformers.LlamaForCausalLM):
+    def forward(self, input_ids, **kwargs):
+        if kwargs.get("use_cache") and kwargs.get("past_key_values") is None:
+            cache = DynamicCache(config=self.config)
+            cache.layers = [LateWriteLayer() for _ in cache.layers]
+            kwargs["past_key_values"] = cache
+        return super().forward(input_ids=input_ids, **kwargs)
+
+
+class LayerIgnoresCache(transformers.LlamaForCausalLM):
+    """Layer 1's attention neither reads nor writes the cache once decoding starts: it attends over the
+    step's own key, with the mask's last column."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        attention = self.model.layers[1].self_attn
+        original = attention.forward
+
+        def forward(*args, past_key_values=None, attention_mask=None, **kwargs):
+            if past_key_values is not None and past_key_values.get_seq_length(1) > 0:
+                past_key_values = None
+                attention_mask = None if attention_mask is None else attention_mask[..., -1:]
+            return original(*args, past_key_values=past_key_values, attention_mask=attention_mask, **kwargs)
+
+        attention.forward = forward
+
+    def forward(self, input_ids, **kwargs):
+        return super().forward(input_ids=input_ids, **kwargs)
+
+
+def late_cache_write(path):
+    return LateCacheWrite.from_pretrained(path, attn_implementation="eager").eval()
+
+
+def layer_1_ignores_cache(path):
+    return LayerIgnoresCache.from_pretrained(path, attn_implementation="eager").eval()
+'''
+
+
+@pytest.fixture(scope="module")
+def llama_ports(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama_ports") / "llama_ports.py"
+    path.write_text(LLAMA_PORTS)
+    return path
+
+
+@pytest.mark.parametrize("factory, checkpoint, cause", [
+    ("late_cache_write", "layers.0.k_rope", "kv_cache_offset"),
+    ("layer_1_ignores_cache", "layers.1.attn_probs", "kv_cache_unread"),
+])
+def test_decode_bugs_in_transformers_llama_are_caught_at_their_layer_with_their_cause(
+        model_dirs, llama_ports, factory, checkpoint, cause, capsys):
+    from parity.cli import main   # in this process: no fresh interpreter importing torch for each case
+
+    capsys.readouterr()
+    code = main(["check", str(model_dirs["llama"]), f"{llama_ports}:{factory}", "--tokens", TOKEN_ARG, "--json", "-"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1 and report["verdict"] == "fail"
+    assert all(c["status"] == "pass" for c in report["checkpoints"])     # the full pass is right
+    decode = report["decode"]
+    assert not decode["passed"] and decode["first_step"] == 1 and decode["position"] == len(TOKEN_ARG.split(","))
+    assert decode["first_checkpoint"] == checkpoint
+    causes = [d["cause"] for d in report["diagnoses"]]
+    assert cause in causes and "precision_noise" not in causes
+    assert next(d for d in report["diagnoses"] if d["cause"] == cause)["checkpoint"] == checkpoint

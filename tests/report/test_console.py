@@ -1,6 +1,8 @@
 import numpy as np
 
-from parity.core.compare import compare
+from parity.core.calibrate import noise_floors
+from parity.core.compare import CompareConfig, compare
+from parity.core.results import NotChecked
 from parity.core.trace import make_trace
 from parity.report.console import render
 
@@ -50,3 +52,27 @@ def test_missing_checkpoints_show_as_absent_and_are_listed():
     text = render(compare(make_trace(tensors), make_trace(candidate)))
     assert "only in reference: layers.0.q_rope, layers.1.q_rope" in text
     assert "·" in next(line for line in text.splitlines() if line.strip().startswith("0 "))
+
+
+def test_a_calibrated_failure_prints_the_bound_applied_and_a_zero_noise_floor_as_such():
+    tensors = trace_with_layers(1)
+    candidate = {**tensors, "layers.0.q": tensors["layers.0.q"] * 1.01}
+    config = CompareConfig(noise=noise_floors(make_trace(tensors), make_trace(tensors)), noise_dtype="float32")
+    text = render(compare(make_trace(tensors), make_trace(candidate), config=config))
+    assert "first divergence at layers.0.q" in text
+    assert "up to 0 + 0·|ref|" not in text and "Mismatched elements" not in text
+    assert "allowed: rel_l2 1e-06, worst position 1e-06 (noise floor 0: exact at this precision); got 0.01" in text
+    assert "e+2" not in text and "e+3" not in text   # no ratio to a zero floor
+
+
+def test_checks_not_run_are_listed_by_reason():
+    import dataclasses
+
+    tensors = trace_with_layers(1)
+    comparison = dataclasses.replace(compare(make_trace(tensors), make_trace(tensors)), not_checked=(
+        NotChecked("decode", "--decode-steps 0"), NotChecked("kv_cache", "--decode-steps 0"),
+        NotChecked("replay", "not asked for: --replay reruns each block"),
+        NotChecked("weights", "not asked for: --weights compares parameters")))
+    text = render(comparison)
+    assert "not checked: decode, KV cache: --decode-steps 0" in text
+    assert "not checked: replay, weights: not asked for\n" in text

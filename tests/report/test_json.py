@@ -27,7 +27,7 @@ def failing_comparison():
 def test_report_has_the_documented_top_level_schema():
     report = to_dict(failing_comparison())
     assert set(report) == {"schema", "verdict", "calibrated", "first_divergence", "origin", "summary", "checkpoints",
-                           "position_matrix", "missing", "extra", "raw", "replay", "decode", "generation", "diagnoses", "notes",
+                           "position_matrix", "missing", "extra", "raw", "replay", "decode", "generation", "not_checked", "diagnoses", "notes",
                            "reference", "candidate"}
     assert report["schema"] == SCHEMA and report["verdict"] == "fail" and report["calibrated"] is False
     divergence = report["first_divergence"]

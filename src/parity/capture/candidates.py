@@ -104,13 +104,24 @@ class CandidateSource:
         return self.hf is not None or (self.model is not None and is_transformers(self.model))
 
     @property
-    def decodes(self) -> bool:
-        """Can this candidate decode token by token through a cache?"""
-        if self.is_llamacpp:
-            return True
-        from parity.capture.decoding import can_decode
+    def kind_description(self) -> str:
+        return _DESCRIBED[self.kind]
 
-        return self.model is not None and can_decode(self.model)
+    def decode_support(self, prompt: list[int]) -> str | None:
+        """None when the candidate decodes token by token through a cache (a torch model: found by trying it
+        on `prompt`); else why not."""
+        if self.is_llamacpp:
+            return None
+        if self.model is None:
+            return f"the candidate is {self.kind_description}: it does not run"
+        from parity.capture.decoding import decode_support
+
+        return decode_support(self.model, prompt)
+
+    @property
+    def decodes(self) -> bool:
+        """Can this candidate decode token by token through a cache? (tried on token ids 0, 1)"""
+        return self.decode_support([0, 1]) is None
 
     def logits(self, ids: list[int]) -> np.ndarray:
         """Logits at every position of one pass over `ids`: (T, V) float64."""

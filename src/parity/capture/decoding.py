@@ -1,8 +1,10 @@
 """Incremental decoding of a PyTorch candidate through its KV cache, traced step by step.
 
-A candidate decodes when its forward takes `past_key_values` and `use_cache`, as
-transformers models do: called with use_cache=True it returns its logits and the
-cache (a tuple, or an object with `.logits` and `.past_key_values`).
+A candidate decodes when, called as transformers models are, it does: with
+use_cache=True it returns its logits and a cache (a tuple, or an object with
+`.logits` and `.past_key_values`), and given that cache back with one more token
+it returns that token's logits. This is found by trying (decode_support), not
+from the forward's signature: wrappers and patched models take `**kwargs`.
 """
 
 from __future__ import annotations
@@ -16,15 +18,43 @@ from parity.core.metrics import rel_l2
 from parity.core.names import in_flow_order, parse
 
 
-def can_decode(model) -> bool:
-    parameters = inspect.signature(model.forward).parameters
-    return "past_key_values" in parameters and "use_cache" in parameters
+def decode_support(model, prompt: list[int]) -> str | None:
+    """None when `model` decodes through a cache (tried on the prompt's first tokens); else why not."""
+    import torch
+
+    from parity.capture.factory import describe_error
+
+    first, second = prompt[:1], prompt[1:2] or prompt[:1]
+    try:
+        with torch.no_grad():
+            _, cache = _split(model(torch.tensor([first]), past_key_values=None, use_cache=True))
+    except TypeError as error:
+        return f"its forward does not take past_key_values and use_cache ({describe_error(error)})"
+    except Exception as error:  # the user's code
+        return f"called with use_cache=True it failed: {describe_error(error)}"
+    if cache is None:
+        return "called with use_cache=True it returned no cache"
+    try:
+        with torch.no_grad():
+            logits, _ = _split(model(torch.tensor([second]), past_key_values=cache, use_cache=True))
+    except Exception as error:  # the user's code
+        return f"given its own cache back with one more token it failed: {describe_error(error)}"
+    if logits is None or logits.dim() < 2 or logits.shape[-2] != 1:
+        shape = "no logits" if logits is None else f"logits of shape {list(logits.shape)}"
+        return f"given its own cache back with one more token it returned {shape}, not that token's row"
+    return None
 
 
 def _split(output):
-    if isinstance(output, tuple):
-        return output[0], output[1]
-    return output.logits, output.past_key_values
+    """(logits, cache) of a forward's output; either None when the output has none."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output, None
+    if isinstance(output, (tuple, list)):
+        logits = output[0] if output and isinstance(output[0], torch.Tensor) else None
+        return logits, output[1] if len(output) > 1 else None
+    return getattr(output, "logits", None), getattr(output, "past_key_values", None)
 
 
 def incremental(model, prompt: list[int], continuation: list[int], *, taps: TapsLike | None = None):
@@ -55,19 +85,22 @@ def full_logits(model, ids: list[int]) -> np.ndarray:
 
 def first_checkpoint(full_trace, step: dict, position: int, bound: float) -> str | None:
     """The first checkpoint (in data-flow order) where a decode step's tensors part from the full
-    pass's at the same position."""
+    pass's at the same position. A step's tensor holds this position's row, or (keys that transformers
+    hands to attention) the rows of every position read from the cache, 0..position: those are held to
+    the full pass's rows 0..position."""
     for name in in_flow_order(step):
         if name not in full_trace or name == "logits":
             continue
         checkpoint = parse(name)
-        full = full_trace[name]
+        full, value = full_trace[name], step[name]
         if checkpoint is not None and checkpoint.kind == "attn_probs":   # (H, T, S): this query's row, its keys
             row = full[:, position, : position + 1]
+        elif value.shape[0] == position + 1 and position > 0:
+            row = full[: position + 1]
         else:
             row = full[position]
-        value = step[name]
         if value.size != row.size:
-            return name  # a cache that grew by another number of positions
+            return name  # a cache that grew by another number of positions, or was not read
         if not rel_l2(row.reshape(-1), value.reshape(-1)) <= bound:
             return name
     return None
@@ -106,13 +139,21 @@ def chunked_prefill_logits(model, prompt: list[int]) -> np.ndarray:
     return logits[0, -1].double().numpy()
 
 
-def padded_batch_logits(model, prompt: list[int], other: list[int], pad: int, side: str) -> np.ndarray | None:
-    """The prompt's logits rows when it runs in a batch with `other`, padded on `side`; None for models
-    without an attention mask."""
+def attention_mask_support(model) -> str | None:
+    """None when the forward names an `attention_mask` parameter; else why padded batches are not checked.
+    (Through **kwargs a mask may be used or silently dropped: a difference would not say which.)"""
+    parameters = inspect.signature(model.forward).parameters.values()
+    if any(p.name == "attention_mask" for p in parameters):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return "its forward takes attention_mask only through **kwargs, which may drop it: name the parameter"
+    return "its forward takes no attention_mask"
+
+
+def padded_batch_logits(model, prompt: list[int], other: list[int], pad: int, side: str) -> np.ndarray:
+    """The prompt's logits rows when it runs in a batch with `other`, padded on `side` (see attention_mask_support)."""
     import torch
 
-    if "attention_mask" not in inspect.signature(model.forward).parameters:
-        return None
     width = max(len(prompt), len(other))
     ids, mask = [], []
     for sequence in (prompt, other):

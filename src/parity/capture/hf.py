@@ -54,9 +54,12 @@ class HFModel:
         return list(self.tokenizer(prompt)["input_ids"])
 
     def vocab_pieces(self) -> tuple[str, ...]:
-        """The text of every token id, decoded alone."""
+        """The text of every token id, decoded alone; () without a usable tokenizer (reports then show ids)."""
         if self._vocab_pieces is None:
-            decode = self.tokenizer.decode
+            try:
+                decode = self.tokenizer.decode
+            except CaptureError:
+                return ()
             self._vocab_pieces = tuple(decode([i]) for i in range(self.model.config.vocab_size))
         return self._vocab_pieces
 
@@ -73,6 +76,22 @@ class HFModel:
             logits = self.model(torch.tensor([ids])).logits[0].double()                       # (T, V)
         logprobs = torch.log_softmax(logits, dim=-1).numpy()
         return ReferenceTokens(pieces, offsets, logprobs, self.vocab_pieces())
+
+    def position_limit(self) -> tuple[str, int] | None:
+        """(config field, value) of the most positions the model takes, when its config says."""
+        fields = self.model.config.to_dict()  # as config.json spells them (GPT-2: n_positions)
+        for field in ("n_positions", "max_position_embeddings"):
+            value = fields.get(field)
+            if isinstance(value, int) and value > 0:
+                return field, value
+        return None
+
+    def check_length(self, count: int, *, what: str = "the prompt") -> None:
+        """Refuse `count` positions beyond the model's limit, before any forward pass."""
+        limit = self.position_limit()
+        if limit is not None and count > limit[1]:
+            raise OptionError(f"{what} is {count} tokens, more than {self.path} takes ({limit[0]} = {limit[1]}); "
+                              "give a shorter --prompt or --tokens")
 
     def logits(self, tokens: list[int]):
         """Logits at every position of one forward pass over `tokens`: (T, V), float64 numpy."""
@@ -92,6 +111,7 @@ class HFModel:
         if outside is not None:
             raise OptionError(f"token id {outside} is outside the vocabulary of {self.path} (ids 0 to {vocab - 1}); "
                               "give ids within it")
+        self.check_length(len(tokens))
         metadata = {
             "arch": self.model.config.model_type,
             "producer": f"transformers {transformers.__version__}",
@@ -189,11 +209,17 @@ def load_tokenizer(path: str | Path):
     if cached is not None and (cached / "tokenizer_config.json").is_file():
         location, extra = str(cached), {}
     try:
-        return transformers.AutoTokenizer.from_pretrained(location, local_files_only=True, **extra)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(location, local_files_only=True, **extra)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CaptureError(
-            f"{path}: no usable tokenizer ({_first_line(error)}); pass token ids with --tokens instead"
+            f"{path}: no usable tokenizer ({_first_line(error)}); pass token ids with --tokens 1,2,3 instead, "
+            "or add the model's tokenizer files"
         ) from error
+    if len(tokenizer.get_vocab()) <= len(set(tokenizer.all_special_ids)):  # transformers built one from nothing
+        raise CaptureError(f"{path}: its tokenizer is empty (no tokenizer files with a vocabulary), so a prompt "
+                           "cannot be tokenized; pass token ids with --tokens 1,2,3 instead, or add the model's "
+                           "tokenizer files (tokenizer.json)")
+    return tokenizer
 
 
 def capture_hf(

@@ -179,8 +179,7 @@ def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: C
     reshaped = reference_tensor.shape != candidate_tensor.shape
     reason = None
     if status == FAIL and tolerance.calibrated:
-        reason = (f"rel_l2 {metrics.rel_l2:.3g} (worst position {metrics.position_rel_l2:.3g}) against a noise floor "
-                  f"of {tolerance.noise_rel_l2:.3g}: {metrics.rel_l2 / max(tolerance.noise_rel_l2, 1e-300):.3g}x")
+        reason = _calibrated_reason(metrics, tolerance)
     elif status == FAIL:
         reason = f"{metrics.mismatched}/{metrics.numel} elements outside tolerance"
         if reshaped:
@@ -188,6 +187,16 @@ def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: C
     return CheckpointResult(
         name, status, metrics=metrics, tolerance=tolerance, layout=layout if reshaped else None, reason=reason, **shapes
     )
+
+
+def _calibrated_reason(metrics: Metrics, tolerance) -> str:
+    """What a calibrated checkpoint got against the bound applied, and the noise the bound came from."""
+    noise = tolerance.noise_rel_l2 or 0.0
+    got = (f"rel_l2 {metrics.rel_l2:.3g} (worst position {metrics.position_rel_l2:.3g}) over the bound "
+           f"{tolerance.max_rel_l2:.3g} (worst position {tolerance.max_position_rel_l2:.3g})")
+    if noise == 0.0:
+        return f"{got}; noise floor 0: the candidate's precision computes this checkpoint exactly"
+    return f"{got}; noise floor {noise:.3g}: {metrics.rel_l2 / noise:.3g}x the noise"
 
 
 def _better(metrics: Metrics, incumbent: Metrics) -> bool:

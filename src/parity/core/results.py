@@ -134,6 +134,23 @@ class Diagnosis:
 
 
 @dataclass(frozen=True)
+class NotChecked:
+    """A check that could not run (or was not asked for), and why: never a silent pass."""
+
+    check: str      # one of CHECKS
+    reason: str
+
+    def __repr__(self) -> str:
+        return f"<NotChecked {self.check}: {self.reason}>"
+
+
+NOT_ASKED = "not asked for"   # the reason of an opt-in check left off, followed by ": " and what it does
+
+# The checks beyond one forward pass that `parity check` runs when it can, in report order.
+CHECKS = ("calibration", "weights", "replay", "greedy", "decode", "kv_cache", "chunked_prefill", "padding")
+
+
+@dataclass(frozen=True)
 class Comparison:
     checkpoints: tuple[CheckpointResult, ...]
     missing: tuple[str, ...]             # in the reference, not the candidate
@@ -152,6 +169,7 @@ class Comparison:
     calibrated: bool = False
     decode: Any = None        # DecodeConsistency: token-by-token decoding against the full pass
     generation: Any = None    # GenerationComparison: a short greedy run
+    not_checked: tuple[NotChecked, ...] = ()  # checks that could not run, each with its reason
 
     def __bool__(self) -> bool:
         return self.passed

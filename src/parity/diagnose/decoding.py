@@ -1,38 +1,89 @@
 """Causes of a decode path that parts from the full pass, from the step's own tensors.
 
-  kv_cache_offset  at position p the step attends over a number of keys other than p + 1:
-                   the cache was written at the wrong slot (or a slot left empty)
-  decode_rope      the step's attention probabilities are reproduced when the cached keys are
-                   taken before RoPE: the decode path uses cached keys without rotating them
+  kv_cache_unread  at position p > 0 a layer attends over the keys of this step alone: it does not
+                   read its cache (the layers before it do)
+  kv_cache_offset  at position p the step attends over a number of keys other than p + 1, or the keys
+                   it reads from the cache match the full pass's except where this step's key (or an
+                   earlier one) should be, which holds zeros or the key of the position before: the
+                   cache was written at the wrong slot
+  decode_rope      the step's attention is reproduced when the cached keys are taken before RoPE: the
+                   decode path uses cached keys without rotating them
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from parity.core.metrics import rel_l2
 from parity.core.names import parse
 from parity.core.results import Diagnosis
 from parity.core.trace import Trace
 from parity.diagnose.attention import apply_rope, attention_probabilities
-from parity.diagnose.context import ModelConfig, reproduces
+from parity.diagnose.context import CLOSE, ModelConfig, reproduces
+
+CAUSES = frozenset({"kv_cache_unread", "kv_cache_offset", "decode_rope"})
+KEY_KINDS = ("k_rope", "k_norm", "k")
 
 
 def diagnose_decode(full: Trace, step: dict, position: int, name: str | None, config: ModelConfig) -> list[Diagnosis]:
     checkpoint = parse(name) if name else None
-    if checkpoint is None or checkpoint.kind != "attn_probs" or name not in step:
+    if checkpoint is None or name not in step:
         return []
-    probabilities = step[name].reshape(step[name].shape[0], -1)                       # (H, S) of this query
-    keys = probabilities.shape[-1]
+    if checkpoint.kind == "attn_probs":
+        return _from_probabilities(full, step, position, name, checkpoint.layer, config)
+    if checkpoint.kind in KEY_KINDS and step[name].shape[0] == position + 1 and position > 0:
+        return _from_cached_keys(full, step[name], position, name, checkpoint.layer)
+    return []
+
+
+def _from_probabilities(full, step, position, name, layer, config) -> list[Diagnosis]:
+    probabilities = step[name]                                                        # (H, T, S) of this step
+    queries, keys = probabilities.shape[-2], probabilities.shape[-1]
+    if keys == queries and position + 1 > keys:
+        return [Diagnosis("kv_cache_unread", name,
+                          f"decoding position {position}, layer {layer} attends over the {keys} key(s) of this step "
+                          f"alone where {position + 1} tokens have been seen: this layer does not read its cache")]
     if keys != position + 1:
         return [Diagnosis("kv_cache_offset", name,
                           f"decoding position {position} attends over {keys} keys where {position + 1} tokens have "
                           f"been seen: the cache is written {'past' if keys > position + 1 else 'short of'} "
                           "where it should be")]
-    if _unrotated_cache_reproduces(full, step, checkpoint.layer, position, probabilities, config):
+    rows = probabilities.reshape(probabilities.shape[0], -1)                          # (H, S) of this query
+    if _unrotated_cache_reproduces(full, step, layer, position, rows, config):
         return [Diagnosis("decode_rope", name,
                           f"decoding position {position}, the attention matches keys taken before RoPE for the "
                           "cached positions: the decode path uses cached keys without rotating them")]
     return []
+
+
+def _from_cached_keys(full: Trace, read: np.ndarray, position: int, name: str, layer: int) -> list[Diagnosis]:
+    """The keys a step read from its cache, (position + 1, width), against the full pass's at 0..position."""
+    expected = full[name][: position + 1].astype(np.float64)
+    read = read.reshape(position + 1, -1).astype(np.float64)
+    wrong = [j for j in range(position + 1) if not rel_l2(expected[j], read[j]) <= CLOSE]
+    if not wrong:
+        return []
+    zeros = [j for j in wrong if np.linalg.norm(read[j]) <= CLOSE * np.linalg.norm(expected[j])]
+    late = [j for j in wrong if j > 0 and rel_l2(expected[j - 1], read[j]) <= CLOSE]
+    if set(wrong) <= set(zeros) | set(late):
+        what = "; ".join(part for part in (
+            f"zeros at position{'s' if len(zeros) > 1 else ''} {_positions(zeros)}" if zeros else "",
+            f"the key of the position before at {_positions(late)}" if late else "") if part)
+        return [Diagnosis("kv_cache_offset", name,
+                          f"decoding position {position}, the keys layer {layer} reads from its cache match the full "
+                          f"pass's at the other positions but hold {what}: the cache is written one slot off "
+                          "where it is read")]
+    unrotated = full.tensors.get(f"layers.{layer}.k_norm", full.tensors.get(f"layers.{layer}.k"))
+    if name.endswith("k_rope") and unrotated is not None and max(wrong) < position \
+            and reproduces(read[:position], unrotated[:position].reshape(position, -1).astype(np.float64)):
+        return [Diagnosis("decode_rope", name,
+                          f"decoding position {position}, the keys layer {layer} reads from its cache for positions "
+                          f"0..{position - 1} are the full pass's keys before RoPE: cached keys are not rotated")]
+    return []
+
+
+def _positions(positions: list[int]) -> str:
+    return ", ".join(map(str, positions[:6])) + (f" ... ({len(positions)} in all)" if len(positions) > 6 else "")
 
 
 def _unrotated_cache_reproduces(full, step, layer, position, probabilities, config) -> bool:

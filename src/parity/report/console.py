@@ -10,7 +10,7 @@ import math
 
 from parity.core.errors import require
 from parity.core.names import AFTER_LAYERS, BEFORE_LAYERS, LAYER_KINDS, is_raw, parse, weight_of
-from parity.core.results import FAIL, NOT_COMPARABLE, PASS, CheckpointResult, Comparison
+from parity.core.results import FAIL, NOT_ASKED, NOT_COMPARABLE, PASS, CheckpointResult, Comparison
 from parity.report import output
 from parity.report.raw import raw_line
 
@@ -37,7 +37,7 @@ def renderables(comparison: Comparison) -> list:
     from rich.text import Text
 
     parts = [_header(comparison), _grid(comparison), _globals_line(comparison), _legend(comparison)]
-    parts += [_beyond_one_pass(comparison), _verdict(comparison)]
+    parts += [_beyond_one_pass(comparison), _not_checked(comparison), _verdict(comparison)]
     if comparison.first_divergence is not None:
         parts.append(_divergence_details(comparison))
     parts += [Text(f"note: {note}", style="yellow") for note in comparison.notes]
@@ -228,6 +228,21 @@ def _beyond_one_pass(comparison: Comparison):
     return lines if lines.plain else None
 
 
+CHECK_LABELS = {"kv_cache": "KV cache", "chunked_prefill": "chunked prefill", "padding": "padded batches"}
+
+
+def _not_checked(comparison: Comparison):
+    """One line per reason: the checks that could not run."""
+    from rich.text import Text
+
+    by_reason: dict[str, list[str]] = {}
+    for item in comparison.not_checked:
+        reason = NOT_ASKED if item.reason.startswith(NOT_ASKED) else item.reason   # opt-ins: one line
+        by_reason.setdefault(reason, []).append(CHECK_LABELS.get(item.check, item.check))
+    lines = [f"not checked: {', '.join(checks)}: {reason}" for reason, checks in by_reason.items()]
+    return Text("\n".join(lines), style="yellow") if lines else None
+
+
 def _verdict(comparison: Comparison):
     from rich.text import Text
 
@@ -266,12 +281,16 @@ def _divergence_details(comparison: Comparison):
     if result.reason and (metrics is None or result.layout):
         lines.append(result.reason)
     if metrics is not None:
-        lines.append(
-            f"Mismatched elements: {metrics.mismatched} / {metrics.numel} ({100 * metrics.mismatched_fraction:.1f}%)"
-        )
-        allowed = f" (up to {tolerance.atol:.3g} + {tolerance.rtol:.3g}·|ref| allowed)" if tolerance else ""
+        if not (tolerance and tolerance.calibrated):  # a calibrated bound is on norms, not on elements
+            lines.append(
+                f"Mismatched elements: {metrics.mismatched} / {metrics.numel} ({100 * metrics.mismatched_fraction:.1f}%)"
+            )
+        allowed = f" (up to {tolerance.atol:.3g} + {tolerance.rtol:.3g}·|ref| allowed)" \
+            if tolerance and not tolerance.calibrated else ""
         lines.append(f"Greatest absolute difference: {metrics.max_abs:.4g} at index {metrics.worst_index}{allowed}")
         lines.append(f"rel_l2 {metrics.rel_l2:.3g}   cosine {metrics.cosine:.6f}   mean_abs {metrics.mean_abs:.3g}")
+        if tolerance and tolerance.calibrated:
+            lines.append(_calibrated_bound(metrics, tolerance))
         if metrics.nan_candidate or metrics.inf_candidate or metrics.nan_reference or metrics.inf_reference:
             lines.append(
                 f"non-finite: candidate {metrics.nan_candidate} NaN, {metrics.inf_candidate} Inf; "
@@ -289,6 +308,14 @@ def _divergence_details(comparison: Comparison):
     if divergence.per_head:
         lines.append("rel_l2 by head: " + _profile(divergence.per_head))
     return Text("\n".join("  " + line for line in lines))
+
+
+def _calibrated_bound(metrics, tolerance) -> str:
+    """The bound a calibrated checkpoint was held to, and the noise it was set from (0 said as such)."""
+    noise = tolerance.noise_rel_l2 or 0.0
+    floor = "noise floor 0: exact at this precision" if noise == 0.0 else f"noise floor {noise:.3g}"
+    return (f"allowed: rel_l2 {tolerance.max_rel_l2:.3g}, worst position {tolerance.max_position_rel_l2:.3g} "
+            f"({floor}); got {metrics.rel_l2:.3g}, {metrics.position_rel_l2:.3g}")
 
 
 def _profile(values: tuple[float, ...], limit: int = 12) -> str:

@@ -9,9 +9,14 @@ from parity.core.generation import GenerationComparison
 from parity.report import output
 
 
-def _text(comparison: GenerationComparison, tokens) -> str:
+def _piece(comparison: GenerationComparison, token: int) -> str:
+    """A token's text, or <id> where there is none (a model without a tokenizer)."""
     pieces = comparison.pieces
-    return "".join(pieces[t] if t < len(pieces) else f"<{t}>" for t in tokens)
+    return pieces[token] if 0 <= token < len(pieces) else f"<{token}>"
+
+
+def _text(comparison: GenerationComparison, tokens) -> str:
+    return "".join(_piece(comparison, t) for t in tokens)
 
 
 def renderables(comparison: GenerationComparison) -> list:
@@ -26,12 +31,11 @@ def renderables(comparison: GenerationComparison) -> list:
     if divergence is None:
         parts.append(Text(f"greedy: the {len(comparison.reference_tokens)} tokens are the same"))
     else:
-        pieces = comparison.pieces
-        top = ", ".join(f"{pieces[i]!r} {p:.3f}" for i, p in divergence.reference_top)
+        top = ", ".join(f"{_piece(comparison, i)!r} {p:.3f}" for i, p in divergence.reference_top)
         kind = "a near tie, which noise can flip" if divergence.near_tie else "not a near tie: a real divergence"
         parts.append(Text(
-            f"greedy: first different token at step {divergence.step}: reference {pieces[divergence.reference_token]!r}, "
-            f"candidate {pieces[divergence.candidate_token]!r} (the reference's choice no. {divergence.candidate_rank + 1 if divergence.candidate_rank is not None else '?'})\n"
+            f"greedy: first different token at step {divergence.step}: reference {_piece(comparison, divergence.reference_token)!r}, "
+            f"candidate {_piece(comparison, divergence.candidate_token)!r} (the reference's choice no. {divergence.candidate_rank + 1 if divergence.candidate_rank is not None else '?'})\n"
             f"  the reference's top-5 there: {top}\n"
             f"  margin between its top two: {divergence.margin_nats:.3f} nats: {kind}"))
     forced = comparison.teacher_forced

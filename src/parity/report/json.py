@@ -50,6 +50,7 @@ def to_dict(comparison: Comparison) -> dict[str, Any]:
         },
         "decode": _decode(comparison.decode),
         "generation": _generation(comparison.generation),
+        "not_checked": [{"check": item.check, "reason": item.reason} for item in comparison.not_checked],
         "diagnoses": [
             {"cause": d.cause, "checkpoint": d.checkpoint, "message": d.message} for d in comparison.diagnoses
         ],
