@@ -147,9 +147,9 @@ class _Torch:
 
             quiet_transformers()
             self.model = load_model(spec, dtype=options.dtype).model.to(options.device)
-        from parity.capture.decoding import can_decode
+        from parity.capture.decoding import decode_support
 
-        self.decodes = kind != "factory" or can_decode(self.model)
+        self.decodes = kind != "factory" or decode_support(self.model, [0, 1]) is None
         self.decode_note = None if self.decodes else "not measured: the candidate's forward takes no past_key_values"
         config = getattr(self.model, "config", None)
         self.vocab_size = getattr(config, "vocab_size", None) or (config or {}).get("vocab_size")

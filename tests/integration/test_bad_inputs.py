@@ -18,22 +18,14 @@ import time
 import numpy as np
 import pytest
 
+from limited_run import MEASURED_CLI
+
 pytest.importorskip("transformers")
 
 from conftest import TOKENS  # noqa: E402
 
 ADVICE = ("give", "choose", "pass", "fix", "check", "name", "drop", "ask", "write", "allow", "copy", "see ", "is it",
           "does the server", "make", "use")
-
-
-# Runs the CLI and, at exit, writes the process's own peak resident memory (VmHWM, which belongs to
-# the process image: getrusage's maxrss would also count the memory of the test process it forked from).
-_MEASURED_CLI = ("import atexit, os, sys; from parity.cli import main\n"
-                 "def peak():\n"
-                 "    line = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
-                 "    open(os.environ['PARITY_TEST_PEAK'], 'w').write(line.split()[1])\n"
-                 "atexit.register(peak)\n"
-                 "sys.exit(main(sys.argv[1:]))\n")
 
 
 def run(*args, cwd, preexec_fn=None, wrap=()):
@@ -44,7 +36,7 @@ def run(*args, cwd, preexec_fn=None, wrap=()):
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr, \
             tempfile.NamedTemporaryFile("r") as peak:
         started = time.monotonic()
-        process = subprocess.Popen([*wrap, sys.executable, "-c", _MEASURED_CLI, *map(str, args)], cwd=cwd,
+        process = subprocess.Popen([*wrap, sys.executable, "-c", MEASURED_CLI, *map(str, args)], cwd=cwd,
                                    stdout=stdout, stderr=stderr, preexec_fn=preexec_fn,
                                    env={**os.environ, "OMP_NUM_THREADS": "1", "PARITY_TEST_PEAK": peak.name})
         watchdog = threading.Timer(120, process.kill)
@@ -155,7 +147,7 @@ CASES = {
     "rtol_not_a_number": ("compare {trace} {trace} --atol 0 --rtol x", "argument --rtol: must be a number, got 'x'"),
     "checkpoints_empty": ("compare {trace} {trace} --checkpoints ''", "argument --checkpoints: is empty"),
     "checkpoints_no_name": ("compare {trace} {trace} --checkpoints zzz", "'zzz' matches no checkpoint name"),
-    "checkpoints_select_none": ("compare {trace} {trace} --checkpoints layers.200.q", "selects none of the 51"),
+    "checkpoints_select_none": ("compare {trace} {trace} --checkpoints layers.200.q", "selects none of the"),
     "taps_unknown": ("check {model} {trace} --tokens 1,2 --taps bogus", "no built-in mapping named 'bogus'"),
     "sampler_no_file": ("generate {model} {model} --tokens 1,2 --sampler nope.py:sample", "nope.py: no such file"),
     "sampler_no_function": ("generate {model} {model} --tokens 1,2 --sampler sampler", "is not FILE.py:FUNCTION"),

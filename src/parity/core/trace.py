@@ -158,10 +158,6 @@ def _check_is_trace(trace: Trace, path: Path) -> None:
     if not trace.tensors:
         raise TraceError(f"{path}: the trace holds no tensors, so there is nothing to compare; "
                          "write at least one checkpoint (see docs/trace-format.md)")
-    declared = trace.metadata.get("format")
-    if declared is not None and declared not in READABLE_FORMATS:
-        raise TraceError(f"{path}: format is {printable(declared)[:40]!r}, expected '{FORMAT}' (or an older "
-                         f"{', '.join(READABLE_FORMATS[:-1])}); see docs/trace-format.md")
     if not any(is_canonical(name) or name.startswith(RAW_PREFIX) for name in trace.tensors):
         example = ", ".join(sorted(trace.tensors)[:3])
         raise TraceError(
@@ -169,6 +165,10 @@ def _check_is_trace(trace: Trace, path: Path) -> None:
             "expected names like 'embed', 'layers.0.q', 'logits'); is this a weights file? "
             "See docs/trace-format.md"
         )
+    declared = trace.metadata.get("format")
+    if declared is not None and declared not in READABLE_FORMATS:
+        raise TraceError(f"{path}: format is {printable(declared)[:40]!r}, expected '{FORMAT}' (or an older "
+                         f"{', '.join(READABLE_FORMATS[:-1])}); see docs/trace-format.md")
 
 
 # --- Writing --------------------------------------------------------------------

@@ -96,9 +96,11 @@ def _unrotated_cache_reproduces(full, step, layer, position, probabilities, conf
     keys = k_source[: position + 1].astype(np.float64)                                 # before RoPE
     rotated = apply_rope(keys, config.head_dim, config.rope_theta, np.arange(position + 1), "half")
     keys[position] = rotated[position]                                                 # only this step's key rotated
-    group = config.heads // config.kv_heads
-    query = np.zeros((position + 1, q_rope.size))
-    query[position] = q_rope.reshape(-1)
+    group, width = config.heads // config.kv_heads, config.heads * config.head_dim
+    if q_rope.size % width or keys.shape[-1] != config.kv_heads * config.head_dim:
+        return False
+    query = np.zeros((position + 1, width))
+    query[position] = q_rope.reshape(-1, width)[-1]                                    # this step's query
     expected = attention_probabilities(query, keys, config.heads, config.kv_heads, config.head_dim,
                                        lambda h: h // group)[:, position, :]            # (H, S)
     return reproduces(probabilities.astype(np.float64), expected)
