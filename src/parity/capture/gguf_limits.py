@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from parity.capture.gguf_weights import field_number, field_text
 from parity.core.errors import CaptureError
 
 
@@ -23,17 +24,17 @@ def check_gguf_loadable(path: Path) -> None:
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
     reader = gguf.GGUFReader(str(path))
-    arch = _text(reader, "general.architecture")
-    experts = _number(reader, f"{arch}.expert_count")
+    arch = field_text(reader, "general.architecture")
+    experts = field_number(reader, f"{arch}.expert_count")
     if arch == "llama" and experts:
         raise CaptureError(
             f"{path}: transformers' GGUF loader reads this mixture of {experts} experts (architecture llama, "
             "as Mixtral converts) as a dense Llama; give the original model directory as the reference instead")
     mapping = GGUF_CONFIG_MAPPING.get(arch or "")
-    head_size = _number(reader, f"{arch}.attention.key_length")
+    head_size = field_number(reader, f"{arch}.attention.key_length")
     if mapping is None or head_size is None or "attention.key_length" in mapping or arch not in CONFIG_MAPPING:
         return
-    width, heads = _number(reader, f"{arch}.embedding_length"), _number(reader, f"{arch}.attention.head_count")
+    width, heads = field_number(reader, f"{arch}.embedding_length"), field_number(reader, f"{arch}.attention.head_count")
     if not width or not heads:
         return
     try:  # the head size transformers' config gives these widths when the loader passes no head_dim
@@ -46,13 +47,3 @@ def check_gguf_loadable(path: Path) -> None:
             f"{path}: transformers' GGUF loader cannot load this {arch} file: it ignores "
             f"{arch}.attention.key_length (heads of {head_size}) and builds heads of {default}; "
             "give the original model directory as the reference instead")
-
-
-def _text(reader, key: str) -> str | None:
-    field = reader.fields.get(key)
-    return bytes(field.parts[field.data[0]]).decode() if field is not None else None
-
-
-def _number(reader, key: str) -> int | None:
-    field = reader.fields.get(key)
-    return int(field.parts[field.data[0]][0]) if field is not None else None

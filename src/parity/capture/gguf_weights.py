@@ -75,13 +75,13 @@ def measure_weight_rounding(model, gguf_path: str | Path) -> tuple[TensorRoundin
     import gguf
 
     reader = gguf.GGUFReader(str(gguf_path))
-    arch = _text(reader, "general.architecture")
+    arch = field_text(reader, "general.architecture")
     arches = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}
-    blocks = _number(reader, f"{arch}.block_count")
+    blocks = field_number(reader, f"{arch}.block_count")
     if arch not in arches or blocks is None:
         return ()
-    heads = tuple(h for h in (_number(reader, f"{arch}.attention.head_count"),
-                              _number(reader, f"{arch}.attention.head_count_kv")) if h)
+    heads = tuple(h for h in (field_number(reader, f"{arch}.attention.head_count"),
+                              field_number(reader, f"{arch}.attention.head_count_kv")) if h)
     name_map = gguf.get_tensor_name_map(arches[arch], blocks)
     parameters = {}
     for name, parameter in model.named_parameters():
@@ -109,11 +109,13 @@ def measure_weight_rounding(model, gguf_path: str | Path) -> tuple[TensorRoundin
     return tuple(results)
 
 
-def _text(reader, key: str) -> str | None:
+def field_text(reader, key: str) -> str | None:
+    """A GGUF string field's value, or None."""
     field = reader.fields.get(key)
     return bytes(field.parts[field.data[0]]).decode() if field is not None else None
 
 
-def _number(reader, key: str) -> int | None:
+def field_number(reader, key: str) -> int | None:
+    """A GGUF integer field's value, or None."""
     field = reader.fields.get(key)
     return int(field.parts[field.data[0]][0]) if field is not None else None
