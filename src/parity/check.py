@@ -28,7 +28,7 @@ from parity.core.compare import CompareConfig, compare, require_compared
 from parity.core.errors import OptionError
 from parity.core.results import NOT_ASKED, Comparison, NotChecked, Tolerance
 from parity.core.sequence import SequenceComparison
-from parity.core.trace import Trace, load_trace, save_trace
+from parity.core.trace import Trace, save_trace
 
 @dataclass(frozen=True)
 class CheckOptions:

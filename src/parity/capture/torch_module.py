@@ -327,8 +327,6 @@ def trace_module(
     records `logits`, the forward's return value (a tensor, a tuple's first
     tensor, or `.logits`) is used.
     """
-    import torch
-
     input_ids = _input_ids(tokens, model)
     # Record the forward's own tensors without copying them; if the forward changed one in
     # place after it was recorded, run it again copying each as it arrives.

@@ -16,21 +16,26 @@ NORM_KINDS = ("attn_norm", "mlp_norm", "final_norm", "q_norm", "k_norm")
 EPS_SPREAD = 0.25  # per-row epsilon estimates must agree this closely to name one epsilon
 
 
-@register("norm_epsilon")
-def norm_epsilon(context: Context):
-    """A norm with another epsilon (or epsilon outside the square root), recovered from the per-row scale."""
-    config = context.config
-    if config.norm_eps is None:
+def norm_rows(context: Context):
+    """For each norm checkpoint in focus whose input the reference holds: (name, centred input rows,
+    reference output rows, candidate output rows), (N, width) each. Nothing when the epsilon is unknown."""
+    if context.config.norm_eps is None:
         return
     for name, checkpoint, reference, candidate in context.focused(*NORM_KINDS):
         source = inputs_of(name, context.reference.tensors)
         if not source:
             continue
-        x = context.reference[source[0]].astype(np.float64)
-        rows = _norm_rows(x, reference, candidate, context.config, checkpoint.kind)
-        if rows is None:
-            continue
-        centred, y_reference, y_candidate = rows                          # (N, width) each
+        rows = _norm_rows(context.reference[source[0]].astype(np.float64), reference, candidate, context.config,
+                          checkpoint.kind)
+        if rows is not None:
+            yield (name, *rows)
+
+
+@register("norm_epsilon")
+def norm_epsilon(context: Context):
+    """A norm with another epsilon (or epsilon outside the square root), recovered from the per-row scale."""
+    config = context.config
+    for name, centred, y_reference, y_candidate in norm_rows(context):
         found = _fit_epsilon(centred, y_reference, y_candidate, config.norm_eps, config.norm == "layer")
         if found is not None:
             epsilon, inside = found

@@ -9,7 +9,7 @@ from parity.core.names import in_flow_order, inputs_of, parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register
 from parity.diagnose.context import Context, matches
-from parity.diagnose.layers import NORM_KINDS, _fit_affine, _norm_rows
+from parity.diagnose.layers import _fit_affine, norm_rows
 
 UNRELATED_COSINE = 0.3  # logits this little aligned with the reference's come from another weight
 
@@ -44,17 +44,7 @@ def _earlier(context: Context, name: str, checkpoint) -> list[str]:
 def norm_affine(context: Context):
     """A norm that normalizes right but skips its weight (gamma), its bias (beta), or both."""
     config = context.config
-    if config.norm_eps is None:
-        return
-    for name, checkpoint, reference, candidate in context.focused(*NORM_KINDS):
-        source = inputs_of(name, context.reference.tensors)
-        if not source:
-            continue
-        rows = _norm_rows(context.reference[source[0]].astype(np.float64), reference, candidate, config,
-                          checkpoint.kind)
-        if rows is None:
-            continue
-        centred, y_reference, y_candidate = rows
+    for name, centred, y_reference, y_candidate in norm_rows(context):
         normalized = centred / np.sqrt(np.mean(centred * centred, axis=-1, keepdims=True) + config.norm_eps)
         gamma, beta = _fit_affine(normalized, y_reference, config.norm == "layer")
         if gamma is None:
