@@ -12,7 +12,7 @@ The floor is what comparing by hand costs: read both tensors of each checkpoint
 from the files and take one numpy pass over the pair (`max |c - r|`). Both are
 timed in the same run, alternately, and the ratio of the medians is printed;
 `parity compare` itself runs in a fresh process, as a user runs it, and its peak
-RSS is read from the operating system.
+RSS is read from the operating system (the child's VmHWM).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import struct
 import subprocess
@@ -108,12 +107,16 @@ def _read(file, start: int, shape: tuple[int, ...]) -> np.ndarray:
     return np.fromfile(file, dtype="<f4", count=int(np.prod(shape))).reshape(shape)
 
 
+# The child's own peak (VmHWM, in KiB). Not ru_maxrss: a spawned child's ru_maxrss starts from the
+# resident size of the parent it was forked from, which here holds the traces it just wrote.
+_PEAK_KIB = ("next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM:'))")
+
+
 def compare_run(reference: Path, candidate: Path) -> tuple[float, float, int]:
     """Seconds and peak RSS (MiB) of `parity compare` in a fresh process, and its exit code."""
-    script = ("import resource, sys, time; from parity.cli import main; started = time.perf_counter(); "
+    script = ("import sys, time; from parity.cli import main; started = time.perf_counter(); "
               "code = main(['compare', sys.argv[1], sys.argv[2], '--json', '-']); "
-              "print(time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, code, "
-              "file=sys.stderr)")
+              f"print(time.perf_counter() - started, {_PEAK_KIB}, code, file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", script, str(reference), str(candidate)],
                           capture_output=True, text=True, check=False)
     seconds, peak_kib, code = done.stderr.strip().splitlines()[-1].split()
@@ -122,7 +125,7 @@ def compare_run(reference: Path, candidate: Path) -> tuple[float, float, int]:
 
 def baseline_rss_mib() -> float:
     """Peak RSS of a process that only imports parity's CLI: what any run costs before its data."""
-    script = "import resource, parity.cli; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    script = f"import parity.cli; print({_PEAK_KIB})"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return int(done.stdout.strip()) / 1024
 

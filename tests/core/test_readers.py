@@ -7,6 +7,7 @@ tests/integration/test_hostile_traces.py, in a subprocess under memory limits.
 """
 
 import json
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -95,9 +96,28 @@ def test_loading_reads_headers_only_and_tensors_on_demand(tmp_path):
     assert trace.shape_of("embed") == (6, 2**16)  # from the header, batch axis dropped
     assert "read" in repr(trace.tensors) and "0 read" in repr(trace.tensors)
     embed = trace["embed"]
-    assert isinstance(embed.base, np.memmap) or isinstance(getattr(embed.base, "base", None), np.memmap)
+    assert isinstance(_mapped_object(embed), mmap.mmap)
     np.testing.assert_array_equal(embed, big[0])
     assert not embed.flags.writeable  # a read-only map of the file, not a copy
+
+
+def _mapped_object(array: np.ndarray):
+    """What an array's memory belongs to, following views down to the buffer's owner."""
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    return array.obj if isinstance(array, memoryview) else array
+
+
+def test_tensors_of_one_file_share_one_map_and_stay_readable_after_their_pages_are_released(tmp_path):
+    tensors = {f"layers.{i}.out": np.full((4, 1024), i, np.float32) for i in range(12)}
+    trace = load_trace(save_trace(make_trace(tensors), tmp_path / "t.safetensors"))
+    first = trace["layers.0.out"]
+    maps = {id(_mapped_object(trace[name])) for name in tensors}
+    assert len(maps) == 1  # one map (and one descriptor) for the whole file
+    # layers.0.out has left the kept few: its pages were handed back, and reading it pages them in again
+    assert "layers.0.out" not in repr(trace.tensors._kept)
+    np.testing.assert_array_equal(first, tensors["layers.0.out"])
+    np.testing.assert_array_equal(trace["layers.0.out"], tensors["layers.0.out"])
 
 
 def test_npz_stored_members_are_mapped_and_deflated_ones_inflated_exactly(tmp_path):
@@ -130,20 +150,13 @@ def test_checkpoints_glob_matching_nothing_is_an_option_error(capsys):
     assert code == 2 and "'nothing.*' matches no checkpoint name" in err and len(err.splitlines()) == 1
 
 
-def underlying_bytes(array: np.ndarray) -> int:
-    """Size of the buffer at the root of an array's chain of views (bytes read, or a map)."""
-    root = array
-    while isinstance(root, np.ndarray) and root.base is not None:
-        root = root.base
-    return root.nbytes if isinstance(root, np.ndarray) else len(memoryview(root).cast("B"))
-
-
 def test_the_first_rows_of_a_tensor_are_read_alone(tmp_path):
     values = np.arange(1 * 50 * 2**14, dtype=np.float32).reshape(1, 50, 2**14)  # a batch axis, dropped on read
     trace = load_trace(save_trace(make_trace({"embed": values}), tmp_path / "t.safetensors"))
     head = trace.head("embed", 3)
     np.testing.assert_array_equal(head, values[0, :3])
-    assert underlying_bytes(head) == 3 * 2**14 * 4  # only 3 rows read, not 50
+    root = _mapped_object(head)
+    assert len(memoryview(root).cast("B")) == 3 * 2**14 * 4  # only 3 rows read, not 50 (nor the file mapped)
     np.save(tmp_path / "embed.npy", values[0])
     (tmp_path / "manifest.json").write_text(json.dumps({"format": FORMAT, "tensors": ["embed"]}))
     np.testing.assert_array_equal(load_trace(tmp_path).head("embed", 60), values[0])  # clipped to the rows there are

@@ -59,11 +59,11 @@ def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = Compa
     candidate_names = select(candidate.tensors, config.checkpoints)
     declared = _declared_not_comparable(candidate, set(reference_names) - set(candidate_names))
     common = set(reference_names) & set(candidate_names)
-    positions: dict[str, tuple[float, ...]] = {}  # rel_l2 per token position, from the same pass as the metrics
-    results = tuple(
-        declared[name] if name in declared else _compare_checkpoint(name, reference, candidate, config, positions)
-        for name in in_flow_order(common | set(declared))
-    )
+    compared = [name for name in in_flow_order(common | set(declared)) if name not in declared]
+    measured = {name: _compare_checkpoint(name, reference, candidate, config) for name in compared}
+    positions = {name: per_position for name, (_, per_position) in measured.items() if per_position is not None}
+    results = tuple(declared[name] if name in declared else measured[name][0]
+                    for name in in_flow_order(common | set(declared)))
     attributions = attribute(results, config.noise)
     first = next((result for result in results if result.failed), None)
     introduced_at = origin(results, attributions) if first is not None else None
@@ -135,19 +135,19 @@ def _divergence(result: CheckpointResult | None, reference: Trace, candidate: Tr
     )
 
 
-def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: CompareConfig,
-                        positions: dict[str, tuple[float, ...]]) -> CheckpointResult:
+def _compare_checkpoint(name: str, reference: Trace, candidate: Trace,
+                        config: CompareConfig) -> tuple[CheckpointResult, tuple[float, ...] | None]:
+    """The checkpoint's result, and its rel_l2 per token position where the two hold the same positions."""
     reference_shape, candidate_shape = reference.shape_of(name), candidate.shape_of(name)
     truncated = name in TRUNCATABLE and last_positions(reference_shape, candidate_shape)
     if math.prod(reference_shape) != math.prod(candidate_shape) and not truncated:
         # no layout can align them: decided from the headers, neither tensor is read
         reason = f"shape mismatch: reference {list(reference_shape)}, candidate {list(candidate_shape)}"
         return CheckpointResult(name, FAIL, shape_reference=reference_shape, shape_candidate=candidate_shape,
-                                reason=reason)
-    reference_tensor, candidate_tensor = reference[name], candidate[name]
+                                reason=reason), None
     checkpoint = parse(name) or Checkpoint(name=name, kind=name)
     if checkpoint.kind in INDEX_KINDS:  # integer ids: agreement, not a norm of a difference
-        return compare_experts(name, reference, candidate)
+        return compare_experts(name, reference, candidate), None
     reference_tensor, candidate_tensor = reference[name], candidate[name]
     dtype = config.dtype or lowest_precision(
         reference.metadata.get("dtype"), candidate.metadata.get("dtype"),
@@ -169,12 +169,12 @@ def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: C
             best = (measurement, alignment.describe())
     if best is None:
         reason = f"shape mismatch: reference {list(reference_tensor.shape)}, candidate {list(candidate_tensor.shape)}"
-        return CheckpointResult(name, FAIL, tolerance=tolerance, reason=reason, **shapes)
+        return CheckpointResult(name, FAIL, tolerance=tolerance, reason=reason, **shapes), None
 
     measurement, layout = best
     metrics, tolerance = measurement.metrics, measurement.tolerance
-    if reference_tensor.shape == candidate_tensor.shape and not kept:
-        positions[name] = tuple(float(value) for value in measurement.per_position)
+    same_positions = reference_tensor.shape == candidate_tensor.shape and not kept
+    per_position = tuple(measurement.per_position.tolist()) if same_positions else None
     status = PASS if tolerance.admits(metrics) else FAIL
     reshaped = reference_tensor.shape != candidate_tensor.shape
     reason = None
@@ -186,7 +186,7 @@ def _compare_checkpoint(name: str, reference: Trace, candidate: Trace, config: C
             reason += f" in the best alignment of shape {list(candidate_tensor.shape)} ({layout})"
     return CheckpointResult(
         name, status, metrics=metrics, tolerance=tolerance, layout=layout if reshaped else None, reason=reason, **shapes
-    )
+    ), per_position
 
 
 def _calibrated_reason(metrics: Metrics, tolerance) -> str:

@@ -6,11 +6,20 @@ where the bytes lie in the file as stored, decoded into one buffer of the valida
 size otherwise (deflated .npz members, bfloat16 widened to float32). The last few
 tensors looked up are kept, so code that reads a tensor twice pays once and two
 traces larger than memory compare holding about one checkpoint pair at a time.
+
+A file that holds many tensors (a .safetensors or an .npz) is mapped once, whole,
+and its tensors are views of that one map: no copy, one descriptor per file. When a
+tensor leaves the kept few, its pages are handed back to the kernel (madvise
+DONTNEED): its bytes stay readable (they are read again from the page cache if
+touched), but they no longer count against this process, so memory stays bounded
+by what is in use whatever the trace's size.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -21,6 +30,7 @@ from parity.core.errors import TraceError
 
 _KEPT = 2  # tensors kept per trace after a lookup: the one being compared and one more
 _READ_BELOW_BYTES = 1 << 20  # smaller tensors are read, larger ones memory-mapped
+RELEASE_BYTES = 32 << 20     # a shared map hands pages back once this much is no longer kept
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,7 @@ class TensorSource:
     dtype: str                      # as produced: float32, bfloat16, ...
     load: Callable[[], np.ndarray]  # returns the array in `shape`
     load_head: Callable[[int], np.ndarray] | None = None  # the first n rows alone, where the layout allows
+    release: Callable[[], None] | None = None  # hands a mapped tensor's pages back once it is no longer kept
 
     def __repr__(self) -> str:
         return f"<TensorSource {self.dtype}{list(self.shape)}>"
@@ -42,21 +53,27 @@ class LazyTensors(Mapping):
     def __init__(self, sources: Mapping[str, TensorSource]) -> None:
         self._sources = dict(sources)
         self._kept: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # callers may look tensors up from several threads
 
     def __repr__(self) -> str:
         return f"<LazyTensors {len(self._sources)} tensors, {len(self._kept)} read>"
 
     def __getitem__(self, name: str) -> np.ndarray:
-        if name in self._kept:
-            self._kept.move_to_end(name)
-            return self._kept[name]
+        with self._lock:
+            if name in self._kept:
+                self._kept.move_to_end(name)
+                return self._kept[name]
         source = self._sources[name]
         array = source.load()
         if tuple(array.shape) != source.shape:  # a reader bug, never the file's fault
             raise TraceError(f"tensor '{name}' read as shape {list(array.shape)}, declared {list(source.shape)}")
-        self._kept[name] = array
-        while len(self._kept) > _KEPT:
-            self._kept.popitem(last=False)
+        with self._lock:
+            self._kept[name] = array
+            dropped = [self._kept.popitem(last=False)[0] for _ in range(len(self._kept) - _KEPT)]
+        for old in dropped:
+            release = self._sources[old].release
+            if release is not None:
+                release()
         return array
 
     def __iter__(self) -> Iterator[str]:
@@ -98,6 +115,70 @@ def head_of(load_rows: Callable[[int, tuple[int, ...]], np.ndarray], stored_shap
         return load_rows(count, (count, *rest))
 
     return load_head
+
+
+class SharedMapping:
+    """One read-only map of a whole checked file, made on first use and shared by the tensors in it."""
+
+    def __init__(self, file_ref) -> None:
+        self._file_ref = file_ref
+        self._map: mmap.mmap | None = None
+        self._lock = threading.Lock()
+        self._pending: list[tuple[int, int]] = []   # released ranges not yet handed back: [start, end)
+        self._pending_bytes = 0
+
+    def __repr__(self) -> str:
+        return f"<SharedMapping {self._file_ref.shown} {'mapped' if self._map is not None else 'not mapped'}>"
+
+    def array(self, offset: int, dtype: np.dtype, shape: tuple[int, ...], *, fortran: bool = False) -> np.ndarray:
+        """The array stored at `offset` (checked by the caller to lie in the file), read-only, without a copy."""
+        count = math.prod(shape)
+        if count == 0:
+            return np.zeros(shape, dtype)
+        array = np.frombuffer(self._mapping(), dtype, count, offset)
+        return array.reshape(shape, order="F" if fortran else "C")
+
+    def release(self, offset: int, nbytes: int) -> None:
+        """Let the kernel drop the pages of [offset, offset + nbytes) from this process; reading them again
+        pages them back in from the file. Ranges are gathered and handed back RELEASE_BYTES at a time,
+        neighbours merged, so that small tensors do not cost a system call each."""
+        if self._map is None or nbytes <= 0 or not hasattr(self._map, "madvise"):
+            return
+        with self._lock:
+            self._pending.append((offset, offset + nbytes))
+            self._pending_bytes += nbytes
+            if self._pending_bytes < RELEASE_BYTES:
+                return
+            ranges, self._pending, self._pending_bytes = _merged(self._pending), [], 0
+        for start, end in ranges:
+            start -= start % mmap.PAGESIZE
+            try:
+                self._map.madvise(mmap.MADV_DONTNEED, start, min(end, len(self._map)) - start)
+            except (OSError, ValueError):
+                pass  # only memory accounting is lost
+
+    def _mapping(self) -> mmap.mmap:
+        with self._lock:
+            if self._map is None:
+                file_ref = self._file_ref
+                try:
+                    with file_ref.open() as file:
+                        self._map = mmap.mmap(file.fileno(), file_ref.size, prot=mmap.PROT_READ)
+                except (OSError, ValueError, OverflowError) as error:
+                    raise TraceError(f"{file_ref.shown}: cannot map its {file_ref.size:,} bytes ({error}); free "
+                                     "address space, or compare fewer checkpoints (--checkpoints)") from None
+            return self._map
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """[start, end) ranges, sorted, with those that touch or overlap joined."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def mapped(file_ref, offset: int, dtype: np.dtype, shape: tuple[int, ...], *, fortran: bool = False) -> np.ndarray:

@@ -15,6 +15,7 @@ elementwise bookkeeping for them runs only on the chunks that need it.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,8 +24,8 @@ import numpy as np
 
 from parity.core.results import Metrics, Tolerance
 
-# 16K elements: the float64 buffers of one chunk (128 KiB each) stay in L2 and come from one allocation.
-CHUNK_ELEMENTS = 1 << 17
+# 256K elements: the buffers of one chunk (1 MiB each in float32) stay in cache and are allocated once per thread.
+CHUNK_ELEMENTS = 1 << 18
 
 ToleranceRule = Tolerance | Callable[[float], Tolerance]  # fixed, or made from the reference's RMS
 
@@ -65,15 +66,17 @@ def measure_pair(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolera
     known = tolerance if isinstance(tolerance, Tolerance) else None
     sums = _Sums(reference.shape, token_axis)
     workspace, precise = _workspace(_compute_dtype(reference, candidate)), _workspace(np.float64)
-    for chunk in _chunks(reference.shape):
-        if not sums.add(*workspace.load(chunk, reference, candidate), known):
-            sums.add(*precise.load(chunk, reference, candidate), known)
-    if known is None:
-        known = tolerance(sums.reference_rms())
-        if sums.max_abs > known.atol:
-            sums.mismatched = sum(_mismatched_in(*precise.load(chunk, reference, candidate), known)
-                                  for chunk in _chunks(reference.shape))
-    return Measurement(sums.metrics(), known, sums.per_position())
+    with np.errstate(all="ignore"):  # non-finite values are counted, not warned about
+        for chunk in _chunks(reference.shape):
+            if not sums.add(*workspace.load(chunk, reference, candidate), known):
+                sums.add(*precise.load(chunk, reference, candidate), known)
+        if known is None:
+            known = tolerance(sums.reference_rms())
+            if sums.max_abs > known.atol:
+                sums.mismatched = sum(_mismatched_in(*precise.load(chunk, reference, candidate), known)
+                                      for chunk in _chunks(reference.shape))
+        per_position = sums.per_position()
+        return Measurement(sums.metrics(per_position), known, per_position)
 
 
 def per_position_rel_l2(reference: np.ndarray, candidate: np.ndarray, token_axis: int = 0) -> np.ndarray:
@@ -106,7 +109,8 @@ _ANY = Tolerance(atol=float("inf"), rtol=0.0, basis="none: only the norms are re
 def _compute_dtype(reference: np.ndarray, candidate: np.ndarray) -> type:
     """float32 where both sides are float32 or narrower (the chunk's sums still accumulate in
     float64, and a chunk float32 would not hold exactly is redone in float64); float64 otherwise."""
-    narrow = all(array.dtype.kind == "f" and array.dtype.itemsize <= 4 for array in (reference, candidate))
+    narrow = (reference.dtype.kind == "f" and reference.dtype.itemsize <= 4
+              and candidate.dtype.kind == "f" and candidate.dtype.itemsize <= 4)
     return np.float32 if narrow else np.float64
 
 
@@ -141,7 +145,7 @@ def _chunks(shape: tuple[int, ...], prefix: tuple[int, ...] = ()) -> Iterator[_C
         yield _Chunk((), 0, 1, (1,))
         return
     rest = shape[len(prefix):]
-    row = int(np.prod(rest[1:], dtype=np.int64))
+    row = math.prod(rest[1:])
     if row <= CHUNK_ELEMENTS or len(rest) == 1:
         step = max(1, CHUNK_ELEMENTS // max(row, 1))
         for start in range(0, rest[0], step):
@@ -156,11 +160,13 @@ _WORKSPACES = threading.local()
 
 
 def _workspace(dtype: type) -> "_Workspace":
-    """This thread's buffers of `dtype`, made on first use and kept: a pass allocates nothing per chunk."""
-    cached = getattr(_WORKSPACES, np.dtype(dtype).name, None)
+    """This thread's buffers of `dtype` (float32 or float64), made on first use and kept: a pass
+    allocates nothing per chunk, and threads measuring at once (the pytest plugin's, a user's) never share one."""
+    name = "float32" if dtype is np.float32 else "float64"
+    cached = getattr(_WORKSPACES, name, None)
     if cached is None:
         cached = _Workspace(dtype)
-        setattr(_WORKSPACES, np.dtype(dtype).name, cached)
+        setattr(_WORKSPACES, name, cached)
     return cached
 
 
@@ -174,7 +180,7 @@ class _Workspace:
     def load(self, chunk: _Chunk, reference: np.ndarray, candidate: np.ndarray):
         """(chunk, reference, candidate, error, scratch, mask) in the compute dtype, shaped as the chunk;
         a side already in that dtype is used where it lies, without a copy."""
-        size = int(np.prod(chunk.shape))
+        size = math.prod(chunk.shape)
         views = [buffer[:size].reshape(chunk.shape) for buffer in self.buffers]
         sides = [self._side(chunk.of(array).reshape(chunk.shape), view)
                  for array, view in ((reference, views[0]), (candidate, views[1]))]
@@ -208,12 +214,11 @@ class _Sums:
     def add(self, chunk: _Chunk, reference, candidate, error, scratch, mask, tolerance: Tolerance | None) -> bool:
         """Add one chunk; False (nothing added) when float32 cannot hold its sums exactly enough:
         a non-finite or overflowing square, or values so small that their squares underflow."""
-        with np.errstate(invalid="ignore", over="ignore", under="ignore"):
-            np.subtract(candidate, reference, out=error)
-            position_error = self._position_squares(chunk, error)
-            position_reference = self._position_squares(chunk, reference)
-            error_total, reference_total = float(position_error.sum()), float(position_reference.sum())
-        finite = np.isfinite(error_total + reference_total)
+        np.subtract(candidate, reference, out=error)
+        position_error = self._position_squares(chunk, error, scratch)
+        position_reference = self._position_squares(chunk, reference, scratch)
+        error_total, reference_total = float(position_error.sum()), float(position_reference.sum())
+        finite = math.isfinite(error_total + reference_total)
         if error.dtype != np.float64 and (not finite or reference_total < _SMALLEST_SQUARES * reference.size):
             return False
         if not finite:  # a NaN or an infinity in the chunk
@@ -249,8 +254,8 @@ class _Sums:
         self.reference_finite += int(finite_reference.sum())
         reference_both, candidate_both = np.where(finite, reference, 0.0), np.where(finite, candidate, 0.0)
         np.subtract(candidate_both, reference_both, out=error)
-        position_error = self._position_squares(chunk, error)
-        position_reference = self._position_squares(chunk, reference_both)
+        position_error = self._position_squares(chunk, error, scratch)
+        position_reference = self._position_squares(chunk, reference_both, scratch)
         self.error_squares += float(position_error.sum())
         self.reference_squares_both += float(position_reference.sum())
         self.candidate_squares_both += _dot(candidate_both, candidate_both)
@@ -267,32 +272,31 @@ class _Sums:
         if largest > self.max_abs:
             self.max_abs = largest
             self.worst = chunk.index(tuple(int(i) for i in np.unravel_index(index, chunk.shape)))
-        self.abs_sum += float(abs_error.sum())
+        self.abs_sum += _total(abs_error)
         np.abs(reference, out=scratch)                      # scratch = |r|
-        np.greater(scratch, 0.0, out=mask)                  # where a relative error is defined
-        if self.nan_candidate + self.inf_candidate + self.nan_reference + self.inf_reference:
-            mask &= np.isfinite(abs_error)
         if tolerance is not None and self.max_abs > tolerance.atol:  # else no element can be outside
             self.mismatched += _mismatched(abs_error, scratch, tolerance)
-        if mask.all():
-            np.divide(abs_error, scratch, out=scratch)
-        else:
+        np.divide(abs_error, scratch, out=scratch)          # 0/0 is NaN, which fmax skips; x/0 is inf
+        largest_rel = float(np.fmax.reduce(scratch, axis=None, initial=0.0))
+        if not math.isfinite(largest_rel):  # r == 0 somewhere, or |c - r| is inf: only where both are defined
+            np.abs(reference, out=scratch)
+            np.greater(scratch, 0.0, out=mask)
+            mask &= np.isfinite(abs_error)
             np.divide(abs_error, scratch, out=scratch, where=mask)
             scratch[~mask] = 0.0
-        self.max_rel = max(self.max_rel, float(scratch.max(initial=0.0)))
+            largest_rel = float(scratch.max(initial=0.0))
+        self.max_rel = max(self.max_rel, largest_rel)
 
-    def _position_squares(self, chunk: _Chunk, values: np.ndarray) -> np.ndarray:
+    def _position_squares(self, chunk: _Chunk, values: np.ndarray, scratch: np.ndarray) -> np.ndarray:
         """Sums of squares of the chunk: per row when the chunk runs along the token axis,
-        per position when the token axis is inside it, else one total."""
+        per position when the token axis is inside it, else one total. (`scratch` is overwritten.)"""
         axis = len(chunk.prefix)
-        if self.token_axis is None or self.token_axis < axis:
-            flat = values.reshape(1, -1)
-            return np.einsum("ij,ij->i", flat, flat)
-        if self.token_axis == axis:
-            rows = values.reshape(values.shape[0], -1)
-            return np.einsum("ij,ij->i", rows, rows)
-        letters = "abcdefghijklmnopqrstuvwxyz"[:values.ndim]
-        return np.einsum(f"{letters},{letters}->{letters[self.token_axis - axis]}", values, values)
+        if self.token_axis is not None and self.token_axis > axis:
+            letters = "abcdefghijklmnopqrstuvwxyz"[:values.ndim]
+            return np.einsum(f"{letters},{letters}->{letters[self.token_axis - axis]}", values, values)
+        rows = values.shape[0] if self.token_axis == axis else 1
+        squares = np.square(values, out=scratch).reshape(rows, -1)   # (rows, row length)
+        return squares @ _ones(squares.shape[1], squares.dtype)       # BLAS: one vectorized pass
 
     def _add_positions(self, chunk: _Chunk, position_error: np.ndarray, position_reference: np.ndarray) -> None:
         axis = len(chunk.prefix)
@@ -315,7 +319,7 @@ class _Sums:
     def per_position(self) -> np.ndarray:
         return _ratio(np.sqrt(self.position_error), np.sqrt(self.position_reference))
 
-    def metrics(self) -> Metrics:
+    def metrics(self, per_position: np.ndarray) -> Metrics:
         worst_index = self.worst if self.numel else None
         if worst_index is not None and not self.shape:
             worst_index = ()
@@ -323,7 +327,7 @@ class _Sums:
             numel=self.numel,
             max_abs=max(self.max_abs, 0.0),
             mean_abs=self.abs_sum / self.numel if self.numel else 0.0,
-            rel_l2=float(_ratio(np.sqrt(self.error_squares), np.sqrt(self.reference_squares_both))),
+            rel_l2=_scalar_ratio(math.sqrt(self.error_squares), math.sqrt(self.reference_squares_both)),
             cosine=self._cosine(),
             max_rel=self.max_rel,
             mismatched=self.mismatched,
@@ -333,7 +337,7 @@ class _Sums:
             inf_candidate=self.inf_candidate,
             worst_index=worst_index,
             worst_position=worst_index[self.token_axis] if worst_index and self.token_axis is not None else None,
-            position_rel_l2=float(self.per_position().max(initial=0.0)),
+            position_rel_l2=float(per_position.max(initial=0.0)),
             reference_rms=self.reference_rms(),
         )
 
@@ -349,9 +353,22 @@ class _Sums:
         return min(1.0, max(-1.0, self.dot / (reference_norm * candidate_norm)))  # rounding can step past +-1
 
 
+_ONES = {np.dtype(np.float32): np.ones(CHUNK_ELEMENTS, np.float32), np.dtype(np.float64): np.ones(CHUNK_ELEMENTS)}
+
+
+def _ones(length: int, dtype: np.dtype) -> np.ndarray:
+    return _ONES[dtype][:length]
+
+
+def _total(values: np.ndarray) -> float:
+    """Sum of a chunk, as row sums by BLAS (3x numpy's pairwise sum) added in float64."""
+    rows = values.reshape(values.shape[0] if values.ndim > 1 else 1, -1)
+    return float((rows @ _ones(rows.shape[1], rows.dtype)).sum(dtype=np.float64))
+
+
 def _dot(left: np.ndarray, right: np.ndarray) -> float:
-    """Sum of products, without BLAS (whose threads cost more than the sum on a chunk)."""
-    return float(np.einsum("i,i->", left.reshape(-1), right.reshape(-1)))
+    """Sum of products (BLAS's dot: one pass, no temporary)."""
+    return float(np.dot(left.reshape(-1), right.reshape(-1)))
 
 
 def _mismatched(abs_error: np.ndarray, abs_reference: np.ndarray, tolerance: Tolerance) -> int:
@@ -376,9 +393,18 @@ def _mismatched_in(chunk, reference, candidate, error, scratch, mask, tolerance:
     return _mismatched(error, scratch, tolerance)
 
 
-def _ratio(error_norm, reference_norm):
-    """error / reference, with 0/0 -> 0 and x/0 -> inf."""
+def _ratio(error_norm: np.ndarray, reference_norm: np.ndarray) -> np.ndarray:
+    """error / reference elementwise (float64), with 0/0 -> 0 and x/0 -> inf."""
     error_norm, reference_norm = np.asarray(error_norm, np.float64), np.asarray(reference_norm, np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(reference_norm > 0, error_norm / np.where(reference_norm > 0, reference_norm, 1.0),
-                        np.where(error_norm > 0, np.inf, 0.0))
+    defined = reference_norm > 0
+    ratio = np.divide(error_norm, reference_norm, out=np.zeros(error_norm.shape), where=defined)
+    if not defined.all():
+        ratio[~defined & (error_norm > 0)] = np.inf
+    return ratio
+
+
+def _scalar_ratio(error_norm: float, reference_norm: float) -> float:
+    """error / reference, with 0/0 -> 0 and x/0 -> inf."""
+    if reference_norm > 0:
+        return error_norm / reference_norm
+    return math.inf if error_norm > 0 else 0.0

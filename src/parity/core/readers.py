@@ -22,7 +22,7 @@ import numpy as np
 
 from parity.core import boundedjson, npy, npz
 from parity.core.errors import TraceError
-from parity.core.lazytensors import TensorSource, drop_batch_axis, head_of, mapped
+from parity.core.lazytensors import SharedMapping, TensorSource, drop_batch_axis, head_of, mapped
 from parity.core.tracefiles import FileRef
 from parity.core.tracemeta import MAX_METADATA_BYTES, check_dtypes, check_tensor_name
 
@@ -65,12 +65,14 @@ def read_safetensors(path: Path) -> tuple[dict[str, TensorSource], Any]:
     metadata = header.pop("__metadata__", None) or {}
     _check_count(len(header), path)
     body_offset, body_size = 8 + header_size, file.size - 8 - header_size
-    sources = {check_tensor_name(name, path): _safetensors_source(file, name, entry, body_offset, body_size)
+    mapping = SharedMapping(file)
+    sources = {check_tensor_name(name, path): _safetensors_source(file, mapping, name, entry, body_offset, body_size)
                for name, entry in header.items()}
     return sources, metadata
 
 
-def _safetensors_source(file: FileRef, name: str, entry: Any, body_offset: int, body_size: int) -> TensorSource:
+def _safetensors_source(file: FileRef, mapping: SharedMapping, name: str, entry: Any, body_offset: int,
+                        body_size: int) -> TensorSource:
     where = f"{file.shown}: tensor '{name}'"
     if not isinstance(entry, dict):
         raise TraceError(f"{where}: its header entry is not an object; write dtype, shape and data_offsets")
@@ -92,12 +94,16 @@ def _safetensors_source(file: FileRef, name: str, entry: Any, body_offset: int, 
         return (array.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else array
 
     def load() -> np.ndarray:
-        return _drop_batch_axis(widened(mapped(file, body_offset + begin, np.dtype(storage), shape)))
+        return _drop_batch_axis(widened(mapping.array(body_offset + begin, np.dtype(storage), shape)))
 
     def load_rows(count: int, rows_shape: tuple[int, ...]) -> np.ndarray:
+        # read, not mapped: a few rows of a huge tensor must not map the whole file
         return widened(mapped(file, body_offset + begin, np.dtype(storage), rows_shape))
 
-    return TensorSource(drop_batch_axis(shape), dtype, load, head_of(load_rows, shape))
+    def release() -> None:
+        mapping.release(body_offset + begin, needed)
+
+    return TensorSource(drop_batch_axis(shape), dtype, load, head_of(load_rows, shape), release)
 
 
 def _checked_shape(shape: Any, where: str) -> tuple[int, ...]:
@@ -122,6 +128,7 @@ def read_npz(path: Path) -> tuple[dict[str, TensorSource], Any]:
         raise TraceError(f"{path}: not a readable .npz ({error}); write it with np.savez (see docs/trace-format.md)") from None
     _check_count(len(members), path)
     sources, metadata = {}, {}
+    mapping = SharedMapping(archive)
     for member in members:
         if not member.name.endswith(".npy"):
             raise TraceError(f"{path}: member {member.name!r} is not an .npy array; an .npz trace holds "
@@ -130,11 +137,11 @@ def read_npz(path: Path) -> tuple[dict[str, TensorSource], Any]:
         if name == "__metadata__":
             metadata = _npz_metadata(archive, member)
         else:
-            sources[check_tensor_name(name, path)] = _npz_source(archive, member, name)
+            sources[check_tensor_name(name, path)] = _npz_source(archive, mapping, member, name)
     return sources, metadata
 
 
-def _npz_source(archive: FileRef, member: npz.Member, name: str) -> TensorSource:
+def _npz_source(archive: FileRef, mapping: SharedMapping, member: npz.Member, name: str) -> TensorSource:
     where = f"{archive.shown}: tensor '{name}'"
     header = _npz_header(archive, member, where)
 
@@ -142,8 +149,8 @@ def _npz_source(archive: FileRef, member: npz.Member, name: str) -> TensorSource
         if member.method == 0:
             data_offset = member.data_offset + header.data_offset
             _crc(member, where, archive.read(member.data_offset, header.data_offset),
-                 mapped(archive, data_offset, np.dtype("u1"), (header.nbytes,)))
-            array = mapped(archive, data_offset, header.dtype, header.shape, fortran=header.fortran_order)
+                 mapping.array(data_offset, np.dtype("u1"), (header.nbytes,)))
+            array = mapping.array(data_offset, header.dtype, header.shape, fortran=header.fortran_order)
         else:
             try:
                 buffer = npz.inflate(archive, member)
@@ -153,7 +160,11 @@ def _npz_source(archive: FileRef, member: npz.Member, name: str) -> TensorSource
             array = array.reshape(header.shape, order="F" if header.fortran_order else "C")
         return _drop_batch_axis(array)
 
-    return TensorSource(drop_batch_axis(header.shape), header.dtype_name, load)
+    def release() -> None:
+        if member.method == 0:
+            mapping.release(member.data_offset + header.data_offset, header.nbytes)
+
+    return TensorSource(drop_batch_axis(header.shape), header.dtype_name, load, release=release)
 
 
 def _npz_header(archive: FileRef, member: npz.Member, where: str, *, text: bool = False) -> npy.NpyHeader:

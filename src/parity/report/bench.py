@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from parity.report import json_text
 from parity.bench import BenchReport
 from parity.core.files import write_atomically
 from parity.report.json import _json_safe
@@ -40,7 +41,7 @@ def _ratio(value) -> str:
 
 
 def dumps(report: BenchReport) -> str:
-    return json.dumps(_json_safe(report.to_dict()), indent=2)
+    return json_text.dumps(_json_safe(report.to_dict()))
 
 
 def write(report: BenchReport, path: str | Path, *, overwrite: bool = False) -> None:

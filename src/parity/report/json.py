@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from parity.report import json_text
 from parity.core.files import write_atomically
 from parity.core.names import parse
 from parity.core.results import NOT_COMPARABLE, CheckpointResult, Comparison, Metrics, Tolerance
@@ -244,7 +245,7 @@ def dumps(comparison) -> str:
         as_dict = tokenizer_to_dict(comparison)
     else:
         as_dict = to_dict(comparison)
-    return json.dumps(as_dict, indent=2, allow_nan=False)
+    return json_text.dumps(as_dict)
 
 
 def write(comparison, path: str | Path, *, overwrite: bool = False) -> None:

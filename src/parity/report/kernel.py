@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from parity.report import json_text
 from parity.core.files import write_atomically
 from parity.kernel.results import CaseResult, KernelReport
 from parity.report.json import _json_safe
@@ -74,7 +75,7 @@ def _numbers(result: dict) -> str:
 
 
 def dumps(report: KernelReport) -> str:
-    return json.dumps(_json_safe(report.to_dict()), indent=2)
+    return json_text.dumps(_json_safe(report.to_dict()))
 
 
 def write(report: KernelReport, path: str | Path, *, overwrite: bool = False) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from parity.report import json_text
 from parity.core.files import write_atomically
 from parity.report.json import _json_safe
 from parity.sanity.results import PASSED, SKIPPED, SanityReport
@@ -45,7 +46,7 @@ def table(report: SanityReport, output: str | None = None) -> str:
 
 
 def dumps(report: SanityReport) -> str:
-    return json.dumps(_json_safe(report.to_dict()), indent=2)
+    return json_text.dumps(_json_safe(report.to_dict()))
 
 
 def write(report: SanityReport, path: str | Path, *, overwrite: bool = False) -> None:
