@@ -137,3 +137,38 @@ def test_a_tensor_the_forward_changes_in_place_after_it_is_recorded_keeps_its_re
     expected = []
     trace = trace_module(InPlace(), [1, 2, 3], taps={"norm": "layers.0.attn_norm", "embed": "embed"})
     np.testing.assert_array_equal(trace["layers.0.attn_norm"], expected[-1][0].numpy())
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+def test_a_model_on_a_cuda_device_records_what_it_records_on_the_cpu():
+    model = Tiny()
+    on_cpu = trace_module(model, [1, 2, 3, 4], taps=TAPS)
+    on_gpu = trace_module(Tiny().cuda(), [1, 2, 3, 4], taps=TAPS)
+    assert on_gpu.names == on_cpu.names
+    for name in on_cpu.names:
+        np.testing.assert_allclose(on_gpu[name], on_cpu[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@cuda
+def test_on_a_cuda_device_a_later_in_place_change_does_not_reach_the_queued_copy():
+    class InPlace(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 256)
+            self.norm = torch.nn.LayerNorm(256)
+            self.head = torch.nn.Linear(256, 10)
+
+        def forward(self, ids):
+            hidden = self.norm(self.embed(ids))
+            expected.append(hidden.detach().cpu())
+            for _ in range(50):  # keep the device busy past the queued copy, then change the tensor
+                hidden.mul_(1.0001)
+            hidden.mul_(3.0)
+            return self.head(hidden)
+
+    expected = []
+    trace = trace_module(InPlace().cuda(), list(range(10)) * 40, taps={"norm": "layers.0.attn_norm"})
+    np.testing.assert_array_equal(trace["layers.0.attn_norm"], expected[-1][0].numpy())

@@ -85,6 +85,7 @@ class ModuleTracer:
         self.copy = copy
         self.tensors: dict[str, Any] = {}
         self._versions: dict[str, int] = {}
+        self._copying_from: set[Any] = set()  # CUDA devices with copies to the host still queued
         self.matched: set[Tap] = set()
         self._stack = ExitStack()
 
@@ -121,7 +122,20 @@ class ModuleTracer:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._stack.close()
+        try:
+            self._stack.close()
+        finally:
+            self._wait_for_copies()
+
+    def _wait_for_copies(self) -> None:
+        """Device tensors are copied to the host in the device's stream order, without stopping the
+        forward at each checkpoint; the copies are complete once the device has caught up."""
+        if self._copying_from:
+            import torch
+
+            for device in self._copying_from:
+                torch.cuda.synchronize(device)
+            self._copying_from.clear()
 
     def _wanted(self, name: str) -> bool:
         return bool(name) and bool(select([name], self.checkpoints))
@@ -131,10 +145,22 @@ class ModuleTracer:
             return
         recorded = tensor.detach()
         copied = self.copy or recorded.device.type != "cpu"
-        stored = _canonical_layout(name, recorded.to("cpu", copy=True) if copied else recorded)
+        stored = _canonical_layout(name, self._host_copy(recorded) if copied else recorded)
         if not copied:
             self._versions[name] = stored._version  # a view shares it with the tensor the forward goes on using
         self.tensors[name] = stored
+
+    def _host_copy(self, tensor):
+        """A copy in host memory. From a CUDA device it goes into pinned memory and is queued behind the
+        kernels that made the tensor, so a later in-place change cannot reach it; __exit__ waits for it."""
+        if tensor.device.type != "cuda":
+            return tensor.to("cpu", copy=True)
+        import torch
+
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        host.copy_(tensor, non_blocking=True)
+        self._copying_from.add(tensor.device)
+        return host
 
     def overwritten(self) -> list[str]:
         """Checkpoints recorded without a copy whose tensor the forward then changed in place."""
