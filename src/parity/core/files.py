@@ -76,8 +76,9 @@ def write_atomically(path: str | Path, content: bytes | str | Callable[[BinaryIO
 
 
 @contextmanager
-def atomic_file(path: Path, *, option: str = "output") -> Iterator[BinaryIO]:
-    """A binary file that becomes `path` only when the block ends without an exception."""
+def atomic_file(path: Path, *, option: str = "output", readable: bool = False) -> Iterator[BinaryIO]:
+    """A binary file that becomes `path` only when the block ends without an exception
+    (`readable`: it can also be read back and rewritten in place while open)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:   # an ancestor is a file, not a directory
@@ -90,7 +91,7 @@ def atomic_file(path: Path, *, option: str = "output") -> Iterator[BinaryIO]:
     except OSError as error:
         raise OutputError(f"cannot write {path}: {error.strerror or error}; choose another {option} path") from None
     try:
-        with os.fdopen(descriptor, "wb") as file:
+        with os.fdopen(descriptor, "w+b" if readable else "wb") as file:
             yield file
             file.flush()
             os.fsync(file.fileno())

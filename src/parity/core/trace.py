@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,6 @@ import numpy as np
 
 from parity.core import readers
 from parity.core.errors import OptionError, TraceError
-from parity.core.files import write_atomically
 from parity.core.lazytensors import LazyTensors
 from parity.core.names import RAW_PREFIX, in_flow_order, is_canonical, parse
 from parity.core.printable import printable
@@ -175,31 +173,20 @@ def _check_is_trace(trace: Trace, path: Path) -> None:
 
 
 def save_trace(trace: Trace, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write `trace` as a parity-trace/2 safetensors file. Refuses to replace a file unless told."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise OptionError(f"{path}: traces are written as .safetensors; name the output '*.safetensors'")
-    header: dict[str, Any] = {"__metadata__": _metadata_strings(trace.metadata)}
-    chunks, offset = [], 0
-    for name in trace.names:
-        array, tag = _storage(trace.tensors[name], trace.dtypes.get(name))
-        raw = np.ascontiguousarray(array).tobytes()
-        header[name] = {"dtype": tag, "shape": list(array.shape), "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the body starts 8-byte aligned
+    """Write `trace` as a parity-trace/2 safetensors file. Refuses to replace a file unless told.
+    Each tensor is written from where it lies (no second copy of the trace in memory)."""
+    from parity.core.trace_writer import trace_file
 
-    def write(file) -> None:
-        file.write(struct.pack("<Q", len(encoded)))
-        file.write(encoded)
-        for raw in chunks:
-            file.write(raw)
-
-    return write_atomically(path, write, overwrite=overwrite)
+    metadata = metadata_strings(trace.metadata)
+    with trace_file(path, overwrite=overwrite, expected_tensors=len(trace.names),
+                    metadata_bytes=len(json.dumps(metadata))) as writer:
+        for name in trace.names:
+            writer.add(name, *storage(trace.tensors[name], trace.dtypes.get(name)))
+        writer.finish(metadata)
+    return Path(path)
 
 
-def _storage(array: np.ndarray, dtype: str | None) -> tuple[np.ndarray, str]:
+def storage(array: np.ndarray, dtype: str | None) -> tuple[np.ndarray, str]:
     """The array as stored, and its safetensors tag; bfloat16 is written back as bfloat16."""
     if dtype == "bfloat16" and array.dtype == np.float32:
         return (array.view(np.uint32) >> 16).astype("<u2"), "BF16"
@@ -209,7 +196,7 @@ def _storage(array: np.ndarray, dtype: str | None) -> tuple[np.ndarray, str]:
     return array, _NUMPY_TO_SAFETENSORS[array.dtype]
 
 
-def _metadata_strings(metadata: Mapping[str, Any]) -> dict[str, str]:
+def metadata_strings(metadata: Mapping[str, Any]) -> dict[str, str]:
     strings = {"format": FORMAT}
     for key, value in metadata.items():
         if key == "format" or value is None:
