@@ -51,20 +51,23 @@ def cmd_capture(args) -> int:
     with _progress() as progress:
         if args.model.startswith(LLAMACPP_PREFIX):
             trace = _capture_llamacpp(args.model, args.prompt, tokens, args.checkpoints, progress)
+            progress.step(f"writing {args.output}")
+            save_trace(trace, args.output, overwrite=args.force)
+            names, token_count = trace.names, len(trace.tokens or [])
         else:
-            trace = _capture_reference(args.model, args.prompt, tokens, args.dtype or "float32", args.checkpoints,
-                                       progress, emulate=args.emulate, weights=args.weights,
-                                       placement=_placement(args), raw=not args.no_raw)
-        progress.step(f"writing {args.output}")
-        save_trace(trace, args.output, overwrite=args.force)
-    raw = sum(name.startswith("raw.") for name in trace.tensors)
+            names, token_count = _capture_reference(
+                args.model, args.prompt, tokens, args.dtype or "float32", args.checkpoints, progress,
+                output=args.output, overwrite=args.force, emulate=args.emulate, weights=args.weights,
+                placement=_placement(args), raw=not args.no_raw)
+    raw = sum(name.startswith("raw.") for name in names)
     modules = f" and {raw} raw module outputs" if raw else ""
-    print(f"wrote {len(trace.tensors) - raw} checkpoints{modules} over {len(trace.tokens or [])} tokens to {args.output}")
+    print(f"wrote {len(names) - raw} checkpoints{modules} over {token_count} tokens to {args.output}")
     return EXIT_PASS
 
 
-def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, progress, emulate=None,
-                       weights: bool = False, placement=None, raw: bool = True) -> Trace:
+def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, progress, *, output, overwrite: bool,
+                       emulate=None, weights: bool = False, placement=None, raw: bool = True) -> tuple[list[str], int]:
+    """Capture a transformers model straight into the trace file `output`: the names written, and the token count."""
     from contextlib import nullcontext
 
     from parity.capture.hf import load_model, quiet_transformers
@@ -82,10 +85,12 @@ def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, prog
         from parity.capture.llamacpp_numerics import llamacpp_numerics
 
         rounding = llamacpp_numerics(reference.model, model)
-    progress.step(f"capturing the reference over {len(ids)} tokens" + (" with llama.cpp's rounding" if emulate else ""))
+    progress.step(f"capturing the reference over {len(ids)} tokens into {output}"
+                  + (" with llama.cpp's rounding" if emulate else ""))
     with rounding:
-        trace = reference.capture(ids, checkpoints=checkpoints, prompt=prompt, weights=weights, raw=raw)
-    return trace if not emulate else make_trace(trace.tensors, {**trace.metadata, "emulates": emulate}, source=trace.source)
+        names = reference.capture_to_file(ids, output, overwrite=overwrite, checkpoints=checkpoints, prompt=prompt,
+                                          weights=weights, raw=raw, metadata={"emulates": emulate} if emulate else None)
+    return names, len(ids)
 
 
 def _capture_llamacpp(spec: str, prompt, tokens, checkpoints, progress) -> Trace:

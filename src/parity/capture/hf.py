@@ -102,8 +102,27 @@ class HFModel:
 
     def capture(self, tokens: list[int], *, checkpoints: str | None = None, prompt: str | None = None,
                 weights: bool = False, raw: bool = True) -> Trace:
-        import transformers
+        self._check_tokens(tokens)
+        return trace_module(self.model, tokens, taps=self.mapping.taps, checkpoints=checkpoints,
+                            metadata=self._metadata(prompt), weights=weights, raw=raw)
 
+    def capture_to_file(self, tokens: list[int], path: str | Path, *, overwrite: bool = False,
+                        checkpoints: str | None = None, prompt: str | None = None, weights: bool = False,
+                        raw: bool = True, metadata: dict | None = None) -> list[str]:
+        """`capture`, written to the trace file `path` as the checkpoints arrive (the trace is never held
+        whole in memory); returns the names written."""
+        from parity.capture.streaming import stream_module
+        from parity.core.trace_writer import trace_file
+
+        self._check_tokens(tokens)
+        metadata = {**self._metadata(prompt), **(metadata or {})}
+        modules = sum(1 for _ in self.model.modules())
+        with trace_file(path, overwrite=overwrite, expected_tensors=2 * modules,
+                        metadata_bytes=len(json.dumps(metadata))) as writer:
+            return stream_module(self.model, tokens, writer, taps=self.mapping.taps, checkpoints=checkpoints,
+                                 metadata=metadata, weights=weights, raw=raw)
+
+    def _check_tokens(self, tokens: list[int]) -> None:
         if not tokens:
             raise OptionError("no tokens to run: give a non-empty --prompt or --tokens")
         vocab = self.model.config.vocab_size
@@ -112,7 +131,11 @@ class HFModel:
             raise OptionError(f"token id {outside} is outside the vocabulary of {self.path} (ids 0 to {vocab - 1}); "
                               "give ids within it")
         self.check_length(len(tokens))
-        metadata = {
+
+    def _metadata(self, prompt: str | None) -> dict:
+        import transformers
+
+        return {
             "arch": self.model.config.model_type,
             "producer": f"transformers {transformers.__version__}",
             "dtype": self.dtype,
@@ -120,8 +143,6 @@ class HFModel:
             "config": json.loads(self.model.config.to_json_string(use_diff=False)),
             "architecture": self.mapping.architecture,
         }
-        return trace_module(self.model, tokens, taps=self.mapping.taps, checkpoints=checkpoints,
-                            metadata=metadata, weights=weights, raw=raw)
 
 
 def _from_pretrained_args(path: Path) -> tuple[str, dict]:

@@ -73,7 +73,7 @@ class ModuleTracer:
     """
 
     def __init__(self, model, taps: TapsLike, *, checkpoints: str | None = None, weights: bool = False,
-                 raw: bool = False, token_count: int | None = None, copy: bool = True) -> None:
+                 raw: bool = False, token_count: int | None = None, copy: bool = True, sink=None) -> None:
         self.model = model
         self.taps = resolve_taps(taps)
         self.checkpoints = checkpoints
@@ -83,6 +83,9 @@ class ModuleTracer:
         # copy=False keeps each recorded tensor as the forward made it, with its version counter;
         # `overwritten()` then names any that the forward changed in place after it was recorded.
         self.copy = copy
+        # sink: an object with put(name, tensor) and `name in sink` that takes each checkpoint as it is
+        # recorded (capture/streaming.py writes it to disk); `tensors` then holds the parameters alone
+        self.sink = sink
         self.tensors: dict[str, Any] = {}
         self._versions: dict[str, int] = {}
         self._copying_from: set[Any] = set()  # CUDA devices with copies to the host still queued
@@ -143,12 +146,29 @@ class ModuleTracer:
     def _store(self, name: str, tensor) -> None:
         if tensor is None or not self._wanted(name) or name in self.tensors:  # first call wins if a module runs twice
             return
+        if self.sink is not None:
+            if name not in self.sink:
+                self._send(name, tensor.detach())
+            return
         recorded = tensor.detach()
         copied = self.copy or recorded.device.type != "cpu"
         stored = _canonical_layout(name, self._host_copy(recorded) if copied else recorded)
         if not copied:
             self._versions[name] = stored._version  # a view shares it with the tensor the forward goes on using
         self.tensors[name] = stored
+
+    def _send(self, name: str, recorded) -> None:
+        """Hand a checkpoint to the sink: the forward's own tensor (the sink checks its version counter
+        once written), or a host copy, with the event that says a device's copy has landed."""
+        copied = self.copy or recorded.device.type != "cpu"
+        stored = _canonical_layout(name, self._host_copy(recorded) if copied else recorded)
+        ready = None
+        if recorded.device.type == "cuda":
+            import torch
+
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(recorded.device))
+        self.sink.put(name, stored, owned=copied, ready=ready)
 
     def _host_copy(self, tensor):
         """A copy in host memory. From a CUDA device it goes into pinned memory and is queued behind the
@@ -377,13 +397,13 @@ def trace_module(
     return make_trace(tensors, {**base, **(metadata or {})})
 
 
-def _traced_forward(model, input_ids, taps, forward, *, copy: bool, **options):
+def _traced_forward(model, input_ids, taps, forward, *, copy: bool, sink=None, **options):
     import torch
 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), ModuleTracer(model, taps, copy=copy, **options) as tracer:
+        with torch.no_grad(), ModuleTracer(model, taps, copy=copy, sink=sink, **options) as tracer:
             output = forward(model, input_ids) if forward else model(input_ids)
     except (RuntimeError, TypeError, ValueError, IndexError) as error:
         raise CaptureError(f"the forward pass of {type(model).__name__} failed: {error}") from error
