@@ -12,29 +12,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from parity.capture.gguf_weights import field_number, field_text
+from parity.capture.gguf_header import read_header
 from parity.core.errors import CaptureError
 
 
 def check_gguf_loadable(path: Path) -> None:
     """Raise CaptureError, in one line, when transformers would build `path`'s attention with the wrong head size."""
-    import gguf
-
     from transformers import CONFIG_MAPPING
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
-    reader = gguf.GGUFReader(str(path))
-    arch = field_text(reader, "general.architecture")
-    experts = field_number(reader, f"{arch}.expert_count")
+    header = read_header(path)
+    arch = header.architecture
+    experts = header.number(f"{arch}.expert_count")
     if arch == "llama" and experts:
         raise CaptureError(
             f"{path}: transformers' GGUF loader reads this mixture of {experts} experts (architecture llama, "
             "as Mixtral converts) as a dense Llama; give the original model directory as the reference instead")
     mapping = GGUF_CONFIG_MAPPING.get(arch or "")
-    head_size = field_number(reader, f"{arch}.attention.key_length")
+    head_size = header.number(f"{arch}.attention.key_length")
     if mapping is None or head_size is None or "attention.key_length" in mapping or arch not in CONFIG_MAPPING:
         return
-    width, heads = field_number(reader, f"{arch}.embedding_length"), field_number(reader, f"{arch}.attention.head_count")
+    width, heads = header.number(f"{arch}.embedding_length"), header.number(f"{arch}.attention.head_count")
     if not width or not heads:
         return
     try:  # the head size transformers' config gives these widths when the loader passes no head_dim

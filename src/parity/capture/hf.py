@@ -11,6 +11,7 @@ recorded too, as `raw.<module path>`, unless `raw=False`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -221,13 +222,27 @@ def _weights_file(path: Path) -> Path | str:
 
 
 def load_tokenizer(path: str | Path):
-    transformers = require("transformers", extra="hf", purpose="tokenizing a prompt")
+    """The tokenizer of a model directory or .gguf file; loaded once per process while the files are unchanged
+    (a check asks for it from several places; building it from a GGUF takes seconds)."""
     path = Path(path)
     if not path.exists():
         raise CaptureError(f"{path}: no such model directory or .gguf file")
-    location, extra = (str(path.parent), {"gguf_file": path.name}) if path.suffix == ".gguf" else (str(path), {})
     cached = gguf_cache.cached_directory(path) if path.suffix == ".gguf" else None
-    if cached is not None and (cached / "tokenizer_config.json").is_file():
+    source = cached if cached is not None and (cached / "tokenizer_config.json").is_file() else None
+    return _tokenizer(path, source, _identity(path))
+
+
+def _identity(path: Path) -> tuple:
+    """What changes when the tokenizer's files do: the file's, or each file's in the directory, time and size."""
+    files = [path] if path.is_file() else sorted(entry for entry in path.iterdir() if entry.is_file())
+    return tuple((entry.name, entry.stat().st_mtime_ns, entry.stat().st_size) for entry in files)
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(path: Path, cached: Path | None, _identity: tuple):
+    transformers = require("transformers", extra="hf", purpose="tokenizing a prompt")
+    location, extra = (str(path.parent), {"gguf_file": path.name}) if path.suffix == ".gguf" else (str(path), {})
+    if cached is not None:
         location, extra = str(cached), {}
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(location, local_files_only=True, **extra)

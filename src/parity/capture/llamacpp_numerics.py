@@ -43,9 +43,9 @@ TANH_GELU_CLASSES = {"NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "FastGE
 
 def weight_types(gguf: str | Path) -> dict[str, str]:
     """GGUF tensor name -> ggml type name, e.g. 'blk.0.attn_q.weight' -> 'Q4_1'."""
-    from gguf import GGUFReader
+    from parity.capture.gguf_header import read_header
 
-    return {tensor.name: tensor.tensor_type.name for tensor in GGUFReader(str(gguf)).tensors}
+    return {name: info.ggml_type for name, info in read_header(gguf).tensors.items()}
 
 
 def round_block_32(x):
@@ -92,14 +92,16 @@ def gguf_names(model, gguf: str | Path) -> dict[str, str]:
     """transformers module path -> GGUF weight name, by gguf-py's tensor name map for the file's architecture."""
     import gguf as gguf_py
 
-    reader = gguf_py.GGUFReader(str(gguf))
-    arch = _field_text(reader, "general.architecture")
-    blocks = _field_int(reader, f"{arch}.block_count")
+    from parity.capture.gguf_header import read_header
+
+    header = read_header(gguf)
+    arch = header.architecture
+    blocks = header.number(f"{arch}.block_count")
     arches = {name: key for key, name in gguf_py.MODEL_ARCH_NAMES.items()}
     if arch not in arches or blocks is None:
         return {}
     name_map = gguf_py.get_tensor_name_map(arches[arch], blocks)
-    present = {tensor.name for tensor in reader.tensors}
+    present = set(header.tensors)
     names = {}
     for path, _module in model.named_modules():
         name = name_map.get_name(path)
@@ -108,16 +110,6 @@ def gguf_names(model, gguf: str | Path) -> dict[str, str]:
         elif name == "output" and "token_embd.weight" in present:
             names[path] = "token_embd.weight"                      # tied embeddings
     return names
-
-
-def _field_text(reader, key: str) -> str | None:
-    field = reader.fields.get(key)
-    return bytes(field.parts[field.data[0]]).decode() if field is not None else None
-
-
-def _field_int(reader, key: str) -> int | None:
-    field = reader.fields.get(key)
-    return int(field.parts[field.data[0]][0]) if field is not None else None
 
 
 def _in_features(module) -> int | None:
