@@ -27,7 +27,7 @@ from parity.capture.torch_module import (
 )
 from parity.core.errors import CaptureError
 from parity.core.names import select
-from parity.core.trace import _drop_batch_axis, _to_numpy, metadata_strings, storage
+from parity.core.trace import as_array, metadata_strings, storage
 from parity.core.trace_writer import TraceWriter
 
 MAX_QUEUED_BYTES = 256 << 20
@@ -89,8 +89,7 @@ class TraceStreamer:
     def _write(self, name: str, tensor, version, ready) -> None:
         if ready is not None:
             ready.synchronize()
-        array, dtype = _to_numpy(tensor)
-        self._writer.add(name, *storage(_drop_batch_axis(array), dtype))
+        self._writer.add(name, *storage(*as_array(tensor)))
         if version is not None and tensor._version != version:
             self.overwritten.append(name)
 
@@ -121,12 +120,10 @@ def stream_module(
             break
         writer.restart()  # a tensor changed in place before it was written: run again, copying each
     for name, parameter in tracer.tensors.items():  # the tapped modules' own parameters (--weights)
-        array, dtype = _to_numpy(parameter)
-        writer.add(name, *storage(_drop_batch_axis(array), dtype))
+        writer.add(name, *storage(*as_array(parameter)))
     logits = _first_tensor(output)
     if "logits" not in writer and logits is not None and select(["logits"], checkpoints):
-        array, dtype = _to_numpy(_canonical_layout("logits", logits.detach().cpu()))
-        writer.add("logits", *storage(_drop_batch_axis(array), dtype))
+        writer.add("logits", *storage(*as_array(_canonical_layout("logits", logits.detach().cpu()))))
     if not writer.names:
         raise CaptureError(
             f"no checkpoint was recorded from {type(model).__name__}: none of its module paths matched the taps; "

@@ -96,9 +96,15 @@ def make_trace(tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = 
     arrays: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
     for name, value in tensors.items():
-        arrays[name], dtypes[name] = _to_numpy(value)
-        arrays[name] = _drop_batch_axis(arrays[name])
+        arrays[name], dtypes[name] = as_array(value)
     return Trace(tensors=arrays, metadata=_clean_metadata(metadata or {}), dtypes=dtypes, source=source)
+
+
+def as_array(value: Any) -> tuple[np.ndarray, str]:
+    """A numpy array or torch tensor as a trace holds it: a numpy array (bfloat16 widened to float32,
+    a leading batch axis of 1 dropped) and the dtype it was produced in."""
+    array, dtype = _to_numpy(value)
+    return _drop_batch_axis(array), dtype
 
 
 def _to_numpy(value: Any) -> tuple[np.ndarray, str]:
