@@ -113,13 +113,17 @@ def _declared_not_comparable(candidate: Trace, absent: set[str]) -> dict[str, Ch
     }
 
 
-def _layer_position_matrix(reference: Trace, positions: Mapping[str, tuple[float, ...]]):
+def _layer_position_matrix(reference: Trace, positions: Mapping[str, np.ndarray]):
     """rel_l2 of each block output per token position: (layers, T); empty rows where a layer is absent."""
-    return tuple(positions.get(f"layers.{i}.{MATRIX_KIND}", ()) for i in range(layer_count(reference)))
+    return tuple(_as_tuple(positions.get(f"layers.{i}.{MATRIX_KIND}")) for i in range(layer_count(reference)))
+
+
+def _as_tuple(per_position: np.ndarray | None) -> tuple[float, ...]:
+    return () if per_position is None else tuple(per_position.tolist())
 
 
 def _divergence(result: CheckpointResult | None, reference: Trace, candidate: Trace,
-                positions: Mapping[str, tuple[float, ...]]) -> Divergence | None:
+                positions: Mapping[str, np.ndarray]) -> Divergence | None:
     """Where `result` sits, with its error per token position and per head."""
     if result is None:
         return None
@@ -129,15 +133,16 @@ def _divergence(result: CheckpointResult | None, reference: Trace, candidate: Tr
         layer=checkpoint.layer,
         kind=checkpoint.kind,
         position=result.metrics.worst_position if result.metrics else None,
-        per_position=positions.get(result.name, ()),
+        per_position=_as_tuple(positions.get(result.name)),
         per_head=per_head_rel_l2(result.name, reference, candidate),
         worst_elements=largest_differences(result.name, reference, candidate),
     )
 
 
 def _compare_checkpoint(name: str, reference: Trace, candidate: Trace,
-                        config: CompareConfig) -> tuple[CheckpointResult, tuple[float, ...] | None]:
-    """The checkpoint's result, and its rel_l2 per token position where the two hold the same positions."""
+                        config: CompareConfig) -> tuple[CheckpointResult, np.ndarray | None]:
+    """The checkpoint's result, and its rel_l2 per token position (T,) where the two hold the same positions
+    (kept as an array: a trace of tens of thousands of checkpoints holds all of them until the end)."""
     reference_shape, candidate_shape = reference.shape_of(name), candidate.shape_of(name)
     truncated = name in TRUNCATABLE and last_positions(reference_shape, candidate_shape)
     if math.prod(reference_shape) != math.prod(candidate_shape) and not truncated:
@@ -174,7 +179,7 @@ def _compare_checkpoint(name: str, reference: Trace, candidate: Trace,
     measurement, layout = best
     metrics, tolerance = measurement.metrics, measurement.tolerance
     same_positions = reference_tensor.shape == candidate_tensor.shape and not kept
-    per_position = tuple(measurement.per_position.tolist()) if same_positions else None
+    per_position = measurement.per_position if same_positions else None
     status = PASS if tolerance.admits(metrics) else FAIL
     reshaped = reference_tensor.shape != candidate_tensor.shape
     reason = None

@@ -30,7 +30,7 @@ from parity.core.errors import TraceError
 
 _KEPT = 2  # tensors kept per trace after a lookup: the one being compared and one more
 _READ_BELOW_BYTES = 1 << 20  # smaller tensors are read, larger ones memory-mapped
-RELEASE_BYTES = 32 << 20     # a shared map hands pages back once this much is no longer kept
+RELEASE_BYTES = 8 << 20      # a shared map hands pages back once this much is no longer kept
 
 
 @dataclass(frozen=True)
