@@ -27,3 +27,12 @@ def test_each_record_of_a_top_level_list_is_one_line():
 def test_non_finite_numbers_are_refused_as_json_dumps_refuses_them(bad):
     with pytest.raises(ValueError):
         json_text.dumps({"checkpoints": [{"rel_l2": bad}]})
+
+
+def test_an_iterator_is_written_record_by_record_as_the_same_text_as_a_list():
+    records = [{"name": f"layers.{i}.out", "rel_l2": i / 10} for i in range(4)]
+    value = {"schema": "x", "checkpoints": records, "empty": []}
+    written: list[str] = []
+    json_text.dump({"schema": "x", "checkpoints": iter(records), "empty": iter(())}, written.append)
+    assert "".join(written) == json_text.dumps(value)
+    assert len(written) > len(records)  # handed over a piece at a time, not as one string

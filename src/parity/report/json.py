@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ from parity.report.raw import raw_summary
 SCHEMA = "parity-report/1"
 
 
-def to_dict(comparison: Comparison) -> dict[str, Any]:
+def to_dict(comparison: Comparison, *, lazy: bool = False) -> dict[str, Any]:
+    """The report as plain JSON values; `lazy`: the checkpoints as an iterator, made as they are written."""
+    checkpoints = (_checkpoint(result, comparison.attributions.get(result.name)) for result in comparison.checkpoints)
     return {
         "schema": SCHEMA,
         "verdict": comparison.verdict,
@@ -37,7 +40,7 @@ def to_dict(comparison: Comparison) -> dict[str, Any]:
             "missing": len(comparison.missing),
             "extra": len(comparison.extra),
         },
-        "checkpoints": [_checkpoint(result, comparison.attributions.get(result.name)) for result in comparison.checkpoints],
+        "checkpoints": checkpoints if lazy else list(checkpoints),
         "position_matrix": {"checkpoint": "layers.{i}.out",
                             "rel_l2": [[_number(v) for v in row] for row in comparison.position_matrix]},
         "missing": list(comparison.missing),
@@ -234,23 +237,32 @@ def tokenizer_to_dict(comparison: TokenizerComparison) -> dict[str, Any]:
 
 
 def dumps(comparison) -> str:
+    return json_text.dumps(_as_dict(comparison))
+
+
+def _as_dict(comparison, *, lazy: bool = False) -> dict[str, Any]:
     from parity.core.generation import GenerationComparison
     from parity.report import generation
 
     if isinstance(comparison, GenerationComparison):
-        as_dict = generation.to_dict(comparison)
-    elif isinstance(comparison, SequenceComparison):
-        as_dict = sequence_to_dict(comparison)
-    elif isinstance(comparison, TokenizerComparison):
-        as_dict = tokenizer_to_dict(comparison)
-    else:
-        as_dict = to_dict(comparison)
-    return json_text.dumps(as_dict)
+        return generation.to_dict(comparison)
+    if isinstance(comparison, SequenceComparison):
+        return sequence_to_dict(comparison)
+    if isinstance(comparison, TokenizerComparison):
+        return tokenizer_to_dict(comparison)
+    return to_dict(comparison, lazy=lazy)
 
 
 def write(comparison, path: str | Path, *, overwrite: bool = False) -> None:
-    """Write the report to `path` ("-" for standard output); never replaces a file unless told."""
+    """Write the report to `path` ("-" for standard output); never replaces a file unless told.
+    Checkpoints are encoded and written one at a time."""
     if str(path) == "-":
-        print(dumps(comparison))
+        json_text.dump(_as_dict(comparison, lazy=True), sys.stdout.write)
+        sys.stdout.write("\n")
         return
-    write_atomically(path, dumps(comparison) + "\n", overwrite=overwrite, option="--json")
+
+    def write_to(file) -> None:
+        json_text.dump(_as_dict(comparison, lazy=True), lambda text: file.write(text.encode("utf-8")))
+        file.write(b"\n")
+
+    write_atomically(path, write_to, overwrite=overwrite, option="--json")

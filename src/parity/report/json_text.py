@@ -10,7 +10,8 @@ everything below is written by the C encoder in one call, one line per record
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Callable
 
 LEVELS = 2  # top-level object, and the arrays/objects directly in it
 _COMPACT = json.JSONEncoder(allow_nan=False, separators=(", ", ": "))
@@ -18,17 +19,36 @@ _COMPACT = json.JSONEncoder(allow_nan=False, separators=(", ", ": "))
 
 def dumps(value: Any, *, indent: int = 2) -> str:
     """`value` as JSON (no NaN or infinity: they raise ValueError, as json.dumps(allow_nan=False) does)."""
-    return _encode(value, 0, indent)
+    parts: list[str] = []
+    dump(value, parts.append, indent=indent)
+    return "".join(parts)
 
 
-def _encode(value: Any, level: int, indent: int) -> str:
-    if level >= LEVELS or not isinstance(value, (dict, list, tuple)) or not value:
-        return _COMPACT.encode(value)
+def dump(value: Any, write: Callable[[str], Any], *, indent: int = 2) -> None:
+    """`value` as JSON, handed to `write` a record at a time. An iterator inside the top-level object is
+    written as an array as it yields, so a report of tens of thousands of records is never held whole."""
+    _write(value, 0, indent, write)
+
+
+def _write(value: Any, level: int, indent: int, write: Callable[[str], Any]) -> None:
     inner, outer = " " * (indent * (level + 1)), " " * (indent * level)
-    if isinstance(value, dict):
-        items = [f"{inner}{_COMPACT.encode(str(key))}: {_encode(item, level + 1, indent)}"
-                 for key, item in value.items()]
-        return "{\n" + ",\n".join(items) + "\n" + outer + "}"
-    if not any(isinstance(item, (dict, list, tuple)) for item in value):
-        return _COMPACT.encode(value)   # an array of numbers or strings: one line
-    return "[\n" + ",\n".join(inner + _encode(item, level + 1, indent) for item in value) + "\n" + outer + "]"
+    if isinstance(value, Iterator) and level < LEVELS:
+        write("[")
+        separator = "\n"
+        for item in value:
+            write(separator + inner)
+            _write(item, level + 1, indent, write)
+            separator = ",\n"
+        write("]" if separator == "\n" else "\n" + outer + "]")
+    elif level >= LEVELS or not isinstance(value, (dict, list, tuple)) or not value:
+        write(_COMPACT.encode(value))
+    elif isinstance(value, dict):
+        write("{")
+        for position, (key, item) in enumerate(value.items()):
+            write(("\n" if position == 0 else ",\n") + inner + _COMPACT.encode(str(key)) + ": ")
+            _write(item, level + 1, indent, write)
+        write("\n" + outer + "}")
+    elif not any(isinstance(item, (dict, list, tuple)) for item in value):
+        write(_COMPACT.encode(value))   # an array of numbers or strings: one line
+    else:
+        _write(iter(value), level, indent, write)
