@@ -20,12 +20,12 @@ from typing import Any
 from parity.capture.torch_module import (
     TapsLike,
     _canonical_layout,
-    _dtype_of,
+    base_metadata,
     _first_tensor,
     _input_ids,
     _traced_forward,
+    nothing_recorded,
 )
-from parity.core.errors import CaptureError
 from parity.core.names import select
 from parity.core.trace import as_array, metadata_strings, storage
 from parity.core.trace_writer import TraceWriter
@@ -125,14 +125,6 @@ def stream_module(
     if "logits" not in writer and logits is not None and select(["logits"], checkpoints):
         writer.add("logits", *storage(*as_array(_canonical_layout("logits", logits.detach().cpu()))))
     if not writer.names:
-        raise CaptureError(
-            f"no checkpoint was recorded from {type(model).__name__}: none of its module paths matched the taps; "
-            f"list them with [name for name, _ in model.named_modules()] and map them (see docs/capture.md)"
-        )
-    base = {
-        "producer": f"torch:{type(model).__module__}.{type(model).__name__}",
-        "dtype": _dtype_of(model),
-        "tokens": input_ids.reshape(-1).tolist(),
-    }
-    writer.finish(metadata_strings({**base, **(metadata or {})}))
+        raise nothing_recorded(model)
+    writer.finish(metadata_strings({**base_metadata(model, input_ids), **(metadata or {})}))
     return writer.names

@@ -385,16 +385,24 @@ def trace_module(
     if "logits" not in tensors and logits is not None and select(["logits"], checkpoints):
         tensors["logits"] = _canonical_layout("logits", logits.detach().cpu())
     if not tensors:
-        raise CaptureError(
-            f"no checkpoint was recorded from {type(model).__name__}: none of its module paths matched the taps; "
-            f"list them with [name for name, _ in model.named_modules()] and map them (see docs/capture.md)"
-        )
-    base = {
+        raise nothing_recorded(model)
+    return make_trace(tensors, {**base_metadata(model, input_ids), **(metadata or {})})
+
+
+def nothing_recorded(model) -> CaptureError:
+    return CaptureError(
+        f"no checkpoint was recorded from {type(model).__name__}: none of its module paths matched the taps; "
+        f"list them with [name for name, _ in model.named_modules()] and map them (see docs/capture.md)"
+    )
+
+
+def base_metadata(model, input_ids) -> dict:
+    """What any trace of a torch module says of its producer, precision and tokens."""
+    return {
         "producer": f"torch:{type(model).__module__}.{type(model).__name__}",
         "dtype": _dtype_of(model),
         "tokens": input_ids.reshape(-1).tolist(),
     }
-    return make_trace(tensors, {**base, **(metadata or {})})
 
 
 def _traced_forward(model, input_ids, taps, forward, *, copy: bool, sink=None, **options):
