@@ -59,11 +59,10 @@ def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = Compa
     candidate_names = select(candidate.tensors, config.checkpoints)
     declared = _declared_not_comparable(candidate, set(reference_names) - set(candidate_names))
     common = set(reference_names) & set(candidate_names)
-    compared = [name for name in in_flow_order(common | set(declared)) if name not in declared]
-    measured = {name: _compare_checkpoint(name, reference, candidate, config) for name in compared}
+    order = in_flow_order(common | set(declared))
+    measured = {name: _compare_checkpoint(name, reference, candidate, config) for name in order if name not in declared}
     positions = {name: per_position for name, (_, per_position) in measured.items() if per_position is not None}
-    results = tuple(declared[name] if name in declared else measured[name][0]
-                    for name in in_flow_order(common | set(declared)))
+    results = tuple(declared[name] if name in declared else measured[name][0] for name in order)
     attributions = attribute(results, config.noise)
     first = next((result for result in results if result.failed), None)
     introduced_at = origin(results, attributions) if first is not None else None

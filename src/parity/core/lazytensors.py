@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import mmap
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -53,23 +52,20 @@ class LazyTensors(Mapping):
     def __init__(self, sources: Mapping[str, TensorSource]) -> None:
         self._sources = dict(sources)
         self._kept: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()  # callers may look tensors up from several threads
 
     def __repr__(self) -> str:
         return f"<LazyTensors {len(self._sources)} tensors, {len(self._kept)} read>"
 
     def __getitem__(self, name: str) -> np.ndarray:
-        with self._lock:
-            if name in self._kept:
-                self._kept.move_to_end(name)
-                return self._kept[name]
+        if name in self._kept:
+            self._kept.move_to_end(name)
+            return self._kept[name]
         source = self._sources[name]
         array = source.load()
         if tuple(array.shape) != source.shape:  # a reader bug, never the file's fault
             raise TraceError(f"tensor '{name}' read as shape {list(array.shape)}, declared {list(source.shape)}")
-        with self._lock:
-            self._kept[name] = array
-            dropped = [self._kept.popitem(last=False)[0] for _ in range(len(self._kept) - _KEPT)]
+        self._kept[name] = array
+        dropped = [self._kept.popitem(last=False)[0] for _ in range(len(self._kept) - _KEPT)]
         for old in dropped:
             release = self._sources[old].release
             if release is not None:
@@ -123,7 +119,6 @@ class SharedMapping:
     def __init__(self, file_ref) -> None:
         self._file_ref = file_ref
         self._map: mmap.mmap | None = None
-        self._lock = threading.Lock()
         self._pending: list[tuple[int, int]] = []   # released ranges not yet handed back: [start, end)
         self._pending_bytes = 0
 
@@ -144,12 +139,11 @@ class SharedMapping:
         neighbours merged, so that small tensors do not cost a system call each."""
         if self._map is None or nbytes <= 0 or not hasattr(self._map, "madvise"):
             return
-        with self._lock:
-            self._pending.append((offset, offset + nbytes))
-            self._pending_bytes += nbytes
-            if self._pending_bytes < RELEASE_BYTES:
-                return
-            ranges, self._pending, self._pending_bytes = _merged(self._pending), [], 0
+        self._pending.append((offset, offset + nbytes))
+        self._pending_bytes += nbytes
+        if self._pending_bytes < RELEASE_BYTES:
+            return
+        ranges, self._pending, self._pending_bytes = _merged(self._pending), [], 0
         for start, end in ranges:
             start -= start % mmap.PAGESIZE
             try:
@@ -158,16 +152,15 @@ class SharedMapping:
                 pass  # only memory accounting is lost
 
     def _mapping(self) -> mmap.mmap:
-        with self._lock:
-            if self._map is None:
-                file_ref = self._file_ref
-                try:
-                    with file_ref.open() as file:
-                        self._map = mmap.mmap(file.fileno(), file_ref.size, prot=mmap.PROT_READ)
-                except (OSError, ValueError, OverflowError) as error:
-                    raise TraceError(f"{file_ref.shown}: cannot map its {file_ref.size:,} bytes ({error}); free "
-                                     "address space, or compare fewer checkpoints (--checkpoints)") from None
-            return self._map
+        if self._map is None:
+            file_ref = self._file_ref
+            try:
+                with file_ref.open() as file:
+                    self._map = mmap.mmap(file.fileno(), file_ref.size, prot=mmap.PROT_READ)
+            except (OSError, ValueError, OverflowError) as error:
+                raise TraceError(f"{file_ref.shown}: cannot map its {file_ref.size:,} bytes ({error}); free "
+                                 "address space, or compare fewer checkpoints (--checkpoints)") from None
+        return self._map
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
