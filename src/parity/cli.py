@@ -152,17 +152,21 @@ def _compare_config(args) -> CompareConfig:
     return CompareConfig(tolerance=user_tolerance(args.atol, args.rtol), checkpoints=args.checkpoints)
 
 
-def _report(comparison, args) -> int:
-    from parity.core.sequence import SequenceComparison
-    from parity.core.tokenization import TokenizerComparison
-    from parity.core.generation import GenerationComparison
-    from parity.report import console, generation, json, tokenizer, tokens
+def _renderer(comparison):
+    """The console renderer for this kind of result (each imported only when it is the one used)."""
+    import importlib
 
+    modules = {"SequenceComparison": "tokens", "TokenizerComparison": "tokenizer",
+               "GenerationComparison": "generation"}
+    return importlib.import_module(f"parity.report.{modules.get(type(comparison).__name__, 'console')}")
+
+
+def _report(comparison, args) -> int:
     if args.json != "-":
-        renderer = {SequenceComparison: tokens, TokenizerComparison: tokenizer,
-                    GenerationComparison: generation}.get(type(comparison), console)
-        renderer.print_report(comparison)
+        _renderer(comparison).print_report(comparison)
     if args.json is not None:   # after the console report, which a failed write then does not lose
+        from parity.report import json
+
         json.write(comparison, args.json, overwrite=args.force)
     _write_report_files(comparison, args)
     return EXIT_PASS if comparison else EXIT_DIVERGED
@@ -579,7 +583,7 @@ def _command(subparsers, name: str, handler) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="parity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"parity {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
 
     capture = _command(subparsers, "capture", cmd_capture)
@@ -698,6 +702,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="OUT", help="also write the JSON here ('-' for stdout only)")
     bench.add_argument("--force", action="store_true", help="replace the output file if it exists")
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """--version: the installed version, looked up only when asked (importlib.metadata costs ~20 ms a run)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0,
+                         help=help or "show the program's version number and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"parity {_version()}")
+        parser.exit()
 
 
 def _version() -> str:

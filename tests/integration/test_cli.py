@@ -128,6 +128,15 @@ def test_help_is_each_commands_docstring():
     assert "Exit codes: 0 parity holds, 1 a divergence was found, 2 unusable input." in parity("--help").stdout
 
 
+def test_version_is_the_installed_packages(tmp_path):
+    from importlib.metadata import version
+
+    result = parity("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"parity {version('parity')}"
+    assert "--version" in parity("--help").stdout
+
+
 BF16_FACTORY = (
     "import torch, llama_port\n"
     "def correct(path):\n"

@@ -19,6 +19,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -122,9 +123,9 @@ def _check_numeric(array: np.ndarray) -> None:
 # --- chunks -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Chunk:
-    """`array[prefix][start:stop]`: a run along axis len(prefix), with every axis after it whole."""
+class _Chunk(NamedTuple):
+    """`array[prefix][start:stop]`: a run along axis len(prefix), with every axis after it whole.
+    (A named tuple: one is made per chunk, and a frozen dataclass costs several times more to build.)"""
 
     prefix: tuple[int, ...]
     start: int
@@ -180,11 +181,11 @@ class _Workspace:
     def load(self, chunk: _Chunk, reference: np.ndarray, candidate: np.ndarray):
         """(chunk, reference, candidate, error, scratch, mask) in the compute dtype, shaped as the chunk;
         a side already in that dtype is used where it lies, without a copy."""
-        size = math.prod(chunk.shape)
-        views = [buffer[:size].reshape(chunk.shape) for buffer in self.buffers]
-        sides = [self._side(chunk.of(array).reshape(chunk.shape), view)
-                 for array, view in ((reference, views[0]), (candidate, views[1]))]
-        return (chunk, *sides, *views[2:])
+        size, shape = math.prod(chunk.shape), chunk.shape
+        reference_buffer, candidate_buffer, error, scratch, mask = (buffer[:size].reshape(shape)
+                                                                    for buffer in self.buffers)
+        return (chunk, self._side(chunk.of(reference).reshape(shape), reference_buffer),
+                self._side(chunk.of(candidate).reshape(shape), candidate_buffer), error, scratch, mask)
 
     def _side(self, values: np.ndarray, buffer: np.ndarray) -> np.ndarray:
         if values.dtype == self.dtype:
@@ -217,7 +218,7 @@ class _Sums:
         np.subtract(candidate, reference, out=error)
         position_error = self._position_squares(chunk, error, scratch)
         position_reference = self._position_squares(chunk, reference, scratch)
-        error_total, reference_total = float(position_error.sum()), float(position_reference.sum())
+        error_total, reference_total = float(_add(position_error)), float(_add(position_reference))
         finite = math.isfinite(error_total + reference_total)
         if error.dtype != np.float64 and (not finite or reference_total < _SMALLEST_SQUARES * reference.size):
             return False
@@ -267,7 +268,7 @@ class _Sums:
 
     def _add_errors(self, chunk, reference, abs_error, scratch, mask, tolerance) -> None:
         """max_abs and where, mean_abs, max_rel and the mismatches, from |c - r| (inf where they disagree)."""
-        index = int(np.argmax(abs_error))
+        index = int(abs_error.argmax())
         largest = float(abs_error.reshape(-1)[index])
         if largest > self.max_abs:
             self.max_abs = largest
@@ -289,14 +290,20 @@ class _Sums:
 
     def _position_squares(self, chunk: _Chunk, values: np.ndarray, scratch: np.ndarray) -> np.ndarray:
         """Sums of squares of the chunk: per row when the chunk runs along the token axis,
-        per position when the token axis is inside it, else one total. (`scratch` is overwritten.)"""
+        per position when the token axis is inside it, else one total. (`scratch` is overwritten.)
+        Every sum is a BLAS matrix-vector product with a vector of ones: one vectorized pass."""
         axis = len(chunk.prefix)
-        if self.token_axis is not None and self.token_axis > axis:
-            letters = "abcdefghijklmnopqrstuvwxyz"[:values.ndim]
-            return np.einsum(f"{letters},{letters}->{letters[self.token_axis - axis]}", values, values)
-        rows = values.shape[0] if self.token_axis == axis else 1
-        squares = np.square(values, out=scratch).reshape(rows, -1)   # (rows, row length)
-        return squares @ _ones(squares.shape[1], squares.dtype)       # BLAS: one vectorized pass
+        squares = np.square(values, out=scratch)
+        if self.token_axis is not None and self.token_axis > axis:   # (before, T, after) within the chunk
+            inner = self.token_axis - axis
+            before, positions = math.prod(values.shape[:inner]), values.shape[inner]
+            by_before = squares.reshape(before, -1)                           # (before, T * after)
+            if before > 1:
+                by_before = _ones(before, squares.dtype) @ by_before          # (T * after,)
+            rows = by_before.reshape(positions, -1)                          # (T, after)
+        else:
+            rows = squares.reshape(values.shape[0] if self.token_axis == axis else 1, -1)   # (rows, row length)
+        return rows @ _ones(rows.shape[1], rows.dtype)
 
     def _add_positions(self, chunk: _Chunk, position_error: np.ndarray, position_reference: np.ndarray) -> None:
         axis = len(chunk.prefix)
@@ -356,6 +363,9 @@ class _Sums:
 _ONES = {np.dtype(np.float32): np.ones(CHUNK_ELEMENTS, np.float32), np.dtype(np.float64): np.ones(CHUNK_ELEMENTS)}
 
 
+_add = np.add.reduce   # ndarray.sum without its Python wrapper: called a few times per chunk
+
+
 def _ones(length: int, dtype: np.dtype) -> np.ndarray:
     return _ONES[dtype][:length]
 
@@ -363,7 +373,7 @@ def _ones(length: int, dtype: np.dtype) -> np.ndarray:
 def _total(values: np.ndarray) -> float:
     """Sum of a chunk, as row sums by BLAS (3x numpy's pairwise sum) added in float64."""
     rows = values.reshape(values.shape[0] if values.ndim > 1 else 1, -1)
-    return float((rows @ _ones(rows.shape[1], rows.dtype)).sum(dtype=np.float64))
+    return float(_add(rows @ _ones(rows.shape[1], rows.dtype), dtype=np.float64))
 
 
 def _dot(left: np.ndarray, right: np.ndarray) -> float:

@@ -9,6 +9,7 @@ so that a new family or a new runtime touches one table.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from dataclasses import dataclass
 
@@ -120,8 +121,10 @@ class Checkpoint:
         return 1 if self.kind == "attn_probs" else 0
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse(name: str) -> Checkpoint | None:
-    """Parse a canonical name; None for a name that is not canonical."""
+    """Parse a canonical name; None for a name that is not canonical. (Cached: a comparison
+    parses each name several times, and a Checkpoint is immutable.)"""
     if name in GLOBAL_KINDS:
         return Checkpoint(name=name, kind=name)
     match = _LAYER_NAME.match(name)
