@@ -52,6 +52,7 @@ class CheckOptions:
     server_model: str | None = None
     placement: Placement | None = None  # the reference's devices and offload (accelerate)
     kv_type: str = "f16"                # llama.cpp candidates: the KV cache type
+    on_device: bool = False             # torch candidates on the reference's device: measure there (check_on_device)
 
     def __repr__(self) -> str:
         return f"<CheckOptions {self.model} vs {self.candidate}>"
@@ -91,6 +92,17 @@ def _check(options: CheckOptions, candidate_source: CandidateSource, progress) -
     if options.decode_steps > 0 and (candidate_source.model is not None or candidate_source.is_llamacpp):
         reference_model.check_length(len(tokens) + options.decode_steps,
                                      what=f"the prompt ({len(tokens)} tokens) with --decode-steps {options.decode_steps}")
+    if options.on_device:
+        from parity.check_on_device import forward_on_device
+
+        measured = forward_on_device(options, reference_model, candidate_source, tokens, calibrating=calibrating,
+                                     reference_dtype=reference_dtype, progress=progress)
+        if measured is not None:
+            comparison, reference_metadata = measured
+            return _past_the_forward(comparison, Trace(tensors={}, metadata=reference_metadata), [], options,
+                                     reference_model, candidate_source, calibrating, progress)
+        progress.step("the on-device pass found a divergence: running again with full traces on the host, "
+                      "to diagnose it")
     progress.step(f"capturing the reference over {len(tokens)} tokens")
     reference = reference_model.capture(tokens, checkpoints=options.checkpoints, prompt=options.prompt,
                                         weights=options.weights, raw=options.raw and candidate_source.may_have_raw)
@@ -113,16 +125,29 @@ def _check(options: CheckOptions, candidate_source: CandidateSource, progress) -
     comparison = compare_and_diagnose(reference, candidate, config)
     if options.replay:
         comparison = _with_replay(comparison, reference, candidate_source, options, progress)
+    if options.on_device:
+        comparison = dataclasses.replace(comparison, notes=tuple(comparison.notes) + (
+            "the on-device pass found a divergence; these results come from a second run with full traces on "
+            "the host, which the diagnosis reads",))
+    return _past_the_forward(comparison, reference, candidate.names, options, reference_model, candidate_source,
+                             calibrating, progress)
+
+
+def _past_the_forward(comparison: Comparison, reference: Trace, candidate_names: list[str], options: CheckOptions,
+                      reference_model, candidate_source, calibrating: bool, progress) -> Comparison:
+    """The forward pass's comparison with decoding checked after it, and the checks that did not run.
+    (`reference`: its tokens and metadata are read, not its tensors.)"""
     from parity.check_decoding import with_decoding
 
     comparison = with_decoding(comparison, reference, reference_model, candidate_source, steps=options.decode_steps,
                                taps=options.taps, progress=progress)
     from parity.diagnose import without_noise_on_failure
 
-    return without_noise_on_failure(_with_not_checked(comparison, candidate, candidate_source, options, calibrating))
+    return without_noise_on_failure(_with_not_checked(comparison, candidate_names, candidate_source, options,
+                                                      calibrating))
 
 
-def _with_not_checked(comparison: Comparison, candidate: Trace, source, options: CheckOptions,
+def _with_not_checked(comparison: Comparison, candidate_names: list[str], source, options: CheckOptions,
                       calibrating: bool) -> Comparison:
     """The comparison listing the one-pass checks that did not run, and why."""
     skipped = []
@@ -131,7 +156,7 @@ def _with_not_checked(comparison: Comparison, candidate: Trace, source, options:
                                                  "its metadata): the dtype tables' tolerances were used"))
     if not options.weights:
         skipped.append(NotChecked("weights", f"{NOT_ASKED}: --weights compares each tapped module's parameters"))
-    elif not any(name.endswith(".weight") for name in candidate.names):
+    elif not any(name.endswith(".weight") for name in candidate_names):
         skipped.append(NotChecked("weights", f"the candidate ({source.kind_description}) gave no parameters"))
     if not options.replay:
         skipped.append(NotChecked("replay", f"{NOT_ASKED}: --replay reruns each block and op on the reference's "

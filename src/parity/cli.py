@@ -209,7 +209,7 @@ def cmd_check(args) -> int:
         save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
         max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model, replay=args.replay,
         weights=args.weights, decode_steps=args.decode_steps, placement=_placement(args), raw=not args.no_raw,
-        kv_type=args.kv_type,
+        kv_type=args.kv_type, on_device=args.on_device,
     )
     with _progress() as progress:
         comparison = run_check(options, progress)
@@ -618,6 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also capture each tapped module's parameters, to tell a weight mismatch")
     check.add_argument("--no-raw", action="store_true",
                        help="leave out raw.<module> outputs (captured only where the candidate can hold them too)")
+    check.add_argument("--on-device", action="store_true",
+                       help="a PyTorch candidate on the reference's device: measure each checkpoint there as it is "
+                            "made, keeping no trace on the host (a failure is run again with full traces)")
     check.add_argument("--replay", action="store_true",
                        help="torch candidates: rerun each block and op on the reference's inputs (local vs propagated error)")
     check.add_argument("--gradients", action="store_true",

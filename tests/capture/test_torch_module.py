@@ -172,3 +172,40 @@ def test_on_a_cuda_device_a_later_in_place_change_does_not_reach_the_queued_copy
     expected = []
     trace = trace_module(InPlace().cuda(), list(range(10)) * 40, taps={"norm": "layers.0.attn_norm"})
     np.testing.assert_array_equal(trace["layers.0.attn_norm"], expected[-1][0].numpy())
+
+
+def test_kept_on_the_device_a_checkpoint_is_the_forwards_own_tensor_or_a_copy_there():
+    from parity.check_on_device import reference_on_device
+
+    model = Tiny()
+    kept = reference_on_device(model, [1, 2, 3, 4], taps=TAPS, checkpoints=None, raw=False, metadata={})
+    on_host = trace_module(model, [1, 2, 3, 4], taps=TAPS)
+    assert sorted(kept.tensors) == sorted(on_host.names)
+    for name in on_host.names:
+        assert isinstance(kept[name], torch.Tensor), name
+        np.testing.assert_array_equal(kept[name].numpy(), on_host[name], err_msg=name)
+    seen = {}
+
+    def keep(_module, _args, output):
+        seen["out"] = output
+
+    handle = model.blocks[0].register_forward_hook(keep)   # "blocks.*" taps the first block as final_norm
+    try:
+        kept = reference_on_device(model, [1, 2, 3, 4], taps=TAPS, checkpoints=None, raw=False, metadata={})
+    finally:
+        handle.remove()
+    assert kept["final_norm"].data_ptr() == seen["out"].data_ptr()  # no copy was made
+
+
+@cuda
+def test_kept_on_a_cuda_device_checkpoints_stay_there_and_measure_as_on_the_host():
+    from parity.check_on_device import reference_on_device
+    from parity.core.metrics import measure_pair
+    from parity.core.results import Tolerance
+
+    on_gpu = reference_on_device(Tiny().cuda(), [1, 2, 3, 4], taps=TAPS, checkpoints=None, raw=False, metadata={})
+    on_host = trace_module(Tiny(), [1, 2, 3, 4], taps=TAPS)
+    any_error = Tolerance(atol=float("inf"), rtol=0.0, basis="norms")
+    for name in on_host.names:
+        assert on_gpu[name].device.type == "cuda", name
+        assert measure_pair(on_host[name], on_gpu[name], any_error).metrics.rel_l2 < 1e-4, name

@@ -154,8 +154,16 @@ class CandidateSource:
         from parity.capture.torch_module import trace_module
 
         step(f"capturing the candidate over {len(tokens)} tokens")
-        raw = raw and not taps and not getattr(self.model, "parity_taps", None) and is_transformers(self.model)
+        raw = raw and self.raw_allowed(taps)
         return trace_module(self.model, tokens, taps=self.taps(taps), checkpoints=checkpoints, weights=weights, raw=raw)
+
+    def raw_allowed(self, taps=None) -> bool:
+        """Can the candidate's raw.<module> outputs line up with the reference's: a transformers model traced
+        by its family's taps, or by its own structure (no taps of the user's)."""
+        if self.hf is not None and taps is None:
+            return True
+        return (self.model is not None and not taps and not getattr(self.model, "parity_taps", None)
+                and is_transformers(self.model))
 
     def taps(self, taps=None):
         """Where the checkpoints live in the candidate's module: `taps` if given, else its `parity_taps`

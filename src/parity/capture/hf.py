@@ -105,7 +105,7 @@ class HFModel:
                 weights: bool = False, raw: bool = True) -> Trace:
         self._check_tokens(tokens)
         return trace_module(self.model, tokens, taps=self.mapping.taps, checkpoints=checkpoints,
-                            metadata=self._metadata(prompt), weights=weights, raw=raw)
+                            metadata=self.trace_metadata(prompt), weights=weights, raw=raw)
 
     def capture_to_file(self, tokens: list[int], path: str | Path, *, overwrite: bool = False,
                         checkpoints: str | None = None, prompt: str | None = None, weights: bool = False,
@@ -116,7 +116,7 @@ class HFModel:
         from parity.core.trace_writer import trace_file
 
         self._check_tokens(tokens)
-        metadata = {**self._metadata(prompt), **(metadata or {})}
+        metadata = {**self.trace_metadata(prompt), **(metadata or {})}
         modules = sum(1 for _ in self.model.modules())
         with trace_file(path, overwrite=overwrite, expected_tensors=2 * modules,
                         metadata_bytes=len(json.dumps(metadata))) as writer:
@@ -133,7 +133,7 @@ class HFModel:
                               "give ids within it")
         self.check_length(len(tokens))
 
-    def _metadata(self, prompt: str | None) -> dict:
+    def trace_metadata(self, prompt: str | None) -> dict:
         import transformers
 
         return {

@@ -73,7 +73,8 @@ class ModuleTracer:
     """
 
     def __init__(self, model, taps: TapsLike, *, checkpoints: str | None = None, weights: bool = False,
-                 raw: bool = False, token_count: int | None = None, copy: bool = True, sink=None) -> None:
+                 raw: bool = False, token_count: int | None = None, copy: bool = True, sink=None,
+                 host: bool = True) -> None:
         self.model = model
         self.taps = resolve_taps(taps)
         self.checkpoints = checkpoints
@@ -86,6 +87,9 @@ class ModuleTracer:
         # sink: an object with put(name, tensor) and `name in sink` that takes each checkpoint as it is
         # recorded (capture/streaming.py writes it to disk); `tensors` then holds the parameters alone
         self.sink = sink
+        # host=False keeps each checkpoint on the device that made it (on-device reduction): a copy, where
+        # one is made, is a clone there; the sink then takes the tensor as recorded, while the forward waits
+        self.host = host
         self.tensors: dict[str, Any] = {}
         self._versions: dict[str, int] = {}
         self._copying_from: set[Any] = set()  # CUDA devices with copies to the host still queued
@@ -151,8 +155,8 @@ class ModuleTracer:
                 self._send(name, tensor.detach())
             return
         recorded = tensor.detach()
-        copied = self.copy or recorded.device.type != "cpu"
-        stored = _canonical_layout(name, self._host_copy(recorded) if copied else recorded)
+        copied = self.copy or (self.host and recorded.device.type != "cpu")
+        stored = _canonical_layout(name, self._copy(recorded) if copied else recorded)
         if not copied:
             self._versions[name] = stored._version  # a view shares it with the tensor the forward goes on using
         self.tensors[name] = stored
@@ -160,6 +164,9 @@ class ModuleTracer:
     def _send(self, name: str, recorded) -> None:
         """Hand a checkpoint to the sink: the forward's own tensor (the sink checks its version counter
         once written), or a host copy, with the event that says a device's copy has landed."""
+        if not self.host:   # the sink uses the tensor now, on its device, before the forward goes on
+            self.sink.put(name, _canonical_layout(name, recorded.clone() if self.copy else recorded), owned=self.copy)
+            return
         copied = self.copy or recorded.device.type != "cpu"
         stored = _canonical_layout(name, self._host_copy(recorded) if copied else recorded)
         ready = None
@@ -169,6 +176,9 @@ class ModuleTracer:
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(recorded.device))
         self.sink.put(name, stored, owned=copied, ready=ready)
+
+    def _copy(self, tensor):
+        return self._host_copy(tensor) if self.host else tensor.clone()
 
     def _host_copy(self, tensor):
         """A copy in host memory. From a CUDA device it goes into pinned memory and is queued behind the
@@ -405,13 +415,13 @@ def base_metadata(model, input_ids) -> dict:
     }
 
 
-def _traced_forward(model, input_ids, taps, forward, *, copy: bool, sink=None, **options):
+def _traced_forward(model, input_ids, taps, forward, *, copy: bool, sink=None, host: bool = True, **options):
     import torch
 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), ModuleTracer(model, taps, copy=copy, sink=sink, **options) as tracer:
+        with torch.no_grad(), ModuleTracer(model, taps, copy=copy, sink=sink, host=host, **options) as tracer:
             output = forward(model, input_ids) if forward else model(input_ids)
     except (RuntimeError, TypeError, ValueError, IndexError) as error:
         raise CaptureError(f"the forward pass of {type(model).__name__} failed: {error}") from error

@@ -54,13 +54,21 @@ class CompareConfig:
         return f"<CompareConfig tolerance={self.tolerance!r} checkpoints={self.checkpoints!r}{calibrated}>"
 
 
-def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = CompareConfig()) -> Comparison:
+def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = CompareConfig(),
+            measured: Mapping[str, tuple[CheckpointResult, np.ndarray | None]] | None = None) -> Comparison:
+    """Every checkpoint both traces hold, compared, in data-flow order, with where they first part ways.
+
+    `measured`: the results of compare_checkpoint already taken where both models ran (on-device
+    reduction), by name; their tensors are then not read. A failure's per-head view and worst
+    elements still read the tensors, so a reduced comparison that failed is run again on full traces."""
     reference_names = select(reference.tensors, config.checkpoints)
     candidate_names = select(candidate.tensors, config.checkpoints)
     declared = _declared_not_comparable(candidate, set(reference_names) - set(candidate_names))
     common = set(reference_names) & set(candidate_names)
     order = in_flow_order(common | set(declared))
-    measured = {name: _compare_checkpoint(name, reference, candidate, config) for name in order if name not in declared}
+    measured = {name: measured[name] if measured is not None and name in measured
+                else compare_checkpoint(name, reference, candidate, config)
+                for name in order if name not in declared}
     positions = {name: per_position for name, (_, per_position) in measured.items() if per_position is not None}
     results = tuple(declared[name] if name in declared else measured[name][0] for name in order)
     attributions = attribute(results, config.noise)
@@ -138,8 +146,8 @@ def _divergence(result: CheckpointResult | None, reference: Trace, candidate: Tr
     )
 
 
-def _compare_checkpoint(name: str, reference: Trace, candidate: Trace,
-                        config: CompareConfig) -> tuple[CheckpointResult, np.ndarray | None]:
+def compare_checkpoint(name: str, reference: Trace, candidate: Trace,
+                       config: CompareConfig) -> tuple[CheckpointResult, np.ndarray | None]:
     """The checkpoint's result, and its rel_l2 per token position (T,) where the two hold the same positions
     (kept as an array: a trace of tens of thousands of checkpoints holds all of them until the end)."""
     reference_shape, candidate_shape = reference.shape_of(name), candidate.shape_of(name)

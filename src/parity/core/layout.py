@@ -44,7 +44,7 @@ def alignments(reference_shape: tuple[int, ...], candidate: np.ndarray) -> Itera
     if candidate.shape == reference_shape:
         yield Alignment(candidate, tuple(range(candidate.ndim)), False)
         return
-    if candidate.size != int(np.prod(reference_shape, dtype=np.int64)) or candidate.ndim > _MAX_PERMUTED_AXES:
+    if _numel(candidate) != int(np.prod(reference_shape, dtype=np.int64)) or candidate.ndim > _MAX_PERMUTED_AXES:
         return
     if _without_unit_axes(candidate.shape) == _without_unit_axes(reference_shape):
         yield Alignment(candidate.reshape(reference_shape), tuple(range(candidate.ndim)), False, unit_axes=True)
@@ -59,8 +59,18 @@ def alignments(reference_shape: tuple[int, ...], candidate: np.ndarray) -> Itera
         if key in seen:
             continue
         seen.add(key)
-        aligned = np.transpose(candidate, permutation).reshape(reference_shape)
+        aligned = _permuted(candidate, permutation).reshape(reference_shape)
         yield Alignment(aligned, permutation, flattened and permuted_shape != reference_shape)
+
+
+def _numel(tensor) -> int:
+    """Elements of a numpy array or a torch tensor (whose `size` is a method)."""
+    return tensor.numel() if callable(tensor.size) else int(tensor.size)
+
+
+def _permuted(tensor, permutation: tuple[int, ...]):
+    """Axes permuted, as a view: numpy's transpose, or torch's permute for a tensor on its device."""
+    return tensor.permute(*permutation) if hasattr(tensor, "permute") else np.transpose(tensor, permutation)
 
 
 def _without_unit_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -87,5 +97,7 @@ def last_positions(reference_shape: tuple[int, ...], candidate_shape: tuple[int,
 
 
 def last_rows(tensor: np.ndarray, count: int, token_axis: int = 0) -> np.ndarray:
-    """The last `count` token positions of `tensor`."""
+    """The last `count` token positions of `tensor` (a numpy array, or a torch tensor on its device)."""
+    if hasattr(tensor, "narrow"):
+        return tensor.narrow(token_axis, tensor.shape[token_axis] - count, count)
     return np.take(tensor, range(tensor.shape[token_axis] - count, tensor.shape[token_axis]), axis=token_axis)

@@ -59,13 +59,17 @@ def measure_pair(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolera
     A tolerance made from the reference's RMS is known only after the pass; the
     elements outside it are then counted in a second pass, only when the largest
     error exceeds its atol (otherwise none can be outside)."""
+    if _is_torch(reference) or _is_torch(candidate):   # tensors where a model ran: measured there
+        from parity.core.torch_metrics import measure_tensors
+
+        return measure_tensors(reference, candidate, tolerance, token_axis=token_axis)
     if reference.shape != candidate.shape:
         raise ValueError(f"shapes differ: {reference.shape} vs {candidate.shape}")
     _check_numeric(reference)
     _check_numeric(candidate)
     token_axis = token_axis if token_axis is not None and 0 <= token_axis < reference.ndim else None
     known = tolerance if isinstance(tolerance, Tolerance) else None
-    sums = _Sums(reference.shape, token_axis)
+    sums = PairSums(reference.shape, token_axis)
     workspace, precise = _workspace(_compute_dtype(reference, candidate)), _workspace(np.float64)
     with np.errstate(all="ignore"):  # non-finite values are counted, not warned about
         for chunk in _chunks(reference.shape):
@@ -105,6 +109,10 @@ def rms(array: np.ndarray) -> float:
 
 
 _ANY = Tolerance(atol=float("inf"), rtol=0.0, basis="none: only the norms are read")
+
+
+def _is_torch(value) -> bool:
+    return type(value).__module__.startswith("torch")
 
 
 def _compute_dtype(reference: np.ndarray, candidate: np.ndarray) -> type:
@@ -197,8 +205,9 @@ class _Workspace:
 # --- the pass -----------------------------------------------------------------------
 
 
-class _Sums:
-    """What the pass accumulates: float64 scalars, and float64 sums of squares per position."""
+class PairSums:
+    """What a pass accumulates: float64 scalars, and float64 sums of squares per position. (The torch
+    pass in core/torch_metrics.py fills one too, so both end in the same metrics.)"""
 
     def __init__(self, shape: tuple[int, ...], token_axis: int | None) -> None:
         self.shape, self.token_axis = shape, token_axis
