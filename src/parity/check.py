@@ -74,8 +74,10 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
     quiet_transformers()
     if options.prompt is not None:
         load_tokenizer(options.model)  # up front: a missing or empty tokenizer is said before any work
+    # --on-device: a model-directory candidate loads where the reference does (a factory places its own module)
     with open_candidate(options.candidate, model_path=options.model, dtype=options.dtype or "float32",
-                        progress=progress) as candidate_source:
+                        progress=progress, placement=options.placement if options.on_device else None) \
+            as candidate_source:
         return _check(options, candidate_source, progress)
 
 

@@ -66,8 +66,7 @@ def reference_on_device(model, tokens: list[int], *, taps, checkpoints: str | No
         tensors["logits"] = _canonical_layout("logits", logits.detach())
     if not tensors:
         raise nothing_recorded(model)
-    metadata = {key: value for key, value in {**base_metadata(model, input_ids), **metadata}.items()
-                if value is not None}   # as make_trace keeps it
+    metadata = _cleaned({**base_metadata(model, input_ids), **metadata})
     return Trace(tensors=tensors, metadata=metadata,
                  dtypes={name: _dtype(tensor) for name, tensor in tensors.items()})
 
@@ -87,14 +86,14 @@ def noise_on_device(reference: Trace, lowp_model, *, taps, checkpoints: str | No
     return floors
 
 
-def candidate_on_device(reference: Trace, model, config: CompareConfig, *, taps,
-                        raw: bool) -> tuple[Comparison, Trace] | None:
+def candidate_on_device(reference: Trace, model, config: CompareConfig, *, taps, raw: bool,
+                        metadata: dict | None = None) -> tuple[Comparison, Trace] | None:
     """compare() of the candidate against the on-device reference, each checkpoint measured as it is made, and
     the candidate's trace of shapes; None when a checkpoint failed (its diagnosis needs the tensors)."""
     measured, shapes, dtypes = {}, {}, {}
     routing: dict = {}   # the few small tensors expert routing is judged from, kept on the host
     input_ids = _input_ids(reference.tokens, model)
-    metadata = base_metadata(model, input_ids)
+    metadata = _cleaned({**base_metadata(model, input_ids), **(metadata or {})})
 
     def measure(name: str, tensor) -> None:
         shapes[name], dtypes[name] = tuple(tensor.shape), _dtype(tensor)
@@ -180,6 +179,11 @@ def _device_of(model) -> str | None:
     return devices.pop() if len(devices) == 1 and "meta" not in devices else None
 
 
+def _cleaned(metadata: dict) -> dict:
+    """Metadata without its empty entries, as make_trace keeps it."""
+    return {key: value for key, value in metadata.items() if value is not None}
+
+
 def _dtype(tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
 
@@ -214,7 +218,10 @@ def forward_on_device(options, reference_model, candidate_source, tokens: list[i
         config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints, noise=noise,
                                noise_dtype=candidate_source.precision)
     progress.step(f"measuring the candidate against the reference on {device}, checkpoint by checkpoint")
-    measured = candidate_on_device(reference, candidate_source.model, config, taps=taps, raw=raw_candidate)
+    # a model-directory candidate traced by its family's taps says what hf.capture says of it
+    own = candidate_source.hf.trace_metadata(options.prompt) if candidate_source.hf and not options.taps else None
+    measured = candidate_on_device(reference, candidate_source.model, config, taps=taps, raw=raw_candidate,
+                                   metadata=own)
     if measured is None:
         return None
     from parity.diagnose import diagnose

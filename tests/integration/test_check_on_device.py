@@ -58,9 +58,12 @@ def without_notes(report):
     return {key: value for key, value in report.items() if key != "notes"}
 
 
-@pytest.mark.parametrize("family, candidate", [("qwen3", "llama_port.py:build"), ("gpt2", "gpt2_port.py:build")])
+@pytest.mark.parametrize("family, candidate", [("qwen3", "llama_port.py:build"), ("gpt2", "gpt2_port.py:build"),
+                                               ("llama", "the model directory")])
 def test_a_correct_port_gets_the_host_passs_report(model_dirs, tmp_path, family, candidate):
-    host, device, result = both_reports(tmp_path, model_dirs[family], ROOT / "examples" / candidate)
+    # a model directory as the candidate loads where the reference runs (--device-map), raw outputs included
+    spec = model_dirs[family] if candidate == "the model directory" else ROOT / "examples" / candidate
+    host, device, result = both_reports(tmp_path, model_dirs[family], spec, "--device-map", "cpu")
     assert result.returncode == 0, result.stdout + result.stderr
     assert host["verdict"] == device["verdict"] == "pass"
     assert differences(without_notes(host), without_notes(device)) == []

@@ -184,10 +184,11 @@ class CandidateSource:
 @contextlib.contextmanager
 def open_candidate(spec: str, *, model_path: str | None = None, dtype: str = "float32",
                    accept: tuple[str, ...] = KINDS, server_model: str | None = None, timeout_s: float = 60.0,
-                   progress=None) -> Iterator[CandidateSource]:
+                   progress=None, placement=None) -> Iterator[CandidateSource]:
     """Open the candidate `spec` names. `model_path` (the reference model) is passed to a factory that takes
-    an argument; `dtype` is the precision a model candidate loads at; `accept` lists the kinds the command
-    can use. Whatever the candidate prints while open goes to stderr."""
+    an argument; `dtype` is the precision a model candidate loads at, and `placement` where (default: the
+    CPU); `accept` lists the kinds the command can use. Whatever the candidate prints while open goes to
+    stderr."""
     kind = kind_of(spec)
     if kind not in accept:
         raise OptionError(f"candidate '{spec}' is {_DESCRIBED[kind]}; this command takes "
@@ -195,14 +196,14 @@ def open_candidate(spec: str, *, model_path: str | None = None, dtype: str = "fl
     step = progress.step if progress is not None else (lambda message: None)
     with contextlib.redirect_stdout(sys.stderr):
         source = _open(spec, kind, model_path=model_path, dtype=dtype, server_model=server_model,
-                       timeout_s=timeout_s, step=step)
+                       timeout_s=timeout_s, step=step, placement=placement)
         try:
             yield source
         finally:
             source.close()
 
 
-def _open(spec: str, kind: str, *, model_path, dtype, server_model, timeout_s, step) -> CandidateSource:
+def _open(spec: str, kind: str, *, model_path, dtype, server_model, timeout_s, step, placement) -> CandidateSource:
     if kind == "server":
         import time
 
@@ -225,7 +226,7 @@ def _open(spec: str, kind: str, *, model_path, dtype, server_model, timeout_s, s
         from parity.capture.hf import load_model
 
         step(f"loading {spec} as the candidate ({dtype})")
-        hf = load_model(spec, dtype=dtype)
+        hf = load_model(spec, dtype=dtype, placement=placement)
         return CandidateSource(spec, kind, precision=dtype, path=Path(spec), model=hf.model, hf=hf)
     if hasattr(spec, "named_modules"):
         model, spec = spec, type(spec).__name__
