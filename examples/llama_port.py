@@ -115,7 +115,8 @@ def _written_as(probs: torch.Tensor, layout: str) -> torch.Tensor:
 
 
 def rope_tables(head_dim: int, theta: float, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # (hd/2,)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device)
+                                / head_dim))                                                    # (hd/2,)
     angles = positions.float()[:, None] * inv_freq[None, :]                                       # (T, hd/2)
     return angles.cos(), angles.sin()
 
@@ -175,7 +176,7 @@ class Attention(nn.Module):
         scores = torch.einsum("thd,shd->hts", q, k) / math.sqrt(self.head_dim)        # (H, T, S)
         if self.bugs.causal_mask:
             S = k.shape[0]
-            future = torch.ones(T, S, dtype=torch.bool).triu(1 + S - T)                  # query t sees keys <= start + t
+            future = torch.ones(T, S, dtype=torch.bool, device=scores.device).triu(1 + S - T)  # query t sees keys <= start + t
             scores = scores.masked_fill(future, float("-inf"))
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
         self.probs(_written_as(probs, self.bugs.probs_layout))
@@ -235,7 +236,7 @@ class LlamaPort(nn.Module):
         cache = past_key_values if past_key_values is not None else (KVCache() if use_cache else None)
         start = cache.length(0) if cache is not None else 0
         T = input_ids.shape[1]
-        positions = torch.arange(start, start + T) + self.bugs.rope_offset
+        positions = torch.arange(start, start + T, device=input_ids.device) + self.bugs.rope_offset
         head_dim = self.blocks[0].attn.head_dim
         theta = self.bugs.rope_theta or self.config.get("rope_theta") or (self.config.get("rope_parameters") or {}).get("rope_theta", 10000.0)
         cos, sin = rope_tables(head_dim, theta, positions)

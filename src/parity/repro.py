@@ -155,7 +155,7 @@ def _weights(model: str, name: str) -> dict[str, np.ndarray]:
         path = tap.module.replace("{i}", str(checkpoint.layer)) if checkpoint.layer is not None else tap.module
         module = modules.get(path)
         if module is not None and _compile(tap.module).match(path):
-            return {key: value.detach().float().numpy() for key, value in module.named_parameters(recurse=False)}
+            return {key: value.detach().float().cpu().numpy() for key, value in module.named_parameters(recurse=False)}
     return {}
 
 

@@ -13,7 +13,7 @@ import inspect
 
 import numpy as np
 
-from parity.capture.torch_module import ModuleTracer, TapsLike, _canonical_layout, _first_tensor
+from parity.capture.torch_module import ModuleTracer, TapsLike, _canonical_layout, _first_tensor, ids_tensor
 from parity.core.metrics import rel_l2
 from parity.core.names import in_flow_order, parse
 
@@ -27,7 +27,7 @@ def decode_support(model, prompt: list[int]) -> str | None:
     first, second = prompt[:1], prompt[1:2] or prompt[:1]
     try:
         with torch.no_grad():
-            _, cache = _split(model(torch.tensor([first]), past_key_values=None, use_cache=True))
+            _, cache = _split(model(ids_tensor([first], model), past_key_values=None, use_cache=True))
     except TypeError as error:
         return f"its forward does not take past_key_values and use_cache ({describe_error(error)})"
     except Exception as error:  # the user's code
@@ -36,7 +36,7 @@ def decode_support(model, prompt: list[int]) -> str | None:
         return "called with use_cache=True it returned no cache"
     try:
         with torch.no_grad():
-            logits, _ = _split(model(torch.tensor([second]), past_key_values=cache, use_cache=True))
+            logits, _ = _split(model(ids_tensor([second], model), past_key_values=cache, use_cache=True))
     except Exception as error:  # the user's code
         return f"given its own cache back with one more token it failed: {describe_error(error)}"
     if logits is None or logits.dim() < 2 or logits.shape[-2] != 1:
@@ -67,11 +67,11 @@ def incremental(model, prompt: list[int], continuation: list[int], *, taps: Taps
         for chunk in chunks:
             if taps is not None:
                 with ModuleTracer(model, taps) as tracer:
-                    logits, cache = _split(model(torch.tensor([chunk]), past_key_values=cache, use_cache=True))
-                steps.append({name: tensor.float().numpy() for name, tensor in tracer.tensors.items()})
+                    logits, cache = _split(model(ids_tensor([chunk], model), past_key_values=cache, use_cache=True))
+                steps.append({name: tensor.float().cpu().numpy() for name, tensor in tracer.tensors.items()})
             else:
-                logits, cache = _split(model(torch.tensor([chunk]), past_key_values=cache, use_cache=True))
-            rows.append(logits[0, -1].double().numpy())
+                logits, cache = _split(model(ids_tensor([chunk], model), past_key_values=cache, use_cache=True))
+            rows.append(logits[0, -1].double().cpu().numpy())
     return np.stack(rows), steps
 
 
@@ -79,8 +79,8 @@ def full_logits(model, ids: list[int]) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        output = _first_tensor(model(torch.tensor([ids])))
-    return _canonical_layout("logits", output).double().numpy()
+        output = _first_tensor(model(ids_tensor([ids], model)))
+    return _canonical_layout("logits", output).double().cpu().numpy()
 
 
 def first_checkpoint(full_trace, step: dict, position: int, bound: float) -> str | None:
@@ -111,11 +111,11 @@ def cache_tensors(cache) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     tuple of (k, v) pairs, (B, Hkv, S, hd)) or a cache with `keys`/`values` dicts of (S, Hkv, hd)."""
     if hasattr(cache, "layers"):
         pairs = {i: (layer.keys, layer.values) for i, layer in enumerate(cache.layers)}
-        return {i: tuple(t[0].transpose(0, 1).float().numpy() for t in pair) for i, pair in pairs.items()}
+        return {i: tuple(t[0].transpose(0, 1).float().cpu().numpy() for t in pair) for i, pair in pairs.items()}
     if isinstance(cache, (tuple, list)):
-        return {i: tuple(t[0].transpose(0, 1).float().numpy() for t in pair) for i, pair in enumerate(cache)}
+        return {i: tuple(t[0].transpose(0, 1).float().cpu().numpy() for t in pair) for i, pair in enumerate(cache)}
     if isinstance(getattr(cache, "keys", None), dict):
-        return {i: (cache.keys[i].float().numpy(), cache.values[i].float().numpy()) for i in cache.keys}
+        return {i: (cache.keys[i].float().cpu().numpy(), cache.values[i].float().cpu().numpy()) for i in cache.keys}
     return {}
 
 
@@ -124,7 +124,7 @@ def prefill_cache(model, prompt: list[int]):
     import torch
 
     with torch.no_grad():
-        _, cache = _split(model(torch.tensor([prompt]), past_key_values=None, use_cache=True))
+        _, cache = _split(model(ids_tensor([prompt], model), past_key_values=None, use_cache=True))
     return cache_tensors(cache)
 
 
@@ -134,9 +134,9 @@ def chunked_prefill_logits(model, prompt: list[int]) -> np.ndarray:
 
     half = max(1, len(prompt) // 2)
     with torch.no_grad():
-        _, cache = _split(model(torch.tensor([prompt[:half]]), past_key_values=None, use_cache=True))
-        logits, _ = _split(model(torch.tensor([prompt[half:]]), past_key_values=cache, use_cache=True))
-    return logits[0, -1].double().numpy()
+        _, cache = _split(model(ids_tensor([prompt[:half]], model), past_key_values=None, use_cache=True))
+        logits, _ = _split(model(ids_tensor([prompt[half:]], model), past_key_values=cache, use_cache=True))
+    return logits[0, -1].double().cpu().numpy()
 
 
 def attention_mask_support(model) -> str | None:
@@ -162,6 +162,6 @@ def padded_batch_logits(model, prompt: list[int], other: list[int], pad: int, si
         ones, zeros = [1] * len(sequence), [0] * len(padding)
         mask.append(zeros + ones if side == "left" else ones + zeros)
     with torch.no_grad():
-        logits = _first_tensor(model(torch.tensor(ids), attention_mask=torch.tensor(mask)))
-    rows = logits[0].double().numpy()                                                  # (width, V)
+        logits = _first_tensor(model(ids_tensor(ids, model), attention_mask=ids_tensor(mask, model)))
+    rows = logits[0].double().cpu().numpy()                                                  # (width, V)
     return rows[width - len(prompt):] if side == "left" else rows[: len(prompt)]

@@ -21,7 +21,7 @@ from typing import Any
 from parity.capture import gguf_cache
 from parity.capture.hf_structure import ModelMap, map_config, map_model
 from parity.capture.placement import Placement
-from parity.capture.torch_module import trace_module
+from parity.capture.torch_module import ids_tensor, trace_module
 from parity.core.errors import CaptureError, OptionError, require
 from parity.core.sequence import ReferenceTokens
 from parity.core.trace import Trace
@@ -74,7 +74,7 @@ class HFModel:
         offsets = tuple(len(prefix) for prefix in prefixes[:-1])
         pieces = tuple(prefixes[n + 1][len(prefixes[n]):] for n in range(len(ids)))
         with torch.no_grad():
-            logits = self.model(torch.tensor([ids])).logits[0].double()                       # (T, V)
+            logits = self.model(ids_tensor([ids], self.model)).logits[0].double().cpu()          # (T, V)
         logprobs = torch.log_softmax(logits, dim=-1).numpy()
         return ReferenceTokens(pieces, offsets, logprobs, self.vocab_pieces())
 
@@ -99,7 +99,7 @@ class HFModel:
         import torch
 
         with torch.no_grad():
-            return self.model(torch.tensor([tokens])).logits[0].double().numpy()
+            return self.model(ids_tensor([tokens], self.model)).logits[0].double().cpu().numpy()
 
     def capture(self, tokens: list[int], *, checkpoints: str | None = None, prompt: str | None = None,
                 weights: bool = False, raw: bool = True) -> Trace:

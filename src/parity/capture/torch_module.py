@@ -434,11 +434,23 @@ def _input_ids(tokens, model):
     import torch
 
     ids = tokens if isinstance(tokens, torch.Tensor) else torch.tensor(list(tokens), dtype=torch.long)
-    ids = ids.reshape(1, -1)  # (T,) -> (1, T)
+    return ids.reshape(1, -1).to(model_device(model))  # (T,) -> (1, T)
+
+
+def model_device(model):
+    """Where the model's inputs go: the device of its first weights (the CPU when accelerate offloaded
+    them: its hooks move inputs to wherever each module runs)."""
+    import torch
+
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    if device.type == "meta":  # weights offloaded by accelerate: its hooks move inputs where each module runs
-        device = torch.device("cpu")
-    return ids.to(device)
+    return torch.device("cpu") if device.type == "meta" else device
+
+
+def ids_tensor(ids, model):
+    """Token ids (nested lists) as a long tensor on the model's device."""
+    import torch
+
+    return torch.tensor(ids, dtype=torch.long, device=model_device(model))
 
 
 def _dtype_of(model) -> str | None:
