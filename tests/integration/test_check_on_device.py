@@ -138,12 +138,15 @@ def test_on_a_cuda_device_with_decoding(model_dirs, tmp_path):
     """Both models on the GPU, decoding checked too (token ids go to the model's device)."""
     factory = tmp_path / "cuda_ports.py"
     factory.write_text(CUDA_FACTORY)
-    host, device, result = both_reports(tmp_path, model_dirs["llama"], f"{factory}:correct", "--device-map", "cuda:0")
+    (tmp_path / "correct").mkdir()
+    (tmp_path / "tiled").mkdir()
+    host, device, result = both_reports(tmp_path / "correct", model_dirs["llama"], f"{factory}:correct",
+                                        "--device-map", "cuda:0")
     assert result.returncode == 0, result.stdout + result.stderr
     assert differences(without_notes(host), without_notes(device)) == []
     assert any("measured on cuda:0" in note for note in device["notes"])
-    host, device, result = both_reports(tmp_path, model_dirs["llama"], f"{factory}:tiled_heads", "--device-map",
-                                        "cuda:0")
+    host, device, result = both_reports(tmp_path / "tiled", model_dirs["llama"], f"{factory}:tiled_heads",
+                                        "--device-map", "cuda:0")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert device["first_divergence"]["checkpoint"] == host["first_divergence"]["checkpoint"] == "layers.0.attn_probs"
     assert "gqa_head_mapping" in [d["cause"] for d in device["diagnoses"]]
