@@ -7,7 +7,9 @@ noise) of N float32 checkpoints of --tensor-mb each, then runs `parity compare` 
 them in a fresh process and prints its peak resident memory (wait4's ru_maxrss).
 Traces are read lazily (core/lazytensors.py): each tensor is memory-mapped or read
 when the comparison reaches it and dropped after, so the peak should stay flat as N
-grows. The metrics themselves (core/metrics.py) make float64 copies of one pair.
+grows. The candidate is unrelated random data, so the comparison fails and the
+diagnosis runs: its detectors widen the failing pair to float64 (core/positions.py,
+diagnose/), and the bound it is held to is issue 13's: 2x the largest pair + 300 MB.
 """
 
 from __future__ import annotations
@@ -75,12 +77,14 @@ def main() -> None:
         return
     directory = Path(tempfile.mkdtemp(prefix="parity-lazy-", dir=args.dir))
     try:
-        print(f"{'tensors':>7} {'each trace':>11} {'largest pair':>13} {'peak RSS':>9} {'seconds':>8} exit")
+        print(f"{'tensors':>7} {'each trace':>11} {'largest pair':>13} {'peak RSS':>9} {'bound':>8} "
+              f"{'seconds':>8} exit")
         for count in map(int, args.counts.split(",")):
             reference, candidate = write_pair_elsewhere(directory, count, args.tensor_mb)
             rss, seconds, code = peak_rss_mb(reference, candidate)
+            bound = 2 * 2 * args.tensor_mb + 300
             print(f"{count:>7} {reference.stat().st_size / 2**20:>8.0f} MB {2 * args.tensor_mb:>10} MB "
-                  f"{rss:>6.0f} MB {seconds:>8.1f} {code}")
+                  f"{rss:>6.0f} MB {bound:>5} MB {seconds:>8.1f} {code} {'within' if rss <= bound else 'OVER'}")
             reference.unlink()
             candidate.unlink()
     finally:

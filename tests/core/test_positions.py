@@ -46,3 +46,24 @@ def test_largest_differences_are_listed_largest_first_with_both_values():
     assert found[3] == ((1, 0), 0.0, 0.5, 0.5) and found[4][3] == 0.0
     assert largest_differences("layers.0.out", make_trace({"layers.0.out": reference}),
                                make_trace({"layers.0.out": candidate[:2]})) == ()   # shapes differ: not aligned here
+
+
+def test_largest_differences_read_in_chunks_find_what_one_pass_finds(monkeypatch):
+    import parity.core.positions as positions
+
+    rng = np.random.default_rng(3)
+    reference = rng.standard_normal((37, 11)).astype(np.float32)
+    candidate = reference + np.float32(1e-3) * rng.standard_normal((37, 11)).astype(np.float32)
+    candidate[30, 2] = np.nan          # a NaN facing a number: infinitely different
+    reference[5, 5] = candidate[5, 5] = np.nan   # NaN facing NaN: the same
+    candidate[12, 7] += 5.0
+    candidate[20, 1] += 5.0
+    traces = make_trace({"layers.0.out": reference}), make_trace({"layers.0.out": candidate})
+    whole = positions.largest_differences("layers.0.out", *traces, count=6)
+    monkeypatch.setattr(positions, "_CHUNK_ELEMENTS", 16)   # 26 chunks
+    assert repr(positions.largest_differences("layers.0.out", *traces, count=6)) == repr(whole)  # NaN values too
+    assert whole[0][0] == (30, 2) and whole[0][3] == float("inf")
+    assert {whole[1][0], whole[2][0]} == {(12, 7), (20, 1)}
+    assert all(entry[0] != (5, 5) for entry in whole)
+    differences = [entry[3] for entry in whole]
+    assert differences == sorted(differences, reverse=True)

@@ -71,3 +71,24 @@ def _calibrated(x):
 
     lowp = make_trace({"layers.0.out": x + 1e-6 * R.standard_normal(x.shape)}, {"dtype": "float32"})
     return CompareConfig(noise=noise_floors(make_trace({"layers.0.out": x}, {}), lowp), noise_dtype="bfloat16")
+
+
+def test_the_fits_from_sums_match_a_least_squares_solve(monkeypatch):
+    import numpy as np
+
+    from parity.diagnose import unexplained
+
+    rng = np.random.default_rng(4)
+    reference = rng.standard_normal((64, 48))
+    candidate = 1.7 * reference - 0.3 + 0.05 * rng.standard_normal((64, 48))
+    design = np.stack([reference.ravel(), np.ones(reference.size)], axis=1)
+    (slope, intercept), *_ = np.linalg.lstsq(design, candidate.ravel(), rcond=None)
+    monkeypatch.setattr(unexplained, "_CHUNK", 100)   # residuals summed over 31 chunks
+    text = unexplained._fits(reference, candidate)
+    assert f"best affine fit {slope:.4g} x reference {intercept:+.3g}" in text
+    affine = np.linalg.norm(candidate - slope * reference - intercept) / np.linalg.norm(reference)
+    assert text.endswith(f"leaves {affine:.3g}")
+    scale = float(np.sum(candidate * reference)) / float(np.sum(reference * reference))
+    assert f"best scalar fit candidate = {scale:.4g} x reference" in text
+    constant = unexplained._fits(np.full((4, 4), 2.0), np.full((4, 4), 3.0))   # no slope to fit: the mean
+    assert "best affine fit 0 x reference +3 leaves 0" in constant

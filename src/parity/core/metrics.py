@@ -93,10 +93,17 @@ def per_position_rel_l2(reference: np.ndarray, candidate: np.ndarray, token_axis
 
 def rel_l2(reference: np.ndarray, candidate: np.ndarray) -> float:
     """||candidate - reference|| / ||reference||, in float64; NaN or inf when either holds a non-finite value
-    (detectors test hypotheses with it, and a hypothesis that makes NaN must not look close)."""
-    reference = np.asarray(reference, np.float64).ravel()
-    error_norm = float(np.linalg.norm(np.asarray(candidate, np.float64).ravel() - reference))
-    reference_norm = float(np.linalg.norm(reference))
+    (detectors test hypotheses with it, and a hypothesis that makes NaN must not look close). Summed in
+    chunks: no temporary the size of the pair."""
+    reference, candidate = np.asarray(reference).reshape(-1), np.asarray(candidate).reshape(-1)
+    error_squares = reference_squares = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, reference.size, CHUNK_ELEMENTS):
+            reference_chunk = reference[start:start + CHUNK_ELEMENTS].astype(np.float64)
+            error = candidate[start:start + CHUNK_ELEMENTS].astype(np.float64) - reference_chunk
+            error_squares += float(np.dot(error, error))
+            reference_squares += float(np.dot(reference_chunk, reference_chunk))
+    error_norm, reference_norm = math.sqrt(error_squares), math.sqrt(reference_squares)
     if reference_norm == 0.0:
         return 0.0 if error_norm == 0.0 else float("inf")
     return error_norm / reference_norm

@@ -35,24 +35,38 @@ def per_head_rel_l2(name: str, reference: Trace, candidate: Trace) -> tuple[floa
 
 def largest_differences(name: str, reference: Trace, candidate: Trace,
                         count: int = WORST_ELEMENTS) -> tuple[tuple[tuple[int, ...], float, float, float], ...]:
-    """The `count` largest |candidate - reference| at a checkpoint, largest first, with both values.
+    """The `count` largest |candidate - reference| at a checkpoint, largest first (ties by position), with both
+    values. A NaN or infinity facing anything but itself counts as an infinite difference.
 
-    A NaN or infinity facing anything but itself counts as an infinite difference."""
+    Read in chunks, each widened to float64 alone: memory stays a few chunks whatever the tensor's size."""
     shape = reference.shape_of(name)
     if name not in candidate or shape != candidate.shape_of(name) or 0 in shape:  # from the headers: nothing read
         return ()
-    reference_tensor = np.asarray(reference[name], np.float64)
-    candidate_tensor = np.asarray(candidate[name], np.float64)
+    reference_flat, candidate_flat = (np.asarray(trace[name]).reshape(-1) for trace in (reference, candidate))
+    kept_index, kept_difference = np.zeros(0, np.int64), np.zeros(0)
+    for start in range(0, reference_flat.size, _CHUNK_ELEMENTS):
+        reference_chunk = reference_flat[start:start + _CHUNK_ELEMENTS].astype(np.float64)
+        candidate_chunk = candidate_flat[start:start + _CHUNK_ELEMENTS].astype(np.float64)
+        difference = _differences(reference_chunk, candidate_chunk)
+        top = min(count, difference.size)
+        local = np.argpartition(difference, difference.size - top)[difference.size - top:]
+        kept_index = np.concatenate([kept_index, local + start])
+        kept_difference = np.concatenate([kept_difference, difference[local]])
+        order = np.lexsort((kept_index, -kept_difference))[:count]   # largest first, then the earlier position
+        kept_index, kept_difference = kept_index[order], kept_difference[order]
+    return tuple((tuple(int(i) for i in np.unravel_index(int(k), shape)), float(reference_flat[k]),
+                  float(candidate_flat[k]), float(difference)) for k, difference in zip(kept_index, kept_difference))
+
+
+_CHUNK_ELEMENTS = 1 << 20
+
+
+def _differences(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """|c - r| (float64), 0 where they are equal or both NaN, inf where either is non-finite otherwise."""
     with np.errstate(invalid="ignore", over="ignore"):
-        difference = np.abs(candidate_tensor - reference_tensor).ravel()
-    same = (reference_tensor == candidate_tensor) | (np.isnan(reference_tensor) & np.isnan(candidate_tensor))
-    difference = np.where(same.ravel(), 0.0, np.where(np.isfinite(difference), difference, np.inf))
-    count = min(count, difference.size)
-    largest = np.argpartition(difference, difference.size - count)[difference.size - count:]
-    largest = largest[np.argsort(-difference[largest], kind="stable")]
-    return tuple((tuple(int(i) for i in np.unravel_index(int(k), reference_tensor.shape)),
-                  float(reference_tensor.flat[k]), float(candidate_tensor.flat[k]), float(difference[k]))
-                 for k in largest)
+        difference = np.abs(candidate - reference)
+    same = (reference == candidate) | (np.isnan(reference) & np.isnan(candidate))
+    return np.where(same, 0.0, np.where(np.isfinite(difference), difference, np.inf))
 
 
 def _heads(name: str, checkpoint, reference: Trace) -> int | None:

@@ -8,6 +8,8 @@ the comparison failed and no detector named a cause: never "precision noise".
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from parity.core.names import HEAD_KINDS, in_flow_order, inputs_of, parse
@@ -56,6 +58,11 @@ def _rows(tensor: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(tensor, axis, 0).reshape(tensor.shape[axis], -1)
 
 
+def _row_squares(rows: np.ndarray) -> np.ndarray:
+    """Sum of squares of each row, without squaring the whole tensor first."""
+    return np.einsum("ij,ij->i", rows, rows)
+
+
 def _shares(energy: np.ndarray) -> tuple[np.ndarray, float]:
     """Indices of the (at most TOP) largest entries that hold a visible share, and the share they hold."""
     total = float(energy.sum()) or 1.0
@@ -68,7 +75,7 @@ def _per_position(error: np.ndarray, checkpoint) -> str:
     axis = checkpoint.token_axis if checkpoint else 0
     if error.ndim <= axis or error.shape[axis] < 2:
         return ""
-    energy = (_rows(error, axis) ** 2).sum(1)
+    energy = _row_squares(_rows(error, axis))
     top, share = _shares(energy)
     trend = np.corrcoef(np.arange(len(energy)), energy)[0, 1] if np.std(energy) > 0 else 0.0
     grows = " and grows with the position" if trend > 0.8 else ""
@@ -82,10 +89,11 @@ def _per_head(error: np.ndarray, checkpoint, context: Context) -> str:
     if checkpoint is None or not heads:
         return ""
     if checkpoint.kind == "attn_probs" and error.ndim == 3:
-        energy = (error.reshape(error.shape[0], -1) ** 2).sum(1)
+        energy = _row_squares(error.reshape(error.shape[0], -1))
     elif checkpoint.kind in HEAD_KINDS and error.ndim == 2 and context.config.head_dim \
             and error.shape[-1] % context.config.head_dim == 0:
-        energy = (error.reshape(error.shape[0], -1, context.config.head_dim) ** 2).sum((0, 2))
+        heads = error.reshape(error.shape[0], -1, context.config.head_dim)                  # (T, H, hd)
+        energy = np.einsum("thd,thd->h", heads, heads)
     else:
         return ""
     top, share = _shares(energy)
@@ -97,7 +105,7 @@ def _per_head(error: np.ndarray, checkpoint, context: Context) -> str:
 def _per_channel(error: np.ndarray, checkpoint) -> str:
     if error.ndim != 2 or (checkpoint is not None and checkpoint.kind == "attn_probs"):
         return ""
-    energy = (error ** 2).sum(0)
+    energy = np.einsum("tc,tc->c", error, error)
     top, share = _shares(energy)
     if share >= CONCENTRATED and len(energy) > 4 * TOP:
         return f"per channel: channels {top.tolist()} hold {share:.0%} of it"
@@ -105,16 +113,50 @@ def _per_channel(error: np.ndarray, checkpoint) -> str:
 
 
 def _fits(reference: np.ndarray, candidate: np.ndarray) -> str:
-    """How much of the error the best candidate ~ c * reference and candidate ~ a * reference + b leave."""
-    norm = float(np.linalg.norm(reference)) or 1.0
-    before = float(np.linalg.norm(candidate - reference)) / norm          # every residual relative to ||reference||
-    scale = float(np.sum(candidate * reference)) / norm**2
-    scalar = float(np.linalg.norm(candidate - scale * reference)) / norm
-    design = np.stack([reference.ravel(), np.ones(reference.size)], axis=1)
-    (slope, intercept), *_ = np.linalg.lstsq(design, candidate.ravel(), rcond=None)
-    affine = float(np.linalg.norm(candidate - slope * reference - intercept)) / norm
+    """How much of the error the best candidate ~ c * reference and candidate ~ a * reference + b leave.
+    The fits come from sums of products (the normal equations) and each residual is summed in chunks:
+    no temporary of the tensor's size."""
+    reference, candidate = reference.reshape(-1), candidate.reshape(-1)
+    count = reference.size
+    reference_squares, cross = float(np.dot(reference, reference)), float(np.dot(candidate, reference))
+    reference_sum, candidate_sum = float(reference.sum()), float(candidate.sum())
+    norm = math.sqrt(reference_squares) or 1.0
+    before = _residual(reference, candidate, 1.0, 0.0) / norm            # every residual relative to ||reference||
+    scale = cross / norm**2
+    scalar = _residual(reference, candidate, scale, 0.0) / norm
+    determinant = count * reference_squares - reference_sum**2
+    if determinant > 1e-12 * count * reference_squares:
+        slope = (count * cross - reference_sum * candidate_sum) / determinant
+        intercept = (candidate_sum - slope * reference_sum) / count
+    else:  # a constant reference: the fit is its mean
+        slope, intercept = 0.0, candidate_sum / count
+    affine = _residual(reference, candidate, slope, intercept) / norm
     return (f"best scalar fit candidate = {scale:.4g} x reference leaves rel_l2 {scalar:.3g} of {before:.3g}; "
             f"best affine fit {slope:.4g} x reference {intercept:+.3g} leaves {affine:.3g}")
+
+
+_CHUNK = 1 << 20
+
+
+def _residual(reference: np.ndarray, candidate: np.ndarray, slope: float, intercept: float) -> float:
+    """||candidate - slope * reference - intercept||, in chunks (flat float64 arrays)."""
+    squares = 0.0
+    for start in range(0, reference.size, _CHUNK):
+        residual = candidate[start:start + _CHUNK] - slope * reference[start:start + _CHUNK] - intercept
+        squares += float(np.dot(residual, residual))
+    return math.sqrt(squares)
+
+
+def _along(error: np.ndarray, rows: np.ndarray, carrying: np.ndarray) -> tuple[float, float]:
+    """(sum of error * rows, ||rows||) over the carrying rows, widened to float64 a block of rows at a time."""
+    product = squares = 0.0
+    indices = np.flatnonzero(carrying)
+    step = max(1, _CHUNK // max(rows.shape[1], 1))
+    for start in range(0, len(indices), step):
+        block = rows[indices[start:start + step]].astype(np.float64)     # (rows in the block, rest)
+        product += float(np.sum(error[start:start + step] * block))
+        squares += float(np.sum(block * block))
+    return product, math.sqrt(squares)
 
 
 def _correlated(error: np.ndarray, name: str, context: Context) -> str:
@@ -122,9 +164,9 @@ def _correlated(error: np.ndarray, name: str, context: Context) -> str:
     token positions that carry the error, so that an error at one position is not diluted)."""
     checkpoint = parse(name)
     axis = checkpoint.token_axis if checkpoint is not None and error.ndim > 1 else 0
-    energy = (_rows(error, axis) ** 2).sum(1)
+    energy = _row_squares(_rows(error, axis))
     carrying = energy >= 0.01 * energy.max(initial=0.0)
-    error = _rows(error, axis)[carrying]
+    error = _rows(error, axis) if carrying.all() else _rows(error, axis)[carrying]   # a view when every row carries
     norm = float(np.linalg.norm(error))
     if norm == 0:
         return ""
@@ -132,10 +174,9 @@ def _correlated(error: np.ndarray, name: str, context: Context) -> str:
     for other in in_flow_order(context.reference.names):
         if other == name or parse(other) is None or context.reference[other].shape != context.reference[name].shape:
             continue
-        tensor = _rows(context.reference[other].astype(np.float64), axis)[carrying]
-        other_norm = float(np.linalg.norm(tensor))
+        product, other_norm = _along(error, _rows(context.reference[other], axis), carrying)
         if other_norm:
-            found.append((abs(float(np.sum(error * tensor))) / (norm * other_norm), other))
+            found.append((abs(product) / (norm * other_norm), other))
     found = sorted((pair for pair in found if pair[0] >= CORRELATED), reverse=True)[:TOP]
     if not found:
         return "the error is not aligned with any other checkpoint of the reference"

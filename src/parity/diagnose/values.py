@@ -134,16 +134,20 @@ def sign_flip(context: Context):
 def scale_factor(context: Context):
     """candidate = c * reference for one constant c (not -1: that is sign_flip)."""
     for name, _, reference, candidate in context.focused():
-        denominator = float(np.sum(reference * reference))
+        denominator = _dot(reference, reference)   # sums of products without a temporary of the tensor's size
         if denominator == 0 or not np.all(np.isfinite(candidate)):
             continue
-        factor = float(np.sum(candidate * reference)) / denominator
+        factor = _dot(candidate, reference) / denominator
         if abs(factor + 1) < 0.05 or abs(factor - 1) < 1e-3:
             continue
         if matches(candidate, factor * reference, reference) is not None:
             yield Diagnosis("scale_factor", name, f"the candidate's {name} is the reference's times {factor:.4g}"
                                                   f"{_known_factor(factor, context)}")
             return
+
+
+def _dot(left: np.ndarray, right: np.ndarray) -> float:
+    return float(np.dot(left.reshape(-1), right.reshape(-1)))
 
 
 def _known_factor(factor: float, context: Context) -> str:
