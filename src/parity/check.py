@@ -65,6 +65,10 @@ class _Silent:
 
 def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComparison:
     progress = progress or _Silent()
+    if options.on_device:
+        from parity.check_on_device import check_options
+
+        check_options(options, kind_of(options.candidate))
     if kind_of(options.candidate) == "server":
         return _check_server(options, progress)
     if (options.prompt is None) == (options.tokens is None):

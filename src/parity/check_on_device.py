@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from parity.capture.candidates import DESCRIBED
 from parity.capture.torch_module import (
     _canonical_layout,
     _first_tensor,
@@ -36,11 +37,20 @@ from parity.core.trace import Trace, as_array
 ON_DEVICE_NOTE = "measured on {device}: both models ran there and no trace was copied to the host (--on-device)"
 
 
+def check_options(options, candidate_kind: str) -> None:
+    """Refuse, before anything is loaded, what --on-device cannot do."""
+    if candidate_kind not in ("factory", "model"):
+        raise OptionError(f"--on-device needs a candidate that runs in PyTorch (FILE.py:FACTORY or a model "
+                          f"directory); {options.candidate} is {DESCRIBED[candidate_kind]}: drop --on-device")
+    given = [flag for flag, value in (("--save-traces", options.save_traces), ("--replay", options.replay),
+                                      ("--weights", options.weights)) if value]
+    if given:
+        raise OptionError(f"{given[0]} needs the tensors on the host, which --on-device does not bring there: "
+                          "drop one of the two")
+
+
 def check_devices(reference_model, candidate_source) -> str:
     """The one device both models run on; a clear error when they do not share one."""
-    if candidate_source.model is None:
-        raise OptionError(f"--on-device needs a candidate that runs in PyTorch (FILE.py:FACTORY or a model "
-                          f"directory); {candidate_source.spec} is {candidate_source.kind_description}: drop --on-device")
     reference_device, candidate_device = _device_of(reference_model.model), _device_of(candidate_source.model)
     if reference_device is None:
         raise OptionError("--on-device needs the reference on one device, but its weights are spread over several or "
@@ -198,9 +208,6 @@ def forward_on_device(options, reference_model, candidate_source, tokens: list[i
     from parity.capture.hf import load_model
 
     device = check_devices(reference_model, candidate_source)
-    if options.save_traces or options.replay or options.weights:
-        given = "--save-traces" if options.save_traces else "--replay" if options.replay else "--weights"
-        raise OptionError(f"{given} reads full traces, which --on-device does not keep: drop one of the two")
     raw_reference = options.raw and candidate_source.may_have_raw
     taps = candidate_source.taps(options.taps)
     raw_candidate = options.raw and candidate_source.raw_allowed(options.taps)

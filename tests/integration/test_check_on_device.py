@@ -98,8 +98,9 @@ def test_candidates_that_do_not_run_in_pytorch_and_options_that_need_traces_are_
     assert captured.returncode == 0, captured.stderr
     for args, message in (
         ((trace,), "--on-device needs a candidate that runs in PyTorch"),
+        (("http://127.0.0.1:9",), "is http://HOST:PORT: drop --on-device"),   # refused before any request
         ((ROOT / "examples/llama_port.py:build", "--save-traces", tmp_path / "traces"),
-         "--save-traces reads full traces, which --on-device does not keep"),
+         "--save-traces needs the tensors on the host, which --on-device does not bring there"),
     ):
         result = parity("check", model_dirs["llama"], *args, "--tokens", TOKEN_ARG, "--on-device")
         assert result.returncode == 2, result.stdout + result.stderr

@@ -34,7 +34,7 @@ from parity.core.trace import Trace
 LLAMACPP_PREFIX = "llamacpp:"
 SERVER_PREFIXES = ("http://", "https://")
 KINDS = ("trace", "llamacpp", "server", "factory", "model")
-_DESCRIBED = {"trace": "a trace file", "llamacpp": "llamacpp:FILE.gguf", "server": "http://HOST:PORT",
+DESCRIBED = {"trace": "a trace file", "llamacpp": "llamacpp:FILE.gguf", "server": "http://HOST:PORT",
               "factory": "FILE.py:FACTORY", "model": "a model directory or .gguf"}
 
 
@@ -105,7 +105,7 @@ class CandidateSource:
 
     @property
     def kind_description(self) -> str:
-        return _DESCRIBED[self.kind]
+        return DESCRIBED[self.kind]
 
     def decode_support(self, prompt: list[int]) -> str | None:
         """None when the candidate decodes token by token through a cache (a torch model: found by trying it
@@ -128,7 +128,7 @@ class CandidateSource:
         if self.is_llamacpp:
             return self.runner.logits(ids)
         if self.model is None:
-            raise OptionError(f"{self.spec} is {_DESCRIBED[self.kind]}: it gives no logits to run; "
+            raise OptionError(f"{self.spec} is {DESCRIBED[self.kind]}: it gives no logits to run; "
                               "give llamacpp:FILE.gguf, a model directory or FILE.py:FACTORY")
         from parity.capture.decoding import full_logits
 
@@ -150,7 +150,7 @@ class CandidateSource:
             step(f"capturing the candidate {self.path.name} over {len(tokens)} tokens")
             return self.hf.capture(tokens, checkpoints=checkpoints, prompt=prompt, weights=weights, raw=raw)
         if self.model is None:
-            raise OptionError(f"{self.spec} is {_DESCRIBED[self.kind]}: it has no checkpoints to trace")
+            raise OptionError(f"{self.spec} is {DESCRIBED[self.kind]}: it has no checkpoints to trace")
         from parity.capture.torch_module import trace_module
 
         step(f"capturing the candidate over {len(tokens)} tokens")
@@ -191,8 +191,8 @@ def open_candidate(spec: str, *, model_path: str | None = None, dtype: str = "fl
     stderr."""
     kind = kind_of(spec)
     if kind not in accept:
-        raise OptionError(f"candidate '{spec}' is {_DESCRIBED[kind]}; this command takes "
-                          f"{', '.join(_DESCRIBED[k] for k in accept)}")
+        raise OptionError(f"candidate '{spec}' is {DESCRIBED[kind]}; this command takes "
+                          f"{', '.join(DESCRIBED[k] for k in accept)}")
     step = progress.step if progress is not None else (lambda message: None)
     with contextlib.redirect_stdout(sys.stderr):
         source = _open(spec, kind, model_path=model_path, dtype=dtype, server_model=server_model,
