@@ -120,6 +120,17 @@ def test_tensors_of_one_file_share_one_map_and_stay_readable_after_their_pages_a
     np.testing.assert_array_equal(trace["layers.0.out"], tensors["layers.0.out"])
 
 
+def test_a_comparison_keeps_nothing_mapped_once_done_and_its_tensors_stay_readable(tmp_path):
+    from parity.core.compare import compare
+
+    tensors = {f"layers.{i}.out": np.full((4, 1024), i, np.float32) for i in range(3)}
+    reference = load_trace(save_trace(make_trace(tensors), tmp_path / "r.safetensors"))
+    candidate = load_trace(save_trace(make_trace(tensors), tmp_path / "c.safetensors"))
+    assert compare(reference, candidate).passed
+    assert "0 read" in repr(reference.tensors) and "0 read" in repr(candidate.tensors)
+    np.testing.assert_array_equal(reference["layers.2.out"], tensors["layers.2.out"])
+
+
 def test_npz_stored_members_are_mapped_and_deflated_ones_inflated_exactly(tmp_path):
     values = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     for save in (np.savez, np.savez_compressed):

@@ -47,3 +47,23 @@ def test_scale_factor_names_the_factor():
 
 def test_no_cause_for_unrelated_noise():
     assert causes(BASE, with_(layers__0__q=BASE["layers.0.q"] + 0.3 * R.standard_normal((6, 32)))) == set()
+
+
+def test_tensors_too_large_to_widen_are_diagnosed_as_read_in_float32(monkeypatch):
+    """Above WIDEN_BELOW_ELEMENTS the detectors work on the float32 tensors as read: same causes."""
+    import parity.diagnose.context as context
+
+    float32 = {name: value.astype(np.float32) for name, value in BASE.items()}
+    cases = [
+        {**float32, "embed": np.vstack([R.standard_normal((1, 32)), BASE["embed"]]).astype(np.float32)},
+        {**float32, "layers.0.q": float32["layers.0.k"], "layers.0.k": float32["layers.0.q"]},
+        {**float32, "layers.0.k": -float32["layers.0.k"]},
+        {**float32, "layers.0.q": float32["layers.0.q"] * np.float32(8 ** 0.5)},
+        {**float32, "layers.0.attn_probs": float32["layers.0.attn_probs"].transpose(0, 2, 1).copy()},
+        {**float32, "layers.0.q": float32["layers.0.q"] + np.float32(0.3) * R.standard_normal((6, 32)).astype(np.float32)},
+    ]
+    widened = [diagnoses(float32, candidate) for candidate in cases]
+    monkeypatch.setattr(context, "WIDEN_BELOW_ELEMENTS", 0)
+    assert [diagnoses(float32, candidate) for candidate in cases] == widened
+    assert [found[0][0] if found else None for found in widened] == [
+        "token_shift", "swapped", "sign_flip", "scale_factor", "layout_permuted", "no_known_cause"]

@@ -69,6 +69,8 @@ def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = Compa
     measured = {name: measured[name] if measured is not None and name in measured
                 else compare_checkpoint(name, reference, candidate, config)
                 for name in order if name not in declared}
+    for trace in (reference, candidate):   # the pass is done: what it kept mapped is not what comes next
+        getattr(trace.tensors, "forget", lambda: None)()
     positions = {name: per_position for name, (_, per_position) in measured.items() if per_position is not None}
     results = tuple(declared[name] if name in declared else measured[name][0] for name in order)
     attributions = attribute(results, config.noise)

@@ -72,6 +72,15 @@ class LazyTensors(Mapping):
                 release()
         return array
 
+    def forget(self) -> None:
+        """Drop the kept tensors and hand their pages back: a pass over the trace is done, and what
+        follows (the diagnosis) reads a few tensors of its own."""
+        for name in list(self._kept):
+            release = self._sources[name].release
+            if release is not None:
+                release()
+        self._kept.clear()
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._sources)
 

@@ -12,7 +12,7 @@ import numpy as np
 from parity.core.names import parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, matches, reproduces
+from parity.diagnose.context import Context, matches, reproduces, widened
 
 MAX_OFFSET = 4
 FUTURE_MASS = 1e-3  # attention probability above the diagonal that is more than rounding
@@ -59,7 +59,7 @@ def _rope_input(context: Context, name: str) -> np.ndarray | None:
     prefix = f"layers.{checkpoint.layer}.{checkpoint.kind[0]}"           # q or k
     for source in (f"{prefix}_norm", prefix):
         if source in context.reference:
-            return context.reference[source].astype(np.float64)
+            return widened(context.reference[source])
     return None
 
 

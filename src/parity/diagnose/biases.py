@@ -13,7 +13,7 @@ from parity.core.metrics import rel_l2
 from parity.core.names import inputs_of
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, matches
+from parity.diagnose.context import Context, matches, widened
 
 MIN_POSITIONS = 3   # a constant row needs a few positions to be told from any other error
 SHARED_INPUT = 0.5  # when the input's mean row holds more of its energy, any error of a linear op
@@ -57,7 +57,7 @@ def _diverse_input(context: Context, name: str) -> bool:
 def _which_bias(context: Context, name: str, offset: np.ndarray) -> str:
     bias_name = f"{name}.bias"
     if bias_name in context.reference and context.reference[bias_name].shape == offset.shape:
-        bias = context.reference[bias_name].astype(np.float64)
+        bias = widened(context.reference[bias_name])
         if rel_l2(-bias, offset) <= BIAS_MATCH:
             return f"it equals minus the reference's {bias_name}: the bias was dropped"
         if rel_l2(bias, offset) <= BIAS_MATCH:

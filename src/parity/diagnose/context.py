@@ -97,7 +97,25 @@ class Context:
             reference = last_rows(reference, kept)
         if reference.shape != candidate.shape:
             return None
-        return reference.astype(np.float64), candidate.astype(np.float64)
+        return widened(reference), widened(candidate)
+
+
+# A checkpoint is widened to float64 for the detectors' arithmetic up to this size (256 MiB of float64,
+# a 32M-element tensor): within parity compare's memory bound (2x the largest pair + 300 MB) a pair
+# of that size fits widened with room for a detector's temporaries. A larger one is used as read
+# (float32 for traces of float32 or narrower), without a copy: its sums are still taken in float64
+# (rel_l2 widens chunk by chunk), but elementwise hypotheses are computed in float32, whose rounding
+# (1e-7) is far below any detector's threshold (1e-3 and up).
+WIDEN_BELOW_ELEMENTS = 32 << 20
+
+
+def widened(array: np.ndarray) -> np.ndarray:
+    """`array` in float64 when it is small enough to copy within the memory bound; else as read
+    (integers and float16 are widened whatever their size: they cannot carry the arithmetic)."""
+    array = np.asarray(array)
+    if array.size <= WIDEN_BELOW_ELEMENTS or array.dtype not in (np.float32, np.float64):
+        return array.astype(np.float64)
+    return array
 
 
 def matches(candidate: np.ndarray, hypothesis: np.ndarray, reference: np.ndarray) -> float | None:

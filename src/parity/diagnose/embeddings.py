@@ -8,7 +8,7 @@ import numpy as np
 from parity.core.metrics import rel_l2
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, matches
+from parity.diagnose.context import Context, matches, widened
 
 MAX_OFFSET = 3
 EXACT = 1e-2  # rows of one table read in another dtype agree to its rounding
@@ -23,7 +23,7 @@ def position_embedding(context: Context):
             found = _shifted_rows(reference, candidate)
             what = found and f"the candidate's position rows are the reference's rows t{found[0]:+d}"
         elif "pos_embed" in context.reference:
-            found = _embed_hypotheses(reference, context.reference["pos_embed"].astype(np.float64), candidate)
+            found = _embed_hypotheses(reference, widened(context.reference["pos_embed"]), candidate)
             what = found and found[1]
         else:
             continue

@@ -10,7 +10,7 @@ from parity.core.metrics import rel_l2
 from parity.core.names import inputs_of, parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, matches, reproduces
+from parity.diagnose.context import Context, matches, reproduces, widened
 
 NORM_KINDS = ("attn_norm", "mlp_norm", "final_norm", "q_norm", "k_norm")
 EPS_SPREAD = 0.25  # per-row epsilon estimates must agree this closely to name one epsilon
@@ -137,7 +137,7 @@ def missing_residual(context: Context):
         branch = f"layers.{checkpoint.layer}." + ("attn_out" if checkpoint.kind == "resid_mid" else "mlp_out")
         if branch not in context.reference:
             continue
-        if matches(candidate, context.reference[branch].astype(np.float64), reference) is not None:
+        if matches(candidate, widened(context.reference[branch]), reference) is not None:
             which = "attention" if checkpoint.kind == "resid_mid" else "MLP"
             yield Diagnosis("missing_residual", name,
                             f"the candidate's {name} equals the {which} branch alone ({branch}): the residual "
@@ -152,7 +152,7 @@ def nonfinite(context: Context):
         metrics = result.metrics
         if metrics is None or metrics.nan_candidate + metrics.inf_candidate <= metrics.nan_reference + metrics.inf_reference:
             continue
-        candidate = context.candidate[result.name].astype(np.float64)
+        candidate = widened(context.candidate[result.name])
         bad = ~np.isfinite(candidate)
         checkpoint = parse(result.name)
         axis = checkpoint.token_axis if checkpoint else 0

@@ -8,7 +8,7 @@ import numpy as np
 from parity.core.names import in_flow_order, inputs_of, parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, matches
+from parity.diagnose.context import Context, matches, widened
 from parity.diagnose.layers import _fit_affine, norm_rows
 
 UNRELATED_COSINE = 0.3  # logits this little aligned with the reference's come from another weight
@@ -20,7 +20,7 @@ def op_skipped(context: Context):
     between the two never ran (a norm forgotten, a block skipped)."""
     for name, checkpoint, reference, candidate in context.focused():
         for earlier in _earlier(context, name, checkpoint):
-            residual = matches(candidate, context.reference[earlier].astype(np.float64), reference)
+            residual = matches(candidate, widened(context.reference[earlier]), reference)
             if residual is None:
                 continue
             direct = earlier in inputs_of(name, context.reference.tensors)

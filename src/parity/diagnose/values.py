@@ -11,7 +11,7 @@ from parity.core.metrics import rel_l2
 from parity.core.names import parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, matches
+from parity.diagnose.context import Context, matches, widened
 
 MAX_SHIFT = 3
 
@@ -33,8 +33,8 @@ def token_shift(context: Context):
         if len(reference_shape) != 2 or len(candidate_shape) != 2 or reference_shape[1] != candidate_shape[1]:
             continue
         rows = min(reference_shape[0], candidate_shape[0]) + MAX_SHIFT + 1  # enough for every shift; lengths
-        reference = context.reference.head(name, rows).astype(np.float64)  # differing by more stay unequal
-        candidate = context.candidate.head(name, rows).astype(np.float64)
+        # the leading rows, as mapped (no copy); lengths differing by more than MAX_SHIFT stay unequal
+        reference, candidate = (widened(trace[name][:rows]) for trace in (context.reference, context.candidate))
         for shift in sorted(range(-MAX_SHIFT, MAX_SHIFT + 1), key=abs):
             if shift == 0 or not _aligned_tail(reference, candidate, shift):
                 continue
@@ -80,8 +80,13 @@ def _overlap_rows(reference: np.ndarray, candidate: np.ndarray, shift: int):
 
 def _row_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
     """Mean cosine between matching rows."""
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
-    return float(np.mean(np.sum(reference * candidate, axis=1) / np.where(norms > 0, norms, 1.0)))
+    norms = np.sqrt(_row_dots(reference, reference) * _row_dots(candidate, candidate))
+    return float(np.mean(_row_dots(reference, candidate) / np.where(norms > 0, norms, 1.0)))
+
+
+def _row_dots(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Sum of products of each row pair, in float64, without a temporary of the rows' size."""
+    return np.einsum("ij,ij->i", left, right, dtype=np.float64)
 
 
 @register("layout_permuted")
@@ -116,7 +121,7 @@ def swapped(context: Context):
             if (other == name or other_checkpoint is None or other_checkpoint.layer != checkpoint.layer
                     or context.reference.shape_of(other) != candidate.shape):
                 continue
-            if matches(candidate, context.reference[other].astype(np.float64), reference) is not None:
+            if matches(candidate, widened(context.reference[other]), reference) is not None:
                 yield Diagnosis("swapped", name, f"the candidate's {name} holds the reference's {other}: "
                                                  f"{checkpoint.kind} and {other_checkpoint.kind} are swapped")
                 return

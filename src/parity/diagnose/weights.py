@@ -8,7 +8,7 @@ from parity.core.metrics import rel_l2
 from parity.core.names import in_flow_order, weight_of
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context
+from parity.diagnose.context import Context, widened
 
 SAME = 1e-6  # weights loaded from one file agree to float32 conversion ...
 ROUNDED = {"float16": 1e-3, "bfloat16": 8e-3}  # ... or to one rounding to a lower precision (rel_l2 of it)
@@ -27,8 +27,8 @@ def weight_mismatch(context: Context):
                             f"{list(shapes[1])} where the reference's is {list(shapes[0])}; "
                             "it loaded other weights or converted them wrongly")
             return
-        reference = context.reference[name].astype(np.float64)
-        candidate = context.candidate[name].astype(np.float64)
+        reference = widened(context.reference[name])
+        candidate = widened(context.candidate[name])
         same = max([SAME] + [ROUNDED.get(trace.dtype_of(name), 0.0) for trace in (context.reference, context.candidate)])
         how = _how_they_differ(reference, candidate, same)
         if how is not None:
