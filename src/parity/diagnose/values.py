@@ -33,8 +33,9 @@ def token_shift(context: Context):
         if len(reference_shape) != 2 or len(candidate_shape) != 2 or reference_shape[1] != candidate_shape[1]:
             continue
         rows = min(reference_shape[0], candidate_shape[0]) + MAX_SHIFT + 1  # enough for every shift; lengths
-        # the leading rows, as mapped (no copy); lengths differing by more than MAX_SHIFT stay unequal
-        reference, candidate = (widened(trace[name][:rows]) for trace in (context.reference, context.candidate))
+        # the leading rows alone (a candidate declaring a huge tensor is never mapped whole); lengths
+        # differing by more than MAX_SHIFT stay unequal
+        reference, candidate = (widened(trace.head(name, rows)) for trace in (context.reference, context.candidate))
         for shift in sorted(range(-MAX_SHIFT, MAX_SHIFT + 1), key=abs):
             if shift == 0 or not _aligned_tail(reference, candidate, shift):
                 continue
