@@ -29,7 +29,7 @@ def missing_bias(context: Context):
             continue
         if not _diverse_input(context, name):
             continue
-        offset = (candidate - reference).mean(axis=0)                                   # (width,)
+        offset = candidate.mean(axis=0) - reference.mean(axis=0)  # (width,): no (T, width) temporary
         residual = matches(candidate, reference + offset, reference)
         if residual is None:
             continue
@@ -46,11 +46,11 @@ def _diverse_input(context: Context, name: str) -> bool:
     sources = inputs_of(name, context.reference.tensors)
     if not sources:
         return False
-    x = context.reference[sources[0]].astype(np.float64)
+    x = context.reference[sources[0]]  # as stored: float64 sums without a float64 copy of it
     if x.ndim != 2:
         return False
-    energy = float(np.sum(x * x))
-    shared = x.shape[0] * float(np.sum(x.mean(axis=0) ** 2))
+    energy = float(np.einsum("ij,ij->", x, x, dtype=np.float64))
+    shared = x.shape[0] * float(np.sum(x.mean(axis=0, dtype=np.float64) ** 2))
     return energy > 0 and shared / energy <= SHARED_INPUT
 
 

@@ -3,12 +3,14 @@ and one rule for "the candidate matches this hypothesis"."""
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from parity.core.metrics import rel_l2
+from parity.core.metrics import CHUNK_ELEMENTS, rel_l2
 from parity.core.results import Comparison
 from parity.core.trace import Trace
 
@@ -126,6 +128,36 @@ def matches(candidate: np.ndarray, hypothesis: np.ndarray, reference: np.ndarray
     residual = rel_l2(hypothesis, candidate)
     error = rel_l2(reference, candidate)
     return residual if residual <= min(CLOSE, EXPLAINED * error) else None
+
+
+def matches_scaled(candidate: np.ndarray, factor: float, reference: np.ndarray) -> float | None:
+    """matches(candidate, factor * reference, reference), summed a chunk at a time in float64: the
+    hypothesis is never made whole, so a large pair stays within compare's memory bound."""
+    if candidate.shape != reference.shape:
+        return None
+    reference_flat, candidate_flat = reference.reshape(-1), candidate.reshape(-1)
+    reference_squares = error_squares = residual_squares = 0.0
+    for start in range(0, reference_flat.size, CHUNK_ELEMENTS):
+        reference_chunk = reference_flat[start:start + CHUNK_ELEMENTS].astype(np.float64)
+        candidate_chunk = candidate_flat[start:start + CHUNK_ELEMENTS].astype(np.float64)
+        hypothesis = factor * reference_chunk
+        if not np.all(np.isfinite(hypothesis)):
+            return None
+        reference_squares += float(np.dot(reference_chunk, reference_chunk))
+        work = np.subtract(candidate_chunk, hypothesis, out=hypothesis)   # the chunk's residual, then its error
+        residual_squares += float(np.dot(work, work))
+        np.subtract(candidate_chunk, reference_chunk, out=work)
+        error_squares += float(np.dot(work, work))
+    residual = _ratio(math.sqrt(residual_squares), abs(factor) * math.sqrt(reference_squares))
+    error = _ratio(math.sqrt(error_squares), math.sqrt(reference_squares))
+    return residual if residual <= min(CLOSE, EXPLAINED * error) else None
+
+
+def _ratio(error_norm: float, reference_norm: float) -> float:
+    """rel_l2's ratio, with its convention for a zero reference."""
+    if reference_norm == 0.0:
+        return 0.0 if error_norm == 0.0 else float("inf")
+    return error_norm / reference_norm
 
 
 def reproduces(reference: np.ndarray, model: np.ndarray) -> bool:

@@ -11,7 +11,7 @@ from parity.core.metrics import rel_l2
 from parity.core.names import parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, matches, widened
+from parity.diagnose.context import Context, matches, matches_scaled, widened
 
 MAX_SHIFT = 3
 
@@ -131,7 +131,7 @@ def swapped(context: Context):
 @register("sign_flip")
 def sign_flip(context: Context):
     for name, _, reference, candidate in context.focused():
-        if matches(candidate, -reference, reference) is not None:
+        if matches_scaled(candidate, -1.0, reference) is not None:
             yield Diagnosis("sign_flip", name, f"the candidate's {name} is the reference's negated")
             return
 
@@ -146,7 +146,7 @@ def scale_factor(context: Context):
         factor = _dot(candidate, reference) / denominator
         if abs(factor + 1) < 0.05 or abs(factor - 1) < 1e-3:
             continue
-        if matches(candidate, factor * reference, reference) is not None:
+        if matches_scaled(candidate, factor, reference) is not None:
             yield Diagnosis("scale_factor", name, f"the candidate's {name} is the reference's times {factor:.4g}"
                                                   f"{_known_factor(factor, context)}")
             return
