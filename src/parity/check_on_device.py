@@ -26,12 +26,11 @@ from parity.capture.torch_module import (
     base_metadata,
     nothing_recorded,
 )
-from parity.core.calibrate import NoiseFloor
+from parity.core.calibrate import NoiseFloor, noise_floor
 from parity.core.compare import CompareConfig, compare, compare_checkpoint, require_compared
 from parity.core.errors import OptionError
-from parity.core.metrics import measure_pair
 from parity.core.names import INDEX_KINDS, Checkpoint, parse, select
-from parity.core.results import Comparison, Tolerance
+from parity.core.results import Comparison
 from parity.core.trace import Trace, as_array
 
 ON_DEVICE_NOTE = "measured on {device}: both models ran there and no trace was copied to the host (--on-device)"
@@ -88,9 +87,7 @@ def noise_on_device(reference: Trace, lowp_model, *, taps, checkpoints: str | No
 
     def measure(name: str, tensor) -> None:
         if name in reference and tuple(reference[name].shape) == tuple(tensor.shape):
-            checkpoint = parse(name) or Checkpoint(name=name, kind=name)
-            metrics = measure_pair(reference[name], tensor, _ANY, token_axis=checkpoint.token_axis).metrics
-            floors[name] = NoiseFloor(metrics.rel_l2, metrics.position_rel_l2)
+            floors[name] = noise_floor(name, reference[name], tensor)
 
     _run_measured(lowp_model, reference.tokens, measure, taps=taps, checkpoints=checkpoints, raw=raw)
     return floors
@@ -197,8 +194,6 @@ def _cleaned(metadata: dict) -> dict:
 def _dtype(tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
 
-
-_ANY = Tolerance(atol=float("inf"), rtol=0.0, basis="none: only the norms are read")
 
 
 def forward_on_device(options, reference_model, candidate_source, tokens: list[int], *, calibrating: bool,

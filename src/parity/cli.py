@@ -17,7 +17,7 @@ from parity.core.compare import CompareConfig
 from parity.core.errors import OptionError, ParityError
 from parity.core.printable import printable
 from parity.core.tolerances import user_tolerance
-from parity.core.trace import Trace, load_trace, make_trace, save_trace
+from parity.core.trace import Trace, load_trace, save_trace
 
 EXIT_PASS, EXIT_DIVERGED, EXIT_UNUSABLE = 0, 1, 2
 DTYPES = ("float64", "float32", "bfloat16", "float16")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parity.core.metrics import measure_pair
+from parity.core.metrics import NORMS_ONLY, measure_pair
 from parity.core.names import Checkpoint, parse
 from parity.core.results import Tolerance
 from parity.core.trace import Trace
@@ -53,13 +53,16 @@ def noise_floors(reference: Trace, reference_lowp: Trace) -> dict[str, NoiseFloo
     for name in reference.names:
         if name not in reference_lowp or reference[name].shape != reference_lowp[name].shape:
             continue
-        checkpoint = parse(name) or Checkpoint(name=name, kind=name)
-        metrics = measure_pair(reference[name], reference_lowp[name], _ANY, token_axis=checkpoint.token_axis).metrics
-        floors[name] = NoiseFloor(metrics.rel_l2, metrics.position_rel_l2)
+        floors[name] = noise_floor(name, reference[name], reference_lowp[name])
     return floors
 
 
-_ANY = Tolerance(atol=float("inf"), rtol=0.0, basis="none: only the norms are read")
+def noise_floor(name: str, reference, reference_lowp) -> NoiseFloor:
+    """The error of one checkpoint of the low-precision run against the reference's (numpy arrays, or
+    torch tensors measured on their device)."""
+    checkpoint = parse(name) or Checkpoint(name=name, kind=name)
+    metrics = measure_pair(reference, reference_lowp, NORMS_ONLY, token_axis=checkpoint.token_axis).metrics
+    return NoiseFloor(metrics.rel_l2, metrics.position_rel_l2)
 
 
 def calibrated_tolerance(noise: NoiseFloor, dtype: str, label: str | None = None) -> Tolerance:

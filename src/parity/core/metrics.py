@@ -88,7 +88,7 @@ def per_position_rel_l2(reference: np.ndarray, candidate: np.ndarray, token_axis
     """rel_l2 of each token position (over the finite elements of both): (T,)."""
     if reference.ndim == 0 or reference.size == 0:
         return np.zeros(0)
-    return measure_pair(reference, candidate, _ANY, token_axis=token_axis).per_position
+    return measure_pair(reference, candidate, NORMS_ONLY, token_axis=token_axis).per_position
 
 
 def rel_l2(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -103,19 +103,16 @@ def rel_l2(reference: np.ndarray, candidate: np.ndarray) -> float:
             error = candidate[start:start + CHUNK_ELEMENTS].astype(np.float64) - reference_chunk
             error_squares += float(np.dot(error, error))
             reference_squares += float(np.dot(reference_chunk, reference_chunk))
-    error_norm, reference_norm = math.sqrt(error_squares), math.sqrt(reference_squares)
-    if reference_norm == 0.0:
-        return 0.0 if error_norm == 0.0 else float("inf")
-    return error_norm / reference_norm
+    return norm_ratio(math.sqrt(error_squares), math.sqrt(reference_squares))
 
 
 def rms(array: np.ndarray) -> float:
     """Root mean square over finite elements; 0.0 for an empty or all-non-finite tensor."""
     array = np.asarray(array)
-    return measure_pair(array, array, _ANY, token_axis=None).metrics.reference_rms
+    return measure_pair(array, array, NORMS_ONLY, token_axis=None).metrics.reference_rms
 
 
-_ANY = Tolerance(atol=float("inf"), rtol=0.0, basis="none: only the norms are read")
+NORMS_ONLY = Tolerance(atol=float("inf"), rtol=0.0, basis="none: only the norms are read")  # no element fails
 
 
 def _is_torch(value) -> bool:
@@ -350,7 +347,7 @@ class PairSums:
             numel=self.numel,
             max_abs=max(self.max_abs, 0.0),
             mean_abs=self.abs_sum / self.numel if self.numel else 0.0,
-            rel_l2=_scalar_ratio(math.sqrt(self.error_squares), math.sqrt(self.reference_squares_both)),
+            rel_l2=norm_ratio(math.sqrt(self.error_squares), math.sqrt(self.reference_squares_both)),
             cosine=self._cosine(),
             max_rel=self.max_rel,
             mismatched=self.mismatched,
@@ -429,7 +426,7 @@ def _ratio(error_norm: np.ndarray, reference_norm: np.ndarray) -> np.ndarray:
     return ratio
 
 
-def _scalar_ratio(error_norm: float, reference_norm: float) -> float:
+def norm_ratio(error_norm: float, reference_norm: float) -> float:
     """error / reference, with 0/0 -> 0 and x/0 -> inf."""
     if reference_norm > 0:
         return error_norm / reference_norm

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from parity.core.metrics import CHUNK_ELEMENTS, rel_l2
+from parity.core.metrics import CHUNK_ELEMENTS, norm_ratio, rel_l2
 from parity.core.results import Comparison
 from parity.core.trace import Trace
 
@@ -148,16 +148,9 @@ def matches_scaled(candidate: np.ndarray, factor: float, reference: np.ndarray) 
         residual_squares += float(np.dot(work, work))
         np.subtract(candidate_chunk, reference_chunk, out=work)
         error_squares += float(np.dot(work, work))
-    residual = _ratio(math.sqrt(residual_squares), abs(factor) * math.sqrt(reference_squares))
-    error = _ratio(math.sqrt(error_squares), math.sqrt(reference_squares))
+    residual = norm_ratio(math.sqrt(residual_squares), abs(factor) * math.sqrt(reference_squares))
+    error = norm_ratio(math.sqrt(error_squares), math.sqrt(reference_squares))
     return residual if residual <= min(CLOSE, EXPLAINED * error) else None
-
-
-def _ratio(error_norm: float, reference_norm: float) -> float:
-    """rel_l2's ratio, with its convention for a zero reference."""
-    if reference_norm == 0.0:
-        return 0.0 if error_norm == 0.0 else float("inf")
-    return error_norm / reference_norm
 
 
 def reproduces(reference: np.ndarray, model: np.ndarray) -> bool:

@@ -6,7 +6,6 @@ NaN and Inf counts beside them say what they were.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
