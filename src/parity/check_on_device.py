@@ -19,19 +19,19 @@ from collections.abc import Callable
 
 from parity.capture.candidates import DESCRIBED
 from parity.capture.torch_module import (
-    _canonical_layout,
-    _first_tensor,
     _input_ids,
     _traced_forward,
     base_metadata,
     nothing_recorded,
+    recorded_tensors,
+    returned_logits,
 )
 from parity.core.calibrate import NoiseFloor, noise_floor
 from parity.core.compare import CompareConfig, compare, compare_checkpoint, require_compared
 from parity.core.errors import OptionError
-from parity.core.names import INDEX_KINDS, Checkpoint, parse, select
+from parity.core.names import INDEX_KINDS, Checkpoint, parse
 from parity.core.results import Comparison
-from parity.core.trace import Trace, as_array
+from parity.core.trace import Trace, as_array, clean_metadata
 
 ON_DEVICE_NOTE = "measured on {device}: both models ran there and no trace was copied to the host (--on-device)"
 
@@ -65,18 +65,8 @@ def reference_on_device(model, tokens: list[int], *, taps, checkpoints: str | No
                         metadata: dict) -> Trace:
     """The reference's checkpoints as its forward made them, left on its device (a Trace of torch tensors)."""
     input_ids = _input_ids(tokens, model)
-    options = dict(checkpoints=checkpoints, raw=raw, token_count=input_ids.shape[-1], host=False)
-    tracer, output = _traced_forward(model, input_ids, taps, None, copy=False, **options)
-    if tracer.overwritten():  # the forward changed a recorded tensor in place: again, with device copies
-        tracer, output = _traced_forward(model, input_ids, taps, None, copy=True, **options)
-    tensors = dict(tracer.tensors)
-    logits = _first_tensor(output)
-    if "logits" not in tensors and logits is not None and select(["logits"], checkpoints):
-        tensors["logits"] = _canonical_layout("logits", logits.detach())
-    if not tensors:
-        raise nothing_recorded(model)
-    metadata = _cleaned({**base_metadata(model, input_ids), **metadata})
-    return Trace(tensors=tensors, metadata=metadata,
+    tensors = recorded_tensors(model, input_ids, taps, None, checkpoints=checkpoints, raw=raw, host=False)
+    return Trace(tensors=tensors, metadata=clean_metadata({**base_metadata(model, input_ids), **metadata}),
                  dtypes={name: _dtype(tensor) for name, tensor in tensors.items()})
 
 
@@ -100,7 +90,7 @@ def candidate_on_device(reference: Trace, model, config: CompareConfig, *, taps,
     measured, shapes, dtypes = {}, {}, {}
     routing: dict = {}   # the few small tensors expert routing is judged from, kept on the host
     input_ids = _input_ids(reference.tokens, model)
-    metadata = _cleaned({**base_metadata(model, input_ids), **(metadata or {})})
+    metadata = clean_metadata({**base_metadata(model, input_ids), **(metadata or {})})
 
     def measure(name: str, tensor) -> None:
         shapes[name], dtypes[name] = tuple(tensor.shape), _dtype(tensor)
@@ -131,9 +121,9 @@ def _run_measured(model, tokens, measure: Callable, *, taps, checkpoints: str | 
     input_ids = _input_ids(tokens, model)
     _, output = _traced_forward(model, input_ids, taps, None, copy=False, sink=sink, host=False, raw=raw,
                                 checkpoints=checkpoints, token_count=input_ids.shape[-1])
-    logits = _first_tensor(output)
-    if "logits" not in sink and logits is not None and select(["logits"], checkpoints):
-        sink.put("logits", _canonical_layout("logits", logits.detach()), owned=False)
+    logits = returned_logits(output, checkpoints, present=sink)
+    if logits is not None:
+        sink.put("logits", logits, owned=False)
     if not sink.names:
         raise nothing_recorded(model)
 
@@ -159,9 +149,6 @@ class _MeasuringSink:
 class _Measured(dict):
     """The candidate's checkpoints after an on-device pass: their shapes, their data already measured."""
 
-    def __init__(self, shapes: dict[str, tuple[int, ...]]) -> None:
-        super().__init__(shapes)
-
     def __getitem__(self, name: str):
         raise KeyError(f"{name}: measured on the device and not kept; run without --on-device to read it")
 
@@ -186,14 +173,8 @@ def _device_of(model) -> str | None:
     return devices.pop() if len(devices) == 1 and "meta" not in devices else None
 
 
-def _cleaned(metadata: dict) -> dict:
-    """Metadata without its empty entries, as make_trace keeps it."""
-    return {key: value for key, value in metadata.items() if value is not None}
-
-
 def _dtype(tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
-
 
 
 def forward_on_device(options, reference_model, candidate_source, tokens: list[int], *, calibrating: bool,

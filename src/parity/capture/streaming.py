@@ -19,14 +19,12 @@ from typing import Any
 
 from parity.capture.torch_module import (
     TapsLike,
-    _canonical_layout,
-    base_metadata,
-    _first_tensor,
     _input_ids,
     _traced_forward,
+    base_metadata,
     nothing_recorded,
+    returned_logits,
 )
-from parity.core.names import select
 from parity.core.trace import as_array, metadata_strings, storage
 from parity.core.trace_writer import TraceWriter
 
@@ -121,9 +119,9 @@ def stream_module(
         writer.restart()  # a tensor changed in place before it was written: run again, copying each
     for name, parameter in tracer.tensors.items():  # the tapped modules' own parameters (--weights)
         writer.add(name, *storage(*as_array(parameter)))
-    logits = _first_tensor(output)
-    if "logits" not in writer and logits is not None and select(["logits"], checkpoints):
-        writer.add("logits", *storage(*as_array(_canonical_layout("logits", logits.detach().cpu()))))
+    logits = returned_logits(output, checkpoints, present=writer)
+    if logits is not None:
+        writer.add("logits", *storage(*as_array(logits)))
     if not writer.names:
         raise nothing_recorded(model)
     writer.finish(metadata_strings({**base_metadata(model, input_ids), **(metadata or {})}))

@@ -384,19 +384,36 @@ def trace_module(
     tensor, or `.logits`) is used.
     """
     input_ids = _input_ids(tokens, model)
-    # Record the forward's own tensors without copying them; if the forward changed one in
-    # place after it was recorded, run it again copying each as it arrives.
-    options = dict(checkpoints=checkpoints, weights=weights, raw=raw, token_count=input_ids.shape[-1])
+    tensors = recorded_tensors(model, input_ids, taps, forward, checkpoints=checkpoints, weights=weights, raw=raw)
+    return make_trace(tensors, {**base_metadata(model, input_ids), **(metadata or {})})
+
+
+def recorded_tensors(model, input_ids, taps, forward, *, checkpoints: str | None, host: bool = True,
+                     **options) -> dict[str, Any]:
+    """The checkpoints of one forward pass, by name: on the host, or (host=False) left on the device.
+
+    The forward's own tensors are recorded without copying them; if the forward changed one in place
+    after it was recorded, it runs again copying each as it arrives."""
+    options = dict(checkpoints=checkpoints, token_count=input_ids.shape[-1], host=host, **options)
     tracer, output = _traced_forward(model, input_ids, taps, forward, copy=False, **options)
     if tracer.overwritten():
         tracer, output = _traced_forward(model, input_ids, taps, forward, copy=True, **options)
     tensors = dict(tracer.tensors)
-    logits = _first_tensor(output)
-    if "logits" not in tensors and logits is not None and select(["logits"], checkpoints):
-        tensors["logits"] = _canonical_layout("logits", logits.detach().cpu())
+    logits = returned_logits(output, checkpoints, present=tensors)
+    if logits is not None:
+        tensors["logits"] = logits.cpu() if host else logits
     if not tensors:
         raise nothing_recorded(model)
-    return make_trace(tensors, {**base_metadata(model, input_ids), **(metadata or {})})
+    return tensors
+
+
+def returned_logits(output, checkpoints: str | None, *, present):
+    """The forward's return value (a tensor, a tuple's first tensor, or `.logits`) in the canonical layout,
+    where no tap recorded `logits` (not in `present`) and the selection wants it; else None."""
+    logits = _first_tensor(output)
+    if "logits" in present or logits is None or not select(["logits"], checkpoints):
+        return None
+    return _canonical_layout("logits", logits.detach())
 
 
 def nothing_recorded(model) -> CaptureError:

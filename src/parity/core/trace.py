@@ -92,12 +92,12 @@ def make_trace(tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = 
     """Build a Trace from numpy arrays or torch tensors (bfloat16 included).
     A loaded trace's lazy tensors stay lazy."""
     if isinstance(tensors, LazyTensors):
-        return Trace(tensors=tensors, metadata=_clean_metadata(metadata or {}), dtypes=tensors.dtypes(), source=source)
+        return Trace(tensors=tensors, metadata=clean_metadata(metadata or {}), dtypes=tensors.dtypes(), source=source)
     arrays: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
     for name, value in tensors.items():
         arrays[name], dtypes[name] = as_array(value)
-    return Trace(tensors=arrays, metadata=_clean_metadata(metadata or {}), dtypes=dtypes, source=source)
+    return Trace(tensors=arrays, metadata=clean_metadata(metadata or {}), dtypes=dtypes, source=source)
 
 
 def as_array(value: Any) -> tuple[np.ndarray, str]:
@@ -124,7 +124,8 @@ def _drop_batch_axis(array: np.ndarray) -> np.ndarray:
     return array[0] if array.ndim >= 3 and array.shape[0] == 1 else array
 
 
-def _clean_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+def clean_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Metadata without its empty (None) entries, as a trace keeps it."""
     return {key: value for key, value in metadata.items() if value is not None}
 
 
@@ -152,7 +153,7 @@ def load_trace(path: str | Path) -> Trace:
         sources, raw_metadata = (readers.read_npz if path.suffix == ".npz" else readers.read_safetensors)(path)
         where = path
     tensors = LazyTensors(sources)
-    metadata = _clean_metadata(parse_metadata(raw_metadata, where))
+    metadata = clean_metadata(parse_metadata(raw_metadata, where))
     trace = Trace(tensors=tensors, metadata=metadata, dtypes={**tensors.dtypes(), **declared}, source=str(path))
     _check_is_trace(trace, path)
     return trace
