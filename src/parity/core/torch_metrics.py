@@ -33,7 +33,7 @@ def measure_tensors(reference, candidate, tolerance: ToleranceRule, *, token_axi
     if reference.shape != candidate.shape:
         raise ValueError(f"shapes differ: {tuple(reference.shape)} vs {tuple(candidate.shape)}")
     for tensor in (reference, candidate):
-        if tensor.is_complex() or not (tensor.is_floating_point() or tensor.dtype in _INTEGER_DTYPES(torch)):
+        if not _real_numeric(tensor):
             raise TypeError(f"cannot measure a tensor of dtype {tensor.dtype}: only real numeric tensors are compared")
     shape = tuple(reference.shape)
     token_axis = token_axis if token_axis is not None and 0 <= token_axis < len(shape) else None
@@ -53,8 +53,12 @@ def measure_tensors(reference, candidate, tolerance: ToleranceRule, *, token_axi
     return Measurement(sums.metrics(per_position), known, per_position)
 
 
-def _INTEGER_DTYPES(torch) -> tuple:
-    return (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)
+def _real_numeric(tensor) -> bool:
+    """Floating point, integer or bool: what the numpy pass measures too (dtype kinds f, i, u, b)."""
+    import torch
+
+    return tensor.is_floating_point() or tensor.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
+                                                          torch.uint8, torch.bool)
 
 
 def _on_one_device(reference, candidate):
