@@ -9,7 +9,7 @@ of the rest are reported. Both sides get the same threads and the same tokens.
 
     side kinds   transformers  a model directory or .gguf (dequantized), at --dtype
                  llamacpp      llamacpp:FILE.gguf, through llama-cpp-python
-                 factory       FILE.py:FACTORY, a torch.nn.Module taking past_key_values/use_cache
+                 factory       FILE.py:FACTORY, a torch.nn.Module taking use_cache and its cache (cache or past_key_values)
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ class _Torch:
         from parity.capture.decoding import decode_support
 
         self.decodes = kind != "factory" or decode_support(self.model, [0, 1]) is None
-        self.decode_note = None if self.decodes else "not measured: the candidate's forward takes no past_key_values"
+        self.decode_note = None if self.decodes else "not measured: the candidate's forward takes no cache"
         config = getattr(self.model, "config", None)
         self.vocab_size = getattr(config, "vocab_size", None) or (config or {}).get("vocab_size")
         if not self.vocab_size:
@@ -160,21 +160,20 @@ class _Torch:
                            f"{str(dtype).removeprefix('torch.')}, {options.threads} threads, {options.device}"
 
     def time(self, prompt: list[int], continuation: list[int]) -> tuple[float, float | None]:
-        from parity.capture.decoding import _split
+        from parity.capture.decoding import call_with_cache
 
         torch = self.torch
         ids = torch.tensor([prompt], device=self.device)
         with torch.no_grad():
             start = _now(self.device)
-            output = self.model(ids, use_cache=True) if self.decodes else self.model(ids)
-            prefill = _now(self.device) - start
             if not self.decodes:
-                return prefill, None
-            _, cache = _split(output)
+                self.model(ids)
+                return _now(self.device) - start, None
+            _, cache = call_with_cache(self.model, ids, None)
+            prefill = _now(self.device) - start
             start = _now(self.device)
             for token in continuation:
-                _, cache = _split(self.model(torch.tensor([[token]], device=self.device), past_key_values=cache,
-                                             use_cache=True))
+                _, cache = call_with_cache(self.model, torch.tensor([[token]], device=self.device), cache)
             return prefill, _now(self.device) - start
 
     def device_memory(self) -> dict[str, Any]:

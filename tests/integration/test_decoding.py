@@ -72,10 +72,28 @@ def test_the_kv_cache_and_prefill_variants(model_dirs, ports):
 # Decode bugs in candidates built on transformers' own Llama, whose forward takes **kwargs (as patched and
 # wrapped models do): decoding is found by trying, and each step's checkpoints come from transformers' hooks,
 # where k_rope holds every key the step reads from the cache.
-LLAMA_PORTS = '''import transformers
+LLAMA_PORTS = '''import inspect
+
+import transformers
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 SLOTS = 64
+
+
+def cache_keyword(forward):
+    """The keyword this transformers forward takes its cache by. transformers 5.24 renamed past_key_values to
+    cache: a port that plants its bug through a name the forward no longer takes plants nothing, so a name
+    neither here is an error, not a bug left out."""
+    parameters = inspect.signature(forward).parameters
+    for keyword in ("cache", "past_key_values"):
+        if keyword in parameters:
+            return keyword
+    raise TypeError(f"{forward.__qualname__} takes its cache by none of cache, past_key_values "
+                    f"({', '.join(parameters)}): transformers renamed it again; plant the bug through the new name")
+
+
+MODEL_CACHE = cache_keyword(transformers.LlamaForCausalLM.forward)
+ATTENTION_CACHE = cache_keyword(transformers.models.llama.modeling_llama.LlamaAttention.forward)
 
 
 class LateWriteLayer(DynamicLayer):
@@ -103,10 +121,10 @@ class LateWriteLayer(DynamicLayer):
 
 class LateCacheWrite(transformers.LlamaForCausalLM):
     def forward(self, input_ids, **kwargs):
-        if kwargs.get("use_cache") and kwargs.get("past_key_values") is None:
+        if kwargs.get("use_cache") and kwargs.get(MODEL_CACHE) is None:
             cache = DynamicCache(config=self.config)
             cache.layers = [LateWriteLayer() for _ in cache.layers]
-            kwargs["past_key_values"] = cache
+            kwargs[MODEL_CACHE] = cache
         return super().forward(input_ids=input_ids, **kwargs)
 
 
@@ -119,11 +137,12 @@ class LayerIgnoresCache(transformers.LlamaForCausalLM):
         attention = self.model.layers[1].self_attn
         original = attention.forward
 
-        def forward(*args, past_key_values=None, attention_mask=None, **kwargs):
-            if past_key_values is not None and past_key_values.get_seq_length(1) > 0:
-                past_key_values = None
+        def forward(*args, attention_mask=None, **kwargs):
+            cache = kwargs.get(ATTENTION_CACHE)
+            if cache is not None and cache.get_seq_length(1) > 0:
+                kwargs[ATTENTION_CACHE] = None
                 attention_mask = None if attention_mask is None else attention_mask[..., -1:]
-            return original(*args, past_key_values=past_key_values, attention_mask=attention_mask, **kwargs)
+            return original(*args, attention_mask=attention_mask, **kwargs)
 
         attention.forward = forward
 

@@ -2,9 +2,11 @@
 
 A candidate decodes when, called as transformers models are, it does: with
 use_cache=True it returns its logits and a cache (a tuple, or an object with
-`.logits` and `.past_key_values`), and given that cache back with one more token
-it returns that token's logits. This is found by trying (decode_support), not
-from the forward's signature: wrappers and patched models take `**kwargs`.
+`.logits` and `.cache` or `.past_key_values`), and given that cache back with one
+more token it returns that token's logits. This is found by trying
+(decode_support), not from the forward's signature: wrappers and patched models
+take `**kwargs`. The cache goes back under the keyword the forward names:
+`cache` (transformers 5.24 on) or `past_key_values` (before, and most ports).
 """
 
 from __future__ import annotations
@@ -18,6 +20,31 @@ from parity.core.metrics import rel_l2
 from parity.core.names import in_flow_order, parse
 
 
+CACHE_KEYWORDS = ("cache", "past_key_values")   # transformers 5.24 renamed past_key_values to cache
+
+
+def cache_keyword(model) -> str:
+    """The keyword `model`'s forward takes its cache by: the first of CACHE_KEYWORDS that a forward in its
+    class hierarchy names (a wrapper taking **kwargs inherits its base's), else `past_key_values`."""
+    for cls in type(model).__mro__:
+        forward = cls.__dict__.get("forward")
+        if forward is None:
+            continue
+        try:
+            parameters = inspect.signature(forward).parameters
+        except (TypeError, ValueError):
+            continue
+        named = next((keyword for keyword in CACHE_KEYWORDS if keyword in parameters), None)
+        if named is not None:
+            return named
+    return "past_key_values"
+
+
+def call_with_cache(model, ids, cache):
+    """(logits, cache) of one forward over `ids` (a (B, T) tensor) continuing from `cache` (None: a fresh one)."""
+    return _split(model(ids, use_cache=True, **{cache_keyword(model): cache}))
+
+
 def decode_support(model, prompt: list[int]) -> str | None:
     """None when `model` decodes through a cache (tried on the prompt's first tokens); else why not."""
     import torch
@@ -27,16 +54,16 @@ def decode_support(model, prompt: list[int]) -> str | None:
     first, second = prompt[:1], prompt[1:2] or prompt[:1]
     try:
         with torch.no_grad():
-            _, cache = _split(model(ids_tensor([first], model), past_key_values=None, use_cache=True))
+            _, cache = call_with_cache(model, ids_tensor([first], model), None)
     except TypeError as error:
-        return f"its forward does not take past_key_values and use_cache ({describe_error(error)})"
+        return f"its forward does not take {cache_keyword(model)} and use_cache ({describe_error(error)})"
     except Exception as error:  # the user's code
         return f"called with use_cache=True it failed: {describe_error(error)}"
     if cache is None:
         return "called with use_cache=True it returned no cache"
     try:
         with torch.no_grad():
-            logits, _ = _split(model(ids_tensor([second], model), past_key_values=cache, use_cache=True))
+            logits, _ = call_with_cache(model, ids_tensor([second], model), cache)
     except Exception as error:  # the user's code
         return f"given its own cache back with one more token it failed: {describe_error(error)}"
     if logits is None or logits.dim() < 2 or logits.shape[-2] != 1:
@@ -54,7 +81,8 @@ def _split(output):
     if isinstance(output, (tuple, list)):
         logits = output[0] if output and isinstance(output[0], torch.Tensor) else None
         return logits, output[1] if len(output) > 1 else None
-    return getattr(output, "logits", None), getattr(output, "past_key_values", None)
+    cache = getattr(output, "cache", None)
+    return getattr(output, "logits", None), cache if cache is not None else getattr(output, "past_key_values", None)
 
 
 def incremental(model, prompt: list[int], continuation: list[int], *, taps: TapsLike | None = None):
@@ -67,10 +95,10 @@ def incremental(model, prompt: list[int], continuation: list[int], *, taps: Taps
         for chunk in chunks:
             if taps is not None:
                 with ModuleTracer(model, taps) as tracer:
-                    logits, cache = _split(model(ids_tensor([chunk], model), past_key_values=cache, use_cache=True))
+                    logits, cache = call_with_cache(model, ids_tensor([chunk], model), cache)
                 steps.append({name: tensor.float().cpu().numpy() for name, tensor in tracer.tensors.items()})
             else:
-                logits, cache = _split(model(ids_tensor([chunk], model), past_key_values=cache, use_cache=True))
+                logits, cache = call_with_cache(model, ids_tensor([chunk], model), cache)
             rows.append(logits[0, -1].double().cpu().numpy())
     return np.stack(rows), steps
 
@@ -124,7 +152,7 @@ def prefill_cache(model, prompt: list[int]):
     import torch
 
     with torch.no_grad():
-        _, cache = _split(model(ids_tensor([prompt], model), past_key_values=None, use_cache=True))
+        _, cache = call_with_cache(model, ids_tensor([prompt], model), None)
     return cache_tensors(cache)
 
 
@@ -134,8 +162,8 @@ def chunked_prefill_logits(model, prompt: list[int]) -> np.ndarray:
 
     half = max(1, len(prompt) // 2)
     with torch.no_grad():
-        _, cache = _split(model(ids_tensor([prompt[:half]], model), past_key_values=None, use_cache=True))
-        logits, _ = _split(model(ids_tensor([prompt[half:]], model), past_key_values=cache, use_cache=True))
+        _, cache = call_with_cache(model, ids_tensor([prompt[:half]], model), None)
+        logits, _ = call_with_cache(model, ids_tensor([prompt[half:]], model), cache)
     return logits[0, -1].double().cpu().numpy()
 
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 
+from parity.capture.decoding import call_with_cache
 from parity.core.results import Tolerance
 from parity.sanity.components import _verdict
 from parity.sanity.pair import Pair, logits_of, scaled_parameter, to_numpy
@@ -89,15 +90,14 @@ def test_kv_cache(pair: Pair) -> TestResult:
     results = {}
     with torch.no_grad():
         full = logits_of(pair.candidate(input_ids=ids))
-        output = pair.candidate(input_ids=ids[:, :prefill], use_cache=True)
-        results[f"prefill 0..{prefill - 1}"] = pair.compare(full[:, :prefill], logits_of(output))
+        logits, cache = call_with_cache(pair.candidate, ids[:, :prefill], None)
+        results[f"prefill 0..{prefill - 1}"] = pair.compare(full[:, :prefill], logits)
         for t in range(prefill, T):
-            cache = getattr(output, "past_key_values", None)
             if cache is None:
-                return TestResult("kv_cache", FAILED, f"with use_cache=True the candidate returned no past_key_values "
+                return TestResult("kv_cache", FAILED, f"with use_cache=True the candidate returned no cache "
                                   f"(after {t} tokens)")
-            output = pair.candidate(input_ids=ids[:, t:t + 1], past_key_values=cache, use_cache=True)
-            results[f"step {t}"] = pair.compare(full[:, t:t + 1], logits_of(output))
+            logits, cache = call_with_cache(pair.candidate, ids[:, t:t + 1], cache)
+            results[f"step {t}"] = pair.compare(full[:, t:t + 1], logits)
     result = _verdict("kv_cache", results, "steps")
     if not result:
         return TestResult("kv_cache", FAILED, "decoding through the cache differs from the full pass: " +
