@@ -42,8 +42,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from parity.capture.hf import load_model, quiet_transformers
-    from parity.capture.smollm2 import gguf_path
+    from parity.capture.hf.model import load_model, quiet_transformers
+    from parity.capture.gguf.smollm2 import gguf_path
     from parity.core.trace import save_trace
 
     quiet_transformers()

@@ -36,10 +36,10 @@ def time_command(repeat: int) -> tuple[list[float], list[float]]:
 
 def time_phases() -> dict[str, float]:
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from parity.capture.hf import load_model, quiet_transformers
-    from parity.capture.llamacpp import LlamaCppRunner
-    from parity.capture.llamacpp_numerics import llamacpp_activation_rounding
-    from parity.capture.smollm2 import DEFAULT_PROMPT, gguf_path
+    from parity.capture.hf.model import load_model, quiet_transformers
+    from parity.capture.llamacpp.runner import LlamaCppRunner
+    from parity.capture.llamacpp.numerics import llamacpp_activation_rounding
+    from parity.capture.gguf.smollm2 import DEFAULT_PROMPT, gguf_path
     from parity.core.calibrate import noise_floors
     from parity.core.compare import CompareConfig, compare
     from parity.diagnose import diagnose

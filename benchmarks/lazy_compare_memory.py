@@ -9,7 +9,7 @@ resident memory (wait4's ru_maxrss) against issue 13's bound, 2 x the largest pa
 reference's: every checkpoint fails, no detector explains it, so the whole
 diagnosis runs, no_known_cause included) and one that passes (the reference plus
 1e-6 relative noise: no diagnosis beyond the metrics).
-Traces are read lazily (core/lazytensors.py): each tensor is memory-mapped or read
+Traces are read lazily (core/trace/lazy.py): each tensor is memory-mapped or read
 when the comparison reaches it and dropped after, so the peak should stay flat as N
 grows. The metric pass works in cache-sized chunks (core/metrics.py); the diagnosis
 widens a failing pair to float64 only below 32M elements (diagnose/context.py).

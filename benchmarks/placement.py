@@ -44,7 +44,7 @@ def run(label: str, directory: Path, tokens: list[int], baseline, placement):
     """Load and capture in one placement, print the figures, and return the trace."""
     import torch
 
-    from parity.capture.hf import load_model
+    from parity.capture.hf.model import load_model
     from parity.core.compare import compare
 
     if torch.cuda.is_available():
@@ -75,7 +75,7 @@ def plain_forward_seconds(model, tokens: list[int]) -> float:
     """One forward pass with no hooks, as the capture runs it (its input where the model's first weights are)."""
     import torch
 
-    from parity.capture.torch_module import _input_ids
+    from parity.capture.torch.module import _input_ids
 
     input_ids = _input_ids(tokens, model)
     started = time.perf_counter()
@@ -96,8 +96,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from parity.capture.hf import quiet_transformers
-    from parity.capture.placement import placement_from_options
+    from parity.capture.hf.model import quiet_transformers
+    from parity.capture.hf.placement import placement_from_options
 
     quiet_transformers()
     tokens = np.random.default_rng(0).integers(0, 49152, args.tokens).tolist()

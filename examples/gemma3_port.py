@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from parity.capture.probe import Probe
+from parity.capture.torch.probe import Probe
 
 TAPS = {
     "embed": "embed_tokens",                        # the table lookup

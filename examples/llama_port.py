@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from parity.capture.probe import Probe
+from parity.capture.torch.probe import Probe
 
 TAPS = {
     "embed": "embed",

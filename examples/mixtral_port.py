@@ -24,7 +24,7 @@ from torch import nn
 from llama_port import TAPS as LLAMA_TAPS
 from llama_port import Attention, RMSNorm, rope_tables
 from llama_port import Bugs as LlamaBugs
-from parity.capture.probe import Probe
+from parity.capture.torch.probe import Probe
 
 TAPS = {
     **{pattern: name for pattern, name in LLAMA_TAPS.items() if not pattern.startswith("blocks.{i}.mlp")

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from parity.capture.probe import Probe
+from parity.capture.torch.probe import Probe
 
 PROBE_TAPS = ["nanogpt", {"transformer.h.{i}.attn.probs": "layers.{i}.attn_probs"}]
 

@@ -170,11 +170,11 @@ def _atheris(args, reference: Path, scratch: Path) -> int:
     import trace_fuzz
 
     with atheris.instrument_imports():
-        import parity.core.boundedjson  # noqa: F401
-        import parity.core.npy  # noqa: F401
-        import parity.core.npz  # noqa: F401
-        import parity.core.readers  # noqa: F401
-        import parity.core.tracemeta  # noqa: F401
+        import parity.core.trace.bounded_json  # noqa: F401
+        import parity.core.trace.npy  # noqa: F401
+        import parity.core.trace.npz  # noqa: F401
+        import parity.core.trace.readers  # noqa: F401
+        import parity.core.trace.metadata  # noqa: F401
     fuzzer = Fuzzer(reference, scratch, args.timeout_s, args.crashes)
     corpus = scratch / "atheris-corpus"
     corpus.mkdir()

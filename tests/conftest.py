@@ -30,7 +30,7 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def reference_traces(model_dirs):
     """The float32 reference trace of each family over TOKENS."""
-    from parity.capture.hf import capture_hf
+    from parity.capture.hf.model import capture_hf
 
     return {family: capture_hf(directory, tokens=TOKENS) for family, directory in model_dirs.items()}
 
@@ -50,7 +50,7 @@ def need(module: str):
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    from parity.capture.smollm2 import gguf_path
+    from parity.capture.gguf.smollm2 import gguf_path
     from parity.core.errors import OptionError
 
     try:
@@ -64,6 +64,6 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_reference(smollm2_gguf):
     """SmolLM2 loaded in transformers from the GGUF (dequantized to float32): about 25 s, once."""
-    from parity.capture.hf import load_model
+    from parity.capture.hf.model import load_model
 
     return load_model(smollm2_gguf)

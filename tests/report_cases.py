@@ -13,7 +13,7 @@ import numpy as np
 
 from parity.core.calibrate import noise_floors
 from parity.core.compare import CompareConfig, compare
-from parity.core.decoding import CacheComparison, DecodeConsistency
+from parity.core.decode_consistency import CacheComparison, DecodeConsistency
 from parity.core.generation import GenerationComparison, GreedyDivergence, SamplerCheck, TeacherForced
 from parity.core.results import CheckpointResult, Diagnosis
 from parity.core.trace import make_trace

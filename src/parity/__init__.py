@@ -47,9 +47,9 @@ __all__ = [
 ]
 
 _LAZY = {  # these import torch or transformers, so only on first use
-    "trace_module": "parity.capture.torch_module",
-    "capture_hf": "parity.capture.hf",
-    "Probe": "parity.capture.probe",
+    "trace_module": "parity.capture.torch.module",
+    "capture_hf": "parity.capture.hf.model",
+    "Probe": "parity.capture.torch.probe",
 }
 
 

@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from parity import arguments
+from parity.commands import options as arguments
 from parity.capture.candidates import LLAMACPP_PREFIX
 from parity.core.compare import CompareConfig
 from parity.core.errors import OptionError, ParityError
@@ -70,7 +70,7 @@ def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, prog
     """Capture a transformers model straight into the trace file `output`: the names written, and the token count."""
     from contextlib import nullcontext
 
-    from parity.capture.hf import load_model, quiet_transformers
+    from parity.capture.hf.model import load_model, quiet_transformers
 
     _need_one_input(prompt, tokens)
     if emulate == "llamacpp" and not str(model).endswith(".gguf"):
@@ -82,7 +82,7 @@ def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, prog
     ids = tokens if tokens is not None else reference.tokenize(prompt)
     rounding = nullcontext()
     if emulate == "llamacpp":
-        from parity.capture.llamacpp_numerics import llamacpp_numerics
+        from parity.capture.llamacpp.numerics import llamacpp_numerics
 
         rounding = llamacpp_numerics(reference.model, model)
     progress.step(f"capturing the reference over {len(ids)} tokens into {output}"
@@ -94,7 +94,7 @@ def _capture_reference(model: str, prompt, tokens, dtype: str, checkpoints, prog
 
 
 def _capture_llamacpp(spec: str, prompt, tokens, checkpoints, progress) -> Trace:
-    from parity.capture.llamacpp import LlamaCppRunner
+    from parity.capture.llamacpp.runner import LlamaCppRunner
 
     _need_one_input(prompt, tokens)
     path = spec.removeprefix(LLAMACPP_PREFIX)
@@ -116,7 +116,7 @@ def cmd_compare(args) -> int:
     reference run at the candidate's precision), each checkpoint is held to the
     noise that precision produces there instead of fixed tolerances.
     """
-    from parity.check import compare_and_diagnose
+    from parity.commands.check.run import compare_and_diagnose
     from parity.core.calibrate import check_same_tokens, noise_floors
 
     config = _compare_config(args)
@@ -197,7 +197,7 @@ def cmd_check(args) -> int:
     precision and every checkpoint is held to the noise it produces (see
     docs/tolerances.md); --no-calibrate, or --atol/--rtol, turn this off.
     """
-    from parity.check import CheckOptions, run_check
+    from parity.commands.check.run import CheckOptions, run_check
 
     _default_pair(args)
     if args.gradients:
@@ -221,7 +221,7 @@ def _check_gradients(args) -> int:
     import json as json_module
 
     from parity.core.files import write_atomically
-    from parity.gradients import render, run_gradients
+    from parity.commands.gradients import render, run_gradients
 
     if args.json and args.json != "-":
         from parity.core.files import check_output_path
@@ -256,9 +256,9 @@ def cmd_tokens(args) -> int:
     template. With no arguments: SmolLM2 in transformers against llama.cpp.
     Exit 1 on any difference.
     """
-    from parity.capture.smollm2 import gguf_path
+    from parity.capture.gguf.smollm2 import gguf_path
     from parity.capture.tokenizers import FixedIds, HFTokenizer, candidate_tokenizer, read_ids
-    from parity.tokens import compare_tokenizers, corpus
+    from parity.commands.tokens import compare_tokenizers, corpus
 
     if args.model is None:
         args.model = str(gguf_path())
@@ -267,7 +267,7 @@ def cmd_tokens(args) -> int:
     if (args.candidate is None) == (args.ids is None):
         raise OptionError("give a CANDIDATE tokenizer or --ids, not both and not neither")
     ids = read_ids(args.ids) if args.ids is not None else None   # before the tokenizer loads
-    from parity.capture.hf import quiet_transformers
+    from parity.capture.hf.model import quiet_transformers
 
     quiet_transformers()
     reference = HFTokenizer(Path(args.model))
@@ -309,7 +309,7 @@ def cmd_generate(args) -> int:
     CANDIDATE is llamacpp:FILE.gguf, a model directory or .gguf, or FILE.py:FACTORY.
     With no arguments: SmolLM2 in transformers against llama.cpp, 32 tokens.
     """
-    from parity.generate import GenerateOptions, run_generate
+    from parity.commands.generate import GenerateOptions, run_generate
 
     _default_pair(args)
     options = GenerateOptions(model=args.model, candidate=args.candidate, prompt=args.prompt,
@@ -332,7 +332,7 @@ def cmd_repro(args) -> int:
     its parameters (with --model), its expected output and a pytest file that runs
     a function of yours (PARITY_REPRO_OP=module:function) on them.
     """
-    from parity.repro import write_repro
+    from parity.commands.repro import write_repro
 
     repro = write_repro(Path(args.report), Path(args.output), reference_path=args.reference, model=args.model,
                         checkpoint=args.checkpoint, overwrite=args.force)
@@ -358,7 +358,7 @@ def cmd_sanity(args) -> int:
     """
     from parity.report import sanity as report
     from parity.sanity import SanityConfig, run_sanity
-    from parity.capture.factory import build_module
+    from parity.capture.torch.factory import build_module
 
     tolerance = user_tolerance(args.atol, args.rtol)
     if args.batch_size < 1 or args.seq_length < 2:
@@ -415,7 +415,7 @@ def cmd_kernel(args) -> int:
     from parity.kernel import KernelOptions, run_kernel
     from parity.kernel.ops import get_op
     from parity.report import kernel as report
-    from parity.capture.factory import load_factory
+    from parity.capture.torch.factory import load_factory
 
     get_op(args.op)
     options = KernelOptions(lengths=_int_list(args.lengths, "--lengths"), dtypes=_dtype_list(args.dtypes),
@@ -468,11 +468,11 @@ def cmd_bench(args) -> int:
     the same token ids; medians after warm-up. With no arguments: SmolLM2 in
     transformers against the same GGUF in llama.cpp.
     """
-    from parity.bench import BenchOptions, run_bench
+    from parity.commands.bench import BenchOptions, run_bench
     from parity.report import bench as report
 
     if args.model is None:
-        from parity.capture.smollm2 import gguf_path
+        from parity.capture.gguf.smollm2 import gguf_path
 
         args.model = str(gguf_path())
         args.candidate = args.candidate or f"{LLAMACPP_PREFIX}{args.model}"
@@ -503,7 +503,7 @@ def cmd_bench(args) -> int:
 
 def _default_pair(args) -> None:
     """No MODEL: the embedded default, SmolLM2 in transformers against the same GGUF in llama.cpp."""
-    from parity.capture.smollm2 import DEFAULT_PROMPT, gguf_path
+    from parity.capture.gguf.smollm2 import DEFAULT_PROMPT, gguf_path
 
     if args.model is None:
         args.model = str(gguf_path())
@@ -537,7 +537,7 @@ def _add_tolerance_options(parser) -> None:
 
 
 def _add_report_files(parser) -> None:
-    """--html, --junit, --markdown: report files beside the console (see parity.report.outputs)."""
+    """--html, --junit, --markdown: report files beside the console (see parity.report.files)."""
     parser.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML report here")
     parser.add_argument("--junit", metavar="OUT.xml", help="also write a JUnit XML report here (for CI)")
     parser.add_argument("--markdown", metavar="OUT.md", help="also write a short Markdown summary here (CI step summary, PR comment)")
@@ -545,14 +545,14 @@ def _add_report_files(parser) -> None:
 
 def _check_report_files(args) -> None:
     """Fail now, before any long work, if a report file (--json, --html, ...) could not be written."""
-    from parity.report import outputs
+    from parity.report import files as outputs
 
     paths = {option: getattr(args, option, None) for option in ("json", *outputs.FORMATS)}
     outputs.check(paths, overwrite=getattr(args, "force", False))
 
 
 def _write_report_files(result, args) -> None:
-    from parity.report import outputs
+    from parity.report import files as outputs
 
     outputs.write(result, {option: getattr(args, option, None) for option in outputs.FORMATS}, overwrite=args.force)
 
@@ -567,7 +567,7 @@ def _add_input_options(parser) -> None:
 
 
 def _placement(args):
-    from parity.capture.placement import placement_from_options
+    from parity.capture.hf.placement import placement_from_options
 
     return placement_from_options(args.device_map, args.max_memory, args.offload_dir)
 

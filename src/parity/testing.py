@@ -65,7 +65,7 @@ def assert_parity(reference, candidate, *, prompt: str | None = None, tokens: li
         config = CompareConfig(tolerance=tolerance, checkpoints=checkpoints)
         if calibrate is not True and calibrate not in (False, None):
             config = _calibrated(reference_trace, _trace(calibrate, "calibrate"), config)
-        from parity.check import compare_and_diagnose
+        from parity.commands.check.run import compare_and_diagnose
 
         result = compare_and_diagnose(reference_trace, candidate_trace, config)
     if not result:
@@ -81,7 +81,7 @@ def summary(result, *, width: int = 100) -> str:
     from parity.core.generation import GenerationComparison
     from parity.core.sequence import SequenceComparison
     from parity.core.tokenization import TokenizerComparison
-    from parity.report import console, generation, tokenizer, tokens
+    from parity.report import console, generation, sequence as tokens, tokenizer
 
     renderer = {SequenceComparison: tokens, TokenizerComparison: tokenizer,
                 GenerationComparison: generation}.get(type(result), console)
@@ -119,7 +119,7 @@ class ReferenceCache:
 
     def __call__(self, model: str | Path, *, prompt: str | None = None, tokens: list[int] | None = None,
                  dtype: str = "float32", checkpoints: str | None = None) -> Trace:
-        from parity.capture.hf import capture_hf
+        from parity.capture.hf.model import capture_hf
 
         key = (str(Path(model).resolve()), prompt, tuple(tokens) if tokens is not None else None, dtype, checkpoints)
         if key not in self._traces:
@@ -176,7 +176,7 @@ def _trace(value, role: str) -> Trace:
 
 def _candidate_trace(candidate, reference: Trace, taps, checkpoints) -> Trace:
     if hasattr(candidate, "named_modules"):
-        from parity.capture.torch_module import trace_module
+        from parity.capture.torch.module import trace_module
         from parity.capture.candidates import infer_taps
 
         if reference.tokens is None:
@@ -201,7 +201,7 @@ def _calibrated(reference: Trace, lowp: Trace, config: CompareConfig) -> Compare
 
 
 def _check_model(model, candidate, **options):
-    from parity.check import CheckOptions, run_check
+    from parity.commands.check.run import CheckOptions, run_check
 
     if isinstance(candidate, Trace):
         if not candidate.source or not Path(candidate.source).exists():

@@ -69,7 +69,7 @@ def test_log_softmax_is_normalized():
 
 
 def test_decode_consistency_first_step_over_its_bound():
-    from parity.core.decoding import compare_decode
+    from parity.core.decode_consistency import compare_decode
 
     full = np.eye(4)
     incremental = full.copy()

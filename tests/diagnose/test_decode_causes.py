@@ -2,11 +2,11 @@
 
 import numpy as np
 
-from parity.capture.decoding import first_checkpoint
+from parity.capture.torch.incremental import first_checkpoint
 from parity.core.trace import make_trace
 from parity.diagnose.attention import apply_rope
 from parity.diagnose.context import ModelConfig
-from parity.diagnose.decoding import diagnose_decode
+from parity.diagnose.decode_causes import diagnose_decode
 
 RNG = np.random.default_rng(7)
 POSITION, HEAD_DIM, THETA = 6, 8, 10000.0                # decoding position 6 after a 6-token prefill

@@ -51,7 +51,7 @@ def test_a_failing_comparison_that_looks_like_rounding_is_not_called_noise():
 def test_noise_is_not_claimed_when_decoding_fails_after_a_passing_forward_pass():
     import dataclasses
 
-    from parity.core.decoding import compare_decode
+    from parity.core.decode_consistency import compare_decode
     from parity.diagnose import without_noise_on_failure
 
     x = R.standard_normal((T, WIDTH))

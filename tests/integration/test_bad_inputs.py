@@ -70,7 +70,7 @@ def assert_one_line_error(returncode, stderr, says):
 @pytest.fixture(scope="module")
 def work(model_dirs, tmp_path_factory):
     """A directory holding a tiny model, damaged copies of it, a trace, reports and bad files."""
-    from parity.capture.hf import capture_hf
+    from parity.capture.hf.model import capture_hf
     from parity.core.trace import save_trace
 
     root = tmp_path_factory.mktemp("bad_inputs")

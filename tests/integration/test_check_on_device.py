@@ -112,7 +112,7 @@ def test_candidates_that_do_not_run_in_pytorch_and_options_that_need_traces_are_
 def test_models_on_two_devices_are_refused():
     import torch
 
-    from parity.check_on_device import check_devices
+    from parity.commands.check.on_device import check_devices
     from parity.core.errors import OptionError
 
     class Loaded:   # what parity check holds of each side: its torch module

@@ -53,7 +53,7 @@ def factories(tmp_path_factory):
 
 
 def gradients(model, candidate):
-    from parity.gradients import run_gradients
+    from parity.commands.gradients import run_gradients
 
     class Quiet:
         def step(self, message):

@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 import gpt2_port  # noqa: E402
 import llama_port  # noqa: E402
 from conftest import TOKENS  # noqa: E402
-from parity.capture.hf import capture_hf  # noqa: E402
-from parity.capture.torch_module import trace_module  # noqa: E402
+from parity.capture.hf.model import capture_hf  # noqa: E402
+from parity.capture.torch.module import trace_module  # noqa: E402
 from parity.core.compare import compare  # noqa: E402
 
 LLAMA_BUGS = {  # bug -> (checkpoint where it is planted, layer)
@@ -82,7 +82,7 @@ def test_nan_is_reported_with_its_position(model_dirs, reference_traces):
 
 
 def test_a_wrongly_converted_weight_is_named_when_both_traces_carry_weights(model_dirs):
-    from parity.capture.hf import load_model
+    from parity.capture.hf.model import load_model
     from parity.diagnose import diagnose
 
     reference_model = load_model(model_dirs["llama"])

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from parity.capture.factory import build_module
+from parity.capture.torch.factory import build_module
 from parity.core.errors import OptionError
 from parity.core.trace import Trace
 
@@ -89,7 +89,7 @@ class CandidateSource:
         if not self.is_llamacpp:
             raise OptionError(f"{self.spec} is not a llama.cpp candidate")
         if self._runner is None:
-            from parity.capture.llamacpp import LlamaCppRunner
+            from parity.capture.llamacpp.runner import LlamaCppRunner
 
             self._runner = self._stack.enter_context(LlamaCppRunner(self.path, kv_type=self.kv_type))
         return self._runner
@@ -114,7 +114,7 @@ class CandidateSource:
             return None
         if self.model is None:
             return f"the candidate is {self.kind_description}: it does not run"
-        from parity.capture.decoding import decode_support
+        from parity.capture.torch.incremental import decode_support
 
         return decode_support(self.model, prompt)
 
@@ -130,7 +130,7 @@ class CandidateSource:
         if self.model is None:
             raise OptionError(f"{self.spec} is {DESCRIBED[self.kind]}: it gives no logits to run; "
                               "give llamacpp:FILE.gguf, a model directory or FILE.py:FACTORY")
-        from parity.capture.decoding import full_logits
+        from parity.capture.torch.incremental import full_logits
 
         return full_logits(self.model, ids)
 
@@ -151,7 +151,7 @@ class CandidateSource:
             return self.hf.capture(tokens, checkpoints=checkpoints, prompt=prompt, weights=weights, raw=raw)
         if self.model is None:
             raise OptionError(f"{self.spec} is {DESCRIBED[self.kind]}: it has no checkpoints to trace")
-        from parity.capture.torch_module import trace_module
+        from parity.capture.torch.module import trace_module
 
         step(f"capturing the candidate over {len(tokens)} tokens")
         raw = raw and self.raw_allowed(taps)
@@ -207,7 +207,7 @@ def _open(spec: str, kind: str, *, model_path, dtype, server_model, timeout_s, s
     if kind == "server":
         import time
 
-        from parity.capture.openai_server import OpenAIServer
+        from parity.capture.server.openai import OpenAIServer
 
         server = OpenAIServer(spec, model=server_model, timeout_s=timeout_s, run_deadline=time.monotonic() + timeout_s)
         return CandidateSource(spec, kind, server=server)
@@ -223,7 +223,7 @@ def _open(spec: str, kind: str, *, model_path, dtype, server_model, timeout_s, s
         trace = load_trace(spec)
         return CandidateSource(spec, kind, precision=trace.metadata.get("dtype"), path=Path(spec), loaded=trace)
     if kind == "model":
-        from parity.capture.hf import load_model
+        from parity.capture.hf.model import load_model
 
         step(f"loading {spec} as the candidate ({dtype})")
         hf = load_model(spec, dtype=dtype, placement=placement)
@@ -238,7 +238,7 @@ def _open(spec: str, kind: str, *, model_path, dtype, server_model, timeout_s, s
 
 
 def is_transformers(model) -> bool:
-    from parity.capture.hf_attention import is_hf_model
+    from parity.capture.hf.attention import is_hf_model
 
     return hasattr(model, "config") and is_hf_model(model)
 
@@ -247,7 +247,7 @@ def infer_taps(model, spec: str):
     """A transformers model (a modified one, another version) mapped from its structure; else the
     built-in mapping a module's naming implies: Llama-likes or nanoGPT."""
     if is_transformers(model):
-        from parity.capture.hf_structure import map_model
+        from parity.capture.hf.structure import map_model
 
         return map_model(model, where=str(spec)).taps
     names = {name for name, _ in model.named_modules()}

@@ -19,7 +19,7 @@ class HFTokenizer:
     path: Path
 
     def __post_init__(self) -> None:
-        from parity.capture.hf import load_tokenizer
+        from parity.capture.hf.model import load_tokenizer
 
         self._tokenizer = load_tokenizer(self.path)
 
@@ -53,7 +53,7 @@ class LlamaCppTokenizer:
     gguf: Path
 
     def __post_init__(self) -> None:
-        from parity.capture.llamacpp import LlamaCppRunner
+        from parity.capture.llamacpp.runner import LlamaCppRunner
 
         self._runner = LlamaCppRunner(self.gguf).__enter__()
 
@@ -86,7 +86,7 @@ class FunctionTokenizer:
     vocabulary: Vocabulary
 
     def __post_init__(self) -> None:
-        from parity.capture.factory import load_factory
+        from parity.capture.torch.factory import load_factory
 
         self._function = load_factory(self.spec, what="a function that takes a text and returns ids")
 

@@ -220,7 +220,7 @@ def select(names, patterns: str | None) -> list[str]:
 # An "attention" tap files (query after RoPE, key after RoPE, probabilities) of
 # an HF attention module; an empty name skips that part.
 # The q_rope, k_rope and attn_probs checkpoints of HF models are recorded from
-# transformers' own eager attention function instead (see capture/hf_attention.py),
+# transformers' own eager attention function instead (see capture/hf/attention.py),
 # because RoPE and softmax are functions, not modules.
 
 
@@ -301,7 +301,7 @@ GPT2_TAPS = _taps(
 )
 
 # Built-in mappings by name, for trace_module(taps=...). transformers models are
-# mapped from their structure (capture/hf_structure.py); "hf" is the Llama layout.
+# mapped from their structure (capture/hf/structure.py); "hf" is the Llama layout.
 FAMILY_TAPS: dict[str, tuple[Tap, ...]] = {
     "llama": LLAMA_TAPS,
     "qwen2": LLAMA_TAPS,

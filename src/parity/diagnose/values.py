@@ -19,7 +19,7 @@ MAX_SHIFT = 3
 @register("token_shift")
 def token_shift(context: Context):
     """An extra or missing token: candidate position t + k holds the reference's position t."""
-    from parity.diagnose.embeddings import token_shift_from_tokens
+    from parity.diagnose.block_input import token_shift_from_tokens
 
     found = list(token_shift_from_tokens(context))  # the token ids differ, or the positions run longer
     if found:

@@ -48,7 +48,7 @@ def run_case(op: Op, candidate, case: Case, dtype: str, condition: str, *, backw
     try:
         candidate_run = _run(candidate, op, case, low, differentiable)
     except Exception as error:  # the candidate's code failed: that is this case's finding
-        from parity.capture.factory import describe_error
+        from parity.capture.torch.factory import describe_error
 
         reason = f"raised {describe_error(error)}"
         return CaseResult(case.dims, dtype, condition, {"passed": False, "reason": reason},

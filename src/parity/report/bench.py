@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from parity.report import json_text
-from parity.bench import BenchReport
+from parity.commands.bench import BenchReport
 from parity.core.files import write_atomically
 from parity.report.json import _json_safe
 

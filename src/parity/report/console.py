@@ -11,7 +11,7 @@ import math
 from parity.core.errors import require
 from parity.core.names import AFTER_LAYERS, BEFORE_LAYERS, LAYER_KINDS, is_raw, parse, weight_of
 from parity.core.results import FAIL, NOT_ASKED, NOT_COMPARABLE, PASS, CheckpointResult, Comparison
-from parity.report import output
+from parity.report import terminal as output
 from parity.report.raw import raw_line
 
 # kind -> column header; the legend under the grid spells them out.

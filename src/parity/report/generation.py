@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from parity.core.generation import GenerationComparison
-from parity.report import output
+from parity.report import terminal as output
 
 
 def _piece(comparison: GenerationComparison, token: int) -> str:

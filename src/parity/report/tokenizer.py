@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from parity.core.tokenization import TokenDifference, TokenizerComparison, describe
-from parity.report import output
+from parity.report import terminal as output
 
 MAX_SHOWN = 6  # tokens of a run shown before "..."
 

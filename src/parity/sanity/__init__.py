@@ -50,7 +50,7 @@ def run_sanity(candidate, settings: SanityConfig = SanityConfig(), *, reference:
 
 
 def _run_one(name: str, test: Callable[[Pair], TestResult], pair: Pair) -> TestResult:
-    from parity.capture.factory import describe_error
+    from parity.capture.torch.factory import describe_error
 
     try:
         return test(pair)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from parity.capture.decoding import call_with_cache
+from parity.capture.torch.incremental import call_with_cache
 from parity.core.results import Tolerance
 from parity.sanity.components import _verdict
 from parity.sanity.pair import Pair, logits_of, scaled_parameter, to_numpy

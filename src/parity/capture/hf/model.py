@@ -1,0 +1,289 @@
+"""The reference: a HuggingFace transformers model, traced through its own modules.
+
+MODEL is a local model directory (config.json plus weights) or a `.gguf` file,
+which transformers dequantizes on load. Attention runs through transformers'
+eager implementation, so that the probabilities exist to be recorded, and MoE
+experts through the eager per-expert loop (the grouped kernel refuses float64). Where
+each checkpoint lives is found from the model's structure (hf_structure.py),
+before the weights are read; every module with no checkpoint of its own is
+recorded too, as `raw.<module path>`, unless `raw=False`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from parity.capture.gguf import cache as gguf_cache
+from parity.capture.hf.structure import ModelMap, map_config, map_model
+from parity.capture.hf.placement import Placement
+from parity.capture.torch.module import ids_tensor, trace_module
+from parity.core.errors import CaptureError, OptionError, require
+from parity.core.sequence import ReferenceTokens
+from parity.core.trace import Trace
+
+DTYPES = ("float64", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class HFModel:
+    """A loaded transformers causal LM, its tokenizer (loaded on first use) and where its checkpoints live."""
+
+    path: Path
+    model: Any
+    family: str          # config.model_type
+    dtype: str
+    mapping: ModelMap | None = None
+    _tokenizer: Any = None
+    _vocab_pieces: tuple[str, ...] | None = None
+
+    def __repr__(self) -> str:
+        return f"<HFModel {self.family} {self.dtype} from {self.path}>"
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.path)
+        return self._tokenizer
+
+    def tokenize(self, prompt: str) -> list[int]:
+        """Token ids of `prompt` as the model's tokenizer makes them (BOS included if it adds one)."""
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def vocab_pieces(self) -> tuple[str, ...]:
+        """The text of every token id, decoded alone; () without a usable tokenizer (reports then show ids)."""
+        if self._vocab_pieces is None:
+            try:
+                decode = self.tokenizer.decode
+            except CaptureError:
+                return ()
+            self._vocab_pieces = tuple(decode([i]) for i in range(self.model.config.vocab_size))
+        return self._vocab_pieces
+
+    def reference_tokens(self, text: str) -> ReferenceTokens:
+        """Tokenize `text`, run it, and return each token's text, offset and the next-token log-probabilities."""
+        import torch
+
+        ids = self.tokenize(text)
+        decode = self.tokenizer.decode
+        prefixes = [decode(ids[:n], skip_special_tokens=True) for n in range(len(ids) + 1)]   # text of each prefix
+        offsets = tuple(len(prefix) for prefix in prefixes[:-1])
+        pieces = tuple(prefixes[n + 1][len(prefixes[n]):] for n in range(len(ids)))
+        with torch.no_grad():
+            logits = self.model(ids_tensor([ids], self.model)).logits[0].double().cpu()          # (T, V)
+        logprobs = torch.log_softmax(logits, dim=-1).numpy()
+        return ReferenceTokens(pieces, offsets, logprobs, self.vocab_pieces())
+
+    def position_limit(self) -> tuple[str, int] | None:
+        """(config field, value) of the most positions the model takes, when its config says."""
+        fields = self.model.config.to_dict()  # as config.json spells them (GPT-2: n_positions)
+        for field in ("n_positions", "max_position_embeddings"):
+            value = fields.get(field)
+            if isinstance(value, int) and value > 0:
+                return field, value
+        return None
+
+    def check_length(self, count: int, *, what: str = "the prompt") -> None:
+        """Refuse `count` positions beyond the model's limit, before any forward pass."""
+        limit = self.position_limit()
+        if limit is not None and count > limit[1]:
+            raise OptionError(f"{what} is {count} tokens, more than {self.path} takes ({limit[0]} = {limit[1]}); "
+                              "give a shorter --prompt or --tokens")
+
+    def logits(self, tokens: list[int]):
+        """Logits at every position of one forward pass over `tokens`: (T, V), float64 numpy."""
+        import torch
+
+        with torch.no_grad():
+            return self.model(ids_tensor([tokens], self.model)).logits[0].double().cpu().numpy()
+
+    def capture(self, tokens: list[int], *, checkpoints: str | None = None, prompt: str | None = None,
+                weights: bool = False, raw: bool = True) -> Trace:
+        self._check_tokens(tokens)
+        return trace_module(self.model, tokens, taps=self.mapping.taps, checkpoints=checkpoints,
+                            metadata=self.trace_metadata(prompt), weights=weights, raw=raw)
+
+    def capture_to_file(self, tokens: list[int], path: str | Path, *, overwrite: bool = False,
+                        checkpoints: str | None = None, prompt: str | None = None, weights: bool = False,
+                        raw: bool = True, metadata: dict | None = None) -> list[str]:
+        """`capture`, written to the trace file `path` as the checkpoints arrive (the trace is never held
+        whole in memory); returns the names written."""
+        from parity.capture.torch.streaming import stream_module
+        from parity.core.trace.writer import trace_file
+
+        self._check_tokens(tokens)
+        metadata = {**self.trace_metadata(prompt), **(metadata or {})}
+        modules = sum(1 for _ in self.model.modules())
+        with trace_file(path, overwrite=overwrite, expected_tensors=2 * modules,
+                        metadata_bytes=len(json.dumps(metadata))) as writer:
+            return stream_module(self.model, tokens, writer, taps=self.mapping.taps, checkpoints=checkpoints,
+                                 metadata=metadata, weights=weights, raw=raw)
+
+    def _check_tokens(self, tokens: list[int]) -> None:
+        if not tokens:
+            raise OptionError("no tokens to run: give a non-empty --prompt or --tokens")
+        vocab = self.model.config.vocab_size
+        outside = next((token for token in tokens if not 0 <= token < vocab), None)
+        if outside is not None:
+            raise OptionError(f"token id {outside} is outside the vocabulary of {self.path} (ids 0 to {vocab - 1}); "
+                              "give ids within it")
+        self.check_length(len(tokens))
+
+    def trace_metadata(self, prompt: str | None) -> dict:
+        import transformers
+
+        return {
+            "arch": self.model.config.model_type,
+            "producer": f"transformers {transformers.__version__}",
+            "dtype": self.dtype,
+            "prompt": prompt,
+            "config": json.loads(self.model.config.to_json_string(use_diff=False)),
+            "architecture": self.mapping.architecture,
+        }
+
+
+def _from_pretrained_args(path: Path) -> tuple[str, dict]:
+    if path.suffix == ".gguf":
+        require("gguf", extra="hf", purpose="loading a .gguf file in transformers")
+        from parity.capture.gguf.limits import check_gguf_loadable
+
+        check_gguf_loadable(path)
+        return str(path.parent), {"gguf_file": path.name}
+    if not (path / "config.json").exists():
+        raise CaptureError(
+            f"{path}: not a model directory (no config.json) nor a .gguf file; "
+            "give a local HuggingFace model directory or a .gguf file"
+        )
+    return str(path), {}
+
+
+def load_model(path: str | Path, *, dtype: str = "float32", placement: Placement | None = None) -> HFModel:
+    """Load a local model directory or .gguf file as a causal LM in `dtype`, eager attention;
+    `placement` spreads it over devices and the disk (accelerate's big-model inference)."""
+    torch = require("torch", extra="hf", purpose="capturing a reference")
+    transformers = require("transformers", extra="hf", purpose="capturing a reference")
+    if dtype not in DTYPES:
+        raise OptionError(f"--dtype {dtype} is not supported; choose one of {', '.join(DTYPES)}")
+    path = Path(path)
+    if not path.exists():
+        raise CaptureError(f"{path}: no such model directory or .gguf file")
+    cached = gguf_cache.cached_directory(path) if path.suffix == ".gguf" else None
+    location, extra = (str(cached), {}) if cached else _from_pretrained_args(path)
+    config = _load_config(transformers, path, location, extra)
+    map_config(config, where=str(path))  # refuse a model that cannot be mapped before reading its weights
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            location, config=config, dtype=getattr(torch, dtype), attn_implementation="eager", local_files_only=True,
+            experts_implementation="eager", **extra,  # MoE: the per-expert loop, which runs in float64 too
+            **(placement.from_pretrained_kwargs() if placement else {}),
+        )
+    except Exception as error:   # transformers and safetensors raise many kinds; each is the model files' fault
+        raise CaptureError(f"{_weights_file(path)}: transformers could not load the weights: {_first_line(error)}; "
+                           "the file may be truncated or damaged: copy or save it again") from error
+    if path.suffix == ".gguf" and not cached and dtype in ("float32", "float64") and not placement:
+        # both hold every dequantized value exactly; the copy is stored in float32
+        gguf_cache.store(path, model, lambda: load_tokenizer(path))
+    model.eval()
+    return HFModel(path=path, model=model, family=model.config.model_type, dtype=dtype,
+                   mapping=map_model(model, where=str(path)))
+
+
+def _load_config(transformers, path: Path, location: str, extra: dict):
+    """The model's configuration, with any fault in it named as config.json's (or the .gguf's)."""
+    config_file = path if path.suffix == ".gguf" else path / "config.json"
+    if path.suffix != ".gguf":
+        from parity.core.text_input import read_text
+
+        try:
+            document = json.loads(read_text(config_file, what="the model's config.json"))
+        except (OptionError, ValueError, RecursionError) as error:
+            reason = str(error) if isinstance(error, OptionError) else f"{config_file} is not valid JSON"
+            raise CaptureError(f"{reason}; fix it or save the model again") from None
+        if not isinstance(document, dict):
+            raise CaptureError(f"{config_file} holds a JSON {type(document).__name__}, not an object; "
+                               "fix it or save the model again")
+    try:
+        return transformers.AutoConfig.from_pretrained(location, local_files_only=True, **extra)
+    except Exception as error:   # a wrong-typed field raises TypeError, ValueError or a validation error
+        raise CaptureError(f"{config_file}: transformers could not read the model's configuration: "
+                           f"{_first_line(error)}; fix the file or save the model again") from error
+
+
+def _weights_file(path: Path) -> Path | str:
+    """The weights file to name in an error: the .gguf, the one .safetensors file, or the directory's weights."""
+    if path.suffix == ".gguf" or not path.is_dir():
+        return path
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    return files[0] if len(files) == 1 else f"{path} (its weights files)"
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a model directory or .gguf file; loaded once per process while the files are unchanged
+    (a check asks for it from several places; building it from a GGUF takes seconds)."""
+    path = Path(path)
+    if not path.exists():
+        raise CaptureError(f"{path}: no such model directory or .gguf file")
+    cached = gguf_cache.cached_directory(path) if path.suffix == ".gguf" else None
+    source = cached if cached is not None and (cached / "tokenizer_config.json").is_file() else None
+    return _tokenizer(path, source, _identity(path))
+
+
+def _identity(path: Path) -> tuple:
+    """What changes when the tokenizer's files do: the file's, or each file's in the directory, time and size."""
+    files = [path] if path.is_file() else sorted(entry for entry in path.iterdir() if entry.is_file())
+    return tuple((entry.name, entry.stat().st_mtime_ns, entry.stat().st_size) for entry in files)
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(path: Path, cached: Path | None, _identity: tuple):
+    transformers = require("transformers", extra="hf", purpose="tokenizing a prompt")
+    location, extra = (str(path.parent), {"gguf_file": path.name}) if path.suffix == ".gguf" else (str(path), {})
+    if cached is not None:
+        location, extra = str(cached), {}
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(location, local_files_only=True, **extra)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CaptureError(
+            f"{path}: no usable tokenizer ({_first_line(error)}); pass token ids with --tokens 1,2,3 instead, "
+            "or add the model's tokenizer files"
+        ) from error
+    if len(tokenizer.get_vocab()) <= len(set(tokenizer.all_special_ids)):  # transformers built one from nothing
+        raise CaptureError(f"{path}: its tokenizer is empty (no tokenizer files with a vocabulary), so a prompt "
+                           "cannot be tokenized; pass token ids with --tokens 1,2,3 instead, or add the model's "
+                           "tokenizer files (tokenizer.json)")
+    return tokenizer
+
+
+def capture_hf(
+    path: str | Path,
+    *,
+    prompt: str | None = None,
+    tokens: list[int] | None = None,
+    dtype: str = "float32",
+    checkpoints: str | None = None,
+) -> Trace:
+    """Trace one forward pass of a transformers model over `tokens`, or over `prompt` tokenized."""
+    if (prompt is None) == (tokens is None):
+        raise OptionError("give exactly one of a prompt or token ids")
+    model = load_model(path, dtype=dtype)
+    ids = tokens if tokens is not None else model.tokenize(prompt)
+    return model.capture(ids, checkpoints=checkpoints, prompt=prompt)
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' load progress bars and advisory warnings (for the CLI, whose
+    own progress display says what is happening)."""
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader uses tqdm directly; read when tqdm is imported
+    transformers = require("transformers", extra="hf", purpose="capturing a reference")
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def _first_line(error: BaseException) -> str:
+    """The error's message on one line (a validation error's detail is on its second line)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return " ".join(lines[:2])[:300]

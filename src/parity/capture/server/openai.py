@@ -1,0 +1,69 @@
+"""A black-box candidate behind an OpenAI-compatible /v1/completions endpoint.
+
+With `echo` and `logprobs`, the endpoint returns, for every token of the prompt
+and of its greedy continuation, the token's text, its character offset and the
+top-k next-token log-probabilities. Only the standard library is used; each request
+has a total deadline and a size cap (`http_post`), and every field read from the
+answer is checked (`completion`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+
+from parity.capture.server.completion import parse_completion
+from parity.capture.server.http import post, preview
+from parity.core.errors import CaptureError, OptionError
+from parity.core.sequence import TOP_K, CandidateTokens
+
+
+@dataclass(frozen=True)
+class OpenAIServer:
+    base_url: str                      # e.g. http://127.0.0.1:8080 (with or without /v1)
+    model: str | None = None           # sent as "model"; many local servers ignore it
+    timeout_s: float = 60.0            # total, per request: connecting, sending, waiting and reading
+    api_key: str | None = None
+    run_deadline: float | None = None  # time.monotonic() by which every request of the run must be done
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.timeout_s, (int, float)) and 0 < self.timeout_s < math.inf):
+            raise OptionError(f"the server timeout must be a positive number of seconds, got {self.timeout_s!r}")
+
+    def __repr__(self) -> str:
+        return f"<OpenAIServer {self.base_url}>"
+
+    @property
+    def completions_url(self) -> str:
+        base = self.base_url.rstrip("/")
+        return f"{base}/completions" if base.endswith("/v1") else f"{base}/v1/completions"
+
+    def complete(self, prompt: str, *, max_tokens: int, top_logprobs: int = TOP_K) -> CandidateTokens:
+        """Greedy continuation of `prompt` with per-token log-probabilities of prompt and continuation."""
+        request = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "echo": True, "logprobs": top_logprobs}
+        if self.model:
+            request["model"] = self.model
+        answer = self._post(request)
+        return self._parse(answer, prompt)
+
+    def _post(self, body: dict) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        deadline = time.monotonic() + self.timeout_s
+        if self.run_deadline is not None:
+            deadline = min(deadline, self.run_deadline)
+        raw = post(self.completions_url, json.dumps(body).encode(), headers=headers, deadline=deadline)
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except RecursionError:
+            raise CaptureError(f"the server at {self.completions_url} answered JSON nested too deeply to be a "
+                               f"completion: {preview(raw)}; check that it is an OpenAI-compatible endpoint") from None
+        except (ValueError, UnicodeDecodeError):
+            raise CaptureError(f"the server at {self.completions_url} answered with something that is not JSON: "
+                               f"{preview(raw)}; is it an OpenAI-compatible /v1/completions endpoint?") from None
+
+    def _parse(self, answer, prompt: str) -> CandidateTokens:
+        return parse_completion(answer, prompt, f"the server at {self.completions_url}")

@@ -1,0 +1,195 @@
+"""Incremental decoding of a PyTorch candidate through its KV cache, traced step by step.
+
+A candidate decodes when, called as transformers models are, it does: with
+use_cache=True it returns its logits and a cache (a tuple, or an object with
+`.logits` and `.cache` or `.past_key_values`), and given that cache back with one
+more token it returns that token's logits. This is found by trying
+(decode_support), not from the forward's signature: wrappers and patched models
+take `**kwargs`. The cache goes back under the keyword the forward names:
+`cache` (transformers 5.24 on) or `past_key_values` (before, and most ports).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from parity.capture.torch.module import ModuleTracer, TapsLike, _canonical_layout, _first_tensor, ids_tensor
+from parity.core.metrics import rel_l2
+from parity.core.names import in_flow_order, parse
+
+
+CACHE_KEYWORDS = ("cache", "past_key_values")   # transformers 5.24 renamed past_key_values to cache
+
+
+def cache_keyword(model) -> str:
+    """The keyword `model`'s forward takes its cache by: the first of CACHE_KEYWORDS that a forward in its
+    class hierarchy names (a wrapper taking **kwargs inherits its base's), else `past_key_values`."""
+    for cls in type(model).__mro__:
+        forward = cls.__dict__.get("forward")
+        if forward is None:
+            continue
+        try:
+            parameters = inspect.signature(forward).parameters
+        except (TypeError, ValueError):
+            continue
+        named = next((keyword for keyword in CACHE_KEYWORDS if keyword in parameters), None)
+        if named is not None:
+            return named
+    return "past_key_values"
+
+
+def call_with_cache(model, ids, cache):
+    """(logits, cache) of one forward over `ids` (a (B, T) tensor) continuing from `cache` (None: a fresh one)."""
+    return _split(model(ids, use_cache=True, **{cache_keyword(model): cache}))
+
+
+def decode_support(model, prompt: list[int]) -> str | None:
+    """None when `model` decodes through a cache (tried on the prompt's first tokens); else why not."""
+    import torch
+
+    from parity.capture.torch.factory import describe_error
+
+    first, second = prompt[:1], prompt[1:2] or prompt[:1]
+    try:
+        with torch.no_grad():
+            _, cache = call_with_cache(model, ids_tensor([first], model), None)
+    except TypeError as error:
+        return f"its forward does not take {cache_keyword(model)} and use_cache ({describe_error(error)})"
+    except Exception as error:  # the user's code
+        return f"called with use_cache=True it failed: {describe_error(error)}"
+    if cache is None:
+        return "called with use_cache=True it returned no cache"
+    try:
+        with torch.no_grad():
+            logits, _ = call_with_cache(model, ids_tensor([second], model), cache)
+    except Exception as error:  # the user's code
+        return f"given its own cache back with one more token it failed: {describe_error(error)}"
+    if logits is None or logits.dim() < 2 or logits.shape[-2] != 1:
+        shape = "no logits" if logits is None else f"logits of shape {list(logits.shape)}"
+        return f"given its own cache back with one more token it returned {shape}, not that token's row"
+    return None
+
+
+def _split(output):
+    """(logits, cache) of a forward's output; either None when the output has none."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output, None
+    if isinstance(output, (tuple, list)):
+        logits = output[0] if output and isinstance(output[0], torch.Tensor) else None
+        return logits, output[1] if len(output) > 1 else None
+    cache = getattr(output, "cache", None)
+    return getattr(output, "logits", None), cache if cache is not None else getattr(output, "past_key_values", None)
+
+
+def incremental(model, prompt: list[int], continuation: list[int], *, taps: TapsLike | None = None):
+    """Logits rows (1 + N, V) and, with taps, each step's recorded checkpoints (step 0 is the prefill)."""
+    import torch
+
+    rows, steps, cache = [], [], None
+    chunks = [prompt] + [[token] for token in continuation]
+    with torch.no_grad():
+        for chunk in chunks:
+            if taps is not None:
+                with ModuleTracer(model, taps) as tracer:
+                    logits, cache = call_with_cache(model, ids_tensor([chunk], model), cache)
+                steps.append({name: tensor.float().cpu().numpy() for name, tensor in tracer.tensors.items()})
+            else:
+                logits, cache = call_with_cache(model, ids_tensor([chunk], model), cache)
+            rows.append(logits[0, -1].double().cpu().numpy())
+    return np.stack(rows), steps
+
+
+def full_logits(model, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        output = _first_tensor(model(ids_tensor([ids], model)))
+    return _canonical_layout("logits", output).double().cpu().numpy()
+
+
+def first_checkpoint(full_trace, step: dict, position: int, bound: float) -> str | None:
+    """The first checkpoint (in data-flow order) where a decode step's tensors part from the full
+    pass's at the same position. A step's tensor holds this position's row, or (keys that transformers
+    hands to attention) the rows of every position read from the cache, 0..position: those are held to
+    the full pass's rows 0..position."""
+    for name in in_flow_order(step):
+        if name not in full_trace or name == "logits":
+            continue
+        checkpoint = parse(name)
+        full, value = full_trace[name], step[name]
+        if checkpoint is not None and checkpoint.kind == "attn_probs":   # (H, T, S): this query's row, its keys
+            row = full[:, position, : position + 1]
+        elif value.shape[0] == position + 1 and position > 0:
+            row = full[: position + 1]
+        else:
+            row = full[position]
+        if value.size != row.size:
+            return name  # a cache that grew by another number of positions, or was not read
+        if not rel_l2(row.reshape(-1), value.reshape(-1)) <= bound:
+            return name
+    return None
+
+
+def cache_tensors(cache) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """layer -> (keys, values), each (S, Hkv, hd), from a transformers cache (`.layers[i].keys`, or a
+    tuple of (k, v) pairs, (B, Hkv, S, hd)) or a cache with `keys`/`values` dicts of (S, Hkv, hd)."""
+    if hasattr(cache, "layers"):
+        pairs = {i: (layer.keys, layer.values) for i, layer in enumerate(cache.layers)}
+        return {i: tuple(t[0].transpose(0, 1).float().cpu().numpy() for t in pair) for i, pair in pairs.items()}
+    if isinstance(cache, (tuple, list)):
+        return {i: tuple(t[0].transpose(0, 1).float().cpu().numpy() for t in pair) for i, pair in enumerate(cache)}
+    if isinstance(getattr(cache, "keys", None), dict):
+        return {i: (cache.keys[i].float().cpu().numpy(), cache.values[i].float().cpu().numpy()) for i in cache.keys}
+    return {}
+
+
+def prefill_cache(model, prompt: list[int]):
+    """The cache a model holds after prefilling `prompt`, as cache_tensors()."""
+    import torch
+
+    with torch.no_grad():
+        _, cache = call_with_cache(model, ids_tensor([prompt], model), None)
+    return cache_tensors(cache)
+
+
+def chunked_prefill_logits(model, prompt: list[int]) -> np.ndarray:
+    """The last prompt position's logits when the prompt is prefilled in two chunks."""
+    import torch
+
+    half = max(1, len(prompt) // 2)
+    with torch.no_grad():
+        _, cache = call_with_cache(model, ids_tensor([prompt[:half]], model), None)
+        logits, _ = call_with_cache(model, ids_tensor([prompt[half:]], model), cache)
+    return logits[0, -1].double().cpu().numpy()
+
+
+def attention_mask_support(model) -> str | None:
+    """None when the forward names an `attention_mask` parameter; else why padded batches are not checked.
+    (Through **kwargs a mask may be used or silently dropped: a difference would not say which.)"""
+    parameters = inspect.signature(model.forward).parameters.values()
+    if any(p.name == "attention_mask" for p in parameters):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return "its forward takes attention_mask only through **kwargs, which may drop it: name the parameter"
+    return "its forward takes no attention_mask"
+
+
+def padded_batch_logits(model, prompt: list[int], other: list[int], pad: int, side: str) -> np.ndarray:
+    """The prompt's logits rows when it runs in a batch with `other`, padded on `side` (see attention_mask_support)."""
+    import torch
+
+    width = max(len(prompt), len(other))
+    ids, mask = [], []
+    for sequence in (prompt, other):
+        padding = [pad] * (width - len(sequence))
+        ids.append(padding + sequence if side == "left" else sequence + padding)
+        ones, zeros = [1] * len(sequence), [0] * len(padding)
+        mask.append(zeros + ones if side == "left" else ones + zeros)
+    with torch.no_grad():
+        logits = _first_tensor(model(ids_tensor(ids, model), attention_mask=ids_tensor(mask, model)))
+    rows = logits[0].double().cpu().numpy()                                                  # (width, V)
+    return rows[width - len(prompt):] if side == "left" else rows[: len(prompt)]

@@ -1,0 +1,120 @@
+"""Replay: run a PyTorch candidate's modules on the reference's inputs, to measure each one's own error.
+
+A normal run mixes two errors at every checkpoint: the one its op makes and the
+one it inherits. Replay feeds each module the reference's value of its input
+and records its output, as Polygraphy's layerwise inputs and torch's shadow
+modules do, so the error left is the module's own.
+
+Which checkpoint a module's input is gets found by value: in a normal run, the
+module's first input is compared with the checkpoints the candidate recorded,
+and the one it equals names it. Two passes:
+  - blocks: only the blocks' inputs are replaced (each layer in isolation);
+  - ops:    every tapped module's input is replaced (each op in isolation).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import numpy as np
+
+from parity.capture.torch.module import ModuleTracer, TapsLike, _compile, _fill, _input_ids, resolve_taps
+from parity.core.names import inputs_of, parse
+from parity.core.trace import Trace, make_trace
+
+
+@dataclass(frozen=True)
+class Replay:
+    blocks: Trace   # block outputs, each block fed the reference's input
+    ops: Trace      # every checkpoint, each tapped module fed the reference's input
+
+    def __repr__(self) -> str:
+        return f"<Replay {len(self.blocks.tensors)} block outputs, {len(self.ops.tensors)} op outputs>"
+
+
+def replay_module(model, reference: Trace, *, taps: TapsLike, checkpoints: str | None = None) -> Replay:
+    import torch
+
+    input_ids = _input_ids(reference.tokens, model)
+    feeds = _module_inputs(model, input_ids, taps, checkpoints)               # module path -> checkpoint name
+    blocks = {path: name for path, name in feeds.items() if _is_block(path, model, taps)}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            traces = [_replayed(model, input_ids, reference, taps, checkpoints, substitutions)
+                      for substitutions in (blocks, feeds)]
+    finally:
+        model.train(was_training)
+    return Replay(*traces)
+
+
+def _module_inputs(model, input_ids, taps, checkpoints) -> dict[str, str]:
+    """For each module that produces a checkpoint, the checkpoint its first input equals."""
+    import torch
+
+    inputs, produced = {}, {}
+    with ExitStack() as stack, torch.no_grad():
+        tracer = stack.enter_context(ModuleTracer(model, taps, checkpoints=checkpoints))
+        for path, module, names in _tapped_modules(model, taps):
+            produced[path] = names
+
+            def remember(_module, args, path=path):
+                if args and isinstance(args[0], torch.Tensor) and path not in inputs:
+                    inputs[path] = args[0].detach().to("cpu").float().numpy()
+
+            stack.callback(module.register_forward_pre_hook(remember).remove)
+        model(input_ids)
+    recorded = {name: tensor.float().numpy() for name, tensor in tracer.tensors.items()}
+    return {path: name for path, value in inputs.items()
+            if (name := _identify(value, recorded, produced[path])) is not None}
+
+
+def _identify(value: np.ndarray, recorded: dict[str, np.ndarray], own: tuple[str, ...]) -> str | None:
+    flat = value.reshape(-1)
+    expected = {source for name in own for source in inputs_of(name, recorded)}
+    candidates = [name for name in recorded if name not in own and recorded[name].size == flat.size]
+    for name in sorted(candidates, key=lambda n: n not in expected):          # the data-flow input first
+        if np.array_equal(recorded[name].reshape(-1), flat):
+            return name
+    return None
+
+
+def _tapped_modules(model, taps):
+    """(path, module, checkpoint names) of every module an output tap records."""
+    resolved = [tap for tap in resolve_taps(taps) if tap.io == "output"]
+    for path, module in model.named_modules():
+        for tap in resolved:
+            match = _compile(tap.module).match(path)
+            if match:
+                yield path, module, tuple(_fill(name, match) for name in tap.names if name)
+
+
+def _is_block(path: str, model, taps) -> bool:
+    return any(path == tapped and any(parse(n) and parse(n).kind == "out" for n in names)
+               for tapped, _, names in _tapped_modules(model, taps))
+
+
+def _replayed(model, input_ids, reference: Trace, taps, checkpoints, substitutions: dict[str, str]) -> Trace:
+    import torch
+
+    modules = dict(model.named_modules())
+    with ExitStack() as stack:
+        # The tracer's hooks go first: an input tap records what the candidate computed (inline code
+        # such as a residual add, from substituted inputs), and only then is the input replaced.
+        tracer = stack.enter_context(ModuleTracer(model, taps, checkpoints=checkpoints))
+        for path, name in substitutions.items():
+            if name not in reference:
+                continue
+            value = torch.from_numpy(np.ascontiguousarray(reference[name]))
+
+            def substitute(_module, args, value=value):
+                original = args[0]
+                if value.numel() != original.numel():
+                    return None
+                return (value.reshape(original.shape).to(original.dtype).to(original.device), *args[1:])
+
+            stack.callback(modules[path].register_forward_pre_hook(substitute).remove)
+        model(input_ids)
+    return make_trace(dict(tracer.tensors), {"producer": "replay", "tokens": list(reference.tokens or [])})

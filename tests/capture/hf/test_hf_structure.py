@@ -1,0 +1,262 @@
+"""Every family's checkpoints are found from the model's structure, and mean what they say."""
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from conftest import TOKENS  # noqa: E402
+from parity.capture.hf.model import HFModel, load_model  # noqa: E402
+from parity.capture.hf.structure import map_config, map_model  # noqa: E402
+from parity.core.compare import compare  # noqa: E402
+from parity.core.errors import CaptureError  # noqa: E402
+from tiny_models import ALL_FAMILIES, WINDOW, build, config  # noqa: E402
+
+BLOCK = {"attn_norm", "q", "k", "v", "q_rope", "k_rope", "attn_probs", "attn_ctx", "attn_out", "resid_mid",
+         "mlp_norm", "mlp_gate", "mlp_up", "mlp_act", "mlp_out", "out"}
+MOE = {"moe_router_logits", "moe_experts", "moe_weights"}
+POST_NORMS = {"attn_post_norm", "mlp_post_norm"}
+# family -> (per-layer kinds of layer 0, global kinds): what each family has, written out by hand.
+EXPECTED = {
+    "llama": (BLOCK, {"embed", "final_norm", "logits"}),
+    "mistral": (BLOCK, {"embed", "final_norm", "logits"}),
+    "qwen2": (BLOCK, {"embed", "final_norm", "logits"}),
+    "qwen3": (BLOCK | {"q_norm", "k_norm"}, {"embed", "final_norm", "logits"}),
+    "gpt2": (BLOCK - {"q_rope", "k_rope", "mlp_gate", "mlp_up"} | {"qkv", "mlp_fc"},
+             {"pos_embed", "embed", "final_norm", "logits"}),
+    "gemma": (BLOCK, {"embed_tokens", "embed", "final_norm", "logits"}),
+    "gemma2": (BLOCK | POST_NORMS, {"embed_tokens", "embed", "final_norm", "lm_head_out", "logits"}),
+    "gemma3": (BLOCK | POST_NORMS | {"q_norm", "k_norm"}, {"embed_tokens", "embed", "final_norm", "logits"}),
+    "phi3": (BLOCK | {"qkv", "mlp_gate_up"}, {"embed", "final_norm", "logits"}),
+    "olmo2": (BLOCK - {"attn_norm", "mlp_norm"} | POST_NORMS | {"q_norm", "k_norm"}, {"embed", "final_norm", "logits"}),
+    "granite": (BLOCK, {"embed_tokens", "embed", "final_norm", "lm_head_out", "logits"}),
+    "mixtral": (BLOCK - {"mlp_gate", "mlp_up", "mlp_act"} | MOE, {"embed", "final_norm", "logits"}),
+    "qwen2_moe": (BLOCK - {"mlp_gate", "mlp_up", "mlp_act"} | MOE | {"moe_routed", "moe_shared"},
+                  {"embed", "final_norm", "logits"}),
+    "stablelm": (BLOCK - {"resid_mid", "mlp_norm"}, {"embed", "final_norm", "logits"}),
+}
+
+
+def reference(model, **options):
+    hf = HFModel(path=None, model=model, family=model.config.model_type, dtype="float32", mapping=map_model(model))
+    return hf.capture(TOKENS, **options)
+
+
+@pytest.fixture(scope="module")
+def families():
+    """family -> (model, trace): tiny random models, built from configs and captured once."""
+    built = {}
+    for family in ALL_FAMILIES:
+        model = build(family, **({"sliding_window": WINDOW} if family == "mistral" else {}))
+        built[family] = (model, reference(model))
+    return built
+
+
+def kinds(trace, layer=0):
+    per_layer = {n.split(".", 2)[2] for n in trace.names if n.startswith(f"layers.{layer}.")}
+    return per_layer, {n for n in trace.names if "." not in n}
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_the_structure_gives_every_checkpoint_the_family_has(family, families):
+    model, trace = families[family]
+    assert kinds(trace) == EXPECTED[family]
+    assert map_config(config(family)).taps == map_model(model).taps  # the same from the config alone, no weights
+    assert any(name.startswith("raw.") for name in trace.names)
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_logits_and_residual_stream_agree_with_the_model(family, families):
+    model, trace = families[family]
+    with torch.no_grad():
+        output = model(torch.tensor([TOKENS]), output_hidden_states=True)
+    np.testing.assert_allclose(trace["logits"], output.logits[0].numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(trace["embed"], output.hidden_states[0][0].numpy())
+    facts = trace.metadata["architecture"]
+    scale = facts["residual_multiplier"] or 1.0
+    for i, layer in enumerate(facts["layers"]):
+        block_in = trace["embed"] if i == 0 else trace[f"layers.{i - 1}.out"]
+        attention = trace[f"layers.{i}.attn_post_norm" if f"layers.{i}.attn_post_norm" in trace else f"layers.{i}.attn_out"]
+        mlp = trace[f"layers.{i}.mlp_post_norm" if f"layers.{i}.mlp_post_norm" in trace else f"layers.{i}.mlp_out"]
+        if layer["parallel"]:
+            expected_out = block_in + attention + mlp
+        else:
+            np.testing.assert_allclose(trace[f"layers.{i}.resid_mid"], block_in + scale * attention, rtol=1e-5, atol=1e-5)
+            expected_out = trace[f"layers.{i}.resid_mid"] + scale * mlp
+        np.testing.assert_allclose(trace[f"layers.{i}.out"], expected_out, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3", "granite"])
+def test_scaled_embeddings_are_the_lookup_times_the_scale(family, families):
+    model, trace = families[family]
+    lookup = model.get_input_embeddings().weight[torch.tensor(TOKENS)].detach().numpy()
+    np.testing.assert_array_equal(trace["embed_tokens"], lookup)
+    scale = trace.metadata["architecture"]["embed_scale"]
+    np.testing.assert_allclose(trace["embed"], lookup * scale, rtol=1e-6)
+
+
+def test_post_processed_logits_keep_the_heads_own_output(families):
+    trace = families["gemma2"][1]
+    np.testing.assert_allclose(trace["logits"], np.tanh(trace["lm_head_out"] / 1.0) * 1.0, rtol=1e-5, atol=1e-6)
+    assert np.abs(trace["logits"] - trace["lm_head_out"]).max() > 0.05  # the cap of 1.0 bites
+    granite = families["granite"][1]
+    np.testing.assert_allclose(granite["logits"], granite["lm_head_out"] / 4.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma2", "gemma3"])
+def test_sliding_windows_are_recorded_and_show_in_the_probabilities(family, families):
+    _, trace = families[family]
+    windows = [layer["sliding_window"] for layer in trace.metadata["architecture"]["layers"]]
+    expected = {"mistral": [WINDOW] * 3, "gemma2": [WINDOW, None], "gemma3": [WINDOW, None]}[family]
+    assert windows == expected
+    distance = np.arange(len(TOKENS))[:, None] - np.arange(len(TOKENS))[None, :]   # query - key
+    for i, window in enumerate(windows):
+        probs = trace[f"layers.{i}.attn_probs"]                                       # (H, T, S)
+        reach = window if window is not None else len(TOKENS)
+        assert np.all(probs[:, (distance >= reach) | (distance < 0)] == 0.0)
+        assert np.all(probs[:, (distance < reach) & (distance >= 0)] > 0.0)
+
+
+def test_partial_rotary_leaves_the_rest_of_each_head_as_it_is(families):
+    trace = families["phi3"][1]
+    layer = trace.metadata["architecture"]["layers"][0]
+    assert (layer["rotary_dim"], layer["head_dim"]) == (8, 16)
+    q, q_rope = trace["layers.0.q"].reshape(len(TOKENS), -1, 16), trace["layers.0.q_rope"].reshape(len(TOKENS), -1, 16)
+    np.testing.assert_array_equal(q_rope[..., 8:], q[..., 8:])
+    assert not np.allclose(q_rope[1:, :, :8], q[1:, :, :8])
+
+
+def test_fused_projections_are_recorded_whole_and_split(families):
+    trace = families["phi3"][1]
+    np.testing.assert_array_equal(trace["layers.0.qkv"], np.concatenate([trace[f"layers.0.{p}"] for p in "qkv"], -1))
+    assert trace["layers.0.q"].shape[-1] == 2 * trace["layers.0.k"].shape[-1]  # GQA: uneven parts
+    np.testing.assert_array_equal(trace["layers.0.mlp_gate_up"],
+                                  np.concatenate([trace["layers.0.mlp_gate"], trace["layers.0.mlp_up"]], -1))
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
+def test_routing_is_the_top_k_of_the_router_logits(family, families):
+    _, trace = families[family]
+    logits = trace["layers.0.moe_router_logits"]                               # (T, E)
+    experts, weights = trace["layers.0.moe_experts"], trace["layers.0.moe_weights"]
+    assert logits.shape == (len(TOKENS), 4) and experts.shape == (len(TOKENS), 2) and experts.dtype == np.int64
+    np.testing.assert_array_equal(experts, np.sort(np.argsort(-logits, axis=-1)[:, :2], axis=-1))
+    assert np.all((weights > 0).sum(-1) == 2)
+    np.testing.assert_array_equal(np.sort(np.flatnonzero(weights[0] > 0)), experts[0])
+    if family == "qwen2_moe":
+        assert "layers.1.moe_experts" not in trace and "layers.1.mlp_act" in trace  # layer 1 keeps a dense MLP
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_a_model_compared_with_itself_passes(family, families):
+    model, trace = families[family]
+    again = reference(model)
+    comparison = compare(trace, again)
+    assert comparison.passed and not comparison.missing and not comparison.raw_unpaired
+    assert len(comparison.checkpoints) == len(trace.names)
+
+
+def planted(model, parameter: str, change):
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        change(model.get_parameter(parameter))
+    return model
+
+
+@pytest.mark.parametrize("family,parameter,first", [
+    ("gemma2", "model.layers.1.post_feedforward_layernorm.weight", "layers.1.mlp_post_norm"),
+    ("gemma3", "model.layers.0.post_attention_layernorm.weight", "layers.0.attn_post_norm"),
+    ("olmo2", "model.layers.1.post_attention_layernorm.weight", "layers.1.attn_post_norm"),
+    ("mixtral", "model.layers.1.mlp.gate.weight", "layers.1.moe_router_logits"),
+])
+def test_a_planted_change_is_localized(family, parameter, first, families):
+    model, trace = families[family]
+    comparison = compare(trace, reference(planted(model, parameter, lambda p: p.zero_())))
+    assert comparison.first_divergence.checkpoint == first
+
+
+def test_a_router_that_picks_other_experts_fails_as_disagreement(families):
+    model, trace = families["mixtral"]
+    comparison = compare(trace, reference(planted(model, "model.layers.0.mlp.gate.weight", lambda p: p.neg_())))
+    experts = comparison.result("layers.0.moe_experts")
+    assert experts.failed and "routed to other experts" in experts.reason
+    assert experts.metrics.mismatched == len(TOKENS)  # negated logits: the top-2 of 4 become the bottom-2
+
+
+def test_a_change_only_a_raw_module_sees_is_reported_there(families):
+    model, trace = families["qwen2_moe"]
+    comparison = compare(trace, reference(planted(model, "model.layers.0.mlp.shared_expert_gate.weight",
+                                                  lambda p: p.mul_(3.0))))
+    assert comparison.first_divergence.checkpoint == "layers.0.mlp_out"
+    failed = {r.name for r in comparison.checkpoints if r.failed}
+    assert "raw.model.layers.0.mlp.shared_expert_gate" in failed
+    assert "layers.0.moe_shared" not in failed and "layers.0.moe_routed" not in failed
+
+
+def test_raw_capture_can_be_turned_off(families):
+    model, _ = families["llama"]
+    assert not any(name.startswith("raw.") for name in reference(model, raw=False).names)
+
+
+def test_an_unmappable_model_is_refused_before_its_weights_are_read(tmp_path):
+    bert = transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=32, is_decoder=True)
+    bert.save_pretrained(tmp_path)  # a config and no weights at all
+    with pytest.raises(CaptureError, match="model type 'bert' has no checkpoint mapping: no MLP module in layer 0"):
+        load_model(tmp_path)
+
+
+def test_a_flip_at_a_near_tie_of_the_router_logits_is_admitted(families):
+    from parity.core.trace import make_trace
+
+    _, trace = families["mixtral"]
+    logits, experts = trace["layers.0.moe_router_logits"].copy(), trace["layers.0.moe_experts"]
+    ordered = np.argsort(-logits[3])
+    logits[3, ordered[2]] = logits[3, ordered[1]] - 1e-4      # the third expert just below the second
+    nudged = logits.copy()
+    nudged[3, ordered[2]] += 2e-4                              # the candidate's logits put it just above
+    flipped = experts.copy()
+    flipped[3] = np.sort([ordered[0], ordered[2]])
+    reference_trace = make_trace({"layers.0.moe_router_logits": logits, "layers.0.moe_experts": experts}, {})
+    candidate = make_trace({"layers.0.moe_router_logits": nudged, "layers.0.moe_experts": flipped}, {})
+    result = compare(reference_trace, candidate).result("layers.0.moe_experts")
+    assert result.status == "pass" and "near-tie" in result.reason
+    far = flipped.copy()
+    far[5] = np.sort(np.argsort(logits[5])[:2])               # a token with no tie, routed to the two weakest
+    result = compare(reference_trace, make_trace({"layers.0.moe_router_logits": nudged,
+                                                  "layers.0.moe_experts": far}, {})).result("layers.0.moe_experts")
+    assert result.failed and result.metrics.mismatched == 1 and "position 5" in result.reason
+
+
+@pytest.mark.parametrize("tokens", [TOKENS, TOKENS[:4]])  # 4 tokens = 4 heads: the layout is read off q itself
+def test_per_head_norms_are_recorded_token_major_in_every_layout(tokens, families):
+    model, _ = families["gemma3"]   # Gemma 3 norms q after moving heads first: (B, H, T, hd)
+    hf = HFModel(path=None, model=model, family="gemma3_text", dtype="float32", mapping=map_model(model))
+    trace = hf.capture(tokens)
+    attention = model.model.layers[0].self_attn
+    q = torch.from_numpy(trace["layers.0.q"]).view(len(tokens), -1, 16)           # (T, H, hd)
+    expected = attention.q_norm(q).reshape(len(tokens), -1).detach().numpy()
+    np.testing.assert_allclose(trace["layers.0.q_norm"], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_fused_outputs_are_split_by_the_split_suffix():
+    from parity.capture.torch.module import resolve_taps
+
+    (tap,) = resolve_taps({"blocks.{i}.qkv:split": ["layers.{i}.qkv", "layers.{i}.q", "layers.{i}.k", "layers.{i}.v"]})
+    assert (tap.module, tap.io, len(tap.names)) == ("blocks.{i}.qkv", "split", 4)
+
+
+def test_a_per_model_type_override_replaces_what_the_structure_gives(monkeypatch, families):
+    from parity.capture.hf import structure as hf_structure
+    from parity.core.names import Tap
+
+    model, _ = families["llama"]
+    override = Tap("model.layers.{i}.mlp.down_proj", ("layers.{i}.mlp_out",))   # record mlp_out at down_proj
+    monkeypatch.setitem(hf_structure.HF_OVERRIDES, "llama", (override,))
+    taps = map_model(model).taps
+    assert override in taps
+    assert not any(t.module == "model.layers.0.mlp.down_proj" and t.io == "output" for t in taps)
+    assert any(t.module == "model.layers.0.mlp.down_proj" and t.io == "input" for t in taps)  # mlp_act kept

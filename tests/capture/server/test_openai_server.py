@@ -1,0 +1,217 @@
+"""The server adapter against real servers on loopback: llama.cpp's, one that is down,
+one that answers garbage, and one that never answers."""
+
+import http.server
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from conftest import need
+from parity.capture.server.openai import OpenAIServer
+from parity.core.errors import CaptureError
+from parity.core.sequence import compare_sequences
+
+PROMPT = "The capital of France is Paris. The capital of Germany is"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def llama_server(smollm2_gguf):
+    need("llama_cpp")
+    need("uvicorn")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "512", "--verbose", "false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/v1/models", timeout=2).read()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"llama_cpp.server did not start: {process.stderr.read().decode()[-2000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_prompt_and_continuation_logprobs_from_the_real_server(llama_server):
+    candidate = OpenAIServer(llama_server).complete(PROMPT, max_tokens=6)
+    assert candidate.text.startswith(PROMPT) and len(candidate.text) > len(PROMPT)
+    assert candidate.first_generated < len(candidate.pieces) == len(candidate.offsets)
+    assert candidate.offsets[0] == 0 and candidate.text.startswith("".join(candidate.pieces))
+    assert all(len(row) >= 5 for row in candidate.top_logprobs[1:])
+
+
+def test_comparison_with_the_reference_finds_the_servers_one_token_shift(llama_server, smollm2_reference):
+    candidate = OpenAIServer(llama_server).complete(PROMPT, max_tokens=6)
+    comparison = compare_sequences(smollm2_reference.reference_tokens(candidate.text), candidate)
+    generated = [p for p in comparison.positions if p.generated]
+    # The greedy continuation is the reference's own choice at every step: the model computes the same function.
+    assert generated and all(p.agrees or p.near_tie for p in generated)
+    # But its echoed log-probabilities score each token with the distribution after it, not the one that predicts it.
+    assert not comparison
+    assert [d.cause for d in comparison.diagnoses] == ["token_shift"]
+    # and it drops the last generated token from its log-probabilities: that is said, not hidden.
+    assert any("cover" in note for note in comparison.notes)
+
+
+def test_a_server_that_is_down_is_a_clear_error():
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(CaptureError, match="cannot reach the server at .*is it running"):
+        OpenAIServer(url, timeout_s=5).complete(PROMPT, max_tokens=2)
+
+
+class _Garbage(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.server.answers.pop(0)
+        self.send_response(200 if not body.startswith(b"500") else 500)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def garbage_server():
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Garbage)
+    server.answers = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+
+
+def test_a_server_that_answers_garbage_is_a_clear_error(garbage_server):
+    url = f"http://127.0.0.1:{garbage_server.server_port}"
+    garbage_server.answers += [b"<html>hello</html>", json.dumps({"choices": [{"text": PROMPT}]}).encode(), b"500 overloaded"]
+    with pytest.raises(CaptureError, match="something that is not JSON: '<html>hello</html>'"):
+        OpenAIServer(url).complete(PROMPT, max_tokens=2)
+    with pytest.raises(CaptureError, match="not a completion with logprobs"):
+        OpenAIServer(url).complete(PROMPT, max_tokens=2)
+    with pytest.raises(CaptureError, match="answered HTTP 500"):
+        OpenAIServer(url).complete(PROMPT, max_tokens=2)
+
+
+# --- a server that misbehaves on purpose, on loopback ----------------------------
+
+FAULTS = {  # scenario -> what the one-line error must say
+    "drip": "did not finish answering within 3 s",
+    "silent": "did not finish answering within 3 s",
+    "endless": "sent more than 33,554,432 bytes",
+    "endless_chunked": "sent more than 33,554,432 bytes",
+    "huge_length": "announced a 1,000,000,000,000-byte answer",
+    "bad_status": "bad HTTP status line 'HTTP/1.1 OK-ish",
+    "not_http": "bad HTTP status line 'SSH-2.0",
+    "many_headers": "got more than 100 headers",
+    "long_header": "header or status line over 65,536 bytes",
+    "deep_json": "JSON nested too deeply",
+    "text_int": "choices[0].text = 5, expected a string",
+    "logprobs_str": "token_logprobs[1] = 'high', expected a log-probability",
+    "logprobs_positive": "token_logprobs[1] = 3.0, expected a log-probability",
+    "offsets_float": "text_offset[1] = 2.5, expected an integer character offset",
+    "offsets_beyond": "text_offset[3] = 1000000000, expected an integer character offset from 0 to 11",
+    "top_row_list": "top_logprobs[1] = [[[1]]], expected null or an object",
+    "lengths_differ": "lists of different lengths (tokens 1, text_offset 4",
+    "no_choices": "empty choices list",
+    "no_logprobs": "without choices[0].logprobs",
+    "no_echo": "did not echo the prompt",
+    "truncated": "closed the connection after 117 bytes of its answer (118 more were due)",
+    "reset": "failed: Connection reset by peer",
+    "close_at_once": "closed the connection without answering",
+    "not_json": r"not JSON: '<html><body>\x1b[31mhello",  # escaped: no terminal control codes
+    "not_utf8": "not JSON",
+    "http_500": r"answered HTTP 500 Internal Server Error: 'model overloaded\nretry later'",
+    "http_404": "answered HTTP 404 Not Found",
+    "redirect": "HTTP 302 Found, a redirect to 'http://example.com/v1/completions'; give the address",
+}
+
+
+@pytest.fixture(scope="module")
+def misbehaving():
+    from misbehaving_server import MisbehavingServer
+
+    server = MisbehavingServer()
+    yield server
+    server.close()
+
+
+def test_the_misbehaving_servers_good_answer_is_read(misbehaving):
+    from misbehaving_server import PROMPT as SHORT
+
+    candidate = OpenAIServer(misbehaving.url("good"), timeout_s=3).complete(SHORT, max_tokens=1)
+    assert candidate.pieces == ("w1", " w2", " w3", " w4") and candidate.first_generated == 3
+
+
+@pytest.mark.parametrize("scenario", sorted(FAULTS))
+def test_each_server_fault_is_one_line_naming_the_server_in_bounded_time_and_memory(misbehaving, scenario):
+    import tracemalloc
+
+    from misbehaving_server import PROMPT as SHORT
+
+    url = misbehaving.url(scenario)
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(CaptureError) as raised:
+            OpenAIServer(url, timeout_s=3).complete(SHORT, max_tokens=1)
+        elapsed_s = time.monotonic() - started
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    message = str(raised.value)
+    assert "\n" not in message and "\x1b" not in message and f"{url}/v1/completions" in message
+    assert FAULTS[scenario] in message, message
+    assert elapsed_s < 4.0
+    assert peak_bytes < 3 * 33_554_432   # the answer is capped at 32 MiB however much the server sends
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1, float("nan"), float("inf")])
+def test_a_timeout_that_is_not_a_positive_number_is_refused(timeout_s):
+    from parity.core.errors import OptionError
+
+    with pytest.raises(OptionError, match="positive number of seconds"):
+        OpenAIServer("http://127.0.0.1:1", timeout_s=timeout_s)
+
+
+def test_the_run_deadline_bounds_a_request_with_a_longer_timeout(misbehaving):
+    from misbehaving_server import PROMPT as SHORT
+
+    started = time.monotonic()
+    server = OpenAIServer(misbehaving.url("drip"), timeout_s=30, run_deadline=time.monotonic() + 1.5)
+    with pytest.raises(CaptureError, match="did not finish answering within 1.5 s"):
+        server.complete(SHORT, max_tokens=1)
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_server_that_never_answers_times_out():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)  # accepts connections, never answers
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(CaptureError, match="did not finish answering within 1 s"):
+            OpenAIServer(url, timeout_s=1).complete(PROMPT, max_tokens=2)
+        assert time.monotonic() - started < 10
+    finally:
+        listener.close()

@@ -1,0 +1,184 @@
+"""The crafted corpus (tests/corpus/, see tests/trace_corpus.py) through `parity compare REF CASE`.
+
+Every `bad-*` case: exit 2 and exactly one line on stderr, naming the file and saying how
+to fix it. Every `odd-*` case: a result (exit 0 or 1) with nothing on stderr. Never a
+traceback. The special cases (sparse, bombs, FIFOs, links out) run in
+tests/integration/test_hostile_traces.py, in a subprocess under memory limits.
+"""
+
+import json
+import mmap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import trace_corpus
+from parity.cli import main
+from parity.core.errors import TraceError
+from parity.core.trace.lazy import LazyTensors
+from parity.core.trace import FORMAT, load_trace, make_trace, save_trace
+
+CORPUS = Path(__file__).resolve().parents[2] / "corpus"
+REFERENCE = CORPUS / "reference.safetensors"
+CASES = trace_corpus.cases(CORPUS)
+
+
+def run_compare(capsys, *paths) -> tuple[int, str, str]:
+    code = main(["compare", *map(str, paths)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_the_corpus_covers_every_form_and_both_outcomes():
+    names = [case.name for case in CASES]
+    for prefix in ("bad-st-", "bad-npz-", "bad-dir-", "odd-st-", "odd-npz-", "odd-dir-"):
+        assert any(name.startswith(prefix) for name in names), prefix
+    assert len(CASES) >= 100
+
+
+def test_the_committed_corpus_is_what_the_generator_writes(tmp_path):
+    written = trace_corpus.write_small(tmp_path)
+    assert [case.name for case in written] == [case.name for case in CASES]
+    for generated in tmp_path.rglob("*"):
+        committed = CORPUS / generated.relative_to(tmp_path)
+        assert committed.exists(), committed
+        if generated.is_file():
+            assert committed.read_bytes() == generated.read_bytes(), committed
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_each_case_gives_one_line_and_exit_2_or_a_result(capsys, case):
+    code, out, err = run_compare(capsys, REFERENCE, case)
+    if case.name.startswith("bad-"):
+        assert code == 2, out
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("parity: error: "), err
+        assert str(case) in lines[0] or case.name in lines[0]  # names the file
+        assert "; " in lines[0].removeprefix("parity: error: ")  # what; how to fix
+        assert "Traceback" not in err and "allow_pickle" not in err
+    else:
+        assert code in (0, 1), err
+        assert err == ""  # no numpy RuntimeWarning, no error
+
+
+@pytest.mark.parametrize("case", [case for case in CASES if case.name.startswith("odd-")],
+                         ids=lambda case: case.name)
+def test_odd_cases_compared_with_themselves_pass(capsys, case):
+    code, out, err = run_compare(capsys, case, case)
+    assert (code, err) == (0, ""), out
+
+
+def test_escape_sequences_and_surrogates_in_metadata_never_reach_the_console(capsys):
+    code, out, err = run_compare(capsys, REFERENCE, CORPUS / "odd-st-escapes-in-metadata.safetensors")
+    assert code in (0, 1) and err == ""
+    assert "evil" in out  # the producer is shown ...
+    assert not any(char in out for char in "\x1b\x07\r\u202e\ud800")  # ... with its controls replaced
+
+
+def test_a_json_report_of_hostile_metadata_is_valid_json(capsys):
+    main(["compare", str(REFERENCE), str(CORPUS / "odd-st-escapes-in-metadata.safetensors"), "--json", "-"])
+    report = json.loads(capsys.readouterr().out)
+    assert report  # the surrogate and the escapes are JSON-escaped, not written raw
+
+
+def test_a_1d_tensor_where_positions_are_expected_is_compared_without_crashing(capsys):
+    case = CORPUS / "odd-st-1d-probs.safetensors"
+    assert run_compare(capsys, case, case)[0] == 0
+
+
+def test_loading_reads_headers_only_and_tensors_on_demand(tmp_path):
+    big = np.arange(6 * 2**16, dtype=np.float32).reshape(1, 6, 2**16)  # 1.5 MiB: mapped, not read
+    path = save_trace(make_trace({"embed": big, "logits": np.ones((6, 5), np.float32)}, {"tokens": [1] * 6}),
+                      tmp_path / "t.safetensors")
+    trace = load_trace(path)
+    assert isinstance(trace.tensors, LazyTensors)
+    assert trace.shape_of("embed") == (6, 2**16)  # from the header, batch axis dropped
+    assert "read" in repr(trace.tensors) and "0 read" in repr(trace.tensors)
+    embed = trace["embed"]
+    assert isinstance(_mapped_object(embed), mmap.mmap)
+    np.testing.assert_array_equal(embed, big[0])
+    assert not embed.flags.writeable  # a read-only map of the file, not a copy
+
+
+def _mapped_object(array: np.ndarray):
+    """What an array's memory belongs to, following views down to the buffer's owner."""
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    return array.obj if isinstance(array, memoryview) else array
+
+
+def test_tensors_of_one_file_share_one_map_and_stay_readable_after_their_pages_are_released(tmp_path):
+    tensors = {f"layers.{i}.out": np.full((4, 1024), i, np.float32) for i in range(12)}
+    trace = load_trace(save_trace(make_trace(tensors), tmp_path / "t.safetensors"))
+    first = trace["layers.0.out"]
+    maps = {id(_mapped_object(trace[name])) for name in tensors}
+    assert len(maps) == 1  # one map (and one descriptor) for the whole file
+    # layers.0.out has left the kept few: its pages were handed back, and reading it pages them in again
+    assert "layers.0.out" not in repr(trace.tensors._kept)
+    np.testing.assert_array_equal(first, tensors["layers.0.out"])
+    np.testing.assert_array_equal(trace["layers.0.out"], tensors["layers.0.out"])
+
+
+def test_a_comparison_keeps_nothing_mapped_once_done_and_its_tensors_stay_readable(tmp_path):
+    from parity.core.compare import compare
+
+    tensors = {f"layers.{i}.out": np.full((4, 1024), i, np.float32) for i in range(3)}
+    reference = load_trace(save_trace(make_trace(tensors), tmp_path / "r.safetensors"))
+    candidate = load_trace(save_trace(make_trace(tensors), tmp_path / "c.safetensors"))
+    assert compare(reference, candidate).passed
+    assert "0 read" in repr(reference.tensors) and "0 read" in repr(candidate.tensors)
+    np.testing.assert_array_equal(reference["layers.2.out"], tensors["layers.2.out"])
+
+
+def test_npz_stored_members_are_mapped_and_deflated_ones_inflated_exactly(tmp_path):
+    values = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    for save in (np.savez, np.savez_compressed):
+        path = tmp_path / f"{save.__name__}.npz"
+        save(path, embed=values, __metadata__=np.array(json.dumps({"format": FORMAT, "tokens": [1, 2, 3]})))
+        trace = load_trace(path)
+        np.testing.assert_array_equal(trace["embed"], values)
+        assert trace.tokens == [1, 2, 3] and trace.dtype_of("embed") == "float32"
+
+
+def test_a_file_changed_after_loading_is_refused_not_misread(tmp_path):
+    path = save_trace(make_trace({"embed": np.ones((2, 3), np.float32)}), tmp_path / "t.safetensors")
+    trace = load_trace(path)
+    path.write_bytes(path.read_bytes() + b"\0" * 8)
+    with pytest.raises(TraceError, match="changed while parity was reading it"):
+        trace["embed"]
+
+
+def test_a_symlink_inside_the_trace_directory_is_followed(tmp_path):
+    np.save(tmp_path / "real.npy", np.ones((2, 3), np.float32))
+    (tmp_path / "embed.npy").symlink_to("real.npy")
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": FORMAT, "tensors": ["embed"]}))
+    assert load_trace(tmp_path)["embed"].shape == (2, 3)
+
+
+def test_checkpoints_glob_matching_nothing_is_an_option_error(capsys):
+    code, _, err = run_compare(capsys, REFERENCE, REFERENCE, "--checkpoints", "nothing.*")
+    assert code == 2 and "'nothing.*' matches no checkpoint name" in err and len(err.splitlines()) == 1
+
+
+def test_the_first_rows_of_a_tensor_are_read_alone(tmp_path):
+    values = np.arange(1 * 50 * 2**14, dtype=np.float32).reshape(1, 50, 2**14)  # a batch axis, dropped on read
+    trace = load_trace(save_trace(make_trace({"embed": values}), tmp_path / "t.safetensors"))
+    head = trace.head("embed", 3)
+    np.testing.assert_array_equal(head, values[0, :3])
+    root = _mapped_object(head)
+    assert len(memoryview(root).cast("B")) == 3 * 2**14 * 4  # only 3 rows read, not 50 (nor the file mapped)
+    np.save(tmp_path / "embed.npy", values[0])
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": FORMAT, "tensors": ["embed"]}))
+    np.testing.assert_array_equal(load_trace(tmp_path).head("embed", 60), values[0])  # clipped to the rows there are
+
+
+@pytest.mark.parametrize("config", [{"num_attention_heads": "8"}, {"hidden_size": True}, {"head_dim": -4},
+                                    {"rope_parameters": 5}, {"rope_scaling": {"rope_type": 3}},
+                                    {"rms_norm_eps": [1e-5]}])
+def test_config_fields_parity_computes_with_are_type_checked(tmp_path, config):
+    path = tmp_path / "t.npz"
+    np.savez(path, embed=np.zeros((2, 2), np.float32),
+             __metadata__=np.array(json.dumps({"format": FORMAT, "config": {"hidden_size": 8, **config}})))
+    with pytest.raises(TraceError, match="'config' field"):
+        load_trace(path)
