@@ -75,9 +75,9 @@ def plain_forward_seconds(model, tokens: list[int]) -> float:
     """One forward pass with no hooks, as the capture runs it (its input where the model's first weights are)."""
     import torch
 
-    from parity.capture.torch.module import _input_ids
+    from parity.capture.torch.module import input_ids_of
 
-    input_ids = _input_ids(tokens, model)
+    input_ids = input_ids_of(tokens, model)
     started = time.perf_counter()
     with torch.no_grad():
         model(input_ids)

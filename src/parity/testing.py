@@ -175,19 +175,21 @@ def _trace(value, role: str) -> Trace:
 
 
 def _candidate_trace(candidate, reference: Trace, taps, checkpoints) -> Trace:
-    if hasattr(candidate, "named_modules"):
-        from parity.capture.torch.module import trace_module
-        from parity.capture.candidates import infer_taps
+    if isinstance(candidate, Trace):
+        return candidate
+    if not isinstance(candidate, (str, Path)) and not hasattr(candidate, "named_modules"):
+        raise OptionError(f"candidate must be a Trace, a trace file or a torch.nn.Module, not {type(candidate).__name__}")
+    from parity.capture.candidate import TraceRequest, open_candidate, parse_candidate
 
-        if reference.tokens is None:
-            raise OptionError("the reference trace records no tokens to run the candidate module on; "
-                              "capture it with parity (or give a model path as the reference)")
-        taps = taps or getattr(candidate, "parity_taps", None) or infer_taps(candidate, type(candidate).__name__)
-        return trace_module(candidate, list(reference.tokens), taps=taps, checkpoints=checkpoints)
-    if isinstance(candidate, str) and ":" in candidate and not Path(candidate).exists():
+    parsed = parse_candidate(str(candidate) if isinstance(candidate, Path) else candidate)
+    if parsed.offers("logits") and isinstance(parsed.text, str):
         raise OptionError(f"candidate {candidate!r} needs a model as the reference (a directory or .gguf), "
                           "not a trace: parity captures both sides from it")
-    return _trace(candidate, "candidate")
+    if parsed.offers("logits") and reference.tokens is None:
+        raise OptionError("the reference trace records no tokens to run the candidate module on; "
+                          "capture it with parity (or give a model path as the reference)")
+    with open_candidate(parsed.text, needs=("trace",)) as opened:
+        return opened.trace(list(reference.tokens or []), TraceRequest(taps=taps, checkpoints=checkpoints, raw=False))
 
 
 def _calibrated(reference: Trace, lowp: Trace, config: CompareConfig) -> CompareConfig:

@@ -1,4 +1,4 @@
-"""One place that turns a CANDIDATE spec into a source: its kinds, its factories, its stdout."""
+"""One protocol that turns a CANDIDATE spec into a candidate: its backends, its factories, its stdout."""
 
 import ast
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TOKENS
-from parity.capture.candidates import kind_of, open_candidate
+from parity.capture.candidate import CandidateContext, TraceRequest, open_candidate, parse_candidate
 from parity.capture.torch.factory import load_factory
 from parity.core.errors import OptionError
 
@@ -33,38 +33,44 @@ def factories(tmp_path):
     return path
 
 
+def backend(spec) -> str:
+    return parse_candidate(spec).backend.backend
+
+
 def test_each_kind_of_spec_is_told_apart(model_dirs, reference_traces, tmp_path):
     from parity.core.trace import save_trace
 
     trace = save_trace(reference_traces["llama"], tmp_path / "t.safetensors")
-    assert kind_of("http://127.0.0.1:8080") == "server"
-    assert kind_of("llamacpp:missing.gguf") == "llamacpp"
-    assert kind_of(str(trace)) == "trace"
-    assert kind_of(str(model_dirs["llama"])) == "model"
-    assert kind_of("my_port.py:build") == "factory" and kind_of("package.module:build") == "factory"
+    assert backend("http://127.0.0.1:8080") == "server"
+    assert backend("llamacpp:missing.gguf") == "llamacpp"
+    assert backend(str(trace)) == "trace"
+    assert backend(str(model_dirs["llama"])) == "hf"
+    assert backend("my_port.py:build") == "torch" and backend("package.module:build") == "torch"
     with pytest.raises(OptionError, match="neither an existing trace"):
-        kind_of("no_such_thing")
+        parse_candidate("no_such_thing")
 
 
-def test_a_command_refuses_a_kind_it_cannot_use_and_says_which_it_takes(reference_traces, tmp_path):
+def test_a_command_refuses_a_candidate_that_cannot_give_what_it_needs_and_says_which_can(reference_traces,
+                                                                                        tmp_path):
     from parity.core.trace import save_trace
 
     trace = save_trace(reference_traces["llama"], tmp_path / "t.safetensors")
-    with pytest.raises(OptionError, match="is a trace file; this command takes llamacpp:FILE.gguf"):
-        with open_candidate(str(trace), accept=("llamacpp", "factory")):
+    with pytest.raises(OptionError, match="is a trace file, which gives no logits for any token ids; this command "
+                                          "takes llamacpp:FILE.gguf, a model directory or .gguf, FILE.py:FACTORY"):
+        with open_candidate(str(trace), needs=("logits",)):
             pass
 
 
 def test_a_factory_and_a_model_directory_give_the_same_logits_and_the_factory_prints_to_stderr(
         model_dirs, factories, capsys):
     directory = str(model_dirs["llama"])
-    with open_candidate(f"{factories}:build", model_path=directory) as built:
+    with open_candidate(f"{factories}:build", CandidateContext(model_path=directory)) as built:
         rows = built.logits(TOKENS)
-        assert built.kind == "factory" and built.precision == "float32" and built.taps()  # mapped from its structure
+        assert built.backend == "torch" and built.precision == "float32" and built.taps()  # mapped from its structure
     with open_candidate(directory) as loaded:
-        assert loaded.kind == "model" and loaded.hf.family == "llama" and loaded.taps()
+        assert loaded.backend == "hf" and loaded.hf.family == "llama" and loaded.taps()
         np.testing.assert_allclose(loaded.logits(TOKENS), rows, rtol=1e-6, atol=1e-6)
-        trace = loaded.trace(TOKENS, checkpoints="logits")
+        trace = loaded.trace(TOKENS, TraceRequest(checkpoints="logits"))
     np.testing.assert_allclose(trace["logits"], rows, rtol=1e-5, atol=1e-5)
     captured = capsys.readouterr()
     assert captured.out == "" and "building the model" in captured.err and "loading" in captured.err
@@ -90,8 +96,20 @@ def test_load_factory_returns_the_function_itself(factories):
 def test_capture_never_imports_a_command():
     commands = {"parity.commands.check.run", "parity.commands.generate", "parity.commands.tokens", "parity.cli", "parity.commands.repro", "parity.sanity",
                 "parity.kernel", "parity.commands.bench", "parity.commands.gradients"}
-    for path in sorted((ROOT / "src" / "parity" / "capture").glob("*.py")):
+    for path in sorted((ROOT / "src" / "parity" / "capture").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
                      else [node.module] if isinstance(node, ast.ImportFrom) else [])
             assert not commands & set(names), f"{Path(path).name} imports a command: {names}"
+
+
+def test_commands_ask_what_a_candidate_supports_never_which_backend_it_is():
+    backend_modules = {f"parity.capture.{folder}.candidate" for folder in ("torch", "hf", "llamacpp", "server",
+                                                                             "tracefile")}
+    for path in sorted((ROOT / "src" / "parity" / "commands").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert node.module not in backend_modules, f"{path.name} imports a backend: {node.module}"
+            if isinstance(node, ast.Compare) and isinstance(node.left, ast.Attribute):
+                assert node.left.attr != "backend", f"{path.name}:{node.lineno} asks a candidate its backend"

@@ -115,9 +115,9 @@ def test_models_on_two_devices_are_refused():
     from parity.commands.check.on_device import check_devices
     from parity.core.errors import OptionError
 
-    class Loaded:   # what parity check holds of each side: its torch module
-        def __init__(self, model):
-            self.model, self.spec, self.kind_description = model, "port.py:build", "a PyTorch module"
+    class Loaded:   # what parity check holds of each side: its torch module (the reference's .model, a
+        def __init__(self, model):                          # candidate's .module)
+            self.model = self.module = model
 
     reference, candidate = Loaded(torch.nn.Linear(2, 2)), Loaded(torch.nn.Linear(2, 2, device="meta"))
     with pytest.raises(OptionError, match="needs both models on one device: the reference runs on cpu"):

@@ -13,7 +13,7 @@ import mixtral_port  # noqa: E402
 import tiny_models  # noqa: E402
 from conftest import ROOT, TOKENS  # noqa: E402
 from parity.capture.hf.model import capture_hf  # noqa: E402
-from parity.capture.torch.module import trace_module  # noqa: E402
+from parity.capture.torch.module import trace_module
 from parity.core.compare import compare  # noqa: E402
 from parity.diagnose import diagnose  # noqa: E402
 

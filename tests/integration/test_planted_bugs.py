@@ -12,7 +12,7 @@ import gpt2_port  # noqa: E402
 import llama_port  # noqa: E402
 from conftest import TOKENS  # noqa: E402
 from parity.capture.hf.model import capture_hf  # noqa: E402
-from parity.capture.torch.module import trace_module  # noqa: E402
+from parity.capture.torch.module import trace_module
 from parity.core.compare import compare  # noqa: E402
 
 LLAMA_BUGS = {  # bug -> (checkpoint where it is planted, layer)

@@ -138,15 +138,11 @@ def check_ids(ids: list[int], vocabulary: Vocabulary, source: str) -> list[int]:
 def candidate_tokenizer(spec: str, vocabulary: Vocabulary):
     """The tokenizer a CANDIDATE spec names: llama.cpp's (llamacpp:FILE.gguf), transformers' (a model
     directory or .gguf) or a function text -> ids (FILE.py:FUNCTION), read with `vocabulary` (the reference's)."""
-    from parity.capture.candidates import LLAMACPP_PREFIX, kind_of
+    from parity.capture.candidate import parse_candidate
 
-    kind = kind_of(spec)
-    if kind == "llamacpp":
-        return LlamaCppTokenizer(Path(spec.removeprefix(LLAMACPP_PREFIX)))
-    if kind == "model":
-        return HFTokenizer(Path(spec))
-    if kind == "factory":
-        return FunctionTokenizer(spec, vocabulary)
+    parsed = parse_candidate(spec)
+    if parsed.offers("tokenizer"):
+        return parsed.backend.open_tokenizer(spec, vocabulary)
     raise OptionError(f"candidate '{spec}' is not a tokenizer: give llamacpp:FILE.gguf, a model directory or .gguf, "
                       "or FILE.py:FUNCTION (text -> ids)")
 

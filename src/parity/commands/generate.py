@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parity.capture.candidates import open_candidate
+from parity.capture.candidate import CandidateContext, open_candidate
 from parity.core.errors import OptionError
 from parity.core.generation import (GenerationComparison, check_sampler, first_divergence, greedy,
                                     teacher_forced)
@@ -44,9 +44,9 @@ def run_generate(options: GenerateOptions, progress) -> GenerationComparison:
     reference = load_model(options.model, dtype=options.dtype)
     prompt = options.tokens if options.tokens is not None else reference.tokenize(options.prompt)
     reference.check_length(len(prompt) + options.count, what=f"the prompt with -n {options.count}")
-    with open_candidate(options.candidate, model_path=options.model, dtype=options.dtype,
-                        accept=("llamacpp", "model", "factory"), progress=progress) as source:
-        candidate_logits = source.logits
+    context = CandidateContext(model_path=options.model, dtype=options.dtype, progress=progress)
+    with open_candidate(options.candidate, context, needs=("logits",)) as candidate:
+        candidate_logits = candidate.logits
         progress.step(f"greedy decoding {options.count} tokens with the reference")
         reference_tokens, reference_rows = greedy(reference.logits, prompt, options.count)
         progress.step(f"greedy decoding {options.count} tokens with the candidate")

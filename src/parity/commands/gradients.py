@@ -91,31 +91,31 @@ def _result(name: str, reference: np.ndarray, candidate: np.ndarray, bound: floa
 def run_gradients(model_path: str, candidate_spec: str, tokens: list[int] | None, prompt: str | None,
                   taps: str | None, progress) -> GradientComparison:
     """Load both sides (the reference at the candidate's precision), record and compare their gradients."""
-    from parity.capture.torch.gradients import record_gradients
+    from parity.capture.candidate import CandidateContext, open_candidate
+
+    with open_candidate(candidate_spec, CandidateContext(model_path=model_path, progress=progress),
+                        needs=("gradients",)) as candidate:
+        return _run_gradients(model_path, candidate, tokens, prompt, taps, progress)
+
+
+def _run_gradients(model_path: str, candidate, tokens, prompt, taps, progress) -> GradientComparison:
     from parity.capture.hf.model import load_model, quiet_transformers
+    from parity.capture.torch.gradients import record_gradients
     from parity.core.errors import OptionError
     from parity.core.names import FAMILY_TAPS
-    from parity.capture.torch.factory import build_module
 
-    if ":" not in candidate_spec or candidate_spec.startswith(("llamacpp:", "http://", "https://")):
-        raise OptionError("--gradients needs a PyTorch candidate, FILE.py:FACTORY or module:FACTORY")
-    progress.step(f"building the candidate from {candidate_spec}")
-    candidate = build_module(candidate_spec, model_path)
-    dtype = next((str(p.dtype).removeprefix("torch.") for p in candidate.parameters() if p.is_floating_point()),
-                 "float32")
+    dtype = candidate.precision or "float32"
     quiet_transformers()
     progress.step(f"loading {model_path} ({dtype})")
     reference = load_model(model_path, dtype=dtype)
     ids = tokens if tokens is not None else reference.tokenize(prompt)
     if len(ids) < 2:
         raise OptionError("--gradients needs at least 2 tokens: the loss predicts each next token")
-    from parity.capture.candidates import infer_taps
-
-    candidate_taps = taps or getattr(candidate, "parity_taps", None) or infer_taps(candidate, candidate_spec)
+    candidate_taps = candidate.taps(taps)
     progress.step(f"backward on the reference over {len(ids)} tokens")
     reference_record = record_gradients(reference.model, ids, FAMILY_TAPS[reference.family])
     progress.step("backward on the candidate")
-    candidate_record = record_gradients(candidate.train(False), ids, candidate_taps)
+    candidate_record = record_gradients(candidate.module.train(False), ids, candidate_taps)
     return compare_gradients(reference_record, candidate_record, dtype)
 
 

@@ -139,7 +139,7 @@ def _reference_trace(report: dict, report_path: Path, given: Path | None) -> Tra
 def _weights(model: str, name: str) -> dict[str, np.ndarray]:
     """The parameters of the reference module that produces `name` (none for parameter-free ops)."""
     from parity.capture.hf.model import load_model, quiet_transformers
-    from parity.capture.torch.module import _compile
+    from parity.capture.torch.taps import compile_pattern
 
     quiet_transformers()
     loaded = load_model(model)
@@ -154,7 +154,7 @@ def _weights(model: str, name: str) -> dict[str, np.ndarray]:
             continue
         path = tap.module.replace("{i}", str(checkpoint.layer)) if checkpoint.layer is not None else tap.module
         module = modules.get(path)
-        if module is not None and _compile(tap.module).match(path):
+        if module is not None and compile_pattern(tap.module).match(path):
             return {key: value.detach().float().cpu().numpy() for key, value in module.named_parameters(recurse=False)}
     return {}
 

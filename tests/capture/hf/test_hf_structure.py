@@ -243,7 +243,7 @@ def test_per_head_norms_are_recorded_token_major_in_every_layout(tokens, familie
 
 
 def test_fused_outputs_are_split_by_the_split_suffix():
-    from parity.capture.torch.module import resolve_taps
+    from parity.capture.torch.taps import resolve_taps
 
     (tap,) = resolve_taps({"blocks.{i}.qkv:split": ["layers.{i}.qkv", "layers.{i}.q", "layers.{i}.k", "layers.{i}.v"]})
     assert (tap.module, tap.io, len(tap.names)) == ("blocks.{i}.qkv", "split", 4)

@@ -101,7 +101,6 @@ def test_an_f16_cache_held_to_f32_cache_noise_fails():
     """The calibration must follow the cache: llama.cpp with an F16 cache, emulated as F32, fails at attn_probs."""
     from parity.capture.llamacpp.runner import capture_llamacpp
     from parity.capture.llamacpp.numerics import llamacpp_numerics
-    from parity.commands.check.beyond_forward import llamacpp_lowp  # noqa: F401  (the float32 copy is what the check uses)
     from parity.core.calibrate import noise_floors
     from parity.core.compare import CompareConfig, compare
     from parity.capture.hf.model import load_model

@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 import llama_port  # noqa: E402
 from conftest import TOKENS  # noqa: E402
 from parity.capture.torch.replay import _module_inputs, replay_module  # noqa: E402
-from parity.capture.torch.module import _input_ids, trace_module  # noqa: E402
+from parity.capture.torch.module import input_ids_of, trace_module
 from parity.core.compare import compare  # noqa: E402
 
 
@@ -17,7 +17,7 @@ def local_errors(replayed, reference):
 
 def test_module_inputs_are_identified_by_value(model_dirs):
     port = llama_port.build(model_dirs["llama"])
-    feeds = _module_inputs(port, _input_ids(TOKENS, port), port.parity_taps, None)
+    feeds = _module_inputs(port, input_ids_of(TOKENS, port), port.parity_taps, None)
     assert feeds["blocks.1"] == "layers.0.out"
     assert feeds["blocks.0"] == "embed"
     assert feeds["blocks.0.attn.o_proj"] == "layers.0.attn_ctx"

@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 
 from parity.capture.torch import streaming  # noqa: E402
 from parity.capture.torch.streaming import stream_module  # noqa: E402
-from parity.capture.torch.module import trace_module  # noqa: E402
+from parity.capture.torch.module import trace_module
 from parity.core.trace import load_trace  # noqa: E402
 from parity.core.trace.writer import trace_file  # noqa: E402
 

@@ -4,7 +4,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from parity.capture.torch.probe import Probe  # noqa: E402
-from parity.capture.torch.module import ModuleTracer, resolve_taps, trace_module  # noqa: E402
+from parity.capture.torch.module import trace_module
+from parity.capture.torch.taps import resolve_taps
+from parity.capture.torch.tracer import ModuleTracer
 from parity.core.errors import CaptureError, OptionError  # noqa: E402
 from parity.core.names import FAMILY_TAPS, Tap  # noqa: E402
 

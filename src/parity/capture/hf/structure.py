@@ -22,7 +22,7 @@ from parity.core.names import HF_OVERRIDES, Tap
 
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe")
-FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_norm", "norm_f")
+FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_norm", "norm_f", "final_layer_norm")
 
 # Children of an attention module, by role. A fused q|k|v is [q | k | v] along the
 # output axis; NeoX's `query_key_value` interleaves heads and is left to raw capture.
@@ -49,8 +49,10 @@ SHARED_EXPERT_NAMES = ("shared_expert", "shared_experts")
 # Norms of a decoder layer, by name. `post_attention_layernorm` is the MLP's input
 # norm in Llama-style blocks, but the attention branch's output norm in blocks that
 # also norm the MLP's output (Gemma 2/3, OLMo 2): see _norm_roles.
-ATTN_NORM_NAMES = ("input_layernorm", "ln_1", "attention_norm", "ln_attn", "norm1", "attn_norm")
-MLP_NORM_NAMES = ("pre_feedforward_layernorm", "ln_2", "ffn_norm", "norm2", "ln_mlp", "pre_mlp_layernorm")
+ATTN_NORM_NAMES = ("input_layernorm", "ln_1", "attention_norm", "ln_attn", "norm1", "attn_norm",
+                   "self_attn_layer_norm")
+MLP_NORM_NAMES = ("pre_feedforward_layernorm", "ln_2", "ffn_norm", "norm2", "ln_mlp", "pre_mlp_layernorm",
+                  "final_layer_norm")
 ATTN_POST_NAMES = ("post_attn_norm", "post_attention_norm")
 MLP_POST_NAMES = ("post_feedforward_layernorm", "post_mlp_layernorm", "post_ffn_norm")
 AMBIGUOUS_NORM = "post_attention_layernorm"
@@ -202,8 +204,13 @@ def _layer_taps(prefix: str, i: int, layer, config, has_rope: bool, refuse) -> t
     if attention is None:
         raise refuse(f"no attention module in layer {i} (children: {', '.join(n for n, _ in layer.named_children())})")
     mlp_name, mlp = _child(layer, MLP_NAMES)
+    if mlp is None and _child(layer, MLP_PARTS["down"])[1] is not None:
+        mlp_name, mlp = "", layer   # an MLP made of the layer's own linears (OPT's fc1, fc2)
     if mlp is None:
         raise refuse(f"no MLP module in layer {i} (children: {', '.join(n for n, _ in layer.named_children())})")
+    if getattr(config, "do_layer_norm_before", True) is False:
+        raise refuse("its layers norm after the residual adds (do_layer_norm_before=False): the checkpoints of "
+                     "a pre-norm block do not fit them")
     parallel = bool(getattr(layer, "use_parallel_residual", False) or getattr(config, "parallel_attn", False))
     taps = [tap("", "out")]
     roles = _norm_roles(layer)
@@ -211,7 +218,7 @@ def _layer_taps(prefix: str, i: int, layer, config, has_rope: bool, refuse) -> t
         taps.append(tap(name, role))
     mlp_norm = next((name for name, role in roles.items() if role == "mlp_norm"), None)
     if not parallel:  # the attention residual is what enters the MLP's norm, or the MLP itself
-        taps.append(tap(mlp_norm, "resid_mid", "input") if mlp_norm else tap(mlp_name, "resid_mid", "input"))
+        taps.append(tap(mlp_norm or mlp_name or _first_linear(mlp), "resid_mid", "input"))
     attention_taps, head_dim = _attention_taps(attention_name, attention, config, has_rope, tap, refuse, i)
     taps += attention_taps
     taps += _mlp_taps(mlp_name, mlp, tap)
@@ -242,6 +249,11 @@ def _attention_taps(name: str, attention, config, has_rope: bool, tap, refuse, i
 
 
 def _mlp_taps(name: str, mlp, tap) -> list[Tap]:
+    """The MLP's taps; `name` "" for an MLP made of the layer's own linears, whose output is the down
+    projection's."""
+    if not name:
+        parts = {role: _child(mlp, names)[0] for role, names in MLP_PARTS.items()}
+        return [tap(parts["down"], "mlp_out"), *_mlp_part_taps("", parts, tap)]
     taps = [tap(name, "mlp_out")]
     _, experts = _child(mlp, ("experts",))
     if experts is not None:  # a Mixture-of-Experts block
@@ -255,13 +267,27 @@ def _mlp_taps(name: str, mlp, tap) -> list[Tap]:
         taps.append(tap(f"{name}.experts", "moe_routed" if shared_name else ()))
         return taps
     parts = {role: _child(mlp, names)[0] for role, names in MLP_PARTS.items()}
+    return taps + _mlp_part_taps(f"{name}.", parts, tap)
+
+
+def _first_linear(layer) -> str:
+    """The input projection of an MLP made of the layer's own linears: what its input is read from."""
+    for role in ("gate", "up", "gate_up", "fc"):
+        name, _ = _child(layer, MLP_PARTS[role])
+        if name:
+            return name
+    return _child(layer, MLP_PARTS["down"])[0]
+
+
+def _mlp_part_taps(prefix: str, parts: dict, tap) -> list[Tap]:
+    taps = []
     for role, kind in (("gate", "mlp_gate"), ("up", "mlp_up"), ("fc", "mlp_fc")):
         if parts[role]:
-            taps.append(tap(f"{name}.{parts[role]}", kind))
+            taps.append(tap(f"{prefix}{parts[role]}", kind))
     if parts["gate_up"]:
-        taps.append(tap(f"{name}.{parts['gate_up']}", ("mlp_gate_up", "mlp_gate", "mlp_up"), "split"))
+        taps.append(tap(f"{prefix}{parts['gate_up']}", ("mlp_gate_up", "mlp_gate", "mlp_up"), "split"))
     if parts["down"]:
-        taps.append(tap(f"{name}.{parts['down']}", "mlp_act", "input"))
+        taps.append(tap(f"{prefix}{parts['down']}", "mlp_act", "input"))
     return taps
 
 

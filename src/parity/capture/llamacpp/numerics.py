@@ -226,3 +226,10 @@ def llamacpp_numerics(model, gguf: str | Path, *, kv_type: str = "f16"):
             f"kv cache {kv_type}": stack.enter_context(llamacpp_kv_cache(model, kv_type)),
             "gelu table": stack.enter_context(llamacpp_gelu(model)),
         }
+
+
+@contextmanager
+def emulated(lowp_model, gguf: str | Path, *, kv_type: str = "f16"):
+    """`lowp_model` (an HFModel in float32) computing as llama.cpp does while the block runs."""
+    with llamacpp_numerics(lowp_model.model, gguf, kv_type=kv_type):
+        yield lowp_model

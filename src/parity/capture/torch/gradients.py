@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from parity.capture.torch.module import _canonical_layout, _compile, _fill, _first_tensor, resolve_taps, TapsLike
+from parity.capture.torch.layout import canonical_layout, first_tensor
+from parity.capture.torch.taps import compile_pattern, fill_layer, resolve_taps, TapsLike
 
 
 @dataclass
@@ -43,22 +44,22 @@ def record_gradients(model, tokens: list[int], taps: TapsLike) -> GradientRecord
         def on_grad(grad):
             parts = grad.chunk(len(names), dim=-1) if len(names) > 1 else (grad,)
             for name, part in zip(names, parts):
-                grads.setdefault(name, _canonical_layout(name, part.detach().to("cpu", torch.float64)).numpy())
+                grads.setdefault(name, canonical_layout(name, part.detach().to("cpu", torch.float64)).numpy())
         tensor.register_hook(on_grad)
 
     resolved = resolve_taps(taps)
     for path, module in model.named_modules():
         for tap in resolved:
-            match = _compile(tap.module).match(path)
+            match = compile_pattern(tap.module).match(path)
             if match is None or tap.io == "attention":
                 continue
-            names = tuple(_fill(name, match) for name in tap.names)
+            names = tuple(fill_layer(name, match) for name in tap.names)
             if tap.io == "input":
                 handles.append(module.register_forward_pre_hook(
                     lambda _m, args, names=names: keep(names, args[0]) if args else None))
             else:
                 handles.append(module.register_forward_hook(
-                    lambda _m, _a, output, names=names: keep(names, _first_tensor(output))))
+                    lambda _m, _a, output, names=names: keep(names, first_tensor(output))))
                 if len(names) == 1:
                     for parameter, value in module.named_parameters(recurse=False):
                         owners[f"{names[0]}.{parameter}"] = value
@@ -66,7 +67,7 @@ def record_gradients(model, tokens: list[int], taps: TapsLike) -> GradientRecord
         model.zero_grad(set_to_none=True)
         ids = torch.tensor([tokens], device=next(model.parameters()).device)
         with torch.enable_grad():
-            logits = _first_tensor(model(ids))
+            logits = first_tensor(model(ids))
             logits = logits.reshape(-1, logits.shape[-1])[-len(tokens):].float()            # (T, V)
             loss = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:])
             loss.backward()

@@ -15,7 +15,10 @@ import inspect
 
 import numpy as np
 
-from parity.capture.torch.module import ModuleTracer, TapsLike, _canonical_layout, _first_tensor, ids_tensor
+from parity.capture.torch.layout import canonical_layout, config_heads, first_tensor
+from parity.capture.torch.module import ids_tensor
+from parity.capture.torch.taps import TapsLike
+from parity.capture.torch.tracer import ModuleTracer
 from parity.core.metrics import rel_l2
 from parity.core.names import in_flow_order, parse
 
@@ -85,16 +88,19 @@ def _split(output):
     return getattr(output, "logits", None), cache if cache is not None else getattr(output, "past_key_values", None)
 
 
-def incremental(model, prompt: list[int], continuation: list[int], *, taps: TapsLike | None = None):
-    """Logits rows (1 + N, V) and, with taps, each step's recorded checkpoints (step 0 is the prefill)."""
+def incremental(model, prompt: list[int], continuation: list[int], *, taps: TapsLike | None = None, config=None):
+    """Logits rows (1 + N, V) and, with taps, each step's recorded checkpoints (step 0 is the prefill).
+    `config` (default: the model's) gives the head counts per-head tensors are read by: a step's keys hold
+    the cached positions too, so its token count does not tell their layout."""
     import torch
 
+    heads = config_heads(config if config is not None else getattr(model, "config", None))
     rows, steps, cache = [], [], None
     chunks = [prompt] + [[token] for token in continuation]
     with torch.no_grad():
         for chunk in chunks:
             if taps is not None:
-                with ModuleTracer(model, taps) as tracer:
+                with ModuleTracer(model, taps, heads=heads) as tracer:
                     logits, cache = call_with_cache(model, ids_tensor([chunk], model), cache)
                 steps.append({name: tensor.float().cpu().numpy() for name, tensor in tracer.tensors.items()})
             else:
@@ -107,8 +113,8 @@ def full_logits(model, ids: list[int]) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        output = _first_tensor(model(ids_tensor([ids], model)))
-    return _canonical_layout("logits", output).double().cpu().numpy()
+        output = first_tensor(model(ids_tensor([ids], model)))
+    return canonical_layout("logits", output).double().cpu().numpy()
 
 
 def first_checkpoint(full_trace, step: dict, position: int, bound: float) -> str | None:
@@ -190,6 +196,6 @@ def padded_batch_logits(model, prompt: list[int], other: list[int], pad: int, si
         ones, zeros = [1] * len(sequence), [0] * len(padding)
         mask.append(zeros + ones if side == "left" else ones + zeros)
     with torch.no_grad():
-        logits = _first_tensor(model(ids_tensor(ids, model), attention_mask=ids_tensor(mask, model)))
+        logits = first_tensor(model(ids_tensor(ids, model), attention_mask=ids_tensor(mask, model)))
     rows = logits[0].double().cpu().numpy()                                                  # (width, V)
     return rows[width - len(prompt):] if side == "left" else rows[: len(prompt)]

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parity.capture.torch.module import ModuleTracer, TapsLike, _compile, _fill, _input_ids, resolve_taps
+from parity.capture.torch.module import input_ids_of
+from parity.capture.torch.taps import compile_pattern, fill_layer, resolve_taps, TapsLike
+from parity.capture.torch.tracer import ModuleTracer
 from parity.core.names import inputs_of, parse
 from parity.core.trace import Trace, make_trace
 
@@ -36,7 +38,7 @@ class Replay:
 def replay_module(model, reference: Trace, *, taps: TapsLike, checkpoints: str | None = None) -> Replay:
     import torch
 
-    input_ids = _input_ids(reference.tokens, model)
+    input_ids = input_ids_of(reference.tokens, model)
     feeds = _module_inputs(model, input_ids, taps, checkpoints)               # module path -> checkpoint name
     blocks = {path: name for path, name in feeds.items() if _is_block(path, model, taps)}
     was_training = model.training
@@ -86,9 +88,9 @@ def _tapped_modules(model, taps):
     resolved = [tap for tap in resolve_taps(taps) if tap.io == "output"]
     for path, module in model.named_modules():
         for tap in resolved:
-            match = _compile(tap.module).match(path)
+            match = compile_pattern(tap.module).match(path)
             if match:
-                yield path, module, tuple(_fill(name, match) for name in tap.names if name)
+                yield path, module, tuple(fill_layer(name, match) for name in tap.names if name)
 
 
 def _is_block(path: str, model, taps) -> bool:

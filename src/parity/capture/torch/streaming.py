@@ -17,14 +17,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from parity.capture.torch.module import (
-    TapsLike,
-    _input_ids,
-    _traced_forward,
-    base_metadata,
-    nothing_recorded,
-    returned_logits,
-)
+from parity.capture.torch.module import base_metadata, input_ids_of, nothing_recorded, returned_logits, traced_forward
+from parity.capture.torch.taps import TapsLike
 from parity.core.trace.trace import as_array, metadata_strings, storage
 from parity.core.trace.writer import TraceWriter
 
@@ -106,12 +100,12 @@ def stream_module(
 ) -> list[str]:
     """trace_module, written to `writer` as the checkpoints arrive; returns the names written.
     The caller's `trace_file` block makes the file appear once this returns."""
-    input_ids = _input_ids(tokens, model)
+    input_ids = input_ids_of(tokens, model)
     options = dict(checkpoints=checkpoints, weights=weights, raw=raw, token_count=input_ids.shape[-1])
     for copy in (False, True):
         streamer = TraceStreamer(writer)
         try:
-            tracer, output = _traced_forward(model, input_ids, taps, forward, copy=copy, sink=streamer, **options)
+            tracer, output = traced_forward(model, input_ids, taps, forward, copy=copy, sink=streamer, **options)
         finally:
             overwritten = streamer.close()
         if not overwritten:

@@ -15,52 +15,47 @@ from parity.core.trace import Trace
 DECODE_CHECKS = ("greedy", "decode", "kv_cache", "chunked_prefill", "padding")
 
 
-def with_decoding(comparison: Comparison, reference: Trace, reference_model, source, *, steps: int, taps,
+def with_decoding(comparison: Comparison, reference: Trace, reference_model, candidate, *, steps: int, taps,
                   progress) -> Comparison:
     """`comparison` with the checks of DECODE_CHECKS that can run, and the others as not checked."""
     prompt = list(reference.tokens)
-    skipped = _not_runnable(source, prompt, steps)
+    skipped = _not_runnable(candidate, prompt, steps)
     if "greedy" not in skipped:
-        comparison = _checked(comparison, reference, reference_model, source, prompt, steps, taps, skipped, progress)
+        comparison = _checked(comparison, reference, reference_model, candidate, prompt, steps, taps, skipped,
+                              progress)
     return _failed_decoding_is_not_noise(_add_not_checked(comparison, skipped))
 
 
-def _not_runnable(source, prompt: list[int], steps: int) -> dict[str, str]:
+def _not_runnable(candidate, prompt: list[int], steps: int) -> dict[str, str]:
     """check -> why it cannot run, for the checks of DECODE_CHECKS this candidate cannot give."""
     if steps <= 0:
         return dict.fromkeys(DECODE_CHECKS, "--decode-steps 0")
-    if source.is_llamacpp:
-        return dict.fromkeys(("kv_cache", "chunked_prefill", "padding"),
-                             "not run for llama.cpp candidates (their cache is not read back, batches not padded)")
-    if source.model is None:
-        return dict.fromkeys(DECODE_CHECKS, f"the candidate is {source.kind_description} of one forward pass; give "
-                                            "FILE.py:FACTORY or llamacpp:FILE.gguf to check decoding")
-    from parity.capture.torch import incremental as decoding
-
-    rows = source.logits(prompt)
+    cannot_run = candidate.supports("logits")
+    if cannot_run is not None:
+        return dict.fromkeys(DECODE_CHECKS, cannot_run)
+    rows = candidate.logits(prompt)
     if rows.shape[0] != len(prompt):
         return dict.fromkeys(DECODE_CHECKS, f"its forward returns logits for {rows.shape[0]} of {len(prompt)} "
                                             "positions; return every position's to check decoding")
     skipped = {}
-    cache_reason = source.decode_support(prompt)
-    if cache_reason is not None:
-        skipped.update(dict.fromkeys(("decode", "kv_cache", "chunked_prefill"), cache_reason))
-    elif len(prompt) < 2:
+    for check, capability in (("decode", "decode"), ("kv_cache", "cache"), ("chunked_prefill", "chunked_prefill"),
+                              ("padding", "padding")):
+        reason = candidate.supports(capability, prompt=prompt)
+        if reason is not None:
+            skipped[check] = reason
+    if len(prompt) < 2 and "chunked_prefill" not in skipped:
         skipped["chunked_prefill"] = "a one-token prompt has nothing to split"
-    mask_reason = decoding.attention_mask_support(source.model)
-    if mask_reason is not None:
-        skipped["padding"] = mask_reason
     return skipped
 
 
-def _checked(comparison, reference, reference_model, source, prompt, steps, taps, skipped, progress) -> Comparison:
+def _checked(comparison, reference, reference_model, candidate, prompt, steps, taps, skipped, progress) -> Comparison:
     from parity.core.generation import GenerationComparison, first_divergence, greedy, teacher_forced
 
     progress.step(f"greedy decoding {steps} tokens on both sides")
     continuation, reference_rows = greedy(reference_model.logits, prompt, steps)
     sequence = prompt + continuation
-    candidate_tokens, _ = greedy(source.logits, prompt, steps)
-    full = source.logits(sequence)
+    candidate_tokens, _ = greedy(candidate.logits, prompt, steps)
+    full = candidate.logits(sequence)
     reference_logits = reference_model.logits(sequence)
     generation = GenerationComparison(tuple(prompt), tuple(continuation), tuple(candidate_tokens),
                                       first_divergence(continuation, candidate_tokens, reference_rows),
@@ -70,79 +65,59 @@ def _checked(comparison, reference, reference_model, source, prompt, steps, taps
     if "decode" in skipped:
         return comparison
     progress.step("decoding token by token through the candidate's cache")
-    decode, causes, cache_note = _decode(reference, reference_model, source, prompt, continuation, full,
+    decode, causes, cache_note = _decode(reference, reference_model, candidate, prompt, continuation, full,
                                          reference_logits, taps, skipped)
     if cache_note:
         skipped["kv_cache"] = cache_note
     return dataclasses.replace(comparison, decode=decode, diagnoses=tuple(comparison.diagnoses) + tuple(causes))
 
 
-def _decode(reference, reference_model, source, prompt, continuation, full, reference_logits, taps, skipped):
+def _decode(reference, reference_model, candidate, prompt, continuation, full, reference_logits, taps, skipped):
     """(DecodeConsistency, causes, why the cache was not compared or None)."""
-    from parity.capture.torch import incremental as decoding
+    from parity.capture.precision import UNKNOWN
     from parity.core.decode_consistency import compare_decode
 
     sequence = prompt + continuation
     positions = range(len(prompt) - 1, len(sequence))
-    if source.is_llamacpp:
-        rows, steps = source.runner.incremental_logits(prompt, continuation), []
-    else:
-        rows, steps = decoding.incremental(source.model, prompt, continuation, taps=source.taps(taps))
-    bounds, basis = _bounds(reference_model, source, sequence, reference_logits, positions)
+    rows, steps = candidate.incremental(prompt, continuation, record=True, taps=taps)
+    numerics = candidate.numerics or UNKNOWN
+    bounds, basis = numerics.decode_bounds(reference_model, sequence, reference_logits, positions)
     decode = compare_decode([full[p] for p in positions], rows, bounds, prompt_length=len(prompt), basis=basis)
-    cache_note = None
-    if not source.is_llamacpp:
-        decode, cache_note = _with_prefill_variants(decode, reference_model, source.model, prompt, full, bounds[0],
-                                                    skipped)
+    decode, cache_note = _with_prefill_variants(decode, reference_model, candidate, prompt, full, bounds[0], skipped)
     causes = []
     if decode.first_step is not None and steps:
-        from parity.capture.torch.module import trace_module
+        from parity.capture.candidate import TraceRequest
+        from parity.capture.torch.incremental import first_checkpoint
         from parity.diagnose.context import model_config
         from parity.diagnose.decode_causes import diagnose_decode
 
-        full_trace = trace_module(source.model, sequence, taps=source.taps(taps))
+        full_trace = candidate.trace(sequence, TraceRequest(taps=taps, raw=False))
         step = steps[decode.first_step]
-        where = decoding.first_checkpoint(full_trace, step, decode.position, decode.bounds[decode.first_step])
+        where = first_checkpoint(full_trace, step, decode.position, decode.bounds[decode.first_step])
         decode = dataclasses.replace(decode, first_checkpoint=where)
         causes = diagnose_decode(full_trace, step, decode.position, where, model_config(reference))
     return decode, causes, cache_note
 
 
-def _bounds(reference_model, source, sequence, reference_logits, positions) -> tuple[list[float], str]:
-    from parity.core.calibrate import FLOOR, MULTIPLE
-    from parity.core.metrics import rel_l2
-    from parity.core.tolerances import DTYPE_FACTOR, KIND_FACTOR
-
-    if source.is_llamacpp:
-        from parity.capture.llamacpp.numerics import llamacpp_numerics
-
-        lowp = llamacpp_lowp(reference_model, source)
-        with llamacpp_numerics(lowp.model, source.gguf, kv_type=source.kv_type):
-            emulated = lowp.logits(sequence)
-        bounds = [MULTIPLE * rel_l2(reference_logits[p], emulated[p]) + FLOOR["float32"] for p in positions]
-        return bounds, f"{MULTIPLE:g}x the noise of llama.cpp's numerics at each position"
-    dtype = source.precision if source.precision in DTYPE_FACTOR else "float32"
-    return [2 * DTYPE_FACTOR[dtype] * KIND_FACTOR["logits"]] * len(positions), f"{dtype} default for logits"
-
-
-def _with_prefill_variants(decode, reference_model, model, prompt: list[int], full, bound: float, skipped):
-    """Chunked prefill, padded batches and the KV cache itself, for a PyTorch candidate; and why the cache
-    could not be compared, or None."""
-    from parity.capture.torch import incremental as decoding
+def _with_prefill_variants(decode, reference_model, candidate, prompt: list[int], full, bound: float, skipped):
+    """The KV cache itself, chunked prefill and padded batches, where the candidate gives them; and why the
+    cache could not be compared, or None."""
+    from parity.capture.torch.incremental import prefill_cache
     from parity.core.decode_consistency import compare_caches
     from parity.core.metrics import rel_l2
 
-    cache = compare_caches(decoding.prefill_cache(reference_model.model, prompt), decoding.prefill_cache(model, prompt),
-                           bound)
-    note = None if cache is not None else ("its cache could not be lined up with the reference's (another form, or "
-                                           "other shapes per layer)")
+    cache, note = None, None
+    if "kv_cache" not in skipped:
+        cache = compare_caches(prefill_cache(reference_model.model, prompt), candidate.prefill_cache(prompt), bound)
+        if cache is None:
+            note = "its cache could not be lined up with the reference's (another form, or other shapes per layer)"
     chunked = None
     if "chunked_prefill" not in skipped:
-        chunked = rel_l2(full[len(prompt) - 1], decoding.chunked_prefill_logits(model, prompt))
+        chunked = rel_l2(full[len(prompt) - 1], candidate.chunked_prefill_logits(prompt))
     batch = []
     if "padding" not in skipped:
         for side in ("left", "right"):
-            rows = decoding.padded_batch_logits(model, prompt, prompt[: max(1, len(prompt) // 2)], prompt[0], side)
+            rows = candidate.padded_batch_logits(prompt, prompt[: max(1, len(prompt) // 2)], prompt[0], side)
             batch.append((side, max(rel_l2(full[p], rows[p]) for p in range(len(prompt)))))
     return dataclasses.replace(decode, cache=cache, chunked_rel_l2=chunked, batch_rel_l2=tuple(batch)), note
 
@@ -168,16 +143,3 @@ def _decode_causes(diagnoses: tuple[Diagnosis, ...]) -> list[Diagnosis]:
     from parity.diagnose.decode_causes import CAUSES
 
     return [d for d in diagnoses if d.cause in CAUSES]
-
-
-def llamacpp_lowp(reference_model, source):
-    """A float32 copy of the reference model, made once per check: llama.cpp computes in float32.
-    (nn.Module's own cast: transformers refuses `.float()` on a model it dequantized from a GGUF.)"""
-    import copy
-
-    import torch
-
-    if source.lowp_model is None:
-        source.lowp_model = reference_model if reference_model.dtype == "float32" else dataclasses.replace(
-            reference_model, model=torch.nn.Module.float(copy.deepcopy(reference_model.model)), dtype="float32")
-    return source.lowp_model

@@ -17,15 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from parity.capture.candidates import DESCRIBED
-from parity.capture.torch.module import (
-    _input_ids,
-    _traced_forward,
-    base_metadata,
-    nothing_recorded,
-    recorded_tensors,
-    returned_logits,
-)
+from parity.capture.torch.module import base_metadata, input_ids_of, nothing_recorded, recorded_tensors, returned_logits, traced_forward
 from parity.core.calibrate import NoiseFloor, noise_floor
 from parity.core.compare import CompareConfig, compare, compare_checkpoint, require_compared
 from parity.core.errors import OptionError
@@ -36,11 +28,11 @@ from parity.core.trace.trace import Trace, as_array, clean_metadata
 ON_DEVICE_NOTE = "measured on {device}: both models ran there and no trace was copied to the host (--on-device)"
 
 
-def check_options(options, candidate_kind: str) -> None:
-    """Refuse, before anything is loaded, what --on-device cannot do."""
-    if candidate_kind not in ("factory", "model"):
+def check_options(options, spec) -> None:
+    """Refuse, before anything is loaded, what --on-device cannot do (`spec`: the parsed CANDIDATE)."""
+    if not spec.offers("on_device"):
         raise OptionError(f"--on-device needs a candidate that runs in PyTorch (FILE.py:FACTORY or a model "
-                          f"directory); {options.candidate} is {DESCRIBED[candidate_kind]}: drop --on-device")
+                          f"directory); {options.candidate} is {spec.written}: drop --on-device")
     given = [flag for flag, value in (("--save-traces", options.save_traces), ("--replay", options.replay),
                                       ("--weights", options.weights)) if value]
     if given:
@@ -48,9 +40,9 @@ def check_options(options, candidate_kind: str) -> None:
                           "drop one of the two")
 
 
-def check_devices(reference_model, candidate_source) -> str:
+def check_devices(reference_model, candidate) -> str:
     """The one device both models run on; a clear error when they do not share one."""
-    reference_device, candidate_device = _device_of(reference_model.model), _device_of(candidate_source.model)
+    reference_device, candidate_device = _device_of(reference_model.model), _device_of(candidate.module)
     if reference_device is None:
         raise OptionError("--on-device needs the reference on one device, but its weights are spread over several or "
                           "offloaded (--device-map/--max-memory): give --device-map cuda:0 (or cpu), or drop --on-device")
@@ -64,7 +56,7 @@ def check_devices(reference_model, candidate_source) -> str:
 def reference_on_device(model, tokens: list[int], *, taps, checkpoints: str | None, raw: bool,
                         metadata: dict) -> Trace:
     """The reference's checkpoints as its forward made them, left on its device (a Trace of torch tensors)."""
-    input_ids = _input_ids(tokens, model)
+    input_ids = input_ids_of(tokens, model)
     tensors = recorded_tensors(model, input_ids, taps, None, checkpoints=checkpoints, raw=raw, host=False)
     return Trace(tensors=tensors, metadata=clean_metadata({**base_metadata(model, input_ids), **metadata}),
                  dtypes={name: _dtype(tensor) for name, tensor in tensors.items()})
@@ -89,7 +81,7 @@ def candidate_on_device(reference: Trace, model, config: CompareConfig, *, taps,
     the candidate's trace of shapes; None when a checkpoint failed (its diagnosis needs the tensors)."""
     measured, shapes, dtypes = {}, {}, {}
     routing: dict = {}   # the few small tensors expert routing is judged from, kept on the host
-    input_ids = _input_ids(reference.tokens, model)
+    input_ids = input_ids_of(reference.tokens, model)
     metadata = clean_metadata({**base_metadata(model, input_ids), **(metadata or {})})
 
     def measure(name: str, tensor) -> None:
@@ -118,8 +110,8 @@ def candidate_on_device(reference: Trace, model, config: CompareConfig, *, taps,
 def _run_measured(model, tokens, measure: Callable, *, taps, checkpoints: str | None, raw: bool) -> None:
     """One forward of `model`, each checkpoint handed to `measure(name, tensor)` on its device as it is made."""
     sink = _MeasuringSink(measure)
-    input_ids = _input_ids(tokens, model)
-    _, output = _traced_forward(model, input_ids, taps, None, copy=False, sink=sink, host=False, raw=raw,
+    input_ids = input_ids_of(tokens, model)
+    _, output = traced_forward(model, input_ids, taps, None, copy=False, sink=sink, host=False, raw=raw,
                                 checkpoints=checkpoints, token_count=input_ids.shape[-1])
     logits = returned_logits(output, checkpoints, present=sink)
     if logits is not None:
@@ -177,33 +169,33 @@ def _dtype(tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
 
 
-def forward_on_device(options, reference_model, candidate_source, tokens: list[int], *, calibrating: bool,
+def forward_on_device(options, reference_model, candidate, tokens: list[int], *, calibrating: bool,
                       reference_dtype: str, progress) -> tuple[Comparison, dict] | None:
     """The forward pass's comparison, measured on the device both models share, and the reference trace's
     metadata; None when it failed (parity check then runs it again with full traces, to diagnose it)."""
     from parity.capture.hf.model import load_model
 
-    device = check_devices(reference_model, candidate_source)
-    raw_reference = options.raw and candidate_source.may_have_raw
-    taps = candidate_source.taps(options.taps)
-    raw_candidate = options.raw and candidate_source.raw_allowed(options.taps)
+    device = check_devices(reference_model, candidate)
+    raw_reference = options.raw and candidate.supports("raw") is None
+    taps = candidate.taps(options.taps)
+    raw_candidate = options.raw and candidate.raw_allowed(options.taps)
     progress.step(f"capturing the reference over {len(tokens)} tokens, kept on {device}")
     reference = reference_on_device(reference_model.model, tokens, taps=reference_model.mapping.taps,
                                     checkpoints=options.checkpoints, raw=raw_reference,
                                     metadata=reference_model.trace_metadata(options.prompt))
     config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints)
-    if calibrating and candidate_source.precision != reference_dtype:
-        progress.step(f"calibrating on {device}: the reference in {candidate_source.precision}")
-        lowp = load_model(options.model, dtype=candidate_source.precision, placement=options.placement)
+    if calibrating and candidate.numerics.needed(reference_dtype):
+        progress.step(f"calibrating on {device}: the reference in {candidate.precision}")
+        lowp = load_model(options.model, dtype=candidate.precision, placement=options.placement)
         noise = noise_on_device(reference, lowp.model, taps=reference_model.mapping.taps,
                                 checkpoints=options.checkpoints, raw=raw_reference)
         del lowp
         config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints, noise=noise,
-                               noise_dtype=candidate_source.precision)
+                               noise_dtype=candidate.precision)
     progress.step(f"measuring the candidate against the reference on {device}, checkpoint by checkpoint")
     # a model-directory candidate traced by its family's taps says what hf.capture says of it
-    own = candidate_source.hf.trace_metadata(options.prompt) if candidate_source.hf and not options.taps else None
-    measured = candidate_on_device(reference, candidate_source.model, config, taps=taps, raw=raw_candidate,
+    own = None if options.taps else candidate.trace_metadata(options.prompt)
+    measured = candidate_on_device(reference, candidate.module, config, taps=taps, raw=raw_candidate,
                                    metadata=own)
     if measured is None:
         return None

@@ -1,0 +1,282 @@
+"""One protocol for every candidate: what CANDIDATE names, opened once, asked what it can do.
+
+    spec = parse_candidate("llamacpp:model.gguf")          # which backend claims it; nothing opened
+    with open_candidate(spec.text, CandidateContext(model_path="model.gguf")) as candidate:
+        why = candidate.supports("decode")                 # None: it can; else the reason it cannot
+        rows = candidate.logits([1, 2, 3])                 # (T, V)
+
+Each backend is one class in a folder of its own under capture/, registered with
+`@register_candidate`: it claims the specs it understands, declares what it can
+do (CAPABILITIES), and implements the operations behind them. A command asks a
+candidate what it supports, never which backend it is; the reason a candidate
+gives for what it cannot do is what the report's "not checked" line says.
+
+    backend   spec                                        module
+    server    http(s)://HOST:PORT                         capture/server/candidate.py
+    llamacpp  llamacpp:FILE.gguf                          capture/llamacpp/candidate.py
+    trace     a trace: .safetensors, .npz, a directory    capture/tracefile/candidate.py
+    hf        a model directory (config.json) or .gguf    capture/hf/candidate.py
+    torch     FILE.py:FACTORY, module:FACTORY, nn.Module  capture/torch/candidate.py
+
+Another backend is one more module with one registered class: list it in
+BUILTIN_BACKENDS, or register it from a package's `parity.candidates` entry point.
+While a candidate is open, whatever it prints goes to stderr, so that `--json -`
+stays JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from parity.core.errors import OptionError
+from parity.core.trace import Trace
+
+# What a candidate can be asked for, and what it gives then.
+CAPABILITIES: dict[str, str] = {
+    "trace": "its checkpoints over one forward pass",
+    "logits": "logits for any token ids",
+    "decode": "token-by-token decoding through its own cache",
+    "cache": "its KV cache, read back",
+    "chunked_prefill": "a prompt prefilled in chunks through its cache",
+    "padding": "padded batches with an attention mask",
+    "replay": "each block and op rerun on the reference's inputs",
+    "gradients": "a backward pass",
+    "on_device": "checkpoints measured on its own device",
+    "weights": "its parameters by checkpoint",
+    "raw": "the outputs of modules with no canonical checkpoint (raw.<module>)",
+    "stream": "a capture written to the trace file as it runs",
+    "sequence": "text with per-token log-probabilities (a server's completions)",
+    "tokenizer": "its own tokenizer",
+    "speed": "timed prefill and decoding",
+    "module": "a torch.nn.Module to call component by component",
+}
+
+# Modules holding the built-in backends, imported on first use (each imports no heavy dependency at import).
+BUILTIN_BACKENDS = (
+    "parity.capture.server.candidate",
+    "parity.capture.llamacpp.candidate",
+    "parity.capture.tracefile.candidate",
+    "parity.capture.hf.candidate",
+    "parity.capture.torch.candidate",
+)
+ENTRY_POINT_GROUP = "parity.candidates"
+
+
+@dataclass(frozen=True)
+class CandidateContext:
+    """What opening a candidate may need besides its spec."""
+
+    model_path: str | None = None      # the reference model: passed to a factory that takes an argument
+    dtype: str | None = None           # the precision a model candidate loads at (None: float32)
+    placement: Any = None              # where a model candidate loads (accelerate); None: the CPU
+    server_model: str | None = None    # a server's 'model' field
+    timeout_s: float = 60.0            # a server's whole exchange
+    kv_type: str = "f16"               # llama.cpp's KV cache type
+    progress: Any = None               # an object with step(message), or None
+
+    def step(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.step(message)
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    """What a trace of the candidate should hold."""
+
+    checkpoints: str | None = None     # comma-separated globs
+    taps: Any = None                   # the user's checkpoint mapping for a module candidate (--taps)
+    weights: bool = False              # also each tapped module's parameters
+    raw: bool = True                   # also raw.<module> outputs, where the candidate can have them
+    prompt: str | None = None          # the text the tokens came from, recorded in the metadata
+    reference_model: Any = None        # the loaded reference (HFModel), for what a backend measures against it
+
+
+class Candidate:
+    """A candidate, opened. Subclasses set the class attributes, `claims` and `open`, and the operations of the
+    capabilities they declare; every other operation says why it cannot run."""
+
+    backend: ClassVar[str] = ""                  # the registry's key
+    written: ClassVar[str] = ""                  # how its spec is written, for messages: "llamacpp:FILE.gguf"
+    nature: ClassVar[str] = ""                   # what it is, where that says why it cannot do more (default: written)
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    claim_order: ClassVar[int] = 100             # claims are tried from the lowest: specific forms before general
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.precision: str | None = None        # its dtype when known ("llama.cpp" for llama.cpp)
+        self._stack = contextlib.ExitStack()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.spec}>"
+
+    # --- declared by each backend ----------------------------------------------------------
+
+    @classmethod
+    def claims(cls, spec: Any) -> bool:
+        """Whether `spec` names a candidate of this backend (checked in registration order)."""
+        raise NotImplementedError
+
+    @classmethod
+    def open(cls, spec: Any, context: CandidateContext) -> "Candidate":
+        raise NotImplementedError
+
+    @classmethod
+    def check_spec(cls, spec: Any) -> None:
+        """Refuse, before anything loads, a spec that cannot open (a file that is not there)."""
+
+    # --- asked by the commands ----------------------------------------------------------------
+
+    def supports(self, capability: str, **context: Any) -> str | None:
+        """None when this candidate can give `capability` (see CAPABILITIES); else the reason it cannot,
+        in words a report prints after "not checked: ..."."""
+        if capability not in CAPABILITIES:
+            raise ValueError(f"unknown capability {capability!r}; one of {', '.join(CAPABILITIES)}")
+        if capability in self.capabilities:
+            return None
+        return f"the candidate is {self.nature or self.written}: it gives no {CAPABILITIES[capability]}"
+
+    def require(self, capability: str, why: str, **context: Any) -> None:
+        """Raise OptionError saying what `why` needs, when the candidate cannot give `capability`."""
+        reason = self.supports(capability, **context)
+        if reason is not None:
+            raise OptionError(f"{why} needs {CAPABILITIES[capability]}, and {reason}")
+
+    @property
+    def description(self) -> str:
+        """What the candidate is, for a report's header."""
+        return f"{self.written} {self.spec}"
+
+    @property
+    def numerics(self):
+        """How to run the reference so that it computes at this candidate's precision (capture/precision.py),
+        or None when the precision is unknown."""
+        from parity.capture.precision import DtypeNumerics
+
+        return DtypeNumerics(self.precision) if self.precision else None
+
+    def trace_metadata(self, prompt: str | None) -> dict | None:
+        """What its own capture would say of itself in a trace's metadata, where that is more than a module's."""
+        return None
+
+    # --- the operations behind the capabilities ------------------------------------------
+
+    def trace(self, tokens: list[int], request: TraceRequest = TraceRequest(), progress=None) -> Trace:
+        self.require("trace", "a checkpoint comparison")
+        raise NotImplementedError
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Logits at every position of one pass over `ids`: (T, V) float64."""
+        self.require("logits", "running it on token ids")
+        raise NotImplementedError
+
+    def incremental(self, prompt: list[int], continuation: list[int], *, record: bool = False, taps=None):
+        """(rows (1 + N, V), steps): the prompt prefilled, then each continuation token decoded through the
+        candidate's cache; with `record`, each step's checkpoints (step 0 the prefill) where the candidate can
+        record them (with the user's `taps`, if given), else []."""
+        self.require("decode", "decoding token by token")
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+NOT_A_CANDIDATE = ("candidate '{spec}' is neither an existing trace, model directory or .gguf, "
+                   "nor FILE.py:FACTORY / module:FACTORY (e.g. my_port.py:build), llamacpp:FILE.gguf or "
+                   "http://HOST:PORT")
+
+_REGISTRY: dict[str, type[Candidate]] = {}
+_LOADED = False
+
+
+def register_candidate(cls: type[Candidate]) -> type[Candidate]:
+    """Class decorator: add a backend. Its `claims` is tried in `claim_order`, then in registration order."""
+    if not cls.backend:
+        raise ValueError(f"{cls.__name__} sets no `backend` name")
+    if cls.backend in _REGISTRY and _REGISTRY[cls.backend] is not cls:
+        raise ValueError(f"a candidate backend named {cls.backend!r} is registered already "
+                         f"({_REGISTRY[cls.backend].__name__})")
+    _REGISTRY[cls.backend] = cls
+    return cls
+
+
+def backends() -> dict[str, type[Candidate]]:
+    """The registered backends, in the order their claims are tried."""
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        for module in BUILTIN_BACKENDS:
+            importlib.import_module(module)
+        _load_entry_points()
+    ordered = sorted(enumerate(_REGISTRY.values()), key=lambda item: (item[1].claim_order, item[0]))
+    return {cls.backend: cls for _, cls in ordered}
+
+
+def _load_entry_points() -> None:
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()
+        except Exception as error:  # a third party's package: say which, in one line
+            raise OptionError(f"the candidate backend {entry.name} ({entry.value}) failed to load: {error}") from error
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    """A CANDIDATE argument and the backend that claims it."""
+
+    text: Any                       # the spec as given (a string, or a torch.nn.Module from the Python API)
+    backend: type[Candidate] = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"<CandidateSpec {self.backend.backend} {self.text}>"
+
+    @property
+    def written(self) -> str:
+        return self.backend.written
+
+    def check(self) -> "CandidateSpec":
+        """This spec, after its backend's checks that need no loading (files that must exist)."""
+        self.backend.check_spec(self.text)
+        return self
+
+    def offers(self, capability: str) -> bool:
+        """Whether this backend can give `capability` at all (an opened candidate may still refuse it)."""
+        return capability in self.backend.capabilities
+
+
+def parse_candidate(spec: Any) -> CandidateSpec:
+    """Which backend claims `spec`; OptionError naming the forms a candidate takes when none does."""
+    for backend in backends().values():
+        if backend.claims(spec):
+            return CandidateSpec(spec, backend)
+    raise OptionError(NOT_A_CANDIDATE.format(spec=spec))
+
+
+@contextlib.contextmanager
+def open_candidate(spec: Any, context: CandidateContext = CandidateContext(), *,
+                   needs: tuple[str, ...] = ()) -> Iterator[Candidate]:
+    """Open the candidate `spec` names, refusing before any work one whose backend cannot give a capability in
+    `needs`; closed on exit. Whatever the candidate prints while open goes to stderr."""
+    parsed = parse_candidate(spec)
+    for capability in needs:
+        if not parsed.offers(capability):
+            raise OptionError(f"candidate '{spec}' is {parsed.written}, which gives no {CAPABILITIES[capability]}; "
+                              f"this command takes {_offering(capability)}")
+    with contextlib.redirect_stdout(sys.stderr):
+        candidate = parsed.backend.open(spec, context)
+        try:
+            yield candidate
+        finally:
+            candidate.close()
+
+
+def _offering(capability: str) -> str:
+    return ", ".join(backend.written for backend in backends().values() if capability in backend.capabilities)

@@ -1,0 +1,170 @@
+"""llama.cpp as the candidate: `llamacpp:FILE.gguf`, run layer by layer through llama-cpp-python.
+
+Its checkpoints are read from ggml's graph as it computes (runner.py), its logits from
+one batch, and its decoding through its own KV cache. Its precision is llama.cpp's:
+float32 with the activation rounding of its quantized matmuls and its KV cache type,
+which the calibration emulates in a float32 copy of the reference (numerics.py).
+When the reference is another file than the GGUF, each weight's rounding is measured
+against the reference's and recorded in the trace's metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from parity.capture.candidate import Candidate, CandidateContext, TraceRequest, register_candidate
+from parity.core.errors import OptionError
+from parity.core.trace import Trace
+
+PREFIX = "llamacpp:"
+NOT_READ_BACK = "not run for llama.cpp candidates (their cache is not read back, batches not padded)"
+
+
+def llamacpp_spec(gguf: str | Path) -> str:
+    """The CANDIDATE spec that runs `gguf` in llama.cpp."""
+    return f"{PREFIX}{gguf}"
+
+
+@register_candidate
+class LlamaCppCandidate(Candidate):
+    backend = "llamacpp"
+    written = "llamacpp:FILE.gguf"
+    claim_order = 20
+    capabilities = frozenset({"trace", "logits", "decode", "tokenizer", "speed"})
+
+    def __init__(self, spec: str, gguf: Path, kv_type: str) -> None:
+        super().__init__(spec)
+        self.gguf = gguf
+        self.kv_type = kv_type      # the KV cache type to run with; then the one it ran with
+        self.precision = "llama.cpp"
+        self._runner = None
+        self._lowp = None           # the float32 reference copy that emulates it, made once
+
+    @classmethod
+    def claims(cls, spec: Any) -> bool:
+        return isinstance(spec, str) and spec.startswith(PREFIX)
+
+    @classmethod
+    def check_spec(cls, spec: str) -> None:
+        path = Path(spec.removeprefix(PREFIX))
+        if not path.is_file():
+            raise OptionError(f"{path}: no such .gguf file for the llama.cpp candidate")
+
+    @classmethod
+    def open(cls, spec: str, context: CandidateContext) -> "LlamaCppCandidate":
+        cls.check_spec(spec)
+        return cls(spec, Path(spec.removeprefix(PREFIX)), context.kv_type)
+
+    @classmethod
+    def open_tokenizer(cls, spec: str, vocabulary):
+        from parity.capture.tokenizers import LlamaCppTokenizer
+
+        return LlamaCppTokenizer(Path(spec.removeprefix(PREFIX)))
+
+    @property
+    def description(self) -> str:
+        return f"llama.cpp {self.gguf.name}"
+
+    def supports(self, capability: str, **context: Any) -> str | None:
+        if capability in ("cache", "chunked_prefill", "padding"):
+            return NOT_READ_BACK
+        return super().supports(capability)
+
+    @property
+    def runner(self):
+        """The LlamaCppRunner, loaded on first use and freed when the candidate closes."""
+        if self._runner is None:
+            from parity.capture.llamacpp.runner import LlamaCppRunner
+
+            self._runner = self._stack.enter_context(LlamaCppRunner(self.gguf, kv_type=self.kv_type))
+        return self._runner
+
+    @property
+    def numerics(self):
+        return LlamaCppNumerics(self)
+
+    def trace(self, tokens: list[int], request: TraceRequest = TraceRequest(), progress=None) -> Trace:
+        if progress is not None:
+            progress.step(f"running {self.gguf.name} in llama.cpp over {len(tokens)} tokens")
+        trace = self.runner.capture(tokens, checkpoints=request.checkpoints, prompt=request.prompt)
+        self.kv_type = trace.metadata.get("kv_type") or self.kv_type
+        reference = request.reference_model
+        if reference is not None and Path(reference.path).resolve() != self.gguf.resolve():
+            trace = self._with_weight_rounding(trace, reference, progress)
+        return trace
+
+    def _with_weight_rounding(self, trace: Trace, reference_model, progress) -> Trace:
+        """The trace with each GGUF weight's measured rounding against the reference's weights."""
+        from parity.capture.gguf.weights import measure_weight_rounding
+
+        if progress is not None:
+            progress.step(f"measuring how {self.gguf.name}'s weights are rounded from the reference's")
+        measured = measure_weight_rounding(reference_model.model, self.gguf)
+        metadata = {**trace.metadata, "weight_rounding": [tensor.as_dict() for tensor in measured] or None}
+        return dataclasses.replace(trace, metadata=metadata)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        return self.runner.logits(ids)
+
+    def incremental(self, prompt: list[int], continuation: list[int], *, record: bool = False, taps=None):
+        return self.runner.incremental_logits(prompt, continuation), []
+
+    def speed_runner(self, options):
+        from parity.capture.llamacpp.timing import LlamaCppTimer
+
+        return LlamaCppTimer(self.gguf, options)
+
+    def lowp_reference(self, reference_model):
+        """A float32 copy of the reference, made once per candidate: llama.cpp computes in float32.
+        (nn.Module's own cast: transformers refuses `.float()` on a model it dequantized from a GGUF.)"""
+        import copy
+
+        import torch
+
+        if self._lowp is None:
+            self._lowp = reference_model if reference_model.dtype == "float32" else dataclasses.replace(
+                reference_model, model=torch.nn.Module.float(copy.deepcopy(reference_model.model)), dtype="float32")
+        return self._lowp
+
+    def close(self) -> None:
+        self._runner = self._lowp = None
+        super().close()
+
+
+class LlamaCppNumerics:
+    """The reference run as llama.cpp computes: float32 with its activation rounding, KV cache type and GELU
+    table emulated (numerics.py)."""
+
+    dtype = "float32"
+
+    def __init__(self, candidate: LlamaCppCandidate) -> None:
+        self.candidate = candidate
+
+    def __repr__(self) -> str:
+        return f"<LlamaCppNumerics {self.candidate.gguf.name} kv {self.candidate.kv_type}>"
+
+    @property
+    def label(self) -> str:
+        return f"llama.cpp's numerics (float32, activation rounding, {self.candidate.kv_type} KV cache)"
+
+    def needed(self, reference_dtype: str) -> bool:
+        return True
+
+    def reference(self, reference_model, placement: Any = None):
+        from parity.capture.llamacpp.numerics import emulated
+
+        return emulated(self.candidate.lowp_reference(reference_model), self.candidate.gguf,
+                        kv_type=self.candidate.kv_type)
+
+    def decode_bounds(self, reference_model, sequence: list[int], reference_logits, positions) -> tuple[list[float], str]:
+        from parity.core.calibrate import FLOOR, MULTIPLE
+        from parity.core.metrics import rel_l2
+
+        with self.reference(reference_model) as lowp:
+            emulated_logits = lowp.logits(sequence)
+        bounds = [MULTIPLE * rel_l2(reference_logits[p], emulated_logits[p]) + FLOOR["float32"] for p in positions]
+        return bounds, f"{MULTIPLE:g}x the noise of llama.cpp's numerics at each position"

@@ -1,0 +1,53 @@
+"""Running the reference at a candidate's precision: the calibration run and the decode bounds.
+
+A candidate that knows its precision hands the check one of these (`candidate.numerics`):
+
+    DtypeNumerics("bfloat16")   the reference loaded in bfloat16 (capture/hf)
+    LlamaCppNumerics(...)       a float32 copy of the reference with llama.cpp's rounding emulated
+                                (capture/llamacpp/candidate.py)
+
+Each says what it runs (`label`, and `dtype` for the floor of the calibrated bound),
+gives the reference model that computes at that precision, and the bound on decoded
+logits at each position.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DtypeNumerics:
+    """The candidate computes in `dtype`: the reference is loaded in it."""
+
+    dtype: str
+
+    def __repr__(self) -> str:
+        return f"<DtypeNumerics {self.dtype}>"
+
+    @property
+    def label(self) -> str | None:
+        return None   # the dtype names it
+
+    def needed(self, reference_dtype: str) -> bool:
+        """Whether a run at this precision differs from the reference's own."""
+        return self.dtype != reference_dtype
+
+    @contextmanager
+    def reference(self, reference_model, placement: Any = None):
+        """The reference model loaded at this precision (an HFModel), freed after."""
+        from parity.capture.hf.model import load_model
+
+        yield load_model(reference_model.path, dtype=self.dtype, placement=placement)
+
+    def decode_bounds(self, reference_model, sequence: list[int], reference_logits, positions) -> tuple[list[float], str]:
+        """The rel_l2 each decoded position's logits may differ from the full pass's by, and what it is."""
+        from parity.core.tolerances import DTYPE_FACTOR, KIND_FACTOR
+
+        dtype = self.dtype if self.dtype in DTYPE_FACTOR else "float32"
+        return [2 * DTYPE_FACTOR[dtype] * KIND_FACTOR["logits"]] * len(positions), f"{dtype} default for logits"
+
+
+UNKNOWN = DtypeNumerics("float32")   # the decode bound of a candidate whose precision is not known

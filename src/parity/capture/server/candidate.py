@@ -1,0 +1,48 @@
+"""An OpenAI-compatible server as the candidate: `http(s)://HOST:PORT`, compared token by token.
+
+It gives no tensors: only text, with each token's offset and its top-k next-token
+log-probabilities, for a prompt and its greedy continuation (openai.py).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from parity.capture.candidate import Candidate, CandidateContext, register_candidate
+
+PREFIXES = ("http://", "https://")
+
+
+@register_candidate
+class ServerCandidate(Candidate):
+    backend = "server"
+    written = "http://HOST:PORT"
+    claim_order = 10
+    capabilities = frozenset({"sequence"})
+
+    def __init__(self, spec: str, server) -> None:
+        super().__init__(spec)
+        self.server = server
+
+    @classmethod
+    def claims(cls, spec: Any) -> bool:
+        return isinstance(spec, str) and spec.startswith(PREFIXES)
+
+    @classmethod
+    def open(cls, spec: str, context: CandidateContext) -> "ServerCandidate":
+        from parity.capture.server.openai import OpenAIServer
+
+        return cls(spec, OpenAIServer(spec, model=context.server_model, timeout_s=context.timeout_s,
+                                      run_deadline=time.monotonic() + context.timeout_s))
+
+    @property
+    def description(self) -> str:
+        return f"the server at {self.spec}"
+
+    def complete(self, prompt: str, *, max_tokens: int, progress=None):
+        """The server's greedy continuation of `prompt`, with per-token log-probabilities (CandidateTokens)."""
+        if progress is not None:
+            progress.step(f"asking {self.server.completions_url} for {max_tokens} greedy tokens with "
+                          "log-probabilities")
+        return self.server.complete(prompt, max_tokens=max_tokens)

@@ -1,0 +1,184 @@
+"""The PyTorch candidate: a torch.nn.Module, built by `FILE.py:FACTORY` / `module:FACTORY` or given as is.
+
+It is traced with forward hooks (where its checkpoints live: the user's --taps, its
+`parity_taps` attribute, else its naming), run on token ids for logits, decoded through
+its own cache where its forward takes one (found by trying), rerun op by op on the
+reference's inputs (replay), differentiated (gradients), and measured on its device.
+Its precision is its parameters' dtype.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from parity.capture.candidate import Candidate, CandidateContext, TraceRequest, register_candidate
+from parity.core.errors import OptionError
+from parity.core.trace import Trace
+
+
+def _is_module(spec: Any) -> bool:
+    return hasattr(spec, "named_modules")
+
+
+@register_candidate
+class TorchCandidate(Candidate):
+    backend = "torch"
+    written = "FILE.py:FACTORY"
+    claim_order = 50
+    capabilities = frozenset({"trace", "logits", "decode", "cache", "chunked_prefill", "padding", "replay",
+                              "gradients", "on_device", "weights", "raw", "speed", "tokenizer", "module"})
+
+    def __init__(self, spec: str, module) -> None:
+        super().__init__(spec)
+        self.module = module
+        self.precision = module_dtype(module)
+        self._decode_reasons: dict[tuple[int, ...], str | None] = {}
+        self.config = getattr(module, "config", None)   # its head counts read per-head layouts; else the reference's
+
+    @classmethod
+    def claims(cls, spec: Any) -> bool:
+        if _is_module(spec):
+            return True
+        return isinstance(spec, str) and ":" in spec and not Path(spec).exists()
+
+    @classmethod
+    def check_spec(cls, spec: Any) -> None:
+        if isinstance(spec, str):
+            from parity.capture.torch.factory import split_spec
+
+            module, _ = split_spec(spec)
+            if module.endswith(".py") and not Path(module).is_file():
+                raise OptionError(f"{module}: no such file")
+
+    @classmethod
+    def open(cls, spec: Any, context: CandidateContext) -> "TorchCandidate":
+        if _is_module(spec):   # the Python API (parity.testing) passes a module itself
+            return cls(type(spec).__name__, spec)
+        from parity.capture.torch.factory import build_module
+
+        context.step(f"building the candidate from {spec}")
+        return cls(spec, build_module(spec, context.model_path))
+
+    @classmethod
+    def open_tokenizer(cls, spec: str, vocabulary):
+        """`FILE.py:FUNCTION` as a tokenizer: a function text -> ids."""
+        from parity.capture.tokenizers import FunctionTokenizer
+
+        return FunctionTokenizer(spec, vocabulary)
+
+    @property
+    def description(self) -> str:
+        return f"torch module {type(self.module).__name__} ({self.precision})"
+
+    def supports(self, capability: str, *, prompt: list[int] | None = None, **context: Any) -> str | None:
+        reason = super().supports(capability)
+        if reason is not None:
+            return reason
+        if capability in ("decode", "cache", "chunked_prefill"):
+            return self._decode_reason(tuple(prompt) if prompt else (0, 1))
+        if capability == "padding":
+            from parity.capture.torch.incremental import attention_mask_support
+
+            return attention_mask_support(self.module)
+        if capability == "raw" and not self.raw_allowed():
+            return "its modules are not a transformers model's: their raw.<module> outputs have no counterpart"
+        return None
+
+    def _decode_reason(self, prompt: tuple[int, ...]) -> str | None:
+        """Whether the module decodes through a cache, found by trying it on the prompt's first tokens."""
+        if prompt[:2] not in self._decode_reasons:
+            from parity.capture.torch.incremental import decode_support
+
+            self._decode_reasons[prompt[:2]] = decode_support(self.module, list(prompt))
+        return self._decode_reasons[prompt[:2]]
+
+    # --- operations ---------------------------------------------------------------------------
+
+    def trace(self, tokens: list[int], request: TraceRequest = TraceRequest(), progress=None) -> Trace:
+        from parity.capture.torch.module import trace_module
+
+        if progress is not None:
+            progress.step(f"capturing the candidate over {len(tokens)} tokens")
+        if self.config is None and request.reference_model is not None:
+            self.config = request.reference_model.model.config
+        return trace_module(self.module, tokens, taps=self.taps(request.taps), checkpoints=request.checkpoints,
+                            weights=request.weights, raw=request.raw and self.raw_allowed(request.taps),
+                            config=self.config)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        from parity.capture.torch.incremental import full_logits
+
+        return full_logits(self.module, ids)
+
+    def incremental(self, prompt: list[int], continuation: list[int], *, record: bool = False, taps=None):
+        from parity.capture.torch.incremental import incremental
+
+        return incremental(self.module, prompt, continuation, taps=self.taps(taps) if record else None,
+                           config=self.config)
+
+    def prefill_cache(self, prompt: list[int]):
+        """The cache after prefilling `prompt`: layer -> (keys, values), each (S, Hkv, hd)."""
+        from parity.capture.torch.incremental import prefill_cache
+
+        return prefill_cache(self.module, prompt)
+
+    def chunked_prefill_logits(self, prompt: list[int]):
+        from parity.capture.torch.incremental import chunked_prefill_logits
+
+        return chunked_prefill_logits(self.module, prompt)
+
+    def padded_batch_logits(self, prompt: list[int], other: list[int], pad: int, side: str):
+        from parity.capture.torch.incremental import padded_batch_logits
+
+        return padded_batch_logits(self.module, prompt, other, pad, side)
+
+    def taps(self, taps=None):
+        """Where the checkpoints live in the module: `taps` if given, else its `parity_taps` attribute, else
+        its naming (transformers, nanoGPT)."""
+        if taps:
+            return taps
+        if getattr(self.module, "parity_taps", None):
+            return self.module.parity_taps
+        return infer_taps(self.module, self.spec)
+
+    def raw_allowed(self, taps=None) -> bool:
+        """Can the module's raw.<module> outputs line up with the reference's: a transformers model traced by its
+        own structure (no taps of the user's)."""
+        return not taps and not getattr(self.module, "parity_taps", None) and is_transformers(self.module)
+
+    def speed_runner(self, options):
+        from parity.capture.torch.timing import ModuleTimer
+
+        return ModuleTimer(self.module, options, described=f"torch module {type(self.module).__name__}")
+
+
+def module_dtype(module) -> str | None:
+    """The dtype of the module's first floating-point parameter, as a name ('bfloat16'); None without one."""
+    return next((str(p.dtype).removeprefix("torch.") for p in module.parameters() if p.is_floating_point()), None)
+
+
+def is_transformers(model) -> bool:
+    from parity.capture.hf.attention import is_hf_model
+
+    return hasattr(model, "config") and is_hf_model(model)
+
+
+def infer_taps(model, spec: str):
+    """A transformers model (a modified one, another version) mapped from its structure; else the built-in
+    mapping a module's naming implies: Llama-likes or nanoGPT."""
+    if is_transformers(model):
+        from parity.capture.hf.structure import map_model
+
+        return map_model(model, where=str(spec)).taps
+    names = {name for name, _ in model.named_modules()}
+    if "model.layers.0" in names:
+        return "hf"
+    if "transformer.h.0" in names:
+        return "nanogpt"
+    raise OptionError(
+        f"parity cannot tell where the checkpoints live in {spec}: set a `parity_taps` attribute on the "
+        "model or pass --taps (see docs/capture.md)"
+    )

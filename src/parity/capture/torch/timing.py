@@ -1,0 +1,63 @@
+"""Timing a torch module's prefill and its decoding through its cache (`parity bench`, in the side's process)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from parity.core.errors import OptionError
+
+
+class ModuleTimer:
+    """Prefill `prompt` in one batch with a fresh cache, then decode `continuation` one token at a time."""
+
+    def __init__(self, module, options, *, described: str) -> None:
+        import torch
+
+        from parity.capture.torch.incremental import decode_support
+
+        torch.set_num_threads(options.threads)
+        self.torch, self.device = torch, options.device
+        self.model = module.to(device=options.device).eval()
+        self.decodes = decode_support(self.model, [0, 1]) is None
+        self.decode_note = None if self.decodes else "not measured: the candidate's forward takes no cache"
+        config = getattr(self.model, "config", None)
+        self.vocab_size = getattr(config, "vocab_size", None) or (config or {}).get("vocab_size")
+        if not self.vocab_size:
+            raise OptionError(f"{described}: the model has no config.vocab_size to draw token ids from")
+        dtype = next(self.model.parameters()).dtype
+        self.description = f"{described}, {str(dtype).removeprefix('torch.')}, {options.threads} threads, " \
+                           f"{options.device}"
+
+    def __repr__(self) -> str:
+        return f"<ModuleTimer {self.description}>"
+
+    def time(self, prompt: list[int], continuation: list[int]) -> tuple[float, float | None]:
+        from parity.capture.torch.incremental import call_with_cache
+
+        torch = self.torch
+        ids = torch.tensor([prompt], device=self.device)
+        with torch.no_grad():
+            start = _now(self.device)
+            if not self.decodes:
+                self.model(ids)
+                return _now(self.device) - start, None
+            _, cache = call_with_cache(self.model, ids, None)
+            prefill = _now(self.device) - start
+            start = _now(self.device)
+            for token in continuation:
+                _, cache = call_with_cache(self.model, torch.tensor([[token]], device=self.device), cache)
+            return prefill, _now(self.device) - start
+
+    def device_memory(self) -> dict[str, Any]:
+        if self.device.startswith("cuda"):
+            return {"peak_device_mib": self.torch.cuda.max_memory_allocated() / 2 ** 20}
+        return {}
+
+
+def _now(device: str) -> float:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter()

@@ -1,0 +1,271 @@
+"""ModuleTracer: forward hooks on the modules taps name, recording each checkpoint as the forward makes it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from contextlib import ExitStack
+from typing import Any
+
+from parity.capture.torch.layout import canonical_layout, first_tensor
+from parity.capture.torch.taps import TapsLike, fill_layer, index_taps, matching_taps, resolve_taps
+from parity.core.errors import CaptureError, OptionError
+from parity.core.names import RAW_PREFIX, TAP_IOS, Tap, select
+
+
+class ModuleTracer:
+    """Hooks the modules `taps` name; a context manager that always removes its hooks.
+
+        with ModuleTracer(model, taps) as tracer:
+            model(input_ids)
+        tensors = tracer.tensors
+    """
+
+    def __init__(self, model, taps: TapsLike, *, checkpoints: str | None = None, weights: bool = False,
+                 raw: bool = False, token_count: int | None = None, copy: bool = True, sink=None,
+                 host: bool = True, heads: Collection[int] = ()) -> None:
+        self.model = model
+        self.taps = resolve_taps(taps)
+        self.checkpoints = checkpoints
+        self.weights = weights  # also record each output-tapped module's own parameters
+        self.raw = raw          # also record every module no tap names, as raw.<path>
+        self.token_count = token_count  # T, to tell a head-major per-head tensor from a token-major one
+        self.heads = frozenset(heads)   # the config's head counts, for the same
+        # copy=False keeps each recorded tensor as the forward made it, with its version counter;
+        # `overwritten()` then names any that the forward changed in place after it was recorded.
+        self.copy = copy
+        # sink: an object with put(name, tensor) and `name in sink` that takes each checkpoint as it is
+        # recorded (capture/torch/streaming.py writes it to disk); `tensors` then holds the parameters alone
+        self.sink = sink
+        # host=False keeps each checkpoint on the device that made it (on-device reduction): a copy, where
+        # one is made, is a clone there; the sink then takes the tensor as recorded, while the forward waits
+        self.host = host
+        self.tensors: dict[str, Any] = {}
+        self._versions: dict[str, int] = {}
+        self._copying_from: set[Any] = set()  # CUDA devices with copies to the host still queued
+        self.matched: set[Tap] = set()
+        self._stack = ExitStack()
+
+    def __repr__(self) -> str:
+        return f"<ModuleTracer {len(self.taps)} taps, {len(self.tensors)} tensors recorded>"
+
+    def __enter__(self) -> "ModuleTracer":
+        try:
+            attention_listeners = {}
+            exact, patterns = index_taps(self.taps)
+            for path, module in self.model.named_modules():
+                found = False
+                for tap, match in matching_taps(path, exact, patterns):
+                    found = True
+                    names = tuple(fill_layer(name, match) for name in tap.names)
+                    self.matched.add(tap)
+                    if tap.io == "attention":
+                        attention_listeners[id(module)] = self._attention_listener(names)
+                    elif any(names):
+                        self._hook(module, tap, names)
+                    if self.weights and (tap.io == "heads" or (tap.io == "output" and len(names) == 1)) and self._wanted(names[0]):
+                        for parameter, value in module.named_parameters(recurse=False):
+                            self.tensors.setdefault(f"{names[0]}.{parameter}", _as_linear(module, parameter, value))
+                if self.raw and not found and path and not _computes_nothing(module):
+                    self._hook(module, Tap(path, (RAW_PREFIX + path,)), (RAW_PREFIX + path,))
+            if attention_listeners:
+                from parity.capture.hf.attention import is_hf_model, recording_attention
+
+                if is_hf_model(self.model):
+                    self._stack.enter_context(recording_attention(self.model, attention_listeners))
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            self._stack.close()
+        finally:
+            self._wait_for_copies()
+
+    def _wait_for_copies(self) -> None:
+        """Device tensors are copied to the host in the device's stream order, without stopping the
+        forward at each checkpoint; the copies are complete once the device has caught up."""
+        if self._copying_from:
+            import torch
+
+            for device in self._copying_from:
+                torch.cuda.synchronize(device)
+            self._copying_from.clear()
+
+    def _wanted(self, name: str) -> bool:
+        return bool(name) and bool(select([name], self.checkpoints))
+
+    def _store(self, name: str, tensor, layout: str | None = None) -> None:
+        """Record a checkpoint (the first call wins if a module runs twice); `layout`: its axes, when declared."""
+        if tensor is None or not self._wanted(name) or name in self.tensors:
+            return
+        if self.sink is not None:
+            if name not in self.sink:
+                self._send(name, tensor.detach(), layout)
+            return
+        recorded = tensor.detach()
+        copied = self.copy or (self.host and recorded.device.type != "cpu")
+        stored = self._canonical(name, self._copy(recorded) if copied else recorded, layout)
+        if not copied:
+            self._versions[name] = stored._version  # a view shares it with the tensor the forward goes on using
+        self.tensors[name] = stored
+
+    def _canonical(self, name: str, tensor, layout: str | None):
+        return canonical_layout(name, tensor, token_count=self.token_count, heads=self.heads, declared=layout)
+
+    def _send(self, name: str, recorded, layout: str | None = None) -> None:
+        """Hand a checkpoint to the sink: the forward's own tensor (the sink checks its version counter
+        once written), or a host copy, with the event that says a device's copy has landed."""
+        if not self.host:   # the sink uses the tensor now, on its device, before the forward goes on
+            self.sink.put(name, self._canonical(name, recorded.clone() if self.copy else recorded, layout),
+                          owned=self.copy)
+            return
+        copied = self.copy or recorded.device.type != "cpu"
+        stored = self._canonical(name, self._host_copy(recorded) if copied else recorded, layout)
+        ready = None
+        if recorded.device.type == "cuda":
+            import torch
+
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(recorded.device))
+        self.sink.put(name, stored, owned=copied, ready=ready)
+
+    def _copy(self, tensor):
+        return self._host_copy(tensor) if self.host else tensor.clone()
+
+    def _host_copy(self, tensor):
+        """A copy in host memory. From a CUDA device it goes into pinned memory and is queued behind the
+        kernels that made the tensor, so a later in-place change cannot reach it; __exit__ waits for it."""
+        if tensor.device.type != "cuda":
+            return tensor.to("cpu", copy=True)
+        import torch
+
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        host.copy_(tensor, non_blocking=True)
+        self._copying_from.add(tensor.device)
+        return host
+
+    def overwritten(self) -> list[str]:
+        """Checkpoints recorded without a copy whose tensor the forward then changed in place."""
+        return [name for name, version in self._versions.items() if self.tensors[name]._version != version]
+
+    def _hook(self, module, tap: Tap, names: tuple[str, ...]) -> None:
+        if tap.io in ("input", "lookup"):
+            def on_input(hooked, args, kwargs):
+                value = args[0] if args else kwargs.get("hidden_states", kwargs.get("input_ids"))
+                if value is None:
+                    return
+                if tap.io == "lookup":  # the table row of each id, before any scaling the forward adds
+                    import torch
+
+                    value = torch.nn.functional.embedding(value, hooked.weight)
+                self._store_split(names, value)
+            self._stack.callback(module.register_forward_pre_hook(on_input, with_kwargs=True).remove)
+        elif tap.io == "heads":
+            def on_heads(_module, args, output):
+                output = first_tensor(output)
+                if output is not None and args:
+                    token_major = self._token_major(output, args[0], names[1] if len(names) > 1 else "")
+                    self._store(names[0], token_major, "BTHD" if token_major.ndim == 4 else None)
+            self._stack.callback(module.register_forward_hook(on_heads).remove)
+        elif tap.io in ("output", "split", "router"):
+            layout = getattr(module, "parity_layout", None)   # declared by the port (a Probe's `layout`)
+
+            def on_output(_module, _args, output):
+                if tap.io == "router":
+                    self._store_routing(names, output)
+                elif tap.io == "split":
+                    self._store(names[0], first_tensor(output))
+                    self._store_split(names[1:], first_tensor(output), tap.sizes)
+                else:
+                    self._store_split(names, first_tensor(output), tap.sizes, layout)
+            self._stack.callback(module.register_forward_hook(on_output).remove)
+        else:
+            raise OptionError(f"tap io must be one of {', '.join(TAP_IOS)}, got '{tap.io}'")
+
+    def _store_split(self, names: tuple[str, ...], tensor, sizes: tuple[int, ...] = (),
+                     layout: str | None = None) -> None:
+        if tensor is None or not names:
+            return
+        if len(names) == 1:
+            self._store(names[0], tensor, layout)
+            return
+        if sizes and (len(sizes) != len(names) or sum(sizes) != tensor.shape[-1]):
+            raise CaptureError(f"cannot split a fused output of width {tensor.shape[-1]} into {', '.join(names)} "
+                               f"of widths {', '.join(map(str, sizes))}")
+        if not sizes and tensor.shape[-1] % len(names):
+            raise CaptureError(
+                f"cannot split a fused output of width {tensor.shape[-1]} evenly into {', '.join(names)}"
+            )
+        parts = tensor.split(list(sizes), dim=-1) if sizes else tensor.chunk(len(names), dim=-1)
+        for name, part in zip(names, parts):
+            self._store(name, part)
+
+    def _token_major(self, output, module_input, projection: str):
+        """A per-head (B, A, C, hd) output as (B, T, H, hd): the axis of length T is the tokens';
+        when both are, the input is compared with the flat projection recorded before."""
+        if output.ndim != 4 or self.token_count is None:
+            return output
+        tokens, first, second = self.token_count, output.shape[1], output.shape[2]
+        if first == tokens and second != tokens:
+            return output
+        if second == tokens and first != tokens:
+            return output.transpose(1, 2)
+        recorded = self.tensors.get(projection)
+        if recorded is not None and recorded.shape == (tokens, first * output.shape[3]):
+            head_major = module_input.transpose(1, 2).reshape(recorded.shape).to(recorded.dtype)
+            if not module_input[0].reshape(recorded.shape).to(recorded.dtype).equal(recorded) and head_major.equal(recorded):
+                return output.transpose(1, 2)
+        return output
+
+    def _store_routing(self, names: tuple[str, ...], output) -> None:
+        """An MoE router's (logits, top-k weights, top-k ids): the logits; the ids chosen per
+        token, ascending; and the weights as a dense (T, E) table, zero for experts not chosen."""
+        import torch
+
+        logits_name, experts_name, weights_name = (names + ("", "", ""))[:3]
+        if isinstance(output, torch.Tensor):
+            self._store(logits_name, output)
+            return
+        logits, weights, experts = (list(output) + [None, None, None])[:3]
+        self._store(logits_name, logits)
+        if experts is None or weights is None:
+            return
+        logits = logits.reshape(-1, logits.shape[-1])                          # (T, E)
+        experts, weights = experts.reshape(logits.shape[0], -1), weights.reshape(logits.shape[0], -1)  # (T, k)
+        dense = torch.zeros(logits.shape, dtype=weights.dtype, device=weights.device).scatter(1, experts, weights)
+        self._store(experts_name, experts.sort(dim=-1).values.to(torch.int64))
+        self._store(weights_name, dense)
+
+    def _attention_listener(self, names: tuple[str, ...]) -> Callable:
+        query_name, key_name, probabilities_name = (names + ("", "", ""))[:3]
+
+        def listen(query, key, probabilities) -> None:
+            self._store(query_name, query.transpose(1, 2), "BTHD")  # (B, H, T, hd) -> (B, T, H, hd)
+            self._store(key_name, key.transpose(1, 2), "BTHD")
+            if probabilities is not None:
+                self._store(probabilities_name, probabilities)  # (B, H, T, S)
+
+        return listen
+
+
+# Modules that store a matmul's weight as (in, out) where torch.nn.Linear stores (out, in):
+# transformers' Conv1D (GPT-2). Their weights are recorded as nn.Linear's, so that a port
+# written with nn.Linear compares with them as it should.
+IN_OUT_STORAGE = frozenset({"Conv1D"})
+
+
+def _as_linear(module, parameter: str, value):
+    """A parameter as nn.Linear would store it: (out, in) for a weight."""
+    value = value.detach().to("cpu")
+    if parameter == "weight" and type(module).__name__ in IN_OUT_STORAGE and value.ndim == 2:
+        value = value.t()
+    return value.contiguous().clone()
+
+
+def _computes_nothing(module) -> bool:
+    """Containers (never called) and modules that are the identity in eval mode."""
+    import torch
+
+    return isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Dropout, torch.nn.Identity))

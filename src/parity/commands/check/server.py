@@ -1,0 +1,27 @@
+"""parity check of a candidate that gives text, not tensors: an OpenAI-compatible server, token by token.
+
+The server is asked for the prompt echoed with its greedy continuation and each token's
+top-k log-probabilities; the reference scores the same text (core/sequence.py).
+"""
+
+from __future__ import annotations
+
+from parity.capture.candidate import CandidateContext, open_candidate
+from parity.core.errors import OptionError
+
+
+def check_server(options, progress):
+    from parity.capture.hf.model import load_model, quiet_transformers
+    from parity.core.sequence import compare_sequences
+
+    if options.prompt is None:
+        raise OptionError("a server candidate needs --prompt TEXT (it tokenizes the text itself)")
+    quiet_transformers()
+    context = CandidateContext(server_model=options.server_model, timeout_s=options.timeout_s, progress=progress)
+    with open_candidate(options.candidate, context, needs=("sequence",)) as candidate:
+        tokens = candidate.complete(options.prompt, max_tokens=options.max_tokens, progress=progress)
+    dtype = options.dtype or "float32"
+    progress.step(f"loading {options.model} ({dtype})")
+    reference = load_model(options.model, dtype=dtype)
+    progress.step("scoring the candidate's text with the reference")
+    return compare_sequences(reference.reference_tokens(tokens.text), tokens)
