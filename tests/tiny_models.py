@@ -11,7 +11,7 @@ from pathlib import Path
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 # Every family whose structure the capture maps; the ones above are also saved to
 # disk once per test session (conftest.model_dirs).
-MORE_FAMILIES = ("gemma", "gemma2", "gemma3", "phi3", "olmo2", "granite", "mixtral", "qwen2_moe", "stablelm")
+MORE_FAMILIES = ("gemma", "gemma2", "gemma3", "phi3", "olmo2", "granite", "mixtral", "qwen2_moe", "stablelm", "opt")
 ALL_FAMILIES = FAMILIES + MORE_FAMILIES
 VOCAB = 96
 WINDOW = 4  # sliding window of the families that have one: shorter than the test prompts
@@ -58,6 +58,11 @@ def config(family: str, **overrides):
     if family == "stablelm":  # parallel attention + MLP, LayerNorms, rotary on a quarter of each head
         return transformers.StableLmConfig(**{**small, "partial_rotary_factor": 0.25, "use_parallel_residual": True,
                                               "layer_norm_eps": 1e-5, **overrides})
+    if family == "opt":  # learned positions, LayerNorms, and an MLP of the layer's own fc1 and fc2
+        return transformers.OPTConfig(**{**dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, ffn_dim=64,
+                                                num_attention_heads=4, max_position_embeddings=128,
+                                                word_embed_proj_dim=64, pad_token_id=2, bos_token_id=0,
+                                                eos_token_id=1), **overrides})
     if family == "gpt2":
         return transformers.GPT2Config(**{**dict(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=128,
                                                  layer_norm_epsilon=1e-5, bos_token_id=0, eos_token_id=1), **overrides})

@@ -37,6 +37,7 @@ EXPECTED = {
     "qwen2_moe": (BLOCK - {"mlp_gate", "mlp_up", "mlp_act"} | MOE | {"moe_routed", "moe_shared"},
                   {"embed", "final_norm", "logits"}),
     "stablelm": (BLOCK - {"resid_mid", "mlp_norm"}, {"embed", "final_norm", "logits"}),
+    "opt": (BLOCK - {"q_rope", "k_rope", "mlp_gate", "mlp_up"} | {"mlp_fc"}, {"pos_embed", "embed", "final_norm", "logits"}),
 }
 
 
@@ -171,6 +172,7 @@ def planted(model, parameter: str, change):
     ("gemma3", "model.layers.0.post_attention_layernorm.weight", "layers.0.attn_post_norm"),
     ("olmo2", "model.layers.1.post_attention_layernorm.weight", "layers.1.attn_post_norm"),
     ("mixtral", "model.layers.1.mlp.gate.weight", "layers.1.moe_router_logits"),
+    ("opt", "model.decoder.layers.1.fc1.weight", "layers.1.mlp_fc"),
 ])
 def test_a_planted_change_is_localized(family, parameter, first, families):
     model, trace = families[family]
