@@ -15,6 +15,7 @@ into an HTML report. Unusable arguments raise ParityError, as the CLI's exit 2.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -45,9 +46,12 @@ def assert_parity(reference, candidate, *, prompt: str | None = None, tokens: li
     candidate: a Trace, a trace file, a torch.nn.Module, or (with a model as the
       reference) anything `parity check` takes: "port.py:build", "llamacpp:x.gguf".
     atol, rtol: fixed tolerances for every checkpoint (both, or neither).
-    calibrate: with a model reference, whether to hold each checkpoint to the noise
-      of the candidate's precision; with traces, the reference run at the
-      candidate's precision (a Trace or a path) to calibrate with, or nothing.
+    calibrate: whether to hold each checkpoint to the noise of the candidate's
+      precision, as `parity check` does: with a model reference, the reference runs
+      again at that precision; with a reference trace parity captured (it names its
+      model), so does that model, once per session and precision; or give the
+      reference run at the candidate's precision yourself (a Trace or a path).
+      Without a known precision below the reference's, fixed tolerances are used.
     msg: replaces the message, or (a callable) rewrites it.
     """
     from parity.core.tolerances import user_tolerance
@@ -63,11 +67,18 @@ def assert_parity(reference, candidate, *, prompt: str | None = None, tokens: li
         reference_trace = _trace(reference, "reference")
         candidate_trace = _candidate_trace(candidate, reference_trace, taps, checkpoints)
         config = CompareConfig(tolerance=tolerance, checkpoints=checkpoints)
-        if calibrate is not True and calibrate not in (False, None):
+        not_checked = ()
+        if calibrate is True and tolerance is None:
+            lowp, not_checked = _reference_at_candidate_precision(reference_trace, candidate_trace, checkpoints)
+            if lowp is not None:
+                config = _calibrated(reference_trace, lowp, config)
+        elif calibrate not in (True, False, None):
             config = _calibrated(reference_trace, _trace(calibrate, "calibrate"), config)
         from parity.commands.check.run import compare_and_diagnose
 
         result = compare_and_diagnose(reference_trace, candidate_trace, config)
+        if not_checked:
+            result = dataclasses.replace(result, not_checked=tuple(result.not_checked) + not_checked)
     if not result:
         message = summary(result)
         if msg is not None:
@@ -126,6 +137,9 @@ class ReferenceCache:
             self._traces[key] = capture_hf(model, prompt=prompt, tokens=tokens, dtype=dtype, checkpoints=checkpoints)
             self.captures += 1
         return self._traces[key]
+
+
+_SESSION_REFERENCES = ReferenceCache()   # the reference runs at a candidate's precision, made once per process
 
 
 def report_path(directory: str | Path, test_id: str) -> Path:
@@ -190,6 +204,25 @@ def _candidate_trace(candidate, reference: Trace, taps, checkpoints) -> Trace:
                           "capture it with parity (or give a model path as the reference)")
     with open_candidate(parsed.text, needs=("trace",)) as opened:
         return opened.trace(list(reference.tokens or []), TraceRequest(taps=taps, checkpoints=checkpoints, raw=False))
+
+
+def _reference_at_candidate_precision(reference: Trace, candidate: Trace, checkpoints: str | None):
+    """(the reference's model run at the candidate's precision, or None; what could not be checked): when the
+    candidate's precision is below the reference trace's and the trace names the model that made it."""
+    from parity.core.results import NotChecked
+    from parity.core.tolerances import lowest_precision
+
+    precision, reference_dtype = candidate.metadata.get("dtype"), reference.metadata.get("dtype")
+    if not precision or not reference_dtype or precision == reference_dtype \
+            or lowest_precision(precision, reference_dtype) != precision:
+        return None, ()
+    model = reference.metadata.get("model_path")
+    if not model or not Path(model).exists() or reference.tokens is None:
+        return None, (NotChecked("calibration", f"the candidate computes in {precision}, below the reference's "
+                                 f"{reference_dtype}, but the reference trace names no model to run at {precision}: "
+                                 "pass calibrate=<the reference traced at that precision>, or a model as the "
+                                 "reference; the dtype tables' tolerances were used"),)
+    return _SESSION_REFERENCES(model, tokens=list(reference.tokens), dtype=precision, checkpoints=checkpoints), ()
 
 
 def _calibrated(reference: Trace, lowp: Trace, config: CompareConfig) -> CompareConfig:

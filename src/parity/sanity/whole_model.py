@@ -96,7 +96,7 @@ def test_kv_cache(pair: Pair) -> TestResult:
             if cache is None:
                 return TestResult("kv_cache", FAILED, f"with use_cache=True the candidate returned no cache "
                                   f"(after {t} tokens)")
-            logits, cache = call_with_cache(pair.candidate, ids[:, t:t + 1], cache)
+            logits, cache = call_with_cache(pair.candidate, ids[:, t:t + 1], cache, start=t)
             results[f"step {t}"] = pair.compare(full[:, t:t + 1], logits)
     result = _verdict("kv_cache", results, "steps")
     if not result:

@@ -52,7 +52,7 @@ def test_decoding_through_the_cache_uses_it_with_no_deprecated_call():
         full = model(ids).logits
         _, cache = call_with_cache(model, ids[:, :3], None)
         assert cache.get_seq_length() == 3
-        logits, cache = call_with_cache(model, ids[:, 3:], cache)
+        logits, cache = call_with_cache(model, ids[:, 3:], cache, start=3)
         assert cache.get_seq_length() == 4                   # the step was written to the cache it was given
         assert decode_support(model, [3, 17]) is None
     torch.testing.assert_close(logits[0, -1], full[0, -1], atol=1e-5, rtol=1e-5)

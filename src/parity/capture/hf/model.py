@@ -140,6 +140,7 @@ class HFModel:
             "arch": self.model.config.model_type,
             "producer": f"transformers {transformers.__version__}",
             "dtype": self.dtype,
+            "model_path": str(self.path) if self.path is not None else None,   # what a calibration reloads
             "prompt": prompt,
             "config": json.loads(self.model.config.to_json_string(use_diff=False)),
             "architecture": self.mapping.architecture,

@@ -74,9 +74,20 @@ def build_module(spec: str, model_path: str | None = None):
 
 
 def describe_error(error: BaseException) -> str:
-    """'ExceptionType: message (at file:line)', the line being the innermost frame of the user's code."""
+    """'ExceptionType: message (at file:line)' in one line, the line being the innermost frame of the user's
+    code: not parity's, not an installed library's (torch's call machinery says nothing of the port)."""
     import traceback
 
     frames = [frame for frame in traceback.extract_tb(error.__traceback__) if "/parity/" not in frame.filename]
-    at = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-    return f"{type(error).__name__}: {error}{at}"
+    own = [frame for frame in frames if not _installed(frame.filename)]
+    at = own[-1] if own else None   # an error from the call machinery alone points at no line of the user's
+    message = " ".join(str(error).split())[:300]
+    return f"{type(error).__name__}: {message}" + (f" (at {at.filename}:{at.lineno})" if at else "")
+
+
+def _installed(filename: str) -> bool:
+    """A file of an installed package or of the standard library, not the user's."""
+    import sysconfig
+
+    libraries = {sysconfig.get_paths()[key] for key in ("purelib", "platlib", "stdlib")}
+    return "site-packages" in filename or "dist-packages" in filename or filename.startswith(tuple(libraries))

@@ -12,6 +12,7 @@ take `**kwargs`. The cache goes back under the keyword the forward names:
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,49 +25,85 @@ from parity.core.names import in_flow_order, parse
 
 
 CACHE_KEYWORDS = ("cache", "past_key_values")   # transformers 5.24 renamed past_key_values to cache
+POSITION_KEYWORDS = ("positions", "position_ids")
+PROTOCOL = ("forward(ids, positions=None, cache=None) returning (logits, cache), where cache=None starts a new "
+            "cache (docs/porting.md)")
 
 
-def cache_keyword(model) -> str:
-    """The keyword `model`'s forward takes its cache by: the first of CACHE_KEYWORDS that a forward in its
-    class hierarchy names (a wrapper taking **kwargs inherits its base's), else `past_key_values`."""
+@dataclass(frozen=True)
+class CacheCalls:
+    """How a model's forward takes a cache, from the signatures of the forwards in its class hierarchy (a
+    wrapper taking **kwargs inherits its base's): the cache keyword (`cache`, `past_key_values`, or None for
+    none), whether to pass use_cache=True, and the keyword absolute positions go by, if it names one."""
+
+    keyword: str | None
+    use_cache: bool
+    positions: str | None
+
+    def __repr__(self) -> str:
+        return f"<CacheCalls {self.keyword} use_cache={self.use_cache} positions={self.positions}>"
+
+
+def cache_calls(model) -> CacheCalls:
+    names: set[str] = set()
+    takes_kwargs = False
     for cls in type(model).__mro__:
         forward = cls.__dict__.get("forward")
-        if forward is None:
+        if forward is None or cls.__module__.startswith("torch."):
             continue
         try:
             parameters = inspect.signature(forward).parameters
         except (TypeError, ValueError):
             continue
-        named = next((keyword for keyword in CACHE_KEYWORDS if keyword in parameters), None)
-        if named is not None:
-            return named
-    return "past_key_values"
+        names.update(parameters)
+        takes_kwargs = takes_kwargs or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    keyword = next((name for name in CACHE_KEYWORDS if name in names), "past_key_values" if takes_kwargs else None)
+    return CacheCalls(keyword=keyword, use_cache="use_cache" in names or takes_kwargs,
+                      positions=next((name for name in POSITION_KEYWORDS if name in names), None))
 
 
-def call_with_cache(model, ids, cache):
-    """(logits, cache) of one forward over `ids` (a (B, T) tensor) continuing from `cache` (None: a fresh one)."""
-    return _split(model(ids, use_cache=True, **{cache_keyword(model): cache}))
+def cache_keyword(model) -> str:
+    """The keyword `model`'s forward takes its cache by (`past_key_values` when it names none)."""
+    return cache_calls(model).keyword or "past_key_values"
+
+
+def call_with_cache(model, ids, cache, *, start: int = 0):
+    """(logits, cache) of one forward over `ids` (a (B, T) tensor at positions start..start+T-1) continuing
+    from `cache` (None: a fresh one)."""
+    import torch
+
+    calls = cache_calls(model)
+    kwargs = {calls.keyword or "past_key_values": cache}
+    if calls.use_cache:
+        kwargs["use_cache"] = True
+    if calls.positions:
+        positions = torch.arange(start, start + ids.shape[-1], device=ids.device)
+        kwargs[calls.positions] = positions.unsqueeze(0).expand(ids.shape[0], -1)
+    return _split(model(ids, **kwargs))
 
 
 def decode_support(model, prompt: list[int]) -> str | None:
-    """None when `model` decodes through a cache (tried on the prompt's first tokens); else why not."""
+    """None when `model` decodes through a cache (tried on the prompt's first tokens); else why not, saying
+    what to add."""
     import torch
 
     from parity.capture.torch.factory import describe_error
 
+    calls = cache_calls(model)
+    if calls.keyword is None:
+        return f"its forward takes no cache: add a `cache` argument, {PROTOCOL}"
+    call = f"forward(ids, {calls.keyword}=None{', use_cache=True' if calls.use_cache else ''})"
     first, second = prompt[:1], prompt[1:2] or prompt[:1]
     try:
         with torch.no_grad():
             _, cache = call_with_cache(model, ids_tensor([first], model), None)
-    except TypeError as error:
-        return f"its forward does not take {cache_keyword(model)} and use_cache ({describe_error(error)})"
     except Exception as error:  # the user's code
-        return f"called with use_cache=True it failed: {describe_error(error)}"
+        return f"called as {call} it failed: {describe_error(error)}"
     if cache is None:
-        return "called with use_cache=True it returned no cache"
+        return f"called as {call} it returned no cache; return (logits, cache): {PROTOCOL}"
     try:
         with torch.no_grad():
-            logits, _ = call_with_cache(model, ids_tensor([second], model), cache)
+            logits, _ = call_with_cache(model, ids_tensor([second], model), cache, start=len(first))
     except Exception as error:  # the user's code
         return f"given its own cache back with one more token it failed: {describe_error(error)}"
     if logits is None or logits.dim() < 2 or logits.shape[-2] != 1:
@@ -95,17 +132,18 @@ def incremental(model, prompt: list[int], continuation: list[int], *, taps: Taps
     import torch
 
     heads = config_heads(config if config is not None else getattr(model, "config", None))
-    rows, steps, cache = [], [], None
+    rows, steps, cache, start = [], [], None, 0
     chunks = [prompt] + [[token] for token in continuation]
     with torch.no_grad():
         for chunk in chunks:
             if taps is not None:
                 with ModuleTracer(model, taps, heads=heads) as tracer:
-                    logits, cache = call_with_cache(model, ids_tensor([chunk], model), cache)
+                    logits, cache = call_with_cache(model, ids_tensor([chunk], model), cache, start=start)
                 steps.append({name: tensor.float().cpu().numpy() for name, tensor in tracer.tensors.items()})
             else:
-                logits, cache = call_with_cache(model, ids_tensor([chunk], model), cache)
+                logits, cache = call_with_cache(model, ids_tensor([chunk], model), cache, start=start)
             rows.append(logits[0, -1].double().cpu().numpy())
+            start += len(chunk)
     return np.stack(rows), steps
 
 
@@ -169,7 +207,7 @@ def chunked_prefill_logits(model, prompt: list[int]) -> np.ndarray:
     half = max(1, len(prompt) // 2)
     with torch.no_grad():
         _, cache = call_with_cache(model, ids_tensor([prompt[:half]], model), None)
-        logits, _ = call_with_cache(model, ids_tensor([prompt[half:]], model), cache)
+        logits, _ = call_with_cache(model, ids_tensor([prompt[half:]], model), cache, start=half)
     return logits[0, -1].double().cpu().numpy()
 
 

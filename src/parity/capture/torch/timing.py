@@ -45,8 +45,9 @@ class ModuleTimer:
             _, cache = call_with_cache(self.model, ids, None)
             prefill = _now(self.device) - start
             start = _now(self.device)
-            for token in continuation:
-                _, cache = call_with_cache(self.model, torch.tensor([[token]], device=self.device), cache)
+            for step, token in enumerate(continuation):
+                _, cache = call_with_cache(self.model, torch.tensor([[token]], device=self.device), cache,
+                                           start=len(prompt) + step)
             return prefill, _now(self.device) - start
 
     def device_memory(self) -> dict[str, Any]:

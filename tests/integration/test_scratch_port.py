@@ -1,0 +1,69 @@
+"""A port written from scratch, as a porter writes one (examples/scratch_llama.py): its own module names,
+heads kept as (B, H, T, hd), weights read from the directory, a cache of its own. It checks right the first
+time, with no option beyond its config, in float32 and bfloat16; each planted bug fails at its place."""
+
+import json
+
+import pytest
+
+from conftest import ROOT, TOKENS
+from test_cli import TOKEN_ARG, parity
+
+PORT = ROOT / "examples" / "scratch_llama.py"
+
+
+def check(capsys, model_dir, factory, *args):
+    from parity.cli import main   # in-process: no interpreter importing torch per case
+
+    capsys.readouterr()
+    code = main(["check", str(model_dir), f"{PORT}:{factory}", "--tokens", TOKEN_ARG, "--json", "-", *args])
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("factory", ["build", "build_bfloat16"])
+def test_the_correct_port_passes_check_with_no_option(model_dirs, factory, capsys):
+    code, report = check(capsys, model_dirs["llama"], factory)
+    assert code == 0, [c for c in report["checkpoints"] if c["status"] != "pass"][:3]
+    assert report["summary"]["failed"] == 0 and report["summary"]["compared"] == 51
+    assert report["calibrated"] and report["decode"]["passed"]
+    assert not any(d["cause"] == "layout_permuted" for d in report["diagnoses"])   # its layout is no finding
+
+
+@pytest.mark.parametrize("factory, checkpoint, cause", [
+    ("rope_interleaved", "layers.0.q_rope", "rope_layout"),
+    ("eps_outside_sqrt", "layers.0.attn_norm", "norm_epsilon"),
+])
+def test_a_planted_bug_fails_check_at_its_place_with_its_cause(model_dirs, factory, checkpoint, cause, capsys):
+    code, report = check(capsys, model_dirs["llama"], factory)
+    assert code == 1 and report["first_divergence"]["checkpoint"] == checkpoint
+    assert cause in [d["cause"] for d in report["diagnoses"]]
+
+
+def test_a_cache_bug_fails_decoding_at_the_key_it_rotates_wrongly(model_dirs, capsys):
+    code, report = check(capsys, model_dirs["llama"], "cache_position_off")
+    assert code == 1 and report["summary"]["failed"] == 0          # one full pass is right ...
+    assert not report["decode"]["passed"] and report["decode"]["first_checkpoint"] == "layers.0.k_rope"
+
+
+def test_generate_and_bench_take_the_port(model_dirs, tmp_path):
+    generated = parity("generate", model_dirs["llama"], f"{PORT}:build", "--tokens", TOKEN_ARG, "-n", "6",
+                       "--json", "-")
+    assert generated.returncode == 0, generated.stderr
+    assert json.loads(generated.stdout)["first_divergence"] is None
+    bench = parity("bench", model_dirs["llama"], f"{PORT}:build", "--prompt-tokens", "8", "--decode-tokens", "2",
+                   "--repeats", "1", "--warmup", "0", "--threads", "1", "--json", tmp_path / "bench.json")
+    assert bench.returncode == 0, bench.stderr
+    candidate = json.loads((tmp_path / "bench.json").read_text())["candidate"]
+    assert candidate["decode_tokens_per_s"] > 0 and candidate["decode_note"] is None
+
+
+def test_assert_parity_on_a_fixture_reference_calibrates_to_the_ports_precision(model_dirs):
+    import scratch_llama
+
+    from parity.testing import ParityAssertionError, ReferenceCache, assert_parity
+
+    reference = ReferenceCache()(model_dirs["llama"], tokens=TOKENS)   # what the parity_reference fixture gives
+    result = assert_parity(reference, scratch_llama.build_bfloat16(model_dirs["llama"]))
+    assert result.calibrated
+    with pytest.raises(ParityAssertionError, match="layers.0.attn_norm"):
+        assert_parity(reference, scratch_llama.eps_outside_sqrt(model_dirs["llama"]))
