@@ -112,25 +112,18 @@ def cmd_compare(args) -> int:
     """Compare two traces checkpoint by checkpoint and report where they first part ways.
 
     REF and CAND are traces: .safetensors, .npz, or a directory of .npy files
-    with manifest.json (see docs/trace-format.md). With --calibrate REF_LOWP (the
-    reference run at the candidate's precision), each checkpoint is held to the
-    noise that precision produces there instead of fixed tolerances.
+    with manifest.json (see docs/trace-format.md). When CAND computed at a lower
+    precision than REF and REF was captured by parity (it names its model), the
+    model runs again at CAND's precision and each checkpoint is held to the noise
+    that precision produces there, as check does; --calibrate REF_LOWP gives that
+    run instead (the reference at the candidate's precision).
     """
-    from parity.commands.check.run import compare_and_diagnose
-    from parity.core.calibrate import check_same_tokens, noise_floors
+    from parity.commands.compare import run_compare
 
-    config = _compare_config(args)
-    reference, candidate = load_trace(args.reference), load_trace(args.candidate)
-    arguments.require_selection(reference.tensors, args.checkpoints, args.reference)
     with _numeric_warnings_off():  # non-finite values are counted in the report, not warned about
-        if args.calibrate:
-            if config.tolerance is not None:
-                raise OptionError("--calibrate sets the tolerances itself; drop --atol/--rtol")
-            lowp = load_trace(args.calibrate)
-            check_same_tokens(reference, lowp)
-            config = CompareConfig(checkpoints=config.checkpoints, noise=noise_floors(reference, lowp),
-                                   noise_dtype=lowp.metadata.get("dtype") or "float32")
-        comparison = compare_and_diagnose(reference, candidate, config)
+        comparison = run_compare(args.reference, args.candidate, calibrate=args.calibrate,
+                                 tolerance=user_tolerance(args.atol, args.rtol), checkpoints=args.checkpoints,
+                                 strict=args.strict)
     return _report(comparison, args)
 
 
@@ -209,7 +202,7 @@ def cmd_check(args) -> int:
         save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
         max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model, replay=args.replay,
         weights=args.weights, decode_steps=args.decode_steps, placement=_placement(args), raw=not args.no_raw,
-        kv_type=args.kv_type, on_device=args.on_device,
+        kv_type=args.kv_type, on_device=args.on_device, strict=args.strict,
     )
     with _progress() as progress:
         comparison = run_check(options, progress)
@@ -527,6 +520,10 @@ def _need_one_input(prompt, tokens) -> None:
 
 
 def _add_tolerance_options(parser) -> None:
+    parser.add_argument("--strict", type=arguments.conventions, nargs="?", const=arguments.conventions("all"),
+                        default=frozenset(), metavar="CONVENTIONS",
+                        help="hold these conventions as failures instead of adapting them: layout, vocab_padding, "
+                             "logit_shift, residual_pair (default: all)")
     parser.add_argument("--atol", type=arguments.tolerance, help="absolute tolerance for every checkpoint (needs --rtol)")
     parser.add_argument("--rtol", type=arguments.tolerance, help="relative tolerance for every checkpoint (needs --atol)")
     parser.add_argument("--checkpoints", metavar="GLOB", type=arguments.checkpoint_globs,

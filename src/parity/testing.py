@@ -69,7 +69,9 @@ def assert_parity(reference, candidate, *, prompt: str | None = None, tokens: li
         config = CompareConfig(tolerance=tolerance, checkpoints=checkpoints)
         not_checked = ()
         if calibrate is True and tolerance is None:
-            lowp, not_checked = _reference_at_candidate_precision(reference_trace, candidate_trace, checkpoints)
+            from parity.commands.compare import reference_at_candidate_precision
+
+            lowp, not_checked = reference_at_candidate_precision(reference_trace, candidate_trace, checkpoints)
             if lowp is not None:
                 config = _calibrated(reference_trace, lowp, config)
         elif calibrate not in (True, False, None):
@@ -139,9 +141,6 @@ class ReferenceCache:
         return self._traces[key]
 
 
-_SESSION_REFERENCES = ReferenceCache()   # the reference runs at a candidate's precision, made once per process
-
-
 def report_path(directory: str | Path, test_id: str) -> Path:
     """Where the plugin writes a failing test's HTML report: its id, made a file name."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", test_id).strip("_.")[:150] or "test"
@@ -204,25 +203,6 @@ def _candidate_trace(candidate, reference: Trace, taps, checkpoints) -> Trace:
                           "capture it with parity (or give a model path as the reference)")
     with open_candidate(parsed.text, needs=("trace",)) as opened:
         return opened.trace(list(reference.tokens or []), TraceRequest(taps=taps, checkpoints=checkpoints, raw=False))
-
-
-def _reference_at_candidate_precision(reference: Trace, candidate: Trace, checkpoints: str | None):
-    """(the reference's model run at the candidate's precision, or None; what could not be checked): when the
-    candidate's precision is below the reference trace's and the trace names the model that made it."""
-    from parity.core.results import NotChecked
-    from parity.core.tolerances import lowest_precision
-
-    precision, reference_dtype = candidate.metadata.get("dtype"), reference.metadata.get("dtype")
-    if not precision or not reference_dtype or precision == reference_dtype \
-            or lowest_precision(precision, reference_dtype) != precision:
-        return None, ()
-    model = reference.metadata.get("model_path")
-    if not model or not Path(model).exists() or reference.tokens is None:
-        return None, (NotChecked("calibration", f"the candidate computes in {precision}, below the reference's "
-                                 f"{reference_dtype}, but the reference trace names no model to run at {precision}: "
-                                 "pass calibrate=<the reference traced at that precision>, or a model as the "
-                                 "reference; the dtype tables' tolerances were used"),)
-    return _SESSION_REFERENCES(model, tokens=list(reference.tokens), dtype=precision, checkpoints=checkpoints), ()
 
 
 def _calibrated(reference: Trace, lowp: Trace, config: CompareConfig) -> CompareConfig:

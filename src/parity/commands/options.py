@@ -107,6 +107,20 @@ def require_selection(names, globs: str | None, where: str) -> None:
                           f"({', '.join(held[:3])}, ...); give globs that match some of them")
 
 
+def conventions(text: str) -> frozenset[str]:
+    """--strict: conventions to hold as failures ('all', or a comma-separated list of core/conventions.py's)."""
+    from parity.core.conventions import CONVENTIONS
+
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    if names == {"all"}:
+        return frozenset(CONVENTIONS)
+    unknown = sorted(names - set(CONVENTIONS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or 'nothing'}: give 'all' or some of "
+                                         f"{', '.join(CONVENTIONS)}")
+    return frozenset(names)
+
+
 def taps_name(text: str) -> str:
     """A built-in checkpoint mapping's name."""
     from parity.core.names import FAMILY_TAPS

@@ -48,6 +48,7 @@ class CompareConfig:
     noise: Mapping[str, NoiseFloor] | None = None  # calibrated noise floors (core/calibrate.py)
     noise_dtype: str = "float32"         # the precision the noise floors were measured at
     noise_label: str | None = None       # what that precision is, when a dtype does not say it
+    align: bool = True                   # read a candidate stored in another layout in the reference's (--strict)
 
     def __repr__(self) -> str:
         calibrated = f" calibrated at {self.noise_dtype}" if self.noise else ""
@@ -177,7 +178,8 @@ def compare_checkpoint(name: str, reference: Trace, candidate: Trace,
         reference_tensor = last_rows(reference_tensor, kept, checkpoint.token_axis)
 
     best: tuple[Measurement, str] | None = None
-    for alignment in alignments(reference_tensor.shape, candidate_tensor):
+    for alignment in alignments(reference_tensor.shape, candidate_tensor) if config.align or \
+            reference_tensor.shape == candidate_tensor.shape else ():
         measurement = measure_pair(reference_tensor, alignment.candidate, rule, token_axis=checkpoint.token_axis)
         if best is None or _better(measurement.metrics, best[0].metrics):
             best = (measurement, alignment.describe())

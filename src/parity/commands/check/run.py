@@ -50,6 +50,7 @@ class CheckOptions:
     placement: Placement | None = None  # the reference's devices and offload (accelerate)
     kv_type: str = "f16"                # llama.cpp candidates: the KV cache type
     on_device: bool = False             # torch candidates on the reference's device: measure there (on_device.py)
+    strict: frozenset[str] = frozenset()  # conventions held as failures, not adapted (core/conventions.py)
 
     def __repr__(self) -> str:
         return f"<CheckOptions {self.model} vs {self.candidate}>"
@@ -131,7 +132,7 @@ def _check(options: CheckOptions, candidate: Candidate, progress) -> Comparison:
             for role, part in (("reference", reference), ("candidate", trace))
         )
     progress.step("comparing")
-    comparison = compare_and_diagnose(reference, trace, config)
+    comparison = compare_and_diagnose(reference, trace, config, strict=options.strict)
     if options.replay:
         comparison = _with_replay(comparison, reference, candidate, options, progress)
     if options.on_device:
@@ -193,9 +194,22 @@ def _with_replay(comparison: Comparison, reference: Trace, candidate: Candidate,
     )
 
 
-def compare_and_diagnose(reference: Trace, candidate: Trace, config: CompareConfig) -> Comparison:
+def compare_and_diagnose(reference: Trace, candidate: Trace, config: CompareConfig, *,
+                         strict: frozenset[str] = frozenset()) -> Comparison:
+    """The comparison of the candidate, its conventions adapted to the reference's (core/conventions.py; those in
+    `strict` held as failures), with every detector's diagnoses; the adaptations are notes."""
+    from parity.core.conventions import adapt
     from parity.diagnose import diagnose
 
-    comparison = compare(reference, candidate, config=config)
-    require_compared(comparison, reference, candidate, config)
-    return diagnose(comparison, reference, candidate)
+    adapted, adaptations = adapt(reference, candidate, strict=strict)
+    if "layout" in strict:
+        config = dataclasses.replace(config, align=False)
+    comparison = compare(reference, adapted, config=config)
+    require_compared(comparison, reference, adapted, config)
+    comparison = diagnose(comparison, reference, adapted)
+    if not adaptations:
+        return comparison
+    held = {name for adaptation in adaptations if adaptation.held for name in adaptation.names}
+    diagnoses = tuple(d for d in comparison.diagnoses if not (d.cause == "no_known_cause" and d.checkpoint in held))
+    notes = tuple(adaptation.note for adaptation in adaptations)
+    return dataclasses.replace(comparison, notes=notes + tuple(comparison.notes), diagnoses=diagnoses)

@@ -1,0 +1,118 @@
+"""A Llama forward pass in numpy alone, writing its intermediate tensors as a parity trace directory.
+
+It keeps tensors the way numpy code does: q, k and v as [T, H, hd], the attention
+probabilities as [H, T, T], and writes them so, with a manifest naming each file; parity
+reads those layouts as what they are. Run it in float32 or float16:
+
+    python examples/numpy_llama.py path/to/llama-model trace/ --tokens 1,2,3 [--dtype float16]
+    parity check path/to/llama-model trace/ --tokens 1,2,3
+
+`--bug` plants one mistake: rope_interleaved (pairs (0,1), (2,3), ... rotated where Llama
+rotates (i, i + hd/2)), or mlp_operands_swapped (silu(up) * gate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def load(model_dir: Path):
+    from safetensors.numpy import load_file
+
+    config = json.loads((model_dir / "config.json").read_text())
+    return config, load_file(str(model_dir / "model.safetensors"))
+
+
+def rms_norm(x, weight, eps):
+    x32 = x.astype(np.float32)
+    return (x32 / np.sqrt(np.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype) * weight
+
+
+def rope(x, theta, bug):                                            # x: [T, H, hd]
+    T, _, hd = x.shape
+    inverse = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float32) / hd)
+    angles = np.arange(T, dtype=np.float32)[:, None] * inverse           # [T, hd/2]
+    cos, sin = np.cos(angles)[:, None, :].astype(x.dtype), np.sin(angles)[:, None, :].astype(x.dtype)
+    if bug == "rope_interleaved":
+        even, odd = x[..., 0::2], x[..., 1::2]
+        return np.stack((even * cos - odd * sin, even * sin + odd * cos), axis=-1).reshape(x.shape)
+    first, second = x[..., : hd // 2], x[..., hd // 2:]
+    return np.concatenate((first * cos - second * sin, first * sin + second * cos), axis=-1)
+
+
+def softmax(x):
+    shifted = np.exp((x - x.max(-1, keepdims=True)).astype(np.float32))
+    return (shifted / shifted.sum(-1, keepdims=True)).astype(x.dtype)
+
+
+def silu(x):
+    return (x.astype(np.float32) / (1 + np.exp(-x.astype(np.float32)))).astype(x.dtype)
+
+
+def forward(config, weights, tokens, dtype, bug=None):
+    """Every checkpoint of one pass, by canonical name, in numpy's natural layouts."""
+    w = {name: value.astype(dtype) for name, value in weights.items()}
+    H, Hkv = config["num_attention_heads"], config["num_key_value_heads"]
+    hd = config.get("head_dim") or config["hidden_size"] // H
+    theta = (config.get("rope_parameters") or {}).get("rope_theta") or config.get("rope_theta", 10000.0)
+    eps, T = config["rms_norm_eps"], len(tokens)
+    out = {"embed": w["model.embed_tokens.weight"][tokens]}
+    x = out["embed"]
+    mask = np.triu(np.ones((T, T), dtype=bool), 1)
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        h = out[f"layers.{i}.attn_norm"] = rms_norm(x, w[p + "input_layernorm.weight"], eps)
+        q = out[f"layers.{i}.q"] = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(T, H, hd)
+        k = out[f"layers.{i}.k"] = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(T, Hkv, hd)
+        v = out[f"layers.{i}.v"] = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(T, Hkv, hd)
+        q = out[f"layers.{i}.q_rope"] = rope(q, theta, bug)
+        k = out[f"layers.{i}.k_rope"] = rope(k, theta, bug)
+        k_all, v_all = np.repeat(k, H // Hkv, axis=1), np.repeat(v, H // Hkv, axis=1)     # [T, H, hd]
+        scores = np.einsum("thd,shd->hts", q, k_all) / np.sqrt(hd).astype(dtype)      # [H, T, T]
+        probs = out[f"layers.{i}.attn_probs"] = softmax(np.where(mask, -np.inf, scores).astype(dtype))
+        context = out[f"layers.{i}.attn_ctx"] = np.einsum("hts,shd->thd", probs, v_all)   # [T, H, hd]
+        attended = out[f"layers.{i}.attn_out"] = context.reshape(T, H * hd) @ w[p + "self_attn.o_proj.weight"].T
+        x = out[f"layers.{i}.resid_mid"] = x + attended
+        h = out[f"layers.{i}.mlp_norm"] = rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
+        gate = out[f"layers.{i}.mlp_gate"] = h @ w[p + "mlp.gate_proj.weight"].T
+        up = out[f"layers.{i}.mlp_up"] = h @ w[p + "mlp.up_proj.weight"].T
+        act = out[f"layers.{i}.mlp_act"] = silu(up) * gate if bug == "mlp_operands_swapped" else silu(gate) * up
+        mlp = out[f"layers.{i}.mlp_out"] = act @ w[p + "mlp.down_proj.weight"].T
+        x = out[f"layers.{i}.out"] = x + mlp
+    out["final_norm"] = rms_norm(x, w["model.norm.weight"], eps)
+    out["logits"] = out["final_norm"] @ w["lm_head.weight"].T
+    return out
+
+
+def write_trace(directory: Path, tensors: dict, *, tokens, dtype: str, config: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, value in tensors.items():
+        files[name] = f"{name}.npy"
+        np.save(directory / files[name], np.ascontiguousarray(value))
+    manifest = {"format": "parity-trace/2", "tensors": files,
+                "metadata": {"producer": "numpy_llama.py", "arch": "llama", "dtype": dtype, "tokens": list(tokens),
+                             "config": config}}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--tokens", required=True)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+    parser.add_argument("--bug", choices=("rope_interleaved", "mlp_operands_swapped"))
+    args = parser.parse_args(argv)
+    tokens = [int(t) for t in args.tokens.split(",")]
+    config, weights = load(args.model)
+    tensors = forward(config, weights, tokens, np.dtype(args.dtype), args.bug)
+    write_trace(args.output, tensors, tokens=tokens, dtype=args.dtype, config=config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""parity compare: two traces, checkpoint by checkpoint, calibrated where the reference can be run again.
+
+A reference trace parity captured names the model that made it (`model_path`); when the
+candidate computes at a lower precision than the reference did, that model is captured once
+more at the candidate's precision and every checkpoint is held to the noise it makes, as
+`parity check` does. Otherwise --calibrate REF_LOWP gives that run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from parity.core.trace import Trace
+
+
+class _Captures:
+    """The reference's model captured at a precision, once per (model, tokens, dtype, checkpoints) in a process."""
+
+    def __init__(self) -> None:
+        self._traces: dict[tuple, Trace] = {}
+
+    def __repr__(self) -> str:
+        return f"<_Captures {len(self._traces)}>"
+
+    def __call__(self, model: str, *, tokens: list[int], dtype: str, checkpoints: str | None) -> Trace:
+        from parity.capture.hf.model import capture_hf, quiet_transformers
+
+        key = (str(Path(model).resolve()), tuple(tokens), dtype, checkpoints)
+        if key not in self._traces:
+            quiet_transformers()
+            self._traces[key] = capture_hf(model, tokens=tokens, dtype=dtype, checkpoints=checkpoints)
+        return self._traces[key]
+
+
+_SESSION_REFERENCES = _Captures()
+
+
+def reference_at_candidate_precision(reference: Trace, candidate: Trace, checkpoints: str | None):
+    """(the reference's model run at the candidate's precision, or None; what could not be checked): when the
+    candidate's precision is below the reference trace's and the trace names the model that made it."""
+    from parity.core.results import NotChecked
+    from parity.core.tolerances import lowest_precision
+
+    precision, reference_dtype = candidate.metadata.get("dtype"), reference.metadata.get("dtype")
+    if not precision or not reference_dtype or precision == reference_dtype \
+            or lowest_precision(precision, reference_dtype) != precision:
+        return None, ()
+    model = reference.metadata.get("model_path")
+    if not model or not Path(model).exists() or reference.tokens is None:
+        return None, (NotChecked("calibration", f"the candidate computes in {precision}, below the reference's "
+                                 f"{reference_dtype}, but the reference trace names no model to run at {precision}: "
+                                 "capture the reference at that precision too (parity capture MODEL --dtype "
+                                 f"{precision} -o REF_LOWP) and pass it to calibrate with (--calibrate REF_LOWP; "
+                                 "assert_parity: calibrate=REF_LOWP); the dtype tables' tolerances were used"),)
+    return _SESSION_REFERENCES(model, tokens=list(reference.tokens), dtype=precision, checkpoints=checkpoints), ()
+
+
+
+
+def run_compare(reference_path: str, candidate_path: str, *, calibrate: str | None = None, tolerance=None,
+                checkpoints: str | None = None, strict: frozenset[str] = frozenset()):
+    """The comparison of two traces: calibrated with `calibrate` (the reference run at the candidate's
+    precision), else by running the reference's model again where the reference names it and the candidate's
+    precision is lower; fixed tolerances otherwise (and `tolerance` when given)."""
+    import dataclasses
+
+    from parity.commands.check.run import compare_and_diagnose
+    from parity.commands.options import require_selection
+    from parity.core.calibrate import check_same_tokens, noise_floors
+    from parity.core.compare import CompareConfig
+    from parity.core.errors import OptionError
+    from parity.core.trace import load_trace
+
+    config = CompareConfig(tolerance=tolerance, checkpoints=checkpoints)
+    reference, candidate = load_trace(reference_path), load_trace(candidate_path)
+    require_selection(reference.tensors, checkpoints, reference_path)
+    lowp, not_checked = None, ()
+    if calibrate:
+        if tolerance is not None:
+            raise OptionError("--calibrate sets the tolerances itself; drop --atol/--rtol")
+        lowp = load_trace(calibrate)
+    elif tolerance is None:
+        lowp, not_checked = reference_at_candidate_precision(reference, candidate, checkpoints)
+    if lowp is not None:
+        check_same_tokens(reference, lowp)
+        config = CompareConfig(checkpoints=checkpoints, noise=noise_floors(reference, lowp),
+                               noise_dtype=lowp.metadata.get("dtype") or "float32")
+    comparison = compare_and_diagnose(reference, candidate, config, strict=strict)
+    return dataclasses.replace(comparison, not_checked=tuple(comparison.not_checked) + not_checked) \
+        if not_checked else comparison

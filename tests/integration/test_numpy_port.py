@@ -1,0 +1,55 @@
+"""A port in numpy alone writes a trace directory in its natural layouts (q/k/v [T, H, hd], probabilities
+[H, T, T]): it passes in float32 and float16 as it is, a layout is one note, and real causes still show."""
+
+import json
+
+import pytest
+
+from conftest import ROOT, TOKENS
+from test_cli import TOKEN_ARG, parity
+
+PORT = ROOT / "examples" / "numpy_llama.py"
+
+
+@pytest.fixture(scope="module")
+def traces(model_dirs, tmp_path_factory):
+    import numpy_llama
+
+    directory = tmp_path_factory.mktemp("numpy_port")
+    written = {}
+    for name, dtype, bug in (("float32", "float32", None), ("float16", "float16", None),
+                             ("rope", "float32", "rope_interleaved")):
+        written[name] = directory / name
+        numpy_llama.main([str(model_dirs["llama"]), str(written[name]), "--tokens", TOKEN_ARG, "--dtype", dtype]
+                         + (["--bug", bug] if bug else []))
+    return written
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_the_correct_port_passes_in_its_own_layouts(model_dirs, traces, precision):
+    result = parity("check", model_dirs["llama"], traces[precision], "--tokens", TOKEN_ARG)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert result.stdout.count("adapted (layout)") == 1 and "layout_permuted" not in result.stdout
+    assert "3x the noise of " + precision in " ".join(result.stdout.split())     # calibrated by itself
+
+
+def test_a_rope_pair_layout_bug_is_named_through_the_adapted_layout(model_dirs, traces):
+    result = parity("check", model_dirs["llama"], traces["rope"], "--tokens", TOKEN_ARG, "--json", "-")
+    report = json.loads(result.stdout)
+    assert result.returncode == 1 and report["first_divergence"]["checkpoint"] == "layers.0.q_rope"
+    assert len(report["first_divergence"]["per_position"]) == len(TOKENS)
+    assert [d["cause"] for d in report["diagnoses"]][:1] == ["rope_layout"]
+
+
+def test_strict_layout_fails_the_same_trace(model_dirs, traces):
+    result = parity("check", model_dirs["llama"], traces["float32"], "--tokens", TOKEN_ARG, "--strict", "layout")
+    assert result.returncode == 1 and "not adapted (--strict layout)" in " ".join(result.stdout.split())
+
+
+def test_a_float16_trace_compared_with_a_reference_parity_captured_is_calibrated(model_dirs, traces, tmp_path):
+    reference = tmp_path / "reference.safetensors"
+    assert parity("capture", model_dirs["llama"], "--tokens", TOKEN_ARG, "-o", reference).returncode == 0
+    result = parity("compare", reference, traces["float16"], "--json", "-")
+    assert result.returncode == 0, result.stdout[-2000:]
+    report = json.loads(result.stdout)
+    assert report["calibrated"] and report["checkpoints"][0]["tolerance"]["noise_rel_l2"] is not None
