@@ -6,7 +6,7 @@ Builds a Llama of SmolLM2-135M's shape (random weights, in a temporary directory
 see placement.py) and a candidate factory that loads the same weights with
 transformers onto the device. Then runs, each in a fresh process, as a user does:
 
-    parity check MODEL factory.py:build --tokens ... --device-map DEVICE --decode-steps 0 [--on-device]
+    parity check MODEL factory.py:build --tokens ... --device DEVICE --decode-steps 0 [--on-device]
 
 The candidate is float32, so both runs calibrate (the reference in float64 and
 again in float32). It prints, per mode: wall seconds (median of --repeat, the
@@ -76,7 +76,7 @@ def main() -> None:
         factory = Path(directory) / "factory.py"
         factory.write_text(FACTORY)
         tokens = ",".join(str((7 * i + 3) % 49152) for i in range(args.tokens))
-        common = ["check", str(model), f"{factory}:build", "--tokens", tokens, "--device-map", args.device,
+        common = ["check", str(model), f"{factory}:build", "--tokens", tokens, "--device", args.device,
                   "--decode-steps", "0", "--json", "-"]
         print(f"SmolLM2-135M-shaped model, {args.layers} layers, T={args.tokens}, both on {args.device}", flush=True)
         results = {}

@@ -5,7 +5,7 @@
 Builds a Llama model of SmolLM2-135M's shape (random weights, saved as safetensors
 in a temporary directory), captures it whole on the CPU as the baseline, then
 loads it again through accelerate's big-model inference (`load_model(placement=)`,
-what `--device-map/--max-memory/--offload-dir` do) in each placement this machine
+what `--device/--max-memory/--offload-dir` do) in each placement this machine
 allows:
   - cpu + disk:  a CPU cap far below the model's size, the rest offloaded to disk;
   - cuda:0:      the whole model on the GPU (when there is one; the first run also starts CUDA);

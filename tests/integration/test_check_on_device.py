@@ -63,7 +63,7 @@ def without_notes(report):
 def test_a_correct_port_gets_the_host_passs_report(model_dirs, tmp_path, family, candidate):
     # a model directory as the candidate loads where the reference runs (--device-map), raw outputs included
     spec = model_dirs[family] if candidate == "the model directory" else ROOT / "examples" / candidate
-    host, device, result = both_reports(tmp_path, model_dirs[family], spec, "--device-map", "cpu")
+    host, device, result = both_reports(tmp_path, model_dirs[family], spec, "--device", "cpu")
     assert result.returncode == 0, result.stdout + result.stderr
     assert host["verdict"] == device["verdict"] == "pass"
     assert differences(without_notes(host), without_notes(device)) == []
@@ -142,12 +142,12 @@ def test_on_a_cuda_device_with_decoding(model_dirs, tmp_path):
     (tmp_path / "correct").mkdir()
     (tmp_path / "tiled").mkdir()
     host, device, result = both_reports(tmp_path / "correct", model_dirs["llama"], f"{factory}:correct",
-                                        "--device-map", "cuda:0")
+                                        "--device", "cuda:0")
     assert result.returncode == 0, result.stdout + result.stderr
     assert differences(without_notes(host), without_notes(device)) == []
     assert any("measured on cuda:0" in note for note in device["notes"])
     host, device, result = both_reports(tmp_path / "tiled", model_dirs["llama"], f"{factory}:tiled_heads",
-                                        "--device-map", "cuda:0")
+                                        "--device", "cuda:0")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert device["first_divergence"]["checkpoint"] == host["first_divergence"]["checkpoint"] == "layers.0.attn_probs"
     assert "gqa_head_mapping" in [d["cause"] for d in device["diagnoses"]]

@@ -210,3 +210,28 @@ def test_check_replay_shows_local_against_propagated_error(model_dirs, tmp_path)
     assert blocks[2]["local_rel_l2"] < 1e-5 < blocks[2]["propagated_rel_l2"]
     assert_unusable(parity("check", model_dirs["llama"], report.parent / "nope", "--tokens", "1", "--replay"),
                     "neither an existing trace")
+
+
+@pytest.mark.parametrize("old, new, args", [
+    ("--ids", "--candidate-ids", ["tokens", "{model}", "--prompt", "w1 w2", "--ids", "0,3,4"]),
+    ("--device-map", "--device", ["capture", "{model}", "--tokens", "1,2", "-o", "{out}", "--device-map", "cpu"]),
+])
+def test_an_earlier_spelling_still_works_with_a_note(model_dirs, tmp_path, old, new, args):
+    args = [str(arg).format(model=model_dirs["llama"], out=tmp_path / "t.safetensors") for arg in args]
+    result = parity(*args)
+    assert result.returncode in (0, 1), result.stderr
+    assert f"parity: note: {old} is now {new}; the old spelling goes in the next release" in result.stderr
+
+
+def test_every_command_takes_the_one_vocabulary():
+    from parity.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, parser in commands.items():
+        spelled = {option for action in parser._actions for option in action.option_strings
+                   if action.help != "==SUPPRESS=="}
+        assert "--device-map" not in spelled and "--ids" not in spelled and "--model" not in spelled, name
+        assert "-o" not in spelled or name in ("capture", "repro"), name          # -o is a command's own product
+        if "--reference" in spelled:
+            reference = next(a for a in parser._actions if "--reference" in a.option_strings)
+            assert reference.metavar == "MODEL", name                             # always the reference model

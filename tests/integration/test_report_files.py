@@ -73,7 +73,7 @@ def test_report_paths_are_checked_before_the_run(model_dirs, tmp_path):
 @pytest.mark.slow
 def test_tokens_and_generate_write_reports(model_dirs, tmp_path):
     paths = reports(tmp_path / "tokens")
-    result = parity("tokens", model_dirs["llama"], "--prompt", "w1 w2 w3", "--ids", "0,1,2,3,4", *options(paths))
+    result = parity("tokens", model_dirs["llama"], "--prompt", "w1 w2 w3", "--candidate-ids", "0,1,2,3,4", *options(paths))
     assert result.returncode == 1, result.stderr
     assert "tokenize identically" in paths["--html"].read_text()
     assert ET.parse(paths["--junit"]).getroot().find("testsuite").get("name") == "parity.tokenizer"

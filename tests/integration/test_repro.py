@@ -36,7 +36,7 @@ def test_repro_of_a_norm_epsilon_bug_round_trip(model_dirs, tmp_path):
     assert json.loads(report.read_text())["reference"]["source"].endswith("reference.safetensors")
 
     directory = tmp_path / "repro"
-    written = parity("repro", report, "-o", directory, "--model", model_dirs["llama"])
+    written = parity("repro", report, "-o", directory, "--reference", model_dirs["llama"])
     assert written.returncode == 0, written.stderr
     assert "wrote layers.0.attn_norm alone" in written.stdout
     assert {p.name for p in directory.iterdir()} == {"inputs.safetensors", "expected.safetensors", "candidate.safetensors",
@@ -58,4 +58,4 @@ def test_repro_needs_to_know_where_the_reference_is(model_dirs, tmp_path):
     parity("check", model_dirs["llama"], f"{ROOT / 'examples/llama_port.py'}:build", "--tokens", TOKEN_ARG,
            "--json", report)
     assert_unusable(parity("repro", report, "-o", tmp_path / "x"), "there is no divergence to reproduce")
-    assert_unusable(parity("repro", report, "-o", tmp_path / "x", "--checkpoint", "layers.0.q"), "pass --reference")
+    assert_unusable(parity("repro", report, "-o", tmp_path / "x", "--checkpoint", "layers.0.q"), "pass --reference-trace")

@@ -36,7 +36,7 @@ def factory(tmp_path, bugs: str = "") -> str:
 @pytest.mark.slow
 def test_a_correct_model_passes_in_one_line_and_writes_the_json(tmp_path):
     out = tmp_path / "results.json"
-    result = parity("sanity", factory(tmp_path), "-o", out)
+    result = parity("sanity", factory(tmp_path), "--json", out)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"All 11 tests passed - results in {out}"
     data = json.loads(out.read_text())
@@ -58,7 +58,7 @@ def test_unusable_input_exits_2_in_one_line(tmp_path):
     out = tmp_path / "results.json"
     out.write_text("{}")
     for args, words in ((("no_such_file.py:build",), "no such file"),
-                        ((factory(tmp_path), "-o", out), "exists; choose another -o path or pass --force"),
+                        ((factory(tmp_path), "--json", out), "exists; choose another --json path or pass --force"),
                         ((factory(tmp_path), "--rtol", "1e-3"), "--rtol was given without --atol")):
         result = parity("sanity", *args, cwd=tmp_path)
         assert result.returncode == 2, result.stdout + result.stderr

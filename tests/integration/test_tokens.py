@@ -66,8 +66,8 @@ def test_ids_from_another_program(tokenizer_dir, tmp_path):
                             "--json", "-").stdout)["texts"][0]["reference_ids"]
     written = tmp_path / "ids.json"
     written.write_text(json.dumps(ids))
-    assert parity("tokens", tokenizer_dir, "--prompt", TEXT, "--ids", f"@{written}").returncode == 0
+    assert parity("tokens", tokenizer_dir, "--prompt", TEXT, "--candidate-ids", f"@{written}").returncode == 0
     doubled = ",".join(map(str, [ids[0]] + ids))
-    assert "extra_bos" in parity("tokens", tokenizer_dir, "--prompt", TEXT, "--ids", doubled).stdout
-    assert_unusable(parity("tokens", tokenizer_dir, "--ids", "1,2"), "--ids are for one text")
-    assert_unusable(parity("tokens", tokenizer_dir, "--prompt", TEXT, "--ids", "1,x"), "must be integers")
+    assert "extra_bos" in parity("tokens", tokenizer_dir, "--prompt", TEXT, "--candidate-ids", doubled).stdout
+    assert_unusable(parity("tokens", tokenizer_dir, "--candidate-ids", "1,2"), "--candidate-ids are for one text")
+    assert_unusable(parity("tokens", tokenizer_dir, "--prompt", TEXT, "--candidate-ids", "1,x"), "must be integers")

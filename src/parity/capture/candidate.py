@@ -171,6 +171,10 @@ class Candidate:
         self.require("trace", "a checkpoint comparison")
         raise NotImplementedError
 
+    def tokenize(self, text: str) -> list[int]:
+        """The candidate's own token ids for `text`, where it has a tokenizer."""
+        raise OptionError(f"the candidate {self.spec} has no tokenizer of its own: give --tokens")
+
     def logits(self, ids: list[int]) -> np.ndarray:
         """Logits at every position of one pass over `ids`: (T, V) float64."""
         self.require("logits", "running it on token ids")

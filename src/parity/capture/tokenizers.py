@@ -118,7 +118,7 @@ class FixedIds:
         return f"<FixedIds {len(self.ids)} ids>"
 
     def __post_init__(self) -> None:
-        check_ids(self.ids, self.vocabulary, "--ids holds")
+        check_ids(self.ids, self.vocabulary, "--candidate-ids holds")
 
     def encode(self, text: str) -> list[int]:
         return list(self.ids)
@@ -151,15 +151,17 @@ def read_ids(spec: str) -> list[int]:
     """'1,2,3', or '@file' holding a JSON list or whitespace/comma-separated integers."""
     from parity.core.text_input import read_text
 
-    text = read_text(spec[1:], what="--ids @FILE") if spec.startswith("@") else spec
+    text = read_text(spec[1:], what="--candidate-ids @FILE") if spec.startswith("@") else spec
     cleaned = text.strip().strip("[]").replace(",", " ").split()
     try:
         ids = [int(part) for part in cleaned]
     except ValueError:
-        raise OptionError(f"--ids must be integers (comma- or space-separated, or a JSON list), got {text[:40]!r}") from None
+        raise OptionError(f"--candidate-ids must be integers (comma- or space-separated, or a JSON list), got "
+                          f"{text[:40]!r}") from None
     if not ids:
-        raise OptionError("--ids is empty; give the candidate's token ids, e.g. --ids 1,2,3 or --ids @ids.json")
+        raise OptionError("--candidate-ids is empty; give the candidate's token ids, e.g. --candidate-ids 1,2,3 or "
+                          "--candidate-ids @ids.json")
     negative = next((i for i in ids if i < 0), None)
     if negative is not None:
-        raise OptionError(f"--ids holds the negative id {negative}; give token ids of 0 or more")
+        raise OptionError(f"--candidate-ids holds the negative id {negative}; give token ids of 0 or more")
     return ids

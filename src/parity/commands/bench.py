@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from parity.commands import options as cli_options
 from parity.core.errors import CaptureError, OptionError
 
 
@@ -54,6 +55,55 @@ class BenchReport:
     def to_dict(self) -> dict[str, Any]:
         return {"options": self.options, "reference": self.reference, "candidate": self.candidate,
                 "speedup": {"prefill": self.ratio("prefill_tokens_per_s"), "decode": self.ratio("decode_tokens_per_s")}}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", metavar="MODEL", nargs="?", help="reference model directory or .gguf file")
+    parser.add_argument("candidate", metavar="CANDIDATE", nargs="?",
+                        help="llamacpp:FILE.gguf, FILE.py:FACTORY, or a model directory or .gguf")
+    parser.add_argument("--prompt-tokens", type=cli_options.positive_int, default=128,
+                        help="prefill length (default 128)")
+    parser.add_argument("--decode-tokens", type=cli_options.count, default=32,
+                        help="tokens decoded one at a time (default 32)")
+    parser.add_argument("--repeats", type=cli_options.positive_int, default=5,
+                        help="timed repeats (default 5; the median is reported)")
+    parser.add_argument("--warmup", type=cli_options.count, default=1, help="untimed repeats first (default 1)")
+    parser.add_argument("--threads", type=cli_options.positive_int, help="threads for both sides (default: every core)")
+    parser.add_argument("--dtype", choices=cli_options.DTYPES, help="the transformers side's precision (default float32)")
+    parser.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    parser.add_argument("--json", metavar="OUT", help="also write the JSON here ('-' for standard output only)")
+    parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
+
+
+def run(args) -> int:
+    """Time prefill and decode (tokens/s) and peak memory of a candidate against the reference.
+
+    MODEL is the reference (a model directory or .gguf, in transformers at
+    --dtype). CANDIDATE is llamacpp:FILE.gguf, FILE.py:FACTORY (a torch module;
+    decoding is timed where its forward takes a cache, docs/porting.md; the
+    factory gets MODEL's path), or another model directory. Each side runs in its
+    own process with the same threads and the same token ids; medians after
+    warm-up. With no arguments: SmolLM2 in transformers against the same GGUF in
+    llama.cpp.
+    """
+    from parity.commands.defaults import default_pair
+    from parity.commands.output import EXIT_PASS, progress
+    from parity.report import bench as report
+
+    default_pair(args, prompt=False, what="time against MODEL")
+    settings = BenchOptions(prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens, repeats=args.repeats,
+                            warmup=args.warmup, dtype=args.dtype or "float32",
+                            device=cli_options.torch_device(args.device),
+                            **({"threads": args.threads} if args.threads else {}))
+    with progress() as steps:
+        result = run_bench(args.model, args.candidate, settings, steps)
+    if args.json == "-":
+        print(report.dumps(result))
+        return EXIT_PASS
+    if args.json:
+        report.write(result, args.json, overwrite=args.force)
+    print(report.render(result))
+    return EXIT_PASS
 
 
 def run_bench(model: str, candidate: str, options: BenchOptions = BenchOptions(), progress=None) -> BenchReport:

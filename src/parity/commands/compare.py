@@ -10,7 +10,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from parity.commands import options
+from parity.commands.output import finish, numeric_warnings_off
 from parity.core.trace import Trace
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("reference", metavar="REF", help="the reference trace")
+    parser.add_argument("candidate", metavar="CAND", help="the candidate trace")
+    parser.add_argument("--calibrate", metavar="REF_LOWP", help="the reference run at the candidate's precision")
+    options.add_tolerances(parser)
+    options.add_reports(parser)
+
+
+def run(args) -> int:
+    """Compare two traces checkpoint by checkpoint and report where they first part ways.
+
+    REF and CAND are traces: .safetensors, .npz, or a directory of .npy files
+    with manifest.json (see docs/trace-format.md). When CAND computed at a lower
+    precision than REF and REF was captured by parity (it names its model), the
+    model runs again at CAND's precision and each checkpoint is held to the noise
+    that precision produces there, as check does; --calibrate REF_LOWP gives that
+    run instead (the reference at the candidate's precision).
+    """
+    from parity.core.tolerances import user_tolerance
+
+    with numeric_warnings_off():  # non-finite values are counted in the report, not warned about
+        comparison = run_compare(args.reference, args.candidate, calibrate=args.calibrate,
+                                 tolerance=user_tolerance(args.atol, args.rtol), checkpoints=args.checkpoints,
+                                 strict=args.strict)
+    return finish(comparison, args)
 
 
 class _Captures:

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parity.capture.candidate import CandidateContext, open_candidate
+from parity.commands import options
+from parity.commands.defaults import default_pair
+from parity.commands.output import finish, progress
 from parity.core.errors import OptionError
 from parity.core.generation import (GenerationComparison, check_sampler, first_divergence, greedy,
                                     teacher_forced)
@@ -30,6 +33,44 @@ class GenerateOptions:
 
     def __repr__(self) -> str:
         return f"<GenerateOptions {self.model} vs {self.candidate}, {self.count} tokens>"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", metavar="MODEL", nargs="?", help="reference model directory or .gguf file")
+    parser.add_argument("candidate", metavar="CANDIDATE", nargs="?",
+                        help="llamacpp:FILE.gguf, a model directory or .gguf, or FILE.py:FACTORY")
+    options.add_input(parser, dtype_help="both sides' precision where it is chosen (default float32)")
+    parser.add_argument("-n", "--max-tokens", type=options.positive_int, default=32,
+                        help="tokens to generate (default 32)")
+    parser.add_argument("--sampler", type=options.function_spec,
+                        help="FILE.py:FUNCTION(logits, temperature, top_k, top_p) -> probabilities")
+    parser.add_argument("--temperature", type=options.positive, default=1.0, help="for the sampler check")
+    parser.add_argument("--top-k", type=options.positive_int, help="for the sampler check")
+    parser.add_argument("--top-p", type=options.probability, help="for the sampler check")
+    options.add_reports(parser)
+
+
+def run(args) -> int:
+    """Greedy-decode with the reference and a candidate, and compare what they generate.
+
+    Reports the first step where the two pick different tokens, with the
+    reference's top-5 and the margin between its top two there, so that a near
+    tie (a flip noise can cause) is told apart from a real divergence. Then
+    scores the reference's continuation on both sides (teacher-forced): per
+    position KL divergence and top-1 / top-5 agreement. With --sampler
+    FILE.py:FUNCTION(logits, temperature, top_k, top_p) -> probabilities, also
+    compares the candidate's sampler with the reference sampler on the same logits.
+    CANDIDATE is llamacpp:FILE.gguf, a model directory or .gguf, or FILE.py:FACTORY.
+    With no arguments: SmolLM2 in transformers against llama.cpp, 32 tokens.
+    """
+    default_pair(args)
+    generate = GenerateOptions(model=args.model, candidate=args.candidate, prompt=args.prompt,
+                               tokens=options.token_ids(args.tokens), count=args.max_tokens,
+                               dtype=args.dtype or "float32", sampler=args.sampler, temperature=args.temperature,
+                               top_k=args.top_k, top_p=args.top_p)
+    with progress() as steps:
+        comparison = run_generate(generate, steps)
+    return finish(comparison, args)
 
 
 def run_generate(options: GenerateOptions, progress) -> GenerationComparison:

@@ -1,4 +1,18 @@
-"""The command line's values, checked before any work starts.
+"""The command line's one vocabulary: the options commands share, their values checked before any work starts.
+
+An option means one thing in every command that takes it:
+
+    --prompt TEXT / --tokens 1,2,3   the input, tokenized by the reference's tokenizer or fed as given
+    --dtype D                       the precision the reference (the models, for sanity and bench) runs at
+    --device D                      where models run: cpu, cuda, cuda:N, or accelerate's auto/balanced/sequential
+    --reference MODEL               the reference model, where it is not the first argument
+    --json OUT                      the JSON report ('-': standard output alone); --html, --junit, --markdown
+    -o / --output PATH              the command's own product: a trace, a directory of files
+    --force                         replace output files that exist
+    --checkpoints GLOBS             only these checkpoints
+
+Spellings of earlier releases (--device-map, sanity's -o OUT.json, repro's --model and
+--reference TRACE, tokens' --ids) are hidden aliases for one release, with a note.
 
 Each `type=` function below turns one option's text into its value or raises
 argparse.ArgumentTypeError, which the parser prints as one line naming the
@@ -167,15 +181,117 @@ def _is_int(text: str) -> bool:
     return True
 
 
+# --- the options several commands share -----------------------------------------------
+
+DTYPES = ("float64", "float32", "bfloat16", "float16")
+
+
+class Deprecated(argparse.Action):
+    """An earlier release's spelling of an option: stored as the new one, with a note to say so."""
+
+    def __init__(self, option_strings, dest, *, new: str, nargs=None, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=nargs, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        notes = getattr(namespace, "deprecations", None) or []
+        notes.append(f"{option_string} is now {self.new}; the old spelling goes in the next release")
+        namespace.deprecations = notes
+
+
+def deprecated(parser, old: str, new: str, dest: str, **kwargs) -> None:
+    parser.add_argument(old, dest=dest, action=Deprecated, new=new, **kwargs)
+
+
+def add_input(parser, *, dtype_help: str = "the reference's precision (default float32)") -> None:
+    """--prompt, --tokens, --dtype and where the reference runs (--device, --max-memory, --offload-dir)."""
+    parser.add_argument("--prompt", help="text to tokenize with the reference's tokenizer")
+    parser.add_argument("--tokens", help="token ids, fed as given: 1,2,3")
+    parser.add_argument("--dtype", choices=DTYPES, help=dtype_help)
+    parser.add_argument("--device", help="where the reference runs: cpu, cuda:N, or accelerate's auto, balanced, "
+                                         "sequential")
+    deprecated(parser, "--device-map", "--device", "device")
+    parser.add_argument("--max-memory", help="memory per device, e.g. cpu=2GiB,0=20GiB (implies --device auto)")
+    parser.add_argument("--offload-dir", help="where weights beyond --max-memory are offloaded to disk")
+
+
+def add_tolerances(parser) -> None:
+    parser.add_argument("--atol", type=tolerance, help="absolute tolerance for every checkpoint (needs --rtol)")
+    parser.add_argument("--rtol", type=tolerance, help="relative tolerance for every checkpoint (needs --atol)")
+    parser.add_argument("--checkpoints", metavar="GLOB", type=checkpoint_globs,
+                        help="only these checkpoints, e.g. 'layers.*.q,logits'")
+    parser.add_argument("--strict", type=conventions, nargs="?", const=conventions("all"), default=frozenset(),
+                        metavar="CONVENTIONS", help="hold these conventions as failures instead of adapting them: "
+                                                    "layout, vocab_padding, logit_shift, residual_pair (default: all)")
+
+
+def add_reports(parser, *, files: bool = True) -> None:
+    """--json, --force, and (where the result has them) --html, --junit, --markdown."""
+    parser.add_argument("--json", metavar="OUT", help="also write the JSON report here ('-' for standard output only)")
+    parser.add_argument("--force", action="store_true", help="replace output files that exist")
+    if files:
+        parser.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML report here")
+        parser.add_argument("--junit", metavar="OUT.xml", help="also write a JUnit XML report here (for CI)")
+        parser.add_argument("--markdown", metavar="OUT.md",
+                            help="also write a short Markdown summary here (CI step summary, PR comment)")
+
+
+def torch_device(device: str | None) -> str:
+    """The device asked for, checked: 'cpu', 'cuda', 'cuda:1', 'mps'."""
+    if device is None or device == "cpu":
+        return "cpu"
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise OptionError(f"--device {device} is not a torch device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    return device
+
+
+def placement(args):
+    """Where the reference runs (accelerate's big-model inference), from --device, --max-memory, --offload-dir."""
+    from parity.capture.hf.placement import placement_from_options
+
+    return placement_from_options(args.device, args.max_memory, args.offload_dir)
+
+
+def one_input(prompt, tokens) -> None:
+    if (prompt is None) == (tokens is None):
+        raise OptionError("give exactly one of --prompt TEXT or --tokens 1,2,3")
+
+
+def int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise OptionError(f"{option} must be comma-separated integers like 1,13,64, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise OptionError(f"{option} needs positive integers, got '{text}'")
+    return values
+
+
+def dtype_list(text: str) -> tuple[str, ...]:
+    dtypes = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [dtype for dtype in dtypes if dtype not in DTYPES]
+    if unknown or not dtypes:
+        raise OptionError(f"--dtypes: unknown {', '.join(unknown) or 'empty list'}; choose from float32, bfloat16, "
+                          "float16, float64")
+    return dtypes
+
+
 # --- the paths a command writes -----------------------------------------------------
 
 
 def check_outputs(args) -> None:
     """Check every output of the parsed command before it runs; raises OutputError saying how to fix it."""
+    from parity.report import files
+
     overwrite = bool(getattr(args, "force", False))
-    json_path = getattr(args, "json", None)
-    if json_path is not None and json_path != "-":
-        check_output_path(json_path, overwrite=overwrite, option="--json")
+    files.check({option: getattr(args, option, None) for option in ("json", *files.FORMATS)}, overwrite=overwrite)
     kind = getattr(args, "output_kind", None)
     if kind == "trace":
         check_trace_output(args.output, overwrite=overwrite, option="-o")

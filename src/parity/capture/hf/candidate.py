@@ -11,16 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from parity.capture.candidate import CandidateContext, TraceRequest, register_candidate
+from parity.capture.hf.model import is_model_path
 from parity.capture.torch.candidate import TorchCandidate
 from parity.core.trace import Trace
-
-
-def is_model_path(spec: Any) -> bool:
-    """A .gguf file or a directory with config.json."""
-    if not isinstance(spec, (str, Path)):
-        return False
-    path = Path(spec)
-    return (path.is_file() and path.suffix == ".gguf") or (path.is_dir() and (path / "config.json").is_file())
 
 
 @register_candidate
@@ -68,6 +61,9 @@ class HFCandidate(TorchCandidate):
             progress.step(f"capturing the candidate {Path(self.spec).name} over {len(tokens)} tokens")
         return self.hf.capture(tokens, checkpoints=request.checkpoints, prompt=request.prompt,
                                weights=request.weights, raw=request.raw)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.hf.tokenize(text)
 
     def taps(self, taps=None):
         return taps or self.hf.mapping.taps

@@ -147,6 +147,14 @@ class HFModel:
         }
 
 
+def is_model_path(spec: Any) -> bool:
+    """A .gguf file or a directory with config.json: what transformers loads."""
+    if not isinstance(spec, (str, Path)):
+        return False
+    path = Path(spec)
+    return (path.is_file() and path.suffix == ".gguf") or (path.is_dir() and (path / "config.json").is_file())
+
+
 def _from_pretrained_args(path: Path) -> tuple[str, dict]:
     if path.suffix == ".gguf":
         require("gguf", extra="hf", purpose="loading a .gguf file in transformers")

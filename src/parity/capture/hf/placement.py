@@ -1,7 +1,7 @@
 """Where the reference's weights live: for models larger than the machine.
 
 The reference is loaded through accelerate's big-model inference, an existing
-engine rather than sharding of our own: `--device-map auto` spreads the layers
+engine rather than sharding of our own: `--device auto` spreads the layers
 over the GPUs, the CPU and, past `--max-memory`, the disk (`--offload-dir`).
 parity's hooks sit on the modules themselves, so every checkpoint is captured
 wherever the module runs.
@@ -46,10 +46,10 @@ class Placement:
 
 
 def placement_from_options(device_map: str | None, max_memory: str | None, offload_dir: str | None) -> Placement:
-    """Validate --device-map, --max-memory and --offload-dir; one-line errors saying how to fix them."""
+    """Validate --device, --max-memory and --offload-dir; one-line errors saying how to fix them."""
     if device_map is not None and device_map not in _DEVICE_MAPS and not re.fullmatch(r"cpu|cuda(:\d+)?|mps|\d+",
                                                                                        device_map):
-        raise OptionError(f"--device-map {device_map!r} is not a strategy ({', '.join(_DEVICE_MAPS)}) "
+        raise OptionError(f"--device {device_map!r} is not a strategy ({', '.join(_DEVICE_MAPS)}) "
                           "nor a device (cpu, cuda:0)")
     budget = _parse_max_memory(max_memory) if max_memory is not None else ()
     if offload_dir is not None:

