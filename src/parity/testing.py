@@ -76,7 +76,7 @@ def assert_parity(reference, candidate, *, prompt: str | None = None, tokens: li
                 config = _calibrated(reference_trace, lowp, config)
         elif calibrate not in (True, False, None):
             config = _calibrated(reference_trace, _trace(calibrate, "calibrate"), config)
-        from parity.commands.check.run import compare_and_diagnose
+        from parity.commands.check.pipeline import compare_and_diagnose
 
         result = compare_and_diagnose(reference_trace, candidate_trace, config)
         if not_checked:
@@ -216,7 +216,7 @@ def _calibrated(reference: Trace, lowp: Trace, config: CompareConfig) -> Compare
 
 
 def _check_model(model, candidate, **options):
-    from parity.commands.check.run import CheckOptions, run_check
+    from parity.commands.check.pipeline import CheckOptions, run_check
 
     if isinstance(candidate, Trace):
         if not candidate.source or not Path(candidate.source).exists():

@@ -64,7 +64,8 @@ def test_what_it_cannot_do_is_said_by_the_protocol(saved_reference):
     with open_candidate(f"scaled:1:{saved_reference}") as candidate:
         assert candidate.supports("trace") is None
         assert candidate.supports("decode") == ("the candidate is scaled:FACTOR:TRACE: it gives no token-by-token "
-                                                "decoding through its own cache")
+                                                "decoding through its own cache (llamacpp:FILE.gguf, a model "
+                                                "directory or .gguf, FILE.py:FACTORY do)")
     with pytest.raises(Exception, match="gives no logits for any token ids"):
         with open_candidate(f"scaled:1:{saved_reference}", needs=("logits",)):
             pass
@@ -80,6 +81,7 @@ def test_parity_check_runs_the_new_backend(model_dirs, saved_reference, factor, 
     report = json.loads(capsys.readouterr().out)
     assert exit_code == code
     not_checked = {item["check"]: item["reason"] for item in report["not_checked"]}
-    assert not_checked["decode"] == "the candidate is scaled:FACTOR:TRACE: it gives no logits for any token ids"
+    assert not_checked["decode"].startswith("the candidate is scaled:FACTOR:TRACE: it gives no logits for any "
+                                            "token ids (llamacpp:FILE.gguf")
     if code:
         assert report["first_divergence"]["checkpoint"] == "embed"

@@ -140,7 +140,9 @@ class Candidate:
             raise ValueError(f"unknown capability {capability!r}; one of {', '.join(CAPABILITIES)}")
         if capability in self.capabilities:
             return None
-        return f"the candidate is {self.nature or self.written}: it gives no {CAPABILITIES[capability]}"
+        offering = _offering(capability)
+        return (f"the candidate is {self.nature or self.written}: it gives no {CAPABILITIES[capability]}"
+                + (f" ({offering} do)" if offering else ""))
 
     def require(self, capability: str, why: str, **context: Any) -> None:
         """Raise OptionError saying what `why` needs, when the candidate cannot give `capability`."""

@@ -93,7 +93,7 @@ def run_compare(reference_path: str, candidate_path: str, *, calibrate: str | No
     precision is lower; fixed tolerances otherwise (and `tolerance` when given)."""
     import dataclasses
 
-    from parity.commands.check.run import compare_and_diagnose
+    from parity.commands.check.pipeline import compare_and_diagnose
     from parity.commands.options import require_selection
     from parity.core.calibrate import check_same_tokens, noise_floors
     from parity.core.compare import CompareConfig

@@ -41,7 +41,7 @@ def _gguf(family: str, outtype: str, **overrides):
 
 
 def _check(reference, gguf, **options):
-    from parity.commands.check.run import CheckOptions, run_check
+    from parity.commands.check.pipeline import CheckOptions, run_check
 
     return run_check(CheckOptions(model=str(reference), candidate=f"llamacpp:{gguf}", tokens=TOKENS,
                                   decode_steps=options.pop("decode_steps", 0), **options))

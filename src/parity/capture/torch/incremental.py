@@ -218,8 +218,10 @@ def attention_mask_support(model) -> str | None:
     if any(p.name == "attention_mask" for p in parameters):
         return None
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return "its forward takes attention_mask only through **kwargs, which may drop it: name the parameter"
-    return "its forward takes no attention_mask"
+        return ("its forward takes attention_mask only through **kwargs, which may drop it: name the parameter "
+                "to check padded batches")
+    return ("its forward takes no attention_mask: add one, forward(ids, ..., attention_mask=None) with 1 for a "
+            "token and 0 for padding, to check padded batches")
 
 
 def padded_batch_logits(model, prompt: list[int], other: list[int], pad: int, side: str) -> np.ndarray:

@@ -68,7 +68,7 @@ def run(args) -> int:
     precision and every checkpoint is held to the noise it produces (see
     docs/tolerances.md); --no-calibrate, or --atol/--rtol, turn this off.
     """
-    from parity.commands.check.run import CheckOptions, run_check
+    from parity.commands.check.pipeline import CheckOptions, run_check
     from parity.core.tolerances import user_tolerance
 
     default_pair(args)
