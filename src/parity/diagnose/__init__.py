@@ -44,7 +44,7 @@ def register(cause: str) -> Callable[[Detector], Detector]:
 def diagnose(comparison: Comparison, reference: Trace, candidate: Trace) -> Comparison:
     """The comparison with the diagnoses and notes of every detector that applies."""
     from parity.diagnose import attention, layers, noise, rounding, values, weights  # noqa: F401  (register them)
-    from parity.diagnose import attention_math, biases, block_input, ops, rope_base  # noqa: F401
+    from parity.diagnose import attention_math, biases, block_input, ops, rope  # noqa: F401
     from parity.diagnose import embedding_scale, post_norm, router, sliding_window  # noqa: F401  (family-specific causes)
     from parity.diagnose.context import Context, model_config
 

@@ -1,8 +1,7 @@
-"""Detectors for attention: causal_mask, gqa_head_mapping, rope_layout, rope_position_offset.
+"""Detectors for attention: causal_mask and gqa_head_mapping (RoPE's causes are in rope.py).
 
-The RoPE and GQA detectors recompute the step from the reference's own inputs to
-it (q and k before RoPE; q and k after RoPE) under the alternative hypothesis,
-and report only when that reproduces the candidate.
+The GQA detector recomputes the step from the reference's own q and k after RoPE under
+the alternative hypothesis, and reports only when that reproduces the candidate.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from parity.core.results import Diagnosis
 from parity.diagnose import register
 from parity.diagnose.context import Context, matches, reproduces, widened
 
-MAX_OFFSET = 4
 FUTURE_MASS = 1e-3  # attention probability above the diagonal that is more than rounding
 
 
@@ -52,61 +50,6 @@ def apply_rope(x: np.ndarray, head_dim: int, theta: float, positions: np.ndarray
         first, second = heads[..., : head_dim // 2], heads[..., head_dim // 2:]
         rotated = np.concatenate((first * cos - second * sin, first * sin + second * cos), axis=-1)
     return rotated.reshape(count, -1)
-
-
-def _rope_input(context: Context, name: str) -> np.ndarray | None:
-    checkpoint = parse(name)
-    prefix = f"layers.{checkpoint.layer}.{checkpoint.kind[0]}"           # q or k
-    for source in (f"{prefix}_norm", prefix):
-        if source in context.reference:
-            return widened(context.reference[source])
-    return None
-
-
-def _rope_focus(context: Context):
-    config = context.config
-    if not config.rope_theta or not config.head_dim:
-        return
-    for name, _, reference, candidate in context.focused("q_rope", "k_rope"):
-        source = _rope_input(context, name)
-        if source is not None and source.shape == reference.shape:
-            yield name, source, (reference, candidate)
-
-
-@register("rope_layout")
-def rope_layout(context: Context):
-    config = context.config
-    for name, source, (reference, candidate) in _rope_focus(context):
-        positions = np.arange(reference.shape[0])
-        for layout, other in (("adjacent", "half"), ("half", "adjacent")):
-            if not reproduces(reference, apply_rope(source, config.head_dim, config.rope_theta, positions, other)):
-                continue  # the reference does not use `other`
-            hypothesis = apply_rope(source, config.head_dim, config.rope_theta, positions, layout)
-            residual = matches(candidate, hypothesis, reference)
-            if residual is not None:
-                described = {"adjacent": "adjacent pairs (2i, 2i+1)", "half": "halves (i, i + head_dim/2)"}
-                yield Diagnosis("rope_layout", name,
-                                f"the candidate's {name} is the reference's input rotated in {described[layout]} where "
-                                f"the reference rotates {described[other]} (rel error {residual:.2g}); a GGUF or "
-                                "checkpoint conversion permutes q/k rows for exactly this reason")
-                return
-
-
-@register("rope_position_offset")
-def rope_position_offset(context: Context):
-    config = context.config
-    for name, source, (reference, candidate) in _rope_focus(context):
-        positions = np.arange(reference.shape[0])
-        for offset in sorted(range(-MAX_OFFSET, MAX_OFFSET + 1), key=abs):
-            if offset == 0:
-                continue
-            hypothesis = apply_rope(source, config.head_dim, config.rope_theta, positions + offset, "half")
-            residual = matches(candidate, hypothesis, reference)
-            if residual is not None:
-                yield Diagnosis("rope_position_offset", name,
-                                f"the candidate rotates position t as t{offset:+d} (rel error {residual:.2g}); "
-                                "positions start at the wrong index (a cache offset, or an extra token counted)")
-                return
 
 
 def attention_probabilities(q: np.ndarray, k: np.ndarray, heads: int, kv_heads: int, head_dim: int,

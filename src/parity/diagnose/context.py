@@ -29,6 +29,11 @@ class ModelConfig:
     norm_eps: float | None = None
     norm: str = "rms"            # "rms" or "layer"
     activation: str | None = None  # "silu", "gelu_tanh", "gelu"
+    hidden: int | None = None    # hidden_size: one of the widths a scale factor is matched with
+    layers: int | None = None    # num_hidden_layers
+    # the config as the reference's trace records it (RoPE parameters per layer, layer types, ...)
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+    architecture: dict = field(default_factory=dict, compare=False, repr=False)  # the trace's per-layer facts
 
     def __repr__(self) -> str:
         return f"<ModelConfig heads={self.heads}/{self.kv_heads} head_dim={self.head_dim} eps={self.norm_eps}>"
@@ -42,6 +47,7 @@ def model_config(trace: Trace) -> ModelConfig:
     rope_type = rope.get("rope_type", (config.get("rope_scaling") or {}).get("rope_type", "default"))
     gpt2 = config.get("model_type") == "gpt2"
     activation = config.get("hidden_act") or config.get("activation_function")
+    architecture = trace.metadata.get("architecture")
     return ModelConfig(
         heads=heads,
         kv_heads=config.get("num_key_value_heads") or heads,
@@ -50,7 +56,19 @@ def model_config(trace: Trace) -> ModelConfig:
         norm_eps=config.get("rms_norm_eps") or config.get("layer_norm_epsilon"),
         norm="layer" if gpt2 else "rms",
         activation={"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}.get(activation, activation),
+        hidden=width,
+        layers=config.get("num_hidden_layers") or config.get("n_layer"),
+        raw=dict(config),
+        architecture=architecture if isinstance(architecture, dict) else {},
     )
+
+
+def layer_facts(config: ModelConfig, layer: int | None) -> dict:
+    """What the reference's trace records of one layer (`architecture.layers[i]`: window, rotary_dim, ...)."""
+    layers = config.architecture.get("layers")
+    if layer is None or not isinstance(layers, list) or layer >= len(layers) or not isinstance(layers[layer], dict):
+        return {}
+    return layers[layer]
 
 
 @dataclass(frozen=True)
@@ -59,9 +77,27 @@ class Context:
     reference: Trace
     candidate: Trace
     config: ModelConfig = field(default_factory=ModelConfig)
+    # fits shared by several detectors (a RoPE fit, a norm's weights), computed once per diagnosis
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
+    # hypotheses tried and how near each came: (checkpoint, what, rel_l2 left, rel_l2 before), for no_known_cause
+    tried: list = field(default_factory=list, compare=False, repr=False)
 
     def __repr__(self) -> str:
         return f"<Context {self.comparison!r}>"
+
+    def remember(self, key, compute):
+        """compute() once per diagnosis for `key`."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+    def consider(self, name: str, what: str, candidate: np.ndarray, hypothesis: np.ndarray,
+                 reference: np.ndarray) -> float | None:
+        """matches(candidate, hypothesis, reference), with the attempt kept as a near miss for no_known_cause."""
+        found = matches(candidate, hypothesis, reference)
+        if hypothesis.shape == candidate.shape and np.all(np.isfinite(hypothesis)):
+            self.tried.append((name, what, rel_l2(hypothesis, candidate), rel_l2(reference, candidate)))
+        return found
 
     @property
     def focus(self) -> list[str]:
