@@ -1,4 +1,5 @@
-"""Detectors for attention: causal_mask and gqa_head_mapping (RoPE's causes are in rope.py).
+"""gqa_head_mapping, and the RoPE and attention helpers other detectors share (RoPE's causes are in
+rope.py, the mask's in masks.py).
 
 The GQA detector recomputes the step from the reference's own q and k after RoPE under
 the alternative hypothesis, and reports only when that reproduces the candidate.
@@ -11,29 +12,7 @@ import numpy as np
 from parity.core.names import parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, matches, reproduces, widened
-
-FUTURE_MASS = 1e-3  # attention probability above the diagonal that is more than rounding
-
-
-@register("causal_mask")
-def causal_mask(context: Context):
-    """Future positions attended: probability above the diagonal where the reference has none."""
-    for name, _, reference, candidate in context.focused("attn_probs"):  # (H, T, S)
-        future = np.triu(np.ones(reference.shape[-2:], dtype=bool), k=1 + reference.shape[-1] - reference.shape[-2])
-        if np.abs(reference[:, future]).max(initial=0.0) > FUTURE_MASS:
-            continue  # the reference itself is not causal here
-        mass = (candidate * future).sum(-1)                             # (H, T) probability on future keys
-        if mass.max(initial=0.0) > FUTURE_MASS:
-            head, position = np.unravel_index(int(np.argmax(mass)), mass.shape)
-            yield Diagnosis("causal_mask", name,
-                            f"the candidate attends to future positions: up to {mass.max():.3g} of the probability "
-                            f"(head {head}, query position {position}) lies above the diagonal, where the "
-                            "reference has none; the causal mask is missing or misplaced")
-            return
-    from parity.diagnose.attention_math import causal_mask_from_context
-
-    yield from causal_mask_from_context(context)  # only attn_ctx visible (a fused attention kernel)
+from parity.diagnose.context import Context, matches, reproduces
 
 
 def apply_rope(x: np.ndarray, head_dim: int, theta: float, positions: np.ndarray, layout: str) -> np.ndarray:

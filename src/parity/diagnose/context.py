@@ -16,6 +16,13 @@ from parity.core.trace import Trace
 
 EXPLAINED = 0.2   # a hypothesis must leave at most this share of the candidate's error ...
 CLOSE = 0.05      # ... and match the candidate to this rel_l2, to count as strong evidence
+# rel_l2 that a dtype's rounding alone leaves between two computations of the same tensor (a few
+# roundings of a sum, a product, an activation): "the same tensor" below this, at that precision
+ROUNDING = {"float64": 1e-9, "float32": 2e-5, "float16": 4e-3, "bfloat16": 2.5e-2}
+
+
+def rounding(dtype: str | None) -> float:
+    return ROUNDING.get(dtype or "float32", ROUNDING["float32"])
 
 
 @dataclass(frozen=True)
@@ -92,12 +99,23 @@ class Context:
         return self.memo[key]
 
     def consider(self, name: str, what: str, candidate: np.ndarray, hypothesis: np.ndarray,
-                 reference: np.ndarray) -> float | None:
-        """matches(candidate, hypothesis, reference), with the attempt kept as a near miss for no_known_cause."""
+                 reference: np.ndarray, *, exact: float | None = None) -> float | None:
+        """matches(candidate, hypothesis, reference), and within `exact` when given (a hypothesis computed
+        from the candidate's own inputs reproduces it to its rounding), with the attempt kept as a near
+        miss for no_known_cause."""
         found = matches(candidate, hypothesis, reference)
         if hypothesis.shape == candidate.shape and np.all(np.isfinite(hypothesis)):
             self.tried.append((name, what, rel_l2(hypothesis, candidate), rel_l2(reference, candidate)))
-        return found
+        return None if found is None or (exact is not None and found > exact) else found
+
+    def noise(self, name: str) -> float:
+        """The rel_l2 the comparison allowed at `name` (its calibrated bound, or its rtol), at least rounding."""
+        result = self.comparison.result(name)
+        floor = rounding(self.candidate.dtypes.get(name))
+        tolerance = result.tolerance if result is not None else None
+        if tolerance is None:
+            return floor
+        return max(floor, tolerance.max_rel_l2 if tolerance.calibrated else tolerance.rtol)
 
     @property
     def focus(self) -> list[str]:
@@ -187,6 +205,21 @@ def matches_scaled(candidate: np.ndarray, factor: float, reference: np.ndarray) 
     residual = norm_ratio(math.sqrt(residual_squares), abs(factor) * math.sqrt(reference_squares))
     error = norm_ratio(math.sqrt(error_squares), math.sqrt(reference_squares))
     return residual if residual <= min(CLOSE, EXPLAINED * error) else None
+
+
+def same_tensor(context: "Context", candidate: np.ndarray, name: str, *, own: bool = True) -> float | None:
+    """rel_l2 of `candidate` against the checkpoint `name` when they are the same tensor up to rounding:
+    `name` as the candidate itself records it (then only rounding may separate them), else (or when
+    `own` is False) as the reference records it, to within the noise the comparison allows."""
+    own = own and name in context.candidate and context.candidate.shape_of(name) == candidate.shape
+    trace = context.candidate if own else context.reference
+    if name not in trace or trace.shape_of(name) != candidate.shape:
+        return None
+    floor = rounding(context.candidate.dtypes.get(name))
+    if not own:
+        floor = max(floor, context.noise(name))
+    left = rel_l2(widened(trace[name]), candidate)
+    return left if left <= floor else None
 
 
 def reproduces(reference: np.ndarray, model: np.ndarray) -> bool:

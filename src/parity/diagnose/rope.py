@@ -193,5 +193,4 @@ def rope_unexplained_rotation(context: Context):
         yield Diagnosis("rope_angles", finding.name,
                         f"the candidate's {finding.name} keeps each pair's norm but turns frequency i by other angles "
                         f"than the reference's: per position, the fitted angle over the reference's is [{shown}] "
-                        f"(rel error of that fit {residual:.2g}); the inverse frequencies are computed another way",
-                        confidence="likely")
+                        f"(rel error of that fit {residual:.2g}); the inverse frequencies are computed another way")

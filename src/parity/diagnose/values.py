@@ -11,7 +11,7 @@ from parity.core.metrics import rel_l2
 from parity.core.names import parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, matches, matches_scaled, widened
+from parity.diagnose.context import Context, matches, matches_scaled, same_tensor, widened
 
 MAX_SHIFT = 3
 
@@ -122,7 +122,8 @@ def swapped(context: Context):
             if (other == name or other_checkpoint is None or other_checkpoint.layer != checkpoint.layer
                     or context.reference.shape_of(other) != candidate.shape):
                 continue
-            if matches(candidate, widened(context.reference[other]), reference) is not None:
+            if matches(candidate, widened(context.reference[other]), reference) is not None \
+                    and same_tensor(context, candidate, other, own=False) is not None:
                 yield Diagnosis("swapped", name, f"the candidate's {name} holds the reference's {other}: "
                                                  f"{checkpoint.kind} and {other_checkpoint.kind} are swapped")
                 return
