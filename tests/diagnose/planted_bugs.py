@@ -156,10 +156,6 @@ def norm_over_all_heads(x, w, b, eps, kind):
     return port.norm(x, w, b, eps, kind)
 
 
-def skip_q_norm(x, w, b, eps, kind):
-    return x if x.ndim == 3 and x.shape[1] == 4 else port.norm(x, w, b, eps, kind)
-
-
 def softmax_float16_unshifted(scores):
     exps = torch.exp(scores.half())
     return exps / exps.sum(-1, keepdim=True)
@@ -230,7 +226,7 @@ BUGS: dict[str, Bug] = {
     "gpt2: LayerNorm bias not applied": bug("gpt2", "norm_affine", norm=layer_norm_unbiased),
     "gpt2: LayerNorm epsilon 1e-3": bug("gpt2", "norm_epsilon", norm=norm_eps(1e-3)),
     "qwen3: q/k norm over all heads at once": bug("qwen3", "norm_variant", norm=norm_over_all_heads),
-    "qwen3: q norm skipped": bug("qwen3", "op_skipped", norm=skip_q_norm),
+    "qwen3: q norm skipped": bug("qwen3", "op_skipped", skip_norms=frozenset({"q"})),
     # MLP
     "llama: MLP gate and up exchanged": bug("llama", "wiring", gated=lambda act, gate, up: act(up) * gate),
     "gemma3: MLP gate and up exchanged": bug("gemma3", "wiring", gated=lambda act, gate, up: act(up) * gate),
@@ -255,6 +251,52 @@ BUGS: dict[str, Bug] = {
                                                    embed_scale=lambda hidden, scale: float(hidden)),
     "gpt2: position rows read from 1": bug("gpt2", "position_embedding", positions=lambda n: torch.arange(1, n + 1)),
 }
+
+# A second set, written after the mechanisms and not tuned to them: other ops, other families, other
+# parameters, mistakes of the same kinds made in other places.
+BUGS.update({
+    "llama3: low and high frequency factors exchanged": bug("llama3", {"rope_scaling", "rope_angles"},
+                                                             inv_freq=with_rope(low_freq_factor=4.0, high_freq_factor=1.0 + 1e-3)),
+    "mistral: theta 1e6 where the config says 1e4": bug("mistral", "rope_theta", inv_freq=with_rope(rope_theta=1e6)),
+    "linear: factor 4 where the config says 2": bug("linear", "rope_scaling", inv_freq=with_rope(factor=4.0)),
+    "yarn: factor 8 where the config says 4": bug("yarn", "rope_scaling", inv_freq=with_rope(factor=8.0)),
+    "gemma3: global layer rotated with the local theta": bug("gemma3", "rope_theta", inv_freq=lambda c, t: port.inv_freq(
+        c, "sliding_attention")),
+    "qwen3: keys not rotated": bug("qwen3", {"op_skipped", "wiring"}, rope_k=lambda x, c, s, rot: x),
+    "llama3: rotate_half backwards in layer 1 only": bug("llama3", "rope_direction", layer=1,
+                                                         rotate_half=rotate_half_backwards),
+    "llama: scores scaled by 1/sqrt(hidden / kv_heads)": bug("llama", "attention_scale",
+                                                             score_scale=lambda d, hidden, s: (hidden / 2) ** -0.5),
+    "mistral: the diagonal masked too": bug("mistral", {"causal_mask", "nonfinite"}, visible=visible_offset(-1)),
+    "llama: probabilities scaled by 0.9 after the softmax": bug("llama", "softmax_normalization",
+                                                                softmax=lambda s: 0.9 * torch.softmax(s.float(), dim=-1)),
+    "qwen3: keys' heads tiled, values' interleaved": bug("qwen3", "gqa_head_mapping",
+                                                         expand_kv=lambda x, g: x.repeat(1, g, 1),
+                                                         expand_v=lambda x, g: x.repeat_interleave(g, dim=1)),
+    "llama: heads merged as (tokens, head_dim, heads)": bug("llama", "layout_permuted",
+                                                            merge_heads=lambda ctx: ctx.transpose(1, 2).reshape(ctx.shape[0], -1)),
+    "gpt2: MLP output added to the block input": bug("gpt2", "wiring", mlp_residual=lambda x, mid, b: x + b),
+    "llama: attention branch doubled": bug("llama", "residual_scale", attn_residual=lambda x, n, b: x + 2 * b),
+    "llama: blocks run in reverse order": bug("llama", "wiring", block_order=lambda n: list(range(n))[::-1]),
+    "gpt2: last layer run twice": bug("gpt2", "wiring", block_order=lambda n: [*range(n), n - 1]),
+    "qwen3: first layer skipped": bug("qwen3", {"structure", "wiring"}, block_order=lambda n: list(range(1, n))),
+    "qwen3: q_norm reads k_norm's weight": bug("qwen3", "wiring", norm_module=lambda where, i: ("k" if where == "q" else where, i)),
+    "llama: final norm reads layer 0's input norm weight": bug("llama", "wiring", norm_module=lambda where, i: (
+        ("attn", 0) if where == "final" else (where, i))),
+    "qwen3: q/k norm epsilon 1e-3": bug("qwen3", "norm_epsilon", norm=lambda x, w, b, eps, kind: port.norm(
+        x, w, b, 1e-3 if x.ndim == 3 else eps, kind)),
+    "gemma3: q/k norms scale by weight, not 1 + weight": bug("gemma3", "norm_weight_convention", norm=lambda x, w, b, eps, kind: port.norm(
+        x, w, b, eps, "rms" if x.ndim == 3 else kind)),
+    "llama: RMSNorm without epsilon": bug("llama", "norm_epsilon", norm=norm_eps(0.0)),
+    "gemma3: MLP post-norm skipped": bug("gemma3", {"post_norm_skipped", "op_skipped"}, skip_norms=frozenset({"mlp_post"})),
+    "mistral: embedding multiplied by sqrt(hidden)": bug("mistral", {"scale_factor", "embedding_scale"},
+                                                         embed_scale=lambda hidden, scale: hidden ** 0.5),
+    "gpt2: position rows added twice": bug("gpt2", "position_embedding", add_positions=lambda tokens, rows: tokens + 2 * rows),
+    "llama: probabilities transposed before the product with v": bug("llama", "wiring", attend=lambda p, q, k, v: torch.einsum(
+        "hst,shd->thd", p, v)),
+    "llama3: SiLU on both gate and up": bug("llama3", "activation_variant", gated=lambda act, g, u: act(g) * act(u)),
+    "qwen3: activation after the product": bug("qwen3", "activation_variant", gated=lambda act, g, u: act(g * u)),
+})
 
 # The same mistakes in bfloat16, held to tolerances calibrated on the reference run in bfloat16.
 BFLOAT16 = ("llama: rotate_half returns cat(x2, -x1)", "llama3: theta 10000 where the config says 500000",

@@ -10,7 +10,6 @@ rotate_half=...)`, applied to every layer or to one (`forward(..., layer=1)`).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 
 import torch
@@ -68,11 +67,13 @@ def activation(name: str):
 class Ops:
     """Every op a port writes for itself. The defaults compute what transformers computes."""
 
-    embed_scale: Callable = lambda hidden, config_scale: config_scale           # Gemma: sqrt(hidden)
+    embed_scale: Callable = lambda hidden, config_scale: config_scale           # Gemma: sqrt(hidden); else 1
+    add_positions: Callable = lambda tokens, rows: tokens + rows                 # GPT-2's learned positions
     positions: Callable = lambda count: torch.arange(count)
     inv_freq: Callable = inv_freq
     rotate_half: TensorFn = rotate_half
     rope: Callable = None       # (x, cos, sin, rotate_half) -> x rotated; None: x cos + rotate_half(x) sin
+    rope_k: Callable = None     # the same for k, where it differs
     score_scale: Callable = lambda head_dim, hidden, config_scale: config_scale
     visible: Callable = visible
     softmax: TensorFn = softmax
@@ -81,6 +82,8 @@ class Ops:
     attend: Callable = lambda probs, q, k, v: torch.einsum("hts,shd->thd", probs, v)  # (T, H, hd)
     merge_heads: Callable = lambda ctx: ctx.reshape(ctx.shape[0], -1)             # (T, H, hd) -> (T, H*hd)
     norm: Callable = norm
+    norm_module: Callable = lambda where, index: (where, index)   # whose weights a norm reads
+    skip_norms: frozenset = frozenset()                             # norms not applied ("q", "mlp_post", ...)
     norm_kind: Callable = lambda kind: kind
     activation: Callable = activation
     gated: Callable = lambda act, gate, up: act(gate) * up
@@ -126,13 +129,14 @@ class Port:
         self.cast = w
         count = len(tokens)
         if self.gpt2:
-            x = keep("embed", w["transformer.wte.weight"][ids] + keep("pos_embed", w["transformer.wpe.weight"][
-                at(None).positions(count)]))
+            rows = keep("pos_embed", w["transformer.wpe.weight"][at(None).positions(count)])
+            x = keep("embed", at(None).add_positions(w["transformer.wte.weight"][ids], rows))
         else:
             looked_up = w["model.embed_tokens.weight"][ids]
             if self.gemma:
                 keep("embed_tokens", looked_up)
-                scale = at(None).embed_scale(config.hidden_size, config.hidden_size ** 0.5)
+            scale = at(None).embed_scale(config.hidden_size, config.hidden_size ** 0.5 if self.gemma else 1.0)
+            if scale != 1.0:
                 looked_up = looked_up * torch.tensor(scale, dtype=dtype)
             x = keep("embed", looked_up)
         for index in at(None).block_order(config.num_hidden_layers):
@@ -145,6 +149,9 @@ class Port:
 
     def _norm(self, x, where: str, index, ops: Ops):
         w, config = self.cast, self.config
+        if where in ops.skip_norms:
+            return x
+        where, index = ops.norm_module(where, index)
         if self.gpt2:
             module = {"final": "transformer.ln_f", "attn": f"transformer.h.{index}.ln_1",
                       "mlp": f"transformer.h.{index}.ln_2"}[where]
@@ -185,7 +192,8 @@ class Port:
                         (angles.sin() * attention_factor).to(dtype)[:, None, :])
             rope = ops.rope or (lambda t, c, s, rot: t * c + rot(t) * s)
             q = keep(f"{layer}.q_rope", rope(q, cos, sin, ops.rotate_half).reshape(count, -1)).view(count, -1, head_dim)
-            k = keep(f"{layer}.k_rope", rope(k, cos, sin, ops.rotate_half).reshape(count, -1)).view(count, -1, head_dim)
+            k = keep(f"{layer}.k_rope", (ops.rope_k or rope)(k, cos, sin, ops.rotate_half).reshape(count, -1)).view(
+                count, -1, head_dim)
         group = heads // kv_heads
         keys, values = ops.expand_kv(k, group), (ops.expand_v or ops.expand_kv)(v, group)   # (S, H, hd)
         standard = (config.query_pre_attn_scalar ** -0.5) if self.gemma else head_dim ** -0.5
@@ -219,6 +227,3 @@ class Port:
         branch = keep(f"{layer}.mlp_post_norm", self._norm(out, "mlp_post", index, ops)) if self.gemma else out
         return keep(f"{layer}.out", ops.mlp_residual(x, mid, branch))
 
-
-def gqa_standard_scale(head_dim: int) -> float:
-    return 1 / math.sqrt(head_dim)

@@ -52,7 +52,7 @@ def diagnose(comparison: Comparison, reference: Trace, candidate: Trace) -> Comp
     from parity.diagnose import attention, layers, noise, rounding, values, weights  # noqa: F401  (register them)
     from parity.diagnose import attention_math, biases, block_input, ops, rope  # noqa: F401
     from parity.diagnose import embedding_scale, masks, norms, post_norm, router  # noqa: F401  (family-specific causes)
-    from parity.diagnose import identities, wiring  # noqa: F401  (the general mechanisms)
+    from parity.diagnose import identities, structure, wiring  # noqa: F401  (the general mechanisms)
     from parity.diagnose.context import Context, model_config
 
     context = Context(comparison, reference, candidate, model_config(reference))

@@ -44,27 +44,57 @@ def attention_probabilities(q: np.ndarray, k: np.ndarray, heads: int, kv_heads: 
     return weights / weights.sum(-1, keepdims=True)
 
 
+MAPPINGS = {"interleaved": "head h reads KV head h // group", "tiled": "head h reads KV head h % kv_heads"}
+
+
+def _orders(heads: int, kv_heads: int) -> dict[str, list[int]]:
+    group = heads // kv_heads
+    return {"interleaved": [h // group for h in range(heads)], "tiled": [h % kv_heads for h in range(heads)]}
+
+
+def _expanded(x: np.ndarray, kv_heads: int, head_dim: int, order: list[int]) -> np.ndarray:
+    """(S, Hkv*hd) -> (S, H*hd): KV head order[h] for query head h."""
+    return x.reshape(x.shape[0], kv_heads, head_dim)[:, order].reshape(x.shape[0], -1)
+
+
 @register("gqa_head_mapping")
 def gqa_head_mapping(context: Context):
-    """Query heads read the wrong KV heads: h % Hkv (tiled) instead of h // group (interleaved)."""
+    """Query heads read the wrong KV heads: h % Hkv (tiled) instead of h // group (interleaved), for
+    the keys (seen in attn_probs) or the values alone (seen in attn_ctx, from the candidate's own
+    probabilities and values)."""
+    from parity.diagnose.attention_math import _Attention, attend
+    from parity.diagnose.identities import attention_product, slot_tensor
+
     config = context.config
     if not config.heads or not config.kv_heads or config.kv_heads == config.heads or not config.head_dim:
         return
-    group = config.heads // config.kv_heads
-    mappings = {"interleaved (head h reads KV head h // group)": lambda h: h // group,
-                "tiled (head h reads KV head h % kv_heads)": lambda h: h % config.kv_heads}
-    for name, checkpoint, reference, candidate in context.focused("attn_probs"):
-        q, k = (context.reference.tensors.get(f"layers.{checkpoint.layer}.{kind}_rope") for kind in "qk")
-        if q is None or k is None:
-            continue
-        found = {label: attention_probabilities(q.astype(np.float64), k.astype(np.float64), config.heads,
-                                                config.kv_heads, config.head_dim, mapping)
-                 for label, mapping in mappings.items()}
-        reference_mapping = next((label for label, p in found.items() if reproduces(reference, p)), None)
-        for label, probabilities in found.items():
-            if label != reference_mapping and reference_mapping and matches(candidate, probabilities, reference) is not None:
+    orders = _orders(config.heads, config.kv_heads)
+    for name, checkpoint, reference, candidate in context.focused("attn_probs", "attn_ctx"):
+        at = f"layers.{checkpoint.layer}."
+        if checkpoint.kind == "attn_probs":
+            attention = _Attention(context, checkpoint.layer)
+            if not attention.scores_usable:
+                continue
+            found = {label: attend(attention.q, _expanded(attention.k, config.kv_heads, config.head_dim, order), None,
+                                   heads=config.heads, kv_heads=config.heads, head_dim=config.head_dim,
+                                   scale=attention.standard, visible=attention.visible, softcap=attention.softcap)[0]
+                     for label, order in orders.items()}
+            what = "keys"
+        else:
+            probs, values = slot_tensor(context, at + "attn_probs", at + "attn_probs"), slot_tensor(context, at + "v", at + "v")
+            if probs is None or values is None:
+                continue
+            found = {label: attention_product(config.heads, config.kv_heads, config.head_dim,
+                                              lambda h, order=order: order[h])([probs, values])
+                     for label, order in orders.items()}
+            what = "values (the keys' are right: the probabilities agree)"
+        used = next((label for label, p in found.items() if p.shape == reference.shape and reproduces(reference, p)), None)
+        for label, hypothesis in found.items():
+            if used is None or label == used or hypothesis.shape != candidate.shape:
+                continue
+            if context.consider(name, f"KV heads expanded {label}", candidate, hypothesis, reference) is not None:
                 yield Diagnosis("gqa_head_mapping", name,
-                                f"the candidate expands its {config.kv_heads} KV heads to {config.heads} query heads "
-                                f"{label.split(' (')[0]} where the reference is {reference_mapping.split(' (')[0]}: "
-                                f"{label.split('(')[1].rstrip(')')}")
+                                f"the candidate expands its {config.kv_heads} KV heads' {what} to {config.heads} query "
+                                f"heads {label} where the reference is {used}: {MAPPINGS[label]} "
+                                f"(repeat where repeat_interleave is meant, or the reverse)")
                 return

@@ -21,8 +21,16 @@ CLOSE = 0.05      # ... and match the candidate to this rel_l2, to count as stro
 ROUNDING = {"float64": 1e-9, "float32": 2e-5, "float16": 4e-3, "bfloat16": 2.5e-2}
 
 
+# a dtype's machine epsilon: the relative error of one rounding of one value
+MACHINE_EPSILON = {"float64": 2.2e-16, "float32": 1.2e-7, "float16": 9.8e-4, "bfloat16": 7.8e-3}
+
+
 def rounding(dtype: str | None) -> float:
     return ROUNDING.get(dtype or "float32", ROUNDING["float32"])
+
+
+def machine_epsilon(dtype: str | None) -> float:
+    return MACHINE_EPSILON.get(dtype or "float32", MACHINE_EPSILON["float32"])
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,10 @@ def _findings(context: Context):
         if candidate_fit is not None:
             rotation = candidate_fit[0]
             explained = matches(y_candidate, rotation.apply(x_candidate, config.head_dim, dim), y_reference)
+            # a rotation is computed from the candidate's own input: it must reproduce the candidate to its
+            # rounding (as the config's reproduces the reference), not merely come close
+            if explained is not None and explained > max(10 * found[1], floor):
+                explained = None
             context.tried.append((name, f"a RoPE fitted as {rotation.describe()}", candidate_fit[1],
                                   _rel(y_reference, y_candidate)))
             repaired = reference_rotation.apply(rotation.undo(y_candidate, config.head_dim, dim), config.head_dim, dim)
@@ -183,9 +187,11 @@ def rope_unexplained_rotation(context: Context):
         if pair is None or x.shape != pair[1].shape:
             continue
         own = fitted_table(x, pair[1], finding.head_dim, finding.dim, finding.reference.layout)
+        if np.allclose(own.frequencies, 0, atol=1e-6):
+            continue   # no rotation at all: its input unchanged (op_skipped)
         rotation = Rotation(own, finding.reference.layout, 1, 0, 0.0, own.gain)
         residual = matches(pair[1], rotation.apply(x, finding.head_dim, finding.dim), pair[0])
-        if residual is None:
+        if residual is None or residual > noise_floor(context.candidate.dtypes.get(finding.name)):
             continue
         ratios = own.frequencies / np.where(finding.reference.table.frequencies == 0, np.nan,
                                             finding.reference.direction * finding.reference.table.frequencies)

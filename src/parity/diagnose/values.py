@@ -12,6 +12,8 @@ from parity.core.names import parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register
 from parity.diagnose.context import Context, matches, matches_scaled, same_tensor, widened
+from parity.diagnose.heads import head_layouts
+from parity.diagnose.repair import confirm
 
 MAX_SHIFT = 3
 
@@ -98,6 +100,10 @@ def layout_permuted(context: Context):
             yield Diagnosis("layout_permuted", result.name,
                             f"the candidate stores {result.name} as {list(result.shape_candidate)}; it matches the "
                             f"reference's {list(result.shape_reference)} with {result.layout} (compared after aligning)")
+    found = list(head_layouts(context))   # heads reordered, or merged without the transpose
+    if found:
+        yield from found
+        return
     for name, _, reference, candidate in context.focused():
         if reference.ndim < 2:
             continue
@@ -105,9 +111,11 @@ def layout_permuted(context: Context):
             if permutation == tuple(range(reference.ndim)) or reference.transpose(permutation).shape != reference.shape:
                 continue
             if matches(candidate, reference.transpose(permutation), reference) is not None:
-                yield Diagnosis("layout_permuted", name,
-                                f"the candidate's {name} is the reference's with axes permuted {permutation} "
-                                f"(axes of equal size, so the layout cannot be told from the shape)")
+                diagnosis = Diagnosis("layout_permuted", name,
+                                      f"the candidate's {name} is the reference's with axes permuted {permutation} "
+                                      f"(axes of equal size, so the layout cannot be told from the shape)")
+                yield confirm(context, diagnosis, candidate.transpose(np.argsort(permutation)),
+                              "permuting the candidate's axes back")
                 return
 
 

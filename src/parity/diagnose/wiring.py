@@ -26,12 +26,15 @@ from parity.core.metrics import rel_l2
 from parity.core.names import in_flow_order, inputs_of, parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, rounding, same_tensor, widened
+from parity.diagnose.context import Context, machine_epsilon, rounding, same_tensor, widened
 from parity.diagnose.identities import MARGIN, Check, checks, residual, slot_tensor
-from parity.diagnose.norms import NORM_KINDS, reference_norm
+from parity.diagnose.norms import NORM_KINDS, fit_norm, reference_norm
 
 NEIGHBOURS = 1        # layers either side searched for a tensor read in the wrong place
-UNIT_RMS = 20         # rows of a norm's output over its weight within this many roundings of unit RMS
+EPSILON_SHRINK = 0.05  # a norm's epsilon shrinks a row's RMS below 1 by at most this (the inputs of small models)
+UNIT_RMS = 10         # rows of a norm's output over its weight within this many roundings of unit RMS, and
+                      # rows further than this many roundings from the recorded input's direction, make a
+                      # norm of an unrecorded tensor
 
 
 def nearby(context: Context, name: str, shape: tuple, *, every_layer: bool = False) -> list[str]:
@@ -99,6 +102,15 @@ def _rewire(context: Context, name: str, check: Check, output: np.ndarray) -> st
         if left is not None:
             return (f"{check.describe()}; with {identity.slots[0]} and {identity.slots[1]} exchanged it holds "
                     f"(rel_l2 {left:.2g}): {_swap_meaning(identity.slots)}")
+    for index, slot in enumerate(slots):                        # an input read in another layout
+        for permutation in _same_shape_permutations(slot.shape):
+            tensors = list(slots)
+            tensors[index] = slot.transpose(permutation)
+            left = holds(tensors)
+            if left is not None:
+                return (f"{check.describe()}; with {identity.slots[index]}'s axes permuted {permutation} it holds "
+                        f"(rel_l2 {left:.2g}): the op reads {identity.slots[index]} in another layout"
+                        f"{' (queries and keys exchanged)' if slot.ndim == 3 and permutation == (0, 2, 1) else ''}")
     if identity.kind == "product" and len(slots) == 2:         # the linear factor left out
         left = holds([slots[0], np.ones_like(slots[1])])
         if left is not None:
@@ -116,6 +128,14 @@ def _rewire(context: Context, name: str, check: Check, output: np.ndarray) -> st
                         f"holds (rel_l2 {left:.2g}): the op reads {other} where the model reads "
                         f"{identity.slots[index]}")
     return None
+
+
+def _same_shape_permutations(shape: tuple) -> list[tuple]:
+    import itertools
+
+    identity = tuple(range(len(shape)))
+    return [p for p in itertools.permutations(identity)
+            if p != identity and tuple(shape[i] for i in p) == tuple(shape)] if len(shape) <= 4 else []
 
 
 def _swap_meaning(slots: tuple[str, ...]) -> str:
@@ -146,31 +166,68 @@ def _norm_input(context: Context, name: str, checkpoint, candidate: np.ndarray) 
             return (f"the candidate's {name} is the reference's norm (its weights fitted from the reference) of "
                     f"{_whose(context, other)} (rel_l2 {left:.2g}), not of its input {recorded[0]}: "
                     f"{_reading(name, recorded[0], other)}")
-    unit = _unit_rows(norm, candidate)
-    if unit is not None and unit <= UNIT_RMS * floor and x is not None:
-        cosine = _row_cosine(norm.normalize(x), (candidate - norm.bias) / np.where(norm.gain == 0, 1, norm.gain))
-        return (f"the candidate's {name} is a norm's output (over the reference's weights its rows have unit RMS to "
-                f"{unit:.2g}) but not of its input {recorded[0]} (their rows' directions agree to a cosine of "
-                f"{cosine:.3f}), nor of any tensor either trace records: it normalizes a tensor made between "
-                f"{recorded[0]} and {name} that the model does not make (a block run twice, an op inserted)")
+    if x is None:
+        return None
+    own = fit_norm(x, candidate, centred=norm.centred, group=norm.group, eps=norm.eps, with_bias=norm.centred)
+    if own is not None and rel_l2(candidate, own(x)) <= exact:
+        return _other_weight(context, name, norm, own, exact)   # its own input, normed with other weights
+    spread = _unit_rows(norm, candidate)
+    cosines = _row_cosines(norm.normalize(x), (candidate - norm.bias) / np.where(norm.gain == 0, 1, norm.gain))
+    rounding_of_one = max(machine_epsilon(context.candidate.dtypes.get(name)), 1e-6)
+    if spread is not None and spread <= UNIT_RMS * rounding_of_one and cosines.min() < 1 - UNIT_RMS * rounding_of_one:
+        return (f"the candidate's {name} is a norm's output (over the reference's weights each row's RMS is within "
+                f"{EPSILON_SHRINK:.0%} below 1, as an epsilon leaves it) but not of its input {recorded[0]} (their rows' "
+                f"directions agree to a cosine of {float(cosines.mean()):.3f}), nor of any tensor either trace "
+                f"records: it normalizes a tensor made between {recorded[0]} and {name} that the model does not "
+                f"make (a block run twice, an op inserted)")
     return None
 
 
 def _unit_rows(norm, candidate: np.ndarray) -> float | None:
-    """How far the rows of (candidate - bias) / gain are from a norm's (unit RMS, and mean 0 for LayerNorm)."""
+    """How far the rows of (candidate - bias) / gain are from a norm's: an RMS of 1, or up to EPSILON_SHRINK
+    below it (epsilon shrinks the rows of a small input), and a mean of 0 for LayerNorm. None when the rows
+    are not a norm's at all."""
     if np.any(np.abs(norm.gain) < 1e-6):
         return None
     rows = ((candidate - norm.bias) / norm.gain).reshape(-1, norm.group)
-    spread = np.abs(np.sqrt(np.mean(rows * rows, axis=-1)) - 1).max()
+    rms = np.sqrt(np.mean(rows * rows, axis=-1))
+    if rms.min() < 1 - EPSILON_SHRINK:
+        return None
+    spread = max(float(rms.max()) - 1, 0.0)
     if norm.centred:
-        spread = max(spread, np.abs(rows.mean(-1)).max())
-    return float(spread)
+        spread = max(spread, float(np.abs(rows.mean(-1)).max()))
+    return spread
 
 
-def _row_cosine(left: np.ndarray, right: np.ndarray) -> float:
+def _row_cosines(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Cosine of each pair of rows (a row the input rows' direction would keep, whatever its scale)."""
     left, right = left.reshape(left.shape[0], -1), right.reshape(right.shape[0], -1)
     norms = np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1)
-    return float(np.mean(np.sum(left * right, axis=1) / np.where(norms > 0, norms, 1)))
+    return np.sum(left * right, axis=1) / np.where(norms > 0, norms, 1)
+
+
+def _folded(values: np.ndarray, group: int) -> np.ndarray:
+    """A per-channel fit over heads that share one weight (q_norm, k_norm), as that one weight."""
+    return values.reshape(-1, group).mean(0) if values.size % group == 0 else values
+
+
+def _other_weight(context: Context, name: str, norm, own, exact: float) -> str | None:
+    """The candidate normalizes its own input right but scales by another norm's weight (another layer's, k_norm's
+    for q_norm): its per-channel scale fitted from its own tensors (`own`) equals that norm's, fitted from the
+    reference."""
+    for other in in_flow_order(context.reference.names):
+        checkpoint = parse(other)
+        if other == name or checkpoint is None or checkpoint.kind not in NORM_KINDS:
+            continue
+        theirs = reference_norm(context, other, checkpoint.kind)
+        if theirs is None or theirs.group != norm.group:
+            continue
+        mine, their_gain = _folded(own.gain, norm.group), _folded(theirs.gain, norm.group)
+        if rel_l2(their_gain, mine) <= exact and rel_l2(_folded(theirs.bias, norm.group), _folded(own.bias, norm.group)) <= exact:
+            return (f"the candidate's {name} normalizes its input but scales by the weight of {other} (its per-channel "
+                    f"scale, fitted from its own tensors, is that norm's to rel_l2 {rel_l2(their_gain, mine):.2g}): "
+                    f"the weight is loaded from the wrong module")
+    return None
 
 
 def _reading(name: str, expected: str, read: str) -> str:
