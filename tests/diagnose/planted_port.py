@@ -91,6 +91,7 @@ class Ops:
     mlp_residual: Callable = lambda x, mid, branch: mid + branch
     block_order: Callable = lambda count: list(range(count))
     final_norm: bool = True
+    weight: Callable = lambda name, tensor: tensor                  # a weight as the port loads it
 
 
 OPS = Ops()
@@ -125,7 +126,7 @@ class Port:
             return tensor
 
         config, ids = self.config, torch.tensor(tokens)
-        w = {name: tensor.to(dtype) for name, tensor in self.weights.items()}
+        w = {name: ops.weight(name, tensor).to(dtype) for name, tensor in self.weights.items()}
         self.cast = w
         count = len(tokens)
         if self.gpt2:

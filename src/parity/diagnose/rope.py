@@ -20,7 +20,7 @@ from parity.diagnose import register
 from parity.diagnose.context import Context, matches, widened
 from parity.diagnose.repair import confirm
 from parity.diagnose.rope_fit import (LAYOUTS, Rotation, Tables, describe_parameters, fit, fitted_table, noise_floor,
-                                      rope_parameters, rotary_dim)
+                                      pairs, rope_parameters, rotary_dim, unpairs)
 
 CAUSES = {  # a fitted parameter that differs -> the cause it names (in this order when several differ)
     "layout": "rope_layout", "direction": "rope_direction", "offset": "rope_position_offset",
@@ -176,8 +176,9 @@ for _cause in dict.fromkeys(CAUSES.values()):
 
 @register("rope_unexplained_rotation")
 def rope_unexplained_rotation(context: Context):
-    """The candidate's q_rope is a rotation of its input (pair norms kept) at angles no table explains:
-    rope_angles with the angles read off per frequency."""
+    """The candidate's q_rope is a rotation of its input that no set of parameters explains: the positions
+    each token is rotated at, fitted one by one (rope_position_offset: positions reset, repeated, scaled), or
+    else the angles read off per frequency (rope_angles)."""
     for finding in findings(context):
         if finding.explained is not None:
             continue
@@ -186,17 +187,65 @@ def rope_unexplained_rotation(context: Context):
         x = widened(x)
         if pair is None or x.shape != pair[1].shape:
             continue
-        own = fitted_table(x, pair[1], finding.head_dim, finding.dim, finding.reference.layout)
-        if np.allclose(own.frequencies, 0, atol=1e-6):
-            continue   # no rotation at all: its input unchanged (op_skipped)
-        rotation = Rotation(own, finding.reference.layout, 1, 0, 0.0, own.gain)
-        residual = matches(pair[1], rotation.apply(x, finding.head_dim, finding.dim), pair[0])
-        if residual is None or residual > noise_floor(context.candidate.dtypes.get(finding.name)):
-            continue
-        ratios = own.frequencies / np.where(finding.reference.table.frequencies == 0, np.nan,
-                                            finding.reference.direction * finding.reference.table.frequencies)
-        shown = ", ".join(f"{r:.3g}" for r in ratios[:8]) + (" ..." if len(ratios) > 8 else "")
-        yield Diagnosis("rope_angles", finding.name,
-                        f"the candidate's {finding.name} keeps each pair's norm but turns frequency i by other angles "
-                        f"than the reference's: per position, the fitted angle over the reference's is [{shown}] "
-                        f"(rel error of that fit {residual:.2g}); the inverse frequencies are computed another way")
+        floor = noise_floor(context.candidate.dtypes.get(finding.name))
+        found = _per_position(context, finding, x, pair, floor) or _per_frequency(finding, x, pair, floor)
+        if found is not None:
+            yield found
+
+
+def _per_position(context: Context, finding: RopeFinding, x: np.ndarray, pair, floor: float) -> Diagnosis | None:
+    """Each token's position, fitted with the reference's frequencies, direction and layout."""
+    reference = finding.reference
+    z, w = (pairs(t, finding.head_dim, finding.dim, reference.layout) for t in (x, pair[1]))
+    phasors = np.sum(w * np.conj(z), axis=1)                                         # (T, P)
+    weight = np.abs(phasors)
+    unit = np.divide(phasors, weight, out=np.zeros_like(phasors), where=weight > 0)
+    count = x.shape[0]
+    grid = np.arange(-4 * count - 64, 4 * count + 65)                                  # positions tried
+    frequencies = reference.direction * reference.table.frequencies
+    turns = np.exp(1j * (grid[:, None] * frequencies[None, :] + reference.phase))      # (G, P)
+    positions = [int(grid[np.argmin(np.sum(weight[t] * np.abs(unit[t][None, :] - turns) ** 2, axis=1))])
+                 for t in range(count)]
+    own = np.arange(count) + reference.offset
+    if positions == own.tolist() or not any(positions):
+        return None   # the model's positions; or every one at 0, no rotation at all (op_skipped's)
+    hypothesis = _rotated_at(x, reference, positions, finding)
+    residual = matches(pair[1], hypothesis, pair[0])
+    if residual is None or residual > floor:
+        return None
+    diagnosis = Diagnosis("rope_position_offset", finding.name,
+                          f"the candidate rotates its tokens at positions {_listed(positions)} where the model's are "
+                          f"{_listed(own.tolist())} (each position fitted with the reference's frequencies; rel error "
+                          f"{residual:.2g}): position ids built another way (reset, repeated, scaled or from a cache)")
+    undone = _rotated_at(pair[1], reference, positions, finding, back=True)
+    return confirm(context, diagnosis, _rotated_at(undone, reference, own.tolist(), finding),
+                   "turning each token back from its fitted position and on to the model's")
+
+
+def _rotated_at(x: np.ndarray, rotation: Rotation, positions, finding: RopeFinding, back: bool = False) -> np.ndarray:
+    angles = rotation.direction * np.asarray(positions, dtype=np.float64)[:, None] * rotation.table.frequencies[None, :] \
+        + rotation.phase
+    turn = (rotation.gain * np.exp(1j * angles))[:, None, :]
+    z = pairs(x, finding.head_dim, finding.dim, rotation.layout)
+    return unpairs(z / turn if back else z * turn, x, finding.head_dim, finding.dim, rotation.layout)
+
+
+def _listed(values: list[int]) -> str:
+    return "[" + ", ".join(map(str, values[:10])) + (", ...]" if len(values) > 10 else "]")
+
+
+def _per_frequency(finding: RopeFinding, x: np.ndarray, pair, floor: float) -> Diagnosis | None:
+    own = fitted_table(x, pair[1], finding.head_dim, finding.dim, finding.reference.layout)
+    if np.allclose(own.frequencies, 0, atol=1e-6):
+        return None   # no rotation at all: its input unchanged (op_skipped)
+    rotation = Rotation(own, finding.reference.layout, 1, 0, 0.0, own.gain)
+    residual = matches(pair[1], rotation.apply(x, finding.head_dim, finding.dim), pair[0])
+    if residual is None or residual > floor:
+        return None
+    ratios = own.frequencies / np.where(finding.reference.table.frequencies == 0, np.nan,
+                                        finding.reference.direction * finding.reference.table.frequencies)
+    shown = ", ".join(f"{r:.3g}" for r in ratios[:8]) + (" ..." if len(ratios) > 8 else "")
+    return Diagnosis("rope_angles", finding.name,
+                     f"the candidate's {finding.name} keeps each pair's norm but turns frequency i by other angles "
+                     f"than the reference's: per position, the fitted angle over the reference's is [{shown}] "
+                     f"(rel error of that fit {residual:.2g}); the inverse frequencies are computed another way")

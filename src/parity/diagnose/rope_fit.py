@@ -151,7 +151,7 @@ def describe_parameters(parameters: dict) -> str:
         return "the reference's own fitted frequencies"
     kind = parameters["rope_type"]
     scaling = "" if kind == "default" else f", {kind} scaling" + (
-        f" x{parameters['factor']:g}" if parameters.get("factor") else "")
+        f" x{parameters['factor']:.4g}" if parameters.get("factor") else "")
     return f"theta {parameters['rope_theta']:.4g}{scaling}"
 
 

@@ -141,7 +141,8 @@ def swapped(context: Context):
 def sign_flip(context: Context):
     for name, _, reference, candidate in context.focused():
         if matches_scaled(candidate, -1.0, reference) is not None:
-            yield Diagnosis("sign_flip", name, f"the candidate's {name} is the reference's negated")
+            yield confirm(context, Diagnosis("sign_flip", name, f"the candidate's {name} is the reference's negated"),
+                          -candidate, "negating the candidate")
             return
 
 
@@ -156,8 +157,9 @@ def scale_factor(context: Context):
         if abs(factor + 1) < 0.05 or abs(factor - 1) < 1e-3:
             continue
         if matches_scaled(candidate, factor, reference) is not None:
-            yield Diagnosis("scale_factor", name, f"the candidate's {name} is the reference's times {factor:.4g}"
-                                                  f"{_known_factor(factor, context)}")
+            diagnosis = Diagnosis("scale_factor", name, f"the candidate's {name} is the reference's times {factor:.4g}"
+                                                        f"{_known_factor(factor, context)}")
+            yield confirm(context, diagnosis, candidate / factor, f"dividing the candidate by {factor:.4g}")
             return
 
 
@@ -166,10 +168,11 @@ def _dot(left: np.ndarray, right: np.ndarray) -> float:
 
 
 def _known_factor(factor: float, context: Context) -> str:
-    head_dim = context.config.head_dim
-    if head_dim:
-        for value, label in ((head_dim ** 0.5, "sqrt(head_dim)"), (head_dim ** -0.5, "1/sqrt(head_dim)"),
-                             (head_dim, "head_dim"), (1 / head_dim, "1/head_dim")):
-            if abs(factor / value - 1) < 0.02:
-                return f" = {label}: an attention scale applied twice or not at all?"
-    return ""
+    from parity.diagnose.identities import scale_label
+
+    label = scale_label(factor, context)
+    if "head_dim" in label:
+        return f"{label}: an attention scale applied twice or not at all?"
+    if "hidden_size" in label:
+        return f"{label}: an embedding scale (Gemma's sqrt(hidden_size)) applied where the model has none, or twice?"
+    return label
