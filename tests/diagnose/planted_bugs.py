@@ -156,6 +156,19 @@ def norm_over_all_heads(x, w, b, eps, kind):
     return port.norm(x, w, b, eps, kind)
 
 
+def layer_norm_uncentred(x, w, b, eps, kind):
+    x32 = x.float()
+    return (w * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) + b) if kind == "layer" \
+        else port.norm(x, w, b, eps, kind)
+
+
+def softmax_with_dropout(scores):
+    """Attention dropout (p = 0.1) left on at inference: a fixed mask, survivors scaled by 1 / 0.9."""
+    probs = torch.softmax(scores.float(), -1)
+    kept = torch.rand(probs.shape, generator=torch.Generator().manual_seed(0)) > 0.1
+    return probs * kept / 0.9
+
+
 def softmax_float16_unshifted(scores):
     exps = torch.exp(scores.half())
     return exps / exps.sum(-1, keepdim=True)
@@ -216,9 +229,9 @@ BUGS: dict[str, Bug] = {
                                                   merge_heads=lambda ctx: ctx.flip(1).reshape(ctx.shape[0], -1)),
     # norms
     "llama: norm scales by 1 + weight": bug("llama", "norm_weight_convention",
-                                            norm_kind=lambda kind: "rms1p" if kind == "rms" else kind),
+                                            norm_kind=lambda kind, where: "rms1p" if kind == "rms" else kind),
     "gemma3: norm scales by weight, not 1 + weight": bug("gemma3", "norm_weight_convention",
-                                                         norm_kind=lambda kind: "rms" if kind == "rms1p" else kind),
+                                                         norm_kind=lambda kind, where: "rms" if kind == "rms1p" else kind),
     "llama3: norm epsilon 1e-5": bug("llama3", "norm_epsilon", norm=norm_eps(1e-5)),
     "qwen3: norm epsilon outside the square root": bug("qwen3", "norm_epsilon", norm=norm_eps_outside),
     "llama: RMSNorm centres its rows": bug("llama", "norm_variant", norm=norm_centred),
@@ -296,6 +309,33 @@ BUGS.update({
         "hst,shd->thd", p, v)),
     "llama3: SiLU on both gate and up": bug("llama3", "activation_variant", gated=lambda act, g, u: act(g) * act(u)),
     "qwen3: activation after the product": bug("qwen3", "activation_variant", gated=lambda act, g, u: act(g * u)),
+})
+
+# A third set, also written before running it.
+BUGS.update({
+    "gpt2: the diagonal masked too": bug("gpt2", {"causal_mask", "nonfinite"}, visible=visible_offset(-1)),
+    "llama3: original context length ignored (8192)": bug("llama3", {"rope_scaling", "rope_angles"},
+                                                           inv_freq=with_rope(original_max_position_embeddings=8192)),
+    "gpt2: q bias not loaded": bug("gpt2", "missing_bias", weight=lambda name, t, _: torch.cat([torch.zeros(64), t[64:]])
+                                   if name == "transformer.h.0.attn.c_attn.bias" else t),
+    "llama: lm_head tied to the embedding": bug("llama", "output_projection", weight=lambda name, t, weights: weights[
+        "model.embed_tokens.weight"] if name == "lm_head.weight" else t),
+    "gpt2: LayerNorm without centring": bug("gpt2", "norm_variant", norm=layer_norm_uncentred),
+    "gemma3: final norm scales by weight, not 1 + weight": bug("gemma3", "norm_weight_convention", norm_kind=lambda kind, where:
+                                                               "rms" if where == "final" else kind),
+    "llama3: a sink in the softmax's denominator": bug("llama3", "softmax_normalization", softmax=lambda s: torch.exp(
+        s.float() - s.float().amax(-1, keepdim=True)) / (torch.exp(s.float() - s.float().amax(-1, keepdim=True)).sum(-1, keepdim=True)
+                                                         + torch.exp(-s.float().amax(-1, keepdim=True)))),
+    "gemma3: MLP branch doubled": bug("gemma3", "residual_scale", mlp_residual=lambda x, mid, b: mid + 2 * b),
+    "gpt2: attention dropout left on": bug("gpt2", "softmax_normalization", softmax=softmax_with_dropout),
+    "mistral: keys' rotate_half backwards": bug("mistral", "rope_direction", rope_k=lambda x, c, s_, rot: x * c +
+                                                rotate_half_backwards(x) * s_),
+    "llama: logits scaled by 1/sqrt(hidden)": bug("llama", {"scale_factor", "output_projection"},
+                                                  weight=lambda name, t, _: t / 8 if name == "lm_head.weight" else t),
+    "llama3: norm weight applied before normalizing": bug("llama3", "norm_variant", norm=lambda x, w, b, eps, kind: port.norm(
+        x * w, torch.ones_like(w), b, eps, kind)),
+    "qwen3: attention scale applied to the probabilities": bug("qwen3", {"softmax_normalization", "attention_scale"},
+                                                               softmax=lambda s: 0.25 * torch.softmax(4 * s.float(), -1)),
 })
 
 # The same mistakes in bfloat16, held to tolerances calibrated on the reference run in bfloat16.

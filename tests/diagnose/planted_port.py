@@ -84,14 +84,14 @@ class Ops:
     norm: Callable = norm
     norm_module: Callable = lambda where, index: (where, index)   # whose weights a norm reads
     skip_norms: frozenset = frozenset()                             # norms not applied ("q", "mlp_post", ...)
-    norm_kind: Callable = lambda kind: kind
+    norm_kind: Callable = lambda kind, where: kind                  # "rms", "rms1p" or "layer", per norm
     activation: Callable = activation
     gated: Callable = lambda act, gate, up: act(gate) * up
     attn_residual: Callable = lambda x, normed, branch: x + branch
     mlp_residual: Callable = lambda x, mid, branch: mid + branch
     block_order: Callable = lambda count: list(range(count))
     final_norm: bool = True
-    weight: Callable = lambda name, tensor: tensor                  # a weight as the port loads it
+    weight: Callable = lambda name, tensor, weights: tensor         # a weight as the port loads it (all: `weights`)
 
 
 OPS = Ops()
@@ -126,7 +126,7 @@ class Port:
             return tensor
 
         config, ids = self.config, torch.tensor(tokens)
-        w = {name: ops.weight(name, tensor).to(dtype) for name, tensor in self.weights.items()}
+        w = {name: ops.weight(name, tensor, self.weights).to(dtype) for name, tensor in self.weights.items()}
         self.cast = w
         count = len(tokens)
         if self.gpt2:
@@ -157,13 +157,13 @@ class Port:
             module = {"final": "transformer.ln_f", "attn": f"transformer.h.{index}.ln_1",
                       "mlp": f"transformer.h.{index}.ln_2"}[where]
             return ops.norm(x, w[module + ".weight"], w[module + ".bias"], config.layer_norm_epsilon,
-                            ops.norm_kind("layer"))
+                            ops.norm_kind("layer", where))
         module = {"final": "model.norm", "attn": f"model.layers.{index}.input_layernorm",
                   "q": f"model.layers.{index}.self_attn.q_norm", "k": f"model.layers.{index}.self_attn.k_norm",
                   "attn_post": f"model.layers.{index}.post_attention_layernorm",
                   "mlp": f"model.layers.{index}.{'pre_feedforward_layernorm' if self.gemma else 'post_attention_layernorm'}",
                   "mlp_post": f"model.layers.{index}.post_feedforward_layernorm"}[where]
-        return ops.norm(x, w[module + ".weight"], None, config.rms_norm_eps, ops.norm_kind("rms1p" if self.gemma else "rms"))
+        return ops.norm(x, w[module + ".weight"], None, config.rms_norm_eps, ops.norm_kind("rms1p" if self.gemma else "rms", where))
 
     def _block(self, x, index: int, ops: Ops, keep, dtype):
         config, w, layer = self.config, self.cast, f"layers.{index}"

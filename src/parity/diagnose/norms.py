@@ -167,9 +167,11 @@ def norm_variant(context: Context):
             variants.append((replace(norm, group=config.head_dim),
                              f"each head's {config.head_dim} values normalized apart where the reference norms the "
                              f"whole row"))
+        variants.append((lambda values, norm=norm: norm.normalize(values * norm.gain) + norm.bias,
+                         "its weight applied before normalizing instead of after"))
         for variant, what in variants:
-            residual = context.consider(name, f"a norm of another kind ({variant.describe()})", candidate,
-                                        variant(x), reference, exact=exact)
+            residual = context.consider(name, f"a norm of another kind ({what})", candidate, variant(x), reference,
+                                        exact=exact)
             if residual is not None:
                 yield Diagnosis("norm_variant", name,
                                 f"the candidate's {name} is its input normalized with {what} (rel error {residual:.2g}), "

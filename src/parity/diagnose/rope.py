@@ -246,6 +246,8 @@ def _per_frequency(finding: RopeFinding, x: np.ndarray, pair, floor: float) -> D
                                         finding.reference.direction * finding.reference.table.frequencies)
     shown = ", ".join(f"{r:.3g}" for r in ratios[:8]) + (" ..." if len(ratios) > 8 else "")
     return Diagnosis("rope_angles", finding.name,
-                     f"the candidate's {finding.name} keeps each pair's norm but turns frequency i by other angles "
-                     f"than the reference's: per position, the fitted angle over the reference's is [{shown}] "
-                     f"(rel error of that fit {residual:.2g}); the inverse frequencies are computed another way")
+                     f"the candidate's {finding.name} keeps each pair's norm but turns its pairs at other rates than the "
+                     f"reference's: frequency by frequency, the candidate's angle per position over the reference's is "
+                     f"[{shown}] (rel error of that fit {residual:.2g}): the inverse frequencies are computed another "
+                     f"way (ratios at a scaling factor, or 1, point at a rope_scaling with other boundaries or context "
+                     f"length)")
