@@ -19,6 +19,8 @@ import torch.nn.functional as F
 import planted_port as port
 from planted_port import OPS, Ops
 
+TOKENS = [0, 17, 5, 40, 8, 9, 31, 22, 64, 3]   # tests/conftest.py's prompt
+
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}  # scaled within the 10 test tokens
 YARN_ROPE = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 32}
@@ -375,29 +377,48 @@ class Families:
         return port.Port(self.model(family)[0])
 
     @functools.cache
-    def reference(self, family: str, dtype: str = "float32"):
-        """(reference trace, CompareConfig): float32 with default tolerances, or float64 with tolerances
-        calibrated by the reference model run in `dtype`."""
-        from conftest import TOKENS
+    def reference(self, family: str, dtype: str = "float32", calibrated: bool | None = None):
+        """(reference trace, CompareConfig): float32 with default tolerances; or (for bfloat16, or when
+        `calibrated`) float64 with tolerances calibrated by the reference model run in `dtype`."""
         from parity.capture.hf.model import capture_hf
         from parity.core.calibrate import noise_floors
         from parity.core.compare import CompareConfig
 
         directory = self.model(family)[1]
-        if dtype == "float32":
+        if not (dtype != "float32" if calibrated is None else calibrated):
             return capture_hf(directory, tokens=TOKENS), CompareConfig()
         reference = capture_hf(directory, tokens=TOKENS, dtype="float64")
         lowp = capture_hf(directory, tokens=TOKENS, dtype=dtype)
         return reference, CompareConfig(noise=noise_floors(reference, lowp), noise_dtype=dtype)
 
-    def diagnosed(self, family: str, ops: Ops = OPS, *, layer: int | None = None, dtype: str = "float32"):
-        """The diagnosed comparison of the port with `ops` against the family's reference."""
-        from conftest import TOKENS
+    def compared(self, family: str, ops: Ops = OPS, *, layer: int | None = None, dtype: str = "float32",
+                 calibrated: bool | None = None):
+        """(reference, candidate, comparison) of the port with `ops` against the family's reference."""
         from parity.core.compare import compare
         from parity.core.trace import make_trace
-        from parity.diagnose import diagnose
 
-        reference, config = self.reference(family, dtype)
+        reference, config = self.reference(family, dtype, calibrated)
         tensors = self.port(family).forward(TOKENS, ops, layer=layer, dtype=getattr(torch, dtype))
         candidate = make_trace(tensors, {"dtype": dtype})
-        return diagnose(compare(reference, candidate, config=config), reference, candidate)
+        return reference, candidate, compare(reference, candidate, config=config)
+
+    def diagnosed(self, family: str, ops: Ops = OPS, *, layer: int | None = None, dtype: str = "float32",
+                  calibrated: bool | None = None):
+        """The diagnosed comparison of the port with `ops` against the family's reference."""
+        from parity.diagnose import diagnose
+
+        reference, candidate, comparison = self.compared(family, ops, layer=layer, dtype=dtype, calibrated=calibrated)
+        return diagnose(comparison, reference, candidate)
+
+
+@functools.cache
+def families() -> Families:
+    """One Families for the test session (shared by the test modules), its model directories removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    root = Path(tempfile.mkdtemp(prefix="parity-planted-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return Families(lambda family: root / family)
