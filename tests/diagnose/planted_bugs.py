@@ -362,7 +362,8 @@ class Families:
         import tiny_models
 
         base, overrides, qk_scale = FAMILIES[family]
-        model = tiny_models.build(base, **overrides)
+        with port.one_thread():
+            model = tiny_models.build(base, **overrides)
         if qk_scale != 1.0:
             with torch.no_grad():
                 for name, parameter in model.named_parameters():
@@ -385,10 +386,11 @@ class Families:
         from parity.core.compare import CompareConfig
 
         directory = self.model(family)[1]
-        if not (dtype != "float32" if calibrated is None else calibrated):
-            return capture_hf(directory, tokens=TOKENS), CompareConfig()
-        reference = capture_hf(directory, tokens=TOKENS, dtype="float64")
-        lowp = capture_hf(directory, tokens=TOKENS, dtype=dtype)
+        with port.one_thread():
+            if not (dtype != "float32" if calibrated is None else calibrated):
+                return capture_hf(directory, tokens=TOKENS), CompareConfig()
+            reference = capture_hf(directory, tokens=TOKENS, dtype="float64")
+            lowp = capture_hf(directory, tokens=TOKENS, dtype=dtype)
         return reference, CompareConfig(noise=noise_floors(reference, lowp), noise_dtype=dtype)
 
     def compared(self, family: str, ops: Ops = OPS, *, layer: int | None = None, dtype: str = "float32",

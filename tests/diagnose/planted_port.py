@@ -9,6 +9,7 @@ rotate_half=...)`, applied to every layer or to one (`forward(..., layer=1)`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 
@@ -61,6 +62,17 @@ def norm(x, weight, bias, eps: float, kind: str):
 
 def activation(name: str):
     return {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}[name]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Torch on one thread: the tensors here are tiny, and threads would only wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +128,10 @@ class Port:
     def forward(self, tokens: list[int], ops: Ops = OPS, *, layer: int | None = None,
                 dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         """The checkpoints of one pass over `tokens`; `ops` replace the defaults at `layer` (every layer when None)."""
+        with one_thread(), torch.no_grad():
+            return self._forward(tokens, ops, layer, dtype)
+
+    def _forward(self, tokens: list[int], ops: Ops, layer: int | None, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         def at(index: int | None) -> Ops:
             return ops if layer is None or index == layer else OPS
 

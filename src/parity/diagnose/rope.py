@@ -101,11 +101,13 @@ def _findings(context: Context):
         rotation, explained, repaired = None, None, None
         if candidate_fit is not None:
             rotation = candidate_fit[0]
-            explained = matches(y_candidate, rotation.apply(x_candidate, config.head_dim, dim), y_reference)
             # a rotation is computed from the candidate's own input: it must reproduce the candidate to its
-            # rounding (as the config's reproduces the reference), not merely come close
-            if explained is not None and explained > max(10 * found[1], floor):
-                explained = None
+            # rounding (as the config's reproduces the reference), not merely come close; and explain its error
+            reproduced = candidate_fit[1] <= max(10 * found[1], floor)
+            explained = matches(y_candidate, rotation.apply(x_candidate, config.head_dim, dim), y_reference)
+            explained = explained if reproduced else None
+            if reproduced and explained is None:
+                continue   # the candidate rotates as fitted, and that is not where its error comes from
             context.tried.append((name, f"a RoPE fitted as {rotation.describe()}", candidate_fit[1],
                                   _rel(y_reference, y_candidate)))
             repaired = reference_rotation.apply(rotation.undo(y_candidate, config.head_dim, dim), config.head_dim, dim)
@@ -244,6 +246,8 @@ def _per_frequency(finding: RopeFinding, x: np.ndarray, pair, floor: float) -> D
         return None
     ratios = own.frequencies / np.where(finding.reference.table.frequencies == 0, np.nan,
                                         finding.reference.direction * finding.reference.table.frequencies)
+    if np.allclose(ratios[np.isfinite(ratios)], 1, atol=1e-3):
+        return None   # the reference's own rates
     shown = ", ".join(f"{r:.3g}" for r in ratios[:8]) + (" ..." if len(ratios) > 8 else "")
     return Diagnosis("rope_angles", finding.name,
                      f"the candidate's {finding.name} keeps each pair's norm but turns its pairs at other rates than the "
