@@ -61,7 +61,7 @@ class Check:
         return self.candidate > max(MARGIN * self.reference, self.floor)
 
     def describe(self) -> str:
-        how = "breaks" if self.failed else "keeps"
+        how = "break" if self.failed else "keep"
         return (f"the candidate's own tensors {how} {self.identity.text} (rel_l2 {self.candidate:.2g}; the reference's "
                 f"{self.reference:.2g})")
 

@@ -300,7 +300,10 @@ def _refined(table: Table, config: Table, source: Tables | None, step_error, dir
     value = math.exp((low + high) / 2)
     if config.parameters.get(key) and abs(value / config.parameters[key] - 1) < 0.01:
         return config   # the config's own value, found again
-    return source.make(table.changes, **{**table.parameters, key: value}) or table
+    refined = source.make(table.changes, **{**table.parameters, key: value})
+    if refined is None or step_error(refined.frequencies, direction) > step_error(table.frequencies, direction):
+        return table    # a table not smooth in the value (YaRN's rounded boundaries): the grid's is nearer
+    return refined
 
 
 def _placed(table: Table, layout: str, direction: int, phasors: np.ndarray, energy: float, x: np.ndarray,

@@ -102,9 +102,9 @@ def _shapes(context: Context) -> list[tuple[str, str]]:
     config = context.config
     found = []
     for result in context.comparison.checkpoints:
-        if result.status != "not_comparable" or not result.shape_reference or not result.shape_candidate \
+        if result.metrics is not None or not result.shape_reference or not result.shape_candidate \
                 or result.shape_reference == result.shape_candidate:
-            continue
+            continue   # compared (perhaps after aligning its layout), or of one shape
         checkpoint = parse(result.name)
         if checkpoint is None:
             continue
