@@ -85,6 +85,7 @@ def column_order(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray | N
     """order[j] = the reference's column that the candidate's column j holds, when the columns are a permutation."""
     if reference.ndim != 2 or reference.shape[1] > MAX_COLUMNS or reference.shape[0] < 2:
         return None
+    reference, candidate = reference.astype(np.float32), candidate.astype(np.float32)      # a (W, W) table: float32
     squares_r, squares_c = np.sum(reference * reference, 0), np.sum(candidate * candidate, 0)
     distances = squares_c[:, None] + squares_r[None, :] - 2 * candidate.T @ reference        # (W, W)
     order = np.argmin(distances, axis=1)
