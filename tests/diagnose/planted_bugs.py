@@ -340,6 +340,32 @@ BUGS.update({
                                                                softmax=lambda s: 0.25 * torch.softmax(4 * s.float(), -1)),
 })
 
+# A fourth set: mistakes at bfloat16, and others again.
+BUGS.update({
+    "llama: theta 1e6 [bfloat16]": bug("llama", "rope_theta", dtype="bfloat16", inv_freq=with_rope(rope_theta=1e6)),
+    "gemma3: local layer rotated with the global theta [bfloat16]": bug("gemma3", "rope_theta", dtype="bfloat16",
+                                                                         inv_freq=gemma_local_with_global_theta),
+    "gpt2: blocks 0 and 1 run in the wrong order [bfloat16]": bug("gpt2", "wiring", dtype="bfloat16",
+                                                                  block_order=lambda n: [1, 0, *range(2, n)]),
+    "gpt2: scores not scaled [bfloat16]": bug("gpt2", "attention_scale", dtype="bfloat16",
+                                              score_scale=lambda d, hidden, s: 1.0),
+    "qwen3: q/k norm over all heads at once [bfloat16]": bug("qwen3", "norm_variant", dtype="bfloat16",
+                                                             norm=norm_over_all_heads),
+    "qwen3: keys not rotated [bfloat16]": bug("qwen3", {"op_skipped", "wiring"}, dtype="bfloat16",
+                                              rope_k=lambda x, c, s, rot: x),
+    "mistral: layer 1 skipped [bfloat16]": bug("mistral", {"structure", "wiring"}, dtype="bfloat16",
+                                               block_order=lambda n: [0, *range(2, n)]),
+    "llama3: attention branch doubled [bfloat16]": bug("llama3", "residual_scale", dtype="bfloat16",
+                                                       attn_residual=lambda x, n, b: x + 2 * b),
+    "llama3: RMSNorm centres its rows [bfloat16]": bug("llama3", "norm_variant", dtype="bfloat16", norm=norm_centred),
+    "llama: keys' heads reversed after RoPE": bug("llama", "layout_permuted", rope_k=lambda x, c, s, rot: (
+        x * c + rot(x) * s).flip(1)),
+    "gemma3: scores scaled by 1/query_pre_attn_scalar": bug("gemma3", "attention_scale", score_scale=lambda d, hidden, s: 1 / 16),
+    "qwen3: a window of 4 in a model without one": bug("qwen3", "sliding_window", visible=window_changed(0, everywhere=4)),
+    "mistral: the window on both sides, no causal mask": bug("mistral", "causal_mask", visible=lambda n, w: (
+        torch.arange(n)[:, None] - torch.arange(n)[None, :]).abs() < w),
+})
+
 # The same mistakes in bfloat16, held to tolerances calibrated on the reference run in bfloat16.
 BFLOAT16 = ("llama: rotate_half returns cat(x2, -x1)", "llama3: theta 10000 where the config says 500000",
             "llama3: scaling not applied", "llama: scores scaled by 1/d instead of 1/sqrt(d)",
@@ -349,6 +375,15 @@ BFLOAT16 = ("llama: rotate_half returns cat(x2, -x1)", "llama3: theta 10000 wher
             "llama: KV heads tiled instead of interleaved", "gemma3: heads merged without a transpose",
             "llama: norm scales by 1 + weight", "qwen3: MLP output added to the block input")
 BUGS.update({f"{name} [bfloat16]": dataclasses.replace(BUGS[name], dtype="bfloat16") for name in BFLOAT16})
+
+
+# Precision, not a mistake: the comparison may fail, and no cause may be named for it.
+ROUNDING: dict[str, Bug] = {
+    "llama: softmax taken in float16": bug("llama", set(), softmax=lambda s: torch.softmax(s.half(), -1).float()),
+    "llama: weights rounded to bfloat16": bug("llama", set(), weight=lambda name, t, _: t.bfloat16().float()),
+    "qwen3: RoPE tables in bfloat16": bug("qwen3", set(), rope=lambda x, c, s_, rot: x * c.bfloat16().float()
+                                          + rot(x) * s_.bfloat16().float()),
+}
 
 
 class Families:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from parity.core.metrics import rel_l2
 from parity.core.results import Diagnosis
 from parity.diagnose import register
 from parity.diagnose.context import Context, layer_facts
@@ -28,6 +29,8 @@ NORMALIZED = {"float64": 1e-4, "float32": 1e-4, "float16": 2e-2, "bfloat16": 5e-
 # (float64: transformers takes the softmax in float32 whatever the model's dtype)
 HOLES = 0.02            # at most this share of zeros inside a band (underflow) for it to be a mask
 USABLE_ROWS = 0.9       # at least this share of rows finite and normalized to fit a band
+RESCALED_SHARE = 0.5    # rows divided by their sums must leave at most this share of the error ...
+FAR_FROM_ONE = 0.05     # ... or some row sum further than this from 1 (and than 10x the dtype's tolerance)
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,10 @@ def _off_by_one(window: int, candidate_reach: int, tokens: int) -> str:
 
 @register("softmax_normalization")
 def softmax_normalization(context: Context):
-    """The probabilities do not sum to 1 along the keys, where the reference's do."""
+    """The probabilities do not sum to 1 along the keys, where the reference's do, and that is where the error
+    comes from: they sum to 1 along the queries (the wrong axis), or dividing each row by its sum removes most
+    of the error (a scale after the softmax, a sink in its denominator). Row sums a little off from rounding
+    (a softmax taken in float16) are not this."""
     for name, _, reference, candidate in context.focused("attn_probs"):
         if reference.ndim != 3 or not np.all(np.isfinite(candidate)):
             continue   # non-finite probabilities are nonfinite's to explain
@@ -214,13 +220,23 @@ def softmax_normalization(context: Context):
             continue
         column_sums = candidate.sum(-2)                                       # (H, S)
         if np.max(np.abs(column_sums - 1)) <= tolerance:
-            what = ("they sum to 1 along the queries instead: the softmax is taken over the wrong axis "
-                    "(dim=-2, or the scores transposed before it)")
-        elif np.ptp(row_sums) <= tolerance * max(1.0, float(np.mean(row_sums))):
+            yield Diagnosis("softmax_normalization", name,
+                            "the candidate's probabilities do not sum to 1 along the keys, where the reference's do: "
+                            "they sum to 1 along the queries instead: the softmax is taken over the wrong axis "
+                            "(dim=-2, or the scores transposed before it)")
+            return
+        rescaled = candidate / np.where(row_sums == 0, 1.0, row_sums)[..., None]
+        error, left = rel_l2(reference, candidate), rel_l2(reference, rescaled)
+        far = np.max(np.abs(row_sums - 1)) > max(FAR_FROM_ONE, 10 * tolerance)   # no rounding strays this far
+        if left > RESCALED_SHARE * error and not far:
+            continue
+        if np.ptp(row_sums) <= tolerance * max(1.0, float(np.mean(row_sums))):
             what = f"every row sums to {float(np.mean(row_sums)):.4g}: the probabilities are scaled after the softmax"
         else:
-            what = (f"the row sums range from {row_sums.min():.3g} to {row_sums.max():.3g}: they are not "
-                    "normalized along the keys (exp() without its division, or a division by another sum)")
-        yield Diagnosis("softmax_normalization", name,
-                        f"the candidate's probabilities do not sum to 1 along the keys, where the reference's do: {what}")
+            what = (f"the row sums range from {row_sums.min():.3g} to {row_sums.max():.3g}: they are not normalized "
+                    "along the keys (a term added to the softmax's denominator, exp() divided by another sum)")
+        diagnosis = Diagnosis("softmax_normalization", name,
+                              f"the candidate's probabilities do not sum to 1 along the keys, where the reference's do: "
+                              f"{what}; dividing each row by its sum leaves rel_l2 {left:.2g} of {error:.2g}")
+        yield confirm(context, diagnosis, rescaled, "dividing each row by its sum")
         return

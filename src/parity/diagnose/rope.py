@@ -22,6 +22,8 @@ from parity.diagnose.repair import confirm
 from parity.diagnose.rope_fit import (LAYOUTS, Rotation, Tables, describe_parameters, fit, fitted_table, noise_floor,
                                       pairs, rope_parameters, rotary_dim, unpairs)
 
+IDENTITY_SHARE = 0.2   # a fitted rotation must leave at most this share of what no rotation at all leaves
+
 CAUSES = {  # a fitted parameter that differs -> the cause it names (in this order when several differ)
     "layout": "rope_layout", "direction": "rope_direction", "offset": "rope_position_offset",
     "theta": "rope_theta", "scaling": "rope_scaling", "gain": "rope_scaling", "phase": "rope_angles",
@@ -103,7 +105,8 @@ def _findings(context: Context):
             rotation = candidate_fit[0]
             # a rotation is computed from the candidate's own input: it must reproduce the candidate to its
             # rounding (as the config's reproduces the reference), not merely come close; and explain its error
-            reproduced = candidate_fit[1] <= max(10 * found[1], floor)
+            unrotated = _rel(y_candidate, x_candidate)     # what leaving the input as it is would leave
+            reproduced = candidate_fit[1] <= max(10 * found[1], floor) and candidate_fit[1] <= IDENTITY_SHARE * unrotated
             explained = matches(y_candidate, rotation.apply(x_candidate, config.head_dim, dim), y_reference)
             explained = explained if reproduced else None
             if reproduced and explained is None:
