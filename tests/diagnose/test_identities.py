@@ -4,7 +4,7 @@ a scaled term of a residual sum fitted, and what a broken identity says when not
 import numpy as np
 import pytest
 
-from detector_cases import diagnoses, rng
+from detector_cases import rng
 from parity.diagnose.context import Context, model_config
 from parity.diagnose.identities import checks
 

@@ -39,7 +39,6 @@ def test_confirm_says_what_was_undone():
 
 
 def test_sign_and_scale_are_confirmed_end_to_end():
-    from detector_cases import diagnoses  # noqa: F401  (the same helpers, with the diagnoses' confidences)
     from parity.diagnose import diagnose
 
     x = R.standard_normal((6, 32))

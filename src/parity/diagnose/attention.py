@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from parity.core.names import parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, matches, reproduces
+from parity.diagnose.context import Context, reproduces
 
 
 def apply_rope(x: np.ndarray, head_dim: int, theta: float, positions: np.ndarray, layout: str) -> np.ndarray:
