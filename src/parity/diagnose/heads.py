@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from parity.core.metrics import rel_l2
 from parity.core.names import HEAD_KINDS
 from parity.core.results import Diagnosis
 from parity.diagnose.context import Context, matches
@@ -38,7 +37,10 @@ def head_order(reference: np.ndarray, candidate: np.ndarray) -> list[int] | None
     """order[i] = the reference's head that the candidate's head i holds, when the heads are a permutation
     (heads on axis 1 of (T, H, hd), or axis 0 of (H, T, S))."""
     count = reference.shape[0]
-    distances = np.array([[rel_l2(reference[j], candidate[i]) for j in range(count)] for i in range(count)])
+    left, right = candidate.reshape(count, -1), reference.reshape(count, -1)                  # (H, rest) each
+    squares = np.einsum("ij,ij->i", right, right, dtype=np.float64)
+    distances = (np.einsum("ij,ij->i", left, left, dtype=np.float64)[:, None] + squares[None, :]
+                 - 2 * np.einsum("ik,jk->ij", left, right, dtype=np.float64)) / np.where(squares > 0, squares, 1.0)
     order = [int(np.argmin(row)) for row in distances]
     if sorted(order) != list(range(count)) or order == list(range(count)):
         return None
