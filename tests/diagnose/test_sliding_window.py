@@ -2,7 +2,7 @@ import numpy as np
 
 from detector_cases import rng
 from family_cases import diagnosed, found
-from parity.diagnose.sliding_window import reach
+from parity.diagnose.masks import reach
 
 T, HEADS = 9, 2
 

@@ -92,3 +92,31 @@ def test_the_fits_from_sums_match_a_least_squares_solve(monkeypatch):
     assert f"best scalar fit candidate = {scale:.4g} x reference" in text
     constant = unexplained._fits(np.full((4, 4), 2.0), np.full((4, 4), 3.0))   # no slope to fit: the mean
     assert "best affine fit 0 x reference +3 leaves 0" in constant
+
+
+def test_the_hint_fits_the_op_no_weights_for_a_weightless_one():
+    import pytest
+
+    from parity.diagnose.unexplained import OP_HINTS, WEIGHTED
+
+    for kind in ("q_rope", "k_rope", "attn_probs", "attn_ctx", "resid_mid", "out", "mlp_act"):
+        assert "weights or their conversion" not in OP_HINTS[kind] and "no weights" in OP_HINTS[kind]
+    assert "--weights" in WEIGHTED
+    x = R.standard_normal((T, WIDTH))
+    base = {"layers.0.q": x, "layers.0.q_rope": x}                  # a q_rope broken in no known way
+    candidate = {**base, "layers.0.q_rope": x + np.sin(5 * x)}
+    message = diagnosed(base, candidate).diagnoses[0].message
+    assert "the rotation (it has no weights)" in message and "--weights" not in message
+    if "ruled out" not in message:
+        pytest.fail(message)
+
+
+def test_what_was_ruled_out_and_the_nearest_miss():
+    x = 0.05 * R.standard_normal((T, WIDTH))
+    gamma = 1 + 0.2 * R.standard_normal(WIDTH)
+    normed = gamma * x / np.sqrt(np.mean(x * x, -1, keepdims=True) + 1e-6)
+    base = {"embed": x, "layers.0.attn_norm": normed}
+    candidate = {**base, "layers.0.attn_norm": normed * (1 + 0.3 * np.cos(np.arange(WIDTH)))}   # a weight gone wrong
+    message = diagnosed(base, candidate).diagnoses[0].message
+    assert "ruled out: epsilon, weight convention (w or 1 + w)" in message
+    assert "the norm: its weight, epsilon or formula" in message

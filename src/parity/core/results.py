@@ -128,6 +128,9 @@ class Diagnosis:
     cause: str
     checkpoint: str
     message: str
+    # "confirmed": the cause's inverse applied to the candidate restores the reference within tolerance;
+    # "likely": it explains most of the error, not all; None: a cause with no inverse to apply
+    confidence: str | None = None
 
     def __repr__(self) -> str:
         return f"<Diagnosis {self.cause} at {self.checkpoint}>"

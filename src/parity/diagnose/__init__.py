@@ -20,10 +20,16 @@ DETECTORS: dict[str, Detector] = {}
 # epsilon rescales rows; a missing residual leaves the branch's tensor in place; a
 # norm without its bias, or a slightly different activation, shifts by a constant row):
 # reported only where no specific cause explains the checkpoint.
-GENERIC = frozenset({"scale_factor", "swapped", "missing_bias"})
+GENERIC = frozenset({"scale_factor", "swapped", "missing_bias", "wiring"})
 # A cause that explains another's evidence at the same checkpoint: probabilities
 # stored transposed put weight above the diagonal without any mask being wrong.
-SUPERSEDES = {"layout_permuted": frozenset({"causal_mask"}),
+SUPERSEDES = {"layout_permuted": frozenset({"causal_mask", "wiring"}),
+              # a specific way of reading the wrong tensor, named as such
+              "op_skipped": frozenset({"wiring"}), "swapped_operands": frozenset({"wiring"}),
+              "gqa_head_mapping": frozenset({"wiring"}),
+              # a norm's weight convention rescales its channels: not a scale, a bias or an epsilon
+              "norm_weight_convention": frozenset({"scale_factor", "missing_bias", "norm_epsilon", "norm_affine"}),
+              "embedding_scale": frozenset({"op_skipped", "scale_factor"}),
               # a residual add left out is the specific case of that op skipped
               "missing_residual": frozenset({"op_skipped"}),
               # Rounded weights change every tensor from the embedding on: heuristic readings of the same
@@ -44,8 +50,9 @@ def register(cause: str) -> Callable[[Detector], Detector]:
 def diagnose(comparison: Comparison, reference: Trace, candidate: Trace) -> Comparison:
     """The comparison with the diagnoses and notes of every detector that applies."""
     from parity.diagnose import attention, layers, noise, rounding, values, weights  # noqa: F401  (register them)
-    from parity.diagnose import attention_math, biases, block_input, ops, rope_base  # noqa: F401
-    from parity.diagnose import embedding_scale, post_norm, router, sliding_window  # noqa: F401  (family-specific causes)
+    from parity.diagnose import attention_math, biases, block_input, ops, rope  # noqa: F401
+    from parity.diagnose import embedding_scale, masks, norms, post_norm, router  # noqa: F401  (family-specific causes)
+    from parity.diagnose import identities, structure, wiring  # noqa: F401  (the general mechanisms)
     from parity.diagnose.context import Context, model_config
 
     context = Context(comparison, reference, candidate, model_config(reference))

@@ -1,41 +1,17 @@
-"""Detectors for attention: causal_mask, gqa_head_mapping, rope_layout, rope_position_offset.
+"""gqa_head_mapping, and the RoPE and attention helpers other detectors share (RoPE's causes are in
+rope.py, the mask's in masks.py).
 
-The RoPE and GQA detectors recompute the step from the reference's own inputs to
-it (q and k before RoPE; q and k after RoPE) under the alternative hypothesis,
-and report only when that reproduces the candidate.
+The GQA detector recomputes the step from the reference's own q and k after RoPE under
+the alternative hypothesis, and reports only when that reproduces the candidate.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from parity.core.names import parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, matches, reproduces, widened
-
-MAX_OFFSET = 4
-FUTURE_MASS = 1e-3  # attention probability above the diagonal that is more than rounding
-
-
-@register("causal_mask")
-def causal_mask(context: Context):
-    """Future positions attended: probability above the diagonal where the reference has none."""
-    for name, _, reference, candidate in context.focused("attn_probs"):  # (H, T, S)
-        future = np.triu(np.ones(reference.shape[-2:], dtype=bool), k=1 + reference.shape[-1] - reference.shape[-2])
-        if np.abs(reference[:, future]).max(initial=0.0) > FUTURE_MASS:
-            continue  # the reference itself is not causal here
-        mass = (candidate * future).sum(-1)                             # (H, T) probability on future keys
-        if mass.max(initial=0.0) > FUTURE_MASS:
-            head, position = np.unravel_index(int(np.argmax(mass)), mass.shape)
-            yield Diagnosis("causal_mask", name,
-                            f"the candidate attends to future positions: up to {mass.max():.3g} of the probability "
-                            f"(head {head}, query position {position}) lies above the diagonal, where the "
-                            "reference has none; the causal mask is missing or misplaced")
-            return
-    from parity.diagnose.attention_math import causal_mask_from_context
-
-    yield from causal_mask_from_context(context)  # only attn_ctx visible (a fused attention kernel)
+from parity.diagnose.context import Context, reproduces
 
 
 def apply_rope(x: np.ndarray, head_dim: int, theta: float, positions: np.ndarray, layout: str) -> np.ndarray:
@@ -54,61 +30,6 @@ def apply_rope(x: np.ndarray, head_dim: int, theta: float, positions: np.ndarray
     return rotated.reshape(count, -1)
 
 
-def _rope_input(context: Context, name: str) -> np.ndarray | None:
-    checkpoint = parse(name)
-    prefix = f"layers.{checkpoint.layer}.{checkpoint.kind[0]}"           # q or k
-    for source in (f"{prefix}_norm", prefix):
-        if source in context.reference:
-            return widened(context.reference[source])
-    return None
-
-
-def _rope_focus(context: Context):
-    config = context.config
-    if not config.rope_theta or not config.head_dim:
-        return
-    for name, _, reference, candidate in context.focused("q_rope", "k_rope"):
-        source = _rope_input(context, name)
-        if source is not None and source.shape == reference.shape:
-            yield name, source, (reference, candidate)
-
-
-@register("rope_layout")
-def rope_layout(context: Context):
-    config = context.config
-    for name, source, (reference, candidate) in _rope_focus(context):
-        positions = np.arange(reference.shape[0])
-        for layout, other in (("adjacent", "half"), ("half", "adjacent")):
-            if not reproduces(reference, apply_rope(source, config.head_dim, config.rope_theta, positions, other)):
-                continue  # the reference does not use `other`
-            hypothesis = apply_rope(source, config.head_dim, config.rope_theta, positions, layout)
-            residual = matches(candidate, hypothesis, reference)
-            if residual is not None:
-                described = {"adjacent": "adjacent pairs (2i, 2i+1)", "half": "halves (i, i + head_dim/2)"}
-                yield Diagnosis("rope_layout", name,
-                                f"the candidate's {name} is the reference's input rotated in {described[layout]} where "
-                                f"the reference rotates {described[other]} (rel error {residual:.2g}); a GGUF or "
-                                "checkpoint conversion permutes q/k rows for exactly this reason")
-                return
-
-
-@register("rope_position_offset")
-def rope_position_offset(context: Context):
-    config = context.config
-    for name, source, (reference, candidate) in _rope_focus(context):
-        positions = np.arange(reference.shape[0])
-        for offset in sorted(range(-MAX_OFFSET, MAX_OFFSET + 1), key=abs):
-            if offset == 0:
-                continue
-            hypothesis = apply_rope(source, config.head_dim, config.rope_theta, positions + offset, "half")
-            residual = matches(candidate, hypothesis, reference)
-            if residual is not None:
-                yield Diagnosis("rope_position_offset", name,
-                                f"the candidate rotates position t as t{offset:+d} (rel error {residual:.2g}); "
-                                "positions start at the wrong index (a cache offset, or an extra token counted)")
-                return
-
-
 def attention_probabilities(q: np.ndarray, k: np.ndarray, heads: int, kv_heads: int, head_dim: int,
                             kv_of_head) -> np.ndarray:
     """Causal softmax(q k^T / sqrt(hd)) from (T, H*hd) and (S, Hkv*hd), query head h reading KV head kv_of_head(h)."""
@@ -122,27 +43,57 @@ def attention_probabilities(q: np.ndarray, k: np.ndarray, heads: int, kv_heads: 
     return weights / weights.sum(-1, keepdims=True)
 
 
+MAPPINGS = {"interleaved": "head h reads KV head h // group", "tiled": "head h reads KV head h % kv_heads"}
+
+
+def _orders(heads: int, kv_heads: int) -> dict[str, list[int]]:
+    group = heads // kv_heads
+    return {"interleaved": [h // group for h in range(heads)], "tiled": [h % kv_heads for h in range(heads)]}
+
+
+def _expanded(x: np.ndarray, kv_heads: int, head_dim: int, order: list[int]) -> np.ndarray:
+    """(S, Hkv*hd) -> (S, H*hd): KV head order[h] for query head h."""
+    return x.reshape(x.shape[0], kv_heads, head_dim)[:, order].reshape(x.shape[0], -1)
+
+
 @register("gqa_head_mapping")
 def gqa_head_mapping(context: Context):
-    """Query heads read the wrong KV heads: h % Hkv (tiled) instead of h // group (interleaved)."""
+    """Query heads read the wrong KV heads: h % Hkv (tiled) instead of h // group (interleaved), for
+    the keys (seen in attn_probs) or the values alone (seen in attn_ctx, from the candidate's own
+    probabilities and values)."""
+    from parity.diagnose.attention_math import _Attention, attend
+    from parity.diagnose.identities import attention_product, slot_tensor
+
     config = context.config
     if not config.heads or not config.kv_heads or config.kv_heads == config.heads or not config.head_dim:
         return
-    group = config.heads // config.kv_heads
-    mappings = {"interleaved (head h reads KV head h // group)": lambda h: h // group,
-                "tiled (head h reads KV head h % kv_heads)": lambda h: h % config.kv_heads}
-    for name, checkpoint, reference, candidate in context.focused("attn_probs"):
-        q, k = (context.reference.tensors.get(f"layers.{checkpoint.layer}.{kind}_rope") for kind in "qk")
-        if q is None or k is None:
-            continue
-        found = {label: attention_probabilities(q.astype(np.float64), k.astype(np.float64), config.heads,
-                                                config.kv_heads, config.head_dim, mapping)
-                 for label, mapping in mappings.items()}
-        reference_mapping = next((label for label, p in found.items() if reproduces(reference, p)), None)
-        for label, probabilities in found.items():
-            if label != reference_mapping and reference_mapping and matches(candidate, probabilities, reference) is not None:
+    orders = _orders(config.heads, config.kv_heads)
+    for name, checkpoint, reference, candidate in context.focused("attn_probs", "attn_ctx"):
+        at = f"layers.{checkpoint.layer}."
+        if checkpoint.kind == "attn_probs":
+            attention = _Attention(context, checkpoint.layer)
+            if not attention.scores_usable:
+                continue
+            found = {label: attend(attention.q, _expanded(attention.k, config.kv_heads, config.head_dim, order), None,
+                                   heads=config.heads, kv_heads=config.heads, head_dim=config.head_dim,
+                                   scale=attention.standard, visible=attention.visible, softcap=attention.softcap)[0]
+                     for label, order in orders.items()}
+            what = "keys"
+        else:
+            probs, values = slot_tensor(context, at + "attn_probs", at + "attn_probs"), slot_tensor(context, at + "v", at + "v")
+            if probs is None or values is None:
+                continue
+            found = {label: attention_product(config.heads, config.kv_heads, config.head_dim,
+                                              lambda h, order=order: order[h])([probs, values])
+                     for label, order in orders.items()}
+            what = "values (the keys' are right: the probabilities agree)"
+        used = next((label for label, p in found.items() if p.shape == reference.shape and reproduces(reference, p)), None)
+        for label, hypothesis in found.items():
+            if used is None or label == used or hypothesis.shape != candidate.shape:
+                continue
+            if context.consider(name, f"KV heads expanded {label}", candidate, hypothesis, reference) is not None:
                 yield Diagnosis("gqa_head_mapping", name,
-                                f"the candidate expands its {config.kv_heads} KV heads to {config.heads} query heads "
-                                f"{label.split(' (')[0]} where the reference is {reference_mapping.split(' (')[0]}: "
-                                f"{label.split('(')[1].rstrip(')')}")
+                                f"the candidate expands its {config.kv_heads} KV heads' {what} to {config.heads} query "
+                                f"heads {label} where the reference is {used}: {MAPPINGS[label]} "
+                                f"(repeat where repeat_interleave is meant, or the reverse)")
                 return

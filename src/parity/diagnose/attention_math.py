@@ -16,7 +16,8 @@ import numpy as np
 from parity.core.metrics import rel_l2
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, matches, reproduces
+from parity.diagnose.context import Context, layer_facts, matches, reproduces, widened
+from parity.diagnose.repair import confirm
 
 SCALE_STEPS = 241   # log-spaced scales searched, from head_dim^-2 to head_dim
 SCALE_SAME = 0.02   # a fitted scale within 2% of the reference's is the reference's
@@ -24,14 +25,21 @@ WITHIN_NOISE = 0.5  # a hypothesis inside the calibrated tolerance must also hal
 
 
 def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray | None, *, heads: int, kv_heads: int, head_dim: int,
-           scale: float, causal: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+           scale: float, causal: bool = True, visible: np.ndarray | None = None,
+           softcap: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """softmax(scale q k^T) and its product with v, from (T, H*hd), (S, Hkv*hd), (S, Hkv*hd):
-    (probs (H, T, S), context (T, H*hd) or None). Query head h reads KV head h // (H / Hkv)."""
+    (probs (H, T, S), context (T, H*hd) or None). Query head h reads KV head h // (H / Hkv).
+    `visible` (T, S), when given, is the mask (a sliding window's band) in place of the causal one;
+    `softcap` caps the scores with cap * tanh(scores / cap) (Gemma 2)."""
     count, group = q.shape[0], heads // kv_heads
     q_heads = q.reshape(count, heads, head_dim).transpose(1, 0, 2)                            # (H, T, hd)
     k_heads = np.repeat(k.reshape(k.shape[0], kv_heads, head_dim).transpose(1, 0, 2), group, axis=0)  # (H, S, hd)
     scores = scale * q_heads @ k_heads.transpose(0, 2, 1)                                      # (H, T, S)
-    if causal:
+    if softcap:
+        scores = softcap * np.tanh(scores / softcap)
+    if visible is not None and causal:
+        scores = np.where(visible[None], scores, -np.inf)
+    elif causal:
         scores = np.where(np.triu(np.ones(scores.shape[-2:], dtype=bool), k=1 + scores.shape[-1] - count),
                           -np.inf, scores)
     scores = scores - scores.max(-1, keepdims=True)
@@ -52,6 +60,16 @@ class _Attention:
                                         for kind in (f"{x}_rope", f"{x}_norm", x) if f"layers.{layer}.{kind}" in tensors),
                                        None) for x in "qkv")
         self.heads, self.kv_heads, self.head_dim = config.heads, config.kv_heads, config.head_dim
+        facts = layer_facts(config, layer)
+        self.standard = facts.get("attn_scaling") or (self.head_dim ** -0.5 if self.head_dim else None)
+        self.softcap = facts.get("attn_logit_softcapping")
+        self.visible = _reference_mask(context, layer, facts)
+
+    @property
+    def scores_usable(self) -> bool:
+        """q and k are there: the probabilities can be recomputed (the context needs v too)."""
+        return (all(x is not None for x in (self.q, self.k, self.heads, self.kv_heads, self.head_dim))
+                and self.q.shape[-1] == self.heads * self.head_dim and self.k.shape[-1] == self.kv_heads * self.head_dim)
 
     @property
     def usable(self) -> bool:
@@ -61,10 +79,27 @@ class _Attention:
     def output(self, kind: str, *, q=None, k=None, v=None, scale: float | None = None, causal: bool = True):
         """attn_probs or attn_ctx under a hypothesis (the reference's tensors where none is given)."""
         q, k, v = (self.q if q is None else q), (self.k if k is None else k), (self.v if v is None else v)
-        scale = self.head_dim ** -0.5 if scale is None else scale
+        scale = self.standard if scale is None else scale
+        visible = self.visible if self.visible is not None and self.visible.shape == (q.shape[0], k.shape[0]) else None
         probs, ctx = attend(q, k, v, heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
-                            scale=scale, causal=causal)
+                            scale=scale, causal=causal, visible=visible, softcap=self.softcap)
         return probs if kind == "attn_probs" else ctx
+
+
+def _reference_mask(context: Context, layer: int, facts: dict) -> np.ndarray | None:
+    """The mask of the reference's layer: its probabilities' band, or the window its trace records."""
+    from parity.diagnose.masks import Band, fit_band
+
+    name = f"layers.{layer}.attn_probs"
+    if name in context.reference:
+        band = fit_band(widened(context.reference[name]), context.reference.dtypes.get(name))
+        if band is not None:
+            return band.visible()
+    window = facts.get("sliding_window")
+    q = context.reference.tensors.get(f"layers.{layer}.q")
+    if isinstance(window, int) and q is not None:
+        return Band(0, window, q.shape[0], q.shape[0]).visible()
+    return None
 
 
 def _explains(context: Context, name: str, candidate: np.ndarray, hypothesis: np.ndarray,
@@ -96,18 +131,32 @@ def _attention_focus(context: Context):
 def attention_scale(context: Context):
     """The scores are scaled by another factor (1/head_dim for 1/sqrt(head_dim)): a softmax temperature."""
     for name, kind, attention, reference, candidate in _attention_focus(context):
-        standard = attention.head_dim ** -0.5
+        standard = attention.standard
         scale, residual = _fit_scale(lambda s: attention.output(kind, scale=s), candidate, attention.head_dim)
         if abs(scale / standard - 1) <= SCALE_SAME:
             continue
         if _explains(context, name, candidate, attention.output(kind, scale=scale), reference) is None:
             continue
-        yield Diagnosis("attention_scale", name,
-                        f"recomputing attention from the reference's q, k and v with the scores scaled by "
-                        f"{scale:.4g}{_scale_label(scale, attention.head_dim)} instead of "
-                        f"1/sqrt(head_dim) = {standard:.4g} reproduces the candidate's {name} (rel error "
-                        f"{residual:.2g}): a softmax temperature of {standard / scale:.3g}")
+        diagnosis = Diagnosis("attention_scale", name,
+                              f"recomputing attention from the reference's q, k and v with the scores scaled by "
+                              f"{scale:.4g}{_scale_label(scale, attention.head_dim, context.config.hidden)} where the "
+                              f"model scales by {standard:.4g}{_scale_label(standard, attention.head_dim, context.config.hidden)} "
+                              f"reproduces the candidate's {name} (rel error {residual:.2g}): a softmax temperature of "
+                              f"{standard / scale:.3g}")
+        yield confirm(context, diagnosis, _rescaled(attention, kind, candidate, scale, standard),
+                      f"rescaling the candidate's scores by {standard / scale:.4g}")
         return
+
+
+def _rescaled(attention: "_Attention", kind: str, candidate: np.ndarray, scale: float, standard: float):
+    """The candidate's probabilities with their scores rescaled: p^(standard / scale) per row, renormalized
+    (a softmax's log is its scores less a per-row constant). None for attn_ctx: no scores to rescale."""
+    if kind != "attn_probs" or not np.all(np.isfinite(candidate)) or np.any(candidate < 0):
+        return None
+    with np.errstate(divide="ignore"):
+        powered = np.where(candidate > 0, np.exp((standard / scale) * np.log(np.where(candidate > 0, candidate, 1.0))), 0.0)
+    sums = powered.sum(-1, keepdims=True)
+    return np.divide(powered, sums, out=np.zeros_like(powered), where=sums > 0)
 
 
 def _fit_scale(output, candidate: np.ndarray, head_dim: int) -> tuple[float, float]:
@@ -128,12 +177,17 @@ def _fit_scale(output, candidate: np.ndarray, head_dim: int) -> tuple[float, flo
     return math.exp(log_scale), error(log_scale) / norm
 
 
-def _scale_label(scale: float, head_dim: int) -> str:
-    for value, label in ((1 / head_dim, "1/head_dim: divided by head_dim, or by sqrt(head_dim) twice"),
-                         (1.0, "1: no scaling"), (head_dim ** 0.5, "sqrt(head_dim): multiplied instead of divided"),
-                         (head_dim ** -0.25, "1/head_dim^(1/4): sqrt(head_dim) applied to q and k each")):
+def _scale_label(scale: float, head_dim: int, hidden: int | None = None) -> str:
+    known = [(head_dim ** -0.5, "1/sqrt(head_dim)"),
+             (1 / head_dim, "1/head_dim: divided by head_dim, or by sqrt(head_dim) twice"),
+             (1.0, "1: no scaling"), (head_dim ** 0.5, "sqrt(head_dim): multiplied instead of divided"),
+             (head_dim ** -0.25, "1/head_dim^(1/4): sqrt(head_dim) applied to q and k each")]
+    if hidden:
+        known += [(hidden ** -0.5, "1/sqrt(hidden_size): the model's width taken for the head's"),
+                  (1 / hidden, "1/hidden_size"), (hidden ** 0.5, "sqrt(hidden_size)")]
+    for value, label in known:
         if abs(scale / value - 1) <= SCALE_SAME:
-            return f" = {label},"
+            return f" (= {label})"
     return ""
 
 
@@ -176,10 +230,21 @@ def causal_mask_from_context(context: Context):
 
 @register("probabilities_absent")
 def probabilities_absent(context: Context):
-    """A note, not a cause: the reference records attention probabilities and the candidate none."""
+    """A note, not a cause: the reference records attention probabilities and the candidate none. Only the
+    probabilities missing is what a fused kernel hides; more than that missing is said as it is."""
+    from parity.core.names import parse
+
     absent = [name for name in context.comparison.missing if name.endswith(".attn_probs")]
-    if absent:
-        yield (f"the candidate records no attention probabilities ({absent[0]} and {len(absent) - 1} more are "
-               "missing): a fused kernel (scaled_dot_product_attention, flash attention) never materializes them. "
-               "To compare them, run the manual attention path and wrap the softmax's output in a Probe "
-               "(`att = self.probs(F.softmax(att, dim=-1))`) mapped to layers.{i}.attn_probs; see docs/capture.md")
+    if not absent:
+        return
+    others = sorted({parse(name).kind for name in context.comparison.missing
+                     if parse(name) is not None and not name.endswith(".attn_probs")})
+    if others:
+        yield (f"the candidate records no attention probabilities ({absent[0]} and {len(absent) - 1} more), and more "
+               f"than a fused kernel hides is missing too ({', '.join(others[:8])}): see the structure diagnosis, "
+               "or map the candidate's tensors to those checkpoints (docs/capture.md)")
+        return
+    yield (f"the candidate records no attention probabilities ({absent[0]} and {len(absent) - 1} more are "
+           "missing): a fused kernel (scaled_dot_product_attention, flash attention) never materializes them. "
+           "To compare them, run the manual attention path and wrap the softmax's output in a Probe "
+           "(`att = self.probs(F.softmax(att, dim=-1))`) mapped to layers.{i}.attn_probs; see docs/capture.md")

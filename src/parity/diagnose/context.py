@@ -16,6 +16,21 @@ from parity.core.trace import Trace
 
 EXPLAINED = 0.2   # a hypothesis must leave at most this share of the candidate's error ...
 CLOSE = 0.05      # ... and match the candidate to this rel_l2, to count as strong evidence
+# rel_l2 that a dtype's rounding alone leaves between two computations of the same tensor (a few
+# roundings of a sum, a product, an activation): "the same tensor" below this, at that precision
+ROUNDING = {"float64": 1e-9, "float32": 2e-5, "float16": 4e-3, "bfloat16": 2.5e-2}
+
+
+# a dtype's machine epsilon: the relative error of one rounding of one value
+MACHINE_EPSILON = {"float64": 2.2e-16, "float32": 1.2e-7, "float16": 9.8e-4, "bfloat16": 7.8e-3}
+
+
+def rounding(dtype: str | None) -> float:
+    return ROUNDING.get(dtype or "float32", ROUNDING["float32"])
+
+
+def machine_epsilon(dtype: str | None) -> float:
+    return MACHINE_EPSILON.get(dtype or "float32", MACHINE_EPSILON["float32"])
 
 
 @dataclass(frozen=True)
@@ -29,6 +44,11 @@ class ModelConfig:
     norm_eps: float | None = None
     norm: str = "rms"            # "rms" or "layer"
     activation: str | None = None  # "silu", "gelu_tanh", "gelu"
+    hidden: int | None = None    # hidden_size: one of the widths a scale factor is matched with
+    layers: int | None = None    # num_hidden_layers
+    # the config as the reference's trace records it (RoPE parameters per layer, layer types, ...)
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+    architecture: dict = field(default_factory=dict, compare=False, repr=False)  # the trace's per-layer facts
 
     def __repr__(self) -> str:
         return f"<ModelConfig heads={self.heads}/{self.kv_heads} head_dim={self.head_dim} eps={self.norm_eps}>"
@@ -42,6 +62,7 @@ def model_config(trace: Trace) -> ModelConfig:
     rope_type = rope.get("rope_type", (config.get("rope_scaling") or {}).get("rope_type", "default"))
     gpt2 = config.get("model_type") == "gpt2"
     activation = config.get("hidden_act") or config.get("activation_function")
+    architecture = trace.metadata.get("architecture")
     return ModelConfig(
         heads=heads,
         kv_heads=config.get("num_key_value_heads") or heads,
@@ -50,7 +71,19 @@ def model_config(trace: Trace) -> ModelConfig:
         norm_eps=config.get("rms_norm_eps") or config.get("layer_norm_epsilon"),
         norm="layer" if gpt2 else "rms",
         activation={"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}.get(activation, activation),
+        hidden=width,
+        layers=config.get("num_hidden_layers") or config.get("n_layer"),
+        raw=dict(config),
+        architecture=architecture if isinstance(architecture, dict) else {},
     )
+
+
+def layer_facts(config: ModelConfig, layer: int | None) -> dict:
+    """What the reference's trace records of one layer (`architecture.layers[i]`: window, rotary_dim, ...)."""
+    layers = config.architecture.get("layers")
+    if layer is None or not isinstance(layers, list) or layer >= len(layers) or not isinstance(layers[layer], dict):
+        return {}
+    return layers[layer]
 
 
 @dataclass(frozen=True)
@@ -59,9 +92,38 @@ class Context:
     reference: Trace
     candidate: Trace
     config: ModelConfig = field(default_factory=ModelConfig)
+    # fits shared by several detectors (a RoPE fit, a norm's weights), computed once per diagnosis
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
+    # hypotheses tried and how near each came: (checkpoint, what, rel_l2 left, rel_l2 before), for no_known_cause
+    tried: list = field(default_factory=list, compare=False, repr=False)
 
     def __repr__(self) -> str:
         return f"<Context {self.comparison!r}>"
+
+    def remember(self, key, compute):
+        """compute() once per diagnosis for `key`."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+    def consider(self, name: str, what: str, candidate: np.ndarray, hypothesis: np.ndarray,
+                 reference: np.ndarray, *, exact: float | None = None) -> float | None:
+        """matches(candidate, hypothesis, reference), and within `exact` when given (a hypothesis computed
+        from the candidate's own inputs reproduces it to its rounding), with the attempt kept as a near
+        miss for no_known_cause."""
+        found = matches(candidate, hypothesis, reference)
+        if hypothesis.shape == candidate.shape and np.all(np.isfinite(hypothesis)):
+            self.tried.append((name, what, rel_l2(hypothesis, candidate), rel_l2(reference, candidate)))
+        return None if found is None or (exact is not None and found > exact) else found
+
+    def noise(self, name: str) -> float:
+        """The rel_l2 the comparison allowed at `name` (its calibrated bound, or its rtol), at least rounding."""
+        result = self.comparison.result(name)
+        floor = rounding(self.candidate.dtypes.get(name))
+        tolerance = result.tolerance if result is not None else None
+        if tolerance is None:
+            return floor
+        return max(floor, tolerance.max_rel_l2 if tolerance.calibrated else tolerance.rtol)
 
     @property
     def focus(self) -> list[str]:
@@ -151,6 +213,21 @@ def matches_scaled(candidate: np.ndarray, factor: float, reference: np.ndarray) 
     residual = norm_ratio(math.sqrt(residual_squares), abs(factor) * math.sqrt(reference_squares))
     error = norm_ratio(math.sqrt(error_squares), math.sqrt(reference_squares))
     return residual if residual <= min(CLOSE, EXPLAINED * error) else None
+
+
+def same_tensor(context: "Context", candidate: np.ndarray, name: str, *, own: bool = True) -> float | None:
+    """rel_l2 of `candidate` against the checkpoint `name` when they are the same tensor up to rounding:
+    `name` as the candidate itself records it (then only rounding may separate them), else (or when
+    `own` is False) as the reference records it, to within the noise the comparison allows."""
+    own = own and name in context.candidate and context.candidate.shape_of(name) == candidate.shape
+    trace = context.candidate if own else context.reference
+    if name not in trace or trace.shape_of(name) != candidate.shape:
+        return None
+    floor = rounding(context.candidate.dtypes.get(name))
+    if not own:
+        floor = max(floor, context.noise(name))
+    left = rel_l2(widened(trace[name]), candidate)
+    return left if left <= floor else None
 
 
 def reproduces(reference: np.ndarray, model: np.ndarray) -> bool:

@@ -10,10 +10,12 @@ from parity.core.metrics import rel_l2
 from parity.core.names import inputs_of, parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, matches, reproduces, widened
+from parity.diagnose.context import Context, matches, reproduces, rounding, widened
+from parity.diagnose.repair import confirm
 
 NORM_KINDS = ("attn_norm", "mlp_norm", "final_norm", "q_norm", "k_norm")
 EPS_SPREAD = 0.25  # per-row epsilon estimates must agree this closely to name one epsilon
+NO_EPSILON = 1e-4  # an epsilon estimate this small beside the rows' mean square is none at all
 
 
 def norm_rows(context: Context):
@@ -40,10 +42,23 @@ def norm_epsilon(context: Context):
         if found is not None:
             epsilon, inside = found
             where = "" if inside else ", added outside the square root"
-            yield Diagnosis("norm_epsilon", name,
-                            f"the candidate normalizes with epsilon {epsilon:.3g}{where} where the reference uses "
-                            f"{config.norm_eps:.3g}")
+            diagnosis = Diagnosis("norm_epsilon", name,
+                                  f"the candidate normalizes with epsilon {epsilon:.3g}{' (none)' if not epsilon else ''}"
+                                  f"{where} where the reference uses {config.norm_eps:.3g}")
+            repaired = _rescaled_rows(centred, y_reference, y_candidate, config, epsilon, inside)
+            yield confirm(context, diagnosis, None if repaired is None else repaired.reshape(context.reference.shape_of(name)),
+                          "rescaling each row from the candidate's epsilon to the reference's")
             return
+
+
+def _rescaled_rows(centred, y_reference, y_candidate, config, epsilon, inside):
+    """The candidate's rows rescaled by root(candidate's epsilon) / root(reference's): the inverse of the epsilon."""
+    ms = np.mean(centred * centred, axis=-1)
+    gamma, beta = _fit_affine(centred / np.sqrt(ms + config.norm_eps)[:, None], y_reference, config.norm == "layer")
+    if gamma is None:
+        return None
+    root = np.sqrt(ms + epsilon) if inside else np.sqrt(ms) + epsilon
+    return (y_candidate - beta) * (root / np.sqrt(ms + config.norm_eps))[:, None] + beta
 
 
 def _norm_rows(x, reference, candidate, config, kind):
@@ -71,9 +86,11 @@ def _fit_epsilon(centred, y_reference, y_candidate, eps_reference, layer_norm):
     for inside in (True, False):
         estimates = 1 / scale**2 - ms if inside else 1 / scale - np.sqrt(ms)
         epsilon = float(np.median(estimates))
-        if epsilon <= 0 or math.isclose(epsilon, eps_reference, rel_tol=0.05):
+        if inside and abs(epsilon) <= NO_EPSILON * float(np.median(ms)) < eps_reference:
+            epsilon = 0.0   # no epsilon at all
+        elif epsilon <= 0 or math.isclose(epsilon, eps_reference, rel_tol=0.05):
             continue
-        if np.std(estimates) > EPS_SPREAD * abs(epsilon):
+        elif np.std(estimates) > EPS_SPREAD * abs(epsilon):
             continue
         root = np.sqrt(ms + epsilon) if inside else np.sqrt(ms) + epsilon
         hypothesis = gamma * centred / root[:, None] + beta
@@ -128,6 +145,29 @@ def activation_variant(context: Context):
                 yield Diagnosis("activation_variant", name,
                                 f"the candidate's MLP applies {label} where the reference applies {used}")
                 return
+        if up is not None:
+            yield from _placement(context, name, layer, ACTIVATIONS[used], used, reference, candidate)
+            return
+
+
+def _placement(context: Context, name: str, layer: str, act, label: str, reference, candidate):
+    """The activation applied to another operand of the gated product, from the candidate's own gate and up:
+    to both, after the product, or not at all."""
+    from parity.diagnose.identities import slot_tensor
+
+    gate, up = slot_tensor(context, f"{layer}.mlp_gate", f"{layer}.mlp_gate"), slot_tensor(context, f"{layer}.mlp_up", f"{layer}.mlp_up")
+    if gate is None or up is None or gate.shape != candidate.shape:
+        return
+    exact = 10 * rounding(context.candidate.dtypes.get(name))
+    for where, hypothesis in (("to both mlp_gate and mlp_up", act(gate) * act(up)),
+                              ("after the product mlp_gate * mlp_up", act(gate * up)),
+                              ("nowhere (mlp_gate * mlp_up)", gate * up)):
+        residual = context.consider(name, f"{label} applied {where}", candidate, hypothesis, reference, exact=exact)
+        if residual is not None:
+            yield Diagnosis("activation_variant", name,
+                            f"the candidate's own tensors give {name} = {label} applied {where} (rel error "
+                            f"{residual:.2g}), where the model computes {label}(mlp_gate) * mlp_up")
+            return
 
 
 @register("missing_residual")

@@ -1,9 +1,12 @@
 """no_known_cause: a failure that no detector explains, with the evidence a person needs next.
 
-Where the error sits (per token position, per head, per channel), how far the best
-scalar and affine fits of the reference go towards the candidate, and which of
-the reference's other checkpoints the error points along. It is reported only when
-the comparison failed and no detector named a cause: never "precision noise".
+What was ruled out (the hypotheses the detectors tried at the checkpoint, and the
+nearest of them), whether the op's defining identity holds on the candidate's own
+tensors, where the error sits (per token position, per head, per channel), how far
+the best scalar and affine fits of the reference go towards the candidate, and
+which of the reference's other checkpoints the error points along. The hint for
+where to look fits the op: weights only for an op that has them. It is reported
+only when the comparison failed and no detector named a cause: never "precision noise".
 """
 
 from __future__ import annotations
@@ -36,9 +39,66 @@ def no_known_cause(context: Context) -> Diagnosis | None:
     reference, candidate = pair
     checkpoint = parse(name)
     error = candidate - reference
-    parts += [_inputs(context, name), _per_position(error, checkpoint), _per_head(error, checkpoint, context), _per_channel(error, checkpoint),
+    parts += [_inputs(context, name), _identities(context, name), _ruled_out(context, name, checkpoint),
+              _per_position(error, checkpoint), _per_head(error, checkpoint, context), _per_channel(error, checkpoint),
               _fits(reference, candidate), _correlated(error, name, context)]
     return Diagnosis("no_known_cause", name, "; ".join(part for part in parts if part))
+
+
+# What the op that makes each kind is, for the hint: where to look when its inputs pass.
+WEIGHTED = "its weights or their conversion; --weights compares them"
+OP_HINTS = {
+    "attn_norm": "the norm: its weight, epsilon or formula", "mlp_norm": "the norm: its weight, epsilon or formula",
+    "final_norm": "the norm: its weight, epsilon or formula", "q_norm": "the per-head norm: its weight, epsilon or axis",
+    "k_norm": "the per-head norm: its weight, epsilon or axis",
+    "attn_post_norm": "the norm: its weight, epsilon or formula", "mlp_post_norm": "the norm: its weight, epsilon or formula",
+    "q_rope": "the rotation (it has no weights): its angles, positions or pair layout",
+    "k_rope": "the rotation (it has no weights): its angles, positions or pair layout",
+    "attn_probs": "the scores' scale, the mask or the softmax (no weights)",
+    "attn_ctx": "the product of the probabilities with v, or how the heads are merged (no weights)",
+    "resid_mid": "the residual add (no weights): what is added, and how", "out": "the residual add (no weights): what is added, and how",
+    "mlp_act": "the activation or the gated product (no weights)",
+    "embed": "the embedding lookup, its scale, or the position rows added to it",
+    "moe_experts": "the choice of experts from the router's logits (no weights)",
+}
+# Hypotheses each mechanism tries, by the kind of the checkpoint: what a no_known_cause has ruled out.
+RULED_OUT = {
+    "q_rope": "RoPE fitted as theta, scaling type and factor, position offset, direction and pair layout",
+    "k_rope": "RoPE fitted as theta, scaling type and factor, position offset, direction and pair layout",
+    "attn_probs": "the mask's band (causal offset, window), the score scale, the KV head map, the softmax's axis, "
+                  "head order",
+    "attn_ctx": "probs @ v under both head maps, operands exchanged, head order and merge layout",
+    "mlp_act": "the activation function and where it is applied, operands exchanged or left out",
+    "resid_mid": "each term of the sum, its scale, and other tensors in its place",
+    "out": "each term of the sum, its scale, and other tensors in its place",
+}
+NORM_RULED_OUT = "epsilon, weight convention (w or 1 + w), weight applied, centring, grouping, another input or weight"
+GENERAL_RULED_OUT = "a scale, a sign, a constant offset, a token shift, axes or heads permuted, another checkpoint"
+
+
+def _ruled_out(context: Context, name: str, checkpoint) -> str:
+    """What the detectors tried here and found wanting, and the nearest of it."""
+    kind = checkpoint.kind if checkpoint is not None else ""
+    tried = RULED_OUT.get(kind, NORM_RULED_OUT if kind.endswith("norm") else "")
+    text = f"ruled out: {tried + '; ' if tried else ''}{GENERAL_RULED_OUT}"
+    near = [(left, what) for at, what, left, before in context.tried if at == name and math.isfinite(left) and left < before]
+    if near:
+        left, what = min(near)
+        before = next(b for at, w, l, b in context.tried if at == name and w == what and l == left)
+        text += f"; the nearest: {what}, which leaves rel_l2 {left:.2g} of {before:.2g}"
+    return text
+
+
+def _identities(context: Context, name: str) -> str:
+    """Whether the op's defining identity holds on the candidate's own tensors."""
+    from parity.diagnose.identities import checks
+
+    found = checks(context, name)
+    if not found:
+        return ""
+    return "; ".join(check.describe() + ("" if check.failed else ": the op computes it from its inputs as the model "
+                                         "does, so the error comes with an input")
+                     for check in found)
 
 
 def _inputs(context: Context, name: str) -> str:
@@ -50,8 +110,9 @@ def _inputs(context: Context, name: str) -> str:
     failed = [result.name for result in results if not result]
     if failed:
         return f"its input {', '.join(failed)} fails too"
-    return (f"its input {', '.join(r.name for r in results)} passes: the error starts in the op that makes "
-            f"{name} (its weights or their conversion; --weights compares them)")
+    checkpoint = parse(name)
+    hint = OP_HINTS.get(checkpoint.kind, WEIGHTED) if checkpoint is not None else WEIGHTED
+    return f"its input {', '.join(r.name for r in results)} passes: the error starts in the op that makes {name} ({hint})"
 
 
 def _rows(tensor: np.ndarray, axis: int) -> np.ndarray:

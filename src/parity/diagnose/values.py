@@ -11,7 +11,9 @@ from parity.core.metrics import rel_l2
 from parity.core.names import parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, matches, matches_scaled, widened
+from parity.diagnose.context import Context, matches, matches_scaled, same_tensor, widened
+from parity.diagnose.heads import head_layouts
+from parity.diagnose.repair import confirm
 
 MAX_SHIFT = 3
 
@@ -98,6 +100,10 @@ def layout_permuted(context: Context):
             yield Diagnosis("layout_permuted", result.name,
                             f"the candidate stores {result.name} as {list(result.shape_candidate)}; it matches the "
                             f"reference's {list(result.shape_reference)} with {result.layout} (compared after aligning)")
+    found = list(head_layouts(context))   # heads reordered, or merged without the transpose
+    if found:
+        yield from found
+        return
     for name, _, reference, candidate in context.focused():
         if reference.ndim < 2:
             continue
@@ -105,9 +111,11 @@ def layout_permuted(context: Context):
             if permutation == tuple(range(reference.ndim)) or reference.transpose(permutation).shape != reference.shape:
                 continue
             if matches(candidate, reference.transpose(permutation), reference) is not None:
-                yield Diagnosis("layout_permuted", name,
-                                f"the candidate's {name} is the reference's with axes permuted {permutation} "
-                                f"(axes of equal size, so the layout cannot be told from the shape)")
+                diagnosis = Diagnosis("layout_permuted", name,
+                                      f"the candidate's {name} is the reference's with axes permuted {permutation} "
+                                      f"(axes of equal size, so the layout cannot be told from the shape)")
+                yield confirm(context, diagnosis, candidate.transpose(np.argsort(permutation)),
+                              "permuting the candidate's axes back")
                 return
 
 
@@ -122,7 +130,8 @@ def swapped(context: Context):
             if (other == name or other_checkpoint is None or other_checkpoint.layer != checkpoint.layer
                     or context.reference.shape_of(other) != candidate.shape):
                 continue
-            if matches(candidate, widened(context.reference[other]), reference) is not None:
+            if matches(candidate, widened(context.reference[other]), reference) is not None \
+                    and same_tensor(context, candidate, other, own=False) is not None:
                 yield Diagnosis("swapped", name, f"the candidate's {name} holds the reference's {other}: "
                                                  f"{checkpoint.kind} and {other_checkpoint.kind} are swapped")
                 return
@@ -132,7 +141,8 @@ def swapped(context: Context):
 def sign_flip(context: Context):
     for name, _, reference, candidate in context.focused():
         if matches_scaled(candidate, -1.0, reference) is not None:
-            yield Diagnosis("sign_flip", name, f"the candidate's {name} is the reference's negated")
+            yield confirm(context, Diagnosis("sign_flip", name, f"the candidate's {name} is the reference's negated"),
+                          -candidate, "negating the candidate")
             return
 
 
@@ -147,8 +157,9 @@ def scale_factor(context: Context):
         if abs(factor + 1) < 0.05 or abs(factor - 1) < 1e-3:
             continue
         if matches_scaled(candidate, factor, reference) is not None:
-            yield Diagnosis("scale_factor", name, f"the candidate's {name} is the reference's times {factor:.4g}"
-                                                  f"{_known_factor(factor, context)}")
+            diagnosis = Diagnosis("scale_factor", name, f"the candidate's {name} is the reference's times {factor:.4g}"
+                                                        f"{_known_factor(factor, context)}")
+            yield confirm(context, diagnosis, candidate / factor, f"dividing the candidate by {factor:.4g}")
             return
 
 
@@ -157,10 +168,11 @@ def _dot(left: np.ndarray, right: np.ndarray) -> float:
 
 
 def _known_factor(factor: float, context: Context) -> str:
-    head_dim = context.config.head_dim
-    if head_dim:
-        for value, label in ((head_dim ** 0.5, "sqrt(head_dim)"), (head_dim ** -0.5, "1/sqrt(head_dim)"),
-                             (head_dim, "head_dim"), (1 / head_dim, "1/head_dim")):
-            if abs(factor / value - 1) < 0.02:
-                return f" = {label}: an attention scale applied twice or not at all?"
-    return ""
+    from parity.diagnose.identities import scale_label
+
+    label = scale_label(factor, context)
+    if "head_dim" in label:
+        return f"{label}: an attention scale applied twice or not at all?"
+    if "hidden_size" in label:
+        return f"{label}: an embedding scale (Gemma's sqrt(hidden_size)) applied where the model has none, or twice?"
+    return label

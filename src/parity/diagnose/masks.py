@@ -1,0 +1,242 @@
+"""The attention mask fitted from the probabilities' zero pattern, and the softmax's normalization.
+
+A masked softmax leaves exact zeros outside a band of keys: query t (at key position
+t + S - T) sees keys from t - window + 1 up to t + ahead. Both sides' bands are fitted
+from their own probabilities: `ahead` 0 and the window of the layer for a correct
+causal mask. Only rows that are finite and sum to 1 along the keys are read, and
+a pattern with zeros inside its own band is no mask at all (exp() underflowing or a
+float16 overflow makes zeros too): then nothing is fitted, and nothing is named.
+
+softmax_normalization: the probabilities must sum to 1 along the keys, as the
+reference's do; when the candidate's do not, which axis they do sum to 1 along
+(the queries: a softmax over the wrong dim) or what constant they sum to is fitted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from parity.core.metrics import rel_l2
+from parity.core.results import Diagnosis
+from parity.diagnose import register
+from parity.diagnose.context import Context, layer_facts
+from parity.diagnose.repair import confirm
+
+PAID = 1e-30            # a probability above this counts as attention paid (masked ones are exactly 0)
+NORMALIZED = {"float64": 1e-4, "float32": 1e-4, "float16": 2e-2, "bfloat16": 5e-2}  # |row sum - 1| of a softmax
+# (float64: transformers takes the softmax in float32 whatever the model's dtype)
+HOLES = 0.02            # at most this share of zeros inside a band (underflow) for it to be a mask
+USABLE_ROWS = 0.9       # at least this share of rows finite and normalized to fit a band
+RESCALED_SHARE = 0.5    # rows divided by their sums must leave at most this share of the error ...
+FAR_FROM_ONE = 0.05     # ... or some row sum further than this from 1 (and than 10x the dtype's tolerance)
+
+
+@dataclass(frozen=True)
+class Band:
+    """Query t (key position t + S - T) sees keys [t - window + 1, t + ahead] within [0, S)."""
+
+    ahead: int       # keys visible past the query's own position (0 for a causal mask)
+    window: int      # keys visible up to and including the query's own position
+    keys: int
+    queries: int
+
+    def __repr__(self) -> str:
+        return f"<Band ahead={self.ahead} window={self.window}>"
+
+    def visible(self) -> np.ndarray:
+        """(T, S) True where query t sees key s."""
+        own = np.arange(self.queries)[:, None] + self.keys - self.queries
+        distance = own - np.arange(self.keys)[None, :]                        # t - s
+        return (distance >= -self.ahead) & (distance < self.window)
+
+    def describe(self) -> str:
+        causal = ("keys up to its own position" if self.ahead == 0 else
+                  f"{self.ahead} key(s) past its own position" if self.ahead > 0 else
+                  f"keys up to {-self.ahead} before its own position")
+        full = self.window >= self.keys
+        return f"each query sees {causal}" + ("" if full else f", within a window of {self.window} keys")
+
+
+def normalized_rows(probs: np.ndarray, dtype: str | None) -> np.ndarray:
+    """(H, T) True where a row is finite and sums to 1 along the keys."""
+    with np.errstate(invalid="ignore"):
+        sums = probs.sum(-1)
+    return np.isfinite(sums) & (np.abs(sums - 1) <= NORMALIZED.get(dtype or "float32", 1e-4)) & \
+        np.all(np.isfinite(probs), axis=-1)
+
+
+def fit_band(probs: np.ndarray, dtype: str | None = None) -> Band | None:
+    """The band of keys each query sees, from the rows that are a softmax's; None when it is no band."""
+    if probs.ndim != 3 or probs.shape[-1] < probs.shape[-2]:
+        return None
+    heads, queries, keys = probs.shape
+    usable = normalized_rows(probs, dtype)
+    if usable.mean() < USABLE_ROWS:
+        return None
+    paid = np.zeros((queries, keys), dtype=bool)
+    for t in range(queries):
+        rows = probs[usable[:, t], t]                                          # (heads usable, S)
+        if len(rows):
+            paid[t] = np.any(np.abs(rows) > PAID, axis=0)
+    own = np.arange(queries) + keys - queries
+    seen = [np.flatnonzero(paid[t]) for t in range(queries)]
+    if any(len(s) == 0 for s in seen):
+        return None
+    ahead = max(int(s[-1]) - int(o) for s, o in zip(seen, own))
+    window = max(int(o) - int(s[0]) + 1 for s, o in zip(seen, own))
+    band = Band(ahead, min(window, keys + max(ahead, 0)), keys, queries)
+    inside = band.visible()
+    if np.sum(inside & ~paid) > HOLES * np.sum(inside):
+        return None   # zeros inside its own band: not a mask's pattern
+    return band
+
+
+def reach(probs: np.ndarray) -> int:
+    """The most keys any query spans, itself included: (H, T, S) -> t - min(s with weight) + 1."""
+    heads, tokens, keys = probs.shape
+    paid = np.abs(probs).max(axis=0) > PAID                                    # (T, S)
+    own = np.arange(tokens) + keys - tokens
+    return max((int(o) - int(np.flatnonzero(paid[t, : o + 1])[0]) + 1 for t, o in enumerate(own)
+                if paid[t, : o + 1].any()), default=0)
+
+
+def renormalized(probs: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """The probabilities with the keys outside `visible` dropped, each row scaled back to sum 1."""
+    kept = np.where(visible[None], probs, 0.0)
+    sums = kept.sum(-1, keepdims=True)
+    return np.divide(kept, sums, out=np.zeros_like(kept), where=sums > 0)
+
+
+@dataclass(frozen=True)
+class MaskFinding:
+    name: str
+    layer: int
+    reference: Band
+    candidate: Band
+    window: int | None       # the window the trace records for the layer
+
+
+def mask_findings(context: Context) -> list[MaskFinding]:
+    return context.remember("masks", lambda: list(_mask_findings(context)))
+
+
+def _mask_findings(context: Context):
+    for name, checkpoint, reference, candidate in context.focused("attn_probs"):
+        result = context.comparison.result(name)
+        if reference.ndim != 3 or result is None or not result.failed:
+            continue
+        reference_band = fit_band(reference, context.reference.dtypes.get(name))
+        candidate_band = fit_band(candidate, context.candidate.dtypes.get(name))
+        if reference_band is None or candidate_band is None:
+            continue
+        window = layer_facts(context.config, checkpoint.layer).get("sliding_window")
+        yield MaskFinding(name, checkpoint.layer, reference_band, candidate_band, window)
+
+
+def _repaired(context: Context, finding: MaskFinding, candidate: np.ndarray) -> np.ndarray | None:
+    """The candidate's probabilities redrawn with the reference's mask: where the candidate sees more keys,
+    its rows without them, renormalized (a softmax restricted to fewer keys is exactly that)."""
+    wider = finding.candidate.visible() | finding.reference.visible()
+    if np.array_equal(wider, finding.candidate.visible()):
+        return renormalized(candidate, finding.reference.visible())
+    return None   # the candidate hid keys the reference sees: their weights cannot be recovered from it
+
+
+@register("causal_mask")
+def causal_mask(context: Context):
+    """Keys past the query's own position attended (or its own hidden): the band's top edge differs."""
+    for finding in mask_findings(context):
+        if finding.candidate.ahead == finding.reference.ahead:
+            continue
+        ahead = finding.candidate.ahead - finding.reference.ahead
+        if finding.candidate.ahead >= finding.candidate.keys - 1:
+            what = "every query sees every key: the causal mask is missing (is_causal=False, or no mask passed)"
+        elif abs(ahead) == 1:
+            what = (f"the causal mask is off by one: each query sees {'the next key too' if ahead > 0 else 'only keys before itself'}"
+                    " (triu(ones, diagonal) with another diagonal)")
+        else:
+            what = f"the causal mask is shifted by {ahead} keys"
+        diagnosis = Diagnosis("causal_mask", finding.name,
+                              f"fitted from the probabilities' zero pattern: in the candidate {finding.candidate.describe()}; "
+                              f"in the reference {finding.reference.describe()}: {what}")
+        yield confirm(context, diagnosis, _repaired(context, finding, context.pair(finding.name)[1]),
+                      "dropping the keys the reference masks and renormalizing each row")
+        return
+    from parity.diagnose.attention_math import causal_mask_from_context
+
+    yield from causal_mask_from_context(context)  # only attn_ctx visible (a fused attention kernel)
+
+
+@register("sliding_window")
+def sliding_window(context: Context):
+    """A local layer attends over a window of another width (or a global one over a window)."""
+    for finding in mask_findings(context):
+        reference, candidate = finding.reference, finding.candidate
+        if candidate.window == reference.window:
+            continue
+        tokens = reference.queries
+        reference_reach, candidate_reach = min(reference.window, tokens), min(candidate.window, tokens)
+        if reference_reach == candidate_reach:
+            continue
+        if finding.window is not None and reference_reach == min(finding.window, tokens):
+            message = (f"layer {finding.layer} is a sliding-window layer (window {finding.window}): each query of the "
+                       f"reference sees at most {reference_reach} keys, the candidate's up to {candidate_reach}"
+                       f"{_off_by_one(finding.window, candidate_reach, tokens)}")
+        elif reference_reach >= tokens and candidate_reach < tokens:
+            message = (f"layer {finding.layer} is a global layer, but the candidate limits each query to "
+                       f"{candidate_reach} keys: a sliding window applied where the model has none")
+        else:
+            message = (f"each query of the reference sees at most {reference_reach} keys, the candidate's up to "
+                       f"{candidate_reach} (fitted from the probabilities' zero patterns)")
+        diagnosis = Diagnosis("sliding_window", finding.name, message)
+        yield confirm(context, diagnosis, _repaired(context, finding, context.pair(finding.name)[1]),
+                      "dropping the keys the reference masks and renormalizing each row")
+
+
+def _off_by_one(window: int, candidate_reach: int, tokens: int) -> str:
+    if abs(candidate_reach - window) == 1:
+        return ": the window mask is off by one (key s is visible from query t when t - window < s <= t)"
+    if candidate_reach == tokens:
+        return ": the window is not applied"
+    return ""
+
+
+@register("softmax_normalization")
+def softmax_normalization(context: Context):
+    """The probabilities do not sum to 1 along the keys, where the reference's do, and that is where the error
+    comes from: they sum to 1 along the queries (the wrong axis), or dividing each row by its sum removes most
+    of the error (a scale after the softmax, a sink in its denominator). Row sums a little off from rounding
+    (a softmax taken in float16) are not this."""
+    for name, _, reference, candidate in context.focused("attn_probs"):
+        if reference.ndim != 3 or not np.all(np.isfinite(candidate)):
+            continue   # non-finite probabilities are nonfinite's to explain
+        tolerance = NORMALIZED.get(context.candidate.dtypes.get(name) or "float32", 1e-4)
+        if not normalized_rows(reference, context.reference.dtypes.get(name)).all():
+            continue
+        row_sums = candidate.sum(-1)                                          # (H, T)
+        if np.max(np.abs(row_sums - 1)) <= tolerance:
+            continue
+        column_sums = candidate.sum(-2)                                       # (H, S)
+        if np.max(np.abs(column_sums - 1)) <= tolerance:
+            yield Diagnosis("softmax_normalization", name,
+                            "the candidate's probabilities do not sum to 1 along the keys, where the reference's do: "
+                            "they sum to 1 along the queries instead: the softmax is taken over the wrong axis "
+                            "(dim=-2, or the scores transposed before it)")
+            return
+        rescaled = candidate / np.where(row_sums == 0, 1.0, row_sums)[..., None]
+        error, left = rel_l2(reference, candidate), rel_l2(reference, rescaled)
+        far = np.max(np.abs(row_sums - 1)) > max(FAR_FROM_ONE, 10 * tolerance)   # no rounding strays this far
+        if left > RESCALED_SHARE * error and not far:
+            continue
+        if np.ptp(row_sums) <= tolerance * max(1.0, float(np.mean(row_sums))):
+            what = f"every row sums to {float(np.mean(row_sums)):.4g}: the probabilities are scaled after the softmax"
+        else:
+            what = (f"the row sums range from {row_sums.min():.3g} to {row_sums.max():.3g}: they are not normalized "
+                    "along the keys (a term added to the softmax's denominator, exp() divided by another sum)")
+        diagnosis = Diagnosis("softmax_normalization", name,
+                              f"the candidate's probabilities do not sum to 1 along the keys, where the reference's do: "
+                              f"{what}; dividing each row by its sum leaves rel_l2 {left:.2g} of {error:.2g}")
+        yield confirm(context, diagnosis, rescaled, "dividing each row by its sum")
+        return

@@ -1,0 +1,91 @@
+"""Missing and extra structure as evidence (structure.py), and the fused-kernel note only where a fused kernel
+explains what is missing."""
+
+import numpy as np
+
+from detector_cases import CONFIG, rng
+
+R = rng(47)
+T, WIDTH = 6, 32
+KINDS = ("attn_norm", "attn_out", "resid_mid", "out")
+
+
+def model(layers=3, skip=(), lacking=()):
+    tensors = {"embed": R.standard_normal((T, WIDTH))}
+    for layer in range(layers):
+        if layer in skip:
+            continue
+        for kind in KINDS:
+            if (layer, kind) not in lacking:
+                tensors[f"layers.{layer}.{kind}"] = R.standard_normal((T, WIDTH))
+    tensors["final_norm"], tensors["logits"] = R.standard_normal((T, WIDTH)), R.standard_normal((T, 40))
+    return tensors
+
+
+def diagnosed(reference, candidate, config=CONFIG):
+    from parity.core.compare import compare
+    from parity.core.trace import make_trace
+    from parity.diagnose import diagnose
+
+    reference_trace = make_trace(reference, {"dtype": "float32", "config": config})
+    candidate_trace = make_trace(candidate, {"dtype": "float32"})
+    return diagnose(compare(reference_trace, candidate_trace), reference_trace, candidate_trace)
+
+
+def structure(reference, candidate, config=CONFIG) -> str:
+    return " ".join(d.message for d in diagnosed(reference, candidate, config).diagnoses if d.cause == "structure")
+
+
+def failing(tensors):
+    return {**tensors, "logits": tensors["logits"] + 1.0}
+
+
+def test_a_layer_that_never_ran():
+    reference = model()
+    candidate = failing({name: tensor for name, tensor in reference.items() if not name.startswith("layers.1.")})
+    assert "nothing of layer(s) 1" in structure(reference, candidate)
+
+
+def test_a_layer_too_many():
+    reference = model(layers=2)
+    candidate = failing({**reference, **{f"layers.2.{kind}": R.standard_normal((T, WIDTH)) for kind in KINDS}})
+    assert "runs 3 layers where the model has 2" in structure(reference, candidate)
+
+
+def test_an_op_skipped_in_one_layer():
+    reference = model()
+    candidate = failing({name: tensor for name, tensor in reference.items() if name != "layers.1.attn_out"})
+    assert "layer(s) 1 record no attn_out, which layer(s) 0, 2 record" in structure(reference, candidate)
+
+
+def test_a_global_op_left_out():
+    reference = model()
+    candidate = failing({name: tensor for name, tensor in reference.items() if name != "final_norm"})
+    assert "records no final_norm between the blocks and logits" in structure(reference, candidate)
+
+
+def test_shapes_that_fit_another_config():
+    reference = {"embed": R.standard_normal((T, WIDTH)), "layers.0.q": R.standard_normal((T, 32)),
+                 "layers.0.attn_probs": np.ones((4, T, T)) / T}
+    candidate = {**reference, "layers.0.q": R.standard_normal((T, 16)), "layers.0.attn_probs": np.ones((2, T, T)) / T,
+                 "embed": reference["embed"] + 1}
+    text = structure(reference, candidate)
+    assert "width 16 is 2 KV heads x 8" in text and "keys not expanded to the 4 query heads" in text
+
+
+def test_a_passing_candidate_that_records_less_is_no_bug():
+    reference = model()
+    candidate = {name: tensor for name, tensor in reference.items() if not name.startswith("layers.1.")}
+    comparison = diagnosed(reference, candidate)
+    assert comparison and not [d for d in comparison.diagnoses if d.cause == "structure"]
+
+
+def test_the_fused_kernel_note_only_for_the_probabilities():
+    reference = {**model(), **{f"layers.{i}.attn_probs": np.ones((4, T, T)) / T for i in range(3)}}
+    fused = failing({name: tensor for name, tensor in reference.items() if not name.endswith("attn_probs")})
+    assert any("fused kernel" in note and "never materializes" in note for note in diagnosed(reference, fused).notes)
+    sparse = failing({name: tensor for name, tensor in reference.items()
+                      if not name.endswith(("attn_probs", "attn_out", "resid_mid"))})
+    notes = diagnosed(reference, sparse).notes
+    assert not any("never materializes" in note for note in notes)
+    assert any("more than a fused kernel hides" in note for note in notes)
