@@ -116,7 +116,10 @@ def cmd_compare(args) -> int:
     precision than REF and REF was captured by parity (it names its model), the
     model runs again at CAND's precision and each checkpoint is held to the noise
     that precision produces there, as check does; --calibrate REF_LOWP gives that
-    run instead (the reference at the candidate's precision).
+    run instead (the reference at the candidate's precision). A tensor-parallel
+    run's CAND is its rank traces (rank0.safetensors rank1.safetensors ...) or a
+    shards manifest listing them, merged by their declared shard layout; each
+    rank's shard is compared with its part of REF too (docs/trace-format.md).
     """
     from parity.commands.compare import run_compare
 
@@ -193,6 +196,9 @@ def cmd_check(args) -> int:
     from parity.commands.check.run import CheckOptions, run_check
 
     _default_pair(args)
+    from parity.capture.distributed.candidate import distributed_spec
+
+    args.candidate = distributed_spec(args.candidate, args.nproc)   # --nproc N: dist:N:CANDIDATE
     if args.gradients:
         return _check_gradients(args)
     options = CheckOptions(
@@ -598,7 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare_parser = _command(subparsers, "compare", cmd_compare)
     compare_parser.add_argument("reference", metavar="REF", help="the reference trace")
-    compare_parser.add_argument("candidate", metavar="CAND", help="the candidate trace")
+    compare_parser.add_argument("candidate", metavar="CAND", nargs="+",
+                                help="the candidate trace; or one trace per rank, or a shards manifest (.json)")
     compare_parser.add_argument("--calibrate", metavar="REF_LOWP", help="the reference run at the candidate's precision")
     _add_tolerance_options(compare_parser)
 
@@ -626,8 +633,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--save-traces", metavar="DIR", help="also write reference.safetensors and candidate.safetensors here")
     check.add_argument("-n", "--max-tokens", type=arguments.positive_int, default=16, help="server candidates: greedy tokens to generate")
     check.add_argument("--timeout", type=arguments.seconds, default=60.0,
-                       help="server candidates: seconds the whole exchange may take (total, not per read)")
+                       help="server candidates: seconds the whole exchange may take (total, not per read); "
+                            "--nproc candidates: seconds each step of the ranks may take")
     check.add_argument("--server-model", help="server candidates: the 'model' field to send")
+    check.add_argument("--nproc", type=arguments.positive_int, metavar="N",
+                       help="run the candidate FILE.py:FACTORY on N processes through torch.distributed "
+                            "(tensor parallel; gloo on CPU, NCCL on GPUs); its `parity_shards` merges the ranks")
     check.add_argument("--kv-type", choices=("f16", "f32", "bf16"), default="f16",
                        help="llama.cpp candidates: the KV cache type (default f16, as llama.cpp's)")
     generate = _command(subparsers, "generate", cmd_generate)

@@ -72,7 +72,10 @@ def run_compare(reference_path: str, candidate_path: str, *, calibrate: str | No
     from parity.core.trace import load_trace
 
     config = CompareConfig(tolerance=tolerance, checkpoints=checkpoints)
-    reference, candidate = load_trace(reference_path), load_trace(candidate_path)
+    from parity.core.shards import load_candidate
+
+    paths = candidate_path if isinstance(candidate_path, (list, tuple)) else [candidate_path]
+    reference, candidate = load_trace(reference_path), load_candidate(paths)   # rank traces merged
     require_selection(reference.tensors, checkpoints, reference_path)
     lowp, not_checked = None, ()
     if calibrate:
