@@ -224,6 +224,8 @@ def uneven_heads(context: Context):
 @register("vocab_mask")
 def vocab_mask(context: Context):
     ranks_trace = sharded(context)
+    if ranks_trace is None:
+        return
     ids = np.asarray(ranks_trace.tokens if ranks_trace.tokens is not None else context.reference.tokens or [])
     vocabulary = vocab_size(context.reference)
     for name in _focus(context):
