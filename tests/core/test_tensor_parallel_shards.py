@@ -62,7 +62,8 @@ def test_tensor_parallel_merge_concatenates_sums_and_keeps_by_the_layout_in_rank
 @pytest.mark.parametrize("case, says", [
     ("missing", "declares 2 ranks (shards.world_size) but 1 rank trace was given: rank 1 missing"),
     ("twice", "both declare rank 0"),
-    ("misfit", "layers.0.attn_out is declared replicated but the ranks hold other shapes (rank 0 [3, 4], rank 1 [3, 2])"),
+    ("misfit", "layers.0.attn_out is declared replicated but the ranks hold other shapes (rank 0 [3, 4], "
+               "rank 1 [3, 2])"),
     ("off_axis", "declared split:heads (axis 1) but the ranks' tensors differ on axis 0 too"),
     ("tokens", "ran other tokens than"),
     ("names", "lacks layers.0.q: every rank records the same checkpoints"),

@@ -85,10 +85,11 @@ def all_reduce_missing(context: Context):
         total = sum(ranks)
         if rel_l2(reference, total) > CLOSE or min(rel_l2(reference, rank) for rank in ranks) <= CLOSE:
             continue
-        each = ", ".join(f"rank {r}: rel_l2 {rel_l2(p, x):.2g}" for r, (p, x) in enumerate(zip(local or ranks, ranks)))
         if local is not None:
-            if any(rel_l2(p, x) > CLOSE for p, x in zip(local, ranks)):
+            alone = [rel_l2(partial, rank) for partial, rank in zip(local, ranks)]
+            if max(alone) > CLOSE:
                 continue
+            each = ", ".join(f"rank {rank}: rel_l2 {error:.2g}" for rank, error in enumerate(alone))
             said = (f"the sum of the ranks' partial outputs ({LOCAL_PREFIX}{name}, before the all-reduce) matches the "
                     f"reference (rel_l2 {rel_l2(reference, sum(local)):.2g}); the candidate's {name} on each rank "
                     f"equals that rank's partial alone ({each})")
@@ -139,8 +140,8 @@ def gather_order(context: Context):
             order_said = ", ".join(map(str, order))
             if source.startswith(LOCAL_PREFIX):
                 shards_ok = _ranks_match(context, source)
-                said = (f"the candidate's {name} holds the reference's slices in the order of ranks {order_said} (rel_l2 "
-                        f"{residual:.2g}); each rank's own slice before the all-gather ({source}) "
+                said = (f"the candidate's {name} holds the reference's slices in the order of ranks {order_said} "
+                        f"(rel_l2 {residual:.2g}); each rank's own slice before the all-gather ({source}) "
                         f"{'matches its part of the reference' if shards_ok else 'is as it holds it'}: the all-gather "
                         "put the ranks' shards in the wrong order")
             else:
@@ -175,8 +176,8 @@ def row_parallel_bias(context: Context):
             times = f"{name}.bias" if count == 2 else f"{count - 1} times {name}.bias"
             said = (f"the ranks' partial outputs ({where}) add up to the reference plus one vector at every position, "
                     f"which equals {times} (rel_l2 {rel_l2((count - 1) * bias, offset):.2g}): each of "
-                    f"the {count} ranks adds the bias of the row-parallel layer before the all-reduce, so the sum holds "
-                    f"it {count} times; add it once, after the all-reduce")
+                    f"the {count} ranks adds the bias of the row-parallel layer before the all-reduce, so the sum "
+                    f"holds it {count} times; add it once, after the all-reduce")
         elif bias is None:
             said = (f"the ranks' partial outputs ({where}) add up to the reference plus one constant vector at every "
                     f"position (norm {np.linalg.norm(offset):.3g}): the row-parallel layer's bias added on every rank "
@@ -199,7 +200,8 @@ def uneven_heads(context: Context):
         reference = widened(context.reference[name])
         if reference.ndim != 2 or reference.shape[1] % unit:
             continue
-        held = [_heads_held(widened(ranks_trace.shard(name, r)), reference, unit) for r in range(ranks_trace.world_size)]
+        held = [_heads_held(widened(ranks_trace.shard(name, rank)), reference, unit)
+                for rank in range(ranks_trace.world_size)]
         if any(heads is None for heads in held):
             continue
         total, counts = reference.shape[1] // unit, [len(heads) for heads in held]
@@ -336,12 +338,16 @@ def _wrong_rows(rows: np.ndarray, reference: np.ndarray, ids: np.ndarray, low: i
             wrong.append(token)
     said = []
     if zeroed:
-        said.append(f"zeroes the rows of {len(zeroed)} token{'s' * (len(zeroed) > 1)} in its own range ({_listed(zeroed)})")
+        said.append(f"zeroes the rows of {_tokens(zeroed)} in its own range ({_listed(zeroed)})")
     if foreign:
-        said.append(f"gives a row to {len(foreign)} token{'s' * (len(foreign) > 1)} outside it ({_listed(foreign)})")
+        said.append(f"gives a row to {_tokens(foreign)} outside it ({_listed(foreign)})")
     if wrong:
         said.append(f"gives another row to {len(wrong)} of its own ({_listed(wrong)})")
     return " and ".join(said)
+
+
+def _tokens(ids: list[int]) -> str:
+    return f"{len(ids)} token{'s' if len(ids) > 1 else ''}"
 
 
 def _listed(values: list[int], shown: int = 6) -> str:

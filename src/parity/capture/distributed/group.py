@@ -151,8 +151,10 @@ class RankGroup:
         process = self._processes[rank]
         process.join(FAILED_GRACE_S)
         code = process.exitcode
-        how = f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited (code {code})"
-        return f"rank {rank} of {self.world_size} {how} while {what}, without saying why; run it alone to see its error"
+        killed = code is not None and code < 0
+        how = f"was killed by {signal.Signals(-code).name}" if killed else f"exited (code {code})"
+        return (f"rank {rank} of {self.world_size} {how} while {what}, without saying why (whatever it printed is "
+                "above, on stderr)")
 
     def _fail(self, message: str) -> None:
         self.close(FAILED_GRACE_S)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parity.core.names import Checkpoint, is_raw, order_key, parse, weight_of
-from parity.core.results import NOT_COMPARABLE, PASS, CheckpointResult, Comparison
+from parity.core.names import is_raw, order_key, parse, weight_of
+from parity.core.results import NOT_COMPARABLE, CheckpointResult, Comparison
 from parity.core.shards.layout import LOCAL_PREFIX, Shard, checkpoint_of
 from parity.core.shards.merge import ShardedTrace
 from parity.core.trace import Trace
@@ -243,8 +243,11 @@ def _tokens(reference: Trace, sharded: ShardedTrace) -> np.ndarray | None:
 
 
 def _described(name: str, shard: Shard, start: int, size: int, width: int, reference: Trace) -> str:
-    unit = head_dim(reference) if shard.dim == "heads" and (parse(checkpoint_of(name)) or Checkpoint(name, name)).kind \
-        != "attn_probs" else (1 if shard.dim == "heads" else None)
+    """'heads 2..3 of 4', 'vocabulary columns 48..95 of 96'."""
+    checkpoint = parse(checkpoint_of(name))
+    unit = None
+    if shard.dim == "heads":   # attention probabilities hold one head per index; flat per-head tensors head_dim
+        unit = 1 if checkpoint is not None and checkpoint.kind == "attn_probs" else head_dim(reference)
     if unit and start % unit == 0 and size % unit == 0 and width % unit == 0:
         first, count = start // unit, size // unit
         heads = f"head {first}" if count == 1 else f"heads {first}..{first + count - 1}"
