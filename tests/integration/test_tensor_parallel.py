@@ -25,6 +25,12 @@ PORT = ROOT / "examples" / "tp_llama.py"
 TOKEN_ARG = ",".join(map(str, TOKENS))
 
 
+@pytest.fixture(autouse=True)
+def gloo(monkeypatch):
+    """gloo on the CPU, even where there are GPUs."""
+    monkeypatch.setenv("PARITY_DIST_BACKEND", "gloo")
+
+
 def run(capsys, *args):
     """`parity ARGS` in this process (the rank processes' server, once started, serves every test)."""
     from parity.cli import main
@@ -152,7 +158,7 @@ def test_tensor_parallel_rank_files_compare_from_the_command_line(rank_files, tm
     assert json.loads((tmp_path / "report.json").read_text())["candidate"]["tensor_parallel"]["world_size"] == 2
 
 
-def test_tensor_parallel_a_diverging_rank_file_is_named_and_a_manifest_merges_alike(rank_files, capsys, tmp_path):
+def test_tensor_parallel_a_diverging_rank_file_is_named_and_a_manifest_merges_alike(rank_files, model_dirs, capsys):
     reference, right, uneven = rank_files
     code, out, _ = run(capsys, "compare", reference, *uneven, "--json", "-")
     report = json.loads(out)

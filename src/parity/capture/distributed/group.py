@@ -32,10 +32,19 @@ FAILED_GRACE_S = 0.5   # after a failure the others are likely waiting in a coll
 COLLECTIVE_SLACK_S = 30.0   # torch.distributed's own timeout is longer than ours, so that ours speaks first
 
 
+BACKEND_VARIABLE = "PARITY_DIST_BACKEND"   # gloo or nccl, to choose rather than have it chosen
+
+
 def default_backend(world_size: int) -> str:
-    """NCCL where every rank can have a GPU of its own, else gloo."""
+    """$PARITY_DIST_BACKEND if set; else NCCL where every rank can have a GPU of its own, else gloo."""
     import torch
     import torch.distributed as dist
+
+    chosen = os.environ.get(BACKEND_VARIABLE)
+    if chosen:
+        if chosen not in ("gloo", "nccl", "mpi", "ucc", "xccl"):
+            raise CaptureError(f"${BACKEND_VARIABLE} is {chosen!r}; set it to gloo or nccl, or unset it")
+        return chosen
 
     if torch.cuda.is_available() and torch.cuda.device_count() >= world_size and dist.is_nccl_available():
         return "nccl"

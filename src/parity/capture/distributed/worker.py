@@ -13,6 +13,7 @@ answers each with ("ok", value) or ("error", one line that points at the user's 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 
@@ -51,6 +52,8 @@ def _start(rank: int, world_size: int, setup: dict[str, Any]):
     from parity.capture.torch.factory import build_module
 
     torch.set_num_threads(setup.get("threads") or torch.get_num_threads())
+    if setup["backend"] == "gloo":   # every rank is on this machine: loopback, whatever the hostname resolves to
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo0" if sys.platform == "darwin" else "lo")
     dist.init_process_group(setup["backend"], init_method=setup["rendezvous"], rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=setup["collective_timeout_s"]))
     if setup["backend"] == "nccl":
