@@ -193,11 +193,10 @@ def cmd_check(args) -> int:
     precision and every checkpoint is held to the noise it produces (see
     docs/tolerances.md); --no-calibrate, or --atol/--rtol, turn this off.
     """
+    from parity.capture.distributed.candidate import distributed_spec
     from parity.commands.check.run import CheckOptions, run_check
 
     _default_pair(args)
-    from parity.capture.distributed.candidate import distributed_spec
-
     args.candidate = distributed_spec(args.candidate, args.nproc)   # --nproc N: dist:N:CANDIDATE
     if args.gradients:
         return _check_gradients(args)

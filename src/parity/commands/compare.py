@@ -57,11 +57,12 @@ def reference_at_candidate_precision(reference: Trace, candidate: Trace, checkpo
 
 
 
-def run_compare(reference_path: str, candidate_path: str, *, calibrate: str | None = None, tolerance=None,
-                checkpoints: str | None = None, strict: frozenset[str] = frozenset()):
+def run_compare(reference_path: str, candidate_path: str | list[str], *, calibrate: str | None = None,
+                tolerance=None, checkpoints: str | None = None, strict: frozenset[str] = frozenset()):
     """The comparison of two traces: calibrated with `calibrate` (the reference run at the candidate's
     precision), else by running the reference's model again where the reference names it and the candidate's
-    precision is lower; fixed tolerances otherwise (and `tolerance` when given)."""
+    precision is lower; fixed tolerances otherwise (and `tolerance` when given). The candidate may be a
+    tensor-parallel run's rank traces, or a shards manifest: merged by their layout (core/shards/)."""
     import dataclasses
 
     from parity.commands.check.run import compare_and_diagnose
@@ -69,11 +70,10 @@ def run_compare(reference_path: str, candidate_path: str, *, calibrate: str | No
     from parity.core.calibrate import check_same_tokens, noise_floors
     from parity.core.compare import CompareConfig
     from parity.core.errors import OptionError
+    from parity.core.shards import load_candidate
     from parity.core.trace import load_trace
 
     config = CompareConfig(tolerance=tolerance, checkpoints=checkpoints)
-    from parity.core.shards import load_candidate
-
     paths = candidate_path if isinstance(candidate_path, (list, tuple)) else [candidate_path]
     reference, candidate = load_trace(reference_path), load_candidate(paths)   # rank traces merged
     require_selection(reference.tensors, checkpoints, reference_path)
