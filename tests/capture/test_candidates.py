@@ -46,6 +46,7 @@ def test_each_kind_of_spec_is_told_apart(model_dirs, reference_traces, tmp_path)
     assert backend(str(trace)) == "trace"
     assert backend(str(model_dirs["llama"])) == "hf"
     assert backend("my_port.py:build") == "torch" and backend("package.module:build") == "torch"
+    assert backend("dist:2:my_port.py:build") == "distributed"
     with pytest.raises(OptionError, match="neither an existing trace"):
         parse_candidate("no_such_thing")
 
@@ -56,7 +57,8 @@ def test_a_command_refuses_a_candidate_that_cannot_give_what_it_needs_and_says_w
 
     trace = save_trace(reference_traces["llama"], tmp_path / "t.safetensors")
     with pytest.raises(OptionError, match="is a trace file, which gives no logits for any token ids; this command "
-                                          "takes llamacpp:FILE.gguf, a model directory or .gguf, FILE.py:FACTORY"):
+                                          "takes llamacpp:FILE.gguf, dist:N:FILE.py:FACTORY, a model directory or .gguf, "
+                                          "FILE.py:FACTORY"):
         with open_candidate(str(trace), needs=("logits",)):
             pass
 

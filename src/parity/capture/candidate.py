@@ -17,6 +17,8 @@ gives for what it cannot do is what the report's "not checked" line says.
     trace     a trace: .safetensors, .npz, a directory    capture/tracefile/candidate.py
     hf        a model directory (config.json) or .gguf    capture/hf/candidate.py
     torch     FILE.py:FACTORY, module:FACTORY, nn.Module  capture/torch/candidate.py
+    distributed  dist:N:FILE.py:FACTORY (check --nproc N)  capture/distributed/candidate.py
+    shards    a shards manifest (.json) of rank traces    capture/distributed/files.py
 
 Another backend is one more module with one registered class: list it in
 BUILTIN_BACKENDS, or register it from a package's `parity.candidates` entry point.
@@ -65,6 +67,8 @@ BUILTIN_BACKENDS = (
     "parity.capture.tracefile.candidate",
     "parity.capture.hf.candidate",
     "parity.capture.torch.candidate",
+    "parity.capture.distributed.candidate",
+    "parity.capture.distributed.files",
 )
 ENTRY_POINT_GROUP = "parity.candidates"
 

@@ -17,7 +17,8 @@ from parity.core.trace import Trace
 
 def add_arguments(parser) -> None:
     parser.add_argument("reference", metavar="REF", help="the reference trace")
-    parser.add_argument("candidate", metavar="CAND", help="the candidate trace")
+    parser.add_argument("candidate", metavar="CAND", nargs="+",
+                        help="the candidate trace; or one trace per rank, or a shards manifest (.json)")
     parser.add_argument("--calibrate", metavar="REF_LOWP", help="the reference run at the candidate's precision")
     options.add_tolerances(parser)
     options.add_reports(parser)
@@ -31,7 +32,10 @@ def run(args) -> int:
     precision than REF and REF was captured by parity (it names its model), the
     model runs again at CAND's precision and each checkpoint is held to the noise
     that precision produces there, as check does; --calibrate REF_LOWP gives that
-    run instead (the reference at the candidate's precision).
+    run instead (the reference at the candidate's precision). A tensor-parallel
+    run's CAND is its rank traces (rank0.safetensors rank1.safetensors ...) or a
+    shards manifest listing them, merged by their declared shard layout; each
+    rank's shard is compared with its part of REF too (docs/trace-format.md).
     """
     from parity.core.tolerances import user_tolerance
 
@@ -86,11 +90,12 @@ def reference_at_candidate_precision(reference: Trace, candidate: Trace, checkpo
 
 
 
-def run_compare(reference_path: str, candidate_path: str, *, calibrate: str | None = None, tolerance=None,
-                checkpoints: str | None = None, strict: frozenset[str] = frozenset()):
+def run_compare(reference_path: str, candidate_path: str | list[str], *, calibrate: str | None = None,
+                tolerance=None, checkpoints: str | None = None, strict: frozenset[str] = frozenset()):
     """The comparison of two traces: calibrated with `calibrate` (the reference run at the candidate's
     precision), else by running the reference's model again where the reference names it and the candidate's
-    precision is lower; fixed tolerances otherwise (and `tolerance` when given)."""
+    precision is lower; fixed tolerances otherwise (and `tolerance` when given). The candidate may be a
+    tensor-parallel run's rank traces, or a shards manifest: merged by their layout (core/shards/)."""
     import dataclasses
 
     from parity.commands.check.pipeline import compare_and_diagnose
@@ -98,10 +103,12 @@ def run_compare(reference_path: str, candidate_path: str, *, calibrate: str | No
     from parity.core.calibrate import check_same_tokens, noise_floors
     from parity.core.compare import CompareConfig
     from parity.core.errors import OptionError
+    from parity.core.shards import load_candidate
     from parity.core.trace import load_trace
 
     config = CompareConfig(tolerance=tolerance, checkpoints=checkpoints)
-    reference, candidate = load_trace(reference_path), load_trace(candidate_path)
+    paths = candidate_path if isinstance(candidate_path, (list, tuple)) else [candidate_path]
+    reference, candidate = load_trace(reference_path), load_candidate(paths)   # rank traces merged
     require_selection(reference.tensors, checkpoints, reference_path)
     lowp, not_checked = None, ()
     if calibrate:

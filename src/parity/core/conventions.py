@@ -21,6 +21,7 @@ A trace may declare its per-head layouts in its metadata, `"layouts": {"layers.*
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 from collections.abc import Iterator, Mapping
@@ -86,8 +87,8 @@ def adapt(reference: Trace, candidate: Trace, *, strict: frozenset[str] = frozen
         return candidate, tuple(adaptations)
     tensors = _Adapted(candidate.tensors, transforms)
     dtypes = {name: candidate.dtype_of(name) for name in candidate.tensors} if candidate.dtypes else {}
-    return Trace(tensors=tensors, metadata=candidate.metadata, dtypes=dtypes, source=candidate.source), \
-        tuple(adaptations)
+    # replace() keeps what a Trace subclass carries besides (a ShardedTrace's ranks)
+    return dataclasses.replace(candidate, tensors=tensors, dtypes=dtypes), tuple(adaptations)
 
 
 @dataclass(frozen=True)

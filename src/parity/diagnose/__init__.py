@@ -32,6 +32,8 @@ SUPERSEDES = {"layout_permuted": frozenset({"causal_mask", "wiring"}),
               "embedding_scale": frozenset({"op_skipped", "scale_factor"}),
               # a residual add left out is the specific case of that op skipped
               "missing_residual": frozenset({"op_skipped"}),
+              # shards gathered in another order make logits unlike the reference's from a right input
+              "gather_order": frozenset({"output_projection"}),
               # Rounded weights change every tensor from the embedding on: heuristic readings of the same
               # numbers (a rescaled row, a noisy one) are that rounding, seen from inside.
               "weight_rounding": frozenset({"scale_factor", "swapped", "norm_epsilon", "activation_variant"})}
@@ -53,6 +55,7 @@ def diagnose(comparison: Comparison, reference: Trace, candidate: Trace) -> Comp
     from parity.diagnose import attention_math, biases, block_input, ops, rope  # noqa: F401
     from parity.diagnose import embedding_scale, masks, norms, post_norm, router  # noqa: F401  (family-specific causes)
     from parity.diagnose import identities, structure, wiring  # noqa: F401  (the general mechanisms)
+    from parity.diagnose import tensor_parallel  # noqa: F401  (causes of tensor-parallel ports, from their ranks)
     from parity.diagnose.context import Context, model_config
 
     context = Context(comparison, reference, candidate, model_config(reference))

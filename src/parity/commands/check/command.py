@@ -39,8 +39,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("-n", "--max-tokens", type=options.positive_int, default=16,
                         help="server candidates: greedy tokens to generate")
     parser.add_argument("--timeout", type=options.seconds, default=60.0,
-                        help="server candidates: seconds the whole exchange may take (total, not per read)")
+                        help="server candidates: seconds the whole exchange may take (total, not per read); "
+                             "--nproc candidates: seconds each step of the ranks may take")
     parser.add_argument("--server-model", help="server candidates: the 'model' field to send")
+    parser.add_argument("--nproc", type=options.positive_int, metavar="N",
+                        help="run the candidate FILE.py:FACTORY on N processes through torch.distributed "
+                             "(tensor parallel; gloo on CPU, NCCL on GPUs); its `parity_shards` merges the ranks")
     parser.add_argument("--kv-type", choices=("f16", "f32", "bf16"), default="f16",
                         help="llama.cpp candidates: the KV cache type (default f16, as llama.cpp's)")
 
@@ -68,10 +72,12 @@ def run(args) -> int:
     precision and every checkpoint is held to the noise it produces (see
     docs/tolerances.md); --no-calibrate, or --atol/--rtol, turn this off.
     """
+    from parity.capture.distributed.candidate import distributed_spec
     from parity.commands.check.pipeline import CheckOptions, run_check
     from parity.core.tolerances import user_tolerance
 
     default_pair(args)
+    args.candidate = distributed_spec(args.candidate, args.nproc)   # --nproc N: dist:N:CANDIDATE
     if args.gradients:
         return _gradients(args)
     check = CheckOptions(

@@ -85,7 +85,8 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
         load_tokenizer(options.model)  # up front: a missing or empty tokenizer is said before any work
     # --on-device: a model-directory candidate loads where the reference does (a factory places its own module)
     context = CandidateContext(model_path=options.model, dtype=options.dtype or "float32", progress=progress,
-                               placement=options.placement if options.on_device else None, kv_type=options.kv_type)
+                               placement=options.placement if options.on_device else None, kv_type=options.kv_type,
+                               timeout_s=options.timeout_s)
     with open_candidate(options.candidate, context, needs=("trace",)) as candidate:
         return _check(options, candidate, progress)
 

@@ -20,7 +20,8 @@ from parity.core.printable import is_printable, printable
 MAX_METADATA_BYTES = 16 * 1024 * 1024    # one metadata document (manifest.json, an .npz's __metadata__)
 MAX_TOKENS = 10_000_000
 MAX_TENSOR_NAME_CHARS = 255
-JSON_FIELDS = ("tokens", "config", "not_comparable", "architecture", "weight_rounding")   # stored as JSON text in safetensors' string map
+JSON_FIELDS = ("tokens", "config", "not_comparable", "architecture", "weight_rounding",
+               "shards", "tensor_parallel")   # stored as JSON text in safetensors' string map
 _STRING_FIELDS = ("format", "arch", "producer", "dtype", "prompt", "emulates")
 # The configuration fields parity reads (diagnose/context.py), with the type each must have.
 _CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
