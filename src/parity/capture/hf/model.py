@@ -69,6 +69,7 @@ class HFModel:
         import torch
 
         ids = self.tokenize(text)
+        self.check_length(len(ids), what="the candidate's text")   # a server's answer, before any forward pass
         decode = self.tokenizer.decode
         prefixes = [decode(ids[:n], skip_special_tokens=True) for n in range(len(ids) + 1)]   # text of each prefix
         offsets = tuple(len(prefix) for prefix in prefixes[:-1])
