@@ -455,6 +455,24 @@ def _dtype_list(text: str) -> tuple[str, ...]:
     return dtypes
 
 
+# --- cache ----------------------------------------------------------------------
+
+
+def cmd_cache(args) -> int:
+    """Check or clear the cache of dequantized GGUF files.
+
+    verify: hash every file of every cached copy against its manifest and name
+    each damaged one (exit 1 when one is; a run rebuilds a damaged copy by
+    itself). clear: remove every cached copy. The cache is PARITY_CACHE's (default
+    ~/.cache/parity) dequantized/ folder.
+    """
+    from parity.commands.cache import run_cache
+
+    code, lines = run_cache(args.action)
+    print("\n".join(lines))
+    return code
+
+
 # --- bench ----------------------------------------------------------------------
 
 
@@ -704,6 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", help="cpu (default), cuda, cuda:N")
     bench.add_argument("--json", metavar="OUT", help="also write the JSON here ('-' for stdout only)")
     bench.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    cache = _command(subparsers, "cache", cmd_cache)
+    cache.add_argument("action", choices=("verify", "clear"), help="verify: check every file; clear: remove all")
     return parser
 
 

@@ -173,12 +173,30 @@ def load_model(path: str | Path, *, dtype: str = "float32", placement: Placement
     path = Path(path)
     if not path.exists():
         raise CaptureError(f"{path}: no such model directory or .gguf file")
+    location, extra = _from_pretrained_args(path)   # a .gguf is read and checked here, cached or not
     cached = gguf_cache.cached_directory(path) if path.suffix == ".gguf" else None
-    location, extra = (str(cached), {}) if cached else _from_pretrained_args(path)
+    if cached is not None:
+        try:
+            model = _from_pretrained(transformers, torch, path, str(cached), {}, dtype, placement)
+        except CaptureError as error:   # the copy, not the GGUF, is at fault: read the GGUF again
+            gguf_cache.discard(cached, f"transformers could not load it: {error}")
+            cached = None
+    if cached is None:
+        model = _from_pretrained(transformers, torch, path, location, extra, dtype, placement)
+    if path.suffix == ".gguf" and not cached and dtype in ("float32", "float64") and not placement:
+        # both hold every dequantized value exactly; the copy is stored in float32
+        gguf_cache.store(path, model, lambda: load_tokenizer(path))
+    model.eval()
+    return HFModel(path=path, model=model, family=model.config.model_type, dtype=dtype,
+                   mapping=map_model(model, where=str(path)))
+
+
+def _from_pretrained(transformers, torch, path: Path, location: str, extra: dict, dtype: str,
+                     placement: Placement | None):
     config = _load_config(transformers, path, location, extra)
     map_config(config, where=str(path))  # refuse a model that cannot be mapped before reading its weights
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
+        return transformers.AutoModelForCausalLM.from_pretrained(
             location, config=config, dtype=getattr(torch, dtype), attn_implementation="eager", local_files_only=True,
             experts_implementation="eager", **extra,  # MoE: the per-expert loop, which runs in float64 too
             **(placement.from_pretrained_kwargs() if placement else {}),
@@ -186,12 +204,6 @@ def load_model(path: str | Path, *, dtype: str = "float32", placement: Placement
     except Exception as error:   # transformers and safetensors raise many kinds; each is the model files' fault
         raise CaptureError(f"{_weights_file(path)}: transformers could not load the weights: {_first_line(error)}; "
                            "the file may be truncated or damaged: copy or save it again") from error
-    if path.suffix == ".gguf" and not cached and dtype in ("float32", "float64") and not placement:
-        # both hold every dequantized value exactly; the copy is stored in float32
-        gguf_cache.store(path, model, lambda: load_tokenizer(path))
-    model.eval()
-    return HFModel(path=path, model=model, family=model.config.model_type, dtype=dtype,
-                   mapping=map_model(model, where=str(path)))
 
 
 def _load_config(transformers, path: Path, location: str, extra: dict):
