@@ -43,6 +43,7 @@ from parity.capture.gguf.digest import file_sha256
 from parity.core.printable import printable
 
 IDENTITIES = "identities"
+PROBED = "llamacpp-probed"       # GGUF contents llama.cpp loaded in a child process (capture/llamacpp/probe.py)
 _ENTRY_NAME = re.compile(r"^[A-Za-z0-9._-]{0,60}-[0-9a-f]{20,64}$")
 _TEMPORARY = ".parity-tmp-"
 
@@ -152,7 +153,7 @@ def clear() -> tuple[int, int, list[str]]:
         return 0, 0, []
     for name in sorted(os.listdir(root)):
         path = root / name
-        if _ENTRY_NAME.match(name) or name == IDENTITIES or name.startswith(_TEMPORARY):
+        if _ENTRY_NAME.match(name) or name in (IDENTITIES, PROBED) or name.startswith(_TEMPORARY):
             size = _size_bytes(path)
             if _remove(path):
                 removed += bool(_ENTRY_NAME.match(name))

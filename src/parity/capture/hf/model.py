@@ -196,14 +196,20 @@ def _from_pretrained(transformers, torch, path: Path, location: str, extra: dict
     config = _load_config(transformers, path, location, extra)
     map_config(config, where=str(path))  # refuse a model that cannot be mapped before reading its weights
     try:
-        return transformers.AutoModelForCausalLM.from_pretrained(
+        model, loading = transformers.AutoModelForCausalLM.from_pretrained(
             location, config=config, dtype=getattr(torch, dtype), attn_implementation="eager", local_files_only=True,
-            experts_implementation="eager", **extra,  # MoE: the per-expert loop, which runs in float64 too
+            experts_implementation="eager", output_loading_info=True, **extra,  # MoE: the per-expert loop, float64 too
             **(placement.from_pretrained_kwargs() if placement else {}),
         )
     except Exception as error:   # transformers and safetensors raise many kinds; each is the model files' fault
         raise CaptureError(f"{_weights_file(path)}: transformers could not load the weights: {_first_line(error)}; "
                            "the file may be truncated or damaged: copy or save it again") from error
+    missing = sorted(loading.get("missing_keys") or ())
+    if path.suffix == ".gguf" and missing:   # transformers initialises them at random: never a reference
+        raise CaptureError(f"{path}: holds no weights for {missing[0]}" + (f" and {len(missing) - 1} more" if
+                           len(missing) > 1 else "") + ", which transformers would initialise at random; "
+                           "convert the model again")
+    return model
 
 
 def _load_config(transformers, path: Path, location: str, extra: dict):
@@ -241,6 +247,10 @@ def load_tokenizer(path: str | Path):
     path = Path(path)
     if not path.exists():
         raise CaptureError(f"{path}: no such model directory or .gguf file")
+    if path.suffix == ".gguf":
+        from parity.capture.gguf.header import read_header
+
+        read_header(path)   # a regular file with a sound header, before transformers opens it
     cached = gguf_cache.cached_directory(path) if path.suffix == ".gguf" else None
     source = cached if cached is not None and (cached / "tokenizer_config.json").is_file() else None
     return _tokenizer(path, source, _identity(path))
