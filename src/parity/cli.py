@@ -357,12 +357,10 @@ def cmd_sanity(args) -> int:
     kv_cache, gradients, stability. Exit 0 when all 11 pass, 1 otherwise.
     """
     from parity.report import sanity as report
-    from parity.sanity import SanityConfig, run_sanity
-    from parity.capture.torch.factory import build_module
+    from parity.sanity import SanityConfig
+    from parity.sanity.child import run_sanity_in_child
 
     tolerance = user_tolerance(args.atol, args.rtol)
-    if args.batch_size < 1 or args.seq_length < 2:
-        raise OptionError("--batch-size must be at least 1 and --seq-length at least 2")
     settings = SanityConfig(batch_size=args.batch_size, seq_length=args.seq_length, dtype=args.dtype or "float32",
                             device=_torch_device(args.device), seed=args.seed,
                             rtol=tolerance.rtol if tolerance else None, atol=tolerance.atol if tolerance else None)
@@ -370,11 +368,11 @@ def cmd_sanity(args) -> int:
         from parity.core.files import check_output_path
 
         check_output_path(args.output, overwrite=args.force, option="-o")
-    with _progress() as progress:
+    with _progress() as progress:   # in a child process: the candidate's exit, hang or prints are not parity's
         progress.step(f"building the candidate from {args.candidate}")
-        candidate = build_module(args.candidate, args.reference)
-        result = run_sanity(candidate, settings, reference=args.reference, progress=progress,
-                            labels={"candidate": args.candidate, "reference": args.reference or "transformers"})
+        result = run_sanity_in_child(args.candidate, settings, reference=args.reference, timeout_s=args.timeout,
+                                     progress=progress, labels={"candidate": args.candidate,
+                                                                "reference": args.reference or "transformers"})
     if args.output:
         report.write(result, args.output, overwrite=args.force)
     print(report.table(result, args.output) if args.verbose else report.line(result, args.output))
@@ -412,10 +410,10 @@ def cmd_kernel(args) -> int:
     output without grad_fn is named a broken autograd. Exit 0 when every case
     passes, 1 otherwise.
     """
-    from parity.kernel import KernelOptions, run_kernel
+    from parity.kernel import KernelOptions
+    from parity.kernel.child import run_kernel_in_child
     from parity.kernel.ops import get_op
     from parity.report import kernel as report
-    from parity.capture.torch.factory import load_factory
 
     get_op(args.op)
     options = KernelOptions(lengths=_int_list(args.lengths, "--lengths"), dtypes=_dtype_list(args.dtypes),
@@ -424,9 +422,8 @@ def cmd_kernel(args) -> int:
         from parity.core.files import check_output_path
 
         check_output_path(args.json, overwrite=args.force, option="--json")
-    candidate = load_factory(args.candidate, what=f"a function with the arguments of {args.op}")
-    with _progress() as progress:
-        result = run_kernel(args.op, candidate, options, label=args.candidate, progress=progress)
+    with _progress() as progress:   # in a child process: the kernel's exit, hang or prints are not parity's
+        result = run_kernel_in_child(args.op, args.candidate, options, timeout_s=args.timeout, progress=progress)
     if args.json == "-":
         print(report.dumps(result))
     else:
@@ -698,6 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
     sanity.add_argument("--atol", type=arguments.tolerance, help="absolute tolerance (default 1e-4 in float32; needs --rtol)")
     sanity.add_argument("--seed", type=arguments.count, default=0, help="seed of the random inputs")
     sanity.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    sanity.add_argument("--timeout", type=arguments.seconds, default=300.0,
+                        help="seconds one test may take (default 300); the candidate runs in a child process")
     kernel = _command(subparsers, "kernel", cmd_kernel)
     kernel.add_argument("op", metavar="OP", help="rms_norm, layer_norm, softmax, silu, gelu, gelu_tanh, linear, "
                         "embedding, cross_entropy, attention, rope, swiglu")
@@ -709,6 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
     kernel.add_argument("--bench", action="store_true", help="also time the candidate against torch (longest length)")
     kernel.add_argument("--device", help="cpu (default), cuda, cuda:N")
     kernel.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    kernel.add_argument("--timeout", type=arguments.seconds, default=60.0,
+                        help="seconds one case may take (default 60); the kernel runs in a child process")
     bench = _command(subparsers, "bench", cmd_bench)
     bench.add_argument("model", metavar="MODEL", nargs="?", help="reference model directory or .gguf file")
     bench.add_argument("candidate", metavar="CANDIDATE", nargs="?",
