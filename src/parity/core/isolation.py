@@ -69,8 +69,14 @@ def guarded() -> Iterator[None]:
 
 
 def is_user_exit(error: BaseException) -> bool:
-    """An exception that is not parity's and not the user pressing Ctrl-C (KeyboardInterrupt passes)."""
-    return not isinstance(error, (ParityError, KeyboardInterrupt))
+    """An exception that is not parity's and not the user pressing Ctrl-C (KeyboardInterrupt passes, except
+    in a child process, which runs in a session of its own: there only the user's code raises it)."""
+    if isinstance(error, KeyboardInterrupt):
+        return _IN_CHILD
+    return not isinstance(error, ParityError)
+
+
+_IN_CHILD = False
 
 
 # --- the child's side ----------------------------------------------------------------------
@@ -80,6 +86,8 @@ def is_user_exit(error: BaseException) -> bool:
 def child_events() -> Iterator[Callable[..., None]]:
     """In a child started by `run_child`: the function that sends one event. Standard output is
     pointed at standard error first, so that nothing the user's code prints reaches the parent's output."""
+    global _IN_CHILD
+    _IN_CHILD = True
     descriptor = int(os.environ[EVENTS_FD])
     stream = os.fdopen(descriptor, "w", encoding="utf-8", closefd=True)
     os.dup2(2, 1)
