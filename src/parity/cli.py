@@ -156,7 +156,7 @@ def _renderer(comparison):
     """The console renderer for this kind of result (each imported only when it is the one used)."""
     import importlib
 
-    modules = {"SequenceComparison": "tokens", "TokenizerComparison": "tokenizer",
+    modules = {"SequenceComparison": "sequence", "TokenizerComparison": "tokenizer",
                "GenerationComparison": "generation"}
     return importlib.import_module(f"parity.report.{modules.get(type(comparison).__name__, 'console')}")
 

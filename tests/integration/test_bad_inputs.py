@@ -283,6 +283,17 @@ def test_a_misbehaving_server_is_one_line_in_bounded_time_and_memory(work, tmp_p
     assert peak_mib < 300   # the answer is capped at 32 MiB, whatever the server sends (measured: 95 MiB at most)
 
 
+def test_a_comparable_server_answer_is_compared_and_reported(work, tmp_path, misbehaving):
+    """The stub's well-formed answer reaches the report (it once failed there, naming a renderer module that
+    had been renamed): a result, exit 0 or 1, nothing on stderr but progress."""
+    from misbehaving_server import PROMPT
+
+    returncode, stdout, stderr, _, _ = run("check", work / "model", misbehaving.url("good"), "--prompt", PROMPT,
+                                           "--timeout", "3", cwd=tmp_path)
+    assert returncode in (0, 1) and "Traceback" not in stderr, stderr
+    assert "w4" in stdout
+
+
 def test_a_server_whose_tokens_match_none_of_the_references_is_not_comparable(work, tmp_path, misbehaving):
     from misbehaving_server import PROMPT
 
