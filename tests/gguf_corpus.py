@@ -3,9 +3,12 @@
 The seed (tests/corpus_gguf/seed-llama-f16.gguf, 29 KB) is tiny_models' llama at hidden 32, one
 layer, converted by llama.cpp's own converter to F16: both transformers and llama.cpp load it.
 `parse` and `build` read and write a GGUF with nothing checked, so that any field, count, type or
-offset can be set to what a damaged or hostile file holds. `write_small(directory)` writes one
-file per fault (`bad-*`: exit 2 and one line) beside the seed; `write_special(directory)` makes
-what git cannot hold (a FIFO, links to /dev/zero and /proc, a directory named x.gguf).
+offset can be set to what a damaged or hostile file holds. The committed corpus
+(tests/corpus_gguf/cases.json, a few KB: `python tests/gguf_corpus.py` rewrites it) holds one case
+per fault (`bad-*`: exit 2 and one line) and the inputs fuzzing found (`found-*`), each as its
+compressed start and the length of the tail it shares with the seed; `write_small(directory)`
+writes them as files. `write_special(directory)` makes what git cannot hold (a FIFO, links to
+/dev/zero and /proc, a directory named x.gguf).
 
 Fuzzing (tests/capture/gguf/test_gguf_fuzz.py: a few hundred; scripts/fuzz_surfaces.py: 10,000):
 `mutate_header` edits the header region only (the bytes before the tensor data): flips,
@@ -14,6 +17,7 @@ interesting integers, NaN and infinities in float fields, structured edits of on
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -220,13 +224,49 @@ def _rename_arch(gguf: GGUF, arch: str) -> GGUF:
     return replace(gguf, fields=fields).set("general.architecture", arch)
 
 
+# --- the committed corpus: each case as the seed with a different start ---------------------------------
+
+CASES = CORPUS / "cases.json"
+
+
+def encode(data: bytes, seed_bytes: bytes) -> dict:
+    """A case as (its bytes before the tail it shares with the seed, compressed; that tail's length)."""
+    import base64
+    import zlib
+
+    shared = 0
+    while shared < min(len(data), len(seed_bytes)) and data[-1 - shared] == seed_bytes[-1 - shared]:
+        shared += 1
+    head = data[:len(data) - shared]
+    return {"head": base64.b64encode(zlib.compress(head, 9)).decode(), "seed_tail": shared}
+
+
+def decode(entry: dict, seed_bytes: bytes) -> bytes:
+    import base64
+    import zlib
+
+    tail = seed_bytes[len(seed_bytes) - entry["seed_tail"]:] if entry["seed_tail"] else b""
+    return zlib.decompress(base64.b64decode(entry["head"])) + tail
+
+
+def corpus_document() -> dict:
+    """The crafted cases, and the inputs fuzzing once found (kept as they were committed)."""
+    seed_bytes = SEED.read_bytes()
+    document = {name: {**encode(data, seed_bytes), "says": says} for name, (data, says) in bad_cases().items()}
+    if CASES.is_file():
+        document.update({name: entry for name, entry in json.loads(CASES.read_text()).items()
+                         if name.startswith("found-")})
+    return dict(sorted(document.items()))
+
+
 def write_small(directory: Path) -> dict[str, str]:
-    """Each bad case as a file in `directory`: name -> what its error must say."""
+    """Each committed case as a file in `directory`: name -> what its error must say."""
     directory.mkdir(parents=True, exist_ok=True)
+    seed_bytes = SEED.read_bytes()
     expected = {}
-    for name, (data, says) in bad_cases().items():
-        (directory / name).write_bytes(data)
-        expected[name] = says
+    for name, entry in json.loads(CASES.read_text()).items():
+        (directory / name).write_bytes(decode(entry, seed_bytes))
+        expected[name] = entry["says"]
     return expected
 
 
@@ -238,7 +278,7 @@ def write_special(directory: Path) -> dict[str, str]:
     (directory / "bad-dev-zero.gguf").symlink_to("/dev/zero")
     (directory / "bad-proc-environ.gguf").symlink_to(f"/proc/{os.getpid()}/environ")
     return {"bad-fifo.gguf": "is a FIFO", "bad-directory.gguf": "is a directory",
-            "bad-dev-zero.gguf": "a system file", "bad-proc-environ.gguf": "a system file"}
+            "bad-dev-zero.gguf": "is a device", "bad-proc-environ.gguf": "a system file"}
 
 
 # --- fuzzing ------------------------------------------------------------------------------------
@@ -335,6 +375,55 @@ def _other_value(old: Field, rng: random.Random):
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else CORPUS
-    written = write_small(target)
-    print(f"wrote {len(written)} cases to {target}")
+    CASES.write_text(json.dumps(corpus_document(), indent=1) + "\n")
+    print(f"wrote {len(json.loads(CASES.read_text()))} cases to {CASES}")
+
+
+# --- the oracle: is a header sound, by gguf-py's reader and the issue's rules ------------------------
+
+
+def unsound(path: Path) -> str | None:
+    """Why gguf-py's own reader, and the rules of issue 24 checked on what it read, find the file unsound;
+    None when sound. Written without parity's reader, to judge it: a pass of an unsound file is silent."""
+    import gguf as gguf_py
+    import numpy as np
+
+    try:
+        reader = gguf_py.GGUFReader(str(path))
+    except Exception as error:  # noqa: BLE001 - any failure of the reference reader is unsoundness
+        return f"gguf-py cannot read it: {type(error).__name__}"
+    size = os.path.getsize(path)
+    if not reader.tensors:
+        return "no tensors"
+    spans = sorted((int(t.data_offset), int(t.data_offset) + int(t.n_bytes)) for t in reader.tensors)
+    if spans[-1][1] > size or any(b[0] < a[1] for a, b in zip(spans, spans[1:])):
+        return "tensor data out of bounds or overlapping"
+
+    def scalar(key):
+        field_ = reader.fields.get(key)
+        if field_ is None or not field_.data:
+            return None
+        value = field_.parts[field_.data[0]]
+        return value.tobytes().decode("utf-8", "replace") if field_.types[0] == gguf_py.GGUFValueType.STRING \
+            else value.item() if np.size(value) == 1 else None
+
+    arch = scalar("general.architecture")
+    if not isinstance(arch, str) or not arch.isascii() or not arch.replace("_", "").isalnum():
+        return "architecture"
+    blocks = scalar(f"{arch}.block_count")
+    if blocks is not None and not 1 <= blocks <= 4096:
+        return "block count"
+    for key in (f"{arch}.attention.layer_norm_rms_epsilon", f"{arch}.attention.layer_norm_epsilon"):
+        eps = scalar(key)
+        if eps is not None and not (math.isfinite(eps) and 0 <= eps < 1):
+            return "epsilon"
+    base = scalar(f"{arch}.rope.freq_base")
+    if base is not None and not (math.isfinite(base) and 0 < base <= 1e12):
+        return "rope base"
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    vocab = len(tokens.data) if tokens is not None else None
+    for which in ("bos", "eos", "unknown", "padding"):
+        token = scalar(f"tokenizer.ggml.{which}_token_id")
+        if token is not None and vocab is not None and not 0 <= token < vocab:
+            return f"{which} id"
+    return None

@@ -64,7 +64,8 @@ KERNEL_BEHAVIOURS: dict[str, tuple[str, str]] = {
     "sigkill_self": ("os.kill(os.getpid(), signal.SIGKILL)", "refuse"),
     "sleeps": ("time.sleep(1000)", "refuse"),
     "busy_loop": ("while True: pass", "refuse"),
-    "closes_stdout": ("os.close(1); return F.softmax(x, dim)", "pass"),
+    "closes_stdout": ("try:\n        os.close(1)\n    except OSError:\n        pass\n    return F.softmax(x, dim)",
+                      "pass"),
     "modifies_input": ("x.mul_(0); return F.softmax(x, dim)", "fail"),
     "huge_output": ("return torch.empty(2**62, dtype=torch.uint8)", "fail"),
 }
@@ -114,11 +115,53 @@ def random_kernel(rng: random.Random) -> tuple[str, str, str]:
     """A kernel made of one to three behaviours chained by conditions on the input (which case it is):
     (name, body, expected outcome of the whole run). The worst outcome of its parts is the run's."""
     names = rng.sample(sorted(KERNEL_BEHAVIOURS), rng.randint(1, 3))
-    conditions = ["x.shape[-1] == 1", "x.dtype == torch.float16", "x.abs().max() > 100", "True"]
+    # distinct conditions, each true in some case and false in others: every behaviour runs in some case
+    conditions = rng.sample(["x.shape[-1] == 1", "x.dtype == torch.float16", "x.abs().max() > 100"], len(names) - 1)
     lines = []
-    for name in names[:-1]:
-        lines.append(f"if {rng.choice(conditions[:-1])}:\n        {KERNEL_BEHAVIOURS[name][0].replace(chr(10), chr(10) + '    ')}")
+    for name, condition in zip(names[:-1], conditions):
+        lines.append(f"if {condition}:\n        {KERNEL_BEHAVIOURS[name][0].replace(chr(10), chr(10) + '    ')}")
     lines.append(KERNEL_BEHAVIOURS[names[-1]][0])
     outcomes = [KERNEL_BEHAVIOURS[name][1] for name in names]
     worst = "refuse" if "refuse" in outcomes else "fail" if "fail" in outcomes else "pass"
     return "_".join(names), "\n    ".join(lines), worst
+
+
+# A factory of the small course model with one module's forward replaced: name -> (inner body, outcome).
+FORWARD_BEHAVIOURS: dict[str, tuple[str, str]] = {
+    "correct": ("return original(*args, **kwargs)", "pass"),
+    "noisy": ("print('module says hi'); os.write(1, b'module fd 1\\n'); return original(*args, **kwargs)", "pass"),
+    "returns_none": ("return None", "fail"),
+    "returns_int": ("return 5", "fail"),
+    "returns_numpy": ("return np.zeros(3)", "fail"),
+    "raises": ("raise ValueError('bad module')", "fail"),
+    "unprintable": ("raise Unprintable()", "fail"),
+    "sys_exit": ("sys.exit(0)", "fail"),
+    "os_exit": ("os._exit(0)", "fail"),
+    "base_exception": ("raise Odd('odd')", "fail"),
+    "keyboard_interrupt": ("raise KeyboardInterrupt", "fail"),
+    "nan": ("out = original(*args, **kwargs)\n        first = out[0] if isinstance(out, tuple) else out\n"
+            "        first = first * float('nan')\n"
+            "        return (first, *out[1:]) if isinstance(out, tuple) else first", "fail"),
+    "c_exit": ("ctypes.CDLL(None).exit(0)", "refuse"),
+    "segfault": ("ctypes.string_at(0)", "refuse"),
+    "abort": ("os.abort()", "refuse"),
+    "sleeps": ("time.sleep(1000)", "refuse"),
+}
+COMPONENTS = ("model", "model.lm_head", "model.model.embed_tokens", "model.model.norm",
+              "model.model.layers[0].input_layernorm", "model.model.layers[0].self_attn",
+              "model.model.layers[0].mlp", "model.model.layers[0].mlp.down_proj")
+
+
+def random_factory(rng: random.Random) -> tuple[str, str, str]:
+    """(name, body of the factory, expected outcome of `parity sanity`)."""
+    behaviour = rng.choice(sorted(FORWARD_BEHAVIOURS))
+    component = rng.choice(COMPONENTS)
+    inner, outcome = FORWARD_BEHAVIOURS[behaviour]
+    body = ("model = llama_course.default_model(config=small())\n"
+            f"    target = {component}\n"
+            "    original = target.forward\n"
+            "    def forward(*args, **kwargs):\n"
+            f"        {inner}\n"
+            "    target.forward = forward\n"
+            "    return model")
+    return f"{behaviour}@{component}", body, outcome

@@ -10,8 +10,8 @@ checked against the file, so a damaged file is one clear error, never a huge
 allocation. Results are kept per file identity (path, inode, size, mtime, ctime).
 
 This is the one reader in front of transformers and llama.cpp: only a regular
-file is opened (never a FIFO, a directory, a device or a file under /proc, /sys
-or /dev, whatever link leads there), and what the header says is checked by
+file is opened (never a FIFO, a directory, a device such as /dev/zero, or a file
+under /proc or /sys, whatever link leads there), and what the header says is checked by
 checks.py (tensor types against sizes, offsets, counts, norms and RoPE, token
 ids) before either library reads a byte of it.
 """
@@ -84,8 +84,8 @@ def read_header(path: str | Path) -> GGUFHeader:
 
 
 def regular_file(path: Path, *, what: str = "a .gguf file") -> os.stat_result:
-    """The status of `path` when it is a regular file outside /proc, /sys and /dev (links followed to see
-    where they lead, nothing opened); otherwise a CaptureError saying what it is."""
+    """The status of `path` when it is a regular file outside /proc and /sys (links followed to see where they
+    lead, nothing opened); otherwise a CaptureError saying what it is (a FIFO, a device, a directory)."""
     shown = printable(path)
     try:
         resolved = os.path.realpath(path)
@@ -93,7 +93,7 @@ def regular_file(path: Path, *, what: str = "a .gguf file") -> os.stat_result:
     except (OSError, ValueError) as error:
         reason = getattr(error, "strerror", None) or str(error)
         raise CaptureError(f"{shown}: cannot read it ({reason}); check the path") from None
-    if resolved.startswith(_SYSTEM_TREES) or resolved in ("/proc", "/sys", "/dev"):
+    if resolved.startswith(_SYSTEM_TREES) or resolved in ("/proc", "/sys"):
         raise CaptureError(f"{shown}: leads to {printable(resolved)[:60]}, a system file, not {what}; give {what}")
     if not stat.S_ISREG(status.st_mode):
         kind = ("a directory" if stat.S_ISDIR(status.st_mode) else "a FIFO" if stat.S_ISFIFO(status.st_mode)
@@ -102,7 +102,7 @@ def regular_file(path: Path, *, what: str = "a .gguf file") -> os.stat_result:
     return status
 
 
-_SYSTEM_TREES = ("/proc/", "/sys/", "/dev/")
+_SYSTEM_TREES = ("/proc/", "/sys/")   # pseudo-files whose sizes lie; a device under /dev is not a regular file
 
 
 @lru_cache(maxsize=16)

@@ -73,8 +73,8 @@ def _field(container: dict, key: str, kind: type, where: str, path: str, hint: s
                            "is it an OpenAI-compatible /v1/completions endpoint?")
     if key not in container:
         raise CaptureError(f"{where} answered JSON without {path}.{key}, so it is not a completion with logprobs "
-                           f"(expected choices[0].logprobs with tokens, text_offset, token_logprobs)"
-                           + (f"; {hint}" if hint else ""))
+                           f"(expected choices[0].logprobs with tokens, text_offset, token_logprobs); "
+                           + (hint or _FIX))
     value = container[key]
     if not isinstance(value, kind):
         raise CaptureError(f"{where} answered {path}.{key} = {_shown(value)}, expected a {_KIND_NAMES[kind]}; "
