@@ -296,7 +296,9 @@ def mutate_header(data: bytes, rng: random.Random, base: GGUF | None = None) -> 
     end = header_length(data) if base is None else len(build(replace(base, data=b"")))
     body = bytearray(data)
     for _ in range(rng.randint(1, 3)):
-        position = rng.randrange(4, max(end, 5))
+        if len(body) < 6:
+            break
+        position = rng.randrange(4, max(min(end, len(body) - 1), 5))
         choice = rng.randrange(6)
         if choice == 0:
             body[position] ^= 1 << rng.randrange(8)

@@ -195,7 +195,12 @@ class _Parser:
         length = self._scalar("<Q")
         if length > limit:
             raise self._damaged(f"a string of {length:,} bytes (at most {limit:,} are read)")
-        return self._take(length).decode("utf-8", errors="replace")
+        raw = self._take(length)
+        try:
+            return raw.decode("utf-8")   # GGUF's strings are UTF-8; gguf-py (transformers' reader) decodes strictly
+        except UnicodeDecodeError as error:
+            raise self._damaged(f"a string at byte {self.file.tell() - length + error.start:,} is not UTF-8 "
+                                f"({printable(raw[:40].decode('utf-8', 'replace'))!r})") from None
 
     def _scalar(self, layout: str):
         return struct.unpack(layout, self._take(struct.calcsize(layout)))[0]
