@@ -11,11 +11,11 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import fuzz_harness
 import gguf_corpus
+import gguf_fuzz
 import server_fuzz
 import user_code
 
@@ -57,7 +57,7 @@ class GGUFSurface:
         return {"codes": codes, "said": said.getvalue()}
 
     def make(self, rng: random.Random) -> bytes:
-        return gguf_corpus.mutate_header(self.seed, rng, self.base)
+        return gguf_fuzz.mutate_header(self.seed, rng, self.base)
 
     def run_one(self, data: bytes) -> tuple[str, str]:
         directory = Path(tempfile.mkdtemp(dir=self.scratch))
@@ -71,8 +71,8 @@ class GGUFSurface:
             result = fuzz_harness.run_forked(work, allowed=(str(directory), *fuzz_harness.interpreter_paths()),
                                              timeout_s=self.timeout_s)
             outcome, detail = _outcome(result)
-            if outcome == "pass" and gguf_corpus.unsound(path):
-                outcome, detail = "silent", f"passed an unsound GGUF ({gguf_corpus.unsound(path)})"
+            if outcome == "pass" and gguf_fuzz.unsound(path):
+                outcome, detail = "silent", f"passed an unsound GGUF ({gguf_fuzz.unsound(path)})"
             return outcome, detail
         finally:
             shutil.rmtree(directory, ignore_errors=True)

@@ -123,7 +123,7 @@ def random_kernel(rng: random.Random) -> tuple[str, str, str]:
     lines.append(KERNEL_BEHAVIOURS[names[-1]][0])
     outcomes = [KERNEL_BEHAVIOURS[name][1] for name in names]
     worst = "refuse" if "refuse" in outcomes else "fail" if "fail" in outcomes else "pass"
-    return "_".join(names), "\n    ".join(lines), worst
+    return "+".join(names), "\n    ".join(lines), worst
 
 
 # A factory of the small course model with one module's forward replaced: name -> (inner body, outcome).

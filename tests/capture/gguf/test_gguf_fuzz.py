@@ -1,7 +1,7 @@
 """Fuzzed GGUF headers (tests/gguf_corpus.py): a few hundred through the reader, a few end to end.
 
 The reader may only refuse (CaptureError, one line, no escape character) or accept; what it accepts,
-gguf-py's own reader and the issue's rules must find sound (gguf_corpus.unsound), or the reader let
+gguf-py's own reader and the issue's rules must find sound (gguf_fuzz.unsound), or the reader let
 through what transformers or llama.cpp would have read wrong. End to end (scripts/fuzz_surfaces.py,
 run here on a few inputs; 10,000 by hand), each input runs in a fork through capture (transformers),
 capture (llama.cpp) and tokens.
@@ -12,6 +12,7 @@ import random
 import pytest
 
 import gguf_corpus
+import gguf_fuzz
 from parity.capture.gguf.header import read_header
 from parity.core.errors import CaptureError
 
@@ -22,7 +23,7 @@ COUNT = 300
 @pytest.fixture(scope="module")
 def inputs():
     rng, base, seed = random.Random(24), gguf_corpus.seed(), gguf_corpus.SEED.read_bytes()
-    return [gguf_corpus.mutate_header(seed, rng, base) for _ in range(COUNT)]
+    return [gguf_fuzz.mutate_header(seed, rng, base) for _ in range(COUNT)]
 
 
 def test_the_reader_refuses_in_one_line_or_accepts_only_sound_headers(inputs, tmp_path):
@@ -37,7 +38,7 @@ def test_the_reader_refuses_in_one_line_or_accepts_only_sound_headers(inputs, tm
             assert "\n" not in message and "\x1b" not in message and "; " in message, (index, message)
             continue
         accepted += 1
-        assert gguf_corpus.unsound(path) is None, (index, gguf_corpus.unsound(path))
+        assert gguf_fuzz.unsound(path) is None, (index, gguf_fuzz.unsound(path))
     assert 0 < accepted < COUNT   # the mutations reach both outcomes
 
 
