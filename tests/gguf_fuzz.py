@@ -70,7 +70,7 @@ def _structured(base: GGUF, rng: random.Random) -> GGUF:
                 dims[rng.randrange(len(dims))] = rng.choice(INTERESTING)
                 tensor = replace(tensor, shape=tuple(dims[:rng.choice((len(dims), 1, 5))] or [1]))
             else:
-                tensor = replace(tensor, offset=rng.choice((*INTERESTING, tensor.offset + 1, tensor.offset - 32)))
+                tensor = replace(tensor, offset=rng.choice((*INTERESTING, tensor.offset + 1, max(tensor.offset - 32, 0))))
             gguf.tensors[index] = tensor
         elif choice == 2:   # a count
             if rng.random() < 0.5:

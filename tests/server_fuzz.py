@@ -62,9 +62,12 @@ _VALUES = [None, True, 0, -1, 1, 2**63, 1e308, -1e308, "", "x", "\x1b[2J", "\u20
 
 def mutate(data: bytes, rng: random.Random) -> bytes:
     """One to three edits of the document, or of its bytes (one time in five)."""
-    if rng.random() < 0.2:
+    try:
+        document = json.loads(data)
+    except ValueError:
+        document = None
+    if document is None or rng.random() < 0.2:
         return _mutate_bytes(data, rng)
-    document = json.loads(data)
     for _ in range(rng.randint(1, 3)):
         document = _mutate_document(document, rng)
     return json.dumps(document).encode()
