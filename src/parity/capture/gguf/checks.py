@@ -42,7 +42,7 @@ _BLOCK = re.compile(r"^blk\.(\d{1,9})\.")
 _STRING_TYPE, _FLOAT32_TYPE, _INT32_TYPE = 8, 6, 5
 _POSITIVE_FIELDS = ("embedding_length", "feed_forward_length", "context_length", "attention.head_count",
                     "attention.head_count_kv", "attention.key_length", "attention.value_length", "expert_count",
-                    "vocab_size")
+                    "vocab_size", "rope.dimension_count")   # a head of width 0: transformers divides by it
 _BOUNDS = {"context_length": MAX_CONTEXT, "attention.head_count": MAX_HEADS, "attention.head_count_kv": MAX_HEADS,
            "expert_count": 1 << 12, "vocab_size": 1 << 24}
 # The special tokens transformers' tokenizer reads from a GGUF. llama.cpp ignores any other id outside the
