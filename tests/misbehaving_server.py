@@ -26,6 +26,11 @@ def completion(text: str = PROMPT + " w4", **overrides) -> dict:
     return {"choices": [choice]}
 
 
+def _without_top_logprobs(document: dict) -> dict:
+    del document["choices"][0]["logprobs"]["top_logprobs"]
+    return document
+
+
 def _json(document) -> bytes:
     return json.dumps(document).encode()
 
@@ -112,6 +117,26 @@ SCENARIOS = {
     "http_404": _send(_answer(b"not found", "404 Not Found")),
     "redirect": _send(_answer(b"", "302 Found", ("Location: http://example.com/v1/completions",))),
     "silent": _silent,
+    # well-formed JSON that says nothing comparable: each once passed as "no divergence"
+    "echo_only": _send(_answer(_json(completion(text=PROMPT, tokens=[], text_offset=[], token_logprobs=[],
+                                                top_logprobs=[])))),
+    "zero_tokens": _send(_answer(_json(completion(tokens=[], text_offset=[], token_logprobs=[], top_logprobs=[])))),
+    "no_top_logprobs": _send(_answer(_json(_without_top_logprobs(completion())))),
+    "top_logprobs_null": _send(_answer(_json(completion(top_logprobs=None)))),
+    "top_row_empty": _send(_answer(_json(completion(top_logprobs=[None, {}, {" w3": -0.5}, {" w4": -0.25}])))),
+    "one_token": _send(_answer(_json(completion(tokens=[PROMPT + " w4"], text_offset=[0], token_logprobs=[None],
+                                                top_logprobs=[None])))),
+    "offsets_misaligned": _send(_answer(_json(completion(text_offset=[0, 1, 4, 7])))),
+    "pieces_elsewhere": _send(_answer(_json(completion(tokens=["w1", " w9", " w3", " w4"])))),
+    "pieces_unmatched": _send(_answer(_json(completion(tokens=["w", "1 w", "2 w", "3 w4"], text_offset=[0, 1, 4, 7],
+                                                       top_logprobs=[None, {"1 w": -1.0}, {"2 w": -0.5},
+                                                                     {"3 w4": -0.25}])))),
+    "prompt_only": _send(_answer(_json(completion(text=PROMPT, tokens=["w1", " w2", " w3"], text_offset=[0, 2, 5],
+                                                  token_logprobs=[None, -1.0, -0.5],
+                                                  top_logprobs=[None, {" w2": -1.0}, {" w3": -0.5}],
+                                                  finish_reason="length")))),
+    "surrogate_text": _send(_answer(_json(completion(text=PROMPT + " \ud800", tokens=["w1", " w2", " w3", " \ud800"])))),
+    "surrogate_piece": _send(_answer(_json(completion(tokens=["w1", " w2", " w3", " w\udc04"])))),
 }
 
 

@@ -170,6 +170,9 @@ def _safetensors_cases() -> dict[str, bytes]:
         "bad-st-producer-int.safetensors": safetensors_bytes({"__metadata__": {**meta, "producer": 5}, "embed": {
             "dtype": "F32", "shape": [T, D], "data_offsets": [0, len(raw)]}}, raw),
         "bad-st-name-escape.safetensors": safetensors_of({"embed\x1b[2J": embed}, meta),
+        "bad-st-layer-index-huge.safetensors": safetensors_of(
+            {"embed": embed, "layers.99999999999999999999.out": embed}, meta),
+        "bad-st-layer-index-65536.safetensors": safetensors_of({"embed": embed, "layers.65536.out": embed}, meta),
         "bad-st-truncated.safetensors": safetensors_of({"embed": embed}, meta)[:-10],
         "odd-st-escapes-in-metadata.safetensors": safetensors_of(
             {"embed": embed}, {**meta, "producer": "evil\x1b[2J\x1b]0;title\x07\u202e\ud800", "prompt": "a\nb\rc"}),
@@ -242,6 +245,10 @@ def _directory_cases(directory: Path) -> None:
     write_directory(directory / "bad-dir-manifest-not-json", b"{tensors: [embed]}", {"embed.npy": embed})
     write_directory(directory / "bad-dir-manifest-list", [1, 2], {"embed.npy": embed})
     write_directory(directory / "bad-dir-manifest-deep", ("[" * 20_000).encode(), {"embed.npy": embed})
+    write_directory(directory / "bad-dir-format-other", {**ok, "format": "other"}, {"embed.npy": embed})
+    write_directory(directory / "bad-dir-format-list", {**ok, "format": [FORMAT]}, {"embed.npy": embed})
+    write_directory(directory / "bad-dir-format-differs", {**ok, "format": "other", "metadata": {"format": FORMAT}},
+                    {"embed.npy": embed})
     write_directory(directory / "bad-dir-tensors-empty", {"format": FORMAT, "tensors": []}, {"embed.npy": embed})
     write_directory(directory / "bad-dir-tensors-int", {"format": FORMAT, "tensors": 5}, {"embed.npy": embed})
     write_directory(directory / "bad-dir-tensors-list-of-ints", {"format": FORMAT, "tensors": [1]}, {"embed.npy": embed})

@@ -18,7 +18,7 @@ EXIT_UNUSABLE, EXIT_INTERRUPTED = 2, 130
 
 # Each command is a module of parity.commands with add_arguments(parser) and run(args) -> exit code; the first
 # paragraph of run's docstring is the command's --help summary, the whole docstring its description.
-COMMANDS = ("capture", "compare", "check", "generate", "tokens", "repro", "sanity", "kernel", "bench")
+COMMANDS = ("capture", "compare", "check", "generate", "tokens", "repro", "sanity", "kernel", "bench", "cache")
 
 
 class _Parser(argparse.ArgumentParser):

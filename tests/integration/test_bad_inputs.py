@@ -241,6 +241,12 @@ SERVER_FAULTS = {
     "not_json": "not JSON",
     "http_500": "answered HTTP 500",
     "redirect": "a redirect to 'http://example.com/v1/completions'",
+    # answers that once passed: nothing to compare (each shape: tests/capture/server)
+    "echo_only": "(not comparable): 0 tokens",
+    "no_top_logprobs": "(not comparable): top_logprobs[1] is null",
+    "one_token": "(not comparable): 1 token",
+    "offsets_misaligned": "(not comparable): token 1 (' w2') starts at offset 1",
+    "surrogate_text": "lone surrogate escape \\ud800",
 }
 
 
@@ -275,6 +281,25 @@ def test_a_misbehaving_server_is_one_line_in_bounded_time_and_memory(work, tmp_p
     assert f"the server at {url}/v1/completions" in line
     assert elapsed_s < start_up_s + 3 + 3   # the 3 s total deadline over the CLI's own start-up, with slack for a busy machine
     assert peak_mib < 300   # the answer is capped at 32 MiB, whatever the server sends (measured: 95 MiB at most)
+
+
+def test_a_comparable_server_answer_is_compared_and_reported(work, tmp_path, misbehaving):
+    """The stub's well-formed answer reaches the report (it once failed there, naming a renderer module that
+    had been renamed): a result, exit 0 or 1, nothing on stderr but progress."""
+    from misbehaving_server import PROMPT
+
+    returncode, stdout, stderr, _, _ = run("check", work / "model", misbehaving.url("good"), "--prompt", PROMPT,
+                                           "--timeout", "3", cwd=tmp_path)
+    assert returncode in (0, 1) and "Traceback" not in stderr, stderr
+    assert "w4" in stdout
+
+
+def test_a_server_whose_tokens_match_none_of_the_references_is_not_comparable(work, tmp_path, misbehaving):
+    from misbehaving_server import PROMPT
+
+    returncode, _, stderr, _, _ = run("check", work / "model", misbehaving.url("pieces_unmatched"), "--prompt", PROMPT,
+                                      "--timeout", "3", cwd=tmp_path)
+    assert_one_line_error(returncode, stderr, "cannot be compared (not comparable): none of its 3 tokens")
 
 
 # --- outputs that cannot be written, for real -------------------------------------------------

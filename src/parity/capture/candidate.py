@@ -261,6 +261,14 @@ class CandidateSpec:
         """Whether this backend can give `capability` at all (an opened candidate may still refuse it)."""
         return capability in self.backend.capabilities
 
+    def require(self, needs: tuple[str, ...]) -> "CandidateSpec":
+        """This spec; OptionError before any work when its backend cannot give a capability in `needs`."""
+        for capability in needs:
+            if not self.offers(capability):
+                raise OptionError(f"candidate '{self.text}' is {self.written}, which gives no "
+                                  f"{CAPABILITIES[capability]}; this command takes {_offering(capability)}")
+        return self
+
 
 def parse_candidate(spec: Any) -> CandidateSpec:
     """Which backend claims `spec`; OptionError naming the forms a candidate takes when none does."""
@@ -275,11 +283,7 @@ def open_candidate(spec: Any, context: CandidateContext = CandidateContext(), *,
                    needs: tuple[str, ...] = ()) -> Iterator[Candidate]:
     """Open the candidate `spec` names, refusing before any work one whose backend cannot give a capability in
     `needs`; closed on exit. Whatever the candidate prints while open goes to stderr."""
-    parsed = parse_candidate(spec)
-    for capability in needs:
-        if not parsed.offers(capability):
-            raise OptionError(f"candidate '{spec}' is {parsed.written}, which gives no {CAPABILITIES[capability]}; "
-                              f"this command takes {_offering(capability)}")
+    parsed = parse_candidate(spec).require(needs)
     with contextlib.redirect_stdout(sys.stderr):
         candidate = parsed.backend.open(spec, context)
         try:

@@ -131,23 +131,60 @@ def _check_candidate(spec: str) -> None:
                           "llamacpp:FILE.gguf or FILE.py:FACTORY")
 
 
+SIDE_TIMEOUT_S = float(os.environ.get("PARITY_BENCH_TIMEOUT_S", "3600"))   # one side, loading and every repeat
+
+
 def _run_side(spec: str, model: str, options: BenchOptions) -> dict[str, Any]:
+    """One side in its own process. Its standard output carries one line, the result; what the side's code
+    prints goes to standard error there, and a side that exits, is killed or runs past its time is one line."""
+    from parity.core.isolation import describe_status
+    from parity.core.printable import printable
+
     request = json.dumps({"spec": spec, "model": model, "options": options.__dict__})
     environment = {**os.environ, "OMP_NUM_THREADS": str(options.threads), "TQDM_DISABLE": "1"}
-    process = subprocess.run([sys.executable, "-m", "parity.commands.bench", request], capture_output=True, text=True,
-                             env=environment)
-    lines = process.stdout.strip().splitlines()
-    if process.returncode != 0 or not lines:
-        last = (process.stderr.strip().splitlines() or ["no output"])[-1]
-        raise CaptureError(f"benchmarking {spec} failed: {last}")
-    return json.loads(lines[-1])
+    try:
+        process = subprocess.run([sys.executable, "-m", "parity.commands.bench", request], capture_output=True,
+                                 text=True, errors="replace", env=environment, timeout=SIDE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise CaptureError(f"benchmarking {spec} did not finish within {SIDE_TIMEOUT_S:.0f} s (stopped); check it for "
+                           "an endless loop, or allow more time with PARITY_BENCH_TIMEOUT_S") from None
+    said = [line for line in process.stderr.strip().splitlines() if line.strip()]
+    if process.returncode == 2 and said and said[-1].startswith(_ERROR):
+        raise OptionError(said[-1].removeprefix(_ERROR))
+    try:
+        result = json.loads(process.stdout) if process.returncode == 0 else None
+    except ValueError:
+        result = None
+    if not isinstance(result, dict):
+        last = printable(said[-1])[:200] if said else "nothing on standard error"
+        raise CaptureError(f"benchmarking {spec} failed: its process ended ({describe_status(process.returncode)}) "
+                           f"without a result; it said last: {last}; a factory or model must return, not exit")
+    return result
+
+
+_ERROR = "parity: error: "
 
 
 # --- in the side's own process ------------------------------------------------------
 
 
 def measure_side(spec: str, model: str, options: BenchOptions) -> dict[str, Any]:
-    """Load `spec`, then time prefill and decode; peak memory of this process."""
+    """Load `spec`, then time prefill and decode; peak memory of this process. The side's own code
+    (a factory, a forward) raising, calling sys.exit or os._exit is one line naming it."""
+    from parity.capture.torch.factory import describe_error
+    from parity.core.isolation import guarded, is_user_exit
+
+    try:
+        with guarded():
+            return _measure(spec, model, options)
+    except BaseException as error:
+        if not is_user_exit(error):
+            raise
+        raise CaptureError(f"{spec} failed while benchmarked: {describe_error(error)}; check that its forward runs "
+                           "on token ids with use_cache") from None
+
+
+def _measure(spec: str, model: str, options: BenchOptions) -> dict[str, Any]:
     from parity.capture.candidate import CandidateContext, open_candidate
     from parity.capture.hf.model import quiet_transformers
 
@@ -156,6 +193,7 @@ def measure_side(spec: str, model: str, options: BenchOptions) -> dict[str, Any]
     with open_candidate(spec, CandidateContext(model_path=model, dtype=options.dtype), needs=("speed",)) as side:
         runner = side.speed_runner(options)
         loaded_mib = _current_rss_mib()
+        _check_positions(spec, runner, options)
         vocab = runner.vocab_size
         prompt = [(7 + 31 * i) % vocab for i in range(options.prompt_tokens)]
         continuation = [(11 + 17 * i) % vocab for i in range(options.decode_tokens)]
@@ -177,6 +215,25 @@ def measure_side(spec: str, model: str, options: BenchOptions) -> dict[str, Any]
             "peak_rss_mib": _peak_rss_mib(), **runner.device_memory()}
 
 
+def _check_positions(spec: str, runner, options: BenchOptions) -> None:
+    """Refuse more positions than the model takes (its config's, or llama.cpp's trained context)."""
+    limit = getattr(runner, "context", None) or _positions(getattr(getattr(runner, "model", None), "config", None))
+    positions = options.prompt_tokens + options.decode_tokens
+    if limit is not None and positions > limit[1]:
+        raise OptionError(f"--prompt-tokens {options.prompt_tokens} + --decode-tokens {options.decode_tokens} is "
+                          f"{positions} positions, more than {spec} takes ({limit[0]} = {limit[1]}); "
+                          "give fewer --prompt-tokens or --decode-tokens")
+
+
+def _positions(config) -> tuple[str, int] | None:
+    """(field, value) of the most positions a model takes, when its config says."""
+    for name in ("n_positions", "max_position_embeddings"):
+        value = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
+        if type(value) is int and value > 0:
+            return name, value
+    return None
+
+
 def _current_rss_mib() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
@@ -188,14 +245,19 @@ def _peak_rss_mib() -> float:
 
 def _worker(argv: list[str]) -> int:
     from parity.core.errors import ParityError
+    from parity.core.printable import printable
 
+    result_out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)                 # what the side's code prints goes to standard error
+    sys.stdout = sys.stderr
     request = json.loads(argv[0])
     try:
         result = measure_side(request["spec"], request["model"], BenchOptions(**request["options"]))
     except ParityError as error:
-        print(f"parity: error: {error}", file=sys.stderr)
+        print(f"{_ERROR}{printable(error)}", file=sys.stderr)
         return 2
-    print(json.dumps(result))
+    result_out.write(json.dumps(result))
+    result_out.close()
     return 0
 
 

@@ -17,6 +17,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--bench", action="store_true", help="also time the candidate against torch (longest length)")
     parser.add_argument("--device", help="cpu (default), cuda, cuda:N")
     parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    parser.add_argument("--timeout", type=options.seconds, default=60.0,
+                        help="seconds one case may take (default 60); the kernel runs in a child process")
 
 
 def run(args) -> int:
@@ -32,8 +34,8 @@ def run(args) -> int:
     output without grad_fn is named a broken autograd. Exit 0 when every case
     passes, 1 otherwise.
     """
-    from parity.capture.torch.factory import load_factory
-    from parity.kernel import KernelOptions, run_kernel
+    from parity.kernel import KernelOptions
+    from parity.kernel.child import run_kernel_in_child
     from parity.kernel.ops import get_op
     from parity.report import kernel as report
 
@@ -41,9 +43,12 @@ def run(args) -> int:
     settings = KernelOptions(lengths=options.int_list(args.lengths, "--lengths"),
                              dtypes=options.dtype_list(args.dtypes), backward=not args.no_backward, bench=args.bench,
                              device=options.torch_device(args.device))
-    candidate = load_factory(args.candidate, what=f"a function with the arguments of {args.op}")
-    with progress() as steps:
-        result = run_kernel(args.op, candidate, settings, label=args.candidate, progress=steps)
+    if args.json and args.json != "-":
+        from parity.core.files import check_output_path
+
+        check_output_path(args.json, overwrite=args.force, option="--json")
+    with progress() as steps:   # in a child process: the kernel's exit, hang or prints are not parity's
+        result = run_kernel_in_child(args.op, args.candidate, settings, timeout_s=args.timeout, progress=steps)
     if args.json == "-":
         print(report.dumps(result))
     else:

@@ -26,6 +26,8 @@ def add_arguments(parser) -> None:
                                                                "needs --rtol)")
     parser.add_argument("--seed", type=options.count, default=0, help="seed of the random inputs")
     parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    parser.add_argument("--timeout", type=options.seconds, default=300.0,
+                        help="seconds one test may take (default 300); the candidate runs in a child process")
 
 
 def run(args) -> int:
@@ -39,22 +41,28 @@ def run(args) -> int:
     Tests: structure, norm, rope, attention, mlp, decoder_layer, forward, loss,
     kv_cache, gradients, stability. Exit 0 when all 11 pass, 1 otherwise.
     """
-    from parity.capture.candidate import CandidateContext, open_candidate
+    from parity.capture.candidate import parse_candidate
     from parity.core.tolerances import user_tolerance
     from parity.report import sanity as report
-    from parity.sanity import SanityConfig, run_sanity
+    from parity.sanity import SanityConfig
+    from parity.sanity.child import run_sanity_in_child
 
     tolerance = user_tolerance(args.atol, args.rtol)
-    if args.batch_size < 1 or args.seq_length < 2:
-        raise OptionError("--batch-size must be at least 1 and --seq-length at least 2")
+    if args.seq_length < 2:
+        raise OptionError("--seq-length must be at least 2 (the loss and the cache test predict a next token)")
     settings = SanityConfig(batch_size=args.batch_size, seq_length=args.seq_length, dtype=args.dtype or "float32",
                             device=options.torch_device(args.device), seed=args.seed,
                             rtol=tolerance.rtol if tolerance else None, atol=tolerance.atol if tolerance else None)
-    with progress() as steps:
-        context = CandidateContext(model_path=args.reference, progress=steps)
-        with open_candidate(args.candidate, context, needs=("module",)) as candidate:
-            result = run_sanity(candidate.module, settings, reference=args.reference, progress=steps,
-                                labels={"candidate": args.candidate, "reference": args.reference or "transformers"})
+    parse_candidate(args.candidate).require(("module",)).check()   # a candidate that is no module is said here
+    if args.json:
+        from parity.core.files import check_output_path
+
+        check_output_path(args.json, overwrite=args.force, option="--json")
+    with progress() as steps:   # in a child process: the candidate's exit, hang or prints are not parity's
+        steps.step(f"building the candidate from {args.candidate}")
+        result = run_sanity_in_child(args.candidate, settings, reference=args.reference, timeout_s=args.timeout,
+                                     progress=steps, labels={"candidate": args.candidate,
+                                                             "reference": args.reference or "transformers"})
     if args.json:
         report.write(result, args.json, overwrite=args.force)
     print(report.table(result, args.json) if args.verbose else report.line(result, args.json))

@@ -21,6 +21,7 @@ from typing import Mapping
 
 import numpy as np
 
+from parity.core.errors import CaptureError
 from parity.core.results import Diagnosis
 
 NEAR_TIE_NATS = 0.5   # Q4/Q8 quantization moved log-probs by up to ~0.3 nats in our measurements
@@ -118,6 +119,8 @@ def compare_sequences(reference: ReferenceTokens, candidate: CandidateTokens) ->
             continue
         row = reference.logprobs[reference_index - 1]
         positions.append(_position(index, row, candidate.top_logprobs[index], candidate, reference, pieces_to_ids))
+    if not positions:
+        raise _not_comparable(reference, candidate)
     first = next((p for p in positions if not p.agrees and not p.near_tie), None)
     diagnoses, notes = [], []
     shift = detect_shift(reference, candidate, alignment)
@@ -133,6 +136,17 @@ def compare_sequences(reference: ReferenceTokens, candidate: CandidateTokens) ->
     if unaligned:
         notes.append(f"{unaligned} candidate tokens have no reference token at the same offset (tokenizations differ there)")
     return SequenceComparison(tuple(positions), unaligned, first, tuple(diagnoses), tuple(notes), candidate.text)
+
+
+def _not_comparable(reference: ReferenceTokens, candidate: CandidateTokens) -> CaptureError:
+    """A comparison of no position is never a pass: say which tokens each side has."""
+    def first(pieces) -> str:
+        return ", ".join(repr(piece) for piece in pieces[:4])[:80] + (", ..." if len(pieces) > 4 else "")
+
+    return CaptureError(
+        f"the candidate's answer cannot be compared (not comparable): none of its {len(candidate.pieces) - 1} tokens "
+        f"after the first starts where a reference token with the same text starts (candidate {first(candidate.pieces)}; "
+        f"reference {first(reference.pieces)}); check that the candidate runs the reference's model and tokenizer")
 
 
 def align_offsets(reference: ReferenceTokens, candidate: CandidateTokens) -> dict[int, int]:

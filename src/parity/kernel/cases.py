@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from parity.core.isolation import guarded, is_user_exit
 from parity.core.metrics import measure
 from parity.core.results import Tolerance
 from parity.kernel.ops import Case, Op
@@ -45,22 +46,54 @@ def run_case(op: Op, candidate, case: Case, dtype: str, condition: str, *, backw
     reference64 = _run(op.reference, op, case, exact, differentiable)
     perturbed = _run(op.reference, op, case, _perturbed(exact, case, UNIT_ROUNDOFF[dtype], seed), differentiable)
     reference_low = _run(op.reference, op, case, low, differentiable)
-    try:
-        candidate_run = _run(candidate, op, case, low, differentiable)
-    except Exception as error:  # the candidate's code failed: that is this case's finding
-        from parity.capture.torch.factory import describe_error
-
-        reason = f"raised {describe_error(error)}"
-        return CaseResult(case.dims, dtype, condition, {"passed": False, "reason": reason},
-                          {"checked": False, "reason": "the forward pass raised"} if backward else
-                          {"checked": False, "reason": NOT_ASKED})
-    output, reference_output = candidate_run["output"], reference64["output"]
-    forward = _compare(reference_output, [reference_low["output"], perturbed["output"]], output, dtype)
+    not_run = {"checked": False, "reason": NOT_ASKED}
+    try:   # the candidate's code and what it returned: whatever it does (raise, exit, return junk) is a finding
+        with guarded():
+            candidate_run = _run(candidate, op, case, low, differentiable)
+            output, reference_output = candidate_run["output"], reference64["output"]
+            problem = output_problem(output, reference_output)
+            forward = ({"passed": False, "reason": problem} if problem else
+                       _compare(reference_output, [reference_low["output"], perturbed["output"]], output, dtype))
+    except BaseException as error:
+        if not is_user_exit(error):
+            raise
+        return CaseResult(case.dims, dtype, condition, {"passed": False, "reason": _described(error)},
+                          {"checked": False, "reason": "the forward pass raised"} if backward else not_run)
     if not backward:
-        return CaseResult(case.dims, dtype, condition, forward, {"checked": False, "reason": NOT_ASKED})
-    return CaseResult(case.dims, dtype, condition, forward,
-                      _backward(reference64, [reference_low, perturbed], candidate_run, differentiable, dtype, seed,
-                                forward["passed"]))
+        return CaseResult(case.dims, dtype, condition, forward, not_run)
+    if problem:
+        return CaseResult(case.dims, dtype, condition, forward,
+                          {"checked": False, "reason": "the forward pass returned no usable tensor"})
+    try:
+        with guarded():
+            gradients = _backward(reference64, [reference_low, perturbed], candidate_run, differentiable, dtype,
+                                  seed, forward["passed"])
+    except BaseException as error:
+        if not is_user_exit(error):
+            raise
+        gradients = {"passed": False, "checked": True, "reason": f"the backward pass {_described(error)}"}
+    return CaseResult(case.dims, dtype, condition, forward, gradients)
+
+
+def output_problem(output, reference: torch.Tensor) -> str | None:
+    """Why the candidate's output cannot be compared (not a tensor, not floating, another shape), or None."""
+    if not isinstance(output, torch.Tensor):
+        return f"returned {type(output).__name__}, not a torch.Tensor"
+    if output.layout != torch.strided or output.is_complex() or not output.is_floating_point():
+        return f"returned a {str(output.dtype).removeprefix('torch.')} tensor, not a real floating one"
+    if tuple(output.shape) != tuple(reference.shape):
+        return f"returned shape {tuple(output.shape)}, the reference's is {tuple(reference.shape)}"
+    if output.device.type == "meta":
+        return "returned a tensor on the meta device, which holds no values"
+    return None
+
+
+def _described(error: BaseException) -> str:
+    """'raised ValueError: ... (at file:line)', or 'called os._exit(0) (at file:line)'."""
+    from parity.capture.torch.factory import describe_error
+    from parity.core.isolation import ExitCalled
+
+    return describe_error(error) if isinstance(error, ExitCalled) else f"raised {describe_error(error)}"
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype, device: str) -> torch.Tensor:

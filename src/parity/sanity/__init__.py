@@ -15,10 +15,12 @@ import datetime
 import platform
 from collections.abc import Callable
 
-from parity.core.errors import ParityError
+from parity.core.errors import OptionError, ParityError
+from parity.core.isolation import ExitCalled, guarded, is_user_exit
+from parity.sanity.budget import check_memory
 from parity.sanity.components import (test_attention, test_decoder_layer, test_mlp, test_norm, test_rope,
                                       test_structure)
-from parity.sanity.pair import Pair, SanityConfig
+from parity.sanity.pair import Pair, SanityConfig, UnusableOutput
 from parity.sanity.reference import build_pair
 from parity.sanity.results import FAILED, SKIPPED, TEST_NAMES, SanityReport, TestResult
 from parity.sanity.whole_model import test_forward, test_gradients, test_kv_cache, test_loss, test_stability
@@ -34,16 +36,29 @@ __all__ = ["SanityConfig", "SanityReport", "TestResult", "run_sanity"]
 
 
 def run_sanity(candidate, settings: SanityConfig = SanityConfig(), *, reference: str | None = None,
-               progress=None, labels: dict[str, str] | None = None) -> SanityReport:
+               progress=None, labels: dict[str, str] | None = None,
+               step: Callable[[str], None] | None = None) -> SanityReport:
     """Run the 11 tests on `candidate` (a torch.nn.Module with a transformers .config)."""
     import torch
 
     torch.manual_seed(settings.seed)
-    pair = build_pair(candidate, settings, reference)
+    check_memory(candidate, settings)   # before the inputs are made
+    try:
+        with guarded():
+            pair = build_pair(candidate, settings, reference)
+    except BaseException as error:   # the candidate's .config, .to() or parameters are its code too
+        if not is_user_exit(error):
+            raise
+        from parity.capture.torch.factory import describe_error
+
+        raise OptionError(f"preparing the candidate failed: {describe_error(error)}; check its .config and "
+                          "parameters") from None
     results = []
     for name, test in TESTS.items():
         if progress is not None:
             progress.step(f"sanity: {name}")
+        if step is not None:
+            step(f"the {name} test")
         results.append(_run_one(name, test, pair))
     return SanityReport(results=tuple(results), timestamp=datetime.datetime.now().isoformat(),
                         environment=_environment(settings), test_config=_test_config(pair, labels or {}))
@@ -53,11 +68,17 @@ def _run_one(name: str, test: Callable[[Pair], TestResult], pair: Pair) -> TestR
     from parity.capture.torch.factory import describe_error
 
     try:
-        return test(pair)
+        with guarded():
+            return test(pair)
     except ParityError as error:
         return TestResult(name, SKIPPED, f"not checked: {error}")
-    except Exception as error:  # the candidate's code failed: that is this test's finding
-        return TestResult(name, FAILED, f"raised {describe_error(error)}")
+    except UnusableOutput as error:
+        return TestResult(name, FAILED, str(error))
+    except BaseException as error:  # the candidate's code failed (SystemExit, os._exit too): this test's finding
+        if not is_user_exit(error):
+            raise
+        said = describe_error(error)
+        return TestResult(name, FAILED, said if isinstance(error, ExitCalled) else f"raised {said}")
 
 
 def _environment(settings: SanityConfig) -> dict:

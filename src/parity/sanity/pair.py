@@ -33,6 +33,15 @@ DEFAULT_TOLERANCES = {
 }
 
 
+MAX_TOKENS = 1 << 22          # batch x length; far past what a component test needs, far below what overflows
+MAX_SEQ_LENGTH = 1 << 20
+MAX_SEED = 2**53              # torch takes seeds below 2^64; the tests' salts are added to seed x 1000
+
+
+class UnusableOutput(Exception):
+    """The candidate's module returned something that is not a tensor: the test's finding, in its words."""
+
+
 @dataclass(frozen=True)
 class SanityConfig:
     """How the tests run. Batch, length and tolerances are the course script's defaults."""
@@ -46,6 +55,19 @@ class SanityConfig:
     seed: int = 0
     long_length: int = 512           # stability: the long sequence (capped at max_position_embeddings)
     large_scale: float = 1e3         # stability: hidden states and lm_head weights scaled by this
+
+    def __post_init__(self) -> None:
+        for name, value, low in (("--batch-size", self.batch_size, 1), ("--seq-length", self.seq_length, 2)):
+            if type(value) is not int or value < low:
+                raise OptionError(f"{name} must be an integer of at least {low}, got {value!r}")
+        tokens = self.batch_size * self.seq_length
+        if self.seq_length > MAX_SEQ_LENGTH or tokens > MAX_TOKENS:
+            raise OptionError(f"--batch-size {self.batch_size:,} x --seq-length {self.seq_length:,} is {tokens:,} "
+                              f"random tokens, more than parity sanity runs ({MAX_TOKENS:,} in all, "
+                              f"{MAX_SEQ_LENGTH:,} in a row): the component tests need a few thousand; "
+                              "give smaller ones")
+        if type(self.seed) is not int or not 0 <= self.seed <= MAX_SEED:
+            raise OptionError(f"--seed must be an integer from 0 to 2^53, got {str(self.seed)[:30]}")
 
     @property
     def tolerance(self) -> Tolerance:
@@ -119,6 +141,9 @@ class Pair:
     def compare(self, reference: torch.Tensor, candidate: torch.Tensor, tolerance: Tolerance | None = None) -> dict:
         """Metrics of `candidate` against `reference` (same shape), and whether it is within the tolerance."""
         tolerance = tolerance or self.settings.tolerance
+        if not isinstance(candidate, torch.Tensor) or not (candidate.is_floating_point() or candidate.is_complex()):
+            raise UnusableOutput(f"the candidate returned {_kind(candidate)} where the reference returns a tensor "
+                                 f"of shape {tuple(reference.shape)}")
         if tuple(reference.shape) != tuple(candidate.shape):
             return {"passed": False, "shape_reference": list(reference.shape), "shape_candidate": list(candidate.shape)}
         metrics = measure(to_numpy(reference), to_numpy(candidate), tolerance)
@@ -158,15 +183,24 @@ def record_calls(model, input_ids: torch.Tensor) -> dict[str, tuple]:
 
 def first_tensor(output) -> torch.Tensor:
     """A module's main output: the tensor itself, or the first element of a tuple."""
-    while isinstance(output, (tuple, list)):
+    while isinstance(output, (tuple, list)) and output:
         output = output[0]
+    if not isinstance(output, torch.Tensor):
+        raise UnusableOutput(f"a module of the candidate returned {_kind(output)}, not a tensor (or a tuple "
+                             "starting with one)")
     return output
 
 
 def logits_of(output) -> torch.Tensor:
     if hasattr(output, "logits"):
-        return output.logits
+        return first_tensor(output.logits)
     return first_tensor(output)
+
+
+def _kind(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {str(value.dtype).removeprefix('torch.')} tensor"
+    return type(value).__name__
 
 
 def to_numpy(tensor: torch.Tensor):

@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 
 from conftest import need
@@ -143,6 +144,18 @@ FAULTS = {  # scenario -> what the one-line error must say
     "http_500": r"answered HTTP 500 Internal Server Error: 'model overloaded\nretry later'",
     "http_404": "answered HTTP 404 Not Found",
     "redirect": "HTTP 302 Found, a redirect to 'http://example.com/v1/completions'; give the address",
+    # answers that are well formed but cannot be compared: each once passed
+    "echo_only": "(not comparable): 0 tokens in choices[0].logprobs.tokens",
+    "zero_tokens": "(not comparable): 0 tokens in choices[0].logprobs.tokens",
+    "no_top_logprobs": "(not comparable): top_logprobs[1] is null",
+    "top_logprobs_null": "(not comparable): top_logprobs[1] is null",
+    "top_row_empty": "(not comparable): top_logprobs[1] is an empty object",
+    "one_token": "(not comparable): 1 token in choices[0].logprobs.tokens",
+    "offsets_misaligned": "(not comparable): token 1 (' w2') starts at offset 1, where the token before it ends at 2",
+    "pieces_elsewhere": "(not comparable): token 1 is ' w9' but the text at offset 2 holds ' w2'",
+    "prompt_only": "(not comparable): the text is the prompt alone (finish_reason 'length')",
+    "surrogate_text": "choices[0].text holds the lone surrogate escape \\ud800 at character 9",
+    "surrogate_piece": "tokens[3] = ' w\\udc04', expected Unicode text",
 }
 
 
@@ -215,3 +228,40 @@ def test_a_server_that_never_answers_times_out():
         assert time.monotonic() - started < 10
     finally:
         listener.close()
+
+
+def test_an_answer_whose_tokens_match_no_reference_token_is_not_comparable(misbehaving):
+    """The tokens tile the text, so the answer is read; but no token lies where a reference token with the
+    same text does, so no position can be compared: that is an error, never a pass."""
+    from misbehaving_server import PROMPT as SHORT
+    from parity.core.sequence import ReferenceTokens
+
+    candidate = OpenAIServer(misbehaving.url("pieces_unmatched"), timeout_s=3).complete(SHORT, max_tokens=1)
+    pieces = ("w1", " w2", " w3", " w4")
+    reference = ReferenceTokens(pieces, (0, 2, 5, 8), np.log(np.full((4, 4), 0.25)), pieces)
+    with pytest.raises(CaptureError, match=r"cannot be compared \(not comparable\): none of its 3 tokens after the "
+                                           r"first starts where a reference token"):
+        compare_sequences(reference, candidate)
+
+
+def test_a_prompt_that_is_not_unicode_is_refused_before_sending(misbehaving):
+    from parity.core.errors import OptionError
+
+    with pytest.raises(OptionError, match="not Unicode text .*give the prompt as UTF-8 text"):
+        OpenAIServer(misbehaving.url("good"), timeout_s=3).complete("caf\udce9", max_tokens=1)
+
+
+def test_a_token_that_is_part_of_a_character_may_leave_it_uncovered():
+    """llama-cpp-python decodes each byte token of a multi-byte character alone, to "", and the next token
+    starts after the character: the tiling allows that gap, and only there."""
+    from parity.capture.server.completion import parse_completion
+
+    text = "ab \u00e9 cd"
+    logprobs = {"tokens": ["ab", " ", "", "", " cd"], "text_offset": [0, 2, 3, 3, 4],
+                "token_logprobs": [None, -1, -1, -1, -1], "top_logprobs": [None] + [{"x": -1.0}] * 4}
+    candidate = parse_completion({"choices": [{"text": text, "logprobs": logprobs}]}, "ab", "the server")
+    assert candidate.pieces[-1] == " cd"
+    logprobs["text_offset"] = [0, 2, 3, 4, 4]   # a whole token may not leave a gap
+    logprobs["tokens"] = ["ab", " ", "x", "", " cd"]
+    with pytest.raises(CaptureError, match="token 2 is 'x' but the text at offset 3 holds"):
+        parse_completion({"choices": [{"text": text, "logprobs": logprobs}]}, "ab", "the server")

@@ -182,3 +182,22 @@ def test_config_fields_parity_computes_with_are_type_checked(tmp_path, config):
              __metadata__=np.array(json.dumps({"format": FORMAT, "config": {"hidden_size": 8, **config}})))
     with pytest.raises(TraceError, match="'config' field"):
         load_trace(path)
+
+
+@pytest.mark.parametrize("name", ["bad-st-layer-index-huge.safetensors", "bad-dir-format-other"])
+def test_a_hostile_reference_is_refused_as_a_candidate_is(capsys, name):
+    """`compare` reads both sides alike: a reference naming layer 10^20 once ran for minutes building a
+    layer x position matrix, and a manifest's own `format` was ignored."""
+    code, _, err = run_compare(capsys, CORPUS / name, REFERENCE)
+    assert code == 2 and len(err.splitlines()) == 1 and name in err, err
+
+
+def test_the_deepest_layer_a_trace_may_name_is_compared_at_once(tmp_path, capsys):
+    import time
+
+    embed = trace_corpus.REFERENCE_TENSORS["embed"]
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(trace_corpus.safetensors_of({"embed": embed, "layers.65535.out": embed}, {"format": FORMAT}))
+    started = time.monotonic()
+    code, out, _ = run_compare(capsys, path, path)
+    assert code == 0 and time.monotonic() - started < 5, out

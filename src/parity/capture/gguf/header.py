@@ -7,12 +7,19 @@ layer count, which type each weight has) is in the header, read here in a few
 milliseconds: scalar and string fields are kept, arrays are stepped over (their
 length is kept), and nothing beyond the tensor infos is read. Every length is
 checked against the file, so a damaged file is one clear error, never a huge
-allocation. Results are kept per file identity (path, inode, size, mtime).
+allocation. Results are kept per file identity (path, inode, size, mtime, ctime).
+
+This is the one reader in front of transformers and llama.cpp: only a regular
+file is opened (never a FIFO, a directory, a device such as /dev/zero, or a file
+under /proc or /sys, whatever link leads there), and what the header says is checked by
+checks.py (tensor types against sizes, offsets, counts, norms and RoPE, token
+ids) before either library reads a byte of it.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.core.errors import CaptureError
+from parity.core.printable import printable
 
 MAGIC = b"GGUF"
 MAX_NAME_BYTES = 1 << 16           # a key or tensor name longer than this is damage, not a name
@@ -36,6 +44,8 @@ class GGUFTensorInfo:
     name: str
     ggml_type: str               # e.g. 'Q4_1', 'F32'
     shape: tuple[int, ...]       # in ggml's order (fastest-varying first)
+    type_id: int = -1            # ggml's number for the type
+    offset: int = 0              # of its data, from the start of the data section
 
     def __repr__(self) -> str:
         return f"<GGUFTensorInfo {self.name} {self.ggml_type}{list(self.shape)}>"
@@ -46,6 +56,8 @@ class GGUFHeader:
     version: int
     fields: dict[str, Any]       # scalars and strings as values; an array as ('array', element type, count)
     tensors: dict[str, GGUFTensorInfo]
+    data_start: int = 0          # where the data section starts in the file (aligned)
+    size: int = 0                # of the file
 
     def __repr__(self) -> str:
         return f"<GGUFHeader v{self.version} {len(self.fields)} fields, {len(self.tensors)} tensors>"
@@ -64,19 +76,49 @@ class GGUFHeader:
 
 
 def read_header(path: str | Path) -> GGUFHeader:
-    """The header of the GGUF file at `path` (kept for as long as the file is unchanged)."""
+    """The checked header of the GGUF file at `path` (kept for as long as the file is unchanged);
+    CaptureError, in one line, for anything that is not a regular, sound GGUF file."""
     path = Path(path)
+    status = regular_file(path)
+    return _read_header(str(path.resolve()), status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+
+
+def regular_file(path: Path, *, what: str = "a .gguf file") -> os.stat_result:
+    """The status of `path` when it is a regular file outside /proc and /sys (links followed to see where they
+    lead, nothing opened); otherwise a CaptureError saying what it is (a FIFO, a device, a directory)."""
+    shown = printable(path)
     try:
+        resolved = os.path.realpath(path)
         status = os.stat(path)
-    except OSError as error:
-        raise CaptureError(f"{path}: cannot read it ({error.strerror}); check the path") from None
-    return _read_header(str(path.resolve()), status.st_ino, status.st_size, status.st_mtime_ns)
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise CaptureError(f"{shown}: cannot read it ({reason}); check the path") from None
+    if resolved.startswith(_SYSTEM_TREES) or resolved in ("/proc", "/sys"):
+        raise CaptureError(f"{shown}: leads to {printable(resolved)[:60]}, a system file, not {what}; give {what}")
+    if not stat.S_ISREG(status.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(status.st_mode) else "a FIFO" if stat.S_ISFIFO(status.st_mode)
+                else "a device" if stat.S_ISCHR(status.st_mode) or stat.S_ISBLK(status.st_mode) else "not a regular file")
+        raise CaptureError(f"{shown}: is {kind}, not {what}; give {what}")
+    return status
+
+
+_SYSTEM_TREES = ("/proc/", "/sys/")   # pseudo-files whose sizes lie; a device under /dev is not a regular file
 
 
 @lru_cache(maxsize=16)
-def _read_header(path: str, _inode: int, size: int, _mtime_ns: int) -> GGUFHeader:
-    with open(path, "rb") as file:
-        return _Parser(file, size, path).header()
+def _read_header(path: str, _inode: int, size: int, _mtime_ns: int, _ctime_ns: int) -> GGUFHeader:
+    from parity.capture.gguf.checks import check_header
+
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)   # a FIFO swapped in since the stat cannot block
+    except OSError as error:
+        raise CaptureError(f"{printable(path)}: cannot read it ({error.strerror}); check the path") from None
+    with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise CaptureError(f"{printable(path)}: is not a regular file; give a .gguf file")
+        header = _Parser(file, size, printable(path)).header()
+    check_header(header, printable(path))
+    return header
 
 
 class _Parser:
@@ -99,22 +141,30 @@ class _Parser:
         fields = {}
         for _ in range(field_count):
             key = self._string(MAX_NAME_BYTES)
+            if key in fields:
+                raise self._damaged(f"the field '{printable(key)[:60]}' is there twice")
             fields[key] = self._value(self._scalar("<I"), key)
         tensors = {}
         for _ in range(tensor_count):
             info = self._tensor_info()
+            if info.name in tensors:
+                raise self._damaged(f"the tensor '{printable(info.name)[:60]}' is there twice")
             tensors[info.name] = info
-        return GGUFHeader(version, fields, tensors)
+        alignment = fields.get("general.alignment", DEFAULT_ALIGNMENT)
+        if type(alignment) is not int or not 0 < alignment <= 1 << 16 or alignment & (alignment - 1):
+            raise self._damaged(f"general.alignment is {printable(alignment)[:20]}, not a power of two up to 65,536")
+        end = self.file.tell()
+        return GGUFHeader(version, fields, tensors, data_start=end + (-end % alignment), size=self.size)
 
     def _tensor_info(self) -> GGUFTensorInfo:
         name = self._string(MAX_NAME_BYTES)
         dims = self._scalar("<I")
         if dims > MAX_DIMS:
-            raise self._damaged(f"tensor '{name[:60]}' has {dims} dimensions")
+            raise self._damaged(f"tensor '{printable(name)[:60]}' has {dims} dimensions")
         shape = tuple(self._scalar("<Q") for _ in range(dims))
         ggml_type = self._scalar("<I")
-        self._scalar("<Q")  # the data offset: not needed for the header
-        return GGUFTensorInfo(name, _type_name(ggml_type), shape)
+        offset = self._scalar("<Q")
+        return GGUFTensorInfo(name, _type_name(ggml_type), shape, ggml_type, offset)
 
     def _value(self, value_type: int, key: str) -> Any:
         if value_type in _SCALARS:
@@ -125,27 +175,32 @@ class _Parser:
             element_type, count = self._scalar("<I"), self._scalar("<Q")
             self._skip_array(element_type, count, key)
             return ("array", element_type, count)
-        raise self._damaged(f"field '{key[:60]}' has value type {value_type}, which GGUF does not define")
+        raise self._damaged(f"field '{printable(key)[:60]}' has value type {value_type}, which GGUF does not define")
 
     def _skip_array(self, element_type: int, count: int, key: str) -> None:
         if element_type in _SCALARS:
             length = count * struct.calcsize(_SCALARS[element_type])
-            self._check_room(length, f"array field '{key[:60]}'")
+            self._check_room(length, f"array field '{printable(key)[:60]}'")
             self.file.seek(length, os.SEEK_CUR)
         elif element_type == _STRING:
-            self._check_room(count * 8, f"array field '{key[:60]}'")
+            self._check_room(count * 8, f"array field '{printable(key)[:60]}'")
             for _ in range(count):
                 (length,) = struct.unpack("<Q", self._take(8))
-                self._check_room(length, f"a string of array field '{key[:60]}'")
+                self._check_room(length, f"a string of array field '{printable(key)[:60]}'")
                 self.file.seek(length, os.SEEK_CUR)
         else:  # arrays of arrays do not occur in files llama.cpp writes
-            raise self._damaged(f"array field '{key[:60]}' holds elements of type {element_type}")
+            raise self._damaged(f"array field '{printable(key)[:60]}' holds elements of type {element_type}")
 
     def _string(self, limit: int) -> str:
         length = self._scalar("<Q")
         if length > limit:
             raise self._damaged(f"a string of {length:,} bytes (at most {limit:,} are read)")
-        return self._take(length).decode("utf-8", errors="replace")
+        raw = self._take(length)
+        try:
+            return raw.decode("utf-8")   # GGUF's strings are UTF-8; gguf-py (transformers' reader) decodes strictly
+        except UnicodeDecodeError as error:
+            raise self._damaged(f"a string at byte {self.file.tell() - length + error.start:,} is not UTF-8 "
+                                f"({printable(raw[:40].decode('utf-8', 'replace'))!r})") from None
 
     def _scalar(self, layout: str):
         return struct.unpack(layout, self._take(struct.calcsize(layout)))[0]
@@ -163,11 +218,18 @@ class _Parser:
 
 
 def _type_name(ggml_type: int) -> str:
-    try:
-        from gguf import GGMLQuantizationType
-    except ImportError:
-        return f"type {ggml_type}"
-    try:
-        return GGMLQuantizationType(ggml_type).name
-    except ValueError:
-        return f"type {ggml_type}"
+    return GGML_TYPES[ggml_type][0] if ggml_type in GGML_TYPES else f"type {ggml_type}"
+
+
+# ggml type -> (name, elements per block, bytes per block): ggml.h's table as llama.cpp 0.3.x (ggml 0.9) has it.
+GGML_TYPES = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17),
+}
+DEFAULT_ALIGNMENT = 32

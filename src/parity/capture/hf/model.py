@@ -69,6 +69,7 @@ class HFModel:
         import torch
 
         ids = self.tokenize(text)
+        self.check_length(len(ids), what="the candidate's text")   # a server's answer, before any forward pass
         decode = self.tokenizer.decode
         prefixes = [decode(ids[:n], skip_special_tokens=True) for n in range(len(ids) + 1)]   # text of each prefix
         offsets = tuple(len(prefix) for prefix in prefixes[:-1])
@@ -148,11 +149,12 @@ class HFModel:
 
 
 def is_model_path(spec: Any) -> bool:
-    """A .gguf file or a directory with config.json: what transformers loads."""
+    """A .gguf file or a directory with config.json: what transformers loads. Anything there named .gguf is
+    claimed, so that the GGUF reader says what is wrong with one that is no regular file."""
     if not isinstance(spec, (str, Path)):
         return False
     path = Path(spec)
-    return (path.is_file() and path.suffix == ".gguf") or (path.is_dir() and (path / "config.json").is_file())
+    return (path.suffix == ".gguf" and (path.exists() or path.is_symlink())) or (path.is_dir() and (path / "config.json").is_file())
 
 
 def _from_pretrained_args(path: Path) -> tuple[str, dict]:
@@ -180,25 +182,43 @@ def load_model(path: str | Path, *, dtype: str = "float32", placement: Placement
     path = Path(path)
     if not path.exists():
         raise CaptureError(f"{path}: no such model directory or .gguf file")
+    location, extra = _from_pretrained_args(path)   # a .gguf is read and checked here, cached or not
     cached = gguf_cache.cached_directory(path) if path.suffix == ".gguf" else None
-    location, extra = (str(cached), {}) if cached else _from_pretrained_args(path)
-    config = _load_config(transformers, path, location, extra)
-    map_config(config, where=str(path))  # refuse a model that cannot be mapped before reading its weights
-    try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            location, config=config, dtype=getattr(torch, dtype), attn_implementation="eager", local_files_only=True,
-            experts_implementation="eager", **extra,  # MoE: the per-expert loop, which runs in float64 too
-            **(placement.from_pretrained_kwargs() if placement else {}),
-        )
-    except Exception as error:   # transformers and safetensors raise many kinds; each is the model files' fault
-        raise CaptureError(f"{_weights_file(path)}: transformers could not load the weights: {_first_line(error)}; "
-                           "the file may be truncated or damaged: copy or save it again") from error
+    if cached is not None:
+        try:
+            model = _from_pretrained(transformers, torch, path, str(cached), {}, dtype, placement)
+        except CaptureError as error:   # the copy, not the GGUF, is at fault: read the GGUF again
+            gguf_cache.discard(cached, f"transformers could not load it: {error}")
+            cached = None
+    if cached is None:
+        model = _from_pretrained(transformers, torch, path, location, extra, dtype, placement)
     if path.suffix == ".gguf" and not cached and dtype in ("float32", "float64") and not placement:
         # both hold every dequantized value exactly; the copy is stored in float32
         gguf_cache.store(path, model, lambda: load_tokenizer(path))
     model.eval()
     return HFModel(path=path, model=model, family=model.config.model_type, dtype=dtype,
                    mapping=map_model(model, where=str(path)))
+
+
+def _from_pretrained(transformers, torch, path: Path, location: str, extra: dict, dtype: str,
+                     placement: Placement | None):
+    config = _load_config(transformers, path, location, extra)
+    map_config(config, where=str(path))  # refuse a model that cannot be mapped before reading its weights
+    try:
+        model, loading = transformers.AutoModelForCausalLM.from_pretrained(
+            location, config=config, dtype=getattr(torch, dtype), attn_implementation="eager", local_files_only=True,
+            experts_implementation="eager", output_loading_info=True, **extra,  # MoE: the per-expert loop, float64 too
+            **(placement.from_pretrained_kwargs() if placement else {}),
+        )
+    except Exception as error:   # transformers and safetensors raise many kinds; each is the model files' fault
+        raise CaptureError(f"{_weights_file(path)}: transformers could not load the weights: {_first_line(error)}; "
+                           "the file may be truncated or damaged: copy or save it again") from error
+    missing = sorted(loading.get("missing_keys") or ())
+    if path.suffix == ".gguf" and missing:   # transformers initialises them at random: never a reference
+        raise CaptureError(f"{path}: holds no weights for {missing[0]}" + (f" and {len(missing) - 1} more" if
+                           len(missing) > 1 else "") + ", which transformers would initialise at random; "
+                           "convert the model again")
+    return model
 
 
 def _load_config(transformers, path: Path, location: str, extra: dict):
@@ -236,6 +256,10 @@ def load_tokenizer(path: str | Path):
     path = Path(path)
     if not path.exists():
         raise CaptureError(f"{path}: no such model directory or .gguf file")
+    if path.suffix == ".gguf":
+        from parity.capture.gguf.header import read_header
+
+        read_header(path)   # a regular file with a sound header, before transformers opens it
     cached = gguf_cache.cached_directory(path) if path.suffix == ".gguf" else None
     source = cached if cached is not None and (cached / "tokenizer_config.json").is_file() else None
     return _tokenizer(path, source, _identity(path))

@@ -50,9 +50,12 @@ class LlamaCppCandidate(Candidate):
 
     @classmethod
     def check_spec(cls, spec: str) -> None:
+        from parity.capture.gguf.header import regular_file
+
         path = Path(spec.removeprefix(PREFIX))
-        if not path.is_file():
+        if not (path.exists() or path.is_symlink()):
             raise OptionError(f"{path}: no such .gguf file for the llama.cpp candidate")
+        regular_file(path, what="the llama.cpp candidate's .gguf")   # a FIFO, a device or a directory is said
 
     @classmethod
     def open(cls, spec: str, context: CandidateContext) -> "LlamaCppCandidate":

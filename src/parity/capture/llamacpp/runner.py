@@ -129,8 +129,13 @@ class LlamaCppRunner:
         return f"<LlamaCppRunner {self.path.name} {'loaded' if self._model else 'closed'}>"
 
     def __enter__(self) -> "LlamaCppRunner":
-        if not self.path.is_file():
+        from parity.capture.gguf.header import read_header
+        from parity.capture.llamacpp.probe import probe
+
+        if not os.path.lexists(self.path):
             raise CaptureError(f"{self.path}: no such .gguf file")
+        read_header(self.path)   # a regular file whose header is sound, or one line
+        probe(self.path)         # loaded in a child process first: llama.cpp's abort is not parity's
         llama = self._llama
         llama.llama_backend_init()
         _silence_llama_logs(llama)

@@ -15,7 +15,12 @@ class LlamaCppTimer:
     def __init__(self, path: Path, options) -> None:
         from parity.core.errors import require
 
+        from parity.capture.gguf.header import read_header
+
         llama_cpp = require("llama_cpp", extra="llamacpp", package="llama-cpp-python", purpose="benchmarking llama.cpp")
+        header = read_header(path)   # a sound GGUF, or one line; llama.cpp's abort past it ends this side only
+        trained = header.number(f"{header.architecture}.context_length")
+        self.context = (f"{header.architecture}.context_length", trained) if trained else None
         context = options.prompt_tokens + options.decode_tokens + 8
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=max(options.prompt_tokens, 32),
                                    n_ubatch=max(options.prompt_tokens, 32), n_threads=options.threads,

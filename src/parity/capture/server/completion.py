@@ -9,6 +9,9 @@ was expected. The shape read:
                                "text_offset": [int, ...],         0 <= offset <= len(text), non-decreasing
                                "token_logprobs": [float|null, ...],   <= 0 (a log-probability)
                                "top_logprobs": [{str: float}|null, ...] | null}}]}
+
+What the check then needs of these fields (tokens that tile the text, a top-k row
+per token, ...) is comparable.py's.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 import reprlib
 from typing import Any
 
+from parity.capture.server.comparable import check_comparable, check_unicode
 from parity.core.errors import CaptureError
 from parity.core.sequence import CandidateTokens
 
@@ -27,10 +31,12 @@ _SHOWN = 60
 _FIX = "check that it is an OpenAI-compatible /v1/completions endpoint that supports echo and logprobs"
 
 
-def parse_completion(answer: Any, prompt: str, where: str) -> CandidateTokens:
-    """The echoed prompt and continuation with their log-probabilities; raises CaptureError naming the field."""
+def parse_completion(answer: Any, prompt: str, where: str, *, max_tokens: int | None = None) -> CandidateTokens:
+    """The echoed prompt and continuation with their log-probabilities; raises CaptureError naming the field,
+    or saying why the answer cannot be compared."""
     choice = _index(_field(answer, "choices", list, where, "the answer"), 0, dict, where, "choices")
     text = _field(choice, "text", str, where, "choices[0]")
+    check_unicode(text, where, "choices[0].text")
     if not text.startswith(prompt):
         raise CaptureError(f"{where} did not echo the prompt (its text starts {_shown(text)}); parity needs 'echo' "
                            "to compare prompt positions")
@@ -53,7 +59,8 @@ def parse_completion(answer: Any, prompt: str, where: str) -> CandidateTokens:
         raise CaptureError(f"{where} answered text_offset[{descending}] = {offsets[descending]}, before the offset of "
                            f"the token ahead of it ({offsets[descending - 1]}); offsets must not decrease: {_FIX}")
     first_generated = next((i for i, offset in enumerate(offsets) if offset >= len(prompt)), len(pieces))
-    return CandidateTokens(text, pieces, offsets, token_logprobs, top_logprobs, first_generated)
+    candidate = CandidateTokens(text, pieces, offsets, token_logprobs, top_logprobs, first_generated)
+    return check_comparable(candidate, prompt, where, finish_reason=choice.get("finish_reason"), max_tokens=max_tokens)
 
 
 # --- one field ------------------------------------------------------------------
@@ -66,8 +73,8 @@ def _field(container: dict, key: str, kind: type, where: str, path: str, hint: s
                            "is it an OpenAI-compatible /v1/completions endpoint?")
     if key not in container:
         raise CaptureError(f"{where} answered JSON without {path}.{key}, so it is not a completion with logprobs "
-                           f"(expected choices[0].logprobs with tokens, text_offset, token_logprobs)"
-                           + (f"; {hint}" if hint else ""))
+                           f"(expected choices[0].logprobs with tokens, text_offset, token_logprobs); "
+                           + (hint or _FIX))
     value = container[key]
     if not isinstance(value, kind):
         raise CaptureError(f"{where} answered {path}.{key} = {_shown(value)}, expected a {_KIND_NAMES[kind]}; "
@@ -99,7 +106,9 @@ def _list_of(container: dict, key: str, where: str, path: str, check) -> tuple:
 
 
 def _piece(item) -> tuple[Any, str]:
-    return (item, "") if isinstance(item, str) else (None, "a string (the token's text)")
+    if not isinstance(item, str):
+        return None, "a string (the token's text)"
+    return (item, "") if _is_unicode(item) else (None, "Unicode text (it holds a lone surrogate escape)")
 
 
 def _offset(text_length: int):
@@ -126,6 +135,8 @@ def _top_row(item) -> tuple[Any, str]:
         return None, expected
     row = {}
     for piece, value in item.items():
+        if not _is_unicode(piece):
+            return None, f"{expected}; its entry {_shown(piece)} holds a lone surrogate escape"
         logprob = _log_probability(value)
         if logprob is None:
             return None, f"{expected}; its entry {_shown(piece)} is {_shown(value)}"
@@ -140,6 +151,14 @@ def _log_probability(value) -> float | None:
     if math.isnan(value) or value > _LOGPROB_SLACK:
         return None
     return min(value, 0.0)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_int(value) -> bool:

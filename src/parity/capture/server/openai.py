@@ -13,6 +13,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from parity.capture.server.completion import parse_completion
 from parity.capture.server.http import post, preview
@@ -42,11 +43,16 @@ class OpenAIServer:
 
     def complete(self, prompt: str, *, max_tokens: int, top_logprobs: int = TOP_K) -> CandidateTokens:
         """Greedy continuation of `prompt` with per-token log-probabilities of prompt and continuation."""
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise OptionError(f"the prompt holds {prompt[error.start]!r} at character {error.start}, which is not "
+                              "Unicode text (bytes that are not UTF-8?); give the prompt as UTF-8 text") from None
         request = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "echo": True, "logprobs": top_logprobs}
         if self.model:
             request["model"] = self.model
         answer = self._post(request)
-        return self._parse(answer, prompt)
+        return parse_completion(answer, prompt, f"the server at {self.completions_url}", max_tokens=max_tokens)
 
     def _post(self, body: dict) -> dict:
         headers = {"Content-Type": "application/json"}
@@ -56,14 +62,16 @@ class OpenAIServer:
         if self.run_deadline is not None:
             deadline = min(deadline, self.run_deadline)
         raw = post(self.completions_url, json.dumps(body).encode(), headers=headers, deadline=deadline)
-        try:
-            return json.loads(raw.decode("utf-8"))
-        except RecursionError:
-            raise CaptureError(f"the server at {self.completions_url} answered JSON nested too deeply to be a "
-                               f"completion: {preview(raw)}; check that it is an OpenAI-compatible endpoint") from None
-        except (ValueError, UnicodeDecodeError):
-            raise CaptureError(f"the server at {self.completions_url} answered with something that is not JSON: "
-                               f"{preview(raw)}; is it an OpenAI-compatible /v1/completions endpoint?") from None
+        return decode_answer(raw, f"the server at {self.completions_url}")
 
-    def _parse(self, answer, prompt: str) -> CandidateTokens:
-        return parse_completion(answer, prompt, f"the server at {self.completions_url}")
+
+def decode_answer(raw: bytes, where: str) -> Any:
+    """The JSON document a server sent, or a CaptureError quoting its start."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise CaptureError(f"{where} answered JSON nested too deeply to be a completion: {preview(raw)}; "
+                           "check that it is an OpenAI-compatible endpoint") from None
+    except (ValueError, UnicodeDecodeError):
+        raise CaptureError(f"{where} answered with something that is not JSON: {preview(raw)}; "
+                           "is it an OpenAI-compatible /v1/completions endpoint?") from None

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 from parity.core.errors import OptionError
+from parity.core.isolation import guarded, is_user_exit
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -32,57 +33,120 @@ def import_module(name: str) -> ModuleType:
         if directory not in sys.path:
             sys.path.insert(0, directory)
     try:
-        if not name.endswith(".py"):
-            return importlib.import_module(name)
-        path = Path(name)
-        if not path.exists():
-            raise OptionError(f"{name}: no such file")
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[path.stem] = module
-        spec.loader.exec_module(module)
-        return module
-    except OptionError:
-        raise
-    except Exception as error:  # the user's code: say where it failed, in one line
-        raise OptionError(f"importing {name} failed: {describe_error(error)}") from error
+        with guarded():
+            if not name.endswith(".py"):
+                return importlib.import_module(name)
+            path = Path(name)
+            if not path.is_file():
+                raise OptionError(f"{name}: no such file" if not path.exists() else f"{name}: not a regular file; "
+                                  "give a Python file")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+            return module
+    except BaseException as error:  # the user's code, SystemExit and os._exit included: one line
+        if not is_user_exit(error):
+            raise
+        raise OptionError(f"importing {name} failed: {describe_error(error)}") from None
 
 
 def load_factory(spec: str, *, what: str = "a factory that returns the model") -> Callable:
     """The callable `NAME` of `FILE.py:NAME` / `module:NAME`; `what` says what it should be, for the error."""
     module_name, name = split_spec(spec)
-    function = getattr(import_module(module_name), name, None)
+    module = import_module(module_name)
+    try:
+        with guarded():
+            function = getattr(module, name, None)
+    except BaseException as error:  # a module __getattr__ of the user's
+        if not is_user_exit(error):
+            raise
+        raise OptionError(f"looking up {name} in {module_name} failed: {describe_error(error)}") from None
     if not callable(function):
         raise OptionError(f"{module_name} has no function '{name}'; name {what}")
     return function
 
 
-def build_module(spec: str, model_path: str | None = None):
-    """Call the factory `spec` (with `model_path` if it takes a required argument) and return its torch.nn.Module."""
+def build_module(spec: str, model_path: str | None = None, *, guard_forward: bool = True):
+    """Call the factory `spec` (with `model_path` if it takes a required argument) and return its torch.nn.Module.
+
+    With `guard_forward`, the module's forward is wrapped so that SystemExit, os._exit or another
+    BaseException from it is a CaptureError naming the port (one line, exit 2), never parity's exit;
+    ordinary exceptions pass as they are. Its signature is kept (`inspect.signature` follows the wrapper)."""
     factory = load_factory(spec)
-    takes_path = any(
-        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-        for p in inspect.signature(factory).parameters.values()
-    )
     try:
-        model = factory(model_path) if takes_path else factory()
-    except Exception as error:  # the user's code: say where it failed, in one line
-        raise OptionError(f"{spec} failed: {describe_error(error)}") from error
-    if not hasattr(model, "named_modules"):
-        raise OptionError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):   # a callable without a signature Python can read: called without arguments
+        parameters = ()
+    takes_path = any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+                     for p in parameters)
+    try:
+        with guarded():
+            model = factory(model_path) if takes_path else factory()
+    except BaseException as error:  # the user's code, SystemExit and os._exit included: one line
+        if not is_user_exit(error):
+            raise
+        raise OptionError(f"{spec} failed: {describe_error(error)}; fix the factory so that it returns the model") \
+            from None
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise OptionError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module; return the model")
+    if guard_forward:
+        _guard_forward(model, spec)
     return model
+
+
+def _guard_forward(model, spec: str) -> None:
+    import functools
+
+    from parity.core.errors import CaptureError
+
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def guarded_forward(*args, **kwargs):
+        try:
+            with guarded():
+                return forward(*args, **kwargs)
+        except (Exception, KeyboardInterrupt):
+            raise
+        except BaseException as error:   # SystemExit, os._exit, a BaseException of the port's own
+            raise CaptureError(f"the forward of {spec} {_exited(error)}: a port must return its outputs, not end "
+                               "the process; fix the port") from None
+
+    model.forward = guarded_forward
+
+
+def _exited(error: BaseException) -> str:
+    from parity.core.isolation import ExitCalled
+
+    return describe_error(error) if isinstance(error, ExitCalled) else f"raised {describe_error(error)}"
 
 
 def describe_error(error: BaseException) -> str:
     """'ExceptionType: message (at file:line)' in one line, the line being the innermost frame of the user's
-    code: not parity's, not an installed library's (torch's call machinery says nothing of the port)."""
+    code: not parity's, not an installed library's (torch's call machinery says nothing of the port);
+    one printable line, however the exception prints itself."""
     import traceback
 
-    frames = [frame for frame in traceback.extract_tb(error.__traceback__) if "/parity/" not in frame.filename]
+    from parity.core.isolation import ExitCalled
+    from parity.core.printable import printable
+
+    try:
+        frames = [frame for frame in traceback.extract_tb(error.__traceback__) if "/parity/" not in frame.filename]
+    except Exception:  # noqa: BLE001 - a traceback that cannot be read: say so without the place
+        frames = []
     own = [frame for frame in frames if not _installed(frame.filename)]
-    at = own[-1] if own else None   # an error from the call machinery alone points at no line of the user's
-    message = " ".join(str(error).split())[:300]
-    return f"{type(error).__name__}: {message}" + (f" (at {at.filename}:{at.lineno})" if at else "")
+    at = f" (at {own[-1].filename}:{own[-1].lineno})" if own else ""   # the call machinery alone: no line
+    if isinstance(error, ExitCalled):
+        return f"called os._exit({error.status}){at}"
+    try:
+        message = str(error)
+    except BaseException:  # noqa: BLE001 - the user's __str__ failed too
+        message = "(its message cannot be printed)"
+    message = printable(" ".join(message.split()))[:300]
+    return f"{type(error).__name__}: {message}{at}"
 
 
 def _installed(filename: str) -> bool:

@@ -9,6 +9,7 @@ already bounded in size and depth by the reader).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from parity.core.printable import is_printable, printable
 MAX_METADATA_BYTES = 16 * 1024 * 1024    # one metadata document (manifest.json, an .npz's __metadata__)
 MAX_TOKENS = 10_000_000
 MAX_TENSOR_NAME_CHARS = 255
+MAX_LAYERS = 65_536                      # the deepest models have a few hundred; past this a name is damage
 JSON_FIELDS = ("tokens", "config", "not_comparable", "architecture", "weight_rounding",
                "shards", "tensor_parallel")   # stored as JSON text in safetensors' string map
 _STRING_FIELDS = ("format", "arch", "producer", "dtype", "prompt", "emulates")
@@ -109,7 +111,14 @@ def check_tensor_name(name: Any, path: Path | str) -> str:
     if not is_printable(name):
         raise TraceError(f"{path}: tensor name {name.encode('unicode_escape', 'replace')[:60]!r} holds control "
                          "characters; use canonical names like 'layers.0.q'")
+    layer = _LAYER_INDEX.match(name)
+    if layer is not None and (len(layer.group(1)) > 6 or int(layer.group(1)) >= MAX_LAYERS):
+        raise TraceError(f"{path}: tensor {name[:60]!r} names layer {layer.group(1)[:24]}, past the {MAX_LAYERS:,} "
+                         "layers a trace may have; number the layers from 0 as the model does")
     return name
+
+
+_LAYER_INDEX = re.compile(r"^layers\.([0-9]+)\.", re.ASCII)
 
 
 def _kind(value: Any) -> str:

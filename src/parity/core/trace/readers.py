@@ -22,6 +22,7 @@ import numpy as np
 
 from parity.core.trace import bounded_json as boundedjson, npy, npz
 from parity.core.errors import TraceError
+from parity.core.printable import printable
 from parity.core.trace.lazy import SharedMapping, TensorSource, drop_batch_axis, head_of, mapped
 from parity.core.trace.opening import FileRef
 from parity.core.trace.metadata import MAX_METADATA_BYTES, check_dtypes, check_tensor_name
@@ -258,8 +259,19 @@ def read_directory(path: Path) -> tuple[dict[str, TensorSource], Any, Any]:
     if not isinstance(metadata, dict):
         raise TraceError(f"{manifest_path}: 'metadata' is not an object; write a JSON object of fields")
     if "format" in manifest:
-        metadata = {**metadata, "format": metadata.get("format", manifest["format"])}
+        metadata = {**metadata, "format": _manifest_format(manifest["format"], metadata.get("format"), manifest_path)}
     return sources, metadata, check_dtypes(manifest.get("dtypes"), manifest_path, set(sources))
+
+
+def _manifest_format(declared: Any, in_metadata: Any, manifest_path: Path) -> str:
+    """The manifest's `format`: a string, and the same as its metadata's when both say one
+    (trace.py checks that it is a format parity reads)."""
+    if not isinstance(declared, str):
+        raise TraceError(f"{manifest_path}: 'format' is not a string; write \"format\": \"parity-trace/2\"")
+    if in_metadata is not None and in_metadata != declared:
+        raise TraceError(f"{manifest_path}: 'format' says {printable(declared)[:40]!r} and metadata 'format' "
+                         f"{printable(str(in_metadata))[:40]!r}; write one format, \"parity-trace/2\"")
+    return declared
 
 
 def _manifest_files(listed: Any, path: Path, manifest_path: Path) -> dict[Any, Any]:

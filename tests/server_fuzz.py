@@ -1,0 +1,231 @@
+"""Fuzz inputs for the server path: OpenAI completions answers, valid seeds made from a reference, mutated.
+
+Shared by tests/capture/server/test_server_fuzz.py (a few hundred) and scripts/fuzz_surfaces.py
+(10,000). The seeds are what an honest server running the reference's own model would answer for
+PROMPT (tiny_models' llama and its word tokenizer): every position agrees. `mutate` edits the JSON
+document (a key dropped, a value of another type, lists cut or grown, offsets moved, token texts
+changed, surrogates, escapes) or its bytes. `pipeline` runs what `parity check MODEL URL` runs on an
+answer; `comparable` is the oracle: the issue's rules written again, independently, so that a pass of
+an answer it rejects is counted as a silent pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+
+PROMPT = "w1 w2 w3"
+CONTINUATION = " w4 w5 w6"
+MAX_TOKENS = 3
+WHERE = "the server at http://127.0.0.1:9/v1/completions"
+_PARTIAL = ("", "\ufffd", "bytes:")
+
+
+def seeds(reference) -> list[bytes]:
+    """Answers of an honest server: full, with the first row null, and as llama-cpp-python drops the last token."""
+    document = _honest(reference, PROMPT + CONTINUATION)
+    dropped = copy.deepcopy(document)
+    for key in ("tokens", "text_offset", "token_logprobs", "top_logprobs"):
+        dropped["choices"][0]["logprobs"][key].pop()
+    stopped = _honest(reference, PROMPT + " w4")
+    stopped["choices"][0]["finish_reason"] = "stop"
+    return [json.dumps(doc).encode() for doc in (document, dropped, stopped)]
+
+
+def _honest(reference, text: str) -> dict:
+    tokens = reference.reference_tokens(text)
+    rows = [i for i, piece in enumerate(tokens.pieces) if piece]          # the BOS has no text
+    pieces, offsets, token_logprobs, top = [], [], [], []
+    for position, index in enumerate(rows):
+        pieces.append(tokens.pieces[index])
+        offsets.append(tokens.offsets[index])
+        if position == 0 or index == 0:
+            token_logprobs.append(None)
+            top.append(None)
+            continue
+        row = tokens.logprobs[index - 1]
+        best = sorted(range(len(row)), key=lambda i: -row[i])[:5]
+        top.append({tokens.vocab_pieces[i]: float(row[i]) for i in best})
+        piece_ids = [i for i, piece in enumerate(tokens.vocab_pieces) if piece == tokens.pieces[index]]
+        token_logprobs.append(float(max(row[i] for i in piece_ids)) if piece_ids else None)
+    logprobs = {"tokens": pieces, "text_offset": offsets, "token_logprobs": token_logprobs, "top_logprobs": top}
+    return {"choices": [{"text": text, "logprobs": logprobs, "finish_reason": "length"}]}
+
+
+# --- mutation -------------------------------------------------------------------------------------
+
+_VALUES = [None, True, 0, -1, 1, 2**63, 1e308, -1e308, "", "x", "\x1b[2J", "\u202e", "\ud800", [], {}, [[[]]],
+           {"a": 1}, 0.5, -0.0, "w1", " w2"]
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    """One to three edits of the document, or of its bytes (one time in five)."""
+    try:
+        document = json.loads(data)
+    except ValueError:
+        document = None
+    if document is None or rng.random() < 0.2:
+        return _mutate_bytes(data, rng)
+    for _ in range(rng.randint(1, 3)):
+        document = _mutate_document(document, rng)
+    return json.dumps(document).encode()
+
+
+def _mutate_document(document, rng: random.Random):
+    paths = list(_paths(document))
+    path = rng.choice(paths)
+    parent, key = _locate(document, path)
+    if parent is None:
+        return rng.choice(_VALUES)
+    value = parent[key]
+    choice = rng.randrange(9)
+    if choice == 0 and isinstance(parent, dict):
+        del parent[key]
+    elif choice == 1:
+        parent[key] = copy.deepcopy(rng.choice(_VALUES))
+    elif choice == 2 and isinstance(value, list):
+        cut = rng.randrange(len(value) + 1)
+        parent[key] = value[:cut] if rng.random() < 0.5 else value + value[cut:]
+    elif choice == 3 and isinstance(value, list) and len(value) > 1:
+        i, j = rng.sample(range(len(value)), 2)
+        value[i], value[j] = value[j], value[i]
+    elif choice == 4 and isinstance(value, int) and not isinstance(value, bool):
+        parent[key] = value + rng.choice((-3, -1, 1, 2, 1000, -10**6))
+    elif choice == 5 and isinstance(value, str):
+        parent[key] = rng.choice((value + "x", value[1:], "", value.upper(), value + "\ud800", "bytes:\\xe2",
+                                  "\ufffd", value + "\x1b]0;t\x07", value * 50))
+    elif choice == 6 and isinstance(value, float):
+        parent[key] = rng.choice((math.inf, -math.inf, 0.5, 5.0, -1e-300, value * 2, -value))
+    elif choice == 7 and isinstance(value, dict):
+        if value and rng.random() < 0.5:
+            del value[rng.choice(list(value))]
+        else:
+            value[rng.choice(("w9", " w4", "", "\ud800", "x" * 100))] = rng.choice((-0.1, 0.0, 3.0, "-1", None))
+    else:
+        parent[key] = [value] if rng.random() < 0.5 else {"value": value}
+    return document
+
+
+def _paths(document, prefix=()):
+    yield prefix
+    if isinstance(document, dict):
+        for key, value in document.items():
+            yield from _paths(value, prefix + (key,))
+    elif isinstance(document, list):
+        for index, value in enumerate(document[:12]):
+            yield from _paths(value, prefix + (index,))
+
+
+def _locate(document, path):
+    if not path:
+        return None, None
+    parent = document
+    for key in path[:-1]:
+        parent = parent[key]
+    return parent, path[-1]
+
+
+def _mutate_bytes(data: bytes, rng: random.Random) -> bytes:
+    body = bytearray(data)
+    for _ in range(rng.randint(1, 3)):
+        position = rng.randrange(len(body) or 1)
+        choice = rng.randrange(5)
+        if choice == 0 and body:
+            body[position] ^= 1 << rng.randrange(8)
+        elif choice == 1:
+            body[position:position] = rng.choice((b'"\\ud800"', b"[" * 50, b"\\u0000", b"NaN", b"1e999", b"\xff",
+                                                  b'"\\udc80x"', b"-Infinity"))
+        elif choice == 2:
+            del body[position:position + rng.randint(1, 20)]
+        elif choice == 3:
+            del body[position:]
+        else:
+            body[position:position] = rng.randbytes(rng.randint(1, 8))
+    return bytes(body)
+
+
+# --- what parity does with an answer, and the oracle ----------------------------------------------------
+
+
+def pipeline(raw: bytes, reference) -> str:
+    """'pass' or 'fail' (the comparison's verdict, rendered to the console and to JSON as `check` would),
+    or 'refused: <message>' for a ParityError. Anything else raises."""
+    from parity.capture.server.completion import parse_completion
+    from parity.capture.server.openai import decode_answer
+    from parity.core.errors import ParityError
+    from parity.core.sequence import compare_sequences
+    from parity.report import json as json_report
+    from parity.report import sequence as console
+
+    try:
+        candidate = parse_completion(decode_answer(raw, WHERE), PROMPT, WHERE, max_tokens=MAX_TOKENS)
+        comparison = compare_sequences(reference.reference_tokens(candidate.text), candidate)
+    except ParityError as error:
+        return f"refused: {error}"
+    console.render(comparison).encode("utf-8")                     # strict: a surrogate would raise here
+    json_report.dumps(comparison).encode("utf-8")
+    return "pass" if comparison else "fail"
+
+
+def comparable(raw: bytes, reference) -> bool:
+    """The issue's rules for an answer the check can compare, checked without parity's parser."""
+    try:
+        document = json.loads(raw.decode("utf-8"))
+        choice = document["choices"][0]
+        text, logprobs = choice["text"], choice["logprobs"]
+        pieces, offsets = logprobs["tokens"], logprobs["text_offset"]
+        rows, token_logprobs = logprobs.get("top_logprobs"), logprobs["token_logprobs"]
+    except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError):
+        return False
+    if not (isinstance(text, str) and _unicode(text) and text.startswith(PROMPT)):
+        return False
+    if not (isinstance(pieces, list) and isinstance(offsets, list) and isinstance(rows, list)
+            and isinstance(token_logprobs, list) and len(pieces) >= 2
+            and len(pieces) == len(offsets) == len(rows) == len(token_logprobs)):
+        return False
+    if not all(isinstance(p, str) and _unicode(p) for p in pieces):
+        return False
+    if not all(type(o) is int and 0 <= o <= len(text) for o in offsets):
+        return False
+    if not all(v is None or (_number(v) and v <= 1e-3) for v in token_logprobs):
+        return False
+    if rows[0] is not None and not _row(rows[0]):
+        return False
+    if not all(isinstance(row, dict) and row and _row(row) for row in rows[1:]):
+        return False
+    position, after_partial = 0, False
+    for piece, offset in zip(pieces, offsets):
+        if offset != position and not (after_partial and offset > position):
+            return False
+        partial = piece == "" or "\ufffd" in piece or piece.startswith("bytes:")
+        if not partial and text[offset:offset + len(piece)] != piece:
+            return False
+        position, after_partial = (position if partial else offset + len(piece)), partial
+    if len(text) - position > 1024:
+        return False
+    if len(text) == len(PROMPT) and choice.get("finish_reason") != "stop":
+        return False
+    if sum(offset >= len(PROMPT) for offset in offsets) > MAX_TOKENS + 1:
+        return False
+    truth = reference.reference_tokens(text)
+    at = {offset: piece for offset, piece in zip(truth.offsets, truth.pieces) if piece}
+    return any(at.get(offset) == piece for piece, offset in list(zip(pieces, offsets))[1:])
+
+
+def _row(row) -> bool:
+    return isinstance(row, dict) and len(row) <= 1000 and all(
+        isinstance(k, str) and _unicode(k) and _number(v) and v <= 1e-3 for k, v in row.items())
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
