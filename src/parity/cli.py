@@ -145,22 +145,13 @@ def _compare_config(args) -> CompareConfig:
     return CompareConfig(tolerance=user_tolerance(args.atol, args.rtol), checkpoints=args.checkpoints)
 
 
-def _renderer(comparison):
-    """The console renderer for this kind of result (each imported only when it is the one used)."""
-    import importlib
-
-    modules = {"SequenceComparison": "tokens", "TokenizerComparison": "tokenizer",
-               "GenerationComparison": "generation"}
-    return importlib.import_module(f"parity.report.{modules.get(type(comparison).__name__, 'console')}")
-
-
 def _report(comparison, args) -> int:
-    if args.json != "-":
-        _renderer(comparison).print_report(comparison)
-    if args.json is not None:   # after the console report, which a failed write then does not lose
-        from parity.report import json
+    from parity.report import registry
 
-        json.write(comparison, args.json, overwrite=args.force)
+    if args.json != "-":
+        registry.show(comparison)
+    if args.json is not None:   # after the console report, which a failed write then does not lose
+        registry.write(comparison, "json", args.json, overwrite=args.force)
     _write_report_files(comparison, args)
     return EXIT_PASS if comparison else EXIT_DIVERGED
 
@@ -211,10 +202,8 @@ def cmd_check(args) -> int:
 
 def _check_gradients(args) -> int:
     """parity check --gradients: the next-token loss's gradients, checkpoint by checkpoint and per parameter."""
-    import json as json_module
-
-    from parity.core.files import write_atomically
-    from parity.commands.gradients import render, run_gradients
+    from parity.commands.gradients import run_gradients
+    from parity.report import registry
 
     if args.json and args.json != "-":
         from parity.core.files import check_output_path
@@ -223,13 +212,12 @@ def _check_gradients(args) -> int:
     _need_one_input(args.prompt, args.tokens)
     with _progress() as progress:
         comparison = run_gradients(args.model, args.candidate, _tokens(args.tokens), args.prompt, args.taps, progress)
-    text = json_module.dumps(comparison.to_dict(), indent=2, default=str)
     if args.json == "-":
-        print(text)
+        registry.write(comparison, "json", "-")
     else:
         if args.json:
-            write_atomically(args.json, text + "\n", overwrite=args.force, option="--json")
-        print(render(comparison))
+            registry.write(comparison, "json", args.json, overwrite=args.force)
+        registry.show(comparison)
     return EXIT_PASS if comparison else EXIT_DIVERGED
 
 
@@ -349,7 +337,7 @@ def cmd_sanity(args) -> int:
     Tests: structure, norm, rope, attention, mlp, decoder_layer, forward, loss,
     kv_cache, gradients, stability. Exit 0 when all 11 pass, 1 otherwise.
     """
-    from parity.report import sanity as report
+    from parity.report import registry
     from parity.sanity import SanityConfig, run_sanity
     from parity.capture.torch.factory import build_module
 
@@ -369,8 +357,8 @@ def cmd_sanity(args) -> int:
         result = run_sanity(candidate, settings, reference=args.reference, progress=progress,
                             labels={"candidate": args.candidate, "reference": args.reference or "transformers"})
     if args.output:
-        report.write(result, args.output, overwrite=args.force)
-    print(report.table(result, args.output) if args.verbose else report.line(result, args.output))
+        registry.write(result, "json", args.output, overwrite=args.force, option="-o")
+    registry.show(result, verbose=args.verbose, output=args.output)
     return EXIT_PASS if result else EXIT_DIVERGED
 
 
@@ -407,7 +395,7 @@ def cmd_kernel(args) -> int:
     """
     from parity.kernel import KernelOptions, run_kernel
     from parity.kernel.ops import get_op
-    from parity.report import kernel as report
+    from parity.report import registry
     from parity.capture.torch.factory import load_factory
 
     get_op(args.op)
@@ -421,11 +409,11 @@ def cmd_kernel(args) -> int:
     with _progress() as progress:
         result = run_kernel(args.op, candidate, options, label=args.candidate, progress=progress)
     if args.json == "-":
-        print(report.dumps(result))
+        registry.write(result, "json", "-")
     else:
         if args.json:
-            report.write(result, args.json, overwrite=args.force)
-        print(report.render(result))
+            registry.write(result, "json", args.json, overwrite=args.force)
+        registry.show(result)
     return EXIT_PASS if result else EXIT_DIVERGED
 
 
@@ -462,7 +450,7 @@ def cmd_bench(args) -> int:
     transformers against the same GGUF in llama.cpp.
     """
     from parity.commands.bench import BenchOptions, run_bench
-    from parity.report import bench as report
+    from parity.report import registry
 
     if args.model is None:
         from parity.capture.gguf.smollm2 import gguf_path
@@ -486,11 +474,11 @@ def cmd_bench(args) -> int:
     with _progress() as progress:
         result = run_bench(args.model, args.candidate, options, progress)
     if args.json == "-":
-        print(report.dumps(result))
+        registry.write(result, "json", "-")
         return EXIT_PASS
     if args.json:
-        report.write(result, args.json, overwrite=args.force)
-    print(report.render(result))
+        registry.write(result, "json", args.json, overwrite=args.force)
+    registry.show(result)
     return EXIT_PASS
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parity.core.errors import CaptureError, OptionError
+from parity.core.results import BenchReport
 
 
 @dataclass(frozen=True)
@@ -35,25 +36,6 @@ class BenchOptions:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     dtype: str = "float32"
     device: str = "cpu"
-
-
-@dataclass(frozen=True)
-class BenchReport:
-    reference: dict[str, Any]
-    candidate: dict[str, Any]
-    options: dict[str, Any]
-
-    def __repr__(self) -> str:
-        return f"<BenchReport prefill {self.ratio('prefill_tokens_per_s'):.2f}x decode {self.ratio('decode_tokens_per_s'):.2f}x>"
-
-    def ratio(self, key: str) -> float | None:
-        """candidate / reference for a throughput (above 1: the candidate is faster)."""
-        reference, candidate = self.reference.get(key), self.candidate.get(key)
-        return candidate / reference if reference and candidate else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"options": self.options, "reference": self.reference, "candidate": self.candidate,
-                "speedup": {"prefill": self.ratio("prefill_tokens_per_s"), "decode": self.ratio("decode_tokens_per_s")}}
 
 
 def run_bench(model: str, candidate: str, options: BenchOptions = BenchOptions(), progress=None) -> BenchReport:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from parity.capture.candidate import CandidateContext, open_candidate
 from parity.core.errors import OptionError
-from parity.core.generation import (GenerationComparison, check_sampler, first_divergence, greedy,
-                                    teacher_forced)
+from parity.core.generation import check_sampler, first_divergence, greedy, teacher_forced
+from parity.core.results import GenerationComparison
 
 
 @dataclass(frozen=True)

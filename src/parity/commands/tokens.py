@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from parity.core.tokenization import TokenizerComparison, compare_ids
+from parity.core.results import TokenizerComparison
+from parity.core.tokenization import compare_ids
 
 # (name, text): the cases ports get wrong. The special-token and chat-template
 # cases are added from the reference tokenizer's own special tokens.

@@ -9,7 +9,7 @@ has a token with the same text at the same offset.
 Conventions (the OpenAI completions API): row k of the candidate is the
 distribution that predicted token k; row j of the reference's log-probabilities
 predicts token j + 1. A top-1 flip where the reference's best two tokens are
-within NEAR_TIE_NATS is a near tie that noise can flip, and is told apart from a
+within NEAR_TIE_NATS (core/results/sequence.py) is a near tie that noise can flip, and is told apart from a
 real divergence.
 """
 
@@ -21,9 +21,8 @@ from typing import Mapping
 
 import numpy as np
 
-from parity.core.results import Diagnosis
+from parity.core.results import Diagnosis, PositionResult, SequenceComparison
 
-NEAR_TIE_NATS = 0.5   # Q4/Q8 quantization moved log-probs by up to ~0.3 nats in our measurements
 TOP_K = 5
 SHIFT_AGREEMENT = 0.8  # a shifted reading must explain this share of rows to be called a shift
 
@@ -54,58 +53,6 @@ class CandidateTokens:
 
     def __repr__(self) -> str:
         return f"<CandidateTokens {len(self.pieces)} tokens, {len(self.pieces) - self.first_generated} generated>"
-
-
-@dataclass(frozen=True)
-class PositionResult:
-    index: int                                   # candidate token index
-    offset: int
-    piece: str                                   # the candidate's token here
-    generated: bool
-    reference_top: tuple[tuple[str, float], ...]  # the reference's top-k (piece, probability) for this token
-    candidate_top1: str | None                   # the candidate's most likely piece in its row
-    reference_prob_of_piece: float               # the reference's probability of the candidate's token
-    margin_nats: float                           # the reference's top-1 minus top-2 log-probability
-    kl_topk: float | None                        # KL(reference || candidate) over the candidate's top-k
-
-    def __repr__(self) -> str:
-        return f"<PositionResult {self.index} {self.piece!r} agrees={self.agrees}>"
-
-    @property
-    def agrees(self) -> bool:
-        """The token (generated) or the candidate's top-1 (prompt) is the reference's top-1."""
-        compared = self.piece if self.generated else self.candidate_top1
-        return compared is None or compared == self.reference_top[0][0]
-
-    @property
-    def near_tie(self) -> bool:
-        return self.margin_nats < NEAR_TIE_NATS
-
-
-@dataclass(frozen=True)
-class SequenceComparison:
-    positions: tuple[PositionResult, ...]
-    unaligned: int                                # candidate tokens with no reference token at their offset
-    first_divergence: PositionResult | None       # first disagreement that is not a near tie
-    diagnoses: tuple[Diagnosis, ...] = ()
-    notes: tuple[str, ...] = ()
-    candidate_text: str = ""
-
-    def __bool__(self) -> bool:
-        return self.first_divergence is None
-
-    def __repr__(self) -> str:
-        where = f", first divergence at token {self.first_divergence.index}" if self.first_divergence else ""
-        return f"<SequenceComparison {self.agreeing}/{len(self.positions)} positions agree{where}>"
-
-    @property
-    def agreeing(self) -> int:
-        return sum(position.agrees for position in self.positions)
-
-    @property
-    def mean_kl(self) -> float | None:
-        values = [p.kl_topk for p in self.positions if p.kl_topk is not None]
-        return float(np.mean(values)) if values else None
 
 
 def compare_sequences(reference: ReferenceTokens, candidate: CandidateTokens) -> SequenceComparison:

@@ -8,7 +8,7 @@ import inspect
 import torch
 
 from parity.sanity.pair import Pair
-from parity.sanity.results import FAILED, PASSED, SKIPPED, TestResult
+from parity.core.results.sanity import FAILED, PASSED, SKIPPED, TestResult
 
 
 def test_structure(pair: Pair) -> TestResult:
@@ -221,11 +221,10 @@ def _verdict(test: str, results: dict[str, dict], what: str, missing_reason: str
 
 
 def describe(result: dict) -> str:
-    """A comparison in words: 'max_abs 0.31, rel_l2 0.12, 812/16384 elements outside tolerance'."""
+    """A comparison in words: the tolerance's explanation (core/results/tolerance.py), and the rel_l2."""
     if "shape_candidate" in result:
         return f"shape {tuple(result['shape_candidate'])}, the reference's is {tuple(result['shape_reference'])}"
-    text = f"max_abs {result['max_abs']:.3g}, rel_l2 {result['rel_l2']:.3g}, " \
-           f"{result['mismatched']}/{result['numel']} elements outside tolerance"
+    text = f"{result['explanation']}; rel_l2 {result['rel_l2']:.3g}"
     if result["nonfinite_candidate"] > result["nonfinite_reference"]:
         text += f", {result['nonfinite_candidate']} NaN/Inf (the reference has {result['nonfinite_reference']})"
     return text

@@ -22,15 +22,8 @@ import torch
 
 from parity.core.errors import OptionError
 from parity.core.metrics import measure
-from parity.core.results import Tolerance
-
-# Tolerances per dtype, when the user gives none: (rtol, atol).
-DEFAULT_TOLERANCES = {
-    "float64": (1e-3, 1e-4),   # the course script's defaults; any bug is far above them
-    "float32": (1e-3, 1e-4),   # the course script's defaults
-    "float16": (1e-2, 1e-2),   # 10 mantissa bits: each op's output rounding is ~5e-4, a layer adds up to ~1e-3
-    "bfloat16": (5e-2, 5e-2),  # 8 mantissa bits: each rounding is ~4e-3
-}
+from parity.core.results import Tolerance, one_line
+from parity.core.tolerances import sanity_tolerance
 
 
 @dataclass(frozen=True)
@@ -39,7 +32,7 @@ class SanityConfig:
 
     batch_size: int = 2
     seq_length: int = 32
-    rtol: float | None = None        # None: DEFAULT_TOLERANCES for the dtype
+    rtol: float | None = None        # None: the dtype's in core/tolerances.py
     atol: float | None = None
     dtype: str = "float32"
     device: str = "cpu"
@@ -49,9 +42,7 @@ class SanityConfig:
 
     @property
     def tolerance(self) -> Tolerance:
-        rtol, atol = DEFAULT_TOLERANCES.get(self.dtype, DEFAULT_TOLERANCES["float32"])
-        return Tolerance(atol=self.atol if self.atol is not None else atol,
-                         rtol=self.rtol if self.rtol is not None else rtol, basis=self.dtype)
+        return sanity_tolerance(self.dtype, rtol=self.rtol, atol=self.atol)
 
 
 @dataclass
@@ -122,8 +113,9 @@ class Pair:
         if tuple(reference.shape) != tuple(candidate.shape):
             return {"passed": False, "shape_reference": list(reference.shape), "shape_candidate": list(candidate.shape)}
         metrics = measure(to_numpy(reference), to_numpy(candidate), tolerance)
-        return {"passed": metrics.mismatched == 0, "max_abs": metrics.max_abs, "rel_l2": metrics.rel_l2,
+        return {"passed": tolerance.admits(metrics), "max_abs": metrics.max_abs, "rel_l2": metrics.rel_l2,
                 "mismatched": metrics.mismatched, "numel": metrics.numel,
+                "explanation": one_line(tolerance.explain(metrics)),
                 "nonfinite_candidate": metrics.nan_candidate + metrics.inf_candidate,
                 "nonfinite_reference": metrics.nan_reference + metrics.inf_reference}
 

@@ -12,7 +12,7 @@ from parity.capture.torch.incremental import call_with_cache
 from parity.core.results import Tolerance
 from parity.sanity.components import _verdict
 from parity.sanity.pair import Pair, logits_of, scaled_parameter, to_numpy
-from parity.sanity.results import FAILED, PASSED, TestResult
+from parity.core.results.sanity import FAILED, PASSED, TestResult
 
 IGNORE_INDEX = -100
 SHARPEN = 20.0  # lm_head's weights times this, for peaked logits in the loss test

@@ -12,12 +12,19 @@ import math
 
 from parity.core.names import LAYER_KINDS, parse
 from parity.core.results import FAIL, PASS, CheckpointResult, Comparison
-from parity.report import html_sequences, svg
-from parity.report.html import Page, metadata_section, paragraph, section, table
+from parity.report.html import svg
+from parity.report.html.page import Page, document, metadata_section, paragraph, section, table
+from parity.report.html.sequences import decode_section, greedy_section
+from parity.report.registry import register
 from parity.report.text import escape_html, number, printable
 
 RATIO_SCALE = svg.LogScale(0.01, 1000.0)   # error over noise: 1 sits on green, 3 (the usual bound) on yellow
 REL_L2_SCALE = svg.LogScale(1e-9, 1.0)     # uncalibrated comparisons: rel_l2 itself
+
+
+@register(Comparison, "html")
+def render(comparison: Comparison) -> str:
+    return document(page(comparison))
 
 
 def page(comparison: Comparison) -> Page:
@@ -28,9 +35,9 @@ def page(comparison: Comparison) -> Page:
     if comparison.block_local_rel_l2:
         sections.append(_replay(comparison))
     if comparison.decode is not None:
-        sections.append(html_sequences.decode_section(comparison.decode))
+        sections.append(decode_section(comparison.decode))
     if comparison.generation is not None:
-        sections.append(html_sequences.greedy_section(comparison.generation))
+        sections.append(greedy_section(comparison.generation))
     sections += [_checkpoints(comparison),
                  metadata_section(comparison.reference_metadata, comparison.candidate_metadata)]
     return Page(_title(comparison), comparison.passed, _headline(comparison), tuple(s for s in sections if s))
@@ -80,7 +87,7 @@ def _summary(comparison: Comparison) -> str:
 
 
 def _basis(comparison: Comparison) -> str:
-    bases = list(dict.fromkeys(r.tolerance.basis for r in comparison.checkpoints if r.tolerance is not None))
+    bases = comparison.tolerance_bases
     if not bases:
         return "none"
     return bases[0] if len(bases) == 1 else f"{bases[0]} (and {len(bases) - 1} other bases; see each checkpoint)"
@@ -119,18 +126,15 @@ def _token_of(index: tuple[int, ...], divergence) -> str:
 def _metric_rows(result: CheckpointResult, comparison: Comparison) -> list[list[str]]:
     rows = [["status", escape_html(result.status)],
             ["shape", escape_html(f"reference {list(result.shape_reference)}, candidate {list(result.shape_candidate)}")]]
-    metrics, tolerance = result.metrics, result.tolerance
+    if result.explanation:
+        rows.append(["against the tolerance", "<br>".join(escape_html(line) for line in result.explanation)])
+    metrics = result.metrics
     if metrics is not None:
-        allowed = (f" (up to {number(tolerance.atol)} + {number(tolerance.rtol)}·|ref| allowed)"
-                   if tolerance is not None and not tolerance.calibrated else "")
         rows += [
-            ["mismatched elements", escape_html(f"{metrics.mismatched} / {metrics.numel} "
-                                                f"({100 * metrics.mismatched_fraction:.1f}%)")],
             ["worst element", escape_html(f"|difference| {number(metrics.max_abs, 4)} at index "
                                           f"{list(metrics.worst_index) if metrics.worst_index is not None else '-'}, "
-                                          f"token {metrics.worst_position}{allowed}")],
-            ["rel_l2", escape_html(_against_noise(result))],
-            ["worst token's rel_l2", escape_html(number(metrics.position_rel_l2))],
+                                          f"token {metrics.worst_position}")],
+            ["rel_l2 / worst token's", escape_html(f"{number(metrics.rel_l2)} / {number(metrics.position_rel_l2)}")],
             ["cosine / mean_abs / max_rel", escape_html(f"{number(metrics.cosine, 6)} / {number(metrics.mean_abs)} / "
                                                         f"{number(metrics.max_rel)}")],
             ["non-finite", escape_html(f"candidate {metrics.nan_candidate} NaN, {metrics.inf_candidate} Inf; "
@@ -138,24 +142,11 @@ def _metric_rows(result: CheckpointResult, comparison: Comparison) -> list[list[
         ]
     if result.layout:
         rows.append(["layout", escape_html(result.layout)])
-    if result.reason:
-        rows.append(["reason", escape_html(result.reason)])
     attribution = comparison.attributions.get(result.name)
     if attribution is not None and attribution.inputs:
         rows.append(["introduced here", escape_html(f"rel_l2 {number(attribution.introduced_rel_l2)}; inherited from "
                                                     f"{', '.join(attribution.inputs)}: {number(attribution.inherited_rel_l2)}")])
     return rows
-
-
-def _against_noise(result: CheckpointResult) -> str:
-    metrics, tolerance = result.metrics, result.tolerance
-    if metrics is None:
-        return "-"
-    if tolerance is None or not tolerance.calibrated:
-        return number(metrics.rel_l2)
-    ratio = _ratio(result)
-    return (f"{number(metrics.rel_l2)} (noise floor {number(tolerance.noise_rel_l2)}"
-            f"{', ' + number(ratio, 2) + 'x the noise' if ratio is not None else ''}; bound {number(tolerance.max_rel_l2)})")
 
 
 def _profile(values, unit: str, title: str, bound: float | None, highlight: int | None) -> str:
@@ -184,19 +175,12 @@ def _diagnoses(comparison: Comparison) -> str:
 # --- heatmap and error by depth -----------------------------------------------------
 
 
-def _ratio(result: CheckpointResult) -> float | None:
-    """rel_l2 over the noise floor, where the checkpoint was calibrated."""
-    metrics, tolerance = result.metrics, result.tolerance
-    if metrics is None or tolerance is None or not tolerance.calibrated or not tolerance.noise_rel_l2:
-        return None
-    return metrics.rel_l2 / tolerance.noise_rel_l2
-
-
 def _tip(result: CheckpointResult, comparison: Comparison) -> str:
     lines = [f"{result.name}: {result.status}"]
     metrics = result.metrics
+    if metrics is not None and result.tolerance is not None:
+        lines.append(result.tolerance.explain(metrics).splitlines()[0])
     if metrics is not None:
-        lines.append(f"rel_l2 {_against_noise(result)}")
         lines.append(f"max_abs {number(metrics.max_abs)} at {list(metrics.worst_index) if metrics.worst_index else '-'}"
                      f" (token {metrics.worst_position}); cosine {number(metrics.cosine, 6)}")
         if metrics.nan_candidate or metrics.inf_candidate:
@@ -204,8 +188,8 @@ def _tip(result: CheckpointResult, comparison: Comparison) -> str:
     attribution = comparison.attributions.get(result.name)
     if attribution is not None:
         lines.append(f"introduced {number(attribution.introduced_rel_l2)}, inherited {number(attribution.inherited_rel_l2)}")
-    if result.reason:
-        lines.append(printable(result.reason, limit=300))
+    if result.note:
+        lines.append(printable(result.note, limit=300))
     return "\n".join(lines)
 
 
@@ -216,7 +200,7 @@ def _cell(result: CheckpointResult | None, name: str, comparison: Comparison) ->
     metrics = result.metrics
     if metrics is None or result.status not in (PASS, FAIL):
         return svg.Cell(svg.NOT_COMPARED, _tip(result, comparison), "~")
-    ratio = _ratio(result)
+    ratio = result.noise_ratio
     fill = RATIO_SCALE.colour(ratio) if ratio is not None else REL_L2_SCALE.colour(metrics.rel_l2)
     mark = "" if result.status == PASS else ("!" if metrics.nan_candidate or metrics.inf_candidate else "✗")
     return svg.Cell(fill, _tip(result, comparison), mark)

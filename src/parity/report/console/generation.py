@@ -3,10 +3,9 @@ with the reference's top-k and margin, teacher-forced KL and agreement, and the 
 
 from __future__ import annotations
 
-import numpy as np
-
-from parity.core.generation import GenerationComparison
-from parity.report import terminal as output
+from parity.core.results import GenerationComparison
+from parity.report import terminal
+from parity.report.registry import register
 
 
 def _piece(comparison: GenerationComparison, token: int) -> str:
@@ -60,33 +59,6 @@ def renderables(comparison: GenerationComparison) -> list:
     return parts
 
 
-def render(comparison: GenerationComparison, *, width: int = 100) -> str:
-    return output.render(renderables(comparison), width=width)
-
-
-def print_report(comparison: GenerationComparison) -> None:
-    output.show(renderables(comparison))
-
-
-def to_dict(comparison: GenerationComparison) -> dict:
-    divergence, forced, sampler = comparison.divergence, comparison.teacher_forced, comparison.sampler
-    finite = lambda value: value if np.isfinite(value) else None  # noqa: E731
-    return {
-        "schema": "parity-report/1",
-        "kind": "generation",
-        "verdict": "pass" if comparison else "fail",
-        "prompt": list(comparison.prompt),
-        "reference_tokens": list(comparison.reference_tokens),
-        "candidate_tokens": list(comparison.candidate_tokens),
-        "first_divergence": None if divergence is None else {
-            "step": divergence.step, "reference_token": divergence.reference_token,
-            "candidate_token": divergence.candidate_token, "margin_nats": finite(divergence.margin_nats),
-            "near_tie": divergence.near_tie, "candidate_rank": divergence.candidate_rank,
-            "reference_top": [{"token": token, "probability": p} for token, p in divergence.reference_top],
-        },
-        "teacher_forced": {"kl": [finite(v) for v in forced.kl], "top1": list(forced.top1), "top5": list(forced.top5),
-                           "mean_kl": finite(forced.mean_kl), "margins_nats": [finite(v) for v in forced.margins]},
-        "sampler": None if sampler is None else {
-            "kl": [finite(v) for v in sampler.kl], "total_variation": list(sampler.total_variation),
-            "first_step": sampler.first_step, "fitted_temperature": sampler.fitted_temperature},
-    }
+@register(GenerationComparison, "console")
+def render(comparison: GenerationComparison, *, width: int = 100, color: bool = False) -> str:
+    return terminal.render(renderables(comparison), width=width, color=color)

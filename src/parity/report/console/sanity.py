@@ -1,13 +1,9 @@
-"""`parity sanity` on the console (one line, or a table with -v) and as JSON."""
+"""`parity sanity` on the console: one line, or with -v a table of every test. Plain text."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from parity.report import json_text
-from parity.core.files import write_atomically
-from parity.report.json import _json_safe
-from parity.sanity.results import PASSED, SKIPPED, SanityReport
+from parity.core.results.sanity import PASSED, SKIPPED, SanityReport
+from parity.report.registry import register
 
 _MARK = {"passed": "✓", "failed": "✗", "skipped": "-"}
 
@@ -44,9 +40,7 @@ def table(report: SanityReport, output: str | None = None) -> str:
     return "\n".join(rows)
 
 
-def dumps(report: SanityReport) -> str:
-    return json_text.dumps(_json_safe(report.to_dict()))
-
-
-def write(report: SanityReport, path: str | Path, *, overwrite: bool = False) -> None:
-    write_atomically(path, dumps(report) + "\n", overwrite=overwrite, option="-o")
+@register(SanityReport, "console")
+def render(report: SanityReport, *, verbose: bool = False, output: str | None = None, **_layout) -> str:
+    """The line, or with `verbose` the table; `output` names where the JSON went. Not laid out to a width."""
+    return (table(report, output) if verbose else line(report, output)) + "\n"

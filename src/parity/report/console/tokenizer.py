@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from parity.core.tokenization import TokenDifference, TokenizerComparison, describe
-from parity.report import terminal as output
+from parity.core.results import TokenDifference, TokenizerComparison
+from parity.core.tokenization import describe
+from parity.report import terminal
+from parity.report.registry import register
 
 MAX_SHOWN = 6  # tokens of a run shown before "..."
 
@@ -44,9 +46,6 @@ def _difference(difference: TokenDifference):
     )
 
 
-def render(comparison: TokenizerComparison, *, width: int = 100) -> str:
-    return output.render(renderables(comparison), width=width)
-
-
-def print_report(comparison: TokenizerComparison) -> None:
-    output.show(renderables(comparison))
+@register(TokenizerComparison, "console")
+def render(comparison: TokenizerComparison, *, width: int = 100, color: bool = False) -> str:
+    return terminal.render(renderables(comparison), width=width, color=color)

@@ -1,21 +1,16 @@
-"""The HTML report: one self-contained page (inline CSS, SVG and script; nothing fetched).
+"""The HTML page every layout fills: the verdict header, sections, tables, the style and the tooltip script.
 
-`render(result)` takes any result parity produces (a layer comparison, a
-token-level server comparison, a tokenizer comparison, a generation
-comparison) and returns the page; `write` writes it atomically. Every piece of
-text from a result or a trace's metadata is stripped of control characters and
-escaped (`parity.report.text`); a Content-Security-Policy forbids the page any
-network access, so a report opened offline shows exactly what it shows online.
+Every piece of text from a result or a trace's metadata is stripped of control
+characters and escaped (`parity.report.text`); a Content-Security-Policy forbids
+the page any network access, so a report opened offline shows exactly what it
+shows online.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
 
-from parity.core.files import write_atomically
 from parity.report.text import escape_html
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
@@ -85,23 +80,8 @@ class Page:
         return f"<Page {self.title!r} {'pass' if self.passed else 'fail'}, {len(self.sections)} sections>"
 
 
-def _pages() -> dict[type, Callable[[Any], Page]]:
-    """Result type -> the function that lays out its page."""
-    from parity.core.generation import GenerationComparison
-    from parity.core.results import Comparison
-    from parity.core.sequence import SequenceComparison
-    from parity.core.tokenization import TokenizerComparison
-    from parity.report import html_layers, html_sequences
-
-    return {Comparison: html_layers.page, SequenceComparison: html_sequences.sequence_page,
-            TokenizerComparison: html_sequences.tokenizer_page, GenerationComparison: html_sequences.generation_page}
-
-
-def render(result) -> str:
-    layout = _pages().get(type(result))
-    if layout is None:
-        raise TypeError(f"no HTML report for {type(result).__name__}")
-    page = layout(result)
+def document(page: Page) -> str:
+    """The whole page: verdict header, the sections, the tooltip script; nothing fetched."""
     status = "pass" if page.passed else "fail"
     return "".join([
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
@@ -113,10 +93,6 @@ def render(result) -> str:
         '</main><div id="tip" hidden></div>',
         f"<script>{SCRIPT}</script></body></html>\n",
     ])
-
-
-def write(result, path: str | Path, *, overwrite: bool = False) -> Path:
-    return write_atomically(path, render(result), overwrite=overwrite, option="--html")
 
 
 # --- pieces shared by the layouts ---------------------------------------------------

@@ -11,10 +11,6 @@ from typing import Any
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
-# The 11 tests, in the order they run and are reported.
-TEST_NAMES = ("structure", "norm", "rope", "attention", "mlp", "decoder_layer", "forward", "loss",
-              "kv_cache", "gradients", "stability")
-
 
 @dataclass(frozen=True)
 class TestResult:

@@ -1,4 +1,5 @@
-"""The console report: a per-layer grid, the verdict, and the first divergence in numbers.
+"""The console report of a layer-by-layer comparison: a per-layer grid, the verdict, and the first
+divergence in numbers.
 
 Readable at 100 columns: one row per layer, one narrow column per checkpoint kind
 present in either trace, one symbol per cell.
@@ -11,8 +12,9 @@ import math
 from parity.core.errors import require
 from parity.core.names import AFTER_LAYERS, BEFORE_LAYERS, LAYER_KINDS, is_raw, parse, weight_of
 from parity.core.results import FAIL, NOT_ASKED, NOT_COMPARABLE, PASS, CheckpointResult, Comparison
-from parity.report import terminal as output
+from parity.report import terminal
 from parity.report.raw import raw_line
+from parity.report.registry import register
 
 # kind -> column header; the legend under the grid spells them out.
 SHORT_NAMES = {
@@ -51,13 +53,9 @@ def renderables(comparison: Comparison) -> list:
     return [part for part in parts if part is not None]
 
 
+@register(Comparison, "console")
 def render(comparison: Comparison, *, width: int = 100, color: bool = False) -> str:
-    """The report as text, for tests and logs."""
-    return output.render(renderables(comparison), width=width, color=color)
-
-
-def print_report(comparison: Comparison, console=None) -> None:
-    output.show(renderables(comparison), console)
+    return terminal.render(renderables(comparison), width=width, color=color)
 
 
 def _describe(metadata: dict) -> str:
@@ -76,7 +74,7 @@ def _header(comparison: Comparison):
         ("candidate ", "bold"), _describe(comparison.candidate_metadata),
     )
     if comparison.calibrated:
-        basis = next((r.tolerance.basis for r in comparison.checkpoints if r.tolerance and r.tolerance.calibrated), "")
+        basis = comparison.calibration_basis or ""
         header.append(f"\ntolerances: {basis.removeprefix('calibrated: ')}, measured by running the reference "
                       "at the candidate's precision", style="dim")
     return header
@@ -143,8 +141,7 @@ def _local_and_propagated(layer: int, row: dict, comparison: Comparison) -> str:
 
 def _worst_noise_ratio(results) -> str:
     """The largest rel_l2 / noise floor of a layer's checkpoints."""
-    ratios = [r.metrics.rel_l2 / r.tolerance.noise_rel_l2 for r in results
-              if r.metrics is not None and r.tolerance is not None and r.tolerance.calibrated and r.tolerance.noise_rel_l2]
+    ratios = [r.noise_ratio for r in results if r.noise_ratio is not None]
     if not ratios:
         return "-"
     worst = max(ratios)
@@ -276,21 +273,10 @@ def _divergence_details(comparison: Comparison):
     from rich.text import Text
 
     result = comparison.result(comparison.first_divergence.checkpoint)
-    lines = []
-    metrics, tolerance = result.metrics, result.tolerance
-    if result.reason and (metrics is None or result.layout):
-        lines.append(result.reason)
+    lines = list(result.explanation)
+    metrics = result.metrics
     if metrics is not None:
-        if not (tolerance and tolerance.calibrated):  # a calibrated bound is on norms, not on elements
-            lines.append(
-                f"Mismatched elements: {metrics.mismatched} / {metrics.numel} ({100 * metrics.mismatched_fraction:.1f}%)"
-            )
-        allowed = f" (up to {tolerance.atol:.3g} + {tolerance.rtol:.3g}·|ref| allowed)" \
-            if tolerance and not tolerance.calibrated else ""
-        lines.append(f"Greatest absolute difference: {metrics.max_abs:.4g} at index {metrics.worst_index}{allowed}")
         lines.append(f"rel_l2 {metrics.rel_l2:.3g}   cosine {metrics.cosine:.6f}   mean_abs {metrics.mean_abs:.3g}")
-        if tolerance and tolerance.calibrated:
-            lines.append(_calibrated_bound(metrics, tolerance))
         if metrics.nan_candidate or metrics.inf_candidate or metrics.nan_reference or metrics.inf_reference:
             lines.append(
                 f"non-finite: candidate {metrics.nan_candidate} NaN, {metrics.inf_candidate} Inf; "
@@ -308,14 +294,6 @@ def _divergence_details(comparison: Comparison):
     if divergence.per_head:
         lines.append("rel_l2 by head: " + _profile(divergence.per_head))
     return Text("\n".join("  " + line for line in lines))
-
-
-def _calibrated_bound(metrics, tolerance) -> str:
-    """The bound a calibrated checkpoint was held to, and the noise it was set from (0 said as such)."""
-    noise = tolerance.noise_rel_l2 or 0.0
-    floor = "noise floor 0: exact at this precision" if noise == 0.0 else f"noise floor {noise:.3g}"
-    return (f"allowed: rel_l2 {tolerance.max_rel_l2:.3g}, worst position {tolerance.max_position_rel_l2:.3g} "
-            f"({floor}); got {metrics.rel_l2:.3g}, {metrics.position_rel_l2:.3g}")
 
 
 def _profile(values: tuple[float, ...], limit: int = 12) -> str:

@@ -3,8 +3,11 @@ generation, a server's token-level comparison, and tokenizer parity."""
 
 from __future__ import annotations
 
-from parity.report import svg
-from parity.report.html import Page, paragraph, section, table
+from parity.core.results import GenerationComparison, SequenceComparison, TokenizerComparison
+from parity.core.tokenization import describe
+from parity.report.html import svg
+from parity.report.html.page import Page, document, paragraph, section, table
+from parity.report.registry import register
 from parity.report.text import escape_html, number
 
 CACHE_SCALE = svg.LogScale(0.01, 1000.0)   # KV-cache rel_l2 over its bound
@@ -130,6 +133,11 @@ def _sampler(sampler) -> str:
                                                         title="total variation per step"), anchor="sampler")
 
 
+@register(GenerationComparison, "html")
+def render_generation(generation: GenerationComparison) -> str:
+    return document(generation_page(generation))
+
+
 def generation_page(generation) -> Page:
     divergence = generation.divergence
     headline = (f"the same {len(generation.reference_tokens)} greedy tokens" if divergence is None else
@@ -142,6 +150,11 @@ def generation_page(generation) -> Page:
 
 
 # --- a server's tokens --------------------------------------------------------------
+
+
+@register(SequenceComparison, "html")
+def render_sequence(comparison: SequenceComparison) -> str:
+    return document(sequence_page(comparison))
 
 
 def sequence_page(comparison) -> Page:
@@ -181,9 +194,12 @@ def _findings(diagnoses, notes) -> str:
 # --- tokenizers ---------------------------------------------------------------------
 
 
-def tokenizer_page(comparison) -> Page:
-    from parity.core.tokenization import describe
+@register(TokenizerComparison, "html")
+def render_tokenizer(comparison: TokenizerComparison) -> str:
+    return document(tokenizer_page(comparison))
 
+
+def tokenizer_page(comparison) -> Page:
     parts = [table(None, [["reference", escape_html(comparison.reference)],
                               ["candidate", escape_html(comparison.candidate)]])]
     for text in comparison.texts:

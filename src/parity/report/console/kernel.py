@@ -1,13 +1,11 @@
-"""`parity kernel` on the console (a lengths x dtypes grid, the pattern, the timing) and as JSON."""
+"""`parity kernel` on the console: a lengths x dtypes grid, the pattern, the first failing case, the timing.
+Plain text."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from parity.report import json_text
-from parity.core.files import write_atomically
-from parity.kernel.results import CaseResult, KernelReport
-from parity.report.json import _json_safe
+from parity.core.results.kernel import CaseResult, KernelReport
+from parity.core.tolerances import KERNEL_NOISE_FACTOR
+from parity.report.registry import register
 
 _WIDTH = 8
 
@@ -23,14 +21,16 @@ def cell(case: CaseResult) -> str:
     return "✗ bwd" if forward else ("✗ fwd" if backward or case.backward.get("checked") is False else "✗ both")
 
 
-def render(report: KernelReport) -> str:
+@register(KernelReport, "console")
+def render(report: KernelReport, **_layout) -> str:
+    """Not laid out to a width."""
     settings = report.settings
     dtypes, conditions = settings["dtypes"], settings["conditions"]
     by_key = {(case.length, case.dtype, case.condition): case for case in report.cases}
     column = _WIDTH * len(conditions) + 1
     lines = [f"parity kernel {report.op}: {report.candidate} against torch's {report.signature} in float64",
              f"{'forward and backward' if settings['backward'] else 'forward only (--no-backward)'} on "
-             f"{settings['device']}; tolerances: 4x the error of the reference run at each dtype",
+             f"{settings['device']}; tolerances: {KERNEL_NOISE_FACTOR:g}x the error of the reference run at each dtype",
              ("T      " + "".join(f"{dtype:<{column}}" for dtype in dtypes)).rstrip(),
              ("       " + "".join("".join(f"{condition:<{_WIDTH}}" for condition in conditions) + " "
                                  for _ in dtypes)).rstrip()]
@@ -50,7 +50,7 @@ def render(report: KernelReport) -> str:
         lines.append(f"timing (T={timing['dims']['T']} {timing['dtype']} on {timing['device']}, forward, median of "
                      f"{timing['repeats']} after {timing['warmup']} warm-up calls): candidate {timing['candidate_ms']:.3g} ms, "
                      f"torch {timing['reference_ms']:.3g} ms: {timing['speedup']:.2f}x")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def _explain(case: CaseResult) -> str:
@@ -66,16 +66,7 @@ def _explain(case: CaseResult) -> str:
 def _numbers(result: dict) -> str:
     if "reason" in result:
         return result["reason"]
-    text = (f"max_abs {result['max_abs']:.3g}, rel_l2 {result['rel_l2']:.3g}, {result['mismatched']}/{result['numel']} "
-            f"elements outside atol {result['atol']:.3g} + rtol {result['rtol']:.3g}")
+    text = f"{result['explanation']}; rel_l2 {result['rel_l2']:.3g}"
     if result.get("nonfinite_candidate"):
         text += f"; {result['nonfinite_candidate']} NaN/Inf"
     return text
-
-
-def dumps(report: KernelReport) -> str:
-    return json_text.dumps(_json_safe(report.to_dict()))
-
-
-def write(report: KernelReport, path: str | Path, *, overwrite: bool = False) -> None:
-    write_atomically(path, dumps(report) + "\n", overwrite=overwrite, option="--json")

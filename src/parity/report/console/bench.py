@@ -1,16 +1,14 @@
-"""`parity bench` on the console and as JSON."""
+"""`parity bench` on the console: both sides' speed and memory, and their ratio. Plain text."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from parity.report import json_text
-from parity.commands.bench import BenchReport
-from parity.core.files import write_atomically
-from parity.report.json import _json_safe
+from parity.core.results import BenchReport
+from parity.report.registry import register
 
 
-def render(report: BenchReport) -> str:
+@register(BenchReport, "console")
+def render(report: BenchReport, **_layout) -> str:
+    """Not laid out to a width."""
     options = report.options
     rows = [f"reference: {report.reference['spec']}: {report.reference['description']}",
             f"candidate: {report.candidate['spec']}: {report.candidate['description']}",
@@ -28,7 +26,7 @@ def render(report: BenchReport) -> str:
         note = getattr(report, side).get("decode_note")
         if note:
             rows.append(f"{side} decode {note}")
-    return "\n".join(rows)
+    return "\n".join(rows) + "\n"
 
 
 def _number(value) -> str:
@@ -37,11 +35,3 @@ def _number(value) -> str:
 
 def _ratio(value) -> str:
     return "-" if value is None else f"{value:.2f}x"
-
-
-def dumps(report: BenchReport) -> str:
-    return json_text.dumps(_json_safe(report.to_dict()))
-
-
-def write(report: BenchReport, path: str | Path, *, overwrite: bool = False) -> None:
-    write_atomically(path, dumps(report) + "\n", overwrite=overwrite, option="--json")

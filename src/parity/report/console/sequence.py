@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from parity.core.sequence import PositionResult, SequenceComparison
-from parity.report import terminal as output
+from parity.core.results import PositionResult, SequenceComparison
+from parity.report import terminal
+from parity.report.registry import register
 
 
 def renderables(comparison: SequenceComparison) -> list:
@@ -67,9 +68,6 @@ def _divergence(position: PositionResult):
     )
 
 
-def render(comparison: SequenceComparison, *, width: int = 100) -> str:
-    return output.render(renderables(comparison), width=width)
-
-
-def print_report(comparison: SequenceComparison) -> None:
-    output.show(renderables(comparison))
+@register(SequenceComparison, "console")
+def render(comparison: SequenceComparison, *, width: int = 100, color: bool = False) -> str:
+    return terminal.render(renderables(comparison), width=width, color=color)
