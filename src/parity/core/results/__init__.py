@@ -7,7 +7,7 @@ against itself (`Tolerance.explain`): the one mismatch message every report uses
 
 from parity.core.results.bench import BenchReport
 from parity.core.results.comparison import (FAIL, NOT_COMPARABLE, PASS, Attribution, CheckpointResult, Comparison,
-                                            Divergence, one_line)
+                                            Divergence)
 from parity.core.results.decode import CacheComparison, DecodeConsistency
 from parity.core.results.findings import CHECKS, NOT_ASKED, Diagnosis, NotChecked
 from parity.core.results.generation import GenerationComparison, GreedyDivergence, SamplerCheck, TeacherForced
@@ -16,7 +16,7 @@ from parity.core.results.kernel import CaseResult, KernelReport
 from parity.core.results.sanity import SanityReport, TestResult
 from parity.core.results.sequence import NEAR_TIE_NATS, PositionResult, SequenceComparison
 from parity.core.results.tokenizer import TextTokens, TokenDifference, TokenizerComparison
-from parity.core.results.tolerance import Metrics, NoiseFloor, Tolerance
+from parity.core.results.tolerance import Metrics, NoiseFloor, Tolerance, one_line
 
 __all__ = [
     "Attribution", "BenchReport", "CHECKS", "CacheComparison", "CaseResult", "CheckpointResult", "Comparison",

@@ -11,7 +11,7 @@ from typing import Any
 from parity.core.results.decode import DecodeConsistency
 from parity.core.results.findings import Diagnosis, NotChecked
 from parity.core.results.generation import GenerationComparison
-from parity.core.results.tolerance import Metrics, Tolerance
+from parity.core.results.tolerance import Metrics, Tolerance, one_line
 
 PASS, FAIL, NOT_COMPARABLE = "pass", "fail", "not_comparable"
 
@@ -58,11 +58,6 @@ class CheckpointResult:
     def noise_ratio(self) -> float | None:
         """rel_l2 over the noise floor, where the checkpoint was calibrated and the floor is not 0."""
         return None if self.metrics is None or self.tolerance is None else self.tolerance.noise_ratio(self.metrics)
-
-
-def one_line(explanation: str) -> str:
-    """An explanation's lines on one line (a reason, a table cell)."""
-    return "; ".join(explanation.splitlines())
 
 
 @dataclass(frozen=True)

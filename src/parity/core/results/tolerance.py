@@ -149,6 +149,11 @@ class Tolerance:
         return not (metrics.rel_l2 <= self.max_rel_l2 and metrics.position_rel_l2 <= self.max_position_rel_l2)
 
 
+def one_line(explanation: str) -> str:
+    """An explanation's lines on one line (a result's reason, a table cell, a test's message)."""
+    return "; ".join(explanation.splitlines())
+
+
 def _at(metrics: Metrics) -> str:
     return "" if metrics.worst_index is None else f" at index {tuple(metrics.worst_index)}"
 
