@@ -13,9 +13,8 @@ import numpy as np
 
 from parity.core.calibrate import noise_floors
 from parity.core.compare import CompareConfig, compare
-from parity.core.decode_consistency import CacheComparison, DecodeConsistency
-from parity.core.generation import GenerationComparison, GreedyDivergence, SamplerCheck, TeacherForced
-from parity.core.results import CheckpointResult, Diagnosis
+from parity.core.results import (CacheComparison, CheckpointResult, DecodeConsistency, Diagnosis, GenerationComparison,
+                                 GreedyDivergence, SamplerCheck, TeacherForced)
 from parity.core.trace import make_trace
 
 KINDS = ("attn_norm", "q", "k", "v", "q_rope", "k_rope", "attn_ctx", "attn_out", "resid_mid", "mlp_norm",

@@ -156,16 +156,15 @@ def pipeline(raw: bytes, reference) -> str:
     from parity.capture.server.openai import decode_answer
     from parity.core.errors import ParityError
     from parity.core.sequence import compare_sequences
-    from parity.report import json as json_report
-    from parity.report import sequence as console
+    from parity.report import registry
 
     try:
         candidate = parse_completion(decode_answer(raw, WHERE), PROMPT, WHERE, max_tokens=MAX_TOKENS)
         comparison = compare_sequences(reference.reference_tokens(candidate.text), candidate)
     except ParityError as error:
         return f"refused: {error}"
-    console.render(comparison).encode("utf-8")                     # strict: a surrogate would raise here
-    json_report.dumps(comparison).encode("utf-8")
+    registry.render(comparison, "console").encode("utf-8")        # strict: a surrogate would raise here
+    registry.render(comparison, "json").encode("utf-8")
     return "pass" if comparison else "fail"
 
 

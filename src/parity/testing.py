@@ -24,9 +24,6 @@ from parity.core.compare import CompareConfig
 from parity.core.errors import OptionError, ParityError
 from parity.core.trace import Trace, load_trace
 
-RESULT_TYPES = ("Comparison", "SequenceComparison", "GenerationComparison", "TokenizerComparison")
-
-
 class ParityAssertionError(AssertionError):
     """Parity does not hold; `comparison` is the result that says where and why."""
 
@@ -91,18 +88,16 @@ def assert_parity(reference, candidate, *, prompt: str | None = None, tokens: li
 
 def summary(result, *, width: int = 100) -> str:
     """The console report of any parity result, as plain text."""
-    from parity.core.generation import GenerationComparison
-    from parity.core.sequence import SequenceComparison
-    from parity.core.tokenization import TokenizerComparison
-    from parity.report import console, generation, sequence as tokens, tokenizer
+    from parity.report.registry import render
 
-    renderer = {SequenceComparison: tokens, TokenizerComparison: tokenizer,
-                GenerationComparison: generation}.get(type(result), console)
-    return renderer.render(result, width=width).rstrip()
+    return render(result, "console", width=width).rstrip()
 
 
 def is_result(value) -> bool:
-    return type(value).__name__ in RESULT_TYPES and type(value).__module__.startswith("parity.core.")
+    """Whether `value` is a parity result: some report renders its type."""
+    from parity.report.registry import renders
+
+    return renders(value)
 
 
 def explain_comparison(op: str, left, right) -> list[str] | None:
@@ -149,13 +144,13 @@ def report_path(directory: str | Path, test_id: str) -> Path:
 
 def write_report(result, directory: str | Path, test_id: str, *, overwrite: bool = False) -> str:
     """Write `result`'s HTML report for a failing test; returns a line saying where, or why not."""
-    from parity.report import html
+    from parity.report.registry import write
 
     path = report_path(directory, test_id)
     if path.exists() and not overwrite:
         return f"{test_id}: no report written: {path} exists; pass --parity-report-force to replace it"
     try:
-        html.write(result, path, overwrite=overwrite)
+        write(result, "html", path, overwrite=overwrite)
     except ParityError as error:
         return f"{test_id}: no report written: {error}"
     return f"{test_id}: {path}"

@@ -50,7 +50,7 @@ def test_a_bug_at_one_position_fails_even_when_the_whole_tensor_is_within_bounds
 
 
 def test_calibrated_tolerance_bounds():
-    from parity.core.calibrate import NoiseFloor
+    from parity.core.results import NoiseFloor
 
     tolerance = calibrated_tolerance(NoiseFloor(0.01, 0.03), "bfloat16")
     assert tolerance.max_rel_l2 == pytest.approx(MULTIPLE * 0.01 + FLOOR["bfloat16"], rel=1e-12)

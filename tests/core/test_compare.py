@@ -139,3 +139,31 @@ def test_different_token_ids_are_noted():
 def test_tensor_dtype_is_kept_in_metrics_computation(value):
     tensors = {"embed": np.arange(6, dtype=value).reshape(2, 3)}
     assert compare(make_trace(tensors), make_trace(tensors))
+
+
+def test_a_divergence_that_begins_far_along_the_sequence_is_reported_as_beginning_there():
+    from parity.report import registry
+
+    tokens = 6000
+    reference = {"embed": RNG.standard_normal((tokens, 8)).astype(np.float32)}
+    reference["layers.0.out"] = RNG.standard_normal((tokens, 8)).astype(np.float32)
+    candidate = {name: value.copy() for name, value in reference.items()}
+    growth = np.linspace(0.01, 0.5, tokens - 5000, dtype=np.float32)[:, None]
+    candidate["layers.0.out"][5000:] += growth * reference["layers.0.out"][5000:]   # grows from position 5,000
+    comparison = compare(make_trace(reference), make_trace(candidate))
+    divergence = comparison.first_divergence
+    assert divergence.checkpoint == "layers.0.out" and divergence.onset == 5000
+    assert divergence.position > 5500   # the worst position lies far after where it begins
+    console = registry.render(comparison, "console", width=200)
+    assert "begins at token position 5000" in console and "... 4997:" in console
+    assert '"onset_position": 5000' in registry.render(comparison, "json")
+    page = registry.render(comparison, "html")
+    assert "begins 5000" in page and page.count("<rect") < 1200   # 6,000 positions drawn as at most 512 bars
+
+
+def test_a_passing_checkpoint_has_no_onset():
+    from parity.core.compare import onset_position
+
+    assert onset_position((0.1, 0.2, 0.1), bound=0.3) is None
+    assert onset_position((0.1, float("nan"), 0.5), bound=0.3) == 1
+    assert onset_position((), bound=0.3) is None and onset_position((0.5,), bound=None) is None

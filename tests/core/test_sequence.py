@@ -55,14 +55,38 @@ def test_a_flip_at_a_near_tie_is_not_a_divergence():
     assert comparison and not comparison.positions[-1].agrees and comparison.positions[-1].near_tie
 
 
-def test_rows_reported_one_token_late_are_named_a_token_shift():
+def test_rows_reported_one_token_late_are_read_shifted_with_a_note_and_held_under_strict():
     pieces = ["A", " b", " c", " d", " e"]
     reference = reference_over(pieces, [" b", " c", " d", " e", "!"])
     shifted = [None, " c", " d", " e", "!"]   # row k holds the prediction that follows token k
-    comparison = compare_sequences(reference, candidate_over(pieces, shifted, first_generated=5))
-    assert not comparison
-    assert [d.cause for d in comparison.diagnoses] == ["token_shift"]
-    assert "prediction for token k+1" in comparison.diagnoses[0].message
+    adapted = compare_sequences(reference, candidate_over(pieces, shifted, first_generated=5))
+    assert adapted and not adapted.diagnoses and adapted.agreeing == len(adapted.positions) == 4
+    assert adapted.notes[0].startswith("adapted (logprob_shift)") and "token k+1" in adapted.notes[0]
+    held = compare_sequences(reference, candidate_over(pieces, shifted, first_generated=5),
+                             strict=frozenset({"logprob_shift"}))
+    assert not held
+    assert [d.cause for d in held.diagnoses] == ["token_shift"]
+    assert "prediction for token k+1" in held.diagnoses[0].message
+
+
+def test_a_generated_token_that_is_not_the_servers_own_top1_names_its_sampler():
+    # token 3 ' d' was returned though the server's own row put ' e' first, as the reference does
+    reference = reference_over(PIECES, [" b", " c", " e", "!"])
+    candidate = candidate_over(PIECES, [None, " b", " c", " e"], first_generated=3)
+    comparison = compare_sequences(reference, candidate)
+    assert not comparison and comparison.first_divergence.index == 3
+    [sampler] = comparison.diagnoses
+    assert sampler.cause == "sampler_not_greedy" and sampler.checkpoint == "token 3"
+    assert "its own top-1 was ' e'" in sampler.message and "reference's at 1/1" in sampler.message
+    assert "--server-option repeat_penalty=1.0" in sampler.message
+    sent = compare_sequences(reference, candidate, sent={"repeat_penalty": 1.0})
+    assert "sent: repeat_penalty=1.0" in sent.diagnoses[0].message
+
+
+def test_one_headline_counts_the_prompt_and_the_continuation_apart():
+    reference = reference_over(PIECES, [" b", " c", " e", "!"])
+    comparison = compare_sequences(reference, candidate_over(PIECES, [None, " b", " c", " d"], first_generated=3))
+    assert comparison.headline.startswith("prompt: top-1 agrees at 2/2 positions; greedy continuation: 0/1 tokens")
 
 
 def test_alignment_is_by_offset_and_text():

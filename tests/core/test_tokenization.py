@@ -1,4 +1,5 @@
-from parity.core.tokenization import TokenizerComparison, Vocabulary, compare_ids
+from parity.core.results import TokenizerComparison
+from parity.core.tokenization import Vocabulary, compare_ids
 
 PIECES = {1: "<s>", 2: "</s>", 3: "<|user|>", 10: "<", 11: "|", 12: "user", 13: ">", 20: "", 21: "hello", 22: "\n",
           23: "world", 24: "hel", 25: "lo"}

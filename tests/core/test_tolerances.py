@@ -43,3 +43,23 @@ def test_lowest_precision_of_two_sides():
     assert lowest_precision("float64", "bfloat16") == "bfloat16"
     assert lowest_precision("float64", "float32", None) == "float32"
     assert lowest_precision(None, "int64") == "float32"
+
+
+def test_one_dtype_table_serves_check_calibration_sanity_gradients_and_kernel_with_their_numbers():
+    from parity.core.calibrate import FLOOR
+    from parity.core.tolerances import (KERNEL_NOISE_FACTOR, PRECISIONS, calibration_floor, gradient_bound,
+                                        kernel_tolerance, sanity_tolerance, unit_roundoff)
+
+    dtypes = ("float64", "float32", "float16", "bfloat16")
+    assert tuple(PRECISIONS) == dtypes
+    assert [unit_roundoff(d) for d in dtypes] == [2.0 ** -53, 2.0 ** -24, 2.0 ** -11, 2.0 ** -8]
+    assert [DTYPE_FACTOR[d] for d in dtypes] == [1e-9, 1e-4, 1e-2, 5e-2]
+    assert [calibration_floor(d) for d in dtypes] == [FLOOR[d] for d in dtypes] == [1e-12, 1e-6, 2.0 ** -11, 2.0 ** -8]
+    assert [(sanity_tolerance(d).rtol, sanity_tolerance(d).atol) for d in dtypes] == [
+        (1e-3, 1e-4), (1e-3, 1e-4), (1e-2, 1e-2), (5e-2, 5e-2)]
+    assert sanity_tolerance("bfloat16", rtol=0.2).rtol == 0.2 and sanity_tolerance("bfloat16", rtol=0.2).atol == 5e-2
+    assert [gradient_bound(d) for d in dtypes] == [1e-9, 1e-4, 2e-2, 1e-1]
+    kernel = kernel_tolerance(noise_max_abs=1e-3, reference_max_abs=2.0, dtype="bfloat16")
+    assert KERNEL_NOISE_FACTOR == 4.0
+    assert (kernel.atol, kernel.rtol) == (4.0 * 2.0 ** -8 * 2.0, 4.0 * 2.0 ** -8)
+    assert gradient_bound("int8") == gradient_bound("float32")   # a dtype the table does not hold: float32's row

@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 import tiny_models  # noqa: E402
 from conftest import ROOT  # noqa: E402
 
-from parity.commands.bench import BenchReport  # noqa: E402
+from parity.core.results import BenchReport  # noqa: E402
 
 
 def parity(*args):

@@ -67,3 +67,36 @@ def test_assert_parity_on_a_fixture_reference_calibrates_to_the_ports_precision(
     assert result.calibrated
     with pytest.raises(ParityAssertionError, match="layers.0.attn_norm"):
         assert_parity(reference, scratch_llama.eps_outside_sqrt(model_dirs["llama"]))
+
+
+SANITY_PASSES = ("structure", "norm", "decoder_layer", "forward", "kv_cache", "gradients", "stability")
+SANITY_NOT_CHECKED = ("rope", "attention", "mlp", "loss")   # no such modules, no labels: named, not failed
+
+
+def sanity(model_dir, factory, tmp_path, *args):
+    output = tmp_path / f"{factory}.json"
+    result = parity("sanity", f"{PORT}:{factory}", "--reference", model_dir, "--json", output, *args)
+    tests = {test["name"]: test for test in json.loads(output.read_text())["results"]} if output.exists() else {}
+    return result, tests
+
+
+@pytest.mark.parametrize("factory, dtype", [("build", "float32"), ("build_bfloat16", "bfloat16")])
+def test_sanity_finds_the_ports_components_by_their_own_names(model_dirs, factory, dtype, tmp_path):
+    result, tests = sanity(model_dirs["llama"], factory, tmp_path, "--dtype", dtype)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {name for name, test in tests.items() if test["status"] == "passed"} == set(SANITY_PASSES), tests
+    assert all(tests[name]["message"].startswith("not checked:") for name in SANITY_NOT_CHECKED)
+    assert "4 not checked (rope, attention, mlp, loss" in result.stdout
+    strict, _ = sanity(model_dirs["llama"], factory, tmp_path, "--dtype", dtype, "--strict", "--force")
+    assert strict.returncode == 1
+
+
+@pytest.mark.parametrize("factory, failing", [
+    ("eps_outside_sqrt", {"forward", "gradients"}),
+    ("cache_position_off", {"kv_cache"}),
+    ("rope_interleaved", {"decoder_layer", "forward", "gradients"}),
+])
+def test_sanity_fails_a_planted_bug_of_the_port_at_its_tests(model_dirs, factory, failing, tmp_path):
+    result, tests = sanity(model_dirs["llama"], factory, tmp_path)
+    assert result.returncode == 1
+    assert {name for name, test in tests.items() if test["status"] == "failed"} == failing

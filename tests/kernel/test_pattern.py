@@ -1,7 +1,7 @@
 """The pattern line, from constructed case results."""
 
 from parity.kernel.pattern import describe
-from parity.kernel.results import CaseResult
+from parity.core.results import CaseResult
 
 PASS, FAIL = {"passed": True}, {"passed": False}
 

@@ -5,10 +5,9 @@ import pytest
 
 import report_cases
 from browser import colours, screenshot
-from parity.core.sequence import PositionResult, SequenceComparison
-from parity.core.tokenization import TextTokens, TokenDifference, TokenizerComparison
+from parity.core.results import PositionResult, SequenceComparison, TextTokens, TokenDifference, TokenizerComparison
 from parity.report import html
-from parity.report.svg import LogScale, colour
+from parity.report.html.svg import LogScale, colour
 
 
 def test_a_failing_comparison_shows_verdict_divergence_heatmap_depth_and_diagnosis():

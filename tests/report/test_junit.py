@@ -5,8 +5,7 @@ import re
 import xml.etree.ElementTree as ET
 
 import report_cases
-from parity.core.sequence import PositionResult, SequenceComparison
-from parity.core.tokenization import TextTokens, TokenDifference, TokenizerComparison
+from parity.core.results import PositionResult, SequenceComparison, TextTokens, TokenDifference, TokenizerComparison
 from parity.report import junit
 
 SUITE_CHILDREN = {"properties", "testcase", "system-out", "system-err"}

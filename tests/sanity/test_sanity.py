@@ -7,7 +7,7 @@ pytest.importorskip("transformers")
 from llama_course import Bugs, course_config, default_model  # noqa: E402
 
 from parity.sanity import SanityConfig, run_sanity  # noqa: E402
-from parity.sanity.results import TEST_NAMES  # noqa: E402
+from parity.sanity import TEST_NAMES  # noqa: E402
 
 
 def small_config(**overrides):

@@ -82,6 +82,7 @@ class CandidateContext:
     placement: Any = None              # where a model candidate loads (accelerate); None: the CPU
     server_model: str | None = None    # a server's 'model' field
     timeout_s: float = 60.0            # a server's whole exchange
+    server_options: tuple = ()         # (field, value) pairs added to a server's request (sampler settings)
     kv_type: str = "f16"               # llama.cpp's KV cache type
     progress: Any = None               # an object with step(message), or None
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from parity.commands import options as cli_options
 from parity.core.errors import CaptureError, OptionError
+from parity.core.results import BenchReport
 
 
 @dataclass(frozen=True)
@@ -36,25 +37,6 @@ class BenchOptions:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     dtype: str = "float32"
     device: str = "cpu"
-
-
-@dataclass(frozen=True)
-class BenchReport:
-    reference: dict[str, Any]
-    candidate: dict[str, Any]
-    options: dict[str, Any]
-
-    def __repr__(self) -> str:
-        return f"<BenchReport prefill {self.ratio('prefill_tokens_per_s'):.2f}x decode {self.ratio('decode_tokens_per_s'):.2f}x>"
-
-    def ratio(self, key: str) -> float | None:
-        """candidate / reference for a throughput (above 1: the candidate is faster)."""
-        reference, candidate = self.reference.get(key), self.candidate.get(key)
-        return candidate / reference if reference and candidate else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"options": self.options, "reference": self.reference, "candidate": self.candidate,
-                "speedup": {"prefill": self.ratio("prefill_tokens_per_s"), "decode": self.ratio("decode_tokens_per_s")}}
 
 
 def add_arguments(parser) -> None:
@@ -88,7 +70,7 @@ def run(args) -> int:
     """
     from parity.commands.defaults import default_pair
     from parity.commands.output import EXIT_PASS, progress
-    from parity.report import bench as report
+    from parity.report import registry
 
     default_pair(args, prompt=False, what="time against MODEL")
     settings = BenchOptions(prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens, repeats=args.repeats,
@@ -98,11 +80,11 @@ def run(args) -> int:
     with progress() as steps:
         result = run_bench(args.model, args.candidate, settings, steps)
     if args.json == "-":
-        print(report.dumps(result))
+        registry.write(result, "json", "-")
         return EXIT_PASS
     if args.json:
-        report.write(result, args.json, overwrite=args.force)
-    print(report.render(result))
+        registry.write(result, "json", args.json, overwrite=args.force)
+    registry.show(result)
     return EXIT_PASS
 
 

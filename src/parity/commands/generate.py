@@ -14,8 +14,8 @@ from parity.commands import options
 from parity.commands.defaults import default_pair
 from parity.commands.output import finish, progress
 from parity.core.errors import OptionError
-from parity.core.generation import (GenerationComparison, check_sampler, first_divergence, greedy,
-                                    teacher_forced)
+from parity.core.generation import check_sampler, first_divergence, greedy, teacher_forced
+from parity.core.results import GenerationComparison
 
 
 @dataclass(frozen=True)

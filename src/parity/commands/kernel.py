@@ -37,7 +37,7 @@ def run(args) -> int:
     from parity.kernel import KernelOptions
     from parity.kernel.child import run_kernel_in_child
     from parity.kernel.ops import get_op
-    from parity.report import kernel as report
+    from parity.report import registry
 
     get_op(args.op)
     settings = KernelOptions(lengths=options.int_list(args.lengths, "--lengths"),
@@ -50,9 +50,9 @@ def run(args) -> int:
     with progress() as steps:   # in a child process: the kernel's exit, hang or prints are not parity's
         result = run_kernel_in_child(args.op, args.candidate, settings, timeout_s=args.timeout, progress=steps)
     if args.json == "-":
-        print(report.dumps(result))
+        registry.write(result, "json", "-")
     else:
         if args.json:
-            report.write(result, args.json, overwrite=args.force)
-        print(report.render(result))
+            registry.write(result, "json", args.json, overwrite=args.force)
+        registry.show(result)
     return EXIT_PASS if result else EXIT_DIVERGED

@@ -264,6 +264,27 @@ def one_input(prompt, tokens) -> None:
         raise OptionError("give exactly one of --prompt TEXT or --tokens 1,2,3")
 
 
+def server_option(text: str) -> tuple[str, object]:
+    """KEY=VALUE of --server-option: VALUE read as JSON where it is (1.0, true, [..]), else as text."""
+    import json
+
+    key, equals, value = text.partition("=")
+    key = key.strip()
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. repeat_penalty=1.0), got {text!r}")
+    if key in RESERVED_SERVER_FIELDS:
+        raise argparse.ArgumentTypeError(f"{key} is set by parity itself ({RESERVED_SERVER_FIELDS[key]})")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+RESERVED_SERVER_FIELDS = {"prompt": "give --prompt", "max_tokens": "give -n/--max-tokens",
+                          "model": "give --server-model", "echo": "the check needs the prompt echoed",
+                          "logprobs": "the check needs the top-k log-probabilities", "stream": "the check reads one answer"}
+
+
 def int_list(text: str, option: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(",") if part.strip())

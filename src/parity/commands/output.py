@@ -20,26 +20,16 @@ def progress():
 
 def finish(result, args) -> int:
     """Show `result` and write the report files `args` asks for; the exit code its verdict gives."""
+    from parity.report import files, registry
+
     json_path = getattr(args, "json", None)
     if json_path != "-":
-        _renderer(result).print_report(result)
+        registry.show(result)
     if json_path is not None:   # after the console report, which a failed write then does not lose
-        from parity.report import json
-
-        json.write(result, json_path, overwrite=args.force)
-    from parity.report import files
+        registry.write(result, "json", json_path, overwrite=args.force)
 
     files.write(result, {option: getattr(args, option, None) for option in files.FORMATS}, overwrite=args.force)
     return EXIT_PASS if result else EXIT_DIVERGED
-
-
-def _renderer(result):
-    """The console renderer for this kind of result (each imported only when it is the one used)."""
-    import importlib
-
-    modules = {"SequenceComparison": "sequence", "TokenizerComparison": "tokenizer",
-               "GenerationComparison": "generation"}
-    return importlib.import_module(f"parity.report.{modules.get(type(result).__name__, 'console')}")
 
 
 def numeric_warnings_off():

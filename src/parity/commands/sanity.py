@@ -26,6 +26,8 @@ def add_arguments(parser) -> None:
                                                                "needs --rtol)")
     parser.add_argument("--seed", type=options.count, default=0, help="seed of the random inputs")
     parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    parser.add_argument("--strict", action="store_true",
+                        help="a test that cannot run on the candidate (not checked) fails the run")
     parser.add_argument("--timeout", type=options.seconds, default=300.0,
                         help="seconds one test may take (default 300); the candidate runs in a child process")
 
@@ -33,24 +35,30 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     """Run 11 component tests of a hand-written causal LM against transformers' own implementation.
 
-    CANDIDATE is FILE.py:FACTORY or module:FACTORY, returning a torch.nn.Module
-    with transformers' causal-LM interface (input_ids, labels, a cache argument /
-    use_cache, .config) and transformers' module names. The reference is
-    transformers' class for its config with the candidate's weights (or, with
-    --reference DIR, that model, whose weights are loaded into the candidate).
-    Tests: structure, norm, rope, attention, mlp, decoder_layer, forward, loss,
-    kv_cache, gradients, stability. Exit 0 when all 11 pass, 1 otherwise.
+    CANDIDATE is FILE.py:FACTORY or module:FACTORY, returning a torch.nn.Module:
+    either with transformers' causal-LM interface and module names, or a port
+    with names of its own whose `parity_taps` say where its checkpoints live (its
+    modules are then found through them; docs/porting.md). Its config is its
+    `.config` (a dict with model_type, or a transformers config), else --reference
+    MODEL's. The reference is transformers' class for that config with the
+    candidate's weights (or, with --reference DIR, that model, whose weights are
+    loaded into the candidate). Tests: structure, norm, rope, attention, mlp,
+    decoder_layer, forward, loss, kv_cache (through the cache argument the forward
+    names: past_key_values, cache, ...), gradients, stability. A test the candidate
+    gives nothing to (no labels for the loss, no separate MLP module) is not
+    checked and named. Exit 0 when none fails, 1 otherwise (--strict: also when
+    one is not checked).
     """
     from parity.capture.candidate import parse_candidate
     from parity.core.tolerances import user_tolerance
-    from parity.report import sanity as report
+    from parity.report import registry
     from parity.sanity import SanityConfig
     from parity.sanity.child import run_sanity_in_child
 
     tolerance = user_tolerance(args.atol, args.rtol)
     if args.seq_length < 2:
         raise OptionError("--seq-length must be at least 2 (the loss and the cache test predict a next token)")
-    settings = SanityConfig(batch_size=args.batch_size, seq_length=args.seq_length, dtype=args.dtype or "float32",
+    settings = SanityConfig(batch_size=args.batch_size, seq_length=args.seq_length, dtype=args.dtype or "float32", strict=args.strict,
                             device=options.torch_device(args.device), seed=args.seed,
                             rtol=tolerance.rtol if tolerance else None, atol=tolerance.atol if tolerance else None)
     parse_candidate(args.candidate).require(("module",)).check()   # a candidate that is no module is said here
@@ -64,6 +72,6 @@ def run(args) -> int:
                                      progress=steps, labels={"candidate": args.candidate,
                                                              "reference": args.reference or "transformers"})
     if args.json:
-        report.write(result, args.json, overwrite=args.force)
-    print(report.table(result, args.json) if args.verbose else report.line(result, args.json))
+        registry.write(result, "json", args.json, overwrite=args.force)
+    registry.show(result, verbose=args.verbose, output=args.json)
     return EXIT_PASS if result else EXIT_DIVERGED

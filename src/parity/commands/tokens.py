@@ -7,7 +7,8 @@ from pathlib import Path
 from parity.commands import options
 from parity.commands.output import finish
 from parity.core.errors import OptionError
-from parity.core.tokenization import TokenizerComparison, compare_ids
+from parity.core.results import TokenizerComparison
+from parity.core.tokenization import compare_ids
 
 # (name, text): the cases ports get wrong. The special-token and chat-template
 # cases are added from the reference tokenizer's own special tokens.

@@ -20,31 +20,15 @@ the noise. The floor keeps a checkpoint that this precision computes exactly
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from parity.core.metrics import NORMS_ONLY, measure_pair
 from parity.core.names import Checkpoint, parse
-from parity.core.results import Tolerance
+from parity.core.results import NoiseFloor, Tolerance
+from parity.core.tolerances import PRECISIONS, calibration_floor
 from parity.core.trace import Trace
 
 MULTIPLE = 3.0
-FLOOR: dict[str, float] = {   # rel_l2 allowed where the precision alone costs nothing
-    "float64": 1e-12,   # reductions over thousands of terms in another order: a few hundred ulps at most
-    "float32": 1e-6,    # the same, in float32 (llama.cpp's RMSNorm differs from transformers' by 6e-8)
-    "float16": 2.0**-11,  # one rounding of the output
-    "bfloat16": 2.0**-8,  # one rounding of the output
-}
-
-
-@dataclass(frozen=True)
-class NoiseFloor:
-    """What the candidate's precision alone costs at one checkpoint."""
-
-    rel_l2: float
-    position_rel_l2: float  # the worst token position's
-
-    def __repr__(self) -> str:
-        return f"<NoiseFloor rel_l2={self.rel_l2:.3g} worst position {self.position_rel_l2:.3g}>"
+# rel_l2 allowed where the precision alone costs nothing: the calibration_floor column of core/tolerances.py
+FLOOR: dict[str, float] = {dtype: row.calibration_floor for dtype, row in PRECISIONS.items()}
 
 
 def noise_floors(reference: Trace, reference_lowp: Trace) -> dict[str, NoiseFloor]:
@@ -67,7 +51,7 @@ def noise_floor(name: str, reference, reference_lowp) -> NoiseFloor:
 
 def calibrated_tolerance(noise: NoiseFloor, dtype: str, label: str | None = None) -> Tolerance:
     """`dtype` sets the floor; `label` names the precision measured (default: the dtype)."""
-    floor = FLOOR.get(dtype, FLOOR["float32"])
+    floor = calibration_floor(dtype)
     return Tolerance(
         atol=0.0,
         rtol=0.0,

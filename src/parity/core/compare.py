@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parity.core.calibrate import NoiseFloor, calibrated_tolerance
+from parity.core.calibrate import calibrated_tolerance
 from parity.core.errors import OptionError, TraceError
 from parity.core.layout import alignments, last_positions, last_rows
 from parity.core.metrics import Measurement, measure_pair
@@ -28,7 +28,9 @@ from parity.core.results import (
     Comparison,
     Divergence,
     Metrics,
+    NoiseFloor,
     Tolerance,
+    one_line,
 )
 from parity.core.tolerances import default_tolerance_rule, lowest_precision
 from parity.core.trace import Trace, layer_count
@@ -138,15 +140,27 @@ def _divergence(result: CheckpointResult | None, reference: Trace, candidate: Tr
     if result is None:
         return None
     checkpoint = parse(result.name) or Checkpoint(name=result.name, kind=result.name)
+    per_position = _as_tuple(positions.get(result.name))
     return Divergence(
         checkpoint=result.name,
         layer=checkpoint.layer,
         kind=checkpoint.kind,
         position=result.metrics.worst_position if result.metrics else None,
-        per_position=_as_tuple(positions.get(result.name)),
+        per_position=per_position,
+        onset=onset_position(per_position, result.tolerance.position_bound(result.metrics)
+                             if result.tolerance and result.metrics else None),
         per_head=per_head_rel_l2(result.name, reference, candidate),
         worst_elements=largest_differences(result.name, reference, candidate),
     )
+
+
+def onset_position(per_position: tuple[float, ...], bound: float | None) -> int | None:
+    """The first token position whose error is over `bound` (a non-finite error counts): where along the
+    sequence the divergence begins, which may lie far before its worst position."""
+    if not per_position or bound is None:
+        return None
+    over = ~(np.asarray(per_position) <= bound)
+    return int(np.argmax(over)) if over.any() else None
 
 
 def compare_checkpoint(name: str, reference: Trace, candidate: Trace,
@@ -194,25 +208,13 @@ def compare_checkpoint(name: str, reference: Trace, candidate: Trace,
     status = PASS if tolerance.admits(metrics) else FAIL
     reshaped = reference_tensor.shape != candidate_tensor.shape
     reason = None
-    if status == FAIL and tolerance.calibrated:
-        reason = _calibrated_reason(metrics, tolerance)
-    elif status == FAIL:
-        reason = f"{metrics.mismatched}/{metrics.numel} elements outside tolerance"
+    if status == FAIL:
+        reason = one_line(tolerance.explain(metrics))
         if reshaped:
-            reason += f" in the best alignment of shape {list(candidate_tensor.shape)} ({layout})"
+            reason += f"; in the best alignment of shape {list(candidate_tensor.shape)} ({layout})"
     return CheckpointResult(
         name, status, metrics=metrics, tolerance=tolerance, layout=layout if reshaped else None, reason=reason, **shapes
     ), per_position
-
-
-def _calibrated_reason(metrics: Metrics, tolerance) -> str:
-    """What a calibrated checkpoint got against the bound applied, and the noise the bound came from."""
-    noise = tolerance.noise_rel_l2 or 0.0
-    got = (f"rel_l2 {metrics.rel_l2:.3g} (worst position {metrics.position_rel_l2:.3g}) over the bound "
-           f"{tolerance.max_rel_l2:.3g} (worst position {tolerance.max_position_rel_l2:.3g})")
-    if noise == 0.0:
-        return f"{got}; noise floor 0: the candidate's precision computes this checkpoint exactly"
-    return f"{got}; noise floor {noise:.3g}: {metrics.rel_l2 / noise:.3g}x the noise"
 
 
 def _better(metrics: Metrics, incumbent: Metrics) -> bool:

@@ -32,7 +32,8 @@ import numpy as np
 from parity.core.names import HEAD_KINDS, is_raw, parse
 from parity.core.trace import Trace
 
-CONVENTIONS = ("layout", "vocab_padding", "logit_shift", "residual_pair")
+CONVENTIONS = ("layout", "vocab_padding", "logit_shift", "residual_pair",
+               "logprob_shift")   # a server's log-probabilities one token off (adapted in core/sequence.py)
 _LOGIT_KINDS = ("logits", "lm_head_out")
 _SHIFT_CHUNK_ROWS = 256
 _SHIFT_EXPLAINS = 0.1   # a per-row constant counts when it leaves a tenth of the error, or less

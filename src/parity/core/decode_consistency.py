@@ -8,58 +8,14 @@ candidate's calibrated noise at that position).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from parity.core.metrics import rel_l2
-
-
-@dataclass(frozen=True)
-class DecodeConsistency:
-    prompt_length: int
-    rel_l2: tuple[float, ...]            # per row, incremental against full
-    bounds: tuple[float, ...]
-    basis: str
-    first_step: int | None               # first row over its bound
-    first_checkpoint: str | None = None  # where, inside that step, the decode path first parts (torch candidates)
-    cache: "CacheComparison | None" = None        # the KV cache against the reference's, after the prefill
-    chunked_rel_l2: float | None = None           # the prompt prefilled in two chunks, last position
-    batch_rel_l2: tuple[tuple[str, float], ...] = ()  # ("left" / "right" padding, worst row) in a batch of two
-
-    def __bool__(self) -> bool:
-        bound = max(self.bounds, default=0.0)
-        return (self.first_step is None and (self.cache is None or bool(self.cache))
-                and (self.chunked_rel_l2 is None or self.chunked_rel_l2 <= bound)
-                and all(error <= bound for _, error in self.batch_rel_l2))
-
-    def __repr__(self) -> str:
-        where = f", parts at step {self.first_step}" if self.first_step is not None else ""
-        return f"<DecodeConsistency {len(self.rel_l2)} steps{where}>"
-
-    @property
-    def position(self) -> int | None:
-        return None if self.first_step is None else self.prompt_length - 1 + self.first_step
+from parity.core.results import CacheComparison, DecodeConsistency
 
 
 def compare_decode(full_rows, incremental_rows, bounds, *, prompt_length: int, basis: str) -> DecodeConsistency:
     errors = tuple(rel_l2(full, incremental) for full, incremental in zip(full_rows, incremental_rows))
     first = next((step for step, (error, bound) in enumerate(zip(errors, bounds)) if not error <= bound), None)
     return DecodeConsistency(prompt_length, errors, tuple(bounds), basis, first)
-
-
-@dataclass(frozen=True)
-class CacheComparison:
-    """The candidate's KV cache against the reference's after the same prefill, per layer and head."""
-
-    keys: tuple[tuple[float, ...], ...]     # [layer][head] rel_l2
-    values: tuple[tuple[float, ...], ...]
-    bound: float
-    first: tuple[str, int, int] | None      # ("keys" or "values", layer, head) of the first mismatch
-
-    def __bool__(self) -> bool:
-        return self.first is None
-
-    def __repr__(self) -> str:
-        return f"<CacheComparison {len(self.keys)} layers, first mismatch {self.first}>"
 
 
 def compare_caches(reference: dict, candidate: dict, bound: float) -> CacheComparison | None:

@@ -15,11 +15,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from parity.core.sequence import NEAR_TIE_NATS
+from parity.core.results import GreedyDivergence, SamplerCheck, TeacherForced
 
 TOP_K = 5
 SAMPLER_TV = 1e-3   # samplers applied to the same logits agree to rounding
@@ -29,76 +27,6 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     logits = np.asarray(logits, dtype=np.float64)
     shifted = logits - logits.max(-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-
-
-@dataclass(frozen=True)
-class GreedyDivergence:
-    step: int                                    # index into the continuation
-    reference_token: int
-    candidate_token: int
-    reference_top: tuple[tuple[int, float], ...]  # the reference's top-k (id, probability) at that step
-    margin_nats: float                           # the reference's top-1 minus top-2 log-probability
-    candidate_rank: int | None                   # where the candidate's token stands in the reference's order
-
-    def __repr__(self) -> str:
-        return f"<GreedyDivergence step {self.step}: {self.reference_token} vs {self.candidate_token}>"
-
-    @property
-    def near_tie(self) -> bool:
-        return self.margin_nats < NEAR_TIE_NATS and self.candidate_rank == 1
-
-
-@dataclass(frozen=True)
-class TeacherForced:
-    kl: tuple[float, ...]          # per generated position, KL(reference || candidate) in nats
-    top1: tuple[bool, ...]         # candidate's top-1 == reference's top-1
-    top5: tuple[bool, ...]         # candidate's top-1 within the reference's top 5
-    margins: tuple[float, ...]     # the reference's top-1 minus top-2 log-probability
-
-    def __repr__(self) -> str:
-        return f"<TeacherForced mean KL {self.mean_kl:.4g}, top-1 {sum(self.top1)}/{len(self.top1)}>"
-
-    @property
-    def mean_kl(self) -> float:
-        return float(np.mean(self.kl)) if self.kl else 0.0
-
-    @property
-    def real_disagreements(self) -> list[int]:
-        """Positions whose top-1 differs where the reference is not near a tie."""
-        return [i for i, (same, margin) in enumerate(zip(self.top1, self.margins)) if not same and margin >= NEAR_TIE_NATS]
-
-
-@dataclass(frozen=True)
-class SamplerCheck:
-    kl: tuple[float, ...]
-    total_variation: tuple[float, ...]
-    first_step: int | None               # first step where the two samplers' distributions differ
-    fitted_temperature: float | None     # the temperature that explains the candidate's distribution there
-
-    def __repr__(self) -> str:
-        return f"<SamplerCheck first difference at {self.first_step}>"
-
-    def __bool__(self) -> bool:
-        return self.first_step is None
-
-
-@dataclass(frozen=True)
-class GenerationComparison:
-    prompt: tuple[int, ...]
-    reference_tokens: tuple[int, ...]            # the reference's greedy continuation
-    candidate_tokens: tuple[int, ...]
-    divergence: GreedyDivergence | None
-    teacher_forced: TeacherForced
-    sampler: SamplerCheck | None = None
-    pieces: tuple[str, ...] = ()                 # token id -> text, for reports
-
-    def __repr__(self) -> str:
-        where = f", diverges at step {self.divergence.step}" if self.divergence else ""
-        return f"<GenerationComparison {len(self.reference_tokens)} tokens{where}>"
-
-    def __bool__(self) -> bool:
-        greedy_ok = self.divergence is None or self.divergence.near_tie
-        return greedy_ok and not self.teacher_forced.real_disagreements and (self.sampler is None or bool(self.sampler))
 
 
 def greedy(logits_of, prompt: list[int], count: int) -> tuple[list[int], list[np.ndarray]]:

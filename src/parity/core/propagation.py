@@ -16,22 +16,9 @@ introduced error exceeds what its tolerance allows.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from parity.core.calibrate import NoiseFloor
 from parity.core.names import inputs_of
-from parity.core.results import CheckpointResult
-
-
-@dataclass(frozen=True)
-class Attribution:
-    inherited_rel_l2: float
-    introduced_rel_l2: float
-    gain: float
-    inputs: tuple[str, ...]
-
-    def __repr__(self) -> str:
-        return f"<Attribution introduced={self.introduced_rel_l2:.3g} inherited={self.inherited_rel_l2:.3g}>"
+from parity.core.results import Attribution, CheckpointResult, NoiseFloor
 
 
 def attribute(results: tuple[CheckpointResult, ...], noise: Mapping[str, NoiseFloor] | None = None) -> dict[str, Attribution]:
@@ -60,15 +47,6 @@ def origin(results: tuple[CheckpointResult, ...], attributions: Mapping[str, Att
         attribution = attributions.get(result.name)
         if attribution is None or result.tolerance is None:
             continue
-        if attribution.introduced_rel_l2 > _allowance(result):
+        if attribution.introduced_rel_l2 > result.tolerance.rel_l2_allowance(result.metrics):
             return result.name
     return None
-
-
-def _allowance(result: CheckpointResult) -> float:
-    """The tolerance as a bound on rel_l2: elementwise atol + rtol*|r| is about rtol + atol/rms(r) of the norm."""
-    tolerance = result.tolerance
-    if tolerance.calibrated:
-        return tolerance.max_rel_l2
-    rms = result.metrics.reference_rms
-    return tolerance.rtol + (tolerance.atol / rms if rms > 0 else 0.0)

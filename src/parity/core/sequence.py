@@ -9,7 +9,7 @@ has a token with the same text at the same offset.
 Conventions (the OpenAI completions API): row k of the candidate is the
 distribution that predicted token k; row j of the reference's log-probabilities
 predicts token j + 1. A top-1 flip where the reference's best two tokens are
-within NEAR_TIE_NATS is a near tie that noise can flip, and is told apart from a
+within NEAR_TIE_NATS (core/results/sequence.py) is a near tie that noise can flip, and is told apart from a
 real divergence.
 """
 
@@ -22,9 +22,8 @@ from typing import Mapping
 import numpy as np
 
 from parity.core.errors import CaptureError
-from parity.core.results import Diagnosis
+from parity.core.results import Diagnosis, PositionResult, SequenceComparison
 
-NEAR_TIE_NATS = 0.5   # Q4/Q8 quantization moved log-probs by up to ~0.3 nats in our measurements
 TOP_K = 5
 SHIFT_AGREEMENT = 0.8  # a shifted reading must explain this share of rows to be called a shift
 
@@ -57,61 +56,23 @@ class CandidateTokens:
         return f"<CandidateTokens {len(self.pieces)} tokens, {len(self.pieces) - self.first_generated} generated>"
 
 
-@dataclass(frozen=True)
-class PositionResult:
-    index: int                                   # candidate token index
-    offset: int
-    piece: str                                   # the candidate's token here
-    generated: bool
-    reference_top: tuple[tuple[str, float], ...]  # the reference's top-k (piece, probability) for this token
-    candidate_top1: str | None                   # the candidate's most likely piece in its row
-    reference_prob_of_piece: float               # the reference's probability of the candidate's token
-    margin_nats: float                           # the reference's top-1 minus top-2 log-probability
-    kl_topk: float | None                        # KL(reference || candidate) over the candidate's top-k
-
-    def __repr__(self) -> str:
-        return f"<PositionResult {self.index} {self.piece!r} agrees={self.agrees}>"
-
-    @property
-    def agrees(self) -> bool:
-        """The token (generated) or the candidate's top-1 (prompt) is the reference's top-1."""
-        compared = self.piece if self.generated else self.candidate_top1
-        return compared is None or compared == self.reference_top[0][0]
-
-    @property
-    def near_tie(self) -> bool:
-        return self.margin_nats < NEAR_TIE_NATS
-
-
-@dataclass(frozen=True)
-class SequenceComparison:
-    positions: tuple[PositionResult, ...]
-    unaligned: int                                # candidate tokens with no reference token at their offset
-    first_divergence: PositionResult | None       # first disagreement that is not a near tie
-    diagnoses: tuple[Diagnosis, ...] = ()
-    notes: tuple[str, ...] = ()
-    candidate_text: str = ""
-
-    def __bool__(self) -> bool:
-        return self.first_divergence is None
-
-    def __repr__(self) -> str:
-        where = f", first divergence at token {self.first_divergence.index}" if self.first_divergence else ""
-        return f"<SequenceComparison {self.agreeing}/{len(self.positions)} positions agree{where}>"
-
-    @property
-    def agreeing(self) -> int:
-        return sum(position.agrees for position in self.positions)
-
-    @property
-    def mean_kl(self) -> float | None:
-        values = [p.kl_topk for p in self.positions if p.kl_topk is not None]
-        return float(np.mean(values)) if values else None
-
-
-def compare_sequences(reference: ReferenceTokens, candidate: CandidateTokens) -> SequenceComparison:
+def compare_sequences(reference: ReferenceTokens, candidate: CandidateTokens, *,
+                      strict: frozenset[str] = frozenset(), sent: Mapping[str, object] | None = None
+                      ) -> SequenceComparison:
+    """The candidate's tokens and log-probabilities against the reference's. A candidate whose rows are one
+    token off (llama-cpp-python's echo) is read shifted, with a note, unless `strict` holds logprob_shift;
+    a generated token that is not the candidate's own top-1 names its sampler. `sent`: the request's
+    extra fields (--server-option), named in the sampler's finding."""
     pieces_to_ids = _pieces_to_ids(reference.vocab_pieces)
     alignment = align_offsets(reference, candidate)                 # candidate index -> reference index
+    diagnoses, notes = [], []
+    shift = detect_shift(reference, candidate, alignment)
+    if shift is not None and "logprob_shift" not in strict:
+        candidate = _read_shifted(candidate, shift)
+        notes.append(f"adapted (logprob_shift): {shift.message}; read shifted back; "
+                     "--strict logprob_shift holds it as a failure")
+    elif shift is not None:
+        diagnoses.append(Diagnosis("token_shift", "logprobs", shift.message))
     positions = []
     for index in range(1, len(candidate.pieces)):
         reference_index = alignment.get(index)
@@ -122,10 +83,9 @@ def compare_sequences(reference: ReferenceTokens, candidate: CandidateTokens) ->
     if not positions:
         raise _not_comparable(reference, candidate)
     first = next((p for p in positions if not p.agrees and not p.near_tie), None)
-    diagnoses, notes = [], []
-    shift = detect_shift(reference, candidate, alignment)
-    if shift is not None:
-        diagnoses.append(shift)
+    sampler = detect_sampler(positions, sent or {})
+    if sampler is not None:
+        diagnoses.append(sampler)
     if candidate.first_generated == 0 or all(row is None for row in candidate.top_logprobs[1:candidate.first_generated]):
         notes.append("the candidate returned no log-probabilities for the prompt (no echo support?)")
     covered = sum(len(piece) for piece in candidate.pieces)
@@ -219,8 +179,52 @@ def _row_agreement(reference, candidate, alignment, shift: int) -> tuple[int, in
     return agree, total
 
 
-def detect_shift(reference, candidate, alignment) -> Diagnosis | None:
-    """token_shift: the candidate's rows match the reference's predictions one token off."""
+@dataclass(frozen=True)
+class Shift:
+    """The candidate's row k holds the distribution of token k + rows."""
+
+    rows: int
+    message: str
+
+
+def _read_shifted(candidate: CandidateTokens, shift: Shift) -> CandidateTokens:
+    """The candidate with row k moved to token k + shift.rows (a row with nothing to move in is None)."""
+    import dataclasses
+
+    count = len(candidate.top_logprobs)
+    moved = tuple(candidate.top_logprobs[k - shift.rows] if 0 <= k - shift.rows < count else None
+                  for k in range(count))
+    return dataclasses.replace(candidate, top_logprobs=moved)
+
+
+# What makes a server pick a token that is not its own top-1 at temperature 0 (llama.cpp's and
+# llama-cpp-python's defaults first): the fields a request can set to make it greedy.
+SAMPLER_FIELDS = {"repeat_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "top_k": 1}
+
+
+def detect_sampler(positions: list[PositionResult], sent: Mapping[str, object]) -> Diagnosis | None:
+    """sampler_not_greedy: generated tokens that are not the candidate's own top-1 (its reported
+    log-probabilities are the model's, before the sampler's penalties)."""
+    chosen = [p for p in positions if p.generated and p.candidate_top1 is not None and p.piece != p.candidate_top1]
+    if not chosen:
+        return None
+    first = chosen[0]
+    model_agrees = sum(p.candidate_top1 == p.reference_top[0][0] for p in chosen)
+    unset = [f"{field}={value}" for field, value in SAMPLER_FIELDS.items() if field not in sent]
+    settings = ", ".join(f"{key}={value}" for key, value in sent.items()) or "none beyond temperature 0"
+    fix = (f"pass --server-option {' --server-option '.join(unset[:2])} (the server's request fields; sent: "
+           f"{settings})" if unset else f"its sampler ignores the settings sent ({settings}); check its own flags")
+    return Diagnosis(
+        "sampler_not_greedy", f"token {first.index}",
+        f"the server returned {first.piece!r} at token {first.index} where its own top-1 was {first.candidate_top1!r} "
+        f"({len(chosen)} of {sum(p.generated for p in positions)} generated tokens were not its top-1): its "
+        f"sampler is not greedy though temperature 0 was asked, e.g. llama.cpp's default repeat_penalty 1.1, a "
+        f"presence or frequency penalty; at those tokens its model's top-1 is the reference's at {model_agrees}/"
+        f"{len(chosen)}; {fix}")
+
+
+def detect_shift(reference, candidate, alignment) -> Shift | None:
+    """The candidate's rows match the reference's predictions one token off."""
     as_specified = _row_agreement(reference, candidate, alignment, 0)
     if as_specified[1] == 0 or as_specified[0] / as_specified[1] >= SHIFT_AGREEMENT:
         return None
@@ -228,9 +232,8 @@ def detect_shift(reference, candidate, alignment) -> Diagnosis | None:
         agree, total = _row_agreement(reference, candidate, alignment, shift)
         if total and agree / total >= SHIFT_AGREEMENT:
             direction = "after" if shift > 0 else "before"
-            return Diagnosis(
-                "token_shift",
-                "logprobs",
+            return Shift(
+                shift,
                 f"the candidate's log-probabilities for token k are the reference's prediction for token k{shift:+d} "
                 f"(top-1 agrees at {agree}/{total} rows read shifted, {as_specified[0]}/{as_specified[1]} as specified): "
                 f"each token is scored with the distribution {direction} it instead of the one that predicts it",

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from parity.core.metrics import Measurement, PairSums, ToleranceRule
+from parity.core.pair_sums import Measurement, PairSums, ToleranceRule
 from parity.core.results import Tolerance
 
 # Elements per chunk: about ten float64 temporaries of this many live at once (320 MiB on a GPU, 80 MiB on a CPU).

@@ -20,7 +20,7 @@ from parity.kernel.budget import check_memory
 from parity.kernel.cases import run_case
 from parity.kernel.ops import CONDITIONS, OPS, get_op
 from parity.kernel.pattern import describe
-from parity.kernel.results import CaseResult, KernelReport
+from parity.core.results.kernel import CaseResult, KernelReport
 from parity.kernel.timing import compare_speed
 
 __all__ = ["KernelOptions", "KernelReport", "CaseResult", "OPS", "run_kernel"]

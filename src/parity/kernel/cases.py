@@ -6,11 +6,11 @@ Tolerances are calibrated per case. The noise floor of a dtype is the larger of
     that dtype (x * (1 + 2u * s), s = +-1 at random): what any backward-stable kernel at
     that dtype may be off by, where PyTorch's own kernel happens to be more accurate
     (two: a kernel rounds at least an intermediate and its output);
-and the candidate may make NOISE_FACTOR times that:
+and the candidate may make KERNEL_NOISE_FACTOR times that (core/tolerances.py, with the unit roundoff):
 
     |candidate - reference64| <= atol + rtol * |reference64|
-    atol = NOISE_FACTOR * max(noise max_abs, unit roundoff * max|reference64|, floor)
-    rtol = NOISE_FACTOR * unit roundoff
+    atol = KERNEL_NOISE_FACTOR * max(noise max_abs, unit roundoff * max|reference64|, floor)
+    rtol = KERNEL_NOISE_FACTOR * unit roundoff
 
 For gradients, `floor` is u * max|upstream| * max|output| / max|input|: an ulp of the
 input carried through the op's scale, for gradients that are all but zero (a saturated
@@ -27,12 +27,10 @@ import torch
 
 from parity.core.isolation import guarded, is_user_exit
 from parity.core.metrics import measure
-from parity.core.results import Tolerance
+from parity.core.results import one_line
+from parity.core.results.kernel import NOT_ASKED, CaseResult
+from parity.core.tolerances import kernel_tolerance, unit_roundoff
 from parity.kernel.ops import Case, Op
-from parity.kernel.results import NOT_ASKED, CaseResult
-
-NOISE_FACTOR = 4.0  # a kernel may round differently from PyTorch's (other order, other accumulator) by a few times
-UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
 
 
 def run_case(op: Op, candidate, case: Case, dtype: str, condition: str, *, backward: bool, device: str,
@@ -44,7 +42,7 @@ def run_case(op: Op, candidate, case: Case, dtype: str, condition: str, *, backw
     differentiable = [name for name, tensor in case.inputs.items()
                       if tensor.is_floating_point() and name not in case.constants] if backward else []
     reference64 = _run(op.reference, op, case, exact, differentiable)
-    perturbed = _run(op.reference, op, case, _perturbed(exact, case, UNIT_ROUNDOFF[dtype], seed), differentiable)
+    perturbed = _run(op.reference, op, case, _perturbed(exact, case, unit_roundoff(dtype), seed), differentiable)
     reference_low = _run(op.reference, op, case, low, differentiable)
     not_run = {"checked": False, "reason": NOT_ASKED}
     try:   # the candidate's code and what it returned: whatever it does (raise, exit, return junk) is a finding
@@ -136,14 +134,13 @@ def _compare(reference64: torch.Tensor, noisy: list[torch.Tensor], candidate, dt
     for reference in (low, *others):
         finite = np.isfinite(exact) & np.isfinite(reference)
         noise = max(noise, float(np.abs(reference - exact)[finite].max(initial=0.0)))
-    unit = UNIT_ROUNDOFF[dtype]
-    tolerance = Tolerance(atol=NOISE_FACTOR * max(noise, unit * _max_abs(exact), floor), rtol=NOISE_FACTOR * unit,
-                          basis=f"{NOISE_FACTOR:g}x the reference's own error at {dtype}")
+    tolerance = kernel_tolerance(noise, _max_abs(exact), dtype, floor)
     metrics = measure(exact, got, tolerance, token_axis=0)
     return {"passed": metrics.mismatched == 0, "max_abs": metrics.max_abs, "rel_l2": metrics.rel_l2,
             "mismatched": metrics.mismatched, "numel": metrics.numel, "atol": tolerance.atol, "rtol": tolerance.rtol,
             "noise_max_abs": noise, "nonfinite_candidate": metrics.nan_candidate + metrics.inf_candidate,
-            "excused_nonfinite": int(excused.sum()), "worst_index": metrics.worst_index}
+            "excused_nonfinite": int(excused.sum()), "worst_index": metrics.worst_index,
+            "explanation": one_line(tolerance.explain(metrics))}
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -181,7 +178,7 @@ def _backward(reference64: dict, noisy: list[dict], candidate: dict, names: list
             missing.append(name)
             continue
         input_scale = _max_abs(_numpy(reference64["leaves"][name])) or 1.0
-        floor = UNIT_ROUNDOFF[dtype] * output_scale / input_scale
+        floor = unit_roundoff(dtype) * output_scale / input_scale
         inputs[name] = _compare(gradients["exact"][index], [gradients[f"noisy{i}"][index] for i in range(len(noisy))],
                                 got, dtype, floor)
     if missing:

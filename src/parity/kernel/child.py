@@ -25,7 +25,7 @@ DEFAULT_TIMEOUT_S = 60.0   # one case: a kernel that needs longer at these sizes
 def run_kernel_in_child(op_name: str, spec: str, options, *, timeout_s: float = DEFAULT_TIMEOUT_S, progress=None):
     """The KernelReport of `spec` (FILE.py:FUNCTION) on `op_name`, computed in a child process."""
     from parity.kernel.pattern import describe
-    from parity.kernel.results import CaseResult, KernelReport
+    from parity.core.results.kernel import CaseResult, KernelReport
 
     request = {"op": op_name, "spec": spec, "options": dataclasses.asdict(options)}
     results = run_child("parity.kernel.child", request, step_timeout_s=timeout_s, what=f"the kernel {spec}",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from parity.kernel.results import CaseResult
+from parity.core.results.kernel import CaseResult
 
 TILES = (256, 128, 64, 32, 16, 8)
 

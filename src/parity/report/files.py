@@ -11,8 +11,9 @@ from pathlib import Path
 
 from parity.core.errors import OutputError
 from parity.core.files import check_output_path
+from parity.report import registry
 
-FORMATS = ("html", "junit", "markdown")   # each a module of parity.report with write(result, path, overwrite=)
+FORMATS = ("html", "junit", "markdown")   # each a report format (parity.report.registry) and an option of its name
 
 
 def check(paths: dict[str, str | None], *, overwrite: bool) -> None:
@@ -29,12 +30,5 @@ def check(paths: dict[str, str | None], *, overwrite: bool) -> None:
 
 def write(result, paths: dict[str, str | None], *, overwrite: bool) -> list[Path]:
     """Write each requested report of `result`; returns the paths written."""
-    import importlib
-
-    written = []
-    for option in FORMATS:
-        path = paths.get(option)
-        if path is not None:
-            module = importlib.import_module(f"parity.report.{option}")
-            written.append(module.write(result, path, overwrite=overwrite))
-    return written
+    return [registry.write(result, format, paths[format], overwrite=overwrite)
+            for format in FORMATS if paths.get(format) is not None]

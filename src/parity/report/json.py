@@ -1,22 +1,24 @@
-"""The JSON report (schema in docs/report-schema.md): a plain rendering of a Comparison.
+"""The JSON format (schema in docs/report-schema.md): every result as plain JSON values.
 
 JSON has no NaN or infinity: non-finite metric values are written as null; the
-NaN and Inf counts beside them say what they were.
+NaN and Inf counts beside them say what they were. A layer comparison is written
+a checkpoint at a time (json_text), so a trace of tens of thousands is never held
+whole as text.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from parity.report import json_text
-from parity.core.files import write_atomically
 from parity.core.names import parse
-from parity.core.results import NOT_COMPARABLE, CheckpointResult, Comparison, Metrics, Tolerance
-from parity.core.sequence import PositionResult, SequenceComparison
-from parity.core.tokenization import TokenizerComparison
+from parity.core.results import (NOT_COMPARABLE, BenchReport, CheckpointResult, Comparison, GenerationComparison,
+                                 GradientComparison, KernelReport, Metrics, PositionResult, SanityReport,
+                                 SequenceComparison, Tolerance, TokenizerComparison)
+from parity.report import json_text, registry
 from parity.report.raw import raw_summary
 
 SCHEMA = "parity-report/1"
@@ -81,9 +83,7 @@ def _decode(decode) -> dict[str, Any] | None:
 def _generation(generation) -> dict[str, Any] | None:
     if generation is None:
         return None
-    from parity.report.generation import to_dict as generation_dict
-
-    as_dict = generation_dict(generation)
+    as_dict = generation_to_dict(generation)
     return {key: value for key, value in as_dict.items() if key not in ("schema", "kind")}
 
 
@@ -100,6 +100,7 @@ def _divergence(divergence) -> dict[str, Any] | None:
         "layer": divergence.layer,
         "kind": divergence.kind,
         "position": divergence.position,
+        "onset_position": divergence.onset,
         "per_position": [_number(v) for v in divergence.per_position],
         "per_head": [_number(v) for v in divergence.per_head],
         "worst_elements": [{"index": list(index), "reference": _number(r), "candidate": _number(c),
@@ -182,6 +183,7 @@ def sequence_to_dict(comparison: SequenceComparison) -> dict[str, Any]:
         "verdict": "pass" if comparison else "fail",
         "first_divergence": None if first is None else {"position": first.index, "offset": first.offset,
                                                         "token": first.piece, "generated": first.generated},
+        "headline": comparison.headline,
         "summary": {"compared": len(comparison.positions), "agreeing": comparison.agreeing,
                     "unaligned": comparison.unaligned, "mean_kl_topk": _optional(comparison.mean_kl)},
         "positions": [_position(position) for position in comparison.positions],
@@ -235,33 +237,71 @@ def tokenizer_to_dict(comparison: TokenizerComparison) -> dict[str, Any]:
     }
 
 
-def dumps(comparison) -> str:
-    return json_text.dumps(_as_dict(comparison))
+def generation_to_dict(comparison: GenerationComparison) -> dict[str, Any]:
+    divergence, forced, sampler = comparison.divergence, comparison.teacher_forced, comparison.sampler
+    return {
+        "schema": SCHEMA,
+        "kind": "generation",
+        "verdict": "pass" if comparison else "fail",
+        "prompt": list(comparison.prompt),
+        "reference_tokens": list(comparison.reference_tokens),
+        "candidate_tokens": list(comparison.candidate_tokens),
+        "first_divergence": None if divergence is None else {
+            "step": divergence.step, "reference_token": divergence.reference_token,
+            "candidate_token": divergence.candidate_token, "margin_nats": _number(divergence.margin_nats),
+            "near_tie": divergence.near_tie, "candidate_rank": divergence.candidate_rank,
+            "reference_top": [{"token": token, "probability": p} for token, p in divergence.reference_top],
+        },
+        "teacher_forced": {"kl": [_number(v) for v in forced.kl], "top1": list(forced.top1), "top5": list(forced.top5),
+                           "mean_kl": _number(forced.mean_kl), "margins_nats": [_number(v) for v in forced.margins]},
+        "sampler": None if sampler is None else {
+            "kl": [_number(v) for v in sampler.kl], "total_variation": list(sampler.total_variation),
+            "first_step": sampler.first_step, "fitted_temperature": sampler.fitted_temperature},
+    }
 
 
-def _as_dict(comparison, *, lazy: bool = False) -> dict[str, Any]:
-    from parity.core.generation import GenerationComparison
-    from parity.report import generation
-
-    if isinstance(comparison, GenerationComparison):
-        return generation.to_dict(comparison)
-    if isinstance(comparison, SequenceComparison):
-        return sequence_to_dict(comparison)
-    if isinstance(comparison, TokenizerComparison):
-        return tokenizer_to_dict(comparison)
-    return to_dict(comparison, lazy=lazy)
+# --- the registered renderers -------------------------------------------------------
 
 
-def write(comparison, path: str | Path, *, overwrite: bool = False) -> None:
-    """Write the report to `path` ("-" for standard output); never replaces a file unless told.
-    Checkpoints are encoded and written one at a time."""
-    if str(path) == "-":
-        json_text.dump(_as_dict(comparison, lazy=True), sys.stdout.write)
-        sys.stdout.write("\n")
-        return
+@registry.register(Comparison, "json")
+def _comparison(comparison: Comparison) -> Iterator[str]:
+    yield from json_text.pieces(to_dict(comparison, lazy=True))
+    yield "\n"
 
-    def write_to(file) -> None:
-        json_text.dump(_as_dict(comparison, lazy=True), lambda text: file.write(text.encode("utf-8")))
-        file.write(b"\n")
 
-    write_atomically(path, write_to, overwrite=overwrite, option="--json")
+@registry.register(SequenceComparison, "json")
+def _sequence(comparison: SequenceComparison) -> str:
+    return json_text.dumps(sequence_to_dict(comparison)) + "\n"
+
+
+@registry.register(TokenizerComparison, "json")
+def _tokenizer(comparison: TokenizerComparison) -> str:
+    return json_text.dumps(tokenizer_to_dict(comparison)) + "\n"
+
+
+@registry.register(GenerationComparison, "json")
+def _generation_json(comparison: GenerationComparison) -> str:
+    return json_text.dumps(generation_to_dict(comparison)) + "\n"
+
+
+@registry.register(SanityReport, "json")
+@registry.register(KernelReport, "json")
+@registry.register(BenchReport, "json")
+def _own_dict(report) -> str:
+    """Reports whose JSON is their own to_dict (sanity's follows the course script's shape)."""
+    return json_text.dumps(_json_safe(report.to_dict())) + "\n"
+
+
+@registry.register(GradientComparison, "json")
+def _gradients(comparison: GradientComparison) -> str:
+    return json.dumps(comparison.to_dict(), indent=2, default=str) + "\n"
+
+
+def dumps(result) -> str:
+    """The JSON text of any result."""
+    return registry.render(result, "json").rstrip("\n")
+
+
+def write(result, path: str | Path, *, overwrite: bool = False) -> Path | None:
+    """Write the report to `path` ("-" for standard output); never replaces a file unless told."""
+    return registry.write(result, "json", path, overwrite=overwrite)

@@ -19,36 +19,36 @@ _COMPACT = json.JSONEncoder(allow_nan=False, separators=(", ", ": "))
 
 def dumps(value: Any, *, indent: int = 2) -> str:
     """`value` as JSON (no NaN or infinity: they raise ValueError, as json.dumps(allow_nan=False) does)."""
-    parts: list[str] = []
-    dump(value, parts.append, indent=indent)
-    return "".join(parts)
+    return "".join(pieces(value, indent=indent))
 
 
 def dump(value: Any, write: Callable[[str], Any], *, indent: int = 2) -> None:
-    """`value` as JSON, handed to `write` a record at a time. An iterator inside the top-level object is
-    written as an array as it yields, so a report of tens of thousands of records is never held whole."""
-    _write(value, 0, indent, write)
+    """`value` as JSON, handed to `write` a record at a time."""
+    for piece in pieces(value, indent=indent):
+        write(piece)
 
 
-def _write(value: Any, level: int, indent: int, write: Callable[[str], Any]) -> None:
+def pieces(value: Any, *, indent: int = 2, level: int = 0) -> Iterator[str]:
+    """`value` as JSON, a record at a time. An iterator inside the top-level object is written as an array
+    as it yields, so a report of tens of thousands of records is never held whole."""
     inner, outer = " " * (indent * (level + 1)), " " * (indent * level)
     if isinstance(value, Iterator) and level < LEVELS:
-        write("[")
+        yield "["
         separator = "\n"
         for item in value:
-            write(separator + inner)
-            _write(item, level + 1, indent, write)
+            yield separator + inner
+            yield from pieces(item, indent=indent, level=level + 1)
             separator = ",\n"
-        write("]" if separator == "\n" else "\n" + outer + "]")
+        yield "]" if separator == "\n" else "\n" + outer + "]"
     elif level >= LEVELS or not isinstance(value, (dict, list, tuple)) or not value:
-        write(_COMPACT.encode(value))
+        yield _COMPACT.encode(value)
     elif isinstance(value, dict):
-        write("{")
+        yield "{"
         for position, (key, item) in enumerate(value.items()):
-            write(("\n" if position == 0 else ",\n") + inner + _COMPACT.encode(str(key)) + ": ")
-            _write(item, level + 1, indent, write)
-        write("\n" + outer + "}")
+            yield ("\n" if position == 0 else ",\n") + inner + _COMPACT.encode(str(key)) + ": "
+            yield from pieces(item, indent=indent, level=level + 1)
+        yield "\n" + outer + "}"
     elif not any(isinstance(item, (dict, list, tuple)) for item in value):
-        write(_COMPACT.encode(value))   # an array of numbers or strings: one line
+        yield _COMPACT.encode(value)   # an array of numbers or strings: one line
     else:
-        _write(iter(value), level, indent, write)
+        yield from pieces(iter(value), indent=indent, level=level)

@@ -4,7 +4,7 @@
       <testsuite name="parity.layers" tests= failures= errors= skipped= time= timestamp=>
         <properties><property name="first_divergence" value="layers.7.mlp_act"/> ...</properties>
         <testcase classname="layers.7" name="mlp_act" time="0">
-          <failure type="divergence" message="rel_l2 0.0034 > bound 0.0017 (6x the noise floor)">metrics</failure>
+          <failure type="divergence" message="rel_l2 0.0034 > bound 0.0017, 6x the noise floor 0.00057">metrics</failure>
         </testcase>
         <testcase classname="layers.7" name="q"><skipped message="not comparable: ..."/></testcase>
         <testcase classname="decode" name="token_by_token"/> ...
@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from parity.core.files import write_atomically
 from parity.core.names import parse
-from parity.core.results import FAIL, PASS, CheckpointResult, Comparison
+from parity.core.results import (FAIL, PASS, CheckpointResult, Comparison, GenerationComparison, SequenceComparison,
+                                 TokenizerComparison)
+from parity.report import registry
 from parity.report.text import number, printable
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
@@ -46,7 +47,15 @@ class Case:
 
 
 def to_xml(result, *, suite: str | None = None) -> bytes:
-    cases, properties, kind = _cases(result)
+    """The JUnit XML of any result parity produces."""
+    return registry.render(result, "junit", suite=suite).encode("utf-8")
+
+
+def write(result, path: str | Path, *, overwrite: bool = False) -> Path | None:
+    return registry.write(result, "junit", path, overwrite=overwrite)
+
+
+def _xml(cases: list[Case], properties: list[tuple[str, str]], kind: str, suite: str | None) -> str:
     counts = {outcome: sum(case.outcome == outcome for case in cases) for outcome in (FAILED, SKIPPED)}
     totals = {"tests": str(len(cases)), "failures": str(counts[FAILED]), "errors": "0",
               "skipped": str(counts[SKIPPED]), "time": "0"}
@@ -68,32 +77,33 @@ def to_xml(result, *, suite: str | None = None) -> bytes:
         elif case.outcome == SKIPPED:
             ET.SubElement(testcase, "skipped", {"message": _clean(case.message)})
     ET.indent(root)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
-
-
-def write(result, path: str | Path, *, overwrite: bool = False) -> Path:
-    return write_atomically(path, to_xml(result), overwrite=overwrite, option="--junit")
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True).decode("utf-8") + "\n"
 
 
 def _clean(text: object) -> str:
     return printable(text)
 
 
-def _cases(result) -> tuple[list[Case], list[tuple[str, str]], str]:
-    """(testcases, suite properties, suite kind) for any result parity produces."""
-    from parity.core.generation import GenerationComparison
-    from parity.core.sequence import SequenceComparison
-    from parity.core.tokenization import TokenizerComparison
+@registry.register(Comparison, "junit")
+def _comparison(comparison: Comparison, *, suite: str | None = None) -> str:
+    return _xml(*_comparison_cases(comparison), suite)
 
-    if isinstance(result, Comparison):
-        return _comparison_cases(result)
-    if isinstance(result, GenerationComparison):
-        return _generation_cases(result), [], "generation"
-    if isinstance(result, SequenceComparison):
-        return _sequence_cases(result), [(f"diagnosis.{d.cause}", d.message) for d in result.diagnoses], "tokens"
-    if isinstance(result, TokenizerComparison):
-        return _tokenizer_cases(result), [("reference", result.reference), ("candidate", result.candidate)], "tokenizer"
-    raise TypeError(f"no JUnit report for {type(result).__name__}")
+
+@registry.register(GenerationComparison, "junit")
+def _generation(generation: GenerationComparison, *, suite: str | None = None) -> str:
+    return _xml(_generation_cases(generation), [], "generation", suite)
+
+
+@registry.register(SequenceComparison, "junit")
+def _sequence(comparison: SequenceComparison, *, suite: str | None = None) -> str:
+    return _xml(_sequence_cases(comparison), [(f"diagnosis.{d.cause}", d.message) for d in comparison.diagnoses],
+                "tokens", suite)
+
+
+@registry.register(TokenizerComparison, "junit")
+def _tokenizer(comparison: TokenizerComparison, *, suite: str | None = None) -> str:
+    return _xml(_tokenizer_cases(comparison), [("reference", comparison.reference), ("candidate", comparison.candidate)],
+                "tokenizer", suite)
 
 
 # --- layers -------------------------------------------------------------------------
@@ -140,40 +150,27 @@ def _checkpoint_case(result: CheckpointResult, evidence: list[str]) -> Case:
         return Case(classname, name)
     if result.status != FAIL:
         return Case(classname, name, SKIPPED, f"{result.status}: {result.reason or 'no reason given'}")
-    return Case(classname, name, FAILED, _failure_line(result), "\n".join(_metric_lines(result) + evidence))
-
-
-def _failure_line(result: CheckpointResult) -> str:
-    metrics, tolerance = result.metrics, result.tolerance
-    if metrics is None:
-        return result.reason or "failed"
-    if tolerance is not None and tolerance.calibrated:
-        noise = tolerance.noise_rel_l2
-        times = f", {number(metrics.rel_l2 / noise, 2)}x the noise floor {number(noise)}" if noise else ""
-        return f"rel_l2 {number(metrics.rel_l2)} > bound {number(tolerance.max_rel_l2)}{times}"
-    return (f"{metrics.mismatched}/{metrics.numel} elements outside tolerance; greatest absolute difference "
-            f"{number(metrics.max_abs, 4)} at index {list(metrics.worst_index or ())}")
+    message = result.explanation[0] if result.explanation else "failed"
+    return Case(classname, name, FAILED, message, "\n".join(_metric_lines(result) + evidence))
 
 
 def _metric_lines(result: CheckpointResult) -> list[str]:
+    """The explanation, then every number of the result (a CI server shows them as the failure's body)."""
     lines = [f"checkpoint {result.name}",
-             f"shape reference {list(result.shape_reference)}, candidate {list(result.shape_candidate)}"]
+             f"shape reference {list(result.shape_reference)}, candidate {list(result.shape_candidate)}",
+             *result.explanation]
     metrics, tolerance = result.metrics, result.tolerance
     if metrics is not None:
         lines += [f"mismatched elements: {metrics.mismatched} / {metrics.numel}",
-                  f"greatest absolute difference: {number(metrics.max_abs, 4)} at index "
-                  f"{list(metrics.worst_index or ())} (token {metrics.worst_position})",
-                  f"max_abs {number(metrics.max_abs)}  mean_abs {number(metrics.mean_abs)}  rel_l2 {number(metrics.rel_l2)}"
+                  f"max_abs {number(metrics.max_abs)} at index {list(metrics.worst_index or ())} (token "
+                  f"{metrics.worst_position})  mean_abs {number(metrics.mean_abs)}  rel_l2 {number(metrics.rel_l2)}"
                   f"  cosine {number(metrics.cosine, 6)}  max_rel {number(metrics.max_rel)}"
                   f"  worst token rel_l2 {number(metrics.position_rel_l2)}",
                   f"non-finite: candidate {metrics.nan_candidate} NaN, {metrics.inf_candidate} Inf; "
                   f"reference {metrics.nan_reference} NaN, {metrics.inf_reference} Inf"]
     if tolerance is not None:
-        lines.append(f"tolerance: {tolerance.basis}; atol {number(tolerance.atol)} rtol {number(tolerance.rtol)}"
-                     + (f"; rel_l2 <= {number(tolerance.max_rel_l2)}, noise floor {number(tolerance.noise_rel_l2)}"
-                        if tolerance.calibrated else ""))
+        lines.append(f"tolerance: {tolerance.basis}")
     lines += [f"layout: {result.layout}"] if result.layout else []
-    lines += [f"reason: {result.reason}"] if result.reason else []
     return lines
 
 

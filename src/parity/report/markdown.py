@@ -12,8 +12,8 @@ import html
 import re
 from pathlib import Path
 
-from parity.core.files import write_atomically
-from parity.core.results import Comparison
+from parity.core.results import Comparison, GenerationComparison, SequenceComparison, TokenizerComparison
+from parity.report import registry
 from parity.report.text import number, printable
 
 MAX_ROWS = 25   # failing checkpoints listed before "... and N more"
@@ -34,25 +34,36 @@ def code(value: object) -> str:
 
 
 def render(result) -> str:
-    from parity.core.generation import GenerationComparison
-    from parity.core.sequence import SequenceComparison
-    from parity.core.tokenization import TokenizerComparison
+    """The summary of any result parity produces."""
+    return registry.render(result, "markdown")
 
-    if isinstance(result, Comparison):
-        lines = _comparison(result)
-    elif isinstance(result, GenerationComparison):
-        lines = _heading(bool(result), "generation") + [f"- {line}" for line in _generation_lines(result)]
-    elif isinstance(result, SequenceComparison):
-        lines = _sequence(result)
-    elif isinstance(result, TokenizerComparison):
-        lines = _tokenizer(result)
-    else:
-        raise TypeError(f"no Markdown report for {type(result).__name__}")
+
+def write(result, path: str | Path, *, overwrite: bool = False) -> Path | None:
+    return registry.write(result, "markdown", path, overwrite=overwrite)
+
+
+def _lines(lines: list[str]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write(result, path: str | Path, *, overwrite: bool = False) -> Path:
-    return write_atomically(path, render(result), overwrite=overwrite, option="--markdown")
+@registry.register(Comparison, "markdown")
+def _comparison_summary(comparison: Comparison) -> str:
+    return _lines(_comparison(comparison))
+
+
+@registry.register(GenerationComparison, "markdown")
+def _generation_summary(generation: GenerationComparison) -> str:
+    return _lines(_heading(bool(generation), "generation") + [f"- {line}" for line in _generation_lines(generation)])
+
+
+@registry.register(SequenceComparison, "markdown")
+def _sequence_summary(comparison: SequenceComparison) -> str:
+    return _lines(_sequence(comparison))
+
+
+@registry.register(TokenizerComparison, "markdown")
+def _tokenizer_summary(comparison: TokenizerComparison) -> str:
+    return _lines(_tokenizer(comparison))
 
 
 def _heading(passed: bool, what: str) -> list[str]:
@@ -76,13 +87,13 @@ def _comparison(comparison: Comparison) -> list[str]:
         f"| reference | {text(_describe(comparison.reference_metadata))} |",
         f"| candidate | {text(_describe(comparison.candidate_metadata))} |",
     ]
-    bases = list(dict.fromkeys(r.tolerance.basis for r in comparison.checkpoints if r.tolerance is not None))
+    bases = comparison.tolerance_bases
     if bases:
         lines.append(f"| tolerances | {text(bases[0])}{' (and others)' if len(bases) > 1 else ''} |")
     if divergence is not None:
         position = f", worst at token {divergence.position}" if divergence.position is not None else ""
         lines.append(f"| first divergence | {code(divergence.checkpoint)}{text(position)}: "
-                     f"{text(_numbers(comparison.result(divergence.checkpoint)))} |")
+                     f"{text(_numbers(comparison.result(divergence.checkpoint)), limit=600)} |")
     origin = comparison.origin
     if origin is not None and (divergence is None or origin.checkpoint != divergence.checkpoint):
         lines.append(f"| error introduced at | {code(origin.checkpoint)} |")
@@ -99,18 +110,11 @@ def _comparison(comparison: Comparison) -> list[str]:
 
 
 def _numbers(result) -> str:
-    if result is None or result.metrics is None:
-        return (result.reason or "not compared") if result is not None else "not compared"
-    metrics, tolerance = result.metrics, result.tolerance
-    parts = [f"rel_l2 {number(metrics.rel_l2)}"]
-    if tolerance is not None and tolerance.calibrated:
-        noise = tolerance.noise_rel_l2
-        parts[0] += (f" ({number(metrics.rel_l2 / noise, 2)}x the noise floor {number(noise)}; "
-                     f"bound {number(tolerance.max_rel_l2)})" if noise else f" (bound {number(tolerance.max_rel_l2)})")
-    parts.append(f"{metrics.mismatched}/{metrics.numel} elements mismatched")
-    parts.append(f"greatest absolute difference {number(metrics.max_abs, 4)} at {list(metrics.worst_index or ())}")
-    parts.append(f"cosine {number(metrics.cosine, 6)}")
-    return "; ".join(parts)
+    """The explanation on one line, and the cosine."""
+    if result is None or not result.explanation:
+        return "not compared"
+    cosine = [f"cosine {number(result.metrics.cosine, 6)}"] if result.metrics is not None else []
+    return "; ".join([*result.explanation, *cosine])
 
 
 def _failing_table(comparison: Comparison) -> list[str]:
@@ -165,7 +169,7 @@ def _generation_lines(generation) -> list[str]:
 
 def _sequence(comparison) -> list[str]:
     first = comparison.first_divergence
-    lines = _heading(bool(comparison), f"{comparison.agreeing}/{len(comparison.positions)} token positions agree")
+    lines = _heading(bool(comparison), comparison.headline)
     if first is not None:
         lines.append(f"- first divergence at token {first.index} ({code(repr(first.piece))}): the reference's top-1 is "
                      f"{code(repr(first.reference_top[0][0]))}, margin {number(first.margin_nats)} nats")

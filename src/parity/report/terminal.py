@@ -1,4 +1,4 @@
-"""Printing rich renderables: to a string (tests, logs) or to the terminal, 100 columns when piped.
+"""Laying rich renderables out as text, at a width, with or without colour (the registry prints it).
 
 Every part goes through `_Printable`, which passes each piece of text rich lays out
 through `parity.core.printable.printable`: strings from trace metadata, model files
@@ -40,12 +40,14 @@ def render(parts: list, *, width: int = 100, color: bool = False) -> str:
     return buffer.getvalue()
 
 
-def show(parts: list, console=None) -> None:
-    from rich.console import Console
-
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # pipes and CI logs: rich would assume 80 columns
-            console = Console(width=100)
-    for part in parts:
-        console.print(_Printable(part))
+def screen() -> dict:
+    """How standard output shows a report, as render's options: a terminal's width and colours, or 100
+    columns and plain text when piped (CI logs; rich would assume 80)."""
+    try:
+        from rich.console import Console
+    except ImportError:   # the console report says how to install it; plain-text reports need nothing
+        return {"width": 100, "color": False}
+    console = Console()
+    if not console.is_terminal:
+        return {"width": 100, "color": False}
+    return {"width": console.width, "color": console.color_system is not None}

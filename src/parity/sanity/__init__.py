@@ -17,12 +17,12 @@ from collections.abc import Callable
 
 from parity.core.errors import OptionError, ParityError
 from parity.core.isolation import ExitCalled, guarded, is_user_exit
+from parity.core.results.sanity import FAILED, SKIPPED, SanityReport, TestResult
 from parity.sanity.budget import check_memory
 from parity.sanity.components import (test_attention, test_decoder_layer, test_mlp, test_norm, test_rope,
                                       test_structure)
 from parity.sanity.pair import Pair, SanityConfig, UnusableOutput
 from parity.sanity.reference import build_pair
-from parity.sanity.results import FAILED, SKIPPED, TEST_NAMES, SanityReport, TestResult
 from parity.sanity.whole_model import test_forward, test_gradients, test_kv_cache, test_loss, test_stability
 
 TESTS: dict[str, Callable[[Pair], TestResult]] = {
@@ -30,7 +30,7 @@ TESTS: dict[str, Callable[[Pair], TestResult]] = {
     "mlp": test_mlp, "decoder_layer": test_decoder_layer, "forward": test_forward, "loss": test_loss,
     "kv_cache": test_kv_cache, "gradients": test_gradients, "stability": test_stability,
 }
-assert tuple(TESTS) == TEST_NAMES
+TEST_NAMES = tuple(TESTS)   # the 11 tests, in the order they run and are reported
 
 __all__ = ["SanityConfig", "SanityReport", "TestResult", "run_sanity"]
 
@@ -38,11 +38,14 @@ __all__ = ["SanityConfig", "SanityReport", "TestResult", "run_sanity"]
 def run_sanity(candidate, settings: SanityConfig = SanityConfig(), *, reference: str | None = None,
                progress=None, labels: dict[str, str] | None = None,
                step: Callable[[str], None] | None = None) -> SanityReport:
-    """Run the 11 tests on `candidate` (a torch.nn.Module with a transformers .config)."""
+    """Run the 11 tests on `candidate` (a torch.nn.Module: transformers' interface, or a port with names of its
+    own and `parity_taps`, sanity/names.py)."""
     import torch
 
     torch.manual_seed(settings.seed)
     check_memory(candidate, settings)   # before the inputs are made
+    if step is not None:
+        step("building the reference")     # transformers' import and model: a step of its own
     try:
         with guarded():
             pair = build_pair(candidate, settings, reference)
@@ -102,4 +105,5 @@ def _test_config(pair: Pair, labels: dict[str, str]) -> dict:
     theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta")
     return {**labels, "batch_size": settings.batch_size, "seq_length": settings.seq_length,
             **{name: getattr(config, name) for name in fields if getattr(config, name, None) is not None},
-            **({"rope_theta": theta} if theta else {}), "dtype": settings.dtype, "rtol": tolerance.rtol, "atol": tolerance.atol, "seed": settings.seed}
+            **({"rope_theta": theta} if theta else {}), "dtype": settings.dtype, "rtol": tolerance.rtol, "atol": tolerance.atol, "seed": settings.seed,
+            "strict": settings.strict, "own_names": bool(pair.names)}

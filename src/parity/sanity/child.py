@@ -25,7 +25,7 @@ DEFAULT_TIMEOUT_S = 300.0   # one test; the course's 4-layer model runs all 11 i
 def run_sanity_in_child(spec: str, settings, *, reference: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
                         progress=None, labels: dict[str, str] | None = None):
     """The SanityReport of the model `spec` (FILE.py:FACTORY) builds, computed in a child process."""
-    from parity.sanity.results import SanityReport, TestResult
+    from parity.core.results.sanity import SanityReport, TestResult
 
     request = {"spec": spec, "reference": reference, "settings": dataclasses.asdict(settings), "labels": labels or {}}
     results = run_child("parity.sanity.child", request, step_timeout_s=timeout_s, what=f"the candidate {spec}",

@@ -8,13 +8,17 @@ import inspect
 import torch
 
 from parity.sanity.pair import Pair
-from parity.sanity.results import FAILED, PASSED, SKIPPED, TestResult
+from parity.core.results.sanity import FAILED, PASSED, SKIPPED, TestResult
 
 
 def test_structure(pair: Pair) -> TestResult:
     """Layers, heads, KV heads and sizes against the config; every module and parameter present, same shapes."""
     config, problems, checks = pair.config, [], 0
-    layers = {name.split(".")[2] for name, _ in pair.candidate.named_modules() if name.startswith("model.layers.")}
+    if pair.names:   # a port with its own names: its layers are the modules that make each layer's output
+        layers = {name.split(".")[2] for name in pair.names
+                  if name.startswith("model.layers.") and name.count(".") == 2}
+    else:
+        layers = {name.split(".")[2] for name, _ in pair.candidate.named_modules() if name.startswith("model.layers.")}
     checks += 1
     if len(layers) != config.num_hidden_layers:
         problems.append(f"{len(layers)} decoder layers, the config says {config.num_hidden_layers}")
@@ -31,8 +35,9 @@ def test_structure(pair: Pair) -> TestResult:
                 if module.out_features != width:
                     problems.append(f"model.layers.{layer}.{suffix} gives {module.out_features} features, "
                                     f"the config's heads and sizes give {width}")
-    reference_modules = [name for name, module in pair.reference.named_modules()
-                         if name and (list(module.parameters(recurse=False)) or name.endswith("rotary_emb"))]
+    reference_modules = [name for name, module in pair.reference.named_modules()   # a port's own modules may
+                         if name and (list(module.parameters(recurse=False))      # compute its RoPE inline
+                                      or (name.endswith("rotary_emb") and not pair.names))]
     absent = [name for name in reference_modules if pair.module("candidate", name) is None]
     checks += len(reference_modules) + len(dict(pair.reference.named_parameters()))
     problems += [f"module {name} is missing" for name in absent]
@@ -221,11 +226,10 @@ def _verdict(test: str, results: dict[str, dict], what: str, missing_reason: str
 
 
 def describe(result: dict) -> str:
-    """A comparison in words: 'max_abs 0.31, rel_l2 0.12, 812/16384 elements outside tolerance'."""
+    """A comparison in words: the tolerance's explanation (core/results/tolerance.py), and the rel_l2."""
     if "shape_candidate" in result:
         return f"shape {tuple(result['shape_candidate'])}, the reference's is {tuple(result['shape_reference'])}"
-    text = f"max_abs {result['max_abs']:.3g}, rel_l2 {result['rel_l2']:.3g}, " \
-           f"{result['mismatched']}/{result['numel']} elements outside tolerance"
+    text = f"{result['explanation']}; rel_l2 {result['rel_l2']:.3g}"
     if result["nonfinite_candidate"] > result["nonfinite_reference"]:
         text += f", {result['nonfinite_candidate']} NaN/Inf (the reference has {result['nonfinite_reference']})"
     return text

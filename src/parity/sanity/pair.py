@@ -22,15 +22,8 @@ import torch
 
 from parity.core.errors import OptionError
 from parity.core.metrics import measure
-from parity.core.results import Tolerance
-
-# Tolerances per dtype, when the user gives none: (rtol, atol).
-DEFAULT_TOLERANCES = {
-    "float64": (1e-3, 1e-4),   # the course script's defaults; any bug is far above them
-    "float32": (1e-3, 1e-4),   # the course script's defaults
-    "float16": (1e-2, 1e-2),   # 10 mantissa bits: each op's output rounding is ~5e-4, a layer adds up to ~1e-3
-    "bfloat16": (5e-2, 5e-2),  # 8 mantissa bits: each rounding is ~4e-3
-}
+from parity.core.results import Tolerance, one_line
+from parity.core.tolerances import sanity_tolerance
 
 
 MAX_TOKENS = 1 << 22          # batch x length; far past what a component test needs, far below what overflows
@@ -48,13 +41,14 @@ class SanityConfig:
 
     batch_size: int = 2
     seq_length: int = 32
-    rtol: float | None = None        # None: DEFAULT_TOLERANCES for the dtype
+    rtol: float | None = None        # None: the dtype's in core/tolerances.py
     atol: float | None = None
     dtype: str = "float32"
     device: str = "cpu"
     seed: int = 0
     long_length: int = 512           # stability: the long sequence (capped at max_position_embeddings)
     large_scale: float = 1e3         # stability: hidden states and lm_head weights scaled by this
+    strict: bool = False             # a test not checked fails the run (--strict)
 
     def __post_init__(self) -> None:
         for name, value, low in (("--batch-size", self.batch_size, 1), ("--seq-length", self.seq_length, 2)):
@@ -71,9 +65,7 @@ class SanityConfig:
 
     @property
     def tolerance(self) -> Tolerance:
-        rtol, atol = DEFAULT_TOLERANCES.get(self.dtype, DEFAULT_TOLERANCES["float32"])
-        return Tolerance(atol=self.atol if self.atol is not None else atol,
-                         rtol=self.rtol if self.rtol is not None else rtol, basis=self.dtype)
+        return sanity_tolerance(self.dtype, rtol=self.rtol, atol=self.atol)
 
 
 @dataclass
@@ -87,6 +79,7 @@ class Pair:
     missing: list[str] = field(default_factory=list)      # reference parameters the candidate lacks
     unexpected: list[str] = field(default_factory=list)   # candidate parameters the reference lacks
     mismatched: list[str] = field(default_factory=list)   # same name, other shape
+    names: dict[str, str] = field(default_factory=dict)  # a port with its own names: reference name -> its (names.py)
     _calls: dict[str, dict[str, tuple]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -112,7 +105,39 @@ class Pair:
     def module(self, side: str, name: str):
         """The submodule `name` of the candidate or the reference; None when it has none."""
         model = self.candidate if side == "candidate" else self.reference
-        return dict(model.named_modules()).get(name)
+        return dict(model.named_modules()).get(self.name(side, name))
+
+    def name(self, side: str, name: str) -> str:
+        """The side's name of the reference's module or parameter `name`."""
+        return self.names.get(name, name) if side == "candidate" else name
+
+    def parameter(self, side: str, name: str):
+        """The side's parameter the reference calls `name`; None when it has none."""
+        model = self.candidate if side == "candidate" else self.reference
+        return dict(model.named_parameters()).get(self.name(side, name))
+
+    def model(self, side: str):
+        return self.candidate if side == "candidate" else self.reference
+
+    def forward(self, side: str, ids: torch.Tensor, **kwargs):
+        """The side's model on token ids: as `input_ids=` where its forward takes it, else as its first argument
+        (a port's own forward(ids, ...)); keyword arguments it does not take are left out."""
+        return call_model(self.model(side), ids, **kwargs)
+
+    def takes(self, side: str, argument: str) -> bool:
+        return accepts(self.model(side), argument)
+
+    def loss(self, side: str, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The side's loss on `labels`: its own (forward with labels) where it computes one, else the
+        cross-entropy of its logits as transformers computes it (shifted, ignore_index -100)."""
+        if self.takes(side, "labels"):
+            loss = getattr(self.forward(side, ids, labels=labels), "loss", None)
+            if loss is None:
+                raise UnusableOutput(f"given labels, the {side} returned no .loss")
+            return loss
+        logits = logits_of(self.forward(side, ids)).float()
+        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                 labels[:, 1:].reshape(-1), ignore_index=-100)
 
     def call(self, side: str, name: str, hidden: torch.Tensor, module=None) -> torch.Tensor:
         """Module `name` (or `module` in its place) called as its model calls it, on `hidden` in place of
@@ -133,9 +158,10 @@ class Pair:
         if side not in self._calls:
             self._calls[side] = record_calls(self.candidate if side == "candidate" else self.reference,
                                              self.token_ids())
-        if name not in self._calls[side]:
-            raise OptionError(f"the {side}'s {name} is never called by its forward pass")
-        args, kwargs, result = self._calls[side][name]
+        recorded = self.name(side, name)
+        if recorded not in self._calls[side]:
+            raise OptionError(f"the {side}'s {recorded} is never called by its forward pass")
+        args, kwargs, result = self._calls[side][recorded]
         return result if output else (args, kwargs)
 
     def compare(self, reference: torch.Tensor, candidate: torch.Tensor, tolerance: Tolerance | None = None) -> dict:
@@ -147,8 +173,9 @@ class Pair:
         if tuple(reference.shape) != tuple(candidate.shape):
             return {"passed": False, "shape_reference": list(reference.shape), "shape_candidate": list(candidate.shape)}
         metrics = measure(to_numpy(reference), to_numpy(candidate), tolerance)
-        return {"passed": metrics.mismatched == 0, "max_abs": metrics.max_abs, "rel_l2": metrics.rel_l2,
+        return {"passed": tolerance.admits(metrics), "max_abs": metrics.max_abs, "rel_l2": metrics.rel_l2,
                 "mismatched": metrics.mismatched, "numel": metrics.numel,
+                "explanation": one_line(tolerance.explain(metrics)),
                 "nonfinite_candidate": metrics.nan_candidate + metrics.inf_candidate,
                 "nonfinite_reference": metrics.nan_reference + metrics.inf_reference}
 
@@ -174,11 +201,35 @@ def record_calls(model, input_ids: torch.Tensor) -> dict[str, tuple]:
                 handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
                 handles.append(module.register_forward_hook(after, with_kwargs=True))
         with torch.no_grad():
-            model(input_ids=input_ids, use_cache=False)  # a cache would grow with each replayed call
+            call_model(model, input_ids, use_cache=False)  # a cache would grow with each replayed call
     finally:
         for handle in handles:
             handle.remove()
     return {name: tuple(call) for name, call in calls.items()}
+
+
+def _parameters(model) -> dict:
+    import inspect
+
+    try:
+        return dict(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return {}
+
+
+def accepts(model, argument: str) -> bool:
+    """Whether the model's forward names `argument` or takes **kwargs."""
+    parameters = _parameters(model)
+    return argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def call_model(model, ids: torch.Tensor, **kwargs):
+    """`model` on token ids: `input_ids=` where its forward names it, else as the first argument (a port's own
+    forward(ids, ...)); other keywords only where it takes them."""
+    kept = {key: value for key, value in kwargs.items() if accepts(model, key)}
+    if "input_ids" in _parameters(model):
+        return model(input_ids=ids, **kept)
+    return model(ids, **kept)
 
 
 def first_tensor(output) -> torch.Tensor:

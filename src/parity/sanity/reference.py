@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from parity.core.errors import CaptureError, OptionError, require
+from parity.sanity.names import name_map, own_names
 from parity.sanity.pair import Pair, SanityConfig
 
 
@@ -18,7 +19,7 @@ def build_pair(candidate, settings: SanityConfig, reference_dir: str | None = No
     is that model directory, and its weights are loaded into the candidate.
     """
     transformers = require("transformers", extra="transformers", purpose="parity sanity")
-    config = _transformers_config(candidate, transformers)
+    config = _transformers_config(candidate, transformers, reference_dir)
     if reference_dir is None:
         try:
             reference = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
@@ -39,15 +40,20 @@ def build_pair(candidate, settings: SanityConfig, reference_dir: str | None = No
     candidate.to(device=settings.device, dtype=dtype).eval()
     reference.to(device=settings.device, dtype=dtype).eval()
     pair = Pair(candidate=candidate, reference=reference, config=config, settings=settings)
+    if own_names(candidate, reference):   # a port with names of its own: found through its checkpoints
+        pair.names = name_map(candidate, reference)
     _share_weights(source, target, pair)
     return pair
 
 
-def _transformers_config(candidate, transformers):
+def _transformers_config(candidate, transformers, reference_dir: str | None = None):
     config = getattr(candidate, "config", None)
+    if config is None and reference_dir is not None:
+        return None   # the reference directory's own config
     if config is None:
-        raise OptionError(f"the candidate ({type(candidate).__name__}) has no .config; give it the "
-                          "transformers config it implements (e.g. a LlamaConfig), as transformers' models do")
+        raise OptionError(f"the candidate ({type(candidate).__name__}) has no .config: give --reference MODEL (the "
+                          "directory whose config.json it implements), or set .config on it (a dict with "
+                          "model_type, or a transformers config)")
     if isinstance(config, dict):
         if "model_type" not in config:
             raise OptionError("the candidate's .config is a dict without 'model_type'; add it (e.g. 'llama')")
@@ -61,23 +67,19 @@ def _transformers_config(candidate, transformers):
 
 def _share_weights(source, target, pair: Pair) -> None:
     """Copy `source`'s parameters into `target` by name; record what is missing, unexpected or mismatched."""
-    source_params = dict(source.named_parameters(remove_duplicate=False))
-    target_params = dict(target.named_parameters(remove_duplicate=False))
-    reference_names = target_params if target is pair.reference else source_params
-    candidate_names = source_params if source is pair.candidate else target_params
-    pair.missing = sorted(set(reference_names) - set(candidate_names))
-    pair.unexpected = sorted(set(candidate_names) - set(reference_names))
+    reference_params = dict(pair.reference.named_parameters(remove_duplicate=False))
+    candidate_params = dict(pair.candidate.named_parameters(remove_duplicate=False))
+    paired = {name: pair.name("candidate", name) for name in reference_params}   # reference name -> candidate's
+    pair.missing = sorted(name for name, theirs in paired.items() if theirs not in candidate_params)
+    pair.unexpected = sorted(set(candidate_params) - set(paired.values()))
     with torch.no_grad():
-        for name, parameter in target_params.items():
-            if name not in source_params:
+        for name, theirs in paired.items():
+            if theirs not in candidate_params:
                 continue
-            if source_params[name].shape != parameter.shape:
-                pair.mismatched.append(f"{name}: reference {tuple(pair_shape(pair, name, 'reference'))}, "
-                                       f"candidate {tuple(pair_shape(pair, name, 'candidate'))}")
+            reference, candidate = reference_params[name], candidate_params[theirs]
+            if reference.shape != candidate.shape:
+                pair.mismatched.append(f"{name}: reference {tuple(reference.shape)}, candidate {tuple(candidate.shape)}")
                 continue
-            parameter.copy_(source_params[name])
+            (reference if target is pair.reference else candidate).copy_(
+                candidate if source is pair.candidate else reference)
 
-
-def pair_shape(pair: Pair, name: str, side: str) -> torch.Size:
-    model = pair.reference if side == "reference" else pair.candidate
-    return dict(model.named_parameters(remove_duplicate=False))[name].shape

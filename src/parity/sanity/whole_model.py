@@ -11,8 +11,8 @@ import torch
 from parity.capture.torch.incremental import call_with_cache
 from parity.core.results import Tolerance
 from parity.sanity.components import _verdict
-from parity.sanity.pair import Pair, logits_of, scaled_parameter, to_numpy
-from parity.sanity.results import FAILED, PASSED, TestResult
+from parity.sanity.pair import Pair, UnusableOutput, logits_of, scaled_parameter, to_numpy
+from parity.core.results.sanity import FAILED, PASSED, SKIPPED, TestResult
 
 IGNORE_INDEX = -100
 SHARPEN = 20.0  # lm_head's weights times this, for peaked logits in the loss test
@@ -22,7 +22,8 @@ def test_forward(pair: Pair) -> TestResult:
     """The logits on random token ids: shape (B, T, V), finite, and the reference's."""
     ids = pair.token_ids(salt=40)
     with torch.no_grad():
-        reference, candidate = logits_of(pair.reference(input_ids=ids)), logits_of(pair.candidate(input_ids=ids))
+        reference = logits_of(pair.forward("reference", ids))
+        candidate = logits_of(pair.forward("candidate", ids))
     result = _verdict("forward", {"logits": pair.compare(reference, candidate)}, "logits")
     if result:
         return TestResult("forward", PASSED, f"logits {tuple(candidate.shape)} match the reference's, rel_l2 "
@@ -43,19 +44,23 @@ def test_loss(pair: Pair) -> TestResult:
     Also with lm_head's weights sharpened (x SHARPEN): near-uniform logits (random weights)
     give about ln V for any labelling, shifted or not, so only peaked ones tell.
     """
+    if not pair.takes("candidate", "labels"):
+        return TestResult("loss", SKIPPED, "not checked: the candidate's forward takes no labels, so it computes "
+                          "no loss of its own (the gradients test uses the cross-entropy of its logits)")
     ids = pair.token_ids(salt=50)
     labels = labels_for(ids)
     losses, uniform = {}, math.log(pair.config.vocab_size)
     for label, factor in (("as given", 1.0), (f"lm_head x{SHARPEN:g}", SHARPEN)):
-        scaling = scaled_parameter(pair.reference, "lm_head.weight", factor) if factor != 1.0 else contextlib.nullcontext()
-        candidate_scaling = scaled_parameter(pair.candidate, "lm_head.weight", factor) if factor != 1.0 else contextlib.nullcontext()
-        if factor != 1.0 and "lm_head.weight" not in dict(pair.candidate.named_parameters()):
+        if factor != 1.0 and pair.parameter("candidate", "lm_head.weight") is None:
             continue
+        scaling = _scaled(pair, "reference", factor)
+        candidate_scaling = _scaled(pair, "candidate", factor)
         with scaling, candidate_scaling, torch.no_grad():
-            reference = pair.reference(input_ids=ids, labels=labels).loss
-            candidate = getattr(pair.candidate(input_ids=ids, labels=labels), "loss", None)
-            if candidate is None:
-                return TestResult("loss", FAILED, "given labels, the candidate returned no .loss")
+            reference = pair.loss("reference", ids, labels)
+            try:
+                candidate = pair.loss("candidate", ids, labels)
+            except UnusableOutput as error:
+                return TestResult("loss", FAILED, str(error))
             unshifted = _unshifted_loss(pair, ids, labels)
         losses[label] = {"reference": reference.item(), "candidate": candidate.item(), "unshifted": unshifted,
                          **pair.compare(reference.float().reshape(1), candidate.float().reshape(1))}
@@ -74,10 +79,17 @@ def test_loss(pair: Pair) -> TestResult:
                       f"and with peaked logits too", metrics)
 
 
+def _scaled(pair: Pair, side: str, factor: float):
+    """The side's lm_head weight times `factor` inside the block (nothing when the factor is 1)."""
+    if factor == 1.0:
+        return contextlib.nullcontext()
+    return scaled_parameter(pair.model(side), pair.name(side, "lm_head.weight"), factor)
+
+
 def _unshifted_loss(pair: Pair, ids: torch.Tensor, labels: torch.Tensor) -> float:
     """The reference's cross-entropy of the logits at t against the label at t: the unshifted mistake."""
     with torch.no_grad():
-        logits = logits_of(pair.reference(input_ids=ids)).float()
+        logits = logits_of(pair.forward("reference", ids)).float()
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                              ignore_index=IGNORE_INDEX).item()
 
@@ -89,7 +101,7 @@ def test_kv_cache(pair: Pair) -> TestResult:
     prefill = T // 2
     results = {}
     with torch.no_grad():
-        full = logits_of(pair.candidate(input_ids=ids))
+        full = logits_of(pair.forward("candidate", ids))
         logits, cache = call_with_cache(pair.candidate, ids[:, :prefill], None)
         results[f"prefill 0..{prefill - 1}"] = pair.compare(full[:, :prefill], logits)
         for t in range(prefill, T):
@@ -117,8 +129,10 @@ def test_gradients(pair: Pair) -> TestResult:
     for side, model in (("reference", pair.reference), ("candidate", pair.candidate)):
         model.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            model(input_ids=ids, labels=labels).loss.backward()
+            pair.loss(side, ids, labels).backward()
         gradients[side] = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    # the candidate's gradients under the reference's names, where a port names its parameters otherwise
+    gradients["reference"] = {pair.name("candidate", name): grad for name, grad in gradients["reference"].items()}
     rtol = pair.settings.tolerance.rtol
     none = [name for name, grad in gradients["candidate"].items() if grad is None]
     nonfinite = [name for name, grad in gradients["candidate"].items() if grad is not None and not torch.isfinite(grad).all()]
@@ -146,7 +160,7 @@ def test_stability(pair: Pair) -> TestResult:
     checks, problems = {}, []
     ids = pair.token_ids(salt=80)
     with torch.no_grad():
-        first, second = logits_of(pair.candidate(input_ids=ids)), logits_of(pair.candidate(input_ids=ids))
+        first, second = logits_of(pair.forward("candidate", ids)), logits_of(pair.forward("candidate", ids))
     checks["repeatable"] = bool(torch.equal(first, second))
     if not checks["repeatable"]:
         problems.append(f"two runs on the same input differ (max_abs {(first - second).abs().max().item():.3g})")
@@ -164,7 +178,7 @@ def test_stability(pair: Pair) -> TestResult:
     length = min(pair.settings.long_length, getattr(pair.config, "max_position_embeddings", 512))
     long_ids = pair.token_ids(length=length, batch=1, salt=82)
     with torch.no_grad():
-        outputs = [logits_of(model(input_ids=long_ids)) for model in (pair.reference, pair.candidate)]
+        outputs = [logits_of(pair.forward(side, long_ids)) for side in ("reference", "candidate")]
     checks[f"long_sequence_{length}"] = _new_nonfinite(*outputs)
     if checks[f"long_sequence_{length}"]:
         problems.append(f"a {length}-token sequence gives {checks[f'long_sequence_{length}']} NaN/Inf logits")
@@ -181,14 +195,15 @@ def test_stability(pair: Pair) -> TestResult:
 
 def _large_logits(pair: Pair, ids: torch.Tensor, scale: float):
     """lm_head's weights times `scale` on both sides: the loss must stay finite where the reference's does."""
-    name = "lm_head.weight"
-    if name not in dict(pair.candidate.named_parameters()) or name not in dict(pair.reference.named_parameters()):
+    if pair.parameter("candidate", "lm_head.weight") is None or pair.parameter("reference", "lm_head.weight") is None:
         return "not checked: no lm_head.weight to scale"
+    if not pair.takes("candidate", "labels"):
+        return "not checked: the candidate computes no loss of its own (its forward takes no labels)"
     losses = {}
     labels = labels_for(ids)
-    for side, model in (("reference", pair.reference), ("candidate", pair.candidate)):
-        with scaled_parameter(model, name, scale), torch.no_grad():
-            output = model(input_ids=ids, labels=labels)
+    for side in ("reference", "candidate"):
+        with _scaled(pair, side, scale), torch.no_grad():
+            output = pair.forward(side, ids, labels=labels)
             losses[side] = (output.loss.item(), float(logits_of(output).abs().max()))
     if math.isfinite(losses["reference"][0]) and not math.isfinite(losses["candidate"][0]):
         return (f"with logits up to {losses['reference'][1]:.3g} the loss is {losses['candidate'][0]} "

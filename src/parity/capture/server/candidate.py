@@ -34,7 +34,8 @@ class ServerCandidate(Candidate):
         from parity.capture.server.openai import OpenAIServer
 
         return cls(spec, OpenAIServer(spec, model=context.server_model, timeout_s=context.timeout_s,
-                                      run_deadline=time.monotonic() + context.timeout_s))
+                                      run_deadline=time.monotonic() + context.timeout_s,
+                                      options=tuple(context.server_options)))
 
     @property
     def description(self) -> str:
@@ -43,6 +44,7 @@ class ServerCandidate(Candidate):
     def complete(self, prompt: str, *, max_tokens: int, progress=None):
         """The server's greedy continuation of `prompt`, with per-token log-probabilities (CandidateTokens)."""
         if progress is not None:
+            sent = "".join(f", {key}={value}" for key, value in self.server.options)
             progress.step(f"asking {self.server.completions_url} for {max_tokens} greedy tokens with "
-                          "log-probabilities")
+                          f"log-probabilities (temperature 0{sent})")
         return self.server.complete(prompt, max_tokens=max_tokens)

@@ -28,6 +28,7 @@ class OpenAIServer:
     timeout_s: float = 60.0            # total, per request: connecting, sending, waiting and reading
     api_key: str | None = None
     run_deadline: float | None = None  # time.monotonic() by which every request of the run must be done
+    options: tuple[tuple[str, Any], ...] = ()   # more request fields (sampler settings: repeat_penalty=1.0, ...)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.timeout_s, (int, float)) and 0 < self.timeout_s < math.inf):
@@ -48,7 +49,8 @@ class OpenAIServer:
         except UnicodeEncodeError as error:
             raise OptionError(f"the prompt holds {prompt[error.start]!r} at character {error.start}, which is not "
                               "Unicode text (bytes that are not UTF-8?); give the prompt as UTF-8 text") from None
-        request = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "echo": True, "logprobs": top_logprobs}
+        request = {"temperature": 0, **dict(self.options),
+                   "prompt": prompt, "max_tokens": max_tokens, "echo": True, "logprobs": top_logprobs}
         if self.model:
             request["model"] = self.model
         answer = self._post(request)

@@ -49,7 +49,8 @@ def _not_runnable(candidate, prompt: list[int], steps: int) -> dict[str, str]:
 
 
 def _checked(comparison, reference, reference_model, candidate, prompt, steps, taps, skipped, progress) -> Comparison:
-    from parity.core.generation import GenerationComparison, first_divergence, greedy, teacher_forced
+    from parity.core.generation import first_divergence, greedy, teacher_forced
+    from parity.core.results import GenerationComparison
 
     progress.step(f"greedy decoding {steps} tokens on both sides")
     continuation, reference_rows = greedy(reference_model.logits, prompt, steps)

@@ -42,6 +42,9 @@ def add_arguments(parser) -> None:
                         help="server candidates: seconds the whole exchange may take (total, not per read); "
                              "--nproc candidates: seconds each step of the ranks may take")
     parser.add_argument("--server-model", help="server candidates: the 'model' field to send")
+    parser.add_argument("--server-option", type=options.server_option, action="append", default=[],
+                        metavar="KEY=VALUE", help="server candidates: a field of the completion request, e.g. "
+                        "repeat_penalty=1.0 or top_k=1 (repeatable; VALUE read as JSON where it is)")
     parser.add_argument("--nproc", type=options.positive_int, metavar="N",
                         help="run the candidate FILE.py:FACTORY on N processes through torch.distributed "
                              "(tensor parallel; gloo on CPU, NCCL on GPUs); its `parity_shards` merges the ranks")
@@ -85,7 +88,8 @@ def run(args) -> int:
         dtype=args.dtype, calibrate=not args.no_calibrate, checkpoints=args.checkpoints,
         tolerance=user_tolerance(args.atol, args.rtol), taps=args.taps,
         save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
-        max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model, replay=args.replay,
+        max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model,
+        server_options=tuple(args.server_option), replay=args.replay,
         weights=args.weights, decode_steps=args.decode_steps, placement=options.placement(args),
         raw=not args.no_raw, kv_type=args.kv_type, on_device=args.on_device, strict=args.strict,
     )
@@ -96,21 +100,22 @@ def run(args) -> int:
 
 def _gradients(args) -> int:
     """parity check --gradients: the next-token loss's gradients, checkpoint by checkpoint and per parameter."""
-    import json
-
-    from parity.commands.gradients import render, run_gradients
+    from parity.commands.gradients import run_gradients
     from parity.commands.output import EXIT_DIVERGED, EXIT_PASS
-    from parity.core.files import write_atomically
+    from parity.report import registry
 
     options.one_input(args.prompt, args.tokens)
+    if args.json and args.json != "-":
+        from parity.core.files import check_output_path
+
+        check_output_path(args.json, overwrite=args.force, option="--json")
     with progress() as steps:
         comparison = run_gradients(args.model, args.candidate, options.token_ids(args.tokens), args.prompt,
                                    args.taps, steps)
-    text = json.dumps(comparison.to_dict(), indent=2, default=str)
     if args.json == "-":
-        print(text)
+        registry.write(comparison, "json", "-")
     else:
         if args.json:
-            write_atomically(args.json, text + "\n", overwrite=args.force, option="--json")
-        print(render(comparison))
+            registry.write(comparison, "json", args.json, overwrite=args.force)
+        registry.show(comparison)
     return EXIT_PASS if comparison else EXIT_DIVERGED

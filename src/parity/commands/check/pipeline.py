@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from parity.capture.candidate import Candidate, CandidateContext, TraceRequest, open_candidate, parse_candidate
 from parity.capture.hf.placement import Placement
@@ -47,6 +48,7 @@ class CheckOptions:
     max_tokens: int = 16                # server candidates
     timeout_s: float = 60.0
     server_model: str | None = None
+    server_options: tuple[tuple[str, Any], ...] = ()   # fields added to a server's completion request
     placement: Placement | None = None  # the reference's devices and offload (accelerate)
     kv_type: str = "f16"                # llama.cpp candidates: the KV cache type
     on_device: bool = False             # torch candidates on the reference's device: measure there (on_device.py)

@@ -17,11 +17,13 @@ def check_server(options, progress):
     if options.prompt is None:
         raise OptionError("a server candidate needs --prompt TEXT (it tokenizes the text itself)")
     quiet_transformers()
-    context = CandidateContext(server_model=options.server_model, timeout_s=options.timeout_s, progress=progress)
+    context = CandidateContext(server_model=options.server_model, timeout_s=options.timeout_s, progress=progress,
+                               server_options=options.server_options)
     with open_candidate(options.candidate, context, needs=("sequence",)) as candidate:
         tokens = candidate.complete(options.prompt, max_tokens=options.max_tokens, progress=progress)
     dtype = options.dtype or "float32"
     progress.step(f"loading {options.model} ({dtype})")
     reference = load_model(options.model, dtype=dtype)
     progress.step("scoring the candidate's text with the reference")
-    return compare_sequences(reference.reference_tokens(tokens.text), tokens)
+    return compare_sequences(reference.reference_tokens(tokens.text), tokens, strict=options.strict,
+                             sent=dict(options.server_options))
