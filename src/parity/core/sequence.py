@@ -83,7 +83,8 @@ def compare_sequences(reference: ReferenceTokens, candidate: CandidateTokens, *,
     if not positions:
         raise _not_comparable(reference, candidate)
     first = next((p for p in positions if not p.agrees and not p.near_tie), None)
-    sampler = detect_sampler(positions, sent or {})
+    held_shift = shift is not None and "logprob_shift" in strict   # rows misread: no reading of the sampler
+    sampler = None if held_shift else detect_sampler(positions, sent or {})
     if sampler is not None:
         diagnoses.append(sampler)
     if candidate.first_generated == 0 or all(row is None for row in candidate.top_logprobs[1:candidate.first_generated]):

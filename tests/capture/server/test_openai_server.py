@@ -62,17 +62,49 @@ def test_prompt_and_continuation_logprobs_from_the_real_server(llama_server):
     assert all(len(row) >= 5 for row in candidate.top_logprobs[1:])
 
 
-def test_comparison_with_the_reference_finds_the_servers_one_token_shift(llama_server, smollm2_reference):
+def test_the_servers_one_token_shift_is_adapted_with_a_note_and_held_under_strict(llama_server, smollm2_reference):
     candidate = OpenAIServer(llama_server).complete(PROMPT, max_tokens=6)
     comparison = compare_sequences(smollm2_reference.reference_tokens(candidate.text), candidate)
+    # Its echoed log-probabilities score each token with the distribution after it: read shifted back, noted.
+    assert comparison, comparison.first_divergence
+    assert any(note.startswith("adapted (logprob_shift)") for note in comparison.notes), comparison.notes
     generated = [p for p in comparison.positions if p.generated]
-    # The greedy continuation is the reference's own choice at every step: the model computes the same function.
     assert generated and all(p.agrees or p.near_tie for p in generated)
-    # But its echoed log-probabilities score each token with the distribution after it, not the one that predicts it.
-    assert not comparison
-    assert [d.cause for d in comparison.diagnoses] == ["token_shift"]
     # and it drops the last generated token from its log-probabilities: that is said, not hidden.
     assert any("cover" in note for note in comparison.notes)
+    held = compare_sequences(smollm2_reference.reference_tokens(candidate.text), candidate,
+                             strict=frozenset({"logprob_shift"}))
+    assert not held and [d.cause for d in held.diagnoses] == ["token_shift"]
+
+
+REPEATED = "The cat sat on the mat. The cat sat on the mat. The cat sat on the"
+
+
+def test_the_servers_default_repeat_penalty_is_named_and_greedy_settings_pass(llama_server, smollm2_reference):
+    """llama-cpp-python's default repeat_penalty 1.1 picks tokens that are not its own top-1 at temperature 0."""
+    served = OpenAIServer(llama_server).complete(REPEATED, max_tokens=24)
+    comparison = compare_sequences(smollm2_reference.reference_tokens(served.text), served)
+    assert not comparison
+    assert [d.cause for d in comparison.diagnoses] == ["sampler_not_greedy"], comparison.diagnoses
+    assert "--server-option repeat_penalty=1.0" in comparison.diagnoses[0].message
+    options = {"repeat_penalty": 1.0}
+    greedy = OpenAIServer(llama_server, options=tuple(options.items())).complete(REPEATED, max_tokens=24)
+    comparison = compare_sequences(smollm2_reference.reference_tokens(greedy.text), greedy, sent=options)
+    assert comparison, comparison.first_divergence
+    assert not comparison.diagnoses
+
+
+def test_check_passes_the_server_with_a_sampler_option(llama_server, smollm2_gguf, tmp_path):
+    from parity.cli import main
+
+    report = tmp_path / "server.json"
+    code = main(["check", str(smollm2_gguf), llama_server, "--prompt", REPEATED, "-n", "24",
+                 "--server-option", "repeat_penalty=1.0", "--json", str(report)])
+    assert code == 0
+    assert json.loads(report.read_text())["headline"].startswith("prompt: top-1 agrees at ")
+    assert main(["check", str(smollm2_gguf), llama_server, "--prompt", REPEATED, "-n", "24",
+                 "--json", str(report), "--force"]) == 1
+    assert [d["cause"] for d in json.loads(report.read_text())["diagnoses"]] == ["sampler_not_greedy"]
 
 
 def test_a_server_that_is_down_is_a_clear_error():
