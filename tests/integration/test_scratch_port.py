@@ -100,3 +100,16 @@ def test_sanity_fails_a_planted_bug_of_the_port_at_its_tests(model_dirs, factory
     result, tests = sanity(model_dirs["llama"], factory, tmp_path)
     assert result.returncode == 1
     assert {name for name, test in tests.items() if test["status"] == "failed"} == failing
+
+
+@pytest.mark.parametrize("factory, passes", [("build_bfloat16", True), ("rope_interleaved", False),
+                                             ("eps_outside_sqrt", False)])
+def test_generate_holds_teacher_forced_kl_to_the_ports_precision(model_dirs, factory, passes):
+    """On a tiny random model greedy decoding rarely tells a bug (its distributions are near uniform); the
+    teacher-forced KL against 9x what the port's precision makes does."""
+    result = parity("generate", model_dirs["llama"], f"{PORT}:{factory}", "--tokens", TOKEN_ARG, "-n", "6",
+                    "--json", "-")
+    assert result.returncode == (0 if passes else 1), result.stderr
+    forced = json.loads(result.stdout)["teacher_forced"]
+    assert forced["kl_bound"] > 0 and ("bfloat16" if factory == "build_bfloat16" else "float32") in forced["kl_basis"]
+    assert bool(forced["over_bound"]) is not passes

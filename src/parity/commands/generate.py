@@ -57,7 +57,11 @@ def run(args) -> int:
     reference's top-5 and the margin between its top two there, so that a near
     tie (a flip noise can cause) is told apart from a real divergence. Then
     scores the reference's continuation on both sides (teacher-forced): per
-    position KL divergence and top-1 / top-5 agreement. With --sampler
+    position KL divergence and top-1 / top-5 agreement. Where the candidate's
+    precision is known, the reference is run in float64 and at that precision,
+    and each position's KL is held to 9x the largest KL that precision makes
+    there (plus a floor of 1e-9 nats): a bug that moves the distribution more
+    than rounding does fails even where greedy decoding agrees. With --sampler
     FILE.py:FUNCTION(logits, temperature, top_k, top_p) -> probabilities, also
     compares the candidate's sampler with the reference sampler on the same logits.
     CANDIDATE is llamacpp:FILE.gguf, a model directory or .gguf, or FILE.py:FACTORY.
@@ -95,7 +99,9 @@ def run_generate(options: GenerateOptions, progress) -> GenerationComparison:
         progress.step("scoring the reference's continuation on both sides")
         sequence = list(prompt) + reference_tokens
         reference_logits = reference.logits(sequence)
-        forced = teacher_forced(reference_logits, candidate_logits(sequence), len(prompt))
+        scored = candidate_logits(sequence)
+        forced = calibrated(reference, candidate.numerics, sequence, len(prompt), scored, progress) \
+            or teacher_forced(reference_logits, scored, len(prompt))
     sampler = None
     if options.sampler:
         progress.step(f"checking the sampler {options.sampler}")
@@ -104,6 +110,28 @@ def run_generate(options: GenerateOptions, progress) -> GenerationComparison:
     return GenerationComparison(tuple(prompt), tuple(reference_tokens), tuple(candidate_tokens),
                                 first_divergence(reference_tokens, candidate_tokens, reference_rows), forced, sampler,
                                 reference.vocab_pieces())
+
+
+def calibrated(reference, numerics, sequence: list[int], start: int, candidate_logits, progress):
+    """Teacher-forced scores against the reference in float64, each position's KL held to kl_bound of the KL
+    the candidate's precision makes (the reference run at it); None when that precision is not known."""
+    import dataclasses
+
+    from parity.capture.hf.model import load_model
+    from parity.core.generation import KL_FACTOR, kl_bound
+
+    if numerics is None:
+        return None
+    progress.step("the reference in float64 and at the candidate's precision, for the KL bound")
+    truth = load_model(reference.path, dtype="float64")
+    truth_logits = truth.logits(sequence)
+    del truth
+    with numerics.reference(reference) as lowp:
+        noise = teacher_forced(truth_logits, lowp.logits(sequence), start).kl
+    forced = teacher_forced(truth_logits, candidate_logits, start)
+    precision = numerics.label or numerics.dtype
+    return dataclasses.replace(forced, kl_bound=kl_bound(noise), kl_basis=(
+        f"{KL_FACTOR:g} x the largest KL {precision} makes ({max(noise, default=0.0):.3g} nats) + a floor"))
 
 
 def _function(spec: str):

@@ -51,6 +51,17 @@ def first_divergence(reference_tokens, candidate_tokens, reference_rows) -> Gree
     return None
 
 
+# KL grows with the square of a logit error: 9x the noise's KL is the 3x the noise every other bound allows.
+KL_FACTOR = 9.0
+KL_FLOOR_NATS = 1e-9   # two float32 implementations of one model differ by about 1e-12 nats
+
+
+def kl_bound(noise_kl: tuple[float, ...]) -> float:
+    """The KL a candidate may have at any position: KL_FACTOR x the largest its precision makes, plus a floor."""
+    finite = [kl for kl in noise_kl if np.isfinite(kl)]
+    return KL_FACTOR * max(finite, default=0.0) + KL_FLOOR_NATS
+
+
 def teacher_forced(reference_logits: np.ndarray, candidate_logits: np.ndarray, start: int) -> TeacherForced:
     """Compare the rows that predict positions start.. (row t predicts token t + 1)."""
     reference = log_softmax(reference_logits[start - 1:-1])

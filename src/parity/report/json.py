@@ -252,7 +252,8 @@ def generation_to_dict(comparison: GenerationComparison) -> dict[str, Any]:
             "near_tie": divergence.near_tie, "candidate_rank": divergence.candidate_rank,
             "reference_top": [{"token": token, "probability": p} for token, p in divergence.reference_top],
         },
-        "teacher_forced": {"kl": [_number(v) for v in forced.kl], "top1": list(forced.top1), "top5": list(forced.top5),
+        "teacher_forced": {"kl_bound": _optional(forced.kl_bound), "kl_basis": forced.kl_basis,
+                           "over_bound": forced.over_bound, "kl": [_number(v) for v in forced.kl], "top1": list(forced.top1), "top5": list(forced.top5),
                            "mean_kl": _number(forced.mean_kl), "margins_nats": [_number(v) for v in forced.margins]},
         "sampler": None if sampler is None else {
             "kl": [_number(v) for v in sampler.kl], "total_variation": list(sampler.total_variation),

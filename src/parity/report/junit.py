@@ -218,8 +218,16 @@ def _generation_cases(generation) -> list[Case]:
     real = forced.real_disagreements
     summary = (f"mean KL {number(forced.mean_kl, 4)} nats; top-1 agrees {sum(forced.top1)}/{len(forced.top1)}, "
                f"top-5 {sum(forced.top5)}/{len(forced.top5)}")
-    cases.append(Case("generation", "teacher_forced") if not real else
-                 Case("generation", "teacher_forced", FAILED, f"top-1 differs (not near ties) at positions {real}; {summary}"))
+    over = forced.over_bound
+    if real:
+        cases.append(Case("generation", "teacher_forced", FAILED,
+                          f"top-1 differs (not near ties) at positions {real}; {summary}"))
+    elif over:
+        cases.append(Case("generation", "teacher_forced", FAILED,
+                          f"KL over the bound {number(forced.kl_bound)} nats ({forced.kl_basis}) at positions "
+                          f"{over}; {summary}"))
+    else:
+        cases.append(Case("generation", "teacher_forced"))
     sampler = generation.sampler
     if sampler is not None:
         cases.append(Case("generation", "sampler") if sampler.first_step is None else Case(

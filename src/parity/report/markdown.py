@@ -160,6 +160,10 @@ def _generation_lines(generation) -> list[str]:
                   f"{number(divergence.margin_nats)} nats: {kind})")
     lines = [text(greedy), text(f"teacher-forced: mean KL {number(forced.mean_kl, 4)} nats, top-1 agrees "
                                 f"{sum(forced.top1)}/{len(forced.top1)}")]
+    if forced.kl_bound is not None:
+        over = forced.over_bound
+        lines.append(text(f"KL bound {number(forced.kl_bound)} nats ({forced.kl_basis}): "
+                          + (f"over it at positions {over}" if over else "within it at every position")))
     sampler = generation.sampler
     if sampler is not None:
         lines.append(text("sampler: matches the reference sampler" if sampler.first_step is None else

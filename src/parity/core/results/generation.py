@@ -33,9 +33,18 @@ class TeacherForced:
     top1: tuple[bool, ...]         # candidate's top-1 == reference's top-1
     top5: tuple[bool, ...]         # candidate's top-1 within the reference's top 5
     margins: tuple[float, ...]     # the reference's top-1 minus top-2 log-probability
+    kl_bound: float | None = None  # calibrated: KL_FACTOR x the largest KL the candidate's precision makes + a floor
+    kl_basis: str = ""             # what the bound is (or why there is none)
 
     def __repr__(self) -> str:
         return f"<TeacherForced mean KL {self.mean_kl:.4g}, top-1 {sum(self.top1)}/{len(self.top1)}>"
+
+    @property
+    def over_bound(self) -> list[int]:
+        """Positions whose KL is over the calibrated bound (a NaN KL is over it)."""
+        if self.kl_bound is None:
+            return []
+        return [i for i, kl in enumerate(self.kl) if not kl <= self.kl_bound]
 
     @property
     def mean_kl(self) -> float:
@@ -77,4 +86,6 @@ class GenerationComparison:
 
     def __bool__(self) -> bool:
         greedy_ok = self.divergence is None or self.divergence.near_tie
-        return greedy_ok and not self.teacher_forced.real_disagreements and (self.sampler is None or bool(self.sampler))
+        forced = self.teacher_forced
+        return (greedy_ok and not forced.real_disagreements and not forced.over_bound
+                and (self.sampler is None or bool(self.sampler)))

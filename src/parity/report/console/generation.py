@@ -43,6 +43,13 @@ def renderables(comparison: GenerationComparison) -> list:
         f"(max {max(forced.kl, default=0):.4g}), top-1 agrees {sum(forced.top1)}/{len(forced.top1)}, "
         f"within the reference's top 5 {sum(forced.top5)}/{len(forced.top5)}"
         + (f"; disagreements that are not near ties at positions {forced.real_disagreements}" if forced.real_disagreements else "")))
+    if forced.kl_bound is not None:
+        over = forced.over_bound
+        parts.append(Text(
+            f"  KL bound {forced.kl_bound:.3g} nats ({forced.kl_basis}): "
+            + (f"over it at {len(over)} of {len(forced.kl)} positions, first at position {over[0]}: the "
+               "candidate's distribution moves more than its precision's rounding does" if over else
+               "within it at every position")))
     if comparison.sampler is not None:
         sampler = comparison.sampler
         if sampler:
