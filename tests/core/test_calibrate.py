@@ -67,3 +67,16 @@ def test_exact_checkpoints_get_the_floor():
 def test_calibration_runs_must_share_the_tokens():
     with pytest.raises(OptionError, match="other token ids"):
         check_same_tokens(make_trace(REFERENCE, {"tokens": [1, 2]}), make_trace(REFERENCE, {"tokens": [1, 3]}))
+
+
+def test_a_layer_whose_noise_dips_below_both_neighbours_is_lifted_and_nothing_else_moves():
+    from parity.core.calibrate import without_dips
+    from parity.core.results import NoiseFloor
+
+    measured = [3.0e-4, 3.6e-4, 7.7e-5, 1.8e-4, 2.0e-4, 2.5e-4]   # layer 2 dips, as SmolLM2's layers.12.out did
+    floors = {f"layers.{i}.out": NoiseFloor(value, 2 * value) for i, value in enumerate(measured)}
+    floors["logits"] = NoiseFloor(1e-3, 2e-3)
+    smoothed = without_dips(floors)
+    assert smoothed["layers.2.out"] == NoiseFloor(1.8e-4, 3.6e-4)   # the lower of its neighbours
+    unchanged = [name for name in floors if name != "layers.2.out"]
+    assert all(smoothed[name] == floors[name] for name in unchanged)   # rising, falling, ends, other kinds

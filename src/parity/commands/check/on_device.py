@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Callable
 
 from parity.capture.torch.module import base_metadata, input_ids_of, nothing_recorded, recorded_tensors, returned_logits, traced_forward
-from parity.core.calibrate import NoiseFloor, noise_floor
+from parity.core.calibrate import NoiseFloor, noise_floor, without_dips
 from parity.core.compare import CompareConfig, compare, compare_checkpoint, require_compared
 from parity.core.errors import OptionError
 from parity.core.names import INDEX_KINDS, Checkpoint, parse
@@ -72,7 +72,7 @@ def noise_on_device(reference: Trace, lowp_model, *, taps, checkpoints: str | No
             floors[name] = noise_floor(name, reference[name], tensor)
 
     _run_measured(lowp_model, reference.tokens, measure, taps=taps, checkpoints=checkpoints, raw=raw)
-    return floors
+    return without_dips(floors)
 
 
 def candidate_on_device(reference: Trace, model, config: CompareConfig, *, taps, raw: bool,
