@@ -18,7 +18,7 @@ def traces(model_dirs, tmp_path_factory):
     directory = tmp_path_factory.mktemp("numpy_port")
     written = {}
     for name, dtype, bug in (("float32", "float32", None), ("float16", "float16", None),
-                             ("rope", "float32", "rope_interleaved")):
+                             ("rope", "float32", "rope_interleaved"), ("swap", "float32", "mlp_operands_swapped")):
         written[name] = directory / name
         numpy_llama.main([str(model_dirs["llama"]), str(written[name]), "--tokens", TOKEN_ARG, "--dtype", dtype]
                          + (["--bug", bug] if bug else []))
@@ -39,6 +39,14 @@ def test_a_rope_pair_layout_bug_is_named_through_the_adapted_layout(model_dirs, 
     assert result.returncode == 1 and report["first_divergence"]["checkpoint"] == "layers.0.q_rope"
     assert len(report["first_divergence"]["per_position"]) == len(TOKENS)
     assert [d["cause"] for d in report["diagnoses"]][:1] == ["rope_layout"]
+
+
+def test_an_mlp_operand_swap_is_named_through_the_adapted_layout(model_dirs, traces):
+    result = parity("check", model_dirs["llama"], traces["swap"], "--tokens", TOKEN_ARG, "--json", "-")
+    report = json.loads(result.stdout)
+    assert result.returncode == 1 and report["first_divergence"]["checkpoint"] == "layers.0.mlp_act"
+    [wiring] = [d for d in report["diagnoses"] if d["checkpoint"] == "layers.0.mlp_act"]
+    assert "gate and up operands are exchanged" in wiring["message"]
 
 
 def test_strict_layout_fails_the_same_trace(model_dirs, traces):
