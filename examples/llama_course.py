@@ -32,6 +32,7 @@ class Bugs:
     read_cache: bool = True       # False: decoding stores keys and values but attends to the new token only
     detach: str | None = None     # a parameter name: its weight is used through .detach() (no gradient)
     naive_cross_entropy: bool = False  # log(softmax) by hand: large logits give inf
+    naive_softmax: bool = False   # attention's exp(scores) / sum without subtracting the maximum: large scores give inf
 
 
 def course_config(**overrides):
@@ -119,7 +120,12 @@ class Attention(nn.Module):
         S = k.shape[2]
         future = torch.ones(T, S, dtype=torch.bool, device=q.device).triu(1 + S - T)
         scores = scores.masked_fill(future, float("-inf"))
-        context = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v                         # (B, H, T, hd)
+        if self.bugs.naive_softmax:
+            weights = scores.float().exp()
+            probabilities = weights / weights.sum(-1, keepdim=True)
+        else:
+            probabilities = torch.softmax(scores.float(), dim=-1)
+        context = probabilities.to(q.dtype) @ v                                                   # (B, H, T, hd)
         return F.linear(context.transpose(1, 2).reshape(B, T, -1), _weight(self.o_proj, f"model.layers.{self.index}.self_attn.o_proj.weight", self.bugs))
 
 
@@ -233,6 +239,7 @@ PLANTED = {
     "sum_norm": Bugs(norm="no_mean"), "wrong_rope": Bugs(rope_base="hidden"), "tiled_gqa": Bugs(gqa="tile"),
     "unshifted_loss": Bugs(loss_shift=False), "unread_cache": Bugs(read_cache=False),
     "detached_weight": Bugs(detach="model.layers.1.mlp.down_proj.weight"), "naive_loss": Bugs(naive_cross_entropy=True),
+    "naive_softmax": Bugs(naive_softmax=True),
 }
 
 
@@ -243,3 +250,4 @@ def unshifted_loss(): return default_model(PLANTED["unshifted_loss"])   # noqa: 
 def unread_cache(): return default_model(PLANTED["unread_cache"])       # noqa: E704
 def detached_weight(): return default_model(PLANTED["detached_weight"]) # noqa: E704
 def naive_loss(): return default_model(PLANTED["naive_loss"])           # noqa: E704
+def naive_softmax(): return default_model(PLANTED["naive_softmax"])     # noqa: E704

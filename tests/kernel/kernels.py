@@ -115,3 +115,13 @@ def rope(x, cos, sin):
 CORRECT = {"rms_norm": rms_norm, "layer_norm": layer_norm, "softmax": softmax, "silu": silu, "swiglu": swiglu,
            "gelu": gelu, "gelu_tanh": gelu, "linear": linear, "embedding": embedding, "cross_entropy": cross_entropy,
            "attention": attention, "rope": rope}
+
+
+def attention_last_row_unwritten(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False):
+    """A tiled attention kernel whose last query row is never written (left as the buffer's zeros)."""
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                                                           is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+    written = torch.zeros_like(out)
+    written[..., :-1, :] = out[..., :-1, :]
+    return written

@@ -38,14 +38,25 @@ def test_torchs_own_function_is_called_as_it_expects_and_passes(op):
 def test_a_tiled_kernel_that_drops_the_tail_fails_at_lengths_off_the_tile():
     report = run_kernel("rms_norm", kernels.rms_norm_tiled)
     assert report.verdict == "failed"
-    assert report.pattern == "fails at T = 1, 13, 127, 257: lengths that are not a multiple of 64"
+    assert report.pattern == ("fails at T = 1, 13, 127, 257: lengths that are not a multiple of 64; "
+                              "the rows past the last full tile of 64 are wrong")
     assert {case.length for case in report.cases if case} == {64}
 
 
 def test_the_pattern_names_the_tile_for_the_seed_lengths():
     report = run_kernel("rms_norm", kernels.rms_norm_tiled, KernelOptions(lengths=(13, 64, 127, 128, 257),
                                                                           dtypes=("float32",)))
-    assert report.pattern == "fails at T = 13, 127, 257: lengths that are not a multiple of 64"
+    assert report.pattern.startswith("fails at T = 13, 127, 257: lengths that are not a multiple of 64")
+
+
+def test_one_wrong_row_fails_at_every_length_and_precision_extreme_inputs_included():
+    """One unwritten query row of 257 stays inside a whole-tensor bound set by extreme values in bfloat16;
+    each row held to its own noise catches it."""
+    report = run_kernel("attention", kernels.attention_last_row_unwritten,
+                        KernelOptions(lengths=(1, 13, 127, 257), dtypes=("float32", "bfloat16"), backward=False))
+    assert not any(report.cases) and len(report.cases) == 16
+    assert all(case.forward["positions_over"] == [case.length - 1] for case in report.cases)
+    assert report.pattern == "only the last position (row T - 1) is wrong: a final row or tile never written or masked off"
 
 
 @pytest.mark.parametrize("op, naive", [("softmax", kernels.softmax_naive), ("cross_entropy", kernels.cross_entropy_naive)])

@@ -40,6 +40,8 @@ def test_the_correct_model_passes_all_eleven_tests():
     (Bugs(detach="model.layers.1.mlp.down_proj.weight"), "gradients",
      "got no gradient: model.layers.1.mlp.down_proj.weight: broken autograd"),
     (Bugs(naive_cross_entropy=True), "stability", "a cross-entropy that overflows"),
+    # the attention's own inputs scaled up: through the embedding the norm would rescale them first
+    (Bugs(naive_softmax=True), "stability", "hidden states of size 1000 into model.layers.0.self_attn give"),
 ])
 def test_each_planted_bug_fails_its_test(bugs, test, words):
     report = run(bugs)

@@ -14,7 +14,7 @@ def describe(cases: tuple[CaseResult, ...]) -> str | None:
         return None
     if any(case.broken_autograd for case in cases):
         return "broken autograd: " + next(case.backward["reason"] for case in cases if case.broken_autograd)
-    phrases = [_lengths(cases, failing)]
+    phrases = [_lengths(cases, failing), _positions(failing)]
     phrases.append(_subset("only on {} inputs", "condition", cases, failing))
     phrases.append(_subset("only at {}", "dtype", cases, failing))
     if all(case.forward.get("passed") for case in failing):
@@ -36,6 +36,22 @@ def _lengths(cases, failing) -> str | None:
     if bad == [length for length in lengths if length >= first]:
         return f"fails at T = {listed}: lengths of {first} and more"
     return f"fails at T = {listed}"
+
+
+def _positions(failing) -> str | None:
+    """Where along T the wrong rows lie, when every failing case says and they agree: the last row, the first
+    rows, or the rows past a tile."""
+    wrong = [(case.length, case.forward.get("positions_over")) for case in failing]
+    if not wrong or any(not positions for _, positions in wrong):
+        return None
+    if all(positions == [length - 1] for length, positions in wrong):
+        return "only the last position (row T - 1) is wrong: a final row or tile never written or masked off"
+    if all(positions == [0] for _, positions in wrong):
+        return "only the first position (row 0) is wrong"
+    for tile in TILES:
+        if all(positions == list(range(length - length % tile, length)) for length, positions in wrong):
+            return f"the rows past the last full tile of {tile} are wrong"
+    return None
 
 
 def _subset(template: str, attribute: str, cases, failing) -> str | None:

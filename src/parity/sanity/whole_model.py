@@ -156,7 +156,8 @@ def test_gradients(pair: Pair) -> TestResult:
 
 
 def test_stability(pair: Pair) -> TestResult:
-    """Repeated runs identical; large activations, a long sequence and large logits give no NaN/Inf the reference lacks."""
+    """Repeated runs identical; each component on its own inputs at extreme scales, a long sequence and large
+    logits give no NaN/Inf the reference lacks."""
     checks, problems = {}, []
     ids = pair.token_ids(salt=80)
     with torch.no_grad():
@@ -165,16 +166,10 @@ def test_stability(pair: Pair) -> TestResult:
     if not checks["repeatable"]:
         problems.append(f"two runs on the same input differ (max_abs {(first - second).abs().max().item():.3g})")
     scale = pair.settings.large_scale
-    if pair.module("candidate", "model.layers.0") is not None:
-        x = pair.hidden(salt=81, scale=scale)
-        with torch.no_grad():
-            outputs = [pair.call(side, "model.layers.0", x) for side in ("reference", "candidate")]
-        checks["large_activations"] = _new_nonfinite(*outputs)
-        if checks["large_activations"]:
-            problems.append(f"hidden states of size {scale:g} into model.layers.0 give "
-                            f"{checks['large_activations']} NaN/Inf the reference does not")
-    else:
-        checks["large_activations"] = "not checked: no model.layers.0"
+    checks["extreme_inputs"] = _extreme_inputs(pair, (scale, TINY_SCALE))
+    if isinstance(checks["extreme_inputs"], list):
+        problems += checks["extreme_inputs"]
+        checks["extreme_inputs"] = len(checks["extreme_inputs"])
     length = min(pair.settings.long_length, getattr(pair.config, "max_position_embeddings", 512))
     long_ids = pair.token_ids(length=length, batch=1, salt=82)
     with torch.no_grad():
@@ -189,8 +184,36 @@ def test_stability(pair: Pair) -> TestResult:
         return TestResult("stability", FAILED, "; ".join(problems), checks)
     unchecked = [name for name, value in checks.items() if isinstance(value, str)]
     note = f" ({', '.join(unchecked)} not checked)" if unchecked else ""
-    return TestResult("stability", PASSED, f"repeatable; no NaN/Inf with large activations, {length} tokens or "
+    return TestResult("stability", PASSED, f"repeatable; no NaN/Inf with each component's inputs at x{scale:g} and "
+                      f"x{TINY_SCALE:g}, {length} tokens or "
                       f"large logits{note}", checks)
+
+
+TINY_SCALE = 1e-30   # squares underflow to 0 in float32: a norm without its epsilon divides 0 by 0
+# Each component fed its own inputs: large hidden states through the embedding never reach attention with
+# large scores, because the norm in front rescales them.
+EXTREME_COMPONENTS = ("model.layers.0.input_layernorm", "model.layers.0.self_attn", "model.layers.0.mlp",
+                      "model.layers.0.post_attention_layernorm", "model.layers.0", "model.norm")
+
+
+def _extreme_inputs(pair: Pair, scales: tuple[float, ...]):
+    """Each component on its own inputs scaled to each of `scales`: the NaN/Inf it makes where the reference's
+    component stays finite, as problems (a list); 'not checked' when the candidate has none of them."""
+    present = [name for name in EXTREME_COMPONENTS if pair.module("candidate", name) is not None
+               and pair.module("reference", name) is not None]
+    if not present:
+        return "not checked: the candidate has none of " + ", ".join(EXTREME_COMPONENTS)
+    problems = []
+    for name in present:
+        for scale in scales:
+            x = pair.hidden(salt=81, scale=scale)
+            with torch.no_grad():
+                outputs = [pair.call(side, name, x) for side in ("reference", "candidate")]
+            new = _new_nonfinite(*outputs)
+            if new:
+                problems.append(f"hidden states of size {scale:g} into {name} give {new} NaN/Inf the reference's "
+                                "does not")
+    return problems
 
 
 def _large_logits(pair: Pair, ids: torch.Tensor, scale: float):
