@@ -13,13 +13,25 @@ from parity.core.compare import CompareConfig
 from parity.core.trace import Trace
 
 
-def calibrated(config: CompareConfig, reference: Trace, reference_model, candidate, options, progress) -> CompareConfig:
-    """`config` with noise floors from a run of the reference at the candidate's precision."""
+def calibrated(config: CompareConfig, reference: Trace, reference_model, candidate, options, progress,
+               spill: str | None = None) -> CompareConfig:
+    """`config` with noise floors from a run of the reference at the candidate's precision (its trace written
+    to `spill` and read back a tensor at a time when it is larger than pipeline.SPILL_BYTES)."""
+    from pathlib import Path
+
+    from parity.commands.check.pipeline import SPILL_BYTES, reference_trace_bytes
+    from parity.core.trace import load_trace
+
     numerics = candidate.numerics
     progress.step(f"calibrating: the reference in {numerics.label or numerics.dtype}")
     raw = options.raw and candidate.supports("raw") is None
     with numerics.reference(reference_model, options.placement) as lowp_model:
-        lowp = lowp_model.capture(reference.tokens, checkpoints=options.checkpoints, raw=raw)
+        if spill is None or reference_trace_bytes(lowp_model, len(reference.tokens), numerics.dtype) <= SPILL_BYTES:
+            lowp = lowp_model.capture(reference.tokens, checkpoints=options.checkpoints, raw=raw)
+        else:
+            path = Path(spill) / "calibration.safetensors"
+            lowp_model.capture_to_file(reference.tokens, path, checkpoints=options.checkpoints, raw=raw)
+            lowp = load_trace(path)
     check_same_tokens(reference, lowp)
     return CompareConfig(tolerance=config.tolerance, checkpoints=config.checkpoints,
                          noise=noise_floors(reference, lowp), noise_dtype=numerics.dtype,

@@ -89,11 +89,71 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
     context = CandidateContext(model_path=options.model, dtype=options.dtype or "float32", progress=progress,
                                placement=options.placement if options.on_device else None, kv_type=options.kv_type,
                                timeout_s=options.timeout_s)
-    with open_candidate(options.candidate, context, needs=("trace",)) as candidate:
-        return _check(options, candidate, progress)
+    with open_candidate(options.candidate, context, needs=("trace",)) as candidate, _spill_directory() as spill:
+        return _check(options, candidate, progress, spill)
 
 
-def _check(options: CheckOptions, candidate: Candidate, progress) -> Comparison:
+# A reference trace larger than this (float64, attention probabilities included) is written to a file as the
+# checkpoints arrive and read back memory-mapped, a tensor at a time, rather than held in memory.
+SPILL_BYTES = 1 << 30
+
+
+def _spill_directory():
+    """A private directory for a reference trace that does not fit in memory, removed when the check ends
+    (PARITY_SPILL_DIR chooses where: the trace of a long input takes gigabytes)."""
+    import os
+    import tempfile
+
+    return tempfile.TemporaryDirectory(prefix="parity-spill-", dir=os.environ.get("PARITY_SPILL_DIR"))
+
+
+def _spilled(trace: Trace, spill: str) -> Trace:
+    """A candidate's trace larger than SPILL_BYTES, written to the spill directory and read back lazily, so
+    that it is not held while the calibration runs and the comparison reads it a tensor at a time."""
+    from parity.core.trace import load_trace
+
+    size = sum(tensor.nbytes for tensor in trace.tensors.values()) if isinstance(trace.tensors, dict) else 0
+    if size <= SPILL_BYTES:
+        return trace
+    path = save_trace(trace, Path(spill) / "candidate.safetensors")
+    del trace
+    return load_trace(path)
+
+
+def reference_trace_bytes(model, tokens: int, dtype: str) -> int:
+    """About how large the reference's trace is: each layer's attention probabilities (H x T x T) and a dozen
+    (T x D) tensors, at the reference's precision."""
+    import numpy as np
+
+    config = model.model.config
+    config = getattr(config, "get_text_config", lambda: config)()
+    layers = getattr(config, "num_hidden_layers", 0) or 0
+    heads = getattr(config, "num_attention_heads", 0) or 0
+    width = max(getattr(config, "hidden_size", 0) or 0, getattr(config, "intermediate_size", 0) or 0)
+    return layers * (heads * tokens * tokens + 16 * tokens * width) * np.dtype(dtype).itemsize
+
+
+def _capture_reference(reference_model, tokens: list[int], options: CheckOptions, candidate: Candidate,
+                       reference_dtype: str, spill: str, progress) -> Trace:
+    """The reference's trace: in memory, or written to the spill directory and read back lazily when it is
+    larger than SPILL_BYTES."""
+    from parity.core.trace import load_trace
+
+    raw = options.raw and candidate.supports("raw") is None
+    size = reference_trace_bytes(reference_model, len(tokens), reference_dtype)
+    if size <= SPILL_BYTES:
+        progress.step(f"capturing the reference over {len(tokens)} tokens")
+        return reference_model.capture(tokens, checkpoints=options.checkpoints, prompt=options.prompt,
+                                       weights=options.weights, raw=raw)
+    path = Path(spill) / "reference.safetensors"
+    progress.step(f"capturing the reference over {len(tokens)} tokens into {path} (about {size / 2**30:.1f} GiB, "
+                  "more than is held in memory)")
+    reference_model.capture_to_file(tokens, path, checkpoints=options.checkpoints, prompt=options.prompt,
+                                    weights=options.weights, raw=raw)
+    return load_trace(path)
+
+
+def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) -> Comparison:
     from parity.capture.hf.model import load_model
 
     numerics = candidate.numerics
@@ -117,16 +177,13 @@ def _check(options: CheckOptions, candidate: Candidate, progress) -> Comparison:
                                      reference_model, candidate, calibrating, progress)
         progress.step("the on-device pass found a divergence: running again with full traces on the host, "
                       "to diagnose it")
-    progress.step(f"capturing the reference over {len(tokens)} tokens")
-    reference = reference_model.capture(tokens, checkpoints=options.checkpoints, prompt=options.prompt,
-                                        weights=options.weights,
-                                        raw=options.raw and candidate.supports("raw") is None)
-    trace = candidate.trace(reference.tokens, options.request(reference_model), progress)
+    reference = _capture_reference(reference_model, tokens, options, candidate, reference_dtype, spill, progress)
+    trace = _spilled(candidate.trace(reference.tokens, options.request(reference_model), progress), spill)
     config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints)
     if calibrating and numerics.needed(reference_dtype):
         from parity.commands.check.calibration import calibrated
 
-        config = calibrated(config, reference, reference_model, candidate, options, progress)
+        config = calibrated(config, reference, reference_model, candidate, options, progress, spill)
     if options.save_traces:
         progress.step(f"saving both traces to {options.save_traces}")
         reference, trace = (

@@ -1,0 +1,51 @@
+"""A reference trace too large to hold is written to a file as it is made and read back a tensor at a time:
+the check's report is the same as with the trace held in memory."""
+
+import json
+
+import pytest
+
+from conftest import TOKENS
+
+pytest.importorskip("torch")
+
+
+def report_of(model_dir, candidate, capsys, monkeypatch, spill_bytes):
+    from parity.cli import main
+    from parity.commands.check import pipeline
+
+    monkeypatch.setattr(pipeline, "SPILL_BYTES", spill_bytes)
+    capsys.readouterr()
+    code = main(["check", str(model_dir), candidate, "--tokens", ",".join(map(str, TOKENS)), "--json", "-",
+                 "--decode-steps", "2"])
+    report = json.loads(capsys.readouterr().out)
+    return code, report
+
+
+def comparable(report):
+    """The report without what differs between two runs of the same check (timings, the trace's source)."""
+    return {key: value for key, value in report.items() if key not in ("reference", "candidate", "timestamp")}
+
+
+@pytest.mark.parametrize("factory, code", [("build", 0), ("rope_interleaved", 1)])
+def test_a_spilled_reference_gives_the_report_a_held_one_gives(model_dirs, capsys, monkeypatch, factory, code):
+    from conftest import ROOT
+
+    candidate = f"{ROOT / 'examples' / 'scratch_llama.py'}:{factory}"
+    held_code, held = report_of(model_dirs["llama"], candidate, capsys, monkeypatch, spill_bytes=1 << 60)
+    spilled_code, spilled = report_of(model_dirs["llama"], candidate, capsys, monkeypatch, spill_bytes=0)
+    assert held_code == spilled_code == code
+    assert comparable(spilled) == comparable(held)
+
+
+def test_the_estimate_grows_with_the_square_of_the_tokens_and_with_the_layers():
+    import types
+
+    from parity.commands.check.pipeline import reference_trace_bytes
+
+    config = types.SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, hidden_size=576,
+                                   intermediate_size=1536)
+    model = types.SimpleNamespace(model=types.SimpleNamespace(config=config))
+    at_1024 = reference_trace_bytes(model, 1024, "float64")
+    assert 2.2 * 2**30 < at_1024 < 8 * 2**30          # SmolLM2 at T=1,024: gigabytes, so it is spilled
+    assert reference_trace_bytes(model, 12, "float64") < 2**30   # the default prompt is held
