@@ -101,6 +101,7 @@ class TraceRequest:
     raw: bool = True                   # also raw.<module> outputs, where the candidate can have them
     prompt: str | None = None          # the text the tokens came from, recorded in the metadata
     reference_model: Any = None        # the loaded reference (HFModel), for what a backend measures against it
+    start_position: int = 0            # the absolute position of the first token (--start-position)
 
 
 class Candidate:

@@ -70,6 +70,12 @@ def findings(context: Context) -> list[RopeFinding]:
     return context.remember("rope", lambda: list(_findings(context)))
 
 
+def start_position(context: Context) -> int:
+    """The absolute position of the trace's first token (--start-position; 0 for a trace from the start)."""
+    start = context.reference.metadata.get("start_position", 0)
+    return start if type(start) is int else 0
+
+
 def _findings(context: Context):
     config = context.config
     for name, checkpoint, y_reference, y_candidate in context.focused("q_rope", "k_rope"):
@@ -84,22 +90,23 @@ def _findings(context: Context):
         if x_reference.shape != y_reference.shape or y_reference.shape[-1] % config.head_dim:
             continue
         dim = rotary_dim(config, checkpoint.layer, parameters)
+        start = start_position(context)
         source_tables = Tables(parameters, config.head_dim, dim, config.raw.get("max_position_embeddings"),
-                               y_reference.shape[0])
+                               start + y_reference.shape[0])
         every = source_tables.all()
         reference_floor = noise_floor(context.reference.dtypes.get(name))
-        found = fit(x_reference, y_reference, config.head_dim, dim, every[:1], reference_floor)
+        found = fit(x_reference, y_reference, config.head_dim, dim, every[:1], reference_floor, start=start)
         config_known = found is not None and found[1] <= max(10 * reference_floor, 1e-3) and not found[0].changes
         if not config_known:   # the reference's own angles stand in for the config's
             own_table = fitted_table(x_reference, y_reference, config.head_dim, dim, "half")
-            found = fit(x_reference, y_reference, config.head_dim, dim, [own_table], reference_floor)
+            found = fit(x_reference, y_reference, config.head_dim, dim, [own_table], reference_floor, start=start)
             every = [own_table]
             if found is None or found[1] > max(10 * reference_floor, 1e-3):
                 continue   # the reference is no rotation of its input we can read
         reference_rotation = found[0]
         floor = max(noise_floor(context.candidate.dtypes.get(name)), reference_floor)
         candidate_fit = fit(x_candidate, y_candidate, config.head_dim, dim, every, floor,
-                            source_tables if config_known else None)
+                            source_tables if config_known else None, start=start)
         rotation, explained, repaired = None, None, None
         if candidate_fit is not None:
             rotation = candidate_fit[0]
@@ -206,7 +213,8 @@ def _per_position(context: Context, finding: RopeFinding, x: np.ndarray, pair, f
     weight = np.abs(phasors)
     unit = np.divide(phasors, weight, out=np.zeros_like(phasors), where=weight > 0)
     count = x.shape[0]
-    grid = np.arange(-4 * count - 64, 4 * count + 65)                                  # positions tried
+    start = max(reference.offset, 0) if reference.offset > 4 * count + 64 else 0       # --start-position
+    grid = start + np.arange(-4 * count - 64, 4 * count + 65)                          # positions tried
     frequencies = reference.direction * reference.table.frequencies
     turns = np.exp(1j * (grid[:, None] * frequencies[None, :] + reference.phase))      # (G, P)
     positions = [int(grid[np.argmin(np.sum(weight[t] * np.abs(unit[t][None, :] - turns) ** 2, axis=1))])
@@ -243,7 +251,7 @@ def _per_frequency(finding: RopeFinding, x: np.ndarray, pair, floor: float) -> D
     own = fitted_table(x, pair[1], finding.head_dim, finding.dim, finding.reference.layout)
     if np.allclose(own.frequencies, 0, atol=1e-6):
         return None   # no rotation at all: its input unchanged (op_skipped)
-    rotation = Rotation(own, finding.reference.layout, 1, 0, 0.0, own.gain)
+    rotation = Rotation(own, finding.reference.layout, 1, finding.reference.offset, 0.0, own.gain)
     residual = matches(pair[1], rotation.apply(x, finding.head_dim, finding.dim), pair[0])
     if residual is None or residual > floor:
         return None

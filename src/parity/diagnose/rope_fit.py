@@ -250,9 +250,10 @@ class Rotation:
 
 
 def fit(x: np.ndarray, y: np.ndarray, head_dim: int, dim: int, candidates: list[Table],
-        floor: float, source: Tables | None = None) -> tuple[Rotation, float] | None:
+        floor: float, source: Tables | None = None, start: int = 0) -> tuple[Rotation, float] | None:
     """The rotation of `candidates`' tables (any direction, offset, phase, gain, layout) that best turns x
-    into y, and the rel_l2 it leaves; of near-equal fits, the one that changes fewest parameters."""
+    into y, and the rel_l2 it leaves; of near-equal fits, the one that changes fewest parameters. `start`:
+    the absolute position of the first token (--start-position); an offset is fitted around it."""
     count = x.shape[0]
     if count < 2 or not candidates:
         return None
@@ -274,7 +275,7 @@ def fit(x: np.ndarray, y: np.ndarray, head_dim: int, dim: int, candidates: list[
                          for index, table in enumerate(candidates) for direction in (1, -1)), key=lambda s: s[0])
         for _, index, direction in scored[:SHORTLIST]:
             table = _refined(candidates[index], candidates[0], source, step_error, direction)
-            fitted.append(_placed(table, layout, direction, phasors, energy, x, y, head_dim, dim))
+            fitted.append(_placed(table, layout, direction, phasors, energy, x, y, head_dim, dim, start))
     if not fitted:
         return None
     best = min(left for _, left in fitted)
@@ -307,11 +308,11 @@ def _refined(table: Table, config: Table, source: Tables | None, step_error, dir
 
 
 def _placed(table: Table, layout: str, direction: int, phasors: np.ndarray, energy: float, x: np.ndarray,
-            y: np.ndarray, head_dim: int, dim: int) -> tuple[Rotation, float]:
+            y: np.ndarray, head_dim: int, dim: int, start: int = 0) -> tuple[Rotation, float]:
     """The table placed: the offset and phase that best line up its angles with the phasors, the gain,
     and the rel_l2 the rotation leaves against y."""
     count = phasors.shape[0]
-    positions = np.arange(count, dtype=np.float64)
+    positions = np.arange(count, dtype=np.float64) + start
     rest = phasors * np.exp(-1j * direction * positions[:, None] * table.frequencies[None, :])   # (T, P)
     per_frequency = rest.sum(axis=0)                                                              # (P,)
     offsets = sorted(range(-MAX_OFFSET, MAX_OFFSET + 1), key=abs)
@@ -320,7 +321,7 @@ def _placed(table: Table, layout: str, direction: int, phasors: np.ndarray, ener
     total = sums[offsets.index(offset)]
     phase = float(np.angle(total))
     phase = 0.0 if abs(phase) < PHASE_SAME else phase
-    rotation = Rotation(table, layout, direction, offset, phase, 1.0)
+    rotation = Rotation(table, layout, direction, start + offset, phase, 1.0)
     turned = np.sum(phasors * np.exp(-1j * rotation.angles(count)))
     gain = float(turned.real) / energy
     gain = table.gain if abs(gain / table.gain - 1) <= GAIN_SAME else gain

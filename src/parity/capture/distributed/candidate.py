@@ -98,6 +98,9 @@ class DistributedCandidate(Candidate):
                 f"({self.group.backend}, {self.precision})")
 
     def trace(self, tokens: list[int], request: TraceRequest = TraceRequest(), progress=None) -> Trace:
+        if request.start_position:
+            raise OptionError("--start-position: a distributed candidate is checked from position 0; leave out "
+                              "--start-position")
         from parity.core.shards.merge import merge_ranks
         from parity.core.trace import load_trace
 

@@ -103,26 +103,37 @@ class HFModel:
             return self.model(ids_tensor([tokens], self.model)).logits[0].double().cpu().numpy()
 
     def capture(self, tokens: list[int], *, checkpoints: str | None = None, prompt: str | None = None,
-                weights: bool = False, raw: bool = True) -> Trace:
+                weights: bool = False, raw: bool = True, start_position: int = 0) -> Trace:
+        """The trace of one forward pass over `tokens`, the first at absolute position `start_position`."""
         self._check_tokens(tokens)
         return trace_module(self.model, tokens, taps=self.mapping.taps, checkpoints=checkpoints,
-                            metadata=self.trace_metadata(prompt), weights=weights, raw=raw)
+                            metadata=self.trace_metadata(prompt, start_position), weights=weights, raw=raw,
+                            forward=self._positioned(start_position))
+
+    def _positioned(self, start_position: int):
+        """The forward at absolute positions start_position.. (None: from 0, as transformers runs it)."""
+        if not start_position:
+            return None
+        from parity.capture.torch.incremental import positioned_forward
+
+        return positioned_forward(self.model, start_position, who=f"the model {self.path}")
 
     def capture_to_file(self, tokens: list[int], path: str | Path, *, overwrite: bool = False,
                         checkpoints: str | None = None, prompt: str | None = None, weights: bool = False,
-                        raw: bool = True, metadata: dict | None = None) -> list[str]:
+                        raw: bool = True, metadata: dict | None = None, start_position: int = 0) -> list[str]:
         """`capture`, written to the trace file `path` as the checkpoints arrive (the trace is never held
         whole in memory); returns the names written."""
         from parity.capture.torch.streaming import stream_module
         from parity.core.trace.writer import trace_file
 
         self._check_tokens(tokens)
-        metadata = {**self.trace_metadata(prompt), **(metadata or {})}
+        metadata = {**self.trace_metadata(prompt, start_position), **(metadata or {})}
         modules = sum(1 for _ in self.model.modules())
         with trace_file(path, overwrite=overwrite, expected_tensors=2 * modules,
                         metadata_bytes=len(json.dumps(metadata))) as writer:
             return stream_module(self.model, tokens, writer, taps=self.mapping.taps, checkpoints=checkpoints,
-                                 metadata=metadata, weights=weights, raw=raw)
+                                 metadata=metadata, weights=weights, raw=raw,
+                                 forward=self._positioned(start_position))
 
     def _check_tokens(self, tokens: list[int]) -> None:
         if not tokens:
@@ -134,10 +145,10 @@ class HFModel:
                               "give ids within it")
         self.check_length(len(tokens))
 
-    def trace_metadata(self, prompt: str | None) -> dict:
+    def trace_metadata(self, prompt: str | None, start_position: int = 0) -> dict:
         import transformers
 
-        return {
+        return {**({"start_position": start_position} if start_position else {}),
             "arch": self.model.config.model_type,
             "producer": f"transformers {transformers.__version__}",
             "dtype": self.dtype,

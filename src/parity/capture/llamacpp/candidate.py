@@ -91,6 +91,10 @@ class LlamaCppCandidate(Candidate):
         return LlamaCppNumerics(self)
 
     def trace(self, tokens: list[int], request: TraceRequest = TraceRequest(), progress=None) -> Trace:
+        if request.start_position:
+            raise OptionError(f"--start-position: a llama.cpp candidate is checked from position 0 here (parity "
+                              "runs its batches from position 0); give a PyTorch or transformers candidate, or "
+                              "leave out --start-position")
         if progress is not None:
             progress.step(f"running {self.gguf.name} in llama.cpp over {len(tokens)} tokens")
         trace = self.runner.capture(tokens, checkpoints=request.checkpoints, prompt=request.prompt)

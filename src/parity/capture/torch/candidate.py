@@ -104,9 +104,15 @@ class TorchCandidate(Candidate):
             progress.step(f"capturing the candidate over {len(tokens)} tokens")
         if self.config is None and request.reference_model is not None:
             self.config = request.reference_model.model.config
+        forward = None
+        if request.start_position:
+            from parity.capture.torch.incremental import positioned_forward
+
+            forward = positioned_forward(self.module, request.start_position)
         return trace_module(self.module, tokens, taps=self.taps(request.taps), checkpoints=request.checkpoints,
                             weights=request.weights, raw=request.raw and self.raw_allowed(request.taps),
-                            config=self.config)
+                            config=self.config, forward=forward,
+                            metadata={"start_position": request.start_position} if request.start_position else None)
 
     def logits(self, ids: list[int]) -> np.ndarray:
         from parity.capture.torch.incremental import full_logits

@@ -47,9 +47,14 @@ class CacheCalls:
 def cache_calls(model) -> CacheCalls:
     names: set[str] = set()
     takes_kwargs = False
-    for cls in type(model).__mro__:
-        forward = cls.__dict__.get("forward")
-        if forward is None or cls.__module__.startswith("torch."):
+    own = vars(model).get("forward")   # a forward set on the instance (a patch) is the one called ...
+    own = inspect.unwrap(own) if own is not None else None   # ... seen through wrappers (parity's guard)
+    if getattr(own, "__self__", None) is model:
+        own = None                         # the class's own forward, bound: its hierarchy says the rest
+    forwards = [own] if own is not None else [cls.__dict__.get("forward") for cls in type(model).__mro__
+                                               if not cls.__module__.startswith("torch.")]
+    for forward in forwards:
+        if forward is None:
             continue
         try:
             parameters = inspect.signature(forward).parameters
@@ -80,6 +85,25 @@ def call_with_cache(model, ids, cache, *, start: int = 0):
         positions = torch.arange(start, start + ids.shape[-1], device=ids.device)
         kwargs[calls.positions] = positions.unsqueeze(0).expand(ids.shape[0], -1)
     return _split(model(ids, **kwargs))
+
+
+def positioned_forward(model, start: int, *, who: str = "the candidate"):
+    """`forward(model, input_ids)` running `input_ids` at absolute positions start.., through the keyword the
+    model's forward names them by (positions, position_ids); OptionError saying what to add when it names none."""
+    import torch
+
+    from parity.core.errors import OptionError
+
+    keyword = cache_calls(model).positions
+    if keyword is None:
+        raise OptionError(f"--start-position needs {who} to take absolute positions, and its forward names none: "
+                          f"add a `positions` argument, {PROTOCOL}")
+
+    def forward(module, input_ids):
+        positions = torch.arange(start, start + input_ids.shape[-1], device=input_ids.device)
+        return module(input_ids, **{keyword: positions.unsqueeze(0).expand(input_ids.shape[0], -1)})
+
+    return forward
 
 
 def decode_support(model, prompt: list[int]) -> str | None:

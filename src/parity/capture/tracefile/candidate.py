@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.capture.candidate import Candidate, CandidateContext, TraceRequest, register_candidate
+from parity.core.errors import OptionError
 from parity.core.names import is_raw
 from parity.core.trace import Trace
 
@@ -52,4 +53,9 @@ class TraceCandidate(Candidate):
         return super().supports(capability)
 
     def trace(self, tokens: list[int], request: TraceRequest = TraceRequest(), progress=None) -> Trace:
+        written = self.loaded.metadata.get("start_position", 0)
+        if written != request.start_position:
+            raise OptionError(f"{self.spec} was written with its first token at position {written}, the check asks "
+                              f"for {request.start_position}: give --start-position {written}, or write the trace's "
+                              "metadata 'start_position'")
         return self.loaded

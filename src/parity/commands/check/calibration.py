@@ -27,10 +27,12 @@ def calibrated(config: CompareConfig, reference: Trace, reference_model, candida
     raw = options.raw and candidate.supports("raw") is None
     with numerics.reference(reference_model, options.placement) as lowp_model:
         if spill is None or reference_trace_bytes(lowp_model, len(reference.tokens), numerics.dtype) <= SPILL_BYTES:
-            lowp = lowp_model.capture(reference.tokens, checkpoints=options.checkpoints, raw=raw)
+            lowp = lowp_model.capture(reference.tokens, checkpoints=options.checkpoints, raw=raw,
+                                      start_position=options.start_position)
         else:
             path = Path(spill) / "calibration.safetensors"
-            lowp_model.capture_to_file(reference.tokens, path, checkpoints=options.checkpoints, raw=raw)
+            lowp_model.capture_to_file(reference.tokens, path, checkpoints=options.checkpoints, raw=raw,
+                                       start_position=options.start_position)
             lowp = load_trace(path)
     check_same_tokens(reference, lowp)
     return CompareConfig(tolerance=config.tolerance, checkpoints=config.checkpoints,

@@ -48,6 +48,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--nproc", type=options.positive_int, metavar="N",
                         help="run the candidate FILE.py:FACTORY on N processes through torch.distributed "
                              "(tensor parallel; gloo on CPU, NCCL on GPUs); its `parity_shards` merges the ranks")
+    parser.add_argument("--start-position", type=options.count, default=0, metavar="N",
+                        help="run both sides with the first token at absolute position N (far positions without a "
+                             "long input: RoPE scaling bugs show in seconds); PyTorch and transformers candidates")
     parser.add_argument("--kv-type", choices=("f16", "f32", "bf16"), default="f16",
                         help="llama.cpp candidates: the KV cache type (default f16, as llama.cpp's)")
 
@@ -92,6 +95,7 @@ def run(args) -> int:
         server_options=tuple(args.server_option), replay=args.replay,
         weights=args.weights, decode_steps=args.decode_steps, placement=options.placement(args),
         raw=not args.no_raw, kv_type=args.kv_type, on_device=args.on_device, strict=args.strict,
+        start_position=args.start_position,
     )
     with progress() as steps:
         comparison = run_check(check, steps)

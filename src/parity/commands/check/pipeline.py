@@ -53,13 +53,14 @@ class CheckOptions:
     kv_type: str = "f16"                # llama.cpp candidates: the KV cache type
     on_device: bool = False             # torch candidates on the reference's device: measure there (on_device.py)
     strict: frozenset[str] = frozenset()  # conventions held as failures, not adapted (core/conventions.py)
+    start_position: int = 0             # the absolute position of the first token: far positions, short inputs
 
     def __repr__(self) -> str:
         return f"<CheckOptions {self.model} vs {self.candidate}>"
 
     def request(self, reference_model=None) -> TraceRequest:
         return TraceRequest(checkpoints=self.checkpoints, taps=self.taps, weights=self.weights, raw=self.raw,
-                            prompt=self.prompt, reference_model=reference_model)
+                            prompt=self.prompt, reference_model=reference_model, start_position=self.start_position)
 
 
 class _Silent:
@@ -74,6 +75,8 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
         from parity.commands.check.on_device import check_options
 
         check_options(options, spec)
+        if options.start_position:
+            raise OptionError("--start-position and --on-device do not go together yet; leave out --on-device")
     if spec.offers("sequence"):
         from parity.commands.check.server import check_server
 
@@ -123,14 +126,13 @@ def _spilled(trace: Trace, spill: str) -> Trace:
 def reference_trace_bytes(model, tokens: int, dtype: str) -> int:
     """About how large the reference's trace is: each layer's attention probabilities (H x T x T) and a dozen
     (T x D) tensors, at the reference's precision."""
-    import numpy as np
-
     config = model.model.config
     config = getattr(config, "get_text_config", lambda: config)()
     layers = getattr(config, "num_hidden_layers", 0) or 0
     heads = getattr(config, "num_attention_heads", 0) or 0
     width = max(getattr(config, "hidden_size", 0) or 0, getattr(config, "intermediate_size", 0) or 0)
-    return layers * (heads * tokens * tokens + 16 * tokens * width) * np.dtype(dtype).itemsize
+    itemsize = {"float64": 8, "float32": 4}.get(dtype, 2)   # float16 and bfloat16 are held as they are made
+    return layers * (heads * tokens * tokens + 16 * tokens * width) * itemsize
 
 
 def _capture_reference(reference_model, tokens: list[int], options: CheckOptions, candidate: Candidate,
@@ -144,12 +146,12 @@ def _capture_reference(reference_model, tokens: list[int], options: CheckOptions
     if size <= SPILL_BYTES:
         progress.step(f"capturing the reference over {len(tokens)} tokens")
         return reference_model.capture(tokens, checkpoints=options.checkpoints, prompt=options.prompt,
-                                       weights=options.weights, raw=raw)
+                                       weights=options.weights, raw=raw, start_position=options.start_position)
     path = Path(spill) / "reference.safetensors"
     progress.step(f"capturing the reference over {len(tokens)} tokens into {path} (about {size / 2**30:.1f} GiB, "
                   "more than is held in memory)")
     reference_model.capture_to_file(tokens, path, checkpoints=options.checkpoints, prompt=options.prompt,
-                                    weights=options.weights, raw=raw)
+                                    weights=options.weights, raw=raw, start_position=options.start_position)
     return load_trace(path)
 
 
@@ -210,8 +212,13 @@ def _past_the_forward(comparison: Comparison, reference: Trace, candidate_names:
     from parity.commands.check.beyond_forward import with_decoding
     from parity.diagnose import without_noise_on_failure
 
-    comparison = with_decoding(comparison, reference, reference_model, candidate, steps=options.decode_steps,
-                               taps=options.taps, progress=progress)
+    if options.start_position:
+        comparison = dataclasses.replace(comparison, not_checked=tuple(comparison.not_checked) + (NotChecked(
+            "decode", f"--start-position {options.start_position}: decoding through the cache is checked from "
+                      "position 0 (run without --start-position)"),))
+    else:
+        comparison = with_decoding(comparison, reference, reference_model, candidate, steps=options.decode_steps,
+                                   taps=options.taps, progress=progress)
     return without_noise_on_failure(_with_not_checked(comparison, candidate_names, candidate, options, calibrating))
 
 

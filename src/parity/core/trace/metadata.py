@@ -23,7 +23,7 @@ MAX_TOKENS = 10_000_000
 MAX_TENSOR_NAME_CHARS = 255
 MAX_LAYERS = 65_536                      # the deepest models have a few hundred; past this a name is damage
 JSON_FIELDS = ("tokens", "config", "not_comparable", "architecture", "weight_rounding",
-               "shards", "tensor_parallel")   # stored as JSON text in safetensors' string map
+               "shards", "tensor_parallel", "start_position")   # JSON text in safetensors' string map
 _STRING_FIELDS = ("format", "arch", "producer", "dtype", "prompt", "emulates")
 # The configuration fields parity reads (diagnose/context.py), with the type each must have.
 _CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
@@ -60,6 +60,10 @@ def parse_metadata(raw: Any, path: Path | str, *, where: str = "metadata") -> di
                          "configuration as a JSON object")
     if metadata.get("config"):
         _check_config(metadata["config"], path, where)
+    start = metadata.get("start_position")
+    if start is not None and not (type(start) is int and 0 <= start <= MAX_TOKENS * 100):
+        raise TraceError(f"{path}: {where} 'start_position' is {_kind(start)}; write the absolute position of the "
+                         "first token as a non-negative integer")
     not_comparable = metadata.get("not_comparable")
     if not_comparable is not None and not (isinstance(not_comparable, dict)
                                            and all(isinstance(v, str) for v in not_comparable.values())):
