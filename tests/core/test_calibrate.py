@@ -80,3 +80,13 @@ def test_a_layer_whose_noise_dips_below_both_neighbours_is_lifted_and_nothing_el
     assert smoothed["layers.2.out"] == NoiseFloor(1.8e-4, 3.6e-4)   # the lower of its neighbours
     unchanged = [name for name in floors if name != "layers.2.out"]
     assert all(smoothed[name] == floors[name] for name in unchanged)   # rising, falling, ends, other kinds
+
+
+def test_a_positions_decode_noise_covers_its_neighbours_and_no_further():
+    from parity.core.calibrate import neighbourhood_max
+
+    noise = [1.0, 1.0, 1.0, 1.0, 1.0, 0.1, 1.0, 1.0, 1.0, 1.0, 1.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+    lifted = neighbourhood_max(noise, radius=4)
+    assert lifted[5] == 1.0                 # a dip among larger neighbours
+    assert lifted[19] == 0.1 and lifted[15] == 1.0 and lifted[16] == 0.1   # four positions on, no further
+    assert all(after >= before for before, after in zip(noise, lifted))

@@ -68,6 +68,16 @@ def without_dips(floors: dict[str, NoiseFloor]) -> dict[str, NoiseFloor]:
     return smoothed
 
 
+NEIGHBOURS = 4   # positions either side whose noise a position's decode bound also covers
+
+
+def neighbourhood_max(noise: list[float], radius: int = NEIGHBOURS) -> list[float]:
+    """Each position's noise raised to the largest within `radius` positions of it: one run's noise at a
+    position dips where its rounding happens to cancel, and a candidate whose rounding does not is no less
+    right there."""
+    return [max(noise[max(0, p - radius):p + radius + 1]) for p in range(len(noise))]
+
+
 def _median(values) -> float:
     ordered = sorted(values)
     return ordered[len(ordered) // 2]

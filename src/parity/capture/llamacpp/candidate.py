@@ -171,10 +171,12 @@ class LlamaCppNumerics:
                         kv_type=self.candidate.kv_type)
 
     def decode_bounds(self, reference_model, sequence: list[int], reference_logits, positions) -> tuple[list[float], str]:
-        from parity.core.calibrate import FLOOR, MULTIPLE
+        from parity.core.calibrate import FLOOR, MULTIPLE, NEIGHBOURS, neighbourhood_max
         from parity.core.metrics import rel_l2
 
         with self.reference(reference_model) as lowp:
             emulated_logits = lowp.logits(sequence)
-        bounds = [MULTIPLE * rel_l2(reference_logits[p], emulated_logits[p]) + FLOOR["float32"] for p in positions]
-        return bounds, f"{MULTIPLE:g}x the noise of llama.cpp's numerics at each position"
+        noise = neighbourhood_max([rel_l2(reference_logits[p], emulated_logits[p]) for p in positions])
+        bounds = [MULTIPLE * value + FLOOR["float32"] for value in noise]
+        return bounds, (f"{MULTIPLE:g}x the noise of llama.cpp's numerics at each position (the largest within "
+                        f"{NEIGHBOURS} positions of it)")
