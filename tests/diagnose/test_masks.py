@@ -6,7 +6,7 @@ import pytest
 
 from detector_cases import rng
 from family_cases import diagnosed
-from parity.diagnose.masks import Band, fit_band
+from parity.diagnose.bands import Band, fit_band
 
 T, HEADS = 10, 2
 

@@ -2,7 +2,7 @@ import numpy as np
 
 from detector_cases import rng
 from family_cases import diagnosed, found
-from parity.diagnose.masks import reach
+from parity.diagnose.bands import reach
 
 T, HEADS = 9, 2
 

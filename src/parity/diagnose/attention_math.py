@@ -88,7 +88,7 @@ class _Attention:
 
 def _reference_mask(context: Context, layer: int, facts: dict) -> np.ndarray | None:
     """The mask of the reference's layer: its probabilities' band, or the window its trace records."""
-    from parity.diagnose.masks import Band, fit_band
+    from parity.diagnose.bands import Band, fit_band
 
     name = f"layers.{layer}.attn_probs"
     if name in context.reference:

@@ -27,7 +27,7 @@ from parity.core.metrics import rel_l2
 from parity.core.results import Diagnosis
 from parity.diagnose import register
 from parity.diagnose.context import Context, layer_facts, rounding, widened
-from parity.diagnose.layers import ACTIVATIONS
+from parity.diagnose.activations import ACTIVATIONS
 from parity.diagnose.repair import confirm
 
 MARGIN = 10.0

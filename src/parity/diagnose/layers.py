@@ -10,6 +10,7 @@ from parity.core.metrics import rel_l2
 from parity.core.names import inputs_of, parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register
+from parity.diagnose.activations import ACTIVATIONS
 from parity.diagnose.context import Context, matches, reproduces, rounding, widened
 from parity.diagnose.repair import confirm
 
@@ -118,12 +119,6 @@ def _fit_affine(normalized, y, with_bias):
     return gamma, beta
 
 
-ACTIVATIONS = {
-    "silu": lambda x: x / (1 + np.exp(-x)),
-    "gelu": lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2))),
-    "gelu_tanh": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
-    "relu": lambda x: np.maximum(x, 0),
-}
 
 
 @register("activation_variant")

@@ -12,9 +12,10 @@ pytest.importorskip("torch")
 
 def report_of(model_dir, candidate, capsys, monkeypatch, spill_bytes):
     from parity.cli import main
-    from parity.commands.check import pipeline
+    from parity.commands.check import pipeline, spill
 
-    monkeypatch.setattr(pipeline, "SPILL_BYTES", spill_bytes)
+    for module in (pipeline, spill):   # calibration reads spill's when it runs
+        monkeypatch.setattr(module, "SPILL_BYTES", spill_bytes)
     capsys.readouterr()
     code = main(["check", str(model_dir), candidate, "--tokens", ",".join(map(str, TOKENS)), "--json", "-",
                  "--decode-steps", "2"])
@@ -41,7 +42,7 @@ def test_a_spilled_reference_gives_the_report_a_held_one_gives(model_dirs, capsy
 def test_the_estimate_grows_with_the_square_of_the_tokens_and_with_the_layers():
     import types
 
-    from parity.commands.check.pipeline import reference_trace_bytes
+    from parity.commands.check.spill import reference_trace_bytes
 
     config = types.SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, hidden_size=576,
                                    intermediate_size=1536)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import re
 
-from parity.capture.gguf.header import GGML_TYPES, GGUFHeader
+from parity.capture.gguf.types import GGML_TYPES, GGUFHeader
 from parity.core.errors import CaptureError
 from parity.core.printable import printable
 

@@ -92,7 +92,7 @@ class LlamaCppCandidate(Candidate):
 
     def trace(self, tokens: list[int], request: TraceRequest = TraceRequest(), progress=None) -> Trace:
         if request.start_position:
-            raise OptionError(f"--start-position: a llama.cpp candidate is checked from position 0 here (parity "
+            raise OptionError("--start-position: a llama.cpp candidate is checked from position 0 here (parity "
                               "runs its batches from position 0); give a PyTorch or transformers candidate, or "
                               "leave out --start-position")
         if progress is not None:

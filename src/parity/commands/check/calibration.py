@@ -16,10 +16,10 @@ from parity.core.trace import Trace
 def calibrated(config: CompareConfig, reference: Trace, reference_model, candidate, options, progress,
                spill: str | None = None) -> CompareConfig:
     """`config` with noise floors from a run of the reference at the candidate's precision (its trace written
-    to `spill` and read back a tensor at a time when it is larger than pipeline.SPILL_BYTES)."""
+    to `spill` and read back a tensor at a time when it is larger than spill.SPILL_BYTES)."""
     from pathlib import Path
 
-    from parity.commands.check.pipeline import SPILL_BYTES, reference_trace_bytes
+    from parity.commands.check.spill import SPILL_BYTES, reference_trace_bytes
     from parity.core.trace import load_trace
 
     numerics = candidate.numerics

@@ -25,6 +25,7 @@ from parity.core.compare import CompareConfig, compare, require_compared
 from parity.core.errors import OptionError
 from parity.core.results import NOT_ASKED, Comparison, NotChecked, Tolerance
 from parity.core.sequence import SequenceComparison
+from parity.commands.check.spill import SPILL_BYTES, reference_trace_bytes, spill_directory, spilled
 from parity.core.trace import Trace, save_trace
 
 
@@ -92,47 +93,8 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
     context = CandidateContext(model_path=options.model, dtype=options.dtype or "float32", progress=progress,
                                placement=options.placement if options.on_device else None, kv_type=options.kv_type,
                                timeout_s=options.timeout_s)
-    with open_candidate(options.candidate, context, needs=("trace",)) as candidate, _spill_directory() as spill:
+    with open_candidate(options.candidate, context, needs=("trace",)) as candidate, spill_directory() as spill:
         return _check(options, candidate, progress, spill)
-
-
-# A reference trace larger than this (float64, attention probabilities included) is written to a file as the
-# checkpoints arrive and read back memory-mapped, a tensor at a time, rather than held in memory.
-SPILL_BYTES = 1 << 30
-
-
-def _spill_directory():
-    """A private directory for a reference trace that does not fit in memory, removed when the check ends
-    (PARITY_SPILL_DIR chooses where: the trace of a long input takes gigabytes)."""
-    import os
-    import tempfile
-
-    return tempfile.TemporaryDirectory(prefix="parity-spill-", dir=os.environ.get("PARITY_SPILL_DIR"))
-
-
-def _spilled(trace: Trace, spill: str) -> Trace:
-    """A candidate's trace larger than SPILL_BYTES, written to the spill directory and read back lazily, so
-    that it is not held while the calibration runs and the comparison reads it a tensor at a time."""
-    from parity.core.trace import load_trace
-
-    size = sum(tensor.nbytes for tensor in trace.tensors.values()) if isinstance(trace.tensors, dict) else 0
-    if size <= SPILL_BYTES:
-        return trace
-    path = save_trace(trace, Path(spill) / "candidate.safetensors")
-    del trace
-    return load_trace(path)
-
-
-def reference_trace_bytes(model, tokens: int, dtype: str) -> int:
-    """About how large the reference's trace is: each layer's attention probabilities (H x T x T) and a dozen
-    (T x D) tensors, at the reference's precision."""
-    config = model.model.config
-    config = getattr(config, "get_text_config", lambda: config)()
-    layers = getattr(config, "num_hidden_layers", 0) or 0
-    heads = getattr(config, "num_attention_heads", 0) or 0
-    width = max(getattr(config, "hidden_size", 0) or 0, getattr(config, "intermediate_size", 0) or 0)
-    itemsize = {"float64": 8, "float32": 4}.get(dtype, 2)   # float16 and bfloat16 are held as they are made
-    return layers * (heads * tokens * tokens + 16 * tokens * width) * itemsize
 
 
 def _capture_reference(reference_model, tokens: list[int], options: CheckOptions, candidate: Candidate,
@@ -180,7 +142,7 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
         progress.step("the on-device pass found a divergence: running again with full traces on the host, "
                       "to diagnose it")
     reference = _capture_reference(reference_model, tokens, options, candidate, reference_dtype, spill, progress)
-    trace = _spilled(candidate.trace(reference.tokens, options.request(reference_model), progress), spill)
+    trace = spilled(candidate.trace(reference.tokens, options.request(reference_model), progress), spill)
     config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints)
     if calibrating and numerics.needed(reference_dtype):
         from parity.commands.check.calibration import calibrated

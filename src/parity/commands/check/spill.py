@@ -1,0 +1,50 @@
+"""Traces too large to hold: written to a private directory as they are made and read back a tensor at a
+time (memory-mapped), so that check's memory does not grow with the square of the tokens.
+
+The reference's, the calibration run's and a candidate's trace each spill when larger than SPILL_BYTES;
+the directory (PARITY_SPILL_DIR, else the system's temporary directory) is removed when the check ends.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from parity.core.trace import Trace, save_trace
+
+# A reference trace larger than this (float64, attention probabilities included) is written to a file as the
+# checkpoints arrive and read back memory-mapped, a tensor at a time, rather than held in memory.
+SPILL_BYTES = 1 << 30
+
+
+def spill_directory():
+    """A private directory for a reference trace that does not fit in memory, removed when the check ends
+    (PARITY_SPILL_DIR chooses where: the trace of a long input takes gigabytes)."""
+    import os
+    import tempfile
+
+    return tempfile.TemporaryDirectory(prefix="parity-spill-", dir=os.environ.get("PARITY_SPILL_DIR"))
+
+
+def spilled(trace: Trace, spill: str) -> Trace:
+    """A candidate's trace larger than SPILL_BYTES, written to the spill directory and read back lazily, so
+    that it is not held while the calibration runs and the comparison reads it a tensor at a time."""
+    from parity.core.trace import load_trace
+
+    size = sum(tensor.nbytes for tensor in trace.tensors.values()) if isinstance(trace.tensors, dict) else 0
+    if size <= SPILL_BYTES:
+        return trace
+    path = save_trace(trace, Path(spill) / "candidate.safetensors")
+    del trace
+    return load_trace(path)
+
+
+def reference_trace_bytes(model, tokens: int, dtype: str) -> int:
+    """About how large the reference's trace is: each layer's attention probabilities (H x T x T) and a dozen
+    (T x D) tensors, at the reference's precision."""
+    config = model.model.config
+    config = getattr(config, "get_text_config", lambda: config)()
+    layers = getattr(config, "num_hidden_layers", 0) or 0
+    heads = getattr(config, "num_attention_heads", 0) or 0
+    width = max(getattr(config, "hidden_size", 0) or 0, getattr(config, "intermediate_size", 0) or 0)
+    itemsize = {"float64": 8, "float32": 4}.get(dtype, 2)   # float16 and bfloat16 are held as they are made
+    return layers * (heads * tokens * tokens + 16 * tokens * width) * itemsize
