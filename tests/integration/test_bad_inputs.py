@@ -128,6 +128,13 @@ CASES = {
     "capture_output_exists": ("capture {model} --tokens 1,2 -o {trace}", "exists; choose another -o path or pass --force"),
     "save_traces_a_file": ("check {model} {trace} --tokens 1,2 --save-traces {file}", "exists and is not a directory"),
     "save_traces_empty": ("check {model} {trace} --tokens 1,2 --save-traces ''", "--save-traces is empty"),
+    # an output over an input of the run: refused even with --force
+    "junit_over_the_reference": ("compare {trace} {trace} --junit {trace} --force",
+                                 "which this run reads (reference); give another path (--force never replaces"),
+    "json_over_the_candidate": ("check {model} {trace} --tokens 1,2 --json {trace} --force",
+                                "which this run reads (candidate)"),
+    "offload_dir_a_file": ("check {model} {trace} --tokens 1,2 --offload-dir {file}",
+                           "is a file, not a directory"),
     "repro_output_a_file": ("repro {work}/report_name_int.json -o {file}", "exists and is not a directory"),
     "repro_output_not_empty": ("repro {work}/report_name_int.json -o {work}/not_empty", "exists and is not empty"),
     # numbers out of range

@@ -1,5 +1,6 @@
 """The renderer registry: a format is one registration, a second renderer is refused, formats load lazily."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -116,3 +117,19 @@ def test_a_token_level_comparison_has_one_headline_in_every_format():
     for format in ("markdown", "json"):
         assert headline in registry.render(comparison, format), format
     assert html.escape(headline, quote=True) in registry.render(comparison, "html")
+
+
+def test_markdown_and_junit_notify_no_one_and_cannot_be_reordered():
+    from parity.core.results import Diagnosis
+    from parity.core.trace import make_trace
+    import numpy as np
+
+    from parity.core.compare import compare
+
+    reference = {"embed": np.ones((2, 4), np.float32)}
+    comparison = compare(make_trace(reference), make_trace({"embed": np.full((2, 4), 2.0, np.float32)}))
+    hostile = "ask @octocat or @acme/reviewers \u202eevil\u202c now"
+    comparison = dataclasses.replace(comparison, diagnoses=(Diagnosis("no_known_cause", "embed", hostile),))
+    markdown, junit = registry.render(comparison, "markdown"), registry.render(comparison, "junit")
+    assert "`@octocat`" in markdown and "`@acme/reviewers`" in markdown and "\u202e" not in markdown
+    assert "\uff20octocat" in junit and "@octocat" not in junit and "\u202e" not in junit

@@ -312,7 +312,18 @@ def check_outputs(args) -> None:
     from parity.report import files
 
     overwrite = bool(getattr(args, "force", False))
-    files.check({option: getattr(args, option, None) for option in ("json", *files.FORMATS)}, overwrite=overwrite)
+    reports = {option: getattr(args, option, None) for option in ("json", *files.FORMATS)}
+    written = dict(reports)
+    if getattr(args, "output_kind", None) is not None:
+        written["o"] = getattr(args, "output", None)
+    if getattr(args, "save_traces", None):
+        written["save-traces"] = args.save_traces
+    never_over_inputs(written, args)
+    offload = getattr(args, "offload_dir", None)
+    if offload is not None and Path(offload).exists() and not Path(offload).is_dir():
+        raise OptionError(f"--offload-dir {offload} is a file, not a directory; give a directory (it is made when "
+                          "missing)")
+    files.check(reports, overwrite=overwrite)
     kind = getattr(args, "output_kind", None)
     if kind == "trace":
         check_trace_output(args.output, overwrite=overwrite, option="-o")
@@ -327,6 +338,47 @@ def check_outputs(args) -> None:
         check_output_directory(save_traces, overwrite=True, option="--save-traces")
         for role in ("reference", "candidate"):
             check_output_path(Path(save_traces) / f"{role}.safetensors", overwrite=overwrite, option="--save-traces")
+
+
+# The arguments that name what a run reads: a report or trace written over one would destroy its input.
+INPUT_ARGUMENTS = ("model", "candidate", "reference", "reference_trace", "calibrate", "weights_file", "sampler")
+
+
+def never_over_inputs(outputs: dict, args) -> None:
+    """OptionError when an output path is a file the run reads (even with --force): the reference trace,
+    the candidate's file, the model, a calibration trace, a candidate's FILE.py."""
+    inputs = {}
+    for name in INPUT_ARGUMENTS:
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if isinstance(value, str) and value:
+                inputs[_resolved(_file_of(value))] = (name, value)
+    for option, value in outputs.items():
+        if not value or value == "-":
+            continue
+        hit = inputs.get(_resolved(value))
+        if hit is not None:
+            raise OptionError(f"--{option} {value} would write over {hit[1]}, which this run reads ({hit[0]}); "
+                              "give another path (--force never replaces an input)")
+
+
+def _file_of(spec: str) -> str:
+    """The file a spec names: llamacpp:FILE.gguf -> FILE.gguf, dist:N:FILE.py:FACTORY and FILE.py:FACTORY ->
+    FILE.py; a path as it is."""
+    if Path(spec).exists():
+        return spec
+    spec = spec.removeprefix("llamacpp:")
+    if spec.startswith("dist:"):
+        spec = spec.split(":", 2)[-1]
+    head, colon, _ = spec.rpartition(":")
+    return head if colon and head.endswith(".py") else spec
+
+
+def _resolved(path: str) -> Path:
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return Path(path).absolute()
 
 
 def check_trace_output(path: str, *, overwrite: bool, option: str) -> Path:

@@ -29,7 +29,7 @@ from parity.core.names import parse
 from parity.core.results import (FAIL, PASS, CheckpointResult, Comparison, GenerationComparison, SequenceComparison,
                                  TokenizerComparison)
 from parity.report import registry
-from parity.report.text import number, printable
+from parity.report.text import number, printable, without_mentions
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
@@ -81,7 +81,7 @@ def _xml(cases: list[Case], properties: list[tuple[str, str]], kind: str, suite:
 
 
 def _clean(text: object) -> str:
-    return printable(text)
+    return without_mentions(printable(text))
 
 
 @registry.register(Comparison, "junit")
@@ -134,7 +134,7 @@ def _comparison_cases(comparison: Comparison) -> tuple[list[Case], list[tuple[st
 
 
 def _short(value) -> str:
-    return printable(value, limit=300)
+    return without_mentions(printable(value, limit=300))
 
 
 def _where(name: str) -> tuple[str, str]:

@@ -19,12 +19,14 @@ from parity.report.text import number, printable
 MAX_ROWS = 25   # failing checkpoints listed before "... and N more"
 # Inline markup only: the text never starts a line (it follows "- " or "| "), so block markers can stay.
 _MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_\[\]|~])")
+_MENTION = re.compile(r"(?<![\w`])@([A-Za-z0-9][A-Za-z0-9-]*(?:/[A-Za-z0-9.-]+)?)")
 
 
 def text(value: object, *, limit: int | None = 300) -> str:
     """Plain text that renders as itself: no HTML, no emphasis, no table breaks, on one line."""
     flat = " ".join(printable(value, limit=limit).split())
-    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", html.escape(flat, quote=False))
+    escaped = _MARKDOWN_PUNCTUATION.sub(r"\\\1", html.escape(flat, quote=False))
+    return _MENTION.sub(r"`@\1`", escaped)   # in a code span: no one is notified by a report in a PR comment
 
 
 def code(value: object) -> str:

@@ -12,8 +12,10 @@ import math
 import re
 
 # C0 controls but tab and newline, DEL, C1 controls, lone surrogates (not encodable as UTF-8),
-# and the two non-characters XML 1.0 forbids.
-_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+# the two non-characters XML 1.0 forbids, and the bidi / invisible format characters that reorder or
+# hide text ("Trojan source": U+202A-E overrides, U+2066-9 isolates, zero-width marks).
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff"
+                          "\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 
 
 def printable(value: object, *, limit: int | None = None) -> str:
@@ -22,6 +24,15 @@ def printable(value: object, *, limit: int | None = None) -> str:
     if limit is not None and len(text) > limit:
         return f"{text[:limit]}… ({len(text)} characters)"
     return text
+
+
+# An @mention where a report may be pasted (a PR comment, a CI summary that renders JUnit messages).
+MENTION = re.compile(r"(?<![\w`])@([A-Za-z0-9][A-Za-z0-9-]*(?:/[A-Za-z0-9.-]+)?)")
+
+
+def without_mentions(text: str) -> str:
+    """`text` with each @name written with a fullwidth at sign (U+FF20): it reads the same, notifies no one."""
+    return MENTION.sub("\uff20\\1", text)
 
 
 def escape_html(value: object, *, limit: int | None = None) -> str:
