@@ -57,3 +57,14 @@ def test_candidates_that_cannot_take_positions_say_so(model_dirs, tmp_path):
     assert parity("capture", model_dirs["llama"], "--tokens", TOKEN_ARG, "-o", trace).returncode == 0
     result = parity("check", model_dirs["llama"], trace, "--tokens", TOKEN_ARG, "--start-position", "100")
     assert_unusable(result, "was written with its first token at position 0")
+
+
+def test_a_llamacpp_candidate_at_far_positions_is_refused_with_the_reason():
+    from conftest import need
+
+    need("llama_cpp")
+    import gguf_models
+
+    model = gguf_models.gguf("llama", "f32")
+    result = parity("check", model, f"llamacpp:{model}", "--tokens", TOKEN_ARG, "--start-position", "100000")
+    assert_unusable(result, "not checked for a llama.cpp candidate: its float32 RoPE angles")

@@ -185,8 +185,10 @@ class LlamaCppRunner:
 
     # --- capture ------------------------------------------------------------------
 
-    def capture(self, tokens: list[int], *, checkpoints: str | None = None, prompt: str | None = None) -> Trace:
-        """Run one batch over `tokens` (logits at every position) and return the trace."""
+    def capture(self, tokens: list[int], *, checkpoints: str | None = None, prompt: str | None = None,
+                start_position: int = 0) -> Trace:
+        """Run one batch over `tokens` (logits at every position), the first at absolute position
+        `start_position` (llama.cpp takes each token's position in the batch), and return the trace."""
         if not tokens:
             raise OptionError("no tokens to run: give a non-empty --prompt or --tokens")
         outside = next((token for token in tokens if not 0 <= token < self.vocab_size), None)
@@ -195,7 +197,7 @@ class LlamaCppRunner:
                               f"(ids 0 to {self.vocab_size - 1}); give ids within it")
         self._recording = _Recording(checkpoints)
         try:
-            logits = self._decode(tokens)
+            logits = self._decode(tokens, start_position)
         finally:
             recording, self._recording = self._recording, None
         tensors = self._align(recording, len(tokens))
@@ -210,6 +212,7 @@ class LlamaCppRunner:
             "prompt": prompt,
             "not_comparable": recording.not_comparable or None,
             "kv_type": recording.kv_type,
+            **({"start_position": start_position} if start_position else {}),
         }
         return make_trace(tensors, metadata, source=str(self.path))
 
@@ -251,7 +254,7 @@ class LlamaCppRunner:
             llama.llama_free(context)
         return np.stack(rows)                                                      # (1 + N, V)
 
-    def _decode(self, tokens: list[int]) -> np.ndarray:
+    def _decode(self, tokens: list[int], start: int = 0) -> np.ndarray:
         llama, count = self._llama, len(tokens)
         params = llama.llama_context_default_params()
         params.n_ctx = params.n_batch = params.n_ubatch = max(count, 32)
@@ -265,7 +268,7 @@ class LlamaCppRunner:
         batch = llama.llama_batch_init(count, 0, 1)
         try:
             for position, token in enumerate(tokens):
-                batch.token[position], batch.pos[position] = token, position
+                batch.token[position], batch.pos[position] = token, start + position
                 batch.n_seq_id[position], batch.seq_id[position][0], batch.logits[position] = 1, 0, True
             batch.n_tokens = count
             status = llama.llama_decode(context, batch)
