@@ -11,5 +11,5 @@ demo: install
 # PARITY_STRICT=1: a real peer that is missing fails the run instead of skipping its tests.
 # Then the transformers tests again against each end of the supported range (scripts/test_transformers_range.sh).
 test: install
-	PARITY_STRICT=1 $(PYTHON) -m pytest -q
+	PARITY_STRICT=1 $(PYTHON) -m pytest -q --durations=15
 	PYTHON="$(PYTHON)" bash scripts/test_transformers_range.sh
