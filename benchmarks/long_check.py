@@ -23,7 +23,8 @@ from pathlib import Path
 
 
 def run_once(tokens: int, model: str | None, candidate: str | None) -> dict:
-    ids = [random.Random(tokens).randrange(1, 49152) for _ in range(tokens)]
+    draw = random.Random(tokens)
+    ids = [draw.randrange(1, 49152) for _ in range(tokens)]
     with tempfile.TemporaryDirectory() as directory:
         report = Path(directory) / "report.json"
         pair = [model, candidate] if model and candidate else []

@@ -188,6 +188,13 @@ class Candidate:
         self.require("logits", "running it on token ids")
         raise NotImplementedError
 
+    def greedy(self, prompt: list[int], count: int) -> tuple[list[int], list[np.ndarray]]:
+        """The candidate's greedy continuation of `prompt`: (tokens, each step's log-probs). A full pass per
+        token unless the candidate decodes through its own cache as it generates."""
+        from parity.core.generation import greedy
+
+        return greedy(self.logits, prompt, count)
+
     def incremental(self, prompt: list[int], continuation: list[int], *, record: bool = False, taps=None):
         """(rows (1 + N, V), steps): the prompt prefilled, then each continuation token decoded through the
         candidate's cache; with `record`, each step's checkpoints (step 0 the prefill) where the candidate can

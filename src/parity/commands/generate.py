@@ -14,7 +14,7 @@ from parity.commands import options
 from parity.commands.defaults import default_pair
 from parity.commands.output import finish, progress
 from parity.core.errors import OptionError
-from parity.core.generation import check_sampler, first_divergence, greedy, teacher_forced
+from parity.core.generation import check_sampler, first_divergence, teacher_forced
 from parity.core.results import GenerationComparison
 
 
@@ -93,9 +93,9 @@ def run_generate(options: GenerateOptions, progress) -> GenerationComparison:
     with open_candidate(options.candidate, context, needs=("logits",)) as candidate:
         candidate_logits = candidate.logits
         progress.step(f"greedy decoding {options.count} tokens with the reference")
-        reference_tokens, reference_rows = greedy(reference.logits, prompt, options.count)
+        reference_tokens, reference_rows = reference.greedy(prompt, options.count)
         progress.step(f"greedy decoding {options.count} tokens with the candidate")
-        candidate_tokens, _ = greedy(candidate_logits, prompt, options.count)
+        candidate_tokens, _ = candidate.greedy(prompt, options.count)
         progress.step("scoring the reference's continuation on both sides")
         sequence = list(prompt) + reference_tokens
         reference_logits = reference.logits(sequence)

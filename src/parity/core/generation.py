@@ -39,6 +39,20 @@ def greedy(logits_of, prompt: list[int], count: int) -> tuple[list[int], list[np
     return tokens[len(prompt):], rows
 
 
+def greedy_stepped(step, prompt: list[int], count: int) -> tuple[list[int], list[np.ndarray]]:
+    """greedy() through a cache: `step(ids)` runs `ids` after everything it was given before and returns the last
+    position's logits (V,). One token per step, so N tokens cost N one-token passes, not N passes over the whole
+    sequence."""
+    tokens, rows, row = [], [], step(list(prompt))
+    for index in range(count):
+        logprobs = log_softmax(row)
+        rows.append(logprobs)
+        tokens.append(int(np.argmax(logprobs)))
+        if index + 1 < count:
+            row = step([tokens[-1]])
+    return tokens, rows
+
+
 def first_divergence(reference_tokens, candidate_tokens, reference_rows) -> GreedyDivergence | None:
     for step, (reference_token, candidate_token) in enumerate(zip(reference_tokens, candidate_tokens)):
         if reference_token != candidate_token:

@@ -107,3 +107,12 @@ def test_declared_not_comparable_checkpoints_are_reported_with_their_reason(pair
     result = comparison.result("layers.0.attn_probs")
     assert result.status == NOT_COMPARABLE and result.reason == "fused by flash attention"
     assert "layers.0.attn_probs" not in comparison.missing
+
+
+def test_greedy_through_the_cache_follows_its_own_decode_rows(runner, tokens):
+    count = 12
+    generated, rows = runner.greedy(tokens, count)
+    assert len(generated) == len(rows) == count
+    assert [int(np.argmax(row)) for row in rows] == generated
+    decoded = runner.incremental_logits(tokens, generated)            # the same cache path, teacher-forced
+    assert [int(np.argmax(row)) for row in decoded[:-1]] == generated

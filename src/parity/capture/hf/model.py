@@ -102,6 +102,17 @@ class HFModel:
         with torch.no_grad():
             return self.model(ids_tensor([tokens], self.model)).logits[0].double().cpu().numpy()
 
+    def greedy(self, prompt: list[int], count: int) -> tuple[list[int], list]:
+        """The greedy continuation of `prompt` ((tokens, each step's log-probs)), decoded through the model's
+        KV cache at the model's precision: N tokens cost N one-token passes. A model that cannot decode through
+        a cache runs a full pass per token."""
+        from parity.capture.torch.incremental import cached_stepper, decode_support
+        from parity.core.generation import greedy, greedy_stepped
+
+        if count > 1 and decode_support(self.model, prompt) is None:
+            return greedy_stepped(cached_stepper(self.model), prompt, count)
+        return greedy(self.logits, prompt, count)
+
     def capture(self, tokens: list[int], *, checkpoints: str | None = None, prompt: str | None = None,
                 weights: bool = False, raw: bool = True, start_position: int = 0) -> Trace:
         """The trace of one forward pass over `tokens`, the first at absolute position `start_position`."""

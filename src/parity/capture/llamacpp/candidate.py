@@ -124,6 +124,9 @@ class LlamaCppCandidate(Candidate):
     def logits(self, ids: list[int]) -> np.ndarray:
         return self.runner.logits(ids)
 
+    def greedy(self, prompt: list[int], count: int):
+        return self.runner.greedy(prompt, count)
+
     def incremental(self, prompt: list[int], continuation: list[int], *, record: bool = False, taps=None):
         return self.runner.incremental_logits(prompt, continuation), []
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,34 +226,54 @@ class LlamaCppRunner:
     def incremental_logits(self, prompt: list[int], continuation: list[int]) -> np.ndarray:
         """Prefill `prompt` in one batch, then decode `continuation` one token at a time through the
         KV cache: the logits of the last prompt position and of each decoded token, (1 + N, V)."""
+        with self._stepping(len(prompt) + len(continuation)) as step:
+            rows = [step(prompt)] + [step([token]) for token in continuation]
+        return np.stack(rows)                                                      # (1 + N, V)
+
+    def greedy(self, prompt: list[int], count: int) -> tuple[list[int], list[np.ndarray]]:
+        """The greedy continuation of `prompt` decoded through llama.cpp's KV cache, as it generates:
+        (tokens, each step's log-probs)."""
+        from parity.core.generation import greedy_stepped
+
+        with self._stepping(len(prompt) + count) as step:
+            return greedy_stepped(step, prompt, count)
+
+    @contextmanager
+    def _stepping(self, capacity: int):
+        """`step(ids)` in one llama.cpp context of `capacity` positions: decodes `ids` after everything given
+        before and returns the last one's logits (V,)."""
         llama, vocab = self._llama, self.vocab_size
         params = llama.llama_context_default_params()
-        params.n_ctx = params.n_batch = params.n_ubatch = max(len(prompt) + len(continuation), 32)
+        params.n_ctx = params.n_batch = params.n_ubatch = max(capacity, 32)
         params.n_threads = params.n_threads_batch = self.threads
         params.flash_attn_type = 0  # as in the full pass, so that only the decode path differs
         params.type_k = params.type_v = KV_TYPE_IDS[self.kv_type]
         context = llama.llama_init_from_model(self._model, params)
         if not context:
             raise CaptureError("llama.cpp could not create a context")
-        rows = []
+        position = 0
+
+        def step(chunk: list[int]) -> np.ndarray:
+            nonlocal position
+            batch = llama.llama_batch_init(len(chunk), 0, 1)
+            try:
+                for offset, token in enumerate(chunk):
+                    batch.token[offset], batch.pos[offset] = token, position + offset
+                    batch.n_seq_id[offset], batch.seq_id[offset][0] = 1, 0
+                    batch.logits[offset] = offset == len(chunk) - 1
+                batch.n_tokens = len(chunk)
+                if llama.llama_decode(context, batch) != 0:
+                    raise CaptureError(f"llama.cpp failed to decode at position {position}")
+                position += len(chunk)
+                row = llama.llama_get_logits_ith(context, len(chunk) - 1)
+                return np.ctypeslib.as_array(row, shape=(vocab,)).copy()
+            finally:
+                llama.llama_batch_free(batch)
+
         try:
-            for start, chunk in [(0, prompt)] + [(len(prompt) + i, [t]) for i, t in enumerate(continuation)]:
-                batch = llama.llama_batch_init(len(chunk), 0, 1)
-                try:
-                    for offset, token in enumerate(chunk):
-                        batch.token[offset], batch.pos[offset] = token, start + offset
-                        batch.n_seq_id[offset], batch.seq_id[offset][0] = 1, 0
-                        batch.logits[offset] = offset == len(chunk) - 1
-                    batch.n_tokens = len(chunk)
-                    if llama.llama_decode(context, batch) != 0:
-                        raise CaptureError(f"llama.cpp failed to decode at position {start}")
-                    row = llama.llama_get_logits_ith(context, len(chunk) - 1)
-                    rows.append(np.ctypeslib.as_array(row, shape=(vocab,)).copy())
-                finally:
-                    llama.llama_batch_free(batch)
+            yield step
         finally:
             llama.llama_free(context)
-        return np.stack(rows)                                                      # (1 + N, V)
 
     def _decode(self, tokens: list[int], start: int = 0) -> np.ndarray:
         llama, count = self._llama, len(tokens)

@@ -171,6 +171,23 @@ def incremental(model, prompt: list[int], continuation: list[int], *, taps: Taps
     return np.stack(rows), steps
 
 
+def cached_stepper(model):
+    """`step(ids)`: runs `ids` after everything given before, through the model's cache; the last position's
+    logits (V,) as float64 numpy."""
+    import torch
+
+    state = {"cache": None, "start": 0}
+
+    def step(ids: list[int]) -> np.ndarray:
+        with torch.no_grad():
+            logits, state["cache"] = call_with_cache(model, ids_tensor([ids], model), state["cache"],
+                                                     start=state["start"])
+        state["start"] += len(ids)
+        return logits[0, -1].double().cpu().numpy()
+
+    return step
+
+
 def full_logits(model, ids: list[int]) -> np.ndarray:
     import torch
 

@@ -49,13 +49,13 @@ def _not_runnable(candidate, prompt: list[int], steps: int) -> dict[str, str]:
 
 
 def _checked(comparison, reference, reference_model, candidate, prompt, steps, taps, skipped, progress) -> Comparison:
-    from parity.core.generation import first_divergence, greedy, teacher_forced
+    from parity.core.generation import first_divergence, teacher_forced
     from parity.core.results import GenerationComparison
 
     progress.step(f"greedy decoding {steps} tokens on both sides")
-    continuation, reference_rows = greedy(reference_model.logits, prompt, steps)
+    continuation, reference_rows = reference_model.greedy(prompt, steps)
     sequence = prompt + continuation
-    candidate_tokens, _ = greedy(candidate.logits, prompt, steps)
+    candidate_tokens, _ = candidate.greedy(prompt, steps)
     full = candidate.logits(sequence)
     reference_logits = reference_model.logits(sequence)
     generation = GenerationComparison(tuple(prompt), tuple(continuation), tuple(candidate_tokens),
