@@ -1,12 +1,20 @@
 """Peak memory, time and verdict of `parity check` over long inputs, each length in a fresh process.
 
     python benchmarks/long_check.py [--tokens 256,1024] [--candidate llamacpp:FILE.gguf] [--model FILE]
+    python benchmarks/long_check.py --tokens 1024 --planted rope_base
+    python benchmarks/long_check.py --tokens 12 --decode-steps 512
 
 The default pair (SmolLM2's GGUF in transformers against the same file in llama.cpp)
 over T random token ids, with --decode-steps 0: one forward pass per side plus the
-calibration run. Prints, per length: peak RSS of the command's process (GiB), wall
+calibration run (--decode-steps N adds greedy decoding of N tokens on both sides and
+token-by-token decoding through llama.cpp's cache against its full pass at every
+step). Prints, per length: peak RSS of the command's process (GiB), wall
 and CPU seconds, the exit code, and how many checkpoints failed. A correct build
-must exit 0 at every length.
+must exit 0 at every length. With --planted rope_base the candidate is a copy of
+the GGUF whose RoPE base (llama.rope.freq_base) is 5% larger, run by llama.cpp
+against the unchanged reference: a bug that grows with position, which must fail
+(exit 1) at every length; the first failing checkpoint and the named cause are
+printed too.
 """
 
 from __future__ import annotations
@@ -22,27 +30,49 @@ import time
 from pathlib import Path
 
 
-def run_once(tokens: int, model: str | None, candidate: str | None) -> dict:
+def planted_rope_base(directory: Path, factor: float = 1.05) -> tuple[str, str]:
+    """(reference, candidate): the embedded GGUF, and a copy of it with its RoPE base multiplied by `factor`."""
+    import shutil
+
+    from gguf import GGUFReader
+
+    from parity.capture.gguf.smollm2 import gguf_path
+
+    original = gguf_path()
+    copy = directory / "rope-base-planted.gguf"
+    shutil.copyfile(original, copy)
+    reader = GGUFReader(copy, "r+")
+    field = reader.fields["llama.rope.freq_base"]
+    field.parts[field.data[0]][0] *= factor
+    reader.data.flush()
+    return str(original), f"llamacpp:{copy}"
+
+
+def run_once(tokens: int, model: str | None, candidate: str | None, decode_steps: int = 0) -> dict:
     draw = random.Random(tokens)
     ids = [draw.randrange(1, 49152) for _ in range(tokens)]
     with tempfile.TemporaryDirectory() as directory:
         report = Path(directory) / "report.json"
         pair = [model, candidate] if model and candidate else []
         command = [sys.executable, "-m", "parity", "check", *pair, "--tokens", ",".join(map(str, ids)),
-                   "--decode-steps", "0", "--json", str(report)]
+                   "--decode-steps", str(decode_steps), "--json", str(report)]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         wall_s = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        failed = None
+        failed, first, cause = None, None, None
         if report.exists():
-            failed = json.loads(report.read_text())["summary"]["failed"]
+            document = json.loads(report.read_text())
+            failed = document["summary"]["failed"]
+            first = (document.get("first_divergence") or {}).get("checkpoint")
+            cause = next((d["cause"] for d in document.get("diagnoses", []) if d.get("cause") != "precision_noise"),
+                         None)
         elif done.returncode == 2:
             print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
     return {"tokens": tokens, "peak_rss_gib": after.ru_maxrss / 2**20, "wall_s": wall_s,
             "cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
-            "exit": done.returncode, "failed": failed}
+            "exit": done.returncode, "failed": failed, "first": first, "cause": cause}
 
 
 def main() -> None:
@@ -50,12 +80,19 @@ def main() -> None:
     parser.add_argument("--tokens", default="256,1024", help="comma-separated lengths")
     parser.add_argument("--model", help="the reference (default: the embedded SmolLM2 GGUF)")
     parser.add_argument("--candidate", help="the candidate (default: the same GGUF in llama.cpp)")
+    parser.add_argument("--decode-steps", type=int, default=0, help="tokens decoded after the forward pass")
+    parser.add_argument("--planted", choices=["rope_base"], help="check a copy of the GGUF with this bug planted")
     args = parser.parse_args()
-    print(f"{'T':>6} {'peak RSS GiB':>13} {'wall s':>8} {'CPU s':>8} {'exit':>5} {'failed':>7}")
-    for tokens in (int(value) for value in args.tokens.split(",")):
-        row = run_once(tokens, args.model, args.candidate)
-        print(f"{row['tokens']:>6} {row['peak_rss_gib']:>13.2f} {row['wall_s']:>8.1f} {row['cpu_s']:>8.1f} "
-              f"{row['exit']:>5} {row['failed'] if row['failed'] is not None else '-':>7}", flush=True)
+    print(f"{'T':>6} {'peak RSS GiB':>13} {'wall s':>8} {'CPU s':>8} {'exit':>5} {'failed':>7}  first failing / cause")
+    with tempfile.TemporaryDirectory() as directory:
+        model, candidate = args.model, args.candidate
+        if args.planted:
+            model, candidate = planted_rope_base(Path(directory))
+        for tokens in (int(value) for value in args.tokens.split(",")):
+            row = run_once(tokens, model, candidate, args.decode_steps)
+            print(f"{row['tokens']:>6} {row['peak_rss_gib']:>13.2f} {row['wall_s']:>8.1f} {row['cpu_s']:>8.1f} "
+                  f"{row['exit']:>5} {row['failed'] if row['failed'] is not None else '-':>7}  "
+                  f"{row['first'] or '-'} / {row['cause'] or '-'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -102,6 +102,7 @@ class TraceRequest:
     prompt: str | None = None          # the text the tokens came from, recorded in the metadata
     reference_model: Any = None        # the loaded reference (HFModel), for what a backend measures against it
     start_position: int = 0            # the absolute position of the first token (--start-position)
+    spill_to: str | None = None        # a trace file to write the trace to as it is made, where a backend can
 
 
 class Candidate:

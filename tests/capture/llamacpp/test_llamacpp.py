@@ -116,3 +116,15 @@ def test_greedy_through_the_cache_follows_its_own_decode_rows(runner, tokens):
     assert [int(np.argmax(row)) for row in rows] == generated
     decoded = runner.incremental_logits(tokens, generated)            # the same cache path, teacher-forced
     assert [int(np.argmax(row)) for row in decoded[:-1]] == generated
+
+
+def test_a_trace_written_layer_by_layer_holds_what_the_held_trace_holds(runner, tokens, pair, tmp_path):
+    from parity.core.trace import load_trace
+
+    held = pair[1]
+    streamed = runner.capture(tokens, path=tmp_path / "candidate.safetensors")
+    assert isinstance(load_trace(tmp_path / "candidate.safetensors").tensors, type(streamed.tensors))
+    assert sorted(streamed.names) == sorted(held.names)
+    assert {key: value for key, value in streamed.metadata.items() if key != "format"} == held.metadata
+    for name in held.names:
+        assert np.array_equal(np.asarray(streamed.tensors[name]), held.tensors[name]), name

@@ -32,6 +32,7 @@ import ctypes
 import os
 import sys
 from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,10 @@ class _Recording:
     produced: dict[int, str] = field(default_factory=dict)    # node address -> kind, for structural matches
     layer: int | None = None                                  # the layer of the last indexed node
     kv_type: str | None = None                                # the type K was read in by q @ K^T
+    count: int = 0                                            # tokens in the batch
+    sink: Callable[[str, np.ndarray], None] | None = None     # takes each aligned tensor as its layer ends
+    written: list[str] = field(default_factory=list)          # the names handed to the sink
+    sink_error: BaseException | None = None                   # what the sink raised (a full disk), raised after
 
 
 class LlamaCppRunner:
@@ -187,22 +192,36 @@ class LlamaCppRunner:
     # --- capture ------------------------------------------------------------------
 
     def capture(self, tokens: list[int], *, checkpoints: str | None = None, prompt: str | None = None,
-                start_position: int = 0) -> Trace:
+                start_position: int = 0, path: str | Path | None = None) -> Trace:
         """Run one batch over `tokens` (logits at every position), the first at absolute position
-        `start_position` (llama.cpp takes each token's position in the batch), and return the trace."""
+        `start_position` (llama.cpp takes each token's position in the batch), and return the trace.
+        With `path`, each layer's tensors are written to that trace file as the next layer starts, and the
+        trace returned reads them back a tensor at a time: its memory does not grow with the layers."""
+        if path is not None:
+            return self._capture_to_file(tokens, Path(path), checkpoints=checkpoints, prompt=prompt,
+                                         start_position=start_position)
         if not tokens:
             raise OptionError("no tokens to run: give a non-empty --prompt or --tokens")
         outside = next((token for token in tokens if not 0 <= token < self.vocab_size), None)
         if outside is not None:
             raise OptionError(f"token id {outside} is outside the vocabulary of {self.path.name} "
                               f"(ids 0 to {self.vocab_size - 1}); give ids within it")
-        self._recording = _Recording(checkpoints)
+        tensors, metadata = self._run(tokens, checkpoints, prompt, start_position)
+        return make_trace(tensors, metadata, source=str(self.path))
+
+    def _run(self, tokens: list[int], checkpoints: str | None, prompt: str | None, start_position: int,
+             sink: Callable[[str, np.ndarray], None] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+        """(tensors, metadata) of one batch; with `sink`, the tensors of each finished layer went there as the
+        pass ran, and `tensors` holds the rest."""
+        self._recording = _Recording(checkpoints, count=len(tokens), sink=sink)
         try:
             logits = self._decode(tokens, start_position)
         finally:
             recording, self._recording = self._recording, None
-        tensors = self._align(recording, len(tokens))
-        if "logits" not in tensors and select(["logits"], checkpoints):
+        if recording.sink_error is not None:
+            raise CaptureError(f"writing llama.cpp's trace failed: {recording.sink_error}")
+        tensors = self._align(recording)
+        if "logits" not in tensors and "logits" not in recording.written and select(["logits"], checkpoints):
             tensors["logits"] = logits
         metadata = {
             "arch": self._meta("general.architecture"),
@@ -215,7 +234,31 @@ class LlamaCppRunner:
             "kv_type": recording.kv_type,
             **({"start_position": start_position} if start_position else {}),
         }
-        return make_trace(tensors, metadata, source=str(self.path))
+        return tensors, metadata
+
+    def _capture_to_file(self, tokens: list[int], path: Path, *, checkpoints: str | None, prompt: str | None,
+                         start_position: int) -> Trace:
+        import json
+
+        from parity.core.trace import load_trace
+        from parity.core.trace.trace import metadata_strings, storage
+        from parity.core.trace.writer import trace_file
+
+        with trace_file(path, expected_tensors=64 * max(1, self._layer_count()) + 16,
+                        metadata_bytes=len(json.dumps(tokens)) + 4096) as writer:
+            def sink(name: str, array: np.ndarray) -> None:
+                writer.add(name, *storage(array, "float32"))
+
+            tensors, metadata = self._run(tokens, checkpoints, prompt, start_position, sink)
+            for name, array in tensors.items():     # what the end of the pass left: the last layers, the logits
+                sink(name, array)
+            del tensors
+            writer.finish(metadata_strings(make_trace({}, metadata).metadata))
+        return load_trace(path)
+
+    def _layer_count(self) -> int:
+        count = self._meta(f"{self._meta('general.architecture')}.block_count")
+        return int(count) if count and count.isdigit() else 0
 
     def logits(self, tokens: list[int]) -> np.ndarray:
         """Logits at every position of one batch over `tokens`: (T, V); no tensors recorded."""
@@ -392,32 +435,59 @@ class LlamaCppRunner:
         array = np.lib.stride_tricks.as_strided(raw.view(storage), shape=shape, strides=strides).copy()
         if tensor.type == GGML_TYPE_BF16:
             array = (array.astype(np.uint32) << 16).view(np.float32)
-        recording.arrays[canonical] = array.astype(np.float32)
+        recording.arrays[canonical] = array.astype(np.float32, copy=False)
         recording.not_comparable.pop(canonical, None)
+        layer = parse(canonical).layer
+        if recording.sink is not None and layer is not None:
+            self._hand_over(recording, before_layer=layer - 1)
+
+    def _hand_over(self, recording: _Recording, before_layer: int) -> None:
+        """Give the sink every tensor of the layers before `before_layer`, aligned, and let them go. (A node
+        of a layer can be read again while that layer runs, a bias added to a matmul's output: a layer is
+        handed over only once the one after it is under way.)"""
+        finished = [name for name in recording.arrays if (parse(name).layer is not None
+                                                          and parse(name).layer < before_layer)]
+        for name in finished:
+            array = self._aligned(name, recording.arrays.pop(name), recording)
+            if array is None or recording.sink_error is not None:
+                continue
+            try:
+                recording.sink(name, array)
+                recording.written.append(name)
+            except Exception as error:  # a full disk: raised once the pass is over
+                recording.sink_error = error
 
     # --- layouts ------------------------------------------------------------------
 
-    def _align(self, recording: _Recording, count: int) -> dict[str, np.ndarray]:
-        permuted = self.undo_qk_permutation and self._llama.llama_model_rope_type(self._model) == LLAMA_ROPE_TYPE_NORM
+    def _align(self, recording: _Recording) -> dict[str, np.ndarray]:
+        """Every recorded tensor not yet handed over, in the trace's layouts."""
         tensors = {}
         for name, array in recording.arrays.items():
-            kind = parse(name).kind
-            array = array.reshape(array.shape[1:]) if array.shape[0] == 1 else array  # (1, a, b, c) -> (a, b, c)
-            if kind == "attn_probs":
-                array, reason = _prompt_columns(array, count)                        # (H, T, n_kv) -> (H, T, T)
-                if reason:
-                    recording.not_comparable[name] = reason
-                    continue
-            else:
-                array = array.reshape(count, -1)                                      # (T, ...) -> (T, width)
-            if permuted and kind in QK_KINDS:
-                head_dim = recording.head_dims.get(kind[0])
-                if head_dim is None or head_dim % 2:
-                    recording.not_comparable[name] = "the head size of the GGUF q/k permutation is unknown"
-                    continue
-                array = unpermute_qk(array, head_dim)
-            tensors[name] = array
+            array = self._aligned(name, array, recording)
+            if array is not None:
+                tensors[name] = array
         return tensors
+
+    def _aligned(self, name: str, array: np.ndarray, recording: _Recording) -> np.ndarray | None:
+        """One recorded tensor in the trace's layout; None (its reason in not_comparable) when it cannot be."""
+        count = recording.count
+        kind = parse(name).kind
+        array = array.reshape(array.shape[1:]) if array.shape[0] == 1 else array  # (1, a, b, c) -> (a, b, c)
+        if kind == "attn_probs":
+            array, reason = _prompt_columns(array, count)                        # (H, T, n_kv) -> (H, T, T)
+            if reason:
+                recording.not_comparable[name] = reason
+                return None
+        else:
+            array = array.reshape(count, -1)                                      # (T, ...) -> (T, width)
+        permuted = self.undo_qk_permutation and self._llama.llama_model_rope_type(self._model) == LLAMA_ROPE_TYPE_NORM
+        if permuted and kind in QK_KINDS:
+            head_dim = recording.head_dims.get(kind[0])
+            if head_dim is None or head_dim % 2:
+                recording.not_comparable[name] = "the head size of the GGUF q/k permutation is unknown"
+                return None
+            array = unpermute_qk(array, head_dim)
+        return array
 
 
 def unpermute_qk(array: np.ndarray, head_dim: int) -> np.ndarray:

@@ -59,9 +59,10 @@ class CheckOptions:
     def __repr__(self) -> str:
         return f"<CheckOptions {self.model} vs {self.candidate}>"
 
-    def request(self, reference_model=None) -> TraceRequest:
+    def request(self, reference_model=None, spill_to: str | None = None) -> TraceRequest:
         return TraceRequest(checkpoints=self.checkpoints, taps=self.taps, weights=self.weights, raw=self.raw,
-                            prompt=self.prompt, reference_model=reference_model, start_position=self.start_position)
+                            prompt=self.prompt, reference_model=reference_model, start_position=self.start_position,
+                            spill_to=spill_to)
 
 
 class _Silent:
@@ -117,6 +118,14 @@ def _capture_reference(reference_model, tokens: list[int], options: CheckOptions
     return load_trace(path)
 
 
+def _candidate_spill(reference_model, tokens: list[int], spill: str) -> str | None:
+    """Where a candidate that can writes its trace as it is made: when its trace (float32) would be larger than
+    SPILL_BYTES."""
+    if reference_trace_bytes(reference_model, len(tokens), "float32") <= SPILL_BYTES:
+        return None
+    return str(Path(spill) / "candidate.safetensors")
+
+
 def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) -> Comparison:
     from parity.capture.hf.model import load_model
 
@@ -142,7 +151,9 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
         progress.step("the on-device pass found a divergence: running again with full traces on the host, "
                       "to diagnose it")
     reference = _capture_reference(reference_model, tokens, options, candidate, reference_dtype, spill, progress)
-    trace = spilled(candidate.trace(reference.tokens, options.request(reference_model), progress), spill)
+    trace = spilled(candidate.trace(reference.tokens, options.request(reference_model,
+                                                                      _candidate_spill(reference_model, tokens,
+                                                                                       spill)), progress), spill)
     config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints)
     if calibrating and numerics.needed(reference_dtype):
         from parity.commands.check.calibration import calibrated
