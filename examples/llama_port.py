@@ -66,6 +66,8 @@ class Bugs:
     extra_bos: bool = False              # a BOS token is prepended to the input the model is given
     probs_layout: str = "HTS"            # how the attention probabilities are written: "THS", "HST"
     kv_cache_offset: bool = False        # decoding writes each new key/value one slot past where it belongs
+    kv_cache_slots: int | None = None    # the cache keeps only its latest this many positions (a ring buffer
+                                         # sized below the context): decoding past them forgets the oldest
     skip_rope_cached: bool = False       # the cache keeps keys before RoPE, and decoding uses them unrotated
     rope_theta: float | None = None      # RoPE base used instead of the config's (a default left in place)
     drop_qkv_bias: bool = False          # Qwen2's q, k, v biases not loaded (left at zero)
@@ -74,12 +76,14 @@ class Bugs:
 class KVCache:
     """What decoding keeps of the positions seen so far, per layer: keys and values, (S, Hkv, hd) each."""
 
-    def __init__(self) -> None:
+    def __init__(self, slots: int | None = None) -> None:
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
+        self.written: dict[int, int] = {}      # layer -> rows written so far (the next position)
+        self.slots = slots                     # the bug kv_cache_slots: keep only the latest this many
 
     def length(self, layer: int) -> int:
-        return self.keys[layer].shape[0] if layer in self.keys else 0
+        return self.written.get(layer, 0)
 
     def append(self, layer: int, stored_key, current_key, value, offset: bool = False):
         """Keep this step's keys (as `stored_key`) and values; return the keys and values to attend over:
@@ -88,9 +92,12 @@ class KVCache:
             stored_key, current_key, value = (torch.cat([torch.zeros_like(t[:1]), t]) for t in (stored_key, current_key, value))
         previous = self.keys.get(layer, stored_key[:0])
         attend = torch.cat([previous, current_key])
-        self.keys[layer] = torch.cat([previous, stored_key])
-        self.values[layer] = torch.cat([self.values.get(layer, value[:0]), value])
-        return attend, self.values[layer]
+        values = torch.cat([self.values.get(layer, value[:0]), value])
+        self.keys[layer], self.values[layer] = torch.cat([previous, stored_key]), values
+        if self.slots is not None:
+            self.keys[layer], self.values[layer] = self.keys[layer][-self.slots:], values[-self.slots:]
+        self.written[layer] = self.written.get(layer, 0) + stored_key.shape[0]
+        return attend, values
 
 
 class RMSNorm(nn.Module):
@@ -233,7 +240,8 @@ class LlamaPort(nn.Module):
         if self.bugs.extra_bos and past_key_values is None:
             bos = torch.full_like(input_ids[:, :1], self.config.get("bos_token_id") or 0)
             input_ids = torch.cat([bos, input_ids], dim=1)
-        cache = past_key_values if past_key_values is not None else (KVCache() if use_cache else None)
+        cache = past_key_values if past_key_values is not None else (KVCache(self.bugs.kv_cache_slots) if use_cache
+                                                                     else None)
         start = cache.length(0) if cache is not None else 0
         T = input_ids.shape[1]
         positions = torch.arange(start, start + T, device=input_ids.device) + self.bugs.rope_offset

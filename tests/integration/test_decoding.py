@@ -19,6 +19,9 @@ def cache_one_position_off(path):
 def cached_keys_not_rotated(path):
     return llama_port.build(path, llama_port.Bugs(skip_rope_cached=True))
 
+def cache_of_24_slots(path):
+    return llama_port.build(path, llama_port.Bugs(kv_cache_slots=24))
+
 def transformers_model(path):
     return transformers.AutoModelForCausalLM.from_pretrained(path).eval()
 '''
@@ -31,8 +34,9 @@ def ports(tmp_path_factory):
     return path
 
 
-def check(model_dir, ports, factory):
-    result = parity("check", model_dir, f"{ports}:{factory}", "--tokens", TOKEN_ARG, "--json", "-", cwd=ROOT / "examples")
+def check(model_dir, ports, factory, *options):
+    result = parity("check", model_dir, f"{ports}:{factory}", "--tokens", TOKEN_ARG, "--json", "-", *options,
+                    cwd=ROOT / "examples")
     return result.returncode, json.loads(result.stdout)
 
 
@@ -56,6 +60,23 @@ def test_a_broken_decode_path_is_caught_at_its_first_step_with_its_cause(model_d
     assert decode["first_step"] == 1 and decode["position"] == len(TOKEN_ARG.split(","))  # ... the first decoded token is not
     assert decode["first_checkpoint"] == "layers.0.attn_probs"
     assert cause in [d["cause"] for d in report["diagnoses"]]
+
+
+def test_a_cache_that_forgets_past_its_slots_fails_at_the_first_step_past_them(model_dirs, ports):
+    """A bug that only long decoding reaches: the prompt's 10 positions and the next 15 decoded tokens fit in the
+    cache's 24 slots; the step at position 25 finds position 0 forgotten, and attends over 24 keys where 25
+    belong."""
+    prompt = len(TOKEN_ARG.split(","))
+    code, report = check(model_dirs["llama"], ports, "cache_of_24_slots", "--decode-steps", "64")
+    assert code == 1 and all(c["status"] == "pass" for c in report["checkpoints"])
+    decode = report["decode"]
+    within = [error <= bound for error, bound in zip(decode["rel_l2"], decode["bounds"])]
+    first = 25 - (prompt - 1)                                    # step 0 is the prompt's last position
+    assert len(within) == 65 and all(within[:first]) and not within[first]
+    assert (decode["first_step"], decode["position"]) == (first, 25)
+    assert decode["first_checkpoint"] == "layers.0.attn_probs"
+    _, correct = check(model_dirs["llama"], ports, "correct", "--decode-steps", "64")
+    assert correct["decode"]["passed"] and len(correct["decode"]["rel_l2"]) == 65
 
 
 def test_the_kv_cache_and_prefill_variants(model_dirs, ports):
