@@ -42,3 +42,12 @@ def test_every_builtin_tap_names_canonical_checkpoints():
             for name in tap.names:
                 if name:
                     assert is_canonical(name.replace("{i}", "0")), (family, tap)
+
+
+def test_a_leading_bang_leaves_checkpoints_out():
+    from parity.core.names import select
+
+    names = ["embed", "layers.0.q", "layers.0.attn_probs", "layers.1.attn_probs", "logits"]
+    assert select(names, "*,!*.attn_probs") == ["embed", "layers.0.q", "logits"]
+    assert select(names, "!*.attn_probs") == ["embed", "layers.0.q", "logits"]      # exclusions alone: from all
+    assert select(names, "layers.*,!layers.1.*") == ["layers.0.q", "layers.0.attn_probs"]

@@ -235,3 +235,13 @@ def test_every_command_takes_the_one_vocabulary():
         if "--reference" in spelled:
             reference = next(a for a in parser._actions if "--reference" in a.option_strings)
             assert reference.metavar == "MODEL", name                             # always the reference model
+
+
+def test_check_leaves_out_the_checkpoints_a_bang_names(model_dirs, tmp_path):
+    port = f"{ROOT / 'examples' / 'scratch_llama.py'}:build"
+    result = parity("check", model_dirs["llama"], port, "--tokens", TOKEN_ARG, "--decode-steps", "0",
+                    "--checkpoints", "*,!*.attn_probs", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    compared = {entry["name"] for entry in json.loads(result.stdout)["checkpoints"]}
+    assert "layers.0.q_rope" in compared and "logits" in compared
+    assert not any(name.endswith("attn_probs") for name in compared)

@@ -101,6 +101,7 @@ def checkpoint_globs(text: str) -> str:
         raise argparse.ArgumentTypeError("is empty; give checkpoint names or globs, e.g. 'layers.*.q,logits'")
     names = [*GLOBAL_KINDS, *(f"layers.{i}.{kind}" for i in range(_LAYERS_NAMED) for kind in LAYER_KINDS)]
     for glob in globs:
+        glob = glob.removeprefix("!")   # an exclusion names checkpoints as an inclusion does
         bare = next((glob[: -len(suffix)] for suffix in WEIGHT_SUFFIXES if glob.endswith(suffix)), glob)
         if not select(names, bare) and parse(bare) is None:
             raise argparse.ArgumentTypeError(f"{glob!r} matches no checkpoint name; names are like embed, "
@@ -220,7 +221,8 @@ def add_tolerances(parser) -> None:
     parser.add_argument("--atol", type=tolerance, help="absolute tolerance for every checkpoint (needs --rtol)")
     parser.add_argument("--rtol", type=tolerance, help="relative tolerance for every checkpoint (needs --atol)")
     parser.add_argument("--checkpoints", metavar="GLOB", type=checkpoint_globs,
-                        help="only these checkpoints, e.g. 'layers.*.q,logits'")
+                        help="only these checkpoints, e.g. 'layers.*.q,logits'; a leading ! leaves some out: "
+                             "'*,!*.attn_probs'")
     parser.add_argument("--strict", type=conventions, nargs="?", const=conventions("all"), default=frozenset(),
                         metavar="CONVENTIONS", help="hold these conventions as failures instead of adapting them: "
                                                     "layout, vocab_padding, logit_shift, residual_pair (default: all)")

@@ -205,11 +205,16 @@ def inputs_of(name: str, available) -> list[str]:
 
 
 def select(names, patterns: str | None) -> list[str]:
-    """Names matching any of the comma-separated globs (`layers.*.q,logits`); all if None."""
+    """Names matching any of the comma-separated globs (`layers.*.q,logits`) and none of those written with a
+    leading `!` (`*,!*.attn_probs`: everything but the attention probabilities); all if None."""
     if not patterns:
         return list(names)
     globs = [pattern.strip() for pattern in patterns.split(",") if pattern.strip()]
-    return [name for name in names if any(fnmatch.fnmatchcase(name, glob) for glob in globs)]
+    included = [glob for glob in globs if not glob.startswith("!")]
+    excluded = [glob[1:] for glob in globs if glob.startswith("!")]
+    return [name for name in names
+            if (not included or any(fnmatch.fnmatchcase(name, glob) for glob in included))
+            and not any(fnmatch.fnmatchcase(name, glob) for glob in excluded)]
 
 
 # --- Where each family's checkpoints come from --------------------------------

@@ -50,3 +50,51 @@ def test_the_estimate_grows_with_the_square_of_the_tokens_and_with_the_layers():
     at_1024 = reference_trace_bytes(model, 1024, "float64")
     assert 2.2 * 2**30 < at_1024 < 8 * 2**30          # SmolLM2 at T=1,024: gigabytes, so it is spilled
     assert reference_trace_bytes(model, 12, "float64") < 2**30   # the default prompt is held
+
+
+@pytest.mark.parametrize("outtype, factory", [("f16", None), ("f16", "norm_eps")])
+def test_llamacpp_writing_its_trace_layer_by_layer_gives_the_report_a_held_trace_gives(capsys, monkeypatch, outtype,
+                                                                                        factory):
+    """llama.cpp's trace written to the spill directory as the pass runs, and the reference's and the calibration
+    run's too, against all three held: the same report, passing and failing."""
+    from conftest import need
+
+    need("llama_cpp")
+    import gguf_models
+
+    if gguf_models.converter_dir() is None:
+        pytest.skip("llama.cpp's converter is not in the parity cache (scripts/install.sh puts it there)")
+    overrides = {"rms_norm_eps": 1e-2} if factory == "norm_eps" else {}
+    gguf = gguf_models.gguf("llama", outtype, **overrides)
+    reference = gguf_models.gguf("llama", outtype)          # the unchanged model, in transformers
+    held_code, held = report_of(reference, f"llamacpp:{gguf}", capsys, monkeypatch, spill_bytes=1 << 60)
+    spilled_code, spilled = report_of(reference, f"llamacpp:{gguf}", capsys, monkeypatch, spill_bytes=0)
+    assert held_code == spilled_code == (1 if factory else 0)
+    assert comparable(spilled) == comparable(held)
+
+
+def test_a_check_whose_traces_would_not_fit_on_the_disk_is_refused_before_it_runs(tmp_path):
+    import shutil
+
+    from parity.commands.check.spill import require_room
+    from parity.core.errors import OptionError
+
+    free = shutil.disk_usage(tmp_path).free
+    require_room(str(tmp_path), free // 2, 0, 1024)                      # room: nothing said
+    with pytest.raises(OptionError, match=r"writes about \d+ GiB of traces .* free: point PARITY_SPILL_DIR at a "
+                                          r"disk with room, give fewer tokens, or leave out the attention "
+                                          r"probabilities \(\d+ GiB of it: --checkpoints '\*,!\*.attn_probs'\)"):
+        require_room(str(tmp_path), 2 * free, free, 8192)
+
+
+def test_the_probabilities_left_out_shrink_the_estimate_to_what_grows_with_the_tokens():
+    import types
+
+    from parity.commands.check.spill import reference_trace_bytes
+
+    config = types.SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, hidden_size=576,
+                                   intermediate_size=1536)
+    model = types.SimpleNamespace(model=types.SimpleNamespace(config=config))
+    whole, without = (reference_trace_bytes(model, 8192, "float64", checkpoints)
+                      for checkpoints in (None, "*,!*.attn_probs"))
+    assert without == 30 * 16 * 8192 * 1536 * 8 and whole == without + 30 * 9 * 8192 ** 2 * 8

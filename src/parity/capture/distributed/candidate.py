@@ -129,7 +129,9 @@ def with_collective_inputs(checkpoints: str | None) -> str | None:
     if not checkpoints:
         return checkpoints
     globs = [glob.strip() for glob in checkpoints.split(",") if glob.strip()]
-    return ",".join(globs + [LOCAL_PREFIX + glob for glob in globs if not glob.startswith(LOCAL_PREFIX)])
+    local = [("!" + LOCAL_PREFIX + glob[1:]) if glob.startswith("!") else LOCAL_PREFIX + glob
+             for glob in globs if not glob.removeprefix("!").startswith(LOCAL_PREFIX)]
+    return ",".join(globs + local)
 
 
 def _declared_layout(spec: str, started: list[dict]) -> ShardLayout:

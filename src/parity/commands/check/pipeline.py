@@ -105,11 +105,12 @@ def _capture_reference(reference_model, tokens: list[int], options: CheckOptions
     from parity.core.trace import load_trace
 
     raw = options.raw and candidate.supports("raw") is None
-    size = reference_trace_bytes(reference_model, len(tokens), reference_dtype)
+    size = reference_trace_bytes(reference_model, len(tokens), reference_dtype, options.checkpoints)
     if size <= SPILL_BYTES:
         progress.step(f"capturing the reference over {len(tokens)} tokens")
         return reference_model.capture(tokens, checkpoints=options.checkpoints, prompt=options.prompt,
                                        weights=options.weights, raw=raw, start_position=options.start_position)
+    _require_room_for_traces(reference_model, tokens, options, reference_dtype, spill)
     path = Path(spill) / "reference.safetensors"
     progress.step(f"capturing the reference over {len(tokens)} tokens into {path} (about {size / 2**30:.1f} GiB, "
                   "more than is held in memory)")
@@ -118,10 +119,29 @@ def _capture_reference(reference_model, tokens: list[int], options: CheckOptions
     return load_trace(path)
 
 
-def _candidate_spill(reference_model, tokens: list[int], spill: str) -> str | None:
+def _require_room_for_traces(reference_model, tokens: list[int], options: CheckOptions, reference_dtype: str,
+                             spill: str) -> None:
+    """Refuse a check whose spilled traces (the reference's, the calibration run's and the candidate's, at
+    float32) would not fit where they are written."""
+    from parity.commands.check.spill import require_room
+
+    def size(dtype: str, checkpoints: str | None = options.checkpoints) -> int:
+        return reference_trace_bytes(reference_model, len(tokens), dtype, checkpoints)
+
+    needed = size(reference_dtype) + 2 * size("float32")
+    without = size(reference_dtype, _without_probabilities(options.checkpoints))
+    without += 2 * size("float32", _without_probabilities(options.checkpoints))
+    require_room(spill, needed, needed - without, len(tokens))
+
+
+def _without_probabilities(checkpoints: str | None) -> str:
+    return f"{checkpoints or '*'},!*.attn_probs"
+
+
+def _candidate_spill(reference_model, tokens: list[int], spill: str, checkpoints: str | None) -> str | None:
     """Where a candidate that can writes its trace as it is made: when its trace (float32) would be larger than
     SPILL_BYTES."""
-    if reference_trace_bytes(reference_model, len(tokens), "float32") <= SPILL_BYTES:
+    if reference_trace_bytes(reference_model, len(tokens), "float32", checkpoints) <= SPILL_BYTES:
         return None
     return str(Path(spill) / "candidate.safetensors")
 
@@ -153,7 +173,8 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
     reference = _capture_reference(reference_model, tokens, options, candidate, reference_dtype, spill, progress)
     trace = spilled(candidate.trace(reference.tokens, options.request(reference_model,
                                                                       _candidate_spill(reference_model, tokens,
-                                                                                       spill)), progress), spill)
+                                                                                       spill, options.checkpoints)),
+                                    progress), spill)
     config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints)
     if calibrating and numerics.needed(reference_dtype):
         from parity.commands.check.calibration import calibrated

@@ -38,13 +38,35 @@ def spilled(trace: Trace, spill: str) -> Trace:
     return load_trace(path)
 
 
-def reference_trace_bytes(model, tokens: int, dtype: str) -> int:
-    """About how large the reference's trace is: each layer's attention probabilities (H x T x T) and a dozen
-    (T x D) tensors, at the reference's precision."""
+def reference_trace_bytes(model, tokens: int, dtype: str, checkpoints: str | None = None) -> int:
+    """About how large the reference's trace is: each layer's attention probabilities (H x T x T, unless
+    `checkpoints` leaves them out) and a dozen (T x D) tensors, at the reference's precision."""
+    from parity.core.names import select
+
     config = model.model.config
     config = getattr(config, "get_text_config", lambda: config)()
     layers = getattr(config, "num_hidden_layers", 0) or 0
     heads = getattr(config, "num_attention_heads", 0) or 0
     width = max(getattr(config, "hidden_size", 0) or 0, getattr(config, "intermediate_size", 0) or 0)
     itemsize = {"float64": 8, "float32": 4}.get(dtype, 2)   # float16 and bfloat16 are held as they are made
-    return layers * (heads * tokens * tokens + 16 * tokens * width) * itemsize
+    probabilities = heads * tokens * tokens if select(["layers.0.attn_probs"], checkpoints) else 0
+    return layers * (probabilities + 16 * tokens * width) * itemsize
+
+
+def require_room(spill: str, needed_bytes: int, probabilities_bytes: int, tokens: int) -> None:
+    """Refuse, before any pass runs, a check whose spilled traces would not fit on the spill directory's disk."""
+    import os
+    import shutil
+
+    from parity.core.errors import OptionError
+
+    free = shutil.disk_usage(spill).free
+    if needed_bytes <= 0.9 * free:
+        return
+    where = ("PARITY_SPILL_DIR" if os.environ.get("PARITY_SPILL_DIR")
+             else "the temporary directory; PARITY_SPILL_DIR moves it")
+    leave_out = (f", or leave out the attention probabilities ({probabilities_bytes / 2**30:.0f} GiB of it: "
+                 "--checkpoints '*,!*.attn_probs')") if probabilities_bytes else ""
+    raise OptionError(f"a check over {tokens} tokens writes about {needed_bytes / 2**30:.0f} GiB of traces to "
+                      f"{Path(spill).parent} ({where}), which has {free / 2**30:.0f} GiB free: point "
+                      f"PARITY_SPILL_DIR at a disk with room, give fewer tokens{leave_out}")
