@@ -437,7 +437,7 @@ class LlamaCppRunner:
             array = (array.astype(np.uint32) << 16).view(np.float32)
         recording.arrays[canonical] = array.astype(np.float32, copy=False)
         recording.not_comparable.pop(canonical, None)
-        layer = parse(canonical).layer
+        layer = _layer(canonical)
         if recording.sink is not None and layer is not None:
             self._hand_over(recording, before_layer=layer - 1)
 
@@ -445,8 +445,8 @@ class LlamaCppRunner:
         """Give the sink every tensor of the layers before `before_layer`, aligned, and let them go. (A node
         of a layer can be read again while that layer runs, a bias added to a matmul's output: a layer is
         handed over only once the one after it is under way.)"""
-        finished = [name for name in recording.arrays if (parse(name).layer is not None
-                                                          and parse(name).layer < before_layer)]
+        finished = [name for name in recording.arrays
+                    if _layer(name) is not None and _layer(name) < before_layer]
         for name in finished:
             array = self._aligned(name, recording.arrays.pop(name), recording)
             if array is None or recording.sink_error is not None:
@@ -488,6 +488,11 @@ class LlamaCppRunner:
                 return None
             array = unpermute_qk(array, head_dim)
         return array
+
+
+def _layer(name: str) -> int | None:
+    checkpoint = parse(name)
+    return checkpoint.layer if checkpoint is not None else None
 
 
 def unpermute_qk(array: np.ndarray, head_dim: int) -> np.ndarray:
