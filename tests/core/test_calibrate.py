@@ -90,3 +90,46 @@ def test_a_positions_decode_noise_covers_its_neighbours_and_no_further():
     assert lifted[5] == 1.0                 # a dip among larger neighbours
     assert lifted[14] == 1.0 and lifted[15] == 0.1 and lifted[19] == 0.1   # four positions on, no further
     assert all(after >= before for before, after in zip(noise, lifted))
+
+
+def _heavy_channel_pair(seed: int, heavy_error: float):
+    """A (T, D) checkpoint like Gemma 3's post-feed-forward norm: channel 3 scaled by 4,000 and near zero at
+    position 5, where that one element is the row. Returns the reference and a rounding of it: 0.1% of each
+    channel's size, and `heavy_error` at (5, 3)."""
+    reference = np.random.default_rng(0).standard_normal((64, 32))
+    reference[:, 3] *= 4000.0
+    reference[5, 3] = 2.0                                     # the heavy channel passes near zero here
+    rounding = np.random.default_rng(seed).standard_normal((64, 32)) * 1e-3 * np.abs(reference).mean(0)
+    rounding[5, 3] = heavy_error
+    return reference, reference + rounding
+
+
+def test_a_row_one_heavy_channel_dominates_is_held_with_each_channel_weighted():
+    """One element's rounding 4x the calibration run's, where that element is its row (Gemma 3 at 2,048 tokens,
+    layers.4.mlp_post_norm against llama.cpp): within the bound once each channel is weighted by its scale."""
+    reference, lowp = _heavy_channel_pair(1, heavy_error=4.0)
+    _, candidate = _heavy_channel_pair(2, heavy_error=16.0)
+    name = "layers.0.mlp_post_norm"
+    config = CompareConfig(noise=noise_floors(make_trace({name: reference}), make_trace({name: lowp})),
+                           noise_dtype="float32")
+    result = compare(make_trace({name: reference}), make_trace({name: candidate}), config=config).result(name)
+    assert result.metrics.position_rel_l2 > result.tolerance.max_position_rel_l2       # the plain bound is passed
+    assert result.status == "pass" and result.metrics.channel_position_rel_l2 <= \
+        result.tolerance.max_channel_position_rel_l2
+    assert "heavily weighted channel" in result.tolerance.explain(result.metrics)
+
+
+def test_a_wrong_row_fails_however_the_channels_are_weighted():
+    """The same row, its light channels 4x what they should be: past the plain position bound, and past the
+    weighted one too (the whole tensor's rel_l2, which the heavy channel fills, does not see it)."""
+    reference, lowp = _heavy_channel_pair(1, heavy_error=4.0)
+    _, candidate = _heavy_channel_pair(2, heavy_error=4.0)
+    light = [channel for channel in range(32) if channel != 3]
+    candidate[5, light] = 4.0 * reference[5, light]
+    name = "layers.0.mlp_post_norm"
+    config = CompareConfig(noise=noise_floors(make_trace({name: reference}), make_trace({name: lowp})),
+                           noise_dtype="float32")
+    result = compare(make_trace({name: reference}), make_trace({name: candidate}), config=config).result(name)
+    assert result.metrics.rel_l2 <= result.tolerance.max_rel_l2
+    assert result.status == "fail" and result.metrics.channel_position_rel_l2 > \
+        result.tolerance.max_channel_position_rel_l2

@@ -20,7 +20,9 @@ the noise. The floor keeps a checkpoint that this precision computes exactly
 
 from __future__ import annotations
 
-from parity.core.metrics import NORMS_ONLY, measure_pair
+import dataclasses
+
+from parity.core.metrics import NORMS_ONLY, channel_weighted_position_rel_l2, measure_pair
 from parity.core.names import Checkpoint, parse
 from parity.core.results import NoiseFloor, Tolerance
 from parity.core.tolerances import PRECISIONS, calibration_floor
@@ -63,8 +65,9 @@ def without_dips(floors: dict[str, NoiseFloor]) -> dict[str, NoiseFloor]:
                 continue
             own = floors[name]
             values = [own] + around
-            smoothed[name] = NoiseFloor(max(own.rel_l2, _median(v.rel_l2 for v in values)),
-                                        max(own.position_rel_l2, _median(v.position_rel_l2 for v in values)))
+            smoothed[name] = dataclasses.replace(
+                own, rel_l2=max(own.rel_l2, _median(v.rel_l2 for v in values)),
+                position_rel_l2=max(own.position_rel_l2, _median(v.position_rel_l2 for v in values)))
     return smoothed
 
 
@@ -88,7 +91,8 @@ def noise_floor(name: str, reference, reference_lowp) -> NoiseFloor:
     torch tensors measured on their device)."""
     checkpoint = parse(name) or Checkpoint(name=name, kind=name)
     metrics = measure_pair(reference, reference_lowp, NORMS_ONLY, token_axis=checkpoint.token_axis).metrics
-    return NoiseFloor(metrics.rel_l2, metrics.position_rel_l2)
+    weighted = channel_weighted_position_rel_l2(reference, reference_lowp, checkpoint.token_axis)
+    return NoiseFloor(metrics.rel_l2, metrics.position_rel_l2, weighted)
 
 
 def calibrated_tolerance(noise: NoiseFloor, dtype: str, label: str | None = None) -> Tolerance:
@@ -101,6 +105,8 @@ def calibrated_tolerance(noise: NoiseFloor, dtype: str, label: str | None = None
         max_rel_l2=MULTIPLE * noise.rel_l2 + floor,
         max_position_rel_l2=MULTIPLE * noise.position_rel_l2 + floor,
         noise_rel_l2=noise.rel_l2,
+        max_channel_position_rel_l2=(None if noise.channel_position_rel_l2 is None
+                                     else MULTIPLE * noise.channel_position_rel_l2 + floor),
     )
 
 

@@ -6,6 +6,7 @@ names the first that fails. A divergence is a result, never an exception.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import numpy as np
 from parity.core.calibrate import calibrated_tolerance
 from parity.core.errors import OptionError, TraceError
 from parity.core.layout import alignments, last_positions, last_rows
-from parity.core.metrics import Measurement, measure_pair
+from parity.core.metrics import Measurement, channel_weighted_position_rel_l2, measure_pair
 from parity.core.names import INDEX_KINDS, Checkpoint, in_flow_order, is_raw, parse, select
 from parity.core.positions import MATRIX_KIND, largest_differences, per_head_rel_l2
 from parity.core.propagation import attribute, origin
@@ -191,18 +192,21 @@ def compare_checkpoint(name: str, reference: Trace, candidate: Trace,
     if kept:  # the candidate holds the last position(s) only: compare those
         reference_tensor = last_rows(reference_tensor, kept, checkpoint.token_axis)
 
-    best: tuple[Measurement, str] | None = None
+    best: tuple[Measurement, str, object] | None = None
     for alignment in alignments(reference_tensor.shape, candidate_tensor) if config.align or \
             reference_tensor.shape == candidate_tensor.shape else ():
         measurement = measure_pair(reference_tensor, alignment.candidate, rule, token_axis=checkpoint.token_axis)
         if best is None or _better(measurement.metrics, best[0].metrics):
-            best = (measurement, alignment.describe())
+            best = (measurement, alignment.describe(), alignment.candidate)
     if best is None:
         reason = f"shape mismatch: reference {list(reference_tensor.shape)}, candidate {list(candidate_tensor.shape)}"
         return CheckpointResult(name, FAIL, tolerance=tolerance, reason=reason, **shapes), None
 
-    measurement, layout = best
+    measurement, layout, aligned = best
     metrics, tolerance = measurement.metrics, measurement.tolerance
+    if _needs_weighted_position(metrics, tolerance):
+        metrics = dataclasses.replace(metrics, channel_position_rel_l2=channel_weighted_position_rel_l2(
+            reference_tensor, aligned, checkpoint.token_axis))
     same_positions = reference_tensor.shape == candidate_tensor.shape and not kept
     per_position = measurement.per_position if same_positions else None
     status = PASS if tolerance.admits(metrics) else FAIL
@@ -215,6 +219,12 @@ def compare_checkpoint(name: str, reference: Trace, candidate: Trace,
     return CheckpointResult(
         name, status, metrics=metrics, tolerance=tolerance, layout=layout if reshaped else None, reason=reason, **shapes
     ), per_position
+
+
+def _needs_weighted_position(metrics: Metrics, tolerance: Tolerance) -> bool:
+    """Only a calibrated check that fails on its worst position alone reads the channel-weighted one."""
+    return (tolerance.calibrated and tolerance.max_channel_position_rel_l2 is not None
+            and metrics.rel_l2 <= tolerance.max_rel_l2 and tolerance.position_over(metrics))
 
 
 def _better(metrics: Metrics, incumbent: Metrics) -> bool:

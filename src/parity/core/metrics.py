@@ -73,6 +73,46 @@ def per_position_rel_l2(reference: np.ndarray, candidate: np.ndarray, token_axis
     return measure_pair(reference, candidate, NORMS_ONLY, token_axis=token_axis).per_position
 
 
+def channel_weighted_position_rel_l2(reference, candidate, token_axis: int | None) -> float | None:
+    """The largest rel_l2 of any token position of a (T, D) pair, with each channel divided by the reference's
+    RMS in it over the positions; None for other shapes.
+
+    Where one channel's scale dwarfs the others (a norm weight of thousands), a row's norm is that channel,
+    and at a position where the reference's value there passes near zero, the row's rel_l2 is the ratio of
+    one element's rounding to almost nothing: a single rounding, whose ratio between two runs is unbounded.
+    Weighted, every channel counts as one, and a wrong row is still a wrong row."""
+    if token_axis != 0 or len(reference.shape) != 2 or reference.shape != candidate.shape or reference.shape[0] < 2:
+        return None
+    if _is_torch(reference) or _is_torch(candidate):
+        import torch
+
+        reference_rows, candidate_rows = reference.to(torch.float64), candidate.to(torch.float64)
+        scale = reference_rows.square().mean(0).sqrt()                                    # (D,)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        error = ((candidate_rows - reference_rows) / scale).square().sum(1).sqrt()       # (T,)
+        size = (reference_rows / scale).square().sum(1).sqrt()
+        return float((error / size).max())
+    positions, width = reference.shape
+    step = max(1, CHUNK_ELEMENTS // max(width, 1))         # rows per chunk: no temporary of the pair's size
+    chunks = [slice(start, start + step) for start in range(0, positions, step)]
+    squares = np.zeros(width)
+    with np.errstate(all="ignore"):
+        for rows in chunks:
+            squares += np.square(np.asarray(reference[rows], dtype=np.float64)).sum(0)
+        scale = np.sqrt(squares / positions)                                              # (D,)
+        scale[~(scale > 0)] = 1.0
+        worst = 0.0
+        for rows in chunks:
+            reference_rows = np.asarray(reference[rows], dtype=np.float64) / scale       # (rows, D)
+            error = np.asarray(candidate[rows], dtype=np.float64) / scale - reference_rows
+            error_norm = np.sqrt(np.square(error).sum(1))
+            ratio = np.where(error_norm == 0, 0.0, error_norm / np.sqrt(np.square(reference_rows).sum(1)))
+            if not np.all(np.isfinite(ratio)):
+                return float("nan")
+            worst = max(worst, float(ratio.max()))
+    return worst
+
+
 def rel_l2(reference: np.ndarray, candidate: np.ndarray) -> float:
     """||candidate - reference|| / ||reference||, in float64; NaN or inf when either holds a non-finite value
     (detectors test hypotheses with it, and a hypothesis that makes NaN must not look close). Summed in

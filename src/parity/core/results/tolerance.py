@@ -38,6 +38,9 @@ class Metrics:
     worst_position: int | None            # its token position
     position_rel_l2: float = 0.0          # the largest rel_l2 of any one token position
     reference_rms: float = 0.0            # the reference tensor's scale
+    # The largest rel_l2 of any one token position with each channel weighted by the reference's scale in it
+    # (core/metrics.channel_weighted_position_rel_l2); measured only where a calibrated position bound needs it
+    channel_position_rel_l2: float | None = None
 
     def __repr__(self) -> str:
         return (
@@ -61,6 +64,7 @@ class NoiseFloor:
 
     rel_l2: float
     position_rel_l2: float  # the worst token position's
+    channel_position_rel_l2: float | None = None   # the same with each channel weighted by its scale ([T, D])
 
     def __repr__(self) -> str:
         return f"<NoiseFloor rel_l2={self.rel_l2:.3g} worst position {self.position_rel_l2:.3g}>"
@@ -81,6 +85,9 @@ class Tolerance:
     max_rel_l2: float | None = None           # bound on the whole tensor's rel_l2
     max_position_rel_l2: float | None = None  # bound on the worst token position's rel_l2
     noise_rel_l2: float | None = None         # the noise floor measured at this checkpoint
+    # The worst position's bound with each channel weighted by its scale: a position over max_position_rel_l2
+    # is within the tolerance when it is within this (a row whose norm is one heavily weighted channel)
+    max_channel_position_rel_l2: float | None = None
 
     def __repr__(self) -> str:
         if self.calibrated:
@@ -137,7 +144,11 @@ class Tolerance:
         else:   # a zero floor: a ratio to it says nothing
             headline += ": the candidate's precision computes this checkpoint exactly"
             noise = "noise floor 0: exact at this precision"
-        if self.admits(metrics):
+        if self.admits(metrics) and self._weighted_position_within(metrics):
+            verdict = (f": within the bound (the worst position, {metrics.position_rel_l2:.3g}, is a row one "
+                       f"heavily weighted channel dominates; with each channel weighted by its scale it is "
+                       f"{metrics.channel_position_rel_l2:.3g}, within {self.max_channel_position_rel_l2:.3g})")
+        elif self.admits(metrics):
             verdict = ": within the bound"
         else:
             verdict = ": over the bound" if self._over(metrics) else ""
@@ -148,9 +159,20 @@ class Tolerance:
                 f"Greatest absolute difference: {metrics.max_abs:.4g}{_at(metrics)}; "
                 f"{metrics.mismatched}/{metrics.numel} elements mismatched"]
 
+    def position_over(self, metrics: Metrics) -> bool:
+        """The worst token position past its plain bound (a NaN is past it too)."""
+        return not metrics.position_rel_l2 <= self.max_position_rel_l2
+
+    def _weighted_position_within(self, metrics: Metrics) -> bool:
+        """The worst position past its plain bound and within the channel-weighted one."""
+        return (self.position_over(metrics) and metrics.channel_position_rel_l2 is not None
+                and self.max_channel_position_rel_l2 is not None
+                and metrics.channel_position_rel_l2 <= self.max_channel_position_rel_l2)
+
     def _over(self, metrics: Metrics) -> bool:
         """Either norm past its bound (a NaN norm is past it too)."""
-        return not (metrics.rel_l2 <= self.max_rel_l2 and metrics.position_rel_l2 <= self.max_position_rel_l2)
+        position_within = not self.position_over(metrics) or self._weighted_position_within(metrics)
+        return not (metrics.rel_l2 <= self.max_rel_l2 and position_within)
 
 
 def one_line(explanation: str) -> str:
