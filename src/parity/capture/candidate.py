@@ -102,7 +102,8 @@ class TraceRequest:
     prompt: str | None = None          # the text the tokens came from, recorded in the metadata
     reference_model: Any = None        # the loaded reference (HFModel), for what a backend measures against it
     start_position: int = 0            # the absolute position of the first token (--start-position)
-    spill_to: str | None = None        # a trace file to write the trace to as it is made, where a backend can
+    spill_to: str | None = None        # a trace file to write the trace into as it is made (backends that can;
+                                       # the others return it in memory)
 
 
 class Candidate:

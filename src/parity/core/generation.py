@@ -43,6 +43,8 @@ def greedy_stepped(step, prompt: list[int], count: int) -> tuple[list[int], list
     """greedy() through a cache: `step(ids)` runs `ids` after everything it was given before and returns the last
     position's logits (V,). One token per step, so N tokens cost N one-token passes, not N passes over the whole
     sequence."""
+    if count < 1:
+        return [], []
     tokens, rows, row = [], [], step(list(prompt))
     for index in range(count):
         logprobs = log_softmax(row)

@@ -88,13 +88,16 @@ def test_llamacpp_tokenizes_like_the_reference(runner, smollm2_reference):
     assert runner.tokenize(DEFAULT_PROMPT) == smollm2_reference.tokenize(DEFAULT_PROMPT)
 
 
-def test_checkpoints_filter_and_bad_tokens(runner):
+def test_checkpoints_filter_and_bad_tokens(runner, tmp_path):
     trace = runner.capture([504, 3575], checkpoints="layers.0.*")
     assert trace.names and all(name.startswith("layers.0.") for name in trace.names)
     from parity.core.errors import OptionError
 
     with pytest.raises(OptionError, match="outside the vocabulary"):
         runner.capture([10**6])
+    with pytest.raises(OptionError, match="outside the vocabulary"):       # written to a file too
+        runner.capture([10**6], path=tmp_path / "trace.safetensors")
+    assert not (tmp_path / "trace.safetensors").exists()
 
 
 def test_declared_not_comparable_checkpoints_are_reported_with_their_reason(pair):
@@ -123,7 +126,8 @@ def test_a_trace_written_layer_by_layer_holds_what_the_held_trace_holds(runner, 
 
     held = pair[1]
     streamed = runner.capture(tokens, path=tmp_path / "candidate.safetensors")
-    assert isinstance(load_trace(tmp_path / "candidate.safetensors").tensors, type(streamed.tensors))
+    assert not isinstance(streamed.tensors, dict)                          # read back from the file, lazily
+    assert sorted(load_trace(tmp_path / "candidate.safetensors").names) == sorted(held.names)
     assert sorted(streamed.names) == sorted(held.names)
     assert {key: value for key, value in streamed.metadata.items() if key != "format"} == held.metadata
     for name in held.names:

@@ -31,8 +31,8 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from contextlib import contextmanager
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,15 +197,15 @@ class LlamaCppRunner:
         `start_position` (llama.cpp takes each token's position in the batch), and return the trace.
         With `path`, each layer's tensors are written to that trace file as the next layer starts, and the
         trace returned reads them back a tensor at a time: its memory does not grow with the layers."""
-        if path is not None:
-            return self._capture_to_file(tokens, Path(path), checkpoints=checkpoints, prompt=prompt,
-                                         start_position=start_position)
         if not tokens:
             raise OptionError("no tokens to run: give a non-empty --prompt or --tokens")
         outside = next((token for token in tokens if not 0 <= token < self.vocab_size), None)
         if outside is not None:
             raise OptionError(f"token id {outside} is outside the vocabulary of {self.path.name} "
                               f"(ids 0 to {self.vocab_size - 1}); give ids within it")
+        if path is not None:
+            return self._capture_to_file(tokens, Path(path), checkpoints=checkpoints, prompt=prompt,
+                                         start_position=start_position)
         tensors, metadata = self._run(tokens, checkpoints, prompt, start_position)
         return make_trace(tensors, metadata, source=str(self.path))
 
@@ -241,7 +241,7 @@ class LlamaCppRunner:
         import json
 
         from parity.core.trace import load_trace
-        from parity.core.trace.trace import metadata_strings, storage
+        from parity.core.trace.trace import clean_metadata, metadata_strings, storage
         from parity.core.trace.writer import trace_file
 
         with trace_file(path, expected_tensors=64 * max(1, self._layer_count()) + 16,
@@ -253,7 +253,7 @@ class LlamaCppRunner:
             for name, array in tensors.items():     # what the end of the pass left: the last layers, the logits
                 sink(name, array)
             del tensors
-            writer.finish(metadata_strings(make_trace({}, metadata).metadata))
+            writer.finish(metadata_strings(clean_metadata(metadata)))
         return load_trace(path)
 
     def _layer_count(self) -> int:
@@ -459,6 +459,11 @@ class LlamaCppRunner:
 
     # --- layouts ------------------------------------------------------------------
 
+    @property
+    def _qk_permuted(self) -> bool:
+        """Whether q and k come out in the GGUF conversion's row order, to be undone."""
+        return self.undo_qk_permutation and self._llama.llama_model_rope_type(self._model) == LLAMA_ROPE_TYPE_NORM
+
     def _align(self, recording: _Recording) -> dict[str, np.ndarray]:
         """Every recorded tensor not yet handed over, in the trace's layouts."""
         tensors = {}
@@ -480,8 +485,7 @@ class LlamaCppRunner:
                 return None
         else:
             array = array.reshape(count, -1)                                      # (T, ...) -> (T, width)
-        permuted = self.undo_qk_permutation and self._llama.llama_model_rope_type(self._model) == LLAMA_ROPE_TYPE_NORM
-        if permuted and kind in QK_KINDS:
+        if kind in QK_KINDS and self._qk_permuted:
             head_dim = recording.head_dims.get(kind[0])
             if head_dim is None or head_dim % 2:
                 recording.not_comparable[name] = "the head size of the GGUF q/k permutation is unknown"

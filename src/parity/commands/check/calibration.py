@@ -26,8 +26,8 @@ def calibrated(config: CompareConfig, reference: Trace, reference_model, candida
     progress.step(f"calibrating: the reference in {numerics.label or numerics.dtype}")
     raw = options.raw and candidate.supports("raw") is None
     with numerics.reference(reference_model, options.placement) as lowp_model:
-        if spill is None or reference_trace_bytes(lowp_model, len(reference.tokens), numerics.dtype,
-                                                          options.checkpoints) <= SPILL_BYTES:
+        size = reference_trace_bytes(lowp_model, len(reference.tokens), numerics.dtype, options.checkpoints)
+        if spill is None or size <= SPILL_BYTES:
             lowp = lowp_model.capture(reference.tokens, checkpoints=options.checkpoints, raw=raw,
                                       start_position=options.start_position)
         else:

@@ -171,10 +171,8 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
         progress.step("the on-device pass found a divergence: running again with full traces on the host, "
                       "to diagnose it")
     reference = _capture_reference(reference_model, tokens, options, candidate, reference_dtype, spill, progress)
-    trace = spilled(candidate.trace(reference.tokens, options.request(reference_model,
-                                                                      _candidate_spill(reference_model, tokens,
-                                                                                       spill, options.checkpoints)),
-                                    progress), spill)
+    request = options.request(reference_model, _candidate_spill(reference_model, tokens, spill, options.checkpoints))
+    trace = spilled(candidate.trace(reference.tokens, request, progress), spill)
     config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints)
     if calibrating and numerics.needed(reference_dtype):
         from parity.commands.check.calibration import calibrated
