@@ -58,6 +58,7 @@ CAPABILITIES: dict[str, str] = {
     "tokenizer": "its own tokenizer",
     "speed": "timed prefill and decoding",
     "module": "a torch.nn.Module to call component by component",
+    "load_dtype": "loading at a chosen precision (--candidate-dtype)",
 }
 
 # Modules holding the built-in backends, imported on first use (each imports no heavy dependency at import).

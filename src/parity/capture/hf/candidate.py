@@ -21,7 +21,7 @@ class HFCandidate(TorchCandidate):
     backend = "hf"
     written = "a model directory or .gguf"
     claim_order = 40
-    capabilities = TorchCandidate.capabilities | {"stream"}
+    capabilities = TorchCandidate.capabilities | {"stream", "load_dtype"}
 
     def __init__(self, spec: str, hf) -> None:
         super().__init__(spec, hf.model)

@@ -20,7 +20,7 @@ from typing import Any
 
 from parity.capture.gguf import cache as gguf_cache
 from parity.capture.hf.structure import ModelMap, map_config, map_model
-from parity.capture.hf.placement import Placement
+from parity.capture.hf.placement import Placement, scratch_offload
 from parity.capture.torch.module import ids_tensor, trace_module
 from parity.core.errors import CaptureError, OptionError, require
 from parity.core.sequence import ReferenceTokens
@@ -205,6 +205,8 @@ def load_model(path: str | Path, *, dtype: str = "float32", placement: Placement
     if not path.exists():
         raise CaptureError(f"{path}: no such model directory or .gguf file")
     location, extra = _from_pretrained_args(path)   # a .gguf is read and checked here, cached or not
+    if placement is not None:
+        placement = scratch_offload(placement, dtype)
     cached = gguf_cache.cached_directory(path) if path.suffix == ".gguf" else None
     if cached is not None:
         try:
@@ -226,11 +228,15 @@ def _from_pretrained(transformers, torch, path: Path, location: str, extra: dict
                      placement: Placement | None):
     config = _load_config(transformers, path, location, extra)
     map_config(config, where=str(path))  # refuse a model that cannot be mapped before reading its weights
+    placed = placement.from_pretrained_kwargs() if placement else {}
+    load_dtype, skeleton = dtype, None
+    if placement is not None and placement.offloads and not extra and placed["device_map"] in ("auto", "sequential"):
+        load_dtype, skeleton = _narrow_load(transformers, torch, config, location, dtype, placed)
     try:
         model, loading = transformers.AutoModelForCausalLM.from_pretrained(
-            location, config=config, dtype=getattr(torch, dtype), attn_implementation="eager", local_files_only=True,
-            experts_implementation="eager", output_loading_info=True, **extra,  # MoE: the per-expert loop, float64 too
-            **(placement.from_pretrained_kwargs() if placement else {}),
+            location, config=config, dtype=getattr(torch, load_dtype), attn_implementation="eager",
+            local_files_only=True, output_loading_info=True, **extra, **placed,
+            experts_implementation="eager",   # MoE: the per-expert loop, float64 too
         )
     except Exception as error:   # transformers and safetensors raise many kinds; each is the model files' fault
         raise CaptureError(f"{_weights_file(path)}: transformers could not load the weights: {_first_line(error)}; "
@@ -240,7 +246,27 @@ def _from_pretrained(transformers, torch, path: Path, location: str, extra: dict
         raise CaptureError(f"{path}: holds no weights for {missing[0]}" + (f" and {len(missing) - 1} more" if
                            len(missing) > 1 else "") + ", which transformers would initialise at random; "
                            "convert the model again")
+    if skeleton is not None:
+        from parity.capture.hf.widening import widen
+
+        widen(model, skeleton, torch, dtype)
     return model
+
+
+def _narrow_load(transformers, torch, config, location: str, dtype: str, placed: dict):
+    """(dtype to load at, the model built wide) for an offloaded model stored narrower than `dtype`: loaded at the
+    files' precision and widened (capture/hf/widening.py), its device map planned for the wide sizes and set in
+    `placed`; (dtype, None) when nothing goes to the disk or the files are not narrower."""
+    from parity.capture.hf.widening import narrower, stored_float_dtype, wide_device_map
+
+    stored = stored_float_dtype(Path(location))
+    if not narrower(stored, dtype):
+        return dtype, None
+    skeleton, device_map = wide_device_map(transformers, torch, config, dtype, placed.get("max_memory"))
+    if "disk" not in device_map.values():
+        return dtype, None
+    placed["device_map"] = device_map
+    return stored, skeleton
 
 
 def _load_config(transformers, path: Path, location: str, extra: dict):

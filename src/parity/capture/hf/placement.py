@@ -10,7 +10,7 @@ wherever the module runs.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from parity.core.errors import OptionError
@@ -31,6 +31,15 @@ class Placement:
     def __bool__(self) -> bool:
         return bool(self.device_map or self.max_memory or self.offload_dir)
 
+    @property
+    def offloads(self) -> bool:
+        """Whether a memory cap or an offload folder was given: every model loaded for the run keeps to it."""
+        return bool(self.max_memory or self.offload_dir)
+
+    def within(self, folder: str) -> "Placement":
+        """The same placement, offloading into `folder`."""
+        return replace(self, offload_dir=folder)
+
     def from_pretrained_kwargs(self) -> dict:
         """The keyword arguments transformers' from_pretrained takes for this placement."""
         if not self:
@@ -43,6 +52,23 @@ class Placement:
             kwargs["offload_folder"] = self.offload_dir
             kwargs["offload_state_dict"] = True
         return kwargs
+
+
+def scratch_offload(placement: Placement, label: str) -> Placement:
+    """`placement` offloading into a folder of its own under the user's --offload-dir, removed when the process
+    ends: models loaded in one run (the reference, its calibration copy, a model candidate) never write over each
+    other's offloaded weights, and nothing is left behind. (Weights read from safetensors are not copied at all:
+    accelerate reads them from the model's own files.)"""
+    if not placement.offload_dir:
+        return placement
+    import atexit
+    import shutil
+    import tempfile
+
+    Path(placement.offload_dir).mkdir(parents=True, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=f"parity-{label}-", dir=placement.offload_dir)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return placement.within(folder)
 
 
 def placement_from_options(device_map: str | None, max_memory: str | None, offload_dir: str | None) -> Placement:

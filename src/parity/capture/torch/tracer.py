@@ -159,7 +159,7 @@ class ModuleTracer:
                 if tap.io == "lookup":  # the table row of each id, before any scaling the forward adds
                     import torch
 
-                    value = torch.nn.functional.embedding(value, hooked.weight)
+                    value = torch.nn.functional.embedding(value, _resident_weight(hooked))
                 self._store_split(names, value)
             self._stack.callback(module.register_forward_pre_hook(on_input, with_kwargs=True).remove)
         elif tap.io == "heads":
@@ -269,3 +269,18 @@ def _computes_nothing(module) -> bool:
     import torch
 
     return isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Dropout, torch.nn.Identity))
+
+
+def _resident_weight(module):
+    """The module's weight; read from accelerate's offload map when the weight is on the meta device (an
+    offloaded module's weights come in only inside its forward, after the pre-hooks ran), in its dtype."""
+    weight = module.weight
+    if weight.device.type != "meta":
+        return weight
+    hook = getattr(module, "_hf_hook", None)
+    for candidate in (hook, *getattr(hook, "hooks", ())):
+        weights_map = getattr(candidate, "weights_map", None)
+        if weights_map is not None and "weight" in weights_map:
+            return weights_map["weight"].to(dtype=weight.dtype, device=getattr(candidate, "execution_device", None)
+                                            or "cpu")
+    raise CaptureError(f"{type(module).__name__}'s weight is on the meta device and no offload map holds it")

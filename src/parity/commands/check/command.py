@@ -16,6 +16,9 @@ def add_arguments(parser) -> None:
     options.add_input(parser, dtype_help="the reference's precision (default: float64 to calibrate, else float32)")
     options.add_tolerances(parser)
     options.add_reports(parser)
+    parser.add_argument("--candidate-dtype", choices=("float64", "float32", "bfloat16", "float16"),
+                        help="model-directory and .gguf candidates: the precision the candidate loads at (default: "
+                             "--dtype when given, else float32); with --max-memory/--offload-dir it is offloaded too")
     parser.add_argument("--no-calibrate", action="store_true", help="use the dtype tables, not a calibration run")
     parser.add_argument("--decode-steps", type=options.count, default=4, metavar="N",
                         help="candidates that decode: greedy and token-by-token decoding for N tokens (0: skip)")
@@ -88,7 +91,8 @@ def run(args) -> int:
         return _gradients(args)
     check = CheckOptions(
         model=args.model, candidate=args.candidate, prompt=args.prompt, tokens=options.token_ids(args.tokens),
-        dtype=args.dtype, calibrate=not args.no_calibrate, checkpoints=args.checkpoints,
+        dtype=args.dtype, candidate_dtype=args.candidate_dtype, calibrate=not args.no_calibrate,
+        checkpoints=args.checkpoints,
         tolerance=user_tolerance(args.atol, args.rtol), taps=args.taps,
         save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
         max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model,

@@ -36,6 +36,7 @@ class CheckOptions:
     prompt: str | None = None
     tokens: list[int] | None = None
     dtype: str | None = None            # reference precision; None: float64 to calibrate, else float32
+    candidate_dtype: str | None = None  # model candidates' precision; None: dtype, else float32
     calibrate: bool = True
     checkpoints: str | None = None
     tolerance: Tolerance | None = None  # the user's; disables calibration
@@ -90,11 +91,11 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
     quiet_transformers()
     if options.prompt is not None:
         load_tokenizer(options.model)  # up front: a missing or empty tokenizer is said before any work
-    # --on-device: a model-directory candidate loads where the reference does (a factory places its own module)
-    context = CandidateContext(model_path=options.model, dtype=options.dtype or "float32", progress=progress,
-                               placement=options.placement if options.on_device else None, kv_type=options.kv_type,
+    context = CandidateContext(model_path=options.model, dtype=options.candidate_dtype or options.dtype or "float32",
+                               progress=progress, placement=_candidate_placement(options), kv_type=options.kv_type,
                                timeout_s=options.timeout_s)
-    with open_candidate(options.candidate, context, needs=("trace",)) as candidate, spill_directory() as spill:
+    needs = ("trace", "load_dtype") if options.candidate_dtype else ("trace",)
+    with open_candidate(options.candidate, context, needs=needs) as candidate, spill_directory() as spill:
         return _check(options, candidate, progress, spill)
 
 
@@ -117,6 +118,15 @@ def _capture_reference(reference_model, tokens: list[int], options: CheckOptions
     reference_model.capture_to_file(tokens, path, checkpoints=options.checkpoints, prompt=options.prompt,
                                     weights=options.weights, raw=raw, start_position=options.start_position)
     return load_trace(path)
+
+
+def _candidate_placement(options: CheckOptions) -> Placement | None:
+    """Where a model candidate loads: where the reference does with --on-device, or within the same memory caps and
+    offload when they were given (a model too large for the machine is too large as a candidate too); else the CPU.
+    A factory places its own module."""
+    if options.placement is None:
+        return None
+    return options.placement if options.on_device or options.placement.offloads else None
 
 
 def _require_room_for_traces(reference_model, tokens: list[int], options: CheckOptions, reference_dtype: str,
