@@ -67,3 +67,36 @@ def test_tensors_too_large_to_widen_are_diagnosed_as_read_in_float32(monkeypatch
     assert [diagnoses(float32, candidate) for candidate in cases] == widened
     assert [found[0][0] if found else None for found in widened] == [
         "token_shift", "swapped", "sign_flip", "scale_factor", "layout_permuted", "no_known_cause"]
+
+
+def _deep_in_a_noisy_run(candidate_of):
+    """A calibrated layer whose precision's own error is 1.35% (as deep in a bfloat16 run of a random 7B model), and
+    the candidate `candidate_of(reference, its own noise)`: the diagnoses."""
+    from parity.core.calibrate import noise_floors
+    from parity.core.compare import CompareConfig, compare
+    from parity.core.trace import make_trace
+    from parity.diagnose import diagnose
+
+    draw = np.random.default_rng(7)
+    reference = draw.standard_normal((16, 256))
+    noise = lambda: 0.0135 * draw.standard_normal(reference.shape)   # noqa: E731
+    lowp = make_trace({"layers.2.attn_norm": reference + noise()}, {"dtype": "bfloat16"})
+    reference_trace = make_trace({"layers.2.attn_norm": reference}, {})
+    config = CompareConfig(noise=noise_floors(reference_trace, lowp), noise_dtype="bfloat16")
+    candidate = make_trace({"layers.2.attn_norm": candidate_of(reference, noise())}, {"dtype": "bfloat16"})
+    comparison = diagnose(compare(reference_trace, candidate, config=config), reference_trace, candidate)
+    assert not comparison.passed
+    return comparison.diagnoses
+
+
+def test_a_wrong_factor_is_named_where_the_precision_noise_it_leaves_is_large():
+    """5% too large under 1.35% of noise: the factor leaves a quarter of the error, more than EXPLAINED, but all
+    of it within the calibrated tolerance; the noise alone would have passed."""
+    found = _deep_in_a_noisy_run(lambda reference, noise: 1.05 * (reference + noise))
+    assert [(d.cause, d.checkpoint) for d in found][:1] == [("scale_factor", "layers.2.attn_norm")]
+    assert "times 1.05" in found[0].message and found[0].confidence == "confirmed"
+
+
+def test_noise_alone_four_times_too_large_is_no_factor():
+    found = _deep_in_a_noisy_run(lambda reference, noise: reference + 4 * noise)
+    assert "scale_factor" not in [d.cause for d in found]

@@ -195,6 +195,16 @@ def matches(candidate: np.ndarray, hypothesis: np.ndarray, reference: np.ndarray
 def matches_scaled(candidate: np.ndarray, factor: float, reference: np.ndarray) -> float | None:
     """matches(candidate, factor * reference, reference), summed a chunk at a time in float64: the
     hypothesis is never made whole, so a large pair stays within compare's memory bound."""
+    measured = scaled_residual(candidate, factor, reference)
+    if measured is None:
+        return None
+    residual, error = measured
+    return residual if residual <= min(CLOSE, EXPLAINED * error) else None
+
+
+def scaled_residual(candidate: np.ndarray, factor: float, reference: np.ndarray) -> tuple[float, float] | None:
+    """(rel_l2 of the candidate against factor * reference, rel_l2 of the candidate against the reference), summed
+    a chunk at a time in float64; None when the shapes differ or the hypothesis overflows."""
     if candidate.shape != reference.shape:
         return None
     reference_flat, candidate_flat = reference.reshape(-1), candidate.reshape(-1)
@@ -211,8 +221,7 @@ def matches_scaled(candidate: np.ndarray, factor: float, reference: np.ndarray) 
         np.subtract(candidate_chunk, reference_chunk, out=work)
         error_squares += float(np.dot(work, work))
     residual = norm_ratio(math.sqrt(residual_squares), abs(factor) * math.sqrt(reference_squares))
-    error = norm_ratio(math.sqrt(error_squares), math.sqrt(reference_squares))
-    return residual if residual <= min(CLOSE, EXPLAINED * error) else None
+    return residual, norm_ratio(math.sqrt(error_squares), math.sqrt(reference_squares))
 
 
 def same_tensor(context: "Context", candidate: np.ndarray, name: str, *, own: bool = True) -> float | None:
