@@ -23,6 +23,7 @@ from parity.diagnose import register
 from parity.diagnose.context import Context
 
 MIN_COSINE = 0.99          # noise keeps every checkpoint's direction; planted bugs reached 0.93 and below
+BLIND_SPOT = 0.05          # a pass names the widest bound when it lets an error this large through
 MAX_ALONG_VALUES = 0.9     # |cos(error, value)| per row: a rescaling reads ~1.0, Q8 activation noise <= 0.61
 
 
@@ -31,13 +32,14 @@ def precision_noise(context: Context) -> Iterator[Diagnosis | str]:
     comparison, reference, candidate = context.comparison, context.reference, context.candidate
     failed = [result for result in comparison.checkpoints if result.failed]
     if comparison.calibrated and not failed and comparison.checkpoints:
-        worst = max((r for r in comparison.checkpoints if r.metrics is not None and r.tolerance is not None
-                     and r.tolerance.calibrated), key=lambda r: r.metrics.rel_l2 / r.tolerance.max_rel_l2, default=None)
+        calibrated = [r for r in comparison.checkpoints if r.metrics is not None and r.tolerance is not None
+                      and r.tolerance.calibrated]
+        worst = max(calibrated, key=lambda r: r.metrics.rel_l2 / r.tolerance.max_rel_l2, default=None)
         if worst is not None:
             yield Diagnosis("precision_noise", worst.name,
                             f"every checkpoint's error is within {MULTIPLE:g}x the noise the candidate's precision "
                             f"alone produces; closest to its bound: {worst.name}, rel_l2 {worst.metrics.rel_l2:.3g} "
-                            f"against a noise floor of {worst.tolerance.noise_rel_l2:.3g}")
+                            f"against a noise floor of {worst.tolerance.noise_rel_l2:.3g}" + _blind_spot(calibrated))
         return
     if not failed or comparison.calibrated:
         return
@@ -72,6 +74,19 @@ def precision_noise(context: Context) -> Iterator[Diagnosis | str]:
     # a failure is never called noise: without a measured noise floor this is a reading, not a cause
     yield (f"the errors look like rounding from {first} on ({message}); rerun with calibrated tolerances "
            "(a candidate of known precision) to measure the noise instead of guessing")
+
+
+def _blind_spot(calibrated) -> str:
+    """What a pass cannot rule out: where the widest calibrated bound lets an error of BLIND_SPOT or more through
+    (deep in a low-precision run, or after a quantized op, the precision's own error is that large)."""
+    hidden = [r for r in calibrated if (parse(r.name) is None or parse(r.name).kind != "attn_probs")]
+    widest = max(hidden, key=lambda r: r.tolerance.max_rel_l2, default=None)
+    if widest is None or widest.tolerance.max_rel_l2 < BLIND_SPOT:
+        return ""
+    return (f"; the widest bound is at {widest.name}, rel_l2 {widest.tolerance.max_rel_l2:.2g} (the precision's "
+            f"own error there: {widest.tolerance.noise_rel_l2:.2g}): a bug smaller than that there shows only where "
+            "it grows past a later checkpoint's bound (for a PyTorch candidate, --replay measures each op's own "
+            "error)")
 
 
 def error_along_values(reference: np.ndarray, candidate: np.ndarray, checkpoint) -> float:
