@@ -197,26 +197,27 @@ def main() -> None:
     parity = [sys.executable, "-m", "parity"]
     report = args.directory.parent / "big-model-report.json"
     trace = args.directory.parent / "big-model-candidate.safetensors"
+    # (label, command, the seconds of the passes it needs, the checkpoint a planted bug is in)
     runs = [
         ("check, PyTorch candidate", [*parity, "check", str(args.directory), str(args.directory),
-                                      "--candidate-dtype", "bfloat16"], passes["float64"] + 2 * passes["bfloat16"]),
+                                      "--candidate-dtype", "bfloat16"], passes["float64"] + 2 * passes["bfloat16"],
+         None),
         ("capture bfloat16 trace", [*parity, "capture", str(args.directory), "--dtype", "bfloat16", "-o", str(trace)],
-         passes["bfloat16"]),
+         passes["bfloat16"], None),
         ("check, trace candidate", [*parity, "check", str(args.directory), str(trace)],
-         passes["float64"] + passes["bfloat16"]),
+         passes["float64"] + passes["bfloat16"], None),
     ]
     for plant in filter(None, (args.planted or "").split(",")):
         layer, _, scale = plant.partition(":")
         bug = planted(args.directory, int(layer), float(scale or 1.05))
         runs.append((f"check, planted {plant}", [*parity, "check", str(args.directory), str(bug),
                                                   "--candidate-dtype", "bfloat16"],
-                     passes["float64"] + 2 * passes["bfloat16"]))
-    for label, command, needed in runs:
-        extra = ["--json", str(report)] if command[3] == "check" else []
-        run = measured([*command, "--tokens", ids, *placement, "--force", *extra,
-                        *(["--decode-steps", "0"] if command[3] == "check" else [])])
-        watched = f"layers.{label.split()[-1].split(':')[0]}.attn_norm" if "planted" in label else None
-        verdict = checkpoints(report, watched) if extra else "trace written" if trace.exists() else "no trace"
+                     passes["float64"] + 2 * passes["bfloat16"], f"layers.{int(layer)}.attn_norm"))
+    for label, command, needed, watched in runs:
+        checking = command[3] == "check"
+        extra = ["--json", str(report), "--decode-steps", "0"] if checking else []
+        run = measured([*command, "--tokens", ids, *placement, "--force", *extra])
+        verdict = checkpoints(report, watched) if checking else "trace written" if trace.exists() else "no trace"
         print(f"{label:25s} exit {run['exit']}  wall {run['wall_s']:6.1f} s  = {run['wall_s'] / needed:4.2f}x the "
               f"passes it needs ({needed:5.1f} s)  peak RSS {run['peak_gib']:5.2f} GiB  {verdict}", flush=True)
         report.unlink(missing_ok=True)

@@ -199,7 +199,12 @@ def matches_scaled(candidate: np.ndarray, factor: float, reference: np.ndarray) 
     if measured is None:
         return None
     residual, error = measured
-    return residual if residual <= min(CLOSE, EXPLAINED * error) else None
+    return residual if explains(residual, error) else None
+
+
+def explains(residual: float, error: float) -> bool:
+    """The rule of matches(): a hypothesis leaving `residual` of a candidate whose error is `error` explains it."""
+    return residual <= min(CLOSE, EXPLAINED * error)
 
 
 def scaled_residual(candidate: np.ndarray, factor: float, reference: np.ndarray) -> tuple[float, float] | None:

@@ -79,7 +79,7 @@ def precision_noise(context: Context) -> Iterator[Diagnosis | str]:
 def _blind_spot(calibrated) -> str:
     """What a pass cannot rule out: where the widest calibrated bound lets an error of BLIND_SPOT or more through
     (deep in a low-precision run, or after a quantized op, the precision's own error is that large)."""
-    hidden = [r for r in calibrated if (parse(r.name) is None or parse(r.name).kind != "attn_probs")]
+    hidden = [r for r in calibrated if getattr(parse(r.name), "kind", None) != "attn_probs"]
     widest = max(hidden, key=lambda r: r.tolerance.max_rel_l2, default=None)
     if widest is None or widest.tolerance.max_rel_l2 < BLIND_SPOT:
         return ""

@@ -11,7 +11,8 @@ from parity.core.metrics import rel_l2
 from parity.core.names import parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, matches, matches_scaled, same_tensor, scaled_residual, widened
+from parity.diagnose.context import (Context, explains, matches, matches_scaled, same_tensor, scaled_residual,
+                                     widened)
 from parity.diagnose.heads import head_layouts
 from parity.diagnose.repair import confirm
 
@@ -156,27 +157,26 @@ def scale_factor(context: Context):
         factor = _dot(candidate, reference) / denominator
         if abs(factor + 1) < 0.05 or abs(factor - 1) < 1e-3:
             continue
-        if matches_scaled(candidate, factor, reference) is not None or _scaled_within_noise(context, name, candidate,
-                                                                                             factor, reference):
+        measured = scaled_residual(candidate, factor, reference)   # (residual, error) rel_l2
+        if measured is not None and (explains(*measured) or _scaled_within_noise(context, name, candidate, factor,
+                                                                                  *measured)):
             diagnosis = Diagnosis("scale_factor", name, f"the candidate's {name} is the reference's times {factor:.4g}"
                                                         f"{_known_factor(factor, context)}")
             yield confirm(context, diagnosis, candidate / factor, f"dividing the candidate by {factor:.4g}")
             return
 
 
-def _scaled_within_noise(context: Context, name: str, candidate: np.ndarray, factor: float,
-                         reference: np.ndarray) -> bool:
+def _scaled_within_noise(context: Context, name: str, candidate: np.ndarray, factor: float, residual: float,
+                         error: float) -> bool:
     """Where the precision's own noise is large (deep in a low-precision run), a wrong constant factor leaves that
     noise behind, more than EXPLAINED of the error: the factor still counts when it removes at least three quarters
-    of the squared error and what it leaves is within the checkpoint's calibrated tolerance."""
+    of the squared error (`residual` <= error / 2) and what it leaves is within the checkpoint's calibrated
+    tolerance."""
     from parity.diagnose.repair import CONFIRMED, verdict
 
     result = context.comparison.result(name)
     tolerance = result.tolerance if result is not None else None
-    if tolerance is None or not tolerance.calibrated or not tolerance.noise_rel_l2:
-        return False
-    measured = scaled_residual(candidate, factor, reference)
-    if measured is None or measured[0] > 0.5 * measured[1]:
+    if tolerance is None or not tolerance.calibrated or not tolerance.noise_rel_l2 or residual > 0.5 * error:
         return False
     return verdict(context, name, candidate / factor)[0] == CONFIRMED
 

@@ -15,36 +15,31 @@ widened. The device map is planned for the wide sizes, so --max-memory holds.
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
-_WIDTH = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2}
-_TORCH_NAME = {"F64": "float64", "F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+_NAMES = {"F64": "float64", "F32": "float32", "BF16": "bfloat16", "F16": "float16"}   # safetensors' floating dtypes
+_WIDTHS = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def stored_float_dtype(directory: Path) -> str | None:
     """The one floating dtype the safetensors files of `directory` store ("bfloat16"), from their headers only;
-    None when there are none, several floating dtypes, or a header that cannot be read."""
+    None when there are none, several floating dtypes, or a file safetensors cannot open."""
+    from safetensors import SafetensorError, safe_open
+
     found = set()
     for file in sorted(Path(directory).glob("*.safetensors")):
         try:
-            with open(file, "rb") as handle:
-                (length,) = struct.unpack("<Q", handle.read(8))
-                header = json.loads(handle.read(length)) if 0 < length <= 100_000_000 else None
-        except (OSError, ValueError, struct.error):
+            with safe_open(file, framework="pt") as handle:   # the header only: no tensor is read
+                found |= {handle.get_slice(key).get_dtype() for key in handle.keys()}
+        except (OSError, SafetensorError):
             return None
-        if not isinstance(header, dict):
-            return None
-        found |= {entry.get("dtype") for key, entry in header.items()
-                  if key != "__metadata__" and isinstance(entry, dict) and entry.get("dtype") in _WIDTH}
-    return _TORCH_NAME[found.pop()] if len(found) == 1 else None
+    floating = {_NAMES[code] for code in found if code in _NAMES}
+    return floating.pop() if len(floating) == 1 else None
 
 
 def narrower(stored: str | None, dtype: str) -> bool:
     """Whether weights stored as `stored` are narrower than the `dtype` asked for."""
-    widths = {name: _WIDTH[code] for code, name in _TORCH_NAME.items()}
-    return stored is not None and dtype in widths and widths[stored] < widths[dtype]
+    return stored in _WIDTHS and dtype in _WIDTHS and _WIDTHS[stored] < _WIDTHS[dtype]
 
 
 def wide_device_map(transformers, torch, config, dtype: str, max_memory: dict | None):
