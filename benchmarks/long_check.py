@@ -3,6 +3,7 @@
     python benchmarks/long_check.py [--tokens 256,1024] [--candidate llamacpp:FILE.gguf] [--model FILE]
     python benchmarks/long_check.py --tokens 1024 --planted rope_base
     python benchmarks/long_check.py --tokens 12 --decode-steps 512
+    python benchmarks/long_check.py --tokens 4096 --checkpoints '*,!*.attn_probs'
 
 The default pair (SmolLM2's GGUF in transformers against the same file in llama.cpp)
 over T random token ids, with --decode-steps 0: one forward pass per side plus the
@@ -14,7 +15,8 @@ must exit 0 at every length. With --planted rope_base the candidate is a copy of
 the GGUF whose RoPE base (llama.rope.freq_base) is 5% larger, run by llama.cpp
 against the unchanged reference: a bug that grows with position, which must fail
 (exit 1) at every length; the first failing checkpoint and the named cause are
-printed too.
+printed too. --checkpoints is passed to the check (e.g. to leave the attention
+probabilities out).
 """
 
 from __future__ import annotations
@@ -48,14 +50,16 @@ def planted_rope_base(directory: Path, factor: float = 1.05) -> tuple[str, str]:
     return str(original), f"llamacpp:{copy}"
 
 
-def run_once(tokens: int, model: str | None, candidate: str | None, decode_steps: int = 0) -> dict:
+def run_once(tokens: int, model: str | None, candidate: str | None, decode_steps: int = 0,
+             checkpoints: str | None = None) -> dict:
     draw = random.Random(tokens)
     ids = [draw.randrange(1, 49152) for _ in range(tokens)]
     with tempfile.TemporaryDirectory() as directory:
         report = Path(directory) / "report.json"
         pair = [model, candidate] if model and candidate else []
         command = [sys.executable, "-m", "parity", "check", *pair, "--tokens", ",".join(map(str, ids)),
-                   "--decode-steps", str(decode_steps), "--json", str(report)]
+                   "--decode-steps", str(decode_steps), "--json", str(report),
+                   *(["--checkpoints", checkpoints] if checkpoints else [])]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -82,6 +86,7 @@ def main() -> None:
     parser.add_argument("--candidate", help="the candidate (default: the same GGUF in llama.cpp)")
     parser.add_argument("--decode-steps", type=int, default=0, help="tokens decoded after the forward pass")
     parser.add_argument("--planted", choices=["rope_base"], help="check a copy of the GGUF with this bug planted")
+    parser.add_argument("--checkpoints", help="the checks' --checkpoints, e.g. '*,!*.attn_probs'")
     args = parser.parse_args()
     print(f"{'T':>6} {'peak RSS GiB':>13} {'wall s':>8} {'CPU s':>8} {'exit':>5} {'failed':>7}  first failing / cause")
     with tempfile.TemporaryDirectory() as directory:
@@ -89,7 +94,7 @@ def main() -> None:
         if args.planted:
             model, candidate = planted_rope_base(Path(directory))
         for tokens in (int(value) for value in args.tokens.split(",")):
-            row = run_once(tokens, model, candidate, args.decode_steps)
+            row = run_once(tokens, model, candidate, args.decode_steps, args.checkpoints)
             print(f"{row['tokens']:>6} {row['peak_rss_gib']:>13.2f} {row['wall_s']:>8.1f} {row['cpu_s']:>8.1f} "
                   f"{row['exit']:>5} {row['failed'] if row['failed'] is not None else '-':>7}  "
                   f"{row['first'] or '-'} / {row['cause'] or '-'}", flush=True)

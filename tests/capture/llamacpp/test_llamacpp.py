@@ -132,3 +132,34 @@ def test_a_trace_written_layer_by_layer_holds_what_the_held_trace_holds(runner, 
     assert {key: value for key, value in streamed.metadata.items() if key != "format"} == held.metadata
     for name in held.names:
         assert np.array_equal(np.asarray(streamed.tensors[name]), held.tensors[name]), name
+
+
+@pytest.mark.parametrize("to_file", [False, True], ids=["held", "written"])
+def test_micro_batches_give_the_trace_of_one_batch(runner, tokens, pair, tmp_path, monkeypatch, to_file):
+    """An input longer than UBATCH runs a micro-batch at a time through the KV cache, as llama.cpp runs a long
+    prompt: every checkpoint (probabilities over the keys cached so far, zero past them) and the logits bit for
+    bit as one batch gives them, held or written where their rows go."""
+    import parity.capture.llamacpp.runner as module
+
+    held = pair[1]
+    monkeypatch.setattr(module, "UBATCH", 5)
+    assert len(tokens) > 2 * 5
+    blocked = runner.capture(tokens, path=tmp_path / "candidate.safetensors" if to_file else None)
+    assert sorted(blocked.names) == sorted(held.names)
+    assert blocked.metadata.get("not_comparable") == held.metadata.get("not_comparable")
+    for name in held.names:
+        np.testing.assert_array_equal(np.asarray(blocked.tensors[name]), held.tensors[name], err_msg=name)
+    probabilities = np.asarray(blocked.tensors["layers.3.attn_probs"])       # (H, T, T): causal rows
+    assert np.all(np.triu(probabilities, k=1) == 0)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+
+
+def test_a_long_prompt_decoded_through_the_cache_is_prefilled_a_micro_batch_at_a_time(runner, tokens,
+                                                                                     monkeypatch):
+    """--decode-steps after a prompt longer than UBATCH: the same logits at every step as one prefill batch."""
+    import parity.capture.llamacpp.runner as module
+
+    continuation = [17, 300, 5]
+    whole = runner.incremental_logits(tokens, continuation)
+    monkeypatch.setattr(module, "UBATCH", 4)
+    np.testing.assert_array_equal(runner.incremental_logits(tokens, continuation), whole)

@@ -49,3 +49,32 @@ def test_nothing_appears_when_the_writing_fails_and_nothing_is_replaced_unasked(
         with trace_file(path):
             pass
     assert path.read_text() == "mine"
+
+
+def test_tensors_reserved_whole_are_written_a_block_of_rows_at_a_time_in_any_order(tmp_path):
+    """reserve + write_rows: (T, D) blocks along axis 0, (H, T, S) blocks along axis 1, between whole tensors;
+    a discarded tensor is not listed."""
+    from safetensors.numpy import load_file
+
+    from parity.core.trace.writer import trace_file
+
+    rows = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
+    heads = np.arange(2 * 7 * 5, dtype=np.float32).reshape(2, 7, 5)
+    path = tmp_path / "blocks.safetensors"
+    with trace_file(path) as writer:
+        writer.reserve("rows", rows.shape, rows.dtype, "F32")
+        writer.add("whole", np.ones(4, np.float32), "F32")
+        writer.reserve("heads", heads.shape, heads.dtype, "F32")
+        writer.reserve("gone", (3,), np.dtype(np.float32), "F32")
+        for start, stop in ((4, 7), (0, 4)):
+            writer.write_rows("rows", rows[start:stop], start)
+            writer.write_rows("heads", heads[:, start:stop], start, axis=1)
+        writer.discard("gone")
+        writer.add("after", np.full(2, 5.0, np.float32), "F32")
+        writer.finish({"format": "parity-trace/2"})
+    stored = load_file(path)
+    assert sorted(stored) == ["after", "heads", "rows", "whole"]
+    np.testing.assert_array_equal(stored["rows"], rows)
+    np.testing.assert_array_equal(stored["heads"], heads)
+    np.testing.assert_array_equal(stored["whole"], np.ones(4, np.float32))
+    np.testing.assert_array_equal(stored["after"], np.full(2, 5.0, np.float32))

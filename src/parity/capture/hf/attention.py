@@ -6,6 +6,15 @@ keyed by `config._attn_implementation`. While a trace is recorded, parity puts a
 wrapper under its own key that calls the model's configured implementation
 (its own `eager_attention_forward` for "eager") unchanged and hands its
 inputs and probabilities to whoever listens for that attention module.
+
+Long inputs: eager attention makes its (B, H, T, S) scores several times over
+(the scores, the masked scores, the softmax in float32, its cast back), which at
+T=8,192 is gigabytes per layer. When one layer's probabilities would pass
+ROW_BLOCK_BYTES, the wrapper runs the same implementation on blocks of query rows
+with the matching rows of the mask: each row's softmax sees the same scores (to
+the last bits of a matmul's summation order, ~1e-16 relative in float64), and the
+probabilities exist a block at a time (assembled only for a listener that records
+them).
 """
 
 from __future__ import annotations
@@ -16,9 +25,13 @@ from contextlib import contextmanager
 
 # id(attention module) -> listener(query, key, probabilities)
 # query: (B, H, T, hd) after RoPE; key: (B, Hkv, S, hd) after RoPE, before GQA
-# expansion; probabilities: (B, H, T, S), or None for fused kernels (sdpa, flash).
+# expansion; probabilities: (B, H, T, S), or None for fused kernels (sdpa, flash)
+# and for blocked attention when the listener's `wants_probabilities` is False.
 _LISTENERS: dict[int, Callable] = {}
 _PREFIX = "parity_recording:"
+
+# One layer's probabilities larger than this are computed in blocks of query rows (eager attention only).
+ROW_BLOCK_BYTES = 64 << 20
 
 
 def _recording_attention(original: str) -> Callable:
@@ -27,13 +40,56 @@ def _recording_attention(original: str) -> Callable:
     def attention(module, query, key, value, attention_mask, *args, **kwargs):
         eager = sys.modules[type(module).__module__].eager_attention_forward
         implementation = ALL_ATTENTION_FUNCTIONS.get_interface(original, eager)
-        output, probabilities = implementation(module, query, key, value, attention_mask, *args, **kwargs)
         listener = _LISTENERS.get(id(module))
+        rows = _block_rows(original, query, key, attention_mask)
+        if rows is None:
+            output, probabilities = implementation(module, query, key, value, attention_mask, *args, **kwargs)
+        else:
+            wanted = listener is not None and getattr(listener, "wants_probabilities", True)
+            output, probabilities = _in_row_blocks(implementation, rows, wanted, module, query, key, value,
+                                                   attention_mask, *args, **kwargs)
         if listener is not None:
             listener(query, key, probabilities)
         return output, probabilities
 
     return attention
+
+
+def _block_rows(original: str, query, key, attention_mask) -> int | None:
+    """Query rows per block when this call's probabilities would pass ROW_BLOCK_BYTES; None to run it whole.
+    Only eager attention with an explicit (B, 1|H, T, S) mask is blocked: a block of rows is then exactly
+    those rows of the whole (a fused kernel's is_causal would align a block's rows to the wrong keys)."""
+    batch, heads, tokens = query.shape[:3]
+    columns = key.shape[-2]
+    row_bytes = batch * heads * columns * max(query.element_size(), 4)
+    if original != "eager" or tokens * row_bytes <= ROW_BLOCK_BYTES:
+        return None
+    if attention_mask is None or attention_mask.ndim != 4 or attention_mask.shape[-2] != tokens:
+        return None
+    return max(1, ROW_BLOCK_BYTES // row_bytes)
+
+
+def _in_row_blocks(implementation, rows: int, wanted: bool, module, query, key, value, attention_mask,
+                   *args, **kwargs):
+    """(output, probabilities) of `implementation` run on `rows` query rows at a time: output (B, T, H, hd)
+    as the whole call gives it; probabilities (B, H, T, S) assembled when `wanted`, else None."""
+    import torch
+
+    tokens = query.shape[2]
+    outputs, probabilities = [], None
+    for start in range(0, tokens, rows):
+        stop = min(tokens, start + rows)
+        output, block = implementation(module, query[:, :, start:stop], key, value,
+                                       attention_mask[:, :, start:stop], *args, **kwargs)
+        if output.shape[1] != stop - start:   # an implementation whose output is not token-major
+            return implementation(module, query, key, value, attention_mask, *args, **kwargs)
+        outputs.append(output)                                          # (B, rows, H, hd)
+        if wanted and block is not None:
+            if probabilities is None:
+                probabilities = block.new_empty((*block.shape[:2], tokens, block.shape[-1]))
+            probabilities[:, :, start:stop] = block                     # (B, H, rows, S)
+        del block
+    return torch.cat(outputs, dim=1), probabilities
 
 
 def _register(original: str) -> str:

@@ -21,6 +21,13 @@ Layouts are undone, never guessed:
     a misaligned comparison looks like).
   - attention probabilities span the KV cache's padded length; the columns past
     the prompt are dropped after checking that they hold no probability.
+
+Long inputs run as llama.cpp runs them by default: in micro-batches of UBATCH
+tokens, one llama_decode each, through the KV cache. Each checkpoint then comes a
+block of rows at a time (a block of probabilities spans the keys cached so far,
+zero past them, as in one batch), and goes to where its rows belong: a tensor
+held whole, or the trace file, where it was reserved at its full size. llama.cpp's
+own buffers (the scores of one micro-batch, its logits) stay the size of a block.
 What cannot be aligned exactly (a quantized intermediate, probabilities fused
 away by flash attention) is listed in the trace's `not_comparable` metadata
 with the reason, and never compared in the wrong layout.
@@ -39,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from parity.core.errors import CaptureError, OptionError, require
+from parity.capture.llamacpp.blocks import FileBlocks, HeldBlocks
 from parity.capture.llamacpp.names import GraphNames, layer_of
 from parity.core.names import parse, select
 from parity.core.trace import Trace, make_trace
@@ -47,6 +55,7 @@ GGML_MAX_DIMS, GGML_MAX_SRC, GGML_MAX_OP_PARAMS, GGML_MAX_NAME = 4, 10, 64, 64
 GGML_TYPES = {0: np.float32, 1: np.float16}  # ggml_type -> numpy; bf16 (30) widened by hand
 GGML_TYPE_BF16 = 30
 KV_TYPE_IDS = {"f32": 0, "f16": 1, "bf16": 30}   # KV cache types that run without flash attention
+UBATCH = 512   # tokens per llama_decode for inputs longer than this (llama.cpp's default n_ubatch)
 GGML_TYPE_NAMES = {0: "f32", 1: "f16", 8: "q8_0", 30: "bf16"}
 LLAMA_ROPE_TYPE_NORM = 0  # rotate adjacent pairs: the GGUF rows of q and k were permuted
 QK_KINDS = ("q", "k", "q_rope", "k_rope")
@@ -104,7 +113,10 @@ class _Recording:
     layer: int | None = None                                  # the layer of the last indexed node
     kv_type: str | None = None                                # the type K was read in by q @ K^T
     count: int = 0                                            # tokens in the batch
+    offset: int = 0                                           # tokens decoded before this batch
+    total: int = 0                                            # tokens in the whole input
     sink: Callable[[str, np.ndarray], None] | None = None     # takes each aligned tensor as its layer ends
+    drop: Callable[[str, str], None] | None = None            # told of a tensor a micro-batch could not align
     written: list[str] = field(default_factory=list)          # the names handed to the sink
     sink_error: BaseException | None = None                   # what the sink raised (a full disk), raised after
 
@@ -210,19 +222,30 @@ class LlamaCppRunner:
         return make_trace(tensors, metadata, source=str(self.path))
 
     def _run(self, tokens: list[int], checkpoints: str | None, prompt: str | None, start_position: int,
-             sink: Callable[[str, np.ndarray], None] | None = None) -> tuple[dict[str, np.ndarray], dict]:
-        """(tensors, metadata) of one batch; with `sink`, the tensors of each finished layer went there as the
-        pass ran, and `tensors` holds the rest."""
-        self._recording = _Recording(checkpoints, count=len(tokens), sink=sink)
+             sink: Callable[[str, np.ndarray], None] | None = None,
+             blocks: HeldBlocks | None = None) -> tuple[dict[str, np.ndarray], dict]:
+        """(tensors, metadata) of one pass; with `sink`, the tensors of each finished layer went there as the
+        pass ran, and `tensors` holds the rest. An input longer than UBATCH runs in micro-batches, its
+        checkpoints put into `blocks` (held in memory when not given) a block of rows at a time; `tensors`
+        is then what `blocks` holds."""
+        drop = None
+        if len(tokens) > UBATCH:
+            blocks = blocks if blocks is not None else HeldBlocks(len(tokens))
+            sink, drop = (lambda name, array: blocks.put(name, array, self._recording.offset)), blocks.drop
+        self._recording = _Recording(checkpoints, count=len(tokens), total=len(tokens), sink=sink, drop=drop)
         try:
-            logits = self._decode(tokens, start_position)
+            logits = self._decode(tokens, start_position, on_block=self._block_handler(blocks, checkpoints))
         finally:
             recording, self._recording = self._recording, None
         if recording.sink_error is not None:
             raise CaptureError(f"writing llama.cpp's trace failed: {recording.sink_error}")
-        tensors = self._align(recording)
-        if "logits" not in tensors and "logits" not in recording.written and select(["logits"], checkpoints):
-            tensors["logits"] = logits
+        if blocks is not None:
+            tensors = blocks.tensors
+            recording.not_comparable.update(blocks.dropped)
+        else:
+            tensors = self._align(recording)
+            if "logits" not in tensors and "logits" not in recording.written and select(["logits"], checkpoints):
+                tensors["logits"] = logits
         metadata = {
             "arch": self._meta("general.architecture"),
             "producer": f"llama.cpp (llama-cpp-python {self._llama.__version__})",
@@ -235,6 +258,26 @@ class LlamaCppRunner:
             **({"start_position": start_position} if start_position else {}),
         }
         return tensors, metadata
+
+    def _block_handler(self, blocks: HeldBlocks | None, checkpoints: str | None):
+        """What runs after each micro-batch: its checkpoints aligned and put into `blocks` with llama.cpp's
+        logits (the graph names no logits node), the recording emptied for the next one."""
+        if blocks is None:
+            return None
+
+        def after_block(start: int, rows: int, logits: np.ndarray) -> None:
+            recording = self._recording
+            self._hand_over(recording)     # the last layer's tensors, and those of no layer
+            if select(["logits"], checkpoints) and recording.sink_error is None:
+                try:                                   # llama.cpp's output (the graph names no logits node)
+                    blocks.put("logits", logits, start)
+                except Exception as error:  # a full disk: raised once the pass is over
+                    recording.sink_error = error
+            recording.wanted.clear()
+            recording.produced.clear()
+            recording.layer = None
+
+        return after_block
 
     def _capture_to_file(self, tokens: list[int], path: Path, *, checkpoints: str | None, prompt: str | None,
                          start_position: int) -> Trace:
@@ -249,7 +292,8 @@ class LlamaCppRunner:
             def sink(name: str, array: np.ndarray) -> None:
                 writer.add(name, *storage(array, "float32"))
 
-            tensors, metadata = self._run(tokens, checkpoints, prompt, start_position, sink)
+            blocks = FileBlocks(len(tokens), writer) if len(tokens) > UBATCH else None
+            tensors, metadata = self._run(tokens, checkpoints, prompt, start_position, sink, blocks)
             for name, array in tensors.items():     # what the end of the pass left: the last layers, the logits
                 sink(name, array)
             del tensors
@@ -287,7 +331,8 @@ class LlamaCppRunner:
         before and returns the last one's logits (V,)."""
         llama, vocab = self._llama, self.vocab_size
         params = llama.llama_context_default_params()
-        params.n_ctx = params.n_batch = params.n_ubatch = max(capacity, 32)
+        params.n_ctx = max(capacity, 32)
+        params.n_batch = params.n_ubatch = max(min(capacity, UBATCH), 32)
         params.n_threads = params.n_threads_batch = self.threads
         params.flash_attn_type = 0  # as in the full pass, so that only the decode path differs
         params.type_k = params.type_v = KV_TYPE_IDS[self.kv_type]
@@ -296,7 +341,12 @@ class LlamaCppRunner:
             raise CaptureError("llama.cpp could not create a context")
         position = 0
 
-        def step(chunk: list[int]) -> np.ndarray:
+        def step(ids: list[int]) -> np.ndarray:
+            for first in range(0, len(ids) - UBATCH, UBATCH):   # a long prompt: a micro-batch at a time
+                decode(ids[first:first + UBATCH])
+            return decode(ids[(len(ids) - 1) // UBATCH * UBATCH:])
+
+        def decode(chunk: list[int]) -> np.ndarray:
             nonlocal position
             batch = llama.llama_batch_init(len(chunk), 0, 1)
             try:
@@ -318,10 +368,15 @@ class LlamaCppRunner:
         finally:
             llama.llama_free(context)
 
-    def _decode(self, tokens: list[int], start: int = 0) -> np.ndarray:
-        llama, count = self._llama, len(tokens)
+    def _decode(self, tokens: list[int], start: int = 0, on_block=None) -> np.ndarray | None:
+        """Logits at every position, (T, V), from one llama_decode, or one per micro-batch of UBATCH tokens
+        for a longer input (through the KV cache, as llama.cpp runs a long prompt). With `on_block`, it is
+        called after each micro-batch with (first row, rows, that batch's logits) and None is returned."""
+        llama, count, vocab = self._llama, len(tokens), self.vocab_size
+        step = min(count, UBATCH)
         params = llama.llama_context_default_params()
-        params.n_ctx = params.n_batch = params.n_ubatch = max(count, 32)
+        params.n_ctx = max(count, 32)
+        params.n_batch = params.n_ubatch = max(step, 32)
         params.n_threads = params.n_threads_batch = self.threads
         params.flash_attn_type = 0  # off: the attention probabilities must exist to be compared
         params.type_k = params.type_v = KV_TYPE_IDS[self.kv_type]
@@ -329,18 +384,28 @@ class LlamaCppRunner:
         context = llama.llama_init_from_model(self._model, params)
         if not context:
             raise CaptureError(f"llama.cpp could not create a context for {count} tokens")
-        batch = llama.llama_batch_init(count, 0, 1)
+        batch = llama.llama_batch_init(step, 0, 1)
+        kept = [] if on_block is None else None
         try:
-            for position, token in enumerate(tokens):
-                batch.token[position], batch.pos[position] = token, start + position
-                batch.n_seq_id[position], batch.seq_id[position][0], batch.logits[position] = 1, 0, True
-            batch.n_tokens = count
-            status = llama.llama_decode(context, batch)
-            if status != 0:
-                raise CaptureError(f"llama.cpp failed to decode {count} tokens (llama_decode returned {status})")
-            vocab = self.vocab_size
-            logits = np.ctypeslib.as_array(llama.llama_get_logits(context), shape=(count * vocab,))
-            return logits.reshape(count, vocab).copy()                                 # (T, V)
+            for first in range(0, count, step):
+                chunk = tokens[first:first + step]
+                if self._recording is not None:
+                    self._recording.count, self._recording.offset = len(chunk), first
+                for offset, token in enumerate(chunk):
+                    batch.token[offset], batch.pos[offset] = token, start + first + offset
+                    batch.n_seq_id[offset], batch.seq_id[offset][0], batch.logits[offset] = 1, 0, True
+                batch.n_tokens = len(chunk)
+                status = llama.llama_decode(context, batch)
+                if status != 0:
+                    raise CaptureError(f"llama.cpp failed to decode {len(chunk)} tokens at position "
+                                       f"{start + first} (llama_decode returned {status})")
+                output = np.ctypeslib.as_array(llama.llama_get_logits(context), shape=(len(chunk) * vocab,))
+                logits = output.reshape(len(chunk), vocab).copy()                      # (rows, V)
+                if on_block is not None:
+                    on_block(first, len(chunk), logits)
+                else:
+                    kept.append(logits)
+            return None if kept is None else np.concatenate(kept) if len(kept) > 1 else kept[0]   # (T, V)
         finally:
             llama.llama_batch_free(batch)
             llama.llama_free(context)
@@ -372,7 +437,8 @@ class LlamaCppRunner:
                     recording.wanted[pointer] = canonical
                 return wanted
             canonical = recording.wanted.get(pointer)
-            recording.graph_names.append(tensor.name.decode("utf-8", errors="replace"))
+            if recording.offset == 0:
+                recording.graph_names.append(tensor.name.decode("utf-8", errors="replace"))
             if canonical is not None:
                 if self._ggml.ggml_op_desc(pointer).decode() == "ROPE":
                     recording.head_dims[parse(canonical).kind[0]] = int(tensor.ne[0])
@@ -441,14 +507,16 @@ class LlamaCppRunner:
         if recording.sink is not None and layer is not None:
             self._hand_over(recording, before_layer=layer - 1)
 
-    def _hand_over(self, recording: _Recording, before_layer: int) -> None:
-        """Give the sink every tensor of the layers before `before_layer`, aligned, and let them go. (A node
-        of a layer can be read again while that layer runs, a bias added to a matmul's output: a layer is
-        handed over only once the one after it is under way.)"""
-        finished = [name for name in recording.arrays
-                    if _layer(name) is not None and _layer(name) < before_layer]
+    def _hand_over(self, recording: _Recording, before_layer: int | None = None) -> None:
+        """Give the sink every tensor of the layers before `before_layer` (None: every tensor recorded),
+        aligned, and let them go. (A node of a layer can be read again while that layer runs, a bias added to
+        a matmul's output: a layer is handed over only once the one after it is under way.)"""
+        finished = [name for name in recording.arrays if before_layer is None
+                    or _layer(name) is not None and _layer(name) < before_layer]
         for name in finished:
             array = self._aligned(name, recording.arrays.pop(name), recording)
+            if array is None and recording.drop is not None:
+                recording.drop(name, recording.not_comparable.get(name, "a micro-batch could not be aligned"))
             if array is None or recording.sink_error is not None:
                 continue
             try:
@@ -479,7 +547,8 @@ class LlamaCppRunner:
         kind = parse(name).kind
         array = array.reshape(array.shape[1:]) if array.shape[0] == 1 else array  # (1, a, b, c) -> (a, b, c)
         if kind == "attn_probs":
-            array, reason = _prompt_columns(array, count)                        # (H, T, n_kv) -> (H, T, T)
+            array, reason = _prompt_columns(array, count, recording.offset + count, recording.total)
+            # (H, rows, n_kv) -> (H, rows, T)
             if reason:
                 recording.not_comparable[name] = reason
                 return None
@@ -509,14 +578,23 @@ def unpermute_qk(array: np.ndarray, head_dim: int) -> np.ndarray:
     return per_head.swapaxes(-1, -2).reshape(tokens, -1)      # (T, H, 2, hd/2) -> (T, H*hd)
 
 
-def _prompt_columns(probabilities: np.ndarray, count: int) -> tuple[np.ndarray, str | None]:
-    """Keep the first `count` key columns of (H, T, n_kv); they must hold all the probability."""
-    if probabilities.ndim != 3 or probabilities.shape[1] != count or probabilities.shape[2] < count:
-        return probabilities, f"unexpected attention shape {list(probabilities.shape)} for {count} tokens"
-    outside = float(np.abs(probabilities[:, :, count:]).max()) if probabilities.shape[2] > count else 0.0
+def _prompt_columns(probabilities: np.ndarray, rows: int, seen: int | None = None,
+                    total: int | None = None) -> tuple[np.ndarray, str | None]:
+    """(H, rows, n_kv) probabilities of `rows` queries over a KV cache holding `seen` tokens (default: rows) as
+    (H, rows, total): the first `seen` key columns, which must hold all the probability, then zeros up to
+    `total` columns (keys a later micro-batch adds, which these rows cannot see)."""
+    seen = rows if seen is None else seen
+    total = seen if total is None else total
+    if probabilities.ndim != 3 or probabilities.shape[1] != rows or probabilities.shape[2] < seen:
+        return probabilities, f"unexpected attention shape {list(probabilities.shape)} for {rows} tokens"
+    outside = float(np.abs(probabilities[:, :, seen:]).max()) if probabilities.shape[2] > seen else 0.0
     if outside > 0.0:
         return probabilities, f"KV cache cells past the prompt hold probability {outside:.3g}"
-    return probabilities[:, :, :count], None
+    if total == seen:
+        return probabilities[:, :, :seen], None
+    padded = np.zeros((*probabilities.shape[:2], total), dtype=probabilities.dtype)
+    padded[:, :, :seen] = probabilities[:, :, :seen]
+    return padded, None
 
 
 _LOG_CALLBACK = None

@@ -247,6 +247,8 @@ class ModuleTracer:
             if probabilities is not None:
                 self._store(probabilities_name, probabilities)  # (B, H, T, S)
 
+        # blocked attention (capture/hf/attention.py) assembles the probabilities only for a listener that keeps them
+        listen.wants_probabilities = self._wanted(probabilities_name)
         return listen
 
 

@@ -5,6 +5,8 @@ the tensors are only known once the forward pass has run. The writer leaves room
 for the header, appends each tensor's bytes as it comes, and writes the header into
 that room at the end, padded with spaces as the format allows. A header larger
 than the room (more tensors than expected) moves the body up, once, at the end.
+A tensor made in blocks of rows (llama.cpp's micro-batches) is reserved at its
+whole size and written a block at a time where its rows go.
 
 The file is written through `atomic_file`: it appears under its name only when
 `finish` has run, so an interrupted capture leaves the previous file or none.
@@ -49,10 +51,52 @@ class TraceWriter:
     def add(self, name: str, array: np.ndarray, tag: str) -> None:
         """Append one tensor, stored as `array` (little-endian, C order) under safetensors dtype `tag`."""
         array = np.ascontiguousarray(array)
+        self._file.seek(8 + self._reserve + self._offset)
         self._file.write(array.reshape(-1).view(np.uint8).data)
         self._entries[name] = {"dtype": tag, "shape": list(array.shape),
                                "data_offsets": [self._offset, self._offset + array.nbytes]}
         self._offset += array.nbytes
+
+    def reserve(self, name: str, shape: tuple[int, ...], dtype: np.dtype, tag: str) -> None:
+        """Make room for a tensor of `shape` whose blocks of rows come later (write_rows); zeros until then."""
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        self._entries[name] = {"dtype": tag, "shape": list(shape), "data_offsets": [self._offset, self._offset + nbytes]}
+        self._offset += nbytes
+        self._file.truncate(8 + self._reserve + self._offset)
+
+    def write_rows(self, name: str, block: np.ndarray, start: int, axis: int = 0) -> None:
+        """Write `block` into the reserved tensor `name` at `start` along `axis`; every axis but that one whole
+        (a (H, rows, S) block of an (H, T, S) tensor: axis 1)."""
+        entry = self._entries[name]
+        shape, first = entry["shape"], entry["data_offsets"][0]
+        block = np.ascontiguousarray(block)
+        inner = int(np.prod(shape[axis + 1:], dtype=np.int64)) * block.itemsize   # bytes of one row
+        outer = int(np.prod(shape[:axis], dtype=np.int64))
+        rows = block.reshape(outer, -1)                                          # (prefix, rows * inner)
+        for index in range(outer):
+            self._file.seek(8 + self._reserve + first + (index * shape[axis] + start) * inner)
+            self._file.write(rows[index].view(np.uint8).data)
+
+    def discard(self, name: str) -> None:
+        """Forget a tensor written or reserved; `finish` closes the gap it leaves (safetensors allows none)."""
+        self._entries.pop(name, None)
+
+    def _close_gaps(self) -> None:
+        """Move each tensor down over the gaps discarded ones left, first to last (never over unread bytes)."""
+        cursor = 0
+        for entry in sorted(self._entries.values(), key=lambda entry: entry["data_offsets"][0]):
+            start, stop = entry["data_offsets"]
+            if start > cursor:
+                self._file.flush()
+                for block_start in range(start, stop, _COPY_BLOCK):
+                    block_stop = min(stop, block_start + _COPY_BLOCK)
+                    self._file.seek(8 + self._reserve + block_start)
+                    data = self._file.read(block_stop - block_start)
+                    self._file.seek(8 + self._reserve + cursor + block_start - start)
+                    self._file.write(data)
+                entry["data_offsets"] = [cursor, cursor + stop - start]
+            cursor += stop - start
+        self._offset = cursor
 
     def restart(self) -> None:
         """Forget every tensor written (a capture that must run again)."""
@@ -63,6 +107,8 @@ class TraceWriter:
 
     def finish(self, metadata: dict[str, str]) -> None:
         """Write the header: into the room kept for it, or, when it needs more, after moving the body up."""
+        self._close_gaps()
+        self._file.truncate(8 + self._reserve + self._offset)
         header = {"__metadata__": metadata, **self._entries}
         encoded = json.dumps(header, separators=(",", ":")).encode()
         room = self._reserve
