@@ -92,9 +92,28 @@ def test_the_probabilities_left_out_shrink_the_estimate_to_what_grows_with_the_t
 
     from parity.commands.check.spill import reference_trace_bytes
 
-    config = types.SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, hidden_size=576,
-                                   intermediate_size=1536)
+    config = types.SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                                   hidden_size=576, intermediate_size=1536, vocab_size=49152)
     model = types.SimpleNamespace(model=types.SimpleNamespace(config=config))
     whole, without = (reference_trace_bytes(model, 8192, "float64", checkpoints)
                       for checkpoints in (None, "*,!*.attn_probs"))
-    assert without == 30 * 16 * 8192 * 1536 * 8 and whole == without + 30 * 9 * 8192 ** 2 * 8
+    per_token = 10 * 576 + 4 * 576 + 4 * 192 + 3 * 1536
+    assert without == (30 * 8192 * per_token + 8192 * 49152) * 8 and whole == without + 30 * 9 * 8192 ** 2 * 8
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "qwen3"])
+def test_the_estimate_is_close_to_the_trace_a_capture_writes(family, tmp_path):
+    """Not far under what is written (a check must not run out of disk) nor far over (it must not be refused
+    for want of room it has)."""
+    import tiny_models
+
+    from parity.capture.hf.model import load_model
+    from parity.commands.check.spill import reference_trace_bytes
+
+    model = load_model(tiny_models.save(family, tmp_path / family), dtype="float64")
+    tokens = list(range(3, 67))
+    for checkpoints in (None, "*,!*.attn_probs"):
+        path = tmp_path / "trace.safetensors"
+        model.capture_to_file(tokens, path, checkpoints=checkpoints, raw=False, overwrite=True)
+        written, estimate = path.stat().st_size, reference_trace_bytes(model, len(tokens), "float64", checkpoints)
+        assert 0.9 * written <= estimate <= 1.5 * written, (checkpoints, estimate, written)

@@ -137,11 +137,24 @@ class HFModel:
         from parity.capture.torch.streaming import stream_module
         from parity.core.trace.writer import trace_file
 
+        from parity.capture.hf.head import HeadMismatch, blocked_head
+        from parity.capture.torch.taps import resolve_taps
+
         self._check_tokens(tokens)
         metadata = {**self.trace_metadata(prompt, start_position), **(metadata or {})}
         modules = sum(1 for _ in self.model.modules())
-        with trace_file(path, overwrite=overwrite, expected_tensors=2 * modules,
-                        metadata_bytes=len(json.dumps(metadata))) as writer:
+        options = dict(overwrite=overwrite, expected_tensors=2 * modules, metadata_bytes=len(json.dumps(metadata)))
+        head = blocked_head(self.model, resolve_taps(self.mapping.taps), len(tokens), checkpoints)
+        if head is not None:   # long inputs: the logits a block of rows at a time, after the forward
+            try:
+                with trace_file(path, **options) as writer:
+                    return stream_module(self.model, tokens, writer, taps=self.mapping.taps,
+                                         checkpoints=head.excluded(checkpoints), metadata=metadata, weights=weights,
+                                         raw=raw, forward=head.forward(self._positioned(start_position)),
+                                         after=head.write)
+            except HeadMismatch:
+                pass           # a model whose head is not what it seems: run it whole
+        with trace_file(path, **options) as writer:
             return stream_module(self.model, tokens, writer, taps=self.mapping.taps, checkpoints=checkpoints,
                                  metadata=metadata, weights=weights, raw=raw,
                                  forward=self._positioned(start_position))

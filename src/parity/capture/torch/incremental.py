@@ -99,9 +99,9 @@ def positioned_forward(model, start: int, *, who: str = "the candidate"):
         raise OptionError(f"--start-position needs {who} to take absolute positions, and its forward names none: "
                           f"add a `positions` argument, {PROTOCOL}")
 
-    def forward(module, input_ids):
+    def forward(module, input_ids, **options):
         positions = torch.arange(start, start + input_ids.shape[-1], device=input_ids.device)
-        return module(input_ids, **{keyword: positions.unsqueeze(0).expand(input_ids.shape[0], -1)})
+        return module(input_ids, **{keyword: positions.unsqueeze(0).expand(input_ids.shape[0], -1)}, **options)
 
     return forward
 

@@ -97,9 +97,11 @@ def stream_module(
     forward: Callable | None = None,
     weights: bool = False,
     raw: bool = False,
+    after: Callable[[TraceWriter], None] | None = None,
 ) -> list[str]:
-    """trace_module, written to `writer` as the checkpoints arrive; returns the names written.
-    The caller's `trace_file` block makes the file appear once this returns."""
+    """trace_module, written to `writer` as the checkpoints arrive; returns the names written. `after(writer)`
+    adds what is made after the forward (capture/hf/head.py). The caller's `trace_file` block makes the file
+    appear once this returns."""
     input_ids = input_ids_of(tokens, model)
     options = dict(checkpoints=checkpoints, weights=weights, raw=raw, token_count=input_ids.shape[-1])
     for copy in (False, True):
@@ -116,6 +118,8 @@ def stream_module(
     logits = returned_logits(output, checkpoints, present=writer)
     if logits is not None:
         writer.add("logits", *storage(*as_array(logits)))
+    if after is not None:
+        after(writer)
     if not writer.names:
         raise nothing_recorded(model)
     writer.finish(metadata_strings({**base_metadata(model, input_ids), **(metadata or {})}))

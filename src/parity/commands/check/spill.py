@@ -39,18 +39,26 @@ def spilled(trace: Trace, spill: str) -> Trace:
 
 
 def reference_trace_bytes(model, tokens: int, dtype: str, checkpoints: str | None = None) -> int:
-    """About how large the reference's trace is: each layer's attention probabilities (H x T x T, unless
-    `checkpoints` leaves them out) and a dozen (T x D) tensors, at the reference's precision."""
+    """About how large the reference's trace is, at the reference's precision: per layer, each layer's
+    attention probabilities (H x T x T, unless `checkpoints` leaves them out), ten hidden-wide checkpoints
+    (norms, post-norms, outputs, residuals), four as wide as the query heads (q, its norm, q after RoPE, the
+    context), four as the key/value heads (k, its norm, v, k after RoPE) and three as the MLP (gate, up,
+    activation); then the logits. Within -10%/+50% of what a capture writes (tests/commands/check/test_spill.py)."""
     from parity.core.names import select
 
     config = model.model.config
     config = getattr(config, "get_text_config", lambda: config)()
     layers = getattr(config, "num_hidden_layers", 0) or 0
     heads = getattr(config, "num_attention_heads", 0) or 0
-    width = max(getattr(config, "hidden_size", 0) or 0, getattr(config, "intermediate_size", 0) or 0)
+    hidden = getattr(config, "hidden_size", 0) or 0
+    head_dim = getattr(config, "head_dim", None) or (hidden // heads if heads else 0)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
+    vocabulary = getattr(config, "vocab_size", 0) or 0
     itemsize = {"float64": 8, "float32": 4}.get(dtype, 2)   # float16 and bfloat16 are held as they are made
     probabilities = heads * tokens * tokens if select(["layers.0.attn_probs"], checkpoints) else 0
-    return layers * (probabilities + 16 * tokens * width) * itemsize
+    per_token = 10 * hidden + 4 * heads * head_dim + 4 * kv_heads * head_dim + 3 * intermediate
+    return (layers * (probabilities + tokens * per_token) + tokens * vocabulary) * itemsize
 
 
 def require_room(spill: str, needed_bytes: int, probabilities_bytes: int, tokens: int) -> None:
