@@ -23,6 +23,7 @@ import numpy as np
 
 from parity.core.pair_sums import Chunk, Measurement, PairSums, ToleranceRule, count_mismatched, norm_ratio
 from parity.core.results import Metrics, Tolerance
+from parity.core.trace.pages import PagesBehind
 
 # 256K elements: the buffers of one chunk (1 MiB each in float32) stay in cache and are allocated once per thread.
 CHUNK_ELEMENTS = 1 << 18
@@ -54,14 +55,14 @@ def measure_pair(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolera
     sums = PairSums(reference.shape, token_axis)
     workspace, precise = _workspace(_compute_dtype(reference, candidate)), _workspace(np.float64)
     with np.errstate(all="ignore"):  # non-finite values are counted, not warned about
-        for chunk in _chunks(reference.shape):
+        for chunk in _passing(reference, candidate):
             if not sums.add(*workspace.load(chunk, reference, candidate), known):
                 sums.add(*precise.load(chunk, reference, candidate), known)
         if known is None:
             known = tolerance(sums.reference_rms())
             if sums.max_abs > known.atol:
                 sums.mismatched = sum(_mismatched_in(*precise.load(chunk, reference, candidate), known)
-                                      for chunk in _chunks(reference.shape))
+                                      for chunk in _passing(reference, candidate))
         per_position = sums.per_position()
         return Measurement(sums.metrics(per_position), known, per_position)
 
@@ -97,8 +98,11 @@ def channel_weighted_position_rel_l2(reference, candidate, token_axis: int | Non
     chunks = [slice(start, start + step) for start in range(0, positions, step)]
     squares = np.zeros(width)
     with np.errstate(all="ignore"):
+        behind = PagesBehind(reference)
         for rows in chunks:
             squares += np.square(np.asarray(reference[rows], dtype=np.float64)).sum(0)
+            behind.passed(min(rows.stop, positions) * width * reference.itemsize)
+        behind = (PagesBehind(reference), PagesBehind(candidate))
         scale = np.sqrt(squares / positions)                                              # (D,)
         scale[~(scale > 0)] = 1.0
         worst = 0.0
@@ -110,6 +114,8 @@ def channel_weighted_position_rel_l2(reference, candidate, token_axis: int | Non
             if not np.all(np.isfinite(ratio)):
                 return float("nan")
             worst = max(worst, float(ratio.max()))
+            for side, array in zip(behind, (reference, candidate)):
+                side.passed(min(rows.stop, positions) * width * array.itemsize)
     return worst
 
 
@@ -119,12 +125,15 @@ def rel_l2(reference: np.ndarray, candidate: np.ndarray) -> float:
     chunks: no temporary the size of the pair."""
     reference, candidate = np.asarray(reference).reshape(-1), np.asarray(candidate).reshape(-1)
     error_squares = reference_squares = 0.0
+    behind = (PagesBehind(reference), PagesBehind(candidate))
     with np.errstate(over="ignore", invalid="ignore"):
         for start in range(0, reference.size, CHUNK_ELEMENTS):
             reference_chunk = reference[start:start + CHUNK_ELEMENTS].astype(np.float64)
             error = candidate[start:start + CHUNK_ELEMENTS].astype(np.float64) - reference_chunk
             error_squares += float(np.dot(error, error))
             reference_squares += float(np.dot(reference_chunk, reference_chunk))
+            for side, array in zip(behind, (reference, candidate)):
+                side.passed(min(start + CHUNK_ELEMENTS, array.size) * array.itemsize)
     return norm_ratio(math.sqrt(error_squares), math.sqrt(reference_squares))
 
 
@@ -155,6 +164,18 @@ def _check_numeric(array: np.ndarray) -> None:
 
 
 # --- chunks -------------------------------------------------------------------------
+
+
+def _passing(reference: np.ndarray, candidate: np.ndarray) -> Iterator[Chunk]:
+    """The pair's chunks in memory order, each side's pages handed back behind the pass where it is a view of a
+    trace file's map (core/trace/pages.py): a pass over any tensor holds a few chunks of it."""
+    behind = (PagesBehind(reference), PagesBehind(candidate))
+    done = 0
+    for chunk in _chunks(reference.shape):
+        yield chunk
+        done += math.prod(chunk.shape)
+        for side, array in zip(behind, (reference, candidate)):
+            side.passed(done * array.itemsize)
 
 
 def _chunks(shape: tuple[int, ...], prefix: tuple[int, ...] = ()) -> Iterator[Chunk]:

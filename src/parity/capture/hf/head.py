@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import inspect
 
+from parity.core.errors import CaptureError
+
 LOGITS_BLOCK_BYTES = 256 << 20
 
 
-class HeadMismatch(Exception):
-    """The head rebuilt outside the forward does not give the model's own last row."""
+class HeadMismatch(CaptureError):
+    """The head rebuilt outside the forward does not give the model's own last row (caught: the capture then
+    runs whole)."""
 
 
 class BlockedHead:
