@@ -31,6 +31,7 @@ import numpy as np
 
 from parity.core.names import HEAD_KINDS, is_raw, parse
 from parity.core.trace import Trace
+from parity.core.trace.pages import PagesBehind
 
 CONVENTIONS = ("layout", "vocab_padding", "logit_shift", "residual_pair",
                "logprob_shift")   # a server's log-probabilities one token off (adapted in core/sequence.py)
@@ -201,6 +202,7 @@ def _logit_shifts(reference: Trace, candidate: Trace, transforms: Mapping[str, _
 def _row_shifts(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Each row's mean difference, the error left after removing it, and the error before (sums of squares)."""
     shifts, kept, whole = [], 0.0, 0.0
+    behind = (PagesBehind(reference), PagesBehind(candidate))   # mapped logits: pages handed back as read
     for start in range(0, reference.shape[0], _SHIFT_CHUNK_ROWS):
         r = reference[start:start + _SHIFT_CHUNK_ROWS].astype(np.float64)
         difference = candidate[start:start + _SHIFT_CHUNK_ROWS].astype(np.float64) - r
@@ -209,6 +211,8 @@ def _row_shifts(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarra
         shifts.append(mean)
         whole += float(np.square(np.where(finite, difference, 0.0)).sum())
         kept += float(np.square(np.where(finite, difference - mean[:, None], 0.0)).sum())
+        for side, array in zip(behind, (reference, candidate)):
+            side.passed(min(start + _SHIFT_CHUNK_ROWS, array.shape[0]) * array[0].nbytes)
     return np.concatenate(shifts) if shifts else np.zeros(0), kept, whole
 
 
