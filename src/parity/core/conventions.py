@@ -202,7 +202,7 @@ def _logit_shifts(reference: Trace, candidate: Trace, transforms: Mapping[str, _
 def _row_shifts(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Each row's mean difference, the error left after removing it, and the error before (sums of squares)."""
     shifts, kept, whole = [], 0.0, 0.0
-    behind = (PagesBehind(reference), PagesBehind(candidate))   # mapped logits: pages handed back as read
+    behind = PagesBehind(reference, candidate)   # mapped logits: pages handed back as they are read
     for start in range(0, reference.shape[0], _SHIFT_CHUNK_ROWS):
         r = reference[start:start + _SHIFT_CHUNK_ROWS].astype(np.float64)
         difference = candidate[start:start + _SHIFT_CHUNK_ROWS].astype(np.float64) - r
@@ -211,8 +211,7 @@ def _row_shifts(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarra
         shifts.append(mean)
         whole += float(np.square(np.where(finite, difference, 0.0)).sum())
         kept += float(np.square(np.where(finite, difference - mean[:, None], 0.0)).sum())
-        for side, array in zip(behind, (reference, candidate)):
-            side.passed(min(start + _SHIFT_CHUNK_ROWS, array.shape[0]) * array[0].nbytes)
+        behind.passed(min(start + _SHIFT_CHUNK_ROWS, reference.shape[0]) * reference[0].size)
     return np.concatenate(shifts) if shifts else np.zeros(0), kept, whole
 
 

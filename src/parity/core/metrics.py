@@ -101,8 +101,8 @@ def channel_weighted_position_rel_l2(reference, candidate, token_axis: int | Non
         behind = PagesBehind(reference)
         for rows in chunks:
             squares += np.square(np.asarray(reference[rows], dtype=np.float64)).sum(0)
-            behind.passed(min(rows.stop, positions) * width * reference.itemsize)
-        behind = (PagesBehind(reference), PagesBehind(candidate))
+            behind.passed(min(rows.stop, positions) * width)
+        behind = PagesBehind(reference, candidate)
         scale = np.sqrt(squares / positions)                                              # (D,)
         scale[~(scale > 0)] = 1.0
         worst = 0.0
@@ -114,8 +114,7 @@ def channel_weighted_position_rel_l2(reference, candidate, token_axis: int | Non
             if not np.all(np.isfinite(ratio)):
                 return float("nan")
             worst = max(worst, float(ratio.max()))
-            for side, array in zip(behind, (reference, candidate)):
-                side.passed(min(rows.stop, positions) * width * array.itemsize)
+            behind.passed(min(rows.stop, positions) * width)
     return worst
 
 
@@ -125,15 +124,14 @@ def rel_l2(reference: np.ndarray, candidate: np.ndarray) -> float:
     chunks: no temporary the size of the pair."""
     reference, candidate = np.asarray(reference).reshape(-1), np.asarray(candidate).reshape(-1)
     error_squares = reference_squares = 0.0
-    behind = (PagesBehind(reference), PagesBehind(candidate))
+    behind = PagesBehind(reference, candidate)
     with np.errstate(over="ignore", invalid="ignore"):
         for start in range(0, reference.size, CHUNK_ELEMENTS):
             reference_chunk = reference[start:start + CHUNK_ELEMENTS].astype(np.float64)
             error = candidate[start:start + CHUNK_ELEMENTS].astype(np.float64) - reference_chunk
             error_squares += float(np.dot(error, error))
             reference_squares += float(np.dot(reference_chunk, reference_chunk))
-            for side, array in zip(behind, (reference, candidate)):
-                side.passed(min(start + CHUNK_ELEMENTS, array.size) * array.itemsize)
+            behind.passed(min(start + CHUNK_ELEMENTS, reference.size))
     return norm_ratio(math.sqrt(error_squares), math.sqrt(reference_squares))
 
 
@@ -169,13 +167,12 @@ def _check_numeric(array: np.ndarray) -> None:
 def _passing(reference: np.ndarray, candidate: np.ndarray) -> Iterator[Chunk]:
     """The pair's chunks in memory order, each side's pages handed back behind the pass where it is a view of a
     trace file's map (core/trace/pages.py): a pass over any tensor holds a few chunks of it."""
-    behind = (PagesBehind(reference), PagesBehind(candidate))
+    behind = PagesBehind(reference, candidate)
     done = 0
     for chunk in _chunks(reference.shape):
         yield chunk
         done += math.prod(chunk.shape)
-        for side, array in zip(behind, (reference, candidate)):
-            side.passed(done * array.itemsize)
+        behind.passed(done)
 
 
 def _chunks(shape: tuple[int, ...], prefix: tuple[int, ...] = ()) -> Iterator[Chunk]:

@@ -1,11 +1,11 @@
 """Checkpoints that arrive a block of rows at a time (llama.cpp's micro-batches), put where their rows go.
 
 A (T, width) checkpoint comes as (rows, width) blocks; the attention probabilities
-(H, T, T) as (H, rows, T) blocks. HeldBlocks fills whole tensors in memory;
-FileBlocks reserves each tensor at its whole size in a trace file on its first
-block and writes each block at its rows, so nothing the size of the trace is held.
-A tensor that one block cannot give (its reason in the trace's not_comparable) is
-dropped whole.
+(H, T, T) as (H, rows, T) blocks. Each tensor is reserved at its whole size on its
+first block and each block written at its rows, into a trace file (core/trace/
+writer.py's reserve / write_rows / discard), so nothing the size of the trace is held,
+or into HeldTensors, the same three calls in memory. A tensor that one block cannot
+give (its reason in the trace's not_comparable) is dropped whole.
 """
 
 from __future__ import annotations
@@ -21,53 +21,43 @@ def token_axis(name: str) -> int:
     return 1 if checkpoint is not None and checkpoint.kind == "attn_probs" else 0
 
 
-def whole_shape(name: str, block: np.ndarray, total: int) -> tuple[int, ...]:
-    shape = list(block.shape)
-    shape[token_axis(name)] = total
-    return tuple(shape)
+class HeldTensors:
+    """Whole tensors in memory, filled a block of rows at a time (a TraceWriter's reserve/write_rows/discard)."""
 
-
-class HeldBlocks:
-    """Blocks assembled into whole tensors in memory."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
+    def __init__(self) -> None:
         self.tensors: dict[str, np.ndarray] = {}
+
+    def __repr__(self) -> str:
+        return f"<HeldTensors {len(self.tensors)}>"
+
+    def reserve(self, name: str, shape: tuple[int, ...], dtype: np.dtype, tag: str) -> None:
+        self.tensors[name] = np.zeros(shape, dtype=dtype)
+
+    def write_rows(self, name: str, block: np.ndarray, start: int, axis: int = 0) -> None:
+        index = [slice(None)] * block.ndim
+        index[axis] = slice(start, start + block.shape[axis])
+        self.tensors[name][tuple(index)] = block
+
+    def discard(self, name: str) -> None:
+        self.tensors.pop(name, None)
+
+
+class Blocks:
+    """The blocks of a pass over `total` tokens, put into `target` (a TraceWriter, or HeldTensors by default)."""
+
+    def __init__(self, total: int, target=None) -> None:
+        self.total = total
+        self.target = target if target is not None else HeldTensors()
+        self.placed: set[str] = set()
         self.dropped: dict[str, str] = {}   # name -> why it could not be kept
 
     def __repr__(self) -> str:
-        return f"<HeldBlocks {len(self.tensors)} tensors of {self.total} tokens>"
+        return f"<Blocks {len(self.placed)} tensors of {self.total} tokens>"
 
-    def __contains__(self, name: str) -> bool:
-        return name in self.tensors or name in self.dropped
-
-    def put(self, name: str, block: np.ndarray, start: int) -> None:
-        if name in self.dropped:
-            return
-        if name not in self.tensors:
-            self.tensors[name] = np.zeros(whole_shape(name, block, self.total), dtype=block.dtype)
-        index = [slice(None)] * block.ndim
-        index[token_axis(name)] = slice(start, start + block.shape[token_axis(name)])
-        self.tensors[name][tuple(index)] = block
-
-    def drop(self, name: str, reason: str) -> None:
-        self.tensors.pop(name, None)
-        self.dropped[name] = reason
-
-
-class FileBlocks(HeldBlocks):
-    """Blocks written into a trace file (core/trace/writer.py) where their rows go."""
-
-    def __init__(self, total: int, writer) -> None:
-        super().__init__(total)
-        self.writer = writer
-        self.written: list[str] = []
-
-    def __repr__(self) -> str:
-        return f"<FileBlocks {len(self.written)} tensors of {self.total} tokens>"
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.written or name in self.dropped
+    @property
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The whole tensors, when they are held in memory; {} when they went to a file."""
+        return getattr(self.target, "tensors", {})
 
     def put(self, name: str, block: np.ndarray, start: int) -> None:
         from parity.core.trace.trace import storage
@@ -75,13 +65,16 @@ class FileBlocks(HeldBlocks):
         if name in self.dropped:
             return
         stored, tag = storage(block, "float32")
-        if name not in self.written:
-            self.writer.reserve(name, whole_shape(name, stored, self.total), stored.dtype, tag)
-            self.written.append(name)
-        self.writer.write_rows(name, stored, start, token_axis(name))
+        axis = token_axis(name)
+        if name not in self.placed:
+            shape = list(stored.shape)
+            shape[axis] = self.total
+            self.target.reserve(name, tuple(shape), stored.dtype, tag)
+            self.placed.add(name)
+        self.target.write_rows(name, stored, start, axis)
 
     def drop(self, name: str, reason: str) -> None:
-        if name in self.written:
-            self.written.remove(name)
-            self.writer.discard(name)
+        if name in self.placed:
+            self.placed.discard(name)
+            self.target.discard(name)
         self.dropped[name] = reason

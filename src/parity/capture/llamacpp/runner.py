@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from parity.core.errors import CaptureError, OptionError, require
-from parity.capture.llamacpp.blocks import FileBlocks, HeldBlocks
+from parity.capture.llamacpp.blocks import Blocks
 from parity.capture.llamacpp.names import GraphNames, layer_of
 from parity.core.names import parse, select
 from parity.core.trace import Trace, make_trace
@@ -223,14 +223,14 @@ class LlamaCppRunner:
 
     def _run(self, tokens: list[int], checkpoints: str | None, prompt: str | None, start_position: int,
              sink: Callable[[str, np.ndarray], None] | None = None,
-             blocks: HeldBlocks | None = None) -> tuple[dict[str, np.ndarray], dict]:
+             blocks: Blocks | None = None) -> tuple[dict[str, np.ndarray], dict]:
         """(tensors, metadata) of one pass; with `sink`, the tensors of each finished layer went there as the
         pass ran, and `tensors` holds the rest. An input longer than UBATCH runs in micro-batches, its
         checkpoints put into `blocks` (held in memory when not given) a block of rows at a time; `tensors`
         is then what `blocks` holds."""
         drop = None
         if len(tokens) > UBATCH:
-            blocks = blocks if blocks is not None else HeldBlocks(len(tokens))
+            blocks = blocks if blocks is not None else Blocks(len(tokens))
             sink, drop = (lambda name, array: blocks.put(name, array, self._recording.offset)), blocks.drop
         self._recording = _Recording(checkpoints, count=len(tokens), total=len(tokens), sink=sink, drop=drop)
         try:
@@ -259,7 +259,7 @@ class LlamaCppRunner:
         }
         return tensors, metadata
 
-    def _block_handler(self, blocks: HeldBlocks | None, checkpoints: str | None):
+    def _block_handler(self, blocks: Blocks | None, checkpoints: str | None):
         """What runs after each micro-batch: its checkpoints aligned and put into `blocks` with llama.cpp's
         logits (the graph names no logits node), the recording emptied for the next one."""
         if blocks is None:
@@ -292,7 +292,7 @@ class LlamaCppRunner:
             def sink(name: str, array: np.ndarray) -> None:
                 writer.add(name, *storage(array, "float32"))
 
-            blocks = FileBlocks(len(tokens), writer) if len(tokens) > UBATCH else None
+            blocks = Blocks(len(tokens), writer) if len(tokens) > UBATCH else None
             tensors, metadata = self._run(tokens, checkpoints, prompt, start_position, sink, blocks)
             for name, array in tensors.items():     # what the end of the pass left: the last layers, the logits
                 sink(name, array)
@@ -405,7 +405,9 @@ class LlamaCppRunner:
                     on_block(first, len(chunk), logits)
                 else:
                     kept.append(logits)
-            return None if kept is None else np.concatenate(kept) if len(kept) > 1 else kept[0]   # (T, V)
+            if kept is None:
+                return None
+            return kept[0] if len(kept) == 1 else np.concatenate(kept)                  # (T, V)
         finally:
             llama.llama_batch_free(batch)
             llama.llama_free(context)

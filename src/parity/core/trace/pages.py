@@ -1,4 +1,4 @@
-"""Pages of a memory-mapped tensor handed back as a pass moves through it.
+"""Pages of memory-mapped tensors handed back as a pass moves through them.
 
 A tensor read from a trace file is a view of the file's map (core/trace/lazy.py), and
 every page a pass touches stays in the process until the tensor is let go: a pass over
@@ -25,33 +25,44 @@ def _map_of(array) -> mmap.mmap | None:
     return base
 
 
-class PagesBehind:
-    """For a C-contiguous view of a map: `passed(stop_bytes)` hands back its first `stop_bytes` bytes' pages."""
+class _MappedArray:
+    """One C-contiguous view of a map: where it starts in the map, and how far its pages were handed back."""
 
-    def __init__(self, array) -> None:
-        self._map = _map_of(array) if isinstance(array, np.ndarray) and array.flags.c_contiguous else None
-        self._start = self._released = 0
-        if self._map is not None and hasattr(self._map, "madvise") and array.nbytes >= 2 * HAND_BACK_BYTES:
-            origin = np.frombuffer(self._map, np.uint8, 1).__array_interface__["data"][0]
-            self._start = self._released = array.__array_interface__["data"][0] - origin
-        else:
-            self._map = None
+    def __init__(self, array: np.ndarray, mapping: mmap.mmap) -> None:
+        origin = np.frombuffer(mapping, np.uint8, 1).__array_interface__["data"][0]
+        self.map, self.itemsize = mapping, array.itemsize
+        self.start = self.released = array.__array_interface__["data"][0] - origin
+
+    def passed(self, elements: int) -> bool:
+        """Hand back the pages of the first `elements`; False when the map refuses (nothing more is tried)."""
+        end = self.start + elements * self.itemsize
+        end -= end % mmap.PAGESIZE
+        if end - self.released < HAND_BACK_BYTES:
+            return True
+        start = self.released - self.released % mmap.PAGESIZE
+        try:
+            self.map.madvise(mmap.MADV_DONTNEED, start, end - start)
+        except (OSError, ValueError):
+            return False   # only memory accounting is lost
+        self.released = end
+        return True
+
+
+class PagesBehind:
+    """Arrays read front to back together (a reference and its candidate, of one shape): `passed(n)` hands back the
+    pages of each one's first n elements, for those that are large C-contiguous views of a map."""
+
+    def __init__(self, *arrays) -> None:
+        self._mapped = []
+        for array in arrays:
+            if isinstance(array, np.ndarray) and array.flags.c_contiguous and array.nbytes >= 2 * HAND_BACK_BYTES:
+                mapping = _map_of(array)
+                if mapping is not None and hasattr(mapping, "madvise"):
+                    self._mapped.append(_MappedArray(array, mapping))
 
     def __repr__(self) -> str:
-        return f"<PagesBehind {'mapped' if self._map is not None else 'not mapped'}>"
+        return f"<PagesBehind {len(self._mapped)} mapped>"
 
-    def passed(self, stop_bytes: int) -> None:
-        """The pass has read everything before byte `stop_bytes` of the array."""
-        if self._map is None:
-            return
-        end = self._start + stop_bytes
-        end -= end % mmap.PAGESIZE
-        if end - self._released < HAND_BACK_BYTES:
-            return
-        start = self._released - self._released % mmap.PAGESIZE
-        try:
-            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
-        except (OSError, ValueError):
-            self._map = None   # only memory accounting is lost
-            return
-        self._released = end
+    def passed(self, elements: int) -> None:
+        """The pass has read each array's first `elements` elements."""
+        self._mapped = [mapped for mapped in self._mapped if mapped.passed(elements)]

@@ -36,10 +36,14 @@ class TraceWriter:
         self._reserve = reserve + (-reserve % 8)       # the body starts 8-byte aligned
         self._entries: dict[str, dict] = {}
         self._offset = 0                               # bytes of body written
-        file.seek(8 + self._reserve)
+        file.seek(self._at(0))
 
     def __repr__(self) -> str:
         return f"<TraceWriter {len(self._entries)} tensors, {self._offset:,} bytes>"
+
+    def _at(self, offset: int) -> int:
+        """The file position of byte `offset` of the body (after the 8-byte length and the header's room)."""
+        return 8 + self._reserve + offset
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
@@ -51,7 +55,7 @@ class TraceWriter:
     def add(self, name: str, array: np.ndarray, tag: str) -> None:
         """Append one tensor, stored as `array` (little-endian, C order) under safetensors dtype `tag`."""
         array = np.ascontiguousarray(array)
-        self._file.seek(8 + self._reserve + self._offset)
+        self._file.seek(self._at(self._offset))
         self._file.write(array.reshape(-1).view(np.uint8).data)
         self._entries[name] = {"dtype": tag, "shape": list(array.shape),
                                "data_offsets": [self._offset, self._offset + array.nbytes]}
@@ -62,7 +66,7 @@ class TraceWriter:
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         self._entries[name] = {"dtype": tag, "shape": list(shape), "data_offsets": [self._offset, self._offset + nbytes]}
         self._offset += nbytes
-        self._file.truncate(8 + self._reserve + self._offset)
+        self._file.truncate(self._at(self._offset))
 
     def write_rows(self, name: str, block: np.ndarray, start: int, axis: int = 0) -> None:
         """Write `block` into the reserved tensor `name` at `start` along `axis`; every axis but that one whole
@@ -74,7 +78,7 @@ class TraceWriter:
         outer = int(np.prod(shape[:axis], dtype=np.int64))
         rows = block.reshape(outer, -1)                                          # (prefix, rows * inner)
         for index in range(outer):
-            self._file.seek(8 + self._reserve + first + (index * shape[axis] + start) * inner)
+            self._file.seek(self._at(first + (index * shape[axis] + start) * inner))
             self._file.write(rows[index].view(np.uint8).data)
 
     def discard(self, name: str) -> None:
@@ -90,9 +94,9 @@ class TraceWriter:
                 self._file.flush()
                 for block_start in range(start, stop, _COPY_BLOCK):
                     block_stop = min(stop, block_start + _COPY_BLOCK)
-                    self._file.seek(8 + self._reserve + block_start)
+                    self._file.seek(self._at(block_start))
                     data = self._file.read(block_stop - block_start)
-                    self._file.seek(8 + self._reserve + cursor + block_start - start)
+                    self._file.seek(self._at(cursor + block_start - start))
                     self._file.write(data)
                 entry["data_offsets"] = [cursor, cursor + stop - start]
             cursor += stop - start
@@ -102,13 +106,13 @@ class TraceWriter:
         """Forget every tensor written (a capture that must run again)."""
         self._entries.clear()
         self._offset = 0
-        self._file.seek(8 + self._reserve)
+        self._file.seek(self._at(0))
         self._file.truncate()
 
     def finish(self, metadata: dict[str, str]) -> None:
         """Write the header: into the room kept for it, or, when it needs more, after moving the body up."""
         self._close_gaps()
-        self._file.truncate(8 + self._reserve + self._offset)
+        self._file.truncate(self._at(self._offset))
         header = {"__metadata__": metadata, **self._entries}
         encoded = json.dumps(header, separators=(",", ":")).encode()
         room = self._reserve
