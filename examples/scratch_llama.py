@@ -28,6 +28,7 @@ class Bugs:
     rope_interleaved: bool = False   # rotates pairs (0,1), (2,3), ... where Llama rotates (i, i + hd/2)
     eps_outside_sqrt: bool = False   # x / (sqrt(mean x^2) + eps)
     cache_position_off: bool = False  # decoded tokens are rotated one position too far
+    mask_off: bool = False           # no causal mask: every query also sees the tokens after it
 
 
 def rms_norm(x, weight, eps, bugs):
@@ -81,7 +82,7 @@ class Attention(nn.Module):
         repeat = self.heads // self.kv_heads
         scores = q @ k.repeat_interleave(repeat, 1).transpose(-1, -2) / math.sqrt(self.hd)   # (B, H, T, S)
         S = k.shape[2]
-        future = torch.ones(T, S, dtype=torch.bool, device=x.device).triu(S - T + 1)
+        future = torch.ones(T, S, dtype=torch.bool, device=x.device).triu(S - T + 1) & (not self.bugs.mask_off)
         probs = self.probs(scores.masked_fill(future, float("-inf")).softmax(-1))
         out = (probs @ v.repeat_interleave(repeat, 1)).transpose(1, 2).reshape(B, T, -1)
         return self.wo(out), (k, v)
@@ -174,3 +175,7 @@ def eps_outside_sqrt(path):
 
 def cache_position_off(path):
     return build(path, Bugs(cache_position_off=True))
+
+
+def mask_off(path):
+    return build(path, Bugs(mask_off=True))

@@ -105,6 +105,9 @@ class TraceRequest:
     start_position: int = 0            # the absolute position of the first token (--start-position)
     spill_to: str | None = None        # a trace file to write the trace into as it is made (backends that can;
                                        # the others return it in memory)
+    stream: Any = None                 # core/streamed.StreamedCheckpoints: the checkpoints it wants are put there
+                                       # as they are made, not kept (backends that can; the check feeds it the
+                                       # others' from their traces)
 
 
 class Candidate:

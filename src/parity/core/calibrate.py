@@ -33,9 +33,11 @@ MULTIPLE = 3.0
 FLOOR: dict[str, float] = {dtype: row.calibration_floor for dtype, row in PRECISIONS.items()}
 
 
-def noise_floors(reference: Trace, reference_lowp: Trace) -> dict[str, NoiseFloor]:
-    """Per checkpoint, the error of the low-precision reference run against the reference."""
-    floors = {}
+def noise_floors(reference: Trace, reference_lowp: Trace,
+                 also: dict[str, NoiseFloor] | None = None) -> dict[str, NoiseFloor]:
+    """Per checkpoint, the error of the low-precision reference run against the reference (`also`: floors
+    measured as the run made them, core/streamed.py)."""
+    floors = dict(also or {})
     for name in reference.names:
         if name not in reference_lowp or reference[name].shape != reference_lowp[name].shape:
             continue

@@ -21,6 +21,7 @@ from parity.core.names import INDEX_KINDS, Checkpoint, in_flow_order, is_raw, pa
 from parity.core.positions import MATRIX_KIND, largest_differences, per_head_rel_l2
 from parity.core.propagation import attribute, origin
 from parity.core.routing import compare_experts
+from parity.core.streamed import StreamedCheckpoints
 from parity.core.results import (
     FAIL,
     NOT_COMPARABLE,
@@ -59,14 +60,22 @@ class CompareConfig:
 
 
 def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = CompareConfig(),
-            measured: Mapping[str, tuple[CheckpointResult, np.ndarray | None]] | None = None) -> Comparison:
+            measured: Mapping[str, tuple[CheckpointResult, np.ndarray | None]] | None = None,
+            streamed: StreamedCheckpoints | None = None) -> Comparison:
     """Every checkpoint both traces hold, compared, in data-flow order, with where they first part ways.
 
     `measured`: the results of compare_checkpoint already taken where both models ran (on-device
     reduction), by name; their tensors are then not read. A failure's per-head view and worst
-    elements still read the tensors, so a reduced comparison that failed is run again on full traces."""
+    elements still read the tensors, so a reduced comparison that failed is run again on full traces.
+    `streamed`: checkpoints neither trace holds, measured as the candidate made them (core/streamed.py);
+    those it never gave are missing."""
     reference_names = select(reference.tensors, config.checkpoints)
     candidate_names = select(candidate.tensors, config.checkpoints)
+    if streamed is not None:
+        measured = {**(measured or {}), **{name: result for name, result in streamed.results().items()
+                                           if select([name], config.checkpoints)}}
+        reference_names = reference_names + select(streamed.reference.names, config.checkpoints)
+        candidate_names = candidate_names + select(streamed.received, config.checkpoints)
     declared = _declared_not_comparable(candidate, set(reference_names) - set(candidate_names))
     common = set(reference_names) & set(candidate_names)
     order = in_flow_order(common | set(declared))
@@ -150,8 +159,8 @@ def _divergence(result: CheckpointResult | None, reference: Trace, candidate: Tr
         per_position=per_position,
         onset=onset_position(per_position, result.tolerance.position_bound(result.metrics)
                              if result.tolerance and result.metrics else None),
-        per_head=per_head_rel_l2(result.name, reference, candidate),
-        worst_elements=largest_differences(result.name, reference, candidate),
+        per_head=per_head_rel_l2(result.name, reference, candidate) if result.name in reference else (),
+        worst_elements=largest_differences(result.name, reference, candidate) if result.name in reference else (),
     )
 
 

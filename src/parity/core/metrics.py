@@ -67,6 +67,37 @@ def measure_pair(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolera
         return Measurement(sums.metrics(per_position), known, per_position)
 
 
+def add_rows(sums: PairSums, reference: np.ndarray, candidate: np.ndarray, start: int,
+             tolerance: Tolerance) -> None:
+    """Add the rows [start, start + rows) along `sums.token_axis` of a pair, a block of a pass that measure_pair
+    would make over the whole (core/streamed.py): the same chunks, the same sums, under a tolerance known before
+    the pass (a made-from-RMS rule would need a second pass over rows that are gone)."""
+    if reference.shape != candidate.shape:
+        raise ValueError(f"shapes differ: {reference.shape} vs {candidate.shape}")
+    _check_numeric(reference)
+    _check_numeric(candidate)
+    workspace, precise = _workspace(_compute_dtype(reference, candidate)), _workspace(np.float64)
+    axis = sums.token_axis or 0
+    with np.errstate(all="ignore"):
+        for local in (chunk for prefix in np.ndindex(*reference.shape[:axis])       # each chunk within one row
+                      for chunk in _chunks(reference.shape, prefix)):              # run: its positions are known
+            chunk = _moved(local, sums.token_axis, start)
+            if not sums.add(chunk, *workspace.load(local, reference, candidate)[1:], tolerance):
+                sums.add(chunk, *precise.load(local, reference, candidate)[1:], tolerance)
+
+
+def _moved(chunk: Chunk, token_axis: int | None, start: int) -> Chunk:
+    """A chunk of a block of rows as the chunk of the whole tensor, the block beginning at row `start`."""
+    axis = len(chunk.prefix)
+    if token_axis is None or token_axis > axis or not start:
+        return chunk
+    if token_axis == axis:
+        return Chunk(chunk.prefix, chunk.start + start, chunk.stop + start, chunk.shape)
+    prefix = list(chunk.prefix)
+    prefix[token_axis] += start
+    return Chunk(tuple(prefix), chunk.start, chunk.stop, chunk.shape)
+
+
 def per_position_rel_l2(reference: np.ndarray, candidate: np.ndarray, token_axis: int = 0) -> np.ndarray:
     """rel_l2 of each token position (over the finite elements of both): (T,)."""
     if reference.ndim == 0 or reference.size == 0:

@@ -70,12 +70,11 @@ def _differences(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
 
 
 def _heads(name: str, checkpoint, reference: Trace) -> int | None:
-    """Query heads from attn_probs [H, T, S]; KV heads from the widths of k and q."""
+    """Query heads from attn_probs [H, T, S], else from the model's config in the trace's metadata (the
+    probabilities left out, or streamed); KV heads from the widths of k and q."""
     probs = f"layers.{checkpoint.layer}.attn_probs"
-    if probs not in reference:
-        return None
-    probs_shape = reference.shape_of(probs)
-    heads = probs_shape[0] if probs_shape else 0
+    probs_shape = reference.shape_of(probs) if probs in reference else ()
+    heads = probs_shape[0] if probs_shape else _config_heads(reference.metadata)
     if not heads:
         return None
     if checkpoint.kind in ("k", "v", "k_norm", "k_rope"):
@@ -85,6 +84,15 @@ def _heads(name: str, checkpoint, reference: Trace) -> int | None:
         head_dim = reference.shape_of(query)[-1] // heads
         return reference.shape_of(name)[-1] // head_dim if head_dim else None
     return heads
+
+
+def _config_heads(metadata) -> int:
+    """num_attention_heads of a transformers config recorded in the metadata (its text config's, if nested)."""
+    config = metadata.get("config") if isinstance(metadata, dict) else None
+    if isinstance(config, dict) and isinstance(config.get("text_config"), dict):
+        config = config["text_config"]
+    heads = config.get("num_attention_heads") if isinstance(config, dict) else None
+    return heads if isinstance(heads, int) and heads > 0 else 0
 
 
 def position_profile(name: str, reference: Trace, candidate: Trace) -> tuple[float, ...]:

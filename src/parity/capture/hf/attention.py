@@ -27,6 +27,10 @@ from contextlib import contextmanager
 # query: (B, H, T, hd) after RoPE; key: (B, Hkv, S, hd) after RoPE, before GQA
 # expansion; probabilities: (B, H, T, S), or None for fused kernels (sdpa, flash)
 # and for blocked attention when the listener's `wants_probabilities` is False.
+# A listener may also have `keep_recipe(implementation, module, query, key, value, mask,
+# args, kwargs)`, which keeps what rebuilds the probabilities in their place (capture/hf/
+# recipes.py), or `take_rows(block, start)`, which takes them a (B, H, rows, S) block at a
+# time as they are made (core/streamed.py); the listener then gets None.
 _LISTENERS: dict[int, Callable] = {}
 _PREFIX = "parity_recording:"
 
@@ -41,15 +45,23 @@ def _recording_attention(original: str) -> Callable:
         eager = sys.modules[type(module).__module__].eager_attention_forward
         implementation = ALL_ATTENTION_FUNCTIONS.get_interface(original, eager)
         listener = _LISTENERS.get(id(module))
+        wanted = listener is not None and getattr(listener, "wants_probabilities", True)
+        keep = getattr(listener, "keep_recipe", None) if wanted else None
+        if keep is not None and original == "eager" and _rows_of(query, attention_mask):
+            keep(implementation, module, query, key, value, attention_mask, args, kwargs)
+            wanted = False                 # rebuilt from what was kept (capture/hf/recipes.py), never made whole
+        take_rows = getattr(listener, "take_rows", None) if wanted else None
         rows = _block_rows(original, query, key, attention_mask)
         if rows is None:
             output, probabilities = implementation(module, query, key, value, attention_mask, *args, **kwargs)
+            if take_rows is not None and probabilities is not None:
+                take_rows(probabilities, 0)
+                probabilities = None
         else:
-            wanted = listener is not None and getattr(listener, "wants_probabilities", True)
             output, probabilities = _in_row_blocks(implementation, rows, wanted, module, query, key, value,
-                                                   attention_mask, *args, **kwargs)
+                                                   attention_mask, *args, take_rows=take_rows, **kwargs)
         if listener is not None:
-            listener(query, key, probabilities)
+            listener(query, key, probabilities if wanted else None)
         return output, probabilities
 
     return attention
@@ -62,17 +74,24 @@ def _block_rows(original: str, query, key, attention_mask) -> int | None:
     batch, heads, tokens = query.shape[:3]
     columns = key.shape[-2]
     row_bytes = batch * heads * columns * max(query.element_size(), 4)
-    if original != "eager" or tokens * row_bytes <= ROW_BLOCK_BYTES:
+    if original != "eager" or tokens * row_bytes <= ROW_BLOCK_BYTES or attention_mask is None:
         return None
-    if attention_mask is None or attention_mask.ndim != 4 or attention_mask.shape[-2] != tokens:
-        return None
-    return max(1, ROW_BLOCK_BYTES // row_bytes)
+    return max(1, ROW_BLOCK_BYTES // row_bytes) if _rows_of(query, attention_mask) else None
+
+
+def _rows_of(query, attention_mask) -> bool:
+    """Whether a block of query rows with the same rows of the mask is that block of the whole call: the mask
+    is None (every row sees every key) or (B, 1|H, T, S)."""
+    if attention_mask is None:
+        return True
+    return attention_mask.ndim == 4 and attention_mask.shape[-2] == query.shape[2]
 
 
 def _in_row_blocks(implementation, rows: int, wanted: bool, module, query, key, value, attention_mask,
-                   *args, **kwargs):
+                   *args, take_rows=None, **kwargs):
     """(output, probabilities) of `implementation` run on `rows` query rows at a time: output (B, T, H, hd)
-    as the whole call gives it; probabilities (B, H, T, S) assembled when `wanted`, else None."""
+    as the whole call gives it; probabilities (B, H, T, S) assembled when `wanted`, else None; or each block
+    handed to `take_rows(block, start)` as it is made, and None."""
     import torch
 
     tokens = query.shape[2]
@@ -82,9 +101,15 @@ def _in_row_blocks(implementation, rows: int, wanted: bool, module, query, key, 
         output, block = implementation(module, query[:, :, start:stop], key, value,
                                        attention_mask[:, :, start:stop], *args, **kwargs)
         if output.shape[1] != stop - start:   # an implementation whose output is not token-major
-            return implementation(module, query, key, value, attention_mask, *args, **kwargs)
+            output, probabilities = implementation(module, query, key, value, attention_mask, *args, **kwargs)
+            if take_rows is not None and probabilities is not None:
+                take_rows(probabilities, 0)
+                probabilities = None
+            return output, probabilities
         outputs.append(output)                                          # (B, rows, H, hd)
-        if wanted and block is not None:
+        if take_rows is not None and block is not None:
+            take_rows(block, start)
+        elif wanted and block is not None:
             if probabilities is None:
                 probabilities = block.new_empty((*block.shape[:2], tokens, block.shape[-1]))
             probabilities[:, :, start:stop] = block                     # (B, H, rows, S)

@@ -60,7 +60,8 @@ class HFCandidate(TorchCandidate):
         if progress is not None:
             progress.step(f"capturing the candidate {Path(self.spec).name} over {len(tokens)} tokens")
         return self.hf.capture(tokens, checkpoints=request.checkpoints, prompt=request.prompt,
-                               weights=request.weights, raw=request.raw, start_position=request.start_position)
+                               weights=request.weights, raw=request.raw, start_position=request.start_position,
+                               stream=request.stream)
 
     def tokenize(self, text: str) -> list[int]:
         return self.hf.tokenize(text)

@@ -114,12 +114,13 @@ class HFModel:
         return greedy(self.logits, prompt, count)
 
     def capture(self, tokens: list[int], *, checkpoints: str | None = None, prompt: str | None = None,
-                weights: bool = False, raw: bool = True, start_position: int = 0) -> Trace:
-        """The trace of one forward pass over `tokens`, the first at absolute position `start_position`."""
+                weights: bool = False, raw: bool = True, start_position: int = 0, **tracing) -> Trace:
+        """The trace of one forward pass over `tokens`, the first at absolute position `start_position`.
+        `tracing`: the attention probabilities' `recipes` kept, or a `stream` they go to (capture/torch/tracer.py)."""
         self._check_tokens(tokens)
         return trace_module(self.model, tokens, taps=self.mapping.taps, checkpoints=checkpoints,
                             metadata=self.trace_metadata(prompt, start_position), weights=weights, raw=raw,
-                            forward=self._positioned(start_position))
+                            forward=self._positioned(start_position), **tracing)
 
     def _positioned(self, start_position: int):
         """The forward at absolute positions start_position.. (None: from 0, as transformers runs it)."""
@@ -131,7 +132,8 @@ class HFModel:
 
     def capture_to_file(self, tokens: list[int], path: str | Path, *, overwrite: bool = False,
                         checkpoints: str | None = None, prompt: str | None = None, weights: bool = False,
-                        raw: bool = True, metadata: dict | None = None, start_position: int = 0) -> list[str]:
+                        raw: bool = True, metadata: dict | None = None, start_position: int = 0,
+                        **tracing) -> list[str]:
         """`capture`, written to the trace file `path` as the checkpoints arrive (the trace is never held
         whole in memory); returns the names written."""
         from parity.capture.torch.streaming import stream_module
@@ -151,13 +153,13 @@ class HFModel:
                     return stream_module(self.model, tokens, writer, taps=self.mapping.taps,
                                          checkpoints=head.excluded(checkpoints), metadata=metadata, weights=weights,
                                          raw=raw, forward=head.forward(self._positioned(start_position)),
-                                         after=head.write)
+                                         after=head.write, **tracing)
             except HeadMismatch:
                 pass           # a model whose head is not what it seems: run it whole
         with trace_file(path, **options) as writer:
             return stream_module(self.model, tokens, writer, taps=self.mapping.taps, checkpoints=checkpoints,
                                  metadata=metadata, weights=weights, raw=raw,
-                                 forward=self._positioned(start_position))
+                                 forward=self._positioned(start_position), **tracing)
 
     def _check_tokens(self, tokens: list[int]) -> None:
         if not tokens:

@@ -101,7 +101,8 @@ class LlamaCppCandidate(Candidate):
         if progress is not None:
             progress.step(f"running {self.gguf.name} in llama.cpp over {len(tokens)} tokens")
         trace = self.runner.capture(tokens, checkpoints=request.checkpoints, prompt=request.prompt,
-                                    start_position=request.start_position, path=request.spill_to)
+                                    start_position=request.start_position, path=request.spill_to,
+                                    stream=request.stream)
         self.kv_type = trace.metadata.get("kv_type") or self.kv_type
         reference = request.reference_model
         if reference is not None and Path(reference.path).resolve() != self.gguf.resolve():

@@ -204,11 +204,12 @@ class LlamaCppRunner:
     # --- capture ------------------------------------------------------------------
 
     def capture(self, tokens: list[int], *, checkpoints: str | None = None, prompt: str | None = None,
-                start_position: int = 0, path: str | Path | None = None) -> Trace:
+                start_position: int = 0, path: str | Path | None = None, stream=None) -> Trace:
         """Run one batch over `tokens` (logits at every position), the first at absolute position
         `start_position` (llama.cpp takes each token's position in the batch), and return the trace.
         With `path`, each layer's tensors are written to that trace file as the next layer starts, and the
-        trace returned reads them back a tensor at a time: its memory does not grow with the layers."""
+        trace returned reads them back a tensor at a time: its memory does not grow with the layers.
+        With `stream` (core/streamed.py), the checkpoints it wants go there a micro-batch at a time instead."""
         if not tokens:
             raise OptionError("no tokens to run: give a non-empty --prompt or --tokens")
         outside = next((token for token in tokens if not 0 <= token < self.vocab_size), None)
@@ -217,13 +218,13 @@ class LlamaCppRunner:
                               f"(ids 0 to {self.vocab_size - 1}); give ids within it")
         if path is not None:
             return self._capture_to_file(tokens, Path(path), checkpoints=checkpoints, prompt=prompt,
-                                         start_position=start_position)
-        tensors, metadata = self._run(tokens, checkpoints, prompt, start_position)
+                                         start_position=start_position, stream=stream)
+        tensors, metadata = self._run(tokens, checkpoints, prompt, start_position, stream=stream)
         return make_trace(tensors, metadata, source=str(self.path))
 
     def _run(self, tokens: list[int], checkpoints: str | None, prompt: str | None, start_position: int,
              sink: Callable[[str, np.ndarray], None] | None = None,
-             blocks: Blocks | None = None) -> tuple[dict[str, np.ndarray], dict]:
+             blocks: Blocks | None = None, stream=None) -> tuple[dict[str, np.ndarray], dict]:
         """(tensors, metadata) of one pass; with `sink`, the tensors of each finished layer went there as the
         pass ran, and `tensors` holds the rest. An input longer than UBATCH runs in micro-batches, its
         checkpoints put into `blocks` (held in memory when not given) a block of rows at a time; `tensors`
@@ -232,6 +233,9 @@ class LlamaCppRunner:
         if len(tokens) > UBATCH:
             blocks = blocks if blocks is not None else Blocks(len(tokens))
             sink, drop = (lambda name, array: blocks.put(name, array, self._recording.offset)), blocks.drop
+        kept: dict[str, np.ndarray] = {}
+        if stream is not None:     # what the stream wants goes there as each layer ends; the rest as before
+            sink = _streaming(stream, sink or kept.__setitem__, lambda: self._recording.offset)
         self._recording = _Recording(checkpoints, count=len(tokens), total=len(tokens), sink=sink, drop=drop)
         try:
             logits = self._decode(tokens, start_position, on_block=self._block_handler(blocks, checkpoints))
@@ -243,7 +247,9 @@ class LlamaCppRunner:
             tensors = blocks.tensors
             recording.not_comparable.update(blocks.dropped)
         else:
-            tensors = self._align(recording)
+            tensors = {**kept, **self._align(recording)}
+            for name in [name for name in tensors if stream is not None and stream.wants(name)]:
+                stream.put(name, tensors.pop(name), 0)
             if "logits" not in tensors and "logits" not in recording.written and select(["logits"], checkpoints):
                 tensors["logits"] = logits
         metadata = {
@@ -280,7 +286,7 @@ class LlamaCppRunner:
         return after_block
 
     def _capture_to_file(self, tokens: list[int], path: Path, *, checkpoints: str | None, prompt: str | None,
-                         start_position: int) -> Trace:
+                         start_position: int, stream=None) -> Trace:
         import json
 
         from parity.core.trace import load_trace
@@ -293,7 +299,7 @@ class LlamaCppRunner:
                 writer.add(name, *storage(array, "float32"))
 
             blocks = Blocks(len(tokens), writer) if len(tokens) > UBATCH else None
-            tensors, metadata = self._run(tokens, checkpoints, prompt, start_position, sink, blocks)
+            tensors, metadata = self._run(tokens, checkpoints, prompt, start_position, sink, blocks, stream)
             for name, array in tensors.items():     # what the end of the pass left: the last layers, the logits
                 sink(name, array)
             del tensors
@@ -563,6 +569,17 @@ class LlamaCppRunner:
                 return None
             array = unpermute_qk(array, head_dim)
         return array
+
+
+def _streaming(stream, sink: Callable[[str, np.ndarray], None], offset: Callable[[], int]):
+    """A sink that puts what `stream` wants there, at the micro-batch's first row, and the rest into `sink`."""
+    def put(name: str, array: np.ndarray) -> None:
+        if stream.wants(name):
+            stream.put(name, array, offset())
+        else:
+            sink(name, array)
+
+    return put
 
 
 def _layer(name: str) -> int | None:

@@ -111,7 +111,7 @@ class TorchCandidate(Candidate):
             forward = positioned_forward(self.module, request.start_position)
         return trace_module(self.module, tokens, taps=self.taps(request.taps), checkpoints=request.checkpoints,
                             weights=request.weights, raw=request.raw and self.raw_allowed(request.taps),
-                            config=self.config, forward=forward,
+                            config=self.config, forward=forward, stream=request.stream,
                             metadata={"start_position": request.start_position} if request.start_position else None)
 
     def logits(self, ids: list[int]) -> np.ndarray:

@@ -39,6 +39,7 @@ def trace_module(
     weights: bool = False,
     raw: bool = False,
     config: Any = None,
+    **tracing,
 ) -> Trace:
     """Run one forward pass of `model` over `tokens` and return the checkpoints `taps` name.
 
@@ -49,12 +50,13 @@ def trace_module(
     records `logits`, the forward's return value (a tensor, a tuple's first
     tensor, or `.logits`) is used. `config` (the model's own `.config` when not
     given; a dict or an object) tells the head counts that per-head tensors are
-    read by (capture/torch/layout.py).
+    read by (capture/torch/layout.py). `tracing`: ModuleTracer's `recipes` and `stream`, for checkpoints
+    rebuilt or measured as they are made instead of stored (core/streamed.py).
     """
     input_ids = input_ids_of(tokens, model)
     heads = config_heads(config if config is not None else getattr(model, "config", None))
     tensors = recorded_tensors(model, input_ids, taps, forward, checkpoints=checkpoints, weights=weights, raw=raw,
-                               heads=heads)
+                               heads=heads, **tracing)
     return make_trace(tensors, {**base_metadata(model, input_ids), **(metadata or {})})
 
 

@@ -98,12 +98,13 @@ def stream_module(
     weights: bool = False,
     raw: bool = False,
     after: Callable[[TraceWriter], None] | None = None,
+    **tracing,
 ) -> list[str]:
     """trace_module, written to `writer` as the checkpoints arrive; returns the names written. `after(writer)`
     adds what is made after the forward (capture/hf/head.py). The caller's `trace_file` block makes the file
     appear once this returns."""
     input_ids = input_ids_of(tokens, model)
-    options = dict(checkpoints=checkpoints, weights=weights, raw=raw, token_count=input_ids.shape[-1])
+    options = dict(checkpoints=checkpoints, weights=weights, raw=raw, token_count=input_ids.shape[-1], **tracing)
     for copy in (False, True):
         streamer = TraceStreamer(writer)
         try:

@@ -22,7 +22,7 @@ class ModuleTracer:
 
     def __init__(self, model, taps: TapsLike, *, checkpoints: str | None = None, weights: bool = False,
                  raw: bool = False, token_count: int | None = None, copy: bool = True, sink=None,
-                 host: bool = True, heads: Collection[int] = ()) -> None:
+                 host: bool = True, heads: Collection[int] = (), recipes=None, stream=None) -> None:
         self.model = model
         self.taps = resolve_taps(taps)
         self.checkpoints = checkpoints
@@ -39,6 +39,10 @@ class ModuleTracer:
         # host=False keeps each checkpoint on the device that made it (on-device reduction): a copy, where
         # one is made, is a clone there; the sink then takes the tensor as recorded, while the forward waits
         self.host = host
+        # recipes (capture/hf/recipes.py): keeps what rebuilds the attention probabilities in their place;
+        # stream (core/streamed.py): takes the checkpoints it wants as they are made, measured and let go
+        self.recipes, self.stream = recipes, stream
+        self.streamed: set[str] = set()
         self.tensors: dict[str, Any] = {}
         self._versions: dict[str, int] = {}
         self._copying_from: set[Any] = set()  # CUDA devices with copies to the host still queued
@@ -98,7 +102,11 @@ class ModuleTracer:
 
     def _store(self, name: str, tensor, layout: str | None = None) -> None:
         """Record a checkpoint (the first call wins if a module runs twice); `layout`: its axes, when declared."""
-        if tensor is None or not self._wanted(name) or name in self.tensors:
+        if tensor is None or not self._wanted(name) or name in self.tensors or name in self.streamed:
+            return
+        if self._streams(name):
+            self.stream.put(name, _host_float(self._canonical(name, tensor.detach(), layout)))
+            self.streamed.add(name)
             return
         if self.sink is not None:
             if name not in self.sink:
@@ -249,7 +257,30 @@ class ModuleTracer:
 
         # blocked attention (capture/hf/attention.py) assembles the probabilities only for a listener that keeps them
         listen.wants_probabilities = self._wanted(probabilities_name)
+        if listen.wants_probabilities and self.recipes is not None:
+            def keep_recipe(*call) -> None:
+                self.recipes.keep(probabilities_name, *call)
+
+            listen.keep_recipe = keep_recipe
+        if listen.wants_probabilities and self._streams(probabilities_name):
+            def take_rows(block, start: int) -> None:                # (B, H, rows, S)
+                self.stream.put(probabilities_name, _host_float(block.detach()), start)
+                self.streamed.add(probabilities_name)
+
+            listen.take_rows = take_rows
         return listen
+
+    def _streams(self, name: str) -> bool:
+        return self.stream is not None and self.stream.wants(name)
+
+
+def _host_float(tensor):
+    """A tensor as a numpy array on the host, a format numpy lacks (bfloat16) widened to float32."""
+    import torch
+
+    if tensor.dtype.is_floating_point and tensor.element_size() < 4:
+        tensor = tensor.to(torch.float32)
+    return tensor.cpu().numpy()
 
 
 # Modules that store a matmul's weight as (in, out) where torch.nn.Linear stores (out, in):

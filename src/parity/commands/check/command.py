@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from pathlib import Path
 
 from parity.commands import options
@@ -54,6 +56,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--start-position", type=options.count, default=0, metavar="N",
                         help="run both sides with the first token at absolute position N (far positions without a "
                              "long input: RoPE scaling bugs show in seconds); PyTorch and transformers candidates")
+    parser.add_argument("--stream-probabilities", action=argparse.BooleanOptionalAction, default=None,
+                        help="measure the attention probabilities as each side makes them, against the reference's "
+                             "rebuilt from its queries and keys, and store them in no trace (default: when the "
+                             "three traces would hold more than 8 GiB of them); needs a calibrated check or "
+                             "--atol/--rtol")
     parser.add_argument("--kv-type", choices=("f16", "f32", "bf16"), default="f16",
                         help="llama.cpp candidates: the KV cache type (default f16, as llama.cpp's)")
 
@@ -99,7 +106,7 @@ def run(args) -> int:
         server_options=tuple(args.server_option), replay=args.replay,
         weights=args.weights, decode_steps=args.decode_steps, placement=options.placement(args),
         raw=not args.no_raw, kv_type=args.kv_type, on_device=args.on_device, strict=args.strict,
-        start_position=args.start_position,
+        start_position=args.start_position, stream_probabilities=args.stream_probabilities,
     )
     with progress() as steps:
         comparison = run_check(check, steps)

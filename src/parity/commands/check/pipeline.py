@@ -56,14 +56,15 @@ class CheckOptions:
     on_device: bool = False             # torch candidates on the reference's device: measure there (on_device.py)
     strict: frozenset[str] = frozenset()  # conventions held as failures, not adapted (core/conventions.py)
     start_position: int = 0             # the absolute position of the first token: far positions, short inputs
+    stream_probabilities: bool | None = None  # measure the attention probabilities as made (probabilities.py); None: when large
 
     def __repr__(self) -> str:
         return f"<CheckOptions {self.model} vs {self.candidate}>"
 
-    def request(self, reference_model=None, spill_to: str | None = None) -> TraceRequest:
+    def request(self, reference_model=None, spill_to: str | None = None, stream=None) -> TraceRequest:
         return TraceRequest(checkpoints=self.checkpoints, taps=self.taps, weights=self.weights, raw=self.raw,
                             prompt=self.prompt, reference_model=reference_model, start_position=self.start_position,
-                            spill_to=spill_to)
+                            spill_to=spill_to, stream=stream)
 
 
 class _Silent:
@@ -100,23 +101,28 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
 
 
 def _capture_reference(reference_model, tokens: list[int], options: CheckOptions, candidate: Candidate,
-                       reference_dtype: str, spill: str, progress) -> Trace:
+                       reference_dtype: str, spill: str, progress, recipes=None) -> Trace:
     """The reference's trace: in memory, or written to the spill directory and read back lazily when it is
-    larger than SPILL_BYTES."""
+    larger than SPILL_BYTES. With `recipes`, what rebuilds its attention probabilities is kept there instead
+    of them (probabilities.py)."""
     from parity.core.trace import load_trace
 
     raw = options.raw and candidate.supports("raw") is None
-    size = reference_trace_bytes(reference_model, len(tokens), reference_dtype, options.checkpoints)
+    tracing = {"recipes": recipes} if recipes is not None else {}
+    sized = _without_probabilities(options.checkpoints) if recipes is not None else options.checkpoints
+    size = reference_trace_bytes(reference_model, len(tokens), reference_dtype, sized)
     if size <= SPILL_BYTES:
         progress.step(f"capturing the reference over {len(tokens)} tokens")
         return reference_model.capture(tokens, checkpoints=options.checkpoints, prompt=options.prompt,
-                                       weights=options.weights, raw=raw, start_position=options.start_position)
-    _require_room_for_traces(reference_model, tokens, options, reference_dtype, spill)
+                                       weights=options.weights, raw=raw, start_position=options.start_position,
+                                       **tracing)
+    _require_room_for_traces(reference_model, tokens, options, reference_dtype, spill, streaming=recipes is not None)
     path = Path(spill) / "reference.safetensors"
     progress.step(f"capturing the reference over {len(tokens)} tokens into {path} (about {size / 2**30:.1f} GiB, "
                   "more than is held in memory)")
     reference_model.capture_to_file(tokens, path, checkpoints=options.checkpoints, prompt=options.prompt,
-                                    weights=options.weights, raw=raw, start_position=options.start_position)
+                                    weights=options.weights, raw=raw, start_position=options.start_position,
+                                    **tracing)
     return load_trace(path)
 
 
@@ -130,12 +136,14 @@ def _candidate_placement(options: CheckOptions) -> Placement | None:
 
 
 def _require_room_for_traces(reference_model, tokens: list[int], options: CheckOptions, reference_dtype: str,
-                             spill: str) -> None:
+                             spill: str, streaming: bool = False) -> None:
     """Refuse a check whose spilled traces (the reference's, the calibration run's and the candidate's, at
-    float32) would not fit where they are written."""
+    float32) would not fit where they are written (`streaming`: without the attention probabilities)."""
     from parity.commands.check.spill import require_room
 
-    def size(dtype: str, checkpoints: str | None = options.checkpoints) -> int:
+    stored = _without_probabilities(options.checkpoints) if streaming else options.checkpoints
+
+    def size(dtype: str, checkpoints: str | None = stored) -> int:
         return reference_trace_bytes(reference_model, len(tokens), dtype, checkpoints)
 
     needed = size(reference_dtype) + 2 * size("float32")
@@ -180,13 +188,30 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
                                      reference_model, candidate, calibrating, progress)
         progress.step("the on-device pass found a divergence: running again with full traces on the host, "
                       "to diagnose it")
-    reference = _capture_reference(reference_model, tokens, options, candidate, reference_dtype, spill, progress)
-    request = options.request(reference_model, _candidate_spill(reference_model, tokens, spill, options.checkpoints))
-    trace = spilled(candidate.trace(reference.tokens, request, progress), spill)
-    config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints)
-    if calibrating and numerics.needed(reference_dtype):
-        from parity.commands.check.calibration import calibrated
+    from parity.commands.check.calibration import calibrated
+    from parity.commands.check import probabilities
 
+    calibrates = calibrating and numerics.needed(reference_dtype)
+    recipes = probabilities.recipes_in(spill) if probabilities.streams_probabilities(
+        options, reference_model, len(tokens), reference_dtype,
+        tolerance_known=options.tolerance is not None or calibrates) else None
+    reference = _capture_reference(reference_model, tokens, options, candidate, reference_dtype, spill, progress,
+                                   recipes)
+    config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints)
+    stream = None
+    if recipes is not None:   # calibrated first: each block of the candidate's is held to the floor it gives
+        if calibrates:
+            config = calibrated(config, reference, reference_model, candidate, options, progress, spill, recipes)
+        stream = probabilities.streamed(recipes, probabilities.tolerance_of(config))
+    stored = _without_probabilities(options.checkpoints) if stream is not None else options.checkpoints
+    request = options.request(reference_model, _candidate_spill(reference_model, tokens, spill, stored), stream)
+    trace = spilled(candidate.trace(reference.tokens, request, progress), spill)
+    held = None
+    if stream is not None:
+        probabilities.fed_from_trace(stream, trace)
+        reference, trace, held = probabilities.with_first_failure_held(stream, reference, trace, candidate, options,
+                                                                       reference_model, progress)
+    elif calibrates:
         config = calibrated(config, reference, reference_model, candidate, options, progress, spill)
     if options.save_traces:
         progress.step(f"saving both traces to {options.save_traces}")
@@ -196,7 +221,8 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
             for role, part in (("reference", reference), ("candidate", trace))
         )
     progress.step("comparing")
-    comparison = compare_and_diagnose(reference, trace, config, strict=options.strict)
+    comparison = probabilities.with_streamed_note(
+        compare_and_diagnose(reference, trace, config, strict=options.strict, streamed=stream), stream, held)
     if options.replay:
         comparison = _with_replay(comparison, reference, candidate, options, progress)
     if options.on_device:
@@ -264,7 +290,7 @@ def _with_replay(comparison: Comparison, reference: Trace, candidate: Candidate,
 
 
 def compare_and_diagnose(reference: Trace, candidate: Trace, config: CompareConfig, *,
-                         strict: frozenset[str] = frozenset()) -> Comparison:
+                         strict: frozenset[str] = frozenset(), streamed=None) -> Comparison:
     """The comparison of the candidate, its conventions adapted to the reference's (core/conventions.py; those in
     `strict` held as failures), with every detector's diagnoses; the adaptations are notes."""
     from parity.core.conventions import adapt
@@ -273,7 +299,7 @@ def compare_and_diagnose(reference: Trace, candidate: Trace, config: CompareConf
     adapted, adaptations = adapt(reference, candidate, strict=strict)
     if "layout" in strict:
         config = dataclasses.replace(config, align=False)
-    comparison = compare(reference, adapted, config=config)
+    comparison = compare(reference, adapted, config=config, streamed=streamed)
     require_compared(comparison, reference, adapted, config)
     comparison = diagnose(comparison, reference, adapted)
     if not adaptations:

@@ -104,6 +104,12 @@ class LazyTensors(Mapping):
     def dtypes(self) -> dict[str, str]:
         return {name: source.dtype for name, source in self._sources.items()}
 
+    def with_arrays(self, arrays: Mapping[str, np.ndarray]) -> "LazyTensors":
+        """These tensors and `arrays` (held), as one mapping: what is read lazily stays so."""
+        held = {name: TensorSource(tuple(array.shape), str(array.dtype), load=lambda array=array: array)
+                for name, array in arrays.items()}
+        return LazyTensors({**self._sources, **held})
+
 
 def drop_batch_axis(shape: tuple[int, ...]) -> tuple[int, ...]:
     """A leading batch axis of size 1 is dropped on read: [1, T, D] is [T, D]."""
