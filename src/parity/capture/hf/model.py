@@ -40,6 +40,21 @@ class HFModel:
     mapping: ModelMap | None = None
     _tokenizer: Any = None
     _vocab_pieces: tuple[str, ...] | None = None
+    _parked: Any = None   # capture/hf/parking.py: the weights in a file, mapped back
+
+    def park(self, path: str | Path) -> None:
+        """Move the weights to the file `path`, mapped back in place of their memory (a long check's reference
+        between its passes); `rest()` then hands back the pages a pass read."""
+        from parity.capture.hf.parking import ParkedWeights
+
+        if self._parked is None:
+            self._parked = ParkedWeights(self.model, path)
+        self.rest()
+
+    def rest(self) -> None:
+        """Hand back the pages of the parked weights that passes read since (nothing when not parked)."""
+        if self._parked is not None:
+            self._parked.rest()
 
     def __repr__(self) -> str:
         return f"<HFModel {self.family} {self.dtype} from {self.path}>"

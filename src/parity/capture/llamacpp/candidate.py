@@ -42,7 +42,6 @@ class LlamaCppCandidate(Candidate):
         self.kv_type = kv_type      # the KV cache type to run with; then the one it ran with
         self.precision = "llama.cpp"
         self._runner = None
-        self._lowp = None           # the float32 reference copy that emulates it, made once
 
     @classmethod
     def claims(cls, spec: Any) -> bool:
@@ -137,19 +136,13 @@ class LlamaCppCandidate(Candidate):
         return LlamaCppTimer(self.gguf, options)
 
     def lowp_reference(self, reference_model):
-        """A float32 copy of the reference, made once per candidate: llama.cpp computes in float32.
-        (nn.Module's own cast: transformers refuses `.float()` on a model it dequantized from a GGUF.)"""
-        import copy
-
-        import torch
-
-        if self._lowp is None:
-            self._lowp = reference_model if reference_model.dtype == "float32" else dataclasses.replace(
-                reference_model, model=torch.nn.Module.float(copy.deepcopy(reference_model.model)), dtype="float32")
-        return self._lowp
+        """A float32 copy of the reference (llama.cpp computes in float32), made for each use and let go after it:
+        at long inputs its 0.5 GB (SmolLM2) would stay beside the float64 reference through the candidate's pass."""
+        return reference_model if reference_model.dtype == "float32" else dataclasses.replace(
+            reference_model, model=float32_copy(reference_model.model), dtype="float32")
 
     def close(self) -> None:
-        self._runner = self._lowp = None
+        self._runner = None
         super().close()
 
 
@@ -188,3 +181,22 @@ class LlamaCppNumerics:
         bounds = [MULTIPLE * value + FLOOR["float32"] for value in noise]
         return bounds, (f"{MULTIPLE:g}x the noise of llama.cpp's numerics at each position (the largest within "
                         f"{NEIGHBOURS} positions of it)")
+
+
+def float32_copy(model):
+    """A copy of `model` with its floating parameters and buffers in float32, each cast as it is copied: a whole
+    float64 copy is never made (deepcopy, then cast, held both: 1.1 GB more for SmolLM2's 135M parameters).
+    (Not `.float()`: transformers refuses it on a model it dequantized from a GGUF.)"""
+    import copy
+
+    import torch
+
+    memo = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if id(tensor) in memo:
+            continue
+        narrowed = (tensor.detach().to(torch.float32, copy=True) if tensor.is_floating_point()
+                    else tensor.detach().clone())
+        memo[id(tensor)] = (torch.nn.Parameter(narrowed, requires_grad=tensor.requires_grad)
+                            if isinstance(tensor, torch.nn.Parameter) else narrowed)
+    return torch.nn.Module.float(copy.deepcopy(model, memo))

@@ -32,6 +32,7 @@ def calibrated(config: CompareConfig, reference: Trace, reference_model, candida
     stream = streamed(recipes, lambda name: NORMS_ONLY)
     tracing = {"stream": stream} if stream is not None else {}
     with numerics.reference(reference_model, options.placement) as lowp_model:
+        reference_model.rest()   # a copy read the weights: a parked reference's pages go back
         size = reference_trace_bytes(lowp_model, len(reference.tokens), numerics.dtype, options.checkpoints)
         if spill is None or size <= SPILL_BYTES:
             lowp = lowp_model.capture(reference.tokens, checkpoints=options.checkpoints, raw=raw,
@@ -41,6 +42,7 @@ def calibrated(config: CompareConfig, reference: Trace, reference_model, candida
             lowp_model.capture_to_file(reference.tokens, path, checkpoints=options.checkpoints, raw=raw,
                                        start_position=options.start_position, **tracing)
             lowp = load_trace(path)
+    reference_model.rest()
     check_same_tokens(reference, lowp)
     return CompareConfig(tolerance=config.tolerance, checkpoints=config.checkpoints,
                          noise=noise_floors(reference, lowp, also=stream.noise_floors() if stream else None),

@@ -123,6 +123,8 @@ def _capture_reference(reference_model, tokens: list[int], options: CheckOptions
     reference_model.capture_to_file(tokens, path, checkpoints=options.checkpoints, prompt=options.prompt,
                                     weights=options.weights, raw=raw, start_position=options.start_position,
                                     **tracing)
+    if options.placement is None:   # its weights are read again only by the passes after, one at a time
+        reference_model.park(Path(spill) / "reference-weights.bin")
     return load_trace(path)
 
 
@@ -188,31 +190,9 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
                                      reference_model, candidate, calibrating, progress)
         progress.step("the on-device pass found a divergence: running again with full traces on the host, "
                       "to diagnose it")
-    from parity.commands.check.calibration import calibrated
-    from parity.commands.check import probabilities
-
-    calibrates = calibrating and numerics.needed(reference_dtype)
-    recipes = probabilities.recipes_in(spill) if probabilities.streams_probabilities(
-        options, reference_model, len(tokens), reference_dtype,
-        tolerance_known=options.tolerance is not None or calibrates) else None
-    reference = _capture_reference(reference_model, tokens, options, candidate, reference_dtype, spill, progress,
-                                   recipes)
-    config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints)
-    stream = None
-    if recipes is not None:   # calibrated first: each block of the candidate's is held to the floor it gives
-        if calibrates:
-            config = calibrated(config, reference, reference_model, candidate, options, progress, spill, recipes)
-        stream = probabilities.streamed(recipes, probabilities.tolerance_of(config))
-    stored = _without_probabilities(options.checkpoints) if stream is not None else options.checkpoints
-    request = options.request(reference_model, _candidate_spill(reference_model, tokens, spill, stored), stream)
-    trace = spilled(candidate.trace(reference.tokens, request, progress), spill)
-    held = None
-    if stream is not None:
-        probabilities.fed_from_trace(stream, trace)
-        reference, trace, held = probabilities.with_first_failure_held(stream, reference, trace, candidate, options,
-                                                                       reference_model, progress)
-    elif calibrates:
-        config = calibrated(config, reference, reference_model, candidate, options, progress, spill)
+    reference, trace, config, streamed = _forward_pass(options, reference_model, candidate, tokens, reference_dtype,
+                                                       calibrating and numerics.needed(reference_dtype), spill,
+                                                       progress)
     if options.save_traces:
         progress.step(f"saving both traces to {options.save_traces}")
         reference, trace = (
@@ -221,8 +201,8 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
             for role, part in (("reference", reference), ("candidate", trace))
         )
     progress.step("comparing")
-    comparison = probabilities.with_streamed_note(
-        compare_and_diagnose(reference, trace, config, strict=options.strict, streamed=stream), stream, held)
+    comparison = compare_and_diagnose(reference, trace, config, strict=options.strict, streamed=streamed.stream)
+    comparison = streamed.noted(comparison)
     if options.replay:
         comparison = _with_replay(comparison, reference, candidate, options, progress)
     if options.on_device:
@@ -231,6 +211,35 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
             "the host, which the diagnosis reads",))
     return _past_the_forward(comparison, reference, trace.names, options, reference_model, candidate, calibrating,
                              progress)
+
+
+def _forward_pass(options: CheckOptions, reference_model, candidate: Candidate, tokens: list[int],
+                  reference_dtype: str, calibrates: bool, spill: str, progress):
+    """(reference, candidate, config, streamed): both traces of the forward pass and the CompareConfig, calibrated
+    where `calibrates`; with the attention probabilities measured as they were made (`streamed`, probabilities.py)
+    when they are large, or asked for: the calibration then runs before the candidate."""
+    from parity.commands.check import probabilities
+    from parity.commands.check.calibration import calibrated
+
+    recipes = probabilities.recipes_in(spill) if probabilities.streams_probabilities(
+        options, reference_model, len(tokens), reference_dtype,
+        tolerance_known=options.tolerance is not None or calibrates) else None
+    reference = _capture_reference(reference_model, tokens, options, candidate, reference_dtype, spill, progress,
+                                   recipes)
+    config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints)
+    if recipes is not None and calibrates:   # first: each block of the candidate's is held to the floor it gives
+        config = calibrated(config, reference, reference_model, candidate, options, progress, spill, recipes)
+    streamed = probabilities.Streamed.of(recipes, config)
+    stored = _without_probabilities(options.checkpoints) if streamed.stream is not None else options.checkpoints
+    request = options.request(reference_model, _candidate_spill(reference_model, tokens, spill, stored),
+                              streamed.stream)
+    trace = spilled(candidate.trace(reference.tokens, request, progress), spill)
+    reference_model.rest()
+    if streamed.stream is not None:
+        reference, trace = streamed.finish(reference, trace, candidate, options, reference_model, progress)
+    elif calibrates:
+        config = calibrated(config, reference, reference_model, candidate, options, progress, spill)
+    return reference, trace, config, streamed
 
 
 def _past_the_forward(comparison: Comparison, reference: Trace, candidate_names: list[str], options: CheckOptions,

@@ -170,3 +170,31 @@ def _with(trace: Trace, arrays: dict[str, np.ndarray]) -> Trace:
     held = tensors.with_arrays(arrays) if hasattr(tensors, "with_arrays") else {**tensors, **arrays}
     return dataclasses.replace(trace, tensors=held, dtypes={**trace.dtypes, **{name: str(array.dtype)
                                                                               for name, array in arrays.items()}})
+
+
+class Streamed:
+    """One check's streamed probabilities: the StreamedCheckpoints the candidate puts them into (None when they
+    are stored), and which failing one was captured again whole for the diagnosis."""
+
+    def __init__(self, stream: StreamedCheckpoints | None) -> None:
+        self.stream = stream
+        self.held: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Streamed {self.stream!r}{' held ' + self.held if self.held else ''}>"
+
+    @classmethod
+    def of(cls, recipes, config) -> "Streamed":
+        return cls(streamed(recipes, tolerance_of(config)))
+
+    def finish(self, reference: Trace, trace: Trace, candidate, options, reference_model,
+               progress) -> tuple[Trace, Trace]:
+        """(reference, candidate) after the candidate's pass: what it stored measured too, and the first failure
+        held whole on both sides."""
+        fed_from_trace(self.stream, trace)
+        reference, trace, self.held = with_first_failure_held(self.stream, reference, trace, candidate, options,
+                                                              reference_model, progress)
+        return reference, trace
+
+    def noted(self, comparison: Comparison) -> Comparison:
+        return with_streamed_note(comparison, self.stream, self.held)
