@@ -119,3 +119,20 @@ def test_a_batch_of_one_is_the_traces_shape_and_what_was_never_given_is_missing(
     stream.put(NAME, candidate[None], 0)                                     # (1, H, T, S)
     assert stream.results()[NAME][0].status == PASS
     assert stream.missing() == {other}
+
+
+def test_a_checkpoint_without_a_tolerance_known_before_its_rows_go_is_not_comparable():
+    reference, candidate = pair()
+    stream = StreamedCheckpoints(HeldRows({NAME: reference}), lambda name: None)
+    stream.put(NAME, candidate, 0)
+    result, _ = stream.results()[NAME]
+    assert result.status == NOT_COMPARABLE and "no tolerance was known" in result.reason
+
+
+def test_a_whole_tensor_in_another_layout_is_compared_in_its_best_alignment_as_a_stored_one_is():
+    """A port that records its probabilities as [T, H, S]: aligned as compare() aligns a stored tensor."""
+    reference, candidate = pair()
+    result, _ = streamed(reference, candidate.transpose(1, 0, 2).copy(), [(0, 17)]).results()[NAME]
+    assert result.status == PASS and result.layout is not None
+    assert result.metrics.rel_l2 == pytest.approx(measure_pair(reference, candidate, NORMS_ONLY, token_axis=1)
+                                                  .metrics.rel_l2, rel=1e-12)

@@ -18,6 +18,7 @@ second pass), so a check streams only with a calibrated or a fixed tolerance.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Protocol
 
@@ -27,6 +28,10 @@ from parity.core.metrics import add_rows
 from parity.core.names import Checkpoint, parse
 from parity.core.pair_sums import PairSums
 from parity.core.results import FAIL, NOT_COMPARABLE, PASS, CheckpointResult, NoiseFloor, Tolerance, one_line
+
+
+NO_TOLERANCE = ("no tolerance was known before its rows were measured and let go (the calibration gave no noise "
+                "floor here)")
 
 
 class ReferenceRows(Protocol):
@@ -44,13 +49,14 @@ class ReferenceRows(Protocol):
 class StreamedCheckpoints:
     """The measurements of one side's checkpoints against the reference's rows, block by block."""
 
-    def __init__(self, reference: ReferenceRows, tolerance_of: Callable[[str], Tolerance]) -> None:
+    def __init__(self, reference: ReferenceRows, tolerance_of: Callable[[str], Tolerance | None]) -> None:
         self.reference = reference
         self.tolerance_of = tolerance_of
         self._sums: dict[str, PairSums] = {}
         self._tolerances: dict[str, Tolerance] = {}
         self._rows: dict[str, np.ndarray] = {}      # name -> (T,) bool: the rows measured
-        self._refused: dict[str, tuple[tuple[int, ...], str]] = {}   # name -> (candidate's shape, why)
+        self._refused: dict[str, tuple[str, tuple[int, ...], str]] = {}   # name -> (status, candidate's shape, why)
+        self._whole: dict[str, np.ndarray] = {}    # name -> a whole tensor in another layout, compared as stored
 
     def __repr__(self) -> str:
         return f"<StreamedCheckpoints {len(self._sums)} of {len(self.reference.names)} measured>"
@@ -60,7 +66,7 @@ class StreamedCheckpoints:
 
     @property
     def received(self) -> frozenset[str]:
-        return frozenset(self._sums) | frozenset(self._refused)
+        return frozenset(self._sums) | frozenset(self._refused) | frozenset(self._whole)
 
     def put(self, name: str, block: np.ndarray, start: int = 0) -> None:
         """Measure rows start.. of `name` (its whole shape but on the token axis) against the reference's."""
@@ -72,14 +78,21 @@ class StreamedCheckpoints:
         rows = block.shape[axis] if block.ndim == len(shape) else 0
         expected = shape[:axis] + (rows,) + shape[axis + 1:]
         if block.shape != expected or start + rows > shape[axis]:
-            self._refused[name] = (tuple(block.shape), f"shape mismatch: reference {list(shape)}, candidate "
-                                                       f"{list(block.shape)} as its rows from {start}")
+            if not start and block.size == math.prod(shape):   # the whole tensor in another layout
+                self._whole[name] = block
+                return
+            self._refused[name] = (FAIL, tuple(block.shape), f"shape mismatch: reference {list(shape)}, candidate "
+                                                             f"{list(block.shape)} as its rows from {start}")
+            return
+        tolerance = self._tolerances[name] if name in self._tolerances else self.tolerance_of(name)
+        if tolerance is None:
+            self._refused[name] = (NOT_COMPARABLE, shape, NO_TOLERANCE)
             return
         if name in self._rows and self._rows[name][start:start + rows].any():
             self.forget(name)          # rows measured before: the pass began again (a forward run twice)
         if name not in self._sums:
             self._sums[name] = PairSums(shape, axis)
-            self._tolerances[name] = self.tolerance_of(name)
+            self._tolerances[name] = tolerance
             self._rows[name] = np.zeros(shape[axis], dtype=bool)
         step = max(1, self.reference.rows_per_block(name))
         index = [slice(None)] * block.ndim
@@ -93,17 +106,35 @@ class StreamedCheckpoints:
 
     def forget(self, name: str) -> None:
         """Drop what was measured of `name` (it is held whole after all, and compared as stored)."""
-        for measured in (self._sums, self._tolerances, self._rows, self._refused):
+        for measured in (self._sums, self._tolerances, self._rows, self._refused, self._whole):
             measured.pop(name, None)
 
     def results(self) -> dict[str, tuple[CheckpointResult, np.ndarray | None]]:
         """Each checkpoint received, as compare.compare_checkpoint gives it: (result, rel_l2 per position)."""
-        results = {name: (CheckpointResult(name, FAIL, shape_reference=self.reference.shape(name),
+        results = {name: (CheckpointResult(name, status, shape_reference=self.reference.shape(name),
                                            shape_candidate=shape, reason=reason), None)
-                   for name, (shape, reason) in self._refused.items()}
+                   for name, (status, shape, reason) in self._refused.items()}
         for name, sums in self._sums.items():
             results[name] = self._result(name, sums)
+        for name, candidate in self._whole.items():
+            results[name] = self._aligned(name, candidate)
         return results
+
+    def _aligned(self, name: str, candidate: np.ndarray) -> tuple[CheckpointResult, np.ndarray | None]:
+        """A whole tensor given in another layout than the reference's ([T, H, S], a batch axis): compared as a
+        stored pair is, in its best alignment (compare.compare_checkpoint), against the reference rebuilt whole
+        (a module that made it whole holds as much)."""
+        from parity.core.compare import CompareConfig, compare_checkpoint
+        from parity.core.trace import Trace
+
+        tolerance = self.tolerance_of(name)
+        if tolerance is None:
+            return CheckpointResult(name, NOT_COMPARABLE, shape_reference=self.reference.shape(name),
+                                    shape_candidate=tuple(candidate.shape), reason=NO_TOLERANCE), None
+        axis = _token_axis(name)
+        reference = self.reference.rows(name, 0, self.reference.shape(name)[axis])
+        return compare_checkpoint(name, Trace({name: reference}), Trace({name: candidate}),
+                                  CompareConfig(tolerance=tolerance))
 
     def missing(self) -> frozenset[str]:
         """The reference's streamed checkpoints this side never gave."""

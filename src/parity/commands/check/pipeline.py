@@ -25,7 +25,8 @@ from parity.core.compare import CompareConfig, compare, require_compared
 from parity.core.errors import OptionError
 from parity.core.results import NOT_ASKED, Comparison, NotChecked, Tolerance
 from parity.core.sequence import SequenceComparison
-from parity.commands.check.spill import SPILL_BYTES, reference_trace_bytes, spill_directory, spilled
+from parity.commands.check.spill import (SPILL_BYTES, reference_trace_bytes, return_freed_memory,
+                                         spill_directory, spilled)
 from parity.core.trace import Trace, save_trace
 
 
@@ -56,7 +57,7 @@ class CheckOptions:
     on_device: bool = False             # torch candidates on the reference's device: measure there (on_device.py)
     strict: frozenset[str] = frozenset()  # conventions held as failures, not adapted (core/conventions.py)
     start_position: int = 0             # the absolute position of the first token: far positions, short inputs
-    stream_probabilities: bool | None = None  # measure the attention probabilities as made (probabilities.py); None: when large
+    stream_probabilities: bool | None = None  # attention probabilities measured as made (probabilities.py); None: large
 
     def __repr__(self) -> str:
         return f"<CheckOptions {self.model} vs {self.candidate}>"
@@ -117,6 +118,7 @@ def _capture_reference(reference_model, tokens: list[int], options: CheckOptions
                                        weights=options.weights, raw=raw, start_position=options.start_position,
                                        **tracing)
     _require_room_for_traces(reference_model, tokens, options, reference_dtype, spill, streaming=recipes is not None)
+    return_freed_memory()
     path = Path(spill) / "reference.safetensors"
     progress.step(f"capturing the reference over {len(tokens)} tokens into {path} (about {size / 2**30:.1f} GiB, "
                   "more than is held in memory)")
