@@ -21,7 +21,6 @@ from parity.core.names import INDEX_KINDS, Checkpoint, in_flow_order, is_raw, pa
 from parity.core.positions import MATRIX_KIND, largest_differences, per_head_rel_l2
 from parity.core.propagation import attribute, origin
 from parity.core.routing import compare_experts
-from parity.core.streamed import StreamedCheckpoints
 from parity.core.results import (
     FAIL,
     NOT_COMPARABLE,
@@ -61,13 +60,14 @@ class CompareConfig:
 
 def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = CompareConfig(),
             measured: Mapping[str, tuple[CheckpointResult, np.ndarray | None]] | None = None,
-            streamed: StreamedCheckpoints | None = None) -> Comparison:
+            streamed=None) -> Comparison:
     """Every checkpoint both traces hold, compared, in data-flow order, with where they first part ways.
 
     `measured`: the results of compare_checkpoint already taken where both models ran (on-device
     reduction), by name; their tensors are then not read. A failure's per-head view and worst
     elements still read the tensors, so a reduced comparison that failed is run again on full traces.
-    `streamed`: checkpoints neither trace holds, measured as the candidate made them (core/streamed.py);
+    `streamed` (core/streamed.StreamedCheckpoints): checkpoints neither trace holds, measured as the candidate
+    made them;
     those it never gave are missing."""
     reference_names = select(reference.tensors, config.checkpoints)
     candidate_names = select(candidate.tensors, config.checkpoints)
