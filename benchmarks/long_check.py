@@ -4,6 +4,7 @@
     python benchmarks/long_check.py --tokens 1024 --planted rope_base
     python benchmarks/long_check.py --tokens 12 --decode-steps 512
     python benchmarks/long_check.py --tokens 4096 --checkpoints '*,!*.attn_probs'
+    python benchmarks/long_check.py --tokens 8192 --stages
 
 The default pair (SmolLM2's GGUF in transformers against the same file in llama.cpp)
 over T random token ids, with --decode-steps 0: one forward pass per side plus the
@@ -50,8 +51,37 @@ def planted_rope_base(directory: Path, factor: float = 1.05) -> tuple[str, str]:
     return str(original), f"llamacpp:{copy}"
 
 
+def run_sampled(command: list[str]):
+    """Run `command`, its resident memory read every 0.2 s (/proc) and filed under the progress line it last
+    printed: (the finished process, [(stage, peak GiB)])."""
+    import threading
+
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    stage, peaks = ["start"], {}
+
+    def sample() -> None:
+        while process.poll() is None:
+            try:
+                pages = int(Path(f"/proc/{process.pid}/statm").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                break
+            peaks[stage[0]] = max(peaks.get(stage[0], 0), pages * resource.getpagesize() / 2**30)
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if line.strip():
+            stage[0] = line.strip()[:90]
+    process.wait()
+    thread.join()
+    return subprocess.CompletedProcess(command, process.returncode, "", "".join(lines)), list(peaks.items())
+
+
 def run_once(tokens: int, model: str | None, candidate: str | None, decode_steps: int = 0,
-             checkpoints: str | None = None) -> dict:
+             checkpoints: str | None = None, sampled: bool = False) -> dict:
     draw = random.Random(tokens)
     ids = [draw.randrange(1, 49152) for _ in range(tokens)]
     with tempfile.TemporaryDirectory() as directory:
@@ -62,7 +92,8 @@ def run_once(tokens: int, model: str | None, candidate: str | None, decode_steps
                    *(["--checkpoints", checkpoints] if checkpoints else [])]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done, stages = run_sampled(command) if sampled else (
+            subprocess.run(command, capture_output=True, text=True, check=False), None)
         wall_s = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         failed, first, cause = None, None, None
@@ -76,7 +107,7 @@ def run_once(tokens: int, model: str | None, candidate: str | None, decode_steps
             print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
     return {"tokens": tokens, "peak_rss_gib": after.ru_maxrss / 2**20, "wall_s": wall_s,
             "cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
-            "exit": done.returncode, "failed": failed, "first": first, "cause": cause}
+            "exit": done.returncode, "failed": failed, "first": first, "cause": cause, "stages": stages}
 
 
 def main() -> None:
@@ -87,6 +118,8 @@ def main() -> None:
     parser.add_argument("--decode-steps", type=int, default=0, help="tokens decoded after the forward pass")
     parser.add_argument("--planted", choices=["rope_base"], help="check a copy of the GGUF with this bug planted")
     parser.add_argument("--checkpoints", help="the checks' --checkpoints, e.g. '*,!*.attn_probs'")
+    parser.add_argument("--stages", action="store_true", help="also print each stage's peak resident memory "
+                                                               "(sampled every 0.2 s)")
     args = parser.parse_args()
     print(f"{'T':>6} {'peak RSS GiB':>13} {'wall s':>8} {'CPU s':>8} {'exit':>5} {'failed':>7}  first failing / cause")
     with tempfile.TemporaryDirectory() as directory:
@@ -94,10 +127,12 @@ def main() -> None:
         if args.planted:
             model, candidate = planted_rope_base(Path(directory))
         for tokens in (int(value) for value in args.tokens.split(",")):
-            row = run_once(tokens, model, candidate, args.decode_steps, args.checkpoints)
+            row = run_once(tokens, model, candidate, args.decode_steps, args.checkpoints, args.stages)
             print(f"{row['tokens']:>6} {row['peak_rss_gib']:>13.2f} {row['wall_s']:>8.1f} {row['cpu_s']:>8.1f} "
                   f"{row['exit']:>5} {row['failed'] if row['failed'] is not None else '-':>7}  "
                   f"{row['first'] or '-'} / {row['cause'] or '-'}", flush=True)
+            for stage, peak_gib in row["stages"] or ():
+                print(f"{'':>6} {peak_gib:>13.2f}  {stage}", flush=True)
 
 
 if __name__ == "__main__":
