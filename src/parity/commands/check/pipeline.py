@@ -125,8 +125,8 @@ def _capture_reference(reference_model, tokens: list[int], options: CheckOptions
     reference_model.capture_to_file(tokens, path, checkpoints=options.checkpoints, prompt=options.prompt,
                                     weights=options.weights, raw=raw, start_position=options.start_position,
                                     **tracing)
-    if options.placement is None:   # its weights are read again only by the passes after, one at a time
-        reference_model.park(Path(spill) / "reference-weights.bin")
+    if getattr(reference_model.model, "hf_device_map", None) is None:   # not spread by accelerate: its weights
+        reference_model.park(Path(spill) / "reference-weights.bin")       # are read again only by later passes
     return load_trace(path)
 
 
