@@ -53,7 +53,9 @@ def planted_rope_base(directory: Path, factor: float = 1.05) -> tuple[str, str]:
 
 def run_sampled(command: list[str]):
     """Run `command`, its resident memory read every 0.2 s (/proc) and filed under the progress line it last
-    printed: (the finished process, [(stage, peak GiB)])."""
+    printed: (the finished process, [(stage, (peak GiB, its anonymous GiB, its file-backed GiB))]). File-backed
+    pages (mapped traces, parked weights, libraries) count in RSS, as in the peak RSS printed, but the kernel
+    can drop the clean ones under pressure."""
     import threading
 
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
@@ -62,10 +64,15 @@ def run_sampled(command: list[str]):
     def sample() -> None:
         while process.poll() is None:
             try:
-                pages = int(Path(f"/proc/{process.pid}/statm").read_text().split()[1])
-            except (OSError, IndexError, ValueError):
+                status = Path(f"/proc/{process.pid}/status").read_text()
+            except OSError:
                 break
-            peaks[stage[0]] = max(peaks.get(stage[0], 0), pages * resource.getpagesize() / 2**30)
+            kib = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines()
+                   if line.startswith(("VmRSS:", "RssAnon:", "RssFile:"))}
+            if "VmRSS" not in kib:
+                break
+            resident = (kib["VmRSS"] / 2**20, kib.get("RssAnon", 0) / 2**20, kib.get("RssFile", 0) / 2**20)
+            peaks[stage[0]] = max(peaks.get(stage[0], resident), resident)
             time.sleep(0.2)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -131,8 +138,9 @@ def main() -> None:
             print(f"{row['tokens']:>6} {row['peak_rss_gib']:>13.2f} {row['wall_s']:>8.1f} {row['cpu_s']:>8.1f} "
                   f"{row['exit']:>5} {row['failed'] if row['failed'] is not None else '-':>7}  "
                   f"{row['first'] or '-'} / {row['cause'] or '-'}", flush=True)
-            for stage, peak_gib in row["stages"] or ():
-                print(f"{'':>6} {peak_gib:>13.2f}  {stage}", flush=True)
+            for stage, (peak_gib, anonymous_gib, file_gib) in row["stages"] or ():
+                print(f"{'':>6} {peak_gib:>13.2f}  (anonymous {anonymous_gib:.2f}, file-backed {file_gib:.2f})  "
+                      f"{stage}", flush=True)
 
 
 if __name__ == "__main__":

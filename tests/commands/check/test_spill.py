@@ -117,26 +117,3 @@ def test_the_estimate_is_close_to_the_trace_a_capture_writes(family, tmp_path):
         model.capture_to_file(tokens, path, checkpoints=checkpoints, raw=False, overwrite=True)
         written, estimate = path.stat().st_size, reference_trace_bytes(model, len(tokens), "float64", checkpoints)
         assert 0.9 * written <= estimate <= 1.5 * written, (checkpoints, estimate, written)
-
-
-FREED = """
-import mmap, sys
-import numpy as np
-from parity.commands.check.spill import return_freed_memory
-if sys.argv[1] == "set":
-    return_freed_memory()
-rss = lambda: int(open("/proc/self/statm").read().split()[1]) * mmap.PAGESIZE
-first = np.ones(2 << 20); del first               # glibc raises its threshold to a block freed
-held = np.ones(2 << 20); before = rss(); del held  # 16 MiB
-print((before - rss()) >> 20)
-"""
-
-
-@pytest.mark.parametrize("setting, returned", [("set", True), ("unset", False)])
-def test_a_long_inputs_freed_activations_leave_the_process(setting, returned):
-    """A block freed after the allocator's threshold rose stays in the heap unless return_freed_memory() fixed it."""
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-c", FREED, setting], capture_output=True, text=True, check=True)
-    assert (int(done.stdout) >= 12) == returned, done.stdout

@@ -52,9 +52,13 @@ class HFModel:
         self.rest()
 
     def rest(self) -> None:
-        """Hand back the pages of the parked weights that passes read since (nothing when not parked)."""
+        """Between passes: hand back the pages of the parked weights that passes read since, and the free pages
+        the passes left in the C allocator's heaps (core/allocator.py)."""
+        from parity.core.allocator import hand_back_free_pages
+
         if self._parked is not None:
             self._parked.rest()
+        hand_back_free_pages()
 
     def __repr__(self) -> str:
         return f"<HFModel {self.family} {self.dtype} from {self.path}>"

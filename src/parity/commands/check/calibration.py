@@ -42,6 +42,7 @@ def calibrated(config: CompareConfig, reference: Trace, reference_model, candida
             lowp_model.capture_to_file(reference.tokens, path, checkpoints=options.checkpoints, raw=raw,
                                        start_position=options.start_position, **tracing)
             lowp = load_trace(path)
+    del lowp_model           # the copy goes before the pages it freed are handed back
     reference_model.rest()
     check_same_tokens(reference, lowp)
     return CompareConfig(tolerance=config.tolerance, checkpoints=config.checkpoints,

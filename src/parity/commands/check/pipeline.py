@@ -25,8 +25,8 @@ from parity.core.compare import CompareConfig, compare, require_compared
 from parity.core.errors import OptionError
 from parity.core.results import NOT_ASKED, Comparison, NotChecked, Tolerance
 from parity.core.sequence import SequenceComparison
-from parity.commands.check.spill import (SPILL_BYTES, reference_trace_bytes, return_freed_memory,
-                                         spill_directory, spilled)
+from parity.commands.check.spill import SPILL_BYTES, reference_trace_bytes, spill_directory, spilled
+from parity.core.allocator import return_freed_memory
 from parity.core.trace import Trace, save_trace
 
 

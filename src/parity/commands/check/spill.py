@@ -78,29 +78,3 @@ def require_room(spill: str, needed_bytes: int, probabilities_bytes: int, tokens
     raise OptionError(f"a check over {tokens} tokens writes about {needed_bytes / 2**30:.0f} GiB of traces to "
                       f"{Path(spill).parent} ({where}), which has {free / 2**30:.0f} GiB free: point "
                       f"PARITY_SPILL_DIR at a disk with room, give fewer tokens{leave_out}")
-
-
-# Freed blocks of this size and more go back to the system at once (glibc: mmap'd, not kept in the heap).
-RETURNED_BLOCK_BYTES = 4 << 20
-
-
-def return_freed_memory() -> None:
-    """Have the C allocator hand large freed blocks back at once, for a long input's passes.
-
-    glibc raises its mmap threshold to the largest block freed so far (up to 32 MiB), so a forward's
-    T x hidden activations come from the heap after the first layer, and what they free stays in
-    the process: a float64 pass of SmolLM2 at T=2,048 grew 0.5 GB over its 30 layers, at 8,192 about
-    2 GB. A fixed threshold (which also stops the raising) keeps each layer's activations its own.
-    It costs a page fault per page of each large block, so it is set only for inputs that spill.
-    Nothing happens where the C library is not glibc."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
-    except (OSError, AttributeError):
-        return
-    if mallopt is not None:
-        mallopt(-3, RETURNED_BLOCK_BYTES)   # M_MMAP_THRESHOLD
