@@ -14,17 +14,16 @@ torch = pytest.importorskip("torch")
 
 
 def resident_bytes(array: np.ndarray) -> int:
-    """Bytes of the mapping holding `array` that count in this process's resident memory (/proc/self/smaps)."""
-    address = array.ctypes.data
-    inside = False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()[0]
-        if "-" in head and ":" not in head:              # a mapping's first line: start-end perms ...
-            start, end = (int(value, 16) for value in head.split("-"))
-            inside = start <= address < end
-        elif inside and head == "Rss:":
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no mapping holds the array")
+    """Bytes of `array`'s pages mapped in this process's page table (/proc/self/pagemap: bit 63, present)."""
+    import mmap
+    import struct
+
+    first = array.ctypes.data // mmap.PAGESIZE
+    last = (array.ctypes.data + array.nbytes - 1) // mmap.PAGESIZE
+    with open("/proc/self/pagemap", "rb") as pagemap:
+        pagemap.seek(first * 8)
+        entries = struct.unpack(f"<{last - first + 1}Q", pagemap.read((last - first + 1) * 8))
+    return sum(1 for entry in entries if entry >> 63) * mmap.PAGESIZE
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -45,15 +44,21 @@ def test_a_parked_model_computes_what_it_computed(family, tmp_path):
         np.testing.assert_array_equal(again[name], before[name], err_msg=name)
 
 
-def test_rest_hands_the_weights_pages_back_until_a_pass_reads_them(tmp_path):
+def test_a_pass_holds_a_modules_weights_only_while_it_runs(tmp_path):
     from parity.capture.hf.model import load_model
 
     model = load_model(tiny_models.save("llama", tmp_path / "llama"), dtype="float64")
+    layer = model.model.model.layers[0].mlp.up_proj
+    during = []
+    layer.register_forward_hook(lambda *_: during.append(resident_bytes(layer.weight.detach().numpy())))
     model.park(tmp_path / "weights.bin")
-    weight = model.model.lm_head.weight.detach().numpy()            # (vocabulary, hidden), mapped
+    weight = layer.weight.detach().numpy()                           # (intermediate, hidden), mapped
     assert weight.nbytes >= 8 * 4096
     assert resident_bytes(weight) == 0                               # parked: nothing resident
     model.capture([1, 2, 3])
-    assert resident_bytes(weight) >= weight.nbytes // 2              # a pass read it back
+    assert during and during[0] >= weight.nbytes // 2                # the pass read it back while the module ran
+    assert resident_bytes(weight) == 0                               # and handed it back when the module returned
+    weight.sum()                                                     # read outside a forward: resident until rest()
+    assert resident_bytes(weight) >= weight.nbytes // 2
     model.rest()
     assert resident_bytes(weight) == 0

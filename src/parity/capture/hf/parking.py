@@ -7,8 +7,14 @@ for SmolLM2's 135M parameters, a third of the check's memory at T=8,192. Parked,
 floating parameter's data lives in one file of the spill directory, mapped privately
 in place of its memory; `rest()` hands the mapping's pages back to the kernel, and a
 pass that reads a weight again reads it from the page cache or the disk, unchanged.
+Each module's own weights are also handed back as soon as its forward returns, so a
+pass holds one module's weights at a time (the largest: SmolLM2's embedding, 226 MB
+in float64) and a long check can park the reference before its first pass. A weight
+read outside its module's forward (a tied head read as the embedding's matrix) stays
+until the next rest().
 
-Memory: what the passes since the last rest() touched; disk: the weights' bytes.
+Memory: one module's weights during a pass, plus what was read outside a forward since
+the last rest(); disk: the weights' bytes.
 """
 
 from __future__ import annotations
@@ -42,10 +48,15 @@ class ParkedWeights:
             file.truncate(max(size, 1))
         with open(self.path, "rb") as file:
             self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+        spans = {}   # id(parameter) -> (offset, bytes) in the file
         for parameter, offset in zip(parameters, offsets):
             dtype = torch.empty(0, dtype=parameter.dtype).numpy().dtype
             mapped = np.frombuffer(self._map, dtype=dtype, count=parameter.numel(), offset=offset)
+            spans[id(parameter)] = (offset, mapped.nbytes)
             parameter.data = torch.from_numpy(mapped.reshape(tuple(parameter.shape)))
+        self._hooks = [module.register_forward_hook(self._releasing(own))
+                       for module in model.modules()
+                       if (own := [spans[id(p)] for p in module.parameters(recurse=False) if id(p) in spans])]
         self.nbytes = size
         self.count = len(parameters)
 
@@ -56,3 +67,18 @@ class ParkedWeights:
         """Hand the pages the passes read back to the kernel (the weights stay readable, from the file)."""
         if hasattr(mmap, "MADV_DONTNEED"):
             self._map.madvise(mmap.MADV_DONTNEED)
+
+    def _releasing(self, spans: list[tuple[int, int]]):
+        """A forward hook that hands back the pages of `spans` (a module's own weights) once the module ran. A
+        page shared with a neighbouring weight goes too; a read faults it back from the file, unchanged."""
+
+        def release(module, inputs, output) -> None:
+            if not hasattr(mmap, "MADV_DONTNEED"):
+                return
+            for offset, nbytes in spans:
+                start = offset - offset % mmap.PAGESIZE
+                end = min(-(-(offset + nbytes) // mmap.PAGESIZE) * mmap.PAGESIZE, len(self._map))
+                if end > start:
+                    self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+        return release

@@ -119,14 +119,15 @@ def _capture_reference(reference_model, tokens: list[int], options: CheckOptions
                                        **tracing)
     _require_room_for_traces(reference_model, tokens, options, reference_dtype, spill, streaming=recipes is not None)
     return_freed_memory()
+    if getattr(reference_model.model, "hf_device_map", None) is None:   # not spread by accelerate: each pass
+        reference_model.park(Path(spill) / "reference-weights.bin")       # holds one module's weights at a time
     path = Path(spill) / "reference.safetensors"
     progress.step(f"capturing the reference over {len(tokens)} tokens into {path} (about {size / 2**30:.1f} GiB, "
                   "more than is held in memory)")
     reference_model.capture_to_file(tokens, path, checkpoints=options.checkpoints, prompt=options.prompt,
                                     weights=options.weights, raw=raw, start_position=options.start_position,
                                     **tracing)
-    if getattr(reference_model.model, "hf_device_map", None) is None:   # not spread by accelerate: its weights
-        reference_model.park(Path(spill) / "reference-weights.bin")       # are read again only by later passes
+    reference_model.rest()
     return load_trace(path)
 
 
