@@ -75,3 +75,21 @@ def test_strict_holds_a_convention_as_a_failure():
     assert adapted is stored and adaptations[0].held and "--strict layout" in adaptations[0].note
     result = compare(REFERENCE, adapted, config=CompareConfig(align=False)).result("layers.0.q")
     assert result.failed and "shape mismatch" in result.reason
+
+
+def test_long_shifted_logits_are_written_to_a_mapped_file_with_the_same_values(monkeypatch, tmp_path):
+    """Past a size, the adapted logits are not held in memory: the same float64 values, mapped from a file."""
+    import parity.core.conventions as conventions
+
+    shifted = candidate(logits=LOGITS + np.arange(T, dtype=np.float32)[:, None])
+    held, _ = adapt(REFERENCE, shifted)
+    held_logits = held["logits"]                                   # adapted when read: read before the patch
+    monkeypatch.setattr(conventions, "_SHIFTED_HELD_BYTES", 0)
+    monkeypatch.setattr(conventions, "_SHIFT_CHUNK_ROWS", 4)       # more than one block of rows
+    monkeypatch.setenv("PARITY_SPILL_DIR", str(tmp_path))
+    mapped, adaptations = adapt(REFERENCE, shifted)
+    assert isinstance(mapped["logits"], np.memmap) and not isinstance(held_logits, np.memmap)
+    assert mapped["logits"].dtype == held_logits.dtype == np.float64
+    np.testing.assert_array_equal(mapped["logits"], held_logits)
+    assert [a.convention for a in adaptations] == ["logit_shift"]
+    assert list(tmp_path.iterdir()) == []                            # unlinked: nothing left where it was written

@@ -37,6 +37,7 @@ CONVENTIONS = ("layout", "vocab_padding", "logit_shift", "residual_pair",
                "logprob_shift")   # a server's log-probabilities one token off (adapted in core/sequence.py)
 _LOGIT_KINDS = ("logits", "lm_head_out")
 _SHIFT_CHUNK_ROWS = 256
+_SHIFTED_HELD_BYTES = 256 << 20   # shifted logits larger than this are written to a file and mapped
 _SHIFT_EXPLAINS = 0.1   # a per-row constant counts when it leaves a tenth of the error, or less
 
 
@@ -195,8 +196,29 @@ def _logit_shifts(reference: Trace, candidate: Trace, transforms: Mapping[str, _
             base = transform.apply if transform else np.asarray
             found[name] = (shifts, _Transform(
                 "logit_shift", "rows shifted", shape,
-                lambda array, base=base, shifts=shifts: base(array) - shifts[:, None].astype(np.float64)))
+                lambda array, base=base, shifts=shifts: _shifted(base(array), shifts)))
     return found
+
+
+def _shifted(values: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """`values` (T, V) with each row's shift taken off, in float64. Past _SHIFTED_HELD_BYTES (a long input's
+    logits: 4.3 GB for Gemma 3's vocabulary at T=2,048) it is written a block of rows at a time to an unlinked
+    file (in PARITY_SPILL_DIR, else the system's temporary directory) and mapped read-only, so that a pass over
+    it hands its pages back as it goes; the file goes when the array does."""
+    import os
+    import tempfile
+
+    if values.shape[0] * values.shape[1] * 8 <= _SHIFTED_HELD_BYTES:
+        return np.asarray(values, dtype=np.float64) - shifts[:, None].astype(np.float64)
+    behind = PagesBehind(values)
+    with tempfile.TemporaryFile(prefix="parity-shifted-", dir=os.environ.get("PARITY_SPILL_DIR")) as file:
+        for start in range(0, values.shape[0], _SHIFT_CHUNK_ROWS):
+            stop = min(start + _SHIFT_CHUNK_ROWS, values.shape[0])
+            block = np.asarray(values[start:stop], dtype=np.float64) - shifts[start:stop, None].astype(np.float64)
+            file.write(np.ascontiguousarray(block).data)
+            behind.passed(stop * values.shape[1])
+        file.flush()
+        return np.memmap(file, dtype=np.float64, mode="r", shape=tuple(values.shape))
 
 
 def _row_shifts(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, float, float]:

@@ -139,7 +139,7 @@ class LlamaCppCandidate(Candidate):
         """A float32 copy of the reference (llama.cpp computes in float32), made for each use and let go after it:
         at long inputs its 0.5 GB (SmolLM2) would stay beside the float64 reference through the candidate's pass."""
         return reference_model if reference_model.dtype == "float32" else dataclasses.replace(
-            reference_model, model=float32_copy(reference_model.model), dtype="float32")
+            reference_model, model=float32_copy(reference_model.model, read=reference_model.rest), dtype="float32")
 
     def close(self) -> None:
         self._runner = None
@@ -183,15 +183,21 @@ class LlamaCppNumerics:
                         f"{NEIGHBOURS} positions of it)")
 
 
-def float32_copy(model):
+# A parked model's pages read by the copy are handed back after each this many bytes of it.
+_READ_BYTES_HELD = 256 << 20
+
+
+def float32_copy(model, read=None):
     """A copy of `model` with its floating parameters and buffers in float32, each cast as it is copied: a whole
     float64 copy is never made (deepcopy, then cast, held both: 1.1 GB more for SmolLM2's 135M parameters).
-    (Not `.float()`: transformers refuses it on a model it dequantized from a GGUF.)"""
+    `read()` is called after each 256 MiB read (a parked model hands back the pages the copy read: Gemma 3 270M's
+    2.2 GB of float64 weights were all resident beside the copy). (Not `.float()`: transformers refuses it on a
+    model it dequantized from a GGUF.)"""
     import copy
 
     import torch
 
-    memo = {}
+    memo, unreleased = {}, 0
     for tensor in [*model.parameters(), *model.buffers()]:
         if id(tensor) in memo:
             continue
@@ -199,4 +205,8 @@ def float32_copy(model):
                     else tensor.detach().clone())
         memo[id(tensor)] = (torch.nn.Parameter(narrowed, requires_grad=tensor.requires_grad)
                             if isinstance(tensor, torch.nn.Parameter) else narrowed)
+        unreleased += tensor.numel() * tensor.element_size()
+        if read is not None and unreleased >= _READ_BYTES_HELD:
+            read()
+            unreleased = 0
     return torch.nn.Module.float(copy.deepcopy(model, memo))
