@@ -11,7 +11,7 @@ over T random token ids, with --decode-steps 0: one forward pass per side plus t
 calibration run (--decode-steps N adds greedy decoding of N tokens on both sides and
 token-by-token decoding through llama.cpp's cache against its full pass at every
 step). Prints, per length: peak RSS of the command's process (GiB), wall
-and CPU seconds, the exit code, and how many checkpoints failed. A correct build
+and CPU seconds, the exit code, and how many checkpoints failed of how many compared. A correct build
 must exit 0 at every length. With --planted rope_base the candidate is a copy of
 the GGUF whose RoPE base (llama.rope.freq_base) is 5% larger, run by llama.cpp
 against the unchanged reference: a bug that grows with position, which must fail
@@ -103,10 +103,10 @@ def run_once(tokens: int, model: str | None, candidate: str | None, decode_steps
             subprocess.run(command, capture_output=True, text=True, check=False), None)
         wall_s = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        failed, first, cause = None, None, None
+        failed, compared, first, cause = None, None, None, None
         if report.exists():
             document = json.loads(report.read_text())
-            failed = document["summary"]["failed"]
+            failed, compared = document["summary"]["failed"], document["summary"]["compared"]
             first = (document.get("first_divergence") or {}).get("checkpoint")
             cause = next((d["cause"] for d in document.get("diagnoses", []) if d.get("cause") != "precision_noise"),
                          None)
@@ -114,7 +114,7 @@ def run_once(tokens: int, model: str | None, candidate: str | None, decode_steps
             print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
     return {"tokens": tokens, "peak_rss_gib": after.ru_maxrss / 2**20, "wall_s": wall_s,
             "cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
-            "exit": done.returncode, "failed": failed, "first": first, "cause": cause, "stages": stages}
+            "exit": done.returncode, "failed": failed, "compared": compared, "first": first, "cause": cause, "stages": stages}
 
 
 def main() -> None:
@@ -128,7 +128,8 @@ def main() -> None:
     parser.add_argument("--stages", action="store_true", help="also print each stage's peak resident memory "
                                                                "(sampled every 0.2 s)")
     args = parser.parse_args()
-    print(f"{'T':>6} {'peak RSS GiB':>13} {'wall s':>8} {'CPU s':>8} {'exit':>5} {'failed':>7}  first failing / cause")
+    print(f"{'T':>6} {'peak RSS GiB':>13} {'wall s':>8} {'CPU s':>8} {'exit':>5} {'failed':>7} {'of':>5}  "
+          "first failing / cause")
     with tempfile.TemporaryDirectory() as directory:
         model, candidate = args.model, args.candidate
         if args.planted:
@@ -136,7 +137,8 @@ def main() -> None:
         for tokens in (int(value) for value in args.tokens.split(",")):
             row = run_once(tokens, model, candidate, args.decode_steps, args.checkpoints, args.stages)
             print(f"{row['tokens']:>6} {row['peak_rss_gib']:>13.2f} {row['wall_s']:>8.1f} {row['cpu_s']:>8.1f} "
-                  f"{row['exit']:>5} {row['failed'] if row['failed'] is not None else '-':>7}  "
+                  f"{row['exit']:>5} {row['failed'] if row['failed'] is not None else '-':>7} "
+                  f"{row['compared'] if row['compared'] is not None else '-':>5}  "
                   f"{row['first'] or '-'} / {row['cause'] or '-'}", flush=True)
             for stage, (peak_gib, anonymous_gib, file_gib) in row["stages"] or ():
                 print(f"{'':>6} {peak_gib:>13.2f}  (anonymous {anonymous_gib:.2f}, file-backed {file_gib:.2f})  "
