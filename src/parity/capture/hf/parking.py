@@ -54,9 +54,9 @@ class ParkedWeights:
             mapped = np.frombuffer(self._map, dtype=dtype, count=parameter.numel(), offset=offset)
             spans[id(parameter)] = (offset, mapped.nbytes)
             parameter.data = torch.from_numpy(mapped.reshape(tuple(parameter.shape)))
-        self._hooks = [module.register_forward_hook(self._releasing(own))
-                       for module in model.modules()
-                       if (own := [spans[id(p)] for p in module.parameters(recurse=False) if id(p) in spans])]
+        for module in model.modules():
+            if own := [spans[id(p)] for p in module.parameters(recurse=False) if id(p) in spans]:
+                module.register_forward_hook(self._releasing(own))
         self.nbytes = size
         self.count = len(parameters)
 
@@ -65,20 +65,23 @@ class ParkedWeights:
 
     def rest(self) -> None:
         """Hand the pages the passes read back to the kernel (the weights stay readable, from the file)."""
-        if hasattr(mmap, "MADV_DONTNEED"):
-            self._map.madvise(mmap.MADV_DONTNEED)
+        self._hand_back(0, len(self._map))
 
     def _releasing(self, spans: list[tuple[int, int]]):
-        """A forward hook that hands back the pages of `spans` (a module's own weights) once the module ran. A
-        page shared with a neighbouring weight goes too; a read faults it back from the file, unchanged."""
+        """A forward hook that hands back the pages of `spans` (a module's own weights) once the module ran."""
 
         def release(module, inputs, output) -> None:
-            if not hasattr(mmap, "MADV_DONTNEED"):
-                return
             for offset, nbytes in spans:
-                start = offset - offset % mmap.PAGESIZE
-                end = min(-(-(offset + nbytes) // mmap.PAGESIZE) * mmap.PAGESIZE, len(self._map))
-                if end > start:
-                    self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+                self._hand_back(offset, nbytes)
 
         return release
+
+    def _hand_back(self, offset: int, nbytes: int) -> None:
+        """Drop the pages holding bytes [offset, offset + nbytes) from this process. A page shared with a
+        neighbouring weight goes too; a read faults it back from the file, unchanged."""
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = offset - offset % mmap.PAGESIZE
+        end = min(-(-(offset + nbytes) // mmap.PAGESIZE) * mmap.PAGESIZE, len(self._map))
+        if end > start:
+            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
