@@ -5,6 +5,7 @@
     python benchmarks/long_check.py --tokens 12 --decode-steps 512
     python benchmarks/long_check.py --tokens 4096 --checkpoints '*,!*.attn_probs'
     python benchmarks/long_check.py --tokens 8192 --stages
+    python benchmarks/long_check.py --tokens 8192 --port --stages
 
 The default pair (SmolLM2's GGUF in transformers against the same file in llama.cpp)
 over T random token ids, with --decode-steps 0: one forward pass per side plus the
@@ -17,7 +18,10 @@ the GGUF whose RoPE base (llama.rope.freq_base) is 5% larger, run by llama.cpp
 against the unchanged reference: a bug that grows with position, which must fail
 (exit 1) at every length; the first failing checkpoint and the named cause are
 printed too. --checkpoints is passed to the check (e.g. to leave the attention
-probabilities out).
+probabilities out). With --port the candidate is the from-scratch PyTorch port
+(examples/scratch_llama.py:row_blocked, attention 512 query rows at a time, each block
+handed to its probe) against the same weights: the GGUF as transformers reads it, saved as
+a float32 model directory, is both the reference and the port's weights.
 """
 
 from __future__ import annotations
@@ -49,6 +53,17 @@ def planted_rope_base(directory: Path, factor: float = 1.05) -> tuple[str, str]:
     field.parts[field.data[0]][0] *= factor
     reader.data.flush()
     return str(original), f"llamacpp:{copy}"
+
+
+def smollm2_directory(directory: Path) -> str:
+    """The embedded SmolLM2 GGUF as transformers reads it (float32), saved as a model directory whose
+    safetensors a from-scratch port reads its weights from."""
+    from parity.capture.gguf.smollm2 import gguf_path
+    from parity.capture.hf.model import load_model
+
+    saved = directory / "smollm2"
+    load_model(gguf_path(), dtype="float32").model.save_pretrained(saved)
+    return str(saved)
 
 
 def run_sampled(command: list[str]):
@@ -124,6 +139,8 @@ def main() -> None:
     parser.add_argument("--candidate", help="the candidate (default: the same GGUF in llama.cpp)")
     parser.add_argument("--decode-steps", type=int, default=0, help="tokens decoded after the forward pass")
     parser.add_argument("--planted", choices=["rope_base"], help="check a copy of the GGUF with this bug planted")
+    parser.add_argument("--port", action="store_true", help="the candidate is the from-scratch PyTorch port, "
+                                                            "its attention in blocks of 512 query rows")
     parser.add_argument("--checkpoints", help="the checks' --checkpoints, e.g. '*,!*.attn_probs'")
     parser.add_argument("--stages", action="store_true", help="also print each stage's peak resident memory "
                                                                "(sampled every 0.2 s)")
@@ -134,6 +151,9 @@ def main() -> None:
         model, candidate = args.model, args.candidate
         if args.planted:
             model, candidate = planted_rope_base(Path(directory))
+        if args.port:
+            examples = Path(__file__).resolve().parent.parent / "examples"
+            model, candidate = smollm2_directory(Path(directory)), f"{examples / 'scratch_llama.py'}:row_blocked"
         for tokens in (int(value) for value in args.tokens.split(",")):
             row = run_once(tokens, model, candidate, args.decode_steps, args.checkpoints, args.stages)
             print(f"{row['tokens']:>6} {row['peak_rss_gib']:>13.2f} {row['wall_s']:>8.1f} {row['cpu_s']:>8.1f} "

@@ -5,7 +5,10 @@ weights read from the model directory's safetensors, and a KV cache of its own.
     parity sanity examples/scratch_llama.py:build --reference path/to/llama-model
 
 The only things it adds for parity are a `Probe` wherever a value no module returns should be
-compared (RoPE, the probabilities) and `parity_taps`, where its checkpoints live. It decodes by
+compared (RoPE, the probabilities) and `parity_taps`, where its checkpoints live. `row_blocked`
+builds it with attention computed a block of query rows at a time (what a port does at long
+context, where (B, H, T, T) scores would not fit: 2.4 GB per layer at SmolLM2's 8,192 tokens);
+its probe is then given each block with the block's first row: `self.probs(block, start=start)`. It decodes by
 parity's smallest protocol: forward(ids, positions=None, cache=None) -> (logits, cache).
 `Bugs` plants a mistake at one place (docs/porting.md walks through finding each).
 """
@@ -59,8 +62,9 @@ def rotate(x, positions, theta, bugs):                                   # x: (B
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg, bugs):
+    def __init__(self, cfg, bugs, query_rows=None):
         super().__init__()
+        self.query_rows = query_rows     # None: the scores whole; else this many query rows at a time
         self.heads, self.kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
         self.hd = cfg.get("head_dim") or cfg["hidden_size"] // self.heads
         self.theta, self.bugs = cfg.get("rope_theta") or cfg.get("rope_parameters", {}).get("rope_theta", 10000.0), bugs
@@ -80,19 +84,26 @@ class Attention(nn.Module):
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         self.k_rotated(k)
         repeat = self.heads // self.kv_heads
-        scores = q @ k.repeat_interleave(repeat, 1).transpose(-1, -2) / math.sqrt(self.hd)   # (B, H, T, S)
-        S = k.shape[2]
-        future = torch.ones(T, S, dtype=torch.bool, device=x.device).triu(S - T + 1) & (not self.bugs.mask_off)
-        probs = self.probs(scores.masked_fill(future, float("-inf")).softmax(-1))
-        out = (probs @ v.repeat_interleave(repeat, 1)).transpose(1, 2).reshape(B, T, -1)
-        return self.wo(out), (k, v)
+        keys, values = k.repeat_interleave(repeat, 1), v.repeat_interleave(repeat, 1)   # (B, H, S, hd)
+        rows, S = self.query_rows or T, k.shape[2]
+        out = torch.cat([self.attend(q[:, :, start:start + rows], keys, values, start, S - T + start, rows >= T)
+                         for start in range(0, T, rows)], dim=2)                  # (B, H, T, hd)
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1)), (k, v)
+
+    def attend(self, q, keys, values, start, position, whole):          # q: rows start.. of (B, H, T, hd)
+        scores = q @ keys.transpose(-1, -2) / math.sqrt(self.hd)          # (B, H, rows, S)
+        query = torch.arange(position, position + q.shape[2], device=q.device)[:, None]   # row r sees keys <= its position
+        future = (torch.arange(keys.shape[2], device=q.device)[None, :] > query) & (not self.bugs.mask_off)
+        probs = scores.masked_fill(future, float("-inf")).softmax(-1)
+        probs = self.probs(probs) if whole else self.probs(probs, start=start)
+        return probs @ values
 
 
 class Block(nn.Module):
-    def __init__(self, cfg, bugs):
+    def __init__(self, cfg, bugs, query_rows=None):
         super().__init__()
         eps, d, f = cfg["rms_norm_eps"], cfg["hidden_size"], cfg["intermediate_size"]
-        self.norm_1, self.attn, self.norm_2 = Norm(d, eps, bugs), Attention(cfg, bugs), Norm(d, eps, bugs)
+        self.norm_1, self.attn, self.norm_2 = Norm(d, eps, bugs), Attention(cfg, bugs, query_rows), Norm(d, eps, bugs)
         self.w_gate, self.w_up = nn.Linear(d, f, bias=False), nn.Linear(d, f, bias=False)
         self.w_down = nn.Linear(f, d, bias=False)
 
@@ -116,11 +127,11 @@ class ScratchLlama(nn.Module):
         "head": "logits",
     }
 
-    def __init__(self, cfg, bugs=Bugs()):
+    def __init__(self, cfg, bugs=Bugs(), query_rows=None):
         super().__init__()
         self.config = cfg
         self.tok = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
-        self.blocks = nn.ModuleList(Block(cfg, bugs) for _ in range(cfg["num_hidden_layers"]))
+        self.blocks = nn.ModuleList(Block(cfg, bugs, query_rows) for _ in range(cfg["num_hidden_layers"]))
         self.norm = Norm(cfg["hidden_size"], cfg["rms_norm_eps"], bugs)
         self.head = nn.Linear(cfg["hidden_size"], cfg["vocab_size"], bias=False)
 
@@ -151,18 +162,29 @@ def transformers_name(name: str) -> str:
     return f"model.layers.{layer}.{NAMES[module]}.{'.'.join(rest)}"
 
 
-def build(path, bugs=Bugs(), dtype=torch.float32):
+def build(path, bugs=Bugs(), dtype=torch.float32, query_rows=None):
     from safetensors.torch import load_file
 
     cfg = json.loads((Path(path) / "config.json").read_text())
-    model = ScratchLlama(cfg, bugs)
+    model = ScratchLlama(cfg, bugs, query_rows)
     weights = load_file(str(Path(path) / "model.safetensors"))
-    model.load_state_dict({name: weights[transformers_name(name)] for name in model.state_dict()})
+    if "lm_head.weight" not in weights:       # tied embeddings: the file keeps the table once
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+    model.load_state_dict({name: weights.pop(transformers_name(name)) for name in model.state_dict()})
+    del weights
     return model.to(dtype).eval()
 
 
 def build_bfloat16(path):
     return build(path, dtype=torch.bfloat16)
+
+
+def row_blocked(path, rows=512):
+    return build(path, query_rows=rows)
+
+
+def row_blocked_mask_off(path, rows=512):
+    return build(path, Bugs(mask_off=True), query_rows=rows)
 
 
 def rope_interleaved(path):

@@ -189,8 +189,9 @@ class Candidate:
         """The candidate's own token ids for `text`, where it has a tokenizer."""
         raise OptionError(f"the candidate {self.spec} has no tokenizer of its own: give --tokens")
 
-    def logits(self, ids: list[int]) -> np.ndarray:
-        """Logits at every position of one pass over `ids`: (T, V) float64."""
+    def logits(self, ids: list[int], first: int = 0) -> np.ndarray:
+        """Logits at positions first.. of one pass over `ids`: (T - first, V) float64 (a backend that can leaves
+        the other rows unmade or lets them go as it runs: a long prompt's are T x V)."""
         self.require("logits", "running it on token ids")
         raise NotImplementedError
 

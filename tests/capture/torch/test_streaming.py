@@ -98,3 +98,26 @@ def test_the_streamer_names_a_tensor_changed_before_it_was_written(tmp_path):
         assert streamer.close() == ["layers.1.out"]
         assert "layers.0.out" in streamer and "layers.1.out" in streamer
         writer.finish({})
+
+
+def test_a_port_candidate_asked_to_spill_writes_its_trace_as_it_runs_and_reads_it_back_lazily(model_dirs, tmp_path):
+    """A long check hands a port candidate a spill file: the trace is written there as the forward makes it (not
+    held whole) and read back a tensor at a time, the tensors the in-memory trace holds."""
+    import sys
+
+    from conftest import ROOT
+    from parity.capture.candidate import TraceRequest
+    from parity.capture.torch.candidate import TorchCandidate
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    import scratch_llama
+
+    candidate = TorchCandidate("scratch", scratch_llama.row_blocked(model_dirs["llama"], rows=4))
+    held = candidate.trace(TOKENS)
+    path = tmp_path / "candidate.safetensors"
+    spilled = candidate.trace(TOKENS, TraceRequest(spill_to=str(path)))
+    assert path.exists() and not isinstance(spilled.tensors, dict)
+    assert sorted(spilled.names) == sorted(held.names) and "layers.0.attn_probs" in spilled.names
+    assert spilled.tokens == held.tokens
+    for name in held.names:
+        np.testing.assert_array_equal(spilled[name], held[name], err_msg=name)

@@ -61,6 +61,45 @@ def test_a_port_streamed_gives_the_report_its_stored_probabilities_give(model_di
     assert_same_report(stored, streamed)
 
 
+ROW_BLOCKED_PORT = """
+import sys
+sys.path.insert(0, {examples!r})
+import scratch_llama
+
+
+def build(path):
+    return scratch_llama.row_blocked(path, rows=3)
+
+
+def mask_off(path):
+    return scratch_llama.row_blocked_mask_off(path, rows=3)
+"""
+
+
+@pytest.mark.parametrize("factory, code", [("build", 0), ("mask_off", 1)])
+@pytest.mark.parametrize("spill_bytes", [None, 0])
+def test_a_port_that_hands_its_probabilities_over_in_row_blocks_streamed_gives_the_stored_report(
+        model_dirs, capsys, monkeypatch, tmp_path, factory, code, spill_bytes):
+    """The from-scratch port computing attention 3 query rows at a time, each block given to its probe with
+    `start=`: measured block by block as it makes them, or put together and stored, the same report; with
+    spill_bytes=0 its trace is also written to the spill directory as it is made, not held."""
+    from parity.commands.check import pipeline, spill
+
+    if spill_bytes is not None:
+        for module in (pipeline, spill):
+            monkeypatch.setattr(module, "SPILL_BYTES", spill_bytes)
+    port = tmp_path / "blocked_port.py"
+    port.write_text(ROW_BLOCKED_PORT.format(examples=str(ROOT / "examples")))
+    stored_code, stored = report_of(model_dirs["llama"], f"{port}:{factory}", capsys, *STORED)
+    streamed_code, streamed = report_of(model_dirs["llama"], f"{port}:{factory}", capsys, *STREAMED)
+    assert stored_code == streamed_code == code
+    assert probabilities(stored)
+    assert_same_report(stored, streamed)
+    if factory == "mask_off":
+        assert stored["first_divergence"]["checkpoint"] == "layers.0.attn_probs"
+        assert any(diagnosis["cause"] == "causal_mask" for diagnosis in streamed["diagnoses"])
+
+
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen3", "gpt2"])
 def test_a_transformers_candidate_streamed_gives_the_report_its_stored_probabilities_give(model_dirs, capsys,
                                                                                           family):

@@ -117,11 +117,11 @@ class DistributedCandidate(Candidate):
         return merge_ranks(ranks, layout=self.layout, where=[f"rank {rank}" for rank in range(len(ranks))],
                            source=f"{self.spec} ({len(ranks)} ranks)")
 
-    def logits(self, ids: list[int]) -> np.ndarray:
+    def logits(self, ids: list[int], first: int = 0) -> np.ndarray:
         from parity.core.shards.merge import merge_tensors
 
         rows = self.group.ask("logits", list(ids), what=f"running the forward pass over {len(ids)} tokens")
-        return merge_tensors("logits", self.layout.of("logits"), rows)
+        return merge_tensors("logits", self.layout.of("logits"), rows)[first:]
 
 
 def with_collective_inputs(checkpoints: str | None) -> str | None:

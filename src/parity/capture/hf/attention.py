@@ -159,3 +159,30 @@ def recording_attention(model, listeners: dict[int, Callable]):
 def is_hf_model(model) -> bool:
     """True for transformers models, whose attention goes through AttentionInterface."""
     return any(type(module).__module__.startswith("transformers.") for module in model.modules())
+
+
+@contextmanager
+def long_input_attention(model):
+    """While the block runs, a transformers model's eager attention runs in blocks of query rows once a layer's
+    probabilities would pass ROW_BLOCK_BYTES, recording nothing (a forward for its logits or its cache at a long
+    input: whole, eager attention makes several (B, H, T, T) tensors per layer, 4.8 GB each in float64 at
+    T=8,192). Any other module runs as it is."""
+    if not is_hf_model(model):
+        yield
+        return
+    with recording_attention(model, {}):
+        yield
+
+
+def kept_logits(model, rows: int) -> dict:
+    """The keyword that has a transformers model put only its last `rows` positions through its output head
+    (logits_to_keep); {} for rows=0 (all of them) and for a model whose forward does not take it."""
+    import inspect
+
+    if not rows or not is_hf_model(model):
+        return {}
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"logits_to_keep": rows} if "logits_to_keep" in parameters else {}

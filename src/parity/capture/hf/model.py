@@ -114,12 +114,12 @@ class HFModel:
             raise OptionError(f"{what} is {count} tokens, more than {self.path} takes ({limit[0]} = {limit[1]}); "
                               "give a shorter --prompt or --tokens")
 
-    def logits(self, tokens: list[int]):
-        """Logits at every position of one forward pass over `tokens`: (T, V), float64 numpy."""
-        import torch
+    def logits(self, tokens: list[int], first: int = 0):
+        """Logits at positions first.. of one forward pass over `tokens`: (T - first, V), float64 numpy; at a long
+        input its attention runs in blocks of query rows and only those positions go through the output head."""
+        from parity.capture.torch.incremental import full_logits
 
-        with torch.no_grad():
-            return self.model(ids_tensor([tokens], self.model)).logits[0].double().cpu().numpy()
+        return full_logits(self.model, tokens, first)
 
     def greedy(self, prompt: list[int], count: int) -> tuple[list[int], list]:
         """The greedy continuation of `prompt` ((tokens, each step's log-probs)), decoded through the model's

@@ -121,8 +121,8 @@ class LlamaCppCandidate(Candidate):
     def tokenize(self, text: str) -> list[int]:
         return self.runner.tokenize(text)
 
-    def logits(self, ids: list[int]) -> np.ndarray:
-        return self.runner.logits(ids)
+    def logits(self, ids: list[int], first: int = 0) -> np.ndarray:
+        return self.runner.logits(ids, first)
 
     def greedy(self, prompt: list[int], count: int):
         return self.runner.greedy(prompt, count)
@@ -175,9 +175,10 @@ class LlamaCppNumerics:
         from parity.core.calibrate import FLOOR, MULTIPLE, NEIGHBOURS, neighbourhood_max
         from parity.core.metrics import rel_l2
 
+        first = positions[0]
         with self.reference(reference_model) as lowp:
-            emulated_logits = lowp.logits(sequence)
-        noise = neighbourhood_max([rel_l2(reference_logits[p], emulated_logits[p]) for p in positions])
+            emulated_logits = lowp.logits(sequence, first)                         # rows first.. (T - first, V)
+        noise = neighbourhood_max([rel_l2(reference_logits[p], emulated_logits[p - first]) for p in positions])
         bounds = [MULTIPLE * value + FLOOR["float32"] for value in noise]
         return bounds, (f"{MULTIPLE:g}x the noise of llama.cpp's numerics at each position (the largest within "
                         f"{NEIGHBOURS} positions of it)")

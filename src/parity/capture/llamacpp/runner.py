@@ -310,11 +310,22 @@ class LlamaCppRunner:
         count = self._meta(f"{self._meta('general.architecture')}.block_count")
         return int(count) if count and count.isdigit() else 0
 
-    def logits(self, tokens: list[int]) -> np.ndarray:
-        """Logits at every position of one batch over `tokens`: (T, V); no tensors recorded."""
+    def logits(self, tokens: list[int], first: int = 0) -> np.ndarray:
+        """Logits at positions first.. of one batch over `tokens`: (T - first, V); no tensors recorded. Each
+        micro-batch's rows before `first` are let go as it is read (every row is still computed, as a full
+        pass computes it)."""
         if not tokens or max(tokens) >= self.vocab_size or min(tokens) < 0:
             raise OptionError(f"token ids must be within the vocabulary of {self.path.name} ({self.vocab_size})")
-        return self._decode(tokens)
+        if not first:
+            return self._decode(tokens)
+        kept = []
+
+        def keep(row: int, count: int, logits: np.ndarray) -> None:
+            if row + count > first:
+                kept.append(logits[max(0, first - row):])
+
+        self._decode(tokens, on_block=keep)
+        return np.concatenate(kept)
 
     def incremental_logits(self, prompt: list[int], continuation: list[int]) -> np.ndarray:
         """Prefill `prompt` in one batch, then decode `continuation` one token at a time through the

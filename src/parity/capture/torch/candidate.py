@@ -109,15 +109,30 @@ class TorchCandidate(Candidate):
             from parity.capture.torch.incremental import positioned_forward
 
             forward = positioned_forward(self.module, request.start_position)
-        return trace_module(self.module, tokens, taps=self.taps(request.taps), checkpoints=request.checkpoints,
-                            weights=request.weights, raw=request.raw and self.raw_allowed(request.taps),
-                            config=self.config, forward=forward, stream=request.stream,
-                            metadata={"start_position": request.start_position} if request.start_position else None)
+        options = dict(taps=self.taps(request.taps), checkpoints=request.checkpoints, weights=request.weights,
+                       raw=request.raw and self.raw_allowed(request.taps), forward=forward, stream=request.stream,
+                       metadata={"start_position": request.start_position} if request.start_position else None)
+        if request.spill_to:
+            return self._trace_to_file(tokens, request.spill_to, options)
+        return trace_module(self.module, tokens, config=self.config, **options)
 
-    def logits(self, ids: list[int]) -> np.ndarray:
+    def _trace_to_file(self, tokens: list[int], path: str, options: dict) -> Trace:
+        """The trace written to `path` as the forward makes it (a long input's: never held whole), read back
+        lazily."""
+        from parity.capture.torch.layout import config_heads
+        from parity.capture.torch.streaming import stream_module
+        from parity.core.trace import load_trace
+        from parity.core.trace.writer import trace_file
+
+        modules = sum(1 for _ in self.module.modules())
+        with trace_file(path, expected_tensors=2 * modules + 16, metadata_bytes=16 * len(tokens) + 4096) as writer:
+            stream_module(self.module, tokens, writer, heads=config_heads(self.config), **options)
+        return load_trace(path)
+
+    def logits(self, ids: list[int], first: int = 0) -> np.ndarray:
         from parity.capture.torch.incremental import full_logits
 
-        return full_logits(self.module, ids)
+        return full_logits(self.module, ids, first)
 
     def incremental(self, prompt: list[int], continuation: list[int], *, record: bool = False, taps=None):
         from parity.capture.torch.incremental import incremental

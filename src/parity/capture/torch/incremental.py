@@ -24,6 +24,10 @@ from parity.core.metrics import rel_l2
 from parity.core.names import in_flow_order, parse
 
 
+# A prompt longer than this is prefilled without recording its checkpoints (they would be a whole trace, held in
+# memory): a decode check's failure at the prefill step is then not located to a checkpoint.
+RECORDED_PREFILL_TOKENS = 512
+
 CACHE_KEYWORDS = ("cache", "past_key_values")   # transformers 5.24 renamed past_key_values to cache
 POSITION_KEYWORDS = ("positions", "position_ids")
 PROTOCOL = ("forward(ids, positions=None, cache=None) returning (logits, cache), where cache=None starts a new "
@@ -72,19 +76,24 @@ def cache_keyword(model) -> str:
     return cache_calls(model).keyword or "past_key_values"
 
 
-def call_with_cache(model, ids, cache, *, start: int = 0):
+def call_with_cache(model, ids, cache, *, start: int = 0, last_only: bool = False):
     """(logits, cache) of one forward over `ids` (a (B, T) tensor at positions start..start+T-1) continuing
-    from `cache` (None: a fresh one)."""
+    from `cache` (None: a fresh one). `last_only`: a transformers model puts only the last position through its
+    output head (the logits of a long prompt's other positions are not made), and runs its attention in blocks
+    of query rows at a long input (capture/hf/attention.py); a port runs as it is."""
     import torch
 
+    from parity.capture.hf.attention import kept_logits, long_input_attention
+
     calls = cache_calls(model)
-    kwargs = {calls.keyword or "past_key_values": cache}
+    kwargs = {calls.keyword or "past_key_values": cache, **(kept_logits(model, 1) if last_only else {})}
     if calls.use_cache:
         kwargs["use_cache"] = True
     if calls.positions:
         positions = torch.arange(start, start + ids.shape[-1], device=ids.device)
         kwargs[calls.positions] = positions.unsqueeze(0).expand(ids.shape[0], -1)
-    return _split(model(ids, **kwargs))
+    with long_input_attention(model):
+        return _split(model(ids, **kwargs))
 
 
 def positioned_forward(model, start: int, *, who: str = "the candidate"):
@@ -160,12 +169,17 @@ def incremental(model, prompt: list[int], continuation: list[int], *, taps: Taps
     chunks = [prompt] + [[token] for token in continuation]
     with torch.no_grad():
         for chunk in chunks:
-            if taps is not None:
+            if taps is not None and len(chunk) > RECORDED_PREFILL_TOKENS:   # a long prompt: not recorded
+                steps.append({})
+                logits, cache = call_with_cache(model, ids_tensor([chunk], model), cache, start=start,
+                                                last_only=True)
+            elif taps is not None:
                 with ModuleTracer(model, taps, heads=heads) as tracer:
                     logits, cache = call_with_cache(model, ids_tensor([chunk], model), cache, start=start)
                 steps.append({name: tensor.float().cpu().numpy() for name, tensor in tracer.tensors.items()})
             else:
-                logits, cache = call_with_cache(model, ids_tensor([chunk], model), cache, start=start)
+                logits, cache = call_with_cache(model, ids_tensor([chunk], model), cache, start=start,
+                                                last_only=True)
             rows.append(logits[0, -1].double().cpu().numpy())
             start += len(chunk)
     return np.stack(rows), steps
@@ -181,19 +195,29 @@ def cached_stepper(model):
     def step(ids: list[int]) -> np.ndarray:
         with torch.no_grad():
             logits, state["cache"] = call_with_cache(model, ids_tensor([ids], model), state["cache"],
-                                                     start=state["start"])
+                                                     start=state["start"], last_only=True)
         state["start"] += len(ids)
         return logits[0, -1].double().cpu().numpy()
 
     return step
 
 
-def full_logits(model, ids: list[int]) -> np.ndarray:
+def full_logits(model, ids: list[int], first: int = 0) -> np.ndarray:
+    """The logits at positions first.. of one forward over `ids`: (T - first, V) float64, or every row the
+    forward returns where that is not T (a forward that returns the last position's alone). A transformers
+    model runs its attention in blocks of query rows at a long input and puts only the rows asked for
+    through its output head; a port's rows are taken from what it returns."""
     import torch
 
-    with torch.no_grad():
-        output = first_tensor(model(ids_tensor([ids], model)))
-    return canonical_layout("logits", output).double().cpu().numpy()
+    from parity.capture.hf.attention import kept_logits, long_input_attention
+
+    kept = len(ids) - first
+    with torch.no_grad(), long_input_attention(model):
+        output = first_tensor(model(ids_tensor([ids], model), **kept_logits(model, kept if first else 0)))
+    logits = canonical_layout("logits", output)
+    if first and logits.shape[0] == len(ids):
+        logits = logits[first:]
+    return logits.double().cpu().numpy()
 
 
 def first_checkpoint(full_trace, step: dict, position: int, bound: float) -> str | None:
@@ -237,7 +261,7 @@ def prefill_cache(model, prompt: list[int]):
     import torch
 
     with torch.no_grad():
-        _, cache = call_with_cache(model, ids_tensor([prompt], model), None)
+        _, cache = call_with_cache(model, ids_tensor([prompt], model), None, last_only=True)
     return cache_tensors(cache)
 
 
@@ -247,8 +271,8 @@ def chunked_prefill_logits(model, prompt: list[int]) -> np.ndarray:
 
     half = max(1, len(prompt) // 2)
     with torch.no_grad():
-        _, cache = call_with_cache(model, ids_tensor([prompt[:half]], model), None)
-        logits, _ = call_with_cache(model, ids_tensor([prompt[half:]], model), cache, start=half)
+        _, cache = call_with_cache(model, ids_tensor([prompt[:half]], model), None, last_only=True)
+        logits, _ = call_with_cache(model, ids_tensor([prompt[half:]], model), cache, start=half, last_only=True)
     return logits[0, -1].double().cpu().numpy()
 
 

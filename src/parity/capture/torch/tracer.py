@@ -7,6 +7,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from parity.capture.torch.layout import canonical_layout, first_tensor
+from parity.capture.torch.rows import RowBlocks
 from parity.capture.torch.taps import TapsLike, fill_layer, index_taps, matching_taps, resolve_taps
 from parity.core.errors import CaptureError, OptionError
 from parity.core.names import RAW_PREFIX, TAP_IOS, Tap, select
@@ -44,6 +45,7 @@ class ModuleTracer:
         self.recipes, self.stream = recipes, stream
         self.streamed: set[str] = set()
         self.tensors: dict[str, Any] = {}
+        self.row_blocks = RowBlocks(token_count)   # checkpoints a port's Probe is given a block of rows at a time
         self._versions: dict[str, int] = {}
         self._copying_from: set[Any] = set()  # CUDA devices with copies to the host still queued
         self.matched: set[Tap] = set()
@@ -81,9 +83,12 @@ class ModuleTracer:
             raise
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, *exc_info) -> None:
         try:
             self._stack.close()
+            if exc_type is None:
+                for name, whole in self.row_blocks.finish().items():
+                    self._record(name, whole, lambda tensor: tensor)
         finally:
             self._wait_for_copies()
 
@@ -100,21 +105,47 @@ class ModuleTracer:
     def _wanted(self, name: str) -> bool:
         return bool(name) and bool(select([name], self.checkpoints))
 
-    def _store(self, name: str, tensor, layout: str | None = None) -> None:
-        """Record a checkpoint (the first call wins if a module runs twice); `layout`: its axes, when declared."""
-        if tensor is None or not self._wanted(name) or name in self.tensors or name in self.streamed:
+    def _store(self, name: str, tensor, layout: str | None = None, start: int | None = None) -> None:
+        """Record a checkpoint (the first call wins if a module runs twice); `layout`: its axes, when declared;
+        `start`: the tensor holds rows start.. of the token axis (a port's Probe given a block of rows)."""
+        if tensor is None or not self._wanted(name) or name in self.tensors:
             return
+        if start is not None:
+            self._store_rows(name, tensor.detach(), layout, start)
+        elif name not in self.streamed:
+            self._record(name, tensor, lambda recorded: self._canonical(name, recorded, layout))
+
+    def _store_rows(self, name: str, block, layout: str | None, start: int) -> None:
+        """A block of rows: measured as it comes where the checkpoint streams, else kept until the blocks cover
+        every row and recorded whole. Its layout is read from the head counts (a block has fewer rows than the
+        pass has tokens) or as declared."""
+        block = canonical_layout(name, block, heads=self.heads, declared=layout)
         if self._streams(name):
-            self.stream.put(name, _host_float(self._canonical(name, tensor.detach(), layout)))
+            self.stream.put(name, _host_float(block), start)
+            self.streamed.add(name)
+            return
+        if self.sink is not None and name in self.sink:
+            return
+        # a copy: the blocks are held until the last one comes, and the forward may reuse or change a block's
+        # memory once it has passed the probe (held as copies, they take what the port's own would)
+        whole = self.row_blocks.add(name, self._copy(block), start)
+        if whole is not None:
+            self._record(name, whole, lambda tensor: tensor)
+
+    def _record(self, name: str, tensor, canonical: Callable) -> None:
+        """Record a checkpoint: measured where it streams, handed to the sink, or kept; `canonical` puts it in
+        the trace's layout."""
+        if self._streams(name):
+            self.stream.put(name, _host_float(canonical(tensor.detach())))
             self.streamed.add(name)
             return
         if self.sink is not None:
             if name not in self.sink:
-                self._send(name, tensor.detach(), layout)
+                self._send(name, tensor.detach(), canonical)
             return
         recorded = tensor.detach()
         copied = self.copy or (self.host and recorded.device.type != "cpu")
-        stored = self._canonical(name, self._copy(recorded) if copied else recorded, layout)
+        stored = canonical(self._copy(recorded) if copied else recorded)
         if not copied:
             self._versions[name] = stored._version  # a view shares it with the tensor the forward goes on using
         self.tensors[name] = stored
@@ -122,15 +153,14 @@ class ModuleTracer:
     def _canonical(self, name: str, tensor, layout: str | None):
         return canonical_layout(name, tensor, token_count=self.token_count, heads=self.heads, declared=layout)
 
-    def _send(self, name: str, recorded, layout: str | None = None) -> None:
+    def _send(self, name: str, recorded, canonical: Callable) -> None:
         """Hand a checkpoint to the sink: the forward's own tensor (the sink checks its version counter
         once written), or a host copy, with the event that says a device's copy has landed."""
         if not self.host:   # the sink uses the tensor now, on its device, before the forward goes on
-            self.sink.put(name, self._canonical(name, recorded.clone() if self.copy else recorded, layout),
-                          owned=self.copy)
+            self.sink.put(name, canonical(recorded.clone() if self.copy else recorded), owned=self.copy)
             return
         copied = self.copy or recorded.device.type != "cpu"
-        stored = self._canonical(name, self._host_copy(recorded) if copied else recorded, layout)
+        stored = canonical(self._host_copy(recorded) if copied else recorded)
         ready = None
         if recorded.device.type == "cuda":
             import torch
@@ -179,25 +209,27 @@ class ModuleTracer:
             self._stack.callback(module.register_forward_hook(on_heads).remove)
         elif tap.io in ("output", "split", "router"):
             layout = getattr(module, "parity_layout", None)   # declared by the port (a Probe's `layout`)
+            takes_rows = getattr(module, "parity_takes_rows", False)   # a Probe: its call may give `start`
 
-            def on_output(_module, _args, output):
+            def on_output(_module, args, kwargs, output):
+                start = _rows_start(args, kwargs) if takes_rows else None
                 if tap.io == "router":
                     self._store_routing(names, output)
                 elif tap.io == "split":
-                    self._store(names[0], first_tensor(output))
-                    self._store_split(names[1:], first_tensor(output), tap.sizes)
+                    self._store(names[0], first_tensor(output), start=start)
+                    self._store_split(names[1:], first_tensor(output), tap.sizes, start=start)
                 else:
-                    self._store_split(names, first_tensor(output), tap.sizes, layout)
-            self._stack.callback(module.register_forward_hook(on_output).remove)
+                    self._store_split(names, first_tensor(output), tap.sizes, layout, start)
+            self._stack.callback(module.register_forward_hook(on_output, with_kwargs=True).remove)
         else:
             raise OptionError(f"tap io must be one of {', '.join(TAP_IOS)}, got '{tap.io}'")
 
     def _store_split(self, names: tuple[str, ...], tensor, sizes: tuple[int, ...] = (),
-                     layout: str | None = None) -> None:
+                     layout: str | None = None, start: int | None = None) -> None:
         if tensor is None or not names:
             return
         if len(names) == 1:
-            self._store(names[0], tensor, layout)
+            self._store(names[0], tensor, layout, start)
             return
         if sizes and (len(sizes) != len(names) or sum(sizes) != tensor.shape[-1]):
             raise CaptureError(f"cannot split a fused output of width {tensor.shape[-1]} into {', '.join(names)} "
@@ -208,7 +240,7 @@ class ModuleTracer:
             )
         parts = tensor.split(list(sizes), dim=-1) if sizes else tensor.chunk(len(names), dim=-1)
         for name, part in zip(names, parts):
-            self._store(name, part)
+            self._store(name, part, start=start)
 
     def _token_major(self, output, module_input, projection: str):
         """A per-head (B, A, C, hd) output as (B, T, H, hd): the axis of length T is the tokens';
@@ -272,6 +304,12 @@ class ModuleTracer:
 
     def _streams(self, name: str) -> bool:
         return self.stream is not None and self.stream.wants(name)
+
+
+def _rows_start(args: tuple, kwargs: dict) -> int | None:
+    """A Probe call's `start` (its second argument): None for a whole tensor."""
+    start = kwargs.get("start", args[1] if len(args) > 1 else None)
+    return None if start is None else int(start) if hasattr(start, "__index__") else start
 
 
 def _host_float(tensor):

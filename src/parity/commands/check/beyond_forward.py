@@ -3,6 +3,13 @@ candidate's cache against its own full pass, the cache itself, chunked prefill a
 
 Whatever of these cannot run for a candidate is reported as NotChecked with the reason, never
 skipped silently. Whether a PyTorch candidate decodes is found by trying (capture/torch/incremental.py).
+
+After a long prompt the checks hold the logits of the positions they compare, from the last
+prompt position on, not T x V per side (3.2 GB in float64 for SmolLM2 at T=8,192): each side
+makes or keeps only those rows (`logits(ids, first)`), and a transformers model prefills in
+blocks of query rows. Past FULL_LOGITS_BYTES two checks do not run, and say why: padded
+batches (they compare every prompt position, in a batch of two) and, for a decode step that
+fails, the full-pass trace that locates its first diverging checkpoint.
 """
 
 from __future__ import annotations
@@ -14,33 +21,52 @@ from parity.core.trace import Trace
 
 DECODE_CHECKS = ("greedy", "decode", "kv_cache", "chunked_prefill", "padding")
 
+# The logits of a whole sequence (T x V in float64) past which only the rows from the last prompt position are made.
+FULL_LOGITS_BYTES = 256 << 20
+# Prompt rows that show whether a forward returns every position's logits, at a long prompt.
+PROBED_TOKENS = 2
+
 
 def with_decoding(comparison: Comparison, reference: Trace, reference_model, candidate, *, steps: int, taps,
                   progress) -> Comparison:
     """`comparison` with the checks of DECODE_CHECKS that can run, and the others as not checked."""
     prompt = list(reference.tokens)
-    skipped = _not_runnable(candidate, prompt, steps)
+    long = _long(reference_model, len(prompt) + steps)
+    skipped = _not_runnable(candidate, prompt, steps, long)
     if "greedy" not in skipped:
         comparison = _checked(comparison, reference, reference_model, candidate, prompt, steps, taps, skipped,
-                              progress)
+                              progress, long)
     return _failed_decoding_is_not_noise(_add_not_checked(comparison, skipped))
 
 
-def _not_runnable(candidate, prompt: list[int], steps: int) -> dict[str, str]:
+def _long(reference_model, tokens: int) -> bool:
+    """Whether `tokens` positions' logits in float64 would pass FULL_LOGITS_BYTES."""
+    config = reference_model.model.config
+    vocab = getattr(getattr(config, "get_text_config", lambda: config)(), "vocab_size", 0) or 0
+    return tokens * vocab * 8 > FULL_LOGITS_BYTES
+
+
+def _not_runnable(candidate, prompt: list[int], steps: int, long: bool) -> dict[str, str]:
     """check -> why it cannot run, for the checks of DECODE_CHECKS this candidate cannot give."""
     if steps <= 0:
         return dict.fromkeys(DECODE_CHECKS, "--decode-steps 0")
     cannot_run = candidate.supports("logits")
     if cannot_run is not None:
         return dict.fromkeys(DECODE_CHECKS, cannot_run)
-    rows = candidate.logits(prompt)
-    if rows.shape[0] != len(prompt):
-        return dict.fromkeys(DECODE_CHECKS, f"its forward returns logits for {rows.shape[0]} of {len(prompt)} "
+    probed = prompt[:PROBED_TOKENS] if long and len(prompt) > PROBED_TOKENS else prompt
+    rows = candidate.logits(probed)
+    if rows.shape[0] != len(probed):
+        return dict.fromkeys(DECODE_CHECKS, f"its forward returns logits for {rows.shape[0]} of {len(probed)} "
                                             "positions; return every position's to check decoding")
+    del rows
     skipped = {}
+    if long:
+        skipped["padding"] = (f"a prompt of {len(prompt)} tokens: padded batches compare every prompt position's "
+                              f"logits, more than {FULL_LOGITS_BYTES >> 20} MiB of them; give a shorter prompt "
+                              "to check them")
     for check, capability in (("decode", "decode"), ("kv_cache", "cache"), ("chunked_prefill", "chunked_prefill"),
                               ("padding", "padding")):
-        reason = candidate.supports(capability, prompt=prompt)
+        reason = None if check in skipped else candidate.supports(capability, prompt=prompt)
         if reason is not None:
             skipped[check] = reason
     if len(prompt) < 2 and "chunked_prefill" not in skipped:
@@ -48,7 +74,8 @@ def _not_runnable(candidate, prompt: list[int], steps: int) -> dict[str, str]:
     return skipped
 
 
-def _checked(comparison, reference, reference_model, candidate, prompt, steps, taps, skipped, progress) -> Comparison:
+def _checked(comparison, reference, reference_model, candidate, prompt, steps, taps, skipped, progress,
+             long: bool) -> Comparison:
     from parity.core.generation import first_divergence, teacher_forced
     from parity.core.results import GenerationComparison
 
@@ -56,25 +83,47 @@ def _checked(comparison, reference, reference_model, candidate, prompt, steps, t
     continuation, reference_rows = reference_model.greedy(prompt, steps)
     sequence = prompt + continuation
     candidate_tokens, _ = candidate.greedy(prompt, steps)
-    full = candidate.logits(sequence)
-    reference_logits = reference_model.logits(sequence)
+    first = len(prompt) - 1 if long else 0                                     # rows first.. of the full pass
+    full = candidate.logits(sequence, first)                                   # (T - first, V)
+    reference_logits = reference_model.logits(sequence, first)
     generation = GenerationComparison(tuple(prompt), tuple(continuation), tuple(candidate_tokens),
                                       first_divergence(continuation, candidate_tokens, reference_rows),
-                                      teacher_forced(reference_logits, full, len(prompt)), None,
+                                      teacher_forced(reference_logits, full, len(prompt) - first), None,
                                       reference_model.vocab_pieces())
     comparison = dataclasses.replace(comparison, generation=generation)
     if "decode" in skipped:
         return comparison
     progress.step("decoding token by token through the candidate's cache")
-    decode, causes, cache_note = _decode(reference, reference_model, candidate, prompt, continuation, full,
-                                         reference_logits, taps, skipped)
+    decode, causes, cache_note = _decode(reference, reference_model, candidate, prompt, continuation,
+                                         Rows(full, first), Rows(reference_logits, first), taps, skipped)
     if cache_note:
         skipped["kv_cache"] = cache_note
-    return dataclasses.replace(comparison, decode=decode, diagnoses=tuple(comparison.diagnoses) + tuple(causes))
+    notes = tuple(comparison.notes)
+    if decode.first_step is not None and decode.first_checkpoint is None and first:
+        notes += (f"decode step {decode.first_step} was not located to a checkpoint: that takes the full pass's "
+                  f"trace, not captured after a prompt of {len(prompt)} tokens; rerun with a shorter prompt to "
+                  "locate it",)
+    return dataclasses.replace(comparison, decode=decode, diagnoses=tuple(comparison.diagnoses) + tuple(causes),
+                               notes=notes)
+
+
+class Rows:
+    """The logits of a full pass from row `first` on, read by position: rows[p] is position p's."""
+
+    def __init__(self, logits, first: int) -> None:
+        self.logits, self.first = logits, first     # (T - first, V)
+
+    def __repr__(self) -> str:
+        return f"<Rows {self.first}..{self.first + len(self.logits) - 1}>"
+
+    def __getitem__(self, position: int):
+        if position < self.first:
+            raise IndexError(f"position {position} is before the rows kept (from {self.first})")
+        return self.logits[position - self.first]
 
 
 def _decode(reference, reference_model, candidate, prompt, continuation, full, reference_logits, taps, skipped):
-    """(DecodeConsistency, causes, why the cache was not compared or None)."""
+    """(DecodeConsistency, causes, why the cache was not compared or None); `full` and `reference_logits`: Rows."""
     from parity.capture.precision import UNKNOWN
     from parity.core.decode_consistency import compare_decode
 
@@ -86,7 +135,7 @@ def _decode(reference, reference_model, candidate, prompt, continuation, full, r
     decode = compare_decode([full[p] for p in positions], rows, bounds, prompt_length=len(prompt), basis=basis)
     decode, cache_note = _with_prefill_variants(decode, reference_model, candidate, prompt, full, bounds[0], skipped)
     causes = []
-    if decode.first_step is not None and steps:
+    if decode.first_step is not None and steps and steps[decode.first_step] and not full.first:
         from parity.capture.candidate import TraceRequest
         from parity.capture.torch.incremental import first_checkpoint
         from parity.diagnose.context import model_config
