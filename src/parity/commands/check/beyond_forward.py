@@ -60,15 +60,15 @@ def _not_runnable(candidate, prompt: list[int], steps: int, long: bool) -> dict[
                                             "positions; return every position's to check decoding")
     del rows
     skipped = {}
-    if long:
+    for check, capability in (("decode", "decode"), ("kv_cache", "cache"), ("chunked_prefill", "chunked_prefill"),
+                              ("padding", "padding")):
+        reason = candidate.supports(capability, prompt=prompt)
+        if reason is not None:
+            skipped[check] = reason
+    if long and "padding" not in skipped:
         skipped["padding"] = (f"a prompt of {len(prompt)} tokens: padded batches compare every prompt position's "
                               f"logits, more than {FULL_LOGITS_BYTES >> 20} MiB of them; give a shorter prompt "
                               "to check them")
-    for check, capability in (("decode", "decode"), ("kv_cache", "cache"), ("chunked_prefill", "chunked_prefill"),
-                              ("padding", "padding")):
-        reason = None if check in skipped else candidate.supports(capability, prompt=prompt)
-        if reason is not None:
-            skipped[check] = reason
     if len(prompt) < 2 and "chunked_prefill" not in skipped:
         skipped["chunked_prefill"] = "a one-token prompt has nothing to split"
     return skipped
