@@ -6,6 +6,7 @@
     python benchmarks/long_check.py --tokens 4096 --checkpoints '*,!*.attn_probs'
     python benchmarks/long_check.py --tokens 8192 --stages
     python benchmarks/long_check.py --tokens 8192 --port --stages
+    python benchmarks/long_check.py --tokens 8192 --port row_blocked_bfloat16 --stages
 
 The default pair (SmolLM2's GGUF in transformers against the same file in llama.cpp)
 over T random token ids, with --decode-steps 0: one forward pass per side plus the
@@ -19,9 +20,10 @@ against the unchanged reference: a bug that grows with position, which must fail
 (exit 1) at every length; the first failing checkpoint and the named cause are
 printed too. --checkpoints is passed to the check (e.g. to leave the attention
 probabilities out). With --port the candidate is the from-scratch PyTorch port
-(examples/scratch_llama.py:row_blocked, attention 512 query rows at a time, each block
-handed to its probe) against the same weights: the GGUF as transformers reads it, saved as
-a float32 model directory, is both the reference and the port's weights.
+(examples/scratch_llama.py:row_blocked, float32, attention 512 query rows at a time, each
+block handed to its probe; --port FACTORY names another of its factories) against the same
+weights: the GGUF as transformers reads it, saved as a float32 model directory, is both the
+reference and the port's weights.
 """
 
 from __future__ import annotations
@@ -139,8 +141,9 @@ def main() -> None:
     parser.add_argument("--candidate", help="the candidate (default: the same GGUF in llama.cpp)")
     parser.add_argument("--decode-steps", type=int, default=0, help="tokens decoded after the forward pass")
     parser.add_argument("--planted", choices=["rope_base"], help="check a copy of the GGUF with this bug planted")
-    parser.add_argument("--port", action="store_true", help="the candidate is the from-scratch PyTorch port, "
-                                                            "its attention in blocks of 512 query rows")
+    parser.add_argument("--port", nargs="?", const="row_blocked", metavar="FACTORY",
+                        help="the candidate is the from-scratch PyTorch port (examples/scratch_llama.py), its "
+                             "attention in blocks of 512 query rows (default factory: row_blocked)")
     parser.add_argument("--checkpoints", help="the checks' --checkpoints, e.g. '*,!*.attn_probs'")
     parser.add_argument("--stages", action="store_true", help="also print each stage's peak resident memory "
                                                                "(sampled every 0.2 s)")
@@ -153,7 +156,7 @@ def main() -> None:
             model, candidate = planted_rope_base(Path(directory))
         if args.port:
             examples = Path(__file__).resolve().parent.parent / "examples"
-            model, candidate = smollm2_directory(Path(directory)), f"{examples / 'scratch_llama.py'}:row_blocked"
+            model, candidate = smollm2_directory(Path(directory)), f"{examples / 'scratch_llama.py'}:{args.port}"
         for tokens in (int(value) for value in args.tokens.split(",")):
             row = run_once(tokens, model, candidate, args.decode_steps, args.checkpoints, args.stages)
             print(f"{row['tokens']:>6} {row['peak_rss_gib']:>13.2f} {row['wall_s']:>8.1f} {row['cpu_s']:>8.1f} "

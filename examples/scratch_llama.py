@@ -183,6 +183,10 @@ def row_blocked(path, rows=512):
     return build(path, query_rows=rows)
 
 
+def row_blocked_bfloat16(path, rows=512):
+    return build(path, dtype=torch.bfloat16, query_rows=rows)
+
+
 def row_blocked_mask_off(path, rows=512):
     return build(path, Bugs(mask_off=True), query_rows=rows)
 
