@@ -78,3 +78,19 @@ def test_tensors_reserved_whole_are_written_a_block_of_rows_at_a_time_in_any_ord
     np.testing.assert_array_equal(stored["heads"], heads)
     np.testing.assert_array_equal(stored["whole"], np.ones(4, np.float32))
     np.testing.assert_array_equal(stored["after"], np.full(2, 5.0, np.float32))
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 7), (4, 3)])
+def test_a_bfloat16_tensor_is_stored_as_its_own_bits_without_a_copy(shape):
+    """stored() gives the bits storage(*as_array()) gives (through float32), read in place from the tensor."""
+    torch = pytest.importorskip("torch")
+    from parity.core.trace.trace import as_array, storage, stored
+
+    tensor = torch.randn(shape).to(torch.bfloat16)
+    bits, tag = stored(tensor)
+    through_float32, expected_tag = storage(*as_array(tensor))
+    assert tag == expected_tag == "BF16"
+    np.testing.assert_array_equal(bits, through_float32)
+    assert bits.dtype == np.dtype("<u2") and np.shares_memory(bits, tensor.view(torch.int16).numpy())
+    other = torch.randn(3, 2)
+    np.testing.assert_array_equal(stored(other)[0], storage(*as_array(other))[0])

@@ -19,7 +19,7 @@ from typing import Any
 
 from parity.capture.torch.module import base_metadata, input_ids_of, nothing_recorded, returned_logits, traced_forward
 from parity.capture.torch.taps import TapsLike
-from parity.core.trace.trace import as_array, metadata_strings, storage
+from parity.core.trace.trace import metadata_strings, stored
 from parity.core.trace.writer import TraceWriter
 
 MAX_QUEUED_BYTES = 256 << 20
@@ -81,7 +81,7 @@ class TraceStreamer:
     def _write(self, name: str, tensor, version, ready) -> None:
         if ready is not None:
             ready.synchronize()
-        self._writer.add(name, *storage(*as_array(tensor)))
+        self._writer.add(name, *stored(tensor))
         if version is not None and tensor._version != version:
             self.overwritten.append(name)
 
@@ -115,10 +115,10 @@ def stream_module(
             break
         writer.restart()  # a tensor changed in place before it was written: run again, copying each
     for name, parameter in tracer.tensors.items():  # the tapped modules' own parameters (--weights)
-        writer.add(name, *storage(*as_array(parameter)))
+        writer.add(name, *stored(parameter))
     logits = returned_logits(output, checkpoints, present=writer)
     if logits is not None:
-        writer.add("logits", *storage(*as_array(logits)))
+        writer.add("logits", *stored(logits))
     if after is not None:
         after(writer)
     if not writer.names:
