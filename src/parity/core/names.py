@@ -121,6 +121,13 @@ class Checkpoint:
         return 1 if self.kind == "attn_probs" else 0
 
 
+def token_axis(name: str) -> int:
+    """The axis of a checkpoint's tensor that indexes token positions (its rows): 1 for attention probabilities
+    (H, T, S), else 0; 0 for a name that is not canonical."""
+    checkpoint = parse(name)
+    return checkpoint.token_axis if checkpoint is not None else 0
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def parse(name: str) -> Checkpoint | None:
     """Parse a canonical name; None for a name that is not canonical. (Cached: a comparison

@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from parity.core.metrics import add_rows
-from parity.core.names import Checkpoint, parse
+from parity.core.names import token_axis
 from parity.core.pair_sums import PairSums
 from parity.core.results import FAIL, NOT_COMPARABLE, PASS, CheckpointResult, NoiseFloor, Tolerance, one_line
 
@@ -73,7 +73,7 @@ class StreamedCheckpoints:
         if name in self._refused:
             return
         shape = self.reference.shape(name)
-        axis = _token_axis(name)
+        axis = token_axis(name)
         block = _without_leading_ones(np.asarray(block), len(shape))
         rows = block.shape[axis] if block.ndim == len(shape) else 0
         expected = shape[:axis] + (rows,) + shape[axis + 1:]
@@ -131,7 +131,7 @@ class StreamedCheckpoints:
         if tolerance is None:
             return CheckpointResult(name, NOT_COMPARABLE, shape_reference=self.reference.shape(name),
                                     shape_candidate=tuple(candidate.shape), reason=NO_TOLERANCE), None
-        axis = _token_axis(name)
+        axis = token_axis(name)
         reference = self.reference.rows(name, 0, self.reference.shape(name)[axis])
         return compare_checkpoint(name, Trace({name: reference}), Trace({name: candidate}),
                                   CompareConfig(tolerance=tolerance))
@@ -163,11 +163,6 @@ class StreamedCheckpoints:
         reason = one_line(tolerance.explain(metrics)) if status == FAIL else None
         return CheckpointResult(name, status, metrics=metrics, tolerance=tolerance, reason=reason,
                                 shape_reference=shape, shape_candidate=shape), per_position
-
-
-def _token_axis(name: str) -> int:
-    checkpoint = parse(name) or Checkpoint(name=name, kind=name)
-    return checkpoint.token_axis
 
 
 def _without_leading_ones(block: np.ndarray, ndim: int) -> np.ndarray:

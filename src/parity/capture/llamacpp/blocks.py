@@ -12,13 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from parity.core.names import parse
-
-
-def token_axis(name: str) -> int:
-    """The axis of a checkpoint's token positions: 1 for (H, T, S) probabilities, else 0."""
-    checkpoint = parse(name)
-    return 1 if checkpoint is not None and checkpoint.kind == "attn_probs" else 0
+from parity.core.names import token_axis
 
 
 class HeldTensors:

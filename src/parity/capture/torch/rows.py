@@ -17,7 +17,7 @@ Memory: the blocks of one checkpoint, then the joined tensor beside them while i
 from __future__ import annotations
 
 from parity.core.errors import CaptureError
-from parity.core.names import Checkpoint, parse
+from parity.core.names import token_axis
 
 
 class RowBlocks:
@@ -80,11 +80,6 @@ class RowBlocks:
 
         blocks = [block for _, block in sorted(self._blocks.pop(name), key=lambda given: given[0])]
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=token_axis(name))
-
-
-def token_axis(name: str) -> int:
-    """The axis of a canonical tensor that holds its rows: 1 for attention probabilities (H, T, S), else 0."""
-    return (parse(name) or Checkpoint(name=name, kind=name)).token_axis
 
 
 def _others(shape, axis: int) -> tuple[int, ...]:
