@@ -134,6 +134,8 @@ class ScratchLlama(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, bugs, query_rows) for _ in range(cfg["num_hidden_layers"]))
         self.norm = Norm(cfg["hidden_size"], cfg["rms_norm_eps"], bugs)
         self.head = nn.Linear(cfg["hidden_size"], cfg["vocab_size"], bias=False)
+        if cfg.get("tie_word_embeddings"):      # one table for both, as the model has
+            self.head.weight = self.tok.weight
 
     def forward(self, ids, positions=None, cache=None):
         if positions is None:
