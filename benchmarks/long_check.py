@@ -23,7 +23,9 @@ probabilities out). With --port the candidate is the from-scratch PyTorch port
 (examples/scratch_llama.py:row_blocked, float32, attention 512 query rows at a time, each
 block handed to its probe; --port FACTORY names another of its factories) against the same
 weights: the GGUF as transformers reads it, saved as a float32 model directory, is both the
-reference and the port's weights.
+reference and the port's weights; the port's own forward over the same ids is then also run
+in a fresh process without a check (its weights, what it makes and returns, torch), and the
+check's peak is printed against it.
 """
 
 from __future__ import annotations
@@ -66,6 +68,36 @@ def smollm2_directory(directory: Path) -> str:
     saved = directory / "smollm2"
     load_model(gguf_path(), dtype="float32").model.save_pretrained(saved)
     return str(saved)
+
+
+PORT_ALONE = """
+import random, resource, sys, torch
+sys.path.insert(0, sys.argv[1])
+import scratch_llama
+model = getattr(scratch_llama, sys.argv[2])(sys.argv[3])
+draw = random.Random(int(sys.argv[4]))
+ids = torch.tensor([[draw.randrange(1, 49152) for _ in range(int(sys.argv[4]))]])
+with torch.no_grad():
+    logits, cache = model(ids)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def port_alone(tokens: int, directory: str, factory: str, returned_block_bytes: int | None) -> tuple[float, float]:
+    """(peak RSS GiB, wall s) of the port's own forward over the same ids, in a fresh process without a check:
+    its weights, what its forward makes and returns (logits, cache), the interpreter and torch. What a check of
+    the port cannot go below. `returned_block_bytes`: glibc's mmap threshold fixed there, as a check of an input
+    that spills fixes it (core/allocator.py); None: the C library's own (a threshold that rises to 32 MiB)."""
+    import os
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    environment = dict(os.environ)
+    if returned_block_bytes is not None:
+        environment["MALLOC_MMAP_THRESHOLD_"] = str(returned_block_bytes)
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", PORT_ALONE, str(examples), factory, directory, str(tokens)],
+                          capture_output=True, text=True, check=True, env=environment)
+    return int(done.stdout.split()[-1]) / 2**20, time.perf_counter() - started
 
 
 def run_sampled(command: list[str]):
@@ -163,6 +195,15 @@ def main() -> None:
                   f"{row['exit']:>5} {row['failed'] if row['failed'] is not None else '-':>7} "
                   f"{row['compared'] if row['compared'] is not None else '-':>5}  "
                   f"{row['first'] or '-'} / {row['cause'] or '-'}", flush=True)
+            if args.port:
+                from parity.core.allocator import RETURNED_BLOCK_BYTES
+
+                for threshold, how in ((None, "the C library's own allocator settings"),
+                                       (RETURNED_BLOCK_BYTES, "blocks over 4 MiB handed back, as in a long check")):
+                    alone_gib, alone_s = port_alone(tokens, model, args.port, threshold)
+                    print(f"{'':>6} {alone_gib:>13.2f} {alone_s:>8.1f}  the port's own forward over the same ids, "
+                          f"without a check, {how} (the check's peak - this: "
+                          f"{row['peak_rss_gib'] - alone_gib:+.2f} GiB)", flush=True)
             for stage, (peak_gib, anonymous_gib, file_gib) in row["stages"] or ():
                 print(f"{'':>6} {peak_gib:>13.2f}  (anonymous {anonymous_gib:.2f}, file-backed {file_gib:.2f})  "
                       f"{stage}", flush=True)
