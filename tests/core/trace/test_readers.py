@@ -201,3 +201,27 @@ def test_the_deepest_layer_a_trace_may_name_is_compared_at_once(tmp_path, capsys
     started = time.monotonic()
     code, out, _ = run_compare(capsys, path, path)
     assert code == 0 and time.monotonic() - started < 5, out
+
+
+def test_every_bfloat16_bit_pattern_is_widened_to_the_float32_it_is():
+    from parity.core.trace.readers import bfloat16_widened
+
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).reshape(256, 256)   # every pattern, NaNs included
+    widened = bfloat16_widened(bits)
+    assert widened.dtype == np.float32 and widened.shape == bits.shape
+    np.testing.assert_array_equal(widened.view(np.uint32), bits.astype(np.uint32) << 16)
+    np.testing.assert_array_equal(bfloat16_widened(bits[:, ::3]).view(np.uint32), bits[:, ::3].astype(np.uint32) << 16)
+
+
+def test_a_bfloat16_tensor_read_from_a_file_is_its_own_buffer_and_exact_after_the_map_hands_pages_back(tmp_path):
+    import torch
+
+    values = torch.randn(64, 4096).to(torch.bfloat16)
+    values[0, :3] = torch.tensor([float("inf"), float("nan"), -0.0])
+    path = save_trace(make_trace({"logits": values, "embed": torch.zeros(2, 8)}), tmp_path / "t.safetensors")
+    trace = load_trace(path)
+    logits = trace["logits"]
+    assert logits.dtype == np.float32 and not isinstance(_mapped_object(logits), mmap.mmap)   # widened: its own
+    trace.tensors.forget()                                                   # every page handed back
+    np.testing.assert_array_equal(logits.view(np.uint32), values.float().numpy().view(np.uint32))
+    np.testing.assert_array_equal(trace["logits"].view(np.uint32), values.float().numpy().view(np.uint32))

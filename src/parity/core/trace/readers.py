@@ -92,10 +92,13 @@ def _safetensors_source(file: FileRef, mapping: SharedMapping, name: str, entry:
                          f"({needed:,} bytes) within the {body_size:,} bytes of data; the file is damaged or truncated")
 
     def widened(array: np.ndarray) -> np.ndarray:
-        return (array.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else array
+        return bfloat16_widened(array) if dtype == "bfloat16" else array
 
     def load() -> np.ndarray:
-        return _drop_batch_axis(widened(mapping.array(body_offset + begin, np.dtype(storage), shape)))
+        array = widened(mapping.array(body_offset + begin, np.dtype(storage), shape))
+        if dtype == "bfloat16":
+            release()          # the widened copy is the tensor now: its bits' pages go back at once
+        return _drop_batch_axis(array)
 
     def load_rows(count: int, rows_shape: tuple[int, ...]) -> np.ndarray:
         # read, not mapped: a few rows of a huge tensor must not map the whole file
@@ -105,6 +108,15 @@ def _safetensors_source(file: FileRef, mapping: SharedMapping, name: str, entry:
         mapping.release(body_offset + begin, needed)
 
     return TensorSource(drop_batch_axis(shape), dtype, load, head_of(load_rows, shape), release)
+
+
+def bfloat16_widened(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) as the float32 values they are, exactly: one float32 buffer, the bits shifted into it
+    a buffer's worth at a time (`astype(uint32) << 16` made two uint32 temporaries, 4x the stored tensor: 3.2 GB
+    beside a bfloat16 port's 0.8 GB of logits at T=8,192)."""
+    widened = np.empty(bits.shape, dtype=np.uint32)
+    np.left_shift(bits, np.uint32(16), out=widened, dtype=np.uint32)
+    return widened.view(np.float32)
 
 
 def _checked_shape(shape: Any, where: str) -> tuple[int, ...]:
