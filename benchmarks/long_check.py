@@ -71,19 +71,24 @@ def smollm2_directory(directory: Path) -> str:
 
 
 PORT_ALONE = """
-import random, resource, sys, torch
+import resource, sys, torch
 sys.path.insert(0, sys.argv[1])
 import scratch_llama
 model = getattr(scratch_llama, sys.argv[2])(sys.argv[3])
-draw = random.Random(int(sys.argv[4]))
-ids = torch.tensor([[draw.randrange(1, 49152) for _ in range(int(sys.argv[4]))]])
+ids = torch.tensor([[int(token) for token in sys.stdin.read().split(",")]])
 with torch.no_grad():
     logits, cache = model(ids)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def port_alone(tokens: int, directory: str, factory: str, returned_block_bytes: int | None) -> tuple[float, float]:
+def random_ids(tokens: int) -> list[int]:
+    """The check's input at this length: token ids drawn from SmolLM2's vocabulary, the same at every run."""
+    draw = random.Random(tokens)
+    return [draw.randrange(1, 49152) for _ in range(tokens)]
+
+
+def port_alone(ids: list[int], directory: str, factory: str, returned_block_bytes: int | None) -> tuple[float, float]:
     """(peak RSS GiB, wall s) of the port's own forward over the same ids, in a fresh process without a check:
     its weights, what its forward makes and returns (logits, cache), the interpreter and torch. What a check of
     the port cannot go below. `returned_block_bytes`: glibc's mmap threshold fixed there, as a check of an input
@@ -95,8 +100,8 @@ def port_alone(tokens: int, directory: str, factory: str, returned_block_bytes: 
     if returned_block_bytes is not None:
         environment["MALLOC_MMAP_THRESHOLD_"] = str(returned_block_bytes)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PORT_ALONE, str(examples), factory, directory, str(tokens)],
-                          capture_output=True, text=True, check=True, env=environment)
+    done = subprocess.run([sys.executable, "-c", PORT_ALONE, str(examples), factory, directory],
+                          input=",".join(map(str, ids)), capture_output=True, text=True, check=True, env=environment)
     return int(done.stdout.split()[-1]) / 2**20, time.perf_counter() - started
 
 
@@ -138,8 +143,7 @@ def run_sampled(command: list[str]):
 
 def run_once(tokens: int, model: str | None, candidate: str | None, decode_steps: int = 0,
              checkpoints: str | None = None, sampled: bool = False) -> dict:
-    draw = random.Random(tokens)
-    ids = [draw.randrange(1, 49152) for _ in range(tokens)]
+    ids = random_ids(tokens)
     with tempfile.TemporaryDirectory() as directory:
         report = Path(directory) / "report.json"
         pair = [model, candidate] if model and candidate else []
@@ -200,7 +204,7 @@ def main() -> None:
 
                 for threshold, how in ((None, "the C library's own allocator settings"),
                                        (RETURNED_BLOCK_BYTES, "blocks over 4 MiB handed back, as in a long check")):
-                    alone_gib, alone_s = port_alone(tokens, model, args.port, threshold)
+                    alone_gib, alone_s = port_alone(random_ids(tokens), model, args.port, threshold)
                     print(f"{'':>6} {alone_gib:>13.2f} {alone_s:>8.1f}  the port's own forward over the same ids, "
                           f"without a check, {how} (the check's peak - this: "
                           f"{row['peak_rss_gib'] - alone_gib:+.2f} GiB)", flush=True)

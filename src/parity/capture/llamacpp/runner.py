@@ -50,6 +50,7 @@ from parity.capture.llamacpp.blocks import Blocks
 from parity.capture.llamacpp.names import GraphNames, layer_of
 from parity.core.names import parse, select
 from parity.core.trace import Trace, make_trace
+from parity.core.trace.readers import bfloat16_widened
 
 GGML_MAX_DIMS, GGML_MAX_SRC, GGML_MAX_OP_PARAMS, GGML_MAX_NAME = 4, 10, 64, 64
 GGML_TYPES = {0: np.float32, 1: np.float16}  # ggml_type -> numpy; bf16 (30) widened by hand
@@ -517,9 +518,8 @@ class LlamaCppRunner:
         storage = np.uint16 if tensor.type == GGML_TYPE_BF16 else GGML_TYPES[tensor.type]
         shape = tuple(int(n) for n in reversed(tensor.ne))         # ggml ne[0] is innermost
         strides = tuple(int(n) for n in reversed(tensor.nb))
-        array = np.lib.stride_tricks.as_strided(raw.view(storage), shape=shape, strides=strides).copy()
-        if tensor.type == GGML_TYPE_BF16:
-            array = (array.astype(np.uint32) << 16).view(np.float32)
+        array = np.lib.stride_tricks.as_strided(raw.view(storage), shape=shape, strides=strides)
+        array = bfloat16_widened(array) if tensor.type == GGML_TYPE_BF16 else array.copy()
         recording.arrays[canonical] = array.astype(np.float32, copy=False)
         recording.not_comparable.pop(canonical, None)
         layer = _layer(canonical)
