@@ -225,3 +225,60 @@ def test_a_bfloat16_tensor_read_from_a_file_is_its_own_buffer_and_exact_after_th
     trace.tensors.forget()                                                   # every page handed back
     np.testing.assert_array_equal(logits.view(np.uint32), values.float().numpy().view(np.uint32))
     np.testing.assert_array_equal(trace["logits"].view(np.uint32), values.float().numpy().view(np.uint32))
+
+
+def _bfloat16_trace(tmp_path, shape):
+    import torch
+
+    values = torch.randn(*shape).to(torch.bfloat16)
+    values.view(-1)[:3] = torch.tensor([float("inf"), float("nan"), -0.0])
+    path = save_trace(make_trace({"logits": values, "embed": torch.zeros(2, 8)}), tmp_path / "t.safetensors")
+    return path, values.float().numpy().reshape(shape[1:] if shape[0] == 1 else shape)
+
+
+def test_a_large_bfloat16_tensor_is_widened_into_a_file_a_block_at_a_time_and_mapped(tmp_path, monkeypatch):
+    from parity.core.trace import pages, readers
+
+    monkeypatch.setattr(readers, "WIDEN_HELD_BYTES", 1 << 16)
+    monkeypatch.setattr(pages, "HAND_BACK_BYTES", 1 << 12)
+    monkeypatch.setattr(readers, "_WIDEN_BLOCK", 1000)              # blocks that do not divide the tensor
+    monkeypatch.setenv("PARITY_SPILL_DIR", str(tmp_path))
+    path, expected = _bfloat16_trace(tmp_path, (1, 96, 4099))      # a batch axis of 1, dropped on read
+    trace = load_trace(path)
+    logits = trace["logits"]
+    assert logits.dtype == np.float32 and logits.shape == (96, 4099) and not logits.flags.writeable
+    assert isinstance(_mapped_object(logits), mmap.mmap)            # a view of the widened file's map
+    assert pages.PagesBehind(logits)._mapped                                # so a pass hands its pages back as it goes
+    np.testing.assert_array_equal(logits.view(np.uint32), expected.view(np.uint32))
+    assert [entry.name for entry in tmp_path.iterdir()] == ["t.safetensors"]   # the file is unlinked: it goes with the array
+    trace.tensors.forget()
+    np.testing.assert_array_equal(trace["logits"].view(np.uint32), expected.view(np.uint32))
+
+
+def test_a_large_bfloat16_tensor_is_widened_in_memory_where_no_file_can_be_written(tmp_path, monkeypatch):
+    from parity.core.trace import readers
+
+    monkeypatch.setattr(readers, "WIDEN_HELD_BYTES", 1 << 16)
+    monkeypatch.setenv("PARITY_SPILL_DIR", str(tmp_path / "no such directory"))
+    path, expected = _bfloat16_trace(tmp_path, (64, 4096))
+    logits = load_trace(path)["logits"]
+    assert not isinstance(_mapped_object(logits), mmap.mmap)
+    np.testing.assert_array_equal(logits.view(np.uint32), expected.view(np.uint32))
+
+
+def test_a_comparison_of_large_bfloat16_traces_gives_the_report_held_ones_give(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from parity.core.trace import readers
+
+    reference = {"embed": torch.randn(64, 4096), "logits": torch.randn(64, 4096)}
+    candidate = {name: (value * (1 + 1e-3 * torch.randn_like(value))).to(torch.bfloat16)
+                 for name, value in reference.items()}
+    reference_path = save_trace(make_trace(reference), tmp_path / "reference.safetensors")
+    candidate_path = save_trace(make_trace(candidate), tmp_path / "candidate.safetensors")
+    reports = []
+    for held_bytes in (1 << 40, 1 << 16):
+        monkeypatch.setattr(readers, "WIDEN_HELD_BYTES", held_bytes)
+        code, out, _ = run_compare(capsys, reference_path, candidate_path, "--json", "-")
+        reports.append((code, json.loads(out)["checkpoints"]))
+    assert reports[0] == reports[1] and reports[0][1]

@@ -3,7 +3,8 @@
 A loaded trace knows every tensor's shape and dtype from its headers, checked against
 the file's size, and reads a tensor's data only when it is looked up: memory-mapped
 where the bytes lie in the file as stored, decoded into one buffer of the validated
-size otherwise (deflated .npz members, bfloat16 widened to float32). The last few
+size otherwise (deflated .npz members, bfloat16 widened to float32: into a mapped
+unlinked file when large, core/trace/readers.py). The last few
 tensors looked up are kept, so code that reads a tensor twice pays once and two
 traces larger than memory compare holding about one checkpoint pair at a time.
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,13 @@ from parity.core.errors import TraceError
 from parity.core.printable import printable
 from parity.core.trace.lazy import SharedMapping, TensorSource, drop_batch_axis, head_of, mapped
 from parity.core.trace.opening import FileRef
+from parity.core.trace.pages import PagesBehind
 from parity.core.trace.metadata import MAX_METADATA_BYTES, check_dtypes, check_tensor_name
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024   # the safetensors library's own limit
 MAX_TENSORS = 65_536
+WIDEN_HELD_BYTES = 64 << 20   # a bfloat16 tensor whose float32 is larger is widened into a file, then mapped
+_WIDEN_BLOCK = 1 << 20        # elements widened at a time on the way to that file (4 MiB)
 _NPY_FIX = "write it with np.save, or by hand as docs/trace-format.md shows"
 
 # safetensors dtype tag -> (numpy storage dtype, name parity reports)
@@ -95,8 +99,9 @@ def _safetensors_source(file: FileRef, mapping: SharedMapping, name: str, entry:
         return bfloat16_widened(array) if dtype == "bfloat16" else array
 
     def load() -> np.ndarray:
-        array = widened(mapping.array(body_offset + begin, np.dtype(storage), shape))
+        array = mapping.array(body_offset + begin, np.dtype(storage), shape)
         if dtype == "bfloat16":
+            array = bfloat16_read(array)
             release()          # the widened copy is the tensor now: its bits' pages go back at once
         return _drop_batch_axis(array)
 
@@ -108,6 +113,35 @@ def _safetensors_source(file: FileRef, mapping: SharedMapping, name: str, entry:
         mapping.release(body_offset + begin, needed)
 
     return TensorSource(drop_batch_axis(shape), dtype, load, head_of(load_rows, shape), release)
+
+
+def bfloat16_read(bits: np.ndarray) -> np.ndarray:
+    """A bfloat16 tensor read from a trace, as float32. Past WIDEN_HELD_BYTES (a bfloat16 port's logits: 1.6 GB
+    widened at T=8,192) the float32 goes to an unlinked file (in PARITY_SPILL_DIR, else the system's temporary
+    directory) a block at a time and is mapped read-only, like a float32 tensor of a trace: a pass over it hands
+    its pages back as it goes (core/trace/pages.py), so it is never held whole. The file goes when the array
+    does; where no file can be written, it is widened in memory."""
+    if bits.size * 4 <= WIDEN_HELD_BYTES:
+        return bfloat16_widened(bits)
+    try:
+        return _widened_to_file(bits)
+    except OSError:
+        return bfloat16_widened(bits)   # only memory is lost
+
+
+def _widened_to_file(bits: np.ndarray) -> np.ndarray:
+    flat = np.ascontiguousarray(bits).reshape(-1)    # a view where the bits lie in the map as stored
+    behind = PagesBehind(flat)                       # the bits' pages handed back as they are widened
+    block = np.empty(min(_WIDEN_BLOCK, flat.size), dtype=np.uint32)
+    with tempfile.TemporaryFile(prefix="parity-bfloat16-", dir=os.environ.get("PARITY_SPILL_DIR")) as file:
+        for start in range(0, flat.size, _WIDEN_BLOCK):
+            stop = min(start + _WIDEN_BLOCK, flat.size)
+            widened = block[:stop - start]
+            np.left_shift(flat[start:stop], np.uint32(16), out=widened, dtype=np.uint32)
+            file.write(widened.data)
+            behind.passed(stop)
+        file.flush()
+        return np.memmap(file, dtype=np.float32, mode="r", shape=tuple(bits.shape))
 
 
 def bfloat16_widened(bits: np.ndarray) -> np.ndarray:
