@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from parity.capture.torch.incremental import first_checkpoint
+from parity.core.decode_location import first_checkpoint
 from parity.core.trace import make_trace
 from parity.diagnose.attention import apply_rope
 from parity.diagnose.context import ModelConfig

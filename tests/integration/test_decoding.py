@@ -206,3 +206,41 @@ def test_decode_bugs_in_transformers_llama_are_caught_at_their_layer_with_their_
     causes = [d["cause"] for d in report["diagnoses"]]
     assert cause in causes and "precision_noise" not in causes
     assert next(d for d in report["diagnoses"] if d["cause"] == cause)["checkpoint"] == checkpoint
+
+
+@pytest.mark.parametrize("ports_file, factory", [
+    ("ports", "cache_one_position_off"), ("ports", "cached_keys_not_rotated"),
+    ("llama_ports", "late_cache_write"), ("llama_ports", "layer_1_ignores_cache"),
+])
+def test_after_a_long_prompt_a_decode_bug_is_located_and_diagnosed_as_the_whole_trace_does(
+        model_dirs, request, ports_file, factory, capsys, monkeypatch):
+    """Past a long prompt the full pass that locates a failing step is judged as it is made, keeping that
+    position's rows (core/decode_location.py): the same step, checkpoint and causes as from its whole trace."""
+    from parity.capture.torch import incremental
+    from parity.cli import main
+    from parity.commands.check import beyond_forward
+
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    reports = []
+    for long in (False, True):
+        if long:   # every prompt is long: the trace of the locating pass is not held
+            monkeypatch.setattr(beyond_forward, "FULL_LOGITS_BYTES", 0)
+            monkeypatch.setattr(incremental, "RECORDED_PREFILL_TOKENS", 2)
+        capsys.readouterr()
+        code = main(["check", str(model_dirs["llama"]), f"{request.getfixturevalue(ports_file)}:{factory}",
+                     "--tokens", TOKEN_ARG, "--json", "-"])
+        reports.append((code, json.loads(capsys.readouterr().out)))
+    (whole_code, whole), (rows_code, rows) = reports
+    assert whole_code == rows_code == 1
+    assert whole["decode"]["first_checkpoint"] is not None
+    for key in ("first_step", "position", "first_checkpoint"):
+        assert rows["decode"][key] == whole["decode"][key], key
+    assert rows["diagnoses"] == whole["diagnoses"] and any(d["cause"] in beyond_forward_causes()
+                                                           for d in rows["diagnoses"])
+    assert not any("was not located" in note for note in rows["notes"])
+
+
+def beyond_forward_causes():
+    from parity.diagnose.decode_causes import CAUSES
+
+    return CAUSES

@@ -59,6 +59,9 @@ GLOBAL_KINDS = BEFORE_LAYERS + AFTER_LAYERS
 
 # Kinds whose per-token tensors carry heads, flattened to [T, heads*head_dim].
 HEAD_KINDS = frozenset({"q", "k", "v", "q_norm", "k_norm", "q_rope", "k_rope", "attn_ctx"})
+# The keys of a layer's attention, from the last made to the first: what a decode step read from its cache is
+# held to these (diagnose/decode_causes.py).
+KEY_KINDS: tuple[str, ...] = ("k_rope", "k_norm", "k")
 # Kinds that hold integer ids, compared as agreement rather than by rel_l2.
 INDEX_KINDS = frozenset({"moe_experts"})
 

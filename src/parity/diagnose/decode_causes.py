@@ -15,14 +15,13 @@ from __future__ import annotations
 import numpy as np
 
 from parity.core.metrics import rel_l2
-from parity.core.names import parse
+from parity.core.names import KEY_KINDS, parse
 from parity.core.results import Diagnosis
 from parity.core.trace import Trace
 from parity.diagnose.attention import apply_rope, attention_probabilities
 from parity.diagnose.context import CLOSE, ModelConfig, reproduces
 
 CAUSES = frozenset({"kv_cache_unread", "kv_cache_offset", "decode_rope"})
-KEY_KINDS = ("k_rope", "k_norm", "k")
 
 
 def diagnose_decode(full: Trace, step: dict, position: int, name: str | None, config: ModelConfig) -> list[Diagnosis]:

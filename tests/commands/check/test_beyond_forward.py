@@ -57,10 +57,11 @@ def test_after_a_long_prompt_a_port_decodes_against_the_rows_it_compares(model_d
     # the port takes no attention_mask: that reason stands at any length
     assert not_checked(rows)["padding"] == not_checked(whole)["padding"]
     assert "attention_mask" in not_checked(rows)["padding"]
-    if code:
-        assert whole["decode"]["first_checkpoint"]                # located, with the full pass's trace
-        assert rows["decode"]["first_checkpoint"] is None
-        assert any(f"decode step {rows['decode']['first_step']} was not located" in note for note in rows["notes"])
+    if code:   # located to the same checkpoint, with the same causes, from the full pass's rows at that position
+        assert whole["decode"]["first_checkpoint"]
+        assert rows["decode"]["first_checkpoint"] == whole["decode"]["first_checkpoint"]
+        assert rows["diagnoses"] == whole["diagnoses"]
+        assert not any("was not located" in note for note in rows["notes"])
 
 
 def test_after_a_long_prompt_a_transformers_candidate_decodes_against_the_rows_it_compares(model_dirs, capsys,

@@ -20,12 +20,11 @@ from parity.capture.torch.layout import canonical_layout, config_heads, first_te
 from parity.capture.torch.module import ids_tensor
 from parity.capture.torch.taps import TapsLike
 from parity.capture.torch.tracer import ModuleTracer
-from parity.core.metrics import rel_l2
-from parity.core.names import in_flow_order, parse
 
 
 # A prompt longer than this is prefilled without recording its checkpoints (they would be a whole trace, held in
-# memory): a decode check's failure at the prefill step is then not located to a checkpoint.
+# memory): a decode check's failure at the prefill step is then not located to a checkpoint (later steps are:
+# commands/check/beyond_forward.py).
 RECORDED_PREFILL_TOKENS = 512
 
 CACHE_KEYWORDS = ("cache", "past_key_values")   # transformers 5.24 renamed past_key_values to cache
@@ -218,29 +217,6 @@ def full_logits(model, ids: list[int], first: int = 0) -> np.ndarray:
     if first and logits.shape[0] == len(ids):
         logits = logits[first:]
     return logits.double().cpu().numpy()
-
-
-def first_checkpoint(full_trace, step: dict, position: int, bound: float) -> str | None:
-    """The first checkpoint (in data-flow order) where a decode step's tensors part from the full
-    pass's at the same position. A step's tensor holds this position's row, or (keys that transformers
-    hands to attention) the rows of every position read from the cache, 0..position: those are held to
-    the full pass's rows 0..position."""
-    for name in in_flow_order(step):
-        if name not in full_trace or name == "logits":
-            continue
-        checkpoint = parse(name)
-        full, value = full_trace[name], step[name]
-        if checkpoint is not None and checkpoint.kind == "attn_probs":   # (H, T, S): this query's row, its keys
-            row = full[:, position, : position + 1]
-        elif value.shape[0] == position + 1 and position > 0:
-            row = full[: position + 1]
-        else:
-            row = full[position]
-        if value.size != row.size:
-            return name  # a cache that grew by another number of positions, or was not read
-        if not rel_l2(row.reshape(-1), value.reshape(-1)) <= bound:
-            return name
-    return None
 
 
 def cache_tensors(cache) -> dict[int, tuple[np.ndarray, np.ndarray]]:

@@ -7,9 +7,9 @@ skipped silently. Whether a PyTorch candidate decodes is found by trying (captur
 After a long prompt the checks hold the logits of the positions they compare, from the last
 prompt position on, not T x V per side (3.2 GB in float64 for SmolLM2 at T=8,192): each side
 makes or keeps only those rows (`logits(ids, first)`), and a transformers model prefills in
-blocks of query rows. Past FULL_LOGITS_BYTES two checks do not run, and say why: padded
-batches (they compare every prompt position, in a batch of two) and, for a decode step that
-fails, the full-pass trace that locates its first diverging checkpoint.
+blocks of query rows. Past FULL_LOGITS_BYTES padded batches do not run, and say why (they
+compare every prompt position, in a batch of two); a decode step that fails is located by a
+full pass judged as it is made, keeping that position's rows only (core/decode_location.py).
 """
 
 from __future__ import annotations
@@ -94,15 +94,13 @@ def _checked(comparison, reference, reference_model, candidate, prompt, steps, t
     if "decode" in skipped:
         return comparison
     progress.step("decoding token by token through the candidate's cache")
-    decode, causes, cache_note = _decode(reference, reference_model, candidate, prompt, continuation,
-                                         Rows(full, first), Rows(reference_logits, first), taps, skipped)
+    decode, causes, cache_note, unlocated = _decode(reference, reference_model, candidate, prompt, continuation,
+                                                    Rows(full, first), Rows(reference_logits, first), taps, skipped)
     if cache_note:
         skipped["kv_cache"] = cache_note
     notes = tuple(comparison.notes)
-    if decode.first_step is not None and decode.first_checkpoint is None and first:
-        notes += (f"decode step {decode.first_step} was not located to a checkpoint: that takes the full pass's "
-                  f"trace, not captured after a prompt of {len(prompt)} tokens; rerun with a shorter prompt to "
-                  "locate it",)
+    if unlocated:
+        notes += (unlocated,)
     return dataclasses.replace(comparison, decode=decode, diagnoses=tuple(comparison.diagnoses) + tuple(causes),
                                notes=notes)
 
@@ -123,7 +121,8 @@ class Rows:
 
 
 def _decode(reference, reference_model, candidate, prompt, continuation, full, reference_logits, taps, skipped):
-    """(DecodeConsistency, causes, why the cache was not compared or None); `full` and `reference_logits`: Rows."""
+    """(DecodeConsistency, causes, why the cache was not compared or None, why its failing step was not located
+    or None); `full` and `reference_logits`: Rows."""
     from parity.capture.precision import UNKNOWN
     from parity.core.decode_consistency import compare_decode
 
@@ -134,19 +133,37 @@ def _decode(reference, reference_model, candidate, prompt, continuation, full, r
     bounds, basis = numerics.decode_bounds(reference_model, sequence, reference_logits, positions)
     decode = compare_decode([full[p] for p in positions], rows, bounds, prompt_length=len(prompt), basis=basis)
     decode, cache_note = _with_prefill_variants(decode, reference_model, candidate, prompt, full, bounds[0], skipped)
-    causes = []
-    if decode.first_step is not None and steps and steps[decode.first_step] and not full.first:
-        from parity.capture.candidate import TraceRequest
-        from parity.capture.torch.incremental import first_checkpoint
-        from parity.diagnose.context import model_config
-        from parity.diagnose.decode_causes import diagnose_decode
+    causes, unlocated = [], None
+    if decode.first_step is not None and steps and steps[decode.first_step]:
+        decode, causes = _located(decode, steps[decode.first_step], reference, candidate, sequence, taps,
+                                  whole=not full.first)
+    elif decode.first_step is not None and steps:   # the prefill of a long prompt: its checkpoints not recorded
+        unlocated = (f"decode step {decode.first_step} (the prefill) was not located to a checkpoint: a prompt of "
+                     f"{len(prompt)} tokens is prefilled without recording its checkpoints (they would be its "
+                     "whole trace); rerun with a shorter prompt to locate it")
+    return decode, causes, cache_note, unlocated
 
+
+def _located(decode, step: dict, reference, candidate, sequence: list[int], taps, *, whole: bool):
+    """`decode` with the first checkpoint where its first failing step parts from the full pass, and the causes
+    that fit. `whole`: the full pass's trace is held (a short sequence); else the pass over the tokens up to that
+    step's position is judged as it is made, a checkpoint at a time (core/decode_location.py), and only that
+    position's rows are kept: after a prompt of thousands of tokens, no trace of them is held."""
+    from parity.capture.candidate import TraceRequest
+    from parity.core.decode_location import PositionRows, first_checkpoint
+    from parity.diagnose.context import model_config
+    from parity.diagnose.decode_causes import diagnose_decode
+
+    position, bound = decode.position, decode.bounds[decode.first_step]
+    if whole:
         full_trace = candidate.trace(sequence, TraceRequest(taps=taps, raw=False))
-        step = steps[decode.first_step]
-        where = first_checkpoint(full_trace, step, decode.position, decode.bounds[decode.first_step])
-        decode = dataclasses.replace(decode, first_checkpoint=where)
-        causes = diagnose_decode(full_trace, step, decode.position, where, model_config(reference))
-    return decode, causes, cache_note
+        where = first_checkpoint(full_trace, step, position, bound)
+    else:
+        full_trace = PositionRows(step, position, bound)
+        candidate.trace(sequence[: position + 1], TraceRequest(taps=taps, raw=False, stream=full_trace))
+        where = full_trace.first_checkpoint()
+    decode = dataclasses.replace(decode, first_checkpoint=where)
+    return decode, diagnose_decode(full_trace, step, position, where, model_config(reference))
 
 
 def _with_prefill_variants(decode, reference_model, candidate, prompt: list[int], full, bound: float, skipped):
