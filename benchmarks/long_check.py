@@ -156,18 +156,29 @@ def run_once(tokens: int, model: str | None, candidate: str | None, decode_steps
             subprocess.run(command, capture_output=True, text=True, check=False), None)
         wall_s = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        failed, compared, first, cause = None, None, None, None
+        failed, compared, first, cause, decode = None, None, None, None, None
         if report.exists():
             document = json.loads(report.read_text())
             failed, compared = document["summary"]["failed"], document["summary"]["compared"]
             first = (document.get("first_divergence") or {}).get("checkpoint")
             cause = next((d["cause"] for d in document.get("diagnoses", []) if d.get("cause") != "precision_noise"),
                          None)
+            decode = document.get("decode")
         elif done.returncode == 2:
             print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
     return {"tokens": tokens, "peak_rss_gib": after.ru_maxrss / 2**20, "wall_s": wall_s,
             "cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
-            "exit": done.returncode, "failed": failed, "compared": compared, "first": first, "cause": cause, "stages": stages}
+            "exit": done.returncode, "failed": failed, "compared": compared, "first": first, "cause": cause, "stages": stages,
+            "decode": decode}
+
+
+def decode_line(decode: dict) -> str:
+    """The token-by-token decoding check in one line: its steps, and where it first parts from the full pass."""
+    steps = len(decode["rel_l2"])
+    if decode["passed"]:
+        return f"decode: {steps} steps within their bounds"
+    return (f"decode: {steps} steps, the first outside its bound: step {decode['first_step']} (position "
+            f"{decode['position']}), located to {decode['first_checkpoint'] or 'no checkpoint'}")
 
 
 def main() -> None:
@@ -199,6 +210,8 @@ def main() -> None:
                   f"{row['exit']:>5} {row['failed'] if row['failed'] is not None else '-':>7} "
                   f"{row['compared'] if row['compared'] is not None else '-':>5}  "
                   f"{row['first'] or '-'} / {row['cause'] or '-'}", flush=True)
+            if row["decode"] is not None:
+                print(f"{'':>6} {decode_line(row['decode'])}", flush=True)
             if args.port:
                 from parity.core.allocator import RETURNED_BLOCK_BYTES
 
