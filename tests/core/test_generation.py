@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from parity.core.generation import (check_sampler, first_divergence, greedy, log_softmax, reference_sampler,
-                                    teacher_forced)
+from parity.core.generation import (check_sampler, first_divergence, greedy, log_softmax, near_tie_margins,
+                                    reference_sampler, teacher_forced)
 
 VOCAB = 6
 
@@ -33,6 +33,40 @@ def test_a_flip_to_an_unlikely_token_is_a_real_divergence():
     reference_tokens, rows = greedy(REFERENCE, [0], 3)
     divergence = first_divergence(reference_tokens, [5, 2, 3], rows)
     assert divergence.step == 0 and not divergence.near_tie
+
+
+def test_a_flip_to_the_third_token_within_the_margin_of_the_top_is_a_near_tie():
+    rows = [log_softmax(np.array([5.0, 4.95, 4.9, 0, 0, 0]))]
+    divergence = first_divergence([0], [2], rows)
+    assert divergence.candidate_rank == 2 and divergence.candidate_gap_nats == pytest.approx(0.1)
+    assert divergence.near_tie
+
+
+def test_near_tie_margins_follow_how_far_the_precision_moves_the_top_gaps_there():
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((40, 50)) * 3
+    noise = reference.copy()
+    noise[20, np.argsort(reference[20])[-2]] += 1.5        # the noise run narrows one position's top gap by 1.5
+    noise[:, :] += 1e-4 * rng.standard_normal(noise.shape)
+    margins = near_tie_margins(reference, noise, start=1)    # per predicted position 1..39: rows 0..38
+    assert len(margins) == 39
+    assert margins[20] == pytest.approx(3 * 1.5, rel=1e-2)              # row 20 predicts position 21: index 20 ...
+    assert all(margin == pytest.approx(4.5, rel=1e-2) for margin in margins[16:25])   # ... and its 4 neighbours
+    assert all(margin == 0.5 for margin in margins[:16] + margins[25:])  # elsewhere the fixed floor
+
+
+def test_a_flip_the_precision_does_not_explain_stays_a_real_disagreement():
+    """A candidate that flips confident tokens where a run at its precision moves no gap: not excused."""
+    import dataclasses
+
+    reference = REFERENCE([0, 1, 2, 3])
+    candidate = reference.copy()
+    candidate[0] = [0, 0, 9, 0, 0, 0]                         # predicts 2 where the reference predicts 1 by 5 nats
+    forced = teacher_forced(reference, candidate, start=1)
+    calibrated = dataclasses.replace(forced, near_tie_nats=near_tie_margins(reference, reference + 1e-6, start=1))
+    assert forced.real_disagreements == calibrated.real_disagreements == [0]
+    excused = dataclasses.replace(forced, near_tie_nats=near_tie_margins(reference, candidate, start=1))
+    assert excused.real_disagreements == []                   # the same flip, made by the precision itself: noise
 
 
 def test_teacher_forced_kl_and_agreement():

@@ -74,3 +74,24 @@ def test_smollm2_greedy_generation_with_near_tie_analysis(smollm2_gguf):
     assert divergence is None or divergence["near_tie"], divergence
     assert result.returncode == 0 and report["teacher_forced"]["mean_kl"] < 0.05
     assert all(report["teacher_forced"]["top5"])
+
+
+RANDOM_PROMPT = "31102,17629,43089,34678,43674,22924,9346,25012,712,24560,31624,17961"   # long_check's 12 ids
+
+
+def test_a_long_greedy_run_of_the_correct_build_passes_where_its_numerics_flip_confident_tokens(smollm2_gguf,
+                                                                                                  tmp_path):
+    """After this prompt SmolLM2 writes digit runs it is unsettled about, and llama.cpp's Q4_1 numerics (its
+    emulation as much as the build) flip the reference's top token at a margin of 2.8 nats, 164 tokens in: a
+    fixed 0.5-nat near tie failed the correct build there. Each position's near-tie margin is now 3x how far a
+    run at the candidate's precision moves the reference's top gaps there."""
+    need("llama_cpp")
+    report = tmp_path / "report.json"
+    result = parity("check", "--tokens", RANDOM_PROMPT, "--decode-steps", "180", "--json", report)
+    data = json.loads(report.read_text())
+    forced = data["generation"]["teacher_forced"]
+    flips = [i for i, same in enumerate(forced["top1"]) if not same]
+    assert any(forced["margins_nats"][i] > 2 for i in flips), flips          # a flip a fixed 0.5 nats calls real
+    assert all(forced["near_tie_nats"][i] > forced["margins_nats"][i] for i in flips)
+    assert result.returncode == 0 and data["verdict"] == "pass", data["notes"]
+    assert forced["kl_bound"] is not None and not forced["over_bound"]

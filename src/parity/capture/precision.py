@@ -42,8 +42,10 @@ class DtypeNumerics:
 
         yield load_model(reference_model.path, dtype=self.dtype, placement=placement)
 
-    def decode_bounds(self, reference_model, sequence: list[int], reference_logits, positions) -> tuple[list[float], str]:
-        """The rel_l2 each decoded position's logits may differ from the full pass's by, and what it is."""
+    def decode_bounds(self, reference_model, sequence: list[int], reference_logits, positions, *,
+                      noise_logits=None) -> tuple[list[float], str]:
+        """The rel_l2 each decoded position's logits may differ from the full pass's by, and what it is
+        (`noise_logits`: this precision's run over `sequence`, where already made; a dtype's bound is its table's)."""
         from parity.core.tolerances import DTYPE_FACTOR, KIND_FACTOR
 
         dtype = self.dtype if self.dtype in DTYPE_FACTOR else "float32"

@@ -102,14 +102,22 @@ def run_generate(options: GenerateOptions, progress) -> GenerationComparison:
         scored = candidate_logits(sequence)
         forced = calibrated(reference, candidate.numerics, sequence, len(prompt), scored, progress) \
             or teacher_forced(reference_logits, scored, len(prompt))
+        numerics = candidate.numerics
+        candidate_precision = (numerics.label or numerics.dtype) if numerics is not None else ""
     sampler = None
     if options.sampler:
         progress.step(f"checking the sampler {options.sampler}")
         sampler = check_sampler(_function(options.sampler), reference_logits[len(prompt) - 1:-1],
                                 options.temperature, options.top_k, options.top_p)
-    return GenerationComparison(tuple(prompt), tuple(reference_tokens), tuple(candidate_tokens),
-                                first_divergence(reference_tokens, candidate_tokens, reference_rows), forced, sampler,
-                                reference.vocab_pieces())
+    divergence = first_divergence(reference_tokens, candidate_tokens, reference_rows)
+    if divergence is not None and forced.near_tie_nats:   # the margin the candidate's precision moves there
+        import dataclasses
+
+        divergence = dataclasses.replace(divergence, near_tie_nats=forced.near_tie_at(divergence.step),
+                                         near_tie_basis=f"3x how far {candidate_precision} moves the reference's "
+                                                        "top log-probability gaps there")
+    return GenerationComparison(tuple(prompt), tuple(reference_tokens), tuple(candidate_tokens), divergence, forced,
+                                sampler, reference.vocab_pieces())
 
 
 def calibrated(reference, numerics, sequence: list[int], start: int, candidate_logits, progress):
@@ -118,7 +126,7 @@ def calibrated(reference, numerics, sequence: list[int], start: int, candidate_l
     import dataclasses
 
     from parity.capture.hf.model import load_model
-    from parity.core.generation import KL_FACTOR, kl_bound
+    from parity.core.generation import KL_FACTOR, kl_bound, near_tie_margins
 
     if numerics is None:
         return None
@@ -127,11 +135,13 @@ def calibrated(reference, numerics, sequence: list[int], start: int, candidate_l
     truth_logits = truth.logits(sequence)
     del truth
     with numerics.reference(reference) as lowp:
-        noise = teacher_forced(truth_logits, lowp.logits(sequence), start).kl
+        lowp_logits = lowp.logits(sequence)
+    noise = teacher_forced(truth_logits, lowp_logits, start).kl
     forced = teacher_forced(truth_logits, candidate_logits, start)
     precision = numerics.label or numerics.dtype
     return dataclasses.replace(forced, kl_bound=kl_bound(noise), kl_basis=(
-        f"{KL_FACTOR:g} x the largest KL {precision} makes ({max(noise, default=0.0):.3g} nats) + a floor"))
+        f"{KL_FACTOR:g} x the largest KL {precision} makes ({max(noise, default=0.0):.3g} nats) + a floor"),
+        near_tie_nats=near_tie_margins(truth_logits, lowp_logits, start))
 
 
 def _function(spec: str):

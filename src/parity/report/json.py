@@ -251,12 +251,14 @@ def generation_to_dict(comparison: GenerationComparison) -> dict[str, Any]:
         "first_divergence": None if divergence is None else {
             "step": divergence.step, "reference_token": divergence.reference_token,
             "candidate_token": divergence.candidate_token, "margin_nats": _number(divergence.margin_nats),
-            "near_tie": divergence.near_tie, "candidate_rank": divergence.candidate_rank,
+            "near_tie": divergence.near_tie, "near_tie_nats": _number(divergence.near_tie_nats),
+            "near_tie_basis": divergence.near_tie_basis, "candidate_rank": divergence.candidate_rank,
             "reference_top": [{"token": token, "probability": p} for token, p in divergence.reference_top],
         },
         "teacher_forced": {"kl_bound": _optional(forced.kl_bound), "kl_basis": forced.kl_basis,
                            "over_bound": forced.over_bound, "kl": [_number(v) for v in forced.kl], "top1": list(forced.top1), "top5": list(forced.top5),
-                           "mean_kl": _number(forced.mean_kl), "margins_nats": [_number(v) for v in forced.margins]},
+                           "mean_kl": _number(forced.mean_kl), "margins_nats": [_number(v) for v in forced.margins],
+                           "near_tie_nats": [_number(v) for v in forced.near_tie_nats]},
         "sampler": None if sampler is None else {
             "kl": [_number(v) for v in sampler.kl], "total_variation": list(sampler.total_variation),
             "first_step": sampler.first_step, "fitted_temperature": sampler.fitted_temperature},

@@ -213,7 +213,8 @@ def _generation_cases(generation) -> list[Case]:
                    f"candidate {piece(divergence.candidate_token)}; margin {number(divergence.margin_nats)} nats")
         top = ", ".join(f"{piece(token)} {number(p)}" for token, p in divergence.reference_top)
         cases = [Case("generation", "greedy") if divergence.near_tie else
-                 Case("generation", "greedy", FAILED, message + " (not a near tie)", f"{message}\nreference top-5: {top}")]
+                 Case("generation", "greedy", FAILED, message + f" (not a near tie: under {divergence.tie_rule})",
+                      f"{message}\nreference top-5: {top}")]
     forced = generation.teacher_forced
     real = forced.real_disagreements
     summary = (f"mean KL {number(forced.mean_kl, 4)} nats; top-1 agrees {sum(forced.top1)}/{len(forced.top1)}, "

@@ -159,7 +159,7 @@ def _generation_lines(generation) -> list[str]:
     else:
         kind = "a near tie" if divergence.near_tie else "not a near tie"
         greedy = (f"greedy: first different token at step {divergence.step} (reference margin "
-                  f"{number(divergence.margin_nats)} nats: {kind})")
+                  f"{number(divergence.margin_nats)} nats, near ties under {divergence.tie_rule}: {kind})")
     lines = [text(greedy), text(f"teacher-forced: mean KL {number(forced.mean_kl, 4)} nats, top-1 agrees "
                                 f"{sum(forced.top1)}/{len(forced.top1)}")]
     if forced.kl_bound is not None:

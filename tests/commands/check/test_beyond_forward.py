@@ -35,8 +35,10 @@ def assert_same_decoding(whole, rows):
     """The decode checks agree: tokens, the first divergence, each step's verdict and error."""
     for key in ("verdict", "reference_tokens", "candidate_tokens", "first_divergence"):
         assert rows["generation"][key] == whole["generation"][key], key
-    for key in ("passed", "first_step", "position", "bounds"):
-        assert rows["decode"][key] == pytest.approx(whole["decode"][key], rel=1e-6), key
+    for key in ("passed", "first_step", "position"):
+        assert rows["decode"][key] == whole["decode"][key], key
+    # the bounds come from a run at the candidate's precision, which also puts fewer rows through its output head
+    assert rows["decode"]["bounds"] == pytest.approx(whole["decode"]["bounds"], rel=1e-4)
     # a transformers model puts fewer rows through its output head: its float32 rounding differs, by far less
     # than the bound each step is held to
     for error_rows, error_whole, bound in zip(rows["decode"]["rel_l2"], whole["decode"]["rel_l2"],

@@ -171,14 +171,19 @@ class LlamaCppNumerics:
         return emulated(self.candidate.lowp_reference(reference_model), self.candidate.gguf,
                         kv_type=self.candidate.kv_type)
 
-    def decode_bounds(self, reference_model, sequence: list[int], reference_logits, positions) -> tuple[list[float], str]:
+    def decode_bounds(self, reference_model, sequence: list[int], reference_logits, positions, *,
+                      noise_logits=None) -> tuple[list[float], str]:
+        """`reference_logits` and `noise_logits` (the emulated run over `sequence`, where already made for the
+        greedy run) are read by position; without `noise_logits` the emulated run is made here."""
         from parity.core.calibrate import FLOOR, MULTIPLE, NEIGHBOURS, neighbourhood_max
         from parity.core.metrics import rel_l2
 
         first = positions[0]
-        with self.reference(reference_model) as lowp:
-            emulated_logits = lowp.logits(sequence, first)                         # rows first.. (T - first, V)
-        noise = neighbourhood_max([rel_l2(reference_logits[p], emulated_logits[p - first]) for p in positions])
+        if noise_logits is None:
+            with self.reference(reference_model) as lowp:
+                emulated = lowp.logits(sequence, first)                              # rows first.. (T - first, V)
+            noise_logits = {p: emulated[p - first] for p in positions}
+        noise = neighbourhood_max([rel_l2(reference_logits[p], noise_logits[p]) for p in positions])
         bounds = [MULTIPLE * value + FLOOR["float32"] for value in noise]
         return bounds, (f"{MULTIPLE:g}x the noise of llama.cpp's numerics at each position (the largest within "
                         f"{NEIGHBOURS} positions of it)")

@@ -28,14 +28,14 @@ PROBED_TOKENS = 2
 
 
 def with_decoding(comparison: Comparison, reference: Trace, reference_model, candidate, *, steps: int, taps,
-                  progress) -> Comparison:
+                  progress, placement=None) -> Comparison:
     """`comparison` with the checks of DECODE_CHECKS that can run, and the others as not checked."""
     prompt = list(reference.tokens)
     long = _long(reference_model, len(prompt) + steps)
     skipped = _not_runnable(candidate, prompt, steps, long)
     if "greedy" not in skipped:
         comparison = _checked(comparison, reference, reference_model, candidate, prompt, steps, taps, skipped,
-                              progress, long)
+                              progress, long, placement)
     return _failed_decoding_is_not_noise(_add_not_checked(comparison, skipped))
 
 
@@ -75,7 +75,7 @@ def _not_runnable(candidate, prompt: list[int], steps: int, long: bool) -> dict[
 
 
 def _checked(comparison, reference, reference_model, candidate, prompt, steps, taps, skipped, progress,
-             long: bool) -> Comparison:
+             long: bool, placement=None) -> Comparison:
     from parity.core.generation import first_divergence, teacher_forced
     from parity.core.results import GenerationComparison
 
@@ -86,16 +86,20 @@ def _checked(comparison, reference, reference_model, candidate, prompt, steps, t
     first = len(prompt) - 1 if long else 0                                     # rows first.. of the full pass
     full = candidate.logits(sequence, first)                                   # (T - first, V)
     reference_logits = reference_model.logits(sequence, first)
-    generation = GenerationComparison(tuple(prompt), tuple(continuation), tuple(candidate_tokens),
-                                      first_divergence(continuation, candidate_tokens, reference_rows),
-                                      teacher_forced(reference_logits, full, len(prompt) - first), None,
-                                      reference_model.vocab_pieces())
+    noise_logits = _noise_logits(candidate, reference_model, sequence, first, placement, progress)
+    divergence, forced = calibrated_generation(
+        first_divergence(continuation, candidate_tokens, reference_rows),
+        teacher_forced(reference_logits, full, len(prompt) - first), reference_logits, noise_logits,
+        len(prompt) - first, candidate.numerics)
+    generation = GenerationComparison(tuple(prompt), tuple(continuation), tuple(candidate_tokens), divergence,
+                                      forced, None, reference_model.vocab_pieces())
     comparison = dataclasses.replace(comparison, generation=generation)
     if "decode" in skipped:
         return comparison
     progress.step("decoding token by token through the candidate's cache")
     decode, causes, cache_note, unlocated = _decode(reference, reference_model, candidate, prompt, continuation,
-                                                    Rows(full, first), Rows(reference_logits, first), taps, skipped)
+                                                    Rows(full, first), Rows(reference_logits, first), taps, skipped,
+                                                    noise_logits)
     if cache_note:
         skipped["kv_cache"] = cache_note
     notes = tuple(comparison.notes)
@@ -120,7 +124,42 @@ class Rows:
         return self.logits[position - self.first]
 
 
-def _decode(reference, reference_model, candidate, prompt, continuation, full, reference_logits, taps, skipped):
+def _noise_logits(candidate, reference_model, sequence: list[int], first: int, placement, progress):
+    """The logits rows first.. of the reference run at the candidate's precision over `sequence`: what that
+    precision alone makes of the greedy run. None where the precision is not known, or is the reference's own."""
+    numerics = candidate.numerics
+    if numerics is None or not numerics.needed(reference_model.dtype):
+        return None
+    progress.step(f"the reference in {numerics.label or numerics.dtype} over the greedy run, for its noise")
+    with numerics.reference(reference_model, placement) as lowp:
+        reference_model.rest()
+        rows = lowp.logits(sequence, first)
+    reference_model.rest()
+    return rows
+
+
+def calibrated_generation(divergence, forced, reference_logits, noise_logits, start: int, numerics):
+    """The greedy divergence and teacher-forced scores held to what the candidate's precision makes: a top-1 flip
+    under the margin that precision's run moves the reference's top gaps by there (core/generation.near_tie_margins)
+    is noise, and each position's KL is held to kl_bound of that run's. Unchanged without `noise_logits`."""
+    from parity.core.calibrate import MULTIPLE
+    from parity.core.generation import KL_FACTOR, kl_bound, near_tie_margins, teacher_forced
+
+    if noise_logits is None:
+        return divergence, forced
+    margins = near_tie_margins(reference_logits, noise_logits, start)
+    noise_kl = teacher_forced(reference_logits, noise_logits, start).kl
+    precision = numerics.label or numerics.dtype
+    basis = f"{MULTIPLE:g}x how far {precision} moves the reference's top log-probability gaps there"
+    forced = dataclasses.replace(forced, near_tie_nats=margins, kl_bound=kl_bound(noise_kl), kl_basis=(
+        f"{KL_FACTOR:g} x the largest KL {precision} makes ({max(noise_kl, default=0.0):.3g} nats) + a floor"))
+    if divergence is not None and divergence.step < len(margins):
+        divergence = dataclasses.replace(divergence, near_tie_nats=margins[divergence.step], near_tie_basis=basis)
+    return divergence, forced
+
+
+def _decode(reference, reference_model, candidate, prompt, continuation, full, reference_logits, taps, skipped,
+            noise_logits=None):
     """(DecodeConsistency, causes, why the cache was not compared or None, why its failing step was not located
     or None); `full` and `reference_logits`: Rows."""
     from parity.capture.precision import UNKNOWN
@@ -130,7 +169,8 @@ def _decode(reference, reference_model, candidate, prompt, continuation, full, r
     positions = range(len(prompt) - 1, len(sequence))
     rows, steps = candidate.incremental(prompt, continuation, record=True, taps=taps)
     numerics = candidate.numerics or UNKNOWN
-    bounds, basis = numerics.decode_bounds(reference_model, sequence, reference_logits, positions)
+    bounds, basis = numerics.decode_bounds(reference_model, sequence, reference_logits, positions,
+                                           noise_logits=None if noise_logits is None else Rows(noise_logits, full.first))
     decode = compare_decode([full[p] for p in positions], rows, bounds, prompt_length=len(prompt), basis=basis)
     decode, cache_note = _with_prefill_variants(decode, reference_model, candidate, prompt, full, bounds[0], skipped)
     causes, unlocated = [], None

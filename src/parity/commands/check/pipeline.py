@@ -258,7 +258,7 @@ def _past_the_forward(comparison: Comparison, reference: Trace, candidate_names:
                       "position 0 (run without --start-position)"),))
     else:
         comparison = with_decoding(comparison, reference, reference_model, candidate, steps=options.decode_steps,
-                                   taps=options.taps, progress=progress)
+                                   taps=options.taps, progress=progress, placement=options.placement)
     return without_noise_on_failure(_with_not_checked(comparison, candidate_names, candidate, options, calibrating))
 
 

@@ -18,13 +18,34 @@ class GreedyDivergence:
     reference_top: tuple[tuple[int, float], ...]  # the reference's top-k (id, probability) at that step
     margin_nats: float                           # the reference's top-1 minus top-2 log-probability
     candidate_rank: int | None                   # where the candidate's token stands in the reference's order
+    near_tie_nats: float = NEAR_TIE_NATS         # a gap under this, here, is one the candidate's precision can flip
+    near_tie_basis: str = ""                     # where that came from ("" : the fixed NEAR_TIE_NATS)
 
     def __repr__(self) -> str:
         return f"<GreedyDivergence step {self.step}: {self.reference_token} vs {self.candidate_token}>"
 
     @property
+    def candidate_gap_nats(self) -> float | None:
+        """The reference's log-probability of its top token minus that of the candidate's, where the candidate's
+        is among the reference's top-k (its top two: the margin)."""
+        if self.candidate_rank == 1:
+            return self.margin_nats
+        probabilities = dict(self.reference_top)
+        chosen = probabilities.get(self.candidate_token)
+        if not chosen or not self.reference_top:
+            return None
+        return float(np.log(self.reference_top[0][1]) - np.log(chosen))
+
+    @property
+    def tie_rule(self) -> str:
+        """The margin a near tie is under here, and where it came from, for reports."""
+        return f"{self.near_tie_nats:.3g} nats ({self.near_tie_basis or 'the fixed near-tie margin'})"
+
+    @property
     def near_tie(self) -> bool:
-        return self.margin_nats < NEAR_TIE_NATS and self.candidate_rank == 1
+        """The candidate took a token the reference ranks within `near_tie_nats` of its top one."""
+        gap = self.candidate_gap_nats
+        return gap is not None and gap < self.near_tie_nats
 
 
 @dataclass(frozen=True)
@@ -35,6 +56,8 @@ class TeacherForced:
     margins: tuple[float, ...]     # the reference's top-1 minus top-2 log-probability
     kl_bound: float | None = None  # calibrated: KL_FACTOR x the largest KL the candidate's precision makes + a floor
     kl_basis: str = ""             # what the bound is (or why there is none)
+    near_tie_nats: tuple[float, ...] = ()   # calibrated, per position: a top-1 flip under this margin is noise
+                                            # (core/generation.near_tie_margins); () : NEAR_TIE_NATS everywhere
 
     def __repr__(self) -> str:
         return f"<TeacherForced mean KL {self.mean_kl:.4g}, top-1 {sum(self.top1)}/{len(self.top1)}>"
@@ -53,7 +76,12 @@ class TeacherForced:
     @property
     def real_disagreements(self) -> list[int]:
         """Positions whose top-1 differs where the reference is not near a tie."""
-        return [i for i, (same, margin) in enumerate(zip(self.top1, self.margins)) if not same and margin >= NEAR_TIE_NATS]
+        return [i for i, (same, margin) in enumerate(zip(self.top1, self.margins))
+                if not same and margin >= self.near_tie_at(i)]
+
+    def near_tie_at(self, position: int) -> float:
+        """The margin under which a top-1 flip at `position` is one the candidate's precision can make."""
+        return self.near_tie_nats[position] if position < len(self.near_tie_nats) else NEAR_TIE_NATS
 
 
 @dataclass(frozen=True)

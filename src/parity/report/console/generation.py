@@ -36,7 +36,8 @@ def renderables(comparison: GenerationComparison) -> list:
             f"greedy: first different token at step {divergence.step}: reference {_piece(comparison, divergence.reference_token)!r}, "
             f"candidate {_piece(comparison, divergence.candidate_token)!r} (the reference's choice no. {divergence.candidate_rank + 1 if divergence.candidate_rank is not None else '?'})\n"
             f"  the reference's top-5 there: {top}\n"
-            f"  margin between its top two: {divergence.margin_nats:.3f} nats: {kind}"))
+            f"  margin between its top two: {divergence.margin_nats:.3f} nats, near ties under {divergence.tie_rule}: "
+            f"{kind}"))
     forced = comparison.teacher_forced
     parts.append(Text(
         f"teacher-forced over the reference's {len(forced.kl)} tokens: mean KL {forced.mean_kl:.4g} nats "

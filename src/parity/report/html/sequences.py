@@ -96,7 +96,8 @@ def greedy_section(generation, *, title: str = "Greedy decoding") -> str:
         parts.insert(0, paragraph(
             f"First different token at step {divergence.step}: reference {_piece(pieces, divergence.reference_token)!r}, "
             f"candidate {_piece(pieces, divergence.candidate_token)!r} (the reference's choice no. {rank}); margin "
-            f"between the reference's top two {number(divergence.margin_nats)} nats: {kind}."))
+            f"between the reference's top two {number(divergence.margin_nats)} nats, near ties under "
+            f"{divergence.tie_rule}: {kind}."))
         parts.append(table(["the reference's top-5 there", "probability"],
                            [[escape_html(repr(_piece(pieces, token))), escape_html(number(p))]
                             for token, p in divergence.reference_top], numeric={1}))
