@@ -83,14 +83,13 @@ def _checked(comparison, reference, reference_model, candidate, prompt, steps, t
     continuation, reference_rows = reference_model.greedy(prompt, steps)
     sequence = prompt + continuation
     candidate_tokens, _ = candidate.greedy(prompt, steps)
-    divergence = first_divergence(continuation, candidate_tokens, reference_rows)
-    del reference_rows                                                         # (steps, V): not held past here
     first = len(prompt) - 1 if long else 0                                     # rows first.. of the full pass
     full = candidate.logits(sequence, first)                                   # (T - first, V)
     reference_logits = reference_model.logits(sequence, first)
     noise_logits = _noise_logits(candidate, reference_model, sequence, first, placement, progress)
     divergence, forced = calibrated_generation(
-        divergence, teacher_forced(reference_logits, full, len(prompt) - first), reference_logits, noise_logits,
+        first_divergence(continuation, candidate_tokens, reference_rows),
+        teacher_forced(reference_logits, full, len(prompt) - first), reference_logits, noise_logits,
         len(prompt) - first, candidate.numerics)
     generation = GenerationComparison(tuple(prompt), tuple(continuation), tuple(candidate_tokens), divergence,
                                       forced, None, reference_model.vocab_pieces())
