@@ -14,7 +14,7 @@ from parity.commands import options
 from parity.commands.defaults import default_pair
 from parity.commands.output import finish, progress
 from parity.core.errors import OptionError
-from parity.core.generation import check_sampler, first_divergence, teacher_forced
+from parity.core.generation import check_sampler, divergence_held_to, first_divergence, held_to_noise, teacher_forced
 from parity.core.results import GenerationComparison
 
 
@@ -103,19 +103,14 @@ def run_generate(options: GenerateOptions, progress) -> GenerationComparison:
         forced = calibrated(reference, candidate.numerics, sequence, len(prompt), scored, progress) \
             or teacher_forced(reference_logits, scored, len(prompt))
         numerics = candidate.numerics
-        candidate_precision = (numerics.label or numerics.dtype) if numerics is not None else ""
     sampler = None
     if options.sampler:
         progress.step(f"checking the sampler {options.sampler}")
         sampler = check_sampler(_function(options.sampler), reference_logits[len(prompt) - 1:-1],
                                 options.temperature, options.top_k, options.top_p)
     divergence = first_divergence(reference_tokens, candidate_tokens, reference_rows)
-    if divergence is not None and forced.near_tie_nats:   # the margin the candidate's precision moves there
-        import dataclasses
-
-        divergence = dataclasses.replace(divergence, near_tie_nats=forced.near_tie_at(divergence.step),
-                                         near_tie_basis=f"3x how far {candidate_precision} moves the reference's "
-                                                        "top log-probability gaps there")
+    if numerics is not None:
+        divergence = divergence_held_to(divergence, forced, numerics.label or numerics.dtype)
     return GenerationComparison(tuple(prompt), tuple(reference_tokens), tuple(candidate_tokens), divergence, forced,
                                 sampler, reference.vocab_pieces())
 
@@ -123,10 +118,7 @@ def run_generate(options: GenerateOptions, progress) -> GenerationComparison:
 def calibrated(reference, numerics, sequence: list[int], start: int, candidate_logits, progress):
     """Teacher-forced scores against the reference in float64, each position's KL held to kl_bound of the KL
     the candidate's precision makes (the reference run at it); None when that precision is not known."""
-    import dataclasses
-
     from parity.capture.hf.model import load_model
-    from parity.core.generation import KL_FACTOR, kl_bound, near_tie_margins
 
     if numerics is None:
         return None
@@ -136,12 +128,8 @@ def calibrated(reference, numerics, sequence: list[int], start: int, candidate_l
     del truth
     with numerics.reference(reference) as lowp:
         lowp_logits = lowp.logits(sequence)
-    noise = teacher_forced(truth_logits, lowp_logits, start).kl
-    forced = teacher_forced(truth_logits, candidate_logits, start)
-    precision = numerics.label or numerics.dtype
-    return dataclasses.replace(forced, kl_bound=kl_bound(noise), kl_basis=(
-        f"{KL_FACTOR:g} x the largest KL {precision} makes ({max(noise, default=0.0):.3g} nats) + a floor"),
-        near_tie_nats=near_tie_margins(truth_logits, lowp_logits, start))
+    return held_to_noise(teacher_forced(truth_logits, candidate_logits, start), truth_logits, lowp_logits, start,
+                         numerics.label or numerics.dtype)
 
 
 def _function(spec: str):

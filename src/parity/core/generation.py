@@ -89,15 +89,41 @@ def near_tie_margins(reference_logits: np.ndarray, noise_logits: np.ndarray, sta
     from parity.core.calibrate import MULTIPLE, neighbourhood_max
 
     rows = range(start - 1, len(reference_logits) - 1)
-    moved = np.concatenate([_top_gaps_moved(reference_logits[block.start:block.stop], noise_logits[block.start:block.stop])
+    moved = np.concatenate([_top_gaps_moved(reference_logits[block], noise_logits[block])
                             for block in _row_blocks(rows)]) if len(rows) else np.zeros(0)
     moved = np.where(np.isfinite(moved), moved, np.inf)
     return tuple(max(NEAR_TIE_NATS, MULTIPLE * float(value)) for value in neighbourhood_max(list(moved)))
 
 
-def _row_blocks(rows: range, size: int = 64) -> list[range]:
+def held_to_noise(forced: TeacherForced, reference_logits: np.ndarray, noise_logits: np.ndarray, start: int,
+                  precision: str) -> TeacherForced:
+    """Teacher-forced scores held to what a run of the reference at the candidate's `precision` makes over the same
+    sequence (`noise_logits`): each position's near-tie margin (near_tie_margins) and KL bound (kl_bound)."""
+    from dataclasses import replace
+
+    noise_kl = teacher_forced(reference_logits, noise_logits, start).kl
+    return replace(forced, near_tie_nats=near_tie_margins(reference_logits, noise_logits, start),
+                   kl_bound=kl_bound(noise_kl), kl_basis=(f"{KL_FACTOR:g} x the largest KL {precision} makes "
+                                                          f"({max(noise_kl, default=0.0):.3g} nats) + a floor"))
+
+
+def divergence_held_to(divergence: GreedyDivergence | None, forced: TeacherForced,
+                       precision: str) -> GreedyDivergence | None:
+    """The greedy divergence with the near-tie margin `forced` holds at its step (its context is the reference's
+    continuation up to there); unchanged where `forced` has no calibrated margins."""
+    from dataclasses import replace
+
+    from parity.core.calibrate import MULTIPLE
+
+    if divergence is None or not forced.near_tie_nats:
+        return divergence
+    return replace(divergence, near_tie_nats=forced.near_tie_at(divergence.step), near_tie_basis=(
+        f"{MULTIPLE:g}x how far {precision} moves the reference's top log-probability gaps there"))
+
+
+def _row_blocks(rows: range, size: int = 64) -> list[slice]:
     """`rows` in blocks: a block's log-probabilities are a few (size, V) arrays, not (T, V)."""
-    return [range(begin, min(begin + size, rows.stop)) for begin in range(rows.start, rows.stop, size)]
+    return [slice(begin, min(begin + size, rows.stop)) for begin in range(rows.start, rows.stop, size)]
 
 
 def _top_gaps_moved(reference_rows: np.ndarray, noise_rows: np.ndarray) -> np.ndarray:

@@ -76,7 +76,7 @@ def _not_runnable(candidate, prompt: list[int], steps: int, long: bool) -> dict[
 
 def _checked(comparison, reference, reference_model, candidate, prompt, steps, taps, skipped, progress,
              long: bool, placement=None) -> Comparison:
-    from parity.core.generation import first_divergence, teacher_forced
+    from parity.core.generation import divergence_held_to, first_divergence, held_to_noise, teacher_forced
     from parity.core.results import GenerationComparison
 
     progress.step(f"greedy decoding {steps} tokens on both sides")
@@ -87,10 +87,12 @@ def _checked(comparison, reference, reference_model, candidate, prompt, steps, t
     full = candidate.logits(sequence, first)                                   # (T - first, V)
     reference_logits = reference_model.logits(sequence, first)
     noise_logits = _noise_logits(candidate, reference_model, sequence, first, placement, progress)
-    divergence, forced = calibrated_generation(
-        first_divergence(continuation, candidate_tokens, reference_rows),
-        teacher_forced(reference_logits, full, len(prompt) - first), reference_logits, noise_logits,
-        len(prompt) - first, candidate.numerics)
+    divergence = first_divergence(continuation, candidate_tokens, reference_rows)
+    forced = teacher_forced(reference_logits, full, len(prompt) - first)
+    if noise_logits is not None:   # flips and KL held to what the candidate's precision makes
+        precision = candidate.numerics.label or candidate.numerics.dtype
+        forced = held_to_noise(forced, reference_logits, noise_logits, len(prompt) - first, precision)
+        divergence = divergence_held_to(divergence, forced, precision)
     generation = GenerationComparison(tuple(prompt), tuple(continuation), tuple(candidate_tokens), divergence,
                                       forced, None, reference_model.vocab_pieces())
     comparison = dataclasses.replace(comparison, generation=generation)
@@ -136,26 +138,6 @@ def _noise_logits(candidate, reference_model, sequence: list[int], first: int, p
         rows = lowp.logits(sequence, first)
     reference_model.rest()
     return rows
-
-
-def calibrated_generation(divergence, forced, reference_logits, noise_logits, start: int, numerics):
-    """The greedy divergence and teacher-forced scores held to what the candidate's precision makes: a top-1 flip
-    under the margin that precision's run moves the reference's top gaps by there (core/generation.near_tie_margins)
-    is noise, and each position's KL is held to kl_bound of that run's. Unchanged without `noise_logits`."""
-    from parity.core.calibrate import MULTIPLE
-    from parity.core.generation import KL_FACTOR, kl_bound, near_tie_margins, teacher_forced
-
-    if noise_logits is None:
-        return divergence, forced
-    margins = near_tie_margins(reference_logits, noise_logits, start)
-    noise_kl = teacher_forced(reference_logits, noise_logits, start).kl
-    precision = numerics.label or numerics.dtype
-    basis = f"{MULTIPLE:g}x how far {precision} moves the reference's top log-probability gaps there"
-    forced = dataclasses.replace(forced, near_tie_nats=margins, kl_bound=kl_bound(noise_kl), kl_basis=(
-        f"{KL_FACTOR:g} x the largest KL {precision} makes ({max(noise_kl, default=0.0):.3g} nats) + a floor"))
-    if divergence is not None and divergence.step < len(margins):
-        divergence = dataclasses.replace(divergence, near_tie_nats=margins[divergence.step], near_tie_basis=basis)
-    return divergence, forced
 
 
 def _decode(reference, reference_model, candidate, prompt, continuation, full, reference_logits, taps, skipped,

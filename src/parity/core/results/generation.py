@@ -30,9 +30,8 @@ class GreedyDivergence:
         is among the reference's top-k (its top two: the margin)."""
         if self.candidate_rank == 1:
             return self.margin_nats
-        probabilities = dict(self.reference_top)
-        chosen = probabilities.get(self.candidate_token)
-        if not chosen or not self.reference_top:
+        chosen = dict(self.reference_top).get(self.candidate_token)
+        if not chosen:
             return None
         return float(np.log(self.reference_top[0][1]) - np.log(chosen))
 

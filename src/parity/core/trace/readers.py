@@ -145,9 +145,9 @@ def _widened_to_file(bits: np.ndarray) -> np.ndarray:
 
 
 def bfloat16_widened(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 bits (uint16) as the float32 values they are, exactly: one float32 buffer, the bits shifted into it
-    a buffer's worth at a time (`astype(uint32) << 16` made two uint32 temporaries, 4x the stored tensor: 3.2 GB
-    beside a bfloat16 port's 0.8 GB of logits at T=8,192)."""
+    """bfloat16 bits (uint16) as the float32 values they are, exactly: the bits shifted straight into one float32
+    buffer (`astype(uint32) << 16` made two uint32 temporaries, 4x the stored tensor: 3.2 GB beside a bfloat16
+    port's 0.8 GB of logits at T=8,192)."""
     widened = np.empty(bits.shape, dtype=np.uint32)
     np.left_shift(bits, np.uint32(16), out=widened, dtype=np.uint32)
     return widened.view(np.float32)
