@@ -32,6 +32,7 @@ class Bugs:
     eps_outside_sqrt: bool = False   # x / (sqrt(mean x^2) + eps)
     cache_position_off: bool = False  # decoded tokens are rotated one position too far
     mask_off: bool = False           # no causal mask: every query also sees the tokens after it
+    unmasked_given_positions: bool = False   # positions given (as a decoder passes them) taken for one token: no mask
 
 
 def rms_norm(x, weight, eps, bugs):
@@ -72,6 +73,7 @@ class Attention(nn.Module):
         self.wq, self.wk = nn.Linear(d, self.heads * self.hd, bias=False), nn.Linear(d, self.kv_heads * self.hd, bias=False)
         self.wv, self.wo = nn.Linear(d, self.kv_heads * self.hd, bias=False), nn.Linear(self.heads * self.hd, d, bias=False)
         self.q_rotated, self.k_rotated, self.probs = Probe(), Probe(), Probe()
+        self.unmasked = False            # set for each call where the unmasked_given_positions bug applies
 
     def forward(self, x, positions, past):
         B, T, _ = x.shape
@@ -93,7 +95,8 @@ class Attention(nn.Module):
     def attend(self, q, keys, values, start, position, whole):          # q: rows start.. of (B, H, T, hd)
         scores = q @ keys.transpose(-1, -2) / math.sqrt(self.hd)          # (B, H, rows, S)
         query = torch.arange(position, position + q.shape[2], device=q.device)[:, None]   # row r sees keys <= its position
-        future = (torch.arange(keys.shape[2], device=q.device)[None, :] > query) & (not self.bugs.mask_off)
+        masked = not (self.bugs.mask_off or self.unmasked)
+        future = (torch.arange(keys.shape[2], device=q.device)[None, :] > query) & masked
         probs = scores.masked_fill(future, float("-inf")).softmax(-1)
         probs = self.probs(probs) if whole else self.probs(probs, start=start)
         return probs @ values
@@ -138,6 +141,8 @@ class ScratchLlama(nn.Module):
             self.head.weight = self.tok.weight
 
     def forward(self, ids, positions=None, cache=None):
+        for block in self.blocks:
+            block.attn.unmasked = block.attn.bugs.unmasked_given_positions and positions is not None
         if positions is None:
             start = 0 if cache is None else cache[0][0].shape[2]
             positions = torch.arange(start, start + ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
@@ -207,3 +212,7 @@ def cache_position_off(path):
 
 def mask_off(path):
     return build(path, Bugs(mask_off=True))
+
+
+def unmasked_given_positions(path):
+    return build(path, Bugs(unmasked_given_positions=True))

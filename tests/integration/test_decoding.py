@@ -171,6 +171,34 @@ class LayerIgnoresCache(transformers.LlamaForCausalLM):
         return super().forward(input_ids=input_ids, **kwargs)
 
 
+class MaskDroppedWhenCaching(transformers.LlamaForCausalLM):
+    """Called with use_cache=True (the path that decodes), layer 0's attention is given no mask: its prefill lets
+    each position see the ones after it. The full pass, without a cache, is right; so is each decoded token's
+    own row, which sees every key either way, but it reads the later layers' keys the prefill made wrong."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.caching = False
+        attention = self.model.layers[0].self_attn
+        original = attention.forward
+
+        def forward(*args, attention_mask=None, **kwargs):
+            return original(*args, attention_mask=None if self.caching else attention_mask, **kwargs)
+
+        attention.forward = forward
+
+    def forward(self, input_ids, **kwargs):
+        self.caching = bool(kwargs.get("use_cache"))
+        try:
+            return super().forward(input_ids=input_ids, **kwargs)
+        finally:
+            self.caching = False
+
+
+def mask_dropped_when_caching(path):
+    return MaskDroppedWhenCaching.from_pretrained(path, attn_implementation="eager").eval()
+
+
 def late_cache_write(path):
     return LateCacheWrite.from_pretrained(path, attn_implementation="eager").eval()
 
@@ -238,6 +266,34 @@ def test_after_a_long_prompt_a_decode_bug_is_located_and_diagnosed_as_the_whole_
     assert rows["diagnoses"] == whole["diagnoses"] and any(d["cause"] in beyond_forward_causes()
                                                            for d in rows["diagnoses"])
     assert not any("was not located" in note for note in rows["notes"])
+
+
+def test_a_prefill_that_parts_from_the_full_pass_is_located_at_any_prompt_length(model_dirs, llama_ports, capsys,
+                                                                                 monkeypatch):
+    """A bug in the prefill through the cache: from the prefill's own tensors at a short prompt, and at a long one
+    (its checkpoints not held) from sketches of both passes (core/pass_sketch.py), the same step and checkpoint."""
+    from parity.capture.torch import incremental
+    from parity.cli import main
+    from parity.commands.check import beyond_forward
+
+    reports = []
+    for long in (False, True):
+        if long:
+            monkeypatch.setattr(beyond_forward, "FULL_LOGITS_BYTES", 0)
+            monkeypatch.setattr(incremental, "RECORDED_PREFILL_TOKENS", 2)
+        capsys.readouterr()
+        code = main(["check", str(model_dirs["llama"]), f"{llama_ports}:mask_dropped_when_caching",
+                     "--tokens", TOKEN_ARG, "--json", "-"])
+        reports.append((code, json.loads(capsys.readouterr().out)))
+    monkeypatch.undo()
+    (whole_code, whole), (long_code, long_report) = reports
+    assert whole_code == long_code == 1
+    for report in (whole, long_report):
+        assert all(c["status"] == "pass" for c in report["checkpoints"])     # the full pass is right
+        assert report["decode"]["first_step"] == 0                           # the prefill is not
+        assert report["decode"]["first_checkpoint"] == "layers.0.attn_probs"
+    assert not any("sketches" in note for note in whole["notes"])
+    assert any("located from sketches" in note for note in long_report["notes"])
 
 
 def beyond_forward_causes():

@@ -205,20 +205,21 @@ def _shifted(values: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     logits: 4.3 GB for Gemma 3's vocabulary at T=2,048) it is written a block of rows at a time to an unlinked
     file (in PARITY_SPILL_DIR, else the system's temporary directory) and mapped read-only, so that a pass over
     it hands its pages back as it goes; the file goes when the array does."""
-    import os
-    import tempfile
+    from parity.core.trace.spilled import spilled
 
     if values.shape[0] * values.shape[1] * 8 <= _SHIFTED_HELD_BYTES:
         return np.asarray(values, dtype=np.float64) - shifts[:, None].astype(np.float64)
+    return spilled(_shifted_blocks(values, shifts), shape=tuple(values.shape), dtype=np.float64,
+                   prefix="parity-shifted-")
+
+
+def _shifted_blocks(values: np.ndarray, shifts: np.ndarray):
+    """Blocks of rows of `values` less their shifts, float64; the pages of `values` handed back as they go."""
     behind = PagesBehind(values)
-    with tempfile.TemporaryFile(prefix="parity-shifted-", dir=os.environ.get("PARITY_SPILL_DIR")) as file:
-        for start in range(0, values.shape[0], _SHIFT_CHUNK_ROWS):
-            stop = min(start + _SHIFT_CHUNK_ROWS, values.shape[0])
-            block = np.asarray(values[start:stop], dtype=np.float64) - shifts[start:stop, None].astype(np.float64)
-            file.write(np.ascontiguousarray(block).data)
-            behind.passed(stop * values.shape[1])
-        file.flush()
-        return np.memmap(file, dtype=np.float64, mode="r", shape=tuple(values.shape))
+    for start in range(0, values.shape[0], _SHIFT_CHUNK_ROWS):
+        stop = min(start + _SHIFT_CHUNK_ROWS, values.shape[0])
+        yield np.asarray(values[start:stop], dtype=np.float64) - shifts[start:stop, None].astype(np.float64)
+        behind.passed(stop * values.shape[1])
 
 
 def _row_shifts(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, float, float]:

@@ -41,9 +41,11 @@ def first_checkpoint(full_trace, step: dict, position: int, bound: float) -> str
 def full_rows(name: str, full: np.ndarray, value: np.ndarray, position: int) -> np.ndarray:
     """What of the full pass's tensor a decode step's tensor `value` is held to: this position's row, or (keys
     that transformers hands to attention) the rows of every position read from the cache, 0..position; of the
-    attention probabilities (H, T, S), this query's row over its keys."""
+    attention probabilities (H, T, S), this query's row over its keys (the prefill's: every query's)."""
     checkpoint = parse(name)
     if checkpoint is not None and checkpoint.kind == "attn_probs":
+        if value.ndim == 3 and value.shape[1] == position + 1 and position > 0:   # the prefill's every query
+            return full[:, : position + 1, : position + 1]
         return full[:, position, : position + 1]
     if reads_cached_rows(value, position):
         return full[: position + 1]

@@ -38,6 +38,8 @@ def diagnose_decode(full: Trace, step: dict, position: int, name: str | None, co
 def _from_probabilities(full, step, position, name, layer, config) -> list[Diagnosis]:
     probabilities = step[name]                                                        # (H, T, S) of this step
     queries, keys = probabilities.shape[-2], probabilities.shape[-1]
+    if queries == position + 1 and position > 0:
+        return []         # the prefill's every query: it reads no cache, so no decode cause fits
     if keys == queries and position + 1 > keys:
         return [Diagnosis("kv_cache_unread", name,
                           f"decoding position {position}, layer {layer} attends over the {keys} key(s) of this step "

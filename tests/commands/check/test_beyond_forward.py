@@ -49,7 +49,7 @@ def assert_same_decoding(whole, rows):
     assert rows["generation"]["teacher_forced"]["top1"] == whole["generation"]["teacher_forced"]["top1"]
 
 
-@pytest.mark.parametrize("factory, code", [("build", 0), ("cache_position_off", 1)])
+@pytest.mark.parametrize("factory, code", [("build", 0), ("cache_position_off", 1), ("unmasked_given_positions", 1)])
 def test_after_a_long_prompt_a_port_decodes_against_the_rows_it_compares(model_dirs, capsys, monkeypatch, factory,
                                                                          code):
     whole_code, whole = report_of(model_dirs["llama"], f"{PORT}:{factory}", capsys, monkeypatch, long=False)

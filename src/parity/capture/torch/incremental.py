@@ -20,11 +20,12 @@ from parity.capture.torch.layout import canonical_layout, config_heads, first_te
 from parity.capture.torch.module import ids_tensor
 from parity.capture.torch.taps import TapsLike
 from parity.capture.torch.tracer import ModuleTracer
+from parity.core.pass_sketch import PassSketch
 
 
-# A prompt longer than this is prefilled without recording its checkpoints (they would be a whole trace, held in
-# memory): a decode check's failure at the prefill step is then not located to a checkpoint (later steps are:
-# commands/check/beyond_forward.py).
+# A prompt longer than this is prefilled with its checkpoints sketched, not recorded (they would be a whole trace,
+# held in memory): a decode check's failure at the prefill step is then located by the sketches of the full pass
+# (core/pass_sketch.py), with no causes read from the step's tensors (commands/check/beyond_forward.py).
 RECORDED_PREFILL_TOKENS = 512
 
 CACHE_KEYWORDS = ("cache", "past_key_values")   # transformers 5.24 renamed past_key_values to cache
@@ -158,7 +159,8 @@ def _split(output):
 
 
 def incremental(model, prompt: list[int], continuation: list[int], *, taps: TapsLike | None = None, config=None):
-    """Logits rows (1 + N, V) and, with taps, each step's recorded checkpoints (step 0 is the prefill).
+    """Logits rows (1 + N, V) and, with taps, each step's recorded checkpoints (step 0 is the prefill; a prompt
+    over RECORDED_PREFILL_TOKENS gives its checkpoints' sketches, a PassSketch).
     `config` (default: the model's) gives the head counts per-head tensors are read by: a step's keys hold
     the cached positions too, so its token count does not tell their layout."""
     import torch
@@ -168,10 +170,11 @@ def incremental(model, prompt: list[int], continuation: list[int], *, taps: Taps
     chunks = [prompt] + [[token] for token in continuation]
     with torch.no_grad():
         for chunk in chunks:
-            if taps is not None and len(chunk) > RECORDED_PREFILL_TOKENS:   # a long prompt: not recorded
-                steps.append({})
-                logits, cache = call_with_cache(model, ids_tensor([chunk], model), cache, start=start,
-                                                last_only=True)
+            if taps is not None and len(chunk) > RECORDED_PREFILL_TOKENS:   # a long prompt: sketched
+                steps.append(PassSketch(len(chunk)))
+                with ModuleTracer(model, taps, heads=heads, stream=steps[-1]):
+                    logits, cache = call_with_cache(model, ids_tensor([chunk], model), cache, start=start,
+                                                    last_only=True)
             elif taps is not None:
                 with ModuleTracer(model, taps, heads=heads) as tracer:
                     logits, cache = call_with_cache(model, ids_tensor([chunk], model), cache, start=start)

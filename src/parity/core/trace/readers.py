@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from parity.core.printable import printable
 from parity.core.trace.lazy import SharedMapping, TensorSource, drop_batch_axis, head_of, mapped
 from parity.core.trace.opening import FileRef
 from parity.core.trace.pages import PagesBehind
+from parity.core.trace.spilled import spilled
 from parity.core.trace.metadata import MAX_METADATA_BYTES, check_dtypes, check_tensor_name
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024   # the safetensors library's own limit
@@ -131,17 +131,19 @@ def bfloat16_read(bits: np.ndarray) -> np.ndarray:
 
 def _widened_to_file(bits: np.ndarray) -> np.ndarray:
     flat = np.ascontiguousarray(bits).reshape(-1)    # a view where the bits lie in the map as stored
-    behind = PagesBehind(flat)                       # the bits' pages handed back as they are widened
+    return spilled(_widened_blocks(flat), shape=tuple(bits.shape), dtype=np.float32, prefix="parity-bfloat16-")
+
+
+def _widened_blocks(flat: np.ndarray):
+    """float32 blocks of the bfloat16 bits `flat`, one reused buffer; the bits' pages handed back as they go."""
+    behind = PagesBehind(flat)
     block = np.empty(min(_WIDEN_BLOCK, flat.size), dtype=np.uint32)
-    with tempfile.TemporaryFile(prefix="parity-bfloat16-", dir=os.environ.get("PARITY_SPILL_DIR")) as file:
-        for start in range(0, flat.size, _WIDEN_BLOCK):
-            stop = min(start + _WIDEN_BLOCK, flat.size)
-            widened = block[:stop - start]
-            np.left_shift(flat[start:stop], np.uint32(16), out=widened, dtype=np.uint32)
-            file.write(widened.data)
-            behind.passed(stop)
-        file.flush()
-        return np.memmap(file, dtype=np.float32, mode="r", shape=tuple(bits.shape))
+    for start in range(0, flat.size, _WIDEN_BLOCK):
+        stop = min(start + _WIDEN_BLOCK, flat.size)
+        widened = block[:stop - start]
+        np.left_shift(flat[start:stop], np.uint32(16), out=widened, dtype=np.uint32)
+        yield widened.view(np.float32)
+        behind.passed(stop)
 
 
 def bfloat16_widened(bits: np.ndarray) -> np.ndarray:
