@@ -62,11 +62,14 @@ def planted_rope_base(directory: Path, factor: float = 1.05) -> tuple[str, str]:
 def smollm2_directory(directory: Path) -> str:
     """The embedded SmolLM2 GGUF as transformers reads it (float32), saved as a model directory whose
     safetensors a from-scratch port reads its weights from."""
+    from parity.capture.gguf.cache import save_dequantized
     from parity.capture.gguf.smollm2 import gguf_path
     from parity.capture.hf.model import load_model
 
     saved = directory / "smollm2"
-    load_model(gguf_path(), dtype="float32").model.save_pretrained(saved)
+    saved.mkdir()
+    # transformers will not save a model it read from a GGUF itself (its first load, before parity's cache holds it)
+    save_dequantized(load_model(gguf_path(), dtype="float32").model, saved)
     return str(saved)
 
 

@@ -100,7 +100,7 @@ def store(gguf: Path, model: Any, tokenizer_loader: Callable[[], Any]) -> Path |
     except OSError:
         return None
     try:
-        _save_weights(model, staging)
+        save_dequantized(model, staging)
         try:
             tokenizer_loader().save_pretrained(staging)
         except Exception:  # noqa: BLE001 - a GGUF without a usable tokenizer is cached without one
@@ -219,7 +219,7 @@ def _entry_name(gguf: Path) -> str:
     return f"{stem}-{key[:32]}"
 
 
-def _save_weights(model: Any, directory: Path) -> None:
+def save_dequantized(model: Any, directory: Path) -> None:
     """config.json and model.safetensors in float32, which holds every dequantized value exactly
     (transformers will not save a model it read from a GGUF itself). A tensor shared by two names
     (tied embeddings) is stored once; transformers ties it again on load."""

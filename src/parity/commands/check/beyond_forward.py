@@ -160,7 +160,7 @@ def _decode(reference, reference_model, candidate, prompt, continuation, full, r
     step = steps[decode.first_step] if decode.first_step is not None and steps else None
     if isinstance(step, PassSketch):   # the prefill of a long prompt: its checkpoints sketched
         decode, unlocated = _prefill_located(decode, step, candidate, prompt, taps)
-    elif step:   # the prefill's step holds every prompt position: the full pass of the prompt is held too
+    elif step:   # a recorded prefill holds every prompt position, so the full pass's trace of them is held too
         decode, causes = _located(decode, step, reference, candidate, sequence, taps,
                                   whole=not full.first or decode.first_step == 0)
     return decode, causes, cache_note, unlocated
@@ -168,24 +168,22 @@ def _decode(reference, reference_model, candidate, prompt, continuation, full, r
 
 def _prefill_located(decode, prefill, candidate, prompt: list[int], taps):
     """(`decode` with the first checkpoint where the prefill of a long prompt parts from the full pass over it,
-    a note or None): the full pass sketched as it is made and held to the prefill's sketches
+    a note on how it was located): the full pass sketched as it is made and held to the prefill's sketches
     (core/pass_sketch.py), nothing of either trace held."""
     from parity.capture.candidate import TraceRequest
+    from parity.capture.torch.incremental import RECORDED_PREFILL_TOKENS
     from parity.core.pass_sketch import first_apart
 
     full = PassSketch(len(prompt))
     candidate.trace(prompt, TraceRequest(taps=taps, raw=False, stream=full))
     where = first_apart(full, prefill, decode.bounds[decode.first_step])
-    decode = dataclasses.replace(decode, first_checkpoint=where)
-    from parity.capture.torch.incremental import RECORDED_PREFILL_TOKENS
-
     step = f"decode step {decode.first_step} (the prefill of {len(prompt)} tokens)"
     shorter = f"rerun with a prompt of at most {RECORDED_PREFILL_TOKENS} tokens"
     note = (f"{step} was located from sketches of each checkpoint (core/pass_sketch.py), not its tensors, so no "
             f"causes were read from them; {shorter} for those" if where is not None else
             f"{step} was not located: no checkpoint's sketch parts from the full pass's; {shorter} to compare "
             "their tensors")
-    return decode, note
+    return dataclasses.replace(decode, first_checkpoint=where), note
 
 
 def _located(decode, step: dict, reference, candidate, sequence: list[int], taps, *, whole: bool):
