@@ -14,7 +14,8 @@ sys.stdout is standard error. Writes to file descriptor 1 from C, a C library's 
 and crashes are only contained in a child process.
 In a child process (`run_child`), the child writes events as JSON lines on a pipe of
 its own (never standard output, which is the parent's standard error there); each
-"step" event starts that step's deadline, a "result" event is collected, an "error"
+"step" event starts that step's deadline (before the first, the child's own start, with
+parity's imports and torch's, is held to START_TIMEOUT_S: no user code runs in it), a "result" event is collected, an "error"
 event is a ParityError the child raised, and "done" ends the run. Nothing is
 unpickled: events are JSON.
 
@@ -39,6 +40,9 @@ from parity.core.errors import OptionError, ParityError
 
 EVENTS_FD = "PARITY_EVENTS_FD"
 MAX_EVENT_BYTES = 64 << 20
+# The child's own start (the interpreter, parity, torch), before it names its first step: no user code runs in it,
+# so it is held to this, not to the user's per-step --timeout (importing torch takes seconds on a loaded machine).
+START_TIMEOUT_S = 300.0
 
 
 class ExitCalled(BaseException):
@@ -150,13 +154,18 @@ def run_child(module: str, request: dict, *, step_timeout_s: float, what: str,
         process.stdin.close()
     except OSError:
         pass
-    results, step, started, buffered, finished = [], "starting", time.monotonic(), b"", None
+    results, step, started, buffered, finished = [], None, time.monotonic(), b"", None
     try:
         with os.fdopen(read_end, "rb", buffering=0) as events:
             while finished is None:
-                remaining = step_timeout_s - (time.monotonic() - started)
+                limit_s = START_TIMEOUT_S if step is None else step_timeout_s
+                remaining = limit_s - (time.monotonic() - started)
                 if remaining <= 0:
                     _kill(process)
+                    if step is None:
+                        raise OptionError(f"parity's child process for {what} did not start within {limit_s:g} s "
+                                          "(stopped) before running any of its code: the machine is too loaded to "
+                                          "import parity and torch; run again when it is not")
                     raise OptionError(f"{what} did not finish {step} within {step_timeout_s:g} s (stopped); "
                                       f"check it for an endless loop, or allow more time with --timeout{fix}")
                 ready, _, _ = select.select([events], [], [], min(remaining, 1.0))
@@ -186,7 +195,7 @@ def run_child(module: str, request: dict, *, step_timeout_s: float, what: str,
         raise
     status = _wait(process)
     if finished is None:
-        raise OptionError(f"{what} ended parity's child process during {step} ({describe_status(status)}: os._exit, "
+        raise OptionError(f"{what} ended parity's child process during {step or 'its start'} ({describe_status(status)}: os._exit, "
                           f"a C library's exit or a crash) instead of returning; a kernel, port or factory must return "
                           f"its result, not exit{fix}")
     if finished["event"] == "error":

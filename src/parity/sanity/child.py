@@ -44,6 +44,8 @@ def _main() -> None:
         from parity.sanity import SanityConfig, run_sanity
 
         settings = SanityConfig(**request["settings"])
+        import torch  # noqa: F401  parity's own import, in the child's start: not the user's step's time
+
         emit("step", name="building the candidate")
         candidate = build_module(request["spec"], request["reference"], guard_forward=False)   # tests guard their own
         report = run_sanity(candidate, settings, reference=request["reference"], labels=request["labels"],
