@@ -244,21 +244,9 @@ def test_after_a_long_prompt_a_decode_bug_is_located_and_diagnosed_as_the_whole_
         model_dirs, request, ports_file, factory, capsys, monkeypatch):
     """Past a long prompt the full pass that locates a failing step is judged as it is made, keeping that
     position's rows (core/decode_location.py): the same step, checkpoint and causes as from its whole trace."""
-    from parity.capture.torch import incremental
-    from parity.cli import main
-    from parity.commands.check import beyond_forward
-
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
-    reports = []
-    for long in (False, True):
-        if long:   # every prompt is long: the trace of the locating pass is not held
-            monkeypatch.setattr(beyond_forward, "FULL_LOGITS_BYTES", 0)
-            monkeypatch.setattr(incremental, "RECORDED_PREFILL_TOKENS", 2)
-        capsys.readouterr()
-        code = main(["check", str(model_dirs["llama"]), f"{request.getfixturevalue(ports_file)}:{factory}",
-                     "--tokens", TOKEN_ARG, "--json", "-"])
-        reports.append((code, json.loads(capsys.readouterr().out)))
-    (whole_code, whole), (rows_code, rows) = reports
+    (whole_code, whole), (rows_code, rows) = short_and_long_reports(
+        model_dirs["llama"], f"{request.getfixturevalue(ports_file)}:{factory}", capsys, monkeypatch)
     assert whole_code == rows_code == 1
     assert whole["decode"]["first_checkpoint"] is not None
     for key in ("first_step", "position", "first_checkpoint"):
@@ -272,6 +260,20 @@ def test_a_prefill_that_parts_from_the_full_pass_is_located_at_any_prompt_length
                                                                                  monkeypatch):
     """A bug in the prefill through the cache: from the prefill's own tensors at a short prompt, and at a long one
     (its checkpoints not held) from sketches of both passes (core/pass_sketch.py), the same step and checkpoint."""
+    (whole_code, whole), (long_code, long_report) = short_and_long_reports(
+        model_dirs["llama"], f"{llama_ports}:mask_dropped_when_caching", capsys, monkeypatch)
+    assert whole_code == long_code == 1
+    for report in (whole, long_report):
+        assert all(c["status"] == "pass" for c in report["checkpoints"])     # the full pass is right
+        assert report["decode"]["first_step"] == 0                           # the prefill is not
+        assert report["decode"]["first_checkpoint"] == "layers.0.attn_probs"
+    assert not any("sketches" in note for note in whole["notes"])
+    assert any("located from sketches" in note for note in long_report["notes"])
+
+
+def short_and_long_reports(model_dir, candidate: str, capsys, monkeypatch) -> list[tuple[int, dict]]:
+    """(exit code, JSON report) of `parity check` as it runs, then with every prompt treated as long: only the
+    logits rows from the last prompt position made, the prefill's checkpoints sketched, not recorded."""
     from parity.capture.torch import incremental
     from parity.cli import main
     from parity.commands.check import beyond_forward
@@ -282,18 +284,9 @@ def test_a_prefill_that_parts_from_the_full_pass_is_located_at_any_prompt_length
             monkeypatch.setattr(beyond_forward, "FULL_LOGITS_BYTES", 0)
             monkeypatch.setattr(incremental, "RECORDED_PREFILL_TOKENS", 2)
         capsys.readouterr()
-        code = main(["check", str(model_dirs["llama"]), f"{llama_ports}:mask_dropped_when_caching",
-                     "--tokens", TOKEN_ARG, "--json", "-"])
+        code = main(["check", str(model_dir), candidate, "--tokens", TOKEN_ARG, "--json", "-"])
         reports.append((code, json.loads(capsys.readouterr().out)))
-    monkeypatch.undo()
-    (whole_code, whole), (long_code, long_report) = reports
-    assert whole_code == long_code == 1
-    for report in (whole, long_report):
-        assert all(c["status"] == "pass" for c in report["checkpoints"])     # the full pass is right
-        assert report["decode"]["first_step"] == 0                           # the prefill is not
-        assert report["decode"]["first_checkpoint"] == "layers.0.attn_probs"
-    assert not any("sketches" in note for note in whole["notes"])
-    assert any("located from sketches" in note for note in long_report["notes"])
+    return reports
 
 
 def beyond_forward_causes():
