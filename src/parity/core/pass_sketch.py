@@ -83,13 +83,9 @@ def first_apart(reference: PassSketch, candidate: PassSketch, bound: float) -> s
     """The first checkpoint in data-flow order that both passes made and that parts: made with another shape
     or not whole in one of them, or whose sketches' rel_l2 is over `bound` (or not finite)."""
     for name in in_flow_order(set(reference.widths) & set(candidate.widths)):
-        if not (reference.whole(name) and candidate.whole(name)):
-            if reference.whole(name) != candidate.whole(name) or reference.widths[name] != candidate.widths[name]:
-                return name
-            continue
-        if reference.widths[name] != candidate.widths[name]:
+        if reference.widths[name] != candidate.widths[name] or reference.whole(name) != candidate.whole(name):
             return name
-        if not rel_l2(reference.sketches[name], candidate.sketches[name]) <= bound:
+        if reference.whole(name) and not rel_l2(reference.sketches[name], candidate.sketches[name]) <= bound:
             return name
     return None
 
