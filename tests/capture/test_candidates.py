@@ -63,6 +63,23 @@ def test_a_command_refuses_a_candidate_that_cannot_give_what_it_needs_and_says_w
             pass
 
 
+def test_the_backends_order_does_not_depend_on_what_was_imported_first():
+    """The order claims are tried in (and a refusal lists them in) is BUILTIN_BACKENDS', whichever backend's
+    module some earlier code imported first: under pytest-xdist a test imported the distributed one early."""
+    import subprocess
+    import sys
+
+    from parity.capture.candidate import BUILTIN_BACKENDS
+
+    orders = set()
+    for module in (None, *BUILTIN_BACKENDS):
+        early = f"import {module}; " if module else ""
+        run = subprocess.run([sys.executable, "-c", f"{early}from parity.capture.candidate import backends; "
+                              "print(list(backends()))"], capture_output=True, text=True, check=True)
+        orders.add(run.stdout.strip())
+    assert orders == {"['server', 'llamacpp', 'distributed', 'shards', 'trace', 'hf', 'torch']"}
+
+
 def test_a_factory_and_a_model_directory_give_the_same_logits_and_the_factory_prints_to_stderr(
         model_dirs, factories, capsys):
     directory = str(model_dirs["llama"])

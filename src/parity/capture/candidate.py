@@ -240,8 +240,14 @@ def backends() -> dict[str, type[Candidate]]:
         for module in BUILTIN_BACKENDS:
             importlib.import_module(module)
         _load_entry_points()
-    ordered = sorted(enumerate(_REGISTRY.values()), key=lambda item: (item[1].claim_order, item[0]))
+    ordered = sorted(enumerate(_REGISTRY.values()), key=lambda item: (item[1].claim_order, _builtin_rank(item[1]), item[0]))
     return {cls.backend: cls for _, cls in ordered}
+
+
+def _builtin_rank(cls: type[Candidate]) -> int:
+    """A built-in backend's place in BUILTIN_BACKENDS (others after them): the order does not depend on which
+    module some earlier code happened to import first."""
+    return BUILTIN_BACKENDS.index(cls.__module__) if cls.__module__ in BUILTIN_BACKENDS else len(BUILTIN_BACKENDS)
 
 
 def _load_entry_points() -> None:
