@@ -4,6 +4,7 @@
 #   PYTHON              interpreter whose site-packages hold parity and its peers (default: python3)
 #   TRANSFORMERS_RANGE  versions to test (default: the oldest and the newest supported)
 #   PARITY_CACHE        where each version's virtual environment is kept (default: ~/.cache/parity)
+#   TEST_JOBS           test processes (pytest-xdist; default: 2)
 #
 # Each version gets a virtual environment that sees the interpreter's packages (--system-site-packages)
 # and holds only that transformers and what it needs, so the rest (torch, llama-cpp-python, parity
@@ -35,5 +36,5 @@ for version in $RANGE; do
   fi
   echo "==> the transformers tests against transformers $version"
   # shellcheck disable=SC2086
-  PARITY_STRICT=1 "$venv/bin/python" -m pytest -q $TESTS
+  PARITY_STRICT=1 "$venv/bin/python" -m pytest -q -n "${TEST_JOBS:-2}" --dist loadfile $TESTS
 done

@@ -122,6 +122,15 @@ class _Recording:
     sink_error: BaseException | None = None                   # what the sink raised (a full disk), raised after
 
 
+def thread_budget() -> int:
+    """llama.cpp's threads when none are given: OMP_NUM_THREADS when set (the budget torch keeps to as well, so
+    that a check on a shared machine uses no more cores than asked), else every core."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
+
+
 class LlamaCppRunner:
     """A GGUF model loaded in llama.cpp, traced one prompt at a time. A context manager.
 
@@ -134,7 +143,7 @@ class LlamaCppRunner:
         if kv_type not in KV_TYPE_IDS:
             raise OptionError(f"--kv-type {kv_type} is not supported; choose one of {', '.join(KV_TYPE_IDS)}")
         self.path = Path(gguf)
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or thread_budget()
         self.undo_qk_permutation = undo_qk_permutation
         self.kv_type = kv_type
         self._llama = require("llama_cpp", extra="llamacpp", package="llama-cpp-python",
