@@ -5,11 +5,12 @@ import sys
 from pathlib import Path
 
 # Under pytest-xdist (`make test` runs TEST_JOBS processes) each process gets its share of the cores, for torch,
-# llama.cpp and the programs the tests start: two processes with every core each ran slower than one alone.
+# llama.cpp and the programs the tests start: two processes with every core each were barely faster than one.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(share)
     if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        sys.modules["torch"].set_num_threads(share)
 
 import pytest  # noqa: E402
 
