@@ -52,7 +52,7 @@ def register(cause: str) -> Callable[[Detector], Detector]:
 def diagnose(comparison: Comparison, reference: Trace, candidate: Trace) -> Comparison:
     """The comparison with the diagnoses and notes of every detector that applies."""
     from parity.diagnose import attention, layers, noise, rounding, values, weights  # noqa: F401  (register them)
-    from parity.diagnose import attention_math, biases, block_input, ops, rope  # noqa: F401
+    from parity.diagnose import attention_math, biases, block_input, ops, rope, rope_attention  # noqa: F401
     from parity.diagnose import embedding_scale, masks, norms, post_norm, router  # noqa: F401  (family-specific causes)
     from parity.diagnose import identities, structure, wiring  # noqa: F401  (the general mechanisms)
     from parity.diagnose import tensor_parallel  # noqa: F401  (causes of tensor-parallel ports, from their ranks)

@@ -102,7 +102,7 @@ def _reference_mask(context: Context, layer: int, facts: dict) -> np.ndarray | N
     return None
 
 
-def _explains(context: Context, name: str, candidate: np.ndarray, hypothesis: np.ndarray,
+def explains(context: Context, name: str, candidate: np.ndarray, hypothesis: np.ndarray,
               reference: np.ndarray) -> float | None:
     """rel_l2 of the candidate against the hypothesis when it explains the candidate: by the common
     rule, or, with a calibrated tolerance, when the hypothesis is within it and the reference is not
@@ -118,7 +118,7 @@ def _explains(context: Context, name: str, candidate: np.ndarray, hypothesis: np
     return residual if residual <= tolerance.max_rel_l2 < error and residual <= WITHIN_NOISE * error else None
 
 
-def _attention_focus(context: Context):
+def attention_focus(context: Context):
     """(name, kind, attention, reference, candidate) at the focus attn_probs/attn_ctx whose reference
     the standard attention of the reference's own q, k, v reproduces."""
     for name, checkpoint, reference, candidate in context.focused("attn_probs", "attn_ctx"):
@@ -130,12 +130,12 @@ def _attention_focus(context: Context):
 @register("attention_scale")
 def attention_scale(context: Context):
     """The scores are scaled by another factor (1/head_dim for 1/sqrt(head_dim)): a softmax temperature."""
-    for name, kind, attention, reference, candidate in _attention_focus(context):
+    for name, kind, attention, reference, candidate in attention_focus(context):
         standard = attention.standard
         scale, residual = _fit_scale(lambda s: attention.output(kind, scale=s), candidate, attention.head_dim)
         if abs(scale / standard - 1) <= SCALE_SAME:
             continue
-        if _explains(context, name, candidate, attention.output(kind, scale=scale), reference) is None:
+        if explains(context, name, candidate, attention.output(kind, scale=scale), reference) is None:
             continue
         diagnosis = Diagnosis("attention_scale", name,
                               f"recomputing attention from the reference's q, k and v with the scores scaled by "
@@ -198,13 +198,13 @@ SWAPS = (("q", "k"), ("k", "v"), ("q", "v"))
 def swapped_operands(context: Context):
     """Two of q, k, v used in each other's place (a fused projection split in the wrong order, with
     the checkpoints tapped before the mistake): recomputed from the reference's own tensors."""
-    for name, kind, attention, reference, candidate in _attention_focus(context):
+    for name, kind, attention, reference, candidate in attention_focus(context):
         tensors = {"q": attention.q, "k": attention.k, "v": attention.v}
         for first, second in SWAPS:
             if tensors[first].shape != tensors[second].shape or (kind == "attn_probs" and "v" in (first, second)):
                 continue
             swapped = {**tensors, first: tensors[second], second: tensors[first]}
-            residual = _explains(context, name, candidate, attention.output(kind, **swapped), reference)
+            residual = explains(context, name, candidate, attention.output(kind, **swapped), reference)
             if residual is not None:
                 yield Diagnosis("swapped_operands", name,
                                 f"attention recomputed from the reference's tensors with {first} and {second} "
@@ -216,10 +216,10 @@ def swapped_operands(context: Context):
 
 def causal_mask_from_context(context: Context):
     """No causal mask, seen in attn_ctx alone: unmasked attention of the reference's q, k, v reproduces it."""
-    for name, kind, attention, reference, candidate in _attention_focus(context):
+    for name, kind, attention, reference, candidate in attention_focus(context):
         if kind != "attn_ctx":
             continue
-        residual = _explains(context, name, candidate, attention.output(kind, causal=False), reference)
+        residual = explains(context, name, candidate, attention.output(kind, causal=False), reference)
         if residual is not None:
             yield Diagnosis("causal_mask", name,
                             f"attention recomputed from the reference's q, k and v without the causal mask "

@@ -58,7 +58,7 @@ class RopeFinding:
         return [change for change in CAUSES if change in found]
 
 
-def _source(trace, name: str) -> str | None:
+def rotated_source(trace, name: str) -> str | None:
     layer, kind = name.rsplit(".", 1)
     for source in (f"{layer}.{kind[0]}_norm", f"{layer}.{kind[0]}"):
         if source in trace:
@@ -80,11 +80,11 @@ def _findings(context: Context):
     config = context.config
     for name, checkpoint, y_reference, y_candidate in context.focused("q_rope", "k_rope"):
         parameters = rope_parameters(config, checkpoint.layer)
-        source = _source(context.reference, name)
+        source = rotated_source(context.reference, name)
         if parameters is None or source is None or y_reference.shape[0] < 3:
             continue
         x_reference = widened(context.reference[source])
-        own = _source(context.candidate, name)
+        own = rotated_source(context.candidate, name)
         x_candidate = (widened(context.candidate[own]) if own is not None
                        and context.candidate.shape_of(own) == x_reference.shape else x_reference)
         if x_reference.shape != y_reference.shape or y_reference.shape[-1] % config.head_dim:

@@ -49,6 +49,7 @@ from parity.core.errors import CaptureError, OptionError, require
 from parity.capture.llamacpp.blocks import Blocks
 from parity.capture.llamacpp.names import GraphNames, layer_of
 from parity.core.names import parse, select
+from parity.core.rope_layout import unpermute_qk
 from parity.core.trace import Trace, make_trace
 from parity.core.trace.readers import bfloat16_widened
 
@@ -605,16 +606,6 @@ def _streaming(stream, sink: Callable[[str, np.ndarray], None], offset: Callable
 def _layer(name: str) -> int | None:
     checkpoint = parse(name)
     return checkpoint.layer if checkpoint is not None else None
-
-
-def unpermute_qk(array: np.ndarray, head_dim: int) -> np.ndarray:
-    """Undo the GGUF conversion's per-head row permutation of q/k: (T, H*hd) -> (T, H*hd).
-
-    Conversion stores transformers' row `half*hd/2 + i` of each head at `2*i + half`.
-    """
-    tokens = array.shape[0]
-    per_head = array.reshape(tokens, -1, head_dim // 2, 2)   # (T, H, hd/2, 2): [.., i, half]
-    return per_head.swapaxes(-1, -2).reshape(tokens, -1)      # (T, H, 2, hd/2) -> (T, H*hd)
 
 
 def _prompt_columns(probabilities: np.ndarray, rows: int, seen: int | None = None,

@@ -37,6 +37,11 @@ class TorchCandidate(Candidate):
         self.precision = module_dtype(module)
         self._decode_reasons: dict[tuple[int, ...], str | None] = {}
         self.config = getattr(module, "config", None)   # its head counts read per-head layouts; else the reference's
+        from parity.capture.torch.incremental import cache_calls
+        from parity.capture.torch.positions import positions_filled
+
+        self.calls = cache_calls(module)
+        self._stack.enter_context(positions_filled(module))   # every plain call at 0..T-1
 
     @classmethod
     def claims(cls, spec: Any) -> bool:
@@ -78,7 +83,11 @@ class TorchCandidate(Candidate):
         if reason is not None:
             return reason
         if capability in ("decode", "cache", "chunked_prefill"):
-            return self._decode_reason(tuple(prompt) if prompt else (0, 1))
+            reason = self._decode_reason(tuple(prompt) if prompt else (0, 1))
+            if reason is None and capability == "cache" and self.calls.held:
+                return (f"its modules hold its cache (it takes {self.calls.positions}), which is not read back; "
+                        "decoding through it is checked")
+            return reason
         if capability == "padding":
             from parity.capture.torch.incremental import attention_mask_support
 

@@ -7,6 +7,11 @@ more token it returns that token's logits. This is found by trying
 (decode_support), not from the forward's signature: wrappers and patched models
 take `**kwargs`. The cache goes back under the keyword the forward names:
 `cache` (transformers 5.24 on) or `past_key_values` (before, and most ports).
+
+A port that names no cache but takes `input_pos` or `start_pos` (gpt-fast, Meta's
+reference code) holds its cache in its modules (capture/torch/positions.py): it
+decodes by being called at the next position, and HELD stands for its cache. It is
+taken to decode when its output at a position depends on what was run before it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import numpy as np
 
 from parity.capture.torch.layout import canonical_layout, config_heads, first_tensor
 from parity.capture.torch.module import ids_tensor
+from parity.capture.torch.positions import HELD_CACHE_KEYWORDS, position_argument, position_keyword
+from parity.capture.torch.signature import forward_parameters
 from parity.capture.torch.taps import TapsLike
 from parity.capture.torch.tracer import ModuleTracer
 from parity.core.pass_sketch import PassSketch
@@ -29,7 +36,6 @@ from parity.core.pass_sketch import PassSketch
 RECORDED_PREFILL_TOKENS = 512
 
 CACHE_KEYWORDS = ("cache", "past_key_values")   # transformers 5.24 renamed past_key_values to cache
-POSITION_KEYWORDS = ("positions", "position_ids")
 PROTOCOL = ("forward(ids, positions=None, cache=None) returning (logits, cache), where cache=None starts a new "
             "cache (docs/porting.md)")
 
@@ -37,38 +43,37 @@ PROTOCOL = ("forward(ids, positions=None, cache=None) returning (logits, cache),
 @dataclass(frozen=True)
 class CacheCalls:
     """How a model's forward takes a cache, from the signatures of the forwards in its class hierarchy (a
-    wrapper taking **kwargs inherits its base's): the cache keyword (`cache`, `past_key_values`, or None for
+    wrapper taking **kwargs inherits its base's; one that takes none, only its own): the cache keyword (`cache`, `past_key_values`, or None for
     none), whether to pass use_cache=True, and the keyword absolute positions go by, if it names one."""
 
     keyword: str | None
     use_cache: bool
     positions: str | None
 
+    @property
+    def held(self) -> bool:
+        """The cache lives in the model's modules: no cache keyword, positions by input_pos or start_pos."""
+        return self.keyword is None and self.positions in HELD_CACHE_KEYWORDS
+
     def __repr__(self) -> str:
         return f"<CacheCalls {self.keyword} use_cache={self.use_cache} positions={self.positions}>"
 
 
+class HeldCache:
+    """The cache of a model that holds it in its modules: nothing to pass back, nothing to read."""
+
+    def __repr__(self) -> str:
+        return "<HeldCache>"
+
+
+HELD = HeldCache()
+
+
 def cache_calls(model) -> CacheCalls:
-    names: set[str] = set()
-    takes_kwargs = False
-    own = vars(model).get("forward")   # a forward set on the instance (a patch) is the one called ...
-    own = inspect.unwrap(own) if own is not None else None   # ... seen through wrappers (parity's guard)
-    if getattr(own, "__self__", None) is model:
-        own = None                         # the class's own forward, bound: its hierarchy says the rest
-    forwards = [own] if own is not None else [cls.__dict__.get("forward") for cls in type(model).__mro__
-                                               if not cls.__module__.startswith("torch.")]
-    for forward in forwards:
-        if forward is None:
-            continue
-        try:
-            parameters = inspect.signature(forward).parameters
-        except (TypeError, ValueError):
-            continue
-        names.update(parameters)
-        takes_kwargs = takes_kwargs or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    names, takes_kwargs = forward_parameters(model)
     keyword = next((name for name in CACHE_KEYWORDS if name in names), "past_key_values" if takes_kwargs else None)
     return CacheCalls(keyword=keyword, use_cache="use_cache" in names or takes_kwargs,
-                      positions=next((name for name in POSITION_KEYWORDS if name in names), None))
+                      positions=position_keyword(model))
 
 
 def cache_keyword(model) -> str:
@@ -81,26 +86,23 @@ def call_with_cache(model, ids, cache, *, start: int = 0, last_only: bool = Fals
     from `cache` (None: a fresh one). `last_only`: a transformers model puts only the last position through its
     output head (the logits of a long prompt's other positions are not made), and runs its attention in blocks
     of query rows at a long input (capture/hf/attention.py); a port runs as it is."""
-    import torch
-
     from parity.capture.hf.attention import kept_logits, long_input_attention
 
     calls = cache_calls(model)
-    kwargs = {calls.keyword or "past_key_values": cache, **(kept_logits(model, 1) if last_only else {})}
+    kwargs = {} if calls.held else {calls.keyword or "past_key_values": cache}
+    kwargs.update(kept_logits(model, 1) if last_only else {})
     if calls.use_cache:
         kwargs["use_cache"] = True
     if calls.positions:
-        positions = torch.arange(start, start + ids.shape[-1], device=ids.device)
-        kwargs[calls.positions] = positions.unsqueeze(0).expand(ids.shape[0], -1)
+        kwargs[calls.positions] = position_argument(calls.positions, start, ids.shape[-1], ids.shape[0], ids.device)
     with long_input_attention(model):
-        return _split(model(ids, **kwargs))
+        logits, returned = _split(model(ids, **kwargs))
+    return logits, HELD if calls.held else returned
 
 
 def positioned_forward(model, start: int, *, who: str = "the candidate"):
     """`forward(model, input_ids)` running `input_ids` at absolute positions start.., through the keyword the
-    model's forward names them by (positions, position_ids); OptionError saying what to add when it names none."""
-    import torch
-
+    model's forward names them by (capture/torch/positions.py); OptionError saying what to add when it names none."""
     from parity.core.errors import OptionError
 
     keyword = cache_calls(model).positions
@@ -109,8 +111,9 @@ def positioned_forward(model, start: int, *, who: str = "the candidate"):
                           f"add a `positions` argument, {PROTOCOL}")
 
     def forward(module, input_ids, **options):
-        positions = torch.arange(start, start + input_ids.shape[-1], device=input_ids.device)
-        return module(input_ids, **{keyword: positions.unsqueeze(0).expand(input_ids.shape[0], -1)}, **options)
+        batch, length = input_ids.shape
+        return module(input_ids, **{keyword: position_argument(keyword, start, length, batch, input_ids.device)},
+                      **options)
 
     return forward
 
@@ -123,6 +126,8 @@ def decode_support(model, prompt: list[int]) -> str | None:
     from parity.capture.torch.factory import describe_error
 
     calls = cache_calls(model)
+    if calls.held:
+        return _held_cache_support(model, prompt, calls.positions)
     if calls.keyword is None:
         return f"its forward takes no cache: add a `cache` argument, {PROTOCOL}"
     call = f"forward(ids, {calls.keyword}=None{', use_cache=True' if calls.use_cache else ''})"
@@ -142,6 +147,34 @@ def decode_support(model, prompt: list[int]) -> str | None:
     if logits is None or logits.dim() < 2 or logits.shape[-2] != 1:
         shape = "no logits" if logits is None else f"logits of shape {list(logits.shape)}"
         return f"given its own cache back with one more token it returned {shape}, not that token's row"
+    return None
+
+
+def _held_cache_support(model, prompt: list[int], keyword: str) -> str | None:
+    """None when a model taking `keyword` (input_pos, start_pos) decodes through the cache its modules hold: its
+    logits for a token at position 1 change with the token at position 0 run before it. Else why not."""
+    import torch
+
+    from parity.capture.torch.factory import describe_error
+
+    first, second = prompt[:1], prompt[1:2] or prompt[:1]
+    rows = []
+    try:
+        with torch.no_grad():
+            for before in (first, None):
+                if before is None:   # another token at position 0, from the vocabulary the logits span
+                    before = [(first[0] + 1) % rows[0].shape[-1]]
+                call_with_cache(model, ids_tensor([before], model), HELD, start=0)
+                logits, _ = call_with_cache(model, ids_tensor([second], model), HELD, start=1)
+                if logits is None or logits.dim() < 2 or logits.shape[-2] != 1:
+                    shape = "no logits" if logits is None else f"logits of shape {list(logits.shape)}"
+                    return f"called with one token at {keyword}=1 it returned {shape}, not that token's row"
+                rows.append(logits[..., -1, :])
+    except Exception as error:  # the user's code
+        return f"called one token at a time with {keyword} it failed: {describe_error(error)}"
+    if torch.equal(rows[0], rows[1]):
+        return (f"it takes {keyword} but keeps no cache: a token's logits at position 1 are the same whatever "
+                f"token ran at position 0; hold the keys and values in its modules, or {PROTOCOL}")
     return None
 
 
@@ -230,13 +263,15 @@ def cache_tensors(cache) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         return {i: tuple(t[0].transpose(0, 1).float().cpu().numpy() for t in pair) for i, pair in pairs.items()}
     if isinstance(cache, (tuple, list)):
         return {i: tuple(t[0].transpose(0, 1).float().cpu().numpy() for t in pair) for i, pair in enumerate(cache)}
+    if isinstance(cache, HeldCache):
+        return {}
     if isinstance(getattr(cache, "keys", None), dict):
         return {i: (cache.keys[i].float().cpu().numpy(), cache.values[i].float().cpu().numpy()) for i in cache.keys}
     return {}
 
 
 def prefill_cache(model, prompt: list[int]):
-    """The cache a model holds after prefilling `prompt`, as cache_tensors()."""
+    """The cache a model holds after prefilling `prompt`, as cache_tensors() ({} for a HELD cache)."""
     import torch
 
     with torch.no_grad():

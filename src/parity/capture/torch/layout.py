@@ -40,11 +40,14 @@ def first_tensor(output):
 
 
 def config_heads(config) -> frozenset[int]:
-    """The head counts a config declares (query heads, key/value heads), for reading per-head layouts."""
+    """The head counts a config declares (query heads, key/value heads), for reading per-head layouts: by
+    transformers' names, nanoGPT's, Meta's (n_kv_heads), gpt-fast's (n_local_heads) or LLMs-from-scratch's
+    (n_kv_groups)."""
     if config is None:
         return frozenset()
     read = config.get if isinstance(config, dict) else (lambda key: getattr(config, key, None))
-    counts = (read("num_attention_heads"), read("num_key_value_heads"), read("n_head"), read("n_heads"))
+    counts = [read(key) for key in ("num_attention_heads", "num_key_value_heads", "n_head", "n_heads",
+                                    "n_kv_heads", "n_local_heads", "n_kv_groups")]
     return frozenset(count for count in counts if isinstance(count, int) and count > 0)
 
 

@@ -107,13 +107,18 @@ def base_metadata(model, input_ids) -> dict:
 def traced_forward(model, input_ids, taps, forward, *, copy: bool, sink=None, host: bool = True, **options):
     import torch
 
+    from parity.capture.torch.factory import describe_error
+    from parity.capture.torch.positions import positions_filled
+
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), ModuleTracer(model, taps, copy=copy, sink=sink, host=host, **options) as tracer:
+        with torch.no_grad(), positions_filled(model), \
+                ModuleTracer(model, taps, copy=copy, sink=sink, host=host, **options) as tracer:
             output = forward(model, input_ids) if forward else model(input_ids)
-    except (RuntimeError, TypeError, ValueError, IndexError) as error:
-        raise CaptureError(f"the forward pass of {type(model).__name__} failed: {error}") from error
+    except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as error:
+        raise CaptureError(f"the forward pass of {type(model).__name__} failed: {describe_error(error)}") \
+            from error
     finally:
         model.train(was_training)
     return tracer, output

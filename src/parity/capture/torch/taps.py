@@ -35,8 +35,9 @@ def resolve_taps(taps: TapsLike) -> tuple[Tap, ...]:
         resolved = []
         for pattern, names in taps.items():
             module, io = pattern, "output"
-            if pattern.rsplit(":", 1)[-1] in _IO_SUFFIXES:
-                module, io = pattern.rsplit(":", 1)
+            head, colon, suffix = pattern.rpartition(":")
+            if colon and suffix in _IO_SUFFIXES:
+                module, io = head, suffix   # `output` alone is a module's name (gpt-fast's and Meta's head)
             names = (names,) if isinstance(names, str) else tuple(names)
             resolved.append(Tap(module=module, names=names, io=io))
         return tuple(resolved)

@@ -10,7 +10,7 @@ from parity.capture.torch.layout import canonical_layout, first_tensor
 from parity.capture.torch.rows import RowBlocks
 from parity.capture.torch.taps import TapsLike, fill_layer, index_taps, matching_taps, resolve_taps
 from parity.core.errors import CaptureError, OptionError
-from parity.core.names import RAW_PREFIX, TAP_IOS, Tap, select
+from parity.core.names import RAW_PREFIX, TAP_IOS, Tap, parse, select
 
 
 class ModuleTracer:
@@ -144,7 +144,9 @@ class ModuleTracer:
                 self._send(name, tensor.detach(), canonical)
             return
         recorded = tensor.detach()
-        copied = self.copy or (self.host and recorded.device.type != "cpu")
+        # an inference-mode tensor (Meta's forward runs under torch.inference_mode) has no version counter to
+        # tell whether the forward changes it later: copied as it comes
+        copied = self.copy or (self.host and recorded.device.type != "cpu") or recorded.is_inference()
         stored = canonical(self._copy(recorded) if copied else recorded)
         if not copied:
             self._versions[name] = stored._version  # a view shares it with the tensor the forward goes on using
@@ -157,9 +159,10 @@ class ModuleTracer:
         """Hand a checkpoint to the sink: the forward's own tensor (the sink checks its version counter
         once written), or a host copy, with the event that says a device's copy has landed."""
         if not self.host:   # the sink uses the tensor now, on its device, before the forward goes on
-            self.sink.put(name, canonical(recorded.clone() if self.copy else recorded), owned=self.copy)
+            copied = self.copy or recorded.is_inference()
+            self.sink.put(name, canonical(recorded.clone() if copied else recorded), owned=copied)
             return
-        copied = self.copy or recorded.device.type != "cpu"
+        copied = self.copy or recorded.device.type != "cpu" or recorded.is_inference()
         stored = canonical(self._host_copy(recorded) if copied else recorded)
         ready = None
         if recorded.device.type == "cuda":
@@ -231,6 +234,7 @@ class ModuleTracer:
         if len(names) == 1:
             self._store(names[0], tensor, layout, start)
             return
+        sizes = sizes or self._qkv_widths(names, tensor.shape[-1])
         if sizes and (len(sizes) != len(names) or sum(sizes) != tensor.shape[-1]):
             raise CaptureError(f"cannot split a fused output of width {tensor.shape[-1]} into {', '.join(names)} "
                                f"of widths {', '.join(map(str, sizes))}")
@@ -241,6 +245,19 @@ class ModuleTracer:
         parts = tensor.split(list(sizes), dim=-1) if sizes else tensor.chunk(len(names), dim=-1)
         for name, part in zip(names, parts):
             self._store(name, part, start=start)
+
+    def _qkv_widths(self, names: tuple[str, ...], width: int) -> tuple[int, ...]:
+        """The widths of a fused q|k|v output from the config's head counts (more query heads than key/value
+        heads with grouped-query attention: an even split would cut the wrong places); () when they do not
+        tell them."""
+        checkpoints = [parse(name) for name in names]
+        if [c.kind if c is not None else None for c in checkpoints] != ["q", "k", "v"] or not self.heads:
+            return ()
+        query, grouped = max(self.heads), min(self.heads)
+        if width % (query + 2 * grouped):
+            return ()
+        head_dim = width // (query + 2 * grouped)
+        return (query * head_dim, grouped * head_dim, grouped * head_dim)
 
     def _token_major(self, output, module_input, projection: str):
         """A per-head (B, A, C, hd) output as (B, T, H, hd): the axis of length T is the tokens';

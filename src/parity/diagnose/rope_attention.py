@@ -1,0 +1,80 @@
+"""RoPE causes seen in the attention, for a candidate that records no q_rope or k_rope (its RoPE inline, as
+in Meta's code and gpt-fast): rope_layout and rope_direction at attn_probs or attn_ctx.
+
+The reference's rotation is fitted from its own q (or q_norm) and q_rope, as rope.py does. Each variant
+of it (the other layout of a head's pairs, the angles turned backward) is applied to the reference's
+q and k before RoPE, and attention is recomputed with the reference's v: a variant that reproduces the
+candidate's tensor names its cause. The commonest: a port that rotates pairs (2i, 2i+1), Meta-style,
+on q and k projected by weights still in transformers' order (halves), because the conversion that
+permutes their rows was left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from parity.core.results import Diagnosis
+from parity.diagnose import register
+from parity.diagnose.attention_math import attention_focus, explains
+from parity.diagnose.context import Context, widened
+from parity.diagnose.rope import rotated_source, start_position
+from parity.diagnose.rope_fit import LAYOUTS, Rotation, Tables, fit, noise_floor, rope_parameters, rotary_dim
+
+FITTED = 1e-3   # the reference's rotation must reproduce its own q_rope this closely (or to 10x its rounding)
+
+
+def _variants(rotation: Rotation) -> list[tuple[str, Rotation, str]]:
+    other = "adjacent" if rotation.layout == "half" else "half"
+    return [("rope_layout", dataclasses.replace(rotation, layout=other),
+             f"RoPE rotating {LAYOUTS[other]} where the reference rotates {LAYOUTS[rotation.layout]}"),
+            ("rope_direction", dataclasses.replace(rotation, direction=-rotation.direction),
+             "RoPE turning the other way (its angles negated)")]
+
+
+def _reference_rotation(context: Context, layer: int):
+    """(rotation, rotary dim, q before RoPE, k before RoPE) of the reference's layer, or None."""
+    config, reference = context.config, context.reference
+    parameters = rope_parameters(config, layer)
+    sources = [rotated_source(reference, f"layers.{layer}.{kind}") for kind in ("q_rope", "k_rope")]
+    if parameters is None or None in sources or f"layers.{layer}.q_rope" not in reference or not config.head_dim:
+        return None
+    x_q, x_k = (widened(reference[source]) for source in sources)
+    y_q = widened(reference[f"layers.{layer}.q_rope"])
+    if x_q.shape != y_q.shape or x_q.ndim != 2 or x_q.shape[-1] % config.head_dim or x_q.shape[0] < 3:
+        return None
+    dim, start = rotary_dim(config, layer, parameters), start_position(context)
+    tables = Tables(parameters, config.head_dim, dim, config.raw.get("max_position_embeddings"), start + x_q.shape[0])
+    floor = noise_floor(reference.dtypes.get(f"layers.{layer}.q_rope"))
+    found = fit(x_q, y_q, config.head_dim, dim, tables.all()[:1], floor, start=start)
+    if found is None or found[1] > max(10 * floor, FITTED) or found[0].changes:
+        return None
+    return found[0], dim, x_q, x_k
+
+
+@register("rope_in_attention")
+def rope_in_attention(context: Context):
+    """The attention is what a RoPE variant of the reference's makes, when the candidate's q_rope is unseen."""
+    for name, kind, attention, reference, candidate in attention_focus(context):
+        layer = int(name.split(".")[1])
+        if f"layers.{layer}.q_rope" in context.candidate or f"layers.{layer}.k_rope" in context.candidate:
+            continue   # the rotation itself is compared, and its causes read there (rope.py)
+        found = _reference_rotation(context, layer)
+        if found is None:
+            continue
+        rotation, dim, x_q, x_k = found
+        for cause, variant, what in _variants(rotation):
+            q = variant.apply(x_q, context.config.head_dim, dim)
+            k = variant.apply(x_k, context.config.head_dim, dim)
+            residual = explains(context, name, candidate, attention.output(kind, q=q, k=k), reference)
+            if residual is None or not np.isfinite(residual):
+                continue
+            advice = (": a checkpoint read for Meta-style RoPE needs each head's q and k projection rows permuted "
+                      "into pair order (Meta's checkpoints are; gpt-fast's and llama.cpp's converters do it), "
+                      "else rotate halves" if cause == "rope_layout" else
+                      ": rotate_half returning cat(x2, -x1) instead of cat(-x2, x1), or sin with the wrong sign")
+            yield Diagnosis(cause, name, f"attention recomputed from the reference's q, k and v with {what} "
+                                         f"reproduces the candidate's {name} (rel error {residual:.2g}; its q_rope "
+                                         f"and k_rope are not recorded){advice}")
+            return

@@ -1,0 +1,89 @@
+"""Ports in the conventions of Meta's Llama code and gpt-fast, end to end (examples/meta_llama.py): positions
+as a required argument (start_pos, input_pos), the KV cache held in the attention modules, q and k in the
+interleaved RoPE layout, the output head named `output`, the forward under torch.inference_mode."""
+
+import json
+
+import pytest
+
+from conftest import ROOT
+from test_cli import TOKEN_ARG, parity
+
+PORTS = '''import meta_llama as m
+
+def start_pos(path):
+    return m.build(path)
+
+def input_pos(path):
+    return m.build_input_pos(path)
+
+def cache_one_slot_off(path):
+    return m.build_with(path, m.Bugs(cache_offset=True))
+
+def only_q_permuted(path):
+    return m.build_with(path, m.Bugs(permuted="q"))
+
+def weights_not_permuted(path):
+    return m.build_with(path, m.Bugs(permuted=""))
+
+def positions_without_cache(path):
+    return m.build_with(path, m.Bugs(cache=False))
+'''
+
+
+@pytest.fixture(scope="module")
+def ports(tmp_path_factory):
+    path = tmp_path_factory.mktemp("meta_ports") / "ports.py"
+    path.write_text(PORTS)
+    return path
+
+
+def check(model_dir, ports, factory):
+    result = parity("check", model_dir, f"{ports}:{factory}", "--tokens", TOKEN_ARG, "--json", "-",
+                    cwd=ROOT / "examples")
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def reasons(report) -> dict[str, str]:
+    return {item["check"]: item["reason"] for item in report["not_checked"]}
+
+
+@pytest.mark.parametrize("factory, keyword", [("start_pos", "start_pos"), ("input_pos", "input_pos")])
+def test_a_correct_port_passes_with_decoding_through_the_cache_its_modules_hold(model_dirs, ports, factory, keyword):
+    code, report = check(model_dirs["llama"], ports, factory)
+    assert code == 0 and report["verdict"] == "pass", report["first_divergence"]
+    compared = {c["name"] for c in report["checkpoints"]}
+    assert {"layers.0.q", "layers.0.k", "logits"} <= compared
+    assert any("interleaved RoPE layout" in note for note in report["notes"])
+    assert report["decode"]["passed"] and len(report["decode"]["rel_l2"]) == 5
+    assert report["decode"]["chunked_prefill_rel_l2"] < 1e-5
+    assert "decode" not in reasons(report) and "chunked_prefill" not in reasons(report)
+    assert f"its modules hold its cache (it takes {keyword})" in reasons(report)["kv_cache"]
+
+
+def test_a_cache_written_one_slot_off_fails_decoding(model_dirs, ports):
+    code, report = check(model_dirs["llama"], ports, "cache_one_slot_off")
+    assert code == 1 and report["verdict"] == "fail"
+    assert all(c["status"] == "pass" for c in report["checkpoints"])   # one full pass is right ...
+    assert not report["decode"]["passed"]                               # ... decoding through the cache is not
+
+
+def test_q_permuted_without_k_is_not_read_as_a_layout_and_fails_at_q(model_dirs, ports):
+    code, report = check(model_dirs["llama"], ports, "only_q_permuted")
+    assert code == 1 and report["first_divergence"]["checkpoint"] == "layers.0.q"
+    assert not any("interleaved RoPE layout" in note for note in report["notes"])
+    assert report["diagnoses"][0]["cause"] == "layout_permuted"
+
+
+def test_pair_rope_on_unpermuted_weights_is_named_from_the_attention(model_dirs, ports):
+    code, report = check(model_dirs["llama"], ports, "weights_not_permuted")
+    assert code == 1 and report["first_divergence"]["checkpoint"] == "layers.0.attn_ctx"
+    causes = {(d["cause"], d["checkpoint"]) for d in report["diagnoses"]}
+    assert ("rope_layout", "layers.0.attn_ctx") in causes, report["diagnoses"]
+
+
+def test_positions_without_a_cache_are_not_taken_for_decoding(model_dirs, ports):
+    code, report = check(model_dirs["llama"], ports, "positions_without_cache")
+    assert code == 0 and report["decode"] is None
+    assert "takes start_pos but keeps no cache" in reasons(report)["decode"]
