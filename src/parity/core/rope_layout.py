@@ -11,7 +11,8 @@ for the comparison, and the comparison says so.
 It is decided once for the whole trace, from the first layer holding both q and k (else both q_rope and
 k_rope): both must be the reference's in pair order, far closer so than as stored. A port that permuted
 only one of them (a bug: its attention changes) is compared as stored and fails there, where the
-layout_permuted diagnosis names it. Layers with a partial rotary embedding are not read this way.
+layout_permuted diagnosis names it. Layers with a partial rotary embedding are not read this way,
+nor tensors measured on the device and not kept (--on-device), which are compared as stored.
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ def pair_layout(reference: Trace, candidate: Trace, head_dim: int | None) -> boo
         for kinds in PAIRED_KINDS:
             names = [f"layers.{layer}.{kind}" for kind in kinds]
             if all(name in reference and name in candidate for name in names):
-                return all(_closer_in_pairs(reference[name], candidate[name], head_dim) for name in names)
+                try:
+                    return all(_closer_in_pairs(reference[name], candidate[name], head_dim) for name in names)
+                except KeyError:   # measured where the models ran and not kept (--on-device): compared as stored
+                    return False
     return False
 
 

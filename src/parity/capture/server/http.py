@@ -135,7 +135,7 @@ def _connection_error(url: str, error: BaseException) -> CaptureError:
 
 
 def _timeout(url: str, seconds: float) -> CaptureError:
-    return CaptureError(f"the server at {url} did not finish answering within {max(seconds, 0):.3g} s; "
+    return CaptureError(f"the server at {url} did not finish answering within {max(seconds, 0):.2g} s; "
                         "check that it is not stuck, or allow more time with --timeout")
 
 
