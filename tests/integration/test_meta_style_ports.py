@@ -83,6 +83,14 @@ def test_pair_rope_on_unpermuted_weights_is_named_from_the_attention(model_dirs,
     assert ("rope_layout", "layers.0.attn_ctx") in causes, report["diagnoses"]
 
 
+def test_far_positions_are_refused_for_a_port_whose_positions_continue_its_cache(model_dirs, ports):
+    from test_cli import assert_unusable
+
+    result = parity("check", model_dirs["llama"], f"{ports}:start_pos", "--tokens", TOKEN_ARG,
+                    "--start-position", "100", cwd=ROOT / "examples")
+    assert_unusable(result, "--start-position is not checked")
+
+
 def test_positions_without_a_cache_are_not_taken_for_decoding(model_dirs, ports):
     code, report = check(model_dirs["llama"], ports, "positions_without_cache")
     assert code == 0 and report["decode"] is None

@@ -123,6 +123,11 @@ def positioned_forward(model, start: int, *, who: str = "the candidate"):
     if keyword is None:
         raise OptionError(f"--start-position needs {who} to take absolute positions, and its forward names none: "
                           f"add a `positions` argument, {PROTOCOL}")
+    if keyword in HELD_CACHE_KEYWORDS:   # its modules' cache: the tokens continue whatever it holds before them
+        raise OptionError(f"--start-position is not checked for {who}: its forward takes {keyword} as the place "
+                          f"after the tokens its modules have cached, so tokens at position {start} attend to "
+                          f"{start} cached positions before them, not to themselves alone; add a `positions` "
+                          f"argument for that, {PROTOCOL}")
 
     def forward(module, input_ids, **options):
         batch, length = input_ids.shape
