@@ -74,7 +74,11 @@ def test_after_a_long_prompt_a_transformers_candidate_decodes_against_the_rows_i
     assert_same_decoding(whole, rows)
     assert whole["decode"]["cache"] is not None and rows["decode"]["cache"] is not None
     assert whole["decode"]["batch_rel_l2"] and "padding" not in not_checked(whole)
-    assert "padded batches compare every prompt position's logits" in not_checked(rows)["padding"]
+    assert whole["decode"]["batch_prompt_tokens"] == len(TOKENS)
+    # past the logits a long check holds, padded batches run on the prompt's first tokens (here 2), and say so
+    assert "padding" not in not_checked(rows) and rows["decode"]["batch_prompt_tokens"] == 2
+    assert set(rows["decode"]["batch_rel_l2"]) == {"left", "right"}
+    assert max(rows["decode"]["batch_rel_l2"].values()) <= min(rows["decode"]["bounds"])
 
 
 def test_after_a_long_prompt_llamacpp_decodes_against_the_rows_it_compares(capsys, monkeypatch):

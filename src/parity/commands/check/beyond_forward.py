@@ -7,8 +7,9 @@ skipped silently. Whether a PyTorch candidate decodes is found by trying (captur
 After a long prompt the checks hold the logits of the positions they compare, from the last
 prompt position on, not T x V per side (3.2 GB in float64 for SmolLM2 at T=8,192): each side
 makes or keeps only those rows (`logits(ids, first)`), and a transformers model prefills in
-blocks of query rows. Past FULL_LOGITS_BYTES padded batches do not run, and say why (they
-compare every prompt position, in a batch of two); a decode step that fails is located by a
+blocks of query rows. Past FULL_LOGITS_BYTES padded batches run on the prompt's first tokens, as
+many as keep their logits within it (they compare every position, in a batch of two), and the
+report says how many; a decode step that fails is located by a
 full pass judged as it is made, keeping that position's rows only (core/decode_location.py).
 """
 
@@ -66,10 +67,6 @@ def _not_runnable(candidate, prompt: list[int], steps: int, long: bool) -> dict[
         reason = candidate.supports(capability, prompt=prompt)
         if reason is not None:
             skipped[check] = reason
-    if long and "padding" not in skipped:
-        skipped["padding"] = (f"a prompt of {len(prompt)} tokens: padded batches compare every prompt position's "
-                              f"logits, more than {FULL_LOGITS_BYTES >> 20} MiB of them; give a shorter prompt "
-                              "to check them")
     if len(prompt) < 2 and "chunked_prefill" not in skipped:
         skipped["chunked_prefill"] = "a one-token prompt has nothing to split"
     return skipped
@@ -223,12 +220,18 @@ def _with_prefill_variants(decode, reference_model, candidate, prompt: list[int]
     chunked = None
     if "chunked_prefill" not in skipped:
         chunked = rel_l2(full[len(prompt) - 1], candidate.chunked_prefill_logits(prompt))
-    batch = []
+    batch, batch_tokens = [], None
     if "padding" not in skipped:
+        batched = prompt
+        if full.first:   # a long prompt: its first tokens, their logits within FULL_LOGITS_BYTES
+            batch_tokens = min(len(prompt), max(2, FULL_LOGITS_BYTES // (full.logits.shape[-1] * 8)))
+            batched = prompt[:batch_tokens]
+            full = Rows(candidate.logits(batched), 0)                                  # (batch_tokens, V)
         for side in ("left", "right"):
-            rows = candidate.padded_batch_logits(prompt, prompt[: max(1, len(prompt) // 2)], prompt[0], side)
-            batch.append((side, max(rel_l2(full[p], rows[p]) for p in range(len(prompt)))))
-    return dataclasses.replace(decode, cache=cache, chunked_rel_l2=chunked, batch_rel_l2=tuple(batch)), note
+            rows = candidate.padded_batch_logits(batched, batched[: max(1, len(batched) // 2)], batched[0], side)
+            batch.append((side, max(rel_l2(full[p], rows[p]) for p in range(len(batched)))))
+    return dataclasses.replace(decode, cache=cache, chunked_rel_l2=chunked, batch_rel_l2=tuple(batch),
+                               batch_tokens=batch_tokens), note
 
 
 def _add_not_checked(comparison: Comparison, skipped: dict[str, str]) -> Comparison:

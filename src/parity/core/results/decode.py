@@ -33,6 +33,7 @@ class DecodeConsistency:
     cache: CacheComparison | None = None            # the KV cache against the reference's, after the prefill
     chunked_rel_l2: float | None = None             # the prompt prefilled in two chunks, last position
     batch_rel_l2: tuple[tuple[str, float], ...] = ()  # ("left" / "right" padding, worst row) in a batch of two
+    batch_tokens: int | None = None      # the prompt's first tokens the padded batches ran on; None: all of it
 
     def __bool__(self) -> bool:
         bound = max(self.bounds, default=0.0)
@@ -43,6 +44,11 @@ class DecodeConsistency:
     def __repr__(self) -> str:
         where = f", parts at step {self.first_step}" if self.first_step is not None else ""
         return f"<DecodeConsistency {len(self.rel_l2)} steps{where}>"
+
+    @property
+    def batch_label(self) -> str:
+        """What the padded batches ran on, for a report's label: '' for the whole prompt."""
+        return f" (the prompt's first {self.batch_tokens} tokens)" if self.batch_tokens is not None else ""
 
     @property
     def position(self) -> int | None:

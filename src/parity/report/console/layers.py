@@ -205,7 +205,7 @@ def _beyond_one_pass(comparison: Comparison):
                 lines.append(f"KV cache: the {part} of layer {layer}, head {head} differ from the reference's after "
                              "the prefill\n", style="bold red")
         variants = ([("chunked prefill", decode.chunked_rel_l2)] if decode.chunked_rel_l2 is not None else []) + \
-            [(f"batched with {side} padding", error) for side, error in decode.batch_rel_l2]
+            [(f"batched with {side} padding{decode.batch_label}", error) for side, error in decode.batch_rel_l2]
         if variants:
             bound = max(decode.bounds)
             lines.append("prefill variants: " + ", ".join(

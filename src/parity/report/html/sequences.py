@@ -34,7 +34,7 @@ def decode_section(decode) -> str:
     rows = [[escape_html(label), escape_html(number(error)),
              "matches" if error <= max(decode.bounds, default=0.0) else "<b>differs</b>"]
             for label, error in ([("chunked prefill", decode.chunked_rel_l2)] if decode.chunked_rel_l2 is not None else [])
-            + [(f"batched with {side} padding", error) for side, error in decode.batch_rel_l2]]
+            + [(f"batched with {side} padding{decode.batch_label}", error) for side, error in decode.batch_rel_l2]]
     if rows:
         parts.append(table(["prefill variant", "rel_l2", ""], rows, numeric={1}))
     if decode.cache is not None:
