@@ -7,11 +7,13 @@
     if not comparison:
         print(comparison.first_divergence)
 
-The core (traces, names, metrics, comparison) needs numpy alone; capture from
-torch models and transformers is imported on first use.
+`parity.compare` is the comparison `parity check` reports: the candidate's conventions adapted
+(core/conventions.py), every checkpoint compared, the causes diagnosed. The core (traces, names,
+metrics, comparison) needs numpy alone; capture from torch models and transformers is imported
+on first use.
 """
 
-from parity.core.compare import CompareConfig, compare
+from parity.core.compare import CompareConfig
 from parity.core.errors import CaptureError, MissingDependency, OptionError, ParityError, TraceError
 from parity.core.names import LAYER_KINDS, Checkpoint, Tap, in_flow_order, parse
 from parity.core.results import CheckpointResult, Comparison, Diagnosis, Divergence, Metrics, Tolerance
@@ -51,6 +53,15 @@ _LAZY = {  # these import torch or transformers, so only on first use
     "capture_hf": "parity.capture.hf.model",
     "Probe": "parity.capture.torch.probe",
 }
+
+
+def compare(reference: Trace, candidate: Trace, *, config: CompareConfig | None = None,
+            strict: frozenset[str] = frozenset()) -> Comparison:
+    """Every checkpoint both traces hold compared, the candidate's conventions adapted to the reference's
+    (those named in `strict` held as failures), with where they first part ways and its likely causes."""
+    from parity.diagnose.compared import compare_and_diagnose
+
+    return compare_and_diagnose(reference, candidate, config or CompareConfig(), strict=frozenset(strict))
 
 
 def __getattr__(name: str):

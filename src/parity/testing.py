@@ -73,7 +73,7 @@ def assert_parity(reference, candidate, *, prompt: str | None = None, tokens: li
                 config = _calibrated(reference_trace, lowp, config)
         elif calibrate not in (True, False, None):
             config = _calibrated(reference_trace, _trace(calibrate, "calibrate"), config)
-        from parity.commands.check.pipeline import compare_and_diagnose
+        from parity.diagnose.compared import compare_and_diagnose
 
         result = compare_and_diagnose(reference_trace, candidate_trace, config)
         if not_checked:

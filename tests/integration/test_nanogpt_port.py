@@ -22,7 +22,7 @@ import tiny_models  # noqa: E402
 from conftest import TOKENS  # noqa: E402
 from parity.capture.hf.model import capture_hf, load_model  # noqa: E402
 from parity.capture.torch.module import trace_module
-from parity.commands.check.pipeline import compare_and_diagnose  # noqa: E402
+from parity.diagnose.compared import compare_and_diagnose  # noqa: E402
 from parity.core.calibrate import noise_floors  # noqa: E402
 from parity.core.compare import CompareConfig  # noqa: E402
 

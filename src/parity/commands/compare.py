@@ -98,7 +98,7 @@ def run_compare(reference_path: str, candidate_path: str | list[str], *, calibra
     tensor-parallel run's rank traces, or a shards manifest: merged by their layout (core/shards/)."""
     import dataclasses
 
-    from parity.commands.check.pipeline import compare_and_diagnose
+    from parity.diagnose.compared import compare_and_diagnose
     from parity.commands.options import require_selection
     from parity.core.calibrate import check_same_tokens, noise_floors
     from parity.core.compare import CompareConfig

@@ -20,7 +20,6 @@ from parity.core.metrics import Measurement, channel_weighted_position_rel_l2, m
 from parity.core.names import INDEX_KINDS, Checkpoint, in_flow_order, is_raw, parse, select
 from parity.core.positions import MATRIX_KIND, largest_differences, per_head_rel_l2
 from parity.core.propagation import attribute, origin
-from parity.core.rope_layout import in_halves_order, pair_layout, pair_layout_note, reference_head_dim
 from parity.core.routing import compare_experts
 from parity.core.results import (
     FAIL,
@@ -70,10 +69,6 @@ def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = Compa
     `streamed` (core/streamed.StreamedCheckpoints): checkpoints neither trace holds, measured as the candidate
     made them;
     those it never gave are missing."""
-    head_dim = reference_head_dim(reference) if config.align else None
-    paired = pair_layout(reference, candidate, head_dim)
-    if paired:   # q and k in the interleaved RoPE layout: read in the reference's (core/rope_layout.py)
-        candidate = in_halves_order(candidate, head_dim)
     reference_names = select(reference.tensors, config.checkpoints)
     candidate_names = select(candidate.tensors, config.checkpoints)
     if streamed is not None:
@@ -102,8 +97,7 @@ def compare(reference: Trace, candidate: Trace, *, config: CompareConfig = Compa
         extra=tuple(in_flow_order(name for name in extra if not is_raw(name))),
         raw_unpaired=tuple(in_flow_order(name for name in missing | extra if is_raw(name))),
         first_divergence=_divergence(first, reference, candidate, positions),
-        notes=tuple(_trace_notes(reference, candidate)) + tuple(_truncation_notes(results))
-        + ((pair_layout_note(head_dim),) if paired else ()),
+        notes=tuple(_trace_notes(reference, candidate)) + tuple(_truncation_notes(results)),
         reference_metadata={**reference.metadata, **({"source": reference.source} if reference.source else {})},
         candidate_metadata={**candidate.metadata, **({"source": candidate.source} if candidate.source else {})},
         origin=_divergence(next((r for r in results if r.name == introduced_at), None), reference, candidate,

@@ -10,6 +10,9 @@ comparing, and says so once per convention:
     logit_shift     every logits row shifted by a constant (log-softmax, and so every probability,
                     unchanged)
     residual_pair   a block output kept as two tensors, the branch and the residual ([2, T, D]), summed
+    rope_pairs      q and k kept in the interleaved RoPE layout, each head's dimensions rotated in pairs
+                    (2i, 2i+1) where the reference rotates i with i+hd/2 (core/rope_layout.py): read in the
+                    reference's order
 
 Every detector then reads the adapted tensors, so a convention never hides a cause. `strict`
 (the option --strict) lists the conventions to hold as failures instead: those checkpoints are
@@ -29,11 +32,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from parity.core.config_shape import config_shape
 from parity.core.names import HEAD_KINDS, is_raw, parse
+from parity.core.rope_layout import is_per_head_qk, kept_in_pairs, pairs_detail, rotated_head_dim, unpermute_qk
 from parity.core.trace import Trace
 from parity.core.trace.pages import PagesBehind
 
-CONVENTIONS = ("layout", "vocab_padding", "logit_shift", "residual_pair",
+CONVENTIONS = ("layout", "vocab_padding", "logit_shift", "residual_pair", "rope_pairs",
                "logprob_shift")   # a server's log-probabilities one token off (adapted in core/sequence.py)
 _LOGIT_KINDS = ("logits", "lm_head_out")
 _SHIFT_CHUNK_ROWS = 256
@@ -80,6 +85,13 @@ def adapt(reference: Trace, candidate: Trace, *, strict: frozenset[str] = frozen
         found.setdefault((transform.convention, transform.detail), []).append(name)
     adaptations = [Adaptation(convention, tuple(names), detail, held=convention in strict)
                    for (convention, detail), names in found.items()]
+    pairs = _rope_pairs(reference, candidate, transforms)
+    if pairs:
+        head_dim, paired = pairs
+        if "rope_pairs" not in strict:
+            transforms.update(paired)
+        adaptations.append(Adaptation("rope_pairs", tuple(paired), pairs_detail(head_dim),
+                                      held="rope_pairs" in strict))
     if "logit_shift" not in strict:
         shifted = _logit_shifts(reference, candidate, transforms)
         for name, (shifts, transform) in shifted.items():
@@ -103,6 +115,30 @@ class _Transform:
 
     def __repr__(self) -> str:
         return f"<_Transform {self.convention} -> {list(self.shape)}>"
+
+
+def _rope_pairs(reference: Trace, candidate: Trace, transforms: Mapping[str, _Transform]):
+    """(head size, name -> transform) that reads q and k kept in the interleaved RoPE layout in the reference's
+    halves order (core/rope_layout.py), after any other adaptation of theirs; None for a candidate that does
+    not keep them so."""
+    head_dim = rotated_head_dim(reference)
+
+    def read(name: str) -> np.ndarray:
+        return transforms[name].apply(candidate[name]) if name in transforms else candidate[name]
+
+    if not kept_in_pairs(reference, read, candidate.tensors, head_dim):
+        return None
+    paired = {}
+    for name in candidate.tensors:
+        base = transforms.get(name)
+        shape = base.shape if base is not None else candidate.shape_of(name)
+        if (name not in reference.tensors or not is_per_head_qk(name) or len(shape) != 2
+                or shape != reference.shape_of(name) or shape[-1] % head_dim):
+            continue
+        stored = base.apply if base is not None else np.asarray
+        paired[name] = _Transform("rope_pairs", "pairs", shape,
+                                  lambda array, stored=stored: unpermute_qk(stored(array), head_dim))
+    return head_dim, paired
 
 
 def _recognize(name: str, reference: Trace, candidate: Trace, heads: frozenset[int],
@@ -169,14 +205,8 @@ def _without_leading_ones(shape: tuple[int, ...], rank: int) -> tuple[int, ...]:
 
 
 def _heads(reference: Trace, candidate: Trace) -> frozenset[int]:
-    counts = set()
-    for trace in (reference, candidate):
-        config = trace.metadata.get("config")
-        if isinstance(config, dict):
-            for key in ("num_attention_heads", "num_key_value_heads", "n_head"):
-                if isinstance(config.get(key), int) and config[key] > 0:
-                    counts.add(config[key])
-    return frozenset(counts)
+    return frozenset().union(*(config_shape(trace.metadata.get("config")).head_counts
+                               for trace in (reference, candidate)))
 
 
 def _logit_shifts(reference: Trace, candidate: Trace, transforms: Mapping[str, _Transform]) -> dict:

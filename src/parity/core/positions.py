@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from parity.core.config_shape import config_shape
 from parity.core.metrics import per_position_rel_l2, rel_l2
 from parity.core.names import HEAD_KINDS, parse
 from parity.core.trace import Trace, layer_count
@@ -87,12 +88,9 @@ def _heads(name: str, checkpoint, reference: Trace) -> int | None:
 
 
 def _config_heads(metadata) -> int:
-    """num_attention_heads of a transformers config recorded in the metadata (its text config's, if nested)."""
+    """The query heads of the model's config recorded in the metadata (0 when it declares none)."""
     config = metadata.get("config") if isinstance(metadata, dict) else None
-    if isinstance(config, dict) and isinstance(config.get("text_config"), dict):
-        config = config["text_config"]
-    heads = config.get("num_attention_heads") if isinstance(config, dict) else None
-    return heads if isinstance(heads, int) and heads > 0 else 0
+    return config_shape(config if isinstance(config, dict) else None).heads or 0
 
 
 def position_profile(name: str, reference: Trace, candidate: Trace) -> tuple[float, ...]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from parity.core.config_shape import config_shape
 from parity.core.metrics import CHUNK_ELEMENTS, norm_ratio, rel_l2
 from parity.core.results import Comparison
 from parity.core.trace import Trace
@@ -56,23 +57,22 @@ class ModelConfig:
 
 def model_config(trace: Trace) -> ModelConfig:
     config: dict[str, Any] = trace.metadata.get("config") or {}
-    heads = config.get("num_attention_heads") or config.get("n_head")
-    width = config.get("hidden_size") or config.get("n_embd")
+    shape = config_shape(config)
     rope = config.get("rope_parameters") or {}
     rope_type = rope.get("rope_type", (config.get("rope_scaling") or {}).get("rope_type", "default"))
     gpt2 = config.get("model_type") == "gpt2"
     activation = config.get("hidden_act") or config.get("activation_function")
     architecture = trace.metadata.get("architecture")
     return ModelConfig(
-        heads=heads,
-        kv_heads=config.get("num_key_value_heads") or heads,
-        head_dim=config.get("head_dim") or (width // heads if width and heads else None),
+        heads=shape.heads,
+        kv_heads=shape.kv_heads,
+        head_dim=shape.head_dim,
         rope_theta=None if gpt2 or rope_type != "default" else rope.get("rope_theta", config.get("rope_theta", 10000.0)),
         norm_eps=config.get("rms_norm_eps") or config.get("layer_norm_epsilon"),
         norm="layer" if gpt2 else "rms",
         activation={"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}.get(activation, activation),
-        hidden=width,
-        layers=config.get("num_hidden_layers") or config.get("n_layer"),
+        hidden=shape.hidden,
+        layers=shape.layers,
         raw=dict(config),
         architecture=architecture if isinstance(architecture, dict) else {},
     )

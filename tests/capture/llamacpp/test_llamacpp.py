@@ -7,7 +7,8 @@ from conftest import need
 from parity.capture.llamacpp.runner import LlamaCppRunner
 from parity.core.rope_layout import unpermute_qk
 from parity.capture.gguf.smollm2 import DEFAULT_PROMPT
-from parity.core.compare import CompareConfig, compare
+from parity.core.compare import compare
+from parity.core.conventions import adapt
 from parity.core.results import NOT_COMPARABLE
 
 REQUIRED = ["attn_norm", "q", "k", "v", "q_rope", "k_rope", "attn_probs", "attn_ctx", "attn_out", "resid_mid",
@@ -80,12 +81,13 @@ def test_q_and_k_left_in_gguf_order_are_read_as_the_pair_layout_and_caught_when_
         misaligned = runner.capture(tokens, checkpoints="layers.*.q,layers.*.k,layers.*.q_rope,layers.*.k_rope")
     finally:
         runner.undo_qk_permutation = True
-    comparison = compare(reference, misaligned)   # q and k both in pair order: a layout, not a bug
+    view, adaptations = adapt(reference, misaligned)   # q and k both in pair order: a convention, not a bug
+    comparison = compare(reference, view)
     assert len(comparison.checkpoints) == 4 * 30
     assert min(r.metrics.cosine for r in comparison.checkpoints) > 0.99
-    assert any("interleaved RoPE layout" in note for note in comparison.notes)
-    strict = compare(reference, misaligned, config=CompareConfig(align=False))
-    assert max(r.metrics.cosine for r in strict.checkpoints) < 0.5
+    assert [a.convention for a in adaptations] == ["rope_pairs"] and "interleaved RoPE layout" in adaptations[0].note
+    held, _ = adapt(reference, misaligned, strict=frozenset({"rope_pairs"}))
+    assert max(r.metrics.cosine for r in compare(reference, held).checkpoints) < 0.5
 
 
 def test_llamacpp_tokenizes_like_the_reference(runner, smollm2_reference):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from parity.core.config_shape import config_shape
 from parity.core.errors import CaptureError
 from parity.core.names import HEAD_KINDS, parse
 
@@ -40,15 +41,9 @@ def first_tensor(output):
 
 
 def config_heads(config) -> frozenset[int]:
-    """The head counts a config declares (query heads, key/value heads), for reading per-head layouts: by
-    transformers' names, nanoGPT's, Meta's (n_kv_heads), gpt-fast's (n_local_heads) or LLMs-from-scratch's
-    (n_kv_groups)."""
-    if config is None:
-        return frozenset()
-    read = config.get if isinstance(config, dict) else (lambda key: getattr(config, key, None))
-    counts = [read(key) for key in ("num_attention_heads", "num_key_value_heads", "n_head", "n_heads",
-                                    "n_kv_heads", "n_local_heads", "n_kv_groups")]
-    return frozenset(count for count in counts if isinstance(count, int) and count > 0)
+    """The head counts a config declares (query heads, key/value heads), for reading per-head layouts
+    (core/config_shape.py reads every naming)."""
+    return config_shape(config).head_counts
 
 
 def canonical_layout(name: str, tensor, *, token_count: int | None = None, heads: Collection[int] = (),

@@ -21,7 +21,7 @@ from typing import Any
 
 from parity.capture.candidate import Candidate, CandidateContext, TraceRequest, open_candidate, parse_candidate
 from parity.capture.hf.placement import Placement
-from parity.core.compare import CompareConfig, compare, require_compared
+from parity.core.compare import CompareConfig, compare
 from parity.core.errors import OptionError
 from parity.core.results import NOT_ASKED, Comparison, NotChecked, Tolerance
 from parity.core.sequence import SequenceComparison
@@ -204,6 +204,8 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
             for role, part in (("reference", reference), ("candidate", trace))
         )
     progress.step("comparing")
+    from parity.diagnose.compared import compare_and_diagnose
+
     comparison = compare_and_diagnose(reference, trace, config, strict=options.strict, streamed=streamed.stream)
     comparison = streamed.noted(comparison)
     if options.replay:
@@ -299,24 +301,3 @@ def _with_replay(comparison: Comparison, reference: Trace, candidate: Candidate,
         block_local_rel_l2={parse(r.name).layer: r.metrics.rel_l2 for r in blocks.checkpoints
                             if r.metrics is not None and parse(r.name) and parse(r.name).kind == "out"},
     )
-
-
-def compare_and_diagnose(reference: Trace, candidate: Trace, config: CompareConfig, *,
-                         strict: frozenset[str] = frozenset(), streamed=None) -> Comparison:
-    """The comparison of the candidate, its conventions adapted to the reference's (core/conventions.py; those in
-    `strict` held as failures), with every detector's diagnoses; the adaptations are notes."""
-    from parity.core.conventions import adapt
-    from parity.diagnose import diagnose
-
-    adapted, adaptations = adapt(reference, candidate, strict=strict)
-    if "layout" in strict:
-        config = dataclasses.replace(config, align=False)
-    comparison = compare(reference, adapted, config=config, streamed=streamed)
-    require_compared(comparison, reference, adapted, config)
-    comparison = diagnose(comparison, reference, adapted)
-    if not adaptations:
-        return comparison
-    held = {name for adaptation in adaptations if adaptation.held for name in adaptation.names}
-    diagnoses = tuple(d for d in comparison.diagnoses if not (d.cause == "no_known_cause" and d.checkpoint in held))
-    notes = tuple(adaptation.note for adaptation in adaptations)
-    return dataclasses.replace(comparison, notes=notes + tuple(comparison.notes), diagnoses=diagnoses)
