@@ -7,6 +7,7 @@
     python benchmarks/long_check.py --tokens 8192 --stages
     python benchmarks/long_check.py --tokens 8192 --port --stages
     python benchmarks/long_check.py --tokens 8192 --port row_blocked_bfloat16 --stages
+    python benchmarks/long_check.py --tokens 2048 --transformers --decode-steps 4 --stages
 
 The default pair (SmolLM2's GGUF in transformers against the same file in llama.cpp)
 over T random token ids, with --decode-steps 0: one forward pass per side plus the
@@ -25,7 +26,9 @@ block handed to its probe; --port FACTORY names another of its factories) agains
 weights: the GGUF as transformers reads it, saved as a float32 model directory, is both the
 reference and the port's weights; the port's own forward over the same ids is then also run
 in a fresh process without a check (its weights, what it makes and returns, torch), and the
-check's peak is printed against it.
+check's peak is printed against it. With --transformers both are that model directory in
+transformers: a transformers candidate decodes through its cache, and runs padded batches
+(over the prompt's first tokens, past 256 MiB of logits).
 """
 
 from __future__ import annotations
@@ -178,10 +181,14 @@ def run_once(tokens: int, model: str | None, candidate: str | None, decode_steps
 def decode_line(decode: dict) -> str:
     """The token-by-token decoding check in one line: its steps, and where it first parts from the full pass."""
     steps = len(decode["rel_l2"])
+    batches = ""
+    if decode.get("batch_rel_l2"):
+        batches = (f"; padded batches over the prompt's first {decode['batch_prompt_tokens']} tokens: worst rel_l2 "
+                   + ", ".join(f"{side} {error:.2g}" for side, error in decode["batch_rel_l2"].items()))
     if decode["passed"]:
-        return f"decode: {steps} steps within their bounds"
+        return f"decode: {steps} steps within their bounds{batches}"
     return (f"decode: {steps} steps, the first outside its bound: step {decode['first_step']} (position "
-            f"{decode['position']}), located to {decode['first_checkpoint'] or 'no checkpoint'}")
+            f"{decode['position']}), located to {decode['first_checkpoint'] or 'no checkpoint'}{batches}")
 
 
 def main() -> None:
@@ -194,6 +201,8 @@ def main() -> None:
     parser.add_argument("--port", nargs="?", const="row_blocked", metavar="FACTORY",
                         help="the candidate is the from-scratch PyTorch port (examples/scratch_llama.py), its "
                              "attention in blocks of 512 query rows (default factory: row_blocked)")
+    parser.add_argument("--transformers", action="store_true",
+                        help="both sides are the GGUF as transformers reads it, saved as a float32 model directory")
     parser.add_argument("--checkpoints", help="the checks' --checkpoints, e.g. '*,!*.attn_probs'")
     parser.add_argument("--stages", action="store_true", help="also print each stage's peak resident memory "
                                                                "(sampled every 0.2 s)")
@@ -204,6 +213,8 @@ def main() -> None:
         model, candidate = args.model, args.candidate
         if args.planted:
             model, candidate = planted_rope_base(Path(directory))
+        if args.transformers:
+            model = candidate = smollm2_directory(Path(directory))
         if args.port:
             examples = Path(__file__).resolve().parent.parent / "examples"
             model, candidate = smollm2_directory(Path(directory)), f"{examples / 'scratch_llama.py'}:{args.port}"

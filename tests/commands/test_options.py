@@ -61,3 +61,14 @@ def test_outputs_are_checked_from_the_parsed_arguments(tmp_path):
     with pytest.raises(OptionError, match="is not a directory"):
         arguments.check_outputs(argparse.Namespace(save_traces=str(tmp_path / "exists.json"), force=False))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.json"]   # the probes left nothing
+
+
+def test_strict_takes_and_its_help_names_every_convention():
+    from parity.core.conventions import CONVENTIONS
+
+    parser = argparse.ArgumentParser()
+    arguments.add_tolerances(parser)
+    assert arguments.conventions("rope_pairs,layout") == frozenset({"rope_pairs", "layout"})
+    assert arguments.conventions("all") == frozenset(CONVENTIONS)
+    help_text = next(action.help for action in parser._actions if "--strict" in action.option_strings)
+    assert all(convention in help_text for convention in CONVENTIONS), help_text

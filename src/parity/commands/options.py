@@ -225,7 +225,8 @@ def add_tolerances(parser) -> None:
                              "'*,!*.attn_probs'")
     parser.add_argument("--strict", type=conventions, nargs="?", const=conventions("all"), default=frozenset(),
                         metavar="CONVENTIONS", help="hold these conventions as failures instead of adapting them: "
-                                                    "layout, vocab_padding, logit_shift, residual_pair (default: all)")
+                                                    "layout, vocab_padding, logit_shift, residual_pair, rope_pairs, "
+                                                    "logprob_shift (default: all)")
 
 
 def add_reports(parser, *, files: bool = True) -> None:
