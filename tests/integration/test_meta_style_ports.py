@@ -38,8 +38,8 @@ def ports(tmp_path_factory):
     return path
 
 
-def check(model_dir, ports, factory):
-    result = parity("check", model_dir, f"{ports}:{factory}", "--tokens", TOKEN_ARG, "--json", "-",
+def check(model_dir, ports, factory, *options):
+    result = parity("check", model_dir, f"{ports}:{factory}", "--tokens", TOKEN_ARG, "--json", "-", *options,
                     cwd=ROOT / "examples")
     assert result.returncode in (0, 1), result.stderr
     return result.returncode, json.loads(result.stdout)
@@ -60,6 +60,14 @@ def test_a_correct_port_passes_with_decoding_through_the_cache_its_modules_hold(
     assert report["decode"]["chunked_prefill_rel_l2"] < 1e-5
     assert "decode" not in reasons(report) and "chunked_prefill" not in reasons(report)
     assert f"its modules hold its cache (it takes {keyword})" in reasons(report)["kv_cache"]
+
+
+def test_strict_rope_pairs_compares_q_and_k_as_stored(model_dirs, ports):
+    code, report = check(model_dirs["llama"], ports, "start_pos", "--strict", "rope_pairs", "--decode-steps", "0")
+    assert code == 1 and report["first_divergence"]["checkpoint"] == "layers.0.q"
+    assert any(note.startswith("not adapted (--strict rope_pairs): layers.*.k, layers.*.q") for note in report["notes"])
+    passed = {c["name"] for c in report["checkpoints"] if c["status"] == "pass"}
+    assert {"layers.0.attn_ctx", "logits"} <= passed   # the attention is the same in either layout
 
 
 def test_a_cache_written_one_slot_off_fails_decoding(model_dirs, ports):
