@@ -134,3 +134,19 @@ def test_greedy_through_the_cache_picks_the_tokens_full_passes_pick(family, mode
     # transformers computes RoPE's angles in float32 even for a float64 model, and torch's vectorized cos rounds
     # a position's angle by one ulp differently in a one-token batch: about 1e-7 of a log-prob, far below noise
     assert max(float(np.abs(cached - full).max()) for cached, full in zip(cached_rows, full_rows)) < 1e-6
+
+
+def test_a_transformers_candidate_asked_to_spill_writes_its_trace_as_it_runs(model_dirs, tmp_path):
+    """A long check hands a transformers candidate a spill file, as it does a port: the trace is written there as
+    the forward makes it, not held whole (it was held: 3.7 GiB at T=2,048 for SmolLM2), and read back lazily."""
+    from parity.capture.candidate import CandidateContext, TraceRequest
+    from parity.capture.hf.candidate import HFCandidate
+
+    candidate = HFCandidate.open(str(model_dirs["llama"]), CandidateContext())
+    held = candidate.trace(TOKENS)
+    path = tmp_path / "candidate.safetensors"
+    spilled = candidate.trace(TOKENS, TraceRequest(spill_to=str(path)))
+    assert path.exists() and not isinstance(spilled.tensors, dict)
+    assert sorted(spilled.names) == sorted(held.names) and spilled.tokens == held.tokens
+    for name in held.names:
+        np.testing.assert_array_equal(spilled[name], held[name], err_msg=name)

@@ -59,9 +59,14 @@ class HFCandidate(TorchCandidate):
             return super().trace(tokens, request, progress)
         if progress is not None:
             progress.step(f"capturing the candidate {Path(self.spec).name} over {len(tokens)} tokens")
-        return self.hf.capture(tokens, checkpoints=request.checkpoints, prompt=request.prompt,
-                               weights=request.weights, raw=request.raw, start_position=request.start_position,
-                               stream=request.stream)
+        options = dict(checkpoints=request.checkpoints, prompt=request.prompt, weights=request.weights,
+                       raw=request.raw, start_position=request.start_position, stream=request.stream)
+        if request.spill_to:   # a long input's trace: written as the forward makes it, never held whole
+            from parity.core.trace import load_trace
+
+            self.hf.capture_to_file(tokens, request.spill_to, **options)
+            return load_trace(request.spill_to)
+        return self.hf.capture(tokens, **options)
 
     def tokenize(self, text: str) -> list[int]:
         return self.hf.tokenize(text)
