@@ -1,9 +1,35 @@
-"""`import parity`: the Python API gives the verdict `parity check` gives on the same traces."""
+"""The curated public API: everything in __all__ imports, the heavy parts only on first use, and
+parity.compare gives the verdict `parity check` gives on the same traces."""
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import parity
+
+
+def test_every_public_name_resolves():
+    for name in parity.__all__:
+        assert getattr(parity, name) is not None, name
+    assert sorted(parity.__all__) == parity.__all__
+
+
+def test_importing_parity_does_not_import_torch_or_transformers():
+    code = "import sys, parity; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.split() == ["False", "False"]
+
+
+def test_unknown_attributes_raise():
+    try:
+        parity.not_a_thing
+    except AttributeError as error:
+        assert "not_a_thing" in str(error)
+    else:
+        raise AssertionError("parity.not_a_thing resolved")
+
 
 RNG = np.random.default_rng(3)
 HEAD_DIM, HEADS, TOKENS = 8, 2, 4
