@@ -78,8 +78,7 @@ def _decode(decode) -> dict[str, Any] | None:
                 "values_rel_l2": [[_number(v) for v in layer] for layer in cache.values]},
             "chunked_prefill_rel_l2": _optional(decode.chunked_rel_l2),
             "batch_rel_l2": {side: _number(error) for side, error in decode.batch_rel_l2},
-            "batch_prompt_tokens": decode.batch_tokens if decode.batch_tokens is not None else decode.prompt_length
-            if decode.batch_rel_l2 else None}
+            "batch_prompt_tokens": decode.batch_tokens}
 
 
 def _generation(generation) -> dict[str, Any] | None:

@@ -220,18 +220,17 @@ def _with_prefill_variants(decode, reference_model, candidate, prompt: list[int]
     chunked = None
     if "chunked_prefill" not in skipped:
         chunked = rel_l2(full[len(prompt) - 1], candidate.chunked_prefill_logits(prompt))
-    batch, batch_tokens = [], None
+    batch, batched = [], None
     if "padding" not in skipped:
-        batched = prompt
+        batched, unbatched = prompt, full
         if full.first:   # a long prompt: its first tokens, their logits within FULL_LOGITS_BYTES
-            batch_tokens = min(len(prompt), max(2, FULL_LOGITS_BYTES // (full.logits.shape[-1] * 8)))
-            batched = prompt[:batch_tokens]
-            full = Rows(candidate.logits(batched), 0)                                  # (batch_tokens, V)
+            batched = prompt[:max(2, FULL_LOGITS_BYTES // (full.logits.shape[-1] * 8))]
+            unbatched = Rows(candidate.logits(batched), 0)                              # (len(batched), V)
         for side in ("left", "right"):
             rows = candidate.padded_batch_logits(batched, batched[: max(1, len(batched) // 2)], batched[0], side)
-            batch.append((side, max(rel_l2(full[p], rows[p]) for p in range(len(batched)))))
+            batch.append((side, max(rel_l2(unbatched[p], rows[p]) for p in range(len(batched)))))
     return dataclasses.replace(decode, cache=cache, chunked_rel_l2=chunked, batch_rel_l2=tuple(batch),
-                               batch_tokens=batch_tokens), note
+                               batch_tokens=None if batched is None else len(batched)), note
 
 
 def _add_not_checked(comparison: Comparison, skipped: dict[str, str]) -> Comparison:

@@ -33,7 +33,7 @@ class DecodeConsistency:
     cache: CacheComparison | None = None            # the KV cache against the reference's, after the prefill
     chunked_rel_l2: float | None = None             # the prompt prefilled in two chunks, last position
     batch_rel_l2: tuple[tuple[str, float], ...] = ()  # ("left" / "right" padding, worst row) in a batch of two
-    batch_tokens: int | None = None      # the prompt's first tokens the padded batches ran on; None: all of it
+    batch_tokens: int | None = None      # how many of the prompt's tokens the padded batches ran on (None: not run)
 
     def __bool__(self) -> bool:
         bound = max(self.bounds, default=0.0)
@@ -48,7 +48,9 @@ class DecodeConsistency:
     @property
     def batch_label(self) -> str:
         """What the padded batches ran on, for a report's label: '' for the whole prompt."""
-        return f" (the prompt's first {self.batch_tokens} tokens)" if self.batch_tokens is not None else ""
+        if self.batch_tokens is None or self.batch_tokens >= self.prompt_length:
+            return ""
+        return f" (the prompt's first {self.batch_tokens} tokens)"
 
     @property
     def position(self) -> int | None:
