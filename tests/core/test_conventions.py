@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from parity.core.compare import CompareConfig, compare
-from parity.core.conventions import adapt
+from parity.core.conventions import adapt, as_stored
 from parity.core.trace import make_trace
 
 T, H, HD, V = 6, 4, 8, 20
@@ -33,6 +33,23 @@ def test_per_head_layouts_are_read_as_the_reference_holds_them(stored, described
     np.testing.assert_array_equal(adapted["layers.0.q"], Q)
     assert [a.convention for a in adaptations] == ["layout"] and described in adaptations[0].note
     assert adapted.shape_of("layers.0.q") == Q.shape
+
+
+@pytest.mark.parametrize("stored", [Q.reshape(T, H, HD).transpose(1, 0, 2).copy(), Q.reshape(1, T, H, HD)])
+def test_a_value_in_the_references_form_is_laid_out_as_the_candidate_stores_it(stored):
+    kept = candidate(**{"layers.0.q": stored})
+    adapted, _ = adapt(REFERENCE, kept)
+    doubled = as_stored(adapted, "layers.0.q", 2 * Q)
+    assert doubled.shape == kept.shape_of("layers.0.q") != Q.shape
+    np.testing.assert_array_equal(doubled, 2 * kept["layers.0.q"])
+    np.testing.assert_array_equal(as_stored(adapted, "layers.0.out", OUT), OUT)   # not adapted: as it is
+
+
+def test_an_adaptation_that_drops_or_changes_values_has_no_inverse():
+    padded = np.concatenate([LOGITS, np.zeros((T, 3), np.float32)], axis=1)
+    adapted, adaptations = adapt(REFERENCE, candidate(logits=padded))
+    assert [a.convention for a in adaptations] == ["vocab_padding"]
+    assert as_stored(adapted, "logits", LOGITS) is None
 
 
 def test_probabilities_stored_query_first_are_read_head_first():

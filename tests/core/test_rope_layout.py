@@ -4,7 +4,7 @@
 import numpy as np
 
 from parity.core.compare import compare
-from parity.core.conventions import adapt
+from parity.core.conventions import adapt, as_stored
 from parity.core.rope_layout import kept_in_pairs, rotated_head_dim, unpermute_qk
 from parity.core.trace import make_trace
 
@@ -71,6 +71,16 @@ def test_q_and_k_stored_per_head_and_in_pairs_are_read_through_both_conventions(
     view, adaptations = adapt(reference, make_trace(per_head, {"config": CONFIG}))
     assert sorted(a.convention for a in adaptations) == ["layout", "rope_pairs"]
     np.testing.assert_array_equal(view["layers.0.q"], reference["layers.0.q"])
+
+
+def test_the_references_q_is_laid_out_in_pairs_and_per_head_as_the_candidate_stores_it():
+    reference, candidate = traces()
+    per_head = {name: (tensor.reshape(TOKENS, -1, HEAD_DIM).transpose(1, 0, 2).copy()
+                       if name.endswith(".q") else tensor) for name, tensor in candidate.tensors.items()}
+    stored = make_trace(per_head, {"config": CONFIG})
+    view, _ = adapt(reference, stored)
+    np.testing.assert_array_equal(as_stored(view, "layers.1.q", reference["layers.1.q"]), stored["layers.1.q"])
+    np.testing.assert_array_equal(as_stored(view, "layers.1.k", reference["layers.1.k"]), stored["layers.1.k"])
 
 
 def test_q_alone_in_pair_order_is_a_bug_compared_as_stored():

@@ -103,3 +103,11 @@ def test_positions_without_a_cache_are_not_taken_for_decoding(model_dirs, ports)
     code, report = check(model_dirs["llama"], ports, "positions_without_cache")
     assert code == 0 and report["decode"] is None
     assert "takes start_pos but keeps no cache" in reasons(report)["decode"]
+
+
+def test_replay_reads_the_ports_q_and_k_in_the_references_order(model_dirs, ports):
+    code, report = check(model_dirs["llama"], ports, "start_pos", "--replay", "--decode-steps", "0")
+    assert code == 0, report["first_divergence"]
+    local = report["replay"]["checkpoints"]
+    assert local["layers.0.q"] < 1e-5 and local["layers.0.k"] < 1e-5     # not the layout read as an error
+    assert max(local.values()) < 1e-5

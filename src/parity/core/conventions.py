@@ -43,6 +43,7 @@ CONVENTIONS = ("layout", "vocab_padding", "logit_shift", "residual_pair", "rope_
 _LOGIT_KINDS = ("logits", "lm_head_out")
 _SHIFT_CHUNK_ROWS = 256
 _SHIFTED_HELD_BYTES = 256 << 20   # shifted logits larger than this are written to a file and mapped
+_REARRANGING = ("layout", "rope_pairs")   # conventions that only move elements: as_stored() inverts them
 _SHIFT_EXPLAINS = 0.1   # a per-row constant counts when it leaves a tenth of the error, or less
 
 
@@ -104,6 +105,28 @@ def adapt(reference: Trace, candidate: Trace, *, strict: frozenset[str] = frozen
     dtypes = {name: candidate.dtype_of(name) for name in candidate.tensors} if candidate.dtypes else {}
     # replace() keeps what a Trace subclass carries besides (a ShardedTrace's ranks)
     return dataclasses.replace(candidate, tensors=tensors, dtypes=dtypes), tuple(adaptations)
+
+
+def as_stored(adapted: Trace, name: str, value: np.ndarray) -> np.ndarray | None:
+    """`value`, a tensor in the reference's form, laid out as the candidate stores `name`: the inverse of its
+    adaptation in `adapted` (what adapt() returned), for feeding the reference's value to the candidate's own
+    code (a replay). `value` itself where `name` was not adapted; None where the adaptation is not a
+    rearrangement of the elements (a padded vocabulary, a residual pair, a logit shift: no inverse)."""
+    tensors = adapted.tensors
+    transform = tensors.transform_of(name) if isinstance(tensors, _Adapted) else None
+    if transform is None:
+        return value
+    if transform.convention not in _REARRANGING:
+        return None
+    stored_shape = tensors.stored_shape(name)
+    index = np.arange(math.prod(stored_shape)).reshape(stored_shape)
+    moved = np.asarray(transform.apply(index))        # reference-shaped: where each element is stored
+    value = np.asarray(value)
+    if moved.shape != value.shape:
+        return None
+    stored = np.empty(index.size, dtype=value.dtype)
+    stored[moved.reshape(-1)] = value.reshape(-1)
+    return stored.reshape(stored_shape)
 
 
 @dataclass(frozen=True)
@@ -302,6 +325,13 @@ class _Adapted(Mapping):
 
     def forget(self) -> None:
         getattr(self._tensors, "forget", lambda: None)()
+
+    def transform_of(self, name: str) -> _Transform | None:
+        return self._transforms.get(name)
+
+    def stored_shape(self, name: str) -> tuple[int, ...]:
+        shape_of = getattr(self._tensors, "shape_of", None)
+        return tuple(shape_of(name)) if shape_of is not None else tuple(np.shape(self._tensors[name]))
 
 
 def _summarize(names: tuple[str, ...]) -> str:

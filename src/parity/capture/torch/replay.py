@@ -7,7 +7,9 @@ modules do, so the error left is the module's own.
 
 Which checkpoint a module's input is gets found by value: in a normal run, the
 module's first input is compared with the checkpoints the candidate recorded,
-and the one it equals names it. Two passes:
+and the one it equals names it. The reference's value is fed in the candidate's own layout:
+where the candidate keeps a checkpoint another way (q and k in the interleaved RoPE order,
+core/conventions.py), the adaptation is inverted first (conventions.as_stored). Two passes:
   - blocks: only the blocks' inputs are replaced (each layer in isolation);
   - ops:    every tapped module's input is replaced (each op in isolation).
 """
@@ -22,6 +24,7 @@ import numpy as np
 from parity.capture.torch.module import input_ids_of
 from parity.capture.torch.taps import compile_pattern, fill_layer, resolve_taps, TapsLike
 from parity.capture.torch.tracer import ModuleTracer
+from parity.core.conventions import adapt, as_stored
 from parity.core.names import inputs_of, parse
 from parity.core.trace import Trace, make_trace
 
@@ -39,21 +42,25 @@ def replay_module(model, reference: Trace, *, taps: TapsLike, checkpoints: str |
     import torch
 
     input_ids = input_ids_of(reference.tokens, model)
-    feeds = _module_inputs(model, input_ids, taps, checkpoints)               # module path -> checkpoint name
+    feeds, recorded = _module_inputs(model, input_ids, taps, checkpoints)     # module path -> checkpoint name
     blocks = {path: name for path, name in feeds.items() if _is_block(path, model, taps)}
+    stored, _ = adapt(reference, make_trace(recorded))                         # the candidate's conventions
+    fed = {name: value for name in set(feeds.values()) if name in reference
+           and (value := as_stored(stored, name, reference[name])) is not None}   # in the candidate's layout
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            traces = [_replayed(model, input_ids, reference, taps, checkpoints, substitutions)
+            traces = [_replayed(model, input_ids, fed, reference.tokens, taps, checkpoints, substitutions)
                       for substitutions in (blocks, feeds)]
     finally:
         model.train(was_training)
     return Replay(*traces)
 
 
-def _module_inputs(model, input_ids, taps, checkpoints) -> dict[str, str]:
-    """For each module that produces a checkpoint, the checkpoint its first input equals."""
+def _module_inputs(model, input_ids, taps, checkpoints) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """(module path -> the checkpoint its first input equals, for each module that produces a checkpoint;
+    the checkpoints a normal run records)."""
     import torch
 
     inputs, produced = {}, {}
@@ -69,8 +76,9 @@ def _module_inputs(model, input_ids, taps, checkpoints) -> dict[str, str]:
             stack.callback(module.register_forward_pre_hook(remember).remove)
         model(input_ids)
     recorded = {name: tensor.float().numpy() for name, tensor in tracer.tensors.items()}
-    return {path: name for path, value in inputs.items()
-            if (name := _identify(value, recorded, produced[path])) is not None}
+    feeds = {path: name for path, value in inputs.items()
+             if (name := _identify(value, recorded, produced[path])) is not None}
+    return feeds, recorded
 
 
 def _identify(value: np.ndarray, recorded: dict[str, np.ndarray], own: tuple[str, ...]) -> str | None:
@@ -98,7 +106,10 @@ def _is_block(path: str, model, taps) -> bool:
                for tapped, _, names in _tapped_modules(model, taps))
 
 
-def _replayed(model, input_ids, reference: Trace, taps, checkpoints, substitutions: dict[str, str]) -> Trace:
+def _replayed(model, input_ids, fed: dict[str, np.ndarray], tokens, taps, checkpoints,
+              substitutions: dict[str, str]) -> Trace:
+    """The candidate's checkpoints with each module in `substitutions` given the reference's value of its
+    input (`fed`: checkpoint -> that value in the candidate's layout)."""
     import torch
 
     modules = dict(model.named_modules())
@@ -107,9 +118,9 @@ def _replayed(model, input_ids, reference: Trace, taps, checkpoints, substitutio
         # such as a residual add, from substituted inputs), and only then is the input replaced.
         tracer = stack.enter_context(ModuleTracer(model, taps, checkpoints=checkpoints))
         for path, name in substitutions.items():
-            if name not in reference:
+            if name not in fed:
                 continue
-            value = torch.from_numpy(np.ascontiguousarray(reference[name]))
+            value = torch.from_numpy(np.ascontiguousarray(fed[name]))
 
             def substitute(_module, args, value=value):
                 original = args[0]
@@ -119,4 +130,4 @@ def _replayed(model, input_ids, reference: Trace, taps, checkpoints, substitutio
 
             stack.callback(modules[path].register_forward_pre_hook(substitute).remove)
         model(input_ids)
-    return make_trace(dict(tracer.tensors), {"producer": "replay", "tokens": list(reference.tokens or [])})
+    return make_trace(dict(tracer.tensors), {"producer": "replay", "tokens": list(tokens or [])})

@@ -284,17 +284,20 @@ def _with_not_checked(comparison: Comparison, candidate_names: list[str], candid
 
 def _with_replay(comparison: Comparison, reference: Trace, candidate: Candidate, options: CheckOptions,
                  progress) -> Comparison:
-    """The comparison with each block's and each op's own error, measured on the reference's inputs."""
+    """The comparison with each block's and each op's own error, measured on the reference's inputs, the
+    candidate's conventions adapted as in the comparison (held where --strict holds them)."""
     from parity.capture.torch.replay import replay_module
+    from parity.core.conventions import adapt
     from parity.core.names import parse
 
     candidate.require("replay", "--replay")
     progress.step("replaying each block and op on the reference's inputs")
     replay = replay_module(candidate.module, reference, taps=candidate.taps(options.taps),
                            checkpoints=options.checkpoints)
-    config = CompareConfig(tolerance=Tolerance(0.0, 0.0, "replay"), checkpoints=options.checkpoints)
-    ops = compare(reference, replay.ops, config=config)
-    blocks = compare(reference, replay.blocks, config=config)
+    config = CompareConfig(tolerance=Tolerance(0.0, 0.0, "replay"), checkpoints=options.checkpoints,
+                           align="layout" not in options.strict)
+    ops, blocks = (compare(reference, adapt(reference, replayed, strict=options.strict)[0], config=config)
+                   for replayed in (replay.ops, replay.blocks))
     return dataclasses.replace(
         comparison,
         local_rel_l2={r.name: r.metrics.rel_l2 for r in ops.checkpoints if r.metrics is not None},
