@@ -3,6 +3,9 @@ import math
 import numpy as np
 
 from detector_cases import CONFIG, causes, diagnoses, rng
+from parity.core.compare import compare
+from parity.core.trace import make_trace
+from parity.diagnose import diagnose
 from parity.diagnose.layers import ACTIVATIONS
 
 R = rng(3)
@@ -26,6 +29,17 @@ def test_norm_epsilon_outside_the_root():
     x = 0.01 * R.standard_normal((T, WIDTH))
     base = {"embed": x, "layers.0.attn_norm": rms_norm(x, 1e-6)}
     assert "norm_epsilon" in causes(base, {**base, "layers.0.attn_norm": rms_norm(x, 1e-4, inside=False)})
+
+
+def test_the_references_own_epsilon_outside_the_root_is_named():
+    eps = CONFIG["rms_norm_eps"]
+    x = 0.01 * R.standard_normal((T, WIDTH))
+    base = {"embed": x, "layers.0.attn_norm": rms_norm(x, eps)}
+    reference = make_trace(base, {"dtype": "float32", "config": CONFIG})
+    candidate = make_trace({**base, "layers.0.attn_norm": rms_norm(x, eps, inside=False)}, {"dtype": "float32"})
+    found = [d for d in diagnose(compare(reference, candidate), reference, candidate).diagnoses
+             if d.cause == "norm_epsilon"]
+    assert found and "added outside the square root" in found[0].message
 
 
 def test_layer_norm_epsilon_with_bias():

@@ -84,20 +84,24 @@ def _fit_epsilon(centred, y_reference, y_candidate, eps_reference, layer_norm):
     scale = np.sum(unscaled * centred, axis=-1) / np.sum(centred * centred, axis=-1)   # c_row per row
     if np.any(scale <= 0):
         return None
+    fits = []                                                                  # (residual, epsilon, inside)
     for inside in (True, False):
         estimates = 1 / scale**2 - ms if inside else 1 / scale - np.sqrt(ms)
         epsilon = float(np.median(estimates))
         if inside and abs(epsilon) <= NO_EPSILON * float(np.median(ms)) < eps_reference:
             epsilon = 0.0   # no epsilon at all
-        elif epsilon <= 0 or math.isclose(epsilon, eps_reference, rel_tol=0.05):
-            continue
+        elif epsilon <= 0 or (inside and math.isclose(epsilon, eps_reference, rel_tol=0.05)):
+            continue   # inside the root, the reference's own epsilon is no change; outside it, it is one
         elif np.std(estimates) > EPS_SPREAD * abs(epsilon):
             continue
         root = np.sqrt(ms + epsilon) if inside else np.sqrt(ms) + epsilon
         hypothesis = gamma * centred / root[:, None] + beta
-        if matches(y_candidate, hypothesis, y_reference) is not None:
-            return epsilon, inside
-    return None
+        residual = matches(y_candidate, hypothesis, y_reference)
+        if residual is not None:
+            fits.append((residual, epsilon, inside))
+    # rows of like mean square fit either placement (an epsilon outside the root reads as a smaller one inside):
+    # the one that leaves less is named
+    return min(fits)[1:] if fits else None
 
 
 def _fit_affine(normalized, y, with_bias):
