@@ -36,7 +36,9 @@ SUPERSEDES = {"layout_permuted": frozenset({"causal_mask", "wiring"}),
               "gather_order": frozenset({"output_projection"}),
               # Rounded weights change every tensor from the embedding on: heuristic readings of the same
               # numbers (a rescaled row, a noisy one) are that rounding, seen from inside.
-              "weight_rounding": frozenset({"scale_factor", "swapped", "norm_epsilon", "activation_variant"})}
+              # (a GGUF's float16 weights are also a narrower format than the trace declares: the rounding says which)
+              "weight_rounding": frozenset({"scale_factor", "swapped", "norm_epsilon", "activation_variant",
+                                            "declared_precision"})}
 
 
 def register(cause: str) -> Callable[[Detector], Detector]:
@@ -55,6 +57,7 @@ def diagnose(comparison: Comparison, reference: Trace, candidate: Trace) -> Comp
     from parity.diagnose import attention_math, biases, block_input, ops, rope, rope_attention  # noqa: F401
     from parity.diagnose import embedding_scale, masks, norms, post_norm, router  # noqa: F401  (family-specific causes)
     from parity.diagnose import identities, structure, wiring  # noqa: F401  (the general mechanisms)
+    from parity.diagnose import declared_precision  # noqa: F401  (a port narrower than it declares)
     from parity.diagnose import tensor_parallel  # noqa: F401  (causes of tensor-parallel ports, from their ranks)
     from parity.diagnose.context import Context, model_config
 
