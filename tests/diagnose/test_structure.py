@@ -22,13 +22,13 @@ def model(layers=3, skip=(), lacking=()):
     return tensors
 
 
-def diagnosed(reference, candidate, config=CONFIG):
+def diagnosed(reference, candidate, config=CONFIG, producer=None):
     from parity.core.compare import compare
     from parity.core.trace import make_trace
     from parity.diagnose import diagnose
 
     reference_trace = make_trace(reference, {"dtype": "float32", "config": config})
-    candidate_trace = make_trace(candidate, {"dtype": "float32"})
+    candidate_trace = make_trace(candidate, {"dtype": "float32", **({"producer": producer} if producer else {})})
     return diagnose(compare(reference_trace, candidate_trace), reference_trace, candidate_trace)
 
 
@@ -83,7 +83,11 @@ def test_a_passing_candidate_that_records_less_is_no_bug():
 def test_the_fused_kernel_note_only_for_the_probabilities():
     reference = {**model(), **{f"layers.{i}.attn_probs": np.ones((4, T, T)) / T for i in range(3)}}
     fused = failing({name: tensor for name, tensor in reference.items() if not name.endswith("attn_probs")})
-    assert any("fused kernel" in note and "never materializes" in note for note in diagnosed(reference, fused).notes)
+    note = next(note for note in diagnosed(reference, fused).notes if "never materializes" in note)
+    assert "fused kernel" in note and "write it as layers.{i}.attn_probs" in note     # a trace another program wrote
+    note = next(note for note in diagnosed(reference, fused, producer="torch:port.Model").notes
+                if "never materializes" in note)
+    assert "wrap the softmax's output in a Probe" in note                              # a PyTorch module
     sparse = failing({name: tensor for name, tensor in reference.items()
                       if not name.endswith(("attn_probs", "attn_out", "resid_mid"))})
     notes = diagnosed(reference, sparse).notes

@@ -244,7 +244,12 @@ def probabilities_absent(context: Context):
                f"than a fused kernel hides is missing too ({', '.join(others[:8])}): see the structure diagnosis, "
                "or map the candidate's tensors to those checkpoints (docs/capture.md)")
         return
+    if str(context.candidate.metadata.get("producer", "")).startswith("torch:"):
+        how = ("run the manual attention path and wrap the softmax's output in a Probe (`att = "
+               "self.probs(F.softmax(att, dim=-1))`) mapped to layers.{i}.attn_probs; see docs/capture.md")
+    else:   # a trace another program wrote
+        how = ("compute the softmax of the scores, (H, T, S) per layer, and write it as layers.{i}.attn_probs; "
+               "see docs/trace-format.md")
     yield (f"the candidate records no attention probabilities ({absent[0]} and {len(absent) - 1} more are "
            "missing): a fused kernel (scaled_dot_product_attention, flash attention) never materializes them. "
-           "To compare them, run the manual attention path and wrap the softmax's output in a Probe "
-           "(`att = self.probs(F.softmax(att, dim=-1))`) mapped to layers.{i}.attn_probs; see docs/capture.md")
+           f"To compare them, {how}")
