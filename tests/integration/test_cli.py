@@ -245,3 +245,19 @@ def test_check_leaves_out_the_checkpoints_a_bang_names(model_dirs, tmp_path):
     compared = {entry["name"] for entry in json.loads(result.stdout)["checkpoints"]}
     assert "layers.0.q_rope" in compared and "logits" in compared
     assert not any(name.endswith("attn_probs") for name in compared)
+
+
+def test_check_of_a_trace_runs_over_the_token_ids_it_records(model_dirs, captured, tmp_path):
+    result = parity("check", model_dirs["llama"], captured, "--json", "-")
+    assert result.returncode == 0, result.stderr
+    assert f"checking over the {len(TOKENS)} token ids" in result.stderr
+    assert json.loads(result.stdout)["reference"]["tokens"] == TOKENS        # the reference ran over them
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(captured), "np") as opened:
+        tensors = {name: opened.get_tensor(name) for name in opened.keys()}
+        metadata = {key: value for key, value in opened.metadata().items() if key != "tokens"}
+    untold = tmp_path / "no-tokens.safetensors"
+    save_file(tensors, str(untold), metadata=metadata)
+    assert_unusable(parity("check", model_dirs["llama"], untold), "give exactly one of --prompt TEXT or --tokens")

@@ -143,6 +143,12 @@ class Candidate:
     def check_spec(cls, spec: Any) -> None:
         """Refuse, before anything loads, a spec that cannot open (a file that is not there)."""
 
+    @classmethod
+    def recorded_tokens(cls, spec: Any) -> list[int] | None:
+        """The token ids a candidate that holds one pass already made was run over (a trace file's), read
+        without loading it; None for a candidate that runs on whatever ids it is given."""
+        return None
+
     # --- asked by the commands ----------------------------------------------------------------
 
     def supports(self, capability: str, **context: Any) -> str | None:

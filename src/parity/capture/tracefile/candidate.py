@@ -35,6 +35,13 @@ class TraceCandidate(Candidate):
         return path.exists() and not is_model
 
     @classmethod
+    def recorded_tokens(cls, spec: Any) -> list[int] | None:
+        from parity.core.trace import load_trace
+
+        tokens = load_trace(spec).tokens          # lazily: the header and metadata alone
+        return list(tokens) if tokens else None
+
+    @classmethod
     def open(cls, spec: Any, context: CandidateContext) -> "TraceCandidate":
         from parity.core.trace import load_trace
 

@@ -86,6 +86,9 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
         from parity.commands.check.server import check_server
 
         return check_server(options, progress)
+    if options.prompt is None and options.tokens is None and (recorded := spec.backend.recorded_tokens(spec.text)):
+        progress.step(f"checking over the {len(recorded)} token ids {options.candidate} records")
+        options = dataclasses.replace(options, tokens=recorded)
     if (options.prompt is None) == (options.tokens is None):
         raise OptionError("give exactly one of --prompt TEXT or --tokens 1,2,3")
     from parity.capture.hf.model import load_tokenizer, quiet_transformers
