@@ -5,9 +5,10 @@ but computes and declares float32 is held to float32's noise, and fails at the f
 table lookup: its embedding rows are the reference's rounded to the narrower format.
 The evidence is in the values themselves: every finite value of the candidate's
 checkpoint is a float16 (or bfloat16) while the reference's are not, and the error
-is of that format's size. The fix is the declaration (trace metadata `dtype`,
-`--candidate-dtype`), so that the tolerances come from the format the port holds,
-or the port keeping the checkpoint in the precision it declares.
+is of that format's size. The fix is the declaration (a trace's `dtype` metadata),
+so that the tolerances come from the format the port holds, or the port keeping the
+checkpoint in the precision it declares. The format is read on at most SAMPLED
+values, evenly spaced (a long input's logits are hundreds of millions).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from parity.core.metrics import rel_l2
 from parity.core.results import Diagnosis
 from parity.diagnose import register
 from parity.diagnose.context import Context, machine_epsilon
@@ -26,6 +26,7 @@ WIDE = ("float32", "float64", None)  # declared precisions a narrower format hid
 HELD = 0.999                         # of the candidate's values, at least this fraction are of the format
 NOT_HELD = 0.5                       # of the reference's, at most this fraction (else the test tells nothing)
 UNITS = 4                            # the error is within this many of the format's machine epsilons
+SAMPLED = 1 << 20                    # values read for the format test, at most
 
 
 @register("declared_precision")
@@ -34,11 +35,12 @@ def declared_precision(context: Context) -> Iterator[Diagnosis]:
     divergence = context.comparison.first_divergence
     if declared not in WIDE or divergence is None:
         return
+    result = context.comparison.result(divergence.checkpoint)
     pair = context.pair(divergence.checkpoint)
-    if pair is None:
+    if pair is None or result is None or result.metrics is None:
         return
-    reference, candidate = pair
-    error = rel_l2(reference, candidate)
+    reference, candidate = (_sampled(values) for values in pair)
+    error = result.metrics.rel_l2
     for narrower in NARROWER:
         held = _fraction_of_format(candidate, narrower)
         if held >= HELD and _fraction_of_format(reference, narrower) <= NOT_HELD \
@@ -51,6 +53,12 @@ def declared_precision(context: Context) -> Iterator[Diagnosis]:
                 f"it is held to {declared or 'float32'}'s noise. Declare {narrower} (a trace's `dtype` metadata) to be "
                 f"calibrated at that precision, or keep it in {declared or 'float32'}")
             return
+
+
+def _sampled(values: np.ndarray) -> np.ndarray:
+    """At most SAMPLED of the values, evenly spaced, flat."""
+    flat = np.asarray(values).reshape(-1)
+    return flat[::max(1, -(-flat.size // SAMPLED))]
 
 
 def _fraction_of_format(values: np.ndarray, narrower: str) -> float:
