@@ -37,8 +37,8 @@ def declared_precision(context: Context) -> Iterator[Diagnosis]:
         return
     result = context.comparison.result(divergence.checkpoint)
     pair = context.pair(divergence.checkpoint)
-    if pair is None or result is None or result.metrics is None:
-        return
+    if pair is None or result is None or result.metrics is None or result.metrics.new_nonfinite:
+        return   # NaN or Inf where the reference has none: an overflow (nonfinite), not a declaration
     reference, candidate = (_sampled(values) for values in pair)
     error = result.metrics.rel_l2
     for narrower in NARROWER:
