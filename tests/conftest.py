@@ -76,3 +76,15 @@ def smollm2_reference(smollm2_gguf):
     from parity.capture.hf.model import load_model
 
     return load_model(smollm2_gguf)
+
+
+def rewritten_metadata(trace: Path, destination: Path, change) -> Path:
+    """A copy of the safetensors `trace` at `destination`, its metadata passed through `change` (dict -> dict)."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(trace), "np") as opened:
+        tensors = {name: opened.get_tensor(name) for name in opened.keys()}
+        metadata = dict(opened.metadata())
+    save_file(tensors, str(destination), metadata=change(metadata))
+    return destination

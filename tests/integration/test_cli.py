@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from conftest import ROOT, TOKENS  # noqa: E402
+from conftest import ROOT, TOKENS, rewritten_metadata  # noqa: E402
 
 TOKEN_ARG = ",".join(map(str, TOKENS))
 
@@ -252,12 +252,6 @@ def test_check_of_a_trace_runs_over_the_token_ids_it_records(model_dirs, capture
     assert result.returncode == 0, result.stderr
     assert f"checking over the {len(TOKENS)} token ids" in result.stderr
     assert json.loads(result.stdout)["reference"]["tokens"] == TOKENS        # the reference ran over them
-    from safetensors import safe_open
-    from safetensors.numpy import save_file
-
-    with safe_open(str(captured), "np") as opened:
-        tensors = {name: opened.get_tensor(name) for name in opened.keys()}
-        metadata = {key: value for key, value in opened.metadata().items() if key != "tokens"}
-    untold = tmp_path / "no-tokens.safetensors"
-    save_file(tensors, str(untold), metadata=metadata)
+    untold = rewritten_metadata(captured, tmp_path / "no-tokens.safetensors",
+                                lambda metadata: {key: value for key, value in metadata.items() if key != "tokens"})
     assert_unusable(parity("check", model_dirs["llama"], untold), "give exactly one of --prompt TEXT or --tokens")

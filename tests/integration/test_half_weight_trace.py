@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from conftest import rewritten_metadata  # noqa: E402
 from test_cli import TOKEN_ARG, parity  # noqa: E402
 
 
@@ -28,15 +29,8 @@ def half_weight_trace(model_dirs, tmp_path_factory):
 
 
 def declared(trace, dtype, directory):
-    from safetensors import safe_open
-    from safetensors.numpy import save_file
-
-    with safe_open(str(trace), "np") as opened:
-        tensors = {name: opened.get_tensor(name) for name in opened.keys()}
-        metadata = dict(opened.metadata())
-    path = directory / f"candidate-{dtype}.safetensors"
-    save_file(tensors, str(path), metadata={**metadata, "dtype": dtype})
-    return path
+    return rewritten_metadata(trace, directory / f"candidate-{dtype}.safetensors",
+                              lambda metadata: {**metadata, "dtype": dtype})
 
 
 def test_float16_weights_declared_float32_fail_at_the_embedding_with_the_cause(model_dirs, half_weight_trace, tmp_path):
