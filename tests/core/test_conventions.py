@@ -110,3 +110,14 @@ def test_long_shifted_logits_are_written_to_a_mapped_file_with_the_same_values(m
     np.testing.assert_array_equal(mapped["logits"], held_logits)
     assert [a.convention for a in adaptations] == ["logit_shift"]
     assert list(tmp_path.iterdir()) == []                            # unlinked: nothing left where it was written
+
+
+def test_a_wrong_logits_row_that_moves_mostly_together_is_not_called_a_shift():
+    # a bug upstream of the head moves each row mostly by a constant (here ~94% of the error's square), and
+    # the rest is still the bug's
+    moved = LOGITS + np.linspace(-1.5, 1.5, T, dtype=np.float32)[:, None]
+    wrong = moved + np.float32(0.25) * RNG.standard_normal((T, V)).astype(np.float32)
+    adapted, adaptations = adapt(REFERENCE, candidate(logits=wrong))
+    assert adaptations == () and not compare(REFERENCE, adapted)
+    rounded = moved + np.float32(1e-3) * RNG.standard_normal((T, V)).astype(np.float32)   # a convention, noisy
+    assert [a.convention for a in adapt(REFERENCE, candidate(logits=rounded))[1]] == ["logit_shift"]

@@ -44,7 +44,11 @@ _LOGIT_KINDS = ("logits", "lm_head_out")
 _SHIFT_CHUNK_ROWS = 256
 _SHIFTED_HELD_BYTES = 256 << 20   # shifted logits larger than this are written to a file and mapped
 _REARRANGING = ("layout", "rope_pairs")   # conventions that only move elements: as_stored() inverts them
-_SHIFT_EXPLAINS = 0.1   # a per-row constant counts when it leaves a tenth of the error, or less
+# A per-row constant counts when what it leaves is at most 1% of the error's square (a tenth of its size): a
+# quantized build returning log-probabilities leaves about 1e-3 (its noise, ~5% of logits ~15, against a
+# logsumexp ~20); a wrong hidden state whose logits move mostly together (the lm_head's rows share a large
+# common direction) leaves a few percent (5.4% for a RoPE base 10x too small on SmolLM2), and is not a convention.
+_SHIFT_EXPLAINS = 0.01
 
 
 @dataclass(frozen=True)
