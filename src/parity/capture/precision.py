@@ -29,7 +29,7 @@ class DtypeNumerics:
 
     @property
     def label(self) -> str | None:
-        return None   # the dtype names it
+        return SUMMED_LABEL if self.dtype == "float32" else None   # else the dtype names it
 
     def needed(self, reference_dtype: str) -> bool:
         """Whether a run at this precision differs from the reference's own."""
@@ -37,10 +37,12 @@ class DtypeNumerics:
 
     @contextmanager
     def reference(self, reference_model, placement: Any = None):
-        """The reference model loaded at this precision (an HFModel), freed after."""
+        """The reference model loaded at this precision (an HFModel), freed after; in float32, with its sums
+        rounded as a port's one-term-at-a-time sums round them (capture/hf/one_term_sums.py)."""
         from parity.capture.hf.model import load_model
 
-        yield load_model(reference_model.path, dtype=self.dtype, placement=placement)
+        with at_precision(load_model(reference_model.path, dtype=self.dtype, placement=placement)) as model:
+            yield model
 
     def decode_bounds(self, reference_model, sequence: list[int], reference_logits, positions, *,
                       noise_logits=None) -> tuple[list[float], str]:
@@ -50,6 +52,22 @@ class DtypeNumerics:
 
         dtype = self.dtype if self.dtype in DTYPE_FACTOR else "float32"
         return [2 * DTYPE_FACTOR[dtype] * KIND_FACTOR["logits"]] * len(positions), f"{dtype} default for logits"
+
+
+SUMMED_LABEL = "float32, sums one term at a time"
+
+
+@contextmanager
+def at_precision(model):
+    """`model` (an HFModel) computing as a port at its dtype does: in float32, its projections' sums rounded
+    one term at a time (capture/hf/one_term_sums.py); other dtypes as loaded."""
+    if model.dtype != "float32":
+        yield model
+        return
+    from parity.capture.hf.one_term_sums import one_term_sums
+
+    with one_term_sums(model.model):
+        yield model
 
 
 UNKNOWN = DtypeNumerics("float32")   # the decode bound of a candidate whose precision is not known

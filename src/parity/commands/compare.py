@@ -56,12 +56,14 @@ class _Captures:
         return f"<_Captures {len(self._traces)}>"
 
     def __call__(self, model: str, *, tokens: list[int], dtype: str, checkpoints: str | None) -> Trace:
-        from parity.capture.hf.model import capture_hf, quiet_transformers
+        from parity.capture.hf.model import load_model, quiet_transformers
+        from parity.capture.precision import at_precision
 
         key = (str(Path(model).resolve()), tuple(tokens), dtype, checkpoints)
         if key not in self._traces:
             quiet_transformers()
-            self._traces[key] = capture_hf(model, tokens=tokens, dtype=dtype, checkpoints=checkpoints)
+            with at_precision(load_model(model, dtype=dtype)) as lowp:   # as a port at that precision computes
+                self._traces[key] = lowp.capture(list(tokens), checkpoints=checkpoints)
         return self._traces[key]
 
 

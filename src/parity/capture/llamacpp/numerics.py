@@ -34,6 +34,8 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from parity.capture.hf.one_term_sums import projection_width
+
 BLOCK_32_TYPES = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1"}
 K_QUANT_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K"}
 KV_TYPES = ("f16", "f32", "bf16")              # cache types that run without flash attention
@@ -112,17 +114,6 @@ def gguf_names(model, gguf: str | Path) -> dict[str, str]:
     return names
 
 
-def _in_features(module) -> int | None:
-    """The input width of a projection: nn.Linear, or transformers' Conv1D (GPT-2)."""
-    import torch
-
-    if isinstance(module, torch.nn.Linear):
-        return module.in_features
-    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
-        return module.weight.shape[0]                               # Conv1D stores (in, out)
-    return None
-
-
 @contextmanager
 def llamacpp_activation_rounding(model, gguf: str | Path):
     """While active, every projection of `model` rounds its input as llama.cpp does for its GGUF weight type."""
@@ -131,7 +122,7 @@ def llamacpp_activation_rounding(model, gguf: str | Path):
     try:
         for path, name in gguf_names(model, gguf).items():
             module = model.get_submodule(path)
-            width = _in_features(module)
+            width = projection_width(module)
             rounding = rounding_for(types.get(name, "F32"))
             if width is None or rounding is None or width % (256 if types[name] in K_QUANT_TYPES else 32):
                 continue

@@ -173,8 +173,6 @@ def forward_on_device(options, reference_model, candidate, tokens: list[int], *,
                       reference_dtype: str, progress) -> tuple[Comparison, dict] | None:
     """The forward pass's comparison, measured on the device both models share, and the reference trace's
     metadata; None when it failed (parity check then runs it again with full traces, to diagnose it)."""
-    from parity.capture.hf.model import load_model
-
     device = check_devices(reference_model, candidate)
     raw_reference = options.raw and candidate.supports("raw") is None
     taps = candidate.taps(options.taps)
@@ -185,13 +183,14 @@ def forward_on_device(options, reference_model, candidate, tokens: list[int], *,
                                     metadata=reference_model.trace_metadata(options.prompt))
     config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints)
     if calibrating and candidate.numerics.needed(reference_dtype):
-        progress.step(f"calibrating on {device}: the reference in {candidate.precision}")
-        lowp = load_model(options.model, dtype=candidate.precision, placement=options.placement)
-        noise = noise_on_device(reference, lowp.model, taps=reference_model.mapping.taps,
-                                checkpoints=options.checkpoints, raw=raw_reference)
+        numerics = candidate.numerics
+        progress.step(f"calibrating on {device}: the reference in {numerics.label or numerics.dtype}")
+        with numerics.reference(reference_model, options.placement) as lowp:
+            noise = noise_on_device(reference, lowp.model, taps=reference_model.mapping.taps,
+                                    checkpoints=options.checkpoints, raw=raw_reference)
         del lowp
         config = CompareConfig(tolerance=options.tolerance, checkpoints=options.checkpoints, noise=noise,
-                               noise_dtype=candidate.precision)
+                               noise_dtype=numerics.dtype, noise_label=numerics.label)
     progress.step(f"measuring the candidate against the reference on {device}, checkpoint by checkpoint")
     # a model-directory candidate traced by its family's taps says what hf.capture says of it
     own = None if options.taps else candidate.trace_metadata(options.prompt)
