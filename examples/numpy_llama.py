@@ -8,9 +8,7 @@ reads those layouts as what they are. Run it in float32 or float16:
     parity check path/to/llama-model trace/ --tokens 1,2,3
 
 `--bug` plants one mistake: rope_interleaved (pairs (0,1), (2,3), ... rotated where Llama
-rotates (i, i + hd/2)), or mlp_operands_swapped (silu(up) * gate). `--one-term-sums` sums
-each projection's products one at a time, as a C loop does (llama2.c's `matmul`), in place
-of numpy's blocked matmul: correct, and rounded more where one term dominates.
+rotates (i, i + hd/2)), or mlp_operands_swapped (silu(up) * gate).
 """
 
 from __future__ import annotations
@@ -34,15 +32,6 @@ def rms_norm(x, weight, eps):
     return (x32 / np.sqrt(np.mean(x32 * x32, axis=-1, keepdims=True) + eps)).astype(x.dtype) * weight
 
 
-def project(x, weight, one_term_sums=False):                        # x: [T, K], weight: [N, K] -> [T, N]
-    if not one_term_sums:
-        return x @ weight.T
-    total = np.zeros((x.shape[0], weight.shape[0]), dtype=x.dtype)
-    for k in range(x.shape[1]):                                     # for (j = 0; j < n; j++) val += w[i*n+j] * x[j];
-        total += x[:, k:k + 1] * weight[:, k]
-    return total
-
-
 def rope(x, theta, bug):                                            # x: [T, H, hd]
     T, _, hd = x.shape
     inverse = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float32) / hd)
@@ -64,7 +53,7 @@ def silu(x):
     return (x.astype(np.float32) / (1 + np.exp(-x.astype(np.float32)))).astype(x.dtype)
 
 
-def forward(config, weights, tokens, dtype, bug=None, one_term_sums=False):
+def forward(config, weights, tokens, dtype, bug=None):
     """Every checkpoint of one pass, by canonical name, in numpy's natural layouts."""
     w = {name: value.astype(dtype) for name, value in weights.items()}
     H, Hkv = config["num_attention_heads"], config["num_key_value_heads"]
@@ -77,26 +66,26 @@ def forward(config, weights, tokens, dtype, bug=None, one_term_sums=False):
     for i in range(config["num_hidden_layers"]):
         p = f"model.layers.{i}."
         h = out[f"layers.{i}.attn_norm"] = rms_norm(x, w[p + "input_layernorm.weight"], eps)
-        q = out[f"layers.{i}.q"] = project(h, w[p + "self_attn.q_proj.weight"], one_term_sums).reshape(T, H, hd)
-        k = out[f"layers.{i}.k"] = project(h, w[p + "self_attn.k_proj.weight"], one_term_sums).reshape(T, Hkv, hd)
-        v = out[f"layers.{i}.v"] = project(h, w[p + "self_attn.v_proj.weight"], one_term_sums).reshape(T, Hkv, hd)
+        q = out[f"layers.{i}.q"] = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(T, H, hd)
+        k = out[f"layers.{i}.k"] = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(T, Hkv, hd)
+        v = out[f"layers.{i}.v"] = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(T, Hkv, hd)
         q = out[f"layers.{i}.q_rope"] = rope(q, theta, bug)
         k = out[f"layers.{i}.k_rope"] = rope(k, theta, bug)
         k_all, v_all = np.repeat(k, H // Hkv, axis=1), np.repeat(v, H // Hkv, axis=1)     # [T, H, hd]
         scores = np.einsum("thd,shd->hts", q, k_all) / np.sqrt(hd).astype(dtype)      # [H, T, T]
         probs = out[f"layers.{i}.attn_probs"] = softmax(np.where(mask, -np.inf, scores).astype(dtype))
         context = out[f"layers.{i}.attn_ctx"] = np.einsum("hts,shd->thd", probs, v_all)   # [T, H, hd]
-        attended = out[f"layers.{i}.attn_out"] = project(context.reshape(T, H * hd), w[p + "self_attn.o_proj.weight"], one_term_sums)
+        attended = out[f"layers.{i}.attn_out"] = context.reshape(T, H * hd) @ w[p + "self_attn.o_proj.weight"].T
         x = out[f"layers.{i}.resid_mid"] = x + attended
         h = out[f"layers.{i}.mlp_norm"] = rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
-        gate = out[f"layers.{i}.mlp_gate"] = project(h, w[p + "mlp.gate_proj.weight"], one_term_sums)
-        up = out[f"layers.{i}.mlp_up"] = project(h, w[p + "mlp.up_proj.weight"], one_term_sums)
+        gate = out[f"layers.{i}.mlp_gate"] = h @ w[p + "mlp.gate_proj.weight"].T
+        up = out[f"layers.{i}.mlp_up"] = h @ w[p + "mlp.up_proj.weight"].T
         act = out[f"layers.{i}.mlp_act"] = silu(up) * gate if bug == "mlp_operands_swapped" else silu(gate) * up
-        mlp = out[f"layers.{i}.mlp_out"] = project(act, w[p + "mlp.down_proj.weight"], one_term_sums)
+        mlp = out[f"layers.{i}.mlp_out"] = act @ w[p + "mlp.down_proj.weight"].T
         x = out[f"layers.{i}.out"] = x + mlp
     out["final_norm"] = rms_norm(x, w["model.norm.weight"], eps)
     head = w.get("lm_head.weight", w["model.embed_tokens.weight"])   # tied embeddings: no lm_head of its own
-    out["logits"] = project(out["final_norm"], head, one_term_sums)
+    out["logits"] = out["final_norm"] @ head.T
     return out
 
 
@@ -119,11 +108,10 @@ def main(argv=None) -> None:
     parser.add_argument("--tokens", required=True)
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16"))
     parser.add_argument("--bug", choices=("rope_interleaved", "mlp_operands_swapped"))
-    parser.add_argument("--one-term-sums", action="store_true", help="sum each projection's products one at a time")
     args = parser.parse_args(argv)
     tokens = [int(t) for t in args.tokens.split(",")]
     config, weights = load(args.model)
-    tensors = forward(config, weights, tokens, np.dtype(args.dtype), args.bug, args.one_term_sums)
+    tensors = forward(config, weights, tokens, np.dtype(args.dtype), args.bug)
     write_trace(args.output, tensors, tokens=tokens, dtype=args.dtype, config=config)
 
 

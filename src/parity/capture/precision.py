@@ -2,7 +2,8 @@
 
 A candidate that knows its precision hands the check one of these (`candidate.numerics`):
 
-    DtypeNumerics("bfloat16")   the reference loaded in bfloat16 (capture/hf)
+    DtypeNumerics("bfloat16")   the reference loaded in bfloat16 (capture/hf); in float32, its projections
+                                rounded as sums taken one term at a time (capture/hf/one_term_sums.py)
     LlamaCppNumerics(...)       a float32 copy of the reference with llama.cpp's rounding emulated
                                 (capture/llamacpp/candidate.py)
 

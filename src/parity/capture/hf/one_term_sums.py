@@ -28,7 +28,8 @@ from contextlib import contextmanager
 
 UNIT_ROUNDOFF = 2.0 ** -24     # float32
 SEED = 0
-_ROWS = 1024                   # rows of an output moved at a time: no temporary of a long input's logits
+_ELEMENTS = 1 << 22            # elements of an output moved at a time (16 MB of draws): no temporary of a long
+                               # input's logits
 
 
 @contextmanager
@@ -60,10 +61,11 @@ def _moved_by(width: int, generator):
         output = output.contiguous()
         with torch.no_grad():
             rows = output.view(-1, output.shape[-1])                               # (N, out)
-            for start in range(0, rows.shape[0], _ROWS):
-                block = rows[start:start + _ROWS]
-                draws = torch.randn(block.shape, generator=generator, dtype=torch.float32)
-                block.add_(block.abs() * draws.to(block.device) * scale)
+            step = max(1, _ELEMENTS // rows.shape[1])
+            for start in range(0, rows.shape[0], step):
+                block = rows[start:start + step]
+                draws = torch.randn(block.shape, generator=generator, dtype=torch.float32).to(block.device)
+                block.add_(draws.mul_(block.abs()).mul_(scale))
         return output
     return hook
 
