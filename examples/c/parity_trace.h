@@ -45,7 +45,13 @@ void pt_end(void);
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _WIN32
+#include <direct.h>
+#define pt_mkdir(path) _mkdir(path)
+#else
 #include <sys/stat.h>
+#define pt_mkdir(path) mkdir(path, 0777)
+#endif
 
 typedef struct {
     char name[96];
@@ -141,7 +147,7 @@ static int pt_write_npy(const char *path, const float *data, int ndim, const int
 
 int pt_write(const char *directory, const int *tokens, int n_tokens, const char *producer, const char *dtype) {
     char path[1024];
-    if (mkdir(directory, 0777) != 0 && errno != EEXIST) return -1;
+    if (pt_mkdir(directory) != 0 && errno != EEXIST) return -1;
     for (int i = 0; i < pt_count; i++) {
         pt_tensor *tensor = &pt_tensors[i];
         int T = tensor->rows, status;
