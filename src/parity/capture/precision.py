@@ -55,19 +55,21 @@ class DtypeNumerics:
         return [2 * DTYPE_FACTOR[dtype] * KIND_FACTOR["logits"]] * len(positions), f"{dtype} default for logits"
 
 
-SUMMED_LABEL = "float32, sums one term at a time"
+SUMMED_LABEL = "float32 as ports round it (one-term sums, RoPE frequencies)"
 
 
 @contextmanager
 def at_precision(model):
     """`model` (an HFModel) computing as a port at its dtype does: in float32, its projections' sums rounded
-    one term at a time (capture/hf/one_term_sums.py); other dtypes as loaded."""
+    one term at a time (capture/hf/one_term_sums.py) and its RoPE frequencies rounded another way
+    (capture/hf/rope_frequencies.py); other dtypes as loaded."""
     if model.dtype != "float32":
         yield model
         return
     from parity.capture.hf.one_term_sums import one_term_sums
+    from parity.capture.hf.rope_frequencies import rounded_frequencies
 
-    with one_term_sums(model.model):
+    with one_term_sums(model.model), rounded_frequencies(model.model):
         yield model
 
 

@@ -1,0 +1,50 @@
+"""float32 as a port computes it: RoPE's frequencies rounded its own way, emulated.
+
+transformers computes each rotary frequency once, in float32 (`inv_freq`), and the
+float64 reference widens those very float32 values: its run and the float32 calibration
+run share them, so the calibration sees none of their rounding. A port computes them
+its own way (`powf(theta, -i / d)` in C, a table in float16, a closed form in float64),
+and a frequency one unit in the last place away turns position p by p ulps more: the
+error grows with the position. Measured on SmolLM2 with a C port (examples/c/llama.c)
+over 2,048 tokens: layers.0.q_rope 7.9x the calibration's noise, first over the bound
+near position 1,900; no other checkpoint.
+
+A frequency is f = theta^(-x), x = 2i/d. Computed in float32, x carries a rounding of
+relative size u, which the power multiplies by ln(theta) * x = -ln(f), and f its own
+final rounding. While `rounded_frequencies(model)` is active, each `inv_freq` buffer of
+the model's rotary modules is moved by that much: each f by f * e * u * sqrt(1/3 +
+ln(f)^2), e standard normal from a generator seeded the same way in every run (the
+angle p * f moves most where f is near 1/e); the buffers are put back after. With it
+the C port's layers.0.q_rope at 2,048 tokens is within its bound.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+UNIT_ROUNDOFF = 2.0 ** -24     # float32
+SEED = 1
+
+
+@contextmanager
+def rounded_frequencies(model):
+    """While active, the rotary frequencies of `model` (a torch module) are rounded as another float32 port's."""
+    import torch
+
+    generator = torch.Generator().manual_seed(SEED)
+    kept = []
+    try:
+        for module in model.modules():
+            frequencies = getattr(module, "inv_freq", None)
+            if not isinstance(frequencies, torch.Tensor) or not frequencies.is_floating_point():
+                continue
+            kept.append((module, frequencies))
+            wide = frequencies.double()
+            spread = UNIT_ROUNDOFF * torch.sqrt(1 / 3 + torch.log(wide.abs().clamp_min(1e-300)) ** 2)
+            draws = torch.randn(frequencies.shape, generator=generator, dtype=torch.float64).to(wide.device)
+            moved = wide * (1 + draws * spread)
+            module.inv_freq = moved.to(frequencies.dtype)
+        yield model
+    finally:
+        for module, frequencies in kept:
+            module.inv_freq = frequencies

@@ -1,0 +1,38 @@
+"""The float32 calibration's emulation of RoPE frequencies rounded a port's way: each moved by about
+u * sqrt(1/3 + ln(f)^2) of itself, the same way in every run, and put back after."""
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from parity.capture.hf.rope_frequencies import UNIT_ROUNDOFF, rounded_frequencies  # noqa: E402
+
+
+class Rotary(torch.nn.Module):
+    def __init__(self, dim=4096, base=100000.0):
+        super().__init__()
+        self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, dim, 2).float() / dim), persistent=False)
+
+
+def test_each_frequency_moves_by_its_exponents_rounding_and_is_put_back():
+    rotary = Rotary()
+    kept = rotary.inv_freq.clone()
+    with rounded_frequencies(rotary):
+        moved = rotary.inv_freq.clone()
+        assert "inv_freq" in dict(rotary.named_buffers())
+    relative = (moved.double() - kept.double()) / kept.double()
+    spread = UNIT_ROUNDOFF * torch.sqrt(1 / 3 + torch.log(kept.double()) ** 2)
+    assert 0.8 < (relative / spread).std().item() < 1.2
+    assert relative.abs().max().item() < 6 * UNIT_ROUNDOFF * math.log(100000.0)
+    assert torch.equal(rotary.inv_freq, kept)
+
+
+def test_the_same_run_moves_them_the_same_way():
+    rotary = Rotary(dim=64)
+    with rounded_frequencies(rotary):
+        first = rotary.inv_freq.clone()
+    with rounded_frequencies(rotary):
+        second = rotary.inv_freq.clone()
+    assert torch.equal(first, second) and not torch.equal(first, rotary.inv_freq)
