@@ -92,33 +92,35 @@ static pt_tensor *pt_find(const char *name, int width, int heads) {
     return tensor;
 }
 
-int pt_row(const float *values, int width, int pos, const char *name_format, ...) {
+/* the tensor named by `format` with row `pos` taken, or NULL (pos out of range, a width that changed) */
+static pt_tensor *pt_at(int pos, int width, int heads, const char *format, va_list args) {
     char name[96];
+    vsnprintf(name, sizeof name, format, args);
+    if (pos < 0 || pos >= pt_positions) return NULL;
+    pt_tensor *tensor = pt_find(name, width, heads);
+    if (tensor && pos + 1 > tensor->rows) tensor->rows = pos + 1;
+    return tensor;
+}
+
+int pt_row(const float *values, int width, int pos, const char *name_format, ...) {
     va_list args;
     va_start(args, name_format);
-    vsnprintf(name, sizeof name, name_format, args);
+    pt_tensor *tensor = pt_at(pos, width, 0, name_format, args);
     va_end(args);
-    if (pos < 0 || pos >= pt_positions) return -1;
-    pt_tensor *tensor = pt_find(name, width, 0);
     if (!tensor) return -1;
     memcpy(tensor->data + (size_t)pos * width, values, (size_t)width * sizeof(float));
-    if (pos + 1 > tensor->rows) tensor->rows = pos + 1;
     return 0;
 }
 
 int pt_probs(const float *att, int n_heads, int stride, int pos, const char *name_format, ...) {
-    char name[96];
     va_list args;
     va_start(args, name_format);
-    vsnprintf(name, sizeof name, name_format, args);
+    pt_tensor *tensor = pt_at(pos, n_heads * pt_positions, n_heads, name_format, args);
     va_end(args);
-    if (pos < 0 || pos >= pt_positions) return -1;
-    pt_tensor *tensor = pt_find(name, n_heads * pt_positions, n_heads);
     if (!tensor) return -1;
     for (int h = 0; h < n_heads; h++)          /* row pos holds [H, max_positions] */
         memcpy(tensor->data + (size_t)pos * tensor->width + (size_t)h * pt_positions,
                att + (size_t)h * stride, (size_t)(pos + 1) * sizeof(float));
-    if (pos + 1 > tensor->rows) tensor->rows = pos + 1;
     return 0;
 }
 

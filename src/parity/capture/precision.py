@@ -2,8 +2,8 @@
 
 A candidate that knows its precision hands the check one of these (`candidate.numerics`):
 
-    DtypeNumerics("bfloat16")   the reference loaded in bfloat16 (capture/hf); in float32, its projections
-                                rounded as sums taken one term at a time (capture/hf/one_term_sums.py)
+    DtypeNumerics("bfloat16")   the reference loaded in bfloat16 (capture/hf); in float32, rounded as
+                                ports round it (at_precision below)
     LlamaCppNumerics(...)       a float32 copy of the reference with llama.cpp's rounding emulated
                                 (capture/llamacpp/candidate.py)
 
@@ -30,7 +30,7 @@ class DtypeNumerics:
 
     @property
     def label(self) -> str | None:
-        return SUMMED_LABEL if self.dtype == "float32" else None   # else the dtype names it
+        return PORT_FLOAT32_LABEL if self.dtype == "float32" else None   # else the dtype names it
 
     def needed(self, reference_dtype: str) -> bool:
         """Whether a run at this precision differs from the reference's own."""
@@ -38,8 +38,8 @@ class DtypeNumerics:
 
     @contextmanager
     def reference(self, reference_model, placement: Any = None):
-        """The reference model loaded at this precision (an HFModel), freed after; in float32, with its sums
-        rounded as a port's one-term-at-a-time sums round them (capture/hf/one_term_sums.py)."""
+        """The reference model loaded at this precision (an HFModel), computing as a port at it does
+        (`at_precision`), freed after."""
         from parity.capture.hf.model import load_model
 
         with at_precision(load_model(reference_model.path, dtype=self.dtype, placement=placement)) as model:
@@ -55,7 +55,7 @@ class DtypeNumerics:
         return [2 * DTYPE_FACTOR[dtype] * KIND_FACTOR["logits"]] * len(positions), f"{dtype} default for logits"
 
 
-SUMMED_LABEL = "float32 as ports round it (one-term sums, RoPE frequencies)"
+PORT_FLOAT32_LABEL = "float32 as ports round it (one-term sums, RoPE frequencies)"
 
 
 @contextmanager
