@@ -61,3 +61,12 @@ def test_a_float16_trace_compared_with_a_reference_parity_captured_is_calibrated
     assert result.returncode == 0, result.stdout[-2000:]
     report = json.loads(result.stdout)
     assert report["calibrated"] and report["checkpoints"][0]["tolerance"]["noise_rel_l2"] is not None
+
+
+def test_a_float32_trace_compared_by_itself_says_how_its_calibration_rounds(model_dirs, traces, tmp_path):
+    reference = tmp_path / "reference.safetensors"
+    assert parity("capture", model_dirs["llama"], "--tokens", TOKEN_ARG, "--dtype", "float64",
+                  "-o", reference).returncode == 0
+    result = parity("compare", reference, traces["float32"])
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "3x the noise of float32 as ports round it" in " ".join(result.stdout.split())

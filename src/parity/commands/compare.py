@@ -90,6 +90,12 @@ def reference_at_candidate_precision(reference: Trace, candidate: Trace, checkpo
     return _SESSION_REFERENCES(model, tokens=list(reference.tokens), dtype=precision, checkpoints=checkpoints), ()
 
 
+def _label_of_own_run(lowp: Trace | None) -> str | None:
+    """What the reference's model run here at the candidate's precision computes as (at_precision), where a
+    dtype alone does not say it."""
+    from parity.capture.precision import DtypeNumerics
+
+    return DtypeNumerics(lowp.metadata["dtype"]).label if lowp is not None and lowp.metadata.get("dtype") else None
 
 
 def run_compare(reference_path: str, candidate_path: str | list[str], *, calibrate: str | None = None,
@@ -112,17 +118,18 @@ def run_compare(reference_path: str, candidate_path: str | list[str], *, calibra
     paths = candidate_path if isinstance(candidate_path, (list, tuple)) else [candidate_path]
     reference, candidate = load_trace(reference_path), load_candidate(paths)   # rank traces merged
     require_selection(reference.tensors, checkpoints, reference_path)
-    lowp, not_checked = None, ()
+    lowp, not_checked, label = None, (), None
     if calibrate:
         if tolerance is not None:
             raise OptionError("--calibrate sets the tolerances itself; drop --atol/--rtol")
         lowp = load_trace(calibrate)
     elif tolerance is None:
         lowp, not_checked = reference_at_candidate_precision(reference, candidate, checkpoints)
+        label = _label_of_own_run(lowp)
     if lowp is not None:
         check_same_tokens(reference, lowp)
         config = CompareConfig(checkpoints=checkpoints, noise=noise_floors(reference, lowp),
-                               noise_dtype=lowp.metadata.get("dtype") or "float32")
+                               noise_dtype=lowp.metadata.get("dtype") or "float32", noise_label=label)
     comparison = compare_and_diagnose(reference, candidate, config, strict=strict)
     return dataclasses.replace(comparison, not_checked=tuple(comparison.not_checked) + not_checked) \
         if not_checked else comparison
