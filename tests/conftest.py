@@ -78,6 +78,15 @@ def smollm2_reference(smollm2_gguf):
     return load_model(smollm2_gguf)
 
 
+@pytest.fixture(scope="session")
+def smollm2_model_dir(smollm2_reference, tmp_path_factory) -> Path:
+    """SmolLM2 as transformers reads its GGUF, saved as a float32 model directory (config as transformers writes
+    it). Read it, never write into it: it is shared."""
+    directory = tmp_path_factory.mktemp("smollm2_float32")
+    smollm2_reference.model.save_pretrained(directory)
+    return directory
+
+
 def rewritten_metadata(trace: Path, destination: Path, change) -> Path:
     """A copy of the safetensors `trace` at `destination`, its metadata passed through `change` (dict -> dict)."""
     from safetensors import safe_open

@@ -40,12 +40,13 @@ def programs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def smollm2(smollm2_reference, tmp_path_factory):
-    """SmolLM2 as transformers reads its GGUF: a float32 model directory and the C port's weights file."""
+def smollm2(smollm2_model_dir, tmp_path_factory):
+    """SmolLM2's float32 model directory beside the C port's weights file (model.bin) made from it."""
     import export_weights
 
-    directory = tmp_path_factory.mktemp("smollm2_float32")
-    smollm2_reference.model.save_pretrained(directory)
+    directory = tmp_path_factory.mktemp("smollm2_c_port")
+    for path in smollm2_model_dir.iterdir():
+        (directory / path.name).symlink_to(path)
     export_weights.export(directory, directory / "model.bin")
     return directory
 
