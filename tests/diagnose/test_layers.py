@@ -42,6 +42,19 @@ def test_the_references_own_epsilon_outside_the_root_is_named():
     assert found and "added outside the square root" in found[0].message
 
 
+def test_a_smaller_epsilon_inside_the_root_is_named_not_taken_for_none():
+    """keras-hub's Llama normalizes with 1e-6 where SmolLM2 says 1e-5: beside rows whose mean square is 0.01,
+    1e-6 is under the size read as no epsilon at all; it was then named 4.3e-6 outside the root, unconfirmed."""
+    eps, config = 1e-5, {**CONFIG, "rms_norm_eps": 1e-5}
+    x = 0.1 * R.standard_normal((T, WIDTH))
+    base = {"embed": x, "layers.0.attn_norm": rms_norm(x, eps)}
+    reference = make_trace(base, {"dtype": "float32", "config": config})
+    candidate = make_trace({**base, "layers.0.attn_norm": rms_norm(x, eps / 10)}, {"dtype": "float32"})
+    [found] = [d for d in diagnose(compare(reference, candidate), reference, candidate).diagnoses
+               if d.cause == "norm_epsilon"]
+    assert f"epsilon {eps / 10:.3g} where" in found.message and "confirmed" in found.message, found.message
+
+
 def test_layer_norm_epsilon_with_bias():
     x = 0.01 * R.standard_normal((T, WIDTH))
     beta = 0.1 * R.standard_normal(WIDTH)

@@ -86,22 +86,30 @@ def _fit_epsilon(centred, y_reference, y_candidate, eps_reference, layer_norm):
         return None
     fits = []                                                                  # (residual, epsilon, inside)
     for inside in (True, False):
-        estimates = 1 / scale**2 - ms if inside else 1 / scale - np.sqrt(ms)
-        epsilon = float(np.median(estimates))
-        if inside and abs(epsilon) <= NO_EPSILON * float(np.median(ms)) < eps_reference:
-            epsilon = 0.0   # no epsilon at all
-        elif epsilon <= 0 or (inside and math.isclose(epsilon, eps_reference, rel_tol=0.05)):
-            continue   # inside the root, the reference's own epsilon is no change; outside it, it is one
-        elif np.std(estimates) > EPS_SPREAD * abs(epsilon):
-            continue
-        root = np.sqrt(ms + epsilon) if inside else np.sqrt(ms) + epsilon
-        hypothesis = gamma * centred / root[:, None] + beta
-        residual = matches(y_candidate, hypothesis, y_reference)
-        if residual is not None:
-            fits.append((residual, epsilon, inside))
-    # rows of like mean square fit either placement (an epsilon outside the root reads as a smaller one inside):
-    # the one that leaves less is named
+        for epsilon in _epsilon_guesses(ms, scale, eps_reference, inside):
+            root = np.sqrt(ms + epsilon) if inside else np.sqrt(ms) + epsilon
+            hypothesis = gamma * centred / root[:, None] + beta
+            residual = matches(y_candidate, hypothesis, y_reference)
+            if residual is not None:
+                fits.append((residual, epsilon, inside))
+    # rows of like mean square fit either placement (an epsilon outside the root reads as a smaller one inside),
+    # and an epsilon far below them reads as none: the one that leaves less is named
     return min(fits)[1:] if fits else None
+
+
+def _epsilon_guesses(ms, scale, eps_reference, inside):
+    """The candidate's epsilon as the rows' scales give it (their median, when they agree on it), and none at all
+    inside the root where that estimate is too small beside the rows' mean square to tell from none."""
+    estimates = 1 / scale**2 - ms if inside else 1 / scale - np.sqrt(ms)
+    epsilon = float(np.median(estimates))
+    guesses = []
+    if inside and abs(epsilon) <= NO_EPSILON * float(np.median(ms)) < eps_reference:
+        guesses.append(0.0)
+    # inside the root, the reference's own epsilon is no change; outside it, it is one
+    if epsilon > 0 and not (inside and math.isclose(epsilon, eps_reference, rel_tol=0.05)) \
+            and np.std(estimates) <= EPS_SPREAD * epsilon:
+        guesses.append(epsilon)
+    return guesses
 
 
 def _fit_affine(normalized, y, with_bias):
