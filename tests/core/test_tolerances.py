@@ -53,8 +53,8 @@ def test_one_dtype_table_serves_check_calibration_sanity_gradients_and_kernel_wi
     dtypes = ("float64", "float32", "float16", "bfloat16")
     assert tuple(PRECISIONS) == dtypes
     assert [unit_roundoff(d) for d in dtypes] == [2.0 ** -53, 2.0 ** -24, 2.0 ** -11, 2.0 ** -8]
-    assert [DTYPE_FACTOR[d] for d in dtypes] == [1e-9, 1e-4, 1e-2, 5e-2]
-    assert [calibration_floor(d) for d in dtypes] == [FLOOR[d] for d in dtypes] == [1e-12, 1e-6, 2.0 ** -11, 2.0 ** -8]
+    assert [DTYPE_FACTOR[d] for d in dtypes] == [1e-6, 1e-4, 1e-2, 5e-2]
+    assert [calibration_floor(d) for d in dtypes] == [FLOOR[d] for d in dtypes] == [1e-6, 1e-6, 2.0 ** -11, 2.0 ** -8]
     assert [(sanity_tolerance(d).rtol, sanity_tolerance(d).atol) for d in dtypes] == [
         (1e-3, 1e-4), (1e-3, 1e-4), (1e-2, 1e-2), (5e-2, 5e-2)]
     assert sanity_tolerance("bfloat16", rtol=0.2).rtol == 0.2 and sanity_tolerance("bfloat16", rtol=0.2).atol == 5e-2

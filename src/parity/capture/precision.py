@@ -30,11 +30,12 @@ class DtypeNumerics:
 
     @property
     def label(self) -> str | None:
-        return PORT_FLOAT32_LABEL if self.dtype == "float32" else None   # else the dtype names it
+        return _LABELS.get(self.dtype)   # else the dtype names it
 
     def needed(self, reference_dtype: str) -> bool:
-        """Whether a run at this precision differs from the reference's own."""
-        return self.dtype != reference_dtype
+        """Whether a run at this precision differs from the reference's own: at a lower one, or in float64, whose
+        reference computes RoPE's tables in float32 (transformers forces it) and a port may compute them otherwise."""
+        return self.dtype != reference_dtype or self.dtype == "float64"
 
     @contextmanager
     def reference(self, reference_model, placement: Any = None):
@@ -56,19 +57,30 @@ class DtypeNumerics:
 
 
 PORT_FLOAT32_LABEL = "float32 as ports round it (one-term sums, RoPE frequencies)"
+PORT_FLOAT64_LABEL = "float64 with RoPE's tables in float64, frequencies rounded another way"
+_LABELS = {"float32": PORT_FLOAT32_LABEL, "float64": PORT_FLOAT64_LABEL}
 
 
 @contextmanager
 def at_precision(model):
     """`model` (an HFModel) computing as a port at its dtype does: in float32, its projections' sums rounded
     one term at a time (capture/hf/one_term_sums.py) and its RoPE frequencies rounded another way
-    (capture/hf/rope_frequencies.py); other dtypes as loaded."""
-    if model.dtype != "float32":
+    (capture/hf/rope_frequencies.py); in float64, RoPE's angles and tables computed in float64 from frequencies
+    so moved (capture/hf/rope_tables.py): transformers computes them in float32 even in a float64 model, so a
+    float64 port that computes them in float64, or in float32 its own way, differs from the reference by that
+    rounding (4e-8 at q_rope over 16 tokens, against float64's 1e-9 uncalibrated); other dtypes as loaded."""
+    if model.dtype not in _LABELS:
         yield model
         return
     from parity.capture.hf.one_term_sums import one_term_sums
     from parity.capture.hf.rope_frequencies import rounded_frequencies
 
+    if model.dtype == "float64":
+        from parity.capture.hf.rope_tables import float64_tables
+
+        with float64_tables(model.model), rounded_frequencies(model.model):
+            yield model
+        return
     with one_term_sums(model.model), rounded_frequencies(model.model):
         yield model
 

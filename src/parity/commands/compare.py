@@ -72,16 +72,20 @@ _SESSION_REFERENCES = _Captures()
 
 def reference_at_candidate_precision(reference: Trace, candidate: Trace, checkpoints: str | None):
     """(the reference's model run at the candidate's precision, or None; what could not be checked): when the
-    candidate's precision is below the reference trace's and the trace names the model that made it."""
+    candidate's precision is below the reference trace's, or both are float64 (DtypeNumerics.needed), and the
+    trace names the model that made it."""
+    from parity.capture.precision import DtypeNumerics
     from parity.core.results import NotChecked
     from parity.core.tolerances import lowest_precision
 
     precision, reference_dtype = candidate.metadata.get("dtype"), reference.metadata.get("dtype")
-    if not precision or not reference_dtype or precision == reference_dtype \
-            or lowest_precision(precision, reference_dtype) != precision:
+    if not precision or not reference_dtype or lowest_precision(precision, reference_dtype) != precision \
+            or not DtypeNumerics(precision).needed(reference_dtype):
         return None, ()
     model = reference.metadata.get("model_path")
     if not model or not Path(model).exists() or reference.tokens is None:
+        if precision == reference_dtype:   # float64 both: held to float64's own tolerances
+            return None, ()
         return None, (NotChecked("calibration", f"the candidate computes in {precision}, below the reference's "
                                  f"{reference_dtype}, but the reference trace names no model to run at {precision}: "
                                  "capture the reference at that precision too (parity capture MODEL --dtype "

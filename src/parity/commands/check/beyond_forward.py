@@ -99,7 +99,7 @@ def _checked(comparison, reference, reference_model, candidate, prompt, steps, t
     progress.step("decoding token by token through the candidate's cache")
     decode, causes, cache_note, unlocated = _decode(reference, reference_model, candidate, prompt, continuation,
                                                     Rows(full, first), Rows(reference_logits, first), taps, skipped,
-                                                    noise_logits)
+                                                    noise_logits, _cache_floor(comparison))
     if cache_note:
         skipped["kv_cache"] = cache_note
     notes = tuple(comparison.notes)
@@ -138,10 +138,21 @@ def _noise_logits(candidate, reference_model, sequence: list[int], first: int, p
     return rows
 
 
+def _cache_floor(comparison: Comparison) -> float:
+    """The largest calibrated bound of the forward pass's keys after RoPE and values (0 where uncalibrated): the
+    cache holds those tensors, and where the calibration found the reference's own rounding in them (a float64
+    reference's RoPE tables are float32) the cache is held to it too."""
+    bounds = [result.tolerance.max_rel_l2 for result in comparison.checkpoints
+              if result.tolerance is not None and result.tolerance.max_rel_l2 is not None
+              and result.tolerance.noise_rel_l2 is not None and result.name.endswith((".k_rope", ".v"))]
+    return max(bounds, default=0.0)
+
+
 def _decode(reference, reference_model, candidate, prompt, continuation, full, reference_logits, taps, skipped,
-            noise_logits=None):
+            noise_logits=None, cache_floor: float = 0.0):
     """(DecodeConsistency, causes, why the cache was not compared or None, why its failing step was not located
-    or None); `full` and `reference_logits`: Rows."""
+    or None); `full` and `reference_logits`: Rows; the cache held to the larger of the first step's bound and
+    `cache_floor`."""
     from parity.capture.precision import UNKNOWN
     from parity.core.decode_consistency import compare_decode
 
@@ -152,7 +163,8 @@ def _decode(reference, reference_model, candidate, prompt, continuation, full, r
     bounds, basis = numerics.decode_bounds(reference_model, sequence, reference_logits, positions,
                                            noise_logits=None if noise_logits is None else Rows(noise_logits, full.first))
     decode = compare_decode([full[p] for p in positions], rows, bounds, prompt_length=len(prompt), basis=basis)
-    decode, cache_note = _with_prefill_variants(decode, reference_model, candidate, prompt, full, bounds[0], skipped)
+    decode, cache_note = _with_prefill_variants(decode, reference_model, candidate, prompt, full,
+                                                max(bounds[0], cache_floor), skipped)
     causes, unlocated = [], None
     step = steps[decode.first_step] if decode.first_step is not None and steps else None
     if isinstance(step, PassSketch):   # the prefill of a long prompt: its checkpoints sketched
