@@ -34,7 +34,8 @@ class DtypeNumerics:
 
     def needed(self, reference_dtype: str) -> bool:
         """Whether a run at this precision differs from the reference's own: at a lower one, or in float64, whose
-        reference computes RoPE's tables in float32 (transformers forces it) and a port may compute them otherwise."""
+        reference computes RoPE's tables (and its norms and softmax) in float32, as transformers does, and a port
+        may compute them otherwise."""
         return self.dtype != reference_dtype or self.dtype == "float64"
 
     @contextmanager
@@ -68,7 +69,8 @@ def at_precision(model):
     (capture/hf/rope_frequencies.py); in float64, RoPE's angles and tables computed in float64 from frequencies
     so moved (capture/hf/rope_tables.py): transformers computes them in float32 even in a float64 model, so a
     float64 port that computes them in float64, or in float32 its own way, differs from the reference by that
-    rounding (4e-8 at q_rope over 16 tokens, against float64's 1e-9 uncalibrated); other dtypes as loaded."""
+    rounding (4e-8 at q_rope over 16 tokens, against the 1e-9 float64 was held to before); other dtypes as
+    loaded."""
     if model.dtype not in _LABELS:
         yield model
         return

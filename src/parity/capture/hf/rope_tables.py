@@ -4,7 +4,7 @@ transformers' rotary modules cast their frequencies and positions to float32 (`.
 autocast off) even in a float64 model, so the float64 reference's q and k after RoPE carry
 float32's rounding of the angles p * f and of cos and sin. A float64 port that computes
 them in float64 (or in float32 its own way) differs from the reference by that rounding:
-4e-8 at q_rope over 16 tokens, 40x float64's uncalibrated 1e-9. While `float64_tables(model)`
+4e-8 at q_rope over 16 tokens, 40x the 1e-9 float64 was held to before. While `float64_tables(model)`
 is active, each rotary module's forward computes in float64 (its `.float()` casts widen to
 float64 for the call); the calibration of a float64 candidate runs so, and its distance
 from the reference is that rounding, measured at every position.
