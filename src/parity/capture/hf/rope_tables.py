@@ -33,16 +33,20 @@ def float64_tables(model):
 
 
 def _widened(forward):
-    """`forward` with Tensor.float() giving float64 for the length of each call."""
+    """`forward` with its float32 casts (`Tensor.float()`, `Tensor.to(torch.float32)`) giving float64 for the
+    length of each call. A rotary module that then mixes float32 made otherwise with float64 runs as it is."""
     import torch
 
     def widened_forward(*args, **kwargs):
-        narrowing = torch.Tensor.float
-        torch.Tensor.float = _as_float64
+        narrowing = torch.Tensor.float, torch.Tensor.to
+        torch.Tensor.float, torch.Tensor.to = _as_float64, _to_widened(narrowing[1])
         try:
             return forward(*args, **kwargs)
+        except RuntimeError:           # its own float32 tensors met widened ones: its tables as they are
+            torch.Tensor.float, torch.Tensor.to = narrowing
+            return forward(*args, **kwargs)
         finally:
-            torch.Tensor.float = narrowing
+            torch.Tensor.float, torch.Tensor.to = narrowing
 
     return widened_forward
 
@@ -51,3 +55,16 @@ def _as_float64(tensor, memory_format=None):
     import torch
 
     return tensor.double(memory_format=memory_format or torch.preserve_format)
+
+
+def _to_widened(to):
+    """Tensor.to with float32 asked for read as float64."""
+    import torch
+
+    def widened_to(tensor, *args, **kwargs):
+        args = tuple(torch.float64 if argument is torch.float32 else argument for argument in args)
+        if kwargs.get("dtype") is torch.float32:
+            kwargs["dtype"] = torch.float64
+        return to(tensor, *args, **kwargs)
+
+    return widened_to
