@@ -1,5 +1,5 @@
 """keras-hub's Llama on JAX (Keras 3), loaded from a transformers model directory by keras-hub's own converter,
-run layer by layer, its intermediate tensors written as a parity trace directory.
+run layer by layer, its intermediate tensors written as a parity trace file.
 
 keras-hub is not PyTorch, so parity cannot hook it: this script calls the backbone's own
 layers in the order its decoder's `call` does (`_self_attention_layernorm`, `_query_dense`,
@@ -8,8 +8,8 @@ each result. q, k and v stay as keras-hub keeps them, [T, H, hd]; parity reads t
 layout. The attention probabilities come from the layer's own masked softmax over its
 rotated q and k.
 
-    python examples/keras_hub_trace.py path/to/llama-model trace/ --tokens 1,415,5565 [--dtype bfloat16]
-    parity check path/to/llama-model trace/
+    python examples/keras_hub_trace.py path/to/llama-model trace.safetensors --tokens 1,415,5565 [--dtype bfloat16]
+    parity check path/to/llama-model trace.safetensors
 
 keras-hub 0.32's converter does not pass the config's `rms_norm_eps` on: every norm uses
 its default, 1e-6 (Llama 2 and 3 and SmolLM2 say 1e-5). parity names that
@@ -81,31 +81,29 @@ def forward(backbone, tokens: list[int]) -> dict[str, np.ndarray]:
     return tensors
 
 
-def write_trace(directory: Path, tensors: dict[str, np.ndarray], *, tokens: list[int], dtype: str) -> None:
-    """`directory`/NAME.npy for each tensor and the manifest naming them."""
+def write_trace(path: Path, tensors: dict[str, np.ndarray], *, tokens: list[int], dtype: str) -> None:
+    """The tensors and what made them, as a parity trace file (parity.save_trace; it refuses to replace a file)."""
     import keras
     import keras_hub
 
-    directory.mkdir(parents=True, exist_ok=False)
-    for name, values in tensors.items():
-        np.save(directory / f"{name}.npy", values)
+    import parity
+
     producer = f"keras-hub {keras_hub.__version__} (keras {keras.__version__}, {keras.backend.backend()})"
     metadata = {"producer": producer, "dtype": dtype, "tokens": tokens, "arch": "llama"}
-    manifest = {"format": "parity-trace/2", "tensors": list(tensors), "metadata": metadata}
-    (directory / "manifest.json").write_text(json.dumps(manifest))
+    parity.save_trace(parity.make_trace(tensors, metadata), path)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path)
-    parser.add_argument("output", type=Path, help="the trace directory to write (must not exist)")
+    parser.add_argument("output", type=Path, help="the trace file to write (.safetensors; must not exist)")
     parser.add_argument("--tokens", required=True, help="token ids, comma-separated")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--rms-norm-eps-from-config", action="store_true",
                         help="set every norm's epsilon to the config's rms_norm_eps (keras-hub keeps 1e-6)")
     args = parser.parse_args(argv)
     if args.output.exists():
-        parser.error(f"{args.output} exists: name a new directory")
+        parser.error(f"{args.output} exists: name a new file")
     tokens = [int(t) for t in args.tokens.split(",")]
     backbone = load(args.model, args.dtype, args.rms_norm_eps_from_config)
     write_trace(args.output, forward(backbone, tokens), tokens=tokens, dtype=args.dtype)

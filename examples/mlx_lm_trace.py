@@ -1,5 +1,5 @@
 """mlx-lm's Llama (Apple's MLX, CPU or Metal) run module by module, its intermediate tensors written as a
-parity trace directory.
+parity trace file.
 
 mlx-lm is not PyTorch, so parity cannot hook it: this script calls the loaded model's own
 modules in the order its `__call__` does (`input_layernorm`, `q_proj`, `rope`, mlx-lm's
@@ -7,8 +7,8 @@ modules in the order its `__call__` does (`input_layernorm`, `q_proj`, `rope`, m
 attention probabilities, which the fused attention never forms, are recomputed from the
 q and k it rotated (`--no-probs` leaves them out: [H, T, T] per layer grows with T²).
 
-    python examples/mlx_lm_trace.py path/to/llama-model trace/ --tokens 1,415,5565 [--dtype bfloat16]
-    parity check path/to/llama-model trace/
+    python examples/mlx_lm_trace.py path/to/llama-model trace.safetensors --tokens 1,415,5565 [--dtype bfloat16]
+    parity check path/to/llama-model trace.safetensors
 
 mlx-lm reads RoPE's base from the config's top-level `rope_theta`; a config written by
 transformers 5 keeps it in `rope_parameters`, and mlx-lm 0.32 then keeps its default,
@@ -107,24 +107,22 @@ def probabilities(q, k, scale):
     return mx.softmax(mx.where(causal, scores, mx.array(-mx.inf, dtype=scores.dtype)), axis=-1, precise=True)
 
 
-def write_trace(directory: Path, tensors: dict[str, np.ndarray], *, tokens: list[int], dtype: str) -> None:
-    """`directory`/NAME.npy for each tensor and the manifest naming them."""
+def write_trace(path: Path, tensors: dict[str, np.ndarray], *, tokens: list[int], dtype: str) -> None:
+    """The tensors and what made them, as a parity trace file (parity.save_trace; it refuses to replace a file)."""
     import mlx.core as mx
     import mlx_lm
 
-    directory.mkdir(parents=True, exist_ok=False)
-    for name, values in tensors.items():
-        np.save(directory / f"{name}.npy", values)
+    import parity
+
     metadata = {"producer": f"mlx-lm {mlx_lm.__version__} (mlx {mx.__version__})", "dtype": dtype,
                 "tokens": tokens, "arch": "llama"}
-    manifest = {"format": "parity-trace/2", "tensors": list(tensors), "metadata": metadata}
-    (directory / "manifest.json").write_text(json.dumps(manifest))
+    parity.save_trace(parity.make_trace(tensors, metadata), path)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path)
-    parser.add_argument("output", type=Path, help="the trace directory to write (must not exist)")
+    parser.add_argument("output", type=Path, help="the trace file to write (.safetensors; must not exist)")
     parser.add_argument("--tokens", required=True, help="token ids, comma-separated")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--no-probs", action="store_true", help="leave out the attention probabilities")
@@ -132,7 +130,7 @@ def main(argv=None) -> None:
                         help="copy rope_parameters.rope_theta to the top level, where mlx-lm reads it")
     args = parser.parse_args(argv)
     if args.output.exists():
-        parser.error(f"{args.output} exists: name a new directory")
+        parser.error(f"{args.output} exists: name a new file")
     tokens = [int(t) for t in args.tokens.split(",")]
     model = load(args.model, args.dtype, args.rope_theta_from_parameters)
     write_trace(args.output, forward(model, tokens, not args.no_probs), tokens=tokens, dtype=args.dtype)

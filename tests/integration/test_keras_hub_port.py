@@ -1,6 +1,6 @@
 """keras-hub's Llama on JAX (PyPI keras-hub 0.32.0, Keras 3, jax 0.10; code nobody here wrote) on SmolLM2's
 weights, loaded by keras-hub's own transformers converter, run layer by layer by examples/keras_hub_trace.py and
-checked as a trace directory.
+checked as a trace file.
 
 keras-hub's converter drops the config's `rms_norm_eps`: its norms use 1e-6 where SmolLM2 says 1e-5. parity names
 it, with the epsilon and where it sits (it was once named 4.3e-6 outside the root, unconfirmed). With the
@@ -29,7 +29,7 @@ def traces(smollm2_model_dir, tmp_path_factory):
     directory = tmp_path_factory.mktemp("keras_hub")
     written = {}
     for name, options in (("as_loaded", []), ("float32", ["--rms-norm-eps-from-config"])):
-        written[name] = directory / name
+        written[name] = directory / f"{name}.safetensors"
         keras_hub_trace.main([str(smollm2_model_dir), str(written[name]), "--tokens", SMOLLM2_TOKENS, *options])
     return written
 

@@ -1,5 +1,5 @@
 """mlx-lm's Llama (Apple's MLX, its CPU build; PyPI mlx-lm 0.32.2, code nobody here wrote) on SmolLM2's weights,
-run module by module by examples/mlx_lm_trace.py and checked as a trace directory.
+run module by module by examples/mlx_lm_trace.py and checked as a trace file.
 
 Loaded from a model directory transformers 5 wrote, mlx-lm keeps RoPE's base at its default (10000): it reads
 `rope_theta` at the config's top level, where transformers 5 no longer writes it (`rope_parameters`). parity
@@ -26,7 +26,7 @@ def traces(smollm2_model_dir, tmp_path_factory):
     written = {}
     for name, options in (("as_loaded", []), ("float32", ["--rope-theta-from-parameters"]),
                           ("bfloat16", ["--rope-theta-from-parameters", "--dtype", "bfloat16"])):
-        written[name] = directory / name
+        written[name] = directory / f"{name}.safetensors"
         mlx_lm_trace.main([str(smollm2_model_dir), str(written[name]), "--tokens", SMOLLM2_TOKENS, *options])
     return written
 
