@@ -206,6 +206,74 @@ def test_a_float64_port_passes_though_the_reference_is_float32_in_places(model_d
     assert wrong.returncode == 1 and json.loads(wrong.stdout)["first_divergence"]["checkpoint"] == "layers.0.q_rope"
 
 
+GEMMA3_FACTORY = (
+    "import torch\n"
+    "from transformers import AutoModelForCausalLM\n"
+    "def exact(rotary):\n"
+    "    def forward(x, position_ids, layer_type):\n"
+    "        angles = position_ids[..., None].double() * getattr(rotary, f'{layer_type}_inv_freq').double()\n"
+    "        table = torch.cat((angles, angles), dim=-1)\n"
+    "        return table.cos().to(x.dtype), table.sin().to(x.dtype)\n"
+    "    return forward\n"
+    "def correct(path):\n"
+    "    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64).eval()\n"
+    "    model.model.rotary_emb.forward = exact(model.model.rotary_emb)\n"
+    "    return model\n"
+    "def global_base_off(path):\n"
+    "    model = correct(path)\n"
+    "    frequencies = model.model.rotary_emb.full_attention_inv_freq\n"
+    "    exponents = torch.arange(frequencies.numel(), dtype=torch.float64) / frequencies.numel()\n"
+    "    model.model.rotary_emb.full_attention_inv_freq = frequencies * 1.001 ** -exponents\n"
+    "    return model\n"
+    "def float32_rounded_once(path):\n"
+    "    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()\n"
+    "    for kind, parameters in model.config.rope_parameters.items():\n"
+    "        d = model.config.head_dim\n"
+    "        exact = parameters['rope_theta'] ** -(torch.arange(0, d, 2, dtype=torch.float64) / d)\n"
+    "        setattr(model.model.rotary_emb, f'{kind}_inv_freq', exact.float())\n"
+    "    return model\n"
+)
+
+
+@pytest.fixture(scope="module")
+def gemma3_at_length(tmp_path_factory):
+    """A tiny Gemma 3 taking 512 positions, a factory of its ports, and 512 random token ids."""
+    import random
+
+    import tiny_models
+
+    directory = tmp_path_factory.mktemp("gemma3_long")
+    model = tiny_models.save("gemma3", directory / "model", max_position_embeddings=512)
+    tiny_models.save_tokenizer(model)
+    factory = directory / "gemma3_port.py"
+    factory.write_text(GEMMA3_FACTORY)
+    draw = random.Random(3)
+    return model, factory, ",".join(str(draw.randrange(tiny_models.VOCAB)) for _ in range(512))
+
+
+def test_a_float64_gemma3_port_passes_at_length(gemma3_at_length):
+    """Gemma 3's rotary keeps one frequency buffer per kind of layer and no `inv_freq`: the float64 calibration
+    did not widen its tables, and a correct float64 port computing RoPE in float64 failed 34/42 over 512 tokens
+    (first at layers.0.q_rope, from position 204). A global layer's base 0.1% off still fails there."""
+    model, factory, ids = gemma3_at_length
+    result = parity("check", model, f"{factory}:correct", "--tokens", ids, "--decode-steps", "0", "--json", "-")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "RoPE's tables in float64" in json.loads(result.stdout)["checkpoints"][0]["tolerance"]["basis"]
+    wrong = parity("check", model, f"{factory}:global_base_off", "--tokens", ids, "--decode-steps", "0", "--json", "-")
+    assert wrong.returncode == 1 and json.loads(wrong.stdout)["first_divergence"]["checkpoint"] == "layers.1.q_rope"
+
+
+def test_a_float32_gemma3_port_rounding_its_frequencies_once_passes_at_length(gemma3_at_length):
+    """The float32 calibration moves Gemma 3's frequencies as another port rounds them: a port computing them in
+    float64 and rounding once failed at its rotary's output (raw.model.rotary_emb) over 512 tokens."""
+    model, factory, ids = gemma3_at_length
+    result = parity("check", model, f"{factory}:float32_rounded_once", "--tokens", ids, "--decode-steps", "0",
+                    "--json", "-")
+    assert result.returncode == 0, result.stdout[-3000:]
+    raw = json.loads(result.stdout)["raw"]
+    assert raw["compared"] > 0 and raw["failed"] == []
+
+
 def test_compare_with_a_calibration_trace(model_dirs, tmp_path):
     traces = tmp_path / "traces"
     factory = tmp_path / "bf16_port.py"

@@ -51,3 +51,18 @@ def test_each_frequency_moves_by_its_whole_spread_so_one_draw_is_not_a_lucky_one
     assert 0.9 < ratio.median().item() < 1.1 and ratio.min().item() > 0.8
     signs = torch.sign(relative[resolved])
     assert 0.3 < (signs > 0).double().mean().item() < 0.7
+
+
+def test_a_frequency_buffer_per_kind_of_layer_is_moved_too():
+    """Gemma 3 (and the models built like it) keep one buffer per kind of layer and no `inv_freq`: each is moved,
+    the `original_` copies dynamic RoPE restores from are left, and all are put back."""
+    tiny_models = pytest.importorskip("tiny_models")
+    pytest.importorskip("transformers")
+    rotary = tiny_models.build("gemma3").model.rotary_emb
+    kept = {name: buffer.clone() for name, buffer in rotary.named_buffers()}
+    assert "inv_freq" not in kept and {"sliding_attention_inv_freq", "full_attention_inv_freq"} <= set(kept)
+    with rounded_frequencies(rotary):
+        now = dict(rotary.named_buffers())
+        moved = {name for name in kept if not torch.equal(now[name], kept[name])}
+    assert moved == {"sliding_attention_inv_freq", "full_attention_inv_freq"}
+    assert all(torch.equal(buffer, kept[name]) for name, buffer in rotary.named_buffers())

@@ -11,8 +11,9 @@ near position 1,900; no other checkpoint.
 
 A frequency is f = theta^(-x), x = 2i/d. Computed in float32, x carries a rounding of
 relative size u, which the power multiplies by ln(theta) * x = -ln(f), and f its own
-final rounding. While `rounded_frequencies(model)` is active, each `inv_freq` buffer of
-the model's rotary modules is moved by that much: each f by f * e * u * sqrt(1/3 +
+final rounding. While `rounded_frequencies(model)` is active, each frequency buffer of
+the model's rotary modules (`inv_freq`, or one per kind of layer, `sliding_attention_inv_freq`
+and `full_attention_inv_freq` in Gemma 3 and the models built like it) is moved by that much: each f by f * e * u * sqrt(1/3 +
 ln(f)^2), e = +1 or -1 from a generator seeded the same way in every run (the angle
 p * f moves most where f is near 1/e); the buffers are put back after. With it the C
 port's layers.0.q_rope at 2,048 tokens is within its bound.
@@ -44,17 +45,31 @@ def rounded_frequencies(model):
     kept = []
     try:
         for module in model.modules():
-            frequencies = getattr(module, "inv_freq", None)
-            if not isinstance(frequencies, torch.Tensor) or not frequencies.is_floating_point():
-                continue
-            kept.append((module, frequencies))
-            wide = frequencies.double()
-            spread = UNIT_ROUNDOFF * torch.sqrt(1 / 3 + torch.log(wide.abs().clamp_min(1e-300)) ** 2)
-            signs = torch.randint(0, 2, frequencies.shape, generator=generator, dtype=torch.float64) * 2 - 1
-            draws = signs.to(wide.device)
-            moved = wide * (1 + draws * spread)
-            module.inv_freq = moved.to(frequencies.dtype)
+            for name in frequency_buffers(module):
+                frequencies = getattr(module, name)
+                kept.append((module, name, frequencies))
+                wide = frequencies.double()
+                spread = UNIT_ROUNDOFF * torch.sqrt(1 / 3 + torch.log(wide.abs().clamp_min(1e-300)) ** 2)
+                signs = torch.randint(0, 2, frequencies.shape, generator=generator, dtype=torch.float64) * 2 - 1
+                moved = wide * (1 + signs.to(wide.device) * spread)
+                setattr(module, name, moved.to(frequencies.dtype))
         yield model
     finally:
-        for module, frequencies in kept:
-            module.inv_freq = frequencies
+        for module, name, frequencies in kept:
+            setattr(module, name, frequencies)
+
+
+def frequency_buffers(module) -> list[str]:
+    """The names of `module`'s own rotary frequency buffers, in its order: `inv_freq`, or `<kind>_inv_freq`
+    for each kind of layer. The `original_inv_freq` copies dynamic RoPE restores from are not used by a forward."""
+    import torch
+
+    names = []
+    for name, buffer in module.named_buffers(recurse=False):
+        if (name == "inv_freq" or name.endswith("_inv_freq")) and "original" not in name \
+                and isinstance(buffer, torch.Tensor) and buffer.is_floating_point():
+            names.append(name)
+    if not names and isinstance(getattr(module, "inv_freq", None), torch.Tensor) \
+            and module.inv_freq.is_floating_point():
+        names.append("inv_freq")          # kept as a plain attribute, not a buffer
+    return names

@@ -17,13 +17,14 @@ from contextlib import contextmanager
 
 @contextmanager
 def float64_tables(model):
-    """While active, the rotary modules of `model` (a torch module: those holding `inv_freq`) compute in float64."""
-    import torch
+    """While active, the rotary modules of `model` (a torch module: those holding `inv_freq` or one frequency
+    buffer per kind of layer, as Gemma 3's) compute in float64."""
+    from parity.capture.hf.rope_frequencies import frequency_buffers
 
     wrapped = []
     try:
         for module in model.modules():
-            if isinstance(getattr(module, "inv_freq", None), torch.Tensor) and "forward" not in vars(module):
+            if frequency_buffers(module) and "forward" not in vars(module):
                 module.forward = _widened(module.forward)
                 wrapped.append(module)
         yield model
