@@ -74,7 +74,7 @@ def test_a_key_read_from_the_cache_at_another_slot_parts_there_and_its_layer_key
     step["layers.1.k_rope"] = np.roll(step["layers.1.k_rope"], 1, axis=0)   # each key one slot late
     rows = streamed(full, step, 7)
     assert rows.first_checkpoint() == first_checkpoint(full, step, POSITION, BOUND) == "layers.1.k_rope"
-    assert set(rows.tensors) == {"layers.1.k", "layers.1.k_rope"}              # the layer that parts, whole
+    assert set(rows.tensors) == {"layers.1.k", "layers.1.k_rope", "layers.1.v"}   # the layer that parts, whole
     np.testing.assert_array_equal(rows["layers.1.k"], full["layers.1.k"])
     assert not any(name.startswith("layers.2") for name in rows.differs)         # nothing judged past it
 

@@ -75,6 +75,12 @@ def test_a_cache_written_one_slot_off_fails_decoding(model_dirs, ports):
     assert code == 1 and report["verdict"] == "fail"
     assert all(c["status"] == "pass" for c in report["checkpoints"])   # one full pass is right ...
     assert not report["decode"]["passed"]                               # ... decoding through the cache is not
+    assert report["decode"]["first_checkpoint"] == "layers.0.attn_ctx"
+    # its cache lives in its modules: no keys read back, no probabilities; named from the attention output
+    # (it was no_known_cause)
+    causes = [(d["cause"], d["checkpoint"]) for d in report["diagnoses"]]
+    assert causes == [("kv_cache_offset", "layers.0.attn_ctx")], report["diagnoses"]
+    assert "twice and this step's not at all" in report["diagnoses"][0]["message"]
 
 
 def test_q_permuted_without_k_is_not_read_as_a_layout_and_fails_at_q(model_dirs, ports):

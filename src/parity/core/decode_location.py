@@ -26,6 +26,9 @@ import numpy as np
 from parity.core.metrics import rel_l2
 from parity.core.names import BEFORE_LAYERS, KEY_KINDS, in_flow_order, parse, token_axis
 
+# What the cache causes read of the full pass (diagnose/decode_causes.py): the keys and the values, whole.
+KEPT_WHOLE = (*KEY_KINDS, "v")
+
 
 def first_checkpoint(full_trace, step: dict, position: int, bound: float) -> str | None:
     """The first checkpoint (in data-flow order) where a decode step's tensors part from the full pass's
@@ -67,13 +70,15 @@ def step_differs(rows: np.ndarray, value: np.ndarray, bound: float) -> bool:
 
 class PositionRows:
     """The full pass over tokens 0..`position`, taken as it is made: each checkpoint the step recorded is judged
-    as its rows arrive and let go; the keys (KEY_KINDS) are kept whole for the layer being made and for the first
-    layer that parts, and nothing is kept past that layer. Memory: a few of one layer's tensors, whatever T."""
+    as its rows arrive and let go; the keys and values (KEPT_WHOLE) are kept whole for the layer being made and for
+    the first layer that parts, with its attention output's row at `position`, and nothing is kept past that
+    layer. Memory: a few of one layer's tensors, whatever T."""
 
     def __init__(self, step: dict, position: int, bound: float) -> None:
         self.step, self.position, self.bound = step, position, bound
         self.differs: dict[str, bool] = {}          # name -> whether it parts from the step, once its rows came
-        self.tensors: dict[str, np.ndarray] = {}    # the keys kept whole, (position + 1, width)
+        self.tensors: dict[str, np.ndarray] = {}    # the keys and values kept whole, (position + 1, width)
+        self.rows: dict[str, np.ndarray] = {}       # the attention outputs' rows at `position`
         self._assembling: dict[str, tuple[np.ndarray, int]] = {}   # name -> (rows so far, how many came)
         self._parted_at: int | None = None          # the flow rank of the first layer (or global) that parts
 
@@ -95,7 +100,7 @@ class PositionRows:
         if self._parted_at is not None and rank > self._parted_at:
             return
         checkpoint = parse(name)
-        key = checkpoint is not None and checkpoint.kind in KEY_KINDS
+        key = checkpoint is not None and checkpoint.kind in KEPT_WHOLE
         judged = name in self.step and name != "logits"
         if key or judged:
             self._take(name, np.asarray(block), start, key, judged, rank)
@@ -120,6 +125,8 @@ class PositionRows:
         axis, rows = token_axis(name), block.shape[token_axis(name)] if block.ndim else 0
         if start <= self.position < start + rows:
             row = np.take(block, self.position - start, axis=axis)
+            if name.endswith(".attn_ctx"):
+                self.rows[name] = np.array(row)
             self._judge(name, row[:, : self.position + 1] if axis == 1 else row, rank)
 
     def _assembled(self, name: str, block: np.ndarray, start: int) -> np.ndarray | None:
@@ -145,9 +152,10 @@ class PositionRows:
             self._parted_at = rank
 
     def _let_go_before(self, rank: int) -> None:
-        """Keys of the layers before `rank` that did not part: no diagnosis reads them."""
-        for name in [name for name in self.tensors if _rank(name) < rank and _rank(name) != self._parted_at]:
-            del self.tensors[name]
+        """Keys, values and rows of the layers before `rank` that did not part: no diagnosis reads them."""
+        for kept in (self.tensors, self.rows):
+            for name in [name for name in kept if _rank(name) < rank and _rank(name) != self._parted_at]:
+                del kept[name]
 
 
 def _rank(name: str) -> float:

@@ -5,7 +5,11 @@
   kv_cache_offset  at position p the step attends over a number of keys other than p + 1, or the keys
                    it reads from the cache match the full pass's except where this step's key (or an
                    earlier one) should be, which holds zeros or the key of the position before: the
-                   cache was written at the wrong slot
+                   cache was written at the wrong slot. Where the step records neither its probabilities
+                   nor the keys it read (a port whose cache lives inside its modules), its attention output
+                   is recomputed from the full pass's keys and values with the slots moved one way or
+                   another (slot_hypotheses below), once the same arithmetic reproduces the full pass's own
+                   output at that position
   decode_rope      the step's attention is reproduced when the cached keys are taken before RoPE: the
                    decode path uses cached keys without rotating them
 """
@@ -32,6 +36,8 @@ def diagnose_decode(full: Trace, step: dict, position: int, name: str | None, co
         return _from_probabilities(full, step, position, name, checkpoint.layer, config)
     if checkpoint.kind in KEY_KINDS and step[name].shape[0] == position + 1 and position > 0:
         return _from_cached_keys(full, step[name], position, name, checkpoint.layer)
+    if checkpoint.kind == "attn_ctx" and step[name].shape[0] == 1 and position > 0:
+        return _from_context(full, step, position, name, checkpoint.layer, config)
     return []
 
 
@@ -105,3 +111,20 @@ def _unrotated_cache_reproduces(full, step, layer, position, probabilities, conf
     expected = attention_probabilities(query, keys, config.heads, config.kv_heads, config.head_dim,
                                        lambda h: h // group)[:, position, :]            # (H, S)
     return reproduces(probabilities.astype(np.float64), expected)
+
+
+def _from_context(full, step: dict, position: int, name: str, layer: int, config: ModelConfig) -> list[Diagnosis]:
+    """The step's attention output, (1, H*hd), against the full pass's attention at `position` over cache slots
+    moved as a one-slot-off write moves them."""
+    from parity.diagnose.decode_attention import SlotAttention, slot_hypotheses
+
+    attention = SlotAttention.of(full, step, layer, position, config)
+    if attention is None:
+        return []
+    observed = np.asarray(step[name], dtype=np.float64).reshape(-1)
+    for what, keys, values in slot_hypotheses(attention.keys, attention.values, position):
+        if reproduces(observed, attention.output(keys, values)):
+            return [Diagnosis("kv_cache_offset", name,
+                              f"decoding position {position}, layer {layer}'s attention output is the full pass's "
+                              f"attention over a cache holding {what}")]
+    return []

@@ -1,0 +1,126 @@
+"""One decoding step's attention rebuilt from the full pass's keys and values, for causes read from its output.
+
+A port whose KV cache lives inside its modules records neither the keys a step read nor its
+probabilities; what it records is the step's query and its attention output. `SlotAttention`
+rebuilds that output from the full pass's keys and values at positions 0..p, taking whatever
+the trace holds (keys after RoPE, or before it, rotated here in the layout whose result
+reproduces the full pass's own output at p: the port's layout, found rather than assumed), and
+`slot_hypotheses` names the caches a write one slot off leaves behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from parity.diagnose.attention import apply_rope
+from parity.diagnose.context import ModelConfig, reproduces
+
+
+@dataclass(frozen=True)
+class SlotAttention:
+    query: np.ndarray       # (H*hd,) this step's, after RoPE
+    keys: np.ndarray        # (p + 1, Hkv*hd) the full pass's, after RoPE
+    values: np.ndarray      # (p + 1, Hkv*hd)
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    def __repr__(self) -> str:
+        return f"<SlotAttention {self.keys.shape[0]} slots heads={self.heads}/{self.kv_heads} hd={self.head_dim}>"
+
+    @classmethod
+    def of(cls, full, step: dict, layer: int, position: int, config: ModelConfig) -> SlotAttention | None:
+        """The step's attention at layer `layer`, or None where the trace lacks a piece or the rebuilt attention
+        does not reproduce the full pass's own output at `position` (another scale, a window, a soft cap)."""
+        if not (config.heads and config.kv_heads and config.head_dim) or config.heads % config.kv_heads:
+            return None
+        at = f"layers.{layer}."
+        values, output = _rows(full, at + "v", position), _row_at(full, at + "attn_ctx", position)
+        if values is None or output is None:
+            return None
+        for query, keys in _rotations(full, step, at, position, config):
+            attention = cls(query, keys, values, config.heads, config.kv_heads, config.head_dim)
+            if attention.query.size == config.heads * config.head_dim \
+                    and keys.shape[-1] == values.shape[-1] == config.kv_heads * config.head_dim \
+                    and reproduces(output, attention.output(keys, values)):
+                return attention
+        return None
+
+    def output(self, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """softmax(q k^T / sqrt(hd)) v over every slot, query head h reading KV head h // group: (H*hd,)."""
+        group, slots = self.heads // self.kv_heads, keys.shape[0]
+        query = self.query.reshape(self.heads, self.head_dim)
+        keys = keys.reshape(slots, self.kv_heads, self.head_dim)[:, np.arange(self.heads) // group]    # (S, H, hd)
+        values = values.reshape(slots, self.kv_heads, self.head_dim)[:, np.arange(self.heads) // group]
+        scores = np.einsum("hd,shd->hs", query, keys) / np.sqrt(self.head_dim)                        # (H, S)
+        weights = np.exp(scores - scores.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        return np.einsum("hs,shd->hd", weights, values).reshape(-1)
+
+
+def slot_hypotheses(keys: np.ndarray, values: np.ndarray, position: int):
+    """(what the cache holds, keys, values) for each way a write one slot off leaves the slots 0..p read. The
+    attention of one query does not see the order of its slots, only the keys and values in them, so each way is
+    named by what is there: two writes that leave the same set are one hypothesis."""
+    p = position
+    ways = ((f"the key and value of position {p - 1} twice and this step's not at all: each step writes them one "
+             "slot past where it reads them", {p: p - 1}, ()),
+            ("zeros where this step's key and value should be: they are not written where they are read (one slot "
+             "past, into an empty cache, or not at all)", {}, (p,)),
+            (f"this step's key and value where position {p - 1}'s should be and zeros at its own: each step writes "
+             "them one slot short of where it reads them", {p - 1: p}, (p,)),
+            (f"this step's key and value twice and position {p - 1}'s not at all: each step writes them one slot "
+             "short of where it reads them", {p - 1: p}, ()))
+    for what, taken, zeroed in ways:
+        moved_keys, moved_values = keys.copy(), values.copy()
+        for slot, source in taken.items():
+            moved_keys[slot], moved_values[slot] = keys[source], values[source]
+        for slot in zeroed:
+            moved_keys[slot], moved_values[slot] = 0.0, 0.0
+        yield what, moved_keys, moved_values
+
+
+def _rotations(full, step: dict, at: str, position: int, config: ModelConfig):
+    """(this step's query, the full pass's keys 0..p), both after RoPE: as recorded, else rotated here in each
+    layout RoPE is laid out in."""
+    query, keys = _last_row(step, at + "q_rope"), _rows(full, at + "k_rope", position)
+    if query is not None and keys is not None:
+        yield query, keys
+        return
+    query = _last_row(step, at + "q_norm") if at + "q_norm" in step else _last_row(step, at + "q")
+    keys = _rows(full, at + "k_norm", position)
+    keys = keys if keys is not None else _rows(full, at + "k", position)
+    if query is None or keys is None or not config.rope_theta or query.size % config.head_dim:
+        return
+    for layout in ("half", "adjacent"):
+        rotated = apply_rope(query[None], config.head_dim, config.rope_theta, np.array([position]), layout)[0]
+        yield rotated, apply_rope(keys, config.head_dim, config.rope_theta, np.arange(position + 1), layout)
+
+
+def _rows(full, name: str, position: int) -> np.ndarray | None:
+    """Rows 0..position of the full pass's `name`, (position + 1, width) in float64, or None."""
+    if name not in full:
+        return None
+    rows = np.asarray(full[name])
+    if rows.ndim < 2 or rows.shape[0] < position + 1:
+        return None
+    return rows[: position + 1].reshape(position + 1, -1).astype(np.float64)
+
+
+def _row_at(full, name: str, position: int) -> np.ndarray | None:
+    """The full pass's row of `name` at `position`, flat in float64: from its rows, or the one row a pass judged
+    as it was made keeps (core/decode_location.PositionRows.rows)."""
+    kept = getattr(full, "rows", {})
+    if name in kept:
+        return np.asarray(kept[name], dtype=np.float64).reshape(-1)
+    rows = _rows(full, name, position)
+    return None if rows is None else rows[position]
+
+
+def _last_row(step: dict, name: str) -> np.ndarray | None:
+    if name not in step:
+        return None
+    rows = np.asarray(step[name])
+    return rows.reshape(rows.shape[0], -1)[-1].astype(np.float64) if rows.ndim >= 1 and rows.size else None
