@@ -429,22 +429,27 @@ class Families:
         return reference, CompareConfig(noise=noise_floors(reference, lowp), noise_dtype=dtype)
 
     def compared(self, family: str, ops: Ops = OPS, *, layer: int | None = None, dtype: str = "float32",
-                 calibrated: bool | None = None):
-        """(reference, candidate, comparison) of the port with `ops` against the family's reference."""
+                 calibrated: bool | None = None, unrecorded: frozenset = frozenset()):
+        """(reference, candidate, comparison) of the port with `ops` against the family's reference; the port
+        records no checkpoint of the kinds `unrecorded` (q_rope, k_rope, attn_probs: RoPE and softmax inline)."""
         from parity.core.compare import compare
+        from parity.core.names import parse
         from parity.core.trace import make_trace
 
         reference, config = self.reference(family, dtype, calibrated)
         tensors = self.port(family).forward(TOKENS, ops, layer=layer, dtype=getattr(torch, dtype))
+        tensors = {name: tensor for name, tensor in tensors.items()
+                   if parse(name) is None or parse(name).kind not in unrecorded}
         candidate = make_trace(tensors, {"dtype": dtype})
         return reference, candidate, compare(reference, candidate, config=config)
 
     def diagnosed(self, family: str, ops: Ops = OPS, *, layer: int | None = None, dtype: str = "float32",
-                  calibrated: bool | None = None):
+                  calibrated: bool | None = None, unrecorded: frozenset = frozenset()):
         """The diagnosed comparison of the port with `ops` against the family's reference."""
         from parity.diagnose import diagnose
 
-        reference, candidate, comparison = self.compared(family, ops, layer=layer, dtype=dtype, calibrated=calibrated)
+        reference, candidate, comparison = self.compared(family, ops, layer=layer, dtype=dtype, calibrated=calibrated,
+                                                         unrecorded=unrecorded)
         return diagnose(comparison, reference, candidate)
 
 

@@ -1,5 +1,6 @@
 """RoPE causes seen in the attention, for a candidate that records no q_rope or k_rope (its RoPE inline, as
-in Meta's code and gpt-fast): rope_layout and rope_direction at attn_probs or attn_ctx.
+in Meta's code, gpt-fast and torchtune): rope_layout and rope_direction, rope_theta and rope_scaling at
+attn_probs or attn_ctx.
 
 The reference's rotation is fitted from its own q (or q_norm) and q_rope, as rope.py does. Each variant
 of it (the other layout of a head's pairs, the angles turned backward) is applied to the reference's
@@ -7,22 +8,32 @@ q and k before RoPE, and attention is recomputed with the reference's v: a varia
 candidate's tensor names its cause. The commonest: a port that rotates pairs (2i, 2i+1), Meta-style,
 on q and k projected by weights still in transformers' order (halves), because the conversion that
 permutes their rows was left out.
+
+Then each table of frequencies a port gets instead (another theta, another scaling: rope_fit.Tables)
+is scored by the attention it makes over the first SEARCH_TOKENS tokens (the causal attention of
+those depends on them alone), the best refined (theta by golden-section search on its logarithm),
+and the whole attention recomputed with it must explain the candidate's. The commonest: a builder's
+default base (torchtune's Llama 3, 500000) left where the checkpoint's is another.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
+from parity.core.metrics import rel_l2
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.attention_math import attention_focus, explains
+from parity.diagnose.attention_math import attend, attention_focus, explains
 from parity.diagnose.context import Context, widened
 from parity.diagnose.rope import rotated_source, start_position
-from parity.diagnose.rope_fit import LAYOUTS, Rotation, Tables, fit, noise_floor, rope_parameters, rotary_dim
+from parity.diagnose.rope_fit import (LAYOUTS, Rotation, Tables, describe_parameters, fit, noise_floor,
+                                      rope_parameters, rotary_dim)
 
 FITTED = 1e-3   # the reference's rotation must reproduce its own q_rope this closely (or to 10x its rounding)
+SEARCH_TOKENS = 64   # the tables are scored on the attention of this many first tokens
 
 
 def _variants(rotation: Rotation) -> list[tuple[str, Rotation, str]]:
@@ -50,7 +61,7 @@ def _reference_rotation(context: Context, layer: int):
     found = fit(x_q, y_q, config.head_dim, dim, tables.all()[:1], floor, start=start)
     if found is None or found[1] > max(10 * floor, FITTED) or found[0].changes:
         return None
-    return found[0], dim, x_q, x_k
+    return found[0], dim, x_q, x_k, tables
 
 
 @register("rope_in_attention")
@@ -63,7 +74,7 @@ def rope_in_attention(context: Context):
         found = _reference_rotation(context, layer)
         if found is None:
             continue
-        rotation, dim, x_q, x_k = found
+        rotation, dim, x_q, x_k, tables = found
         for cause, variant, what in _variants(rotation):
             q = variant.apply(x_q, context.config.head_dim, dim)
             k = variant.apply(x_k, context.config.head_dim, dim)
@@ -78,3 +89,62 @@ def rope_in_attention(context: Context):
                                          f"reproduces the candidate's {name} (rel error {residual:.2g}; its q_rope "
                                          f"and k_rope are not recorded){advice}")
             return
+        found = _other_table(context, name, kind, attention, candidate, reference, rotation, tables, dim, x_q, x_k)
+        if found is not None:
+            yield found
+            return
+
+
+def _other_table(context, name, kind, attention, candidate, reference, rotation, tables, dim, x_q, x_k):
+    """rope_theta or rope_scaling: the table of frequencies whose attention explains the candidate's, or None."""
+    head_dim, count = context.config.head_dim, min(SEARCH_TOKENS, x_q.shape[0])
+
+    def made(table, tokens):     # the attention under `table`, over the first `tokens` tokens
+        variant = dataclasses.replace(rotation, table=table)
+        q, k = variant.apply(x_q[:tokens], head_dim, dim), variant.apply(x_k[:tokens], head_dim, dim)
+        return attention.output(kind, q=q, k=k, v=attention.v[:tokens]) if tokens == x_q.shape[0] else \
+            _prefix_output(attention, kind, q, k, tokens)
+
+    def error(table) -> float:
+        return rel_l2(_prefix(candidate, kind, count), made(table, count)) if table is not None else math.inf
+
+    others = [table for table in tables.all()[1:] if table.changes]
+    if not others:
+        return None
+    best = _refined(min(others, key=error), tables, error)
+    residual = explains(context, name, candidate, made(best, x_q.shape[0]), reference)
+    if residual is None or not np.isfinite(residual) or error(best) >= error(rotation.table):
+        return None
+    cause = "rope_theta" if best.changes == {"theta"} else "rope_scaling"
+    return Diagnosis(cause, name, f"attention recomputed from the reference's q, k and v with RoPE at "
+                                  f"{describe_parameters(best.parameters)} where the reference uses "
+                                  f"{describe_parameters(rotation.table.parameters)} reproduces the candidate's "
+                                  f"{name} (rel error {residual:.2g}; its q_rope and k_rope are not recorded): "
+                                  "the port's RoPE is built with other parameters than the checkpoint's config")
+
+
+def _refined(table, tables, error):
+    """A theta from the grid refined by golden-section search on its logarithm; other tables as they are."""
+    if table.changes != {"theta"}:
+        return table
+    low, high = math.log(table.parameters["rope_theta"]) - 0.1, math.log(table.parameters["rope_theta"]) + 0.1
+    for _ in range(30):
+        a, b = high - 0.618 * (high - low), low + 0.618 * (high - low)
+        below, above = (tables.make(table.changes, rope_theta=math.exp(x)) for x in (a, b))
+        low, high = (low, b) if error(below) < error(above) else (a, high)
+    refined = tables.make(table.changes, rope_theta=math.exp((low + high) / 2))
+    return refined if refined is not None and error(refined) <= error(table) else table
+
+
+def _prefix(tensor: np.ndarray, kind: str, count: int) -> np.ndarray:
+    """The first `count` tokens' part: rows of attn_ctx (T, H*hd), the top-left block of attn_probs (H, T, S)."""
+    return tensor[:, :count, :count] if kind == "attn_probs" else tensor[:count]
+
+
+def _prefix_output(attention, kind: str, q: np.ndarray, k: np.ndarray, count: int) -> np.ndarray:
+    """The attention of the first `count` tokens over their own keys, with the reference's mask cut to them."""
+    visible = attention.visible[:count, :count] if attention.visible is not None else None
+    probs, ctx = attend(q, k, attention.v[:count], heads=attention.heads, kv_heads=attention.kv_heads,
+                        head_dim=attention.head_dim, scale=attention.standard, visible=visible,
+                        softcap=attention.softcap)
+    return probs if kind == "attn_probs" else ctx

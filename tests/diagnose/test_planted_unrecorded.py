@@ -1,0 +1,50 @@
+"""The planted-bug suite again, with the port recording no q_rope, k_rope or probabilities (RoPE and softmax
+inline, as Meta's code, gpt-fast and torchtune write them): what the attention output alone shows.
+
+No bug may be named wrongly; the RoPE tables a port builds with other parameters (another theta, scaling
+left out or with another factor) are named from the attention output (rope_attention.py), where before they
+were no_known_cause."""
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from planted_bugs import BUGS, families  # noqa: E402
+
+NEUTRAL = {"no_known_cause", "precision_noise"}
+UNRECORDED = frozenset({"q_rope", "k_rope", "attn_probs"})
+# What a bug looks like once its own checkpoint is unrecorded, where that is another true description of it:
+# YaRN's attention factor multiplies cos and sin, so the scores by its square (a softmax temperature); the
+# probabilities scaled after the softmax leave the attention output scaled by the same factor.
+ALSO_RIGHT = {"yarn: attention factor not applied": {"attention_scale"},
+              "llama: probabilities scaled by 0.9 after the softmax": {"scale_factor"}}
+TABLES = [name for name, bug in BUGS.items() if bug.causes & {"rope_theta", "rope_scaling"}
+          and bug.dtype == "float32" and name not in ALSO_RIGHT
+          and name not in ("llama3: low and high frequency factors exchanged", "yarn: factor 8 where the config says 4")]
+RIGHT_RATE = 0.75
+
+
+@pytest.fixture(scope="module")
+def outcomes():
+    planted, found = families(), {}
+    for name, bug in BUGS.items():
+        comparison = planted.diagnosed(bug.family, bug.ops, layer=bug.layer, dtype=bug.dtype, unrecorded=UNRECORDED)
+        found[name] = ({d.cause for d in comparison.diagnoses} - NEUTRAL, comparison)
+    return found
+
+
+def test_none_is_named_wrongly_and_most_rightly(outcomes):
+    right = [name for name, (named, _) in outcomes.items() if named & (BUGS[name].causes | ALSO_RIGHT.get(name, set()))]
+    wrong = {name: sorted(named - BUGS[name].causes - ALSO_RIGHT.get(name, set()))
+             for name, (named, _) in outcomes.items() if named - BUGS[name].causes - ALSO_RIGHT.get(name, set())}
+    assert not wrong, wrong
+    assert len(right) >= RIGHT_RATE * len(outcomes), sorted(set(outcomes) - set(right))
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_another_rope_table_is_named_from_the_attention_output(outcomes, name):
+    named, comparison = outcomes[name]
+    assert comparison.first_divergence.checkpoint.endswith(".attn_ctx")
+    assert named & BUGS[name].causes, [d.message for d in comparison.diagnoses]
+    message = next(d.message for d in comparison.diagnoses if d.cause in BUGS[name].causes)
+    assert "q_rope and k_rope are not recorded" in message
