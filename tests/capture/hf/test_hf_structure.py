@@ -262,3 +262,53 @@ def test_a_per_model_type_override_replaces_what_the_structure_gives(monkeypatch
     assert override in taps
     assert not any(t.module == "model.layers.0.mlp.down_proj" and t.io == "output" for t in taps)
     assert any(t.module == "model.layers.0.mlp.down_proj" and t.io == "input" for t in taps)  # mlp_act kept
+
+
+def test_a_port_named_as_metas_code_is_mapped_without_a_config(model_dirs):
+    """A PyTorch LM that is no transformers model: its blocks are the ModuleList of one type holding an attention
+    module, and each part is told by the names ports use (Meta's wq/wo, w1/w2/w3, attention_norm, ffn_norm)."""
+    import meta_llama
+
+    from parity.capture.hf.structure import map_module
+
+    model = meta_llama.build(model_dirs["llama"])
+    taps = {(tap.module, tap.io): tap.names for tap in map_module(model)}
+    assert taps[("layers.0", "input")] == ("embed",)
+    assert taps[("layers.0.attention_norm", "output")] == ("layers.0.attn_norm",)
+    assert taps[("layers.1.attention.wq", "output")] == ("layers.1.q",)
+    assert taps[("layers.1.attention.wo", "input")] == ("layers.1.attn_ctx",)
+    assert taps[("layers.1.ffn_norm", "input")] == ("layers.1.resid_mid",)
+    assert taps[("layers.2.feed_forward.w1", "output")] == ("layers.2.mlp_gate",)
+    assert taps[("layers.2.feed_forward.w3", "output")] == ("layers.2.mlp_up",)
+    assert taps[("layers.2.feed_forward.w2", "input")] == ("layers.2.mlp_act",)
+    assert taps[("norm", "output")] == ("final_norm",)
+    assert not any(io == "attention" for _, io in taps)       # transformers' attention function is not there
+
+
+def test_a_part_not_told_apart_by_name_is_not_tapped():
+    """A gated MLP named fc1, fc2, fc3 (LLMs-from-scratch): fc1 and fc2 mean GPT-2's two linears elsewhere, so no
+    part of it is tapped, only its output; a list without attention modules is refused."""
+    import torch
+
+    from parity.capture.hf.structure import map_module
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj, self.k_proj, self.v_proj, self.o_proj = (torch.nn.Linear(8, 8) for _ in range(4))
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.norm1, self.norm2 = Attention(), torch.nn.RMSNorm(8), torch.nn.RMSNorm(8)
+            self.mlp = torch.nn.Module()
+            self.mlp.fc1, self.mlp.fc2, self.mlp.fc3 = (torch.nn.Linear(8, 8) for _ in range(3))
+
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList(Block() for _ in range(2))
+    names = {name for tap in map_module(model) for name in tap.names}
+    assert {"layers.1.q", "layers.1.attn_ctx", "layers.1.mlp_out", "layers.1.attn_norm", "layers.1.mlp_norm"} <= names
+    assert not names & {"layers.1.mlp_fc", "layers.1.mlp_act", "layers.1.mlp_gate", "layers.1.mlp_up"}
+    model.blocks = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(2))
+    with pytest.raises(CaptureError, match="no list of decoder blocks"):
+        map_module(model)

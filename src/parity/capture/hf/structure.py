@@ -4,12 +4,14 @@ No table per family: the decoder layer list is the ModuleList with one entry per
 layer; in each layer the attention and MLP modules, their projections and the
 norms are told apart by their names (the vocabulary below covers Llama, Mistral,
 Qwen2/3, Qwen2/3-MoE, Mixtral, OLMo 2, OLMoE, Gemma 1/2/3, Granite, Phi-3,
-StableLM and GPT-2), and a norm's role by the norms beside it. `HF_OVERRIDES`
+StableLM and GPT-2 in transformers, and the names ports use: Meta's and gpt-fast's,
+torchtune's, LitGPT's), and a norm's role by the norms beside it. `HF_OVERRIDES`
 in core/names.py corrects the result per model type. Works on the meta device,
 so a model that cannot be mapped is refused before its weights are read:
 
     mapping = map_model(model)          # ModelMap: taps, per-layer attention facts
     mapping = map_config(config)        # the same, from a config, without weights
+    taps = map_module(module)           # any PyTorch LM named in that vocabulary, no config
 """
 
 from __future__ import annotations
@@ -31,17 +33,17 @@ ATTENTION_PARTS: dict[str, tuple[str, ...]] = {
     "k": ("k_proj", "key", "wk"),
     "v": ("v_proj", "value", "wv"),
     "qkv": ("qkv_proj", "c_attn", "Wqkv", "wqkv"),
-    "o": ("o_proj", "out_proj", "c_proj", "dense", "wo"),
+    "o": ("o_proj", "out_proj", "c_proj", "dense", "wo", "output_proj", "proj"),
     "q_norm": ("q_norm", "q_layernorm"),
     "k_norm": ("k_norm", "k_layernorm"),
 }
 # Children of a dense MLP, by role. A fused gate|up is [gate | up].
 MLP_PARTS: dict[str, tuple[str, ...]] = {
-    "gate": ("gate_proj", "w1"),
-    "up": ("up_proj", "w3"),
+    "gate": ("gate_proj", "w1", "fc_1"),
+    "up": ("up_proj", "w3", "fc_2"),
     "gate_up": ("gate_up_proj",),
     "fc": ("c_fc", "fc1", "fc_in", "dense_h_to_4h"),
-    "down": ("down_proj", "w2", "c_proj", "fc2", "fc_out", "dense_4h_to_h"),
+    "down": ("down_proj", "w2", "c_proj", "fc2", "fc_out", "dense_4h_to_h", "proj"),
 }
 ROUTER_NAMES = ("gate", "router")
 SHARED_EXPERT_NAMES = ("shared_expert", "shared_experts")
@@ -50,9 +52,9 @@ SHARED_EXPERT_NAMES = ("shared_expert", "shared_experts")
 # norm in Llama-style blocks, but the attention branch's output norm in blocks that
 # also norm the MLP's output (Gemma 2/3, OLMo 2): see _norm_roles.
 ATTN_NORM_NAMES = ("input_layernorm", "ln_1", "attention_norm", "ln_attn", "norm1", "attn_norm",
-                   "self_attn_layer_norm")
+                   "self_attn_layer_norm", "sa_norm", "norm_1")
 MLP_NORM_NAMES = ("pre_feedforward_layernorm", "ln_2", "ffn_norm", "norm2", "ln_mlp", "pre_mlp_layernorm",
-                  "final_layer_norm")
+                  "final_layer_norm", "mlp_norm", "norm_2")
 ATTN_POST_NAMES = ("post_attn_norm", "post_attention_norm")
 MLP_POST_NAMES = ("post_feedforward_layernorm", "post_mlp_layernorm", "post_ffn_norm")
 AMBIGUOUS_NORM = "post_attention_layernorm"
@@ -113,6 +115,72 @@ def map_model(model, *, where: str = "this model") -> ModelMap:
     taps = _merge(taps, HF_OVERRIDES.get(model_type, ()))
     architecture = {"layers": layer_facts, **_global_facts(model, config)}
     return ModelMap(model_type=model_type, taps=tuple(taps), architecture=architecture)
+
+
+def map_module(model, *, where: str = "this model") -> tuple[Tap, ...]:
+    """The taps of a PyTorch LM that is not a transformers model (a port: Meta's, gpt-fast's, torchtune's,
+    LitGPT's naming, or one's own in the same vocabulary), or a CaptureError naming what is missing. Its blocks
+    are the longest ModuleList of one type whose entries hold an attention module; without a config, the
+    logits are the forward's return value and q/k after RoPE and the probabilities come only from Probes."""
+    from types import SimpleNamespace
+
+    def refuse(what: str) -> CaptureError:
+        return CaptureError(f"{where}: {what}")
+
+    layers_path, layers = _repeated_blocks(model)
+    if layers_path is None:
+        raise refuse("no list of decoder blocks found (a ModuleList of one type whose entries hold an attention "
+                     f"module named one of {', '.join(ATTENTION_NAMES)})")
+    taps = [Tap(f"{layers_path}.0", ("embed",), "input")]
+    for i, layer in enumerate(layers):
+        attention_name, attention = _child(layer, ATTENTION_NAMES)
+        config = SimpleNamespace(**_attention_shape(attention))
+        layer_taps, _ = _layer_taps(f"{layers_path}.{i}", i, layer, config, False, refuse)
+        unsure = [f"{layers_path}.{i}.{name}." for name, module, parts in
+                  ((attention_name, attention, ATTENTION_PARTS), (*_child(layer, MLP_NAMES), MLP_PARTS))
+                  if module is not None and _unnamed_linears(module, parts)]
+        taps += [tap for tap in layer_taps if tap.io != "attention"      # transformers' attention function only
+                 and not any(tap.module.startswith(prefix) for prefix in unsure)]
+    parent = model.get_submodule(layers_path.rsplit(".", 1)[0]) if "." in layers_path else model
+    name, norm = _child(parent, FINAL_NORM_NAMES)
+    if norm is not None:
+        prefix = layers_path.rsplit(".", 1)[0] + "." if "." in layers_path else ""
+        taps.append(Tap(prefix + name, ("final_norm",)))
+    return tuple(taps)
+
+
+def _repeated_blocks(model):
+    """(path, blocks) of the longest ModuleList of one module type whose entries hold an attention module."""
+    import torch
+
+    found = (None, [])
+    for path, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > len(found[1]) \
+                and len({type(block) for block in module}) == 1 and _child(module[0], ATTENTION_NAMES)[1] is not None:
+            found = (path, list(module))
+    return found
+
+
+def _unnamed_linears(module, parts: dict[str, tuple[str, ...]]) -> bool:
+    """Whether `module` has a linear child no role's name covers: its parts are then not told apart by name
+    (LLMs-from-scratch's gated MLP is fc1, fc2, fc3, where fc1 and fc2 mean GPT-2's two), so none is tapped."""
+    import torch
+
+    named = {_child(module, names)[0] for names in parts.values()}
+    return any(isinstance(child, torch.nn.Linear) and name not in named for name, child in module.named_children())
+
+
+def _attention_shape(attention) -> dict[str, int]:
+    """What an attention module says of its heads, in a transformers config's names (a fused q|k|v is split by
+    them; without them it is left whole)."""
+    def first(*names):
+        return next((value for name in names if isinstance(value := getattr(attention, name, None), int)), None)
+
+    shape = {"num_attention_heads": first("num_heads", "n_heads", "n_head", "num_attention_heads", "n_local_heads"),
+             "num_key_value_heads": first("num_kv_heads", "n_kv_heads", "num_key_value_heads", "n_local_kv_heads",
+                                          "n_query_groups"),
+             "head_dim": first("head_dim", "head_size", "hd")}
+    return {key: value for key, value in shape.items() if value is not None}
 
 
 def _layer_count(config) -> int | None:
@@ -229,7 +297,8 @@ def _attention_taps(name: str, attention, config, has_rope: bool, tap, refuse, i
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
-    head_dim = getattr(attention, "head_dim", None) or getattr(config, "head_dim", None) or hidden // heads
+    head_dim = getattr(attention, "head_dim", None) or getattr(config, "head_dim", None) \
+        or (hidden // heads if hidden and heads else None)
     taps = [tap(name, ("q_rope", "k_rope", "attn_probs") if has_rope else ("", "", "attn_probs"), "attention")]
     parts = {role: _child(attention, names)[0] for role, names in ATTENTION_PARTS.items()}
     for role in ("q", "k", "v"):
@@ -238,7 +307,7 @@ def _attention_taps(name: str, attention, config, has_rope: bool, tap, refuse, i
     for role in ("q_norm", "k_norm"):  # Qwen3 norms (B, T, H, hd), Gemma 3 (B, H, T, hd), OLMo 2 (B, T, H*hd)
         if parts[role]:
             taps.append(tap(f"{name}.{parts[role]}", (role, role[0]), "heads"))
-    if parts["qkv"] and not parts["q"]:
+    if parts["qkv"] and not parts["q"] and heads and head_dim:
         sizes = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
         taps.append(tap(f"{name}.{parts['qkv']}", ("qkv", "q", "k", "v"), "split", sizes))
     if not parts["o"]:
@@ -306,7 +375,7 @@ def _layer_facts(i: int, attention, config, head_dim: int, parallel: bool, mlp) 
         "sliding_window": window,
         "attn_logit_softcapping": getattr(attention, "attn_logit_softcapping", None),
         "head_dim": head_dim,
-        "rotary_dim": getattr(attention, "rotary_ndims", None) or int(head_dim * factor),
+        "rotary_dim": getattr(attention, "rotary_ndims", None) or (int(head_dim * factor) if head_dim else None),
         "parallel": parallel,
         "moe": any(name == "experts" for name, _ in mlp.named_children()),
     }

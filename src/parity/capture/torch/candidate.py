@@ -198,7 +198,8 @@ def is_transformers(model) -> bool:
 
 def infer_taps(model, spec: str):
     """A transformers model (a modified one, another version) mapped from its structure; else the built-in
-    mapping a module's naming implies: Llama-likes or nanoGPT."""
+    mapping a module's naming implies (Llama-likes or nanoGPT); else its blocks, attention, MLP and norms found
+    by their names (hf/structure.map_module)."""
     if is_transformers(model):
         from parity.capture.hf.structure import map_model
 
@@ -208,7 +209,13 @@ def infer_taps(model, spec: str):
         return "hf"
     if "transformer.h.0" in names:
         return "nanogpt"
-    raise OptionError(
-        f"parity cannot tell where the checkpoints live in {spec}: set a `parity_taps` attribute on the "
-        "model or pass --taps (see docs/capture.md)"
-    )
+    from parity.capture.hf.structure import map_module
+    from parity.core.errors import CaptureError
+
+    try:
+        return map_module(model, where=str(spec))
+    except CaptureError as error:
+        raise OptionError(
+            f"parity cannot tell where the checkpoints live in {spec} ({str(error).removeprefix(f'{spec}: ')}): "
+            "set a `parity_taps` attribute on the model or pass --taps (see docs/capture.md)"
+        ) from None
