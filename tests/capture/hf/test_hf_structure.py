@@ -312,3 +312,42 @@ def test_a_part_not_told_apart_by_name_is_not_tapped():
     model.blocks = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(2))
     with pytest.raises(CaptureError, match="no list of decoder blocks"):
         map_module(model)
+
+
+def test_litgpts_names_and_its_fused_qkv_split_by_the_config_its_attention_keeps():
+    """LitGPT keeps its blocks at transformer.h.{i} (as nanoGPT does) with names of its own: norm_1, attn.qkv
+    ([q | k | v]), attn.proj, norm_2, mlp.fc_1 (gate), mlp.fc_2 (up), mlp.proj; the head counts are in the config
+    its attention holds. It is mapped from its structure, not as nanoGPT."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from parity.capture.torch.candidate import infer_taps
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = SimpleNamespace(n_head=2, n_query_groups=1, head_size=4)
+            self.qkv, self.proj = torch.nn.Linear(8, 16), torch.nn.Linear(8, 8)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm_1, self.attn, self.norm_2 = torch.nn.RMSNorm(8), Attention(), torch.nn.RMSNorm(8)
+            self.mlp = torch.nn.Module()
+            self.mlp.fc_1, self.mlp.fc_2, self.mlp.proj = torch.nn.Linear(8, 12), torch.nn.Linear(8, 12), torch.nn.Linear(12, 8)
+
+    model = torch.nn.Module()
+    model.transformer = torch.nn.Module()
+    model.transformer.h = torch.nn.ModuleList(Block() for _ in range(2))
+    model.transformer.ln_f = torch.nn.RMSNorm(8)
+    taps = {(tap.module, tap.io): tap for tap in infer_taps(model, "litgpt-like")}
+    split = taps[("transformer.h.1.attn.qkv", "split")]
+    assert split.names == ("layers.1.qkv", "layers.1.q", "layers.1.k", "layers.1.v") and split.sizes == (8, 4, 4)
+    assert taps[("transformer.h.1.attn.proj", "input")].names == ("layers.1.attn_ctx",)
+    assert taps[("transformer.h.1.norm_1", "output")].names == ("layers.1.attn_norm",)
+    assert taps[("transformer.h.1.norm_2", "output")].names == ("layers.1.mlp_norm",)
+    assert taps[("transformer.h.1.mlp.fc_1", "output")].names == ("layers.1.mlp_gate",)
+    assert taps[("transformer.h.1.mlp.fc_2", "output")].names == ("layers.1.mlp_up",)
+    assert taps[("transformer.h.1.mlp.proj", "input")].names == ("layers.1.mlp_act",)
+    assert taps[("transformer.ln_f", "output")].names == ("final_norm",)

@@ -32,7 +32,7 @@ ATTENTION_PARTS: dict[str, tuple[str, ...]] = {
     "q": ("q_proj", "query", "wq"),
     "k": ("k_proj", "key", "wk"),
     "v": ("v_proj", "value", "wv"),
-    "qkv": ("qkv_proj", "c_attn", "Wqkv", "wqkv"),
+    "qkv": ("qkv_proj", "c_attn", "Wqkv", "wqkv", "qkv"),
     "o": ("o_proj", "out_proj", "c_proj", "dense", "wo", "output_proj", "proj"),
     "q_norm": ("q_norm", "q_layernorm"),
     "k_norm": ("k_norm", "k_layernorm"),
@@ -171,10 +171,13 @@ def _unnamed_linears(module, parts: dict[str, tuple[str, ...]]) -> bool:
 
 
 def _attention_shape(attention) -> dict[str, int]:
-    """What an attention module says of its heads, in a transformers config's names (a fused q|k|v is split by
-    them; without them it is left whole)."""
+    """What an attention module (or the config it keeps) says of its heads, in a transformers config's names (a
+    fused q|k|v is split by them; without them it is left whole)."""
+    holders = (attention, getattr(attention, "config", None))       # LitGPT keeps them in its config
+
     def first(*names):
-        return next((value for name in names if isinstance(value := getattr(attention, name, None), int)), None)
+        return next((value for holder in holders for name in names
+                     if isinstance(value := getattr(holder, name, None), int)), None)
 
     shape = {"num_attention_heads": first("num_heads", "n_heads", "n_head", "num_attention_heads", "n_local_heads"),
              "num_key_value_heads": first("num_kv_heads", "n_kv_heads", "num_key_value_heads", "n_local_kv_heads",

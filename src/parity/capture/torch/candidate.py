@@ -205,10 +205,10 @@ def infer_taps(model, spec: str):
 
         return map_model(model, where=str(spec)).taps
     names = {name for name, _ in model.named_modules()}
-    if "model.layers.0" in names:
+    if "model.layers.0.self_attn.q_proj" in names:
         return "hf"
-    if "transformer.h.0" in names:
-        return "nanogpt"
+    if "transformer.h.0.attn.c_attn" in names:
+        return "nanogpt"        # LitGPT's transformer.h.{i} holds other names: mapped from its structure below
     from parity.capture.hf.structure import map_module
     from parity.core.errors import CaptureError
 
