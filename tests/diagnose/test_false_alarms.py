@@ -73,3 +73,23 @@ def test_no_mechanism_names_rounding_at_any_checkpoint(family, dtype):
         if causes:
             named[result.name] = sorted(causes)
     assert not named, named
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("family", STRESSED)
+def test_nor_where_the_port_records_no_rope_or_probabilities(family, dtype):
+    """The same with q_rope, k_rope and attn_probs unrecorded (RoPE and softmax inline): the searches over other
+    RoPE tables and other masks recompute the attention from the reference's tensors, and rounding alone must not
+    fit one."""
+    unrecorded = frozenset({"q_rope", "k_rope", "attn_probs"})
+    reference, candidate, comparison = families().compared(family, dtype=dtype, calibrated=True, unrecorded=unrecorded)
+    assert comparison
+    named = {}
+    for result in comparison.checkpoints:
+        if parse(result.name).layer not in (None, *STRESSED_LAYERS.get(family, (1,))):
+            continue
+        found = diagnose(failing_at(comparison, result.name), reference, candidate)
+        causes = {d.cause for d in found.diagnoses} & MECHANISMS
+        if causes:
+            named[result.name] = sorted(causes)
+    assert not named, named

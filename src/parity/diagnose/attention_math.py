@@ -214,18 +214,95 @@ def swapped_operands(context: Context):
                 return
 
 
-def causal_mask_from_context(context: Context):
-    """No causal mask, seen in attn_ctx alone: unmasked attention of the reference's q, k, v reproduces it."""
+def masks_from_context(context: Context, cause: str):
+    """The causal mask or a sliding window seen in attn_ctx alone (a fused kernel, or the softmax inline): the
+    reference's q, k, v attended under each other band of visible keys (keys past the query's own position;
+    a window narrower, wider, absent, or where the model has none), scored on the first MASK_TOKENS queries;
+    the best band, recomputed over every query, must explain the candidate's attn_ctx. Yields the diagnosis
+    of `cause` ("causal_mask": the band's top edge differs; "sliding_window": its width alone)."""
+    from parity.diagnose.bands import Band
+
     for name, kind, attention, reference, candidate in attention_focus(context):
-        if kind != "attn_ctx":
+        if kind != "attn_ctx" or name.replace("attn_ctx", "attn_probs") in context.candidate:
             continue
-        residual = explains(context, name, candidate, attention.output(kind, causal=False), reference)
-        if residual is not None:
-            yield Diagnosis("causal_mask", name,
-                            f"attention recomputed from the reference's q, k and v without the causal mask "
-                            f"reproduces the candidate's {name} (rel error {residual:.2g}): every position "
-                            "attends to the future; the mask is missing (is_causal=False, or no mask passed)")
-            return
+        tokens = attention.q.shape[0]
+        window = _reference_window(attention, tokens)
+        if window is None or tokens < 3:
+            continue
+        count = min(MASK_TOKENS, tokens)
+
+        def output(band: Band, rows: int) -> np.ndarray:
+            visible = Band(band.ahead, band.window, rows, rows).visible()
+            return attend(attention.q[:rows], attention.k[:rows], attention.v[:rows], heads=attention.heads,
+                          kv_heads=attention.kv_heads, head_dim=attention.head_dim, scale=attention.standard,
+                          visible=visible, softcap=attention.softcap)[1]
+
+        bands = [Band(ahead, width, tokens, tokens) for ahead, width in _other_bands(window, tokens)]
+        scored = [(rel_l2(candidate[:count], output(band, count)), band) for band in bands]
+        error, best = min(scored, key=lambda pair: pair[0])
+        if error >= rel_l2(candidate[:count], reference[:count]):
+            continue
+        residual = explains(context, name, candidate, output(best, tokens), reference)
+        if residual is None:
+            continue
+        found = "causal_mask" if best.ahead != 0 else "sliding_window"
+        if found == cause:
+            yield Diagnosis(cause, name, f"attention recomputed from the reference's q, k and v with "
+                                         f"{_band_words(best, tokens)} where the reference has "
+                                         f"{_band_words(Band(0, window, tokens, tokens), tokens)} reproduces the "
+                                         f"candidate's {name} (rel error {residual:.2g}; its probabilities are not "
+                                         f"recorded){_mask_advice(best, window, tokens)}")
+        return
+
+
+MASK_TOKENS = 64      # bands are scored on the attention of this many first queries
+
+
+def _reference_window(attention: "_Attention", tokens: int) -> int | None:
+    """The reference's band as a window (tokens: none), when its mask is a causal band; else None."""
+    if attention.visible is None:
+        return tokens
+    for width in range(1, tokens + 1):
+        if np.array_equal(attention.visible, _band(0, width, tokens)):
+            return width
+    return None
+
+
+def _band(ahead: int, width: int, tokens: int) -> np.ndarray:
+    from parity.diagnose.bands import Band
+
+    return Band(ahead, width, tokens, tokens).visible()
+
+
+def _other_bands(window: int, tokens: int) -> list[tuple[int, int]]:
+    """(keys seen past the query's own position, window) of each band a port gets instead of (0, window)."""
+    aheads = sorted({1, 2, 3, tokens - 1})
+    widths = sorted({width for width in (window - 2, window - 1, window + 1, window + 2, tokens) if 1 < width <= tokens}
+                    | (set(range(2, min(tokens, 17))) if window >= tokens else set()))
+    bands = [(ahead, window) for ahead in aheads] + [(0, width) for width in widths if width != window]
+    bands += [(window - 1, window)] if window < tokens else []     # the window on both sides, no causal mask
+    return [band for band in dict.fromkeys(bands) if band != (0, window)]
+
+
+def _band_words(band, tokens: int) -> str:
+    if band.ahead >= tokens - 1 and band.window >= tokens:
+        return "no mask at all (every query sees every key)"
+    past = "" if band.ahead == 0 else f"{band.ahead} key(s) past each query's own position visible, "
+    window = "no window" if band.window >= tokens else f"a window of {band.window} keys"
+    return f"{past}{window}" if past else (window if band.window < tokens else "a causal mask and no window")
+
+
+def _mask_advice(band, window: int, tokens: int) -> str:
+    if band.ahead >= tokens - 1 and band.window >= tokens:
+        return ": every position attends to the future; the mask is missing (is_causal=False, or no mask passed)"
+    if band.ahead > 0:
+        return (": the causal mask lets each query see keys after it (triu(ones, diagonal) with another diagonal, "
+                "or a window taken on both sides)")
+    if band.window >= tokens:
+        return ": the sliding window is not applied"
+    if window >= tokens:
+        return ": a sliding window applied where the model has none"
+    return f": the window is {band.window - window:+d} key(s) off (key s visible from query t when t - window < s <= t)"
 
 
 @register("probabilities_absent")

@@ -84,9 +84,9 @@ def causal_mask(context: Context):
         yield confirm(context, diagnosis, _repaired(context, finding, context.pair(finding.name)[1]),
                       "dropping the keys the reference masks and renormalizing each row")
         return
-    from parity.diagnose.attention_math import causal_mask_from_context
+    from parity.diagnose.attention_math import masks_from_context
 
-    yield from causal_mask_from_context(context)  # only attn_ctx visible (a fused attention kernel)
+    yield from masks_from_context(context, "causal_mask")  # only attn_ctx visible (a fused kernel, softmax inline)
 
 
 @register("sliding_window")
@@ -113,6 +113,9 @@ def sliding_window(context: Context):
         diagnosis = Diagnosis("sliding_window", finding.name, message)
         yield confirm(context, diagnosis, _repaired(context, finding, context.pair(finding.name)[1]),
                       "dropping the keys the reference masks and renormalizing each row")
+    from parity.diagnose.attention_math import masks_from_context
+
+    yield from masks_from_context(context, "sliding_window")  # only attn_ctx visible
 
 
 def _off_by_one(window: int, candidate_reach: int, tokens: int) -> str:

@@ -36,12 +36,21 @@ FITTED = 1e-3   # the reference's rotation must reproduce its own q_rope this cl
 SEARCH_TOKENS = 64   # the tables are scored on the attention of this many first tokens
 
 
-def _variants(rotation: Rotation) -> list[tuple[str, Rotation, str]]:
+def _variants(rotation: Rotation) -> list[tuple[str, Rotation, Rotation | None, str, str]]:
+    """(cause, the rotation of q, of k (None: k left as it is), what it is, advice) of each variant."""
     other = "adjacent" if rotation.layout == "half" else "half"
-    return [("rope_layout", dataclasses.replace(rotation, layout=other),
-             f"RoPE rotating {LAYOUTS[other]} where the reference rotates {LAYOUTS[rotation.layout]}"),
-            ("rope_direction", dataclasses.replace(rotation, direction=-rotation.direction),
-             "RoPE turning the other way (its angles negated)")]
+    paired = dataclasses.replace(rotation, layout=other)
+    backward = dataclasses.replace(rotation, direction=-rotation.direction)
+    reversed_half = ": rotate_half returning cat(x2, -x1) instead of cat(-x2, x1), or sin with the wrong sign"
+    return [("rope_layout", paired, paired,
+             f"RoPE rotating {LAYOUTS[other]} where the reference rotates {LAYOUTS[rotation.layout]}",
+             ": a checkpoint read for Meta-style RoPE needs each head's q and k projection rows permuted into pair "
+             "order (Meta's checkpoints are; gpt-fast's and llama.cpp's converters do it), else rotate halves"),
+            ("rope_direction", backward, backward, "RoPE turning the other way (its angles negated)", reversed_half),
+            ("rope_direction", rotation, backward, "the keys' RoPE turning the other way (q's as the reference's)",
+             reversed_half + ", in the keys' rotation alone"),
+            ("op_skipped", rotation, None, "RoPE applied to q alone (the keys left unrotated)",
+             ": the keys' rotation is skipped, or its result dropped (k = rotate(k) missing)")]
 
 
 def _reference_rotation(context: Context, layer: int):
@@ -75,16 +84,12 @@ def rope_in_attention(context: Context):
         if found is None:
             continue
         rotation, dim, x_q, x_k, tables = found
-        for cause, variant, what in _variants(rotation):
-            q = variant.apply(x_q, context.config.head_dim, dim)
-            k = variant.apply(x_k, context.config.head_dim, dim)
+        for cause, of_q, of_k, what, advice in _variants(rotation):
+            q = of_q.apply(x_q, context.config.head_dim, dim)
+            k = x_k if of_k is None else of_k.apply(x_k, context.config.head_dim, dim)
             residual = explains(context, name, candidate, attention.output(kind, q=q, k=k), reference)
             if residual is None or not np.isfinite(residual):
                 continue
-            advice = (": a checkpoint read for Meta-style RoPE needs each head's q and k projection rows permuted "
-                      "into pair order (Meta's checkpoints are; gpt-fast's and llama.cpp's converters do it), "
-                      "else rotate halves" if cause == "rope_layout" else
-                      ": rotate_half returning cat(x2, -x1) instead of cat(-x2, x1), or sin with the wrong sign")
             yield Diagnosis(cause, name, f"attention recomputed from the reference's q, k and v with {what} "
                                          f"reproduces the candidate's {name} (rel error {residual:.2g}; its q_rope "
                                          f"and k_rope are not recorded){advice}")
