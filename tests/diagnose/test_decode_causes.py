@@ -133,3 +133,12 @@ def test_an_attention_output_wrong_another_way_names_no_cache_slot():
     stale_keys[POSITION] = k_rope[POSITION - 1]
     step = {"layers.0.q": Q[POSITION:], "layers.0.attn_ctx": context(stale_keys, V, query)}
     assert diagnose_decode(unreproduced, step, POSITION, "layers.0.attn_ctx", CONFIG) == []   # no model of it
+
+
+def test_cached_keys_taken_before_rope_are_named_from_the_attention_output():
+    full, query, k_rope = module_held()
+    unrotated = K.copy()
+    unrotated[POSITION] = k_rope[POSITION]                # the step rotates its own key, not the cached ones
+    step = {"layers.0.q": Q[POSITION:], "layers.0.attn_ctx": context(unrotated, V, query)}
+    found = diagnose_decode(full, step, POSITION, "layers.0.attn_ctx", CONFIG)
+    assert [d.cause for d in found] == ["decode_rope"] and "before RoPE" in found[0].message

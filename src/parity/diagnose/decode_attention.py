@@ -26,6 +26,7 @@ class SlotAttention:
     heads: int
     kv_heads: int
     head_dim: int
+    unrotated: np.ndarray | None = None     # (p + 1, Hkv*hd) the full pass's keys before RoPE, where recorded
 
     def __repr__(self) -> str:
         return f"<SlotAttention {self.keys.shape[0]} slots heads={self.heads}/{self.kv_heads} hd={self.head_dim}>"
@@ -40,8 +41,8 @@ class SlotAttention:
         values, output = _rows(full, at + "v", position), _row_at(full, at + "attn_ctx", position)
         if values is None or output is None:
             return None
-        for query, keys in _rotations(full, step, at, position, config):
-            attention = cls(query, keys, values, config.heads, config.kv_heads, config.head_dim)
+        for query, keys, unrotated in _rotations(full, step, at, position, config):
+            attention = cls(query, keys, values, config.heads, config.kv_heads, config.head_dim, unrotated)
             if attention.query.size == config.heads * config.head_dim \
                     and keys.shape[-1] == values.shape[-1] == config.kv_heads * config.head_dim \
                     and reproduces(output, attention.output(keys, values)):
@@ -83,20 +84,21 @@ def slot_hypotheses(keys: np.ndarray, values: np.ndarray, position: int):
 
 
 def _rotations(full, step: dict, at: str, position: int, config: ModelConfig):
-    """(this step's query, the full pass's keys 0..p), both after RoPE: as recorded, else rotated here in each
-    layout RoPE is laid out in."""
+    """(this step's query, the full pass's keys 0..p), both after RoPE, and those keys before it (or None): as
+    recorded, else rotated here in each layout RoPE is laid out in."""
+    unrotated = _rows(full, at + "k_norm", position)
+    unrotated = unrotated if unrotated is not None else _rows(full, at + "k", position)
     query, keys = _last_row(step, at + "q_rope"), _rows(full, at + "k_rope", position)
     if query is not None and keys is not None:
-        yield query, keys
+        yield query, keys, unrotated
         return
     query = _last_row(step, at + "q_norm") if at + "q_norm" in step else _last_row(step, at + "q")
-    keys = _rows(full, at + "k_norm", position)
-    keys = keys if keys is not None else _rows(full, at + "k", position)
-    if query is None or keys is None or not config.rope_theta or query.size % config.head_dim:
+    if query is None or unrotated is None or not config.rope_theta or query.size % config.head_dim:
         return
     for layout in ("half", "adjacent"):
         rotated = apply_rope(query[None], config.head_dim, config.rope_theta, np.array([position]), layout)[0]
-        yield rotated, apply_rope(keys, config.head_dim, config.rope_theta, np.arange(position + 1), layout)
+        yield rotated, apply_rope(unrotated, config.head_dim, config.rope_theta, np.arange(position + 1), layout), \
+            unrotated
 
 
 def _rows(full, name: str, position: int) -> np.ndarray | None:

@@ -10,8 +10,9 @@
                    is recomputed from the full pass's keys and values with the slots moved one way or
                    another (slot_hypotheses below), once the same arithmetic reproduces the full pass's own
                    output at that position
-  decode_rope      the step's attention is reproduced when the cached keys are taken before RoPE: the
-                   decode path uses cached keys without rotating them
+  decode_rope      the step's attention (its probabilities, or its output where only that is recorded) is
+                   reproduced when the cached keys are taken before RoPE: the decode path uses cached keys
+                   without rotating them
 """
 
 from __future__ import annotations
@@ -127,4 +128,12 @@ def _from_context(full, step: dict, position: int, name: str, layer: int, config
             return [Diagnosis("kv_cache_offset", name,
                               f"decoding position {position}, layer {layer}'s attention output is the full pass's "
                               f"attention over a cache holding {what}")]
+    if attention.unrotated is not None and attention.unrotated.shape == attention.keys.shape:
+        keys = attention.unrotated.copy()
+        keys[position] = attention.keys[position]                         # this step's own key, rotated
+        if reproduces(observed, attention.output(keys, attention.values)):
+            return [Diagnosis("decode_rope", name,
+                              f"decoding position {position}, layer {layer}'s attention output is the full pass's "
+                              f"attention over cached keys taken before RoPE for positions 0..{position - 1}: the "
+                              "decode path caches keys before rotating them, or reads them back unrotated")]
     return []
