@@ -51,14 +51,10 @@ class SlotAttention:
 
     def output(self, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
         """softmax(q k^T / sqrt(hd)) v over every slot, query head h reading KV head h // group: (H*hd,)."""
-        group, slots = self.heads // self.kv_heads, keys.shape[0]
-        query = self.query.reshape(self.heads, self.head_dim)
-        keys = keys.reshape(slots, self.kv_heads, self.head_dim)[:, np.arange(self.heads) // group]    # (S, H, hd)
-        values = values.reshape(slots, self.kv_heads, self.head_dim)[:, np.arange(self.heads) // group]
-        scores = np.einsum("hd,shd->hs", query, keys) / np.sqrt(self.head_dim)                        # (H, S)
-        weights = np.exp(scores - scores.max(-1, keepdims=True))
-        weights /= weights.sum(-1, keepdims=True)
-        return np.einsum("hs,shd->hd", weights, values).reshape(-1)
+        from parity.diagnose.attention_math import attend
+
+        return attend(self.query[None], keys, values, heads=self.heads, kv_heads=self.kv_heads,
+                      head_dim=self.head_dim, scale=self.head_dim ** -0.5, causal=False)[1][0]
 
 
 def slot_hypotheses(keys: np.ndarray, values: np.ndarray, position: int):
