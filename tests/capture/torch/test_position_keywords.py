@@ -90,3 +90,30 @@ def test_a_module_named_output_and_a_gqa_fused_qkv_are_traced():
     assert trace.shape_of("layers.0.q") == (3, 16)
     assert trace.shape_of("layers.0.k") == trace.shape_of("layers.0.v") == (3, 8)
     assert trace.shape_of("logits") == (3, 5)
+
+
+class CacheOnRequest(torch.nn.Module):
+    """LitGPT's convention: input_pos (optional) selects a KV cache that must be set up first; without it, a plain
+    pass over positions 0..T-1."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(16, 4)
+        self.cache = None
+
+    def forward(self, idx, input_pos=None):
+        if input_pos is not None and self.cache is None:
+            raise TypeError("You need to call `set_kv_cache()`")
+        return self.embed(idx)
+
+
+def test_a_port_that_refuses_positions_without_its_cache_is_called_as_it_is():
+    model = CacheOnRequest()
+    with positions_filled(model):
+        assert model(torch.tensor([[1, 2, 3]])).shape == (1, 3, 4)       # before: TypeError, the check refused
+    model.cache = "set up"
+    calls = []
+    with positions_filled(model):           # the observer after parity's hook: it sees what the forward is given
+        model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(dict(kwargs)), with_kwargs=True)
+        model(torch.tensor([[1, 2, 3]]))
+    assert calls[-1]["input_pos"].tolist() == [0, 1, 2]                    # with its cache it takes them, as before

@@ -9,7 +9,9 @@ The last two are also how those ports decode: the KV cache lives in their attent
 `setup_caches`, Meta's `cache_k`/`cache_v`), each call writes its keys and values at the positions given and
 attends to everything cached before them, and a plain forward over a prompt is a call at position 0. Their
 forwards need the argument even then (gpt-fast indexes its RoPE table and causal mask by it), so every call
-parity makes without positions is given 0..T-1 (`positions_filled`).
+parity makes without positions is given 0..T-1 (`positions_filled`). Not so for a port whose optional
+`input_pos` means "use the cache" and which refuses it before its cache is set up (LitGPT's GPT without
+`set_kv_cache`): a two-token call with positions raises where one without runs, and it is called as it is.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def positions_filled(model):
     start_pos runs at positions 0..T-1, T being the length of the first tensor it is given (the token ids).
     Nothing is done for the other keywords, which a forward takes as optional."""
     keyword = position_keyword(model)
-    if keyword not in HELD_CACHE_KEYWORDS:
+    if keyword not in HELD_CACHE_KEYWORDS or refuses_positions(model, keyword):
         yield
         return
 
@@ -64,3 +66,42 @@ def positions_filled(model):
         yield
     finally:
         handle.remove()
+
+
+def refuses_positions(model, keyword: str) -> bool:
+    """Whether `model`, whose forward takes `keyword` as optional, raises when given positions 0..1 for two token
+    ids and runs without them (LitGPT's input_pos selects a KV cache that is not set up)."""
+    import torch
+
+    if not _optional(model, keyword):
+        return False
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else None
+    ids = torch.zeros((1, 2), dtype=torch.long, device=device)                    # (B, T) = (1, 2)
+    with torch.no_grad():
+        try:
+            model(ids, **{keyword: position_argument(keyword, 0, 2, 1, device)})
+            return False
+        except Exception:   # noqa: BLE001 - whatever the port raises: it is then tried without them
+            pass
+        try:
+            model(ids)
+        except Exception:   # noqa: BLE001 - it fails either way: the call with positions says why, later
+            return False
+    return True
+
+
+def _optional(model, keyword: str) -> bool:
+    import inspect
+
+    for cls in type(model).__mro__:
+        forward = cls.__dict__.get("forward")
+        if forward is None:
+            continue
+        try:
+            parameter = inspect.signature(forward).parameters.get(keyword)
+        except (TypeError, ValueError):
+            continue
+        if parameter is not None:
+            return parameter.default is not inspect.Parameter.empty
+    return False
