@@ -4,7 +4,8 @@ inline, as Meta's code, gpt-fast and torchtune write them): what the attention o
 No bug may be named wrongly; the RoPE tables a port builds with other parameters (another theta, scaling
 left out or with another factor), and the keys rotated otherwise than q (not at all, or backwards), are named
 from the attention output (rope_attention.py), where before they were no_known_cause; so are the causal mask and sliding windows (masks a port builds otherwise), by
-recomputing the attention under each other band of visible keys (attention_math.masks_from_context)."""
+recomputing the attention under each other band of visible keys (attention_math.masks_from_context), and
+a softmax normalized over the queries or with a sink (softmax_from_context)."""
 
 import pytest
 
@@ -25,7 +26,8 @@ TABLES = [name for name, bug in BUGS.items() if bug.causes & {"rope_theta", "rop
 MASKS = [name for name, bug in BUGS.items() if bug.causes & {"causal_mask", "sliding_window"}
          and "diagonal" not in name]       # a masked diagonal leaves a row with no key: nonfinite's to name
 ONE_SIDE = ["qwen3: keys not rotated", "mistral: keys' rotate_half backwards", "qwen3: keys not rotated [bfloat16]"]
-RIGHT_RATE = 0.85       # 115 of 132 (and the 2 ALSO_RIGHT); 89 before these searches
+SOFTMAX = ["llama: softmax over the query axis", "llama3: a sink in the softmax's denominator"]
+RIGHT_RATE = 0.85       # 117 of 132 (and the 2 ALSO_RIGHT); 89 before these searches
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +56,8 @@ def test_another_rope_table_or_a_keys_rotation_is_named_from_the_attention_outpu
     assert "q_rope and k_rope are not recorded" in message
 
 
-@pytest.mark.parametrize("name", MASKS)
-def test_a_mask_built_otherwise_is_named_from_the_attention_output(outcomes, name):
+@pytest.mark.parametrize("name", MASKS + SOFTMAX)
+def test_a_mask_or_a_softmax_built_otherwise_is_named_from_the_attention_output(outcomes, name):
     named, comparison = outcomes[name]
     assert comparison.first_divergence.checkpoint.endswith(".attn_ctx")
     assert named & BUGS[name].causes, [d.message for d in comparison.diagnoses]

@@ -26,11 +26,12 @@ WITHIN_NOISE = 0.5  # a hypothesis inside the calibrated tolerance must also hal
 
 def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray | None, *, heads: int, kv_heads: int, head_dim: int,
            scale: float, causal: bool = True, visible: np.ndarray | None = None,
-           softcap: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+           softcap: float | None = None, normalize=None) -> tuple[np.ndarray, np.ndarray | None]:
     """softmax(scale q k^T) and its product with v, from (T, H*hd), (S, Hkv*hd), (S, Hkv*hd):
     (probs (H, T, S), context (T, H*hd) or None). Query head h reads KV head h // (H / Hkv).
     `visible` (T, S), when given, is the mask (a sliding window's band) in place of the causal one;
-    `softcap` caps the scores with cap * tanh(scores / cap) (Gemma 2)."""
+    `softcap` caps the scores with cap * tanh(scores / cap) (Gemma 2); `normalize`, when given, makes the
+    probabilities from the masked scores (H, T, S) in place of the softmax along the keys."""
     count, group = q.shape[0], heads // kv_heads
     q_heads = q.reshape(count, heads, head_dim).transpose(1, 0, 2)                            # (H, T, hd)
     k_heads = np.repeat(k.reshape(k.shape[0], kv_heads, head_dim).transpose(1, 0, 2), group, axis=0)  # (H, S, hd)
@@ -42,9 +43,12 @@ def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray | None, *, heads: int, kv
     elif causal:
         scores = np.where(np.triu(np.ones(scores.shape[-2:], dtype=bool), k=1 + scores.shape[-1] - count),
                           -np.inf, scores)
-    scores = scores - scores.max(-1, keepdims=True)
-    probs = np.exp(scores)
-    probs /= probs.sum(-1, keepdims=True)
+    if normalize is not None:
+        probs = normalize(scores)
+    else:
+        scores = scores - scores.max(-1, keepdims=True)
+        probs = np.exp(scores)
+        probs /= probs.sum(-1, keepdims=True)
     if v is None:
         return probs, None
     v_heads = np.repeat(v.reshape(v.shape[0], kv_heads, head_dim).transpose(1, 0, 2), group, axis=0)  # (H, S, hd)
@@ -256,6 +260,39 @@ def masks_from_context(context: Context, cause: str):
 
 
 MASK_TOKENS = 64      # bands are scored on the attention of this many first queries
+
+
+def softmax_from_context(context: Context):
+    """The softmax normalized otherwise, seen in attn_ctx alone: the reference's q, k, v attended with the
+    softmax taken over the queries, or with a sink (exp(-max) of a zero score) added to its denominator,
+    reproduces the candidate's attn_ctx."""
+    for name, kind, attention, reference, candidate in attention_focus(context):
+        if kind != "attn_ctx" or name.replace("attn_ctx", "attn_probs") in context.candidate:
+            continue
+        for normalize, what in ((_over_queries, "the softmax taken over the queries (dim=-2) instead of the keys"),
+                                (_with_sink, "a term exp(-max) added to the softmax's denominator (a sink, or "
+                                             "exp() divided by a sum that counts one more key)")):
+            hypothesis = attend(attention.q, attention.k, attention.v, heads=attention.heads,
+                                kv_heads=attention.kv_heads, head_dim=attention.head_dim, scale=attention.standard,
+                                visible=attention.visible, softcap=attention.softcap, normalize=normalize)[1]
+            residual = explains(context, name, candidate, hypothesis, reference)
+            if residual is not None:
+                yield Diagnosis("softmax_normalization", name,
+                                f"attention recomputed from the reference's q, k and v with {what} reproduces the "
+                                f"candidate's {name} (rel error {residual:.2g}; its probabilities are not recorded)")
+                return
+
+
+def _over_queries(scores: np.ndarray) -> np.ndarray:
+    """(H, T, S) masked scores -> each key's column normalized over the queries that see it."""
+    weights = np.exp(scores - scores.max(-2, keepdims=True))
+    return weights / weights.sum(-2, keepdims=True)
+
+
+def _with_sink(scores: np.ndarray) -> np.ndarray:
+    top = scores.max(-1, keepdims=True)
+    weights = np.exp(scores - top)
+    return weights / (weights.sum(-1, keepdims=True) + np.exp(-top))
 
 
 def _reference_window(attention: "_Attention", tokens: int) -> int | None:

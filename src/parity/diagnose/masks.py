@@ -163,3 +163,6 @@ def softmax_normalization(context: Context):
                               f"{what}; dividing each row by its sum leaves rel_l2 {left:.2g} of {error:.2g}")
         yield confirm(context, diagnosis, rescaled, "dividing each row by its sum")
         return
+    from parity.diagnose.attention_math import softmax_from_context
+
+    yield from softmax_from_context(context)  # only attn_ctx visible
