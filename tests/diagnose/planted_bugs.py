@@ -51,6 +51,10 @@ class Bug:
         return f"<Bug {self.family} {sorted(self.causes)}>"
 
 
+# What a port with RoPE and the softmax inline records none of (Meta's code, gpt-fast, torchtune, LitGPT).
+UNRECORDED = frozenset({"q_rope", "k_rope", "attn_probs"})
+
+
 def bug(family: str, causes: str | set, layer: int | None = None, dtype: str = "float32", **ops) -> Bug:
     return Bug(family, dataclasses.replace(OPS, **ops), frozenset({causes} if isinstance(causes, str) else causes),
                layer, dtype)

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from planted_bugs import FAMILIES, ROUNDING, families  # noqa: E402
+from planted_bugs import FAMILIES, ROUNDING, UNRECORDED, families  # noqa: E402
 from parity.core.names import parse  # noqa: E402
 from parity.core.results import Divergence  # noqa: E402
 from parity.diagnose import diagnose  # noqa: E402
@@ -57,31 +57,8 @@ def failing_at(comparison, name):
     return dataclasses.replace(comparison, checkpoints=results, first_divergence=divergence, origin=divergence)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("family", STRESSED)
-def test_no_mechanism_names_rounding_at_any_checkpoint(family, dtype):
-    """float32 against a float64 reference, and bfloat16, each with tolerances calibrated on the reference model."""
-    reference, candidate, comparison = families().compared(family, dtype=dtype, calibrated=True)
-    assert comparison
-    named = {}
-    layers = STRESSED_LAYERS.get(family, (1,))
-    for result in comparison.checkpoints:
-        if parse(result.name).layer not in (None, *layers):
-            continue
-        found = diagnose(failing_at(comparison, result.name), reference, candidate)
-        causes = {d.cause for d in found.diagnoses} & MECHANISMS
-        if causes:
-            named[result.name] = sorted(causes)
-    assert not named, named
-
-
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("family", STRESSED)
-def test_nor_where_the_port_records_no_rope_or_probabilities(family, dtype):
-    """The same with q_rope, k_rope and attn_probs unrecorded (RoPE and softmax inline): the searches over other
-    RoPE tables and other masks recompute the attention from the reference's tensors, and rounding alone must not
-    fit one."""
-    unrecorded = frozenset({"q_rope", "k_rope", "attn_probs"})
+def named_at_any_checkpoint(family: str, dtype: str, unrecorded: frozenset = frozenset()) -> dict[str, list[str]]:
+    """checkpoint -> the mechanisms' causes named when the correct port is made to fail there alone."""
     reference, candidate, comparison = families().compared(family, dtype=dtype, calibrated=True, unrecorded=unrecorded)
     assert comparison
     named = {}
@@ -92,4 +69,22 @@ def test_nor_where_the_port_records_no_rope_or_probabilities(family, dtype):
         causes = {d.cause for d in found.diagnoses} & MECHANISMS
         if causes:
             named[result.name] = sorted(causes)
+    return named
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("family", STRESSED)
+def test_no_mechanism_names_rounding_at_any_checkpoint(family, dtype):
+    """float32 against a float64 reference, and bfloat16, each with tolerances calibrated on the reference model."""
+    named = named_at_any_checkpoint(family, dtype)
+    assert not named, named
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("family", STRESSED)
+def test_nor_where_the_port_records_no_rope_or_probabilities(family, dtype):
+    """The same with q_rope, k_rope and attn_probs unrecorded (RoPE and softmax inline): the searches over other
+    RoPE tables and other masks recompute the attention from the reference's tensors, and rounding alone must not
+    fit one."""
+    named = named_at_any_checkpoint(family, dtype, UNRECORDED)
     assert not named, named

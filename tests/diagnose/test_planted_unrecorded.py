@@ -11,10 +11,9 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from planted_bugs import BUGS, FAMILIES, families  # noqa: E402
+from planted_bugs import BUGS, FAMILIES, UNRECORDED, families  # noqa: E402
 
 NEUTRAL = {"no_known_cause", "precision_noise"}
-UNRECORDED = frozenset({"q_rope", "k_rope", "attn_probs"})
 # What a bug looks like once its own checkpoint is unrecorded, where that is another true description of it:
 # YaRN's attention factor multiplies cos and sin, so the scores by its square (a softmax temperature); the
 # probabilities scaled after the softmax leave the attention output scaled by the same factor.
@@ -47,22 +46,22 @@ def test_none_is_named_wrongly_and_most_rightly(outcomes):
     assert len(right) >= RIGHT_RATE * len(outcomes), sorted(set(outcomes) - set(right))
 
 
-@pytest.mark.parametrize("name", TABLES + ONE_SIDE)
-def test_another_rope_table_or_a_keys_rotation_is_named_from_the_attention_output(outcomes, name):
+def assert_named_at_attn_ctx(outcomes, name: str, unrecorded: str):
     named, comparison = outcomes[name]
     assert comparison.first_divergence.checkpoint.endswith(".attn_ctx")
     assert named & BUGS[name].causes, [d.message for d in comparison.diagnoses]
     message = next(d.message for d in comparison.diagnoses if d.cause in BUGS[name].causes)
-    assert "q_rope and k_rope are not recorded" in message
+    assert f"{unrecorded} not recorded" in message
+
+
+@pytest.mark.parametrize("name", TABLES + ONE_SIDE)
+def test_another_rope_table_or_a_keys_rotation_is_named_from_the_attention_output(outcomes, name):
+    assert_named_at_attn_ctx(outcomes, name, "q_rope and k_rope are")
 
 
 @pytest.mark.parametrize("name", MASKS + SOFTMAX)
 def test_a_mask_or_a_softmax_built_otherwise_is_named_from_the_attention_output(outcomes, name):
-    named, comparison = outcomes[name]
-    assert comparison.first_divergence.checkpoint.endswith(".attn_ctx")
-    assert named & BUGS[name].causes, [d.message for d in comparison.diagnoses]
-    message = next(d.message for d in comparison.diagnoses if d.cause in BUGS[name].causes)
-    assert "probabilities are not recorded" in message
+    assert_named_at_attn_ctx(outcomes, name, "probabilities are")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

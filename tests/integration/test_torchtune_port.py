@@ -4,12 +4,10 @@ weights converted by torchtune's own `hf_to_tune`, as a torchtune user loads a t
 mlp_norm) are found by their names; RoPE and the softmax are inline, so q_rope, k_rope and the
 probabilities are not recorded."""
 
-import json
-
 import pytest
 
 from conftest import need
-from test_cli import TOKEN_ARG, parity
+from test_published_ports import check
 
 FACTORIES = '''import json
 from pathlib import Path
@@ -48,12 +46,6 @@ def factories(tmp_path_factory):
     path = tmp_path_factory.mktemp("torchtune_ports") / "torchtune_ports.py"
     path.write_text(FACTORIES)
     return path
-
-
-def check(model_dir, factories, factory):
-    result = parity("check", model_dir, f"{factories}:{factory}", "--tokens", TOKEN_ARG, "--json", "-")
-    assert result.returncode in (0, 1), result.stderr[-2000:]
-    return result.returncode, json.loads(result.stdout)
 
 
 def test_torchtunes_llama_passes_mapped_by_its_names(model_dirs, factories):

@@ -80,13 +80,21 @@ class _Attention:
         return (all(x is not None for x in (self.q, self.k, self.v, self.heads, self.kv_heads, self.head_dim))
                 and self.q.shape[-1] == self.heads * self.head_dim and self.k.shape == self.v.shape)
 
-    def output(self, kind: str, *, q=None, k=None, v=None, scale: float | None = None, causal: bool = True):
-        """attn_probs or attn_ctx under a hypothesis (the reference's tensors where none is given)."""
+    def output(self, kind: str, *, q=None, k=None, v=None, scale: float | None = None, causal: bool = True,
+               tokens: int | None = None, visible: np.ndarray | None = None, normalize=None):
+        """attn_probs or attn_ctx under a hypothesis (the reference's tensors where none is given), over the first
+        `tokens` tokens (every one when None; causal attention of those depends on them alone); `visible`, a
+        mask in place of the reference's; `normalize`, as attend's."""
         q, k, v = (self.q if q is None else q), (self.k if k is None else k), (self.v if v is None else v)
+        if tokens is not None:
+            q, k, v = q[:tokens], k[:tokens], v[:tokens]
         scale = self.standard if scale is None else scale
-        visible = self.visible if self.visible is not None and self.visible.shape == (q.shape[0], k.shape[0]) else None
+        mask = self.visible if visible is None else visible
+        if mask is not None and tokens is not None:
+            mask = mask[:tokens, :tokens]
+        mask = mask if mask is not None and mask.shape == (q.shape[0], k.shape[0]) else None
         probs, ctx = attend(q, k, v, heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
-                            scale=scale, causal=causal, visible=visible, softcap=self.softcap)
+                            scale=scale, causal=causal, visible=mask, softcap=self.softcap, normalize=normalize)
         return probs if kind == "attn_probs" else ctx
 
 
@@ -236,10 +244,7 @@ def masks_from_context(context: Context, cause: str):
         count = min(MASK_TOKENS, tokens)
 
         def output(band: Band, rows: int) -> np.ndarray:
-            visible = Band(band.ahead, band.window, rows, rows).visible()
-            return attend(attention.q[:rows], attention.k[:rows], attention.v[:rows], heads=attention.heads,
-                          kv_heads=attention.kv_heads, head_dim=attention.head_dim, scale=attention.standard,
-                          visible=visible, softcap=attention.softcap)[1]
+            return attention.output(kind, tokens=rows, visible=Band(band.ahead, band.window, rows, rows).visible())
 
         bands = [Band(ahead, width, tokens, tokens) for ahead, width in _other_bands(window, tokens)]
         scored = [(rel_l2(candidate[:count], output(band, count)), band) for band in bands]
@@ -272,10 +277,7 @@ def softmax_from_context(context: Context):
         for normalize, what in ((_over_queries, "the softmax taken over the queries (dim=-2) instead of the keys"),
                                 (_with_sink, "a term exp(-max) added to the softmax's denominator (a sink, or "
                                              "exp() divided by a sum that counts one more key)")):
-            hypothesis = attend(attention.q, attention.k, attention.v, heads=attention.heads,
-                                kv_heads=attention.kv_heads, head_dim=attention.head_dim, scale=attention.standard,
-                                visible=attention.visible, softcap=attention.softcap, normalize=normalize)[1]
-            residual = explains(context, name, candidate, hypothesis, reference)
+            residual = explains(context, name, candidate, attention.output(kind, normalize=normalize), reference)
             if residual is not None:
                 yield Diagnosis("softmax_normalization", name,
                                 f"attention recomputed from the reference's q, k and v with {what} reproduces the "

@@ -26,7 +26,7 @@ import numpy as np
 from parity.core.metrics import rel_l2
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.attention_math import attend, attention_focus, explains
+from parity.diagnose.attention_math import attention_focus, explains
 from parity.diagnose.context import Context, widened
 from parity.diagnose.rope import rotated_source, start_position
 from parity.diagnose.rope_fit import (LAYOUTS, Rotation, Tables, describe_parameters, fit, noise_floor,
@@ -107,8 +107,7 @@ def _other_table(context, name, kind, attention, candidate, reference, rotation,
     def made(table, tokens):     # the attention under `table`, over the first `tokens` tokens
         variant = dataclasses.replace(rotation, table=table)
         q, k = variant.apply(x_q[:tokens], head_dim, dim), variant.apply(x_k[:tokens], head_dim, dim)
-        return attention.output(kind, q=q, k=k, v=attention.v[:tokens]) if tokens == x_q.shape[0] else \
-            _prefix_output(attention, kind, q, k, tokens)
+        return attention.output(kind, q=q, k=k, tokens=tokens)
 
     def error(table) -> float:
         return rel_l2(_prefix(candidate, kind, count), made(table, count)) if table is not None else math.inf
@@ -144,12 +143,3 @@ def _refined(table, tables, error):
 def _prefix(tensor: np.ndarray, kind: str, count: int) -> np.ndarray:
     """The first `count` tokens' part: rows of attn_ctx (T, H*hd), the top-left block of attn_probs (H, T, S)."""
     return tensor[:, :count, :count] if kind == "attn_probs" else tensor[:count]
-
-
-def _prefix_output(attention, kind: str, q: np.ndarray, k: np.ndarray, count: int) -> np.ndarray:
-    """The attention of the first `count` tokens over their own keys, with the reference's mask cut to them."""
-    visible = attention.visible[:count, :count] if attention.visible is not None else None
-    probs, ctx = attend(q, k, attention.v[:count], heads=attention.heads, kv_heads=attention.kv_heads,
-                        head_dim=attention.head_dim, scale=attention.standard, visible=visible,
-                        softcap=attention.softcap)
-    return probs if kind == "attn_probs" else ctx
