@@ -55,6 +55,7 @@ class Bugs:
     permuted: str = "qk"           # which projections are put in pair order at load: "q" alone, or "" (neither)
     cache_offset: bool = False     # a one-token call writes its key and value one slot past its position
     cache: bool = True             # False: start_pos moves RoPE but nothing is cached (each call sees itself)
+    kv_tiled: bool = False         # the KV heads expanded with repeat (head h reads h % kv_heads), not interleaved
 
 
 @dataclass
@@ -130,8 +131,11 @@ class Attention(nn.Module):
         else:
             keys, values = xk, xv
         group = self.n_heads // self.n_kv_heads
-        keys = keys.repeat_interleave(group, dim=2)                                 # (B, S, H, hd)
-        values = values.repeat_interleave(group, dim=2)
+        if self.bugs.kv_tiled:
+            keys, values = keys.repeat(1, 1, group, 1), values.repeat(1, 1, group, 1)
+        else:
+            keys = keys.repeat_interleave(group, dim=2)                             # (B, S, H, hd)
+            values = values.repeat_interleave(group, dim=2)
         xq, keys, values = xq.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2)
         scores = torch.matmul(xq, keys.transpose(2, 3)) / self.head_dim ** 0.5      # (B, H, T, S)
         if mask is not None:

@@ -28,6 +28,9 @@ def weights_not_permuted(path):
 
 def positions_without_cache(path):
     return m.build_with(path, m.Bugs(cache=False))
+
+def kv_heads_tiled(path):
+    return m.build_with(path, m.Bugs(kv_tiled=True))
 '''
 
 
@@ -95,6 +98,15 @@ def test_pair_rope_on_unpermuted_weights_is_named_from_the_attention(model_dirs,
     assert code == 1 and report["first_divergence"]["checkpoint"] == "layers.0.attn_ctx"
     causes = {(d["cause"], d["checkpoint"]) for d in report["diagnoses"]}
     assert ("rope_layout", "layers.0.attn_ctx") in causes, report["diagnoses"]
+
+
+def test_kv_heads_expanded_with_repeat_are_named_from_the_attention(model_dirs, ports):
+    code, report = check(model_dirs["llama"], ports, "kv_heads_tiled", "--decode-steps", "0")
+    assert code == 1 and report["first_divergence"]["checkpoint"] == "layers.0.attn_ctx"
+    # its probabilities and q, k after RoPE are unrecorded (it was no_known_cause)
+    causes = [(d["cause"], d["checkpoint"]) for d in report["diagnoses"]]
+    assert causes == [("gqa_head_mapping", "layers.0.attn_ctx")], report["diagnoses"]
+    assert "keys and values' 2 heads expanded tiled" in report["diagnoses"][0]["message"]
 
 
 def test_far_positions_are_refused_for_a_port_whose_positions_continue_its_cache(model_dirs, ports):

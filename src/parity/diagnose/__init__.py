@@ -23,7 +23,9 @@ DETECTORS: dict[str, Detector] = {}
 GENERIC = frozenset({"scale_factor", "swapped", "missing_bias", "wiring"})
 # A cause that explains another's evidence at the same checkpoint: probabilities
 # stored transposed put weight above the diagonal without any mask being wrong.
-SUPERSEDES = {"layout_permuted": frozenset({"causal_mask", "wiring"}),
+SUPERSEDES = {"layout_permuted": frozenset({"causal_mask", "wiring",
+                                            # the output's heads reordered: no head reads another KV head
+                                            "gqa_head_mapping"}),
               # a specific way of reading the wrong tensor, named as such
               "op_skipped": frozenset({"wiring"}), "swapped_operands": frozenset({"wiring"}),
               "gqa_head_mapping": frozenset({"wiring"}),

@@ -46,42 +46,30 @@ def attention_probabilities(q: np.ndarray, k: np.ndarray, heads: int, kv_heads: 
 MAPPINGS = {"interleaved": "head h reads KV head h // group", "tiled": "head h reads KV head h % kv_heads"}
 
 
-def _orders(heads: int, kv_heads: int) -> dict[str, list[int]]:
-    group = heads // kv_heads
-    return {"interleaved": [h // group for h in range(heads)], "tiled": [h % kv_heads for h in range(heads)]}
-
-
-def _expanded(x: np.ndarray, kv_heads: int, head_dim: int, order: list[int]) -> np.ndarray:
-    """(S, Hkv*hd) -> (S, H*hd): KV head order[h] for query head h."""
-    return x.reshape(x.shape[0], kv_heads, head_dim)[:, order].reshape(x.shape[0], -1)
-
-
 @register("gqa_head_mapping")
 def gqa_head_mapping(context: Context):
     """Query heads read the wrong KV heads: h % Hkv (tiled) instead of h // group (interleaved), for
     the keys (seen in attn_probs) or the values alone (seen in attn_ctx, from the candidate's own
-    probabilities and values)."""
-    from parity.diagnose.attention_math import _Attention, attend
+    probabilities and values); with the probabilities unrecorded, either side (kv_heads.py)."""
+    from parity.diagnose.attention_math import _Attention
     from parity.diagnose.identities import attention_product, slot_tensor
+    from parity.diagnose.kv_heads import expansions, kv_heads_from_context
 
     config = context.config
     if not config.heads or not config.kv_heads or config.kv_heads == config.heads or not config.head_dim:
         return
-    orders = _orders(config.heads, config.kv_heads)
+    orders = expansions(config.heads, config.kv_heads)
     for name, checkpoint, reference, candidate in context.focused("attn_probs", "attn_ctx"):
         at = f"layers.{checkpoint.layer}."
         if checkpoint.kind == "attn_probs":
             attention = _Attention(context, checkpoint.layer)
             if not attention.scores_usable:
                 continue
-            found = {label: attend(attention.q, _expanded(attention.k, config.kv_heads, config.head_dim, order), None,
-                                   heads=config.heads, kv_heads=config.heads, head_dim=config.head_dim,
-                                   scale=attention.standard, visible=attention.visible, softcap=attention.softcap)[0]
-                     for label, order in orders.items()}
+            found = {label: attention.output("attn_probs", key_heads=order) for label, order in orders.items()}
             what = "keys"
         else:
             probs, values = slot_tensor(context, at + "attn_probs", at + "attn_probs"), slot_tensor(context, at + "v", at + "v")
-            if probs is None or values is None:
+            if probs is None or values is None or at + "attn_probs" not in context.candidate:  # else kv_heads.py
                 continue
             found = {label: attention_product(config.heads, config.kv_heads, config.head_dim,
                                               lambda h, order=order: order[h])([probs, values])
@@ -97,3 +85,4 @@ def gqa_head_mapping(context: Context):
                                 f"heads {label} where the reference is {used}: {MAPPINGS[label]} "
                                 f"(repeat where repeat_interleave is meant, or the reverse)")
                 return
+    yield from kv_heads_from_context(context, "gqa_head_mapping")  # only attn_ctx visible

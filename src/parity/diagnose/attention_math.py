@@ -55,6 +55,11 @@ def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray | None, *, heads: int, kv
     return probs, (probs @ v_heads).transpose(1, 0, 2).reshape(count, heads * head_dim)        # (T, H*hd)
 
 
+def expanded_heads(x: np.ndarray, kv_heads: int, head_dim: int, reads: list[int]) -> np.ndarray:
+    """(S, Hkv*hd) -> (S, H*hd): KV head reads[h] for query head h."""
+    return x.reshape(x.shape[0], kv_heads, head_dim)[:, reads].reshape(x.shape[0], -1)
+
+
 class _Attention:
     """The reference's q, k, v of one layer (after RoPE where there is one) and the model's shape."""
 
@@ -81,19 +86,28 @@ class _Attention:
                 and self.q.shape[-1] == self.heads * self.head_dim and self.k.shape == self.v.shape)
 
     def output(self, kind: str, *, q=None, k=None, v=None, scale: float | None = None, causal: bool = True,
-               tokens: int | None = None, visible: np.ndarray | None = None, normalize=None):
+               tokens: int | None = None, visible: np.ndarray | None = None, normalize=None,
+               key_heads: list[int] | None = None, value_heads: list[int] | None = None):
         """attn_probs or attn_ctx under a hypothesis (the reference's tensors where none is given), over the first
         `tokens` tokens (every one when None; causal attention of those depends on them alone); `visible`, a
-        mask in place of the reference's; `normalize`, as attend's."""
+        mask in place of the reference's; `normalize`, as attend's; `key_heads`/`value_heads`, the KV head
+        each query head reads (h // group where None)."""
         q, k, v = (self.q if q is None else q), (self.k if k is None else k), (self.v if v is None else v)
         if tokens is not None:
             q, k, v = q[:tokens], k[:tokens], v[:tokens]
+        kv_heads = self.kv_heads
+        if key_heads is not None or value_heads is not None:
+            group = self.heads // self.kv_heads
+            reads = [h // group for h in range(self.heads)]
+            k = expanded_heads(k, kv_heads, self.head_dim, key_heads or reads)
+            v = None if v is None else expanded_heads(v, kv_heads, self.head_dim, value_heads or reads)
+            kv_heads = self.heads
         scale = self.standard if scale is None else scale
         mask = self.visible if visible is None else visible
         if mask is not None and tokens is not None:
             mask = mask[:tokens, :tokens]
         mask = mask if mask is not None and mask.shape == (q.shape[0], k.shape[0]) else None
-        probs, ctx = attend(q, k, v, heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
+        probs, ctx = attend(q, k, v, heads=self.heads, kv_heads=kv_heads, head_dim=self.head_dim,
                             scale=scale, causal=causal, visible=mask, softcap=self.softcap, normalize=normalize)
         return probs if kind == "attn_probs" else ctx
 

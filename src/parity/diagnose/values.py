@@ -14,6 +14,7 @@ from parity.diagnose import register
 from parity.diagnose.context import (Context, explains, matches, matches_scaled, same_tensor, scaled_residual,
                                      widened)
 from parity.diagnose.heads import head_layouts
+from parity.diagnose.kv_heads import kv_heads_from_context
 from parity.diagnose.repair import confirm
 
 MAX_SHIFT = 3
@@ -102,6 +103,7 @@ def layout_permuted(context: Context):
                             f"the candidate stores {result.name} as {list(result.shape_candidate)}; it matches the "
                             f"reference's {list(result.shape_reference)} with {result.layout} (compared after aligning)")
     found = list(head_layouts(context))   # heads reordered, or merged without the transpose
+    found = found or list(kv_heads_from_context(context, "layout_permuted"))  # KV heads reordered inside attention
     if found:
         yield from found
         return
