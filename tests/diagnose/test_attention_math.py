@@ -81,3 +81,10 @@ def test_a_note_says_how_to_record_probabilities_a_fused_kernel_hides():
     candidate_trace = make_trace(without_probs(base), {"dtype": "float32", "producer": "torch:port.Model"})
     comparison = diagnose(compare(reference_trace, candidate_trace), reference_trace, candidate_trace)
     assert any("Probe" in note and "layers.0.attn_probs" in note for note in comparison.notes)
+
+
+def test_scale_applied_after_the_softmax_seen_in_the_context_alone():
+    base = without_probs(reference())
+    _, unscaled = attend(base["layers.0.q_rope"], base["layers.0.k_rope"], base["layers.0.v"], scale=1.0, **SHAPE)
+    candidate = {**base, "layers.0.attn_ctx": HEAD_DIM ** -0.5 * unscaled}   # softmax(q k^T) * scale, then @ v
+    assert diagnoses(base, candidate) == [("attention_scale", "layers.0.attn_ctx")]

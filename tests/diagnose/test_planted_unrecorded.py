@@ -5,8 +5,9 @@ No bug may be named wrongly; the RoPE tables a port builds with other parameters
 left out or with another factor), and the keys rotated otherwise than q (not at all, or backwards), are named
 from the attention output (rope_attention.py), where before they were no_known_cause; so are the causal mask and sliding windows (masks a port builds otherwise), by
 recomputing the attention under each other band of visible keys (attention_math.masks_from_context), a
-softmax normalized over the queries or with a sink (softmax_from_context), and query heads reading other KV
-heads' keys or values (kv_heads.py)."""
+softmax normalized over the queries or with a sink (softmax_from_context), query heads reading other KV
+heads' keys or values (kv_heads.py), and the scale applied after the softmax (attention_math). A hypothesis
+explains a bfloat16 candidate failing on its worst position alone when it is within every bound there."""
 
 import pytest
 
@@ -22,15 +23,17 @@ ALSO_RIGHT = {"yarn: attention factor not applied": {"attention_scale"},
               "llama: probabilities scaled by 0.9 after the softmax": {"scale_factor"}}
 TABLES = [name for name, bug in BUGS.items() if bug.causes & {"rope_theta", "rope_scaling"}
           and bug.dtype == "float32" and name not in ALSO_RIGHT
-          and name not in ("llama3: low and high frequency factors exchanged", "yarn: factor 8 where the config says 4")]
+          and name != "yarn: factor 8 where the config says 4"]   # its attention factor kept: no table of ours
 MASKS = [name for name, bug in BUGS.items() if bug.causes & {"causal_mask", "sliding_window"}
          and "diagonal" not in name]       # a masked diagonal leaves a row with no key: nonfinite's to name
-ONE_SIDE = ["qwen3: keys not rotated", "mistral: keys' rotate_half backwards", "qwen3: keys not rotated [bfloat16]"]
+ONE_SIDE = ["qwen3: keys not rotated", "mistral: keys' rotate_half backwards", "qwen3: keys not rotated [bfloat16]",
+            "llama: rotate_half returns cat(x2, -x1) [bfloat16]"]   # failing on its worst position alone
 SOFTMAX = ["llama: softmax over the query axis", "llama3: a sink in the softmax's denominator"]
 KV_HEADS = ["llama: KV heads tiled instead of interleaved", "qwen3: values' heads tiled, keys' interleaved",
             "qwen3: keys' heads tiled, values' interleaved", "llama: keys' heads reversed after RoPE",
             "llama: KV heads tiled instead of interleaved [bfloat16]"]
-RIGHT_RATE = 0.88       # 119 of 132 (and the 2 ALSO_RIGHT); 89 before these searches
+SCALES = ["qwen3: attention scale applied to the probabilities", "llama: scores scaled by 1/d instead of 1/sqrt(d) [bfloat16]"]
+RIGHT_RATE = 0.93       # 123 of 132 (and the 2 ALSO_RIGHT); 89 before these searches
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +53,12 @@ def test_none_is_named_wrongly_and_most_rightly(outcomes):
     assert len(right) >= RIGHT_RATE * len(outcomes), sorted(set(outcomes) - set(right))
 
 
-def assert_named_at_attn_ctx(outcomes, name: str, unrecorded: str):
+def assert_named_at_attn_ctx(outcomes, name: str, unrecorded: str | None):
     named, comparison = outcomes[name]
     assert comparison.first_divergence.checkpoint.endswith(".attn_ctx")
     assert named & BUGS[name].causes, [d.message for d in comparison.diagnoses]
     message = next(d.message for d in comparison.diagnoses if d.cause in BUGS[name].causes)
-    assert f"{unrecorded} not recorded" in message
+    assert unrecorded is None or f"{unrecorded} not recorded" in message
 
 
 @pytest.mark.parametrize("name", TABLES + ONE_SIDE)
@@ -63,9 +66,13 @@ def test_another_rope_table_or_a_keys_rotation_is_named_from_the_attention_outpu
     assert_named_at_attn_ctx(outcomes, name, "q_rope and k_rope are")
 
 
-@pytest.mark.parametrize("name", MASKS + SOFTMAX + KV_HEADS)
+@pytest.mark.parametrize("name", MASKS + SOFTMAX + KV_HEADS + SCALES[:1])
 def test_a_mask_or_a_softmax_built_otherwise_is_named_from_the_attention_output(outcomes, name):
     assert_named_at_attn_ctx(outcomes, name, "probabilities are")
+
+
+def test_a_temperature_under_bfloat16s_rel_l2_bound_is_named_where_its_worst_position_fails(outcomes):
+    assert_named_at_attn_ctx(outcomes, SCALES[1], None)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

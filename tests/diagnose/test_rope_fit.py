@@ -180,3 +180,16 @@ def test_a_correct_port_rotates_as_its_config_says(family, dtype):
             found, left = fit(x, y, config.head_dim, tables.dim, tables.all(), noise_floor(dtype), tables)
             assert not found.changes and found.layout == "half", (layer, kind, found)
             assert left <= noise_floor(dtype)
+
+
+def test_llama3s_low_and_high_factors_exchanged_are_a_table_tried_and_described():
+    from parity.diagnose.rope_fit import describe_parameters
+
+    config = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 2048}
+    tables = Tables(config, 64, 64, 8192, 10).all()
+    exchanged = [table for table in tables if table.parameters["low_freq_factor"] == 4.0]
+    assert len(exchanged) == 1 and exchanged[0].changes == {"scaling"}
+    assert not np.allclose(exchanged[0].frequencies, tables[0].frequencies)
+    assert describe_parameters(exchanged[0].parameters, config) == (
+        "theta 5e+05, llama3 scaling x8 (low_freq_factor 4 for 1, high_freq_factor 1 for 4)")

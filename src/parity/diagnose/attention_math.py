@@ -13,7 +13,8 @@ import math
 
 import numpy as np
 
-from parity.core.metrics import rel_l2
+from parity.core.metrics import measure, rel_l2
+from parity.core.names import parse
 from parity.core.results import Diagnosis
 from parity.diagnose import register
 from parity.diagnose.context import Context, layer_facts, matches, reproduces, widened
@@ -132,7 +133,8 @@ def explains(context: Context, name: str, candidate: np.ndarray, hypothesis: np.
               reference: np.ndarray) -> float | None:
     """rel_l2 of the candidate against the hypothesis when it explains the candidate: by the common
     rule, or, with a calibrated tolerance, when the hypothesis is within it and the reference is not
-    (an attention bug whose effect is a few times the bfloat16 noise)."""
+    (an attention bug whose effect is a few times the bfloat16 noise): by rel_l2, or, where the checkpoint
+    failed on its worst position, by every bound the comparison applied."""
     residual = matches(candidate, hypothesis, reference)
     if residual is not None:
         return residual
@@ -141,7 +143,14 @@ def explains(context: Context, name: str, candidate: np.ndarray, hypothesis: np.
     if tolerance is None or not tolerance.calibrated or hypothesis.shape != candidate.shape:
         return None
     residual, error = rel_l2(hypothesis, candidate), rel_l2(reference, candidate)
-    return residual if residual <= tolerance.max_rel_l2 < error and residual <= WITHIN_NOISE * error else None
+    if residual > WITHIN_NOISE * error or not np.all(np.isfinite(hypothesis)):
+        return None
+    if residual <= tolerance.max_rel_l2 < error:
+        return residual
+    checkpoint = parse(name)
+    admitted = tolerance.admits(measure(hypothesis, candidate, tolerance,
+                                        token_axis=checkpoint.token_axis if checkpoint else 0))
+    return residual if admitted and result.status == "fail" else None
 
 
 def attention_focus(context: Context):
@@ -157,6 +166,10 @@ def attention_focus(context: Context):
 def attention_scale(context: Context):
     """The scores are scaled by another factor (1/head_dim for 1/sqrt(head_dim)): a softmax temperature."""
     for name, kind, attention, reference, candidate in attention_focus(context):
+        after = _scale_after_softmax(context, name, kind, attention, reference, candidate)
+        if after is not None:
+            yield after
+            return
         standard = attention.standard
         scale, residual = _fit_scale(lambda s: attention.output(kind, scale=s), candidate, attention.head_dim)
         if abs(scale / standard - 1) <= SCALE_SAME:
@@ -172,6 +185,23 @@ def attention_scale(context: Context):
         yield confirm(context, diagnosis, _rescaled(attention, kind, candidate, scale, standard),
                       f"rescaling the candidate's scores by {standard / scale:.4g}")
         return
+
+
+def _scale_after_softmax(context: Context, name: str, kind: str, attention: "_Attention", reference, candidate):
+    """The scores' scale applied to the probabilities, after a softmax of unscaled scores, seen in attn_ctx
+    alone (the probabilities, recorded, show it as rows that do not sum to 1: softmax_normalization)."""
+    if kind != "attn_ctx" or name.replace("attn_ctx", "attn_probs") in context.candidate:
+        return None
+    standard = attention.standard
+    residual = explains(context, name, candidate, standard * attention.output(kind, scale=1.0), reference)
+    if residual is None:
+        return None
+    return Diagnosis("attention_scale", name,
+                     f"attention recomputed from the reference's q, k and v with the scores unscaled and the "
+                     f"probabilities multiplied by {standard:.4g}{_scale_label(standard, attention.head_dim)} after "
+                     f"the softmax reproduces the candidate's {name} (rel error {residual:.2g}; its probabilities "
+                     f"are not recorded): the scale is applied after the softmax, where it belongs to the scores "
+                     f"before it")
 
 
 def _rescaled(attention: "_Attention", kind: str, candidate: np.ndarray, scale: float, standard: float):

@@ -121,10 +121,10 @@ def _other_table(context, name, kind, attention, candidate, reference, rotation,
         return None
     cause = "rope_theta" if best.changes == {"theta"} else "rope_scaling"
     return Diagnosis(cause, name, f"attention recomputed from the reference's q, k and v with RoPE at "
-                                  f"{describe_parameters(best.parameters)} where the reference uses "
-                                  f"{describe_parameters(rotation.table.parameters)} reproduces the candidate's "
-                                  f"{name} (rel error {residual:.2g}; its q_rope and k_rope are not recorded): "
-                                  "the port's RoPE is built with other parameters than the checkpoint's config")
+                                  f"{describe_parameters(best.parameters, rotation.table.parameters)} where the "
+                                  f"reference uses {describe_parameters(rotation.table.parameters)} reproduces the "
+                                  f"candidate's {name} (rel error {residual:.2g}; its q_rope and k_rope are not "
+                                  "recorded): the port's RoPE is built with other parameters than the checkpoint's config")
 
 
 def _refined(table, tables, error):

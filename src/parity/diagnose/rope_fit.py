@@ -146,13 +146,18 @@ class Table:
         return f"<Table {describe_parameters(self.parameters)}>"
 
 
-def describe_parameters(parameters: dict) -> str:
+def describe_parameters(parameters: dict, config: dict | None = None) -> str:
+    """theta and scaling; given the config's parameters, also the others that differ from them."""
     if parameters.get("rope_type") == "fitted":
         return "the reference's own fitted frequencies"
     kind = parameters["rope_type"]
     scaling = "" if kind == "default" else f", {kind} scaling" + (
         f" x{parameters['factor']:.4g}" if parameters.get("factor") else "")
-    return f"theta {parameters['rope_theta']:.4g}{scaling}"
+    shown = {"rope_type", "rope_theta", "factor"}
+    others = [f"{key} {value:.4g} for {config[key]:.4g}" for key, value in parameters.items()
+              if config is not None and key not in shown and isinstance(value, (int, float))
+              and isinstance(config.get(key), (int, float)) and value != config[key]]
+    return f"theta {parameters['rope_theta']:.4g}{scaling}" + (f" ({', '.join(others)})" if others else "")
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,9 @@ class Tables:
                      if factor != parameters["factor"]]
         elif parameters["rope_type"] == "default":
             made += [self.make(frozenset({"scaling"}), rope_type="linear", factor=factor) for factor in FACTOR_GRID]
+        if parameters["rope_type"] == "llama3":   # the low and high frequency factors read into each other's place
+            made.append(self.make(frozenset({"scaling"}), low_freq_factor=parameters["high_freq_factor"],
+                                  high_freq_factor=parameters["low_freq_factor"]))
         return [table for table in made if table is not None]
 
 
