@@ -33,6 +33,7 @@ class Bugs:
     cache_position_off: bool = False  # decoded tokens are rotated one position too far
     mask_off: bool = False           # no causal mask: every query also sees the tokens after it
     unmasked_given_positions: bool = False   # positions given (as a decoder passes them) taken for one token: no mask
+    dropout_on: bool = False         # attention dropout (p = 0.1) applied at inference too: F.dropout(training=True)
 
 
 def rms_norm(x, weight, eps, bugs):
@@ -99,6 +100,8 @@ class Attention(nn.Module):
         future = (torch.arange(keys.shape[2], device=q.device)[None, :] > query) & masked
         probs = scores.masked_fill(future, float("-inf")).softmax(-1)
         probs = self.probs(probs) if whole else self.probs(probs, start=start)
+        if self.bugs.dropout_on:
+            probs = torch.nn.functional.dropout(probs, 0.1, training=True)
         return probs @ values
 
 
@@ -216,3 +219,7 @@ def mask_off(path):
 
 def unmasked_given_positions(path):
     return build(path, Bugs(unmasked_given_positions=True))
+
+
+def dropout_on(path):
+    return build(path, Bugs(dropout_on=True))

@@ -39,6 +39,20 @@ def test_a_planted_bug_fails_check_at_its_place_with_its_cause(model_dirs, facto
     assert cause in [d["cause"] for d in report["diagnoses"]]
 
 
+def test_dropout_left_on_is_named_where_two_runs_part(model_dirs, capsys):
+    code, report = check(capsys, model_dirs["llama"], "dropout_on", "--decode-steps", "0")
+    assert code == 1 and report["first_divergence"]["checkpoint"] == "layers.0.attn_ctx"
+    causes = [(d["cause"], d["checkpoint"]) for d in report["diagnoses"]]
+    assert causes[0] == ("nondeterministic", "layers.0.attn_ctx"), report["diagnoses"]   # was no_known_cause
+    assert "no_known_cause" not in {cause for cause, _ in causes}
+    assert "dropout left on" in report["diagnoses"][0]["message"]
+
+
+def test_a_deterministic_bug_is_not_taken_for_randomness(model_dirs, capsys):
+    code, report = check(capsys, model_dirs["llama"], "mask_off", "--decode-steps", "0")
+    assert code == 1 and "nondeterministic" not in {d["cause"] for d in report["diagnoses"]}
+
+
 def test_a_cache_bug_fails_decoding_at_the_key_it_rotates_wrongly(model_dirs, capsys):
     code, report = check(capsys, model_dirs["llama"], "cache_position_off")
     assert code == 1 and report["summary"]["failed"] == 0          # one full pass is right ...

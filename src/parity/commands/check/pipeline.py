@@ -25,6 +25,7 @@ from parity.core.compare import CompareConfig, compare
 from parity.core.errors import OptionError
 from parity.core.results import NOT_ASKED, Comparison, NotChecked, Tolerance
 from parity.core.sequence import SequenceComparison
+from parity.commands.check.rerun import with_second_run
 from parity.commands.check.spill import SPILL_BYTES, reference_trace_bytes, spill_directory, spilled
 from parity.core.allocator import return_freed_memory
 from parity.core.trace import Trace, save_trace
@@ -211,6 +212,8 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
 
     comparison = compare_and_diagnose(reference, trace, config, strict=options.strict, streamed=streamed.stream)
     comparison = streamed.noted(comparison)
+    comparison = with_second_run(comparison, trace, candidate, options.request(reference_model), reference.tokens,
+                                 progress)
     if options.replay:
         comparison = _with_replay(comparison, reference, candidate, options, progress)
     if options.on_device:

@@ -1,0 +1,28 @@
+"""A failing PyTorch candidate run once more on the same tokens, to tell randomness at inference from a mistake.
+
+Its forward is the user's code, and a port that leaves dropout on (or reads memory it never wrote) fails
+every check in a way no detector of arithmetic explains. A second run finds it: where the two runs part
+(diagnose/nondeterminism.py), the comparison names `nondeterministic`. Only a failing check pays for the
+second pass, and only below RERUN_TOKENS: a longer input's trace is spilled to disk and streamed, and a
+second one would double that.
+"""
+
+from __future__ import annotations
+
+from parity.core.results import Comparison
+from parity.core.trace import Trace
+
+RERUN_TOKENS = 2048
+
+
+def with_second_run(comparison: Comparison, trace: Trace, candidate, request, tokens: list[int],
+                    progress) -> Comparison:
+    """`comparison` with the candidate's two runs over `tokens` compared, where it failed and the candidate is a
+    module run here."""
+    from parity.diagnose.nondeterminism import with_runs_compared
+
+    if comparison.passed or candidate.supports("replay") is not None or not tokens or len(tokens) > RERUN_TOKENS:
+        return comparison
+    progress.step("running the candidate once more on the same tokens, to see whether its two runs agree")
+    again = candidate.trace(tokens, request, progress)
+    return with_runs_compared(comparison, trace, again)
