@@ -1,5 +1,6 @@
 """nondeterministic: two runs of the candidate on the same tokens part at a checkpoint. Something random runs
-at inference there (dropout left on, memory read before it is written, sampling inside the forward), and the
+at inference there (dropout left on, memory read before it is written, sampling inside the forward), or the
+forward keeps state from one call to the next, and the
 comparison's divergence from that checkpoint on is that, not a mistake of arithmetic.
 
 The runs are held to each checkpoint's own tolerance: run-to-run rounding (a GPU's atomics, a BLAS's
@@ -22,7 +23,8 @@ SIZEABLE = 0.25   # the runs must differ by this much of the candidate's error a
 
 ADVICE = ("something random runs at inference: dropout left on (F.dropout(..., training=True), or "
           "scaled_dot_product_attention's dropout_p passed in eval mode), a tensor read before it is written "
-          "(torch.empty where torch.zeros is meant), or sampling inside the forward")
+          "(torch.empty where torch.zeros is meant), sampling inside the forward, or state its forward keeps from "
+          "one call to the next (a cache it appends to when not asked to)")
 
 
 def where_runs_part(comparison: Comparison, first: Trace, second: Trace) -> Diagnosis | None:
