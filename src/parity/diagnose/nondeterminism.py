@@ -1,7 +1,7 @@
 """nondeterministic: two runs of the candidate on the same tokens part at a checkpoint. Something random runs
 at inference there (dropout left on, memory read before it is written, sampling inside the forward), or the
-forward keeps state from one call to the next, and the
-comparison's divergence from that checkpoint on is that, not a mistake of arithmetic.
+forward keeps state from one call to the next, and the comparison's divergence from that checkpoint on is
+that, not a mistake of arithmetic.
 
 The runs are held to each checkpoint's own tolerance: run-to-run rounding (a GPU's atomics, a BLAS's
 alignment-dependent kernels) stays within it; only a difference the comparison would fail counts, and only
