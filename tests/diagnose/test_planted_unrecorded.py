@@ -22,8 +22,7 @@ NEUTRAL = {"no_known_cause", "precision_noise"}
 ALSO_RIGHT = {"yarn: attention factor not applied": {"attention_scale"},
               "llama: probabilities scaled by 0.9 after the softmax": {"scale_factor"}}
 TABLES = [name for name, bug in BUGS.items() if bug.causes & {"rope_theta", "rope_scaling"}
-          and bug.dtype == "float32" and name not in ALSO_RIGHT
-          and name != "yarn: factor 8 where the config says 4"]   # its attention factor kept: no table of ours
+          and bug.dtype == "float32" and name not in ALSO_RIGHT]
 MASKS = [name for name, bug in BUGS.items() if bug.causes & {"causal_mask", "sliding_window"}
          and "diagonal" not in name]       # a masked diagonal leaves a row with no key: nonfinite's to name
 ONE_SIDE = ["qwen3: keys not rotated", "mistral: keys' rotate_half backwards", "qwen3: keys not rotated [bfloat16]",
@@ -33,7 +32,7 @@ KV_HEADS = ["llama: KV heads tiled instead of interleaved", "qwen3: values' head
             "qwen3: keys' heads tiled, values' interleaved", "llama: keys' heads reversed after RoPE",
             "llama: KV heads tiled instead of interleaved [bfloat16]"]
 SCALES = ["qwen3: attention scale applied to the probabilities", "llama: scores scaled by 1/d instead of 1/sqrt(d) [bfloat16]"]
-RIGHT_RATE = 0.93       # 123 of 132 (and the 2 ALSO_RIGHT); 89 before these searches
+RIGHT_RATE = 0.93       # 124 of 132 (and the 2 ALSO_RIGHT); 89 before these searches
 
 
 @pytest.fixture(scope="module")

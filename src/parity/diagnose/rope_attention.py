@@ -105,7 +105,8 @@ def _other_table(context, name, kind, attention, candidate, reference, rotation,
     head_dim, count = context.config.head_dim, min(SEARCH_TOKENS, x_q.shape[0])
 
     def made(table, tokens):     # the attention under `table`, over the first `tokens` tokens
-        variant = dataclasses.replace(rotation, table=table)
+        # the table's attention factor in place of the config's (YaRN's and LongRoPE's scale cos and sin)
+        variant = dataclasses.replace(rotation, table=table, gain=rotation.gain * table.gain / rotation.table.gain)
         q, k = variant.apply(x_q[:tokens], head_dim, dim), variant.apply(x_k[:tokens], head_dim, dim)
         return attention.output(kind, q=q, k=k, tokens=tokens)
 
