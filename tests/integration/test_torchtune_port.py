@@ -2,7 +2,8 @@
 weights converted by torchtune's own `hf_to_tune`, as a torchtune user loads a transformers checkpoint. No
 `parity_taps`: its blocks, attention (q_proj ... output_proj), MLP (w1, w2, w3) and norms (sa_norm,
 mlp_norm) are found by their names; RoPE and the softmax are inline, so q_rope, k_rope and the
-probabilities are not recorded."""
+probabilities are not recorded. With its caches set up (`setup_caches`) its forward demands a mask and its
+caches count their own positions: parity gives the mask and empties them at position 0, and decodes through them."""
 
 import pytest
 
@@ -37,6 +38,29 @@ def correct(path):
 
 def default_base(path):
     return built(path)          # the builder's own RoPE base, 500000, where the checkpoint's is another
+
+
+def cached(path):
+    import torch
+
+    model = correct(path)
+    model.setup_caches(batch_size=1, dtype=torch.float32, decoder_max_seq_len=64)
+    return model
+
+
+def cached_decoding_one_position_on(path):
+    model = cached(path)
+
+    class OnePositionOn(type(model)):
+        """A wrapper that passes a decoded token's position one too far (its RoPE), as an off-by-one does."""
+
+        def forward(self, tokens, *, mask=None, input_pos=None):
+            if tokens.shape[1] == 1 and input_pos is not None:
+                input_pos = input_pos + 1
+            return super().forward(tokens, mask=mask, input_pos=input_pos)
+
+    model.__class__ = OnePositionOn
+    return model
 '''
 
 
@@ -66,3 +90,19 @@ def test_its_builders_default_rope_base_is_named_from_the_attention(model_dirs, 
     diagnosis = report["diagnoses"][0]
     assert diagnosis["cause"] == "rope_theta" and "theta 5e+05 where the reference uses theta 1e+04" in \
         diagnosis["message"], report["diagnoses"]
+
+
+def test_with_its_caches_set_up_it_decodes_through_them(model_dirs, factories):
+    """Before: refused (its forward demands a mask once its caches are set up)."""
+    code, report = check(model_dirs["llama"], factories, "cached")
+    assert code == 0, report["first_divergence"]
+    assert report["decode"]["passed"] and len(report["decode"]["rel_l2"]) == 5
+    assert report["decode"]["chunked_prefill_rel_l2"] < 1e-5
+    not_checked = {item["check"]: item["reason"] for item in report["not_checked"]}
+    assert "decode" not in not_checked and "chunked_prefill" not in not_checked
+
+
+def test_a_decoded_token_rotated_one_position_on_fails_decoding(model_dirs, factories):
+    code, report = check(model_dirs["llama"], factories, "cached_decoding_one_position_on")
+    assert code == 1 and report["summary"]["failed"] == 0          # the whole pass is right ...
+    assert not report["decode"]["passed"] and report["decode"]["first_step"] == 1   # ... decoding is not

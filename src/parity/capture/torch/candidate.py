@@ -38,10 +38,12 @@ class TorchCandidate(Candidate):
         self._decode_reasons: dict[tuple[int, ...], str | None] = {}
         self.config = getattr(module, "config", None)   # its head counts read per-head layouts; else the reference's
         from parity.capture.torch.incremental import cache_calls
+        from parity.capture.torch.explicit_mask import explicit_masks
         from parity.capture.torch.positions import positions_filled
 
         self.calls = cache_calls(module)
         self._stack.enter_context(positions_filled(module))   # every plain call at 0..T-1
+        self._stack.enter_context(explicit_masks(module))     # and its mask, where its caches demand one
 
     @classmethod
     def claims(cls, spec: Any) -> bool:
