@@ -99,6 +99,12 @@ step "installing torchtune's ports (torchtune 0.6.1 with the torchao it imports)
 pip --no-deps "torchtune==0.6.1" "torchao==0.11.0"
 pip "datasets==5.2.0" "omegaconf==2.4.0" "tiktoken==0.14.0"
 
+# Another: LitGPT's GPT and its weight converter. litgpt 0.5.13 asks for an older huggingface_hub than
+# transformers 5 uses (its model code does not import it); Lightning and jsonargparse it imports on import.
+step "installing LitGPT's ports (litgpt 0.5.13 with the Lightning it imports)"
+pip "lightning==2.6.6" "jsonargparse==4.41.0" "docstring_parser==0.18.0" "typeshed_client==2.15.0"
+pip --no-deps "litgpt==0.5.13"
+
 # A port nobody here wrote, outside PyTorch: mlx-lm's Llama on Apple's MLX (its CPU build on Linux). Its other
 # requirements (tokenizers, transformers) are parity's own or unused by the model code.
 step "installing mlx-lm's ports (mlx-lm on MLX, without its tokenizer dependencies)"
