@@ -53,6 +53,38 @@ def test_a_deterministic_bug_is_not_taken_for_randomness(model_dirs, capsys):
     assert code == 1 and "nondeterministic" not in {d["cause"] for d in report["diagnoses"]}
 
 
+ONE_CALL = '''import scratch_llama
+
+
+def mask_off_once(path):
+    """The mask-off port, whose forward refuses a second whole pass (state kept from the first)."""
+    model = scratch_llama.build(path, scratch_llama.Bugs(mask_off=True))
+    calls = []
+
+    def once(module, args):
+        calls.append(len(calls))
+        if len(calls) > 1:
+            raise RuntimeError("the buffers were consumed by the first call")
+
+    model.register_forward_pre_hook(once)
+    return model
+'''
+
+
+def test_a_second_run_that_fails_is_a_note_not_a_crash(model_dirs, capsys, tmp_path):
+    from parity.cli import main
+
+    ports = tmp_path / "once_ports.py"
+    ports.write_text(ONE_CALL)
+    capsys.readouterr()
+    code = main(["check", str(model_dirs["llama"]), f"{ports}:mask_off_once", "--tokens", TOKEN_ARG, "--json", "-",
+                 "--decode-steps", "0"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1 and report["first_divergence"]["checkpoint"] == "layers.0.attn_probs"
+    assert any("a second run of the candidate on the same tokens failed" in note and "consumed" in note
+               for note in report["notes"]), report["notes"]
+
+
 def test_a_cache_bug_fails_decoding_at_the_key_it_rotates_wrongly(model_dirs, capsys):
     code, report = check(capsys, model_dirs["llama"], "cache_position_off")
     assert code == 1 and report["summary"]["failed"] == 0          # one full pass is right ...

@@ -9,6 +9,8 @@ second one would double that.
 
 from __future__ import annotations
 
+import dataclasses
+
 from parity.core.results import Comparison
 from parity.core.trace import Trace
 
@@ -24,5 +26,12 @@ def with_second_run(comparison: Comparison, trace: Trace, candidate, request, to
     if comparison.passed or candidate.supports("replay") is not None or not tokens or len(tokens) > RERUN_TOKENS:
         return comparison
     progress.step("running the candidate once more on the same tokens, to see whether its two runs agree")
-    again = candidate.trace(tokens, request, progress)
+    try:
+        again = candidate.trace(tokens, request, progress)
+    except Exception as error:   # noqa: BLE001 - the user's forward, called a second time
+        from parity.capture.torch.factory import describe_error
+
+        return dataclasses.replace(comparison, notes=tuple(comparison.notes) + (
+            f"a second run of the candidate on the same tokens failed where the first ran ({describe_error(error)}): "
+            "its forward keeps state from one call to the next",))
     return with_runs_compared(comparison, trace, again)
