@@ -81,13 +81,12 @@ def _assignment(attention, candidate: np.ndarray, reads: list[int]) -> tuple[lis
 def _described(keys: list[int], values: list[int], reads: list[int], kv_heads: int) -> tuple[str, str, str]:
     """(cause, words, advice) for the KV heads the query heads read."""
     sides = [(side, found) for side, found in (("keys", keys), ("values", values)) if found != reads]
-    named = {tuple(order): label for label, order in expansions(len(reads), kv_heads).items()}
-    if len(reads) > kv_heads and all(tuple(found) in named for _, found in sides):
-        which = " and ".join(side for side, _ in sides) if len({tuple(found) for _, found in sides}) == 1 else None
-        label = (f"the {which}' {kv_heads} heads expanded {named[tuple(sides[0][1])]}" if which else
-                 " and ".join(f"the {side}' {kv_heads} heads expanded {named[tuple(found)]}" for side, found in sides))
-        return "gqa_head_mapping", (f"{label} (query head h reading KV head h % {kv_heads}) where the reference's are "
-                                    f"interleaved (h // {len(reads) // kv_heads})"), \
+    tiled = expansions(len(reads), kv_heads)["tiled"]
+    if len(reads) > kv_heads and all(found == tiled for _, found in sides):
+        which = " and ".join(side for side, _ in sides)
+        return "gqa_head_mapping", (f"the {which}' {kv_heads} heads expanded tiled (query head h reading KV head "
+                                    f"h % {kv_heads}) where the reference's are interleaved (h // "
+                                    f"{len(reads) // kv_heads})"), \
             "repeat where repeat_interleave is meant (transformers' repeat_kv interleaves)"
     orders = [_reordering(found, reads, kv_heads) for _, found in sides]
     if all(order is not None for order in orders):
