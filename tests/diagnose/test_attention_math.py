@@ -64,6 +64,13 @@ def test_causal_mask_missing_seen_in_the_context_alone():
     assert diagnoses(base, {**base, "layers.0.attn_ctx": ctx}) == [("causal_mask", "layers.0.attn_ctx")]
 
 
+def test_each_query_seeing_only_itself_seen_in_the_context_alone():
+    base = without_probs(reference())
+    _, ctx = attend(base["layers.0.q_rope"], base["layers.0.k_rope"], base["layers.0.v"], scale=HEAD_DIM ** -0.5,
+                    visible=np.eye(T, dtype=bool), **SHAPE)                  # a window of one key: its own
+    assert diagnoses(base, {**base, "layers.0.attn_ctx": ctx}) == [("sliding_window", "layers.0.attn_ctx")]
+
+
 def test_no_attention_cause_for_a_context_of_other_values():
     base = without_probs(reference())
     _, ctx = attend(base["layers.0.q_rope"], base["layers.0.k_rope"], R.standard_normal((T, KV_HEADS * HEAD_DIM)),

@@ -360,8 +360,8 @@ def _band(ahead: int, width: int, tokens: int) -> np.ndarray:
 def _other_bands(window: int, tokens: int) -> list[tuple[int, int]]:
     """(keys seen past the query's own position, window) of each band a port gets instead of (0, window)."""
     aheads = sorted({1, 2, 3, tokens - 1})
-    widths = sorted({width for width in (window - 2, window - 1, window + 1, window + 2, tokens) if 1 < width <= tokens}
-                    | (set(range(2, min(tokens, 17))) if window >= tokens else set()))
+    widths = sorted({width for width in (window - 2, window - 1, window + 1, window + 2, tokens) if 0 < width <= tokens}
+                    | (set(range(1, min(tokens, 17))) if window >= tokens else set()))
     bands = [(ahead, window) for ahead in aheads] + [(0, width) for width in widths if width != window]
     bands += [(window - 1, window)] if window < tokens else []     # the window on both sides, no causal mask
     return [band for band in dict.fromkeys(bands) if band != (0, window)]
