@@ -33,6 +33,7 @@ class Bugs:
     detach: str | None = None     # a parameter name: its weight is used through .detach() (no gradient)
     naive_cross_entropy: bool = False  # log(softmax) by hand: large logits give inf
     naive_softmax: bool = False   # attention's exp(scores) / sum without subtracting the maximum: large scores give inf
+    dropout_on: bool = False      # attention dropout (p = 0.1) applied in eval mode too: F.dropout(training=True)
 
 
 def course_config(**overrides):
@@ -125,6 +126,8 @@ class Attention(nn.Module):
             probabilities = weights / weights.sum(-1, keepdim=True)
         else:
             probabilities = torch.softmax(scores.float(), dim=-1)
+        if self.bugs.dropout_on:
+            probabilities = F.dropout(probabilities, 0.1, training=True)
         context = probabilities.to(q.dtype) @ v                                                   # (B, H, T, hd)
         return F.linear(context.transpose(1, 2).reshape(B, T, -1), _weight(self.o_proj, f"model.layers.{self.index}.self_attn.o_proj.weight", self.bugs))
 
@@ -239,7 +242,7 @@ PLANTED = {
     "sum_norm": Bugs(norm="no_mean"), "wrong_rope": Bugs(rope_base="hidden"), "tiled_gqa": Bugs(gqa="tile"),
     "unshifted_loss": Bugs(loss_shift=False), "unread_cache": Bugs(read_cache=False),
     "detached_weight": Bugs(detach="model.layers.1.mlp.down_proj.weight"), "naive_loss": Bugs(naive_cross_entropy=True),
-    "naive_softmax": Bugs(naive_softmax=True),
+    "naive_softmax": Bugs(naive_softmax=True), "dropout_on": Bugs(dropout_on=True),
 }
 
 
@@ -251,3 +254,4 @@ def unread_cache(): return default_model(PLANTED["unread_cache"])       # noqa: 
 def detached_weight(): return default_model(PLANTED["detached_weight"]) # noqa: E704
 def naive_loss(): return default_model(PLANTED["naive_loss"])           # noqa: E704
 def naive_softmax(): return default_model(PLANTED["naive_softmax"])     # noqa: E704
+def dropout_on(): return default_model(PLANTED["dropout_on"])           # noqa: E704

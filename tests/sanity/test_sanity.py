@@ -50,6 +50,15 @@ def test_each_planted_bug_fails_its_test(bugs, test, words):
     assert not report and report.summary["overall_status"] == "FAILED"
 
 
+def test_dropout_left_on_is_said_to_be_randomness_not_a_missing_causal_mask():
+    """Before: 'changing the last position changes the outputs before it; the causal mask is missing or wrong'."""
+    results = {result.name: result for result in run(Bugs(dropout_on=True)).results}
+    for test in ("attention", "forward"):
+        assert results[test].status == "failed", results[test]
+        assert "two runs of the candidate on the same input differ" in results[test].message, results[test]
+        assert "dropout left on" in results[test].message and "causal mask" not in results[test].message
+
+
 def test_bugs_outside_a_component_leave_it_passing():
     """A cache that is not read and a detached weight touch nothing the forward pass computes."""
     for bugs in (Bugs(read_cache=False), Bugs(detach="model.layers.0.self_attn.o_proj.weight")):

@@ -141,9 +141,13 @@ def test_attention(pair: Pair) -> TestResult:
         with torch.no_grad():
             reference, candidate = pair.call("reference", name, x), pair.call("candidate", name, x)
             results[name] = pair.compare(reference, candidate)
+            again = pair.call("candidate", name, x)                  # the same input once more
             changed = x.clone()
             changed[:, -1] += 1.0                                    # only the last position changes
             later = pair.call("candidate", name, changed)
+        if not pair.compare(candidate, again)["passed"]:
+            return TestResult("attention", FAILED, f"{name}: {random_runs(pair.compare(candidate, again))}",
+                              {"compared": results, "worst": name})
         earlier = pair.compare(candidate[:, :-1], later[:, :-1])
         results[f"{name} causal"] = earlier
         if not results[name]["passed"] and _tiled_matches(pair, name, x, candidate):
@@ -223,6 +227,13 @@ def _verdict(test: str, results: dict[str, dict], what: str, missing_reason: str
                           f"{describe(results[failed[0]])}", metrics)
     return TestResult(test, PASSED, f"{len(results)} {what} match; largest rel_l2 "
                       f"{results[worst]['rel_l2']:.2g} at {worst}", metrics)
+
+
+def random_runs(runs: dict) -> str:
+    """Two runs of the candidate on the same input that differ, in words (diagnose/nondeterminism.py's advice)."""
+    from parity.diagnose.nondeterminism import ADVICE
+
+    return f"two runs of the candidate on the same input differ (rel_l2 {runs['rel_l2']:.2g} between them): {ADVICE}"
 
 
 def describe(result: dict) -> str:

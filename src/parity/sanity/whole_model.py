@@ -10,7 +10,7 @@ import torch
 
 from parity.capture.torch.incremental import call_with_cache
 from parity.core.results import Tolerance
-from parity.sanity.components import _verdict
+from parity.sanity.components import _verdict, random_runs
 from parity.sanity.pair import Pair, UnusableOutput, logits_of, scaled_parameter, to_numpy
 from parity.core.results.sanity import FAILED, PASSED, SKIPPED, TestResult
 
@@ -28,6 +28,11 @@ def test_forward(pair: Pair) -> TestResult:
     if result:
         return TestResult("forward", PASSED, f"logits {tuple(candidate.shape)} match the reference's, rel_l2 "
                           f"{result.metrics['compared']['logits']['rel_l2']:.2g}", result.metrics)
+    with torch.no_grad():
+        again = logits_of(pair.forward("candidate", ids))
+    runs = pair.compare(candidate, again) if again.shape == candidate.shape else {"passed": True}
+    if not runs["passed"]:
+        return TestResult("forward", FAILED, f"logits: {random_runs(runs)}", result.metrics)
     return result
 
 
