@@ -34,7 +34,8 @@ def kv_heads_from_context(context: Context, cause: str):
     from parity.diagnose.attention_math import attention_focus, explains
 
     for name, kind, attention, reference, candidate in attention_focus(context):
-        if kind != "attn_ctx" or name.replace("attn_ctx", "attn_probs") in context.candidate or attention.heads < 2:
+        if (kind != "attn_ctx" or name.replace("attn_ctx", "attn_probs") in context.candidate or attention.heads < 2
+                or candidate.shape != reference.shape or candidate.ndim != 2):
             continue
         reads = expansions(attention.heads, attention.kv_heads)["interleaved"]
         found = _assignment(attention, candidate, reads)
