@@ -212,8 +212,9 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
 
     comparison = compare_and_diagnose(reference, trace, config, strict=options.strict, streamed=streamed.stream)
     comparison = streamed.noted(comparison)
+    held = _candidate_spill(reference_model, reference.tokens, spill, options.checkpoints) is None
     comparison = with_second_run(comparison, trace, candidate, options.request(reference_model), reference.tokens,
-                                 progress)
+                                 progress, held=held)
     if options.replay:
         comparison = _with_replay(comparison, reference, candidate, options, progress)
     if options.on_device:

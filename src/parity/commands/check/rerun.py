@@ -3,8 +3,9 @@
 Its forward is the user's code, and a port that leaves dropout on (or reads memory it never wrote) fails
 every check in a way no detector of arithmetic explains. A second run finds it: where the two runs part
 (diagnose/nondeterminism.py), the comparison names `nondeterministic`. Only a failing check pays for the
-second pass, and only below RERUN_TOKENS: a longer input's trace is spilled to disk and streamed, and a
-second one would double that.
+second pass, and only where the candidate's trace is held in memory (at most 1 GiB in float32,
+commands/check/spill.py): a longer input's trace is spilled to disk and streamed, and a second one would
+double that.
 """
 
 from __future__ import annotations
@@ -14,16 +15,14 @@ import dataclasses
 from parity.core.results import Comparison
 from parity.core.trace import Trace
 
-RERUN_TOKENS = 2048
 
-
-def with_second_run(comparison: Comparison, trace: Trace, candidate, request, tokens: list[int],
-                    progress) -> Comparison:
-    """`comparison` with the candidate's two runs over `tokens` compared, where it failed and the candidate is a
-    module run here."""
+def with_second_run(comparison: Comparison, trace: Trace, candidate, request, tokens: list[int], progress, *,
+                    held: bool) -> Comparison:
+    """`comparison` with the candidate's two runs over `tokens` compared, where it failed, the candidate is a
+    module run here, and its trace was `held` in memory."""
     from parity.diagnose.nondeterminism import with_runs_compared
 
-    if comparison.passed or candidate.supports("replay") is not None or not tokens or len(tokens) > RERUN_TOKENS:
+    if comparison.passed or candidate.supports("replay") is not None or not tokens or not held:
         return comparison
     progress.step("running the candidate once more on the same tokens, to see whether its two runs agree")
     try:
