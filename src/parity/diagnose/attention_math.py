@@ -1,6 +1,7 @@
 """Detectors that recompute attention from the reference's own q, k and v under another
-hypothesis: attention_scale (a softmax temperature), swapped_operands (q and k, or k and v,
-used in each other's place), and the causal mask when only attn_ctx is visible.
+hypothesis: attention_scale (a softmax temperature, or the scale applied after the softmax),
+swapped_operands (q and k, or k and v, used in each other's place), and the causal mask, the
+softmax's normalization and the KV heads read (kv_heads.py) when only attn_ctx is visible.
 
 Each works at attn_probs when the candidate records them and at attn_ctx otherwise
 (nanoGPT's flash path hides the probabilities). The reference's own tensors must

@@ -145,9 +145,9 @@ def test_attention(pair: Pair) -> TestResult:
             changed = x.clone()
             changed[:, -1] += 1.0                                    # only the last position changes
             later = pair.call("candidate", name, changed)
-        if not pair.compare(candidate, again)["passed"]:
-            return TestResult("attention", FAILED, f"{name}: {random_runs(pair.compare(candidate, again))}",
-                              {"compared": results, "worst": name})
+        runs = pair.compare(candidate, again)
+        if not runs["passed"]:
+            return TestResult("attention", FAILED, f"{name}: {random_runs(runs)}", {"compared": results, "worst": name})
         earlier = pair.compare(candidate[:, :-1], later[:, :-1])
         results[f"{name} causal"] = earlier
         if not results[name]["passed"] and _tiled_matches(pair, name, x, candidate):
