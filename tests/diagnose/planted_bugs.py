@@ -279,6 +279,8 @@ BUGS.update({
     "mistral: theta 1e6 where the config says 1e4": bug("mistral", "rope_theta", inv_freq=with_rope(rope_theta=1e6)),
     "linear: factor 4 where the config says 2": bug("linear", "rope_scaling", inv_freq=with_rope(factor=4.0)),
     "yarn: factor 8 where the config says 4": bug("yarn", "rope_scaling", inv_freq=with_rope(factor=8.0)),
+    "llama: inverse frequencies without the reciprocal": bug("llama", "rope_angles", inv_freq=lambda c, t: (
+        1 / port.inv_freq(c, t)[0], port.inv_freq(c, t)[1])),   # theta ** (arange(0, d, 2) / d): angles past pi
     "gemma3: global layer rotated with the local theta": bug("gemma3", "rope_theta", inv_freq=lambda c, t: port.inv_freq(
         c, "sliding_attention")),
     "qwen3: keys not rotated": bug("qwen3", {"op_skipped", "wiring"}, rope_k=lambda x, c, s, rot: x),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from parity.core.metrics import rel_l2
 from parity.core.results import Diagnosis
 from parity.diagnose import register
 from parity.diagnose.context import Context, matches, widened
@@ -23,6 +24,7 @@ from parity.diagnose.rope_fit import (LAYOUTS, Rotation, Tables, describe_parame
                                       pairs, rope_parameters, rotary_dim, unpairs)
 
 IDENTITY_SHARE = 0.2   # a fitted rotation must leave at most this share of what no rotation at all leaves
+ANGLES_LEFT = 1e-3     # rates fitted per frequency explain a rotation when they leave at most this share of its error
 
 CAUSES = {  # a fitted parameter that differs -> the cause it names (in this order when several differ)
     "layout": "rope_layout", "direction": "rope_direction", "offset": "rope_position_offset",
@@ -253,12 +255,20 @@ def _per_frequency(finding: RopeFinding, x: np.ndarray, pair, floor: float) -> D
         return None   # no rotation at all: its input unchanged (op_skipped)
     rotation = Rotation(own, finding.reference.layout, 1, finding.reference.offset, 0.0, own.gain)
     residual = matches(pair[1], rotation.apply(x, finding.head_dim, finding.dim), pair[0])
-    if residual is None or residual > floor:
+    # large angles rounded in the candidate's precision leave more than its floor: a fit that leaves a thousandth
+    # of the error is still these rates
+    if residual is None or residual > max(floor, ANGLES_LEFT * rel_l2(pair[0], pair[1])):
         return None
-    ratios = own.frequencies / np.where(finding.reference.table.frequencies == 0, np.nan,
-                                        finding.reference.direction * finding.reference.table.frequencies)
+    reference_rates = finding.reference.direction * finding.reference.table.frequencies
+    ratios = own.frequencies / np.where(reference_rates == 0, np.nan, reference_rates)
     if np.allclose(ratios[np.isfinite(ratios)], 1, atol=1e-3):
         return None   # the reference's own rates
+    if _reciprocal(own.frequencies, reference_rates):
+        return Diagnosis("rope_angles", finding.name,
+                         f"the candidate's {finding.name} turns its pairs at the reciprocals of the reference's rates "
+                         f"(seen modulo a full turn per position; rel error of that fit {residual:.2g}): its inverse "
+                         f"frequencies are theta^(2i/d), not theta^(-2i/d): the `1.0 /` of inv_freq = 1.0 / theta ** "
+                         f"(arange(0, d, 2) / d) left out")
     shown = ", ".join(f"{r:.3g}" for r in ratios[:8]) + (" ..." if len(ratios) > 8 else "")
     return Diagnosis("rope_angles", finding.name,
                      f"the candidate's {finding.name} keeps each pair's norm but turns its pairs at other rates than the "
@@ -266,3 +276,11 @@ def _per_frequency(finding: RopeFinding, x: np.ndarray, pair, floor: float) -> D
                      f"[{shown}] (rel error of that fit {residual:.2g}): the inverse frequencies are computed another "
                      f"way (ratios at a scaling factor, or 1, point at a rope_scaling with other boundaries or context "
                      f"length)")
+
+
+def _reciprocal(rates: np.ndarray, reference_rates: np.ndarray) -> bool:
+    """Whether `rates` are 1 / reference_rates, each seen modulo a full turn (a rate past pi per position aliases)."""
+    if np.any(reference_rates == 0):
+        return False
+    aliased = np.angle(np.exp(1j / reference_rates))
+    return bool(np.allclose(np.angle(np.exp(1j * (rates - aliased))), 0, atol=1e-3))
