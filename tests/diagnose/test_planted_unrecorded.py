@@ -26,13 +26,14 @@ TABLES = [name for name, bug in BUGS.items() if bug.causes & {"rope_theta", "rop
 MASKS = [name for name, bug in BUGS.items() if bug.causes & {"causal_mask", "sliding_window"}
          and "diagonal" not in name]       # a masked diagonal leaves a row with no key: nonfinite's to name
 ONE_SIDE = ["qwen3: keys not rotated", "mistral: keys' rotate_half backwards", "qwen3: keys not rotated [bfloat16]",
-            "llama: rotate_half returns cat(x2, -x1) [bfloat16]"]   # failing on its worst position alone
+            "llama: rotate_half returns cat(x2, -x1) [bfloat16]",   # failing on its worst position alone
+            "llama: inverse frequencies without the reciprocal"]
 SOFTMAX = ["llama: softmax over the query axis", "llama3: a sink in the softmax's denominator"]
 KV_HEADS = ["llama: KV heads tiled instead of interleaved", "qwen3: values' heads tiled, keys' interleaved",
             "qwen3: keys' heads tiled, values' interleaved", "llama: keys' heads reversed after RoPE",
             "llama: KV heads tiled instead of interleaved [bfloat16]"]
 SCALES = ["qwen3: attention scale applied to the probabilities", "llama: scores scaled by 1/d instead of 1/sqrt(d) [bfloat16]"]
-RIGHT_RATE = 0.93       # 124 of 132 (and the 2 ALSO_RIGHT); 89 before these searches
+RIGHT_RATE = 0.93       # 125 of 133 (and the 2 ALSO_RIGHT); 89 before these searches
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from parity.core.results import Diagnosis
 from parity.diagnose import register
 from parity.diagnose.context import Context, matches, widened
 from parity.diagnose.repair import confirm
-from parity.diagnose.rope_fit import (LAYOUTS, Rotation, Tables, describe_parameters, fit, fitted_table, noise_floor,
-                                      pairs, rope_parameters, rotary_dim, unpairs)
+from parity.diagnose.rope_fit import (LAYOUTS, RECIPROCAL, Rotation, Tables, describe_parameters, fit, fitted_table,
+                                      noise_floor, pairs, rope_parameters, rotary_dim, unpairs)
 
 IDENTITY_SHARE = 0.2   # a fitted rotation must leave at most this share of what no rotation at all leaves
 ANGLES_LEFT = 1e-3     # rates fitted per frequency explain a rotation when they leave at most this share of its error
@@ -266,9 +266,7 @@ def _per_frequency(finding: RopeFinding, x: np.ndarray, pair, floor: float) -> D
     if _reciprocal(own.frequencies, reference_rates):
         return Diagnosis("rope_angles", finding.name,
                          f"the candidate's {finding.name} turns its pairs at the reciprocals of the reference's rates "
-                         f"(seen modulo a full turn per position; rel error of that fit {residual:.2g}): its inverse "
-                         f"frequencies are theta^(2i/d), not theta^(-2i/d): the `1.0 /` of inv_freq = 1.0 / theta ** "
-                         f"(arange(0, d, 2) / d) left out")
+                         f"(seen modulo a full turn per position; rel error of that fit {residual:.2g}): {RECIPROCAL}")
     shown = ", ".join(f"{r:.3g}" for r in ratios[:8]) + (" ..." if len(ratios) > 8 else "")
     return Diagnosis("rope_angles", finding.name,
                      f"the candidate's {finding.name} keeps each pair's norm but turns its pairs at other rates than the "

@@ -29,8 +29,8 @@ from parity.diagnose import register
 from parity.diagnose.attention_math import attention_focus, explains
 from parity.diagnose.context import Context, widened
 from parity.diagnose.rope import rotated_source, start_position
-from parity.diagnose.rope_fit import (LAYOUTS, Rotation, Tables, describe_parameters, fit, noise_floor,
-                                      rope_parameters, rotary_dim)
+from parity.diagnose.rope_fit import (LAYOUTS, RECIPROCAL, Rotation, Tables, describe_parameters, fit,
+                                      noise_floor, reciprocal_table, rope_parameters, rotary_dim)
 
 FITTED = 1e-3   # the reference's rotation must reproduce its own q_rope this closely (or to 10x its rounding)
 SEARCH_TOKENS = 64   # the tables are scored on the attention of this many first tokens
@@ -113,13 +113,18 @@ def _other_table(context, name, kind, attention, candidate, reference, rotation,
     def error(table) -> float:
         return rel_l2(_prefix(candidate, kind, count), made(table, count)) if table is not None else math.inf
 
-    others = [table for table in tables.all()[1:] if table.changes]
+    others = [table for table in tables.all()[1:] + [reciprocal_table(rotation.table)] if table and table.changes]
     if not others:
         return None
     best = _refined(min(others, key=error), tables, error)
     residual = explains(context, name, candidate, made(best, x_q.shape[0]), reference)
     if residual is None or not np.isfinite(residual) or error(best) >= error(rotation.table):
         return None
+    if best.changes == {"reciprocal"}:
+        return Diagnosis("rope_angles", name, f"attention recomputed from the reference's q, k and v with RoPE turning "
+                                              f"at the reciprocals of the reference's rates reproduces the candidate's "
+                                              f"{name} (rel error {residual:.2g}; its q_rope and k_rope are not "
+                                              f"recorded): {RECIPROCAL}")
     cause = "rope_theta" if best.changes == {"theta"} else "rope_scaling"
     return Diagnosis(cause, name, f"attention recomputed from the reference's q, k and v with RoPE at "
                                   f"{describe_parameters(best.parameters, rotation.table.parameters)} where the "

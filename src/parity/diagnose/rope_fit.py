@@ -146,6 +146,17 @@ class Table:
         return f"<Table {describe_parameters(self.parameters)}>"
 
 
+RECIPROCAL = ("its inverse frequencies are theta^(2i/d), not theta^(-2i/d): the `1.0 /` of inv_freq = 1.0 / theta ** "
+              "(arange(0, d, 2) / d) left out")
+
+
+def reciprocal_table(table: Table) -> Table | None:
+    """The table a port gets that leaves out inv_freq's `1.0 /`: each rate's reciprocal (None where a rate is 0)."""
+    if np.any(table.frequencies == 0):
+        return None
+    return Table(1 / table.frequencies, table.gain, table.parameters, frozenset({"reciprocal"}))
+
+
 def describe_parameters(parameters: dict, config: dict | None = None) -> str:
     """theta and scaling; given the config's parameters, also the others that differ from them."""
     if parameters.get("rope_type") == "fitted":
