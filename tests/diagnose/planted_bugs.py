@@ -148,8 +148,17 @@ def norm_unweighted(x, w, b, eps, kind):
     return port.norm(x, torch.ones_like(w), b, eps, kind)
 
 
-def layer_norm_unbiased(x, w, b, eps, kind):
+def layer_norm_without_bias(x, w, b, eps, kind):
     return port.norm(x, w, torch.zeros_like(b), eps, kind)
+
+
+def layer_norm_unbiased(x, weight, bias, eps: float, kind: str):
+    """LayerNorm by hand with torch.var's default, the unbiased variance (over n - 1); other norms as they are."""
+    if kind != "layer":
+        return port.norm(x, weight, bias, eps, kind)
+    x32 = x.float()
+    centred = x32 - x32.mean(-1, keepdim=True)
+    return (centred / torch.sqrt(x32.var(-1, keepdim=True) + eps) * weight.float() + bias.float()).to(x.dtype)
 
 
 def norm_over_all_heads(x, w, b, eps, kind):
@@ -242,7 +251,7 @@ BUGS: dict[str, Bug] = {
     "qwen3: norm epsilon outside the square root": bug("qwen3", "norm_epsilon", norm=norm_eps_outside),
     "llama: RMSNorm centres its rows": bug("llama", "norm_variant", norm=norm_centred),
     "mistral: norm weight not applied": bug("mistral", "norm_affine", norm=norm_unweighted),
-    "gpt2: LayerNorm bias not applied": bug("gpt2", "norm_affine", norm=layer_norm_unbiased),
+    "gpt2: LayerNorm bias not applied": bug("gpt2", "norm_affine", norm=layer_norm_without_bias),
     "gpt2: LayerNorm epsilon 1e-3": bug("gpt2", "norm_epsilon", norm=norm_eps(1e-3)),
     "qwen3: q/k norm over all heads at once": bug("qwen3", "norm_variant", norm=norm_over_all_heads),
     "qwen3: q norm skipped": bug("qwen3", "op_skipped", skip_norms=frozenset({"q"})),
@@ -279,6 +288,7 @@ BUGS.update({
     "mistral: theta 1e6 where the config says 1e4": bug("mistral", "rope_theta", inv_freq=with_rope(rope_theta=1e6)),
     "linear: factor 4 where the config says 2": bug("linear", "rope_scaling", inv_freq=with_rope(factor=4.0)),
     "yarn: factor 8 where the config says 4": bug("yarn", "rope_scaling", inv_freq=with_rope(factor=8.0)),
+    "gpt2: LayerNorm with torch.var's unbiased variance": bug("gpt2", "norm_variant", norm=layer_norm_unbiased),
     "llama: inverse frequencies without the reciprocal": bug("llama", "rope_angles", inv_freq=lambda c, t: (
         1 / port.inv_freq(c, t)[0], port.inv_freq(c, t)[1])),   # theta ** (arange(0, d, 2) / d): angles past pi
     "gemma3: global layer rotated with the local theta": bug("gemma3", "rope_theta", inv_freq=lambda c, t: port.inv_freq(

@@ -67,6 +67,16 @@ def test_the_weight_applied_before_normalizing():
     assert found == [("norm_variant", "layers.0.attn_norm")]
 
 
+def test_rows_divided_by_another_spread():
+    x = 0.05 * R.standard_normal((T, WIDTH))
+    base = {"embed": x, "layers.0.attn_norm": rms_norm(x)}
+    unbiased = WEIGHT * x / np.sqrt(np.sum(x ** 2, -1, keepdims=True) / (WIDTH - 1) + 1e-6)
+    mean_absolute = WEIGHT * x / (np.mean(np.abs(x), -1, keepdims=True) + 1e-6)
+    for spread, words in ((unbiased, "over n - 1 values"), (mean_absolute, "mean absolute value")):
+        (diagnosis,) = _diagnosed(base, {**base, "layers.0.attn_norm": spread})
+        assert diagnosis.cause == "norm_variant" and words in diagnosis.message, diagnosis   # no epsilon fitted
+
+
 def test_another_epsilon_is_not_a_convention_or_a_variant():
     x = 0.01 * R.standard_normal((T, WIDTH))
     base = {"embed": x, "layers.0.attn_norm": rms_norm(x)}

@@ -32,6 +32,8 @@ SUPERSEDES = {"layout_permuted": frozenset({"causal_mask", "wiring",
               # a norm's weight convention rescales its channels: not a scale, a bias or an epsilon
               "norm_weight_convention": frozenset({"scale_factor", "missing_bias", "norm_epsilon", "norm_affine"}),
               "embedding_scale": frozenset({"op_skipped", "scale_factor"}),
+              # a norm of another kind reproduced whole is no epsilon or scale fitted nearly
+              "norm_variant": frozenset({"norm_epsilon", "scale_factor"}),
               # a residual add left out is the specific case of that op skipped
               "missing_residual": frozenset({"op_skipped"}),
               # shards gathered in another order make logits unlike the reference's from a right input

@@ -149,10 +149,32 @@ def norm_weight_convention(context: Context):
             return
 
 
+def _unbiased(rows: np.ndarray, eps: float) -> np.ndarray:
+    return np.sqrt(np.sum(rows * rows, axis=-1, keepdims=True) / (rows.shape[-1] - 1) + eps)
+
+
+def _mean_absolute(rows: np.ndarray, eps: float) -> np.ndarray:
+    return np.mean(np.abs(rows), axis=-1, keepdims=True) + eps
+
+
+SPREADS = ((_unbiased, "the mean square over n - 1 values where the reference divides by n (torch.var and std are "
+                       "unbiased by default)"),
+           (_mean_absolute, "the mean absolute value in place of the root mean square"))
+
+
+def _spread_normalized(x: np.ndarray, norm: Norm, spread) -> np.ndarray:
+    """x normalized as `norm` does, each row divided by `spread` of its values in place of their RMS."""
+    rows = x.reshape(-1, norm.group)
+    if norm.centred:
+        rows = rows - rows.mean(-1, keepdims=True)
+    return (rows / spread(rows, norm.eps)).reshape(x.shape)
+
+
 @register("norm_variant")
 def norm_variant(context: Context):
     """Another normalization: rows centred (LayerNorm) where the reference's are not (RMSNorm), or the
-    reverse; or each row normalized over another group (the whole q where the reference norms each head)."""
+    reverse; each row normalized over another group (the whole q where the reference norms each head); the
+    weight applied first; or each row divided by another spread (over n - 1, or its mean absolute value)."""
     config = context.config
     for name, checkpoint, norm, x, exact, reference, candidate in _norm_focus(context):
         variants = [(replace(norm, centred=not norm.centred),
@@ -169,6 +191,8 @@ def norm_variant(context: Context):
                              f"whole row"))
         variants.append((lambda values, norm=norm: norm.normalize(values * norm.gain) + norm.bias,
                          "its weight applied before normalizing instead of after"))
+        variants += [(lambda values, norm=norm, spread=spread: norm.gain * _spread_normalized(values, norm, spread)
+                      + norm.bias, what) for spread, what in SPREADS]
         for variant, what in variants:
             residual = context.consider(name, f"a norm of another kind ({what})", candidate, variant(x), reference,
                                         exact=exact)
