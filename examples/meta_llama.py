@@ -56,6 +56,9 @@ class Bugs:
     cache_offset: bool = False     # a one-token call writes its key and value one slot past its position
     cache: bool = True             # False: start_pos moves RoPE but nothing is cached (each call sees itself)
     kv_tiled: bool = False         # the KV heads expanded with repeat (head h reads h % kv_heads), not interleaved
+    values_late: bool = False      # a one-token call writes its value (not its key) one slot past its position
+    read_short: bool = False       # a one-token call reads its cache up to the slot before its own
+    decode_unscaled: bool = False  # a one-token call leaves its scores unscaled (no 1/sqrt(head_dim))
 
 
 @dataclass
@@ -120,14 +123,17 @@ class Attention(nn.Module):
         xk = self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         xv = self.wv(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         xq, xk = apply_rotary_emb(xq, xk, freqs_cis)
+        one = seqlen == 1
         if self.bugs.cache:
-            slot = start_pos + (1 if self.bugs.cache_offset and seqlen == 1 else 0)
+            slot = start_pos + (1 if self.bugs.cache_offset and one else 0)
+            value_slot = slot + (1 if self.bugs.values_late and one else 0)
             self.cache_k = self.cache_k.to(xq)
             self.cache_v = self.cache_v.to(xq)
             self.cache_k[:bsz, slot: slot + seqlen] = xk
-            self.cache_v[:bsz, slot: slot + seqlen] = xv
-            keys = self.cache_k[:bsz, : start_pos + seqlen]
-            values = self.cache_v[:bsz, : start_pos + seqlen]
+            self.cache_v[:bsz, value_slot: value_slot + seqlen] = xv
+            end = start_pos + seqlen - (1 if self.bugs.read_short and one else 0)
+            keys = self.cache_k[:bsz, :end]
+            values = self.cache_v[:bsz, :end]
         else:
             keys, values = xk, xv
         group = self.n_heads // self.n_kv_heads
@@ -137,7 +143,8 @@ class Attention(nn.Module):
             keys = keys.repeat_interleave(group, dim=2)                             # (B, S, H, hd)
             values = values.repeat_interleave(group, dim=2)
         xq, keys, values = xq.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2)
-        scores = torch.matmul(xq, keys.transpose(2, 3)) / self.head_dim ** 0.5      # (B, H, T, S)
+        scale = 1.0 if self.bugs.decode_unscaled and one else self.head_dim ** 0.5
+        scores = torch.matmul(xq, keys.transpose(2, 3)) / scale                     # (B, H, T, S)
         if mask is not None:
             scores = scores + mask[..., -scores.shape[-1]:]
         scores = F.softmax(scores.float(), dim=-1).type_as(xq)

@@ -124,7 +124,7 @@ def test_a_step_that_never_writes_its_key_is_named_in_either_rope_layout():
 def test_an_attention_output_wrong_another_way_names_no_cache_slot():
     full, query, k_rope = module_held()
     right = context(k_rope, V, query)
-    for wrong in (right * 1.5, context(k_rope, V * 0.5, query), context(k_rope[:-1], V[:-1], query)):
+    for wrong in (right * 1.5, context(k_rope, V * 0.5, query)):
         step = {"layers.0.q": Q[POSITION:], "layers.0.attn_ctx": wrong}
         assert diagnose_decode(full, step, POSITION, "layers.0.attn_ctx", CONFIG) == []
     unreproduced = make_trace({**{name: full[name] for name in full.tensors},
@@ -133,6 +133,22 @@ def test_an_attention_output_wrong_another_way_names_no_cache_slot():
     stale_keys[POSITION] = k_rope[POSITION - 1]
     step = {"layers.0.q": Q[POSITION:], "layers.0.attn_ctx": context(stale_keys, V, query)}
     assert diagnose_decode(unreproduced, step, POSITION, "layers.0.attn_ctx", CONFIG) == []   # no model of it
+
+
+def test_a_step_reading_its_cache_one_slot_short_is_named_from_the_attention_output():
+    full, query, k_rope = module_held()
+    step = {"layers.0.q": Q[POSITION:], "layers.0.attn_ctx": context(k_rope[:-1], V[:-1], query)}
+    found = diagnose_decode(full, step, POSITION, "layers.0.attn_ctx", CONFIG)
+    assert [d.cause for d in found] == ["kv_cache_offset"] and "own key and value are left out" in found[0].message
+
+
+def test_a_value_alone_written_one_slot_past_is_told_from_key_and_value():
+    full, query, k_rope = module_held()
+    late = V.copy()
+    late[POSITION] = V[POSITION - 1]
+    step = {"layers.0.q": Q[POSITION:], "layers.0.attn_ctx": context(k_rope, late, query)}
+    found = diagnose_decode(full, step, POSITION, "layers.0.attn_ctx", CONFIG)
+    assert [d.cause for d in found] == ["kv_cache_offset"] and "its keys right" in found[0].message
 
 
 def test_cached_keys_taken_before_rope_are_named_from_the_attention_output():

@@ -31,6 +31,15 @@ def positions_without_cache(path):
 
 def kv_heads_tiled(path):
     return m.build_with(path, m.Bugs(kv_tiled=True))
+
+def values_late(path):
+    return m.build_with(path, m.Bugs(values_late=True))
+
+def read_short(path):
+    return m.build_with(path, m.Bugs(read_short=True))
+
+def decode_unscaled(path):
+    return m.build_with(path, m.Bugs(decode_unscaled=True))
 '''
 
 
@@ -107,6 +116,23 @@ def test_kv_heads_expanded_with_repeat_are_named_from_the_attention(model_dirs, 
     causes = [(d["cause"], d["checkpoint"]) for d in report["diagnoses"]]
     assert causes == [("gqa_head_mapping", "layers.0.attn_ctx")], report["diagnoses"]
     assert "keys and values' 2 heads expanded tiled" in report["diagnoses"][0]["message"]
+
+
+@pytest.mark.parametrize("factory, cause, words", [
+    ("values_late", "kv_cache_offset", "the value of position 10 twice and this step's not at all: each step writes it "
+                                       "one slot past where it reads it (its keys right)"),
+    ("read_short", "kv_cache_offset", "only positions 0..9: this step's own key and value are left out"),
+    ("decode_unscaled", "attention_scale", "scores scaled by 1 (= 1: no scaling) where the model scales by 0.25"),
+])
+def test_a_decode_path_of_its_own_is_named_from_the_steps_attention_output(model_dirs, ports, factory, cause, words):
+    """Each was no_known_cause (the slot one short, a value alone written late, the scale): the whole pass is right."""
+    code, report = check(model_dirs["llama"], ports, factory)
+    assert code == 1 and all(c["status"] == "pass" for c in report["checkpoints"])
+    where = report["decode"]["first_checkpoint"]       # layer 0's, or layer 1's where layer 0's is within the bound
+    assert not report["decode"]["passed"] and where in ("layers.0.attn_ctx", "layers.1.attn_ctx")
+    causes = [(d["cause"], d["checkpoint"]) for d in report["diagnoses"]]
+    assert causes == [(cause, where)], report["diagnoses"]
+    assert words in report["diagnoses"][0]["message"]
 
 
 def test_far_positions_are_refused_for_a_port_whose_positions_continue_its_cache(model_dirs, ports):

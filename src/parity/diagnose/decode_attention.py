@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from parity.core.metrics import rel_l2
 from parity.diagnose.attention import apply_rope
 from parity.diagnose.context import ModelConfig, reproduces
 
@@ -41,42 +42,53 @@ class SlotAttention:
         values, output = _rows(full, at + "v", position), _row_at(full, at + "attn_ctx", position)
         if values is None or output is None:
             return None
+        rebuilt = []   # each layout that reproduces the full pass's output, with what it leaves: the closest is the port's
         for query, keys, unrotated in _rotations(full, step, at, position, config):
             attention = cls(query, keys, values, config.heads, config.kv_heads, config.head_dim, unrotated)
             if attention.query.size == config.heads * config.head_dim \
                     and keys.shape[-1] == values.shape[-1] == config.kv_heads * config.head_dim \
                     and reproduces(output, attention.output(keys, values)):
-                return attention
-        return None
+                rebuilt.append((rel_l2(output, attention.output(keys, values)), len(rebuilt), attention))
+        return min(rebuilt)[2] if rebuilt else None
 
-    def output(self, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """softmax(q k^T / sqrt(hd)) v over every slot, query head h reading KV head h // group: (H*hd,)."""
+    def output(self, keys: np.ndarray, values: np.ndarray, scale: float | None = None) -> np.ndarray:
+        """softmax(scale q k^T) v over every slot (scale 1/sqrt(hd) where None), query head h reading KV head
+        h // group: (H*hd,)."""
         from parity.diagnose.attention_math import attend
 
+        scale = self.head_dim ** -0.5 if scale is None else scale
         return attend(self.query[None], keys, values, heads=self.heads, kv_heads=self.kv_heads,
-                      head_dim=self.head_dim, scale=self.head_dim ** -0.5, causal=False)[1][0]
+                      head_dim=self.head_dim, scale=scale, causal=False)[1][0]
 
 
 def slot_hypotheses(keys: np.ndarray, values: np.ndarray, position: int):
-    """(what the cache holds, keys, values) for each way a write one slot off leaves the slots 0..p read. The
-    attention of one query does not see the order of its slots, only the keys and values in them, so each way is
-    named by what is there: two writes that leave the same set are one hypothesis."""
+    """(what the cache holds, keys, values) for each way a write one slot off, of both or of one of them, leaves
+    the slots read, and for a read one slot short. The attention of one query does not see the order of its slots,
+    only the keys and values in them, so each way is named by what is there: two writes that leave the same set
+    are one hypothesis."""
     p = position
-    ways = ((f"the key and value of position {p - 1} twice and this step's not at all: each step writes them one "
-             "slot past where it reads them", {p: p - 1}, ()),
-            ("zeros where this step's key and value should be: they are not written where they are read (one slot "
+    ways = ((f"the {{what}} of position {p - 1} twice and this step's not at all: each step writes {{them}} one "
+             "slot past where it reads {them}", {p: p - 1}, ()),
+            ("zeros where this step's {what} should be: {they} are not written where {they} are read (one slot "
              "past, into an empty cache, or not at all)", {}, (p,)),
-            (f"this step's key and value where position {p - 1}'s should be and zeros at its own: each step writes "
-             "them one slot short of where it reads them", {p - 1: p}, (p,)),
-            (f"this step's key and value twice and position {p - 1}'s not at all: each step writes them one slot "
-             "short of where it reads them", {p - 1: p}, ()))
-    for what, taken, zeroed in ways:
-        moved_keys, moved_values = keys.copy(), values.copy()
-        for slot, source in taken.items():
-            moved_keys[slot], moved_values[slot] = keys[source], values[source]
-        for slot in zeroed:
-            moved_keys[slot], moved_values[slot] = 0.0, 0.0
-        yield what, moved_keys, moved_values
+            (f"this step's {{what}} where position {p - 1}'s should be and zeros at its own: each step writes "
+             "{them} one slot short of where it reads {them}", {p - 1: p}, (p,)),
+            (f"this step's {{what}} twice and position {p - 1}'s not at all: each step writes {{them}} one slot "
+             "short of where it reads {them}", {p - 1: p}, ()))
+    sides = (("key and value", "them", "they", True, True, ""), ("value", "it", "it", False, True, " (its keys right)"),
+             ("key", "it", "it", True, False, " (its values right)"))
+    for what, them, they, moves_keys, moves_values, right in sides:
+        for words, taken, zeroed in ways:
+            moved_keys, moved_values = keys.copy(), values.copy()
+            for slot, source in taken.items():
+                moved_keys[slot] = keys[source] if moves_keys else moved_keys[slot]
+                moved_values[slot] = values[source] if moves_values else moved_values[slot]
+            for slot in zeroed:
+                moved_keys[slot] = 0.0 if moves_keys else moved_keys[slot]
+                moved_values[slot] = 0.0 if moves_values else moved_values[slot]
+            yield words.format(what=what, them=them, they=they) + right, moved_keys, moved_values
+    yield (f"only positions 0..{p - 1}: this step's own key and value are left out of its attention (the cache "
+           "read one slot short)", keys[:p], values[:p])
 
 
 def _rotations(full, step: dict, at: str, position: int, config: ModelConfig):

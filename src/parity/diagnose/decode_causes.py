@@ -114,6 +114,24 @@ def _unrotated_cache_reproduces(full, step, layer, position, probabilities, conf
     return reproduces(probabilities.astype(np.float64), expected)
 
 
+def _decode_scale(attention, observed: np.ndarray, position: int, layer: int, name: str) -> Diagnosis | None:
+    """attention_scale: the step's output is the full pass's attention at `position` with its scores scaled
+    otherwise (a decode path of its own that scales differently)."""
+    from parity.diagnose.attention_math import SCALE_SAME, _fit_scale, _scale_label
+
+    standard = attention.head_dim ** -0.5
+    scale, _ = _fit_scale(lambda s: attention.output(attention.keys, attention.values, s), observed,
+                          attention.head_dim)
+    if abs(scale / standard - 1) <= SCALE_SAME or not reproduces(observed, attention.output(
+            attention.keys, attention.values, scale)):
+        return None
+    return Diagnosis("attention_scale", name,
+                     f"decoding position {position}, layer {layer}'s attention output is the full pass's attention "
+                     f"with the scores scaled by {scale:.4g}{_scale_label(scale, attention.head_dim)} where the model "
+                     f"scales by {standard:.4g}{_scale_label(standard, attention.head_dim)}: the decode path scales "
+                     f"its scores otherwise than the full pass")
+
+
 def _from_context(full, step: dict, position: int, name: str, layer: int, config: ModelConfig) -> list[Diagnosis]:
     """The step's attention output, (1, H*hd), against the full pass's attention at `position` over cache slots
     moved as a one-slot-off write moves them."""
@@ -123,11 +141,17 @@ def _from_context(full, step: dict, position: int, name: str, layer: int, config
     if attention is None:
         return []
     observed = np.asarray(step[name], dtype=np.float64).reshape(-1)
-    for what, keys, values in slot_hypotheses(attention.keys, attention.values, position):
-        if reproduces(observed, attention.output(keys, values)):
-            return [Diagnosis("kv_cache_offset", name,
-                              f"decoding position {position}, layer {layer}'s attention output is the full pass's "
-                              f"attention over a cache holding {what}")]
+    found = [(rel_l2(observed, output), what) for what, keys, values in
+             slot_hypotheses(attention.keys, attention.values, position)
+             for output in [attention.output(keys, values)] if reproduces(observed, output)]
+    if found:
+        _, what = min(found)   # the closest: a value written off and a key and value written off can both be close
+        return [Diagnosis("kv_cache_offset", name,
+                          f"decoding position {position}, layer {layer}'s attention output is the full pass's "
+                          f"attention over a cache holding {what}")]
+    scaled = _decode_scale(attention, observed, position, layer, name)
+    if scaled is not None:
+        return [scaled]
     if attention.unrotated is not None and attention.unrotated.shape == attention.keys.shape:
         keys = attention.unrotated.copy()
         keys[position] = attention.keys[position]                         # this step's own key, rotated
