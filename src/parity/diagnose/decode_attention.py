@@ -66,19 +66,10 @@ def slot_hypotheses(keys: np.ndarray, values: np.ndarray, position: int):
     the slots read, and for a read one slot short. The attention of one query does not see the order of its slots,
     only the keys and values in them, so each way is named by what is there: two writes that leave the same set
     are one hypothesis."""
-    p = position
-    ways = ((f"the {{what}} of position {p - 1} twice and this step's not at all: each step writes {{them}} one "
-             "slot past where it reads {them}", {p: p - 1}, ()),
-            ("zeros where this step's {what} should be: {they} are not written where {they} are read (one slot "
-             "past, into an empty cache, or not at all)", {}, (p,)),
-            (f"this step's {{what}} where position {p - 1}'s should be and zeros at its own: each step writes "
-             "{them} one slot short of where it reads {them}", {p - 1: p}, (p,)),
-            (f"this step's {{what}} twice and position {p - 1}'s not at all: each step writes {{them}} one slot "
-             "short of where it reads {them}", {p - 1: p}, ()))
-    sides = (("key and value", "them", "they", True, True, ""), ("value", "it", "it", False, True, " (its keys right)"),
-             ("key", "it", "it", True, False, " (its values right)"))
-    for what, them, they, moves_keys, moves_values, right in sides:
-        for words, taken, zeroed in ways:
+    sides = (("key and value", True, True, ""), ("value", False, True, " (its keys right)"),
+             ("key", True, False, " (its values right)"))
+    for what, moves_keys, moves_values, right in sides:
+        for words, taken, zeroed in _one_slot_off(position, what):
             moved_keys, moved_values = keys.copy(), values.copy()
             for slot, source in taken.items():
                 moved_keys[slot] = keys[source] if moves_keys else moved_keys[slot]
@@ -86,9 +77,22 @@ def slot_hypotheses(keys: np.ndarray, values: np.ndarray, position: int):
             for slot in zeroed:
                 moved_keys[slot] = 0.0 if moves_keys else moved_keys[slot]
                 moved_values[slot] = 0.0 if moves_values else moved_values[slot]
-            yield words.format(what=what, them=them, they=they) + right, moved_keys, moved_values
-    yield (f"only positions 0..{p - 1}: this step's own key and value are left out of its attention (the cache "
-           "read one slot short)", keys[:p], values[:p])
+            yield words + right, moved_keys, moved_values
+    yield (f"only positions 0..{position - 1}: this step's own key and value are left out of its attention (the "
+           "cache read one slot short)", keys[:position], values[:position])
+
+
+def _one_slot_off(p: int, what: str):
+    """(words, slot -> the position whose entry it holds, slots left at zero) of each one-slot-off write of `what`."""
+    them, they_are = ("them", "they are") if what == "key and value" else ("it", "it is")
+    return ((f"the {what} of position {p - 1} twice and this step's not at all: each step writes {them} one slot "
+             f"past where it reads {them}", {p: p - 1}, ()),
+            (f"zeros where this step's {what} should be: {they_are} not written where {they_are} read (one slot "
+             "past, into an empty cache, or not at all)", {}, (p,)),
+            (f"this step's {what} where position {p - 1}'s should be and zeros at its own: each step writes {them} "
+             f"one slot short of where it reads {them}", {p - 1: p}, (p,)),
+            (f"this step's {what} twice and position {p - 1}'s not at all: each step writes {them} one slot short "
+             f"of where it reads {them}", {p - 1: p}, ()))
 
 
 def _rotations(full, step: dict, at: str, position: int, config: ModelConfig):
