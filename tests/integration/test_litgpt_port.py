@@ -5,8 +5,7 @@ found by their names. Its optional `input_pos` selects a KV cache that exists on
 
 import pytest
 
-from conftest import need
-from test_published_ports import check
+from test_published_ports import check, factory_file, reasons
 
 FACTORIES = '''import json
 from pathlib import Path
@@ -55,10 +54,7 @@ def base_500000_cached(path):
 
 @pytest.fixture(scope="module")
 def factories(tmp_path_factory):
-    need("litgpt")
-    path = tmp_path_factory.mktemp("litgpt_ports") / "litgpt_ports.py"
-    path.write_text(FACTORIES)
-    return path
+    return factory_file(tmp_path_factory, "litgpt", "litgpt_ports", FACTORIES)
 
 
 def test_litgpts_gpt_passes_and_decodes_through_the_cache_it_sets_up(model_dirs, factories):
@@ -74,7 +70,7 @@ def test_litgpts_gpt_passes_and_decodes_through_the_cache_it_sets_up(model_dirs,
 def test_without_its_cache_set_up_decoding_is_not_checked_with_the_reason(model_dirs, factories):
     code, report = check(model_dirs["llama"], factories, "uncached")
     assert code == 0, report["first_divergence"]
-    not_checked = {item["check"]: item["reason"] for item in report["not_checked"]}
+    not_checked = reasons(report)
     assert "You need to call `gpt.set_kv_cache()`" in not_checked["decode"], report["not_checked"]
 
 

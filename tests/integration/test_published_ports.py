@@ -82,12 +82,17 @@ def cached(path):
 '''
 
 
+def factory_file(tmp_path_factory, package: str, name: str, text: str):
+    """`text` written as the module `name`.py in a fresh directory, once `package` (the port's) imports."""
+    need(package)
+    path = tmp_path_factory.mktemp(name) / f"{name}.py"
+    path.write_text(text)
+    return path
+
+
 @pytest.fixture(scope="module")
 def factories(tmp_path_factory):
-    need("llms_from_scratch")
-    path = tmp_path_factory.mktemp("published") / "published_ports.py"
-    path.write_text(FACTORIES)
-    return path
+    return factory_file(tmp_path_factory, "llms_from_scratch", "published_ports", FACTORIES)
 
 
 def check(model_dir, factories, factory):

@@ -7,8 +7,7 @@ caches count their own positions: parity gives the mask and empties them at posi
 
 import pytest
 
-from conftest import need
-from test_published_ports import check
+from test_published_ports import check, factory_file, reasons
 
 FACTORIES = '''import json
 from pathlib import Path
@@ -66,10 +65,7 @@ def cached_decoding_one_position_on(path):
 
 @pytest.fixture(scope="module")
 def factories(tmp_path_factory):
-    need("torchtune")
-    path = tmp_path_factory.mktemp("torchtune_ports") / "torchtune_ports.py"
-    path.write_text(FACTORIES)
-    return path
+    return factory_file(tmp_path_factory, "torchtune", "torchtune_ports", FACTORIES)
 
 
 def test_torchtunes_llama_passes_mapped_by_its_names(model_dirs, factories):
@@ -79,7 +75,7 @@ def test_torchtunes_llama_passes_mapped_by_its_names(model_dirs, factories):
     assert {"embed", "layers.2.attn_norm", "layers.2.q", "layers.2.attn_ctx", "layers.2.mlp_gate", "layers.2.mlp_act",
             "layers.2.resid_mid", "layers.2.out", "final_norm", "logits"} <= compared
     assert any("interleaved RoPE layout" in note for note in report["notes"])   # hf_to_tune permutes q and k
-    not_checked = {item["check"]: item["reason"] for item in report["not_checked"]}
+    not_checked = reasons(report)
     assert "keeps no cache" in not_checked["decode"]
 
 
@@ -98,7 +94,7 @@ def test_with_its_caches_set_up_it_decodes_through_them(model_dirs, factories):
     assert code == 0, report["first_divergence"]
     assert report["decode"]["passed"] and len(report["decode"]["rel_l2"]) == 5
     assert report["decode"]["chunked_prefill_rel_l2"] < 1e-5
-    not_checked = {item["check"]: item["reason"] for item in report["not_checked"]}
+    not_checked = reasons(report)
     assert "decode" not in not_checked and "chunked_prefill" not in not_checked
 
 
