@@ -172,15 +172,15 @@ def attention_scale(context: Context):
             yield after
             return
         standard = attention.standard
-        scale, residual = _fit_scale(lambda s: attention.output(kind, scale=s), candidate, attention.head_dim)
+        scale, residual = fit_scale(lambda s: attention.output(kind, scale=s), candidate, attention.head_dim)
         if abs(scale / standard - 1) <= SCALE_SAME:
             continue
         if explains(context, name, candidate, attention.output(kind, scale=scale), reference) is None:
             continue
         diagnosis = Diagnosis("attention_scale", name,
                               f"recomputing attention from the reference's q, k and v with the scores scaled by "
-                              f"{scale:.4g}{_scale_label(scale, attention.head_dim, context.config.hidden)} where the "
-                              f"model scales by {standard:.4g}{_scale_label(standard, attention.head_dim, context.config.hidden)} "
+                              f"{scale:.4g}{scale_label(scale, attention.head_dim, context.config.hidden)} where the "
+                              f"model scales by {standard:.4g}{scale_label(standard, attention.head_dim, context.config.hidden)} "
                               f"reproduces the candidate's {name} (rel error {residual:.2g}): a softmax temperature of "
                               f"{standard / scale:.3g}")
         yield confirm(context, diagnosis, _rescaled(attention, kind, candidate, scale, standard),
@@ -199,7 +199,7 @@ def _scale_after_softmax(context: Context, name: str, kind: str, attention: "_At
         return None
     return Diagnosis("attention_scale", name,
                      f"attention recomputed from the reference's q, k and v with the scores unscaled and the "
-                     f"probabilities multiplied by {standard:.4g}{_scale_label(standard, attention.head_dim)} after "
+                     f"probabilities multiplied by {standard:.4g}{scale_label(standard, attention.head_dim)} after "
                      f"the softmax reproduces the candidate's {name} (rel error {residual:.2g}; its probabilities "
                      f"are not recorded): the scale is applied after the softmax, where it belongs to the scores "
                      f"before it")
@@ -216,7 +216,7 @@ def _rescaled(attention: "_Attention", kind: str, candidate: np.ndarray, scale: 
     return np.divide(powered, sums, out=np.zeros_like(powered), where=sums > 0)
 
 
-def _fit_scale(output, candidate: np.ndarray, head_dim: int) -> tuple[float, float]:
+def fit_scale(output, candidate: np.ndarray, head_dim: int) -> tuple[float, float]:
     """The score scale whose attention is closest to the candidate: a log-spaced search, then a refinement."""
     def error(log_scale: float) -> float:
         hypothesis = output(math.exp(log_scale))
@@ -234,7 +234,7 @@ def _fit_scale(output, candidate: np.ndarray, head_dim: int) -> tuple[float, flo
     return math.exp(log_scale), error(log_scale) / norm
 
 
-def _scale_label(scale: float, head_dim: int, hidden: int | None = None) -> str:
+def scale_label(scale: float, head_dim: int, hidden: int | None = None) -> str:
     known = [(head_dim ** -0.5, "1/sqrt(head_dim)"),
              (1 / head_dim, "1/head_dim: divided by head_dim, or by sqrt(head_dim) twice"),
              (1.0, "1: no scaling"), (head_dim ** 0.5, "sqrt(head_dim): multiplied instead of divided"),

@@ -117,18 +117,18 @@ def _unrotated_cache_reproduces(full, step, layer, position, probabilities, conf
 def _decode_scale(attention, observed: np.ndarray, position: int, layer: int, name: str) -> Diagnosis | None:
     """attention_scale: the step's output is the full pass's attention at `position` with its scores scaled
     otherwise (a decode path of its own that scales differently)."""
-    from parity.diagnose.attention_math import SCALE_SAME, _fit_scale, _scale_label
+    from parity.diagnose.attention_math import SCALE_SAME, fit_scale, scale_label
 
     standard = attention.head_dim ** -0.5
-    scale, _ = _fit_scale(lambda s: attention.output(attention.keys, attention.values, s), observed,
+    scale, _ = fit_scale(lambda s: attention.output(attention.keys, attention.values, s), observed,
                           attention.head_dim)
     if abs(scale / standard - 1) <= SCALE_SAME or not reproduces(observed, attention.output(
             attention.keys, attention.values, scale)):
         return None
     return Diagnosis("attention_scale", name,
                      f"decoding position {position}, layer {layer}'s attention output is the full pass's attention "
-                     f"with the scores scaled by {scale:.4g}{_scale_label(scale, attention.head_dim)} where the model "
-                     f"scales by {standard:.4g}{_scale_label(standard, attention.head_dim)}: the decode path scales "
+                     f"with the scores scaled by {scale:.4g}{scale_label(scale, attention.head_dim)} where the model "
+                     f"scales by {standard:.4g}{scale_label(standard, attention.head_dim)}: the decode path scales "
                      f"its scores otherwise than the full pass")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from parity.core.metrics import measure, rel_l2
+from parity.core.metrics import measure
 from parity.core.names import parse
 from parity.core.results import Comparison, Diagnosis
 from parity.core.trace import Trace
@@ -38,8 +38,9 @@ def where_runs_part(comparison: Comparison, first: Trace, second: Trace) -> Diag
             continue
         checkpoint = parse(name)
         metrics = measure(earlier, later, result.tolerance, token_axis=checkpoint.token_axis if checkpoint else 0)
-        between = rel_l2(earlier, later)
-        if result.tolerance.admits(metrics) or (result.metrics is not None and between < SIZEABLE * result.metrics.rel_l2):
+        between = metrics.rel_l2
+        if result.tolerance.admits(metrics) or (result.metrics is not None
+                                                and between < SIZEABLE * result.metrics.rel_l2):
             continue
         against = f"; against the reference: {result.metrics.rel_l2:.2g}" if result.metrics is not None else ""
         return Diagnosis("nondeterministic", name,

@@ -22,7 +22,7 @@ def with_second_run(comparison: Comparison, trace: Trace, candidate, request, to
     module run here, and its trace was `held` in memory."""
     from parity.diagnose.nondeterminism import with_runs_compared
 
-    if comparison.passed or candidate.supports("replay") is not None or not tokens or not held:
+    if comparison.passed or candidate.supports("module") is not None or not tokens or not held:
         return comparison
     progress.step("running the candidate once more on the same tokens, to see whether its two runs agree")
     try:
