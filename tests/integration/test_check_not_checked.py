@@ -138,6 +138,27 @@ def test_no_tokenizer_does_not_stop_a_run_given_token_ids(untokenized, ports, ca
     assert report["generation"]["candidate_tokens"] == report["generation"]["reference_tokens"]
 
 
+def test_a_tokenizer_whose_package_is_missing_does_not_stop_a_run_given_token_ids(model_dirs, ports, tmp_path,
+                                                                                  capsys):
+    # transformers raises ImportError for a tokenizer class whose package is not installed (BioGPT's needs
+    # sacremoses): with token ids given, the run went on to decoding and ended in a traceback
+    import shutil
+
+    pytest.importorskip("transformers")
+    if __import__("importlib").util.find_spec("sacremoses") is not None:
+        pytest.skip("sacremoses is installed: BioGptTokenizer loads")
+    model = shutil.copytree(model_dirs["llama"], tmp_path / "model")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (model / name).unlink(missing_ok=True)
+    (model / "tokenizer_config.json").write_text('{"tokenizer_class": "BioGptTokenizer"}')
+    (model / "vocab.json").write_text('{"a": 0, "b": 1}')
+    (model / "merges.txt").write_text("#version\na b\n")
+    code, report = check(capsys, model, f"{ports}:wrapped", "--tokens", TOKEN_ARG)
+    assert code == 0 and report["decode"]["passed"] and report["generation"]["first_divergence"] is None
+    prompted = parity(capsys, "check", model, f"{ports}:wrapped", "--prompt", "w1 w2")
+    assert_unusable(prompted, "no usable tokenizer (You need to install sacremoses")
+
+
 def test_generate_without_a_tokenizer_shows_token_ids(untokenized, ports, capsys):
     code, out, err = parity(capsys, "generate", untokenized["llama"], f"{ports}:negated_head", "--tokens", TOKEN_ARG,
                             "-n", "4")

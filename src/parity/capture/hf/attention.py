@@ -1,11 +1,17 @@
 """Recording q/k after RoPE and the attention probabilities inside transformers.
 
 RoPE and softmax are functions in transformers, not modules, so no hook sees
-them. transformers routes every attention call through its AttentionInterface,
-keyed by `config._attn_implementation`. While a trace is recorded, parity puts a
-wrapper under its own key that calls the model's configured implementation
-(its own `eager_attention_forward` for "eager") unchanged and hands its
-inputs and probabilities to whoever listens for that attention module.
+them. transformers routes an attention call through its AttentionInterface,
+keyed by `config._attn_implementation`, or for "eager" straight to the model
+file's own `eager_attention_forward`. While a trace is recorded, parity puts a
+wrapper in their place (the interface's entry for the model's key, the model
+file's function) that calls the implementation it replaced unchanged and hands
+its inputs and probabilities to whoever listens for that attention module.
+`config._attn_implementation` itself is left as it is: model code reads it
+(Falcon runs its own attention unless it says "sdpa", DeepSeek-V3.2 and others
+add their sparse index mask only for "eager" and "sdpa", GPT-2 upcasts only for
+"eager"), so a key of parity's own would change what the model computes. A model
+whose attention goes through neither is recorded by its hooks alone.
 
 Long inputs: eager attention makes its (B, H, T, S) scores several times over
 (the scores, the masked scores, the softmax in float32, its cast back), which at
@@ -32,26 +38,23 @@ from contextlib import contextmanager
 # recipes.py), or `take_rows(block, start)`, which takes them a (B, H, rows, S) block at a
 # time as they are made (core/streamed.py); the listener then gets None.
 _LISTENERS: dict[int, Callable] = {}
-_PREFIX = "parity_recording:"
 
 # One layer's probabilities larger than this are computed in blocks of query rows (eager attention only).
 ROW_BLOCK_BYTES = 64 << 20
 
 
-def _recording_attention(original: str) -> Callable:
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+def _recording_attention(name: str, implementation: Callable) -> Callable:
+    """`implementation` (the attention for the key `name`), telling each listener what it was given and made."""
 
     def attention(module, query, key, value, attention_mask, *args, **kwargs):
-        eager = sys.modules[type(module).__module__].eager_attention_forward
-        implementation = ALL_ATTENTION_FUNCTIONS.get_interface(original, eager)
         listener = _LISTENERS.get(id(module))
         wanted = listener is not None and getattr(listener, "wants_probabilities", True)
         keep = getattr(listener, "keep_recipe", None) if wanted else None
-        if keep is not None and original == "eager" and _rows_of(query, attention_mask):
+        if keep is not None and name == "eager" and _rows_of(query, attention_mask):
             keep(implementation, module, query, key, value, attention_mask, args, kwargs)
             wanted = False                 # rebuilt from what was kept (capture/hf/recipes.py), never made whole
         take_rows = getattr(listener, "take_rows", None) if wanted else None
-        rows = _block_rows(original, query, key, attention_mask)
+        rows = _block_rows(name, query, key, attention_mask)
         if rows is None:
             output, probabilities = implementation(module, query, key, value, attention_mask, *args, **kwargs)
             if take_rows is not None and probabilities is not None:
@@ -64,17 +67,18 @@ def _recording_attention(original: str) -> Callable:
             listener(query, key, probabilities if wanted else None)
         return output, probabilities
 
+    attention.parity_recording = True
     return attention
 
 
-def _block_rows(original: str, query, key, attention_mask) -> int | None:
+def _block_rows(name: str, query, key, attention_mask) -> int | None:
     """Query rows per block when this call's probabilities would pass ROW_BLOCK_BYTES; None to run it whole.
     Only eager attention with an explicit (B, 1|H, T, S) mask is blocked: a block of rows is then exactly
     those rows of the whole (a fused kernel's is_causal would align a block's rows to the wrong keys)."""
     batch, heads, tokens = query.shape[:3]
     columns = key.shape[-2]
     row_bytes = batch * heads * columns * max(query.element_size(), 4)
-    if original != "eager" or tokens * row_bytes <= ROW_BLOCK_BYTES or attention_mask is None:
+    if name != "eager" or tokens * row_bytes <= ROW_BLOCK_BYTES or attention_mask is None:
         return None
     return max(1, ROW_BLOCK_BYTES // row_bytes) if _rows_of(query, attention_mask) else None
 
@@ -117,18 +121,6 @@ def _in_row_blocks(implementation, rows: int, wanted: bool, module, query, key, 
     return torch.cat(outputs, dim=1), probabilities
 
 
-def _register(original: str) -> str:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
-    name = _PREFIX + original
-    if name not in AttentionInterface._global_mapping:
-        AttentionInterface.register(name, _recording_attention(original))
-        # The mask must be built exactly as for the wrapped implementation.
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
-    return name
-
-
 def _configs(model) -> Iterator:
     seen = set()
     for module in model.modules():
@@ -138,22 +130,53 @@ def _configs(model) -> Iterator:
             yield config
 
 
+def _model_files(model) -> Iterator:
+    """The Python modules of `model`'s classes that define an `eager_attention_forward`, each once."""
+    seen = set()
+    for module in model.modules():
+        namespace = sys.modules.get(type(module).__module__)
+        if namespace is not None and id(namespace) not in seen and callable(getattr(namespace, _EAGER, None)):
+            seen.add(id(namespace))
+            yield namespace
+
+
+_EAGER = "eager_attention_forward"
+
+
 @contextmanager
 def recording_attention(model, listeners: dict[int, Callable]):
     """Route `model`'s attention through the recorder while the block runs; restore after."""
-    originals = [(config, config._attn_implementation) for config in _configs(model)]
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    restore: list[Callable[[], None]] = []
     try:
-        for config, original in originals:
-            original = original or "eager"
-            if not original.startswith(_PREFIX):
-                config._attn_implementation = _register(original)
+        for namespace in _model_files(model):
+            eager = getattr(namespace, _EAGER)
+            if not getattr(eager, "parity_recording", False):
+                setattr(namespace, _EAGER, _recording_attention("eager", eager))
+                restore.append(lambda namespace=namespace, eager=eager: setattr(namespace, _EAGER, eager))
+        for key in {config._attn_implementation for config in _configs(model)} - {None, "eager"}:
+            restore += _wrapped_entries(ALL_ATTENTION_FUNCTIONS, key)
         _LISTENERS.update(listeners)
         yield
     finally:
         for key in listeners:
             _LISTENERS.pop(key, None)
-        for config, original in originals:
-            config._attn_implementation = original
+        for undo in reversed(restore):
+            undo()
+
+
+def _wrapped_entries(interface, key: str) -> list[Callable[[], None]]:
+    """Put the recorder in the place of the interface's entry for `key` (its local one, where the instance
+    overrides the class's, and the class's); returns what undoes it."""
+    undo = []
+    for mapping in (interface._local_mapping, type(interface)._global_mapping):
+        implementation = mapping.get(key)
+        if implementation is None or getattr(implementation, "parity_recording", False):
+            continue
+        mapping[key] = _recording_attention(key, implementation)
+        undo.append(lambda mapping=mapping, implementation=implementation: mapping.__setitem__(key, implementation))
+    return undo
 
 
 def is_hf_model(model) -> bool:

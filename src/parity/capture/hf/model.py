@@ -361,7 +361,7 @@ def _tokenizer(path: Path, cached: Path | None, _identity: tuple):
         location, extra = str(cached), {}
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(location, local_files_only=True, **extra)
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except Exception as error:   # a missing package (sentencepiece, sacremoses) is an ImportError; files, others
         raise CaptureError(
             f"{path}: no usable tokenizer ({_first_line(error)}); pass token ids with --tokens 1,2,3 instead, "
             "or add the model's tokenizer files"
