@@ -64,6 +64,20 @@ def test_shape_mismatch_is_a_failure_of_that_checkpoint():
     assert comparison.first_divergence.checkpoint == "layers.1.out"
 
 
+@pytest.mark.parametrize("candidate_shape", [(24, 8), (3, 8)])
+def test_a_raw_module_output_of_another_shape_is_not_comparable_not_a_failure(candidate_shape):
+    # an MoE's activation, called once per expert in the reference's loop and once over every routed token by
+    # transformers' grouped experts: a correct candidate had failed on it
+    from parity.core.results import NOT_COMPARABLE
+
+    tensors = dict(reference_tensors(), **{"raw.model.layers.1.mlp.experts.act_fn": np.ones((12, 8), np.float32)})
+    candidate = dict(tensors, **{"raw.model.layers.1.mlp.experts.act_fn": np.ones(candidate_shape, np.float32)})
+    comparison = compare(make_trace(tensors), make_trace(candidate))
+    result = comparison.result("raw.model.layers.1.mlp.experts.act_fn")
+    assert result.status == NOT_COMPARABLE and "ran otherwise on the two sides" in result.reason
+    assert comparison.passed and comparison.first_divergence is None
+
+
 def test_permuted_attention_probabilities_pass_and_say_how_they_were_aligned():
     tensors = reference_tensors()
     candidate = dict(tensors, **{"layers.0.attn_probs": tensors["layers.0.attn_probs"].transpose(1, 0, 2).copy()})

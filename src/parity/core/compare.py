@@ -164,6 +164,22 @@ def _divergence(result: CheckpointResult | None, reference: Trace, candidate: Tr
     )
 
 
+def _misshapen(name: str, reference_shape: tuple[int, ...], candidate_shape: tuple[int, ...],
+               tolerance=None) -> CheckpointResult:
+    """A checkpoint whose two tensors no layout aligns: a failure, but for a raw.<module> output, which is
+    what the module's first call made: a module called in a loop (an MoE's per-expert activation), or run by
+    another implementation on one side (transformers' grouped experts in float32, their loop in float64),
+    makes other shapes with nothing wrong. The checkpoints with a role carry the verdict there."""
+    reason = f"shape mismatch: reference {list(reference_shape)}, candidate {list(candidate_shape)}"
+    status = FAIL
+    if is_raw(name):
+        status = NOT_COMPARABLE
+        reason += ("; this module ran otherwise on the two sides (called in a loop, or another implementation "
+                   "chosen for the dtype): not compared")
+    return CheckpointResult(name, status, tolerance=tolerance, shape_reference=reference_shape,
+                            shape_candidate=candidate_shape, reason=reason)
+
+
 def onset_position(per_position: tuple[float, ...], bound: float | None) -> int | None:
     """The first token position whose error is over `bound` (a non-finite error counts): where along the
     sequence the divergence begins, which may lie far before its worst position."""
@@ -181,9 +197,7 @@ def compare_checkpoint(name: str, reference: Trace, candidate: Trace,
     truncated = name in TRUNCATABLE and last_positions(reference_shape, candidate_shape)
     if math.prod(reference_shape) != math.prod(candidate_shape) and not truncated:
         # no layout can align them: decided from the headers, neither tensor is read
-        reason = f"shape mismatch: reference {list(reference_shape)}, candidate {list(candidate_shape)}"
-        return CheckpointResult(name, FAIL, shape_reference=reference_shape, shape_candidate=candidate_shape,
-                                reason=reason), None
+        return _misshapen(name, reference_shape, candidate_shape), None
     checkpoint = parse(name) or Checkpoint(name=name, kind=name)
     if checkpoint.kind in INDEX_KINDS:  # integer ids: agreement, not a norm of a difference
         return compare_experts(name, reference, candidate), None
@@ -208,8 +222,7 @@ def compare_checkpoint(name: str, reference: Trace, candidate: Trace,
         if best is None or _better(measurement.metrics, best[0].metrics):
             best = (measurement, alignment.describe(), alignment.candidate)
     if best is None:
-        reason = f"shape mismatch: reference {list(reference_tensor.shape)}, candidate {list(candidate_tensor.shape)}"
-        return CheckpointResult(name, FAIL, tolerance=tolerance, reason=reason, **shapes), None
+        return _misshapen(name, tuple(reference_tensor.shape), tuple(candidate_tensor.shape), tolerance), None
 
     measurement, layout, aligned = best
     metrics, tolerance = measurement.metrics, measurement.tolerance

@@ -8,15 +8,17 @@ have them, so what only one side holds is counted, not listed as missing.
 from __future__ import annotations
 
 from parity.core.names import is_raw
-from parity.core.results import Comparison
+from parity.core.results import NOT_COMPARABLE, Comparison
 
 
 def raw_summary(comparison: Comparison) -> dict:
     results = [result for result in comparison.checkpoints if is_raw(result.name)]
     return {
-        "compared": len(results),
+        "compared": sum(result.status != NOT_COMPARABLE for result in results),
         "failed": [result.name for result in results if result.failed],
         "unpaired": len(comparison.raw_unpaired),
+        # modules that ran with other shapes on the two sides (a loop, another implementation)
+        "not_comparable": [result.name for result in results if result.status == NOT_COMPARABLE],
     }
 
 
@@ -25,7 +27,7 @@ def raw_line(comparison: Comparison):
     from rich.text import Text
 
     summary = raw_summary(comparison)
-    if not summary["compared"] and not summary["unpaired"]:
+    if not summary["compared"] and not summary["unpaired"] and not summary["not_comparable"]:
         return None
     failed = summary["failed"]
     text = f"raw modules (no canonical role): {summary['compared']} compared, {len(failed)} failed"
@@ -33,4 +35,6 @@ def raw_line(comparison: Comparison):
         text += " (" + ", ".join(failed[:4]) + (f", ... {len(failed)} in all" if len(failed) > 4 else "") + ")"
     if summary["unpaired"]:
         text += f"; {summary['unpaired']} held by one trace only, not compared"
+    if summary["not_comparable"]:
+        text += f"; {len(summary['not_comparable'])} ran with other shapes on the two sides, not compared"
     return Text(text, style="bold red" if failed else "dim")
