@@ -258,7 +258,7 @@ def _finite_or_inf(value: float) -> float:
 
 
 def _trace_notes(reference: Trace, candidate: Trace) -> list[str]:
-    notes = []
+    notes = _outputs_only_notes(reference)
     if reference.tokens is not None and candidate.tokens is not None and reference.tokens != candidate.tokens:
         notes.append(
             f"the traces were made from different token ids: reference has {len(reference.tokens)}, "
@@ -266,6 +266,24 @@ def _trace_notes(reference: Trace, candidate: Trace) -> list[str]:
             f"{_first_difference(reference.tokens, candidate.tokens)}"
         )
     return notes
+
+
+def _outputs_only_notes(reference: Trace) -> list[str]:
+    """Layers the reference's capture mapped by their output alone (capture/hf/structure.py), each reason once."""
+    layers = (reference.metadata.get("architecture") or {}).get("layers")
+    by_reason: dict[str, list[int]] = {}
+    for i, facts in enumerate(layers if isinstance(layers, list) else ()):
+        reason = facts.get("outputs_only") if isinstance(facts, dict) else None
+        if isinstance(reason, str):
+            by_reason.setdefault(reason, []).append(i)
+    return [f"{_layer_list(indices)}: only the output is a named checkpoint ({reason}); what the layer does "
+            "inside is compared as raw module outputs where both sides are the same classes"
+            for reason, indices in by_reason.items()]
+
+
+def _layer_list(indices: list[int]) -> str:
+    shown = ", ".join(str(i) for i in indices[:8]) + (f" and {len(indices) - 8} more" if len(indices) > 8 else "")
+    return f"layer {shown}" if len(indices) == 1 else f"layers {shown}"
 
 
 def _truncation_notes(results) -> list[str]:

@@ -116,11 +116,12 @@ def test_unusable_models_raise_clear_errors(tmp_path, model_dirs):
         load_model(model_dirs["llama"], dtype="int8")
 
 
-def test_unsupported_architecture_names_the_way_out(tmp_path):
+def test_a_model_mapped_by_its_layers_outputs_is_captured_and_says_so(tmp_path):
     config = transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, is_decoder=True)
     transformers.BertLMHeadModel(config).save_pretrained(tmp_path)
-    with pytest.raises(CaptureError, match="model type .bert. has no checkpoint mapping: no MLP module in layer 0"):
-        load_model(tmp_path)
+    trace = capture_hf(tmp_path, tokens=[5, 6, 7])
+    assert {name for name in trace.names if not name.startswith("raw.")} == {"embed", "layers.0.out", "logits"}
+    assert "no MLP module among its children" in trace.metadata["architecture"]["layers"][0]["outputs_only"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -203,12 +203,16 @@ def test_raw_capture_can_be_turned_off(families):
     assert not any(name.startswith("raw.") for name in reference(model, raw=False).names)
 
 
-def test_an_unmappable_model_is_refused_before_its_weights_are_read(tmp_path):
-    bert = transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+def test_a_layer_named_otherwise_is_mapped_by_its_output_with_the_reason(tmp_path):
+    # BERT as a decoder names its MLP `intermediate` and `output`: it was refused; its layers' outputs, the
+    # embedding and the logits are checkpoints, and the trace says why nothing inside a layer is
+    bert = transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                    intermediate_size=32, is_decoder=True)
-    bert.save_pretrained(tmp_path)  # a config and no weights at all
-    with pytest.raises(CaptureError, match="model type 'bert' has no checkpoint mapping: no MLP module in layer 0"):
-        load_model(tmp_path)
+    mapping = map_config(bert)
+    names = {name for tap in mapping.taps for name in tap.names if name}
+    assert names == {"embed", "layers.0.out", "layers.1.out", "logits"}
+    assert mapping.architecture["layers"] == [
+        {"outputs_only": "no MLP module among its children (attention, intermediate, output)"}] * 2
 
 
 def test_a_flip_at_a_near_tie_of_the_router_logits_is_admitted(families):

@@ -91,6 +91,7 @@ def map_config(config, *, where: str = "this model") -> ModelMap:
 def map_model(model, *, where: str = "this model") -> ModelMap:
     """The taps of every checkpoint `model` has, or a CaptureError naming what is missing."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    readable_globally(model.config, config)
     model_type = model.config.model_type
     paths = {id(module): path for path, module in model.named_modules()}
 
@@ -108,13 +109,34 @@ def map_model(model, *, where: str = "this model") -> ModelMap:
     has_rope = any("Rotary" in type(module).__name__ for module in model.modules())
     layer_facts = []
     for i, layer in enumerate(layers):
-        layer_taps, facts = _layer_taps(f"{layers_path}.{i}", i, layer, config, has_rope, refuse)
+        try:
+            layer_taps, facts = _layer_taps(f"{layers_path}.{i}", i, layer, config, has_rope, _Unmapped)
+        except _Unmapped as unmapped:   # a state-space mixer, or a block named otherwise: its output alone
+            layer_taps, facts = [Tap(f"{layers_path}.{i}", (f"layers.{i}.out",))], {OUTPUTS_ONLY: str(unmapped)}
         taps += layer_taps
         layer_facts.append(facts)
     taps += _head_taps(model, config, paths, layers_path, refuse)
     taps = _merge(taps, HF_OVERRIDES.get(model_type, ()))
     architecture = {"layers": layer_facts, **_global_facts(model, config)}
     return ModelMap(model_type=model_type, taps=tuple(taps), architecture=architecture)
+
+
+class _Unmapped(Exception):
+    """A decoder layer whose inner checkpoints cannot be told apart by name; its message says why."""
+
+
+# architecture.layers[i] of a layer mapped by its output alone: why its inner checkpoints are not
+OUTPUTS_ONLY = "outputs_only"
+
+
+def readable_globally(*configs) -> None:
+    """Let a heterogeneous config (transformers 5.24: Gemma 4's head_dim per layer) be read as a whole, as the
+    config of any model is: reading a per-layer attribute from it raises otherwise. What a layer does is read
+    from its own modules (`_layer_facts`); the global value is only ever a default. Nothing the model computes
+    reads it (its layers are built from `per_layer_config`)."""
+    for config in configs:
+        if getattr(config, "is_heterogeneous", False):
+            config.allow_global_per_layer_attribute_access = True
 
 
 def map_module(model, *, where: str = "this model") -> tuple[Tap, ...]:
@@ -135,7 +157,10 @@ def map_module(model, *, where: str = "this model") -> tuple[Tap, ...]:
     for i, layer in enumerate(layers):
         attention_name, attention = _child(layer, ATTENTION_NAMES)
         config = SimpleNamespace(**_attention_shape(attention))
-        layer_taps, _ = _layer_taps(f"{layers_path}.{i}", i, layer, config, False, refuse)
+        try:
+            layer_taps, _ = _layer_taps(f"{layers_path}.{i}", i, layer, config, False, _Unmapped)
+        except _Unmapped as unmapped:
+            raise refuse(f"layer {i}: {unmapped}") from None
         unsure = [f"{layers_path}.{i}.{name}." for name, module, parts in
                   ((attention_name, attention, ATTENTION_PARTS), (*_child(layer, MLP_NAMES), MLP_PARTS))
                   if module is not None and _unnamed_linears(module, parts)]
@@ -272,13 +297,16 @@ def _layer_taps(prefix: str, i: int, layer, config, has_rope: bool, refuse) -> t
         return Tap(f"{prefix}.{path}" if path else prefix, tuple(f"layers.{i}.{k}" if k else "" for k in kinds), io, sizes)
 
     attention_name, attention = _child(layer, ATTENTION_NAMES)
+    inner_name, inner = _child(attention, ATTENTION_NAMES) if attention is not None else (None, None)
+    if inner is not None and _child(attention, ATTENTION_PARTS["o"])[1] is None:   # GPT-Neo's attn.attention
+        attention_name, attention = f"{attention_name}.{inner_name}", inner
     if attention is None:
-        raise refuse(f"no attention module in layer {i} (children: {', '.join(n for n, _ in layer.named_children())})")
+        raise refuse(f"no attention module among its children ({', '.join(n for n, _ in layer.named_children())})")
     mlp_name, mlp = _child(layer, MLP_NAMES)
     if mlp is None and _child(layer, MLP_PARTS["down"])[1] is not None:
         mlp_name, mlp = "", layer   # an MLP made of the layer's own linears (OPT's fc1, fc2)
     if mlp is None:
-        raise refuse(f"no MLP module in layer {i} (children: {', '.join(n for n, _ in layer.named_children())})")
+        raise refuse(f"no MLP module among its children ({', '.join(n for n, _ in layer.named_children())})")
     if getattr(config, "do_layer_norm_before", True) is False:
         raise refuse("its layers norm after the residual adds (do_layer_norm_before=False): the checkpoints of "
                      "a pre-norm block do not fit them")
@@ -314,7 +342,7 @@ def _attention_taps(name: str, attention, config, has_rope: bool, tap, refuse, i
         sizes = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
         taps.append(tap(f"{name}.{parts['qkv']}", ("qkv", "q", "k", "v"), "split", sizes))
     if not parts["o"]:
-        raise refuse(f"no output projection in layer {i}'s attention (one of {', '.join(ATTENTION_PARTS['o'])})")
+        raise refuse(f"no output projection in its attention (one of {', '.join(ATTENTION_PARTS['o'])})")
     taps.append(tap(f"{name}.{parts['o']}", "attn_ctx", "input"))
     taps.append(tap(f"{name}.{parts['o']}", "attn_out"))
     return taps, head_dim

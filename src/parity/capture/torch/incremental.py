@@ -277,13 +277,15 @@ def full_logits(model, ids: list[int], first: int = 0) -> np.ndarray:
 
 
 def cache_tensors(cache) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """layer -> (keys, values), each (S, Hkv, hd), from a transformers cache (`.layers[i].keys`, or a
-    tuple of (k, v) pairs, (B, Hkv, S, hd), bare or as an object's `.cache`) or a cache with `keys`/`values`
-    dicts of (S, Hkv, hd)."""
+    """layer -> (keys, values), each (S, Hkv, hd), from a transformers cache (`.layers[i].keys` of the layers
+    that have keys, or a tuple of (k, v) pairs, (B, Hkv, S, hd), bare or as an object's `.cache`) or a cache
+    with `keys`/`values` dicts of (S, Hkv, hd)."""
     if isinstance(getattr(cache, "cache", None), (tuple, list)):   # LLMs-from-scratch's KVCache: .cache, a list
         cache = cache.cache
     if hasattr(cache, "layers"):
-        pairs = {i: (layer.keys, layer.values) for i, layer in enumerate(cache.layers)}
+        # a hybrid model's cache also holds its state-space layers' states (no keys): those are left out
+        pairs = {i: (layer.keys, layer.values) for i, layer in enumerate(cache.layers)
+                 if getattr(layer, "keys", None) is not None and getattr(layer, "values", None) is not None}
         return {i: tuple(t[0].transpose(0, 1).float().cpu().numpy() for t in pair) for i, pair in pairs.items()}
     if isinstance(cache, (tuple, list)):
         return {i: tuple(t[0].transpose(0, 1).float().cpu().numpy() for t in pair) for i, pair in enumerate(cache)}
