@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from conftest import TOKENS  # noqa: E402
-from parity.capture.hf.model import HFModel, load_model  # noqa: E402
+from parity.capture.hf.model import HFModel  # noqa: E402
 from parity.capture.hf.structure import map_config, map_model  # noqa: E402
 from parity.core.compare import compare  # noqa: E402
 from parity.core.errors import CaptureError  # noqa: E402
