@@ -19,7 +19,8 @@ CACHE=${PARITY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/parity}
 # The tests that exercise transformers' API: capture, structure discovery, attention recording, decoding
 # through the cache (the 5.24 rename), placement, the from-scratch port protocol, and the sanity suite.
 TESTS="tests/capture/hf tests/capture/torch tests/capture/test_candidates.py tests/sanity
-       tests/integration/test_decoding.py tests/integration/test_family_ports.py tests/integration/test_check_not_checked.py"
+       tests/integration/test_decoding.py tests/integration/test_family_ports.py tests/integration/test_check_not_checked.py
+       tests/integration/test_transformers_architectures.py"
 
 installed=$("$PYTHON" -c "import transformers; print(transformers.__version__)")
 for version in $RANGE; do

@@ -339,13 +339,24 @@ def _attention_taps(name: str, attention, config, has_rope: bool, tap, refuse, i
         if parts[role]:
             taps.append(tap(f"{name}.{parts[role]}", (role, role[0]), "heads"))
     if parts["qkv"] and not parts["q"] and heads and head_dim:
-        sizes = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
-        taps.append(tap(f"{name}.{parts['qkv']}", ("qkv", "q", "k", "v"), "split", sizes))
+        sizes = _qkv_sizes(getattr(getattr(attention, parts["qkv"]), "out_features", None), heads * head_dim,
+                           kv_heads * head_dim)
+        taps.append(tap(f"{name}.{parts['qkv']}", ("qkv", "q", "k", "v") if sizes else "qkv", "split", sizes))
     if not parts["o"]:
         raise refuse(f"no output projection in its attention (one of {', '.join(ATTENTION_PARTS['o'])})")
     taps.append(tap(f"{name}.{parts['o']}", "attn_ctx", "input"))
     taps.append(tap(f"{name}.{parts['o']}", "attn_out"))
     return taps, head_dim
+
+
+def _qkv_sizes(width: int | None, query: int, key_value: int) -> tuple[int, ...]:
+    """The widths of q, k and v in a fused projection `width` wide: the config's, or where this layer's is
+    otherwise (MiniMax's linear-attention layers give k and v every head), the query's and two equal halves of
+    the rest; () where neither fits, and the fused output is recorded whole."""
+    if width is None or width == query + 2 * key_value:
+        return (query, key_value, key_value)
+    rest = width - query
+    return (query, rest // 2, rest // 2) if rest > 0 and rest % 2 == 0 else ()
 
 
 def _mlp_taps(name: str, mlp, tap) -> list[Tap]:
