@@ -71,7 +71,7 @@ class ModuleTracer:
                     if self.weights and (tap.io == "heads" or (tap.io == "output" and len(names) == 1)) and self._wanted(names[0]):
                         for parameter, value in module.named_parameters(recurse=False):
                             self.tensors.setdefault(f"{names[0]}.{parameter}", _as_linear(module, parameter, value))
-                if self.raw and not found and path and not _computes_nothing(module):
+                if self.raw and not found and path and not _computes_nothing(module) and not _inside_experts(path):
                     self._hook(module, Tap(path, (RAW_PREFIX + path,)), (RAW_PREFIX + path,))
             if attention_listeners:
                 from parity.capture.hf.attention import is_hf_model, recording_attention
@@ -110,6 +110,10 @@ class ModuleTracer:
         `start`: the tensor holds rows start.. of the token axis (a port's Probe given a block of rows)."""
         if tensor is None or not self._wanted(name) or name in self.tensors:
             return
+        if tensor.is_complex():   # Llama 4's RoPE table (freqs_cis): its real and imaginary parts, (..., 2)
+            import torch
+
+            tensor = torch.view_as_real(tensor)
         if start is not None:
             self._store_rows(name, tensor.detach(), layout, start)
         elif name not in self.streamed:
@@ -372,3 +376,10 @@ def _resident_weight(module):
             return weights_map["weight"].to(dtype=weight.dtype, device=getattr(candidate, "execution_device", None)
                                             or "cpu")
     raise CaptureError(f"{type(module).__name__}'s weight is on the meta device and no offload map holds it")
+
+
+def _inside_experts(path: str) -> bool:
+    """A module inside an MoE's experts block: it sees the routed tokens in whatever order and grouping the
+    experts' implementation chooses (a loop over experts, or every token sorted by expert at once), so its
+    raw output means nothing outside that implementation; the block's own output is compared."""
+    return ".experts." in f".{path}"
