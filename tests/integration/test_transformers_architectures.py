@@ -36,6 +36,13 @@ CASES = {  # model type -> (config, what the fix was)
     # its linear-attention layer fuses q|k|v with every head in k and v: refused ("cannot split")
     "minimax": dict(SMALL, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                     num_local_experts=4, num_experts_per_tok=2, layer_types=["full_attention", "linear_attention"]),
+    # its RoPE table is complex (freqs_cis): the calibration met a complex64 raw output, a traceback
+    "llama4_text": dict(SMALL, intermediate_size=128, intermediate_size_mlp=128, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=16, num_local_experts=4),
+    # its hash-routed experts run grouped in the candidate: their shared activation saw the same number of
+    # tokens in another order, and a correct candidate failed on it
+    "deepseek_v4": dict(SMALL, num_attention_heads=4, num_key_value_heads=2, head_dim=16, q_lora_rank=32,
+                        moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2),
     # grouped experts in the candidate, the per-expert loop in the reference: failed on the experts' activation
     "qwen2_moe": dict(SMALL, intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=32,
                       num_attention_heads=4, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2),
