@@ -43,6 +43,12 @@ CASES = {  # model type -> (config, what the fix was)
     # tokens in another order, and a correct candidate failed on it
     "deepseek_v4": dict(SMALL, num_attention_heads=4, num_key_value_heads=2, head_dim=16, q_lora_rank=32,
                         moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2),
+    # gated delta-rule layers (three of four): the norm inside them runs on (token, head) rows, 384 for 12
+    # tokens; one such row was held to a worst-position bound and a correct candidate failed
+    "qwen3_5_text": dict(SMALL, num_hidden_layers=4, intermediate_size=128, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=16),
+    # its fused q|k|v is a module of its own (ZAYA's CCA projection), not a linear: splitting it was refused
+    "zaya": dict(SMALL),
     # grouped experts in the candidate, the per-expert loop in the reference: failed on the experts' activation
     "qwen2_moe": dict(SMALL, intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=32,
                       num_attention_heads=4, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2),

@@ -180,6 +180,15 @@ def _misshapen(name: str, reference_shape: tuple[int, ...], candidate_shape: tup
                             shape_candidate=candidate_shape, reason=reason)
 
 
+def _admitted_without_positions(name: str, shape: tuple[int, ...], tokens, metrics, tolerance) -> bool:
+    """A raw module output whose rows are not token positions (Qwen3.5's gated delta-rule norm runs on (token,
+    head) rows, 384 for 12 tokens) is held to its calibrated rel_l2 alone: one row of a few values is no
+    position, and its noise in one calibration run says little (a correct candidate failed on one such row)."""
+    if not is_raw(name) or not tokens or not shape or shape[0] == len(tokens) or not tolerance.calibrated:
+        return False
+    return not metrics.new_nonfinite and metrics.rel_l2 <= tolerance.max_rel_l2
+
+
 def onset_position(per_position: tuple[float, ...], bound: float | None) -> int | None:
     """The first token position whose error is over `bound` (a non-finite error counts): where along the
     sequence the divergence begins, which may lie far before its worst position."""
@@ -231,7 +240,8 @@ def compare_checkpoint(name: str, reference: Trace, candidate: Trace,
             reference_tensor, aligned, checkpoint.token_axis))
     same_positions = reference_tensor.shape == candidate_tensor.shape and not kept
     per_position = measurement.per_position if same_positions else None
-    status = PASS if tolerance.admits(metrics) else FAIL
+    status = PASS if tolerance.admits(metrics) or _admitted_without_positions(
+        name, reference_tensor.shape, reference.tokens, metrics, tolerance) else FAIL
     reshaped = reference_tensor.shape != candidate_tensor.shape
     reason = None
     if status == FAIL:

@@ -338,9 +338,9 @@ def _attention_taps(name: str, attention, config, has_rope: bool, tap, refuse, i
     for role in ("q_norm", "k_norm"):  # Qwen3 norms (B, T, H, hd), Gemma 3 (B, H, T, hd), OLMo 2 (B, T, H*hd)
         if parts[role]:
             taps.append(tap(f"{name}.{parts[role]}", (role, role[0]), "heads"))
-    if parts["qkv"] and not parts["q"] and heads and head_dim:
-        sizes = _qkv_sizes(getattr(getattr(attention, parts["qkv"]), "out_features", None), heads * head_dim,
-                           kv_heads * head_dim)
+    width = _output_width(getattr(attention, parts["qkv"])) if parts["qkv"] else None
+    if width and not parts["q"] and heads and head_dim:   # a fused linear (not a module of its own making, ZAYA's)
+        sizes = _qkv_sizes(width, heads * head_dim, kv_heads * head_dim)
         taps.append(tap(f"{name}.{parts['qkv']}", ("qkv", "q", "k", "v") if sizes else "qkv", "split", sizes))
     if not parts["o"]:
         raise refuse(f"no output projection in its attention (one of {', '.join(ATTENTION_PARTS['o'])})")
@@ -349,11 +349,17 @@ def _attention_taps(name: str, attention, config, has_rope: bool, tap, refuse, i
     return taps, head_dim
 
 
-def _qkv_sizes(width: int | None, query: int, key_value: int) -> tuple[int, ...]:
+def _output_width(module) -> int | None:
+    """The output width of a linear layer: nn.Linear's out_features, transformers' Conv1D's nf (GPT-2)."""
+    width = getattr(module, "out_features", None) or getattr(module, "nf", None)
+    return width if isinstance(width, int) else None
+
+
+def _qkv_sizes(width: int, query: int, key_value: int) -> tuple[int, ...]:
     """The widths of q, k and v in a fused projection `width` wide: the config's, or where this layer's is
     otherwise (MiniMax's linear-attention layers give k and v every head), the query's and two equal halves of
     the rest; () where neither fits, and the fused output is recorded whole."""
-    if width is None or width == query + 2 * key_value:
+    if width == query + 2 * key_value:
         return (query, key_value, key_value)
     rest = width - query
     return (query, rest // 2, rest // 2) if rest > 0 and rest % 2 == 0 else ()
