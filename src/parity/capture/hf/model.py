@@ -11,6 +11,7 @@ recorded too, as `raw.<module path>`, unless `raw=False`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -137,9 +138,22 @@ class HFModel:
         """The trace of one forward pass over `tokens`, the first at absolute position `start_position`.
         `tracing`: the attention probabilities' `recipes` kept, or a `stream` they go to (capture/torch/tracer.py)."""
         self._check_tokens(tokens)
-        return trace_module(self.model, tokens, taps=self.mapping.taps, checkpoints=checkpoints,
-                            metadata=self.trace_metadata(prompt, start_position), weights=weights, raw=raw,
-                            forward=self._positioned(start_position), **tracing)
+        with self._float64_hint():
+            return trace_module(self.model, tokens, taps=self.mapping.taps, checkpoints=checkpoints,
+                                metadata=self.trace_metadata(prompt, start_position), weights=weights, raw=raw,
+                                forward=self._positioned(start_position), **tracing)
+
+    @contextlib.contextmanager
+    def _float64_hint(self):
+        """A forward that fails in float64 (XGLM's masks overflow a float there) says how to run it at all."""
+        try:
+            yield
+        except CaptureError as error:
+            if self.dtype != "float64" or "forward pass" not in str(error):
+                raise
+            raise CaptureError(f"{error}; transformers' {type(self.model).__name__} may not run in float64: "
+                               "pass --dtype float32 (tolerances then come from the dtype tables, not a "
+                               "calibration)") from error
 
     def _positioned(self, start_position: int):
         """The forward at absolute positions start_position.. (None: from 0, as transformers runs it)."""
