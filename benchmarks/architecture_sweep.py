@@ -60,6 +60,8 @@ def build(model_type: str, directory: Path) -> str | None:
     import torch
     import transformers
 
+    transformers.logging.set_verbosity_error()   # a config's own warnings and the save's progress bar
+    transformers.logging.disable_progress_bar()
     config_class = transformers.CONFIG_MAPPING[model_type]
     accepted = inspect.signature(config_class.__init__).parameters
     sizes = {key: value for key, value in SIZES.items() if key in accepted}
