@@ -132,3 +132,21 @@ def test_a_model_transformers_cannot_run_in_float64_says_how_to_run_it(factory, 
         assert "Traceback" not in err and "pass --dtype float32" in err.strip().splitlines()[-1], err
     code, report = check(capsys, directory, f"{factory}:load", "--tokens", tokens, "--dtype", "float32")
     assert code == 0 and report["verdict"] == "pass"
+
+
+def test_a_bug_in_a_gemma4_global_layer_is_named_with_that_layers_head_size(factory, tmp_path, capsys):
+    # Gemma 4's global layers have heads twice as wide as its config's head_dim: the per-head q_norm's epsilon,
+    # planted there, was no_known_cause (the detectors split its rows by the config's head size)
+    model = saved("gemma4_text", tmp_path / "gemma4_text")
+    bugged = tmp_path / "bugged.py"
+    bugged.write_text(FACTORY + '''
+
+def q_norm_epsilon(path):
+    model = load(path)
+    model.model.layers[5].self_attn.q_norm.eps = 1e-2
+    return model
+''')
+    tokens = "5,17,42,99,3,7,128,200,64,33,11,250"
+    code, report = check(capsys, model, f"{bugged}:q_norm_epsilon", "--tokens", tokens, "--decode-steps", "0")
+    assert code == 1 and report["first_divergence"]["checkpoint"] == "layers.5.q_norm"
+    assert [(d["cause"], d["checkpoint"]) for d in report["diagnoses"]][:1] == [("norm_epsilon", "layers.5.q_norm")]

@@ -65,7 +65,9 @@ def diagnose(comparison: Comparison, reference: Trace, candidate: Trace) -> Comp
     from parity.diagnose import tensor_parallel  # noqa: F401  (causes of tensor-parallel ports, from their ranks)
     from parity.diagnose.context import Context, model_config
 
-    context = Context(comparison, reference, candidate, model_config(reference))
+    # the first divergence's layer's own configuration, where a model's layers differ (Gemma 4's head size)
+    layer = comparison.first_divergence.layer if comparison.first_divergence is not None else None
+    context = Context(comparison, reference, candidate, model_config(reference, layer))
     diagnoses, notes = list(comparison.diagnoses), list(comparison.notes)
     for detector in DETECTORS.values():
         for finding in detector(context):

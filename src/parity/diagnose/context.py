@@ -55,18 +55,27 @@ class ModelConfig:
         return f"<ModelConfig heads={self.heads}/{self.kv_heads} head_dim={self.head_dim} eps={self.norm_eps}>"
 
 
-def model_config(trace: Trace) -> ModelConfig:
+def model_config(trace: Trace, layer: int | None = None) -> ModelConfig:
+    """The reference's configuration; at `layer`, that layer's own where the model's layers differ: its head
+    size (Gemma 4's global layers: 512 where the config's head_dim says 256) and its layer type's RoPE
+    parameters (Gemma 3 and 4 keep one set per layer type)."""
     config: dict[str, Any] = trace.metadata.get("config") or {}
     shape = config_shape(config)
     rope = config.get("rope_parameters") or {}
+    layer_types = config.get("layer_types")
+    if layer is not None and isinstance(layer_types, list) and layer < len(layer_types) \
+            and isinstance(rope.get(layer_types[layer]), dict):
+        rope = rope[layer_types[layer]]
     rope_type = rope.get("rope_type", (config.get("rope_scaling") or {}).get("rope_type", "default"))
     gpt2 = config.get("model_type") == "gpt2"
     activation = config.get("hidden_act") or config.get("activation_function")
     architecture = trace.metadata.get("architecture")
+    architecture = architecture if isinstance(architecture, dict) else {}
+    layer_head_dim = _facts_of(architecture, layer).get("head_dim")
     return ModelConfig(
         heads=shape.heads,
         kv_heads=shape.kv_heads,
-        head_dim=shape.head_dim,
+        head_dim=layer_head_dim if isinstance(layer_head_dim, int) and layer_head_dim > 0 else shape.head_dim,
         rope_theta=None if gpt2 or rope_type != "default" else rope.get("rope_theta", config.get("rope_theta", 10000.0)),
         norm_eps=config.get("rms_norm_eps") or config.get("layer_norm_epsilon"),
         norm="layer" if gpt2 else "rms",
@@ -74,13 +83,17 @@ def model_config(trace: Trace) -> ModelConfig:
         hidden=shape.hidden,
         layers=shape.layers,
         raw=dict(config),
-        architecture=architecture if isinstance(architecture, dict) else {},
+        architecture=architecture,
     )
 
 
 def layer_facts(config: ModelConfig, layer: int | None) -> dict:
     """What the reference's trace records of one layer (`architecture.layers[i]`: window, rotary_dim, ...)."""
-    layers = config.architecture.get("layers")
+    return _facts_of(config.architecture, layer)
+
+
+def _facts_of(architecture: dict, layer: int | None) -> dict:
+    layers = architecture.get("layers")
     if layer is None or not isinstance(layers, list) or layer >= len(layers) or not isinstance(layers[layer], dict):
         return {}
     return layers[layer]
