@@ -25,6 +25,16 @@ def test_norm_epsilon_recovered_from_the_output():
     assert found == [("norm_epsilon", "layers.0.attn_norm")]
 
 
+def test_norm_epsilon_recovered_with_a_row_of_zeros_among_the_rows():
+    # a padding token's embedding is zeros (nn.Embedding's padding_idx): its row has no scale to read, and the
+    # median of the rows' estimates was NaN: no_known_cause on Gemma 4 with token 0 in the prompt
+    x = 0.01 * R.standard_normal((T, WIDTH))
+    x[2] = 0.0
+    base = {"embed": x, "layers.0.attn_norm": rms_norm(x, 1e-6)}
+    found = diagnoses(base, {**base, "layers.0.attn_norm": rms_norm(x, 1e-5)})
+    assert found == [("norm_epsilon", "layers.0.attn_norm")]
+
+
 def test_norm_epsilon_outside_the_root():
     x = 0.01 * R.standard_normal((T, WIDTH))
     base = {"embed": x, "layers.0.attn_norm": rms_norm(x, 1e-6)}

@@ -81,12 +81,17 @@ def _fit_epsilon(centred, y_reference, y_candidate, eps_reference, layer_norm):
     if gamma is None:
         return None
     unscaled = (y_candidate - beta) / gamma                                     # = centred * c_row
-    scale = np.sum(unscaled * centred, axis=-1) / np.sum(centred * centred, axis=-1)   # c_row per row
+    # a row of zeros (a padding token's zero embedding, and every per-head row made from it) has no scale
+    energy = np.sum(centred * centred, axis=-1)
+    rows = energy > 0
+    if not rows.any():
+        return None
+    scale = np.sum(unscaled[rows] * centred[rows], axis=-1) / energy[rows]     # c_row per row
     if np.any(scale <= 0):
         return None
     fits = []                                                                  # (residual, epsilon, inside)
     for inside in (True, False):
-        for epsilon in _epsilon_guesses(ms, scale, eps_reference, inside):
+        for epsilon in _epsilon_guesses(ms[rows], scale, eps_reference, inside):
             root = np.sqrt(ms + epsilon) if inside else np.sqrt(ms) + epsilon
             hypothesis = gamma * centred / root[:, None] + beta
             residual = matches(y_candidate, hypothesis, y_reference)
