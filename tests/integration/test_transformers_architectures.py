@@ -134,19 +134,28 @@ def test_a_model_transformers_cannot_run_in_float64_says_how_to_run_it(factory, 
     assert code == 0 and report["verdict"] == "pass"
 
 
-def test_a_bug_in_a_gemma4_global_layer_is_named_with_that_layers_head_size(factory, tmp_path, capsys):
-    # Gemma 4's global layers have heads twice as wide as its config's head_dim: the per-head q_norm's epsilon,
-    # planted there, was no_known_cause (the detectors split its rows by the config's head size)
-    model = saved("gemma4_text", tmp_path / "gemma4_text")
-    bugged = tmp_path / "bugged.py"
-    bugged.write_text(FACTORY + '''
+GEMMA4_BUGS = {  # planted in layer 5, a global layer: heads twice as wide as the config's head_dim
+    # the per-head q_norm's epsilon: no_known_cause while the detectors split its rows by the config's head size
+    "q_norm_epsilon": ("model.model.layers[5].self_attn.q_norm.eps = 1e-2", "layers.5.q_norm", "norm_epsilon"),
+    # the attention's scale halved: no_known_cause while the values the attention weighs (after Gemma 4's v_norm)
+    # were not recorded, so the attention rebuilt from q, k and v could not be the model's
+    "scale_halved": ("model.model.layers[5].self_attn.scaling *= 0.5", "layers.5.attn_ctx", "attention_scale"),
+}
 
-def q_norm_epsilon(path):
+
+@pytest.mark.parametrize("bug", sorted(GEMMA4_BUGS))
+def test_a_bug_in_a_gemma4_global_layer_is_named(bug, factory, tmp_path, capsys):
+    model = saved("gemma4_text", tmp_path / "gemma4_text")
+    planted, checkpoint, cause = GEMMA4_BUGS[bug]
+    bugged = tmp_path / "bugged.py"
+    bugged.write_text(FACTORY + f"""
+
+def bugged(path):
     model = load(path)
-    model.model.layers[5].self_attn.q_norm.eps = 1e-2
+    {planted}
     return model
-''')
+""")
     tokens = "5,17,42,99,3,7,128,200,64,33,11,250"
-    code, report = check(capsys, model, f"{bugged}:q_norm_epsilon", "--tokens", tokens, "--decode-steps", "0")
-    assert code == 1 and report["first_divergence"]["checkpoint"] == "layers.5.q_norm"
-    assert [(d["cause"], d["checkpoint"]) for d in report["diagnoses"]][:1] == [("norm_epsilon", "layers.5.q_norm")]
+    code, report = check(capsys, model, f"{bugged}:bugged", "--tokens", tokens, "--decode-steps", "0")
+    assert code == 1 and report["first_divergence"]["checkpoint"] == checkpoint
+    assert [(d["cause"], d["checkpoint"]) for d in report["diagnoses"]][:1] == [(cause, checkpoint)]

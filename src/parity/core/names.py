@@ -26,6 +26,7 @@ LAYER_KINDS: tuple[str, ...] = (
     "qkv",               # a fused q|k|v projection, whole (Phi-3, GPT-2) [T, (H+2Hkv)*hd]
     "q_norm",            # per-head RMSNorm on q (Qwen3, Gemma 3, OLMo 2)  [T, H*hd]
     "k_norm",            #                                                [T, Hkv*hd]
+    "v_norm",            # per-head norm on v (Gemma 4): what the attention weighs [T, Hkv*hd]
     "q_rope",            # after rotary embedding (partial: the rest as is) [T, H*hd]
     "k_rope",            #                                                [T, Hkv*hd]
     "attn_probs",        # softmax attention probabilities                [H, T, S]
@@ -58,7 +59,7 @@ AFTER_LAYERS: tuple[str, ...] = ("final_norm", "lm_head_out", "logits")
 GLOBAL_KINDS = BEFORE_LAYERS + AFTER_LAYERS
 
 # Kinds whose per-token tensors carry heads, flattened to [T, heads*head_dim].
-HEAD_KINDS = frozenset({"q", "k", "v", "q_norm", "k_norm", "q_rope", "k_rope", "attn_ctx"})
+HEAD_KINDS = frozenset({"q", "k", "v", "q_norm", "k_norm", "v_norm", "q_rope", "k_rope", "attn_ctx"})
 # The keys of a layer's attention, from the last made to the first: what a decode step read from its cache is
 # held to these (diagnose/decode_causes.py).
 KEY_KINDS: tuple[str, ...] = ("k_rope", "k_norm", "k")
@@ -81,10 +82,10 @@ FEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "attn_norm": (("<in>",),),
     "qkv": (("attn_norm", "<in>"),),
     "q": (("attn_norm", "<in>"),), "k": (("attn_norm", "<in>"),), "v": (("attn_norm", "<in>"),),
-    "q_norm": (("q",),), "k_norm": (("k",),),
+    "q_norm": (("q",),), "k_norm": (("k",),), "v_norm": (("v",),),
     "q_rope": (("q_norm", "q"),), "k_rope": (("k_norm", "k"),),
     "attn_probs": (("q_rope", "q_norm", "q"), ("k_rope", "k_norm", "k")),
-    "attn_ctx": (("attn_probs",), ("v",)),
+    "attn_ctx": (("attn_probs",), ("v_norm", "v")),
     "attn_out": (("attn_ctx",),),
     "attn_post_norm": (("attn_out",),),
     "resid_mid": (("<in>",), ("attn_post_norm", "attn_out")),

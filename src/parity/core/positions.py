@@ -78,7 +78,7 @@ def _heads(name: str, checkpoint, reference: Trace) -> int | None:
     heads = probs_shape[0] if probs_shape else _config_heads(reference.metadata)
     if not heads:
         return None
-    if checkpoint.kind in ("k", "v", "k_norm", "k_rope"):
+    if checkpoint.kind in ("k", "v", "k_norm", "v_norm", "k_rope"):
         query = f"layers.{checkpoint.layer}.q"
         if query not in reference or not reference.shape_of(query):
             return None

@@ -68,7 +68,8 @@ def gqa_head_mapping(context: Context):
             found = {label: attention.output("attn_probs", key_heads=order) for label, order in orders.items()}
             what = "keys"
         else:
-            probs, values = slot_tensor(context, at + "attn_probs", at + "attn_probs"), slot_tensor(context, at + "v", at + "v")
+            value = at + "v_norm" if at + "v_norm" in context.reference else at + "v"   # what the attention weighs
+            probs, values = slot_tensor(context, at + "attn_probs", at + "attn_probs"), slot_tensor(context, value, value)
             if probs is None or values is None or at + "attn_probs" not in context.candidate:  # else kv_heads.py
                 continue
             found = {label: attention_product(config.heads, config.kv_heads, config.head_dim,

@@ -135,10 +135,11 @@ def identities(context: Context, name: str) -> list[Identity]:
                                   lambda tensors, act=act: act(tensors[0]), "product"))
     elif kind == "attn_ctx":
         config = context.config
-        if config.heads and config.kv_heads and config.head_dim and at + "attn_probs" in names and at + "v" in names:
+        value = at + "v_norm" if at + "v_norm" in names else at + "v"   # what the attention weighs (Gemma 4 norms v)
+        if config.heads and config.kv_heads and config.head_dim and at + "attn_probs" in names and value in names:
             combine = attention_product(config.heads, config.kv_heads, config.head_dim)
-            found.append(Identity(f"{name} = {at}attn_probs @ {at}v (query head h reading KV head h // "
-                                  f"{config.heads // config.kv_heads})", name, (at + "attn_probs", at + "v"),
+            found.append(Identity(f"{name} = {at}attn_probs @ {value} (query head h reading KV head h // "
+                                  f"{config.heads // config.kv_heads})", name, (at + "attn_probs", value),
                                   combine, "attention"))
     return [identity for identity in found if all(slot in names for slot in identity.slots)]
 

@@ -207,7 +207,7 @@ def uneven_heads(context: Context):
         total, counts = reference.shape[1] // unit, [len(heads) for heads in held]
         if len(set(counts)) == 1 and sum(counts) == total:
             continue
-        what = "KV heads" if checkpoint.kind in ("k", "v", "k_norm", "k_rope") else "query heads"
+        what = "KV heads" if checkpoint.kind in ("k", "v", "k_norm", "v_norm", "k_rope") else "query heads"
         each = ", ".join(f"rank {r} holds {len(heads)} ({'head' if len(heads) == 1 else 'heads'} {_listed(heads)})"
                          for r, heads in enumerate(held))
         share = total // ranks_trace.world_size if total % ranks_trace.world_size == 0 else None

@@ -36,6 +36,7 @@ ATTENTION_PARTS: dict[str, tuple[str, ...]] = {
     "o": ("o_proj", "out_proj", "c_proj", "dense", "wo", "output_proj", "proj"),
     "q_norm": ("q_norm", "q_layernorm"),
     "k_norm": ("k_norm", "k_layernorm"),
+    "v_norm": ("v_norm",),
 }
 # Children of a dense MLP, by role. A fused gate|up is [gate | up].
 MLP_PARTS: dict[str, tuple[str, ...]] = {
@@ -335,7 +336,7 @@ def _attention_taps(name: str, attention, config, has_rope: bool, tap, refuse, i
     for role in ("q", "k", "v"):
         if parts[role]:
             taps.append(tap(f"{name}.{parts[role]}", role))
-    for role in ("q_norm", "k_norm"):  # Qwen3 norms (B, T, H, hd), Gemma 3 (B, H, T, hd), OLMo 2 (B, T, H*hd)
+    for role in ("q_norm", "k_norm", "v_norm"):  # Qwen3's (B, T, H, hd), Gemma 3's (B, H, T, hd), OLMo 2's (B, T, H*hd)
         if parts[role]:
             taps.append(tap(f"{name}.{parts[role]}", (role, role[0]), "heads"))
     width = _output_width(getattr(attention, parts["qkv"])) if parts["qkv"] else None

@@ -18,7 +18,7 @@ from parity.report.registry import register
 
 # kind -> column header; the legend under the grid spells them out.
 SHORT_NAMES = {
-    "attn_norm": "an", "q": "q", "k": "k", "v": "v", "q_norm": "qn", "k_norm": "kn",
+    "attn_norm": "an", "q": "q", "k": "k", "v": "v", "q_norm": "qn", "k_norm": "kn", "v_norm": "vn",
     "q_rope": "qr", "k_rope": "kr", "attn_probs": "pr", "attn_ctx": "ctx", "attn_out": "ao",
     "resid_mid": "rm", "mlp_norm": "mn", "mlp_gate": "g", "mlp_up": "u", "mlp_fc": "fc",
     "mlp_act": "act", "mlp_out": "mo", "out": "out",
