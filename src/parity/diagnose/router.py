@@ -5,6 +5,11 @@ error first shows, say which part of the routing went wrong: the router's
 logits already differ (its input or weights), or they agree and the choice
 made from them differs (top-k over the wrong axis, a softmax or normalisation
 in the wrong place, another k).
+
+routing_near_tie: the error begins at a token whose routing flipped at a near tie
+(admitted by moe_experts: the candidate's precision moved two nearly equal router
+logits past each other). That token then went to another expert, so its MoE output
+and everything after it differ by design; not a bug in the port's code.
 """
 
 from __future__ import annotations
@@ -35,6 +40,33 @@ def router(context: Context):
             hint = _wrong_axis(context.candidate[logits_name], candidate)
             yield Diagnosis("router", experts_name, f"{experts.reason}, although the router logits agree: the choice "
                                                     f"made from them is wrong{hint}")
+
+
+@register("routing_near_tie")
+def routing_near_tie(context: Context):
+    divergence = context.comparison.first_divergence
+    if divergence is None or divergence.layer is None or divergence.onset is None:
+        return
+    for layer in range(divergence.layer + 1):
+        name = f"layers.{layer}.moe_experts"
+        result = context.comparison.result(name)
+        if result is None or result.failed or name not in context.candidate:
+            continue
+        reference, candidate = np.asarray(context.reference[name]), np.asarray(context.candidate[name])
+        if reference.shape != candidate.shape:
+            continue
+        flipped = [t for t, (r, c) in enumerate(zip(reference.reshape(len(reference), -1),
+                                                    candidate.reshape(len(candidate), -1))) if set(r) != set(c)]
+        if divergence.onset in flipped:
+            token = divergence.onset
+            yield Diagnosis(
+                "routing_near_tie", divergence.checkpoint,
+                f"the error begins at token {token}, which {name} routed to other experts at a near tie of the "
+                f"router's logits (reference {sorted(reference[token].tolist())}, candidate "
+                f"{sorted(candidate[token].tolist())}; admitted as the candidate's precision's doing): from that "
+                "token on, its MoE output and what follows differ because it went to another expert, not for a "
+                "bug in the code; a check at that precision cannot hold them to the reference's routing there")
+            return
 
 
 def _focused_routing(context: Context):
