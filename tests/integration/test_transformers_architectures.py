@@ -187,3 +187,16 @@ def test_a_bfloat16_moe_whose_routing_flips_at_a_near_tie_is_told_so(factory, tm
     assert "near-tie flip" in experts["reason"]
     assert report["diagnoses"][0]["cause"] == "routing_near_tie", report["diagnoses"]
     assert "the error begins at token 8" in report["diagnoses"][0]["message"]
+
+
+def test_zaya_in_bfloat16_passes_where_its_router_chooses_as_the_reference_does_at_that_precision(
+        factory, tmp_path, capsys):
+    # ZAYA's router chooses from more than the logits parity records: in bfloat16, tokens went to other experts
+    # with those logits' argmax unchanged, exactly as the reference run in bfloat16 routed them; the check said
+    # "the choice made from them is wrong" of a correct model
+    model = saved("zaya", tmp_path / "zaya")
+    bfloat16 = tmp_path / "bfloat16.py"
+    bfloat16.write_text(FACTORY.replace("dtype=torch.float32", "dtype=torch.bfloat16"))
+    code, report = check(capsys, model, f"{bfloat16}:load", "--tokens", "5,17,42,99,3,7,128,200,64,33,11,250",
+                         "--decode-steps", "0")
+    assert code == 0 and report["verdict"] == "pass", report["diagnoses"]

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from parity.core.metrics import NORMS_ONLY, channel_weighted_position_rel_l2, measure_pair
-from parity.core.names import Checkpoint, parse
+from parity.core.names import INDEX_KINDS, Checkpoint, parse
 from parity.core.results import NoiseFloor, Tolerance
 from parity.core.tolerances import PRECISIONS, calibration_floor
 from parity.core.trace import Trace
@@ -42,6 +44,11 @@ def noise_floors(reference: Trace, reference_lowp: Trace,
         if name not in reference_lowp or reference[name].shape != reference_lowp[name].shape:
             continue
         floors[name] = noise_floor(name, reference[name], reference_lowp[name])
+        checkpoint = parse(name)
+        if checkpoint is not None and checkpoint.kind in INDEX_KINDS:   # the low-precision run's own routing
+            chosen = np.asarray(reference_lowp[name]).astype(np.int64)
+            floors[name] = dataclasses.replace(floors[name], chosen=tuple(
+                tuple(sorted(row)) for row in chosen.reshape(len(chosen), -1).tolist()))
     return without_dips(floors)
 
 

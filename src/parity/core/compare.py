@@ -209,7 +209,7 @@ def compare_checkpoint(name: str, reference: Trace, candidate: Trace,
         return _misshapen(name, reference_shape, candidate_shape), None
     checkpoint = parse(name) or Checkpoint(name=name, kind=name)
     if checkpoint.kind in INDEX_KINDS:  # integer ids: agreement, not a norm of a difference
-        return compare_experts(name, reference, candidate), None
+        return compare_experts(name, reference, candidate, (config.noise or {}).get(name)), None
     reference_tensor, candidate_tensor = reference[name], candidate[name]
     dtype = config.dtype or lowest_precision(
         reference.metadata.get("dtype"), candidate.metadata.get("dtype"),

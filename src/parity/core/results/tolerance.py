@@ -65,6 +65,8 @@ class NoiseFloor:
     rel_l2: float
     position_rel_l2: float  # the worst token position's
     channel_position_rel_l2: float | None = None   # the same with each channel weighted by its scale ([T, D])
+    # moe_experts: the experts the reference run at the candidate's precision chose, per token (ids ascending)
+    chosen: tuple[tuple[int, ...], ...] | None = None
 
     def __repr__(self) -> str:
         return f"<NoiseFloor rel_l2={self.rel_l2:.3g} worst position {self.position_rel_l2:.3g}>"
