@@ -40,6 +40,7 @@ SIZES = dict(hidden_size=64, n_embd=64, d_model=64, num_hidden_layers=2, n_layer
              kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
              rotary_dim=8, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
 TOKENS = [5, 17, 42, 99, 3, 7, 128, 200, 64, 33, 11, 250]
+BUILD_BYTES = 8 << 30   # the address space a model's build may take (build_apart)
 FACTORY = """import torch
 from transformers import AutoModelForCausalLM
 
@@ -99,8 +100,6 @@ def build_apart(model_type: str, directory: Path) -> str | None:
     lines = (result.stdout + result.stderr).strip().splitlines()
     return lines[-1][:150] if lines else f"exit {result.returncode}"
 
-
-BUILD_BYTES = 8 << 30
 
 
 def check(directory: Path, factory: Path) -> tuple[int, str, int, float]:

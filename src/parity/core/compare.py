@@ -17,7 +17,7 @@ from parity.core.calibrate import calibrated_tolerance
 from parity.core.errors import OptionError, TraceError
 from parity.core.layout import alignments, last_positions, last_rows
 from parity.core.metrics import Measurement, channel_weighted_position_rel_l2, measure_pair
-from parity.core.names import INDEX_KINDS, Checkpoint, in_flow_order, is_raw, parse, select
+from parity.core.names import INDEX_KINDS, OUTPUTS_ONLY, Checkpoint, in_flow_order, is_raw, parse, select
 from parity.core.positions import MATRIX_KIND, largest_differences, per_head_rel_l2
 from parity.core.propagation import attribute, origin
 from parity.core.routing import compare_experts
@@ -167,9 +167,9 @@ def _divergence(result: CheckpointResult | None, reference: Trace, candidate: Tr
 def _misshapen(name: str, reference_shape: tuple[int, ...], candidate_shape: tuple[int, ...],
                tolerance=None) -> CheckpointResult:
     """A checkpoint whose two tensors no layout aligns: a failure, but for a raw.<module> output, which is
-    what the module's first call made: a module called in a loop (an MoE's per-expert activation), or run by
-    another implementation on one side (transformers' grouped experts in float32, their loop in float64),
-    makes other shapes with nothing wrong. The checkpoints with a role carry the verdict there."""
+    what the module's first call made: a module called in a loop, or run by another implementation on one
+    side (one chosen for the dtype), makes other shapes with nothing wrong. The checkpoints with a role carry
+    the verdict there."""
     reason = f"shape mismatch: reference {list(reference_shape)}, candidate {list(candidate_shape)}"
     status = FAIL
     if is_raw(name):
@@ -283,7 +283,7 @@ def _outputs_only_notes(reference: Trace) -> list[str]:
     layers = (reference.metadata.get("architecture") or {}).get("layers")
     by_reason: dict[str, list[int]] = {}
     for i, facts in enumerate(layers if isinstance(layers, list) else ()):
-        reason = facts.get("outputs_only") if isinstance(facts, dict) else None
+        reason = facts.get(OUTPUTS_ONLY) if isinstance(facts, dict) else None
         if isinstance(reason, str):
             by_reason.setdefault(reason, []).append(i)
     return [f"{_layer_list(indices)}: only the output is a named checkpoint ({reason}); what the layer does "

@@ -66,6 +66,10 @@ KEY_KINDS: tuple[str, ...] = ("k_rope", "k_norm", "k")
 # Kinds that hold integer ids, compared as agreement rather than by rel_l2.
 INDEX_KINDS = frozenset({"moe_experts"})
 
+# The key of `architecture.layers[i]` (trace metadata) for a layer mapped by its output alone: why its inner
+# checkpoints are not (capture/hf/structure.py writes it, core/compare.py notes it).
+OUTPUTS_ONLY = "outputs_only"
+
 # A module with no canonical role is still recorded, as `raw.<module path>`.
 RAW_PREFIX = "raw."
 

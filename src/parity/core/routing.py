@@ -5,12 +5,11 @@ agrees when both sides chose the same set. A token that disagrees is admitted
 only as a near-tie: the reference's k-th and (k+1)-th router logits are closer
 than twice the largest difference between the two sides' logits at that token,
 and that difference is itself small (under the candidate's precision's TIE_SHIFT
-of the logits' RMS: the noise of a low precision, not a wrong router); or where the reference itself, run at
-the candidate's precision (the calibration), chose what the candidate chose at that
-token (a router whose choice is made from more than its recorded logits: ZAYA's).
-Anything else
-is a routing bug: experts picked from the wrong axis, a wrong top-k, a router
-fed the wrong input.
+of the logits' RMS: the noise of a low precision, not a wrong router); or where
+the reference itself, run at the candidate's precision (the calibration), chose
+what the candidate chose at that token (a router whose choice is made from more
+than its recorded logits: ZAYA's). Anything else is a routing bug: experts
+picked from the wrong axis, a wrong top-k, a router fed the wrong input.
 """
 
 from __future__ import annotations

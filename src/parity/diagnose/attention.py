@@ -11,7 +11,7 @@ import numpy as np
 
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, reproduces
+from parity.diagnose.context import Context, attended_values, reproduces
 
 
 def apply_rope(x: np.ndarray, head_dim: int, theta: float, positions: np.ndarray, layout: str) -> np.ndarray:
@@ -68,7 +68,7 @@ def gqa_head_mapping(context: Context):
             found = {label: attention.output("attn_probs", key_heads=order) for label, order in orders.items()}
             what = "keys"
         else:
-            value = at + "v_norm" if at + "v_norm" in context.reference else at + "v"   # what the attention weighs
+            value = attended_values(at, context.reference)
             probs, values = slot_tensor(context, at + "attn_probs", at + "attn_probs"), slot_tensor(context, value, value)
             if probs is None or values is None or at + "attn_probs" not in context.candidate:  # else kv_heads.py
                 continue

@@ -87,6 +87,12 @@ def model_config(trace: Trace, layer: int | None = None) -> ModelConfig:
     )
 
 
+def attended_values(prefix: str, names) -> str:
+    """The values a layer's attention weighs (`prefix` "layers.{i}."): v_norm where the model norms them per head
+    (Gemma 4) and the trace holds it, else v."""
+    return prefix + "v_norm" if prefix + "v_norm" in names else prefix + "v"
+
+
 def layer_facts(config: ModelConfig, layer: int | None) -> dict:
     """What the reference's trace records of one layer (`architecture.layers[i]`: window, rotary_dim, ...)."""
     return _facts_of(config.architecture, layer)

@@ -26,7 +26,7 @@ import numpy as np
 from parity.core.metrics import rel_l2
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context, layer_facts, rounding, widened
+from parity.diagnose.context import Context, attended_values, layer_facts, rounding, widened
 from parity.diagnose.activations import ACTIVATIONS
 from parity.diagnose.repair import confirm
 
@@ -135,7 +135,7 @@ def identities(context: Context, name: str) -> list[Identity]:
                                   lambda tensors, act=act: act(tensors[0]), "product"))
     elif kind == "attn_ctx":
         config = context.config
-        value = at + "v_norm" if at + "v_norm" in names else at + "v"   # what the attention weighs (Gemma 4 norms v)
+        value = attended_values(at, names)
         if config.heads and config.kv_heads and config.head_dim and at + "attn_probs" in names and value in names:
             combine = attention_product(config.heads, config.kv_heads, config.head_dim)
             found.append(Identity(f"{name} = {at}attn_probs @ {value} (query head h reading KV head h // "

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parity.core.errors import CaptureError
-from parity.core.names import HF_OVERRIDES, Tap
+from parity.core.names import HF_OVERRIDES, OUTPUTS_ONLY, Tap
 
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe")
@@ -111,7 +111,7 @@ def map_model(model, *, where: str = "this model") -> ModelMap:
     layer_facts = []
     for i, layer in enumerate(layers):
         try:
-            layer_taps, facts = _layer_taps(f"{layers_path}.{i}", i, layer, config, has_rope, _Unmapped)
+            layer_taps, facts = _layer_taps(f"{layers_path}.{i}", i, layer, config, has_rope)
         except _Unmapped as unmapped:   # a state-space mixer, or a block named otherwise: its output alone
             layer_taps, facts = [Tap(f"{layers_path}.{i}", (f"layers.{i}.out",))], {OUTPUTS_ONLY: str(unmapped)}
         taps += layer_taps
@@ -124,10 +124,6 @@ def map_model(model, *, where: str = "this model") -> ModelMap:
 
 class _Unmapped(Exception):
     """A decoder layer whose inner checkpoints cannot be told apart by name; its message says why."""
-
-
-# architecture.layers[i] of a layer mapped by its output alone: why its inner checkpoints are not
-OUTPUTS_ONLY = "outputs_only"
 
 
 def readable_globally(*configs) -> None:
@@ -159,7 +155,7 @@ def map_module(model, *, where: str = "this model") -> tuple[Tap, ...]:
         attention_name, attention = _child(layer, ATTENTION_NAMES)
         config = SimpleNamespace(**_attention_shape(attention))
         try:
-            layer_taps, _ = _layer_taps(f"{layers_path}.{i}", i, layer, config, False, _Unmapped)
+            layer_taps, _ = _layer_taps(f"{layers_path}.{i}", i, layer, config, False)
         except _Unmapped as unmapped:
             raise refuse(f"layer {i}: {unmapped}") from None
         unsure = [f"{layers_path}.{i}.{name}." for name, module, parts in
@@ -292,7 +288,8 @@ def _norm_roles(layer) -> dict[str, str]:
     return roles
 
 
-def _layer_taps(prefix: str, i: int, layer, config, has_rope: bool, refuse) -> tuple[list[Tap], dict]:
+def _layer_taps(prefix: str, i: int, layer, config, has_rope: bool) -> tuple[list[Tap], dict]:
+    """Layer i's taps and facts, or _Unmapped saying why its parts cannot be told apart."""
     def tap(path: str, kinds, io: str = "output", sizes=()) -> Tap:
         kinds = (kinds,) if isinstance(kinds, str) else kinds
         return Tap(f"{prefix}.{path}" if path else prefix, tuple(f"layers.{i}.{k}" if k else "" for k in kinds), io, sizes)
@@ -302,14 +299,14 @@ def _layer_taps(prefix: str, i: int, layer, config, has_rope: bool, refuse) -> t
     if inner is not None and _child(attention, ATTENTION_PARTS["o"])[1] is None:   # GPT-Neo's attn.attention
         attention_name, attention = f"{attention_name}.{inner_name}", inner
     if attention is None:
-        raise refuse(f"no attention module among its children ({', '.join(n for n, _ in layer.named_children())})")
+        raise _Unmapped(f"no attention module among its children ({', '.join(n for n, _ in layer.named_children())})")
     mlp_name, mlp = _child(layer, MLP_NAMES)
     if mlp is None and _child(layer, MLP_PARTS["down"])[1] is not None:
         mlp_name, mlp = "", layer   # an MLP made of the layer's own linears (OPT's fc1, fc2)
     if mlp is None:
-        raise refuse(f"no MLP module among its children ({', '.join(n for n, _ in layer.named_children())})")
+        raise _Unmapped(f"no MLP module among its children ({', '.join(n for n, _ in layer.named_children())})")
     if getattr(config, "do_layer_norm_before", True) is False:
-        raise refuse("its layers norm after the residual adds (do_layer_norm_before=False): the checkpoints of "
+        raise _Unmapped("its layers norm after the residual adds (do_layer_norm_before=False): the checkpoints of "
                      "a pre-norm block do not fit them")
     parallel = bool(getattr(layer, "use_parallel_residual", False) or getattr(config, "parallel_attn", False))
     taps = [tap("", "out")]
@@ -319,13 +316,13 @@ def _layer_taps(prefix: str, i: int, layer, config, has_rope: bool, refuse) -> t
     mlp_norm = next((name for name, role in roles.items() if role == "mlp_norm"), None)
     if not parallel:  # the attention residual is what enters the MLP's norm, or the MLP itself
         taps.append(tap(mlp_norm or mlp_name or _first_linear(mlp), "resid_mid", "input"))
-    attention_taps, head_dim = _attention_taps(attention_name, attention, config, has_rope, tap, refuse, i)
+    attention_taps, head_dim = _attention_taps(attention_name, attention, config, has_rope, tap)
     taps += attention_taps
     taps += _mlp_taps(mlp_name, mlp, tap)
     return taps, _layer_facts(i, attention, config, head_dim, parallel, mlp)
 
 
-def _attention_taps(name: str, attention, config, has_rope: bool, tap, refuse, i: int):
+def _attention_taps(name: str, attention, config, has_rope: bool, tap):
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
@@ -344,7 +341,7 @@ def _attention_taps(name: str, attention, config, has_rope: bool, tap, refuse, i
         sizes = _qkv_sizes(width, heads * head_dim, kv_heads * head_dim)
         taps.append(tap(f"{name}.{parts['qkv']}", ("qkv", "q", "k", "v") if sizes else "qkv", "split", sizes))
     if not parts["o"]:
-        raise refuse(f"no output projection in its attention (one of {', '.join(ATTENTION_PARTS['o'])})")
+        raise _Unmapped(f"no output projection in its attention (one of {', '.join(ATTENTION_PARTS['o'])})")
     taps.append(tap(f"{name}.{parts['o']}", "attn_ctx", "input"))
     taps.append(tap(f"{name}.{parts['o']}", "attn_out"))
     return taps, head_dim

@@ -238,7 +238,7 @@ def _with_prefill_variants(decode, reference_model, candidate, prompt: list[int]
         if chunked > bound:
             own = _reference_chunked(reference_model.model, prompt)
             if own > bound:
-                skipped["chunked_prefill"] = _not_the_reference_s("prefilled in two chunks", own, chunked)
+                skipped["chunked_prefill"] = _reference_lacks("prefilled in two chunks", own, chunked)
                 chunked = None
     batch, batched = [], None
     if "padding" not in skipped:
@@ -253,7 +253,7 @@ def _with_prefill_variants(decode, reference_model, candidate, prompt: list[int]
         if any(error > bound for _, error in batch):
             own = max(_reference_padded(reference_model.model, batched, other, side) for side in ("left", "right"))
             if own > bound:
-                skipped["padding"] = _not_the_reference_s("batched with padding", own, max(e for _, e in batch))
+                skipped["padding"] = _reference_lacks("batched with padding", own, max(e for _, e in batch))
                 batch, batched = [], None
     return dataclasses.replace(decode, cache=cache, chunked_rel_l2=chunked, batch_rel_l2=tuple(batch),
                                batch_tokens=None if batched is None else len(batched)), note
@@ -282,7 +282,8 @@ def _reference_padded(model, prompt: list[int], other: list[int], side: str) -> 
     return max(rel_l2(alone[p], batched[p]) for p in range(len(prompt)))
 
 
-def _not_the_reference_s(how: str, reference_rel_l2: float, candidate_rel_l2: float) -> str:
+def _reference_lacks(how: str, reference_rel_l2: float, candidate_rel_l2: float) -> str:
+    """Why a property the reference's own runs do not have is not checked on the candidate."""
     return (f"the reference's own logits {how} differ from its whole pass (rel_l2 {reference_rel_l2:.2g}; the "
             f"candidate's {candidate_rel_l2:.2g}): transformers' model does not keep them equal, so the candidate "
             "is not held to it")
