@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from conftest import TOKENS  # noqa: E402
+from parity.core.trace import load_trace  # noqa: E402
 
 FACTORY = '''
 import torch
@@ -18,6 +19,14 @@ from transformers import AutoModelForCausalLM
 
 def load(path):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+'''
+BFLOAT16_EXPERT_BUG = '''
+
+def bugged(path):
+    model = load(path)
+    with torch.no_grad():
+        model.model.layers[1].mlp.experts.down_proj[20] *= 1.5
+    return model
 '''
 SMALL = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, max_position_embeddings=256)
 CASES = {  # model type -> (config, what the fix was)
@@ -161,11 +170,12 @@ def bugged(path):
     assert [(d["cause"], d["checkpoint"]) for d in report["diagnoses"]][:1] == [(cause, checkpoint)]
 
 
-def test_a_bfloat16_moe_whose_routing_flips_at_a_near_tie_is_told_so(factory, tmp_path, capsys):
+def test_a_bfloat16_moe_whose_routing_flips_at_a_near_tie_passes_against_the_reference_routed_alike(
+        factory, tmp_path, capsys):
     # ERNIE-4.5-MoE in bfloat16: at token 8 two of its router's logits are 0.0005 apart and bfloat16 moves them by
     # 1.1% of their RMS; the token goes to another expert. The flip was "the choice made from them is wrong"
-    # (router); the MoE output at that token still differs by design, and the check still fails there (a
-    # routing replay would be needed), but the diagnosis says why
+    # (router), then a FAIL named routing_near_tie at that token, of a correct model; now the reference runs again
+    # with token 8 routed as the candidate routed it, and everything after is compared like for like
     if "ernie4_5_moe" not in transformers.CONFIG_MAPPING:
         pytest.skip(f"transformers {transformers.__version__} has no ERNIE-4.5-MoE")
     torch.manual_seed(0)
@@ -176,17 +186,22 @@ def test_a_bfloat16_moe_whose_routing_flips_at_a_near_tie_is_told_so(factory, tm
         tie_word_embeddings=False)
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     bfloat16 = tmp_path / "bfloat16.py"
-    bfloat16.write_text(FACTORY.replace("dtype=torch.float32", "dtype=torch.bfloat16"))
-    code, report = check(capsys, directory, f"{bfloat16}:load", "--tokens", "5,17,42,99,3,7,128,200,64,33,11,250",
-                         "--decode-steps", "0")
-    experts = next(c for c in report["checkpoints"] if c["name"] == "layers.1.moe_experts")
-    assert experts["status"] == "pass"
-    if not experts["reason"]:   # transformers 5.16's ERNIE routes this model's token 8 alike in both precisions
-        assert code == 0 and report["verdict"] == "pass"
-        return
-    assert "near-tie flip" in experts["reason"]
-    assert report["diagnoses"][0]["cause"] == "routing_near_tie", report["diagnoses"]
-    assert "the error begins at token 8" in report["diagnoses"][0]["message"]
+    bfloat16.write_text(FACTORY.replace("dtype=torch.float32", "dtype=torch.bfloat16") + BFLOAT16_EXPERT_BUG)
+    tokens = ("--tokens", "5,17,42,99,3,7,128,200,64,33,11,250", "--decode-steps", "0")
+    code, report = check(capsys, directory, f"{bfloat16}:load", *tokens, "--save-traces", str(tmp_path / "saved"))
+    assert code == 0 and report["verdict"] == "pass", report["diagnoses"]
+    saved = load_trace(tmp_path / "saved" / "reference.safetensors")
+    rerouted = [note for note in report["notes"] if "routed as the candidate" in note]
+    if rerouted:   # transformers 5.16's ERNIE routes this model's token 8 alike in both precisions: nothing to follow
+        assert "layers.1.moe_experts token 8 to [6, 15, 16, 20, 28, 50]" in rerouted[0], rerouted
+        assert saved.metadata["routed_as_candidate"] == {"layers.1.moe_experts": {"8": [6, 15, 16, 20, 28, 50]}}
+        # with the probabilities streamed the reference is not run again: the flip is named, the check fails
+        code, streamed = check(capsys, directory, f"{bfloat16}:load", *tokens, "--stream-probabilities")
+        assert code == 1 and streamed["diagnoses"][0]["cause"] == "routing_near_tie", streamed["diagnoses"]
+        assert "the error begins at token 8" in streamed["diagnoses"][0]["message"]
+    # a bug after the flip, in an expert the flipped token now goes to, still fails where it is
+    code, bugged = check(capsys, directory, f"{bfloat16}:bugged", *tokens)
+    assert code == 1 and bugged["first_divergence"]["checkpoint"] == "layers.1.moe_routed", bugged["diagnoses"]
 
 
 def test_zaya_in_bfloat16_passes_where_its_router_chooses_as_the_reference_does_at_that_precision(

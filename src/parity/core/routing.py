@@ -38,10 +38,7 @@ def compare_experts(name: str, reference: Trace, candidate: Trace, noise: NoiseF
         return CheckpointResult(name, FAIL, tolerance=AGREEMENT, reason=reason, **shapes)
     chosen_reference, chosen_candidate = chosen_reference.reshape(-1, chosen_reference.shape[-1]), \
         chosen_candidate.reshape(-1, chosen_candidate.shape[-1])
-    differ = np.array([set(r) != set(c) for r, c in zip(chosen_reference, chosen_candidate)], dtype=bool)
-    ties = _near_ties(name, reference, candidate, chosen_reference.shape[-1], len(differ))
-    if noise is not None and noise.chosen is not None and len(noise.chosen) == len(differ):
-        ties |= np.array([tuple(sorted(c)) == low for c, low in zip(chosen_candidate.tolist(), noise.chosen)])
+    differ, ties = _flips(name, reference, candidate, chosen_reference, chosen_candidate, noise)
     unexplained = differ & ~ties
     positions = np.flatnonzero(unexplained)
     tokens = len(differ)
@@ -65,6 +62,33 @@ def compare_experts(name: str, reference: Trace, candidate: Trace, noise: NoiseF
     reason = (f"{len(positions)}/{tokens} tokens routed to other experts (first at position {first}: "
               f"reference {chosen_reference[first].tolist()}, candidate {chosen_candidate[first].tolist()})")
     return CheckpointResult(name, FAIL, metrics=metrics, tolerance=AGREEMENT, reason=reason, **shapes)
+
+
+def admitted_flips(name: str, reference: Trace, candidate: Trace,
+                   noise: NoiseFloor | None = None) -> dict[int, tuple[int, ...]]:
+    """The tokens `name` routed otherwise in the candidate, each admitted as a near tie (or as the reference
+    routes at the candidate's precision): {token: the experts the candidate chose, ascending}. Empty where the
+    two sides chose as many experts alike, or where any flip is not admitted (a routing bug is not followed)."""
+    chosen_reference = np.asarray(reference[name]).astype(np.int64)
+    chosen_candidate = np.asarray(candidate[name]).astype(np.int64)
+    if chosen_reference.shape != chosen_candidate.shape:
+        return {}
+    chosen_reference, chosen_candidate = chosen_reference.reshape(-1, chosen_reference.shape[-1]), \
+        chosen_candidate.reshape(-1, chosen_candidate.shape[-1])
+    differ, ties = _flips(name, reference, candidate, chosen_reference, chosen_candidate, noise)
+    if (differ & ~ties).any():
+        return {}
+    return {int(token): tuple(sorted(chosen_candidate[token].tolist())) for token in np.flatnonzero(differ)}
+
+
+def _flips(name: str, reference: Trace, candidate: Trace, chosen_reference: np.ndarray,
+           chosen_candidate: np.ndarray, noise: NoiseFloor | None) -> tuple[np.ndarray, np.ndarray]:
+    """(differ, admitted), each (T,): the tokens whose experts differ, and those that may (a near tie)."""
+    differ = np.array([set(r) != set(c) for r, c in zip(chosen_reference, chosen_candidate)], dtype=bool)
+    ties = _near_ties(name, reference, candidate, chosen_reference.shape[-1], len(differ))
+    if noise is not None and noise.chosen is not None and len(noise.chosen) == len(differ):
+        ties |= np.array([tuple(sorted(c)) == low for c, low in zip(chosen_candidate.tolist(), noise.chosen)])
+    return differ, ties
 
 
 def _near_ties(name: str, reference: Trace, candidate: Trace, top_k: int, tokens: int) -> np.ndarray:

@@ -9,7 +9,9 @@ in the wrong place, another k).
 routing_near_tie: the error begins at a token whose routing flipped at a near tie
 (admitted by moe_experts: the candidate's precision moved two nearly equal router
 logits past each other). That token then went to another expert, so its MoE output
-and everything after it differ by design; not a bug in the port's code.
+and everything after it differ by design; not a bug in the port's code. parity check
+follows such flips itself (commands/check/routing.py); this is what is said where it
+could not: traces compared as files, a reference spilled to disk or streamed.
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ def routing_near_tie(context: Context):
                 f"router's logits (reference {sorted(reference[token].tolist())}, candidate "
                 f"{sorted(candidate[token].tolist())}; admitted as the candidate's precision's doing): from that "
                 "token on, its MoE output and what follows differ because it went to another expert, not for a "
-                "bug in the code; a check at that precision cannot hold them to the reference's routing there")
+                "bug in the code (parity check runs the reference again routed as the candidate at such tokens, "
+                "unless the reference's trace is spilled to disk or its attention probabilities are streamed; "
+                "traces compared as files are compared as they are)")
             return
 
 

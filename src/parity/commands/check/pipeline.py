@@ -212,6 +212,8 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
 
     comparison = compare_and_diagnose(reference, trace, config, strict=options.strict, streamed=streamed.stream)
     comparison = streamed.noted(comparison)
+    comparison, reference = _rerouted(comparison, reference, trace, config, options, reference_model, candidate,
+                                      reference_dtype, streamed, progress)
     held = _candidate_spill(reference_model, reference.tokens, spill, options.checkpoints) is None
     comparison = with_second_run(comparison, trace, candidate, options.request(reference_model), reference.tokens,
                                  progress, held=held)
@@ -223,6 +225,39 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
             "the host, which the diagnosis reads",))
     return _past_the_forward(comparison, reference, trace.names, options, reference_model, candidate, calibrating,
                              progress)
+
+
+def _rerouted(comparison: Comparison, reference: Trace, trace: Trace, config: CompareConfig, options: CheckOptions,
+              reference_model, candidate: Candidate, reference_dtype: str, streamed, progress):
+    """(comparison, reference): a failing MoE check whose candidate routed tokens otherwise at near ties compared
+    with the reference run again routed as it there (routing.py); where the reference is held in memory and its
+    attention probabilities were not streamed."""
+    from parity.commands.check.routing import routed_as_candidate
+    from parity.diagnose.compared import compare_and_diagnose
+
+    if comparison.passed or streamed.stream is not None or reference_trace_bytes(
+            reference_model, len(reference.tokens), reference_dtype, options.checkpoints) > SPILL_BYTES:
+        return comparison, reference
+    raw = options.raw and candidate.supports("raw") is None
+
+    def capture_routed(routes):
+        from parity.capture.torch.routed import routed_as
+
+        with routed_as(reference_model.model, reference_model.mapping.taps, routes) as rerouted:
+            routed = reference_model.capture(reference.tokens, checkpoints=options.checkpoints, prompt=options.prompt,
+                                             weights=options.weights, raw=raw, start_position=options.start_position)
+        reference_model.rest()
+        routed = dataclasses.replace(routed, metadata={**routed.metadata, "routed_as_candidate": {
+            name: {str(token): list(experts) for token, experts in tokens.items()} for name, tokens in routes.items()}})
+        if options.save_traces:   # the reference compared is the one saved (written moments ago by this check)
+            saved = save_trace(routed, Path(options.save_traces) / "reference.safetensors", overwrite=True)
+            routed = dataclasses.replace(routed, source=str(saved))
+        return routed, rerouted
+
+    def compare_again(routed: Trace) -> Comparison:
+        return streamed.noted(compare_and_diagnose(routed, trace, config, strict=options.strict))
+
+    return routed_as_candidate(comparison, reference, trace, config.noise, compare_again, capture_routed, progress)
 
 
 def _forward_pass(options: CheckOptions, reference_model, candidate: Candidate, tokens: list[int],

@@ -22,8 +22,8 @@ MAX_METADATA_BYTES = 16 * 1024 * 1024    # one metadata document (manifest.json,
 MAX_TOKENS = 10_000_000
 MAX_TENSOR_NAME_CHARS = 255
 MAX_LAYERS = 65_536                      # the deepest models have a few hundred; past this a name is damage
-JSON_FIELDS = ("tokens", "config", "not_comparable", "architecture", "weight_rounding",
-               "shards", "tensor_parallel", "start_position")   # JSON text in safetensors' string map
+JSON_FIELDS = ("tokens", "config", "not_comparable", "architecture", "weight_rounding",   # JSON text in
+               "shards", "tensor_parallel", "start_position", "routed_as_candidate")      # safetensors' string map
 _STRING_FIELDS = ("format", "arch", "producer", "dtype", "prompt", "emulates")
 # The configuration fields parity reads (diagnose/context.py), with the type each must have.
 _CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
