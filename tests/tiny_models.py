@@ -129,3 +129,33 @@ def save_sentencepiece_tokenizer(directory: Path) -> Path:
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                             additional_special_tokens=["<|user|>"]).save_pretrained(directory)
     return directory
+
+
+# ERNIE-4.5-MoE whose bfloat16 run, loaded as a user loads it, sends token 8 of NEAR_TIE_TOKENS to another
+# expert in layer 1: two of its router's logits there are 0.0005 apart (transformers 5.24; 5.16's routes alike).
+NEAR_TIE_TOKENS = "5,17,42,99,3,7,128,200,64,33,11,250"
+NEAR_TIE_FLIP = ("layers.1.moe_experts", 8, [6, 15, 16, 20, 28, 50])
+BFLOAT16_FACTORY = '''
+import torch
+from transformers import AutoModelForCausalLM
+
+
+def load(path):
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+'''
+
+
+def save_near_tie_moe(directory: Path) -> Path | None:
+    """The model above saved to `directory`; None where transformers has no ERNIE-4.5-MoE."""
+    import torch
+    import transformers
+
+    if "ernie4_5_moe" not in transformers.CONFIG_MAPPING:
+        return None
+    torch.manual_seed(0)
+    config = transformers.CONFIG_MAPPING["ernie4_5_moe"](
+        vocab_size=256, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, moe_layer_end_index=1,
+        tie_word_embeddings=False)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    return directory

@@ -94,6 +94,17 @@ def check(capsys, *args):
     return code, json.loads(out)
 
 
+def compare_files(capsys, directory):
+    from parity.cli import main
+
+    capsys.readouterr()
+    code = main(["compare", str(directory / "reference.safetensors"), str(directory / "candidate.safetensors"),
+                 "--json", "-"])
+    out, err = capsys.readouterr()
+    assert code in (0, 1) and "Traceback" not in err, err
+    return code, json.loads(out)
+
+
 @pytest.mark.parametrize("model_type", sorted(CASES))
 def test_transformers_own_model_passes_against_itself(model_type, factory, tmp_path, capsys):
     model = saved(model_type, tmp_path / model_type)
@@ -176,29 +187,25 @@ def test_a_bfloat16_moe_whose_routing_flips_at_a_near_tie_passes_against_the_ref
     # 1.1% of their RMS; the token goes to another expert. The flip was "the choice made from them is wrong"
     # (router), then a FAIL named routing_near_tie at that token, of a correct model; now the reference runs again
     # with token 8 routed as the candidate routed it, and everything after is compared like for like
-    if "ernie4_5_moe" not in transformers.CONFIG_MAPPING:
+    import tiny_models
+
+    directory = tiny_models.save_near_tie_moe(tmp_path / "ernie4_5_moe")
+    if directory is None:
         pytest.skip(f"transformers {transformers.__version__} has no ERNIE-4.5-MoE")
-    torch.manual_seed(0)
-    directory = tmp_path / "ernie4_5_moe"
-    config = transformers.CONFIG_MAPPING["ernie4_5_moe"](
-        vocab_size=256, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, moe_layer_end_index=1,
-        tie_word_embeddings=False)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     bfloat16 = tmp_path / "bfloat16.py"
-    bfloat16.write_text(FACTORY.replace("dtype=torch.float32", "dtype=torch.bfloat16") + BFLOAT16_EXPERT_BUG)
-    tokens = ("--tokens", "5,17,42,99,3,7,128,200,64,33,11,250", "--decode-steps", "0")
+    bfloat16.write_text(tiny_models.BFLOAT16_FACTORY + BFLOAT16_EXPERT_BUG)
+    tokens = ("--tokens", tiny_models.NEAR_TIE_TOKENS, "--decode-steps", "0")
     code, report = check(capsys, directory, f"{bfloat16}:load", *tokens, "--save-traces", str(tmp_path / "saved"))
     assert code == 0 and report["verdict"] == "pass", report["diagnoses"]
     saved = load_trace(tmp_path / "saved" / "reference.safetensors")
     rerouted = [note for note in report["notes"] if "routed as the candidate" in note]
     if rerouted:   # transformers 5.16's ERNIE routes this model's token 8 alike in both precisions: nothing to follow
-        assert "layers.1.moe_experts token 8 to [6, 15, 16, 20, 28, 50]" in rerouted[0], rerouted
-        assert saved.metadata["routed_as_candidate"] == {"layers.1.moe_experts": {"8": [6, 15, 16, 20, 28, 50]}}
-        # with the probabilities streamed the reference is not run again: the flip is named, the check fails
-        code, streamed = check(capsys, directory, f"{bfloat16}:load", *tokens, "--stream-probabilities")
-        assert code == 1 and streamed["diagnoses"][0]["cause"] == "routing_near_tie", streamed["diagnoses"]
-        assert "the error begins at token 8" in streamed["diagnoses"][0]["message"]
+        name, token, experts = tiny_models.NEAR_TIE_FLIP
+        assert f"{name} token {token} to {experts}" in rerouted[0], rerouted
+        assert saved.metadata["routed_as_candidate"] == {name: {str(token): experts}}
+        # the traces as saved, compared as files, are the ones the check compared
+        code, compared = compare_files(capsys, tmp_path / "saved")
+        assert code == 0, compared["diagnoses"]
     # a bug after the flip, in an expert the flipped token now goes to, still fails where it is
     code, bugged = check(capsys, directory, f"{bfloat16}:bugged", *tokens)
     assert code == 1 and bugged["first_divergence"]["checkpoint"] == "layers.1.moe_routed", bugged["diagnoses"]

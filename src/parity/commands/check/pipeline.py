@@ -106,10 +106,10 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
 
 
 def _capture_reference(reference_model, tokens: list[int], options: CheckOptions, candidate: Candidate,
-                       reference_dtype: str, spill: str, progress, recipes=None) -> Trace:
-    """The reference's trace: in memory, or written to the spill directory and read back lazily when it is
-    larger than SPILL_BYTES. With `recipes`, what rebuilds its attention probabilities is kept there instead
-    of them (probabilities.py)."""
+                       reference_dtype: str, spill: str, progress, recipes=None, name: str = "reference") -> Trace:
+    """The reference's trace: in memory, or written to the spill directory (as `name`.safetensors) and read back
+    lazily when it is larger than SPILL_BYTES. With `recipes`, what rebuilds its attention probabilities is kept
+    there instead of them (probabilities.py)."""
     from parity.core.trace import load_trace
 
     raw = options.raw and candidate.supports("raw") is None
@@ -125,7 +125,7 @@ def _capture_reference(reference_model, tokens: list[int], options: CheckOptions
     return_freed_memory()
     if getattr(reference_model.model, "hf_device_map", None) is None:   # not spread by accelerate: each pass
         reference_model.park(Path(spill) / "reference-weights.bin")       # holds one module's weights at a time
-    path = Path(spill) / "reference.safetensors"
+    path = Path(spill) / f"{name}.safetensors"
     progress.step(f"capturing the reference over {len(tokens)} tokens into {path} (about {size / 2**30:.1f} GiB, "
                   "more than is held in memory)")
     reference_model.capture_to_file(tokens, path, checkpoints=options.checkpoints, prompt=options.prompt,
@@ -165,12 +165,13 @@ def _without_probabilities(checkpoints: str | None) -> str:
     return f"{checkpoints or '*'},!*.attn_probs"
 
 
-def _candidate_spill(reference_model, tokens: list[int], spill: str, checkpoints: str | None) -> str | None:
-    """Where a candidate that can writes its trace as it is made: when its trace (float32) would be larger than
-    SPILL_BYTES."""
+def _candidate_spill(reference_model, tokens: list[int], spill: str, checkpoints: str | None,
+                     name: str = "candidate") -> str | None:
+    """Where a candidate that can writes its trace as it is made (`name`.safetensors in the spill directory): when
+    its trace (float32) would be larger than SPILL_BYTES."""
     if reference_trace_bytes(reference_model, len(tokens), "float32", checkpoints) <= SPILL_BYTES:
         return None
-    return str(Path(spill) / "candidate.safetensors")
+    return str(Path(spill) / f"{name}.safetensors")
 
 
 def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) -> Comparison:
@@ -212,8 +213,8 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
 
     comparison = compare_and_diagnose(reference, trace, config, strict=options.strict, streamed=streamed.stream)
     comparison = streamed.noted(comparison)
-    comparison, reference = _rerouted(comparison, reference, trace, config, options, reference_model, candidate,
-                                      reference_dtype, streamed, progress)
+    comparison, reference, trace, streamed = _rerouted(comparison, reference, trace, config, options, reference_model,
+                                                       candidate, reference_dtype, spill, streamed, progress)
     held = _candidate_spill(reference_model, reference.tokens, spill, options.checkpoints) is None
     comparison = with_second_run(comparison, trace, candidate, options.request(reference_model), reference.tokens,
                                  progress, held=held)
@@ -228,36 +229,57 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
 
 
 def _rerouted(comparison: Comparison, reference: Trace, trace: Trace, config: CompareConfig, options: CheckOptions,
-              reference_model, candidate: Candidate, reference_dtype: str, streamed, progress):
-    """(comparison, reference): a failing MoE check whose candidate routed tokens otherwise at near ties compared
-    with the reference run again routed as it there (routing.py); where the reference is held in memory and its
-    attention probabilities were not streamed."""
+              reference_model, candidate: Candidate, reference_dtype: str, spill: str, streamed, progress):
+    """(comparison, reference, candidate, streamed): a failing MoE check whose candidate routed tokens otherwise at
+    near ties compared with the reference run again routed as it there (routing.py). The reference's trace is
+    held or spilled as the first one was; where the attention probabilities were streamed, the candidate runs
+    again too, its probabilities measured against the rerouted reference's as they are made."""
+    from parity.commands.check import probabilities
     from parity.commands.check.routing import routed_as_candidate
     from parity.diagnose.compared import compare_and_diagnose
 
-    if comparison.passed or streamed.stream is not None or reference_trace_bytes(
-            reference_model, len(reference.tokens), reference_dtype, options.checkpoints) > SPILL_BYTES:
-        return comparison, reference
-    raw = options.raw and candidate.supports("raw") is None
+    if comparison.passed:
+        return comparison, reference, trace, streamed
+    latest = {"candidate": trace, "streamed": streamed, "round": 0}
+    tokens = list(reference.tokens)
 
     def capture_routed(routes):
         from parity.capture.torch.routed import routed_as
 
+        latest["round"] += 1
+        suffix = f"routed-{latest['round']}"
+        recipes = probabilities.recipes_in(spill, f"recipes-{suffix}") if streamed.stream is not None else None
         with routed_as(reference_model.model, reference_model.mapping.taps, routes) as rerouted:
-            routed = reference_model.capture(reference.tokens, checkpoints=options.checkpoints, prompt=options.prompt,
-                                             weights=options.weights, raw=raw, start_position=options.start_position)
+            routed = _capture_reference(reference_model, tokens, options, candidate, reference_dtype, spill, progress,
+                                        recipes, name=f"reference-{suffix}")
         reference_model.rest()
         routed = dataclasses.replace(routed, metadata={**routed.metadata, "routed_as_candidate": {
-            name: {str(token): list(experts) for token, experts in tokens.items()} for name, tokens in routes.items()}})
+            name: {str(token): list(experts) for token, experts in chosen.items()} for name, chosen in routes.items()}})
         if options.save_traces:   # the reference compared is the one saved (written moments ago by this check)
             saved = save_trace(routed, Path(options.save_traces) / "reference.safetensors", overwrite=True)
             routed = dataclasses.replace(routed, source=str(saved))
+        if recipes is not None:   # the candidate's probabilities measured again, against the rerouted reference's
+            again = probabilities.Streamed.of(recipes, config)
+            stored = _without_probabilities(options.checkpoints)
+            request = options.request(reference_model, _candidate_spill(reference_model, tokens, spill, stored,
+                                                                        name=f"candidate-{suffix}"), again.stream)
+            progress.step("running the candidate again, its attention probabilities measured against the rerouted "
+                          "reference's")
+            candidate_trace = spilled(candidate.trace(tokens, request, progress), spill)
+            reference_model.rest()
+            routed, latest["candidate"] = again.finish(routed, candidate_trace, candidate, options, reference_model,
+                                                       progress)
+            latest["streamed"] = again
         return routed, rerouted
 
     def compare_again(routed: Trace) -> Comparison:
-        return streamed.noted(compare_and_diagnose(routed, trace, config, strict=options.strict))
+        now = latest["streamed"]
+        return now.noted(compare_and_diagnose(routed, latest["candidate"], config, strict=options.strict,
+                                              streamed=now.stream))
 
-    return routed_as_candidate(comparison, reference, trace, config.noise, compare_again, capture_routed, progress)
+    comparison, reference = routed_as_candidate(comparison, reference, trace, config.noise, compare_again,
+                                                capture_routed, progress)
+    return comparison, reference, latest["candidate"], latest["streamed"]
 
 
 def _forward_pass(options: CheckOptions, reference_model, candidate: Candidate, tokens: list[int],

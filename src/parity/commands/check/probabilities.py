@@ -78,10 +78,10 @@ def probabilities_bytes(reference_model, tokens: int, reference_dtype: str, chec
     return heads * tokens * tokens * layers * ({"float64": 8, "float32": 4}.get(reference_dtype, 2) + 2 * 4)
 
 
-def recipes_in(spill: str):
+def recipes_in(spill: str, name: str = "recipes"):
     from parity.capture.hf.recipes import ProbabilityRecipes
 
-    return ProbabilityRecipes(Path(spill) / "recipes")
+    return ProbabilityRecipes(Path(spill) / name)
 
 
 def streamed(recipes, tolerance_of) -> StreamedCheckpoints | None:

@@ -10,9 +10,10 @@ layer, the reference runs once more with exactly those tokens sent to the candid
 once the earlier ones are followed is followed in the next round. A flip that is not a near tie is never followed:
 it fails as a routing bug.
 
-Only a failing check pays for the extra pass, and only where the reference trace is held in memory (a spilled
-one is not written twice); the reference's trace is then the rerouted run's, and a note says which tokens were
-rerouted.
+Only a failing check pays: one more reference pass per round (held or spilled as the first was), and where the
+attention probabilities are streamed, one more candidate pass too, its probabilities measured against the
+rerouted reference's (commands/check/pipeline.py). The reference's trace is then the rerouted run's, and a note
+says which tokens were rerouted. Two traces compared as files are compared as they are (diagnose/router.py).
 """
 
 from __future__ import annotations
