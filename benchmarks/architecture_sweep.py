@@ -1,6 +1,6 @@
 """Every decoder-only model type of the installed transformers, checked against itself.
 
-    python benchmarks/architecture_sweep.py --directory DIR [--types llama,falcon,...] [--tokens 12]
+    python benchmarks/architecture_sweep.py --directory DIR [--types llama,falcon,...] [--dtype bfloat16]
 
 For each model type in transformers' causal LM list that is not an encoder, an
 encoder-decoder or a multimodal model, builds a tiny random model from a small
@@ -9,12 +9,14 @@ config made generically (hidden size 64, 2 layers, 4 heads, 2 KV heads, vocabula
 heads as heads for multi-head latent attention, which has no groups), saves it to
 DIR/TYPE, and runs `parity check DIR/TYPE FACTORY:load` in a fresh process, where
 the factory loads it as a user does (`AutoModelForCausalLM.from_pretrained(path,
-dtype=torch.float32)`: its default attention and experts implementations). A
-correct model must pass; a check that cannot run must end in one line, exit 2.
+dtype=torch.float32)`: its default attention and experts implementations; with
+`--dtype bfloat16`, in bfloat16, the check calibrated to it). A correct model must
+pass; a check that cannot run must end in one line, exit 2.
 
 Prints a line per type: the exit code, the verdict or the error's first line, the
-layers mapped by their output alone, and the check's wall seconds; then the
-counts. A type whose small config does not build is listed as not built, with
+layers mapped by their output alone, whether the reference was run again routed
+as the candidate at near-tie flips of an MoE router, and the check's wall seconds;
+then the counts. A type whose small config does not build is listed as not built, with
 transformers' error. Time: about 7 s a type on 2 CPU cores (load, four passes,
 decoding); memory: a few hundred MB a process.
 """
@@ -46,7 +48,7 @@ from transformers import AutoModelForCausalLM
 
 
 def load(path):
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.{dtype}).eval()
 """
 
 
@@ -102,8 +104,8 @@ def build_apart(model_type: str, directory: Path) -> str | None:
 
 
 
-def check(directory: Path, factory: Path) -> tuple[int, str, int, float]:
-    """(exit code, verdict or error line, layers mapped by their output alone, wall seconds)."""
+def check(directory: Path, factory: Path) -> tuple[int, str, int, bool, float]:
+    """(exit code, verdict or error line, layers mapped by their output alone, rerouted, wall seconds)."""
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "parity", "check", str(directory), f"{factory}:load",
                              "--tokens", ",".join(map(str, TOKENS))], capture_output=True, text=True)
@@ -112,7 +114,8 @@ def check(directory: Path, factory: Path) -> tuple[int, str, int, float]:
     summary = next((line for line in lines if line.startswith(("PASS", "FAIL", "parity: error"))),
                    lines[-1] if lines else "")
     outputs_only = sum(_layers_in(line) for line in lines if line.startswith("note: layer"))
-    return result.returncode, summary.strip()[:150], outputs_only, seconds
+    rerouted = any("running the reference again routed as the candidate" in line for line in lines)
+    return result.returncode, summary.strip()[:150], outputs_only, rerouted, seconds
 
 
 def _layers_in(note: str) -> int:
@@ -129,6 +132,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--directory", type=Path, required=True, help="where the tiny models are saved")
     parser.add_argument("--types", help="comma-separated model types (default: every decoder-only one)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="the precision the factory loads each model in (default float32)")
     parser.add_argument("--build", help=argparse.SUPPRESS)   # a child's one type (build_apart)
     arguments = parser.parse_args()
     if arguments.build:
@@ -136,8 +141,8 @@ def main() -> int:
         print(why or "built")
         return 1 if why else 0
     arguments.directory.mkdir(parents=True, exist_ok=True)
-    factory = arguments.directory / "load_transformers.py"
-    factory.write_text(FACTORY)
+    factory = arguments.directory / f"load_transformers_{arguments.dtype}.py"
+    factory.write_text(FACTORY.format(dtype=arguments.dtype))
     types = arguments.types.split(",") if arguments.types else decoder_types()
     counts: dict[str, int] = {}
     for model_type in types:
@@ -147,8 +152,9 @@ def main() -> int:
             print(f"{model_type:28} not built: {why}", flush=True)
             counts["not built"] = counts.get("not built", 0) + 1
             continue
-        code, summary, outputs_only, seconds = check(directory, factory)
+        code, summary, outputs_only, rerouted, seconds = check(directory, factory)
         mapped = f" [{outputs_only} layer(s) by output]" if outputs_only else ""
+        mapped += " [rerouted at near ties]" if rerouted else ""
         print(f"{model_type:28} exit {code}  {summary}{mapped}  ({seconds:.1f} s)", flush=True)
         counts[f"exit {code}"] = counts.get(f"exit {code}", 0) + 1
     print("; ".join(f"{key}: {value}" for key, value in sorted(counts.items())), f"of {len(types)} types")
