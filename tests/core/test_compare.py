@@ -78,6 +78,29 @@ def test_a_raw_module_output_of_another_shape_is_not_comparable_not_a_failure(ca
     assert comparison.passed and comparison.first_divergence is None
 
 
+def test_a_raw_output_of_integer_ids_that_differ_is_a_selection_not_a_failure():
+    # a sparse attention's indexer (AXK2's) outputs the ids of the keys it keeps: in bfloat16 a near tie of its
+    # scores ordered two of them otherwise, and ids compared as magnitudes failed a correct model
+    from parity.core.results import NOT_COMPARABLE
+
+    kept = np.tile(np.arange(12, dtype=np.int64), (12, 1))                   # (T, k)
+    reordered = kept.copy()
+    reordered[7, [1, 2]] = reordered[7, [2, 1]]
+    elsewhere = kept.copy()
+    elsewhere[3, 0] = 11
+    tensors = dict(reference_tensors(), **{"raw.model.layers.1.self_attn.indexer": kept})
+    for ids, detail in ((reordered, "row 7; the same ids in each row, in another order"), (elsewhere, "row 3)")):
+        comparison = compare(make_trace(tensors), make_trace(dict(tensors, **{
+            "raw.model.layers.1.self_attn.indexer": ids})))
+        result = comparison.result("raw.model.layers.1.self_attn.indexer")
+        assert result.status == NOT_COMPARABLE and result.reason.startswith("integer ids differ at")
+        assert detail in result.reason and comparison.passed
+    floats = dict(tensors, **{"raw.model.layers.1.self_attn.indexer": kept.astype(np.float32)})
+    comparison = compare(make_trace(floats), make_trace(dict(floats, **{
+        "raw.model.layers.1.self_attn.indexer": elsewhere.astype(np.float32)})))
+    assert comparison.result("raw.model.layers.1.self_attn.indexer").status == FAIL   # magnitudes: held as ever
+
+
 def test_permuted_attention_probabilities_pass_and_say_how_they_were_aligned():
     tensors = reference_tensors()
     candidate = dict(tensors, **{"layers.0.attn_probs": tensors["layers.0.attn_probs"].transpose(1, 0, 2).copy()})

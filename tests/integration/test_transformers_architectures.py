@@ -62,6 +62,11 @@ CASES = {  # model type -> (config, what the fix was)
                          num_key_value_heads=2, head_dim=16),
     # its fused q|k|v is a module of its own (ZAYA's CCA projection), not a linear: splitting it was refused
     "zaya": dict(SMALL),
+    # a sparse attention whose indexer outputs the ids of the keys it keeps: in bfloat16 a near tie of its scores
+    # ordered two ids otherwise, and the ids, compared as magnitudes, failed a correct model
+    "axk2": dict(SMALL, intermediate_size=128, num_attention_heads=4, num_key_value_heads=4, head_dim=8,
+                 kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+                 moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1),
     # grouped experts in the candidate, the per-expert loop in the reference: failed on the experts' activation
     "qwen2_moe": dict(SMALL, intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=32,
                       num_attention_heads=4, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2),
@@ -209,6 +214,20 @@ def test_a_bfloat16_moe_whose_routing_flips_at_a_near_tie_passes_against_the_ref
     # a bug after the flip, in the experts it chooses among, still fails where it is
     code, bugged = check(capsys, directory, f"{bfloat16}:bugged", *tokens)
     assert code == 1 and bugged["first_divergence"]["checkpoint"] == "layers.1.moe_routed", bugged["diagnoses"]
+
+
+def test_a_sparse_attention_whose_indexer_orders_keys_otherwise_in_bfloat16_passes(factory, tmp_path, capsys):
+    model = saved("axk2", tmp_path / "axk2")
+    bfloat16 = tmp_path / "bfloat16.py"
+    bfloat16.write_text(FACTORY.replace("dtype=torch.float32", "dtype=torch.bfloat16"))
+    code, report = check(capsys, model, f"{bfloat16}:load", "--tokens", "5,17,42,99,3,7,128,200,64,33,11,250",
+                         "--decode-steps", "0")
+    assert code == 0 and report["verdict"] == "pass", report["diagnoses"]
+    indexers = [c for c in report["checkpoints"] if c["name"].endswith("self_attn.indexer")]
+    assert indexers and all(c["status"] in ("pass", "not_comparable") for c in indexers)
+    for differing in (c for c in indexers if c["status"] == "not_comparable"):
+        assert differing["reason"].startswith("integer ids differ") and differing["name"] in \
+            report["raw"]["not_comparable"]
 
 
 def test_zaya_in_bfloat16_passes_where_its_router_chooses_as_the_reference_does_at_that_precision(

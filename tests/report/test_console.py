@@ -76,3 +76,13 @@ def test_checks_not_run_are_listed_by_reason():
     text = render(comparison)
     assert "not checked: decode, KV cache: --decode-steps 0" in text
     assert "not checked: replay, weights: not asked for\n" in text
+
+
+def test_raw_outputs_say_which_ran_otherwise_and_which_selected_other_ids():
+    tensors = dict(trace_with_layers(2), **{"raw.model.layers.0.self_attn.indexer": np.arange(9).reshape(3, 3),
+                                            "raw.model.layers.1.mlp.experts.act_fn": np.ones((3, 4))})
+    candidate = dict(tensors, **{"raw.model.layers.0.self_attn.indexer": np.arange(9)[::-1].reshape(3, 3).copy(),
+                                 "raw.model.layers.1.mlp.experts.act_fn": np.ones((6, 4))})
+    text = " ".join(render(compare(make_trace(tensors), make_trace(candidate)), width=400).split())
+    assert "raw modules (no canonical role): 0 compared, 0 failed; 1 ran with other shapes on the two sides, " \
+           "not compared; 1 chose other integer ids (raw.model.layers.0.self_attn.indexer)" in text

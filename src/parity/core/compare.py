@@ -180,6 +180,37 @@ def _misshapen(name: str, reference_shape: tuple[int, ...], candidate_shape: tup
                             shape_candidate=candidate_shape, reason=reason)
 
 
+IDS_DIFFER = "integer ids differ"   # how a raw output's differing selection is reported (report/raw.py)
+
+
+def _integers(reference: Trace, candidate: Trace, name: str) -> bool:
+    return all(trace.dtype_of(name).startswith(("int", "uint")) for trace in (reference, candidate))
+
+
+def _selection_differs(name: str, reference_tensor, candidate_tensor) -> CheckpointResult:
+    """A raw module output of integer ids that differ: a selection (the keys a sparse attention's indexer keeps,
+    the experts a router picks), whose ids are labels, not magnitudes, and which a near tie of the scores behind
+    it selects otherwise at a low precision (a correct bfloat16 AXK2 indexer picked one other key at one token).
+    Not a failure by itself: what the selection feeds is compared by the checkpoints after it, which carry the
+    verdict."""
+    differ = np.asarray(reference_tensor) != np.asarray(candidate_tensor)
+    while differ.ndim > 2 and differ.shape[0] == 1:   # (1, T, k): a batch of one
+        differ = differ[0]
+    rows = differ.reshape(differ.shape[0], -1).any(axis=1) if differ.ndim > 1 else differ
+    first = int(np.flatnonzero(rows)[0])
+    reordered = _same_in_each_row(np.asarray(reference_tensor), np.asarray(candidate_tensor))
+    reason = (f"{IDS_DIFFER} at {int(differ.sum())} of {differ.size} entries ({int(rows.sum())} of {len(rows)} "
+              f"rows, first at row {first}{'; the same ids in each row, in another order' if reordered else ''}): "
+              "a selection, whose ids are labels, not magnitudes; what it selects is compared by the checkpoints "
+              "that read it")
+    return CheckpointResult(name, NOT_COMPARABLE, reason=reason, shape_reference=tuple(reference_tensor.shape),
+                            shape_candidate=tuple(candidate_tensor.shape))
+
+
+def _same_in_each_row(reference_ids: np.ndarray, candidate_ids: np.ndarray) -> bool:
+    return reference_ids.ndim > 0 and np.array_equal(np.sort(reference_ids, axis=-1), np.sort(candidate_ids, axis=-1))
+
+
 def _admitted_without_positions(name: str, shape: tuple[int, ...], tokens, metrics, tolerance) -> bool:
     """A raw module output whose rows are not token positions (Qwen3.5's gated delta-rule norm runs on (token,
     head) rows, 384 for 12 tokens) is held to its calibrated rel_l2 alone: one row of a few values is no
@@ -211,6 +242,9 @@ def compare_checkpoint(name: str, reference: Trace, candidate: Trace,
     if checkpoint.kind in INDEX_KINDS:  # integer ids: agreement, not a norm of a difference
         return compare_experts(name, reference, candidate, (config.noise or {}).get(name)), None
     reference_tensor, candidate_tensor = reference[name], candidate[name]
+    if is_raw(name) and _integers(reference, candidate, name) and reference_shape == candidate_shape \
+            and not np.array_equal(reference_tensor, candidate_tensor):
+        return _selection_differs(name, reference_tensor, candidate_tensor), None
     dtype = config.dtype or lowest_precision(
         reference.metadata.get("dtype"), candidate.metadata.get("dtype"),
         reference.dtype_of(name), candidate.dtype_of(name),

@@ -7,6 +7,7 @@ have them, so what only one side holds is counted, not listed as missing.
 
 from __future__ import annotations
 
+from parity.core.compare import IDS_DIFFER
 from parity.core.names import is_raw
 from parity.core.results import NOT_COMPARABLE, Comparison
 
@@ -17,7 +18,8 @@ def raw_summary(comparison: Comparison) -> dict:
         "compared": sum(result.status != NOT_COMPARABLE for result in results),
         "failed": [result.name for result in results if result.failed],
         "unpaired": len(comparison.raw_unpaired),
-        # modules that ran with other shapes on the two sides (a loop, another implementation)
+        # modules that ran with other shapes on the two sides (a loop, another implementation), or whose integer
+        # ids (a selection) differ
         "not_comparable": [result.name for result in results if result.status == NOT_COMPARABLE],
     }
 
@@ -35,6 +37,12 @@ def raw_line(comparison: Comparison):
         text += " (" + ", ".join(failed[:4]) + (f", ... {len(failed)} in all" if len(failed) > 4 else "") + ")"
     if summary["unpaired"]:
         text += f"; {summary['unpaired']} held by one trace only, not compared"
-    if summary["not_comparable"]:
-        text += f"; {len(summary['not_comparable'])} ran with other shapes on the two sides, not compared"
+    selections = [result.name for result in comparison.checkpoints if result.name in summary["not_comparable"]
+                  and (result.reason or "").startswith(IDS_DIFFER)]
+    if len(summary["not_comparable"]) > len(selections):
+        text += (f"; {len(summary['not_comparable']) - len(selections)} ran with other shapes on the two sides, "
+                 "not compared")
+    if selections:
+        text += (f"; {len(selections)} chose other integer ids ({', '.join(selections[:2])}"
+                 f"{', ...' if len(selections) > 2 else ''}): a selection, judged by the checkpoints that read it")
     return Text(text, style="bold red" if failed else "dim")

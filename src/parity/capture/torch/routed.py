@@ -69,8 +69,8 @@ def _rerouting(experts_name: str, tokens: dict[int, tuple[int, ...]], rerouted: 
         rerouted.tokens[experts_name] = sorted(token for token in tokens if token < rows)
         if rule is None:
             rerouted.weights_kept.add(experts_name)
-        return type(output)((logits, weights, experts, *output[3:])) if isinstance(output, tuple) \
-            else [logits, weights, experts, *output[3:]]
+        rewritten = (logits, weights, experts, *output[3:])
+        return rewritten if isinstance(output, tuple) else list(rewritten)
     return rewrite
 
 
@@ -80,7 +80,8 @@ def reroute(logits, weights, experts, tokens: dict[int, tuple[int, ...]]):
     import torch
 
     if not all(isinstance(t, torch.Tensor) for t in (logits, weights, experts)) \
-            or weights.shape != experts.shape or logits.dim() < 1:
+            or weights.shape != experts.shape or logits.dim() < 1 or weights.dim() < 1 \
+            or logits.numel() // max(logits.shape[-1], 1) != weights.numel() // max(weights.shape[-1], 1):
         return None
     width = logits.shape[-1]
     rows_logits = logits.detach().reshape(-1, width).double()                  # (T, E)
