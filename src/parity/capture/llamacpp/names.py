@@ -41,6 +41,12 @@ SHARED: tuple[Row, ...] = (
     ("ffn_geglu-{i}", None, "layers.{i}.mlp_act"),
     ("ffn_gelu-{i}", None, "layers.{i}.mlp_act"),
     ("ffn_moe_logits-{i}", None, "layers.{i}.moe_router_logits"),
+    ("ffn_moe_topk-{i}", None, "layers.{i}.moe_experts"),                  # I32 (T, k), in slot order
+    # the chosen experts' weights, each step after the first in place of the one before: the last is final
+    ("ffn_moe_weights-{i}", None, "layers.{i}.moe_weights"),
+    ("ffn_moe_weights_softmax-{i}", None, "layers.{i}.moe_weights"),
+    ("ffn_moe_weights_norm-{i}", None, "layers.{i}.moe_weights"),
+    ("ffn_moe_weights_scaled-{i}", None, "layers.{i}.moe_weights"),
     ("ffn_moe_out-{i}", None, "layers.{i}.mlp_out"),
     ("ffn_shexp-{i}", None, "layers.{i}.moe_shared"),
     ("ffn_post_norm-{i}", None, "layers.{i}.mlp_post_norm"),

@@ -36,6 +36,7 @@ with the reason, and never compared in the wrong layout.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -54,7 +55,7 @@ from parity.core.trace import Trace, make_trace
 from parity.core.trace.readers import bfloat16_widened
 
 GGML_MAX_DIMS, GGML_MAX_SRC, GGML_MAX_OP_PARAMS, GGML_MAX_NAME = 4, 10, 64, 64
-GGML_TYPES = {0: np.float32, 1: np.float16}  # ggml_type -> numpy; bf16 (30) widened by hand
+GGML_TYPES = {0: np.float32, 1: np.float16, 26: np.int32}  # ggml_type -> numpy; bf16 (30) widened by hand
 GGML_TYPE_BF16 = 30
 KV_TYPE_IDS = {"f32": 0, "f16": 1, "bf16": 30}   # KV cache types that run without flash attention
 UBATCH = 512   # tokens per llama_decode for inputs longer than this (llama.cpp's default n_ubatch)
@@ -121,6 +122,7 @@ class _Recording:
     drop: Callable[[str, str], None] | None = None            # told of a tensor a micro-batch could not align
     written: list[str] = field(default_factory=list)          # the names handed to the sink
     sink_error: BaseException | None = None                   # what the sink raised (a full disk), raised after
+    chosen: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> the MoE's expert ids (T, k), slot order
 
 
 def thread_budget() -> int:
@@ -530,7 +532,8 @@ class LlamaCppRunner:
         strides = tuple(int(n) for n in reversed(tensor.nb))
         array = np.lib.stride_tricks.as_strided(raw.view(storage), shape=shape, strides=strides)
         array = bfloat16_widened(array) if tensor.type == GGML_TYPE_BF16 else array.copy()
-        recording.arrays[canonical] = array.astype(np.float32, copy=False)
+        integers = np.issubdtype(array.dtype, np.integer)   # the ids an MoE router chose (ffn_moe_topk)
+        recording.arrays[canonical] = array.astype(np.int64 if integers else np.float32, copy=False)
         recording.not_comparable.pop(canonical, None)
         layer = _layer(canonical)
         if recording.sink is not None and layer is not None:
@@ -583,6 +586,8 @@ class LlamaCppRunner:
                 return None
         else:
             array = array.reshape(count, -1)                                      # (T, ...) -> (T, width)
+        if kind in ("moe_experts", "moe_weights"):
+            return self._routing(name, array, recording)
         if kind in QK_KINDS and self._qk_permuted:
             head_dim = recording.head_dims.get(kind[0])
             if head_dim is None or head_dim % 2:
@@ -590,6 +595,28 @@ class LlamaCppRunner:
                 return None
             array = unpermute_qk(array, head_dim)
         return array
+
+
+    def _routing(self, name: str, array: np.ndarray, recording: _Recording) -> np.ndarray | None:
+        """moe_experts: the ids chosen (T, k), ascending per token (their slot order kept for the weights);
+        moe_weights: the chosen experts' final weights (T, k) set out as the dense (T, E) table, zero elsewhere."""
+        checkpoint = parse(name)
+        if checkpoint.kind == "moe_experts":
+            recording.chosen[checkpoint.layer] = array
+            return np.sort(array, axis=-1)
+        chosen, experts = recording.chosen.get(checkpoint.layer), self._expert_count
+        if chosen is None or chosen.shape != array.shape or not experts:
+            recording.not_comparable[name] = ("the experts each weight belongs to were not read (ffn_moe_topk), or "
+                                              "the GGUF gives no expert count")
+            return None
+        dense = np.zeros((array.shape[0], experts), dtype=np.float32)
+        np.put_along_axis(dense, chosen, array, axis=-1)
+        return dense
+
+    @functools.cached_property
+    def _expert_count(self) -> int:
+        count = self._meta(f"{self._meta('general.architecture')}.expert_count")
+        return int(count) if count and count.isdigit() else 0
 
 
 def _streaming(stream, sink: Callable[[str, np.ndarray], None], offset: Callable[[], int]):
