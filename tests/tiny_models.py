@@ -159,3 +159,33 @@ def save_near_tie_moe(directory: Path) -> Path | None:
         tie_word_embeddings=False)
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     return directory
+
+
+# ERNIE-4.5-MoE, three MoE layers, whose router barely tells its experts apart (its weights scaled by 0.05) and whose
+# experts matter (their down projections by 20): the reference run in bfloat16 (the calibration) routes tokens 6, 7
+# and 11 of FLAT_ROUTER_TOKENS to other experts in layer 1 (transformers 5.24).
+FLAT_ROUTER_TOKENS = "120,155,52,202,245,79,46,34,10,205,148,30"
+BFLOAT16_EAGER_FACTORY = BFLOAT16_FACTORY.replace(
+    "dtype=torch.bfloat16)", "dtype=torch.bfloat16, attn_implementation='eager', experts_implementation='eager')")
+
+
+def save_flat_router_moe(directory: Path) -> Path | None:
+    """The model above saved to `directory`; None where transformers has no ERNIE-4.5-MoE."""
+    import torch
+    import transformers
+
+    if "ernie4_5_moe" not in transformers.CONFIG_MAPPING:
+        return None
+    torch.manual_seed(0)
+    config = transformers.CONFIG_MAPPING["ernie4_5_moe"](
+        vocab_size=256, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, moe_layer_end_index=2,
+        tie_word_embeddings=False)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            if hasattr(layer.mlp, "gate"):
+                layer.mlp.gate.weight.mul_(0.05)
+                layer.mlp.experts.down_proj.mul_(20.0)
+    model.save_pretrained(directory)
+    return directory
