@@ -3,7 +3,9 @@
 The candidate says what its precision is (`candidate.numerics`, capture/precision.py):
 a dtype, whose run is the reference loaded in it, or llama.cpp's numerics, emulated in a
 float32 copy. Each checkpoint of that run, against the high-precision reference, is the
-noise this precision alone makes there (core/calibrate.py).
+noise this precision alone makes there (core/calibrate.py). An MoE token this run sends to
+other experts than the reference does is sent to the reference's in a second run, so that no
+floor carries another expert's output (`routed_as_reference`).
 """
 
 from __future__ import annotations
