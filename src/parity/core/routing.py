@@ -36,8 +36,7 @@ def compare_experts(name: str, reference: Trace, candidate: Trace, noise: NoiseF
         reason = (f"shape mismatch: reference chose {list(chosen_reference.shape)} experts, "
                   f"candidate {list(chosen_candidate.shape)} (another top-k?)")
         return CheckpointResult(name, FAIL, tolerance=AGREEMENT, reason=reason, **shapes)
-    chosen_reference, chosen_candidate = chosen_reference.reshape(-1, chosen_reference.shape[-1]), \
-        chosen_candidate.reshape(-1, chosen_candidate.shape[-1])
+    chosen_reference, chosen_candidate = _rows(chosen_reference), _rows(chosen_candidate)   # (T, k)
     differ, ties = _flips(name, reference, candidate, chosen_reference, chosen_candidate, noise)
     unexplained = differ & ~ties
     positions = np.flatnonzero(unexplained)
@@ -67,18 +66,22 @@ def compare_experts(name: str, reference: Trace, candidate: Trace, noise: NoiseF
 def admitted_flips(name: str, reference: Trace, candidate: Trace,
                    noise: NoiseFloor | None = None) -> dict[int, tuple[int, ...]]:
     """The tokens `name` routed otherwise in the candidate, each admitted as a near tie (or as the reference
-    routes at the candidate's precision): {token: the experts the candidate chose, ascending}. Empty where the
-    two sides chose as many experts alike, or where any flip is not admitted (a routing bug is not followed)."""
+    routes at the candidate's precision): {token: the experts the candidate chose, ascending}. Empty where no
+    token was routed otherwise, where the two chose different numbers of experts, or where any flip is not
+    admitted (a routing bug is not followed: commands/check/routing.py)."""
     chosen_reference = np.asarray(reference[name]).astype(np.int64)
     chosen_candidate = np.asarray(candidate[name]).astype(np.int64)
     if chosen_reference.shape != chosen_candidate.shape:
         return {}
-    chosen_reference, chosen_candidate = chosen_reference.reshape(-1, chosen_reference.shape[-1]), \
-        chosen_candidate.reshape(-1, chosen_candidate.shape[-1])
+    chosen_reference, chosen_candidate = _rows(chosen_reference), _rows(chosen_candidate)   # (T, k)
     differ, ties = _flips(name, reference, candidate, chosen_reference, chosen_candidate, noise)
     if (differ & ~ties).any():
         return {}
     return {int(token): tuple(sorted(chosen_candidate[token].tolist())) for token in np.flatnonzero(differ)}
+
+
+def _rows(chosen: np.ndarray) -> np.ndarray:
+    return chosen.reshape(-1, chosen.shape[-1])
 
 
 def _flips(name: str, reference: Trace, candidate: Trace, chosen_reference: np.ndarray,

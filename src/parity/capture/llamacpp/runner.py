@@ -596,7 +596,6 @@ class LlamaCppRunner:
             array = unpermute_qk(array, head_dim)
         return array
 
-
     def _routing(self, name: str, array: np.ndarray, recording: _Recording) -> np.ndarray | None:
         """moe_experts: the ids chosen (T, k), ascending per token (their slot order kept for the weights);
         moe_weights: the chosen experts' final weights (T, k) set out as the dense (T, E) table, zero elsewhere."""
