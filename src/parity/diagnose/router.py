@@ -11,7 +11,7 @@ routing_near_tie: the error begins at a token whose routing flipped at a near ti
 logits past each other). That token then went to another expert, so its MoE output
 and everything after it differ by design; not a bug in the port's code. parity check
 follows such flips itself (commands/check/routing.py); this is what is said where it
-could not: traces compared as files, a reference spilled to disk or streamed.
+could not: traces compared as files, or a router whose output it cannot rewrite.
 """
 
 from __future__ import annotations
@@ -67,9 +67,8 @@ def routing_near_tie(context: Context):
                 f"router's logits (reference {sorted(reference[token].tolist())}, candidate "
                 f"{sorted(candidate[token].tolist())}; admitted as the candidate's precision's doing): from that "
                 "token on, its MoE output and what follows differ because it went to another expert, not for a "
-                "bug in the code (parity check runs the reference again routed as the candidate at such tokens, "
-                "unless the reference's trace is spilled to disk or its attention probabilities are streamed; "
-                "traces compared as files are compared as they are)")
+                "bug in the code (parity check runs the reference again routed as the candidate at such tokens "
+                "where its router can be made to; traces compared as files are compared as they are)")
             return
 
 

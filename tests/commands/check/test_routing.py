@@ -74,3 +74,18 @@ def test_traces_compared_as_files_name_the_flip(near_tie_model, capsys, monkeypa
     assert not comparison.result(name).failed and "near-tie flip" in comparison.result(name).reason
     assert comparison.diagnoses[0].cause == "routing_near_tie", comparison.diagnoses
     assert f"the error begins at token {token}" in comparison.diagnoses[0].message
+
+
+def test_a_router_that_cannot_be_made_to_route_otherwise_is_said_so_and_nothing_is_followed(
+        near_tie_model, capsys, monkeypatch):
+    from parity.capture.torch import routed
+
+    code, report = report_of(near_tie_model, capsys, monkeypatch)
+    if not verdicts(report)[2]:
+        pytest.skip(f"transformers {transformers.__version__}'s ERNIE routes this model alike in both precisions")
+    monkeypatch.setattr(routed, "reroute", lambda *args: None)   # as for a router of another output
+    code, report = report_of(near_tie_model, capsys, monkeypatch)
+    assert code == 1 and report["diagnoses"][0]["cause"] == "routing_near_tie", report["diagnoses"]
+    assert not verdicts(report)[2]
+    assert any("could not be made to route as it" in note for note in report["notes"]), report["notes"]
+    assert "routed_as_candidate" not in report["reference"]

@@ -45,7 +45,14 @@ def routed_as_candidate(comparison: Comparison, reference: Trace, candidate: Tra
             routes.setdefault(name, {}).update(tokens)
         progress.step(f"running the reference again routed as the candidate at {_count(routes)} near-tie "
                       "token(s), to compare what follows them like for like")
-        reference, rerouted = capture_routed(routes)
+        routed, run = capture_routed(routes)
+        missed = sorted(name for name in routes if name not in run.tokens)
+        if missed:   # a router whose output is not (logits, top-k weights, top-k ids): nothing was sent
+            note = (f"the candidate routed tokens to other experts at near ties in {', '.join(missed)}, but the "
+                    "reference's router there could not be made to route as it (its output is not (logits, "
+                    "top-k weights, top-k ids)): compared without following them")
+            return dataclasses.replace(comparison, notes=tuple(comparison.notes) + (note,)), reference
+        reference, rerouted = routed, run
         comparison = compare_again(reference)
         if comparison.passed:
             break
