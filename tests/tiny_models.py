@@ -147,6 +147,16 @@ def load(path):
 
 def save_near_tie_moe(directory: Path) -> Path | None:
     """The model above saved to `directory`; None where transformers has no ERNIE-4.5-MoE."""
+    model = _ernie_moe(layers=2)
+    if model is None:
+        return None
+    model.save_pretrained(directory)
+    return directory
+
+
+def _ernie_moe(layers: int):
+    """A tiny random ERNIE-4.5-MoE whose layers from 0 to `layers - 1` are MoE (seed 0); None where transformers
+    has none."""
     import torch
     import transformers
 
@@ -154,11 +164,10 @@ def save_near_tie_moe(directory: Path) -> Path | None:
         return None
     torch.manual_seed(0)
     config = transformers.CONFIG_MAPPING["ernie4_5_moe"](
-        vocab_size=256, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, moe_layer_end_index=1,
+        vocab_size=256, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, moe_layer_end_index=layers - 1,
         tie_word_embeddings=False)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-    return directory
+    return transformers.AutoModelForCausalLM.from_config(config)
 
 
 # ERNIE-4.5-MoE, three MoE layers, whose router barely tells its experts apart (its weights scaled by 0.05) and whose
@@ -172,16 +181,10 @@ BFLOAT16_EAGER_FACTORY = BFLOAT16_FACTORY.replace(
 def save_flat_router_moe(directory: Path) -> Path | None:
     """The model above saved to `directory`; None where transformers has no ERNIE-4.5-MoE."""
     import torch
-    import transformers
 
-    if "ernie4_5_moe" not in transformers.CONFIG_MAPPING:
+    model = _ernie_moe(layers=3)
+    if model is None:
         return None
-    torch.manual_seed(0)
-    config = transformers.CONFIG_MAPPING["ernie4_5_moe"](
-        vocab_size=256, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, moe_layer_end_index=2,
-        tie_word_embeddings=False)
-    model = transformers.AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for layer in model.model.layers:
             if hasattr(layer.mlp, "gate"):

@@ -99,6 +99,14 @@ def check(capsys, *args):
     return code, json.loads(out)
 
 
+def checked_in_bfloat16(capsys, model, tmp_path):
+    """`check` of `model` against itself loaded in bfloat16 as a user loads it, over 12 token ids, no decoding."""
+    bfloat16 = tmp_path / "bfloat16.py"
+    bfloat16.write_text(FACTORY.replace("dtype=torch.float32", "dtype=torch.bfloat16"))
+    return check(capsys, model, f"{bfloat16}:load", "--tokens", "5,17,42,99,3,7,128,200,64,33,11,250",
+                 "--decode-steps", "0")
+
+
 def compare_files(capsys, directory):
     from parity.cli import main
 
@@ -218,10 +226,7 @@ def test_a_bfloat16_moe_whose_routing_flips_at_a_near_tie_passes_against_the_ref
 
 def test_a_sparse_attention_whose_indexer_orders_keys_otherwise_in_bfloat16_passes(factory, tmp_path, capsys):
     model = saved("axk2", tmp_path / "axk2")
-    bfloat16 = tmp_path / "bfloat16.py"
-    bfloat16.write_text(FACTORY.replace("dtype=torch.float32", "dtype=torch.bfloat16"))
-    code, report = check(capsys, model, f"{bfloat16}:load", "--tokens", "5,17,42,99,3,7,128,200,64,33,11,250",
-                         "--decode-steps", "0")
+    code, report = checked_in_bfloat16(capsys, model, tmp_path)
     assert code == 0 and report["verdict"] == "pass", report["diagnoses"]
     indexers = [c for c in report["checkpoints"] if c["name"].endswith("self_attn.indexer")]
     assert indexers and all(c["status"] in ("pass", "not_comparable") for c in indexers)
@@ -236,8 +241,5 @@ def test_zaya_in_bfloat16_passes_where_its_router_chooses_as_the_reference_does_
     # with those logits' argmax unchanged, exactly as the reference run in bfloat16 routed them; the check said
     # "the choice made from them is wrong" of a correct model
     model = saved("zaya", tmp_path / "zaya")
-    bfloat16 = tmp_path / "bfloat16.py"
-    bfloat16.write_text(FACTORY.replace("dtype=torch.float32", "dtype=torch.bfloat16"))
-    code, report = check(capsys, model, f"{bfloat16}:load", "--tokens", "5,17,42,99,3,7,128,200,64,33,11,250",
-                         "--decode-steps", "0")
+    code, report = checked_in_bfloat16(capsys, model, tmp_path)
     assert code == 0 and report["verdict"] == "pass", report["diagnoses"]

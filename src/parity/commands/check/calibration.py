@@ -10,9 +10,7 @@ floor carries another expert's output (`routed_as_reference`).
 
 from __future__ import annotations
 
-import dataclasses
-
-from parity.commands.check.routing import MAX_ROUNDS
+from parity.commands.check.routing import MAX_ROUNDS, count_routed
 from parity.core.calibrate import check_same_tokens, noise_floors
 from parity.core.compare import CompareConfig
 from parity.core.names import parse
@@ -69,6 +67,7 @@ def routed_as_reference(lowp: Trace, reference: Trace, lowp_model, capture, prog
     every floor after it: a bfloat16 ERNIE-4.5-MoE whose calibration flipped three tokens in layer 1 had its
     logits held to rel_l2 0.31 where 0.025 holds without a flip. `capture(model, name)` runs it again."""
     from parity.capture.torch.routed import routed_as
+    from parity.commands.check.probabilities import with_arrays
 
     natural = {name: lowp[name] for name in lowp.names if _is_experts(name)}
     routes: dict[str, dict[int, tuple[int, ...]]] = {}
@@ -78,13 +77,13 @@ def routed_as_reference(lowp: Trace, reference: Trace, lowp_model, capture, prog
             break
         for name, tokens in found.items():
             routes.setdefault(name, {}).update(tokens)
-        progress.step(f"calibrating: {sum(map(len, routes.values()))} token(s) this precision routed to other "
+        progress.step(f"calibrating: {count_routed(routes)} token(s) this precision routed to other "
                       "experts, run again routed as the reference, so that no floor carries another expert's output")
         with routed_as(lowp_model.model, lowp_model.mapping.taps, routes):
             lowp = capture(lowp_model, f"calibration-routed-{round_ + 1}")
     if not routes:
         return lowp
-    return dataclasses.replace(lowp, tensors=_with_arrays(lowp.tensors, natural))
+    return with_arrays(lowp, natural)
 
 
 def _is_experts(name: str) -> bool:
@@ -109,7 +108,3 @@ def _otherwise_routed(lowp: Trace, reference: Trace, routes) -> dict[str, dict[i
         if tokens:
             found[name] = tokens
     return found
-
-
-def _with_arrays(tensors, arrays: dict):
-    return tensors.with_arrays(arrays) if hasattr(tensors, "with_arrays") else {**tensors, **arrays}

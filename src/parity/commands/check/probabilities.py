@@ -159,13 +159,14 @@ def with_first_failure_held(stream: StreamedCheckpoints, reference: Trace, trace
         again = candidate.trace(reference.tokens, request, None)
         if name not in again:
             return reference, trace, None
-        trace = _with(trace, {name: np.asarray(again[name])})
-    reference = _with(reference, {name: stream.reference.rows(name, 0, shape[-2])})
+        trace = with_arrays(trace, {name: np.asarray(again[name])})
+    reference = with_arrays(reference, {name: stream.reference.rows(name, 0, shape[-2])})
     stream.forget(name)
     return reference, trace, name
 
 
-def _with(trace: Trace, arrays: dict[str, np.ndarray]) -> Trace:
+def with_arrays(trace: Trace, arrays: dict[str, np.ndarray]) -> Trace:
+    """`trace` with `arrays` in place of (or beside) its tensors of those names, their dtypes as given."""
     tensors = trace.tensors
     held = tensors.with_arrays(arrays) if hasattr(tensors, "with_arrays") else {**tensors, **arrays}
     return dataclasses.replace(trace, tensors=held, dtypes={**trace.dtypes, **{name: str(array.dtype)

@@ -43,7 +43,7 @@ def routed_as_candidate(comparison: Comparison, reference: Trace, candidate: Tra
             break
         for name, tokens in found.items():
             routes.setdefault(name, {}).update(tokens)
-        progress.step(f"running the reference again routed as the candidate at {_count(routes)} near-tie "
+        progress.step(f"running the reference again routed as the candidate at {count_routed(routes)} near-tie "
                       "token(s), to compare what follows them like for like")
         routed, run = capture_routed(routes)
         missed = sorted(name for name in routes if name not in run.tokens)
@@ -80,7 +80,7 @@ def _flips_to_follow(comparison: Comparison, reference: Trace, candidate: Trace,
     return found
 
 
-def _count(routes: dict[str, dict[int, tuple[int, ...]]]) -> int:
+def count_routed(routes: dict[str, dict[int, tuple[int, ...]]]) -> int:
     return sum(len(tokens) for tokens in routes.values())
 
 
@@ -90,6 +90,6 @@ def _note(routes: dict[str, dict[int, tuple[int, ...]]], rerouted) -> str:
                          for name, tokens in sorted(routes.items(), key=lambda item: parse(item[0]).layer))
     kept = (f"; no weight rule fitted the router's output in {', '.join(sorted(rerouted.weights_kept))}: each "
             "new expert took the weight of the one it replaced") if rerouted.weights_kept else ""
-    return (f"the candidate routed {_count(routes)} token(s) to other experts at near ties of the router's logits "
-            f"(its precision's doing): the reference was run again routed as the candidate there ({followed}), "
+    return (f"the candidate routed {count_routed(routes)} token(s) to other experts at near ties of the router's "
+            f"logits (its precision's doing): the reference was run again routed as the candidate there ({followed}), "
             f"and everything is compared with that run{kept}")
