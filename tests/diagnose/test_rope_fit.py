@@ -193,3 +193,22 @@ def test_llama3s_low_and_high_factors_exchanged_are_a_table_tried_and_described(
     assert not np.allclose(exchanged[0].frequencies, tables[0].frequencies)
     assert describe_parameters(exchanged[0].parameters, config) == (
         "theta 5e+05, llama3 scaling x8 (low_freq_factor 4 for 1, high_freq_factor 1 for 4)")
+
+
+@pytest.mark.parametrize("kind", ["llama3", "yarn"])
+def test_another_original_context_is_a_table_tried_and_described(kind):
+    """A port built with another original context (LLMs-from-scratch's Llama 3.2 config keeps 8192 whatever the
+    checkpoint's is): one table per context tried, named by what changed; "no scaling" said where the config
+    scales."""
+    from parity.diagnose.rope_fit import describe_parameters
+
+    config = {"rope_type": kind, "rope_theta": 500000.0, "factor": 8.0, "original_max_position_embeddings": 32,
+              **({"low_freq_factor": 1.0, "high_freq_factor": 4.0} if kind == "llama3" else {})}
+    tables = Tables(config, 16, 16, 512, 10).all()
+    other = [table for table in tables if table.parameters["original_max_position_embeddings"] == 8192]
+    assert len(other) == 1 and other[0].changes == {"scaling"}
+    assert not np.allclose(other[0].frequencies, tables[0].frequencies)
+    assert describe_parameters(other[0].parameters, config) == (
+        f"theta 5e+05, {kind} scaling x8 (original_max_position_embeddings 8192 for 32)")
+    unscaled = next(table for table in tables if table.parameters["rope_type"] == "default")
+    assert describe_parameters(unscaled.parameters, config) == "theta 5e+05, no scaling"

@@ -66,6 +66,12 @@ def bfloat16(path):
     return loaded(Qwen3Model, path, torch.bfloat16)
 
 
+def float32_untapped(path):
+    model = loaded(Qwen3Model, path)
+    del model.parity_taps
+    return model
+
+
 def cached_without_a_cache_maker(path):
     return loaded(cached_qwen3.Qwen3Model, path)
 
@@ -114,6 +120,13 @@ def test_the_published_qwen3_passes_every_checkpoint_it_exposes(model_dirs, fact
     assert report["candidate"]["dtype"] == factory
 
 
+def test_given_no_taps_it_is_compared_at_the_same_checkpoints_as_with_them(model_dirs, factories):
+    reports = [check(model_dirs["qwen3"], factories, factory) for factory in ("float32", "float32_untapped")]
+    assert [code for code, _ in reports] == [0, 0]
+    tapped, untapped = ({c["name"] for c in report["checkpoints"]} for _, report in reports)
+    assert untapped == tapped and "layers.0.mlp_gate" in untapped and "layers.0.q_norm" in untapped
+
+
 def test_its_kv_cache_variant_decodes_through_the_cache_object_it_fills(model_dirs, factories):
     code, report = check(model_dirs["qwen3"], factories, "cached")
     assert code == 0, report["decode"]
@@ -126,3 +139,132 @@ def test_without_a_way_to_make_its_cache_decoding_is_not_checked_and_says_how(mo
     code, report = check(model_dirs["qwen3"], factories, "cached_without_a_cache_maker")
     assert code == 0 and report["decode"] is None
     assert "parity_new_cache" in reasons(report)["decode"]
+
+
+# The same package's Llama 3.2 and its chapter-4 GPT, given no taps: parity finds their checkpoints in their own
+# names (trf_blocks, att.W_query, ff, norm1, out_proj; the GPT's blocks an nn.Sequential, its MLP ff.layers[0, 2];
+# the Llama's gated MLP fc1, fc2, fc3, told apart by their shapes and its forward's code where names do not say).
+UNTAPPED = '''import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from llms_from_scratch.ch04 import GPTModel
+from llms_from_scratch.llama3 import Llama3Model, load_weights_into_llama
+
+
+def llama(path, dtype=torch.float32, original_context=None):
+    hf = json.loads((Path(path) / "config.json").read_text())
+    rope = hf["rope_parameters"]
+    cfg = {"vocab_size": hf["vocab_size"], "context_length": hf["max_position_embeddings"],
+           "emb_dim": hf["hidden_size"], "n_heads": hf["num_attention_heads"], "n_layers": hf["num_hidden_layers"],
+           "hidden_dim": hf["intermediate_size"], "n_kv_groups": hf["num_key_value_heads"],
+           "rope_base": rope["rope_theta"], "dtype": dtype,
+           "rope_freq": {"factor": rope["factor"], "low_freq_factor": rope["low_freq_factor"],
+                         "high_freq_factor": rope["high_freq_factor"],
+                         "original_context_length": original_context or rope["original_max_position_embeddings"]}}
+    model = Llama3Model(cfg)
+    load_weights_into_llama(model, cfg, load_file(str(Path(path) / "model.safetensors")))
+    return model.to(dtype).eval()
+
+
+def llama_float32(path):
+    return llama(path)
+
+
+def llama_bfloat16(path):
+    return llama(path, torch.bfloat16)
+
+
+def llama_1b_context(path):      # the package's LLAMA32_CONFIG_1B's original context kept: 8192
+    return llama(path, original_context=8192)
+
+
+def gpt(path, untransposed_out_proj=False):
+    """GPTModel with a transformers GPT-2's weights: c_attn split, Conv1D's (in, out) weights transposed."""
+    hf = json.loads((Path(path) / "config.json").read_text())
+    cfg = {"vocab_size": hf["vocab_size"], "context_length": hf["n_positions"], "emb_dim": hf["n_embd"],
+           "n_heads": hf["n_head"], "n_layers": hf["n_layer"], "drop_rate": 0.0, "qkv_bias": True}
+    model = GPTModel(cfg)
+    sd = {k.removeprefix("transformer."): v for k, v in load_file(str(Path(path) / "model.safetensors")).items()}
+    with torch.no_grad():
+        model.tok_emb.weight.copy_(sd["wte.weight"])
+        model.pos_emb.weight.copy_(sd["wpe.weight"])
+        for i, block in enumerate(model.trf_blocks):
+            p = f"h.{i}."
+            weights = sd[p + "attn.c_attn.weight"].split(cfg["emb_dim"], dim=1)
+            biases = sd[p + "attn.c_attn.bias"].split(cfg["emb_dim"])
+            for linear, weight, bias in zip((block.att.W_query, block.att.W_key, block.att.W_value), weights, biases):
+                linear.weight.copy_(weight.T)
+                linear.bias.copy_(bias)
+            out = sd[p + "attn.c_proj.weight"]
+            block.att.out_proj.weight.copy_(out if untransposed_out_proj else out.T)
+            block.att.out_proj.bias.copy_(sd[p + "attn.c_proj.bias"])
+            block.ff.layers[0].weight.copy_(sd[p + "mlp.c_fc.weight"].T)
+            block.ff.layers[0].bias.copy_(sd[p + "mlp.c_fc.bias"])
+            block.ff.layers[2].weight.copy_(sd[p + "mlp.c_proj.weight"].T)
+            block.ff.layers[2].bias.copy_(sd[p + "mlp.c_proj.bias"])
+            for norm, name in ((block.norm1, "ln_1"), (block.norm2, "ln_2")):
+                norm.scale.copy_(sd[p + name + ".weight"])
+                norm.shift.copy_(sd[p + name + ".bias"])
+        model.final_norm.scale.copy_(sd["ln_f.weight"])
+        model.final_norm.shift.copy_(sd["ln_f.bias"])
+        model.out_head.weight.copy_(sd.get("lm_head.weight", sd["wte.weight"]))
+    return model.eval()
+
+
+def gpt_float32(path):
+    return gpt(path)
+
+
+def gpt_out_proj_untransposed(path):
+    return gpt(path, untransposed_out_proj=True)
+'''
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+
+
+@pytest.fixture(scope="module")
+def untapped(tmp_path_factory):
+    return factory_file(tmp_path_factory, "llms_from_scratch", "untapped_ports", UNTAPPED)
+
+
+@pytest.fixture(scope="module")
+def llama3_dir(tmp_path_factory):
+    """A tiny Llama with Llama 3's RoPE scaling, from an original context of 32 positions, and its norms' epsilon
+    (the package's RMSNorm is built with 1e-5, whatever the checkpoint's config says: with 1e-6 the port fails at
+    layers.0.attn_norm, named norm_epsilon)."""
+    import tiny_models
+
+    return tiny_models.save("llama", tmp_path_factory.mktemp("llama3_rope"), rope_parameters=LLAMA3_ROPE,
+                            rms_norm_eps=1e-5)
+
+
+@pytest.mark.parametrize("factory", ["llama_float32", "llama_bfloat16"])
+def test_its_llama_3_with_no_taps_passes_at_the_checkpoints_its_names_give(llama3_dir, untapped, factory):
+    code, report = check(llama3_dir, untapped, factory)
+    assert code == 0 and report["verdict"] == "pass", report["first_divergence"]
+    compared = {c["name"] for c in report["checkpoints"]}
+    assert {"layers.0.attn_norm", "layers.0.q", "layers.0.k", "layers.0.v", "layers.0.attn_ctx", "layers.0.attn_out",
+            "layers.0.mlp_norm", "layers.0.mlp_gate", "layers.0.mlp_up", "layers.0.mlp_act", "layers.0.mlp_out",
+            "layers.2.out", "final_norm", "logits"} <= compared    # fc1 the gate: its forward activates it
+
+
+def test_its_llama_3_built_with_the_1b_configs_original_context_is_named_rope_scaling(llama3_dir, untapped):
+    code, report = check(llama3_dir, untapped, "llama_1b_context")
+    assert code == 1 and report["first_divergence"]["checkpoint"] == "layers.0.attn_ctx"
+    [found] = [d for d in report["diagnoses"] if d["checkpoint"] == "layers.0.attn_ctx"]
+    assert found["cause"] == "rope_scaling"
+    assert "original_max_position_embeddings 8192 for 32" in found["message"], found["message"]
+
+
+def test_its_chapter_4_gpt_with_no_taps_passes_and_an_untransposed_conv1d_weight_is_named(model_dirs, untapped):
+    code, report = check(model_dirs["gpt2"], untapped, "gpt_float32")
+    assert code == 0, report["first_divergence"]
+    compared = {c["name"] for c in report["checkpoints"]}
+    assert {"layers.0.attn_norm", "layers.0.q", "layers.0.attn_out", "layers.0.mlp_fc", "layers.0.mlp_act",
+            "layers.0.mlp_out", "layers.2.out", "final_norm", "logits"} <= compared
+    code, report = check(model_dirs["gpt2"], untapped, "gpt_out_proj_untransposed")
+    assert code == 1 and report["first_divergence"]["checkpoint"] == "layers.0.attn_out"
+    [found] = [d for d in report["diagnoses"] if d["checkpoint"] == "layers.0.attn_out"]
+    assert found["cause"] == "weight_mismatch" and "transposed" in found["message"], found

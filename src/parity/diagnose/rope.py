@@ -161,7 +161,8 @@ def _explain(finding: RopeFinding, change: str) -> str:
         if change == "gain" or candidate.table.parameters == reference.table.parameters:
             return (f"the candidate scales the rotated pairs by {candidate.gain:.4g} where the config's RoPE scales them "
                     f"by {reference.gain:.4g} (the attention factor of YaRN or LongRoPE)")
-        return (f"the candidate's frequencies are those of {describe_parameters(candidate.table.parameters)}, the config's "
+        return (f"the candidate's frequencies are those of "
+                f"{describe_parameters(candidate.table.parameters, reference.table.parameters)}, the config's "
                 f"of {describe_parameters(reference.table.parameters)}: the rope_scaling is not applied as configured")
     if abs(abs(candidate.phase) - np.pi / 2) < 0.05 and candidate.direction != reference.direction:
         return "the candidate's angles are pi/2 minus the reference's: cos and sin are exchanged"

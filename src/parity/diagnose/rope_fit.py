@@ -29,6 +29,7 @@ from parity.diagnose.context import ModelConfig, layer_facts
 LAYOUTS = {"half": "pairs (i, i + d/2)", "adjacent": "pairs (2i, 2i+1)"}
 MAX_OFFSET = 8
 THETA_GRID = np.exp(np.linspace(math.log(1e2), math.log(1e8), 121))
+CONTEXT_GRID = tuple(2 ** power for power in range(8, 18))   # original contexts: 256 to 131,072 (and the model's)
 FACTOR_GRID = (0.25, 0.5, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.0)
 SHORTLIST = 4          # tables (with a direction) taken on to fit an offset and a phase
 PHASE_SAME = 0.02      # radians: a constant phase this small is none
@@ -162,7 +163,8 @@ def describe_parameters(parameters: dict, config: dict | None = None) -> str:
     if parameters.get("rope_type") == "fitted":
         return "the reference's own fitted frequencies"
     kind = parameters["rope_type"]
-    scaling = "" if kind == "default" else f", {kind} scaling" + (
+    unscaled = ", no scaling" if config is not None and config.get("rope_type", "default") != "default" else ""
+    scaling = unscaled if kind == "default" else f", {kind} scaling" + (
         f" x{parameters['factor']:.4g}" if parameters.get("factor") else "")
     shown = {"rope_type", "rope_theta", "factor"}
     others = [f"{key} {value:.4g} for {config[key]:.4g}" for key, value in parameters.items()
@@ -204,6 +206,10 @@ class Tables:
                      if factor != parameters["factor"]]
         elif parameters["rope_type"] == "default":
             made += [self.make(frozenset({"scaling"}), rope_type="linear", factor=factor) for factor in FACTOR_GRID]
+        if isinstance(parameters.get("original_max_position_embeddings"), int):   # another original context
+            made += [self.make(frozenset({"scaling"}), original_max_position_embeddings=context)
+                     for context in sorted({*CONTEXT_GRID, self.max_positions or 0} - {0})
+                     if context != parameters["original_max_position_embeddings"]]
         if parameters["rope_type"] == "llama3":   # the low and high frequency factors read into each other's place
             made.append(self.make(frozenset({"scaling"}), low_freq_factor=parameters["high_freq_factor"],
                                   high_freq_factor=parameters["low_freq_factor"]))

@@ -363,6 +363,68 @@ def test_a_part_not_told_apart_by_name_is_not_tapped():
         map_module(model)
 
 
+def test_an_mlp_whose_names_do_not_say_is_read_by_its_shapes():
+    """LLMs-from-scratch's names: blocks in an nn.Sequential (its GPT) or a ModuleList, `att` with W_query, W_key,
+    W_value and out_proj, `ff`. The GPT's MLP is ff.layers[0] and [2] (8 -> 32 -> 8): the one from the hidden
+    width is mlp_fc, the input of the one back is mlp_act. The Llama's gated fc1, fc2 (8 -> 12) and fc3 (12 -> 8):
+    fc3's input is mlp_act, and the gate is the one its forward's code activates; without code that says, fc1 and
+    fc2 are not tapped."""
+    import torch
+
+    from parity.capture.hf.structure import map_module
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W_query, self.W_key, self.W_value, self.out_proj = (torch.nn.Linear(8, 8) for _ in range(4))
+
+    def block(ff):
+        module = torch.nn.Module()
+        module.att, module.ff, module.norm1, module.norm2 = Attention(), ff, torch.nn.LayerNorm(8), torch.nn.LayerNorm(8)
+        return module
+
+    def plain():
+        ff = torch.nn.Module()
+        ff.layers = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
+        return ff
+
+    class Linears(torch.nn.Module):        # no forward of its own: no code says which is the gate
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.fc3 = torch.nn.Linear(8, 12), torch.nn.Linear(8, 12), torch.nn.Linear(12, 8)
+
+    class FeedForward(Linears):            # as LLMs-from-scratch writes it
+        def forward(self, x):
+            x_fc1 = self.fc1(x)
+            x_fc2 = self.fc2(x)
+            x = torch.nn.functional.silu(x_fc1) * x_fc2
+            return self.fc3(x)
+
+    class UpFirst(Linears):                # the same linears, the second activated
+        def forward(self, x):
+            return self.fc3(self.fc1(x) * torch.nn.functional.silu(self.fc2(x)))
+
+    model = torch.nn.Module()
+    model.trf_blocks = torch.nn.Sequential(*(block(plain()) for _ in range(2)))
+    taps = {(tap.module, tap.io): tap.names for tap in map_module(model)}
+    assert taps[("trf_blocks.1.att.W_query", "output")] == ("layers.1.q",)
+    assert taps[("trf_blocks.1.att.out_proj", "input")] == ("layers.1.attn_ctx",)
+    assert taps[("trf_blocks.1.ff.layers.0", "output")] == ("layers.1.mlp_fc",)
+    assert taps[("trf_blocks.1.ff.layers.2", "input")] == ("layers.1.mlp_act",)
+    assert taps[("trf_blocks.1.ff", "output")] == ("layers.1.mlp_out",)
+    model.trf_blocks = torch.nn.ModuleList(block(Linears()) for _ in range(2))
+    taps = {(tap.module, tap.io): tap.names for tap in map_module(model)}
+    assert taps[("trf_blocks.1.ff.fc3", "input")] == ("layers.1.mlp_act",)
+    names = {name for names in taps.values() for name in names}
+    assert not names & {"layers.1.mlp_gate", "layers.1.mlp_up", "layers.1.mlp_fc"}
+    for kind, gate, up in ((FeedForward, "fc1", "fc2"), (UpFirst, "fc2", "fc1")):
+        model.trf_blocks = torch.nn.ModuleList(block(kind()) for _ in range(2))
+        taps = {(tap.module, tap.io): tap.names for tap in map_module(model)}
+        assert taps[(f"trf_blocks.1.ff.{gate}", "output")] == ("layers.1.mlp_gate",)
+        assert taps[(f"trf_blocks.1.ff.{up}", "output")] == ("layers.1.mlp_up",)
+        assert taps[("trf_blocks.1.ff.fc3", "input")] == ("layers.1.mlp_act",)
+
+
 def test_litgpts_names_and_its_fused_qkv_split_by_the_config_its_attention_keeps():
     """LitGPT keeps its blocks at transformer.h.{i} (as nanoGPT does) with names of its own: norm_1, attn.qkv
     ([q | k | v]), attn.proj, norm_2, mlp.fc_1 (gate), mlp.fc_2 (up), mlp.proj; the head counts are in the config

@@ -5,7 +5,7 @@ layer; in each layer the attention and MLP modules, their projections and the
 norms are told apart by their names (the vocabulary below covers Llama, Mistral,
 Qwen2/3, Qwen2/3-MoE, Mixtral, OLMo 2, OLMoE, Gemma 1/2/3, Granite, Phi-3,
 StableLM and GPT-2 in transformers, and the names ports use: Meta's and gpt-fast's,
-torchtune's, LitGPT's), and a norm's role by the norms beside it. `HF_OVERRIDES`
+torchtune's, LitGPT's, LLMs-from-scratch's), and a norm's role by the norms beside it. `HF_OVERRIDES`
 in core/names.py corrects the result per model type. Works on the meta device,
 so a model that cannot be mapped is refused before its weights are read:
 
@@ -22,16 +22,16 @@ from typing import Any
 from parity.core.errors import CaptureError
 from parity.core.names import HF_OVERRIDES, OUTPUTS_ONLY, Tap
 
-ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
-MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe")
+ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "att")
+MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe", "ff")
 FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_norm", "norm_f", "final_layer_norm")
 
 # Children of an attention module, by role. A fused q|k|v is [q | k | v] along the
 # output axis; NeoX's `query_key_value` interleaves heads and is left to raw capture.
 ATTENTION_PARTS: dict[str, tuple[str, ...]] = {
-    "q": ("q_proj", "query", "wq"),
-    "k": ("k_proj", "key", "wk"),
-    "v": ("v_proj", "value", "wv"),
+    "q": ("q_proj", "query", "wq", "W_query"),
+    "k": ("k_proj", "key", "wk", "W_key"),
+    "v": ("v_proj", "value", "wv", "W_value"),
     "qkv": ("qkv_proj", "c_attn", "Wqkv", "wqkv", "qkv"),
     "o": ("o_proj", "out_proj", "c_proj", "dense", "wo", "output_proj", "proj"),
     "q_norm": ("q_norm", "q_layernorm"),
@@ -158,11 +158,14 @@ def map_module(model, *, where: str = "this model") -> tuple[Tap, ...]:
             layer_taps, _ = _layer_taps(f"{layers_path}.{i}", i, layer, config, False)
         except _Unmapped as unmapped:
             raise refuse(f"layer {i}: {unmapped}") from None
+        mlp_name, mlp = _child(layer, MLP_NAMES)
         unsure = [f"{layers_path}.{i}.{name}." for name, module, parts in
-                  ((attention_name, attention, ATTENTION_PARTS), (*_child(layer, MLP_NAMES), MLP_PARTS))
+                  ((attention_name, attention, ATTENTION_PARTS), (mlp_name, mlp, MLP_PARTS))
                   if module is not None and _unnamed_linears(module, parts)]
         taps += [tap for tap in layer_taps if tap.io != "attention"      # transformers' attention function only
                  and not any(tap.module.startswith(prefix) for prefix in unsure)]
+        if mlp is not None and (f"{layers_path}.{i}.{mlp_name}." in unsure or not _named_parts(mlp, MLP_PARTS)):
+            taps += _mlp_taps_by_shape(f"{layers_path}.{i}.{mlp_name}", i, mlp)
     parent = model.get_submodule(layers_path.rsplit(".", 1)[0]) if "." in layers_path else model
     name, norm = _child(parent, FINAL_NORM_NAMES)
     if norm is not None:
@@ -172,12 +175,13 @@ def map_module(model, *, where: str = "this model") -> tuple[Tap, ...]:
 
 
 def _repeated_blocks(model):
-    """(path, blocks) of the longest ModuleList of one module type whose entries hold an attention module."""
+    """(path, blocks) of the longest ModuleList (or Sequential: LLMs-from-scratch's GPT) of one module type whose
+    entries hold an attention module."""
     import torch
 
     found = (None, [])
     for path, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) > len(found[1]) \
+        if isinstance(module, (torch.nn.ModuleList, torch.nn.Sequential)) and len(module) > len(found[1]) \
                 and len({type(block) for block in module}) == 1 and _child(module[0], ATTENTION_NAMES)[1] is not None:
             found = (path, list(module))
     return found
@@ -190,6 +194,38 @@ def _unnamed_linears(module, parts: dict[str, tuple[str, ...]]) -> bool:
 
     named = {_child(module, names)[0] for names in parts.values()}
     return any(isinstance(child, torch.nn.Linear) and name not in named for name, child in module.named_children())
+
+
+def _named_parts(module, parts: dict[str, tuple[str, ...]]) -> bool:
+    return any(_child(module, names)[0] for names in parts.values())
+
+
+def _mlp_taps_by_shape(prefix: str, i: int, mlp) -> list[Tap]:
+    """The parts of an MLP that no name tells apart, told by their shapes: among its linears (in the order they
+    are made, nested ones too: LLMs-from-scratch's `ff.layers`), the one from the hidden width is the up
+    projection of a plain MLP (mlp_fc); of two, the gate is the one its forward's code activates
+    (gate_in_source.py), and neither is tapped where the code does not say; the one back to the hidden width is
+    the down projection, whose input is mlp_act. Nothing where the shapes do not say (a square MLP, or another
+    count)."""
+    import torch
+
+    from parity.capture.hf.gate_in_source import gate_in_source
+
+    linears = [(path, module) for path, module in mlp.named_modules() if isinstance(module, torch.nn.Linear)]
+    if not linears:
+        return []
+    hidden = linears[0][1].in_features
+    into = [path for path, module in linears if module.in_features == hidden and module.out_features != hidden]
+    back = [path for path, module in linears if module.out_features == hidden and module.in_features != hidden]
+    if len(back) != 1 or len(into) not in (1, 2) or len(into) + 1 != len(linears):
+        return []
+    taps = [Tap(f"{prefix}.{back[0]}", (f"layers.{i}.mlp_act",), "input")]
+    if len(into) == 1:
+        taps.append(Tap(f"{prefix}.{into[0]}", (f"layers.{i}.mlp_fc",)))
+    elif (gate := gate_in_source(mlp, tuple(into))) is not None:
+        up = next(path for path in into if path != gate)
+        taps += [Tap(f"{prefix}.{gate}", (f"layers.{i}.mlp_gate",)), Tap(f"{prefix}.{up}", (f"layers.{i}.mlp_up",))]
+    return taps
 
 
 def _attention_shape(attention) -> dict[str, int]:

@@ -25,6 +25,7 @@ from parity.core.compare import CompareConfig, compare
 from parity.core.errors import OptionError
 from parity.core.results import NOT_ASKED, Comparison, NotChecked, Tolerance
 from parity.core.sequence import SequenceComparison
+from parity.commands.check.op_weights import with_op_weights
 from parity.commands.check.rerun import with_second_run
 from parity.commands.check.spill import SPILL_BYTES, reference_trace_bytes, spill_directory, spilled
 from parity.core.allocator import return_freed_memory
@@ -218,6 +219,7 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
     held = _candidate_spill(reference_model, reference.tokens, spill, options.checkpoints) is None
     comparison = with_second_run(comparison, trace, candidate, options.request(reference_model), reference.tokens,
                                  progress, held=held)
+    comparison = with_op_weights(comparison, reference_model, candidate, reference.tokens, options, progress)
     if options.replay:
         comparison = _with_replay(comparison, reference, candidate, options, progress)
     if options.on_device:

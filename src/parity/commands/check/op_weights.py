@@ -1,0 +1,88 @@
+"""A failure no detector explains, at an op with weights: that op's weights, read from both sides and compared.
+
+A port's loader is where many bugs live (a Conv1D weight not transposed, another layer's
+weights, a scale folded in twice), and they leave no mark in the activations that a
+detector can name: the first divergence is "introduced" at the op, its input passes, and
+nothing else fits. `--weights` reads every tapped module's parameters up front; without
+it, a check whose first divergence is left as `no_known_cause` reads the parameters of
+that one op from the reference and the candidate (one more pass of each, recording that
+checkpoint alone) and compares them: a weight that differs is the diagnosis
+(`weight_mismatch`), and weights that are the same are said, so that the op itself is
+suspected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from parity.core.names import weight_of
+from parity.core.results import Comparison, Diagnosis
+
+UNEXPLAINED = "no_known_cause"
+
+
+def with_op_weights(comparison: Comparison, reference_model, candidate, tokens: list[int], options,
+                    progress) -> Comparison:
+    """The comparison with its unexplained first divergence explained by that op's weights, where they differ;
+    as it was where nothing can be read (weights asked for already, or a candidate that gives none)."""
+    checkpoint = _unexplained(comparison)
+    if checkpoint is None or options.weights or candidate.supports("weights") is not None:
+        return comparison
+    progress.step(f"reading the weights of {checkpoint} from both sides (no detector explains its error)")
+    only = dataclasses.replace(options, checkpoints=checkpoint, weights=True, raw=False)
+    reference = reference_model.capture(tokens, checkpoints=checkpoint, weights=True, raw=False,
+                                        start_position=options.start_position)
+    reference_model.rest()
+    traced = candidate.trace(tokens, only.request(reference_model), progress)
+    parameters = sorted(name for name in set(reference.tensors) & set(traced.tensors) if weight_of(name))
+    if not parameters:
+        return comparison
+    found = None if _rows_reordered(reference, traced, parameters) else _weight_mismatch(comparison, reference, traced)
+    if found is None:
+        read = " and ".join(weight_of(name)[1] for name in parameters)
+        were, are = ("was", "is") if len(parameters) == 1 else ("were", "are")
+        order = f" ({checkpoint.rsplit('.', 1)[1]}'s rows in another order, as a port that rotates pairs (2i, 2i+1) " \
+            "holds them)" if _rows_reordered(reference, traced, parameters) else ""
+        note = (f"the {read} of {checkpoint} {were} read from both sides after the check and {are} the same{order}: "
+                "the error is made by the op that uses them, not by its weights")
+        return dataclasses.replace(comparison, notes=tuple(comparison.notes) + (note,))
+    found = dataclasses.replace(found, message=found.message + " (read after the check, as --weights reads them)")
+    diagnoses = tuple(found if d.cause == UNEXPLAINED and d.checkpoint == checkpoint else d
+                      for d in comparison.diagnoses)
+    return dataclasses.replace(comparison, diagnoses=diagnoses)
+
+
+def _unexplained(comparison: Comparison) -> str | None:
+    """The checkpoint of the first divergence, where the only diagnosis of it is no_known_cause."""
+    divergence = comparison.first_divergence
+    if divergence is None:
+        return None
+    causes = [d for d in comparison.diagnoses if d.checkpoint == divergence.checkpoint]
+    return divergence.checkpoint if causes and all(d.cause == UNEXPLAINED for d in causes) else None
+
+
+def _rows_reordered(reference, candidate, parameters: list[str]) -> bool:
+    """Whether each parameter holds the reference's rows in another order (q and k in a port that rotates pairs
+    (2i, 2i+1): Meta's checkpoints permute their rows so), which the comparison's layout adapts, not a mistake."""
+    import numpy as np
+
+    from parity.core.metrics import rel_l2
+    from parity.diagnose.context import widened
+
+    def reordered(name: str) -> bool:
+        ours, theirs = widened(reference[name]), widened(candidate[name])
+        if ours.shape != theirs.shape or ours.ndim != 2 or rel_l2(ours, theirs) < 1e-6:
+            return False
+        probe = np.random.default_rng(0).standard_normal(ours.shape[1])
+        ours, theirs = ours[np.argsort(ours @ probe)], theirs[np.argsort(theirs @ probe)]
+        return rel_l2(ours, theirs) <= 8e-3     # the same rows, to a rounding to bfloat16
+
+    return any(weight_of(name)[0].endswith((".q", ".k")) and weight_of(name)[1] == "weight" and reordered(name)
+               for name in parameters)
+
+
+def _weight_mismatch(comparison: Comparison, reference, candidate) -> Diagnosis | None:
+    from parity.diagnose.context import Context
+    from parity.diagnose.weights import weight_mismatch
+
+    return next(iter(weight_mismatch(Context(comparison, reference, candidate))), None)

@@ -1,0 +1,92 @@
+"""A failure no detector explains, at an op with weights: the check reads that op's weights from both sides, names
+a weight that differs (weight_mismatch) and says when they are the same, without --weights."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import tiny_models  # noqa: E402
+from conftest import TOKENS  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+FACTORIES = f'''import sys
+
+import torch
+import transformers
+
+sys.path.insert(0, {str(EXAMPLES)!r})
+import meta_llama
+
+
+def loaded(path):
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def another_layers_weights(path):     # a loader that read layer 0's o_proj into layer 1's
+    model = loaded(path)
+    with torch.no_grad():
+        model.model.layers[1].self_attn.o_proj.weight.copy_(model.model.layers[0].self_attn.o_proj.weight)
+    return model
+
+
+def channels_reversed(path):          # the right weights, applied to the input's channels in reverse order
+    model = loaded(path)
+    o_proj = model.model.layers[1].self_attn.o_proj
+    o_proj.forward = lambda x: torch.nn.functional.linear(x.flip(-1), o_proj.weight, o_proj.bias)
+    return model
+
+
+def meta_style_channels_reversed(path):   # q's rows permuted into pairs (2i, 2i+1), as Meta's checkpoints are
+    model = meta_llama.build(path)
+    wq = model.layers[1].attention.wq
+    wq.forward = lambda x: torch.nn.functional.linear(x.flip(-1), wq.weight, wq.bias)
+    return model
+'''
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    directory = tiny_models.save("llama", tmp_path_factory.mktemp("llama"))
+    factories = directory / "ports.py"
+    factories.write_text(FACTORIES)
+    return directory, factories
+
+
+def check(llama, capsys, factory, *options, at="layers.1.attn_out"):
+    from parity.cli import main
+
+    directory, factories = llama
+    capsys.readouterr()
+    code = main(["check", str(directory), f"{factories}:{factory}", "--tokens", ",".join(map(str, TOKENS)),
+                 "--decode-steps", "0", "--json", "-", *options])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1 and report["first_divergence"]["checkpoint"] == at, report["first_divergence"]
+    return report, [d for d in report["diagnoses"] if d["checkpoint"] == at]
+
+
+def test_another_layers_weights_are_named_from_the_op_where_the_error_starts(llama, capsys):
+    report, [found] = check(llama, capsys, "another_layers_weights")
+    assert found["cause"] == "weight_mismatch" and "read after the check" in found["message"], found
+
+
+def test_weights_that_are_the_same_are_said_so_and_the_op_stays_unexplained(llama, capsys):
+    report, [found] = check(llama, capsys, "channels_reversed")
+    assert found["cause"] == "no_known_cause"
+    assert any("the weight of layers.1.attn_out was read from both sides" in note and "is the same" in note
+               for note in report["notes"]), report["notes"]
+
+
+def test_with_weights_asked_for_they_are_compared_up_front_and_not_read_again(llama, capsys):
+    report, [found] = check(llama, capsys, "another_layers_weights", "--weights")
+    assert found["cause"] == "weight_mismatch" and "read after the check" not in found["message"]
+
+
+def test_q_rows_permuted_for_pairs_are_the_same_weights_not_a_mismatch(llama, capsys):
+    report, [found] = check(llama, capsys, "meta_style_channels_reversed", at="layers.1.q")
+    assert found["cause"] == "no_known_cause"
+    assert any("the weight of layers.1.q was read from both sides" in note and "q's rows in another order" in note
+               for note in report["notes"]), report["notes"]
