@@ -265,6 +265,8 @@ TAP_IOS: dict[str, str] = {
     "lookup": "an embedding's table lookup weight[ids], before any scaling its forward applies",
     "heads": "a per-head output, token-major (B, T, H, hd) or head-major (B, H, T, hd), recorded token-major; "
              "when H == T, the layout is read off the projection recorded under the second name",
+    "weights": "nothing it computes: its own parameters, filed under the name's (recorded only when weights are), "
+               "for a checkpoint made by a module whose weights another holds (an MLP's output, its down projection's)",
 }
 
 

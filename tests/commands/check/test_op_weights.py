@@ -33,6 +33,13 @@ def another_layers_weights(path):     # a loader that read layer 0's o_proj into
     return model
 
 
+def another_layers_down_projection(path):   # mlp_out is the MLP's output: its weights are its down projection's
+    model = loaded(path)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.copy_(model.model.layers[0].mlp.down_proj.weight)
+    return model
+
+
 def channels_reversed(path):          # the right weights, applied to the input's channels in reverse order
     model = loaded(path)
     o_proj = model.model.layers[1].self_attn.o_proj
@@ -71,6 +78,11 @@ def check(llama, capsys, factory, *options, at="layers.1.attn_out"):
 def test_another_layers_weights_are_named_from_the_op_where_the_error_starts(llama, capsys):
     report, [found] = check(llama, capsys, "another_layers_weights")
     assert found["cause"] == "weight_mismatch" and "read after the check" in found["message"], found
+
+
+def test_an_mlps_output_is_read_at_its_down_projections_weights(llama, capsys):
+    report, [found] = check(llama, capsys, "another_layers_down_projection", at="layers.1.mlp_out")
+    assert found["cause"] == "weight_mismatch" and "weight for layers.1.mlp_out" in found["message"], found
 
 
 def test_weights_that_are_the_same_are_said_so_and_the_op_stays_unexplained(llama, capsys):

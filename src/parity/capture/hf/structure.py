@@ -219,7 +219,8 @@ def _mlp_taps_by_shape(prefix: str, i: int, mlp) -> list[Tap]:
     back = [path for path, module in linears if module.out_features == hidden and module.in_features != hidden]
     if len(back) != 1 or len(into) not in (1, 2) or len(into) + 1 != len(linears):
         return []
-    taps = [Tap(f"{prefix}.{back[0]}", (f"layers.{i}.mlp_act",), "input")]
+    taps = [Tap(f"{prefix}.{back[0]}", (f"layers.{i}.mlp_act",), "input"),
+            Tap(f"{prefix}.{back[0]}", (f"layers.{i}.mlp_out",), "weights")]
     if len(into) == 1:
         taps.append(Tap(f"{prefix}.{into[0]}", (f"layers.{i}.mlp_fc",)))
     elif (gate := gate_in_source(mlp, tuple(into))) is not None:
@@ -282,6 +283,7 @@ def _embedding_taps(model, config, paths, layers_path) -> list[Tap]:
     scaled = hasattr(embedding, "embed_scale") or getattr(config, "embedding_multiplier", 1.0) not in (None, 1.0)
     if embedding is not None and id(embedding) in paths:
         taps.append(Tap(paths[id(embedding)], ("embed_tokens",) if scaled else (), "lookup"))
+        taps.append(Tap(paths[id(embedding)], ("embed",), "weights"))   # the table embed is read from
     base = model.get_submodule(layers_path.rsplit(".", 1)[0]) if "." in layers_path else model
     name, positions = _child(base, POSITION_EMBEDDING_NAMES)
     if positions is not None and id(positions) in paths and "Embedding" in type(positions).__name__:
@@ -439,6 +441,8 @@ def _mlp_part_taps(prefix: str, parts: dict, tap) -> list[Tap]:
         taps.append(tap(f"{prefix}{parts['gate_up']}", ("mlp_gate_up", "mlp_gate", "mlp_up"), "split"))
     if parts["down"]:
         taps.append(tap(f"{prefix}{parts['down']}", "mlp_act", "input"))
+        if prefix:   # the MLP's output is the down projection's: its weights are mlp_out's
+            taps.append(tap(f"{prefix}{parts['down']}", "mlp_out", "weights"))
     return taps
 
 

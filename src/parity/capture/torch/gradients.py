@@ -51,7 +51,7 @@ def record_gradients(model, tokens: list[int], taps: TapsLike) -> GradientRecord
     for path, module in model.named_modules():
         for tap in resolved:
             match = compile_pattern(tap.module).match(path)
-            if match is None or tap.io == "attention":
+            if match is None or tap.io in ("attention", "weights"):
                 continue
             names = tuple(fill_layer(name, match) for name in tap.names)
             if tap.io == "input":

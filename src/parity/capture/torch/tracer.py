@@ -66,9 +66,10 @@ class ModuleTracer:
                     self.matched.add(tap)
                     if tap.io == "attention":
                         attention_listeners[id(module)] = self._attention_listener(names)
-                    elif any(names):
+                    elif any(names) and tap.io != "weights":
                         self._hook(module, tap, names)
-                    if self.weights and (tap.io == "heads" or (tap.io == "output" and len(names) == 1)) and self._wanted(names[0]):
+                    if self.weights and (tap.io in ("heads", "weights") or (tap.io == "output" and len(names) == 1)) \
+                            and self._wanted(names[0]):
                         for parameter, value in module.named_parameters(recurse=False):
                             self.tensors.setdefault(f"{names[0]}.{parameter}", _as_linear(module, parameter, value))
                 if self.raw and not found and path and not _computes_nothing(module) and not _inside_experts(path):
