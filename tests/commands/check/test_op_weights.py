@@ -40,6 +40,13 @@ def another_layers_down_projection(path):   # mlp_out is the MLP's output: its w
     return model
 
 
+def embeddings_perturbed(path):             # embed's weights are the token table it is read from
+    model = loaded(path)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.add_(0.01 * torch.randn_like(model.model.embed_tokens.weight))
+    return model
+
+
 def channels_reversed(path):          # the right weights, applied to the input's channels in reverse order
     model = loaded(path)
     o_proj = model.model.layers[1].self_attn.o_proj
@@ -80,9 +87,11 @@ def test_another_layers_weights_are_named_from_the_op_where_the_error_starts(lla
     assert found["cause"] == "weight_mismatch" and "read after the check" in found["message"], found
 
 
-def test_an_mlps_output_is_read_at_its_down_projections_weights(llama, capsys):
-    report, [found] = check(llama, capsys, "another_layers_down_projection", at="layers.1.mlp_out")
-    assert found["cause"] == "weight_mismatch" and "weight for layers.1.mlp_out" in found["message"], found
+@pytest.mark.parametrize("factory, at", [("another_layers_down_projection", "layers.1.mlp_out"),
+                                         ("embeddings_perturbed", "embed")])
+def test_an_mlps_output_and_the_embedding_are_read_at_the_weights_that_make_them(llama, capsys, factory, at):
+    report, [found] = check(llama, capsys, factory, at=at)
+    assert found["cause"] == "weight_mismatch" and f"weight for {at} " in found["message"], found
 
 
 def test_weights_that_are_the_same_are_said_so_and_the_op_stays_unexplained(llama, capsys):
