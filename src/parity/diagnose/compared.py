@@ -12,6 +12,7 @@ import dataclasses
 
 from parity.core.compare import CompareConfig, compare, require_compared
 from parity.core.conventions import adapt
+from parity.core.experts_from_logits import note, with_experts_from_logits
 from parity.core.results import Comparison
 from parity.core.trace import Trace
 from parity.diagnose import diagnose
@@ -21,12 +22,15 @@ def compare_and_diagnose(reference: Trace, candidate: Trace, config: CompareConf
                          strict: frozenset[str] = frozenset(), streamed=None) -> Comparison:
     """The comparison of the candidate, its conventions adapted, with every detector's diagnoses.
     `streamed` (core/streamed.StreamedCheckpoints): checkpoints measured as the candidate made them."""
+    candidate, derived = with_experts_from_logits(reference, candidate)
     adapted, adaptations = adapt(reference, candidate, strict=strict)
     if "layout" in strict:
         config = dataclasses.replace(config, align=False)
     comparison = compare(reference, adapted, config=config, streamed=streamed)
     require_compared(comparison, reference, adapted, config)
     comparison = diagnose(comparison, reference, adapted)
+    if derived:
+        comparison = dataclasses.replace(comparison, notes=tuple(comparison.notes) + (note(derived),))
     if not adaptations:
         return comparison
     held = {name for adaptation in adaptations if adaptation.held for name in adaptation.names}

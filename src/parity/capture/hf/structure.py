@@ -166,6 +166,8 @@ def map_module(model, *, where: str = "this model") -> tuple[Tap, ...]:
                  and not any(tap.module.startswith(prefix) for prefix in unsure)]
         if mlp is not None and (f"{layers_path}.{i}.{mlp_name}." in unsure or not _named_parts(mlp, MLP_PARTS)):
             taps += _mlp_taps_by_shape(f"{layers_path}.{i}.{mlp_name}", i, mlp)
+        if mlp is not None:
+            taps += _router_beside_expert_lists(f"{layers_path}.{i}.{mlp_name}", i, mlp)
     parent = model.get_submodule(layers_path.rsplit(".", 1)[0]) if "." in layers_path else model
     name, norm = _child(parent, FINAL_NORM_NAMES)
     if norm is not None:
@@ -227,6 +229,20 @@ def _mlp_taps_by_shape(prefix: str, i: int, mlp) -> list[Tap]:
         up = next(path for path in into if path != gate)
         taps += [Tap(f"{prefix}.{gate}", (f"layers.{i}.mlp_gate",)), Tap(f"{prefix}.{up}", (f"layers.{i}.mlp_up",))]
     return taps
+
+
+def _router_beside_expert_lists(prefix: str, i: int, mlp) -> list[Tap]:
+    """A port's MoE block without an `experts` module (LLMs-from-scratch's Qwen3-MoE: a `gate` linear to E logits
+    beside lists of E experts' linears): its router's logits (the experts it chose are then taken from them where
+    the reference chooses the top k of its own: core/experts_from_logits.py)."""
+    import torch
+
+    name, router = _child(mlp, ROUTER_NAMES)
+    if not isinstance(router, torch.nn.Linear) or _child(mlp, ("experts",))[1] is not None:
+        return []
+    lists = [child for child in mlp.children()
+             if isinstance(child, torch.nn.ModuleList) and len(child) == router.out_features]
+    return [Tap(f"{prefix}.{name}", (f"layers.{i}.moe_router_logits",))] if lists else []
 
 
 def _attention_shape(attention) -> dict[str, int]:

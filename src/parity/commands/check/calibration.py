@@ -67,7 +67,7 @@ def routed_as_reference(lowp: Trace, reference: Trace, lowp_model, capture, prog
     every floor after it: a bfloat16 ERNIE-4.5-MoE whose calibration flipped three tokens in layer 1 had its
     logits held to rel_l2 0.31 where 0.025 holds without a flip. `capture(model, name)` runs it again."""
     from parity.capture.torch.routed import routed_as
-    from parity.commands.check.probabilities import with_arrays
+    from parity.core.trace import with_arrays
 
     natural = {name: lowp[name] for name in lowp.names if _is_experts(name)}
     routes: dict[str, dict[int, tuple[int, ...]]] = {}

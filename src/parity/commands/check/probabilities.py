@@ -34,7 +34,7 @@ from parity.core.errors import OptionError
 from parity.core.names import select
 from parity.core.results import Comparison, Tolerance
 from parity.core.streamed import StreamedCheckpoints
-from parity.core.trace import Trace
+from parity.core.trace import Trace, with_arrays
 
 # Attention probabilities over the three traces (reference, calibration, candidate) past which they are streamed.
 STORED_PROBABILITIES_BYTES = 8 << 30
@@ -163,14 +163,6 @@ def with_first_failure_held(stream: StreamedCheckpoints, reference: Trace, trace
     reference = with_arrays(reference, {name: stream.reference.rows(name, 0, shape[-2])})
     stream.forget(name)
     return reference, trace, name
-
-
-def with_arrays(trace: Trace, arrays: dict[str, np.ndarray]) -> Trace:
-    """`trace` with `arrays` in place of (or beside) its tensors of those names, their dtypes as given."""
-    tensors = trace.tensors
-    held = tensors.with_arrays(arrays) if hasattr(tensors, "with_arrays") else {**tensors, **arrays}
-    return dataclasses.replace(trace, tensors=held, dtypes={**trace.dtypes, **{name: str(array.dtype)
-                                                                              for name, array in arrays.items()}})
 
 
 class Streamed:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from parity.core.experts_from_logits import with_experts_from_logits
 from parity.core.names import parse
 from parity.core.results import Comparison
 from parity.core.routing import admitted_flips
@@ -67,6 +68,7 @@ def _flips_to_follow(comparison: Comparison, reference: Trace, candidate: Trace,
     divergence = comparison.first_divergence
     if comparison.passed or divergence is None or divergence.layer is None:
         return {}
+    candidate, _ = with_experts_from_logits(reference, candidate)   # a router recorded by its logits alone
     found = {}
     for name in reference.names:
         checkpoint = parse(name)

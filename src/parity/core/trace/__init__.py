@@ -13,4 +13,5 @@ from parity.core.trace.trace import (  # noqa: F401  (the public names of the pa
     load_trace,
     make_trace,
     save_trace,
+    with_arrays,
 )

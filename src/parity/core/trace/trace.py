@@ -14,6 +14,7 @@ dropped on read, so `[1, T, D]` and `[T, D]` are the same trace.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -98,6 +99,15 @@ def make_trace(tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = 
     for name, value in tensors.items():
         arrays[name], dtypes[name] = as_array(value)
     return Trace(tensors=arrays, metadata=clean_metadata(metadata or {}), dtypes=dtypes, source=source)
+
+
+def with_arrays(trace: Trace, arrays: dict[str, np.ndarray]) -> Trace:
+    """`trace` with `arrays` in place of (or beside) its tensors of those names, their dtypes as given (a loaded
+    trace's other tensors stay lazy)."""
+    tensors = trace.tensors
+    held = tensors.with_arrays(arrays) if hasattr(tensors, "with_arrays") else {**tensors, **arrays}
+    return dataclasses.replace(trace, tensors=held, dtypes={**trace.dtypes, **{name: str(array.dtype)
+                                                                              for name, array in arrays.items()}})
 
 
 def as_array(value: Any) -> tuple[np.ndarray, str]:
