@@ -47,6 +47,21 @@ def test_an_offloaded_reference_captures_every_checkpoint_with_the_same_values(m
         np.testing.assert_allclose(trace[name], reference[name], rtol=1e-6, atol=1e-6, err_msg=name)
 
 
+def test_an_offloaded_reference_records_its_weights_from_the_offload_map(model_dirs, tmp_path):
+    """A parameter on the meta device is read from accelerate's map (--weights, and the weights a check reads
+    after an unexplained divergence): it was a copy out of a meta tensor, which raises."""
+    from parity.capture.hf.model import load_model
+
+    pytest.importorskip("accelerate")
+    placement = placement_from_options(None, "cpu=20KB", str(tmp_path / "offload"))
+    offloaded = load_model(model_dirs["llama"], placement=placement).capture(TOKENS, weights=True, raw=False)
+    resident = load_model(model_dirs["llama"]).capture(TOKENS, weights=True, raw=False)
+    weights = [name for name in resident.names if name.endswith(".weight")]
+    assert "layers.2.mlp_out.weight" in weights and "embed.weight" in weights and offloaded.names == resident.names
+    for name in weights:
+        np.testing.assert_array_equal(offloaded[name], resident[name], err_msg=name)
+
+
 def test_capture_and_check_take_the_placement_options(model_dirs, tmp_path):
     from parity.cli import main
 

@@ -350,8 +350,8 @@ IN_OUT_STORAGE = frozenset({"Conv1D"})
 
 
 def _as_linear(module, parameter: str, value):
-    """A parameter as nn.Linear would store it: (out, in) for a weight."""
-    value = value.detach().to("cpu")
+    """A parameter as nn.Linear would store it: (out, in) for a weight; an offloaded one read from its map."""
+    value = _resident(module, parameter).detach().to("cpu")
     if parameter == "weight" and type(module).__name__ in IN_OUT_STORAGE and value.ndim == 2:
         value = value.t()
     return value.contiguous().clone()
@@ -365,18 +365,22 @@ def _computes_nothing(module) -> bool:
 
 
 def _resident_weight(module):
-    """The module's weight; read from accelerate's offload map when the weight is on the meta device (an
-    offloaded module's weights come in only inside its forward, after the pre-hooks ran), in its dtype."""
-    weight = module.weight
-    if weight.device.type != "meta":
-        return weight
+    return _resident(module, "weight")
+
+
+def _resident(module, parameter: str = "weight"):
+    """The module's parameter; read from accelerate's offload map when it is on the meta device (an offloaded
+    module's weights come in only inside its forward, after the pre-hooks ran), in its dtype."""
+    value = getattr(module, parameter)
+    if value.device.type != "meta":
+        return value
     hook = getattr(module, "_hf_hook", None)
     for candidate in (hook, *getattr(hook, "hooks", ())):
         weights_map = getattr(candidate, "weights_map", None)
-        if weights_map is not None and "weight" in weights_map:
-            return weights_map["weight"].to(dtype=weight.dtype, device=getattr(candidate, "execution_device", None)
-                                            or "cpu")
-    raise CaptureError(f"{type(module).__name__}'s weight is on the meta device and no offload map holds it")
+        if weights_map is not None and parameter in weights_map:
+            return weights_map[parameter].to(dtype=value.dtype, device=getattr(candidate, "execution_device", None)
+                                             or "cpu")
+    raise CaptureError(f"{type(module).__name__}'s {parameter} is on the meta device and no offload map holds it")
 
 
 def _inside_experts(path: str) -> bool:
