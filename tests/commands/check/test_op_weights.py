@@ -85,6 +85,8 @@ def check(llama, capsys, factory, *options, at="layers.1.attn_out"):
 def test_another_layers_weights_are_named_from_the_op_where_the_error_starts(llama, capsys):
     report, [found] = check(llama, capsys, "another_layers_weights")
     assert found["cause"] == "weight_mismatch" and "read after the check" in found["message"], found
+    [weights] = [item["reason"] for item in report["not_checked"] if item["check"] == "weights"]
+    assert "the first divergence's were read after it" in weights
 
 
 @pytest.mark.parametrize("factory, at", [("another_layers_down_projection", "layers.1.mlp_out"),
@@ -97,7 +99,7 @@ def test_an_mlps_output_and_the_embedding_are_read_at_the_weights_that_make_them
 def test_weights_that_are_the_same_are_said_so_and_the_op_stays_unexplained(llama, capsys):
     report, [found] = check(llama, capsys, "channels_reversed")
     assert found["cause"] == "no_known_cause"
-    assert any("the weight of layers.1.attn_out was read from both sides" in note and "is the same" in note
+    assert any("the weight of layers.1.attn_out was read after the check from both sides" in note and "is the same" in note
                for note in report["notes"]), report["notes"]
 
 
@@ -109,5 +111,5 @@ def test_with_weights_asked_for_they_are_compared_up_front_and_not_read_again(ll
 def test_q_rows_permuted_for_pairs_are_the_same_weights_not_a_mismatch(llama, capsys):
     report, [found] = check(llama, capsys, "meta_style_channels_reversed", at="layers.1.q")
     assert found["cause"] == "no_known_cause"
-    assert any("the weight of layers.1.q was read from both sides" in note and "q's rows in another order" in note
+    assert any("the weight of layers.1.q was read after the check from both sides" in note and "q's rows in another order" in note
                for note in report["notes"]), report["notes"]

@@ -19,6 +19,7 @@ from parity.core.names import weight_of
 from parity.core.results import Comparison, Diagnosis
 
 UNEXPLAINED = "no_known_cause"
+READ_AFTER = "read after the check"   # in the diagnosis or note that reports them: were_read() finds it
 
 
 def with_op_weights(comparison: Comparison, reference_model, candidate, tokens: list[int], options,
@@ -43,10 +44,10 @@ def with_op_weights(comparison: Comparison, reference_model, candidate, tokens: 
         were, are = ("was", "is") if len(parameters) == 1 else ("were", "are")
         order = f" ({checkpoint.rsplit('.', 1)[1]}'s rows in another order, as a port that rotates pairs (2i, 2i+1) " \
             "holds them)" if _rows_reordered(reference, traced, parameters) else ""
-        note = (f"the {read} of {checkpoint} {were} read from both sides after the check and {are} the same{order}: "
+        note = (f"the {read} of {checkpoint} {were} {READ_AFTER} from both sides and {are} the same{order}: "
                 "the error is made by the op that uses them, not by its weights")
         return dataclasses.replace(comparison, notes=tuple(comparison.notes) + (note,))
-    found = dataclasses.replace(found, message=found.message + " (read after the check, as --weights reads them)")
+    found = dataclasses.replace(found, message=found.message + f" ({READ_AFTER}, as --weights reads them)")
     diagnoses = tuple(found if d.cause == UNEXPLAINED and d.checkpoint == checkpoint else d
                       for d in comparison.diagnoses)
     return dataclasses.replace(comparison, diagnoses=diagnoses)
@@ -86,3 +87,8 @@ def _weight_mismatch(comparison: Comparison, reference, candidate) -> Diagnosis 
     from parity.diagnose.weights import weight_mismatch
 
     return next(iter(weight_mismatch(Context(comparison, reference, candidate))), None)
+
+
+def were_read(comparison: Comparison) -> bool:
+    """Whether the first divergence's weights were read after the check (for the "not checked" line)."""
+    return any(READ_AFTER in text for text in (*comparison.notes, *(d.message for d in comparison.diagnoses)))

@@ -25,7 +25,7 @@ from parity.core.compare import CompareConfig, compare
 from parity.core.errors import OptionError
 from parity.core.results import NOT_ASKED, Comparison, NotChecked, Tolerance
 from parity.core.sequence import SequenceComparison
-from parity.commands.check.op_weights import with_op_weights
+from parity.commands.check.op_weights import were_read, with_op_weights
 from parity.commands.check.rerun import with_second_run
 from parity.commands.check.spill import SPILL_BYTES, reference_trace_bytes, spill_directory, spilled
 from parity.core.allocator import return_freed_memory
@@ -338,7 +338,9 @@ def _with_not_checked(comparison: Comparison, candidate_names: list[str], candid
         skipped.append(NotChecked("calibration", "the candidate's precision is unknown (a trace without a dtype in "
                                                  "its metadata): the dtype tables' tolerances were used"))
     if not options.weights:
-        skipped.append(NotChecked("weights", f"{NOT_ASKED}: --weights compares each tapped module's parameters"))
+        read = " (the first divergence's were read after it, having no other explanation)" \
+            if were_read(comparison) else ""
+        skipped.append(NotChecked("weights", f"{NOT_ASKED}: --weights compares each tapped module's parameters{read}"))
     elif not any(name.endswith(".weight") for name in candidate_names):
         skipped.append(NotChecked("weights", candidate.supports("weights") or
                                   f"the candidate ({candidate.written}) gave no parameters"))
