@@ -38,12 +38,13 @@ def with_op_weights(comparison: Comparison, reference_model, candidate, tokens: 
     parameters = sorted(name for name in set(reference.tensors) & set(traced.tensors) if weight_of(name))
     if not parameters:
         return comparison
-    found = None if _rows_reordered(reference, traced, parameters) else _weight_mismatch(comparison, reference, traced)
+    reordered = _rows_reordered(reference, traced, parameters)
+    found = None if reordered else _weight_mismatch(comparison, reference, traced)
     if found is None:
         read = " and ".join(weight_of(name)[1] for name in parameters)
         were, are = ("was", "is") if len(parameters) == 1 else ("were", "are")
         order = f" ({checkpoint.rsplit('.', 1)[1]}'s rows in another order, as a port that rotates pairs (2i, 2i+1) " \
-            "holds them)" if _rows_reordered(reference, traced, parameters) else ""
+            "holds them)" if reordered else ""
         note = (f"the {read} of {checkpoint} {were} {READ_AFTER} from both sides and {are} the same{order}: "
                 "the error is made by the op that uses them, not by its weights")
         return dataclasses.replace(comparison, notes=tuple(comparison.notes) + (note,))
@@ -63,8 +64,8 @@ def _unexplained(comparison: Comparison) -> str | None:
 
 
 def _rows_reordered(reference, candidate, parameters: list[str]) -> bool:
-    """Whether each parameter holds the reference's rows in another order (q and k in a port that rotates pairs
-    (2i, 2i+1): Meta's checkpoints permute their rows so), which the comparison's layout adapts, not a mistake."""
+    """Whether q's or k's weight holds the reference's rows in another order (a port that rotates pairs (2i, 2i+1):
+    Meta's checkpoints permute their rows so), which the comparison's layout adapts, not a mistake."""
     import numpy as np
 
     from parity.core.metrics import rel_l2
