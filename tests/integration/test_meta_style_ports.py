@@ -74,6 +74,17 @@ def test_a_correct_port_passes_with_decoding_through_the_cache_its_modules_hold(
     assert f"its modules hold its cache (it takes {keyword})" in reasons(report)["kv_cache"]
 
 
+def test_with_weights_its_q_and_k_rows_in_pair_order_are_read_as_the_references(model_dirs, ports):
+    """Its wq and wk hold their rows in pair order (as Meta's checkpoints do), as its q and k activations are kept:
+    with --weights the parameters are read in the reference's order too. They failed as weight_mismatch (6/72
+    checkpoints, first at layers.0.q.weight) on a correct port."""
+    code, report = check(model_dirs["llama"], ports, "start_pos", "--weights", "--decode-steps", "0")
+    assert code == 0 and report["verdict"] == "pass", report["first_divergence"]
+    compared = {c["name"] for c in report["checkpoints"]}
+    assert {"layers.0.q.weight", "layers.1.k.weight", "layers.0.attn_out.weight", "layers.2.mlp_out.weight"} <= compared
+    assert not any(d["cause"] == "weight_mismatch" for d in report["diagnoses"])
+
+
 def test_strict_rope_pairs_compares_q_and_k_as_stored(model_dirs, ports):
     code, report = check(model_dirs["llama"], ports, "start_pos", "--strict", "rope_pairs", "--decode-steps", "0")
     assert code == 1 and report["first_divergence"]["checkpoint"] == "layers.0.q"

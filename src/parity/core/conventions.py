@@ -12,7 +12,7 @@ comparing, and says so once per convention:
     residual_pair   a block output kept as two tensors, the branch and the residual ([2, T, D]), summed
     rope_pairs      q and k kept in the interleaved RoPE layout, each head's dimensions rotated in pairs
                     (2i, 2i+1) where the reference rotates i with i+hd/2 (core/rope_layout.py): read in the
-                    reference's order
+                    reference's order, and so are the rows of their parameters (--weights)
 
 Every detector then reads the adapted tensors, so a convention never hides a cause. `strict`
 (the option --strict) lists the conventions to hold as failures instead: those checkpoints are
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from parity.core.config_shape import config_shape
-from parity.core.names import HEAD_KINDS, is_raw, parse
+from parity.core.names import HEAD_KINDS, is_raw, parse, weight_of
 from parity.core.rope_layout import is_per_head_qk, kept_in_pairs, pairs_detail, rotated_head_dim, unpermute_qk
 from parity.core.trace import Trace
 from parity.core.trace.pages import PagesBehind
@@ -159,13 +159,29 @@ def _rope_pairs(reference: Trace, candidate: Trace, transforms: Mapping[str, _Tr
     for name in candidate.tensors:
         base = transforms.get(name)
         shape = base.shape if base is not None else candidate.shape_of(name)
-        if (name not in reference.tensors or not is_per_head_qk(name) or len(shape) != 2
-                or shape != reference.shape_of(name) or shape[-1] % head_dim):
+        if name not in reference.tensors or shape != reference.shape_of(name):
             continue
         stored = base.apply if base is not None else np.asarray
-        paired[name] = _Transform("rope_pairs", "pairs", shape,
-                                  lambda array, stored=stored: unpermute_qk(stored(array), head_dim))
+        if is_per_head_qk(name) and len(shape) == 2 and not shape[-1] % head_dim:
+            paired[name] = _Transform("rope_pairs", "pairs", shape,
+                                      lambda array, stored=stored: unpermute_qk(stored(array), head_dim))
+        elif _is_per_head_qk_parameter(name) and len(shape) in (1, 2) and not shape[0] % head_dim:
+            # its rows are q's or k's channels (a weight [H*hd, D], a bias or a per-head norm's weight): in pairs too
+            paired[name] = _Transform("rope_pairs", "pairs", shape,
+                                      lambda array, stored=stored: _unpermute_rows(stored(array), head_dim))
     return head_dim, paired
+
+
+def _is_per_head_qk_parameter(name: str) -> bool:
+    owner = weight_of(name)
+    return owner is not None and is_per_head_qk(owner[0])
+
+
+def _unpermute_rows(array: np.ndarray, head_dim: int) -> np.ndarray:
+    """A parameter's rows (its first axis: q's or k's output channels) from pair order to halves order."""
+    array = np.asarray(array)
+    columns = array.reshape(array.shape[0], -1).T                    # (rest, H*hd): the channels as columns
+    return unpermute_qk(columns, head_dim).T.reshape(array.shape)
 
 
 def _recognize(name: str, reference: Trace, candidate: Trace, heads: frozenset[int],
