@@ -50,7 +50,8 @@ def with_experts_from_logits(reference: Trace, candidate: Trace) -> tuple[Trace,
     return with_arrays(candidate, made), tuple(made)
 
 
-def note(derived: tuple[str, ...]) -> str:
+def derived_note(derived: tuple[str, ...]) -> str:
+    """What the report says of the experts taken from the candidate's logits."""
     first = derived[0] + (f" and {len(derived) - 1} more" if len(derived) > 1 else "")
     return (f"{first}: the candidate records its router's logits but not the experts it chose; taken as the top "
             "k of its logits, as the reference's router chooses at every token")

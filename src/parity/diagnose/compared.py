@@ -12,7 +12,7 @@ import dataclasses
 
 from parity.core.compare import CompareConfig, compare, require_compared
 from parity.core.conventions import adapt
-from parity.core.experts_from_logits import note, with_experts_from_logits
+from parity.core.experts_from_logits import derived_note, with_experts_from_logits
 from parity.core.results import Comparison
 from parity.core.trace import Trace
 from parity.diagnose import diagnose
@@ -30,7 +30,7 @@ def compare_and_diagnose(reference: Trace, candidate: Trace, config: CompareConf
     require_compared(comparison, reference, adapted, config)
     comparison = diagnose(comparison, reference, adapted)
     if derived:
-        comparison = dataclasses.replace(comparison, notes=tuple(comparison.notes) + (note(derived),))
+        comparison = dataclasses.replace(comparison, notes=tuple(comparison.notes) + (derived_note(derived),))
     if not adaptations:
         return comparison
     held = {name for adaptation in adaptations if adaptation.held for name in adaptation.names}

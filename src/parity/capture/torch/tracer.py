@@ -205,7 +205,7 @@ class ModuleTracer:
                 if tap.io == "lookup":  # the table row of each id, before any scaling the forward adds
                     import torch
 
-                    value = torch.nn.functional.embedding(value, _resident_weight(hooked))
+                    value = torch.nn.functional.embedding(value, _resident(hooked))
                 self._store_split(names, value)
             self._stack.callback(module.register_forward_pre_hook(on_input, with_kwargs=True).remove)
         elif tap.io == "heads":
@@ -362,10 +362,6 @@ def _computes_nothing(module) -> bool:
     import torch
 
     return isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Dropout, torch.nn.Identity))
-
-
-def _resident_weight(module):
-    return _resident(module, "weight")
 
 
 def _resident(module, parameter: str = "weight"):
