@@ -34,7 +34,8 @@ import numpy as np
 
 from parity.core.config_shape import config_shape
 from parity.core.names import HEAD_KINDS, is_raw, parse, weight_of
-from parity.core.rope_layout import is_per_head_qk, kept_in_pairs, pairs_detail, rotated_head_dim, unpermute_qk
+from parity.core.rope_layout import (is_per_head_qk, kept_in_pairs, pairs_detail, rotated_head_dim, unpermute_qk,
+                                     unpermute_rows)
 from parity.core.trace import Trace
 from parity.core.trace.pages import PagesBehind
 
@@ -168,20 +169,13 @@ def _rope_pairs(reference: Trace, candidate: Trace, transforms: Mapping[str, _Tr
         elif _is_per_head_qk_parameter(name) and len(shape) in (1, 2) and not shape[0] % head_dim:
             # its rows are q's or k's channels (a weight [H*hd, D], a bias or a per-head norm's weight): in pairs too
             paired[name] = _Transform("rope_pairs", "pairs", shape,
-                                      lambda array, stored=stored: _unpermute_rows(stored(array), head_dim))
+                                      lambda array, stored=stored: unpermute_rows(stored(array), head_dim))
     return head_dim, paired
 
 
 def _is_per_head_qk_parameter(name: str) -> bool:
     owner = weight_of(name)
     return owner is not None and is_per_head_qk(owner[0])
-
-
-def _unpermute_rows(array: np.ndarray, head_dim: int) -> np.ndarray:
-    """A parameter's rows (its first axis: q's or k's output channels) from pair order to halves order."""
-    array = np.asarray(array)
-    columns = array.reshape(array.shape[0], -1).T                    # (rest, H*hd): the channels as columns
-    return unpermute_qk(columns, head_dim).T.reshape(array.shape)
 
 
 def _recognize(name: str, reference: Trace, candidate: Trace, heads: frozenset[int],

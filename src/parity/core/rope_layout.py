@@ -40,6 +40,14 @@ def unpermute_qk(array: np.ndarray, head_dim: int) -> np.ndarray:
     return per_head.swapaxes(-1, -2).reshape(tokens, -1)      # (T, H, 2, hd/2) -> (T, H*hd)
 
 
+def unpermute_rows(array: np.ndarray, head_dim: int) -> np.ndarray:
+    """A parameter's rows (its first axis: q's or k's output channels, a weight [H*hd, D], a bias or a per-head
+    norm's weight) from pair order to halves order, as unpermute_qk reads q and k."""
+    array = np.asarray(array)
+    columns = array.reshape(array.shape[0], -1).T                    # (rest, H*hd): the channels as columns
+    return unpermute_qk(columns, head_dim).T.reshape(array.shape)
+
+
 def rotated_head_dim(reference: Trace) -> int | None:
     """The head size the reference's config declares, when the rotary embedding turns all of it (layer 0's
     rotary_dim, where recorded); None otherwise."""

@@ -64,23 +64,23 @@ def _unexplained(comparison: Comparison) -> str | None:
 
 
 def _rows_reordered(reference, candidate, parameters: list[str]) -> bool:
-    """Whether q's or k's weight holds the reference's rows in another order (a port that rotates pairs (2i, 2i+1):
-    Meta's checkpoints permute their rows so), which the comparison's layout adapts, not a mistake."""
-    import numpy as np
-
+    """Whether q's or k's weight holds the reference's rows in RoPE's pair order (a port that rotates pairs
+    (2i, 2i+1): Meta's checkpoints permute their rows so), which the comparison's rope_pairs convention reads in
+    the reference's order, not a mistake."""
     from parity.core.metrics import rel_l2
+    from parity.core.rope_layout import rotated_head_dim, unpermute_rows
     from parity.diagnose.context import widened
+
+    head_dim = rotated_head_dim(reference)
 
     def reordered(name: str) -> bool:
         ours, theirs = widened(reference[name]), widened(candidate[name])
-        if ours.shape != theirs.shape or ours.ndim != 2 or rel_l2(ours, theirs) < 1e-6:
+        if ours.shape != theirs.shape or ours.shape[0] % head_dim or rel_l2(ours, theirs) < 1e-6:
             return False
-        probe = np.random.default_rng(0).standard_normal(ours.shape[1])
-        ours, theirs = ours[np.argsort(ours @ probe)], theirs[np.argsort(theirs @ probe)]
-        return rel_l2(ours, theirs) <= 8e-3     # the same rows, to a rounding to bfloat16
+        return rel_l2(ours, unpermute_rows(theirs, head_dim)) <= 8e-3     # the same rows, to a bfloat16 rounding
 
-    return any(weight_of(name)[0].endswith((".q", ".k")) and weight_of(name)[1] == "weight" and reordered(name)
-               for name in parameters)
+    return head_dim is not None and any(weight_of(name)[0].endswith((".q", ".k")) and weight_of(name)[1] == "weight"
+                                        and reordered(name) for name in parameters)
 
 
 def _weight_mismatch(comparison: Comparison, reference, candidate) -> Diagnosis | None:
