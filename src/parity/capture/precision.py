@@ -44,7 +44,10 @@ class DtypeNumerics:
         (`at_precision`), freed after."""
         from parity.capture.hf.model import load_model
 
-        with at_precision(load_model(reference_model.path, dtype=self.dtype, placement=placement)) as model:
+        loaded = load_model(reference_model.path, dtype=self.dtype, placement=placement)
+        if reference_model.taken:
+            loaded.take_weights(reference_model.taken)   # a candidate's weights the reference computes with
+        with at_precision(loaded) as model:
             yield model
 
     def decode_bounds(self, reference_model, sequence: list[int], reference_logits, positions, *,

@@ -41,8 +41,9 @@ SUPERSEDES = {"layout_permuted": frozenset({"causal_mask", "wiring",
               # Rounded weights change every tensor from the embedding on: heuristic readings of the same
               # numbers (a rescaled row, a noisy one) are that rounding, seen from inside.
               # (a GGUF's float16 weights are also a narrower format than the trace declares: the rounding says which)
+              # (and a quantized build's weights, held to their own grid, are not another weights' mismatch)
               "weight_rounding": frozenset({"scale_factor", "swapped", "norm_epsilon", "activation_variant",
-                                            "declared_precision"})}
+                                            "declared_precision", "weight_mismatch"})}
 
 
 def register(cause: str) -> Callable[[Detector], Detector]:

@@ -8,6 +8,12 @@ candidates whose reference is not the GGUF itself) and every rounded tensor is
 as far from the reference's as its format makes it, the first divergence is
 named as the weights' rounding, with the numbers. A tensor further off than its
 format explains is a conversion error, and is said so instead.
+
+A quantized PyTorch build (torchao, torch.ao) is read the same way where its weights
+were read (`--weights`, or the weights of a first divergence no other cause explains):
+its trace's `quantized_weights` metadata gives each quantized parameter's format and
+the error that rounding to its own grid gives (capture/torch/quantized.py), and each
+read weight is held to that.
 """
 
 from __future__ import annotations
@@ -15,9 +21,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import numpy as np
+
+from parity.core.metrics import rel_l2
+from parity.core.names import in_flow_order
 from parity.core.results import Diagnosis
 from parity.diagnose import register
-from parity.diagnose.context import Context
+from parity.diagnose.context import Context, widened
 
 AS_FORMAT = 1.5          # measured rounding up to this multiple of the format's own counts as that rounding
 EXACT = 1e-7             # float32 tensors stored as they are
@@ -25,6 +35,12 @@ EXACT = 1e-7             # float32 tensors stored as they are
 
 @register("weight_rounding")
 def weight_rounding(context: Context) -> Iterator[Diagnosis]:
+    yield from _file_rounding(context)
+    yield from _quantized_weights(context)
+
+
+def _file_rounding(context: Context) -> Iterator[Diagnosis]:
+    """A GGUF's tensors, measured by the llama.cpp candidate against the reference's model directory."""
     tensors = context.candidate.metadata.get("weight_rounding") or []
     divergence = context.comparison.first_divergence
     rounded = [t for t in tensors if t["rel_l2"] > EXACT]
@@ -50,3 +66,80 @@ def weight_rounding(context: Context) -> Iterator[Diagnosis]:
 def _describe(tensor: dict) -> str:
     return (f"{tensor['name']} {tensor['type']} rel_l2 {tensor['rel_l2']:.3g} "
             f"({tensor['type']} gives {tensor['expected_rel_l2']:.3g})")
+
+
+def _quantized_weights(context: Context) -> Iterator[Diagnosis]:
+    """A quantized PyTorch build's weights, read on both sides, each against the rounding its own grid gives."""
+    measured = _read_quantized(context)
+    if not measured or all(m[2] <= EXACT for m in measured):   # none read, or the reference's own (taken)
+        return
+    divergence = context.comparison.first_divergence
+    wrong = [m for m in measured if m[3] is not None and not on_grid(m[2], m[3])]
+    if wrong:
+        yield Diagnosis("weight_rounding", divergence.checkpoint,
+                        f"the candidate's quantized {_describe_quantized(wrong[0])}: further from the reference's "
+                        "than rounding to its grid makes it; it quantized other weights or converted them wrongly")
+        return
+    graded = [m for m in measured if m[3] is not None]
+    largest = sorted(measured, key=lambda m: -m[2])[:2]
+    unread = len(measured) - len(graded)
+    how = ("as far from the reference's as rounding to its grid makes " + ("it" if len(measured) == 1 else "each")
+           if not unread else f"{len(graded)} as far as their grid rounds, {unread} on a grid parity cannot read")
+    yield Diagnosis("weight_rounding", divergence.checkpoint,
+                    f"the candidate computes with the reference's weights quantized: {len(measured)} quantized "
+                    f"weight{'s' if len(measured) > 1 else ''} read, {how} (largest: "
+                    f"{'; '.join(_describe_quantized(m) for m in largest)}); the difference starts in the "
+                    "quantization of its weights (`parity check --quantized-reference` runs the reference with them, "
+                    "to check what it computes with them)")
+
+
+@register("activation_quantization")
+def activation_quantization(context: Context) -> Iterator[Diagnosis]:
+    """The first divergence's op computes with the reference's weights (taken with --quantized-reference) and
+    quantizes its input as it runs (torchao's dynamic-activation configs, torch.ao's dynamic quantization)."""
+    measured = _read_quantized(context)
+    if not measured or any(m[2] > EXACT for m in measured):
+        return
+    divergence = context.comparison.first_divergence
+    quantized = context.candidate.metadata["quantized_weights"]
+    owner = next((m[0] for m in measured if m[0].startswith(f"{divergence.checkpoint}.")
+                  and quantized[m[0]].get("inputs")), None)
+    if owner is None:
+        return
+    yield Diagnosis("activation_quantization", divergence.checkpoint,
+                    f"{divergence.checkpoint} computes with the reference's weights but quantizes its input as it "
+                    f"runs ({quantized[owner]['inputs']}; its weight {quantized[owner]['format']}): the difference "
+                    "starts in the rounding of its activations, which the reference does not do")
+
+
+def _read_quantized(context: Context) -> list[tuple]:
+    """(name, format, rel_l2, grid rel_l2 or None) of each quantized weight both traces hold, in flow order; none
+    where nothing diverges."""
+    quantized = context.candidate.metadata.get("quantized_weights") or {}
+    if context.comparison.first_divergence is None:
+        return []
+    read = in_flow_order(set(quantized) & set(context.reference.tensors) & set(context.candidate.tensors))
+    return [(name, quantized[name]["format"],
+             *grid_rounding(context.reference[name], context.candidate[name], quantized[name]["rounding_l2"]))
+            for name in read]
+
+
+def grid_rounding(reference, candidate, rounding_l2: float | None) -> tuple[float, float | None]:
+    """(rel_l2 of a quantized weight against the reference's, the rel_l2 that rounding to its grid gives, or None
+    where its grid is not known); a weight of another shape is infinitely far."""
+    reference, candidate = widened(reference), widened(candidate)
+    if reference.shape != candidate.shape:
+        return math.inf, 0.0
+    norm = float(np.linalg.norm(reference))
+    return rel_l2(reference, candidate), None if rounding_l2 is None or not norm else rounding_l2 / norm
+
+
+def on_grid(error: float, grid: float) -> bool:
+    """Whether a weight's measured error is the rounding its grid gives."""
+    return error <= AS_FORMAT * grid + EXACT
+
+
+def _describe_quantized(measured: tuple) -> str:
+    name, form, error, grid = measured
+    given = "its grid cannot be read" if grid is None else f"its grid gives {grid:.3g}"
+    return f"{name} {form} rel_l2 {error:.3g} ({given})"

@@ -171,3 +171,21 @@ def test_the_architecture_metadata_survives_a_round_trip(tmp_path):
     trace = make_trace({"embed": np.ones((2, 2), np.float32)}, {"architecture": architecture})
     path = save_trace(trace, tmp_path / "t.safetensors")
     assert load_trace(path).metadata["architecture"] == architecture
+
+
+@pytest.mark.parametrize("quantized", [[1, 2], {"layers.0.q.weight": "int8"},
+                                       {"layers.0.q.weight": {"format": "int8", "rounding_l2": -1.0}},
+                                       {"layers.0.q.weight": {"format": "int8", "rounding_l2": "small"}},
+                                       {"layers.0.q.weight": {"format": "int8", "rounding_l2": 0.1, "inputs": 3}}])
+def test_quantized_weights_metadata_of_the_wrong_shape_is_refused(tmp_path, quantized):
+    path = tmp_path / "t.npz"
+    np.savez(path, embed=np.zeros((2, 2)), __metadata__=np.array(json.dumps({"quantized_weights": quantized})))
+    with pytest.raises(TraceError, match="'quantized_weights' is not an object of parameter name"):
+        load_trace(path)
+
+
+def test_quantized_weights_metadata_survives_a_round_trip(tmp_path):
+    quantized = {"layers.0.q.weight": {"format": "int8 in blocks of 1x8", "rounding_l2": 0.01},
+                 "layers.0.k.weight": {"format": "qint8", "rounding_l2": None, "inputs": "a scale per call"}}
+    save_trace(sample_trace(quantized_weights=quantized), tmp_path / "t.safetensors")
+    assert load_trace(tmp_path / "t.safetensors").metadata["quantized_weights"] == quantized

@@ -15,7 +15,7 @@ import contextlib
 import functools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,28 @@ class HFModel:
     _tokenizer: Any = None
     _vocab_pieces: tuple[str, ...] | None = None
     _parked: Any = None   # capture/hf/parking.py: the weights in a file, mapped back
+    taken: dict = field(default_factory=dict)   # weights taken from a candidate (take_weights), name -> array
+
+    def take_weights(self, weights: dict) -> None:
+        """Compute with `weights` (`layers.0.q.weight` -> an array as nn.Linear stores it) in place of the model's
+        own; a copy of this model loaded again (a calibration at another precision) takes them too."""
+        import torch
+
+        from parity.capture.torch.taps import parameter_owners
+        from parity.capture.torch.tracer import IN_OUT_STORAGE
+        from parity.core.names import weight_of
+
+        owners = parameter_owners(self.model, self.mapping.taps)
+        with torch.no_grad():
+            for name, array in weights.items():
+                parameter = weight_of(name)[1]
+                module = owners[name]
+                value = torch.as_tensor(array)
+                if parameter == "weight" and type(module).__name__ in IN_OUT_STORAGE and value.ndim == 2:
+                    value = value.t()
+                target = getattr(module, parameter)
+                target.copy_(value.to(dtype=target.dtype, device=target.device))
+        self.taken = {**self.taken, **weights}
 
     def park(self, path: str | Path) -> None:
         """Move the weights to the file `path`, mapped back in place of their memory (a long check's reference

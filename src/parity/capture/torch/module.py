@@ -55,14 +55,17 @@ def trace_module(
     """
     input_ids = input_ids_of(tokens, model)
     heads = config_heads(config if config is not None else getattr(model, "config", None))
+    quantized: dict = {}
     tensors = recorded_tensors(model, input_ids, taps, forward, checkpoints=checkpoints, weights=weights, raw=raw,
-                               heads=heads, **tracing)
-    return make_trace(tensors, {**base_metadata(model, input_ids), **(metadata or {})})
+                               heads=heads, quantized=quantized, **tracing)
+    return make_trace(tensors, {**base_metadata(model, input_ids), **quantized_metadata(quantized),
+                                **(metadata or {})})
 
 
 def recorded_tensors(model, input_ids, taps, forward, *, checkpoints: str | None, host: bool = True,
-                     **options) -> dict[str, Any]:
+                     quantized: dict | None = None, **options) -> dict[str, Any]:
     """The checkpoints of one forward pass, by name: on the host, or (host=False) left on the device.
+    `quantized`, where given, is filled with the recorded parameters a quantized build holds as integers.
 
     The forward's own tensors are recorded without copying them; if the forward changed one in place
     after it was recorded, it runs again copying each as it arrives."""
@@ -71,6 +74,8 @@ def recorded_tensors(model, input_ids, taps, forward, *, checkpoints: str | None
     if tracer.overwritten():
         tracer, output = traced_forward(model, input_ids, taps, forward, copy=True, **options)
     tensors = dict(tracer.tensors)
+    if quantized is not None:
+        quantized.update(tracer.quantized)
     logits = returned_logits(output, checkpoints, present=tensors)
     if logits is not None:
         tensors["logits"] = logits.cpu() if host else logits
@@ -102,6 +107,11 @@ def base_metadata(model, input_ids) -> dict:
         "dtype": dtype_of(model),
         "tokens": input_ids.reshape(-1).tolist(),
     }
+
+
+def quantized_metadata(quantized: dict) -> dict:
+    """The trace metadata that says how each recorded quantized parameter is stored (none where none is)."""
+    return {"quantized_weights": {name: q.as_dict() for name, q in quantized.items()}} if quantized else {}
 
 
 def traced_forward(model, input_ids, taps, forward, *, copy: bool, sink=None, host: bool = True, **options):

@@ -17,7 +17,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from parity.capture.torch.module import base_metadata, input_ids_of, nothing_recorded, returned_logits, traced_forward
+from parity.capture.torch.module import (base_metadata, input_ids_of, nothing_recorded, quantized_metadata,
+                                         returned_logits, traced_forward)
 from parity.capture.torch.taps import TapsLike
 from parity.core.trace.trace import metadata_strings, stored
 from parity.core.trace.writer import TraceWriter
@@ -123,5 +124,6 @@ def stream_module(
         after(writer)
     if not writer.names:
         raise nothing_recorded(model)
-    writer.finish(metadata_strings({**base_metadata(model, input_ids), **(metadata or {})}))
+    writer.finish(metadata_strings({**base_metadata(model, input_ids), **quantized_metadata(tracer.quantized),
+                                    **(metadata or {})}))
     return writer.names

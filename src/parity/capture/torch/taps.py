@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from parity.core.errors import OptionError
 from parity.core.names import FAMILY_TAPS, TAP_IOS, Tap
@@ -75,3 +76,24 @@ def matching_taps(path: str, exact, patterns):
         match = pattern.match(path)
         if match is not None:
             yield tap, match
+
+
+def holds_weights(tap: Tap, names: tuple[str, ...]) -> bool:
+    """Whether the module a tap names gives its parameters to a checkpoint (`names[0]`.weight, ...): one whose
+    single output is that checkpoint, a per-head one, or a `weights` tap."""
+    return bool(names) and bool(names[0]) and (tap.io in ("heads", "weights")
+                                               or (tap.io == "output" and len(names) == 1))
+
+
+def parameter_owners(model, taps: TapsLike) -> dict[str, Any]:
+    """The module that holds each checkpoint's parameter as its own (`layers.0.q.weight` -> module), as a trace's
+    weights are named; the first by path."""
+    exact, patterns = index_taps(resolve_taps(taps))
+    owners: dict[str, Any] = {}
+    for path, module in model.named_modules():
+        for tap, match in matching_taps(path, exact, patterns):
+            names = tuple(fill_layer(name, match) for name in tap.names)
+            if holds_weights(tap, names):
+                for parameter, _ in module.named_parameters(recurse=False):
+                    owners.setdefault(f"{names[0]}.{parameter}", module)
+    return owners

@@ -7,8 +7,10 @@ from contextlib import ExitStack
 from typing import Any
 
 from parity.capture.torch.layout import canonical_layout, first_tensor
+from parity.capture.torch.quantized import Quantization, dequantized, packed_parameters
 from parity.capture.torch.rows import RowBlocks
-from parity.capture.torch.taps import TapsLike, fill_layer, index_taps, matching_taps, resolve_taps
+from parity.capture.torch.taps import (TapsLike, fill_layer, holds_weights, index_taps, matching_taps,
+                                      resolve_taps)
 from parity.core.errors import CaptureError, OptionError
 from parity.core.names import RAW_PREFIX, TAP_IOS, Tap, parse, select
 
@@ -45,6 +47,7 @@ class ModuleTracer:
         self.recipes, self.stream = recipes, stream
         self.streamed: set[str] = set()
         self.tensors: dict[str, Any] = {}
+        self.quantized: dict[str, Quantization] = {}   # recorded parameters a quantized build holds as integers
         self.row_blocks = RowBlocks(token_count)   # checkpoints a port's Probe is given a block of rows at a time
         self._versions: dict[str, int] = {}
         self._copying_from: set[Any] = set()  # CUDA devices with copies to the host still queued
@@ -68,10 +71,8 @@ class ModuleTracer:
                         attention_listeners[id(module)] = self._attention_listener(names)
                     elif any(names) and tap.io != "weights":
                         self._hook(module, tap, names)
-                    if self.weights and (tap.io in ("heads", "weights") or (tap.io == "output" and len(names) == 1)) \
-                            and self._wanted(names[0]):
-                        for parameter, value in module.named_parameters(recurse=False):
-                            self.tensors.setdefault(f"{names[0]}.{parameter}", _as_linear(module, parameter, value))
+                    if self.weights and holds_weights(tap, names) and self._wanted(names[0]):
+                        self._record_parameters(module, names[0])
                 if self.raw and not found and path and not _computes_nothing(module) and not _inside_experts(path):
                     self._hook(module, Tap(path, (RAW_PREFIX + path,)), (RAW_PREFIX + path,))
             if attention_listeners:
@@ -102,6 +103,20 @@ class ModuleTracer:
             for device in self._copying_from:
                 torch.cuda.synchronize(device)
             self._copying_from.clear()
+
+    def _record_parameters(self, module, checkpoint: str) -> None:
+        """The module's own parameters (packed ones of a torch.ao quantized module too), as float tensors; a
+        quantized one's format and rounding kept in `quantized`."""
+        parameters = {**dict(module.named_parameters(recurse=False)), **packed_parameters(module)}
+        for parameter, value in parameters.items():
+            name = f"{checkpoint}.{parameter}"
+            if name in self.tensors:
+                continue
+            tensor, quantization = dequantized(_resident(module, parameter) if parameter in module._parameters
+                                               else value, module)
+            self.tensors[name] = _as_linear(module, parameter, tensor)
+            if quantization is not None:
+                self.quantized[name] = quantization
 
     def _wanted(self, name: str) -> bool:
         return bool(name) and bool(select([name], self.checkpoints))
@@ -350,8 +365,8 @@ IN_OUT_STORAGE = frozenset({"Conv1D"})
 
 
 def _as_linear(module, parameter: str, value):
-    """A parameter as nn.Linear would store it: (out, in) for a weight; an offloaded one read from its map."""
-    value = _resident(module, parameter).detach().to("cpu")
+    """A parameter as nn.Linear would store it: (out, in) for a weight."""
+    value = value.detach().to("cpu")
     if parameter == "weight" and type(module).__name__ in IN_OUT_STORAGE and value.ndim == 2:
         value = value.t()
     return value.contiguous().clone()

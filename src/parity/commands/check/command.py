@@ -26,6 +26,9 @@ def add_arguments(parser) -> None:
                         help="candidates that decode: greedy and token-by-token decoding for N tokens (0: skip)")
     parser.add_argument("--weights", action="store_true",
                         help="also capture each tapped module's parameters, to tell a weight mismatch")
+    parser.add_argument("--quantized-reference", action="store_true",
+                        help="a quantized PyTorch build (torchao, torch.ao): the reference computes with its quantized "
+                             "weights, to check what it computes with them apart from their rounding")
     parser.add_argument("--no-raw", action="store_true",
                         help="leave out raw.<module> outputs (captured only where the candidate can hold them too)")
     parser.add_argument("--on-device", action="store_true",
@@ -104,7 +107,7 @@ def run(args) -> int:
         save_traces=Path(args.save_traces) if args.save_traces else None, overwrite=args.force,
         max_tokens=args.max_tokens, timeout_s=args.timeout, server_model=args.server_model,
         server_options=tuple(args.server_option), replay=args.replay,
-        weights=args.weights, decode_steps=args.decode_steps, placement=options.placement(args),
+        weights=args.weights, quantized_reference=args.quantized_reference, decode_steps=args.decode_steps, placement=options.placement(args),
         raw=not args.no_raw, kv_type=args.kv_type, on_device=args.on_device, strict=args.strict,
         start_position=args.start_position, stream_probabilities=args.stream_probabilities,
     )

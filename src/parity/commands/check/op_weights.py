@@ -84,10 +84,16 @@ def _rows_reordered(reference, candidate, parameters: list[str]) -> bool:
 
 
 def _weight_mismatch(comparison: Comparison, reference, candidate) -> Diagnosis | None:
+    """How the read weights differ: a quantized build's held to their grid first (weight_rounding), or the same
+    and its op quantizing its input (activation_quantization), else the first that differs (weight_mismatch)."""
+    from itertools import chain
+
     from parity.diagnose.context import Context
+    from parity.diagnose.rounding import activation_quantization, weight_rounding
     from parity.diagnose.weights import weight_mismatch
 
-    return next(iter(weight_mismatch(Context(comparison, reference, candidate))), None)
+    context = Context(comparison, reference, candidate)
+    return next(chain(weight_rounding(context), activation_quantization(context), weight_mismatch(context)), None)
 
 
 def were_read(comparison: Comparison) -> bool:

@@ -23,7 +23,8 @@ MAX_TOKENS = 10_000_000
 MAX_TENSOR_NAME_CHARS = 255
 MAX_LAYERS = 65_536                      # the deepest models have a few hundred; past this a name is damage
 JSON_FIELDS = ("tokens", "config", "not_comparable", "architecture", "weight_rounding",   # JSON text in
-               "shards", "tensor_parallel", "start_position", "routed_as_candidate")      # safetensors' string map
+               "shards", "tensor_parallel", "start_position", "routed_as_candidate",      # safetensors' string map
+               "quantized_weights")
 _STRING_FIELDS = ("format", "arch", "producer", "dtype", "prompt", "emulates")
 # The configuration fields parity reads (diagnose/context.py), with the type each must have.
 _CONFIG_FIELDS: dict[str, tuple[type, ...]] = {
@@ -69,7 +70,26 @@ def parse_metadata(raw: Any, path: Path | str, *, where: str = "metadata") -> di
                                            and all(isinstance(v, str) for v in not_comparable.values())):
         raise TraceError(f"{path}: {where} 'not_comparable' is {_kind(not_comparable)}; write a JSON object of "
                          "checkpoint name -> reason (text)")
+    _check_quantized_weights(metadata.get("quantized_weights"), path, where)
     return metadata
+
+
+def _check_quantized_weights(quantized: Any, path: Path | str, where: str) -> None:
+    """`quantized_weights`: parameter name -> {"format": text, "rounding_l2": a non-negative number or null}."""
+    if quantized is None:
+        return
+
+    def valid(entry: Any) -> bool:
+        rounding = entry.get("rounding_l2") if isinstance(entry, dict) else None
+        return (isinstance(entry, dict) and isinstance(entry.get("format"), str)
+                and isinstance(entry.get("inputs", ""), str)
+                and (rounding is None or (isinstance(rounding, (int, float)) and not isinstance(rounding, bool)
+                                          and 0 <= rounding < float("inf"))))
+
+    if not (isinstance(quantized, dict) and all(valid(entry) for entry in quantized.values())):
+        raise TraceError(f"{path}: {where} 'quantized_weights' is not an object of parameter name -> "
+                         '{"format": text, "rounding_l2": a non-negative number or null, "inputs": text (optional)}; '
+                         "write it so or leave it out")
 
 
 def _check_config(config: dict, path: Path | str, where: str) -> None:

@@ -121,13 +121,26 @@ def _to_numpy(value: Any) -> tuple[np.ndarray, str]:
     if isinstance(value, np.ndarray):
         return value, str(value.dtype)
     if type(value).__module__.startswith("torch"):
-        tensor = value.detach().cpu()
+        tensor = _plain(value).detach().cpu()
         dtype = str(tensor.dtype).removeprefix("torch.")
         if dtype == "bfloat16":
             return tensor.float().numpy(), dtype  # exact: bf16 is a truncated f32
         return tensor.numpy(), dtype
     array = np.asarray(value)
     return array, str(array.dtype)
+
+
+def _plain(tensor: Any) -> Any:
+    """A torch tensor subclass that numpy cannot read (a quantized build's weight) as the values it stands for."""
+    import torch
+
+    if getattr(tensor, "is_quantized", False):      # PyTorch's own quantized tensor
+        return tensor.dequantize()
+    if type(tensor) in (torch.Tensor, torch.nn.Parameter):
+        return tensor
+    while hasattr(tensor, "original_weight_tensor"):  # torchao's activation-quantizing wrapper
+        tensor = tensor.original_weight_tensor
+    return tensor.dequantize() if hasattr(tensor, "dequantize") else tensor
 
 
 def _drop_batch_axis(array: np.ndarray) -> np.ndarray:

@@ -1,0 +1,118 @@
+"""Quantized parameters read as the values a build computes with, and the rounding their grid gives.
+
+A quantized PyTorch build holds its weights as integers and scales: torchao's tensor
+subclasses (`quantize_(model, Int8WeightOnlyConfig())`, also the weight inside its
+dynamic-activation configs), PyTorch's own quantized tensors (`torch.ao` dynamic
+quantization, whose Linear gives its weight by calling `weight()`), or another
+library's subclass with a `dequantize()`. parity reads each as the float values it
+stands for, and where the grid is readable (a scale per element or block) also the
+size of the error that rounding the reference's weights to the nearest point of that
+grid gives: sqrt(sum(step² / 12)), the L2 norm of a round-to-nearest error spread
+evenly over a step. diagnose/rounding.py holds the measured error to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantization:
+    """How one parameter is stored: its format in words, and the L2 norm of the error that rounding to its grid
+    gives (None where the grid cannot be read)."""
+
+    format: str
+    rounding_l2: float | None
+    inputs: str | None = None   # how the op quantizes its input as it runs, where it does
+
+
+    def __repr__(self) -> str:
+        rounding = "unknown" if self.rounding_l2 is None else f"{self.rounding_l2:.3g}"
+        return f"<Quantization {self.format}, rounding l2 {rounding}>"
+
+    def as_dict(self) -> dict:
+        return {"format": self.format, "rounding_l2": self.rounding_l2,
+                **({"inputs": self.inputs} if self.inputs else {})}
+
+
+def packed_parameters(module) -> dict[str, Any]:
+    """A torch.ao quantized module's weight and bias, which it keeps packed (not as parameters) and gives by
+    calling them; empty for any other module."""
+    if not hasattr(module, "_packed_params"):
+        return {}
+    found = {name: getattr(module, name)() for name in ("weight", "bias") if callable(getattr(module, name, None))}
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def dequantized(value, module=None) -> tuple[Any, Quantization | None]:
+    """`value` (a parameter of `module`) as a plain float tensor, and how it was stored where it was quantized
+    (else None)."""
+    import torch
+
+    inner, inputs = value, None
+    while hasattr(inner, "original_weight_tensor"):   # torchao's wrapper that quantizes the op's input as it runs
+        inputs = getattr(getattr(inner, "input_quant_func", None), "__name__", None) or "torchao"
+        inner = inner.original_weight_tensor
+    if getattr(inner, "is_quantized", False):
+        if type(module).__module__.startswith("torch.ao.nn.quantized.dynamic"):
+            inputs = f"{type(module).__name__} of torch.ao's dynamic quantization, a scale per call"
+        return inner.dequantize(), dataclasses.replace(_torch_quantized(inner), inputs=inputs)
+    if type(inner) in (torch.Tensor, torch.nn.Parameter) or not hasattr(inner, "dequantize"):
+        return value, None
+    return inner.dequantize(), dataclasses.replace(_subclass(inner), inputs=inputs)
+
+
+def _torch_quantized(tensor) -> Quantization:
+    """PyTorch's own quantized tensor: a scale for the whole tensor or one per channel along an axis."""
+    import torch
+
+    scheme = tensor.qscheme()
+    name = str(tensor.dtype).removeprefix("torch.")
+    if scheme in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        steps = torch.full(tensor.shape, float(tensor.q_scale()), dtype=torch.float64)
+        return Quantization(f"{name} (PyTorch, one scale)", _rounding_l2(steps))
+    if scheme in (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams):
+        axis = tensor.q_per_channel_axis()
+        shape = [1] * tensor.dim()
+        shape[axis] = -1
+        steps = tensor.q_per_channel_scales().to(torch.float64).reshape(shape).expand(tensor.shape)
+        return Quantization(f"{name} (PyTorch, a scale per channel)", _rounding_l2(steps))
+    return Quantization(f"{name} (PyTorch, {scheme})", None)
+
+
+def _subclass(tensor) -> Quantization:
+    """A tensor subclass with `dequantize()`; torchao's affine ones give their scales by block."""
+    kind = f"{type(tensor).__module__.split('.')[0]} {type(tensor).__name__}"
+    block = tuple(getattr(tensor, "block_size", ()) or ())
+    impl = getattr(tensor, "tensor_impl", None)
+    if not block or impl is None or not hasattr(impl, "get_plain"):
+        return Quantization(kind, None)
+    try:
+        integers, scale, _ = impl.get_plain()
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return Quantization(kind, None)
+    described = f"{str(integers.dtype).removeprefix('torch.')} in blocks of {'x'.join(map(str, block))} ({kind})"
+    steps = _per_element(scale, tuple(tensor.shape), block)
+    return Quantization(described, None if steps is None else _rounding_l2(steps))
+
+
+def _per_element(scale, shape: tuple[int, ...], block: tuple[int, ...]):
+    """A scale per block spread over the elements of each block; None where the shapes do not say how."""
+    import torch
+
+    if len(block) != len(shape) or any(size % b for size, b in zip(shape, block)):
+        return None
+    blocks = [size // b for size, b in zip(shape, block)]
+    if scale.numel() != math.prod(blocks):
+        return None
+    steps = scale.to(torch.float64).reshape(blocks)
+    for axis, repeat in enumerate(block):
+        steps = steps.repeat_interleave(repeat, dim=axis)
+    return steps
+
+
+def _rounding_l2(steps) -> float:
+    """The L2 norm of a round-to-nearest error, uniform over each element's step: sqrt(sum(step²) / 12)."""
+    return math.sqrt(float((steps.double() ** 2).sum()) / 12.0)

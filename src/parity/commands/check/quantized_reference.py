@@ -1,0 +1,60 @@
+"""--quantized-reference: the reference computes with a quantized build's weights, to check what it computes.
+
+A quantized PyTorch build (torchao, torch.ao) differs from the float reference from its
+first projection on, by its weights' rounding; that difference is the quantization's, and
+it hides whatever the build computes wrongly with them (a kernel that applies a scale to
+the wrong rows, a dequantization off by one block). With this option the candidate's
+quantized weights are read (as float values, capture/torch/quantized.py) and the
+reference computes with them in place of its own, and its calibration copy too: what is
+left to compare is the computation. Only weights that are the reference's rounded to
+their own grid are taken (diagnose/rounding.py); one further off is a conversion error,
+left as the reference's so that the check fails there and says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from parity.core.errors import OptionError
+
+
+def take_quantized_weights(reference_model, candidate, tokens: list[int], options, progress) -> str:
+    """Give the reference the candidate's quantized weights that are its own rounded to their grid; the note that
+    says what was taken and what was left."""
+    from parity.diagnose.rounding import grid_rounding, on_grid
+
+    reason = candidate.supports("weights")
+    if reason is not None:
+        raise OptionError(f"--quantized-reference reads the candidate's weights, and {candidate.description} gives "
+                          f"none ({reason}); give a PyTorch module or leave the option out")
+    if options.placement is not None and options.placement.offloads:
+        raise OptionError("--quantized-reference writes the candidate's weights into the reference, which an "
+                          "offloaded reference does not hold in memory; leave out --max-memory/--offload-dir")
+    progress.step("reading the candidate's quantized weights and the reference's (--quantized-reference)")
+    first = tokens[:1]
+    only = dataclasses.replace(options, checkpoints=None, weights=True, raw=False, start_position=0)
+    traced = candidate.trace(first, only.request(reference_model))
+    quantized = traced.metadata.get("quantized_weights") or {}
+    reference = reference_model.capture(first, weights=True, raw=False)
+    reference_model.rest()
+    shared = sorted(set(quantized) & set(traced.tensors) & set(reference.tensors))
+    if not shared:
+        raise OptionError(f"--quantized-reference: {candidate.description} holds no quantized weight parity can "
+                          "read where the reference has one (torchao's or torch.ao's quantized weights, or a tensor "
+                          "subclass with dequantize()); leave the option out")
+    taken, left = {}, []
+    for name in shared:
+        error, grid = grid_rounding(reference[name], traced[name], quantized[name]["rounding_l2"])
+        if grid is not None and on_grid(error, grid):
+            taken[name] = traced[name]
+        else:
+            left.append(name)
+    if taken:
+        reference_model.take_weights(taken)
+    note = (f"the reference computed with the candidate's {len(taken)} quantized weights (as the floats they stand "
+            f"for, each the reference's own rounded to its grid) in place of its own (--quantized-reference): "
+            "what is compared is what the candidate computes with them, not their quantization")
+    if left:
+        note += (f"; left as the reference's, {len(left)} that are not its rounded or whose grid cannot be read "
+                 f"(first: {left[0]})")
+    return note

@@ -1,0 +1,84 @@
+"""Quantized parameters read as the floats they stand for, with the rounding their grid gives: torchao's tensor
+subclasses and PyTorch's own quantized tensors, as quantize_ and quantize_dynamic make them."""
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import need  # noqa: E402
+from parity.capture.torch.quantized import dequantized, packed_parameters  # noqa: E402
+from parity.core.trace.trace import as_array  # noqa: E402
+
+
+def linear(rows: int = 96, columns: int = 128):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(columns, rows, bias=False))
+
+
+def measured_l2(weight, original) -> float:
+    return float((weight.double() - original.double()).norm())
+
+
+@pytest.mark.parametrize("group_size, blocks", [(None, "1x128"), (32, "1x32")])
+def test_a_torchao_int8_weight_is_read_as_its_floats_with_its_grids_rounding(group_size, blocks):
+    need("torchao")
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    model = linear()
+    original = model[0].weight.detach().clone()
+    quantize_(model, Int8WeightOnlyConfig(**({"group_size": group_size} if group_size else {})))
+    values, quantization = dequantized(model[0].weight)
+    assert type(values) is torch.Tensor and torch.equal(values, model[0].weight.dequantize())
+    assert quantization.format == f"int8 in blocks of {blocks} (torchao AffineQuantizedTensor)"
+    assert quantization.inputs is None
+    # the rounding a round-to-nearest on this grid gives, against what it gave: within a few percent
+    assert 0.9 < measured_l2(values, original) / quantization.rounding_l2 < 1.1
+
+
+def test_torchaos_activation_quantizing_wrapper_is_read_through_and_says_so():
+    need("torchao")
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    model = linear()
+    original = model[0].weight.detach().clone()
+    quantize_(model, Int8DynamicActivationInt8WeightConfig())
+    values, quantization = dequantized(model[0].weight)
+    assert quantization.inputs and 0.9 < measured_l2(values, original) / quantization.rounding_l2 < 1.1
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_pytorch_quantized_tensors_one_scale_or_one_per_channel(per_channel):
+    torch.manual_seed(0)
+    original = torch.randn(64, 48)
+    if per_channel:
+        scales = original.abs().amax(dim=1) / 127
+        quantized = torch.quantize_per_channel(original, scales, torch.zeros(64, dtype=torch.long), 0, torch.qint8)
+    else:
+        quantized = torch.quantize_per_tensor(original, float(original.abs().max() / 127), 0, torch.qint8)
+    values, quantization = dequantized(quantized)
+    assert not values.is_quantized and quantization.format.startswith("qint8 (PyTorch")
+    assert 0.9 < measured_l2(values, original) / quantization.rounding_l2 < 1.1
+
+
+def test_torch_ao_dynamic_linear_gives_its_packed_weight_and_bias_and_quantizes_its_inputs():
+    model = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(32, 16)), {torch.nn.Linear},
+                                                   dtype=torch.qint8)
+    packed = packed_parameters(model[0])
+    assert set(packed) == {"weight", "bias"} and not list(model[0].parameters())
+    values, quantization = dequantized(packed["weight"], model[0])
+    assert values.shape == (16, 32) and "dynamic quantization" in quantization.inputs
+    assert packed_parameters(torch.nn.Linear(4, 4)) == {}
+
+
+def test_a_plain_parameter_is_left_as_it_is():
+    weight = torch.nn.Linear(4, 4).weight
+    values, quantization = dequantized(weight)
+    assert values is weight and quantization is None
+
+
+def test_a_trace_reads_a_quantized_tensor_as_its_floats():
+    quantized = torch.quantize_per_tensor(torch.linspace(-1, 1, 12).reshape(3, 4), 0.01, 0, torch.qint8)
+    array, dtype = as_array(quantized)
+    assert array.shape == (3, 4) and math.isclose(float(array[0, 0]), -1.0, abs_tol=0.01)

@@ -1,0 +1,169 @@
+"""Quantized PyTorch builds of a tiny Llama, made the ways users make them (torchao's `quantize_`, PyTorch's own
+`torch.ao.quantization.quantize_dynamic`; code nobody here wrote), checked against the float model.
+
+At first contact a torchao int8 build ended in a traceback (".numpy() is not supported for tensor subclasses"), and
+its weights, read after the check, were called another model's. A quantized build's weights are now read as the
+floats they stand for and held to the rounding their own grid gives: named `weight_rounding`, or a conversion error
+when further off. `--quantized-reference` gives the reference those weights, so that what is checked is what the
+build computes with them: a correct weight-only build passes, one that quantizes its activations as it runs is named
+`activation_quantization`."""
+
+import json
+import re
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import tiny_models  # noqa: E402
+from conftest import TOKENS, need  # noqa: E402
+
+LAYERS = tiny_models.config("llama").num_hidden_layers
+
+FACTORIES = '''import torch
+import transformers
+
+
+def loaded(path):
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def torchao(path, config):
+    from torchao.quantization import quantize_
+    import torchao.quantization as configs
+
+    model = loaded(path)
+    quantize_(model, getattr(configs, config[0])(**config[1]))
+    return model
+
+
+def int8_weight_only(path):
+    return torchao(path, ("Int8WeightOnlyConfig", {}))
+
+
+def int8_weight_only_groups_of_32(path):
+    return torchao(path, ("Int8WeightOnlyConfig", {"group_size": 32}))
+
+
+def int8_dynamic_activations(path):
+    return torchao(path, ("Int8DynamicActivationInt8WeightConfig", {}))
+
+
+def another_layers_q_quantized(path):   # a converter that read layer 1's q into layer 0's, then quantized
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    model = loaded(path)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight.copy_(model.model.layers[1].self_attn.q_proj.weight)
+    quantize_(model, Int8WeightOnlyConfig())
+    return model
+
+
+def scales_of_another_row(path):        # a kernel that applies each row's scale to the next row
+    model = int8_weight_only(path)
+    proj = model.model.layers[1].mlp.down_proj
+    weight = proj.weight.dequantize()
+    scales = weight.abs().amax(dim=1, keepdim=True)
+    shifted = weight / scales * scales.roll(1, dims=0)
+    proj.forward = lambda x: torch.nn.functional.linear(x, shifted)
+    return model
+
+
+def torch_dynamic(path):
+    return torch.ao.quantization.quantize_dynamic(loaded(path), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def unquantized(path):
+    return loaded(path)
+'''
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    need("torchao")
+    directory = tiny_models.save("llama", tmp_path_factory.mktemp("llama"))
+    factories = directory / "quantized_builds.py"
+    factories.write_text(FACTORIES)
+    return directory, factories
+
+
+def check(llama, capsys, factory, *options):
+    from parity.cli import main
+
+    directory, factories = llama
+    capsys.readouterr()
+    code = main(["check", str(directory), f"{factories}:{factory}", "--tokens", ",".join(map(str, TOKENS)),
+                 "--decode-steps", "0", "--json", "-", *options])
+    captured = capsys.readouterr()
+    return code, (json.loads(captured.out) if captured.out.startswith("{") else captured.err)
+
+
+def diagnosis_at_first_divergence(report):
+    at = report["first_divergence"]["checkpoint"]
+    return at, [d for d in report["diagnoses"] if d["checkpoint"] == at]
+
+
+@pytest.mark.parametrize("factory, blocks", [("int8_weight_only", "1x64"), ("int8_weight_only_groups_of_32", "1x32")])
+def test_a_torchao_int8_build_is_named_as_its_weights_rounding(llama, capsys, factory, blocks):
+    code, report = check(llama, capsys, factory)
+    at, [found] = diagnosis_at_first_divergence(report)
+    assert code == 1 and at == "layers.0.q"
+    assert found["cause"] == "weight_rounding", found
+    assert f"int8 in blocks of {blocks} (torchao AffineQuantizedTensor)" in found["message"]
+    assert "as far from the reference's as rounding to its grid makes it" in found["message"]
+    assert "--quantized-reference" in found["message"]
+
+
+def test_every_weight_read_with_weights_is_held_to_its_grid(llama, capsys):
+    code, report = check(llama, capsys, "int8_weight_only", "--weights")
+    at, [found] = diagnosis_at_first_divergence(report)
+    assert code == 1 and found["cause"] == "weight_rounding", found
+    read = re.search(r"(\d+) quantized weights read, as far from the reference's as rounding to its grid makes each",
+                     found["message"])
+    assert read and int(read.group(1)) >= 7 * LAYERS, found["message"]   # q k v o gate up down in every layer
+    assert not [d for d in report["diagnoses"] if d["cause"] == "weight_mismatch"]
+
+
+def test_a_weight_further_off_than_its_grid_is_a_conversion_error(llama, capsys):
+    code, report = check(llama, capsys, "another_layers_q_quantized")
+    at, [found] = diagnosis_at_first_divergence(report)
+    assert code == 1 and at == "layers.0.q" and found["cause"] == "weight_rounding"
+    assert "further from the reference's than rounding to its grid makes it" in found["message"]
+
+
+@pytest.mark.parametrize("factory", ["int8_weight_only", "int8_weight_only_groups_of_32"])
+def test_a_correct_weight_only_build_passes_with_its_weights_in_the_reference(llama, capsys, factory):
+    code, report = check(llama, capsys, factory, "--quantized-reference")
+    assert code == 0, report["first_divergence"]
+    [taken] = [re.search(r"the reference computed with the candidate's (\d+) quantized weights", note)
+               for note in report["notes"] if "--quantized-reference" in note]
+    assert taken and int(taken.group(1)) >= 7 * LAYERS and "left as" not in taken.string
+
+
+def test_a_kernel_bug_behind_the_quantization_fails_with_its_weights_in_the_reference(llama, capsys):
+    code, report = check(llama, capsys, "scales_of_another_row")
+    assert code == 1 and report["first_divergence"]["checkpoint"] == "layers.0.q"   # hidden by the rounding
+    code, report = check(llama, capsys, "scales_of_another_row", "--quantized-reference")
+    assert code == 1 and report["first_divergence"]["checkpoint"] == "layers.1.mlp_out", report["first_divergence"]
+
+
+def test_a_conversion_error_is_left_as_the_references_and_still_fails(llama, capsys):
+    code, report = check(llama, capsys, "another_layers_q_quantized", "--quantized-reference")
+    at, [found] = diagnosis_at_first_divergence(report)
+    assert code == 1 and at == "layers.0.q" and found["cause"] == "weight_rounding"
+    assert any("left as the reference's, 1" in note and "layers.0.q.weight" in note for note in report["notes"])
+
+
+@pytest.mark.parametrize("factory, inputs", [
+    ("int8_dynamic_activations", "_int8_symm_per_token_reduced_range_quant"),
+    ("torch_dynamic", "torch.ao's dynamic quantization, a scale per call")])
+def test_a_build_that_quantizes_its_activations_is_named_so(llama, capsys, factory, inputs):
+    code, report = check(llama, capsys, factory, "--quantized-reference")
+    at, [found] = diagnosis_at_first_divergence(report)
+    assert code == 1 and at == "layers.0.q"
+    assert found["cause"] == "activation_quantization" and inputs in found["message"], found
+
+
+def test_quantized_reference_refuses_what_it_cannot_use(llama, capsys):
+    code, message = check(llama, capsys, "unquantized", "--quantized-reference")
+    assert code == 2 and "holds no quantized weight parity can read" in message and "Traceback" not in message
