@@ -62,7 +62,10 @@ class HFModel:
                 if parameter == "weight" and type(module).__name__ in IN_OUT_STORAGE and value.ndim == 2:
                     value = value.t()
                 target = getattr(module, parameter)
-                target.copy_(value.to(dtype=target.dtype, device=target.device))
+                # a parameter of its own: one tied to another module's (lm_head to the token table) is untied, as
+                # a build that quantized one of them untied it
+                setattr(module, parameter, torch.nn.Parameter(value.to(dtype=target.dtype, device=target.device),
+                                                              requires_grad=False))
         self.taken = {**self.taken, **weights}
 
     def park(self, path: str | Path) -> None:
@@ -124,10 +127,10 @@ class HFModel:
     def position_limit(self) -> tuple[str, int] | None:
         """(config field, value) of the most positions the model takes, when its config says."""
         fields = self.model.config.to_dict()  # as config.json spells them (GPT-2: n_positions)
-        for field in ("n_positions", "max_position_embeddings"):
-            value = fields.get(field)
+        for name in ("n_positions", "max_position_embeddings"):
+            value = fields.get(name)
             if isinstance(value, int) and value > 0:
-                return field, value
+                return name, value
         return None
 
     def check_length(self, count: int, *, what: str = "the prompt") -> None:

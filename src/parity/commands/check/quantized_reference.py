@@ -21,6 +21,7 @@ from parity.core.errors import OptionError
 def take_quantized_weights(reference_model, candidate, tokens: list[int], options, progress) -> str:
     """Give the reference the candidate's quantized weights that are its own rounded to their grid; the note that
     says what was taken and what was left."""
+    from parity.core.names import weight_of
     from parity.diagnose.rounding import grid_rounding, on_grid
 
     reason = candidate.supports("weights")
@@ -35,7 +36,8 @@ def take_quantized_weights(reference_model, candidate, tokens: list[int], option
     only = dataclasses.replace(options, checkpoints=None, weights=True, raw=False, start_position=0)
     traced = candidate.trace(first, only.request(reference_model))
     quantized = traced.metadata.get("quantized_weights") or {}
-    reference = reference_model.capture(first, weights=True, raw=False)
+    owners = sorted({weight_of(name)[0] for name in quantized if weight_of(name)})   # their checkpoints alone
+    reference = reference_model.capture(first, checkpoints=",".join(owners) or None, weights=True, raw=False)
     reference_model.rest()
     shared = sorted(set(quantized) & set(traced.tensors) & set(reference.tensors))
     if not shared:
