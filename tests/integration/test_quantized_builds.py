@@ -73,6 +73,19 @@ def torch_dynamic(path):
     return torch.ao.quantization.quantize_dynamic(loaded(path), {torch.nn.Linear}, dtype=torch.qint8)
 
 
+def bitsandbytes(path, **config):
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, quantization_config=transformers.BitsAndBytesConfig(**config)).eval()
+
+
+def llm_int8(path):
+    return bitsandbytes(path, load_in_8bit=True)
+
+
+def nf4(path):
+    return bitsandbytes(path, load_in_4bit=True, bnb_4bit_quant_type="nf4")
+
+
 def unquantized(path):
     return loaded(path)
 '''
@@ -92,6 +105,17 @@ def tied_llama(tmp_path_factory):
     """The tiny Llama with its output projection tied to the token table, as SmolLM2's is."""
     need("torchao")
     directory = tiny_models.save("llama", tmp_path_factory.mktemp("tied_llama"), tie_word_embeddings=True)
+    factories = directory / "quantized_builds.py"
+    factories.write_text(FACTORIES)
+    return directory, factories
+
+
+@pytest.fixture(scope="module")
+def llama_in_blocks(tmp_path_factory):
+    """The tiny Llama with an MLP width bitsandbytes' 4-bit CPU kernel takes (a multiple of its blocks of 64: with
+    96, bitsandbytes 0.50.2's own forward fails under no_grad on a CPU with AVX512-BF16)."""
+    need("bitsandbytes")
+    directory = tiny_models.save("llama", tmp_path_factory.mktemp("llama_in_blocks"), intermediate_size=128)
     factories = directory / "quantized_builds.py"
     factories.write_text(FACTORIES)
     return directory, factories
@@ -184,3 +208,33 @@ def test_a_build_that_quantizes_its_activations_is_named_so(llama, capsys, facto
 def test_quantized_reference_refuses_what_it_cannot_use(llama, capsys):
     code, message = check(llama, capsys, "unquantized", "--quantized-reference")
     assert code == 2 and "holds no quantized weight parity can read" in message and "Traceback" not in message
+
+
+@pytest.mark.parametrize("factory, stored", [("llm_int8", "int8, a scale per row (bitsandbytes Int8Params)"),
+                                             ("nf4", "nf4 in blocks of 64 (bitsandbytes Params4bit)")])
+def test_a_bitsandbytes_build_is_named_as_its_weights_rounding(llama_in_blocks, capsys, factory, stored):
+    # read after its forwards, which move LLM.int8()'s row scales to the module and repack NF4 for the CPU kernel
+    code, report = check(llama_in_blocks, capsys, factory)
+    at, [found] = diagnosis_at_first_divergence(report)
+    assert code == 1 and at == "layers.0.q" and found["cause"] == "weight_rounding", found
+    assert stored in found["message"] and "as far from the reference's as rounding to its grid" in found["message"]
+
+
+def test_llm_int8_with_its_weights_in_the_reference_is_its_activations_rounding(llama_in_blocks, capsys):
+    code, report = check(llama_in_blocks, capsys, "llm_int8", "--quantized-reference")
+    at, [found] = diagnosis_at_first_divergence(report)
+    assert code == 1 and at == "layers.0.q" and found["cause"] == "activation_quantization", found
+    assert "bitsandbytes LLM.int8()" in found["message"]
+
+
+def test_nf4_with_its_weights_in_the_reference_is_checked_at_the_precision_its_kernel_computes_in(llama_in_blocks, capsys):
+    from bitsandbytes.functional import has_avx512bf16
+
+    code, report = check(llama_in_blocks, capsys, "nf4", "--quantized-reference")
+    if not has_avx512bf16():      # its matmul in float32: the computation is the reference's
+        assert code == 0, report["first_divergence"]
+        return
+    # on a CPU with AVX512-BF16 its kernel computes in bfloat16 while its weights say float32
+    at, [found] = diagnosis_at_first_divergence(report)
+    assert code == 1 and at == "layers.0.q" and found["cause"] == "declared_precision", found
+    assert "bfloat16" in found["message"]

@@ -82,3 +82,17 @@ def test_a_trace_reads_a_quantized_tensor_as_its_floats():
     quantized = torch.quantize_per_tensor(torch.linspace(-1, 1, 12).reshape(3, 4), 0.01, 0, torch.qint8)
     array, dtype = as_array(quantized)
     assert array.shape == (3, 4) and math.isclose(float(array[0, 0]), -1.0, abs_tol=0.01)
+
+
+def test_a_codes_steps_are_the_widths_of_the_intervals_that_round_to_each_level():
+    from parity.capture.torch.quantized import _code_steps
+
+    uniform = torch.linspace(-1, 1, 9)                      # levels 0.25 apart: every step 0.25 (the edges half)
+    absmax = torch.tensor([2.0, 4.0])
+    values = (uniform[[0, 3, 4, 8, 1, 2, 5, 7]] * absmax.repeat_interleave(4)).reshape(2, 4)
+    steps = _code_steps(values, uniform, absmax, 4)
+    assert torch.allclose(steps, torch.tensor([[0.25, 0.5, 0.5, 0.25], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64))
+    uneven = torch.tensor([-1.0, -0.2, 0.0, 0.6, 1.0])      # NF4-like: wider intervals where levels are sparse
+    steps = _code_steps(torch.tensor([[-0.2, 0.6]]), uneven, torch.tensor([1.0]), 2)
+    assert torch.allclose(steps, torch.tensor([[0.5, 0.5]], dtype=torch.float64))
+    assert _code_steps(values, uniform, absmax[:1], 4) is None          # too few blocks for the values

@@ -3,16 +3,19 @@
 A quantized PyTorch build holds its weights as integers and scales: torchao's tensor
 subclasses (`quantize_(model, Int8WeightOnlyConfig())`, also the weight inside its
 dynamic-activation configs), PyTorch's own quantized tensors (`torch.ao` dynamic
-quantization, whose Linear gives its weight by calling `weight()`), or another
-library's subclass with a `dequantize()`. parity reads each as the float values it
+quantization, whose Linear gives its weight by calling `weight()`), bitsandbytes'
+(transformers' `BitsAndBytesConfig`: LLM.int8() rows, 4-bit NF4/FP4 blocks), or another
+library's subclass with a `dequantize()` of its own. parity reads each as the float values it
 stands for, and where the grid is readable (a scale per element or block) also the
 size of the error that rounding the reference's weights to the nearest point of that
 grid gives: sqrt(sum(step² / 12)), the L2 norm of a round-to-nearest error spread
-evenly over a step. diagnose/rounding.py holds the measured error to it.
+evenly over a step (for a code of uneven levels, NF4's, the step of a value is the
+width of the interval that rounds to its level). diagnose/rounding.py holds the measured error to it.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Any
@@ -59,8 +62,10 @@ def dequantized(value, module=None) -> tuple[Any, Quantization | None]:
         if type(module).__module__.startswith("torch.ao.nn.quantized.dynamic"):
             inputs = f"{type(module).__name__} of torch.ao's dynamic quantization, a scale per call"
         return inner.dequantize(), dataclasses.replace(_torch_quantized(inner), inputs=inputs)
-    if type(inner) in (torch.Tensor, torch.nn.Parameter) or not hasattr(inner, "dequantize"):
-        return value, None
+    if type(inner).__module__.startswith("bitsandbytes"):
+        return _bitsandbytes(inner, module) or (value, None)
+    if type(inner) in (torch.Tensor, torch.nn.Parameter) or type(inner).dequantize is torch.Tensor.dequantize:
+        return value, None                # a subclass that does not say how it dequantizes holds its values as is
     return inner.dequantize(), dataclasses.replace(_subclass(inner), inputs=inputs)
 
 
@@ -96,6 +101,60 @@ def _subclass(tensor) -> Quantization:
     described = f"{str(integers.dtype).removeprefix('torch.')} in blocks of {'x'.join(map(str, block))} ({kind})"
     steps = _per_element(scale, tuple(tensor.shape), block)
     return Quantization(described, None if steps is None else _rounding_l2(steps))
+
+
+def _bitsandbytes(tensor, module) -> tuple[Any, Quantization] | None:
+    """bitsandbytes' LLM.int8() weight (int8 rows and their absmax, `SCB`) or 4-bit one (a code of 16 levels
+    scaled by each block's absmax); None for one not quantized yet."""
+    import torch
+
+    name = type(tensor).__name__
+    # the row scales move from the weight to the module's state at its first forward
+    row_absmax = next((scb for scb in (getattr(tensor, "SCB", None), getattr(getattr(module, "state", None), "SCB", None))
+                       if scb is not None), None)
+    if name == "Int8Params" and tensor.dtype == torch.int8 and row_absmax is not None:
+        steps = row_absmax.detach().to(torch.float64)[:, None].expand(tensor.shape) / 127
+        values = (tensor.data.to(torch.float64) * steps).to(torch.float32)   # as int8_vectorwise_dequant gives
+        threshold = getattr(getattr(module, "state", None), "threshold", 0.0) or 0.0
+        inputs = "cast to float16 and quantized to int8 per token (bitsandbytes LLM.int8())" + (
+            f", input columns over {threshold:g} kept in float16" if threshold > 0 else "")
+        return values, Quantization("int8, a scale per row (bitsandbytes Int8Params)", _rounding_l2(steps), inputs)
+    state = getattr(tensor, "quant_state", None)
+    if name != "Params4bit" or state is None:
+        return None
+    from bitsandbytes import functional
+
+    packed = tensor.data
+    if getattr(state, "packing_format_for_cpu", False):   # repacked for its CPU kernel at its first forward
+        unpack = getattr(functional, "_convert_weight_packed_for_cpu_inverse", None)
+        if unpack is None:
+            return None
+        packed, state = unpack(packed, copy.deepcopy(state))   # it rewrites the state it is given
+    values = functional.dequantize_4bit(packed, state).to(torch.float32)
+    absmax = state.absmax
+    if getattr(state, "nested", False):
+        absmax = functional.dequantize_blockwise(state.absmax, state.state2) + state.offset
+    described = f"{state.quant_type} in blocks of {state.blocksize} (bitsandbytes Params4bit)"
+    steps = _code_steps(values, state.code, absmax, state.blocksize)
+    return values, Quantization(described, None if steps is None else _rounding_l2(steps))
+
+
+def _code_steps(values, code, absmax, block: int):
+    """For values each a level of `code` (any 16 or 256 levels in [-1, 1]) times its block's absmax: the width of
+    the interval that rounds to its level, as a step (a uniform grid's is its step). None where the blocks do not
+    tile the values."""
+    import torch
+
+    flat = values.detach().reshape(-1).to(torch.float64)
+    scale = absmax.detach().reshape(-1).to(torch.float64).repeat_interleave(block)
+    if scale.numel() < flat.numel():
+        return None
+    scale = scale[:flat.numel()]
+    levels = torch.sort(code.detach().to(torch.float64).reshape(-1)).values
+    middles = (levels[1:] + levels[:-1]) / 2
+    widths = torch.cat([middles[:1] - levels[:1], middles[1:] - middles[:-1], levels[-1:] - middles[-1:]])
+    normalized = torch.where(scale > 0, flat / scale.clamp_min(1e-300), torch.zeros_like(flat))
+    return (widths[torch.bucketize(normalized, middles)] * scale).reshape(values.shape)
 
 
 def _per_element(scale, shape: tuple[int, ...], block: tuple[int, ...]):

@@ -140,7 +140,7 @@ def _plain(tensor: Any) -> Any:
         return tensor
     while hasattr(tensor, "original_weight_tensor"):  # torchao's activation-quantizing wrapper
         tensor = tensor.original_weight_tensor
-    return tensor.dequantize() if hasattr(tensor, "dequantize") else tensor
+    return tensor if type(tensor).dequantize is torch.Tensor.dequantize else tensor.dequantize()
 
 
 def _drop_batch_axis(array: np.ndarray) -> np.ndarray:
