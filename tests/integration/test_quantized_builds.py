@@ -112,10 +112,12 @@ def tied_llama(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llama_in_blocks(tmp_path_factory):
-    """The tiny Llama with an MLP width bitsandbytes' 4-bit CPU kernel takes (a multiple of its blocks of 64: with
-    96, bitsandbytes 0.50.2's own forward fails under no_grad on a CPU with AVX512-BF16)."""
+    """The tiny Llama with widths bitsandbytes' 4-bit CPU kernel takes (multiples of its blocks of 64: with an MLP
+    of 96, bitsandbytes 0.50.2's own forward fails under no_grad on a CPU with AVX512-BF16), two blocks to a row
+    (the kernel's repacking transposes the blocks' scales: read as they lay, the weights came out scrambled)."""
     need("bitsandbytes")
-    directory = tiny_models.save("llama", tmp_path_factory.mktemp("llama_in_blocks"), intermediate_size=128)
+    directory = tiny_models.save("llama", tmp_path_factory.mktemp("llama_in_blocks"), hidden_size=128,
+                                 intermediate_size=256)
     factories = directory / "quantized_builds.py"
     factories.write_text(FACTORIES)
     return directory, factories

@@ -130,6 +130,8 @@ def _bitsandbytes(tensor, module) -> tuple[Any, Quantization] | None:
         if unpack is None:
             return None
         packed, state = unpack(packed, copy.deepcopy(state))   # it rewrites the state it is given
+        if state.absmax.dim() == 2:   # [K / block, N] in the packed layout, in bfloat16, which the kernel uses
+            state.absmax = state.absmax.T.reshape(-1).to(torch.float32)
     values = functional.dequantize_4bit(packed, state).to(torch.float32)
     absmax = state.absmax
     if getattr(state, "nested", False):

@@ -48,6 +48,7 @@ class ModuleTracer:
         self.streamed: set[str] = set()
         self.tensors: dict[str, Any] = {}
         self.quantized: dict[str, Quantization] = {}   # recorded parameters a quantized build holds as integers
+        self._holding_weights: list = []   # (module, checkpoint) whose parameters are recorded after the forward
         self.row_blocks = RowBlocks(token_count)   # checkpoints a port's Probe is given a block of rows at a time
         self._versions: dict[str, int] = {}
         self._copying_from: set[Any] = set()  # CUDA devices with copies to the host still queued
@@ -72,7 +73,7 @@ class ModuleTracer:
                     elif any(names) and tap.io != "weights":
                         self._hook(module, tap, names)
                     if self.weights and holds_weights(tap, names) and self._wanted(names[0]):
-                        self._record_parameters(module, names[0])
+                        self._holding_weights.append((module, names[0]))
                 if self.raw and not found and path and not _computes_nothing(module) and not _inside_experts(path):
                     self._hook(module, Tap(path, (RAW_PREFIX + path,)), (RAW_PREFIX + path,))
             if attention_listeners:
@@ -89,6 +90,10 @@ class ModuleTracer:
         try:
             self._stack.close()
             if exc_type is None:
+                # read after the forward: a quantized layer may settle its storage there (bitsandbytes moves its
+                # row scales, repacks 4-bit blocks for its CPU kernel and rounds their scales to bfloat16)
+                for module, checkpoint in self._holding_weights:
+                    self._record_parameters(module, checkpoint)
                 for name, whole in self.row_blocks.finish().items():
                     self._record(name, whole, lambda tensor: tensor)
         finally:
