@@ -51,6 +51,14 @@ def scales_of_another_row(path):        # a kernel that applies each row's scale
     return model
 
 
+def output_projection_alone(path):     # lm_head quantized, nothing else
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    model = loaded(path)
+    quantize_(model, Int8WeightOnlyConfig(), filter_fn=lambda module, name: name == "lm_head")
+    return model
+
+
 def unquantized(path):
     return loaded(path)
 '''
@@ -123,6 +131,15 @@ def test_every_weight_read_with_weights_is_held_to_its_grid(llama, capsys):
                      found["message"])
     assert read and int(read.group(1)) >= 7 * LAYERS, found["message"]   # q k v o gate up down in every layer
     assert not [d for d in report["diagnoses"] if d["cause"] == "weight_mismatch"]
+
+
+def test_an_output_projection_quantized_alone_is_read_where_its_cause_names_the_op(llama, capsys):
+    code, report = check(llama, capsys, "output_projection_alone")
+    at, found = diagnosis_at_first_divergence(report)
+    assert code == 1 and at == "logits", report["first_divergence"]
+    causes = {d["cause"]: d["message"] for d in found}
+    assert set(causes) == {"output_projection", "weight_rounding"}, causes
+    assert "logits.weight int8" in causes["weight_rounding"] and "--weights" not in causes["output_projection"]
 
 
 def test_a_weight_further_off_than_its_grid_is_a_conversion_error(llama, capsys):

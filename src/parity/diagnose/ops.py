@@ -13,6 +13,8 @@ from parity.diagnose.layers import _fit_affine, norm_rows
 
 UNRELATED_COSINE = 0.3  # logits this little aligned with the reference's come from another weight
 
+ASK_FOR_WEIGHTS = " Run with --weights to compare the weight itself"   # dropped where they were read
+
 
 @register("op_skipped")
 def op_skipped(context: Context):
@@ -92,5 +94,5 @@ def output_projection(context: Context):
     tying = " The reference ties lm_head to the token embedding." if tied else ""
     yield Diagnosis("output_projection", "logits",
                     f"logits fail (rel_l2 {logits.metrics.rel_l2:.3g}) while their input final_norm passes "
-                    f"(rel_l2 {final_norm.metrics.rel_l2:.3g}): the output projection is wrong; {how}.{tying} "
-                    "Run with --weights to compare the weight itself")
+                    f"(rel_l2 {final_norm.metrics.rel_l2:.3g}): the output projection is wrong; {how}.{tying}"
+                    + ASK_FOR_WEIGHTS)

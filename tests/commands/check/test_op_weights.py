@@ -47,6 +47,13 @@ def embeddings_perturbed(path):             # embed's weights are the token tabl
     return model
 
 
+def output_projection_rows_swapped(path):   # two tokens' rows of lm_head exchanged by a converter
+    model = loaded(path)
+    with torch.no_grad():
+        model.lm_head.weight[[3, 5]] = model.lm_head.weight[[5, 3]].clone()
+    return model
+
+
 def channels_reversed(path):          # the right weights, applied to the input's channels in reverse order
     model = loaded(path)
     o_proj = model.model.layers[1].self_attn.o_proj
@@ -113,3 +120,11 @@ def test_q_rows_permuted_for_pairs_are_the_same_weights_not_a_mismatch(llama, ca
     assert found["cause"] == "no_known_cause"
     assert any("the weight of layers.1.q was read after the check from both sides" in note and "q's rows in another order" in note
                for note in report["notes"]), report["notes"]
+
+
+def test_a_cause_that_names_the_output_projection_is_given_its_weights(llama, capsys):
+    report, found = check(llama, capsys, "output_projection_rows_swapped", at="logits")
+    causes = {d["cause"]: d["message"] for d in found}
+    assert set(causes) == {"output_projection", "weight_mismatch"}, causes
+    assert "logits" in causes["weight_mismatch"] and "read after the check" in causes["weight_mismatch"]
+    assert "Run with --weights" not in causes["output_projection"]

@@ -1,4 +1,5 @@
 """A failure no detector explains, at an op with weights: that op's weights, read from both sides and compared.
+(Also where the only cause named is the output projection, which cannot see its weights.)
 
 A port's loader is where many bugs live (a Conv1D weight not transposed, another layer's
 weights, a scale folded in twice), and they leave no mark in the activations that a
@@ -19,6 +20,7 @@ from parity.core.names import weight_of
 from parity.core.results import Comparison, Diagnosis
 
 UNEXPLAINED = "no_known_cause"
+WEIGHTS_SUSPECTED = frozenset({UNEXPLAINED, "output_projection"})   # causes that leave the op's weights to be read
 READ_AFTER = "read after the check"   # in the diagnosis or note that reports them: were_read() finds it
 
 
@@ -26,10 +28,10 @@ def with_op_weights(comparison: Comparison, reference_model, candidate, tokens: 
                     progress) -> Comparison:
     """The comparison with its unexplained first divergence explained by that op's weights, where they differ;
     as it was where nothing can be read (weights asked for already, or a candidate that gives none)."""
-    checkpoint = _unexplained(comparison)
+    checkpoint = _suspecting_weights(comparison)
     if checkpoint is None or options.weights or candidate.supports("weights") is not None:
         return comparison
-    progress.step(f"reading the weights of {checkpoint} from both sides (no detector explains its error)")
+    progress.step(f"reading the weights of {checkpoint} from both sides, to tell whether its error is in them")
     only = dataclasses.replace(options, checkpoints=checkpoint, weights=True, raw=False)
     reference = reference_model.capture(tokens, checkpoints=checkpoint, weights=True, raw=False,
                                         start_position=options.start_position)
@@ -47,20 +49,29 @@ def with_op_weights(comparison: Comparison, reference_model, candidate, tokens: 
             "holds them)" if reordered else ""
         note = (f"the {read} of {checkpoint} {were} {READ_AFTER} from both sides and {are} the same{order}: "
                 "the error is made by the op that uses them, not by its weights")
-        return dataclasses.replace(comparison, notes=tuple(comparison.notes) + (note,))
+        return dataclasses.replace(comparison, notes=tuple(comparison.notes) + (note,),
+                                   diagnoses=tuple(_weights_read(d) for d in comparison.diagnoses))
     found = dataclasses.replace(found, message=found.message + f" ({READ_AFTER}, as --weights reads them)")
-    diagnoses = tuple(found if d.cause == UNEXPLAINED and d.checkpoint == checkpoint else d
-                      for d in comparison.diagnoses)
-    return dataclasses.replace(comparison, diagnoses=diagnoses)
+    unexplained = [d for d in comparison.diagnoses if d.cause == UNEXPLAINED and d.checkpoint == checkpoint]
+    diagnoses = tuple(found if d in unexplained else _weights_read(d) for d in comparison.diagnoses)
+    return dataclasses.replace(comparison, diagnoses=diagnoses if unexplained else diagnoses + (found,))
 
 
-def _unexplained(comparison: Comparison) -> str | None:
-    """The checkpoint of the first divergence, where the only diagnosis of it is no_known_cause."""
+def _weights_read(diagnosis: Diagnosis) -> Diagnosis:
+    """A diagnosis that asked for the weights, without the asking: they were read."""
+    from parity.diagnose.ops import ASK_FOR_WEIGHTS
+
+    return dataclasses.replace(diagnosis, message=diagnosis.message.replace(ASK_FOR_WEIGHTS, ""))
+
+
+def _suspecting_weights(comparison: Comparison) -> str | None:
+    """The checkpoint of the first divergence, where its only diagnoses leave its weights to be read: none
+    explains it (no_known_cause), or one names the op whose weights it cannot see (output_projection)."""
     divergence = comparison.first_divergence
     if divergence is None:
         return None
     causes = [d for d in comparison.diagnoses if d.checkpoint == divergence.checkpoint]
-    return divergence.checkpoint if causes and all(d.cause == UNEXPLAINED for d in causes) else None
+    return divergence.checkpoint if causes and all(d.cause in WEIGHTS_SUSPECTED for d in causes) else None
 
 
 def _rows_reordered(reference, candidate, parameters: list[str]) -> bool:
