@@ -189,3 +189,12 @@ def test_quantized_weights_metadata_survives_a_round_trip(tmp_path):
                  "layers.0.k.weight": {"format": "qint8", "rounding_l2": None, "inputs": "a scale per call"}}
     save_trace(sample_trace(quantized_weights=quantized), tmp_path / "t.safetensors")
     assert load_trace(tmp_path / "t.safetensors").metadata["quantized_weights"] == quantized
+
+
+@pytest.mark.parametrize("rounding", [[1, 2], {"name": "x"}, [{"name": "blk.0.attn_q.weight", "type": "Q8_0"}],
+                                      [{"name": "a", "type": "F16", "rel_l2": "big", "expected_rel_l2": 0.1}]])
+def test_weight_rounding_metadata_of_the_wrong_shape_is_refused(tmp_path, rounding):
+    path = tmp_path / "t.npz"
+    np.savez(path, embed=np.zeros((2, 2)), __metadata__=np.array(json.dumps({"weight_rounding": rounding})))
+    with pytest.raises(TraceError, match="'weight_rounding' is not a list of"):
+        load_trace(path)

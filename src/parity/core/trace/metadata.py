@@ -71,7 +71,24 @@ def parse_metadata(raw: Any, path: Path | str, *, where: str = "metadata") -> di
         raise TraceError(f"{path}: {where} 'not_comparable' is {_kind(not_comparable)}; write a JSON object of "
                          "checkpoint name -> reason (text)")
     _check_quantized_weights(metadata.get("quantized_weights"), path, where)
+    _check_weight_rounding(metadata.get("weight_rounding"), path, where)
     return metadata
+
+
+def _check_weight_rounding(rounding: Any, path: Path | str, where: str) -> None:
+    """`weight_rounding`: a list of {"name": text, "type": text, "rel_l2": number, "expected_rel_l2": number}."""
+    if rounding is None:
+        return
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not (isinstance(rounding, list) and all(
+            isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("type"), str)
+            and number(entry.get("rel_l2")) and number(entry.get("expected_rel_l2")) for entry in rounding)):
+        raise TraceError(f"{path}: {where} 'weight_rounding' is not a list of "
+                         '{"name": text, "type": text, "rel_l2": a number, "expected_rel_l2": a number}; '
+                         "write it so or leave it out")
 
 
 def _check_quantized_weights(quantized: Any, path: Path | str, where: str) -> None:
