@@ -59,6 +59,18 @@ def output_projection_alone(path):     # lm_head quantized, nothing else
     return model
 
 
+def nf4_declared_bfloat16(path):       # its CPU kernel computes in bfloat16: the module says so
+    model = nf4(path)
+    model.parity_dtype = "bfloat16"
+    return model
+
+
+def declared_otherwise(path):
+    model = loaded(path)
+    model.parity_dtype = "int4"
+    return model
+
+
 def unquantized(path):
     return loaded(path)
 '''
@@ -221,4 +233,12 @@ def test_nf4_with_its_weights_in_the_reference_is_checked_at_the_precision_its_k
     # on a CPU with AVX512-BF16 its kernel computes in bfloat16 while its weights say float32
     at, [found] = diagnosis_at_first_divergence(report)
     assert code == 1 and at == "layers.0.q" and found["cause"] == "declared_precision", found
-    assert "bfloat16" in found["message"]
+    assert "bfloat16" in found["message"] and "`parity_dtype`" in found["message"]
+    code, report = check(llama_in_blocks, capsys, "nf4_declared_bfloat16", "--quantized-reference")
+    assert code == 0, report["first_divergence"]
+    assert "bfloat16" in report["checkpoints"][0]["tolerance"]["basis"]
+
+
+def test_a_precision_a_module_cannot_compute_in_is_refused(llama, capsys):
+    code, message = check(llama, capsys, "declared_otherwise")
+    assert code == 2 and "parity_dtype is 'int4'" in message and "Traceback" not in message

@@ -50,8 +50,9 @@ def declared_precision(context: Context) -> Iterator[Diagnosis]:
                 f"every value of the candidate's {divergence.checkpoint} is a {narrower} ({held:.1%}; the "
                 f"reference's are not) and its error (rel_l2 {error:.2g}) is of {narrower}'s size: the candidate "
                 f"holds it in {narrower} while it {'declares ' + declared if declared else 'declares no dtype'}, so "
-                f"it is held to {declared or 'float32'}'s noise. Declare {narrower} (a trace's `dtype` metadata) to be "
-                f"calibrated at that precision, or keep it in {declared or 'float32'}")
+                f"it is held to {declared or 'float32'}'s noise. Declare {narrower} (a trace's `dtype` metadata; a "
+                f"PyTorch module's `parity_dtype` attribute) to be calibrated at that precision, or keep it in "
+                f"{declared or 'float32'}")
             return
 
 

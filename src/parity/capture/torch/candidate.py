@@ -4,7 +4,7 @@ It is traced with forward hooks (where its checkpoints live: the user's --taps, 
 `parity_taps` attribute, else its naming), run on token ids for logits, decoded through
 its own cache where its forward takes one (found by trying), rerun op by op on the
 reference's inputs (replay), differentiated (gradients), and measured on its device.
-Its precision is its parameters' dtype.
+Its precision is its parameters' dtype, or the `parity_dtype` it declares.
 """
 
 from __future__ import annotations
@@ -188,8 +188,11 @@ class TorchCandidate(Candidate):
 
 
 def module_dtype(module) -> str | None:
-    """The dtype of the module's first floating-point parameter, as a name ('bfloat16'); None without one."""
-    return next((str(p.dtype).removeprefix("torch.") for p in module.parameters() if p.is_floating_point()), None)
+    """The precision the module computes in, as a name ('bfloat16'): its `parity_dtype` where it declares one,
+    else its first floating-point parameter's dtype; None without one."""
+    from parity.capture.torch.module import dtype_of
+
+    return dtype_of(module)
 
 
 def is_transformers(model) -> bool:

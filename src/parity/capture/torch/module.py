@@ -23,7 +23,7 @@ from typing import Any
 from parity.capture.torch.layout import canonical_layout, config_heads, first_tensor
 from parity.capture.torch.taps import TapsLike, resolve_taps  # noqa: F401  (the module's public names)
 from parity.capture.torch.tracer import ModuleTracer
-from parity.core.errors import CaptureError
+from parity.core.errors import CaptureError, OptionError
 from parity.core.names import select
 from parity.core.trace import Trace, make_trace
 
@@ -157,7 +157,18 @@ def ids_tensor(ids, model):
     return torch.tensor(ids, dtype=torch.long, device=model_device(model))
 
 
+DECLARABLE = ("float64", "float32", "bfloat16", "float16")
+
+
 def dtype_of(model) -> str | None:
+    """The precision a module computes in: its `parity_dtype` attribute where it declares one (a kernel that
+    computes in bfloat16 under float32 weights), else its first floating-point parameter's dtype; None without."""
+    declared = getattr(model, "parity_dtype", None)
+    if declared is not None:
+        if declared not in DECLARABLE:
+            raise OptionError(f"{type(model).__name__}.parity_dtype is {str(declared)[:40]!r}; set it to one of "
+                              f"{', '.join(DECLARABLE)} (the precision the module computes in) or leave it out")
+        return declared
     for parameter in model.parameters():
         if parameter.is_floating_point():
             return str(parameter.dtype).removeprefix("torch.")
