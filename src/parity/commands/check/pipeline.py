@@ -186,11 +186,11 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
     reference_model = load_model(options.model, dtype=reference_dtype, placement=options.placement)
     tokens = options.tokens if options.tokens is not None else reference_model.tokenize(options.prompt)
     reference_model.check_length(len(tokens))
-    taken = None
+    quantized_note = None   # --quantized-reference: what the reference took
     if options.quantized_reference:
         from parity.commands.check.quantized_reference import take_quantized_weights
 
-        taken = take_quantized_weights(reference_model, candidate, tokens, options, progress)
+        quantized_note = take_quantized_weights(reference_model, candidate, tokens, options, progress)
     if options.decode_steps > 0 and candidate.supports("logits") is None:
         reference_model.check_length(len(tokens) + options.decode_steps,
                                      what=f"the prompt ({len(tokens)} tokens) with --decode-steps {options.decode_steps}")
@@ -201,8 +201,8 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
                                      reference_dtype=reference_dtype, progress=progress)
         if measured is not None:
             comparison, reference_metadata = measured
-            if taken is not None:
-                comparison = dataclasses.replace(comparison, notes=tuple(comparison.notes) + (taken,))
+            if quantized_note is not None:
+                comparison = dataclasses.replace(comparison, notes=tuple(comparison.notes) + (quantized_note,))
             return _past_the_forward(comparison, Trace(tensors={}, metadata=reference_metadata), [], options,
                                      reference_model, candidate, calibrating, progress)
         progress.step("the on-device pass found a divergence: running again with full traces on the host, "
@@ -222,8 +222,8 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
 
     comparison = compare_and_diagnose(reference, trace, config, strict=options.strict, streamed=streamed.stream)
     comparison = streamed.noted(comparison)
-    if taken is not None:
-        comparison = dataclasses.replace(comparison, notes=tuple(comparison.notes) + (taken,))
+    if quantized_note is not None:
+        comparison = dataclasses.replace(comparison, notes=tuple(comparison.notes) + (quantized_note,))
     comparison, reference, trace, streamed = _rerouted(comparison, reference, trace, config, options, reference_model,
                                                        candidate, reference_dtype, spill, streamed, progress)
     held = _candidate_spill(reference_model, reference.tokens, spill, options.checkpoints) is None
