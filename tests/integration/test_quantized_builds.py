@@ -242,3 +242,15 @@ def test_nf4_with_its_weights_in_the_reference_is_checked_at_the_precision_its_k
 def test_a_precision_a_module_cannot_compute_in_is_refused(llama, capsys):
     code, message = check(llama, capsys, "declared_otherwise")
     assert code == 2 and "parity_dtype is 'int4'" in message and "Traceback" not in message
+
+
+def test_quantized_reference_refuses_a_candidate_that_gives_no_weights(llama, capsys, tmp_path):
+    from parity.cli import main
+
+    directory, _ = llama
+    trace = tmp_path / "port.safetensors"
+    assert main(["capture", str(directory), "--tokens", ",".join(map(str, TOKENS)), "-o", str(trace)]) == 0
+    capsys.readouterr()
+    code = main(["check", str(directory), str(trace), "--quantized-reference"])
+    message = capsys.readouterr().err
+    assert code == 2 and "--quantized-reference reads the candidate's weights" in message, message
