@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -71,17 +72,17 @@ def _describe(tensor: dict) -> str:
 def _quantized_weights(context: Context) -> Iterator[Diagnosis]:
     """A quantized PyTorch build's weights, read on both sides, each against the rounding its own grid gives."""
     measured = _read_quantized(context)
-    if not measured or all(m[2] <= EXACT for m in measured):   # none read, or the reference's own (taken)
+    if not measured or all(m.rel_l2 <= EXACT for m in measured):   # none read, or the reference's own (taken)
         return
     divergence = context.comparison.first_divergence
-    wrong = [m for m in measured if m[3] is not None and not on_grid(m[2], m[3])]
+    wrong = [m for m in measured if m.grid_rel_l2 is not None and not on_grid(m.rel_l2, m.grid_rel_l2)]
     if wrong:
         yield Diagnosis("weight_rounding", divergence.checkpoint,
                         f"the candidate's quantized {_describe_quantized(wrong[0])}: further from the reference's "
                         "than rounding to its grid makes it; it quantized other weights or converted them wrongly")
         return
-    graded = [m for m in measured if m[3] is not None]
-    largest = sorted(measured, key=lambda m: -m[2])[:2]
+    graded = [m for m in measured if m.grid_rel_l2 is not None]
+    largest = sorted(measured, key=lambda m: -m.rel_l2)[:2]
     unread = len(measured) - len(graded)
     how = ("as far from the reference's as rounding to its grid makes " + ("it" if len(measured) == 1 else "each")
            if not unread else f"{len(graded)} as far as their grid rounds, {unread} on a grid parity cannot read")
@@ -98,12 +99,12 @@ def activation_quantization(context: Context) -> Iterator[Diagnosis]:
     """The first divergence's op computes with the reference's weights (taken with --quantized-reference) and
     quantizes its input as it runs (torchao's dynamic-activation configs, torch.ao's dynamic quantization)."""
     measured = _read_quantized(context)
-    if not measured or any(m[2] > EXACT for m in measured):
+    if not measured or any(m.rel_l2 > EXACT for m in measured):
         return
     divergence = context.comparison.first_divergence
     quantized = context.candidate.metadata["quantized_weights"]
-    owner = next((m[0] for m in measured if m[0].startswith(f"{divergence.checkpoint}.")
-                  and quantized[m[0]].get("inputs")), None)
+    owner = next((m.name for m in measured if m.name.startswith(f"{divergence.checkpoint}.")
+                  and quantized[m.name].get("inputs")), None)
     if owner is None:
         return
     yield Diagnosis("activation_quantization", divergence.checkpoint,
@@ -112,15 +113,24 @@ def activation_quantization(context: Context) -> Iterator[Diagnosis]:
                     "starts in the rounding of its activations, which the reference does not do")
 
 
-def _read_quantized(context: Context) -> list[tuple]:
-    """(name, format, rel_l2, grid rel_l2 or None) of each quantized weight both traces hold, in flow order; none
-    where nothing diverges."""
+class QuantizedWeight(NamedTuple):
+    """One quantized weight both traces hold, measured against the reference's."""
+
+    name: str
+    format: str
+    rel_l2: float
+    grid_rel_l2: float | None   # what rounding to its grid gives; None where the grid is not known
+
+
+def _read_quantized(context: Context) -> list[QuantizedWeight]:
+    """Each quantized weight both traces hold, in flow order; none where nothing diverges."""
     quantized = context.candidate.metadata.get("quantized_weights") or {}
     if context.comparison.first_divergence is None:
         return []
     read = in_flow_order(set(quantized) & set(context.reference.tensors) & set(context.candidate.tensors))
-    return [(name, quantized[name]["format"],
-             *grid_rounding(context.reference[name], context.candidate[name], quantized[name]["rounding_l2"]))
+    return [QuantizedWeight(name, quantized[name]["format"],
+                            *grid_rounding(context.reference[name], context.candidate[name],
+                                           quantized[name]["rounding_l2"]))
             for name in read]
 
 
@@ -139,7 +149,7 @@ def on_grid(error: float, grid: float) -> bool:
     return error <= AS_FORMAT * grid + EXACT
 
 
-def _describe_quantized(measured: tuple) -> str:
-    name, form, error, grid = measured
-    given = "its grid cannot be read" if grid is None else f"its grid gives {grid:.3g}"
-    return f"{name} {form} rel_l2 {error:.3g} ({given})"
+def _describe_quantized(weight: QuantizedWeight) -> str:
+    given = ("its grid cannot be read" if weight.grid_rel_l2 is None
+             else f"its grid gives {weight.grid_rel_l2:.3g}")
+    return f"{weight.name} {weight.format} rel_l2 {weight.rel_l2:.3g} ({given})"

@@ -42,8 +42,8 @@ def take_quantized_weights(reference_model, candidate, tokens: list[int], option
     shared = sorted(set(quantized) & set(traced.tensors) & set(reference.tensors))
     if not shared:
         raise OptionError(f"--quantized-reference: {candidate.description} holds no quantized weight parity can "
-                          "read where the reference has one (torchao's or torch.ao's quantized weights, or a tensor "
-                          "subclass with dequantize()); leave the option out")
+                          "read where the reference has one (torchao's, torch.ao's or bitsandbytes' quantized weights, or "
+                          "a tensor subclass with a dequantize() of its own); leave the option out")
     taken, left = {}, []
     for name in shared:
         error, grid = grid_rounding(reference[name], traced[name], quantized[name]["rounding_l2"])
