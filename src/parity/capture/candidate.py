@@ -14,6 +14,7 @@ gives for what it cannot do is what the report's "not checked" line says.
     backend   spec                                        module
     server    http(s)://HOST:PORT                         capture/server/candidate.py
     llamacpp  llamacpp:FILE.gguf                          capture/llamacpp/candidate.py
+    onnx      FILE.onnx, an onnxruntime-genai folder      capture/onnx/candidate.py
     trace     a trace: .safetensors, .npz, a directory    capture/tracefile/candidate.py
     hf        a model directory (config.json) or .gguf    capture/hf/candidate.py
     torch     FILE.py:FACTORY, module:FACTORY, nn.Module  capture/torch/candidate.py
@@ -45,7 +46,7 @@ CAPABILITIES: dict[str, str] = {
     "trace": "its checkpoints over one forward pass",
     "logits": "logits for any token ids",
     "decode": "token-by-token decoding through its own cache",
-    "cache": "its KV cache, read back",
+    "cache": "KV cache read back",
     "chunked_prefill": "a prompt prefilled in chunks through its cache",
     "padding": "padded batches with an attention mask",
     "replay": "each block and op rerun on the reference's inputs",
@@ -65,6 +66,7 @@ CAPABILITIES: dict[str, str] = {
 BUILTIN_BACKENDS = (
     "parity.capture.server.candidate",
     "parity.capture.llamacpp.candidate",
+    "parity.capture.onnx.candidate",
     "parity.capture.tracefile.candidate",
     "parity.capture.hf.candidate",
     "parity.capture.torch.candidate",

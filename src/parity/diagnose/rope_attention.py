@@ -36,8 +36,8 @@ FITTED = 1e-3   # the reference's rotation must reproduce its own q_rope this cl
 SEARCH_TOKENS = 64   # the tables are scored on the attention of this many first tokens
 
 
-def _variants(rotation: Rotation) -> list[tuple[str, Rotation, Rotation | None, str, str]]:
-    """(cause, the rotation of q, of k (None: k left as it is), what it is, advice) of each variant."""
+def _variants(rotation: Rotation) -> list[tuple[str, Rotation | None, Rotation | None, str, str]]:
+    """(cause, the rotation of q, of k (None: left as it is), what it is, advice) of each variant."""
     other = "adjacent" if rotation.layout == "half" else "half"
     paired = dataclasses.replace(rotation, layout=other)
     backward = dataclasses.replace(rotation, direction=-rotation.direction)
@@ -50,7 +50,10 @@ def _variants(rotation: Rotation) -> list[tuple[str, Rotation, Rotation | None, 
             ("rope_direction", rotation, backward, "the keys' RoPE turning the other way (q's as the reference's)",
              reversed_half + ", in the keys' rotation alone"),
             ("op_skipped", rotation, None, "RoPE applied to q alone (the keys left unrotated)",
-             ": the keys' rotation is skipped, or its result dropped (k = rotate(k) missing)")]
+             ": the keys' rotation is skipped, or its result dropped (k = rotate(k) missing)"),
+            ("op_skipped", None, None, "no RoPE (q and k left unrotated)",
+             ": the rotation is skipped: its call left out, or a fused attention told not to rotate (an ONNX "
+             "GroupQueryAttention with do_rotary=0)")]
 
 
 def _reference_rotation(context: Context, layer: int):
@@ -85,7 +88,7 @@ def rope_in_attention(context: Context):
             continue
         rotation, dim, x_q, x_k, tables = found
         for cause, of_q, of_k, what, advice in _variants(rotation):
-            q = of_q.apply(x_q, context.config.head_dim, dim)
+            q = x_q if of_q is None else of_q.apply(x_q, context.config.head_dim, dim)
             k = x_k if of_k is None else of_k.apply(x_k, context.config.head_dim, dim)
             residual = explains(context, name, candidate, attention.output(kind, q=q, k=k), reference)
             if residual is None or not np.isfinite(residual):

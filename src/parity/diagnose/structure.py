@@ -41,7 +41,7 @@ def structure(context: Context):
     if comparison.passed:
         return
     reference_layers = layer_kinds(context.reference.names)
-    candidate_layers = layer_kinds(context.candidate.names)
+    candidate_layers = layer_kinds(set(context.candidate.names) | _declared(context))
     if not candidate_layers:
         return   # a trace of logits (or globals) alone: nothing recorded per layer to read
     found = []
@@ -64,6 +64,13 @@ def structure(context: Context):
         yield Diagnosis("structure", where, "; ".join(message for _, message in found))
 
 
+def _declared(context: Context) -> set[str]:
+    """What the candidate says it computes but cannot give (trace metadata `not_comparable`: a fused graph's
+    residual, a fused attention's probabilities): not a skipped op."""
+    declared = context.candidate.metadata.get("not_comparable")
+    return set(declared) if isinstance(declared, dict) else set()
+
+
 def _ops_skipped_in_some_layers(reference_layers, candidate_layers) -> list[tuple[str, str]]:
     """A kind the candidate records in some of its layers and not in others, where the reference has it."""
     found = []
@@ -84,7 +91,7 @@ def _globals_left_out(context: Context) -> list[tuple[str, str]]:
     flow = [name for name in BEFORE_LAYERS + AFTER_LAYERS if name in context.reference]
     found = []
     for name in flow:
-        if name in context.candidate:
+        if name in context.candidate or name in _declared(context):
             continue
         before = name in AFTER_LAYERS and any(parse(n) and parse(n).layer is not None for n in context.candidate.names)
         after = any(later in context.candidate for later in AFTER_LAYERS[AFTER_LAYERS.index(name) + 1:]) \

@@ -390,7 +390,7 @@ def _attention_taps(name: str, attention, config, has_rope: bool, tap):
     for role in ("q_norm", "k_norm", "v_norm"):  # Qwen3's (B, T, H, hd), Gemma 3's (B, H, T, hd), OLMo 2's (B, T, H*hd)
         if parts[role]:
             taps.append(tap(f"{name}.{parts[role]}", (role, role[0]), "heads"))
-    width = _output_width(getattr(attention, parts["qkv"])) if parts["qkv"] else None
+    width = output_width(getattr(attention, parts["qkv"])) if parts["qkv"] else None
     if width and not parts["q"] and heads and head_dim:   # a fused linear (not a module of its own making, ZAYA's)
         sizes = _qkv_sizes(width, heads * head_dim, kv_heads * head_dim)
         taps.append(tap(f"{name}.{parts['qkv']}", ("qkv", "q", "k", "v") if sizes else "qkv", "split", sizes))
@@ -401,7 +401,7 @@ def _attention_taps(name: str, attention, config, has_rope: bool, tap):
     return taps, head_dim
 
 
-def _output_width(module) -> int | None:
+def output_width(module) -> int | None:
     """The output width of a linear layer: nn.Linear's out_features, transformers' Conv1D's nf (GPT-2)."""
     width = getattr(module, "out_features", None) or getattr(module, "nf", None)
     return width if isinstance(width, int) else None

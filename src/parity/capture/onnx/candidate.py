@@ -1,0 +1,270 @@
+"""An ONNX model as the candidate: `FILE.onnx`, or an onnxruntime-genai model folder, run in onnxruntime.
+
+What an exporter or converter made of the reference: torch.onnx's export, optimum's,
+onnxruntime-genai's builder (its fused q|k|v, GroupQueryAttention and residual-adding
+norms). Its checkpoints are the graph's values at the reference's modules (names.py),
+fetched from one onnxruntime pass (runner.py); those the graph does not hold are
+reported not comparable, each with its reason. Its precision is its logits' type.
+
+    parity check MODEL_DIR model.onnx --prompt "..."
+    parity check MODEL_DIR genai_folder/ --prompt "..."
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from parity.capture.candidate import Candidate, CandidateContext, TraceRequest, register_candidate
+from parity.core.errors import OptionError
+from parity.core.trace import Trace
+
+GENAI_CONFIG = "genai_config.json"
+# ONNX elem_type -> the precision parity calibrates at.
+PRECISIONS = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64"}
+# Ops that compute with quantized weights or activations.
+QUANTIZED_OPS = frozenset({"MatMulNBits", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeLinear",
+                           "DequantizeLinear", "QuantizeLinear", "GatherBlockQuantized", "MatMulIntegerToFloat",
+                           "DynamicQuantizeMatMul", "QMoE"})
+
+
+def onnx_file(spec: Any) -> Path | None:
+    """The .onnx file a spec names: the file, or the one a folder's genai_config.json (else its one .onnx) names."""
+    path = Path(spec)
+    if path.suffix == ".onnx":
+        return path
+    if not path.is_dir():
+        return None
+    config = path / GENAI_CONFIG
+    if config.is_file():
+        import json
+
+        try:
+            name = json.loads(config.read_text())["model"]["decoder"]["filename"]
+        except (ValueError, KeyError, TypeError, OSError):
+            raise OptionError(f"{config}: not an onnxruntime-genai config with model.decoder.filename; "
+                              f"give the .onnx file itself") from None
+        return path / str(name)
+    found = sorted(path.glob("*.onnx"))
+    return found[0] if len(found) == 1 and not (path / "config.json").is_file() else None
+
+
+@register_candidate
+class OnnxCandidate(Candidate):
+    backend = "onnx"
+    written = "FILE.onnx"
+    nature = "an ONNX model run in onnxruntime"
+    claim_order = 30
+    capabilities = frozenset({"trace", "logits"})
+
+    def __init__(self, spec: str, graph, context: CandidateContext) -> None:
+        super().__init__(spec)
+        self.graph = graph
+        self.precision = PRECISIONS.get(graph.output_types.get(_logits_name(graph)), "float32")
+        self.quantized = sorted({node.op for node in graph.nodes} & QUANTIZED_OPS)
+        self.model_path = context.model_path
+        self.shared_past = _shares_past(graph.path.parent)
+        self._runner = None
+
+    @classmethod
+    def claims(cls, spec: Any) -> bool:
+        if not isinstance(spec, (str, Path)) or str(spec).endswith(".py"):
+            return False
+        try:
+            return onnx_file(spec) is not None
+        except OptionError:
+            return True           # a genai folder whose config is damaged: said by check_spec
+
+    @classmethod
+    def check_spec(cls, spec: Any) -> None:
+        path = onnx_file(spec)
+        if path is None or not path.exists():
+            raise OptionError(f"{path or spec}: no such ONNX model file for the candidate")
+        if not path.is_file():
+            raise OptionError(f"{path}: not a regular file; give the .onnx file an exporter wrote")
+
+    @classmethod
+    def open(cls, spec: Any, context: CandidateContext) -> "OnnxCandidate":
+        from parity.capture.onnx.graph import read_graph
+
+        cls.check_spec(spec)
+        context.step(f"reading the ONNX graph {onnx_file(spec)}")
+        return cls(str(spec), read_graph(onnx_file(spec)), context)
+
+    @property
+    def description(self) -> str:
+        quantized = f", quantized ops {', '.join(self.quantized)}" if self.quantized else ""
+        return f"ONNX {self.graph.path.name} in onnxruntime ({self.precision}{quantized})"
+
+    def runner(self, config=None):
+        from parity.capture.onnx.runner import OnnxRunner
+
+        if self._runner is None:
+            head_dim, kv_heads = _kv_sizes(config)
+            text = config.get_text_config() if hasattr(config, "get_text_config") else config
+            window = getattr(text, "sliding_window", None)
+            self._runner = OnnxRunner(self.graph, head_dim=head_dim, kv_heads=kv_heads, shared_past=self.shared_past,
+                                      window=window if isinstance(window, int) else 0)
+        return self._runner
+
+    def trace(self, tokens: list[int], request: TraceRequest = TraceRequest(), progress=None) -> Trace:
+        from parity.capture.onnx.names import locate
+        from parity.core.names import select
+        from parity.core.trace import make_trace
+
+        reference = request.reference_model
+        if reference is None or reference.mapping is None:
+            raise OptionError("an ONNX candidate's checkpoints are found at the reference's modules: compare it with "
+                              "`parity check MODEL FILE.onnx`")
+        located, missing = locate(self.graph, reference.mapping.taps, _widths(reference), _linears(reference))
+        wanted = set(select(list(located), request.checkpoints))
+        if progress is not None:
+            progress.step(f"running {self.graph.path.name} in onnxruntime over {len(tokens)} tokens "
+                          f"({len(wanted)} checkpoints)")
+        arrays = self.runner(reference.model.config).run(tokens, {located[name].value for name in wanted},
+                                                         start_position=request.start_position)
+        tensors, not_comparable = {}, {name: why for name, why in missing.items()
+                                       if name in set(select(list(missing), request.checkpoints))}
+        widths = _widths(reference)
+        head_dim, kv_heads = _kv_sizes(reference.model.config)
+        for name in sorted(wanted):
+            array, why = _laid_out(name, arrays[located[name].value], located[name].columns, len(tokens))
+            if why is None and name.endswith(".k_rope"):
+                kv_width = widths.get(name.replace(".k_rope", ".k")) or (kv_heads or 0) * (head_dim or 0)
+                array = _one_per_group(array, kv_width, head_dim)
+            if why:
+                not_comparable[name] = why
+            else:
+                tensors[name] = array
+        if "logits" not in tensors and "logits" not in not_comparable and select(["logits"], request.checkpoints):
+            logits, why = _laid_out("logits", arrays[self.runner().logits_name], None, len(tokens))
+            if why is None:
+                tensors["logits"] = logits
+        metadata = {"producer": f"onnxruntime {_version()}", "dtype": self.precision, "tokens": list(tokens),
+                    "prompt": request.prompt, "weights": self.graph.path.name,
+                    "not_comparable": not_comparable or None,
+                    **({"start_position": request.start_position} if request.start_position else {})}
+        return make_trace(tensors, metadata, source=str(self.graph.path))
+
+    def logits(self, ids: list[int], first: int = 0) -> np.ndarray:
+        config = None
+        if self.model_path is not None and self._runner is None:
+            config = _reference_config(self.model_path)
+        runner = self.runner(config)
+        logits = runner.run(ids)[runner.logits_name]
+        rows = logits.reshape(-1, logits.shape[-1])
+        if rows.shape[0] != len(ids):
+            raise OptionError(f"{self.graph.path.name} gives logits for {rows.shape[0]} of {len(ids)} positions; "
+                              f"export it with logits at every position")
+        return rows[first:].astype(np.float64)
+
+    def close(self) -> None:
+        self._runner = None
+        super().close()
+
+
+def _laid_out(name: str, array: np.ndarray, columns, count: int) -> tuple[np.ndarray | None, str | None]:
+    """A fetched value in the trace's layout ((T, width); attn_probs (H, T, S)), or the reason it cannot be."""
+    from parity.core.names import parse
+
+    kind = parse(name).kind if parse(name) else name
+    if array.dtype.kind != "f":
+        return None, f"its ONNX value is {array.dtype}, not an activation"
+    if array.ndim < 2 or array.shape[0] != 1:
+        return None, f"its ONNX value has shape {tuple(array.shape)}, not one sequence's (batch 1)"
+    array = array[0]
+    if kind == "attn_probs":
+        ok = array.ndim == 3 and array.shape[1] == count
+        return (array, None) if ok else (None, f"its ONNX value has shape {tuple(array.shape)}, not (H, T, S)")
+    if array.ndim == 3 and array.shape[1] == count and array.shape[0] != count:
+        array = array.transpose(1, 0, 2)                                # (H, T, hd) -> (T, H, hd)
+    elif array.ndim == 3 and array.shape[0] == array.shape[1] == count:
+        return None, (f"its ONNX value has shape {tuple(array.shape)}: as many heads as tokens, so which axis is "
+                      f"the tokens' cannot be told; give a prompt of another length")
+    if array.shape[0] != count:
+        return None, f"its ONNX value has shape {tuple(array.shape)}: not one row per token ({count})"
+    array = array.reshape(count, -1)                                    # (T, ...) -> (T, width)
+    if columns is not None:
+        array = array[:, columns[0]:columns[1]]
+    return np.ascontiguousarray(array), None
+
+
+def _one_per_group(key: np.ndarray, kv_width: int | None, head_dim: int | None) -> np.ndarray:
+    """k after RoPE as the attention call took it, each KV head repeated for its query heads (an export of
+    transformers' sdpa path): one copy of each, where the copies are the same to the bit; else as it is."""
+    if not kv_width or not head_dim or key.shape[1] == kv_width or key.shape[1] % kv_width:
+        return key
+    count, group = key.shape[0], key.shape[1] // kv_width
+    heads = key.reshape(count, kv_width // head_dim, group, head_dim)   # (T, Hkv * group * hd) -> (T, Hkv, group, hd)
+    if not all(np.array_equal(heads[:, :, 0], heads[:, :, copy]) for copy in range(1, group)):
+        return key
+    return np.ascontiguousarray(heads[:, :, 0].reshape(count, kv_width))
+
+
+def _widths(reference) -> dict[str, int]:
+    """The reference's width of each projection checkpoint (a fused projection of the graph's is split so)."""
+    from parity.capture.hf.structure import output_width
+    from parity.core.names import parse
+
+    widths = {}
+    for tap in reference.mapping.taps:
+        checkpoint = parse(tap.names[0]) if tap.names and tap.names[0] else None
+        fused = tap.io == "split"           # a fused projection's whole width, its parts split equally unless sized
+        if not fused and (tap.io != "output" or checkpoint is None
+                          or checkpoint.kind not in ("q", "k", "v", "mlp_gate", "mlp_up")):
+            continue
+        try:
+            width = output_width(reference.model.get_submodule(tap.module))
+        except AttributeError:
+            width = None
+        if width:
+            widths[tap.names[0]] = width
+    return widths
+
+
+def _shares_past(folder: Path) -> bool:
+    """Whether the model's onnxruntime-genai config says its past and present KV are one buffer."""
+    import json
+
+    try:
+        return json.loads((folder / GENAI_CONFIG).read_text())["search"]["past_present_share_buffer"] is True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _linears(reference) -> frozenset[str]:
+    """The reference's modules that are one linear layer."""
+    from parity.capture.hf.structure import output_width
+
+    return frozenset(name for name, module in reference.model.named_modules() if output_width(module))
+
+
+def _kv_sizes(config) -> tuple[int | None, int | None]:
+    if config is None:
+        return None, None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = getattr(text, "num_attention_heads", None)
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or (text.hidden_size // heads if heads else None)
+    return head_dim, kv_heads
+
+
+def _reference_config(model_path: str):
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(model_path)
+    except Exception:      # a .gguf reference, or none readable: the graph's own sizes are used
+        return None
+
+
+def _logits_name(graph) -> str:
+    return "logits" if "logits" in graph.outputs else (graph.outputs[0] if graph.outputs else "")
+
+
+def _version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
