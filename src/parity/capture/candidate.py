@@ -125,6 +125,8 @@ class Candidate:
     def __init__(self, spec: str) -> None:
         self.spec = spec
         self.precision: str | None = None        # its dtype when known ("llama.cpp" for llama.cpp)
+        self.decode_failure: str | None = None   # why its own decoding could not run, where it could not (its steps
+                                                 # from there are NaN: the decode check fails and says this)
         self._stack = contextlib.ExitStack()
 
     def __repr__(self) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from parity.capture.onnx.graph import OnnxGraph
 from parity.core.errors import CaptureError, OptionError
 
 PAST_INPUT = re.compile(r"past", re.IGNORECASE)
+PAST_NAME = re.compile(r"past_key_values|past")
 
 
 class OnnxRunner:
@@ -54,6 +56,56 @@ class OnnxRunner:
         return dict(zip(wanted, arrays))
 
     @property
+    def past_inputs(self) -> tuple[str, ...]:
+        return tuple(name for name in self.graph.inputs if PAST_INPUT.search(name))
+
+    def presents(self) -> dict[str, str] | None:
+        """Each KV-cache input's output (`past_key_values.0.key` -> `present.0.key`), or None where one has none."""
+        found = {past: PAST_NAME.sub("present", past, count=1) for past in self.past_inputs}
+        return found if found and all(present in self.graph.outputs for present in found.values()) else None
+
+    @contextmanager
+    def stepping(self, capacity: int):
+        """`step(ids)`: runs `ids` after everything given before, through the graph's own KV cache (each pass's
+        present fed back as the next one's past), and returns the last one's logits (V,)."""
+        presents = self.presents()
+        if presents is None:
+            raise OptionError(f"{self.graph.path.name} has no KV-cache outputs named as its inputs "
+                              f"(past_key_values.N.key -> present.N.key)")
+        session = self._session(())
+        state = {past: np.zeros(self._past_shape(past, capacity),
+                                dtype=_numpy_dtype(self.graph.input_types.get(past, 1))) for past in presents}
+        length = 0
+
+        def step(ids: list[int]) -> np.ndarray:
+            nonlocal length
+            feeds = {**self._feeds(ids, length, total=length + len(ids)), **state}
+            try:
+                outputs = session.run([self.logits_name, *presents.values()], feeds)
+            except Exception as error:
+                raise CaptureError(f"{self.graph.path.name}: onnxruntime failed to decode {len(ids)} token(s) after "
+                                   f"{length} through its cache: {_first_line(error)}") from None
+            state.update(zip(presents, outputs[1:]))
+            length += len(ids)
+            logits = outputs[0]
+            return logits.reshape(-1, logits.shape[-1])[-1].astype(np.float64)
+
+        def cache() -> dict[int, tuple[np.ndarray, np.ndarray]]:
+            """What the cache holds of the positions given so far: layer -> (keys, values), each (S, Hkv, hd)."""
+            held: dict[int, dict[str, np.ndarray]] = {}
+            for past, array in state.items():
+                tail = PAST_NAME.sub("", past, count=1)           # past_key_values.0.value -> .0.value
+                layer = re.search(r"\d+", tail)
+                part = "values" if "value" in tail else "keys"
+                if layer is None or array.ndim != 4:
+                    return {}
+                held.setdefault(int(layer.group()), {})[part] = array[0, :, :length].transpose(1, 0, 2)
+            return {layer: (parts["keys"], parts["values"]) for layer, parts in held.items() if len(parts) == 2}
+
+        step.cache = cache
+        yield step
+
+    @property
     def logits_name(self) -> str:
         return "logits" if "logits" in self.graph.outputs else self.graph.outputs[0]
 
@@ -81,7 +133,10 @@ class OnnxRunner:
         except Exception as error:
             raise CaptureError(f"{self.graph.path}: onnxruntime cannot load it ({_first_line(error)})") from None
 
-    def _feeds(self, tokens: list[int], start_position: int) -> dict[str, np.ndarray]:
+    def _feeds(self, tokens: list[int], start_position: int, *, total: int | None = None) -> dict[str, np.ndarray]:
+        """The inputs of one pass over `tokens`, the first at `start_position`; with `total`, the pass follows
+        total - len(tokens) positions held in the past (the caller gives the past inputs), and the attention mask
+        covers them all."""
         count = len(tokens)
         feeds = {}
         for name in self.graph.inputs:
@@ -89,16 +144,17 @@ class OnnxRunner:
             if name == "input_ids":
                 feeds[name] = np.asarray([tokens], dtype=dtype)
             elif name == "attention_mask":
-                feeds[name] = np.ones((1, count), dtype=dtype)
+                feeds[name] = np.ones((1, total or count), dtype=dtype)
             elif name == "position_ids":
                 feeds[name] = np.arange(start_position, start_position + count, dtype=dtype)[None]
             elif PAST_INPUT.search(name):
-                feeds[name] = np.zeros(self._past_shape(name, count), dtype=dtype)
+                if total is None:
+                    feeds[name] = np.zeros(self._past_shape(name, count), dtype=dtype)
             else:
                 raise OptionError(f"{self.graph.path.name} takes an input parity does not know how to fill: {name!r} "
                                   f"(it fills input_ids, attention_mask, position_ids and empty past_* KV-cache "
                                   f"inputs); export the model with those inputs only")
-        if start_position and "position_ids" not in feeds:
+        if start_position and total is None and "position_ids" not in feeds:
             raise OptionError(f"--start-position: {self.graph.path.name} takes no position_ids, so its first token "
                               f"cannot be placed at {start_position}; leave out --start-position")
         return feeds

@@ -105,6 +105,8 @@ def _checked(comparison, reference, reference_model, candidate, prompt, steps, t
     notes = tuple(comparison.notes)
     if unlocated:
         notes += (unlocated,)
+    if candidate.decode_failure:
+        notes += (f"the candidate's decoding through its own cache failed to run: {candidate.decode_failure}",)
     return dataclasses.replace(comparison, decode=decode, diagnoses=tuple(comparison.diagnoses) + tuple(causes),
                                notes=notes)
 
