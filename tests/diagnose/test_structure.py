@@ -58,6 +58,25 @@ def test_an_op_skipped_in_one_layer():
     assert "layer(s) 1 record no attn_out, which layer(s) 0, 2 record" in structure(reference, candidate)
 
 
+def test_what_the_candidate_declares_not_comparable_is_not_an_op_skipped():
+    """A fused graph computes the last layer's output inside its final norm and hands it on to nothing: it says so
+    (`not_comparable`), and that is not an op skipped in one layer, nor a global op left out."""
+    from parity.core.compare import compare
+    from parity.core.trace import make_trace
+    from parity.diagnose import diagnose
+
+    reference = model()
+    candidate = failing({name: tensor for name, tensor in reference.items()
+                         if name not in ("layers.2.out", "final_norm")})
+    reference_trace = make_trace(reference, {"dtype": "float32", "config": CONFIG})
+    declared = {"layers.2.out": "fused into the final norm", "final_norm": "fused"}
+    candidate_trace = make_trace(candidate, {"dtype": "float32", "not_comparable": declared})
+    found = diagnose(compare(reference_trace, candidate_trace), reference_trace, candidate_trace).diagnoses
+    assert not [d for d in found if d.cause == "structure"]
+    undeclared = failing({name: tensor for name, tensor in reference.items() if name != "layers.2.out"})
+    assert "layer(s) 2 record no out" in structure(reference, undeclared)
+
+
 def test_a_global_op_left_out():
     reference = model()
     candidate = failing({name: tensor for name, tensor in reference.items() if name != "final_norm"})

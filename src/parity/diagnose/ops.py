@@ -76,6 +76,8 @@ def output_projection(context: Context):
     final_norm, logits = comparison.result("final_norm"), comparison.result("logits")
     if final_norm is None or logits is None or not final_norm or logits or "logits" not in context.focus:
         return
+    if final_norm.metrics is None:
+        return   # final_norm not comparable (a graph that fuses it away): its passing is not known
     pair = context.pair("logits")
     if pair is None:
         return

@@ -138,18 +138,24 @@ def _exported_scope(metadata: dict[str, str]) -> tuple[str | None, str, tuple[st
 
 def _call_args(fx_node: str) -> tuple[str, ...]:
     """The value names a torch.fx call's positional arguments: `... (args = (%a, %b, None), ...)` -> (a, b, "")."""
-    start = fx_node.find("args = (")
-    if start < 0:
+    opening = fx_node.find("args = (")
+    if opening < 0:
         return ()
-    depth, end = 0, start + len("args = (")
-    for end in range(start + len("args = ("), len(fx_node)):
-        if fx_node[end] in "([":
+    args, depth, current = [], 0, ""
+    for character in fx_node[opening + len("args = ("):]:
+        if character in "([{":
             depth += 1
-        elif fx_node[end] in ")]":
+        elif character in ")]}":
             if depth == 0:
                 break
             depth -= 1
-    args = fx_node[start + len("args = ("):end].split(", ")
+        if character == "," and depth == 0:
+            args.append(current.strip())
+            current = ""
+        else:
+            current += character
+    if current.strip():
+        args.append(current.strip())
     return tuple(arg[1:] if arg.startswith("%") else "" for arg in args)
 
 

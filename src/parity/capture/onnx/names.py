@@ -133,7 +133,13 @@ class _Finder:
     # --- outputs and inputs ------------------------------------------------------------------
 
     def _outward(self, scope: str) -> list[str]:
-        """The activations the scope's nodes make that a node outside it (or the graph's output) reads."""
+        """The activations the scope's nodes make that a node outside it (or the graph's output) reads. A node the
+        exporter left unscoped (one its optimizer inserted: a Split of a fused projection) counts as outside only
+        where, without it, the scope would hand on more or less than one value."""
+        scoped = self._handed_on(scope, unscoped_outside=False)
+        return scoped if len(scoped) == 1 else self._handed_on(scope, unscoped_outside=True)
+
+    def _handed_on(self, scope: str, *, unscoped_outside: bool) -> list[str]:
         graph, found = self.graph, []
         for index in self._nodes(scope):
             node = graph.nodes[index]
@@ -142,7 +148,8 @@ class _Finder:
             for value in node.outputs:
                 if not value:
                     continue
-                read_outside = any(not self._inside(reader, scope) for reader in graph.consumers.get(value, ()))
+                read_outside = any(not self._inside(reader, scope) and (unscoped_outside or graph.nodes[reader].scope)
+                                   for reader in graph.consumers.get(value, ()))
                 if read_outside or value in graph.outputs:
                     found.append(value)
         return found
@@ -159,8 +166,6 @@ class _Finder:
         outward = self._outward(scope)
         if len(outward) == 1:
             return Located(outward[0])
-        if last.outputs and last.outputs[0] in outward:
-            return Located(last.outputs[0])
         return (f"the ONNX graph's scope {scope} hands on {len(outward)} values ({', '.join(outward[:3])}"
                 f"{', ...' if len(outward) > 3 else ''}); parity cannot tell which is its output")
 
