@@ -9,11 +9,14 @@ import sys
 from pathlib import Path
 
 
-def build_genai(model_dir: Path, out: Path, precision: str = "fp32") -> Path:
-    """onnxruntime-genai's builder run on a transformers model directory (with its tokenizer), as its README says."""
+def build_genai(model_dir: Path, out: Path, precision: str = "fp32", *extra: str) -> Path:
+    """onnxruntime-genai's builder run on a transformers model directory (with its tokenizer), as its README says;
+    `extra`: its --extra_options (accuracy_level=1)."""
+    options = ["--extra_options", *extra] if extra else []
     result = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir),
                              "-m", model_dir.name, "-o", str(out), "-p", precision, "-e", "cpu",
-                             "-c", str(out.parent / f"{out.name}_cache")], capture_output=True, text=True, timeout=600)
+                             "-c", str(out.parent / f"{out.name}_cache"), *options],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and (out / "model.onnx").is_file(), result.stdout[-2000:] + result.stderr[-2000:]
     return out
 
@@ -39,13 +42,18 @@ def export_torch(model_dir: Path, out: Path, attention: str = "sdpa") -> Path:
     return out
 
 
-def changed(built: Path, out: Path, change) -> Path:
-    """A copy of the genai folder `built` whose graph's nodes `change(node)` has edited (weights kept beside it)."""
+def changed(built: Path, out: Path, change, initializer: str = "", rewrite=None) -> Path:
+    """A copy of the genai folder `built` whose graph's nodes `change(node)` has edited, and whose `initializer`
+    `rewrite(array)` has rewritten (weights kept beside it)."""
     import onnx
+    from onnx import numpy_helper
 
     model = onnx.load(str(built / "model.onnx"))
     for node in model.graph.node:
         change(node)
+    for tensor in model.graph.initializer:
+        if tensor.name == initializer:
+            tensor.CopyFrom(numpy_helper.from_array(rewrite(numpy_helper.to_array(tensor)), tensor.name))
     out.mkdir()
     for item in built.iterdir():
         if not item.name.startswith("model.onnx"):

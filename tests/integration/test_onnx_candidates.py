@@ -8,6 +8,7 @@ as wide as its vocabulary gets logits made from layer 0's norm."""
 
 import json
 
+import numpy as np
 import pytest
 
 import onnx_models
@@ -107,6 +108,56 @@ def test_a_changed_graph_fails_where_it_was_changed_and_is_named(llama, genai, t
     assert result.returncode == 1
     assert report["first_divergence"]["checkpoint"] == first
     assert cause in [d["cause"] for d in report["diagnoses"] if d["checkpoint"] == first]
+
+
+def test_a_genai_builds_weights_are_the_references(llama, genai):
+    result, report = check(llama, genai, "--weights")
+    weights = {name: status for name, status in statuses(report).items() if name.endswith(".weight")}
+    assert result.returncode == 0 and len(weights) == 3 * 7 + 1 and set(weights.values()) == {"pass"}
+    assert "layers.0.k.weight" in weights            # rows of the fused q|k|v, split at the reference's widths
+
+
+@pytest.fixture(scope="module")
+def int4(llama, tmp_path_factory):
+    """The builder's int4 (MatMulNBits, blocks of 32): as it comes (accuracy_level 4, inputs quantized to int8
+    per block by onnxruntime's CPU kernel), and computing in float32 (accuracy_level=1)."""
+    directory = tmp_path_factory.mktemp("int4")
+    return {"default": onnx_models.build_genai(llama, directory / "default", "int4"),
+            "float32": onnx_models.build_genai(llama, directory / "float32", "int4", "accuracy_level=1")}
+
+
+def test_an_int4_build_is_named_weight_rounding_with_its_grid(llama, int4):
+    result, report = check(llama, int4["default"])
+    assert result.returncode == 1 and report["first_divergence"]["checkpoint"] == "layers.0.q"
+    [rounding] = [d for d in report["diagnoses"] if d["cause"] == "weight_rounding"]
+    assert "MatMulNBits" in rounding["message"] and "its grid gives" in rounding["message"]
+
+
+def test_an_int4_build_with_its_weights_taken_is_named_by_what_its_kernel_does(llama, int4):
+    result, report = check(llama, int4["default"], "--quantized-reference")
+    assert result.returncode == 1 and report["first_divergence"]["checkpoint"] == "layers.0.q"
+    [quantizing] = [d for d in report["diagnoses"] if d["cause"] == "activation_quantization"]
+    assert "accuracy_level 4" in quantizing["message"]
+    assert any("22 quantized weights" in note for note in report["notes"])
+
+
+def test_an_int4_build_computing_in_float32_passes_with_its_weights_taken(llama, int4):
+    result, report = check(llama, int4["float32"], "--quantized-reference")
+    assert result.returncode == 0, json.dumps(report["first_divergence"])[:2000]
+    assert report["summary"]["passed"] == 41 and report["decode"]["passed"]
+
+
+def test_an_int4_weight_with_its_scales_on_other_rows_fails_where_it_is(llama, int4, tmp_path):
+    def rows_moved(scales):
+        return np.roll(scales.reshape(scales.shape[0], -1), -1, axis=0).reshape(scales.shape)
+
+    built = onnx_models.changed(int4["float32"], tmp_path / "moved", lambda node: None,
+                                "model.layers.1.mlp.down_proj.MatMul.weight_scales", rows_moved)
+    result, report = check(llama, built, "--quantized-reference")
+    assert result.returncode == 1 and report["first_divergence"]["checkpoint"] == "layers.1.mlp_out"
+    [rounding] = [d for d in report["diagnoses"] if d["cause"] == "weight_rounding"]
+    assert "further from the reference's than rounding to its grid" in rounding["message"]
+    assert any("left as the reference's, 1" in note for note in report["notes"])
 
 
 def test_the_builders_lm_head_taken_from_an_mlp_as_wide_as_the_vocabulary_fails_at_logits(tmp_path):

@@ -57,7 +57,7 @@ class OnnxCandidate(Candidate):
     written = "FILE.onnx"
     nature = "an ONNX model run in onnxruntime"
     claim_order = 30
-    capabilities = frozenset({"trace", "logits", "decode", "cache", "chunked_prefill"})
+    capabilities = frozenset({"trace", "logits", "decode", "cache", "chunked_prefill", "weights"})
 
     def __init__(self, spec: str, graph, context: CandidateContext) -> None:
         super().__init__(spec)
@@ -204,11 +204,27 @@ class OnnxCandidate(Candidate):
             logits, why = _laid_out("logits", arrays[self.runner().logits_name], None, len(tokens))
             if why is None:
                 tensors["logits"] = logits
+        quantized = None
+        if request.weights:
+            tensors, quantized = self._with_weights(tensors, reference, request.checkpoints)
         metadata = {"producer": f"onnxruntime {_version()}", "dtype": self.precision, "tokens": list(tokens),
+                    "quantized_weights": quantized or None,
                     "prompt": request.prompt, "weights": self.graph.path.name,
                     "not_comparable": not_comparable or None,
                     **({"start_position": request.start_position} if request.start_position else {})}
         return make_trace(tensors, metadata, source=str(self.graph.path))
+
+    def _with_weights(self, tensors: dict, reference, checkpoints: str | None) -> tuple[dict, dict]:
+        """The tensors with each linear layer's weight the graph holds beside its checkpoint, and the grids of those
+        that are quantized."""
+        from parity.capture.onnx.names import locate_weights
+        from parity.capture.onnx.weights import read_weights
+        from parity.core.names import select
+
+        found = locate_weights(self.graph, reference.mapping.taps, _widths(reference), _linears(reference))
+        wanted = {name: found[name] for name in select(list(found), checkpoints)}
+        weights, quantized = read_weights(self.graph, wanted)
+        return {**tensors, **weights}, quantized
 
     def logits(self, ids: list[int], first: int = 0) -> np.ndarray:
         runner = self.runner(self._config())

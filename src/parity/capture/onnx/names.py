@@ -73,6 +73,24 @@ def locate(graph: OnnxGraph, taps: tuple[Tap, ...], widths: dict[str, int],
     return located, {name: why for name, why in missing.items() if name not in located}
 
 
+def locate_weights(graph: OnnxGraph, taps: tuple[Tap, ...], widths: dict[str, int],
+                   linears: frozenset[str]) -> dict[str, tuple[int, tuple[int, int] | None]]:
+    """{checkpoint: (the index of the matrix product whose weight is its op's, the rows of that weight that are
+    its, or None for all)} for each of the reference's linear layers the graph holds: a checkpoint's weight is
+    `<checkpoint>.weight`, as the reference records it (a down projection's under its MLP's output)."""
+    finder = _Finder(graph, taps, widths, linears)
+    found: dict[str, tuple[int, tuple[int, int] | None]] = {}
+    for tap in taps:
+        if not any(tap.names) or tap.module not in linears or tap.io not in ("output", "weights", "split"):
+            continue
+        scope = finder.scope(tap.module)
+        part = finder.fused_scope(tap) if scope is None else None
+        product = finder.product(scope if scope is not None else part[0]) if (scope or part) else None
+        if product is not None:
+            found[tap.names[0]] = (product, None if part is None else part[1])
+    return found
+
+
 class _Finder:
     def __init__(self, graph: OnnxGraph, taps: tuple[Tap, ...], widths: dict[str, int],
                  linears: frozenset[str]) -> None:
@@ -172,7 +190,7 @@ class _Finder:
     def _linear_output(self, scope: str) -> Located | str:
         """A linear layer's output: its matrix product, plus the bias a constant adds to it."""
         graph = self.graph
-        product = next((index for index in self._nodes(scope) if graph.nodes[index].op in MATMUL_OPS), None)
+        product = self.product(scope)
         if product is None:
             return self._output(scope)
         value = graph.nodes[product].outputs[0]
@@ -229,13 +247,22 @@ class _Finder:
 
     def _fused_part(self, tap: Tap) -> Located | None:
         """q, k or v of a fused q|k|v projection (gate or up of a fused gate|up) where the graph has only that."""
+        part = self.fused_scope(tap)
+        if part is None:
+            return None
+        fused, columns = part
+        found = self._output(fused)
+        return None if isinstance(found, str) else Located(found.value, columns)
+
+    def fused_scope(self, tap: Tap) -> tuple[str, tuple[int, int]] | None:
+        """(the graph's fused projection scope, the columns of it that are this tap's part), or None."""
         from parity.capture.hf.structure import ATTENTION_PARTS, MLP_PARTS
 
         parent, _, part = tap.module.rpartition(".")
         order = {**{name: ("qkv", index) for index, role in enumerate(("q", "k", "v"))
                     for name in ATTENTION_PARTS[role]},
                  **{name: ("gate_up", index) for index, role in enumerate(("gate", "up")) for name in MLP_PARTS[role]}}
-        if tap.io != "output" or part not in order or not parent:
+        if tap.io not in ("output", "weights") or part not in order or not parent or not tap.names:
             return None
         fused_role, index = order[part]
         fused_names = ATTENTION_PARTS["qkv"] if fused_role == "qkv" else MLP_PARTS["gate_up"]
@@ -245,15 +272,16 @@ class _Finder:
         fused = next((scope for scope in self.graph.scopes
                       if scope.startswith(parent_scope + ".") and scope.count(".") == parent_scope.count(".") + 1
                       and scope.rpartition(".")[2] in fused_names), None)
-        if fused is None:
-            return None
-        found = self._output(fused)
         roles = ("q", "k", "v") if fused_role == "qkv" else ("mlp_gate", "mlp_up")
         sizes = [self.widths.get(_sibling(tap.names[0], role)) for role in roles]
-        if isinstance(found, str) or any(size is None for size in sizes):
+        if fused is None or any(size is None for size in sizes):
             return None
         start = sum(sizes[:index])
-        return Located(found.value, (start, start + sizes[index]))
+        return fused, (start, start + sizes[index])
+
+    def product(self, scope: str) -> int | None:
+        """The index of the scope's matrix product (a linear layer's), or None."""
+        return next((index for index in self._nodes(scope) if self.graph.nodes[index].op in MATMUL_OPS), None)
 
     def _split(self, tap: Tap, value: str) -> dict[str, Located | str]:
         found: dict[str, Located | str] = {tap.names[0]: Located(value)}
