@@ -64,8 +64,8 @@ def test_what_it_cannot_do_is_said_by_the_protocol(saved_reference):
     with open_candidate(f"scaled:1:{saved_reference}") as candidate:
         assert candidate.supports("trace") is None
         assert candidate.supports("decode") == ("the candidate is scaled:FACTOR:TRACE: it gives no token-by-token "
-                                                "decoding through its own cache (llamacpp:FILE.gguf, a model "
-                                                "directory or .gguf, FILE.py:FACTORY do)")
+                                                "decoding through its own cache (llamacpp:FILE.gguf, FILE.onnx, a "
+                                                "model directory or .gguf, FILE.py:FACTORY do)")
     with pytest.raises(Exception, match="gives no logits for any token ids"):
         with open_candidate(f"scaled:1:{saved_reference}", needs=("logits",)):
             pass

@@ -57,7 +57,7 @@ def test_a_command_refuses_a_candidate_that_cannot_give_what_it_needs_and_says_w
 
     trace = save_trace(reference_traces["llama"], tmp_path / "t.safetensors")
     with pytest.raises(OptionError, match="is a trace file, which gives no logits for any token ids; this command "
-                                          "takes llamacpp:FILE.gguf, dist:N:FILE.py:FACTORY, a model directory or .gguf, "
+                                          "takes llamacpp:FILE.gguf, dist:N:FILE.py:FACTORY, FILE.onnx, a model directory or .gguf, "
                                           "FILE.py:FACTORY"):
         with open_candidate(str(trace), needs=("logits",)):
             pass
@@ -77,7 +77,7 @@ def test_the_backends_order_does_not_depend_on_what_was_imported_first():
         run = subprocess.run([sys.executable, "-c", f"{early}from parity.capture.candidate import backends; "
                               "print(list(backends()))"], capture_output=True, text=True, check=True)
         orders.add(run.stdout.strip())
-    assert orders == {"['server', 'llamacpp', 'distributed', 'shards', 'trace', 'hf', 'torch']"}
+    assert orders == {"['server', 'llamacpp', 'distributed', 'shards', 'onnx', 'trace', 'hf', 'torch']"}
 
 
 def test_a_factory_and_a_model_directory_give_the_same_logits_and_the_factory_prints_to_stderr(

@@ -31,7 +31,8 @@ QUANTIZED_OPS = frozenset({"MatMulNBits", "MatMulInteger", "QLinearMatMul", "Dyn
 
 
 def onnx_file(spec: Any) -> Path | None:
-    """The .onnx file a spec names: the file, or the one a folder's genai_config.json (else its one .onnx) names."""
+    """The .onnx file a spec names: the file, the one a folder's genai_config.json names, or a folder's one .onnx
+    where it holds no transformers weights (an export folder, optimum's)."""
     path = Path(spec)
     if path.suffix == ".onnx":
         return path
@@ -48,7 +49,10 @@ def onnx_file(spec: Any) -> Path | None:
                               f"give the .onnx file itself") from None
         return path / str(name)
     found = sorted(path.glob("*.onnx"))
-    return found[0] if len(found) == 1 and not (path / "config.json").is_file() else None
+    holds_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin")) or any(path.glob("*.gguf"))
+    # an export folder (optimum's: config.json and model.onnx, no transformers weights); a model directory
+    # that also holds an ONNX file is the model
+    return found[0] if len(found) == 1 and not holds_weights else None
 
 
 @register_candidate
