@@ -193,21 +193,45 @@ def test_an_eager_export_says_why_its_rope_and_probabilities_are_not_comparable(
     assert report["summary"]["failed"] == 0 and report["summary"]["passed"] >= 30
 
 
-def test_smollm2_built_by_onnxruntime_genai_passes(smollm2_reference, smollm2_model_dir, tmp_path):
+PROMPT = "The capital of France is Paris, and the capital of Italy is"
+
+
+@pytest.fixture(scope="module")
+def smollm2_source(smollm2_reference, smollm2_model_dir, tmp_path_factory):
+    """SmolLM2's model directory with its tokenizer beside it (the builder reads both)."""
     need("onnxruntime_genai")
-    source = tmp_path / "smollm2"
+    source = tmp_path_factory.mktemp("smollm2") / "smollm2"
     source.mkdir()
     for item in smollm2_model_dir.iterdir():
         (source / item.name).symlink_to(item)
     smollm2_reference.tokenizer.save_pretrained(source)
-    built = onnx_models.build_genai(source, tmp_path / "built")
-    result = parity("check", source, built, "--prompt",
-                    "The capital of France is Paris, and the capital of Italy is", "--json", "-")
+    return source
+
+
+def check_prompt(model, candidate, *options):
+    result = parity("check", model, candidate, "--prompt", PROMPT, "--json", "-", *options)
     assert result.stdout.startswith("{"), result.stdout[-2000:] + result.stderr[-2000:]
-    report = json.loads(result.stdout)
+    return result, json.loads(result.stdout)
+
+
+def test_smollm2_built_by_onnxruntime_genai_passes(smollm2_source, tmp_path):
+    result, report = check_prompt(smollm2_source, onnx_models.build_genai(smollm2_source, tmp_path / "built"))
     assert result.returncode == 0, json.dumps(report["first_divergence"])[:2000]
     assert report["summary"]["failed"] == 0 and report["summary"]["passed"] >= 390
     assert report["summary"]["not_comparable"] == 30 * 3 + 1     # q_rope, k_rope, attn_probs; the last layer's out
+    assert report["decode"]["passed"] and report["decode"]["cache"]["passed"]
+
+
+def test_smollm2_in_int4_is_its_weights_rounding_and_passes_with_them(smollm2_source, tmp_path):
+    """Its tied token table and LM head are one int4 tensor (GatherBlockQuantized and MatMulNBits share it)."""
+    built = onnx_models.build_genai(smollm2_source, tmp_path / "int4", "int4", "accuracy_level=1")
+    result, report = check_prompt(smollm2_source, built)
+    assert result.returncode == 1 and report["first_divergence"]["checkpoint"] == "embed"
+    [rounding] = [d for d in report["diagnoses"] if d["cause"] == "weight_rounding"]
+    assert "GatherBlockQuantized" in rounding["message"]
+    result, report = check_prompt(smollm2_source, built, "--quantized-reference")
+    assert result.returncode == 0, json.dumps(report["first_divergence"])[:2000]
+    assert report["summary"]["passed"] >= 390 and any("212 quantized weights" in note for note in report["notes"])
 
 
 def test_a_damaged_onnx_file_is_refused_in_one_line(llama, tmp_path):

@@ -77,3 +77,26 @@ def test_a_fused_weights_rows_and_a_matmuls_transpose(tmp_path):
     np.testing.assert_allclose(weights["layers.0.q.weight"], dequantized[2:5], rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(weights["layers.0.k.weight"], float_weight)
     assert "layers.0.k.weight" not in grids
+
+
+def test_a_quantized_embedding_table_is_read_through_its_reshape(tmp_path):
+    """onnxruntime-genai's tied int4 table: GatherBlockQuantized reads a Reshape of the LM head's packed codes."""
+    onnx = need("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(3).standard_normal((N, K)).astype(np.float32)
+    packed, scales, _, dequantized = quantized(weight, zero_points=False)
+    nodes = [helper.make_node("Reshape", ["B", "shape"], ["flat"], name="/model/embed_tokens/Reshape"),
+             helper.make_node("GatherBlockQuantized", ["flat", "input_ids", "scales"], ["embedded"],
+                              name="/model/embed_tokens/GatherBlockQuantized", domain="com.microsoft", bits=4,
+                              block_size=BLOCK, gather_axis=0, quantize_axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "T"])],
+                              [helper.make_tensor_value_info("embedded", TensorProto.FLOAT, [1, "T", K])],
+                              [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales, "scales"),
+                               numpy_helper.from_array(np.array([N, K // 2]), "shape")])
+    path = tmp_path / "table.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                      helper.make_opsetid("com.microsoft", 1)]), str(path))
+    weights, grids = read_weights(read_graph(path), {"embed": (1, None)})
+    np.testing.assert_allclose(weights["embed.weight"], dequantized, rtol=1e-6, atol=1e-7)
+    assert grids["embed.weight"]["format"] == "int4 in blocks of 1x32 (onnxruntime GatherBlockQuantized)"

@@ -31,6 +31,7 @@ from parity.core.names import Tap
 
 MATMUL_OPS = frozenset({"MatMul", "Gemm", "MatMulNBits", "MatMulInteger", "QLinearMatMul", "MatMulIntegerToFloat",
                         "DynamicQuantizeMatMul", "FusedMatMul"})
+LOOKUP_OPS = frozenset({"Gather", "GatherBlockQuantized"})
 FUSED_NORM_OPS = frozenset({"SkipLayerNormalization", "SkipSimplifiedLayerNormalization"})
 # ONNX elem_types of activations.
 FLOAT_TYPES = frozenset({1, 10, 11, 16})
@@ -81,6 +82,12 @@ def locate_weights(graph: OnnxGraph, taps: tuple[Tap, ...], widths: dict[str, in
     finder = _Finder(graph, taps, widths, linears)
     found: dict[str, tuple[int, tuple[int, int] | None]] = {}
     for tap in taps:
+        if tap.io == "weights" and tap.module not in linears and any(tap.names):    # an embedding's table
+            scope = finder.scope(tap.module)
+            lookup = finder.lookup_node(scope) if scope is not None else None
+            if lookup is not None:
+                found[tap.names[0]] = (lookup, None)
+            continue
         if not any(tap.names) or tap.module not in linears or tap.io not in ("output", "weights", "split"):
             continue
         scope = finder.scope(tap.module)
@@ -201,11 +208,14 @@ class _Finder:
 
     def _lookup(self, scope: str) -> Located | str:
         """An embedding's table lookup, before whatever scaling its module applies: its Gather of the table."""
-        gather = next((self.graph.nodes[index] for index in self._nodes(scope) if self.graph.nodes[index].op == "Gather"),
-                      None)
+        gather = self.lookup_node(scope)
         if gather is None:
             return f"the ONNX graph's embedding {scope} looks nothing up (no Gather)"
-        return Located(gather.outputs[0])
+        return Located(self.graph.nodes[gather].outputs[0])
+
+    def lookup_node(self, scope: str) -> int | None:
+        """The index of the scope's table lookup (a Gather, or a quantized table's GatherBlockQuantized), or None."""
+        return next((index for index in self._nodes(scope) if self.graph.nodes[index].op in LOOKUP_OPS), None)
 
     def _input(self, scope: str) -> Located | str:
         nodes = self._nodes(scope)

@@ -11,7 +11,10 @@
   that `weight_rounding`, `activation_quantization` and `--quantized-reference` read it.
   Its `accuracy_level` says what its CPU kernel does to its inputs: 4 quantizes them to
   int8 per block, 2 and 3 compute in float16 and bfloat16.
-A weight that is not an initializer (made by a node: DequantizeLinear's QDQ form) is not read.
+- an embedding's Gather of its table, and onnxruntime's GatherBlockQuantized (an int4 table,
+  onnxruntime-genai's, shared with a tied LM head's MatMulNBits) dequantized the same way.
+A weight that is not an initializer (made by a node: DequantizeLinear's QDQ form) is not read;
+one a Reshape makes from an initializer is read from it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,14 @@ def read_weights(graph: OnnxGraph, located: dict[str, tuple[int, tuple[int, int]
             read = _nbits(node, initializers, rows)
             if read is not None:
                 weights[name], quantized[name] = read
+        elif node.op == "GatherBlockQuantized":
+            read = _gathered_blocks(node, initializers)
+            if read is not None:
+                weights[name], quantized[name] = read
+        elif node.op == "Gather":
+            table = initializers.array(node.inputs[0])
+            if table is not None and table.ndim == 2:
+                weights[name] = np.ascontiguousarray(table, dtype=np.float32)
         elif node.op in ("MatMul", "Gemm"):
             matrix = initializers.array(node.inputs[1] if len(node.inputs) > 1 else "")
             if matrix is None or matrix.ndim != 2:
@@ -72,6 +83,30 @@ def _nbits(node: GraphNode, initializers: "_Initializers", rows) -> tuple[np.nda
     return np.ascontiguousarray(weight[chosen], dtype=np.float32), grid
 
 
+def _gathered_blocks(node: GraphNode, initializers: "_Initializers") -> tuple[np.ndarray, dict] | None:
+    """A quantized embedding table (onnxruntime's GatherBlockQuantized, rows gathered, blocks along each row): the
+    table (V, K) dequantized, and its grid."""
+    bits, block = initializers.attribute(node, "bits", 4), initializers.attribute(node, "block_size", 0)
+    if initializers.attribute(node, "gather_axis", 0) != 0 or initializers.attribute(node, "quantize_axis", 1) != 1:
+        return None
+    packed = initializers.array(node.inputs[0])
+    scales = initializers.array(node.inputs[2] if len(node.inputs) > 2 else "")
+    if packed is None or scales is None or packed.dtype != np.uint8 or bits not in (2, 4, 8) or not block:
+        return None
+    rows = scales.shape[0]
+    codes = _unpacked(packed.reshape(rows, -1), bits)                              # (V, K)
+    width = codes.shape[1]
+    blocks = scales.reshape(rows, -1).astype(np.float64)                          # (V, K / block)
+    if blocks.shape[1] * block != width:
+        return None
+    zero = _zero_points(initializers.array(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else None,
+                        rows, blocks.shape[1], bits)
+    table = (codes.reshape(rows, -1, block) - zero[..., None]) * blocks[..., None]
+    grid = {"format": f"int{bits} in blocks of 1x{block} (onnxruntime GatherBlockQuantized)",
+            "rounding_l2": float(math.sqrt(float(np.sum(blocks ** 2)) * block / 12.0))}
+    return np.ascontiguousarray(table.reshape(rows, width), dtype=np.float32), grid
+
+
 def _unpacked(packed: np.ndarray, bits: int) -> np.ndarray:
     """Codes packed low bits first into bytes, unpacked: (N, bytes) -> (N, bytes * 8 / bits)."""
     per_byte = 8 // bits
@@ -95,6 +130,7 @@ class _Initializers:
     def __init__(self, graph: OnnxGraph) -> None:
         import onnx
 
+        self.graph = graph
         self.folder = str(graph.path.parent)
         model = onnx.load(str(graph.path), load_external_data=False)
         self.tensors = {tensor.name: tensor for tensor in model.graph.initializer}
@@ -102,8 +138,13 @@ class _Initializers:
                                        for attribute in node.attribute} for node in model.graph.node}
 
     def array(self, name: str) -> np.ndarray | None:
+        """The initializer `name`, or the one a Reshape of an initializer makes `name` from (its values as stored:
+        the caller shapes them)."""
         from onnx import numpy_helper
 
+        if name not in self.tensors and name in self.graph.producer:
+            node = self.graph.nodes[self.graph.producer[name]]
+            name = node.inputs[0] if node.op == "Reshape" else name
         tensor = self.tensors.get(name)
         return None if tensor is None else numpy_helper.to_array(tensor, base_dir=self.folder)
 
