@@ -261,3 +261,9 @@ def test_a_damaged_genai_config_is_refused_in_one_line(llama, tmp_path):
     folder.mkdir()
     (folder / "genai_config.json").write_text("{\"model\": 3}")
     assert_unusable(parity("check", llama, folder, "--tokens", TOKENS), "model.decoder.filename")
+
+
+def test_capture_alone_says_how_an_onnx_model_is_traced(genai, tmp_path):
+    result = parity("capture", genai, "--tokens", TOKENS, "-o", tmp_path / "trace.safetensors")
+    assert_unusable(result, "--save-traces DIR")
+    assert not (tmp_path / "trace.safetensors").exists()

@@ -182,8 +182,9 @@ class OnnxCandidate(Candidate):
 
         reference = request.reference_model
         if reference is None or reference.mapping is None:
-            raise OptionError("an ONNX candidate's checkpoints are found at the reference's modules: compare it with "
-                              "`parity check MODEL FILE.onnx`")
+            raise OptionError("an ONNX model's checkpoints are found at its reference's modules, so it is traced "
+                              "beside the reference: `parity check MODEL FILE.onnx --save-traces DIR` writes its "
+                              "trace (DIR/candidate.safetensors)")
         located, missing = locate(self.graph, reference.mapping.taps, _widths(reference), _linears(reference))
         wanted = set(select(list(located), request.checkpoints))
         if progress is not None:
