@@ -155,9 +155,8 @@ class OnnxCandidate(Candidate):
 
     def greedy(self, prompt: list[int], count: int):
         """The greedy continuation decoded through the graph's own KV cache, where it has one."""
-        from parity.core.generation import greedy_stepped
-
         from parity.core.errors import CaptureError
+        from parity.core.generation import greedy_stepped
 
         runner = self.runner(self._config())
         if runner.presents() is None:
@@ -185,7 +184,8 @@ class OnnxCandidate(Candidate):
             raise OptionError("an ONNX model's checkpoints are found at its reference's modules, so it is traced "
                               "beside the reference: `parity check MODEL FILE.onnx --save-traces DIR` writes its "
                               "trace (DIR/candidate.safetensors)")
-        located, missing = locate(self.graph, reference.mapping.taps, _widths(reference), _linears(reference))
+        widths = _widths(reference)
+        located, missing = locate(self.graph, reference.mapping.taps, widths, _linears(reference))
         wanted = set(select(list(located), request.checkpoints))
         if progress is not None:
             progress.step(f"running {self.graph.path.name} in onnxruntime over {len(tokens)} tokens "
@@ -194,7 +194,6 @@ class OnnxCandidate(Candidate):
                                                          start_position=request.start_position)
         tensors, not_comparable = {}, {name: why for name, why in missing.items()
                                        if name in set(select(list(missing), request.checkpoints))}
-        widths = _widths(reference)
         head_dim, kv_heads = _kv_sizes(reference.model.config)
         for name in sorted(wanted):
             array, why = _laid_out(name, arrays[located[name].value], located[name].columns, len(tokens))

@@ -24,6 +24,7 @@ reported not comparable with the reason.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from parity.capture.onnx.graph import SHAPE_OPS, OnnxGraph
@@ -90,11 +91,15 @@ def locate_weights(graph: OnnxGraph, taps: tuple[Tap, ...], widths: dict[str, in
             continue
         if not any(tap.names) or tap.module not in linears or tap.io not in ("output", "weights", "split"):
             continue
-        scope = finder.scope(tap.module)
-        part = finder.fused_scope(tap) if scope is None else None
-        product = finder.product(scope if scope is not None else part[0]) if (scope or part) else None
+        scope, rows = finder.scope(tap.module), None
+        if scope is None:                     # a part of a fused projection: its rows of the fused weight
+            part = finder.fused_scope(tap)
+            if part is None:
+                continue
+            scope, rows = part
+        product = finder.product(scope)
         if product is not None:
-            found[tap.names[0]] = (product, None if part is None else part[1])
+            found[tap.names[0]] = (product, rows)
     return found
 
 
@@ -363,6 +368,7 @@ def _same_role(mine: str, theirs: str, *, final: bool = False) -> bool:
     return any(mine in group and theirs in group for group in _vocabulary(final))
 
 
+@functools.cache
 def _vocabulary(final: bool) -> tuple[tuple[str, ...], ...]:
     from parity.capture.hf import structure
 
