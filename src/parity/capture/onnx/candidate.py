@@ -1,7 +1,7 @@
 """An ONNX model as the candidate: `FILE.onnx`, or an onnxruntime-genai model folder, run in onnxruntime.
 
-What an exporter or converter made of the reference: torch.onnx's export, optimum's,
-onnxruntime-genai's builder (its fused q|k|v, GroupQueryAttention and residual-adding
+What an exporter or converter made of the reference: torch.onnx's export, onnxruntime-genai's
+builder (its fused q|k|v, GroupQueryAttention and residual-adding
 norms). Its checkpoints are the graph's values at the reference's modules (names.py),
 fetched from one onnxruntime pass (runner.py); those the graph does not hold are
 reported not comparable, each with its reason. Its precision is its logits' type.
