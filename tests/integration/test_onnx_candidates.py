@@ -113,8 +113,9 @@ def test_a_changed_graph_fails_where_it_was_changed_and_is_named(llama, genai, t
 def test_a_genai_builds_weights_are_the_references(llama, genai):
     result, report = check(llama, genai, "--weights")
     weights = {name: status for name, status in statuses(report).items() if name.endswith(".weight")}
-    assert result.returncode == 0 and len(weights) == 3 * 7 + 1 and set(weights.values()) == {"pass"}
+    assert result.returncode == 0 and len(weights) == 3 * 7 + 2 and set(weights.values()) == {"pass"}
     assert "layers.0.k.weight" in weights            # rows of the fused q|k|v, split at the reference's widths
+    assert "embed.weight" in weights and "logits.weight" in weights
 
 
 @pytest.fixture(scope="module")
