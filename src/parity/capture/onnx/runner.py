@@ -8,10 +8,13 @@ not copied through protobuf (which stops at 2 GB). A model with its weights insi
 
 Its inputs are filled as an exporter names them: `input_ids`, `attention_mask` (all
 ones), `position_ids`, and an empty past for each KV-cache input (`past_key_values.N.key`,
-length 0). A graph that wants any other input is refused in one line.
+length 0; a buffer the present is written into gets room for the pass). A graph that wants
+any other input is refused in one line. `stepping` runs token ids through the graph's own
+cache, each pass's present fed back as the next one's past.
 
 Memory: the weights once (onnxruntime's), plus each fetched value, T x width floats (the
-probabilities H x T x T); time: one forward pass per call.
+probabilities H x T x T), plus the cache while stepping; time: one forward pass per call,
+one pass per step.
 """
 
 from __future__ import annotations
