@@ -8,6 +8,7 @@
     python benchmarks/long_check.py --tokens 8192 --port --stages
     python benchmarks/long_check.py --tokens 8192 --port row_blocked_bfloat16 --stages
     python benchmarks/long_check.py --tokens 2048 --transformers --decode-steps 4 --stages
+    python benchmarks/long_check.py --tokens 16,1024 --onnx --decode-steps 4
 
 The default pair (SmolLM2's GGUF in transformers against the same file in llama.cpp)
 over T random token ids, with --decode-steps 0: one forward pass per side plus the
@@ -28,7 +29,9 @@ reference and the port's weights; the port's own forward over the same ids is th
 in a fresh process without a check (its weights, what it makes and returns, torch), and the
 check's peak is printed against it. With --transformers both are that model directory in
 transformers: a transformers candidate decodes through its cache, and runs padded batches
-(over the prompt's first tokens, past 256 MiB of logits).
+(over the prompt's first tokens, past 256 MiB of logits). With --onnx the candidate is that
+model directory built by onnxruntime-genai's model builder in float32 (the build not timed),
+run in onnxruntime, decoding through its own cache.
 """
 
 from __future__ import annotations
@@ -74,6 +77,25 @@ def smollm2_directory(directory: Path) -> str:
     # transformers will not save a model it read from a GGUF itself (its first load, before parity's cache holds it)
     save_dequantized(load_model(gguf_path(), dtype="float32").model, saved)
     return str(saved)
+
+
+def smollm2_onnx(directory: Path) -> tuple[str, str]:
+    """(reference, candidate): SmolLM2 saved as a model directory with its tokenizer, and its onnxruntime-genai
+    build in float32."""
+    from parity.capture.gguf.smollm2 import gguf_path
+    from parity.capture.hf.model import load_tokenizer
+
+    saved = smollm2_directory(directory)
+    load_tokenizer(gguf_path()).save_pretrained(saved)
+    config = Path(saved) / "config.json"       # the builder picks its model by the config's architectures
+    config.write_text(json.dumps({"architectures": ["LlamaForCausalLM"], **json.loads(config.read_text())}))
+    built = directory / "smollm2_onnx"
+    done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", saved, "-m", "smollm2",
+                           "-o", str(built), "-p", "fp32", "-e", "cpu", "-c", str(directory / "builder_cache")],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"onnxruntime-genai's builder failed: {done.stderr[-1000:]}")
+    return saved, str(built)
 
 
 PORT_ALONE = """
@@ -203,6 +225,8 @@ def main() -> None:
                              "attention in blocks of 512 query rows (default factory: row_blocked)")
     parser.add_argument("--transformers", action="store_true",
                         help="both sides are the GGUF as transformers reads it, saved as a float32 model directory")
+    parser.add_argument("--onnx", action="store_true",
+                        help="the candidate is SmolLM2 built by onnxruntime-genai (float32), run in onnxruntime")
     parser.add_argument("--checkpoints", help="the checks' --checkpoints, e.g. '*,!*.attn_probs'")
     parser.add_argument("--stages", action="store_true", help="also print each stage's peak resident memory "
                                                                "(sampled every 0.2 s)")
@@ -215,6 +239,8 @@ def main() -> None:
             model, candidate = planted_rope_base(Path(directory))
         if args.transformers:
             model = candidate = smollm2_directory(Path(directory))
+        if args.onnx:
+            model, candidate = smollm2_onnx(Path(directory))
         if args.port:
             examples = Path(__file__).resolve().parent.parent / "examples"
             model, candidate = smollm2_directory(Path(directory)), f"{examples / 'scratch_llama.py'}:{args.port}"
