@@ -66,7 +66,7 @@ class OnnxCandidate(Candidate):
     def __init__(self, spec: str, graph, context: CandidateContext) -> None:
         super().__init__(spec)
         self.graph = graph
-        self.precision = PRECISIONS.get(graph.output_types.get(_logits_name(graph)), "float32")
+        self.precision = PRECISIONS.get(graph.output_types.get(graph.logits), "float32")
         self.quantized = sorted({node.op for node in graph.nodes} & QUANTIZED_OPS)
         self.model_path = context.model_path
         self.shared_past = _shares_past(graph.path.parent)
@@ -107,8 +107,7 @@ class OnnxCandidate(Candidate):
 
         if self._runner is None:
             head_dim, kv_heads = _kv_sizes(config)
-            text = config.get_text_config() if hasattr(config, "get_text_config") else config
-            window = getattr(text, "sliding_window", None)
+            window = getattr(_text_config(config), "sliding_window", None)
             self._runner = OnnxRunner(self.graph, head_dim=head_dim, kv_heads=kv_heads, shared_past=self.shared_past,
                                       window=window if isinstance(window, int) else 0)
         return self._runner
@@ -192,8 +191,8 @@ class OnnxCandidate(Candidate):
                           f"({len(wanted)} checkpoints)")
         arrays = self.runner(reference.model.config).run(tokens, {located[name].value for name in wanted},
                                                          start_position=request.start_position)
-        tensors, not_comparable = {}, {name: why for name, why in missing.items()
-                                       if name in set(select(list(missing), request.checkpoints))}
+        tensors = {}
+        not_comparable = {name: missing[name] for name in select(list(missing), request.checkpoints)}
         head_dim, kv_heads = _kv_sizes(reference.model.config)
         for name in sorted(wanted):
             array, why = _laid_out(name, arrays[located[name].value], located[name].columns, len(tokens))
@@ -248,7 +247,8 @@ def _laid_out(name: str, array: np.ndarray, columns, count: int) -> tuple[np.nda
     """A fetched value in the trace's layout ((T, width); attn_probs (H, T, S)), or the reason it cannot be."""
     from parity.core.names import parse
 
-    kind = parse(name).kind if parse(name) else name
+    checkpoint = parse(name)
+    kind = checkpoint.kind if checkpoint else name
     if array.dtype.kind != "f":
         return None, f"its ONNX value is {array.dtype}, not an activation"
     if array.ndim < 2 or array.shape[0] != 1:
@@ -320,10 +320,16 @@ def _linears(reference) -> frozenset[str]:
     return frozenset(name for name, module in reference.model.named_modules() if output_width(module))
 
 
+def _text_config(config):
+    """A model's language-model config (a multimodal config's text part); None for None."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def _kv_sizes(config) -> tuple[int | None, int | None]:
-    if config is None:
+    """(head size, KV head count) from the reference's config; (None, None) without one."""
+    text = _text_config(config)
+    if text is None:
         return None, None
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = getattr(text, "num_attention_heads", None)
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or (text.hidden_size // heads if heads else None)
@@ -337,10 +343,6 @@ def _reference_config(model_path: str):
         return AutoConfig.from_pretrained(model_path)
     except Exception:      # a .gguf reference, or none readable: the graph's own sizes are used
         return None
-
-
-def _logits_name(graph) -> str:
-    return "logits" if "logits" in graph.outputs else (graph.outputs[0] if graph.outputs else "")
 
 
 def _version() -> str:

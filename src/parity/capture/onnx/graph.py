@@ -36,6 +36,7 @@ class GraphNode:
     scope: str              # the innermost module's dotted path; "" when the node says none
     call: str = ""          # the function it is part of, where the exporter says (scaled_dot_product_attention)
     call_args: tuple[str, ...] = ()   # that function's arguments, as the exporter's values are named
+    attributes: dict = field(default_factory=dict, compare=False)   # its ONNX attributes: name -> value
 
     def __repr__(self) -> str:
         return f"<GraphNode {self.op} {self.scope or self.name}>"
@@ -55,6 +56,11 @@ class OnnxGraph:
 
     def __repr__(self) -> str:
         return f"<OnnxGraph {self.path.name}: {len(self.nodes)} nodes>"
+
+    @property
+    def logits(self) -> str:
+        """The output that is the logits: the one named so, else the first."""
+        return "logits" if "logits" in self.outputs else (self.outputs[0] if self.outputs else "")
 
     @cached_property
     def producer(self) -> dict[str, int]:
@@ -93,7 +99,7 @@ def read_graph(path: str | Path) -> OnnxGraph:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:   # a damaged or foreign file: protobuf's own words, in one line
-        raise OptionError(f"{path}: not a readable ONNX model ({_first_line(error)}); give the .onnx file an "
+        raise OptionError(f"{path}: not a readable ONNX model ({first_line(error)}); give the .onnx file an "
                           f"exporter wrote") from None
     graph = model.graph
     nodes = tuple(_node(node) for node in graph.node)
@@ -113,12 +119,15 @@ def read_graph(path: str | Path) -> OnnxGraph:
 
 
 def _node(node) -> GraphNode:
+    from onnx import helper
+
     metadata = {prop.key: prop.value for prop in node.metadata_props}
     scope, call, args = _exported_scope(metadata)
     if scope is None:
         scope, call, args = _named_scope(node.name), "", ()
     return GraphNode(op=node.op_type, name=node.name, inputs=tuple(node.input), outputs=tuple(node.output),
-                     scope=scope, call=call, call_args=args)
+                     scope=scope, call=call, call_args=args,
+                     attributes={attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute})
 
 
 def _exported_scope(metadata: dict[str, str]) -> tuple[str | None, str, tuple[str, ...]]:
@@ -167,6 +176,7 @@ def _named_scope(name: str) -> str:
     return ".".join(parts)
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """An error's message (protobuf's, onnxruntime's) on one line."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

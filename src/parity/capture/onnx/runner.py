@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from parity.capture.onnx.graph import OnnxGraph
+from parity.capture.onnx.graph import OnnxGraph, first_line
 from parity.core.errors import CaptureError, OptionError
 
 PAST_INPUT = re.compile(r"past", re.IGNORECASE)
@@ -41,7 +41,7 @@ class OnnxRunner:
         self.shared_past = shared_past  # the past is a buffer the present is written into (onnxruntime-genai's
                                         # past_present_share_buffer): it is given room for the pass, and for the
         self.window = window            # sliding window, which its attention wants room for even when empty
-        self._sessions: dict[tuple[str, ...], object] = {}
+        self._held: tuple[tuple[str, ...], object] | None = None   # (extra outputs, session): one at a time
 
     def __repr__(self) -> str:
         return f"<OnnxRunner {self.graph.path.name}>"
@@ -55,7 +55,7 @@ class OnnxRunner:
             arrays = session.run(wanted, self._feeds(tokens, start_position))
         except Exception as error:   # onnxruntime's own error, in one line
             raise CaptureError(f"{self.graph.path.name}: onnxruntime failed to run it over {len(tokens)} tokens: "
-                               f"{_first_line(error)}") from None
+                               f"{first_line(error)}") from None
         return dict(zip(wanted, arrays))
 
     @property
@@ -87,7 +87,7 @@ class OnnxRunner:
                 outputs = session.run([self.logits_name, *presents.values()], feeds)
             except Exception as error:
                 raise CaptureError(f"{self.graph.path.name}: onnxruntime failed to decode {len(ids)} token(s) after "
-                                   f"{length} through its cache: {_first_line(error)}") from None
+                                   f"{length} through its cache: {first_line(error)}") from None
             state.update(zip(presents, outputs[1:]))
             length += len(ids)
             logits = outputs[0]
@@ -110,13 +110,15 @@ class OnnxRunner:
 
     @property
     def logits_name(self) -> str:
-        return "logits" if "logits" in self.graph.outputs else self.graph.outputs[0]
+        return self.graph.logits
 
     def _session(self, extra: tuple[str, ...]):
-        if extra not in self._sessions:
-            self._sessions.clear()                      # one session at a time: each holds the weights
-            self._sessions[extra] = self._open(extra)
-        return self._sessions[extra]
+        """The session fetching `extra` besides the graph's outputs; the one held before is let go (each holds the
+        weights)."""
+        if self._held is None or self._held[0] != extra:
+            self._held = None
+            self._held = (extra, self._open(extra))
+        return self._held[1]
 
     def _open(self, extra: tuple[str, ...]):
         import onnx
@@ -134,7 +136,7 @@ class OnnxRunner:
             return onnxruntime.InferenceSession(model.SerializeToString(), options,
                                                 providers=["CPUExecutionProvider"])
         except Exception as error:
-            raise CaptureError(f"{self.graph.path}: onnxruntime cannot load it ({_first_line(error)})") from None
+            raise CaptureError(f"{self.graph.path}: onnxruntime cannot load it ({first_line(error)})") from None
 
     def _feeds(self, tokens: list[int], start_position: int, *, total: int | None = None) -> dict[str, np.ndarray]:
         """The inputs of one pass over `tokens`, the first at `start_position`; with `total`, the pass follows
@@ -196,7 +198,3 @@ def _numpy_dtype(elem_type: int):
     except (KeyError, ValueError):
         return np.int64
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

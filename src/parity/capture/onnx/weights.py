@@ -52,15 +52,15 @@ def read_weights(graph: OnnxGraph, located: dict[str, tuple[int, tuple[int, int]
             matrix = initializers.array(node.inputs[1] if len(node.inputs) > 1 else "")
             if matrix is None or matrix.ndim != 2:
                 continue
-            transposed = node.op == "Gemm" and initializers.attribute(node, "transB", 0)
+            transposed = node.op == "Gemm" and node.attributes.get("transB", 0)
             weight = matrix if transposed else matrix.T                                # (K, N) -> (N, K)
             weights[name] = np.ascontiguousarray(weight[slice(*rows) if rows else slice(None)], dtype=np.float32)
     return weights, quantized
 
 
 def _nbits(node: GraphNode, initializers: "_Initializers", rows) -> tuple[np.ndarray, dict] | None:
-    bits, block = initializers.attribute(node, "bits", 4), initializers.attribute(node, "block_size", 0)
-    count, width = initializers.attribute(node, "N", 0), initializers.attribute(node, "K", 0)
+    bits, block = node.attributes.get("bits", 4), node.attributes.get("block_size", 0)
+    count, width = node.attributes.get("N", 0), node.attributes.get("K", 0)
     packed = initializers.array(node.inputs[1])
     scales = initializers.array(node.inputs[2] if len(node.inputs) > 2 else "")
     if packed is None or scales is None or bits not in (2, 4, 8) or not block or not count or not width:
@@ -75,7 +75,7 @@ def _nbits(node: GraphNode, initializers: "_Initializers", rows) -> tuple[np.nda
     steps = np.repeat(scales[chosen], block, axis=1)[:, :width]                   # each element's step
     grid = {"format": f"int{bits} in blocks of 1x{block} (onnxruntime MatMulNBits)",
             "rounding_l2": float(math.sqrt(float(np.sum(steps ** 2)) / 12.0))}
-    level = initializers.attribute(node, "accuracy_level", 0)
+    level = node.attributes.get("accuracy_level", 0)
     if level == 4:
         grid["inputs"] = f"its inputs quantized to int8 per block of {block} (accuracy_level 4, onnxruntime's CPU kernel)"
     elif level in ACCURACY_INPUTS:
@@ -86,8 +86,8 @@ def _nbits(node: GraphNode, initializers: "_Initializers", rows) -> tuple[np.nda
 def _gathered_blocks(node: GraphNode, initializers: "_Initializers") -> tuple[np.ndarray, dict] | None:
     """A quantized embedding table (onnxruntime's GatherBlockQuantized, rows gathered, blocks along each row): the
     table (V, K) dequantized, and its grid."""
-    bits, block = initializers.attribute(node, "bits", 4), initializers.attribute(node, "block_size", 0)
-    if initializers.attribute(node, "gather_axis", 0) != 0 or initializers.attribute(node, "quantize_axis", 1) != 1:
+    bits, block = node.attributes.get("bits", 4), node.attributes.get("block_size", 0)
+    if node.attributes.get("gather_axis", 0) != 0 or node.attributes.get("quantize_axis", 1) != 1:
         return None
     packed = initializers.array(node.inputs[0])
     scales = initializers.array(node.inputs[2] if len(node.inputs) > 2 else "")
@@ -134,8 +134,6 @@ class _Initializers:
         self.folder = str(graph.path.parent)
         model = onnx.load(str(graph.path), load_external_data=False)
         self.tensors = {tensor.name: tensor for tensor in model.graph.initializer}
-        self.attributes = {node.name: {attribute.name: onnx.helper.get_attribute_value(attribute)
-                                       for attribute in node.attribute} for node in model.graph.node}
 
     def array(self, name: str) -> np.ndarray | None:
         """The initializer `name`, or the one a Reshape of an initializer makes `name` from (its values as stored:
@@ -147,6 +145,3 @@ class _Initializers:
             name = node.inputs[0] if node.op == "Reshape" else name
         tensor = self.tensors.get(name)
         return None if tensor is None else numpy_helper.to_array(tensor, base_dir=self.folder)
-
-    def attribute(self, node: GraphNode, name: str, default):
-        return self.attributes.get(node.name, {}).get(name, default)
