@@ -73,3 +73,44 @@ def set_attribute(op_type: str, name: str, value, where: str = ""):
                     else:
                         attribute.i = value
     return change
+
+
+def quantized(model: Path, out: Path, how: str, calibration_ids: int = 90) -> Path:
+    """`model` (a genai folder or a .onnx file) quantized by onnxruntime's own tools, as their docs say:
+    "dynamic" and "dynamic_per_channel" (`quantize_dynamic`, int8 weights, activations quantized per call),
+    "static_qdq" (`quantize_static` in QDQ form, calibrated on random token ids below `calibration_ids`),
+    "int4_qdq" (`MatMulNBitsQuantizer` in QDQ form: weight-only int4 in blocks of 32). A folder's other files
+    are copied beside the quantized graph."""
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    source, target = (model / "model.onnx", out / "model.onnx") if model.is_dir() else (model, out)
+    if model.is_dir():
+        out.mkdir()
+        for item in model.iterdir():
+            if not item.name.startswith("model.onnx"):
+                shutil.copy(item, out / item.name)
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.feeds = iter([{"input_ids": rng.integers(0, calibration_ids, (1, 8))} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        if how.startswith("dynamic"):
+            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=how.endswith("channel"))
+        elif how == "static_qdq":
+            quantize_static(str(source), str(target), Calibration(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            op_types_to_quantize=["MatMul", "Gather"], weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QUInt8)
+        else:
+            quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), algo_config=DefaultWeightOnlyQuantConfig(
+                block_size=32, is_symmetric=True, quant_format=QuantFormat.QDQ, op_types_to_quantize=("MatMul",)))
+            quantizer.process()
+            quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+    return out

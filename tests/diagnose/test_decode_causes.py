@@ -158,3 +158,13 @@ def test_cached_keys_taken_before_rope_are_named_from_the_attention_output():
     step = {"layers.0.q": Q[POSITION:], "layers.0.attn_ctx": context(unrotated, V, query)}
     found = diagnose_decode(full, step, POSITION, "layers.0.attn_ctx", CONFIG)
     assert [d.cause for d in found] == ["decode_rope"] and "before RoPE" in found[0].message
+
+
+def test_a_step_parting_first_at_an_op_that_rounds_its_input_per_call_is_named_so():
+    from parity.diagnose.decode_causes import CAUSES, rounded_per_call
+
+    how = "its inputs quantized to uint8 per tensor, a scale per call (onnxruntime's dynamic quantization)"
+    [found] = rounded_per_call("layers.0.q", 9, how)
+    assert found.cause == "per_call_quantization" and found.cause in CAUSES and how in found.message
+    assert "decoding position 9: layers.0.q is the first checkpoint that parts" in found.message
+    assert rounded_per_call("layers.0.q", 9, None) == [] and rounded_per_call(None, 9, how) == []

@@ -111,6 +111,17 @@ def test_the_hint_fits_the_op_no_weights_for_a_weightless_one():
         pytest.fail(message)
 
 
+def test_an_input_the_candidate_does_not_compare_is_not_said_to_pass():
+    x = R.standard_normal((T, WIDTH))
+    reference_trace = make_trace({"layers.0.q": x, "layers.0.q_rope": x}, {"dtype": "float32", "config": CONFIG})
+    candidate_trace = make_trace({"layers.0.q_rope": x + np.sin(5 * x)},
+                                 {"dtype": "float32", "not_comparable": {"layers.0.q": "the graph does not hold it"}})
+    comparison = compare(reference_trace, candidate_trace)
+    message = diagnose(comparison, reference_trace, candidate_trace).diagnoses[0].message
+    assert "its input layers.0.q is not comparable: the error starts there or in the op" in message, message
+    assert "passes" not in message
+
+
 def test_what_was_ruled_out_and_the_nearest_miss():
     x = 0.05 * R.standard_normal((T, WIDTH))
     gamma = 1 + 0.2 * R.standard_normal(WIDTH)

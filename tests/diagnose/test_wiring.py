@@ -70,6 +70,16 @@ def test_a_layer_run_twice_normalizes_an_unrecorded_tensor():
     assert "a block run twice" in found["wiring", "layers.2.attn_norm"]
 
 
+def test_a_norm_whose_input_the_candidate_does_not_show_is_not_said_to_normalize_another_tensor():
+    """The same run-twice candidate with layer 1's output not recorded (a graph that does not hold it): the
+    reference's stands in for the input, so a tensor made in between cannot be told from an input that differs
+    upstream (a quantized projection's rounding): no such claim."""
+    candidate = stack([0, 1, 1, 2])
+    del candidate["layers.1.out"]
+    found = messages(stack([0, 1, 2]), candidate)
+    assert not any("a block run twice" in message for message in found.values()), found
+
+
 def test_another_epsilon_is_not_an_unrecorded_input():
     base = stack([0, 1, 2])
     candidate = {**base, "layers.1.attn_norm": rms_norm(base["layers.0.out"], WEIGHTS[1], eps=0.0)}

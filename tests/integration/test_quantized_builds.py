@@ -254,3 +254,15 @@ def test_quantized_reference_refuses_a_candidate_that_gives_no_weights(llama, ca
     code = main(["check", str(directory), str(trace), "--quantized-reference"])
     message = capsys.readouterr().err
     assert code == 2 and "--quantized-reference reads the candidate's weights" in message, message
+
+
+def test_decoding_a_build_that_quantizes_per_call_is_named_at_the_first_op_that_parts(llama, capsys):
+    """torch.ao's dynamic Linear sets one scale over each call's tokens: a decoding step rounds its input on the
+    grid its own tokens set, not the full pass's. The step parts first at such an op, named so."""
+    code, report = check(llama, capsys, "torch_dynamic", "--quantized-reference", "--decode-steps", "4")
+    decode = report["decode"]
+    assert code == 1 and decode["first_checkpoint"] is not None
+    found = [d for d in report["diagnoses"] if d["cause"] == "per_call_quantization"]
+    assert found and found[0]["checkpoint"] == decode["first_checkpoint"], report["diagnoses"]
+    assert "a scale per call" in found[0]["message"]
+    assert not any("no known cause fits" in note for note in report["notes"])

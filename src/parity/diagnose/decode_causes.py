@@ -13,6 +13,11 @@
   decode_rope      the step's attention (its probabilities, or its output where only that is recorded) is
                    reproduced when the cached keys are taken before RoPE: the decode path uses cached keys
                    without rotating them
+  per_call_quantization
+                   the first checkpoint that parts is made by an op the candidate declares quantizes its
+                   input with a scale each call sets (a dynamic quantization: onnxruntime's
+                   DynamicQuantizeLinear): everything before it agrees, its weights are the same in both
+                   runs, and a step rounds its input on the grid its own tokens set, not the full pass's
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from parity.core.trace import Trace
 from parity.diagnose.attention import apply_rope, attention_probabilities
 from parity.diagnose.context import CLOSE, ModelConfig, reproduces
 
-CAUSES = frozenset({"kv_cache_unread", "kv_cache_offset", "decode_rope"})
+CAUSES = frozenset({"kv_cache_unread", "kv_cache_offset", "decode_rope", "per_call_quantization"})
 
 
 def diagnose_decode(full: Trace, step: dict, position: int, name: str | None, config: ModelConfig) -> list[Diagnosis]:
@@ -40,6 +45,18 @@ def diagnose_decode(full: Trace, step: dict, position: int, name: str | None, co
     if checkpoint.kind == "attn_ctx" and step[name].shape[0] == 1 and position > 0:
         return _from_context(full, step, position, name, checkpoint.layer, config)
     return []
+
+
+def rounded_per_call(name: str | None, position: int, how: str | None) -> list[Diagnosis]:
+    """The first checkpoint that parts, made by an op that quantizes its input with a scale each call sets (`how`,
+    as the candidate declares it; None where it does not)."""
+    if name is None or not how:
+        return []
+    return [Diagnosis("per_call_quantization", name,
+                      f"decoding position {position}: {name} is the first checkpoint that parts from the full pass, "
+                      f"and its op quantizes its input as it runs with a scale each call sets ({how}): with the "
+                      "same weights and inputs, a step rounds its input on the grid its own tokens set, not the full "
+                      "pass's, so decoding cannot match the full pass to that rounding")]
 
 
 def _from_probabilities(full, step, position, name, layer, config) -> list[Diagnosis]:

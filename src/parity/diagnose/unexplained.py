@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from parity.core.names import HEAD_KINDS, in_flow_order, inputs_of, parse
-from parity.core.results import Diagnosis
+from parity.core.results import NOT_COMPARABLE, Diagnosis
 from parity.diagnose.context import Context
 
 TOP = 3               # how many positions, heads, channels and checkpoints to name
@@ -110,6 +110,10 @@ def _inputs(context: Context, name: str) -> str:
     failed = [result.name for result in results if not result]
     if failed:
         return f"its input {', '.join(failed)} fails too"
+    unknown = [result.name for result in results if result.status == NOT_COMPARABLE]
+    if unknown:
+        return (f"its input {', '.join(unknown)} is not comparable: the error starts there or in the op that makes "
+                f"{name}")
     checkpoint = parse(name)
     hint = OP_HINTS.get(checkpoint.kind, WEIGHTED) if checkpoint is not None else WEIGHTED
     return f"its input {', '.join(r.name for r in results)} passes: the error starts in the op that makes {name} ({hint})"

@@ -174,7 +174,9 @@ def _norm_input(context: Context, name: str, checkpoint, candidate: np.ndarray) 
     spread = _unit_rows(norm, candidate)
     cosines = _row_cosines(norm.normalize(x), (candidate - norm.bias) / np.where(norm.gain == 0, 1, norm.gain))
     rounding_of_one = max(machine_epsilon(context.candidate.dtypes.get(name)), 1e-6)
-    if spread is not None and spread <= UNIT_RMS * rounding_of_one and cosines.min() < 1 - UNIT_RMS * rounding_of_one:
+    own_input = recorded[0] in context.candidate      # else the reference's stands in: the candidate's may differ
+    if own_input and spread is not None and spread <= UNIT_RMS * rounding_of_one \
+            and cosines.min() < 1 - UNIT_RMS * rounding_of_one:
         return (f"the candidate's {name} is a norm's output (over the reference's weights each row's RMS is within "
                 f"{EPSILON_SHRINK:.0%} below 1, as an epsilon leaves it) but not of its input {recorded[0]} (their rows' "
                 f"directions agree to a cosine of {float(cosines.mean()):.3f}), nor of any tensor either trace "

@@ -4,7 +4,7 @@ scope said, never guessed."""
 from pathlib import Path
 
 from parity.capture.onnx.graph import GraphNode, OnnxGraph
-from parity.capture.onnx.names import Located, locate
+from parity.capture.onnx.names import Located, _Finder, locate
 from parity.core.names import Tap
 
 
@@ -82,3 +82,23 @@ def test_a_scope_that_hands_on_two_values_is_said_not_guessed():
 def test_a_module_the_graph_does_not_name_is_not_comparable_with_its_path():
     located, missing = locate(FUSED, (Tap("model.layers.0.mlp.gate_proj", ("layers.0.mlp_gate",)),), {})
     assert not located and "model.layers.0.mlp.gate_proj" in missing["layers.0.mlp_gate"]
+
+
+def test_a_quantizers_nodes_are_looked_through():
+    """onnxruntime's quantizer names its DynamicQuantizeLinear after the norm's output, and leaves it unscoped
+    (graph.py), and may put a shape's Concat first in a scope: the norm's output is still its float output, a
+    MatMulInteger's the float its cast and scale make, and the next module's input the float value its quantized
+    copy was made from."""
+    found = graph(
+        node("SimplifiedLayerNormalization", "/model/layers.0/input_layernorm/LayerNorm", ["h", "w"], ["n"]),
+        ("DynamicQuantizeLinear", "n_QuantizeLinear", ["n"], ["nq", "ns", "nz"], ""),
+        node("Concat", "/model/layers.0/attn/Concat", ["shape_a", "shape_b"], ["shape"]),
+        node("MatMulInteger", "/model/layers.0/attn/q_proj/MatMul_quant", ["nq", "Wq", "nz", "Wz"], ["qi"]),
+        ("Cast", "qi_cast", ["qi"], ["qf"], ""),
+        node("Mul", "/model/layers.0/attn/q_proj/scale_mul", ["qf", "s"], ["logits"]),
+        constants=("w", "Wq", "Wz", "s", "shape_a", "shape_b"))
+    finder = _Finder(found, (), {}, frozenset())
+    assert finder._output("model.layers.0.input_layernorm") == Located("n")
+    assert finder._linear_output("model.layers.0.attn.q_proj") == Located("logits")
+    assert finder._input("model.layers.0.attn") == Located("n")
+    assert found.unquantized("ns") == "n" and set(found.readers("n")) == {3}

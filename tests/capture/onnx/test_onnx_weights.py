@@ -100,3 +100,87 @@ def test_a_quantized_embedding_table_is_read_through_its_reshape(tmp_path):
     weights, grids = read_weights(read_graph(path), {"embed": (1, None)})
     np.testing.assert_allclose(weights["embed.weight"], dequantized, rtol=1e-6, atol=1e-7)
     assert grids["embed.weight"]["format"] == "int4 in blocks of 1x32 (onnxruntime GatherBlockQuantized)"
+
+
+def integer_product_file(tmp_path, weight, per_channel: bool):
+    """x -> DynamicQuantizeLinear -> MatMulInteger(int8 B, zero point 0) -> Cast -> Mul(x_scale * b_scale), as
+    onnxruntime's quantize_dynamic writes it; B quantized here symmetric, per tensor or per output column."""
+    onnx = need("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    matrix = weight.T                                                                      # (K, N)
+    scale = (np.abs(matrix).max(axis=0) if per_channel else np.abs(matrix).max()) / 127
+    codes = np.clip(np.round(matrix / scale), -127, 127).astype(np.int8)
+    initializers = [numpy_helper.from_array(codes, "B"), numpy_helper.from_array(np.zeros_like(scale, np.int8)
+                                                                                  if per_channel else np.int8(0), "B_zero"),
+                    numpy_helper.from_array(np.asarray(scale, np.float32), "B_scale")]
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "x_scale", "x_zero"], name="x_QuantizeLinear"),
+             helper.make_node("Mul", ["x_scale", "B_scale"], ["scales"], name="/model/layers.0/attn/q_proj/scales_mul"),
+             helper.make_node("MatMulInteger", ["xq", "B", "x_zero", "B_zero"], ["int"],
+                              name="/model/layers.0/attn/q_proj/MatMul_quant"),
+             helper.make_node("Cast", ["int"], ["float"], to=TensorProto.FLOAT, name="int_cast"),
+             helper.make_node("Mul", ["float", "scales"], ["q"], name="/model/layers.0/attn/q_proj/output_scale_mul")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", K])],
+                              [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, "T", N])], initializers)
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    dequantized = (codes.astype(np.float64) * scale).T                                     # (N, K)
+    return read_graph(path), dequantized
+
+
+def test_an_integer_products_weight_is_read_with_the_scale_its_output_is_multiplied_by(tmp_path):
+    from parity.capture.onnx.weights import rounded_per_call
+
+    weight = np.random.default_rng(3).standard_normal((N, K)).astype(np.float32)
+    for per_channel, per in ((False, "per tensor"), (True, "per output channel")):
+        graph, dequantized = integer_product_file(tmp_path, weight, per_channel)
+        weights, grids = read_weights(graph, {"layers.0.q": (2, None)})
+        np.testing.assert_allclose(weights["layers.0.q.weight"], dequantized, rtol=1e-6, atol=1e-7)
+        grid = grids["layers.0.q.weight"]
+        assert grid["format"] == f"int8 {per} (onnxruntime MatMulInteger)" and "a scale per call" in grid["inputs"]
+        measured = np.linalg.norm(dequantized - weight)
+        assert abs(grid["rounding_l2"] / measured - 1) < 0.15
+        assert "a scale per call" in rounded_per_call(graph, "q")        # the product's scaled output
+        assert rounded_per_call(graph, "x") is None
+
+
+def dequantized_file(tmp_path, weight, table):
+    """A MatMul reading a DequantizeLinear of int8 codes in blocks of 32 along K (QDQ), and a Gather of a uint8
+    table whose rows one DequantizeLinear dequantizes (quantize_dynamic's embedding)."""
+    onnx = need("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    matrix = weight.T                                                                      # (K, N)
+    blocks = np.abs(matrix.reshape(K // BLOCK, BLOCK, N)).max(axis=1) / 127                # (K / 32, N)
+    codes = np.clip(np.round(matrix / np.repeat(blocks, BLOCK, axis=0)), -127, 127).astype(np.int8)
+    step, low = (table.max() - table.min()) / 255, table.min()
+    zero = np.uint8(np.round(-low / step))
+    rows = np.clip(np.round(table / step) + zero, 0, 255).astype(np.uint8)
+    initializers = [numpy_helper.from_array(codes, "W_q"), numpy_helper.from_array(blocks.astype(np.float32), "W_s"),
+                    numpy_helper.from_array(rows, "E_q"), numpy_helper.from_array(np.float32(step), "E_s"),
+                    numpy_helper.from_array(zero, "E_z")]
+    nodes = [helper.make_node("Gather", ["E_q", "ids"], ["e_q"], name="/model/embed_tokens/Gather"),
+             helper.make_node("DequantizeLinear", ["e_q", "E_s", "E_z"], ["x"], name="e_DequantizeLinear"),
+             helper.make_node("DequantizeLinear", ["W_q", "W_s"], ["W"], name="W_DequantizeLinear", axis=0,
+                              block_size=BLOCK),
+             helper.make_node("MatMul", ["x", "W"], ["q"], name="/model/layers.0/attn/q_proj/MatMul")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "T"])],
+                              [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, "T", N])], initializers)
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    return read_graph(path), (codes * np.repeat(blocks, BLOCK, axis=0)).T, (rows.astype(np.float64) - zero) * step
+
+
+def test_weights_a_dequantize_linear_makes_are_read_by_block_and_by_table(tmp_path):
+    rng = np.random.default_rng(4)
+    weight, table = rng.standard_normal((N, K)).astype(np.float32), rng.standard_normal((20, K)).astype(np.float32)
+    graph, dequantized, rows = dequantized_file(tmp_path, weight, table)
+    assert "W" in graph.constants and not graph.nodes[2].scope        # a weight, made of integers by no module
+    weights, grids = read_weights(graph, {"layers.0.q": (3, None), "embed": (0, None)})
+    np.testing.assert_allclose(weights["layers.0.q.weight"], dequantized, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(weights["embed.weight"], rows, rtol=1e-6, atol=1e-7)
+    assert grids["layers.0.q.weight"]["format"] == "int8 in blocks of 32 along axis 0 (DequantizeLinear)"
+    assert "inputs" not in grids["layers.0.q.weight"]         # 8-bit: onnxruntime does not fuse it to MatMulNBits
+    assert grids["embed.weight"]["format"] == "uint8 per tensor (DequantizeLinear)"
+    for name, floats, read in (("layers.0.q.weight", weight, dequantized), ("embed.weight", table, rows)):
+        assert abs(grids[name]["rounding_l2"] / np.linalg.norm(read - floats) - 1) < 0.15

@@ -71,6 +71,7 @@ class OnnxCandidate(Candidate):
         self.model_path = context.model_path
         self.shared_past = _shares_past(graph.path.parent)
         self._runner = None
+        self._traced: _Layout | None = None   # the checkpoints located when it was last traced
 
     @classmethod
     def claims(cls, spec: Any) -> bool:
@@ -119,17 +120,23 @@ class OnnxCandidate(Candidate):
         return super().supports(capability)
 
     def incremental(self, prompt: list[int], continuation: list[int], *, record: bool = False, taps=None):
-        """Rows (1 + N, V) of the prompt prefilled and each token decoded through the graph's cache; a step
-        onnxruntime could not run, and every one after it, is NaN (a failing step: `decode_failure` says why)."""
-        return np.stack(self._stepped([prompt] + [[token] for token in continuation])), []
+        """(rows (1 + N, V), steps): the prompt prefilled and each token decoded through the graph's cache; a step
+        onnxruntime could not run, and every one after it, is NaN (a failing step: `decode_failure` says why).
+        With `record`, each step's checkpoints (step 0 the prefill), those located when it was last traced."""
+        recorded: list[dict] = []
+        rows = self._stepped([prompt] + [[token] for token in continuation], recorded if record else None)
+        return np.stack(rows), recorded
 
-    def _stepped(self, chunks: list[list[int]]) -> list[np.ndarray]:
+    def _stepped(self, chunks: list[list[int]], recorded: list[dict] | None = None) -> list[np.ndarray]:
         """The last logits (V,) of each chunk run in turn through the graph's cache; NaN from the first that
-        onnxruntime could not run (a model that cannot decode fails the check, it is not left unchecked)."""
+        onnxruntime could not run (a model that cannot decode fails the check, it is not left unchecked). Where
+        `recorded` is a list (and the graph was traced), each step's checkpoints are appended to it."""
         from parity.core.errors import CaptureError
 
+        layout = self._traced if recorded is not None else None
+        values = {found.value for found in layout.located.values()} if layout is not None else set()
         rows: list[np.ndarray] = []
-        with self.runner(self._config()).stepping(sum(len(chunk) for chunk in chunks)) as step:
+        with self.runner(self._config()).stepping(sum(len(chunk) for chunk in chunks), values) as step:
             for chunk in chunks:
                 try:
                     rows.append(step(chunk))
@@ -138,6 +145,8 @@ class OnnxCandidate(Candidate):
                         raise            # the prefill is the forward pass: its failure is the candidate's error
                     self.decode_failure = self.decode_failure or str(error)
                     break
+                if layout is not None:
+                    recorded.append(layout.tensors(step.fetched, len(chunk))[0])
         width = rows[0].shape[-1]
         return rows + [np.full(width, np.nan)] * (len(chunks) - len(rows))
 
@@ -174,41 +183,32 @@ class OnnxCandidate(Candidate):
         return _reference_config(self.model_path)
 
     def trace(self, tokens: list[int], request: TraceRequest = TraceRequest(), progress=None) -> Trace:
-        from parity.capture.onnx.names import locate
         from parity.core.names import select
         from parity.core.trace import make_trace
 
         reference = request.reference_model
-        if reference is None or reference.mapping is None:
+        if reference is not None and reference.mapping is not None:
+            layout, missing = self._located(reference)
+        elif self._traced is not None:          # traced again (a decode step located): where it was found before
+            layout, missing = self._traced, {}
+        else:
             raise OptionError("an ONNX model's checkpoints are found at its reference's modules, so it is traced "
                               "beside the reference: `parity check MODEL FILE.onnx --save-traces DIR` writes its "
                               "trace (DIR/candidate.safetensors)")
-        widths = _widths(reference)
-        located, missing = locate(self.graph, reference.mapping.taps, widths, _linears(reference))
-        wanted = set(select(list(located), request.checkpoints))
+        layout = layout.selected(request.checkpoints)
         if progress is not None:
             progress.step(f"running {self.graph.path.name} in onnxruntime over {len(tokens)} tokens "
-                          f"({len(wanted)} checkpoints)")
-        arrays = self.runner(reference.model.config).run(tokens, {located[name].value for name in wanted},
-                                                         start_position=request.start_position)
-        tensors = {}
-        not_comparable = {name: missing[name] for name in select(list(missing), request.checkpoints)}
-        head_dim, kv_heads = _kv_sizes(reference.model.config)
-        for name in sorted(wanted):
-            array, why = _laid_out(name, arrays[located[name].value], located[name].columns, len(tokens))
-            if why is None and name.endswith(".k_rope"):
-                kv_width = widths.get(name.replace(".k_rope", ".k")) or (kv_heads or 0) * (head_dim or 0)
-                array = _one_per_group(array, kv_width, head_dim)
-            if why:
-                not_comparable[name] = why
-            else:
-                tensors[name] = array
+                          f"({len(layout.located)} checkpoints)")
+        arrays = self.runner(None if reference is None else reference.model.config).run(
+            tokens, {found.value for found in layout.located.values()}, start_position=request.start_position)
+        tensors, not_comparable = layout.tensors(arrays, len(tokens))
+        not_comparable.update({name: missing[name] for name in select(list(missing), request.checkpoints)})
         if "logits" not in tensors and "logits" not in not_comparable and select(["logits"], request.checkpoints):
             logits, why = _laid_out("logits", arrays[self.runner().logits_name], None, len(tokens))
             if why is None:
                 tensors["logits"] = logits
         quantized = None
-        if request.weights:
+        if request.weights and reference is not None:
             tensors, quantized = self._with_weights(tensors, reference, request.checkpoints)
         metadata = {"producer": f"onnxruntime {_version()}", "dtype": self.precision, "tokens": list(tokens),
                     "quantized_weights": quantized or None,
@@ -216,6 +216,19 @@ class OnnxCandidate(Candidate):
                     "not_comparable": not_comparable or None,
                     **({"start_position": request.start_position} if request.start_position else {})}
         return make_trace(tensors, metadata, source=str(self.graph.path))
+
+    def _located(self, reference) -> tuple["_Layout", dict[str, str]]:
+        """(every checkpoint of the reference's found in the graph, {checkpoint: why it is not}); what is found is
+        kept for the passes traced without the reference (a decode step's location) and for decoding recorded."""
+        from parity.capture.onnx.names import locate
+        from parity.capture.onnx.weights import rounded_per_call
+
+        widths = _widths(reference)
+        located, missing = locate(self.graph, reference.mapping.taps, widths, _linears(reference))
+        self._traced = _Layout(located, widths, *_kv_sizes(reference.model.config))
+        self.rounds_per_call = {name: how for name, found in located.items()
+                                if (how := rounded_per_call(self.graph, found.value))}
+        return self._traced, missing
 
     def _with_weights(self, tensors: dict, reference, checkpoints: str | None) -> tuple[dict, dict]:
         """The tensors with each linear layer's weight the graph holds beside its checkpoint, and the grids of those
@@ -241,6 +254,39 @@ class OnnxCandidate(Candidate):
     def close(self) -> None:
         self._runner = None
         super().close()
+
+
+class _Layout:
+    """The checkpoints located in the graph, and how each fetched value becomes one (the reference's widths and
+    KV sizes, for a key its attention call repeated per query head)."""
+
+    def __init__(self, located: dict, widths: dict[str, int], head_dim: int | None, kv_heads: int | None) -> None:
+        self.located, self.widths, self.head_dim, self.kv_heads = located, widths, head_dim, kv_heads
+
+    def __repr__(self) -> str:
+        return f"<_Layout {len(self.located)} checkpoints>"
+
+    def selected(self, checkpoints: str | None) -> "_Layout":
+        """The layout of the checkpoints the globs select (all for None)."""
+        from parity.core.names import select
+
+        chosen = select(list(self.located), checkpoints)
+        return _Layout({name: self.located[name] for name in chosen}, self.widths, self.head_dim, self.kv_heads)
+
+    def tensors(self, arrays: dict[str, np.ndarray], count: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """({checkpoint: array in the trace's layout}, {checkpoint: why its value is not one}) from one pass of
+        `count` tokens."""
+        tensors, not_comparable = {}, {}
+        for name in sorted(self.located):
+            array, why = _laid_out(name, arrays[self.located[name].value], self.located[name].columns, count)
+            if why is None and name.endswith(".k_rope"):
+                kv_width = self.widths.get(name.replace(".k_rope", ".k")) or (self.kv_heads or 0) * (self.head_dim or 0)
+                array = _one_per_group(array, kv_width, self.head_dim)
+            if why:
+                not_comparable[name] = why
+            else:
+                tensors[name] = array
+        return tensors, not_comparable
 
 
 def _laid_out(name: str, array: np.ndarray, columns, count: int) -> tuple[np.ndarray | None, str | None]:

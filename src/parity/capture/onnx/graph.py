@@ -9,6 +9,13 @@ A node's scope is the module that computed it, as a dotted path:
   part the op.
 A node with neither has no scope and is never a checkpoint.
 
+onnxruntime's quantizer (`quantize_dynamic`, `quantize_static`) inserts nodes that round
+an activation for the next op (DynamicQuantizeLinear, QuantizeLinear and the
+DequantizeLinear after it) and dequantize a weight (DequantizeLinear of an initializer),
+naming each after the value it reads. Those nodes belong to no module: they are left
+unscoped, a dequantized weight counts as a weight, and `unquantized` gives the float
+value an activation was rounded from.
+
     graph = read_graph("model.onnx")
     graph.nodes[0]            # GraphNode(op, name, inputs, outputs, scope, call)
     graph.scopes              # every scope, with the nodes under it (sub-scopes included)
@@ -17,6 +24,7 @@ A node with neither has no scope and is never a checkpoint.
 from __future__ import annotations
 
 import ast
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +33,8 @@ from parity.core.errors import OptionError
 
 # Ops whose outputs are not activations: a module's output or input is never one of theirs.
 SHAPE_OPS = frozenset({"Shape", "Size", "Constant", "ConstantOfShape", "Range"})
+# Ops that round an activation to integers as the graph runs (onnxruntime's quantizer inserts them).
+QUANTIZE_OPS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear"})
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,8 @@ class OnnxGraph:
     output_types: dict[str, int] = field(default_factory=dict)   # an output's ONNX elem_type
     input_shapes: dict[str, tuple] = field(default_factory=dict) # an input's dims: int, or its symbol's name
     input_types: dict[str, int] = field(default_factory=dict)
+    value_types: dict[str, int] = field(default_factory=dict)    # an inner value's elem_type, where the file says
+    initializer_types: dict[str, int] = field(default_factory=dict)   # each initializer's data_type
     domains: frozenset[str] = frozenset()   # op sets besides the default (com.microsoft: onnxruntime's own ops)
 
     def __repr__(self) -> str:
@@ -76,6 +88,33 @@ class OnnxGraph:
                 if value:
                     readers.setdefault(value, []).append(index)
         return readers
+
+    def readers(self, value: str) -> list[int]:
+        """The indices of the nodes that read `value`, a quantizer's rounding of it looked through (the nodes that
+        read its integers, scale and zero point, or their dequantized copy, in its place)."""
+        found, pending, seen = [], [value], set()
+        while pending:
+            current = pending.pop()
+            for index in self.consumers.get(current, ()):
+                node = self.nodes[index]
+                rounds = node.op in QUANTIZE_OPS or (node.op == "DequantizeLinear" and _rounds_activation(node, self))
+                if rounds and index not in seen:
+                    seen.add(index)
+                    pending.extend(output for output in node.outputs if output)
+                elif not rounds:
+                    found.append(index)
+        return found
+
+    def unquantized(self, value: str) -> str:
+        """The float activation `value` was rounded from where a quantizer made it (its integers, scale or zero
+        point, or their dequantized copy); else `value`."""
+        while value in self.producer:
+            node = self.nodes[self.producer[value]]
+            if node.op in QUANTIZE_OPS or (node.op == "DequantizeLinear" and _rounds_activation(node, self)):
+                value = node.inputs[0]
+            else:
+                return value
+        return value
 
     @cached_property
     def scopes(self) -> dict[str, list[int]]:
@@ -102,10 +141,11 @@ def read_graph(path: str | Path) -> OnnxGraph:
         raise OptionError(f"{path}: not a readable ONNX model ({first_line(error)}); give the .onnx file an "
                           f"exporter wrote") from None
     graph = model.graph
-    nodes = tuple(_node(node) for node in graph.node)
-    constants = frozenset([initializer.name for initializer in graph.initializer]
-                          + [initializer.values.name for initializer in graph.sparse_initializer]
-                          + [value for node in graph.node if node.op_type == "Constant" for value in node.output])
+    constants = {*(initializer.name for initializer in graph.initializer),
+                 *(initializer.values.name for initializer in graph.sparse_initializer),
+                 *(value for node in graph.node if node.op_type == "Constant" for value in node.output)}
+    nodes = _round_trips_unscoped(tuple(_node(node, constants) for node in graph.node))
+    constants = frozenset(constants)
     return OnnxGraph(
         path=path, nodes=nodes, constants=constants,
         inputs=tuple(value.name for value in graph.input if value.name not in constants),
@@ -114,20 +154,44 @@ def read_graph(path: str | Path) -> OnnxGraph:
         input_shapes={value.name: tuple(dim.dim_param or dim.dim_value for dim in value.type.tensor_type.shape.dim)
                       for value in graph.input},
         input_types={value.name: value.type.tensor_type.elem_type for value in graph.input},
+        value_types={value.name: value.type.tensor_type.elem_type for value in graph.value_info
+                     if value.type.tensor_type.elem_type},
+        initializer_types={initializer.name: initializer.data_type for initializer in graph.initializer},
         domains=frozenset(opset.domain for opset in model.opset_import if opset.domain not in ("", "ai.onnx")),
     )
 
 
-def _node(node) -> GraphNode:
+def _node(node, constants: set[str]) -> GraphNode:
+    """The node, its scope read; a quantizer's node unscoped, and a dequantized weight added to `constants`."""
     from onnx import helper
 
     metadata = {prop.key: prop.value for prop in node.metadata_props}
     scope, call, args = _exported_scope(metadata)
     if scope is None:
         scope, call, args = _named_scope(node.name), "", ()
+    if node.op_type in QUANTIZE_OPS and node.input[0] not in constants:
+        scope = ""
+    elif node.op_type == "DequantizeLinear" and all(value in constants for value in node.input if value):
+        constants.update(node.output)       # a weight stored as integers, dequantized
+        scope = ""
     return GraphNode(op=node.op_type, name=node.name, inputs=tuple(node.input), outputs=tuple(node.output),
                      scope=scope, call=call, call_args=args,
                      attributes={attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute})
+
+
+def _round_trips_unscoped(nodes: tuple[GraphNode, ...]) -> tuple[GraphNode, ...]:
+    """The nodes, each DequantizeLinear that undoes a quantizer's rounding of an activation unscoped as the
+    quantizer is."""
+    quantized = {value for node in nodes if node.op in QUANTIZE_OPS for value in node.outputs}
+    return tuple(dataclasses.replace(node, scope="") if node.op == "DequantizeLinear" and node.inputs[0] in quantized
+                 else node for node in nodes)
+
+
+def _rounds_activation(node: GraphNode, graph: OnnxGraph) -> bool:
+    """Whether a DequantizeLinear undoes a quantizer's rounding of an activation (QDQ's pair), not a weight's or
+    a quantized op's output."""
+    producer = graph.producer.get(node.inputs[0])
+    return producer is not None and graph.nodes[producer].op in QUANTIZE_OPS
 
 
 def _exported_scope(metadata: dict[str, str]) -> tuple[str | None, str, tuple[str, ...]]:

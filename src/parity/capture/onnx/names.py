@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from parity.capture.onnx.graph import SHAPE_OPS, OnnxGraph
+from parity.capture.onnx.graph import QUANTIZE_OPS, SHAPE_OPS, GraphNode, OnnxGraph
 from parity.core.names import Tap
 
 MATMUL_OPS = frozenset({"MatMul", "Gemm", "MatMulNBits", "MatMulInteger", "QLinearMatMul", "MatMulIntegerToFloat",
@@ -124,7 +124,7 @@ class _Finder:
             if fused is not None:
                 return {tap.names[0]: fused}
             return {name: f"no node of the ONNX graph is scoped to the module {tap.module} (nor to one named as it "
-                          f"is)" for name in tap.names}
+                          f"is){self._unscoped_quantized()}" for name in tap.names}
         if tap.io == "input":
             found = self._input(scope)
         elif tap.io == "lookup":
@@ -160,6 +160,15 @@ class _Finder:
         node_scope = self.graph.nodes[index].scope
         return node_scope == scope or node_scope.startswith(scope + ".")
 
+    def _unscoped_quantized(self) -> str:
+        """Why a module may have lost its nodes: its matrix products replaced by a quantizer's, which carry none."""
+        lost = sum(1 for node in self.graph.nodes if node.op in MATMUL_OPS and not node.scope)
+        if not lost or not any(node.op in QUANTIZE_OPS or node.op == "DequantizeLinear" for node in self.graph.nodes):
+            return ""
+        return (f"; {lost} of the graph's matrix products carry no module scope: a quantizer (onnxruntime's) replaced "
+                "the exporter's nodes without the metadata that names their module. Quantize a graph whose nodes are "
+                "named by path (onnxruntime-genai's builder writes one), or check the float export")
+
     # --- outputs and inputs ------------------------------------------------------------------
 
     def _outward(self, scope: str) -> list[str]:
@@ -179,7 +188,7 @@ class _Finder:
                 if not value:
                     continue
                 read_outside = any(not self._inside(reader, scope) and (unscoped_outside or graph.nodes[reader].scope)
-                                   for reader in graph.consumers.get(value, ()))
+                                   for reader in graph.readers(value))
                 if read_outside or value in graph.outputs:
                     found.append(value)
         return found
@@ -195,7 +204,7 @@ class _Finder:
             return Located(last.inputs[0])        # a fused projection split into its parts: the whole
         outward = self._outward(scope)
         if len(outward) == 1:
-            return Located(outward[0])
+            return Located(self._dequantized(outward[0]))
         return (f"the ONNX graph's scope {scope} hands on {len(outward)} values ({', '.join(outward[:3])}"
                 f"{', ...' if len(outward) > 3 else ''}); parity cannot tell which is its output")
 
@@ -205,18 +214,39 @@ class _Finder:
         product = self.product(scope)
         if product is None:
             return self._output(scope)
-        value = graph.nodes[product].outputs[0]
+        value = self._as_float(graph.nodes[product])
         readers = [graph.nodes[index] for index in graph.consumers.get(value, ()) if self._inside(index, scope)]
         if len(readers) == 1 and readers[0].op == "Add" and any(name in graph.constants for name in readers[0].inputs):
             return Located(readers[0].outputs[0])
         return Located(value)
 
+    def _as_float(self, product: GraphNode) -> str:
+        """A matrix product's output as floats: an integer product's (onnxruntime's MatMulInteger) cast and scaled
+        by its input's and weight's scales, a quantized one's (QLinearMatMul) dequantized."""
+        steps = {"MatMulInteger": ("Cast", "Mul"), "QLinearMatMul": ("DequantizeLinear",)}.get(product.op, ())
+        value = product.outputs[0]
+        for step in steps:        # the quantizer's own nodes, scoped or not (it names some after the value)
+            readers = self.graph.consumers.get(value, ())
+            if len(readers) != 1 or self.graph.nodes[readers[0]].op != step:
+                return value
+            value = self.graph.nodes[readers[0]].outputs[0]
+        return value
+
     def _lookup(self, scope: str) -> Located | str:
-        """An embedding's table lookup, before whatever scaling its module applies: its Gather of the table."""
+        """An embedding's table lookup, before whatever scaling its module applies: its Gather of the table (of a
+        table stored as integers, the rows dequantized)."""
         gather = self.lookup_node(scope)
         if gather is None:
             return f"the ONNX graph's embedding {scope} looks nothing up (no Gather)"
-        return Located(self.graph.nodes[gather].outputs[0])
+        return Located(self._dequantized(self.graph.nodes[gather].outputs[0]))
+
+    def _dequantized(self, value: str) -> str:
+        """A value stored as integers (a quantized table's rows), as the one DequantizeLinear that reads it gives
+        it; else the value."""
+        readers = [self.graph.nodes[index] for index in self.graph.consumers.get(value, ())]
+        if len(readers) == 1 and readers[0].op == "DequantizeLinear" and readers[0].inputs[0] == value:
+            return readers[0].outputs[0]
+        return value
 
     def lookup_node(self, scope: str) -> int | None:
         """The index of the scope's table lookup (a Gather, or a quantized table's GatherBlockQuantized), or None."""
@@ -232,10 +262,22 @@ class _Finder:
                 return Located(first.outputs[3])
             return (f"the ONNX graph's {first.op} at {scope} adds the residual inside and does not hand the sum on "
                     f"(its fourth output), so the norm's input cannot be read")
-        for value in first.inputs:
-            if value and value not in self.graph.constants and not self._made_inside(value, scope):
-                return Located(value)
-        return f"the first node of the ONNX graph's scope {scope} ({first.op}) reads no activation from outside it"
+        for index in nodes:            # the first activation read from outside (a graph reordered by a quantizer
+            for value in self.graph.nodes[index].inputs:      # may put a shape's Concat first)
+                value = self.graph.unquantized(value) if value else value
+                if value and self._activation(value) and not self._made_inside(value, scope):
+                    return Located(value)
+        return f"the ONNX graph's scope {scope} reads no activation from outside it"
+
+    def _activation(self, value: str) -> bool:
+        """Whether a value can be an activation: not a weight, not made by an integer op, not of a type the file
+        says is not a float."""
+        graph = self.graph
+        producer = graph.producer.get(value)
+        if value in graph.constants or (producer is not None and graph.nodes[producer].op in INTEGER_OPS):
+            return False
+        elem_type = graph.value_types.get(value) or graph.input_types.get(value)
+        return elem_type is None or elem_type in FLOAT_TYPES
 
     def _made_inside(self, value: str, scope: str) -> bool:
         producer = self.graph.producer.get(value)

@@ -68,14 +68,17 @@ class OnnxRunner:
         return found if found and all(present in self.graph.outputs for present in found.values()) else None
 
     @contextmanager
-    def stepping(self, capacity: int):
+    def stepping(self, capacity: int, values: Iterable[str] = ()):
         """`step(ids)`: runs `ids` after everything given before, through the graph's own KV cache (each pass's
-        present fed back as the next one's past), and returns the last one's logits (V,)."""
+        present fed back as the next one's past), and returns the last one's logits (V,); `step.fetched` then
+        holds each of `values` of that pass."""
         presents = self.presents()
         if presents is None:
             raise OptionError(f"{self.graph.path.name} has no KV-cache outputs named as its inputs "
                               f"(past_key_values.N.key -> present.N.key)")
-        session = self._session(())
+        extra = tuple(sorted(set(values) - set(self.graph.outputs)))
+        fetched = sorted(set(values) - {self.logits_name, *presents.values()})
+        session = self._session(extra)
         state = {past: np.zeros(self._past_shape(past, capacity),
                                 dtype=_numpy_dtype(self.graph.input_types.get(past, 1))) for past in presents}
         length = 0
@@ -84,11 +87,13 @@ class OnnxRunner:
             nonlocal length
             feeds = {**self._feeds(ids, length, total=length + len(ids)), **state}
             try:
-                outputs = session.run([self.logits_name, *presents.values()], feeds)
+                outputs = session.run([self.logits_name, *presents.values(), *fetched], feeds)
             except Exception as error:
                 raise CaptureError(f"{self.graph.path.name}: onnxruntime failed to decode {len(ids)} token(s) after "
                                    f"{length} through its cache: {first_line(error)}") from None
-            state.update(zip(presents, outputs[1:]))
+            state.update(zip(presents, outputs[1:1 + len(presents)]))
+            step.fetched = {self.logits_name: outputs[0], **dict(zip(presents.values(), outputs[1:])),
+                            **dict(zip(fetched, outputs[1 + len(presents):]))}
             length += len(ids)
             logits = outputs[0]
             return logits.reshape(-1, logits.shape[-1])[-1].astype(np.float64)

@@ -13,8 +13,16 @@
   int8 per block, 2 and 3 compute in float16 and bfloat16.
 - an embedding's Gather of its table, and onnxruntime's GatherBlockQuantized (an int4 table,
   onnxruntime-genai's, shared with a tied LM head's MatMulNBits) dequantized the same way.
-A weight that is not an initializer (made by a node: DequantizeLinear's QDQ form) is not read;
-one a Reshape makes from an initializer is read from it.
+- onnxruntime's quantizer (`quantize_dynamic`: MatMulInteger; `quantize_static`'s QDQ form: a
+  DequantizeLinear of the integers feeding a MatMul or Gather): (integer - zero point) * scale,
+  per tensor, per output channel or per block; MatMulInteger's scale is the constant its
+  product is multiplied by (with its input's). Each step `scale` wide, as above; an input
+  the graph quantizes as it runs (DynamicQuantizeLinear: a scale per call; QuantizeLinear:
+  a fixed one) is said in "inputs", as is what onnxruntime does to a 4-bit blocked
+  DequantizeLinear and its MatMul when it loads the graph: one MatMulNBits, whose CPU
+  kernel quantizes its input to int8 per block (accuracy level 4 by default).
+A weight some other node makes is not read; one a Reshape makes from an initializer is read
+from it.
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ import math
 
 import numpy as np
 
-from parity.capture.onnx.graph import GraphNode, OnnxGraph
+from parity.capture.onnx.graph import QUANTIZE_OPS, GraphNode, OnnxGraph
 
+FOUR_BIT_TYPES = frozenset({21, 22})      # ONNX's UINT4 and INT4
 ACCURACY_INPUTS = {2: "computed in float16 (accuracy_level 2)", 3: "computed in bfloat16 (accuracy_level 3)"}
 
 
@@ -45,17 +54,219 @@ def read_weights(graph: OnnxGraph, located: dict[str, tuple[int, tuple[int, int]
             if read is not None:
                 weights[name], quantized[name] = read
         elif node.op == "Gather":
-            table = initializers.array(node.inputs[0])
-            if table is not None and table.ndim == 2:
-                weights[name] = np.ascontiguousarray(table, dtype=np.float32)
-        elif node.op in ("MatMul", "Gemm"):
-            matrix = initializers.array(node.inputs[1] if len(node.inputs) > 1 else "")
-            if matrix is None or matrix.ndim != 2:
+            read = _table(graph, node, initializers)
+            if read is not None:
+                weights[name], grid = read
+                quantized.update({name: grid} if grid else {})
+        elif node.op in ("MatMul", "Gemm", "MatMulInteger"):
+            read = _matrix(graph, node, initializers)
+            if read is None:
                 continue
+            matrix, steps, grid = read                                                 # (K, N) each
             transposed = node.op == "Gemm" and node.attributes.get("transB", 0)
-            weight = matrix if transposed else matrix.T                                # (K, N) -> (N, K)
-            weights[name] = np.ascontiguousarray(weight[slice(*rows) if rows else slice(None)], dtype=np.float32)
+            chosen = slice(*rows) if rows else slice(None)
+            weight = (matrix if transposed else matrix.T)[chosen]                      # (K, N) -> (N, K)
+            weights[name] = np.ascontiguousarray(weight, dtype=np.float32)
+            if grid:
+                step = (steps if transposed else steps.T)[chosen]
+                quantized[name] = {**grid, "rounding_l2": float(math.sqrt(float(np.sum(step ** 2)) / 12.0))}
     return weights, quantized
+
+
+def _matrix(graph: OnnxGraph, node: GraphNode, initializers: "_Initializers"
+            ) -> tuple[np.ndarray, np.ndarray | None, dict] | None:
+    """(a product's B as floats, each element's step or None, its grid's text {"format", "inputs"?} or {}), or
+    None where B is not read."""
+    if len(node.inputs) < 2:
+        return None
+    if node.op == "MatMulInteger":
+        return _integer_product(graph, node, initializers)
+    stored = _dequantized(graph, node.inputs[1], initializers)
+    if stored is not None:                                   # QDQ: the weight's integers dequantized by a node
+        values, steps, format_ = stored
+        if values.ndim != 2:
+            return None
+        fused = _fused_to_nbits(graph, node.inputs[1])
+        return values, steps, {"format": format_, **(fused or _input_rounding(graph, node.inputs[0]))}
+    matrix = initializers.array(node.inputs[1])
+    return None if matrix is None or matrix.ndim != 2 else (matrix, None, {})
+
+
+def _integer_product(graph: OnnxGraph, node: GraphNode, initializers: "_Initializers"
+                     ) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    """MatMulInteger(A, B, a_zero, b_zero), cast to float and multiplied by a_scale * b_scale (onnxruntime's
+    dynamic quantization): B dequantized with b_scale, the constant factor of that scale."""
+    codes = initializers.array(node.inputs[1])
+    scale = _weight_scale(graph, node, initializers)
+    if codes is None or codes.ndim != 2 or scale is None or scale.size not in (1, codes.shape[1]):
+        return None
+    zero = initializers.array(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] else None
+    zero = np.zeros(1) if zero is None else zero.astype(np.float64).reshape(-1)
+    steps = np.broadcast_to(scale.astype(np.float64).reshape(-1), codes.shape)          # (K, N)
+    matrix = (codes.astype(np.float64) - zero) * steps
+    per = "per tensor" if scale.size == 1 else "per output channel"
+    return matrix, steps, {"format": f"{codes.dtype} {per} (onnxruntime MatMulInteger)",
+                           **_input_rounding(graph, node.inputs[0])}
+
+
+def _weight_scale(graph: OnnxGraph, node: GraphNode, initializers: "_Initializers") -> np.ndarray | None:
+    """The weight's scale of an integer product: its output cast, then multiplied by a value that is the input's
+    scale times a constant, the weight's."""
+    cast = _only_reader(graph, node.outputs[0], "Cast")
+    scaled = _only_reader(graph, cast.outputs[0], "Mul") if cast is not None else None
+    if scaled is None:
+        return None
+    factor = next((name for name in scaled.inputs if name != cast.outputs[0]), "")
+    producer = graph.producer.get(factor)
+    if producer is None or graph.nodes[producer].op != "Mul":
+        return None
+    constant = [initializers.array(name) for name in graph.nodes[producer].inputs if name in graph.constants]
+    return constant[0] if len(constant) == 1 else None
+
+
+def _only_reader(graph: OnnxGraph, value: str, op: str) -> GraphNode | None:
+    """The one node that reads `value`, where it is an `op`; else None."""
+    readers = [graph.nodes[index] for index in graph.consumers.get(value, ())]
+    return readers[0] if len(readers) == 1 and readers[0].op == op else None
+
+
+def _dequantized(graph: OnnxGraph, value: str, initializers: "_Initializers"
+                 ) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(values, each element's step, its format) of a weight a DequantizeLinear makes from integers, or None.
+    The scale is one, one per slice along `axis`, or one per block of `block_size` along it."""
+    producer = graph.producer.get(value)
+    node = graph.nodes[producer] if producer is not None else None
+    if node is None or node.op != "DequantizeLinear":
+        return None
+    codes = initializers.array(node.inputs[0])
+    scale = initializers.array(node.inputs[1]) if len(node.inputs) > 1 else None
+    if codes is None or scale is None:
+        return None
+    zero = initializers.array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    axis, block = node.attributes.get("axis", 1) % max(codes.ndim, 1), node.attributes.get("block_size", 0)
+    steps, zeros = (_along(part, codes.shape, axis, block) for part in (scale, np.zeros(1) if zero is None else zero))
+    if steps is None or zeros is None:
+        return None
+    per = ("per tensor" if scale.size == 1 else f"in blocks of {block} along axis {axis}" if block else
+           f"per slice along axis {axis}")
+    return (codes.astype(np.float64) - zeros) * steps, steps, f"{codes.dtype} {per} (DequantizeLinear)"
+
+
+def _fused_to_nbits(graph: OnnxGraph, weight: str) -> dict:
+    """{"inputs": ...} where onnxruntime's CPU provider fuses the DequantizeLinear making `weight` and its MatMul
+    into one MatMulNBits (4-bit integers in blocks): that kernel quantizes its input to int8 per block at the
+    session's accuracy level, 4 unless `session.qdq_matmulnbits_accuracy_level` says otherwise; else {}."""
+    node = graph.nodes[graph.producer[weight]]
+    block = node.attributes.get("block_size", 0)
+    if not block or not node.inputs[0] in graph.constants or len(graph.consumers.get(weight, ())) != 1:
+        return {}
+    elem_type = graph.value_types.get(node.inputs[0]) or graph.initializer_types.get(node.inputs[0])
+    if elem_type not in FOUR_BIT_TYPES:
+        return {}
+    return {"inputs": f"its inputs quantized to int8 per block of {block} (onnxruntime fuses a 4-bit "
+                      "DequantizeLinear and its MatMul into MatMulNBits, accuracy_level 4 unless the session option "
+                      "session.qdq_matmulnbits_accuracy_level says otherwise)"}
+
+
+def _along(factor: np.ndarray, shape: tuple[int, ...], axis: int, block: int) -> np.ndarray | None:
+    """A scale or zero point broadcast to the integers' `shape`: one, one per index along `axis`, or one per
+    `block` indices along it; None where it fits none."""
+    factor = factor.astype(np.float64)
+    if factor.size == 1:
+        return np.broadcast_to(factor.reshape(()), shape)
+    if block:
+        factor = np.repeat(factor, block, axis=axis)
+        factor = np.take(factor, np.arange(shape[axis]), axis=axis)
+        return factor if factor.shape == shape else None
+    if factor.ndim != 1 or factor.size != shape[axis]:
+        return None
+    return np.broadcast_to(factor.reshape([-1 if dim == axis else 1 for dim in range(len(shape))]), shape)
+
+
+def _table(graph: OnnxGraph, node: GraphNode, initializers: "_Initializers") -> tuple[np.ndarray, dict] | None:
+    """An embedding's table (V, K) as floats and its grid ({} for floats): the Gather's initializer, one a
+    DequantizeLinear makes of integers (QDQ), or integers whose gathered rows one DequantizeLinear dequantizes
+    (onnxruntime's dynamic quantization)."""
+    stored = _dequantized(graph, node.inputs[0], initializers)       # QDQ: the table dequantized by a node
+    if stored is not None:
+        values, steps, format_ = stored
+        if values.ndim != 2:
+            return None
+        return np.ascontiguousarray(values, dtype=np.float32), {
+            "format": format_, "rounding_l2": float(math.sqrt(float(np.sum(steps ** 2)) / 12.0))}
+    table = initializers.array(node.inputs[0])
+    if table is None or table.ndim != 2:
+        return None
+    if np.issubdtype(table.dtype, np.floating):
+        return np.ascontiguousarray(table, dtype=np.float32), {}
+    rows = _only_reader(graph, node.outputs[0], "DequantizeLinear")
+    if rows is None or rows.attributes.get("block_size", 0):
+        return None
+    scale = initializers.array(rows.inputs[1]) if len(rows.inputs) > 1 else None
+    zero = initializers.array(rows.inputs[2]) if len(rows.inputs) > 2 and rows.inputs[2] else None
+    if scale is None or scale.size != 1 or (zero is not None and zero.size != 1):
+        return None                                  # a scale per gathered row's column: not a table's grid
+    step = float(scale.reshape(()))
+    values = (table.astype(np.float64) - (0.0 if zero is None else float(zero.reshape(())))) * step
+    return np.ascontiguousarray(values, dtype=np.float32), {
+        "format": f"{table.dtype} per tensor (DequantizeLinear)",
+        "rounding_l2": float(math.sqrt(step ** 2 * table.size / 12.0))}
+
+
+def rounded_per_call(graph: OnnxGraph, value: str) -> str | None:
+    """How the matrix product that makes `value` (its output scaled, cast or biased) quantizes its input with a
+    scale each call sets, or None where it does not."""
+    for _ in range(4):
+        producer = graph.producer.get(value)
+        if producer is None:
+            return None
+        node = graph.nodes[producer]
+        if node.op in ("MatMul", "Gemm", "MatMulInteger"):
+            how = _input_rounding(graph, node.inputs[0]).get("inputs", "")
+            return how if "a scale per call" in how else None
+        value = _scaled(graph, node)
+        if value is None:
+            return None
+    return None
+
+
+def _scaled(graph: OnnxGraph, node: GraphNode) -> str | None:
+    """The value a product's cast, bias (an Add of a constant) or scale (a Mul by a constant or by a product of
+    scales) is applied to; None for any other op."""
+    if node.op == "Cast":
+        return node.inputs[0]
+    if node.op not in ("Add", "Mul") or len(node.inputs) != 2:
+        return None
+    for value, other in (node.inputs, node.inputs[::-1]):
+        if other in graph.constants or (node.op == "Mul" and _is_scale(graph, other)):
+            return value
+    return None
+
+
+def _is_scale(graph: OnnxGraph, value: str) -> bool:
+    """Whether `value` is an input's scale times a weight's: a Mul of constants and a quantizer's outputs."""
+    producer = graph.producer.get(value)
+    if producer is None or graph.nodes[producer].op != "Mul":
+        return False
+    return all(name in graph.constants or (name in graph.producer
+                                           and graph.nodes[graph.producer[name]].op in QUANTIZE_OPS)
+               for name in graph.nodes[producer].inputs)
+
+
+def _input_rounding(graph: OnnxGraph, value: str) -> dict:
+    """{"inputs": how the graph rounds a product's input as it runs} where a quantizer makes it, else {}."""
+    producer = graph.producer.get(value)
+    node = graph.nodes[producer] if producer is not None else None
+    if node is not None and node.op == "DequantizeLinear" and graph.unquantized(value) != value:
+        node = graph.nodes[graph.producer[node.inputs[0]]]
+    if node is None:
+        return {}
+    if node.op == "DynamicQuantizeLinear":
+        return {"inputs": "its inputs quantized to uint8 per tensor, a scale per call (onnxruntime's dynamic "
+                          "quantization, DynamicQuantizeLinear)"}
+    if node.op == "QuantizeLinear":
+        return {"inputs": "its inputs quantized with a fixed, calibrated scale (QuantizeLinear)"}
+    return {}
 
 
 def _nbits(node: GraphNode, initializers: "_Initializers", rows) -> tuple[np.ndarray, dict] | None:

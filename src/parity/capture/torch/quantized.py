@@ -59,14 +59,21 @@ def dequantized(value, module=None) -> tuple[Any, Quantization | None]:
         inputs = getattr(getattr(inner, "input_quant_func", None), "__name__", None) or "torchao"
         inner = inner.original_weight_tensor
     if getattr(inner, "is_quantized", False):
-        if type(module).__module__.startswith("torch.ao.nn.quantized.dynamic"):
-            inputs = f"{type(module).__name__} of torch.ao's dynamic quantization, a scale per call"
+        inputs = per_call_inputs(module) or inputs
         return inner.dequantize(), dataclasses.replace(_torch_quantized(inner), inputs=inputs)
     if type(inner).__module__.startswith("bitsandbytes"):
         return _bitsandbytes(inner, module) or (value, None)
     if type(inner) in (torch.Tensor, torch.nn.Parameter) or type(inner).dequantize is torch.Tensor.dequantize:
         return value, None                # a subclass that does not say how it dequantizes holds its values as is
     return inner.dequantize(), dataclasses.replace(_subclass(inner), inputs=inputs)
+
+
+def per_call_inputs(module) -> str | None:
+    """How `module` quantizes its input with a scale each call sets (torch.ao's dynamic quantization: one scale
+    over the call's every token), or None."""
+    if type(module).__module__.startswith("torch.ao.nn.quantized.dynamic"):
+        return f"{type(module).__name__} of torch.ao's dynamic quantization, a scale per call"
+    return None
 
 
 def _torch_quantized(tensor) -> Quantization:

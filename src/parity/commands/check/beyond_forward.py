@@ -168,7 +168,8 @@ def _decode(reference, reference_model, candidate, prompt, continuation, full, r
     decode, cache_note = _with_prefill_variants(decode, reference_model, candidate, prompt, full,
                                                 max(bounds[0], cache_floor), skipped)
     causes, unlocated = [], None
-    step = steps[decode.first_step] if decode.first_step is not None and steps else None
+    step = steps[decode.first_step] if decode.first_step is not None and decode.first_step < len(steps) else None
+    # (a step the candidate could not run records nothing: its failure is said in a note)
     if isinstance(step, PassSketch):   # the prefill of a long prompt: its checkpoints sketched
         decode, unlocated = _prefill_located(decode, step, candidate, prompt, taps)
     elif step:   # a recorded prefill holds every prompt position, so the full pass's trace of them is held too
@@ -205,7 +206,7 @@ def _located(decode, step: dict, reference, candidate, sequence: list[int], taps
     from parity.capture.candidate import TraceRequest
     from parity.core.decode_location import PositionRows, first_checkpoint
     from parity.diagnose.context import model_config
-    from parity.diagnose.decode_causes import diagnose_decode
+    from parity.diagnose.decode_causes import diagnose_decode, rounded_per_call
 
     position, bound = decode.position, decode.bounds[decode.first_step]
     if whole:
@@ -216,7 +217,8 @@ def _located(decode, step: dict, reference, candidate, sequence: list[int], taps
         candidate.trace(sequence[: position + 1], TraceRequest(taps=taps, raw=False, stream=full_trace))
         where = full_trace.first_checkpoint()
     decode = dataclasses.replace(decode, first_checkpoint=where)
-    return decode, diagnose_decode(full_trace, step, position, where, model_config(reference))
+    causes = diagnose_decode(full_trace, step, position, where, model_config(reference))
+    return decode, causes or rounded_per_call(where, position, candidate.rounds_per_call.get(where))
 
 
 def _with_prefill_variants(decode, reference_model, candidate, prompt: list[int], full, bound: float, skipped):
