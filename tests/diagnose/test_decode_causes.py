@@ -160,11 +160,14 @@ def test_cached_keys_taken_before_rope_are_named_from_the_attention_output():
     assert [d.cause for d in found] == ["decode_rope"] and "before RoPE" in found[0].message
 
 
-def test_a_step_parting_first_at_an_op_that_rounds_its_input_per_call_is_named_so():
-    from parity.diagnose.decode_causes import CAUSES, rounded_per_call
+def test_a_step_parting_first_at_an_op_that_quantizes_its_input_is_named_so():
+    from parity.diagnose.decode_causes import CAUSES, rounded_input
 
-    how = "its inputs quantized to uint8 per tensor, a scale per call (onnxruntime's dynamic quantization)"
-    [found] = rounded_per_call("layers.0.q", 9, how)
-    assert found.cause == "per_call_quantization" and found.cause in CAUSES and how in found.message
+    per_call = "its inputs quantized to uint8 per tensor, a scale per call (onnxruntime's dynamic quantization)"
+    [found] = rounded_input("layers.0.q", 9, per_call)
+    assert found.cause == "decode_quantization" and found.cause in CAUSES and per_call in found.message
     assert "decoding position 9: layers.0.q is the first checkpoint that parts" in found.message
-    assert rounded_per_call("layers.0.q", 9, None) == [] and rounded_per_call(None, 9, how) == []
+    assert "the grid its own tokens set" in found.message
+    [found] = rounded_input("layers.3.mlp_out", 5, "its inputs quantized to int8 per block of 32")
+    assert "a whole step apart" in found.message and "its own tokens" not in found.message
+    assert rounded_input("layers.0.q", 9, None) == [] and rounded_input(None, 9, per_call) == []

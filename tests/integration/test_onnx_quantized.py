@@ -81,8 +81,8 @@ def test_with_its_weights_in_the_reference_it_is_named_as_quantizing_its_activat
     assert found["cause"] == "activation_quantization" and "DynamicQuantizeLinear" in found["message"], found
     decode = report["decode"]
     assert not decode["passed"] and decode["first_checkpoint"] == "layers.0.q"
-    at_step = [d for d in report["diagnoses"] if d["cause"] == "per_call_quantization"]
-    assert at_step and "a scale each call sets" in at_step[0]["message"]
+    at_step = [d for d in report["diagnoses"] if d["cause"] == "decode_quantization"]
+    assert at_step and "the grid its own tokens set" in at_step[0]["message"]
     assert not any("no known cause fits" in note for note in report["notes"])
 
 

@@ -262,7 +262,7 @@ def test_decoding_a_build_that_quantizes_per_call_is_named_at_the_first_op_that_
     code, report = check(llama, capsys, "torch_dynamic", "--quantized-reference", "--decode-steps", "4")
     decode = report["decode"]
     assert code == 1 and decode["first_checkpoint"] is not None
-    found = [d for d in report["diagnoses"] if d["cause"] == "per_call_quantization"]
+    found = [d for d in report["diagnoses"] if d["cause"] == "decode_quantization"]
     assert found and found[0]["checkpoint"] == decode["first_checkpoint"], report["diagnoses"]
     assert "a scale per call" in found[0]["message"]
     assert not any("no known cause fits" in note for note in report["notes"])

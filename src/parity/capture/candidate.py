@@ -127,8 +127,8 @@ class Candidate:
         self.precision: str | None = None        # its dtype when known ("llama.cpp" for llama.cpp)
         self.decode_failure: str | None = None   # why its own decoding could not run, where it could not (its steps
                                                  # from there are NaN: the decode check fails and says this)
-        self.rounds_per_call: dict[str, str] = {}  # checkpoints whose op quantizes its input with a scale each
-                                                   # call sets (dynamic quantization), and how: filled as it traces
+        self.rounds_inputs: dict[str, str] = {}    # checkpoints whose op quantizes its input as it runs, and
+                                                   # how (a quantized build's): filled as it traces
         self._stack = contextlib.ExitStack()
 
     def __repr__(self) -> str:

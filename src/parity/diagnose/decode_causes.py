@@ -13,11 +13,14 @@
   decode_rope      the step's attention (its probabilities, or its output where only that is recorded) is
                    reproduced when the cached keys are taken before RoPE: the decode path uses cached keys
                    without rotating them
-  per_call_quantization
-                   the first checkpoint that parts is made by an op the candidate declares quantizes its
-                   input with a scale each call sets (a dynamic quantization: onnxruntime's
-                   DynamicQuantizeLinear): everything before it agrees, its weights are the same in both
-                   runs, and a step rounds its input on the grid its own tokens set, not the full pass's
+  decode_quantization
+                   the first checkpoint that parts is made by an op the candidate declares quantizes
+                   its input as it runs (a quantized build's): everything before it agrees and its
+                   weights are the same in both runs, but with a scale each call sets (a dynamic
+                   quantization: onnxruntime's DynamicQuantizeLinear, torch.ao's) a step rounds its
+                   input on the grid its own tokens set, and on a fixed grid an input within float
+                   rounding of the full pass's (a step sums its attention in another order) is rounded
+                   a whole step apart wherever the two sit either side of a boundary
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from parity.core.trace import Trace
 from parity.diagnose.attention import apply_rope, attention_probabilities
 from parity.diagnose.context import CLOSE, ModelConfig, reproduces
 
-CAUSES = frozenset({"kv_cache_unread", "kv_cache_offset", "decode_rope", "per_call_quantization"})
+CAUSES = frozenset({"kv_cache_unread", "kv_cache_offset", "decode_rope", "decode_quantization"})
 
 
 def diagnose_decode(full: Trace, step: dict, position: int, name: str | None, config: ModelConfig) -> list[Diagnosis]:
@@ -47,16 +50,18 @@ def diagnose_decode(full: Trace, step: dict, position: int, name: str | None, co
     return []
 
 
-def rounded_per_call(name: str | None, position: int, how: str | None) -> list[Diagnosis]:
-    """The first checkpoint that parts, made by an op that quantizes its input with a scale each call sets (`how`,
-    as the candidate declares it; None where it does not)."""
+def rounded_input(name: str | None, position: int, how: str | None) -> list[Diagnosis]:
+    """The first checkpoint that parts, made by an op that quantizes its input as it runs (`how`, as the candidate
+    declares it; None where it does not)."""
     if name is None or not how:
         return []
-    return [Diagnosis("per_call_quantization", name,
+    why = ("a step rounds its input on the grid its own tokens set, not the full pass's" if "per call" in how else
+           "the step's input, within float rounding of the full pass's (its attention summed in another order), is "
+           "rounded a whole step apart wherever the two sit either side of a rounding boundary")
+    return [Diagnosis("decode_quantization", name,
                       f"decoding position {position}: {name} is the first checkpoint that parts from the full pass, "
-                      f"and its op quantizes its input as it runs with a scale each call sets ({how}): with the "
-                      "same weights and inputs, a step rounds its input on the grid its own tokens set, not the full "
-                      "pass's, so decoding cannot match the full pass to that rounding")]
+                      f"and its op quantizes its input as it runs ({how}): {why}, so decoding cannot match the full "
+                      "pass closer than that rounding")]
 
 
 def _from_probabilities(full, step, position, name, layer, config) -> list[Diagnosis]:

@@ -129,7 +129,7 @@ def integer_product_file(tmp_path, weight, per_channel: bool):
 
 
 def test_an_integer_products_weight_is_read_with_the_scale_its_output_is_multiplied_by(tmp_path):
-    from parity.capture.onnx.weights import rounded_per_call
+    from parity.capture.onnx.weights import rounded_input
 
     weight = np.random.default_rng(3).standard_normal((N, K)).astype(np.float32)
     for per_channel, per in ((False, "per tensor"), (True, "per output channel")):
@@ -140,8 +140,8 @@ def test_an_integer_products_weight_is_read_with_the_scale_its_output_is_multipl
         assert grid["format"] == f"int8 {per} (onnxruntime MatMulInteger)" and "a scale per call" in grid["inputs"]
         measured = np.linalg.norm(dequantized - weight)
         assert abs(grid["rounding_l2"] / measured - 1) < 0.15
-        assert "a scale per call" in rounded_per_call(graph, "q")        # the product's scaled output
-        assert rounded_per_call(graph, "x") is None
+        assert "a scale per call" in rounded_input(graph, "q")        # the product's scaled output
+        assert rounded_input(graph, "x") is None
 
 
 def dequantized_file(tmp_path, weight, table):

@@ -221,13 +221,13 @@ class OnnxCandidate(Candidate):
         """(every checkpoint of the reference's found in the graph, {checkpoint: why it is not}); what is found is
         kept for the passes traced without the reference (a decode step's location) and for decoding recorded."""
         from parity.capture.onnx.names import locate
-        from parity.capture.onnx.weights import rounded_per_call
+        from parity.capture.onnx.weights import rounded_input
 
         widths = _widths(reference)
         located, missing = locate(self.graph, reference.mapping.taps, widths, _linears(reference))
         self._traced = _Layout(located, widths, *_kv_sizes(reference.model.config))
-        self.rounds_per_call = {name: how for name, found in located.items()
-                                if (how := rounded_per_call(self.graph, found.value))}
+        self.rounds_inputs = {name: how for name, found in located.items()
+                              if (how := rounded_input(self.graph, found.value))}
         return self._traced, missing
 
     def _with_weights(self, tensors: dict, reference, checkpoints: str | None) -> tuple[dict, dict]:

@@ -46,7 +46,7 @@ def read_weights(graph: OnnxGraph, located: dict[str, tuple[int, tuple[int, int]
         node = graph.nodes[index]
         name = f"{checkpoint}.weight"
         if node.op == "MatMulNBits":
-            read = _nbits(node, initializers, rows)
+            read = _nbits(graph, node, initializers, rows)
             if read is not None:
                 weights[name], quantized[name] = read
         elif node.op == "GatherBlockQuantized":
@@ -86,8 +86,7 @@ def _matrix(graph: OnnxGraph, node: GraphNode, initializers: "_Initializers"
         values, steps, format_ = stored
         if values.ndim != 2:
             return None
-        fused = _fused_to_nbits(graph, node.inputs[1])
-        return values, steps, {"format": format_, **(fused or _input_rounding(graph, node.inputs[0]))}
+        return values, steps, {"format": format_, **product_input_rounding(graph, node)}
     matrix = initializers.array(node.inputs[1])
     return None if matrix is None or matrix.ndim != 2 else (matrix, None, {})
 
@@ -106,7 +105,7 @@ def _integer_product(graph: OnnxGraph, node: GraphNode, initializers: "_Initiali
     matrix = (codes.astype(np.float64) - zero) * steps
     per = "per tensor" if scale.size == 1 else "per output channel"
     return matrix, steps, {"format": f"{codes.dtype} {per} (onnxruntime MatMulInteger)",
-                           **_input_rounding(graph, node.inputs[0])}
+                           **product_input_rounding(graph, node)}
 
 
 def _weight_scale(graph: OnnxGraph, node: GraphNode, initializers: "_Initializers") -> np.ndarray | None:
@@ -158,7 +157,8 @@ def _fused_to_nbits(graph: OnnxGraph, weight: str) -> dict:
     session's accuracy level, 4 unless `session.qdq_matmulnbits_accuracy_level` says otherwise; else {}."""
     node = graph.nodes[graph.producer[weight]]
     block = node.attributes.get("block_size", 0)
-    if not block or not node.inputs[0] in graph.constants or len(graph.consumers.get(weight, ())) != 1:
+    if node.op != "DequantizeLinear" or not block or node.inputs[0] not in graph.constants \
+            or len(graph.consumers.get(weight, ())) != 1:
         return {}
     elem_type = graph.value_types.get(node.inputs[0]) or graph.initializer_types.get(node.inputs[0])
     if elem_type not in FOUR_BIT_TYPES:
@@ -213,21 +213,36 @@ def _table(graph: OnnxGraph, node: GraphNode, initializers: "_Initializers") -> 
         "rounding_l2": float(math.sqrt(step ** 2 * table.size / 12.0))}
 
 
-def rounded_per_call(graph: OnnxGraph, value: str) -> str | None:
-    """How the matrix product that makes `value` (its output scaled, cast or biased) quantizes its input with a
-    scale each call sets, or None where it does not."""
+def rounded_input(graph: OnnxGraph, value: str) -> str | None:
+    """How the matrix product that makes `value` (its output scaled, cast or biased) quantizes its input as it
+    runs, as its weight's grid says it ("inputs"), or None where it does not."""
     for _ in range(4):
         producer = graph.producer.get(value)
         if producer is None:
             return None
         node = graph.nodes[producer]
-        if node.op in ("MatMul", "Gemm", "MatMulInteger"):
-            how = _input_rounding(graph, node.inputs[0]).get("inputs", "")
-            return how if "a scale per call" in how else None
+        if node.op in ("MatMul", "Gemm", "MatMulInteger", "MatMulNBits"):
+            return product_input_rounding(graph, node).get("inputs")
         value = _scaled(graph, node)
         if value is None:
             return None
     return None
+
+
+def product_input_rounding(graph: OnnxGraph, node: GraphNode) -> dict:
+    """{"inputs": how a matrix product rounds its input as it runs} where it does, else {}: MatMulNBits by its
+    accuracy level, a MatMul onnxruntime fuses with its 4-bit DequantizeLinear as that, else by the quantizer that
+    makes its input."""
+    if node.op == "MatMulNBits":
+        level = node.attributes.get("accuracy_level", 0)
+        if level == 4:
+            block = node.attributes.get("block_size", 0)
+            return {"inputs": f"its inputs quantized to int8 per block of {block} (accuracy_level 4, onnxruntime's "
+                              "CPU kernel)"}
+        return {"inputs": ACCURACY_INPUTS[level]} if level in ACCURACY_INPUTS else {}
+    weight = node.inputs[1] if len(node.inputs) > 1 else ""
+    fused = _fused_to_nbits(graph, weight) if weight in graph.producer else {}
+    return fused or _input_rounding(graph, node.inputs[0])
 
 
 def _scaled(graph: OnnxGraph, node: GraphNode) -> str | None:
@@ -269,7 +284,7 @@ def _input_rounding(graph: OnnxGraph, value: str) -> dict:
     return {}
 
 
-def _nbits(node: GraphNode, initializers: "_Initializers", rows) -> tuple[np.ndarray, dict] | None:
+def _nbits(graph: OnnxGraph, node: GraphNode, initializers: "_Initializers", rows) -> tuple[np.ndarray, dict] | None:
     bits, block = node.attributes.get("bits", 4), node.attributes.get("block_size", 0)
     count, width = node.attributes.get("N", 0), node.attributes.get("K", 0)
     packed = initializers.array(node.inputs[1])
@@ -285,12 +300,7 @@ def _nbits(node: GraphNode, initializers: "_Initializers", rows) -> tuple[np.nda
     chosen = slice(*rows) if rows else slice(None)
     steps = np.repeat(scales[chosen], block, axis=1)[:, :width]                   # each element's step
     grid = {"format": f"int{bits} in blocks of 1x{block} (onnxruntime MatMulNBits)",
-            "rounding_l2": float(math.sqrt(float(np.sum(steps ** 2)) / 12.0))}
-    level = node.attributes.get("accuracy_level", 0)
-    if level == 4:
-        grid["inputs"] = f"its inputs quantized to int8 per block of {block} (accuracy_level 4, onnxruntime's CPU kernel)"
-    elif level in ACCURACY_INPUTS:
-        grid["inputs"] = ACCURACY_INPUTS[level]
+            "rounding_l2": float(math.sqrt(float(np.sum(steps ** 2)) / 12.0)), **product_input_rounding(graph, node)}
     return np.ascontiguousarray(weight[chosen], dtype=np.float32), grid
 
 

@@ -110,7 +110,7 @@ class TorchCandidate(Candidate):
 
     def trace(self, tokens: list[int], request: TraceRequest = TraceRequest(), progress=None) -> Trace:
         from parity.capture.torch.module import trace_module
-        from parity.capture.torch.taps import rounded_per_call
+        from parity.capture.torch.taps import rounded_inputs
 
         if progress is not None:
             progress.step(f"capturing the candidate over {len(tokens)} tokens")
@@ -121,7 +121,7 @@ class TorchCandidate(Candidate):
             from parity.capture.torch.incremental import positioned_forward
 
             forward = positioned_forward(self.module, request.start_position)
-        self.rounds_per_call = rounded_per_call(self.module, self.taps(request.taps))
+        self.rounds_inputs = rounded_inputs(self.module, self.taps(request.taps))
         options = dict(taps=self.taps(request.taps), checkpoints=request.checkpoints, weights=request.weights,
                        raw=request.raw and self.raw_allowed(request.taps), forward=forward, stream=request.stream,
                        metadata={"start_position": request.start_position} if request.start_position else None)

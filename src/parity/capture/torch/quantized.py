@@ -54,12 +54,10 @@ def dequantized(value, module=None) -> tuple[Any, Quantization | None]:
     (else None)."""
     import torch
 
-    inner, inputs = value, None
+    inner, inputs = value, input_rounding(module, value)
     while hasattr(inner, "original_weight_tensor"):   # torchao's wrapper that quantizes the op's input as it runs
-        inputs = getattr(getattr(inner, "input_quant_func", None), "__name__", None) or "torchao"
         inner = inner.original_weight_tensor
     if getattr(inner, "is_quantized", False):
-        inputs = per_call_inputs(module) or inputs
         return inner.dequantize(), dataclasses.replace(_torch_quantized(inner), inputs=inputs)
     if type(inner).__module__.startswith("bitsandbytes"):
         return _bitsandbytes(inner, module) or (value, None)
@@ -68,11 +66,19 @@ def dequantized(value, module=None) -> tuple[Any, Quantization | None]:
     return inner.dequantize(), dataclasses.replace(_subclass(inner), inputs=inputs)
 
 
-def per_call_inputs(module) -> str | None:
-    """How `module` quantizes its input with a scale each call sets (torch.ao's dynamic quantization: one scale
-    over the call's every token), or None."""
+def input_rounding(module, weight=None) -> str | None:
+    """How `module` quantizes its input as it runs, read from its type and its weight (`weight`, else its own), or
+    None: torch.ao's dynamic quantization (one scale over each call's tokens), torchao's wrapper that quantizes the
+    op's input (its function's name), bitsandbytes' LLM.int8()."""
     if type(module).__module__.startswith("torch.ao.nn.quantized.dynamic"):
         return f"{type(module).__name__} of torch.ao's dynamic quantization, a scale per call"
+    weight = getattr(module, "weight", None) if weight is None else weight
+    if hasattr(weight, "original_weight_tensor"):
+        return getattr(getattr(weight, "input_quant_func", None), "__name__", None) or "torchao"
+    if type(weight).__name__ == "Int8Params" and type(weight).__module__.startswith("bitsandbytes"):
+        threshold = getattr(getattr(module, "state", None), "threshold", 0.0) or 0.0
+        return "cast to float16 and quantized to int8 per token (bitsandbytes LLM.int8())" + (
+            f", input columns over {threshold:g} kept in float16" if threshold > 0 else "")
     return None
 
 
@@ -122,10 +128,8 @@ def _bitsandbytes(tensor, module) -> tuple[Any, Quantization] | None:
     if name == "Int8Params" and tensor.dtype == torch.int8 and row_absmax is not None:
         steps = row_absmax.detach().to(torch.float64)[:, None].expand(tensor.shape) / 127
         values = (tensor.data.to(torch.float64) * steps).to(torch.float32)   # as int8_vectorwise_dequant gives
-        threshold = getattr(getattr(module, "state", None), "threshold", 0.0) or 0.0
-        inputs = "cast to float16 and quantized to int8 per token (bitsandbytes LLM.int8())" + (
-            f", input columns over {threshold:g} kept in float16" if threshold > 0 else "")
-        return values, Quantization("int8, a scale per row (bitsandbytes Int8Params)", _rounding_l2(steps), inputs)
+        return values, Quantization("int8, a scale per row (bitsandbytes Int8Params)", _rounding_l2(steps),
+                                    input_rounding(module, tensor))
     state = getattr(tensor, "quant_state", None)
     if name != "Params4bit" or state is None:
         return None

@@ -99,16 +99,15 @@ def parameter_owners(model, taps: TapsLike) -> dict[str, Any]:
     return owners
 
 
-def rounded_per_call(model, taps: TapsLike) -> dict[str, str]:
-    """{checkpoint: how} for each checkpoint made by a module that quantizes its input with a scale each call sets
-    (quantized.per_call_inputs), as its weights are filed (a down projection's under its MLP's output): a
-    decoding step and the full pass round that input on different grids."""
-    from parity.capture.torch.quantized import per_call_inputs
+def rounded_inputs(model, taps: TapsLike) -> dict[str, str]:
+    """{checkpoint: how} for each checkpoint made by a module that quantizes its input as it runs
+    (quantized.input_rounding), as its weights are filed (a down projection's under its MLP's output)."""
+    from parity.capture.torch.quantized import input_rounding
 
     exact, patterns = index_taps(resolve_taps(taps))
     found: dict[str, str] = {}
     for path, module in model.named_modules():
-        how = per_call_inputs(module)
+        how = input_rounding(module)
         for tap, match in matching_taps(path, exact, patterns) if how else ():
             names = tuple(fill_layer(name, match) for name in tap.names)
             if holds_weights(tap, names):       # the checkpoint its weight is filed under: its op's output

@@ -206,7 +206,7 @@ def _located(decode, step: dict, reference, candidate, sequence: list[int], taps
     from parity.capture.candidate import TraceRequest
     from parity.core.decode_location import PositionRows, first_checkpoint
     from parity.diagnose.context import model_config
-    from parity.diagnose.decode_causes import diagnose_decode, rounded_per_call
+    from parity.diagnose.decode_causes import diagnose_decode, rounded_input
 
     position, bound = decode.position, decode.bounds[decode.first_step]
     if whole:
@@ -218,7 +218,7 @@ def _located(decode, step: dict, reference, candidate, sequence: list[int], taps
         where = full_trace.first_checkpoint()
     decode = dataclasses.replace(decode, first_checkpoint=where)
     causes = diagnose_decode(full_trace, step, position, where, model_config(reference))
-    return decode, causes or rounded_per_call(where, position, candidate.rounds_per_call.get(where))
+    return decode, causes or rounded_input(where, position, candidate.rounds_inputs.get(where))
 
 
 def _with_prefill_variants(decode, reference_model, candidate, prompt: list[int], full, bound: float, skipped):
