@@ -146,7 +146,7 @@ class OnnxCandidate(Candidate):
                     self.decode_failure = self.decode_failure or str(error)
                     break
                 if layout is not None:
-                    recorded.append(layout.tensors(step.fetched, len(chunk))[0])
+                    recorded.append(_recorded(layout.tensors(step.fetched, len(chunk))[0], len(chunk)))
         width = rows[0].shape[-1]
         return rows + [np.full(width, np.nan)] * (len(chunks) - len(rows))
 
@@ -207,6 +207,10 @@ class OnnxCandidate(Candidate):
             logits, why = _laid_out("logits", arrays[self.runner().logits_name], None, len(tokens))
             if why is None:
                 tensors["logits"] = logits
+        del arrays
+        if request.stream is not None:        # what the stream judges as it comes is put there, not held here
+            for name in [name for name in tensors if request.stream.wants(name)]:
+                request.stream.put(name, tensors.pop(name))
         quantized = None
         if request.weights and reference is not None:
             tensors, quantized = self._with_weights(tensors, reference, request.checkpoints)
@@ -254,6 +258,20 @@ class OnnxCandidate(Candidate):
     def close(self) -> None:
         self._runner = None
         super().close()
+
+
+def _recorded(tensors: dict[str, np.ndarray], count: int):
+    """A step's checkpoints as decoding keeps them: a prompt over RECORDED_PREFILL_TOKENS as their sketches (a
+    PassSketch, core/pass_sketch.py), as a PyTorch candidate's long prefill is, not its tensors."""
+    from parity.capture.torch.incremental import RECORDED_PREFILL_TOKENS
+    from parity.core.pass_sketch import PassSketch
+
+    if count <= RECORDED_PREFILL_TOKENS:
+        return tensors
+    sketch = PassSketch(count)
+    for name in list(tensors):
+        sketch.put(name, tensors.pop(name))
+    return sketch
 
 
 class _Layout:
