@@ -30,6 +30,11 @@ import numpy as np
 from parity.core.metrics import rel_l2
 from parity.core.names import in_flow_order, parse
 
+# A prompt longer than this is prefilled with its checkpoints sketched, not recorded (they would be a whole trace,
+# held in memory): a decode check's failure at the prefill step is then located by the sketches of the full pass,
+# with no causes read from the step's tensors (commands/check/beyond_forward.py).
+RECORDED_PREFILL_TOKENS = 512
+
 SKETCH_ROWS = 64       # rows of L: the token axis projected to this many
 SKETCH_COLUMNS = 16    # columns of R: each row's values projected to this many
 _SEED = 0x5EED

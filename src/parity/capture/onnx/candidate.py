@@ -263,8 +263,7 @@ class OnnxCandidate(Candidate):
 def _recorded(tensors: dict[str, np.ndarray], count: int):
     """A step's checkpoints as decoding keeps them: a prompt over RECORDED_PREFILL_TOKENS as their sketches (a
     PassSketch, core/pass_sketch.py), as a PyTorch candidate's long prefill is, not its tensors."""
-    from parity.capture.torch.incremental import RECORDED_PREFILL_TOKENS
-    from parity.core.pass_sketch import PassSketch
+    from parity.core.pass_sketch import RECORDED_PREFILL_TOKENS, PassSketch
 
     if count <= RECORDED_PREFILL_TOKENS:
         return tensors

@@ -30,13 +30,7 @@ from parity.capture.torch.positions import HELD_CACHE_KEYWORDS, position_argumen
 from parity.capture.torch.signature import forward_parameters
 from parity.capture.torch.taps import TapsLike
 from parity.capture.torch.tracer import ModuleTracer
-from parity.core.pass_sketch import PassSketch
-
-
-# A prompt longer than this is prefilled with its checkpoints sketched, not recorded (they would be a whole trace,
-# held in memory): a decode check's failure at the prefill step is then located by the sketches of the full pass
-# (core/pass_sketch.py), with no causes read from the step's tensors (commands/check/beyond_forward.py).
-RECORDED_PREFILL_TOKENS = 512
+from parity.core.pass_sketch import RECORDED_PREFILL_TOKENS, PassSketch
 
 CACHE_KEYWORDS = ("cache", "past_key_values")   # transformers 5.24 renamed past_key_values to cache
 PROTOCOL = ("forward(ids, positions=None, cache=None) returning (logits, cache), where cache=None starts a new "

@@ -183,7 +183,7 @@ def _prefill_located(decode, prefill, candidate, prompt: list[int], taps):
     a note on how it was located): the full pass sketched as it is made and held to the prefill's sketches
     (core/pass_sketch.py), nothing of either trace held."""
     from parity.capture.candidate import TraceRequest
-    from parity.capture.torch.incremental import RECORDED_PREFILL_TOKENS
+    from parity.core.pass_sketch import RECORDED_PREFILL_TOKENS
     from parity.core.pass_sketch import first_apart
 
     full = PassSketch(len(prompt))
