@@ -83,7 +83,8 @@ def quantized(model: Path, out: Path, how: str, calibration_ids: int = 90) -> Pa
     are copied beside the quantized graph."""
     import numpy as np
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     source, target = (model / "model.onnx", out / "model.onnx") if model.is_dir() else (model, out)

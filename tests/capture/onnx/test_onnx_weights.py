@@ -111,8 +111,8 @@ def integer_product_file(tmp_path, weight, per_channel: bool):
     matrix = weight.T                                                                      # (K, N)
     scale = (np.abs(matrix).max(axis=0) if per_channel else np.abs(matrix).max()) / 127
     codes = np.clip(np.round(matrix / scale), -127, 127).astype(np.int8)
-    initializers = [numpy_helper.from_array(codes, "B"), numpy_helper.from_array(np.zeros_like(scale, np.int8)
-                                                                                  if per_channel else np.int8(0), "B_zero"),
+    zero = np.zeros_like(scale, np.int8) if per_channel else np.int8(0)
+    initializers = [numpy_helper.from_array(codes, "B"), numpy_helper.from_array(zero, "B_zero"),
                     numpy_helper.from_array(np.asarray(scale, np.float32), "B_scale")]
     nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "x_scale", "x_zero"], name="x_QuantizeLinear"),
              helper.make_node("Mul", ["x_scale", "B_scale"], ["scales"], name="/model/layers.0/attn/q_proj/scales_mul"),

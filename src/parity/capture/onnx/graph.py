@@ -96,11 +96,10 @@ class OnnxGraph:
         while pending:
             current = pending.pop()
             for index in self.consumers.get(current, ()):
-                node = self.nodes[index]
-                rounds = node.op in QUANTIZE_OPS or (node.op == "DequantizeLinear" and _rounds_activation(node, self))
+                rounds = self.rounds(self.nodes[index])
                 if rounds and index not in seen:
                     seen.add(index)
-                    pending.extend(output for output in node.outputs if output)
+                    pending.extend(output for output in self.nodes[index].outputs if output)
                 elif not rounds:
                     found.append(index)
         return found
@@ -108,13 +107,17 @@ class OnnxGraph:
     def unquantized(self, value: str) -> str:
         """The float activation `value` was rounded from where a quantizer made it (its integers, scale or zero
         point, or their dequantized copy); else `value`."""
-        while value in self.producer:
-            node = self.nodes[self.producer[value]]
-            if node.op in QUANTIZE_OPS or (node.op == "DequantizeLinear" and _rounds_activation(node, self)):
-                value = node.inputs[0]
-            else:
-                return value
+        while value in self.producer and self.rounds(self.nodes[self.producer[value]]):
+            value = self.nodes[self.producer[value]].inputs[0]
         return value
+
+    def rounds(self, node: GraphNode) -> bool:
+        """Whether `node` is a quantizer's rounding of an activation: a QuantizeLinear or DynamicQuantizeLinear of
+        one, or the DequantizeLinear that undoes it (QDQ's pair), not a weight's or a quantized op's output."""
+        if node.op in QUANTIZE_OPS:
+            return True
+        producer = self.producer.get(node.inputs[0]) if node.op == "DequantizeLinear" else None
+        return producer is not None and self.nodes[producer].op in QUANTIZE_OPS
 
     @cached_property
     def scopes(self) -> dict[str, list[int]]:
@@ -185,13 +188,6 @@ def _round_trips_unscoped(nodes: tuple[GraphNode, ...]) -> tuple[GraphNode, ...]
     quantized = {value for node in nodes if node.op in QUANTIZE_OPS for value in node.outputs}
     return tuple(dataclasses.replace(node, scope="") if node.op == "DequantizeLinear" and node.inputs[0] in quantized
                  else node for node in nodes)
-
-
-def _rounds_activation(node: GraphNode, graph: OnnxGraph) -> bool:
-    """Whether a DequantizeLinear undoes a quantizer's rounding of an activation (QDQ's pair), not a weight's or
-    a quantized op's output."""
-    producer = graph.producer.get(node.inputs[0])
-    return producer is not None and graph.nodes[producer].op in QUANTIZE_OPS
 
 
 def _exported_scope(metadata: dict[str, str]) -> tuple[str | None, str, tuple[str, ...]]:

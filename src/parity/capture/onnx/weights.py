@@ -272,7 +272,7 @@ def _input_rounding(graph: OnnxGraph, value: str) -> dict:
     """{"inputs": how the graph rounds a product's input as it runs} where a quantizer makes it, else {}."""
     producer = graph.producer.get(value)
     node = graph.nodes[producer] if producer is not None else None
-    if node is not None and node.op == "DequantizeLinear" and graph.unquantized(value) != value:
+    if node is not None and node.op == "DequantizeLinear" and graph.rounds(node):    # QDQ: its QuantizeLinear
         node = graph.nodes[graph.producer[node.inputs[0]]]
     if node is None:
         return {}
