@@ -15,23 +15,13 @@ import pytest
 import onnx_models
 import tiny_models
 from conftest import need
+import test_onnx_candidates
 from test_onnx_candidates import check, reasons, statuses
 
 pytest.importorskip("transformers")
 
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    need("onnxruntime_genai")
-    directory = tmp_path_factory.mktemp("onnx_quantized_llama")
-    tiny_models.save("llama", directory, intermediate_size=128)
-    tiny_models.save_tokenizer(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def genai(llama, tmp_path_factory):
-    return onnx_models.build_genai(llama, tmp_path_factory.mktemp("genai_q") / "fp32")
+# The tiny Llama and its onnxruntime-genai float32 build, as the candidates' tests make them.
+llama, genai = test_onnx_candidates.llama, test_onnx_candidates.genai
 
 
 @pytest.fixture(scope="module")

@@ -124,7 +124,7 @@ class _Finder:
             if fused is not None:
                 return {tap.names[0]: fused}
             return {name: f"no node of the ONNX graph is scoped to the module {tap.module} (nor to one named as it "
-                          f"is){self._unscoped_quantized()}" for name in tap.names}
+                          f"is){self._unscoped_quantized}" for name in tap.names}
         if tap.io == "input":
             found = self._input(scope)
         elif tap.io == "lookup":
@@ -160,6 +160,7 @@ class _Finder:
         node_scope = self.graph.nodes[index].scope
         return node_scope == scope or node_scope.startswith(scope + ".")
 
+    @functools.cached_property
     def _unscoped_quantized(self) -> str:
         """Why a module may have lost its nodes: its matrix products replaced by a quantizer's, which carry none."""
         lost = sum(1 for node in self.graph.nodes if node.op in MATMUL_OPS and not node.scope)
