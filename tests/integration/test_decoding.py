@@ -24,6 +24,12 @@ def cache_of_24_slots(path):
 
 def transformers_model(path):
     return transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+
+def wrong_epsilon(path):                    # every norm off, its cache right: keys and values apart from layer 0
+    return llama_port.build(path, llama_port.Bugs(norm_eps=0.1))
+
+def wrong_epsilon_and_cached_keys_not_rotated(path):
+    return llama_port.build(path, llama_port.Bugs(norm_eps=0.1, skip_rope_cached=True))
 '''
 
 
@@ -88,6 +94,23 @@ def test_the_kv_cache_and_prefill_variants(model_dirs, ports):
     cache = unrotated["decode"]["cache"]
     assert not cache["passed"] and cache["first"][:2] == ["keys", 0]
     assert unrotated["decode"]["chunked_prefill_rel_l2"] > max(unrotated["decode"]["bounds"])
+
+
+def test_a_cache_apart_from_the_reference_only_as_its_forward_pass_is_not_a_cache_bug(model_dirs, ports):
+    """A port whose norms use another epsilon computes every key and value apart from the reference's, and its cache
+    holds what it computes: the forward pass fails, the cache is held to the port's own pass and passes (it was
+    "the keys of layer 0, head 0 differ from the reference's", and the note "decoding parts from the full pass
+    and no known cause fits" where every step matched). A cache that also keeps its keys unrotated still fails."""
+    code, report = check(model_dirs["llama"], ports, "wrong_epsilon")
+    decode = report["decode"]
+    assert code == 1 and report["first_divergence"]["checkpoint"] == "layers.0.attn_norm"
+    assert decode["passed"] and decode["cache"]["passed"], decode
+    assert ["keys", 0] in decode["cache"]["inherited"] and ["values", 0] in decode["cache"]["inherited"]
+    assert max(decode["cache"]["keys_rel_l2"][0]) > decode["bounds"][0]      # apart from the reference's
+    assert not [note for note in report["notes"] if "no known cause fits" in note]
+    _, report = check(model_dirs["llama"], ports, "wrong_epsilon_and_cached_keys_not_rotated")
+    cache = report["decode"]["cache"]
+    assert not cache["passed"] and cache["first"][:2] == ["keys", 0] and ["keys", 0] not in cache["inherited"]
 
 
 # Decode bugs in candidates built on transformers' own Llama, whose forward takes **kwargs (as patched and

@@ -9,6 +9,7 @@ candidate's calibrated noise at that position).
 from __future__ import annotations
 
 from parity.core.metrics import rel_l2
+from parity.core.names import parse
 from parity.core.results import CacheComparison, DecodeConsistency
 
 
@@ -18,14 +19,46 @@ def compare_decode(full_rows, incremental_rows, bounds, *, prompt_length: int, b
     return DecodeConsistency(prompt_length, errors, tuple(bounds), basis, first)
 
 
-def compare_caches(reference: dict, candidate: dict, bound: float) -> CacheComparison | None:
-    """Both caches as {layer: (keys, values)} of (S, Hkv, hd); None when they cannot be lined up."""
+CACHE_PARTS = ("keys", "values")
+
+
+def compare_caches(reference: dict, candidate: dict, bound: float, own: dict | None = None) -> CacheComparison | None:
+    """Both caches as {layer: (keys, values)} of (S, Hkv, hd); None when they cannot be lined up. `own`:
+    {(part, layer): (S, Hkv, hd)}, what the candidate's own pass computed where its forward pass already parts
+    from the reference's there: a head apart from the reference's but within `bound` of its own pass's is that
+    pass's difference (inherited), not the cache's."""
     layers = sorted(set(reference) & set(candidate))
     if not layers or any(reference[i][0].shape != candidate[i][0].shape for i in layers):
         return None
+    own = own or {}
     per = {part: tuple(tuple(rel_l2(reference[i][index][:, h], candidate[i][index][:, h])
                              for h in range(reference[i][index].shape[1])) for i in layers)
-           for index, part in enumerate(("keys", "values"))}
-    first = next(((part, layers[row], head) for row in range(len(layers)) for part in ("keys", "values")
-                  for head, error in enumerate(per[part][row]) if not error <= bound), None)
-    return CacheComparison(per["keys"], per["values"], bound, first)
+           for index, part in enumerate(CACHE_PARTS)}
+
+    def held_to_own(part: str, layer: int, head: int) -> bool:
+        computed, cached = own.get((part, layer)), candidate[layer][CACHE_PARTS.index(part)]
+        return computed is not None and computed.shape == cached.shape \
+            and rel_l2(computed[:, head], cached[:, head]) <= bound
+
+    apart = [(part, layers[row], head) for row in range(len(layers)) for part in CACHE_PARTS
+             for head, error in enumerate(per[part][row]) if not error <= bound]
+    mismatched = [(part, layer, head) for part, layer, head in apart if not held_to_own(part, layer, head)]
+    held = tuple(dict.fromkeys((part, layer) for part, layer, _ in apart
+                               if not any(m[:2] == (part, layer) for m in mismatched)))
+    first = mismatched[0] if mismatched else None
+    return CacheComparison(per["keys"], per["values"], bound, first, held)
+
+
+def parted_in_forward(failed: set[str]) -> set[tuple[str, int]]:
+    """(part, layer) of the cache whose tensor the forward pass already computes apart from the reference's,
+    given the names of the checkpoints that failed: keys at a layer's k, k_norm or k_rope, values at its v."""
+    parted = set()
+    for name in failed:
+        parsed = parse(name)
+        if parsed is None or parsed.layer is None:
+            continue
+        if parsed.kind in ("k", "k_norm", "k_rope"):
+            parted.add(("keys", parsed.layer))
+        elif parsed.kind == "v":
+            parted.add(("values", parsed.layer))
+    return parted

@@ -146,9 +146,8 @@ def _decode_lines(decode) -> list[str]:
         lines = [f"parts from the full pass at step {decode.first_step} (position {decode.position}): rel_l2 "
                  f"{number(decode.rel_l2[decode.first_step])} > {number(decode.bounds[decode.first_step])}"
                  + (f", first at {decode.first_checkpoint}" if decode.first_checkpoint else "")]
-    if decode.cache is not None and decode.cache.first is not None:
-        part, layer, head = decode.cache.first
-        lines.append(f"the KV cache's {part} of layer {layer}, head {head} differ from the reference's")
+    if decode.cache is not None and (decode.cache.first is not None or decode.cache.inherited):
+        lines.append(f"the KV cache {decode.cache.verdict}")
     return lines
 
 

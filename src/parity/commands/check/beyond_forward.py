@@ -16,6 +16,7 @@ full pass judged as it is made, keeping that position's rows only (core/decode_l
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from parity.core.pass_sketch import PassSketch
 from parity.core.results import Comparison, Diagnosis, NotChecked
@@ -99,7 +100,7 @@ def _checked(comparison, reference, reference_model, candidate, prompt, steps, t
     progress.step("decoding token by token through the candidate's cache")
     decode, causes, cache_note, unlocated = _decode(reference, reference_model, candidate, prompt, continuation,
                                                     Rows(full, first), Rows(reference_logits, first), taps, skipped,
-                                                    noise_logits, _cache_floor(comparison))
+                                                    noise_logits, _cache_floor(comparison), _parted(comparison))
     if cache_note:
         skipped["kv_cache"] = cache_note
     notes = tuple(comparison.notes)
@@ -150,11 +151,20 @@ def _cache_floor(comparison: Comparison) -> float:
     return max(bounds, default=0.0)
 
 
+def _parted(comparison: Comparison) -> set[tuple[str, int]]:
+    """(part, layer) of the cache whose keys or values the forward pass already computes apart from the
+    reference's."""
+    from parity.core.decode_consistency import parted_in_forward
+
+    return parted_in_forward({result.name for result in comparison.checkpoints if result.failed})
+
+
 def _decode(reference, reference_model, candidate, prompt, continuation, full, reference_logits, taps, skipped,
-            noise_logits=None, cache_floor: float = 0.0):
+            noise_logits=None, cache_floor: float = 0.0, parted: frozenset = frozenset()):
     """(DecodeConsistency, causes, why the cache was not compared or None, why its failing step was not located
     or None); `full` and `reference_logits`: Rows; the cache held to the larger of the first step's bound and
-    `cache_floor`."""
+    `cache_floor`, and, at the (part, layer) in `parted`, to the candidate's own pass where not to the
+    reference's."""
     from parity.capture.precision import UNKNOWN
     from parity.core.decode_consistency import compare_decode
 
@@ -166,7 +176,7 @@ def _decode(reference, reference_model, candidate, prompt, continuation, full, r
                                            noise_logits=None if noise_logits is None else Rows(noise_logits, full.first))
     decode = compare_decode([full[p] for p in positions], rows, bounds, prompt_length=len(prompt), basis=basis)
     decode, cache_note = _with_prefill_variants(decode, reference_model, candidate, prompt, full,
-                                                max(bounds[0], cache_floor), skipped)
+                                                max(bounds[0], cache_floor), skipped, parted, taps)
     causes, unlocated = [], None
     step = steps[decode.first_step] if decode.first_step is not None and decode.first_step < len(steps) else None
     # (a step the candidate could not run records nothing: its failure is said in a note)
@@ -221,7 +231,8 @@ def _located(decode, step: dict, reference, candidate, sequence: list[int], taps
     return decode, causes or rounded_input(where, position, candidate.rounds_inputs.get(where))
 
 
-def _with_prefill_variants(decode, reference_model, candidate, prompt: list[int], full, bound: float, skipped):
+def _with_prefill_variants(decode, reference_model, candidate, prompt: list[int], full, bound: float, skipped,
+                           parted=frozenset(), taps=None):
     """The KV cache itself, chunked prefill and padded batches, where the candidate gives them; and why the
     cache could not be compared, or None."""
     from parity.capture.torch.incremental import prefill_cache
@@ -231,7 +242,11 @@ def _with_prefill_variants(decode, reference_model, candidate, prompt: list[int]
     cache, note = None, None
     if "kv_cache" not in skipped:
         reference_cache = prefill_cache(reference_model.model, prompt)
-        cache = compare_caches(reference_cache, candidate.prefill_cache(prompt), bound) if reference_cache else None
+        candidate_cache = candidate.prefill_cache(prompt) if reference_cache else None
+        cache = compare_caches(reference_cache, candidate_cache, bound) if reference_cache else None
+        if cache is not None and not cache and parted:   # apart where the forward pass is apart too?
+            own = _own_pass_cache(candidate, prompt, parted, candidate_cache, taps)
+            cache = compare_caches(reference_cache, candidate_cache, bound, own)
         if not reference_cache:
             note = "the reference's cache holds no keys and values (none of its layers attends)"
         elif cache is None:
@@ -277,6 +292,29 @@ def _reference_chunked(model, prompt: list[int]) -> float:
     return rel_l2(full_logits(model, prompt, len(prompt) - 1)[-1], chunked_prefill_logits(model, prompt))
 
 
+def _own_pass_cache(candidate, prompt: list[int], parted, cached: dict, taps) -> dict:
+    """{(part, layer): (S, Hkv, hd)}: the keys (after RoPE, else after their norm, else as projected) and values
+    the candidate's own pass over `prompt` computes at the (part, layer) of `parted`, shaped as its cache holds
+    them; one not recorded, or not of the cache's size, is left out. One more pass, keeping those tensors only."""
+    from parity.capture.candidate import TraceRequest
+    from parity.core.decode_consistency import CACHE_PARTS
+
+    kinds = {"keys": ("k_rope", "k_norm", "k"), "values": ("v",)}
+    wanted = ",".join(f"layers.{layer}.{kind}" for part, layer in sorted(parted) for kind in kinds[part])
+    trace = candidate.trace(prompt, TraceRequest(checkpoints=wanted, taps=taps, raw=False))
+    own = {}
+    for part, layer in parted:
+        name = next((f"layers.{layer}.{kind}" for kind in kinds[part] if f"layers.{layer}.{kind}" in trace.tensors),
+                    None)
+        held = cached.get(layer)
+        if name is None or held is None:
+            continue
+        computed, shape = trace[name], held[CACHE_PARTS.index(part)].shape     # (T, Hkv * hd) -> (S, Hkv, hd)
+        if computed.size == math.prod(shape):
+            own[part, layer] = computed.reshape(shape)
+    return own
+
+
 def _reference_padded(model, prompt: list[int], other: list[int], side: str) -> float:
     """The largest rel_l2 of the reference's own logits of `prompt` batched with `other` padded on `side`."""
     from parity.capture.torch.incremental import full_logits, padded_batch_logits
@@ -306,8 +344,18 @@ def _failed_decoding_is_not_noise(comparison: Comparison) -> Comparison:
     diagnoses = tuple(d for d in comparison.diagnoses if d.cause != "precision_noise")
     notes = comparison.notes
     if comparison.decode is not None and not comparison.decode and not _decode_causes(diagnoses):
-        notes = tuple(notes) + ("decoding parts from the full pass and no known cause fits; see the decode line",)
+        notes = tuple(notes) + (_unexplained(comparison.decode),)
     return dataclasses.replace(comparison, diagnoses=diagnoses, notes=notes)
+
+
+def _unexplained(decode) -> str:
+    """The note for a decode check that failed with no cause named: what failed."""
+    if decode.first_step is not None:
+        return "decoding parts from the full pass and no known cause fits; see the decode line"
+    if decode.cache is not None and not decode.cache:
+        return ("the KV cache differs from the reference's where the forward pass's keys and values do not, and no "
+                "known cause fits; see the KV cache line")
+    return "a prefill variant differs from the whole pass and no known cause fits; see the prefill variants line"
 
 
 def _decode_causes(diagnoses: tuple[Diagnosis, ...]) -> list[Diagnosis]:

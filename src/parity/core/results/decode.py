@@ -8,18 +8,36 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class CacheComparison:
-    """The candidate's KV cache against the reference's after the same prefill, per layer and head."""
+    """The candidate's KV cache against the reference's after the same prefill, per layer and head. Where the
+    forward pass's own keys or values of a layer already part from the reference's (a quantized build, a bug
+    before them), that layer's cache is held to what the candidate's own pass computed: a cache cannot hold
+    the reference's keys when the pass that writes it does not compute them."""
 
-    keys: tuple[tuple[float, ...], ...]     # [layer][head] rel_l2
+    keys: tuple[tuple[float, ...], ...]     # [layer][head] rel_l2 against the reference's
     values: tuple[tuple[float, ...], ...]
     bound: float
     first: tuple[str, int, int] | None      # ("keys" or "values", layer, head) of the first mismatch
+    inherited: tuple[tuple[str, int], ...] = ()   # (part, layer) apart from the reference's as its own pass is
 
     def __bool__(self) -> bool:
         return self.first is None
 
     def __repr__(self) -> str:
         return f"<CacheComparison {len(self.keys)} layers, first mismatch {self.first}>"
+
+    @property
+    def verdict(self) -> str:
+        """The finding in words, for the reports."""
+        if self.first is not None:
+            part, layer, head = self.first
+            return f"the {part} of layer {layer}, head {head} differ from the reference's after the prefill"
+        if not self.inherited:
+            return "matches the reference's after the prefill, every layer and head"
+        parts = " and ".join(f"{part} of layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
+                             for part in ("keys", "values")
+                             for layers in [[layer for held, layer in self.inherited if held == part]] if layers)
+        return (f"holds what the candidate's own pass computes after the prefill, every layer and head; its {parts} "
+                "differ from the reference's as that pass's do (the forward pass parts there, not the cache)")
 
 
 @dataclass(frozen=True)

@@ -198,12 +198,7 @@ def _beyond_one_pass(comparison: Comparison):
                          f"rel_l2 {decode.rel_l2[decode.first_step]:.3g} > {decode.bounds[decode.first_step]:.3g}"
                          f"{where}\n", style="bold red")
         if decode.cache is not None:
-            if decode.cache:
-                lines.append("KV cache: matches the reference's after the prefill, every layer and head\n")
-            else:
-                part, layer, head = decode.cache.first
-                lines.append(f"KV cache: the {part} of layer {layer}, head {head} differ from the reference's after "
-                             "the prefill\n", style="bold red")
+            lines.append(f"KV cache: {decode.cache.verdict}\n", style=None if decode.cache else "bold red")
         variants = ([("chunked prefill", decode.chunked_rel_l2)] if decode.chunked_rel_l2 is not None else []) + \
             [(f"batched with {side} padding{decode.batch_label}", error) for side, error in decode.batch_rel_l2]
         if variants:

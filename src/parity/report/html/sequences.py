@@ -43,11 +43,7 @@ def decode_section(decode) -> str:
 
 
 def _cache(cache) -> str:
-    if cache.first is None:
-        verdict = paragraph("KV cache: matches the reference's after the prefill, every layer and head.")
-    else:
-        part, layer, head = cache.first
-        verdict = paragraph(f"KV cache: the {part} of layer {layer}, head {head} differ from the reference's first.")
+    verdict = paragraph(f"KV cache: {cache.verdict}.")
     maps = []
     for part in ("keys", "values"):
         grid = getattr(cache, part)
