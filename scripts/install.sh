@@ -99,10 +99,13 @@ step "installing torchtune's ports (torchtune 0.6.1 with the torchao it imports)
 pip --no-deps "torchtune==0.6.1" "torchao==0.11.0"
 pip "datasets==5.2.0" "omegaconf==2.4.0" "tiktoken==0.14.0"
 
-# Quantized builds as users make them: torchao's quantize_ (above) and bitsandbytes through transformers'
-# BitsAndBytesConfig, whose 0.50 runs LLM.int8() and 4-bit NF4 on the CPU (its requirements are torch's own).
-step "installing bitsandbytes, for quantized builds"
-pip --no-deps "bitsandbytes==0.50.2"
+# Quantized builds as users make them: torchao's quantize_ (above), bitsandbytes through transformers'
+# BitsAndBytesConfig, whose 0.50 runs LLM.int8() and 4-bit NF4 on the CPU (its requirements are torch's own),
+# and optimum-quanto (transformers' QuantoConfig; ninja for the kernels it builds where it can, else its
+# PyTorch fallbacks run).
+step "installing bitsandbytes and optimum-quanto, for quantized builds"
+pip --no-deps "bitsandbytes==0.50.2" "optimum-quanto==0.2.7"
+pip "ninja==1.13.2"
 
 # Another: LitGPT's GPT and its weight converter. litgpt 0.5.13 asks for an older huggingface_hub than
 # transformers 5 uses (its model code does not import it); Lightning and jsonargparse it imports on import.

@@ -25,7 +25,7 @@ def test_a_cache_apart_from_the_references_as_its_own_pass_is_inherited_not_a_mi
     assert not compare_caches(reference, rounded, 1e-6)
     result = compare_caches(reference, rounded, 1e-6, own)
     assert result and result.inherited == (("keys", 0), ("values", 0), ("keys", 1), ("values", 1))
-    assert "keys of layers 0, 1 and values of layers 0, 1 differ from the reference's as that pass's do" in \
+    assert "keys of layers 0-1 and values of layers 0-1 differ from the reference's as that pass's do" in \
         result.verdict
 
 

@@ -65,6 +65,25 @@ def nf4_declared_bfloat16(path):       # its CPU kernel computes in bfloat16: th
     return model
 
 
+def quanto_float8(path):
+    return quanto(path, weights="qfloat8")
+
+
+class OwnRounding(torch.Tensor):       # a library's quantized weight whose grid parity cannot read
+    def dequantize(self):
+        return self.as_subclass(torch.Tensor)
+
+
+def rounded_on_a_grid_of_its_own(path):
+    model = loaded(path)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for projection in (layer.self_attn.q_proj, layer.mlp.down_proj):
+                rounded = (projection.weight * 64).round() / 64
+                projection.weight = torch.nn.Parameter(rounded.as_subclass(OwnRounding), requires_grad=False)
+    return model
+
+
 def declared_otherwise(path):
     model = loaded(path)
     model.parity_dtype = "int4"
@@ -266,3 +285,49 @@ def test_decoding_a_build_that_quantizes_per_call_is_named_at_the_first_op_that_
     assert found and found[0]["checkpoint"] == decode["first_checkpoint"], report["diagnoses"]
     assert "a scale per call" in found[0]["message"]
     assert not any("no known cause fits" in note for note in report["notes"])
+
+
+# optimum-quanto (its quantize and freeze, transformers' QuantoConfig): at first contact its weights were read with
+# no grid ("its grid cannot be read"), so --quantized-reference took none of them; a module not frozen yet, which
+# keeps its float weight and quantizes it at each call, had its float weight read: "the weight ... is the same: the
+# error is made by the op", no known cause, and --quantized-reference refused it.
+QUANTO = [("quanto_int8", "qint8, a scale per row (optimum WeightQBytesTensor)"),
+          ("quanto_int8_not_frozen", "qint8, a scale per row (optimum WeightQBytesTensor)"),
+          ("quanto_int4", "qint4, a scale per row (optimum WeightQBitsTensor)"),
+          ("quanto_float8", "qfloat8_e4m3fn, a scale per row (optimum WeightQBytesTensor)"),
+          ("quanto_config", "qint8, a scale per row (optimum WeightQBytesTensor)")]
+
+
+@pytest.mark.parametrize("factory, stored", QUANTO)
+def test_an_optimum_quanto_build_is_named_as_its_weights_rounding(llama, capsys, factory, stored):
+    need("optimum.quanto")
+    code, report = check(llama, capsys, factory)
+    at, [found] = diagnosis_at_first_divergence(report)
+    assert code == 1 and at == "layers.0.q" and found["cause"] == "weight_rounding", found
+    assert stored in found["message"] and "as far from the reference's as rounding to its grid" in found["message"]
+
+
+@pytest.mark.parametrize("factory", [factory for factory, _ in QUANTO])
+def test_a_correct_optimum_quanto_build_passes_with_its_weights_in_the_reference(llama, capsys, factory):
+    need("optimum.quanto")
+    code, report = check(llama, capsys, factory, "--quantized-reference")
+    assert code == 0, report["first_divergence"]
+    [taken] = [re.search(r"the reference computed with the candidate's (\d+) quantized weights", note)
+               for note in report["notes"] if "--quantized-reference" in note]
+    assert taken and int(taken.group(1)) >= 7 * LAYERS and "left as" not in taken.string
+
+
+def test_optimum_quantos_activation_quantization_is_named_with_its_fixed_scale(llama, capsys):
+    need("optimum.quanto")
+    code, report = check(llama, capsys, "quanto_int8_activations", "--quantized-reference")
+    at, [found] = diagnosis_at_first_divergence(report)
+    assert code == 1 and at == "layers.0.q" and found["cause"] == "activation_quantization", found
+    assert "quantized to qint8 with a fixed, calibrated scale, and its output too" in found["message"]
+
+
+def test_quantized_reference_refuses_weights_on_no_grid_it_can_read(llama, capsys):
+    # taking none and saying "computed with the candidate's 0 quantized weights" left the check to fail at every
+    # weight's rounding as if the option had run
+    code, message = check(llama, capsys, "rounded_on_a_grid_of_its_own", "--quantized-reference")
+    assert code == 2 and "none of the candidate's" in message and "on a grid parity can read" in message, message
+    assert "Traceback" not in message

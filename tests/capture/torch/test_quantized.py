@@ -18,7 +18,7 @@ def linear(rows: int = 96, columns: int = 128):
 
 
 def measured_l2(weight, original) -> float:
-    return float((weight.double() - original.double()).norm())
+    return float((weight.detach().double() - original.double()).norm())
 
 
 @pytest.mark.parametrize("group_size, blocks", [(None, "1x128"), (32, "1x32")])
@@ -96,3 +96,41 @@ def test_a_codes_steps_are_the_widths_of_the_intervals_that_round_to_each_level(
     steps = _code_steps(torch.tensor([[-0.2, 0.6]]), uneven, torch.tensor([1.0]), 2)
     assert torch.allclose(steps, torch.tensor([[0.5, 0.5]], dtype=torch.float64))
     assert _code_steps(values, uniform, absmax[:1], 4) is None          # too few blocks for the values
+
+
+@pytest.mark.parametrize("weights, stored", [("qint8", "qint8, a scale per row"), ("qint4", "qint4 in groups of 128"),
+                                             ("qint2", "qint2 in groups of 128"),
+                                             ("qfloat8", "qfloat8_e4m3fn, a scale per row")])
+@pytest.mark.parametrize("frozen", [True, False])
+def test_an_optimum_quanto_weight_is_read_as_what_its_module_computes_with_with_its_grids_rounding(weights, stored,
+                                                                                                     frozen):
+    """Frozen, its weight is quanto's subclass; before freeze() the module keeps its float weight and quantizes it
+    at each call: what it computes with is its qweight, read in place of the float parameter."""
+    need("optimum.quanto")
+    from optimum import quanto
+
+    model = linear(columns=256)
+    original = model[0].weight.detach().clone()
+    quanto.quantize(model, weights=getattr(quanto, weights))
+    if frozen:
+        quanto.freeze(model)
+    values, quantization = dequantized(model[0].weight, model[0])
+    with torch.no_grad():
+        assert torch.equal(values, model[0].qweight.dequantize())
+    assert measured_l2(values, original) > 0
+    assert quantization.format.startswith(stored) and quantization.format.endswith("(optimum WeightQ" + (
+        "BitsTensor)" if weights in ("qint4", "qint2") else "BytesTensor)"))
+    assert 0.85 < measured_l2(values, original) / quantization.rounding_l2 < 1.15, quantization
+
+
+def test_optimum_quantos_activation_quantization_is_said_as_a_fixed_calibrated_scale():
+    need("optimum.quanto")
+    from optimum import quanto
+
+    model = linear()
+    quanto.quantize(model, weights=quanto.qint8, activations=quanto.qint8)
+    with quanto.Calibration(), torch.no_grad():
+        model(torch.randn(4, 128))
+    quanto.freeze(model)
+    _, quantization = dequantized(model[0].weight, model[0])
+    assert "qint8 with a fixed, calibrated scale, and its output too" in quantization.inputs

@@ -4,8 +4,11 @@ A quantized PyTorch build holds its weights as integers and scales: torchao's te
 subclasses (`quantize_(model, Int8WeightOnlyConfig())`, also the weight inside its
 dynamic-activation configs), PyTorch's own quantized tensors (`torch.ao` dynamic
 quantization, whose Linear gives its weight by calling `weight()`), bitsandbytes'
-(transformers' `BitsAndBytesConfig`: LLM.int8() rows, 4-bit NF4/FP4 blocks), or another
-library's subclass with a `dequantize()` of its own. parity reads each as the float values it
+(transformers' `BitsAndBytesConfig`: LLM.int8() rows, 4-bit NF4/FP4 blocks), optimum-quanto's
+(`quantize(model, weights=qint8)`, transformers' `QuantoConfig`: its weight subclasses once
+frozen; before `freeze()` the module keeps its float weight and quantizes it at each call, so
+what it computes with is its `qweight`), or another library's subclass with a `dequantize()`
+of its own. parity reads each as the float values it
 stands for, and where the grid is readable (a scale per element or block) also the
 size of the error that rounding the reference's weights to the nearest point of that
 grid gives: sqrt(sum(step² / 12)), the L2 norm of a round-to-nearest error spread
@@ -54,6 +57,7 @@ def dequantized(value, module=None) -> tuple[Any, Quantization | None]:
     (else None)."""
     import torch
 
+    value = _computed_weight(module, value)
     inner, inputs = value, input_rounding(module, value)
     while hasattr(inner, "original_weight_tensor"):   # torchao's wrapper that quantizes the op's input as it runs
         inner = inner.original_weight_tensor
@@ -75,11 +79,38 @@ def input_rounding(module, weight=None) -> str | None:
     weight = getattr(module, "weight", None) if weight is None else weight
     if hasattr(weight, "original_weight_tensor"):
         return getattr(getattr(weight, "input_quant_func", None), "__name__", None) or "torchao"
+    quanto = _quanto_activations(module)
+    if quanto is not None:
+        return quanto
     if type(weight).__name__ == "Int8Params" and type(weight).__module__.startswith("bitsandbytes"):
         threshold = getattr(getattr(module, "state", None), "threshold", 0.0) or 0.0
         return "cast to float16 and quantized to int8 per token (bitsandbytes LLM.int8())" + (
             f", input columns over {threshold:g} kept in float16" if threshold > 0 else "")
     return None
+
+
+def _computed_weight(module, value):
+    """The weight `module` computes with in place of its parameter `value`: an optimum-quanto module not frozen
+    yet holds its float weight and quantizes it at each call (its `qweight`); `value` itself for any other."""
+    if module is None or not type(module).__module__.startswith("optimum.quanto") \
+            or getattr(module, "weight_qtype", None) is None or value is not getattr(module, "weight", None) \
+            or getattr(module, "frozen", True):
+        return value
+    import torch
+
+    with torch.no_grad():
+        return module.qweight
+
+
+def _quanto_activations(module) -> str | None:
+    """How an optimum-quanto module quantizes its activations (`quantize(model, activations=...)`): its input and
+    its output each on a fixed grid, their scales set by calibration; None where it does not."""
+    qtype = getattr(module, "activation_qtype", None)
+    if qtype is None or not type(module).__module__.startswith("optimum.quanto"):
+        return None
+    name = getattr(qtype, "name", str(qtype))
+    return (f"quantized to {name} with a fixed, calibrated scale, and its output too ({type(module).__name__} of "
+            "optimum-quanto's activation quantization)")
 
 
 def _torch_quantized(tensor) -> Quantization:
@@ -101,8 +132,11 @@ def _torch_quantized(tensor) -> Quantization:
 
 
 def _subclass(tensor) -> Quantization:
-    """A tensor subclass with `dequantize()`; torchao's affine ones give their scales by block."""
+    """A tensor subclass with `dequantize()`; torchao's affine ones give their scales by block, optimum-quanto's
+    by row or by group of a row."""
     kind = f"{type(tensor).__module__.split('.')[0]} {type(tensor).__name__}"
+    if type(tensor).__module__.startswith("optimum.quanto"):
+        return _quanto(tensor, kind)
     block = tuple(getattr(tensor, "block_size", ()) or ())
     impl = getattr(tensor, "tensor_impl", None)
     if not block or impl is None or not hasattr(impl, "get_plain"):
@@ -114,6 +148,39 @@ def _subclass(tensor) -> Quantization:
     described = f"{str(integers.dtype).removeprefix('torch.')} in blocks of {'x'.join(map(str, block))} ({kind})"
     steps = _per_element(scale, tuple(tensor.shape), block)
     return Quantization(described, None if steps is None else _rounding_l2(steps))
+
+
+def _quanto(tensor, kind: str) -> Quantization:
+    """An optimum-quanto weight: integers (qint8, or qint4/qint2 packed) times a scale per row (its axis 0) or per
+    group of a row's consecutive elements, minus a shift for the grouped ones: a uniform grid whose step is the
+    scale; or float8 codes times a scale per row, whose step is the code's spacing at its magnitude (finfo's eps
+    times its power of two, the subnormals' below the smallest normal) times the scale."""
+    import torch
+
+    qtype, scale = getattr(tensor, "qtype", None), getattr(tensor, "_scale", None)
+    name = getattr(qtype, "name", "quantized")
+    if scale is None or getattr(tensor, "_axis", 0) != 0 or tensor.numel() % max(scale.numel(), 1):
+        return Quantization(f"{name} ({kind})", None)
+    group = tensor.numel() // scale.numel()                    # the elements one scale covers, in row-major order
+    row = tensor.numel() // tensor.shape[0]
+    described = f"{name}, a scale per row" if group == row else f"{name} in groups of {group}"
+    steps = scale.detach().to(torch.float64).reshape(-1, 1).expand(-1, group).reshape(tensor.shape)
+    if getattr(qtype, "is_floating_point", False):
+        codes = getattr(tensor, "_data", None)
+        if codes is None or not codes.dtype.is_floating_point or codes.shape != tensor.shape:
+            return Quantization(f"{name} ({kind})", None)
+        steps = steps * _float_spacing(codes)
+    return Quantization(f"{described} ({kind})", _rounding_l2(steps))
+
+
+def _float_spacing(codes):
+    """The spacing of a float format's values at each of `codes` (float64): eps x 2^exponent, the subnormals'
+    spacing below the smallest normal."""
+    import torch
+
+    info = torch.finfo(codes.dtype)
+    magnitude = codes.detach().to(torch.float64).abs().clamp_min(info.tiny)
+    return info.eps * torch.exp2(torch.floor(torch.log2(magnitude)))
 
 
 def _bitsandbytes(tensor, module) -> tuple[Any, Quantization] | None:

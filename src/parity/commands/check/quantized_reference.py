@@ -51,6 +51,10 @@ def take_quantized_weights(reference_model, candidate, tokens: list[int], option
             taken[name] = traced[name]
         else:
             left.append(name)
+    if not taken and all(quantized[name]["rounding_l2"] is None for name in left):
+        raise OptionError(f"--quantized-reference: none of the candidate's {len(left)} quantized weights is on a grid "
+                          f"parity can read (first: {left[0]}, {quantized[left[0]]['format']}), so none can be told "
+                          "from a conversion error; leave the option out")
     if taken:
         reference_model.take_weights(taken)
     note = (f"the reference computed with the candidate's {len(taken)} quantized weights (as the floats they stand "

@@ -33,11 +33,22 @@ class CacheComparison:
             return f"the {part} of layer {layer}, head {head} differ from the reference's after the prefill"
         if not self.inherited:
             return "matches the reference's after the prefill, every layer and head"
-        parts = " and ".join(f"{part} of layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
+        parts = " and ".join(f"{part} of layer{'s' if len(layers) > 1 else ''} {_runs(layers)}"
                              for part in ("keys", "values")
-                             for layers in [[layer for held, layer in self.inherited if held == part]] if layers)
+                             for layers in [sorted(layer for held, layer in self.inherited if held == part)] if layers)
         return (f"holds what the candidate's own pass computes after the prefill, every layer and head; its {parts} "
                 "differ from the reference's as that pass's do (the forward pass parts there, not the cache)")
+
+
+def _runs(numbers: list[int]) -> str:
+    """Sorted numbers with each run of consecutive ones written first-last: [0, 1, 2, 5] -> '0-2, 5'."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
 
 
 @dataclass(frozen=True)
