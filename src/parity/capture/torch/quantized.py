@@ -44,12 +44,56 @@ class Quantization:
 
 
 def packed_parameters(module) -> dict[str, Any]:
-    """A torch.ao quantized module's weight and bias, which it keeps packed (not as parameters) and gives by
-    calling them; empty for any other module."""
+    """A quantized module's weight (and bias) that it keeps packed, not as parameters, and gives by a call:
+    torch.ao's (calling `weight()` and `bias()`), HQQ's HQQLinear (`dequantize()`, read by dequantized());
+    empty for any other module."""
+    if _is_hqq(module):
+        return {"weight": HqqWeight(module)}
     if not hasattr(module, "_packed_params"):
         return {}
     found = {name: getattr(module, name)() for name in ("weight", "bias") if callable(getattr(module, name, None))}
     return {name: value for name, value in found.items() if value is not None}
+
+
+def packed_storage(module) -> set[str]:
+    """The parameters that hold a quantized module's packed weight, read through packed_parameters() instead:
+    HQQ's `W_q`."""
+    return {"W_q"} if _is_hqq(module) else set()
+
+
+@dataclasses.dataclass(frozen=True)
+class HqqWeight:
+    """HQQ's HQQLinear weight: `W_q` packed, `meta` its scale and zero point per group, its float weight given by
+    the module's `dequantize()`."""
+
+    module: Any
+
+    def __repr__(self) -> str:
+        return f"<HqqWeight {self.module.meta.get('nbits')} bits>"
+
+    def read(self) -> tuple[Any, Quantization]:
+        """(the float weight, its format and its grid's rounding): a uniform grid of 2^nbits levels whose step is
+        its group's scale, the groups rows of the weight reshaped to `group_size` columns (axis 1) or columns of it
+        reshaped to `group_size` rows (axis 0). HQQ chooses each group's zero point to fit the weight (its
+        half-quadratic solver), not to round it to the nearest level."""
+        import torch
+
+        meta = self.module.meta
+        values = self.module.dequantize().detach().to(torch.float32)
+        nbits, group, axis = meta.get("nbits"), meta.get("group_size"), meta.get("axis")
+        described = f"{nbits}-bit in groups of {group} (hqq HQQLinear)"
+        scale = meta.get("scale")
+        if not torch.is_tensor(scale) or meta.get("quant_scale") or not group or values.numel() % group:
+            return values, Quantization(described, None)
+        grouped = (values.numel() // group, group) if axis == 1 else (group, values.numel() // group)
+        if scale.numel() != values.numel() // group:
+            return values, Quantization(described, None)
+        steps = scale.detach().to(torch.float64).reshape(grouped[0] if axis == 1 else 1, -1).expand(grouped)
+        return values, Quantization(described, _rounding_l2(steps.reshape(values.shape)))
+
+
+def _is_hqq(module) -> bool:
+    return type(module).__name__ == "HQQLinear" and type(module).__module__.startswith("hqq")
 
 
 def dequantized(value, module=None) -> tuple[Any, Quantization | None]:
@@ -57,6 +101,8 @@ def dequantized(value, module=None) -> tuple[Any, Quantization | None]:
     (else None)."""
     import torch
 
+    if isinstance(value, HqqWeight):
+        return value.read()
     value = _computed_weight(module, value)
     inner, inputs = value, input_rounding(module, value)
     while hasattr(inner, "original_weight_tensor"):   # torchao's wrapper that quantizes the op's input as it runs

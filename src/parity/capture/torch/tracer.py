@@ -7,7 +7,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from parity.capture.torch.layout import canonical_layout, first_tensor
-from parity.capture.torch.quantized import Quantization, dequantized, packed_parameters
+from parity.capture.torch.quantized import Quantization, dequantized, packed_parameters, packed_storage
 from parity.capture.torch.rows import RowBlocks
 from parity.capture.torch.taps import (TapsLike, fill_layer, holds_weights, index_taps, matching_taps,
                                       resolve_taps)
@@ -112,7 +112,9 @@ class ModuleTracer:
     def _record_parameters(self, module, checkpoint: str) -> None:
         """The module's own parameters (packed ones of a torch.ao quantized module too), as float tensors; a
         quantized one's format and rounding kept in `quantized`."""
-        parameters = {**dict(module.named_parameters(recurse=False)), **packed_parameters(module)}
+        storage = packed_storage(module)
+        parameters = {**{name: value for name, value in module.named_parameters(recurse=False) if name not in storage},
+                      **packed_parameters(module)}
         for parameter, value in parameters.items():
             name = f"{checkpoint}.{parameter}"
             if name in self.tensors:
