@@ -42,12 +42,23 @@ def test_a_cache_apart_from_its_own_pass_too_is_a_mismatch():
     assert ("keys", 0) in result.inherited and ("keys", 1) not in result.inherited
 
 
-def test_a_layer_without_its_own_pass_is_held_to_the_references():
+def test_a_layer_where_the_forward_pass_does_not_part_is_held_to_the_references():
     reference = cache()
     rounded = {layer: tuple(part * 1.01 for part in pair) for layer, pair in reference.items()}
     own = {("keys", 0): rounded[0][0], ("values", 0): rounded[0][1]}
     result = compare_caches(reference, rounded, 1e-6, own)
     assert not result and result.first == ("keys", 1, 0)
+
+
+def test_a_layer_whose_own_pass_is_not_recorded_is_not_judged_and_says_so():
+    reference = cache()
+    rounded = {layer: tuple(part * 1.01 for part in pair) for layer, pair in reference.items()}
+    own = {("keys", 0): None, ("values", 0): rounded[0][1], ("keys", 1): None, ("values", 1): rounded[1][1]}
+    result = compare_caches(reference, rounded, 1e-6, own)
+    assert result and result.unjudged == (("keys", 0), ("keys", 1)) and result.inherited == (("values", 0),
+                                                                                           ("values", 1))
+    assert "its keys of layers 0-1 differ from the reference's where the forward pass parts too" in result.verdict
+    assert "not checked" in result.verdict and "keys of layers 0-1" in result.unjudged_reason
 
 
 def test_the_forward_passs_failed_keys_and_values_name_the_cache_parts_they_write():

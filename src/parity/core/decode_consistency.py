@@ -24,9 +24,10 @@ CACHE_PARTS = ("keys", "values")
 
 def compare_caches(reference: dict, candidate: dict, bound: float, own: dict | None = None) -> CacheComparison | None:
     """Both caches as {layer: (keys, values)} of (S, Hkv, hd); None when they cannot be lined up. `own`:
-    {(part, layer): (S, Hkv, hd)}, what the candidate's own pass computed where its forward pass already parts
-    from the reference's there: a head apart from the reference's but within `bound` of its own pass's is that
-    pass's difference (inherited), not the cache's."""
+    {(part, layer): (S, Hkv, hd) or None}, what the candidate's own pass computed where its forward pass already
+    parts from the reference's there (None: it records no such tensor). A head apart from the reference's but
+    within `bound` of its own pass's is that pass's difference (inherited), not the cache's; one apart where the
+    own pass is not recorded cannot be told either way (unjudged)."""
     layers = sorted(set(reference) & set(candidate))
     if not layers or any(reference[i][0].shape != candidate[i][0].shape for i in layers):
         return None
@@ -35,18 +36,25 @@ def compare_caches(reference: dict, candidate: dict, bound: float, own: dict | N
                              for h in range(reference[i][index].shape[1])) for i in layers)
            for index, part in enumerate(CACHE_PARTS)}
 
-    def held_to_own(part: str, layer: int, head: int) -> bool:
-        computed, cached = own.get((part, layer)), candidate[layer][CACHE_PARTS.index(part)]
-        return computed is not None and computed.shape == cached.shape \
-            and rel_l2(computed[:, head], cached[:, head]) <= bound
+    def held_to_own(part: str, layer: int, head: int) -> bool | None:
+        """Whether the head is its own pass's; None where that pass is not recorded; False where the forward
+        pass does not part there (the cache is the reference's to hold)."""
+        if (part, layer) not in own:
+            return False
+        computed, cached = own[part, layer], candidate[layer][CACHE_PARTS.index(part)]
+        if computed is None or computed.shape != cached.shape:
+            return None
+        return rel_l2(computed[:, head], cached[:, head]) <= bound
 
     apart = [(part, layers[row], head) for row in range(len(layers)) for part in CACHE_PARTS
              for head, error in enumerate(per[part][row]) if not error <= bound]
-    mismatched = [(part, layer, head) for part, layer, head in apart if not held_to_own(part, layer, head)]
-    held = tuple(dict.fromkeys((part, layer) for part, layer, _ in apart
-                               if not any(m[:2] == (part, layer) for m in mismatched)))
+    judged = {where: held_to_own(*where) for where in apart}
+    mismatched = [where for where in apart if judged[where] is False]
+    unjudged = tuple(dict.fromkeys(where[:2] for where in apart if judged[where] is None))
+    held = tuple(dict.fromkeys(where[:2] for where in apart if judged[where]
+                               and not any(m[:2] == where[:2] for m in mismatched) and where[:2] not in unjudged))
     first = mismatched[0] if mismatched else None
-    return CacheComparison(per["keys"], per["values"], bound, first, held)
+    return CacheComparison(per["keys"], per["values"], bound, first, held, unjudged)
 
 
 def parted_in_forward(failed: set[str]) -> set[tuple[str, int]]:

@@ -76,7 +76,8 @@ def _decode(decode) -> dict[str, Any] | None:
                 "passed": bool(cache), "first": list(cache.first) if cache.first else None,
                 "keys_rel_l2": [[_number(v) for v in layer] for layer in cache.keys],
                 "values_rel_l2": [[_number(v) for v in layer] for layer in cache.values],
-                "inherited": [list(held) for held in cache.inherited]},
+                "inherited": [list(held) for held in cache.inherited],
+                "unjudged": [list(where) for where in cache.unjudged]},
             "chunked_prefill_rel_l2": _optional(decode.chunked_rel_l2),
             "batch_rel_l2": {side: _number(error) for side, error in decode.batch_rel_l2},
             "batch_prompt_tokens": decode.batch_tokens}

@@ -151,20 +151,24 @@ def _cache_floor(comparison: Comparison) -> float:
     return max(bounds, default=0.0)
 
 
-def _parted(comparison: Comparison) -> set[tuple[str, int]]:
+def _parted(comparison: Comparison) -> tuple[set[tuple[str, int]], tuple[str, ...]]:
     """(part, layer) of the cache whose keys or values the forward pass already computes apart from the
-    reference's."""
+    reference's, and the checkpoints that hold the keys a cache keeps: after RoPE where the model rotates them
+    (its checkpoints name k_rope), else after their norm or as projected."""
     from parity.core.decode_consistency import parted_in_forward
 
-    return parted_in_forward({result.name for result in comparison.checkpoints if result.failed})
+    names = [result.name for result in comparison.checkpoints] + list(comparison.missing)   # the reference's
+    rotated = any(name.endswith(".k_rope") for name in names)
+    return (parted_in_forward({result.name for result in comparison.checkpoints if result.failed}),
+            ("k_rope",) if rotated else ("k_norm", "k"))
 
 
 def _decode(reference, reference_model, candidate, prompt, continuation, full, reference_logits, taps, skipped,
-            noise_logits=None, cache_floor: float = 0.0, parted: frozenset = frozenset()):
+            noise_logits=None, cache_floor: float = 0.0, parted=(frozenset(), ())):
     """(DecodeConsistency, causes, why the cache was not compared or None, why its failing step was not located
     or None); `full` and `reference_logits`: Rows; the cache held to the larger of the first step's bound and
-    `cache_floor`, and, at the (part, layer) in `parted`, to the candidate's own pass where not to the
-    reference's."""
+    `cache_floor`, and, at the (part, layer) of `parted` (_parted's), to the candidate's own pass where not to
+    the reference's."""
     from parity.capture.precision import UNKNOWN
     from parity.core.decode_consistency import compare_decode
 
@@ -232,7 +236,7 @@ def _located(decode, step: dict, reference, candidate, sequence: list[int], taps
 
 
 def _with_prefill_variants(decode, reference_model, candidate, prompt: list[int], full, bound: float, skipped,
-                           parted=frozenset(), taps=None):
+                           parted=(frozenset(), ()), taps=None):
     """The KV cache itself, chunked prefill and padded batches, where the candidate gives them; and why the
     cache could not be compared, or None."""
     from parity.capture.torch.incremental import prefill_cache
@@ -244,13 +248,15 @@ def _with_prefill_variants(decode, reference_model, candidate, prompt: list[int]
         reference_cache = prefill_cache(reference_model.model, prompt)
         candidate_cache = candidate.prefill_cache(prompt) if reference_cache else None
         cache = compare_caches(reference_cache, candidate_cache, bound) if reference_cache else None
-        if cache is not None and not cache and parted:   # apart where the forward pass is apart too?
-            own = _own_pass_cache(candidate, prompt, parted, candidate_cache, taps)
+        if cache is not None and not cache and parted[0]:   # apart where the forward pass is apart too?
+            own = _own_pass_cache(candidate, prompt, *parted, candidate_cache, taps)
             cache = compare_caches(reference_cache, candidate_cache, bound, own)
         if not reference_cache:
             note = "the reference's cache holds no keys and values (none of its layers attends)"
         elif cache is None:
             note = "its cache could not be lined up with the reference's (another form, or other shapes per layer)"
+        elif cache.unjudged:
+            note = f"not all of it: {cache.unjudged_reason}"
     chunked = None
     if "chunked_prefill" not in skipped:
         chunked = rel_l2(full[len(prompt) - 1], candidate.chunked_prefill_logits(prompt))
@@ -292,14 +298,14 @@ def _reference_chunked(model, prompt: list[int]) -> float:
     return rel_l2(full_logits(model, prompt, len(prompt) - 1)[-1], chunked_prefill_logits(model, prompt))
 
 
-def _own_pass_cache(candidate, prompt: list[int], parted, cached: dict, taps) -> dict:
-    """{(part, layer): (S, Hkv, hd)}: the keys (after RoPE, else after their norm, else as projected) and values
-    the candidate's own pass over `prompt` computes at the (part, layer) of `parted`, shaped as its cache holds
-    them; one not recorded, or not of the cache's size, is left out. One more pass, keeping those tensors only."""
+def _own_pass_cache(candidate, prompt: list[int], parted, key_kinds: tuple[str, ...], cached: dict, taps) -> dict:
+    """{(part, layer): (S, Hkv, hd) or None}: the keys (the first of `key_kinds` recorded) and values the
+    candidate's own pass over `prompt` computes at the (part, layer) of `parted`, shaped as its cache holds them;
+    None for one not recorded, or not of the cache's size. One more pass, keeping those tensors only."""
     from parity.capture.candidate import TraceRequest
     from parity.core.decode_consistency import CACHE_PARTS
 
-    kinds = {"keys": ("k_rope", "k_norm", "k"), "values": ("v",)}
+    kinds = {"keys": key_kinds, "values": ("v",)}
     wanted = ",".join(f"layers.{layer}.{kind}" for part, layer in sorted(parted) for kind in kinds[part])
     trace = candidate.trace(prompt, TraceRequest(checkpoints=wanted, taps=taps, raw=False))
     own = {}
@@ -307,6 +313,7 @@ def _own_pass_cache(candidate, prompt: list[int], parted, cached: dict, taps) ->
         name = next((f"layers.{layer}.{kind}" for kind in kinds[part] if f"layers.{layer}.{kind}" in trace.tensors),
                     None)
         held = cached.get(layer)
+        own[part, layer] = None
         if name is None or held is None:
             continue
         computed, shape = trace[name], held[CACHE_PARTS.index(part)].shape     # (T, Hkv * hd) -> (S, Hkv, hd)

@@ -18,6 +18,8 @@ class CacheComparison:
     bound: float
     first: tuple[str, int, int] | None      # ("keys" or "values", layer, head) of the first mismatch
     inherited: tuple[tuple[str, int], ...] = ()   # (part, layer) apart from the reference's as its own pass is
+    unjudged: tuple[tuple[str, int], ...] = ()    # (part, layer) apart where its own pass is apart too, and not
+                                                  # recorded to hold the cache to: not checked
 
     def __bool__(self) -> bool:
         return self.first is None
@@ -31,13 +33,33 @@ class CacheComparison:
         if self.first is not None:
             part, layer, head = self.first
             return f"the {part} of layer {layer}, head {head} differ from the reference's after the prefill"
-        if not self.inherited:
+        if not self.inherited and not self.unjudged:
             return "matches the reference's after the prefill, every layer and head"
-        parts = " and ".join(f"{part} of layer{'s' if len(layers) > 1 else ''} {_runs(layers)}"
-                             for part in ("keys", "values")
-                             for layers in [sorted(layer for held, layer in self.inherited if held == part)] if layers)
-        return (f"holds what the candidate's own pass computes after the prefill, every layer and head; its {parts} "
-                "differ from the reference's as that pass's do (the forward pass parts there, not the cache)")
+        said = "holds what the candidate's own pass computes after the prefill, every layer and head" \
+            if not self.unjudged else ("matches the reference's or the candidate's own pass's after the prefill wherever "
+                                        "that can be told")
+        if self.inherited:
+            said += (f"; its {_parts(self.inherited)} differ from the reference's as that pass's do (the forward "
+                     "pass parts there, not the cache)")
+        if self.unjudged:
+            said += (f"; its {_parts(self.unjudged)} differ from the reference's where the forward pass parts too, and "
+                     "the candidate records no such tensor of its own pass to hold them to: not checked")
+        return said
+
+    @property
+    def unjudged_reason(self) -> str | None:
+        """Why part of the cache was not checked, for the report's "not checked"; None where all of it was."""
+        if not self.unjudged:
+            return None
+        return (f"its {_parts(self.unjudged)} differ from the reference's as the forward pass's keys and values "
+                "there do, and the candidate records no keys after RoPE or values of its own pass to hold them to")
+
+
+def _parts(where: tuple[tuple[str, int], ...]) -> str:
+    """(part, layer) pairs in words: 'keys of layers 0-2 and values of layer 1'."""
+    return " and ".join(f"{part} of layer{'s' if len(layers) > 1 else ''} {_runs(layers)}"
+                        for part in ("keys", "values")
+                        for layers in [sorted(layer for held, layer in where if held == part)] if layers)
 
 
 def _runs(numbers: list[int]) -> str:
