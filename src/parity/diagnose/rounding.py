@@ -38,6 +38,7 @@ EXACT = 1e-7             # float32 tensors stored as they are
 def weight_rounding(context: Context) -> Iterator[Diagnosis]:
     yield from _file_rounding(context)
     yield from _quantized_weights(context)
+    yield from _held_as_floats(context)
 
 
 def _file_rounding(context: Context) -> Iterator[Diagnosis]:
@@ -92,6 +93,45 @@ def _quantized_weights(context: Context) -> Iterator[Diagnosis]:
                     f"{'; '.join(_describe_quantized(m) for m in largest)}); the difference starts in the "
                     "quantization of its weights (`parity check --quantized-reference` runs the reference with them, "
                     "to check what it computes with them)")
+
+
+def _held_as_floats(context: Context) -> Iterator[Diagnosis]:
+    """The weights both traces hold that differ from the reference's, plain float tensors whose values lie on a
+    quantization grid (diagnose/weight_grid.py): a quantized or float16 file converted as it loaded, each held
+    to the rounding its grid gives. Nothing where the first that differs lies on no grid (weight_mismatch)."""
+    from parity.diagnose.weight_grid import grid_of
+    from parity.diagnose.weights import differing
+
+    quantized = context.candidate.metadata.get("quantized_weights") or {}
+    divergence = context.comparison.first_divergence
+    if divergence is None or quantized:
+        return
+    measured = []
+    for name in differing(context):
+        grid = grid_of(widened(context.candidate[name]))
+        error, expected = grid_rounding(context.reference[name], context.candidate[name],
+                                        None if grid is None else grid.rounding_l2)
+        if not measured and grid is None:
+            return
+        measured.append((name, grid, error, expected))
+        if grid is None or not on_grid(error, expected):
+            name, grid, error, expected = measured[-1]
+            how = ("lies on no grid, while the weights before it lie on one" if grid is None else
+                   f"{grid.describe()} rel_l2 {error:.3g} (its grid gives {expected:.3g}): on a grid, but further "
+                   "from the reference's than rounding to it makes it")
+            yield Diagnosis("weight_rounding", divergence.checkpoint,
+                            f"the candidate's {name} {how}; it quantized other weights or converted them wrongly")
+            return
+    if not measured:
+        return
+    name, grid, error, expected = max(measured, key=lambda m: m[2])
+    count = f"{len(measured)} weight{'s' if len(measured) > 1 else ''} that differ{'s' if len(measured) == 1 else ''}"
+    yield Diagnosis("weight_rounding", divergence.checkpoint,
+                    f"the candidate computes with the reference's weights rounded to a grid and held as float32 (a "
+                    f"quantized or float16 file converted as it loaded): {count}, each as far from the reference's "
+                    f"as rounding to its grid makes it (largest: {name} {grid.describe()} rel_l2 {error:.3g}, its "
+                    f"grid gives {expected:.3g}); the difference starts in the rounding of its weights (`parity "
+                    "check --quantized-reference` runs the reference with them, to check what it computes with them)")
 
 
 @register("activation_quantization")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from parity.core.metrics import rel_l2
@@ -14,11 +16,27 @@ SAME = 1e-6  # weights loaded from one file agree to float32 conversion ...
 ROUNDED = {"float16": 1e-3, "bfloat16": 8e-3}  # ... or to one rounding to a lower precision (rel_l2 of it)
 
 
+def differing(context: Context) -> Iterator[str]:
+    """The weights both traces hold that are not the reference's (by shape, or by more than a conversion to the
+    lower of the two dtypes rounds), in flow order."""
+    for name in _shared(context):
+        shapes = context.reference.shape_of(name), context.candidate.shape_of(name)
+        if shapes[0] != shapes[1]:
+            yield name
+            continue
+        same = max([SAME] + [ROUNDED.get(trace.dtype_of(name), 0.0) for trace in (context.reference, context.candidate)])
+        if rel_l2(widened(context.reference[name]), widened(context.candidate[name])) > same:
+            yield name
+
+
+def _shared(context: Context) -> list[str]:
+    return [name for name in in_flow_order(set(context.reference.tensors) & set(context.candidate.tensors))
+            if weight_of(name) is not None]
+
+
 @register("weight_mismatch")
 def weight_mismatch(context: Context):
-    shared = [name for name in in_flow_order(set(context.reference.tensors) & set(context.candidate.tensors))
-              if weight_of(name) is not None]
-    for name in shared:
+    for name in _shared(context):
         shapes = context.reference.shape_of(name), context.candidate.shape_of(name)
         if shapes[0] != shapes[1] and shapes[1] != shapes[0][::-1]:  # decided from the headers, nothing read
             checkpoint, parameter = weight_of(name)

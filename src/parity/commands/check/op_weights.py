@@ -1,5 +1,6 @@
 """A failure no detector explains, at an op with weights: that op's weights, read from both sides and compared.
-(Also where the only cause named is the output projection, which cannot see its weights.)
+(Also where the only cause named is the output projection, which cannot see its weights, or a narrower
+precision than declared, which weights rounded to it and held as float32 also show.)
 
 A port's loader is where many bugs live (a Conv1D weight not transposed, another layer's
 weights, a scale folded in twice), and they leave no mark in the activations that a
@@ -20,7 +21,9 @@ from parity.core.names import weight_of
 from parity.core.results import Comparison, Diagnosis
 
 UNEXPLAINED = "no_known_cause"
-WEIGHTS_SUSPECTED = frozenset({UNEXPLAINED, "output_projection"})   # causes that leave the op's weights to be read
+# causes that leave the op's weights to be read: values of a narrower float format (declared_precision) may be
+# weights rounded to it and held as float32 (a float16 GGUF dequantized as it loaded), not a narrower computation
+WEIGHTS_SUSPECTED = frozenset({UNEXPLAINED, "output_projection", "declared_precision"})
 READ_AFTER = "read after the check"   # in the diagnosis or note that reports them: were_read() finds it
 
 
@@ -53,8 +56,16 @@ def with_op_weights(comparison: Comparison, reference_model, candidate, tokens: 
                                    diagnoses=tuple(_weights_read(d) for d in comparison.diagnoses))
     found = dataclasses.replace(found, message=found.message + f" ({READ_AFTER}, as --weights reads them)")
     unexplained = [d for d in comparison.diagnoses if d.cause == UNEXPLAINED and d.checkpoint == checkpoint]
-    diagnoses = tuple(found if d in unexplained else _weights_read(d) for d in comparison.diagnoses)
+    diagnoses = tuple(found if d in unexplained else _weights_read(d) for d in comparison.diagnoses
+                      if not _superseded(d, found))
     return dataclasses.replace(comparison, diagnoses=diagnoses if unexplained else diagnoses + (found,))
+
+
+def _superseded(diagnosis: Diagnosis, found: Diagnosis) -> bool:
+    """Whether the weights' diagnosis explains `diagnosis` (at the same checkpoint) as the detectors rank them."""
+    from parity.diagnose import SUPERSEDES
+
+    return diagnosis.checkpoint == found.checkpoint and diagnosis.cause in SUPERSEDES.get(found.cause, ())
 
 
 def _weights_read(diagnosis: Diagnosis) -> Diagnosis:

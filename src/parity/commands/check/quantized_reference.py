@@ -37,13 +37,17 @@ def take_quantized_weights(reference_model, candidate, tokens: list[int], option
     traced = candidate.trace(first, only.request(reference_model))
     quantized = traced.metadata.get("quantized_weights") or {}
     owners = sorted({weight_of(name)[0] for name in quantized if weight_of(name)})   # their checkpoints alone
-    reference = reference_model.capture(first, checkpoints=",".join(owners) or None, weights=True, raw=False)
+    reference = reference_model.capture(first, checkpoints=",".join(owners) if owners else None, weights=True,
+                                        raw=False)
     reference_model.rest()
+    if not quantized:   # a quantized file dequantized as it loaded: its float weights on a grid
+        quantized = held_as_floats(reference, traced)
     shared = sorted(set(quantized) & set(traced.tensors) & set(reference.tensors))
     if not shared:
         raise OptionError(f"--quantized-reference: {candidate.description} holds no quantized weight parity can "
-                          "read where the reference has one (torchao's, torch.ao's or bitsandbytes' quantized weights, or "
-                          "a tensor subclass with a dequantize() of its own); leave the option out")
+                          "read where the reference has one (torchao's, torch.ao's, bitsandbytes', optimum-quanto's "
+                          "or HQQ's quantized weights, a tensor subclass with a dequantize() of its own, or float "
+                          "weights on a quantization grid); leave the option out")
     taken, left = {}, []
     for name in shared:
         error, grid = grid_rounding(reference[name], traced[name], quantized[name]["rounding_l2"])
@@ -64,3 +68,25 @@ def take_quantized_weights(reference_model, candidate, tokens: list[int], option
         note += (f"; left as the reference's, {len(left)} that are not its rounded or whose grid cannot be read "
                  f"(first: {left[0]})")
     return note
+
+
+def held_as_floats(reference, traced) -> dict[str, dict]:
+    """{weight: {format, rounding_l2}} for each of the candidate's plain float weights that differs from the
+    reference's and lies on a quantization grid (diagnose/weight_grid.py)."""
+    from parity.core.metrics import rel_l2
+    from parity.core.names import weight_of
+    from parity.diagnose.context import widened
+    from parity.diagnose.weight_grid import grid_of
+    from parity.diagnose.weights import SAME
+
+    found = {}
+    for name in sorted(set(traced.tensors) & set(reference.tensors)):
+        if weight_of(name) is None or traced.shape_of(name) != reference.shape_of(name):
+            continue
+        candidate = widened(traced[name])
+        if rel_l2(widened(reference[name]), candidate) <= SAME:
+            continue
+        grid = grid_of(candidate)
+        if grid is not None:
+            found[name] = {"format": grid.describe(), "rounding_l2": grid.rounding_l2}
+    return found
