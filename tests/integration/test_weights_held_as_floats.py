@@ -1,5 +1,6 @@
 """A candidate that loads a converted file and dequantizes it as it loads, checked against the original float
-model: transformers reading a GGUF that llama.cpp's own converter wrote (Q8_0, F16), code nobody here wrote.
+model: transformers reading a GGUF that llama.cpp's own converter wrote (Q8_0, F16) or its quantizer made
+(Q4_K_M), code nobody here wrote.
 
 Its weights are plain float32 tensors, the reference's rounded to the file's grid. At first contact the Q8_0 one
 was "not the reference's ... it loaded other weights or converted them wrongly" (weight_mismatch) and the F16 one
@@ -8,15 +9,15 @@ was "not the reference's ... it loaded other weights or converted them wrongly" 
 named weight_rounding, and with --quantized-reference the reference computes with those weights and passes."""
 
 import json
+import os
 import re
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers")
 
 import gguf_models  # noqa: E402
-from conftest import TOKENS  # noqa: E402
+from conftest import TOKENS, need  # noqa: E402
 
 FACTORIES = '''from pathlib import Path
 
@@ -37,6 +38,10 @@ def q8_0(path):
 
 def f16(path):
     return transformers_reading("f16")
+
+
+def q4_k_m(path):
+    return transformers_reading("q4_k_m")
 
 
 def q8_0_of_another_layer(path):     # a loader that read layer 1's q into layer 0's
@@ -101,6 +106,39 @@ def test_every_weight_read_is_held_to_its_grid(converted, capsys):
     assert re.search(r"(\d+) weights that differ, each as far from the reference's as rounding to its grid",
                      found["message"]), found["message"]
     assert not [d for d in report["diagnoses"] if d["cause"] == "weight_mismatch"]
+
+
+@pytest.fixture(scope="module")
+def k_quantized(tmp_path_factory):
+    """The tiny Llama with rows of 256 (K-quants' super-blocks), its F32 GGUF quantized to Q4_K_M by llama.cpp's
+    own llama_model_quantize (Q4_K and Q6_K tensors: a scale and a minimum per 32, a scale per 16)."""
+    import ctypes
+
+    need("llama_cpp")
+    import llama_cpp
+
+    widths = dict(hidden_size=256, intermediate_size=512)
+    directory = gguf_models.model_dir("llama", **widths)
+    quantized = directory / "model-q4_k_m.gguf"
+    if not quantized.is_file():
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+        staging = quantized.with_name(f"model-q4_k_m.tmp{os.getpid()}.gguf")
+        assert llama_cpp.llama_model_quantize(str(gguf_models.gguf("llama", "f32", **widths)).encode(),
+                                              str(staging).encode(), ctypes.byref(params)) == 0
+        staging.rename(quantized)
+    factories = tmp_path_factory.mktemp("k_quantized") / "loaders.py"
+    factories.write_text(FACTORIES.format(directory=str(directory)))
+    return directory, factories
+
+
+def test_a_k_quantized_file_loaded_as_floats_passes_with_its_weights_in_the_reference(k_quantized, capsys):
+    code, report = check(k_quantized, capsys, "q4_k_m", "--weights")
+    at, [found] = at_first_divergence(report)
+    assert code == 1 and found["cause"] == "weight_rounding", found
+    assert "each as far from the reference's as rounding to its grid makes it" in found["message"]
+    code, report = check(k_quantized, capsys, "q4_k_m", "--quantized-reference")
+    assert code == 0, report["first_divergence"]
 
 
 def test_a_weight_on_the_grid_but_not_the_references_rounded_is_a_conversion_error(converted, capsys):
