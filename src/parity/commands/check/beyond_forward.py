@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 from parity.core.pass_sketch import PassSketch
 from parity.core.results import Comparison, Diagnosis, NotChecked
@@ -151,23 +152,33 @@ def _cache_floor(comparison: Comparison) -> float:
     return max(bounds, default=0.0)
 
 
-def _parted(comparison: Comparison) -> tuple[set[tuple[str, int]], tuple[str, ...]]:
-    """(part, layer) of the cache whose keys or values the forward pass already computes apart from the
-    reference's, and the checkpoints that hold the keys a cache keeps: after RoPE where the model rotates them
+class Parted(NamedTuple):
+    """Where the forward pass already computes the cache's tensors apart from the reference's: (part, layer),
+    and the checkpoints that hold the keys a cache keeps, the first recorded taken."""
+
+    where: frozenset
+    key_kinds: tuple[str, ...]
+
+
+NOWHERE = Parted(frozenset(), ())
+
+
+def _parted(comparison: Comparison) -> Parted:
+    """Where the forward pass parts at a layer's keys or values; its keys after RoPE where the model rotates them
     (its checkpoints name k_rope), else after their norm or as projected."""
     from parity.core.decode_consistency import parted_in_forward
 
     names = [result.name for result in comparison.checkpoints] + list(comparison.missing)   # the reference's
     rotated = any(name.endswith(".k_rope") for name in names)
-    return (parted_in_forward({result.name for result in comparison.checkpoints if result.failed}),
-            ("k_rope",) if rotated else ("k_norm", "k"))
+    return Parted(frozenset(parted_in_forward({result.name for result in comparison.checkpoints if result.failed})),
+                  ("k_rope",) if rotated else ("k_norm", "k"))
 
 
 def _decode(reference, reference_model, candidate, prompt, continuation, full, reference_logits, taps, skipped,
-            noise_logits=None, cache_floor: float = 0.0, parted=(frozenset(), ())):
+            noise_logits=None, cache_floor: float = 0.0, parted: Parted = NOWHERE):
     """(DecodeConsistency, causes, why the cache was not compared or None, why its failing step was not located
     or None); `full` and `reference_logits`: Rows; the cache held to the larger of the first step's bound and
-    `cache_floor`, and, at the (part, layer) of `parted` (_parted's), to the candidate's own pass where not to
+    `cache_floor`, and where the forward pass already parts (`parted`) to the candidate's own pass where not to
     the reference's."""
     from parity.capture.precision import UNKNOWN
     from parity.core.decode_consistency import compare_decode
@@ -236,7 +247,7 @@ def _located(decode, step: dict, reference, candidate, sequence: list[int], taps
 
 
 def _with_prefill_variants(decode, reference_model, candidate, prompt: list[int], full, bound: float, skipped,
-                           parted=(frozenset(), ()), taps=None):
+                           parted: Parted = NOWHERE, taps=None):
     """The KV cache itself, chunked prefill and padded batches, where the candidate gives them; and why the
     cache could not be compared, or None."""
     from parity.capture.torch.incremental import prefill_cache
@@ -248,8 +259,8 @@ def _with_prefill_variants(decode, reference_model, candidate, prompt: list[int]
         reference_cache = prefill_cache(reference_model.model, prompt)
         candidate_cache = candidate.prefill_cache(prompt) if reference_cache else None
         cache = compare_caches(reference_cache, candidate_cache, bound) if reference_cache else None
-        if cache is not None and not cache and parted[0]:   # apart where the forward pass is apart too?
-            own = _own_pass_cache(candidate, prompt, *parted, candidate_cache, taps)
+        if cache is not None and not cache and parted.where:   # apart where the forward pass is apart too?
+            own = _own_pass_cache(candidate, prompt, parted, candidate_cache, taps)
             cache = compare_caches(reference_cache, candidate_cache, bound, own)
         if not reference_cache:
             note = "the reference's cache holds no keys and values (none of its layers attends)"
@@ -298,18 +309,18 @@ def _reference_chunked(model, prompt: list[int]) -> float:
     return rel_l2(full_logits(model, prompt, len(prompt) - 1)[-1], chunked_prefill_logits(model, prompt))
 
 
-def _own_pass_cache(candidate, prompt: list[int], parted, key_kinds: tuple[str, ...], cached: dict, taps) -> dict:
-    """{(part, layer): (S, Hkv, hd) or None}: the keys (the first of `key_kinds` recorded) and values the
-    candidate's own pass over `prompt` computes at the (part, layer) of `parted`, shaped as its cache holds them;
-    None for one not recorded, or not of the cache's size. One more pass, keeping those tensors only."""
+def _own_pass_cache(candidate, prompt: list[int], parted: Parted, cached: dict, taps) -> dict:
+    """{(part, layer): (S, Hkv, hd) or None}: the keys and values the candidate's own pass over `prompt` computes
+    where the forward pass parts, shaped as its cache holds them; None for one not recorded, or not of the
+    cache's size. One more pass, keeping those tensors only."""
     from parity.capture.candidate import TraceRequest
     from parity.core.decode_consistency import CACHE_PARTS
 
-    kinds = {"keys": key_kinds, "values": ("v",)}
-    wanted = ",".join(f"layers.{layer}.{kind}" for part, layer in sorted(parted) for kind in kinds[part])
+    kinds = {"keys": parted.key_kinds, "values": ("v",)}
+    wanted = ",".join(f"layers.{layer}.{kind}" for part, layer in sorted(parted.where) for kind in kinds[part])
     trace = candidate.trace(prompt, TraceRequest(checkpoints=wanted, taps=taps, raw=False))
     own = {}
-    for part, layer in parted:
+    for part, layer in parted.where:
         name = next((f"layers.{layer}.{kind}" for kind in kinds[part] if f"layers.{layer}.{kind}" in trace.tensors),
                     None)
         held = cached.get(layer)
@@ -360,8 +371,8 @@ def _unexplained(decode) -> str:
     if decode.first_step is not None:
         return "decoding parts from the full pass and no known cause fits; see the decode line"
     if decode.cache is not None and not decode.cache:
-        return ("the KV cache differs from the reference's where the forward pass's keys and values do not, and no "
-                "known cause fits; see the KV cache line")
+        return ("the KV cache differs from the keys and values a forward pass computes (the reference's, or its own "
+                "where its forward pass parts from the reference's), and no known cause fits; see the KV cache line")
     return "a prefill variant differs from the whole pass and no known cause fits; see the prefill variants line"
 
 
