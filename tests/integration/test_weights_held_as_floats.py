@@ -44,6 +44,14 @@ def q4_k_m(path):
     return transformers_reading("q4_k_m")
 
 
+def q8_0_one_weight_left_unloaded(path):     # a loader that left layer 1's down projection as initialized
+    model = transformers_reading("q8_0")
+    with torch.no_grad():
+        torch.manual_seed(0)
+        model.model.layers[1].mlp.down_proj.weight.normal_(std=0.02)
+    return model
+
+
 def q8_0_of_another_layer(path):     # a loader that read layer 1's q into layer 0's
     model = transformers_reading("q8_0")
     with torch.no_grad():
@@ -150,3 +158,10 @@ def test_a_weight_on_the_grid_but_not_the_references_rounded_is_a_conversion_err
     at, [found] = at_first_divergence(report)
     assert code == 1 and at == "layers.0.q", report["first_divergence"]
     assert any("left as the reference's, 1" in note and "layers.0.q.weight" in note for note in report["notes"])
+
+
+def test_a_weight_on_no_grid_after_weights_on_one_is_a_conversion_error(converted, capsys):
+    code, report = check(converted, capsys, "q8_0_one_weight_left_unloaded", "--weights")
+    [found] = [d for d in report["diagnoses"] if d["cause"] == "weight_rounding"]
+    assert code == 1 and "the candidate's layers.1.mlp_out.weight lies on no grid, while the weights before it" \
+        in found["message"], found

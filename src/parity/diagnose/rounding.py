@@ -106,32 +106,36 @@ def _held_as_floats(context: Context) -> Iterator[Diagnosis]:
     divergence = context.comparison.first_divergence
     if divergence is None or quantized:
         return
-    measured = []
+    measured: list[QuantizedWeight] = []
     for name in differing(context):
         grid = grid_of(widened(context.candidate[name]))
-        error, expected = grid_rounding(context.reference[name], context.candidate[name],
-                                        None if grid is None else grid.rounding_l2)
         if not measured and grid is None:
             return
-        measured.append((name, grid, error, expected))
-        if grid is None or not on_grid(error, expected):
-            name, grid, error, expected = measured[-1]
-            how = ("lies on no grid, while the weights before it lie on one" if grid is None else
-                   f"{grid.describe()} rel_l2 {error:.3g} (its grid gives {expected:.3g}): on a grid, but further "
-                   "from the reference's than rounding to it makes it")
+        weight = QuantizedWeight(name, grid.describe() if grid else "",
+                                 *grid_rounding(context.reference[name], context.candidate[name],
+                                                grid.rounding_l2 if grid else None))
+        if grid is None:
             yield Diagnosis("weight_rounding", divergence.checkpoint,
-                            f"the candidate's {name} {how}; it quantized other weights or converted them wrongly")
+                            f"the candidate's {name} lies on no grid, while the weights before it lie on one; it "
+                            "quantized other weights or converted them wrongly")
             return
+        if not on_grid(weight.rel_l2, weight.grid_rel_l2):
+            yield Diagnosis("weight_rounding", divergence.checkpoint,
+                            f"the candidate's {_describe_quantized(weight)}: on a grid, but further from the "
+                            "reference's than rounding to it makes it; it quantized other weights or converted them "
+                            "wrongly")
+            return
+        measured.append(weight)
     if not measured:
         return
-    name, grid, error, expected = max(measured, key=lambda m: m[2])
+    largest = max(measured, key=lambda weight: weight.rel_l2)
     count = f"{len(measured)} weight{'s' if len(measured) > 1 else ''} that differ{'s' if len(measured) == 1 else ''}"
     yield Diagnosis("weight_rounding", divergence.checkpoint,
                     f"the candidate computes with the reference's weights rounded to a grid and held as float32 (a "
                     f"quantized or float16 file converted as it loaded): {count}, each as far from the reference's "
-                    f"as rounding to its grid makes it (largest: {name} {grid.describe()} rel_l2 {error:.3g}, its "
-                    f"grid gives {expected:.3g}); the difference starts in the rounding of its weights (`parity "
-                    "check --quantized-reference` runs the reference with them, to check what it computes with them)")
+                    f"as rounding to its grid makes it (largest: {_describe_quantized(largest)}); the difference "
+                    "starts in the rounding of its weights (`parity check --quantized-reference` runs the reference "
+                    "with them, to check what it computes with them)")
 
 
 @register("activation_quantization")
