@@ -58,8 +58,8 @@ def grid_of(weight: np.ndarray) -> WeightGrid | None:
         return narrower
     columns = weight.shape[1]
     for group in (columns, *(g for g in GROUPS if g < columns)):
-        if columns % group:
-            continue
+        if columns % group or _steps(weight[:1].reshape(-1, group).astype(np.float64)) is None:
+            continue                                            # (its first row tried alone: a float weight fails it)
         steps = _steps(weight.reshape(-1, group).astype(np.float64))
         if steps is not None:
             bits = max(1, math.ceil(math.log2(steps[1])))
