@@ -66,3 +66,22 @@ def test_a_quantized_weight_with_noise_added_after_is_on_no_grid():
     values, _ = symmetric(WEIGHT, 32, 127)
     noisy = values + (RNG.normal(size=values.shape) * 1e-5).astype(np.float32)
     assert grid_of(noisy) is None
+
+
+NF4 = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+                -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+                0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+                0.7229568362236023, 1.0])                      # bitsandbytes' NF4 code
+
+
+def test_a_codebooks_levels_times_each_blocks_largest_magnitude_are_its_grid():
+    """NF4 dequantized (transformers' `model.dequantize()` of a bitsandbytes build): 16 uneven levels, a scale
+    per block of 64; each value's step the width of the interval that rounds to its level."""
+    blocks = WEIGHT.reshape(-1, 64).astype(np.float64)
+    scale = np.abs(blocks).max(axis=1, keepdims=True)
+    nearest = np.abs((blocks / scale)[..., None] - NF4).argmin(axis=-1)
+    values = (NF4[nearest] * scale).reshape(WEIGHT.shape).astype(np.float32)
+    grid = grid_of(values)
+    assert grid is not None and grid.describe().startswith("a codebook of 16 levels times each block of 64's"), grid
+    measured = float(np.linalg.norm(values.astype(np.float64) - WEIGHT))
+    assert 0.85 < measured / grid.rounding_l2 < 1.15

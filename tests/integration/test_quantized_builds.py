@@ -59,6 +59,12 @@ def output_projection_alone(path):     # lm_head quantized, nothing else
     return model
 
 
+def nf4_dequantized(path):               # transformers' model.dequantize(): plain float weights on NF4's code
+    model = nf4(path)
+    model.dequantize()
+    return model.float()
+
+
 def nf4_declared_bfloat16(path):       # its CPU kernel computes in bfloat16: the module says so
     model = nf4(path)
     model.parity_dtype = "bfloat16"
@@ -351,3 +357,15 @@ def test_an_hqq_build_is_named_as_its_weights_rounding_and_passes_with_them_in_t
     [taken] = [re.search(r"the reference computed with the candidate's (\d+) quantized weights", note)
                for note in report["notes"] if "--quantized-reference" in note]
     assert taken and int(taken.group(1)) == 7 * LAYERS and "left as" not in taken.string   # not its lm_head
+
+
+def test_an_nf4_build_dequantized_by_transformers_is_held_to_its_codebook(llama_in_blocks, capsys):
+    """transformers' `model.dequantize()` of a bitsandbytes NF4 build leaves plain float weights, each NF4's level
+    times its block's absmax: "not the reference's ... converted them wrongly" at first contact; now the
+    codebook is read from the values, and with the weights in the reference it passes."""
+    code, report = check(llama_in_blocks, capsys, "nf4_dequantized")
+    at, [found] = diagnosis_at_first_divergence(report)
+    assert code == 1 and at == "layers.0.q" and found["cause"] == "weight_rounding", found
+    assert "a codebook of 16 levels times each block of 64's largest magnitude" in found["message"]
+    code, report = check(llama_in_blocks, capsys, "nf4_dequantized", "--quantized-reference")
+    assert code == 0, report["first_divergence"]

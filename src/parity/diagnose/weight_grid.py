@@ -11,8 +11,9 @@ format all its values are, else the largest group (a whole row, else 256, 128, 6
 or 16 elements) in which every group's values sit on integer steps from its smallest,
 with at most 256 levels; the step of a group is the largest that divides every gap
 between its distinct values (the smallest gap, or a fraction of it where a group of
-few elements leaves levels unused). A float32 weight (thousands of distinct gaps) has
-none.
+few elements leaves levels unused); else a codebook of at most 16 levels that every
+block's values, divided by its largest magnitude, take (NF4, FP4). A float32 weight
+(thousands of distinct gaps) has none.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ GROUPS = (256, 128, 64, 32, 16)   # tried after a whole row, largest first
 MAX_LEVELS = 256                   # 8 bits
 ON_STEP = 0.02                     # |value - nearest level| in steps: float32 storage of offset + q x step
 MAX_FRACTION = 16                  # a step down to 1/16 of the smallest gap (sparse groups skip levels)
+CODE_BLOCKS = (64, 32, 128, 256)   # blocks a codebook's scale covers, bitsandbytes' 64 first
+CODE_LEVELS = 16                   # a 4-bit codebook's (NF4, FP4)
 
 
 # A narrower float format whose values a float32 weight may all be, the narrowest mantissa first (bfloat16's
@@ -50,12 +53,18 @@ class WeightGrid:
 
 def grid_of(weight: np.ndarray) -> WeightGrid | None:
     """The grid a weight's values lie on: a narrower float format's (any shape), else a uniform grid per group
-    of a 2-D weight's rows, the largest group first; None where they lie on none."""
+    of a 2-D weight's rows, the largest group first, else a small codebook's levels per block; None where they
+    lie on none."""
     if weight.size == 0 or not np.all(np.isfinite(weight)):
         return None
     narrower = _float_format(weight)
     if narrower is not None or weight.ndim != 2:
         return narrower
+    return _uniform(weight) or _codebook(weight)
+
+
+def _uniform(weight: np.ndarray) -> WeightGrid | None:
+    """A uniform grid per group of a 2-D weight's rows, the largest group first."""
     columns = weight.shape[1]
     for group in (columns, *(g for g in GROUPS if g < columns)):
         if columns % group or _steps(weight[:1].reshape(-1, group).astype(np.float64)) is None:
@@ -66,6 +75,32 @@ def grid_of(weight: np.ndarray) -> WeightGrid | None:
             where = "row" if group == columns else f"group of {group}"
             return WeightGrid(f"{bits}-bit levels, a step and an offset per {where}",
                               math.sqrt(float(np.sum(steps[0] ** 2)) * group / 12.0))
+    return None
+
+
+def _codebook(weight: np.ndarray) -> WeightGrid | None:
+    """Values that are one codebook's levels (at most CODE_LEVELS, the same for every block) times each block's
+    largest magnitude, blocks of consecutive elements (bitsandbytes' NF4 and FP4, dequantized): the step of a
+    value is the width of the interval that rounds to its level, times its block's scale."""
+    for block in CODE_BLOCKS:
+        if weight.size % block:
+            continue
+        blocks = weight.reshape(-1, block).astype(np.float64)
+        scale = np.abs(blocks).max(axis=1, keepdims=True)
+        normalized = blocks / np.where(scale > 0, scale, 1.0)
+        if len(np.unique(np.round(normalized[:1], 5))) > CODE_LEVELS:   # its first block alone: a float weight fails
+            continue
+        levels = np.unique(np.round(normalized, 5))
+        if not 3 <= len(levels) <= CODE_LEVELS:
+            continue
+        nearest = np.abs(normalized[..., None] - levels).argmin(axis=-1)
+        if np.max(np.abs(normalized - levels[nearest])) > 1e-4:
+            continue
+        middles = (levels[1:] + levels[:-1]) / 2
+        widths = np.concatenate([middles[:1] - levels[:1], np.diff(middles), levels[-1:] - middles[-1:]])
+        steps = widths[nearest] * scale
+        return WeightGrid(f"a codebook of {len(levels)} levels times each block of {block}'s largest magnitude",
+                          math.sqrt(float(np.sum(steps ** 2)) / 12.0))
     return None
 
 
