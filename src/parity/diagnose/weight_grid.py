@@ -85,11 +85,11 @@ def _codebook(weight: np.ndarray) -> WeightGrid | None:
     for block in CODE_BLOCKS:
         if weight.size % block:
             continue
+        if len(_normalized_levels(weight.reshape(-1)[:block])) > CODE_LEVELS:   # its first block: a float weight fails
+            continue
         blocks = weight.reshape(-1, block).astype(np.float64)
         scale = np.abs(blocks).max(axis=1, keepdims=True)
         normalized = blocks / np.where(scale > 0, scale, 1.0)
-        if len(np.unique(np.round(normalized[:1], 5))) > CODE_LEVELS:   # its first block alone: a float weight fails
-            continue
         levels = np.unique(np.round(normalized, 5))
         if not 3 <= len(levels) <= CODE_LEVELS:
             continue
@@ -102,6 +102,13 @@ def _codebook(weight: np.ndarray) -> WeightGrid | None:
         return WeightGrid(f"a codebook of {len(levels)} levels times each block of {block}'s largest magnitude",
                           math.sqrt(float(np.sum(steps ** 2)) / 12.0))
     return None
+
+
+def _normalized_levels(block: np.ndarray) -> np.ndarray:
+    """The distinct values of one block divided by its largest magnitude."""
+    values = block.astype(np.float64)
+    largest = np.abs(values).max()
+    return np.unique(np.round(values / (largest if largest > 0 else 1.0), 5))
 
 
 def _float_format(weight: np.ndarray) -> WeightGrid | None:
