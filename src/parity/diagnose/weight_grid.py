@@ -93,10 +93,10 @@ def _codebook(weight: np.ndarray) -> WeightGrid | None:
         levels = np.unique(np.round(normalized, 5))
         if not 3 <= len(levels) <= CODE_LEVELS:
             continue
-        nearest = np.abs(normalized[..., None] - levels).argmin(axis=-1)
+        middles = (levels[1:] + levels[:-1]) / 2
+        nearest = np.searchsorted(middles, normalized)                     # each value's level, no copy per level
         if np.max(np.abs(normalized - levels[nearest])) > 1e-4:
             continue
-        middles = (levels[1:] + levels[:-1]) / 2
         widths = np.concatenate([middles[:1] - levels[:1], np.diff(middles), levels[-1:] - middles[-1:]])
         steps = widths[nearest] * scale
         return WeightGrid(f"a codebook of {len(levels)} levels times each block of {block}'s largest magnitude",
