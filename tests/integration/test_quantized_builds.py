@@ -144,6 +144,13 @@ def check(llama, capsys, factory, *options):
     return code, (json.loads(captured.out) if captured.out.startswith("{") else captured.err)
 
 
+def weights_taken(report):
+    """The note that says how many quantized weights --quantized-reference took, matched: group 1 the count."""
+    [taken] = [re.search(r"the reference computed with the candidate's (\d+) quantized weights", note)
+               for note in report["notes"] if "--quantized-reference" in note]
+    return taken
+
+
 def diagnosis_at_first_divergence(report):
     at = report["first_divergence"]["checkpoint"]
     return at, [d for d in report["diagnoses"] if d["checkpoint"] == at]
@@ -190,8 +197,7 @@ def test_a_weight_further_off_than_its_grid_is_a_conversion_error(llama, capsys)
 def test_a_correct_weight_only_build_passes_with_its_weights_in_the_reference(llama, capsys, factory):
     code, report = check(llama, capsys, factory, "--quantized-reference")
     assert code == 0, report["first_divergence"]
-    [taken] = [re.search(r"the reference computed with the candidate's (\d+) quantized weights", note)
-               for note in report["notes"] if "--quantized-reference" in note]
+    taken = weights_taken(report)
     assert taken and int(taken.group(1)) >= 7 * LAYERS and "left as" not in taken.string
 
 
@@ -318,8 +324,7 @@ def test_a_correct_optimum_quanto_build_passes_with_its_weights_in_the_reference
     need("optimum.quanto")
     code, report = check(llama, capsys, factory, "--quantized-reference")
     assert code == 0, report["first_divergence"]
-    [taken] = [re.search(r"the reference computed with the candidate's (\d+) quantized weights", note)
-               for note in report["notes"] if "--quantized-reference" in note]
+    taken = weights_taken(report)
     assert taken and int(taken.group(1)) >= 7 * LAYERS and "left as" not in taken.string
 
 
@@ -354,8 +359,7 @@ def test_an_hqq_build_is_named_as_its_weights_rounding_and_passes_with_them_in_t
     assert stored in found["message"] and "as far from the reference's as rounding to its grid" in found["message"]
     code, report = check(llama, capsys, factory, "--quantized-reference")
     assert code == 0, report["first_divergence"]
-    [taken] = [re.search(r"the reference computed with the candidate's (\d+) quantized weights", note)
-               for note in report["notes"] if "--quantized-reference" in note]
+    taken = weights_taken(report)
     assert taken and int(taken.group(1)) == 7 * LAYERS and "left as" not in taken.string   # not its lm_head
 
 

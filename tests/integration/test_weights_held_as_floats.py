@@ -8,7 +8,6 @@ was "not the reference's ... it loaded other weights or converted them wrongly" 
 --quantized-reference refused both. The grid is now read from the weight's values (diagnose/weight_grid.py):
 named weight_rounding, and with --quantized-reference the reference computes with those weights and passes."""
 
-import json
 import os
 import re
 
@@ -17,7 +16,8 @@ import pytest
 pytest.importorskip("transformers")
 
 import gguf_models  # noqa: E402
-from conftest import TOKENS, need  # noqa: E402
+from conftest import need  # noqa: E402
+from test_quantized_builds import check, diagnosis_at_first_divergence, weights_taken  # noqa: E402
 
 FACTORIES = '''from pathlib import Path
 
@@ -72,27 +72,11 @@ def converted(tmp_path_factory):
     return directory, factories
 
 
-def check(converted, capsys, factory, *options):
-    from parity.cli import main
-
-    directory, factories = converted
-    capsys.readouterr()
-    code = main(["check", str(directory), f"{factories}:{factory}", "--tokens", ",".join(map(str, TOKENS)),
-                 "--decode-steps", "0", "--json", "-", *options])
-    captured = capsys.readouterr()
-    return code, (json.loads(captured.out) if captured.out.startswith("{") else captured.err)
-
-
-def at_first_divergence(report):
-    at = report["first_divergence"]["checkpoint"]
-    return at, [d for d in report["diagnoses"] if d["checkpoint"] == at]
-
-
 @pytest.mark.parametrize("factory, grid", [("q8_0", "8-bit levels, a step and an offset per group of 32"),
                                            ("f16", "float16 values")])
 def test_a_converted_file_loaded_as_floats_is_named_as_its_weights_rounding(converted, capsys, factory, grid):
     code, report = check(converted, capsys, factory)
-    at, [found] = at_first_divergence(report)
+    at, [found] = diagnosis_at_first_divergence(report)
     assert code == 1 and at == "embed" and found["cause"] == "weight_rounding", found
     assert f"embed.weight {grid} (read from its values, held as float32)" in found["message"]
     assert "as far from the reference's as rounding to its grid makes it" in found["message"]
@@ -102,14 +86,13 @@ def test_a_converted_file_loaded_as_floats_is_named_as_its_weights_rounding(conv
 def test_with_its_weights_in_the_reference_a_correct_conversion_passes(converted, capsys, factory):
     code, report = check(converted, capsys, factory, "--quantized-reference")
     assert code == 0, report["first_divergence"]
-    [taken] = [re.search(r"the reference computed with the candidate's (\d+) quantized weights", note)
-               for note in report["notes"] if "--quantized-reference" in note]
+    taken = weights_taken(report)
     assert taken and int(taken.group(1)) >= 7 * 3 + 1 and "left as" not in taken.string
 
 
 def test_every_weight_read_is_held_to_its_grid(converted, capsys):
     code, report = check(converted, capsys, "q8_0", "--weights")
-    at, [found] = at_first_divergence(report)
+    at, [found] = diagnosis_at_first_divergence(report)
     assert code == 1 and found["cause"] == "weight_rounding", found
     assert re.search(r"(\d+) weights that differ, each as far from the reference's as rounding to its grid",
                      found["message"]), found["message"]
@@ -142,7 +125,7 @@ def k_quantized(tmp_path_factory):
 
 def test_a_k_quantized_file_loaded_as_floats_passes_with_its_weights_in_the_reference(k_quantized, capsys):
     code, report = check(k_quantized, capsys, "q4_k_m", "--weights")
-    at, [found] = at_first_divergence(report)
+    at, [found] = diagnosis_at_first_divergence(report)
     assert code == 1 and found["cause"] == "weight_rounding", found
     assert "each as far from the reference's as rounding to its grid makes it" in found["message"]
     code, report = check(k_quantized, capsys, "q4_k_m", "--quantized-reference")
@@ -155,7 +138,7 @@ def test_a_weight_on_the_grid_but_not_the_references_rounded_is_a_conversion_err
     assert code == 1 and "the candidate's layers.0.q.weight 8-bit levels" in found["message"], found
     assert "further from the reference's than rounding to it makes it" in found["message"]
     code, report = check(converted, capsys, "q8_0_of_another_layer", "--quantized-reference")
-    at, [found] = at_first_divergence(report)
+    at, [found] = diagnosis_at_first_divergence(report)
     assert code == 1 and at == "layers.0.q", report["first_divergence"]
     assert any("left as the reference's, 1" in note and "layers.0.q.weight" in note for note in report["notes"])
 
