@@ -73,7 +73,7 @@ def _heading(passed: bool, what: str) -> list[str]:
 
 
 def _describe(metadata: dict) -> str:
-    details = [str(metadata[key]) for key in ("arch", "dtype") if metadata.get(key)]
+    details = [str(metadata[key]) for key in ("arch", "dtype", "compiled") if metadata.get(key)]
     return str(metadata.get("producer") or "unknown producer") + (f" ({', '.join(details)})" if details else "")
 
 

@@ -32,7 +32,12 @@ class TorchCandidate(Candidate):
                               "gradients", "on_device", "weights", "raw", "speed", "tokenizer", "module"})
 
     def __init__(self, spec: str, module) -> None:
+        from parity.capture.torch.compiled import compiled_in_place, compiled_within, recompiles_allowed
+
         super().__init__(spec)
+        module = compiled_in_place(module)   # torch.compile's wrapper as its module, compiled in place
+        if compiled_within(module):
+            self._stack.enter_context(recompiles_allowed())
         self.module = module
         self.precision = module_dtype(module)
         self._decode_reasons: dict[tuple[int, ...], str | None] = {}
@@ -78,7 +83,10 @@ class TorchCandidate(Candidate):
 
     @property
     def description(self) -> str:
-        return f"torch module {type(self.module).__name__} ({self.precision})"
+        from parity.capture.torch.compiled import compiled_within
+
+        compiled = ", compiled by torch.compile" if compiled_within(self.module) else ""
+        return f"torch module {type(self.module).__name__} ({self.precision}{compiled})"
 
     def supports(self, capability: str, *, prompt: list[int] | None = None, **context: Any) -> str | None:
         reason = super().supports(capability)

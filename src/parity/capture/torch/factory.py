@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+from parity.capture.torch.compiled import compiled_in_place, guard_call
 from parity.core.errors import OptionError
 from parity.core.isolation import guarded, is_user_exit
 
@@ -92,30 +93,33 @@ def build_module(spec: str, model_path: str | None = None, *, guard_forward: boo
 
     if not isinstance(model, torch.nn.Module):
         raise OptionError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module; return the model")
+    model = compiled_in_place(model)
     if guard_forward:
         _guard_forward(model, spec)
     return model
 
 
 def _guard_forward(model, spec: str) -> None:
+    """Its forward, or a compiled module's compiled call (a guard inside the graph would break it)."""
     import functools
 
     from parity.core.errors import CaptureError
 
-    forward = model.forward
+    def guard(call):
+        @functools.wraps(call)
+        def guarded_call(*args, **kwargs):
+            try:
+                with guarded():
+                    return call(*args, **kwargs)
+            except (Exception, KeyboardInterrupt):
+                raise
+            except BaseException as error:   # SystemExit, os._exit, a BaseException of the port's own
+                raise CaptureError(f"the forward of {spec} {_exited(error)}: a port must return its outputs, not "
+                                   "end the process; fix the port") from None
+        return guarded_call
 
-    @functools.wraps(forward)
-    def guarded_forward(*args, **kwargs):
-        try:
-            with guarded():
-                return forward(*args, **kwargs)
-        except (Exception, KeyboardInterrupt):
-            raise
-        except BaseException as error:   # SystemExit, os._exit, a BaseException of the port's own
-            raise CaptureError(f"the forward of {spec} {_exited(error)}: a port must return its outputs, not end "
-                               "the process; fix the port") from None
-
-    model.forward = guarded_forward
+    if not guard_call(model, guard):
+        model.forward = guard(model.forward)
 
 
 def _exited(error: BaseException) -> str:

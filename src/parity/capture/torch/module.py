@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from parity.capture.torch.compiled import compiled_within
 from parity.capture.torch.layout import canonical_layout, config_heads, first_tensor
 from parity.capture.torch.taps import TapsLike, resolve_taps  # noqa: F401  (the module's public names)
 from parity.capture.torch.tracer import ModuleTracer
@@ -106,6 +107,7 @@ def base_metadata(model, input_ids) -> dict:
         "producer": f"torch:{type(model).__module__}.{type(model).__name__}",
         "dtype": dtype_of(model),
         "tokens": input_ids.reshape(-1).tolist(),
+        **({"compiled": "compiled by torch.compile"} if compiled_within(model) else {}),
     }
 
 

@@ -6,6 +6,7 @@ from collections.abc import Callable, Collection
 from contextlib import ExitStack
 from typing import Any
 
+from parity.capture.torch.compiled import compiled_within
 from parity.capture.torch.layout import canonical_layout, first_tensor
 from parity.capture.torch.quantized import Quantization, dequantized, packed_parameters, packed_storage
 from parity.capture.torch.rows import RowBlocks
@@ -54,6 +55,10 @@ class ModuleTracer:
         self._copying_from: set[Any] = set()  # CUDA devices with copies to the host still queued
         self.matched: set[Tap] = set()
         self._stack = ExitStack()
+        # inside a compiled module (capture/torch/compiled.py) a hook only keeps a copy of its tensors, which the
+        # graph then hands back; what is recorded of them is worked out after the forward (`_take`)
+        self.deferred = compiled_within(model)
+        self._pending: list = []   # (how to record, the tensors a hook kept), in the order the forward made them
 
     def __repr__(self) -> str:
         return f"<ModuleTracer {len(self.taps)} taps, {len(self.tensors)} tensors recorded>"
@@ -90,6 +95,8 @@ class ModuleTracer:
         try:
             self._stack.close()
             if exc_type is None:
+                for record, kept in self._pending:
+                    record(*kept)
                 # read after the forward: a quantized layer may settle its storage there (bitsandbytes moves its
                 # row scales, repacks 4-bit blocks for its CPU kernel and rounds their scales to bfloat16)
                 for module, checkpoint in self._holding_weights:
@@ -97,6 +104,7 @@ class ModuleTracer:
                 for name, whole in self.row_blocks.finish().items():
                     self._record(name, whole, lambda tensor: tensor)
         finally:
+            self._pending.clear()
             self._wait_for_copies()
 
     def _wait_for_copies(self) -> None:
@@ -218,38 +226,54 @@ class ModuleTracer:
         """Checkpoints recorded without a copy whose tensor the forward then changed in place."""
         return [name for name, version in self._versions.items() if self.tensors[name]._version != version]
 
+    def _take(self, record: Callable, *tensors) -> None:
+        """Hand what a hook was given to `record`: at once, or, inside a compiled module, a copy of it kept as
+        the graph makes it and recorded after the forward (recording it there would break the graph)."""
+        if self.deferred:
+            self._pending.append((record, tuple(_kept(tensor) for tensor in tensors)))
+        else:
+            record(*tensors)
+
     def _hook(self, module, tap: Tap, names: tuple[str, ...]) -> None:
         if tap.io in ("input", "lookup"):
-            def on_input(hooked, args, kwargs):
-                value = args[0] if args else kwargs.get("hidden_states", kwargs.get("input_ids"))
-                if value is None:
-                    return
+            def record_input(value) -> None:
                 if tap.io == "lookup":  # the table row of each id, before any scaling the forward adds
                     import torch
 
-                    value = torch.nn.functional.embedding(value, _resident(hooked))
+                    value = torch.nn.functional.embedding(value, _resident(module))
                 self._store_split(names, value)
+
+            def on_input(_module, args, kwargs):
+                value = args[0] if args else kwargs.get("hidden_states", kwargs.get("input_ids"))
+                if value is not None:
+                    self._take(record_input, value)
             self._stack.callback(module.register_forward_pre_hook(on_input, with_kwargs=True).remove)
         elif tap.io == "heads":
+            def record_heads(output, module_input) -> None:
+                token_major = self._token_major(output, module_input, names[1] if len(names) > 1 else "")
+                self._store(names[0], token_major, "BTHD" if token_major.ndim == 4 else None)
+
             def on_heads(_module, args, output):
                 output = first_tensor(output)
                 if output is not None and args:
-                    token_major = self._token_major(output, args[0], names[1] if len(names) > 1 else "")
-                    self._store(names[0], token_major, "BTHD" if token_major.ndim == 4 else None)
+                    self._take(record_heads, output, args[0])
             self._stack.callback(module.register_forward_hook(on_heads).remove)
         elif tap.io in ("output", "split", "router"):
             layout = getattr(module, "parity_layout", None)   # declared by the port (a Probe's `layout`)
             takes_rows = getattr(module, "parity_takes_rows", False)   # a Probe: its call may give `start`
 
-            def on_output(_module, args, kwargs, output):
-                start = _rows_start(args, kwargs) if takes_rows else None
+            def record_output(output, start) -> None:
                 if tap.io == "router":
                     self._store_routing(names, output)
                 elif tap.io == "split":
-                    self._store(names[0], first_tensor(output), start=start)
-                    self._store_split(names[1:], first_tensor(output), tap.sizes, start=start)
+                    self._store(names[0], output, start=start)
+                    self._store_split(names[1:], output, tap.sizes, start=start)
                 else:
-                    self._store_split(names, first_tensor(output), tap.sizes, layout, start)
+                    self._store_split(names, output, tap.sizes, layout, start)
+
+            def on_output(_module, args, kwargs, output):
+                start = _rows_start(args, kwargs) if takes_rows else None
+                self._take(record_output, output if tap.io == "router" else first_tensor(output), start)
             self._stack.callback(module.register_forward_hook(on_output, with_kwargs=True).remove)
         else:
             raise OptionError(f"tap io must be one of {', '.join(TAP_IOS)}, got '{tap.io}'")
@@ -325,11 +349,14 @@ class ModuleTracer:
     def _attention_listener(self, names: tuple[str, ...]) -> Callable:
         query_name, key_name, probabilities_name = (names + ("", "", ""))[:3]
 
-        def listen(query, key, probabilities) -> None:
+        def record(query, key, probabilities) -> None:
             self._store(query_name, query.transpose(1, 2), "BTHD")  # (B, H, T, hd) -> (B, T, H, hd)
             self._store(key_name, key.transpose(1, 2), "BTHD")
             if probabilities is not None:
                 self._store(probabilities_name, probabilities)  # (B, H, T, S)
+
+        def listen(query, key, probabilities) -> None:
+            self._take(record, query, key, probabilities)
 
         # blocked attention (capture/hf/attention.py) assembles the probabilities only for a listener that keeps them
         listen.wants_probabilities = self._wanted(probabilities_name)
@@ -354,6 +381,18 @@ def _rows_start(args: tuple, kwargs: dict) -> int | None:
     """A Probe call's `start` (its second argument): None for a whole tensor."""
     start = kwargs.get("start", args[1] if len(args) > 1 else None)
     return None if start is None else int(start) if hasattr(start, "__index__") else start
+
+
+def _kept(value):
+    """A copy of what a hook was given, as the graph makes it (tensors in a router's tuple too); other values as
+    they are. The forward may change a tensor in place once its hook has run."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (tuple, list)):
+        return [_kept(item) for item in value] if isinstance(value, list) else tuple(_kept(item) for item in value)
+    return value
 
 
 def _host_float(tensor):

@@ -60,7 +60,7 @@ def render(comparison: Comparison, *, width: int = 100, color: bool = False) -> 
 
 def _describe(metadata: dict) -> str:
     what = metadata.get("producer") or "unknown producer"
-    details = [metadata[key] for key in ("arch", "dtype") if metadata.get(key)]
+    details = [metadata[key] for key in ("arch", "dtype", "compiled") if metadata.get(key)]
     return what + (f" ({', '.join(details)})" if details else "")
 
 
