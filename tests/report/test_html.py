@@ -73,6 +73,22 @@ def test_decode_greedy_and_generation_sections():
     assert 'id="teacher-forced"' in page and 'id="sampler"' in page and "temperature 0.7" in page
 
 
+def test_a_cache_held_to_the_candidate_s_own_pass_is_grey_where_the_forward_pass_parts():
+    from parity.core.results import CacheComparison
+
+    cache = CacheComparison(keys=((0.3, 0.4), (1e-7, 1e-7)), values=((0.2, 0.2), (1e-7, 1e-7)), bound=1e-5, first=None,
+                            inherited=(("keys", 0),), unjudged=(("values", 0),))
+    comparison = dataclasses.replace(report_cases.calibrated_failure(),
+                                     decode=dataclasses.replace(report_cases.decode(failing=False), cache=cache))
+    page = html.render(comparison)
+    tip = re.search(r'data-tip="(keys, layer 0, head 0:[^"]*)"', page).group(1)
+    assert "as the candidate&#x27;s own pass&#x27;s" in tip and "bound" not in tip   # not its distance's colour
+    assert re.search(r'data-tip="values, layer 0, head 1:[^"]*not checked', page)
+    assert "Grey: a layer where the forward pass" in page
+    passing_cache = html.render(dataclasses.replace(comparison, decode=report_cases.decode(failing=False)))
+    assert page.count("✗") == passing_cache.count("✗")   # no cache cell marked failed
+
+
 def test_token_and_tokenizer_pages():
     position = PositionResult(3, 10, " world", True, ((" World", 0.7), (" world", 0.2)), " world", 0.2, 1.25, 0.3)
     page = html.render(SequenceComparison((position,), 0, position, (), ("no echo",), "Hello world"))

@@ -48,13 +48,27 @@ def _cache(cache) -> str:
     for part in ("keys", "values"):
         grid = getattr(cache, part)
         heads = max((len(row) for row in grid), default=0)
-        cells = {(i, h): svg.Cell(CACHE_SCALE.colour(value / cache.bound if cache.bound else value),
-                                  f"{part}, layer {i}, head {h}: rel_l2 {number(value)} (bound {number(cache.bound)})",
-                                  "" if value <= cache.bound else "✗")
-                 for i, row in enumerate(grid) for h, value in enumerate(row)}
+        cells = {(i, h): _cache_cell(cache, part, i, h, value) for i, row in enumerate(grid) for h, value in enumerate(row)}
         maps.append(f"<div><h3>{part}</h3>{svg.heatmap([str(i) for i in range(len(grid))], [f'h{h}' for h in range(heads)], cells)}</div>")
     legend = svg.colour_legend(CACHE_SCALE, "rel_l2 / bound (log scale)", marks=[(1.0, "bound")])
-    return verdict + legend + f'<div class="panels">{"".join(maps)}</div>'
+    held = ([paragraph("Grey: a layer where the forward pass's own keys or values part from the reference's; its cache "
+                       "is held to the candidate's own pass there (~: that pass was not recorded: not checked).")]
+            if cache.inherited or cache.unjudged else [])
+    return verdict + legend + "".join(held) + f'<div class="panels">{"".join(maps)}</div>'
+
+
+def _cache_cell(cache, part: str, layer: int, head: int, value: float) -> svg.Cell:
+    """A head's cell: coloured by its distance from the reference's, or grey where the cache is held to the
+    candidate's own pass (the forward pass parts there: that distance is the forward pass's, not the cache's)."""
+    where = f"{part}, layer {layer}, head {head}: rel_l2 {number(value)} from the reference's"
+    if (part, layer) in cache.inherited:
+        return svg.Cell(svg.NOT_COMPARED, f"{where}, as the candidate's own pass's (the forward pass parts here, "
+                                          "not the cache)")
+    if (part, layer) in cache.unjudged:
+        return svg.Cell(svg.NOT_COMPARED, f"{where}; not checked: the forward pass parts here and the candidate "
+                                          "records no tensor to hold its cache to", "~")
+    return svg.Cell(CACHE_SCALE.colour(value / cache.bound if cache.bound else value),
+                    f"{where} (bound {number(cache.bound)})", "" if value <= cache.bound else "✗")
 
 
 # --- generation ---------------------------------------------------------------------
