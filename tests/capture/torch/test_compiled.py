@@ -109,3 +109,15 @@ def test_recompiles_are_allowed_past_torch_s_limit_while_parity_drives_the_modul
     with recompiles_allowed():
         assert getattr(config, name) >= 64 and config.skip_nnmodule_hook_guards is False
     assert getattr(config, name) == before
+
+
+def test_a_forward_compiled_on_the_instance_records_every_checkpoint():
+    # transformers' documented recipe: model.forward = torch.compile(model.forward, ...)
+    model = Tiny()
+    model.forward = torch.compile(model.forward, backend="eager", fullgraph=True)
+    candidate = TorchCandidate("tiny", model)
+    try:
+        compiled = trace_module(candidate.module, TOKENS, taps=Tiny.parity_taps)
+    finally:
+        candidate.close()
+    assert compiled.names == eager_trace().names
