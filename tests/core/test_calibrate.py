@@ -133,3 +133,39 @@ def test_a_wrong_row_fails_however_the_channels_are_weighted():
     assert result.metrics.rel_l2 <= result.tolerance.max_rel_l2
     assert result.status == "fail" and result.metrics.channel_position_rel_l2 > \
         result.tolerance.max_channel_position_rel_l2
+
+
+def _massive_first_row(row_errors: list[float], seed: int) -> np.ndarray:
+    """REFERENCE's layers.0.out with row 0 a thousand times the others (a massive activation), each row moved by
+    the given relative error."""
+    rng = np.random.default_rng(seed)
+    reference = MASSIVE["layers.0.out"]
+    direction = rng.standard_normal(reference.shape)
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    return reference + np.asarray(row_errors)[:, None] * np.linalg.norm(reference, axis=1, keepdims=True) * direction
+
+
+MASSIVE = {"layers.0.out": REFERENCE["layers.0.out"] * np.array([[1000.0]] + [[1.0]] * 5)}
+
+
+def _compared(noise_rows: list[float], candidate_rows: list[float]):
+    config = CompareConfig(noise=noise_floors(make_trace(MASSIVE), make_trace({"layers.0.out": _massive_first_row(
+        noise_rows, 1)})), noise_dtype="float32")
+    candidate = make_trace({"layers.0.out": _massive_first_row(candidate_rows, 2)})
+    return compare(make_trace(MASSIVE), candidate, config=config).result("layers.0.out")
+
+
+def test_a_whole_tensor_held_by_a_massive_position_is_measured_with_each_position_counted_once():
+    # the calibration's draw at the massive position came out small (2e-4), the candidate's larger (1.2e-3), each
+    # position within its bound: the whole tensor's rel_l2 is that one position's, 6x the noise's
+    result = _compared([2e-4] + [1e-3] * 5, [1.2e-3] + [1e-3] * 5)
+    assert not result.failed and result.metrics.rel_l2 > result.tolerance.max_rel_l2
+    assert result.metrics.position_weighted_rel_l2 <= result.tolerance.max_position_weighted_rel_l2
+    assert "with each position counted once" in result.tolerance.explain(result.metrics)
+
+
+def test_counting_each_position_once_still_fails_an_error_over_every_position_and_one_at_the_massive_one():
+    spread = _compared([2e-4] + [1e-3] * 5, [2.9e-3] * 6)   # every position under its bound, all of them near it
+    assert spread.failed and spread.metrics.position_rel_l2 <= spread.tolerance.max_position_rel_l2
+    massive = _compared([2e-4] + [1e-3] * 5, [4e-3] + [1e-3] * 5)   # the massive position past its own bound
+    assert massive.failed

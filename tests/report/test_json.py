@@ -50,9 +50,9 @@ def test_checkpoint_entries_carry_metrics_tolerance_and_shapes_in_flow_order():
     assert entry["status"] == "fail" and entry["shape_ref"] == [3, 4] and entry["shape_cand"] == [3, 4]
     assert set(entry["metrics"]) == {"max_abs", "mean_abs", "rel_l2", "cosine", "max_rel", "mismatched", "numel", "nan_ref",
                                      "nan_cand", "inf_ref", "inf_cand", "worst_index", "worst_position", "position_rel_l2",
-                                     "channel_position_rel_l2"}
+                                     "channel_position_rel_l2", "position_weighted_rel_l2"}
     assert set(entry["tolerance"]) == {"atol", "rtol", "basis", "max_rel_l2", "max_position_rel_l2",
-                                         "max_channel_position_rel_l2", "noise_rel_l2"}
+                                         "max_channel_position_rel_l2", "max_position_weighted_rel_l2", "noise_rel_l2"}
 
 
 def test_nonfinite_metrics_become_null_so_the_output_is_strict_json():

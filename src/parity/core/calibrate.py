@@ -101,7 +101,7 @@ def noise_floor(name: str, reference, reference_lowp) -> NoiseFloor:
     checkpoint = parse(name) or Checkpoint(name=name, kind=name)
     metrics = measure_pair(reference, reference_lowp, NORMS_ONLY, token_axis=checkpoint.token_axis).metrics
     weighted = channel_weighted_position_rel_l2(reference, reference_lowp, checkpoint.token_axis)
-    return NoiseFloor(metrics.rel_l2, metrics.position_rel_l2, weighted)
+    return NoiseFloor(metrics.rel_l2, metrics.position_rel_l2, weighted, metrics.position_weighted_rel_l2)
 
 
 def calibrated_tolerance(noise: NoiseFloor, dtype: str, label: str | None = None) -> Tolerance:
@@ -116,6 +116,8 @@ def calibrated_tolerance(noise: NoiseFloor, dtype: str, label: str | None = None
         noise_rel_l2=noise.rel_l2,
         max_channel_position_rel_l2=(None if noise.channel_position_rel_l2 is None
                                      else MULTIPLE * noise.channel_position_rel_l2 + floor),
+        max_position_weighted_rel_l2=(None if noise.position_weighted_rel_l2 is None
+                                      else MULTIPLE * noise.position_weighted_rel_l2 + floor),
     )
 
 

@@ -200,6 +200,7 @@ class PairSums:
             worst_position=worst_index[self.token_axis] if worst_index and self.token_axis is not None else None,
             position_rel_l2=float(per_position.max(initial=0.0)),
             reference_rms=self.reference_rms(),
+            position_weighted_rel_l2=position_weighted(per_position),
         )
 
     def _cosine(self) -> float:
@@ -263,3 +264,11 @@ def norm_ratio(error_norm: float, reference_norm: float) -> float:
     if reference_norm > 0:
         return error_norm / reference_norm
     return math.inf if error_norm > 0 else 0.0
+
+
+def position_weighted(per_position: np.ndarray) -> float:
+    """rel_l2 with each token position counted once: the root mean square of the positions' rel_l2 (NaN where
+    one is NaN; 0 for none)."""
+    if per_position.size == 0:
+        return 0.0
+    return float(np.sqrt(np.mean(np.square(per_position.astype(np.float64)))))

@@ -146,7 +146,8 @@ class StreamedCheckpoints:
         floors = {}
         for name, (result, _) in self.results().items():
             if result.metrics is not None and result.status != NOT_COMPARABLE:
-                floors[name] = NoiseFloor(result.metrics.rel_l2, result.metrics.position_rel_l2)
+                floors[name] = NoiseFloor(result.metrics.rel_l2, result.metrics.position_rel_l2,
+                                          position_weighted_rel_l2=result.metrics.position_weighted_rel_l2)
         return floors
 
     def _result(self, name: str, sums: PairSums) -> tuple[CheckpointResult, np.ndarray | None]:

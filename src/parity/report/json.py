@@ -148,6 +148,7 @@ def _metrics(metrics: Metrics | None) -> dict[str, Any] | None:
         "worst_position": metrics.worst_position,
         "position_rel_l2": _number(metrics.position_rel_l2),
         "channel_position_rel_l2": _optional(metrics.channel_position_rel_l2),
+        "position_weighted_rel_l2": _number(metrics.position_weighted_rel_l2),
     }
 
 
@@ -161,6 +162,7 @@ def _tolerance(tolerance: Tolerance | None) -> dict[str, Any] | None:
         "max_rel_l2": _optional(tolerance.max_rel_l2),
         "max_position_rel_l2": _optional(tolerance.max_position_rel_l2),
         "max_channel_position_rel_l2": _optional(tolerance.max_channel_position_rel_l2),
+        "max_position_weighted_rel_l2": _optional(tolerance.max_position_weighted_rel_l2),
         "noise_rel_l2": _optional(tolerance.noise_rel_l2),
     }
 

@@ -41,6 +41,10 @@ class Metrics:
     # The largest rel_l2 of any one token position with each channel weighted by the reference's scale in it
     # (core/metrics.channel_weighted_position_rel_l2); measured only where a calibrated position bound needs it
     channel_position_rel_l2: float | None = None
+    # rel_l2 with each token position counted once: the root mean square of the positions' rel_l2
+    # (core/pair_sums.py); where a few positions dwarf the rest (a massive activation), the whole tensor's
+    # rel_l2 is theirs alone
+    position_weighted_rel_l2: float = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -65,6 +69,7 @@ class NoiseFloor:
     rel_l2: float
     position_rel_l2: float  # the worst token position's
     channel_position_rel_l2: float | None = None   # the same with each channel weighted by its scale ([T, D])
+    position_weighted_rel_l2: float | None = None  # rel_l2 with each token position counted once
     # moe_experts: the experts the reference run at the candidate's precision chose, per token (ids ascending)
     chosen: tuple[tuple[int, ...], ...] | None = None
 
@@ -90,6 +95,10 @@ class Tolerance:
     # The worst position's bound with each channel weighted by its scale: a position over max_position_rel_l2
     # is within the tolerance when it is within this (a row whose norm is one heavily weighted channel)
     max_channel_position_rel_l2: float | None = None
+    # The whole tensor's bound with each token position counted once: a whole tensor over max_rel_l2 is within
+    # the tolerance when it is within this, and every position within its own bound (a few positions that
+    # dwarf the rest hold the whole tensor's norm: one draw of their rounding)
+    max_position_weighted_rel_l2: float | None = None
 
     def __repr__(self) -> str:
         if self.calibrated:
@@ -146,7 +155,11 @@ class Tolerance:
         else:   # a zero floor: a ratio to it says nothing
             headline += ": the candidate's precision computes this checkpoint exactly"
             noise = "noise floor 0: exact at this precision"
-        if self.admits(metrics) and self._weighted_position_within(metrics):
+        if self.admits(metrics) and self._weighted_whole_within(metrics):
+            verdict = (f": within the bound (the whole tensor's rel_l2, {metrics.rel_l2:.3g}, is held by a few "
+                       f"positions that dwarf the rest, a massive activation; with each position counted once it is "
+                       f"{metrics.position_weighted_rel_l2:.3g}, within {self.max_position_weighted_rel_l2:.3g})")
+        elif self.admits(metrics) and self._weighted_position_within(metrics):
             verdict = (f": within the bound (the worst position, {metrics.position_rel_l2:.3g}, is a row one "
                        f"heavily weighted channel dominates; with each channel weighted by its scale it is "
                        f"{metrics.channel_position_rel_l2:.3g}, within {self.max_channel_position_rel_l2:.3g})")
@@ -171,10 +184,16 @@ class Tolerance:
                 and self.max_channel_position_rel_l2 is not None
                 and metrics.channel_position_rel_l2 <= self.max_channel_position_rel_l2)
 
+    def _weighted_whole_within(self, metrics: Metrics) -> bool:
+        """The whole tensor past its plain bound and within the one that counts each position once."""
+        return (not metrics.rel_l2 <= self.max_rel_l2 and self.max_position_weighted_rel_l2 is not None
+                and metrics.position_weighted_rel_l2 <= self.max_position_weighted_rel_l2)
+
     def _over(self, metrics: Metrics) -> bool:
         """Either norm past its bound (a NaN norm is past it too)."""
         position_within = not self.position_over(metrics) or self._weighted_position_within(metrics)
-        return not (metrics.rel_l2 <= self.max_rel_l2 and position_within)
+        whole_within = metrics.rel_l2 <= self.max_rel_l2 or self._weighted_whole_within(metrics)
+        return not (whole_within and position_within)
 
 
 def one_line(explanation: str) -> str:
