@@ -39,7 +39,8 @@ def precision_noise(context: Context) -> Iterator[Diagnosis | str]:
             yield Diagnosis("precision_noise", worst.name,
                             f"every checkpoint's error is within {MULTIPLE:g}x the noise the candidate's precision "
                             f"alone produces; closest to its bound: {worst.name}, rel_l2 {worst.metrics.rel_l2:.3g} "
-                            f"against a noise floor of {worst.tolerance.noise_rel_l2:.3g}" + _blind_spot(calibrated))
+                            f"against a noise floor of {worst.tolerance.noise_rel_l2:.3g}" + _counted_once(worst)
+                            + _blind_spot(calibrated))
         return
     if not failed or comparison.calibrated:
         return
@@ -74,6 +75,15 @@ def precision_noise(context: Context) -> Iterator[Diagnosis | str]:
     # a failure is never called noise: without a measured noise floor this is a reading, not a cause
     yield (f"the errors look like rounding from {first} on ({message}); rerun with calibrated tolerances "
            "(a candidate of known precision) to measure the noise instead of guessing")
+
+
+def _counted_once(result) -> str:
+    """Where the closest checkpoint is within its bound only with each position counted once, that."""
+    metrics, tolerance = result.metrics, result.tolerance
+    if metrics.rel_l2 <= tolerance.max_rel_l2 or tolerance.max_position_weighted_rel_l2 is None:
+        return ""
+    return (f" (held by a few positions that dwarf the rest, a massive activation: with each position counted once "
+            f"{metrics.position_weighted_rel_l2:.3g}, within {tolerance.max_position_weighted_rel_l2:.3g})")
 
 
 def _blind_spot(calibrated) -> str:
