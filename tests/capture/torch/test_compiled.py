@@ -121,3 +121,20 @@ def test_a_forward_compiled_on_the_instance_records_every_checkpoint():
     finally:
         candidate.close()
     assert compiled.names == eager_trace().names
+
+
+def test_trace_module_takes_a_compiled_module_and_says_when_a_graph_compiled_before_its_hooks_runs():
+    import torch._dynamo
+
+    from parity.core.errors import CaptureError
+
+    torch._dynamo.reset()
+    compiled = torch.compile(Tiny(), backend="eager", fullgraph=True)
+    assert len(trace_module(compiled, TOKENS, taps=Tiny.parity_taps).names) == 6   # the wrapper, taken as is
+    stale = torch.compile(Tiny(), backend="eager", fullgraph=True)
+    with torch.no_grad():
+        stale(torch.tensor([TOKENS]))    # compiled by the user before parity's hooks, unguarded on them
+    with pytest.raises(CaptureError, match=r"torch._dynamo.reset\(\)"):
+        trace_module(stale, TOKENS, taps=Tiny.parity_taps)
+    torch._dynamo.reset()
+    assert len(trace_module(stale, TOKENS, taps=Tiny.parity_taps).names) == 6

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from parity.capture.torch.compiled import compiled_within
+from parity.capture.torch.compiled import compiled_in_place, compiled_within
 from parity.capture.torch.layout import canonical_layout, config_heads, first_tensor
 from parity.capture.torch.taps import TapsLike, resolve_taps  # noqa: F401  (the module's public names)
 from parity.capture.torch.tracer import ModuleTracer
@@ -54,6 +54,7 @@ def trace_module(
     read by (capture/torch/layout.py). `tracing`: ModuleTracer's `recipes` and `stream`, for checkpoints
     rebuilt or measured as they are made instead of stored (core/streamed.py).
     """
+    model = compiled_in_place(model)   # torch.compile's wrapper as its module, compiled in place
     input_ids = input_ids_of(tokens, model)
     heads = config_heads(config if config is not None else getattr(model, "config", None))
     quantized: dict = {}
@@ -125,7 +126,7 @@ def traced_forward(model, input_ids, taps, forward, *, copy: bool, sink=None, ho
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), positions_filled(model), \
+        with torch.no_grad(), positions_filled(model), compiled_guards(model), \
                 ModuleTracer(model, taps, copy=copy, sink=sink, host=host, **options) as tracer:
             output = forward(model, input_ids) if forward else model(input_ids)
     except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as error:
@@ -133,7 +134,22 @@ def traced_forward(model, input_ids, taps, forward, *, copy: bool, sink=None, ho
             from error
     finally:
         model.train(was_training)
+    if tracer.hooks_never_ran:
+        raise CaptureError(f"{type(model).__name__} is compiled and ran a graph compiled before parity's hooks were "
+                           "added (torch.compile does not guard a graph on hooks by default): call "
+                           "torch._dynamo.reset() before tracing it, or check it with parity check or "
+                           "parity.testing, which guard the graphs they compile")
     return tracer, output
+
+
+def compiled_guards(model):
+    """While a compiled module is traced: its graphs guarded on hooks, and recompiles allowed
+    (capture/torch/compiled.py); nothing for another module."""
+    from contextlib import nullcontext
+
+    from parity.capture.torch.compiled import recompiles_allowed
+
+    return recompiles_allowed() if compiled_within(model) else nullcontext()
 
 
 def input_ids_of(tokens, model):

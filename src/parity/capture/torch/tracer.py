@@ -59,6 +59,8 @@ class ModuleTracer:
         # graph then hands back; what is recorded of them is worked out after the forward (`_take`)
         self.deferred = compiled_within(model)
         self._pending: list = []   # (how to record, the tensors a hook kept), in the order the forward made them
+        self._hooks = 0            # hooks added
+        self.kept = 0              # what the hooks of a compiled module kept in the last forward
 
     def __repr__(self) -> str:
         return f"<ModuleTracer {len(self.taps)} taps, {len(self.tensors)} tensors recorded>"
@@ -95,6 +97,7 @@ class ModuleTracer:
         try:
             self._stack.close()
             if exc_type is None:
+                self.kept = len(self._pending)
                 for record, kept in self._pending:
                     record(*kept)
                 # read after the forward: a quantized layer may settle its storage there (bitsandbytes moves its
@@ -234,7 +237,14 @@ class ModuleTracer:
         else:
             record(*tensors)
 
+    @property
+    def hooks_never_ran(self) -> bool:
+        """Inside a compiled module, hooks were added and none ran: the forward ran a graph compiled before they
+        were, which dynamo does not guard on hooks by default (capture/torch/compiled.py)."""
+        return self.deferred and self._hooks > 0 and self.kept == 0
+
     def _hook(self, module, tap: Tap, names: tuple[str, ...]) -> None:
+        self._hooks += 1
         if tap.io in ("input", "lookup"):
             def record_input(value) -> None:
                 if tap.io == "lookup":  # the table row of each id, before any scaling the forward adds
