@@ -169,3 +169,15 @@ def test_counting_each_position_once_still_fails_an_error_over_every_position_an
     assert spread.failed and spread.metrics.position_rel_l2 <= spread.tolerance.max_position_rel_l2
     massive = _compared([2e-4] + [1e-3] * 5, [4e-3] + [1e-3] * 5)   # the massive position past its own bound
     assert massive.failed
+
+
+def test_a_tensor_without_positions_is_never_passed_by_counting_positions():
+    # no token axis (a weight, a scalar): nothing to weigh, and its whole-tensor bound stands alone
+    from parity.core.metrics import NORMS_ONLY, measure_pair
+    from parity.core.results import NoiseFloor
+
+    reference = RNG.standard_normal((6, 16))
+    metrics = measure_pair(reference, reference * 1.1, NORMS_ONLY, token_axis=None).metrics
+    assert metrics.position_weighted_rel_l2 is None
+    tolerance = calibrated_tolerance(NoiseFloor(0.01, 0.03, position_weighted_rel_l2=0.5), "float32")
+    assert not tolerance.admits(metrics)

@@ -266,9 +266,9 @@ def norm_ratio(error_norm: float, reference_norm: float) -> float:
     return math.inf if error_norm > 0 else 0.0
 
 
-def position_weighted(per_position: np.ndarray) -> float:
+def position_weighted(per_position: np.ndarray) -> float | None:
     """rel_l2 with each token position counted once: the root mean square of the positions' rel_l2 (NaN where
-    one is NaN; 0 for none)."""
-    if per_position.size == 0:
-        return 0.0
+    one is NaN); None for a tensor of fewer than two positions, or without a token axis (nothing to weigh)."""
+    if per_position.size < 2:
+        return None
     return float(np.sqrt(np.mean(np.square(per_position.astype(np.float64)))))

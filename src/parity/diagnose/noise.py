@@ -80,7 +80,8 @@ def precision_noise(context: Context) -> Iterator[Diagnosis | str]:
 def _counted_once(result) -> str:
     """Where the closest checkpoint is within its bound only with each position counted once, that."""
     metrics, tolerance = result.metrics, result.tolerance
-    if metrics.rel_l2 <= tolerance.max_rel_l2 or tolerance.max_position_weighted_rel_l2 is None:
+    if (metrics.rel_l2 <= tolerance.max_rel_l2 or tolerance.max_position_weighted_rel_l2 is None
+            or metrics.position_weighted_rel_l2 is None):
         return ""
     return (f" (held by a few positions that dwarf the rest, a massive activation: with each position counted once "
             f"{metrics.position_weighted_rel_l2:.3g}, within {tolerance.max_position_weighted_rel_l2:.3g})")

@@ -148,7 +148,7 @@ def _metrics(metrics: Metrics | None) -> dict[str, Any] | None:
         "worst_position": metrics.worst_position,
         "position_rel_l2": _number(metrics.position_rel_l2),
         "channel_position_rel_l2": _optional(metrics.channel_position_rel_l2),
-        "position_weighted_rel_l2": _number(metrics.position_weighted_rel_l2),
+        "position_weighted_rel_l2": _optional(metrics.position_weighted_rel_l2),
     }
 
 

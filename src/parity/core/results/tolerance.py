@@ -43,8 +43,8 @@ class Metrics:
     channel_position_rel_l2: float | None = None
     # rel_l2 with each token position counted once: the root mean square of the positions' rel_l2
     # (core/pair_sums.py); where a few positions dwarf the rest (a massive activation), the whole tensor's
-    # rel_l2 is theirs alone
-    position_weighted_rel_l2: float = 0.0
+    # rel_l2 is theirs alone; None without a token axis or with fewer than two positions
+    position_weighted_rel_l2: float | None = None
 
     def __repr__(self) -> str:
         return (
@@ -187,6 +187,7 @@ class Tolerance:
     def _weighted_whole_within(self, metrics: Metrics) -> bool:
         """The whole tensor past its plain bound and within the one that counts each position once."""
         return (not metrics.rel_l2 <= self.max_rel_l2 and self.max_position_weighted_rel_l2 is not None
+                and metrics.position_weighted_rel_l2 is not None
                 and metrics.position_weighted_rel_l2 <= self.max_position_weighted_rel_l2)
 
     def _over(self, metrics: Metrics) -> bool:
