@@ -405,7 +405,10 @@ def probabilities_absent(context: Context):
                f"than a fused kernel hides is missing too ({', '.join(others[:8])}): see the structure diagnosis, "
                "or map the candidate's tensors to those checkpoints (docs/capture.md)")
         return
-    if str(context.candidate.metadata.get("producer", "")).startswith("torch:"):
+    if context.candidate.metadata.get("compiled") == "exported by torch.export":
+        how = ("export the model with attention that computes its softmax (transformers' "
+               "attn_implementation=\"eager\"): parity reads the probabilities off the graph's softmax")
+    elif str(context.candidate.metadata.get("producer", "")).startswith("torch:"):
         how = ("run the manual attention path and wrap the softmax's output in a Probe (`att = "
                "self.probs(F.softmax(att, dim=-1))`) mapped to layers.{i}.attn_probs; see docs/capture.md")
     else:   # a trace another program wrote

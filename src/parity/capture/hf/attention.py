@@ -157,13 +157,27 @@ def recording_attention(model, listeners: dict[int, Callable]):
                 restore.append(lambda namespace=namespace, eager=eager: setattr(namespace, _EAGER, eager))
         for key in {config._attn_implementation for config in _configs(model)} - {None, "eager"}:
             restore += _wrapped_entries(ALL_ATTENTION_FUNCTIONS, key)
-        _LISTENERS.update(listeners)
+        with listening(listeners):
+            yield
+    finally:
+        for undo in reversed(restore):
+            undo()
+
+
+@contextmanager
+def listening(listeners: dict[int, Callable]):
+    """While the block runs, each listener hears its attention module's calls (by the module's id), whoever
+    makes them: the recorder above, or an exported program's graph (capture/torch/exported.py)."""
+    _LISTENERS.update(listeners)
+    try:
         yield
     finally:
         for key in listeners:
             _LISTENERS.pop(key, None)
-        for undo in reversed(restore):
-            undo()
+
+
+def listener_of(module) -> Callable | None:
+    return _LISTENERS.get(id(module))
 
 
 def _wrapped_entries(interface, key: str) -> list[Callable[[], None]]:

@@ -136,11 +136,12 @@ def readable_globally(*configs) -> None:
             config.allow_global_per_layer_attribute_access = True
 
 
-def map_module(model, *, where: str = "this model") -> tuple[Tap, ...]:
+def map_module(model, *, where: str = "this model", attention_ops: bool = False) -> tuple[Tap, ...]:
     """The taps of a PyTorch LM that is not a transformers model (a port: Meta's, gpt-fast's, torchtune's,
     LitGPT's naming, or one's own in the same vocabulary), or a CaptureError naming what is missing. Its blocks
     are the longest ModuleList of one type whose entries hold an attention module; without a config, the
-    logits are the forward's return value and q/k after RoPE and the probabilities come only from Probes."""
+    logits are the forward's return value and q/k after RoPE and the probabilities come only from Probes, or,
+    with `attention_ops` (a program made by torch.export), from each attention module's attention op."""
     from types import SimpleNamespace
 
     def refuse(what: str) -> CaptureError:
@@ -155,14 +156,16 @@ def map_module(model, *, where: str = "this model") -> tuple[Tap, ...]:
         attention_name, attention = _child(layer, ATTENTION_NAMES)
         config = SimpleNamespace(**_attention_shape(attention))
         try:
-            layer_taps, _ = _layer_taps(f"{layers_path}.{i}", i, layer, config, False)
+            # an attention op's query and key are after RoPE wherever the model rotates them
+            layer_taps, _ = _layer_taps(f"{layers_path}.{i}", i, layer, config,
+                                        attention_ops and getattr(model, "rotates", True))
         except _Unmapped as unmapped:
             raise refuse(f"layer {i}: {unmapped}") from None
         mlp_name, mlp = _child(layer, MLP_NAMES)
         unsure = [f"{layers_path}.{i}.{name}." for name, module, parts in
                   ((attention_name, attention, ATTENTION_PARTS), (mlp_name, mlp, MLP_PARTS))
                   if module is not None and _unnamed_linears(module, parts)]
-        taps += [tap for tap in layer_taps if tap.io != "attention"      # transformers' attention function only
+        taps += [tap for tap in layer_taps if (tap.io != "attention" or attention_ops)  # else transformers' only
                  and not any(tap.module.startswith(prefix) for prefix in unsure)]
         if mlp is not None and (f"{layers_path}.{i}.{mlp_name}." in unsure or not _named_parts(mlp, MLP_PARTS)):
             taps += _mlp_taps_by_shape(f"{layers_path}.{i}.{mlp_name}", i, mlp)

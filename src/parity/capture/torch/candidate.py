@@ -20,7 +20,9 @@ from parity.core.trace import Trace
 
 
 def _is_module(spec: Any) -> bool:
-    return hasattr(spec, "named_modules")
+    from parity.capture.torch.exported import is_exported
+
+    return hasattr(spec, "named_modules") or is_exported(spec)   # an ExportedProgram is not an nn.Module
 
 
 @register_candidate
@@ -34,7 +36,13 @@ class TorchCandidate(Candidate):
     def __init__(self, spec: str, module) -> None:
         from parity.capture.torch.compiled import compiled_in_place, compiled_within, recompiles_allowed
 
+        from parity.capture.torch.exported import exported_module, is_exported
+
         super().__init__(spec)
+        if is_exported(module):   # torch.export's program, its module calls made again for hooks
+            module = exported_module(module)
+            self.nature = "a program made by torch.export (one graph: its modules cannot be run alone)"
+            self.capabilities = TorchCandidate.capabilities - {"replay"}
         module = compiled_in_place(module)   # torch.compile's wrapper as its module, compiled in place
         if compiled_within(module):
             self._stack.enter_context(recompiles_allowed())
@@ -85,11 +93,15 @@ class TorchCandidate(Candidate):
     def description(self) -> str:
         from parity.capture.torch.compiled import compiled_within
 
+        if getattr(self.module, "exported_from", None):
+            return f"torch.export program of {self.module.exported_from.rpartition('.')[2]} ({self.precision})"
         compiled = ", compiled by torch.compile" if compiled_within(self.module) else ""
         return f"torch module {type(self.module).__name__} ({self.precision}{compiled})"
 
     def supports(self, capability: str, *, prompt: list[int] | None = None, **context: Any) -> str | None:
         reason = super().supports(capability)
+        if reason is None and capability in ("logits", "padding") and hasattr(self.module, "refuses"):
+            reason = self.module.refuses(capability)   # a program exported without dynamic shapes
         if reason is not None:
             return reason
         if capability in ("decode", "cache", "chunked_prefill"):
@@ -215,20 +227,29 @@ def infer_taps(model, spec: str):
     """A transformers model (a modified one, another version) mapped from its structure; else the built-in
     mapping a module's naming implies (Llama-likes or nanoGPT); else its blocks, attention, MLP and norms found
     by their names (hf/structure.map_module)."""
+    from parity.capture.hf.structure import map_module
+    from parity.capture.torch.exported import is_exported_module
+    from parity.core.errors import CaptureError
+
     if is_transformers(model):
         from parity.capture.hf.structure import map_model
 
         return map_model(model, where=str(spec)).taps
+    exported = is_exported_module(model)
+    if exported:    # a program made by torch.export: its structure first, attention read off the graph's ops
+        from parity.capture.torch.exported import table_and_head_taps
+
+        try:
+            return map_module(model, where=str(spec), attention_ops=True) + table_and_head_taps(model)
+        except CaptureError:
+            pass
     names = {name for name, _ in model.named_modules()}
     if "model.layers.0.self_attn.q_proj" in names:
         return "hf"
     if "transformer.h.0.attn.c_attn" in names:
         return "nanogpt"        # LitGPT's transformer.h.{i} holds other names: mapped from its structure below
-    from parity.capture.hf.structure import map_module
-    from parity.core.errors import CaptureError
-
     try:
-        return map_module(model, where=str(spec))
+        return map_module(model, where=str(spec), attention_ops=exported)
     except CaptureError as error:
         raise OptionError(
             f"parity cannot tell where the checkpoints live in {spec} ({str(error).removeprefix(f'{spec}: ')}): "

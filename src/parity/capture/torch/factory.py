@@ -91,8 +91,13 @@ def build_module(spec: str, model_path: str | None = None, *, guard_forward: boo
             from None
     import torch
 
+    from parity.capture.torch.exported import exported_module, is_exported
+
+    if is_exported(model):   # torch.export's program (or its .module()): its module calls made again for hooks
+        model = exported_module(model)
     if not isinstance(model, torch.nn.Module):
-        raise OptionError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module; return the model")
+        raise OptionError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module or a program made by "
+                          "torch.export; return the model")
     model = compiled_in_place(model)
     if guard_forward:
         _guard_forward(model, spec)

@@ -54,7 +54,9 @@ def trace_module(
     read by (capture/torch/layout.py). `tracing`: ModuleTracer's `recipes` and `stream`, for checkpoints
     rebuilt or measured as they are made instead of stored (core/streamed.py).
     """
-    model = compiled_in_place(model)   # torch.compile's wrapper as its module, compiled in place
+    from parity.capture.torch.exported import exported_module, is_exported
+
+    model = exported_module(model) if is_exported(model) else compiled_in_place(model)
     input_ids = input_ids_of(tokens, model)
     heads = config_heads(config if config is not None else getattr(model, "config", None))
     quantized: dict = {}
@@ -104,11 +106,14 @@ def nothing_recorded(model) -> CaptureError:
 
 def base_metadata(model, input_ids) -> dict:
     """What any trace of a torch module says of its producer, precision and tokens."""
+    exported_from = getattr(model, "exported_from", None)     # a program made by torch.export (exported.py)
+    compiled = "exported by torch.export" if exported_from else \
+        "compiled by torch.compile" if compiled_within(model) else None
     return {
-        "producer": f"torch:{type(model).__module__}.{type(model).__name__}",
+        "producer": f"torch:{exported_from or f'{type(model).__module__}.{type(model).__name__}'}",
         "dtype": dtype_of(model),
         "tokens": input_ids.reshape(-1).tolist(),
-        **({"compiled": "compiled by torch.compile"} if compiled_within(model) else {}),
+        **({"compiled": compiled} if compiled else {}),
     }
 
 

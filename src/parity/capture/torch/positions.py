@@ -3,6 +3,8 @@ none is given.
 
     positions, position_ids   (B, T) tensor, optional   parity's protocol (docs/porting.md), transformers
     input_pos                 (T,) tensor               gpt-fast and the ports modelled on it
+    cache_position            (T,) tensor               ExecuTorch's runner (transformers' export recipe), where
+                                                        the forward names no other positions
     start_pos                 int, the first position   Meta's Llama reference code and the ports of it
 
 The last two are also how those ports decode: the KV cache lives in their attention modules (gpt-fast's
@@ -20,8 +22,9 @@ from contextlib import contextmanager
 
 from parity.capture.torch.signature import forward_parameters
 
-POSITION_KEYWORDS = ("positions", "position_ids", "input_pos", "start_pos")
-HELD_CACHE_KEYWORDS = ("input_pos", "start_pos")   # a port that takes these holds its cache in its modules
+POSITION_KEYWORDS = ("positions", "position_ids", "input_pos", "start_pos", "cache_position")
+# a port that takes these (and no positions before them) holds its cache in its modules
+HELD_CACHE_KEYWORDS = ("input_pos", "start_pos", "cache_position")
 
 
 def position_keyword(model) -> str | None:
@@ -37,7 +40,7 @@ def position_argument(keyword: str, start: int, length: int, batch: int, device)
     if keyword == "start_pos":
         return start
     positions = torch.arange(start, start + length, device=device)                # (T,)
-    if keyword == "input_pos":
+    if keyword in ("input_pos", "cache_position"):
         return positions
     return positions.unsqueeze(0).expand(batch, -1)                               # (B, T)
 

@@ -22,6 +22,9 @@ position of the block's first row:
 parity then measures each block against the reference's same rows as it comes (a long
 check keeps the probabilities in no trace), or puts the blocks together in order; the
 blocks must cover every row once.
+
+Under torch.export a probe makes one view of its value, so that the exported graph keeps its call
+(capture/torch/exported.py); its declared layout and `start` stay with the module, not the program.
 """
 
 from __future__ import annotations
@@ -37,4 +40,6 @@ class Probe(torch.nn.Module):
         self.parity_layout = layout   # the axes of the value, when declared: BHTD, BTHD, HTD, THD, TD
 
     def forward(self, value: torch.Tensor, start: int | None = None) -> torch.Tensor:
+        if torch.compiler.is_exporting():   # an op of its own, so that torch.export's graph shows the call
+            return value.view_as(value)
         return value

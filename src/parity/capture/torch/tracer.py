@@ -84,9 +84,13 @@ class ModuleTracer:
                 if self.raw and not found and path and not _computes_nothing(module) and not _inside_experts(path):
                     self._hook(module, Tap(path, (RAW_PREFIX + path,)), (RAW_PREFIX + path,))
             if attention_listeners:
-                from parity.capture.hf.attention import is_hf_model, recording_attention
+                from parity.capture.hf.attention import is_hf_model, listening, recording_attention
 
-                if is_hf_model(self.model):
+                from parity.capture.torch.exported import is_exported_module
+
+                if is_exported_module(self.model):   # its graph tells them (capture/torch/exported.py)
+                    self._stack.enter_context(listening(attention_listeners))
+                elif is_hf_model(self.model):
                     self._stack.enter_context(recording_attention(self.model, attention_listeners))
         except BaseException:
             self._stack.close()
