@@ -40,7 +40,7 @@ def assert_parity(reference, candidate, *, prompt: str | None = None, tokens: li
 
     reference: a Trace, a trace file, or a model (a transformers directory or a
       .gguf file) to capture over `prompt` or `tokens`.
-    candidate: a Trace, a trace file, a torch.nn.Module, or (with a model as the
+    candidate: a Trace, a trace file, a torch.nn.Module (or a torch.export program), or (with a model as the
       reference) anything `parity check` takes: "port.py:build", "llamacpp:x.gguf".
     atol, rtol: fixed tolerances for every checkpoint (both, or neither).
     calibrate: whether to hold each checkpoint to the noise of the candidate's
@@ -185,9 +185,13 @@ def _trace(value, role: str) -> Trace:
 def _candidate_trace(candidate, reference: Trace, taps, checkpoints) -> Trace:
     if isinstance(candidate, Trace):
         return candidate
-    if not isinstance(candidate, (str, Path)) and not hasattr(candidate, "named_modules"):
-        raise OptionError(f"candidate must be a Trace, a trace file or a torch.nn.Module, not {type(candidate).__name__}")
     from parity.capture.candidate import TraceRequest, open_candidate, parse_candidate
+    from parity.capture.torch.exported import is_exported
+
+    if not isinstance(candidate, (str, Path)) and not hasattr(candidate, "named_modules") \
+            and not is_exported(candidate):
+        raise OptionError(f"candidate must be a Trace, a trace file, a torch.nn.Module or a program made by "
+                          f"torch.export, not {type(candidate).__name__}")
 
     parsed = parse_candidate(str(candidate) if isinstance(candidate, Path) else candidate)
     if parsed.offers("logits") and isinstance(parsed.text, str):
@@ -220,7 +224,9 @@ def _check_model(model, candidate, **options):
         candidate = candidate.source
     if isinstance(candidate, Path):
         candidate = str(candidate)
-    if not (isinstance(candidate, str) or hasattr(candidate, "named_modules")):
-        raise OptionError(f"candidate must be a torch.nn.Module, a trace or a 'port.py:build' spec, "
-                          f"not {type(candidate).__name__}")
+    from parity.capture.torch.exported import is_exported
+
+    if not (isinstance(candidate, str) or hasattr(candidate, "named_modules") or is_exported(candidate)):
+        raise OptionError(f"candidate must be a torch.nn.Module, a program made by torch.export, a trace or a "
+                          f"'port.py:build' spec, not {type(candidate).__name__}")
     return run_check(CheckOptions(model=str(model), candidate=candidate, **options))

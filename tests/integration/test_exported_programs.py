@@ -100,6 +100,11 @@ def test_a_program_exported_for_one_length_is_checked_at_it_and_says_what_it_can
     assert main(["check", str(model_dirs["llama"]), f"{builds}:static_module", "--tokens", "0,17,5"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "takes input_ids of shape (1, 10) and was given (1, 3)" in error and "Traceback" not in error
+    # replay feeds a module the reference's input: a program's modules cannot run alone (was: a replay that
+    # measured the program's own run again, each op's "own" error the one it inherited)
+    assert main(["check", str(model_dirs["llama"]), f"{builds}:static_module", "--tokens", TOKEN_ARG,
+                 "--replay"]) == 2
+    assert "made by torch.export" in capsys.readouterr().err
 
 
 def test_transformers_executorch_recipe_decodes_through_its_static_cache(model_dirs, builds, capsys):

@@ -1,4 +1,4 @@
-"""Programs made by torch.export, traced through the module calls their graph records (capture/torch/exported.py).
+"""Programs made by torch.export, traced through the module calls their graph records (capture/torch/exported/).
 
 Before: an ExportedProgram was refused ("returned ExportedProgram, not a torch.nn.Module"), and its `.module()`
 recorded the logits alone (its submodules hold parameters and are never called) or ended in a traceback
@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from parity.capture.torch.exported import exported_module, is_exported, module_calls
+from parity.capture.torch.exported import exported_module, is_exported
+from parity.capture.torch.exported.calls import module_calls
 from parity.capture.torch.module import trace_module
 from parity.capture.torch.probe import Probe
 from parity.core.errors import CaptureError
@@ -148,3 +149,17 @@ def test_a_transformers_models_attention_is_read_off_its_graph():
         assert {f"layers.0.{name}" for name in names} <= read, implementation
         for name in traced.names:
             assert torch.allclose(torch.as_tensor(traced[name]), torch.as_tensor(eager[name]), atol=1e-6), name
+    from parity.testing import assert_parity
+
+    assert assert_parity(eager, program, atol=1e-5, rtol=1e-4).passed    # was: "not ExportedProgram"
+
+
+def test_converting_the_module_converts_what_its_graph_reads():
+    """The tree and the program hold the same tensors after `.to()`; the graph itself asserts the dtype it was
+    exported at, so a program runs only at that dtype (and on that device)."""
+    module = exported_module(_dynamic(Tiny().eval()))
+    module.double()
+    assert module.blocks[0].up.weight.dtype == torch.float64
+    assert module.program.get_submodule("blocks.0.up").weight is module.blocks[0].up.weight
+    with pytest.raises(RuntimeError, match="dtype mismatch"):
+        module(_ids())

@@ -167,7 +167,7 @@ def recording_attention(model, listeners: dict[int, Callable]):
 @contextmanager
 def listening(listeners: dict[int, Callable]):
     """While the block runs, each listener hears its attention module's calls (by the module's id), whoever
-    makes them: the recorder above, or an exported program's graph (capture/torch/exported.py)."""
+    makes them: the recorder above, or an exported program's graph (capture/torch/exported/)."""
     _LISTENERS.update(listeners)
     try:
         yield

@@ -36,10 +36,10 @@ class TorchCandidate(Candidate):
     def __init__(self, spec: str, module) -> None:
         from parity.capture.torch.compiled import compiled_in_place, compiled_within, recompiles_allowed
 
-        from parity.capture.torch.exported import exported_module, is_exported
+        from parity.capture.torch.exported import exported_module, is_exported, is_exported_module
 
         super().__init__(spec)
-        if is_exported(module):   # torch.export's program, its module calls made again for hooks
+        if is_exported(module) or is_exported_module(module):   # torch.export's, its module calls made again
             module = exported_module(module)
             self.nature = "a program made by torch.export (one graph: its modules cannot be run alone)"
             self.capabilities = TorchCandidate.capabilities - {"replay"}
@@ -237,7 +237,7 @@ def infer_taps(model, spec: str):
         return map_model(model, where=str(spec)).taps
     exported = is_exported_module(model)
     if exported:    # a program made by torch.export: its structure first, attention read off the graph's ops
-        from parity.capture.torch.exported import table_and_head_taps
+        from parity.capture.torch.exported.tree import table_and_head_taps
 
         try:
             return map_module(model, where=str(spec), attention_ops=True) + table_and_head_taps(model)

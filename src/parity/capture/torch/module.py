@@ -106,7 +106,7 @@ def nothing_recorded(model) -> CaptureError:
 
 def base_metadata(model, input_ids) -> dict:
     """What any trace of a torch module says of its producer, precision and tokens."""
-    exported_from = getattr(model, "exported_from", None)     # a program made by torch.export (exported.py)
+    exported_from = getattr(model, "exported_from", None)     # a program made by torch.export (capture/torch/exported/)
     compiled = "exported by torch.export" if exported_from else \
         "compiled by torch.compile" if compiled_within(model) else None
     return {

@@ -24,7 +24,7 @@ check keeps the probabilities in no trace), or puts the blocks together in order
 blocks must cover every row once.
 
 Under torch.export a probe makes one view of its value, so that the exported graph keeps its call
-(capture/torch/exported.py); its declared layout and `start` stay with the module, not the program.
+(capture/torch/exported/); its declared layout and `start` stay with the module, not the program.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ class ModuleTracer:
 
                 from parity.capture.torch.exported import is_exported_module
 
-                if is_exported_module(self.model):   # its graph tells them (capture/torch/exported.py)
+                if is_exported_module(self.model):   # its graph tells them (capture/torch/exported/)
                     self._stack.enter_context(listening(attention_listeners))
                 elif is_hf_model(self.model):
                     self._stack.enter_context(recording_attention(self.model, attention_listeners))
