@@ -163,3 +163,31 @@ def test_converting_the_module_converts_what_its_graph_reads():
     assert module.program.get_submodule("blocks.0.up").weight is module.blocks[0].up.weight
     with pytest.raises(RuntimeError, match="dtype mismatch"):
         module(_ids())
+
+
+class RowBlocked(nn.Module):
+    """Attention probabilities made a block of query rows at a time, each block handed to a Probe with its
+    first row (what a port does at long context)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.tok, self.query, self.probs = nn.Embedding(32, 16), nn.Linear(16, 16), Probe()
+
+    def forward(self, ids):
+        x = self.tok(ids)                                                          # (1, T, 16)
+        scores = (self.query(x) @ x.transpose(-1, -2)).unsqueeze(1)               # (1, 1, T, T)
+        blocks = [self.probs(scores[:, :, start:start + 3].softmax(-1), start=start)
+                  for start in range(0, ids.shape[1], 3)]
+        return torch.cat(blocks, dim=2).sum(1) @ x
+
+
+def test_a_probe_given_row_blocks_is_placed_by_the_blocks_sizes():
+    """The graph keeps no `start`: before, each block's call overwrote the last (a [1, 1, 2, 8] block
+    compared with the [1, 1, 8, 8] whole, a false failure)."""
+    model = RowBlocked().eval()
+    taps = {"probs": "layers.0.attn_probs", "tok": "embed"}
+    eager = trace_module(model, TOKENS, taps=taps)
+    traced = trace_module(torch.export.export(model, (_ids(),)), TOKENS, taps=taps)
+    assert traced.names == eager.names
+    assert torch.equal(torch.as_tensor(traced["layers.0.attn_probs"]), torch.as_tensor(eager["layers.0.attn_probs"]))

@@ -24,7 +24,8 @@ check keeps the probabilities in no trace), or puts the blocks together in order
 blocks must cover every row once.
 
 Under torch.export a probe makes one view of its value, so that the exported graph keeps its call
-(capture/torch/exported/); its declared layout and `start` stay with the module, not the program.
+(capture/torch/exported/); its declared layout stays with the module, not the program, and a row
+block's `start` is worked out from the blocks' sizes there.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ class ExportedModule(torch.nn.Module):
         # whether it rotates anything (RoPE): an attention op's query is then q after RoPE
         self.__dict__["rotates"] = any(op_name(node) in ("cos", "sin") for node in graph_module.graph.nodes)
         self.__dict__["_ends"] = _ends(self.calls)
+        self.__dict__["_block_starts"] = _row_block_starts(self.calls, _ids_placeholder(graph_module))
         self.__dict__["_last_uses"] = _last_uses(graph_module.graph, self.calls)
         build_tree(self, graph_module, self.calls)
         signature = _signature(graph_module)
@@ -116,11 +117,47 @@ class _Runner(torch.fx.Interpreter):
         listener = listener_of(module)
         if listener is not None:
             _tell_listener(listener, call, self.env)
+        rows = {}
+        if getattr(module, "parity_takes_rows", False) and call.path in self.owner._block_starts:
+            start = self.owner._block_starts[call.path].get(id(call))
+            if start is None:    # a block whose rows cannot be placed: recorded by none of its calls
+                return
+            rows = {"start": start}
         module.__dict__["_parity_value"] = outputs[0] if len(outputs) == 1 else outputs
         try:
-            module(*inputs)
+            module(*inputs, **rows)
         finally:
             module.__dict__.pop("_parity_value", None)
+
+
+def _row_block_starts(calls: list[ModuleCall], ids) -> dict[str, dict[int, int]]:
+    """{path: {id(call): the first row it holds}} for a module called once per block of query rows (a Probe
+    given each block of the probabilities): the graph keeps no `start`, so the blocks are placed in the order
+    they were made along the one axis whose sizes add up to the token count. A module whose blocks no axis
+    places gets no starts (its calls are then recorded by none)."""
+    by_path: dict[str, list[ModuleCall]] = {}
+    for call in calls:
+        by_path.setdefault(call.path, []).append(call)
+    tokens = _static_dims(ids.meta["val"])[-1] if ids is not None else None
+    starts: dict[str, dict[int, int]] = {}
+    for path, repeated in by_path.items():
+        if len(repeated) < 2:
+            continue
+        shapes = [getattr(call.outputs[0].meta.get("val"), "shape", None) if call.outputs else None
+                  for call in repeated]
+        starts[path] = {}
+        if tokens is None or any(shape is None for shape in shapes) or len({len(shape) for shape in shapes}) != 1:
+            continue
+        axes = [axis for axis in range(len(shapes[0]))
+                if all(isinstance(shape[axis], int) for shape in shapes)
+                and sum(shape[axis] for shape in shapes) == tokens]
+        if len(axes) != 1:
+            continue
+        offset = 0
+        for call, shape in zip(repeated, shapes):
+            starts[path][id(call)] = offset
+            offset += shape[axes[0]]
+    return starts
 
 
 def _ends(calls: list[ModuleCall]) -> dict:

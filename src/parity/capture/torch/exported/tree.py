@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from parity.capture.torch.exported.calls import ModuleCall
+from parity.capture.torch.probe import Probe
 from parity.core.errors import CaptureError
 from parity.core.names import Tap
 
@@ -41,6 +42,8 @@ def _module_class(kind: str | None, children: list[str]) -> type:
         return _CLASSES[kind]
     module_name, _, name = kind.rpartition(".")
     original = getattr(torch.nn, name, None) if module_name.startswith("torch.nn.modules") else None
+    if kind == f"{Probe.__module__}.{Probe.__qualname__}":
+        original = Probe         # parity's own: it takes a row block's `start` (program.py gives it)
     if isinstance(original, type) and issubclass(original, torch.nn.Module):
         made = type(name, (_Replaying, original), {"__module__": __name__})
     else:
