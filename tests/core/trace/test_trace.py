@@ -76,6 +76,16 @@ def test_npz_holding_python_objects_is_refused_not_unpickled(tmp_path):
         load_trace(path)
 
 
+@pytest.mark.parametrize("name", ["program.pt2", "model.pt", "weights.pth", "last.ckpt"])
+def test_a_pytorch_archive_is_named_and_never_opened(tmp_path, name):
+    """torch.export.save's and torch.save's files may hold pickled objects: said in one line, with how to
+    check the program or model in them (a factory that loads it); before, "not a safetensors file"."""
+    path = tmp_path / name
+    path.write_bytes(b"PK\x03\x04 not opened")
+    with pytest.raises(TraceError, match="PyTorch archive .*never loads; load it in a factory"):
+        load_trace(path)
+
+
 def test_directory_with_manifest_in_all_three_listing_styles(tmp_path):
     for style, listing in [("list", ["embed", "logits"]), ("map", {"embed": "e.npy", "logits": "l.npy"}), ("none", None)]:
         directory = tmp_path / style

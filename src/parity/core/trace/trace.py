@@ -155,6 +155,11 @@ def clean_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
 # --- Reading --------------------------------------------------------------------
 
 
+# Files torch writes with pickle inside (torch.save, torch.export.save): named, never opened.
+PICKLED_SUFFIXES = {".pt2": "torch.export.save", ".pt": "torch.save", ".pth": "torch.save",
+                    ".ckpt": "a checkpoint of torch.save"}
+
+
 def load_trace(path: str | Path) -> Trace:
     """Read a trace in any of the three forms, or raise TraceError saying how to fix it.
 
@@ -171,6 +176,12 @@ def load_trace(path: str | Path) -> Trace:
         raise TraceError(
             f"{path}: a single .npy file is one tensor, not a trace; put it in a directory "
             "with manifest.json (see docs/trace-format.md)"
+        )
+    elif path.suffix in PICKLED_SUFFIXES:
+        raise TraceError(
+            f"{path}: a PyTorch archive ({PICKLED_SUFFIXES[path.suffix]}), which may hold pickled objects and "
+            "parity never loads; load it in a factory of your own (def build(): return torch.export.load(PATH), "
+            "or the model torch.load gives) and check FILE.py:build, or write a trace (docs/trace-format.md)"
         )
     else:
         sources, raw_metadata = (readers.read_npz if path.suffix == ".npz" else readers.read_safetensors)(path)
