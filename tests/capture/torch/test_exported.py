@@ -191,3 +191,15 @@ def test_a_probe_given_row_blocks_is_placed_by_the_blocks_sizes():
     traced = trace_module(torch.export.export(model, (_ids(),)), TOKENS, taps=taps)
     assert traced.names == eager.names
     assert torch.equal(torch.as_tensor(traced["layers.0.attn_probs"]), torch.as_tensor(eager["layers.0.attn_probs"]))
+
+
+def test_a_call_nothing_listens_to_runs_the_programs_own_code():
+    model = Tiny().eval()
+    program = _dynamic(model)
+    module = exported_module(program)
+    plain = module(_ids())
+    assert torch.equal(plain, program.module()(_ids()))
+    handle = module.blocks[0].up.register_forward_hook(lambda *_: None)
+    assert module._observed() and torch.equal(module(_ids()), plain)     # run node by node: the same values
+    handle.remove()
+    assert not module._observed()

@@ -35,7 +35,6 @@ class TorchCandidate(Candidate):
 
     def __init__(self, spec: str, module) -> None:
         from parity.capture.torch.compiled import compiled_in_place, compiled_within, recompiles_allowed
-
         from parity.capture.torch.exported import exported_module, is_exported, is_exported_module
 
         super().__init__(spec)

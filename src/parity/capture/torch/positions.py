@@ -7,7 +7,7 @@ none is given.
                                                         the forward names no other positions
     start_pos                 int, the first position   Meta's Llama reference code and the ports of it
 
-The last two are also how those ports decode: the KV cache lives in their attention modules (gpt-fast's
+The last three are also how those ports decode: the KV cache lives in their attention modules (gpt-fast's
 `setup_caches`, Meta's `cache_k`/`cache_v`), each call writes its keys and values at the positions given and
 attends to everything cached before them, and a plain forward over a prompt is a call at position 0. Their
 forwards need the argument even then (gpt-fast indexes its RoPE table and causal mask by it), so every call

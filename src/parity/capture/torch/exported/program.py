@@ -62,15 +62,27 @@ class ExportedModule(torch.nn.Module):
         return f"<ExportedModule of {self.exported_from}, {len(self.calls)} module calls>"
 
     def _run(self, *args, **kwargs):
-        flat = _flat_inputs(self.program, self.signature, args, kwargs)
+        positional, keyword = _arguments(self.program, self.signature, args, kwargs)
+        flat = _flat_inputs(self.program, positional, keyword)
         _refuse_other_shapes(self.program, flat)
         try:
+            if not self._observed():     # nothing listens: the program's own code, as fast as it runs alone
+                return self.program(*positional, **keyword)
             return _Runner(self, self.program).run(*flat)    # its outputs in the program's output structure
         except AssertionError as error:
             if not str(error).startswith("Guard failed"):
                 raise
             raise CaptureError(f"the exported program refuses these inputs ({str(error).splitlines()[0]}): "
                                "export it with dynamic_shapes whose range holds them") from None
+
+    def _observed(self) -> bool:
+        """Whether a hook or an attention listener waits on a module of the tree (or on every module)."""
+        from torch.nn.modules import module as torch_module
+
+        if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+            return True
+        return any(module._forward_hooks or module._forward_pre_hooks or listener_of(module) is not None
+                   for module in self.modules() if module is not self)
 
     def exported_shape(self) -> tuple | None:
         """The shape of the token ids the program was exported for, None at each dynamic dimension
@@ -201,28 +213,37 @@ def _signature(graph_module) -> inspect.Signature:
     return signature.replace(parameters=parameters)
 
 
-def _flat_inputs(graph_module, signature: inspect.Signature, args: tuple, kwargs: dict) -> list:
-    """The graph's placeholders' values: the arguments bound by name and flattened by the program's input spec."""
-    from torch.fx._pytree import tree_flatten_spec
-
+def _arguments(graph_module, signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[list, dict]:
+    """(positional, keyword) arguments as the program takes them: bound by name, defaults filled, each given
+    the way its input spec says it was exported (use_cache=False by keyword)."""
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError as error:
         raise TypeError(f"the exported program's forward{signature}: {error}") from None
     bound.apply_defaults()
+    values, names = list(bound.arguments.values()), list(bound.arguments)
     info = getattr(graph_module.graph._codegen, "pytree_info", None)
-    values = list(bound.arguments.values())
+    in_spec = None if info is None else info.in_spec
+    if in_spec is not None and in_spec.type is tuple and in_spec.num_children == 2 \
+            and in_spec.child(0).type is tuple and in_spec.child(1).type is dict:
+        count = in_spec.child(0).num_children
+        return values[:count], {key: bound.arguments[name] for key, name in zip(in_spec.child(1).context,
+                                                                                names[count:])}
+    return values, {}
+
+
+def _flat_inputs(graph_module, positional: list, keyword: dict) -> list:
+    """The graph's placeholders' values: the arguments flattened by the program's input spec."""
+    from torch.fx._pytree import tree_flatten_spec
+
+    info = getattr(graph_module.graph._codegen, "pytree_info", None)
     if info is None or info.in_spec is None:
-        return values
+        return positional + list(keyword.values())
     in_spec = info.in_spec
     if in_spec.type is tuple and in_spec.num_children == 2 and in_spec.child(0).type is tuple \
             and in_spec.child(1).type is dict:
-        count = in_spec.child(0).num_children
-        names = list(bound.arguments)
-        structured = (list(values[:count]), {key: bound.arguments[name] for key, name in
-                                             zip(in_spec.child(1).context, names[count:])})
-        return tree_flatten_spec(structured, in_spec)
-    return tree_flatten_spec(values, in_spec)
+        return tree_flatten_spec((positional, keyword), in_spec)
+    return tree_flatten_spec(positional, in_spec)
 
 
 def _ids_placeholder(graph_module):
