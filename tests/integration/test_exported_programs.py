@@ -20,6 +20,7 @@ import transformers
 from torch.export import Dim
 
 sys.path.insert(0, {examples!r})
+import nanogpt_port
 import scratch_llama
 
 IDS = torch.tensor([[0, 17, 5, 40, 8, 9, 31, 22, 64, 3]])
@@ -48,6 +49,10 @@ def executorch_recipe(path):
     length = Dim("T", min=1, max=32)
     return exportable.export(input_ids=IDS, dynamic_shapes={{"input_ids": {{1: length}},
                                                             "cache_position": {{0: length}}}})
+
+
+def nanogpt(path):
+    return torch.export.export(nanogpt_port.build(path), (IDS,))
 
 
 def scratch_rope_interleaved(path):
@@ -118,3 +123,11 @@ def test_a_bug_in_an_exported_port_fails_at_its_place_with_its_cause(model_dirs,
     code, report = check(capsys, model_dirs["llama"], f"{builds}:scratch_rope_interleaved")
     assert code == 1 and report["first_divergence"]["checkpoint"] == "layers.0.q_rope"
     assert "rope_layout" in [d["cause"] for d in report["diagnoses"]]
+
+
+def test_nanogpt_exported_is_read_in_gpt2s_names(model_dirs, builds, capsys):
+    """Given no taps, its fused c_attn is split into q, k and v, as GPT-2's names say; before, it was mapped
+    by its structure alone, and q, k, v and qkv were only in the reference."""
+    code, report = check(capsys, model_dirs["gpt2"], f"{builds}:nanogpt")
+    assert code == 0 and report["summary"]["failed"] == 0
+    assert {"layers.0.q", "layers.0.k", "layers.0.qkv", "pos_embed"} <= {c["name"] for c in report["checkpoints"]}

@@ -234,15 +234,18 @@ def infer_taps(model, spec: str):
         from parity.capture.hf.structure import map_model
 
         return map_model(model, where=str(spec)).taps
+    names = {name for name, _ in model.named_modules()}
     exported = is_exported_module(model)
-    if exported:    # a program made by torch.export: its structure first, attention read off the graph's ops
+    if exported:    # a program made by torch.export: attention read off the graph's ops
         from parity.capture.torch.exported.tree import table_and_head_taps
+        from parity.capture.torch.taps import resolve_taps
 
+        if "transformer.h.0.attn.c_attn" in names:    # GPT-2's names (nanoGPT's too): its fused c_attn split
+            return resolve_taps("gpt2") + table_and_head_taps(model)
         try:
             return map_module(model, where=str(spec), attention_ops=True) + table_and_head_taps(model)
         except CaptureError:
             pass
-    names = {name for name, _ in model.named_modules()}
     if "model.layers.0.self_attn.q_proj" in names:
         return "hf"
     if "transformer.h.0.attn.c_attn" in names:
