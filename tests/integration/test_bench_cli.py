@@ -35,6 +35,34 @@ def test_a_port_against_transformers_gives_throughputs_and_memory(tmp_path):
     assert "cand/ref" in result.stdout
 
 
+EXPORTED = """import torch
+import transformers
+from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+
+def build(path):
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model.generation_config.cache_implementation = "static"
+    length = torch.export.Dim("T", min=1, max=32)
+    return TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=32).export(
+        input_ids=torch.tensor([[1, 2, 3]]), dynamic_shapes={"input_ids": {1: length}, "cache_position": {0: length}})
+"""
+
+
+@pytest.mark.slow
+def test_a_torch_export_program_is_timed_decoding_through_its_static_cache(tmp_path):
+    """A program has no config: token ids are drawn from its embedding's rows (was: "the model has no
+    config.vocab_size"); transformers' ExecuTorch recipe decodes through the cache its buffers hold."""
+    model = tiny_models.save("llama", tmp_path / "model")
+    (tmp_path / "exported_bench.py").write_text(EXPORTED)
+    out = tmp_path / "bench.json"
+    result = parity("bench", model, f"{tmp_path / 'exported_bench.py'}:build", "--prompt-tokens", "8",
+                    "--decode-tokens", "4", "--repeats", "2", "--warmup", "1", "--threads", "1", "--json", out)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["candidate"]["prefill_tokens_per_s"] > 0 and data["candidate"]["decode_tokens_per_s"] > 0
+
+
 def test_speedup_is_candidate_over_reference():
     report = BenchReport({"prefill_tokens_per_s": 100.0, "decode_tokens_per_s": 10.0},
                          {"prefill_tokens_per_s": 250.0, "decode_tokens_per_s": None}, {})

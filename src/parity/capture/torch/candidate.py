@@ -205,7 +205,7 @@ class TorchCandidate(Candidate):
     def speed_runner(self, options):
         from parity.capture.torch.timing import ModuleTimer
 
-        return ModuleTimer(self.module, options, described=f"torch module {type(self.module).__name__}")
+        return ModuleTimer(self.module, options, described=self.description.rpartition(" (")[0])
 
 
 def module_dtype(module) -> str | None:

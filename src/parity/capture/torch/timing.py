@@ -22,9 +22,11 @@ class ModuleTimer:
         self.decodes = decode_support(self.model, [0, 1]) is None
         self.decode_note = None if self.decodes else "not measured: the candidate's forward takes no cache"
         config = getattr(self.model, "config", None)
-        self.vocab_size = getattr(config, "vocab_size", None) or (config or {}).get("vocab_size")
+        self.vocab_size = getattr(config, "vocab_size", None) or (config or {}).get("vocab_size") \
+            or _embedding_rows(self.model)     # a module without a config (a torch.export program, a port)
         if not self.vocab_size:
-            raise OptionError(f"{described}: the model has no config.vocab_size to draw token ids from")
+            raise OptionError(f"{described}: the model has no config.vocab_size and no nn.Embedding to draw token "
+                              "ids from")
         dtype = next(self.model.parameters()).dtype
         self.description = f"{described}, {str(dtype).removeprefix('torch.')}, {options.threads} threads, " \
                            f"{options.device}"
@@ -62,3 +64,11 @@ def _now(device: str) -> float:
 
         torch.cuda.synchronize()
     return time.perf_counter()
+
+
+def _embedding_rows(model) -> int | None:
+    """The rows of the model's first nn.Embedding (its token table), or None."""
+    import torch
+
+    return next((module.num_embeddings for module in model.modules() if isinstance(module, torch.nn.Embedding)),
+                None)
