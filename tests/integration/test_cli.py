@@ -18,6 +18,16 @@ def parity(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "parity", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
+def check_json(capsys, model_dir, spec, *args):
+    """`parity check MODEL SPEC --tokens ... --json -` in this process (no interpreter importing torch per case):
+    (exit code, the JSON report)."""
+    from parity.cli import main
+
+    capsys.readouterr()
+    code = main(["check", str(model_dir), spec, "--tokens", TOKEN_ARG, "--json", "-", *args])
+    return code, json.loads(capsys.readouterr().out)
+
+
 def assert_unusable(result, message):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr

@@ -6,12 +6,10 @@ Before: fullgraph=True was refused ("the forward pass of OptimizedModule failed:
 wrapper's `(*args, **kwargs)` forward left padded batches unchecked and its `_orig_mod.` paths kept its raw
 modules from being compared; a hooked pass after a plain call at the same shape recorded nothing."""
 
-import json
-
 import pytest
 
 from conftest import ROOT
-from test_cli import TOKEN_ARG
+from test_cli import check_json as check
 
 BUILDS = '''import sys
 
@@ -44,14 +42,6 @@ def builds(tmp_path_factory):
     path = tmp_path_factory.mktemp("compiled") / "compiled_builds.py"
     path.write_text(BUILDS.format(examples=str(ROOT / "examples")))
     return path
-
-
-def check(capsys, model_dir, spec, *args):
-    from parity.cli import main   # in-process: no interpreter importing torch per case
-
-    capsys.readouterr()
-    code = main(["check", str(model_dir), spec, "--tokens", TOKEN_ARG, "--json", "-", *args])
-    return code, json.loads(capsys.readouterr().out)
 
 
 def test_a_transformers_model_compiled_with_fullgraph_passes_with_every_check(model_dirs, builds, capsys):

@@ -6,12 +6,10 @@ Before: an ExportedProgram was refused ("returned ExportedProgram, not a torch.n
 ended in a traceback (`eval()` is not supported); a static-shape program ended decoding in a traceback
 ("Guard failed: input_ids.size()[1] == 10")."""
 
-import json
-
 import pytest
 
 from conftest import ROOT
-from test_cli import TOKEN_ARG
+from test_cli import TOKEN_ARG, check_json as check
 
 BUILDS = '''import sys
 
@@ -68,14 +66,6 @@ def builds(tmp_path_factory):
     path = tmp_path_factory.mktemp("exported") / "exported_builds.py"
     path.write_text(BUILDS.format(examples=str(ROOT / "examples")))
     return path
-
-
-def check(capsys, model_dir, spec, *args):
-    from parity.cli import main   # in-process: no interpreter importing torch per case
-
-    capsys.readouterr()
-    code = main(["check", str(model_dir), spec, "--tokens", TOKEN_ARG, "--json", "-", *args])
-    return code, json.loads(capsys.readouterr().out)
 
 
 def _not_checked(report) -> dict:

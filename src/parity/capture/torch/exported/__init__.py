@@ -29,16 +29,17 @@ calls.py reads the module calls off the graph, tree.py rebuilds the module tree,
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from parity.capture.torch.exported.calls import STACK
 
 
 def is_exported(value: Any) -> bool:
-    """An ExportedProgram, or a GraphModule whose nodes say which module calls made them (torch.export's)."""
-    try:
-        import torch
-    except ImportError:
+    """An ExportedProgram, or a GraphModule whose nodes say which module calls made them (torch.export's).
+    Without torch imported no such object exists: torch is not imported to answer for a spec string."""
+    torch = sys.modules.get("torch")
+    if torch is None:
         return False
     if isinstance(value, torch.export.ExportedProgram):
         return True

@@ -83,7 +83,7 @@ def build_tree(root, graph_module, calls: list[ModuleCall]) -> None:
 
 def share_state(root, graph_module) -> None:
     """The program's parameters and buffers (the same tensors) registered in the tree at their paths."""
-    persistent = _persistent(graph_module)
+    persistent = set(graph_module.state_dict(keep_vars=True))
     for name, parameter in graph_module.named_parameters(remove_duplicate=False):
         path, _, leaf = name.rpartition(".")
         (root.get_submodule(path) if path else root).register_parameter(leaf, parameter)
@@ -94,13 +94,6 @@ def share_state(root, graph_module) -> None:
 
 def _numeric_order(path: str) -> tuple:
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.split("."))
-
-
-def _persistent(graph_module) -> set[str]:
-    try:
-        return set(graph_module.state_dict(keep_vars=True))
-    except Exception:   # noqa: BLE001 - a module whose state_dict hooks fail: every buffer taken as persistent
-        return {name for name, _ in graph_module.named_buffers()}
 
 
 def _describe(module) -> None:
