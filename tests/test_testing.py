@@ -94,3 +94,26 @@ def test_a_reference_trace_captured_once_and_a_module(model_dirs):
     assert assert_parity(reference, llama_port.build(directory))
     with pytest.raises(ParityAssertionError, match="first divergence at layers.0"):
         assert_parity(reference, llama_port.build(directory, llama_port.Bugs(gqa_order="tile")))
+
+
+def test_a_function_of_token_ids_is_checked_on_its_logits_alone(model_dirs):
+    """A binding's or a numpy port's forward, handed over as a function (was: refused, "not function")."""
+    from pathlib import Path
+
+    import numpy as np
+
+    import numpy_llama
+
+    directory = model_dirs["llama"]
+    config, weights = numpy_llama.load(Path(directory))
+
+    def port(ids, bug=None):
+        return numpy_llama.forward(config, weights, np.asarray(ids)[0].tolist(), np.float32, bug)["logits"]
+
+    result = assert_parity(directory, port, tokens=TOKENS, decode_steps=0)
+    assert result.layers_hidden and [r.name for r in result.checkpoints] == ["logits"]
+    assert repr(result).endswith("logits alone>")
+    with pytest.raises(ParityAssertionError, match="first divergence at logits"):
+        assert_parity(directory, lambda ids: port(ids, "rope_interleaved"), tokens=TOKENS, decode_steps=0)
+    with pytest.raises(OptionError, match="needs a model as the reference"):
+        assert_parity(make_trace({"logits": np.zeros((2, 3))}, {"tokens": [1, 2]}), port)

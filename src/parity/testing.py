@@ -41,7 +41,8 @@ def assert_parity(reference, candidate, *, prompt: str | None = None, tokens: li
     reference: a Trace, a trace file, or a model (a transformers directory or a
       .gguf file) to capture over `prompt` or `tokens`.
     candidate: a Trace, a trace file, a torch.nn.Module (or a torch.export program), or (with a model as the
-      reference) anything `parity check` takes: "port.py:build", "llamacpp:x.gguf".
+      reference) anything `parity check` takes: "port.py:build", "llamacpp:x.gguf", or a function of token ids
+      returning logits (its logits alone are compared; the result's `layers_hidden` says so).
     atol, rtol: fixed tolerances for every checkpoint (both, or neither).
     calibrate: whether to hold each checkpoint to the noise of the candidate's
       precision, as `parity check` does: with a model reference, the reference runs
@@ -190,8 +191,9 @@ def _candidate_trace(candidate, reference: Trace, taps, checkpoints) -> Trace:
 
     if not isinstance(candidate, (str, Path)) and not hasattr(candidate, "named_modules") \
             and not is_exported(candidate):
+        function = " (a function of token ids needs a model as the reference)" if callable(candidate) else ""
         raise OptionError(f"candidate must be a Trace, a trace file, a torch.nn.Module or a program made by "
-                          f"torch.export, not {type(candidate).__name__}")
+                          f"torch.export, not {type(candidate).__name__}{function}")
 
     parsed = parse_candidate(str(candidate) if isinstance(candidate, Path) else candidate)
     if parsed.offers("logits") and isinstance(parsed.text, str):
@@ -226,7 +228,12 @@ def _check_model(model, candidate, **options):
         candidate = str(candidate)
     from parity.capture.torch.exported import is_exported
 
+    if not (isinstance(candidate, str) or hasattr(candidate, "named_modules") or is_exported(candidate)) \
+            and callable(candidate):   # a function of token ids: its logits alone (capture/torch/opaque.py)
+        from parity.capture.torch.opaque import OpaqueModel
+
+        candidate = OpaqueModel(candidate, getattr(candidate, "__qualname__", type(candidate).__name__))
     if not (isinstance(candidate, str) or hasattr(candidate, "named_modules") or is_exported(candidate)):
-        raise OptionError(f"candidate must be a torch.nn.Module, a program made by torch.export, a trace or a "
-                          f"'port.py:build' spec, not {type(candidate).__name__}")
+        raise OptionError(f"candidate must be a torch.nn.Module, a program made by torch.export, a function of "
+                          f"token ids, a trace or a 'port.py:build' spec, not {type(candidate).__name__}")
     return run_check(CheckOptions(model=str(model), candidate=candidate, **options))

@@ -121,6 +121,7 @@ class Candidate:
     nature: ClassVar[str] = ""                   # what it is, where that says why it cannot do more (default: written)
     capabilities: ClassVar[frozenset[str]] = frozenset()
     claim_order: ClassVar[int] = 100             # claims are tried from the lowest: specific forms before general
+    undeclared: ClassVar[str] = "a trace without a dtype in its metadata"   # why its precision can be unknown
 
     def __init__(self, spec: str) -> None:
         self.spec = spec
@@ -173,6 +174,11 @@ class Candidate:
         reason = self.supports(capability, **context)
         if reason is not None:
             raise OptionError(f"{why} needs {CAPABILITIES[capability]}, and {reason}")
+
+    def hidden(self, taps=None) -> str | None:
+        """Why none of its layers can be seen (its logits alone can be compared), given the user's `taps`; None
+        where they can."""
+        return None
 
     @property
     def description(self) -> str:

@@ -46,6 +46,7 @@ def run_gradients(model_path: str, candidate_spec: str, tokens: list[int] | None
 
     with open_candidate(candidate_spec, CandidateContext(model_path=model_path, progress=progress),
                         needs=("gradients",)) as candidate:
+        candidate.require("gradients", "--gradients")
         return _run_gradients(model_path, candidate, tokens, prompt, taps, progress)
 
 

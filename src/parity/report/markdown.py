@@ -81,9 +81,9 @@ def _comparison(comparison: Comparison) -> list[str]:
     total = len(comparison.checkpoints)
     divergence = comparison.first_divergence
     if divergence is None:
-        what = f"{comparison.passed_count}/{total} checkpoints within tolerance"
+        what = f"{comparison.passed_count}/{total} checkpoints within tolerance{comparison.scope}"
     else:
-        what = f"{comparison.failed_count}/{total} checkpoints outside tolerance"
+        what = f"{comparison.failed_count}/{total} checkpoints outside tolerance{comparison.scope}"
     lines = _heading(comparison.passed, what) + [
         "| | |", "|---|---|",
         f"| reference | {text(_describe(comparison.reference_metadata))} |",

@@ -30,6 +30,8 @@ class TorchCandidate(Candidate):
     backend = "torch"
     written = "FILE.py:FACTORY"
     claim_order = 50
+    undeclared = ("it holds no floating-point parameters and declares no `parity_dtype`: set `parity_dtype` on it "
+                  "(on the function, for a function) to the precision it computes in")
     capabilities = frozenset({"trace", "logits", "decode", "cache", "chunked_prefill", "padding", "replay",
                               "gradients", "on_device", "weights", "raw", "speed", "tokenizer", "module"})
 
@@ -47,7 +49,12 @@ class TorchCandidate(Candidate):
             self._stack.enter_context(recompiles_allowed())
         self.module = module
         self.precision = module_dtype(module)
+        if self.precision is None:   # a function or a compiled blob: the precision its logits are returned at
+            from parity.capture.torch.opaque import returned_precision
+
+            self.precision = returned_precision(module)
         self._decode_reasons: dict[tuple[int, ...], str | None] = {}
+        self._hidden: str | None = None    # why its layers cannot be seen ("" where they can), found on first use
         self.config = getattr(module, "config", None)   # its head counts read per-head layouts; else the reference's
         from parity.capture.torch.incremental import cache_calls
         from parity.capture.torch.explicit_mask import explicit_masks
@@ -94,6 +101,10 @@ class TorchCandidate(Candidate):
 
         if getattr(self.module, "exported_from", None):
             return f"torch.export program of {self.module.exported_from.rpartition('.')[2]} ({self.precision})"
+        from parity.capture.torch.opaque import is_opaque
+
+        if is_opaque(self.module):
+            return f"function {self.module.name} ({self.precision or 'precision unknown'})"
         compiled = ", compiled by torch.compile" if compiled_within(self.module) else ""
         return f"torch module {type(self.module).__name__} ({self.precision}{compiled})"
 
@@ -103,6 +114,16 @@ class TorchCandidate(Candidate):
             reason = self.module.refuses(capability)   # a program exported without dynamic shapes
         if reason is not None:
             return reason
+        from parity.capture.torch.opaque import is_opaque
+
+        if is_opaque(self.module) and capability in FUNCTION_CANNOT and not FUNCTION_CANNOT[capability]:
+            return f"{self.module.name} is a function of token ids: parity sees none of its parameters or modules"
+        if is_opaque(self.module) and capability in FUNCTION_CANNOT:
+            return (f"{self.module.name} is a function of token ids, called on whole sequences: it takes no "
+                    f"{FUNCTION_CANNOT[capability]} (a torch.nn.Module whose forward takes one can be checked so, "
+                    "docs/porting.md)")
+        if capability == "gradients" and not any(p.is_floating_point() for p in self.module.parameters()):
+            return f"{type(self.module).__name__} holds no floating-point parameters: it has no gradients to compare"
         if capability in ("decode", "cache", "chunked_prefill"):
             reason = self._decode_reason(tuple(prompt) if prompt else (0, 1))
             if reason is None and capability == "cache" and self.calls.held:
@@ -141,9 +162,12 @@ class TorchCandidate(Candidate):
 
             forward = positioned_forward(self.module, request.start_position)
         self.rounds_inputs = rounded_inputs(self.module, self.taps(request.taps))
+        metadata = {"start_position": request.start_position} if request.start_position else {}
+        if module_dtype(self.module) is None and self.precision:   # read off the logits it returns
+            metadata["dtype"] = self.precision
         options = dict(taps=self.taps(request.taps), checkpoints=request.checkpoints, weights=request.weights,
                        raw=request.raw and self.raw_allowed(request.taps), forward=forward, stream=request.stream,
-                       metadata={"start_position": request.start_position} if request.start_position else None)
+                       metadata=metadata or None)
         if request.spill_to:
             return self._trace_to_file(tokens, request.spill_to, options)
         return trace_module(self.module, tokens, config=self.config, **options)
@@ -190,12 +214,38 @@ class TorchCandidate(Candidate):
 
     def taps(self, taps=None):
         """Where the checkpoints live in the module: `taps` if given, else its `parity_taps` attribute, else
-        its naming (transformers, nanoGPT)."""
+        its naming (transformers, nanoGPT); none where its layers are hidden (`hidden`): its logits alone."""
         if taps:
             return taps
         if getattr(self.module, "parity_taps", None):
             return self.module.parity_taps
+        if self.hidden(taps):
+            return ()
         return infer_taps(self.module, self.spec)
+
+    def hidden(self, taps=None) -> str | None:
+        """Why none of its layers can be seen, given `taps` (the user's --taps): a function of token ids, or a
+        module (a compiled blob's wrapper, a structure of its own) that no taps map and whose naming names no
+        decoder blocks. None where they can."""
+        if taps or getattr(self.module, "parity_taps", None):
+            return None
+        if self._hidden is None:
+            from parity.capture.torch.opaque import is_opaque, why_hidden
+
+            if is_opaque(self.module):
+                self._hidden = why_hidden(self.module)
+            elif len(list(self.module.modules())) == 1 and not any(True for _ in self.module.parameters()):
+                self._hidden = (f"{self.spec} holds no modules and no parameters (a compiled program or a "
+                                "binding, run as one call): parity sees only the logits its forward returns; to "
+                                "compare its layers, record them (docs/capture.md) or write a trace of them "
+                                "(docs/trace-format.md)")
+            else:
+                try:
+                    infer_taps(self.module, self.spec)
+                    self._hidden = ""
+                except OptionError as error:
+                    self._hidden = str(error)
+        return self._hidden or None
 
     def raw_allowed(self, taps=None) -> bool:
         """Can the module's raw.<module> outputs line up with the reference's: a transformers model traced by its
@@ -206,6 +256,11 @@ class TorchCandidate(Candidate):
         from parity.capture.torch.timing import ModuleTimer
 
         return ModuleTimer(self.module, options, described=self.description.rpartition(" (")[0])
+
+
+# What a function of token ids cannot be asked for (capture/torch/opaque.py), and what its module would take.
+FUNCTION_CANNOT = {"decode": "cache", "cache": "cache", "chunked_prefill": "cache", "padding": "attention mask",
+                   "replay": "", "gradients": "", "weights": "", "raw": ""}
 
 
 def module_dtype(module) -> str | None:

@@ -95,9 +95,13 @@ def build_module(spec: str, model_path: str | None = None, *, guard_forward: boo
 
     if is_exported(model):   # torch.export's program (or its .module()): its module calls made again for hooks
         model = exported_module(model)
+    if not isinstance(model, torch.nn.Module) and callable(model):   # a function of token ids: its logits alone
+        from parity.capture.torch.opaque import OpaqueModel
+
+        model = OpaqueModel(model, spec)
     if not isinstance(model, torch.nn.Module):
-        raise OptionError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module or a program made by "
-                          "torch.export; return the model")
+        raise OptionError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module, a program made by "
+                          "torch.export or a function of token ids; return the model")
     model = compiled_in_place(model)
     if guard_forward:
         _guard_forward(model, spec)

@@ -109,8 +109,9 @@ def base_metadata(model, input_ids) -> dict:
     exported_from = getattr(model, "exported_from", None)     # a program made by torch.export (capture/torch/exported/)
     compiled = "exported by torch.export" if exported_from else \
         "compiled by torch.compile" if compiled_within(model) else None
+    name = getattr(model, "name", None) if type(model).__name__ == "OpaqueModel" else None   # a function's spec
     return {
-        "producer": f"torch:{exported_from or f'{type(model).__module__}.{type(model).__name__}'}",
+        "producer": f"torch:{exported_from or name or f'{type(model).__module__}.{type(model).__name__}'}",
         "dtype": dtype_of(model),
         "tokens": input_ids.reshape(-1).tolist(),
         **({"compiled": compiled} if compiled else {}),

@@ -15,6 +15,7 @@ class ModuleTimer:
         import torch
 
         from parity.capture.torch.incremental import decode_support
+        from parity.capture.torch.module import dtype_of
 
         torch.set_num_threads(options.threads)
         self.torch, self.device = torch, options.device
@@ -23,13 +24,12 @@ class ModuleTimer:
         self.decode_note = None if self.decodes else "not measured: the candidate's forward takes no cache"
         config = getattr(self.model, "config", None)
         self.vocab_size = getattr(config, "vocab_size", None) or (config or {}).get("vocab_size") \
-            or _embedding_rows(self.model)     # a module without a config (a torch.export program, a port)
-        if not self.vocab_size:
+            or _embedding_rows(self.model) or _logits_width(self.model, options.device)   # no config: a port,
+        if not self.vocab_size:                                          # a program, a function of token ids
             raise OptionError(f"{described}: the model has no config.vocab_size and no nn.Embedding to draw token "
-                              "ids from")
-        dtype = next(self.model.parameters()).dtype
-        self.description = f"{described}, {str(dtype).removeprefix('torch.')}, {options.threads} threads, " \
-                           f"{options.device}"
+                              "ids from, and its forward on two tokens returned no logits")
+        dtype = dtype_of(self.model) or "precision unknown"
+        self.description = f"{described}, {dtype}, {options.threads} threads, {options.device}"
 
     def __repr__(self) -> str:
         return f"<ModuleTimer {self.description}>"
@@ -64,6 +64,17 @@ def _now(device: str) -> float:
 
         torch.cuda.synchronize()
     return time.perf_counter()
+
+
+def _logits_width(model, device: str) -> int | None:
+    """The width of the logits the model returns for two tokens (its vocabulary), or None where it returns none."""
+    import torch
+
+    from parity.capture.torch.layout import first_tensor
+
+    with torch.no_grad():
+        logits = first_tensor(model(torch.zeros((1, 2), dtype=torch.int64, device=device)))
+    return int(logits.shape[-1]) if logits is not None and logits.ndim >= 2 else None
 
 
 def _embedding_rows(model) -> int | None:

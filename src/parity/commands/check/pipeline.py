@@ -23,6 +23,7 @@ from parity.capture.candidate import Candidate, CandidateContext, TraceRequest, 
 from parity.capture.hf.placement import Placement
 from parity.core.compare import CompareConfig, compare
 from parity.core.errors import OptionError
+from parity.core.names import select
 from parity.core.results import NOT_ASKED, Comparison, NotChecked, Tolerance
 from parity.core.sequence import SequenceComparison
 from parity.commands.check.op_weights import were_read, with_op_weights
@@ -107,6 +108,19 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
         return _check(options, candidate, progress, spill)
 
 
+def _logits_only(options: CheckOptions, hidden: str | None) -> CheckOptions:
+    """The options of a check of a candidate whose layers cannot be seen (`hidden`: why): its logits alone, the
+    reference captured for them alone; the layers are listed as not checked (`_with_not_checked`)."""
+    if hidden is None:
+        return options
+    if not select(["logits"], options.checkpoints):
+        raise OptionError(f"--checkpoints {options.checkpoints} leaves out the logits, the one checkpoint of "
+                          f"{options.candidate} that can be compared: {hidden}")
+    if options.replay:
+        raise OptionError(f"--replay reruns each layer's ops, and none can be seen: {hidden}")
+    return dataclasses.replace(options, checkpoints="logits")
+
+
 def _capture_reference(reference_model, tokens: list[int], options: CheckOptions, candidate: Candidate,
                        reference_dtype: str, spill: str, progress, recipes=None, name: str = "reference") -> Trace:
     """The reference's trace: in memory, or written to the spill directory (as `name`.safetensors) and read back
@@ -179,6 +193,7 @@ def _candidate_spill(reference_model, tokens: list[int], spill: str, checkpoints
 def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) -> Comparison:
     from parity.capture.hf.model import load_model
 
+    options = _logits_only(options, candidate.hidden(options.taps))
     numerics = candidate.numerics
     calibrating = options.calibrate and options.tolerance is None and numerics is not None
     reference_dtype = options.dtype or ("float64" if calibrating else "float32")
@@ -344,9 +359,11 @@ def _with_not_checked(comparison: Comparison, candidate_names: list[str], candid
                       options: CheckOptions, calibrating: bool) -> Comparison:
     """The comparison listing the one-pass checks that did not run, and why."""
     skipped = []
+    if hidden := candidate.hidden(options.taps):
+        skipped.append(NotChecked("layers", f"{hidden}; its logits were compared"))
     if options.calibrate and options.tolerance is None and not calibrating:
-        skipped.append(NotChecked("calibration", "the candidate's precision is unknown (a trace without a dtype in "
-                                                 "its metadata): the dtype tables' tolerances were used"))
+        skipped.append(NotChecked("calibration", f"the candidate's precision is unknown ({candidate.undeclared}): "
+                                                 "the dtype tables' tolerances were used"))
     if not options.weights:
         read = " (the first divergence's were read after it, having no other explanation)" \
             if were_read(comparison) else ""

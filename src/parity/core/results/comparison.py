@@ -117,7 +117,8 @@ class Comparison:
 
     def __repr__(self) -> str:
         where = f", first divergence at {self.first_divergence.checkpoint}" if self.first_divergence else ""
-        return f"<Comparison {self.passed_count}/{len(self.checkpoints)} passed{where}>"
+        hidden = ", logits alone" if self.layers_hidden else ""
+        return f"<Comparison {self.passed_count}/{len(self.checkpoints)} passed{where}{hidden}>"
 
     @property
     def passed(self) -> bool:
@@ -135,6 +136,17 @@ class Comparison:
     @property
     def failed_count(self) -> int:
         return sum(result.failed for result in self.checkpoints)
+
+    @property
+    def layers_hidden(self) -> bool:
+        """The candidate's layers could not be seen: its logits alone were compared (a function of token ids, a
+        compiled blob)."""
+        return any(item.check == "layers" for item in self.not_checked)
+
+    @property
+    def scope(self) -> str:
+        """What the checkpoint count covers, where it is less than the layers: a verdict's tail."""
+        return " (the logits alone: its layers could not be seen)" if self.layers_hidden else ""
 
     def result(self, name: str) -> CheckpointResult | None:
         return next((result for result in self.checkpoints if result.name == name), None)

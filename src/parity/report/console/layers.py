@@ -246,13 +246,14 @@ def _verdict(comparison: Comparison):
             return Text.assemble(("FAIL", "bold red"), "  every checkpoint within tolerance, but decoding parts (above)")
         skipped = total - passed
         tail = f" ({skipped} not comparable)" if skipped else ""
-        return Text.assemble(("PASS", "bold green"), f"  {passed}/{total} checkpoints within tolerance{tail}")
+        return Text.assemble(("PASS", "bold green"),
+                             f"  {passed}/{total} checkpoints within tolerance{tail}{comparison.scope}")
     divergence = comparison.first_divergence
     unit = "row" if weight_of(divergence.checkpoint) else "token"  # a weight's first axis is its output rows
     position = f", worst at {unit} {divergence.position}" if divergence.position is not None else ""
     what = (f"  {failed}/{total} checkpoints outside tolerance; first divergence at " if failed else
             "  every checkpoint within tolerance, but raw module outputs are not; first at ")
-    verdict = Text.assemble(("FAIL", "bold red"), what, (divergence.checkpoint, "bold"), position)
+    verdict = Text.assemble(("FAIL", "bold red"), what, (divergence.checkpoint, "bold"), position, comparison.scope)
     origin = comparison.origin
     if origin is not None and origin.checkpoint != divergence.checkpoint:
         attribution = comparison.attributions.get(origin.checkpoint)

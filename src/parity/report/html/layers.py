@@ -53,10 +53,10 @@ def _headline(comparison: Comparison) -> str:
     divergence = comparison.first_divergence
     if divergence is None:
         tail = "" if comparison.passed else "; decoding or generation parts (below)"
-        return escape_html(f"{comparison.passed_count}/{total} checkpoints within tolerance{tail}")
+        return escape_html(f"{comparison.passed_count}/{total} checkpoints within tolerance{tail}{comparison.scope}")
     position = f", worst at token {divergence.position}" if divergence.position is not None else ""
     return (escape_html(f"{comparison.failed_count}/{total} checkpoints outside tolerance; first divergence at ")
-            + f"<b>{escape_html(divergence.checkpoint)}</b>{escape_html(position)}")
+            + f"<b>{escape_html(divergence.checkpoint)}</b>{escape_html(position + comparison.scope)}")
 
 
 def _describe(metadata: dict) -> str:

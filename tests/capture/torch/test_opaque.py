@@ -1,0 +1,70 @@
+"""A function of token ids as a module (capture/torch/opaque.py): what it returns taken as logits, its precision
+read off them where they are 16-bit, and a module with nothing to map checked on its logits alone."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from parity.capture.torch.candidate import TorchCandidate  # noqa: E402
+from parity.capture.torch.module import trace_module  # noqa: E402
+from parity.capture.torch.opaque import OpaqueModel, returned_precision  # noqa: E402
+from parity.core.errors import CaptureError  # noqa: E402
+
+VOCAB = 7
+
+
+def _logits(ids):                  # (1, T) -> (T, V): a deterministic function of the ids
+    positions = np.arange(VOCAB, dtype=np.float32)
+    return np.stack([np.sin(positions * (token + 1)) for token in np.asarray(ids)[0]])
+
+
+@pytest.mark.parametrize("returned", [
+    lambda ids: _logits(ids),                                             # a numpy (T, V)
+    lambda ids: torch.from_numpy(_logits(ids))[None],                     # a tensor (1, T, V)
+    lambda ids: SimpleNamespace(logits=torch.from_numpy(_logits(ids))),   # a transformers-like output
+    lambda ids: (torch.from_numpy(_logits(ids)), None),                   # (logits, cache)
+])
+def test_what_a_function_returns_is_traced_as_the_logits(returned):
+    trace = trace_module(OpaqueModel(returned, "port.py:build"), [3, 1, 4], taps=())
+    assert trace.names == ["logits"]
+    np.testing.assert_array_equal(trace.tensors["logits"], _logits(np.array([[3, 1, 4]])))
+    assert trace.metadata["producer"] == "torch:port.py:build"
+
+
+def test_what_is_not_logits_is_one_line():
+    with pytest.raises(CaptureError, match="returned str, not logits"):
+        OpaqueModel(lambda ids: "text", "port.py:build")(torch.zeros((1, 2), dtype=torch.int64))
+    with pytest.raises(CaptureError, match="returned ndarray, not logits"):   # integers: token ids, not logits
+        OpaqueModel(lambda ids: np.asarray(ids), "port.py:build")(torch.zeros((1, 2), dtype=torch.int64))
+
+
+def test_precision_is_read_off_16_bit_logits_and_never_guessed_from_float32():
+    def returning(dtype):
+        return OpaqueModel(lambda ids: torch.zeros((1, ids.shape[1], VOCAB), dtype=dtype), "f")
+
+    assert returned_precision(returning(torch.bfloat16)) == "bfloat16"
+    assert returned_precision(returning(torch.float16)) == "float16"
+    assert returned_precision(returning(torch.float32)) is None      # a 16-bit port may widen what it returns
+    assert returned_precision(OpaqueModel(lambda ids: 1 / 0, "f")) is None     # its check says what fails
+
+    def declared(ids):
+        return _logits(ids)
+
+    declared.parity_dtype = "bfloat16"
+    assert TorchCandidate("f", OpaqueModel(declared, "f")).precision == "bfloat16"
+
+
+def test_a_module_parity_cannot_map_is_hidden_and_one_with_taps_is_not():
+    class Blob(torch.nn.Module):
+        def forward(self, input_ids):
+            return torch.from_numpy(_logits(input_ids))
+
+    candidate = TorchCandidate("blob.py:build", Blob())
+    assert "holds no modules and no parameters" in candidate.hidden()
+    assert candidate.taps() == ()
+    assert candidate.hidden(taps={"head": "logits"}) is None
+    assert "function of token ids" in TorchCandidate("f", OpaqueModel(_logits, "f")).hidden()
+    assert "no floating-point parameters" in candidate.supports("gradients")

@@ -1,0 +1,167 @@
+"""Candidates parity cannot see inside, as users hand them over: a function of token ids that returns logits
+(a numpy port, a binding to a C++ or Rust port) and a model compiled by AOTInductor (`torch._inductor.
+aoti_compile_and_package`, loaded by `aoti_load_package`: one native call, no modules, no parameters) wrapped in
+a module. Their logits, greedy run and generation are checked; every layer is "not checked", and the verdict
+says it covers the logits alone.
+
+Before: a function was refused ("returned function, not a torch.nn.Module"), and the compiled package's wrapper
+too ("parity cannot tell where the checkpoints live"); a check that can run did not."""
+
+import shutil
+
+import pytest
+
+from conftest import ROOT, STRICT
+from test_cli import TOKEN_ARG, check_json as check
+
+FUNCTIONS = '''import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, {examples!r})
+import numpy_llama
+
+
+def _port(path, dtype, bug=None):
+    config, weights = numpy_llama.load(Path(path))
+    return lambda ids: numpy_llama.forward(config, weights, np.asarray(ids)[0].tolist(), np.dtype(dtype),
+                                           bug)["logits"]           # (T, V)
+
+
+def float32(path):
+    return _port(path, "float32")
+
+
+def float16(path):
+    return _port(path, "float16")
+
+
+def rope_interleaved(path):
+    return _port(path, "float32", "rope_interleaved")
+
+
+def not_logits(path):
+    return lambda ids: "logits"
+
+
+class Compiled(torch.nn.Module):
+    """An AOTInductor package as one wraps it to call it: no submodules, its forward one native call."""
+
+    def __init__(self, package):
+        super().__init__()
+        self.runner = torch._inductor.aoti_load_package(package)
+
+    def forward(self, input_ids):
+        return self.runner(input_ids)
+
+
+def aoti(path):
+    return Compiled(str(Path(__file__).with_suffix(".pt2")))      # compiled there by the aoti test's fixture
+'''
+
+
+def _not_checked(report) -> dict:
+    return {item["check"]: item["reason"] for item in report["not_checked"]}
+
+
+@pytest.fixture(scope="module")
+def functions(tmp_path_factory):
+    path = tmp_path_factory.mktemp("opaque") / "opaque_builds.py"
+    path.write_text(FUNCTIONS.format(examples=str(ROOT / "examples")))
+    return path
+
+
+@pytest.fixture(scope="module")
+def aoti_package(model_dirs, functions):
+    """The tiny Llama in bfloat16, exported with a dynamic length and compiled by AOTInductor (about 20 s)."""
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        if STRICT:
+            raise RuntimeError("AOTInductor needs a C++ compiler (c++ or g++)")
+        pytest.skip("no C++ compiler for AOTInductor")
+    import torch
+    import transformers
+    from torch.export import Dim
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dirs["llama"], dtype=torch.bfloat16).eval()
+
+    class Logits(torch.nn.Module):     # what is exported: the logits alone, as an inference build returns them
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids):
+            return self.model(input_ids, use_cache=False).logits
+
+    ids = torch.tensor([[0, 17, 5, 40, 8, 9, 31, 22, 64, 3]])
+    program = torch.export.export(Logits(), (ids,), dynamic_shapes=({1: Dim("T", min=2, max=64)},))
+    return torch._inductor.aoti_compile_and_package(program, package_path=str(functions.with_suffix(".pt2")))
+
+
+def test_a_numpy_port_given_as_a_function_is_checked_on_its_logits(model_dirs, functions, capsys):
+    code, report = check(capsys, model_dirs["llama"], f"{functions}:float32")
+    assert code == 0, report["checkpoints"]
+    assert [c["name"] for c in report["checkpoints"]] == ["logits"]      # the reference captured for them alone
+    assert not report["missing"]                                         # not "only in the reference" x 50
+    reasons = _not_checked(report)
+    assert "is a function of token ids" in reasons["layers"] and "docs/trace-format.md" in reasons["layers"]
+    assert "parity_dtype" in reasons["calibration"]                      # float32 logits: precision not guessed
+    assert "takes no cache" in reasons["decode"] and "takes no attention mask" in reasons["padding"]
+    assert report["generation"]["first_divergence"] is None              # greedy, by whole passes
+    assert report["candidate"]["producer"].endswith(":float32")
+
+
+def test_the_verdict_says_it_covers_the_logits_alone(model_dirs, functions):
+    from test_cli import parity
+
+    result = parity("check", model_dirs["llama"], f"{functions}:float32", "--tokens", TOKEN_ARG)
+    assert result.returncode == 0, result.stderr[-2000:]
+    verdict = " ".join(result.stdout.split())
+    assert "PASS 1/1 checkpoints within tolerance (the logits alone: its layers could not be seen)" in verdict
+    assert "not checked: layers:" in verdict
+
+
+def test_a_half_precision_function_is_calibrated_at_the_precision_of_its_logits(model_dirs, functions, capsys):
+    code, report = check(capsys, model_dirs["llama"], f"{functions}:float16")
+    assert code == 0, report["checkpoints"]
+    assert report["candidate"]["dtype"] == "float16" and report["calibrated"]
+    assert "calibration" not in _not_checked(report)
+
+
+def test_a_planted_bug_behind_a_function_still_fails_at_the_logits(model_dirs, functions, capsys):
+    code, report = check(capsys, model_dirs["llama"], f"{functions}:rope_interleaved")
+    assert code == 1
+    assert report["first_divergence"]["checkpoint"] == "logits"
+
+
+def test_an_aotinductor_package_is_checked_on_its_logits_at_its_precision(model_dirs, functions, aoti_package,
+                                                                          capsys):
+    code, report = check(capsys, model_dirs["llama"], f"{functions}:aoti")
+    assert code == 0, report["checkpoints"]
+    assert [c["name"] for c in report["checkpoints"]] == ["logits"]
+    assert report["candidate"]["dtype"] == "bfloat16" and report["calibrated"]    # read off its logits
+    assert "holds no modules and no parameters" in _not_checked(report)["layers"]
+    assert report["generation"]["first_divergence"] is None
+
+
+@pytest.mark.parametrize("spec, args, message", [
+    ("not_logits", (), "returned str, not logits"),
+    ("float32", ("--checkpoints", "layers.*"), "leaves out the logits"),
+    ("float32", ("--replay",), "none can be seen"),
+    ("float32", ("--gradients",), "sees none of its parameters"),
+])
+def test_what_a_function_cannot_give_is_one_line(model_dirs, functions, spec, args, message):
+    from test_cli import assert_unusable, parity
+
+    assert_unusable(parity("check", model_dirs["llama"], f"{functions}:{spec}", "--tokens", TOKEN_ARG, *args),
+                    message)
+
+
+def test_a_function_is_benchmarked_with_token_ids_drawn_from_its_logits_width(model_dirs, functions):
+    from test_cli import parity
+
+    result = parity("bench", model_dirs["llama"], f"{functions}:float32", "--prompt-tokens", "8",
+                    "--decode-tokens", "2", "--repeats", "1", "--warmup", "0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "precision unknown" in result.stdout and "takes no cache" in result.stdout
