@@ -16,6 +16,7 @@ class ModuleTimer:
 
         from parity.capture.torch.incremental import decode_support
         from parity.capture.torch.module import dtype_of
+        from parity.capture.torch.opaque import returned_precision
 
         torch.set_num_threads(options.threads)
         self.torch, self.device = torch, options.device
@@ -28,7 +29,7 @@ class ModuleTimer:
         if not self.vocab_size:                                          # a program, a function of token ids
             raise OptionError(f"{described}: the model has no config.vocab_size and no nn.Embedding to draw token "
                               "ids from, and its forward on two tokens returned no logits")
-        dtype = dtype_of(self.model) or "precision unknown"
+        dtype = dtype_of(self.model) or returned_precision(self.model) or "precision unknown"
         self.description = f"{described}, {dtype}, {options.threads} threads, {options.device}"
 
     def __repr__(self) -> str:
