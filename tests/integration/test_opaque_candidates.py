@@ -42,6 +42,25 @@ def rope_interleaved(path):
     return _port(path, "float32", "rope_interleaved")
 
 
+def decoder(path):
+    return numpy_llama.decoder(path)             # forward(input_ids, positions=None, cache=None)
+
+
+def decoder_rope_interleaved(path):
+    return numpy_llama.decoder(path, bug="rope_interleaved")
+
+
+def decoder_positions_ignored(path):
+    """A cache kept, but each call's tokens rotated from position 0: the prompt passes, decoding does not."""
+    step = numpy_llama.decoder(path)
+
+    def forward(input_ids, positions=None, cache=None):
+        return step(input_ids, None, cache)
+
+    forward.parity_dtype = "float32"
+    return forward
+
+
 def not_logits(path):
     return lambda ids: "logits"
 
@@ -145,11 +164,38 @@ def test_an_aotinductor_package_is_checked_on_its_logits_at_its_precision(model_
     assert report["generation"]["first_divergence"] is None
 
 
+def test_a_function_with_its_own_cache_is_decoded_through_it(model_dirs, functions, capsys):
+    code, report = check(capsys, model_dirs["llama"], f"{functions}:decoder")
+    assert code == 0, report["decode"]
+    assert report["candidate"]["dtype"] == "float32" and report["calibrated"]     # the parity_dtype it declares
+    assert report["decode"]["passed"] and len(report["decode"]["rel_l2"]) == 5
+    assert report["decode"]["cache"]["passed"]                                   # its numpy keys read back
+    assert report["decode"]["chunked_prefill_rel_l2"] < 1e-5
+    assert set(_not_checked(report)) == {"layers", "weights", "replay", "padding"}
+
+
+def test_a_function_placed_at_far_positions(model_dirs, functions, capsys):
+    code, report = check(capsys, model_dirs["llama"], f"{functions}:decoder", "--start-position", "100000")
+    assert code == 0, report["checkpoints"]
+    code, report = check(capsys, model_dirs["llama"], f"{functions}:decoder_rope_interleaved",
+                         "--start-position", "100000")
+    assert code == 1 and report["first_divergence"]["checkpoint"] == "logits"
+
+
+def test_a_function_decoding_at_the_wrong_positions_fails_its_decoding(model_dirs, functions, capsys):
+    code, report = check(capsys, model_dirs["llama"], f"{functions}:decoder_positions_ignored")
+    assert code == 1
+    assert report["summary"]["failed"] == 0                  # its whole passes are right
+    assert not report["decode"]["passed"] and report["decode"]["first_step"] == 1     # the first token decoded
+
+
 @pytest.mark.parametrize("spec, args, message", [
     ("not_logits", (), "returned str, not logits"),
     ("float32", ("--checkpoints", "layers.*"), "leaves out the logits"),
     ("float32", ("--replay",), "none can be seen"),
     ("float32", ("--gradients",), "sees none of its parameters"),
+    ("float32", ("--on-device",), "holds no parameters to tell it by"),
+    ("float32", ("--start-position", "1000"), "take absolute positions"),
 ])
 def test_what_a_function_cannot_give_is_one_line(model_dirs, functions, spec, args, message):
     from test_cli import assert_unusable, parity

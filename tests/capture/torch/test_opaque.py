@@ -68,3 +68,21 @@ def test_a_module_parity_cannot_map_is_hidden_and_one_with_taps_is_not():
     assert candidate.hidden(taps={"head": "logits"}) is None
     assert "function of token ids" in TorchCandidate("f", OpaqueModel(_logits, "f")).hidden()
     assert "no floating-point parameters" in candidate.supports("gradients")
+
+
+def test_a_function_taking_a_cache_is_called_with_it_and_keeps_its_signature():
+    import inspect
+
+    from parity.capture.torch.incremental import call_with_cache, decode_support
+
+    def forward(input_ids, positions=None, cache=None):       # a port's decoder: (logits (T, V), cache)
+        cache = (cache or []) + np.asarray(input_ids)[0].tolist()
+        return _logits(np.array([cache[-len(np.asarray(input_ids)[0]):]])) * len(cache), cache
+
+    model = OpaqueModel(forward, "port.py:decoder")
+    assert list(inspect.signature(model.forward).parameters) == ["input_ids", "positions", "cache"]
+    logits, cache = call_with_cache(model, torch.tensor([[3, 1]]), None)
+    assert logits.shape == (1, 2, VOCAB) and cache == [3, 1]                 # (T, V) made (1, T, V)
+    assert decode_support(model, [3, 1, 4]) is None
+    assert TorchCandidate("f", model).supports("decode") is None
+    assert "takes no cache" in TorchCandidate("f", OpaqueModel(_logits, "f")).supports("decode")

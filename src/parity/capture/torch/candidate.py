@@ -118,7 +118,7 @@ class TorchCandidate(Candidate):
 
         if is_opaque(self.module) and capability in FUNCTION_CANNOT and not FUNCTION_CANNOT[capability]:
             return f"{self.module.name} is a function of token ids: parity sees none of its parameters or modules"
-        if is_opaque(self.module) and capability in FUNCTION_CANNOT:
+        if is_opaque(self.module) and capability in FUNCTION_CANNOT and not self.module.takes_more:
             return (f"{self.module.name} is a function of token ids, called on whole sequences: it takes no "
                     f"{FUNCTION_CANNOT[capability]} (a torch.nn.Module whose forward takes one can be checked so, "
                     "docs/porting.md)")

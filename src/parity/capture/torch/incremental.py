@@ -285,9 +285,15 @@ def cache_tensors(cache) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         return {i: tuple(t[0].transpose(0, 1).float().cpu().numpy() for t in pair) for i, pair in enumerate(cache)}
     if isinstance(cache, HeldCache):
         return {}
-    if isinstance(getattr(cache, "keys", None), dict):
-        return {i: (cache.keys[i].float().cpu().numpy(), cache.values[i].float().cpu().numpy()) for i in cache.keys}
+    if isinstance(getattr(cache, "keys", None), dict):     # tensors, or arrays (a numpy port's)
+        return {i: (_float32(cache.keys[i]), _float32(cache.values[i])) for i in cache.keys}
     return {}
+
+
+def _float32(values) -> np.ndarray:
+    if hasattr(values, "float") and hasattr(values, "cpu"):
+        return values.float().cpu().numpy()
+    return np.asarray(values, dtype=np.float32)
 
 
 def prefill_cache(model, prompt: list[int]):

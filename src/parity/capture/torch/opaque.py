@@ -24,7 +24,12 @@ from parity.core.errors import CaptureError
 
 class OpaqueModel(torch.nn.Module):
     """A function of token ids as a module: what parity calls, hooks and times as it does any module. It holds no
-    parameters, so its precision is what it declares (`parity_dtype` on the function), else unknown."""
+    parameters, so its precision is what it declares (`parity_dtype` on the function), else unknown.
+
+    A function that takes more than the ids (`forward(input_ids, positions=None, cache=None)` returning
+    (logits, cache); `start_pos` with a cache it holds itself) is called with them: its module's forward has
+    the function's signature, and parity decodes through its cache and places it at far positions as it does
+    a module's (docs/porting.md)."""
 
     def __init__(self, function: Callable, name: str) -> None:
         super().__init__()
@@ -33,25 +38,56 @@ class OpaqueModel(torch.nn.Module):
         declared = getattr(function, "parity_dtype", None)
         if declared is not None:
             self.parity_dtype = declared
+        self.takes_more = len(_parameters(function)) > 1
+        if self.takes_more:
+            self.forward = self._forward_with_arguments()
 
     def __repr__(self) -> str:
         return f"OpaqueModel({self.name})"
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:     # (B, T) -> (B, T, V)
-        output = self.function(input_ids)
+        return self._logits(self.function(input_ids))
+
+    def _forward_with_arguments(self) -> Callable:
+        """A forward taking what the function takes, its signature the function's; (logits, cache, ...) kept."""
+        import inspect
+
+        def forward(*args, **kwargs):
+            output = self.function(*args, **kwargs)
+            if isinstance(output, (tuple, list)) and output:
+                return (self._logits(output[0]), *output[1:])
+            return self._logits(output)
+
+        forward.__signature__ = inspect.signature(self.function)
+        return forward
+
+    def _logits(self, output) -> torch.Tensor:
+        """What the function returned as (B, T, V) logits, as a module's forward returns them."""
         output = getattr(output, "logits", output)
         if isinstance(output, (tuple, list)) and output:
             output = output[0]
-        if isinstance(output, torch.Tensor):
-            return output
-        try:
-            array = np.asarray(output)
-        except (TypeError, ValueError):
-            array = None
-        if array is None or array.dtype.kind != "f" or array.ndim not in (2, 3):
-            raise CaptureError(f"{self.name} returned {type(output).__name__}, not logits; return a tensor or an "
-                               "array of (1, T, V) or (T, V) floats")
-        return torch.from_numpy(np.ascontiguousarray(array))
+        if not isinstance(output, torch.Tensor):
+            try:
+                array = np.asarray(output)
+            except (TypeError, ValueError):
+                array = None
+            if array is None or array.dtype.kind != "f":
+                raise CaptureError(f"{self.name} returned {type(output).__name__}, not logits; return a tensor or "
+                                   "an array of (1, T, V) or (T, V) floats")
+            output = torch.from_numpy(np.ascontiguousarray(array))
+        if output.ndim not in (2, 3) or not output.is_floating_point():
+            raise CaptureError(f"{self.name} returned a {output.dtype} tensor of shape {list(output.shape)}, not "
+                               "logits; return (1, T, V) or (T, V) floats")
+        return output[None] if output.ndim == 2 else output       # (T, V) -> (1, T, V)
+
+
+def _parameters(function: Callable) -> list:
+    import inspect
+
+    try:
+        return list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):     # a builtin or a binding Python cannot read: called with the ids alone
+        return []
 
 
 def is_opaque(model) -> bool:

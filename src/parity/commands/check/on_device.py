@@ -46,6 +46,9 @@ def check_devices(reference_model, candidate) -> str:
     if reference_device is None:
         raise OptionError("--on-device needs the reference on one device, but its weights are spread over several or "
                           "offloaded (--device-map/--max-memory): give --device-map cuda:0 (or cpu), or drop --on-device")
+    if not any(True for _ in candidate.module.parameters()):
+        raise OptionError("--on-device needs the candidate's device, and it holds no parameters to tell it by (a "
+                          "function of token ids, a compiled blob): drop --on-device")
     if candidate_device != reference_device:
         raise OptionError(f"--on-device needs both models on one device: the reference runs on {reference_device}, "
                           f"the candidate's parameters are on {candidate_device or 'several devices'}; build the "
