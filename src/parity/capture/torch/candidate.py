@@ -114,14 +114,10 @@ class TorchCandidate(Candidate):
             reason = self.module.refuses(capability)   # a program exported without dynamic shapes
         if reason is not None:
             return reason
-        from parity.capture.torch.opaque import is_opaque
+        from parity.capture.torch.opaque import function_cannot, is_opaque
 
-        if is_opaque(self.module) and capability in FUNCTION_CANNOT and not FUNCTION_CANNOT[capability]:
-            return f"{self.module.name} is a function of token ids: parity sees none of its parameters or modules"
-        if is_opaque(self.module) and capability in FUNCTION_CANNOT and not self.module.takes_more:
-            return (f"{self.module.name} is a function of token ids, called on whole sequences: it takes no "
-                    f"{FUNCTION_CANNOT[capability]} (a torch.nn.Module whose forward takes one can be checked so, "
-                    "docs/porting.md)")
+        if is_opaque(self.module) and (reason := function_cannot(self.module, capability)):
+            return reason
         if capability == "gradients" and not any(p.is_floating_point() for p in self.module.parameters()):
             return f"{type(self.module).__name__} holds no floating-point parameters: it has no gradients to compare"
         if capability in ("decode", "cache", "chunked_prefill"):
@@ -230,20 +226,13 @@ class TorchCandidate(Candidate):
         if taps or getattr(self.module, "parity_taps", None):
             return None
         if self._hidden is None:
-            from parity.capture.torch.opaque import is_opaque, why_hidden
+            from parity.capture.torch.opaque import why_hidden
 
-            if is_opaque(self.module):
-                self._hidden = why_hidden(self.module)
-            elif len(list(self.module.modules())) == 1 and not any(True for _ in self.module.parameters()):
-                self._hidden = (f"{self.spec} holds no modules and no parameters (a compiled program or a "
-                                "binding, run as one call): parity sees only the logits its forward returns; to "
-                                "compare its layers, record them (docs/capture.md) or write a trace of them "
-                                "(docs/trace-format.md)")
-            else:
+            self._hidden = why_hidden(self.module, self.spec) or ""
+            if not self._hidden:
                 try:
                     infer_taps(self.module, self.spec)
-                    self._hidden = ""
-                except OptionError as error:
+                except OptionError as error:     # its naming maps no decoder blocks
                     self._hidden = str(error)
         return self._hidden or None
 
@@ -256,11 +245,6 @@ class TorchCandidate(Candidate):
         from parity.capture.torch.timing import ModuleTimer
 
         return ModuleTimer(self.module, options, described=self.description.rpartition(" (")[0])
-
-
-# What a function of token ids cannot be asked for (capture/torch/opaque.py), and what its module would take.
-FUNCTION_CANNOT = {"decode": "cache", "cache": "cache", "chunked_prefill": "cache", "padding": "attention mask",
-                   "replay": "", "gradients": "", "weights": "", "raw": ""}
 
 
 def module_dtype(module) -> str | None:

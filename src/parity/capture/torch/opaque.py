@@ -94,10 +94,37 @@ def is_opaque(model) -> bool:
     return isinstance(model, OpaqueModel)
 
 
-def why_hidden(model: OpaqueModel) -> str:
-    return (f"{model.name} is a function of token ids: parity sees only the logits it returns; to compare its "
-            "layers, return a torch.nn.Module that records them (docs/capture.md) or write a trace of them "
-            "(docs/trace-format.md)")
+def why_hidden(model, spec: str) -> str | None:
+    """Why none of a module's layers can be seen, where what it is says so: a function of token ids, or a module
+    holding no modules and no parameters (a compiled blob's wrapper). None for any other module (whether its
+    naming maps is for its mapping to say)."""
+    if is_opaque(model):
+        return (f"{model.name} is a function of token ids: parity sees only the logits it returns; to compare its "
+                "layers, return a torch.nn.Module that records them (docs/capture.md) or write a trace of them "
+                "(docs/trace-format.md)")
+    if len(list(model.modules())) == 1 and not any(True for _ in model.parameters()):
+        return (f"{spec} holds no modules and no parameters (a compiled program or a binding, run as one call): "
+                "parity sees only the logits its forward returns; to compare its layers, record them "
+                "(docs/capture.md) or write a trace of them (docs/trace-format.md)")
+    return None
+
+
+# What a function cannot give: what it would need to take beyond the ids (a function of the ids alone), and
+# what no function shows.
+NEEDS_ARGUMENT = {"decode": "cache", "cache": "cache", "chunked_prefill": "cache", "padding": "attention mask"}
+SHOWS_NOTHING = ("replay", "gradients", "weights", "raw")
+
+
+def function_cannot(model: OpaqueModel, capability: str) -> str | None:
+    """Why the function cannot give `capability`, where what it is says so; else None (then tried as a module's
+    forward is)."""
+    if capability in SHOWS_NOTHING:
+        return f"{model.name} is a function of token ids: parity sees none of its parameters or modules"
+    if capability in NEEDS_ARGUMENT and not model.takes_more:
+        return (f"{model.name} is a function of token ids, called on whole sequences: it takes no "
+                f"{NEEDS_ARGUMENT[capability]} (a function or module whose forward takes one can be checked so, "
+                "docs/porting.md)")
+    return None
 
 
 def returned_precision(model) -> str | None:
