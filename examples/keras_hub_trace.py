@@ -11,6 +11,10 @@ rotated q and k.
     python examples/keras_hub_trace.py path/to/llama-model trace.safetensors --tokens 1,415,5565 [--dtype bfloat16]
     parity check path/to/llama-model trace.safetensors
 
+Or hand parity keras-hub's own model as a function that decodes through keras-hub's KV cache (`decoder`):
+
+    parity check path/to/llama-model examples/keras_hub_trace.py:decoder --tokens 1,415,5565
+
 keras-hub 0.32's converter does not pass the config's `rms_norm_eps` on: every norm uses
 its default, 1e-6 (Llama 2 and 3 and SmolLM2 say 1e-5). parity names that
 (`norm_epsilon`); `--rms-norm-eps-from-config` sets each norm's epsilon from the config
@@ -91,6 +95,33 @@ def write_trace(path: Path, tensors: dict[str, np.ndarray], *, tokens: list[int]
     producer = f"keras-hub {keras_hub.__version__} (keras {keras.__version__}, {keras.backend.backend()})"
     metadata = {"producer": producer, "dtype": dtype, "tokens": tokens, "arch": "llama"}
     parity.save_trace(parity.make_trace(tensors, metadata), path)
+
+
+def decoder(model_dir, dtype: str = "float32", rms_norm_eps_from_config: bool = True, capacity: int = 256):
+    """keras-hub's own LlamaCausalLM as a function of token ids that decodes through keras-hub's own KV cache
+    (`call_with_cache`), as parity takes one (`parity check MODEL examples/keras_hub_trace.py:decoder`):
+    forward(input_ids, positions=None, cache=None) returns (logits [1, T, V], cache); the cache is keras-hub's,
+    [1, layers, 2, capacity, Hkv, hd], filled from `positions`' first entry on. Its logits, greedy run and
+    decoding are checked; its layers are not (run `main` for them)."""
+    backbone = load(Path(model_dir), dtype, rms_norm_eps_from_config)     # keras on JAX from here on
+    import keras_hub
+    from keras import ops
+
+    causal_lm = keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+    head_dim = backbone.hidden_dim // backbone.num_query_heads
+    shape = [1, backbone.num_layers, 2, capacity, backbone.num_key_value_heads, head_dim]
+
+    def forward(input_ids, positions=None, cache=None):
+        ids = np.asarray(input_ids).astype("int32")                             # [1, T]
+        start = int(np.asarray(positions).reshape(-1)[0]) if positions is not None else 0
+        if start + ids.shape[1] > capacity:
+            raise ValueError(f"positions up to {start + ids.shape[1]} past the cache's {capacity}: raise capacity")
+        cache = ops.zeros(shape, dtype=causal_lm.compute_dtype) if cache is None else cache
+        logits, _, cache = causal_lm.call_with_cache(ids, cache, start)
+        return np.asarray(ops.convert_to_numpy(ops.cast(logits, "float32"))), cache
+
+    forward.parity_dtype = dtype       # its logits are widened to float32: the precision it computes in
+    return forward
 
 
 def main(argv=None) -> None:
