@@ -211,3 +211,10 @@ def test_a_function_is_benchmarked_with_token_ids_drawn_from_its_logits_width(mo
                     "--decode-tokens", "2", "--repeats", "1", "--warmup", "0")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "precision unknown" in result.stdout and "takes no cache" in result.stdout
+
+
+def test_the_component_suite_says_a_function_shows_no_components(model_dirs, functions):
+    from test_cli import assert_unusable, parity
+
+    assert_unusable(parity("sanity", f"{functions}:float32", "--reference", model_dirs["llama"]),
+                    "checks a model's components one by one, and")

@@ -48,6 +48,13 @@ def _main() -> None:
 
         emit("step", name="building the candidate")
         candidate = build_module(request["spec"], request["reference"], guard_forward=False)   # tests guard their own
+        from parity.capture.torch.opaque import why_hidden
+
+        if hidden := why_hidden(candidate, request["spec"]):     # a function of token ids, a compiled blob
+            from parity.core.errors import OptionError
+
+            raise OptionError(f"parity sanity checks a model's components one by one, and {hidden}; check its "
+                              "logits with parity check")
         report = run_sanity(candidate, settings, reference=request["reference"], labels=request["labels"],
                             step=lambda name: emit("step", name=name))
         emit("result", report=plain(report.to_dict()))
