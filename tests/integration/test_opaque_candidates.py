@@ -78,6 +78,12 @@ class Compiled(torch.nn.Module):
 
 def aoti(path):
     return Compiled(str(Path(__file__).with_suffix(".pt2")))      # compiled there by the aoti test's fixture
+
+
+def aoti_widened(path):
+    """Its bfloat16 logits widened to float32, as a binding hands them over."""
+    compiled = Compiled(str(Path(__file__).with_suffix(".pt2")))
+    return lambda input_ids: compiled(input_ids).float()
 '''
 
 
@@ -162,6 +168,9 @@ def test_an_aotinductor_package_is_checked_on_its_logits_at_its_precision(model_
     assert report["candidate"]["dtype"] == "bfloat16" and report["calibrated"]    # read off its logits
     assert "holds no modules and no parameters" in _not_checked(report)["layers"]
     assert report["generation"]["first_divergence"] is None
+    # widened to float32, every value still a bfloat16 (was: held to float32's noise, FAIL, declared_precision)
+    code, report = check(capsys, model_dirs["llama"], f"{functions}:aoti_widened")
+    assert code == 0 and report["candidate"]["dtype"] == "bfloat16" and report["calibrated"]
 
 
 def test_a_function_with_its_own_cache_is_decoded_through_it(model_dirs, functions, capsys):

@@ -47,7 +47,15 @@ def test_precision_is_read_off_16_bit_logits_and_never_guessed_from_float32():
 
     assert returned_precision(returning(torch.bfloat16)) == "bfloat16"
     assert returned_precision(returning(torch.float16)) == "float16"
-    assert returned_precision(returning(torch.float32)) is None      # a 16-bit port may widen what it returns
+    assert returned_precision(returning(torch.float32)) is None      # zeros: nothing says
+
+    def widened(narrow):
+        values = torch.randn(1, 2, VOCAB, generator=torch.Generator().manual_seed(0))
+        return OpaqueModel(lambda ids: values.to(narrow).to(torch.float32), "f")
+
+    assert returned_precision(widened(torch.bfloat16)) == "bfloat16"   # a 16-bit computation widened at the end
+    assert returned_precision(widened(torch.float16)) == "float16"
+    assert returned_precision(widened(torch.float32)) is None
     assert returned_precision(OpaqueModel(lambda ids: 1 / 0, "f")) is None     # its check says what fails
 
     def declared(ids):

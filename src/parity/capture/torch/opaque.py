@@ -129,8 +129,10 @@ def function_cannot(model: OpaqueModel, capability: str) -> str | None:
 
 def returned_precision(model) -> str | None:
     """The precision of a module that holds no floating-point parameters and declares none, read off the logits
-    it returns for two tokens where they are 16-bit (a forward cannot compute finer than it returns); None where
-    they are float32 (a 16-bit computation may return them widened) or the call fails."""
+    it returns for two tokens: 16-bit logits are that precision (a forward cannot compute finer than it
+    returns); float32 logits every one of which is a bfloat16 (or a float16) are a 16-bit computation widened
+    at the end (a float32 one makes such values by chance with odds of 2^-16 each). None where nothing says
+    (float32 values, or none but whole numbers) or the call fails."""
     try:
         with torch.no_grad():
             output = model(torch.zeros((1, 2), dtype=torch.int64))
@@ -139,6 +141,13 @@ def returned_precision(model) -> str | None:
     from parity.capture.torch.layout import first_tensor
 
     logits = first_tensor(output)
-    if logits is None or logits.dtype not in (torch.bfloat16, torch.float16):
+    if logits is None or not logits.is_floating_point():
         return None
-    return str(logits.dtype).removeprefix("torch.")
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        return str(logits.dtype).removeprefix("torch.")
+    if logits.dtype != torch.float32 or not bool((logits != logits.round()).any()):
+        return None
+    for narrow in (torch.bfloat16, torch.float16):     # bfloat16's values are mostly float16's too: it first
+        if torch.equal(logits.to(narrow).to(torch.float32), logits):
+            return str(narrow).removeprefix("torch.")
+    return None
