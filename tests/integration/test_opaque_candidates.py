@@ -61,6 +61,18 @@ def decoder_positions_ignored(path):
     return forward
 
 
+def padded_vocabulary(path):
+    """Its vocabulary padded past the tokenizer's (as nanoGPT and Megatron pad theirs), the padding's logits
+    large enough to win any argmax."""
+    port = _port(path, "float32")
+    return lambda ids: np.pad(port(ids), ((0, 0), (0, 32)), constant_values=50.0)
+
+
+def narrower_vocabulary(path):
+    port = _port(path, "float32")
+    return lambda ids: port(ids)[:, :50]
+
+
 def not_logits(path):
     return lambda ids: "logits"
 
@@ -227,3 +239,18 @@ def test_the_component_suite_says_a_function_shows_no_components(model_dirs, fun
 
     assert_unusable(parity("sanity", f"{functions}:float32", "--reference", model_dirs["llama"]),
                     "checks a model's components one by one, and")
+
+
+def test_a_padded_vocabulary_is_read_through_the_reference_vocabulary(model_dirs, functions, capsys):
+    """Its greedy run and generation never pick a padding column (was: argmax over the padding), and a narrower
+    vocabulary is "not checked" (was: a traceback, "operands could not be broadcast together")."""
+    code, report = check(capsys, model_dirs["llama"], f"{functions}:padded_vocabulary")
+    assert code == 0 and report["generation"]["first_divergence"] is None
+    assert any("vocab_padding" in note for note in report["notes"])
+    from test_cli import parity
+
+    result = parity("generate", model_dirs["llama"], f"{functions}:padded_vocabulary", "--tokens", TOKEN_ARG,
+                    "-n", "4")
+    assert result.returncode == 0 and "greedy: the 4 tokens are the same" in result.stdout, result.stderr[-2000:]
+    code, report = check(capsys, model_dirs["llama"], f"{functions}:narrower_vocabulary")
+    assert code == 1 and "50 columns where the reference's vocabulary has 96" in _not_checked(report)["greedy"]

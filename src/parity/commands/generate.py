@@ -90,7 +90,13 @@ def run_generate(options: GenerateOptions, progress) -> GenerationComparison:
     prompt = options.tokens if options.tokens is not None else reference.tokenize(options.prompt)
     reference.check_length(len(prompt) + options.count, what=f"the prompt with -n {options.count}")
     context = CandidateContext(model_path=options.model, dtype=options.dtype, progress=progress)
-    with open_candidate(options.candidate, context, needs=("logits",)) as candidate:
+    with open_candidate(options.candidate, context, needs=("logits",)) as opened:
+        from parity.commands.vocabulary import seen_through
+
+        candidate, narrower = seen_through(opened, opened.logits(prompt[:1]).shape[-1],
+                                           reference.logits(prompt[:1]).shape[-1])   # a padded vocabulary cut
+        if narrower is not None:
+            raise OptionError(f"parity generate compares logits, and {narrower}")
         candidate_logits = candidate.logits
         progress.step(f"greedy decoding {options.count} tokens with the reference")
         reference_tokens, reference_rows = reference.greedy(prompt, options.count)

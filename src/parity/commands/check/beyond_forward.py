@@ -36,7 +36,7 @@ def with_decoding(comparison: Comparison, reference: Trace, reference_model, can
     """`comparison` with the checks of DECODE_CHECKS that can run, and the others as not checked."""
     prompt = list(reference.tokens)
     long = _long(reference_model, len(prompt) + steps)
-    skipped = _not_runnable(candidate, prompt, steps, long)
+    skipped, candidate = _not_runnable(candidate, reference_model, prompt, steps, long)
     if "greedy" not in skipped:
         comparison = _checked(comparison, reference, reference_model, candidate, prompt, steps, taps, skipped,
                               progress, long, placement)
@@ -50,19 +50,25 @@ def _long(reference_model, tokens: int) -> bool:
     return tokens * vocab * 8 > FULL_LOGITS_BYTES
 
 
-def _not_runnable(candidate, prompt: list[int], steps: int, long: bool) -> dict[str, str]:
-    """check -> why it cannot run, for the checks of DECODE_CHECKS this candidate cannot give."""
+def _not_runnable(candidate, reference_model, prompt: list[int], steps: int, long: bool):
+    """(check -> why it cannot run, for the checks of DECODE_CHECKS this candidate cannot give; the candidate as
+    its logits are read: through the reference's vocabulary, where it pads its own past it)."""
+    from parity.commands.vocabulary import seen_through
+
     if steps <= 0:
-        return dict.fromkeys(DECODE_CHECKS, "--decode-steps 0")
+        return dict.fromkeys(DECODE_CHECKS, "--decode-steps 0"), candidate
     cannot_run = candidate.supports("logits")
     if cannot_run is not None:
-        return dict.fromkeys(DECODE_CHECKS, cannot_run)
+        return dict.fromkeys(DECODE_CHECKS, cannot_run), candidate
     probed = prompt[:PROBED_TOKENS] if long and len(prompt) > PROBED_TOKENS else prompt
     rows = candidate.logits(probed)
     if rows.shape[0] != len(probed):
         return dict.fromkeys(DECODE_CHECKS, f"its forward returns logits for {rows.shape[0]} of {len(probed)} "
-                                            "positions; return every position's to check decoding")
+                                            "positions; return every position's to check decoding"), candidate
+    candidate, narrower = seen_through(candidate, rows.shape[-1], reference_model.logits(prompt[:1]).shape[-1])
     del rows
+    if narrower is not None:
+        return dict.fromkeys(DECODE_CHECKS, narrower), candidate
     skipped = {}
     for check, capability in (("decode", "decode"), ("kv_cache", "cache"), ("chunked_prefill", "chunked_prefill"),
                               ("padding", "padding")):
@@ -71,7 +77,7 @@ def _not_runnable(candidate, prompt: list[int], steps: int, long: bool) -> dict[
             skipped[check] = reason
     if len(prompt) < 2 and "chunked_prefill" not in skipped:
         skipped["chunked_prefill"] = "a one-token prompt has nothing to split"
-    return skipped
+    return skipped, candidate
 
 
 def _checked(comparison, reference, reference_model, candidate, prompt, steps, taps, skipped, progress,
