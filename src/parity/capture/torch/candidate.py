@@ -54,7 +54,8 @@ class TorchCandidate(Candidate):
 
             self.precision = returned_precision(module)
         self._decode_reasons: dict[tuple[int, ...], str | None] = {}
-        self._hidden: str | None = None    # why its layers cannot be seen ("" where they can), found on first use
+        self._named = None                 # its taps as its naming maps them (_map_naming), on first use
+        self._hidden: str | None = None    # why its naming maps none: its layers cannot be seen
         self.config = getattr(module, "config", None)   # its head counts read per-head layouts; else the reference's
         from parity.capture.torch.incremental import cache_calls
         from parity.capture.torch.explicit_mask import explicit_masks
@@ -215,9 +216,8 @@ class TorchCandidate(Candidate):
             return taps
         if getattr(self.module, "parity_taps", None):
             return self.module.parity_taps
-        if self.hidden(taps):
-            return ()
-        return infer_taps(self.module, self.spec)
+        self._map_naming()
+        return self._named
 
     def hidden(self, taps=None) -> str | None:
         """Why none of its layers can be seen, given `taps` (the user's --taps): a function of token ids, or a
@@ -225,16 +225,21 @@ class TorchCandidate(Candidate):
         decoder blocks. None where they can."""
         if taps or getattr(self.module, "parity_taps", None):
             return None
-        if self._hidden is None:
-            from parity.capture.torch.opaque import why_hidden
+        self._map_naming()
+        return self._hidden
 
-            self._hidden = why_hidden(self.module, self.spec) or ""
-            if not self._hidden:
-                try:
-                    infer_taps(self.module, self.spec)
-                except OptionError as error:     # its naming maps no decoder blocks
-                    self._hidden = str(error)
-        return self._hidden or None
+    def _map_naming(self) -> None:
+        """Map the module by its naming once: `_named` its taps (none where hidden), `_hidden` why there are none."""
+        if self._named is not None:
+            return
+        from parity.capture.torch.opaque import why_hidden
+
+        self._hidden, self._named = why_hidden(self.module, self.spec), ()
+        if self._hidden is None:
+            try:
+                self._named = infer_taps(self.module, self.spec)
+            except OptionError as error:     # its naming maps no decoder blocks
+                self._hidden = str(error)
 
     def raw_allowed(self, taps=None) -> bool:
         """Can the module's raw.<module> outputs line up with the reference's: a transformers model traced by its
