@@ -129,6 +129,11 @@ step "installing keras-hub's ports (keras-hub on JAX, without tensorflow-text)"
 pip "jax[cpu]==0.10.2" "keras==3.15.1" "protobuf"
 pip --no-deps "keras-hub==0.32.0" "kagglehub==1.0.3" "kagglesdk==0.1.28"
 
+# A C++ inference engine nobody here wrote: CTranslate2 (its CPU wheel) with its own transformers converter; its
+# models are checked as functions of token ids (examples/ctranslate2_candidate.py).
+step "installing CTranslate2, for a C++ engine's candidates"
+pip "ctranslate2==4.8.5"
+
 # ONNX: onnxruntime runs an ONNX candidate; torch.onnx's exporter (onnxscript) and onnxruntime-genai's model
 # builder make the ONNX models the tests check, as users make them.
 step "installing onnxruntime, onnx, onnxscript and onnxruntime-genai, for ONNX candidates"

@@ -77,6 +77,17 @@ def not_logits(path):
     return lambda ids: "logits"
 
 
+def fails_past_four_tokens(path):
+    """A binding whose kernel breaks on inputs longer than four tokens (a buffer sized by a window)."""
+    port = _port(path, "float32")
+
+    def forward(input_ids):
+        if input_ids.shape[1] > 4:
+            raise ValueError("buffer to copy is of size 5 but current storage size is 4")
+        return port(input_ids)
+    return forward
+
+
 class Compiled(torch.nn.Module):
     """An AOTInductor package as one wraps it to call it: no submodules, its forward one native call."""
 
@@ -254,3 +265,18 @@ def test_a_padded_vocabulary_is_read_through_the_reference_vocabulary(model_dirs
     assert result.returncode == 0 and "greedy: the 4 tokens are the same" in result.stdout, result.stderr[-2000:]
     code, report = check(capsys, model_dirs["llama"], f"{functions}:narrower_vocabulary")
     assert code == 1 and "50 columns where the reference's vocabulary has 96" in _not_checked(report)["greedy"]
+
+
+@pytest.mark.parametrize("command, stage", [("check", "the greedy run"), ("generate", "greedy decoding")])
+def test_a_function_failing_on_longer_inputs_than_the_prompt_is_one_line(model_dirs, functions, capsys, command,
+                                                                         stage):
+    """Its forward pass over the prompt runs; the greedy run's longer inputs raise in its code (was: a
+    traceback)."""
+    from parity.cli import main
+
+    capsys.readouterr()
+    code = main([command, str(model_dirs["llama"]), f"{functions}:fails_past_four_tokens", "--tokens", "0,17,5,40"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert error.startswith(f"parity: error: the candidate failed on {stage}") and "ValueError: buffer" in error
+    assert "opaque_builds.py:" in error                                  # where in the user's code

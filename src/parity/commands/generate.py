@@ -13,6 +13,7 @@ from parity.capture.candidate import CandidateContext, open_candidate
 from parity.commands import options
 from parity.commands.defaults import default_pair
 from parity.commands.output import finish, progress
+from parity.commands.failures import candidate_running
 from parity.core.errors import OptionError
 from parity.core.generation import check_sampler, divergence_held_to, first_divergence, held_to_noise, teacher_forced
 from parity.core.results import GenerationComparison
@@ -101,11 +102,13 @@ def run_generate(options: GenerateOptions, progress) -> GenerationComparison:
         progress.step(f"greedy decoding {options.count} tokens with the reference")
         reference_tokens, reference_rows = reference.greedy(prompt, options.count)
         progress.step(f"greedy decoding {options.count} tokens with the candidate")
-        candidate_tokens, _ = candidate.greedy(prompt, options.count)
-        progress.step("scoring the reference's continuation on both sides")
         sequence = list(prompt) + reference_tokens
+        with candidate_running(f"greedy decoding (inputs of up to {len(sequence)} tokens: the prompt's {len(prompt)} "
+                               f"and {options.count} decoded)"):
+            candidate_tokens, _ = candidate.greedy(prompt, options.count)
+            progress.step("scoring the reference's continuation on both sides")
+            scored = candidate_logits(sequence)
         reference_logits = reference.logits(sequence)
-        scored = candidate_logits(sequence)
         forced = calibrated(reference, candidate.numerics, sequence, len(prompt), scored, progress) \
             or teacher_forced(reference_logits, scored, len(prompt))
         numerics = candidate.numerics

@@ -27,7 +27,8 @@ SUPERSEDES = {"layout_permuted": frozenset({"causal_mask", "wiring",
                                             # the output's heads reordered: no head reads another KV head
                                             "gqa_head_mapping"}),
               # a specific way of reading the wrong tensor, named as such
-              "op_skipped": frozenset({"wiring"}), "swapped_operands": frozenset({"wiring"}),
+              # (and logits that are their input, the head's output, uncapped: the projection was right)
+              "op_skipped": frozenset({"wiring", "output_projection"}), "swapped_operands": frozenset({"wiring"}),
               "gqa_head_mapping": frozenset({"wiring"}),
               # a norm's weight convention rescales its channels: not a scale, a bias or an epsilon
               "norm_weight_convention": frozenset({"scale_factor", "missing_bias", "norm_epsilon", "norm_affine"}),

@@ -57,7 +57,8 @@ def to_dict(comparison: Comparison, *, lazy: bool = False) -> dict[str, Any]:
         "generation": _generation(comparison.generation),
         "not_checked": [{"check": item.check, "reason": item.reason} for item in comparison.not_checked],
         "diagnoses": [
-            {"cause": d.cause, "checkpoint": d.checkpoint, "message": d.message} for d in comparison.diagnoses
+            {"cause": d.cause, "checkpoint": d.checkpoint, "message": d.message, "confidence": d.confidence}
+            for d in comparison.diagnoses
         ],
         "notes": list(comparison.notes),
         "reference": _json_safe(comparison.reference_metadata),

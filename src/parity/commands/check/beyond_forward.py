@@ -82,15 +82,19 @@ def _not_runnable(candidate, reference_model, prompt: list[int], steps: int, lon
 
 def _checked(comparison, reference, reference_model, candidate, prompt, steps, taps, skipped, progress,
              long: bool, placement=None) -> Comparison:
+    from parity.commands.failures import candidate_running
     from parity.core.generation import divergence_held_to, first_divergence, held_to_noise, teacher_forced
     from parity.core.results import GenerationComparison
 
     progress.step(f"greedy decoding {steps} tokens on both sides")
     continuation, reference_rows = reference_model.greedy(prompt, steps)
     sequence = prompt + continuation
-    candidate_tokens, _ = candidate.greedy(prompt, steps)
     first = len(prompt) - 1 if long else 0                                     # rows first.. of the full pass
-    full = candidate.logits(sequence, first)                                   # (T - first, V)
+    with candidate_running(f"the greedy run (inputs of up to {len(sequence)} tokens: the prompt's {len(prompt)} "
+                           f"and {steps} decoded), after its forward pass over the prompt ran",
+                           hint="; --decode-steps 0 checks the forward pass alone"):
+        candidate_tokens, _ = candidate.greedy(prompt, steps)
+        full = candidate.logits(sequence, first)                               # (T - first, V)
     reference_logits = reference_model.logits(sequence, first)
     noise_logits = _noise_logits(candidate, reference_model, sequence, first, placement, progress)
     divergence = first_divergence(continuation, candidate_tokens, reference_rows)

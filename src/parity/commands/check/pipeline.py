@@ -28,6 +28,7 @@ from parity.core.results import NOT_ASKED, Comparison, NotChecked, Tolerance
 from parity.core.sequence import SequenceComparison
 from parity.commands.check.op_weights import were_read, with_op_weights
 from parity.commands.check.rerun import with_second_run
+from parity.commands.check.settings import with_settings_tried
 from parity.commands.check.spill import SPILL_BYTES, reference_trace_bytes, spill_directory, spilled
 from parity.core.allocator import return_freed_memory
 from parity.core.trace import Trace, save_trace
@@ -245,6 +246,7 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
     comparison = with_second_run(comparison, trace, candidate, options.request(reference_model), reference.tokens,
                                  progress, held=held)
     comparison = with_op_weights(comparison, reference_model, candidate, reference.tokens, options, progress)
+    comparison = with_settings_tried(comparison, reference_model, reference, trace, config, options, progress)
     if options.replay:
         comparison = _with_replay(comparison, reference, candidate, options, progress)
     if options.on_device:
