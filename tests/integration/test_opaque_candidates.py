@@ -77,6 +77,25 @@ def not_logits(path):
     return lambda ids: "logits"
 
 
+def bfloat16_with_float32_head(path):
+    """A bfloat16 port whose head runs in float32: its logits are float32, not bfloat16 values."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    head = model.lm_head.weight.detach().float()
+
+    def forward(input_ids):
+        with torch.no_grad():
+            return model.model(input_ids).last_hidden_state.float() @ head.T
+    return forward
+
+
+def bfloat16_with_float32_head_declared(path):
+    forward = bfloat16_with_float32_head(path)
+    forward.parity_dtype = "bfloat16"
+    return forward
+
+
 def fails_past_four_tokens(path):
     """A binding whose kernel breaks on inputs longer than four tokens (a buffer sized by a window)."""
     port = _port(path, "float32")
@@ -280,3 +299,26 @@ def test_a_function_failing_on_longer_inputs_than_the_prompt_is_one_line(model_d
     assert code == 2
     assert error.startswith(f"parity: error: the candidate failed on {stage}") and "ValueError: buffer" in error
     assert "opaque_builds.py:" in error                                  # where in the user's code
+
+
+def test_a_16_bit_function_returning_float32_logits_is_told_which_precision_its_error_fits(model_dirs, functions,
+                                                                                        capsys):
+    """Held to float32 (its precision is never assumed), it fails; the note measures bfloat16's and float16's
+    noise and says that its error is within bfloat16's, and how to declare it; declared, it passes."""
+    code, report = check(capsys, model_dirs["llama"], f"{functions}:bfloat16_with_float32_head")
+    assert code == 1
+    [note] = [note for note in report["notes"] if note.startswith("its error is within 3x the noise that bfloat16")]
+    assert 'parity_dtype = "bfloat16"' in note and " and float16" not in note
+    code, report = check(capsys, model_dirs["llama"], f"{functions}:bfloat16_with_float32_head_declared")
+    assert code == 0 and report["calibrated"], report["checkpoints"]
+
+
+
+
+def test_a_bug_the_size_of_bfloat16_noise_is_not_offered_that_precision(model_dirs, functions, capsys):
+    """RoPE rotated in pairs errs as much as bfloat16 rounds at the tiny model's logits, but leaves position 0
+    exact, where a bfloat16 computation rounds too."""
+    code, report = check(capsys, model_dirs["llama"], f"{functions}:rope_interleaved")
+    assert code == 1
+    assert any(note.startswith("its error is not what bfloat16 or float16 rounding makes")
+               for note in report["notes"]), report["notes"]

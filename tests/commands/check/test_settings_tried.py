@@ -46,10 +46,19 @@ def rope_interleaved(path):             # a bug no setting makes
     return _numpy_port(path, "rope_interleaved")
 
 
-def attention_uncapped(path):           # a Gemma 2 module whose attention soft-cap was never read
+def _module_reading(path, **read):
     config = transformers.AutoConfig.from_pretrained(path)
-    config.attn_logit_softcapping = None
+    for field, value in read.items():
+        setattr(config, field, value)
     return transformers.AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32).eval()
+
+
+def attention_uncapped(path):           # a Gemma 2 module whose attention soft-cap was never read
+    return _module_reading(path, attn_logit_softcapping=None)
+
+
+def logits_uncapped(path):              # ... whose final soft-cap was never read
+    return _module_reading(path, final_logit_softcapping=None)
 '''
 
 
@@ -124,6 +133,16 @@ def test_a_layer_seen_failing_is_held_to_the_reference_run_there_too(factories, 
     assert diagnosis["cause"] == "config_setting" and diagnosis["confidence"] == "confirmed", diagnosis
     assert "attn_logit_softcapping is 20" in diagnosis["message"]
     assert "at logits and layers.0.attn_probs within tolerance" in diagnosis["message"]
+
+
+def test_what_a_detector_names_is_kept(factories, tmp_path, capsys):
+    """Its final soft-cap left out, a Gemma 2 module's logits are the head's output: `op_skipped`, found by the
+    detectors, and the settings are not tried; the head's weights are not blamed (was: `output_projection`
+    beside it, "the output projection is wrong")."""
+    model_dir = tiny_models.save("gemma2", tmp_path)
+    code, report = check(capsys, model_dir, f"{factories}:logits_uncapped")
+    assert code == 1
+    assert [d["cause"] for d in _diagnoses(report, "logits")] == ["op_skipped"]
 
 
 def _reading(*fields, passed=False, visible=True, left=1.0):

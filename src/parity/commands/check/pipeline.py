@@ -28,6 +28,7 @@ from parity.core.results import NOT_ASKED, Comparison, NotChecked, Tolerance
 from parity.core.sequence import SequenceComparison
 from parity.commands.check.op_weights import were_read, with_op_weights
 from parity.commands.check.rerun import with_second_run
+from parity.commands.check.precision_hint import with_precision_measured
 from parity.commands.check.settings import with_settings_tried
 from parity.commands.check.spill import SPILL_BYTES, reference_trace_bytes, spill_directory, spilled
 from parity.core.allocator import return_freed_memory
@@ -247,6 +248,7 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
                                  progress, held=held)
     comparison = with_op_weights(comparison, reference_model, candidate, reference.tokens, options, progress)
     comparison = with_settings_tried(comparison, reference_model, reference, trace, config, options, progress)
+    comparison = with_precision_measured(comparison, reference_model, reference, trace, candidate, options, progress)
     if options.replay:
         comparison = _with_replay(comparison, reference, candidate, options, progress)
     if options.on_device:

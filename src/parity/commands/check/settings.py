@@ -26,7 +26,6 @@ import dataclasses
 from dataclasses import dataclass
 
 from parity.core.config_settings import GENERIC, Setting, settings_to_try
-from parity.core.errors import CaptureError
 from parity.core.results import Comparison, Diagnosis
 from parity.core.results.comparison import PASS
 
@@ -108,8 +107,7 @@ def _failed_measured(comparison: Comparison, name: str) -> bool:
 def _search(settings: tuple[Setting, ...], read) -> Reading | None:
     """The reading that leaves least of the error: the best one setting, then others added one at a time while
     each leaves less; None where no setting could be run."""
-    singles = sorted((reading for setting in settings if (reading := read((setting,))) is not None),
-                     key=lambda reading: (not reading.passed, reading.left))
+    singles = sorted((reading for setting in settings if (reading := read((setting,))) is not None), key=_rank)
     if not singles:
         return None
     best = singles[0]
@@ -118,11 +116,16 @@ def _search(settings: tuple[Setting, ...], read) -> Reading | None:
         taken = frozenset().union(*(setting.fields for setting in best.settings))
         together = [reading for setting in others if not setting.fields & taken
                     and (reading := read(best.settings + (setting,))) is not None]
-        better = min(together, key=lambda reading: (not reading.passed, reading.left), default=None)
+        better = min(together, key=_rank, default=None)
         if better is None or not (better.passed or better.left < best.left * CLOSER):
             break
         best = better
     return best
+
+
+def _rank(reading: Reading) -> tuple[bool, float]:
+    """Readings the candidate passes against, of settings that show, first; then by the error they leave."""
+    return not (reading.passed and reading.visible), reading.left
 
 
 def _reading(chosen: tuple[Setting, ...], reference_model, reference_trace, candidate_trace, config,
@@ -137,9 +140,7 @@ def _reading(chosen: tuple[Setting, ...], reference_model, reference_trace, cand
         variant = built_with(reference_model, changes)
         trace = variant.capture(list(reference_trace.tokens), checkpoints=",".join(names), raw=False,
                                 start_position=options.start_position)
-    except CaptureError:
-        return None
-    except Exception:   # noqa: BLE001 - the model's own code, under a config it may not take
+    except Exception:   # noqa: BLE001 - CaptureError, or the model's own code under a config it does not take
         return None
     finally:
         reference_model.rest()
