@@ -19,15 +19,16 @@ from parity.core.errors import CaptureError
 
 
 def built_with(reference_model: HFModel, changes: tuple[tuple[str, Any], ...]) -> HFModel:
-    """`reference_model` built with its config's top-level fields set as `changes` say, sharing its weights;
+    """`reference_model` built with its (text) config's top-level fields set as `changes` say, sharing its weights;
     CaptureError where transformers refuses the config or the weights do not fit what it builds."""
     import torch
     import transformers
 
     source = reference_model.model
     config = copy.deepcopy(source.config)
+    fields = text_config(config)   # a multimodal model's text config holds its decoder's settings
     for field, value in changes:
-        setattr(config, field, value)
+        setattr(fields, field, value)
     state = source.state_dict()
     try:
         with _without_initialising():
@@ -46,6 +47,11 @@ def built_with(reference_model: HFModel, changes: tuple[tuple[str, Any], ...]) -
     model.eval()
     return dataclasses.replace(reference_model, model=model, mapping=map_model(model, where=str(reference_model.path)),
                                _tokenizer=reference_model._tokenizer, _parked=None, taken={})
+
+
+def text_config(config):
+    """The config that holds the decoder's settings: a multimodal config's text config, else the config."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def _without_initialising():

@@ -58,12 +58,14 @@ def with_settings_tried(comparison: Comparison, reference_model, reference_trace
                         options, progress) -> Comparison:
     """The comparison with its unexplained first divergence explained by a config setting read otherwise, where
     the reference run so agrees with the candidate; the settings ruled out said where none does."""
+    from parity.capture.hf.settings import text_config
+
     checkpoint, tokens = _unexplained(comparison), list(reference_trace.tokens or ())
     if not tokens or checkpoint is None or options.placement or len(tokens) > MAX_TOKENS:
         return comparison
     names = tuple(dict.fromkeys(name for name in ("logits", checkpoint) if name in candidate_trace
                                 and _failed_measured(comparison, name)))
-    settings = settings_to_try(reference_model.model.config.to_dict())
+    settings = settings_to_try(text_config(reference_model.model.config).to_dict())
     if not names or not settings:
         return comparison
     progress.step(f"running the reference again under each of {len(settings)} config settings a port may read "
