@@ -98,9 +98,11 @@ def _globals_left_out(context: Context) -> list[tuple[str, str]]:
             if name in AFTER_LAYERS else "embed" in context.candidate or any(
                 parse(n) and parse(n).layer is not None for n in context.candidate.names)
         if before and after and name not in FUSED:
-            found.append((name, f"the candidate records no {name} between the blocks and "
-                                f"{next(later for later in AFTER_LAYERS if later in context.candidate)}, where the "
-                                f"reference does: the op is left out (or not recorded)"))
+            position = AFTER_LAYERS.index(name)
+            earlier = [kind for kind in AFTER_LAYERS[:position] if kind in context.candidate]
+            later = next(kind for kind in AFTER_LAYERS[position + 1:] if kind in context.candidate)
+            found.append((name, f"the candidate records no {name} between {earlier[-1] if earlier else 'the blocks'} "
+                                f"and {later}, where the reference does: the op is left out (or not recorded)"))
     return found
 
 

@@ -143,6 +143,8 @@ def test_what_a_detector_names_is_kept(factories, tmp_path, capsys):
     code, report = check(capsys, model_dir, f"{factories}:logits_uncapped")
     assert code == 1
     assert [d["cause"] for d in _diagnoses(report, "logits")] == ["op_skipped"]
+    [structure] = _diagnoses(report, "lm_head_out")          # where it says the op is: after the final norm
+    assert "records no lm_head_out between final_norm and logits" in structure["message"]
 
 
 def _reading(*fields, passed=False, visible=True, left=1.0):
