@@ -195,7 +195,8 @@ def sequence_to_dict(comparison: SequenceComparison) -> dict[str, Any]:
         "summary": {"compared": len(comparison.positions), "agreeing": comparison.agreeing,
                     "unaligned": comparison.unaligned, "mean_kl_topk": _optional(comparison.mean_kl)},
         "positions": [_position(position) for position in comparison.positions],
-        "diagnoses": [{"cause": d.cause, "checkpoint": d.checkpoint, "message": d.message} for d in comparison.diagnoses],
+        "diagnoses": [{"cause": d.cause, "checkpoint": d.checkpoint, "message": d.message, "confidence": d.confidence}
+                      for d in comparison.diagnoses],
         "notes": list(comparison.notes),
         "candidate_text": comparison.candidate_text,
     }

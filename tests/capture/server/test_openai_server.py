@@ -4,16 +4,14 @@ one that answers garbage, and one that never answers."""
 import http.server
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 
 from conftest import need
+from llama_servers import free_port, serving
 from parity.capture.server.openai import OpenAIServer
 from parity.core.errors import CaptureError
 from parity.core.sequence import compare_sequences
@@ -21,37 +19,12 @@ from parity.core.sequence import compare_sequences
 PROMPT = "The capital of France is Paris. The capital of Germany is"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def llama_server(smollm2_gguf):
     need("llama_cpp")
     need("uvicorn")
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "512", "--verbose", "false"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/v1/models", timeout=2).read()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"llama_cpp.server did not start: {process.stderr.read().decode()[-2000:]}")
-                time.sleep(0.5)
+    with serving(smollm2_gguf) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_prompt_and_continuation_logprobs_from_the_real_server(llama_server):

@@ -1,7 +1,8 @@
 """A failure no detector explains, held against the reference run again under a config setting a port or converter
 may read otherwise: named (and confirmed) where the candidate is the reference so, alone or two together; said
 as ruled out where none is. Before, a port seen at its logits alone that left RoPE's base at 10000 was
-`no_known_cause`, as was any misread setting the layer detectors do not fit."""
+`no_known_cause`, as was any misread setting the layer detectors do not fit, and a server that parted from the
+reference had nothing said of it."""
 
 import pytest
 
@@ -183,3 +184,42 @@ def test_a_reading_is_named_only_where_it_shows_and_takes_the_error_away():
     assert named(_reading("a", passed=True, left=0.01, visible=False)) is None
     assert named(_reading("a", passed=False, left=0.3)) is None
     assert named(None) is None
+
+
+@pytest.fixture(scope="module")
+def server_of_a_misread_gguf(smollm2_gguf, tmp_path_factory):
+    """llama.cpp's server (llama-cpp-python) serving SmolLM2's GGUF with its RoPE base written as 10000."""
+    import struct
+
+    from conftest import need
+    from llama_servers import serving
+
+    need("llama_cpp")
+    need("uvicorn")
+    data = bytearray(smollm2_gguf.read_bytes())
+    key = b"llama.rope.freq_base"
+    at = data.index(key) + len(key)
+    assert struct.unpack_from("<If", data, at) == (6, 100000.0)        # a float32, SmolLM2's base
+    struct.pack_into("<f", data, at + 4, 10000.0)
+    misread = tmp_path_factory.mktemp("misread_gguf") / "smollm2-base-10000.gguf"
+    misread.write_bytes(bytes(data))
+    with serving(misread) as url:
+        yield url
+
+
+def test_a_server_computing_with_another_setting_is_named(smollm2_gguf, server_of_a_misread_gguf, capsys):
+    """The server's text and top-k log-probabilities part from the reference's at a confident token; the
+    reference run with RoPE's base at 10000 agrees with its top-1 everywhere, its KL ten times smaller."""
+    import json
+
+    from parity.cli import main
+
+    capsys.readouterr()
+    code = main(["check", str(smollm2_gguf), server_of_a_misread_gguf, "--prompt",
+                 "The capital of France is Paris, and the capital of Italy is", "-n", "24",
+                 "--server-option", "repeat_penalty=1.0", "--json", "-"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1
+    [diagnosis] = report["diagnoses"]
+    assert diagnosis["cause"] == "rope_theta" and diagnosis["confidence"] == "confirmed", diagnosis
+    assert "RoPE's base 10000 where the config says 100000" in diagnosis["message"]

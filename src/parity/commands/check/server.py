@@ -12,6 +12,7 @@ from parity.core.errors import OptionError
 
 def check_server(options, progress):
     from parity.capture.hf.model import load_model, quiet_transformers
+    from parity.commands.check.settings import with_settings_tried_on_text
     from parity.core.sequence import compare_sequences
 
     if options.prompt is None:
@@ -25,5 +26,6 @@ def check_server(options, progress):
     progress.step(f"loading {options.model} ({dtype})")
     reference = load_model(options.model, dtype=dtype)
     progress.step("scoring the candidate's text with the reference")
-    return compare_sequences(reference.reference_tokens(tokens.text), tokens, strict=options.strict,
-                             sent=dict(options.server_options))
+    comparison = compare_sequences(reference.reference_tokens(tokens.text), tokens, strict=options.strict,
+                                   sent=dict(options.server_options))
+    return with_settings_tried_on_text(comparison, reference, tokens, options, progress)

@@ -191,3 +191,57 @@ def _ruled_out(comparison: Comparison, checkpoint: str, settings: tuple[Setting,
         return dataclasses.replace(diagnosis, message=diagnosis.message + clause)
 
     return dataclasses.replace(comparison, diagnoses=tuple(noted(d) for d in comparison.diagnoses))
+
+
+def with_settings_tried_on_text(comparison, reference_model, candidate_tokens, options, progress):
+    """A server's failed comparison (core/sequence.py) with the config setting named under which the reference
+    agrees with its tokens, where nothing else was said of it: the reference run again under each setting
+    scores the server's text, and a reading is held by the same rule as a trace's (`named`), its error being the
+    mean KL over the server's top-k (or, without log-probabilities, the positions that disagree)."""
+    from parity.capture.hf.settings import built_with, text_config
+    from parity.core.sequence import compare_sequences
+
+    if comparison or comparison.diagnoses or options.placement:
+        return comparison
+    settings = settings_to_try(text_config(reference_model.model.config).to_dict())
+    if not settings:
+        return comparison
+    progress.step(f"running the reference again under each of {len(settings)} config settings a server may read "
+                  "otherwise, to see whether one explains where it parts from the reference")
+    before = _text_error(comparison)
+
+    def read(chosen: tuple[Setting, ...]) -> Reading | None:
+        try:
+            variant = built_with(reference_model, tuple(change for setting in chosen for change in setting.changes))
+            again = compare_sequences(variant.reference_tokens(candidate_tokens.text), candidate_tokens,
+                                      strict=options.strict, sent=dict(options.server_options))
+        except Exception:   # noqa: BLE001 - CaptureError, or the model's own code under a config it does not take
+            return None
+        left = _text_error(again) / before if before > 0 else 1.0
+        return Reading(chosen, bool(again), bool(again) or left < CLOSER, left, _text_error(again))
+
+    found = _search(settings, read)
+    confidence = named(found)
+    if confidence is None:
+        return comparison
+    read_as = " and ".join(setting.text for setting in found.settings)
+    cause = found.settings[0].cause if len(found.settings) == 1 else GENERIC
+    clause = ("confirmed: the reference run so agrees with its top-1 at every position" if confidence == "confirmed"
+              else f"likely: the reference run so leaves {found.left:.0%} of the disagreement")
+    message = (f"the server computes as the reference does with {read_as}: a converter or engine that reads "
+               f"{'this setting' if len(found.settings) == 1 else 'these settings'} otherwise; {clause} "
+               f"({_text_error_name(comparison)} {found.rel_l2:.2g}, against {before:.2g} without)")
+    return dataclasses.replace(comparison, diagnoses=tuple(comparison.diagnoses) + (
+        Diagnosis(cause, "logprobs", message, confidence=confidence),))
+
+
+def _text_error(comparison) -> float:
+    """The mean KL over the candidate's top-k where it gave log-probabilities, else the share of positions whose
+    top-1 differs from the reference's."""
+    if comparison.mean_kl is not None:
+        return comparison.mean_kl
+    return 1 - comparison.agreeing / max(len(comparison.positions), 1)
+
+
+def _text_error_name(comparison) -> str:
+    return "mean KL over the top-k" if comparison.mean_kl is not None else "share of positions that disagree"
