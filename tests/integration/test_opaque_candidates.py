@@ -320,5 +320,5 @@ def test_a_bug_the_size_of_bfloat16_noise_is_not_offered_that_precision(model_di
     exact, where a bfloat16 computation rounds too."""
     code, report = check(capsys, model_dirs["llama"], f"{functions}:rope_interleaved")
     assert code == 1
-    assert any(note.startswith("its error is not what bfloat16 or float16 rounding makes")
+    assert any(note.startswith("its error is not what bfloat16, float16 or int8 rounding makes")
                for note in report["notes"]), report["notes"]
