@@ -24,6 +24,7 @@ import dataclasses
 
 import numpy as np
 
+from parity.commands.check.settings import unexplained
 from parity.core.calibrate import MULTIPLE
 from parity.core.metrics import rel_l2
 from parity.core.results import Comparison
@@ -32,7 +33,6 @@ INT8_ROWS = "int8 weights and activations with a scale per row"
 PRECISIONS = ("bfloat16", "float16", INT8_ROWS)
 MAX_TOKENS = 1024
 MAX_PARAMETERS = 2_000_000_000   # each precision's run loads a copy of the model: 4 GB at 2B parameters
-UNEXPLAINED = "no_known_cause"
 ROUNDED_SHARE = 10      # a precision's run errs at every position; the candidate by at least a tenth of it there
 
 
@@ -41,7 +41,7 @@ def with_precision_measured(comparison: Comparison, reference_model, reference_t
     """The comparison with a note saying which narrower computation's noise its failure is within, where the
     candidate's precision is unknown and nothing explains the failure."""
     if comparison.passed or comparison.calibrated or candidate.numerics is not None or options.tolerance \
-            or options.placement or not _unexplained(comparison) or _parameters(reference_model) > MAX_PARAMETERS:
+            or options.placement or unexplained(comparison) is None or _parameters(reference_model) > MAX_PARAMETERS:
         return comparison
     tokens = list(reference_trace.tokens or ())
     failed = [result for result in comparison.checkpoints if result.failed and result.metrics is not None
@@ -86,13 +86,6 @@ def _note(fits: list[tuple[str, str]]) -> str:
     return (f"its error is within {MULTIPLE:g}x the noise that {' and '.join(text for _, text in fits)} alone makes "
             f"at every failing checkpoint: {'; '.join(sizes)}; one that computes in float32 does not, and the "
             "failure stands")
-
-
-def _unexplained(comparison: Comparison) -> bool:
-    """Whether nothing but no_known_cause was said of the first divergence (a named cause is the answer)."""
-    divergence = comparison.first_divergence
-    causes = {d.cause for d in comparison.diagnoses if divergence and d.checkpoint == divergence.checkpoint}
-    return causes == {UNEXPLAINED}
 
 
 def _parameters(reference_model) -> int:

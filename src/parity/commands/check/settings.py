@@ -60,7 +60,7 @@ def with_settings_tried(comparison: Comparison, reference_model, reference_trace
     the reference run so agrees with the candidate; the settings ruled out said where none does."""
     from parity.capture.hf.settings import text_config
 
-    checkpoint, tokens = _unexplained(comparison), list(reference_trace.tokens or ())
+    checkpoint, tokens = unexplained(comparison), list(reference_trace.tokens or ())
     if not tokens or checkpoint is None or options.placement or len(tokens) > MAX_TOKENS:
         return comparison
     names = tuple(dict.fromkeys(name for name in ("logits", checkpoint) if name in candidate_trace
@@ -92,7 +92,7 @@ def named(found: Reading | None) -> str | None:
     return "likely" if found.left <= LIKELY_LEFT else None
 
 
-def _unexplained(comparison: Comparison) -> str | None:
+def unexplained(comparison: Comparison) -> str | None:
     """The first divergence's checkpoint, where no_known_cause is all that was said of it."""
     divergence = comparison.first_divergence
     if divergence is None:
