@@ -51,6 +51,11 @@ class Setting:
         return frozenset(field for field, _ in self.changes)
 
 
+def changes_of(settings: tuple[Setting, ...]) -> tuple[tuple[str, Any], ...]:
+    """The changes that make `settings` together (no two of them set the same field)."""
+    return tuple(change for setting in settings for change in setting.changes)
+
+
 def settings_to_try(fields: Mapping[str, Any]) -> tuple[Setting, ...]:
     """Every reading of `fields` (a config's `to_dict()`) a port or converter is known to make otherwise."""
     return tuple(chain(_epsilons(fields), _rope(fields), _windows(fields), _soft_caps(fields),

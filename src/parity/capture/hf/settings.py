@@ -39,8 +39,7 @@ def built_with(reference_model: HFModel, changes: tuple[tuple[str, Any], ...]) -
     except Exception as error:   # noqa: BLE001 - transformers validates a config in many ways
         raise CaptureError(f"transformers could not build {reference_model.path} with {dict(changes)}: "
                            f"{type(error).__name__}: {error}") from error
-    persistent = {name for name, _ in model.named_parameters()}
-    unloaded = sorted(set(loaded.missing_keys) & persistent)
+    unloaded = sorted(set(loaded.missing_keys) & {name for name, _ in model.named_parameters()})
     if unloaded:
         raise CaptureError(f"{reference_model.path} built with {dict(changes)} has parameters the reference does "
                            f"not: {unloaded[0]}")

@@ -57,8 +57,8 @@ def with_precision_measured(comparison: Comparison, reference_model, reference_t
         if run is None or not all(result.name in run for result in failed):
             continue
         noise = {result.name: rel_l2(reference_trace[result.name], run[result.name]) for result in failed}
-        ratios = {name: result.metrics.rel_l2 / noise[name] for name, result in
-                  ((result.name, result) for result in failed) if noise[name] > 0}
+        ratios = {result.name: result.metrics.rel_l2 / noise[result.name] for result in failed
+                  if noise[result.name] > 0}
         if len(ratios) == len(failed) and max(ratios.values()) <= MULTIPLE \
                 and all(_rounded_everywhere(reference_trace, candidate_trace, run, result.name) for result in failed):
             worst = max(ratios, key=ratios.get)
@@ -95,7 +95,6 @@ def _parameters(reference_model) -> int:
 def _run_at(reference_model, tokens: list[int], names: list[str], precision: str, options):
     """The reference's trace at `names`, run at `precision`; None where it cannot be loaded or run so."""
     from parity.capture.precision import DtypeNumerics
-
     from parity.capture.torch.int8_rows import int8_rows
 
     try:
@@ -113,22 +112,14 @@ def _rounded_everywhere(reference_trace, candidate_trace, run, name: str) -> boo
     """Whether the candidate errs at every token position by at least a tenth of what the precision's run does
     there: a computation at that precision rounds every position, and a bug may leave some exact (RoPE at
     position 0)."""
+    from parity.core.metrics import per_position_rel_l2
     from parity.core.names import parse
 
-    checkpoint = parse(name)
-    axis = checkpoint.token_axis if checkpoint is not None else 0
-    reference = _rows(reference_trace[name], axis)
     if run[name].shape != reference_trace[name].shape:
         return False
-    ours, theirs = _rows(run[name], axis), _rows(candidate_trace[name], axis)
-    scale = np.linalg.norm(reference, axis=1)
-    precision_error = np.linalg.norm(ours - reference, axis=1)
-    candidate_error = np.linalg.norm(theirs - reference, axis=1)
-    rounded = scale > 0
-    return bool(np.all(candidate_error[rounded] >= precision_error[rounded] / ROUNDED_SHARE))
-
-
-def _rows(tensor, axis: int) -> np.ndarray:
-    """(T, everything else) in float64, the token positions first."""
-    array = np.asarray(tensor, dtype=np.float64)
-    return np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
+    checkpoint = parse(name)
+    axis = checkpoint.token_axis if checkpoint is not None else 0
+    precision_error = per_position_rel_l2(reference_trace[name], run[name], axis)            # (T,)
+    candidate_error = per_position_rel_l2(reference_trace[name], candidate_trace[name], axis)
+    held = np.isfinite(precision_error) & np.isfinite(candidate_error)
+    return bool(np.all(candidate_error[held] >= precision_error[held] / ROUNDED_SHARE))

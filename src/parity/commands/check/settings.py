@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from parity.core.config_settings import GENERIC, Setting, settings_to_try
+from parity.core.config_settings import GENERIC, Setting, changes_of, settings_to_try
 from parity.core.results import Comparison, Diagnosis
 from parity.core.results.comparison import PASS
 
@@ -47,7 +47,7 @@ class Reading:
     passed: bool          # every compared checkpoint within its tolerance
     visible: bool         # the reference run so fails against the reference's own run: the setting shows
     left: float           # the largest share of a checkpoint's error (rel_l2) left, against the reference's own
-    rel_l2: float         # at the logits (or the one checkpoint compared)
+    error: float          # what is left: rel_l2 at the logits (or the one checkpoint compared); a server's mean KL
 
     def __repr__(self) -> str:
         fields = " + ".join(setting.field for setting in self.settings)
@@ -137,9 +137,8 @@ def _reading(chosen: tuple[Setting, ...], reference_model, reference_trace, cand
     from parity.capture.hf.settings import built_with
     from parity.core.compare import compare_checkpoint
 
-    changes = tuple(change for setting in chosen for change in setting.changes)
     try:
-        variant = built_with(reference_model, changes)
+        variant = built_with(reference_model, changes_of(chosen))
         trace = variant.capture(list(reference_trace.tokens), checkpoints=",".join(names), raw=False,
                                 start_position=options.start_position)
     except Exception:   # noqa: BLE001 - CaptureError, or the model's own code under a config it does not take
@@ -165,10 +164,10 @@ def _explained(comparison: Comparison, checkpoint: str, found: Reading, names: t
     at = " and ".join(names)
     if confidence == "confirmed":
         clause = (f"confirmed: the reference run so agrees with the candidate at {at} within tolerance "
-                  f"(rel_l2 {found.rel_l2:.2g} at {names[0]})")
+                  f"(rel_l2 {found.error:.2g} at {names[0]})")
     else:
         clause = (f"likely: the reference run so leaves {found.left:.0%} of the error at {at} "
-                  f"(rel_l2 {found.rel_l2:.2g} at {names[0]}), beyond its tolerance")
+                  f"(rel_l2 {found.error:.2g} at {names[0]}), beyond its tolerance")
     message = (f"the candidate computes as the reference does with {read}: a port or converter that reads "
                f"{'this setting' if len(settings) == 1 else 'these settings'} otherwise; {clause}")
     diagnosis = Diagnosis(cause, checkpoint, message, confidence=confidence)
@@ -212,7 +211,7 @@ def with_settings_tried_on_text(comparison, reference_model, candidate_tokens, o
 
     def read(chosen: tuple[Setting, ...]) -> Reading | None:
         try:
-            variant = built_with(reference_model, tuple(change for setting in chosen for change in setting.changes))
+            variant = built_with(reference_model, changes_of(chosen))
             again = compare_sequences(variant.reference_tokens(candidate_tokens.text), candidate_tokens,
                                       strict=options.strict, sent=dict(options.server_options))
         except Exception:   # noqa: BLE001 - CaptureError, or the model's own code under a config it does not take
@@ -230,7 +229,7 @@ def with_settings_tried_on_text(comparison, reference_model, candidate_tokens, o
               else f"likely: the reference run so leaves {found.left:.0%} of the disagreement")
     message = (f"the server computes as the reference does with {read_as}: a converter or engine that reads "
                f"{'this setting' if len(found.settings) == 1 else 'these settings'} otherwise; {clause} "
-               f"({_text_error_name(comparison)} {found.rel_l2:.2g}, against {before:.2g} without)")
+               f"({_text_error_name(comparison)} {found.error:.2g}, against {before:.2g} without)")
     return dataclasses.replace(comparison, diagnoses=tuple(comparison.diagnoses) + (
         Diagnosis(cause, "logprobs", message, confidence=confidence),))
 
