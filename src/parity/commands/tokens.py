@@ -57,7 +57,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--prompt", help="one text to tokenize")
     parser.add_argument("--file", help="a file holding one text to tokenize")
     parser.add_argument("--candidate-ids", metavar="IDS", dest="ids",
-                        help="the candidate's ids for that text: 1,2,3 or @file")
+                        help="the candidate's ids for that text: 1,2,3 or @file; or @FILE.json holding "
+                             "texts with their ids (what --write-texts writes, each text's ids added)")
+    parser.add_argument("--write-texts", metavar="OUT.json",
+                        help="write the texts (the hard cases, --prompt or --file) as JSON for another program "
+                             "to tokenize, and compare nothing")
     options.deprecated(parser, "--ids", "--candidate-ids", "ids")
     options.add_reports(parser)
 
@@ -69,25 +73,36 @@ def run(args) -> int:
     reference. CANDIDATE is llamacpp:FILE.gguf (llama.cpp's tokenizer), a model
     directory or .gguf (transformers'), or FILE.py:FUNCTION / module:FUNCTION
     (text -> ids); or give --candidate-ids (the ids another program produced for
-    --prompt or --file). The texts are --prompt, --file (one text), or a built-in
+    --prompt or --file, or a JSON file of texts with their ids: --write-texts
+    writes the texts for a program in any language to tokenize). The texts are --prompt, --file (one text), or a built-in
     corpus of hard cases: spaces, newlines, tabs, accents, CJK, emoji, digits,
     code, special tokens written in text, the chat template. With no arguments:
     SmolLM2 in transformers against llama.cpp. Exit 1 on any difference.
     """
     from parity.capture.gguf.smollm2 import default_pair
     from parity.capture.hf.model import quiet_transformers
+    from parity.capture.tokenized_file import TokenizedTexts, label_of
     from parity.capture.tokenizers import FixedIds, HFTokenizer, candidate_tokenizer, read_ids
 
     if args.model is None:
         args.model, candidate = default_pair()
-        args.candidate = args.candidate or candidate
+        if args.ids is None and args.write_texts is None:
+            args.candidate = args.candidate or candidate
     texts = _texts(args)
+    if args.write_texts is not None:
+        return _write_texts(args, texts)
     if (args.candidate is None) == (args.ids is None):
         raise OptionError("give a CANDIDATE tokenizer or --candidate-ids, not both and not neither")
-    ids = read_ids(args.ids) if args.ids is not None else None   # before the tokenizer loads
+    tokenized = _tokenized(args.ids)   # before the tokenizer loads
+    ids = read_ids(args.ids) if args.ids is not None and tokenized is None else None
     quiet_transformers()
     reference = HFTokenizer(Path(args.model))
-    if args.ids is not None:
+    if tokenized is not None:
+        if texts is not None:
+            raise OptionError(f"{args.ids[1:]} holds its own texts; leave out --prompt and --file")
+        texts = [(entry.name, entry.text) for entry in tokenized]
+        candidate = TokenizedTexts(tokenized, reference.vocabulary, label_of(args.ids[1:]))
+    elif args.ids is not None:
         if texts is None:
             raise OptionError("--candidate-ids are for one text: give it with --prompt or --file")
         candidate = FixedIds(ids, reference.vocabulary)
@@ -106,3 +121,41 @@ def _texts(args) -> list[tuple[str, str]] | None:
 
         return [(Path(args.file).name, read_text(args.file, what="--file"))]
     return None
+
+
+def _tokenized(spec: str | None):
+    """The texts and ids of a --candidate-ids @FILE.json holding texts; None for ids of one text."""
+    if spec is None or not spec.startswith("@"):
+        return None
+    from parity.capture.tokenized_file import holds_texts, read_tokenized
+    from parity.core.text_input import read_text
+
+    source = read_text(spec[1:], what="--candidate-ids @FILE")
+    return read_tokenized(source, spec[1:]) if holds_texts(source) else None
+
+
+def _write_texts(args, texts: list[tuple[str, str]] | None) -> int:
+    """Write the texts to compare as JSON [{"name", "text"}], for another program to add each one's "ids"."""
+    import json
+
+    from parity.capture.hf.model import quiet_transformers
+    from parity.capture.tokenizers import HFTokenizer
+    from parity.core.files import check_output_path, write_atomically
+
+    if args.candidate is not None or args.ids is not None:
+        raise OptionError("--write-texts writes the texts for another program and compares nothing; leave out "
+                          "CANDIDATE and --candidate-ids")
+    reports = [option for option in ("json", "html", "junit", "markdown") if getattr(args, option, None)]
+    if reports:
+        raise OptionError(f"--write-texts compares nothing, so there is no report; leave out --{reports[0]}")
+    options.never_over_inputs({"write-texts": args.write_texts}, args)
+    check_output_path(args.write_texts, overwrite=args.force, option="--write-texts")
+    if texts is None:
+        quiet_transformers()
+        texts = corpus(HFTokenizer(Path(args.model)))
+    entries = [{"name": name, "text": text} for name, text in texts]
+    write_atomically(args.write_texts, json.dumps(entries, ensure_ascii=False, indent=1) + "\n",
+                     overwrite=args.force, option="--write-texts")
+    print(f"wrote {len(entries)} texts to {args.write_texts}: add to each its \"ids\" (the candidate's token ids, "
+          f"with the special tokens it adds), then run: parity tokens {args.model} --candidate-ids @{args.write_texts}")
+    return 0
