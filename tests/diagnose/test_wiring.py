@@ -91,3 +91,54 @@ def test_a_norm_scaled_by_another_layer_s_weight():
     candidate = {**base, "layers.2.attn_norm": rms_norm(base["layers.1.out"], WEIGHTS[0])}
     found = messages(base, candidate)
     assert "scales by the weight of layers.0.attn_norm" in found["wiring", "layers.2.attn_norm"]
+
+
+VOCAB = 40
+HEAD = R.standard_normal((VOCAB, WIDTH))
+
+
+def head_case():
+    """Two blocks' norms and a final norm, with the head's weight recorded on both sides."""
+    norms = {name: rms_norm(R.standard_normal((T, WIDTH)), WEIGHTS[0])
+             for name in ("layers.0.mlp_norm", "layers.1.attn_norm", "final_norm")}
+    return {**norms, "logits": norms["final_norm"] @ HEAD.T, "logits.weight": HEAD}
+
+
+def test_the_head_applied_to_a_layers_norm():
+    base = head_case()
+    found = messages(base, {**base, "logits": base["layers.0.mlp_norm"] @ HEAD.T})
+    assert list(found) == [("wiring", "logits")]
+    assert "break logits = final_norm @ logits.weight^T" in found["wiring", "logits"]
+    assert "reads layers.0.mlp_norm where the model reads final_norm" in found["wiring", "logits"]
+
+
+def test_a_linear_op_applied_to_its_input_is_not_rewired():
+    base = head_case()
+    wrong = 1.01 * HEAD   # the op reads its own input, with another weight: not a wire
+    found = messages(base, {**base, "logits": base["final_norm"] @ wrong.T})
+    assert ("wiring", "logits") not in found
+
+
+def test_q_of_the_block_input_not_its_norm():
+    x = R.standard_normal((T, WIDTH))
+    weight, bias = R.standard_normal((WIDTH, WIDTH)), R.standard_normal(WIDTH)
+    normed = rms_norm(x, WEIGHTS[1])
+    base = {"embed": x, "layers.0.attn_norm": normed, "layers.0.q": normed @ weight.T + bias,
+            "layers.0.q.weight": weight, "layers.0.q.bias": bias}
+    found = messages(base, {**base, "layers.0.q": x @ weight.T + bias})
+    assert "reads embed where the model reads layers.0.attn_norm" in found["wiring", "layers.0.q"]
+
+
+def test_a_linear_identity_only_where_the_op_is_one_linear_map():
+    from parity.core.trace import make_trace
+    from parity.diagnose.context import Context
+    from parity.diagnose.identities import identities
+
+    base = head_case()
+    capped = {**base, "lm_head_out": base["logits"], "logits": 30 * np.tanh(base["logits"] / 30)}
+    moe = {"layers.0.mlp_act": R.standard_normal((T, FF)), "layers.0.mlp_out": R.standard_normal((T, WIDTH)),
+           "layers.0.mlp_out.weight": R.standard_normal((WIDTH, FF)), "layers.0.moe_router_logits": np.ones((T, 4))}
+    for tensors, name, expected in ((base, "logits", 1), (capped, "logits", 0), (moe, "layers.0.mlp_out", 0),
+                                    ({k: v for k, v in base.items() if k != "logits.weight"}, "logits", 0)):
+        trace = make_trace(tensors, {"dtype": "float32", "config": CONFIG})
+        assert len([i for i in identities(Context(None, trace, trace), name) if i.kind == "linear"]) == expected

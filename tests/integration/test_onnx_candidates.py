@@ -4,7 +4,7 @@ inside, norms that add the residual) and by torch.onnx's exporter, run in onnxru
 Correct builds pass, each checkpoint the graph does not hold reported not comparable with its reason; a graph
 changed as a converter bug changes it fails where the change is, named. The builder itself has a bug parity
 finds: it takes any linear layer with as many outputs as the vocabulary for the LM head, so a model whose MLP is
-as wide as its vocabulary gets logits made from layer 0's norm."""
+as wide as its vocabulary gets logits made from layer 0's norm, which parity names from the head's weights."""
 
 import json
 
@@ -161,7 +161,7 @@ def test_an_int4_weight_with_its_scales_on_other_rows_fails_where_it_is(llama, i
     assert any("left as the reference's, 1" in note for note in report["notes"])
 
 
-def test_the_builders_lm_head_taken_from_an_mlp_as_wide_as_the_vocabulary_fails_at_logits(tmp_path):
+def test_the_builders_lm_head_taken_from_an_mlp_as_wide_as_the_vocabulary_is_named_at_logits(tmp_path):
     need("onnxruntime_genai")
     directory = tmp_path / "llama96"
     tiny_models.save("llama", directory, intermediate_size=tiny_models.VOCAB)
@@ -169,7 +169,9 @@ def test_the_builders_lm_head_taken_from_an_mlp_as_wide_as_the_vocabulary_fails_
     result, report = check(directory, onnx_models.build_genai(directory, tmp_path / "built"))
     assert result.returncode == 1
     assert report["first_divergence"]["checkpoint"] == "logits" and report["summary"]["failed"] == 1
-    assert "output_projection" in [d["cause"] for d in report["diagnoses"] if d["checkpoint"] == "logits"]
+    [found] = [d for d in report["diagnoses"] if d["checkpoint"] == "logits"]   # read with the head's weights
+    assert found["cause"] == "wiring", found
+    assert "reads layers.0.mlp_norm where the model reads final_norm" in found["message"], found["message"]
 
 
 @pytest.mark.parametrize("family, attention, compared", [

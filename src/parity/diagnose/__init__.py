@@ -30,6 +30,9 @@ SUPERSEDES = {"layout_permuted": frozenset({"causal_mask", "wiring",
               # (and logits that are their input, the head's output, uncapped: the projection was right)
               "op_skipped": frozenset({"wiring", "output_projection"}), "swapped_operands": frozenset({"wiring"}),
               "gqa_head_mapping": frozenset({"wiring"}),
+              # the head's weight applied to another tensor than the final norm reproduces the logits: what made
+              # the projection look wrong
+              "wiring": frozenset({"output_projection"}),
               # a norm's weight convention rescales its channels: not a scale, a bias or an epsilon
               "norm_weight_convention": frozenset({"scale_factor", "missing_bias", "norm_epsilon", "norm_affine"}),
               "embedding_scale": frozenset({"op_skipped", "scale_factor"}),
@@ -104,7 +107,7 @@ def _without_superseded(diagnoses: list[Diagnosis]) -> list[Diagnosis]:
         if diagnosis.cause == "precision_noise" and named:
             return True  # a named cause explains the failure better than "it looks like noise"
         others = at[diagnosis.checkpoint] - {diagnosis.cause}
-        if diagnosis.cause in GENERIC and others - GENERIC:
+        if diagnosis.cause in GENERIC and others - GENERIC - SUPERSEDES.get(diagnosis.cause, frozenset()):
             return True
         return any(diagnosis.cause in SUPERSEDES.get(other, ()) for other in others)
 

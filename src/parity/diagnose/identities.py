@@ -5,6 +5,9 @@
     mlp_act   = act(mlp_gate) * mlp_up          (act(mlp_fc) without a gate)
     attn_ctx  = attn_probs @ v                  (query head h reading KV head h // (H / Hkv))
     norm      = weight * input / rms(input)     (the weight fitted from the reference; norms.py)
+    q         = attn_norm @ q.weight^T (+ q.bias), and each op that is one linear map of one checkpoint,
+                                                (where the traces record its weight: --weights, or the
+                                                first divergence's, read after the check)
 
 (softmax normalization and the mask's zero pattern are in masks.py, RoPE's rotation in
 rope_fit.py). Each is checked on the candidate's own trace and calibrated by the
@@ -103,14 +106,16 @@ def identities(context: Context, name: str) -> list[Identity]:
     from parity.core.names import parse
 
     checkpoint = parse(name)
-    if checkpoint is None or checkpoint.layer is None:
+    if checkpoint is None:
         return []
+    found = _linear(context, name, checkpoint)
+    if checkpoint.layer is None:
+        return found
     layer, names = checkpoint.layer, context.reference.tensors
     at = f"layers.{layer}."
     facts = layer_facts(context.config, layer)
     multiplier = context.config.architecture.get("residual_multiplier") or 1.0
     kind = checkpoint.kind
-    found = []
     if kind == "resid_mid":
         branch = at + ("attn_post_norm" if at + "attn_post_norm" in names else "attn_out")
         found.append(Identity(f"{name} = {block_input(layer)} + {multiplier:g} x {branch}", name,
@@ -142,6 +147,40 @@ def identities(context: Context, name: str) -> list[Identity]:
                                   f"{config.heads // config.kv_heads})", name, (at + "attn_probs", value),
                                   combine, "attention"))
     return [identity for identity in found if all(slot in names for slot in identity.slots)]
+
+
+# The checkpoints one linear map of one other checkpoint makes: name = input @ name.weight^T (+ name.bias).
+LINEAR_INPUTS = {"q": "attn_norm", "k": "attn_norm", "v": "attn_norm", "qkv": "attn_norm", "attn_out": "attn_ctx",
+                 "mlp_gate": "mlp_norm", "mlp_up": "mlp_norm", "mlp_fc": "mlp_norm", "mlp_gate_up": "mlp_norm",
+                 "mlp_out": "mlp_act", "lm_head_out": "final_norm", "logits": "final_norm"}
+
+
+def _linear(context: Context, name: str, checkpoint) -> list[Identity]:
+    """`name` as the linear map of its input, where the reference records the map's weight."""
+    names = context.reference.tensors
+    source = LINEAR_INPUTS.get(checkpoint.kind)
+    if source is None or f"{name}.weight" not in names:
+        return []
+    if checkpoint.kind == "logits" and "lm_head_out" in names:
+        return []   # the head's output is capped or scaled into the logits
+    if checkpoint.layer is not None:
+        if checkpoint.kind == "mlp_out" and f"layers.{checkpoint.layer}.moe_router_logits" in names:
+            return []   # an MoE block's output is its experts' weighted sum
+        source = f"layers.{checkpoint.layer}.{source}"
+    if source not in names:
+        return []
+    bias = (f"{name}.bias",) if f"{name}.bias" in names else ()
+    return [Identity(f"{name} = {source} @ {name}.weight^T{' + ' + bias[0] if bias else ''}", name,
+                     (source, f"{name}.weight", *bias), linear_map, "linear")]
+
+
+def linear_map(tensors: list[np.ndarray]) -> np.ndarray:
+    """input (T, in), weight (out, in)[, bias (out,)] -> (T, out)."""
+    inputs, weight = tensors[0], tensors[1]
+    if weight.ndim != 2 or inputs.ndim != 2 or inputs.shape[-1] != weight.shape[1]:
+        return np.full((1,), np.nan)
+    output = inputs @ weight.T
+    return output + tensors[2] if len(tensors) > 2 else output
 
 
 def attention_product(heads: int, kv_heads: int, head_dim: int, kv_of_head=None):

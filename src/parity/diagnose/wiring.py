@@ -5,7 +5,8 @@ first), in the same layer, its neighbours and the global checkpoints:
   - an identity the candidate breaks (identities.py) that holds, to its precision,
     with one input replaced by another tensor, two inputs exchanged, or one left out:
     the MLP's operands swapped, the residual added to the normed input, the MLP
-    added to the block's input;
+    added to the block's input, the head applied to a layer's norm (a linear op's,
+    where its weight is recorded: screened on random projections of its output);
   - a norm whose output is the reference's norm (its weights fitted from the
     reference) of another tensor than its recorded input: blocks run out of order,
     a layer skipped; or of no recorded tensor at all, while its rows are still a
@@ -32,6 +33,8 @@ from parity.diagnose.norms import NORM_KINDS, fit_norm, reference_norm
 
 NEIGHBOURS = 1        # layers either side searched for a tensor read in the wrong place
 EPSILON_SHRINK = 0.05  # a norm's epsilon shrinks a row's RMS below 1 by at most this (the inputs of small models)
+SKETCH = 16           # random directions a linear op's output is projected on, to screen its candidate inputs
+SKETCH_MARGIN = 10    # a projection's residual within this many times the bound goes on to the whole product
 UNIT_RMS = 10         # rows of a norm's output over its weight within this many roundings of unit RMS, and
                       # rows further than this many roundings from the recorded input's direction, make a
                       # norm of an unrecorded tensor
@@ -78,6 +81,13 @@ def wiring(context: Context):
 
 # ----- identities that hold with other inputs -----------------------------------------------------------
 
+def read_otherwise(context: Context, name: str) -> str | None:
+    """What `name`'s op reads in place of its input, where one of its identities then holds; None otherwise."""
+    if name not in context.candidate:
+        return None
+    return _rewired_identity(context, name, widened(context.candidate[name]))
+
+
 def _rewired_identity(context: Context, name: str, candidate: np.ndarray) -> str | None:
     for check in checks(context, name):
         if not check.failed:
@@ -93,7 +103,11 @@ def _rewire(context: Context, name: str, check: Check, output: np.ndarray) -> st
     slots = [slot_tensor(context, slot, slot) for slot in identity.slots]
     exact = max(MARGIN * check.reference, check.floor)
 
+    sketched = _sketch(output) if identity.kind == "linear" else None
+
     def holds(tensors) -> float | None:
+        if sketched is not None and sketched(tensors) > SKETCH_MARGIN * exact:
+            return None
         left = residual(identity, output, tensors)
         return left if left <= exact else None
 
@@ -128,6 +142,26 @@ def _rewire(context: Context, name: str, check: Check, output: np.ndarray) -> st
                         f"holds (rel_l2 {left:.2g}): the op reads {other} where the model reads "
                         f"{identity.slots[index]}")
     return None
+
+
+def _sketch(output: np.ndarray):
+    """A cheap estimate of a linear identity's residual with given tensors: both sides projected on SKETCH
+    random directions of the output (the head's 49,152 columns read as 16), the weight's projection kept while
+    the same weight is tried with other inputs; a wrong input leaves a residual of order 1 there too."""
+    directions = np.random.default_rng(0).standard_normal((output.shape[-1], SKETCH))   # (out, k)
+    target = output @ directions                                                       # (T, k)
+    kept: list = [None, None]                                                          # the weight, its projection
+
+    def estimate(tensors) -> float:
+        inputs, weight = tensors[0], tensors[1]
+        if weight.ndim != 2 or weight.shape[0] != output.shape[-1] or inputs.shape[-1] != weight.shape[1]:
+            return math.inf
+        if kept[0] is not weight:
+            kept[:] = [weight, weight.T @ directions]                                  # (in, k)
+        projected = inputs @ kept[1] + (tensors[2] @ directions if len(tensors) > 2 else 0.0)
+        return rel_l2(target, projected)
+
+    return estimate
 
 
 def _same_shape_permutations(shape: tuple) -> list[tuple]:

@@ -61,6 +61,19 @@ def channels_reversed(path):          # the right weights, applied to the input'
     return model
 
 
+def q_of_the_block_input(path):   # the right weights, applied to the block's input where its norm is computed
+    model = loaded(path)
+    layer, seen = model.model.layers[1], {{}}
+
+    def remember(module, args, kwargs):
+        seen["input"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+    layer.register_forward_pre_hook(remember, with_kwargs=True)
+    q_proj = layer.self_attn.q_proj
+    q_proj.forward = lambda x: torch.nn.functional.linear(seen["input"], q_proj.weight, q_proj.bias)
+    return model
+
+
 def meta_style_channels_reversed(path):   # q's rows permuted into pairs (2i, 2i+1), as Meta's checkpoints are
     model = meta_llama.build(path)
     wq = model.layers[1].attention.wq
@@ -128,3 +141,10 @@ def test_a_cause_that_names_the_output_projection_is_given_its_weights(llama, ca
     assert set(causes) == {"output_projection", "weight_mismatch"}, causes
     assert "logits" in causes["weight_mismatch"] and "read after the check" in causes["weight_mismatch"]
     assert "Run with --weights" not in causes["output_projection"]
+
+
+def test_the_same_weights_applied_to_another_tensor_are_named_wiring(llama, capsys):
+    report, [found] = check(llama, capsys, "q_of_the_block_input", at="layers.1.q")
+    assert found["cause"] == "wiring", found
+    assert "reads layers.0.out where the model reads layers.1.attn_norm" in found["message"]
+    assert "with the same weights on both sides" in found["message"] and "read after the check" in found["message"]

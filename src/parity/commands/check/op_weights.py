@@ -28,9 +28,10 @@ READ_AFTER = "read after the check"   # in the diagnosis or note that reports th
 
 
 def with_op_weights(comparison: Comparison, reference_model, candidate, tokens: list[int], options,
-                    progress) -> Comparison:
-    """The comparison with its unexplained first divergence explained by that op's weights, where they differ;
-    as it was where nothing can be read (weights asked for already, or a candidate that gives none)."""
+                    progress, traces=None) -> Comparison:
+    """The comparison with its unexplained first divergence explained by that op's weights, where they differ, or
+    by the same weights applied to another tensor (`traces`: the check's reference and candidate); as it was where
+    nothing can be read (weights asked for already, or a candidate that gives none)."""
     checkpoint = _suspecting_weights(comparison)
     if checkpoint is None or options.weights or candidate.supports("weights") is not None:
         return comparison
@@ -45,6 +46,8 @@ def with_op_weights(comparison: Comparison, reference_model, candidate, tokens: 
         return comparison
     reordered = _rows_reordered(reference, traced, parameters)
     found = None if reordered else _weight_mismatch(comparison, reference, traced)
+    if found is None and not reordered and traces is not None:
+        found = _read_otherwise(comparison, traces, reference, traced, parameters)
     if found is None:
         read = " and ".join(weight_of(name)[1] for name in parameters)
         were, are = ("was", "is") if len(parameters) == 1 else ("were", "are")
@@ -59,6 +62,23 @@ def with_op_weights(comparison: Comparison, reference_model, candidate, tokens: 
     diagnoses = tuple(found if d in unexplained else _weights_read(d) for d in comparison.diagnoses
                       if not _superseded(d, found))
     return dataclasses.replace(comparison, diagnoses=diagnoses if unexplained else diagnoses + (found,))
+
+
+def _read_otherwise(comparison: Comparison, traces, reference, candidate, parameters: list[str]) -> Diagnosis | None:
+    """The same weights, found applied to another tensor than the op's input (a head wired to a layer's norm):
+    the check's traces searched with the weights read beside them."""
+    from collections import ChainMap
+
+    from parity.diagnose.context import Context
+    from parity.diagnose.wiring import read_otherwise
+
+    checkpoint = comparison.first_divergence.checkpoint
+    with_weights = [dataclasses.replace(trace, tensors=ChainMap({name: read[name] for name in parameters}, trace.tensors))
+                    for trace, read in zip(traces, (reference, candidate))]
+    found = read_otherwise(Context(comparison, *with_weights), checkpoint)
+    if found is None:
+        return None
+    return Diagnosis("wiring", checkpoint, f"{found}, with the same weights on both sides")
 
 
 def _superseded(diagnosis: Diagnosis, found: Diagnosis) -> bool:

@@ -246,7 +246,8 @@ def _check(options: CheckOptions, candidate: Candidate, progress, spill: str) ->
     held = _candidate_spill(reference_model, reference.tokens, spill, options.checkpoints) is None
     comparison = with_second_run(comparison, trace, candidate, options.request(reference_model), reference.tokens,
                                  progress, held=held)
-    comparison = with_op_weights(comparison, reference_model, candidate, reference.tokens, options, progress)
+    comparison = with_op_weights(comparison, reference_model, candidate, reference.tokens, options, progress,
+                                 traces=(reference, trace))
     comparison = with_settings_tried(comparison, reference_model, reference, trace, config, options, progress)
     comparison = with_precision_measured(comparison, reference_model, reference, trace, candidate, options, progress)
     if options.replay:
