@@ -139,9 +139,9 @@ pip "ctranslate2==4.8.5"
 step "installing onnxruntime, onnx, onnxscript and onnxruntime-genai, for ONNX candidates"
 pip "onnx==1.23.2" "onnxruntime==1.32.0" "onnxscript==0.7.2" "onnxruntime-genai==0.18.0"
 
-# A tokenizer nobody here wrote, in another language: transformers.js (the JavaScript port of transformers'
-# tokenizers) on Node.js, from the npm registry into $CACHE/node. --ignore-scripts: its onnxruntime-node's
-# install script fetches GPU libraries from outside the registry, and the tokenizer needs no ONNX runtime.
+# A port nobody here wrote, in another language: transformers.js (the JavaScript port of transformers' tokenizers
+# and models, on ONNX Runtime) on Node.js, from the npm registry into $CACHE/node. --ignore-scripts: its
+# onnxruntime-node's install script fetches GPU libraries from outside the registry; its CPU build is in the package.
 TRANSFORMERS_JS_VERSION=4.3.2
 if ! command -v npm >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   step "installing Node.js and npm (apt-get), for transformers.js"

@@ -40,7 +40,8 @@ async function main() {
   const [, positions, vocabulary] = output.logits.dims;   // [1, T, V] -> [T, V]
   const tensors = { logits: { data: Float32Array.from(output.logits.data), shape: [positions, vocabulary] } };
   const keyName = NO_ROPE.has(model.config.model_type) ? "k" : "k_rope";
-  for (const [name, tensor] of Object.entries(output.past_key_values ?? {})) {
+  // the session's outputs: logits and each layer's cache, present.{i}.key and present.{i}.value [1, Hkv, T, hd]
+  for (const [name, tensor] of Object.entries(output)) {
     const match = /^present\.(\d+)\.(key|value)$/.exec(name);
     if (match && tensor.type === "float32") {
       tensors[`layers.${match[1]}.${match[2] === "key" ? keyName : "v"}`] = positionMajor(tensor);

@@ -402,8 +402,8 @@ def probabilities_absent(context: Context):
                      if parse(name) is not None and not name.endswith(".attn_probs")})
     if others:
         yield (f"the candidate records no attention probabilities ({absent[0]} and {len(absent) - 1} more), and more "
-               f"than a fused kernel hides is missing too ({', '.join(others[:8])}): see the structure diagnosis, "
-               "or map the candidate's tensors to those checkpoints (docs/capture.md)")
+               f"than a fused kernel hides is missing too ({', '.join(others[:8])}): those are not compared; "
+               "map the candidate's tensors to those checkpoints where it computes them (docs/capture.md)")
         return
     if context.candidate.metadata.get("compiled") == "exported by torch.export":
         how = ("export the model with attention that computes its softmax (transformers' "

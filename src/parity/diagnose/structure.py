@@ -87,13 +87,16 @@ def _ops_skipped_in_some_layers(reference_layers, candidate_layers) -> list[tupl
 
 def _globals_left_out(context: Context) -> list[tuple[str, str]]:
     """A global checkpoint the reference records between two the candidate records (final_norm between the
-    last block and the logits): the op left out, or not recorded."""
+    last block's output and the logits): the op left out, or not recorded."""
     flow = [name for name in BEFORE_LAYERS + AFTER_LAYERS if name in context.reference]
     found = []
     for name in flow:
         if name in context.candidate or name in _declared(context):
             continue
-        before = name in AFTER_LAYERS and any(parse(n) and parse(n).layer is not None for n in context.candidate.names)
+        # what feeds it is recorded: a block's output, or an earlier global (a cache's keys and values are not)
+        before = name in AFTER_LAYERS and (
+            any(kind in context.candidate for kind in AFTER_LAYERS[:AFTER_LAYERS.index(name)])
+            or any(parse(n) and parse(n).kind == "out" for n in context.candidate.names))
         after = any(later in context.candidate for later in AFTER_LAYERS[AFTER_LAYERS.index(name) + 1:]) \
             if name in AFTER_LAYERS else "embed" in context.candidate or any(
                 parse(n) and parse(n).layer is not None for n in context.candidate.names)
