@@ -63,3 +63,13 @@ def test_one_dtype_table_serves_check_calibration_sanity_gradients_and_kernel_wi
     assert KERNEL_NOISE_FACTOR == 4.0
     assert (kernel.atol, kernel.rtol) == (4.0 * 2.0 ** -8 * 2.0, 4.0 * 2.0 ** -8)
     assert gradient_bound("int8") == gradient_bound("float32")   # a dtype the table does not hold: float32's row
+
+
+def test_a_declared_dtype_is_a_precision_only_where_the_reference_can_run_in_it():
+    from parity.core.tolerances import float_precision, not_a_precision
+
+    assert float_precision("bfloat16") == "bfloat16" and not_a_precision("bfloat16") is None
+    assert not_a_precision(None) is None and float_precision(None) is None
+    for declared in ("q8", "Q4_K_M", "int8", 3):
+        assert float_precision(declared) is None
+        assert "not a floating-point precision" in not_a_precision(declared)

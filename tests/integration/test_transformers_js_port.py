@@ -84,3 +84,20 @@ def test_a_layer_whose_keys_are_not_rotated_is_found_in_its_cache(modules, llama
     assert status["layers.0.k_rope"] == status["layers.0.v"] == status["layers.1.v"] == "pass"
     causes = {(d["cause"], d["checkpoint"]) for d in report["diagnoses"]}
     assert causes == {("op_skipped", "layers.1.k_rope")}, causes   # no op said left out where nothing is recorded
+
+
+def test_a_q8_build_is_checked_with_its_precision_said_unknown(modules, llama, genai, tmp_path):
+    """transformers.js's "q8" (onnxruntime's quantize_dynamic, as its conversion script makes it): the trace says
+    dtype "q8", which is no float precision to run the reference in; the check runs and says so."""
+    layout = for_transformers_js(llama, genai, tmp_path / "model")
+    onnx_models.quantized(layout / "onnx" / "model.onnx", layout / "onnx" / "model_quantized.onnx", "dynamic")
+    trace = tmp_path / "q8.safetensors"
+    run_node(SCRIPT, layout, TOKENS, trace, "q8", modules=modules)
+    result = parity("check", llama, trace, "--tokens", TOKENS, "--json", "-")
+    assert result.stdout.startswith("{"), result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    [calibration] = [entry["reason"] for entry in report["not_checked"] if entry["check"] == "calibration"]
+    assert "its metadata's dtype is 'q8', not a floating-point precision" in calibration
+    # int8 weights and activations part from float32's tolerances at the first projection the cache shows
+    assert result.returncode == 1 and report["summary"]["failed"] == 7
+    assert report["first_divergence"]["checkpoint"] == "layers.0.v"

@@ -76,9 +76,12 @@ def reference_at_candidate_precision(reference: Trace, candidate: Trace, checkpo
     trace names the model that made it."""
     from parity.capture.precision import DtypeNumerics
     from parity.core.results import NotChecked
-    from parity.core.tolerances import lowest_precision
+    from parity.core.tolerances import lowest_precision, not_a_precision
 
     precision, reference_dtype = candidate.metadata.get("dtype"), reference.metadata.get("dtype")
+    if not_a_precision(precision):
+        return None, (NotChecked("calibration", f"the candidate's precision is unknown ({not_a_precision(precision)}): "
+                                 "the dtype tables' tolerances were used"),)
     if not precision or not reference_dtype or lowest_precision(precision, reference_dtype) != precision \
             or not DtypeNumerics(precision).needed(reference_dtype):
         return None, ()

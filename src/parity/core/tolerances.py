@@ -136,6 +136,21 @@ def kernel_tolerance(noise_max_abs: float, reference_max_abs: float, dtype: str,
                      rtol=KERNEL_NOISE_FACTOR * unit, basis=f"{KERNEL_NOISE_FACTOR:g}x the reference's own error at {dtype}")
 
 
+def float_precision(declared) -> str | None:
+    """A trace's declared dtype where it is a floating-point precision the reference can be run in; None for
+    anything else (a quantized format's name, "q8" or "Q4_K_M", which says how weights are stored, not what
+    precision the arithmetic keeps)."""
+    return declared if isinstance(declared, str) and declared in PRECISIONS else None
+
+
+def not_a_precision(declared) -> str | None:
+    """Why a trace's declared dtype cannot be calibrated at, where it is given and is not a float precision."""
+    if declared is None or float_precision(declared) is not None:
+        return None
+    return (f"its metadata's dtype is {str(declared)[:40]!r}, not a floating-point precision the reference can be "
+            f"run in ({', '.join(PRECISIONS)})")
+
+
 def lowest_precision(*dtypes: str | None) -> str:
     """The least precise of the given floating dtypes; float32 when none is known."""
     known = [dtype for dtype in dtypes if dtype in _PRECISION_ORDER]
