@@ -13,14 +13,26 @@ const { writeTrace } = require("./parity_trace.cjs");
 
 const NO_ROPE = new Set(["gpt2", "gpt_neo", "gptj", "opt", "bloom", "falcon"]);
 
+// A tensor's values as the trace writer takes them: float32 as they are, float16 as their bits (JS has no
+// float16 array on Node 20: transformers.js holds them in a Uint16Array); null for any other type.
+function values(tensor) {
+  if (tensor.type === "float32") return { data: tensor.data };
+  if (tensor.type === "float16") {
+    const data = tensor.data;
+    return { data: new Uint16Array(data.buffer, data.byteOffset, data.length), dtype: "F16" };
+  }
+  return null;
+}
+
 // [1, Hkv, T, hd] (a KV cache entry) -> [T, Hkv * hd], each position's heads side by side.
 function positionMajor(tensor) {
   const [, heads, positions, size] = tensor.dims;
-  const out = new Float32Array(heads * positions * size);
+  const { data, dtype } = values(tensor);
+  const out = new data.constructor(heads * positions * size);
   for (let h = 0; h < heads; h++)
     for (let t = 0; t < positions; t++)
-      out.set(tensor.data.subarray((h * positions + t) * size, (h * positions + t + 1) * size), (t * heads + h) * size);
-  return { data: out, shape: [positions, heads * size] };
+      out.set(data.subarray((h * positions + t) * size, (h * positions + t + 1) * size), (t * heads + h) * size);
+  return { data: out, shape: [positions, heads * size], dtype };
 }
 
 async function main() {
@@ -38,12 +50,14 @@ async function main() {
   const output = await model({ input_ids, attention_mask });
 
   const [, positions, vocabulary] = output.logits.dims;   // [1, T, V] -> [T, V]
-  const tensors = { logits: { data: Float32Array.from(output.logits.data), shape: [positions, vocabulary] } };
+  const logits = values(output.logits);
+  if (!logits) throw new Error(`logits of type ${output.logits.type}: not float32 or float16`);
+  const tensors = { logits: { ...logits, shape: [positions, vocabulary] } };
   const keyName = NO_ROPE.has(model.config.model_type) ? "k" : "k_rope";
   // the session's outputs: logits and each layer's cache, present.{i}.key and present.{i}.value [1, Hkv, T, hd]
   for (const [name, tensor] of Object.entries(output)) {
     const match = /^present\.(\d+)\.(key|value)$/.exec(name);
-    if (match && tensor.type === "float32") {
+    if (match && values(tensor)) {
       tensors[`layers.${match[1]}.${match[2] === "key" ? keyName : "v"}`] = positionMajor(tensor);
     }
   }

@@ -101,3 +101,18 @@ def test_a_q8_build_is_checked_with_its_precision_said_unknown(modules, llama, g
     # int8 weights and activations part from float32's tolerances at the first projection the cache shows
     assert result.returncode == 1 and report["summary"]["failed"] == 7
     assert report["first_divergence"]["checkpoint"] == "layers.0.v"
+
+
+def test_an_fp16_build_is_written_as_float16_and_passes_at_its_noise(modules, llama, tmp_path):
+    """transformers.js's "fp16" (onnx/model_fp16.onnx): its float16 logits and cache come as their bits in a
+    Uint16Array and are written as F16, so the check is calibrated at float16."""
+    layout = for_transformers_js(llama, onnx_models.build_genai(llama, tmp_path / "fp16", "fp16"), tmp_path / "model")
+    (layout / "onnx" / "model.onnx").rename(layout / "onnx" / "model_fp16.onnx")
+    trace = tmp_path / "fp16.safetensors"
+    run_node(SCRIPT, layout, TOKENS, trace, "fp16", modules=modules)
+    result = parity("check", llama, trace, "--tokens", TOKENS, "--json", "-")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["summary"]["passed"] == 7, json.dumps(report["first_divergence"])[:2000]
+    logits = next(entry for entry in report["checkpoints"] if entry["name"] == "logits")
+    assert report["candidate"]["dtype"] == "float16" and report["calibrated"]
+    assert logits["tolerance"]["basis"].startswith("calibrated: 3x the noise of float16")
