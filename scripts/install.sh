@@ -134,6 +134,11 @@ pip --no-deps "keras-hub==0.32.0" "kagglehub==1.0.3" "kagglesdk==0.1.28"
 step "installing CTranslate2, for a C++ engine's candidates"
 pip "ctranslate2==4.8.5"
 
+# Another engine nobody here wrote: OpenVINO's CPU plugin (Intel), which reads an ONNX graph and computes in
+# bfloat16 by default where the CPU has bfloat16 units (examples/openvino_candidate.py).
+step "installing OpenVINO, for an engine that picks its own precision"
+pip "openvino==2026.4.1"
+
 # ONNX: onnxruntime runs an ONNX candidate; torch.onnx's exporter (onnxscript) and onnxruntime-genai's model
 # builder make the ONNX models the tests check, as users make them.
 step "installing onnxruntime, onnx, onnxscript and onnxruntime-genai, for ONNX candidates"

@@ -1,5 +1,6 @@
 """Node.js packages the install puts in parity's cache (scripts/install.sh), for the tests that run them."""
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,6 +27,6 @@ def node_modules(package: str) -> Path:
 def run_node(script: Path, *args, modules: Path) -> subprocess.CompletedProcess:
     """`node script args...` with `modules` on NODE_PATH; fails the test with node's error when it fails."""
     result = subprocess.run(["node", str(script), *map(str, args)], capture_output=True, text=True, timeout=300,
-                            env={"PATH": __import__("os").environ["PATH"], "NODE_PATH": str(modules)})
+                            env={"PATH": os.environ["PATH"], "NODE_PATH": str(modules)})
     assert result.returncode == 0, result.stderr[-2000:]
     return result

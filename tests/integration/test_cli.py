@@ -1,6 +1,7 @@
 """The `parity` command end to end, in a subprocess, as a user runs it."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,8 +15,11 @@ from conftest import ROOT, TOKENS, rewritten_metadata  # noqa: E402
 TOKEN_ARG = ",".join(map(str, TOKENS))
 
 
-def parity(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "parity", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+def parity(*args, cwd=None, env=None):
+    """`python -m parity args...`, its environment this one's with `env` added."""
+    environment = {**os.environ, **env} if env else None
+    return subprocess.run([sys.executable, "-m", "parity", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=600, env=environment)
 
 
 def check_json(capsys, model_dir, spec, *args):
