@@ -53,7 +53,8 @@ def compare_tokenizers(reference, candidate, texts: list[tuple[str, str]]) -> To
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", metavar="MODEL", nargs="?", help="reference tokenizer: model directory or .gguf")
-    parser.add_argument("candidate", metavar="CANDIDATE", nargs="?", help="llamacpp:FILE.gguf or FILE.py:FUNCTION")
+    parser.add_argument("candidate", metavar="CANDIDATE", nargs="?",
+                        help="llamacpp:FILE.gguf, FILE.py:FUNCTION or http://HOST:PORT (a server's tokenizer)")
     parser.add_argument("--prompt", help="one text to tokenize")
     parser.add_argument("--file", help="a file holding one text to tokenize")
     parser.add_argument("--candidate-ids", metavar="IDS", dest="ids",
@@ -71,13 +72,17 @@ def run(args) -> int:
 
     MODEL's tokenizer (a model directory or .gguf, loaded by transformers) is the
     reference. CANDIDATE is llamacpp:FILE.gguf (llama.cpp's tokenizer), a model
-    directory or .gguf (transformers'), or FILE.py:FUNCTION / module:FUNCTION
-    (text -> ids); or give --candidate-ids (the ids another program produced for
-    --prompt or --file, or a JSON file of texts with their ids: --write-texts
-    writes the texts for a program in any language to tokenize). The texts are --prompt, --file (one text), or a built-in
-    corpus of hard cases: spaces, newlines, tabs, accents, CJK, emoji, digits,
-    code, special tokens written in text, the chat template. With no arguments:
-    SmolLM2 in transformers against llama.cpp. Exit 1 on any difference.
+    directory or .gguf (transformers'), FILE.py:FUNCTION / module:FUNCTION
+    (text -> ids), or http://HOST:PORT (a running server's own tokenizer, asked
+    at POST /tokenize as llama.cpp's server and vLLM answer, or /extras/tokenize
+    as llama-cpp-python's, with the special tokens the model adds). Or give
+    --candidate-ids: the ids another program produced for --prompt or --file,
+    or a JSON file of texts with their ids (--write-texts writes the texts for
+    a program in any language to tokenize). The texts are --prompt, --file (one
+    text), or a built-in corpus of hard cases: spaces, newlines, tabs, accents,
+    CJK, emoji, digits, code, special tokens written in text, the chat
+    template. With no arguments: SmolLM2 in transformers against llama.cpp.
+    Exit 1 on any difference.
     """
     from parity.capture.gguf.smollm2 import default_pair
     from parity.capture.hf.model import quiet_transformers

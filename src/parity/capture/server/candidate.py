@@ -19,7 +19,7 @@ class ServerCandidate(Candidate):
     backend = "server"
     written = "http://HOST:PORT"
     claim_order = 10
-    capabilities = frozenset({"sequence"})
+    capabilities = frozenset({"sequence", "tokenizer"})
 
     def __init__(self, spec: str, server) -> None:
         super().__init__(spec)
@@ -36,6 +36,13 @@ class ServerCandidate(Candidate):
         return cls(spec, OpenAIServer(spec, model=context.server_model, timeout_s=context.timeout_s,
                                       run_deadline=time.monotonic() + context.timeout_s,
                                       options=tuple(context.server_options)))
+
+    @classmethod
+    def open_tokenizer(cls, spec: str, vocabulary):
+        """The server's own tokenizer, through its tokenize endpoint (tokenize.py)."""
+        from parity.capture.server.tokenize import ServerTokenizer
+
+        return ServerTokenizer(spec, vocabulary)
 
     @property
     def description(self) -> str:

@@ -90,6 +90,14 @@ def _read_capped(response, url: str, deadline: float, max_bytes: int, watchdog: 
         pieces.append(piece)
 
 
+class StatusError(CaptureError):
+    """The server answered with a status other than 200 (`status`): an endpoint it does not have is 404."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _status_error(url: str, response, deadline: float, watchdog: "_Watchdog") -> CaptureError:
     status, reason = response.status, (response.reason or "").strip()
     if 300 <= status < 400:
@@ -101,8 +109,8 @@ def _status_error(url: str, response, deadline: float, watchdog: "_Watchdog") ->
         detail = response.read1(200)
     except (OSError, http.client.HTTPException, ValueError):
         detail = b""
-    return CaptureError(f"the server at {url} answered HTTP {status} {reason}: {preview(detail)}; "
-                        "check the server's log and the address")
+    return StatusError(f"the server at {url} answered HTTP {status} {reason}: {preview(detail)}; "
+                       "check the server's log and the address", status)
 
 
 def preview(raw: bytes) -> str:

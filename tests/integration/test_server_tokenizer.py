@@ -1,0 +1,42 @@
+"""parity tokens against a running server's own tokenizer: llama-cpp-python's OpenAI-compatible server serving
+SmolLM2's GGUF, asked through its tokenize endpoint, as the server tokenizes what it is sent."""
+
+import json
+import struct
+
+import pytest
+
+from conftest import need
+from test_cli import parity
+
+
+@pytest.fixture(scope="module")
+def served(smollm2_gguf, tmp_path_factory):
+    """The server's URL for SmolLM2's GGUF as it is, and for one whose converter wrote add_bos_token true."""
+    from llama_servers import serving
+
+    need("llama_cpp")
+    need("uvicorn")
+    data = bytearray(smollm2_gguf.read_bytes())
+    key = b"tokenizer.ggml.add_bos_token"
+    at = data.index(key) + len(key)
+    assert struct.unpack_from("<IB", data, at) == (7, 0)      # a bool, false: SmolLM2 adds no BOS
+    struct.pack_into("<B", data, at + 4, 1)
+    adds_bos = tmp_path_factory.mktemp("bos_gguf") / "smollm2-adds-bos.gguf"
+    adds_bos.write_bytes(bytes(data))
+    with serving(smollm2_gguf) as url, serving(adds_bos) as bos_url:
+        yield url, bos_url
+
+
+def test_the_servers_tokenizer_agrees_on_every_hard_case(smollm2_gguf, served):
+    result = parity("tokens", smollm2_gguf, served[0], "--json", "-")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-1000:]
+    report = json.loads(result.stdout)
+    assert len(report["texts"]) == 17 and report["candidate"].endswith("(POST /extras/tokenize)")
+
+
+def test_a_served_gguf_that_adds_a_bos_is_named_at_every_text(smollm2_gguf, served):
+    result = parity("tokens", smollm2_gguf, served[1], "--json", "-")
+    assert result.returncode == 1, result.stderr[-1000:]
+    report = json.loads(result.stdout)
+    assert report["patterns"] == {"extra_bos": 17}, report["patterns"]
