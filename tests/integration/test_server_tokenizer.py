@@ -40,3 +40,26 @@ def test_a_served_gguf_that_adds_a_bos_is_named_at_every_text(smollm2_gguf, serv
     assert result.returncode == 1, result.stderr[-1000:]
     report = json.loads(result.stdout)
     assert report["patterns"] == {"extra_bos": 17}, report["patterns"]
+
+
+PROMPT = "The capital of France is Paris, and the capital of Italy is"
+
+
+def checked(smollm2_gguf, url):
+    result = parity("check", smollm2_gguf, url, "--prompt", PROMPT, "--server-option", "repeat_penalty=1.0",
+                    "--json", "-")
+    assert result.stdout.startswith("{"), result.stderr[-2000:]
+    return result, json.loads(result.stdout)
+
+
+def test_a_server_check_says_the_server_tokenizes_its_prompt_as_the_reference(smollm2_gguf, served):
+    result, report = checked(smollm2_gguf, served[0])
+    assert result.returncode == 0, report["diagnoses"]
+    assert "the server tokenizes the prompt as the reference does (13 ids, POST /extras/tokenize)" in report["notes"]
+
+
+def test_a_server_check_names_the_bos_its_server_adds_first(smollm2_gguf, served):
+    result, report = checked(smollm2_gguf, served[1])
+    assert result.returncode == 1
+    first = report["diagnoses"][0]
+    assert first["cause"] == "extra_bos" and "14 ids against 13" in first["message"], report["diagnoses"]

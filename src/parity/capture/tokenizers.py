@@ -35,9 +35,7 @@ class HFTokenizer:
 
     @functools.cached_property
     def vocabulary(self) -> Vocabulary:
-        tokenizer = self._tokenizer
-        return Vocabulary(piece=lambda i: tokenizer.decode([i]), bos=tokenizer.bos_token_id,
-                          eos=tokenizer.eos_token_id, special=frozenset(tokenizer.all_special_ids), size=len(tokenizer))
+        return vocabulary_of(self._tokenizer)
 
     def special_texts(self) -> list[str]:
         return [token for token in self._tokenizer.all_special_tokens if token]
@@ -133,6 +131,12 @@ def check_ids(ids: list[int], vocabulary: Vocabulary, source: str) -> list[int]:
         raise OptionError(f"{source} the id {outside}, outside the reference's vocabulary ({within}); "
                           "give ids of the reference's tokenizer")
     return ids
+
+
+def vocabulary_of(tokenizer) -> Vocabulary:
+    """What a transformers tokenizer says of its vocabulary: each id's text, BOS, EOS, its special ids."""
+    return Vocabulary(piece=lambda i: tokenizer.decode([i]), bos=tokenizer.bos_token_id,
+                      eos=tokenizer.eos_token_id, special=frozenset(tokenizer.all_special_ids), size=len(tokenizer))
 
 
 def candidate_tokenizer(spec: str, vocabulary: Vocabulary):

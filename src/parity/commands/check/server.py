@@ -1,7 +1,8 @@
 """parity check of a candidate that gives text, not tensors: an OpenAI-compatible server, token by token.
 
 The server is asked for the prompt echoed with its greedy continuation and each token's
-top-k log-probabilities; the reference scores the same text (core/sequence.py).
+top-k log-probabilities; the reference scores the same text (core/sequence.py). The server's
+own tokenization of the prompt is compared with the reference's (server_tokens.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from parity.core.errors import OptionError
 
 def check_server(options, progress):
     from parity.capture.hf.model import load_model, quiet_transformers
+    from parity.commands.check.server_tokens import with_prompt_tokenization
     from parity.commands.check.settings import with_settings_tried_on_text
     from parity.core.sequence import compare_sequences
 
@@ -28,4 +30,5 @@ def check_server(options, progress):
     progress.step("scoring the candidate's text with the reference")
     comparison = compare_sequences(reference.reference_tokens(tokens.text), tokens, strict=options.strict,
                                    sent=dict(options.server_options))
+    comparison = with_prompt_tokenization(comparison, reference, options, progress)
     return with_settings_tried_on_text(comparison, reference, tokens, options, progress)
