@@ -41,6 +41,8 @@ def with_prompt_tokenization(comparison, reference_model, options, progress):
                f"has {expected}: {describe(first.pattern)}; its model reads other tokens than the reference's, "
                "and what it predicts parts from there (parity tokens MODEL URL compares its tokenizer on every "
                "hard case)")
+    if comparison:   # its answers agree regardless: said, not diagnosed
+        return _noted(comparison, f"{message}; its answers agree with the reference's regardless")
     return dataclasses.replace(comparison, diagnoses=(Diagnosis(first.pattern, "tokens", message),
                                                       *comparison.diagnoses))   # upstream of all the others
 
