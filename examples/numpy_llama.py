@@ -8,9 +8,11 @@ reads those layouts as what they are. Run it in float32 or float16:
     parity check path/to/llama-model trace/ --tokens 1,2,3
 
 Or hand parity the port itself, as a function of token ids with its own KV cache (`decoder`): its logits,
-greedy run, decoding and cache are checked, its layers "not checked" (a function shows none):
+greedy run, decoding and cache are checked, its layers "not checked" (a function shows none); or `showing`,
+which returns every checkpoint by name beside its logits, so that its layers are compared too:
 
     parity check path/to/llama-model examples/numpy_llama.py:decoder --tokens 1,2,3
+    parity check path/to/llama-model examples/numpy_llama.py:showing --tokens 1,2,3
 
 `--bug` plants one mistake: rope_interleaved (pairs (0,1), (2,3), ... rotated where Llama
 rotates (i, i + hd/2)), or mlp_operands_swapped (silu(up) * gate).
@@ -106,10 +108,12 @@ def forward(config, weights, tokens, dtype, bug=None, *, start=0, cache=None):
     return out
 
 
-def decoder(model_dir, dtype="float32", bug=None):
+def decoder(model_dir, dtype="float32", bug=None, showing=False):
     """The port as a function of token ids, decoding through its own cache, as parity takes one
     (`parity check MODEL examples/numpy_llama.py:decoder`): forward(input_ids, positions=None, cache=None)
-    returns (logits [T, V], cache), continuing from `cache` (None: a new one)."""
+    returns (logits [T, V], cache), continuing from `cache` (None: a new one). `showing`: it returns every
+    checkpoint it computes by name ({"logits": ..., "layers.0.q": ...}) where the logits were, and parity
+    compares them all (`examples/numpy_llama.py:showing`)."""
     config, weights = load(Path(model_dir))
     weights = {name: value.astype(dtype) for name, value in weights.items()}
 
@@ -117,10 +121,16 @@ def decoder(model_dir, dtype="float32", bug=None):
         tokens = np.asarray(input_ids).reshape(-1)
         start = int(np.asarray(positions).reshape(-1)[0]) if positions is not None else 0
         cache = cache if cache is not None else Cache()
-        return forward(config, weights, tokens, np.dtype(dtype), bug, start=start, cache=cache)["logits"], cache
+        computed = forward(config, weights, tokens, np.dtype(dtype), bug, start=start, cache=cache)
+        return (computed if showing else computed["logits"]), cache
 
     step.parity_dtype = str(np.dtype(dtype))     # the precision it computes in: its logits do not say
     return step
+
+
+def showing(model_dir, dtype="float32", bug=None):
+    """`decoder` returning every checkpoint beside its logits: its layers are compared, and its decoding."""
+    return decoder(model_dir, dtype, bug, showing=True)
 
 
 def write_trace(directory: Path, tensors: dict, *, tokens, dtype: str, config: dict) -> None:

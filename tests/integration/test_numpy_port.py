@@ -70,3 +70,62 @@ def test_a_float32_trace_compared_by_itself_says_how_its_calibration_rounds(mode
     result = parity("compare", reference, traces["float32"])
     assert result.returncode == 0, result.stdout[-2000:]
     assert "3x the noise of float32 as ports round it" in " ".join(result.stdout.split())
+
+
+SHOWING = f'''import sys
+
+import numpy as np
+
+sys.path.insert(0, {str(PORT.parent)!r})
+import numpy_llama
+
+
+def operands_swapped(path):          # the port with its MLP's operands exchanged, showing its tensors
+    return numpy_llama.decoder(path, bug="mlp_operands_swapped", showing=True)
+
+
+def unnamed(path):                   # a tensor returned under a name of its own
+    step = numpy_llama.showing(path)
+    return lambda input_ids: {{**step(input_ids)[0], "hidden": np.zeros(3)}}
+
+
+def no_logits(path):
+    step = numpy_llama.showing(path)
+    return lambda input_ids: {{name: value for name, value in step(input_ids)[0].items() if name != "logits"}}
+'''
+
+
+@pytest.fixture(scope="module")
+def showing(tmp_path_factory):
+    factories = tmp_path_factory.mktemp("showing") / "showing.py"
+    factories.write_text(SHOWING)
+    return factories
+
+
+def test_a_function_returning_its_tensors_is_compared_at_each_and_decoded(model_dirs):
+    """The port handed over as a function that returns every checkpoint by name beside its logits: its layers
+    are compared (through Probes, in numpy's layouts), and its decoding through its own cache."""
+    result = parity("check", model_dirs["llama"], f"{PORT}:showing", "--tokens", TOKEN_ARG, "--json", "-")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, json.dumps(report["first_divergence"])[:2000]
+    status = {entry["name"]: entry["status"] for entry in report["checkpoints"]}
+    assert report["summary"]["passed"] == len(status) > 40 and status["layers.1.attn_probs"] == "pass"
+    assert report["decode"]["passed"] and report["decode"]["cache"]["passed"]
+    assert "layers" not in {entry["check"] for entry in report["not_checked"]}
+
+
+def test_a_function_showing_its_tensors_is_diagnosed_where_it_parts(model_dirs, showing):
+    result = parity("check", model_dirs["llama"], f"{showing}:operands_swapped", "--tokens", TOKEN_ARG, "--json", "-")
+    report = json.loads(result.stdout)
+    assert result.returncode == 1 and report["first_divergence"]["checkpoint"] == "layers.0.mlp_act"
+    [wiring] = [d for d in report["diagnoses"] if d["checkpoint"] == "layers.0.mlp_act"]
+    assert "gate and up operands are exchanged" in wiring["message"]
+
+
+@pytest.mark.parametrize("factory, message", [
+    ("unnamed", "returned 'hidden', which is not a checkpoint name"),
+    ("no_logits", 'returned a mapping without "logits"'),
+])
+def test_a_mapping_that_is_not_named_by_checkpoints_is_one_line(model_dirs, showing, factory, message):
+    result = parity("check", model_dirs["llama"], f"{showing}:{factory}", "--tokens", TOKEN_ARG)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr

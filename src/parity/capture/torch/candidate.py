@@ -235,7 +235,9 @@ class TorchCandidate(Candidate):
         from parity.capture.torch.opaque import why_hidden
 
         self._hidden, self._named = why_hidden(self.module, self.spec), ()
-        if self._hidden is None:
+        if self._hidden is None and getattr(self.module, "parity_taps", None):   # a function showing its tensors
+            self._named = self.module.parity_taps
+        elif self._hidden is None:
             try:
                 self._named = infer_taps(self.module, self.spec)
             except OptionError as error:     # its naming maps no decoder blocks

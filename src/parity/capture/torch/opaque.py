@@ -10,16 +10,23 @@ module's forward is: with a (1, T) int64 tensor of token ids, on the CPU; it ret
 the logits as a tensor or an array, (1, T, V) or (T, V), or an object with `.logits`
 (a transformers output). A module whose structure names no decoder blocks is checked
 the same way (capture/torch/candidate.py: `hidden`).
+
+A function that can show what it computes returns a mapping instead: {"logits": ...,
+"layers.0.attn_norm": ..., "layers.0.q": ...}, each tensor under its checkpoint name
+(docs/trace-format.md), in any layout a Probe reads ([T, H, hd], [H, T, S], ...). Those
+checkpoints are then compared too, each through a Probe of its own; which it returns
+is read off one call on two tokens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 
 from parity.core.errors import CaptureError
+from parity.core.names import parse
 
 
 class OpaqueModel(torch.nn.Module):
@@ -41,6 +48,8 @@ class OpaqueModel(torch.nn.Module):
         self.takes_more = len(_parameters(function)) > 1
         if self.takes_more:
             self.forward = self._forward_with_arguments()
+        self.probes = torch.nn.ModuleDict()              # one Probe per checkpoint it returns beside its logits
+        self._intermediates: tuple[str, ...] | None = None
 
     def __repr__(self) -> str:
         return f"OpaqueModel({self.name})"
@@ -61,8 +70,53 @@ class OpaqueModel(torch.nn.Module):
         forward.__signature__ = inspect.signature(self.function)
         return forward
 
+    def intermediates(self) -> tuple[str, ...]:
+        """The checkpoints the function returns beside its logits, read off one call on two tokens (once): each
+        given a Probe and named in its `parity_taps`. () where it returns its logits alone, or that call fails
+        (the check's own call then says why)."""
+        if self._intermediates is not None:
+            return self._intermediates
+        self._intermediates = ()
+        try:
+            with torch.no_grad():
+                output = self.function(torch.zeros((1, 2), dtype=torch.int64))
+        except Exception:   # noqa: BLE001  (the user's code; its check says what fails, where it does)
+            return ()
+        output = output[0] if isinstance(output, (tuple, list)) and output else output
+        if isinstance(output, Mapping):
+            self._intermediates = tuple(name for name in self._checked_names(output) if name != "logits")
+            for name in self._intermediates:
+                self.probes[_key(name)] = _new_probe()
+            if self._intermediates:
+                self.parity_taps = {f"probes.{_key(name)}": name for name in self._intermediates}
+        return self._intermediates
+
+    def _checked_names(self, output: Mapping) -> list[str]:
+        """The keys of a returned mapping, each "logits" or a checkpoint name; CaptureError naming one that is not."""
+        names = list(output)
+        if "logits" not in names:
+            raise CaptureError(f"{self.name} returned a mapping without \"logits\" ({', '.join(map(str, names[:4]))}); "
+                               "return the logits under \"logits\", beside the checkpoints it shows")
+        stray = next((name for name in names if name != "logits" and (not isinstance(name, str) or parse(name) is None)),
+                     None)
+        if stray is not None:
+            raise CaptureError(f"{self.name} returned {stray!r}, which is not a checkpoint name; name each tensor by "
+                               "its checkpoint (layers.0.q, layers.0.attn_probs, ...: docs/trace-format.md)")
+        return names
+
+    def _shown(self, output: Mapping):
+        """The logits of a returned mapping, its other tensors handed to their Probes (recorded while traced)."""
+        for name in self._checked_names(output):
+            if name != "logits" and _key(name) in self.probes:
+                value = output[name]
+                tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+                self.probes[_key(name)](tensor)
+        return output["logits"]
+
     def _logits(self, output) -> torch.Tensor:
         """What the function returned as (B, T, V) logits, as a module's forward returns them."""
+        if isinstance(output, Mapping):
+            output = self._shown(output)
         output = getattr(output, "logits", output)
         if isinstance(output, (tuple, list)) and output:
             output = output[0]
@@ -79,6 +133,17 @@ class OpaqueModel(torch.nn.Module):
             raise CaptureError(f"{self.name} returned a {output.dtype} tensor of shape {list(output.shape)}, not "
                                "logits; return (1, T, V) or (T, V) floats")
         return output[None] if output.ndim == 2 else output       # (T, V) -> (1, T, V)
+
+
+def _key(name: str) -> str:
+    """A checkpoint name as a module's name (which holds no dots): layers.0.q -> layers_0_q."""
+    return name.replace(".", "_")
+
+
+def _new_probe():
+    from parity.capture.torch.probe import Probe
+
+    return Probe()
 
 
 def _parameters(function: Callable) -> list:
@@ -99,9 +164,11 @@ def why_hidden(model, spec: str) -> str | None:
     holding no modules and no parameters (a compiled blob's wrapper). None for any other module (whether its
     naming maps is for its mapping to say)."""
     if is_opaque(model):
+        if model.intermediates():
+            return None
         return (f"{model.name} is a function of token ids: parity sees only the logits it returns; to compare its "
-                "layers, return a torch.nn.Module that records them (docs/capture.md) or write a trace of them "
-                "(docs/trace-format.md)")
+                "layers, return them beside the logits ({\"logits\": ..., \"layers.0.q\": ...}), return a "
+                "torch.nn.Module that records them (docs/capture.md) or write a trace of them (docs/trace-format.md)")
     if len(list(model.modules())) == 1 and not any(True for _ in model.parameters()):
         return (f"{spec} holds no modules and no parameters (a compiled program or a binding, run as one call): "
                 "parity sees only the logits its forward returns; to compare its layers, record them "
