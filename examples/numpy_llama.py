@@ -125,6 +125,8 @@ def decoder(model_dir, dtype="float32", bug=None, showing=False):
         return (computed if showing else computed["logits"]), cache
 
     step.parity_dtype = str(np.dtype(dtype))     # the precision it computes in: its logits do not say
+    if showing:
+        step.parity_layout = "THD"               # q, k, v and the context as [T, H, hd], whatever T is
     return step
 
 

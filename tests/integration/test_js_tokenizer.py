@@ -99,6 +99,7 @@ def test_the_texts_and_ids_file_is_checked(spm_dir, tmp_path):
         '[{"text": "hello", "ids": [100000]}]': "outside the reference's vocabulary",
         '[{"text": "hello", "ids": [1]}, 3]': "entry 1 is int",
         '[{"text": "hello", "ids": [1]': "not valid JSON",
+        '[{"text": "hello", "ids": ' + "[" * 100000: "nested too deeply",
     }
     for written, message in cases.items():
         ids.write_text(written)

@@ -92,6 +92,18 @@ def unnamed(path):                   # a tensor returned under a name of its own
 def no_logits(path):
     step = numpy_llama.showing(path)
     return lambda input_ids: {{name: value for name, value in step(input_ids)[0].items() if name != "logits"}}
+
+
+def not_numbers(path):
+    step = numpy_llama.showing(path)
+    return lambda input_ids: {{**step(input_ids)[0], "layers.0.out": "a text"}}
+
+
+def undeclared(path):                # [T, H, hd] tensors with no layout said: as many tokens as heads is ambiguous
+    step = numpy_llama.showing(path)
+    function = lambda input_ids: step(input_ids)[0]
+    function.parity_dtype = "float32"
+    return function
 '''
 
 
@@ -122,10 +134,17 @@ def test_a_function_showing_its_tensors_is_diagnosed_where_it_parts(model_dirs, 
     assert "gate and up operands are exchanged" in wiring["message"]
 
 
-@pytest.mark.parametrize("factory, message", [
-    ("unnamed", "returned 'hidden', which is not a checkpoint name"),
-    ("no_logits", 'returned a mapping without "logits"'),
+@pytest.mark.parametrize("factory, tokens, message", [
+    ("unnamed", TOKEN_ARG, "returned 'hidden', which is not a checkpoint name"),
+    ("no_logits", TOKEN_ARG, 'returned a mapping without "logits"'),
+    ("not_numbers", TOKEN_ARG, "returned layers.0.out as str, not a tensor or an array of numbers"),
+    ("undeclared", "1,2,3,4", "reads as [T, H, hd] and as [H, T, hd] alike"),
 ])
-def test_a_mapping_that_is_not_named_by_checkpoints_is_one_line(model_dirs, showing, factory, message):
-    result = parity("check", model_dirs["llama"], f"{showing}:{factory}", "--tokens", TOKEN_ARG)
+def test_a_mapping_that_cannot_be_read_is_one_line(model_dirs, showing, factory, tokens, message):
+    result = parity("check", model_dirs["llama"], f"{showing}:{factory}", "--tokens", tokens)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_function_declaring_its_layout_is_read_at_as_many_tokens_as_heads(model_dirs):
+    result = parity("check", model_dirs["llama"], f"{PORT}:showing", "--tokens", "1,2,3,4", "--decode-steps", "0")
+    assert result.returncode == 0 and "PASS  51/51" in result.stdout, result.stdout[-2000:] + result.stderr[-1000:]

@@ -61,6 +61,9 @@ def read_tokenized(source: str, path: str) -> tuple[TokenizedText, ...]:
     except json.JSONDecodeError as error:
         raise OptionError(f"--candidate-ids {path}: not valid JSON ({error.msg} at line {error.lineno}); write a "
                           'list of {"name", "text", "ids"} objects') from None
+    except RecursionError:
+        raise OptionError(f"--candidate-ids {path}: JSON nested too deeply to be texts and ids; write a list of "
+                          '{"name", "text", "ids"} objects') from None
     if not isinstance(entries, list) or not entries:
         raise OptionError(f"--candidate-ids {path}: holds no texts; write a list of "
                           '{"name", "text", "ids"} objects')

@@ -96,5 +96,6 @@ def _head_major(name: str, shape: tuple[int, int, int], token_count: int | None,
         raise CaptureError(
             f"{name}: a per-head tensor of shape {list(shape)} reads as [T, H, hd] and as [H, T, hd] alike "
             f"({first} tokens, {first} heads): declare its layout, e.g. Probe(layout='BHTD') or a "
-            "`parity_layout = 'BHTD'` attribute on the module, or trace a prompt of another length")
+            "`parity_layout = 'BHTD'` attribute on the module (or on a function that returns it), or trace a "
+            "prompt of another length")
     return bool(heads) and first in heads and second not in heads

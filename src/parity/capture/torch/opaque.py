@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from parity.core.errors import CaptureError
-from parity.core.names import parse
+from parity.core.names import HEAD_KINDS, parse
 
 
 class OpaqueModel(torch.nn.Module):
@@ -85,8 +85,9 @@ class OpaqueModel(torch.nn.Module):
         output = output[0] if isinstance(output, (tuple, list)) and output else output
         if isinstance(output, Mapping):
             self._intermediates = tuple(name for name in self._checked_names(output) if name != "logits")
+            layout = getattr(self.function, "parity_layout", None)   # its per-head tensors' axes, where declared
             for name in self._intermediates:
-                self.probes[_key(name)] = _new_probe()
+                self.probes[_key(name)] = _new_probe(layout if parse(name).kind in HEAD_KINDS else None)
             if self._intermediates:
                 self.parity_taps = {f"probes.{_key(name)}": name for name in self._intermediates}
         return self._intermediates
@@ -108,10 +109,18 @@ class OpaqueModel(torch.nn.Module):
         """The logits of a returned mapping, its other tensors handed to their Probes (recorded while traced)."""
         for name in self._checked_names(output):
             if name != "logits" and _key(name) in self.probes:
-                value = output[name]
-                tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
-                self.probes[_key(name)](tensor)
+                self.probes[_key(name)](self._tensor(name, output[name]))
         return output["logits"]
+
+    def _tensor(self, name: str, value) -> torch.Tensor:
+        """A returned checkpoint as a tensor; CaptureError naming it where it is not numbers."""
+        if isinstance(value, torch.Tensor):
+            return value
+        array = np.asarray(value) if not isinstance(value, (str, bytes)) else None
+        if array is None or array.dtype.kind not in "fiub":
+            raise CaptureError(f"{self.name} returned {name} as {type(value).__name__}, not a tensor or an array of "
+                               "numbers")
+        return torch.from_numpy(np.ascontiguousarray(array))
 
     def _logits(self, output) -> torch.Tensor:
         """What the function returned as (B, T, V) logits, as a module's forward returns them."""
@@ -140,10 +149,10 @@ def _key(name: str) -> str:
     return name.replace(".", "_")
 
 
-def _new_probe():
+def _new_probe(layout: str | None):
     from parity.capture.torch.probe import Probe
 
-    return Probe()
+    return Probe(layout=layout)
 
 
 def _parameters(function: Callable) -> list:
