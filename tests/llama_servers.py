@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+
+# GGUF's value types for the scalars a test rewrites: struct format -> the type id the file stores before it
+GGUF_TYPES = {"f": 6, "B": 7}   # float32, bool
+
+
+def with_metadata_value(gguf: Path, key: str, kind: str, was, value, destination: Path) -> Path:
+    """A copy of `gguf` at `destination` whose scalar metadata `key` (struct format `kind`) holds `value` where it
+    held `was` (checked): rewritten in place, as a converter that wrote another value would have written it."""
+    data = bytearray(gguf.read_bytes())
+    name = key.encode()
+    at = data.index(name) + len(name)
+    assert struct.unpack_from(f"<I{kind}", data, at) == (GGUF_TYPES[kind], was), key
+    struct.pack_into(f"<{kind}", data, at + 4, value)
+    destination.write_bytes(bytes(data))
+    return destination
 
 
 def free_port() -> int:

@@ -2,7 +2,6 @@
 SmolLM2's GGUF, asked through its tokenize endpoint, as the server tokenizes what it is sent."""
 
 import json
-import struct
 
 import pytest
 
@@ -13,17 +12,12 @@ from test_cli import parity
 @pytest.fixture(scope="module")
 def served(smollm2_gguf, tmp_path_factory):
     """The server's URL for SmolLM2's GGUF as it is, and for one whose converter wrote add_bos_token true."""
-    from llama_servers import serving
+    from llama_servers import serving, with_metadata_value
 
     need("llama_cpp")
     need("uvicorn")
-    data = bytearray(smollm2_gguf.read_bytes())
-    key = b"tokenizer.ggml.add_bos_token"
-    at = data.index(key) + len(key)
-    assert struct.unpack_from("<IB", data, at) == (7, 0)      # a bool, false: SmolLM2 adds no BOS
-    struct.pack_into("<B", data, at + 4, 1)
-    adds_bos = tmp_path_factory.mktemp("bos_gguf") / "smollm2-adds-bos.gguf"
-    adds_bos.write_bytes(bytes(data))
+    adds_bos = with_metadata_value(smollm2_gguf, "tokenizer.ggml.add_bos_token", "B", 0, 1,   # SmolLM2 adds no BOS
+                                   tmp_path_factory.mktemp("bos_gguf") / "smollm2-adds-bos.gguf")
     with serving(smollm2_gguf) as url, serving(adds_bos) as bos_url:
         yield url, bos_url
 

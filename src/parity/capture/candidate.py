@@ -132,6 +132,14 @@ class Candidate:
                                                    # how (a quantized build's): filled as it traces
         self._stack = contextlib.ExitStack()
 
+    def take_declared_precision(self, declared) -> None:
+        """The precision a trace's metadata declares (`dtype`), where it is a float precision; else why it is
+        unknown (a quantized format's name, "q8")."""
+        from parity.core.tolerances import float_precision, not_a_precision
+
+        self.precision = float_precision(declared)
+        self.undeclared = not_a_precision(declared) or self.undeclared
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec}>"
 

@@ -73,6 +73,8 @@ def read_tokenized(source: str, path: str) -> tuple[TokenizedText, ...]:
 
 
 def _entry(entry, index: int, path: str) -> TokenizedText:
+    from parity.capture.tokenizers import integer_ids
+
     where = f"--candidate-ids {path}: entry {index}"
     if not isinstance(entry, dict):
         raise OptionError(f"{where} is {type(entry).__name__}, not an object; write each text as "
@@ -80,7 +82,7 @@ def _entry(entry, index: int, path: str) -> TokenizedText:
     text, ids = entry.get("text"), entry.get("ids")
     if not isinstance(text, str):
         raise OptionError(f'{where} has no "text" string; write the text that was tokenized beside its ids')
-    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+    if not isinstance(ids, list) or not integer_ids(ids):
         raise OptionError(f'{where} has no "ids" list of integers; add the candidate\'s token ids for its text')
     name = entry.get("name")
     return TokenizedText(name if isinstance(name, str) and name else f"text {index}", text, tuple(ids))

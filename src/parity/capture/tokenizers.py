@@ -133,6 +133,11 @@ def check_ids(ids: list[int], vocabulary: Vocabulary, source: str) -> list[int]:
     return ids
 
 
+def integer_ids(values) -> bool:
+    """Whether `values` (read from JSON) are all integers (not booleans, which JSON's true and false become)."""
+    return all(isinstance(value, int) and not isinstance(value, bool) for value in values)
+
+
 def vocabulary_of(tokenizer) -> Vocabulary:
     """What a transformers tokenizer says of its vocabulary: each id's text, BOS, EOS, its special ids."""
     return Vocabulary(piece=lambda i: tokenizer.decode([i]), bos=tokenizer.bos_token_id,

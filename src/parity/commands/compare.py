@@ -79,8 +79,9 @@ def reference_at_candidate_precision(reference: Trace, candidate: Trace, checkpo
     from parity.core.tolerances import lowest_precision, not_a_precision
 
     precision, reference_dtype = candidate.metadata.get("dtype"), reference.metadata.get("dtype")
-    if not_a_precision(precision):
-        return None, (NotChecked("calibration", f"the candidate's precision is unknown ({not_a_precision(precision)}): "
+    unknown = not_a_precision(precision)
+    if unknown:
+        return None, (NotChecked("calibration", f"the candidate's precision is unknown ({unknown}): "
                                  "the dtype tables' tolerances were used"),)
     if not precision or not reference_dtype or lowest_precision(precision, reference_dtype) != precision \
             or not DtypeNumerics(precision).needed(reference_dtype):

@@ -5,8 +5,8 @@
     mlp_act   = act(mlp_gate) * mlp_up          (act(mlp_fc) without a gate)
     attn_ctx  = attn_probs @ v                  (query head h reading KV head h // (H / Hkv))
     norm      = weight * input / rms(input)     (the weight fitted from the reference; norms.py)
-    q         = attn_norm @ q.weight^T (+ q.bias), and each op that is one linear map of one checkpoint,
-                                                (where the traces record its weight: --weights, or the
+    q         = attn_norm @ q.weight^T (+ q.bias)   (and each op that is one linear map of one checkpoint,
+                                                where the traces record its weight: --weights, or the
                                                 first divergence's, read after the check)
 
 (softmax normalization and the mask's zero pattern are in masks.py, RoPE's rotation in

@@ -189,20 +189,13 @@ def test_a_reading_is_named_only_where_it_shows_and_takes_the_error_away():
 @pytest.fixture(scope="module")
 def server_of_a_misread_gguf(smollm2_gguf, tmp_path_factory):
     """llama.cpp's server (llama-cpp-python) serving SmolLM2's GGUF with its RoPE base written as 10000."""
-    import struct
-
     from conftest import need
-    from llama_servers import serving
+    from llama_servers import serving, with_metadata_value
 
     need("llama_cpp")
     need("uvicorn")
-    data = bytearray(smollm2_gguf.read_bytes())
-    key = b"llama.rope.freq_base"
-    at = data.index(key) + len(key)
-    assert struct.unpack_from("<If", data, at) == (6, 100000.0)        # a float32, SmolLM2's base
-    struct.pack_into("<f", data, at + 4, 10000.0)
-    misread = tmp_path_factory.mktemp("misread_gguf") / "smollm2-base-10000.gguf"
-    misread.write_bytes(bytes(data))
+    misread = with_metadata_value(smollm2_gguf, "llama.rope.freq_base", "f", 100000.0, 10000.0,   # SmolLM2's base
+                                  tmp_path_factory.mktemp("misread_gguf") / "smollm2-base-10000.gguf")
     with serving(misread) as url:
         yield url
 

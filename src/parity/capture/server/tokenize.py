@@ -50,9 +50,13 @@ class ServerTokenizer:
         return base.removesuffix("/v1")
 
     @property
+    def endpoint(self) -> str:
+        """The request that answers (the first tried, until one has)."""
+        return f"POST {self._endpoint[0] if self._endpoint else ENDPOINTS[0][0]}"
+
+    @property
     def label(self) -> str:
-        path = self._endpoint[0] if self._endpoint else "/tokenize"
-        return f"the tokenizer of the server at {self.root} (POST {path})"
+        return f"the tokenizer of the server at {self.root} ({self.endpoint})"
 
     def encode(self, text: str) -> list[int]:
         if self._endpoint is not None:
@@ -82,13 +86,13 @@ class ServerTokenizer:
 
 def _ids(answer: Any, url: str, vocabulary: Vocabulary) -> list[int]:
     """The ids in a tokenize answer: {"tokens": [ids]}, {"tokens": [{"id"}...]} or [{"id"}...]."""
-    from parity.capture.tokenizers import check_ids
+    from parity.capture.tokenizers import check_ids, integer_ids
 
     tokens = answer.get("tokens") if isinstance(answer, dict) else answer
     if not isinstance(tokens, list):
         raise CaptureError(f"the server at {url} answered without a list of tokens ({type(answer).__name__}); "
                            "is it a tokenize endpoint?")
     ids = [token.get("id") if isinstance(token, dict) else token for token in tokens]
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+    if not integer_ids(ids):
         raise CaptureError(f"the server at {url} answered tokens that are not integer ids: {str(tokens[:4])[:80]}")
     return check_ids(ids, vocabulary, f"the server at {url} answered")

@@ -9,7 +9,6 @@ from typing import Any
 from parity.capture.candidate import Candidate, CandidateContext, TraceRequest, register_candidate
 from parity.core.errors import OptionError
 from parity.core.names import is_raw
-from parity.core.tolerances import float_precision, not_a_precision
 from parity.core.trace import Trace
 
 
@@ -24,9 +23,7 @@ class TraceCandidate(Candidate):
     def __init__(self, spec: str, trace: Trace) -> None:
         super().__init__(spec)
         self.loaded = trace
-        declared = trace.metadata.get("dtype")
-        self.precision = float_precision(declared)
-        self.undeclared = not_a_precision(declared) or self.undeclared
+        self.take_declared_precision(trace.metadata.get("dtype"))
 
     @classmethod
     def claims(cls, spec: Any) -> bool:

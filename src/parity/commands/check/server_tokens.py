@@ -32,7 +32,7 @@ def with_prompt_tokenization(comparison, reference_model, options, progress):
                          vocabulary)
     if tokens:
         return _noted(comparison, f"the server tokenizes the prompt as the reference does ({len(ids)} ids, "
-                                  f"{server.label.rpartition(' (')[2].rstrip(')')})")
+                                  f"{server.endpoint})")
     first = tokens.differences[0]
     shown = ", ".join(f"{i} {text!r}" for i, text in first.candidate[:4]) or "nothing"
     expected = ", ".join(f"{i} {text!r}" for i, text in first.reference[:4]) or "nothing"
