@@ -139,6 +139,11 @@ pip "ctranslate2==4.8.5"
 step "installing OpenVINO, for an engine that picks its own precision"
 pip "openvino==2026.4.1"
 
+# A Rust engine nobody here wrote: mistral.rs (its CPU wheel), whose answers with log-probabilities come through
+# chat completions only; examples/mistralrs_server.py serves its Python SDK's answers on loopback.
+step "installing mistral.rs, for a Rust engine's chat answers"
+pip --no-deps "mistralrs==0.9.5"
+
 # ONNX: onnxruntime runs an ONNX candidate; torch.onnx's exporter (onnxscript) and onnxruntime-genai's model
 # builder make the ONNX models the tests check, as users make them.
 step "installing onnxruntime, onnx, onnxscript and onnxruntime-genai, for ONNX candidates"

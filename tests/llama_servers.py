@@ -7,6 +7,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -35,15 +36,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(gguf: Path, *, start_timeout_s: float = 120):
-    """The server's URL while it serves `gguf` (a 512-token context), stopped after."""
+def serving(gguf: Path, *, start_timeout_s: float = 120, flags: tuple[str, ...] = ()):
+    """The server's URL while it serves `gguf` (a 512-token context; more of its command-line `flags`), stopped
+    after."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "512", "--verbose", "false"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+               "--port", str(port), "--n_ctx", "512", "--verbose", "false", *flags]
+    with started(command, f"http://127.0.0.1:{port}", start_timeout_s) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def started(command: list[str], url: str, start_timeout_s: float = 120):
+    """`url` while the server `command` starts answers GET {url}/v1/models, stopped after."""
+    log = tempfile.TemporaryFile()          # not a pipe: a server that logs every request would fill one and stop
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + start_timeout_s
         while True:
@@ -52,9 +59,11 @@ def serving(gguf: Path, *, start_timeout_s: float = 120):
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"llama_cpp.server did not start: {process.stderr.read().decode()[-2000:]}")
+                    log.seek(0)
+                    raise RuntimeError(f"{' '.join(command[1:3])} did not start: {log.read().decode()[-2000:]}")
                 time.sleep(0.5)
         yield url
     finally:
         process.terminate()
         process.wait(timeout=30)
+        log.close()

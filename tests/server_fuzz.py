@@ -17,7 +17,6 @@ import math
 import random
 
 PROMPT = "w1 w2 w3"
-CONTINUATION = " w4 w5 w6"
 MAX_TOKENS = 3
 WHERE = "the server at http://127.0.0.1:9/v1/completions"
 _PARTIAL = ("", "\ufffd", "bytes:")
@@ -25,13 +24,24 @@ _PARTIAL = ("", "\ufffd", "bytes:")
 
 def seeds(reference) -> list[bytes]:
     """Answers of an honest server: full, with the first row null, and as llama-cpp-python drops the last token."""
-    document = _honest(reference, PROMPT + CONTINUATION)
+    continuation = greedy(reference, PROMPT, MAX_TOKENS)
+    document = _honest(reference, PROMPT + continuation)
     dropped = copy.deepcopy(document)
     for key in ("tokens", "text_offset", "token_logprobs", "top_logprobs"):
         dropped["choices"][0]["logprobs"][key].pop()
-    stopped = _honest(reference, PROMPT + " w4")
+    stopped = _honest(reference, PROMPT + greedy(reference, PROMPT, 1))
     stopped["choices"][0]["finish_reason"] = "stop"
     return [json.dumps(doc).encode() for doc in (document, dropped, stopped)]
+
+
+def greedy(reference, prompt: str, count: int) -> str:
+    """The reference's greedy continuation of `prompt`, `count` tokens of it, as text."""
+    text = prompt
+    for _ in range(count):
+        chosen = int(reference.reference_tokens(text).logprobs[-1].argmax())
+        text = reference.tokenizer.decode(reference.tokenize(text) + [chosen], skip_special_tokens=True)
+    assert text.startswith(prompt), text
+    return text[len(prompt):]
 
 
 def _honest(reference, text: str) -> dict:

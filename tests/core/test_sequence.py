@@ -101,3 +101,34 @@ def test_reference_probability_of_the_candidate_token():
     reference = reference_over(PIECES, PREDICTIONS, margin=math.log(10))
     comparison = compare_sequences(reference, candidate_over(PIECES, [None, " b", " c", " d"], first_generated=3))
     assert comparison.positions[0].reference_prob_of_piece == pytest.approx(10 / (10 + len(VOCAB) - 1))
+
+
+def test_a_flip_to_a_token_far_below_two_close_leaders_is_a_divergence():
+    """A near tie is the candidate's token within NEAR_TIE_NATS of the reference's top-1, not any flip where the
+    reference's own top two happen to be close."""
+    reference = reference_over(PIECES, [" b", " c", " e", "!"], margin=3.0)
+    reference.logprobs[2, VOCAB.index(" c")] = reference.logprobs[2, VOCAB.index(" e")] - 0.1   # the leaders close
+    candidate = candidate_over(PIECES, [None, " b", " c", " d"], first_generated=3)
+    last = compare_sequences(reference, candidate).positions[-1]
+    assert last.margin_nats < 0.5 and last.gap_nats > 2.5
+    assert not last.near_tie
+
+
+def test_a_chat_answer_is_compared_from_its_first_token_after_the_prompt_the_reference_rendered():
+    prompt = ("", "", "")                                   # the rendered prompt's tokens hold no text of the answer
+    answer = ["A", " b", " c"]
+    reference = ReferenceTokens(prompt + tuple(answer), (0, 0, 0, 0, 1, 3),
+                                reference_over(["x"] * 6, ["!", "!", "A", " b", " c", "!"]).logprobs, VOCAB)
+    rows = ({"A": 0.0, " e": -3.0}, {" b": 0.0, " e": -3.0}, {" c": 0.0, " e": -3.0})
+    candidate = CandidateTokens("A b c", tuple(answer), (0, 1, 3), (None,) * 3, rows, 0, follows="<prompt>")
+    comparison = compare_sequences(reference, candidate)
+    assert comparison and [p.index for p in comparison.positions] == [0, 1, 2] and comparison.unaligned == 0
+    assert comparison.headline.startswith("prompt: not compared (not echoed); greedy continuation: 3/3 tokens")
+    assert any(note.startswith("a chat answer: its 3 generated tokens") for note in comparison.notes)
+    wrong_first = CandidateTokens("A b c", tuple(answer), (0, 1, 3), (None,) * 3,
+                                  ({" d": 0.0, "A": -3.0},) + rows[1:], 0, follows="<prompt>")
+    sampled = compare_sequences(reference, wrong_first)   # its token is the reference's top-1; its own top-1 is not
+    assert [(d.cause, d.checkpoint) for d in sampled.diagnoses] == [("sampler_not_greedy", "token 0")]
+    reference_first = reference_over(["x"] * 6, ["!", "!", " d", " b", " c", "!"]).logprobs
+    parted = compare_sequences(ReferenceTokens(reference.pieces, reference.offsets, reference_first, VOCAB), candidate)
+    assert not parted and parted.first_divergence.index == 0

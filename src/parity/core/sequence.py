@@ -51,6 +51,8 @@ class CandidateTokens:
     token_logprobs: tuple[float | None, ...]
     top_logprobs: tuple[Mapping[str, float] | None, ...]
     first_generated: int             # index of the first token the candidate generated
+    follows: str = ""                # the prompt the text follows, not echoed: a chat answer's, as the
+                                     # reference's chat template renders it; row 0 then predicts token 0
 
     def __repr__(self) -> str:
         return f"<CandidateTokens {len(self.pieces)} tokens, {len(self.pieces) - self.first_generated} generated>"
@@ -74,7 +76,7 @@ def compare_sequences(reference: ReferenceTokens, candidate: CandidateTokens, *,
     elif shift is not None:
         diagnoses.append(Diagnosis("token_shift", "logprobs", shift.message))
     positions = []
-    for index in range(1, len(candidate.pieces)):
+    for index in range(0 if candidate.follows else 1, len(candidate.pieces)):
         reference_index = alignment.get(index)
         if reference_index is None or reference_index == 0:
             continue
@@ -87,13 +89,16 @@ def compare_sequences(reference: ReferenceTokens, candidate: CandidateTokens, *,
     sampler = None if held_shift else detect_sampler(positions, sent or {})
     if sampler is not None:
         diagnoses.append(sampler)
-    if candidate.first_generated == 0 or all(row is None for row in candidate.top_logprobs[1:candidate.first_generated]):
+    if candidate.follows:
+        notes.append(f"a chat answer: its {len(candidate.pieces)} generated tokens are compared after the prompt as "
+                     "the reference's chat template renders it (a chat endpoint does not echo the prompt)")
+    elif candidate.first_generated == 0 or all(row is None for row in candidate.top_logprobs[1:candidate.first_generated]):
         notes.append("the candidate returned no log-probabilities for the prompt (no echo support?)")
     covered = sum(len(piece) for piece in candidate.pieces)
     if covered < len(candidate.text):
         notes.append(f"the candidate's log-probabilities cover {covered} of the {len(candidate.text)} characters "
                      f"of its text; {candidate.text[covered:]!r} at the end has none")
-    unaligned = len(candidate.pieces) - 1 - len(positions)
+    unaligned = len(candidate.pieces) - (0 if candidate.follows else 1) - len(positions)
     if unaligned:
         notes.append(f"{unaligned} candidate tokens have no reference token at the same offset (tokenizations differ there)")
     return SequenceComparison(tuple(positions), unaligned, first, tuple(diagnoses), tuple(notes), candidate.text)

@@ -214,6 +214,7 @@ def _position(position: PositionResult) -> dict[str, Any]:
         "candidate_top1": position.candidate_top1,
         "reference_prob_of_token": position.reference_prob_of_piece,
         "margin_nats": _number(position.margin_nats),
+        "gap_nats": _number(position.gap_nats),
         "kl_topk": _optional(position.kl_topk),
     }
 

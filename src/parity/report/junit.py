@@ -247,7 +247,7 @@ def _sequence_cases(comparison) -> list[Case]:
             top = ", ".join(f"{piece!r} {number(p)}" for piece, p in position.reference_top)
             chosen = position.piece if position.generated else position.candidate_top1
             cases.append(Case("tokens", name, FAILED, f"the candidate's {chosen!r} is not the reference's top-1 "
-                                                      f"(margin {number(position.margin_nats)} nats)",
+                                                      f"({number(position.gap_nats)} nats below it)",
                               f"reference top-k: {top}"))
     return cases
 

@@ -177,7 +177,7 @@ def _sequence(comparison) -> list[str]:
     lines = _heading(bool(comparison), comparison.headline)
     if first is not None:
         lines.append(f"- first divergence at token {first.index} ({code(repr(first.piece))}): the reference's top-1 is "
-                     f"{code(repr(first.reference_top[0][0]))}, margin {number(first.margin_nats)} nats")
+                     f"{code(repr(first.reference_top[0][0]))}, {number(first.gap_nats)} nats above it")
     if comparison.mean_kl is not None:
         lines.append(f"- mean KL over the top-k: {number(comparison.mean_kl, 4)}")
     lines += [f"- **{text(d.cause)}**: {text(d.message, limit=600)}" for d in comparison.diagnoses]

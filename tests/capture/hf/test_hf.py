@@ -151,3 +151,30 @@ def test_a_transformers_candidate_asked_to_spill_writes_its_trace_as_it_runs(mod
     assert sorted(spilled.names) == sorted(held.names) and spilled.tokens == held.tokens
     for name in held.names:
         np.testing.assert_array_equal(spilled[name], held[name], err_msg=name)
+
+
+def test_each_token_text_is_what_it_adds_to_a_text(model_dirs):
+    """A word-level (or SentencePiece) decoder drops a token's leading space when the token is decoded alone; a
+    server's token text keeps it, and the reference's pieces must match it."""
+    reference = load_model(model_dirs["llama"])
+    pieces = reference.vocab_pieces()
+    ids = reference.tokenize("w1 w2 w3")
+    assert [pieces[i] for i in ids[-2:]] == [" w2", " w3"]
+
+
+def test_an_answer_is_scored_after_the_prompt_the_chat_template_renders(model_dirs, tmp_path):
+    import shutil
+
+    directory = tmp_path / "chat"
+    shutil.copytree(model_dirs["llama"], directory)
+    reference = load_model(directory)
+    reference.tokenizer.chat_template = "{% for m in messages %}<s>{{ m['content'] }}{% endfor %} w9"
+    rendered = reference.chat_prompt("w1 w2")
+    assert rendered == "<s>w1 w2 w9"
+    scored = reference.reference_tokens(" w3 w4", rendered)
+    prompt_ids = reference.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert scored.pieces == ("",) * len(prompt_ids) + (" w3", " w4")
+    assert scored.offsets[len(prompt_ids):] == (0, 3) and scored.logprobs.shape[0] == len(prompt_ids) + 2
+    reference.tokenizer.chat_template = None
+    with pytest.raises(OptionError, match="has no chat template"):
+        reference.chat_prompt("w1")

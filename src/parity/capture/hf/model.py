@@ -100,29 +100,65 @@ class HFModel:
         return list(self.tokenizer(prompt)["input_ids"])
 
     def vocab_pieces(self) -> tuple[str, ...]:
-        """The text of every token id, decoded alone; () without a usable tokenizer (reports then show ids)."""
+        """The text every token id adds to a text, as a server's token text shows it: decoded after a word, so
+        that the space a SentencePiece or word-level decoder drops at the start is kept; () without a usable
+        tokenizer (reports then show ids)."""
         if self._vocab_pieces is None:
             try:
-                decode = self.tokenizer.decode
+                tokenizer = self.tokenizer
             except CaptureError:
                 return ()
-            self._vocab_pieces = tuple(decode([i]) for i in range(self.model.config.vocab_size))
+            ids = range(self.model.config.vocab_size)
+            anchor = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+            alone = tokenizer.batch_decode([[i] for i in ids])
+            if not anchor:
+                self._vocab_pieces = tuple(alone)
+                return self._vocab_pieces
+            prefix = tokenizer.decode(anchor)
+            after = tokenizer.batch_decode([anchor + [i] for i in ids])
+            self._vocab_pieces = tuple(text[len(prefix):] if text.startswith(prefix) else piece
+                                       for text, piece in zip(after, alone))
         return self._vocab_pieces
 
-    def reference_tokens(self, text: str) -> ReferenceTokens:
-        """Tokenize `text`, run it, and return each token's text, offset and the next-token log-probabilities."""
+    def reference_tokens(self, text: str, follows: str = "") -> ReferenceTokens:
+        """Tokenize `text`, run it, and return each token's text, offset and the next-token log-probabilities.
+        After `follows` (a prompt rendered by the chat template, special tokens written out), the prompt's tokens
+        are run first and hold no text: offsets count from the start of `text`."""
         import torch
 
-        ids = self.tokenize(text)
+        ids, start = self._ids_after(follows, text) if follows else (self.tokenize(text), 0)
         self.check_length(len(ids), what="the candidate's text")   # a server's answer, before any forward pass
-        decode = self.tokenizer.decode
-        prefixes = [decode(ids[:n], skip_special_tokens=True) for n in range(len(ids) + 1)]   # text of each prefix
-        offsets = tuple(len(prefix) for prefix in prefixes[:-1])
-        pieces = tuple(prefixes[n + 1][len(prefixes[n]):] for n in range(len(ids)))
+        decode = functools.partial(self.tokenizer.decode, skip_special_tokens=not follows)
+        prefixes = [decode(ids[:n]) for n in range(start, len(ids) + 1)]   # text of each prefix from `text`'s start
+        offsets = (0,) * start + tuple(len(prefix) - len(prefixes[0]) for prefix in prefixes[:-1])
+        pieces = ("",) * start + tuple(prefixes[n + 1][len(prefixes[n]):] for n in range(len(prefixes) - 1))
         with torch.no_grad():
             logits = self.model(ids_tensor([ids], self.model)).logits[0].double().cpu()          # (T, V)
         logprobs = torch.log_softmax(logits, dim=-1).numpy()
         return ReferenceTokens(pieces, offsets, logprobs, self.vocab_pieces())
+
+    def _ids_after(self, follows: str, text: str) -> tuple[list[int], int]:
+        """The ids of `follows` + `text` (the template writes its own BOS) and how many are the prompt's."""
+        def encode(part: str) -> list[int]:
+            return list(self.tokenizer(part, add_special_tokens=False)["input_ids"])
+
+        prompt, whole = encode(follows), encode(follows + text)
+        if whole[:len(prompt)] == prompt:
+            return whole, len(prompt)
+        return prompt + encode(text), len(prompt)     # a token merged across the boundary: the answer's own
+
+    def chat_prompt(self, prompt: str) -> str:
+        """`prompt` as one user message, rendered by the tokenizer's chat template up to the assistant's answer."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise OptionError(f"{self.path}'s tokenizer has no chat template, so a chat endpoint's answer has no "
+                              "prompt to be scored after; give a model whose tokenizer_config.json holds the "
+                              "server's template, or the server's /v1/completions address")
+        try:
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                      add_generation_prompt=True)
+        except Exception as error:  # noqa: BLE001 - a template is code: jinja2's errors, raise_exception(...)
+            raise OptionError(f"{self.path}'s chat template does not render one user message ({error}); a chat "
+                              "endpoint is checked with a template that does") from None
 
     def position_limit(self) -> tuple[str, int] | None:
         """(config field, value) of the most positions the model takes, when its config says."""

@@ -1,7 +1,9 @@
 """An OpenAI-compatible server as the candidate: `http(s)://HOST:PORT`, compared token by token.
 
 It gives no tensors: only text, with each token's offset and its top-k next-token
-log-probabilities, for a prompt and its greedy continuation (openai.py).
+log-probabilities, for a prompt and its greedy continuation (openai.py); or, given
+as `http(s)://HOST:PORT/v1/chat/completions`, for its answer to the prompt sent as
+a user message (chat.py).
 """
 
 from __future__ import annotations
@@ -31,11 +33,18 @@ class ServerCandidate(Candidate):
 
     @classmethod
     def open(cls, spec: str, context: CandidateContext) -> "ServerCandidate":
+        from parity.capture.server.chat import OpenAIChatServer, is_chat_url
         from parity.capture.server.openai import OpenAIServer
 
-        return cls(spec, OpenAIServer(spec, model=context.server_model, timeout_s=context.timeout_s,
-                                      run_deadline=time.monotonic() + context.timeout_s,
-                                      options=tuple(context.server_options)))
+        server = OpenAIChatServer if is_chat_url(spec) else OpenAIServer
+        return cls(spec, server(spec, model=context.server_model, timeout_s=context.timeout_s,
+                                run_deadline=time.monotonic() + context.timeout_s,
+                                options=tuple(context.server_options)))
+
+    @property
+    def chat(self) -> bool:
+        """Whether it is asked at a chat endpoint: it renders the prompt with its own template and echoes none."""
+        return self.server.endpoint.endswith("/chat/completions")
 
     @classmethod
     def open_tokenizer(cls, spec: str, vocabulary):

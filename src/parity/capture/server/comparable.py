@@ -54,6 +54,28 @@ def check_comparable(candidate: CandidateTokens, prompt: str, where: str, *, fin
     return candidate
 
 
+def check_chat_comparable(candidate: CandidateTokens, where: str, *, finish_reason: object = None,
+                          max_tokens: int | None = None) -> CandidateTokens:
+    """A chat answer (no prompt echoed: every token was generated, its row predicting it), or a CaptureError
+    saying why the check cannot compare it."""
+    pieces, rows = candidate.pieces, candidate.top_logprobs
+    if not pieces:
+        said = "it stopped at once (finish_reason 'stop')" if finish_reason == "stop" else "no tokens came back"
+        raise _refuse(where, f"choices[0].logprobs.content is empty: {said}, so nothing generated is there to "
+                      "compare", "send a prompt the model answers, and check that the server honours max_tokens")
+    missing = next((i for i, row in enumerate(rows) if not row), None)
+    if missing is not None:
+        said = "missing" if rows[missing] is None else "empty"
+        raise _refuse(where, f"the top_logprobs of token {missing} are {said}: parity compares the top-k "
+                      "log-probabilities of every generated token", "ask with 'top_logprobs' (parity sends 5) a "
+                      "server that supports it")
+    _check_tiling(pieces, candidate.offsets, candidate.text, where)
+    if max_tokens is not None and len(pieces) > max_tokens + 1:
+        raise _refuse(where, f"{len(pieces)} generated tokens where {max_tokens} were asked for",
+                      "check that the server honours max_tokens")
+    return candidate
+
+
 def _check_tiling(pieces: tuple[str, ...], offsets: tuple[int, ...], text: str, where: str) -> None:
     if offsets[0] != 0:
         raise _refuse(where, f"text_offset[0] is {offsets[0]}, not 0: the echoed tokens do not start where the "
@@ -63,7 +85,7 @@ def _check_tiling(pieces: tuple[str, ...], offsets: tuple[int, ...], text: str, 
         if offset != end and not (after_partial and offset > end):
             raise _refuse(where, f"token {index} ({_shown(piece)}) starts at offset {offset}, where the token before "
                           f"it ends at {end}: the tokens do not tile the text", _TILE_FIX)
-        partial = _partial(piece)
+        partial = partial_piece(piece)
         if not partial and text[offset:offset + len(piece)] != piece:
             raise _refuse(where, f"token {index} is {_shown(piece)} but the text at offset {offset} holds "
                           f"{_shown(text[offset:offset + max(len(piece), 1)])}", _TILE_FIX)
@@ -75,7 +97,7 @@ def _check_tiling(pieces: tuple[str, ...], offsets: tuple[int, ...], text: str, 
 _TILE_FIX = "check that text_offset and tokens come from the same tokenization of the answer's text"
 
 
-def _partial(piece: str) -> bool:
+def partial_piece(piece: str) -> bool:
     """A token that is part of a character's bytes, as servers show one."""
     return piece == "" or "\ufffd" in piece or piece.startswith("bytes:")
 

@@ -29,18 +29,20 @@ MAX_TOP = 1_000              # entries in one top_logprobs row
 _LOGPROB_SLACK = 1e-3        # servers round; a log-probability a hair above 0 is still one
 _SHOWN = 60
 _FIX = "check that it is an OpenAI-compatible /v1/completions endpoint that supports echo and logprobs"
+_SHAPE = "choices[0].logprobs with tokens, text_offset, token_logprobs"
 
 
 def parse_completion(answer: Any, prompt: str, where: str, *, max_tokens: int | None = None) -> CandidateTokens:
     """The echoed prompt and continuation with their log-probabilities; raises CaptureError naming the field,
     or saying why the answer cannot be compared."""
-    choice = _index(_field(answer, "choices", list, where, "the answer"), 0, dict, where, "choices")
-    text = _field(choice, "text", str, where, "choices[0]")
+    choice = item_of(field_of(answer, "choices", list, where, "the answer"), 0, dict, where, "choices")
+    text = field_of(choice, "text", str, where, "choices[0]")
     check_unicode(text, where, "choices[0].text")
     if not text.startswith(prompt):
-        raise CaptureError(f"{where} did not echo the prompt (its text starts {_shown(text)}); parity needs 'echo' "
-                           "to compare prompt positions")
-    logprobs = _field(choice, "logprobs", dict, where, "choices[0]",
+        raise CaptureError(f"{where} did not echo the prompt (its text starts {shown(text)}); parity needs 'echo' "
+                           "to compare prompt positions (a server that gives log-probabilities for chat alone is "
+                           "checked at its /v1/chat/completions address)")
+    logprobs = field_of(choice, "logprobs", dict, where, "choices[0]",
                       hint="does the server support logprobs with echo?")
     path = "choices[0].logprobs"
     pieces = _list_of(logprobs, "tokens", where, path, _piece)
@@ -66,33 +68,36 @@ def parse_completion(answer: Any, prompt: str, where: str, *, max_tokens: int | 
 # --- one field ------------------------------------------------------------------
 
 
-def _field(container: dict, key: str, kind: type, where: str, path: str, hint: str = "") -> Any:
+def field_of(container: dict, key: str, kind: type, where: str, path: str, hint: str = "", *,
+             endpoint: str = "/v1/completions", shape: str = _SHAPE) -> Any:
+    """container[key], checked to be a `kind`; a CaptureError naming the field and what was sent otherwise."""
     if not isinstance(container, dict):
         named = "" if path == "the answer" else f"{path} = "
-        raise CaptureError(f"{where} answered {named}{_shown(container)}, not a JSON object; "
-                           "is it an OpenAI-compatible /v1/completions endpoint?")
+        raise CaptureError(f"{where} answered {named}{shown(container)}, not a JSON object; "
+                           f"is it an OpenAI-compatible {endpoint} endpoint?")
     if key not in container:
         raise CaptureError(f"{where} answered JSON without {path}.{key}, so it is not a completion with logprobs "
-                           f"(expected choices[0].logprobs with tokens, text_offset, token_logprobs); "
+                           f"(expected {shape}); "
                            + (hint or _FIX))
     value = container[key]
     if not isinstance(value, kind):
-        raise CaptureError(f"{where} answered {path}.{key} = {_shown(value)}, expected a {_KIND_NAMES[kind]}; "
+        raise CaptureError(f"{where} answered {path}.{key} = {shown(value)}, expected a {_KIND_NAMES[kind]}; "
                            + (hint or _FIX))
     return value
 
 
-def _index(items: list, index: int, kind: type, where: str, path: str) -> Any:
+def item_of(items: list, index: int, kind: type, where: str, path: str, fix: str = _FIX) -> Any:
+    """items[index], checked to be a `kind`."""
     if len(items) <= index:
         raise CaptureError(f"{where} answered an empty {path} list; is the prompt accepted?")
     if not isinstance(items[index], kind):
-        raise CaptureError(f"{where} answered {path}[{index}] = {_shown(items[index])}, expected a {_KIND_NAMES[kind]}; "
-                           f"{_FIX}")
+        raise CaptureError(f"{where} answered {path}[{index}] = {shown(items[index])}, expected a {_KIND_NAMES[kind]}; "
+                           f"{fix}")
     return items[index]
 
 
 def _list_of(container: dict, key: str, where: str, path: str, check) -> tuple:
-    items = _field(container, key, list, where, path)
+    items = field_of(container, key, list, where, path)
     if len(items) > MAX_TOKENS:
         raise CaptureError(f"{where} answered {len(items):,} entries in {path}.{key}, more than {MAX_TOKENS:,}; "
                            "ask for fewer tokens with -n")
@@ -100,7 +105,7 @@ def _list_of(container: dict, key: str, where: str, path: str, check) -> tuple:
     for index, item in enumerate(items):
         value, expected = check(item)
         if expected:
-            raise CaptureError(f"{where} answered {path}.{key}[{index}] = {_shown(item)}, expected {expected}; {_FIX}")
+            raise CaptureError(f"{where} answered {path}.{key}[{index}] = {shown(item)}, expected {expected}; {_FIX}")
         checked.append(value)
     return tuple(checked)
 
@@ -123,7 +128,7 @@ def _offset(text_length: int):
 def _logprob(item) -> tuple[Any, str]:
     if item is None:
         return None, ""
-    value = _log_probability(item)
+    value = log_probability(item)
     return (value, "") if value is not None else (None, "a log-probability (a number <= 0) or null")
 
 
@@ -136,15 +141,16 @@ def _top_row(item) -> tuple[Any, str]:
     row = {}
     for piece, value in item.items():
         if not _is_unicode(piece):
-            return None, f"{expected}; its entry {_shown(piece)} holds a lone surrogate escape"
-        logprob = _log_probability(value)
+            return None, f"{expected}; its entry {shown(piece)} holds a lone surrogate escape"
+        logprob = log_probability(value)
         if logprob is None:
-            return None, f"{expected}; its entry {_shown(piece)} is {_shown(value)}"
+            return None, f"{expected}; its entry {shown(piece)} is {shown(value)}"
         row[piece] = logprob
     return row, ""
 
 
-def _log_probability(value) -> float | None:
+def log_probability(value) -> float | None:
+    """`value` as a log-probability (a number <= 0, a hair above 0 read as 0), or None."""
     if not (_is_int(value) or isinstance(value, float)):
         return None
     value = float(value)
@@ -165,7 +171,7 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _shown(value) -> str:
+def shown(value) -> str:
     """What the server sent, on one line, shortened (reprlib stops at depth 3, so deep nesting is cheap)."""
     text = _REPR.repr(value)
     return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."

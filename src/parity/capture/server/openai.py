@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from parity.capture.server.completion import parse_completion
-from parity.capture.server.http import post, preview
+from parity.capture.server.http import StatusError, post, preview
 from parity.core.errors import CaptureError, OptionError
 from parity.core.sequence import TOP_K, CandidateTokens
 
@@ -29,6 +29,8 @@ class OpenAIServer:
     api_key: str | None = None
     run_deadline: float | None = None  # time.monotonic() by which every request of the run must be done
     options: tuple[tuple[str, Any], ...] = ()   # more request fields (sampler settings: repeat_penalty=1.0, ...)
+
+    endpoint = "/v1/completions"       # what it is asked at, named in what a fault says
 
     def __post_init__(self) -> None:
         if not (isinstance(self.timeout_s, (int, float)) and 0 < self.timeout_s < math.inf):
@@ -44,19 +46,22 @@ class OpenAIServer:
 
     def complete(self, prompt: str, *, max_tokens: int, top_logprobs: int = TOP_K) -> CandidateTokens:
         """Greedy continuation of `prompt` with per-token log-probabilities of prompt and continuation."""
-        try:
-            prompt.encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise OptionError(f"the prompt holds {prompt[error.start]!r} at character {error.start}, which is not "
-                              "Unicode text (bytes that are not UTF-8?); give the prompt as UTF-8 text") from None
+        check_prompt(prompt)
         request = {"temperature": 0, **dict(self.options),
                    "prompt": prompt, "max_tokens": max_tokens, "echo": True, "logprobs": top_logprobs}
         if self.model:
             request["model"] = self.model
-        answer = self._post(request)
+        try:
+            answer = self._post(request)
+        except StatusError as error:
+            if error.status != 404:
+                raise
+            raise CaptureError(f"{error}; a server that answers chat completions only is checked at its chat "
+                               f"endpoint: give {_root(self.base_url)}/v1/chat/completions as the candidate") from None
         return parse_completion(answer, prompt, f"the server at {self.completions_url}", max_tokens=max_tokens)
 
     def _post(self, body: dict) -> dict:
+        """The JSON answer to `body` POSTed to this server's endpoint, within the request's and the run's deadline."""
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -64,16 +69,30 @@ class OpenAIServer:
         if self.run_deadline is not None:
             deadline = min(deadline, self.run_deadline)
         raw = post(self.completions_url, json.dumps(body).encode(), headers=headers, deadline=deadline)
-        return decode_answer(raw, f"the server at {self.completions_url}")
+        return decode_answer(raw, f"the server at {self.completions_url}", self.endpoint)
 
 
-def decode_answer(raw: bytes, where: str) -> Any:
+def _root(base_url: str) -> str:
+    base = base_url.rstrip("/")
+    return base[:-len("/v1")] if base.endswith("/v1") else base
+
+
+def check_prompt(prompt: str) -> None:
+    """Refuse a prompt that cannot be sent as JSON text."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise OptionError(f"the prompt holds {prompt[error.start]!r} at character {error.start}, which is not "
+                          "Unicode text (bytes that are not UTF-8?); give the prompt as UTF-8 text") from None
+
+
+def decode_answer(raw: bytes, where: str, endpoint: str = "/v1/completions") -> Any:
     """The JSON document a server sent, or a CaptureError quoting its start."""
     try:
         return json.loads(raw.decode("utf-8"))
     except RecursionError:
         raise CaptureError(f"{where} answered JSON nested too deeply to be a completion: {preview(raw)}; "
-                           "check that it is an OpenAI-compatible endpoint") from None
+                           f"check that it is an OpenAI-compatible {endpoint} endpoint") from None
     except (ValueError, UnicodeDecodeError):
         raise CaptureError(f"{where} answered with something that is not JSON: {preview(raw)}; "
-                           "is it an OpenAI-compatible /v1/completions endpoint?") from None
+                           f"is it an OpenAI-compatible {endpoint} endpoint?") from None

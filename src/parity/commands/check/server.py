@@ -2,10 +2,14 @@
 
 The server is asked for the prompt echoed with its greedy continuation and each token's
 top-k log-probabilities; the reference scores the same text (core/sequence.py). The server's
-own tokenization of the prompt is compared with the reference's (server_tokens.py).
+own tokenization of the prompt is compared with the reference's (server_tokens.py). A chat
+endpoint echoes no prompt: its answer is scored after the prompt as the reference's chat
+template renders it, as one user message.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from parity.capture.candidate import CandidateContext, open_candidate
 from parity.core.errors import OptionError
@@ -13,6 +17,7 @@ from parity.core.errors import OptionError
 
 def check_server(options, progress):
     from parity.capture.hf.model import load_model, quiet_transformers
+    from parity.commands.check.chat_template import with_template_tried
     from parity.commands.check.server_tokens import with_prompt_tokenization
     from parity.commands.check.settings import with_settings_tried_on_text
     from parity.core.sequence import compare_sequences
@@ -24,11 +29,20 @@ def check_server(options, progress):
                                server_options=options.server_options)
     with open_candidate(options.candidate, context, needs=("sequence",)) as candidate:
         tokens = candidate.complete(options.prompt, max_tokens=options.max_tokens, progress=progress)
+        chat = candidate.chat
     dtype = options.dtype or "float32"
     progress.step(f"loading {options.model} ({dtype})")
     reference = load_model(options.model, dtype=dtype)
+    if chat:   # the server rendered the prompt with its template: the reference renders it with its own
+        tokens = dataclasses.replace(tokens, follows=reference.chat_prompt(options.prompt))
     progress.step("scoring the candidate's text with the reference")
-    comparison = compare_sequences(reference.reference_tokens(tokens.text), tokens, strict=options.strict,
-                                   sent=dict(options.server_options))
-    comparison = with_prompt_tokenization(comparison, reference, options, progress)
+    comparison = compare_sequences(reference.reference_tokens(tokens.text, tokens.follows), tokens,
+                                   strict=options.strict, sent=dict(options.server_options))
+    if chat:
+        comparison = dataclasses.replace(comparison, notes=comparison.notes + (
+            "the server's tokenization of the prompt was not checked: a chat endpoint renders the prompt with its "
+            "own template first",))
+        comparison = with_template_tried(comparison, reference, tokens, options, progress)
+    else:
+        comparison = with_prompt_tokenization(comparison, reference, options, progress)
     return with_settings_tried_on_text(comparison, reference, tokens, options, progress)

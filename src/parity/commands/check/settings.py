@@ -207,17 +207,18 @@ def with_settings_tried_on_text(comparison, reference_model, candidate_tokens, o
         return comparison
     progress.step(f"running the reference again under each of {len(settings)} config settings a server may read "
                   "otherwise, to see whether one explains where it parts from the reference")
-    before = _text_error(comparison)
+    before = text_error(comparison)
 
     def read(chosen: tuple[Setting, ...]) -> Reading | None:
         try:
             variant = built_with(reference_model, changes_of(chosen))
-            again = compare_sequences(variant.reference_tokens(candidate_tokens.text), candidate_tokens,
-                                      strict=options.strict, sent=dict(options.server_options))
+            scored = variant.reference_tokens(candidate_tokens.text, candidate_tokens.follows)
+            again = compare_sequences(scored, candidate_tokens, strict=options.strict,
+                                      sent=dict(options.server_options))
         except Exception:   # noqa: BLE001 - CaptureError, or the model's own code under a config it does not take
             return None
-        left = _text_error(again) / before if before > 0 else 1.0
-        return Reading(chosen, bool(again), bool(again) or left < CLOSER, left, _text_error(again))
+        left = text_error(again) / before if before > 0 else 1.0
+        return Reading(chosen, bool(again), bool(again) or left < CLOSER, left, text_error(again))
 
     found = _search(settings, read)
     confidence = named(found)
@@ -229,12 +230,12 @@ def with_settings_tried_on_text(comparison, reference_model, candidate_tokens, o
               else f"likely: the reference run so leaves {found.left:.0%} of the disagreement")
     message = (f"the server computes as the reference does with {read_as}: a converter or engine that reads "
                f"{'this setting' if len(found.settings) == 1 else 'these settings'} otherwise; {clause} "
-               f"({_text_error_name(comparison)} {found.error:.2g}, against {before:.2g} without)")
+               f"({text_error_name(comparison)} {found.error:.2g}, against {before:.2g} without)")
     return dataclasses.replace(comparison, diagnoses=tuple(comparison.diagnoses) + (
         Diagnosis(cause, "logprobs", message, confidence=confidence),))
 
 
-def _text_error(comparison) -> float:
+def text_error(comparison) -> float:
     """The mean KL over the candidate's top-k where it gave log-probabilities, else the share of positions whose
     top-1 differs from the reference's."""
     if comparison.mean_kl is not None:
@@ -242,5 +243,5 @@ def _text_error(comparison) -> float:
     return 1 - comparison.agreeing / max(len(comparison.positions), 1)
 
 
-def _text_error_name(comparison) -> str:
+def text_error_name(comparison) -> str:
     return "mean KL over the top-k" if comparison.mean_kl is not None else "share of positions that disagree"

@@ -3,6 +3,7 @@ position by position (core/sequence.py compares them)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,11 @@ import numpy as np
 from parity.core.results.findings import Diagnosis
 
 NEAR_TIE_NATS = 0.5   # Q4/Q8 quantization moved log-probs by up to ~0.3 nats in our measurements
+
+
+def _gap(best: float, compared: float) -> float:
+    """log(best / compared) in nats; infinite where `compared` has no probability."""
+    return math.log(best / compared) if compared > 0 else math.inf
 
 
 @dataclass(frozen=True)
@@ -34,8 +40,23 @@ class PositionResult:
         return compared is None or compared == self.reference_top[0][0]
 
     @property
+    def gap_nats(self) -> float:
+        """How far the candidate's token here (its top-1, in the prompt) lies below the reference's top-1, in
+        nats; for a token beyond the reference's top-k, the gap to the k-th (it lies at least that far)."""
+        best = self.reference_top[0][1]
+        if self.generated:
+            return _gap(best, self.reference_prob_of_piece)
+        return _gap(best, dict(self.reference_top).get(self.candidate_top1, self.reference_top[-1][1]))
+
+    @property
     def near_tie(self) -> bool:
-        return self.margin_nats < NEAR_TIE_NATS
+        """The reference's top-1 beats the candidate's token by less than NEAR_TIE_NATS: a flip that rounding can
+        make. Where the candidate's prompt top-1 is beyond the reference's top-k and that bound is no help, the
+        margin of the reference's top two decides."""
+        if not self.generated and self.candidate_top1 not in dict(self.reference_top) and \
+                self.gap_nats < NEAR_TIE_NATS:
+            return self.margin_nats < NEAR_TIE_NATS
+        return self.gap_nats < NEAR_TIE_NATS
 
 
 @dataclass(frozen=True)
@@ -64,8 +85,9 @@ class SequenceComparison:
         prompt = [p for p in self.positions if not p.generated]
         generated = [p for p in self.positions if p.generated]
         kl = f"; mean KL over the top-k {self.mean_kl:.4f}" if self.mean_kl is not None else ""
-        return (f"prompt: top-1 agrees at {sum(p.agrees for p in prompt)}/{len(prompt)} positions; greedy "
-                f"continuation: {sum(p.agrees for p in generated)}/{len(generated)} tokens are the reference's "
+        said = (f"prompt: top-1 agrees at {sum(p.agrees for p in prompt)}/{len(prompt)} positions" if prompt
+                else "prompt: not compared (not echoed)")
+        return (f"{said}; greedy continuation: {sum(p.agrees for p in generated)}/{len(generated)} tokens are the reference's "
                 f"top-1{kl}")
 
     @property

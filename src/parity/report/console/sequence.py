@@ -59,7 +59,7 @@ def _divergence(position: PositionResult):
     return Text(
         f"  first divergence at token {position.index} (offset {position.offset}): the candidate {what} "
         f"{(position.piece if position.generated else position.candidate_top1)!r}; the reference's top-k: {top} "
-        f"(margin {position.margin_nats:.2f} nats, not a near tie){sampled}"
+        f"({position.gap_nats:.2f} nats below the reference's top-1, not a near tie){sampled}"
     )
 
 

@@ -1,0 +1,118 @@
+"""A chat answer that parts from the reference, scored after the prompts other chat templates render.
+
+A chat endpoint renders the prompt itself, and what it renders is not sent back: a server that
+falls back to another template (llama.cpp's ChatML where a GGUF holds none, llama-cpp-python's
+`--chat_format`, a template read from another model), or that adds its own BOS before a template
+that writes one, answers another prompt, and parts from the reference from its first token. So a
+failed chat answer that nothing else explains is scored again after each rendering a server may
+have made: the model's own template with an empty system message, without its BOS or after a
+second one, and the common templates (ChatML, Llama 2 and 3, Mistral, Gemma, the prompt alone) where
+the vocabulary holds their special tokens, each with and without the BOS. A rendering is named
+`chat_template` where the reference scored after it agrees with the answer's top-1 at every
+position and takes at least half of its error (the mean KL over the top-k) away (`confirmed`), or
+leaves at most a tenth of it (`likely`).
+
+Each rendering tried is one forward pass of the reference over its prompt and the answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from parity.core.results import Diagnosis
+
+CONFIRMED_LEFT = 0.5
+LIKELY_LEFT = 0.1
+
+# name -> (template with {prompt}, special tokens the vocabulary must hold as single tokens)
+KNOWN = {
+    "ChatML (llama.cpp's fallback)": ("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n",
+                                      ("<|im_start|>", "<|im_end|>")),
+    "Llama 3's template": ("<|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|><|start_header_id|>"
+                           "assistant<|end_header_id|>\n\n", ("<|start_header_id|>", "<|eot_id|>")),
+    "Llama 2's template": ("[INST] {prompt} [/INST]", ()),
+    "Mistral's template": ("[INST]{prompt}[/INST]", ("[INST]", "[/INST]")),
+    "Gemma's template": ("<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n",
+                         ("<start_of_turn>", "<end_of_turn>")),
+    "the prompt alone, no template": ("{prompt}", ()),
+}
+
+
+def with_template_tried(comparison, reference_model, tokens, options, progress):
+    """A failed chat `comparison` that nothing explains, with the rendering of the prompt named under which the
+    reference agrees with the server's answer."""
+    from parity.commands.check.settings import text_error, text_error_name
+    from parity.core.sequence import compare_sequences
+
+    if comparison or comparison.diagnoses or not tokens.follows:
+        return comparison
+    tried = renderings(reference_model.tokenizer, options.prompt, tokens.follows)
+    progress.step(f"scoring the server's answer after {len(tried)} other renderings of the prompt, to see whether "
+                  "it answers another prompt than the model's chat template renders")
+    before, best = text_error(comparison), None
+    for name, rendered in tried:
+        try:
+            again = compare_sequences(reference_model.reference_tokens(tokens.text, rendered),
+                                      dataclasses.replace(tokens, follows=rendered), strict=options.strict,
+                                      sent=dict(options.server_options))
+        except Exception:   # noqa: BLE001 - a rendering the model cannot take (too long, not comparable)
+            continue
+        error = text_error(again)
+        if best is None or (bool(again), -error) > (best[1], -best[2]):
+            best = (name, bool(again), error, rendered)
+    if best is None or before <= 0:
+        return comparison
+    name, passed, error, rendered = best
+    left = error / before
+    confidence = ("confirmed" if passed and left <= CONFIRMED_LEFT else "likely" if left <= LIKELY_LEFT else None)
+    if confidence is None:
+        return comparison
+    clause = ("the reference scored after it agrees with the answer's top-1 at every position" if passed
+              else f"the reference scored after it leaves {left:.0%} of the disagreement")
+    message = (f"the server answers another prompt than the model's chat template renders: {name} "
+               f"({_shown(rendered)}); {clause} ({text_error_name(comparison)} {error:.2g}, against {before:.2g} "
+               "after the model's template); check the server's chat template (llama.cpp falls back to ChatML where "
+               "a GGUF holds none; llama-cpp-python's --chat_format; a BOS the server adds before one the template "
+               "writes)")
+    return dataclasses.replace(comparison, diagnoses=tuple(comparison.diagnoses) + (
+        Diagnosis("chat_template", "prompt", message, confidence=confidence),))
+
+
+def renderings(tokenizer, prompt: str, own: str) -> list[tuple[str, str]]:
+    """(name, rendered prompt) for each way a server may render `prompt` as one user message otherwise than
+    `own` (the model's template renders it so), without repeats."""
+    bos = tokenizer.bos_token or ""
+    found: dict[str, str] = {}
+
+    def add(name: str, rendered: str | None) -> None:
+        if rendered is not None and rendered != own and rendered not in found.values():
+            found[name] = rendered
+
+    message = [{"role": "user", "content": prompt}]
+    add("the model's template with an empty system message", _rendered(tokenizer, [
+        {"role": "system", "content": ""}] + message))
+    if bos and own.startswith(bos):
+        add("the model's template without its BOS", own[len(bos):])
+        add("the model's template after a second BOS (the server's and the template's)", bos + own)
+    elif bos:
+        add("the model's template after a BOS", bos + own)
+    vocabulary = tokenizer.get_vocab()
+    for name, (template, specials) in KNOWN.items():
+        if all(special in vocabulary for special in specials):
+            rendered = template.replace("{prompt}", prompt)
+            add(name, rendered)
+            if bos:
+                add(f"{name} after a BOS", bos + rendered)
+    return list(found.items())
+
+
+def _rendered(tokenizer, messages: list[dict]) -> str | None:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - a template that refuses a system message
+        return None
+
+
+def _shown(rendered: str) -> str:
+    text = repr(rendered)
+    return text if len(text) <= 90 else text[:60] + "..." + text[-25:]
