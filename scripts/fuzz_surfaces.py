@@ -1,7 +1,7 @@
 """Fuzz the surfaces beside traces: GGUF headers, server answers, kernels and factories; print what went wrong.
 
-    python scripts/fuzz_surfaces.py                                  # 10,000 / 10,000 / 1,000, seeded
-    python scripts/fuzz_surfaces.py --gguf 500 --server 500 --user-code 50 --seed 3
+    python scripts/fuzz_surfaces.py                                  # 10,000 / 10,000 / 10,000 / 1,000, seeded
+    python scripts/fuzz_surfaces.py --gguf 500 --server 500 --chat 500 --user-code 50 --seed 3
 
 Each input runs in a fork of this warm process (tests/fuzz_harness.py), so that one that aborts,
 hangs or kills its process is counted and the run goes on:
@@ -9,6 +9,8 @@ hangs or kills its process is counted and the run goes on:
              `capture llamacpp:MODEL` and `tokens MODEL llamacpp:MODEL` (tests/gguf_corpus.py)
   server     an honest server's answer, mutated, through what `check MODEL URL` does with it
              (tests/server_fuzz.py); the reference is tiny_models' llama
+  chat       an honest chat server's answer (OpenAI's shape and mistral.rs's), mutated, through what
+             `check MODEL URL/v1/chat/completions` does with it (tests/server_fuzz.py)
   user-code  a random softmax kernel of 1-3 behaviours through `kernel` (--json -), or a factory
              through `sanity` (tests/user_code.py)
 Counted (all must be 0): silent passes (a pass the surface's oracle says cannot be: an unsound
@@ -39,6 +41,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gguf", type=int, default=10_000, help="GGUF headers to run")
     parser.add_argument("--server", type=int, default=10_000, help="server answers to run")
+    parser.add_argument("--chat", type=int, default=10_000, help="chat server answers to run")
     parser.add_argument("--user-code", type=int, default=1_000, help="kernels and factories to run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--crashes", type=Path, default=Path("fuzz-crashes"), help="failing inputs are saved here")
@@ -54,7 +57,8 @@ def main() -> int:
     os.environ.update(PARITY_CACHE=str(scratch / "cache"), HF_HOME=str(scratch / "hf"), TQDM_DISABLE="1")
     failures = 0
     try:
-        for name, count in (("gguf", args.gguf), ("server", args.server), ("user-code", args.user_code)):
+        for name, count in (("gguf", args.gguf), ("server", args.server), ("chat", args.chat),
+                            ("user-code", args.user_code)):
             if count <= 0:
                 continue
             surface = fuzz_surfaces.SURFACES[name]()

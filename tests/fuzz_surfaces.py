@@ -1,4 +1,5 @@
-"""The three surfaces fuzzed beside traces: GGUF headers, server answers, user code (kernels, factories).
+"""The surfaces fuzzed beside traces: GGUF headers, server answers (completions and chat), user code (kernels,
+factories).
 
 Each surface prepares once in the warm parent (`prepare(scratch)`), makes inputs (`make(rng)`) and runs
 one input in a fork (`run_one(data)` -> an outcome of fuzz_harness). Used by scripts/fuzz_surfaces.py
@@ -99,10 +100,15 @@ class ServerSurface:
     def make(self, rng: random.Random) -> bytes:
         return server_fuzz.mutate(rng.choice(self.seeds), rng)
 
+    def pipeline(self, data: bytes) -> str:
+        return server_fuzz.pipeline(data, self.reference)
+
+    def comparable(self, data: bytes) -> bool:
+        return server_fuzz.comparable(data, self.reference)
+
     def run_one(self, data: bytes) -> tuple[str, str]:
         def work() -> dict:
-            said = server_fuzz.pipeline(data, self.reference)
-            return {"said": said}
+            return {"said": self.pipeline(data)}
 
         result = fuzz_harness.run_forked(work, allowed=self.allowed, timeout_s=self.timeout_s)
         if "said" not in result:
@@ -112,9 +118,26 @@ class ServerSurface:
             message = said.removeprefix("refused: ")
             bad = "\n" in message or "\x1b" in message or "; " not in message
             return ("multi-line", message) if bad else ("refused", "")
-        if said == "pass" and not server_fuzz.comparable(data, self.reference):
+        if said == "pass" and not self.comparable(data):
             return "silent", data[:500].decode("utf-8", "replace")
         return said, ""
+
+
+class ChatSurface(ServerSurface):
+    """A mutated answer of an honest chat server through what `parity check MODEL URL/v1/chat/completions` does."""
+
+    name = "chat"
+
+    def prepare(self, scratch: Path) -> None:
+        super().prepare(scratch)
+        server_fuzz.with_chat_template(self.reference)
+        self.seeds = server_fuzz.chat_seeds(self.reference)
+
+    def pipeline(self, data: bytes) -> str:
+        return server_fuzz.chat_pipeline(data, self.reference)
+
+    def comparable(self, data: bytes) -> bool:
+        return server_fuzz.chat_comparable(data, self.reference)
 
 
 class UserCodeSurface:
@@ -186,4 +209,4 @@ def _outcome(result: dict) -> tuple[str, str]:
     return outcome, stderr[-800:] if outcome in fuzz_harness.BAD else ""
 
 
-SURFACES = {surface.name: surface for surface in (GGUFSurface, ServerSurface, UserCodeSurface)}
+SURFACES = {surface.name: surface for surface in (GGUFSurface, ServerSurface, ChatSurface, UserCodeSurface)}

@@ -238,3 +238,120 @@ def _unicode(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+# --- chat answers: the generated tokens alone, after the prompt the template renders ---------------------
+
+CHAT_WHERE = "the server at http://127.0.0.1:9/v1/chat/completions"
+CHAT_TEMPLATE = "{% for message in messages %}<s>{{ message['content'] }}{% endfor %}"
+
+
+def with_chat_template(reference):
+    """`reference` with a chat template on its word tokenizer (which has none): one message, after a BOS."""
+    reference.tokenizer.chat_template = CHAT_TEMPLATE
+    return reference
+
+
+def chat_seeds(reference) -> list[bytes]:
+    """Answers of an honest chat server (OpenAI's shape, and mistral.rs's: alternatives by id with their text),
+    and one that stopped after a token."""
+    rendered = reference.chat_prompt(PROMPT)
+    full = _chat_honest(reference, rendered, MAX_TOKENS)
+    by_id = copy.deepcopy(full)
+    for entry in by_id["choices"][0]["logprobs"]["content"]:
+        entry["top_logprobs"] = [{"token": 7 + i, "logprob": top["logprob"], "bytes": top["token"]}
+                                 for i, top in enumerate(entry["top_logprobs"])]
+    stopped = _chat_honest(reference, rendered, 1)
+    stopped["choices"][0]["finish_reason"] = "stop"
+    return [json.dumps(doc).encode() for doc in (full, by_id, stopped)]
+
+
+def _chat_honest(reference, rendered: str, count: int) -> dict:
+    prompt_ids = list(reference.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    ids = list(prompt_ids)
+    for _ in range(count):
+        ids.append(int(reference.reference_tokens(_after(reference, prompt_ids, ids), rendered).logprobs[-1].argmax()))
+    content = _after(reference, prompt_ids, ids)
+    tokens = reference.reference_tokens(content, rendered)
+    entries = []
+    for index in range(len(prompt_ids), len(tokens.pieces)):
+        row = tokens.logprobs[index - 1]
+        best = sorted(range(len(row)), key=lambda i: -row[i])[:5]
+        top = [{"token": tokens.vocab_pieces[i], "logprob": float(row[i])} for i in best]
+        entries.append({"token": tokens.pieces[index], "logprob": top[0]["logprob"], "top_logprobs": top})
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "logprobs": {"content": entries}, "finish_reason": "length"}]}
+
+
+def _after(reference, prompt_ids: list[int], ids: list[int]) -> str:
+    decode = reference.tokenizer.decode
+    return decode(ids)[len(decode(prompt_ids)):]
+
+
+def chat_pipeline(raw: bytes, reference) -> str:
+    """What `parity check MODEL URL/v1/chat/completions` does with an answer: 'pass', 'fail' or 'refused: ...'."""
+    import dataclasses
+
+    from parity.capture.server.chat_completion import ENDPOINT, parse_chat_completion
+    from parity.capture.server.openai import decode_answer
+    from parity.core.errors import ParityError
+    from parity.core.sequence import compare_sequences
+    from parity.report import registry
+
+    try:
+        candidate = parse_chat_completion(decode_answer(raw, CHAT_WHERE, ENDPOINT), CHAT_WHERE, max_tokens=MAX_TOKENS)
+        candidate = dataclasses.replace(candidate, follows=reference.chat_prompt(PROMPT))
+        comparison = compare_sequences(reference.reference_tokens(candidate.text, candidate.follows), candidate)
+    except ParityError as error:
+        return f"refused: {error}"
+    registry.render(comparison, "console").encode("utf-8")
+    registry.render(comparison, "json").encode("utf-8")
+    return "pass" if comparison else "fail"
+
+
+def chat_comparable(raw: bytes, reference) -> bool:
+    """The rules for a chat answer the check can compare, checked without parity's parser: a text; at least
+    one token, each with a text and a top-k row of texts (or ids with their text) and log-probabilities; the
+    tokens laid end to end along the text (a part of a character lets the next start a character later);
+    no more than asked for; and one token where the reference has the same one."""
+    try:
+        document = json.loads(raw.decode("utf-8"))
+        choice = document["choices"][0]
+        text, entries = choice["message"]["content"], choice["logprobs"]["content"]
+    except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError):
+        return False
+    if not (isinstance(text, str) and _unicode(text) and isinstance(entries, list) and 0 < len(entries) <= MAX_TOKENS + 1):
+        return False
+    pieces = []
+    for entry in entries:
+        if not (isinstance(entry, dict) and isinstance(entry.get("token"), str) and _unicode(entry["token"])):
+            return False
+        if entry.get("logprob") is not None and not (_number(entry["logprob"]) and entry["logprob"] <= 1e-3):
+            return False
+        top = entry.get("top_logprobs")
+        if not (isinstance(top, list) and 0 < len(top) <= 1000 and all(_chat_alternative(item) for item in top)):
+            return False
+        pieces.append(entry["token"])
+    position, after_partial, offsets = 0, False, []
+    for piece in pieces:
+        partial = piece == "" or "\ufffd" in piece or piece.startswith("bytes:")
+        if not partial and text[position:position + len(piece)] != piece:
+            if not (after_partial and text[position + 1:position + 1 + len(piece)] == piece):
+                return False
+            position += 1
+        offsets.append(position)
+        position, after_partial = (position if partial else position + len(piece)), partial
+    if len(text) - position > 1024:
+        return False
+    truth = reference.reference_tokens(text, reference.chat_prompt(PROMPT))
+    at = {offset: piece for offset, piece in zip(truth.offsets, truth.pieces) if piece}
+    return any(at.get(offset) == piece for piece, offset in zip(pieces, offsets))
+
+
+def _chat_alternative(item) -> bool:
+    if not isinstance(item, dict) or not (_number(item.get("logprob")) and item["logprob"] <= 1e-3):
+        return False
+    token, text = item.get("token"), item.get("bytes")
+    if isinstance(token, str):
+        return _unicode(token)
+    return type(token) is int and isinstance(text, str) and _unicode(text)

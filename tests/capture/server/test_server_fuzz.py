@@ -39,3 +39,33 @@ def test_mutated_answers_are_refused_in_one_line_or_compared_and_never_pass_sile
         if said == "pass":
             assert server_fuzz.comparable(data, reference), (index, data[:400])
     assert outcomes["refused"] and outcomes["pass"], outcomes
+
+
+@pytest.fixture(scope="module")
+def chat_reference(model_dirs):
+    from parity.capture.hf.model import load_model
+
+    return server_fuzz.with_chat_template(load_model(model_dirs["llama"]))
+
+
+def test_the_honest_chat_answers_pass(chat_reference):
+    for seed in server_fuzz.chat_seeds(chat_reference):
+        assert server_fuzz.chat_pipeline(seed, chat_reference) == "pass"
+        assert server_fuzz.chat_comparable(seed, chat_reference)
+
+
+def test_mutated_chat_answers_are_refused_in_one_line_or_compared_and_never_pass_silently(chat_reference):
+    rng, seeds = random.Random(25), server_fuzz.chat_seeds(chat_reference)
+    outcomes = {"pass": 0, "fail": 0, "refused": 0}
+    for index in range(COUNT):
+        data = server_fuzz.mutate(rng.choice(seeds), rng)
+        said = server_fuzz.chat_pipeline(data, chat_reference)
+        if said.startswith("refused: "):
+            message = said.removeprefix("refused: ")
+            assert "\n" not in message and "\x1b" not in message and "; " in message, (index, message)
+            outcomes["refused"] += 1
+            continue
+        outcomes[said] += 1
+        if said == "pass":
+            assert server_fuzz.chat_comparable(data, chat_reference), (index, data[:400])
+    assert outcomes["refused"] and outcomes["pass"], outcomes

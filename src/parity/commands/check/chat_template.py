@@ -5,9 +5,10 @@ falls back to another template (llama.cpp's ChatML where a GGUF holds none, llam
 `--chat_format`, a template read from another model), or that adds its own BOS before a template
 that writes one, answers another prompt, and parts from the reference from its first token. So a
 failed chat answer that nothing else explains is scored again after each rendering a server may
-have made: the model's own template with an empty system message, without its BOS or after a
-second one, and the common templates (ChatML, Llama 2 and 3, Mistral, Gemma, the prompt alone) where
-the vocabulary holds their special tokens, each with and without the BOS. A rendering is named
+have made: the model's own template with an empty system message, without the assistant's
+header, without its BOS or after a second one, and the common templates (ChatML, Llama 2 and
+3, Mistral, Gemma, the prompt alone) where the vocabulary holds their special tokens, each with
+and without the BOS. A rendering is named
 `chat_template` where the reference scored after it agrees with the answer's top-1 at every
 position and takes at least half of its error (the mean KL over the top-k) away (`confirmed`), or
 leaves at most a tenth of it (`likely`).
@@ -91,6 +92,8 @@ def renderings(tokenizer, prompt: str, own: str) -> list[tuple[str, str]]:
     message = [{"role": "user", "content": prompt}]
     add("the model's template with an empty system message", _rendered(tokenizer, [
         {"role": "system", "content": ""}] + message))
+    add("the model's template without the assistant's header (no generation prompt)",
+        _rendered(tokenizer, message, generation_prompt=False))
     if bos and own.startswith(bos):
         add("the model's template without its BOS", own[len(bos):])
         add("the model's template after a second BOS (the server's and the template's)", bos + own)
@@ -106,9 +109,9 @@ def renderings(tokenizer, prompt: str, own: str) -> list[tuple[str, str]]:
     return list(found.items())
 
 
-def _rendered(tokenizer, messages: list[dict]) -> str | None:
+def _rendered(tokenizer, messages: list[dict], generation_prompt: bool = True) -> str | None:
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     except Exception:  # noqa: BLE001 - a template that refuses a system message
         return None
 
