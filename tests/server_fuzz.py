@@ -23,7 +23,8 @@ _PARTIAL = ("", "\ufffd", "bytes:")
 
 
 def seeds(reference) -> list[bytes]:
-    """Answers of an honest server: full, with the first row null, and as llama-cpp-python drops the last token."""
+    """Answers of an honest server: full, with the first row null, as llama-cpp-python drops the last token, and
+    not echoed: as llama.cpp's llama-server answers (the chat shape) and in the completions shape."""
     continuation = greedy(reference, PROMPT, MAX_TOKENS)
     document = _honest(reference, PROMPT + continuation)
     dropped = copy.deepcopy(document)
@@ -31,7 +32,12 @@ def seeds(reference) -> list[bytes]:
         dropped["choices"][0]["logprobs"][key].pop()
     stopped = _honest(reference, PROMPT + greedy(reference, PROMPT, 1))
     stopped["choices"][0]["finish_reason"] = "stop"
-    return [json.dumps(doc).encode() for doc in (document, dropped, stopped)]
+    content, entries = _generated_honest(reference, PROMPT, False, MAX_TOKENS)
+    llama_server = {"choices": [{"text": content, "logprobs": {"content": entries}, "finish_reason": "length"}]}
+    legacy = {"choices": [{"text": content, "finish_reason": "length", "logprobs": {
+        "tokens": [entry["token"] for entry in entries], "token_logprobs": [entry["logprob"] for entry in entries],
+        "top_logprobs": [{top["token"]: top["logprob"] for top in entry["top_logprobs"]} for entry in entries]}}]}
+    return [json.dumps(doc).encode() for doc in (document, dropped, stopped, llama_server, legacy)]
 
 
 def greedy(reference, prompt: str, count: int) -> str:
@@ -170,7 +176,7 @@ def pipeline(raw: bytes, reference) -> str:
 
     try:
         candidate = parse_completion(decode_answer(raw, WHERE), PROMPT, WHERE, max_tokens=MAX_TOKENS)
-        comparison = compare_sequences(reference.reference_tokens(candidate.text), candidate)
+        comparison = compare_sequences(reference.scoring(candidate), candidate)
     except ParityError as error:
         return f"refused: {error}"
     registry.render(comparison, "console").encode("utf-8")        # strict: a surrogate would raise here
@@ -184,10 +190,21 @@ def comparable(raw: bytes, reference) -> bool:
         document = json.loads(raw.decode("utf-8"))
         choice = document["choices"][0]
         text, logprobs = choice["text"], choice["logprobs"]
-        pieces, offsets = logprobs["tokens"], logprobs["text_offset"]
-        rows, token_logprobs = logprobs.get("top_logprobs"), logprobs["token_logprobs"]
-    except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError):
+        if isinstance(text, str) and isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
+            generated = text[len(PROMPT):] if text.startswith(PROMPT) else text      # llama-server's shape
+            return _generated_comparable(generated, _entries_pieces(logprobs["content"]), reference, PROMPT, False)
+        pieces, rows, token_logprobs = logprobs["tokens"], logprobs.get("top_logprobs"), logprobs["token_logprobs"]
+        offsets = logprobs["text_offset"] if isinstance(text, str) and text.startswith(PROMPT) else None
+    except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError, AttributeError):
         return False
+    if isinstance(text, str) and _unicode(text) and not text.startswith(PROMPT):   # not echoed
+        if not (isinstance(pieces, list) and isinstance(rows, list) and isinstance(token_logprobs, list)
+                and len(pieces) == len(rows) == len(token_logprobs)):
+            return False
+        legal = all(isinstance(p, str) and _unicode(p) for p in pieces) and all(
+            v is None or (_number(v) and v <= 1e-3) for v in token_logprobs) and all(
+            isinstance(row, dict) and row and _row(row) for row in rows)
+        return legal and _generated_comparable(text, pieces, reference, PROMPT, False)
     if not (isinstance(text, str) and _unicode(text) and text.startswith(PROMPT)):
         return False
     if not (isinstance(pieces, list) and isinstance(offsets, list) and isinstance(rows, list)
@@ -267,20 +284,27 @@ def chat_seeds(reference) -> list[bytes]:
 
 
 def _chat_honest(reference, rendered: str, count: int) -> dict:
-    prompt_ids = list(reference.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    content, entries = _generated_honest(reference, rendered, True, count)
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "logprobs": {"content": entries}, "finish_reason": "length"}]}
+
+
+def _generated_honest(reference, follows: str, templated: bool, count: int) -> tuple[str, list[dict]]:
+    """The reference's greedy continuation of `follows` and its `logprobs.content` entries (top-5 each)."""
+    prompt_ids = list(reference.tokenizer(follows, add_special_tokens=not templated)["input_ids"])
     ids = list(prompt_ids)
     for _ in range(count):
-        ids.append(int(reference.reference_tokens(_after(reference, prompt_ids, ids), rendered).logprobs[-1].argmax()))
+        row = reference.reference_tokens(_after(reference, prompt_ids, ids), follows, templated).logprobs[-1]
+        ids.append(int(row.argmax()))
     content = _after(reference, prompt_ids, ids)
-    tokens = reference.reference_tokens(content, rendered)
+    tokens = reference.reference_tokens(content, follows, templated)
     entries = []
     for index in range(len(prompt_ids), len(tokens.pieces)):
         row = tokens.logprobs[index - 1]
         best = sorted(range(len(row)), key=lambda i: -row[i])[:5]
         top = [{"token": tokens.vocab_pieces[i], "logprob": float(row[i])} for i in best]
         entries.append({"token": tokens.pieces[index], "logprob": top[0]["logprob"], "top_logprobs": top})
-    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "logprobs": {"content": entries}, "finish_reason": "length"}]}
+    return content, entries
 
 
 def _after(reference, prompt_ids: list[int], ids: list[int]) -> str:
@@ -301,7 +325,7 @@ def chat_pipeline(raw: bytes, reference) -> str:
     try:
         candidate = parse_chat_completion(decode_answer(raw, CHAT_WHERE, ENDPOINT), CHAT_WHERE, max_tokens=MAX_TOKENS)
         candidate = dataclasses.replace(candidate, follows=reference.chat_prompt(PROMPT))
-        comparison = compare_sequences(reference.reference_tokens(candidate.text, candidate.follows), candidate)
+        comparison = compare_sequences(reference.scoring(candidate), candidate)
     except ParityError as error:
         return f"refused: {error}"
     registry.render(comparison, "console").encode("utf-8")
@@ -320,18 +344,31 @@ def chat_comparable(raw: bytes, reference) -> bool:
         text, entries = choice["message"]["content"], choice["logprobs"]["content"]
     except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError):
         return False
-    if not (isinstance(text, str) and _unicode(text) and isinstance(entries, list) and 0 < len(entries) <= MAX_TOKENS + 1):
-        return False
+    return _generated_comparable(text, _entries_pieces(entries), reference, reference.chat_prompt(PROMPT), True)
+
+
+def _entries_pieces(entries) -> list[str] | None:
+    """The token texts of a `logprobs.content` list whose every entry is legal, else None."""
+    if not isinstance(entries, list):
+        return None
     pieces = []
     for entry in entries:
         if not (isinstance(entry, dict) and isinstance(entry.get("token"), str) and _unicode(entry["token"])):
-            return False
+            return None
         if entry.get("logprob") is not None and not (_number(entry["logprob"]) and entry["logprob"] <= 1e-3):
-            return False
+            return None
         top = entry.get("top_logprobs")
         if not (isinstance(top, list) and 0 < len(top) <= 1000 and all(_chat_alternative(item) for item in top)):
-            return False
+            return None
         pieces.append(entry["token"])
+    return pieces
+
+
+def _generated_comparable(text, pieces, reference, follows: str, templated: bool) -> bool:
+    """Generated tokens alone: at least one, no more than asked for, laid end to end along `text`, and one of
+    them where the reference, run after `follows`, has the same token."""
+    if not (isinstance(text, str) and _unicode(text) and pieces and len(pieces) <= MAX_TOKENS + 1):
+        return False
     position, after_partial, offsets = 0, False, []
     for piece in pieces:
         partial = piece == "" or "\ufffd" in piece or piece.startswith("bytes:")
@@ -343,7 +380,7 @@ def chat_comparable(raw: bytes, reference) -> bool:
         position, after_partial = (position if partial else position + len(piece)), partial
     if len(text) - position > 1024:
         return False
-    truth = reference.reference_tokens(text, reference.chat_prompt(PROMPT))
+    truth = reference.reference_tokens(text, follows, templated)
     at = {offset: piece for offset, piece in zip(truth.offsets, truth.pieces) if piece}
     return any(at.get(offset) == piece for piece, offset in zip(pieces, offsets))
 

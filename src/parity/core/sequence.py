@@ -51,8 +51,10 @@ class CandidateTokens:
     token_logprobs: tuple[float | None, ...]
     top_logprobs: tuple[Mapping[str, float] | None, ...]
     first_generated: int             # index of the first token the candidate generated
-    follows: str = ""                # the prompt the text follows, not echoed: a chat answer's, as the
-                                     # reference's chat template renders it; row 0 then predicts token 0
+    follows: str = ""                # the prompt the text follows, not echoed (row 0 then predicts token 0):
+                                     # a chat answer's, as the reference's chat template renders it
+    follows_template: bool = True    # False: `follows` is a completion's prompt as sent, to which the
+                                     # tokenizer adds its own special tokens
 
     def __repr__(self) -> str:
         return f"<CandidateTokens {len(self.pieces)} tokens, {len(self.pieces) - self.first_generated} generated>"
@@ -89,9 +91,12 @@ def compare_sequences(reference: ReferenceTokens, candidate: CandidateTokens, *,
     sampler = None if held_shift else detect_sampler(positions, sent or {})
     if sampler is not None:
         diagnoses.append(sampler)
-    if candidate.follows:
+    if candidate.follows and candidate.follows_template:
         notes.append(f"a chat answer: its {len(candidate.pieces)} generated tokens are compared after the prompt as "
                      "the reference's chat template renders it (a chat endpoint does not echo the prompt)")
+    elif candidate.follows:
+        notes.append(f"the server did not echo the prompt: its {len(candidate.pieces)} generated tokens are compared "
+                     "after the prompt as the reference tokenizes it")
     elif candidate.first_generated == 0 or all(row is None for row in candidate.top_logprobs[1:candidate.first_generated]):
         notes.append("the candidate returned no log-probabilities for the prompt (no echo support?)")
     covered = sum(len(piece) for piece in candidate.pieces)

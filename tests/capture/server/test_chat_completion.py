@@ -74,7 +74,7 @@ REFUSED = {
                                     "top_logprobs[0] = {'token': 5}"),
     "no top_logprobs": (_set(CHOICE + ("logprobs", "content", 1, "top_logprobs"), []),
                         "the top_logprobs of token 1 are empty"),
-    "nothing generated": (_set(CHOICE + ("logprobs", "content"), []), "choices[0].logprobs.content is empty"),
+    "nothing generated": (_set(CHOICE + ("logprobs", "content"), []), "its log-probabilities hold no token"),
     "tokens that are not the text": (_set(CHOICE + ("message", "content"), "Lx'Al"), "token 1 is \"'\""),
     "a lone surrogate": (_set(CHOICE + ("message", "content"), "\ud800"), "lone surrogate escape \\ud800"),
 }

@@ -140,7 +140,7 @@ FAULTS = {  # scenario -> what the one-line error must say
     "lengths_differ": "lists of different lengths (tokens 1, text_offset 4",
     "no_choices": "empty choices list",
     "no_logprobs": "without choices[0].logprobs",
-    "no_echo": "did not echo the prompt",
+    "no_echo": "(not comparable): the top_logprobs of token 0 are missing",
     "truncated": "closed the connection after 117 bytes of its answer (118 more were due)",
     "reset": "failed: Connection reset by peer",
     "close_at_once": "closed the connection without answering",
@@ -270,3 +270,48 @@ def test_a_token_that_is_part_of_a_character_may_leave_it_uncovered():
     logprobs["tokens"] = ["ab", " ", "x", "", " cd"]
     with pytest.raises(CaptureError, match="token 2 is 'x' but the text at offset 3 holds"):
         parse_completion({"choices": [{"text": text, "logprobs": logprobs}]}, "ab", "the server")
+
+
+# --- a server that refuses echo and answers its continuation alone, as llama.cpp's llama-server does -----------
+
+
+class _RefusesEcho(http.server.BaseHTTPRequestHandler):
+    """llama-server's /v1/completions (tools/server/server-common.cpp): `echo` is a 400 "Only no echo is
+    supported"; otherwise the continuation, its log-probabilities in the chat shape."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append(body)
+        if body.get("echo"):
+            status, answer = 400, {"error": {"code": 400, "message": "Only no echo is supported",
+                                             "type": "invalid_request_error"}}
+        else:
+            status, answer = 200, self.server.answer
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_server_that_refuses_echo_is_asked_again_and_its_continuation_compared(model_dirs):
+    import server_fuzz
+    from parity.capture.hf.model import load_model
+
+    reference = load_model(model_dirs["llama"])
+    server = http.server.HTTPServer(("127.0.0.1", 0), _RefusesEcho)
+    server.requests, server.answer = [], json.loads(server_fuzz.seeds(reference)[3])
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        candidate = OpenAIServer(f"http://127.0.0.1:{server.server_port}").complete(server_fuzz.PROMPT, max_tokens=3)
+    finally:
+        server.shutdown()
+    assert [request.get("echo") for request in server.requests] == [True, None]
+    assert candidate.follows == server_fuzz.PROMPT and not candidate.follows_template
+    assert candidate.first_generated == 0 and len(candidate.pieces) == 3
+    comparison = compare_sequences(reference.scoring(candidate), candidate)
+    assert comparison and [p.index for p in comparison.positions] == [0, 1, 2]
+    assert "the server did not echo the prompt: its 3 generated tokens are compared" in " ".join(comparison.notes)

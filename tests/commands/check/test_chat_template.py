@@ -46,7 +46,7 @@ def answered_after(reference, rendered):
     raw = server_fuzz._chat_honest(reference, rendered, 4)
     candidate = parse_chat_completion(raw, "the server")
     candidate = dataclasses.replace(candidate, follows=reference.chat_prompt(server_fuzz.PROMPT))
-    return candidate, compare_sequences(reference.reference_tokens(candidate.text, candidate.follows), candidate)
+    return candidate, compare_sequences(reference.scoring(candidate), candidate)
 
 
 OPTIONS = SimpleNamespace(prompt=server_fuzz.PROMPT, strict=frozenset(), server_options=())

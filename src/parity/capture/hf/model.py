@@ -120,13 +120,14 @@ class HFModel:
                                        for text, piece in zip(after, alone))
         return self._vocab_pieces
 
-    def reference_tokens(self, text: str, follows: str = "") -> ReferenceTokens:
+    def reference_tokens(self, text: str, follows: str = "", templated: bool = True) -> ReferenceTokens:
         """Tokenize `text`, run it, and return each token's text, offset and the next-token log-probabilities.
-        After `follows` (a prompt rendered by the chat template, special tokens written out), the prompt's tokens
-        are run first and hold no text: offsets count from the start of `text`."""
+        After `follows` (a prompt rendered by the chat template, special tokens written out; or, not `templated`,
+        a prompt as sent, given the tokenizer's own special tokens), the prompt's tokens are run first and hold no
+        text: offsets count from the start of `text`."""
         import torch
 
-        ids, start = self._ids_after(follows, text) if follows else (self.tokenize(text), 0)
+        ids, start = self._ids_after(follows, text, templated) if follows else (self.tokenize(text), 0)
         self.check_length(len(ids), what="the candidate's text")   # a server's answer, before any forward pass
         decode = functools.partial(self.tokenizer.decode, skip_special_tokens=not follows)
         prefixes = [decode(ids[:n]) for n in range(start, len(ids) + 1)]   # text of each prefix from `text`'s start
@@ -137,15 +138,21 @@ class HFModel:
         logprobs = torch.log_softmax(logits, dim=-1).numpy()
         return ReferenceTokens(pieces, offsets, logprobs, self.vocab_pieces())
 
-    def _ids_after(self, follows: str, text: str) -> tuple[list[int], int]:
-        """The ids of `follows` + `text` (the template writes its own BOS) and how many are the prompt's."""
-        def encode(part: str) -> list[int]:
-            return list(self.tokenizer(part, add_special_tokens=False)["input_ids"])
+    def scoring(self, candidate) -> ReferenceTokens:
+        """reference_tokens over a black-box candidate's text (CandidateTokens), after the prompt it follows where
+        it echoed none."""
+        return self.reference_tokens(candidate.text, candidate.follows, candidate.follows_template)
 
-        prompt, whole = encode(follows), encode(follows + text)
+    def _ids_after(self, follows: str, text: str, templated: bool) -> tuple[list[int], int]:
+        """The ids of `follows` + `text` (a template writes its own BOS; a prompt as sent gets the tokenizer's) and
+        how many are the prompt's."""
+        def encode(part: str, special: bool) -> list[int]:
+            return list(self.tokenizer(part, add_special_tokens=special)["input_ids"])
+
+        prompt, whole = encode(follows, not templated), encode(follows + text, not templated)
         if whole[:len(prompt)] == prompt:
             return whole, len(prompt)
-        return prompt + encode(text), len(prompt)     # a token merged across the boundary: the answer's own
+        return prompt + encode(text, False), len(prompt)     # a token merged across the boundary: the answer's own
 
     def chat_prompt(self, prompt: str) -> str:
         """`prompt` as one user message, rendered by the tokenizer's chat template up to the assistant's answer."""

@@ -54,14 +54,14 @@ def check_comparable(candidate: CandidateTokens, prompt: str, where: str, *, fin
     return candidate
 
 
-def check_chat_comparable(candidate: CandidateTokens, where: str, *, finish_reason: object = None,
-                          max_tokens: int | None = None) -> CandidateTokens:
-    """A chat answer (no prompt echoed: every token was generated, its row predicting it), or a CaptureError
-    saying why the check cannot compare it."""
+def check_generated_comparable(candidate: CandidateTokens, where: str, *, finish_reason: object = None,
+                               max_tokens: int | None = None) -> CandidateTokens:
+    """An answer of generated tokens alone (a chat answer, a completion not echoed: each token's row predicts
+    it), or a CaptureError saying why the check cannot compare it."""
     pieces, rows = candidate.pieces, candidate.top_logprobs
     if not pieces:
         said = "it stopped at once (finish_reason 'stop')" if finish_reason == "stop" else "no tokens came back"
-        raise _refuse(where, f"choices[0].logprobs.content is empty: {said}, so nothing generated is there to "
+        raise _refuse(where, f"its log-probabilities hold no token: {said}, so nothing generated is there to "
                       "compare", "send a prompt the model answers, and check that the server honours max_tokens")
     missing = next((i for i, row in enumerate(rows) if not row), None)
     if missing is not None:
@@ -74,6 +74,20 @@ def check_chat_comparable(candidate: CandidateTokens, where: str, *, finish_reas
         raise _refuse(where, f"{len(pieces)} generated tokens where {max_tokens} were asked for",
                       "check that the server honours max_tokens")
     return candidate
+
+
+def tiled_offsets(pieces, text: str) -> tuple[int, ...]:
+    """Where each of an answer's tokens starts in `text` when the answer gives no offsets: where the one before
+    it ends; after a part of a character, where the piece is next found within one character."""
+    offsets, end, after_partial = [], 0, False
+    for piece in pieces:
+        if after_partial and not partial_piece(piece) and text[end:end + len(piece)] != piece:
+            found = text.find(piece, end, end + 1 + len(piece))
+            end = found if found > end else end
+        offsets.append(end)
+        partial = partial_piece(piece)
+        end, after_partial = (end if partial else end + len(piece)), partial
+    return tuple(offsets)
 
 
 def _check_tiling(pieces: tuple[str, ...], offsets: tuple[int, ...], text: str, where: str) -> None:

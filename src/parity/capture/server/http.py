@@ -93,9 +93,10 @@ def _read_capped(response, url: str, deadline: float, max_bytes: int, watchdog: 
 class StatusError(CaptureError):
     """The server answered with a status other than 200 (`status`): an endpoint it does not have is 404."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, detail: bytes = b"") -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail       # the start of the answer's body (its error message)
 
 
 def _status_error(url: str, response, deadline: float, watchdog: "_Watchdog") -> CaptureError:
@@ -110,7 +111,7 @@ def _status_error(url: str, response, deadline: float, watchdog: "_Watchdog") ->
     except (OSError, http.client.HTTPException, ValueError):
         detail = b""
     return StatusError(f"the server at {url} answered HTTP {status} {reason}: {preview(detail)}; "
-                       "check the server's log and the address", status)
+                       "check the server's log and the address", status, detail)
 
 
 def preview(raw: bytes) -> str:

@@ -2,7 +2,9 @@
 
 With `echo` and `logprobs`, the endpoint returns, for every token of the prompt
 and of its greedy continuation, the token's text, its character offset and the
-top-k next-token log-probabilities. Only the standard library is used; each request
+top-k next-token log-probabilities. A server that refuses `echo` (llama.cpp's
+llama-server: "Only no echo is supported") is asked again without it, and its
+continuation is compared alone. Only the standard library is used; each request
 has a total deadline and a size cap (`http_post`), and every field read from the
 answer is checked (`completion`).
 """
@@ -54,10 +56,14 @@ class OpenAIServer:
         try:
             answer = self._post(request)
         except StatusError as error:
-            if error.status != 404:
+            if error.status == 404:
+                raise CaptureError(f"{error}; a server that answers chat completions only is checked at its chat "
+                                   f"endpoint: give {_root(self.base_url)}/v1/chat/completions as the candidate"
+                                   ) from None
+            if not refuses_echo(error):
                 raise
-            raise CaptureError(f"{error}; a server that answers chat completions only is checked at its chat "
-                               f"endpoint: give {_root(self.base_url)}/v1/chat/completions as the candidate") from None
+            del request["echo"]             # llama.cpp's llama-server: "Only no echo is supported"
+            answer = self._post(request)
         return parse_completion(answer, prompt, f"the server at {self.completions_url}", max_tokens=max_tokens)
 
     def _post(self, body: dict) -> dict:
@@ -70,6 +76,11 @@ class OpenAIServer:
             deadline = min(deadline, self.run_deadline)
         raw = post(self.completions_url, json.dumps(body).encode(), headers=headers, deadline=deadline)
         return decode_answer(raw, f"the server at {self.completions_url}", self.endpoint)
+
+
+def refuses_echo(error: StatusError) -> bool:
+    """Whether a server's error answer is its refusal of `echo` (a 4xx whose message names it)."""
+    return 400 <= error.status < 500 and b"echo" in error.detail.lower()
 
 
 def _root(base_url: str) -> str:

@@ -45,7 +45,7 @@ def with_template_tried(comparison, reference_model, tokens, options, progress):
     from parity.commands.check.settings import text_error, text_error_name
     from parity.core.sequence import compare_sequences
 
-    if comparison or comparison.diagnoses or not tokens.follows:
+    if comparison or comparison.diagnoses or not (tokens.follows and tokens.follows_template):
         return comparison
     tried = renderings(reference_model.tokenizer, options.prompt, tokens.follows)
     progress.step(f"scoring the server's answer after {len(tried)} other renderings of the prompt, to see whether "
@@ -53,9 +53,9 @@ def with_template_tried(comparison, reference_model, tokens, options, progress):
     before, best = text_error(comparison), None
     for name, rendered in tried:
         try:
-            again = compare_sequences(reference_model.reference_tokens(tokens.text, rendered),
-                                      dataclasses.replace(tokens, follows=rendered), strict=options.strict,
-                                      sent=dict(options.server_options))
+            rendered_tokens = dataclasses.replace(tokens, follows=rendered)
+            again = compare_sequences(reference_model.scoring(rendered_tokens), rendered_tokens,
+                                      strict=options.strict, sent=dict(options.server_options))
         except Exception:   # noqa: BLE001 - a rendering the model cannot take (too long, not comparable)
             continue
         error = text_error(again)

@@ -36,7 +36,7 @@ def check_server(options, progress):
     if chat:   # the server rendered the prompt with its template: the reference renders it with its own
         tokens = dataclasses.replace(tokens, follows=reference.chat_prompt(options.prompt))
     progress.step("scoring the candidate's text with the reference")
-    comparison = compare_sequences(reference.reference_tokens(tokens.text, tokens.follows), tokens,
+    comparison = compare_sequences(reference.scoring(tokens), tokens,
                                    strict=options.strict, sent=dict(options.server_options))
     if chat:
         comparison = dataclasses.replace(comparison, notes=comparison.notes + (

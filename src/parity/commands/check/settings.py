@@ -212,7 +212,7 @@ def with_settings_tried_on_text(comparison, reference_model, candidate_tokens, o
     def read(chosen: tuple[Setting, ...]) -> Reading | None:
         try:
             variant = built_with(reference_model, changes_of(chosen))
-            scored = variant.reference_tokens(candidate_tokens.text, candidate_tokens.follows)
+            scored = variant.scoring(candidate_tokens)
             again = compare_sequences(scored, candidate_tokens, strict=options.strict,
                                       sent=dict(options.server_options))
         except Exception:   # noqa: BLE001 - CaptureError, or the model's own code under a config it does not take
