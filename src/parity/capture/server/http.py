@@ -114,6 +114,15 @@ def _status_error(url: str, response, deadline: float, watchdog: "_Watchdog") ->
                        "check the server's log and the address", status, detail)
 
 
+def server_root(url: str) -> str:
+    """http://HOST:PORT of a server's address given with or without /v1, /v1/completions or /v1/chat/completions
+    (where its other endpoints, /tokenize and /apply-template, are)."""
+    base = url.rstrip("/")
+    for suffix in ("/chat/completions", "/completions", "/v1"):
+        base = base.removesuffix(suffix)
+    return base
+
+
 def preview(raw: bytes) -> str:
     """The start of what a server sent, safe to print on one line."""
     text = raw[:_PREVIEW_CHARS].decode("utf-8", errors="replace")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from parity.capture.server.completion import parse_completion
-from parity.capture.server.http import StatusError, post, preview
+from parity.capture.server.http import StatusError, post, preview, server_root
 from parity.core.errors import CaptureError, OptionError
 from parity.core.sequence import TOP_K, CandidateTokens
 
@@ -58,7 +58,7 @@ class OpenAIServer:
         except StatusError as error:
             if error.status == 404:
                 raise CaptureError(f"{error}; a server that answers chat completions only is checked at its chat "
-                                   f"endpoint: give {_root(self.base_url)}/v1/chat/completions as the candidate"
+                                   f"endpoint: give {server_root(self.base_url)}/v1/chat/completions as the candidate"
                                    ) from None
             if not refuses_echo(error):
                 raise
@@ -81,11 +81,6 @@ class OpenAIServer:
 def refuses_echo(error: StatusError) -> bool:
     """Whether a server's error answer is its refusal of `echo` (a 4xx whose message names it)."""
     return 400 <= error.status < 500 and b"echo" in error.detail.lower()
-
-
-def _root(base_url: str) -> str:
-    base = base_url.rstrip("/")
-    return base[:-len("/v1")] if base.endswith("/v1") else base
 
 
 def check_prompt(prompt: str) -> None:

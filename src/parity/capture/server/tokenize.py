@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from parity.capture.server.http import StatusError, post
+from parity.capture.server.http import StatusError, post, server_root
 from parity.capture.server.openai import decode_answer
 from parity.core.errors import CaptureError
 from parity.core.tokenization import Vocabulary
@@ -46,8 +46,7 @@ class ServerTokenizer:
 
     @property
     def root(self) -> str:
-        base = self.base_url.rstrip("/")
-        return base.removesuffix("/v1")
+        return server_root(self.base_url)
 
     @property
     def endpoint(self) -> str:

@@ -4,7 +4,9 @@ The server is asked for the prompt echoed with its greedy continuation and each 
 top-k log-probabilities; the reference scores the same text (core/sequence.py). The server's
 own tokenization of the prompt is compared with the reference's (server_tokens.py). A chat
 endpoint echoes no prompt: its answer is scored after the prompt as the reference's chat
-template renders it, as one user message.
+template renders it, as one user message; the server's own rendering is asked where it shows
+one (server_template.py), and other renderings are tried where nothing explains a failure
+(chat_template.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from parity.core.errors import OptionError
 def check_server(options, progress):
     from parity.capture.hf.model import load_model, quiet_transformers
     from parity.commands.check.chat_template import with_template_tried
+    from parity.commands.check.server_template import with_server_rendering
     from parity.commands.check.server_tokens import with_prompt_tokenization
     from parity.commands.check.settings import with_settings_tried_on_text
     from parity.core.sequence import compare_sequences
@@ -39,9 +42,7 @@ def check_server(options, progress):
     comparison = compare_sequences(reference.scoring(tokens), tokens,
                                    strict=options.strict, sent=dict(options.server_options))
     if chat:
-        comparison = dataclasses.replace(comparison, notes=comparison.notes + (
-            "the server's tokenization of the prompt was not checked: a chat endpoint renders the prompt with its "
-            "own template first",))
+        comparison = with_server_rendering(comparison, reference, tokens, options, progress)
         comparison = with_template_tried(comparison, reference, tokens, options, progress)
     else:
         comparison = with_prompt_tokenization(comparison, reference, options, progress)
