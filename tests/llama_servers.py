@@ -1,4 +1,5 @@
-"""llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`), started on loopback for a test."""
+"""Servers started on loopback for a test: llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`),
+and any other command that serves HTTP (`started`)."""
 
 from __future__ import annotations
 
@@ -47,15 +48,16 @@ def serving(gguf: Path, *, start_timeout_s: float = 120, flags: tuple[str, ...] 
 
 
 @contextlib.contextmanager
-def started(command: list[str], url: str, start_timeout_s: float = 120):
-    """`url` while the server `command` starts answers GET {url}/v1/models, stopped after."""
+def started(command: list[str], url: str, start_timeout_s: float = 120, ready: str = "/v1/models"):
+    """`url` while the server `command` starts answers GET {url}{ready} (llama-server answers /v1/models while it
+    still loads: its /health is ready), stopped after."""
     log = tempfile.TemporaryFile()          # not a pipe: a server that logs every request would fill one and stop
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + start_timeout_s
         while True:
             try:
-                urllib.request.urlopen(f"{url}/v1/models", timeout=2).read()
+                urllib.request.urlopen(f"{url}{ready}", timeout=2).read()
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:

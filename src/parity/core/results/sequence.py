@@ -87,8 +87,8 @@ class SequenceComparison:
         kl = f"; mean KL over the top-k {self.mean_kl:.4f}" if self.mean_kl is not None else ""
         said = (f"prompt: top-1 agrees at {sum(p.agrees for p in prompt)}/{len(prompt)} positions" if prompt
                 else "prompt: not compared (not echoed)")
-        return (f"{said}; greedy continuation: {sum(p.agrees for p in generated)}/{len(generated)} tokens are the reference's "
-                f"top-1{kl}")
+        return (f"{said}; greedy continuation: {sum(p.agrees for p in generated)}/{len(generated)} tokens are the "
+                f"reference's top-1{kl}")
 
     @property
     def mean_kl(self) -> float | None:
