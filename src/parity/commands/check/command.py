@@ -79,7 +79,9 @@ def run(args) -> int:
       a trace file (.safetensors, .npz, or a directory with manifest.json);
       llamacpp:FILE.gguf, run layer by layer in llama.cpp;
       http(s)://HOST:PORT, an OpenAI-compatible server, compared token by token
-        over --prompt and its greedy continuation (-n tokens);
+        over --prompt and its greedy continuation (-n tokens); its chat answers
+        at http(s)://HOST:PORT/v1/chat/completions, --prompt sent as one user
+        message and rendered by its own chat template;
       FILE.py:FACTORY or package.module:FACTORY, a function returning a
         torch.nn.Module that takes (1, T) token ids. The factory receives MODEL's
         path if it takes an argument. Where its checkpoints live comes from --taps,
