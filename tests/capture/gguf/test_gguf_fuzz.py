@@ -54,9 +54,10 @@ def test_the_fuzzing_script_runs_every_surface_and_finds_nothing(tmp_path):
     pytest.importorskip("llama_cpp")
     root = Path(__file__).resolve().parents[3]
     result = subprocess.run([sys.executable, str(root / "scripts" / "fuzz_surfaces.py"), "--gguf", "12", "--server",
-                             "40", "--user-code", "3", "--seed", "24", "--crashes", str(tmp_path / "crashes")],
+                             "40", "--chat", "40", "--user-code", "3", "--seed", "24", "--crashes",
+                             str(tmp_path / "crashes")],
                             capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    for surface in ("gguf", "server", "user-code"):
+    for surface in ("gguf", "server", "chat", "user-code"):
         assert f"{surface}: failures: silent 0, tracebacks 0, multi-line 0, hangs 0, aborts 0, outside 0" \
             in result.stdout, result.stdout

@@ -37,8 +37,9 @@ _SHAPE = "choices[0].logprobs with tokens, text_offset, token_logprobs"
 
 
 def parse_completion(answer: Any, prompt: str, where: str, *, max_tokens: int | None = None) -> CandidateTokens:
-    """The echoed prompt and continuation with their log-probabilities; raises CaptureError naming the field,
-    or saying why the answer cannot be compared."""
+    """The prompt echoed and its continuation (the continuation alone, told the prompt it follows, where the
+    server echoed none) with their log-probabilities; raises CaptureError naming the field, or saying why the
+    answer cannot be compared."""
     choice = item_of(_field(answer, "choices", list, where, "the answer"), 0, dict, where, "choices", _FIX)
     text = _field(choice, "text", str, where, "choices[0]")
     check_unicode(text, where, "choices[0].text")
@@ -49,9 +50,9 @@ def parse_completion(answer: Any, prompt: str, where: str, *, max_tokens: int | 
         generated = text[len(prompt):] if prompt and text.startswith(prompt) else text
         return _after(generated_tokens(logprobs["content"], generated, where, finish_reason=finish_reason,
                                        max_tokens=max_tokens, endpoint="/v1/completions"), prompt)
-    path = "choices[0].logprobs"
     if not text.startswith(prompt):                  # not echoed: the tokens are the continuation's alone
         return _after(_not_echoed(logprobs, text, where, finish_reason, max_tokens), prompt)
+    path = "choices[0].logprobs"
     pieces = _list_of(logprobs, "tokens", where, path, _piece)
     offsets = _list_of(logprobs, "text_offset", where, path, _offset(len(text)))
     token_logprobs = _list_of(logprobs, "token_logprobs", where, path, _logprob)
