@@ -15,10 +15,14 @@ PROMPT = "The capital of France is Paris, and the capital of Italy is"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def checked(model, url, *flags):
-    result = parity("check", model, url, "--prompt", PROMPT, "-n", "12", "--json", "-", *flags)
-    assert result.stdout.startswith("{"), result.stderr[-2000:]
-    return result, json.loads(result.stdout)
+def checked(capsys, model, url, *flags):
+    """(exit code, JSON report) of `parity check MODEL URL --prompt PROMPT -n 12`, run in this process (no
+    interpreter importing torch per check)."""
+    from parity.cli import main
+
+    capsys.readouterr()
+    code = main(["check", str(model), url, "--prompt", PROMPT, "-n", "12", "--json", "-", *flags])
+    return code, json.loads(capsys.readouterr().out)
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +38,19 @@ def llama_chat(smollm2_gguf):
         yield f"{url}/v1/chat/completions", f"{chatml_url}/v1/chat/completions"
 
 
-def test_the_servers_chat_answer_agrees_after_the_models_own_template(smollm2_gguf, llama_chat):
-    result, report = checked(smollm2_gguf, llama_chat[0], "--server-option", "repeat_penalty=1.0")
-    assert result.returncode == 0, report["diagnoses"]
+def test_the_servers_chat_answer_agrees_after_the_models_own_template(capsys, smollm2_gguf, llama_chat):
+    code, report = checked(capsys, smollm2_gguf, llama_chat[0], "--server-option", "repeat_penalty=1.0")
+    assert code == 0, report["diagnoses"]
     assert report["headline"].startswith("prompt: not compared (not echoed); greedy continuation: ")
     assert report["summary"]["compared"] == 12 and report["summary"]["unaligned"] == 0
     assert any(note.startswith("a chat answer: its 12 generated tokens") for note in report["notes"])
 
 
-def test_a_server_on_another_chat_template_is_named_from_its_first_token(smollm2_gguf, llama_chat):
+def test_a_server_on_another_chat_template_is_named_from_its_first_token(capsys, smollm2_gguf, llama_chat):
     """Before chat endpoints were read its answer could not be checked; scored with a near tie read as any flip
     where the reference's top two are close, it passed."""
-    result, report = checked(smollm2_gguf, llama_chat[1], "--server-option", "repeat_penalty=1.0")
-    assert result.returncode == 1
+    code, report = checked(capsys, smollm2_gguf, llama_chat[1], "--server-option", "repeat_penalty=1.0")
+    assert code == 1
     assert report["first_divergence"]["position"] == 0
     first = report["diagnoses"][0]
     assert (first["cause"], first["confidence"]) == ("chat_template", "confirmed"), report["diagnoses"]
@@ -86,15 +90,15 @@ def mistral_rs(mistral_rs_dirs):
         yield url, rope_url
 
 
-def test_mistral_rs_answers_as_the_reference_does(mistral_rs_dirs, mistral_rs):
-    result, report = checked(mistral_rs_dirs["as_is"], f"{mistral_rs[0]}/v1/chat/completions")
-    assert result.returncode == 0, report["diagnoses"]
+def test_mistral_rs_answers_as_the_reference_does(capsys, mistral_rs_dirs, mistral_rs):
+    code, report = checked(capsys, mistral_rs_dirs["as_is"], f"{mistral_rs[0]}/v1/chat/completions")
+    assert code == 0, report["diagnoses"]
     assert report["summary"]["compared"] == 12 and report["summary"]["mean_kl_topk"] < 1e-3
 
 
-def test_mistral_rs_reading_the_rope_base_otherwise_is_named(mistral_rs_dirs, mistral_rs):
-    result, report = checked(mistral_rs_dirs["as_is"], f"{mistral_rs[1]}/v1/chat/completions")
-    assert result.returncode == 1
+def test_mistral_rs_reading_the_rope_base_otherwise_is_named(capsys, mistral_rs_dirs, mistral_rs):
+    code, report = checked(capsys, mistral_rs_dirs["as_is"], f"{mistral_rs[1]}/v1/chat/completions")
+    assert code == 1
     first = report["diagnoses"][0]
     assert (first["cause"], first["confidence"]) == ("rope_theta", "confirmed"), report["diagnoses"]
 
