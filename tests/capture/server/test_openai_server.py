@@ -12,6 +12,7 @@ import pytest
 
 from conftest import need
 from llama_servers import free_port, serving
+from loopback import answering
 from parity.capture.server.openai import OpenAIServer
 from parity.core.errors import CaptureError
 from parity.core.sequence import compare_sequences
@@ -275,26 +276,11 @@ def test_a_token_that_is_part_of_a_character_may_leave_it_uncovered():
 # --- a server that refuses echo and answers its continuation alone, as llama.cpp's llama-server does -----------
 
 
-class _RefusesEcho(http.server.BaseHTTPRequestHandler):
-    """llama-server's /v1/completions (tools/server/server-common.cpp): `echo` is a 400 "Only no echo is
-    supported"; otherwise the continuation, its log-probabilities in the chat shape."""
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append(body)
-        if body.get("echo"):
-            status, answer = 400, {"error": {"code": 400, "message": "Only no echo is supported",
-                                             "type": "invalid_request_error"}}
-        else:
-            status, answer = 200, self.server.answer
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+def _refusing_echo(answer):
+    """llama-server's /v1/completions (tools/server/server-common.cpp) in its earlier builds: `echo` is a 400
+    "Only no echo is supported"; otherwise `answer`, the continuation in the chat shape."""
+    refused = {"error": {"code": 400, "message": "Only no echo is supported", "type": "invalid_request_error"}}
+    return lambda body: (400, refused) if body.get("echo") else (200, answer)
 
 
 def test_a_server_that_refuses_echo_is_asked_again_and_its_continuation_compared(model_dirs):
@@ -302,14 +288,9 @@ def test_a_server_that_refuses_echo_is_asked_again_and_its_continuation_compared
     from parity.capture.hf.model import load_model
 
     reference = load_model(model_dirs["llama"])
-    server = http.server.HTTPServer(("127.0.0.1", 0), _RefusesEcho)
-    server.requests, server.answer = [], json.loads(server_fuzz.seeds(reference)[3])
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        candidate = OpenAIServer(f"http://127.0.0.1:{server.server_port}").complete(server_fuzz.PROMPT, max_tokens=3)
-    finally:
-        server.shutdown()
-    assert [request.get("echo") for request in server.requests] == [True, None]
+    with answering({"/v1/completions": _refusing_echo(json.loads(server_fuzz.seeds(reference)[3]))}) as (server, url):
+        candidate = OpenAIServer(url).complete(server_fuzz.PROMPT, max_tokens=3)
+    assert [body.get("echo") for _, body in server.requests] == [True, None]
     assert candidate.follows == server_fuzz.PROMPT and not candidate.follows_template
     assert candidate.first_generated == 0 and len(candidate.pieces) == 3
     comparison = compare_sequences(reference.scoring(candidate), candidate)

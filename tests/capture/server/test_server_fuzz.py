@@ -25,11 +25,17 @@ def test_the_honest_answers_pass(reference):
 
 
 def test_mutated_answers_are_refused_in_one_line_or_compared_and_never_pass_silently(reference):
-    rng, seeds = random.Random(24), server_fuzz.seeds(reference)
+    never_silent(server_fuzz.seeds(reference), server_fuzz.pipeline, server_fuzz.comparable, reference, seed=24)
+
+
+def never_silent(seeds, pipeline, comparable, reference, *, seed):
+    """COUNT mutations of `seeds` through `pipeline`: each refused in one line, or compared; a pass only of an
+    answer `comparable` admits; both outcomes reached."""
+    rng = random.Random(seed)
     outcomes = {"pass": 0, "fail": 0, "refused": 0}
     for index in range(COUNT):
         data = server_fuzz.mutate(rng.choice(seeds), rng)
-        said = server_fuzz.pipeline(data, reference)   # anything but parity's own error would raise here
+        said = pipeline(data, reference)   # anything but parity's own error would raise here
         if said.startswith("refused: "):
             message = said.removeprefix("refused: ")
             assert "\n" not in message and "\x1b" not in message and "; " in message, (index, message)
@@ -37,7 +43,7 @@ def test_mutated_answers_are_refused_in_one_line_or_compared_and_never_pass_sile
             continue
         outcomes[said] += 1
         if said == "pass":
-            assert server_fuzz.comparable(data, reference), (index, data[:400])
+            assert comparable(data, reference), (index, data[:400])
     assert outcomes["refused"] and outcomes["pass"], outcomes
 
 
@@ -55,17 +61,5 @@ def test_the_honest_chat_answers_pass(chat_reference):
 
 
 def test_mutated_chat_answers_are_refused_in_one_line_or_compared_and_never_pass_silently(chat_reference):
-    rng, seeds = random.Random(25), server_fuzz.chat_seeds(chat_reference)
-    outcomes = {"pass": 0, "fail": 0, "refused": 0}
-    for index in range(COUNT):
-        data = server_fuzz.mutate(rng.choice(seeds), rng)
-        said = server_fuzz.chat_pipeline(data, chat_reference)
-        if said.startswith("refused: "):
-            message = said.removeprefix("refused: ")
-            assert "\n" not in message and "\x1b" not in message and "; " in message, (index, message)
-            outcomes["refused"] += 1
-            continue
-        outcomes[said] += 1
-        if said == "pass":
-            assert server_fuzz.chat_comparable(data, chat_reference), (index, data[:400])
-    assert outcomes["refused"] and outcomes["pass"], outcomes
+    never_silent(server_fuzz.chat_seeds(chat_reference), server_fuzz.chat_pipeline, server_fuzz.chat_comparable,
+                 chat_reference, seed=25)
