@@ -4,7 +4,7 @@
 #   PYTHON        interpreter to install into (default: python3)
 #   TORCH_SPEC    PyTorch to install when none is importable (default: torch==2.13.0)
 #   TORCH_INDEX   index to take it from, e.g. https://download.pytorch.org/whl/cpu
-#   TRANSFORMERS_SPEC  the transformers to install (default: transformers==5.24.0, the newest tested; the
+#   TRANSFORMERS_SPEC  the transformers to install (default: transformers==5.25.0, the newest tested; the
 #                 supported range is pyproject.toml's, each end tested by scripts/test_transformers_range.sh)
 #   PARITY_CACHE  where the llama-cpp-python sdist, wheel and converter are cached (default: ~/.cache/parity)
 set -euo pipefail
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-TRANSFORMERS_SPEC=${TRANSFORMERS_SPEC:-transformers==5.24.0}
+TRANSFORMERS_SPEC=${TRANSFORMERS_SPEC:-transformers==5.25.0}
 LLAMA_CPP_VERSION=0.3.36
 CACHE=${PARITY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/parity}
 # llama.cpp's AMX matrix path segfaults on every decode when built natively on AMX

@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-RANGE=${TRANSFORMERS_RANGE:-"5.16.1 5.24.0"}
+RANGE=${TRANSFORMERS_RANGE:-"5.16.1 5.25.0"}
 CACHE=${PARITY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/parity}
 # The tests that exercise transformers' API: capture, structure discovery, attention recording, decoding
 # through the cache (the 5.24 rename), placement, the from-scratch port protocol, and the sanity suite.

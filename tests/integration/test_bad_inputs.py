@@ -149,6 +149,11 @@ CASES = {
     "timeout_0": ("check {model} http://127.0.0.1:1 --prompt w1 --timeout 0", "argument --timeout: must be a positive"),
     "timeout_negative": ("check {model} http://127.0.0.1:1 --prompt w1 --timeout=-1", "must be a positive number of seconds"),
     "timeout_inf": ("check {model} http://127.0.0.1:1 --prompt w1 --timeout inf", "must be a finite number"),
+    "system_on_completions": ("check {model} http://127.0.0.1:1 --prompt w1 --system w2",
+                              "--system is sent as a chat message; http://127.0.0.1:1 is a completions endpoint: give "
+                              "its /v1/chat/completions address"),
+    "system_on_a_trace": ("check {model} {trace} --tokens 1,2 --system w2",
+                          "--system is a chat endpoint's system message; give the server's"),
     "decode_steps_negative": ("check {model} {trace} --tokens 1,2 --decode-steps=-1", "must be 0 or more"),
     "atol_negative": ("compare {trace} {trace} --atol=-1 --rtol 0", "argument --atol: must be 0 or more"),
     "rtol_not_a_number": ("compare {trace} {trace} --atol 0 --rtol x", "argument --rtol: must be a number, got 'x'"),

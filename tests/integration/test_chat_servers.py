@@ -96,6 +96,15 @@ def test_mistral_rs_answers_as_the_reference_does(capsys, mistral_rs_dirs, mistr
     assert report["summary"]["compared"] == 12 and report["summary"]["mean_kl_topk"] < 1e-3
 
 
+def test_a_system_message_is_sent_and_rendered_on_both_sides(capsys, mistral_rs_dirs, mistral_rs):
+    """--system: mistral.rs renders it with its own reading of the template (minijinja), the reference with
+    transformers'; SmolLM2's template writes its default system message only where none is sent."""
+    code, report = checked(capsys, mistral_rs_dirs["as_is"], f"{mistral_rs[0]}/v1/chat/completions",
+                           "--system", "You answer with one word.")
+    assert code == 0, report["diagnoses"]
+    assert report["summary"]["compared"] >= 2 and report["summary"]["mean_kl_topk"] < 1e-3
+
+
 def test_mistral_rs_reading_the_rope_base_otherwise_is_named(capsys, mistral_rs_dirs, mistral_rs):
     code, report = checked(capsys, mistral_rs_dirs["as_is"], f"{mistral_rs[1]}/v1/chat/completions")
     assert code == 1

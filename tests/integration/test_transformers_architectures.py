@@ -169,7 +169,10 @@ def test_a_model_transformers_cannot_run_in_float64_says_how_to_run_it(factory, 
 
 GEMMA4_BUGS = {  # planted in layer 5, a global layer: heads twice as wide as the config's head_dim
     # the per-head q_norm's epsilon: no_known_cause while the detectors split its rows by the config's head size
-    "q_norm_epsilon": ("model.model.layers[5].self_attn.q_norm.eps = 1e-2", "layers.5.q_norm", "norm_epsilon"),
+    # (its attribute is `eps` up to transformers 5.24, `variance_epsilon` from 5.25)
+    "q_norm_epsilon": ("norm = model.model.layers[5].self_attn.q_norm; "
+                       "setattr(norm, 'variance_epsilon' if hasattr(norm, 'variance_epsilon') else 'eps', 1e-2)",
+                       "layers.5.q_norm", "norm_epsilon"),
     # the attention's scale halved: no_known_cause while the values the attention weighs (after Gemma 4's v_norm)
     # were not recorded, so the attention rebuilt from q, k and v could not be the model's
     "scale_halved": ("model.model.layers[5].self_attn.scaling *= 0.5", "layers.5.attn_ctx", "attention_scale"),

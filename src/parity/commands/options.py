@@ -286,7 +286,7 @@ def server_option(text: str) -> tuple[str, object]:
 RESERVED_SERVER_FIELDS = {"prompt": "give --prompt", "max_tokens": "give -n/--max-tokens",
                           "model": "give --server-model", "echo": "the check needs the prompt echoed",
                           "logprobs": "the check needs the top-k log-probabilities", "stream": "the check reads one answer",
-                          "messages": "give --prompt (sent as one user message)",
+                          "messages": "give --prompt (sent as one user message) and --system",
                           "top_logprobs": "the check asks for the top 5"}
 
 

@@ -211,3 +211,19 @@ def test_kept_on_a_cuda_device_checkpoints_stay_there_and_measure_as_on_the_host
     for name in on_host.names:
         assert on_gpu[name].device.type == "cuda", name
         assert measure_pair(on_host[name], on_gpu[name], any_error).metrics.rel_l2 < 1e-4, name
+
+
+def test_a_module_computes_in_the_dtype_holding_most_of_its_parameters():
+    # transformers keeps a bfloat16 model's norms, router and gates in float32 (`_keep_in_fp32_modules`):
+    # transformers 5.25's Ergo has them before its bfloat16 projections, and was held to float32's noise
+    from parity.capture.torch.module import dtype_of
+
+    model = Tiny().to(torch.bfloat16)
+    model.blocks[0].norm.float()                   # the first floating-point parameter, kept in float32
+    assert next(model.parameters()).dtype == torch.bfloat16 and model.blocks[0].norm.weight.dtype == torch.float32
+    model.emb.float()
+    assert next(model.parameters()).dtype == torch.float32
+    assert dtype_of(model) == "bfloat16"
+    model.parity_dtype = "float32"
+    assert dtype_of(model) == "float32"
+    assert dtype_of(torch.nn.ReLU()) is None

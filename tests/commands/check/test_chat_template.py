@@ -49,7 +49,7 @@ def answered_after(reference, rendered):
     return candidate, compare_sequences(reference.scoring(candidate), candidate)
 
 
-OPTIONS = SimpleNamespace(prompt=server_fuzz.PROMPT, strict=frozenset(), server_options=())
+OPTIONS = SimpleNamespace(prompt=server_fuzz.PROMPT, system=None, strict=frozenset(), server_options=())
 
 
 def test_an_answer_to_the_prompt_alone_is_named_with_the_rendering_it_answered(reference):
@@ -66,3 +66,25 @@ def test_an_answer_to_the_models_own_rendering_is_left_alone(reference):
     candidate, comparison = answered_after(reference, reference.chat_prompt(server_fuzz.PROMPT))
     assert comparison
     assert with_template_tried(comparison, reference, candidate, OPTIONS, Progress(io.StringIO())) is comparison
+
+
+def test_with_a_system_message_every_rendering_carries_it_and_one_drops_it(reference):
+    own = reference.chat_prompt("w1 w2", "w3")
+    tried = dict(renderings(reference.tokenizer, "w1 w2", own, "w3"))
+    assert own == "<s>w3 w9<s>w1 w2 w9"
+    assert tried["the model's template without the system message (the server dropped it)"] == "<s>w1 w2 w9"
+    assert tried["Llama 2's template"] == "[INST] <<SYS>>\nw3\n<</SYS>>\n\nw1 w2 [/INST]"
+    assert tried["the prompt alone, no template"] == "w3\n\nw1 w2"
+    assert "the model's template with an empty system message" not in tried
+
+
+def test_a_server_that_drops_the_system_message_is_named(reference):
+    raw = server_fuzz._chat_honest(reference, reference.chat_prompt(server_fuzz.PROMPT), 4)
+    candidate = dataclasses.replace(parse_chat_completion(raw, "the server"),
+                                    follows=reference.chat_prompt(server_fuzz.PROMPT, "w3 w7"))
+    comparison = compare_sequences(reference.scoring(candidate), candidate)
+    assert not comparison
+    options = SimpleNamespace(prompt=server_fuzz.PROMPT, system="w3 w7", strict=frozenset(), server_options=())
+    (diagnosis,) = with_template_tried(comparison, reference, candidate, options, Progress(io.StringIO())).diagnoses
+    assert (diagnosis.cause, diagnosis.confidence) == ("chat_template", "confirmed")
+    assert "the model's template without the system message (the server dropped it)" in diagnosis.message

@@ -40,7 +40,7 @@ def checked(reference, server_renders, answers):
                                  follows=reference.chat_prompt(server_fuzz.PROMPT))
     comparison = compare_sequences(reference.scoring(tokens), tokens)
     with answering(answers) as (_, url):
-        options = SimpleNamespace(candidate=f"{url}/v1/chat/completions", prompt=server_fuzz.PROMPT,
+        options = SimpleNamespace(candidate=f"{url}/v1/chat/completions", prompt=server_fuzz.PROMPT, system=None,
                                   server_model=None, timeout_s=10.0, strict=frozenset(), server_options=())
         return with_server_rendering(comparison, reference, tokens, options, Progress(io.StringIO()))
 

@@ -154,18 +154,22 @@ class HFModel:
             return whole, len(prompt)
         return prompt + encode(text, False), len(prompt)     # a token merged across the boundary: the answer's own
 
-    def chat_prompt(self, prompt: str) -> str:
-        """`prompt` as one user message, rendered by the tokenizer's chat template up to the assistant's answer."""
+    def chat_prompt(self, prompt: str, system: str | None = None) -> str:
+        """`prompt` as one user message (after `system` as a system message, where given), rendered by the
+        tokenizer's chat template up to the assistant's answer."""
+        from parity.core.chat import chat_messages
+
         if not getattr(self.tokenizer, "chat_template", None):
             raise OptionError(f"{self.path}'s tokenizer has no chat template, so a chat endpoint's answer has no "
                               "prompt to be scored after; give a model whose tokenizer_config.json holds the "
                               "server's template, or the server's /v1/completions address")
         try:
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+            return self.tokenizer.apply_chat_template(chat_messages(prompt, system), tokenize=False,
                                                       add_generation_prompt=True)
         except Exception as error:  # noqa: BLE001 - a template is code: jinja2's errors, raise_exception(...)
-            raise OptionError(f"{self.path}'s chat template does not render one user message ({error}); a chat "
-                              "endpoint is checked with a template that does") from None
+            what = "one user message" if system is None else "a system message and a user message"
+            raise OptionError(f"{self.path}'s chat template does not render {what} ({error}); a chat endpoint is "
+                              "checked with a template that does") from None
 
     def position_limit(self) -> tuple[str, int] | None:
         """(config field, value) of the most positions the model takes, when its config says."""

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from parity.capture.candidate import Candidate, CandidateContext, register_candidate
+from parity.core.errors import OptionError
 
 PREFIXES = ("http://", "https://")
 
@@ -57,10 +58,16 @@ class ServerCandidate(Candidate):
     def description(self) -> str:
         return f"the server at {self.spec}"
 
-    def complete(self, prompt: str, *, max_tokens: int, progress=None):
-        """The server's greedy continuation of `prompt`, with per-token log-probabilities (CandidateTokens)."""
+    def complete(self, prompt: str, *, max_tokens: int, progress=None, system: str | None = None):
+        """The server's greedy continuation of `prompt`, with per-token log-probabilities (CandidateTokens); a
+        chat endpoint's answer to it after `system`, a system message, where one is given."""
+        if system is not None and not self.chat:
+            raise OptionError(f"--system is sent as a chat message; {self.spec} is a completions endpoint: give its "
+                              "/v1/chat/completions address, or put the system text in --prompt")
         if progress is not None:
             sent = "".join(f", {key}={value}" for key, value in self.server.options)
             progress.step(f"asking {self.server.completions_url} for {max_tokens} greedy tokens with "
                           f"log-probabilities (temperature 0{sent})")
+        if system is not None:
+            return self.server.complete(prompt, max_tokens=max_tokens, system=system)
         return self.server.complete(prompt, max_tokens=max_tokens)

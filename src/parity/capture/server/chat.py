@@ -1,7 +1,8 @@
 """A black-box candidate behind an OpenAI-compatible /v1/chat/completions endpoint.
 
 Many servers (mistral.rs, Ollama, LM Studio, OpenAI's own) give log-probabilities
-only for chat: the prompt is sent as one user message, the server renders it with
+only for chat: the prompt is sent as one user message (after a system message where
+one is given), the server renders it with
 its own chat template, and answers the generated tokens alone, each with the top-k
 log-probabilities that chose it (chat_completion.py). The check renders the same
 message with the reference's chat template and scores the answer after it.
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from parity.capture.server.chat_completion import ENDPOINT, parse_chat_completion
 from parity.capture.server.openai import OpenAIServer, check_prompt
+from parity.core.chat import chat_messages
 from parity.core.sequence import TOP_K, CandidateTokens
 
 
@@ -35,11 +37,14 @@ class OpenAIChatServer(OpenAIServer):
             return base
         return f"{base}/chat/completions" if base.endswith("/v1") else f"{base}{ENDPOINT}"
 
-    def complete(self, prompt: str, *, max_tokens: int, top_logprobs: int = TOP_K) -> CandidateTokens:
-        """The greedy answer to `prompt`, sent as one user message, with each generated token's log-probabilities
-        (its `follows` left for the check to render)."""
+    def complete(self, prompt: str, *, max_tokens: int, top_logprobs: int = TOP_K,
+                 system: str | None = None) -> CandidateTokens:
+        """The greedy answer to `prompt`, sent as one user message (after `system` as a system message, where
+        given), with each generated token's log-probabilities (its `follows` left for the check to render)."""
         check_prompt(prompt)
-        request = {"temperature": 0, **dict(self.options), "messages": [{"role": "user", "content": prompt}],
+        if system is not None:
+            check_prompt(system, "the system message")
+        request = {"temperature": 0, **dict(self.options), "messages": chat_messages(prompt, system),
                    "max_tokens": max_tokens, "logprobs": True, "top_logprobs": top_logprobs}
         if self.model:
             request["model"] = self.model

@@ -83,13 +83,13 @@ def refuses_echo(error: StatusError) -> bool:
     return 400 <= error.status < 500 and b"echo" in error.detail.lower()
 
 
-def check_prompt(prompt: str) -> None:
-    """Refuse a prompt that cannot be sent as JSON text."""
+def check_prompt(prompt: str, what: str = "the prompt") -> None:
+    """Refuse a prompt (or a system message: `what`) that cannot be sent as JSON text."""
     try:
         prompt.encode("utf-8")
     except UnicodeEncodeError as error:
-        raise OptionError(f"the prompt holds {prompt[error.start]!r} at character {error.start}, which is not "
-                          "Unicode text (bytes that are not UTF-8?); give the prompt as UTF-8 text") from None
+        raise OptionError(f"{what} holds {prompt[error.start]!r} at character {error.start}, which is not "
+                          f"Unicode text (bytes that are not UTF-8?); give {what} as UTF-8 text") from None
 
 
 def decode_answer(raw: bytes, where: str, endpoint: str = "/v1/completions") -> Any:

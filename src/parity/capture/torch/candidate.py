@@ -256,7 +256,7 @@ class TorchCandidate(Candidate):
 
 def module_dtype(module) -> str | None:
     """The precision the module computes in, as a name ('bfloat16'): its `parity_dtype` where it declares one,
-    else its first floating-point parameter's dtype; None without one."""
+    else the dtype holding most of its floating-point parameters' elements; None without one."""
     from parity.capture.torch.module import dtype_of
 
     return dtype_of(module)

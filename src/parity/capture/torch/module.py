@@ -186,14 +186,18 @@ DECLARABLE = ("float64", "float32", "bfloat16", "float16")
 
 def dtype_of(model) -> str | None:
     """The precision a module computes in: its `parity_dtype` attribute where it declares one (a kernel that
-    computes in bfloat16 under float32 weights), else its first floating-point parameter's dtype; None without."""
+    computes in bfloat16 under float32 weights), else the dtype that holds most of its floating-point parameters'
+    elements; None without. Most, not the first: a bfloat16 model keeps its norms, router and gates in float32
+    (transformers' `_keep_in_fp32_modules`), and those may come first."""
     declared = getattr(model, "parity_dtype", None)
     if declared is not None:
         if declared not in DECLARABLE:
             raise OptionError(f"{type(model).__name__}.parity_dtype is {str(declared)[:40]!r}; set it to one of "
                               f"{', '.join(DECLARABLE)} (the precision the module computes in) or leave it out")
         return declared
+    elements: dict[str, int] = {}
     for parameter in model.parameters():
         if parameter.is_floating_point():
-            return str(parameter.dtype).removeprefix("torch.")
-    return None
+            name = str(parameter.dtype).removeprefix("torch.")
+            elements[name] = elements.get(name, 0) + parameter.numel()
+    return max(elements, key=elements.__getitem__) if elements else None

@@ -50,6 +50,8 @@ def add_arguments(parser) -> None:
                         help="server candidates: seconds the whole exchange may take (total, not per read); "
                              "--nproc candidates: seconds each step of the ranks may take")
     parser.add_argument("--server-model", help="server candidates: the 'model' field to send")
+    parser.add_argument("--system", metavar="TEXT",
+                        help="chat endpoints: a system message sent before --prompt (both sides render it)")
     parser.add_argument("--server-option", type=options.server_option, action="append", default=[],
                         metavar="KEY=VALUE", help="server candidates: a field of the completion request, e.g. "
                         "repeat_penalty=1.0 or top_k=1 (repeatable; VALUE read as JSON where it is)")
@@ -102,7 +104,7 @@ def run(args) -> int:
     if args.gradients:
         return _gradients(args)
     check = CheckOptions(
-        model=args.model, candidate=args.candidate, prompt=args.prompt, tokens=options.token_ids(args.tokens),
+        model=args.model, candidate=args.candidate, prompt=args.prompt, system=args.system, tokens=options.token_ids(args.tokens),
         dtype=args.dtype, candidate_dtype=args.candidate_dtype, calibrate=not args.no_calibrate,
         checkpoints=args.checkpoints,
         tolerance=user_tolerance(args.atol, args.rtol), taps=args.taps,

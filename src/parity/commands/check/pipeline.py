@@ -40,6 +40,7 @@ class CheckOptions:
     model: str                          # reference: model directory or .gguf file
     candidate: str                      # see capture/candidate.py
     prompt: str | None = None
+    system: str | None = None           # chat endpoints: a system message sent before the prompt
     tokens: list[int] | None = None
     dtype: str | None = None            # reference precision; None: float64 to calibrate, else float32
     candidate_dtype: str | None = None  # model candidates' precision; None: dtype, else float32
@@ -92,6 +93,9 @@ def run_check(options: CheckOptions, progress=None) -> Comparison | SequenceComp
         from parity.commands.check.server import check_server
 
         return check_server(options, progress)
+    if options.system is not None:
+        raise OptionError("--system is a chat endpoint's system message; give the server's "
+                          "http://HOST:PORT/v1/chat/completions address as the candidate, or leave --system out")
     if options.prompt is None and options.tokens is None and (recorded := spec.backend.recorded_tokens(spec.text)):
         progress.step(f"checking over the {len(recorded)} token ids {options.candidate} records")
         options = dataclasses.replace(options, tokens=recorded)

@@ -4,7 +4,7 @@ The server is asked for the prompt echoed with its greedy continuation and each 
 top-k log-probabilities; the reference scores the same text (core/sequence.py). The server's
 own tokenization of the prompt is compared with the reference's (server_tokens.py). A chat
 endpoint echoes no prompt: its answer is scored after the prompt as the reference's chat
-template renders it, as one user message; the server's own rendering is asked where it shows
+template renders it, as one user message (after --system's system message); the server's own rendering is asked where it shows
 one (server_template.py), and other renderings are tried where nothing explains a failure
 (chat_template.py).
 """
@@ -31,13 +31,14 @@ def check_server(options, progress):
     context = CandidateContext(server_model=options.server_model, timeout_s=options.timeout_s, progress=progress,
                                server_options=options.server_options)
     with open_candidate(options.candidate, context, needs=("sequence",)) as candidate:
-        tokens = candidate.complete(options.prompt, max_tokens=options.max_tokens, progress=progress)
+        tokens = candidate.complete(options.prompt, max_tokens=options.max_tokens, progress=progress,
+                                    system=options.system)
         chat = candidate.chat
     dtype = options.dtype or "float32"
     progress.step(f"loading {options.model} ({dtype})")
     reference = load_model(options.model, dtype=dtype)
     if chat:   # the server rendered the prompt with its template: the reference renders it with its own
-        tokens = dataclasses.replace(tokens, follows=reference.chat_prompt(options.prompt))
+        tokens = dataclasses.replace(tokens, follows=reference.chat_prompt(options.prompt, options.system))
     progress.step("scoring the candidate's text with the reference")
     comparison = compare_sequences(reference.scoring(tokens), tokens,
                                    strict=options.strict, sent=dict(options.server_options))

@@ -19,6 +19,7 @@ _SHOWN = 24
 def with_server_rendering(comparison, reference_model, tokens, options, progress):
     """`comparison` (a chat answer's, scored after the reference's rendering `tokens.follows`) with what the
     server's own rendering of the prompt says: a `chat_template` diagnosis where it differs, or a note."""
+    from parity.core.chat import chat_messages
     from parity.capture.server.http import StatusError, server_root
     from parity.capture.server.template import PATH, server_rendering
     from parity.commands.check.settings import text_error, text_error_name
@@ -26,7 +27,7 @@ def with_server_rendering(comparison, reference_model, tokens, options, progress
 
     progress.step(f"asking the server at {server_root(options.candidate)} how it renders the prompt")
     try:
-        rendered = server_rendering(options.candidate, [{"role": "user", "content": options.prompt}],
+        rendered = server_rendering(options.candidate, chat_messages(options.prompt, options.system),
                                     model=options.server_model, timeout_s=min(PROBE_TIMEOUT_S, options.timeout_s))
     except StatusError as error:
         if error.status not in MISSING:
