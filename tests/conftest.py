@@ -81,9 +81,12 @@ def smollm2_reference(smollm2_gguf):
 @pytest.fixture(scope="session")
 def smollm2_model_dir(smollm2_reference, tmp_path_factory) -> Path:
     """SmolLM2 as transformers reads its GGUF, saved as a float32 model directory (config as transformers writes
-    it). Read it, never write into it: it is shared."""
+    it) as parity's GGUF cache saves it: transformers 5.25 will not save a model it read from a GGUF. Read it,
+    never write into it: it is shared."""
+    from parity.capture.gguf.cache import save_dequantized
+
     directory = tmp_path_factory.mktemp("smollm2_float32")
-    smollm2_reference.model.save_pretrained(directory)
+    save_dequantized(smollm2_reference.model, directory)
     return directory
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-KERNELS = ROOT / "tests" / "kernel" / "kernels.py"
+KERNELS = ROOT / "tests" / "kernel" / "hand_kernels.py"
 
 
 def parity(*args):

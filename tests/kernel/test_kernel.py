@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import kernels  # noqa: E402
+import hand_kernels  # noqa: E402
 
 from parity.kernel import KernelOptions, run_kernel  # noqa: E402
 from parity.kernel.ops import OPS  # noqa: E402
@@ -15,7 +15,7 @@ from parity.kernel.ops import OPS  # noqa: E402
 
 @pytest.mark.parametrize("op", sorted(OPS))
 def test_a_correct_kernel_passes_every_case_forward_and_backward(op):
-    report = run_kernel(op, kernels.CORRECT[op])
+    report = run_kernel(op, hand_kernels.CORRECT[op])
     assert len(report.cases) == 5 * 3 * 2
     assert report, [case for case in report.cases if not case][:2]
     assert report.verdict == "passed" and report.pattern is None
@@ -36,7 +36,7 @@ def test_torchs_own_function_is_called_as_it_expects_and_passes(op):
 
 
 def test_a_tiled_kernel_that_drops_the_tail_fails_at_lengths_off_the_tile():
-    report = run_kernel("rms_norm", kernels.rms_norm_tiled)
+    report = run_kernel("rms_norm", hand_kernels.rms_norm_tiled)
     assert report.verdict == "failed"
     assert report.pattern == ("fails at T = 1, 13, 127, 257: lengths that are not a multiple of 64; "
                               "the rows past the last full tile of 64 are wrong")
@@ -44,7 +44,7 @@ def test_a_tiled_kernel_that_drops_the_tail_fails_at_lengths_off_the_tile():
 
 
 def test_the_pattern_names_the_tile_for_the_seed_lengths():
-    report = run_kernel("rms_norm", kernels.rms_norm_tiled, KernelOptions(lengths=(13, 64, 127, 128, 257),
+    report = run_kernel("rms_norm", hand_kernels.rms_norm_tiled, KernelOptions(lengths=(13, 64, 127, 128, 257),
                                                                           dtypes=("float32",)))
     assert report.pattern.startswith("fails at T = 13, 127, 257: lengths that are not a multiple of 64")
 
@@ -52,14 +52,14 @@ def test_the_pattern_names_the_tile_for_the_seed_lengths():
 def test_one_wrong_row_fails_at_every_length_and_precision_extreme_inputs_included():
     """One unwritten query row of 257 stays inside a whole-tensor bound set by extreme values in bfloat16;
     each row held to its own noise catches it."""
-    report = run_kernel("attention", kernels.attention_last_row_unwritten,
+    report = run_kernel("attention", hand_kernels.attention_last_row_unwritten,
                         KernelOptions(lengths=(1, 13, 127, 257), dtypes=("float32", "bfloat16"), backward=False))
     assert not any(report.cases) and len(report.cases) == 16
     assert all(case.forward["positions_over"] == [case.length - 1] for case in report.cases)
     assert report.pattern == "only the last position (row T - 1) is wrong: a final row or tile never written or masked off"
 
 
-@pytest.mark.parametrize("op, naive", [("softmax", kernels.softmax_naive), ("cross_entropy", kernels.cross_entropy_naive)])
+@pytest.mark.parametrize("op, naive", [("softmax", hand_kernels.softmax_naive), ("cross_entropy", hand_kernels.cross_entropy_naive)])
 def test_a_naive_exp_overflows_on_extreme_inputs_only(op, naive):
     report = run_kernel(op, naive)
     assert not report and report.pattern.startswith("only on extreme inputs")
@@ -68,8 +68,8 @@ def test_a_naive_exp_overflows_on_extreme_inputs_only(op, naive):
     assert any(case.forward.get("nonfinite_candidate") for case in failing)
 
 
-@pytest.mark.parametrize("op, kernel, names", [("rms_norm", kernels.rms_norm_numpy, "x, weight"),
-                                               ("swiglu", kernels.swiglu_no_grad, "gate, up")])
+@pytest.mark.parametrize("op, kernel, names", [("rms_norm", hand_kernels.rms_norm_numpy, "x, weight"),
+                                               ("swiglu", hand_kernels.swiglu_no_grad, "gate, up")])
 def test_a_kernel_outside_autograd_is_named_a_broken_autograd(op, kernel, names):
     report = run_kernel(op, kernel)
     assert report.verdict == "broken_autograd"
@@ -78,12 +78,12 @@ def test_a_kernel_outside_autograd_is_named_a_broken_autograd(op, kernel, names)
 
 
 def test_no_backward_checks_the_forward_only():
-    report = run_kernel("swiglu", kernels.swiglu_no_grad, KernelOptions(backward=False))
+    report = run_kernel("swiglu", hand_kernels.swiglu_no_grad, KernelOptions(backward=False))
     assert report and all(case.backward["checked"] is False for case in report.cases)
 
 
 def test_tanh_gelu_is_not_exact_gelu_in_float32():
-    report = run_kernel("gelu", lambda x, approximate: kernels.gelu(x, "tanh"), KernelOptions(dtypes=("float32",)))
+    report = run_kernel("gelu", lambda x, approximate: hand_kernels.gelu(x, "tanh"), KernelOptions(dtypes=("float32",)))
     assert not report and all(not case for case in report.cases if case.condition == "normal")
 
 
@@ -107,7 +107,7 @@ def test_a_wrong_gradient_fails_the_backward_only():
 
 
 def test_bench_times_both_sides():
-    report = run_kernel("silu", kernels.silu, KernelOptions(lengths=(13,), dtypes=("float32",), bench=True))
+    report = run_kernel("silu", hand_kernels.silu, KernelOptions(lengths=(13,), dtypes=("float32",), bench=True))
     timing = report.timing
     assert timing["candidate_ms"] > 0 and timing["reference_ms"] > 0
     assert timing["speedup"] == pytest.approx(timing["reference_ms"] / timing["candidate_ms"])

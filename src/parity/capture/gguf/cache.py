@@ -229,7 +229,11 @@ def save_dequantized(model: Any, directory: Path) -> None:
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     config["dtype"] = "float32"
+    if not config.get("architectures"):   # as save_pretrained writes it: other readers (mistral.rs) require it
+        config["architectures"] = [type(model).__name__]
     model.config.__class__.from_dict(config).save_pretrained(directory)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(directory)
     tensors, seen = {}, set()
     for name, tensor in model.state_dict().items():
         if tensor.data_ptr() in seen:

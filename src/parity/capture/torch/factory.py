@@ -41,15 +41,27 @@ def import_module(name: str) -> ModuleType:
             if not path.is_file():
                 raise OptionError(f"{name}: no such file" if not path.exists() else f"{name}: not a regular file; "
                                   "give a Python file")
-            spec = importlib.util.spec_from_file_location(path.stem, path)
+            name = _module_name(path)
+            spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
-            sys.modules[path.stem] = module
+            sys.modules[name] = module
             spec.loader.exec_module(module)
             return module
     except BaseException as error:  # the user's code, SystemExit and os._exit included: one line
         if not is_user_exit(error):
             raise
         raise OptionError(f"importing {name} failed: {describe_error(error)}") from None
+
+
+def _module_name(path: Path) -> str:
+    """The name FILE.py is imported under: its stem, as a script's module would be, unless a library of that name
+    is imported already (a port called kernels.py beside transformers' `kernels`): replacing it would hand the
+    library's users the port."""
+    loaded = sys.modules.get(path.stem)
+    origin = getattr(loaded, "__file__", None)
+    if loaded is None or (origin is not None and Path(origin).resolve() == path.resolve()):
+        return path.stem
+    return f"parity_file_{path.stem}"
 
 
 def load_factory(spec: str, *, what: str = "a factory that returns the model") -> Callable:
