@@ -112,6 +112,17 @@ def test_load_factory_returns_the_function_itself(factories):
         load_factory("no_colon")
 
 
+def test_a_file_named_as_an_imported_library_does_not_replace_it(tmp_path):
+    """A port called kernels.py beside transformers 5.25's `kernels`: registered under its stem it would have
+    handed the library's users the port. `json` stands for any library imported already."""
+    import json
+    import sys
+
+    (tmp_path / "json.py").write_text("def build():\n    return 'the port'\n")
+    assert load_factory(f"{tmp_path / 'json.py'}:build")() == "the port"
+    assert sys.modules["json"] is json and sys.modules["parity_file_json"].build() == "the port"
+
+
 def test_capture_never_imports_a_command():
     commands = {"parity.commands.check.pipeline", "parity.commands.generate", "parity.commands.tokens", "parity.cli", "parity.commands.repro", "parity.sanity",
                 "parity.kernel", "parity.commands.bench", "parity.commands.gradients"}

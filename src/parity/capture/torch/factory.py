@@ -41,10 +41,10 @@ def import_module(name: str) -> ModuleType:
             if not path.is_file():
                 raise OptionError(f"{name}: no such file" if not path.exists() else f"{name}: not a regular file; "
                                   "give a Python file")
-            name = _module_name(path)
-            spec = importlib.util.spec_from_file_location(name, path)
+            module_name = _module_name(path)
+            spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
+            sys.modules[module_name] = module
             spec.loader.exec_module(module)
             return module
     except BaseException as error:  # the user's code, SystemExit and os._exit included: one line

@@ -95,11 +95,11 @@ def renderings(tokenizer, prompt: str, own: str, system: str | None = None) -> l
         if rendered is not None and rendered != own and rendered not in found.values():
             found[name] = rendered
 
-    message = chat_messages(prompt)
     if system is None:
         add("the model's template with an empty system message", _rendered(tokenizer, chat_messages(prompt, "")))
     else:
-        add("the model's template without the system message (the server dropped it)", _rendered(tokenizer, message))
+        add("the model's template without the system message (the server dropped it)",
+            _rendered(tokenizer, chat_messages(prompt)))
     add("the model's template without the assistant's header (no generation prompt)",
         _rendered(tokenizer, chat_messages(prompt, system), generation_prompt=False))
     if bos and own.startswith(bos):

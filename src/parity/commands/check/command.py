@@ -104,7 +104,8 @@ def run(args) -> int:
     if args.gradients:
         return _gradients(args)
     check = CheckOptions(
-        model=args.model, candidate=args.candidate, prompt=args.prompt, system=args.system, tokens=options.token_ids(args.tokens),
+        model=args.model, candidate=args.candidate, prompt=args.prompt, system=args.system,
+        tokens=options.token_ids(args.tokens),
         dtype=args.dtype, candidate_dtype=args.candidate_dtype, calibrate=not args.no_calibrate,
         checkpoints=args.checkpoints,
         tolerance=user_tolerance(args.atol, args.rtol), taps=args.taps,

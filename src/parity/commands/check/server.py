@@ -4,9 +4,9 @@ The server is asked for the prompt echoed with its greedy continuation and each 
 top-k log-probabilities; the reference scores the same text (core/sequence.py). The server's
 own tokenization of the prompt is compared with the reference's (server_tokens.py). A chat
 endpoint echoes no prompt: its answer is scored after the prompt as the reference's chat
-template renders it, as one user message (after --system's system message); the server's own rendering is asked where it shows
-one (server_template.py), and other renderings are tried where nothing explains a failure
-(chat_template.py).
+template renders it, as one user message (after --system's system message); the server's own
+rendering is asked where it shows one (server_template.py), and other renderings are tried
+where nothing explains a failure (chat_template.py).
 """
 
 from __future__ import annotations

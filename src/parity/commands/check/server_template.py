@@ -19,10 +19,10 @@ _SHOWN = 24
 def with_server_rendering(comparison, reference_model, tokens, options, progress):
     """`comparison` (a chat answer's, scored after the reference's rendering `tokens.follows`) with what the
     server's own rendering of the prompt says: a `chat_template` diagnosis where it differs, or a note."""
-    from parity.core.chat import chat_messages
     from parity.capture.server.http import StatusError, server_root
     from parity.capture.server.template import PATH, server_rendering
     from parity.commands.check.settings import text_error, text_error_name
+    from parity.core.chat import chat_messages
     from parity.core.sequence import compare_sequences
 
     progress.step(f"asking the server at {server_root(options.candidate)} how it renders the prompt")
